@@ -1,0 +1,25 @@
+/**
+ * Private helpers shared by the kernel files: the 1-D launch convention and the WGSL
+ * preprocessor tag.
+ *
+ * @module
+ */
+
+export { wgsl } from "wgsl-preprocessor";
+
+/** Threads per workgroup of the 1-D elementwise kernels (well under every device limit). */
+export const WG = 256;
+
+/**
+ * WGSL entry-point header for 1-D kernels launched with `gpu.grid(ceil(n / WG))`: declares
+ * `i`, the linear invocation index.
+ */
+export const LINEAR_MAIN = `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * ${WG}u + lid;`;
+
+/** Number of workgroups for `n` invocations of a 1-D kernel. */
+export function groups(n: number): number {
+  return Math.ceil(n / WG);
+}

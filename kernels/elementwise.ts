@@ -1,0 +1,229 @@
+/**
+ * Elementwise kernels: add, sub, mul, scale, axpy, fill, ReLU and GELU (tanh form) with their
+ * backward passes, and f16↔f32 casts on packed `u32` words (no `shader-f16` needed).
+ *
+ * All take an optional `out` tensor (which may alias an input for in-place updates).
+ *
+ * @module
+ */
+
+import { checkShape } from "./errors.ts";
+import { groups, LINEAR_MAIN } from "./_shader.ts";
+import { Gpu, Params, Tensor } from "./runtime.ts";
+
+function unaryShader(expr: string): string {
+  return `
+struct P { n: u32, a: f32, b: f32 }
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (n)
+@group(0) @binding(2) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let v = x[i];
+  out[i] = ${expr};
+}`;
+}
+
+function binaryShader(expr: string): string {
+  return `
+struct P { n: u32, a: f32, b: f32 }
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n)
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;   // (n)
+@group(0) @binding(2) var<storage, read_write> out: array<f32>; // (n)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let u = x[i];
+  let v = y[i];
+  out[i] = ${expr};
+}`;
+}
+
+// tanh-approximated GELU (as GPT-2 / "gelu_new"), written with exp so it stays finite.
+const GELU_FN = `
+fn tanh_safe(z: f32) -> f32 { let e = exp(-2.0 * abs(z)); return sign(z) * (1.0 - e) / (1.0 + e); }
+`;
+const GELU_K = "0.7978845608028654"; // sqrt(2/pi)
+
+const SHADERS = {
+  scale: unaryShader("p.a * v"),
+  relu: unaryShader("max(v, 0.0)"),
+  fill: unaryShader("p.a"),
+  gelu: GELU_FN +
+    unaryShader(`0.5 * v * (1.0 + tanh_safe(${GELU_K} * (v + 0.044715 * v * v * v)))`),
+  add: binaryShader("u + v"),
+  sub: binaryShader("u - v"),
+  mul: binaryShader("u * v"),
+  axpy: binaryShader("p.a * u + v"),
+  // x = dy, y = pre-activation input
+  reluBackward: binaryShader("select(0.0, u, v > 0.0)"),
+  geluBackward: GELU_FN + binaryShader(`u * gelu_grad(v)`).replace(
+    "struct P",
+    `fn gelu_grad(x: f32) -> f32 {
+  let t = tanh_safe(${GELU_K} * (x + 0.044715 * x * x * x));
+  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * ${GELU_K} * (1.0 + 3.0 * 0.044715 * x * x);
+}
+struct P`,
+  ),
+};
+
+function sameSize(op: string, ...ts: Tensor[]): void {
+  for (const t of ts) {
+    checkShape(t.dtype === "f32", `${op}: expects f32 tensors, got ${t.dtype}`);
+    checkShape(
+      t.size === ts[0].size,
+      `${op}: element counts differ ([${ts[0].shape.join(", ")}] vs [${t.shape.join(", ")}])`,
+    );
+  }
+}
+
+function runUnary(gpu: Gpu, op: keyof typeof SHADERS, x: Tensor, out: Tensor | undefined, a = 0) {
+  const y = out ?? gpu.empty(x.shape);
+  sameSize(op, x, y);
+  gpu.dispatch(
+    gpu.pipeline(SHADERS[op]),
+    [x, y],
+    gpu.grid(groups(x.size)),
+    new Params().u32(x.size).f32(a, 0),
+  );
+  return y;
+}
+
+function runBinary(
+  gpu: Gpu,
+  op: keyof typeof SHADERS,
+  x: Tensor,
+  y: Tensor,
+  out: Tensor | undefined,
+  a = 0,
+) {
+  const o = out ?? gpu.empty(x.shape);
+  sameSize(op, x, y, o);
+  gpu.dispatch(
+    gpu.pipeline(SHADERS[op]),
+    [x, y, o],
+    gpu.grid(groups(x.size)),
+    new Params().u32(x.size).f32(a, 0),
+  );
+  return o;
+}
+
+/**
+ * `out = a + b`.
+ *
+ * @example
+ * ```ts
+ * import { add, Gpu } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const s = add(gpu, gpu.fromArray([1, 2]), gpu.fromArray([3, 4]));
+ * console.log(await gpu.read(s)); // [4, 6]
+ * ```
+ */
+export function add(gpu: Gpu, a: Tensor, b: Tensor, out?: Tensor): Tensor {
+  return runBinary(gpu, "add", a, b, out);
+}
+
+/** `out = a − b`. */
+export function sub(gpu: Gpu, a: Tensor, b: Tensor, out?: Tensor): Tensor {
+  return runBinary(gpu, "sub", a, b, out);
+}
+
+/** `out = a ⊙ b` (elementwise product). */
+export function mul(gpu: Gpu, a: Tensor, b: Tensor, out?: Tensor): Tensor {
+  return runBinary(gpu, "mul", a, b, out);
+}
+
+/** `y ← alpha·x + y` (in place on `y` unless `out` is given). */
+export function axpy(gpu: Gpu, alpha: number, x: Tensor, y: Tensor, out?: Tensor): Tensor {
+  return runBinary(gpu, "axpy", x, y, out ?? y, alpha);
+}
+
+/** `out = s·x`. */
+export function scale(gpu: Gpu, x: Tensor, s: number, out?: Tensor): Tensor {
+  return runUnary(gpu, "scale", x, out, s);
+}
+
+/** Sets every element of `t` to `value` (in place). */
+export function fill(gpu: Gpu, t: Tensor, value: number): Tensor {
+  return runUnary(gpu, "fill", t, t, value);
+}
+
+/** `out = max(x, 0)`. */
+export function relu(gpu: Gpu, x: Tensor, out?: Tensor): Tensor {
+  return runUnary(gpu, "relu", x, out);
+}
+
+/** `dx = dy ⊙ [x > 0]`, where `x` is the ReLU's input. */
+export function reluBackward(gpu: Gpu, dy: Tensor, x: Tensor, out?: Tensor): Tensor {
+  return runBinary(gpu, "reluBackward", dy, x, out);
+}
+
+/** GELU, tanh approximation: `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`. */
+export function gelu(gpu: Gpu, x: Tensor, out?: Tensor): Tensor {
+  return runUnary(gpu, "gelu", x, out);
+}
+
+/** `dx = dy ⊙ gelu'(x)`. */
+export function geluBackward(gpu: Gpu, dy: Tensor, x: Tensor, out?: Tensor): Tensor {
+  return runBinary(gpu, "geluBackward", dy, x, out);
+}
+
+const CAST_F16_TO_F32 = `
+struct P { n: u32 }
+@group(0) @binding(0) var<storage, read_write> src: array<u32>; // (ceil(n / 2)) packed halves
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (n)
+@group(0) @binding(2) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let pair = unpack2x16float(src[i / 2u]);
+  out[i] = select(pair.x, pair.y, (i & 1u) == 1u);
+}`;
+
+const CAST_F32_TO_F16 = `
+struct P { n: u32 }
+@group(0) @binding(0) var<storage, read_write> src: array<f32>; // (n)
+@group(0) @binding(1) var<storage, read_write> out: array<u32>; // (ceil(n / 2))
+@group(0) @binding(2) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (2u * i >= p.n) { return; }
+  let hi = select(0.0, src[2u * i + 1u], 2u * i + 1u < p.n);
+  out[i] = pack2x16float(vec2f(src[2u * i], hi));
+}`;
+
+/**
+ * Unpacks IEEE half floats (two per `u32`, little-endian, as in safetensors F16) into f32.
+ *
+ * @example
+ * ```ts
+ * import { castF16ToF32, Gpu } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const packed = gpu.fromArray(new Uint32Array([0x4000_3c00])); // [1.0, 2.0] as f16
+ * console.log(await gpu.read(castF16ToF32(gpu, packed, [2]))); // [1, 2]
+ * ```
+ */
+export function castF16ToF32(gpu: Gpu, packed: Tensor, shape: readonly number[]): Tensor {
+  const out = gpu.empty(shape);
+  checkShape(
+    packed.size === Math.ceil(out.size / 2),
+    `castF16ToF32: ${packed.size} words cannot hold [${shape.join(", ")}] as f16`,
+  );
+  gpu.dispatch(
+    gpu.pipeline(CAST_F16_TO_F32),
+    [packed, out],
+    gpu.grid(groups(out.size)),
+    new Params().u32(out.size),
+  );
+  return out;
+}
+
+/** Packs f32 values into IEEE half floats, two per `u32` (round to nearest even). */
+export function castF32ToF16(gpu: Gpu, x: Tensor): Tensor {
+  const out = gpu.empty([Math.ceil(x.size / 2)], "u32");
+  gpu.dispatch(
+    gpu.pipeline(CAST_F32_TO_F16),
+    [x, out],
+    gpu.grid(groups(out.size)),
+    new Params().u32(x.size),
+  );
+  return out;
+}

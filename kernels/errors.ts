@@ -1,0 +1,81 @@
+/**
+ * Named errors raised by the runtime and kernels. Every error says what was wrong and where,
+ * so a bad shape or an exceeded device limit never turns into a silent wrong answer.
+ *
+ * @module
+ */
+
+/**
+ * Thrown when `navigator.gpu` is missing or no adapter/device can be obtained.
+ *
+ * @example Catching a missing WebGPU
+ * ```ts
+ * import { Gpu, WebGpuUnavailableError } from "./mod.ts";
+ * try {
+ *   await Gpu.create();
+ * } catch (e) {
+ *   if (e instanceof WebGpuUnavailableError) console.error(e.message);
+ * }
+ * ```
+ */
+export class WebGpuUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "WebGpuUnavailableError";
+  }
+}
+
+/**
+ * Thrown when tensor shapes or dtypes do not fit a kernel's contract.
+ *
+ * @example
+ * ```ts
+ * import { ShapeError } from "./mod.ts";
+ * const e = new ShapeError("matmul: inner dims differ (A: [2, 3], B: [4, 5])");
+ * console.log(e.name); // "ShapeError"
+ * ```
+ */
+export class ShapeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ShapeError";
+  }
+}
+
+/**
+ * Thrown when a request exceeds a `device.limits` value (binding size, dispatch size, texture side).
+ *
+ * @example
+ * ```ts
+ * import { GpuLimitError } from "./mod.ts";
+ * const e = new GpuLimitError("buffer of 3 GiB exceeds maxBufferSize");
+ * console.log(e.name); // "GpuLimitError"
+ * ```
+ */
+export class GpuLimitError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "GpuLimitError";
+  }
+}
+
+/**
+ * Thrown at the next sync point when the device reported a validation or out-of-memory error.
+ *
+ * @example
+ * ```ts
+ * import { GpuValidationError } from "./mod.ts";
+ * console.log(new GpuValidationError("bad bind group").name); // "GpuValidationError"
+ * ```
+ */
+export class GpuValidationError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "GpuValidationError";
+  }
+}
+
+/** Throws a {@link ShapeError} with `message` when `cond` is false. */
+export function checkShape(cond: boolean, message: string): asserts cond {
+  if (!cond) throw new ShapeError(message);
+}

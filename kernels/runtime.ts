@@ -1,0 +1,674 @@
+/**
+ * The GPU runtime: one {@link Gpu} owns the `GPUDevice`, a buffer pool, a pipeline cache, a
+ * uniform-parameter arena and the current command encoder. Kernels record dispatches into one
+ * compute pass; {@link Gpu.flush} submits them once per step, and {@link Gpu.read} is the only
+ * GPU→CPU sync point.
+ *
+ * Runtime-agnostic: uses only the WebGPU API (`navigator.gpu`), so it runs in Deno and browsers.
+ *
+ * @module
+ */
+
+import { checkShape, GpuLimitError, GpuValidationError, WebGpuUnavailableError } from "./errors.ts";
+
+/** Element types a {@link Tensor} can hold (4 bytes each). */
+export type DType = "f32" | "i32" | "u32";
+
+/** Typed array matching a {@link DType}. */
+export type TypedArrayFor<D extends DType> = D extends "f32" ? Float32Array
+  : D extends "i32" ? Int32Array
+  : Uint32Array;
+
+/** Number of elements of a shape (1 for a scalar `[]`). */
+export function numel(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+function checkDims(shape: readonly number[], what: string): void {
+  for (const d of shape) {
+    checkShape(
+      Number.isInteger(d) && d >= 0,
+      `${what}: shape [${shape.join(", ")}] has a dimension that is not a non-negative integer`,
+    );
+  }
+}
+
+/**
+ * A GPU buffer region with a shape and a dtype. Created by {@link Gpu.empty}, {@link Gpu.zeros},
+ * {@link Gpu.fromArray} or as a view of a larger buffer; call {@link Tensor.dispose} to return
+ * its buffer to the pool.
+ *
+ * @example Upload, compute, read back
+ * ```ts
+ * import { Gpu, scale } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const x = gpu.fromArray(new Float32Array([1, 2, 3]), [3]);
+ * const y = scale(gpu, x, 2);
+ * console.log(await gpu.read(y)); // Float32Array [2, 4, 6]
+ * ```
+ */
+export class Tensor {
+  /** Number of elements. */
+  readonly size: number;
+  #disposed = false;
+
+  constructor(
+    /** The runtime that owns the buffer. */
+    readonly gpu: Gpu,
+    /** The underlying buffer (may be shared with other views). */
+    readonly buffer: GPUBuffer,
+    /** Dimensions, row-major. */
+    readonly shape: readonly number[],
+    /** Element type. */
+    readonly dtype: DType = "f32",
+    /** Offset of element 0 in bytes inside `buffer` (a multiple of the storage offset alignment). */
+    readonly byteOffset = 0,
+    /** Whether this tensor owns (and on dispose, returns) its buffer. */
+    readonly owner = true,
+  ) {
+    this.size = numel(shape);
+  }
+
+  /** Size in bytes. */
+  get byteLength(): number {
+    return this.size * 4;
+  }
+
+  /** True once {@link dispose} ran. */
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** The binding resource for this tensor (whole region). */
+  binding(): GPUBufferBinding {
+    if (this.#disposed) throw new Error(`tensor [${this.shape.join(", ")}] used after dispose`);
+    // zero-sized bindings are invalid: bind at least 4 bytes (shaders never read them).
+    return { buffer: this.buffer, offset: this.byteOffset, size: Math.max(4, this.byteLength) };
+  }
+
+  /** A tensor with the same data and a new shape of equal element count (shares the buffer). */
+  reshape(shape: readonly number[]): Tensor {
+    checkDims(shape, "reshape");
+    checkShape(
+      numel(shape) === this.size,
+      `reshape: [${this.shape.join(", ")}] (${this.size} elements) cannot become [${
+        shape.join(", ")
+      }]`,
+    );
+    return new Tensor(this.gpu, this.buffer, shape, this.dtype, this.byteOffset, false);
+  }
+
+  /** Returns the buffer to the pool (no-op for views). */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    if (this.owner) this.gpu.pool.release(this.buffer);
+  }
+}
+
+// WebGPU usage flags (fixed by the spec). Literal values rather than the GPUBufferUsage globals,
+// so that importing this module never throws where WebGPU is absent.
+const BUFFER = { MAP_READ: 0x1, COPY_SRC: 0x4, COPY_DST: 0x8, UNIFORM: 0x40, STORAGE: 0x80 };
+const TEXTURE = { COPY_SRC: 0x1, COPY_DST: 0x2, STORAGE_BINDING: 0x8 };
+const MAP_READ = 0x1;
+const STORAGE_USAGE = BUFFER.STORAGE | BUFFER.COPY_SRC | BUFFER.COPY_DST;
+
+/**
+ * Reuses freed storage buffers by size class: up to 1 MiB sizes round to the next power of two,
+ * above that to the next MiB.
+ */
+export class BufferPool {
+  #free = new Map<number, GPUBuffer[]>();
+  #live = 0;
+  #pooledBytes = 0;
+  constructor(readonly device: GPUDevice) {}
+
+  /** The size class a request of `bytes` is served from. */
+  static sizeClass(bytes: number): number {
+    const b = Math.max(16, bytes);
+    if (b <= 1 << 20) return 2 ** Math.ceil(Math.log2(b));
+    return Math.ceil(b / (1 << 20)) * (1 << 20);
+  }
+
+  /** A buffer of at least `bytes` (storage | copy-src | copy-dst). */
+  acquire(bytes: number): GPUBuffer {
+    const size = BufferPool.sizeClass(bytes);
+    const max = this.device.limits.maxBufferSize;
+    if (size > max) {
+      throw new GpuLimitError(
+        `buffer of ${bytes} bytes exceeds device.limits.maxBufferSize (${max})`,
+      );
+    }
+    const list = this.#free.get(size);
+    this.#live++;
+    if (list && list.length > 0) {
+      this.#pooledBytes -= size;
+      return list.pop()!;
+    }
+    return this.device.createBuffer({ size, usage: STORAGE_USAGE });
+  }
+
+  /** Returns a buffer for reuse. Commands already recorded keep their order on the queue. */
+  release(buffer: GPUBuffer): void {
+    this.#live--;
+    const list = this.#free.get(buffer.size) ?? [];
+    list.push(buffer);
+    this.#free.set(buffer.size, list);
+    this.#pooledBytes += buffer.size;
+  }
+
+  /** Buffers handed out and not yet released; bytes held for reuse. */
+  stats(): { live: number; pooledBytes: number } {
+    return { live: this.#live, pooledBytes: this.#pooledBytes };
+  }
+
+  /** Destroys all pooled buffers. */
+  clear(): void {
+    for (const list of this.#free.values()) for (const b of list) b.destroy();
+    this.#free.clear();
+    this.#pooledBytes = 0;
+  }
+}
+
+/** A resource bound to a kernel: a tensor, a texture view, or nothing (binding left out). */
+export type Bindable = Tensor | GPUTextureView | null;
+
+/** Options for {@link Gpu.create}. */
+export interface GpuOptions {
+  /** `"high-performance"` or `"low-power"`; default none. */
+  powerPreference?: GPUPowerPreference;
+  /**
+   * Matmul path: `"texture"` reads operands from rgba32float storage textures (fast on software
+   * adapters), `"buffer"` uses workgroup-tiled storage buffers (real GPUs). Default: texture
+   * when the adapter is a fallback (software) adapter.
+   */
+  matmulPath?: "texture" | "buffer";
+  /** Bytes of each uniform arena block (default 64 KiB). */
+  uniformArenaBytes?: number;
+}
+
+/** Per-dispatch parameter block builder (written into the uniform arena). */
+export class Params {
+  #view: DataView;
+  #bytes: Uint8Array;
+  #n = 0;
+  constructor(capacity = 64) {
+    this.#bytes = new Uint8Array(capacity * 4);
+    this.#view = new DataView(this.#bytes.buffer);
+  }
+  /** Appends unsigned 32-bit integers. */
+  u32(...v: number[]): this {
+    for (const x of v) this.#view.setUint32(4 * this.#n++, x >>> 0, true);
+    return this;
+  }
+  /** Appends signed 32-bit integers. */
+  i32(...v: number[]): this {
+    for (const x of v) this.#view.setInt32(4 * this.#n++, x | 0, true);
+    return this;
+  }
+  /** Appends 32-bit floats. */
+  f32(...v: number[]): this {
+    for (const x of v) this.#view.setFloat32(4 * this.#n++, x, true);
+    return this;
+  }
+  /** The bytes written so far, padded to 16. */
+  bytes(): Uint8Array {
+    const len = Math.max(16, Math.ceil((4 * this.#n) / 16) * 16);
+    return this.#bytes.subarray(0, len);
+  }
+}
+
+interface Arena {
+  buffer: GPUBuffer;
+  staging: Uint8Array;
+  used: number;
+}
+
+/** Statistics of the runtime, for benchmarks and tests. */
+export interface GpuStats {
+  dispatches: number;
+  submits: number;
+  readbacks: number;
+  pipelines: number;
+}
+
+/**
+ * Owns the device and batches work. Create one per program with {@link Gpu.create}.
+ *
+ * @example Create and inspect
+ * ```ts
+ * import { Gpu } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * console.log(gpu.adapterDescription, gpu.matmulPath);
+ * ```
+ */
+export class Gpu {
+  readonly pool: BufferPool;
+  readonly limits: GPUSupportedLimits;
+  readonly stats: GpuStats = { dispatches: 0, submits: 0, readbacks: 0, pipelines: 0 };
+  #pipelines = new Map<string, GPUComputePipeline>();
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #arenas: Arena[] = [];
+  #arenaIndex = 0;
+  #arenaBytes: number;
+  #error: string | null = null;
+  #textures = new Map<string, GPUTexture[]>();
+
+  private constructor(
+    readonly device: GPUDevice,
+    readonly adapterDescription: string,
+    readonly isFallbackAdapter: boolean,
+    readonly matmulPath: "texture" | "buffer",
+    uniformArenaBytes: number,
+  ) {
+    this.pool = new BufferPool(device);
+    this.limits = device.limits;
+    this.#arenaBytes = uniformArenaBytes;
+    device.addEventListener("uncapturederror", (ev) => {
+      const msg = (ev as GPUUncapturedErrorEvent).error.message;
+      this.#error ??= msg;
+    });
+    device.lost.then((info) => {
+      if (info.reason !== "destroyed") this.#error ??= `device lost: ${info.message}`;
+    });
+  }
+
+  /**
+   * Acquires an adapter and a device with the adapter's limits requested explicitly.
+   * Throws {@link WebGpuUnavailableError} with advice when WebGPU is not available.
+   */
+  static async create(options: GpuOptions = {}): Promise<Gpu> {
+    const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+    if (!nav?.gpu) {
+      throw new WebGpuUnavailableError(
+        "WebGPU is not available: navigator.gpu is undefined. Use Deno ≥ 2.9, or a browser with " +
+          "WebGPU enabled (Chromium: --enable-unsafe-webgpu; Safari/Firefox: recent versions).",
+      );
+    }
+    const adapter = await nav.gpu.requestAdapter(
+      options.powerPreference ? { powerPreference: options.powerPreference } : undefined,
+    );
+    if (!adapter) {
+      throw new WebGpuUnavailableError(
+        "WebGPU is present but no GPU adapter was found (no driver? On Linux without a GPU, " +
+          "install Mesa (llvmpipe) or set DENO_WEBGPU_BACKEND=gl).",
+      );
+    }
+    const wanted: (keyof GPUSupportedLimits)[] = [
+      "maxStorageBufferBindingSize",
+      "maxBufferSize",
+      "maxComputeWorkgroupStorageSize",
+      "maxComputeInvocationsPerWorkgroup",
+      "maxComputeWorkgroupSizeX",
+      "maxComputeWorkgroupSizeY",
+      "maxComputeWorkgroupsPerDimension",
+      "maxStorageBuffersPerShaderStage",
+      "maxStorageTexturesPerShaderStage",
+      "maxTextureDimension2D",
+      "maxTextureArrayLayers",
+    ];
+    const requiredLimits: Record<string, number> = {};
+    for (const k of wanted) {
+      const v = adapter.limits[k];
+      if (typeof v === "number") requiredLimits[k] = v;
+    }
+    let device: GPUDevice;
+    try {
+      device = await adapter.requestDevice({ requiredLimits });
+    } catch (e) {
+      throw new WebGpuUnavailableError(`WebGPU adapter refused a device: ${String(e)}`);
+    }
+    // deno-lint-ignore no-explicit-any
+    const info = (adapter as any).info ?? {};
+    // deno-lint-ignore no-explicit-any
+    const fallback = Boolean((adapter as any).isFallbackAdapter ?? info.isFallbackAdapter) ||
+      /llvmpipe|swiftshader|lavapipe|software/i.test(
+        `${info.description ?? ""} ${info.architecture ?? ""} ${info.vendor ?? ""}`,
+      );
+    const desc = [info.vendor, info.architecture, info.device, info.description]
+      .filter((s: string | undefined) => s).join(" ") || "unknown adapter";
+    const path = options.matmulPath ?? (fallback ? "texture" : "buffer");
+    return new Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536);
+  }
+
+  // ---------------------------------------------------------------- tensors
+
+  /** An uninitialised tensor from the pool. */
+  empty(shape: readonly number[], dtype: DType = "f32"): Tensor {
+    checkDims(shape, "empty");
+    const bytes = numel(shape) * 4;
+    const maxBinding = this.limits.maxStorageBufferBindingSize;
+    if (bytes > maxBinding) {
+      throw new GpuLimitError(
+        `tensor [${shape.join(", ")}] needs ${bytes} bytes, above ` +
+          `device.limits.maxStorageBufferBindingSize (${maxBinding})`,
+      );
+    }
+    return new Tensor(this, this.pool.acquire(bytes), shape, dtype);
+  }
+
+  /** A tensor filled with zeros (cleared on the GPU queue, in order with recorded work). */
+  zeros(shape: readonly number[], dtype: DType = "f32"): Tensor {
+    const t = this.empty(shape, dtype);
+    this.clear(t);
+    return t;
+  }
+
+  /** Sets every element of `t` to zero (recorded in order). */
+  clear(t: Tensor): void {
+    if (t.byteLength === 0) return;
+    this.#endPass();
+    this.#enc().clearBuffer(t.buffer, t.byteOffset, t.byteLength);
+  }
+
+  /** Uploads `data` into a new tensor. The dtype follows the array type unless given. */
+  fromArray(
+    data: Float32Array | Int32Array | Uint32Array | readonly number[],
+    shape?: readonly number[],
+    dtype?: DType,
+  ): Tensor {
+    const dt: DType = dtype ??
+      (data instanceof Int32Array ? "i32" : data instanceof Uint32Array ? "u32" : "f32");
+    const arr = Array.isArray(data)
+      ? (dt === "f32"
+        ? new Float32Array(data)
+        : dt === "i32"
+        ? new Int32Array(data)
+        : new Uint32Array(data))
+      : data as Float32Array | Int32Array | Uint32Array;
+    const shp = shape ?? [arr.length];
+    checkShape(
+      numel(shp) === arr.length,
+      `fromArray: ${arr.length} values do not fill shape [${shp.join(", ")}]`,
+    );
+    const t = this.empty(shp, dt);
+    this.write(t, arr);
+    return t;
+  }
+
+  /**
+   * Writes host data into a tensor. The write is ordered with recorded work: pending dispatches
+   * are submitted first, so earlier kernels see the old contents.
+   */
+  write(t: Tensor, data: Float32Array | Int32Array | Uint32Array, elementOffset = 0): void {
+    checkShape(
+      elementOffset + data.length <= t.size,
+      `write: ${data.length} values at offset ${elementOffset} overflow [${t.shape.join(", ")}]`,
+    );
+    if (this.#encoder) this.flush();
+    if (data.length === 0) return;
+    this.device.queue.writeBuffer(
+      t.buffer,
+      t.byteOffset + elementOffset * 4,
+      data.buffer,
+      data.byteOffset,
+      data.byteLength,
+    );
+  }
+
+  /** Copies `src` into `dst` (element counts must match), recorded in order. */
+  copy(src: Tensor, dst: Tensor): void {
+    checkShape(
+      src.size === dst.size,
+      `copy: ${src.size} elements into ${dst.size} ([${src.shape}] → [${dst.shape}])`,
+    );
+    if (src.size === 0) return;
+    this.#endPass();
+    this.#enc().copyBufferToBuffer(
+      src.buffer,
+      src.byteOffset,
+      dst.buffer,
+      dst.byteOffset,
+      src.byteLength,
+    );
+  }
+
+  /**
+   * Reads a tensor back to the host: submits pending work and waits. This is the sync point;
+   * call it once per step, not per kernel.
+   */
+  async read<T extends Tensor>(t: T): Promise<Float32Array | Int32Array | Uint32Array> {
+    const bytes = t.byteLength;
+    const staging = this.device.createBuffer({
+      size: Math.max(16, Math.ceil(bytes / 4) * 4),
+      usage: BUFFER.MAP_READ | BUFFER.COPY_DST,
+    });
+    if (bytes > 0) {
+      this.#endPass();
+      this.#enc().copyBufferToBuffer(t.buffer, t.byteOffset, staging, 0, bytes);
+    }
+    this.flush();
+    this.stats.readbacks++;
+    try {
+      await staging.mapAsync(MAP_READ);
+    } catch (e) {
+      this.throwIfError();
+      throw e;
+    }
+    this.throwIfError();
+    const copy = staging.getMappedRange(0, Math.max(16, bytes)).slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    return t.dtype === "f32"
+      ? new Float32Array(copy)
+      : t.dtype === "i32"
+      ? new Int32Array(copy)
+      : new Uint32Array(copy);
+  }
+
+  /** {@link read} typed as `Float32Array` (throws for integer tensors). */
+  async readF32(t: Tensor): Promise<Float32Array> {
+    checkShape(t.dtype === "f32", `readF32: tensor has dtype ${t.dtype}`);
+    return await this.read(t) as Float32Array;
+  }
+
+  /** Throws the first device error reported so far, if any. */
+  throwIfError(): void {
+    if (this.#error) {
+      const e = this.#error;
+      this.#error = null;
+      throw new GpuValidationError(`WebGPU reported: ${e}`);
+    }
+  }
+
+  /** Waits until the queue is idle (a sync point; for benchmarks). */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    this.throwIfError();
+  }
+
+  // ---------------------------------------------------------------- textures
+
+  /**
+   * A pooled rgba32float 2-D array texture usable as a read-only storage texture and as a
+   * storage-write target, at least `width`×`height`×`layers`. Give it back with
+   * {@link releaseTexture} once the dispatches that use it are recorded: queue order keeps
+   * later reuse safe.
+   */
+  scratchTexture(width: number, height: number, layers: number): GPUTexture {
+    const max = this.limits.maxTextureDimension2D;
+    const maxLayers = this.limits.maxTextureArrayLayers;
+    if (width > max || height > max || layers > maxLayers) {
+      throw new GpuLimitError(
+        `texture ${width}×${height}×${layers} exceeds maxTextureDimension2D (${max}) or ` +
+          `maxTextureArrayLayers (${maxLayers})`,
+      );
+    }
+    // Round sides up so that nearby shapes share textures.
+    const w = Math.min(max, roundUpClass(width));
+    const h = Math.min(max, roundUpClass(height));
+    const key = `${w}x${h}x${layers}`;
+    const list = this.#textures.get(key);
+    const tex = list?.pop() ?? this.device.createTexture({
+      size: [w, h, layers],
+      dimension: "2d",
+      format: "rgba32float",
+      usage: TEXTURE.STORAGE_BINDING | TEXTURE.COPY_DST | TEXTURE.COPY_SRC,
+    });
+    return tex;
+  }
+
+  /** Returns a texture from {@link scratchTexture} to the pool. */
+  releaseTexture(tex: GPUTexture): void {
+    const key = `${tex.width}x${tex.height}x${tex.depthOrArrayLayers}`;
+    const list = this.#textures.get(key) ?? [];
+    list.push(tex);
+    this.#textures.set(key, list);
+  }
+
+  // ---------------------------------------------------------------- pipelines and dispatch
+
+  /** A compute pipeline for `code`, cached by source and entry point. */
+  pipeline(code: string, entryPoint = "main"): GPUComputePipeline {
+    const key = `${entryPoint}\u0000${code}`;
+    let p = this.#pipelines.get(key);
+    if (!p) {
+      const module = this.device.createShaderModule({ code });
+      p = this.device.createComputePipeline({
+        layout: "auto",
+        compute: { module, entryPoint },
+      });
+      this.#pipelines.set(key, p);
+      this.stats.pipelines++;
+    }
+    return p;
+  }
+
+  /**
+   * Records one dispatch into the current compute pass.
+   *
+   * @param pipeline from {@link pipeline}
+   * @param bindings resources for `@group(0) @binding(i)`, in binding order; `null` leaves a
+   *   binding number out. When `params` is given it is bound after the last entry.
+   * @param workgroups dispatch size; checked against `maxComputeWorkgroupsPerDimension`
+   * @param params uniform parameters, bound at binding `bindings.length`
+   */
+  dispatch(
+    pipeline: GPUComputePipeline,
+    bindings: Bindable[],
+    workgroups: readonly [number, number?, number?],
+    params?: Params,
+  ): void {
+    const [x, y = 1, z = 1] = workgroups;
+    if (x === 0 || y === 0 || z === 0) return;
+    const max = this.limits.maxComputeWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) {
+      throw new GpuLimitError(
+        `dispatch ${x}×${y}×${z} exceeds maxComputeWorkgroupsPerDimension (${max})`,
+      );
+    }
+    const entries: GPUBindGroupEntry[] = [];
+    bindings.forEach((b, i) => {
+      if (b === null) return;
+      entries.push({ binding: i, resource: b instanceof Tensor ? b.binding() : b });
+    });
+    if (params) {
+      entries.push({ binding: bindings.length, resource: this.#uniform(params.bytes()) });
+    }
+    const group = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const pass = this.#beginPass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(x, y, z);
+    this.stats.dispatches++;
+  }
+
+  /** The open command encoder, for copies that must be ordered with dispatches. */
+  encoder(): GPUCommandEncoder {
+    this.#endPass();
+    return this.#enc();
+  }
+
+  /** Submits all recorded work (one submit per step). */
+  flush(): void {
+    this.#endPass();
+    if (!this.#encoder) return;
+    for (let i = 0; i <= this.#arenaIndex && i < this.#arenas.length; i++) {
+      const a = this.#arenas[i];
+      if (a.used > 0) this.device.queue.writeBuffer(a.buffer, 0, a.staging, 0, a.used);
+      a.used = 0;
+    }
+    this.#arenaIndex = 0;
+    this.device.queue.submit([this.#encoder.finish()]);
+    this.#encoder = null;
+    this.stats.submits++;
+  }
+
+  /** Releases pooled resources and destroys the device. */
+  destroy(): void {
+    this.flush();
+    this.pool.clear();
+    for (const list of this.#textures.values()) for (const t of list) t.destroy();
+    for (const a of this.#arenas) a.buffer.destroy();
+    this.device.destroy();
+  }
+
+  /**
+   * Splits `n` workgroups over x and y so that no dimension exceeds the device limit. Shaders
+   * recover the linear index as `wid.x + wid.y * nwg.x`.
+   */
+  grid(n: number): [number, number, number] {
+    const max = this.limits.maxComputeWorkgroupsPerDimension;
+    if (n <= max) return [n, 1, 1];
+    const y = Math.ceil(n / max);
+    if (y > max) throw new GpuLimitError(`dispatch of ${n} workgroups is too large`);
+    return [Math.ceil(n / y), y, 1];
+  }
+
+  #enc(): GPUCommandEncoder {
+    if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
+    return this.#encoder;
+  }
+
+  #beginPass(): GPUComputePassEncoder {
+    if (!this.#pass) this.#pass = this.#enc().beginComputePass();
+    return this.#pass;
+  }
+
+  #endPass(): void {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+  }
+
+  #uniform(bytes: Uint8Array): GPUBufferBinding {
+    const align = Math.max(256, this.limits.minUniformBufferOffsetAlignment);
+    let a = this.#arenas[this.#arenaIndex];
+    if (!a) {
+      a = this.#newArena();
+    } else if (a.used + bytes.length > a.staging.length) {
+      this.#arenaIndex++;
+      a = this.#arenas[this.#arenaIndex] ?? this.#newArena();
+    }
+    const offset = a.used;
+    a.staging.set(bytes, offset);
+    a.used = offset + Math.ceil(bytes.length / align) * align;
+    return { buffer: a.buffer, offset, size: bytes.length };
+  }
+
+  #newArena(): Arena {
+    const a: Arena = {
+      buffer: this.device.createBuffer({
+        size: this.#arenaBytes,
+        usage: BUFFER.UNIFORM | BUFFER.COPY_DST,
+      }),
+      staging: new Uint8Array(this.#arenaBytes),
+      used: 0,
+    };
+    this.#arenas.push(a);
+    return a;
+  }
+}
+
+function roundUpClass(n: number): number {
+  if (n <= 64) return 64;
+  // quarter-octave steps: at most ~19% waste
+  const p = 2 ** Math.floor(Math.log2(n));
+  const step = p / 4;
+  return Math.ceil(n / step) * step;
+}

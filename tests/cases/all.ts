@@ -1,0 +1,5 @@
+/** Every kernel case list, in one array (shared by the Deno runner and the browser page). */
+import type { Case } from "../_util.ts";
+import { cases as elementwise } from "./elementwise.ts";
+
+export const ALL_CASES: Case[] = [...elementwise];
