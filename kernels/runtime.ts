@@ -187,6 +187,11 @@ export interface GpuOptions {
   matmulPath?: "texture" | "buffer";
   /** Bytes of each uniform arena block (default 64 KiB). */
   uniformArenaBytes?: number;
+  /**
+   * Largest texture side the kernels may use (default and cap: `maxTextureDimension2D`).
+   * Smaller values force operand chunking; tests use this to exercise the chunked paths.
+   */
+  maxTextureSide?: number;
 }
 
 /** Per-dispatch parameter block builder (written into the uniform arena). */
@@ -248,6 +253,8 @@ export class Gpu {
   readonly pool: BufferPool;
   readonly limits: GPUSupportedLimits;
   readonly stats: GpuStats = { dispatches: 0, submits: 0, readbacks: 0, pipelines: 0 };
+  /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
+  readonly textureSide: number;
   #pipelines = new Map<string, GPUComputePipeline>();
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
@@ -263,9 +270,14 @@ export class Gpu {
     readonly isFallbackAdapter: boolean,
     readonly matmulPath: "texture" | "buffer",
     uniformArenaBytes: number,
+    maxTextureSide: number | undefined,
   ) {
     this.pool = new BufferPool(device);
     this.limits = device.limits;
+    this.textureSide = Math.min(
+      maxTextureSide ?? Infinity,
+      device.limits.maxTextureDimension2D,
+    );
     this.#arenaBytes = uniformArenaBytes;
     device.addEventListener("uncapturederror", (ev) => {
       const msg = (ev as GPUUncapturedErrorEvent).error.message;
@@ -331,7 +343,14 @@ export class Gpu {
     const desc = [info.vendor, info.architecture, info.device, info.description]
       .filter((s: string | undefined) => s).join(" ") || "unknown adapter";
     const path = options.matmulPath ?? (fallback ? "texture" : "buffer");
-    return new Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536);
+    return new Gpu(
+      device,
+      desc,
+      fallback,
+      path,
+      options.uniformArenaBytes ?? 65536,
+      options.maxTextureSide,
+    );
   }
 
   // ---------------------------------------------------------------- tensors
@@ -490,7 +509,7 @@ export class Gpu {
    * later reuse safe.
    */
   scratchTexture(width: number, height: number, layers: number): GPUTexture {
-    const max = this.limits.maxTextureDimension2D;
+    const max = this.textureSide;
     const maxLayers = this.limits.maxTextureArrayLayers;
     if (width > max || height > max || layers > maxLayers) {
       throw new GpuLimitError(
@@ -498,13 +517,13 @@ export class Gpu {
           `maxTextureArrayLayers (${maxLayers})`,
       );
     }
-    // Round sides up so that nearby shapes share textures.
     const w = Math.min(max, roundUpClass(width));
     const h = Math.min(max, roundUpClass(height));
-    const key = `${w}x${h}x${layers}`;
+    const l = Math.min(maxLayers, 2 ** Math.ceil(Math.log2(Math.max(layers, 1))));
+    const key = `${w}x${h}x${l}`;
     const list = this.#textures.get(key);
     const tex = list?.pop() ?? this.device.createTexture({
-      size: [w, h, layers],
+      size: [w, h, l],
       dimension: "2d",
       format: "rgba32float",
       usage: TEXTURE.STORAGE_BINDING | TEXTURE.COPY_DST | TEXTURE.COPY_SRC,
@@ -665,10 +684,9 @@ export class Gpu {
   }
 }
 
+// Texture sides are powers of two: llvmpipe specialises (re-JITs, ~0.5 s) a shader for each
+// combination of power-of-two-ness of its textures' sides, so keeping them all powers of two
+// means one variant per kernel. It also lets nearby shapes share pooled textures.
 function roundUpClass(n: number): number {
-  if (n <= 64) return 64;
-  // quarter-octave steps: at most ~19% waste
-  const p = 2 ** Math.floor(Math.log2(n));
-  const step = p / 4;
-  return Math.ceil(n / step) * step;
+  return 2 ** Math.ceil(Math.log2(Math.max(n, 16)));
 }

@@ -1,5 +1,6 @@
 /** Every kernel case list, in one array (shared by the Deno runner and the browser page). */
 import type { Case } from "../_util.ts";
 import { cases as elementwise } from "./elementwise.ts";
+import { cases as matmul } from "./matmul.ts";
 
-export const ALL_CASES: Case[] = [...elementwise];
+export const ALL_CASES: Case[] = [...elementwise, ...matmul];

@@ -49,12 +49,16 @@ cases.push({
     // keep x away from ReLU's kink so the difference quotient is defined
     for (let i = 0; i < n; i++) if (Math.abs(x[i]) < 1e-3) x[i] = 0.5;
     for (const [f, b] of [[ref.relu, ref.reluBackward], [ref.gelu, ref.geluBackward]] as const) {
-      const fd = finiteDiff((xs) => {
-        const y = f(xs);
-        let s = 0;
-        for (let i = 0; i < n; i++) s += w[i] * y[i];
-        return s;
-      }, x, 1e-6);
+      const fd = finiteDiff(
+        (xs) => {
+          const y = f(xs);
+          let s = 0;
+          for (let i = 0; i < n; i++) s += w[i] * y[i];
+          return s;
+        },
+        x,
+        1e-6,
+      );
       assertClose(b(w, x), fd, { atol: 1e-7, rtol: 1e-6 }, f.name + " gradient");
     }
   },

@@ -1,0 +1,422 @@
+/**
+ * Matrix multiply `C = op(A)·op(B) (+ bias) (ReLU)`, optionally accumulated into `C`, batched,
+ * with either operand transposed. Two implementations with one contract:
+ *
+ * - **texture path** (software adapters such as llvmpipe/SwiftShader): both operands are packed
+ *   into rgba32float storage textures (cheap), then each invocation computes a 4×16 block of C
+ *   from read-only `textureLoad`s with 16 vec4 accumulators and no workgroup memory. Texture
+ *   loads are ~10× cheaper than storage-buffer loads there (SPEC §11). Operands larger than
+ *   `maxTextureDimension2D` are processed in chunks (K chunks accumulate).
+ * - **buffer path** (real GPUs): 64×64 output tiles per 16×16 workgroup, 16-deep K slices staged
+ *   in workgroup memory, 4×4 outputs per thread.
+ *
+ * @module
+ */
+
+import { checkShape } from "./errors.ts";
+import { Gpu, Params, Tensor } from "./runtime.ts";
+
+/** Options of {@link matmul}. */
+export interface MatmulOptions {
+  /** A is stored as `[…, K, M]` and used transposed. */
+  transA?: boolean;
+  /** B is stored as `[…, N, K]` and used transposed (e.g. HF `Linear.weight` `[out, in]`). */
+  transB?: boolean;
+  /** Bias of length N added to every row. */
+  bias?: Tensor;
+  /** Apply ReLU after the bias. Not allowed with `accumulate`. */
+  relu?: boolean;
+  /** Output tensor; required with `accumulate`. */
+  out?: Tensor;
+  /** `C += op(A)·op(B)` instead of `C = …` (for gradient accumulation). */
+  accumulate?: boolean;
+  /** Force an implementation (default: `gpu.matmulPath`). */
+  path?: "texture" | "buffer";
+}
+
+const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4;
+
+// ------------------------------------------------------------------------------ texture path
+
+/** Packs a logical (rows × cols) sub-block of a strided matrix into rgba32float texels. */
+const PACK = `
+struct P {
+  rows: u32, cols: u32,        // logical sub-block size (zero outside it)
+  ld: u32, trans: u32,         // element (r, c) at r*ld + c, or c*ld + r when trans
+  row0: u32, col0: u32,        // sub-block origin in the logical matrix
+  batch_stride: u32, batch0: u32,
+  width: u32, height: u32,     // texels × rows to write (padding included)
+}
+@group(0) @binding(0) var<storage, read_write> src: array<f32>;                   // (batch, …)
+@group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  if (g.x >= p.width || g.y >= p.height) { return; }
+  var v = vec4f(0.0);
+  if (g.y < p.rows) {
+    let base = (p.batch0 + g.z) * p.batch_stride;
+    let r = p.row0 + g.y;
+    for (var c = 0u; c < 4u; c++) {
+      let col = 4u * g.x + c;
+      if (col < p.cols) {
+        let cc = p.col0 + col;
+        v[c] = src[base + select(r * p.ld + cc, cc * p.ld + r, p.trans == 1u)];
+      }
+    }
+  }
+  textureStore(dst, vec2u(g.x, g.y), g.z, v);
+}`;
+
+function textureMatmulShader(): string {
+  const acc: string[] = [], body: string[] = [], store: string[] = [];
+  for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) acc.push(`var c${i}${j} = vec4f(0.0);`);
+  for (let kk = 0; kk < 4; kk++) {
+    const comp = "xyzw"[kk];
+    for (let j = 0; j < 4; j++) {
+      body.push(`let b${kk}${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
+    }
+    for (let i = 0; i < 4; i++) {
+      for (let j = 0; j < 4; j++) {
+        body.push(`c${i}${j} = fma(vec4f(a${i}.${comp}), b${kk}${j}, c${i}${j});`);
+      }
+    }
+  }
+  for (let i = 0; i < 4; i++) {
+    for (let j = 0; j < 4; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}${j}, cbase);`);
+  }
+  return `
+struct P {
+  M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
+  m0: u32, n0: u32,            // chunk origin in C
+  ldc: u32, c_batch_stride: u32, batch0: u32,
+  b_layer_step: u32,           // 0 when B is shared by all batches
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate
+}
+@group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
+@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
+@group(0) @binding(3) var<storage, read_write> bias: array<f32>;           // (ldc)
+@group(0) @binding(4) var<uniform> p: P;
+
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r >= p.M) { return; }
+  for (var t = 0u; t < 4u; t++) {
+    let cc = col + t;
+    if (cc < p.N) {
+      let idx = cbase + (p.m0 + r) * p.ldc + p.n0 + cc;
+      var x = v[t];
+      if ((p.flags & 1u) != 0u) { x += bias[p.n0 + cc]; }
+      if ((p.flags & 4u) != 0u) { x += c[idx]; }
+      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+      c[idx] = x;
+    }
+  }
+}
+
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let cq = 4u * g.x;           // first texel column of this 16-column block
+  let cb = 16u * g.x;          // first column
+  let r0 = 4u * g.y;           // first row
+  if (cb >= p.N || r0 >= p.M) { return; }
+  let la = g.z;
+  let lb = g.z * p.b_layer_step;
+  ${acc.join("\n  ")}
+  for (var kq = 0u; kq < p.K4; kq++) {
+    let a0 = textureLoad(at, vec2u(kq, r0), la);
+    let a1 = textureLoad(at, vec2u(kq, r0 + 1u), la);
+    let a2 = textureLoad(at, vec2u(kq, r0 + 2u), la);
+    let a3 = textureLoad(at, vec2u(kq, r0 + 3u), la);
+    let k = 4u * kq;
+    ${body.join("\n    ")}
+  }
+  let cbase = (p.batch0 + g.z) * p.c_batch_stride;
+  ${store.join("\n  ")}
+}`;
+}
+
+const TEXTURE_MATMUL = textureMatmulShader();
+
+// ------------------------------------------------------------------------------- buffer path
+
+const BUFFER_MATMUL = `
+struct P {
+  M: u32, N: u32, K: u32,
+  trans_a: u32, trans_b: u32,
+  a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
+  flags: u32,
+}
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;    // (batch, M, K) or (batch, K, M)
+@group(0) @binding(1) var<storage, read_write> b: array<f32>;    // (batch|1, K, N) or (…, N, K)
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
+@group(0) @binding(3) var<storage, read_write> bias: array<f32>; // (N)
+@group(0) @binding(4) var<uniform> p: P;
+
+var<workgroup> as_: array<f32, 1024>; // 64 rows × 16 k
+var<workgroup> bs_: array<f32, 1024>; // 16 k × 64 cols
+
+fn load_a(base: u32, m: u32, k: u32) -> f32 {
+  if (m >= p.M || k >= p.K) { return 0.0; }
+  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
+}
+fn load_b(base: u32, k: u32, n: u32) -> f32 {
+  if (k >= p.K || n >= p.N) { return 0.0; }
+  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let row0 = wid.y * 64u;
+  let col0 = wid.x * 64u;
+  let abase = wid.z * p.a_batch_stride;
+  let bbase = wid.z * p.b_batch_stride;
+  let t = lid.y * 16u + lid.x;
+  var acc: array<array<f32, 4>, 4>;
+  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
+    for (var e = 0u; e < 4u; e++) {
+      let idx = t + e * 256u;       // 0..1023
+      let ar = idx / 16u; let ak = idx % 16u;
+      as_[idx] = load_a(abase, row0 + ar, k0 + ak);
+      let bk = idx / 64u; let bc = idx % 64u;
+      bs_[idx] = load_b(bbase, k0 + bk, col0 + bc);
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < 16u; kk++) {
+      var av: array<f32, 4>;
+      var bv: array<f32, 4>;
+      for (var i = 0u; i < 4u; i++) { av[i] = as_[(lid.y * 4u + i) * 16u + kk]; }
+      for (var j = 0u; j < 4u; j++) { bv[j] = bs_[kk * 64u + lid.x * 4u + j]; }
+      for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(av[i], bv[j], acc[i][j]); }
+      }
+    }
+    workgroupBarrier();
+  }
+  let cbase = wid.z * p.c_batch_stride;
+  for (var i = 0u; i < 4u; i++) {
+    let r = row0 + lid.y * 4u + i;
+    for (var j = 0u; j < 4u; j++) {
+      let cc = col0 + lid.x * 4u + j;
+      if (r < p.M && cc < p.N) {
+        let idx = cbase + r * p.N + cc;
+        var x = acc[i][j];
+        if ((p.flags & 1u) != 0u) { x += bias[cc]; }
+        if ((p.flags & 4u) != 0u) { x += c[idx]; }
+        if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+        c[idx] = x;
+      }
+    }
+  }
+}`;
+
+// ------------------------------------------------------------------------------- wrapper
+
+/** Shapes of a matmul call, resolved from the operands. */
+interface MatmulShape {
+  batch: number;
+  M: number;
+  N: number;
+  K: number;
+  shareB: boolean;
+  outShape: number[];
+}
+
+function resolveShape(a: Tensor, b: Tensor, o: MatmulOptions): MatmulShape {
+  const sa = a.shape, sb = b.shape;
+  checkShape(
+    sa.length >= 2 && sb.length >= 2,
+    `matmul: operands need ≥ 2 dims (A: [${sa}], B: [${sb}])`,
+  );
+  checkShape(a.dtype === "f32" && b.dtype === "f32", "matmul: operands must be f32");
+  const batchA = sa.slice(0, -2), batchB = sb.slice(0, -2);
+  const [ar, ac] = sa.slice(-2), [br, bc] = sb.slice(-2);
+  const M = o.transA ? ac : ar, K = o.transA ? ar : ac;
+  const Kb = o.transB ? bc : br, N = o.transB ? br : bc;
+  checkShape(
+    K === Kb,
+    `matmul: inner dimensions differ (A${o.transA ? "ᵀ" : ""}: [${sa}], B${
+      o.transB ? "ᵀ" : ""
+    }: [${sb}])`,
+  );
+  const batch = batchA.reduce((x, y) => x * y, 1);
+  const shareB = batchB.length === 0 || batchB.reduce((x, y) => x * y, 1) === 1;
+  checkShape(
+    shareB || batchB.join() === batchA.join(),
+    `matmul: batch dims differ (A: [${sa}], B: [${sb}])`,
+  );
+  return { batch, M, N, K, shareB, outShape: [...batchA, M, N] };
+}
+
+/**
+ * `C = op(A)·op(B) (+ bias) (ReLU)`, or `C += op(A)·op(B)` with `accumulate`.
+ *
+ * A is `[…batch, M, K]` (`[…, K, M]` with `transA`), B is `[K, N]` (shared by all batches) or
+ * `[…batch, K, N]` (`[…, N, K]` with `transB`). Returns `[…batch, M, N]`.
+ *
+ * @example A linear layer with HF weight layout
+ * ```ts
+ * import { Gpu, matmul } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const x = gpu.fromArray(new Float32Array(6).fill(1), [2, 3]);      // (tokens, in)
+ * const w = gpu.fromArray(new Float32Array(12).fill(0.5), [4, 3]);   // (out, in)
+ * const b = gpu.fromArray(new Float32Array([0, 1, 2, 3]), [4]);
+ * const y = matmul(gpu, x, w, { transB: true, bias: b });            // (2, 4)
+ * console.log(await gpu.read(y)); // [1.5, 2.5, 3.5, 4.5, 1.5, 2.5, 3.5, 4.5]
+ * ```
+ */
+export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const s = resolveShape(a, b, opts);
+  checkShape(!(opts.relu && opts.accumulate), "matmul: relu cannot be combined with accumulate");
+  checkShape(!opts.accumulate || opts.out !== undefined, "matmul: accumulate needs `out`");
+  if (opts.bias) {
+    checkShape(
+      opts.bias.size === s.N && opts.bias.dtype === "f32",
+      `matmul: bias has ${opts.bias.size} elements, expected N = ${s.N}`,
+    );
+  }
+  const out = opts.out ?? gpu.empty(s.outShape);
+  checkShape(
+    out.size === s.batch * s.M * s.N,
+    `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`,
+  );
+  if (s.batch * s.M * s.N === 0) return out;
+  let flags = 0;
+  if (opts.bias) flags |= FLAG_BIAS;
+  if (opts.relu) flags |= FLAG_RELU;
+  if (opts.accumulate) flags |= FLAG_ACC;
+  // K = 0 (an empty sum) leaves only the epilogue: the buffer kernel handles it without textures
+  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
+  else runTexture(gpu, a, b, out, s, opts, flags);
+  return out;
+}
+
+function dummy(gpu: Gpu): Tensor {
+  // a 4-element tensor bound where an optional input is absent
+  const g = gpu as Gpu & { _matmulDummy?: Tensor };
+  g._matmulDummy ??= gpu.zeros([4]);
+  return g._matmulDummy;
+}
+
+function runBuffer(
+  gpu: Gpu,
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  s: MatmulShape,
+  o: MatmulOptions,
+  flags: number,
+): void {
+  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const gx = Math.ceil(s.N / 64), gy = Math.ceil(s.M / 64);
+  for (let b0 = 0; b0 < s.batch; b0 += max) {
+    const nb = Math.min(max, s.batch - b0);
+    const view = (t: Tensor, stride: number) =>
+      b0 === 0
+        ? t
+        : new Tensor(gpu, t.buffer, [nb * stride], t.dtype, t.byteOffset + b0 * stride * 4, false);
+    const params = new Params().u32(
+      s.M,
+      s.N,
+      s.K,
+      o.transA ? 1 : 0,
+      o.transB ? 1 : 0,
+      s.M * s.K,
+      s.shareB ? 0 : s.K * s.N,
+      s.M * s.N,
+      flags,
+    );
+    gpu.dispatch(
+      gpu.pipeline(BUFFER_MATMUL),
+      [
+        view(a, s.M * s.K),
+        s.shareB ? b : view(b, s.K * s.N),
+        view(out, s.M * s.N),
+        o.bias ?? dummy(gpu),
+      ],
+      [gx, gy, nb],
+      params,
+    );
+  }
+}
+
+function runTexture(
+  gpu: Gpu,
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  s: MatmulShape,
+  o: MatmulOptions,
+  flags: number,
+): void {
+  const maxTex = gpu.textureSide;
+  const maxLayers = gpu.limits.maxTextureArrayLayers;
+  // chunk sizes that keep every texture side within the device limits
+  const mStep = Math.floor(maxTex / 4) * 4;
+  const kStep = Math.floor(maxTex / 4) * 4;
+  const nStep = Math.floor((4 * maxTex) / 16) * 16;
+  const pack = gpu.pipeline(PACK);
+  const mm = gpu.pipeline(TEXTURE_MATMUL);
+  const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
+  for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
+    const nb = Math.min(maxLayers, s.batch - b0);
+    const bLayers = s.shareB ? 1 : nb;
+    for (let m0 = 0; m0 < s.M; m0 += mStep) {
+      const mc = Math.min(mStep, s.M - m0);
+      for (let n0 = 0; n0 < s.N; n0 += nStep) {
+        const nc = Math.min(nStep, s.N - n0);
+        for (let k0 = 0; k0 < s.K; k0 += kStep) {
+          const kc = Math.min(kStep, s.K - k0);
+          const k4 = Math.ceil(kc / 4);
+          const aRows = Math.ceil(mc / 4) * 4, bTexels = Math.ceil(nc / 16) * 4;
+          const at = gpu.scratchTexture(k4, aRows, nb);
+          const bt = gpu.scratchTexture(bTexels, 4 * k4, bLayers);
+          gpu.dispatch(
+            pack,
+            [a, at.createView({ dimension: "2d-array" })],
+            [Math.ceil(k4 / 8), Math.ceil(aRows / 8), nb],
+            new Params().u32(mc, kc, ldA, o.transA ? 1 : 0, m0, k0, s.M * s.K, b0, k4, aRows),
+          );
+          gpu.dispatch(
+            pack,
+            [b, bt.createView({ dimension: "2d-array" })],
+            [Math.ceil(bTexels / 8), Math.ceil((4 * k4) / 8), bLayers],
+            new Params().u32(
+              kc,
+              nc,
+              ldB,
+              o.transB ? 1 : 0,
+              k0,
+              n0,
+              s.K * s.N,
+              s.shareB ? 0 : b0,
+              bTexels,
+              4 * k4,
+            ),
+          );
+          // bias and relu on the first / only K chunk; later K chunks accumulate
+          let f = flags;
+          if (k0 > 0) f = (f & ~FLAG_BIAS) | FLAG_ACC;
+          const lastK = k0 + kStep >= s.K;
+          if (!lastK) f &= ~FLAG_RELU;
+          gpu.dispatch(
+            mm,
+            [
+              at.createView({ dimension: "2d-array" }),
+              bt.createView({ dimension: "2d-array" }),
+              out,
+              o.bias ?? dummy(gpu),
+            ],
+            [Math.ceil(nc / 16 / 8), Math.ceil(mc / 4 / 8), nb],
+            new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f),
+          );
+          gpu.releaseTexture(at);
+          gpu.releaseTexture(bt);
+        }
+      }
+    }
+  }
+  // ReLU with several K chunks: only the last chunk applies it, after adding the partial sums
+  // of the earlier ones (epilogue order: bias, accumulate, ReLU), so C = max(total, 0).
+}

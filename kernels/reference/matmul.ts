@@ -1,0 +1,48 @@
+/**
+ * Float64 reference of {@link import("../matmul.ts").matmul}.
+ *
+ * @module
+ */
+
+type Arr = ArrayLike<number>;
+
+/** Shape and options of a reference matmul (mirrors `MatmulOptions`). */
+export interface MatmulRefArgs {
+  batch?: number;
+  M: number;
+  N: number;
+  K: number;
+  transA?: boolean;
+  transB?: boolean;
+  /** B has a single matrix shared by all batches. */
+  shareB?: boolean;
+  bias?: Arr;
+  relu?: boolean;
+  /** Existing C to accumulate into. */
+  accumulate?: Arr;
+}
+
+/** `C = op(A)·op(B) (+ bias) (ReLU) (+ C_old)`, batched, in float64. */
+export function matmul(a: Arr, b: Arr, o: MatmulRefArgs): Float64Array {
+  const { M, N, K } = o;
+  const batch = o.batch ?? 1;
+  const c = new Float64Array(batch * M * N);
+  for (let bi = 0; bi < batch; bi++) {
+    const ab = bi * M * K, bb = o.shareB ? 0 : bi * K * N, cb = bi * M * N;
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) {
+          const av = a[ab + (o.transA ? k * M + m : m * K + k)];
+          const bv = b[bb + (o.transB ? n * K + k : k * N + n)];
+          s += av * bv;
+        }
+        if (o.bias) s += o.bias[n];
+        if (o.accumulate) s += o.accumulate[cb + m * N + n];
+        if (o.relu) s = Math.max(s, 0);
+        c[cb + m * N + n] = s;
+      }
+    }
+  }
+  return c;
+}

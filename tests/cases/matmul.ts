@@ -1,0 +1,157 @@
+import { matmul } from "../../kernels/matmul.ts";
+import * as ref from "../../kernels/reference/matmul.ts";
+import { Gpu } from "../../kernels/runtime.ts";
+import { ShapeError } from "../../kernels/errors.ts";
+import { assertClose, assertThrows } from "../assert.ts";
+import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
+
+// f32 accumulation over K terms of magnitude ≤ 1: error grows like K·2^-24; these shapes have
+// K ≤ 130, so 1e-5 absolute + 1e-5 relative bounds them with margin.
+const TOL = { atol: 1e-5, rtol: 1e-5 };
+const PATHS = ["texture", "buffer"] as const;
+const SHAPES: [number, number, number][] = [[1, 1, 1], [7, 33, 65], [65, 7, 33], [33, 130, 1], [
+  5,
+  3,
+  17,
+]];
+
+export const cases: Case[] = [];
+
+for (const path of PATHS) {
+  cases.push({
+    name: `matmul (${path} path): NN/NT/TN/TT on odd shapes match float64 reference`,
+    async run(gpu) {
+      let seed = 1;
+      for (const [M, K, N] of SHAPES) {
+        for (const transA of [false, true]) {
+          for (const transB of [false, true]) {
+            const a = randArray(M * K, seed++), b = randArray(K * N, seed++);
+            const ta = gpu.fromArray(a, transA ? [K, M] : [M, K]);
+            const tb = gpu.fromArray(b, transB ? [N, K] : [K, N]);
+            const c = matmul(gpu, ta, tb, { transA, transB, path });
+            const want = ref.matmul(a, b, { M, N, K, transA, transB });
+            assertClose(
+              await gpu.readF32(c),
+              want,
+              TOL,
+              `C (${M}×${K}×${N} tA=${transA} tB=${transB})`,
+            );
+            for (const t of [ta, tb, c]) t.dispose();
+          }
+        }
+      }
+    },
+  });
+
+  cases.push({
+    name: `matmul (${path} path): batched, shared B, fused bias + ReLU, accumulate`,
+    async run(gpu) {
+      const batch = 3, M = 9, K = 21, N = 19;
+      const a = randArray(batch * M * K, 11), b = randArray(batch * K * N, 12);
+      const bias = randArray(N, 13), c0 = randArray(batch * M * N, 14);
+      const ta = gpu.fromArray(a, [batch, M, K]);
+      // per-batch B, transposed, with bias and relu
+      const tb = gpu.fromArray(b, [batch, N, K]);
+      const tbias = gpu.fromArray(bias);
+      const c = matmul(gpu, ta, tb, { transB: true, bias: tbias, relu: true, path });
+      assertClose(
+        await gpu.readF32(c),
+        ref.matmul(a, b, { batch, M, N, K, transB: true, bias, relu: true }),
+        TOL,
+        "batched bias relu",
+      );
+      // shared B (2-D), accumulate into existing C
+      const b2 = b.subarray(0, K * N);
+      const out = gpu.fromArray(c0, [batch, M, N]);
+      matmul(gpu, ta, gpu.fromArray(b2, [K, N]), { out, accumulate: true, path });
+      assertClose(
+        await gpu.readF32(out),
+        ref.matmul(a, b2, { batch, M, N, K, shareB: true, accumulate: c0 }),
+        TOL,
+        "shared B accumulate",
+      );
+    },
+  });
+
+  cases.push({
+    name: `matmul (${path} path): backward (dA = dC·Bᵀ, dB = Aᵀ·dC) equals finite differences`,
+    async run(gpu) {
+      const M = 7, K = 5, N = 9;
+      const a = randArray(M * K, 21), b = randArray(K * N, 22), w = randArray(M * N, 23);
+      const ta = gpu.fromArray(a, [M, K]), tb = gpu.fromArray(b, [K, N]);
+      const dc = gpu.fromArray(w, [M, N]); // loss = Σ w ⊙ C, so dC = w
+      const da = matmul(gpu, dc, tb, { transB: true, path });
+      const db = matmul(gpu, ta, dc, { transA: true, path });
+      const loss = (aa: ArrayLike<number>, bb: ArrayLike<number>) =>
+        dot(w, ref.matmul(aa, bb, { M, N, K }));
+      const fdA = finiteDiff((x) => loss(x, b), a);
+      const fdB = finiteDiff((x) => loss(a, x), b);
+      assertClose(await gpu.readF32(da), fdA, { atol: 1e-5, rtol: 1e-5 }, "dA");
+      assertClose(await gpu.readF32(db), fdB, { atol: 1e-5, rtol: 1e-5 }, "dB");
+    },
+  });
+}
+
+cases.push({
+  name: "matmul (texture path): operands larger than the texture side are chunked in M, N and K",
+  async run(gpu) {
+    // a second device limited to 16-texel sides forces every chunk loop to iterate
+    const small = await Gpu.create({ maxTextureSide: 16, matmulPath: "texture" });
+    try {
+      const M = 37, K = 70, N = 90, batch = 2;
+      const a = randArray(batch * M * K, 31), b = randArray(K * N, 32), bias = randArray(N, 33);
+      for (const relu of [false, true]) {
+        const c = matmul(
+          small,
+          small.fromArray(a, [batch, K, M]),
+          small.fromArray(b, [N, K]),
+          { transA: true, transB: true, bias: small.fromArray(bias), relu },
+        );
+        assertClose(
+          await small.readF32(c),
+          ref.matmul(a, b, {
+            batch,
+            M,
+            N,
+            K,
+            transA: true,
+            transB: true,
+            shareB: true,
+            bias,
+            relu,
+          }),
+          TOL,
+          `chunked (relu=${relu})`,
+        );
+      }
+    } finally {
+      small.destroy();
+    }
+    void gpu;
+  },
+});
+
+cases.push({
+  name: "matmul: empty inner dimension gives the bias; shape errors are named",
+  async run(gpu) {
+    const c = matmul(gpu, gpu.zeros([3, 0]), gpu.zeros([0, 2]), {
+      bias: gpu.fromArray([1, -2]),
+    });
+    assertClose(await gpu.readF32(c), [1, -2, 1, -2, 1, -2], { atol: 0, rtol: 0 }, "K=0");
+    await assertThrows(
+      () => matmul(gpu, gpu.zeros([2, 3]), gpu.zeros([4, 5])),
+      ShapeError,
+      "inner dimensions differ",
+    );
+    await assertThrows(
+      () => matmul(gpu, gpu.zeros([2, 3]), gpu.zeros([3, 5]), { bias: gpu.zeros([4]) }),
+      ShapeError,
+      "bias has 4 elements",
+    );
+    await assertThrows(
+      () => matmul(gpu, gpu.zeros([2, 2, 3]), gpu.zeros([3, 3, 5])),
+      ShapeError,
+      "batch dims differ",
+    );
+  },
+});
