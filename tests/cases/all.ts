@@ -3,5 +3,6 @@ import type { Case } from "../_util.ts";
 import { cases as elementwise } from "./elementwise.ts";
 import { cases as matmul } from "./matmul.ts";
 import { cases as reduce } from "./reduce.ts";
+import { cases as softmax } from "./softmax.ts";
 
-export const ALL_CASES: Case[] = [...elementwise, ...matmul, ...reduce];
+export const ALL_CASES: Case[] = [...elementwise, ...matmul, ...reduce, ...softmax];
