@@ -1,0 +1,179 @@
+/**
+ * Layer normalisation over the last axis with weight and bias (eps 1e-5 by default), llm.c
+ * style: the forward saves per-row mean and reciprocal std; the backward writes dx and
+ * accumulates dweight and dbias.
+ *
+ * @module
+ */
+
+import { checkShape } from "./errors.ts";
+import { groups, LINEAR_MAIN } from "./_shader.ts";
+import { ROW_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
+import { Gpu, Params, Tensor } from "./runtime.ts";
+
+const FORWARD = `${WG_REDUCE}
+struct P { rows: u32, cols: u32, eps: f32 }
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;     // (rows, C)
+@group(0) @binding(1) var<storage, read_write> w: array<f32>;     // (C)
+@group(0) @binding(2) var<storage, read_write> b: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(6) var<uniform> p: P;
+${ROW_MAIN}
+  let valid = row < p.rows;
+  let base = row * p.cols;
+  var s = 0.0;
+  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { s += x[base + c]; } }
+  let m = wg_sum(s, lid) / f32(p.cols);
+  var q = 0.0;
+  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { let d = x[base + c] - m; q += d * d; } }
+  let r = inverseSqrt(wg_sum(q, lid) / f32(p.cols) + p.eps);
+  if (!valid) { return; }
+  for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+    y[base + c] = (x[base + c] - m) * r * w[c] + b[c];
+  }
+  if (lid == 0u) { mean[row] = m; rstd[row] = r; }
+}`;
+
+// dx = rstd · (dy·w − mean(dy·w) − x̂ · mean(dy·w · x̂))
+const BACKWARD_DX = `${WG_REDUCE}
+struct P { rows: u32, cols: u32, accumulate: u32 }
+@group(0) @binding(0) var<storage, read_write> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read_write> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read_write> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(6) var<uniform> p: P;
+${ROW_MAIN}
+  let valid = row < p.rows;
+  let base = row * p.cols;
+  var m = 0.0;
+  var r = 0.0;
+  if (valid) { m = mean[row]; r = rstd[row]; }
+  var s1 = 0.0;
+  var s2 = 0.0;
+  if (valid) {
+    for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+      let g = dy[base + c] * w[c];
+      s1 += g;
+      s2 += g * (x[base + c] - m) * r;
+    }
+  }
+  let mg = wg_sum(s1, lid) / f32(p.cols);
+  let mgx = wg_sum(s2, lid) / f32(p.cols);
+  if (!valid) { return; }
+  for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
+
+// dweight[c] += Σ_r dy·x̂, dbias[c] += Σ_r dy: one invocation per column
+const BACKWARD_DW = `
+struct P { n: u32, rows: u32, cols: u32 }
+@group(0) @binding(0) var<storage, read_write> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read_write> mean: array<f32>;  // (rows)
+@group(0) @binding(3) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
+@group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.cols) { return; }
+  var sw = 0.0;
+  var sb = 0.0;
+  for (var r = 0u; r < p.rows; r++) {
+    let g = dy[r * p.cols + i];
+    sw += g * (x[r * p.cols + i] - mean[r]) * rstd[r];
+    sb += g;
+  }
+  dw[i] += sw;
+  db[i] += sb;
+}`;
+
+/** Saved activations of {@link layernormForward}. */
+export interface LayernormSaved {
+  mean: Tensor;
+  rstd: Tensor;
+}
+
+function dims(x: Tensor, w: Tensor, b: Tensor | null, name: string) {
+  checkShape(x.dtype === "f32", `${name}: x must be f32`);
+  const C = x.shape[x.shape.length - 1] ?? 0;
+  checkShape(C > 0, `${name}: x [${x.shape}] has an empty last axis`);
+  checkShape(w.size === C, `${name}: weight has ${w.size} elements, last axis is ${C}`);
+  if (b) checkShape(b.size === C, `${name}: bias has ${b.size} elements, last axis is ${C}`);
+  return { rows: x.size / C, C };
+}
+
+/**
+ * `y = (x − mean)/sqrt(var + eps)·w + b` over the last axis. Returns `y` and the saved
+ * `mean`/`rstd` (one per row) for {@link layernormBackward}.
+ *
+ * @example
+ * ```ts
+ * import { Gpu, layernormForward } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const x = gpu.fromArray([1, 2, 3, 4], [1, 4]);
+ * const { y } = layernormForward(gpu, x, gpu.fromArray([1, 1, 1, 1]), gpu.zeros([4]));
+ * console.log(await gpu.read(y)); // ≈ [-1.342, -0.447, 0.447, 1.342]
+ * ```
+ */
+export function layernormForward(
+  gpu: Gpu,
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  opts: { eps?: number; out?: Tensor } = {},
+): { y: Tensor } & LayernormSaved {
+  const { rows, C } = dims(x, weight, bias, "layernormForward");
+  const y = opts.out ?? gpu.empty(x.shape);
+  const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
+  gpu.dispatch(
+    gpu.pipeline(FORWARD),
+    [x, weight, bias, y, mean, rstd],
+    gpu.grid(rows),
+    new Params().u32(rows, C).f32(opts.eps ?? 1e-5),
+  );
+  return { y, mean, rstd };
+}
+
+/**
+ * Backward of {@link layernormForward}: returns `dx` (written, or added into `opts.dx` with
+ * `accumulateDx`) and adds into `dweight` and `dbias`.
+ */
+export function layernormBackward(
+  gpu: Gpu,
+  dy: Tensor,
+  x: Tensor,
+  weight: Tensor,
+  saved: LayernormSaved,
+  dweight: Tensor,
+  dbias: Tensor,
+  opts: { dx?: Tensor; accumulateDx?: boolean } = {},
+): Tensor {
+  const { rows, C } = dims(x, weight, null, "layernormBackward");
+  checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
+  checkShape(dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
+  checkShape(
+    !opts.accumulateDx || opts.dx !== undefined,
+    "layernormBackward: accumulateDx needs dx",
+  );
+  const dx = opts.dx ?? gpu.empty(x.shape);
+  gpu.dispatch(
+    gpu.pipeline(BACKWARD_DX),
+    [dy, x, weight, saved.mean, saved.rstd, dx],
+    gpu.grid(rows),
+    new Params().u32(rows, C, opts.accumulateDx ? 1 : 0),
+  );
+  gpu.dispatch(
+    gpu.pipeline(BACKWARD_DW),
+    [dy, x, saved.mean, saved.rstd, dweight, dbias],
+    gpu.grid(groups(C)),
+    new Params().u32(C, rows, C),
+  );
+  return dx;
+}

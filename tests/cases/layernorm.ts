@@ -1,0 +1,79 @@
+import * as k from "../../kernels/layernorm.ts";
+import * as ref from "../../kernels/reference/layernorm.ts";
+import { ShapeError } from "../../kernels/errors.ts";
+import { assertClose, assertThrows } from "../assert.ts";
+import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
+
+export const cases: Case[] = [];
+// normalisation divides by std ≈ 1: f32 rounding of row sums over ≤ 1000 terms
+const TOL = { atol: 2e-5, rtol: 2e-5 };
+
+for (const [rows, C] of [[1, 1], [7, 33], [3, 65], [2, 1000], [65, 7]]) {
+  cases.push({
+    name: `layernorm: forward, saved stats and backward match reference (${rows}×${C})`,
+    async run(gpu) {
+      const x = randArray(rows * C, rows * C, -2, 3), w = randArray(C, 2, 0.5, 1.5);
+      const b = randArray(C, 3), dy = randArray(rows * C, 4);
+      const tx = gpu.fromArray(x, [rows, C]), tw = gpu.fromArray(w), tb = gpu.fromArray(b);
+      const f = k.layernormForward(gpu, tx, tw, tb);
+      const want = ref.layernormForward(x, w, b, C);
+      assertClose(await gpu.readF32(f.y), want.y, TOL, "y");
+      assertClose(await gpu.readF32(f.mean), want.mean, TOL, "mean");
+      assertClose(await gpu.readF32(f.rstd), want.rstd, { atol: 1e-3, rtol: 1e-4 }, "rstd");
+      const dw0 = randArray(C, 5), db0 = randArray(C, 6);
+      const tdw = gpu.fromArray(dw0), tdb = gpu.fromArray(db0);
+      const dx = k.layernormBackward(gpu, gpu.fromArray(dy, [rows, C]), tx, tw, f, tdw, tdb);
+      const g = ref.layernormBackward(dy, x, w, C);
+      // dx subtracts two means of size-1 terms: allow atol 1e-4 for C=1000 rows
+      assertClose(await gpu.readF32(dx), g.dx, { atol: 1e-4, rtol: 1e-4 }, "dx");
+      assertClose(await gpu.readF32(tdw), g.dw.map((v, i) => v + dw0[i]), {
+        atol: 1e-4,
+        rtol: 1e-4,
+      }, "dweight (accumulated)");
+      assertClose(await gpu.readF32(tdb), g.db.map((v, i) => v + db0[i]), {
+        atol: 1e-4,
+        rtol: 1e-4,
+      }, "dbias (accumulated)");
+    },
+  });
+}
+
+cases.push({
+  name: "layernorm: reference gradients equal central finite differences; accumulateDx adds",
+  async run(gpu) {
+    const rows = 3, C = 7;
+    const x = randArray(rows * C, 11, -2, 2), w = randArray(C, 12), b = randArray(C, 13);
+    const dy = randArray(rows * C, 14);
+    const g = ref.layernormBackward(dy, x, w, C);
+    const fdx = finiteDiff((z) => dot(dy, ref.layernormForward(z, w, b, C).y), x);
+    const fdw = finiteDiff((z) => dot(dy, ref.layernormForward(x, z, b, C).y), w);
+    const fdb = finiteDiff((z) => dot(dy, ref.layernormForward(x, w, z, C).y), b);
+    const tol = { atol: 1e-7, rtol: 1e-6 };
+    assertClose(g.dx, fdx, tol, "dx vs fd");
+    assertClose(g.dw, fdw, tol, "dw vs fd");
+    assertClose(g.db, fdb, tol, "db vs fd");
+    const tx = gpu.fromArray(x, [rows, C]), tw = gpu.fromArray(w);
+    const f = k.layernormForward(gpu, tx, tw, gpu.fromArray(b));
+    const base = randArray(rows * C, 15);
+    const dx = gpu.fromArray(base, [rows, C]);
+    k.layernormBackward(
+      gpu,
+      gpu.fromArray(dy, [rows, C]),
+      tx,
+      tw,
+      f,
+      gpu.zeros([C]),
+      gpu.zeros([C]),
+      {
+        dx,
+        accumulateDx: true,
+      },
+    );
+    assertClose(await gpu.readF32(dx), g.dx.map((v, i) => v + base[i]), TOL, "accumulated dx");
+    await assertThrows(
+      () => k.layernormForward(gpu, tx, gpu.zeros([6]), gpu.zeros([7])),
+      ShapeError,
+      "weight has 6 elements",
+    );
+  },
+});
