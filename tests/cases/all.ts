@@ -1,9 +1,17 @@
 /** Every kernel case list, in one array (shared by the Deno runner and the browser page). */
 import type { Case } from "../_util.ts";
 import { cases as elementwise } from "./elementwise.ts";
+import { cases as embedding } from "./embedding.ts";
 import { cases as layernorm } from "./layernorm.ts";
 import { cases as matmul } from "./matmul.ts";
 import { cases as reduce } from "./reduce.ts";
 import { cases as softmax } from "./softmax.ts";
 
-export const ALL_CASES: Case[] = [...elementwise, ...matmul, ...reduce, ...softmax, ...layernorm];
+export const ALL_CASES: Case[] = [
+  ...elementwise,
+  ...matmul,
+  ...reduce,
+  ...softmax,
+  ...layernorm,
+  ...embedding,
+];

@@ -1,0 +1,170 @@
+/**
+ * Token + learned-position embedding: `out[i] = wte[tokens[i]] + wpe[positions[i] + offset]`
+ * (OPT uses offset 2) and the backward, a deterministic scatter-add of `dout` rows into the
+ * tables: without float atomics, each distinct id is summed by the invocation that owns its
+ * first occurrence, following a "next occurrence" chain built on the GPU. The result does not
+ * depend on scheduling, so runs are bit-reproducible.
+ *
+ * Ids outside the table read as zeros in the forward and are skipped in the backward; check
+ * ids on the host where they come from (the tokenizer) to get a named error.
+ *
+ * @module
+ */
+
+import { checkShape } from "./errors.ts";
+import { groups, LINEAR_MAIN } from "./_shader.ts";
+import { Gpu, Params, Tensor } from "./runtime.ts";
+
+const FORWARD = `
+struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32 }
+@group(0) @binding(0) var<storage, read_write> tokens: array<i32>;    // (N)
+@group(0) @binding(1) var<storage, read_write> positions: array<i32>; // (N)
+@group(0) @binding(2) var<storage, read_write> wte: array<f32>;       // (V, C)
+@group(0) @binding(3) var<storage, read_write> wpe: array<f32>;       // (maxPos, C)
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;       // (N, C)
+@group(0) @binding(5) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let row = i / p.C;
+  let c = i % p.C;
+  let t = tokens[row];
+  var v = 0.0;
+  if (t >= 0 && u32(t) < p.V) { v = wte[u32(t) * p.C + c]; }
+  if (p.has_pos == 1u) {
+    let q = positions[row] + i32(p.offset);
+    if (q >= 0 && u32(q) < p.maxPos) { v += wpe[u32(q) * p.C + c]; }
+  }
+  out[i] = v;
+}`;
+
+// next[i] = smallest j > i with ids[j] == ids[i] (or -1); head[i] = 1 when no j < i has the id
+const CHAINS = `
+struct P { N: u32 }
+@group(0) @binding(0) var<storage, read_write> ids: array<i32>;   // (N)
+@group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
+@group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.N) { return; }
+  let id = ids[i];
+  var h = 1u;
+  for (var j = 0u; j < i; j++) { if (ids[j] == id) { h = 0u; break; } }
+  var nx = -1;
+  for (var j = i + 1u; j < p.N; j++) { if (ids[j] == id) { nx = i32(j); break; } }
+  next[i] = nx;
+  head[i] = h;
+}`;
+
+const SCATTER = `
+struct P { n: u32, C: u32, rowsTable: u32, offset: i32 }
+@group(0) @binding(0) var<storage, read_write> ids: array<i32>;   // (N)
+@group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
+@group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
+@group(0) @binding(3) var<storage, read_write> dout: array<f32>;  // (N, C)
+@group(0) @binding(4) var<storage, read_write> table: array<f32>; // (rowsTable, C)
+@group(0) @binding(5) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let row = i / p.C;
+  let c = i % p.C;
+  if (head[row] == 0u) { return; }
+  let t = ids[row] + p.offset;
+  if (t < 0 || u32(t) >= p.rowsTable) { return; }
+  var s = 0.0;
+  var j = i32(row);
+  loop {
+    if (j < 0) { break; }
+    s += dout[u32(j) * p.C + c];
+    j = next[u32(j)];
+  }
+  table[u32(t) * p.C + c] += s;
+}`;
+
+function checkIds(t: Tensor, n: number, what: string): void {
+  checkShape(t.dtype === "i32", `embedding: ${what} must be i32, got ${t.dtype}`);
+  checkShape(t.size === n, `embedding: ${what} has ${t.size} ids, tokens have ${n}`);
+}
+
+/**
+ * `out[…, :] = wte[tokens] + wpe[positions + offset]`; `positions` may be omitted (no
+ * position table). Output shape is `[...tokens.shape, C]`.
+ *
+ * @example OPT-style embeddings
+ * ```ts
+ * import { embeddingForward, Gpu } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const wte = gpu.zeros([10, 4]), wpe = gpu.zeros([12, 4]);
+ * const tokens = gpu.fromArray(new Int32Array([2, 5, 7]));
+ * const positions = gpu.fromArray(new Int32Array([0, 1, 2]));
+ * const h = embeddingForward(gpu, tokens, wte, { positions, wpe, offset: 2 }); // (3, 4)
+ * ```
+ */
+export function embeddingForward(
+  gpu: Gpu,
+  tokens: Tensor,
+  wte: Tensor,
+  pos?: { positions: Tensor; wpe: Tensor; offset?: number },
+): Tensor {
+  checkShape(wte.shape.length === 2, `embeddingForward: wte must be (V, C), got [${wte.shape}]`);
+  const [V, C] = wte.shape;
+  checkIds(tokens, tokens.size, "tokens");
+  if (pos) {
+    checkIds(pos.positions, tokens.size, "positions");
+    checkShape(
+      pos.wpe.shape.length === 2 && pos.wpe.shape[1] === C,
+      `embeddingForward: wpe [${pos.wpe.shape}] must be (P, ${C})`,
+    );
+  }
+  const out = gpu.empty([...tokens.shape, C]);
+  gpu.dispatch(
+    gpu.pipeline(FORWARD),
+    [tokens, pos?.positions ?? tokens, wte, pos?.wpe ?? wte, out],
+    gpu.grid(groups(out.size)),
+    new Params().u32(out.size, C, V, pos?.wpe.shape[0] ?? 0, pos?.offset ?? 0, pos ? 1 : 0),
+  );
+  return out;
+}
+
+/**
+ * Adds rows of `dout` (`[N, C]`) into `table` (`[R, C]`) at `ids + offset`, summing
+ * duplicates deterministically: `table[ids[i] + offset] += dout[i]`.
+ */
+export function scatterAddRows(
+  gpu: Gpu,
+  ids: Tensor,
+  dout: Tensor,
+  table: Tensor,
+  offset = 0,
+): void {
+  checkShape(table.shape.length === 2, `scatterAddRows: table must be 2-D, got [${table.shape}]`);
+  const [R, C] = table.shape;
+  const N = ids.size;
+  checkIds(ids, N, "ids");
+  checkShape(dout.size === N * C, `scatterAddRows: dout [${dout.shape}] is not (${N}, ${C})`);
+  if (N === 0) return;
+  const next = gpu.empty([N], "i32"), head = gpu.empty([N], "u32");
+  gpu.dispatch(gpu.pipeline(CHAINS), [ids, next, head], gpu.grid(groups(N)), new Params().u32(N));
+  gpu.dispatch(
+    gpu.pipeline(SCATTER),
+    [ids, next, head, dout, table],
+    gpu.grid(groups(N * C)),
+    new Params().u32(N * C, C, R).i32(offset),
+  );
+  next.dispose();
+  head.dispose();
+}
+
+/**
+ * Backward of {@link embeddingForward}: accumulates `dout` into `dwte` at the tokens and into
+ * `dwpe` at `positions + offset`.
+ */
+export function embeddingBackward(
+  gpu: Gpu,
+  dout: Tensor,
+  tokens: Tensor,
+  dwte: Tensor,
+  pos?: { positions: Tensor; dwpe: Tensor; offset?: number },
+): void {
+  scatterAddRows(gpu, tokens, dout, dwte);
+  if (pos) scatterAddRows(gpu, pos.positions, dout, pos.dwpe, pos.offset ?? 0);
+}

@@ -1,0 +1,42 @@
+/**
+ * Float64 reference of the embedding kernels.
+ *
+ * @module
+ */
+
+type Arr = ArrayLike<number>;
+
+/** `out[i] = wte[tok[i]] + wpe[pos[i] + offset]` (out-of-range ids read zeros). */
+export function embeddingForward(
+  tokens: Arr,
+  wte: Arr,
+  C: number,
+  pos?: { positions: Arr; wpe: Arr; offset?: number },
+): Float64Array {
+  const V = wte.length / C, N = tokens.length;
+  const out = new Float64Array(N * C);
+  for (let i = 0; i < N; i++) {
+    for (let c = 0; c < C; c++) {
+      const t = tokens[i];
+      let v = t >= 0 && t < V ? wte[t * C + c] : 0;
+      if (pos) {
+        const q = pos.positions[i] + (pos.offset ?? 0);
+        if (q >= 0 && q < pos.wpe.length / C) v += pos.wpe[q * C + c];
+      }
+      out[i * C + c] = v;
+    }
+  }
+  return out;
+}
+
+/** `table[ids[i] + offset] += dout[i]` for every i (out-of-range rows skipped). */
+export function scatterAddRows(ids: Arr, dout: Arr, table: Arr, C: number, offset = 0) {
+  const out = Float64Array.from(table);
+  const R = table.length / C;
+  for (let i = 0; i < ids.length; i++) {
+    const r = ids[i] + offset;
+    if (r < 0 || r >= R) continue;
+    for (let c = 0; c < C; c++) out[r * C + c] += dout[i * C + c];
+  }
+  return out;
+}

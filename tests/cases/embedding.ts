@@ -1,0 +1,65 @@
+import * as k from "../../kernels/embedding.ts";
+import * as ref from "../../kernels/reference/embedding.ts";
+import { ShapeError } from "../../kernels/errors.ts";
+import { assertClose, assertEquals, assertThrows } from "../assert.ts";
+import { type Case, dot, finiteDiff, randArray, randInts } from "../_util.ts";
+
+export const cases: Case[] = [];
+const TOL = { atol: 1e-6, rtol: 1e-6 };
+
+for (const [N, V, C] of [[1, 1, 1], [7, 5, 33], [65, 13, 7], [33, 300, 65]]) {
+  cases.push({
+    name: `embedding: token + position forward and scatter-add backward (N=${N}, V=${V}, C=${C})`,
+    async run(gpu) {
+      const P = N + 2;
+      const wte = randArray(V * C, N + V), wpe = randArray(P * C, C);
+      const toks = randInts(N, V, N); // few distinct ids: many duplicates
+      const positions = Int32Array.from({ length: N }, (_, i) => i);
+      const tt = gpu.fromArray(toks), tp = gpu.fromArray(positions);
+      const twte = gpu.fromArray(wte, [V, C]), twpe = gpu.fromArray(wpe, [P, C]);
+      const out = k.embeddingForward(gpu, tt, twte, { positions: tp, wpe: twpe, offset: 2 });
+      const want = ref.embeddingForward(toks, wte, C, { positions, wpe, offset: 2 });
+      assertEquals(out.shape, [N, C], "output shape");
+      assertClose(await gpu.readF32(out), want, TOL, "forward");
+      const dout = randArray(N * C, 99);
+      const dwte0 = randArray(V * C, 98), dwpe0 = randArray(P * C, 97);
+      const dwte = gpu.fromArray(dwte0, [V, C]), dwpe = gpu.fromArray(dwpe0, [P, C]);
+      k.embeddingBackward(gpu, gpu.fromArray(dout, [N, C]), tt, dwte, {
+        positions: tp,
+        dwpe,
+        offset: 2,
+      });
+      // sums of up to N terms of magnitude 1
+      const tol = { atol: 1e-5, rtol: 1e-5 };
+      assertClose(await gpu.readF32(dwte), ref.scatterAddRows(toks, dout, dwte0, C), tol, "dwte");
+      assertClose(
+        await gpu.readF32(dwpe),
+        ref.scatterAddRows(positions, dout, dwpe0, C, 2),
+        tol,
+        "dwpe",
+      );
+    },
+  });
+}
+
+cases.push({
+  name: "embedding: reference backward equals finite differences; results are bit-reproducible",
+  async run(gpu) {
+    const N = 9, V = 4, C = 3;
+    const toks = randInts(N, V, 5), wte = randArray(V * C, 6), w = randArray(N * C, 7);
+    const grad = ref.scatterAddRows(toks, w, new Float64Array(V * C), C);
+    const fd = finiteDiff((z) => dot(w, ref.embeddingForward(toks, z, C)), wte);
+    assertClose(grad, fd, { atol: 1e-8, rtol: 1e-6 }, "dwte vs fd");
+    const run = async () => {
+      const d = gpu.zeros([V, C]);
+      k.scatterAddRows(gpu, gpu.fromArray(toks), gpu.fromArray(w, [N, C]), d);
+      return await gpu.readF32(d);
+    };
+    assertEquals(await run(), await run(), "two runs");
+    await assertThrows(
+      () => k.embeddingForward(gpu, gpu.fromArray([1, 2]), gpu.zeros([4, 3])),
+      ShapeError,
+      "tokens must be i32",
+    );
+  },
+});
