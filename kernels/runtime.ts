@@ -100,6 +100,25 @@ export class Tensor {
     return new Tensor(this.gpu, this.buffer, shape, this.dtype, this.byteOffset, false);
   }
 
+  /**
+   * Consumes this tensor and returns one with a new shape that owns the buffer (use when a
+   * kernel's result is handed out under another shape; `reshape` would leave the view unable
+   * to free it).
+   */
+  intoShape(shape: readonly number[]): Tensor {
+    const v = this.reshape(shape);
+    const owned = new Tensor(
+      this.gpu,
+      this.buffer,
+      v.shape,
+      this.dtype,
+      this.byteOffset,
+      this.owner,
+    );
+    this.#disposed = true;
+    return owned;
+  }
+
   /** Returns the buffer to the pool (no-op for views). */
   dispose(): void {
     if (this.#disposed) return;

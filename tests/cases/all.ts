@@ -1,5 +1,6 @@
 /** Every kernel case list, in one array (shared by the Deno runner and the browser page). */
 import type { Case } from "../_util.ts";
+import { cases as attention } from "./attention.ts";
 import { cases as elementwise } from "./elementwise.ts";
 import { cases as embedding } from "./embedding.ts";
 import { cases as layernorm } from "./layernorm.ts";
@@ -14,4 +15,5 @@ export const ALL_CASES: Case[] = [
   ...softmax,
   ...layernorm,
   ...embedding,
+  ...attention,
 ];

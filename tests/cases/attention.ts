@@ -1,0 +1,96 @@
+import * as k from "../../kernels/attention.ts";
+import * as ref from "../../kernels/reference/attention.ts";
+import { ShapeError } from "../../kernels/errors.ts";
+import { assertClose, assertEquals, assertThrows } from "../assert.ts";
+import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
+
+export const cases: Case[] = [];
+// dot products over Dh ≤ 65 and softmax sums over Tk ≤ 33 keys, in f32
+const TOL = { atol: 2e-5, rtol: 2e-5 };
+
+// left padding: batch row b has b leading pad keys
+function leftPadMask(B: number, T: number): Float32Array {
+  return Float32Array.from({ length: B * T }, (_, i) => (i % T) < Math.floor(i / T) ? 0 : 1);
+}
+
+const SHAPES: [number, number, number, number, number][] = [
+  // B, H, Tq, Tk, Dh
+  [1, 1, 1, 1, 1],
+  [2, 3, 7, 7, 5],
+  [3, 2, 33, 33, 7],
+  [2, 1, 5, 5, 65],
+  [2, 2, 1, 9, 8], // decode step against a cache of 9 keys
+  [1, 2, 3, 7, 4], // chunked prefill: 3 queries after 4 cached keys
+];
+
+for (const [B, H, Tq, Tk, Dh] of SHAPES) {
+  cases.push({
+    name:
+      `attention: causal + key padding forward and backward (B=${B} H=${H} Tq=${Tq} Tk=${Tk} Dh=${Dh})`,
+    async run(gpu) {
+      const seed = B * 1000 + H * 100 + Tq * 10 + Dh;
+      const q = randArray(B * H * Tq * Dh, seed, -2, 2),
+        kk = randArray(B * H * Tk * Dh, seed + 1, -2, 2);
+      const v = randArray(B * H * Tk * Dh, seed + 2), dout = randArray(B * H * Tq * Dh, seed + 3);
+      const mask = leftPadMask(B, Tk);
+      const args = { B, H, Tq, Tk, Dh, keyMask: mask };
+      const tq = gpu.fromArray(q, [B, H, Tq, Dh]), tk = gpu.fromArray(kk, [B, H, Tk, Dh]);
+      const tv = gpu.fromArray(v, [B, H, Tk, Dh]);
+      const f = k.attentionForward(gpu, tq, tk, tv, { keyMask: gpu.fromArray(mask, [B, Tk]) });
+      const want = ref.attentionForward(q, kk, v, args);
+      assertEquals(f.out.shape, [B, H, Tq, Dh], "out shape");
+      assertClose(await gpu.readF32(f.out), want.out, TOL, "out");
+      assertClose(await gpu.readF32(f.probs), want.probs, TOL, "probs");
+      const g = k.attentionBackward(gpu, gpu.fromArray(dout, [B, H, Tq, Dh]), tq, tk, tv, f);
+      const wg = ref.attentionBackward(dout, q, kk, v, args);
+      assertClose(await gpu.readF32(g.dq), wg.dq, TOL, "dq");
+      assertClose(await gpu.readF32(g.dk), wg.dk, TOL, "dk");
+      assertClose(await gpu.readF32(g.dv), wg.dv, TOL, "dv");
+    },
+  });
+}
+
+cases.push({
+  name: "attention: reference backward equals central finite differences (masked, non-causal too)",
+  async run() {
+    for (const causal of [true, false]) {
+      const B = 2, H = 1, Tq = 4, Tk = 4, Dh = 3;
+      const args = { B, H, Tq, Tk, Dh, keyMask: leftPadMask(B, Tk), causal };
+      const q = randArray(B * H * Tq * Dh, 1), kk = randArray(B * H * Tk * Dh, 2);
+      const v = randArray(B * H * Tk * Dh, 3), w = randArray(B * H * Tq * Dh, 4);
+      const g = ref.attentionBackward(w, q, kk, v, args);
+      const loss = (a: ArrayLike<number>, b: ArrayLike<number>, c: ArrayLike<number>) =>
+        dot(w, ref.attentionForward(a, b, c, args).out);
+      const tol = { atol: 1e-8, rtol: 1e-6 };
+      assertClose(g.dq, finiteDiff((x) => loss(x, kk, v), q), tol, `dq (causal=${causal})`);
+      assertClose(g.dk, finiteDiff((x) => loss(q, x, v), kk), tol, `dk (causal=${causal})`);
+      assertClose(g.dv, finiteDiff((x) => loss(q, kk, x), v), tol, `dv (causal=${causal})`);
+    }
+  },
+});
+
+cases.push({
+  name: "attention: fully masked query rows give zeros; head split/merge round-trips",
+  async run(gpu) {
+    // one batch row whose only causal key is padding: query 0 sees nothing
+    const B = 1, H = 1, T = 3, Dh = 2;
+    const q = gpu.fromArray(randArray(T * Dh, 5), [B, H, T, Dh]);
+    const kv = gpu.fromArray(randArray(T * Dh, 6), [B, H, T, Dh]);
+    const f = k.attentionForward(gpu, q, kv, kv, { keyMask: gpu.fromArray([0, 1, 1], [1, 3]) });
+    const out = await gpu.readF32(f.out);
+    assertClose(out.subarray(0, 2), [0, 0], { atol: 0, rtol: 0 }, "empty row");
+    const x = randArray(2 * 5 * 3 * 4, 7);
+    const tx = gpu.fromArray(x, [2, 5, 3, 4]);
+    const split = k.swapAxes12(gpu, tx);
+    assertEquals(split.shape, [2, 3, 5, 4], "split shape");
+    const back = await gpu.readF32(k.swapAxes12(gpu, split));
+    assertEquals(back, x, "round trip");
+    const s = await gpu.readF32(split);
+    assertEquals(s[((1 * 3 + 2) * 5 + 4) * 4 + 3], x[((1 * 5 + 4) * 3 + 2) * 4 + 3], "element");
+    await assertThrows(
+      () => k.attentionForward(gpu, q, gpu.zeros([1, 1, 2, 2]), gpu.zeros([1, 1, 2, 2])),
+      ShapeError,
+      "3 queries but only 2 keys",
+    );
+  },
+});
