@@ -1,0 +1,145 @@
+/**
+ * AdamW (decoupled weight decay, bias-corrected moments, as `torch.optim.AdamW`) in one
+ * dispatch over a parameter range, optionally scaling gradients by a factor that stays on the
+ * GPU (the clip coefficient of `clipGradNorm`/`globalNorm`), and the host-side learning-rate
+ * schedule (linear warmup, then cosine or linear decay).
+ *
+ * @module
+ */
+
+import { checkShape } from "./errors.ts";
+import { groups, LINEAR_MAIN } from "./_shader.ts";
+import { Gpu, Params, Tensor } from "./runtime.ts";
+
+const ADAMW = `
+struct P {
+  n: u32, has_scale: u32, scale_index: u32, _pad: u32,
+  lr: f32, beta1: f32, beta2: f32, eps: f32,
+  wd: f32, bc1: f32, bc2: f32,
+}
+@group(0) @binding(0) var<storage, read_write> param: array<f32>; // (n)
+@group(0) @binding(1) var<storage, read_write> grad: array<f32>;  // (n)
+@group(0) @binding(2) var<storage, read_write> m: array<f32>;     // (n) first moment
+@group(0) @binding(3) var<storage, read_write> v: array<f32>;     // (n) second moment
+@group(0) @binding(4) var<storage, read_write> gscale: array<f32>;
+@group(0) @binding(5) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  var g = grad[i];
+  if (p.has_scale == 1u) { g *= gscale[p.scale_index]; }
+  let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+  let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+  m[i] = mi;
+  v[i] = vi;
+  let w = param[i] * (1.0 - p.lr * p.wd);
+  param[i] = w - p.lr * (mi / p.bc1) / (sqrt(vi / p.bc2) + p.eps);
+}`;
+
+/** Hyperparameters of one AdamW step. */
+export interface AdamWOptions {
+  /** Learning rate for this step (see {@link learningRate}). */
+  lr: number;
+  /** Default 0.9. */
+  beta1?: number;
+  /** Default 0.999. */
+  beta2?: number;
+  /** Default 1e-8. */
+  eps?: number;
+  /** Decoupled weight decay, default 0. */
+  weightDecay?: number;
+  /** 1-based step count, for bias correction. */
+  step: number;
+  /** Multiply gradients by `scale.tensor[scale.index]` first (e.g. the clip coefficient). */
+  gradScale?: { tensor: Tensor; index: number };
+}
+
+/**
+ * One AdamW update of `param` in place, with moments `m` and `v` (same size, start at zero).
+ *
+ * @example Clip, then step — no readback
+ * ```ts
+ * import { adamwStep, clipGradNorm, Gpu } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const w = gpu.fromArray([1, 2]), g = gpu.fromArray([0.5, -0.5]);
+ * const m = gpu.zeros([2]), v = gpu.zeros([2]);
+ * clipGradNorm(gpu, [g], 1.0);
+ * adamwStep(gpu, w, g, m, v, { lr: 1e-3, step: 1, weightDecay: 0.01 });
+ * ```
+ */
+export function adamwStep(
+  gpu: Gpu,
+  param: Tensor,
+  grad: Tensor,
+  m: Tensor,
+  v: Tensor,
+  o: AdamWOptions,
+): void {
+  for (const [n, t] of [["grad", grad], ["m", m], ["v", v]] as const) {
+    checkShape(
+      t.size === param.size,
+      `adamwStep: ${n} has ${t.size} elements, param ${param.size}`,
+    );
+  }
+  checkShape(Number.isInteger(o.step) && o.step >= 1, `adamwStep: step must be ≥ 1, got ${o.step}`);
+  checkShape(Number.isFinite(o.lr) && o.lr >= 0, `adamwStep: bad learning rate ${o.lr}`);
+  const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999;
+  const s = o.gradScale;
+  if (s) checkShape(s.index < s.tensor.size, "adamwStep: gradScale index out of range");
+  gpu.dispatch(
+    gpu.pipeline(ADAMW),
+    [param, grad, m, v, s?.tensor ?? grad],
+    gpu.grid(groups(param.size)),
+    new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, 0).f32(
+      o.lr,
+      b1,
+      b2,
+      o.eps ?? 1e-8,
+      o.weightDecay ?? 0,
+      1 - b1 ** o.step,
+      1 - b2 ** o.step,
+    ),
+  );
+}
+
+/** A learning-rate schedule: linear warmup, then decay to `minLrRatio·lr`. */
+export interface LrSchedule {
+  /** Peak learning rate. */
+  lr: number;
+  /** Total optimizer steps of the run. */
+  totalSteps: number;
+  /** Warmup steps (takes precedence over `warmupRatio`). */
+  warmupSteps?: number;
+  /** Warmup as a fraction of `totalSteps` (default 0). */
+  warmupRatio?: number;
+  /** `"cosine"` (default), `"linear"` or `"constant"` after warmup. */
+  decay?: "cosine" | "linear" | "constant";
+  /** Final learning rate as a fraction of `lr` (default 0). */
+  minLrRatio?: number;
+}
+
+/**
+ * Learning rate at 0-based `step`: `lr·(step+1)/warmup` during warmup, then cosine or linear
+ * decay from `lr` to `minLrRatio·lr` at `totalSteps`.
+ *
+ * @example
+ * ```ts
+ * import { learningRate } from "./mod.ts";
+ * const s = { lr: 1e-3, totalSteps: 100, warmupSteps: 10 };
+ * console.log(learningRate(0, s), learningRate(9, s), learningRate(100, s)); // 1e-4 1e-3 0
+ * ```
+ */
+export function learningRate(step: number, s: LrSchedule): number {
+  const warm = s.warmupSteps ?? Math.round((s.warmupRatio ?? 0) * s.totalSteps);
+  if (step < warm) return (s.lr * (step + 1)) / warm;
+  const minLr = (s.minLrRatio ?? 0) * s.lr;
+  const span = Math.max(1, s.totalSteps - warm);
+  const t = Math.min(1, Math.max(0, (step - warm) / span));
+  switch (s.decay ?? "cosine") {
+    case "constant":
+      return s.lr;
+    case "linear":
+      return s.lr - (s.lr - minLr) * t;
+    default:
+      return minLr + (s.lr - minLr) * 0.5 * (1 + Math.cos(Math.PI * t));
+  }
+}

@@ -1,0 +1,75 @@
+import { adamwStep, learningRate } from "../../kernels/optimizer.ts";
+import * as ref from "../../kernels/reference/optimizer.ts";
+import { scale, sub } from "../../kernels/elementwise.ts";
+import { globalNorm } from "../../kernels/reduce.ts";
+import { ShapeError } from "../../kernels/errors.ts";
+import { assert, assertClose, assertThrows } from "../assert.ts";
+import { type Case, randArray } from "../_util.ts";
+
+export const cases: Case[] = [];
+
+for (const n of [1, 7, 65, 1000]) {
+  cases.push({
+    name: `optimizer: five AdamW steps with weight decay and a GPU-side clip factor (n=${n})`,
+    async run(gpu) {
+      const p0 = randArray(n, n), tp = gpu.fromArray(p0);
+      const tm = gpu.zeros([n]), tv = gpu.zeros([n]);
+      const rp = Float64Array.from(p0), rm = new Float64Array(n), rv = new Float64Array(n);
+      for (let step = 1; step <= 5; step++) {
+        const g = randArray(n, 100 * n + step, -3, 3);
+        const tg = gpu.fromArray(g);
+        const stats = globalNorm(gpu, [tg], 1.5);
+        const coef = (await gpu.readF32(stats))[1];
+        const o = { lr: 1e-2, weightDecay: 0.1, step, beta2: 0.99 };
+        adamwStep(gpu, tp, tg, tm, tv, { ...o, gradScale: { tensor: stats, index: 1 } });
+        ref.adamwStep(rp, g, rm, rv, { ...o, gradScale: coef });
+      }
+      // f32 state over 5 steps; update magnitude ≈ lr
+      const tol = { atol: 1e-6, rtol: 1e-5 };
+      assertClose(await gpu.readF32(tp), rp, tol, "param");
+      assertClose(await gpu.readF32(tm), rm, tol, "m");
+      assertClose(await gpu.readF32(tv), rv, tol, "v");
+    },
+  });
+}
+
+cases.push({
+  name: "optimizer: AdamW minimises a quadratic; learning-rate schedule values",
+  async run(gpu) {
+    const target = randArray(33, 1, -2, 2);
+    const w = gpu.zeros([33]), m = gpu.zeros([33]), v = gpu.zeros([33]);
+    const tt = gpu.fromArray(target), g = gpu.empty([33]);
+    for (let step = 1; step <= 200; step++) {
+      // gradient of Σ (w − target)², computed on the GPU: no readback inside the loop
+      scale(gpu, sub(gpu, w, tt, g), 2, g);
+      adamwStep(gpu, w, g, m, v, { lr: 0.05, step });
+    }
+    const wt = await gpu.readF32(w);
+    const err = Math.max(...Array.from(wt, (x, i) => Math.abs(x - target[i])));
+    assert(err < 0.05, `AdamW did not converge: max error ${err}`);
+    const s = { lr: 1, totalSteps: 110, warmupSteps: 10 };
+    assertClose(
+      [0, 4, 9, 10, 60, 110, 200].map((t) => learningRate(t, s)),
+      [0.1, 0.5, 1, 1, 0.5, 0, 0],
+      { atol: 1e-12, rtol: 0 },
+      "cosine schedule",
+    );
+    const lin = {
+      lr: 2,
+      totalSteps: 100,
+      warmupRatio: 0,
+      decay: "linear" as const,
+      minLrRatio: 0.5,
+    };
+    assertClose([0, 50, 100].map((t) => learningRate(t, lin)), [2, 1.5, 1], {
+      atol: 1e-12,
+      rtol: 0,
+    }, "linear");
+    await assertThrows(
+      () => adamwStep(gpu, w, gpu.zeros([3]), m, v, { lr: 1, step: 1 }),
+      ShapeError,
+      "grad has 3 elements",
+    );
+    await assertThrows(() => adamwStep(gpu, w, w, m, v, { lr: 1, step: 0 }), ShapeError, "step");
+  },
+});
