@@ -14,6 +14,7 @@
  */
 
 import { checkShape } from "./errors.ts";
+import { wgsl } from "./_shader.ts";
 import { Gpu, Params, Tensor } from "./runtime.ts";
 
 /** Options of {@link matmul}. */
@@ -140,10 +141,11 @@ const TEXTURE_MATMUL = textureMatmulShader();
 
 // ------------------------------------------------------------------------------- buffer path
 
-const BUFFER_MATMUL = `
+/** The buffer-path shader, specialised at compile time for the operand layouts. */
+function bufferMatmulShader(transA: boolean, transB: boolean): string {
+  return wgsl`
 struct P {
   M: u32, N: u32, K: u32,
-  trans_a: u32, trans_b: u32,
   a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
   flags: u32,
 }
@@ -158,11 +160,19 @@ var<workgroup> bs_: array<f32, 1024>; // 16 k × 64 cols
 
 fn load_a(base: u32, m: u32, k: u32) -> f32 {
   if (m >= p.M || k >= p.K) { return 0.0; }
-  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
+#if ${transA}
+  return a[base + k * p.M + m];
+#else
+  return a[base + m * p.K + k];
+#endif
 }
 fn load_b(base: u32, k: u32, n: u32) -> f32 {
   if (k >= p.K || n >= p.N) { return 0.0; }
-  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
+#if ${transB}
+  return b[base + n * p.K + k];
+#else
+  return b[base + k * p.N + n];
+#endif
 }
 
 @compute @workgroup_size(16, 16)
@@ -209,6 +219,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     }
   }
 }`;
+}
+
+const BUFFER_MATMUL = [false, true].map((ta) =>
+  [false, true].map((tb) => bufferMatmulShader(ta, tb))
+);
 
 // ------------------------------------------------------------------------------- wrapper
 
@@ -320,15 +335,13 @@ function runBuffer(
       s.M,
       s.N,
       s.K,
-      o.transA ? 1 : 0,
-      o.transB ? 1 : 0,
       s.M * s.K,
       s.shareB ? 0 : s.K * s.N,
       s.M * s.N,
       flags,
     );
     gpu.dispatch(
-      gpu.pipeline(BUFFER_MATMUL),
+      gpu.pipeline(BUFFER_MATMUL[o.transA ? 1 : 0][o.transB ? 1 : 0]),
       [
         view(a, s.M * s.K),
         s.shareB ? b : view(b, s.K * s.N),

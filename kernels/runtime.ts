@@ -196,6 +196,11 @@ export type Bindable = Tensor | GPUTextureView | null;
 
 /** Options for {@link Gpu.create}. */
 export interface GpuOptions {
+  /**
+   * The WebGPU entry point (default `navigator.gpu`); `null` means "not available". Lets
+   * hosts without a global `navigator.gpu` pass their own implementation.
+   */
+  gpu?: GPU | null;
   /** `"high-performance"` or `"low-power"`; default none. */
   powerPreference?: GPUPowerPreference;
   /**
@@ -312,14 +317,16 @@ export class Gpu {
    * Throws {@link WebGpuUnavailableError} with advice when WebGPU is not available.
    */
   static async create(options: GpuOptions = {}): Promise<Gpu> {
-    const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
-    if (!nav?.gpu) {
+    const entry = options.gpu !== undefined
+      ? options.gpu
+      : (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+    if (!entry) {
       throw new WebGpuUnavailableError(
         "WebGPU is not available: navigator.gpu is undefined. Use Deno ≥ 2.9, or a browser with " +
           "WebGPU enabled (Chromium: --enable-unsafe-webgpu; Safari/Firefox: recent versions).",
       );
     }
-    const adapter = await nav.gpu.requestAdapter(
+    const adapter = await entry.requestAdapter(
       options.powerPreference ? { powerPreference: options.powerPreference } : undefined,
     );
     if (!adapter) {

@@ -7,9 +7,11 @@ import { cases as layernorm } from "./layernorm.ts";
 import { cases as matmul } from "./matmul.ts";
 import { cases as optimizer } from "./optimizer.ts";
 import { cases as reduce } from "./reduce.ts";
+import { cases as runtime } from "./runtime.ts";
 import { cases as softmax } from "./softmax.ts";
 
 export const ALL_CASES: Case[] = [
+  ...runtime,
   ...elementwise,
   ...matmul,
   ...reduce,

@@ -1,0 +1,29 @@
+/**
+ * webgpu-rlhf: RLHF on small language models with hand-written WebGPU compute shaders, for
+ * Deno and browsers. This module is the public API: the GPU runtime, the kernel library and
+ * the float64 reference implementations every kernel is tested against.
+ *
+ * @example Run a kernel
+ * ```ts
+ * import { Gpu, matmul } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const a = gpu.fromArray(new Float32Array([1, 2, 3, 4]), [2, 2]);
+ * const c = matmul(gpu, a, a);
+ * console.log(await gpu.read(c)); // Float32Array [7, 10, 15, 22]
+ * ```
+ *
+ * @module
+ */
+
+export * from "./kernels/errors.ts";
+export * from "./kernels/runtime.ts";
+export * from "./kernels/prng.ts";
+export * from "./kernels/elementwise.ts";
+export * from "./kernels/matmul.ts";
+export * from "./kernels/reduce.ts";
+export * from "./kernels/softmax.ts";
+export * from "./kernels/layernorm.ts";
+export * from "./kernels/embedding.ts";
+export * from "./kernels/attention.ts";
+export * from "./kernels/optimizer.ts";
+export * as reference from "./kernels/reference/mod.ts";
