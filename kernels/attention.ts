@@ -16,20 +16,26 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { groups, LINEAR_MAIN } from "./_shader.ts";
+import { groups, LINEAR_MAIN, wgsl } from "./_shader.ts";
 import { matmul } from "./matmul.ts";
 import { ROW_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { Gpu, Params, Tensor } from "./runtime.ts";
 
-const MASKED_SOFTMAX = `${WG_REDUCE}
-struct P { rows: u32, Tq: u32, Tk: u32, H: u32, scale: f32, causal: u32, has_mask: u32 }
+// Specialised at compile time for the causal and key-padding masks.
+const maskedSoftmax = (causal: boolean, keyMask: boolean) =>
+  wgsl`${WG_REDUCE}
+struct P { rows: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B, H, Tq, Tk) scores → probs
 @group(0) @binding(1) var<storage, read_write> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(2) var<uniform> p: P;
 
 fn allowed(b: u32, i: u32, j: u32) -> bool {
-  if (p.causal == 1u && j > i + p.Tk - p.Tq) { return false; }
-  if (p.has_mask == 1u && kmask[b * p.Tk + j] == 0.0) { return false; }
+#if ${causal}
+  if (j > i + p.Tk - p.Tq) { return false; }
+#endif
+#if ${keyMask}
+  if (kmask[b * p.Tk + j] == 0.0) { return false; }
+#endif
   return true;
 }
 
@@ -59,6 +65,14 @@ ${ROW_MAIN}
     s[base + j] = v;
   }
 }`;
+
+const variants = new Map<string, string>();
+function variant(causal: boolean, keyMask: boolean): string {
+  const key = `${causal}/${keyMask}`;
+  let code = variants.get(key);
+  if (!code) variants.set(key, code = maskedSoftmax(causal, keyMask));
+  return code;
+}
 
 const SOFTMAX_BACKWARD = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, scale: f32 }
@@ -188,13 +202,10 @@ export function attentionForward(
   const probs = matmul(gpu, q.reshape([BH, Tq, Dh]), k.reshape([BH, Tk, Dh]), { transB: true });
   const rows = BH * Tq;
   gpu.dispatch(
-    gpu.pipeline(MASKED_SOFTMAX),
-    [probs, opts.keyMask ?? probs],
+    gpu.pipeline(variant(opts.causal !== false, opts.keyMask !== undefined)),
+    [probs, opts.keyMask ?? null],
     gpu.grid(rows),
-    new Params().u32(rows, Tq, Tk, H).f32(scale).u32(
-      opts.causal === false ? 0 : 1,
-      opts.keyMask ? 1 : 0,
-    ),
+    new Params().u32(rows, Tq, Tk, H).f32(scale),
   );
   const out = matmul(gpu, probs, v.reshape([BH, Tk, Dh]));
   return { out: out.intoShape([B, H, Tq, Dh]), probs: probs.intoShape([B, H, Tq, Tk]), scale };

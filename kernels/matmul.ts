@@ -14,7 +14,6 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { wgsl } from "./_shader.ts";
 import { Gpu, Params, Tensor } from "./runtime.ts";
 
 /** Options of {@link matmul}. */
@@ -141,11 +140,14 @@ const TEXTURE_MATMUL = textureMatmulShader();
 
 // ------------------------------------------------------------------------------- buffer path
 
-/** The buffer-path shader, specialised at compile time for the operand layouts. */
-function bufferMatmulShader(transA: boolean, transB: boolean): string {
-  return wgsl`
+// Each 16×16 workgroup computes a 64×64 tile of C; thread (x, y) owns rows 4y..4y+3 and
+// columns 4x..4x+3 (four vec4 accumulators). Per 16-deep K slice, every thread stages one vec4
+// of A (4 rows at one k) and one of B (4 columns at one k) in workgroup memory. Written to
+// keep llvmpipe's compile time low too (vec4 registers, no private arrays): ~4 s uncached.
+const BUFFER_MATMUL = `
 struct P {
   M: u32, N: u32, K: u32,
+  trans_a: u32, trans_b: u32,
   a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
   flags: u32,
 }
@@ -155,24 +157,16 @@ struct P {
 @group(0) @binding(3) var<storage, read_write> bias: array<f32>; // (N)
 @group(0) @binding(4) var<uniform> p: P;
 
-var<workgroup> as_: array<f32, 1024>; // 64 rows × 16 k
-var<workgroup> bs_: array<f32, 1024>; // 16 k × 64 cols
+var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
+var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
 
 fn load_a(base: u32, m: u32, k: u32) -> f32 {
   if (m >= p.M || k >= p.K) { return 0.0; }
-#if ${transA}
-  return a[base + k * p.M + m];
-#else
-  return a[base + m * p.K + k];
-#endif
+  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
 }
 fn load_b(base: u32, k: u32, n: u32) -> f32 {
   if (k >= p.K || n >= p.N) { return 0.0; }
-#if ${transB}
-  return b[base + n * p.K + k];
-#else
-  return b[base + k * p.N + n];
-#endif
+  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
 }
 
 @compute @workgroup_size(16, 16)
@@ -182,35 +176,41 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   let abase = wid.z * p.a_batch_stride;
   let bbase = wid.z * p.b_batch_stride;
   let t = lid.y * 16u + lid.x;
-  var acc: array<array<f32, 4>, 4>;
+  let lk = t / 16u;
+  let lg = t % 16u;
+  var acc0 = vec4f(0.0);
+  var acc1 = vec4f(0.0);
+  var acc2 = vec4f(0.0);
+  var acc3 = vec4f(0.0);
   for (var k0 = 0u; k0 < p.K; k0 += 16u) {
-    for (var e = 0u; e < 4u; e++) {
-      let idx = t + e * 256u;       // 0..1023
-      let ar = idx / 16u; let ak = idx % 16u;
-      as_[idx] = load_a(abase, row0 + ar, k0 + ak);
-      let bk = idx / 64u; let bc = idx % 64u;
-      bs_[idx] = load_b(bbase, k0 + bk, col0 + bc);
-    }
+    let k = k0 + lk;
+    let r = row0 + lg * 4u;
+    as_[lk * 16u + lg] = vec4f(load_a(abase, r, k), load_a(abase, r + 1u, k),
+                               load_a(abase, r + 2u, k), load_a(abase, r + 3u, k));
+    let n = col0 + lg * 4u;
+    bs_[lk * 16u + lg] = vec4f(load_b(bbase, k, n), load_b(bbase, k, n + 1u),
+                               load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
     workgroupBarrier();
     for (var kk = 0u; kk < 16u; kk++) {
-      var av: array<f32, 4>;
-      var bv: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) { av[i] = as_[(lid.y * 4u + i) * 16u + kk]; }
-      for (var j = 0u; j < 4u; j++) { bv[j] = bs_[kk * 64u + lid.x * 4u + j]; }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(av[i], bv[j], acc[i][j]); }
-      }
+      let av = as_[kk * 16u + lid.y];
+      let bv = bs_[kk * 16u + lid.x];
+      acc0 = fma(vec4f(av.x), bv, acc0);
+      acc1 = fma(vec4f(av.y), bv, acc1);
+      acc2 = fma(vec4f(av.z), bv, acc2);
+      acc3 = fma(vec4f(av.w), bv, acc3);
     }
     workgroupBarrier();
   }
   let cbase = wid.z * p.c_batch_stride;
   for (var i = 0u; i < 4u; i++) {
     let r = row0 + lid.y * 4u + i;
+    var v = acc0;
+    if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
     for (var j = 0u; j < 4u; j++) {
       let cc = col0 + lid.x * 4u + j;
       if (r < p.M && cc < p.N) {
         let idx = cbase + r * p.N + cc;
-        var x = acc[i][j];
+        var x = v[j];
         if ((p.flags & 1u) != 0u) { x += bias[cc]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
@@ -219,11 +219,6 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     }
   }
 }`;
-}
-
-const BUFFER_MATMUL = [false, true].map((ta) =>
-  [false, true].map((tb) => bufferMatmulShader(ta, tb))
-);
 
 // ------------------------------------------------------------------------------- wrapper
 
@@ -335,13 +330,15 @@ function runBuffer(
       s.M,
       s.N,
       s.K,
+      o.transA ? 1 : 0,
+      o.transB ? 1 : 0,
       s.M * s.K,
       s.shareB ? 0 : s.K * s.N,
       s.M * s.N,
       flags,
     );
     gpu.dispatch(
-      gpu.pipeline(BUFFER_MATMUL[o.transA ? 1 : 0][o.transB ? 1 : 0]),
+      gpu.pipeline(BUFFER_MATMUL),
       [
         view(a, s.M * s.K),
         s.shareB ? b : view(b, s.K * s.N),

@@ -70,7 +70,8 @@ cases.push({
 });
 
 cases.push({
-  name: "attention: fully masked query rows give zeros; head split/merge round-trips",
+  name:
+    "attention: fully masked query rows give zeros; unmasked non-causal; head split/merge round-trips",
   async run(gpu) {
     // one batch row whose only causal key is padding: query 0 sees nothing
     const B = 1, H = 1, T = 3, Dh = 2;
@@ -79,6 +80,23 @@ cases.push({
     const f = k.attentionForward(gpu, q, kv, kv, { keyMask: gpu.fromArray([0, 1, 1], [1, 3]) });
     const out = await gpu.readF32(f.out);
     assertClose(out.subarray(0, 2), [0, 0], { atol: 0, rtol: 0 }, "empty row");
+    // no mask at all, non-causal (encoder-style) attention over 4 queries and 6 keys
+    const a = { B: 2, H: 3, Tq: 4, Tk: 6, Dh: 5, causal: false };
+    const qa = randArray(2 * 3 * 4 * 5, 8), ka = randArray(2 * 3 * 6 * 5, 9);
+    const va = randArray(2 * 3 * 6 * 5, 10);
+    const fa = k.attentionForward(
+      gpu,
+      gpu.fromArray(qa, [2, 3, 4, 5]),
+      gpu.fromArray(ka, [2, 3, 6, 5]),
+      gpu.fromArray(va, [2, 3, 6, 5]),
+      { causal: false },
+    );
+    assertClose(
+      await gpu.readF32(fa.out),
+      ref.attentionForward(qa, ka, va, a).out,
+      TOL,
+      "non-causal",
+    );
     const x = randArray(2 * 5 * 3 * 4, 7);
     const tx = gpu.fromArray(x, [2, 5, 3, 4]);
     const split = k.swapAxes12(gpu, tx);
