@@ -69,8 +69,8 @@ ${ROW_MAIN}
 const variants = new Map<string, string>();
 function variant(causal: boolean, keyMask: boolean): string {
   const key = `${causal}/${keyMask}`;
-  let code = variants.get(key);
-  if (!code) variants.set(key, code = maskedSoftmax(causal, keyMask));
+  const code = variants.get(key) ?? String(maskedSoftmax(causal, keyMask));
+  variants.set(key, code);
   return code;
 }
 
