@@ -32,6 +32,8 @@ export interface MatmulOptions {
   accumulate?: boolean;
   /** Force an implementation (default: `gpu.matmulPath`). */
   path?: "texture" | "buffer";
+  /** Texture-path register blocking (default {@link TEXTURE_TILING}; for tuning). */
+  tiling?: TextureTiling;
 }
 
 const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4;
@@ -68,22 +70,38 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   textureStore(dst, vec2u(g.x, g.y), g.z, v);
 }`;
 
-function textureMatmulShader(): string {
-  const acc: string[] = [], body: string[] = [], store: string[] = [];
-  for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) acc.push(`var c${i}${j} = vec4f(0.0);`);
+/** Register blocking of the texture kernel: rows and texel columns (4 floats) per invocation. */
+export interface TextureTiling {
+  rows: number;
+  texels: number;
+  wgX: number;
+  wgY: number;
+}
+
+/** The tiling used by {@link matmul}'s texture path (measured best on llvmpipe, see bench/). */
+export const TEXTURE_TILING: TextureTiling = { rows: 8, texels: 2, wgX: 16, wgY: 4 };
+
+/** WGSL of the texture-path kernel for a given register blocking. */
+export function textureMatmulShader(t: TextureTiling = TEXTURE_TILING): string {
+  const R = t.rows, Q = t.texels;
+  const acc: string[] = [], aload: string[] = [], body: string[] = [], store: string[] = [];
+  for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
+  for (let i = 0; i < R; i++) {
+    aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+  }
   for (let kk = 0; kk < 4; kk++) {
     const comp = "xyzw"[kk];
-    for (let j = 0; j < 4; j++) {
-      body.push(`let b${kk}${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
+    for (let j = 0; j < Q; j++) {
+      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
     }
-    for (let i = 0; i < 4; i++) {
-      for (let j = 0; j < 4; j++) {
-        body.push(`c${i}${j} = fma(vec4f(a${i}.${comp}), b${kk}${j}, c${i}${j});`);
+    for (let i = 0; i < R; i++) {
+      for (let j = 0; j < Q; j++) {
+        body.push(`c${i}_${j} += a${i}.${comp} * b${kk}_${j};`);
       }
     }
   }
-  for (let i = 0; i < 4; i++) {
-    for (let j = 0; j < 4; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}${j}, cbase);`);
+  for (let i = 0; i < R; i++) {
+    for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
   }
   return `
 struct P {
@@ -114,20 +132,17 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   }
 }
 
-@compute @workgroup_size(8, 8)
+@compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u) {
-  let cq = 4u * g.x;           // first texel column of this 16-column block
-  let cb = 16u * g.x;          // first column
-  let r0 = 4u * g.y;           // first row
+  let cq = ${Q}u * g.x;        // first texel column of this block
+  let cb = ${4 * Q}u * g.x;    // first column
+  let r0 = ${R}u * g.y;        // first row
   if (cb >= p.N || r0 >= p.M) { return; }
   let la = g.z;
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
   for (var kq = 0u; kq < p.K4; kq++) {
-    let a0 = textureLoad(at, vec2u(kq, r0), la);
-    let a1 = textureLoad(at, vec2u(kq, r0 + 1u), la);
-    let a2 = textureLoad(at, vec2u(kq, r0 + 2u), la);
-    let a3 = textureLoad(at, vec2u(kq, r0 + 3u), la);
+    ${aload.join("\n    ")}
     let k = 4u * kq;
     ${body.join("\n    ")}
   }
@@ -136,7 +151,13 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 }
 
-const TEXTURE_MATMUL = textureMatmulShader();
+const tilingShaders = new Map<string, string>();
+function textureShaderFor(t: TextureTiling): string {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t);
+  tilingShaders.set(key, code);
+  return code;
+}
 
 // ------------------------------------------------------------------------------- buffer path
 
@@ -351,6 +372,67 @@ function runBuffer(
   }
 }
 
+/** Where one operand's sub-block comes from, for {@link fillTexture}. */
+interface Block {
+  rows: number;
+  cols: number;
+  ld: number;
+  trans: boolean;
+  row0: number;
+  col0: number;
+  batchStride: number;
+  batch0: number;
+  layers: number;
+  /** Texels × rows the matmul kernel will read. */
+  width: number;
+  height: number;
+}
+
+/**
+ * Fills `tex` with a sub-block of `src`. A plain row-major block whose rows are 256-byte
+ * multiples and whose column count fills whole texels is a `copyBufferToTexture` (a memcpy:
+ * ~4× cheaper than the pack kernel on llvmpipe); anything else (transposed, ragged, unaligned)
+ * goes through the pack kernel, which also zero-fills the padding. Padding rows/texels left
+ * stale by a copy only feed outputs that are never written (rows ≥ M, columns ≥ N), while the
+ * shared K axis is always exact.
+ */
+function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): void {
+  const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  const byteOffset = src.byteOffset + 4 * elemOffset;
+  const direct = !b.trans && (4 * b.ld) % 256 === 0 && b.cols % 4 === 0 &&
+    byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0);
+  if (direct) {
+    gpu.encoder().copyBufferToTexture(
+      {
+        buffer: src.buffer,
+        offset: byteOffset,
+        bytesPerRow: 4 * b.ld,
+        rowsPerImage: b.layers > 1 ? b.batchStride / b.ld : b.rows,
+      },
+      { texture: tex },
+      [b.cols / 4, b.rows, b.layers],
+    );
+    return;
+  }
+  gpu.dispatch(
+    gpu.pipeline(PACK),
+    [src, tex.createView({ dimension: "2d-array" })],
+    [Math.ceil(b.width / 8), Math.ceil(b.height / 8), b.layers],
+    new Params().u32(
+      b.rows,
+      b.cols,
+      b.ld,
+      b.trans ? 1 : 0,
+      b.row0,
+      b.col0,
+      b.batchStride,
+      b.batch0,
+      b.width,
+      b.height,
+    ),
+  );
+}
+
 function runTexture(
   gpu: Gpu,
   a: Tensor,
@@ -360,14 +442,14 @@ function runTexture(
   o: MatmulOptions,
   flags: number,
 ): void {
+  const t = o.tiling ?? TEXTURE_TILING;
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
-  // chunk sizes that keep every texture side within the device limits
-  const mStep = Math.floor(maxTex / 4) * 4;
+  // chunk sizes that keep every (padded) texture side within the device limits
+  const mStep = Math.floor(maxTex / t.rows) * t.rows;
   const kStep = Math.floor(maxTex / 4) * 4;
-  const nStep = Math.floor((4 * maxTex) / 16) * 16;
-  const pack = gpu.pipeline(PACK);
-  const mm = gpu.pipeline(TEXTURE_MATMUL);
+  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
+  const mm = gpu.pipeline(textureShaderFor(t));
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -379,32 +461,38 @@ function runTexture(
         for (let k0 = 0; k0 < s.K; k0 += kStep) {
           const kc = Math.min(kStep, s.K - k0);
           const k4 = Math.ceil(kc / 4);
-          const aRows = Math.ceil(mc / 4) * 4, bTexels = Math.ceil(nc / 16) * 4;
+          const aRows = Math.ceil(mc / t.rows) * t.rows;
+          const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
           const at = gpu.scratchTexture(k4, aRows, nb);
           const bt = gpu.scratchTexture(bTexels, 4 * k4, bLayers);
-          gpu.dispatch(
-            pack,
-            [a, at.createView({ dimension: "2d-array" })],
-            [Math.ceil(k4 / 8), Math.ceil(aRows / 8), nb],
-            new Params().u32(mc, kc, ldA, o.transA ? 1 : 0, m0, k0, s.M * s.K, b0, k4, aRows),
-          );
-          gpu.dispatch(
-            pack,
-            [b, bt.createView({ dimension: "2d-array" })],
-            [Math.ceil(bTexels / 8), Math.ceil((4 * k4) / 8), bLayers],
-            new Params().u32(
-              kc,
-              nc,
-              ldB,
-              o.transB ? 1 : 0,
-              k0,
-              n0,
-              s.K * s.N,
-              s.shareB ? 0 : b0,
-              bTexels,
-              4 * k4,
-            ),
-          );
+          // A as (M × K): texels along K
+          fillTexture(gpu, a, at, {
+            rows: mc,
+            cols: kc,
+            ld: ldA,
+            trans: !!o.transA,
+            row0: m0,
+            col0: k0,
+            batchStride: s.M * s.K,
+            batch0: b0,
+            layers: nb,
+            width: k4,
+            height: aRows,
+          });
+          // B as (K × N): texels along N
+          fillTexture(gpu, b, bt, {
+            rows: kc,
+            cols: nc,
+            ld: ldB,
+            trans: !!o.transB,
+            row0: k0,
+            col0: n0,
+            batchStride: s.shareB ? 0 : s.K * s.N,
+            batch0: s.shareB ? 0 : b0,
+            layers: bLayers,
+            width: bTexels,
+            height: 4 * k4,
+          });
           // bias and relu on the first / only K chunk; later K chunks accumulate
           let f = flags;
           if (k0 > 0) f = (f & ~FLAG_BIAS) | FLAG_ACC;
@@ -418,7 +506,7 @@ function runTexture(
               out,
               o.bias ?? dummy(gpu),
             ],
-            [Math.ceil(nc / 16 / 8), Math.ceil(mc / 4 / 8), nb],
+            [Math.ceil(nc / (4 * t.texels * t.wgX)), Math.ceil(mc / (t.rows * t.wgY)), nb],
             new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f),
           );
           gpu.releaseTexture(at);

@@ -132,6 +132,48 @@ cases.push({
 });
 
 cases.push({
+  name: "matmul (texture path): 256-byte-aligned operands take the copy path (batched, chunked)",
+  async run(gpu) {
+    // K and N multiples of 64 make rows 256-byte aligned: A and B are copied, not packed;
+    // M = 37 leaves stale padding rows that must never reach C.
+    const small = await Gpu.create({ maxTextureSide: 32, matmulPath: "texture" });
+    try {
+      for (const g of [gpu, small]) {
+        const batch = 2, M = 37, K = 128, N = 64;
+        const a = randArray(batch * M * K, 51), b = randArray(batch * K * N, 52);
+        const bias = randArray(N, 53);
+        // poison the pooled textures of exactly these size classes with Inf first
+        const inf = (shape: number[]) =>
+          g.fromArray(new Float32Array(shape.reduce((x, y) => x * y)).fill(Infinity), shape);
+        matmul(g, inf([batch, 64, K]), inf([batch, K, N]));
+        const c = matmul(g, g.fromArray(a, [batch, M, K]), g.fromArray(b, [batch, K, N]), {
+          bias: g.fromArray(bias),
+        });
+        assertClose(
+          await g.readF32(c),
+          ref.matmul(a, b, { batch, M, N, K, bias }),
+          TOL,
+          `copy path (side ${g.textureSide})`,
+        );
+        const shared = matmul(
+          g,
+          g.fromArray(a, [batch, M, K]),
+          g.fromArray(b.subarray(0, K * N), [K, N]),
+        );
+        assertClose(
+          await g.readF32(shared),
+          ref.matmul(a, b, { batch, M, N, K, shareB: true }),
+          TOL,
+          `copy path, shared B (side ${g.textureSide})`,
+        );
+      }
+    } finally {
+      small.destroy();
+    }
+  },
+});
+
+cases.push({
   name: "matmul: empty inner dimension gives the bias; shape errors are named",
   async run(gpu) {
     const c = matmul(gpu, gpu.zeros([3, 0]), gpu.zeros([0, 2]), {
