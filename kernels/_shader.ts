@@ -5,7 +5,8 @@
  * @module
  */
 
-export { wgsl } from "wgsl-preprocessor";
+// Full npm: specifier (not the deno.json alias) so that importing mod.ts by URL works.
+export { wgsl } from "npm:wgsl-preprocessor@1.0.1/wgsl-preprocessor.js";
 
 /** Threads per workgroup of the 1-D elementwise kernels (well under every device limit). */
 export const WG = 256;

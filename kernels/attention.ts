@@ -19,7 +19,7 @@ import { checkShape } from "./errors.ts";
 import { groups, LINEAR_MAIN, wgsl } from "./_shader.ts";
 import { matmul } from "./matmul.ts";
 import { ROW_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
-import { Gpu, Params, Tensor } from "./runtime.ts";
+import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 // Specialised at compile time for the causal and key-padding masks.
 const maskedSoftmax = (causal: boolean, keyMask: boolean) =>

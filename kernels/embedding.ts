@@ -13,7 +13,7 @@
 
 import { checkShape } from "./errors.ts";
 import { groups, LINEAR_MAIN } from "./_shader.ts";
-import { Gpu, Params, Tensor } from "./runtime.ts";
+import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const FORWARD = `
 struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32 }

@@ -9,7 +9,7 @@
 import { checkShape } from "./errors.ts";
 import { groups, LINEAR_MAIN } from "./_shader.ts";
 import { ROW_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
-import { Gpu, Params, Tensor } from "./runtime.ts";
+import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const FORWARD = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, eps: f32 }

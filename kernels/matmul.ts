@@ -14,7 +14,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { Gpu, Params, Tensor } from "./runtime.ts";
+import { type Gpu, Params, Tensor } from "./runtime.ts";
 
 /** Options of {@link matmul}. */
 export interface MatmulOptions {

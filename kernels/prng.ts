@@ -7,7 +7,7 @@
  */
 
 import { groups, LINEAR_MAIN } from "./_shader.ts";
-import { Gpu, Params, Tensor } from "./runtime.ts";
+import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 /** WGSL functions `pcg_hash(u32) -> u32`, `rand_u32(seed, stream, index)`, `rand_f32(...)`. */
 export const PRNG_WGSL = `

@@ -9,7 +9,7 @@
 
 import { checkShape } from "./errors.ts";
 import { groups, LINEAR_MAIN } from "./_shader.ts";
-import { Gpu, Params, Tensor } from "./runtime.ts";
+import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 /** Threads of a row-reduction workgroup. */
 export const ROW_WG = 64;

@@ -10,7 +10,7 @@ import type { Gpu } from "../kernels/runtime.ts";
 /** One named test case; runs against a shared {@link Gpu}. */
 export interface Case {
   name: string;
-  run(gpu: Gpu): Promise<void>;
+  run(gpu: Gpu): Promise<void> | void;
 }
 
 /** Mulberry32: a tiny seeded generator for host-side test data. */

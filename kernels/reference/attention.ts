@@ -19,7 +19,12 @@ export interface AttentionRefArgs {
 }
 
 /** Forward: returns out `[B,H,Tq,Dh]` and probs `[B,H,Tq,Tk]`. */
-export function attentionForward(q: Arr, k: Arr, v: Arr, a: AttentionRefArgs) {
+export function attentionForward(
+  q: Arr,
+  k: Arr,
+  v: Arr,
+  a: AttentionRefArgs,
+): { out: Float64Array; probs: Float64Array } {
   const { B, H, Tq, Tk, Dh } = a;
   const scale = a.scale ?? 1 / Math.sqrt(Dh);
   const probs = new Float64Array(B * H * Tq * Tk), out = new Float64Array(B * H * Tq * Dh);
@@ -54,7 +59,13 @@ export function attentionForward(q: Arr, k: Arr, v: Arr, a: AttentionRefArgs) {
 }
 
 /** Backward: dq, dk, dv for upstream `dout`. */
-export function attentionBackward(dout: Arr, q: Arr, k: Arr, v: Arr, a: AttentionRefArgs) {
+export function attentionBackward(
+  dout: Arr,
+  q: Arr,
+  k: Arr,
+  v: Arr,
+  a: AttentionRefArgs,
+): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
   const { B, H, Tq, Tk, Dh } = a;
   const scale = a.scale ?? 1 / Math.sqrt(Dh);
   const { probs } = attentionForward(q, k, v, a);

@@ -30,7 +30,13 @@ export function embeddingForward(
 }
 
 /** `table[ids[i] + offset] += dout[i]` for every i (out-of-range rows skipped). */
-export function scatterAddRows(ids: Arr, dout: Arr, table: Arr, C: number, offset = 0) {
+export function scatterAddRows(
+  ids: Arr,
+  dout: Arr,
+  table: Arr,
+  C: number,
+  offset = 0,
+): Float64Array {
   const out = Float64Array.from(table);
   const R = table.length / C;
   for (let i = 0; i < ids.length; i++) {

@@ -7,7 +7,13 @@
 type Arr = ArrayLike<number>;
 
 /** Forward: returns y, mean and rstd per row. */
-export function layernormForward(x: Arr, w: Arr, b: Arr, C: number, eps = 1e-5) {
+export function layernormForward(
+  x: Arr,
+  w: Arr,
+  b: Arr,
+  C: number,
+  eps = 1e-5,
+): { y: Float64Array; mean: Float64Array; rstd: Float64Array } {
   const rows = x.length / C;
   const y = new Float64Array(x.length), mean = new Float64Array(rows);
   const rstd = new Float64Array(rows);
@@ -26,7 +32,13 @@ export function layernormForward(x: Arr, w: Arr, b: Arr, C: number, eps = 1e-5) 
 }
 
 /** Backward: dx, dweight, dbias for upstream `dy`. */
-export function layernormBackward(dy: Arr, x: Arr, w: Arr, C: number, eps = 1e-5) {
+export function layernormBackward(
+  dy: Arr,
+  x: Arr,
+  w: Arr,
+  C: number,
+  eps = 1e-5,
+): { dx: Float64Array; dw: Float64Array; db: Float64Array } {
   const rows = x.length / C;
   const { mean, rstd } = layernormForward(x, w, new Float64Array(C), C, eps);
   const dx = new Float64Array(x.length), dw = new Float64Array(C), db = new Float64Array(C);

@@ -25,7 +25,11 @@ export function softmax(x: Arr, cols: number, log = false): Float64Array {
 }
 
 /** Per-row target log-prob (0 for targets < 0), entropy and log-sum-exp. */
-export function tokenLogprobs(logits: Arr, targets: Arr, cols: number) {
+export function tokenLogprobs(
+  logits: Arr,
+  targets: Arr,
+  cols: number,
+): { logp: Float64Array; entropy: Float64Array; lse: Float64Array } {
   const rows = targets.length;
   const logp = new Float64Array(rows), entropy = new Float64Array(rows);
   const lse = new Float64Array(rows);

@@ -52,7 +52,7 @@ for (const [B, H, Tq, Tk, Dh] of SHAPES) {
 
 cases.push({
   name: "attention: reference backward equals central finite differences (masked, non-causal too)",
-  async run() {
+  run() {
     for (const causal of [true, false]) {
       const B = 2, H = 1, Tq = 4, Tk = 4, Dh = 3;
       const args = { B, H, Tq, Tk, Dh, keyMask: leftPadMask(B, Tk), causal };

@@ -43,7 +43,7 @@ for (const n of SIZES) {
 
 cases.push({
   name: "elementwise: relu and gelu backward equal central finite differences",
-  async run() {
+  run() {
     const n = 33;
     const x = randArray(n, 5, -2, 2), w = randArray(n, 6);
     // keep x away from ReLU's kink so the difference quotient is defined

@@ -48,7 +48,7 @@ cases.push({
 
 cases.push({
   name: "runtime: the buffer pool reuses freed buffers by size class",
-  async run(gpu) {
+  run(gpu) {
     const a = gpu.empty([1000]);
     const buf = a.buffer;
     a.dispose();
