@@ -122,7 +122,7 @@ for (const n of quick ? [256] : [256, 512, 1024]) {
   const v = randomUniform(gpu, shape, { seed: 5 });
   const ours = await timeOurs(reps, () => {
     const r = attentionForward(gpu, q, k, v, { causal: true });
-    r.probs.dispose();
+    r.lse.dispose();
     return r.out;
   });
   // the same math in tfjs: scores, causal mask, softmax, weighted sum

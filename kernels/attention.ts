@@ -1,95 +1,186 @@
 /**
- * Causal self-attention with a key padding mask for `[B, H, T, Dh]` tensors, composed from the
- * fast batched {@link matmul} and one fused masked-softmax kernel:
+ * Causal self-attention with a key padding mask for `[B, H, T, Dh]` tensors.
+ *
+ * Forward: one fused kernel (flash-attention style). Each invocation owns a few query rows of
+ * one (batch, head), keeps them in registers, streams the keys and values from rgba32float
+ * storage textures (cheap `textureLoad`s on software adapters, fine on GPUs) with an online
+ * softmax, and writes the output and the per-row log-sum-exp. No `T×T` matrix is stored, and
+ * causal rows stop at their last visible key.
+ *
+ * Backward (llm.c-style explicit, from the saved output and log-sum-exp):
  *
  * ```text
- * S = Q·Kᵀ                     (B·H, Tq, Tk)
- * P = softmax(scale·S + mask)  in place; masked keys get exactly 0, rows with no key are 0
- * O = P·V                      (B·H, Tq, Dh)
+ * S = Q·Kᵀ;  P = mask ? exp(scale·S − lse) : 0         (recomputed, B·H × Tq × Tk)
+ * dP = dO·Vᵀ;  D = rowsum(dO ⊙ O)
+ * dS = scale·P ⊙ (dP − D);  dQ = dS·K;  dK = dSᵀ·Q;  dV = Pᵀ·dO
  * ```
  *
  * Query i sits at absolute position `i + Tk − Tq`, so the same kernels serve a full sequence
- * (Tq = Tk) and decoding against a KV cache (Tq = 1). `P` is saved for the backward:
- * `dP = dO·Vᵀ`, `dS = scale·P ⊙ (dP − rowsum(P ⊙ dP))`, `dQ = dS·K`, `dK = dSᵀ·Q`, `dV = Pᵀ·dO`.
+ * (Tq = Tk), chunked prefill and decoding against a KV cache (Tq = 1). Rows with no visible
+ * key (left padding) produce zeros and get zero gradient.
  *
  * @module
  */
 
-import { checkShape } from "./errors.ts";
+import { checkShape, GpuLimitError } from "./errors.ts";
 import { groups, LINEAR_MAIN, wgsl } from "./_shader.ts";
+import { fillTexture } from "./_texture.ts";
 import { matmul } from "./matmul.ts";
-import { ROW_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
-// Specialised at compile time for the causal and key-padding masks.
-const maskedSoftmax = (causal: boolean, keyMask: boolean) =>
-  wgsl`${WG_REDUCE}
-struct P { rows: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B, H, Tq, Tk) scores → probs
-@group(0) @binding(1) var<storage, read_write> kmask: array<f32>; // (B, Tk) 1 = valid key
-@group(0) @binding(2) var<uniform> p: P;
+/** Query rows per invocation for `dq` texels of head dimension (keeps registers bounded). */
+function rowsPerInvocation(dq: number): number {
+  return dq <= 8 ? 4 : dq <= 16 ? 2 : 1;
+}
 
-fn allowed(b: u32, i: u32, j: u32) -> bool {
+const FWD_WG = 32;
+
+function fusedForwardShader(dq: number, causal: boolean, keyMask: boolean): string {
+  const R = rowsPerInvocation(dq);
+  const lines = (f: (i: number, d: number) => string) => {
+    const out: string[] = [];
+    for (let i = 0; i < R; i++) for (let d = 0; d < dq; d++) out.push(f(i, d));
+    return out.join("\n  ");
+  };
+  const perRow = (f: (i: number) => string) =>
+    Array.from({ length: R }, (_, i) => f(i)).join("\n    ");
+  const perD = (f: (d: number) => string) => Array.from({ length: dq }, (_, d) => f(d));
+  return wgsl`
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read_write> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh)
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(5) var<storage, read_write> kmask: array<f32>; // (B, Tk) 1 = valid key
+@group(0) @binding(6) var<uniform> p: P;
+
+fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
+  var v = vec4f(0.0);
+  if (i >= p.Tq) { return v; }
+  let base = (bh * p.Tq + i) * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { v[c] = q[base + 4u * d4 + c]; } }
+  return v;
+}
+
+fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
+  if (i >= p.Tq) { return; }
+  let base = (bh * p.Tq + i) * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { out[base + 4u * d4 + c] = v[c]; } }
+}
+
+@compute @workgroup_size(${FWD_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let i0 = g.x * ${R}u;
+  if (i0 >= p.Tq) { return; }
+  let layer = g.y;
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  let off = p.Tk - p.Tq;   // absolute position of query i is i + off
+  ${lines((i, d) => `let q${i}_${d} = load_q(bh, i0 + ${i}u, ${d}u);`)}
+  ${lines((i, d) => `var a${i}_${d} = vec4f(0.0);`)}
+  ${
+    Array.from({ length: R }, (_, i) =>
+      `var m${i} = -3.4e38;
+  var l${i} = 0.0;`).join("\n  ")
+  }
 #if ${causal}
-  if (j > i + p.Tk - p.Tq) { return false; }
+  let last = min(p.Tk, i0 + ${R - 1}u + off + 1u);
+#else
+  let last = p.Tk;
+#endif
+  for (var j = 0u; j < last; j++) {
+#if ${keyMask}
+    if (kmask[b * p.Tk + j] == 0.0) { continue; }
+#endif
+    ${perD((d) => `let k${d} = textureLoad(kt, vec2u(${d}u, j), layer);`).join("\n    ")}
+    ${perD((d) => `let v${d} = textureLoad(vt, vec2u(${d}u, j), layer);`).join("\n    ")}
+    ${
+    perRow((i) =>
+      `{
+      let s = p.scale * (${perD((d) => `dot(q${i}_${d}, k${d})`).join(" + ")});
+      ${causal ? `if (j <= i0 + ${i}u + off) {` : "{"}
+        let mn = max(m${i}, s);
+        let c = exp(m${i} - mn);
+        let e = exp(s - mn);
+        l${i} = l${i} * c + e;
+        m${i} = mn;
+        ${perD((d) => `a${i}_${d} = a${i}_${d} * c + e * v${d};`).join("\n        ")}
+      }
+    }`
+    )
+  }
+  }
+  ${
+    perRow((i) =>
+      `{
+    let inv = select(0.0, 1.0 / l${i}, l${i} > 0.0);
+    ${perD((d) => `store_row(bh, i0 + ${i}u, ${d}u, a${i}_${d} * inv);`).join("\n    ")}
+    if (i0 + ${i}u < p.Tq) {
+      lse[bh * p.Tq + i0 + ${i}u] = select(-3.4e38, m${i} + log(l${i}), l${i} > 0.0);
+    }
+  }`
+    )
+  }
+}`;
+}
+
+// P = allowed ? exp(scale·S − lse) : 0, in place over (B·H, Tq, Tk)
+const recomputeProbsShader = (causal: boolean, keyMask: boolean) =>
+  wgsl`
+struct P { n: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B·H, Tq, Tk)
+@group(0) @binding(1) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(2) var<storage, read_write> kmask: array<f32>; // (B, Tk)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let j = i % p.Tk;
+  let row = i / p.Tk;
+  let qi = row % p.Tq;
+  let b = row / (p.Tq * p.H);
+  var ok = lse[row] > -1e38;
+#if ${causal}
+  ok = ok && j <= qi + p.Tk - p.Tq;
 #endif
 #if ${keyMask}
-  if (kmask[b * p.Tk + j] == 0.0) { return false; }
+  ok = ok && kmask[b * p.Tk + j] != 0.0;
 #endif
-  return true;
-}
-
-${ROW_MAIN}
-  let valid = row < p.rows;
-  let i = row % p.Tq;
-  let b = row / (p.Tq * p.H);
-  let base = row * p.Tk;
-  var m = -3.4e38;
-  if (valid) {
-    for (var j = lid; j < p.Tk; j += ${ROW_WG}u) {
-      if (allowed(b, i, j)) { m = max(m, p.scale * s[base + j]); }
-    }
-  }
-  m = wg_max(m, lid);
-  var z = 0.0;
-  if (valid) {
-    for (var j = lid; j < p.Tk; j += ${ROW_WG}u) {
-      if (allowed(b, i, j)) { z += exp(p.scale * s[base + j] - m); }
-    }
-  }
-  z = wg_sum(z, lid);
-  if (!valid) { return; }
-  for (var j = lid; j < p.Tk; j += ${ROW_WG}u) {
-    var v = 0.0;
-    if (z > 0.0 && allowed(b, i, j)) { v = exp(p.scale * s[base + j] - m) / z; }
-    s[base + j] = v;
-  }
+  s[i] = select(0.0, exp(p.scale * s[i] - lse[row]), ok);
 }`;
 
-const variants = new Map<string, string>();
-function variant(causal: boolean, keyMask: boolean): string {
-  const key = `${causal}/${keyMask}`;
-  const code = variants.get(key) ?? String(maskedSoftmax(causal, keyMask));
-  variants.set(key, code);
+// D[row] = Σ_d dO[row, d]·O[row, d]
+const ROW_DOT = `
+struct P { rows: u32, Dh: u32 }
+@group(0) @binding(0) var<storage, read_write> dout: array<f32>; // (rows, Dh)
+@group(0) @binding(1) var<storage, read_write> o: array<f32>;    // (rows, Dh)
+@group(0) @binding(2) var<storage, read_write> d: array<f32>;    // (rows)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.rows) { return; }
+  var s = 0.0;
+  for (var e = 0u; e < p.Dh; e++) { s += dout[i * p.Dh + e] * o[i * p.Dh + e]; }
+  d[i] = s;
+}`;
+
+// dS = scale·P·(dP − D[row]), in place on dP
+const SCORES_GRAD = `
+struct P { n: u32, Tk: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read_write> probs: array<f32>; // (rows, Tk)
+@group(0) @binding(1) var<storage, read_write> dp: array<f32>;    // (rows, Tk) → dS
+@group(0) @binding(2) var<storage, read_write> d: array<f32>;     // (rows)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  dp[i] = p.scale * probs[i] * (dp[i] - d[i / p.Tk]);
+}`;
+
+const shaderCache = new Map<string, string>();
+function cached(key: string, make: () => string): string {
+  const code = shaderCache.get(key) ?? String(make());
+  shaderCache.set(key, code);
   return code;
 }
-
-const SOFTMAX_BACKWARD = `${WG_REDUCE}
-struct P { rows: u32, cols: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> probs: array<f32>; // (rows, cols)
-@group(0) @binding(1) var<storage, read_write> d: array<f32>;     // (rows, cols) dP → dS
-@group(0) @binding(2) var<uniform> p: P;
-${ROW_MAIN}
-  let valid = row < p.rows;
-  let base = row * p.cols;
-  var acc = 0.0;
-  if (valid) { for (var j = lid; j < p.cols; j += ${ROW_WG}u) { acc += probs[base + j] * d[base + j]; } }
-  let dot = wg_sum(acc, lid);
-  if (!valid) { return; }
-  for (var j = lid; j < p.cols; j += ${ROW_WG}u) {
-    d[base + j] = p.scale * probs[base + j] * (d[base + j] - dot);
-  }
-}`;
 
 const SWAP12 = `
 struct P { n: u32, X: u32, Y: u32, D: u32 }
@@ -166,13 +257,18 @@ function dims(q: Tensor, k: Tensor, v: Tensor): Dims {
 
 /** Saved state of {@link attentionForward} for {@link attentionBackward}. */
 export interface AttentionSaved {
-  /** Attention probabilities `[B, H, Tq, Tk]` (0 on masked keys). */
-  probs: Tensor;
+  /** The forward output `[B, H, Tq, Dh]`. */
+  out: Tensor;
+  /** Log-sum-exp of each query row's scaled scores `[B, H, Tq]` (−3.4e38 for empty rows). */
+  lse: Tensor;
   scale: number;
+  causal: boolean;
+  keyMask?: Tensor;
 }
 
 /**
- * Scaled dot-product attention with causal and key-padding masks.
+ * Scaled dot-product attention with causal and key-padding masks. Returns the output and the
+ * state {@link attentionBackward} needs (the output itself and the per-row log-sum-exp).
  *
  * @example
  * ```ts
@@ -180,7 +276,7 @@ export interface AttentionSaved {
  * const gpu = await Gpu.create();
  * const q = gpu.zeros([1, 2, 5, 8]), k = gpu.zeros([1, 2, 5, 8]), v = gpu.zeros([1, 2, 5, 8]);
  * const keyMask = gpu.fromArray([0, 1, 1, 1, 1], [1, 5]); // left padding
- * const { out, probs } = attentionForward(gpu, q, k, v, { keyMask });
+ * const { out, lse } = attentionForward(gpu, q, k, v, { keyMask });
  * ```
  */
 export function attentionForward(
@@ -189,7 +285,7 @@ export function attentionForward(
   k: Tensor,
   v: Tensor,
   opts: AttentionOptions = {},
-): { out: Tensor } & AttentionSaved {
+): AttentionSaved {
   const { B, H, Tq, Tk, Dh } = dims(q, k, v);
   if (opts.keyMask) {
     checkShape(
@@ -197,23 +293,64 @@ export function attentionForward(
       `attention: keyMask [${opts.keyMask.shape}] must be f32 [${B}, ${Tk}]`,
     );
   }
+  checkShape(Dh > 0, "attention: head dimension is 0");
+  if (Tk > gpu.textureSide) {
+    throw new GpuLimitError(
+      `attention: ${Tk} keys exceed the texture side limit (${gpu.textureSide})`,
+    );
+  }
+  const causal = opts.causal !== false;
   const scale = opts.scale ?? 1 / Math.sqrt(Dh);
-  const BH = B * H;
-  const probs = matmul(gpu, q.reshape([BH, Tq, Dh]), k.reshape([BH, Tk, Dh]), { transB: true });
-  const rows = BH * Tq;
-  gpu.dispatch(
-    gpu.pipeline(variant(opts.causal !== false, opts.keyMask !== undefined)),
-    [probs, opts.keyMask ?? null],
-    gpu.grid(rows),
-    new Params().u32(rows, Tq, Tk, H).f32(scale),
+  const BH = B * H, dq = Math.ceil(Dh / 4);
+  const out = gpu.empty([B, H, Tq, Dh]), lse = gpu.empty([B, H, Tq]);
+  if (BH * Tq === 0) return { out, lse, scale, causal, keyMask: opts.keyMask };
+  const hasMask = opts.keyMask !== undefined;
+  const pipe = gpu.pipeline(
+    cached(`fwd/${dq}/${causal}/${hasMask}`, () => fusedForwardShader(dq, causal, hasMask)),
   );
-  const out = matmul(gpu, probs, v.reshape([BH, Tk, Dh]));
-  return { out: out.intoShape([B, H, Tq, Dh]), probs: probs.intoShape([B, H, Tq, Tk]), scale };
+  const R = rowsPerInvocation(dq);
+  const maxLayers = gpu.limits.maxTextureArrayLayers;
+  for (let c0 = 0; c0 < BH; c0 += maxLayers) {
+    const n = Math.min(maxLayers, BH - c0);
+    const kt = gpu.scratchTexture(dq, Tk, n), vt = gpu.scratchTexture(dq, Tk, n);
+    for (const [src, tex] of [[k, kt], [v, vt]] as const) {
+      fillTexture(gpu, src, tex, {
+        rows: Tk,
+        cols: Dh,
+        ld: Dh,
+        trans: false,
+        row0: 0,
+        col0: 0,
+        batchStride: Tk * Dh,
+        batch0: c0,
+        layers: n,
+        width: dq,
+        height: Tk,
+      });
+    }
+    gpu.dispatch(
+      pipe,
+      [
+        q,
+        kt.createView({ dimension: "2d-array" }),
+        vt.createView({ dimension: "2d-array" }),
+        out,
+        lse,
+        opts.keyMask ?? null,
+      ],
+      [Math.ceil(Tq / R / FWD_WG), n],
+      new Params().u32(Tq, Tk, Dh, H, c0).f32(scale),
+    );
+    gpu.releaseTexture(kt);
+    gpu.releaseTexture(vt);
+  }
+  return { out, lse, scale, causal, keyMask: opts.keyMask };
 }
 
 /**
- * Backward of {@link attentionForward}: gradients for q, k and v. Masked keys and empty rows
- * get zero gradient.
+ * Backward of {@link attentionForward}: gradients for q, k and v from `dout`, recomputing the
+ * attention probabilities from the saved log-sum-exp. Masked keys and empty rows get zero
+ * gradient.
  */
 export function attentionBackward(
   gpu: Gpu,
@@ -225,20 +362,41 @@ export function attentionBackward(
 ): { dq: Tensor; dk: Tensor; dv: Tensor } {
   const { B, H, Tq, Tk, Dh } = dims(q, k, v);
   checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  const BH = B * H;
-  const P = saved.probs.reshape([BH, Tq, Tk]);
+  const BH = B * H, rows = BH * Tq;
+  const q3 = q.reshape([BH, Tq, Dh]), k3 = k.reshape([BH, Tk, Dh]), v3 = v.reshape([BH, Tk, Dh]);
   const dO = dout.reshape([BH, Tq, Dh]);
-  const dS = matmul(gpu, dO, v.reshape([BH, Tk, Dh]), { transB: true });
+  const hasMask = saved.keyMask !== undefined;
+  // P, recomputed from the saved log-sum-exp
+  const probs = matmul(gpu, q3, k3, { transB: true });
   gpu.dispatch(
-    gpu.pipeline(SOFTMAX_BACKWARD),
-    [P, dS],
-    gpu.grid(BH * Tq),
-    new Params().u32(BH * Tq, Tk).f32(saved.scale),
+    gpu.pipeline(
+      cached(
+        `probs/${saved.causal}/${hasMask}`,
+        () => recomputeProbsShader(saved.causal, hasMask),
+      ),
+    ),
+    [probs, saved.lse, saved.keyMask ?? null],
+    gpu.grid(groups(probs.size)),
+    new Params().u32(probs.size, Tq, Tk, H).f32(saved.scale),
   );
-  const dq = matmul(gpu, dS, k.reshape([BH, Tk, Dh]));
-  const dk = matmul(gpu, dS, q.reshape([BH, Tq, Dh]), { transA: true });
-  const dv = matmul(gpu, P, dO, { transA: true });
-  dS.dispose();
+  const D = gpu.empty([rows]);
+  gpu.dispatch(
+    gpu.pipeline(ROW_DOT),
+    [dO, saved.out, D],
+    gpu.grid(groups(rows)),
+    new Params().u32(rows, Dh),
+  );
+  const dS = matmul(gpu, dO, v3, { transB: true });
+  gpu.dispatch(
+    gpu.pipeline(SCORES_GRAD),
+    [probs, dS, D],
+    gpu.grid(groups(dS.size)),
+    new Params().u32(dS.size, Tk).f32(saved.scale),
+  );
+  const dq = matmul(gpu, dS, k3);
+  const dk = matmul(gpu, dS, q3, { transA: true });
+  const dv = matmul(gpu, probs, dO, { transA: true });
+  for (const t of [probs, D, dS]) t.dispose();
   return {
     dq: dq.intoShape([B, H, Tq, Dh]),
     dk: dk.intoShape([B, H, Tk, Dh]),

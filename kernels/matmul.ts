@@ -14,6 +14,7 @@
  */
 
 import { checkShape } from "./errors.ts";
+import { fillTexture } from "./_texture.ts";
 import { type Gpu, Params, Tensor } from "./runtime.ts";
 
 /** Options of {@link matmul}. */
@@ -39,36 +40,6 @@ export interface MatmulOptions {
 const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4;
 
 // ------------------------------------------------------------------------------ texture path
-
-/** Packs a logical (rows × cols) sub-block of a strided matrix into rgba32float texels. */
-const PACK = `
-struct P {
-  rows: u32, cols: u32,        // logical sub-block size (zero outside it)
-  ld: u32, trans: u32,         // element (r, c) at r*ld + c, or c*ld + r when trans
-  row0: u32, col0: u32,        // sub-block origin in the logical matrix
-  batch_stride: u32, batch0: u32,
-  width: u32, height: u32,     // texels × rows to write (padding included)
-}
-@group(0) @binding(0) var<storage, read_write> src: array<f32>;                   // (batch, …)
-@group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(8, 8)
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  if (g.x >= p.width || g.y >= p.height) { return; }
-  var v = vec4f(0.0);
-  if (g.y < p.rows) {
-    let base = (p.batch0 + g.z) * p.batch_stride;
-    let r = p.row0 + g.y;
-    for (var c = 0u; c < 4u; c++) {
-      let col = 4u * g.x + c;
-      if (col < p.cols) {
-        let cc = p.col0 + col;
-        v[c] = src[base + select(r * p.ld + cc, cc * p.ld + r, p.trans == 1u)];
-      }
-    }
-  }
-  textureStore(dst, vec2u(g.x, g.y), g.z, v);
-}`;
 
 /** Register blocking of the texture kernel: rows and texel columns (4 floats) per invocation. */
 export interface TextureTiling {
@@ -370,67 +341,6 @@ function runBuffer(
       params,
     );
   }
-}
-
-/** Where one operand's sub-block comes from, for {@link fillTexture}. */
-interface Block {
-  rows: number;
-  cols: number;
-  ld: number;
-  trans: boolean;
-  row0: number;
-  col0: number;
-  batchStride: number;
-  batch0: number;
-  layers: number;
-  /** Texels × rows the matmul kernel will read. */
-  width: number;
-  height: number;
-}
-
-/**
- * Fills `tex` with a sub-block of `src`. A plain row-major block whose rows are 256-byte
- * multiples and whose column count fills whole texels is a `copyBufferToTexture` (a memcpy:
- * ~4× cheaper than the pack kernel on llvmpipe); anything else (transposed, ragged, unaligned)
- * goes through the pack kernel, which also zero-fills the padding. Padding rows/texels left
- * stale by a copy only feed outputs that are never written (rows ≥ M, columns ≥ N), while the
- * shared K axis is always exact.
- */
-function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): void {
-  const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
-  const byteOffset = src.byteOffset + 4 * elemOffset;
-  const direct = !b.trans && (4 * b.ld) % 256 === 0 && b.cols % 4 === 0 &&
-    byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0);
-  if (direct) {
-    gpu.encoder().copyBufferToTexture(
-      {
-        buffer: src.buffer,
-        offset: byteOffset,
-        bytesPerRow: 4 * b.ld,
-        rowsPerImage: b.layers > 1 ? b.batchStride / b.ld : b.rows,
-      },
-      { texture: tex },
-      [b.cols / 4, b.rows, b.layers],
-    );
-    return;
-  }
-  gpu.dispatch(
-    gpu.pipeline(PACK),
-    [src, tex.createView({ dimension: "2d-array" })],
-    [Math.ceil(b.width / 8), Math.ceil(b.height / 8), b.layers],
-    new Params().u32(
-      b.rows,
-      b.cols,
-      b.ld,
-      b.trans ? 1 : 0,
-      b.row0,
-      b.col0,
-      b.batchStride,
-      b.batch0,
-      b.width,
-      b.height,
-    ),
-  );
 }
 
 function runTexture(

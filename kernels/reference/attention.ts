@@ -18,16 +18,20 @@ export interface AttentionRefArgs {
   scale?: number;
 }
 
-/** Forward: returns out `[B,H,Tq,Dh]` and probs `[B,H,Tq,Tk]`. */
+/**
+ * Forward: returns out `[B,H,Tq,Dh]`, probs `[B,H,Tq,Tk]` and the log-sum-exp of each row's
+ * scaled scores `[B,H,Tq]` (−Infinity for a row with no visible key).
+ */
 export function attentionForward(
   q: Arr,
   k: Arr,
   v: Arr,
   a: AttentionRefArgs,
-): { out: Float64Array; probs: Float64Array } {
+): { out: Float64Array; probs: Float64Array; lse: Float64Array } {
   const { B, H, Tq, Tk, Dh } = a;
   const scale = a.scale ?? 1 / Math.sqrt(Dh);
   const probs = new Float64Array(B * H * Tq * Tk), out = new Float64Array(B * H * Tq * Dh);
+  const lse = new Float64Array(B * H * Tq);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       const bh = b * H + h;
@@ -45,6 +49,7 @@ export function attentionForward(
         }
         let z = 0;
         for (let j = 0; j < Tk; j++) if (ok(j)) z += Math.exp(s[j] - m);
+        lse[bh * Tq + i] = z > 0 ? m + Math.log(z) : -Infinity;
         for (let j = 0; j < Tk; j++) {
           const pr = ok(j) && z > 0 ? Math.exp(s[j] - m) / z : 0;
           probs[(bh * Tq + i) * Tk + j] = pr;
@@ -55,7 +60,7 @@ export function attentionForward(
       }
     }
   }
-  return { out, probs };
+  return { out, probs, lse };
 }
 
 /** Backward: dq, dk, dv for upstream `dout`. */
