@@ -1,0 +1,40 @@
+/**
+ * Smoke test of `deno task bench --quick --json`: the benchmark runs beside TensorFlow.js and
+ * prints one well-formed JSON object per line. (Speed is reported by the benchmark, never
+ * asserted here.)
+ */
+import { assert, assertEquals } from "./assert.ts";
+
+Deno.test({
+  name: "bench: --quick --json prints one result object per line with ours, tfjs and ratio",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const cmd = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-env",
+        "--allow-read",
+        "--allow-net",
+        "--allow-sys",
+        new URL("../bench/bench.ts", import.meta.url).pathname,
+        "--quick",
+        "--json",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const { code, stdout, stderr } = await cmd.output();
+    const err = new TextDecoder().decode(stderr);
+    assertEquals(code, 0, `bench exited with ${code}: ${err.slice(-2000)}`);
+    const lines = new TextDecoder().decode(stdout).trim().split("\n")
+      .filter((l) => l.startsWith("{"));
+    assertEquals(lines.length, 3, "matmul NN, matmul NT, attention");
+    for (const line of lines) {
+      const r = JSON.parse(line);
+      assertEquals(Object.keys(r), ["op", "shape", "ours_gflops", "tfjs_gflops", "ratio"]);
+      assert(r.ours_gflops > 0 && r.tfjs_gflops > 0, line);
+      assert(Math.abs(r.ratio - r.ours_gflops / r.tfjs_gflops) < 0.02 * r.ratio + 0.01, line);
+    }
+  },
+});
