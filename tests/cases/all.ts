@@ -1,4 +1,4 @@
-/** Every kernel case list, in one array (shared by the Deno runner and the browser page). */
+/** Every shared case list (kernels, model I/O), in one array (shared by the Deno runner and the browser page). */
 import type { Case } from "../_util.ts";
 import { cases as attention } from "./attention.ts";
 import { cases as elementwise } from "./elementwise.ts";
@@ -8,6 +8,7 @@ import { cases as matmul } from "./matmul.ts";
 import { cases as optimizer } from "./optimizer.ts";
 import { cases as reduce } from "./reduce.ts";
 import { cases as runtime } from "./runtime.ts";
+import { cases as safetensors } from "./safetensors.ts";
 import { cases as softmax } from "./softmax.ts";
 
 export const ALL_CASES: Case[] = [
@@ -20,4 +21,5 @@ export const ALL_CASES: Case[] = [
   ...embedding,
   ...attention,
   ...optimizer,
+  ...safetensors,
 ];
