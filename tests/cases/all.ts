@@ -10,6 +10,7 @@ import { cases as reduce } from "./reduce.ts";
 import { cases as runtime } from "./runtime.ts";
 import { cases as safetensors } from "./safetensors.ts";
 import { cases as softmax } from "./softmax.ts";
+import { cases as tokenizer } from "./tokenizer.ts";
 
 export const ALL_CASES: Case[] = [
   ...runtime,
@@ -22,4 +23,5 @@ export const ALL_CASES: Case[] = [
   ...attention,
   ...optimizer,
   ...safetensors,
+  ...tokenizer,
 ];
