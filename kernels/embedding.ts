@@ -168,3 +168,47 @@ export function embeddingBackward(
   scatterAddRows(gpu, tokens, dout, dwte);
   if (pos) scatterAddRows(gpu, pos.positions, dout, pos.dwpe, pos.offset ?? 0);
 }
+
+const POSITIONS = `
+struct P { B: u32, T: u32, offset: i32 }
+@group(0) @binding(0) var<storage, read_write> mask: array<f32>;  // (B, T) 1 = token, 0 = pad
+@group(0) @binding(1) var<storage, read_write> pos: array<i32>;   // (B, T)
+@group(0) @binding(2) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.B) { return; }
+  var c = 0;
+  for (var t = 0u; t < p.T; t++) {
+    let m = mask[i * p.T + t] != 0.0;
+    if (m) { c += 1; }
+    pos[i * p.T + t] = select(0, c, m) - 1 + p.offset;
+  }
+}`;
+
+/**
+ * Position ids from an attention mask, as HF OPT computes them:
+ * `(cumsum(mask)·mask − 1) + offset`, so a left-padded prompt starts at position 0 and pads
+ * get `offset − 1`.
+ *
+ * @example OPT (offset 2)
+ * ```ts
+ * import { Gpu, positionsFromMask } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const pos = positionsFromMask(gpu, gpu.fromArray([0, 1, 1], [1, 3]), 2);
+ * console.log(await gpu.read(pos)); // [1, 2, 3]
+ * ```
+ */
+export function positionsFromMask(gpu: Gpu, mask: Tensor, offset = 0): Tensor {
+  checkShape(
+    mask.shape.length === 2 && mask.dtype === "f32",
+    `positionsFromMask: mask must be f32 [B, T], got ${mask.dtype} [${mask.shape}]`,
+  );
+  const [B, T] = mask.shape;
+  const pos = gpu.empty([B, T], "i32");
+  gpu.dispatch(
+    gpu.pipeline(POSITIONS),
+    [mask, pos],
+    gpu.grid(groups(B)),
+    new Params().u32(B, T).i32(offset),
+  );
+  return pos;
+}

@@ -101,6 +101,27 @@ export class Tensor {
   }
 
   /**
+   * A view of `numel(shape)` elements starting `elementOffset` elements into this tensor
+   * (shares the buffer; disposing the view frees nothing). The byte offset must meet
+   * `minStorageBufferOffsetAlignment` so that the view can be bound.
+   */
+  view(elementOffset: number, shape: readonly number[]): Tensor {
+    checkDims(shape, "view");
+    const n = numel(shape);
+    checkShape(
+      Number.isInteger(elementOffset) && elementOffset >= 0 && elementOffset + n <= this.size,
+      `view: [${shape.join(", ")}] at ${elementOffset} exceeds ${this.size} elements`,
+    );
+    const byteOffset = this.byteOffset + 4 * elementOffset;
+    const align = this.gpu.limits.minStorageBufferOffsetAlignment;
+    checkShape(
+      byteOffset % align === 0,
+      `view: byte offset ${byteOffset} is not a multiple of minStorageBufferOffsetAlignment (${align})`,
+    );
+    return new Tensor(this.gpu, this.buffer, shape, this.dtype, byteOffset, false);
+  }
+
+  /**
    * Consumes this tensor and returns one with a new shape that owns the buffer (use when a
    * kernel's result is handed out under another shape; `reshape` would leave the view unable
    * to free it).

@@ -46,3 +46,17 @@ export function scatterAddRows(
   }
   return out;
 }
+
+/** `(cumsum(mask)·mask − 1) + offset` per row of a (B × T) mask. */
+export function positionsFromMask(mask: Arr, T: number, offset = 0): Int32Array {
+  const out = new Int32Array(mask.length);
+  for (let b = 0; b < mask.length / T; b++) {
+    let c = 0;
+    for (let t = 0; t < T; t++) {
+      const m = mask[b * T + t] !== 0;
+      if (m) c++;
+      out[b * T + t] = (m ? c : 0) - 1 + offset;
+    }
+  }
+  return out;
+}

@@ -5,6 +5,7 @@ import { cases as elementwise } from "./elementwise.ts";
 import { cases as embedding } from "./embedding.ts";
 import { cases as layernorm } from "./layernorm.ts";
 import { cases as matmul } from "./matmul.ts";
+import { cases as opt } from "./opt.ts";
 import { cases as optimizer } from "./optimizer.ts";
 import { cases as reduce } from "./reduce.ts";
 import { cases as runtime } from "./runtime.ts";
@@ -24,4 +25,5 @@ export const ALL_CASES: Case[] = [
   ...optimizer,
   ...safetensors,
   ...tokenizer,
+  ...opt,
 ];

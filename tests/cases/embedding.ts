@@ -63,3 +63,22 @@ cases.push({
     );
   },
 });
+
+cases.push({
+  name: "embedding: positions from a left-padded attention mask follow HF OPT (offset 2)",
+  async run(gpu) {
+    const B = 3, T = 7;
+    const mask = Float32Array.from(
+      { length: B * T },
+      (_, i) => (i % T) >= Math.floor(i / T) * 2 ? 1 : 0,
+    );
+    mask[2 * T + 6] = 0; // a right pad too
+    const got = await gpu.read(k.positionsFromMask(gpu, gpu.fromArray(mask, [B, T]), 2));
+    assertEquals(got, ref.positionsFromMask(mask, T, 2));
+    assertEquals(
+      Array.from(got.subarray(T, 2 * T)),
+      [1, 1, 2, 3, 4, 5, 6],
+      "row 1: two pads then 0..4 (+2)",
+    );
+  },
+});

@@ -1,0 +1,419 @@
+/**
+ * The OPT decoder, written as explicit forward and backward passes over our kernels (llm.c
+ * style): every activation the backward needs is saved in a {@link OptActivations} record,
+ * and the backward accumulates into the {@link ParamStore} gradient views.
+ *
+ * Matches Hugging Face `OPTForCausalLM`: token embeddings (then `project_in` when
+ * `word_embed_proj_dim ≠ hidden_size`) plus learned positions at `cumsum(mask)·mask − 1 + 2`;
+ * pre-LN blocks (OPT-125m) or post-LN blocks (OPT-350m); the final layernorm for pre-LN models;
+ * `project_out`; the LM head tied to `embed_tokens`; and an optional `v_head` (critic/reward).
+ *
+ * @module
+ */
+
+import {
+  attentionBackward,
+  attentionForward,
+  type AttentionSaved,
+  swapAxes12,
+} from "../kernels/attention.ts";
+import { add, reluBackward } from "../kernels/elementwise.ts";
+import {
+  embeddingBackward,
+  embeddingForward,
+  positionsFromMask,
+  scatterAddRows,
+} from "../kernels/embedding.ts";
+import { checkShape } from "../kernels/errors.ts";
+import { layernormBackward, layernormForward, type LayernormSaved } from "../kernels/layernorm.ts";
+import { matmul } from "../kernels/matmul.ts";
+import { sumColumns } from "../kernels/reduce.ts";
+import type { Gpu, Tensor } from "../kernels/runtime.ts";
+import { type OptConfig, optParamSpecs } from "./config.ts";
+import { ParamStore } from "./params.ts";
+
+const D = "model.decoder.";
+
+interface LayerActs {
+  x0: Tensor; // block input (N, C)
+  ln1?: { y: Tensor } & LayernormSaved; // pre-LN: LN1(x0); post-LN: LN1(x0 + attn)
+  attnIn: Tensor; // what q/k/v read: ln1.y (pre) or x0 (post)
+  q: Tensor; // (B, H, T, Dh)
+  k: Tensor;
+  v: Tensor;
+  att: AttentionSaved;
+  merged: Tensor; // (N, C) attention output before out_proj
+  x1pre?: Tensor; // post-LN: x0 + out_proj(...)
+  x1: Tensor; // residual stream after the attention half
+  ln2?: { y: Tensor } & LayernormSaved;
+  ffnIn: Tensor; // ln2.y (pre) or x1 (post)
+  h: Tensor; // relu(fc1(ffnIn)) (N, F)
+  x2pre?: Tensor; // post-LN: x1 + fc2(h)
+}
+
+/** Everything {@link OptModel.backward} needs from a forward pass. */
+export interface OptActivations {
+  B: number;
+  T: number;
+  tokens: Tensor;
+  mask: Tensor;
+  positions: Tensor;
+  tokEmb?: Tensor; // (N, E) token embeddings before project_in
+  layers: LayerActs[];
+  xL: Tensor; // decoder stream after the last block
+  lnf?: { y: Tensor } & LayernormSaved;
+  preOut: Tensor; // lnf.y or xL
+  /** Final hidden states `(B·T, word_embed_proj_dim)` (HF `last_hidden_state`). */
+  hidden: Tensor;
+}
+
+/**
+ * An OPT decoder bound to its parameters.
+ *
+ * @example Logits of a tiny random model
+ * ```ts
+ * import { Gpu, OPT_PRESETS, OptModel } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
+ * const tokens = gpu.fromArray(new Int32Array([2, 10, 11, 2, 12, 13]), [2, 3]);
+ * const mask = gpu.fromArray(new Float32Array(6).fill(1), [2, 3]);
+ * const acts = model.forward(tokens, mask);
+ * const logits = model.logits(acts); // (6, 260)
+ * ```
+ */
+export class OptModel {
+  readonly heads: number;
+  readonly headDim: number;
+
+  constructor(
+    readonly gpu: Gpu,
+    readonly config: OptConfig,
+    readonly store: ParamStore,
+  ) {
+    this.heads = config.num_attention_heads;
+    this.headDim = config.hidden_size / config.num_attention_heads;
+    for (const s of optParamSpecs(config)) {
+      checkShape(store.has(s.name), `OptModel: parameter store lacks ${s.name}`);
+    }
+  }
+
+  /** A model with freshly initialised parameters (N(0, 0.02) weights, seeded). */
+  static create(
+    gpu: Gpu,
+    config: OptConfig,
+    opts: { seed?: number; valueHead?: boolean } = {},
+  ): OptModel {
+    const store = new ParamStore(gpu, optParamSpecs(config, { valueHead: opts.valueHead }));
+    store.init(opts.seed ?? 0);
+    return new OptModel(gpu, config, store);
+  }
+
+  /** True when the model has a `v_head`. */
+  get hasValueHead(): boolean {
+    return this.store.has("v_head.weight");
+  }
+
+  #p(name: string): Tensor {
+    return this.store.param(name);
+  }
+  #g(name: string): Tensor {
+    return this.store.grad(name);
+  }
+
+  /** `y = x·Wᵀ + b` for the HF linear `name` (bias optional). */
+  #linear(x: Tensor, name: string, opts: { relu?: boolean; bias?: boolean } = {}): Tensor {
+    return matmul(this.gpu, x, this.#p(`${name}.weight`), {
+      transB: true,
+      bias: opts.bias === false ? undefined : this.#p(`${name}.bias`),
+      relu: opts.relu,
+    });
+  }
+
+  /**
+   * Backward of a linear layer: `dW += dyᵀ·x`, `db += Σ dy`; returns `dx = dy·W`, or adds it
+   * into `dxInto`.
+   */
+  #linearBackward(
+    dy: Tensor,
+    x: Tensor,
+    name: string,
+    opts: { bias?: boolean; dxInto?: Tensor; needDx?: boolean } = {},
+  ): Tensor | undefined {
+    const gpu = this.gpu;
+    matmul(gpu, dy, x, { transA: true, out: this.#g(`${name}.weight`), accumulate: true });
+    if (opts.bias !== false) {
+      sumColumns(gpu, dy, { out: this.#g(`${name}.bias`), accumulate: true });
+    }
+    if (opts.needDx === false) return undefined;
+    if (opts.dxInto) {
+      matmul(gpu, dy, this.#p(`${name}.weight`), { out: opts.dxInto, accumulate: true });
+      return opts.dxInto;
+    }
+    return matmul(gpu, dy, this.#p(`${name}.weight`));
+  }
+
+  #ln(x: Tensor, name: string): { y: Tensor } & LayernormSaved {
+    return layernormForward(this.gpu, x, this.#p(`${name}.weight`), this.#p(`${name}.bias`));
+  }
+
+  /** `dx (+)= LN'(x)ᵀ dy` and accumulates the norm's parameter gradients. */
+  #lnBackward(
+    dy: Tensor,
+    x: Tensor,
+    saved: LayernormSaved,
+    name: string,
+    dx?: Tensor,
+  ): Tensor {
+    return layernormBackward(
+      this.gpu,
+      dy,
+      x,
+      this.#p(`${name}.weight`),
+      saved,
+      this.#g(`${name}.weight`),
+      this.#g(`${name}.bias`),
+      dx ? { dx, accumulateDx: true } : {},
+    );
+  }
+
+  /**
+   * Forward pass over `tokens` `[B, T]` (i32) with `mask` `[B, T]` (f32, 1 = token, 0 = pad;
+   * left padding supported). Returns the saved activations; `hidden` holds the final states.
+   */
+  forward(tokens: Tensor, mask: Tensor): OptActivations {
+    const gpu = this.gpu, c = this.config;
+    checkShape(
+      tokens.shape.length === 2 && tokens.dtype === "i32",
+      `OptModel.forward: tokens must be i32 [B, T], got ${tokens.dtype} [${tokens.shape}]`,
+    );
+    const [B, T] = tokens.shape;
+    checkShape(
+      mask.dtype === "f32" && mask.shape.join() === tokens.shape.join(),
+      `OptModel.forward: mask must be f32 [${B}, ${T}], got ${mask.dtype} [${mask.shape}]`,
+    );
+    checkShape(
+      T <= c.max_position_embeddings,
+      `OptModel.forward: ${T} tokens exceed max_position_embeddings ${c.max_position_embeddings}`,
+    );
+    const N = B * T, C = c.hidden_size, H = this.heads, Dh = this.headDim;
+    const positions = positionsFromMask(gpu, mask, 2);
+    const wte = this.#p(`${D}embed_tokens.weight`), wpe = this.#p(`${D}embed_positions.weight`);
+    const flatTok = tokens.reshape([N]), flatPos = positions.reshape([N]);
+    let x: Tensor, tokEmb: Tensor | undefined;
+    if (c.word_embed_proj_dim !== C) {
+      tokEmb = embeddingForward(gpu, flatTok, wte);
+      const projected = this.#linear(tokEmb, `${D}project_in`, { bias: false });
+      const posEmb = embeddingForward(gpu, flatPos, wpe);
+      x = add(gpu, projected, posEmb, projected);
+      posEmb.dispose();
+    } else {
+      x = embeddingForward(gpu, flatTok, wte, { positions: flatPos, wpe });
+    }
+    const layers: LayerActs[] = [];
+    const heads = (t: Tensor) => swapAxes12(gpu, t.reshape([B, T, H, Dh]));
+    for (let l = 0; l < c.num_hidden_layers; l++) {
+      const p = `${D}layers.${l}.`;
+      const a: Partial<LayerActs> = { x0: x };
+      const pre = c.do_layer_norm_before;
+      if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
+      a.attnIn = pre ? a.ln1!.y : x;
+      const q = this.#linear(a.attnIn, `${p}self_attn.q_proj`);
+      const k = this.#linear(a.attnIn, `${p}self_attn.k_proj`);
+      const v = this.#linear(a.attnIn, `${p}self_attn.v_proj`);
+      a.q = heads(q);
+      a.k = heads(k);
+      a.v = heads(v);
+      for (const t of [q, k, v]) t.dispose();
+      a.att = attentionForward(gpu, a.q, a.k, a.v, { keyMask: mask, scale: 1 / Math.sqrt(Dh) });
+      a.merged = swapAxes12(gpu, a.att.out).intoShape([N, C]);
+      const o = this.#linear(a.merged, `${p}self_attn.out_proj`);
+      if (pre) {
+        a.x1 = add(gpu, x, o, o);
+      } else {
+        a.x1pre = add(gpu, x, o, o);
+        a.ln1 = this.#ln(a.x1pre, `${p}self_attn_layer_norm`);
+        a.x1 = a.ln1.y;
+      }
+      if (pre) a.ln2 = this.#ln(a.x1, `${p}final_layer_norm`);
+      a.ffnIn = pre ? a.ln2!.y : a.x1;
+      a.h = this.#linear(a.ffnIn, `${p}fc1`, { relu: true });
+      const f = this.#linear(a.h, `${p}fc2`);
+      if (pre) {
+        x = add(gpu, a.x1, f, f);
+      } else {
+        a.x2pre = add(gpu, a.x1, f, f);
+        a.ln2 = this.#ln(a.x2pre, `${p}final_layer_norm`);
+        x = a.ln2.y;
+      }
+      layers.push(a as LayerActs);
+    }
+    const xL = x;
+    let lnf: ({ y: Tensor } & LayernormSaved) | undefined;
+    if (c.do_layer_norm_before) lnf = this.#ln(xL, `${D}final_layer_norm`);
+    const preOut = lnf ? lnf.y : xL;
+    const hidden = c.word_embed_proj_dim !== C
+      ? this.#linear(preOut, `${D}project_out`, { bias: false })
+      : preOut;
+    return { B, T, tokens, mask, positions, tokEmb, layers, xL, lnf, preOut, hidden };
+  }
+
+  /** LM-head logits `(B·T, V)` from the final hidden states (tied to `embed_tokens`). */
+  logits(acts: OptActivations): Tensor {
+    return matmul(this.gpu, acts.hidden, this.#p(`${D}embed_tokens.weight`), { transB: true });
+  }
+
+  /** Values `(B·T)` from `v_head` (critic / reward model). */
+  values(acts: OptActivations): Tensor {
+    checkShape(this.hasValueHead, "OptModel.values: this model has no v_head");
+    const N = acts.B * acts.T;
+    return matmul(this.gpu, acts.hidden, this.#p("v_head.weight"), { transB: true })
+      .intoShape([N]);
+  }
+
+  /**
+   * Backward pass: accumulates parameter gradients from the gradient of the logits
+   * (`(B·T, V)`), of the values (`(B·T)`), and/or of the hidden states directly.
+   */
+  backward(
+    acts: OptActivations,
+    grads: { dlogits?: Tensor; dvalues?: Tensor; dhidden?: Tensor },
+  ): void {
+    const gpu = this.gpu, c = this.config;
+    const { B, T } = acts;
+    const N = B * T, C = c.hidden_size, E = c.word_embed_proj_dim;
+    const H = this.heads, Dh = this.headDim;
+    const dh = gpu.zeros([N, E]);
+    if (grads.dhidden) add(gpu, dh, grads.dhidden, dh);
+    if (grads.dlogits) {
+      checkShape(grads.dlogits.size === N * c.vocab_size, "OptModel.backward: dlogits shape");
+      const wte = `${D}embed_tokens`;
+      matmul(gpu, grads.dlogits, acts.hidden, {
+        transA: true,
+        out: this.#g(`${wte}.weight`),
+        accumulate: true,
+      });
+      matmul(gpu, grads.dlogits, this.#p(`${wte}.weight`), { out: dh, accumulate: true });
+    }
+    if (grads.dvalues) {
+      checkShape(grads.dvalues.size === N, "OptModel.backward: dvalues must have B·T elements");
+      const dv = grads.dvalues.reshape([N, 1]);
+      matmul(gpu, dv, acts.hidden, {
+        transA: true,
+        out: this.#g("v_head.weight"),
+        accumulate: true,
+      });
+      matmul(gpu, dv, this.#p("v_head.weight"), { out: dh, accumulate: true });
+    }
+    // project_out, final layernorm
+    let dx: Tensor = dh;
+    if (E !== C) {
+      dx = this.#linearBackward(dh, acts.preOut, `${D}project_out`, { bias: false })!;
+      dh.dispose();
+    }
+    if (acts.lnf) {
+      const d = this.#lnBackward(dx, acts.xL, acts.lnf, `${D}final_layer_norm`);
+      dx.dispose();
+      dx = d;
+    }
+    const merge = (t: Tensor) => swapAxes12(gpu, t).intoShape([N, C]);
+    for (let l = c.num_hidden_layers - 1; l >= 0; l--) {
+      const a = acts.layers[l], p = `${D}layers.${l}.`;
+      const pre = c.do_layer_norm_before;
+      // FFN half: x2 = x1 + fc2(relu(fc1(ffnIn)))  [post-LN: x2 = LN2(x1 + …)]
+      let dRes: Tensor; // gradient at the FFN residual sum
+      if (pre) dRes = dx;
+      else {
+        dRes = this.#lnBackward(dx, a.x2pre!, a.ln2!, `${p}final_layer_norm`);
+        dx.dispose();
+      }
+      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`)!;
+      reluBackward(gpu, dH, a.h, dH);
+      let dx1: Tensor;
+      if (pre) {
+        const dln2 = this.#linearBackward(dH, a.ffnIn, `${p}fc1`)!;
+        dx1 = dRes; // residual path, then the layernorm path added in place
+        this.#lnBackward(dln2, a.x1, a.ln2!, `${p}final_layer_norm`, dx1);
+        dln2.dispose();
+      } else {
+        dx1 = dRes;
+        this.#linearBackward(dH, a.ffnIn, `${p}fc1`, { dxInto: dx1 });
+      }
+      dH.dispose();
+      // attention half: x1 = x0 + out_proj(attn(attnIn))  [post-LN: x1 = LN1(x0 + …)]
+      let dRes1: Tensor;
+      if (pre) dRes1 = dx1;
+      else {
+        dRes1 = this.#lnBackward(dx1, a.x1pre!, a.ln1!, `${p}self_attn_layer_norm`);
+        dx1.dispose();
+      }
+      const dMerged = this.#linearBackward(dRes1, a.merged, `${p}self_attn.out_proj`)!;
+      const dAtt = swapAxes12(gpu, dMerged.reshape([B, T, H, Dh]));
+      dMerged.dispose();
+      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att);
+      dAtt.dispose();
+      const dq = merge(g.dq), dk = merge(g.dk), dv = merge(g.dv);
+      const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`)!;
+      this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, { dxInto: dIn });
+      this.#linearBackward(dv, a.attnIn, `${p}self_attn.v_proj`, { dxInto: dIn });
+      for (const t of [g.dq, g.dk, g.dv, dq, dk, dv]) t.dispose();
+      if (pre) {
+        dx = dRes1;
+        this.#lnBackward(dIn, a.x0, a.ln1!, `${p}self_attn_layer_norm`, dx);
+        dIn.dispose();
+      } else {
+        dx = add(gpu, dRes1, dIn, dIn);
+        dRes1.dispose();
+      }
+    }
+    // embeddings
+    const flatTok = acts.tokens.reshape([N]), flatPos = acts.positions.reshape([N]);
+    const dwpe = this.#g(`${D}embed_positions.weight`);
+    const dwte = this.#g(`${D}embed_tokens.weight`);
+    if (E !== C) {
+      scatterAddRows(gpu, flatPos, dx, dwpe);
+      const dTok = this.#linearBackward(dx, acts.tokEmb!, `${D}project_in`, { bias: false })!;
+      scatterAddRows(gpu, flatTok, dTok, dwte);
+      dTok.dispose();
+    } else {
+      embeddingBackward(gpu, dx, flatTok, dwte, { positions: flatPos, dwpe });
+    }
+    dx.dispose();
+  }
+
+  /** Frees a forward pass's activations (not the caller's tokens and mask). */
+  disposeActivations(acts: OptActivations): void {
+    const seen = new Set<Tensor>([acts.tokens, acts.mask]);
+    const free = (t: Tensor | undefined) => {
+      if (t && !seen.has(t)) {
+        seen.add(t);
+        t.dispose();
+      }
+    };
+    free(acts.positions);
+    free(acts.tokEmb);
+    for (const a of acts.layers) {
+      for (
+        const t of [
+          a.x0,
+          a.ln1?.y,
+          a.ln1?.mean,
+          a.ln1?.rstd,
+          a.q,
+          a.k,
+          a.v,
+          a.att.out,
+          a.att.lse,
+          a.merged,
+          a.x1pre,
+          a.x1,
+          a.ln2?.y,
+          a.ln2?.mean,
+          a.ln2?.rstd,
+          a.h,
+          a.x2pre,
+        ]
+      ) free(t);
+    }
+    for (const t of [acts.xL, acts.lnf?.y, acts.lnf?.mean, acts.lnf?.rstd, acts.hidden]) free(t);
+  }
+}

@@ -1,0 +1,210 @@
+/**
+ * Parameter memory: one buffer each for parameters, gradients and the two AdamW moments, with
+ * a named, aligned view per parameter. Zeroing gradients is one `clearBuffer`; the global
+ * gradient norm, clipping and AdamW run over whole ranges (decayed weights first, then
+ * biases/norms), chunked only where a range exceeds the device's binding size.
+ *
+ * @module
+ */
+
+import { checkShape, ShapeError } from "../kernels/errors.ts";
+import { adamwStep } from "../kernels/optimizer.ts";
+import { randomNormal } from "../kernels/prng.ts";
+import { globalNorm, scaleByScalarTensor } from "../kernels/reduce.ts";
+import { fill } from "../kernels/elementwise.ts";
+import { type Gpu, numel, Tensor } from "../kernels/runtime.ts";
+import type { ParamSpec } from "./config.ts";
+
+/** Where one parameter lives in the flat buffers. */
+export interface ParamSlot {
+  spec: ParamSpec;
+  /** Element offset (a multiple of the binding alignment). */
+  offset: number;
+  size: number;
+}
+
+/** AdamW hyperparameters for {@link ParamStore.adamw}. */
+export interface AdamWConfig {
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+}
+
+/**
+ * Flat parameter, gradient and moment buffers with named views.
+ *
+ * @example
+ * ```ts
+ * import { Gpu, optParamSpecs, OPT_PRESETS, ParamStore } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const store = new ParamStore(gpu, optParamSpecs(OPT_PRESETS.tiny));
+ * store.init(42);
+ * const wq = store.param("model.decoder.layers.0.self_attn.q_proj.weight"); // (32, 32) view
+ * ```
+ */
+export class ParamStore {
+  readonly slots = new Map<string, ParamSlot>();
+  /** Total elements including alignment padding. */
+  readonly total: number;
+  /** Elements of the decayed range `[0, decayEnd)`; the rest is not decayed. */
+  readonly decayEnd: number;
+  readonly params: Tensor;
+  readonly grads: Tensor;
+  readonly m: Tensor;
+  readonly v: Tensor;
+  /** AdamW steps taken so far. */
+  step = 0;
+  #views = new Map<string, { p: Tensor; g: Tensor }>();
+
+  constructor(readonly gpu: Gpu, readonly specs: readonly ParamSpec[]) {
+    const align = Math.max(1, gpu.limits.minStorageBufferOffsetAlignment / 4);
+    let offset = 0, decayEnd = 0, seenNoDecay = false;
+    for (const spec of specs) {
+      if (this.slots.has(spec.name)) throw new ShapeError(`duplicate parameter ${spec.name}`);
+      if (spec.decay && seenNoDecay) {
+        throw new ShapeError(`decayed parameter ${spec.name} after non-decayed ones`);
+      }
+      seenNoDecay ||= !spec.decay;
+      const size = numel(spec.shape);
+      this.slots.set(spec.name, { spec, offset, size });
+      offset += Math.ceil(size / align) * align;
+      if (spec.decay) decayEnd = offset;
+    }
+    this.total = Math.max(offset, align);
+    this.decayEnd = decayEnd;
+    const make = () => {
+      const buf = gpu.pool.acquire(this.total * 4);
+      return new Tensor(gpu, buf, [this.total], "f32");
+    };
+    this.params = make();
+    this.grads = make();
+    this.m = make();
+    this.v = make();
+    for (const t of [this.params, this.grads, this.m, this.v]) gpu.clear(t);
+  }
+
+  #slot(name: string): ParamSlot {
+    const s = this.slots.get(name);
+    if (!s) throw new ShapeError(`no parameter named ${name}`);
+    return s;
+  }
+
+  #view(name: string): { p: Tensor; g: Tensor } {
+    let v = this.#views.get(name);
+    if (!v) {
+      const s = this.#slot(name);
+      v = {
+        p: this.params.view(s.offset, s.spec.shape),
+        g: this.grads.view(s.offset, s.spec.shape),
+      };
+      this.#views.set(name, v);
+    }
+    return v;
+  }
+
+  /** The named parameter (a view; do not dispose). */
+  param(name: string): Tensor {
+    return this.#view(name).p;
+  }
+
+  /** The named parameter's gradient (a view; kernels accumulate into it). */
+  grad(name: string): Tensor {
+    return this.#view(name).g;
+  }
+
+  /** True when the store has a parameter of that name. */
+  has(name: string): boolean {
+    return this.slots.has(name);
+  }
+
+  /**
+   * Seeded initialisation: "normal" parameters N(0, std), biases 0, norm weights 1. Each
+   * parameter draws from its own PRNG stream (its index), so adding one changes no other.
+   */
+  init(seed: number, std = 0.02): void {
+    this.gpu.clear(this.params);
+    this.specs.forEach((spec, i) => {
+      const p = this.param(spec.name);
+      if (spec.init === "normal") randomNormal(this.gpu, spec.shape, { seed, stream: i, std }, p);
+      else if (spec.init === "ones") fill(this.gpu, p, 1);
+    });
+  }
+
+  /** Sets every gradient to zero (one clear). */
+  zeroGrads(): void {
+    this.gpu.clear(this.grads);
+  }
+
+  /** Uploads host values into a parameter. */
+  set(name: string, data: Float32Array): void {
+    const s = this.#slot(name);
+    checkShape(
+      data.length === s.size,
+      `parameter ${name}: ${data.length} values for shape [${s.spec.shape}]`,
+    );
+    this.gpu.write(this.params, data, s.offset);
+  }
+
+  /** Reads every parameter (or gradient) back, by name. */
+  async toHost(which: "params" | "grads" = "params"): Promise<Map<string, Float32Array>> {
+    const all = await this.gpu.readF32(which === "params" ? this.params : this.grads);
+    const out = new Map<string, Float32Array>();
+    for (const [name, s] of this.slots) out.set(name, all.slice(s.offset, s.offset + s.size));
+    return out;
+  }
+
+  /** Whole-range views no larger than the device's binding size. */
+  #chunks(t: Tensor, start: number, end: number): Tensor[] {
+    const align = Math.max(1, this.gpu.limits.minStorageBufferOffsetAlignment / 4);
+    const max = Math.floor(this.gpu.limits.maxStorageBufferBindingSize / 4 / align) * align;
+    const out: Tensor[] = [];
+    for (let o = start; o < end; o += max) out.push(t.view(o, [Math.min(max, end - o)]));
+    return out;
+  }
+
+  /**
+   * Global L2 norm of all gradients as a GPU `[4]` tensor (norm, clip coefficient); with
+   * `maxNorm` the gradients are scaled in place by the coefficient. No readback.
+   */
+  clipGradNorm(maxNorm?: number): Tensor {
+    const chunks = this.#chunks(this.grads, 0, this.total);
+    const stats = globalNorm(this.gpu, chunks, maxNorm ?? 0);
+    if (maxNorm !== undefined) {
+      for (const c of chunks) {
+        scaleByScalarTensor(this.gpu, c, stats, 1);
+      }
+    }
+    return stats;
+  }
+
+  /** One AdamW step over all parameters (weight decay only on the decayed range). */
+  adamw(o: AdamWConfig): void {
+    this.step++;
+    const ranges: [number, number, number][] = [
+      [0, this.decayEnd, o.weightDecay ?? 0],
+      [this.decayEnd, this.total, 0],
+    ];
+    for (const [start, end, wd] of ranges) {
+      if (end <= start) continue;
+      const ps = this.#chunks(this.params, start, end), gs = this.#chunks(this.grads, start, end);
+      const ms = this.#chunks(this.m, start, end), vs = this.#chunks(this.v, start, end);
+      ps.forEach((p, i) =>
+        adamwStep(this.gpu, p, gs[i], ms[i], vs[i], {
+          lr: o.lr,
+          beta1: o.beta1,
+          beta2: o.beta2,
+          eps: o.eps,
+          weightDecay: wd,
+          step: this.step,
+        })
+      );
+    }
+  }
+
+  /** Frees the four buffers. */
+  dispose(): void {
+    for (const t of [this.params, this.grads, this.m, this.v]) t.dispose();
+  }
+}
