@@ -45,7 +45,7 @@ export interface AdamWConfig {
  * ```
  */
 export class ParamStore {
-  readonly slots = new Map<string, ParamSlot>();
+  readonly slots: Map<string, ParamSlot> = new Map();
   /** Total elements including alignment padding. */
   readonly total: number;
   /** Elements of the decayed range `[0, decayEnd)`; the rest is not decayed. */
