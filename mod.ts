@@ -33,3 +33,4 @@ export * from "./model/opt.ts";
 export * from "./model/safetensors.ts";
 export * from "./model/tokenizer.ts";
 export { optHiddenRef, optLogitsRef } from "./model/reference.ts";
+export * from "./model/checkpoint.ts";

@@ -1,6 +1,7 @@
 /** Every shared case list (kernels, model I/O), in one array (shared by the Deno runner and the browser page). */
 import type { Case } from "../_util.ts";
 import { cases as attention } from "./attention.ts";
+import { cases as checkpoint } from "./checkpoint.ts";
 import { cases as elementwise } from "./elementwise.ts";
 import { cases as embedding } from "./embedding.ts";
 import { cases as layernorm } from "./layernorm.ts";
@@ -26,4 +27,5 @@ export const ALL_CASES: Case[] = [
   ...safetensors,
   ...tokenizer,
   ...opt,
+  ...checkpoint,
 ];
