@@ -11,6 +11,7 @@ import { cases as optimizer } from "./optimizer.ts";
 import { cases as reduce } from "./reduce.ts";
 import { cases as runtime } from "./runtime.ts";
 import { cases as safetensors } from "./safetensors.ts";
+import { cases as sampling } from "./sampling.ts";
 import { cases as softmax } from "./softmax.ts";
 import { cases as tokenizer } from "./tokenizer.ts";
 
@@ -24,6 +25,7 @@ export const ALL_CASES: Case[] = [
   ...embedding,
   ...attention,
   ...optimizer,
+  ...sampling,
   ...safetensors,
   ...tokenizer,
   ...opt,

@@ -1,0 +1,246 @@
+/**
+ * Token sampling on the GPU: greedy, temperature, top-k and top-p (nucleus), one workgroup per
+ * row. Sampling uses the Gumbel-max trick with the counter PRNG — `argmax(z/T + G)` over the
+ * allowed tokens, `G = −log(−log u)` with `u = rand(seed, step, row·V + i)` — so a draw is one
+ * pass and reproducible from (seed, step). The top-k and top-p cut-offs are found by bisection
+ * on the logit value (counting, or summing probability mass, above a threshold), so nothing is
+ * sorted; tokens tied with the k-th largest logit are all kept.
+ *
+ * The kernel writes the token into column `t` of a `(B, Tcap)` token buffer, its log-probability
+ * under the model (the raw, untempered softmax, as OpenAI-style APIs report it) and a response
+ * mask, and tracks which rows have finished (emitted EOS): finished rows get the pad token and
+ * mask 0, with no GPU→CPU traffic.
+ *
+ * @module
+ */
+
+import { checkShape } from "./errors.ts";
+import { PRNG_WGSL } from "./prng.ts";
+import type { Gpu, Tensor } from "./runtime.ts";
+import { Params } from "./runtime.ts";
+
+const WG = 64;
+
+const SAMPLE = `${PRNG_WGSL}
+struct P {
+  B: u32, V: u32, ld: u32, t: u32, Tcap: u32,
+  greedy: u32, top_k: u32, seed: u32, step: u32, eos: i32, pad: i32,
+  temperature: f32, top_p: f32,
+}
+@group(0) @binding(0) var<storage, read_write> logits: array<f32>;   // (B, ld), first V used
+@group(0) @binding(1) var<storage, read_write> tokens: array<i32>;   // (B, Tcap)
+@group(0) @binding(2) var<storage, read_write> logp: array<f32>;     // (B, Tcap)
+@group(0) @binding(3) var<storage, read_write> rmask: array<f32>;    // (B, Tcap)
+@group(0) @binding(4) var<storage, read_write> finished: array<u32>; // (B)
+@group(0) @binding(5) var<uniform> p: P;
+
+var<workgroup> rv: array<f32, ${WG}>;
+var<workgroup> ri: array<u32, ${WG}>;
+var<workgroup> done_: u32;
+
+fn wsum(v: f32, lid: u32) -> f32 {
+  rv[lid] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { rv[lid] += rv[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = rv[0];
+  workgroupBarrier();
+  return r;
+}
+fn wmax(v: f32, lid: u32) -> f32 {
+  rv[lid] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { rv[lid] = max(rv[lid], rv[lid + s]); }
+    workgroupBarrier();
+  }
+  let r = rv[0];
+  workgroupBarrier();
+  return r;
+}
+// argmax with the smallest index among ties
+fn wargmax(v: f32, i: u32, lid: u32) -> u32 {
+  rv[lid] = v;
+  ri[lid] = i;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      let a = rv[lid]; let b = rv[lid + s];
+      if (b > a || (b == a && ri[lid + s] < ri[lid])) { rv[lid] = b; ri[lid] = ri[lid + s]; }
+    }
+    workgroupBarrier();
+  }
+  let r = ri[0];
+  workgroupBarrier();
+  return r;
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let b = wid.x;
+  let out = b * p.Tcap + p.t;
+  if (lid == 0u) { done_ = finished[b]; }
+  if (workgroupUniformLoad(&done_) != 0u) {
+    if (lid == 0u) { tokens[out] = p.pad; logp[out] = 0.0; rmask[out] = 0.0; }
+    return;
+  }
+  let base = b * p.ld;
+  var mx = -3.4e38;
+  var mn = 3.4e38;
+  for (var i = lid; i < p.V; i += ${WG}u) { let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z); }
+  mx = wmax(mx, lid);
+  mn = -wmax(-mn, lid);
+  var s = 0.0;
+  for (var i = lid; i < p.V; i += ${WG}u) { s += exp(logits[base + i] - mx); }
+  let lse = mx + log(wsum(s, lid));
+
+  var choice = 0u;
+  if (p.greedy == 1u || p.temperature <= 0.0) {
+    var bv = -3.4e38;
+    var bi = 0u;
+    for (var i = lid; i < p.V; i += ${WG}u) {
+      let z = logits[base + i];
+      if (z > bv) { bv = z; bi = i; }
+    }
+    choice = wargmax(bv, bi, lid);
+  } else {
+    let T = p.temperature;
+    // top-k cut-off: the largest t with #{z ≥ t} ≥ k
+    var tk = mn;
+    if (p.top_k > 0u && p.top_k < p.V) {
+      var lo = mn;
+      var hi = mx;
+      for (var it = 0; it < 40; it++) {
+        let mid = 0.5 * (lo + hi);
+        var c = 0.0;
+        for (var i = lid; i < p.V; i += ${WG}u) { c += select(0.0, 1.0, logits[base + i] >= mid); }
+        if (wsum(c, lid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
+      }
+      tk = lo;
+    }
+    // top-p cut-off over the top-k survivors at temperature T: the largest t whose mass ≥ p
+    var tp = tk;
+    if (p.top_p < 1.0) {
+      var zk = 0.0;
+      for (var i = lid; i < p.V; i += ${WG}u) {
+        let z = logits[base + i];
+        if (z >= tk) { zk += exp((z - mx) / T); }
+      }
+      zk = wsum(zk, lid);
+      var lo = tk;
+      var hi = mx;
+      for (var it = 0; it < 40; it++) {
+        let mid = 0.5 * (lo + hi);
+        var m = 0.0;
+        for (var i = lid; i < p.V; i += ${WG}u) {
+          let z = logits[base + i];
+          if (z >= mid && z >= tk) { m += exp((z - mx) / T); }
+        }
+        if (wsum(m, lid) >= p.top_p * zk) { lo = mid; } else { hi = mid; }
+      }
+      tp = lo;
+    }
+    let cut = max(tk, tp);
+    // Gumbel-max over the allowed tokens
+    var bv = -3.4e38;
+    var bi = 0u;
+    for (var i = lid; i < p.V; i += ${WG}u) {
+      let z = logits[base + i];
+      if (z >= cut) {
+        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
+        let key = z / T - log(-log(u));
+        if (key > bv) { bv = key; bi = i; }
+      }
+    }
+    choice = wargmax(bv, bi, lid);
+  }
+  if (lid == 0u) {
+    tokens[out] = i32(choice);
+    logp[out] = logits[base + choice] - lse;
+    rmask[out] = 1.0;
+    if (i32(choice) == p.eos) { finished[b] = 1u; }
+  }
+}`;
+
+/** Sampling settings. `temperature ≤ 0` or `greedy` picks the argmax. */
+export interface SamplingOptions {
+  temperature?: number;
+  /** Keep the k most likely tokens (0 = off). */
+  topK?: number;
+  /** Keep the smallest set of tokens with probability mass ≥ p (1 = off). */
+  topP?: number;
+  greedy?: boolean;
+  seed?: number;
+}
+
+/** Output buffers of generation, `(B, Tcap)` each, plus per-row finished flags. */
+export interface SampleTargets {
+  tokens: Tensor;
+  logprobs: Tensor;
+  responseMask: Tensor;
+  finished: Tensor;
+}
+
+/**
+ * Samples one token per row from `logits` `(B, V)` (or `(B, ld)` rows of which the first V are
+ * used) into column `t` of the target buffers. `step` keys the random stream so that every
+ * position draws fresh noise.
+ *
+ * @example Greedy pick
+ * ```ts
+ * import { Gpu, sampleTokens } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const logits = gpu.fromArray([0, 3, 1], [1, 3]);
+ * const out = {
+ *   tokens: gpu.zeros([1, 1], "i32"), logprobs: gpu.zeros([1, 1]),
+ *   responseMask: gpu.zeros([1, 1]), finished: gpu.zeros([1], "u32"),
+ * };
+ * sampleTokens(gpu, logits, out, 0, { greedy: true }, { eos: 2, pad: 1, step: 0 });
+ * console.log(await gpu.read(out.tokens)); // [1]
+ * ```
+ */
+export function sampleTokens(
+  gpu: Gpu,
+  logits: Tensor,
+  out: SampleTargets,
+  t: number,
+  opts: SamplingOptions,
+  ids: { eos: number; pad: number; step: number; vocab?: number },
+): void {
+  checkShape(
+    logits.shape.length === 2 && logits.dtype === "f32",
+    "sampleTokens: logits must be f32 (B, V)",
+  );
+  const [B, ld] = logits.shape;
+  const V = ids.vocab ?? ld;
+  checkShape(V > 0 && V <= ld, `sampleTokens: vocabulary ${V} exceeds the logits width ${ld}`);
+  const [Bt, Tcap] = out.tokens.shape;
+  checkShape(
+    Bt === B && out.tokens.dtype === "i32" && out.logprobs.size === B * Tcap &&
+      out.responseMask.size === B * Tcap && out.finished.size === B && out.finished.dtype === "u32",
+    `sampleTokens: target buffers must be (B=${B}, Tcap) i32/f32/f32 and finished (B) u32`,
+  );
+  checkShape(
+    Number.isInteger(t) && t >= 0 && t < Tcap,
+    `sampleTokens: column ${t} outside [0, ${Tcap})`,
+  );
+  const topK = opts.topK ?? 0, topP = opts.topP ?? 1;
+  checkShape(
+    Number.isInteger(topK) && topK >= 0,
+    `sampleTokens: topK must be a non-negative integer`,
+  );
+  checkShape(topP > 0 && topP <= 1, `sampleTokens: topP must be in (0, 1], got ${topP}`);
+  const temperature = opts.temperature ?? 1;
+  checkShape(Number.isFinite(temperature), "sampleTokens: temperature must be finite");
+  gpu.dispatch(
+    gpu.pipeline(SAMPLE),
+    [logits, out.tokens, out.logprobs, out.responseMask, out.finished],
+    [B],
+    new Params()
+      .u32(B, V, ld, t, Tcap, opts.greedy ? 1 : 0, topK, opts.seed ?? 0, ids.step)
+      .i32(ids.eos, ids.pad)
+      .f32(temperature, topP),
+  );
+}
