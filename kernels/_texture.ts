@@ -15,6 +15,7 @@ struct P {
   row0: u32, col0: u32,        // sub-block origin in the logical matrix
   batch_stride: u32, batch0: u32,
   width: u32, height: u32,     // texels × rows to write (padding included)
+  dst_row0: u32,               // first texture row written
 }
 @group(0) @binding(0) var<storage, read_write> src: array<f32>;                   // (batch, …)
 @group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
@@ -34,7 +35,7 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
       }
     }
   }
-  textureStore(dst, vec2u(g.x, g.y), g.z, v);
+  textureStore(dst, vec2u(g.x, g.y + p.dst_row0), g.z, v);
 }`;
 
 /** Where one operand's sub-block comes from, for {@link fillTexture}. */
@@ -51,6 +52,8 @@ export interface Block {
   /** Texels × rows the matmul kernel will read. */
   width: number;
   height: number;
+  /** First texture row to write (default 0), e.g. the position in a KV cache. */
+  dstRow0?: number;
 }
 
 /**
@@ -74,7 +77,7 @@ export function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): v
         bytesPerRow: 4 * b.ld,
         rowsPerImage: b.layers > 1 ? b.batchStride / b.ld : b.rows,
       },
-      { texture: tex },
+      { texture: tex, origin: { x: 0, y: b.dstRow0 ?? 0, z: 0 } },
       [b.cols / 4, b.rows, b.layers],
     );
     return;
@@ -94,6 +97,7 @@ export function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): v
       b.batch0,
       b.width,
       b.height,
+      b.dstRow0 ?? 0,
     ),
   );
 }

@@ -46,13 +46,13 @@ function fusedForwardShader(dq: number, causal: boolean, keyMask: boolean): stri
     Array.from({ length: R }, (_, i) => f(i)).join("\n    ");
   const perD = (f: (d: number) => string) => Array.from({ length: dq }, (_, d) => f(d));
   return wgsl`
-struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read_write> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh)
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(5) var<storage, read_write> kmask: array<f32>; // (B, Tk) 1 = valid key
+@group(0) @binding(5) var<storage, read_write> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
 
 fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
@@ -91,7 +91,7 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 #endif
   for (var j = 0u; j < last; j++) {
 #if ${keyMask}
-    if (kmask[b * p.Tk + j] == 0.0) { continue; }
+    if (kmask[b * p.Tmask + j] == 0.0) { continue; }
 #endif
     ${perD((d) => `let k${d} = textureLoad(kt, vec2u(${d}u, j), layer);`).join("\n    ")}
     ${perD((d) => `let v${d} = textureLoad(vt, vec2u(${d}u, j), layer);`).join("\n    ")}
@@ -286,31 +286,16 @@ export function attentionForward(
   v: Tensor,
   opts: AttentionOptions = {},
 ): AttentionSaved {
-  const { B, H, Tq, Tk, Dh } = dims(q, k, v);
-  if (opts.keyMask) {
-    checkShape(
-      opts.keyMask.size === B * Tk && opts.keyMask.dtype === "f32",
-      `attention: keyMask [${opts.keyMask.shape}] must be f32 [${B}, ${Tk}]`,
-    );
-  }
-  checkShape(Dh > 0, "attention: head dimension is 0");
-  if (Tk > gpu.textureSide) {
-    throw new GpuLimitError(
-      `attention: ${Tk} keys exceed the texture side limit (${gpu.textureSide})`,
-    );
-  }
+  const d = dims(q, k, v);
+  const { B, H, Tq, Tk, Dh } = d;
+  checkMask(opts.keyMask, B, Tk, Tk);
+  checkKeys(gpu, Tk);
   const causal = opts.causal !== false;
   const scale = opts.scale ?? 1 / Math.sqrt(Dh);
   const BH = B * H, dq = Math.ceil(Dh / 4);
   const out = gpu.empty([B, H, Tq, Dh]), lse = gpu.empty([B, H, Tq]);
-  if (BH * Tq === 0) return { out, lse, scale, causal, keyMask: opts.keyMask };
-  const hasMask = opts.keyMask !== undefined;
-  const pipe = gpu.pipeline(
-    cached(`fwd/${dq}/${causal}/${hasMask}`, () => fusedForwardShader(dq, causal, hasMask)),
-  );
-  const R = rowsPerInvocation(dq);
   const maxLayers = gpu.limits.maxTextureArrayLayers;
-  for (let c0 = 0; c0 < BH; c0 += maxLayers) {
+  for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
     const kt = gpu.scratchTexture(dq, Tk, n), vt = gpu.scratchTexture(dq, Tk, n);
     for (const [src, tex] of [[k, kt], [v, vt]] as const) {
@@ -328,23 +313,194 @@ export function attentionForward(
         height: Tk,
       });
     }
-    gpu.dispatch(
-      pipe,
-      [
-        q,
-        kt.createView({ dimension: "2d-array" }),
-        vt.createView({ dimension: "2d-array" }),
-        out,
-        lse,
-        opts.keyMask ?? null,
-      ],
-      [Math.ceil(Tq / R / FWD_WG), n],
-      new Params().u32(Tq, Tk, Dh, H, c0).f32(scale),
+    fused(
+      gpu,
+      q,
+      kt,
+      vt,
+      out,
+      lse,
+      d,
+      { causal, scale, keyMask: opts.keyMask, maskStride: Tk },
+      c0,
+      n,
     );
     gpu.releaseTexture(kt);
     gpu.releaseTexture(vt);
   }
   return { out, lse, scale, causal, keyMask: opts.keyMask };
+}
+
+function checkMask(mask: Tensor | undefined, B: number, Tk: number, stride: number): void {
+  if (!mask) return;
+  checkShape(
+    mask.dtype === "f32" && mask.size === B * stride && stride >= Tk,
+    `attention: keyMask [${mask.shape}] must be f32 [${B}, ${stride}] covering ${Tk} keys`,
+  );
+}
+
+function checkKeys(gpu: Gpu, Tk: number): void {
+  if (Tk > gpu.textureSide) {
+    throw new GpuLimitError(
+      `attention: ${Tk} keys exceed the texture side limit (${gpu.textureSide})`,
+    );
+  }
+}
+
+/** Dispatches the fused kernel for (b,h) layers `[c0, c0 + n)` with K/V already in textures. */
+function fused(
+  gpu: Gpu,
+  q: Tensor,
+  kt: GPUTexture,
+  vt: GPUTexture,
+  out: Tensor,
+  lse: Tensor,
+  d: Dims,
+  o: { causal: boolean; scale: number; keyMask?: Tensor; maskStride: number },
+  c0: number,
+  n: number,
+): void {
+  const dq = Math.ceil(d.Dh / 4), hasMask = o.keyMask !== undefined;
+  const pipe = gpu.pipeline(
+    cached(`fwd/${dq}/${o.causal}/${hasMask}`, () => fusedForwardShader(dq, o.causal, hasMask)),
+  );
+  gpu.dispatch(
+    pipe,
+    [
+      q,
+      kt.createView({ dimension: "2d-array" }),
+      vt.createView({ dimension: "2d-array" }),
+      out,
+      lse,
+      o.keyMask ?? null,
+    ],
+    [Math.ceil(d.Tq / rowsPerInvocation(dq) / FWD_WG), n],
+    new Params().u32(d.Tq, d.Tk, d.Dh, d.H, c0, o.maskStride).f32(o.scale),
+  );
+}
+
+/**
+ * A key/value cache for incremental decoding, kept as rgba32float textures (one layer per
+ * (batch, head)), so that each decode step writes only the new rows and attention reads the
+ * cache directly with no re-packing.
+ *
+ * @example
+ * ```ts
+ * import { Gpu, KvCache } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const cache = new KvCache(gpu, 2, 4, 16, 8); // B=2, H=4, capacity 16, Dh=8
+ * cache.write(gpu.zeros([2, 4, 3, 8]), gpu.zeros([2, 4, 3, 8]), 0); // prefill 3 positions
+ * const out = cache.attend(gpu.zeros([2, 4, 1, 8]), 4, {}); // after writing position 3
+ * ```
+ */
+export class KvCache {
+  readonly k: GPUTexture;
+  readonly v: GPUTexture;
+
+  constructor(
+    readonly gpu: Gpu,
+    readonly B: number,
+    readonly H: number,
+    readonly capacity: number,
+    readonly Dh: number,
+  ) {
+    const layers = B * H;
+    if (layers > gpu.limits.maxTextureArrayLayers) {
+      throw new GpuLimitError(
+        `KvCache: batch × heads = ${layers} exceeds maxTextureArrayLayers ` +
+          `(${gpu.limits.maxTextureArrayLayers}); generate in smaller batches`,
+      );
+    }
+    checkKeys(gpu, capacity);
+    const pow2 = (x: number) => 2 ** Math.ceil(Math.log2(Math.max(x, 1)));
+    const make = () =>
+      gpu.device.createTexture({
+        size: [Math.max(16, pow2(Math.ceil(Dh / 4))), Math.max(16, pow2(capacity)), pow2(layers)],
+        format: "rgba32float",
+        usage: 0x8 | 0x2 | 0x1, // STORAGE_BINDING | COPY_DST | COPY_SRC
+      });
+    this.k = make();
+    this.v = make();
+  }
+
+  /** Writes `k`, `v` `[B, H, Tn, Dh]` into positions `[at, at + Tn)`. */
+  write(k: Tensor, v: Tensor, at: number): void {
+    const { B, H, Dh } = this;
+    const Tn = k.shape[2];
+    checkShape(
+      k.shape.join() === [B, H, Tn, Dh].join() && v.shape.join() === k.shape.join(),
+      `KvCache.write: k/v must be [${B}, ${H}, Tn, ${Dh}], got [${k.shape}] and [${v.shape}]`,
+    );
+    checkShape(
+      at >= 0 && at + Tn <= this.capacity,
+      `KvCache.write: rows ${at}..${at + Tn} exceed capacity ${this.capacity}`,
+    );
+    for (const [src, tex] of [[k, this.k], [v, this.v]] as const) {
+      fillTexture(this.gpu, src, tex, {
+        rows: Tn,
+        cols: Dh,
+        ld: Dh,
+        trans: false,
+        row0: 0,
+        col0: 0,
+        batchStride: Tn * Dh,
+        batch0: 0,
+        layers: B * H,
+        width: Math.ceil(Dh / 4),
+        height: Tn,
+        dstRow0: at,
+      });
+    }
+  }
+
+  /**
+   * Attention of `q` `[B, H, Tq, Dh]` over the first `Tk` cached positions (query i at
+   * position `i + Tk − Tq`), with an optional key mask `[B, maskStride]`.
+   */
+  attend(
+    q: Tensor,
+    Tk: number,
+    opts: { keyMask?: Tensor; maskStride?: number; scale?: number; causal?: boolean },
+  ): Tensor {
+    const { B, H, Dh } = this;
+    const Tq = q.shape[2];
+    checkShape(
+      q.shape.length === 4 && q.shape.join() === [B, H, Tq, Dh].join(),
+      `KvCache.attend: q must be [${B}, ${H}, Tq, ${Dh}], got [${q.shape}]`,
+    );
+    checkShape(
+      Tq <= Tk && Tk <= this.capacity,
+      `KvCache.attend: ${Tq} queries over ${Tk} keys (capacity ${this.capacity})`,
+    );
+    const stride = opts.maskStride ?? Tk;
+    checkMask(opts.keyMask, B, Tk, stride);
+    const out = this.gpu.empty([B, H, Tq, Dh]), lse = this.gpu.empty([B, H, Tq]);
+    fused(
+      this.gpu,
+      q,
+      this.k,
+      this.v,
+      out,
+      lse,
+      { B, H, Tq, Tk, Dh },
+      {
+        causal: opts.causal !== false,
+        scale: opts.scale ?? 1 / Math.sqrt(Dh),
+        keyMask: opts.keyMask,
+        maskStride: stride,
+      },
+      0,
+      B * H,
+    );
+    lse.dispose();
+    return out;
+  }
+
+  /** Frees the textures. */
+  destroy(): void {
+    this.k.destroy();
+    this.v.destroy();
+  }
 }
 
 /**

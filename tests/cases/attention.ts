@@ -113,3 +113,59 @@ cases.push({
     );
   },
 });
+
+cases.push({
+  name:
+    "attention: KvCache prefill + incremental writes + decode equal full attention (masked, strided mask)",
+  async run(gpu) {
+    const B = 2, H = 3, Dh = 7, Tp = 4, steps = 3, cap = Tp + steps;
+    const kk = randArray(B * H * cap * Dh, 61), vv = randArray(B * H * cap * Dh, 62);
+    const qq = randArray(B * H * cap * Dh, 63);
+    // mask with capacity stride: row 0 left-padded by 1, row 1 has a pad at its last position
+    const mask = Float32Array.from(
+      { length: B * cap },
+      (_, i) => (i === 0 || i === cap + cap - 1 ? 0 : 1),
+    );
+    const cache = new k.KvCache(gpu, B, H, cap, Dh);
+    const slice = (a: Float32Array, t0: number, t1: number) => {
+      const out = new Float32Array(B * H * (t1 - t0) * Dh);
+      for (let bh = 0; bh < B * H; bh++) {
+        out.set(a.subarray((bh * cap + t0) * Dh, (bh * cap + t1) * Dh), bh * (t1 - t0) * Dh);
+      }
+      return out;
+    };
+    cache.write(
+      gpu.fromArray(slice(kk, 0, Tp), [B, H, Tp, Dh]),
+      gpu.fromArray(slice(vv, 0, Tp), [B, H, Tp, Dh]),
+      0,
+    );
+    const tmask = gpu.fromArray(mask, [B, cap]);
+    for (let t = Tp; t < cap; t++) {
+      cache.write(
+        gpu.fromArray(slice(kk, t, t + 1), [B, H, 1, Dh]),
+        gpu.fromArray(slice(vv, t, t + 1), [B, H, 1, Dh]),
+        t,
+      );
+      const Tk = t + 1;
+      const q1 = slice(qq, t, t + 1);
+      const out = cache.attend(gpu.fromArray(q1, [B, H, 1, Dh]), Tk, {
+        keyMask: tmask,
+        maskStride: cap,
+      });
+      const km = Float32Array.from(
+        { length: B * Tk },
+        (_, i) => mask[Math.floor(i / Tk) * cap + (i % Tk)],
+      );
+      const want = ref.attentionForward(q1, slice(kk, 0, Tk), slice(vv, 0, Tk), {
+        B,
+        H,
+        Tq: 1,
+        Tk,
+        Dh,
+        keyMask: km,
+      });
+      assertClose(await gpu.readF32(out), want.out, TOL, `decode at ${t}`);
+    }
+    cache.destroy();
+  },
+});
