@@ -35,3 +35,4 @@ export * from "./model/safetensors.ts";
 export * from "./model/tokenizer.ts";
 export { optHiddenRef, optLogitsRef } from "./model/reference.ts";
 export * from "./model/checkpoint.ts";
+export * from "./model/generate.ts";

@@ -496,8 +496,9 @@ export class KvCache {
     return out;
   }
 
-  /** Frees the textures. */
+  /** Frees the textures (after submitting recorded work that still reads them). */
   destroy(): void {
+    this.gpu.flush();
     this.k.destroy();
     this.v.destroy();
   }

@@ -227,3 +227,46 @@ export function castF32ToF16(gpu: Gpu, x: Tensor): Tensor {
   );
   return out;
 }
+
+const CONCAT = `
+struct P { n: u32, Ta: u32, Tb: u32 }
+@group(0) @binding(0) var<storage, read_write> a: array<u32>;   // (B, Ta)
+@group(0) @binding(1) var<storage, read_write> b: array<u32>;   // (B, Tb)
+@group(0) @binding(2) var<storage, read_write> out: array<u32>; // (B, Ta + Tb)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let T = p.Ta + p.Tb;
+  let r = i / T;
+  let c = i % T;
+  out[i] = select(b[r * p.Tb + c - p.Ta], a[r * p.Ta + c], c < p.Ta);
+}`;
+
+/**
+ * Concatenates two `(B, Ta)` and `(B, Tb)` tensors of the same 4-byte dtype along the last
+ * axis (e.g. prompt and response tokens).
+ *
+ * @example
+ * ```ts
+ * import { concatColumns, Gpu } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const c = concatColumns(gpu, gpu.fromArray([1, 2], [2, 1]), gpu.fromArray([3, 4, 5, 6], [2, 2]));
+ * console.log(await gpu.read(c)); // [1, 3, 4, 2, 5, 6]
+ * ```
+ */
+export function concatColumns(gpu: Gpu, a: Tensor, b: Tensor): Tensor {
+  checkShape(
+    a.shape.length === 2 && b.shape.length === 2 && a.shape[0] === b.shape[0] &&
+      a.dtype === b.dtype,
+    `concatColumns: needs (B, Ta) and (B, Tb) of one dtype, got ${a.dtype} [${a.shape}] and ${b.dtype} [${b.shape}]`,
+  );
+  const [B, Ta] = a.shape, Tb = b.shape[1];
+  const out = gpu.empty([B, Ta + Tb], a.dtype);
+  gpu.dispatch(
+    gpu.pipeline(CONCAT),
+    [a, b, out],
+    gpu.grid(groups(out.size)),
+    new Params().u32(out.size, Ta, Tb),
+  );
+  return out;
+}

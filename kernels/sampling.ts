@@ -244,3 +244,49 @@ export function sampleTokens(
       .f32(temperature, topP),
   );
 }
+
+const FEEDBACK = `
+struct P { B: u32, Tp: u32, Tgen: u32, t: u32, Tcap: u32 }
+@group(0) @binding(0) var<storage, read_write> gen: array<i32>;       // (B, Tgen) sampled tokens
+@group(0) @binding(1) var<storage, read_write> rmask: array<f32>;     // (B, Tgen) response mask
+@group(0) @binding(2) var<storage, read_write> ppos: array<i32>;      // (B, Tp) prompt positions
+@group(0) @binding(3) var<storage, read_write> next_tok: array<i32>;  // (B, 1)
+@group(0) @binding(4) var<storage, read_write> next_pos: array<i32>;  // (B, 1)
+@group(0) @binding(5) var<storage, read_write> kmask: array<f32>;     // (B, Tcap) key mask
+@group(0) @binding(6) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let b = g.x;
+  if (b >= p.B) { return; }
+  next_tok[b] = gen[b * p.Tgen + p.t];
+  next_pos[b] = ppos[b * p.Tp + p.Tp - 1] + 1 + i32(p.t);
+  kmask[b * p.Tcap + p.Tp + p.t] = rmask[b * p.Tgen + p.t];
+}`;
+
+/**
+ * Feeds the token sampled at generation column `t` back as the next decode input: copies it to
+ * `nextTok`, sets its position (one past the prompt's last position, plus `t`) and marks its
+ * key valid in the running key mask `(B, Tcap)` when the row has not finished.
+ */
+export function feedbackSampled(
+  gpu: Gpu,
+  out: SampleTargets,
+  promptPositions: Tensor,
+  t: number,
+  next: { tokens: Tensor; positions: Tensor; keyMask: Tensor },
+): void {
+  const [B, Tgen] = out.tokens.shape;
+  const [Bp, Tp] = promptPositions.shape;
+  const Tcap = next.keyMask.shape[1];
+  checkShape(
+    Bp === B && promptPositions.dtype === "i32" && next.keyMask.shape[0] === B && Tp + t < Tcap &&
+      next.tokens.size === B && next.positions.size === B,
+    "feedbackSampled: inconsistent shapes",
+  );
+  gpu.dispatch(
+    gpu.pipeline(FEEDBACK),
+    [out.tokens, out.responseMask, promptPositions, next.tokens, next.positions, next.keyMask],
+    [Math.ceil(B / 64)],
+    new Params().u32(B, Tp, Tgen, t, Tcap),
+  );
+}

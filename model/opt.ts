@@ -15,6 +15,7 @@ import {
   attentionBackward,
   attentionForward,
   type AttentionSaved,
+  KvCache,
   swapAxes12,
 } from "../kernels/attention.ts";
 import { add, reluBackward } from "../kernels/elementwise.ts";
@@ -179,8 +180,10 @@ export class OptModel {
   /**
    * Forward pass over `tokens` `[B, T]` (i32) with `mask` `[B, T]` (f32, 1 = token, 0 = pad;
    * left padding supported). Returns the saved activations; `hidden` holds the final states.
+   * With `kvCache` (one per layer, see {@link createKvCaches}), each layer's keys and values
+   * are also written at cache rows `[0, T)` for incremental decoding.
    */
-  forward(tokens: Tensor, mask: Tensor): OptActivations {
+  forward(tokens: Tensor, mask: Tensor, opts: { kvCache?: KvCache[] } = {}): OptActivations {
     const gpu = this.gpu, c = this.config;
     checkShape(
       tokens.shape.length === 2 && tokens.dtype === "i32",
@@ -195,8 +198,56 @@ export class OptModel {
       T <= c.max_position_embeddings,
       `OptModel.forward: ${T} tokens exceed max_position_embeddings ${c.max_position_embeddings}`,
     );
-    const N = B * T, C = c.hidden_size, H = this.heads, Dh = this.headDim;
+    const scale = 1 / Math.sqrt(this.headDim);
     const positions = positionsFromMask(gpu, mask, 2);
+    return this.#run(tokens, mask, positions, (l, q, k, v) => {
+      // prefill: keep this chunk's keys and values for later decode steps
+      opts.kvCache?.[l].write(k, v, 0);
+      return attentionForward(gpu, q, k, v, { keyMask: mask, scale });
+    });
+  }
+
+  /**
+   * One decode step against per-layer KV caches: `tokens` and `positions` are `[B, 1]` (i32;
+   * positions already include OPT's offset of 2), their keys/values are written at cache row
+   * `at`, and attention covers rows `[0, at]` under `keyMask` `[B, maskStride]`. Returns the
+   * activations (only `hidden` is normally used; free them with `disposeActivations`).
+   */
+  decodeStep(
+    tokens: Tensor,
+    positions: Tensor,
+    caches: KvCache[],
+    at: number,
+    keyMask: Tensor,
+    maskStride: number,
+  ): OptActivations {
+    checkShape(
+      tokens.shape.length === 2 && tokens.shape[1] === 1 &&
+        positions.shape.join() === tokens.shape.join(),
+      `OptModel.decodeStep: tokens and positions must be [B, 1], got [${tokens.shape}], [${positions.shape}]`,
+    );
+    checkShape(
+      caches.length === this.config.num_hidden_layers,
+      "OptModel.decodeStep: one cache per layer",
+    );
+    const scale = 1 / Math.sqrt(this.headDim);
+    return this.#run(tokens, keyMask, positions, (l, q, k, v) => {
+      caches[l].write(k, v, at);
+      const out = caches[l].attend(q, at + 1, { keyMask, maskStride, scale });
+      return { out, lse: this.gpu.empty([0]), scale, causal: true, keyMask };
+    });
+  }
+
+  /** The decoder stack over `tokens` `[B, T]` at `positions`, with a pluggable attention. */
+  #run(
+    tokens: Tensor,
+    mask: Tensor,
+    positions: Tensor,
+    attend: (layer: number, q: Tensor, k: Tensor, v: Tensor) => AttentionSaved,
+  ): OptActivations {
+    const gpu = this.gpu, c = this.config;
+    const [B, T] = tokens.shape;
+    const N = B * T, C = c.hidden_size, H = this.heads, Dh = this.headDim;
     const wte = this.#p(`${D}embed_tokens.weight`), wpe = this.#p(`${D}embed_positions.weight`);
     const flatTok = tokens.reshape([N]), flatPos = positions.reshape([N]);
     let x: Tensor, tokEmb: Tensor | undefined;
@@ -224,7 +275,7 @@ export class OptModel {
       a.k = heads(k);
       a.v = heads(v);
       for (const t of [q, k, v]) t.dispose();
-      a.att = attentionForward(gpu, a.q, a.k, a.v, { keyMask: mask, scale: 1 / Math.sqrt(Dh) });
+      a.att = attend(l, a.q, a.k, a.v);
       a.merged = swapAxes12(gpu, a.att.out).intoShape([N, C]);
       const o = this.#linear(a.merged, `${p}self_attn.out_proj`);
       if (pre) {
@@ -255,6 +306,14 @@ export class OptModel {
       ? this.#linear(preOut, `${D}project_out`, { bias: false })
       : preOut;
     return { B, T, tokens, mask, positions, tokEmb, layers, xL, lnf, preOut, hidden };
+  }
+
+  /** Creates one {@link KvCache} per layer for `B` rows and `capacity` positions. */
+  createKvCaches(B: number, capacity: number): KvCache[] {
+    return Array.from(
+      { length: this.config.num_hidden_layers },
+      () => new KvCache(this.gpu, B, this.heads, capacity, this.headDim),
+    );
   }
 
   /** LM-head logits `(B·T, V)` from the final hidden states (tied to `embed_tokens`). */
@@ -380,9 +439,9 @@ export class OptModel {
     dx.dispose();
   }
 
-  /** Frees a forward pass's activations (not the caller's tokens and mask). */
-  disposeActivations(acts: OptActivations): void {
-    const seen = new Set<Tensor>([acts.tokens, acts.mask]);
+  /** Frees a forward pass's activations (not the caller's tokens and mask, nor `keep`). */
+  disposeActivations(acts: OptActivations, keep: Tensor[] = []): void {
+    const seen = new Set<Tensor>([acts.tokens, acts.mask, ...keep]);
     const free = (t: Tensor | undefined) => {
       if (t && !seen.has(t)) {
         seen.add(t);

@@ -4,6 +4,7 @@ import { cases as attention } from "./attention.ts";
 import { cases as checkpoint } from "./checkpoint.ts";
 import { cases as elementwise } from "./elementwise.ts";
 import { cases as embedding } from "./embedding.ts";
+import { cases as generate } from "./generate.ts";
 import { cases as layernorm } from "./layernorm.ts";
 import { cases as matmul } from "./matmul.ts";
 import { cases as opt } from "./opt.ts";
@@ -30,4 +31,5 @@ export const ALL_CASES: Case[] = [
   ...tokenizer,
   ...opt,
   ...checkpoint,
+  ...generate,
 ];

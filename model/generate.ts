@@ -1,0 +1,196 @@
+/**
+ * Batched generation with a KV cache: left-padded prompts are prefilled in one forward pass,
+ * then each new token costs one decode step (one query row per sequence against the cached
+ * keys and values). Sampling (greedy / temperature / top-k / top-p), EOS tracking and the
+ * bookkeeping of positions and masks all stay on the GPU; the only GPU→CPU traffic is a cheap
+ * "all rows finished?" check every `checkEvery` tokens.
+ *
+ * @module
+ */
+
+import { concatColumns } from "../kernels/elementwise.ts";
+import { checkShape } from "../kernels/errors.ts";
+import { embeddingForward } from "../kernels/embedding.ts";
+import { matmul } from "../kernels/matmul.ts";
+import type { Tensor } from "../kernels/runtime.ts";
+import {
+  feedbackSampled,
+  type SampleTargets,
+  sampleTokens,
+  type SamplingOptions,
+} from "../kernels/sampling.ts";
+import type { OptModel } from "./opt.ts";
+
+/** Options of {@link generate}. */
+export interface GenerateOptions extends SamplingOptions {
+  /** Tokens to generate at most per row. */
+  maxNewTokens: number;
+  /** Stop token (default: the model's `eos_token_id`; −1 disables stopping). */
+  eosId?: number;
+  /** Token written after a row finished (default: the model's `pad_token_id`). */
+  padId?: number;
+  /** Read back the finished flags every this many tokens to stop early (default 8; 0 = never). */
+  checkEvery?: number;
+}
+
+/** The result of {@link generate}; all tensors are `(B, Tp + G)` unless noted. */
+export interface Generation {
+  /** Prompt followed by the response (pads after EOS). */
+  tokens: Tensor;
+  /** 1 for real tokens (prompt and response up to and including EOS). */
+  attentionMask: Tensor;
+  /** 1 for response tokens up to and including EOS, 0 for the prompt and padding. */
+  responseMask: Tensor;
+  /** `(B, G)`: log-probability of each generated token under the model (0 after EOS). */
+  logprobs: Tensor;
+  promptLength: number;
+  /** G: response columns produced (≤ maxNewTokens; fewer when all rows finished early). */
+  generated: number;
+}
+
+/**
+ * Generates continuations of left-padded `prompt` tokens `(B, Tp)` (i32) with `mask` `(B, Tp)`.
+ * The prompt's last column must be a real token in every row (left padding).
+ *
+ * @example Greedy continuation of two prompts
+ * ```ts
+ * import { generate, Gpu, OPT_PRESETS, OptModel } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
+ * const prompt = gpu.fromArray(new Int32Array([1, 2, 50, 2, 60, 61]), [2, 3]);
+ * const mask = gpu.fromArray(new Float32Array([0, 1, 1, 1, 1, 1]), [2, 3]);
+ * const out = await generate(model, prompt, mask, { maxNewTokens: 8, greedy: true });
+ * console.log(await gpu.read(out.tokens));
+ * ```
+ */
+export async function generate(
+  model: OptModel,
+  prompt: Tensor,
+  mask: Tensor,
+  opts: GenerateOptions,
+): Promise<Generation> {
+  const gpu = model.gpu, c = model.config;
+  checkShape(
+    prompt.shape.length === 2 && prompt.dtype === "i32" && mask.dtype === "f32" &&
+      mask.shape.join() === prompt.shape.join(),
+    `generate: prompt must be i32 (B, Tp) with an f32 mask of the same shape, got ` +
+      `${prompt.dtype} [${prompt.shape}] and ${mask.dtype} [${mask.shape}]`,
+  );
+  const [B, Tp] = prompt.shape;
+  const G = opts.maxNewTokens;
+  checkShape(Number.isInteger(G) && G >= 1, `generate: maxNewTokens must be ≥ 1, got ${G}`);
+  checkShape(Tp >= 1, "generate: empty prompt");
+  checkShape(
+    Tp + G <= c.max_position_embeddings,
+    `generate: prompt ${Tp} + ${G} new tokens exceed max_position_embeddings ${c.max_position_embeddings}`,
+  );
+  const eos = opts.eosId ?? c.eos_token_id, pad = opts.padId ?? c.pad_token_id;
+  const checkEvery = opts.checkEvery ?? 8;
+  const cap = Tp + G - 1; // the last sampled token is never fed back
+  const caches = model.createKvCaches(B, Math.max(cap, Tp));
+  const out: SampleTargets = {
+    tokens: gpu.zeros([B, G], "i32"),
+    logprobs: gpu.zeros([B, G]),
+    responseMask: gpu.zeros([B, G]),
+    finished: gpu.zeros([B], "u32"),
+  };
+  const keyMask = gpu.zeros([B, Math.max(cap, Tp)]);
+  const nextTok = gpu.empty([B, 1], "i32"), nextPos = gpu.empty([B, 1], "i32");
+  const wte = model.store.param("model.decoder.embed_tokens.weight");
+  const V = c.vocab_size;
+  let generated = G;
+  try {
+    // prefill, then the logits of each row's last prompt position
+    const acts = model.forward(prompt, mask, { kvCache: caches });
+    const lastRows = gpu.fromArray(Int32Array.from({ length: B }, (_, b) => b * Tp + Tp - 1));
+    const lastHidden = embeddingForward(gpu, lastRows, acts.hidden);
+    lastRows.dispose();
+    let logits = matmul(gpu, lastHidden, wte, { transB: true });
+    lastHidden.dispose();
+    const promptPositions = acts.positions;
+    model.disposeActivations(acts, [promptPositions]);
+    // key mask over [prompt | generated]
+    copyPromptMask(mask, keyMask, B, Tp);
+    for (let t = 0; t < G; t++) {
+      sampleTokens(gpu, logits, out, t, opts, { eos, pad, step: t, vocab: V });
+      logits.dispose();
+      if (t === G - 1) break;
+      if (checkEvery > 0 && (t + 1) % checkEvery === 0) {
+        const fin = await gpu.read(out.finished);
+        if (fin.every((f) => f !== 0)) {
+          generated = t + 1;
+          break;
+        }
+      }
+      feedbackSampled(gpu, out, promptPositions, t, {
+        tokens: nextTok,
+        positions: nextPos,
+        keyMask,
+      });
+      const step = model.decodeStep(nextTok, nextPos, caches, Tp + t, keyMask, keyMask.shape[1]);
+      logits = matmul(gpu, step.hidden, wte, { transB: true });
+      model.disposeActivations(step, [nextPos]);
+    }
+    promptPositions.dispose();
+  } finally {
+    for (const cache of caches) cache.destroy();
+    keyMask.dispose();
+    nextTok.dispose();
+    nextPos.dispose();
+  }
+  const gen = trimColumns(out, generated);
+  const zeros = gpu.zeros([B, Tp]);
+  const result: Generation = {
+    tokens: concatColumns(gpu, prompt, gen.tokens),
+    attentionMask: concatColumns(gpu, mask, gen.responseMask),
+    responseMask: concatColumns(gpu, zeros, gen.responseMask),
+    logprobs: gen.logprobs,
+    promptLength: Tp,
+    generated,
+  };
+  zeros.dispose();
+  gen.tokens.dispose();
+  gen.responseMask.dispose();
+  out.finished.dispose();
+  return result;
+
+  function copyPromptMask(src: Tensor, dst: Tensor, rows: number, cols: number): void {
+    // the key mask has a wider row stride than the prompt mask: copy row by row
+    const enc = gpu.encoder();
+    const stride = dst.shape[1];
+    for (let b = 0; b < rows; b++) {
+      enc.copyBufferToBuffer(
+        src.buffer,
+        src.byteOffset + 4 * b * cols,
+        dst.buffer,
+        dst.byteOffset + 4 * b * stride,
+        4 * cols,
+      );
+    }
+  }
+
+  function trimColumns(o: SampleTargets, n: number) {
+    if (n === G) return o;
+    const take = (t: Tensor) => {
+      const r = gpu.empty([B, n], t.dtype);
+      const enc = gpu.encoder();
+      for (let b = 0; b < B; b++) {
+        enc.copyBufferToBuffer(
+          t.buffer,
+          t.byteOffset + 4 * b * G,
+          r.buffer,
+          r.byteOffset + 4 * b * n,
+          4 * n,
+        );
+      }
+      t.dispose();
+      return r;
+    };
+    return {
+      ...o,
+      tokens: take(o.tokens),
+      logprobs: take(o.logprobs),
+      responseMask: take(o.responseMask),
+    };
+  }
+}
