@@ -1,6 +1,6 @@
 /**
- * Matrix multiply `C = op(A)·op(B) (+ bias) (ReLU)`, optionally accumulated into `C`, batched,
- * with either operand transposed. Two implementations with one contract:
+ * Matrix multiply `C = α·op(A)·op(B) (+ bias) (+ C_old) (then ReLU)`, batched, with either
+ * operand transposed. Two implementations with one contract:
  *
  * - **texture path** (software adapters such as llvmpipe/SwiftShader): both operands are packed
  *   into rgba32float storage textures (cheap), then each invocation computes a 4×16 block of C
@@ -25,8 +25,10 @@ export interface MatmulOptions {
   transB?: boolean;
   /** Bias of length N added to every row. */
   bias?: Tensor;
-  /** Apply ReLU after the bias. Not allowed with `accumulate`. */
+  /** Apply ReLU last: `C = relu(α·op(A)·op(B) + bias (+ C_old))`. */
   relu?: boolean;
+  /** Scale α of the product (default 1). */
+  alpha?: number;
   /** Output tensor; required with `accumulate`. */
   out?: Tensor;
   /** `C += op(A)·op(B)` instead of `C = …` (for gradient accumulation). */
@@ -81,6 +83,7 @@ struct P {
   ldc: u32, c_batch_stride: u32, batch0: u32,
   b_layer_step: u32,           // 0 when B is shared by all batches
   flags: u32,                  // 1 bias, 2 relu, 4 accumulate
+  alpha: f32,                  // scale of the product
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
@@ -94,7 +97,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
     let cc = col + t;
     if (cc < p.N) {
       let idx = cbase + (p.m0 + r) * p.ldc + p.n0 + cc;
-      var x = v[t];
+      var x = p.alpha * v[t];
       if ((p.flags & 1u) != 0u) { x += bias[p.n0 + cc]; }
       if ((p.flags & 4u) != 0u) { x += c[idx]; }
       if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
@@ -141,7 +144,7 @@ struct P {
   M: u32, N: u32, K: u32,
   trans_a: u32, trans_b: u32,
   a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
-  flags: u32,
+  flags: u32, alpha: f32,
 }
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;    // (batch, M, K) or (batch, K, M)
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;    // (batch|1, K, N) or (…, N, K)
@@ -202,7 +205,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
       let cc = col0 + lid.x * 4u + j;
       if (r < p.M && cc < p.N) {
         let idx = cbase + r * p.N + cc;
-        var x = v[j];
+        var x = p.alpha * v[j];
         if ((p.flags & 1u) != 0u) { x += bias[cc]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
@@ -251,7 +254,7 @@ function resolveShape(a: Tensor, b: Tensor, o: MatmulOptions): MatmulShape {
 }
 
 /**
- * `C = op(A)·op(B) (+ bias) (ReLU)`, or `C += op(A)·op(B)` with `accumulate`.
+ * `C = α·op(A)·op(B) (+ bias) (+ C_old with accumulate) (then ReLU)`.
  *
  * A is `[…batch, M, K]` (`[…, K, M]` with `transA`), B is `[K, N]` (shared by all batches) or
  * `[…batch, K, N]` (`[…, N, K]` with `transB`). Returns `[…batch, M, N]`.
@@ -269,7 +272,8 @@ function resolveShape(a: Tensor, b: Tensor, o: MatmulOptions): MatmulShape {
  */
 export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const s = resolveShape(a, b, opts);
-  checkShape(!(opts.relu && opts.accumulate), "matmul: relu cannot be combined with accumulate");
+  const alpha = opts.alpha ?? 1;
+  checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
   checkShape(!opts.accumulate || opts.out !== undefined, "matmul: accumulate needs `out`");
   if (opts.bias) {
     checkShape(
@@ -328,7 +332,7 @@ function runBuffer(
       s.shareB ? 0 : s.K * s.N,
       s.M * s.N,
       flags,
-    );
+    ).f32(o.alpha ?? 1);
     gpu.dispatch(
       gpu.pipeline(BUFFER_MATMUL),
       [
@@ -417,7 +421,9 @@ function runTexture(
               o.bias ?? dummy(gpu),
             ],
             [Math.ceil(nc / (4 * t.texels * t.wgX)), Math.ceil(mc / (t.rows * t.wgY)), nb],
-            new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f),
+            new Params()
+              .u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f)
+              .f32(o.alpha ?? 1),
           );
           gpu.releaseTexture(at);
           gpu.releaseTexture(bt);

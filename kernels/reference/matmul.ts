@@ -20,9 +20,11 @@ export interface MatmulRefArgs {
   relu?: boolean;
   /** Existing C to accumulate into. */
   accumulate?: Arr;
+  /** Scale of the product (default 1). */
+  alpha?: number;
 }
 
-/** `C = op(A)·op(B) (+ bias) (ReLU) (+ C_old)`, batched, in float64. */
+/** `C = relu?(α·op(A)·op(B) + bias + C_old)`, batched, in float64. */
 export function matmul(a: Arr, b: Arr, o: MatmulRefArgs): Float64Array {
   const { M, N, K } = o;
   const batch = o.batch ?? 1;
@@ -37,6 +39,7 @@ export function matmul(a: Arr, b: Arr, o: MatmulRefArgs): Float64Array {
           const bv = b[bb + (o.transB ? n * K + k : k * N + n)];
           s += av * bv;
         }
+        s *= o.alpha ?? 1;
         if (o.bias) s += o.bias[n];
         if (o.accumulate) s += o.accumulate[cb + m * N + n];
         if (o.relu) s = Math.max(s, 0);

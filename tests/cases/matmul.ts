@@ -60,6 +60,33 @@ for (const path of PATHS) {
         TOL,
         "batched bias relu",
       );
+      // alpha with accumulate and relu: C = relu(α·A·Bᵀ + bias + C_old)
+      const acc = gpu.fromArray(c0, [batch, M, N]);
+      matmul(gpu, ta, tb, {
+        transB: true,
+        bias: tbias,
+        relu: true,
+        alpha: -0.75,
+        out: acc,
+        accumulate: true,
+        path,
+      });
+      assertClose(
+        await gpu.readF32(acc),
+        ref.matmul(a, b, {
+          batch,
+          M,
+          N,
+          K,
+          transB: true,
+          bias,
+          relu: true,
+          alpha: -0.75,
+          accumulate: c0,
+        }),
+        TOL,
+        "alpha + accumulate + relu",
+      );
       // shared B (2-D), accumulate into existing C
       const b2 = b.subarray(0, K * N);
       const out = gpu.fromArray(c0, [batch, M, N]);
