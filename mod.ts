@@ -36,3 +36,4 @@ export * from "./model/tokenizer.ts";
 export { optHiddenRef, optLogitsRef } from "./model/reference.ts";
 export * from "./model/checkpoint.ts";
 export * from "./model/generate.ts";
+export * from "./model/lora.ts";

@@ -166,6 +166,8 @@ export interface ParamSpec {
   shape: number[];
   decay: boolean;
   init: "normal" | "zeros" | "ones";
+  /** Standard deviation for "normal" (default: the store's `init` std, 0.02). */
+  std?: number;
 }
 
 /**

@@ -31,9 +31,25 @@ import { matmul } from "../kernels/matmul.ts";
 import { sumColumns } from "../kernels/reduce.ts";
 import type { Gpu, Tensor } from "../kernels/runtime.ts";
 import { type OptConfig, optParamSpecs } from "./config.ts";
+import { type LoraConfig, loraLinearName, loraParamSpecs } from "./lora.ts";
 import { ParamStore } from "./params.ts";
 
 const D = "model.decoder.";
+
+/** LoRA adapters attached to a model. */
+export interface LoraState {
+  config: LoraConfig;
+  /** The trainable A/B matrices, with their own gradients and AdamW moments. */
+  store: ParamStore;
+  /** α / r. */
+  scale: number;
+  /** When false the adapters are ignored (the base model, e.g. PPO's reference policy). */
+  enabled: boolean;
+  /** True while merged into the base weights. */
+  merged: boolean;
+  /** HF names of the adapted linears. */
+  targets: Set<string>;
+}
 
 interface LayerActs {
   x0: Tensor; // block input (N, C)
@@ -66,6 +82,8 @@ export interface OptActivations {
   preOut: Tensor; // lnf.y or xL
   /** Final hidden states `(B·T, word_embed_proj_dim)` (HF `last_hidden_state`). */
   hidden: Tensor;
+  /** LoRA inputs `u = x·Aᵀ` per adapted linear (empty without adapters). */
+  loraU: Map<string, Tensor>;
 }
 
 /**
@@ -85,6 +103,10 @@ export interface OptActivations {
 export class OptModel {
   readonly heads: number;
   readonly headDim: number;
+  /** Attached LoRA adapters (see {@link attachLora}). */
+  lora?: LoraState;
+  /** When true the base parameters get no gradients (LoRA training). */
+  frozenBase = false;
 
   constructor(
     readonly gpu: Gpu,
@@ -109,6 +131,80 @@ export class OptModel {
     return new OptModel(gpu, config, store);
   }
 
+  /**
+   * Attaches LoRA adapters to the targeted linears of every layer and freezes the base
+   * weights: from now on `backward` accumulates gradients only into `lora.store`.
+   */
+  attachLora(config: LoraConfig, seed = 0): LoraState {
+    checkShape(!this.lora, "OptModel.attachLora: adapters are already attached");
+    const store = new ParamStore(this.gpu, loraParamSpecs(this.config, config));
+    store.init(seed);
+    const targets = new Set<string>();
+    for (let l = 0; l < this.config.num_hidden_layers; l++) {
+      for (const t of config.targets) targets.add(loraLinearName(l, t));
+    }
+    this.lora = {
+      config,
+      store,
+      scale: config.alpha / config.r,
+      enabled: true,
+      merged: false,
+      targets,
+    };
+    this.frozenBase = true;
+    return this.lora;
+  }
+
+  /** Adds (sign 1) or removes (sign −1) `(α/r)·B·A` to/from every adapted base weight. */
+  #mergeSign(sign: number): void {
+    const lo = this.lora!;
+    for (const name of lo.targets) {
+      matmul(
+        this.gpu,
+        lo.store.param(`${name}.lora_B.weight`),
+        lo.store.param(`${name}.lora_A.weight`),
+        {
+          alpha: sign * lo.scale,
+          out: this.#p(`${name}.weight`),
+          accumulate: true,
+        },
+      );
+    }
+  }
+
+  /**
+   * Folds the adapters into the base weights (`W += (α/r)·B·A`) and turns the adapter path
+   * off, so inference costs nothing extra. {@link unmergeLora} undoes it (up to f32 rounding).
+   */
+  mergeLora(): void {
+    checkShape(
+      this.lora !== undefined && !this.lora.merged,
+      "OptModel.mergeLora: no unmerged adapters",
+    );
+    this.#mergeSign(1);
+    this.lora!.merged = true;
+  }
+
+  /** Subtracts merged adapters from the base weights again. */
+  unmergeLora(): void {
+    checkShape(this.lora?.merged === true, "OptModel.unmergeLora: adapters are not merged");
+    this.#mergeSign(-1);
+    this.lora!.merged = false;
+  }
+
+  /** The adapter of a linear when one is attached, enabled and not merged. */
+  #adapter(name: string): { A: Tensor; B: Tensor; gA: Tensor; gB: Tensor; s: number } | undefined {
+    const lo = this.lora;
+    if (!lo || !lo.enabled || lo.merged || !lo.targets.has(name)) return undefined;
+    return {
+      A: lo.store.param(`${name}.lora_A.weight`),
+      B: lo.store.param(`${name}.lora_B.weight`),
+      gA: lo.store.grad(`${name}.lora_A.weight`),
+      gB: lo.store.grad(`${name}.lora_B.weight`),
+      s: lo.scale,
+    };
+  }
+
   /** True when the model has a `v_head`. */
   get hasValueHead(): boolean {
     return this.store.has("v_head.weight");
@@ -121,36 +217,65 @@ export class OptModel {
     return this.store.grad(name);
   }
 
-  /** `y = x·Wᵀ + b` for the HF linear `name` (bias optional). */
-  #linear(x: Tensor, name: string, opts: { relu?: boolean; bias?: boolean } = {}): Tensor {
-    return matmul(this.gpu, x, this.#p(`${name}.weight`), {
-      transB: true,
-      bias: opts.bias === false ? undefined : this.#p(`${name}.bias`),
-      relu: opts.relu,
-    });
+  /**
+   * `y = x·Wᵀ + b` for the HF linear `name` (bias optional), plus `(α/r)·(x·Aᵀ)·Bᵀ` when a
+   * LoRA adapter is active (then `u = x·Aᵀ` is saved in `lu` for the backward).
+   */
+  #linear(
+    x: Tensor,
+    name: string,
+    opts: { relu?: boolean; bias?: boolean } = {},
+    lu?: Map<string, Tensor>,
+  ): Tensor {
+    const gpu = this.gpu;
+    const bias = opts.bias === false ? undefined : this.#p(`${name}.bias`);
+    const ad = this.#adapter(name);
+    if (!ad) {
+      return matmul(gpu, x, this.#p(`${name}.weight`), { transB: true, bias, relu: opts.relu });
+    }
+    const u = matmul(gpu, x, ad.A, { transB: true }); // (N, r)
+    const y = matmul(gpu, x, this.#p(`${name}.weight`), { transB: true, bias });
+    // y = relu?(y + (α/r)·u·Bᵀ): the adapter term is the matmul's accumulate epilogue
+    matmul(gpu, u, ad.B, { transB: true, alpha: ad.s, out: y, accumulate: true, relu: opts.relu });
+    if (lu) lu.set(name, u);
+    else u.dispose();
+    return y;
   }
 
   /**
-   * Backward of a linear layer: `dW += dyᵀ·x`, `db += Σ dy`; returns `dx = dy·W`, or adds it
-   * into `dxInto`.
+   * Backward of a linear layer: `dW += dyᵀ·x`, `db += Σ dy` (unless the base is frozen), the
+   * LoRA gradients `dB += s·dyᵀ·u`, `dA += s·(dy·B)ᵀ·x` when adapted; returns `dx = dy·W`
+   * (`+ s·(dy·B)·A`), or adds it into `dxInto`.
    */
   #linearBackward(
     dy: Tensor,
     x: Tensor,
     name: string,
-    opts: { bias?: boolean; dxInto?: Tensor; needDx?: boolean } = {},
-  ): Tensor | undefined {
+    opts: { bias?: boolean; dxInto?: Tensor } = {},
+    lu?: Map<string, Tensor>,
+  ): Tensor {
     const gpu = this.gpu;
-    matmul(gpu, dy, x, { transA: true, out: this.#g(`${name}.weight`), accumulate: true });
-    if (opts.bias !== false) {
-      sumColumns(gpu, dy, { out: this.#g(`${name}.bias`), accumulate: true });
+    if (!this.frozenBase) {
+      matmul(gpu, dy, x, { transA: true, out: this.#g(`${name}.weight`), accumulate: true });
+      if (opts.bias !== false) {
+        sumColumns(gpu, dy, { out: this.#g(`${name}.bias`), accumulate: true });
+      }
     }
-    if (opts.needDx === false) return undefined;
-    if (opts.dxInto) {
-      matmul(gpu, dy, this.#p(`${name}.weight`), { out: opts.dxInto, accumulate: true });
-      return opts.dxInto;
+    const W = this.#p(`${name}.weight`);
+    const dx = opts.dxInto
+      ? matmul(gpu, dy, W, { out: opts.dxInto, accumulate: true })
+      : matmul(gpu, dy, W);
+    const ad = this.#adapter(name);
+    const u = lu?.get(name);
+    if (ad) {
+      checkShape(u !== undefined, `OptModel.backward: no saved LoRA input for ${name}`);
+      const g = matmul(gpu, dy, ad.B); // (N, r)
+      matmul(gpu, dy, u!, { transA: true, alpha: ad.s, out: ad.gB, accumulate: true });
+      matmul(gpu, g, x, { transA: true, alpha: ad.s, out: ad.gA, accumulate: true });
+      matmul(gpu, g, ad.A, { alpha: ad.s, out: dx, accumulate: true });
+      g.dispose();
     }
-    return matmul(gpu, dy, this.#p(`${name}.weight`));
+    return dx;
   }
 
   #ln(x: Tensor, name: string): { y: Tensor } & LayernormSaved {
@@ -261,6 +386,7 @@ export class OptModel {
       x = embeddingForward(gpu, flatTok, wte, { positions: flatPos, wpe });
     }
     const layers: LayerActs[] = [];
+    const lu = new Map<string, Tensor>();
     const heads = (t: Tensor) => swapAxes12(gpu, t.reshape([B, T, H, Dh]));
     for (let l = 0; l < c.num_hidden_layers; l++) {
       const p = `${D}layers.${l}.`;
@@ -268,16 +394,16 @@ export class OptModel {
       const pre = c.do_layer_norm_before;
       if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
       a.attnIn = pre ? a.ln1!.y : x;
-      const q = this.#linear(a.attnIn, `${p}self_attn.q_proj`);
-      const k = this.#linear(a.attnIn, `${p}self_attn.k_proj`);
-      const v = this.#linear(a.attnIn, `${p}self_attn.v_proj`);
+      const q = this.#linear(a.attnIn, `${p}self_attn.q_proj`, {}, lu);
+      const k = this.#linear(a.attnIn, `${p}self_attn.k_proj`, {}, lu);
+      const v = this.#linear(a.attnIn, `${p}self_attn.v_proj`, {}, lu);
       a.q = heads(q);
       a.k = heads(k);
       a.v = heads(v);
       for (const t of [q, k, v]) t.dispose();
       a.att = attend(l, a.q, a.k, a.v);
       a.merged = swapAxes12(gpu, a.att.out).intoShape([N, C]);
-      const o = this.#linear(a.merged, `${p}self_attn.out_proj`);
+      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {}, lu);
       if (pre) {
         a.x1 = add(gpu, x, o, o);
       } else {
@@ -287,8 +413,8 @@ export class OptModel {
       }
       if (pre) a.ln2 = this.#ln(a.x1, `${p}final_layer_norm`);
       a.ffnIn = pre ? a.ln2!.y : a.x1;
-      a.h = this.#linear(a.ffnIn, `${p}fc1`, { relu: true });
-      const f = this.#linear(a.h, `${p}fc2`);
+      a.h = this.#linear(a.ffnIn, `${p}fc1`, { relu: true }, lu);
+      const f = this.#linear(a.h, `${p}fc2`, {}, lu);
       if (pre) {
         x = add(gpu, a.x1, f, f);
       } else {
@@ -305,7 +431,7 @@ export class OptModel {
     const hidden = c.word_embed_proj_dim !== C
       ? this.#linear(preOut, `${D}project_out`, { bias: false })
       : preOut;
-    return { B, T, tokens, mask, positions, tokEmb, layers, xL, lnf, preOut, hidden };
+    return { B, T, tokens, mask, positions, tokEmb, layers, xL, lnf, preOut, hidden, loraU: lu };
   }
 
   /** Creates one {@link KvCache} per layer for `B` rows and `capacity` positions. */
@@ -346,11 +472,13 @@ export class OptModel {
     if (grads.dlogits) {
       checkShape(grads.dlogits.size === N * c.vocab_size, "OptModel.backward: dlogits shape");
       const wte = `${D}embed_tokens`;
-      matmul(gpu, grads.dlogits, acts.hidden, {
-        transA: true,
-        out: this.#g(`${wte}.weight`),
-        accumulate: true,
-      });
+      if (!this.frozenBase) {
+        matmul(gpu, grads.dlogits, acts.hidden, {
+          transA: true,
+          out: this.#g(`${wte}.weight`),
+          accumulate: true,
+        });
+      }
       matmul(gpu, grads.dlogits, this.#p(`${wte}.weight`), { out: dh, accumulate: true });
     }
     if (grads.dvalues) {
@@ -366,7 +494,7 @@ export class OptModel {
     // project_out, final layernorm
     let dx: Tensor = dh;
     if (E !== C) {
-      dx = this.#linearBackward(dh, acts.preOut, `${D}project_out`, { bias: false })!;
+      dx = this.#linearBackward(dh, acts.preOut, `${D}project_out`, { bias: false });
       dh.dispose();
     }
     if (acts.lnf) {
@@ -385,17 +513,18 @@ export class OptModel {
         dRes = this.#lnBackward(dx, a.x2pre!, a.ln2!, `${p}final_layer_norm`);
         dx.dispose();
       }
-      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`)!;
+      const lu = acts.loraU;
+      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`, {}, lu);
       reluBackward(gpu, dH, a.h, dH);
       let dx1: Tensor;
       if (pre) {
-        const dln2 = this.#linearBackward(dH, a.ffnIn, `${p}fc1`)!;
+        const dln2 = this.#linearBackward(dH, a.ffnIn, `${p}fc1`, {}, lu);
         dx1 = dRes; // residual path, then the layernorm path added in place
         this.#lnBackward(dln2, a.x1, a.ln2!, `${p}final_layer_norm`, dx1);
         dln2.dispose();
       } else {
         dx1 = dRes;
-        this.#linearBackward(dH, a.ffnIn, `${p}fc1`, { dxInto: dx1 });
+        this.#linearBackward(dH, a.ffnIn, `${p}fc1`, { dxInto: dx1 }, lu);
       }
       dH.dispose();
       // attention half: x1 = x0 + out_proj(attn(attnIn))  [post-LN: x1 = LN1(x0 + …)]
@@ -405,15 +534,15 @@ export class OptModel {
         dRes1 = this.#lnBackward(dx1, a.x1pre!, a.ln1!, `${p}self_attn_layer_norm`);
         dx1.dispose();
       }
-      const dMerged = this.#linearBackward(dRes1, a.merged, `${p}self_attn.out_proj`)!;
+      const dMerged = this.#linearBackward(dRes1, a.merged, `${p}self_attn.out_proj`, {}, lu);
       const dAtt = swapAxes12(gpu, dMerged.reshape([B, T, H, Dh]));
       dMerged.dispose();
       const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att);
       dAtt.dispose();
       const dq = merge(g.dq), dk = merge(g.dk), dv = merge(g.dv);
-      const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`)!;
-      this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, { dxInto: dIn });
-      this.#linearBackward(dv, a.attnIn, `${p}self_attn.v_proj`, { dxInto: dIn });
+      const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`, {}, lu);
+      this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, { dxInto: dIn }, lu);
+      this.#linearBackward(dv, a.attnIn, `${p}self_attn.v_proj`, { dxInto: dIn }, lu);
       for (const t of [g.dq, g.dk, g.dv, dq, dk, dv]) t.dispose();
       if (pre) {
         dx = dRes1;
@@ -424,13 +553,17 @@ export class OptModel {
         dRes1.dispose();
       }
     }
+    if (this.frozenBase) {
+      dx.dispose();
+      return;
+    }
     // embeddings
     const flatTok = acts.tokens.reshape([N]), flatPos = acts.positions.reshape([N]);
     const dwpe = this.#g(`${D}embed_positions.weight`);
     const dwte = this.#g(`${D}embed_tokens.weight`);
     if (E !== C) {
       scatterAddRows(gpu, flatPos, dx, dwpe);
-      const dTok = this.#linearBackward(dx, acts.tokEmb!, `${D}project_in`, { bias: false })!;
+      const dTok = this.#linearBackward(dx, acts.tokEmb!, `${D}project_in`, { bias: false });
       scatterAddRows(gpu, flatTok, dTok, dwte);
       dTok.dispose();
     } else {
@@ -474,5 +607,6 @@ export class OptModel {
       ) free(t);
     }
     for (const t of [acts.xL, acts.lnf?.y, acts.lnf?.mean, acts.lnf?.rstd, acts.hidden]) free(t);
+    for (const t of acts.loraU.values()) free(t);
   }
 }

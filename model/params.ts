@@ -127,8 +127,9 @@ export class ParamStore {
     this.gpu.clear(this.params);
     this.specs.forEach((spec, i) => {
       const p = this.param(spec.name);
-      if (spec.init === "normal") randomNormal(this.gpu, spec.shape, { seed, stream: i, std }, p);
-      else if (spec.init === "ones") fill(this.gpu, p, 1);
+      if (spec.init === "normal") {
+        randomNormal(this.gpu, spec.shape, { seed, stream: i, std: spec.std ?? std }, p);
+      } else if (spec.init === "ones") fill(this.gpu, p, 1);
     });
   }
 

@@ -6,6 +6,7 @@ import { cases as elementwise } from "./elementwise.ts";
 import { cases as embedding } from "./embedding.ts";
 import { cases as generate } from "./generate.ts";
 import { cases as layernorm } from "./layernorm.ts";
+import { cases as lora } from "./lora.ts";
 import { cases as matmul } from "./matmul.ts";
 import { cases as opt } from "./opt.ts";
 import { cases as optimizer } from "./optimizer.ts";
@@ -32,4 +33,5 @@ export const ALL_CASES: Case[] = [
   ...opt,
   ...checkpoint,
   ...generate,
+  ...lora,
 ];
