@@ -1,0 +1,76 @@
+/**
+ * A small command-line parser: `--key value`, `--key=value` and boolean `--flag`, checked
+ * against a spec so that unknown keys and wrong types are errors that name the flag.
+ *
+ * @module
+ */
+
+/** Raised for bad command-line input; `main` prints the message and exits with status 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** The type of each accepted flag. */
+export type ArgSpec = Record<string, "string" | "number" | "int" | "boolean">;
+
+/** Parsed flags (by spec key) and positional arguments. */
+export interface ParsedArgs {
+  flags: Record<string, string | number | boolean>;
+  positional: string[];
+}
+
+/**
+ * Parses `argv` against `spec` (keys as written on the command line, without `--`).
+ *
+ * @example
+ * ```ts
+ * import { parseArgs } from "./cli/args.ts";
+ * const a = parseArgs(["ckpt", "--top-k=5", "--greedy"], { "top-k": "int", greedy: "boolean" });
+ * console.log(a.flags["top-k"], a.flags.greedy, a.positional); // 5 true ["ckpt"]
+ * ```
+ */
+export function parseArgs(argv: readonly string[], spec: ArgSpec): ParsedArgs {
+  const flags: Record<string, string | number | boolean> = {};
+  const positional: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) {
+      positional.push(a);
+      continue;
+    }
+    const eq = a.indexOf("=");
+    const key = a.slice(2, eq < 0 ? undefined : eq);
+    const type = spec[key];
+    if (!type) {
+      throw new UsageError(
+        `unknown option --${key} (known: ${Object.keys(spec).map((k) => `--${k}`).join(", ")})`,
+      );
+    }
+    let raw: string | undefined = eq < 0 ? undefined : a.slice(eq + 1);
+    if (type === "boolean") {
+      if (raw !== undefined && raw !== "true" && raw !== "false") {
+        throw new UsageError(`--${key} is a flag (true/false), got "${raw}"`);
+      }
+      flags[key] = raw !== "false";
+      continue;
+    }
+    if (raw === undefined) {
+      raw = argv[++i];
+      if (raw === undefined) throw new UsageError(`--${key} needs a value`);
+    }
+    if (type === "string") flags[key] = raw;
+    else {
+      const n = Number(raw);
+      if (raw.trim() === "" || !Number.isFinite(n) || (type === "int" && !Number.isInteger(n))) {
+        throw new UsageError(
+          `--${key} must be ${type === "int" ? "an integer" : "a number"}, got "${raw}"`,
+        );
+      }
+      flags[key] = n;
+    }
+  }
+  return { flags, positional };
+}

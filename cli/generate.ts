@@ -1,0 +1,118 @@
+/**
+ * `deno task generate <checkpoint-dir> [options]`: loads `config.json` + `model.safetensors`
+ * (and `vocab.json` + `merges.txt` when present; a 260-token vocabulary uses the byte-level
+ * tokenizer) and samples a continuation.
+ *
+ * Options: --prompt TEXT | --prompt-ids 2,31,7, --max-new-tokens N (32), --temperature T (1),
+ * --top-k K (0 = off), --top-p P (1 = off), --greedy, --seed S (0), --json (prints
+ * `{"ids", "text", "logprobs"}`: generated ids, their text, and each token's log-probability
+ * under the model).
+ *
+ * @module
+ */
+
+import { Gpu } from "../kernels/runtime.ts";
+import { loadOptModel } from "../model/checkpoint.ts";
+import { generate } from "../model/generate.ts";
+import { BpeTokenizer, ByteTokenizer, type Tokenizer } from "../model/tokenizer.ts";
+import { parseArgs, UsageError } from "./args.ts";
+import { readCheckpointDir } from "./checkpoint_files.ts";
+
+const SPEC = {
+  model: "string",
+  prompt: "string",
+  "prompt-ids": "string",
+  "max-new-tokens": "int",
+  temperature: "number",
+  "top-k": "int",
+  "top-p": "number",
+  greedy: "boolean",
+  seed: "int",
+  json: "boolean",
+  help: "boolean",
+} as const;
+
+async function main(argv: string[]): Promise<void> {
+  const { flags, positional } = parseArgs(argv, SPEC);
+  if (flags.help) {
+    console.log(
+      "usage: deno task generate <checkpoint-dir> (--prompt TEXT | --prompt-ids 2,31,7) " +
+        "[--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy] [--seed S] [--json]",
+    );
+    return;
+  }
+  const dir = (flags.model as string | undefined) ?? positional[0];
+  if (!dir) throw new UsageError("give the checkpoint directory (positional or --model DIR)");
+  if (positional.length > (flags.model ? 0 : 1)) {
+    throw new UsageError(
+      `unexpected argument(s): ${positional.slice(flags.model ? 0 : 1).join(" ")}`,
+    );
+  }
+  if ((flags.prompt === undefined) === (flags["prompt-ids"] === undefined)) {
+    throw new UsageError("give exactly one of --prompt TEXT or --prompt-ids 2,31,7");
+  }
+  const files = await readCheckpointDir(dir);
+  const gpu = await Gpu.create();
+  const { model, config } = loadOptModel(gpu, files.config, files.weights);
+  let tokenizer: Tokenizer | undefined;
+  if (files.vocab && files.merges) tokenizer = BpeTokenizer.fromText(files.vocab, files.merges);
+  else if (config.vocab_size === 260) tokenizer = new ByteTokenizer();
+  let ids: number[];
+  if (flags["prompt-ids"] !== undefined) {
+    ids = String(flags["prompt-ids"]).split(",").map((s) => {
+      const n = Number(s.trim());
+      if (!Number.isInteger(n) || n < 0 || n >= config.vocab_size) {
+        throw new UsageError(`--prompt-ids: "${s}" is not a token id in [0, ${config.vocab_size})`);
+      }
+      return n;
+    });
+  } else {
+    if (!tokenizer) {
+      throw new UsageError(`${dir} has no vocab.json/merges.txt: use --prompt-ids`);
+    }
+    ids = tokenizer.encode(String(flags.prompt));
+  }
+  if (ids.length === 0) throw new UsageError("the prompt is empty");
+  const maxNew = (flags["max-new-tokens"] as number | undefined) ?? 32;
+  if (maxNew < 1) throw new UsageError("--max-new-tokens must be ≥ 1");
+  const out = await generate(
+    model,
+    gpu.fromArray(Int32Array.from(ids), [1, ids.length]),
+    gpu.fromArray(new Float32Array(ids.length).fill(1), [1, ids.length]),
+    {
+      maxNewTokens: maxNew,
+      temperature: flags.temperature as number | undefined,
+      topK: flags["top-k"] as number | undefined,
+      topP: flags["top-p"] as number | undefined,
+      greedy: flags.greedy as boolean | undefined,
+      seed: flags.seed as number | undefined,
+    },
+  );
+  const all = await gpu.read(out.tokens) as Int32Array;
+  const resp = await gpu.readF32(out.responseMask);
+  const lps = await gpu.readF32(out.logprobs);
+  const P = out.promptLength;
+  const gen: number[] = [], logprobs: number[] = [];
+  for (let t = 0; t < out.generated; t++) {
+    if (resp[P + t] === 0) break;
+    gen.push(all[P + t]);
+    logprobs.push(lps[t]);
+  }
+  const text = tokenizer ? tokenizer.decode(gen) : null;
+  if (flags.json) console.log(JSON.stringify({ ids: gen, text, logprobs }));
+  else console.log(text ?? gen.join(","));
+  gpu.destroy();
+}
+
+if (import.meta.main) {
+  try {
+    await main(Deno.args);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`generate: ${e.message}`);
+      Deno.exit(2);
+    }
+    console.error(`generate: ${(e as Error).name}: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * `deno task generate` end to end: a checkpoint directory written by the project, the CLI run
+ * as a subprocess, its JSON compared with in-process generation; argument and file errors.
+ */
+import { Gpu } from "../kernels/runtime.ts";
+import { saveOptModel } from "../model/checkpoint.ts";
+import { OPT_PRESETS } from "../model/config.ts";
+import { generate } from "../model/generate.ts";
+import { OptModel } from "../model/opt.ts";
+import { ByteTokenizer } from "../model/tokenizer.ts";
+import { parseArgs, UsageError } from "../cli/args.ts";
+import { readCheckpointDir, writeCheckpointDir } from "../cli/checkpoint_files.ts";
+import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+
+const CLI = new URL("../cli/generate.ts", import.meta.url).pathname;
+
+async function runCli(args: string[]) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-env", "--allow-read", CLI, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
+}
+
+Deno.test({
+  name: "generate CLI: --json output equals in-process greedy generation; errors are named",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const gpu = await Gpu.create();
+    const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 3 });
+    model.store.init(3, 0.3);
+    await writeCheckpointDir(dir, await saveOptModel(model));
+    const back = await readCheckpointDir(dir);
+    assert(back.weights.length > 0 && back.vocab === undefined, "written and read back");
+    const tok = new ByteTokenizer();
+    const ids = tok.encode("hello");
+    const ref = await generate(
+      model,
+      gpu.fromArray(Int32Array.from(ids), [1, ids.length]),
+      gpu.fromArray(new Float32Array(ids.length).fill(1), [1, ids.length]),
+      { maxNewTokens: 6, greedy: true },
+    );
+    const all = await gpu.read(ref.tokens), lps = await gpu.readF32(ref.logprobs);
+    const resp = await gpu.readF32(ref.responseMask);
+    const want: number[] = [];
+    for (let t = 0; t < ref.generated && resp[ids.length + t] === 1; t++) {
+      want.push(all[ids.length + t]);
+    }
+    const r = await runCli([dir, "--prompt", "hello", "--greedy", "--max-new-tokens=6", "--json"]);
+    assertEquals(r.code, 0, r.err);
+    const got = JSON.parse(r.out);
+    assertEquals(got.ids, want, "ids");
+    assertEquals(got.text, tok.decode(want), "text");
+    assertClose(
+      got.logprobs,
+      Array.from(lps.subarray(0, want.length)),
+      { atol: 1e-6, rtol: 1e-6 },
+      "logprobs",
+    );
+    const r2 = await runCli([
+      "--model",
+      dir,
+      "--prompt-ids",
+      ids.join(","),
+      "--greedy",
+      "--max-new-tokens",
+      "6",
+      "--json",
+    ]);
+    assertEquals(JSON.parse(r2.out).ids, want, "--prompt-ids gives the same");
+    const bad = await runCli([dir, "--prompt", "x", "--topk", "3"]);
+    assertEquals(bad.code, 2);
+    assert(bad.err.includes("unknown option --topk"), bad.err);
+    const missing = await runCli([dir + "/nope", "--prompt", "x"]);
+    assertEquals(missing.code, 1);
+    assert(missing.err.includes("missing config.json"), missing.err);
+    const range = await runCli([dir, "--prompt-ids", "2,999"]);
+    assert(range.code === 2 && range.err.includes('"999" is not a token id'), range.err);
+    gpu.destroy();
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test("cli args: types are checked and unknown keys rejected", async () => {
+  const spec = { n: "int", x: "number", s: "string", f: "boolean" } as const;
+  const a = parseArgs(["p1", "--n", "3", "--x=0.5", "--s", "hi", "--f"], spec);
+  assertEquals(a.flags, { n: 3, x: 0.5, s: "hi", f: true });
+  assertEquals(a.positional, ["p1"]);
+  await assertThrows(() => parseArgs(["--n", "2.5"], spec), UsageError, "--n must be an integer");
+  await assertThrows(() => parseArgs(["--x", "abc"], spec), UsageError, "--x must be a number");
+  await assertThrows(() => parseArgs(["--nope"], spec), UsageError, "unknown option --nope");
+  await assertThrows(() => parseArgs(["--s"], spec), UsageError, "--s needs a value");
+});
