@@ -16,7 +16,7 @@ import { groups, LINEAR_MAIN } from "./_shader.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const FORWARD = `
-struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32 }
+struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32, tok_offset: i32, accumulate: u32 }
 @group(0) @binding(0) var<storage, read_write> tokens: array<i32>;    // (N)
 @group(0) @binding(1) var<storage, read_write> positions: array<i32>; // (N)
 @group(0) @binding(2) var<storage, read_write> wte: array<f32>;       // (V, C)
@@ -27,14 +27,14 @@ ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let row = i / p.C;
   let c = i % p.C;
-  let t = tokens[row];
+  let t = tokens[row] - p.tok_offset;
   var v = 0.0;
   if (t >= 0 && u32(t) < p.V) { v = wte[u32(t) * p.C + c]; }
   if (p.has_pos == 1u) {
     let q = positions[row] + i32(p.offset);
     if (q >= 0 && u32(q) < p.maxPos) { v += wpe[u32(q) * p.C + c]; }
   }
-  out[i] = v;
+  out[i] = select(v, out[i] + v, p.accumulate == 1u);
 }`;
 
 // next[i] = smallest j > i with ids[j] == ids[i] (or -1); head[i] = 1 when no j < i has the id
@@ -87,7 +87,10 @@ function checkIds(t: Tensor, n: number, what: string): void {
 
 /**
  * `out[…, :] = wte[tokens] + wpe[positions + offset]`; `positions` may be omitted (no
- * position table). Output shape is `[...tokens.shape, C]`.
+ * position table). Output shape is `[...tokens.shape, C]`. With `chunk`, `wte` holds only the
+ * table rows from `firstRow` on (ids outside it contribute 0) and the result is written to, or
+ * added into (`accumulate`), `chunk.out`: a table too large for one binding is looked up chunk
+ * by chunk.
  *
  * @example OPT-style embeddings
  * ```ts
@@ -104,6 +107,7 @@ export function embeddingForward(
   tokens: Tensor,
   wte: Tensor,
   pos?: { positions: Tensor; wpe: Tensor; offset?: number },
+  chunk?: { firstRow: number; out: Tensor; accumulate: boolean },
 ): Tensor {
   checkShape(wte.shape.length === 2, `embeddingForward: wte must be (V, C), got [${wte.shape}]`);
   const [V, C] = wte.shape;
@@ -115,12 +119,17 @@ export function embeddingForward(
       `embeddingForward: wpe [${pos.wpe.shape}] must be (P, ${C})`,
     );
   }
-  const out = gpu.empty([...tokens.shape, C]);
+  const out = chunk?.out ?? gpu.empty([...tokens.shape, C]);
+  checkShape(
+    out.size === tokens.size * C,
+    `embeddingForward: out [${out.shape}] is not (${tokens.size}, ${C})`,
+  );
   gpu.dispatch(
     gpu.pipeline(FORWARD),
     [tokens, pos?.positions ?? tokens, wte, pos?.wpe ?? wte, out],
     gpu.grid(groups(out.size)),
-    new Params().u32(out.size, C, V, pos?.wpe.shape[0] ?? 0, pos?.offset ?? 0, pos ? 1 : 0),
+    new Params().u32(out.size, C, V, pos?.wpe.shape[0] ?? 0, pos?.offset ?? 0, pos ? 1 : 0)
+      .i32(chunk?.firstRow ?? 0).u32(chunk?.accumulate ? 1 : 0),
   );
   return out;
 }

@@ -43,18 +43,19 @@ export function randF32(seed: number, stream: number, index: number): number {
 }
 
 const FILL = `${PRNG_WGSL}
-struct P { n: u32, seed: u32, stream: u32, kind: u32, a: f32, b: f32 }
+struct P { n: u32, seed: u32, stream: u32, kind: u32, a: f32, b: f32, offset: u32 }
 @group(0) @binding(0) var<storage, read_write> out: array<f32>; // (n)
 @group(0) @binding(1) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
+  let j = i + p.offset; // index in the whole tensor when filling a chunk
   if (p.kind == 0u) {
     // uniform in [a, b)
-    out[i] = p.a + (p.b - p.a) * rand_f32(p.seed, p.stream, i);
+    out[i] = p.a + (p.b - p.a) * rand_f32(p.seed, p.stream, j);
   } else {
-    // normal(a, b) by Box-Muller on the index pair (2i, 2i + 1)
-    let u1 = max(rand_f32(p.seed, p.stream, 2u * i), 1.0 / 16777216.0);
-    let u2 = rand_f32(p.seed, p.stream, 2u * i + 1u);
+    // normal(a, b) by Box-Muller on the index pair (2j, 2j + 1)
+    let u1 = max(rand_f32(p.seed, p.stream, 2u * j), 1.0 / 16777216.0);
+    let u2 = rand_f32(p.seed, p.stream, 2u * j + 1u);
     out[i] = p.a + p.b * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
   }
 }`;
@@ -73,7 +74,7 @@ ${LINEAR_MAIN}
 export function randomUniform(
   gpu: Gpu,
   shape: readonly number[],
-  opts: { seed: number; stream?: number; lo?: number; hi?: number },
+  opts: { seed: number; stream?: number; lo?: number; hi?: number; indexOffset?: number },
   out?: Tensor,
 ): Tensor {
   const y = out ?? gpu.empty(shape);
@@ -81,7 +82,8 @@ export function randomUniform(
     gpu.pipeline(FILL),
     [y],
     gpu.grid(groups(y.size)),
-    new Params().u32(y.size, opts.seed, opts.stream ?? 0, 0).f32(opts.lo ?? 0, opts.hi ?? 1),
+    new Params().u32(y.size, opts.seed, opts.stream ?? 0, 0).f32(opts.lo ?? 0, opts.hi ?? 1)
+      .u32(opts.indexOffset ?? 0),
   );
   return y;
 }
@@ -100,7 +102,7 @@ export function randomUniform(
 export function randomNormal(
   gpu: Gpu,
   shape: readonly number[],
-  opts: { seed: number; stream?: number; mean?: number; std?: number },
+  opts: { seed: number; stream?: number; mean?: number; std?: number; indexOffset?: number },
   out?: Tensor,
 ): Tensor {
   const y = out ?? gpu.empty(shape);
@@ -108,7 +110,8 @@ export function randomNormal(
     gpu.pipeline(FILL),
     [y],
     gpu.grid(groups(y.size)),
-    new Params().u32(y.size, opts.seed, opts.stream ?? 0, 1).f32(opts.mean ?? 0, opts.std ?? 1),
+    new Params().u32(y.size, opts.seed, opts.stream ?? 0, 1).f32(opts.mean ?? 0, opts.std ?? 1)
+      .u32(opts.indexOffset ?? 0),
   );
   return y;
 }

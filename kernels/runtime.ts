@@ -84,6 +84,12 @@ export class Tensor {
   /** The binding resource for this tensor (whole region). */
   binding(): GPUBufferBinding {
     if (this.#disposed) throw new Error(`tensor [${this.shape.join(", ")}] used after dispose`);
+    if (this.byteLength > this.gpu.maxBindingBytes) {
+      throw new GpuLimitError(
+        `tensor [${this.shape.join(", ")}] (${this.byteLength} bytes) cannot be bound: ` +
+          `maxStorageBufferBindingSize is ${this.gpu.maxBindingBytes}; process it in row chunks`,
+      );
+    }
     // zero-sized bindings are invalid: bind at least 4 bytes (shaders never read them).
     return { buffer: this.buffer, offset: this.byteOffset, size: Math.max(4, this.byteLength) };
   }
@@ -119,6 +125,30 @@ export class Tensor {
       `view: byte offset ${byteOffset} is not a multiple of minStorageBufferOffsetAlignment (${align})`,
     );
     return new Tensor(this.gpu, this.buffer, shape, this.dtype, byteOffset, false);
+  }
+
+  /**
+   * Splits this tensor along its first axis into views that can each be bound (at most
+   * `maxBytes`, default the device's binding limit), with aligned offsets.
+   */
+  rowChunks(maxBytes = this.gpu.maxBindingBytes): { row0: number; rows: number; view: Tensor }[] {
+    checkShape(this.shape.length >= 1, "rowChunks: needs at least one dimension");
+    const rows = this.shape[0], rowElems = rows === 0 ? 0 : this.size / rows;
+    const align = this.gpu.limits.minStorageBufferOffsetAlignment / 4;
+    // rows per chunk: within the limit and a multiple of the alignment period
+    const period = rowElems === 0 ? 1 : align / gcd(align, rowElems);
+    let per = Math.floor(maxBytes / 4 / Math.max(1, rowElems));
+    per = Math.max(period, Math.floor(per / period) * period);
+    checkShape(
+      per * rowElems * 4 <= maxBytes || rows <= 1,
+      `rowChunks: one aligned chunk of [${this.shape}] exceeds ${maxBytes} bytes`,
+    );
+    const out: { row0: number; rows: number; view: Tensor }[] = [];
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const n = Math.min(per, rows - r0);
+      out.push({ row0: r0, rows: n, view: this.view(r0 * rowElems, [n, ...this.shape.slice(1)]) });
+    }
+    return out;
   }
 
   /**
@@ -233,6 +263,12 @@ export interface GpuOptions {
   /** Bytes of each uniform arena block (default 64 KiB). */
   uniformArenaBytes?: number;
   /**
+   * Largest storage binding in bytes (default and cap: `maxStorageBufferBindingSize`). Smaller
+   * values force the row-chunked paths for big tensors (e.g. a 50k-token embedding); tests
+   * use this.
+   */
+  maxBindingBytes?: number;
+  /**
    * Largest texture side the kernels may use (default and cap: `maxTextureDimension2D`).
    * Smaller values force operand chunking; tests use this to exercise the chunked paths.
    */
@@ -300,6 +336,8 @@ export class Gpu {
   readonly stats: GpuStats = { dispatches: 0, submits: 0, readbacks: 0, pipelines: 0 };
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   readonly textureSide: number;
+  /** Largest storage binding in bytes (≤ `maxStorageBufferBindingSize`). */
+  readonly maxBindingBytes: number;
   #pipelines = new Map<string, GPUComputePipeline>();
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
@@ -316,9 +354,14 @@ export class Gpu {
     readonly matmulPath: "texture" | "buffer",
     uniformArenaBytes: number,
     maxTextureSide: number | undefined,
+    maxBindingBytes: number | undefined,
   ) {
     this.pool = new BufferPool(device);
     this.limits = device.limits;
+    this.maxBindingBytes = Math.min(
+      maxBindingBytes ?? Infinity,
+      device.limits.maxStorageBufferBindingSize,
+    );
     this.textureSide = Math.min(
       maxTextureSide ?? Infinity,
       device.limits.maxTextureDimension2D,
@@ -397,6 +440,7 @@ export class Gpu {
       path,
       options.uniformArenaBytes ?? 65536,
       options.maxTextureSide,
+      options.maxBindingBytes,
     );
   }
 
@@ -406,7 +450,7 @@ export class Gpu {
   empty(shape: readonly number[], dtype: DType = "f32"): Tensor {
     checkDims(shape, "empty");
     const bytes = numel(shape) * 4;
-    const maxBinding = this.limits.maxStorageBufferBindingSize;
+    const maxBinding = this.maxBindingBytes;
     if (bytes > maxBinding) {
       throw new GpuLimitError(
         `tensor [${shape.join(", ")}] needs ${bytes} bytes, above ` +
@@ -729,6 +773,10 @@ export class Gpu {
     this.#arenas.push(a);
     return a;
   }
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
 }
 
 // Texture sides are powers of two: llvmpipe specialises (re-JITs, ~0.5 s) a shader for each

@@ -11,7 +11,6 @@
 import { concatColumns } from "../kernels/elementwise.ts";
 import { checkShape } from "../kernels/errors.ts";
 import { embeddingForward } from "../kernels/embedding.ts";
-import { matmul } from "../kernels/matmul.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import {
   feedbackSampled,
@@ -96,7 +95,6 @@ export async function generate(
   };
   const keyMask = gpu.zeros([B, Math.max(cap, Tp)]);
   const nextTok = gpu.empty([B, 1], "i32"), nextPos = gpu.empty([B, 1], "i32");
-  const wte = model.store.param("model.decoder.embed_tokens.weight");
   const V = c.vocab_size;
   let generated = G;
   try {
@@ -105,7 +103,7 @@ export async function generate(
     const lastRows = gpu.fromArray(Int32Array.from({ length: B }, (_, b) => b * Tp + Tp - 1));
     const lastHidden = embeddingForward(gpu, lastRows, acts.hidden);
     lastRows.dispose();
-    let logits = matmul(gpu, lastHidden, wte, { transB: true });
+    let logits = model.logitsOf(lastHidden);
     lastHidden.dispose();
     const promptPositions = acts.positions;
     model.disposeActivations(acts, [promptPositions]);
@@ -128,7 +126,7 @@ export async function generate(
         keyMask,
       });
       const step = model.decodeStep(nextTok, nextPos, caches, Tp + t, keyMask, keyMask.shape[1]);
-      logits = matmul(gpu, step.hidden, wte, { transB: true });
+      logits = model.logitsOf(step.hidden);
       model.disposeActivations(step, [nextPos]);
     }
     promptPositions.dispose();

@@ -19,12 +19,7 @@ import {
   swapAxes12,
 } from "../kernels/attention.ts";
 import { add, reluBackward } from "../kernels/elementwise.ts";
-import {
-  embeddingBackward,
-  embeddingForward,
-  positionsFromMask,
-  scatterAddRows,
-} from "../kernels/embedding.ts";
+import { embeddingForward, positionsFromMask, scatterAddRows } from "../kernels/embedding.ts";
 import { checkShape } from "../kernels/errors.ts";
 import { layernormBackward, layernormForward, type LayernormSaved } from "../kernels/layernorm.ts";
 import { matmul } from "../kernels/matmul.ts";
@@ -373,17 +368,17 @@ export class OptModel {
     const gpu = this.gpu, c = this.config;
     const [B, T] = tokens.shape;
     const N = B * T, C = c.hidden_size, H = this.heads, Dh = this.headDim;
-    const wte = this.#p(`${D}embed_tokens.weight`), wpe = this.#p(`${D}embed_positions.weight`);
+    const wpe = this.#p(`${D}embed_positions.weight`);
     const flatTok = tokens.reshape([N]), flatPos = positions.reshape([N]);
     let x: Tensor, tokEmb: Tensor | undefined;
     if (c.word_embed_proj_dim !== C) {
-      tokEmb = embeddingForward(gpu, flatTok, wte);
+      tokEmb = this.#embedTokens(flatTok);
       const projected = this.#linear(tokEmb, `${D}project_in`, { bias: false });
       const posEmb = embeddingForward(gpu, flatPos, wpe);
       x = add(gpu, projected, posEmb, projected);
       posEmb.dispose();
     } else {
-      x = embeddingForward(gpu, flatTok, wte, { positions: flatPos, wpe });
+      x = this.#embedTokens(flatTok, { positions: flatPos, wpe });
     }
     const layers: LayerActs[] = [];
     const lu = new Map<string, Tensor>();
@@ -442,9 +437,74 @@ export class OptModel {
     );
   }
 
-  /** LM-head logits `(B·T, V)` from the final hidden states (tied to `embed_tokens`). */
+  /** Row chunks of the token embedding (one unless it exceeds the binding limit). */
+  #wteChunks(which: "param" | "grad" = "param") {
+    const name = `${D}embed_tokens.weight`;
+    return (which === "param" ? this.#p(name) : this.#g(name)).rowChunks();
+  }
+
+  /** Token embeddings (plus positions), looked up chunk by chunk for a huge vocabulary. */
+  #embedTokens(flatTok: Tensor, pos?: { positions: Tensor; wpe: Tensor }): Tensor {
+    const chunks = this.#wteChunks();
+    const E = this.config.word_embed_proj_dim;
+    let out: Tensor | undefined;
+    chunks.forEach((ch, i) => {
+      out = embeddingForward(this.gpu, flatTok, ch.view, i === 0 ? pos : undefined, {
+        firstRow: ch.row0,
+        out: out ?? this.gpu.empty([flatTok.size, E]),
+        accumulate: i > 0,
+      });
+    });
+    return out!;
+  }
+
+  /**
+   * Copies rows `[r0, r0 + rows)` of a row-major `(R, N)` tensor into a new `(rows, N)` one
+   * (a buffer copy: no alignment constraint beyond 4 bytes).
+   */
+  #rowsCopy(t: Tensor, r0: number, rows: number): Tensor {
+    const N = t.shape[1];
+    const out = this.gpu.empty([rows, N]);
+    this.gpu.encoder().copyBufferToBuffer(
+      t.buffer,
+      t.byteOffset + 4 * r0 * N,
+      out.buffer,
+      out.byteOffset,
+      4 * rows * N,
+    );
+    return out;
+  }
+
+  /**
+   * LM-head logits `(B·T, V)` from the final hidden states (tied to `embed_tokens`). A
+   * vocabulary too large for one binding is multiplied chunk by chunk into `logitsᵀ`, then
+   * transposed.
+   */
   logits(acts: OptActivations): Tensor {
-    return matmul(this.gpu, acts.hidden, this.#p(`${D}embed_tokens.weight`), { transB: true });
+    return this.logitsOf(acts.hidden);
+  }
+
+  /** LM-head logits `(N, V)` of any `(N, word_embed_proj_dim)` hidden states. */
+  logitsOf(hidden: Tensor): Tensor {
+    const gpu = this.gpu, V = this.config.vocab_size;
+    const N = hidden.shape[0];
+    const chunks = this.#wteChunks();
+    if (chunks.length === 1) return matmul(gpu, hidden, chunks[0].view, { transB: true });
+    const logitsT = gpu.empty([V, N]);
+    for (const ch of chunks) {
+      const part = matmul(gpu, ch.view, hidden, { transB: true }); // (rows, N)
+      gpu.encoder().copyBufferToBuffer(
+        part.buffer,
+        part.byteOffset,
+        logitsT.buffer,
+        logitsT.byteOffset + 4 * ch.row0 * N,
+        4 * ch.rows * N,
+      );
+      part.dispose();
+    }
+    const logits = swapAxes12(gpu, logitsT.reshape([1, V, N, 1])).intoShape([N, V]);
+    logitsT.dispose();
+    return logits;
   }
 
   /** Values `(B·T)` from `v_head` (critic / reward model). */
@@ -471,15 +531,30 @@ export class OptModel {
     if (grads.dhidden) add(gpu, dh, grads.dhidden, dh);
     if (grads.dlogits) {
       checkShape(grads.dlogits.size === N * c.vocab_size, "OptModel.backward: dlogits shape");
-      const wte = `${D}embed_tokens`;
-      if (!this.frozenBase) {
-        matmul(gpu, grads.dlogits, acts.hidden, {
-          transA: true,
-          out: this.#g(`${wte}.weight`),
-          accumulate: true,
+      const chunks = this.#wteChunks(), gchunks = this.#wteChunks("grad");
+      if (chunks.length === 1) {
+        if (!this.frozenBase) {
+          matmul(gpu, grads.dlogits, acts.hidden, {
+            transA: true,
+            out: gchunks[0].view,
+            accumulate: true,
+          });
+        }
+        matmul(gpu, grads.dlogits, chunks[0].view, { out: dh, accumulate: true });
+      } else {
+        // per vocabulary chunk, from dlogitsᵀ (V, N) whose row blocks are contiguous
+        const V = c.vocab_size;
+        const dlT = swapAxes12(gpu, grads.dlogits.reshape([1, N, V, 1])).intoShape([V, N]);
+        chunks.forEach((ch, i) => {
+          const part = this.#rowsCopy(dlT, ch.row0, ch.rows); // (rows, N)
+          if (!this.frozenBase) {
+            matmul(gpu, part, acts.hidden, { out: gchunks[i].view, accumulate: true });
+          }
+          matmul(gpu, part, ch.view, { transA: true, out: dh, accumulate: true });
+          part.dispose();
         });
+        dlT.dispose();
       }
-      matmul(gpu, grads.dlogits, this.#p(`${wte}.weight`), { out: dh, accumulate: true });
     }
     if (grads.dvalues) {
       checkShape(grads.dvalues.size === N, "OptModel.backward: dvalues must have B·T elements");
@@ -560,14 +635,14 @@ export class OptModel {
     // embeddings
     const flatTok = acts.tokens.reshape([N]), flatPos = acts.positions.reshape([N]);
     const dwpe = this.#g(`${D}embed_positions.weight`);
-    const dwte = this.#g(`${D}embed_tokens.weight`);
     if (E !== C) {
       scatterAddRows(gpu, flatPos, dx, dwpe);
       const dTok = this.#linearBackward(dx, acts.tokEmb!, `${D}project_in`, { bias: false });
-      scatterAddRows(gpu, flatTok, dTok, dwte);
+      for (const g of this.#wteChunks("grad")) scatterAddRows(gpu, flatTok, dTok, g.view, -g.row0);
       dTok.dispose();
     } else {
-      embeddingBackward(gpu, dx, flatTok, dwte, { positions: flatPos, dwpe });
+      scatterAddRows(gpu, flatPos, dx, dwpe);
+      for (const g of this.#wteChunks("grad")) scatterAddRows(gpu, flatTok, dx, g.view, -g.row0);
     }
     dx.dispose();
   }

@@ -159,7 +159,7 @@ export class ParamStore {
   /** Whole-range views no larger than the device's binding size. */
   #chunks(t: Tensor, start: number, end: number): Tensor[] {
     const align = Math.max(1, this.gpu.limits.minStorageBufferOffsetAlignment / 4);
-    const max = Math.floor(this.gpu.limits.maxStorageBufferBindingSize / 4 / align) * align;
+    const max = Math.floor(this.gpu.maxBindingBytes / 4 / align) * align;
     const out: Tensor[] = [];
     for (let o = start; o < end; o += max) out.push(t.view(o, [Math.min(max, end - o)]));
     return out;

@@ -5,7 +5,7 @@ import { optHiddenRef, optLogitsRef } from "../../model/reference.ts";
 import { crossEntropy, crossEntropyBackward } from "../../kernels/softmax.ts";
 import { fill } from "../../kernels/elementwise.ts";
 import { ShapeError } from "../../kernels/errors.ts";
-import type { Gpu } from "../../kernels/runtime.ts";
+import { Gpu } from "../../kernels/runtime.ts";
 import { assert, assertClose, assertThrows } from "../assert.ts";
 import { type Case, dot, randArray, rng } from "../_util.ts";
 
@@ -65,93 +65,122 @@ function batch(c: OptConfig, B: number, T: number, seed: number) {
   return { tokens, mask };
 }
 
+async function checkLogits(gpu: Gpu, c: OptConfig) {
+  const B = 2, T = 7;
+  const { model, host } = randomModel(gpu, c, 1);
+  const { tokens, mask } = batch(c, B, T, 2);
+  const acts = model.forward(gpu.fromArray(tokens, [B, T]), gpu.fromArray(mask, [B, T]));
+  const logits = await gpu.readF32(model.logits(acts));
+  // f32 through 2 blocks of width 32 with O(1) activations
+  assertClose(
+    logits,
+    optLogitsRef(c, host, tokens, mask, B, T),
+    { atol: 2e-4, rtol: 2e-4 },
+    "logits",
+  );
+  model.disposeActivations(acts);
+  model.store.dispose();
+}
+
+async function checkGrads(gpu: Gpu, c: OptConfig) {
+  const B = 2, T = 5;
+  const { model, host } = randomModel(gpu, c, 3, true);
+  const { tokens, mask } = batch(c, B, T, 4);
+  const N = B * T, V = c.vocab_size, E = c.word_embed_proj_dim;
+  const w = randArray(N * V, 5), u = randArray(N, 6);
+  // loss = Σ w ⊙ logits + Σ u ⊙ values
+  const loss = (P: Map<string, ArrayLike<number>>) => {
+    const h = optHiddenRef(c, P, tokens, mask, B, T);
+    const wte = P.get("model.decoder.embed_tokens.weight")!, vh = P.get("v_head.weight")!;
+    let s = 0;
+    for (let n = 0; n < N; n++) {
+      for (let v = 0; v < V; v++) {
+        let z = 0;
+        for (let e = 0; e < E; e++) z += h[n * E + e] * wte[v * E + e];
+        s += w[n * V + v] * z;
+      }
+      let val = 0;
+      for (let e = 0; e < E; e++) val += h[n * E + e] * vh[e];
+      s += u[n] * val;
+    }
+    return s;
+  };
+  model.store.zeroGrads();
+  const acts = model.forward(gpu.fromArray(tokens, [B, T]), gpu.fromArray(mask, [B, T]));
+  model.backward(acts, { dlogits: gpu.fromArray(w, [N, V]), dvalues: gpu.fromArray(u) });
+  const grads = await model.store.toHost("grads");
+  const r = rng(7);
+  const hstep = 1e-5;
+  for (const [name, g] of grads) {
+    const p = host.get(name)!;
+    // the whole tensor: directional derivative along a random ±1 direction
+    const dir = Float64Array.from(
+      randArray(g.length, name.length * 31 + 1),
+      (x) => (x < 0 ? -1 : 1),
+    );
+    const p0 = Float64Array.from(p);
+    const shifted = (sgn: number) => {
+      for (let i = 0; i < p.length; i++) p[i] = p0[i] + sgn * hstep * dir[i];
+      const l = loss(host);
+      p.set(p0);
+      return l;
+    };
+    const fdDir = (shifted(1) - shifted(-1)) / (2 * hstep);
+    assertClose([dot(g, dir)], [fdDir], { atol: 2e-3, rtol: 2e-3 }, `${name} (directional)`);
+    // three coordinates per parameter, plus the largest-gradient one
+    let big = 0;
+    for (let i = 1; i < g.length; i++) if (Math.abs(g[i]) > Math.abs(g[big])) big = i;
+    for (const i of [big, ...Array.from({ length: 3 }, () => Math.floor(r() * g.length))]) {
+      const v = p[i];
+      p[i] = v + hstep;
+      const lp = loss(host);
+      p[i] = v - hstep;
+      const lm = loss(host);
+      p[i] = v;
+      const fd = (lp - lm) / (2 * hstep);
+      assertClose([g[i]], [fd], { atol: 5e-4, rtol: 2e-3 }, `${name}[${i}]`);
+    }
+  }
+  model.disposeActivations(acts);
+  model.store.dispose();
+}
+
 for (const [label, c] of CONFIGS) {
   cases.push({
     name: `opt (${label}): logits match the float64 reference model with left padding`,
-    async run(gpu) {
-      const B = 2, T = 7;
-      const { model, host } = randomModel(gpu, c, 1);
-      const { tokens, mask } = batch(c, B, T, 2);
-      const acts = model.forward(gpu.fromArray(tokens, [B, T]), gpu.fromArray(mask, [B, T]));
-      const logits = await gpu.readF32(model.logits(acts));
-      // f32 through 2 blocks of width 32 with O(1) activations
-      assertClose(
-        logits,
-        optLogitsRef(c, host, tokens, mask, B, T),
-        { atol: 2e-4, rtol: 2e-4 },
-        "logits",
-      );
-      model.disposeActivations(acts);
-      model.store.dispose();
-    },
+    run: (gpu) => checkLogits(gpu, c),
   });
-
   cases.push({
     name: `opt (${label}): every named parameter gradient equals reference finite differences`,
-    async run(gpu) {
-      const B = 2, T = 5;
-      const { model, host } = randomModel(gpu, c, 3, true);
-      const { tokens, mask } = batch(c, B, T, 4);
-      const N = B * T, V = c.vocab_size, E = c.word_embed_proj_dim;
-      const w = randArray(N * V, 5), u = randArray(N, 6);
-      // loss = Σ w ⊙ logits + Σ u ⊙ values
-      const loss = (P: Map<string, ArrayLike<number>>) => {
-        const h = optHiddenRef(c, P, tokens, mask, B, T);
-        const wte = P.get("model.decoder.embed_tokens.weight")!, vh = P.get("v_head.weight")!;
-        let s = 0;
-        for (let n = 0; n < N; n++) {
-          for (let v = 0; v < V; v++) {
-            let z = 0;
-            for (let e = 0; e < E; e++) z += h[n * E + e] * wte[v * E + e];
-            s += w[n * V + v] * z;
-          }
-          let val = 0;
-          for (let e = 0; e < E; e++) val += h[n * E + e] * vh[e];
-          s += u[n] * val;
-        }
-        return s;
-      };
-      model.store.zeroGrads();
-      const acts = model.forward(gpu.fromArray(tokens, [B, T]), gpu.fromArray(mask, [B, T]));
-      model.backward(acts, { dlogits: gpu.fromArray(w, [N, V]), dvalues: gpu.fromArray(u) });
-      const grads = await model.store.toHost("grads");
-      const r = rng(7);
-      const hstep = 1e-5;
-      for (const [name, g] of grads) {
-        const p = host.get(name)!;
-        // the whole tensor: directional derivative along a random ±1 direction
-        const dir = Float64Array.from(
-          randArray(g.length, name.length * 31 + 1),
-          (x) => (x < 0 ? -1 : 1),
-        );
-        const p0 = Float64Array.from(p);
-        const shifted = (sgn: number) => {
-          for (let i = 0; i < p.length; i++) p[i] = p0[i] + sgn * hstep * dir[i];
-          const l = loss(host);
-          p.set(p0);
-          return l;
-        };
-        const fdDir = (shifted(1) - shifted(-1)) / (2 * hstep);
-        assertClose([dot(g, dir)], [fdDir], { atol: 2e-3, rtol: 2e-3 }, `${name} (directional)`);
-        // three coordinates per parameter, plus the largest-gradient one
-        let big = 0;
-        for (let i = 1; i < g.length; i++) if (Math.abs(g[i]) > Math.abs(g[big])) big = i;
-        for (const i of [big, ...Array.from({ length: 3 }, () => Math.floor(r() * g.length))]) {
-          const v = p[i];
-          p[i] = v + hstep;
-          const lp = loss(host);
-          p[i] = v - hstep;
-          const lm = loss(host);
-          p[i] = v;
-          const fd = (lp - lm) / (2 * hstep);
-          assertClose([g[i]], [fd], { atol: 5e-4, rtol: 2e-3 }, `${name}[${i}]`);
-        }
-      }
-      model.disposeActivations(acts);
-      model.store.dispose();
-    },
+    run: (gpu) => checkGrads(gpu, c),
   });
 }
+
+cases.push({
+  name:
+    "opt: a vocabulary too large for one binding is embedded, projected and trained in row chunks",
+  async run() {
+    // 36 KiB bindings: the 600×32 embedding (75 KiB) splits into 3 chunks, all else fits
+    const small = await Gpu.create({ maxBindingBytes: 36864 });
+    try {
+      for (
+        const c of [
+          { ...TINY, vocab_size: 600 },
+          { ...TINY, vocab_size: 600, do_layer_norm_before: false, word_embed_proj_dim: 16 },
+        ]
+      ) {
+        const probe = OptModel.create(small, c);
+        const n = probe.store.param("model.decoder.embed_tokens.weight").rowChunks().length;
+        assert(n === 3, `expected 3 embedding chunks, got ${n}`);
+        probe.store.dispose();
+        await checkLogits(small, c);
+        await checkGrads(small, c);
+      }
+    } finally {
+      small.destroy();
+    }
+  },
+});
 
 cases.push({
   name: "opt: overfitting one batch drives the cross-entropy below 0.15 in 80 AdamW steps",
