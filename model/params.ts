@@ -126,10 +126,19 @@ export class ParamStore {
   init(seed: number, std = 0.02): void {
     this.gpu.clear(this.params);
     this.specs.forEach((spec, i) => {
-      const p = this.param(spec.name);
-      if (spec.init === "normal") {
-        randomNormal(this.gpu, spec.shape, { seed, stream: i, std: spec.std ?? std }, p);
-      } else if (spec.init === "ones") fill(this.gpu, p, 1);
+      // row chunks keep every binding within the device limit (e.g. a 50k-token embedding);
+      // the PRNG index runs over the whole tensor, so chunking does not change the values
+      for (const c of this.param(spec.name).rowChunks()) {
+        const rowElems = c.rows === 0 ? 0 : c.view.size / c.rows;
+        if (spec.init === "normal") {
+          randomNormal(this.gpu, c.view.shape, {
+            seed,
+            stream: i,
+            std: spec.std ?? std,
+            indexOffset: c.row0 * rowElems,
+          }, c.view);
+        } else if (spec.init === "ones") fill(this.gpu, c.view, 1);
+      }
     });
   }
 

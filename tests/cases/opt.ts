@@ -160,7 +160,7 @@ cases.push({
   name:
     "opt: a vocabulary too large for one binding is embedded, projected and trained in row chunks",
   async run() {
-    // 36 KiB bindings: the 600×32 embedding (75 KiB) splits into 3 chunks, all else fits
+    // 36 KiB bindings: the 600×32 (75 KiB) or 600×16 embedding splits into chunks; all else fits
     const small = await Gpu.create({ maxBindingBytes: 36864 });
     try {
       for (
@@ -171,7 +171,7 @@ cases.push({
       ) {
         const probe = OptModel.create(small, c);
         const n = probe.store.param("model.decoder.embed_tokens.weight").rowChunks().length;
-        assert(n === 3, `expected 3 embedding chunks, got ${n}`);
+        assert(n >= 2, `expected the embedding in several chunks, got ${n}`);
         probe.store.dispose();
         await checkLogits(small, c);
         await checkGrads(small, c);
