@@ -33,14 +33,14 @@ export interface OptConfig {
 
 /** Tiny configs for tests and the built-in task. */
 export const OPT_PRESETS: Record<string, OptConfig> = {
-  /** 2 layers, hidden 32, 4 heads, ffn 64, byte vocabulary (260). */
+  /** 2 layers, hidden 32, 4 heads, ffn 64, 128 positions, byte vocabulary (260). */
   "tiny": {
     vocab_size: 260,
     hidden_size: 32,
     num_hidden_layers: 2,
     num_attention_heads: 4,
     ffn_dim: 64,
-    max_position_embeddings: 64,
+    max_position_embeddings: 128,
     do_layer_norm_before: true,
     word_embed_proj_dim: 32,
     activation_function: "relu",

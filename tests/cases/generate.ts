@@ -173,7 +173,7 @@ cases.push({
     await assertThrows(
       () =>
         generate(m, gpu.fromArray(tokens, [B, Tp]), gpu.fromArray(mask, [B, Tp]), {
-          maxNewTokens: 64,
+          maxNewTokens: 200,
         }),
       ShapeError,
       "exceed max_position_embeddings",

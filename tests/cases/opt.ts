@@ -237,7 +237,7 @@ cases.push({
       "tokens must be i32",
     );
     await assertThrows(
-      () => model.forward(gpu.fromArray(new Int32Array(65), [1, 65]), gpu.zeros([1, 65])),
+      () => model.forward(gpu.fromArray(new Int32Array(129), [1, 129]), gpu.zeros([1, 129])),
       ShapeError,
       "exceed max_position_embeddings",
     );
