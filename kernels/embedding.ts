@@ -221,3 +221,89 @@ export function positionsFromMask(gpu: Gpu, mask: Tensor, offset = 0): Tensor {
   );
   return pos;
 }
+
+const NEXT_TARGETS = `
+struct P { B: u32, T: u32 }
+@group(0) @binding(0) var<storage, read_write> tokens: array<i32>;  // (B, T)
+@group(0) @binding(1) var<storage, read_write> mask: array<f32>;    // (B, T)
+@group(0) @binding(2) var<storage, read_write> targets: array<i32>; // (B, T)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.B * p.T) { return; }
+  let t = i % p.T;
+  var v = -1;
+  if (t + 1u < p.T && mask[i + 1u] != 0.0) { v = tokens[i + 1u]; }
+  targets[i] = v;
+}`;
+
+/**
+ * Next-token targets of a `(B, T)` batch: `targets[b, t] = tokens[b, t + 1]` where that token
+ * is real (mask 1), else −1 (ignored by the log-prob and cross-entropy kernels). Row t of the
+ * logits then scores token t + 1.
+ *
+ * @example
+ * ```ts
+ * import { Gpu, nextTokenTargets } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const t = nextTokenTargets(gpu, gpu.fromArray(new Int32Array([2, 7, 9]), [1, 3]),
+ *   gpu.fromArray([1, 1, 1], [1, 3]));
+ * console.log(await gpu.read(t)); // [7, 9, -1]
+ * ```
+ */
+export function nextTokenTargets(gpu: Gpu, tokens: Tensor, mask: Tensor): Tensor {
+  checkShape(
+    tokens.shape.length === 2 && tokens.dtype === "i32" && mask.dtype === "f32" &&
+      mask.shape.join() === tokens.shape.join(),
+    `nextTokenTargets: tokens i32 (B, T) and an f32 mask of the same shape, got [${tokens.shape}], [${mask.shape}]`,
+  );
+  const [B, T] = tokens.shape;
+  const out = gpu.empty([B, T], "i32");
+  gpu.dispatch(
+    gpu.pipeline(NEXT_TARGETS),
+    [tokens, mask, out],
+    gpu.grid(groups(B * T)),
+    new Params().u32(B, T),
+  );
+  return out;
+}
+
+const LAST_VALUES = `
+struct P { B: u32, T: u32 }
+@group(0) @binding(0) var<storage, read_write> values: array<f32>; // (B, T)
+@group(0) @binding(1) var<storage, read_write> mask: array<f32>;   // (B, T)
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;    // (B)
+@group(0) @binding(3) var<storage, read_write> index: array<i32>;  // (B)
+@group(0) @binding(4) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.B) { return; }
+  var last = -1;
+  for (var t = 0u; t < p.T; t++) { if (mask[i * p.T + t] != 0.0) { last = i32(t); } }
+  index[i] = last;
+  out[i] = select(0.0, values[i * p.T + u32(max(last, 0))], last >= 0);
+}`;
+
+/**
+ * Per-row value at the last position whose mask is 1 (a reward model's sequence score: the
+ * value at the response's last real token, its EOS when present). Rows without any 1 score 0
+ * with index −1.
+ */
+export function lastMaskedValues(
+  gpu: Gpu,
+  values: Tensor,
+  mask: Tensor,
+): { values: Tensor; index: Tensor } {
+  checkShape(
+    values.shape.length === 2 && values.dtype === "f32" &&
+      mask.shape.join() === values.shape.join(),
+    `lastMaskedValues: values and mask must be f32 (B, T), got [${values.shape}], [${mask.shape}]`,
+  );
+  const [B, T] = values.shape;
+  const out = gpu.empty([B]), index = gpu.empty([B], "i32");
+  gpu.dispatch(
+    gpu.pipeline(LAST_VALUES),
+    [values, mask, out, index],
+    gpu.grid(groups(B)),
+    new Params().u32(B, T),
+  );
+  return { values: out, index };
+}

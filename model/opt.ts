@@ -19,7 +19,14 @@ import {
   swapAxes12,
 } from "../kernels/attention.ts";
 import { add, reluBackward } from "../kernels/elementwise.ts";
-import { embeddingForward, positionsFromMask, scatterAddRows } from "../kernels/embedding.ts";
+import {
+  embeddingForward,
+  lastMaskedValues,
+  nextTokenTargets,
+  positionsFromMask,
+  scatterAddRows,
+} from "../kernels/embedding.ts";
+import { tokenLogprobs } from "../kernels/softmax.ts";
 import { checkShape } from "../kernels/errors.ts";
 import { layernormBackward, layernormForward, type LayernormSaved } from "../kernels/layernorm.ts";
 import { matmul } from "../kernels/matmul.ts";
@@ -505,6 +512,55 @@ export class OptModel {
     const logits = swapAxes12(gpu, logitsT.reshape([1, V, N, 1])).intoShape([N, V]);
     logitsT.dispose();
     return logits;
+  }
+
+  /**
+   * Per-token log-probabilities of the sequence's own next tokens: `logp[b, t] =
+   * log p(tokens[b, t + 1] | tokens[b, ≤ t])` (0 where there is no real next token), with the
+   * entropy of each position's distribution, and the logits/targets/lse needed to backpropagate
+   * (`logitsBackward`). Shapes `(B, T)`; the caller disposes what it does not keep.
+   */
+  tokenLogprobs(acts: OptActivations): {
+    logp: Tensor;
+    entropy: Tensor;
+    lse: Tensor;
+    logits: Tensor;
+    targets: Tensor;
+  } {
+    const { B, T } = acts;
+    const logits = this.logits(acts);
+    const targets = nextTokenTargets(this.gpu, acts.tokens, acts.mask).intoShape([B * T]);
+    const r = tokenLogprobs(this.gpu, logits, targets);
+    return {
+      logp: r.logp.intoShape([B, T]),
+      entropy: r.entropy.intoShape([B, T]),
+      lse: r.lse,
+      logits,
+      targets,
+    };
+  }
+
+  /**
+   * Sequence scores of a reward model: the value at each row's last real token (its EOS when
+   * present), `(B)`.
+   */
+  sequenceScores(acts: OptActivations): Tensor {
+    const v = this.values(acts).intoShape([acts.B, acts.T]);
+    const r = lastMaskedValues(this.gpu, v, acts.mask);
+    v.dispose();
+    r.index.dispose();
+    return r.values;
+  }
+
+  /**
+   * A frozen copy of the model's current weights (e.g. PPO's reference policy when the actor
+   * has no LoRA): a new parameter store filled by a GPU buffer copy.
+   */
+  copy(): OptModel {
+    checkShape(!this.lora?.merged, "OptModel.copy: unmerge LoRA adapters first");
+    const store = new ParamStore(this.gpu, this.store.specs);
+    this.gpu.copy(this.store.params, store.params);
+    return new OptModel(this.gpu, this.config, store);
   }
 
   /** Values `(B·T)` from `v_head` (critic / reward model). */

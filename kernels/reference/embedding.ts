@@ -60,3 +60,26 @@ export function positionsFromMask(mask: Arr, T: number, offset = 0): Int32Array 
   }
   return out;
 }
+
+/** `tokens[b, t + 1]` where its mask is 1, else −1. */
+export function nextTokenTargets(tokens: Arr, mask: Arr, T: number): Int32Array {
+  return Int32Array.from(
+    tokens,
+    (_, i) => (i % T) + 1 < T && mask[i + 1] !== 0 ? tokens[i + 1] : -1,
+  );
+}
+
+/** Value at each row's last masked position (0 and −1 when none). */
+export function lastMaskedValues(
+  values: Arr,
+  mask: Arr,
+  T: number,
+): { values: Float64Array; index: Int32Array } {
+  const B = values.length / T;
+  const out = new Float64Array(B), index = new Int32Array(B).fill(-1);
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) if (mask[b * T + t] !== 0) index[b] = t;
+    out[b] = index[b] >= 0 ? values[b * T + index[b]] : 0;
+  }
+  return { values: out, index };
+}

@@ -82,3 +82,25 @@ cases.push({
     );
   },
 });
+
+cases.push({
+  name:
+    "embedding: next-token targets and last-masked values (sequence scores) match the reference",
+  async run(gpu) {
+    for (const [B, T] of [[1, 1], [3, 7], [5, 33]]) {
+      const toks = randInts(B * T, 50, B + T);
+      const mask = Float32Array.from({ length: B * T }, (_, i) => ((i * 7) % 5 === 0 ? 0 : 1));
+      if (B > 1) mask.fill(0, T, 2 * T); // a row with no real token
+      const vals = randArray(B * T, 3);
+      const tt = gpu.fromArray(toks, [B, T]), tm = gpu.fromArray(mask, [B, T]);
+      assertEquals(
+        await gpu.read(k.nextTokenTargets(gpu, tt, tm)),
+        ref.nextTokenTargets(toks, mask, T),
+      );
+      const got = k.lastMaskedValues(gpu, gpu.fromArray(vals, [B, T]), tm);
+      const want = ref.lastMaskedValues(vals, mask, T);
+      assertEquals(await gpu.read(got.index), want.index, "index");
+      assertClose(await gpu.readF32(got.values), want.values, { atol: 0, rtol: 0 }, "values");
+    }
+  },
+});

@@ -249,3 +249,51 @@ cases.push({
     model.store.dispose();
   },
 });
+
+cases.push({
+  name: "opt: token log-probs, reward sequence scores and a frozen copy",
+  async run(gpu) {
+    const c = { ...TINY, vocab_size: 37 };
+    const { model, host } = randomModel(gpu, c, 31, true);
+    const B = 2, T = 6;
+    const { tokens, mask } = batch(c, B, T, 32);
+    mask[T + 5] = 0; // row 1 right-padded at the end
+    tokens[T + 5] = c.pad_token_id;
+    const tt = gpu.fromArray(tokens, [B, T]), tm = gpu.fromArray(mask, [B, T]);
+    const acts = model.forward(tt, tm);
+    const lp = model.tokenLogprobs(acts);
+    const logits = optLogitsRef(c, host, tokens, mask, B, T);
+    const V = c.vocab_size;
+    const want = new Float64Array(B * T);
+    for (let i = 0; i < B * T; i++) {
+      const t = i % T;
+      if (t + 1 >= T || mask[i + 1] === 0) continue;
+      const row = logits.subarray(i * V, (i + 1) * V);
+      const mx = Math.max(...row);
+      const lse = mx + Math.log(row.reduce((s, z) => s + Math.exp(z - mx), 0));
+      want[i] = row[tokens[i + 1]] - lse;
+    }
+    assertClose(await gpu.readF32(lp.logp), want, { atol: 2e-4, rtol: 2e-4 }, "token logprobs");
+    const scores = await gpu.readF32(model.sequenceScores(acts));
+    const vals = await gpu.readF32(model.values(acts));
+    assertClose(
+      scores,
+      [vals[T - 1], vals[T + 4]],
+      { atol: 0, rtol: 0 },
+      "value at the last real token",
+    );
+    const frozen = model.copy();
+    const a2 = frozen.forward(tt, tm);
+    assertClose(await gpu.readF32(frozen.logits(a2)), await gpu.readF32(model.logits(acts)), {
+      atol: 0,
+      rtol: 0,
+    }, "copy");
+    frozen.store.init(99); // changing the copy leaves the original alone
+    assertClose(
+      await gpu.readF32(model.logits(model.forward(tt, tm))),
+      await gpu.readF32(model.logits(acts)),
+      { atol: 0, rtol: 0 },
+      "original",
+    );
+  },
+});
