@@ -27,6 +27,7 @@ export * from "./kernels/embedding.ts";
 export * from "./kernels/attention.ts";
 export * from "./kernels/optimizer.ts";
 export * from "./kernels/sampling.ts";
+export * from "./kernels/rl.ts";
 export * as reference from "./kernels/reference/mod.ts";
 export * from "./model/config.ts";
 export * from "./model/params.ts";

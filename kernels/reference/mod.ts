@@ -21,5 +21,6 @@ export * as matmul from "./matmul.ts";
 export * as optimizer from "./optimizer.ts";
 export * as prng from "./prng.ts";
 export * as reduce from "./reduce.ts";
+export * as rl from "./rl.ts";
 export * as sampling from "./sampling.ts";
 export * as softmax from "./softmax.ts";
