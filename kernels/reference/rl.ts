@@ -37,7 +37,7 @@ export function shapedRewards(
   T: number,
   beta: number,
   clip = Infinity,
-) {
+): Float64Array {
   const r = Float64Array.from(kl, (k, i) => (mask[i] !== 0 ? -beta * k : 0));
   for (let b = 0; b < scores.length; b++) {
     let last = -1;
@@ -48,7 +48,14 @@ export function shapedRewards(
 }
 
 /** GAE backwards over masked tokens with V = 0 past the last token. */
-export function gae(r: Arr, v: Arr, mask: Arr, T: number, gamma: number, lambda: number) {
+export function gae(
+  r: Arr,
+  v: Arr,
+  mask: Arr,
+  T: number,
+  gamma: number,
+  lambda: number,
+): { advantages: Float64Array; returns: Float64Array } {
   const adv = new Float64Array(r.length), ret = new Float64Array(r.length);
   for (let b = 0; b < r.length / T; b++) {
     let nextV = 0, last = 0;
@@ -85,7 +92,13 @@ export function whiten(x: Arr, mask: Arr, shiftMean = true): Float64Array {
 }
 
 /** PPO clipped policy loss (mean over valid tokens), its analytic gradient and statistics. */
-export function ppoPolicyLoss(logp: Arr, old: Arr, adv: Arr, mask: Arr, clip: number) {
+export function ppoPolicyLoss(
+  logp: Arr,
+  old: Arr,
+  adv: Arr,
+  mask: Arr,
+  clip: number,
+): { loss: number; clipfrac: number; approxkl: number; dlogp: Float64Array } {
   let n = 0;
   for (let i = 0; i < mask.length; i++) if (mask[i] !== 0) n++;
   let loss = 0, clipped = 0, akl = 0;
@@ -106,7 +119,13 @@ export function ppoPolicyLoss(logp: Arr, old: Arr, adv: Arr, mask: Arr, clip: nu
 }
 
 /** PPO clipped value loss (mean over valid tokens), its gradient and clip fraction. */
-export function ppoValueLoss(v: Arr, vOld: Arr, ret: Arr, mask: Arr, clip: number) {
+export function ppoValueLoss(
+  v: Arr,
+  vOld: Arr,
+  ret: Arr,
+  mask: Arr,
+  clip: number,
+): { loss: number; clipfrac: number; dvalues: Float64Array } {
   let n = 0;
   for (let i = 0; i < mask.length; i++) if (mask[i] !== 0) n++;
   const m = Math.max(n, 1);
@@ -133,7 +152,11 @@ export function explainedVariance(v: Arr, ret: Arr, mask: Arr): number {
 }
 
 /** Pairwise RM loss with optional margins. */
-export function pairwiseRewardLoss(rw: Arr, rl: Arr, margin?: Arr) {
+export function pairwiseRewardLoss(
+  rw: Arr,
+  rl: Arr,
+  margin?: Arr,
+): { loss: number; accuracy: number; margin: number; drw: Float64Array; drl: Float64Array } {
   const n = rw.length;
   let loss = 0, acc = 0, gap = 0;
   const drw = new Float64Array(n), drl = new Float64Array(n);
@@ -149,7 +172,11 @@ export function pairwiseRewardLoss(rw: Arr, rl: Arr, margin?: Arr) {
 }
 
 /** K-wise ranking loss over `(P, K)` scores ordered best to worst. */
-export function rankingRewardLoss(s: Arr, P: number, K: number) {
+export function rankingRewardLoss(
+  s: Arr,
+  P: number,
+  K: number,
+): { loss: number; accuracy: number; ds: Float64Array } {
   const pairs = K * (K - 1) / 2;
   let loss = 0, acc = 0;
   const ds = new Float64Array(P * K);
@@ -169,7 +196,13 @@ export function rankingRewardLoss(s: Arr, P: number, K: number) {
 }
 
 /** Token-level RM loss: per pair the mean over its span, averaged over pairs. */
-export function tokenPairRewardLoss(vw: Arr, vl: Arr, span: Arr, P: number, T: number) {
+export function tokenPairRewardLoss(
+  vw: Arr,
+  vl: Arr,
+  span: Arr,
+  P: number,
+  T: number,
+): { loss: number; dw: Float64Array; dl: Float64Array } {
   let loss = 0;
   const dw = new Float64Array(P * T), dl = new Float64Array(P * T);
   for (let p = 0; p < P; p++) {
