@@ -38,3 +38,5 @@ export { optHiddenRef, optLogitsRef } from "./model/reference.ts";
 export * from "./model/checkpoint.ts";
 export * from "./model/generate.ts";
 export * from "./model/lora.ts";
+export * from "./trainer/data.ts";
+export * from "./trainer/task.ts";

@@ -16,6 +16,7 @@ import { cases as runtime } from "./runtime.ts";
 import { cases as safetensors } from "./safetensors.ts";
 import { cases as sampling } from "./sampling.ts";
 import { cases as softmax } from "./softmax.ts";
+import { cases as task } from "./task.ts";
 import { cases as tokenizer } from "./tokenizer.ts";
 
 export const ALL_CASES: Case[] = [
@@ -30,6 +31,7 @@ export const ALL_CASES: Case[] = [
   ...optimizer,
   ...sampling,
   ...rl,
+  ...task,
   ...safetensors,
   ...tokenizer,
   ...opt,

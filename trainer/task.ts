@@ -1,0 +1,164 @@
+/**
+ * The built-in task (SPEC §10): a small synthetic dialogue task generated deterministically
+ * from a seed, in hh-rlhf format, with a hidden **gold** preference function computable from
+ * text. The human asks a one-digit arithmetic question; the gold score of a response is
+ *
+ * - 0.6 when its first integer is the right answer,
+ * - + 0.2 when it ends with a period (style),
+ * - + 0.2 when it is concise (at most {@link CONCISE_CHARS} characters),
+ *
+ * so `" 12."` scores 1 while `" The answer is 12."` scores 0.8 and `" 11."` 0.4. The SFT
+ * demonstrations mix good, verbose, unpunctuated and wrong answers (mean gold ≈ 0.6), so the
+ * SFT model starts well below the best reachable score; preference pairs are labelled by the
+ * gold function with label noise.
+ *
+ * @module
+ */
+
+import type { PairExample, SftExample } from "./data.ts";
+
+/** Responses longer than this many characters are not "concise". */
+export const CONCISE_CHARS = 8;
+
+/** A question of the task. */
+export interface TaskQuestion {
+  a: number;
+  b: number;
+  op: "+" | "-";
+  answer: number;
+  /** The hh-rlhf-style prompt, ending with "\n\nAssistant:". */
+  prompt: string;
+}
+
+/** Mulberry32, for deterministic generation. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The gold score of `response` to `q`, in [0, 1]. */
+export function goldScore(q: Pick<TaskQuestion, "answer">, response: string): number {
+  const m = response.match(/-?\d+/);
+  const correct = m !== null && Number(m[0]) === q.answer;
+  const text = response.trimEnd();
+  return (correct ? 0.6 : 0) + (text.endsWith(".") ? 0.2 : 0) +
+    (response.length <= CONCISE_CHARS ? 0.2 : 0);
+}
+
+/** The i-th question of a seeded stream (a, b in 0..9; subtraction never goes negative). */
+export function makeQuestion(r: () => number): TaskQuestion {
+  let a = Math.floor(r() * 10), b = Math.floor(r() * 10);
+  const op = r() < 0.5 ? "+" : "-";
+  if (op === "-" && b > a) [a, b] = [b, a];
+  const answer = op === "+" ? a + b : a - b;
+  return { a, b, op, answer, prompt: `\n\nHuman: What is ${a} ${op} ${b}?\n\nAssistant:` };
+}
+
+function wrong(q: TaskQuestion, r: () => number): number {
+  const d = 1 + Math.floor(r() * 3);
+  return r() < 0.5 || q.answer - d < 0 ? q.answer + d : q.answer - d;
+}
+
+/** Response styles with their mixture weights in the SFT demonstrations. */
+const STYLES: { weight: number; make: (q: TaskQuestion, r: () => number) => string }[] = [
+  { weight: 0.25, make: (q) => ` ${q.answer}.` }, // gold 1.0
+  { weight: 0.25, make: (q) => ` It is ${q.answer}.` }, // 0.8 (verbose)
+  { weight: 0.15, make: (q) => ` ${q.answer}` }, // 0.8 (no period)
+  { weight: 0.25, make: (q, r) => ` ${wrong(q, r)}.` }, // 0.4
+  { weight: 0.10, make: (q, r) => ` Maybe ${wrong(q, r)}` }, // 0.0
+];
+
+function sampleStyle(q: TaskQuestion, r: () => number): string {
+  let u = r();
+  for (const s of STYLES) {
+    if (u < s.weight) return s.make(q, r);
+    u -= s.weight;
+  }
+  return STYLES[0].make(q, r);
+}
+
+/** Everything the pipeline needs, generated from one seed. */
+export interface BuiltinTask {
+  sft: SftExample[];
+  pairs: PairExample[];
+  /** Held-out pairs labelled by the gold function without noise (RM accuracy). */
+  heldOutPairs: PairExample[];
+  /** Prompts for PPO rollouts. */
+  prompts: TaskQuestion[];
+  /** Held-out prompts for the gold evaluation before and after PPO. */
+  evalPrompts: TaskQuestion[];
+}
+
+/** Sizes of {@link makeBuiltinTask}. */
+export interface TaskSizes {
+  sft?: number;
+  pairs?: number;
+  heldOutPairs?: number;
+  prompts?: number;
+  evalPrompts?: number;
+  /** Fraction of training pairs whose label is flipped (default 0.1). */
+  labelNoise?: number;
+}
+
+/**
+ * Generates the task from `seed`. Pairs take two different styled responses to one question;
+ * the gold-preferred one is "chosen" (flipped with probability `labelNoise` in training pairs;
+ * ties are skipped).
+ *
+ * @example
+ * ```ts
+ * import { goldScore, makeBuiltinTask } from "./mod.ts";
+ * const task = makeBuiltinTask(1);
+ * const q = task.evalPrompts[0];
+ * console.log(q.prompt, goldScore(q, ` ${q.answer}.`)); // 1
+ * ```
+ */
+export function makeBuiltinTask(seed: number, sizes: TaskSizes = {}): BuiltinTask {
+  const r = rng(seed);
+  const noise = sizes.labelNoise ?? 0.1;
+  const sft: SftExample[] = [];
+  for (let i = 0; i < (sizes.sft ?? 2000); i++) {
+    const q = makeQuestion(r);
+    sft.push({ prompt: q.prompt, completion: sampleStyle(q, r) });
+  }
+  const makePairs = (n: number, flip: number) => {
+    const out: PairExample[] = [];
+    while (out.length < n) {
+      const q = makeQuestion(r);
+      const x = sampleStyle(q, r), y = sampleStyle(q, r);
+      const gx = goldScore(q, x), gy = goldScore(q, y);
+      if (gx === gy) continue;
+      let [chosen, rejected] = gx > gy ? [x, y] : [y, x];
+      if (r() < flip) [chosen, rejected] = [rejected, chosen];
+      out.push({ prompt: q.prompt, chosen, rejected });
+    }
+    return out;
+  };
+  const pairs = makePairs(sizes.pairs ?? 2000, noise);
+  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0);
+  const prompts = Array.from({ length: sizes.prompts ?? 1000 }, () => makeQuestion(r));
+  const evalPrompts = Array.from({ length: sizes.evalPrompts ?? 64 }, () => makeQuestion(r));
+  return { sft, pairs, heldOutPairs, prompts, evalPrompts };
+}
+
+/** The question behind an hh-style prompt of this task (for gold scoring), or null. */
+export function parseQuestion(prompt: string): TaskQuestion | null {
+  const m = prompt.match(/What is (\d) ([+-]) (\d)\?\n\nAssistant:$/);
+  if (!m) return null;
+  const a = Number(m[1]), b = Number(m[3]), op = m[2] as "+" | "-";
+  return { a, b, op, answer: op === "+" ? a + b : a - b, prompt };
+}
+
+/** The task's pairs as hh-rlhf JSONL lines (`{chosen, rejected}` full dialogues). */
+export function toHhJsonl(pairs: readonly PairExample[]): string {
+  return pairs.map((p) =>
+    JSON.stringify({ chosen: p.prompt + p.chosen, rejected: p.prompt + p.rejected })
+  )
+    .join("\n") + "\n";
+}
