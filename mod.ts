@@ -40,3 +40,7 @@ export * from "./model/generate.ts";
 export * from "./model/lora.ts";
 export * from "./trainer/data.ts";
 export * from "./trainer/task.ts";
+export * from "./trainer/config.ts";
+export * from "./trainer/batch.ts";
+export * from "./trainer/sft.ts";
+export * from "./trainer/rm.ts";

@@ -307,3 +307,38 @@ export function lastMaskedValues(
   );
   return { values: out, index };
 }
+
+const LAST_VALUES_BACKWARD = `
+struct P { B: u32, T: u32 }
+@group(0) @binding(0) var<storage, read_write> dscore: array<f32>; // (B)
+@group(0) @binding(1) var<storage, read_write> index: array<i32>;  // (B)
+@group(0) @binding(2) var<storage, read_write> dv: array<f32>;     // (B, T)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.B * p.T) { return; }
+  let b = i / p.T;
+  let t = i32(i % p.T);
+  dv[i] = select(0.0, dscore[b], t == index[b]);
+}`;
+
+/** Backward of {@link lastMaskedValues}: `dvalues[b, index[b]] = dscore[b]`, 0 elsewhere. */
+export function lastMaskedValuesBackward(
+  gpu: Gpu,
+  dscore: Tensor,
+  index: Tensor,
+  T: number,
+): Tensor {
+  const B = dscore.size;
+  checkShape(
+    index.size === B && index.dtype === "i32",
+    "lastMaskedValuesBackward: index must be i32 (B)",
+  );
+  const dv = gpu.empty([B, T]);
+  gpu.dispatch(
+    gpu.pipeline(LAST_VALUES_BACKWARD),
+    [dscore, index, dv],
+    gpu.grid(groups(B * T)),
+    new Params().u32(B, T),
+  );
+  return dv;
+}

@@ -537,6 +537,27 @@ export class Gpu {
   }
 
   /**
+   * Copies `count` elements from `src[srcOffset…]` to `dst[dstOffset…]` (a buffer copy recorded
+   * in order; only 4-byte alignment is needed).
+   */
+  copyRange(src: Tensor, srcOffset: number, dst: Tensor, dstOffset: number, count: number): void {
+    checkShape(
+      srcOffset >= 0 && dstOffset >= 0 && srcOffset + count <= src.size &&
+        dstOffset + count <= dst.size,
+      `copyRange: ${count} elements from ${srcOffset} (of ${src.size}) to ${dstOffset} (of ${dst.size})`,
+    );
+    if (count === 0) return;
+    this.#endPass();
+    this.#enc().copyBufferToBuffer(
+      src.buffer,
+      src.byteOffset + 4 * srcOffset,
+      dst.buffer,
+      dst.byteOffset + 4 * dstOffset,
+      4 * count,
+    );
+  }
+
+  /**
    * Reads a tensor back to the host: submits pending work and waits. This is the sync point;
    * call it once per step, not per kernel.
    */

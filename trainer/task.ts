@@ -1,15 +1,16 @@
 /**
  * The built-in task (SPEC §10): a small synthetic dialogue task generated deterministically
  * from a seed, in hh-rlhf format, with a hidden **gold** preference function computable from
- * text. The human asks a one-digit arithmetic question; the gold score of a response is
+ * text. The human asks a small addition (operands 0–4); the gold score of a response is
  *
  * - 0.6 when its first integer is the right answer,
  * - + 0.2 when it ends with a period (style),
  * - + 0.2 when it is concise (at most {@link CONCISE_CHARS} characters),
  *
- * so `" 12."` scores 1 while `" The answer is 12."` scores 0.8 and `" 11."` 0.4. The SFT
- * demonstrations mix good, verbose, unpunctuated and wrong answers (mean gold ≈ 0.6), so the
- * SFT model starts well below the best reachable score; preference pairs are labelled by the
+ * so `" 7."` scores 1 while `" 7, I am sure."` and `" 7"` score 0.8 and `" 6."` 0.4. The SFT
+ * demonstrations mix good, verbose, unpunctuated and wrong answers (mean gold ≈ 0.74; the most
+ * common style, verbose, scores 0.8), so the SFT model starts well below the best reachable
+ * score of 1; preference pairs are labelled by the
  * gold function with label noise.
  *
  * @module
@@ -51,12 +52,17 @@ export function goldScore(q: Pick<TaskQuestion, "answer">, response: string): nu
     (response.length <= CONCISE_CHARS ? 0.2 : 0);
 }
 
-/** The i-th question of a seeded stream (a, b in 0..9; subtraction never goes negative). */
+/**
+ * Operands are drawn from 0..MAX_OPERAND: 25 distinct additions, which the task model learns
+ * in a few hundred SFT steps (measured; 0..9 with subtraction did not converge in 500).
+ */
+export const MAX_OPERAND = 4;
+
+/** The next question of a seeded stream. */
 export function makeQuestion(r: () => number): TaskQuestion {
-  let a = Math.floor(r() * 10), b = Math.floor(r() * 10);
-  const op = r() < 0.5 ? "+" : "-";
-  if (op === "-" && b > a) [a, b] = [b, a];
-  const answer = op === "+" ? a + b : a - b;
+  const a = Math.floor(r() * (MAX_OPERAND + 1)), b = Math.floor(r() * (MAX_OPERAND + 1));
+  const op = "+";
+  const answer = a + b;
   return { a, b, op, answer, prompt: `\n\nHuman: What is ${a} ${op} ${b}?\n\nAssistant:` };
 }
 
@@ -67,12 +73,13 @@ function wrong(q: TaskQuestion, r: () => number): number {
 
 /** Response styles with their mixture weights in the SFT demonstrations. */
 const STYLES: { weight: number; make: (q: TaskQuestion, r: () => number) => string }[] = [
-  { weight: 0.25, make: (q) => ` ${q.answer}.` }, // gold 1.0
-  { weight: 0.25, make: (q) => ` It is ${q.answer}.` }, // 0.8 (verbose)
-  { weight: 0.15, make: (q) => ` ${q.answer}` }, // 0.8 (no period)
-  { weight: 0.25, make: (q, r) => ` ${wrong(q, r)}.` }, // 0.4
-  { weight: 0.10, make: (q, r) => ` Maybe ${wrong(q, r)}` }, // 0.0
+  { weight: 0.20, make: (q) => ` ${q.answer}.` }, // gold 1.0
+  { weight: 0.35, make: (q) => ` ${q.answer}, I am sure.` }, // 0.8 (verbose)
+  { weight: 0.25, make: (q) => ` ${q.answer}` }, // 0.8 (no period)
+  { weight: 0.12, make: (q, r) => ` ${wrong(q, r)}.` }, // 0.4
+  { weight: 0.08, make: (q, r) => ` ${wrong(q, r)}` }, // 0.2
 ];
+// (every style states the number first: the model learns the sum at one position)
 
 function sampleStyle(q: TaskQuestion, r: () => number): string {
   let u = r();
@@ -162,3 +169,19 @@ export function toHhJsonl(pairs: readonly PairExample[]): string {
   )
     .join("\n") + "\n";
 }
+
+/** The model the built-in task trains (byte vocabulary; 2 layers of width 64). */
+export const TASK_MODEL_CONFIG = {
+  vocab_size: 260,
+  hidden_size: 64,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  ffn_dim: 256,
+  max_position_embeddings: 64,
+  do_layer_norm_before: true,
+  word_embed_proj_dim: 64,
+  activation_function: "relu" as const,
+  pad_token_id: 1,
+  bos_token_id: 2,
+  eos_token_id: 2,
+};

@@ -1,0 +1,131 @@
+/**
+ * Learning tests of the supervised stages on the built-in task, with fixed seeds and stated
+ * bounds (CI-sized budgets; the full default run is measured separately), plus config
+ * validation and the non-finite-loss guard.
+ */
+import { Gpu } from "../kernels/runtime.ts";
+import { OptModel } from "../model/opt.ts";
+import { ByteTokenizer } from "../model/tokenizer.ts";
+import { ConfigError, defaults, resolveConfig, RM_SCHEMA, SFT_SCHEMA } from "../trainer/config.ts";
+import { evaluateRewardModel, trainRewardModel } from "../trainer/rm.ts";
+import { NonFiniteLossError, trainSft } from "../trainer/sft.ts";
+import { makeBuiltinTask, TASK_MODEL_CONFIG } from "../trainer/task.ts";
+import { encodePairs } from "../trainer/batch.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+
+const gpu = await Gpu.create();
+const tok = new ByteTokenizer();
+const task = makeBuiltinTask(1);
+const opts = { sanitizeOps: false, sanitizeResources: false };
+
+Deno.test({
+  ...opts,
+  name: "sft: completion-only cross-entropy falls on the built-in task (120 steps)",
+  async fn() {
+    const model = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: 1 });
+    const logs = await trainSft(model, tok, task.sft, { ...defaults(SFT_SCHEMA), steps: 120 }, {
+      logEvery: 10,
+    });
+    const first = logs[0]["sft/loss"], last = logs.at(-1)!["sft/loss"];
+    console.log(`sft loss: step 10 ${first.toFixed(3)} → step 120 ${last.toFixed(3)}`);
+    // ln(260) = 5.56 at init; the response-style entropy floor of the data is ≈ 0.5
+    assert(first > 1.0, `step-10 loss ${first}`);
+    assert(last < 0.8, `final loss ${last}`);
+    model.store.dispose();
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "rm: pairwise reward model beats chance on held-out gold-labelled pairs (150 steps)",
+  async fn() {
+    const rm = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: 2, valueHead: true });
+    const before = await evaluateRewardModel(rm, tok, task.heldOutPairs, { maxLength: 64 });
+    await trainRewardModel(rm, tok, task.pairs, { ...defaults(RM_SCHEMA), steps: 150 }, {
+      logEvery: 50,
+    });
+    const after = await evaluateRewardModel(rm, tok, task.heldOutPairs, { maxLength: 64 });
+    console.log(
+      `rm held-out accuracy ${before.accuracy.toFixed(3)} → ${after.accuracy.toFixed(3)}, margin ${
+        after.margin.toFixed(3)
+      }`,
+    );
+    assert(after.accuracy >= 0.65, `held-out accuracy ${after.accuracy} (chance 0.5)`);
+    assert(after.margin > 0, `mean margin ${after.margin}`);
+    rm.store.dispose();
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "rm: the token-level loss trains too; a NaN loss stops SFT with a named error",
+  async fn() {
+    const rm = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: 3, valueHead: true });
+    const logs = await trainRewardModel(rm, tok, task.pairs, {
+      ...defaults(RM_SCHEMA),
+      steps: 30,
+      loss: "token",
+    }, {
+      logEvery: 10,
+    });
+    assert(logs.every((m) => Number.isFinite(m["rm/loss"])), "finite token-level losses");
+    rm.store.dispose();
+    const model = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: 4 });
+    model.store.set("model.decoder.final_layer_norm.weight", new Float32Array(64).fill(NaN));
+    await assertThrows(
+      () => trainSft(model, tok, task.sft, { ...defaults(SFT_SCHEMA), steps: 3 }, { logEvery: 1 }),
+      NonFiniteLossError,
+      "SFT step 1",
+    );
+    model.store.dispose();
+  },
+});
+
+Deno.test("config: defaults, overrides, and named errors for unknown keys, types and ranges", async () => {
+  const c = resolveConfig(SFT_SCHEMA, { lr: 1e-3, completionOnly: false });
+  assertEquals([c.lr, c.completionOnly, c.steps], [1e-3, false, 300]);
+  await assertThrows(
+    () => resolveConfig(SFT_SCHEMA, { lrr: 1 }),
+    ConfigError,
+    'unknown config key "lrr"',
+  );
+  await assertThrows(
+    () => resolveConfig(SFT_SCHEMA, { lr: "high" }),
+    ConfigError,
+    "lr must be a number",
+  );
+  await assertThrows(
+    () => resolveConfig(SFT_SCHEMA, { steps: 2.5 }),
+    ConfigError,
+    "steps must be an integer",
+  );
+  await assertThrows(
+    () => resolveConfig(SFT_SCHEMA, { warmupRatio: 2 }),
+    ConfigError,
+    "warmupRatio must be ≤ 1",
+  );
+  await assertThrows(
+    () => resolveConfig(RM_SCHEMA, { loss: "hinge" }),
+    ConfigError,
+    "loss must be one of pairwise, token",
+  );
+});
+
+Deno.test("batch: prompts are cut on the left after BOS, completions get EOS and the only targets", () => {
+  const b = encodePairs(
+    tok,
+    [{ prompt: "abcdef", response: "XY" }, { prompt: "q", response: "Z" }],
+    {
+      maxLength: 6,
+      completionOnly: true,
+    },
+  );
+  assertEquals([b.B, b.T], [2, 6]);
+  // row 0: BOS d e f X Y EOS would be 7 > 6 → BOS e f X Y EOS
+  assertEquals(
+    tok.decode(Array.from(b.tokens.subarray(0, 6)), { skipSpecial: false }),
+    "</s>efXY</s>",
+  );
+  assertEquals(Array.from(b.targets.subarray(0, 6)), [-1, -1, 88 + 4, 89 + 4, 2, -1]);
+  assertEquals(Array.from(b.mask.subarray(6, 12)), [1, 1, 1, 1, 0, 0], "row 1 right-padded");
+});

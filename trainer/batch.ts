@@ -1,0 +1,104 @@
+/**
+ * Host-side batch building: tokenize, truncate and pad sequences (right padding, so that the
+ * chosen and rejected sequences of a pair line up token by token), with loss targets.
+ *
+ * @module
+ */
+
+import type { Tokenizer } from "../model/tokenizer.ts";
+
+/** A padded batch on the host, ready to upload. */
+export interface HostBatch {
+  B: number;
+  T: number;
+  tokens: Int32Array;
+  /** 1 for real tokens. */
+  mask: Float32Array;
+  /** 1 for response/completion tokens (including the EOS). */
+  responseMask: Float32Array;
+  /** Next-token targets: `tokens[t + 1]` where it counts for the loss, else −1. */
+  targets: Int32Array;
+}
+
+/**
+ * Encodes `(prompt, response)` pairs as `[BOS] prompt response [EOS]`, cut to `maxLength`
+ * (the prompt loses tokens from its left, after BOS; an over-long response is cut at the end),
+ * right-padded to the longest row. With `completionOnly` the targets cover only response
+ * tokens; otherwise every real next token.
+ */
+export function encodePairs(
+  tok: Tokenizer,
+  rows: readonly { prompt: string; response: string }[],
+  o: { maxLength: number; completionOnly?: boolean; eos?: boolean },
+): HostBatch {
+  const enc = rows.map(({ prompt, response }) => {
+    let p = tok.encode(prompt); // starts with BOS
+    let r = tok.encode(response, { addBos: false });
+    if (o.eos !== false) r = [...r, tok.eosId];
+    if (r.length > o.maxLength - 2) r = r.slice(0, o.maxLength - 2);
+    const room = o.maxLength - r.length;
+    if (p.length > room) p = [p[0], ...p.slice(p.length - (room - 1))];
+    return { p, r };
+  });
+  const B = rows.length;
+  const T = Math.max(2, ...enc.map((e) => e.p.length + e.r.length));
+  const tokens = new Int32Array(B * T).fill(tok.padId);
+  const mask = new Float32Array(B * T), responseMask = new Float32Array(B * T);
+  const targets = new Int32Array(B * T).fill(-1);
+  enc.forEach(({ p, r }, b) => {
+    const seq = [...p, ...r];
+    for (let t = 0; t < seq.length; t++) {
+      tokens[b * T + t] = seq[t];
+      mask[b * T + t] = 1;
+      if (t >= p.length) responseMask[b * T + t] = 1;
+    }
+    for (let t = 0; t + 1 < seq.length; t++) {
+      if (o.completionOnly === false || t + 1 >= p.length) targets[b * T + t] = seq[t + 1];
+    }
+  });
+  return { B, T, tokens, mask, responseMask, targets };
+}
+
+/** Deterministic shuffled index stream (reshuffled every epoch). */
+export class Sampler {
+  #order: number[] = [];
+  #pos = 0;
+  #s: number;
+  constructor(readonly n: number, seed: number) {
+    if (n <= 0) throw new Error("Sampler: empty dataset");
+    this.#s = seed >>> 0;
+  }
+  #rand(): number {
+    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
+    let t = this.#s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  /** The next `k` indices. */
+  next(k: number): number[] {
+    const out: number[] = [];
+    while (out.length < k) {
+      if (this.#pos >= this.#order.length) {
+        this.#order = Array.from({ length: this.n }, (_, i) => i);
+        for (let i = this.n - 1; i > 0; i--) {
+          const j = Math.floor(this.#rand() * (i + 1));
+          [this.#order[i], this.#order[j]] = [this.#order[j], this.#order[i]];
+        }
+        this.#pos = 0;
+      }
+      out.push(this.#order[this.#pos++]);
+    }
+    return out;
+  }
+  /** Serializable state (for resume). */
+  state(): { s: number; pos: number; order: number[] } {
+    return { s: this.#s, pos: this.#pos, order: [...this.#order] };
+  }
+  /** Restores {@link state}. */
+  restore(st: { s: number; pos: number; order: number[] }): void {
+    this.#s = st.s;
+    this.#pos = st.pos;
+    this.#order = [...st.order];
+  }
+}
