@@ -44,3 +44,4 @@ export * from "./trainer/config.ts";
 export * from "./trainer/batch.ts";
 export * from "./trainer/sft.ts";
 export * from "./trainer/rm.ts";
+export * from "./trainer/ppo.ts";

@@ -164,3 +164,82 @@ export const RM_SCHEMA: Schema<RmConfig> = {
   },
   seed: { default: 0, doc: "shuffling seed", integer: true },
 };
+
+/** PPO hyperparameters (SPEC §8; defaults follow the seed recipe where it names one). */
+export interface PpoConfig {
+  iterations: number;
+  batchSize: number;
+  miniBatchSize: number;
+  ppoEpochs: number;
+  maxNewTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  actorLr: number;
+  criticLr: number;
+  warmupRatio: number;
+  maxGradNorm: number;
+  gamma: number;
+  lambda: number;
+  klCoef: number;
+  klEstimator: "k1" | "abs" | "mse" | "k3";
+  adaptiveKl: boolean;
+  klTarget: number;
+  klHorizon: number;
+  scoreClip: number;
+  clipRange: number;
+  clipRangeValue: number;
+  entropyCoef: number;
+  targetApproxKl: number;
+  missingEosPenalty: number;
+  whitenAdvantages: boolean;
+  seed: number;
+}
+
+/** The PPO schema with its documented defaults. */
+export const PPO_SCHEMA: Schema<PpoConfig> = {
+  iterations: { default: 100, doc: "rollout + update iterations", min: 1, integer: true },
+  batchSize: { default: 32, doc: "prompts per rollout", min: 1, integer: true },
+  miniBatchSize: { default: 8, doc: "rows per PPO minibatch", min: 1, integer: true },
+  ppoEpochs: {
+    default: 4,
+    doc: "passes over each rollout (shuffled minibatches)",
+    min: 1,
+    integer: true,
+  },
+  maxNewTokens: { default: 8, doc: "response tokens sampled per prompt", min: 1, integer: true },
+  temperature: { default: 1.0, doc: "rollout sampling temperature", min: 0 },
+  topK: { default: 0, doc: "rollout top-k (0 = off)", min: 0, integer: true },
+  topP: { default: 1.0, doc: "rollout top-p (1 = off)", min: 0, max: 1 },
+  actorLr: { default: 1e-3, doc: "actor learning rate (seed recipe: 1e-5 for OPT-350m)", min: 0 },
+  criticLr: { default: 2e-3, doc: "critic learning rate (seed recipe: 5e-5)", min: 0 },
+  warmupRatio: { default: 0.0, doc: "fraction of iterations with linear warmup", min: 0, max: 1 },
+  maxGradNorm: { default: 1.0, doc: "global gradient-norm clip per model (0 = off)", min: 0 },
+  gamma: { default: 1.0, doc: "discount γ", min: 0, max: 1 },
+  lambda: { default: 0.95, doc: "GAE λ", min: 0, max: 1 },
+  klCoef: { default: 0.1, doc: "initial KL coefficient β", min: 0 },
+  klEstimator: {
+    default: "k1",
+    doc: "per-token KL estimator",
+    choices: ["k1", "abs", "mse", "k3"],
+  },
+  adaptiveKl: { default: false, doc: "adapt β towards klTarget (Ziegler et al.)" },
+  klTarget: { default: 6.0, doc: "target KL for the adaptive controller", min: 0 },
+  klHorizon: { default: 10000, doc: "horizon of the adaptive controller", min: 1 },
+  scoreClip: { default: 5.0, doc: "clip of the reward-model score", min: 0 },
+  clipRange: { default: 0.2, doc: "ratio clip ε", min: 0 },
+  clipRangeValue: { default: 0.2, doc: "value clip ε_v", min: 0 },
+  entropyCoef: { default: 0.0, doc: "entropy bonus coefficient", min: 0 },
+  targetApproxKl: {
+    default: 0,
+    doc: "stop an iteration's epochs when approx-KL exceeds this (0 = off)",
+    min: 0,
+  },
+  missingEosPenalty: {
+    default: 0,
+    doc: "subtracted from the score of responses without EOS",
+    min: 0,
+  },
+  whitenAdvantages: { default: true, doc: "whiten advantages over the batch's valid tokens" },
+  seed: { default: 0, doc: "rollout sampling seed", integer: true },
+};
