@@ -142,6 +142,21 @@ export class ParamStore {
     });
   }
 
+  /**
+   * Copies every parameter that `other` also has (same name and shape) from `other`, on the
+   * GPU; returns the names copied. E.g. start a reward model (with `v_head`) from an SFT model.
+   */
+  copyFrom(other: ParamStore): string[] {
+    const copied: string[] = [];
+    for (const [name, s] of this.slots) {
+      const o = other.slots.get(name);
+      if (!o || o.spec.shape.join() !== s.spec.shape.join()) continue;
+      this.gpu.copyRange(other.params, o.offset, this.params, s.offset, s.size);
+      copied.push(name);
+    }
+    return copied;
+  }
+
   /** Sets every gradient to zero (one clear). */
   zeroGrads(): void {
     this.gpu.clear(this.grads);
