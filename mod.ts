@@ -45,3 +45,5 @@ export * from "./trainer/batch.ts";
 export * from "./trainer/sft.ts";
 export * from "./trainer/rm.ts";
 export * from "./trainer/ppo.ts";
+export * from "./trainer/pipeline.ts";
+export * from "./trainer/report.ts";

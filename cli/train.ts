@@ -1,0 +1,168 @@
+/**
+ * `deno task train [--config file.json] [--section.key=value …]`: runs SFT → reward model →
+ * PPO on the built-in task and writes `runs/<name>/`: the resolved `config.json`,
+ * `metrics.jsonl`, a checkpoint per stage (`sft/`, `rm/`, `ppo/`, HF layout, written
+ * atomically), `summary.json` and `report.html`. Overrides use the config sections
+ * `run.`, `sft.`, `rm.`, `ppo.` (e.g. `--ppo.iterations=50 --sft.lr=1e-3`); unknown keys and
+ * wrong types are errors.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { Gpu } from "../kernels/runtime.ts";
+import { coerce, ConfigError, type Schema } from "../trainer/config.ts";
+import { PPO_SCHEMA, RM_SCHEMA, SFT_SCHEMA } from "../trainer/config.ts";
+import { resolvePipelineConfig, RUN_SCHEMA, runBuiltinPipeline } from "../trainer/pipeline.ts";
+import { type MetricRecord, renderReport } from "../trainer/report.ts";
+import { NonFiniteLossError } from "../trainer/sft.ts";
+import { writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
+import { UsageError } from "./args.ts";
+
+const SCHEMAS: Record<string, Schema<unknown>> = {
+  run: RUN_SCHEMA as Schema<unknown>,
+  sft: SFT_SCHEMA as Schema<unknown>,
+  rm: RM_SCHEMA as Schema<unknown>,
+  ppo: PPO_SCHEMA as Schema<unknown>,
+};
+
+/** Parses the command line into pipeline overrides. */
+export async function parseTrainArgs(
+  argv: string[],
+): Promise<{ overrides: Record<string, unknown>; out: string }> {
+  const overrides: Record<string, unknown> = {};
+  let out = "runs";
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) throw new UsageError(`unexpected argument "${a}"`);
+    const eq = a.indexOf("=");
+    const key = a.slice(2, eq < 0 ? undefined : eq);
+    const value = eq < 0 ? argv[++i] : a.slice(eq + 1);
+    if (value === undefined) throw new UsageError(`--${key} needs a value`);
+    if (key === "config") {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(await Deno.readTextFile(value));
+      } catch (e) {
+        throw new UsageError(`--config ${value}: ${(e as Error).message}`);
+      }
+      if (typeof parsed !== "object" || parsed === null) {
+        throw new UsageError(`--config ${value}: not an object`);
+      }
+      for (const [sec, obj] of Object.entries(parsed)) {
+        if (!(sec in SCHEMAS) || typeof obj !== "object" || obj === null) {
+          throw new UsageError(`--config ${value}: unknown section "${sec}" (run, sft, rm, ppo)`);
+        }
+        for (const [k, v] of Object.entries(obj)) overrides[`${sec}.${k}`] = v;
+      }
+    } else if (key === "preset") {
+      if (value !== "builtin") {
+        throw new UsageError(
+          `--preset ${value}: only "builtin" is available (simple-rlhf-tiny comes with local checkpoints)`,
+        );
+      }
+    } else if (key === "out") {
+      out = value;
+    } else {
+      const dot = key.indexOf(".");
+      const sec = key.slice(0, dot), field = key.slice(dot + 1);
+      if (dot < 0 || !(sec in SCHEMAS)) {
+        throw new UsageError(
+          `unknown option --${key} (use --config, --preset, --out or --<run|sft|rm|ppo>.<key>=value)`,
+        );
+      }
+      overrides[key] = coerce(SCHEMAS[sec], field, value);
+    }
+  }
+  return { overrides, out };
+}
+
+function bar(
+  stage: string,
+  done: number,
+  total: number,
+  t0: number,
+  m?: Record<string, number>,
+): string {
+  const w = 24, f = Math.round((done / total) * w);
+  const el = (performance.now() - t0) / 1000, eta = done > 0 ? (el / done) * (total - done) : 0;
+  const keys = [
+    "sft/loss",
+    "rm/loss",
+    "rm/train_accuracy",
+    "objective/scores",
+    "objective/kl",
+    "gold/rollout",
+  ];
+  const info = m ? keys.filter((k) => k in m).map((k) => `${k}=${m[k].toFixed(3)}`).join(" ") : "";
+  return `[${stage.padEnd(3)}] ${"█".repeat(f)}${"░".repeat(w - f)} ${done}/${total} ${
+    el.toFixed(0)
+  }s ETA ${eta.toFixed(0)}s ${info}`;
+}
+
+async function main(): Promise<void> {
+  const { overrides, out } = await parseTrainArgs(Deno.args);
+  const cfg = resolvePipelineConfig(overrides);
+  const dir = join(out, cfg.run.name);
+  await Deno.mkdir(dir, { recursive: true });
+  await writeFileAtomic(join(dir, "config.json"), JSON.stringify(cfg, null, 2));
+  const metricsPath = join(dir, "metrics.jsonl");
+  await Deno.writeTextFile(metricsPath, "");
+  const records: MetricRecord[] = [];
+  const gpu = await Gpu.create();
+  const tty = Deno.stderr.isTerminal();
+  const enc = new TextEncoder();
+  const starts: Record<string, number> = {};
+  let lastStage = "";
+  console.error(`webgpu-rlhf: built-in task on ${gpu.adapterDescription}; writing ${dir}/`);
+  const summary = await runBuiltinPipeline(gpu, cfg, {
+    onMetrics: async (stage, m) => {
+      const rec = { stage, ...m };
+      records.push(rec);
+      await Deno.writeTextFile(metricsPath, JSON.stringify(rec) + "\n", { append: true });
+    },
+    onProgress: (stage, done, total, m) => {
+      starts[stage] ??= performance.now();
+      if (stage !== lastStage && lastStage && tty) Deno.stderr.writeSync(enc.encode("\n"));
+      lastStage = stage;
+      const line = bar(stage, done, total, starts[stage], m);
+      if (tty) Deno.stderr.writeSync(enc.encode(`\r${line}\x1b[K`));
+      else if (done === total || done % Math.max(1, Math.round(total / 5)) === 0) {
+        console.error(line);
+      }
+    },
+    saveCheckpoint: (stage, files) => writeCheckpointDir(join(dir, stage), files),
+    log: (line) => console.error((tty ? "\n" : "") + line),
+  });
+  if (tty) Deno.stderr.writeSync(enc.encode("\n"));
+  const { samples_before, samples_after, ...numbers } = summary;
+  await writeFileAtomic(
+    join(dir, "summary.json"),
+    JSON.stringify({ ...numbers, samples_before, samples_after }, null, 2),
+  );
+  await writeFileAtomic(join(dir, "report.html"), renderReport(cfg.run.name, records, summary));
+  console.log("\nsummary");
+  for (const [k, v] of Object.entries(numbers)) console.log(`  ${k.padEnd(14)} ${v.toFixed(3)}`);
+  console.log(`\nreport: ${join(dir, "report.html")}`);
+  gpu.destroy();
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    const err = e as Error;
+    if (e instanceof UsageError || e instanceof ConfigError) {
+      console.error(`train: ${err.message}`);
+      Deno.exit(2);
+    }
+    if (e instanceof NonFiniteLossError) {
+      console.error(
+        `train: stopped — ${err.name}: ${err.message} (earlier stage checkpoints are intact)`,
+      );
+      Deno.exit(1);
+    }
+    console.error(`train: ${err.name}: ${err.message}`);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * `deno task train` end to end with a tiny budget: the run directory's files, their contents,
+ * checkpoints that load, and named errors for bad flags. (Learning itself is asserted in
+ * trainer_test.ts; the full default run is measured, not tested.)
+ */
+import { join } from "node:path";
+import { Gpu } from "../kernels/runtime.ts";
+import { loadOptModel } from "../model/checkpoint.ts";
+import { readCheckpointDir } from "../cli/checkpoint_files.ts";
+import { assert, assertEquals } from "./assert.ts";
+
+const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
+
+async function train(args: string[]) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-env", "--allow-read", "--allow-write", CLI, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
+}
+
+Deno.test({
+  name: "train CLI: a tiny run writes config, metrics, checkpoints, summary and report",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const out = await Deno.makeTempDir();
+    const r = await train([
+      `--out=${out}`,
+      "--run.name=tiny",
+      "--sft.steps=20",
+      "--rm.steps=10",
+      "--ppo.iterations=2",
+      "--ppo.batchSize=8",
+      "--ppo.miniBatchSize=4",
+    ]);
+    assertEquals(r.code, 0, r.err.slice(-2000));
+    const dir = join(out, "tiny");
+    const cfg = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
+    assertEquals([cfg.sft.steps, cfg.rm.steps, cfg.ppo.iterations, cfg.ppo.batchSize], [
+      20,
+      10,
+      2,
+      8,
+    ]);
+    const lines = (await Deno.readTextFile(join(dir, "metrics.jsonl"))).trim().split("\n").map((
+      l,
+    ) => JSON.parse(l));
+    assertEquals(lines.filter((l) => l.stage === "sft").length, 2, "SFT logs every 10 steps");
+    assertEquals(lines.filter((l) => l.stage === "ppo").length, 2, "one record per PPO iteration");
+    assert(
+      lines.some((l) => l.stage === "rm" && "rm/accuracy" in l),
+      "held-out RM accuracy logged",
+    );
+    const summary = JSON.parse(await Deno.readTextFile(join(dir, "summary.json")));
+    for (
+      const k of [
+        "wall_seconds",
+        "rm/accuracy",
+        "gold/before",
+        "gold/after",
+        "score/before",
+        "score/after",
+        "objective/kl",
+      ]
+    ) {
+      assert(
+        typeof summary[k] === "number" && Number.isFinite(summary[k]),
+        `summary.${k} = ${summary[k]}`,
+      );
+    }
+    const html = await Deno.readTextFile(join(dir, "report.html"));
+    assert(
+      html.includes("<svg") && html.includes("before PPO") && html.includes("objective/kl"),
+      "report",
+    );
+    const gpu = await Gpu.create();
+    for (const stage of ["sft", "rm", "ppo"]) {
+      const files = await readCheckpointDir(join(dir, stage));
+      const { model } = loadOptModel(gpu, files.config, files.weights);
+      assertEquals(model.hasValueHead, stage === "rm", `${stage} checkpoint loads`);
+    }
+    gpu.destroy();
+    await Deno.remove(out, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "train CLI: unknown keys and wrong types are named errors (exit 2)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const a = await train(["--sft.stepz=3"]);
+    assert(a.code === 2 && a.err.includes('unknown config key "stepz"'), a.err);
+    const b = await train(["--ppo.klEstimator=k9"]);
+    assert(b.code === 2 && b.err.includes("klEstimator must be one of"), b.err);
+    const c = await train(["--sft.lr=fast"]);
+    assert(c.code === 2 && c.err.includes("lr must be a number"), c.err);
+    const d = await train(["--verbose=1"]);
+    assert(d.code === 2 && d.err.includes("unknown option --verbose"), d.err);
+  },
+});
