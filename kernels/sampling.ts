@@ -16,10 +16,11 @@
 
 import { checkShape } from "./errors.ts";
 import { PRNG_WGSL } from "./prng.ts";
+import { ROW_WG, WG_REDUCE } from "./reduce.ts";
 import type { Gpu, Tensor } from "./runtime.ts";
 import { Params } from "./runtime.ts";
 
-const WG = 64;
+const WG = ROW_WG;
 
 const SAMPLE = `${PRNG_WGSL}
 struct P {
@@ -34,32 +35,11 @@ struct P {
 @group(0) @binding(4) var<storage, read_write> finished: array<u32>; // (B)
 @group(0) @binding(5) var<uniform> p: P;
 
+${WG_REDUCE}
 var<workgroup> rv: array<f32, ${WG}>;
 var<workgroup> ri: array<u32, ${WG}>;
 var<workgroup> done_: u32;
 
-fn wsum(v: f32, lid: u32) -> f32 {
-  rv[lid] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { rv[lid] += rv[lid + s]; }
-    workgroupBarrier();
-  }
-  let r = rv[0];
-  workgroupBarrier();
-  return r;
-}
-fn wmax(v: f32, lid: u32) -> f32 {
-  rv[lid] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { rv[lid] = max(rv[lid], rv[lid + s]); }
-    workgroupBarrier();
-  }
-  let r = rv[0];
-  workgroupBarrier();
-  return r;
-}
 // argmax with the smallest index among ties
 fn wargmax(v: f32, i: u32, lid: u32) -> u32 {
   rv[lid] = v;
@@ -90,11 +70,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   var mx = -3.4e38;
   var mn = 3.4e38;
   for (var i = lid; i < p.V; i += ${WG}u) { let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z); }
-  mx = wmax(mx, lid);
-  mn = -wmax(-mn, lid);
+  mx = wg_max(mx, lid);
+  mn = -wg_max(-mn, lid);
   var s = 0.0;
   for (var i = lid; i < p.V; i += ${WG}u) { s += exp(logits[base + i] - mx); }
-  let lse = mx + log(wsum(s, lid));
+  let lse = mx + log(wg_sum(s, lid));
 
   var choice = 0u;
   if (p.greedy == 1u || p.temperature <= 0.0) {
@@ -116,7 +96,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         let mid = 0.5 * (lo + hi);
         var c = 0.0;
         for (var i = lid; i < p.V; i += ${WG}u) { c += select(0.0, 1.0, logits[base + i] >= mid); }
-        if (wsum(c, lid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
+        if (wg_sum(c, lid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
       }
       tk = lo;
     }
@@ -128,7 +108,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         let z = logits[base + i];
         if (z >= tk) { zk += exp((z - mx) / T); }
       }
-      zk = wsum(zk, lid);
+      zk = wg_sum(zk, lid);
       var lo = tk;
       var hi = mx;
       for (var it = 0; it < 40; it++) {
@@ -138,7 +118,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
           let z = logits[base + i];
           if (z >= mid && z >= tk) { m += exp((z - mx) / T); }
         }
-        if (wsum(m, lid) >= p.top_p * zk) { lo = mid; } else { hi = mid; }
+        if (wg_sum(m, lid) >= p.top_p * zk) { lo = mid; } else { hi = mid; }
       }
       tp = lo;
     }

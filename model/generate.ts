@@ -154,33 +154,14 @@ export async function generate(
 
   function copyPromptMask(src: Tensor, dst: Tensor, rows: number, cols: number): void {
     // the key mask has a wider row stride than the prompt mask: copy row by row
-    const enc = gpu.encoder();
-    const stride = dst.shape[1];
-    for (let b = 0; b < rows; b++) {
-      enc.copyBufferToBuffer(
-        src.buffer,
-        src.byteOffset + 4 * b * cols,
-        dst.buffer,
-        dst.byteOffset + 4 * b * stride,
-        4 * cols,
-      );
-    }
+    for (let b = 0; b < rows; b++) gpu.copyRange(src, b * cols, dst, b * dst.shape[1], cols);
   }
 
   function trimColumns(o: SampleTargets, n: number) {
     if (n === G) return o;
     const take = (t: Tensor) => {
       const r = gpu.empty([B, n], t.dtype);
-      const enc = gpu.encoder();
-      for (let b = 0; b < B; b++) {
-        enc.copyBufferToBuffer(
-          t.buffer,
-          t.byteOffset + 4 * b * G,
-          r.buffer,
-          r.byteOffset + 4 * b * n,
-          4 * n,
-        );
-      }
+      for (let b = 0; b < B; b++) gpu.copyRange(t, b * G, r, b * n, n);
       t.dispose();
       return r;
     };

@@ -117,22 +117,29 @@ export interface SftConfig {
   seed: number;
 }
 
+/** Fields shared by the supervised stages (optimizer, schedule, sequence length, seed). */
+function supervisedFields(steps: number, batchDoc: string, lr: number) {
+  return {
+    steps: { default: steps, doc: "optimizer steps", min: 1, integer: true },
+    batchSize: { default: 16, doc: batchDoc, min: 1, integer: true },
+    lr: { default: lr, doc: "peak learning rate (cosine decay after warmup)", min: 0 },
+    warmupRatio: { default: 0.05, doc: "fraction of steps with linear warmup", min: 0, max: 1 },
+    weightDecay: { default: 0.0, doc: "AdamW decoupled weight decay on weight matrices", min: 0 },
+    maxGradNorm: { default: 1.0, doc: "global gradient-norm clip (0 = off)", min: 0 },
+    maxLength: {
+      default: 64,
+      doc: "tokens per sequence (longer prompts are cut on the left)",
+      min: 2,
+      integer: true,
+    },
+    seed: { default: 0, doc: "shuffling seed", integer: true },
+  };
+}
+
 /** The SFT schema with its documented defaults. */
 export const SFT_SCHEMA: Schema<SftConfig> = {
-  steps: { default: 300, doc: "optimizer steps", min: 1, integer: true },
-  batchSize: { default: 16, doc: "sequences per step", min: 1, integer: true },
-  lr: { default: 3e-3, doc: "peak learning rate (cosine decay after warmup)", min: 0 },
-  warmupRatio: { default: 0.05, doc: "fraction of steps with linear warmup", min: 0, max: 1 },
-  weightDecay: { default: 0.0, doc: "AdamW decoupled weight decay on weight matrices", min: 0 },
-  maxGradNorm: { default: 1.0, doc: "global gradient-norm clip (0 = off)", min: 0 },
-  maxLength: {
-    default: 64,
-    doc: "tokens per sequence (longer prompts are cut on the left)",
-    min: 2,
-    integer: true,
-  },
+  ...supervisedFields(300, "sequences per step", 3e-3),
   completionOnly: { default: true, doc: "loss on completion tokens only (false: whole sequence)" },
-  seed: { default: 0, doc: "shuffling seed", integer: true },
 };
 
 /** Reward-model hyperparameters. */
@@ -150,19 +157,12 @@ export interface RmConfig {
 
 /** The reward-model schema with its documented defaults. */
 export const RM_SCHEMA: Schema<RmConfig> = {
-  steps: { default: 200, doc: "optimizer steps", min: 1, integer: true },
-  batchSize: { default: 16, doc: "preference pairs per step", min: 1, integer: true },
-  lr: { default: 2e-3, doc: "peak learning rate", min: 0 },
-  warmupRatio: { default: 0.05, doc: "fraction of steps with linear warmup", min: 0, max: 1 },
-  weightDecay: { default: 0.0, doc: "AdamW weight decay", min: 0 },
-  maxGradNorm: { default: 1.0, doc: "global gradient-norm clip (0 = off)", min: 0 },
-  maxLength: { default: 64, doc: "tokens per sequence", min: 2, integer: true },
+  ...supervisedFields(200, "preference pairs per step", 2e-3),
   loss: {
     default: "pairwise",
     doc: "pairwise: −log σ(r_w − r_l − m); token: DeepSpeed-Chat token-level loss",
     choices: ["pairwise", "token"],
   },
-  seed: { default: 0, doc: "shuffling seed", integer: true },
 };
 
 /** PPO hyperparameters (SPEC §8; defaults follow the seed recipe where it names one). */

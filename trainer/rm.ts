@@ -9,7 +9,6 @@
  */
 
 import { lastMaskedValues, lastMaskedValuesBackward } from "../kernels/embedding.ts";
-import { learningRate } from "../kernels/optimizer.ts";
 import { pairwiseRewardLoss, tokenPairRewardLoss } from "../kernels/rl.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
@@ -17,7 +16,7 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import { encodePairs, type HostBatch, Sampler } from "./batch.ts";
 import type { RmConfig } from "./config.ts";
 import type { PairExample } from "./data.ts";
-import { type Metrics, NonFiniteLossError, type TrainHooks } from "./sft.ts";
+import { type Metrics, NonFiniteLossError, optimizerStep, type TrainHooks } from "./sft.ts";
 
 function pairBatch(tok: Tokenizer, pairs: readonly PairExample[], maxLength: number): HostBatch {
   return encodePairs(
@@ -102,13 +101,7 @@ export async function trainRewardModel(
       temps.push(vw, vl, span, l.dchosen, l.drejected);
     }
     model.backward(acts, { dvalues: dvalues.reshape([2 * P * b.T]) });
-    const norm = store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
-    const lr = learningRate(step, {
-      lr: cfg.lr,
-      totalSteps: cfg.steps,
-      warmupRatio: cfg.warmupRatio,
-    });
-    store.adamw({ lr, weightDecay: cfg.weightDecay });
+    const { norm, lr } = optimizerStep(store, cfg, step);
     if ((step + 1) % logEvery === 0 || step === cfg.steps - 1) {
       const lv = (await gpu.readF32(loss))[2];
       if (!Number.isFinite(lv)) throw new NonFiniteLossError(`RM step ${step + 1}: loss ${lv}`);

@@ -10,6 +10,8 @@ import { fill } from "../kernels/elementwise.ts";
 import { learningRate } from "../kernels/optimizer.ts";
 import { crossEntropy, crossEntropyBackward } from "../kernels/softmax.ts";
 import type { OptModel } from "../model/opt.ts";
+import type { ParamStore } from "../model/params.ts";
+import type { Tensor } from "../kernels/runtime.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { encodePairs, Sampler } from "./batch.ts";
 import type { SftConfig } from "./config.ts";
@@ -21,6 +23,26 @@ export class NonFiniteLossError extends Error {
     super(message);
     this.name = "NonFiniteLossError";
   }
+}
+
+/**
+ * One optimizer step of a supervised stage: clip to `maxGradNorm` (0 = no clip; the norm is
+ * computed either way), AdamW at the scheduled learning rate (warmup, then cosine). Returns the
+ * GPU norm stats (`[0]` = pre-clip norm) and the learning rate used.
+ */
+export function optimizerStep(
+  store: ParamStore,
+  cfg: { lr: number; steps: number; warmupRatio: number; weightDecay: number; maxGradNorm: number },
+  step: number,
+): { norm: Tensor; lr: number } {
+  const norm = store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
+  const lr = learningRate(step, {
+    lr: cfg.lr,
+    totalSteps: cfg.steps,
+    warmupRatio: cfg.warmupRatio,
+  });
+  store.adamw({ lr, weightDecay: cfg.weightDecay });
+  return { norm, lr };
 }
 
 /** Metrics of one logged step (slash-named like TRL). */
@@ -78,13 +100,7 @@ export async function trainSft(
     fill(gpu, dloss, 1 / Math.max(count, 1));
     const dlogits = crossEntropyBackward(gpu, logits, targets, ce.lse, dloss);
     model.backward(acts, { dlogits });
-    const norm = store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
-    const lr = learningRate(step, {
-      lr: cfg.lr,
-      totalSteps: cfg.steps,
-      warmupRatio: cfg.warmupRatio,
-    });
-    store.adamw({ lr, weightDecay: cfg.weightDecay });
+    const { norm, lr } = optimizerStep(store, cfg, step);
     if ((step + 1) % logEvery === 0 || step === cfg.steps - 1) {
       const l = await gpu.readF32(ce.loss);
       const loss = l.reduce((s, v) => s + v, 0) / Math.max(count, 1);
