@@ -65,8 +65,11 @@ export interface PipelineConfig {
 export const BUILTIN_DEFAULTS: PipelineConfig = {
   run: defaults(RUN_SCHEMA),
   sft: { ...defaults(SFT_SCHEMA), steps: 300 },
-  rm: { ...defaults(RM_SCHEMA), steps: 300 },
-  ppo: { ...defaults(PPO_SCHEMA), iterations: 30 },
+  // 600 RM steps reach ≥ 0.8 held-out accuracy (300 gave 0.755)
+  rm: { ...defaults(RM_SCHEMA), steps: 600 },
+  // a stronger RM is exploitable by truncated responses (" 5, I am s…" scored 2.1 with gold 0):
+  // penalise responses that never emit EOS, as TRL's missing_eos_penalty does
+  ppo: { ...defaults(PPO_SCHEMA), iterations: 30, missingEosPenalty: 1.0 },
 };
 
 /**
