@@ -2,7 +2,10 @@
  * `deno task train [--config file.json] [--section.key=value …]`: runs SFT → reward model →
  * PPO on the built-in task and writes `runs/<name>/`: the resolved `config.json`,
  * `metrics.jsonl`, a checkpoint per stage (`sft/`, `rm/`, `ppo/`, HF layout, written
- * atomically), `summary.json` and `report.html`. Overrides use the config sections
+ * atomically), resumable PPO state (`ppo/*_state.*`), `summary.json` and `report.html`.
+ * `--resume --run.name=N` continues run N from its checkpoints (finished stages are loaded, PPO
+ * resumes after its last state checkpoint); `--stop-after=K` ends PPO after iteration K
+ * (checkpointed). Overrides use the config sections
  * `run.`, `sft.`, `rm.`, `ppo.` (e.g. `--ppo.iterations=50 --sft.lr=1e-3`); unknown keys and
  * wrong types are errors.
  *
@@ -29,11 +32,17 @@ const SCHEMAS: Record<string, Schema<unknown>> = {
 /** Parses the command line into pipeline overrides. */
 export async function parseTrainArgs(
   argv: string[],
-): Promise<{ overrides: Record<string, unknown>; out: string }> {
+): Promise<
+  { overrides: Record<string, unknown>; out: string; resume: boolean; stopAfter?: number }
+> {
   const overrides: Record<string, unknown> = {};
-  let out = "runs";
+  let out = "runs", resume = false, stopAfter: number | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
+    if (a === "--resume") {
+      resume = true;
+      continue;
+    }
     if (!a.startsWith("--")) throw new UsageError(`unexpected argument "${a}"`);
     const eq = a.indexOf("=");
     const key = a.slice(2, eq < 0 ? undefined : eq);
@@ -63,18 +72,24 @@ export async function parseTrainArgs(
       }
     } else if (key === "out") {
       out = value;
+    } else if (key === "stop-after") {
+      stopAfter = Number(value);
+      if (!Number.isInteger(stopAfter) || stopAfter < 1) {
+        throw new UsageError(`--stop-after must be a PPO iteration ≥ 1, got "${value}"`);
+      }
     } else {
       const dot = key.indexOf(".");
       const sec = key.slice(0, dot), field = key.slice(dot + 1);
       if (dot < 0 || !(sec in SCHEMAS)) {
         throw new UsageError(
-          `unknown option --${key} (use --config, --preset, --out or --<run|sft|rm|ppo>.<key>=value)`,
+          `unknown option --${key} (use --config, --preset, --out, --resume, --stop-after or ` +
+            `--<run|sft|rm|ppo>.<key>=value)`,
         );
       }
       overrides[key] = coerce(SCHEMAS[sec], field, value);
     }
   }
-  return { overrides, out };
+  return { overrides, out, resume, stopAfter };
 }
 
 function bar(
@@ -101,13 +116,28 @@ function bar(
 }
 
 async function main(): Promise<void> {
-  const { overrides, out } = await parseTrainArgs(Deno.args);
-  const cfg = resolvePipelineConfig(overrides);
+  const { overrides, out, resume, stopAfter } = await parseTrainArgs(Deno.args);
+  let cfg = resolvePipelineConfig(overrides);
   const dir = join(out, cfg.run.name);
-  await Deno.mkdir(dir, { recursive: true });
-  await writeFileAtomic(join(dir, "config.json"), JSON.stringify(cfg, null, 2));
+  if (resume) {
+    // the run's own resolved config; only its name (and the output folder) come from the flags
+    const extra = Object.keys(overrides).filter((k) => k !== "run.name");
+    if (extra.length) {
+      throw new UsageError(`--resume uses the run's saved config; drop ${extra.join(", ")}`);
+    }
+    let saved: string;
+    try {
+      saved = await Deno.readTextFile(join(dir, "config.json"));
+    } catch {
+      throw new UsageError(`--resume: ${dir}/config.json not found (no run named ${cfg.run.name})`);
+    }
+    cfg = JSON.parse(saved);
+  } else {
+    await Deno.mkdir(dir, { recursive: true });
+    await writeFileAtomic(join(dir, "config.json"), JSON.stringify(cfg, null, 2));
+  }
   const metricsPath = join(dir, "metrics.jsonl");
-  await Deno.writeTextFile(metricsPath, "");
+  if (!resume) await Deno.writeTextFile(metricsPath, "");
   const records: MetricRecord[] = [];
   const gpu = await Gpu.create();
   const tty = Deno.stderr.isTerminal();
@@ -132,8 +162,22 @@ async function main(): Promise<void> {
       }
     },
     saveCheckpoint: (stage, files) => writeCheckpointDir(join(dir, stage), files),
+    saveState: async (name, data) => {
+      await Deno.mkdir(join(dir, name, ".."), { recursive: true });
+      await writeFileAtomic(join(dir, name), data);
+    },
+    loadState: async (name) => {
+      try {
+        return name.endsWith(".json")
+          ? await Deno.readTextFile(join(dir, name))
+          : await Deno.readFile(join(dir, name));
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) return undefined;
+        throw e;
+      }
+    },
     log: (line) => console.error((tty ? "\n" : "") + line),
-  });
+  }, { resume, stopAfterIteration: stopAfter });
   if (tty) Deno.stderr.writeSync(enc.encode("\n"));
   const { samples_before, samples_after, ...numbers } = summary;
   await writeFileAtomic(

@@ -14,6 +14,7 @@ import { globalNorm, scaleByScalarTensor } from "../kernels/reduce.ts";
 import { fill } from "../kernels/elementwise.ts";
 import { type Gpu, numel, Tensor } from "../kernels/runtime.ts";
 import type { ParamSpec } from "./config.ts";
+import { parseSafetensors, toFloat32, writeSafetensors } from "./safetensors.ts";
 
 /** Where one parameter lives in the flat buffers. */
 export interface ParamSlot {
@@ -226,6 +227,46 @@ export class ParamStore {
         })
       );
     }
+  }
+
+  /**
+   * The full training state — parameters and both AdamW moments per name, plus the step — as
+   * safetensors bytes (`<name>`, `optimizer.m.<name>`, `optimizer.v.<name>`), for exact resume.
+   */
+  async saveState(metadata: Record<string, string> = {}): Promise<Uint8Array> {
+    const [p, m, v] = await Promise.all(
+      [this.params, this.m, this.v].map((t) => this.gpu.readF32(t)),
+    );
+    const tensors = [];
+    for (const [name, s] of this.slots) {
+      const at = (a: Float32Array) => a.slice(s.offset, s.offset + s.size);
+      tensors.push({ name, shape: s.spec.shape, data: at(p) });
+      tensors.push({ name: `optimizer.m.${name}`, shape: s.spec.shape, data: at(m) });
+      tensors.push({ name: `optimizer.v.${name}`, shape: s.spec.shape, data: at(v) });
+    }
+    return writeSafetensors(tensors, { ...metadata, step: String(this.step) });
+  }
+
+  /** Restores {@link saveState} bytes (names and shapes must match this store). */
+  loadState(bytes: Uint8Array): void {
+    const file = parseSafetensors(bytes);
+    const get = (key: string, shape: number[]) => {
+      const e = file.tensors.get(key);
+      if (!e || e.shape.join() !== shape.join()) {
+        throw new ShapeError(`training state lacks ${key} [${shape}]`);
+      }
+      return toFloat32(e, key);
+    };
+    for (const [name, s] of this.slots) {
+      this.gpu.write(this.params, get(name, s.spec.shape), s.offset);
+      this.gpu.write(this.m, get(`optimizer.m.${name}`, s.spec.shape), s.offset);
+      this.gpu.write(this.v, get(`optimizer.v.${name}`, s.spec.shape), s.offset);
+    }
+    const step = Number(file.metadata.step);
+    if (!Number.isInteger(step) || step < 0) {
+      throw new ShapeError("training state has no valid step");
+    }
+    this.step = step;
   }
 
   /** Frees the four buffers. */

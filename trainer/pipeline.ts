@@ -9,7 +9,7 @@
  */
 
 import type { Gpu } from "../kernels/runtime.ts";
-import { saveOptModel } from "../model/checkpoint.ts";
+import { loadOptModel, saveOptModel } from "../model/checkpoint.ts";
 import { generate } from "../model/generate.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
@@ -40,6 +40,7 @@ export interface RunConfig {
   name: string;
   seed: number;
   evalTemperature: number;
+  checkpointEvery: number;
 }
 
 /** The run-level schema. */
@@ -50,6 +51,12 @@ export const RUN_SCHEMA: Schema<RunConfig> = {
     default: 1.0,
     doc: "temperature of the fresh samples scored before/after PPO",
     min: 0,
+  },
+  checkpointEvery: {
+    default: 10,
+    doc: "PPO iterations between resumable state checkpoints",
+    min: 1,
+    integer: true,
   },
 };
 
@@ -113,6 +120,10 @@ export interface PipelineHooks {
   saveCheckpoint?: (stage: string, files: { config: string; weights: Uint8Array }) => Promise<void>;
   /** Free-form log lines. */
   log?: (line: string) => void;
+  /** Persists resumable training state (`name` like "ppo/actor_state.safetensors"). */
+  saveState?: (name: string, data: Uint8Array | string) => Promise<void>;
+  /** Loads what {@link saveState} wrote, or a finished stage's checkpoint; undefined if absent. */
+  loadState?: (name: string) => Promise<Uint8Array | string | undefined>;
 }
 
 /** A sample generation for the report. */
@@ -183,7 +194,10 @@ async function evaluate(
 }
 
 /**
- * Runs SFT → RM → PPO on the built-in task and returns the summary.
+ * Runs SFT → RM → PPO on the built-in task and returns the summary. With `resume`, finished
+ * stages load from their checkpoints and PPO continues from its last state checkpoint (models,
+ * AdamW moments and step, trainer counters), reproducing the uninterrupted run's metrics.
+ * `stopAfterIteration` ends PPO early (after checkpointing), e.g. to test resuming.
  *
  * @example A very short run
  * ```ts
@@ -198,6 +212,7 @@ export async function runBuiltinPipeline(
   gpu: Gpu,
   cfg: PipelineConfig,
   hooks: PipelineHooks = {},
+  opts: { resume?: boolean; stopAfterIteration?: number } = {},
 ): Promise<PipelineSummary> {
   const t0 = performance.now();
   const tok = new ByteTokenizer();
@@ -211,26 +226,44 @@ export async function runBuiltinPipeline(
       await hooks.onMetrics?.(stage, m);
     },
   });
+  /** A finished stage's checkpoint, when resuming. */
+  const stored = async (stage: string): Promise<OptModel | undefined> => {
+    if (!opts.resume || !hooks.loadState) return undefined;
+    const config = await hooks.loadState(`${stage}/config.json`);
+    const weights = await hooks.loadState(`${stage}/model.safetensors`);
+    if (typeof config !== "string" || !(weights instanceof Uint8Array)) return undefined;
+    log(`resume: the ${stage} stage is loaded from its checkpoint`);
+    return loadOptModel(gpu, config, weights).model;
+  };
   // SFT
-  const sft = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed });
-  const sftLogs = await trainSft(
-    sft,
-    tok,
-    task.sft,
-    { ...cfg.sft, seed: cfg.sft.seed + seed },
-    stageHooks("sft", cfg.sft.steps),
-  );
-  await hooks.saveCheckpoint?.("sft", await saveOptModel(sft, { stage: "sft" }));
+  let sft = await stored("sft");
+  let sftLoss = NaN;
+  if (!sft) {
+    sft = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed });
+    const sftLogs = await trainSft(
+      sft,
+      tok,
+      task.sft,
+      { ...cfg.sft, seed: cfg.sft.seed + seed },
+      stageHooks("sft", cfg.sft.steps),
+    );
+    sftLoss = sftLogs.at(-1)?.["sft/loss"] ?? NaN;
+    await hooks.saveCheckpoint?.("sft", await saveOptModel(sft, { stage: "sft" }));
+  }
   // reward model, from the SFT weights
-  const rm = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: seed + 1, valueHead: true });
-  rm.store.copyFrom(sft.store);
-  await trainRewardModel(
-    rm,
-    tok,
-    task.pairs,
-    { ...cfg.rm, seed: cfg.rm.seed + seed },
-    stageHooks("rm", cfg.rm.steps),
-  );
+  let rm = await stored("rm");
+  if (!rm) {
+    rm = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: seed + 1, valueHead: true });
+    rm.store.copyFrom(sft.store);
+    await trainRewardModel(
+      rm,
+      tok,
+      task.pairs,
+      { ...cfg.rm, seed: cfg.rm.seed + seed },
+      stageHooks("rm", cfg.rm.steps),
+    );
+    await hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
+  }
   const rmEval = await evaluateRewardModel(rm, tok, task.heldOutPairs, {
     maxLength: cfg.rm.maxLength,
   });
@@ -240,14 +273,14 @@ export async function runBuiltinPipeline(
       rmEval.margin.toFixed(3)
     }`,
   );
-  await hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
   // PPO: actor and reference from SFT, critic from the reward model
   const actor = sft.copy(), reference = sft.copy();
   const critic = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: seed + 2, valueHead: true });
   critic.store.copyFrom(rm.store);
+  // the reference equals the actor before PPO (also when resuming mid-PPO)
   const before = await evaluate(
     gpu,
-    actor,
+    reference,
     rm,
     tok,
     task.evalPrompts,
@@ -267,12 +300,36 @@ export async function runBuiltinPipeline(
       }),
     },
   );
-  let last: Metrics = {};
-  for (let i = 0; i < cfg.ppo.iterations; i++) {
-    last = await trainer.step();
-    hooks.onProgress?.("ppo", i + 1, cfg.ppo.iterations, last);
-    await hooks.onMetrics?.("ppo", last);
+  const saved = opts.resume ? await hooks.loadState?.("ppo/trainer_state.json") : undefined;
+  if (typeof saved === "string") {
+    const a = await hooks.loadState!("ppo/actor_state.safetensors");
+    const c = await hooks.loadState!("ppo/critic_state.safetensors");
+    if (!(a instanceof Uint8Array) || !(c instanceof Uint8Array)) {
+      throw new Error("resume: ppo/trainer_state.json exists but the model states are missing");
+    }
+    actor.store.loadState(a);
+    critic.store.loadState(c);
+    trainer.restore(JSON.parse(saved));
+    log(`resume: PPO continues after iteration ${trainer.iteration}`);
   }
+  const checkpoint = async () => {
+    if (!hooks.saveState) return;
+    // models first, the trainer state last: a state file always has its models
+    await hooks.saveState("ppo/actor_state.safetensors", await actor.store.saveState());
+    await hooks.saveState("ppo/critic_state.safetensors", await critic.store.saveState());
+    await hooks.saveState("ppo/trainer_state.json", JSON.stringify(trainer.state()));
+  };
+  let last: Metrics = {};
+  while (trainer.iteration < cfg.ppo.iterations) {
+    last = await trainer.step();
+    hooks.onProgress?.("ppo", trainer.iteration, cfg.ppo.iterations, last);
+    await hooks.onMetrics?.("ppo", last);
+    if (trainer.iteration % cfg.run.checkpointEvery === 0) await checkpoint();
+    if (opts.stopAfterIteration !== undefined && trainer.iteration >= opts.stopAfterIteration) {
+      break;
+    }
+  }
+  await checkpoint();
   await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
   const after = await evaluate(
     gpu,
@@ -287,7 +344,7 @@ export async function runBuiltinPipeline(
   for (const m of [sft, rm, actor, reference, critic]) m.store.dispose();
   return {
     wall_seconds: (performance.now() - t0) / 1000,
-    "sft/loss": sftLogs.at(-1)?.["sft/loss"] ?? NaN,
+    "sft/loss": sftLoss,
     "rm/accuracy": rmEval.accuracy,
     "rm/margin": rmEval.margin,
     "gold/before": before.gold,

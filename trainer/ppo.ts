@@ -351,6 +351,21 @@ export class PpoTrainer {
 
   /** The decoded samples of the last rollout. */
   lastSamples: RolloutSample[] = [];
+
+  /**
+   * The trainer's own state for exact resume (the models' states are saved by their stores):
+   * rollout sampling is keyed by (seed, iteration) and minibatch order by a counter.
+   */
+  state(): { iteration: number; beta: number; orderSeed: number } {
+    return { iteration: this.iteration, beta: this.beta, orderSeed: this.#orderSeed };
+  }
+
+  /** Restores {@link state}. */
+  restore(s: { iteration: number; beta: number; orderSeed: number }): void {
+    this.iteration = s.iteration;
+    this.beta = s.beta;
+    this.#orderSeed = s.orderSeed;
+  }
 }
 
 function shuffled(n: number, seed: number): number[] {
