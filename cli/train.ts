@@ -3,7 +3,8 @@
  * PPO on the built-in task and writes `runs/<name>/`: the resolved `config.json`,
  * `metrics.jsonl`, a checkpoint per stage (`sft/`, `rm/`, `ppo/`, HF layout, written
  * atomically), resumable PPO state (`ppo/*_state.*`), `summary.json` and `report.html`.
- * `--resume --run.name=N` continues run N from its checkpoints (finished stages are loaded, PPO
+ * `--stage=sft|rm|ppo` runs one stage (rm and ppo load the earlier stages' checkpoints from the
+ * run directory). `--resume --run.name=N` continues run N from its checkpoints (finished stages are loaded, PPO
  * resumes after its last state checkpoint); `--stop-after=K` ends PPO after iteration K
  * (checkpointed). Overrides use the config sections
  * `run.`, `sft.`, `rm.`, `ppo.` (e.g. `--ppo.iterations=50 --sft.lr=1e-3`); unknown keys and
@@ -16,7 +17,12 @@ import { join } from "node:path";
 import { Gpu } from "../kernels/runtime.ts";
 import { coerce, ConfigError, type Schema } from "../trainer/config.ts";
 import { PPO_SCHEMA, RM_SCHEMA, SFT_SCHEMA } from "../trainer/config.ts";
-import { resolvePipelineConfig, RUN_SCHEMA, runBuiltinPipeline } from "../trainer/pipeline.ts";
+import {
+  type PipelineStage,
+  resolvePipelineConfig,
+  RUN_SCHEMA,
+  runBuiltinPipeline,
+} from "../trainer/pipeline.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { NonFiniteLossError } from "../trainer/sft.ts";
 import { writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
@@ -33,10 +39,17 @@ const SCHEMAS: Record<string, Schema<unknown>> = {
 export async function parseTrainArgs(
   argv: string[],
 ): Promise<
-  { overrides: Record<string, unknown>; out: string; resume: boolean; stopAfter?: number }
+  {
+    overrides: Record<string, unknown>;
+    out: string;
+    resume: boolean;
+    stopAfter?: number;
+    stage: PipelineStage;
+  }
 > {
   const overrides: Record<string, unknown> = {};
   let out = "runs", resume = false, stopAfter: number | undefined;
+  let stage: PipelineStage = "all";
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--resume") {
@@ -72,6 +85,11 @@ export async function parseTrainArgs(
       }
     } else if (key === "out") {
       out = value;
+    } else if (key === "stage") {
+      if (!["all", "sft", "rm", "ppo"].includes(value)) {
+        throw new UsageError(`--stage must be all, sft, rm or ppo, got "${value}"`);
+      }
+      stage = value as PipelineStage;
     } else if (key === "stop-after") {
       stopAfter = Number(value);
       if (!Number.isInteger(stopAfter) || stopAfter < 1) {
@@ -89,7 +107,7 @@ export async function parseTrainArgs(
       overrides[key] = coerce(SCHEMAS[sec], field, value);
     }
   }
-  return { overrides, out, resume, stopAfter };
+  return { overrides, out, resume, stopAfter, stage };
 }
 
 function bar(
@@ -116,7 +134,7 @@ function bar(
 }
 
 async function main(): Promise<void> {
-  const { overrides, out, resume, stopAfter } = await parseTrainArgs(Deno.args);
+  const { overrides, out, resume, stopAfter, stage } = await parseTrainArgs(Deno.args);
   let cfg = resolvePipelineConfig(overrides);
   const dir = join(out, cfg.run.name);
   if (resume) {
@@ -136,9 +154,12 @@ async function main(): Promise<void> {
     await Deno.mkdir(dir, { recursive: true });
     await writeFileAtomic(join(dir, "config.json"), JSON.stringify(cfg, null, 2));
   }
+  if (stage !== "all") {
+    await Deno.writeTextFile(join(dir, "metrics.jsonl"), "", { append: true });
+  }
   const metricsPath = join(dir, "metrics.jsonl");
-  if (!resume) await Deno.writeTextFile(metricsPath, "");
-  const records: MetricRecord[] = [];
+  // a fresh full run starts a new metrics file; resumed and single-stage runs append
+  if (!resume && stage === "all") await Deno.writeTextFile(metricsPath, "");
   const gpu = await Gpu.create();
   const tty = Deno.stderr.isTerminal();
   const enc = new TextEncoder();
@@ -148,7 +169,6 @@ async function main(): Promise<void> {
   const summary = await runBuiltinPipeline(gpu, cfg, {
     onMetrics: async (stage, m) => {
       const rec = { stage, ...m };
-      records.push(rec);
       await Deno.writeTextFile(metricsPath, JSON.stringify(rec) + "\n", { append: true });
     },
     onProgress: (stage, done, total, m) => {
@@ -177,17 +197,23 @@ async function main(): Promise<void> {
       }
     },
     log: (line) => console.error((tty ? "\n" : "") + line),
-  }, { resume, stopAfterIteration: stopAfter });
+  }, { resume, stopAfterIteration: stopAfter, stage });
   if (tty) Deno.stderr.writeSync(enc.encode("\n"));
   const { samples_before, samples_after, ...numbers } = summary;
-  await writeFileAtomic(
-    join(dir, "summary.json"),
-    JSON.stringify({ ...numbers, samples_before, samples_after }, null, 2),
-  );
-  await writeFileAtomic(join(dir, "report.html"), renderReport(cfg.run.name, records, summary));
-  console.log("\nsummary");
-  for (const [k, v] of Object.entries(numbers)) console.log(`  ${k.padEnd(14)} ${v.toFixed(3)}`);
-  console.log(`\nreport: ${join(dir, "report.html")}`);
+  const shown = Object.entries(numbers).filter(([, v]) => Number.isFinite(v));
+  if (stage === "all" || stage === "ppo") {
+    // the run's records (earlier single-stage runs included) feed the report's curves
+    const all = (await Deno.readTextFile(metricsPath)).trim().split("\n").filter((l) => l)
+      .map((l) => JSON.parse(l) as MetricRecord);
+    await writeFileAtomic(
+      join(dir, "summary.json"),
+      JSON.stringify({ ...numbers, samples_before, samples_after }, null, 2),
+    );
+    await writeFileAtomic(join(dir, "report.html"), renderReport(cfg.run.name, all, summary));
+  }
+  console.log(`\nsummary (${stage})`);
+  for (const [k, v] of shown) console.log(`  ${k.padEnd(14)} ${v.toFixed(3)}`);
+  if (stage === "all" || stage === "ppo") console.log(`\nreport: ${join(dir, "report.html")}`);
   gpu.destroy();
 }
 

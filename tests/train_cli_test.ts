@@ -125,6 +125,32 @@ Deno.test({
 });
 
 Deno.test({
+  name: "train CLI: --stage runs one stage at a time; later stages need the earlier checkpoints",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const out = await Deno.makeTempDir();
+    const base = [`--out=${out}`, "--run.name=staged", "--sft.steps=10", "--rm.steps=10"];
+    const tinyPpo = ["--ppo.iterations=1", "--ppo.batchSize=4", "--ppo.miniBatchSize=4"];
+    const early = await train([...base, "--stage=ppo", ...tinyPpo]);
+    assert(early.code === 1 && early.err.includes("needs the sft checkpoint"), early.err);
+    for (const stage of ["sft", "rm", "ppo"]) {
+      const r = await train([...base, `--stage=${stage}`, ...tinyPpo]);
+      assertEquals(r.code, 0, r.err.slice(-2000));
+      if (stage !== "sft") assert(r.err.includes("the sft stage is loaded"), r.err);
+    }
+    const stages = (await Deno.readTextFile(join(out, "staged", "metrics.jsonl"))).trim().split(
+      "\n",
+    )
+      .map((l) => JSON.parse(l).stage);
+    assertEquals([...new Set(stages)], ["sft", "rm", "ppo"], "one metrics file across the stages");
+    const summary = JSON.parse(await Deno.readTextFile(join(out, "staged", "summary.json")));
+    assert(Number.isFinite(summary["gold/after"]), "the ppo stage writes the summary");
+    await Deno.remove(out, { recursive: true });
+  },
+});
+
+Deno.test({
   name: "train CLI: unknown keys and wrong types are named errors (exit 2)",
   sanitizeOps: false,
   sanitizeResources: false,

@@ -110,6 +110,9 @@ export function resolvePipelineConfig(
   };
 }
 
+/** Which stage(s) to run: one stage loads the checkpoints of the stages before it. */
+export type PipelineStage = "all" | "sft" | "rm" | "ppo";
+
 /** I/O supplied by the caller. */
 export interface PipelineHooks {
   /** Every logged metric record, tagged with its stage. */
@@ -212,7 +215,7 @@ export async function runBuiltinPipeline(
   gpu: Gpu,
   cfg: PipelineConfig,
   hooks: PipelineHooks = {},
-  opts: { resume?: boolean; stopAfterIteration?: number } = {},
+  opts: { resume?: boolean; stopAfterIteration?: number; stage?: PipelineStage } = {},
 ): Promise<PipelineSummary> {
   const t0 = performance.now();
   const tok = new ByteTokenizer();
@@ -227,11 +230,39 @@ export async function runBuiltinPipeline(
     },
   });
   /** A finished stage's checkpoint, when resuming. */
+  const only = opts.stage ?? "all";
+  const stageOrder = ["sft", "rm", "ppo", "all"];
+  const partial = (m: Partial<PipelineSummary>): PipelineSummary => ({
+    wall_seconds: (performance.now() - t0) / 1000,
+    "sft/loss": NaN,
+    "rm/accuracy": NaN,
+    "rm/margin": NaN,
+    "gold/before": NaN,
+    "gold/after": NaN,
+    "score/before": NaN,
+    "score/after": NaN,
+    "objective/kl": NaN,
+    samples_before: [],
+    samples_after: [],
+    ...m,
+  });
   const stored = async (stage: string): Promise<OptModel | undefined> => {
-    if (!opts.resume || !hooks.loadState) return undefined;
+    // earlier stages of a single-stage run must exist; a resumed run loads what finished
+    const required = stageOrder.indexOf(stage) < stageOrder.indexOf(only);
+    if ((!opts.resume && !required) || !hooks.loadState) {
+      if (required) {
+        throw new Error(`stage ${only} needs the ${stage} checkpoint: no state storage`);
+      }
+      return undefined;
+    }
     const config = await hooks.loadState(`${stage}/config.json`);
     const weights = await hooks.loadState(`${stage}/model.safetensors`);
-    if (typeof config !== "string" || !(weights instanceof Uint8Array)) return undefined;
+    if (typeof config !== "string" || !(weights instanceof Uint8Array)) {
+      if (required) {
+        throw new Error(`stage ${only} needs the ${stage} checkpoint (run --stage=${stage} first)`);
+      }
+      return undefined;
+    }
     log(`resume: the ${stage} stage is loaded from its checkpoint`);
     return loadOptModel(gpu, config, weights).model;
   };
@@ -249,6 +280,10 @@ export async function runBuiltinPipeline(
     );
     sftLoss = sftLogs.at(-1)?.["sft/loss"] ?? NaN;
     await hooks.saveCheckpoint?.("sft", await saveOptModel(sft, { stage: "sft" }));
+  }
+  if (only === "sft") {
+    sft.store.dispose();
+    return partial({ "sft/loss": sftLoss });
   }
   // reward model, from the SFT weights
   let rm = await stored("rm");
@@ -273,6 +308,10 @@ export async function runBuiltinPipeline(
       rmEval.margin.toFixed(3)
     }`,
   );
+  if (only === "rm") {
+    for (const m of [sft, rm]) m.store.dispose();
+    return partial({ "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin });
+  }
   // PPO: actor and reference from SFT, critic from the reward model
   const actor = sft.copy(), reference = sft.copy();
   const critic = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: seed + 2, valueHead: true });
