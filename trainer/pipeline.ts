@@ -231,7 +231,7 @@ export async function runBuiltinPipeline(
   });
   /** A finished stage's checkpoint, when resuming. */
   const only = opts.stage ?? "all";
-  const stageOrder = ["sft", "rm", "ppo", "all"];
+  const stageOrder = ["sft", "rm", "ppo"];
   const partial = (m: Partial<PipelineSummary>): PipelineSummary => ({
     wall_seconds: (performance.now() - t0) / 1000,
     "sft/loss": NaN,
@@ -248,7 +248,7 @@ export async function runBuiltinPipeline(
   });
   const stored = async (stage: string): Promise<OptModel | undefined> => {
     // earlier stages of a single-stage run must exist; a resumed run loads what finished
-    const required = stageOrder.indexOf(stage) < stageOrder.indexOf(only);
+    const required = only !== "all" && stageOrder.indexOf(stage) < stageOrder.indexOf(only);
     if ((!opts.resume && !required) || !hooks.loadState) {
       if (required) {
         throw new Error(`stage ${only} needs the ${stage} checkpoint: no state storage`);
