@@ -18,6 +18,7 @@ import { Gpu } from "../kernels/runtime.ts";
 import { coerce, ConfigError, type Schema } from "../trainer/config.ts";
 import { PPO_SCHEMA, RM_SCHEMA, SFT_SCHEMA } from "../trainer/config.ts";
 import {
+  PIPELINE_PRESETS,
   type PipelineStage,
   resolvePipelineConfig,
   RUN_SCHEMA,
@@ -78,11 +79,15 @@ export async function parseTrainArgs(
         for (const [k, v] of Object.entries(obj)) overrides[`${sec}.${k}`] = v;
       }
     } else if (key === "preset") {
-      if (value !== "builtin") {
+      const preset = PIPELINE_PRESETS[value];
+      if (!preset) {
         throw new UsageError(
-          `--preset ${value}: only "builtin" is available (simple-rlhf-tiny comes with local checkpoints)`,
+          `--preset ${value}: known presets are ${Object.keys(PIPELINE_PRESETS).join(", ")} ` +
+            `(simple-rlhf-tiny, on local OPT checkpoints, is not implemented yet)`,
         );
       }
+      // a preset sets defaults; flags given anywhere on the command line still win
+      for (const [k, v] of Object.entries(preset)) if (!(k in overrides)) overrides[k] = v;
     } else if (key === "out") {
       out = value;
     } else if (key === "stage") {

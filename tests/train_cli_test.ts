@@ -163,5 +163,20 @@ Deno.test({
     assert(c.code === 2 && c.err.includes("lr must be a number"), c.err);
     const d = await train(["--verbose=1"]);
     assert(d.code === 2 && d.err.includes("unknown option --verbose"), d.err);
+    const e = await train(["--preset=simple-rlhf-huge"]);
+    assert(e.code === 2 && e.err.includes("known presets are builtin, trl"), e.err);
+    // a preset sets defaults, explicit flags win wherever they stand
+    const out = await Deno.makeTempDir();
+    const p = await train([
+      `--out=${out}`,
+      "--ppo.klCoef=0.2",
+      "--preset=trl",
+      "--stage=sft",
+      "--sft.steps=1",
+    ]);
+    assertEquals(p.code, 0, p.err.slice(-1000));
+    const cfg = JSON.parse(await Deno.readTextFile(join(out, "builtin", "config.json")));
+    assertEquals([cfg.ppo.klCoef, cfg.ppo.temperature], [0.2, 0.7]);
+    await Deno.remove(out, { recursive: true });
   },
 });

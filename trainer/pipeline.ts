@@ -80,6 +80,25 @@ export const BUILTIN_DEFAULTS: PipelineConfig = {
 };
 
 /**
+ * Named presets for the built-in task. `builtin` is the default; `trl` applies TRL's PPO
+ * algorithm defaults (β = 0.05, rollout temperature 0.7, k1 KL, ε = ε_v = 0.2, γ = 1, λ = 0.95,
+ * 4 epochs) while keeping learning rates sized for the tiny model.
+ */
+export const PIPELINE_PRESETS: Record<string, Record<string, unknown>> = {
+  builtin: {},
+  trl: {
+    "ppo.klCoef": 0.05,
+    "ppo.temperature": 0.7,
+    "ppo.klEstimator": "k1",
+    "ppo.clipRange": 0.2,
+    "ppo.clipRangeValue": 0.2,
+    "ppo.gamma": 1,
+    "ppo.lambda": 0.95,
+    "ppo.ppoEpochs": 4,
+  },
+};
+
+/**
  * Builds a pipeline config from the defaults and nested overrides (`{sft: {steps: 10}}` or flat
  * dotted keys `{"sft.steps": 10}`); unknown sections or keys are errors naming them.
  */
