@@ -104,8 +104,8 @@ export function resolveConfig<C>(
   return out as C;
 }
 
-/** SFT hyperparameters. */
-export interface SftConfig {
+/** Hyperparameters shared by the supervised stages (SFT, reward model). */
+export interface SupervisedConfig {
   steps: number;
   batchSize: number;
   lr: number;
@@ -113,8 +113,12 @@ export interface SftConfig {
   weightDecay: number;
   maxGradNorm: number;
   maxLength: number;
-  completionOnly: boolean;
   seed: number;
+}
+
+/** SFT hyperparameters. */
+export interface SftConfig extends SupervisedConfig {
+  completionOnly: boolean;
 }
 
 /** Fields shared by the supervised stages (optimizer, schedule, sequence length, seed). */
@@ -143,16 +147,8 @@ export const SFT_SCHEMA: Schema<SftConfig> = {
 };
 
 /** Reward-model hyperparameters. */
-export interface RmConfig {
-  steps: number;
-  batchSize: number;
-  lr: number;
-  warmupRatio: number;
-  weightDecay: number;
-  maxGradNorm: number;
-  maxLength: number;
+export interface RmConfig extends SupervisedConfig {
   loss: "pairwise" | "token";
-  seed: number;
 }
 
 /** The reward-model schema with its documented defaults. */

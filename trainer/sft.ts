@@ -14,7 +14,7 @@ import type { ParamStore } from "../model/params.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { encodePairs, Sampler } from "./batch.ts";
-import type { SftConfig } from "./config.ts";
+import type { SftConfig, SupervisedConfig } from "./config.ts";
 import type { SftExample } from "./data.ts";
 
 /** Raised when a loss is NaN or infinite; training stops and the last checkpoint stays valid. */
@@ -32,7 +32,7 @@ export class NonFiniteLossError extends Error {
  */
 export function optimizerStep(
   store: ParamStore,
-  cfg: { lr: number; steps: number; warmupRatio: number; weightDecay: number; maxGradNorm: number },
+  cfg: SupervisedConfig,
   step: number,
 ): { norm: Tensor; lr: number } {
   const norm = store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
