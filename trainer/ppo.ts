@@ -187,7 +187,11 @@ export class PpoTrainer {
     const adv = cfg.whitenAdvantages ? whiten(gpu, g.advantages, actMask) : g.advantages;
     const ev = explainedVariance(gpu, vOld, g.returns, actMask);
     // 4. PPO epochs over shuffled minibatches
-    const sums = { pg: 0, vf: 0, clip: 0, vclip: 0, akl: 0, ent: 0, n: 0 };
+    // per-minibatch statistics stay on the GPU (6 means each) and are read once per iteration
+    // (and once per epoch when the approx-KL early stop needs them)
+    const nMb = Math.ceil(P / cfg.miniBatchSize);
+    const statBuf = gpu.zeros([cfg.ppoEpochs * nMb * 6]);
+    let k = 0;
     const aStore = actor.lora?.store ?? actor.store, cStore = critic.store;
     const total = cfg.iterations;
     const aLr = learningRate(this.iteration, {
@@ -205,7 +209,7 @@ export class PpoTrainer {
     let stopped = false;
     for (let epoch = 0; epoch < cfg.ppoEpochs && !stopped; epoch++) {
       const order = shuffled(P, this.#orderSeed++ * 7919 + epoch);
-      let epochAkl = 0, epochN = 0;
+      const epochStart = k;
       for (let s = 0; s < P; s += cfg.miniBatchSize) {
         const rows = order.slice(s, s + cfg.miniBatchSize), B = rows.length;
         const mb = {
@@ -247,24 +251,10 @@ export class PpoTrainer {
         critic.backward(cActs2, { dvalues: vl.dvalues.reshape([B * T]) });
         cStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined).dispose();
         cStore.adamw({ lr: cLr });
-        // one readback per minibatch for the statistics (and the approx-KL early stop)
-        const [plS, clS, akS, vlS, vcS, enS] = await Promise.all(
-          [pl.loss, pl.clipfrac, pl.approxkl, vl.loss, vl.clipfrac, ent].map((t) => gpu.readF32(t)),
+        [pl.loss, pl.clipfrac, pl.approxkl, vl.loss, vl.clipfrac, ent].forEach((t, j) =>
+          gpu.copyRange(t, 2, statBuf, 6 * k + j, 1)
         );
-        if (!Number.isFinite(plS[2]) || !Number.isFinite(vlS[2])) {
-          throw new NonFiniteLossError(
-            `PPO iteration ${this.iteration + 1}: policy loss ${plS[2]}, value loss ${vlS[2]}`,
-          );
-        }
-        sums.pg += plS[2];
-        sums.clip += clS[2];
-        sums.akl += akS[2];
-        sums.vf += vlS[2];
-        sums.vclip += vcS[2];
-        sums.ent += enS[2];
-        sums.n++;
-        epochAkl += akS[2];
-        epochN++;
+        k++;
         for (
           const t of [
             ...Object.values(mb),
@@ -289,7 +279,25 @@ export class PpoTrainer {
         actor.disposeActivations(aActs);
         critic.disposeActivations(cActs2);
       }
-      if (cfg.targetApproxKl > 0 && epochAkl / epochN > cfg.targetApproxKl) stopped = true;
+      if (cfg.targetApproxKl > 0) {
+        const st = await gpu.readF32(statBuf);
+        let akl = 0;
+        for (let i = epochStart; i < k; i++) akl += st[6 * i + 2];
+        if (akl / (k - epochStart) > cfg.targetApproxKl) stopped = true;
+      }
+    }
+    const st = (await gpu.readF32(statBuf)).subarray(0, 6 * k);
+    statBuf.dispose();
+    const mean = (j: number) => {
+      let a = 0;
+      for (let i = 0; i < k; i++) a += st[6 * i + j];
+      return a / Math.max(k, 1);
+    };
+    const [pgAvg, clipAvg, aklAvg, vfAvg, vclipAvg, entAvg] = [0, 1, 2, 3, 4, 5].map(mean);
+    if (!Number.isFinite(pgAvg) || !Number.isFinite(vfAvg)) {
+      throw new NonFiniteLossError(
+        `PPO iteration ${this.iteration + 1}: policy loss ${pgAvg}, value loss ${vfAvg}`,
+      );
     }
     // 5. statistics and the adaptive KL controller
     const klHost = await gpu.readF32(kl), evHost = (await gpu.readF32(ev))[0];
@@ -308,12 +316,12 @@ export class PpoTrainer {
       "objective/kl": meanKl,
       "objective/scores": meanScore,
       "objective/rlhf_reward": meanScore - this.beta * meanKl,
-      "objective/entropy": sums.ent / sums.n,
-      "policy/approxkl_avg": sums.akl / sums.n,
-      "policy/clipfrac_avg": sums.clip / sums.n,
-      "loss/policy_avg": sums.pg / sums.n,
-      "loss/value_avg": sums.vf / sums.n,
-      "val/clipfrac_avg": sums.vclip / sums.n,
+      "objective/entropy": entAvg,
+      "policy/approxkl_avg": aklAvg,
+      "policy/clipfrac_avg": clipAvg,
+      "loss/policy_avg": pgAvg,
+      "loss/value_avg": vfAvg,
+      "val/clipfrac_avg": vclipAvg,
       "val/explained_var": evHost,
       "val/response_length": respLen.reduce((a, v) => a + v, 0) / P,
       "train/beta": this.beta,
