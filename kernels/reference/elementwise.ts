@@ -35,3 +35,14 @@ export const geluBackward = (dy: Arr, x: Arr): Float64Array =>
     const t = Math.tanh(K * (v + 0.044715 * v ** 3));
     return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * K * (1 + 3 * 0.044715 * v * v));
   });
+
+/** Row-wise concatenation of `(B, Ta)` and `(B, Tb)` arrays. */
+export function concatColumns(a: Arr, b: Arr, B: number): Float64Array {
+  const Ta = a.length / B, Tb = b.length / B;
+  const out = new Float64Array(a.length + b.length);
+  for (let r = 0; r < B; r++) {
+    for (let c = 0; c < Ta; c++) out[r * (Ta + Tb) + c] = a[r * Ta + c];
+    for (let c = 0; c < Tb; c++) out[r * (Ta + Tb) + Ta + c] = b[r * Tb + c];
+  }
+  return out;
+}

@@ -83,3 +83,10 @@ export function lastMaskedValues(
   }
   return { values: out, index };
 }
+
+/** Backward of {@link lastMaskedValues}: `dv[b, index[b]] = dscore[b]`, 0 elsewhere. */
+export function lastMaskedValuesBackward(dscore: Arr, index: Arr, T: number): Float64Array {
+  const dv = new Float64Array(dscore.length * T);
+  for (let b = 0; b < dscore.length; b++) if (index[b] >= 0) dv[b * T + index[b]] = dscore[b];
+  return dv;
+}

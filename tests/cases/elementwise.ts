@@ -118,3 +118,28 @@ cases.push({
     assert(Math.min(...u) >= -1 && Math.max(...u) < 3, "uniform range");
   },
 });
+
+cases.push({
+  name: "elementwise: concatColumns joins rows of f32 and i32 tensors (odd widths, empty side)",
+  async run(gpu) {
+    for (const [B, Ta, Tb] of [[1, 1, 1], [3, 7, 5], [2, 0, 33], [5, 65, 0]]) {
+      const a = randArray(B * Ta, Ta + 1), b = randArray(B * Tb, Tb + 2);
+      const got = ew.concatColumns(gpu, gpu.fromArray(a, [B, Ta]), gpu.fromArray(b, [B, Tb]));
+      assertEquals(got.shape, [B, Ta + Tb]);
+      assertClose(
+        await gpu.readF32(got),
+        ref.concatColumns(a, b, B),
+        { atol: 0, rtol: 0 },
+        `f32 ${B}×${Ta}+${Tb}`,
+      );
+    }
+    const ia = new Int32Array([1, -2, 3, 4]), ib = new Int32Array([7, 8]);
+    const gi = ew.concatColumns(gpu, gpu.fromArray(ia, [2, 2]), gpu.fromArray(ib, [2, 1]));
+    assertEquals(await gpu.read(gi), [1, -2, 7, 3, 4, 8], "i32 bits copied exactly");
+    await assertThrows(
+      () => ew.concatColumns(gpu, gpu.zeros([2, 3]), gpu.zeros([3, 3])),
+      ShapeError,
+      "concatColumns",
+    );
+  },
+});

@@ -104,3 +104,21 @@ cases.push({
     }
   },
 });
+
+cases.push({
+  name:
+    "embedding: lastMaskedValues backward scatters the score gradient (reference + finite differences)",
+  async run(gpu) {
+    const B = 5, T = 7;
+    const mask = Float32Array.from({ length: B * T }, (_, i) => ((i * 3) % 4 === 0 ? 0 : 1));
+    mask.fill(0, 2 * T, 3 * T); // a row with no real token: index −1, no gradient
+    const vals = randArray(B * T, 11), w = randArray(B, 12);
+    const fwd = k.lastMaskedValues(gpu, gpu.fromArray(vals, [B, T]), gpu.fromArray(mask, [B, T]));
+    const dv = k.lastMaskedValuesBackward(gpu, gpu.fromArray(w), fwd.index, T);
+    const index = await gpu.read(fwd.index);
+    const want = ref.lastMaskedValuesBackward(w, index, T);
+    assertClose(await gpu.readF32(dv), want, { atol: 0, rtol: 0 }, "dvalues");
+    const fd = finiteDiff((v) => dot(w, ref.lastMaskedValues(v, mask, T).values), vals);
+    assertClose(want, fd, { atol: 1e-8, rtol: 1e-6 }, "reference vs finite differences");
+  },
+});

@@ -2,7 +2,7 @@ import * as k from "../../kernels/rl.ts";
 import * as ref from "../../kernels/reference/rl.ts";
 import { ShapeError } from "../../kernels/errors.ts";
 import { assertClose, assertThrows } from "../assert.ts";
-import { type Case, dot, finiteDiff, randArray, rng } from "../_util.ts";
+import { type Case, finiteDiff, randArray, rng } from "../_util.ts";
 
 export const cases: Case[] = [];
 const TOL = { atol: 1e-5, rtol: 1e-5 };
@@ -249,7 +249,6 @@ for (const [P, K, T] of [[1, 2, 1], [7, 3, 5], [33, 4, 9]]) {
         tol,
         "token-level FD",
       );
-      void dot;
     },
   });
 }
