@@ -143,7 +143,8 @@ export function layernormForward(
 
 /**
  * Backward of {@link layernormForward}: returns `dx` (written, or added into `opts.dx` with
- * `accumulateDx`) and adds into `dweight` and `dbias`.
+ * `accumulateDx`) and adds into `dweight` and `dbias` (pass `null` for both to skip the
+ * parameter gradients, e.g. for a frozen norm).
  */
 export function layernormBackward(
   gpu: Gpu,
@@ -151,13 +152,20 @@ export function layernormBackward(
   x: Tensor,
   weight: Tensor,
   saved: LayernormSaved,
-  dweight: Tensor,
-  dbias: Tensor,
+  dweight: Tensor | null,
+  dbias: Tensor | null,
   opts: { dx?: Tensor; accumulateDx?: boolean } = {},
 ): Tensor {
   const { rows, C } = dims(x, weight, null, "layernormBackward");
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
-  checkShape(dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
+  checkShape(
+    (dweight === null) === (dbias === null),
+    "layernormBackward: give both dweight and dbias, or neither",
+  );
+  checkShape(
+    dweight === null || (dweight.size === C && dbias!.size === C),
+    "layernormBackward: dweight/dbias size",
+  );
   checkShape(
     !opts.accumulateDx || opts.dx !== undefined,
     "layernormBackward: accumulateDx needs dx",
@@ -169,9 +177,10 @@ export function layernormBackward(
     gpu.grid(rows),
     new Params().u32(rows, C, opts.accumulateDx ? 1 : 0),
   );
+  if (dweight === null) return dx;
   gpu.dispatch(
     gpu.pipeline(BACKWARD_DW),
-    [dy, x, saved.mean, saved.rstd, dweight, dbias],
+    [dy, x, saved.mean, saved.rstd, dweight, dbias!],
     gpu.grid(groups(C)),
     new Params().u32(C, rows, C),
   );

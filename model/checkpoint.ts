@@ -76,7 +76,8 @@ export function loadWeights(
 /**
  * Loads an OPT model from `config.json` text and `model.safetensors` bytes (e.g. fetched or
  * uploaded in a browser). With `valueHead`, a missing `v_head.weight` is initialised to zero
- * (a critic started from a language model).
+ * (a critic started from a language model). With `frozen` the store holds parameters only (no
+ * gradient or AdamW buffers): for a frozen reward or reference model, or a LoRA base.
  *
  * @example
  * ```ts
@@ -90,7 +91,7 @@ export function loadOptModel(
   gpu: Gpu,
   configJson: string,
   weights: Uint8Array | ArrayBuffer,
-  opts: { valueHead?: boolean } = {},
+  opts: { valueHead?: boolean; frozen?: boolean } = {},
 ): { model: OptModel; report: LoadReport; config: OptConfig } {
   let raw: unknown;
   try {
@@ -101,7 +102,9 @@ export function loadOptModel(
   const config = parseOptConfig(raw);
   const file = parseSafetensors(weights);
   const valueHead = opts.valueHead ?? (file.tensors.has("v_head.weight"));
-  const store = new ParamStore(gpu, optParamSpecs(config, { valueHead }));
+  const store = new ParamStore(gpu, optParamSpecs(config, { valueHead }), {
+    frozen: opts.frozen,
+  });
   const report = loadWeights(store, file, { allowMissing: ["v_head.weight"] });
   return { model: new OptModel(gpu, config, store), report, config };
 }

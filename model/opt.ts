@@ -298,8 +298,8 @@ export class OptModel {
       x,
       this.#p(`${name}.weight`),
       saved,
-      this.#g(`${name}.weight`),
-      this.#g(`${name}.bias`),
+      this.frozenBase ? null : this.#g(`${name}.weight`),
+      this.frozenBase ? null : this.#g(`${name}.bias`),
       dx ? { dx, accumulateDx: true } : {},
     );
   }
@@ -556,9 +556,9 @@ export class OptModel {
    * A frozen copy of the model's current weights (e.g. PPO's reference policy when the actor
    * has no LoRA): a new parameter store filled by a GPU buffer copy.
    */
-  copy(): OptModel {
+  copy(opts: { frozen?: boolean } = {}): OptModel {
     checkShape(!this.lora?.merged, "OptModel.copy: unmerge LoRA adapters first");
-    const store = new ParamStore(this.gpu, this.store.specs);
+    const store = new ParamStore(this.gpu, this.store.specs, opts);
     this.gpu.copy(this.store.params, store.params);
     return new OptModel(this.gpu, this.config, store);
   }
@@ -587,7 +587,8 @@ export class OptModel {
     if (grads.dhidden) add(gpu, dh, grads.dhidden, dh);
     if (grads.dlogits) {
       checkShape(grads.dlogits.size === N * c.vocab_size, "OptModel.backward: dlogits shape");
-      const chunks = this.#wteChunks(), gchunks = this.#wteChunks("grad");
+      const chunks = this.#wteChunks();
+      const gchunks = this.frozenBase ? [] : this.#wteChunks("grad");
       if (chunks.length === 1) {
         if (!this.frozenBase) {
           matmul(gpu, grads.dlogits, acts.hidden, {

@@ -52,14 +52,25 @@ export class ParamStore {
   /** Elements of the decayed range `[0, decayEnd)`; the rest is not decayed. */
   readonly decayEnd: number;
   readonly params: Tensor;
-  readonly grads: Tensor;
-  readonly m: Tensor;
-  readonly v: Tensor;
+  /** False for a frozen store: parameters only, no gradient or AdamW buffers. */
+  readonly trainable: boolean;
+  #grads?: Tensor;
+  #m?: Tensor;
+  #v?: Tensor;
   /** AdamW steps taken so far. */
   step = 0;
-  #views = new Map<string, { p: Tensor; g: Tensor }>();
+  #views = new Map<string, { p: Tensor; g?: Tensor }>();
 
-  constructor(readonly gpu: Gpu, readonly specs: readonly ParamSpec[]) {
+  /**
+   * Lays out `specs` in one buffer per role. With `frozen` only the parameters are allocated
+   * (a frozen reward or reference model, or a LoRA base: a quarter of the memory); asking a
+   * frozen store for gradients or an optimizer step is an error.
+   */
+  constructor(
+    readonly gpu: Gpu,
+    readonly specs: readonly ParamSpec[],
+    opts: { frozen?: boolean } = {},
+  ) {
     const align = Math.max(1, gpu.limits.minStorageBufferOffsetAlignment / 4);
     let offset = 0, decayEnd = 0, seenNoDecay = false;
     for (const spec of specs) {
@@ -80,10 +91,37 @@ export class ParamStore {
       return new Tensor(gpu, buf, [this.total], "f32");
     };
     this.params = make();
-    this.grads = make();
-    this.m = make();
-    this.v = make();
-    for (const t of [this.params, this.grads, this.m, this.v]) gpu.clear(t);
+    this.trainable = !opts.frozen;
+    if (this.trainable) {
+      this.#grads = make();
+      this.#m = make();
+      this.#v = make();
+    }
+    for (const t of this.#buffers()) gpu.clear(t);
+  }
+
+  #buffers(): Tensor[] {
+    return [this.params, this.#grads, this.#m, this.#v].filter((t): t is Tensor => !!t);
+  }
+
+  #need(t: Tensor | undefined, what: string): Tensor {
+    if (!t) throw new ShapeError(`frozen parameter store: no ${what} (created with frozen: true)`);
+    return t;
+  }
+
+  /** All gradients in one tensor (error on a frozen store). */
+  get grads(): Tensor {
+    return this.#need(this.#grads, "gradients");
+  }
+
+  /** AdamW first moments (error on a frozen store). */
+  get m(): Tensor {
+    return this.#need(this.#m, "AdamW state");
+  }
+
+  /** AdamW second moments (error on a frozen store). */
+  get v(): Tensor {
+    return this.#need(this.#v, "AdamW state");
   }
 
   #slot(name: string): ParamSlot {
@@ -92,14 +130,11 @@ export class ParamStore {
     return s;
   }
 
-  #view(name: string): { p: Tensor; g: Tensor } {
+  #view(name: string): { p: Tensor; g?: Tensor } {
     let v = this.#views.get(name);
     if (!v) {
       const s = this.#slot(name);
-      v = {
-        p: this.params.view(s.offset, s.spec.shape),
-        g: this.grads.view(s.offset, s.spec.shape),
-      };
+      v = { p: this.params.view(s.offset, s.spec.shape) };
       this.#views.set(name, v);
     }
     return v;
@@ -112,7 +147,12 @@ export class ParamStore {
 
   /** The named parameter's gradient (a view; kernels accumulate into it). */
   grad(name: string): Tensor {
-    return this.#view(name).g;
+    const v = this.#view(name);
+    if (!v.g) {
+      const s = this.#slot(name);
+      v.g = this.grads.view(s.offset, s.spec.shape);
+    }
+    return v.g;
   }
 
   /** True when the store has a parameter of that name. */
@@ -269,8 +309,8 @@ export class ParamStore {
     this.step = step;
   }
 
-  /** Frees the four buffers. */
+  /** Frees the buffers. */
   dispose(): void {
-    for (const t of [this.params, this.grads, this.m, this.v]) t.dispose();
+    for (const t of this.#buffers()) t.dispose();
   }
 }

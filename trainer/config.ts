@@ -168,6 +168,7 @@ export interface PpoConfig {
   miniBatchSize: number;
   ppoEpochs: number;
   maxNewTokens: number;
+  maxPromptLength: number;
   temperature: number;
   topK: number;
   topP: number;
@@ -189,6 +190,9 @@ export interface PpoConfig {
   targetApproxKl: number;
   missingEosPenalty: number;
   whitenAdvantages: boolean;
+  ptxCoef: number;
+  ptxBatchSize: number;
+  ptxMaxLength: number;
   seed: number;
 }
 
@@ -204,6 +208,12 @@ export const PPO_SCHEMA: Schema<PpoConfig> = {
     integer: true,
   },
   maxNewTokens: { default: 8, doc: "response tokens sampled per prompt", min: 1, integer: true },
+  maxPromptLength: {
+    default: 256,
+    doc: "prompt tokens kept (longer prompts lose tokens on the left, after BOS)",
+    min: 2,
+    integer: true,
+  },
   temperature: { default: 1.0, doc: "rollout sampling temperature", min: 0 },
   topK: { default: 0, doc: "rollout top-k (0 = off)", min: 0, integer: true },
   topP: { default: 1.0, doc: "rollout top-p (1 = off)", min: 0, max: 1 },
@@ -237,5 +247,12 @@ export const PPO_SCHEMA: Schema<PpoConfig> = {
     min: 0,
   },
   whitenAdvantages: { default: true, doc: "whiten advantages over the batch's valid tokens" },
+  ptxCoef: {
+    default: 0,
+    doc: "PPO-ptx: γ_ptx, weight of the LM loss on a pretraining batch per minibatch (0 = off)",
+    min: 0,
+  },
+  ptxBatchSize: { default: 4, doc: "PPO-ptx sequences per minibatch", min: 1, integer: true },
+  ptxMaxLength: { default: 64, doc: "PPO-ptx tokens per sequence", min: 2, integer: true },
   seed: { default: 0, doc: "rollout sampling seed", integer: true },
 };

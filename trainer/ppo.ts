@@ -14,7 +14,7 @@
  * @module
  */
 
-import { scale } from "../kernels/elementwise.ts";
+import { fill, scale } from "../kernels/elementwise.ts";
 import { learningRate } from "../kernels/optimizer.ts";
 import { maskedStats } from "../kernels/reduce.ts";
 import {
@@ -27,11 +27,13 @@ import {
   whiten,
 } from "../kernels/rl.ts";
 import type { Gpu, Tensor } from "../kernels/runtime.ts";
-import { logitsBackward } from "../kernels/softmax.ts";
+import { crossEntropy, crossEntropyBackward, logitsBackward } from "../kernels/softmax.ts";
 import { generate } from "../model/generate.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
+import { encodePairs, Sampler } from "./batch.ts";
 import type { PpoConfig } from "./config.ts";
+import type { SftExample } from "./data.ts";
 import { type Metrics, NonFiniteLossError } from "./sft.ts";
 
 /** The four models of PPO. `reference` may be omitted when the actor has LoRA adapters. */
@@ -49,10 +51,28 @@ export interface RolloutSample {
   score: number;
 }
 
-/** Callbacks of {@link PpoTrainer}. */
+/** Callbacks and extra data of {@link PpoTrainer}. */
 export interface PpoHooks {
   /** Extra per-iteration metrics from the decoded rollout (e.g. the built-in task's gold score). */
   scoreRollout?: (samples: RolloutSample[]) => Metrics;
+  /**
+   * PPO-ptx data (InstructGPT): with `ptxCoef > 0`, each actor minibatch also takes
+   * `ptxCoef ×` the whole-sequence LM loss of `ptxBatchSize` of these (prompt + completion).
+   */
+  ptxData?: readonly SftExample[];
+}
+
+/** The trainer's own resumable state (see {@link PpoTrainer.state}). */
+export interface PpoTrainerState {
+  iteration: number;
+  beta: number;
+  orderSeed: number;
+  ptx?: { s: number; pos: number; order: number[] };
+}
+
+/** `[BOS] + last (max − 1) tokens` of an encoded prompt longer than `max`. */
+export function truncatePrompt(ids: number[], max: number): number[] {
+  return ids.length <= max ? ids : [ids[0], ...ids.slice(ids.length - (max - 1))];
 }
 
 /** Left-pads encoded prompts into a `(B, Tp)` batch. */
@@ -102,6 +122,44 @@ export class PpoTrainer {
     }
     this.beta = cfg.klCoef;
     this.#orderSeed = cfg.seed;
+    if (cfg.ptxCoef > 0) {
+      if (!hooks.ptxData?.length) {
+        throw new Error("PpoTrainer: ptxCoef > 0 needs ptxData (pretraining examples)");
+      }
+      this.#ptx = new Sampler(hooks.ptxData.length, cfg.seed + 0x5054);
+    }
+  }
+
+  #ptx?: Sampler;
+
+  /**
+   * PPO-ptx: accumulates `ptxCoef ×` the mean next-token loss of one pretraining batch into the
+   * actor's gradients; returns the `[sum, count, mean, var]` statistics of its token losses.
+   */
+  #ptxBackward(): Tensor {
+    const { actor } = this.models, gpu = actor.gpu, cfg = this.cfg, data = this.hooks.ptxData!;
+    const rows = this.#ptx!.next(cfg.ptxBatchSize).map((i) => ({
+      prompt: data[i].prompt,
+      response: data[i].completion,
+    }));
+    const b = encodePairs(this.tok, rows, { maxLength: cfg.ptxMaxLength, completionOnly: false });
+    const counted = Float32Array.from(b.targets, (t) => (t >= 0 ? 1 : 0));
+    const count = counted.reduce((a, v) => a + v, 0);
+    const tokens = gpu.fromArray(b.tokens, [b.B, b.T]), mask = gpu.fromArray(b.mask, [b.B, b.T]);
+    const targets = gpu.fromArray(b.targets), weights = gpu.fromArray(counted);
+    const acts = actor.forward(tokens, mask);
+    const logits = actor.logits(acts);
+    const ce = crossEntropy(gpu, logits, targets);
+    const dloss = gpu.empty([b.B * b.T]);
+    fill(gpu, dloss, cfg.ptxCoef / Math.max(count, 1));
+    const dlogits = crossEntropyBackward(gpu, logits, targets, ce.lse, dloss);
+    actor.backward(acts, { dlogits });
+    const stats = maskedStats(gpu, ce.loss, weights);
+    for (const t of [tokens, mask, targets, weights, logits, ce.loss, ce.lse, dloss, dlogits]) {
+      t.dispose();
+    }
+    actor.disposeActivations(acts);
+    return stats;
   }
 
   #promptBatch(): string[] {
@@ -128,7 +186,10 @@ export class PpoTrainer {
     const prompts = this.#promptBatch();
     const P = prompts.length;
     // 1. rollout
-    const enc = leftPad(prompts.map((p) => tok.encode(p)), tok.padId);
+    const enc = leftPad(
+      prompts.map((p) => truncatePrompt(tok.encode(p), cfg.maxPromptLength)),
+      tok.padId,
+    );
     const pTok = gpu.fromArray(enc.tokens, [P, enc.T]), pMask = gpu.fromArray(enc.mask, [P, enc.T]);
     const gen = await generate(actor, pTok, pMask, {
       maxNewTokens: cfg.maxNewTokens,
@@ -187,10 +248,10 @@ export class PpoTrainer {
     const adv = cfg.whitenAdvantages ? whiten(gpu, g.advantages, actMask) : g.advantages;
     const ev = explainedVariance(gpu, vOld, g.returns, actMask);
     // 4. PPO epochs over shuffled minibatches
-    // per-minibatch statistics stay on the GPU (6 means each) and are read once per iteration
+    // per-minibatch statistics stay on the GPU (NS means each) and are read once per iteration
     // (and once per epoch when the approx-KL early stop needs them)
     const nMb = Math.ceil(P / cfg.miniBatchSize);
-    const statBuf = gpu.zeros([cfg.ppoEpochs * nMb * 6]);
+    const statBuf = gpu.zeros([cfg.ppoEpochs * nMb * NS]);
     let k = 0;
     const aStore = actor.lora?.store ?? actor.store, cStore = critic.store;
     const total = cfg.iterations;
@@ -240,6 +301,7 @@ export class PpoTrainer {
           entropy: lp.entropy.reshape([B * T]),
         });
         actor.backward(aActs, { dlogits });
+        const ptx = this.#ptx ? this.#ptxBackward() : undefined;
         aStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined).dispose();
         aStore.adamw({ lr: aLr });
         const ent = maskedStats(gpu, lp.entropy, mb.act);
@@ -251,9 +313,9 @@ export class PpoTrainer {
         critic.backward(cActs2, { dvalues: vl.dvalues.reshape([B * T]) });
         cStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined).dispose();
         cStore.adamw({ lr: cLr });
-        [pl.loss, pl.clipfrac, pl.approxkl, vl.loss, vl.clipfrac, ent].forEach((t, j) =>
-          gpu.copyRange(t, 2, statBuf, 6 * k + j, 1)
-        );
+        [pl.loss, pl.clipfrac, pl.approxkl, vl.loss, vl.clipfrac, ent, ptx].forEach((t, j) => {
+          if (t) gpu.copyRange(t, 2, statBuf, NS * k + j, 1);
+        });
         k++;
         for (
           const t of [
@@ -274,6 +336,7 @@ export class PpoTrainer {
             vl.loss,
             vl.clipfrac,
             ...(dent ? [dent] : []),
+            ...(ptx ? [ptx] : []),
           ]
         ) t.dispose();
         actor.disposeActivations(aActs);
@@ -282,18 +345,20 @@ export class PpoTrainer {
       if (cfg.targetApproxKl > 0) {
         const st = await gpu.readF32(statBuf);
         let akl = 0;
-        for (let i = epochStart; i < k; i++) akl += st[6 * i + 2];
+        for (let i = epochStart; i < k; i++) akl += st[NS * i + 2];
         if (akl / (k - epochStart) > cfg.targetApproxKl) stopped = true;
       }
     }
-    const st = (await gpu.readF32(statBuf)).subarray(0, 6 * k);
+    const st = (await gpu.readF32(statBuf)).subarray(0, NS * k);
     statBuf.dispose();
     const mean = (j: number) => {
       let a = 0;
-      for (let i = 0; i < k; i++) a += st[6 * i + j];
+      for (let i = 0; i < k; i++) a += st[NS * i + j];
       return a / Math.max(k, 1);
     };
-    const [pgAvg, clipAvg, aklAvg, vfAvg, vclipAvg, entAvg] = [0, 1, 2, 3, 4, 5].map(mean);
+    const [pgAvg, clipAvg, aklAvg, vfAvg, vclipAvg, entAvg, ptxAvg] = [0, 1, 2, 3, 4, 5, 6].map(
+      mean,
+    );
     if (!Number.isFinite(pgAvg) || !Number.isFinite(vfAvg)) {
       throw new NonFiniteLossError(
         `PPO iteration ${this.iteration + 1}: policy loss ${pgAvg}, value loss ${vfAvg}`,
@@ -327,6 +392,7 @@ export class PpoTrainer {
       "train/beta": this.beta,
       "train/actor_lr": aLr,
       "train/early_stopped": stopped ? 1 : 0,
+      ...(this.#ptx ? { "loss/ptx_avg": ptxAvg } : {}),
       ...(this.hooks.scoreRollout?.(samples) ?? {}),
     };
     if (cfg.adaptiveKl) {
@@ -364,17 +430,27 @@ export class PpoTrainer {
    * The trainer's own state for exact resume (the models' states are saved by their stores):
    * rollout sampling is keyed by (seed, iteration) and minibatch order by a counter.
    */
-  state(): { iteration: number; beta: number; orderSeed: number } {
-    return { iteration: this.iteration, beta: this.beta, orderSeed: this.#orderSeed };
+  state(): PpoTrainerState {
+    return {
+      iteration: this.iteration,
+      beta: this.beta,
+      orderSeed: this.#orderSeed,
+      ...(this.#ptx ? { ptx: this.#ptx.state() } : {}),
+    };
   }
 
   /** Restores {@link state}. */
-  restore(s: { iteration: number; beta: number; orderSeed: number }): void {
+  restore(s: PpoTrainerState): void {
     this.iteration = s.iteration;
     this.beta = s.beta;
     this.#orderSeed = s.orderSeed;
+    if (this.#ptx && s.ptx) this.#ptx.restore(s.ptx);
   }
 }
+
+/** Statistics per minibatch: policy loss, clip fraction, approx-KL, value loss, value clip
+ * fraction, entropy, PPO-ptx loss. */
+const NS = 7;
 
 function shuffled(n: number, seed: number): number[] {
   let s = seed >>> 0;
