@@ -46,4 +46,5 @@ export * from "./trainer/sft.ts";
 export * from "./trainer/rm.ts";
 export * from "./trainer/ppo.ts";
 export * from "./trainer/pipeline.ts";
+export * from "./trainer/recipe.ts";
 export * from "./trainer/report.ts";

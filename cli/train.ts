@@ -19,24 +19,48 @@ import { coerce, ConfigError, type Schema } from "../trainer/config.ts";
 import { PPO_SCHEMA, RM_SCHEMA, SFT_SCHEMA } from "../trainer/config.ts";
 import {
   PIPELINE_PRESETS,
+  type PipelineConfig,
+  type PipelineHooks,
   type PipelineStage,
   resolvePipelineConfig,
   RUN_SCHEMA,
   runBuiltinPipeline,
 } from "../trainer/pipeline.ts";
+import {
+  RECIPE_PRESETS,
+  RECIPE_SCHEMAS,
+  type RecipeConfig,
+  resolveRecipeConfig,
+  runRecipePipeline,
+} from "../trainer/recipe.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { NonFiniteLossError } from "../trainer/sft.ts";
 import { writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
 import { UsageError } from "./args.ts";
 
-const SCHEMAS: Record<string, Schema<unknown>> = {
+const BUILTIN_SCHEMAS: Record<string, Schema<unknown>> = {
   run: RUN_SCHEMA as Schema<unknown>,
   sft: SFT_SCHEMA as Schema<unknown>,
   rm: RM_SCHEMA as Schema<unknown>,
   ppo: PPO_SCHEMA as Schema<unknown>,
 };
 
-/** Parses the command line into pipeline overrides. */
+const RECIPE_SECTIONS = RECIPE_SCHEMAS as unknown as Record<string, Schema<unknown>>;
+
+/** The `--preset` value on a command line, if any. */
+function presetOf(argv: string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--preset") return argv[i + 1];
+    if (argv[i].startsWith("--preset=")) return argv[i].slice("--preset=".length);
+  }
+  return undefined;
+}
+
+/**
+ * Parses the command line into pipeline overrides. A checkpoint recipe preset
+ * (`--preset=simple-rlhf-tiny`) switches to the recipe's sections (`run.`, `data.`, `lora.`,
+ * `rm.`, `ppo.`); `recipe` names it.
+ */
 export async function parseTrainArgs(
   argv: string[],
 ): Promise<
@@ -46,11 +70,16 @@ export async function parseTrainArgs(
     resume: boolean;
     stopAfter?: number;
     stage: PipelineStage;
+    recipe?: string;
   }
 > {
   const overrides: Record<string, unknown> = {};
   let out = "runs", resume = false, stopAfter: number | undefined;
   let stage: PipelineStage = "all";
+  const preset = presetOf(argv);
+  const recipe = preset !== undefined && preset in RECIPE_PRESETS ? preset : undefined;
+  const SCHEMAS = recipe ? RECIPE_SECTIONS : BUILTIN_SCHEMAS;
+  const sectionList = Object.keys(SCHEMAS).join(", ");
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--resume") {
@@ -74,16 +103,18 @@ export async function parseTrainArgs(
       }
       for (const [sec, obj] of Object.entries(parsed)) {
         if (!(sec in SCHEMAS) || typeof obj !== "object" || obj === null) {
-          throw new UsageError(`--config ${value}: unknown section "${sec}" (run, sft, rm, ppo)`);
+          throw new UsageError(`--config ${value}: unknown section "${sec}" (${sectionList})`);
         }
         for (const [k, v] of Object.entries(obj)) overrides[`${sec}.${k}`] = v;
       }
     } else if (key === "preset") {
+      if (recipe) continue; // a recipe preset is the base config itself
       const preset = PIPELINE_PRESETS[value];
       if (!preset) {
         throw new UsageError(
-          `--preset ${value}: known presets are ${Object.keys(PIPELINE_PRESETS).join(", ")} ` +
-            `(simple-rlhf-tiny, on local OPT checkpoints, is not implemented yet)`,
+          `--preset ${value}: known presets are ${
+            [...Object.keys(PIPELINE_PRESETS), ...Object.keys(RECIPE_PRESETS)].join(", ")
+          }`,
         );
       }
       // a preset sets defaults; flags given anywhere on the command line still win
@@ -106,13 +137,13 @@ export async function parseTrainArgs(
       if (dot < 0 || !(sec in SCHEMAS)) {
         throw new UsageError(
           `unknown option --${key} (use --config, --preset, --out, --resume, --stop-after or ` +
-            `--<run|sft|rm|ppo>.<key>=value)`,
+            `--<${Object.keys(SCHEMAS).join("|")}>.<key>=value)`,
         );
       }
       overrides[key] = coerce(SCHEMAS[sec], field, value);
     }
   }
-  return { overrides, out, resume, stopAfter, stage };
+  return { overrides, out, resume, stopAfter, stage, recipe };
 }
 
 function bar(
@@ -139,8 +170,10 @@ function bar(
 }
 
 async function main(): Promise<void> {
-  const { overrides, out, resume, stopAfter, stage } = await parseTrainArgs(Deno.args);
-  let cfg = resolvePipelineConfig(overrides);
+  const { overrides, out, resume, stopAfter, stage, recipe } = await parseTrainArgs(Deno.args);
+  let cfg: PipelineConfig | RecipeConfig = recipe
+    ? resolveRecipeConfig(overrides, RECIPE_PRESETS[recipe])
+    : resolvePipelineConfig(overrides);
   const dir = join(out, cfg.run.name);
   if (resume) {
     // the run's own resolved config; only its name (and the output folder) come from the flags
@@ -170,8 +203,13 @@ async function main(): Promise<void> {
   const enc = new TextEncoder();
   const starts: Record<string, number> = {};
   let lastStage = "";
-  console.error(`webgpu-rlhf: built-in task on ${gpu.adapterDescription}; writing ${dir}/`);
-  const summary = await runBuiltinPipeline(gpu, cfg, {
+  const isRecipe = "data" in cfg;
+  console.error(
+    `webgpu-rlhf: ${
+      isRecipe ? "checkpoint recipe" : "built-in task"
+    } on ${gpu.adapterDescription}; writing ${dir}/`,
+  );
+  const hooks: PipelineHooks = {
     onMetrics: async (stage, m) => {
       const rec = { stage, ...m };
       await Deno.writeTextFile(metricsPath, JSON.stringify(rec) + "\n", { append: true });
@@ -202,7 +240,11 @@ async function main(): Promise<void> {
       }
     },
     log: (line) => console.error((tty ? "\n" : "") + line),
-  }, { resume, stopAfterIteration: stopAfter, stage });
+  };
+  const runOpts = { resume, stopAfterIteration: stopAfter, stage };
+  const summary = "data" in cfg
+    ? await runRecipePipeline(gpu, cfg, { read: (p) => Deno.readFile(p) }, hooks, runOpts)
+    : await runBuiltinPipeline(gpu, cfg, hooks, runOpts);
   if (tty) Deno.stderr.writeSync(enc.encode("\n"));
   const { samples_before, samples_after, ...numbers } = summary;
   const shown = Object.entries(numbers).filter(([, v]) => Number.isFinite(v));

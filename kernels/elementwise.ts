@@ -2,7 +2,9 @@
  * Elementwise kernels: add, sub, mul, scale, axpy, fill, ReLU and GELU (tanh form) with their
  * backward passes, and f16↔f32 casts on packed `u32` words (no `shader-f16` needed).
  *
- * All take an optional `out` tensor (which may alias an input for in-place updates).
+ * All take an optional `out` tensor, which may be one of the inputs (an in-place update): the
+ * shader variant then binds that tensor once, writable, since WebGPU forbids binding one buffer
+ * twice in a dispatch when one binding is writable. Partially overlapping operands are an error.
  *
  * @module
  */
@@ -11,31 +13,55 @@ import { checkShape } from "./errors.ts";
 import { groups, LINEAR_MAIN } from "./_shader.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
-function unaryShader(expr: string): string {
+/** Which operand the result overwrites: a separate `out`, or an input in place. */
+type Target = "out" | "x" | "y";
+
+/**
+ * A unary op `out = expr(v)`, or in place (`x = expr(x)`, one binding). Inputs are read-only
+ * bindings: WebGPU forbids binding one buffer both writable and read-only in a dispatch.
+ */
+function unaryShader(expr: string, target: "out" | "x" = "out"): string {
+  const decl = target === "x"
+    ? `@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n), updated in place
+@group(0) @binding(1) var<uniform> p: P;`
+    : `@group(0) @binding(0) var<storage, read> x: array<f32>;         // (n)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (n)
+@group(0) @binding(2) var<uniform> p: P;`;
   return `
 struct P { n: u32, a: f32, b: f32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (n)
-@group(0) @binding(2) var<uniform> p: P;
+${decl}
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let v = x[i];
-  out[i] = ${expr};
+  ${target}[i] = ${expr};
 }`;
 }
 
-function binaryShader(expr: string): string {
+/**
+ * A binary op `out = expr(u, v)` with `u = x[i]`, `v = y[i]`; `target` names the binding the
+ * result goes to (in place into `x` or `y`, which is then the only writable binding), and
+ * `sameInputs` reads both operands from `x` (one binding when `x` and `y` are one tensor).
+ */
+function binaryShader(expr: string, target: Target = "out", sameInputs = false): string {
+  const lines: string[] = [];
+  let n = 0;
+  const bind = (name: string, writable: boolean) =>
+    lines.push(
+      `@group(0) @binding(${n++}) var<storage, ${writable ? "read_write" : "read"}> ${name}: ` +
+        `array<f32>; // (n)`,
+    );
+  bind("x", target === "x");
+  if (!sameInputs) bind("y", target === "y");
+  if (target === "out") bind("out", true);
+  lines.push(`@group(0) @binding(${n}) var<uniform> p: P;`);
   return `
 struct P { n: u32, a: f32, b: f32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n)
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;   // (n)
-@group(0) @binding(2) var<storage, read_write> out: array<f32>; // (n)
-@group(0) @binding(3) var<uniform> p: P;
+${lines.join("\n")}
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let u = x[i];
-  let v = y[i];
-  out[i] = ${expr};
+  let v = ${sameInputs ? "x" : "y"}[i];
+  ${target === "y" && sameInputs ? "x" : target}[i] = ${expr};
 }`;
 }
 
@@ -45,27 +71,40 @@ fn tanh_safe(z: f32) -> f32 { let e = exp(-2.0 * abs(z)); return sign(z) * (1.0 
 `;
 const GELU_K = "0.7978845608028654"; // sqrt(2/pi)
 
-const SHADERS = {
-  scale: unaryShader("p.a * v"),
-  relu: unaryShader("max(v, 0.0)"),
-  fill: unaryShader("p.a"),
-  gelu: GELU_FN +
-    unaryShader(`0.5 * v * (1.0 + tanh_safe(${GELU_K} * (v + 0.044715 * v * v * v)))`),
-  add: binaryShader("u + v"),
-  sub: binaryShader("u - v"),
-  mul: binaryShader("u * v"),
-  axpy: binaryShader("p.a * u + v"),
-  // x = dy, y = pre-activation input
-  reluBackward: binaryShader("select(0.0, u, v > 0.0)"),
-  geluBackward: GELU_FN + binaryShader(`u * gelu_grad(v)`).replace(
-    "struct P",
-    `fn gelu_grad(x: f32) -> f32 {
+const GELU_GRAD_FN = `fn gelu_grad(x: f32) -> f32 {
   let t = tanh_safe(${GELU_K} * (x + 0.044715 * x * x * x));
   return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * ${GELU_K} * (1.0 + 3.0 * 0.044715 * x * x);
 }
-struct P`,
-  ),
-};
+`;
+
+/** Each op: its arity, expression, and helper functions it needs. */
+const OPS = {
+  scale: { arity: 1, expr: "p.a * v", prelude: "" },
+  relu: { arity: 1, expr: "max(v, 0.0)", prelude: "" },
+  fill: { arity: 1, expr: "p.a", prelude: "" },
+  gelu: {
+    arity: 1,
+    expr: `0.5 * v * (1.0 + tanh_safe(${GELU_K} * (v + 0.044715 * v * v * v)))`,
+    prelude: GELU_FN,
+  },
+  add: { arity: 2, expr: "u + v", prelude: "" },
+  sub: { arity: 2, expr: "u - v", prelude: "" },
+  mul: { arity: 2, expr: "u * v", prelude: "" },
+  axpy: { arity: 2, expr: "p.a * u + v", prelude: "" },
+  // x = dy, y = pre-activation input
+  reluBackward: { arity: 2, expr: "select(0.0, u, v > 0.0)", prelude: "" },
+  geluBackward: { arity: 2, expr: "u * gelu_grad(v)", prelude: GELU_FN + GELU_GRAD_FN },
+} as const;
+
+/** True when two tensors are exactly the same region; throws on a partial overlap. */
+function same(op: string, a: Tensor, b: Tensor): boolean {
+  if (a.buffer !== b.buffer) return false;
+  if (a.byteOffset === b.byteOffset && a.byteLength === b.byteLength) return true;
+  const overlap = a.byteOffset < b.byteOffset + b.byteLength &&
+    b.byteOffset < a.byteOffset + a.byteLength;
+  checkShape(!overlap, `${op}: operands partially overlap in one buffer`);
+  return false;
+}
 
 function sameSize(op: string, ...ts: Tensor[]): void {
   for (const t of ts) {
@@ -77,12 +116,13 @@ function sameSize(op: string, ...ts: Tensor[]): void {
   }
 }
 
-function runUnary(gpu: Gpu, op: keyof typeof SHADERS, x: Tensor, out: Tensor | undefined, a = 0) {
+function runUnary(gpu: Gpu, op: keyof typeof OPS, x: Tensor, out: Tensor | undefined, a = 0) {
   const y = out ?? gpu.empty(x.shape);
   sameSize(op, x, y);
+  const inPlace = same(op, x, y);
   gpu.dispatch(
-    gpu.pipeline(SHADERS[op]),
-    [x, y],
+    gpu.pipeline(OPS[op].prelude + unaryShader(OPS[op].expr, inPlace ? "x" : "out")),
+    inPlace ? [x] : [x, y],
     gpu.grid(groups(x.size)),
     new Params().u32(x.size).f32(a, 0),
   );
@@ -91,7 +131,7 @@ function runUnary(gpu: Gpu, op: keyof typeof SHADERS, x: Tensor, out: Tensor | u
 
 function runBinary(
   gpu: Gpu,
-  op: keyof typeof SHADERS,
+  op: keyof typeof OPS,
   x: Tensor,
   y: Tensor,
   out: Tensor | undefined,
@@ -99,9 +139,12 @@ function runBinary(
 ) {
   const o = out ?? gpu.empty(x.shape);
   sameSize(op, x, y, o);
+  const xy = same(op, x, y);
+  const target: Target = same(op, o, x) ? "x" : same(op, o, y) ? "y" : "out";
+  const bindings = [x, ...(xy ? [] : [y]), ...(target === "out" ? [o] : [])];
   gpu.dispatch(
-    gpu.pipeline(SHADERS[op]),
-    [x, y, o],
+    gpu.pipeline(OPS[op].prelude + binaryShader(OPS[op].expr, target, xy)),
+    bindings,
     gpu.grid(groups(x.size)),
     new Params().u32(x.size).f32(a, 0),
   );
@@ -145,7 +188,7 @@ export function scale(gpu: Gpu, x: Tensor, s: number, out?: Tensor): Tensor {
 
 /** Sets every element of `t` to `value` (in place). */
 export function fill(gpu: Gpu, t: Tensor, value: number): Tensor {
-  return runUnary(gpu, "fill", t, t, value);
+  return runUnary(gpu, "fill", t, t, value); // in place: one writable binding
 }
 
 /** `out = max(x, 0)`. */

@@ -126,7 +126,7 @@ export function embeddingForward(
   );
   gpu.dispatch(
     gpu.pipeline(FORWARD),
-    [tokens, pos?.positions ?? tokens, wte, pos?.wpe ?? wte, out],
+    [tokens, pos?.positions ?? gpu.placeholder(0), wte, pos?.wpe ?? gpu.placeholder(1), out],
     gpu.grid(groups(out.size)),
     new Params().u32(out.size, C, V, pos?.wpe.shape[0] ?? 0, pos?.offset ?? 0, pos ? 1 : 0)
       .i32(chunk?.firstRow ?? 0).u32(chunk?.accumulate ? 1 : 0),

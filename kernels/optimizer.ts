@@ -87,7 +87,7 @@ export function adamwStep(
   if (s) checkShape(s.index < s.tensor.size, "adamwStep: gradScale index out of range");
   gpu.dispatch(
     gpu.pipeline(ADAMW),
-    [param, grad, m, v, s?.tensor ?? grad],
+    [param, grad, m, v, s?.tensor ?? gpu.placeholder()],
     gpu.grid(groups(param.size)),
     new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, 0).f32(
       o.lr,

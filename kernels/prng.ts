@@ -42,7 +42,25 @@ export function randF32(seed: number, stream: number, index: number): number {
   return (randU32(seed, stream, index) >>> 8) / 16777216;
 }
 
-const FILL = `${PRNG_WGSL}
+/**
+ * `cos(2π·t)` for `t` in [0, 1) from basic arithmetic: exact quadrant reduction in turns, then
+ * Taylor polynomials on [−π/4, π/4] (error < 3e-8). WGSL's own `cos` is only specified to an
+ * absolute error of 2⁻¹¹ on [−π, π] (SwiftShader's differs from llvmpipe's by ~1e-3 at 2π), too
+ * coarse for initialisations that should not depend on the GPU.
+ */
+const COS_TURNS = `
+fn cos_turns(t: f32) -> f32 {
+  let q = round(4.0 * t);
+  let x = 6.283185307179586 * (t - 0.25 * q);
+  let x2 = x * x;
+  let c = 1.0 + x2 * (-0.5 + x2 * (1.0 / 24.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 40320.0))));
+  let s = x * (1.0 + x2 * (-1.0 / 6.0 + x2 * (1.0 / 120.0 + x2 * (-1.0 / 5040.0 + x2 / 362880.0))));
+  let k = u32(q) & 3u;
+  return select(select(select(s, -c, k == 2u), -s, k == 1u), c, k == 0u);
+}
+`;
+
+const FILL = `${PRNG_WGSL}${COS_TURNS}
 struct P { n: u32, seed: u32, stream: u32, kind: u32, a: f32, b: f32, offset: u32 }
 @group(0) @binding(0) var<storage, read_write> out: array<f32>; // (n)
 @group(0) @binding(1) var<uniform> p: P;
@@ -56,7 +74,7 @@ ${LINEAR_MAIN}
     // normal(a, b) by Box-Muller on the index pair (2j, 2j + 1)
     let u1 = max(rand_f32(p.seed, p.stream, 2u * j), 1.0 / 16777216.0);
     let u2 = rand_f32(p.seed, p.stream, 2u * j + 1u);
-    out[i] = p.a + p.b * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+    out[i] = p.a + p.b * sqrt(-2.0 * log(u1)) * cos_turns(u2);
   }
 }`;
 

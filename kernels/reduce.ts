@@ -250,7 +250,7 @@ export function maskedStats(
   const wgs = Math.ceil(x.size / CHUNK);
   const partials = partialsFor(gpu, wgs);
   const part = gpu.pipeline(PARTIALS), fin = gpu.pipeline(FINISH);
-  const m = mask ?? x;
+  const m = mask ?? gpu.placeholder();
   const hasMask = mask ? 1 : 0;
   for (const mode of [0, 1]) {
     if (wgs === 0) gpu.clear(partials);
@@ -298,7 +298,7 @@ export function globalNorm(gpu: Gpu, tensors: Tensor[], maxNorm = 0): Tensor {
     checkShape(t.dtype === "f32", `globalNorm: tensor ${i} has dtype ${t.dtype}`);
     gpu.dispatch(
       part,
-      [t, t, stats, partials],
+      [t, gpu.placeholder(), stats, partials],
       gpu.grid(counts[i]),
       new Params().u32(t.size, 2, offset, 0),
     );

@@ -130,7 +130,7 @@ export function shapedRewards(
   const r = gpu.empty([B, T]);
   gpu.dispatch(
     gpu.pipeline(REWARDS),
-    [kl, scores, mask, betaT ?? kl, r],
+    [kl, scores, mask, betaT ?? gpu.placeholder(), r],
     gpu.grid(groups(B)),
     new Params().u32(B, T).f32(betaT ? -1 : o.beta as number, o.scoreClip ?? Infinity),
   );
@@ -450,7 +450,7 @@ export function pairwiseRewardLoss(
   const dchosen = gpu.empty([n]), drejected = gpu.empty([n]);
   gpu.dispatch(
     gpu.pipeline(PAIRWISE),
-    [chosen, rejected, margin ?? chosen, loss, correct, gap, dchosen, drejected],
+    [chosen, rejected, margin ?? gpu.placeholder(), loss, correct, gap, dchosen, drejected],
     gpu.grid(groups(n)),
     new Params().u32(n, margin ? 1 : 0),
   );

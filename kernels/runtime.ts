@@ -35,6 +35,25 @@ function checkDims(shape: readonly number[], what: string): void {
   }
 }
 
+/** How a shader binds a buffer. */
+type BufferAccess = "read_write" | "read" | "uniform";
+
+/** Buffer bindings of `@group(0)` in a WGSL module: binding index → access and name. */
+function bufferBindings(code: string): Map<number, { access: BufferAccess; name: string }> {
+  const out = new Map<number, { access: BufferAccess; name: string }>();
+  const re =
+    /@binding\((\d+)\)\s*var<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>\s*(\w+)/g;
+  for (const m of code.matchAll(re)) {
+    const access: BufferAccess = m[2] === "uniform"
+      ? "uniform"
+      : m[3] === "read_write"
+      ? "read_write"
+      : "read";
+    out.set(Number(m[1]), { access, name: m[4] });
+  }
+  return out;
+}
+
 /**
  * A GPU buffer region with a shape and a dtype. Created by {@link Gpu.empty}, {@link Gpu.zeros},
  * {@link Gpu.fromArray} or as a view of a larger buffer; call {@link Tensor.dispose} to return
@@ -339,6 +358,8 @@ export class Gpu {
   /** Largest storage binding in bytes (≤ `maxStorageBufferBindingSize`). */
   readonly maxBindingBytes: number;
   #pipelines = new Map<string, GPUComputePipeline>();
+  /** Per pipeline: each buffer binding's access and variable name, parsed from its WGSL. */
+  #access = new WeakMap<GPUComputePipeline, Map<number, { access: BufferAccess; name: string }>>();
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
   #arenas: Arena[] = [];
@@ -445,6 +466,18 @@ export class Gpu {
   }
 
   // ---------------------------------------------------------------- tensors
+
+  #placeholders: Tensor[] = [];
+
+  /**
+   * Small buffers of their own (one per `slot`) to bind where a kernel's optional inputs are
+   * absent (a flag tells the shader not to read them). Binding another operand there instead
+   * would alias buffers, which WebGPU forbids when a binding is writable. Do not dispose.
+   */
+  placeholder(slot = 0): Tensor {
+    while (this.#placeholders.length <= slot) this.#placeholders.push(this.zeros([4]));
+    return this.#placeholders[slot];
+  }
 
   /** An uninitialised tensor from the pool. */
   empty(shape: readonly number[], dtype: DType = "f32"): Tensor {
@@ -664,6 +697,7 @@ export class Gpu {
         compute: { module, entryPoint },
       });
       this.#pipelines.set(key, p);
+      this.#access.set(p, bufferBindings(code));
       this.stats.pipelines++;
     }
     return p;
@@ -697,6 +731,7 @@ export class Gpu {
       if (b === null) return;
       entries.push({ binding: i, resource: b instanceof Tensor ? b.binding() : b });
     });
+    this.#checkAliasing(pipeline, bindings);
     if (params) {
       entries.push({ binding: bindings.length, resource: this.#uniform(params.bytes()) });
     }
@@ -706,6 +741,36 @@ export class Gpu {
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(x, y, z);
     this.stats.dispatches++;
+  }
+
+  /**
+   * WebGPU's per-dispatch usage rules, checked here so that every backend (including ones that
+   * do not validate them, like Deno's) fails the same way a browser does: a buffer bound as
+   * writable storage must not also be bound read-only (usage conflict), and two writable
+   * bindings of one buffer must not overlap (binding aliasing).
+   */
+  #checkAliasing(pipeline: GPUComputePipeline, bindings: Bindable[]): void {
+    const access = this.#access.get(pipeline);
+    if (!access) return;
+    const bound: { i: number; t: Tensor; a: BufferAccess; name: string }[] = [];
+    bindings.forEach((b, i) => {
+      const info = access.get(i);
+      if (b instanceof Tensor && info) bound.push({ i, t: b, a: info.access, name: info.name });
+    });
+    for (let x = 0; x < bound.length; x++) {
+      for (let y = x + 1; y < bound.length; y++) {
+        const p = bound[x], q = bound[y];
+        if (p.t.buffer !== q.t.buffer || (p.a !== "read_write" && q.a !== "read_write")) continue;
+        const overlap = p.t.byteOffset < q.t.byteOffset + Math.max(4, q.t.byteLength) &&
+          q.t.byteOffset < p.t.byteOffset + Math.max(4, p.t.byteLength);
+        if (p.a === q.a && !overlap) continue;
+        throw new GpuValidationError(
+          `bindings ${p.i} (${p.name}, ${p.a}) and ${q.i} (${q.name}, ${q.a}) of one dispatch ` +
+            `use the same buffer${overlap ? " with overlapping ranges" : ""}: WebGPU forbids ` +
+            `this (browsers reject the command buffer); use a separate output tensor`,
+        );
+      }
+    }
   }
 
   /** The open command encoder, for copies that must be ordered with dispatches. */

@@ -208,7 +208,7 @@ Deno.test({
       ptxCoef: 1,
       ptxBatchSize: 2,
     };
-    assertThrows(
+    await assertThrows(
       () => new PpoTrainer({ actor, critic, reward, reference }, tok, prompts, ppoCfg),
       Error,
       "ptxCoef > 0 needs ptxData",
@@ -241,7 +241,7 @@ Deno.test({
     const actor = base.copy({ frozen: true });
     base.store.dispose();
     assert(!actor.store.trainable, "frozen store");
-    assertThrows(() => actor.store.grads, Error, "frozen parameter store");
+    await assertThrows(() => actor.store.grads, Error, "frozen parameter store");
     const lora = actor.attachLora({
       r: 4,
       alpha: 8,

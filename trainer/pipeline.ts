@@ -10,7 +10,6 @@
 
 import type { Gpu } from "../kernels/runtime.ts";
 import { loadOptModel, saveOptModel } from "../model/checkpoint.ts";
-import { generate } from "../model/generate.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
 import {
@@ -24,7 +23,8 @@ import {
   SFT_SCHEMA,
   type SftConfig,
 } from "./config.ts";
-import { leftPad, PpoTrainer } from "./ppo.ts";
+import { PpoTrainer } from "./ppo.ts";
+import { runPpoLoop, sampleAndScore } from "./_stages.ts";
 import { evaluateRewardModel, trainRewardModel } from "./rm.ts";
 import { type Metrics, trainSft } from "./sft.ts";
 import {
@@ -142,6 +142,11 @@ export interface PipelineHooks {
   saveCheckpoint?: (stage: string, files: { config: string; weights: Uint8Array }) => Promise<void>;
   /** Free-form log lines. */
   log?: (line: string) => void;
+  /**
+   * Decoded samples with their reward-model (and, on the built-in task, gold) scores: every PPO
+   * rollout (`"ppo"`) and the evaluations `"before"` and `"after"` PPO.
+   */
+  onSamples?: (when: "ppo" | "before" | "after", samples: ReportSample[]) => void;
   /** Persists resumable training state (`name` like "ppo/actor_state.safetensors"). */
   saveState?: (name: string, data: Uint8Array | string) => Promise<void>;
   /** Loads what {@link saveState} wrote, or a finished stage's checkpoint; undefined if absent. */
@@ -184,34 +189,15 @@ async function evaluate(
   T: number,
   seed: number,
 ): Promise<{ gold: number; score: number; samples: ReportSample[] }> {
-  const enc = leftPad(questions.map((q) => tok.encode(q.prompt)), tok.padId);
-  const B = questions.length;
-  const out = await generate(
-    actor,
-    gpu.fromArray(enc.tokens, [B, enc.T]),
-    gpu.fromArray(enc.mask, [B, enc.T]),
-    {
-      maxNewTokens: 12,
-      temperature: T,
-      greedy: T === 0,
-      seed,
-    },
-  );
-  const acts = reward.forward(out.tokens, out.attentionMask);
-  const scores = await gpu.readF32(reward.sequenceScores(acts));
-  reward.disposeActivations(acts);
-  const all = await gpu.read(out.tokens), resp = await gpu.readF32(out.responseMask);
-  const L = enc.T + out.generated;
-  const samples = questions.map((q, b) => {
-    const ids: number[] = [];
-    for (let t = enc.T; t < L && resp[b * L + t]; t++) {
-      if (all[b * L + t] !== tok.eosId) ids.push(all[b * L + t]);
-    }
-    const response = tok.decode(ids);
-    return { prompt: q.prompt, response, gold: goldScore(q, response), score: scores[b] };
+  const scored = await sampleAndScore(gpu, actor, reward, tok, questions.map((q) => q.prompt), {
+    temperature: T,
+    seed,
+    maxNewTokens: 12,
+    maxPromptLength: 256,
   });
-  for (const t of [out.tokens, out.attentionMask, out.responseMask, out.logprobs]) t.dispose();
-  const mean = (f: (s: ReportSample) => number) => samples.reduce((a, s) => a + f(s), 0) / B;
+  const samples = scored.map((s, i) => ({ ...s, gold: goldScore(questions[i], s.response) }));
+  const mean = (f: (s: ReportSample) => number) =>
+    samples.reduce((a, s) => a + f(s), 0) / samples.length;
   return { gold: mean((s) => s.gold), score: mean((s) => s.score), samples };
 }
 
@@ -332,7 +318,7 @@ export async function runBuiltinPipeline(
     return partial({ "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin });
   }
   // PPO: actor and reference from SFT, critic from the reward model
-  const actor = sft.copy(), reference = sft.copy();
+  const actor = sft.copy(), reference = sft.copy({ frozen: true });
   const critic = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: seed + 2, valueHead: true });
   critic.store.copyFrom(rm.store);
   // the reference equals the actor before PPO (also when resuming mid-PPO)
@@ -346,6 +332,7 @@ export async function runBuiltinPipeline(
     seed + 100,
   );
   log(`before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`);
+  hooks.onSamples?.("before", before.samples);
   const trainer = new PpoTrainer(
     { actor, critic, reward: rm, reference },
     tok,
@@ -358,36 +345,17 @@ export async function runBuiltinPipeline(
       }),
     },
   );
-  const saved = opts.resume ? await hooks.loadState?.("ppo/trainer_state.json") : undefined;
-  if (typeof saved === "string") {
-    const a = await hooks.loadState!("ppo/actor_state.safetensors");
-    const c = await hooks.loadState!("ppo/critic_state.safetensors");
-    if (!(a instanceof Uint8Array) || !(c instanceof Uint8Array)) {
-      throw new Error("resume: ppo/trainer_state.json exists but the model states are missing");
-    }
-    actor.store.loadState(a);
-    critic.store.loadState(c);
-    trainer.restore(JSON.parse(saved));
-    log(`resume: PPO continues after iteration ${trainer.iteration}`);
-  }
-  const checkpoint = async () => {
-    if (!hooks.saveState) return;
-    // models first, the trainer state last: a state file always has its models
-    await hooks.saveState("ppo/actor_state.safetensors", await actor.store.saveState());
-    await hooks.saveState("ppo/critic_state.safetensors", await critic.store.saveState());
-    await hooks.saveState("ppo/trainer_state.json", JSON.stringify(trainer.state()));
-  };
-  let last: Metrics = {};
-  while (trainer.iteration < cfg.ppo.iterations) {
-    last = await trainer.step();
-    hooks.onProgress?.("ppo", trainer.iteration, cfg.ppo.iterations, last);
-    await hooks.onMetrics?.("ppo", last);
-    if (trainer.iteration % cfg.run.checkpointEvery === 0) await checkpoint();
-    if (opts.stopAfterIteration !== undefined && trainer.iteration >= opts.stopAfterIteration) {
-      break;
-    }
-  }
-  await checkpoint();
+  const last = await runPpoLoop(
+    trainer,
+    [
+      { name: "ppo/actor_state.safetensors", store: actor.store },
+      { name: "ppo/critic_state.safetensors", store: critic.store },
+    ],
+    { iterations: cfg.ppo.iterations, checkpointEvery: cfg.run.checkpointEvery },
+    hooks,
+    opts,
+    (s) => goldScore(parseQuestion(s.prompt)!, s.response),
+  );
   await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
   const after = await evaluate(
     gpu,
@@ -399,6 +367,7 @@ export async function runBuiltinPipeline(
     seed + 100,
   );
   log(`after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`);
+  hooks.onSamples?.("after", after.samples);
   for (const m of [sft, rm, actor, reference, critic]) m.store.dispose();
   return {
     wall_seconds: (performance.now() - t0) / 1000,

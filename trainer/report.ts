@@ -52,12 +52,17 @@ function series(
     .map((r) => [r[x] as number, r[key] as number]);
 }
 
+/** A number, or "—" where there is none (e.g. no gold score outside the built-in task). */
+function fmt(v: number, digits: number): string {
+  return Number.isFinite(v) ? v.toFixed(digits) : "—";
+}
+
 function samples(title: string, s: ReportSample[]): string {
   const rows = s.map((x) =>
     `<tr><td><code>${esc(x.prompt.trim())}</code></td><td><code>${
       esc(JSON.stringify(x.response))
     }</code></td>` +
-    `<td>${x.gold.toFixed(2)}</td><td>${x.score.toFixed(2)}</td></tr>`
+    `<td>${fmt(x.gold, 2)}</td><td>${fmt(x.score, 2)}</td></tr>`
   ).join("\n");
   return `<h3>${
     esc(title)
@@ -98,7 +103,7 @@ export function renderReport(
     "score/after",
     "objective/kl",
   ] as const;
-  const table = keys.map((k) =>
+  const table = keys.filter((k) => Number.isFinite(summary[k])).map((k) =>
     `<tr><td>${k}</td><td>${(summary[k] as number).toFixed(3)}</td></tr>`
   ).join("");
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>webgpu-rlhf run ${

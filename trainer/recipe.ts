@@ -1,0 +1,453 @@
+/**
+ * RLHF on real checkpoints: the Simple_RLHF_tiny recipe (SPEC §1, §8) — a reward model trained
+ * from a Hugging Face OPT checkpoint (OPT-125m) with the token-level loss on hh-rlhf pairs, then
+ * PPO of a LoRA-adapted actor (OPT-350m, r = α = 128 on q,k,v,out_proj,fc1,fc2) with the critic
+ * started from the reward model and the reference policy = the actor with adapters disabled.
+ *
+ * Runtime-agnostic: files are read through {@link RecipeIo} (the CLI reads the disk, a page can
+ * `fetch`), checkpoints and state go through the same {@link PipelineHooks} as the built-in
+ * pipeline, so `--resume`, `--stage` and the report work the same way.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../kernels/runtime.ts";
+import { loadOptModel, saveOptModel } from "../model/checkpoint.ts";
+import type { LoraTarget } from "../model/lora.ts";
+import type { OptModel } from "../model/opt.ts";
+import { BpeTokenizer, type Tokenizer } from "../model/tokenizer.ts";
+import {
+  ConfigError,
+  defaults,
+  PPO_SCHEMA,
+  type PpoConfig,
+  resolveConfig,
+  RM_SCHEMA,
+  type RmConfig,
+  type Schema,
+} from "./config.ts";
+import { decodeText, type PairExample, readPairs, readPrompts, readSft } from "./data.ts";
+import type { PipelineHooks, PipelineStage, PipelineSummary } from "./pipeline.ts";
+import { PpoTrainer } from "./ppo.ts";
+import { evaluateRewardModel, trainRewardModel } from "./rm.ts";
+import type { Metrics } from "./sft.ts";
+import { runPpoLoop, sampleAndScore } from "./_stages.ts";
+
+/** Run-level settings of a recipe. */
+export interface RecipeRunConfig {
+  name: string;
+  seed: number;
+  checkpointEvery: number;
+  evalPrompts: number;
+  evalTemperature: number;
+}
+
+/** Where the recipe's checkpoints and data are (paths for the CLI, URLs in a page). */
+export interface RecipeDataConfig {
+  actor: string;
+  critic: string;
+  tokenizer: string;
+  pairs: string;
+  evalPairs: string;
+  heldOutPairs: number;
+  prompts: string;
+  ptx: string;
+}
+
+/** LoRA adapters of the actor. */
+export interface RecipeLoraConfig {
+  r: number;
+  alpha: number;
+  targets: string;
+}
+
+/** A complete recipe configuration. */
+export interface RecipeConfig {
+  run: RecipeRunConfig;
+  data: RecipeDataConfig;
+  lora: RecipeLoraConfig;
+  rm: RmConfig;
+  ppo: PpoConfig;
+}
+
+/** The run section's schema. */
+export const RECIPE_RUN_SCHEMA: Schema<RecipeRunConfig> = {
+  name: { default: "simple-rlhf-tiny", doc: "run name (output under runs/<name>/)" },
+  seed: { default: 1, doc: "seed of adapter initialisation and sampling", integer: true },
+  checkpointEvery: {
+    default: 10,
+    doc: "PPO iterations between resumable state checkpoints",
+    min: 1,
+    integer: true,
+  },
+  evalPrompts: {
+    default: 16,
+    doc: "held-out prompts sampled and scored before and after PPO",
+    min: 1,
+    integer: true,
+  },
+  evalTemperature: { default: 0.7, doc: "temperature of the evaluation samples", min: 0 },
+};
+
+/** The data section's schema. */
+export const RECIPE_DATA_SCHEMA: Schema<RecipeDataConfig> = {
+  actor: {
+    default: "",
+    doc: "actor checkpoint folder (HF OPT: config.json, model.safetensors), e.g. opt-350m",
+  },
+  critic: {
+    default: "",
+    doc: "critic/reward base checkpoint folder (HF OPT), e.g. opt-125m; a v_head is added",
+  },
+  tokenizer: {
+    default: "",
+    doc: "folder with vocab.json and merges.txt (default: the actor folder)",
+  },
+  pairs: {
+    default: "",
+    doc: "preference pairs JSONL (hh-rlhf or {prompt,chosen,rejected}; .gz ok)",
+  },
+  evalPairs: {
+    default: "",
+    doc: "held-out pairs JSONL (default: the last heldOutPairs records of pairs)",
+  },
+  heldOutPairs: {
+    default: 64,
+    doc: "pairs held out of `pairs` when evalPairs is not given",
+    min: 1,
+    integer: true,
+  },
+  prompts: {
+    default: "",
+    doc: "PPO prompts JSONL ({prompt} or hh-rlhf; default: the training pairs' prompts)",
+  },
+  ptx: {
+    default: "",
+    doc: "PPO-ptx data JSONL ({prompt, completion}); needed when ppo.ptxCoef > 0",
+  },
+};
+
+/** The LoRA section's schema. */
+export const RECIPE_LORA_SCHEMA: Schema<RecipeLoraConfig> = {
+  r: { default: 128, doc: "LoRA rank r", min: 1, integer: true },
+  alpha: { default: 128, doc: "LoRA α (the update is scaled by α/r)", min: 0 },
+  targets: {
+    default: "q_proj,k_proj,v_proj,out_proj,fc1,fc2",
+    doc: "comma-separated adapted linears",
+  },
+};
+
+/** The section schemas of a recipe config. */
+export const RECIPE_SCHEMAS = {
+  run: RECIPE_RUN_SCHEMA,
+  data: RECIPE_DATA_SCHEMA,
+  lora: RECIPE_LORA_SCHEMA,
+  rm: RM_SCHEMA,
+  ppo: PPO_SCHEMA,
+} as const;
+
+/**
+ * Simple_RLHF_tiny: OPT-350m actor + LoRA r = α = 128 on q,k,v,out_proj,fc1,fc2; OPT-125m
+ * critic/reward with the token-level RM loss; γ = 1, λ = 0.95, β = 0.1 (k1), score clip ±5,
+ * ratio clip 0.2 (0.8–1.2), value clip 0.2, actor lr 1e-5, critic lr 5e-5, batch 4. The number
+ * of steps and sequence lengths are ours (the seed trains the RM for an epoch of 60k pairs).
+ */
+export const SIMPLE_RLHF_TINY: RecipeConfig = {
+  run: defaults(RECIPE_RUN_SCHEMA),
+  data: defaults(RECIPE_DATA_SCHEMA),
+  lora: defaults(RECIPE_LORA_SCHEMA),
+  rm: {
+    ...defaults(RM_SCHEMA),
+    loss: "token",
+    steps: 2000,
+    batchSize: 4,
+    lr: 5e-5,
+    maxLength: 256,
+  },
+  ppo: {
+    ...defaults(PPO_SCHEMA),
+    iterations: 500,
+    batchSize: 4,
+    miniBatchSize: 2,
+    ppoEpochs: 2,
+    maxNewTokens: 64,
+    maxPromptLength: 192,
+    temperature: 1.0,
+    actorLr: 1e-5,
+    criticLr: 5e-5,
+    gamma: 1,
+    lambda: 0.95,
+    klCoef: 0.1,
+    klEstimator: "k1",
+    scoreClip: 5,
+    clipRange: 0.2,
+    clipRangeValue: 0.2,
+    ptxBatchSize: 2,
+    ptxMaxLength: 256,
+  },
+};
+
+/** Recipe presets by name. */
+export const RECIPE_PRESETS: Record<string, RecipeConfig> = {
+  "simple-rlhf-tiny": SIMPLE_RLHF_TINY,
+};
+
+/**
+ * Builds a recipe config from a preset and overrides (nested `{ppo: {iterations: 5}}` or dotted
+ * `{"ppo.iterations": 5}`); unknown sections and keys are errors naming them.
+ */
+export function resolveRecipeConfig(
+  overrides: Record<string, unknown>,
+  base: RecipeConfig = SIMPLE_RLHF_TINY,
+): RecipeConfig {
+  const sections = Object.keys(RECIPE_SCHEMAS) as (keyof RecipeConfig)[];
+  const nested: Record<string, Record<string, unknown>> = Object.fromEntries(
+    sections.map((s) => [s, {}]),
+  );
+  for (const [k, v] of Object.entries(overrides)) {
+    const dot = k.indexOf(".");
+    const sec = dot > 0 ? k.slice(0, dot) : k;
+    if (!(sec in nested)) {
+      throw new ConfigError(`unknown config section "${sec}" in "${k}" (${sections.join(", ")})`);
+    }
+    if (dot > 0) nested[sec][k.slice(dot + 1)] = v;
+    else if (typeof v === "object" && v !== null) Object.assign(nested[sec], v);
+    else throw new ConfigError(`config key "${k}" must be a section object`);
+  }
+  const out = Object.fromEntries(sections.map((s) => [
+    s,
+    resolveConfig(RECIPE_SCHEMAS[s] as Schema<unknown>, nested[s], base[s] as unknown),
+  ])) as unknown as RecipeConfig;
+  loraTargets(out.lora.targets); // validate early
+  return out;
+}
+
+function loraTargets(s: string): LoraTarget[] {
+  const known = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"];
+  const t = s.split(",").map((x) => x.trim()).filter((x) => x);
+  for (const x of t) {
+    if (!known.includes(x)) {
+      throw new ConfigError(`lora.targets: unknown module "${x}" (known: ${known.join(", ")})`);
+    }
+  }
+  if (!t.length) throw new ConfigError("lora.targets: name at least one module");
+  return t as LoraTarget[];
+}
+
+/** How the recipe reads its inputs: bytes of a path (CLI) or URL (browser). */
+export interface RecipeIo {
+  read(path: string): Promise<Uint8Array>;
+}
+
+function join(dir: string, file: string): string {
+  return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
+}
+
+/** The inputs named by `cfg.data`, read and parsed. */
+export interface RecipeInputs {
+  tokenizer: Tokenizer;
+  pairs: PairExample[];
+  evalPairs: PairExample[];
+  prompts: string[];
+  evalPrompts: string[];
+  ptx?: { prompt: string; completion: string }[];
+}
+
+/** Reads the tokenizer and data sets that `cfg.data` names; errors name the missing key. */
+export async function loadRecipeInputs(cfg: RecipeConfig, io: RecipeIo): Promise<RecipeInputs> {
+  const d = cfg.data;
+  for (const k of ["actor", "critic", "pairs"] as const) {
+    if (!d[k]) {
+      throw new ConfigError(
+        `data.${k} is required by the checkpoint recipe (${RECIPE_DATA_SCHEMA[k].doc})`,
+      );
+    }
+  }
+  if (cfg.ppo.ptxCoef > 0 && !d.ptx) {
+    throw new ConfigError("ppo.ptxCoef > 0 needs data.ptx (a {prompt, completion} JSONL file)");
+  }
+  const text = async (p: string) => await decodeText(await io.read(p));
+  const tokDir = d.tokenizer || d.actor;
+  const tokenizer = BpeTokenizer.fromText(
+    await text(join(tokDir, "vocab.json")),
+    await text(join(tokDir, "merges.txt")),
+  );
+  let pairs = readPairs(await text(d.pairs), d.pairs);
+  let evalPairs: PairExample[];
+  if (d.evalPairs) evalPairs = readPairs(await text(d.evalPairs), d.evalPairs);
+  else {
+    if (pairs.length <= d.heldOutPairs) {
+      throw new ConfigError(
+        `data.pairs has ${pairs.length} pairs: not enough to hold out data.heldOutPairs = ` +
+          `${d.heldOutPairs} (give data.evalPairs or lower it)`,
+      );
+    }
+    evalPairs = pairs.slice(pairs.length - d.heldOutPairs);
+    pairs = pairs.slice(0, pairs.length - d.heldOutPairs);
+  }
+  const prompts = d.prompts
+    ? readPrompts(await text(d.prompts), d.prompts).map((p) => p.prompt)
+    : pairs.map((p) => p.prompt);
+  const evalPrompts = [...new Set(evalPairs.map((p) => p.prompt))].slice(0, cfg.run.evalPrompts);
+  const ptx = d.ptx ? readSft(await text(d.ptx), d.ptx) : undefined;
+  return { tokenizer, pairs, evalPairs, prompts, evalPrompts, ptx };
+}
+
+async function loadCheckpoint(
+  gpu: Gpu,
+  io: RecipeIo,
+  dir: string,
+  opts: { valueHead?: boolean; frozen?: boolean },
+): Promise<OptModel> {
+  const config = new TextDecoder().decode(await io.read(join(dir, "config.json")));
+  const weights = await io.read(join(dir, "model.safetensors"));
+  return loadOptModel(gpu, config, weights, opts).model;
+}
+
+/**
+ * Runs the recipe: reward model (from `data.critic`, token-level loss by default) → PPO of the
+ * LoRA-adapted `data.actor`. Returns the same summary as the built-in pipeline, without gold
+ * scores (real data has none): the reward-model score of fresh samples on held-out prompts
+ * before and after PPO, the RM's held-out accuracy and margin, and the final KL.
+ *
+ * @example A recipe run over files (paths are read through `io`)
+ * ```ts ignore
+ * import { Gpu, resolveRecipeConfig, runRecipePipeline } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const cfg = resolveRecipeConfig({
+ *   "data.actor": "opt-350m", "data.critic": "opt-125m", "data.pairs": "hh-rlhf/train.jsonl.gz",
+ * });
+ * const summary = await runRecipePipeline(gpu, cfg, { read: (p) => Deno.readFile(p) });
+ * ```
+ */
+export async function runRecipePipeline(
+  gpu: Gpu,
+  cfg: RecipeConfig,
+  io: RecipeIo,
+  hooks: PipelineHooks = {},
+  opts: { resume?: boolean; stopAfterIteration?: number; stage?: PipelineStage } = {},
+): Promise<PipelineSummary> {
+  const t0 = performance.now();
+  const only = opts.stage ?? "all";
+  if (only === "sft") {
+    throw new ConfigError("the checkpoint recipe has no SFT stage (stages: rm, ppo)");
+  }
+  const inputs = await loadRecipeInputs(cfg, io);
+  const tok = inputs.tokenizer;
+  const log = hooks.log ?? (() => {});
+  const seed = cfg.run.seed;
+  const summary = (m: Partial<PipelineSummary>): PipelineSummary => ({
+    wall_seconds: (performance.now() - t0) / 1000,
+    "sft/loss": NaN,
+    "rm/accuracy": NaN,
+    "rm/margin": NaN,
+    "gold/before": NaN,
+    "gold/after": NaN,
+    "score/before": NaN,
+    "score/after": NaN,
+    "objective/kl": NaN,
+    samples_before: [],
+    samples_after: [],
+    ...m,
+  });
+  // reward model: from its finished checkpoint (resume, or --stage=ppo) or trained now
+  let rm: OptModel | undefined;
+  if (opts.resume || only === "ppo") {
+    const config = await hooks.loadState?.("rm/config.json");
+    const weights = await hooks.loadState?.("rm/model.safetensors");
+    if (typeof config === "string" && weights instanceof Uint8Array) {
+      rm = loadOptModel(gpu, config, weights, { valueHead: true }).model;
+      log("resume: the rm stage is loaded from its checkpoint");
+    } else if (only === "ppo") {
+      throw new Error("stage ppo needs the rm checkpoint (run --stage=rm first)");
+    }
+  }
+  if (!rm) {
+    rm = await loadCheckpoint(gpu, io, cfg.data.critic, { valueHead: true });
+    log(
+      `reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`,
+    );
+    await trainRewardModel(rm, tok, inputs.pairs, { ...cfg.rm, seed: cfg.rm.seed + seed }, {
+      logEvery: 10,
+      onLog: async (m: Metrics) => {
+        hooks.onProgress?.("rm", m.step, cfg.rm.steps, m);
+        await hooks.onMetrics?.("rm", m);
+      },
+    });
+    await hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
+  }
+  const rmEval = await evaluateRewardModel(rm, tok, inputs.evalPairs, {
+    maxLength: cfg.rm.maxLength,
+    batchSize: 8,
+  });
+  await hooks.onMetrics?.("rm", { "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin });
+  log(
+    `reward model held-out accuracy ${rmEval.accuracy.toFixed(3)} on ${inputs.evalPairs.length} ` +
+      `pairs, margin ${rmEval.margin.toFixed(3)}`,
+  );
+  if (only === "rm") {
+    rm.store.dispose();
+    return summary({ "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin });
+  }
+  // PPO: actor = frozen base + adapters (reference = adapters disabled), critic from the RM
+  const actor = await loadCheckpoint(gpu, io, cfg.data.actor, { frozen: true });
+  if (actor.config.vocab_size < tok.vocabSize) {
+    throw new ConfigError(
+      `the tokenizer has ${tok.vocabSize} tokens but the actor's vocabulary is ` +
+        `${actor.config.vocab_size}`,
+    );
+  }
+  const lora = actor.attachLora(
+    { r: cfg.lora.r, alpha: cfg.lora.alpha, targets: loraTargets(cfg.lora.targets) },
+    seed,
+  );
+  // the critic starts from the RM with fresh AdamW moments; the reward model is frozen
+  const critic = rm.copy(), reward = rm.copy({ frozen: true });
+  rm.store.dispose();
+  const evalOpts = {
+    temperature: cfg.run.evalTemperature,
+    seed: seed + 100,
+    maxNewTokens: cfg.ppo.maxNewTokens,
+    maxPromptLength: cfg.ppo.maxPromptLength,
+  };
+  const before = await sampleAndScore(gpu, actor, reward, tok, inputs.evalPrompts, evalOpts);
+  const mean = (s: { score: number }[]) => s.reduce((a, x) => a + x.score, 0) / s.length;
+  log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
+  hooks.onSamples?.("before", before.map((x) => ({ ...x, gold: NaN })));
+  const trainer = new PpoTrainer(
+    { actor, critic, reward },
+    tok,
+    inputs.prompts,
+    { ...cfg.ppo, seed: cfg.ppo.seed + seed },
+    { ptxData: inputs.ptx },
+  );
+  const last = await runPpoLoop(
+    trainer,
+    [
+      { name: "ppo/actor_lora_state.safetensors", store: lora.store },
+      { name: "ppo/critic_state.safetensors", store: critic.store },
+    ],
+    { iterations: cfg.ppo.iterations, checkpointEvery: cfg.run.checkpointEvery },
+    hooks,
+    opts,
+  );
+  const after = await sampleAndScore(gpu, actor, reward, tok, inputs.evalPrompts, evalOpts);
+  log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
+  hooks.onSamples?.("after", after.map((x) => ({ ...x, gold: NaN })));
+  // the PPO checkpoint is the merged actor: a plain HF OPT checkpoint
+  actor.mergeLora();
+  await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
+  for (const m of [actor, reward, critic]) m.store.dispose();
+  lora.store.dispose();
+  const withGold = (s: { prompt: string; response: string; score: number }[]) =>
+    s.slice(0, 8).map((x) => ({ ...x, gold: NaN }));
+  return summary({
+    "rm/accuracy": rmEval.accuracy,
+    "rm/margin": rmEval.margin,
+    "score/before": mean(before),
+    "score/after": mean(after),
+    "objective/kl": last["objective/kl"] ?? 0,
+    samples_before: withGold(before),
+    samples_after: withGold(after),
+  });
+}
