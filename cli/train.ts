@@ -8,7 +8,10 @@
  * resumes after its last state checkpoint); `--stop-after=K` ends PPO after iteration K
  * (checkpointed). Overrides use the config sections
  * `run.`, `sft.`, `rm.`, `ppo.` (e.g. `--ppo.iterations=50 --sft.lr=1e-3`); unknown keys and
- * wrong types are errors.
+ * wrong types are errors. `--preset=simple-rlhf-tiny` runs the checkpoint recipe instead
+ * (trainer/recipe.ts: RM from a local OPT checkpoint, then PPO of a LoRA actor) with the
+ * sections `run.`, `data.`, `lora.`, `rm.`, `ppo.` (`--data.actor=DIR --data.critic=DIR
+ * --data.pairs=FILE` are required).
  *
  * @module
  */
