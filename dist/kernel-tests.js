@@ -255,6 +255,7 @@ var Params = class {
     return this.#bytes.subarray(0, len);
   }
 };
+var MAX_ERRORS = 8;
 var Gpu = class _Gpu {
   device;
   adapterDescription;
@@ -275,7 +276,8 @@ var Gpu = class _Gpu {
   #arenas;
   #arenaIndex;
   #arenaBytes;
-  #error;
+  /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
+  #errors;
   #textures;
   constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes) {
     this.device = device;
@@ -294,7 +296,7 @@ var Gpu = class _Gpu {
     this.#pass = null;
     this.#arenas = [];
     this.#arenaIndex = 0;
-    this.#error = null;
+    this.#errors = [];
     this.#textures = /* @__PURE__ */ new Map();
     this.#placeholders = [];
     this.pool = new BufferPool(device);
@@ -303,11 +305,10 @@ var Gpu = class _Gpu {
     this.textureSide = Math.min(maxTextureSide ?? Infinity, device.limits.maxTextureDimension2D);
     this.#arenaBytes = uniformArenaBytes;
     device.addEventListener("uncapturederror", (ev) => {
-      const msg = ev.error.message;
-      this.#error ??= msg;
+      this.#report(ev.error.message);
     });
     device.lost.then((info) => {
-      if (info.reason !== "destroyed") this.#error ??= `device lost: ${info.message}`;
+      if (info.reason !== "destroyed") this.#report(`device lost: ${info.message}`);
     });
   }
   /**
@@ -454,10 +455,10 @@ var Gpu = class _Gpu {
     try {
       await staging.mapAsync(MAP_READ);
     } catch (e) {
-      this.throwIfError();
+      await this.#throwReportedErrors();
       throw e;
     }
-    this.throwIfError();
+    await this.#throwReportedErrors();
     const copy = staging.getMappedRange(0, Math.max(16, bytes)).slice(0, bytes);
     staging.unmap();
     staging.destroy();
@@ -468,17 +469,35 @@ var Gpu = class _Gpu {
     checkShape(t.dtype === "f32", `readF32: tensor has dtype ${t.dtype}`);
     return await this.read(t);
   }
-  /** Throws the first device error reported so far, if any. */
+  /**
+   * Throws the device errors reported so far, if any, as one {@link GpuValidationError}
+   * (oldest first), and forgets them.
+   */
   throwIfError() {
-    if (this.#error) {
-      const e = this.#error;
-      this.#error = null;
-      throw new GpuValidationError(`WebGPU reported: ${e}`);
-    }
+    if (this.#errors.length === 0) return;
+    const list = this.#errors;
+    this.#errors = [];
+    throw new GpuValidationError(`WebGPU reported: ${list.join("\n")}`);
   }
   /** Waits until the queue is idle (a sync point; for benchmarks). */
   async sync() {
     this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    await this.#throwReportedErrors();
+  }
+  #report(message) {
+    if (this.#errors.length < MAX_ERRORS) this.#errors.push(message);
+  }
+  /**
+   * At a sync point: when an error has been reported, one more round trip to the device lets
+   * the errors that follow from it (an invalid shader makes an invalid pipeline, then an
+   * invalid command buffer; browsers deliver these asynchronously) arrive, so that they are
+   * thrown together now instead of failing a later, unrelated sync point.
+   */
+  async #throwReportedErrors() {
+    if (this.#errors.length === 0) return;
+    this.device.pushErrorScope("validation");
+    await this.device.popErrorScope();
     await this.device.queue.onSubmittedWorkDone();
     this.throwIfError();
   }

@@ -339,6 +339,9 @@ export interface GpuStats {
   pipelines: number;
 }
 
+/** How many device errors are kept for one {@link GpuValidationError}. */
+const MAX_ERRORS = 8;
+
 /**
  * Owns the device and batches work. Create one per program with {@link Gpu.create}.
  *
@@ -365,7 +368,8 @@ export class Gpu {
   #arenas: Arena[] = [];
   #arenaIndex = 0;
   #arenaBytes: number;
-  #error: string | null = null;
+  /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
+  #errors: string[] = [];
   #textures = new Map<string, GPUTexture[]>();
 
   private constructor(
@@ -389,11 +393,10 @@ export class Gpu {
     );
     this.#arenaBytes = uniformArenaBytes;
     device.addEventListener("uncapturederror", (ev) => {
-      const msg = (ev as GPUUncapturedErrorEvent).error.message;
-      this.#error ??= msg;
+      this.#report((ev as GPUUncapturedErrorEvent).error.message);
     });
     device.lost.then((info) => {
-      if (info.reason !== "destroyed") this.#error ??= `device lost: ${info.message}`;
+      if (info.reason !== "destroyed") this.#report(`device lost: ${info.message}`);
     });
   }
 
@@ -609,10 +612,10 @@ export class Gpu {
     try {
       await staging.mapAsync(MAP_READ);
     } catch (e) {
-      this.throwIfError();
+      await this.#throwReportedErrors();
       throw e;
     }
-    this.throwIfError();
+    await this.#throwReportedErrors();
     const copy = staging.getMappedRange(0, Math.max(16, bytes)).slice(0, bytes);
     staging.unmap();
     staging.destroy();
@@ -629,18 +632,38 @@ export class Gpu {
     return await this.read(t) as Float32Array;
   }
 
-  /** Throws the first device error reported so far, if any. */
+  /**
+   * Throws the device errors reported so far, if any, as one {@link GpuValidationError}
+   * (oldest first), and forgets them.
+   */
   throwIfError(): void {
-    if (this.#error) {
-      const e = this.#error;
-      this.#error = null;
-      throw new GpuValidationError(`WebGPU reported: ${e}`);
-    }
+    if (this.#errors.length === 0) return;
+    const list = this.#errors;
+    this.#errors = [];
+    throw new GpuValidationError(`WebGPU reported: ${list.join("\n")}`);
   }
 
   /** Waits until the queue is idle (a sync point; for benchmarks). */
   async sync(): Promise<void> {
     this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    await this.#throwReportedErrors();
+  }
+
+  #report(message: string): void {
+    if (this.#errors.length < MAX_ERRORS) this.#errors.push(message);
+  }
+
+  /**
+   * At a sync point: when an error has been reported, one more round trip to the device lets
+   * the errors that follow from it (an invalid shader makes an invalid pipeline, then an
+   * invalid command buffer; browsers deliver these asynchronously) arrive, so that they are
+   * thrown together now instead of failing a later, unrelated sync point.
+   */
+  async #throwReportedErrors(): Promise<void> {
+    if (this.#errors.length === 0) return;
+    this.device.pushErrorScope("validation");
+    await this.device.popErrorScope();
     await this.device.queue.onSubmittedWorkDone();
     this.throwIfError();
   }
