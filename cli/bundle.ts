@@ -47,7 +47,7 @@ export async function buildBundles(outDir: string): Promise<string[]> {
     await Deno.mkdir(dirname(target), { recursive: true });
     const tmp = `${target}.tmp.js`;
     const r = await new Deno.Command(Deno.execPath(), {
-      args: ["bundle", "--quiet", "--platform", "browser", "-o", tmp, entry],
+      args: ["bundle", "--quiet", "--no-lock", "--platform", "browser", "-o", tmp, entry],
       cwd: root,
       stdout: "piped",
       stderr: "piped",

@@ -278,7 +278,7 @@ if (import.meta.main) {
     }
     if (e instanceof NonFiniteLossError) {
       console.error(
-        `train: stopped — ${err.name}: ${err.message} (earlier stage checkpoints are intact)`,
+        `train: stopped — ${err.name}: ${err.message} (no checkpoint was overwritten: the last good ones are intact)`,
       );
       Deno.exit(1);
     }

@@ -75,6 +75,23 @@ export class GpuValidationError extends Error {
   }
 }
 
+/**
+ * Raised when a loss, or a parameter about to be checkpointed, is NaN or infinite: training
+ * stops, and no checkpoint is overwritten with non-finite values, so the last good one stays.
+ *
+ * @example
+ * ```ts
+ * import { NonFiniteLossError } from "./mod.ts";
+ * console.log(new NonFiniteLossError("SFT step 3: loss NaN").name); // "NonFiniteLossError"
+ * ```
+ */
+export class NonFiniteLossError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "NonFiniteLossError";
+  }
+}
+
 /** Throws a {@link ShapeError} with `message` when `cond` is false. */
 export function checkShape(cond: boolean, message: string): asserts cond {
   if (!cond) throw new ShapeError(message);

@@ -112,12 +112,15 @@ export function loadOptModel(
 /**
  * Serialises a model as `{ config, weights }`: HF `config.json` text (with `model_type`
  * and `architectures`) and safetensors bytes with HF names (`model.decoder.…`, `v_head.weight`).
+ * Throws `NonFiniteLossError` when a parameter is NaN or infinite (a diverged model is never
+ * written over a good checkpoint).
  */
 export async function saveOptModel(
   model: OptModel,
   metadata: Record<string, string> = {},
 ): Promise<{ config: string; weights: Uint8Array }> {
-  const host = await model.store.toHost("params");
+  // a diverged model is an error, never a checkpoint
+  const host = await model.store.toHost("params", { finite: true });
   const weights = writeSafetensors(
     [...host].map(([name, data]) => ({
       name,

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { checkShape, ShapeError } from "../kernels/errors.ts";
+import { checkShape, NonFiniteLossError, ShapeError } from "../kernels/errors.ts";
 import { adamwStep } from "../kernels/optimizer.ts";
 import { randomNormal } from "../kernels/prng.ts";
 import { globalNorm, scaleByScalarTensor } from "../kernels/reduce.ts";
@@ -214,8 +214,12 @@ export class ParamStore {
   }
 
   /** Reads every parameter (or gradient) back, by name. */
-  async toHost(which: "params" | "grads" = "params"): Promise<Map<string, Float32Array>> {
+  async toHost(
+    which: "params" | "grads" = "params",
+    options: { finite?: boolean } = {},
+  ): Promise<Map<string, Float32Array>> {
     const all = await this.gpu.readF32(which === "params" ? this.params : this.grads);
+    if (options.finite) this.assertFinite(all);
     const out = new Map<string, Float32Array>();
     for (const [name, s] of this.slots) out.set(name, all.slice(s.offset, s.offset + s.size));
     return out;
@@ -277,6 +281,9 @@ export class ParamStore {
     const [p, m, v] = await Promise.all(
       [this.params, this.m, this.v].map((t) => this.gpu.readF32(t)),
     );
+    for (const [what, a] of [["parameter", p], ["AdamW moment", m], ["AdamW moment", v]] as const) {
+      this.assertFinite(a, what);
+    }
     const tensors = [];
     for (const [name, s] of this.slots) {
       const at = (a: Float32Array) => a.slice(s.offset, s.offset + s.size);
@@ -285,6 +292,24 @@ export class ParamStore {
       tensors.push({ name: `optimizer.v.${name}`, shape: s.spec.shape, data: at(v) });
     }
     return writeSafetensors(tensors, { ...metadata, step: String(this.step) });
+  }
+
+  /**
+   * Throws {@link NonFiniteLossError} naming the first slot of `all` (laid out like this store's
+   * parameters) that holds a NaN or an infinity; checkpoint writers call it so that a
+   * diverged model never replaces the last good checkpoint.
+   */
+  assertFinite(all: Float32Array, what = "parameter"): void {
+    for (let i = 0; i < all.length; i++) {
+      if (Number.isFinite(all[i])) continue;
+      let at = `index ${i}`;
+      for (const [name, s] of this.slots) {
+        if (i >= s.offset && i < s.offset + s.size) at = `${name}[${i - s.offset}]`;
+      }
+      throw new NonFiniteLossError(
+        `${what} ${at} is ${all[i]}: not checkpointed (the previous checkpoint stays)`,
+      );
+    }
   }
 
   /** Restores {@link saveState} bytes (names and shapes must match this store). */

@@ -270,3 +270,83 @@ Deno.test({
     lora.store.dispose();
   },
 });
+
+Deno.test({
+  ...opts,
+  name: "ppo: a NaN loss mid-run stops with a named error; the last good state resumes exactly",
+  async fn() {
+    const { PpoTrainer } = await import("../trainer/ppo.ts");
+    const { PPO_SCHEMA } = await import("../trainer/config.ts");
+    const { OPT_PRESETS } = await import("../model/config.ts");
+    const { runPpoLoop } = await import("../trainer/_stages.ts");
+    const { saveOptModel } = await import("../model/checkpoint.ts");
+    const cfg = OPT_PRESETS.tiny;
+    const prompts = task.prompts.slice(0, 8).map((q) => q.prompt);
+    const ppoCfg = { ...defaults(PPO_SCHEMA), iterations: 3, batchSize: 4, miniBatchSize: 2 };
+    // the same seeded models for every run
+    const setup = () => {
+      const actor = OptModel.create(gpu, cfg, { seed: 4 });
+      const reference = actor.copy({ frozen: true });
+      const critic = OptModel.create(gpu, cfg, { seed: 6, valueHead: true });
+      const reward = critic.copy({ frozen: true });
+      const trainer = new PpoTrainer({ actor, critic, reward, reference }, tok, prompts, ppoCfg);
+      const states = [
+        { name: "ppo/actor_state.safetensors", store: actor.store },
+        { name: "ppo/critic_state.safetensors", store: critic.store },
+      ];
+      const dispose = () => {
+        for (const m of [actor, reference, critic, reward]) m.store.dispose();
+      };
+      return { actor, trainer, states, dispose };
+    };
+    const loop = { iterations: 3, checkpointEvery: 1 };
+
+    // uninterrupted
+    const a = setup();
+    const full: Record<string, number>[] = [];
+    await runPpoLoop(a.trainer, a.states, loop, { onMetrics: (_s, m) => void full.push(m) }, {});
+    a.dispose();
+
+    // poisoned once iteration 2's checkpoint is written: iteration 3 must stop
+    const b = setup();
+    const saved = new Map<string, Uint8Array | string>();
+    const poison = new Float32Array(cfg.hidden_size).fill(NaN);
+    await assertThrows(
+      () =>
+        runPpoLoop(b.trainer, b.states, loop, {
+          saveState: (name, data) => {
+            saved.set(name, data);
+            if (name === "ppo/trainer_state.json" && JSON.parse(data as string).iteration === 2) {
+              b.actor.store.set("model.decoder.final_layer_norm.weight", poison);
+            }
+            return Promise.resolve();
+          },
+        }, {}),
+      NonFiniteLossError,
+      "PPO iteration 3",
+    );
+    // the NaN spread through iteration 3's updates; a diverged store refuses to be checkpointed
+    await assertThrows(
+      () => b.actor.store.saveState(),
+      NonFiniteLossError,
+      "parameter model.decoder.embed_tokens.weight[0] is NaN: not checkpointed",
+    );
+    await assertThrows(() => saveOptModel(b.actor), NonFiniteLossError, "is NaN: not checkpointed");
+    b.dispose();
+    const state = JSON.parse(saved.get("ppo/trainer_state.json") as string);
+    assertEquals(state.iteration, 2, "the last state checkpoint is iteration 2's");
+
+    // resume from what was saved: the checkpoint holds no NaN and continues the run exactly
+    const c = setup();
+    const resumed: Record<string, number>[] = [];
+    await runPpoLoop(c.trainer, c.states, loop, {
+      loadState: (name) => Promise.resolve(saved.get(name)),
+      onMetrics: (_s, m) => void resumed.push(m),
+    }, { resume: true });
+    const params = await gpu.readF32(c.actor.store.params);
+    assert(params.every(Number.isFinite), "resumed actor parameters are finite");
+    c.dispose();
+    assertEquals(resumed.map((m) => m.iteration), [3]);
+    assertEquals(resumed[0], full[2], "iteration 3 after resume = iteration 3 uninterrupted");
+  },
+});

@@ -7,6 +7,7 @@
  */
 
 import { fill } from "../kernels/elementwise.ts";
+import { NonFiniteLossError } from "../kernels/errors.ts";
 import { learningRate } from "../kernels/optimizer.ts";
 import { crossEntropy, crossEntropyBackward } from "../kernels/softmax.ts";
 import type { OptModel } from "../model/opt.ts";
@@ -17,13 +18,7 @@ import { encodePairs, Sampler } from "./batch.ts";
 import type { SftConfig, SupervisedConfig } from "./config.ts";
 import type { SftExample } from "./data.ts";
 
-/** Raised when a loss is NaN or infinite; training stops and the last checkpoint stays valid. */
-export class NonFiniteLossError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "NonFiniteLossError";
-  }
-}
+export { NonFiniteLossError };
 
 /**
  * One optimizer step of a supervised stage: clip to `maxGradNorm` (0 = no clip; the norm is

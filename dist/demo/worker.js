@@ -24,6 +24,12 @@ var GpuValidationError = class extends Error {
     this.name = "GpuValidationError";
   }
 };
+var NonFiniteLossError = class extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "NonFiniteLossError";
+  }
+};
 function checkShape(cond, message) {
   if (!cond) throw new ShapeError(message);
 }
@@ -3952,8 +3958,9 @@ var ParamStore = class {
     this.gpu.write(this.params, data, s.offset);
   }
   /** Reads every parameter (or gradient) back, by name. */
-  async toHost(which = "params") {
+  async toHost(which = "params", options = {}) {
     const all = await this.gpu.readF32(which === "params" ? this.params : this.grads);
+    if (options.finite) this.assertFinite(all);
     const out = /* @__PURE__ */ new Map();
     for (const [name, s] of this.slots) out.set(name, all.slice(s.offset, s.offset + s.size));
     return out;
@@ -4021,6 +4028,22 @@ var ParamStore = class {
       this.m,
       this.v
     ].map((t) => this.gpu.readF32(t)));
+    for (const [what, a] of [
+      [
+        "parameter",
+        p
+      ],
+      [
+        "AdamW moment",
+        m
+      ],
+      [
+        "AdamW moment",
+        v
+      ]
+    ]) {
+      this.assertFinite(a, what);
+    }
     const tensors = [];
     for (const [name, s] of this.slots) {
       const at = (a) => a.slice(s.offset, s.offset + s.size);
@@ -4044,6 +4067,21 @@ var ParamStore = class {
       ...metadata,
       step: String(this.step)
     });
+  }
+  /**
+   * Throws {@link NonFiniteLossError} naming the first slot of `all` (laid out like this store's
+   * parameters) that holds a NaN or an infinity; checkpoint writers call it so that a
+   * diverged model never replaces the last good checkpoint.
+   */
+  assertFinite(all, what = "parameter") {
+    for (let i = 0; i < all.length; i++) {
+      if (Number.isFinite(all[i])) continue;
+      let at = `index ${i}`;
+      for (const [name, s] of this.slots) {
+        if (i >= s.offset && i < s.offset + s.size) at = `${name}[${i - s.offset}]`;
+      }
+      throw new NonFiniteLossError(`${what} ${at} is ${all[i]}: not checkpointed (the previous checkpoint stays)`);
+    }
   }
   /** Restores {@link saveState} bytes (names and shapes must match this store). */
   loadState(bytes) {
@@ -4982,7 +5020,9 @@ function loadOptModel(gpu2, configJson, weights, opts = {}) {
   };
 }
 async function saveOptModel(model, metadata = {}) {
-  const host = await model.store.toHost("params");
+  const host = await model.store.toHost("params", {
+    finite: true
+  });
   const weights = writeSafetensors([
     ...host
   ].map(([name, data]) => ({
@@ -5683,12 +5723,6 @@ var Sampler = class {
 };
 
 // trainer/sft.ts
-var NonFiniteLossError = class extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "NonFiniteLossError";
-  }
-};
 function optimizerStep(store, cfg, step) {
   const norm = store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : void 0);
   const lr = learningRate(step, {
