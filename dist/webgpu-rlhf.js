@@ -7889,6 +7889,7 @@ var BUILTIN_DEFAULTS = {
   }
 };
 var PIPELINE_PRESETS = {
+  tiny: {},
   builtin: {},
   trl: {
     "ppo.klCoef": 0.05,

@@ -164,7 +164,10 @@ Deno.test({
     const d = await train(["--verbose=1"]);
     assert(d.code === 2 && d.err.includes("unknown option --verbose"), d.err);
     const e = await train(["--preset=simple-rlhf-huge"]);
-    assert(e.code === 2 && e.err.includes("known presets are builtin, trl"), e.err);
+    assert(
+      e.code === 2 && e.err.includes("known presets are tiny, builtin, trl, simple-rlhf-tiny"),
+      e.err,
+    );
     // a preset sets defaults, explicit flags win wherever they stand
     const out = await Deno.makeTempDir();
     const p = await train([

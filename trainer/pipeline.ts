@@ -80,11 +80,13 @@ export const BUILTIN_DEFAULTS: PipelineConfig = {
 };
 
 /**
- * Named presets for the built-in task. `builtin` is the default; `trl` applies TRL's PPO
+ * Named presets for the built-in task. `tiny` (alias `builtin`) is the default: the tiny
+ * from-scratch model on the built-in task with the defaults above; `trl` applies TRL's PPO
  * algorithm defaults (β = 0.05, rollout temperature 0.7, k1 KL, ε = ε_v = 0.2, γ = 1, λ = 0.95,
  * 4 epochs) while keeping learning rates sized for the tiny model.
  */
 export const PIPELINE_PRESETS: Record<string, Record<string, unknown>> = {
+  tiny: {},
   builtin: {},
   trl: {
     "ppo.klCoef": 0.05,
