@@ -72,8 +72,10 @@ export interface PipelineConfig {
 export const BUILTIN_DEFAULTS: PipelineConfig = {
   run: defaults(RUN_SCHEMA),
   sft: { ...defaults(SFT_SCHEMA), steps: 300 },
-  // 600 RM steps reach ≥ 0.8 held-out accuracy (300 gave 0.755)
-  rm: { ...defaults(RM_SCHEMA), steps: 600 },
+  // The RM learns style in ~100 steps (held-out accuracy ≈ 0.75); the quarter of the pairs that
+  // need arithmetic come later and unevenly: at lr 2e-3, 600 steps gave 0.800; at lr 1e-3,
+  // 1200 steps gave 0.850 / 0.885 / 0.880 for shuffling seeds 0 / 22 / 33 (600: 0.81–0.86).
+  rm: { ...defaults(RM_SCHEMA), steps: 1200, lr: 1e-3 },
   // a stronger RM is exploitable by truncated responses (" 5, I am s…" scored 2.1 with gold 0):
   // penalise responses that never emit EOS, as TRL's missing_eos_penalty does
   ppo: { ...defaults(PPO_SCHEMA), iterations: 30, missingEosPenalty: 1.0 },
