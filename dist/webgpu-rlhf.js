@@ -7871,14 +7871,21 @@ var RUN_SCHEMA = {
 };
 var BUILTIN_DEFAULTS = {
   run: defaults(RUN_SCHEMA),
+  // SFT must learn the sums, not only the styles: at lr 3e-3, 300 steps left greedy answers
+  // 22 % correct (1200 steps: 97 %); at lr 1e-3, 600 steps give 97 % greedy, 66 % at T = 1 on
+  // the held-out prompts (the demonstrations' share of correct answers is 80 %).
   sft: {
     ...defaults(SFT_SCHEMA),
-    steps: 300
+    steps: 600,
+    lr: 1e-3
   },
-  // 600 RM steps reach ≥ 0.8 held-out accuracy (300 gave 0.755)
+  // An RM started from an SFT model that knows the sums ranks the arithmetic pairs too: held-out
+  // accuracy 0.745 / 0.870 / 0.990 after 100 / 300 / 600 steps at lr 1e-3 (from the 300-step
+  // SFT model, which did not know them, it stalled at 0.75–0.86).
   rm: {
     ...defaults(RM_SCHEMA),
-    steps: 600
+    steps: 600,
+    lr: 1e-3
   },
   // a stronger RM is exploitable by truncated responses (" 5, I am s…" scored 2.1 with gold 0):
   // penalise responses that never emit EOS, as TRL's missing_eos_penalty does

@@ -71,11 +71,14 @@ export interface PipelineConfig {
 /** Defaults of the built-in run, tuned to finish in minutes on a 2-core software adapter. */
 export const BUILTIN_DEFAULTS: PipelineConfig = {
   run: defaults(RUN_SCHEMA),
-  sft: { ...defaults(SFT_SCHEMA), steps: 300 },
-  // The RM learns style in ~100 steps (held-out accuracy ≈ 0.75); the quarter of the pairs that
-  // need arithmetic come later and unevenly: at lr 2e-3, 600 steps gave 0.800; at lr 1e-3,
-  // 1200 steps gave 0.850 / 0.885 / 0.880 for shuffling seeds 0 / 22 / 33 (600: 0.81–0.86).
-  rm: { ...defaults(RM_SCHEMA), steps: 1200, lr: 1e-3 },
+  // SFT must learn the sums, not only the styles: at lr 3e-3, 300 steps left greedy answers
+  // 22 % correct (1200 steps: 97 %); at lr 1e-3, 600 steps give 97 % greedy, 66 % at T = 1 on
+  // the held-out prompts (the demonstrations' share of correct answers is 80 %).
+  sft: { ...defaults(SFT_SCHEMA), steps: 600, lr: 1e-3 },
+  // An RM started from an SFT model that knows the sums ranks the arithmetic pairs too: held-out
+  // accuracy 0.745 / 0.870 / 0.990 after 100 / 300 / 600 steps at lr 1e-3 (from the 300-step
+  // SFT model, which did not know them, it stalled at 0.75–0.86).
+  rm: { ...defaults(RM_SCHEMA), steps: 600, lr: 1e-3 },
   // a stronger RM is exploitable by truncated responses (" 5, I am s…" scored 2.1 with gold 0):
   // penalise responses that never emit EOS, as TRL's missing_eos_penalty does
   ppo: { ...defaults(PPO_SCHEMA), iterations: 30, missingEosPenalty: 1.0 },

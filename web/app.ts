@@ -13,7 +13,15 @@ import type { FromWorker, ToWorker } from "./protocol.ts";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 
-const FIELDS = ["sft.steps", "rm.steps", "ppo.iterations", "ppo.klCoef", "ppo.actorLr", "run.seed"];
+const FIELDS = [
+  "sft.steps",
+  "sft.lr",
+  "rm.steps",
+  "ppo.iterations",
+  "ppo.klCoef",
+  "ppo.actorLr",
+  "run.seed",
+];
 
 /** A chart: title and the (stage, metric) series it plots against a shared record counter. */
 interface ChartSpec {

@@ -4162,6 +4162,7 @@ uPlot.sync = _sync;
 var $ = (id) => document.getElementById(id);
 var FIELDS = [
   "sft.steps",
+  "sft.lr",
   "rm.steps",
   "ppo.iterations",
   "ppo.klCoef",
