@@ -6,10 +6,21 @@
 import { Gpu } from "../kernels/runtime.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
-import { ConfigError, defaults, resolveConfig, RM_SCHEMA, SFT_SCHEMA } from "../trainer/config.ts";
+import {
+  ConfigError,
+  defaults,
+  PPO_SCHEMA,
+  resolveConfig,
+  RM_SCHEMA,
+  SFT_SCHEMA,
+} from "../trainer/config.ts";
 import { evaluateRewardModel, trainRewardModel } from "../trainer/rm.ts";
 import { NonFiniteLossError, trainSft } from "../trainer/sft.ts";
-import { makeBuiltinTask, TASK_MODEL_CONFIG } from "../trainer/task.ts";
+import { goldScore, makeBuiltinTask, parseQuestion, TASK_MODEL_CONFIG } from "../trainer/task.ts";
+import { PpoTrainer } from "../trainer/ppo.ts";
+import { runPpoLoop } from "../trainer/_stages.ts";
+import { OPT_PRESETS } from "../model/config.ts";
+import { saveOptModel } from "../model/checkpoint.ts";
 import { encodePairs } from "../trainer/batch.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 
@@ -134,9 +145,6 @@ Deno.test({
   ...opts,
   name: "ppo: SFT → RM → PPO on the built-in task raises the reward-model score with bounded KL",
   async fn() {
-    const { goldScore, parseQuestion } = await import("../trainer/task.ts");
-    const { PpoTrainer } = await import("../trainer/ppo.ts");
-    const { PPO_SCHEMA } = await import("../trainer/config.ts");
     const sft = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: 1 });
     await trainSft(sft, tok, task.sft, { ...defaults(SFT_SCHEMA), steps: 150 }, { logEvery: 50 });
     const rm = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: 2, valueHead: true });
@@ -189,9 +197,6 @@ Deno.test({
   ...opts,
   name: "ppo-ptx: the actor learns the pretraining batch while PPO runs",
   async fn() {
-    const { PpoTrainer } = await import("../trainer/ppo.ts");
-    const { PPO_SCHEMA } = await import("../trainer/config.ts");
-    const { OPT_PRESETS } = await import("../model/config.ts");
     const cfg = OPT_PRESETS.tiny;
     const actor = OptModel.create(gpu, cfg, { seed: 4 });
     const reference = actor.copy({ frozen: true });
@@ -233,9 +238,6 @@ Deno.test({
   ...opts,
   name: "ppo: a LoRA actor on a frozen (parameters-only) base trains its adapters only",
   async fn() {
-    const { PpoTrainer } = await import("../trainer/ppo.ts");
-    const { PPO_SCHEMA } = await import("../trainer/config.ts");
-    const { OPT_PRESETS } = await import("../model/config.ts");
     const cfg = OPT_PRESETS.tiny;
     const base = OptModel.create(gpu, cfg, { seed: 4 });
     const actor = base.copy({ frozen: true });
@@ -275,11 +277,6 @@ Deno.test({
   ...opts,
   name: "ppo: a NaN loss mid-run stops with a named error; the last good state resumes exactly",
   async fn() {
-    const { PpoTrainer } = await import("../trainer/ppo.ts");
-    const { PPO_SCHEMA } = await import("../trainer/config.ts");
-    const { OPT_PRESETS } = await import("../model/config.ts");
-    const { runPpoLoop } = await import("../trainer/_stages.ts");
-    const { saveOptModel } = await import("../model/checkpoint.ts");
     const cfg = OPT_PRESETS.tiny;
     const prompts = task.prompts.slice(0, 8).map((q) => q.prompt);
     const ppoCfg = { ...defaults(PPO_SCHEMA), iterations: 3, batchSize: 4, miniBatchSize: 2 };
