@@ -4112,20 +4112,21 @@ var ParamStore = class {
       this.m,
       this.v
     ].map((t) => this.gpu.readF32(t)));
-    for (const [what, a] of [
+    const checked = [
       [
         "parameter",
         p
       ],
       [
-        "AdamW moment",
+        "AdamW first moment",
         m
       ],
       [
-        "AdamW moment",
+        "AdamW second moment",
         v
       ]
-    ]) {
+    ];
+    for (const [what, a] of checked) {
       this.assertFinite(a, what);
     }
     const tensors = [];

@@ -281,7 +281,8 @@ export class ParamStore {
     const [p, m, v] = await Promise.all(
       [this.params, this.m, this.v].map((t) => this.gpu.readF32(t)),
     );
-    for (const [what, a] of [["parameter", p], ["AdamW moment", m], ["AdamW moment", v]] as const) {
+    const checked = [["parameter", p], ["AdamW first moment", m], ["AdamW second moment", v]];
+    for (const [what, a] of checked as [string, Float32Array][]) {
       this.assertFinite(a, what);
     }
     const tensors = [];
