@@ -45,6 +45,8 @@ export * from "./trainer/batch.ts";
 export * from "./trainer/sft.ts";
 export * from "./trainer/rm.ts";
 export * from "./trainer/ppo.ts";
+export * from "./trainer/comparisons.ts";
+export * from "./trainer/hacking.ts";
 export * from "./trainer/pipeline.ts";
 export * from "./trainer/recipe.ts";
 export * from "./trainer/report.ts";

@@ -28,6 +28,7 @@ import {
   resolvePipelineConfig,
   RUN_SCHEMA,
   runBuiltinPipeline,
+  TASK_SCHEMA,
 } from "../trainer/pipeline.ts";
 import {
   RECIPE_PRESETS,
@@ -36,6 +37,7 @@ import {
   resolveRecipeConfig,
   runRecipePipeline,
 } from "../trainer/recipe.ts";
+import { describeVerdict } from "../trainer/hacking.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { NonFiniteLossError } from "../trainer/sft.ts";
 import { writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
@@ -43,6 +45,7 @@ import { UsageError } from "./args.ts";
 
 const BUILTIN_SCHEMAS: Record<string, Schema<unknown>> = {
   run: RUN_SCHEMA as Schema<unknown>,
+  task: TASK_SCHEMA as Schema<unknown>,
   sft: SFT_SCHEMA as Schema<unknown>,
   rm: RM_SCHEMA as Schema<unknown>,
   ppo: PPO_SCHEMA as Schema<unknown>,
@@ -172,6 +175,19 @@ function bar(
   }s ETA ${eta.toFixed(0)}s ${info}`;
 }
 
+/**
+ * `WEBGPU_RLHF_MATMUL_PATH=texture|buffer` forces the matmul path (CI runs the real-GPU buffer
+ * path on the software adapter with it); unset, the runtime picks by adapter.
+ */
+function matmulPathFromEnv(): "texture" | "buffer" | undefined {
+  const v = Deno.env.get("WEBGPU_RLHF_MATMUL_PATH");
+  if (v === undefined || v === "") return undefined;
+  if (v !== "texture" && v !== "buffer") {
+    throw new UsageError(`WEBGPU_RLHF_MATMUL_PATH must be texture or buffer, got "${v}"`);
+  }
+  return v;
+}
+
 async function main(): Promise<void> {
   const { overrides, out, resume, stopAfter, stage, recipe } = await parseTrainArgs(Deno.args);
   let cfg: PipelineConfig | RecipeConfig = recipe
@@ -201,7 +217,7 @@ async function main(): Promise<void> {
   const metricsPath = join(dir, "metrics.jsonl");
   // a fresh full run starts a new metrics file; resumed and single-stage runs append
   if (!resume && stage === "all") await Deno.writeTextFile(metricsPath, "");
-  const gpu = await Gpu.create();
+  const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv() });
   const tty = Deno.stderr.isTerminal();
   const enc = new TextEncoder();
   const starts: Record<string, number> = {};
@@ -210,7 +226,7 @@ async function main(): Promise<void> {
   console.error(
     `webgpu-rlhf: ${
       isRecipe ? "checkpoint recipe" : "built-in task"
-    } on ${gpu.adapterDescription}; writing ${dir}/`,
+    } on ${gpu.adapterDescription} (${gpu.matmulPath} matmul path); writing ${dir}/`,
   );
   const hooks: PipelineHooks = {
     onMetrics: async (stage, m) => {
@@ -249,7 +265,7 @@ async function main(): Promise<void> {
     ? await runRecipePipeline(gpu, cfg, { read: (p) => Deno.readFile(p) }, hooks, runOpts)
     : await runBuiltinPipeline(gpu, cfg, hooks, runOpts);
   if (tty) Deno.stderr.writeSync(enc.encode("\n"));
-  const { samples_before, samples_after, ...numbers } = summary;
+  const { samples_before, samples_after, reward_hacking, ...numbers } = summary;
   const shown = Object.entries(numbers).filter(([, v]) => Number.isFinite(v));
   if (stage === "all" || stage === "ppo") {
     // the run's records (earlier single-stage runs included) feed the report's curves
@@ -257,12 +273,13 @@ async function main(): Promise<void> {
       .map((l) => JSON.parse(l) as MetricRecord);
     await writeFileAtomic(
       join(dir, "summary.json"),
-      JSON.stringify({ ...numbers, samples_before, samples_after }, null, 2),
+      JSON.stringify({ ...numbers, reward_hacking, samples_before, samples_after }, null, 2),
     );
     await writeFileAtomic(join(dir, "report.html"), renderReport(cfg.run.name, all, summary));
   }
   console.log(`\nsummary (${stage})`);
-  for (const [k, v] of shown) console.log(`  ${k.padEnd(14)} ${v.toFixed(3)}`);
+  for (const [k, v] of shown) console.log(`  ${k.padEnd(20)} ${v.toFixed(3)}`);
+  if (reward_hacking) console.log(`\n${describeVerdict(reward_hacking)}`);
   if (stage === "all" || stage === "ppo") console.log(`\nreport: ${join(dir, "report.html")}`);
   gpu.destroy();
 }

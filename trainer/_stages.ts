@@ -25,16 +25,18 @@ export interface ScoredSample {
   prompt: string;
   response: string;
   score: number;
+  /** The response reached the token budget without EOS. */
+  truncated: boolean;
 }
 
 /**
  * Samples one response per prompt from `actor` (temperature `T`, greedy when 0, seeded) and
- * scores each with `reward` (the value at the last real token).
+ * scores each with `reward` (the value at the last real token; NaN without a reward model).
  */
 export async function sampleAndScore(
   gpu: Gpu,
   actor: OptModel,
-  reward: OptModel,
+  reward: OptModel | undefined,
   tok: Tokenizer,
   prompts: readonly string[],
   o: { temperature: number; seed: number; maxNewTokens: number; maxPromptLength: number },
@@ -56,17 +58,24 @@ export async function sampleAndScore(
   });
   promptTok.dispose();
   promptMask.dispose();
-  const acts = reward.forward(out.tokens, out.attentionMask);
-  const scores = await gpu.readF32(reward.sequenceScores(acts));
-  reward.disposeActivations(acts);
+  let scores: Float32Array | undefined;
+  if (reward) {
+    const acts = reward.forward(out.tokens, out.attentionMask);
+    const s = reward.sequenceScores(acts);
+    scores = await gpu.readF32(s);
+    s.dispose();
+    reward.disposeActivations(acts);
+  }
   const all = await gpu.read(out.tokens), resp = await gpu.readF32(out.responseMask);
   const L = enc.T + out.generated;
   const samples = prompts.map((prompt, b) => {
     const ids: number[] = [];
+    let truncated = true;
     for (let t = enc.T; t < L && resp[b * L + t]; t++) {
       if (all[b * L + t] !== tok.eosId) ids.push(all[b * L + t]);
+      else truncated = false;
     }
-    return { prompt, response: tok.decode(ids), score: scores[b] };
+    return { prompt, response: tok.decode(ids), score: scores?.[b] ?? NaN, truncated };
   });
   for (const t of [out.tokens, out.attentionMask, out.responseMask, out.logprobs]) t.dispose();
   return samples;

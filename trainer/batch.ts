@@ -21,20 +21,21 @@ export interface HostBatch {
 }
 
 /**
- * Encodes `(prompt, response)` pairs as `[BOS] prompt response [EOS]`, cut to `maxLength`
+ * Encodes `(prompt, response)` pairs as `[BOS] prompt response [EOS]` (no EOS for a row marked
+ * `truncated`: a sample cut at its token budget, scored as it was generated), cut to `maxLength`
  * (the prompt loses tokens from its left, after BOS; an over-long response is cut at the end),
  * right-padded to the longest row. With `completionOnly` the targets cover only response
  * tokens; otherwise every real next token.
  */
 export function encodePairs(
   tok: Tokenizer,
-  rows: readonly { prompt: string; response: string }[],
+  rows: readonly { prompt: string; response: string; truncated?: boolean }[],
   o: { maxLength: number; completionOnly?: boolean; eos?: boolean },
 ): HostBatch {
-  const enc = rows.map(({ prompt, response }) => {
+  const enc = rows.map(({ prompt, response, truncated }) => {
     let p = tok.encode(prompt); // starts with BOS
     let r = tok.encode(response, { addBos: false });
-    if (o.eos !== false) r = [...r, tok.eosId];
+    if (o.eos !== false && !truncated) r = [...r, tok.eosId];
     if (r.length > o.maxLength - 2) r = r.slice(0, o.maxLength - 2);
     const room = o.maxLength - r.length;
     if (p.length > room) p = [p[0], ...p.slice(p.length - (room - 1))];

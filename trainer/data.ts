@@ -29,6 +29,10 @@ export interface PairExample {
   chosen: string;
   rejected: string;
   margin?: number;
+  /** The chosen response was cut at a token budget (no EOS follows it). */
+  chosenTruncated?: boolean;
+  /** The rejected response was cut at a token budget (no EOS follows it). */
+  rejectedTruncated?: boolean;
 }
 
 /** K responses ordered best to worst. */

@@ -23,11 +23,15 @@ import {
   SFT_SCHEMA,
   type SftConfig,
 } from "./config.ts";
-import { PpoTrainer } from "./ppo.ts";
+import { labelComparisons, samplePolicy } from "./comparisons.ts";
+import { describeVerdict, detectRewardHacking, type RewardHackingVerdict } from "./hacking.ts";
+import { PpoTrainer, type RolloutSample } from "./ppo.ts";
 import { runPpoLoop, sampleAndScore } from "./_stages.ts";
 import { evaluateRewardModel, trainRewardModel } from "./rm.ts";
 import { type Metrics, trainSft } from "./sft.ts";
 import {
+  type GoldParts,
+  goldParts,
   goldScore,
   makeBuiltinTask,
   parseQuestion,
@@ -60,9 +64,39 @@ export const RUN_SCHEMA: Schema<RunConfig> = {
   },
 };
 
+/** Settings of the built-in task's data. */
+export interface TaskConfig {
+  labelNoise: number;
+  policyPrompts: number;
+  samplesPerPrompt: number;
+}
+
+/** The built-in task's schema. */
+export const TASK_SCHEMA: Schema<TaskConfig> = {
+  labelNoise: {
+    default: 0.1,
+    doc: "fraction of training comparisons whose gold label is flipped",
+    min: 0,
+    max: 0.5,
+  },
+  policyPrompts: {
+    default: 500,
+    doc: "prompts whose SFT-policy samples become reward-model comparisons (0 = fixed pairs only)",
+    min: 0,
+    integer: true,
+  },
+  samplesPerPrompt: {
+    default: 4,
+    doc: "policy samples per prompt; every two with different gold make a comparison",
+    min: 2,
+    integer: true,
+  },
+};
+
 /** A complete pipeline configuration. */
 export interface PipelineConfig {
   run: RunConfig;
+  task: TaskConfig;
   sft: SftConfig;
   rm: RmConfig;
   ppo: PpoConfig;
@@ -71,6 +105,7 @@ export interface PipelineConfig {
 /** Defaults of the built-in run, tuned to finish in minutes on a 2-core software adapter. */
 export const BUILTIN_DEFAULTS: PipelineConfig = {
   run: defaults(RUN_SCHEMA),
+  task: defaults(TASK_SCHEMA),
   // SFT must learn the sums, not only the styles: the former 300 steps at lr 3e-3 answered the
   // held-out prompts 19 % correctly at T = 1 (at that lr, greedy answers were 22 % correct after
   // 300 steps and 97 % after 900); 600 steps at lr 1e-3 give 97 % greedy, 66 % at T = 1 (the
@@ -80,9 +115,15 @@ export const BUILTIN_DEFAULTS: PipelineConfig = {
   // accuracy 0.745 / 0.870 / 0.990 after 100 / 300 / 600 steps at lr 1e-3 (from the 300-step
   // SFT model, which did not know them, it stalled at 0.75–0.86).
   rm: { ...defaults(RM_SCHEMA), steps: 600, lr: 1e-3 },
-  // a stronger RM is exploitable by truncated responses (" 5, I am s…" scored 2.1 with gold 0):
-  // penalise responses that never emit EOS, as TRL's missing_eos_penalty does
-  ppo: { ...defaults(PPO_SCHEMA), iterations: 30, missingEosPenalty: 1.0 },
+  // a response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
+  // bytes + EOS): with 8 tokens the most common style was always cut, and the truncated
+  // responses were what PPO exploited (" 2, sure sur" scored 2.8, gold 0.6)
+  ppo: {
+    ...defaults(PPO_SCHEMA),
+    iterations: 30,
+    maxNewTokens: 16,
+    missingEosPenalty: 1.0,
+  },
 };
 
 /**
@@ -114,23 +155,30 @@ export function resolvePipelineConfig(
   overrides: Record<string, unknown>,
   base: PipelineConfig = BUILTIN_DEFAULTS,
 ): PipelineConfig {
-  const nested: Record<string, Record<string, unknown>> = { run: {}, sft: {}, rm: {}, ppo: {} };
+  const nested: Record<string, Record<string, unknown>> = {
+    run: {},
+    task: {},
+    sft: {},
+    rm: {},
+    ppo: {},
+  };
   for (const [k, v] of Object.entries(overrides)) {
     const dot = k.indexOf(".");
     if (dot > 0) {
       const sec = k.slice(0, dot);
       if (!(sec in nested)) {
-        throw new Error(`unknown config section "${sec}" in "${k}" (run, sft, rm, ppo)`);
+        throw new Error(`unknown config section "${sec}" in "${k}" (run, task, sft, rm, ppo)`);
       }
       nested[sec][k.slice(dot + 1)] = v;
     } else if (k in nested && typeof v === "object" && v !== null) {
       Object.assign(nested[k], v);
     } else {
-      throw new Error(`unknown config key "${k}": use a section (run., sft., rm., ppo.)`);
+      throw new Error(`unknown config key "${k}": use a section (run., task., sft., rm., ppo.)`);
     }
   }
   return {
     run: resolveConfig(RUN_SCHEMA, nested.run, base.run),
+    task: resolveConfig(TASK_SCHEMA, nested.task, base.task),
     sft: resolveConfig(SFT_SCHEMA, nested.sft, base.sft),
     rm: resolveConfig(RM_SCHEMA, nested.rm, base.rm),
     ppo: resolveConfig(PPO_SCHEMA, nested.ppo, base.ppo),
@@ -154,7 +202,7 @@ export interface PipelineHooks {
    * Decoded samples with their reward-model (and, on the built-in task, gold) scores: every PPO
    * rollout (`"ppo"`) and the evaluations `"before"` and `"after"` PPO.
    */
-  onSamples?: (when: "ppo" | "before" | "after", samples: ReportSample[]) => void;
+  onSamples?: (when: "rm" | "ppo" | "before" | "after", samples: ReportSample[]) => void;
   /** Persists resumable training state (`name` like "ppo/actor_state.safetensors"). */
   saveState?: (name: string, data: Uint8Array | string) => Promise<void>;
   /** Loads what {@link saveState} wrote, or a finished stage's checkpoint; undefined if absent. */
@@ -180,8 +228,52 @@ export interface PipelineSummary {
   "score/before": number;
   "score/after": number;
   "objective/kl": number;
+  /** Reward-model accuracy on clean comparisons of the SFT policy's samples (held-out prompts). */
+  "rm/policy_accuracy": number;
+  /** Pearson correlation of reward-model score and gold over those samples. */
+  "rm/policy_gold_corr": number;
+  /** Share of fresh samples whose answer is correct, before and after PPO. */
+  "gold/correct/before": number;
+  "gold/correct/after": number;
+  /** Share ending with a period, before and after PPO. */
+  "gold/period/before": number;
+  "gold/period/after": number;
+  /** Share at most {@link CONCISE_CHARS} characters long, before and after PPO. */
+  "gold/concise/before": number;
+  "gold/concise/after": number;
+  /**
+   * The reward-hacking verdict over the PPO rollouts (see {@link detectRewardHacking}); null
+   * where there is no gold score (checkpoint recipes) or PPO did not run.
+   */
+  reward_hacking: RewardHackingVerdict | null;
   samples_before: ReportSample[];
   samples_after: ReportSample[];
+}
+
+/** A summary whose numbers are all NaN (stages that did not run) and without samples. */
+export function emptySummary(wallSeconds: number): PipelineSummary {
+  return {
+    wall_seconds: wallSeconds,
+    "sft/loss": NaN,
+    "rm/accuracy": NaN,
+    "rm/margin": NaN,
+    "gold/before": NaN,
+    "gold/after": NaN,
+    "score/before": NaN,
+    "score/after": NaN,
+    "objective/kl": NaN,
+    "rm/policy_accuracy": NaN,
+    "rm/policy_gold_corr": NaN,
+    "gold/correct/before": NaN,
+    "gold/correct/after": NaN,
+    "gold/period/before": NaN,
+    "gold/period/after": NaN,
+    "gold/concise/before": NaN,
+    "gold/concise/after": NaN,
+    reward_hacking: null,
+    samples_before: [],
+    samples_after: [],
+  };
 }
 
 /**
@@ -196,17 +288,56 @@ async function evaluate(
   questions: TaskQuestion[],
   T: number,
   seed: number,
-): Promise<{ gold: number; score: number; samples: ReportSample[] }> {
+  maxNewTokens: number,
+): Promise<{ gold: number; score: number; parts: GoldParts; samples: ReportSample[] }> {
   const scored = await sampleAndScore(gpu, actor, reward, tok, questions.map((q) => q.prompt), {
     temperature: T,
     seed,
-    maxNewTokens: 12,
+    maxNewTokens,
     maxPromptLength: 256,
   });
-  const samples = scored.map((s, i) => ({ ...s, gold: goldScore(questions[i], s.response) }));
-  const mean = (f: (s: ReportSample) => number) =>
-    samples.reduce((a, s) => a + f(s), 0) / samples.length;
-  return { gold: mean((s) => s.gold), score: mean((s) => s.score), samples };
+  const samples = scored.map((s, i) => ({
+    prompt: s.prompt,
+    response: s.response,
+    score: s.score,
+    gold: goldScore(questions[i], s.response),
+  }));
+  const parts = scored.map((s, i) => goldParts(questions[i], s.response));
+  const mean = <X>(xs: X[], f: (x: X) => number) => xs.reduce((a, x) => a + f(x), 0) / xs.length;
+  return {
+    gold: mean(samples, (s) => s.gold),
+    score: mean(samples, (s) => s.score),
+    parts: {
+      correct: mean(parts, (p) => p.correct),
+      period: mean(parts, (p) => p.period),
+      concise: mean(parts, (p) => p.concise),
+    },
+    samples,
+  };
+}
+
+/** Per-rollout gold metrics: the mean gold score and the share of each of its parts. */
+function rolloutGold(samples: readonly RolloutSample[]): Metrics {
+  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt)!, s.response));
+  const mean = (f: (p: GoldParts) => number) => parts.reduce((a, p) => a + f(p), 0) / parts.length;
+  return {
+    "gold/rollout": mean((p) => 0.6 * p.correct + 0.2 * p.period + 0.2 * p.concise),
+    "gold/correct": mean((p) => p.correct),
+    "gold/period": mean((p) => p.period),
+    "gold/concise": mean((p) => p.concise),
+  };
+}
+
+/** Pearson correlation of two equally long series (NaN when either is constant). */
+function correlation(x: readonly number[], y: readonly number[]): number {
+  const n = x.length, mx = x.reduce((a, v) => a + v, 0) / n, my = y.reduce((a, v) => a + v, 0) / n;
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) ** 2;
+    syy += (y[i] - my) ** 2;
+  }
+  return sxy / Math.sqrt(sxx * syy);
 }
 
 /**
@@ -232,7 +363,16 @@ export async function runBuiltinPipeline(
 ): Promise<PipelineSummary> {
   const t0 = performance.now();
   const tok = new ByteTokenizer();
-  const task = makeBuiltinTask(cfg.run.seed);
+  const task = makeBuiltinTask(cfg.run.seed, { labelNoise: cfg.task.labelNoise });
+  const gold = (prompt: string, response: string) => goldScore(parseQuestion(prompt)!, response);
+  // policy samples (RM comparisons, evaluations) use PPO's rollout budget, so the reward model
+  // is trained and tested on what PPO will show it
+  const sampling = {
+    maxNewTokens: cfg.ppo.maxNewTokens,
+    maxPromptLength: cfg.ppo.maxPromptLength,
+    temperature: cfg.ppo.temperature,
+    samplesPerPrompt: cfg.task.samplesPerPrompt,
+  };
   const seed = cfg.run.seed;
   const log = hooks.log ?? (() => {});
   const stageHooks = (stage: string, total: number) => ({
@@ -246,19 +386,10 @@ export async function runBuiltinPipeline(
   const only = opts.stage ?? "all";
   const stageOrder = ["sft", "rm", "ppo"];
   const partial = (m: Partial<PipelineSummary>): PipelineSummary => ({
-    wall_seconds: (performance.now() - t0) / 1000,
-    "sft/loss": NaN,
-    "rm/accuracy": NaN,
-    "rm/margin": NaN,
-    "gold/before": NaN,
-    "gold/after": NaN,
-    "score/before": NaN,
-    "score/after": NaN,
-    "objective/kl": NaN,
-    samples_before: [],
-    samples_after: [],
+    ...emptySummary((performance.now() - t0) / 1000),
     ...m,
   });
+
   const stored = async (stage: string): Promise<OptModel | undefined> => {
     // earlier stages of a single-stage run must exist; a resumed run loads what finished
     const required = only !== "all" && stageOrder.indexOf(stage) < stageOrder.indexOf(only);
@@ -303,10 +434,31 @@ export async function runBuiltinPipeline(
   if (!rm) {
     rm = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: seed + 1, valueHead: true });
     rm.store.copyFrom(sft.store);
+    let pairs = task.pairs;
+    if (cfg.task.policyPrompts > 0) {
+      // on-policy comparisons (InstructGPT): the SFT policy's own samples, truncated ones
+      // included, labelled by the gold function with the task's label noise
+      const groups = await samplePolicy(
+        gpu,
+        sft,
+        tok,
+        task.prompts.slice(0, cfg.task.policyPrompts).map((q) => q.prompt),
+        { ...sampling, seed: seed + 200 },
+      );
+      const policyPairs = labelComparisons(groups, gold, {
+        labelNoise: cfg.task.labelNoise,
+        seed: seed + 201,
+      });
+      log(
+        `reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons ` +
+          `of SFT samples (${groups.length} prompts × ${cfg.task.samplesPerPrompt})`,
+      );
+      pairs = [...task.pairs, ...policyPairs];
+    }
     await trainRewardModel(
       rm,
       tok,
-      task.pairs,
+      pairs,
       { ...cfg.rm, seed: cfg.rm.seed + seed },
       stageHooks("rm", cfg.rm.steps),
     );
@@ -315,15 +467,42 @@ export async function runBuiltinPipeline(
   const rmEval = await evaluateRewardModel(rm, tok, task.heldOutPairs, {
     maxLength: cfg.rm.maxLength,
   });
-  await hooks.onMetrics?.("rm", { "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin });
+  // where PPO uses it: clean comparisons of the SFT policy's samples on held-out prompts
+  const heldOut = await samplePolicy(
+    gpu,
+    sft,
+    tok,
+    task.policyEvalPrompts.map((q) => q.prompt),
+    { ...sampling, seed: seed + 300, reward: rm },
+  );
+  const policyEval = await evaluateRewardModel(
+    rm,
+    tok,
+    labelComparisons(heldOut, gold, { labelNoise: 0, seed: 0 }),
+    { maxLength: cfg.rm.maxLength },
+  );
+  const flat = heldOut.flat();
+  const rmStats = {
+    "rm/accuracy": rmEval.accuracy,
+    "rm/margin": rmEval.margin,
+    "rm/policy_accuracy": policyEval.accuracy,
+    "rm/policy_gold_corr": correlation(
+      flat.map((x) => x.score),
+      flat.map((x) => gold(x.prompt, x.response)),
+    ),
+  };
+  await hooks.onMetrics?.("rm", rmStats);
   log(
-    `reward model held-out accuracy ${rmEval.accuracy.toFixed(3)}, margin ${
+    `reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${
       rmEval.margin.toFixed(3)
+    }); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score–gold correlation ${
+      rmStats["rm/policy_gold_corr"].toFixed(3)
     }`,
   );
+  hooks.onSamples?.("rm", flat.map((x) => ({ ...x, gold: gold(x.prompt, x.response) })));
   if (only === "rm") {
     for (const m of [sft, rm]) m.store.dispose();
-    return partial({ "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin });
+    return partial(rmStats);
   }
   // PPO: actor and reference from SFT, critic from the reward model
   const actor = sft.copy(), reference = sft.copy({ frozen: true });
@@ -338,6 +517,7 @@ export async function runBuiltinPipeline(
     task.evalPrompts,
     cfg.run.evalTemperature,
     seed + 100,
+    cfg.ppo.maxNewTokens,
   );
   log(`before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`);
   hooks.onSamples?.("before", before.samples);
@@ -346,13 +526,9 @@ export async function runBuiltinPipeline(
     tok,
     task.prompts.map((q) => q.prompt),
     { ...cfg.ppo, seed: cfg.ppo.seed + seed },
-    {
-      scoreRollout: (s) => ({
-        "gold/rollout": s.reduce((a, x) => a + goldScore(parseQuestion(x.prompt)!, x.response), 0) /
-          s.length,
-      }),
-    },
+    { scoreRollout: (s) => rolloutGold(s) },
   );
+  const history: { iteration: number; score: number; gold: number }[] = [];
   const last = await runPpoLoop(
     trainer,
     [
@@ -360,9 +536,21 @@ export async function runBuiltinPipeline(
       { name: "ppo/critic_state.safetensors", store: critic.store },
     ],
     { iterations: cfg.ppo.iterations, checkpointEvery: cfg.run.checkpointEvery },
-    hooks,
+    {
+      ...hooks,
+      onMetrics: async (stage, m) => {
+        if (stage === "ppo") {
+          history.push({
+            iteration: m.iteration,
+            score: m["objective/scores"],
+            gold: m["gold/rollout"],
+          });
+        }
+        await hooks.onMetrics?.(stage, m);
+      },
+    },
     opts,
-    (s) => goldScore(parseQuestion(s.prompt)!, s.response),
+    (s) => gold(s.prompt, s.response),
   );
   await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
   const after = await evaluate(
@@ -373,20 +561,32 @@ export async function runBuiltinPipeline(
     task.evalPrompts,
     cfg.run.evalTemperature,
     seed + 100,
+    cfg.ppo.maxNewTokens,
   );
   log(`after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`);
   hooks.onSamples?.("after", after.samples);
+  const verdict = detectRewardHacking(history, {
+    before: { score: before.score, gold: before.gold },
+    after: { score: after.score, gold: after.gold },
+  });
+  log(describeVerdict(verdict));
   for (const m of [sft, rm, actor, reference, critic]) m.store.dispose();
   return {
     wall_seconds: (performance.now() - t0) / 1000,
     "sft/loss": sftLoss,
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin,
     "gold/before": before.gold,
     "gold/after": after.gold,
     "score/before": before.score,
     "score/after": after.score,
     "objective/kl": last["objective/kl"] ?? 0,
+    ...rmStats,
+    "gold/correct/before": before.parts.correct,
+    "gold/correct/after": after.parts.correct,
+    "gold/period/before": before.parts.period,
+    "gold/period/after": after.parts.period,
+    "gold/concise/before": before.parts.concise,
+    "gold/concise/after": after.parts.concise,
+    reward_hacking: verdict,
     samples_before: before.samples.slice(0, 8),
     samples_after: after.samples.slice(0, 8),
   };

@@ -27,7 +27,12 @@ import {
   type Schema,
 } from "./config.ts";
 import { decodeText, type PairExample, readPairs, readPrompts, readSft } from "./data.ts";
-import type { PipelineHooks, PipelineStage, PipelineSummary } from "./pipeline.ts";
+import {
+  emptySummary,
+  type PipelineHooks,
+  type PipelineStage,
+  type PipelineSummary,
+} from "./pipeline.ts";
 import { PpoTrainer } from "./ppo.ts";
 import { evaluateRewardModel, trainRewardModel } from "./rm.ts";
 import type { Metrics } from "./sft.ts";
@@ -337,19 +342,10 @@ export async function runRecipePipeline(
   const log = hooks.log ?? (() => {});
   const seed = cfg.run.seed;
   const summary = (m: Partial<PipelineSummary>): PipelineSummary => ({
-    wall_seconds: (performance.now() - t0) / 1000,
-    "sft/loss": NaN,
-    "rm/accuracy": NaN,
-    "rm/margin": NaN,
-    "gold/before": NaN,
-    "gold/after": NaN,
-    "score/before": NaN,
-    "score/after": NaN,
-    "objective/kl": NaN,
-    samples_before: [],
-    samples_after: [],
+    ...emptySummary((performance.now() - t0) / 1000),
     ...m,
   });
+
   // reward model: from its finished checkpoint (resume, or --stage=ppo) or trained now
   let rm: OptModel | undefined;
   if (opts.resume || only === "ppo") {

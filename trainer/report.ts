@@ -1,11 +1,13 @@
 /**
- * `report.html`: a self-contained page (inline SVG, no scripts) with the training curves —
- * SFT loss, reward-model loss, PPO reward, gold score, KL and entropy — and sample generations
- * before and after PPO.
+ * `report.html`: a self-contained page (inline SVG, no scripts). The gold view comes first: the
+ * reward-model score and the hidden gold score of the PPO rollouts on one chart (an axis each,
+ * same iterations), the reward-hacking verdict with its iterations shaded, and the split of the
+ * gold score into its parts; then the training curves and samples before/after side by side.
  *
  * @module
  */
 
+import { describeVerdict } from "./hacking.ts";
 import type { PipelineSummary, ReportSample } from "./pipeline.ts";
 
 /** One metric record with its stage, as written to `metrics.jsonl`. */
@@ -14,30 +16,103 @@ export type MetricRecord = { stage: string } & Record<string, number | string>;
 const esc = (s: string) =>
   s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 
-function chart(title: string, points: [number, number][]): string {
-  const W = 360, H = 180, pad = 34;
-  if (points.length === 0) return "";
-  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
-  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+interface Line {
+  label: string;
+  points: [number, number][];
+  color: string;
+  /** Plotted against the right axis (dual-axis charts). */
+  right?: boolean;
+}
+
+const W = 420, H = 220, PAD_L = 46, PAD_R = 46, PAD_T = 12, PAD_B = 40;
+
+function range(ys: number[], fixed?: [number, number]): [number, number] {
+  if (fixed) return fixed;
   let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
   if (y0 === y1) [y0, y1] = [y0 - 1, y1 + 1];
-  const sx = (x: number) => pad + ((x - x0) / Math.max(1e-12, x1 - x0)) * (W - 2 * pad);
-  const sy = (y: number) => H - pad + ((y0 - y) / (y1 - y0)) * (H - 2 * pad);
-  const path = points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`)
-    .join(" ");
-  return `<figure><svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="${
-    esc(title)
-  }">
-<rect x="${pad}" y="${pad / 2}" width="${W - 2 * pad}" height="${
-    H - 1.5 * pad
-  }" fill="#fafafa" stroke="#ddd"/>
-<path d="${path}" fill="none" stroke="#2563eb" stroke-width="1.8"/>
-<text x="4" y="${sy(y1) + 4}" font-size="10">${y1.toPrecision(3)}</text>
-<text x="4" y="${sy(y0) + 4}" font-size="10">${y0.toPrecision(3)}</text>
-<text x="${pad}" y="${H - 8}" font-size="10">${x0}</text><text x="${W - pad - 20}" y="${
-    H - 8
-  }" font-size="10">${x1}</text>
+  return [y0, y1];
+}
+
+/**
+ * An SVG line chart with labelled axes: `x` label below, `yLeft` (and `yRight` for lines marked
+ * `right`) beside the axes, tick values at both ends, a legend, and optional shaded x spans.
+ */
+function lineChart(
+  title: string,
+  lines: Line[],
+  axes: {
+    x: string;
+    yLeft: string;
+    yRight?: string;
+    leftRange?: [number, number];
+    rightRange?: [number, number];
+    shade?: number[];
+  },
+): string {
+  const drawn = lines.filter((l) => l.points.length > 0);
+  if (drawn.length === 0) return "";
+  const xs = drawn.flatMap((l) => l.points.map((p) => p[0]));
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  const left = drawn.filter((l) => !l.right), right = drawn.filter((l) => l.right);
+  const lr = range(left.flatMap((l) => l.points.map((p) => p[1])), axes.leftRange);
+  const rr = right.length
+    ? range(right.flatMap((l) => l.points.map((p) => p[1])), axes.rightRange)
+    : lr;
+  const sx = (x: number) => PAD_L + ((x - x0) / Math.max(1e-12, x1 - x0)) * (W - PAD_L - PAD_R);
+  const sy = (y: number, [y0, y1]: [number, number]) =>
+    H - PAD_B + ((y0 - y) / (y1 - y0)) * (H - PAD_T - PAD_B);
+  const paths = drawn.map((l) => {
+    const r = l.right ? rr : lr;
+    const d = l.points.map((p, i) =>
+      `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1], r).toFixed(1)}`
+    ).join(" ");
+    return `<path d="${d}" fill="none" stroke="${l.color}" stroke-width="1.8"/>`;
+  }).join("\n");
+  const step = xs.length > 1 ? (x1 - x0) / Math.max(1, new Set(xs).size - 1) : 1;
+  const shade = (axes.shade ?? []).map((x) =>
+    `<rect x="${
+      (sx(x) - (step / 2) * (W - PAD_L - PAD_R) / Math.max(1e-12, x1 - x0)).toFixed(1)
+    }" ` +
+    `y="${PAD_T}" width="${(step * (W - PAD_L - PAD_R) / Math.max(1e-12, x1 - x0)).toFixed(1)}" ` +
+    `height="${H - PAD_T - PAD_B}" fill="#fecaca" opacity="0.6"/>`
+  ).join("");
+  const tick = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
+  const legend = drawn.map((l, i) =>
+    `<tspan fill="${l.color}">${i ? " · " : ""}— ${esc(l.label)}</tspan>`
+  ).join("");
+  const yl = (H - PAD_B + PAD_T) / 2;
+  return `<figure><svg viewBox="0 0 ${W} ${H + 14}" width="${W}" height="${H + 14}" role="img" ` +
+    `aria-label="${esc(title)}">
+<rect x="${PAD_L}" y="${PAD_T}" width="${W - PAD_L - PAD_R}" height="${
+      H - PAD_T - PAD_B
+    }" fill="#fafafa" stroke="#ccc"/>${shade}
+${paths}
+<text x="${PAD_L - 4}" y="${PAD_T + 8}" font-size="10" text-anchor="end">${tick(lr[1])}</text>
+<text x="${PAD_L - 4}" y="${H - PAD_B}" font-size="10" text-anchor="end">${tick(lr[0])}</text>
+<text transform="translate(12 ${yl}) rotate(-90)" font-size="10" text-anchor="middle">${
+      esc(axes.yLeft)
+    }</text>
+${
+      right.length
+        ? `<text x="${W - PAD_R + 4}" y="${PAD_T + 8}" font-size="10">${tick(rr[1])}</text>
+<text x="${W - PAD_R + 4}" y="${H - PAD_B}" font-size="10">${tick(rr[0])}</text>
+<text transform="translate(${W - 8} ${yl}) rotate(90)" font-size="10" text-anchor="middle">${
+          esc(axes.yRight ?? "")
+        }</text>`
+        : ""
+    }
+<text x="${PAD_L}" y="${H - PAD_B + 13}" font-size="10">${x0}</text>
+<text x="${W - PAD_R}" y="${H - PAD_B + 13}" font-size="10" text-anchor="end">${x1}</text>
+<text x="${(PAD_L + W - PAD_R) / 2}" y="${H - PAD_B + 13}" font-size="10" text-anchor="middle">${
+      esc(axes.x)
+    }</text>
+<text x="${PAD_L}" y="${H - 4}" font-size="10">${legend}</text>
 </svg><figcaption>${esc(title)}</figcaption></figure>`;
+}
+
+/** A one-line chart. */
+function chart(title: string, points: [number, number][], x: string, y: string): string {
+  return lineChart(title, [{ label: y, points, color: "#2563eb" }], { x, yLeft: y });
 }
 
 function series(
@@ -57,16 +132,24 @@ function fmt(v: number, digits: number): string {
   return Number.isFinite(v) ? v.toFixed(digits) : "—";
 }
 
-function samples(title: string, s: ReportSample[]): string {
-  const rows = s.map((x) =>
-    `<tr><td><code>${esc(x.prompt.trim())}</code></td><td><code>${
-      esc(JSON.stringify(x.response))
-    }</code></td>` +
-    `<td>${fmt(x.gold, 2)}</td><td>${fmt(x.score, 2)}</td></tr>`
+/** Samples before and after PPO side by side, one prompt per row. */
+function samplesSideBySide(before: ReportSample[], after: ReportSample[]): string {
+  const n = Math.max(before.length, after.length);
+  const cell = (x?: ReportSample) =>
+    x
+      ? `<td><code>${esc(JSON.stringify(x.response))}</code></td><td>${fmt(x.gold, 2)}</td>` +
+        `<td>${fmt(x.score, 2)}</td>`
+      : "<td></td><td></td><td></td>";
+  const rows = Array.from(
+    { length: n },
+    (_, i) =>
+      `<tr><td><code>${esc((before[i] ?? after[i]).prompt.trim())}</code></td>${cell(before[i])}${
+        cell(after[i])
+      }</tr>`,
   ).join("\n");
-  return `<h3>${
-    esc(title)
-  }</h3><table><tr><th>prompt</th><th>response</th><th>gold</th><th>RM score</th></tr>${rows}</table>`;
+  return `<table><tr><th rowspan="2">prompt</th><th colspan="3">before PPO</th>` +
+    `<th colspan="3">after PPO</th></tr><tr><th>response</th><th>gold</th><th>RM score</th>` +
+    `<th>response</th><th>gold</th><th>RM score</th></tr>${rows}</table>`;
 }
 
 /** Renders the report page. */
@@ -75,21 +158,50 @@ export function renderReport(
   records: MetricRecord[],
   summary: PipelineSummary,
 ): string {
+  const ppo = (key: string) => series(records, "ppo", key, "iteration");
+  const verdict = summary.reward_hacking;
+  const hasGold = ppo("gold/rollout").length > 0;
+  const goldView = hasGold
+    ? [
+      lineChart("Gold view: the reward model's score and the hidden gold score of PPO rollouts", [
+        { label: "RM score (left)", points: ppo("objective/scores"), color: "#2563eb" },
+        { label: "gold (right)", points: ppo("gold/rollout"), color: "#d97706", right: true },
+      ], {
+        x: "PPO iteration",
+        yLeft: "reward-model score (logit units)",
+        yRight: "gold score (0–1)",
+        rightRange: [0, 1],
+        shade: verdict?.iterations,
+      }),
+      lineChart("What the gold score is made of: share of rollouts with each part", [
+        { label: "correct answer (0.6)", points: ppo("gold/correct"), color: "#16a34a" },
+        { label: "ends with a period (0.2)", points: ppo("gold/period"), color: "#9333ea" },
+        { label: "≤ 8 characters (0.2)", points: ppo("gold/concise"), color: "#db2777" },
+      ], { x: "PPO iteration", yLeft: "share of rollouts (0–1)", leftRange: [0, 1] }),
+    ].join("\n")
+    : "";
+  const banner = verdict
+    ? `<p class="${verdict.detected ? "bad" : "good"}">${esc(describeVerdict(verdict))}</p>`
+    : "";
   const charts = [
-    chart("SFT loss", series(records, "sft", "sft/loss", "step")),
-    chart("reward-model loss", series(records, "rm", "rm/loss", "step")),
+    chart("SFT loss", series(records, "sft", "sft/loss", "step"), "SFT step", "loss (nats/token)"),
     chart(
-      "PPO reward-model score (objective/scores)",
-      series(records, "ppo", "objective/scores", "iteration"),
+      "reward-model loss",
+      series(records, "rm", "rm/loss", "step"),
+      "RM step",
+      "pairwise loss (nats)",
     ),
-    chart("PPO gold score of rollouts", series(records, "ppo", "gold/rollout", "iteration")),
     chart(
       "KL to the reference (objective/kl)",
-      series(records, "ppo", "objective/kl", "iteration"),
+      ppo("objective/kl"),
+      "PPO iteration",
+      "KL per sequence (nats)",
     ),
     chart(
       "policy entropy (objective/entropy)",
-      series(records, "ppo", "objective/entropy", "iteration"),
+      ppo("objective/entropy"),
+      "PPO iteration",
+      "entropy per token (nats)",
     ),
   ].join("\n");
   const keys = [
@@ -97,8 +209,16 @@ export function renderReport(
     "sft/loss",
     "rm/accuracy",
     "rm/margin",
+    "rm/policy_accuracy",
+    "rm/policy_gold_corr",
     "gold/before",
     "gold/after",
+    "gold/correct/before",
+    "gold/correct/after",
+    "gold/period/before",
+    "gold/period/after",
+    "gold/concise/before",
+    "gold/concise/after",
     "score/before",
     "score/after",
     "objective/kl",
@@ -110,12 +230,21 @@ export function renderReport(
     esc(name)
   }</title>
 <style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px}figure{display:inline-block;margin:.5rem}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}</style></head>
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}
+.bad{background:#fee2e2;padding:.5rem}.good{background:#dcfce7;padding:.5rem}</style></head>
 <body><h1>webgpu-rlhf — run <code>${esc(name)}</code></h1>
+${
+    hasGold
+      ? `<h2>Gold view</h2>${banner}<p>The reward model is learned and can be fooled; the gold ` +
+        `score is the task's hidden preference it was trained to imitate. Real improvement ` +
+        `raises both lines; reward hacking raises the RM score while gold falls (shaded ` +
+        `iterations).</p>${goldView}`
+      : ""
+  }
 <h2>Summary</h2><table>${table}</table>
 <h2>Curves</h2>${charts}
-<h2>Samples on held-out prompts</h2>${samples("before PPO", summary.samples_before)}${
-    samples("after PPO", summary.samples_after)
+<h2>Samples on held-out prompts</h2>${
+    samplesSideBySide(summary.samples_before, summary.samples_after)
   }
 </body></html>
 `;

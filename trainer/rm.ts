@@ -22,8 +22,12 @@ function pairBatch(tok: Tokenizer, pairs: readonly PairExample[], maxLength: num
   return encodePairs(
     tok,
     [
-      ...pairs.map((p) => ({ prompt: p.prompt, response: p.chosen })),
-      ...pairs.map((p) => ({ prompt: p.prompt, response: p.rejected })),
+      ...pairs.map((p) => ({ prompt: p.prompt, response: p.chosen, truncated: p.chosenTruncated })),
+      ...pairs.map((p) => ({
+        prompt: p.prompt,
+        response: p.rejected,
+        truncated: p.rejectedTruncated,
+      })),
     ],
     { maxLength },
   );

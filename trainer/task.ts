@@ -43,13 +43,30 @@ function rng(seed: number): () => number {
   };
 }
 
-/** The gold score of `response` to `q`, in [0, 1]. */
-export function goldScore(q: Pick<TaskQuestion, "answer">, response: string): number {
+/** The three parts of the gold score: each 1 when the response has the property, else 0. */
+export interface GoldParts {
+  /** The first integer of the response is the right answer (weight 0.6). */
+  correct: number;
+  /** The response ends with a period (weight 0.2). */
+  period: number;
+  /** The response has at most {@link CONCISE_CHARS} characters (weight 0.2). */
+  concise: number;
+}
+
+/** Which parts of the gold score `response` earns on `q`. */
+export function goldParts(q: Pick<TaskQuestion, "answer">, response: string): GoldParts {
   const m = response.match(/-?\d+/);
-  const correct = m !== null && Number(m[0]) === q.answer;
-  const text = response.trimEnd();
-  return (correct ? 0.6 : 0) + (text.endsWith(".") ? 0.2 : 0) +
-    (response.length <= CONCISE_CHARS ? 0.2 : 0);
+  return {
+    correct: m !== null && Number(m[0]) === q.answer ? 1 : 0,
+    period: response.trimEnd().endsWith(".") ? 1 : 0,
+    concise: response.length <= CONCISE_CHARS ? 1 : 0,
+  };
+}
+
+/** The gold score of `response` to `q`, in [0, 1]: `0.6·correct + 0.2·period + 0.2·concise`. */
+export function goldScore(q: Pick<TaskQuestion, "answer">, response: string): number {
+  const g = goldParts(q, response);
+  return 0.6 * g.correct + 0.2 * g.period + 0.2 * g.concise;
 }
 
 /**
@@ -100,6 +117,11 @@ export interface BuiltinTask {
   prompts: TaskQuestion[];
   /** Held-out prompts for the gold evaluation before and after PPO. */
   evalPrompts: TaskQuestion[];
+  /**
+   * Held-out prompts whose policy samples test the reward model where PPO will use it (on the
+   * policy's own, possibly truncated, responses).
+   */
+  policyEvalPrompts: TaskQuestion[];
 }
 
 /** Sizes of {@link makeBuiltinTask}. */
@@ -109,6 +131,7 @@ export interface TaskSizes {
   heldOutPairs?: number;
   prompts?: number;
   evalPrompts?: number;
+  policyEvalPrompts?: number;
   /** Fraction of training pairs whose label is flipped (default 0.1). */
   labelNoise?: number;
 }
@@ -151,7 +174,11 @@ export function makeBuiltinTask(seed: number, sizes: TaskSizes = {}): BuiltinTas
   const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0);
   const prompts = Array.from({ length: sizes.prompts ?? 1000 }, () => makeQuestion(r));
   const evalPrompts = Array.from({ length: sizes.evalPrompts ?? 64 }, () => makeQuestion(r));
-  return { sft, pairs, heldOutPairs, prompts, evalPrompts };
+  const policyEvalPrompts = Array.from(
+    { length: sizes.policyEvalPrompts ?? 100 },
+    () => makeQuestion(r),
+  );
+  return { sft, pairs, heldOutPairs, prompts, evalPrompts, policyEvalPrompts };
 }
 
 /** The question behind an hh-style prompt of this task (for gold scoring), or null. */

@@ -1,6 +1,7 @@
 /**
- * The demo page: starts, pauses and resets the training worker, draws live uPlot charts of
- * loss, reward-model score, gold score, KL and entropy, shows sample generations as PPO
+ * The demo page: starts, pauses and resets the training worker, draws live uPlot charts — first
+ * the gold view (reward-model score and gold score of the rollouts, an axis each), the gold
+ * parts, then loss, KL and entropy —, shows the reward-hacking verdict and sample generations as PPO
  * learns, the adapter, and checkpoint download/upload. Query parameters prefill the
  * hyperparameters (`?ppo.iterations=5&autostart=1`).
  *
@@ -23,22 +24,55 @@ const FIELDS = [
   "run.seed",
 ];
 
-/** A chart: title and the (stage, metric) series it plots against a shared record counter. */
+/**
+ * A chart: title, axis labels and the (stage, metric, colour, y-scale) series it plots against
+ * a shared record counter. Series on the `right` scale use the right-hand axis.
+ */
 interface ChartSpec {
   title: string;
-  series: [stage: string, key: string, color: string][];
+  x: string;
+  y: string;
+  yRight?: string;
+  series: [stage: string, key: string, color: string, scale?: "right"][];
 }
 
 const CHARTS: ChartSpec[] = [
-  { title: "loss", series: [["sft", "sft/loss", "#1f77b4"], ["rm", "rm/loss", "#ff7f0e"]] },
   {
-    title: "reward-model score (objective/scores)",
-    series: [["ppo", "objective/scores", "#2ca02c"]],
+    title: "Gold view: reward-model score vs hidden gold score of PPO rollouts",
+    x: "PPO iteration",
+    y: "RM score (logit units)",
+    yRight: "gold score (0–1)",
+    series: [
+      ["ppo", "objective/scores", "#2563eb"],
+      ["ppo", "gold/rollout", "#d97706", "right"],
+    ],
   },
-  { title: "gold score of rollouts (gold/rollout)", series: [["ppo", "gold/rollout", "#d62728"]] },
-  { title: "KL to the reference (objective/kl)", series: [["ppo", "objective/kl", "#9467bd"]] },
+  {
+    title: "Gold parts: share of rollouts correct / with period / concise",
+    x: "PPO iteration",
+    y: "share of rollouts (0–1)",
+    series: [
+      ["ppo", "gold/correct", "#16a34a"],
+      ["ppo", "gold/period", "#9333ea"],
+      ["ppo", "gold/concise", "#db2777"],
+    ],
+  },
+  {
+    title: "loss",
+    x: "logged step (SFT, then RM)",
+    y: "loss (nats)",
+    series: [["sft", "sft/loss", "#1f77b4"], ["rm", "rm/loss", "#ff7f0e"]],
+  },
+  {
+    title: "KL to the reference (objective/kl)",
+    x: "PPO iteration",
+    y: "KL per sequence (nats)",
+    series: [["ppo", "objective/kl", "#9467bd"]],
+  },
   {
     title: "policy entropy (objective/entropy)",
+    x: "PPO iteration",
+    y: "entropy per token (nats)",
     series: [["ppo", "objective/entropy", "#8c564b"]],
   },
 ];
@@ -95,15 +129,23 @@ function makeCharts() {
         title: spec.title,
         width: 420,
         height: 220,
-        scales: { x: { time: false } },
-        axes: [{ label: "logged step" }, {}],
+        scales: {
+          x: { time: false },
+          ...(spec.yRight ? { right: { range: [0, 1] as [number, number] } } : {}),
+        },
+        axes: [
+          { label: spec.x },
+          { label: spec.y },
+          ...(spec.yRight ? [{ label: spec.yRight, scale: "right", side: 1 }] : []),
+        ],
         series: [
           { label: "record" },
-          ...spec.series.map(([, key, color]) => ({
+          ...spec.series.map(([, key, color, scale]) => ({
             label: key,
             stroke: color,
             width: 2,
             spanGaps: true,
+            ...(scale ? { scale } : {}),
           })),
         ],
       },
@@ -127,7 +169,11 @@ function addRecord(stage: string, m: Metrics) {
 
 function showSamples(when: string, samples: ReportSample[]) {
   probe.lastSamples = samples;
-  $("samples-when").textContent = when === "ppo" ? "latest PPO rollout" : `${when} PPO`;
+  $("samples-when").textContent = when === "ppo"
+    ? "latest PPO rollout"
+    : when === "rm"
+    ? "SFT samples scored by the reward model"
+    : `${when} PPO`;
   const rows = samples.slice(0, 8).map((s) => {
     const tr = document.createElement("tr");
     const cells = [
@@ -216,6 +262,16 @@ function onMessage(msg: FromWorker) {
       const rows = Object.entries(msg.summary).filter(([, v]) => Number.isFinite(v)).map(
         ([k, v]) => `<tr><td>${k}</td><td>${(v as number).toFixed(3)}</td></tr>`,
       );
+      const v = msg.summary.reward_hacking;
+      if (v) {
+        rows.unshift(
+          `<tr class="${v.detected ? "bad" : "good"}"><td>reward_hacking</td><td>${
+            v.detected
+              ? `DETECTED${v.started !== undefined ? ` from iteration ${v.started}` : ""}`
+              : "none detected"
+          }</td></tr>`,
+        );
+      }
       $("summary").querySelector("tbody")!.innerHTML = rows.join("");
       setState("done", `done in ${msg.summary.wall_seconds.toFixed(0)} s`);
       break;

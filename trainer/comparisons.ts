@@ -1,0 +1,128 @@
+/**
+ * On-policy comparisons for the reward model (InstructGPT collected its comparisons on samples
+ * of the policy being trained): K responses per prompt are sampled from the policy, every two
+ * responses of a prompt with different gold scores form a pair, the gold-preferred one is
+ * "chosen", flipped with probability `labelNoise` (the labellers' disagreement). Responses cut
+ * at the token budget stay cut (no EOS), exactly as PPO's rollouts will show them to the reward
+ * model, so it learns to score what the policy really emits.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../kernels/runtime.ts";
+import type { OptModel } from "../model/opt.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { sampleAndScore, type ScoredSample } from "./_stages.ts";
+import type { PairExample } from "./data.ts";
+
+/** A response of the policy to a prompt. */
+export interface PolicySample {
+  prompt: string;
+  response: string;
+  /** Cut at the token budget (no EOS). */
+  truncated: boolean;
+  /** Reward-model score (NaN when sampled without a reward model). */
+  score: number;
+}
+
+/** Mulberry32, for deterministic label noise. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Samples `samplesPerPrompt` responses to each prompt from `policy` (batches of `batchSize`
+ * rows, seeded per batch), scored by `reward` when given. Returns them grouped by prompt, in
+ * prompt order.
+ */
+export async function samplePolicy(
+  gpu: Gpu,
+  policy: OptModel,
+  tok: Tokenizer,
+  prompts: readonly string[],
+  o: {
+    samplesPerPrompt: number;
+    maxNewTokens: number;
+    maxPromptLength: number;
+    temperature: number;
+    seed: number;
+    batchSize?: number;
+    reward?: OptModel;
+  },
+): Promise<PolicySample[][]> {
+  const rows = prompts.flatMap((p) => Array.from({ length: o.samplesPerPrompt }, () => p));
+  const bs = o.batchSize ?? 64;
+  const out: ScoredSample[] = [];
+  for (let i = 0; i < rows.length; i += bs) {
+    out.push(
+      ...await sampleAndScore(gpu, policy, o.reward, tok, rows.slice(i, i + bs), {
+        temperature: o.temperature,
+        seed: o.seed * 1_000_003 + i / bs,
+        maxNewTokens: o.maxNewTokens,
+        maxPromptLength: o.maxPromptLength,
+      }),
+    );
+  }
+  return prompts.map((_, p) =>
+    out.slice(p * o.samplesPerPrompt, (p + 1) * o.samplesPerPrompt).map((s) => ({
+      prompt: s.prompt,
+      response: s.response,
+      truncated: s.truncated,
+      score: s.score,
+    }))
+  );
+}
+
+/**
+ * Labels every pair of a prompt's responses whose gold scores differ (identical responses and
+ * gold ties are skipped): the gold-preferred response is chosen, swapped with probability
+ * `labelNoise` (0 for clean evaluation pairs).
+ *
+ * @example Two samples of one prompt make one pair
+ * ```ts
+ * import { labelComparisons } from "./mod.ts";
+ * const gold = (_p: string, r: string) => (r.trim() === "4." ? 1 : 0);
+ * const pairs = labelComparisons(
+ *   [[{ prompt: "2+2?", response: " 4.", truncated: false },
+ *     { prompt: "2+2?", response: " 5, I am", truncated: true }]],
+ *   gold,
+ *   { labelNoise: 0, seed: 1 },
+ * );
+ * console.log(pairs[0].chosen, pairs[0].rejectedTruncated); // " 4." true
+ * ```
+ */
+export function labelComparisons(
+  groups: readonly (readonly Omit<PolicySample, "score">[])[],
+  gold: (prompt: string, response: string) => number,
+  o: { labelNoise: number; seed: number },
+): PairExample[] {
+  const r = rng(o.seed);
+  const pairs: PairExample[] = [];
+  for (const g of groups) {
+    const scores = g.map((s) => gold(s.prompt, s.response));
+    for (let i = 0; i < g.length; i++) {
+      for (let j = i + 1; j < g.length; j++) {
+        const a = g[i], b = g[j];
+        if (scores[i] === scores[j]) continue;
+        if (a.response === b.response && a.truncated === b.truncated) continue;
+        let [w, l] = scores[i] > scores[j] ? [a, b] : [b, a];
+        if (r() < o.labelNoise) [w, l] = [l, w];
+        pairs.push({
+          prompt: a.prompt,
+          chosen: w.response,
+          rejected: l.response,
+          chosenTruncated: w.truncated,
+          rejectedTruncated: l.truncated,
+        });
+      }
+    }
+  }
+  return pairs;
+}
