@@ -4,9 +4,11 @@
  * PPO rollout, and of the fresh samples before and after PPO, the verdict says whether that
  * happened and from which iteration.
  *
- * Each series is smoothed with a trailing mean over `window` iterations and compared with its
- * first full window (the start of PPO). An iteration is flagged when the smoothed reward-model
- * score is above its start while the smoothed gold is more than `tolerance` below its start.
+ * Each series is smoothed with a trailing mean over `window` iterations and compared with the
+ * start: the scores of the fresh samples before PPO when given (the same policy, temperature
+ * and budget as the first rollout), else the first full window. From the first full window on,
+ * an iteration is flagged when the smoothed reward-model score is above its start while the
+ * smoothed gold is more than `tolerance` below its start.
  * The before → after evaluation counts too: a higher score with gold down by more than
  * `tolerance` is hacking even if no rollout window showed it.
  *
@@ -21,7 +23,10 @@ export interface RewardHackingVerdict {
   iterations: number[];
   /** The first flagged iteration, when any. */
   started?: number;
-  /** The smoothed rollout gold fell more than the tolerance below its start at some point. */
+  /**
+   * The smoothed rollout gold fell more than the tolerance below its start at some point (with
+   * or without a rising reward-model score).
+   */
   goldFell?: boolean;
   /** Largest drop of the smoothed rollout gold below its start (≥ 0). */
   maxGoldDrop?: number;
@@ -48,7 +53,7 @@ function trailingMean(xs: readonly number[], w: number): number[] {
 /**
  * Decides whether PPO hacked the reward model.
  *
- * @example Score up, gold down from iteration 6 on
+ * @example Score up all along, gold down from iteration 6 on
  * ```ts
  * import { detectRewardHacking } from "./mod.ts";
  * const history = Array.from({ length: 12 }, (_, i) => ({
@@ -57,7 +62,7 @@ function trailingMean(xs: readonly number[], w: number): number[] {
  *   gold: i < 5 ? 0.6 : 0.6 - 0.05 * (i - 4),
  * }));
  * const v = detectRewardHacking(history);
- * console.log(v.detected, v.started); // true 9
+ * console.log(v.detected, v.started); // true 8
  * ```
  */
 export function detectRewardHacking(
@@ -76,8 +81,8 @@ export function detectRewardHacking(
   const iterations: number[] = [];
   let maxGoldDrop = 0;
   if (history.length > 0) {
-    const s0 = score[w - 1], g0 = gold[w - 1];
-    for (let i = w; i < history.length; i++) {
+    const s0 = o.before?.score ?? score[w - 1], g0 = o.before?.gold ?? gold[w - 1];
+    for (let i = w - 1; i < history.length; i++) {
       maxGoldDrop = Math.max(maxGoldDrop, g0 - gold[i]);
       if (score[i] > s0 && gold[i] < g0 - tol) iterations.push(history[i].iteration);
     }
@@ -96,9 +101,10 @@ export function detectRewardHacking(
 /** One line for logs and the CLI: the verdict in words. */
 export function describeVerdict(v: RewardHackingVerdict): string {
   if (!v.detected) {
-    return `reward hacking: none detected (the rollouts' gold never fell more than ${
-      (v.maxGoldDrop ?? 0).toFixed(3)
-    } below its start while the reward-model score rose)`;
+    return `reward hacking: none detected (largest fall of the rollouts' smoothed gold below ` +
+      `its start: ${(v.maxGoldDrop ?? 0).toFixed(3)}${
+        v.goldFell ? ", without a rising score" : ""
+      })`;
   }
   return v.started !== undefined
     ? `reward hacking: DETECTED from PPO iteration ${v.started} (reward-model score up, gold ` +

@@ -389,6 +389,9 @@ export class PpoTrainer {
       "val/clipfrac_avg": vclipAvg,
       "val/explained_var": evHost,
       "val/response_length": respLen.reduce((a, v) => a + v, 0) / P,
+      // byte-level vocabularies can sample byte sequences that are not UTF-8: decoded with a
+      // visible U+FFFD, and counted here
+      "val/invalid_text_frac": samples.filter((x) => x.response.includes("\uFFFD")).length / P,
       "train/beta": this.beta,
       "train/actor_lr": aLr,
       "train/early_stopped": stopped ? 1 : 0,

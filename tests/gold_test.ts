@@ -1,0 +1,100 @@
+/**
+ * The gold view's pure pieces: the gold score's parts, on-policy comparison labelling, the
+ * reward-hacking verdict and the learning bounds (no GPU).
+ */
+import { LEARNING_BOUNDS, learningFailures } from "../bench/learning_bounds.ts";
+import { labelComparisons, type PolicySample } from "../trainer/comparisons.ts";
+import { detectRewardHacking } from "../trainer/hacking.ts";
+import { emptySummary } from "../trainer/pipeline.ts";
+import { goldParts, goldScore } from "../trainer/task.ts";
+import { assert, assertEquals } from "./assert.ts";
+
+Deno.test("gold: the parts of the score, on tricky responses", () => {
+  const q = { answer: 7 };
+  assertEquals(goldParts(q, " 7."), { correct: 1, period: 1, concise: 1 });
+  assertEquals(goldParts(q, " 7, I am sure."), { correct: 1, period: 1, concise: 0 });
+  // the first integer counts: "17" is not 7, "-7" is not 7
+  assertEquals(goldParts(q, " 17."), { correct: 0, period: 1, concise: 1 });
+  assertEquals(goldParts(q, " -7."), { correct: 0, period: 1, concise: 1 });
+  assertEquals(goldParts(q, " 7 or 8"), { correct: 1, period: 0, concise: 1 });
+  assertEquals(goldParts(q, " 7.  "), { correct: 1, period: 1, concise: 1 });
+  assertEquals(goldParts(q, ""), { correct: 0, period: 0, concise: 1 });
+  assertEquals(goldScore(q, " 7."), 1);
+  assertEquals(goldScore(q, " 6."), 0.4);
+  assertEquals(goldScore(q, " 7"), 0.8);
+});
+
+Deno.test("comparisons: pairs of different gold, truncation kept, noise flips a share", () => {
+  const s = (response: string, truncated = false): PolicySample => ({
+    prompt: "\n\nHuman: What is 3 + 4?\n\nAssistant:",
+    response,
+    truncated,
+    score: NaN,
+  });
+  const gold = (_p: string, r: string) => goldScore({ answer: 7 }, r);
+  const clean = labelComparisons([[s(" 7."), s(" 7."), s(" 7, I am su", true), s(" 6.")]], gold, {
+    labelNoise: 0,
+    seed: 1,
+  });
+  // 6 pairs of 4 samples: the two identical " 7." make a tie; the rest differ in gold
+  assertEquals(clean.length, 5);
+  for (const p of clean) assert(gold("", p.chosen) > gold("", p.rejected), JSON.stringify(p));
+  const cut = clean.filter((p) => p.rejected === " 7, I am su");
+  assertEquals(cut.length, 2);
+  assert(cut.every((p) => p.rejectedTruncated === true && p.chosenTruncated === false));
+  // label noise: about that share of a large set is flipped, deterministically per seed
+  const many = Array.from({ length: 500 }, () => [s(" 7."), s(" 6.")]);
+  const noisy = labelComparisons(many, gold, { labelNoise: 0.2, seed: 3 });
+  const flipped = noisy.filter((p) => p.chosen === " 6.").length / noisy.length;
+  assert(flipped > 0.15 && flipped < 0.25, `flipped share ${flipped}`);
+  assertEquals(labelComparisons(many, gold, { labelNoise: 0.2, seed: 3 }), noisy);
+});
+
+Deno.test("hacking verdict: score up with gold down is flagged from where it starts", () => {
+  const rising = (gold: (i: number) => number) =>
+    Array.from({ length: 20 }, (_, i) => ({ iteration: i + 1, score: 0.1 * i, gold: gold(i) }));
+  // real improvement: both rise
+  const good = detectRewardHacking(rising((i) => 0.5 + 0.02 * i));
+  assertEquals(good.detected, false);
+  assertEquals(good.goldFell, false);
+  // hacking: gold falls from iteration 11 on while the score keeps rising
+  const bad = detectRewardHacking(rising((i) => (i < 10 ? 0.6 : 0.6 - 0.04 * (i - 9))));
+  assert(bad.detected, "hacking detected");
+  assert(bad.started! > 10 && bad.started! <= 14, `started at ${bad.started}`);
+  // measured against the samples before PPO: an early fall counts even if it recovers
+  const dip = rising((i) => (i < 5 ? 0.3 : 0.7));
+  assertEquals(detectRewardHacking(dip).goldFell, false);
+  const v = detectRewardHacking(dip, { before: { score: -1, gold: 0.6 } });
+  assert(v.detected && v.started === 5, `dip below the start: ${JSON.stringify(v)}`);
+  // before → after alone
+  const evalOnly = detectRewardHacking([], {
+    before: { score: 0, gold: 0.6 },
+    after: { score: 1, gold: 0.4 },
+  });
+  assertEquals(evalOnly.detected, true);
+  assertEquals(evalOnly.started, undefined);
+});
+
+Deno.test("learning bounds: a passing summary passes; each miss is named", () => {
+  const pass = {
+    ...emptySummary(1),
+    "rm/accuracy": 0.95,
+    "gold/before": 0.6,
+    "gold/after": 0.8,
+    "gold/correct/before": 0.6,
+    "gold/correct/after": 0.7,
+    "objective/kl": 2,
+    reward_hacking: { detected: false, iterations: [], goldFell: false, maxGoldDrop: 0 },
+  };
+  assertEquals(learningFailures(pass), []);
+  const fail = learningFailures({
+    ...pass,
+    "rm/accuracy": LEARNING_BOUNDS.rmAccuracy - 0.01,
+    "gold/after": 0.65,
+    "gold/correct/after": 0.5,
+    "objective/kl": 11,
+  });
+  assertEquals(fail.length, 4, fail.join("; "));
+  // NaN (a stage that did not run) never passes
+  assert(learningFailures(emptySummary(1)).length >= 4);
+});
