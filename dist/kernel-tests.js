@@ -9958,11 +9958,17 @@ function rng2(seed) {
     return ((t ^ t >>> 14) >>> 0) / 4294967296;
   };
 }
-function goldScore(q, response) {
+function goldParts(q, response) {
   const m = response.match(/-?\d+/);
-  const correct = m !== null && Number(m[0]) === q.answer;
-  const text = response.trimEnd();
-  return (correct ? 0.6 : 0) + (text.endsWith(".") ? 0.2 : 0) + (response.length <= CONCISE_CHARS ? 0.2 : 0);
+  return {
+    correct: m !== null && Number(m[0]) === q.answer ? 1 : 0,
+    period: response.trimEnd().endsWith(".") ? 1 : 0,
+    concise: response.length <= CONCISE_CHARS ? 1 : 0
+  };
+}
+function goldScore(q, response) {
+  const g = goldParts(q, response);
+  return 0.6 * g.correct + 0.2 * g.period + 0.2 * g.concise;
 }
 var MAX_OPERAND = 4;
 function makeQuestion(r) {
@@ -10060,12 +10066,16 @@ function makeBuiltinTask(seed, sizes = {}) {
   const evalPrompts = Array.from({
     length: sizes.evalPrompts ?? 64
   }, () => makeQuestion(r));
+  const policyEvalPrompts = Array.from({
+    length: sizes.policyEvalPrompts ?? 100
+  }, () => makeQuestion(r));
   return {
     sft,
     pairs,
     heldOutPairs,
     prompts: prompts2,
-    evalPrompts
+    evalPrompts,
+    policyEvalPrompts
   };
 }
 function parseQuestion(prompt) {

@@ -2518,18 +2518,18 @@ function dims2(q, k, v) {
     checkShape(t.shape.length === 4, `attention: ${n} must be [B, H, T, Dh], got [${t.shape}]`);
     checkShape(t.dtype === "f32", `attention: ${n} must be f32`);
   }
-  const [B, H, Tq, Dh] = q.shape;
+  const [B, H2, Tq, Dh] = q.shape;
   const Tk = k.shape[2];
   checkShape(k.shape.join() === [
     B,
-    H,
+    H2,
     Tk,
     Dh
-  ].join() && v.shape.join() === k.shape.join(), `attention: k [${k.shape}] and v [${v.shape}] must be [${B}, ${H}, Tk, ${Dh}]`);
+  ].join() && v.shape.join() === k.shape.join(), `attention: k [${k.shape}] and v [${v.shape}] must be [${B}, ${H2}, Tk, ${Dh}]`);
   checkShape(Tk >= Tq, `attention: ${Tq} queries but only ${Tk} keys`);
   return {
     B,
-    H,
+    H: H2,
     Tq,
     Tk,
     Dh
@@ -2537,20 +2537,20 @@ function dims2(q, k, v) {
 }
 function attentionForward(gpu, q, k, v, opts = {}) {
   const d = dims2(q, k, v);
-  const { B, H, Tq, Tk, Dh } = d;
+  const { B, H: H2, Tq, Tk, Dh } = d;
   checkMask(opts.keyMask, B, Tk, Tk);
   checkKeys(gpu, Tk);
   const causal = opts.causal !== false;
   const scale3 = opts.scale ?? 1 / Math.sqrt(Dh);
-  const BH = B * H, dq = Math.ceil(Dh / 4);
+  const BH = B * H2, dq = Math.ceil(Dh / 4);
   const out = gpu.empty([
     B,
-    H,
+    H2,
     Tq,
     Dh
   ]), lse = gpu.empty([
     B,
-    H,
+    H2,
     Tq
   ]);
   const maxLayers = gpu.limits.maxTextureArrayLayers;
@@ -2634,13 +2634,13 @@ var KvCache = class {
   Dh;
   k;
   v;
-  constructor(gpu, B, H, capacity, Dh) {
+  constructor(gpu, B, H2, capacity, Dh) {
     this.gpu = gpu;
     this.B = B;
-    this.H = H;
+    this.H = H2;
     this.capacity = capacity;
     this.Dh = Dh;
-    const layers = B * H;
+    const layers = B * H2;
     if (layers > gpu.limits.maxTextureArrayLayers) {
       throw new GpuLimitError(`KvCache: batch \xD7 heads = ${layers} exceeds maxTextureArrayLayers (${gpu.limits.maxTextureArrayLayers}); generate in smaller batches`);
     }
@@ -2660,14 +2660,14 @@ var KvCache = class {
   }
   /** Writes `k`, `v` `[B, H, Tn, Dh]` into positions `[at, at + Tn)`. */
   write(k, v, at) {
-    const { B, H, Dh } = this;
+    const { B, H: H2, Dh } = this;
     const Tn = k.shape[2];
     checkShape(k.shape.join() === [
       B,
-      H,
+      H2,
       Tn,
       Dh
-    ].join() && v.shape.join() === k.shape.join(), `KvCache.write: k/v must be [${B}, ${H}, Tn, ${Dh}], got [${k.shape}] and [${v.shape}]`);
+    ].join() && v.shape.join() === k.shape.join(), `KvCache.write: k/v must be [${B}, ${H2}, Tn, ${Dh}], got [${k.shape}] and [${v.shape}]`);
     checkShape(at >= 0 && at + Tn <= this.capacity, `KvCache.write: rows ${at}..${at + Tn} exceed capacity ${this.capacity}`);
     for (const [src, tex] of [
       [
@@ -2688,7 +2688,7 @@ var KvCache = class {
         col0: 0,
         batchStride: Tn * Dh,
         batch0: 0,
-        layers: B * H,
+        layers: B * H2,
         width: Math.ceil(Dh / 4),
         height: Tn,
         dstRow0: at
@@ -2700,30 +2700,30 @@ var KvCache = class {
    * position `i + Tk − Tq`), with an optional key mask `[B, maskStride]`.
    */
   attend(q, Tk, opts) {
-    const { B, H, Dh } = this;
+    const { B, H: H2, Dh } = this;
     const Tq = q.shape[2];
     checkShape(q.shape.length === 4 && q.shape.join() === [
       B,
-      H,
+      H2,
       Tq,
       Dh
-    ].join(), `KvCache.attend: q must be [${B}, ${H}, Tq, ${Dh}], got [${q.shape}]`);
+    ].join(), `KvCache.attend: q must be [${B}, ${H2}, Tq, ${Dh}], got [${q.shape}]`);
     checkShape(Tq <= Tk && Tk <= this.capacity, `KvCache.attend: ${Tq} queries over ${Tk} keys (capacity ${this.capacity})`);
     const stride = opts.maskStride ?? Tk;
     checkMask(opts.keyMask, B, Tk, stride);
     const out = this.gpu.empty([
       B,
-      H,
+      H2,
       Tq,
       Dh
     ]), lse = this.gpu.empty([
       B,
-      H,
+      H2,
       Tq
     ]);
     fused(this.gpu, q, this.k, this.v, out, lse, {
       B,
-      H,
+      H: H2,
       Tq,
       Tk,
       Dh
@@ -2732,7 +2732,7 @@ var KvCache = class {
       scale: opts.scale ?? 1 / Math.sqrt(Dh),
       keyMask: opts.keyMask,
       maskStride: stride
-    }, 0, B * H);
+    }, 0, B * H2);
     lse.dispose();
     return out;
   }
@@ -2744,9 +2744,9 @@ var KvCache = class {
   }
 };
 function attentionBackward(gpu, dout, q, k, v, saved) {
-  const { B, H, Tq, Tk, Dh } = dims2(q, k, v);
+  const { B, H: H2, Tq, Tk, Dh } = dims2(q, k, v);
   checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  const BH = B * H, rows2 = BH * Tq;
+  const BH = B * H2, rows2 = BH * Tq;
   const q3 = q.reshape([
     BH,
     Tq,
@@ -2773,7 +2773,7 @@ function attentionBackward(gpu, dout, q, k, v, saved) {
     probs,
     saved.lse,
     saved.keyMask ?? null
-  ], gpu.grid(groups(probs.size)), new Params().u32(probs.size, Tq, Tk, H).f32(saved.scale));
+  ], gpu.grid(groups(probs.size)), new Params().u32(probs.size, Tq, Tk, H2).f32(saved.scale));
   const D3 = gpu.empty([
     rows2
   ]);
@@ -2805,19 +2805,19 @@ function attentionBackward(gpu, dout, q, k, v, saved) {
   return {
     dq: dq.intoShape([
       B,
-      H,
+      H2,
       Tq,
       Dh
     ]),
     dk: dk.intoShape([
       B,
-      H,
+      H2,
       Tk,
       Dh
     ]),
     dv: dv.intoShape([
       B,
-      H,
+      H2,
       Tk,
       Dh
     ])
@@ -3583,13 +3583,13 @@ __export(attention_exports, {
   attentionForward: () => attentionForward2
 });
 function attentionForward2(q, k, v, a) {
-  const { B, H, Tq, Tk, Dh } = a;
+  const { B, H: H2, Tq, Tk, Dh } = a;
   const scale3 = a.scale ?? 1 / Math.sqrt(Dh);
-  const probs = new Float64Array(B * H * Tq * Tk), out = new Float64Array(B * H * Tq * Dh);
-  const lse = new Float64Array(B * H * Tq);
+  const probs = new Float64Array(B * H2 * Tq * Tk), out = new Float64Array(B * H2 * Tq * Dh);
+  const lse = new Float64Array(B * H2 * Tq);
   for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      const bh = b * H + h;
+    for (let h = 0; h < H2; h++) {
+      const bh = b * H2 + h;
       for (let i = 0; i < Tq; i++) {
         const ok = (j) => !(a.causal !== false && j > i + Tk - Tq) && !(a.keyMask && a.keyMask[b * Tk + j] === 0);
         const s = new Float64Array(Tk);
@@ -3621,12 +3621,12 @@ function attentionForward2(q, k, v, a) {
   };
 }
 function attentionBackward2(dout, q, k, v, a) {
-  const { B, H, Tq, Tk, Dh } = a;
+  const { B, H: H2, Tq, Tk, Dh } = a;
   const scale3 = a.scale ?? 1 / Math.sqrt(Dh);
   const { probs } = attentionForward2(q, k, v, a);
   const dq = new Float64Array(q.length), dk = new Float64Array(k.length);
   const dv = new Float64Array(v.length);
-  for (let bh = 0; bh < B * H; bh++) {
+  for (let bh = 0; bh < B * H2; bh++) {
     for (let i = 0; i < Tq; i++) {
       const dp = new Float64Array(Tk);
       let dot = 0;
@@ -5200,11 +5200,11 @@ var OptModel = class _OptModel {
         });
       }
     }
-    const W = this.#p(`${name}.weight`);
-    const dx = opts.dxInto ? matmul(gpu, dy, W, {
+    const W2 = this.#p(`${name}.weight`);
+    const dx = opts.dxInto ? matmul(gpu, dy, W2, {
       out: opts.dxInto,
       accumulate: true
-    }) : matmul(gpu, dy, W);
+    }) : matmul(gpu, dy, W2);
     const ad = this.#adapter(name);
     const u = lu?.get(name);
     if (ad) {
@@ -5295,7 +5295,7 @@ var OptModel = class _OptModel {
   #run(tokens, mask, positions, attend) {
     const gpu = this.gpu, c = this.config;
     const [B, T] = tokens.shape;
-    const N = B * T, C = c.hidden_size, H = this.heads, Dh = this.headDim;
+    const N = B * T, C = c.hidden_size, H2 = this.heads, Dh = this.headDim;
     const wpe = this.#p(`${D}embed_positions.weight`);
     const flatTok = tokens.reshape([
       N
@@ -5322,7 +5322,7 @@ var OptModel = class _OptModel {
     const heads = (t) => swapAxes12(gpu, t.reshape([
       B,
       T,
-      H,
+      H2,
       Dh
     ]));
     for (let l = 0; l < c.num_hidden_layers; l++) {
@@ -5543,7 +5543,7 @@ var OptModel = class _OptModel {
     const gpu = this.gpu, c = this.config;
     const { B, T } = acts;
     const N = B * T, C = c.hidden_size, E = c.word_embed_proj_dim;
-    const H = this.heads, Dh = this.headDim;
+    const H2 = this.heads, Dh = this.headDim;
     const dh = gpu.zeros([
       N,
       E
@@ -5661,7 +5661,7 @@ var OptModel = class _OptModel {
       const dAtt = swapAxes12(gpu, dMerged.reshape([
         B,
         T,
-        H,
+        H2,
         Dh
       ]));
       dMerged.dispose();
@@ -6027,7 +6027,7 @@ var addInto = (a, b) => {
 };
 function optHiddenRef(c, P, tokens, mask, B, T) {
   const C = c.hidden_size, E = c.word_embed_proj_dim, F = c.ffn_dim;
-  const H = c.num_attention_heads, Dh = C / H, N = B * T;
+  const H2 = c.num_attention_heads, Dh = C / H2, N = B * T;
   const g = (n) => {
     const v = P.get(n);
     if (!v) throw new Error(`reference: missing parameter ${n}`);
@@ -6062,7 +6062,7 @@ function optHiddenRef(c, P, tokens, mask, B, T) {
     const att = new Float64Array(N * C);
     const scale3 = 1 / Math.sqrt(Dh);
     for (let b = 0; b < B; b++) {
-      for (let h = 0; h < H; h++) {
+      for (let h = 0; h < H2; h++) {
         for (let i = 0; i < T; i++) {
           const s = new Float64Array(T).fill(-Infinity);
           let m = -Infinity;
@@ -6493,11 +6493,17 @@ function rng(seed) {
     return ((t ^ t >>> 14) >>> 0) / 4294967296;
   };
 }
-function goldScore(q, response) {
+function goldParts(q, response) {
   const m = response.match(/-?\d+/);
-  const correct = m !== null && Number(m[0]) === q.answer;
-  const text = response.trimEnd();
-  return (correct ? 0.6 : 0) + (text.endsWith(".") ? 0.2 : 0) + (response.length <= CONCISE_CHARS ? 0.2 : 0);
+  return {
+    correct: m !== null && Number(m[0]) === q.answer ? 1 : 0,
+    period: response.trimEnd().endsWith(".") ? 1 : 0,
+    concise: response.length <= CONCISE_CHARS ? 1 : 0
+  };
+}
+function goldScore(q, response) {
+  const g = goldParts(q, response);
+  return 0.6 * g.correct + 0.2 * g.period + 0.2 * g.concise;
 }
 var MAX_OPERAND = 4;
 function makeQuestion(r) {
@@ -6595,12 +6601,16 @@ function makeBuiltinTask(seed, sizes = {}) {
   const evalPrompts = Array.from({
     length: sizes.evalPrompts ?? 64
   }, () => makeQuestion(r));
+  const policyEvalPrompts = Array.from({
+    length: sizes.policyEvalPrompts ?? 100
+  }, () => makeQuestion(r));
   return {
     sft,
     pairs,
     heldOutPairs,
     prompts,
-    evalPrompts
+    evalPrompts,
+    policyEvalPrompts
   };
 }
 function parseQuestion(prompt) {
@@ -6940,12 +6950,12 @@ var PPO_SCHEMA = {
 
 // trainer/batch.ts
 function encodePairs(tok, rows2, o) {
-  const enc = rows2.map(({ prompt, response }) => {
+  const enc = rows2.map(({ prompt, response, truncated }) => {
     let p = tok.encode(prompt);
     let r = tok.encode(response, {
       addBos: false
     });
-    if (o.eos !== false) r = [
+    if (o.eos !== false && !truncated) r = [
       ...r,
       tok.eosId
     ];
@@ -7141,11 +7151,13 @@ function pairBatch(tok, pairs, maxLength) {
   return encodePairs(tok, [
     ...pairs.map((p) => ({
       prompt: p.prompt,
-      response: p.chosen
+      response: p.chosen,
+      truncated: p.chosenTruncated
     })),
     ...pairs.map((p) => ({
       prompt: p.prompt,
-      response: p.rejected
+      response: p.rejected,
+      truncated: p.rejectedTruncated
     }))
   ], {
     maxLength
@@ -7488,7 +7500,7 @@ var PpoTrainer = class {
     const scores = reward.sequenceScores(rActs);
     reward.disposeActivations(rActs);
     const hostScores = await gpu.readF32(scores);
-    const samples2 = [];
+    const samples = [];
     for (let b = 0; b < P; b++) {
       const ids = [];
       let eos = false;
@@ -7498,7 +7510,7 @@ var PpoTrainer = class {
         else ids.push(hostTok[b * T + t]);
       }
       if (!eos && cfg.missingEosPenalty > 0) hostScores[b] -= cfg.missingEosPenalty;
-      samples2.push({
+      samples.push({
         prompt: prompts[b],
         response: tok.decode(ids),
         score: hostScores[b]
@@ -7686,13 +7698,16 @@ var PpoTrainer = class {
       "val/clipfrac_avg": vclipAvg,
       "val/explained_var": evHost,
       "val/response_length": respLen.reduce((a, v) => a + v, 0) / P,
+      // byte-level vocabularies can sample byte sequences that are not UTF-8: decoded with a
+      // visible U+FFFD, and counted here
+      "val/invalid_text_frac": samples.filter((x) => x.response.includes("\uFFFD")).length / P,
       "train/beta": this.beta,
       "train/actor_lr": aLr,
       "train/early_stopped": stopped ? 1 : 0,
       ...this.#ptx ? {
         "loss/ptx_avg": ptxAvg
       } : {},
-      ...this.hooks.scoreRollout?.(samples2) ?? {}
+      ...this.hooks.scoreRollout?.(samples) ?? {}
     };
     if (cfg.adaptiveKl) {
       const e = Math.min(0.2, Math.max(-0.2, meanKl / cfg.klTarget - 1));
@@ -7716,7 +7731,7 @@ var PpoTrainer = class {
     ]) t.dispose();
     if (adv !== g.advantages) adv.dispose();
     this.iteration++;
-    this.lastSamples = samples2;
+    this.lastSamples = samples;
     return m;
   }
   lastSamples;
@@ -7787,20 +7802,28 @@ async function sampleAndScore(gpu, actor, reward, tok, prompts, o) {
   });
   promptTok.dispose();
   promptMask.dispose();
-  const acts = reward.forward(out.tokens, out.attentionMask);
-  const scores = await gpu.readF32(reward.sequenceScores(acts));
-  reward.disposeActivations(acts);
+  let scores;
+  if (reward) {
+    const acts = reward.forward(out.tokens, out.attentionMask);
+    const s = reward.sequenceScores(acts);
+    scores = await gpu.readF32(s);
+    s.dispose();
+    reward.disposeActivations(acts);
+  }
   const all = await gpu.read(out.tokens), resp = await gpu.readF32(out.responseMask);
   const L = enc.T + out.generated;
-  const samples2 = prompts.map((prompt, b) => {
+  const samples = prompts.map((prompt, b) => {
     const ids = [];
+    let truncated = true;
     for (let t = enc.T; t < L && resp[b * L + t]; t++) {
       if (all[b * L + t] !== tok.eosId) ids.push(all[b * L + t]);
+      else truncated = false;
     }
     return {
       prompt,
       response: tok.decode(ids),
-      score: scores[b]
+      score: scores?.[b] ?? NaN,
+      truncated
     };
   });
   for (const t of [
@@ -7809,7 +7832,7 @@ async function sampleAndScore(gpu, actor, reward, tok, prompts, o) {
     out.responseMask,
     out.logprobs
   ]) t.dispose();
-  return samples2;
+  return samples;
 }
 async function runPpoLoop(trainer, states, o, hooks, opts, gold) {
   const saved = opts.resume ? await hooks.loadState?.("ppo/trainer_state.json") : void 0;
@@ -7847,6 +7870,113 @@ async function runPpoLoop(trainer, states, o, hooks, opts, gold) {
   return last;
 }
 
+// trainer/comparisons.ts
+function rng2(seed) {
+  let s = seed >>> 0;
+  return () => {
+    s = s + 1831565813 >>> 0;
+    let t = s;
+    t = Math.imul(t ^ t >>> 15, t | 1);
+    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
+    return ((t ^ t >>> 14) >>> 0) / 4294967296;
+  };
+}
+async function samplePolicy(gpu, policy, tok, prompts, o) {
+  const rows2 = prompts.flatMap((p) => Array.from({
+    length: o.samplesPerPrompt
+  }, () => p));
+  const bs = o.batchSize ?? 64;
+  const out = [];
+  for (let i = 0; i < rows2.length; i += bs) {
+    out.push(...await sampleAndScore(gpu, policy, o.reward, tok, rows2.slice(i, i + bs), {
+      temperature: o.temperature,
+      seed: o.seed * 1000003 + i / bs,
+      maxNewTokens: o.maxNewTokens,
+      maxPromptLength: o.maxPromptLength
+    }));
+  }
+  return prompts.map((_, p) => out.slice(p * o.samplesPerPrompt, (p + 1) * o.samplesPerPrompt).map((s) => ({
+    prompt: s.prompt,
+    response: s.response,
+    truncated: s.truncated,
+    score: s.score
+  })));
+}
+function labelComparisons(groups2, gold, o) {
+  const r = rng2(o.seed);
+  const pairs = [];
+  for (const g of groups2) {
+    const scores = g.map((s) => gold(s.prompt, s.response));
+    for (let i = 0; i < g.length; i++) {
+      for (let j = i + 1; j < g.length; j++) {
+        const a = g[i], b = g[j];
+        if (scores[i] === scores[j]) continue;
+        if (a.response === b.response && a.truncated === b.truncated) continue;
+        let [w, l] = scores[i] > scores[j] ? [
+          a,
+          b
+        ] : [
+          b,
+          a
+        ];
+        if (r() < o.labelNoise) [w, l] = [
+          l,
+          w
+        ];
+        pairs.push({
+          prompt: a.prompt,
+          chosen: w.response,
+          rejected: l.response,
+          chosenTruncated: w.truncated,
+          rejectedTruncated: l.truncated
+        });
+      }
+    }
+  }
+  return pairs;
+}
+
+// trainer/hacking.ts
+function trailingMean(xs, w) {
+  return xs.map((_, i) => {
+    const lo = Math.max(0, i - w + 1);
+    let s = 0;
+    for (let j = lo; j <= i; j++) s += xs[j];
+    return s / (i - lo + 1);
+  });
+}
+function detectRewardHacking(history, o = {}) {
+  const tol = o.tolerance ?? 0.05;
+  const w = Math.max(1, Math.min(o.window ?? 5, history.length));
+  const score = trailingMean(history.map((h) => h.score), w);
+  const gold = trailingMean(history.map((h) => h.gold), w);
+  const iterations = [];
+  let maxGoldDrop = 0;
+  if (history.length > 0) {
+    const s0 = o.before?.score ?? score[w - 1], g0 = o.before?.gold ?? gold[w - 1];
+    for (let i = w - 1; i < history.length; i++) {
+      maxGoldDrop = Math.max(maxGoldDrop, g0 - gold[i]);
+      if (score[i] > s0 && gold[i] < g0 - tol) iterations.push(history[i].iteration);
+    }
+  }
+  const evalHack = o.before !== void 0 && o.after !== void 0 && o.after.score > o.before.score && o.after.gold < o.before.gold - tol;
+  return {
+    detected: iterations.length > 0 || evalHack,
+    iterations,
+    ...iterations.length ? {
+      started: iterations[0]
+    } : {},
+    goldFell: maxGoldDrop > tol,
+    maxGoldDrop
+  };
+}
+function describeVerdict(v) {
+  if (!v.detected) {
+    return `reward hacking: none detected (largest fall of the rollouts' smoothed gold below its start: ${(v.maxGoldDrop ?? 0).toFixed(3)}${v.goldFell ? ", without a rising score" : ""})`;
+  }
+  return v.started !== void 0 ? `reward hacking: DETECTED from PPO iteration ${v.started} (reward-model score up, gold down at iterations ${v.iterations.join(", ")})` : "reward hacking: DETECTED (reward-model score up, gold down from before to after PPO)";
+}
+
 // trainer/pipeline.ts
 var RUN_SCHEMA = {
   name: {
@@ -7870,30 +8000,61 @@ var RUN_SCHEMA = {
     integer: true
   }
 };
+var TASK_SCHEMA = {
+  labelNoise: {
+    default: 0.1,
+    doc: "fraction of training comparisons whose gold label is flipped",
+    min: 0,
+    max: 0.5
+  },
+  policyPrompts: {
+    default: 0,
+    doc: "prompts whose SFT-policy samples become reward-model comparisons (0 = fixed pairs only)",
+    min: 0,
+    integer: true
+  },
+  samplesPerPrompt: {
+    default: 4,
+    doc: "policy samples per prompt; every two with different gold make a comparison",
+    min: 2,
+    integer: true
+  }
+};
 var BUILTIN_DEFAULTS = {
   run: defaults(RUN_SCHEMA),
-  // SFT must learn the sums, not only the styles: the former 300 steps at lr 3e-3 answered the
-  // held-out prompts 19 % correctly at T = 1 (at that lr, greedy answers were 22 % correct after
-  // 300 steps and 97 % after 900); 600 steps at lr 1e-3 give 97 % greedy, 66 % at T = 1 (the
-  // demonstrations' share of correct answers is 80 %).
+  task: defaults(TASK_SCHEMA),
+  // Measured on an AVX-512 machine where the former defaults reward-hacked (issue #15); the
+  // runs and their figures are in the README's learning matrix.
+  // SFT must make the sums likely, not only the argmax: after 600 steps at lr 1e-3 seed 3
+  // answered 96 % correctly greedy but only 40 % at T = 1 (the demonstrations: 80 %); 900 steps
+  // give 65 %, and the reward model it starts learns the arithmetic pairs better.
   sft: {
     ...defaults(SFT_SCHEMA),
-    steps: 600,
+    steps: 900,
     lr: 1e-3
   },
-  // An RM started from an SFT model that knows the sums ranks the arithmetic pairs too: held-out
-  // accuracy 0.745 / 0.870 / 0.990 after 100 / 300 / 600 steps at lr 1e-3 (from the 300-step
-  // SFT model, which did not know them, it stalled at 0.75–0.86).
+  // The reward model's errors are the arithmetic pairs (style pairs are ~98 % right): 600 steps
+  // of 16 pairs reached held-out accuracy 0.83–0.925 depending on seed and CPU; twice the pairs
+  // per step (or twice the steps) 0.90–0.97. Lower learning rates did not help (seed 3: 0.82 at
+  // 5e-4, 0.73 at 3e-4); nor did the token-level loss (0.60–0.69).
   rm: {
     ...defaults(RM_SCHEMA),
     steps: 600,
+    batchSize: 32,
     lr: 1e-3
   },
-  // a stronger RM is exploitable by truncated responses (" 5, I am s…" scored 2.1 with gold 0):
-  // penalise responses that never emit EOS, as TRL's missing_eos_penalty does
+  // A response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
+  // bytes + EOS): with 8 tokens the most common style was always cut, and truncated responses —
+  // which the reward model never saw in training and scored highest (2.4 vs 1.3 for " 7.") —
+  // were what PPO exploited (" 2, sure sur"). Actor lr 1e-3 moved the policy to KL 4–10 in the
+  // first iterations and lost the sums (correct 0.66 → 0.38 with gold still up by style alone);
+  // 2e-4 with a 20 % warmup keeps KL near 1.5 and raises correct answers too.
   ppo: {
     ...defaults(PPO_SCHEMA),
     iterations: 30,
+    maxNewTokens: 16,
+    actorLr: 2e-4,
+    warmupRatio: 0.2,
     missingEosPenalty: 1
   }
 };
@@ -7914,6 +8075,7 @@ var PIPELINE_PRESETS = {
 function resolvePipelineConfig(overrides, base = BUILTIN_DEFAULTS) {
   const nested = {
     run: {},
+    task: {},
     sft: {},
     rm: {},
     ppo: {}
@@ -7923,44 +8085,106 @@ function resolvePipelineConfig(overrides, base = BUILTIN_DEFAULTS) {
     if (dot > 0) {
       const sec = k.slice(0, dot);
       if (!(sec in nested)) {
-        throw new Error(`unknown config section "${sec}" in "${k}" (run, sft, rm, ppo)`);
+        throw new Error(`unknown config section "${sec}" in "${k}" (run, task, sft, rm, ppo)`);
       }
       nested[sec][k.slice(dot + 1)] = v;
     } else if (k in nested && typeof v === "object" && v !== null) {
       Object.assign(nested[k], v);
     } else {
-      throw new Error(`unknown config key "${k}": use a section (run., sft., rm., ppo.)`);
+      throw new Error(`unknown config key "${k}": use a section (run., task., sft., rm., ppo.)`);
     }
   }
   return {
     run: resolveConfig(RUN_SCHEMA, nested.run, base.run),
+    task: resolveConfig(TASK_SCHEMA, nested.task, base.task),
     sft: resolveConfig(SFT_SCHEMA, nested.sft, base.sft),
     rm: resolveConfig(RM_SCHEMA, nested.rm, base.rm),
     ppo: resolveConfig(PPO_SCHEMA, nested.ppo, base.ppo)
   };
 }
-async function evaluate(gpu, actor, reward, tok, questions, T, seed) {
+function emptySummary(wallSeconds) {
+  return {
+    wall_seconds: wallSeconds,
+    "sft/loss": NaN,
+    "rm/accuracy": NaN,
+    "rm/margin": NaN,
+    "gold/before": NaN,
+    "gold/after": NaN,
+    "score/before": NaN,
+    "score/after": NaN,
+    "objective/kl": NaN,
+    "rm/policy_accuracy": NaN,
+    "rm/policy_gold_corr": NaN,
+    "gold/correct/before": NaN,
+    "gold/correct/after": NaN,
+    "gold/period/before": NaN,
+    "gold/period/after": NaN,
+    "gold/concise/before": NaN,
+    "gold/concise/after": NaN,
+    reward_hacking: null,
+    samples_before: [],
+    samples_after: []
+  };
+}
+async function evaluate(gpu, actor, reward, tok, questions, T, seed, maxNewTokens) {
   const scored = await sampleAndScore(gpu, actor, reward, tok, questions.map((q) => q.prompt), {
     temperature: T,
     seed,
-    maxNewTokens: 12,
+    maxNewTokens,
     maxPromptLength: 256
   });
-  const samples2 = scored.map((s, i) => ({
-    ...s,
+  const samples = scored.map((s, i) => ({
+    prompt: s.prompt,
+    response: s.response,
+    score: s.score,
     gold: goldScore(questions[i], s.response)
   }));
-  const mean = (f) => samples2.reduce((a, s) => a + f(s), 0) / samples2.length;
+  const parts = scored.map((s, i) => goldParts(questions[i], s.response));
+  const mean = (xs, f) => xs.reduce((a, x) => a + f(x), 0) / xs.length;
   return {
-    gold: mean((s) => s.gold),
-    score: mean((s) => s.score),
-    samples: samples2
+    gold: mean(samples, (s) => s.gold),
+    score: mean(samples, (s) => s.score),
+    parts: {
+      correct: mean(parts, (p) => p.correct),
+      period: mean(parts, (p) => p.period),
+      concise: mean(parts, (p) => p.concise)
+    },
+    samples
   };
+}
+function rolloutGold(samples) {
+  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt), s.response));
+  const mean = (f) => parts.reduce((a, p) => a + f(p), 0) / parts.length;
+  return {
+    "gold/rollout": mean((p) => 0.6 * p.correct + 0.2 * p.period + 0.2 * p.concise),
+    "gold/correct": mean((p) => p.correct),
+    "gold/period": mean((p) => p.period),
+    "gold/concise": mean((p) => p.concise)
+  };
+}
+function correlation(x, y) {
+  const n = x.length, mx = x.reduce((a, v) => a + v, 0) / n, my = y.reduce((a, v) => a + v, 0) / n;
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) ** 2;
+    syy += (y[i] - my) ** 2;
+  }
+  return sxy / Math.sqrt(sxx * syy);
 }
 async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
   const t0 = performance.now();
   const tok = new ByteTokenizer();
-  const task = makeBuiltinTask(cfg.run.seed);
+  const task = makeBuiltinTask(cfg.run.seed, {
+    labelNoise: cfg.task.labelNoise
+  });
+  const gold = (prompt, response) => goldScore(parseQuestion(prompt), response);
+  const sampling = {
+    maxNewTokens: cfg.ppo.maxNewTokens,
+    maxPromptLength: cfg.ppo.maxPromptLength,
+    temperature: cfg.ppo.temperature,
+    samplesPerPrompt: cfg.task.samplesPerPrompt
+  };
   const seed = cfg.run.seed;
   const log = hooks.log ?? (() => {
   });
@@ -7978,17 +8202,7 @@ async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
     "ppo"
   ];
   const partial = (m) => ({
-    wall_seconds: (performance.now() - t0) / 1e3,
-    "sft/loss": NaN,
-    "rm/accuracy": NaN,
-    "rm/margin": NaN,
-    "gold/before": NaN,
-    "gold/after": NaN,
-    "score/before": NaN,
-    "score/after": NaN,
-    "objective/kl": NaN,
-    samples_before: [],
-    samples_after: [],
+    ...emptySummary((performance.now() - t0) / 1e3),
     ...m
   });
   const stored = async (stage) => {
@@ -8038,7 +8252,23 @@ async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
       valueHead: true
     });
     rm.store.copyFrom(sft.store);
-    await trainRewardModel(rm, tok, task.pairs, {
+    let pairs = task.pairs;
+    if (cfg.task.policyPrompts > 0) {
+      const groups2 = await samplePolicy(gpu, sft, tok, task.prompts.slice(0, cfg.task.policyPrompts).map((q) => q.prompt), {
+        ...sampling,
+        seed: seed + 200
+      });
+      const policyPairs = labelComparisons(groups2, gold, {
+        labelNoise: cfg.task.labelNoise,
+        seed: seed + 201
+      });
+      log(`reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons of SFT samples (${groups2.length} prompts \xD7 ${cfg.task.samplesPerPrompt})`);
+      pairs = [
+        ...task.pairs,
+        ...policyPairs
+      ];
+    }
+    await trainRewardModel(rm, tok, pairs, {
       ...cfg.rm,
       seed: cfg.rm.seed + seed
     }, stageHooks("rm", cfg.rm.steps));
@@ -8049,20 +8279,36 @@ async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
   const rmEval = await evaluateRewardModel(rm, tok, task.heldOutPairs, {
     maxLength: cfg.rm.maxLength
   });
-  await hooks.onMetrics?.("rm", {
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin
+  const heldOut = await samplePolicy(gpu, sft, tok, task.policyEvalPrompts.map((q) => q.prompt), {
+    ...sampling,
+    seed: seed + 300,
+    reward: rm
   });
-  log(`reward model held-out accuracy ${rmEval.accuracy.toFixed(3)}, margin ${rmEval.margin.toFixed(3)}`);
+  const policyEval = await evaluateRewardModel(rm, tok, labelComparisons(heldOut, gold, {
+    labelNoise: 0,
+    seed: 0
+  }), {
+    maxLength: cfg.rm.maxLength
+  });
+  const flat = heldOut.flat();
+  const rmStats = {
+    "rm/accuracy": rmEval.accuracy,
+    "rm/margin": rmEval.margin,
+    "rm/policy_accuracy": policyEval.accuracy,
+    "rm/policy_gold_corr": correlation(flat.map((x) => x.score), flat.map((x) => gold(x.prompt, x.response)))
+  };
+  await hooks.onMetrics?.("rm", rmStats);
+  log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}`);
+  hooks.onSamples?.("rm", flat.map((x) => ({
+    ...x,
+    gold: gold(x.prompt, x.response)
+  })));
   if (only === "rm") {
     for (const m of [
       sft,
       rm
     ]) m.store.dispose();
-    return partial({
-      "rm/accuracy": rmEval.accuracy,
-      "rm/margin": rmEval.margin
-    });
+    return partial(rmStats);
   }
   const actor = sft.copy(), reference = sft.copy({
     frozen: true
@@ -8072,7 +8318,7 @@ async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
     valueHead: true
   });
   critic.store.copyFrom(rm.store);
-  const before = await evaluate(gpu, reference, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100);
+  const before = await evaluate(gpu, reference, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100, cfg.ppo.maxNewTokens);
   log(`before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`);
   hooks.onSamples?.("before", before.samples);
   const trainer = new PpoTrainer({
@@ -8084,10 +8330,9 @@ async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
     ...cfg.ppo,
     seed: cfg.ppo.seed + seed
   }, {
-    scoreRollout: (s) => ({
-      "gold/rollout": s.reduce((a, x) => a + goldScore(parseQuestion(x.prompt), x.response), 0) / s.length
-    })
+    scoreRollout: (s) => rolloutGold(s)
   });
+  const history = [];
   const last = await runPpoLoop(trainer, [
     {
       name: "ppo/actor_state.safetensors",
@@ -8100,13 +8345,36 @@ async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
   ], {
     iterations: cfg.ppo.iterations,
     checkpointEvery: cfg.run.checkpointEvery
-  }, hooks, opts, (s) => goldScore(parseQuestion(s.prompt), s.response));
+  }, {
+    ...hooks,
+    onMetrics: async (stage, m) => {
+      if (stage === "ppo") {
+        history.push({
+          iteration: m.iteration,
+          score: m["objective/scores"],
+          gold: m["gold/rollout"]
+        });
+      }
+      await hooks.onMetrics?.(stage, m);
+    }
+  }, opts, (s) => gold(s.prompt, s.response));
   await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
     stage: "ppo"
   }));
-  const after = await evaluate(gpu, actor, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100);
+  const after = await evaluate(gpu, actor, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100, cfg.ppo.maxNewTokens);
   log(`after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`);
   hooks.onSamples?.("after", after.samples);
+  const verdict = detectRewardHacking(history, {
+    before: {
+      score: before.score,
+      gold: before.gold
+    },
+    after: {
+      score: after.score,
+      gold: after.gold
+    }
+  });
+  log(describeVerdict(verdict));
   for (const m of [
     sft,
     rm,
@@ -8117,13 +8385,19 @@ async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
   return {
     wall_seconds: (performance.now() - t0) / 1e3,
     "sft/loss": sftLoss,
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin,
     "gold/before": before.gold,
     "gold/after": after.gold,
     "score/before": before.score,
     "score/after": after.score,
     "objective/kl": last["objective/kl"] ?? 0,
+    ...rmStats,
+    "gold/correct/before": before.parts.correct,
+    "gold/correct/after": after.parts.correct,
+    "gold/period/before": before.parts.period,
+    "gold/period/after": after.parts.period,
+    "gold/concise/before": before.parts.concise,
+    "gold/concise/after": after.parts.concise,
+    reward_hacking: verdict,
     samples_before: before.samples.slice(0, 8),
     samples_after: after.samples.slice(0, 8)
   };
@@ -8357,17 +8631,7 @@ async function runRecipePipeline(gpu, cfg, io, hooks = {}, opts = {}) {
   });
   const seed = cfg.run.seed;
   const summary = (m) => ({
-    wall_seconds: (performance.now() - t0) / 1e3,
-    "sft/loss": NaN,
-    "rm/accuracy": NaN,
-    "rm/margin": NaN,
-    "gold/before": NaN,
-    "gold/after": NaN,
-    "score/before": NaN,
-    "score/after": NaN,
-    "objective/kl": NaN,
-    samples_before: [],
-    samples_after: [],
+    ...emptySummary((performance.now() - t0) / 1e3),
     ...m
   });
   let rm;
@@ -8502,14 +8766,14 @@ async function runRecipePipeline(gpu, cfg, io, hooks = {}, opts = {}) {
 
 // trainer/report.ts
 var esc = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
-function chart(title, points) {
-  const W = 360, H = 180, pad = 34;
-  if (points.length === 0) return "";
-  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
-  const [x0, x1] = [
-    Math.min(...xs),
-    Math.max(...xs)
-  ];
+var W = 420;
+var H = 220;
+var PAD_L = 46;
+var PAD_R = 46;
+var PAD_T = 12;
+var PAD_B = 40;
+function range(ys, fixed) {
+  if (fixed) return fixed;
   let [y0, y1] = [
     Math.min(...ys),
     Math.max(...ys)
@@ -8518,16 +8782,60 @@ function chart(title, points) {
     y0 - 1,
     y1 + 1
   ];
-  const sx = (x) => pad + (x - x0) / Math.max(1e-12, x1 - x0) * (W - 2 * pad);
-  const sy = (y) => H - pad + (y0 - y) / (y1 - y0) * (H - 2 * pad);
-  const path = points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
-  return `<figure><svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="${esc(title)}">
-<rect x="${pad}" y="${pad / 2}" width="${W - 2 * pad}" height="${H - 1.5 * pad}" fill="#fafafa" stroke="#ddd"/>
-<path d="${path}" fill="none" stroke="#2563eb" stroke-width="1.8"/>
-<text x="4" y="${sy(y1) + 4}" font-size="10">${y1.toPrecision(3)}</text>
-<text x="4" y="${sy(y0) + 4}" font-size="10">${y0.toPrecision(3)}</text>
-<text x="${pad}" y="${H - 8}" font-size="10">${x0}</text><text x="${W - pad - 20}" y="${H - 8}" font-size="10">${x1}</text>
+  return [
+    y0,
+    y1
+  ];
+}
+function lineChart(title, lines, axes) {
+  const drawn = lines.filter((l) => l.points.length > 0);
+  if (drawn.length === 0) return "";
+  const xs = drawn.flatMap((l) => l.points.map((p) => p[0]));
+  const [x0, x1] = [
+    Math.min(...xs),
+    Math.max(...xs)
+  ];
+  const left = drawn.filter((l) => !l.right), right = drawn.filter((l) => l.right);
+  const lr = range(left.flatMap((l) => l.points.map((p) => p[1])), axes.leftRange);
+  const rr = right.length ? range(right.flatMap((l) => l.points.map((p) => p[1])), axes.rightRange) : lr;
+  const sx = (x) => PAD_L + (x - x0) / Math.max(1e-12, x1 - x0) * (W - PAD_L - PAD_R);
+  const sy = (y, [y0, y1]) => H - PAD_B + (y0 - y) / (y1 - y0) * (H - PAD_T - PAD_B);
+  const paths = drawn.map((l) => {
+    const r = l.right ? rr : lr;
+    const d = l.points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1], r).toFixed(1)}`).join(" ");
+    return `<path d="${d}" fill="none" stroke="${l.color}" stroke-width="1.8"/>`;
+  }).join("\n");
+  const step = xs.length > 1 ? (x1 - x0) / Math.max(1, new Set(xs).size - 1) : 1;
+  const shade = (axes.shade ?? []).map((x) => `<rect x="${(sx(x) - step / 2 * (W - PAD_L - PAD_R) / Math.max(1e-12, x1 - x0)).toFixed(1)}" y="${PAD_T}" width="${(step * (W - PAD_L - PAD_R) / Math.max(1e-12, x1 - x0)).toFixed(1)}" height="${H - PAD_T - PAD_B}" fill="#fecaca" opacity="0.6"/>`).join("");
+  const tick = (v) => Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3);
+  const legend = drawn.map((l, i) => `<tspan fill="${l.color}">${i ? " \xB7 " : ""}\u2014 ${esc(l.label)}</tspan>`).join("");
+  const yl = (H - PAD_B + PAD_T) / 2;
+  return `<figure><svg viewBox="0 0 ${W} ${H + 14}" width="${W}" height="${H + 14}" role="img" aria-label="${esc(title)}">
+<rect x="${PAD_L}" y="${PAD_T}" width="${W - PAD_L - PAD_R}" height="${H - PAD_T - PAD_B}" fill="#fafafa" stroke="#ccc"/>${shade}
+${paths}
+<text x="${PAD_L - 4}" y="${PAD_T + 8}" font-size="10" text-anchor="end">${tick(lr[1])}</text>
+<text x="${PAD_L - 4}" y="${H - PAD_B}" font-size="10" text-anchor="end">${tick(lr[0])}</text>
+<text transform="translate(12 ${yl}) rotate(-90)" font-size="10" text-anchor="middle">${esc(axes.yLeft)}</text>
+${right.length ? `<text x="${W - PAD_R + 4}" y="${PAD_T + 8}" font-size="10">${tick(rr[1])}</text>
+<text x="${W - PAD_R + 4}" y="${H - PAD_B}" font-size="10">${tick(rr[0])}</text>
+<text transform="translate(${W - 8} ${yl}) rotate(90)" font-size="10" text-anchor="middle">${esc(axes.yRight ?? "")}</text>` : ""}
+<text x="${PAD_L}" y="${H - PAD_B + 13}" font-size="10">${x0}</text>
+<text x="${W - PAD_R}" y="${H - PAD_B + 13}" font-size="10" text-anchor="end">${x1}</text>
+<text x="${(PAD_L + W - PAD_R) / 2}" y="${H - PAD_B + 13}" font-size="10" text-anchor="middle">${esc(axes.x)}</text>
+<text x="${PAD_L}" y="${H - 4}" font-size="10">${legend}</text>
 </svg><figcaption>${esc(title)}</figcaption></figure>`;
+}
+function chart(title, points, x, y) {
+  return lineChart(title, [
+    {
+      label: y,
+      points,
+      color: "#2563eb"
+    }
+  ], {
+    x,
+    yLeft: y
+  });
 }
 function series(records, stage, key, x) {
   return records.filter((r) => r.stage === stage && typeof r[key] === "number" && typeof r[x] === "number").map((r) => [
@@ -8538,26 +8846,88 @@ function series(records, stage, key, x) {
 function fmt(v, digits) {
   return Number.isFinite(v) ? v.toFixed(digits) : "\u2014";
 }
-function samples(title, s) {
-  const rows2 = s.map((x) => `<tr><td><code>${esc(x.prompt.trim())}</code></td><td><code>${esc(JSON.stringify(x.response))}</code></td><td>${fmt(x.gold, 2)}</td><td>${fmt(x.score, 2)}</td></tr>`).join("\n");
-  return `<h3>${esc(title)}</h3><table><tr><th>prompt</th><th>response</th><th>gold</th><th>RM score</th></tr>${rows2}</table>`;
+function samplesSideBySide(before, after) {
+  const n = Math.max(before.length, after.length);
+  const cell = (x) => x ? `<td><code>${esc(JSON.stringify(x.response))}</code></td><td>${fmt(x.gold, 2)}</td><td>${fmt(x.score, 2)}</td>` : "<td></td><td></td><td></td>";
+  const rows2 = Array.from({
+    length: n
+  }, (_, i) => `<tr><td><code>${esc((before[i] ?? after[i]).prompt.trim())}</code></td>${cell(before[i])}${cell(after[i])}</tr>`).join("\n");
+  return `<table><tr><th rowspan="2">prompt</th><th colspan="3">before PPO</th><th colspan="3">after PPO</th></tr><tr><th>response</th><th>gold</th><th>RM score</th><th>response</th><th>gold</th><th>RM score</th></tr>${rows2}</table>`;
 }
 function renderReport(name, records, summary) {
+  const ppo = (key) => series(records, "ppo", key, "iteration");
+  const verdict = summary.reward_hacking;
+  const hasGold = ppo("gold/rollout").length > 0;
+  const goldView = hasGold ? [
+    lineChart("Gold view: the reward model's score and the hidden gold score of PPO rollouts", [
+      {
+        label: "RM score (left)",
+        points: ppo("objective/scores"),
+        color: "#2563eb"
+      },
+      {
+        label: "gold (right)",
+        points: ppo("gold/rollout"),
+        color: "#d97706",
+        right: true
+      }
+    ], {
+      x: "PPO iteration",
+      yLeft: "reward-model score (logit units)",
+      yRight: "gold score (0\u20131)",
+      rightRange: [
+        0,
+        1
+      ],
+      shade: verdict?.iterations
+    }),
+    lineChart("What the gold score is made of: share of rollouts with each part", [
+      {
+        label: "correct answer (0.6)",
+        points: ppo("gold/correct"),
+        color: "#16a34a"
+      },
+      {
+        label: "ends with a period (0.2)",
+        points: ppo("gold/period"),
+        color: "#9333ea"
+      },
+      {
+        label: "\u2264 8 characters (0.2)",
+        points: ppo("gold/concise"),
+        color: "#db2777"
+      }
+    ], {
+      x: "PPO iteration",
+      yLeft: "share of rollouts (0\u20131)",
+      leftRange: [
+        0,
+        1
+      ]
+    })
+  ].join("\n") : "";
+  const banner = verdict ? `<p class="${verdict.detected ? "bad" : "good"}">${esc(describeVerdict(verdict))}</p>` : "";
   const charts = [
-    chart("SFT loss", series(records, "sft", "sft/loss", "step")),
-    chart("reward-model loss", series(records, "rm", "rm/loss", "step")),
-    chart("PPO reward-model score (objective/scores)", series(records, "ppo", "objective/scores", "iteration")),
-    chart("PPO gold score of rollouts", series(records, "ppo", "gold/rollout", "iteration")),
-    chart("KL to the reference (objective/kl)", series(records, "ppo", "objective/kl", "iteration")),
-    chart("policy entropy (objective/entropy)", series(records, "ppo", "objective/entropy", "iteration"))
+    chart("SFT loss", series(records, "sft", "sft/loss", "step"), "SFT step", "loss (nats/token)"),
+    chart("reward-model loss", series(records, "rm", "rm/loss", "step"), "RM step", "pairwise loss (nats)"),
+    chart("KL to the reference (objective/kl)", ppo("objective/kl"), "PPO iteration", "KL per sequence (nats)"),
+    chart("policy entropy (objective/entropy)", ppo("objective/entropy"), "PPO iteration", "entropy per token (nats)")
   ].join("\n");
   const keys = [
     "wall_seconds",
     "sft/loss",
     "rm/accuracy",
     "rm/margin",
+    "rm/policy_accuracy",
+    "rm/policy_gold_corr",
     "gold/before",
     "gold/after",
+    "gold/correct/before",
+    "gold/correct/after",
+    "gold/period/before",
+    "gold/period/after",
+    "gold/concise/before",
+    "gold/concise/after",
     "score/before",
     "score/after",
     "objective/kl"
@@ -8565,11 +8935,13 @@ function renderReport(name, records, summary) {
   const table = keys.filter((k) => Number.isFinite(summary[k])).map((k) => `<tr><td>${k}</td><td>${summary[k].toFixed(3)}</td></tr>`).join("");
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>webgpu-rlhf run ${esc(name)}</title>
 <style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px}figure{display:inline-block;margin:.5rem}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}</style></head>
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}
+.bad{background:#fee2e2;padding:.5rem}.good{background:#dcfce7;padding:.5rem}</style></head>
 <body><h1>webgpu-rlhf \u2014 run <code>${esc(name)}</code></h1>
+${hasGold ? `<h2>Gold view</h2>${banner}<p>The reward model is learned and can be fooled; the gold score is the task's hidden preference it was trained to imitate. Real improvement raises both lines; reward hacking raises the RM score while gold falls (shaded iterations).</p>${goldView}` : ""}
 <h2>Summary</h2><table>${table}</table>
 <h2>Curves</h2>${charts}
-<h2>Samples on held-out prompts</h2>${samples("before PPO", summary.samples_before)}${samples("after PPO", summary.samples_after)}
+<h2>Samples on held-out prompts</h2>${samplesSideBySide(summary.samples_before, summary.samples_after)}
 </body></html>
 `;
 }
@@ -8612,6 +8984,7 @@ export {
   Sampler,
   ShapeError,
   TASK_MODEL_CONFIG,
+  TASK_SCHEMA,
   TEXTURE_TILING,
   Tensor,
   TokenizerError,
@@ -8632,8 +9005,11 @@ export {
   crossEntropyBackward,
   decodeText,
   defaults,
+  describeVerdict,
+  detectRewardHacking,
   embeddingBackward,
   embeddingForward,
+  emptySummary,
   encodePairs,
   evaluateRewardModel,
   explainedVariance,
@@ -8646,9 +9022,11 @@ export {
   geluBackward,
   generate,
   globalNorm,
+  goldParts,
   goldScore,
   isGzip,
   klPenalty,
+  labelComparisons,
   lastMaskedValues,
   lastMaskedValuesBackward,
   layernormBackward,
@@ -8703,6 +9081,7 @@ export {
   resolveRecipeConfig,
   runBuiltinPipeline,
   runRecipePipeline,
+  samplePolicy,
   sampleTokens,
   saveOptModel,
   scale,

@@ -38,3 +38,47 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "bench:learning: one tiny cell prints a JSON row, names the missed bounds, exits 1",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const out = await Deno.makeTempDir();
+    const cmd = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../bench/learning.ts", import.meta.url).pathname,
+        "--seeds=5",
+        "--backends=gl",
+        `--out=${out}`,
+        "--json",
+        "--",
+        "--sft.steps=10",
+        "--rm.steps=5",
+        "--ppo.iterations=2",
+        "--ppo.batchSize=8",
+        "--ppo.miniBatchSize=4",
+        "--task.policyPrompts=4",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const { code, stdout, stderr } = await cmd.output();
+    const text = new TextDecoder().decode(stdout);
+    assertEquals(
+      code,
+      1,
+      `a 10-step run cannot meet the bounds: ${new TextDecoder().decode(stderr)}`,
+    );
+    const rows = JSON.parse(text);
+    assertEquals(rows.length, 1);
+    const r = rows[0];
+    assertEquals([r.seed, r.backend, r.path, r.pass], [5, "gl", "texture", false]);
+    assert(r.failures.some((f: string) => f.startsWith("RM held-out accuracy")), r.failures);
+    for (const k of ["gold/before", "gold/after", "gold/correct/before", "gold/correct/after"]) {
+      assert(Number.isFinite(r[k]), `${k} = ${r[k]}`);
+    }
+  },
+});

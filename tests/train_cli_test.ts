@@ -30,6 +30,7 @@ Deno.test({
       `--out=${out}`,
       "--run.name=tiny",
       "--sft.steps=20",
+      "--task.policyPrompts=8",
       "--rm.steps=10",
       "--ppo.iterations=2",
       "--ppo.batchSize=8",
@@ -63,6 +64,11 @@ Deno.test({
         "score/before",
         "score/after",
         "objective/kl",
+        "rm/policy_accuracy",
+        "gold/correct/before",
+        "gold/correct/after",
+        "gold/period/after",
+        "gold/concise/after",
       ]
     ) {
       assert(
@@ -70,10 +76,14 @@ Deno.test({
         `summary.${k} = ${summary[k]}`,
       );
     }
+    assertEquals(typeof summary.reward_hacking.detected, "boolean", "reward-hacking verdict");
+    assert(r.out.includes("reward hacking:"), "the CLI prints the verdict");
     const html = await Deno.readTextFile(join(dir, "report.html"));
     assert(
-      html.includes("<svg") && html.includes("before PPO") && html.includes("objective/kl"),
-      "report",
+      html.includes("<svg") && html.includes("before PPO") && html.includes("objective/kl") &&
+        html.includes("Gold view") && html.includes("PPO iteration") &&
+        html.includes("gold score (0–1)"),
+      "report: gold view with labelled axes",
     );
     const gpu = await Gpu.create();
     for (const stage of ["sft", "rm", "ppo"]) {
@@ -96,6 +106,7 @@ Deno.test({
     const common = [
       `--out=${out}`,
       "--sft.steps=20",
+      "--task.policyPrompts=8",
       "--rm.steps=10",
       "--ppo.iterations=4",
       "--ppo.batchSize=8",
@@ -130,7 +141,13 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const out = await Deno.makeTempDir();
-    const base = [`--out=${out}`, "--run.name=staged", "--sft.steps=10", "--rm.steps=10"];
+    const base = [
+      `--out=${out}`,
+      "--run.name=staged",
+      "--sft.steps=10",
+      "--rm.steps=10",
+      "--task.policyPrompts=8",
+    ];
     const tinyPpo = ["--ppo.iterations=1", "--ppo.batchSize=4", "--ppo.miniBatchSize=4"];
     const early = await train([...base, "--stage=ppo", ...tinyPpo]);
     assert(early.code === 1 && early.err.includes("needs the sft checkpoint"), early.err);
@@ -176,6 +193,7 @@ Deno.test({
       "--preset=trl",
       "--stage=sft",
       "--sft.steps=1",
+      "--task.policyPrompts=8",
     ]);
     assertEquals(p.code, 0, p.err.slice(-1000));
     const cfg = JSON.parse(await Deno.readTextFile(join(out, "builtin", "config.json")));

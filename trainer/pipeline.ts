@@ -80,7 +80,7 @@ export const TASK_SCHEMA: Schema<TaskConfig> = {
     max: 0.5,
   },
   policyPrompts: {
-    default: 500,
+    default: 0,
     doc: "prompts whose SFT-policy samples become reward-model comparisons (0 = fixed pairs only)",
     min: 0,
     integer: true,
@@ -106,22 +106,29 @@ export interface PipelineConfig {
 export const BUILTIN_DEFAULTS: PipelineConfig = {
   run: defaults(RUN_SCHEMA),
   task: defaults(TASK_SCHEMA),
-  // SFT must learn the sums, not only the styles: the former 300 steps at lr 3e-3 answered the
-  // held-out prompts 19 % correctly at T = 1 (at that lr, greedy answers were 22 % correct after
-  // 300 steps and 97 % after 900); 600 steps at lr 1e-3 give 97 % greedy, 66 % at T = 1 (the
-  // demonstrations' share of correct answers is 80 %).
-  sft: { ...defaults(SFT_SCHEMA), steps: 600, lr: 1e-3 },
-  // An RM started from an SFT model that knows the sums ranks the arithmetic pairs too: held-out
-  // accuracy 0.745 / 0.870 / 0.990 after 100 / 300 / 600 steps at lr 1e-3 (from the 300-step
-  // SFT model, which did not know them, it stalled at 0.75–0.86).
-  rm: { ...defaults(RM_SCHEMA), steps: 600, lr: 1e-3 },
-  // a response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
-  // bytes + EOS): with 8 tokens the most common style was always cut, and the truncated
-  // responses were what PPO exploited (" 2, sure sur" scored 2.8, gold 0.6)
+  // Measured on an AVX-512 machine where the former defaults reward-hacked (issue #15); the
+  // runs and their figures are in the README's learning matrix.
+  // SFT must make the sums likely, not only the argmax: after 600 steps at lr 1e-3 seed 3
+  // answered 96 % correctly greedy but only 40 % at T = 1 (the demonstrations: 80 %); 900 steps
+  // give 65 %, and the reward model it starts learns the arithmetic pairs better.
+  sft: { ...defaults(SFT_SCHEMA), steps: 900, lr: 1e-3 },
+  // The reward model's errors are the arithmetic pairs (style pairs are ~98 % right): 600 steps
+  // of 16 pairs reached held-out accuracy 0.83–0.925 depending on seed and CPU; twice the pairs
+  // per step (or twice the steps) 0.90–0.97. Lower learning rates did not help (seed 3: 0.82 at
+  // 5e-4, 0.73 at 3e-4); nor did the token-level loss (0.60–0.69).
+  rm: { ...defaults(RM_SCHEMA), steps: 600, batchSize: 32, lr: 1e-3 },
+  // A response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
+  // bytes + EOS): with 8 tokens the most common style was always cut, and truncated responses —
+  // which the reward model never saw in training and scored highest (2.4 vs 1.3 for " 7.") —
+  // were what PPO exploited (" 2, sure sur"). Actor lr 1e-3 moved the policy to KL 4–10 in the
+  // first iterations and lost the sums (correct 0.66 → 0.38 with gold still up by style alone);
+  // 2e-4 with a 20 % warmup keeps KL near 1.5 and raises correct answers too.
   ppo: {
     ...defaults(PPO_SCHEMA),
     iterations: 30,
     maxNewTokens: 16,
+    actorLr: 2e-4,
+    warmupRatio: 0.2,
     missingEosPenalty: 1.0,
   },
 };

@@ -15,6 +15,7 @@ import type { FromWorker, ToWorker } from "./protocol.ts";
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 
 const FIELDS = [
+  "task.policyPrompts",
   "sft.steps",
   "sft.lr",
   "rm.steps",

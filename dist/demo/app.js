@@ -4161,6 +4161,7 @@ uPlot.sync = _sync;
 // web/app.ts
 var $ = (id) => document.getElementById(id);
 var FIELDS = [
+  "task.policyPrompts",
   "sft.steps",
   "sft.lr",
   "rm.steps",
@@ -4171,7 +4172,50 @@ var FIELDS = [
 ];
 var CHARTS = [
   {
+    title: "Gold view: reward-model score vs hidden gold score of PPO rollouts",
+    x: "PPO iteration",
+    y: "RM score (logit units)",
+    yRight: "gold score (0\u20131)",
+    series: [
+      [
+        "ppo",
+        "objective/scores",
+        "#2563eb"
+      ],
+      [
+        "ppo",
+        "gold/rollout",
+        "#d97706",
+        "right"
+      ]
+    ]
+  },
+  {
+    title: "Gold parts: share of rollouts correct / with period / concise",
+    x: "PPO iteration",
+    y: "share of rollouts (0\u20131)",
+    series: [
+      [
+        "ppo",
+        "gold/correct",
+        "#16a34a"
+      ],
+      [
+        "ppo",
+        "gold/period",
+        "#9333ea"
+      ],
+      [
+        "ppo",
+        "gold/concise",
+        "#db2777"
+      ]
+    ]
+  },
+  {
     title: "loss",
+    x: "logged step (SFT, then RM)",
+    y: "loss (nats)",
     series: [
       [
         "sft",
@@ -4186,27 +4230,9 @@ var CHARTS = [
     ]
   },
   {
-    title: "reward-model score (objective/scores)",
-    series: [
-      [
-        "ppo",
-        "objective/scores",
-        "#2ca02c"
-      ]
-    ]
-  },
-  {
-    title: "gold score of rollouts (gold/rollout)",
-    series: [
-      [
-        "ppo",
-        "gold/rollout",
-        "#d62728"
-      ]
-    ]
-  },
-  {
     title: "KL to the reference (objective/kl)",
+    x: "PPO iteration",
+    y: "KL per sequence (nats)",
     series: [
       [
         "ppo",
@@ -4217,6 +4243,8 @@ var CHARTS = [
   },
   {
     title: "policy entropy (objective/entropy)",
+    x: "PPO iteration",
+    y: "entropy per token (nats)",
     series: [
       [
         "ppo",
@@ -4272,23 +4300,43 @@ function makeCharts() {
       scales: {
         x: {
           time: false
-        }
+        },
+        ...spec.yRight ? {
+          right: {
+            range: [
+              0,
+              1
+            ]
+          }
+        } : {}
       },
       axes: [
         {
-          label: "logged step"
+          label: spec.x
         },
-        {}
+        {
+          label: spec.y
+        },
+        ...spec.yRight ? [
+          {
+            label: spec.yRight,
+            scale: "right",
+            side: 1
+          }
+        ] : []
       ],
       series: [
         {
           label: "record"
         },
-        ...spec.series.map(([, key, color]) => ({
+        ...spec.series.map(([, key, color, scale]) => ({
           label: key,
           stroke: color,
           width: 2,
-          spanGaps: true
+          spanGaps: true,
+          ...scale ? {
+            scale
+          } : {}
         }))
       ]
     }, data, el);
@@ -4314,7 +4362,7 @@ function addRecord(stage, m) {
 }
 function showSamples(when, samples) {
   probe.lastSamples = samples;
-  $("samples-when").textContent = when === "ppo" ? "latest PPO rollout" : `${when} PPO`;
+  $("samples-when").textContent = when === "ppo" ? "latest PPO rollout" : when === "rm" ? "SFT samples scored by the reward model" : `${when} PPO`;
   const rows = samples.slice(0, 8).map((s) => {
     const tr = document.createElement("tr");
     const cells = [
@@ -4395,7 +4443,11 @@ function onMessage(msg) {
       break;
     case "done": {
       probe.summary = msg.summary;
-      const rows = Object.entries(msg.summary).filter(([, v]) => Number.isFinite(v)).map(([k, v]) => `<tr><td>${k}</td><td>${v.toFixed(3)}</td></tr>`);
+      const rows = Object.entries(msg.summary).filter(([, v2]) => Number.isFinite(v2)).map(([k, v2]) => `<tr><td>${k}</td><td>${v2.toFixed(3)}</td></tr>`);
+      const v = msg.summary.reward_hacking;
+      if (v) {
+        rows.unshift(`<tr class="${v.detected ? "bad" : "good"}"><td>reward_hacking</td><td>${v.detected ? `DETECTED${v.started !== void 0 ? ` from iteration ${v.started}` : ""}` : "none detected"}</td></tr>`);
+      }
       $("summary").querySelector("tbody").innerHTML = rows.join("");
       setState("done", `done in ${msg.summary.wall_seconds.toFixed(0)} s`);
       break;

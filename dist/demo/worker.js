@@ -5193,11 +5193,17 @@ function rng(seed) {
     return ((t ^ t >>> 14) >>> 0) / 4294967296;
   };
 }
-function goldScore(q, response) {
+function goldParts(q, response) {
   const m = response.match(/-?\d+/);
-  const correct = m !== null && Number(m[0]) === q.answer;
-  const text = response.trimEnd();
-  return (correct ? 0.6 : 0) + (text.endsWith(".") ? 0.2 : 0) + (response.length <= CONCISE_CHARS ? 0.2 : 0);
+  return {
+    correct: m !== null && Number(m[0]) === q.answer ? 1 : 0,
+    period: response.trimEnd().endsWith(".") ? 1 : 0,
+    concise: response.length <= CONCISE_CHARS ? 1 : 0
+  };
+}
+function goldScore(q, response) {
+  const g = goldParts(q, response);
+  return 0.6 * g.correct + 0.2 * g.period + 0.2 * g.concise;
 }
 var MAX_OPERAND = 4;
 function makeQuestion(r) {
@@ -5295,12 +5301,16 @@ function makeBuiltinTask(seed, sizes = {}) {
   const evalPrompts = Array.from({
     length: sizes.evalPrompts ?? 64
   }, () => makeQuestion(r));
+  const policyEvalPrompts = Array.from({
+    length: sizes.policyEvalPrompts ?? 100
+  }, () => makeQuestion(r));
   return {
     sft,
     pairs,
     heldOutPairs,
     prompts,
-    evalPrompts
+    evalPrompts,
+    policyEvalPrompts
   };
 }
 function parseQuestion(prompt) {
@@ -5615,12 +5625,12 @@ var PPO_SCHEMA = {
 
 // trainer/batch.ts
 function encodePairs(tok, rows, o) {
-  const enc = rows.map(({ prompt, response }) => {
+  const enc = rows.map(({ prompt, response, truncated }) => {
     let p = tok.encode(prompt);
     let r = tok.encode(response, {
       addBos: false
     });
-    if (o.eos !== false) r = [
+    if (o.eos !== false && !truncated) r = [
       ...r,
       tok.eosId
     ];
@@ -5816,11 +5826,13 @@ function pairBatch(tok, pairs, maxLength) {
   return encodePairs(tok, [
     ...pairs.map((p) => ({
       prompt: p.prompt,
-      response: p.chosen
+      response: p.chosen,
+      truncated: p.chosenTruncated
     })),
     ...pairs.map((p) => ({
       prompt: p.prompt,
-      response: p.rejected
+      response: p.rejected,
+      truncated: p.rejectedTruncated
     }))
   ], {
     maxLength
@@ -6361,6 +6373,9 @@ var PpoTrainer = class {
       "val/clipfrac_avg": vclipAvg,
       "val/explained_var": evHost,
       "val/response_length": respLen.reduce((a, v) => a + v, 0) / P,
+      // byte-level vocabularies can sample byte sequences that are not UTF-8: decoded with a
+      // visible U+FFFD, and counted here
+      "val/invalid_text_frac": samples.filter((x) => x.response.includes("\uFFFD")).length / P,
       "train/beta": this.beta,
       "train/actor_lr": aLr,
       "train/early_stopped": stopped ? 1 : 0,
@@ -6462,20 +6477,28 @@ async function sampleAndScore(gpu2, actor, reward, tok, prompts, o) {
   });
   promptTok.dispose();
   promptMask.dispose();
-  const acts = reward.forward(out.tokens, out.attentionMask);
-  const scores = await gpu2.readF32(reward.sequenceScores(acts));
-  reward.disposeActivations(acts);
+  let scores;
+  if (reward) {
+    const acts = reward.forward(out.tokens, out.attentionMask);
+    const s = reward.sequenceScores(acts);
+    scores = await gpu2.readF32(s);
+    s.dispose();
+    reward.disposeActivations(acts);
+  }
   const all = await gpu2.read(out.tokens), resp = await gpu2.readF32(out.responseMask);
   const L = enc.T + out.generated;
   const samples = prompts.map((prompt, b) => {
     const ids = [];
+    let truncated = true;
     for (let t = enc.T; t < L && resp[b * L + t]; t++) {
       if (all[b * L + t] !== tok.eosId) ids.push(all[b * L + t]);
+      else truncated = false;
     }
     return {
       prompt,
       response: tok.decode(ids),
-      score: scores[b]
+      score: scores?.[b] ?? NaN,
+      truncated
     };
   });
   for (const t of [
@@ -6522,6 +6545,113 @@ async function runPpoLoop(trainer, states, o, hooks, opts, gold) {
   return last;
 }
 
+// trainer/comparisons.ts
+function rng2(seed) {
+  let s = seed >>> 0;
+  return () => {
+    s = s + 1831565813 >>> 0;
+    let t = s;
+    t = Math.imul(t ^ t >>> 15, t | 1);
+    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
+    return ((t ^ t >>> 14) >>> 0) / 4294967296;
+  };
+}
+async function samplePolicy(gpu2, policy, tok, prompts, o) {
+  const rows = prompts.flatMap((p) => Array.from({
+    length: o.samplesPerPrompt
+  }, () => p));
+  const bs = o.batchSize ?? 64;
+  const out = [];
+  for (let i = 0; i < rows.length; i += bs) {
+    out.push(...await sampleAndScore(gpu2, policy, o.reward, tok, rows.slice(i, i + bs), {
+      temperature: o.temperature,
+      seed: o.seed * 1000003 + i / bs,
+      maxNewTokens: o.maxNewTokens,
+      maxPromptLength: o.maxPromptLength
+    }));
+  }
+  return prompts.map((_, p) => out.slice(p * o.samplesPerPrompt, (p + 1) * o.samplesPerPrompt).map((s) => ({
+    prompt: s.prompt,
+    response: s.response,
+    truncated: s.truncated,
+    score: s.score
+  })));
+}
+function labelComparisons(groups2, gold, o) {
+  const r = rng2(o.seed);
+  const pairs = [];
+  for (const g of groups2) {
+    const scores = g.map((s) => gold(s.prompt, s.response));
+    for (let i = 0; i < g.length; i++) {
+      for (let j = i + 1; j < g.length; j++) {
+        const a = g[i], b = g[j];
+        if (scores[i] === scores[j]) continue;
+        if (a.response === b.response && a.truncated === b.truncated) continue;
+        let [w, l] = scores[i] > scores[j] ? [
+          a,
+          b
+        ] : [
+          b,
+          a
+        ];
+        if (r() < o.labelNoise) [w, l] = [
+          l,
+          w
+        ];
+        pairs.push({
+          prompt: a.prompt,
+          chosen: w.response,
+          rejected: l.response,
+          chosenTruncated: w.truncated,
+          rejectedTruncated: l.truncated
+        });
+      }
+    }
+  }
+  return pairs;
+}
+
+// trainer/hacking.ts
+function trailingMean(xs, w) {
+  return xs.map((_, i) => {
+    const lo = Math.max(0, i - w + 1);
+    let s = 0;
+    for (let j = lo; j <= i; j++) s += xs[j];
+    return s / (i - lo + 1);
+  });
+}
+function detectRewardHacking(history, o = {}) {
+  const tol = o.tolerance ?? 0.05;
+  const w = Math.max(1, Math.min(o.window ?? 5, history.length));
+  const score = trailingMean(history.map((h) => h.score), w);
+  const gold = trailingMean(history.map((h) => h.gold), w);
+  const iterations = [];
+  let maxGoldDrop = 0;
+  if (history.length > 0) {
+    const s0 = o.before?.score ?? score[w - 1], g0 = o.before?.gold ?? gold[w - 1];
+    for (let i = w - 1; i < history.length; i++) {
+      maxGoldDrop = Math.max(maxGoldDrop, g0 - gold[i]);
+      if (score[i] > s0 && gold[i] < g0 - tol) iterations.push(history[i].iteration);
+    }
+  }
+  const evalHack = o.before !== void 0 && o.after !== void 0 && o.after.score > o.before.score && o.after.gold < o.before.gold - tol;
+  return {
+    detected: iterations.length > 0 || evalHack,
+    iterations,
+    ...iterations.length ? {
+      started: iterations[0]
+    } : {},
+    goldFell: maxGoldDrop > tol,
+    maxGoldDrop
+  };
+}
+function describeVerdict(v) {
+  if (!v.detected) {
+    return `reward hacking: none detected (largest fall of the rollouts' smoothed gold below its start: ${(v.maxGoldDrop ?? 0).toFixed(3)}${v.goldFell ? ", without a rising score" : ""})`;
+  }
+  return v.started !== void 0 ? `reward hacking: DETECTED from PPO iteration ${v.started} (reward-model score up, gold down at iterations ${v.iterations.join(", ")})` : "reward hacking: DETECTED (reward-model score up, gold down from before to after PPO)";
+}
+
 // trainer/pipeline.ts
 var RUN_SCHEMA = {
   name: {
@@ -6545,36 +6675,68 @@ var RUN_SCHEMA = {
     integer: true
   }
 };
+var TASK_SCHEMA = {
+  labelNoise: {
+    default: 0.1,
+    doc: "fraction of training comparisons whose gold label is flipped",
+    min: 0,
+    max: 0.5
+  },
+  policyPrompts: {
+    default: 0,
+    doc: "prompts whose SFT-policy samples become reward-model comparisons (0 = fixed pairs only)",
+    min: 0,
+    integer: true
+  },
+  samplesPerPrompt: {
+    default: 4,
+    doc: "policy samples per prompt; every two with different gold make a comparison",
+    min: 2,
+    integer: true
+  }
+};
 var BUILTIN_DEFAULTS = {
   run: defaults(RUN_SCHEMA),
-  // SFT must learn the sums, not only the styles: the former 300 steps at lr 3e-3 answered the
-  // held-out prompts 19 % correctly at T = 1 (at that lr, greedy answers were 22 % correct after
-  // 300 steps and 97 % after 900); 600 steps at lr 1e-3 give 97 % greedy, 66 % at T = 1 (the
-  // demonstrations' share of correct answers is 80 %).
+  task: defaults(TASK_SCHEMA),
+  // Measured on an AVX-512 machine where the former defaults reward-hacked (issue #15); the
+  // runs and their figures are in the README's learning matrix.
+  // SFT must make the sums likely, not only the argmax: after 600 steps at lr 1e-3 seed 3
+  // answered 96 % correctly greedy but only 40 % at T = 1 (the demonstrations: 80 %); 900 steps
+  // give 65 %, and the reward model it starts learns the arithmetic pairs better.
   sft: {
     ...defaults(SFT_SCHEMA),
-    steps: 600,
+    steps: 900,
     lr: 1e-3
   },
-  // An RM started from an SFT model that knows the sums ranks the arithmetic pairs too: held-out
-  // accuracy 0.745 / 0.870 / 0.990 after 100 / 300 / 600 steps at lr 1e-3 (from the 300-step
-  // SFT model, which did not know them, it stalled at 0.75–0.86).
+  // The reward model's errors are the arithmetic pairs (style pairs are ~98 % right): 600 steps
+  // of 16 pairs reached held-out accuracy 0.83–0.925 depending on seed and CPU; twice the pairs
+  // per step (or twice the steps) 0.90–0.97. Lower learning rates did not help (seed 3: 0.82 at
+  // 5e-4, 0.73 at 3e-4); nor did the token-level loss (0.60–0.69).
   rm: {
     ...defaults(RM_SCHEMA),
     steps: 600,
+    batchSize: 32,
     lr: 1e-3
   },
-  // a stronger RM is exploitable by truncated responses (" 5, I am s…" scored 2.1 with gold 0):
-  // penalise responses that never emit EOS, as TRL's missing_eos_penalty does
+  // A response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
+  // bytes + EOS): with 8 tokens the most common style was always cut, and truncated responses —
+  // which the reward model never saw in training and scored highest (2.4 vs 1.3 for " 7.") —
+  // were what PPO exploited (" 2, sure sur"). Actor lr 1e-3 moved the policy to KL 4–10 in the
+  // first iterations and lost the sums (correct 0.66 → 0.38 with gold still up by style alone);
+  // 2e-4 with a 20 % warmup keeps KL near 1.5 and raises correct answers too.
   ppo: {
     ...defaults(PPO_SCHEMA),
     iterations: 30,
+    maxNewTokens: 16,
+    actorLr: 2e-4,
+    warmupRatio: 0.2,
     missingEosPenalty: 1
   }
 };
 function resolvePipelineConfig(overrides, base = BUILTIN_DEFAULTS) {
   const nested = {
     run: {},
+    task: {},
     sft: {},
     rm: {},
     ppo: {}
@@ -6584,44 +6746,106 @@ function resolvePipelineConfig(overrides, base = BUILTIN_DEFAULTS) {
     if (dot > 0) {
       const sec = k.slice(0, dot);
       if (!(sec in nested)) {
-        throw new Error(`unknown config section "${sec}" in "${k}" (run, sft, rm, ppo)`);
+        throw new Error(`unknown config section "${sec}" in "${k}" (run, task, sft, rm, ppo)`);
       }
       nested[sec][k.slice(dot + 1)] = v;
     } else if (k in nested && typeof v === "object" && v !== null) {
       Object.assign(nested[k], v);
     } else {
-      throw new Error(`unknown config key "${k}": use a section (run., sft., rm., ppo.)`);
+      throw new Error(`unknown config key "${k}": use a section (run., task., sft., rm., ppo.)`);
     }
   }
   return {
     run: resolveConfig(RUN_SCHEMA, nested.run, base.run),
+    task: resolveConfig(TASK_SCHEMA, nested.task, base.task),
     sft: resolveConfig(SFT_SCHEMA, nested.sft, base.sft),
     rm: resolveConfig(RM_SCHEMA, nested.rm, base.rm),
     ppo: resolveConfig(PPO_SCHEMA, nested.ppo, base.ppo)
   };
 }
-async function evaluate(gpu2, actor, reward, tok, questions, T, seed) {
+function emptySummary(wallSeconds) {
+  return {
+    wall_seconds: wallSeconds,
+    "sft/loss": NaN,
+    "rm/accuracy": NaN,
+    "rm/margin": NaN,
+    "gold/before": NaN,
+    "gold/after": NaN,
+    "score/before": NaN,
+    "score/after": NaN,
+    "objective/kl": NaN,
+    "rm/policy_accuracy": NaN,
+    "rm/policy_gold_corr": NaN,
+    "gold/correct/before": NaN,
+    "gold/correct/after": NaN,
+    "gold/period/before": NaN,
+    "gold/period/after": NaN,
+    "gold/concise/before": NaN,
+    "gold/concise/after": NaN,
+    reward_hacking: null,
+    samples_before: [],
+    samples_after: []
+  };
+}
+async function evaluate(gpu2, actor, reward, tok, questions, T, seed, maxNewTokens) {
   const scored = await sampleAndScore(gpu2, actor, reward, tok, questions.map((q) => q.prompt), {
     temperature: T,
     seed,
-    maxNewTokens: 12,
+    maxNewTokens,
     maxPromptLength: 256
   });
   const samples = scored.map((s, i) => ({
-    ...s,
+    prompt: s.prompt,
+    response: s.response,
+    score: s.score,
     gold: goldScore(questions[i], s.response)
   }));
-  const mean = (f) => samples.reduce((a, s) => a + f(s), 0) / samples.length;
+  const parts = scored.map((s, i) => goldParts(questions[i], s.response));
+  const mean = (xs, f) => xs.reduce((a, x) => a + f(x), 0) / xs.length;
   return {
-    gold: mean((s) => s.gold),
-    score: mean((s) => s.score),
+    gold: mean(samples, (s) => s.gold),
+    score: mean(samples, (s) => s.score),
+    parts: {
+      correct: mean(parts, (p) => p.correct),
+      period: mean(parts, (p) => p.period),
+      concise: mean(parts, (p) => p.concise)
+    },
     samples
   };
+}
+function rolloutGold(samples) {
+  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt), s.response));
+  const mean = (f) => parts.reduce((a, p) => a + f(p), 0) / parts.length;
+  return {
+    "gold/rollout": mean((p) => 0.6 * p.correct + 0.2 * p.period + 0.2 * p.concise),
+    "gold/correct": mean((p) => p.correct),
+    "gold/period": mean((p) => p.period),
+    "gold/concise": mean((p) => p.concise)
+  };
+}
+function correlation(x, y) {
+  const n = x.length, mx = x.reduce((a, v) => a + v, 0) / n, my = y.reduce((a, v) => a + v, 0) / n;
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) ** 2;
+    syy += (y[i] - my) ** 2;
+  }
+  return sxy / Math.sqrt(sxx * syy);
 }
 async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
   const t0 = performance.now();
   const tok = new ByteTokenizer();
-  const task = makeBuiltinTask(cfg.run.seed);
+  const task = makeBuiltinTask(cfg.run.seed, {
+    labelNoise: cfg.task.labelNoise
+  });
+  const gold = (prompt, response) => goldScore(parseQuestion(prompt), response);
+  const sampling = {
+    maxNewTokens: cfg.ppo.maxNewTokens,
+    maxPromptLength: cfg.ppo.maxPromptLength,
+    temperature: cfg.ppo.temperature,
+    samplesPerPrompt: cfg.task.samplesPerPrompt
+  };
   const seed = cfg.run.seed;
   const log = hooks.log ?? (() => {
   });
@@ -6639,17 +6863,7 @@ async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
     "ppo"
   ];
   const partial = (m) => ({
-    wall_seconds: (performance.now() - t0) / 1e3,
-    "sft/loss": NaN,
-    "rm/accuracy": NaN,
-    "rm/margin": NaN,
-    "gold/before": NaN,
-    "gold/after": NaN,
-    "score/before": NaN,
-    "score/after": NaN,
-    "objective/kl": NaN,
-    samples_before: [],
-    samples_after: [],
+    ...emptySummary((performance.now() - t0) / 1e3),
     ...m
   });
   const stored = async (stage) => {
@@ -6699,7 +6913,23 @@ async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
       valueHead: true
     });
     rm.store.copyFrom(sft.store);
-    await trainRewardModel(rm, tok, task.pairs, {
+    let pairs = task.pairs;
+    if (cfg.task.policyPrompts > 0) {
+      const groups2 = await samplePolicy(gpu2, sft, tok, task.prompts.slice(0, cfg.task.policyPrompts).map((q) => q.prompt), {
+        ...sampling,
+        seed: seed + 200
+      });
+      const policyPairs = labelComparisons(groups2, gold, {
+        labelNoise: cfg.task.labelNoise,
+        seed: seed + 201
+      });
+      log(`reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons of SFT samples (${groups2.length} prompts \xD7 ${cfg.task.samplesPerPrompt})`);
+      pairs = [
+        ...task.pairs,
+        ...policyPairs
+      ];
+    }
+    await trainRewardModel(rm, tok, pairs, {
       ...cfg.rm,
       seed: cfg.rm.seed + seed
     }, stageHooks("rm", cfg.rm.steps));
@@ -6710,20 +6940,36 @@ async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
   const rmEval = await evaluateRewardModel(rm, tok, task.heldOutPairs, {
     maxLength: cfg.rm.maxLength
   });
-  await hooks.onMetrics?.("rm", {
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin
+  const heldOut = await samplePolicy(gpu2, sft, tok, task.policyEvalPrompts.map((q) => q.prompt), {
+    ...sampling,
+    seed: seed + 300,
+    reward: rm
   });
-  log(`reward model held-out accuracy ${rmEval.accuracy.toFixed(3)}, margin ${rmEval.margin.toFixed(3)}`);
+  const policyEval = await evaluateRewardModel(rm, tok, labelComparisons(heldOut, gold, {
+    labelNoise: 0,
+    seed: 0
+  }), {
+    maxLength: cfg.rm.maxLength
+  });
+  const flat = heldOut.flat();
+  const rmStats = {
+    "rm/accuracy": rmEval.accuracy,
+    "rm/margin": rmEval.margin,
+    "rm/policy_accuracy": policyEval.accuracy,
+    "rm/policy_gold_corr": correlation(flat.map((x) => x.score), flat.map((x) => gold(x.prompt, x.response)))
+  };
+  await hooks.onMetrics?.("rm", rmStats);
+  log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}`);
+  hooks.onSamples?.("rm", flat.map((x) => ({
+    ...x,
+    gold: gold(x.prompt, x.response)
+  })));
   if (only === "rm") {
     for (const m of [
       sft,
       rm
     ]) m.store.dispose();
-    return partial({
-      "rm/accuracy": rmEval.accuracy,
-      "rm/margin": rmEval.margin
-    });
+    return partial(rmStats);
   }
   const actor = sft.copy(), reference = sft.copy({
     frozen: true
@@ -6733,7 +6979,7 @@ async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
     valueHead: true
   });
   critic.store.copyFrom(rm.store);
-  const before = await evaluate(gpu2, reference, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100);
+  const before = await evaluate(gpu2, reference, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100, cfg.ppo.maxNewTokens);
   log(`before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`);
   hooks.onSamples?.("before", before.samples);
   const trainer = new PpoTrainer({
@@ -6745,10 +6991,9 @@ async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
     ...cfg.ppo,
     seed: cfg.ppo.seed + seed
   }, {
-    scoreRollout: (s) => ({
-      "gold/rollout": s.reduce((a, x) => a + goldScore(parseQuestion(x.prompt), x.response), 0) / s.length
-    })
+    scoreRollout: (s) => rolloutGold(s)
   });
+  const history = [];
   const last = await runPpoLoop(trainer, [
     {
       name: "ppo/actor_state.safetensors",
@@ -6761,13 +7006,36 @@ async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
   ], {
     iterations: cfg.ppo.iterations,
     checkpointEvery: cfg.run.checkpointEvery
-  }, hooks, opts, (s) => goldScore(parseQuestion(s.prompt), s.response));
+  }, {
+    ...hooks,
+    onMetrics: async (stage, m) => {
+      if (stage === "ppo") {
+        history.push({
+          iteration: m.iteration,
+          score: m["objective/scores"],
+          gold: m["gold/rollout"]
+        });
+      }
+      await hooks.onMetrics?.(stage, m);
+    }
+  }, opts, (s) => gold(s.prompt, s.response));
   await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
     stage: "ppo"
   }));
-  const after = await evaluate(gpu2, actor, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100);
+  const after = await evaluate(gpu2, actor, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100, cfg.ppo.maxNewTokens);
   log(`after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`);
   hooks.onSamples?.("after", after.samples);
+  const verdict = detectRewardHacking(history, {
+    before: {
+      score: before.score,
+      gold: before.gold
+    },
+    after: {
+      score: after.score,
+      gold: after.gold
+    }
+  });
+  log(describeVerdict(verdict));
   for (const m of [
     sft,
     rm,
@@ -6778,13 +7046,19 @@ async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
   return {
     wall_seconds: (performance.now() - t0) / 1e3,
     "sft/loss": sftLoss,
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin,
     "gold/before": before.gold,
     "gold/after": after.gold,
     "score/before": before.score,
     "score/after": after.score,
     "objective/kl": last["objective/kl"] ?? 0,
+    ...rmStats,
+    "gold/correct/before": before.parts.correct,
+    "gold/correct/after": after.parts.correct,
+    "gold/period/before": before.parts.period,
+    "gold/period/after": after.parts.period,
+    "gold/concise/before": before.parts.concise,
+    "gold/concise/after": after.parts.concise,
+    reward_hacking: verdict,
     samples_before: before.samples.slice(0, 8),
     samples_after: after.samples.slice(0, 8)
   };
