@@ -66,6 +66,7 @@ export const RUN_SCHEMA: Schema<RunConfig> = {
 
 /** Settings of the built-in task's data. */
 export interface TaskConfig {
+  pairs: number;
   labelNoise: number;
   policyPrompts: number;
   samplesPerPrompt: number;
@@ -73,6 +74,13 @@ export interface TaskConfig {
 
 /** The built-in task's schema. */
 export const TASK_SCHEMA: Schema<TaskConfig> = {
+  pairs: {
+    default: 20000,
+    doc:
+      "fixed reward-model comparisons (noisy gold labels); enough that the RM sees each about once",
+    min: 1,
+    integer: true,
+  },
   labelNoise: {
     default: 0.1,
     doc: "fraction of training comparisons whose gold label is flipped",
@@ -370,7 +378,10 @@ export async function runBuiltinPipeline(
 ): Promise<PipelineSummary> {
   const t0 = performance.now();
   const tok = new ByteTokenizer();
-  const task = makeBuiltinTask(cfg.run.seed, { labelNoise: cfg.task.labelNoise });
+  const task = makeBuiltinTask(cfg.run.seed, {
+    pairs: cfg.task.pairs,
+    labelNoise: cfg.task.labelNoise,
+  });
   const gold = (prompt: string, response: string) => goldScore(parseQuestion(prompt)!, response);
   // policy samples (RM comparisons, evaluations) use PPO's rollout budget, so the reward model
   // is trained and tested on what PPO will show it

@@ -6676,6 +6676,12 @@ var RUN_SCHEMA = {
   }
 };
 var TASK_SCHEMA = {
+  pairs: {
+    default: 2e4,
+    doc: "fixed reward-model comparisons (noisy gold labels); enough that the RM sees each about once",
+    min: 1,
+    integer: true
+  },
   labelNoise: {
     default: 0.1,
     doc: "fraction of training comparisons whose gold label is flipped",
@@ -6837,6 +6843,7 @@ async function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
   const t0 = performance.now();
   const tok = new ByteTokenizer();
   const task = makeBuiltinTask(cfg.run.seed, {
+    pairs: cfg.task.pairs,
     labelNoise: cfg.task.labelNoise
   });
   const gold = (prompt, response) => goldScore(parseQuestion(prompt), response);
