@@ -7871,16 +7871,6 @@ async function runPpoLoop(trainer, states, o, hooks, opts, gold) {
 }
 
 // trainer/comparisons.ts
-function rng2(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = s + 1831565813 >>> 0;
-    let t = s;
-    t = Math.imul(t ^ t >>> 15, t | 1);
-    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
-    return ((t ^ t >>> 14) >>> 0) / 4294967296;
-  };
-}
 async function samplePolicy(gpu, policy, tok, prompts, o) {
   const rows2 = prompts.flatMap((p) => Array.from({
     length: o.samplesPerPrompt
@@ -7903,7 +7893,8 @@ async function samplePolicy(gpu, policy, tok, prompts, o) {
   })));
 }
 function labelComparisons(groups2, gold, o) {
-  const r = rng2(o.seed);
+  let k = 0;
+  const r = () => randF32(o.seed, 0, k++);
   const pairs = [];
   for (const g of groups2) {
     const scores = g.map((s) => gold(s.prompt, s.response));

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { randF32 } from "../kernels/prng.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
@@ -23,18 +24,6 @@ export interface PolicySample {
   truncated: boolean;
   /** Reward-model score (NaN when sampled without a reward model). */
   score: number;
-}
-
-/** Mulberry32, for deterministic label noise. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**
@@ -103,7 +92,9 @@ export function labelComparisons(
   gold: (prompt: string, response: string) => number,
   o: { labelNoise: number; seed: number },
 ): PairExample[] {
-  const r = rng(o.seed);
+  // label noise from the counter PRNG: draw k of stream 0 for the k-th labelled pair
+  let k = 0;
+  const r = () => randF32(o.seed, 0, k++);
   const pairs: PairExample[] = [];
   for (const g of groups) {
     const scores = g.map((s) => gold(s.prompt, s.response));

@@ -853,6 +853,17 @@ fn rand_f32(seed: u32, stream: u32, index: u32) -> f32 {
   return f32(rand_u32(seed, stream, index) >> 8u) * (1.0 / 16777216.0);
 }
 `;
+function pcgHash(v) {
+  const state = Math.imul(v >>> 0, 747796405) + 2891336453 >>> 0;
+  const word = Math.imul((state >>> (state >>> 28) + 4 ^ state) >>> 0, 277803737) >>> 0;
+  return (word >>> 22 ^ word) >>> 0;
+}
+function randU32(seed, stream, index) {
+  return pcgHash(index + pcgHash((seed ^ pcgHash(stream)) >>> 0) >>> 0);
+}
+function randF32(seed, stream, index) {
+  return (randU32(seed, stream, index) >>> 8) / 16777216;
+}
 var COS_TURNS = `
 fn cos_turns(t: f32) -> f32 {
   let q = round(4.0 * t);
@@ -6546,16 +6557,6 @@ async function runPpoLoop(trainer, states, o, hooks, opts, gold) {
 }
 
 // trainer/comparisons.ts
-function rng2(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = s + 1831565813 >>> 0;
-    let t = s;
-    t = Math.imul(t ^ t >>> 15, t | 1);
-    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
-    return ((t ^ t >>> 14) >>> 0) / 4294967296;
-  };
-}
 async function samplePolicy(gpu2, policy, tok, prompts, o) {
   const rows = prompts.flatMap((p) => Array.from({
     length: o.samplesPerPrompt
@@ -6578,7 +6579,8 @@ async function samplePolicy(gpu2, policy, tok, prompts, o) {
   })));
 }
 function labelComparisons(groups2, gold, o) {
-  const r = rng2(o.seed);
+  let k = 0;
+  const r = () => randF32(o.seed, 0, k++);
   const pairs = [];
   for (const g of groups2) {
     const scores = g.map((s) => gold(s.prompt, s.response));
