@@ -336,7 +336,10 @@ function rolloutGold(samples: readonly RolloutSample[]): Metrics {
   const parts = samples.map((s) => goldParts(parseQuestion(s.prompt)!, s.response));
   const mean = (f: (p: GoldParts) => number) => parts.reduce((a, p) => a + f(p), 0) / parts.length;
   return {
-    "gold/rollout": mean((p) => 0.6 * p.correct + 0.2 * p.period + 0.2 * p.concise),
+    "gold/rollout": samples.reduce(
+      (a, s) => a + goldScore(parseQuestion(s.prompt)!, s.response),
+      0,
+    ) / samples.length,
     "gold/correct": mean((p) => p.correct),
     "gold/period": mean((p) => p.period),
     "gold/concise": mean((p) => p.concise),
