@@ -186,6 +186,7 @@ export class Tensor {
       this.owner,
     );
     this.#disposed = true;
+    if (this.owner) this.gpu._retrack(this, owned);
     return owned;
   }
 
@@ -339,6 +340,15 @@ export interface GpuStats {
   pipelines: number;
 }
 
+/** Adds the tensors in `v` (a tensor, or arrays/plain objects of them, `depth` levels) to `out`. */
+function collectTensors(v: unknown, out: Set<Tensor>, depth: number): void {
+  if (v instanceof Tensor) out.add(v);
+  else if (depth > 0 && Array.isArray(v)) { for (const x of v) collectTensors(x, out, depth - 1); }
+  else if (depth > 0 && v !== null && typeof v === "object" && !ArrayBuffer.isView(v)) {
+    for (const x of Object.values(v)) collectTensors(x, out, depth - 1);
+  }
+}
+
 /** How many device errors are kept for one {@link GpuValidationError}. */
 const MAX_ERRORS = 8;
 
@@ -478,8 +488,75 @@ export class Gpu {
    * would alias buffers, which WebGPU forbids when a binding is writable. Do not dispose.
    */
   placeholder(slot = 0): Tensor {
-    while (this.#placeholders.length <= slot) this.#placeholders.push(this.zeros([4]));
+    while (this.#placeholders.length <= slot) {
+      this.#placeholders.push(this.keep(this.zeros([4])));
+    }
     return this.#placeholders[slot];
+  }
+
+  /** Open {@link scope}s, innermost last: the tensors each has allocated. */
+  #scopes: Set<Tensor>[] = [];
+
+  /**
+   * Runs `fn` and then disposes every tensor allocated inside it (by {@link empty},
+   * {@link zeros}, {@link fromArray} or any kernel) except those found in its result — a
+   * tensor, or arrays and plain objects holding tensors (two levels deep) — which pass to the
+   * enclosing scope. Trainers use it instead of hand-kept dispose lists. Views of a disposed
+   * tensor must not escape; use {@link keep} for tensors that outlive the scope by other paths.
+   *
+   * @example Temporaries of a computation are freed, the result stays
+   * ```ts
+   * import { Gpu, scale } from "./mod.ts";
+   * const gpu = await Gpu.create();
+   * const y = await gpu.scope(() => {
+   *   const x = gpu.fromArray(new Float32Array([1, 2])); // freed when the scope ends
+   *   return scale(gpu, x, 3);
+   * });
+   * console.log(await gpu.read(y)); // Float32Array [3, 6]
+   * ```
+   */
+  async scope<R>(fn: () => R | Promise<R>): Promise<R> {
+    const mine = new Set<Tensor>();
+    this.#scopes.push(mine);
+    let result: R;
+    try {
+      result = await fn();
+    } catch (e) {
+      this.#closeScope(mine, new Set());
+      throw e;
+    }
+    const kept = new Set<Tensor>();
+    collectTensors(result, kept, 2);
+    this.#closeScope(mine, kept);
+    return result;
+  }
+
+  #closeScope(mine: Set<Tensor>, kept: Set<Tensor>): void {
+    const i = this.#scopes.lastIndexOf(mine);
+    if (i >= 0) this.#scopes.splice(i, 1);
+    const parent = this.#scopes.at(-1);
+    for (const t of mine) {
+      if (kept.has(t)) parent?.add(t);
+      else t.dispose();
+    }
+  }
+
+  /** Takes `t` out of every open {@link scope} (it lives until disposed by hand); returns it. */
+  keep<T extends Tensor>(t: T): T {
+    for (const s of this.#scopes) s.delete(t);
+    return t;
+  }
+
+  /** `from` became `to` (see {@link Tensor.intoShape}): `to` takes its place in its scope. @internal */
+  _retrack(from: Tensor, to: Tensor): void {
+    for (const s of this.#scopes) {
+      if (s.delete(from)) s.add(to);
+    }
+  }
+
+  /** Called when a tensor takes a pooled buffer: the innermost open scope tracks it. @internal */
+  _track(t: Tensor): void {
+    this.#scopes.at(-1)?.add(t);
   }
 
   /** An uninitialised tensor from the pool. */
@@ -493,7 +570,9 @@ export class Gpu {
           `device.limits.maxStorageBufferBindingSize (${maxBinding})`,
       );
     }
-    return new Tensor(this, this.pool.acquire(bytes), shape, dtype);
+    const t = new Tensor(this, this.pool.acquire(bytes), shape, dtype);
+    this._track(t);
+    return t;
   }
 
   /** A tensor filled with zeros (cleared on the GPU queue, in order with recorded work). */

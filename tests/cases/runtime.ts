@@ -61,6 +61,47 @@ cases.push({
 });
 
 cases.push({
+  name: "runtime: a scope frees what it allocated except its result, also when it throws",
+  async run(gpu) {
+    const live0 = gpu.pool.stats().live;
+    const outer = gpu.fromArray(new Float32Array([1, 2]));
+    let inner: ReturnType<typeof gpu.empty> | undefined;
+    const { y, pair } = await gpu.scope(async () => {
+      inner = gpu.fromArray(new Float32Array([1, 2]));
+      const y = scale(gpu, inner, 3);
+      const z = await gpu.scope(() => scale(gpu, y, 2)); // kept: passes to this scope
+      const dropped = scale(gpu, z, 5).intoShape([1, 2]); // intoShape moves the tracking
+      assert(!dropped.disposed);
+      return { y, pair: [z, outer] };
+    });
+    assert(inner!.disposed, "a temporary of the scope is disposed");
+    assert(!y.disposed && !pair[0].disposed && !outer.disposed, "results and older tensors stay");
+    assertEquals(Array.from(await gpu.read(pair[0])), [6, 12]);
+    assertEquals(gpu.pool.stats().live, live0 + 3, "outer, y and z are the only live buffers");
+    let leaked: ReturnType<typeof gpu.empty> | undefined;
+    await assertThrows(
+      () =>
+        gpu.scope(() => {
+          leaked = gpu.zeros([3]);
+          throw new Error("boom");
+        }),
+      Error,
+      "boom",
+    );
+    assert(leaked!.disposed, "a throwing scope still frees its tensors");
+    const kept = await gpu.scope(() => gpu.keep(gpu.zeros([2])));
+    const alsoKept = await gpu.scope(() => {
+      gpu.keep(gpu.zeros([2])).dispose();
+      return gpu.placeholder(5); // created inside a scope, still never disposed
+    });
+    assert(!kept.disposed && !alsoKept.disposed);
+    const live1 = gpu.pool.stats().live;
+    for (const t of [outer, y, pair[0], kept]) t.dispose();
+    assertEquals(gpu.pool.stats().live, live1 - 4, "nothing else was left to the caller");
+  },
+});
+
+cases.push({
   name: "runtime: device limits are enforced with GpuLimitError",
   async run(gpu) {
     const max = gpu.limits.maxStorageBufferBindingSize;
