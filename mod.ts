@@ -1,7 +1,9 @@
 /**
  * webgpu-rlhf: RLHF on small language models with hand-written WebGPU compute shaders, for
- * Deno and browsers. This module is the public API: the GPU runtime, the kernel library and
- * the float64 reference implementations every kernel is tested against.
+ * Deno and browsers. This module is the curated public API, grouped: the GPU runtime, the
+ * kernels (and the float64 references every kernel is tested against), the OPT model, the
+ * trainers over their shared pieces, the pipelines with the built-in task's gold view, and the
+ * data readers. Internals (shader building blocks, buffer pools) stay in their modules.
  *
  * @example Run a kernel
  * ```ts
@@ -15,38 +17,278 @@
  * @module
  */
 
-export * from "./kernels/errors.ts";
-export * from "./kernels/runtime.ts";
-export * from "./kernels/prng.ts";
-export * from "./kernels/elementwise.ts";
-export * from "./kernels/matmul.ts";
-export * from "./kernels/reduce.ts";
-export * from "./kernels/softmax.ts";
-export * from "./kernels/layernorm.ts";
-export * from "./kernels/embedding.ts";
-export * from "./kernels/attention.ts";
-export * from "./kernels/optimizer.ts";
-export * from "./kernels/sampling.ts";
-export * from "./kernels/rl.ts";
+// Runtime: device, tensors, errors
+export {
+  GpuLimitError,
+  GpuValidationError,
+  NonFiniteValueError,
+  ShapeError,
+  WebGpuUnavailableError,
+} from "./kernels/errors.ts";
+export {
+  type DType,
+  Gpu,
+  type GpuOptions,
+  type GpuStats,
+  numel,
+  Tensor,
+} from "./kernels/runtime.ts";
+
+// Kernels (each with a float64 twin in `reference`)
+export { pcgHash, randF32, randomNormal, randomUniform, randU32 } from "./kernels/prng.ts";
+export {
+  add,
+  axpy,
+  castF16ToF32,
+  castF32ToF16,
+  concatColumns,
+  fill,
+  gelu,
+  geluBackward,
+  mul,
+  relu,
+  reluBackward,
+  scale,
+  sub,
+} from "./kernels/elementwise.ts";
+export { matmul, type MatmulOptions } from "./kernels/matmul.ts";
+export {
+  clipGradNorm,
+  globalNorm,
+  maskedStats,
+  maxLastAxis,
+  meanLastAxis,
+  scaleByScalarTensor,
+  STAT,
+  sumColumns,
+  sumLastAxis,
+} from "./kernels/reduce.ts";
+export {
+  crossEntropy,
+  crossEntropyBackward,
+  logitsBackward,
+  logSoftmax,
+  softmax,
+  type TokenLogprobs,
+  tokenLogprobs,
+} from "./kernels/softmax.ts";
+export { layernormBackward, layernormForward } from "./kernels/layernorm.ts";
+export {
+  embeddingBackward,
+  embeddingForward,
+  lastMaskedValues,
+  lastMaskedValuesBackward,
+  nextTokenTargets,
+  positionsFromMask,
+} from "./kernels/embedding.ts";
+export {
+  attentionBackward,
+  attentionForward,
+  type AttentionOptions,
+  KvCache,
+  swapAxes12,
+} from "./kernels/attention.ts";
+export { type AdamWOptions, adamwStep } from "./kernels/optimizer.ts";
+export { sampleTokens, type SamplingOptions } from "./kernels/sampling.ts";
+export {
+  explainedVariance,
+  gae,
+  type KlEstimator,
+  klPenalty,
+  pairwiseRewardLoss,
+  ppoPolicyLoss,
+  ppoValueLoss,
+  rankingRewardLoss,
+  shapedRewards,
+  tokenPairRewardLoss,
+  whiten,
+} from "./kernels/rl.ts";
 export * as reference from "./kernels/reference/mod.ts";
-export * from "./model/config.ts";
-export * from "./model/params.ts";
-export * from "./model/opt.ts";
-export * from "./model/safetensors.ts";
-export * from "./model/tokenizer.ts";
+
+// Model: OPT, LoRA, checkpoints, tokenizers, generation
+export {
+  ModelConfigError,
+  OPT_PRESETS,
+  type OptConfig,
+  optParamSpecs,
+  parseOptConfig,
+} from "./model/config.ts";
+export { type AdamWConfig, ParamStore } from "./model/params.ts";
+export { type OptActivations, OptModel } from "./model/opt.ts";
+export { type LoraConfig, type LoraTarget } from "./model/lora.ts";
+export {
+  parseSafetensors,
+  SafetensorsError,
+  type SafetensorsFile,
+  type TensorToWrite,
+  writeSafetensors,
+} from "./model/safetensors.ts";
+export {
+  type BpeOptions,
+  BpeTokenizer,
+  ByteTokenizer,
+  type Tokenizer,
+  TokenizerError,
+} from "./model/tokenizer.ts";
+export { loadOptModel, saveOptModel } from "./model/checkpoint.ts";
+export { generate, type GenerateOptions, type Generation } from "./model/generate.ts";
 export { optHiddenRef, optLogitsRef } from "./model/reference.ts";
-export * from "./model/checkpoint.ts";
-export * from "./model/generate.ts";
-export * from "./model/lora.ts";
-export * from "./trainer/data.ts";
-export * from "./trainer/task.ts";
-export * from "./trainer/config.ts";
-export * from "./trainer/batch.ts";
-export * from "./trainer/sft.ts";
-export * from "./trainer/rm.ts";
-export * from "./trainer/ppo.ts";
-export * from "./trainer/comparisons.ts";
-export * from "./trainer/hacking.ts";
-export * from "./trainer/pipeline.ts";
-export * from "./trainer/recipe.ts";
-export * from "./trainer/report.ts";
+
+// Trainers and their shared pieces
+export {
+  type Metrics,
+  NonFiniteLossError,
+  type StateFile,
+  type Trainer,
+  type TrainHooks,
+} from "./trainer/types.ts";
+export {
+  coerce,
+  ConfigError,
+  defaults,
+  type FieldSpec,
+  PPO_SCHEMA,
+  type PpoConfig,
+  resolveConfig,
+  resolveSections,
+  RM_SCHEMA,
+  type RmConfig,
+  type Schema,
+  type SectionSchemas,
+  SFT_SCHEMA,
+  type SftConfig,
+  type SupervisedConfig,
+} from "./trainer/config.ts";
+export {
+  learningRate,
+  type LrSchedule,
+  type OptimizerSettings,
+  optimizerStep,
+} from "./trainer/optim.ts";
+export { type LoopHooks, type LoopOptions, runLoop } from "./trainer/loop.ts";
+export { deriveSeed, mulberry32 } from "./trainer/random.ts";
+export {
+  encodePairs,
+  leftPad,
+  Sampler,
+  type SamplerState,
+  truncatePrompt,
+} from "./trainer/batch.ts";
+export {
+  modelLogprobs,
+  referenceLogprobs,
+  sequenceScores,
+  sequenceValues,
+} from "./trainer/logprobs.ts";
+export {
+  type Rollout,
+  rollout,
+  type RolloutOptions,
+  type RolloutText,
+  sampleAndScore,
+  type ScoredSample,
+} from "./trainer/rollout.ts";
+export {
+  type Experience,
+  gaeAdvantages,
+  type GaeResult,
+  type GaeSettings,
+} from "./trainer/advantages.ts";
+export { SftTrainer, type SftTrainerState, trainSft } from "./trainer/sft.ts";
+export {
+  evaluateRewardModel,
+  RewardTrainer,
+  type RewardTrainerState,
+  trainRewardModel,
+} from "./trainer/rm.ts";
+export {
+  type PpoData,
+  type PpoHooks,
+  type PpoModels,
+  PpoTrainer,
+  type PpoTrainerState,
+  type RolloutSample,
+} from "./trainer/ppo.ts";
+
+// Pipelines, the built-in task and its gold view
+export {
+  emptySummary,
+  type PipelineDefinition,
+  type PipelineHooks,
+  type PipelineSummary,
+  type ReportSample,
+  type RunOptions,
+  runPipeline,
+  type Stage,
+  type StageContext,
+} from "./trainer/pipeline.ts";
+export {
+  BUILTIN_DEFAULTS,
+  BUILTIN_PIPELINE,
+  BUILTIN_SECTIONS,
+  type BuiltinState,
+  PIPELINE_PRESETS,
+  type PipelineConfig,
+  resolvePipelineConfig,
+  RUN_SCHEMA,
+  runBuiltinPipeline,
+  type RunConfig,
+  TASK_SCHEMA,
+  type TaskConfig,
+} from "./trainer/builtin.ts";
+export {
+  loadRecipeInputs,
+  RECIPE_SCHEMAS,
+  type RecipeConfig,
+  type RecipeDataConfig,
+  type RecipeInputs,
+  type RecipeIo,
+  type RecipeLoraConfig,
+  recipePipeline,
+  type RecipeRunConfig,
+  resolveRecipeConfig,
+  runRecipePipeline,
+  SIMPLE_RLHF_TINY,
+} from "./trainer/recipe.ts";
+export {
+  type PipelineFactory,
+  pipelineOf,
+  PIPELINES,
+  type Preset,
+  PRESETS,
+} from "./trainer/registry.ts";
+export {
+  type BuiltinTask,
+  CONCISE_CHARS,
+  type GoldParts,
+  goldParts,
+  goldScore,
+  makeBuiltinTask,
+  parseQuestion,
+  TASK_MODEL_CONFIG,
+  type TaskQuestion,
+  toHhJsonl,
+} from "./trainer/task.ts";
+export { labelComparisons, type PolicySample, samplePolicy } from "./trainer/comparisons.ts";
+export {
+  describeVerdict,
+  detectRewardHacking,
+  type RewardHackingVerdict,
+} from "./trainer/hacking.ts";
+export { type MetricRecord, renderReport } from "./trainer/report.ts";
+
+// Data: JSONL readers
+export {
+  DataError,
+  type KtoExample,
+  type PairExample,
+  parseJsonl,
+  type PromptExample,
+  type RankedExample,
+  readKto,
+  readPairs,
+  readPrompts,
+  readRanked,
+  readSft,
+  type SftExample,
+} from "./trainer/data.ts";

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { coerce, type SectionSchemas } from "../trainer/config.ts";
+
 /** Raised for bad command-line input; `main` prints the message and exits with status 2. */
 export class UsageError extends Error {
   constructor(message: string) {
@@ -32,21 +34,51 @@ export interface ParsedArgs {
  * console.log(a.flags["top-k"], a.flags.greedy, a.positional); // 5 true ["ckpt"]
  * ```
  */
-export function parseArgs(argv: readonly string[], spec: ArgSpec): ParsedArgs {
+export function parseArgs(
+  argv: readonly string[],
+  spec: ArgSpec,
+  o: {
+    /**
+     * Config sections: `--<section>.<key>=value` is checked against the section's schema,
+     * converted to the field's type and returned under its dotted name.
+     */
+    sections?: SectionSchemas;
+    /** Positional arguments are an error (default: allowed). */
+    noPositional?: boolean;
+  } = {},
+): ParsedArgs {
   const flags: Record<string, string | number | boolean> = {};
   const positional: string[] = [];
+  const sections = o.sections ?? {};
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith("--")) {
+      if (o.noPositional) throw new UsageError(`unexpected argument "${a}"`);
       positional.push(a);
       continue;
     }
     const eq = a.indexOf("=");
     const key = a.slice(2, eq < 0 ? undefined : eq);
+    const dot = key.indexOf(".");
+    if (dot > 0 && key.slice(0, dot) in sections) {
+      const value = eq < 0 ? argv[++i] : a.slice(eq + 1);
+      if (value === undefined) throw new UsageError(`--${key} needs a value`);
+      flags[key] = coerce(sections[key.slice(0, dot)], key.slice(dot + 1), value) as
+        | string
+        | number
+        | boolean;
+      continue;
+    }
     const type = spec[key];
     if (!type) {
+      const names = Object.keys(sections);
       throw new UsageError(
-        `unknown option --${key} (known: ${Object.keys(spec).map((k) => `--${k}`).join(", ")})`,
+        `unknown option --${key} (known: ${
+          [
+            ...Object.keys(spec).map((k) => `--${k}`),
+            ...(names.length ? [`--<${names.join("|")}>.<key>=value`] : []),
+          ].join(", ")
+        })`,
       );
     }
     let raw: string | undefined = eq < 0 ? undefined : a.slice(eq + 1);

@@ -1,14 +1,15 @@
 /**
- * `deno task train [--config file.json] [--section.key=value …]`: runs SFT → reward model →
- * PPO on the built-in task and writes `runs/<name>/`: the resolved `config.json`,
- * `metrics.jsonl`, a checkpoint per stage (`sft/`, `rm/`, `ppo/`, HF layout, written
- * atomically), resumable PPO state (`ppo/*_state.*`), `summary.json` and `report.html`.
- * `--stage=sft|rm|ppo` runs one stage (rm and ppo load the earlier stages' checkpoints from the
- * run directory). `--resume --run.name=N` continues run N from its checkpoints (finished stages are loaded, PPO
- * resumes after its last state checkpoint); `--stop-after=K` ends PPO after iteration K
- * (checkpointed). Overrides use the config sections
- * `run.`, `sft.`, `rm.`, `ppo.` (e.g. `--ppo.iterations=50 --sft.lr=1e-3`); unknown keys and
- * wrong types are errors. `--preset=simple-rlhf-tiny` runs the checkpoint recipe instead
+ * `deno task train [--preset=NAME] [--config file.json] [--section.key=value …]`: runs a
+ * registered pipeline (`trainer/registry.ts`; default: SFT → reward model → PPO on the
+ * built-in task) and writes `runs/<name>/`: the resolved `config.json`, `metrics.jsonl`, a
+ * checkpoint per stage (`sft/`, `rm/`, `ppo/`, HF layout, written atomically), resumable state
+ * (`<stage>/*_state.*`, `<stage>/trainer_state.json`), `summary.json` and `report.html`.
+ * `--stage=X` runs the stages up to X (earlier ones load their checkpoints from the run
+ * directory). `--resume --run.name=N` continues run N: finished stages are loaded, the
+ * unfinished one continues after its last state checkpoint; `--stop-after=K` ends PPO after
+ * iteration K (checkpointed). Overrides use the pipeline's config sections (built-in: `run.`,
+ * `task.`, `sft.`, `rm.`, `ppo.`, e.g. `--ppo.iterations=50 --sft.lr=1e-3`); unknown keys and
+ * wrong types are errors. `--preset=simple-rlhf-tiny` runs the checkpoint recipe
  * (trainer/recipe.ts: RM from a local OPT checkpoint, then PPO of a LoRA actor) with the
  * sections `run.`, `data.`, `lora.`, `rm.`, `ppo.` (`--data.actor=DIR --data.critic=DIR
  * --data.pairs=FILE` are required).
@@ -17,43 +18,26 @@
  */
 
 import { join } from "node:path";
+import { NonFiniteValueError } from "../kernels/errors.ts";
 import { Gpu } from "../kernels/runtime.ts";
-import { coerce, ConfigError, type Schema } from "../trainer/config.ts";
-import { PPO_SCHEMA, RM_SCHEMA, SFT_SCHEMA } from "../trainer/config.ts";
-import {
-  PIPELINE_PRESETS,
-  type PipelineConfig,
-  type PipelineHooks,
-  type PipelineStage,
-  resolvePipelineConfig,
-  RUN_SCHEMA,
-  runBuiltinPipeline,
-  TASK_SCHEMA,
-} from "../trainer/pipeline.ts";
-import {
-  RECIPE_PRESETS,
-  RECIPE_SCHEMAS,
-  type RecipeConfig,
-  resolveRecipeConfig,
-  runRecipePipeline,
-} from "../trainer/recipe.ts";
+import { ConfigError, resolveSections } from "../trainer/config.ts";
 import { describeVerdict } from "../trainer/hacking.ts";
+import { type PipelineHooks, runPipeline } from "../trainer/pipeline.ts";
+import { pipelineOf, PIPELINES, PRESETS } from "../trainer/registry.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
-import { NonFiniteLossError } from "../trainer/sft.ts";
 import { writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
-import { UsageError } from "./args.ts";
+import { type ArgSpec, parseArgs, UsageError } from "./args.ts";
 
-const BUILTIN_SCHEMAS: Record<string, Schema<unknown>> = {
-  run: RUN_SCHEMA as Schema<unknown>,
-  task: TASK_SCHEMA as Schema<unknown>,
-  sft: SFT_SCHEMA as Schema<unknown>,
-  rm: RM_SCHEMA as Schema<unknown>,
-  ppo: PPO_SCHEMA as Schema<unknown>,
+const SPEC: ArgSpec = {
+  config: "string",
+  preset: "string",
+  out: "string",
+  resume: "boolean",
+  stage: "string",
+  "stop-after": "int",
 };
 
-const RECIPE_SECTIONS = RECIPE_SCHEMAS as unknown as Record<string, Schema<unknown>>;
-
-/** The `--preset` value on a command line, if any. */
+/** The `--preset` value on a command line, if any (it decides the config sections). */
 function presetOf(argv: string[]): string | undefined {
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--preset") return argv[i + 1];
@@ -62,94 +46,85 @@ function presetOf(argv: string[]): string | undefined {
   return undefined;
 }
 
+/** A parsed `deno task train` command line. */
+export interface TrainArgs {
+  /** The registered pipeline (`trainer/registry.ts`) the preset selects. */
+  pipeline: string;
+  /** Dotted overrides: the preset's, then `--config`'s, then the flags'. */
+  overrides: Record<string, unknown>;
+  /** The dotted keys set by `--config` or flags (not by the preset). */
+  given: string[];
+  out: string;
+  resume: boolean;
+  stopAfter?: number;
+  stage: string;
+}
+
 /**
- * Parses the command line into pipeline overrides. A checkpoint recipe preset
- * (`--preset=simple-rlhf-tiny`) switches to the recipe's sections (`run.`, `data.`, `lora.`,
- * `rm.`, `ppo.`); `recipe` names it.
+ * Parses the command line. `--preset` selects the pipeline and its config sections (the
+ * built-in task: `run.`, `task.`, `sft.`, `rm.`, `ppo.`; the checkpoint recipe: `run.`,
+ * `data.`, `lora.`, `rm.`, `ppo.`); a preset and `--config` set defaults, flags win.
  */
-export async function parseTrainArgs(
-  argv: string[],
-): Promise<
-  {
-    overrides: Record<string, unknown>;
-    out: string;
-    resume: boolean;
-    stopAfter?: number;
-    stage: PipelineStage;
-    recipe?: string;
+export async function parseTrainArgs(argv: string[]): Promise<TrainArgs> {
+  const presetName = presetOf(argv) ?? "builtin";
+  const preset = PRESETS[presetName];
+  if (!preset) {
+    throw new UsageError(
+      `--preset ${presetName}: known presets are ${Object.keys(PRESETS).join(", ")}`,
+    );
   }
-> {
-  const overrides: Record<string, unknown> = {};
-  let out = "runs", resume = false, stopAfter: number | undefined;
-  let stage: PipelineStage = "all";
-  const preset = presetOf(argv);
-  const recipe = preset !== undefined && preset in RECIPE_PRESETS ? preset : undefined;
-  const SCHEMAS = recipe ? RECIPE_SECTIONS : BUILTIN_SCHEMAS;
-  const sectionList = Object.keys(SCHEMAS).join(", ");
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === "--resume") {
-      resume = true;
-      continue;
+  const def = PIPELINES[preset.pipeline]({ read: () => Promise.reject(new Error("no files")) });
+  const { flags } = parseArgs(argv, SPEC, { sections: def.sections, noPositional: true });
+  const overrides: Record<string, unknown> = { ...preset.overrides };
+  const given = new Set<string>();
+  if (typeof flags.config === "string") {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(await Deno.readTextFile(flags.config));
+    } catch (e) {
+      throw new UsageError(`--config ${flags.config}: ${(e as Error).message}`);
     }
-    if (!a.startsWith("--")) throw new UsageError(`unexpected argument "${a}"`);
-    const eq = a.indexOf("=");
-    const key = a.slice(2, eq < 0 ? undefined : eq);
-    const value = eq < 0 ? argv[++i] : a.slice(eq + 1);
-    if (value === undefined) throw new UsageError(`--${key} needs a value`);
-    if (key === "config") {
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(await Deno.readTextFile(value));
-      } catch (e) {
-        throw new UsageError(`--config ${value}: ${(e as Error).message}`);
-      }
-      if (typeof parsed !== "object" || parsed === null) {
-        throw new UsageError(`--config ${value}: not an object`);
-      }
-      for (const [sec, obj] of Object.entries(parsed)) {
-        if (!(sec in SCHEMAS) || typeof obj !== "object" || obj === null) {
-          throw new UsageError(`--config ${value}: unknown section "${sec}" (${sectionList})`);
-        }
-        for (const [k, v] of Object.entries(obj)) overrides[`${sec}.${k}`] = v;
-      }
-    } else if (key === "preset") {
-      if (recipe) continue; // a recipe preset is the base config itself
-      const preset = PIPELINE_PRESETS[value];
-      if (!preset) {
+    if (typeof parsed !== "object" || parsed === null) {
+      throw new UsageError(`--config ${flags.config}: not an object`);
+    }
+    for (const [sec, obj] of Object.entries(parsed)) {
+      if (!(sec in def.sections) || typeof obj !== "object" || obj === null) {
         throw new UsageError(
-          `--preset ${value}: known presets are ${
-            [...Object.keys(PIPELINE_PRESETS), ...Object.keys(RECIPE_PRESETS)].join(", ")
-          }`,
+          `--config ${flags.config}: unknown section "${sec}" (${
+            Object.keys(def.sections).join(", ")
+          })`,
         );
       }
-      // a preset sets defaults; flags given anywhere on the command line still win
-      for (const [k, v] of Object.entries(preset)) if (!(k in overrides)) overrides[k] = v;
-    } else if (key === "out") {
-      out = value;
-    } else if (key === "stage") {
-      if (!["all", "sft", "rm", "ppo"].includes(value)) {
-        throw new UsageError(`--stage must be all, sft, rm or ppo, got "${value}"`);
+      for (const [k, v] of Object.entries(obj)) {
+        overrides[`${sec}.${k}`] = v;
+        given.add(`${sec}.${k}`);
       }
-      stage = value as PipelineStage;
-    } else if (key === "stop-after") {
-      stopAfter = Number(value);
-      if (!Number.isInteger(stopAfter) || stopAfter < 1) {
-        throw new UsageError(`--stop-after must be a PPO iteration ≥ 1, got "${value}"`);
-      }
-    } else {
-      const dot = key.indexOf(".");
-      const sec = key.slice(0, dot), field = key.slice(dot + 1);
-      if (dot < 0 || !(sec in SCHEMAS)) {
-        throw new UsageError(
-          `unknown option --${key} (use --config, --preset, --out, --resume, --stop-after or ` +
-            `--<${Object.keys(SCHEMAS).join("|")}>.<key>=value)`,
-        );
-      }
-      overrides[key] = coerce(SCHEMAS[sec], field, value);
     }
   }
-  return { overrides, out, resume, stopAfter, stage, recipe };
+  for (const [k, v] of Object.entries(flags)) {
+    if (k.includes(".")) {
+      overrides[k] = v;
+      given.add(k);
+    }
+  }
+  const stages = def.stages.map((s) => s.name);
+  const stage = (flags.stage as string | undefined) ?? "all";
+  if (stage !== "all" && !stages.includes(stage)) {
+    throw new UsageError(`--stage must be all or one of ${stages.join(", ")}, got "${stage}"`);
+  }
+  const stopAfter = flags["stop-after"] as number | undefined;
+  if (stopAfter !== undefined && stopAfter < 1) {
+    throw new UsageError(`--stop-after must be a PPO iteration ≥ 1, got "${stopAfter}"`);
+  }
+  return {
+    pipeline: preset.pipeline,
+    overrides,
+    given: [...given],
+    out: (flags.out as string | undefined) ?? "runs",
+    resume: flags.resume === true,
+    stopAfter,
+    stage,
+  };
 }
 
 function bar(
@@ -189,16 +164,16 @@ function matmulPathFromEnv(): "texture" | "buffer" | undefined {
 }
 
 async function main(): Promise<void> {
-  const { overrides, out, resume, stopAfter, stage, recipe } = await parseTrainArgs(Deno.args);
-  let cfg: PipelineConfig | RecipeConfig = recipe
-    ? resolveRecipeConfig(overrides, RECIPE_PRESETS[recipe])
-    : resolvePipelineConfig(overrides);
+  const args = await parseTrainArgs(Deno.args);
+  const { overrides, out, resume, stopAfter, stage } = args;
+  let def = PIPELINES[args.pipeline]({ read: (p) => Deno.readFile(p) });
+  let cfg = resolveSections(def.sections, overrides, def.defaults);
   const dir = join(out, cfg.run.name);
   if (resume) {
     // the run's own resolved config; only its name (and the output folder) come from the flags
-    const extra = Object.keys(overrides).filter((k) => k !== "run.name");
-    if (extra.length) {
-      throw new UsageError(`--resume uses the run's saved config; drop ${extra.join(", ")}`);
+    const given = args.given.filter((k) => k !== "run.name");
+    if (given.length) {
+      throw new UsageError(`--resume uses the run's saved config; drop ${given.join(", ")}`);
     }
     let saved: string;
     try {
@@ -206,10 +181,15 @@ async function main(): Promise<void> {
     } catch {
       throw new UsageError(`--resume: ${dir}/config.json not found (no run named ${cfg.run.name})`);
     }
-    cfg = JSON.parse(saved);
+    const { pipeline: _, ...savedCfg } = JSON.parse(saved);
+    def = PIPELINES[pipelineOf(JSON.parse(saved))]({ read: (p) => Deno.readFile(p) });
+    cfg = savedCfg;
   } else {
     await Deno.mkdir(dir, { recursive: true });
-    await writeFileAtomic(join(dir, "config.json"), JSON.stringify(cfg, null, 2));
+    await writeFileAtomic(
+      join(dir, "config.json"),
+      JSON.stringify({ pipeline: def.name, ...cfg }, null, 2),
+    );
   }
   if (stage !== "all") {
     await Deno.writeTextFile(join(dir, "metrics.jsonl"), "", { append: true });
@@ -222,11 +202,9 @@ async function main(): Promise<void> {
   const enc = new TextEncoder();
   const starts: Record<string, number> = {};
   let lastStage = "";
-  const isRecipe = "data" in cfg;
   console.error(
-    `webgpu-rlhf: ${
-      isRecipe ? "checkpoint recipe" : "built-in task"
-    } on ${gpu.adapterDescription} (${gpu.matmulPath} matmul path); writing ${dir}/`,
+    `webgpu-rlhf: ${def.name} pipeline on ${gpu.adapterDescription} (${gpu.matmulPath} matmul ` +
+      `path); writing ${dir}/`,
   );
   const hooks: PipelineHooks = {
     onMetrics: async (stage, m) => {
@@ -261,13 +239,12 @@ async function main(): Promise<void> {
     log: (line) => console.error((tty ? "\n" : "") + line),
   };
   const runOpts = { resume, stopAfterIteration: stopAfter, stage };
-  const summary = "data" in cfg
-    ? await runRecipePipeline(gpu, cfg, { read: (p) => Deno.readFile(p) }, hooks, runOpts)
-    : await runBuiltinPipeline(gpu, cfg, hooks, runOpts);
+  const summary = await runPipeline(def, gpu, cfg, hooks, runOpts);
   if (tty) Deno.stderr.writeSync(enc.encode("\n"));
   const { samples_before, samples_after, reward_hacking, ...numbers } = summary;
   const shown = Object.entries(numbers).filter(([, v]) => Number.isFinite(v));
-  if (stage === "all" || stage === "ppo") {
+  const last = def.stages.at(-1)!.name;
+  if (stage === "all" || stage === last) {
     // the run's records (earlier single-stage runs included) feed the report's curves
     const all = (await Deno.readTextFile(metricsPath)).trim().split("\n").filter((l) => l)
       .map((l) => JSON.parse(l) as MetricRecord);
@@ -280,7 +257,7 @@ async function main(): Promise<void> {
   console.log(`\nsummary (${stage})`);
   for (const [k, v] of shown) console.log(`  ${k.padEnd(20)} ${v.toFixed(3)}`);
   if (reward_hacking) console.log(`\n${describeVerdict(reward_hacking)}`);
-  if (stage === "all" || stage === "ppo") console.log(`\nreport: ${join(dir, "report.html")}`);
+  if (stage === "all" || stage === last) console.log(`\nreport: ${join(dir, "report.html")}`);
   gpu.destroy();
 }
 
@@ -293,7 +270,7 @@ if (import.meta.main) {
       console.error(`train: ${err.message}`);
       Deno.exit(2);
     }
-    if (e instanceof NonFiniteLossError) {
+    if (e instanceof NonFiniteValueError) {
       console.error(
         `train: stopped — ${err.name}: ${err.message} (no checkpoint was overwritten: the last good ones are intact)`,
       );

@@ -76,19 +76,20 @@ export class GpuValidationError extends Error {
 }
 
 /**
- * Raised when a loss, or a parameter about to be checkpointed, is NaN or infinite: training
- * stops, and no checkpoint is overwritten with non-finite values, so the last good one stays.
+ * Raised when a value that must be finite is NaN or infinite — a parameter about to be
+ * checkpointed (so the last good checkpoint stays), or, as its subclass `NonFiniteLossError`
+ * of the trainer layer, a training loss.
  *
  * @example
  * ```ts
- * import { NonFiniteLossError } from "./mod.ts";
- * console.log(new NonFiniteLossError("SFT step 3: loss NaN").name); // "NonFiniteLossError"
+ * import { NonFiniteValueError } from "./mod.ts";
+ * console.log(new NonFiniteValueError("parameter w[3] is NaN").name); // "NonFiniteValueError"
  * ```
  */
-export class NonFiniteLossError extends Error {
+export class NonFiniteValueError extends Error {
   constructor(message: string) {
     super(message);
-    this.name = "NonFiniteLossError";
+    this.name = "NonFiniteValueError";
   }
 }
 

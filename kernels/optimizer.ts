@@ -37,7 +37,7 @@ ${LINEAR_MAIN}
 
 /** Hyperparameters of one AdamW step. */
 export interface AdamWOptions {
-  /** Learning rate for this step (see {@link learningRate}). */
+  /** Learning rate for this step (schedules: `learningRate` of `trainer/optim.ts`). */
   lr: number;
   /** Default 0.9. */
   beta1?: number;
@@ -99,47 +99,4 @@ export function adamwStep(
       1 - b2 ** o.step,
     ),
   );
-}
-
-/** A learning-rate schedule: linear warmup, then decay to `minLrRatio·lr`. */
-export interface LrSchedule {
-  /** Peak learning rate. */
-  lr: number;
-  /** Total optimizer steps of the run. */
-  totalSteps: number;
-  /** Warmup steps (takes precedence over `warmupRatio`). */
-  warmupSteps?: number;
-  /** Warmup as a fraction of `totalSteps` (default 0). */
-  warmupRatio?: number;
-  /** `"cosine"` (default), `"linear"` or `"constant"` after warmup. */
-  decay?: "cosine" | "linear" | "constant";
-  /** Final learning rate as a fraction of `lr` (default 0). */
-  minLrRatio?: number;
-}
-
-/**
- * Learning rate at 0-based `step`: `lr·(step+1)/warmup` during warmup, then cosine or linear
- * decay from `lr` to `minLrRatio·lr` at `totalSteps`.
- *
- * @example
- * ```ts
- * import { learningRate } from "./mod.ts";
- * const s = { lr: 1e-3, totalSteps: 100, warmupSteps: 10 };
- * console.log(learningRate(0, s), learningRate(9, s), learningRate(100, s)); // 1e-4 1e-3 0
- * ```
- */
-export function learningRate(step: number, s: LrSchedule): number {
-  const warm = s.warmupSteps ?? Math.round((s.warmupRatio ?? 0) * s.totalSteps);
-  if (step < warm) return (s.lr * (step + 1)) / warm;
-  const minLr = (s.minLrRatio ?? 0) * s.lr;
-  const span = Math.max(1, s.totalSteps - warm);
-  const t = Math.min(1, Math.max(0, (step - warm) / span));
-  switch (s.decay ?? "cosine") {
-    case "constant":
-      return s.lr;
-    case "linear":
-      return s.lr - (s.lr - minLr) * t;
-    default:
-      return minLr + (s.lr - minLr) * 0.5 * (1 + Math.cos(Math.PI * t));
-  }
 }

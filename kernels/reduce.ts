@@ -220,6 +220,12 @@ function partialsFor(gpu: Gpu, count: number): Tensor {
 }
 
 /**
+ * Columns of a statistics tensor (from {@link maskedStats} and the losses that return one):
+ * `stats[STAT.mean]` rather than `stats[2]`.
+ */
+export const STAT = { sum: 0, count: 1, mean: 2, variance: 3 } as const;
+
+/**
  * Masked statistics over a whole tensor: returns a `[4]` tensor `(Σ m·x, Σ m, mean, var)`
  * with `var = Σ m·(x − mean)² / (Σ m − 1)` (unbiased, as TRL's `masked_var`) or `/ Σ m`.
  * Without a mask every element counts. Two passes, so the variance is numerically stable.

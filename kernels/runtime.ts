@@ -498,7 +498,8 @@ export class Gpu {
   #scopes: Set<Tensor>[] = [];
 
   /**
-   * Runs `fn` and then disposes every tensor allocated inside it (by {@link empty},
+   * Runs `fn` (sync, or async: then when its promise settles) and then disposes every tensor
+   * allocated inside it (by {@link empty},
    * {@link zeros}, {@link fromArray} or any kernel) except those found in its result — a
    * tensor, or arrays and plain objects holding tensors (two levels deep) — which pass to the
    * enclosing scope. Trainers use it instead of hand-kept dispose lists. Views of a disposed
@@ -515,23 +516,32 @@ export class Gpu {
    * console.log(await gpu.read(y)); // Float32Array [3, 6]
    * ```
    */
-  async scope<R>(fn: () => R | Promise<R>): Promise<R> {
+  scope<R>(fn: () => R): R {
     const mine = new Set<Tensor>();
     this.#scopes.push(mine);
     let result: R;
     try {
-      result = await fn();
+      result = fn();
     } catch (e) {
-      this.#closeScope(mine, new Set());
+      this.#closeScope(mine, undefined);
       throw e;
     }
-    const kept = new Set<Tensor>();
-    collectTensors(result, kept, 2);
-    this.#closeScope(mine, kept);
+    if (result instanceof Promise) {
+      return result.then(
+        (v) => (this.#closeScope(mine, v), v),
+        (e) => {
+          this.#closeScope(mine, undefined);
+          throw e;
+        },
+      ) as R;
+    }
+    this.#closeScope(mine, result);
     return result;
   }
 
-  #closeScope(mine: Set<Tensor>, kept: Set<Tensor>): void {
+  #closeScope(mine: Set<Tensor>, result: unknown): void {
+    const kept = new Set<Tensor>();
+    collectTensors(result, kept, 2);
     const i = this.#scopes.lastIndexOf(mine);
     if (i >= 0) this.#scopes.splice(i, 1);
     const parent = this.#scopes.at(-1);

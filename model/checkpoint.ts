@@ -112,7 +112,7 @@ export function loadOptModel(
 /**
  * Serialises a model as `{ config, weights }`: HF `config.json` text (with `model_type`
  * and `architectures`) and safetensors bytes with HF names (`model.decoder.…`, `v_head.weight`).
- * Throws `NonFiniteLossError` when a parameter is NaN or infinite (a diverged model is never
+ * Throws `NonFiniteValueError` when a parameter is NaN or infinite (a diverged model is never
  * written over a good checkpoint).
  */
 export async function saveOptModel(

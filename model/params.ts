@@ -7,7 +7,7 @@
  * @module
  */
 
-import { checkShape, NonFiniteLossError, ShapeError } from "../kernels/errors.ts";
+import { checkShape, NonFiniteValueError, ShapeError } from "../kernels/errors.ts";
 import { adamwStep } from "../kernels/optimizer.ts";
 import { randomNormal } from "../kernels/prng.ts";
 import { globalNorm, scaleByScalarTensor } from "../kernels/reduce.ts";
@@ -296,7 +296,7 @@ export class ParamStore {
   }
 
   /**
-   * Throws {@link NonFiniteLossError} naming the first slot of `all` (laid out like this store's
+   * Throws {@link NonFiniteValueError} naming the first slot of `all` (laid out like this store's
    * parameters) that holds a NaN or an infinity; checkpoint writers call it so that a
    * diverged model never replaces the last good checkpoint.
    */
@@ -307,7 +307,7 @@ export class ParamStore {
       for (const [name, s] of this.slots) {
         if (i >= s.offset && i < s.offset + s.size) at = `${name}[${i - s.offset}]`;
       }
-      throw new NonFiniteLossError(
+      throw new NonFiniteValueError(
         `${what} ${at} is ${all[i]}: not checkpointed (the previous checkpoint stays)`,
       );
     }

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { mulberry32 } from "../trainer/random.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 
 /** One named test case; runs against a shared {@link Gpu}. */
@@ -13,17 +14,8 @@ export interface Case {
   run(gpu: Gpu): Promise<void> | void;
 }
 
-/** Mulberry32: a tiny seeded generator for host-side test data. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Mulberry32 (the trainer's generator), for host-side test data. */
+export const rng: (seed: number) => () => number = mulberry32;
 
 /** `n` values uniform in [lo, hi), as f32 (exactly representable, so refs see the same input). */
 export function randArray(n: number, seed: number, lo = -1, hi = 1): Float32Array {

@@ -15,10 +15,12 @@ import {
   SFT_SCHEMA,
 } from "../trainer/config.ts";
 import { evaluateRewardModel, trainRewardModel } from "../trainer/rm.ts";
-import { NonFiniteLossError, trainSft } from "../trainer/sft.ts";
+import { trainSft } from "../trainer/sft.ts";
+import { NonFiniteLossError } from "../trainer/types.ts";
+import { NonFiniteValueError } from "../kernels/errors.ts";
 import { goldScore, makeBuiltinTask, parseQuestion, TASK_MODEL_CONFIG } from "../trainer/task.ts";
 import { PpoTrainer } from "../trainer/ppo.ts";
-import { runPpoLoop } from "../trainer/_stages.ts";
+import { runLoop } from "../trainer/loop.ts";
 import { OPT_PRESETS } from "../model/config.ts";
 import { saveOptModel } from "../model/checkpoint.ts";
 import { encodePairs } from "../trainer/batch.ts";
@@ -159,7 +161,7 @@ Deno.test({
     const trainer = new PpoTrainer(
       { actor, critic, reward: rm, reference },
       tok,
-      task.prompts.map((q) => q.prompt),
+      { prompts: task.prompts.map((q) => q.prompt) },
       { ...defaults(PPO_SCHEMA), iterations: 8 },
       {
         scoreRollout: (s) => ({
@@ -214,13 +216,16 @@ Deno.test({
       ptxBatchSize: 2,
     };
     await assertThrows(
-      () => new PpoTrainer({ actor, critic, reward, reference }, tok, prompts, ppoCfg),
+      () => new PpoTrainer({ actor, critic, reward, reference }, tok, { prompts }, ppoCfg),
       Error,
-      "ptxCoef > 0 needs ptxData",
+      "ptxCoef > 0 needs ptx data",
     );
-    const trainer = new PpoTrainer({ actor, critic, reward, reference }, tok, prompts, ppoCfg, {
-      ptxData,
-    });
+    const trainer = new PpoTrainer(
+      { actor, critic, reward, reference },
+      tok,
+      { prompts, ptx: ptxData },
+      ppoCfg,
+    );
     const ptx: number[] = [];
     for (let i = 0; i < 8; i++) ptx.push((await trainer.step())["loss/ptx_avg"]);
     console.log(`ppo-ptx: LM loss on the ptx batch ${ptx.map((v) => v.toFixed(2)).join(" → ")}`);
@@ -255,7 +260,7 @@ Deno.test({
     const adaptersBefore = await gpu.readF32(lora.store.params);
     const prompts = task.prompts.slice(0, 8).map((q) => q.prompt);
     // no reference model: the reference policy is the actor with its adapters disabled
-    const trainer = new PpoTrainer({ actor, critic, reward }, tok, prompts, {
+    const trainer = new PpoTrainer({ actor, critic, reward }, tok, { prompts }, {
       ...defaults(PPO_SCHEMA),
       batchSize: 4,
       miniBatchSize: 2,
@@ -286,22 +291,23 @@ Deno.test({
       const reference = actor.copy({ frozen: true });
       const critic = OptModel.create(gpu, cfg, { seed: 6, valueHead: true });
       const reward = critic.copy({ frozen: true });
-      const trainer = new PpoTrainer({ actor, critic, reward, reference }, tok, prompts, ppoCfg);
-      const states = [
-        { name: "ppo/actor_state.safetensors", store: actor.store },
-        { name: "ppo/critic_state.safetensors", store: critic.store },
-      ];
+      const trainer = new PpoTrainer(
+        { actor, critic, reward, reference },
+        tok,
+        { prompts },
+        ppoCfg,
+      );
       const dispose = () => {
         for (const m of [actor, reference, critic, reward]) m.store.dispose();
       };
-      return { actor, trainer, states, dispose };
+      return { actor, trainer, dispose };
     };
-    const loop = { iterations: 3, checkpointEvery: 1 };
+    const loop = { stage: "ppo", logEvery: 1, checkpointEvery: 1 };
 
     // uninterrupted
     const a = setup();
     const full: Record<string, number>[] = [];
-    await runPpoLoop(a.trainer, a.states, loop, { onMetrics: (_s, m) => void full.push(m) }, {});
+    await runLoop(a.trainer, loop, { onMetrics: (_s, m) => void full.push(m) });
     a.dispose();
 
     // poisoned once iteration 2's checkpoint is written: iteration 3 must stop
@@ -310,7 +316,7 @@ Deno.test({
     const poison = new Float32Array(cfg.hidden_size).fill(NaN);
     await assertThrows(
       () =>
-        runPpoLoop(b.trainer, b.states, loop, {
+        runLoop(b.trainer, loop, {
           saveState: (name, data) => {
             saved.set(name, data);
             if (name === "ppo/trainer_state.json" && JSON.parse(data as string).iteration === 2) {
@@ -318,17 +324,21 @@ Deno.test({
             }
             return Promise.resolve();
           },
-        }, {}),
+        }),
       NonFiniteLossError,
       "PPO iteration 3",
     );
     // the NaN spread through iteration 3's updates; a diverged store refuses to be checkpointed
     await assertThrows(
       () => b.actor.store.saveState(),
-      NonFiniteLossError,
+      NonFiniteValueError,
       "parameter model.decoder.embed_tokens.weight[0] is NaN: not checkpointed",
     );
-    await assertThrows(() => saveOptModel(b.actor), NonFiniteLossError, "is NaN: not checkpointed");
+    await assertThrows(
+      () => saveOptModel(b.actor),
+      NonFiniteValueError,
+      "is NaN: not checkpointed",
+    );
     b.dispose();
     const state = JSON.parse(saved.get("ppo/trainer_state.json") as string);
     assertEquals(state.iteration, 2, "the last state checkpoint is iteration 2's");
@@ -336,10 +346,10 @@ Deno.test({
     // resume from what was saved: the checkpoint holds no NaN and continues the run exactly
     const c = setup();
     const resumed: Record<string, number>[] = [];
-    await runPpoLoop(c.trainer, c.states, loop, {
+    await runLoop(c.trainer, { ...loop, resume: true }, {
       loadState: (name) => Promise.resolve(saved.get(name)),
       onMetrics: (_s, m) => void resumed.push(m),
-    }, { resume: true });
+    });
     const params = await gpu.readF32(c.actor.store.params);
     assert(params.every(Number.isFinite), "resumed actor parameters are finite");
     c.dispose();

@@ -6,6 +6,7 @@
  */
 
 import type { Tokenizer } from "../model/tokenizer.ts";
+import { Mulberry32, permutation } from "./random.ts";
 
 /** A padded batch on the host, ready to upload. */
 export interface HostBatch {
@@ -60,32 +61,42 @@ export function encodePairs(
   return { B, T, tokens, mask, responseMask, targets };
 }
 
+/** `[BOS] + last (max − 1) tokens` of an encoded prompt longer than `max`. */
+export function truncatePrompt(ids: number[], max: number): number[] {
+  return ids.length <= max ? ids : [ids[0], ...ids.slice(ids.length - (max - 1))];
+}
+
+/** Left-pads encoded prompts into a `(B, Tp)` batch (generation continues on the right). */
+export function leftPad(
+  ids: number[][],
+  pad: number,
+): { tokens: Int32Array; mask: Float32Array; T: number } {
+  const T = Math.max(1, ...ids.map((x) => x.length));
+  const tokens = new Int32Array(ids.length * T).fill(pad), mask = new Float32Array(ids.length * T);
+  ids.forEach((x, b) => {
+    x.forEach((id, j) => {
+      tokens[b * T + T - x.length + j] = id;
+      mask[b * T + T - x.length + j] = 1;
+    });
+  });
+  return { tokens, mask, T };
+}
+
 /** Deterministic shuffled index stream (reshuffled every epoch). */
 export class Sampler {
   #order: number[] = [];
   #pos = 0;
-  #s: number;
+  #rand: Mulberry32;
   constructor(readonly n: number, seed: number) {
     if (n <= 0) throw new Error("Sampler: empty dataset");
-    this.#s = seed >>> 0;
-  }
-  #rand(): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
-    let t = this.#s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    this.#rand = new Mulberry32(seed);
   }
   /** The next `k` indices. */
   next(k: number): number[] {
     const out: number[] = [];
     while (out.length < k) {
       if (this.#pos >= this.#order.length) {
-        this.#order = Array.from({ length: this.n }, (_, i) => i);
-        for (let i = this.n - 1; i > 0; i--) {
-          const j = Math.floor(this.#rand() * (i + 1));
-          [this.#order[i], this.#order[j]] = [this.#order[j], this.#order[i]];
-        }
+        this.#order = permutation(this.n, () => this.#rand.next());
         this.#pos = 0;
       }
       out.push(this.#order[this.#pos++]);
@@ -93,13 +104,20 @@ export class Sampler {
     return out;
   }
   /** Serializable state (for resume). */
-  state(): { s: number; pos: number; order: number[] } {
-    return { s: this.#s, pos: this.#pos, order: [...this.#order] };
+  state(): SamplerState {
+    return { s: this.#rand.s, pos: this.#pos, order: [...this.#order] };
   }
   /** Restores {@link state}. */
-  restore(st: { s: number; pos: number; order: number[] }): void {
-    this.#s = st.s;
+  restore(st: SamplerState): void {
+    this.#rand.s = st.s;
     this.#pos = st.pos;
     this.#order = [...st.order];
   }
+}
+
+/** {@link Sampler}'s resumable state: generator state, position, current epoch's order. */
+export interface SamplerState {
+  s: number;
+  pos: number;
+  order: number[];
 }

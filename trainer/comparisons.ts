@@ -10,11 +10,11 @@
  */
 
 import { randF32 } from "../kernels/prng.ts";
-import type { Gpu } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { sampleAndScore, type ScoredSample } from "./_stages.ts";
 import type { PairExample } from "./data.ts";
+import { rolloutSeed } from "./random.ts";
+import { sampleAndScore, type ScoredSample } from "./rollout.ts";
 
 /** A response of the policy to a prompt. */
 export interface PolicySample {
@@ -32,7 +32,6 @@ export interface PolicySample {
  * prompt order.
  */
 export async function samplePolicy(
-  gpu: Gpu,
   policy: OptModel,
   tok: Tokenizer,
   prompts: readonly string[],
@@ -51,9 +50,9 @@ export async function samplePolicy(
   const out: ScoredSample[] = [];
   for (let i = 0; i < rows.length; i += bs) {
     out.push(
-      ...await sampleAndScore(gpu, policy, o.reward, tok, rows.slice(i, i + bs), {
+      ...await sampleAndScore(policy, o.reward, tok, rows.slice(i, i + bs), {
         temperature: o.temperature,
-        seed: o.seed * 1_000_003 + i / bs,
+        seed: rolloutSeed(o.seed, i / bs),
         maxNewTokens: o.maxNewTokens,
         maxPromptLength: o.maxPromptLength,
       }),

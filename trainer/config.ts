@@ -110,6 +110,7 @@ export interface SupervisedConfig {
   batchSize: number;
   lr: number;
   warmupRatio: number;
+  lrDecay: "cosine" | "linear" | "constant";
   weightDecay: number;
   maxGradNorm: number;
   maxLength: number;
@@ -126,8 +127,13 @@ function supervisedFields(steps: number, batchDoc: string, lr: number) {
   return {
     steps: { default: steps, doc: "optimizer steps", min: 1, integer: true },
     batchSize: { default: 16, doc: batchDoc, min: 1, integer: true },
-    lr: { default: lr, doc: "peak learning rate (cosine decay after warmup)", min: 0 },
+    lr: { default: lr, doc: "peak learning rate", min: 0 },
     warmupRatio: { default: 0.05, doc: "fraction of steps with linear warmup", min: 0, max: 1 },
+    lrDecay: {
+      default: "cosine" as const,
+      doc: "learning-rate decay after warmup, to 0 at the last step",
+      choices: ["cosine", "linear", "constant"] as const,
+    },
     weightDecay: { default: 0.0, doc: "AdamW decoupled weight decay on weight matrices", min: 0 },
     maxGradNorm: { default: 1.0, doc: "global gradient-norm clip (0 = off)", min: 0 },
     maxLength: {
@@ -175,6 +181,8 @@ export interface PpoConfig {
   actorLr: number;
   criticLr: number;
   warmupRatio: number;
+  lrDecay: "cosine" | "linear" | "constant";
+  weightDecay: number;
   maxGradNorm: number;
   gamma: number;
   lambda: number;
@@ -220,6 +228,12 @@ export const PPO_SCHEMA: Schema<PpoConfig> = {
   actorLr: { default: 1e-3, doc: "actor learning rate (seed recipe: 1e-5 for OPT-350m)", min: 0 },
   criticLr: { default: 2e-3, doc: "critic learning rate (seed recipe: 5e-5)", min: 0 },
   warmupRatio: { default: 0.0, doc: "fraction of iterations with linear warmup", min: 0, max: 1 },
+  lrDecay: {
+    default: "linear",
+    doc: "decay of both learning rates after warmup, to 0 at the last iteration (TRL: linear)",
+    choices: ["cosine", "linear", "constant"],
+  },
+  weightDecay: { default: 0, doc: "AdamW weight decay of actor and critic", min: 0 },
   maxGradNorm: { default: 1.0, doc: "global gradient-norm clip per model (0 = off)", min: 0 },
   gamma: { default: 1.0, doc: "discount γ", min: 0, max: 1 },
   lambda: { default: 0.95, doc: "GAE λ", min: 0, max: 1 },
@@ -256,3 +270,48 @@ export const PPO_SCHEMA: Schema<PpoConfig> = {
   ptxMaxLength: { default: 64, doc: "PPO-ptx tokens per sequence", min: 2, integer: true },
   seed: { default: 0, doc: "rollout sampling seed", integer: true },
 };
+
+/** The section schemas of a sectioned config (`{ run: RUN_SCHEMA, sft: SFT_SCHEMA, … }`). */
+export type SectionSchemas = Record<string, Schema<unknown>>;
+
+/**
+ * Resolves a sectioned config: `overrides` are nested (`{ sft: { steps: 10 } }`) or dotted
+ * (`{ "sft.steps": 10 }`) and are validated and merged over `base` section by section;
+ * unknown sections and keys are {@link ConfigError}s naming them.
+ *
+ * @example
+ * ```ts
+ * import { resolveSections, SFT_SCHEMA, defaults } from "./mod.ts";
+ * const sections = { sft: SFT_SCHEMA };
+ * const cfg = resolveSections(sections, { "sft.steps": 10 }, { sft: defaults(SFT_SCHEMA) });
+ * console.log(cfg.sft.steps); // 10
+ * ```
+ */
+export function resolveSections<C>(
+  schemas: SectionSchemas,
+  overrides: Record<string, unknown>,
+  base: C,
+): C {
+  const names = Object.keys(schemas);
+  const nested: Record<string, Record<string, unknown>> = Object.fromEntries(
+    names.map((s) => [s, {}]),
+  );
+  for (const [k, v] of Object.entries(overrides)) {
+    const dot = k.indexOf(".");
+    const sec = dot > 0 ? k.slice(0, dot) : k;
+    if (!(sec in nested)) {
+      throw new ConfigError(
+        dot > 0
+          ? `unknown config section "${sec}" in "${k}" (${names.join(", ")})`
+          : `unknown config key "${k}": use a section (${names.map((n) => `${n}.`).join(", ")})`,
+      );
+    }
+    if (dot > 0) nested[sec][k.slice(dot + 1)] = v;
+    else if (typeof v === "object" && v !== null) Object.assign(nested[sec], v);
+    else throw new ConfigError(`config key "${k}" must be a section object`);
+  }
+  const b = base as Record<string, unknown>;
+  return Object.fromEntries(
+    names.map((s) => [s, resolveConfig(schemas[s], nested[s], b[s])]),
+  ) as C;
+}

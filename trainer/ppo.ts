@@ -1,40 +1,36 @@
 /**
  * PPO for RLHF (SPEC §8) with an actor, a critic, a frozen reward model and a frozen reference
- * policy. Per iteration: sample responses with the actor's KV-cache sampler; compute the
- * experience without gradients (`logp_old`, `logp_ref`, `V_old`, the sequence score); shape the
- * rewards with the per-token KL, run GAE, whiten the advantages; then `ppoEpochs` passes over
- * shuffled minibatches update the actor (clipped surrogate, optional entropy bonus) and the
- * critic (clipped value loss) with separate optimizers. β is fixed or adaptive; an optional
- * approx-KL target stops an iteration's epochs early.
+ * policy. One {@link PpoTrainer.step} is one iteration, in four phases, each a method below:
  *
- * Alignment: for a sequence `s` of length T, position t carries the action `s[t + 1]`:
- * `logp[t] = log π(s[t+1] | s[≤t])`, `V[t]` is the critic's value there, and the action mask is
- * the response mask shifted left by one.
+ * 1. **rollout** — sample responses with the actor's KV-cache sampler (`trainer/rollout.ts`);
+ * 2. **experience** — without gradients: `logp_old`, `logp_ref`, `V_old` and the sequence score
+ *    (`trainer/logprobs.ts`), minus a penalty for responses without EOS;
+ * 3. **advantages** — KL-shaped rewards, GAE, whitening (`trainer/advantages.ts`);
+ * 4. **update** — `ppoEpochs` passes over shuffled minibatches update the actor (clipped
+ *    surrogate, optional entropy bonus and PPO-ptx LM loss) and the critic (clipped value loss)
+ *    with separate optimizers; an optional approx-KL target ends the epochs early.
+ *
+ * The iteration's statistics stay on the GPU and are read back once; β is fixed or adaptive.
  *
  * @module
  */
 
 import { fill, scale } from "../kernels/elementwise.ts";
-import { learningRate } from "../kernels/optimizer.ts";
-import { maskedStats } from "../kernels/reduce.ts";
-import {
-  explainedVariance,
-  gae,
-  klPenalty,
-  ppoPolicyLoss,
-  ppoValueLoss,
-  shapedRewards,
-  whiten,
-} from "../kernels/rl.ts";
-import type { Gpu, Tensor } from "../kernels/runtime.ts";
+import { maskedStats, STAT } from "../kernels/reduce.ts";
+import { ppoPolicyLoss, ppoValueLoss } from "../kernels/rl.ts";
+import type { Tensor } from "../kernels/runtime.ts";
 import { crossEntropy, crossEntropyBackward, logitsBackward } from "../kernels/softmax.ts";
-import { generate } from "../model/generate.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { encodePairs, Sampler } from "./batch.ts";
+import { type Experience, gaeAdvantages, type GaeResult } from "./advantages.ts";
+import { encodePairs, Sampler, type SamplerState } from "./batch.ts";
 import type { PpoConfig } from "./config.ts";
 import type { SftExample } from "./data.ts";
-import { type Metrics, NonFiniteLossError } from "./sft.ts";
+import { modelLogprobs, referenceLogprobs, sequenceScores, sequenceValues } from "./logprobs.ts";
+import { learningRate } from "./optim.ts";
+import { deriveSeed, epochSeed, mulberry32, permutation, rolloutSeed } from "./random.ts";
+import { type Rollout, rollout } from "./rollout.ts";
+import { assertFiniteLosses, type Metrics, type StateFile, type Trainer } from "./types.ts";
 
 /** The four models of PPO. `reference` may be omitted when the actor has LoRA adapters. */
 export interface PpoModels {
@@ -44,6 +40,17 @@ export interface PpoModels {
   reference?: OptModel;
 }
 
+/** What PPO trains on. */
+export interface PpoData {
+  /** Rollout prompts, taken `batchSize` at a time in order (wrapping around). */
+  prompts: readonly string[];
+  /**
+   * PPO-ptx data (InstructGPT): with `ptxCoef > 0`, each actor minibatch also takes
+   * `ptxCoef ×` the whole-sequence LM loss of `ptxBatchSize` of these (prompt + completion).
+   */
+  ptx?: readonly SftExample[];
+}
+
 /** What one rollout produced, decoded (for logging and external graders). */
 export interface RolloutSample {
   prompt: string;
@@ -51,15 +58,10 @@ export interface RolloutSample {
   score: number;
 }
 
-/** Callbacks and extra data of {@link PpoTrainer}. */
+/** Callbacks of {@link PpoTrainer}. */
 export interface PpoHooks {
   /** Extra per-iteration metrics from the decoded rollout (e.g. the built-in task's gold score). */
   scoreRollout?: (samples: RolloutSample[]) => Metrics;
-  /**
-   * PPO-ptx data (InstructGPT): with `ptxCoef > 0`, each actor minibatch also takes
-   * `ptxCoef ×` the whole-sequence LM loss of `ptxBatchSize` of these (prompt + completion).
-   */
-  ptxData?: readonly SftExample[];
 }
 
 /** The trainer's own resumable state (see {@link PpoTrainer.state}). */
@@ -67,50 +69,57 @@ export interface PpoTrainerState {
   iteration: number;
   beta: number;
   orderSeed: number;
-  ptx?: { s: number; pos: number; order: number[] };
+  ptx?: SamplerState;
 }
 
-/** `[BOS] + last (max − 1) tokens` of an encoded prompt longer than `max`. */
-export function truncatePrompt(ids: number[], max: number): number[] {
-  return ids.length <= max ? ids : [ids[0], ...ids.slice(ids.length - (max - 1))];
-}
+/** Columns of the per-minibatch statistics (each the mean of a stats tensor). */
+const MB = {
+  policyLoss: 0,
+  clipfrac: 1,
+  approxKl: 2,
+  valueLoss: 3,
+  valueClipfrac: 4,
+  entropy: 5,
+  ptxLoss: 6,
+} as const;
+const MB_COLUMNS = Object.keys(MB).length;
 
-/** Left-pads encoded prompts into a `(B, Tp)` batch. */
-export function leftPad(
-  ids: number[][],
-  pad: number,
-): { tokens: Int32Array; mask: Float32Array; T: number } {
-  const T = Math.max(1, ...ids.map((x) => x.length));
-  const tokens = new Int32Array(ids.length * T).fill(pad), mask = new Float32Array(ids.length * T);
-  ids.forEach((x, b) => {
-    x.forEach((id, j) => {
-      tokens[b * T + T - x.length + j] = id;
-      mask[b * T + T - x.length + j] = 1;
-    });
-  });
-  return { tokens, mask, T };
-}
-
-function gatherRows(gpu: Gpu, t: Tensor, rows: number[], T: number): Tensor {
-  const out = gpu.empty([rows.length, T], t.dtype);
-  rows.forEach((r, i) => gpu.copyRange(t, r * T, out, i * T, T));
-  return out;
+/** The rollout and its no-gradient experience, as one update phase sees them. */
+interface Batch {
+  r: Rollout;
+  exp: Experience;
+  adv: GaeResult;
 }
 
 /**
- * A PPO trainer over prompts (strings). Call {@link step} once per iteration; it returns TRL-named
- * metrics (`objective/kl`, `objective/scores`, `policy/clipfrac_avg`, …).
+ * A PPO trainer over prompts (strings). Each {@link step} is one iteration and returns
+ * TRL-named metrics (`objective/kl`, `objective/scores`, `policy/clipfrac_avg`, …).
+ *
+ * @example Two iterations on a tiny random model
+ * ```ts
+ * import { ByteTokenizer, defaults, Gpu, OPT_PRESETS, OptModel, PPO_SCHEMA, PpoTrainer } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const actor = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
+ * const critic = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 2, valueHead: true });
+ * const models = { actor, critic, reward: critic.copy({ frozen: true }), reference: actor.copy({ frozen: true }) };
+ * const cfg = { ...defaults(PPO_SCHEMA), batchSize: 2, miniBatchSize: 2, iterations: 2 };
+ * const trainer = new PpoTrainer(models, new ByteTokenizer(), { prompts: ["Q: 1+1?"] }, cfg);
+ * console.log((await trainer.step())["objective/kl"]); // ≈ 0: the actor equals the reference
+ * ```
  */
-export class PpoTrainer {
+export class PpoTrainer implements Trainer<PpoTrainerState> {
   /** Current KL coefficient β. */
   beta: number;
   iteration = 0;
+  /** The decoded samples of the last rollout. */
+  lastSamples: RolloutSample[] = [];
   #orderSeed: number;
+  #ptx?: Sampler;
 
   constructor(
     readonly models: PpoModels,
     readonly tok: Tokenizer,
-    readonly prompts: readonly string[],
+    readonly data: PpoData,
     readonly cfg: PpoConfig,
     readonly hooks: PpoHooks = {},
   ) {
@@ -123,21 +132,170 @@ export class PpoTrainer {
     this.beta = cfg.klCoef;
     this.#orderSeed = cfg.seed;
     if (cfg.ptxCoef > 0) {
-      if (!hooks.ptxData?.length) {
-        throw new Error("PpoTrainer: ptxCoef > 0 needs ptxData (pretraining examples)");
+      if (!data.ptx?.length) {
+        throw new Error("PpoTrainer: ptxCoef > 0 needs ptx data (pretraining examples)");
       }
-      this.#ptx = new Sampler(hooks.ptxData.length, cfg.seed + 0x5054);
+      this.#ptx = new Sampler(data.ptx.length, deriveSeed(cfg.seed, "ptxOrder"));
     }
   }
 
-  #ptx?: Sampler;
+  get total(): number {
+    return this.cfg.iterations;
+  }
+
+  /** One iteration: rollout, experience, advantages, `ppoEpochs` of updates, statistics. */
+  step(_log = true): Promise<Metrics> {
+    return this.models.actor.gpu.scope(async () => {
+      const r = await this.#rollout();
+      const { exp, samples } = await this.#experience(r);
+      const adv = gaeAdvantages(this.models.actor.gpu, exp, this.beta, this.cfg);
+      const update = await this.#update({ r, exp, adv });
+      const m = await this.#statistics({ r, exp, adv }, update, samples);
+      this.iteration++;
+      this.lastSamples = samples;
+      return m;
+    });
+  }
+
+  /** Phase 1: the next `batchSize` prompts, one sampled response each. */
+  #rollout(): Promise<Rollout> {
+    const { cfg, data } = this, n = data.prompts.length;
+    const prompts = Array.from(
+      { length: cfg.batchSize },
+      (_, i) => data.prompts[(this.iteration * cfg.batchSize + i) % n],
+    );
+    return rollout(this.models.actor, this.tok, prompts, {
+      maxNewTokens: cfg.maxNewTokens,
+      maxPromptLength: cfg.maxPromptLength,
+      temperature: cfg.temperature,
+      topK: cfg.topK,
+      topP: cfg.topP,
+      seed: rolloutSeed(cfg.seed, this.iteration),
+    });
+  }
+
+  /** Phase 2: log-probs of actor and reference, values, scores (minus the missing-EOS penalty). */
+  async #experience(r: Rollout): Promise<{ exp: Experience; samples: RolloutSample[] }> {
+    const { actor, critic, reward, reference } = this.models, gpu = actor.gpu;
+    const seq = r.tokens, am = r.attentionMask;
+    const logpOld = modelLogprobs(actor, seq, am);
+    const logpRef = referenceLogprobs(actor, reference, seq, am);
+    const values = sequenceValues(critic, seq, am);
+    const scores = sequenceScores(reward, seq, am);
+    const host = await gpu.readF32(scores);
+    const penalty = this.cfg.missingEosPenalty;
+    const samples = r.texts.map((x, b) => {
+      if (x.truncated && penalty > 0) host[b] -= penalty;
+      return { prompt: x.prompt, response: x.response, score: host[b] };
+    });
+    if (penalty > 0) gpu.write(scores, host);
+    return { exp: { logpOld, logpRef, values, scores, actionMask: r.actionMask }, samples };
+  }
+
+  /**
+   * Phase 4: `ppoEpochs` passes over shuffled minibatches. Per-minibatch statistics stay on
+   * the GPU (read once per epoch only when the approx-KL early stop needs them).
+   */
+  async #update(batch: Batch): Promise<{ stats: Tensor; minibatches: number; stopped: boolean }> {
+    const cfg = this.cfg, gpu = this.models.actor.gpu, P = cfg.batchSize;
+    const stats = gpu.zeros([cfg.ppoEpochs * Math.ceil(P / cfg.miniBatchSize) * MB_COLUMNS]);
+    const lr = (peak: number) =>
+      learningRate(this.iteration, {
+        lr: peak,
+        totalSteps: cfg.iterations,
+        warmupRatio: cfg.warmupRatio,
+        decay: cfg.lrDecay,
+      });
+    const lrs = { actor: lr(cfg.actorLr), critic: lr(cfg.criticLr) };
+    let k = 0, stopped = false;
+    for (let epoch = 0; epoch < cfg.ppoEpochs && !stopped; epoch++) {
+      const order = permutation(P, mulberry32(epochSeed(this.#orderSeed++, epoch)));
+      const epochStart = k;
+      for (let s = 0; s < P; s += cfg.miniBatchSize) {
+        const rows = order.slice(s, s + cfg.miniBatchSize);
+        gpu.scope(() => this.#minibatch(batch, rows, lrs, stats, k++));
+      }
+      if (cfg.targetApproxKl > 0) {
+        const st = await gpu.readF32(stats);
+        let akl = 0;
+        for (let i = epochStart; i < k; i++) akl += st[MB_COLUMNS * i + MB.approxKl];
+        stopped = akl / (k - epochStart) > cfg.targetApproxKl;
+      }
+    }
+    return { stats, minibatches: k, stopped };
+  }
+
+  /** One minibatch: an actor step and a critic step; its statistics go to row `k` of `stats`. */
+  #minibatch(
+    { r, exp, adv }: Batch,
+    rows: number[],
+    lrs: { actor: number; critic: number },
+    stats: Tensor,
+    k: number,
+  ): void {
+    const { actor, critic } = this.models, gpu = actor.gpu, cfg = this.cfg;
+    const T = r.length, B = rows.length;
+    const gather = (t: Tensor) => {
+      const out = gpu.empty([B, T], t.dtype);
+      rows.forEach((row, i) => gpu.copyRange(t, row * T, out, i * T, T));
+      return out;
+    };
+    const seq = gather(r.tokens), am = gather(r.attentionMask), act = gather(r.actionMask);
+    const count = rows.reduce(
+      (n, row) => n + r.hostActionMask.subarray(row * T, (row + 1) * T).reduce((a, v) => a + v, 0),
+      0,
+    );
+    // actor: clipped surrogate (+ entropy bonus) (+ PPO-ptx)
+    const aStore = actor.lora?.store ?? actor.store;
+    aStore.zeroGrads();
+    const aActs = actor.forward(seq, am);
+    const lp = actor.tokenLogprobs(aActs);
+    const pl = ppoPolicyLoss(gpu, lp.logp, gather(exp.logpOld), gather(adv.advantages), act, {
+      clip: cfg.clipRange,
+    });
+    const dent = cfg.entropyCoef > 0
+      ? scale(gpu, act, -cfg.entropyCoef / Math.max(count, 1))
+      : undefined;
+    const dlogits = logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
+      dlogp: pl.dlogp.reshape([B * T]),
+      dentropy: dent?.reshape([B * T]),
+      entropy: lp.entropy.reshape([B * T]),
+    });
+    actor.backward(aActs, { dlogits });
+    const ptx = this.#ptx ? this.#ptxBackward() : undefined;
+    aStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
+    aStore.adamw({ lr: lrs.actor, weightDecay: cfg.weightDecay });
+    const ent = maskedStats(gpu, lp.entropy, act);
+    // critic: clipped value loss
+    critic.store.zeroGrads();
+    const cActs = critic.forward(seq, am);
+    const v = critic.values(cActs).intoShape([B, T]);
+    const vl = ppoValueLoss(gpu, v, gather(exp.values), gather(adv.returns), act, {
+      clip: cfg.clipRangeValue,
+    });
+    critic.backward(cActs, { dvalues: vl.dvalues.reshape([B * T]) });
+    critic.store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
+    critic.store.adamw({ lr: lrs.critic, weightDecay: cfg.weightDecay });
+    const columns: [keyof typeof MB, Tensor | undefined][] = [
+      ["policyLoss", pl.loss],
+      ["clipfrac", pl.clipfrac],
+      ["approxKl", pl.approxkl],
+      ["valueLoss", vl.loss],
+      ["valueClipfrac", vl.clipfrac],
+      ["entropy", ent],
+      ["ptxLoss", ptx],
+    ];
+    for (const [name, t] of columns) {
+      if (t) gpu.copyRange(t, STAT.mean, stats, MB_COLUMNS * k + MB[name], 1);
+    }
+  }
 
   /**
    * PPO-ptx: accumulates `ptxCoef ×` the mean next-token loss of one pretraining batch into the
-   * actor's gradients; returns the `[sum, count, mean, var]` statistics of its token losses.
+   * actor's gradients; returns the statistics of its token losses.
    */
   #ptxBackward(): Tensor {
-    const { actor } = this.models, gpu = actor.gpu, cfg = this.cfg, data = this.hooks.ptxData!;
+    const { actor } = this.models, gpu = actor.gpu, cfg = this.cfg, data = this.data.ptx!;
     const rows = this.#ptx!.next(cfg.ptxBatchSize).map((i) => ({
       prompt: data[i].prompt,
       response: data[i].completion,
@@ -145,289 +303,78 @@ export class PpoTrainer {
     const b = encodePairs(this.tok, rows, { maxLength: cfg.ptxMaxLength, completionOnly: false });
     const counted = Float32Array.from(b.targets, (t) => (t >= 0 ? 1 : 0));
     const count = counted.reduce((a, v) => a + v, 0);
-    const tokens = gpu.fromArray(b.tokens, [b.B, b.T]), mask = gpu.fromArray(b.mask, [b.B, b.T]);
-    const targets = gpu.fromArray(b.targets), weights = gpu.fromArray(counted);
-    const acts = actor.forward(tokens, mask);
+    const targets = gpu.fromArray(b.targets);
+    const acts = actor.forward(
+      gpu.fromArray(b.tokens, [b.B, b.T]),
+      gpu.fromArray(b.mask, [b.B, b.T]),
+    );
     const logits = actor.logits(acts);
     const ce = crossEntropy(gpu, logits, targets);
     const dloss = gpu.empty([b.B * b.T]);
     fill(gpu, dloss, cfg.ptxCoef / Math.max(count, 1));
-    const dlogits = crossEntropyBackward(gpu, logits, targets, ce.lse, dloss);
-    actor.backward(acts, { dlogits });
-    const stats = maskedStats(gpu, ce.loss, weights);
-    for (const t of [tokens, mask, targets, weights, logits, ce.loss, ce.lse, dloss, dlogits]) {
-      t.dispose();
-    }
-    actor.disposeActivations(acts);
-    return stats;
+    actor.backward(acts, { dlogits: crossEntropyBackward(gpu, logits, targets, ce.lse, dloss) });
+    return maskedStats(gpu, ce.loss, gpu.fromArray(counted));
   }
 
-  #promptBatch(): string[] {
-    const n = this.prompts.length, out: string[] = [];
-    for (let i = 0; i < this.cfg.batchSize; i++) {
-      out.push(this.prompts[(this.iteration * this.cfg.batchSize + i) % n]);
-    }
-    return out;
-  }
-
-  /** Per-token log-probs of `model` on `seq`, `(B, T)`. */
-  #logprobs(model: OptModel, seq: Tensor, mask: Tensor): Tensor {
-    const acts = model.forward(seq, mask);
-    const r = model.tokenLogprobs(acts);
-    for (const t of [r.entropy, r.lse, r.logits, r.targets]) t.dispose();
-    model.disposeActivations(acts);
-    return r.logp;
-  }
-
-  /** One rollout + `ppoEpochs` of updates. */
-  async step(): Promise<Metrics> {
-    const { actor, critic, reward } = this.models;
-    const gpu = actor.gpu, cfg = this.cfg, tok = this.tok;
-    const prompts = this.#promptBatch();
-    const P = prompts.length;
-    // 1. rollout
-    const enc = leftPad(
-      prompts.map((p) => truncatePrompt(tok.encode(p), cfg.maxPromptLength)),
-      tok.padId,
-    );
-    const pTok = gpu.fromArray(enc.tokens, [P, enc.T]), pMask = gpu.fromArray(enc.mask, [P, enc.T]);
-    const gen = await generate(actor, pTok, pMask, {
-      maxNewTokens: cfg.maxNewTokens,
-      temperature: cfg.temperature,
-      topK: cfg.topK,
-      topP: cfg.topP,
-      seed: cfg.seed * 1_000_003 + this.iteration,
-      eosId: tok.eosId,
-      padId: tok.padId,
-    });
-    pTok.dispose();
-    pMask.dispose();
-    const T = enc.T + gen.generated;
-    const seq = gen.tokens, am = gen.attentionMask;
-    const hostTok = await gpu.read(seq) as Int32Array,
-      hostResp = await gpu.readF32(gen.responseMask);
-    const act = new Float32Array(P * T);
-    for (let i = 0; i < P * T; i++) act[i] = (i % T) + 1 < T ? hostResp[i + 1] : 0;
-    const actMask = gpu.fromArray(act, [P, T]);
-    // 2. experience, no gradients
-    const logpOld = this.#logprobs(actor, seq, am);
-    let logpRef: Tensor;
-    if (this.models.reference) logpRef = this.#logprobs(this.models.reference, seq, am);
-    else {
-      actor.lora!.enabled = false;
-      logpRef = this.#logprobs(actor, seq, am);
-      actor.lora!.enabled = true;
-    }
-    const cActs = critic.forward(seq, am);
-    const vOld = critic.values(cActs).intoShape([P, T]);
-    critic.disposeActivations(cActs);
-    const rActs = reward.forward(seq, am);
-    const scores = reward.sequenceScores(rActs);
-    reward.disposeActivations(rActs);
-    const hostScores = await gpu.readF32(scores);
-    const samples: RolloutSample[] = [];
-    for (let b = 0; b < P; b++) {
-      const ids: number[] = [];
-      let eos = false;
-      for (let t = enc.T; t < T; t++) {
-        if (hostResp[b * T + t] === 0) break;
-        if (hostTok[b * T + t] === tok.eosId) eos = true;
-        else ids.push(hostTok[b * T + t]);
-      }
-      if (!eos && cfg.missingEosPenalty > 0) hostScores[b] -= cfg.missingEosPenalty;
-      samples.push({ prompt: prompts[b], response: tok.decode(ids), score: hostScores[b] });
-    }
-    if (cfg.missingEosPenalty > 0) gpu.write(scores, hostScores);
-    // 3. shaped rewards, GAE, whitening
-    const kl = klPenalty(gpu, logpOld, logpRef, actMask, cfg.klEstimator);
-    const rewards = shapedRewards(gpu, kl, scores, actMask, {
-      beta: this.beta,
-      scoreClip: cfg.scoreClip,
-    });
-    const g = gae(gpu, rewards, vOld, actMask, { gamma: cfg.gamma, lambda: cfg.lambda });
-    const adv = cfg.whitenAdvantages ? whiten(gpu, g.advantages, actMask) : g.advantages;
-    const ev = explainedVariance(gpu, vOld, g.returns, actMask);
-    // 4. PPO epochs over shuffled minibatches
-    // per-minibatch statistics stay on the GPU (NS means each) and are read once per iteration
-    // (and once per epoch when the approx-KL early stop needs them)
-    const nMb = Math.ceil(P / cfg.miniBatchSize);
-    const statBuf = gpu.zeros([cfg.ppoEpochs * nMb * NS]);
-    let k = 0;
-    const aStore = actor.lora?.store ?? actor.store, cStore = critic.store;
-    const total = cfg.iterations;
-    const aLr = learningRate(this.iteration, {
-      lr: cfg.actorLr,
-      totalSteps: total,
-      warmupRatio: cfg.warmupRatio,
-      decay: "linear",
-    });
-    const cLr = learningRate(this.iteration, {
-      lr: cfg.criticLr,
-      totalSteps: total,
-      warmupRatio: cfg.warmupRatio,
-      decay: "linear",
-    });
-    let stopped = false;
-    for (let epoch = 0; epoch < cfg.ppoEpochs && !stopped; epoch++) {
-      const order = shuffled(P, this.#orderSeed++ * 7919 + epoch);
-      const epochStart = k;
-      for (let s = 0; s < P; s += cfg.miniBatchSize) {
-        const rows = order.slice(s, s + cfg.miniBatchSize), B = rows.length;
-        const mb = {
-          seq: gatherRows(gpu, seq, rows, T),
-          am: gatherRows(gpu, am, rows, T),
-          act: gatherRows(gpu, actMask, rows, T),
-          old: gatherRows(gpu, logpOld, rows, T),
-          adv: gatherRows(gpu, adv, rows, T),
-          ret: gatherRows(gpu, g.returns, rows, T),
-          vOld: gatherRows(gpu, vOld, rows, T),
-        };
-        const count = rows.reduce(
-          (n, r) => n + act.subarray(r * T, (r + 1) * T).reduce((a, v) => a + v, 0),
-          0,
-        );
-        // actor
-        aStore.zeroGrads();
-        const aActs = actor.forward(mb.seq, mb.am);
-        const lp = actor.tokenLogprobs(aActs);
-        const pl = ppoPolicyLoss(gpu, lp.logp, mb.old, mb.adv, mb.act, { clip: cfg.clipRange });
-        let dent: Tensor | undefined;
-        if (cfg.entropyCoef > 0) {
-          dent = scale(gpu, mb.act, -cfg.entropyCoef / Math.max(count, 1));
-        }
-        const dlogits = logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
-          dlogp: pl.dlogp.reshape([B * T]),
-          dentropy: dent?.reshape([B * T]),
-          entropy: lp.entropy.reshape([B * T]),
-        });
-        actor.backward(aActs, { dlogits });
-        const ptx = this.#ptx ? this.#ptxBackward() : undefined;
-        aStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined).dispose();
-        aStore.adamw({ lr: aLr });
-        const ent = maskedStats(gpu, lp.entropy, mb.act);
-        // critic
-        cStore.zeroGrads();
-        const cActs2 = critic.forward(mb.seq, mb.am);
-        const v = critic.values(cActs2).intoShape([B, T]);
-        const vl = ppoValueLoss(gpu, v, mb.vOld, mb.ret, mb.act, { clip: cfg.clipRangeValue });
-        critic.backward(cActs2, { dvalues: vl.dvalues.reshape([B * T]) });
-        cStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined).dispose();
-        cStore.adamw({ lr: cLr });
-        [pl.loss, pl.clipfrac, pl.approxkl, vl.loss, vl.clipfrac, ent, ptx].forEach((t, j) => {
-          if (t) gpu.copyRange(t, 2, statBuf, NS * k + j, 1);
-        });
-        k++;
-        for (
-          const t of [
-            ...Object.values(mb),
-            lp.logp,
-            lp.entropy,
-            lp.lse,
-            lp.logits,
-            lp.targets,
-            pl.dlogp,
-            pl.loss,
-            pl.clipfrac,
-            pl.approxkl,
-            dlogits,
-            ent,
-            v,
-            vl.dvalues,
-            vl.loss,
-            vl.clipfrac,
-            ...(dent ? [dent] : []),
-            ...(ptx ? [ptx] : []),
-          ]
-        ) t.dispose();
-        actor.disposeActivations(aActs);
-        critic.disposeActivations(cActs2);
-      }
-      if (cfg.targetApproxKl > 0) {
-        const st = await gpu.readF32(statBuf);
-        let akl = 0;
-        for (let i = epochStart; i < k; i++) akl += st[NS * i + 2];
-        if (akl / (k - epochStart) > cfg.targetApproxKl) stopped = true;
-      }
-    }
-    const st = (await gpu.readF32(statBuf)).subarray(0, NS * k);
-    statBuf.dispose();
-    const mean = (j: number) => {
+  /** The iteration's metrics (one readback of the statistics) and the adaptive KL controller. */
+  async #statistics(
+    { r, adv }: Batch,
+    u: { stats: Tensor; minibatches: number; stopped: boolean },
+    samples: RolloutSample[],
+  ): Promise<Metrics> {
+    const gpu = this.models.actor.gpu, cfg = this.cfg, P = samples.length, T = r.length;
+    const st = await gpu.readF32(u.stats), k = u.minibatches;
+    const avg = (c: keyof typeof MB) => {
       let a = 0;
-      for (let i = 0; i < k; i++) a += st[NS * i + j];
+      for (let i = 0; i < k; i++) a += st[MB_COLUMNS * i + MB[c]];
       return a / Math.max(k, 1);
     };
-    const [pgAvg, clipAvg, aklAvg, vfAvg, vclipAvg, entAvg, ptxAvg] = [0, 1, 2, 3, 4, 5, 6].map(
-      mean,
-    );
-    if (!Number.isFinite(pgAvg) || !Number.isFinite(vfAvg)) {
-      throw new NonFiniteLossError(
-        `PPO iteration ${this.iteration + 1}: policy loss ${pgAvg}, value loss ${vfAvg}`,
+    const policyLoss = avg("policyLoss"), valueLoss = avg("valueLoss");
+    assertFiniteLosses(`PPO iteration ${this.iteration + 1}`, {
+      "policy loss": policyLoss,
+      "value loss": valueLoss,
+    });
+    const klHost = await gpu.readF32(adv.kl), ev = (await gpu.readF32(adv.explainedVariance))[0];
+    const perRow = (a: Float32Array) =>
+      Array.from(
+        { length: P },
+        (_, b) => a.subarray(b * T, (b + 1) * T).reduce((s, v) => s + v, 0),
       );
-    }
-    // 5. statistics and the adaptive KL controller
-    const klHost = await gpu.readF32(kl), evHost = (await gpu.readF32(ev))[0];
-    const rows = Array.from(
-      { length: P },
-      (_, b) => klHost.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0),
-    );
-    const meanKl = rows.reduce((a, v) => a + v, 0) / P;
-    const meanScore = hostScores.reduce((a, v) => a + v, 0) / P;
-    const respLen = Array.from(
-      { length: P },
-      (_, b) => hostResp.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0),
-    );
+    const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / P;
+    const meanKl = mean(perRow(klHost)), meanScore = mean(samples.map((s) => s.score));
     const m: Metrics = {
       iteration: this.iteration + 1,
       "objective/kl": meanKl,
       "objective/scores": meanScore,
       "objective/rlhf_reward": meanScore - this.beta * meanKl,
-      "objective/entropy": entAvg,
-      "policy/approxkl_avg": aklAvg,
-      "policy/clipfrac_avg": clipAvg,
-      "loss/policy_avg": pgAvg,
-      "loss/value_avg": vfAvg,
-      "val/clipfrac_avg": vclipAvg,
-      "val/explained_var": evHost,
-      "val/response_length": respLen.reduce((a, v) => a + v, 0) / P,
+      "objective/entropy": avg("entropy"),
+      "policy/approxkl_avg": avg("approxKl"),
+      "policy/clipfrac_avg": avg("clipfrac"),
+      "loss/policy_avg": policyLoss,
+      "loss/value_avg": valueLoss,
+      "val/clipfrac_avg": avg("valueClipfrac"),
+      "val/explained_var": ev,
+      "val/response_length": mean(perRow(r.hostResponseMask)),
       // byte-level vocabularies can sample byte sequences that are not UTF-8: decoded with a
       // visible U+FFFD, and counted here
       "val/invalid_text_frac": samples.filter((x) => x.response.includes("\uFFFD")).length / P,
       "train/beta": this.beta,
-      "train/actor_lr": aLr,
-      "train/early_stopped": stopped ? 1 : 0,
-      ...(this.#ptx ? { "loss/ptx_avg": ptxAvg } : {}),
+      "train/actor_lr": learningRate(this.iteration, {
+        lr: cfg.actorLr,
+        totalSteps: cfg.iterations,
+        warmupRatio: cfg.warmupRatio,
+        decay: cfg.lrDecay,
+      }),
+      "train/early_stopped": u.stopped ? 1 : 0,
+      ...(this.#ptx ? { "loss/ptx_avg": avg("ptxLoss") } : {}),
       ...(this.hooks.scoreRollout?.(samples) ?? {}),
     };
     if (cfg.adaptiveKl) {
       const e = Math.min(0.2, Math.max(-0.2, meanKl / cfg.klTarget - 1));
       this.beta *= 1 + (e * P) / cfg.klHorizon;
     }
-    for (
-      const t of [
-        seq,
-        am,
-        gen.responseMask,
-        gen.logprobs,
-        actMask,
-        logpOld,
-        logpRef,
-        vOld,
-        scores,
-        kl,
-        rewards,
-        g.advantages,
-        g.returns,
-        ev,
-      ]
-    ) t.dispose();
-    if (adv !== g.advantages) adv.dispose();
-    this.iteration++;
-    this.lastSamples = samples;
     return m;
   }
-
-  /** The decoded samples of the last rollout. */
-  lastSamples: RolloutSample[] = [];
 
   /**
    * The trainer's own state for exact resume (the models' states are saved by their stores):
@@ -449,25 +396,15 @@ export class PpoTrainer {
     this.#orderSeed = s.orderSeed;
     if (this.#ptx && s.ptx) this.#ptx.restore(s.ptx);
   }
-}
 
-/** Statistics per minibatch: policy loss, clip fraction, approx-KL, value loss, value clip
- * fraction, entropy, PPO-ptx loss. */
-const NS = 7;
-
-function shuffled(n: number, seed: number): number[] {
-  let s = seed >>> 0;
-  const r = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const a = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [a[i], a[j]] = [a[j], a[i]];
+  /** The actor's trained store (its LoRA adapters when it has them) and the critic's. */
+  stores(): StateFile[] {
+    const { actor, critic } = this.models;
+    return [
+      actor.lora
+        ? { name: "ppo/actor_lora_state.safetensors", store: actor.lora.store }
+        : { name: "ppo/actor_state.safetensors", store: actor.store },
+      { name: "ppo/critic_state.safetensors", store: critic.store },
+    ];
   }
-  return a;
 }

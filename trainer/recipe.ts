@@ -21,28 +21,33 @@ import {
   defaults,
   PPO_SCHEMA,
   type PpoConfig,
-  resolveConfig,
+  resolveSections,
   RM_SCHEMA,
   type RmConfig,
   type Schema,
+  type SectionSchemas,
 } from "./config.ts";
 import { decodeText, type PairExample, readPairs, readPrompts, readSft } from "./data.ts";
 import {
-  emptySummary,
+  type PipelineDefinition,
   type PipelineHooks,
-  type PipelineStage,
   type PipelineSummary,
+  type RunOptions,
+  runPipeline,
+  type Stage,
+  type StageContext,
 } from "./pipeline.ts";
 import { PpoTrainer } from "./ppo.ts";
-import { evaluateRewardModel, trainRewardModel } from "./rm.ts";
-import type { Metrics } from "./sft.ts";
-import { runPpoLoop, sampleAndScore } from "./_stages.ts";
+import { deriveSeed } from "./random.ts";
+import { evaluateRewardModel, RewardTrainer } from "./rm.ts";
+import { sampleAndScore } from "./rollout.ts";
 
 /** Run-level settings of a recipe. */
 export interface RecipeRunConfig {
   name: string;
   seed: number;
   checkpointEvery: number;
+  stepCheckpointEvery: number;
   evalPrompts: number;
   evalTemperature: number;
 }
@@ -82,6 +87,12 @@ export const RECIPE_RUN_SCHEMA: Schema<RecipeRunConfig> = {
   checkpointEvery: {
     default: 10,
     doc: "PPO iterations between resumable state checkpoints",
+    min: 1,
+    integer: true,
+  },
+  stepCheckpointEvery: {
+    default: 100,
+    doc: "reward-model steps between resumable state checkpoints",
     min: 1,
     integer: true,
   },
@@ -205,24 +216,7 @@ export function resolveRecipeConfig(
   overrides: Record<string, unknown>,
   base: RecipeConfig = SIMPLE_RLHF_TINY,
 ): RecipeConfig {
-  const sections = Object.keys(RECIPE_SCHEMAS) as (keyof RecipeConfig)[];
-  const nested: Record<string, Record<string, unknown>> = Object.fromEntries(
-    sections.map((s) => [s, {}]),
-  );
-  for (const [k, v] of Object.entries(overrides)) {
-    const dot = k.indexOf(".");
-    const sec = dot > 0 ? k.slice(0, dot) : k;
-    if (!(sec in nested)) {
-      throw new ConfigError(`unknown config section "${sec}" in "${k}" (${sections.join(", ")})`);
-    }
-    if (dot > 0) nested[sec][k.slice(dot + 1)] = v;
-    else if (typeof v === "object" && v !== null) Object.assign(nested[sec], v);
-    else throw new ConfigError(`config key "${k}" must be a section object`);
-  }
-  const out = Object.fromEntries(sections.map((s) => [
-    s,
-    resolveConfig(RECIPE_SCHEMAS[s] as Schema<unknown>, nested[s], base[s] as unknown),
-  ])) as unknown as RecipeConfig;
+  const out = resolveSections(RECIPE_SCHEMAS as unknown as SectionSchemas, overrides, base);
   loraTargets(out.lora.targets); // validate early
   return out;
 }
@@ -309,6 +303,130 @@ async function loadCheckpoint(
   return loadOptModel(gpu, config, weights, opts).model;
 }
 
+/** What the recipe's stages pass on: the inputs read, the reader, the reward model. */
+export interface RecipeState {
+  io: RecipeIo;
+  inputs: RecipeInputs;
+  rm?: OptModel;
+}
+
+type Ctx = StageContext<RecipeConfig, RecipeState>;
+
+/** The reward model from `data.critic` (token-level loss by default), and its held-out test. */
+const RECIPE_RM_STAGE: Stage<RecipeConfig, RecipeState> = {
+  name: "rm",
+  doc: "reward model from a local OPT checkpoint on preference pairs",
+  async run(ctx: Ctx) {
+    const { gpu, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
+    let rm = await ctx.finished({ valueHead: true });
+    if (!rm) {
+      rm = await loadCheckpoint(gpu, state.io, cfg.data.critic, { valueHead: true });
+      ctx.log(
+        `reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`,
+      );
+      ctx.own(rm);
+      await ctx.train(
+        new RewardTrainer(rm, tok, inputs.pairs, { ...cfg.rm, seed: cfg.rm.seed + cfg.run.seed }),
+        { logEvery: 10, checkpointEvery: cfg.run.stepCheckpointEvery },
+      );
+      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
+    } else ctx.own(rm);
+    state.rm = rm;
+    const rmEval = await evaluateRewardModel(rm, tok, inputs.evalPairs, {
+      maxLength: cfg.rm.maxLength,
+      batchSize: 8,
+    });
+    const stats = { "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin };
+    await ctx.hooks.onMetrics?.("rm", stats);
+    ctx.log(
+      `reward model held-out accuracy ${
+        rmEval.accuracy.toFixed(3)
+      } on ${inputs.evalPairs.length} ` +
+        `pairs, margin ${rmEval.margin.toFixed(3)}`,
+    );
+    Object.assign(ctx.summary, stats);
+  },
+};
+
+/**
+ * PPO of the LoRA-adapted `data.actor` (reference = adapters disabled) with the critic started
+ * from the reward model; the PPO checkpoint is the merged actor, a plain HF OPT checkpoint.
+ */
+const RECIPE_PPO_STAGE: Stage<RecipeConfig, RecipeState> = {
+  name: "ppo",
+  doc: "PPO of a LoRA-adapted actor checkpoint against the reward model",
+  async run(ctx: Ctx) {
+    const { gpu, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
+    const actor = await loadCheckpoint(gpu, state.io, cfg.data.actor, { frozen: true });
+    ctx.own(actor);
+    if (actor.config.vocab_size < tok.vocabSize) {
+      throw new ConfigError(
+        `the tokenizer has ${tok.vocabSize} tokens but the actor's vocabulary is ` +
+          `${actor.config.vocab_size}`,
+      );
+    }
+    const lora = actor.attachLora(
+      { r: cfg.lora.r, alpha: cfg.lora.alpha, targets: loraTargets(cfg.lora.targets) },
+      cfg.run.seed,
+    );
+    // the critic starts from the RM with fresh AdamW moments; the reward model is frozen
+    const critic = state.rm!.copy(), reward = state.rm!.copy({ frozen: true });
+    ctx.own(critic, reward);
+    state.rm!.store.dispose(); // copied twice: free the original now
+    const evalOpts = {
+      temperature: cfg.run.evalTemperature,
+      seed: deriveSeed(cfg.run.seed, "evaluation"),
+      maxNewTokens: cfg.ppo.maxNewTokens,
+      maxPromptLength: cfg.ppo.maxPromptLength,
+    };
+    const mean = (s: { score: number }[]) => s.reduce((a, x) => a + x.score, 0) / s.length;
+    const noGold = (s: { prompt: string; response: string; score: number }[]) =>
+      s.map((x) => ({ prompt: x.prompt, response: x.response, score: x.score, gold: NaN }));
+    const before = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
+    ctx.log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
+    ctx.hooks.onSamples?.("before", noGold(before));
+    const trainer = new PpoTrainer(
+      { actor, critic, reward },
+      tok,
+      { prompts: inputs.prompts, ptx: inputs.ptx },
+      { ...cfg.ppo, seed: cfg.ppo.seed + cfg.run.seed },
+    );
+    const last = await ctx.train(trainer, {
+      unit: "iteration",
+      logEvery: 1,
+      checkpointEvery: cfg.run.checkpointEvery,
+      stopAfter: ctx.opts.stopAfterIteration,
+      afterLog: () => ctx.hooks.onSamples?.("ppo", noGold(trainer.lastSamples)),
+    });
+    const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
+    ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
+    ctx.hooks.onSamples?.("after", noGold(after));
+    actor.mergeLora();
+    await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
+    lora.store.dispose();
+    Object.assign(ctx.summary, {
+      "score/before": mean(before),
+      "score/after": mean(after),
+      "objective/kl": last["objective/kl"] ?? 0,
+      samples_before: noGold(before.slice(0, 8)),
+      samples_after: noGold(after.slice(0, 8)),
+    });
+  },
+};
+
+/** The checkpoint recipe as a pipeline (its inputs are read through `io`). */
+export function recipePipeline(io: RecipeIo): PipelineDefinition<RecipeConfig, RecipeState> {
+  return {
+    name: "simple-rlhf-tiny",
+    doc: "reward model from a local OPT checkpoint → PPO of a LoRA-adapted OPT actor",
+    sections: RECIPE_SCHEMAS as unknown as SectionSchemas,
+    defaults: SIMPLE_RLHF_TINY,
+    stages: [RECIPE_RM_STAGE, RECIPE_PPO_STAGE],
+    init: async (_gpu, cfg) => ({ io, inputs: await loadRecipeInputs(cfg, io) }),
+    validate: (cfg) => void loraTargets(cfg.lora.targets),
+  };
+}
+
 /**
  * Runs the recipe: reward model (from `data.critic`, token-level loss by default) → PPO of the
  * LoRA-adapted `data.actor`. Returns the same summary as the built-in pipeline, without gold
@@ -325,125 +443,12 @@ async function loadCheckpoint(
  * const summary = await runRecipePipeline(gpu, cfg, { read: (p) => Deno.readFile(p) });
  * ```
  */
-export async function runRecipePipeline(
+export function runRecipePipeline(
   gpu: Gpu,
   cfg: RecipeConfig,
   io: RecipeIo,
   hooks: PipelineHooks = {},
-  opts: { resume?: boolean; stopAfterIteration?: number; stage?: PipelineStage } = {},
+  opts: RunOptions = {},
 ): Promise<PipelineSummary> {
-  const t0 = performance.now();
-  const only = opts.stage ?? "all";
-  if (only === "sft") {
-    throw new ConfigError("the checkpoint recipe has no SFT stage (stages: rm, ppo)");
-  }
-  const inputs = await loadRecipeInputs(cfg, io);
-  const tok = inputs.tokenizer;
-  const log = hooks.log ?? (() => {});
-  const seed = cfg.run.seed;
-  const summary = (m: Partial<PipelineSummary>): PipelineSummary => ({
-    ...emptySummary((performance.now() - t0) / 1000),
-    ...m,
-  });
-
-  // reward model: from its finished checkpoint (resume, or --stage=ppo) or trained now
-  let rm: OptModel | undefined;
-  if (opts.resume || only === "ppo") {
-    const config = await hooks.loadState?.("rm/config.json");
-    const weights = await hooks.loadState?.("rm/model.safetensors");
-    if (typeof config === "string" && weights instanceof Uint8Array) {
-      rm = loadOptModel(gpu, config, weights, { valueHead: true }).model;
-      log("resume: the rm stage is loaded from its checkpoint");
-    } else if (only === "ppo") {
-      throw new Error("stage ppo needs the rm checkpoint (run --stage=rm first)");
-    }
-  }
-  if (!rm) {
-    rm = await loadCheckpoint(gpu, io, cfg.data.critic, { valueHead: true });
-    log(
-      `reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`,
-    );
-    await trainRewardModel(rm, tok, inputs.pairs, { ...cfg.rm, seed: cfg.rm.seed + seed }, {
-      logEvery: 10,
-      onLog: async (m: Metrics) => {
-        hooks.onProgress?.("rm", m.step, cfg.rm.steps, m);
-        await hooks.onMetrics?.("rm", m);
-      },
-    });
-    await hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
-  }
-  const rmEval = await evaluateRewardModel(rm, tok, inputs.evalPairs, {
-    maxLength: cfg.rm.maxLength,
-    batchSize: 8,
-  });
-  await hooks.onMetrics?.("rm", { "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin });
-  log(
-    `reward model held-out accuracy ${rmEval.accuracy.toFixed(3)} on ${inputs.evalPairs.length} ` +
-      `pairs, margin ${rmEval.margin.toFixed(3)}`,
-  );
-  if (only === "rm") {
-    rm.store.dispose();
-    return summary({ "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin });
-  }
-  // PPO: actor = frozen base + adapters (reference = adapters disabled), critic from the RM
-  const actor = await loadCheckpoint(gpu, io, cfg.data.actor, { frozen: true });
-  if (actor.config.vocab_size < tok.vocabSize) {
-    throw new ConfigError(
-      `the tokenizer has ${tok.vocabSize} tokens but the actor's vocabulary is ` +
-        `${actor.config.vocab_size}`,
-    );
-  }
-  const lora = actor.attachLora(
-    { r: cfg.lora.r, alpha: cfg.lora.alpha, targets: loraTargets(cfg.lora.targets) },
-    seed,
-  );
-  // the critic starts from the RM with fresh AdamW moments; the reward model is frozen
-  const critic = rm.copy(), reward = rm.copy({ frozen: true });
-  rm.store.dispose();
-  const evalOpts = {
-    temperature: cfg.run.evalTemperature,
-    seed: seed + 100,
-    maxNewTokens: cfg.ppo.maxNewTokens,
-    maxPromptLength: cfg.ppo.maxPromptLength,
-  };
-  const before = await sampleAndScore(gpu, actor, reward, tok, inputs.evalPrompts, evalOpts);
-  const mean = (s: { score: number }[]) => s.reduce((a, x) => a + x.score, 0) / s.length;
-  log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
-  hooks.onSamples?.("before", before.map((x) => ({ ...x, gold: NaN })));
-  const trainer = new PpoTrainer(
-    { actor, critic, reward },
-    tok,
-    inputs.prompts,
-    { ...cfg.ppo, seed: cfg.ppo.seed + seed },
-    { ptxData: inputs.ptx },
-  );
-  const last = await runPpoLoop(
-    trainer,
-    [
-      { name: "ppo/actor_lora_state.safetensors", store: lora.store },
-      { name: "ppo/critic_state.safetensors", store: critic.store },
-    ],
-    { iterations: cfg.ppo.iterations, checkpointEvery: cfg.run.checkpointEvery },
-    hooks,
-    opts,
-  );
-  const after = await sampleAndScore(gpu, actor, reward, tok, inputs.evalPrompts, evalOpts);
-  log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
-  hooks.onSamples?.("after", after.map((x) => ({ ...x, gold: NaN })));
-  // the PPO checkpoint is the merged actor: a plain HF OPT checkpoint
-  actor.mergeLora();
-  await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
-  for (const m of [actor, reward, critic]) m.store.dispose();
-  lora.store.dispose();
-  const withGold = (s: { prompt: string; response: string; score: number }[]) =>
-    s.slice(0, 8).map((x) => ({ ...x, gold: NaN }));
-  return summary({
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin,
-    "score/before": mean(before),
-    "score/after": mean(after),
-    "objective/kl": last["objective/kl"] ?? 0,
-    samples_before: withGold(before),
-    samples_after: withGold(after),
-  });
+  return runPipeline(recipePipeline(io), gpu, cfg, hooks, opts);
 }

@@ -10,13 +10,23 @@
 
 import { lastMaskedValues, lastMaskedValuesBackward } from "../kernels/embedding.ts";
 import { pairwiseRewardLoss, tokenPairRewardLoss } from "../kernels/rl.ts";
+import { STAT } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { encodePairs, type HostBatch, Sampler } from "./batch.ts";
+import { encodePairs, type HostBatch, Sampler, type SamplerState } from "./batch.ts";
 import type { RmConfig } from "./config.ts";
 import type { PairExample } from "./data.ts";
-import { type Metrics, NonFiniteLossError, optimizerStep, type TrainHooks } from "./sft.ts";
+import { sequenceScores } from "./logprobs.ts";
+import { runLoop } from "./loop.ts";
+import { optimizerStep } from "./optim.ts";
+import {
+  assertFiniteLosses,
+  type Metrics,
+  type StateFile,
+  type Trainer,
+  type TrainHooks,
+} from "./types.ts";
 
 function pairBatch(tok: Tokenizer, pairs: readonly PairExample[], maxLength: number): HostBatch {
   return encodePairs(
@@ -50,7 +60,116 @@ function spans(b: HostBatch, P: number): Float32Array {
   return span;
 }
 
-/** Trains the reward model; returns the logged metrics (`rm/loss`, `rm/accuracy`, …). */
+/** {@link RewardTrainer}'s own resumable state. */
+export interface RewardTrainerState {
+  iteration: number;
+  sampler: SamplerState;
+}
+
+/** Reward-model training as a resumable {@link Trainer}: one optimizer step per {@link step}. */
+export class RewardTrainer implements Trainer<RewardTrainerState> {
+  iteration = 0;
+  readonly #sampler: Sampler;
+
+  constructor(
+    readonly model: OptModel,
+    readonly tok: Tokenizer,
+    readonly pairs: readonly PairExample[],
+    readonly cfg: RmConfig,
+    /** Checkpoint file of the trained store. */
+    readonly stateFile = "rm/model_state.safetensors",
+  ) {
+    this.#sampler = new Sampler(pairs.length, cfg.seed);
+  }
+
+  get total(): number {
+    return this.cfg.steps;
+  }
+
+  /** One batch of pairs: scores, loss, backward, AdamW; metrics when `log`. */
+  step(log: boolean): Promise<Metrics | undefined> {
+    const { model, cfg } = this, gpu = model.gpu;
+    const store = model.lora?.store ?? model.store;
+    return gpu.scope(async () => {
+      const batch = this.#sampler.next(cfg.batchSize).map((i) => this.pairs[i]);
+      const P = batch.length;
+      const b = pairBatch(this.tok, batch, cfg.maxLength);
+      const mask = gpu.fromArray(b.mask, [2 * P, b.T]);
+      store.zeroGrads();
+      const acts = model.forward(gpu.fromArray(b.tokens, [2 * P, b.T]), mask);
+      const values = model.values(acts).intoShape([2 * P, b.T]);
+      const l = cfg.loss === "pairwise"
+        ? pairwiseLoss(values, mask, batch)
+        : tokenLoss(values, b, P);
+      model.backward(acts, { dvalues: l.dvalues.reshape([2 * P * b.T]) });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return undefined;
+      const loss = (await gpu.readF32(l.loss))[STAT.mean];
+      assertFiniteLosses(`RM step ${step}`, { loss });
+      const m: Metrics = { step, "rm/loss": loss, "rm/lr": lr };
+      if (l.accuracy) m["rm/train_accuracy"] = (await gpu.readF32(l.accuracy))[STAT.mean];
+      return m;
+    });
+  }
+
+  state(): RewardTrainerState {
+    return { iteration: this.iteration, sampler: this.#sampler.state() };
+  }
+
+  restore(s: RewardTrainerState): void {
+    this.iteration = s.iteration;
+    this.#sampler.restore(s.sampler);
+  }
+
+  stores(): StateFile[] {
+    return [{ name: this.stateFile, store: this.model.lora?.store ?? this.model.store }];
+  }
+}
+
+/** The loss of one batch and the gradient of the values `(2P, T)` it leaves. */
+interface PairLoss {
+  loss: Tensor;
+  accuracy?: Tensor;
+  dvalues: Tensor;
+}
+
+/** Pairwise loss on sequence scores (the value at each sequence's last real token). */
+function pairwiseLoss(values: Tensor, mask: Tensor, batch: readonly PairExample[]): PairLoss {
+  const gpu = values.gpu, P = batch.length, T = values.shape[1];
+  const s = lastMaskedValues(gpu, values, mask);
+  const chosen = gpu.empty([P]), rejected = gpu.empty([P]);
+  gpu.copyRange(s.values, 0, chosen, 0, P);
+  gpu.copyRange(s.values, P, rejected, 0, P);
+  const margins = batch.some((p) => p.margin !== undefined)
+    ? gpu.fromArray(Float32Array.from(batch, (p) => p.margin ?? 0))
+    : undefined;
+  const l = pairwiseRewardLoss(gpu, chosen, rejected, margins);
+  const dscore = gpu.empty([2 * P]);
+  gpu.copyRange(l.dchosen, 0, dscore, 0, P);
+  gpu.copyRange(l.drejected, 0, dscore, P, P);
+  const dvalues = gpu.empty([2 * P, T]);
+  gpu.copy(lastMaskedValuesBackward(gpu, dscore, s.index, T), dvalues);
+  return { loss: l.loss, accuracy: l.accuracy, dvalues };
+}
+
+/** DeepSpeed-Chat's token-level loss over the span where chosen and rejected differ. */
+function tokenLoss(values: Tensor, b: HostBatch, P: number): PairLoss {
+  const gpu = values.gpu, T = b.T;
+  const vw = gpu.empty([P, T]), vl = gpu.empty([P, T]);
+  gpu.copyRange(values, 0, vw, 0, P * T);
+  gpu.copyRange(values, P * T, vl, 0, P * T);
+  const l = tokenPairRewardLoss(gpu, vw, vl, gpu.fromArray(spans(b, P), [P, T]));
+  const dvalues = gpu.empty([2 * P, T]);
+  gpu.copyRange(l.dchosen, 0, dvalues, 0, P * T);
+  gpu.copyRange(l.drejected, 0, dvalues, P * T, P * T);
+  return { loss: l.loss, dvalues };
+}
+
+/**
+ * Trains the reward model for `cfg.steps` steps; returns the logged metrics (`rm/loss`,
+ * `rm/train_accuracy`, `rm/lr`). The pipeline runs {@link RewardTrainer} through `runLoop`.
+ */
 export async function trainRewardModel(
   model: OptModel,
   tok: Tokenizer,
@@ -58,65 +177,17 @@ export async function trainRewardModel(
   cfg: RmConfig,
   hooks: TrainHooks = {},
 ): Promise<Metrics[]> {
-  const gpu = model.gpu;
-  const store = model.lora?.store ?? model.store;
-  const sampler = new Sampler(pairs.length, cfg.seed);
-  const logEvery = hooks.logEvery ?? 10;
   const logs: Metrics[] = [];
-  for (let step = 0; step < cfg.steps; step++) {
-    const batch = sampler.next(cfg.batchSize).map((i) => pairs[i]);
-    const P = batch.length;
-    const b = pairBatch(tok, batch, cfg.maxLength);
-    const tokens = gpu.fromArray(b.tokens, [2 * P, b.T]),
-      mask = gpu.fromArray(b.mask, [2 * P, b.T]);
-    store.zeroGrads();
-    const acts = model.forward(tokens, mask);
-    const values = model.values(acts).intoShape([2 * P, b.T]);
-    const temps: Tensor[] = [tokens, mask, values];
-    let loss: Tensor, acc: Tensor | undefined;
-    const dvalues = gpu.empty([2 * P, b.T]);
-    if (cfg.loss === "pairwise") {
-      const s = lastMaskedValues(gpu, values, mask);
-      const chosen = gpu.empty([P]), rejected = gpu.empty([P]);
-      gpu.copyRange(s.values, 0, chosen, 0, P);
-      gpu.copyRange(s.values, P, rejected, 0, P);
-      const margins = batch.some((p) => p.margin !== undefined)
-        ? gpu.fromArray(Float32Array.from(batch, (p) => p.margin ?? 0))
-        : undefined;
-      const l = pairwiseRewardLoss(gpu, chosen, rejected, margins);
-      const dscore = gpu.empty([2 * P]);
-      gpu.copyRange(l.dchosen, 0, dscore, 0, P);
-      gpu.copyRange(l.drejected, 0, dscore, P, P);
-      const dv = lastMaskedValuesBackward(gpu, dscore, s.index, b.T);
-      gpu.copy(dv, dvalues);
-      loss = l.loss;
-      acc = l.accuracy;
-      temps.push(s.values, s.index, chosen, rejected, dscore, dv, l.dchosen, l.drejected, l.margin);
-      if (margins) temps.push(margins);
-    } else {
-      const vw = gpu.empty([P, b.T]), vl = gpu.empty([P, b.T]);
-      gpu.copyRange(values, 0, vw, 0, P * b.T);
-      gpu.copyRange(values, P * b.T, vl, 0, P * b.T);
-      const span = gpu.fromArray(spans(b, P), [P, b.T]);
-      const l = tokenPairRewardLoss(gpu, vw, vl, span);
-      gpu.copyRange(l.dchosen, 0, dvalues, 0, P * b.T);
-      gpu.copyRange(l.drejected, 0, dvalues, P * b.T, P * b.T);
-      loss = l.loss;
-      temps.push(vw, vl, span, l.dchosen, l.drejected);
-    }
-    model.backward(acts, { dvalues: dvalues.reshape([2 * P * b.T]) });
-    const { norm, lr } = optimizerStep(store, cfg, step);
-    if ((step + 1) % logEvery === 0 || step === cfg.steps - 1) {
-      const lv = (await gpu.readF32(loss))[2];
-      if (!Number.isFinite(lv)) throw new NonFiniteLossError(`RM step ${step + 1}: loss ${lv}`);
-      const m: Metrics = { step: step + 1, "rm/loss": lv, "rm/lr": lr };
-      if (acc) m["rm/train_accuracy"] = (await gpu.readF32(acc))[2];
+  await runLoop(new RewardTrainer(model, tok, pairs, cfg), {
+    stage: "rm",
+    logEvery: hooks.logEvery ?? 10,
+    checkpointEvery: 0,
+  }, {
+    onMetrics: async (_s, m) => {
       logs.push(m);
       await hooks.onLog?.(m);
-    }
-    for (const t of [...temps, loss, dvalues, norm, ...(acc ? [acc] : [])]) t.dispose();
-    model.disposeActivations(acts);
-  }
+    },
+  });
   return logs;
 }
 
@@ -136,17 +207,19 @@ export async function evaluateRewardModel(
   for (let i = 0; i < pairs.length; i += bs) {
     const batch = pairs.slice(i, i + bs), P = batch.length;
     const b = pairBatch(tok, batch, o.maxLength);
-    const tokens = gpu.fromArray(b.tokens, [2 * P, b.T]),
-      mask = gpu.fromArray(b.mask, [2 * P, b.T]);
-    const acts = model.forward(tokens, mask);
-    const s = await gpu.readF32(model.sequenceScores(acts));
+    const s = await gpu.scope(() =>
+      gpu.readF32(
+        sequenceScores(
+          model,
+          gpu.fromArray(b.tokens, [2 * P, b.T]),
+          gpu.fromArray(b.mask, [2 * P, b.T]),
+        ),
+      )
+    );
     for (let j = 0; j < P; j++) {
       correct += s[j] > s[P + j] ? 1 : 0;
       margin += s[j] - s[P + j];
     }
-    model.disposeActivations(acts);
-    tokens.dispose();
-    mask.dispose();
   }
   return { accuracy: correct / pairs.length, margin: margin / pairs.length };
 }

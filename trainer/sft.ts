@@ -1,58 +1,106 @@
 /**
  * Supervised fine-tuning: next-token cross-entropy on completion tokens (prompt tokens
  * masked), or on whole sequences (pretraining-style), with AdamW, warmup + cosine decay and
- * global-norm clipping. A non-finite loss stops training with {@link NonFiniteLossError}.
+ * global-norm clipping. A non-finite loss stops training with `NonFiniteLossError`.
  *
  * @module
  */
 
 import { fill } from "../kernels/elementwise.ts";
-import { NonFiniteLossError } from "../kernels/errors.ts";
-import { learningRate } from "../kernels/optimizer.ts";
 import { crossEntropy, crossEntropyBackward } from "../kernels/softmax.ts";
 import type { OptModel } from "../model/opt.ts";
-import type { ParamStore } from "../model/params.ts";
-import type { Tensor } from "../kernels/runtime.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { encodePairs, Sampler } from "./batch.ts";
-import type { SftConfig, SupervisedConfig } from "./config.ts";
+import { encodePairs, Sampler, type SamplerState } from "./batch.ts";
+import type { SftConfig } from "./config.ts";
 import type { SftExample } from "./data.ts";
+import { runLoop } from "./loop.ts";
+import { optimizerStep } from "./optim.ts";
+import {
+  assertFiniteLosses,
+  type Metrics,
+  type StateFile,
+  type Trainer,
+  type TrainHooks,
+} from "./types.ts";
 
-export { NonFiniteLossError };
-
-/**
- * One optimizer step of a supervised stage: clip to `maxGradNorm` (0 = no clip; the norm is
- * computed either way), AdamW at the scheduled learning rate (warmup, then cosine). Returns the
- * GPU norm stats (`[0]` = pre-clip norm) and the learning rate used.
- */
-export function optimizerStep(
-  store: ParamStore,
-  cfg: SupervisedConfig,
-  step: number,
-): { norm: Tensor; lr: number } {
-  const norm = store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
-  const lr = learningRate(step, {
-    lr: cfg.lr,
-    totalSteps: cfg.steps,
-    warmupRatio: cfg.warmupRatio,
-  });
-  store.adamw({ lr, weightDecay: cfg.weightDecay });
-  return { norm, lr };
+/** {@link SftTrainer}'s own resumable state. */
+export interface SftTrainerState {
+  iteration: number;
+  sampler: SamplerState;
 }
 
-/** Metrics of one logged step (slash-named like TRL). */
-export type Metrics = Record<string, number>;
+/** SFT as a resumable {@link Trainer}: one optimizer step per {@link step}. */
+export class SftTrainer implements Trainer<SftTrainerState> {
+  iteration = 0;
+  readonly #sampler: Sampler;
 
-/** Callbacks while training. */
-export interface TrainHooks {
-  /** Called after each logged step (every `logEvery` steps and the last). */
-  onLog?: (m: Metrics) => void | Promise<void>;
-  /** Steps between loss readbacks (default 10). */
-  logEvery?: number;
+  constructor(
+    readonly model: OptModel,
+    readonly tok: Tokenizer,
+    readonly data: readonly SftExample[],
+    readonly cfg: SftConfig,
+    /** Checkpoint file of the trained store. */
+    readonly stateFile = "sft/model_state.safetensors",
+  ) {
+    this.#sampler = new Sampler(data.length, cfg.seed);
+  }
+
+  get total(): number {
+    return this.cfg.steps;
+  }
+
+  /** One batch: forward, cross-entropy, backward, AdamW; metrics when `log`. */
+  step(log: boolean): Promise<Metrics | undefined> {
+    const { model, cfg, data } = this, gpu = model.gpu;
+    const store = model.lora?.store ?? model.store;
+    return gpu.scope(async () => {
+      const rows = this.#sampler.next(cfg.batchSize).map((i) => ({
+        prompt: data[i].prompt,
+        response: data[i].completion,
+      }));
+      const b = encodePairs(this.tok, rows, {
+        maxLength: cfg.maxLength,
+        completionOnly: cfg.completionOnly,
+      });
+      const count = Math.max(1, b.targets.reduce((n, t) => n + (t >= 0 ? 1 : 0), 0));
+      const targets = gpu.fromArray(b.targets);
+      store.zeroGrads();
+      const acts = model.forward(
+        gpu.fromArray(b.tokens, [b.B, b.T]),
+        gpu.fromArray(b.mask, [b.B, b.T]),
+      );
+      const logits = model.logits(acts);
+      const ce = crossEntropy(gpu, logits, targets);
+      const dloss = gpu.empty([b.B * b.T]);
+      fill(gpu, dloss, 1 / count);
+      model.backward(acts, { dlogits: crossEntropyBackward(gpu, logits, targets, ce.lse, dloss) });
+      const { norm, lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return undefined;
+      const loss = (await gpu.readF32(ce.loss)).reduce((s, v) => s + v, 0) / count;
+      const gn = (await gpu.readF32(norm))[0];
+      assertFiniteLosses(`SFT step ${step}`, { loss, "grad norm": gn });
+      return { step, "sft/loss": loss, "sft/grad_norm": gn, "sft/lr": lr };
+    });
+  }
+
+  state(): SftTrainerState {
+    return { iteration: this.iteration, sampler: this.#sampler.state() };
+  }
+
+  restore(s: SftTrainerState): void {
+    this.iteration = s.iteration;
+    this.#sampler.restore(s.sampler);
+  }
+
+  stores(): StateFile[] {
+    return [{ name: this.stateFile, store: this.model.lora?.store ?? this.model.store }];
+  }
 }
 
 /**
- * Runs SFT for `cfg.steps` steps and returns the logged losses.
+ * Runs SFT for `cfg.steps` steps and returns the logged metrics (no checkpoints; the pipeline
+ * runs {@link SftTrainer} through `runLoop` with them).
  *
  * @example
  * ```ts
@@ -70,47 +118,16 @@ export async function trainSft(
   cfg: SftConfig,
   hooks: TrainHooks = {},
 ): Promise<Metrics[]> {
-  const gpu = model.gpu;
-  const store = model.lora?.store ?? model.store;
-  const sampler = new Sampler(data.length, cfg.seed);
-  const logEvery = hooks.logEvery ?? 10;
   const logs: Metrics[] = [];
-  for (let step = 0; step < cfg.steps; step++) {
-    const rows = sampler.next(cfg.batchSize).map((i) => ({
-      prompt: data[i].prompt,
-      response: data[i].completion,
-    }));
-    const b = encodePairs(tok, rows, {
-      maxLength: cfg.maxLength,
-      completionOnly: cfg.completionOnly,
-    });
-    const count = b.targets.reduce((n, t) => n + (t >= 0 ? 1 : 0), 0);
-    const tokens = gpu.fromArray(b.tokens, [b.B, b.T]), mask = gpu.fromArray(b.mask, [b.B, b.T]);
-    const targets = gpu.fromArray(b.targets);
-    store.zeroGrads();
-    const acts = model.forward(tokens, mask);
-    const logits = model.logits(acts);
-    const ce = crossEntropy(gpu, logits, targets);
-    const dloss = gpu.empty([b.B * b.T]);
-    fill(gpu, dloss, 1 / Math.max(count, 1));
-    const dlogits = crossEntropyBackward(gpu, logits, targets, ce.lse, dloss);
-    model.backward(acts, { dlogits });
-    const { norm, lr } = optimizerStep(store, cfg, step);
-    if ((step + 1) % logEvery === 0 || step === cfg.steps - 1) {
-      const l = await gpu.readF32(ce.loss);
-      const loss = l.reduce((s, v) => s + v, 0) / Math.max(count, 1);
-      const gn = (await gpu.readF32(norm))[0];
-      if (!Number.isFinite(loss) || !Number.isFinite(gn)) {
-        throw new NonFiniteLossError(`SFT step ${step + 1}: loss ${loss}, grad norm ${gn}`);
-      }
-      const m = { step: step + 1, "sft/loss": loss, "sft/grad_norm": gn, "sft/lr": lr };
+  await runLoop(new SftTrainer(model, tok, data, cfg), {
+    stage: "sft",
+    logEvery: hooks.logEvery ?? 10,
+    checkpointEvery: 0,
+  }, {
+    onMetrics: async (_s, m) => {
       logs.push(m);
       await hooks.onLog?.(m);
-    }
-    for (const t of [tokens, mask, targets, logits, ce.loss, ce.lse, dloss, dlogits, norm]) {
-      t.dispose();
-    }
-    model.disposeActivations(acts);
-  }
+    },
+  });
   return logs;
 }

@@ -17,6 +17,7 @@
  */
 
 import type { PairExample, SftExample } from "./data.ts";
+import { mulberry32 } from "./random.ts";
 
 /** Responses longer than this many characters are not "concise". */
 export const CONCISE_CHARS = 8;
@@ -29,18 +30,6 @@ export interface TaskQuestion {
   answer: number;
   /** The hh-rlhf-style prompt, ending with "\n\nAssistant:". */
   prompt: string;
-}
-
-/** Mulberry32, for deterministic generation. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** The three parts of the gold score: each 1 when the response has the property, else 0. */
@@ -150,7 +139,7 @@ export interface TaskSizes {
  * ```
  */
 export function makeBuiltinTask(seed: number, sizes: TaskSizes = {}): BuiltinTask {
-  const r = rng(seed);
+  const r = mulberry32(seed);
   const noise = sizes.labelNoise ?? 0.1;
   const sft: SftExample[] = [];
   for (let i = 0; i < (sizes.sft ?? 2000); i++) {

@@ -1,4 +1,5 @@
-import { adamwStep, learningRate } from "../../kernels/optimizer.ts";
+import { adamwStep } from "../../kernels/optimizer.ts";
+import { learningRate } from "../../trainer/optim.ts";
 import * as ref from "../../kernels/reference/optimizer.ts";
 import { scale, sub } from "../../kernels/elementwise.ts";
 import { globalNorm } from "../../kernels/reduce.ts";

@@ -1,0 +1,541 @@
+/**
+ * The built-in task's pipeline — SFT → reward model → PPO on a tiny from-scratch model — with
+ * its config sections, defaults and presets. Next to the learned reward it reports the hidden
+ * **gold** score of fresh samples on held-out prompts before and after PPO (and of every
+ * rollout), so real improvement is told apart from reward hacking.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../kernels/runtime.ts";
+import { saveOptModel } from "../model/checkpoint.ts";
+import { OptModel } from "../model/opt.ts";
+import { ByteTokenizer } from "../model/tokenizer.ts";
+import {
+  defaults,
+  PPO_SCHEMA,
+  type PpoConfig,
+  resolveSections,
+  RM_SCHEMA,
+  type RmConfig,
+  type Schema,
+  SFT_SCHEMA,
+  type SftConfig,
+} from "./config.ts";
+import { labelComparisons, samplePolicy } from "./comparisons.ts";
+import { describeVerdict, detectRewardHacking } from "./hacking.ts";
+import {
+  type PipelineDefinition,
+  type PipelineHooks,
+  type PipelineSummary,
+  type ReportSample,
+  type RunOptions,
+  runPipeline,
+  type Stage,
+} from "./pipeline.ts";
+import { PpoTrainer, type RolloutSample } from "./ppo.ts";
+import { deriveSeed } from "./random.ts";
+import { evaluateRewardModel, RewardTrainer } from "./rm.ts";
+import { sampleAndScore } from "./rollout.ts";
+import { SftTrainer } from "./sft.ts";
+import {
+  type BuiltinTask,
+  type GoldParts,
+  goldParts,
+  goldScore,
+  makeBuiltinTask,
+  parseQuestion,
+  TASK_MODEL_CONFIG,
+  type TaskQuestion,
+} from "./task.ts";
+import type { Metrics } from "./types.ts";
+
+/** Run-level settings. */
+export interface RunConfig {
+  name: string;
+  seed: number;
+  evalTemperature: number;
+  checkpointEvery: number;
+  stepCheckpointEvery: number;
+}
+
+/** The run-level schema. */
+export const RUN_SCHEMA: Schema<RunConfig> = {
+  name: { default: "builtin", doc: "run name (output under runs/<name>/)" },
+  seed: { default: 1, doc: "seed of the task data and model initialisation", integer: true },
+  evalTemperature: {
+    default: 1.0,
+    doc: "temperature of the fresh samples scored before/after PPO",
+    min: 0,
+  },
+  checkpointEvery: {
+    default: 10,
+    doc: "PPO iterations between resumable state checkpoints",
+    min: 1,
+    integer: true,
+  },
+  stepCheckpointEvery: {
+    default: 300,
+    doc: "SFT and reward-model steps between resumable state checkpoints",
+    min: 1,
+    integer: true,
+  },
+};
+
+/** Settings of the built-in task's data. */
+export interface TaskConfig {
+  pairs: number;
+  labelNoise: number;
+  policyPrompts: number;
+  samplesPerPrompt: number;
+}
+
+/** The built-in task's schema. */
+export const TASK_SCHEMA: Schema<TaskConfig> = {
+  pairs: {
+    default: 20000,
+    doc:
+      "fixed reward-model comparisons (noisy gold labels); enough that the RM sees each about once",
+    min: 1,
+    integer: true,
+  },
+  labelNoise: {
+    default: 0.1,
+    doc: "fraction of training comparisons whose gold label is flipped",
+    min: 0,
+    max: 0.5,
+  },
+  policyPrompts: {
+    default: 0,
+    doc: "prompts whose SFT-policy samples become reward-model comparisons (0 = fixed pairs only)",
+    min: 0,
+    integer: true,
+  },
+  samplesPerPrompt: {
+    default: 4,
+    doc: "policy samples per prompt; every two with different gold make a comparison",
+    min: 2,
+    integer: true,
+  },
+};
+
+/** A complete pipeline configuration. */
+export interface PipelineConfig {
+  run: RunConfig;
+  task: TaskConfig;
+  sft: SftConfig;
+  rm: RmConfig;
+  ppo: PpoConfig;
+}
+
+/** Defaults of the built-in run, tuned to finish in minutes on a 2-core software adapter. */
+export const BUILTIN_DEFAULTS: PipelineConfig = {
+  run: defaults(RUN_SCHEMA),
+  task: defaults(TASK_SCHEMA),
+  // Measured on an AVX-512 machine where the former defaults reward-hacked (issue #15); the
+  // runs and their figures are in the README's learning matrix.
+  // SFT must make the sums likely, not only the argmax: after 600 steps at lr 1e-3 seed 3
+  // answered 96 % correctly greedy but only 40 % at T = 1 (the demonstrations: 80 %); 900 steps
+  // give 65 %, and the reward model it starts learns the arithmetic pairs better.
+  sft: { ...defaults(SFT_SCHEMA), steps: 900, lr: 1e-3 },
+  // The reward model's errors are the arithmetic pairs (style pairs are ~98 % right): 600 steps
+  // of 16 pairs reached held-out accuracy 0.83–0.925 depending on seed and CPU; twice the pairs
+  // per step (or twice the steps) 0.90–0.97. Lower learning rates did not help (seed 3: 0.82 at
+  // 5e-4, 0.73 at 3e-4); nor did the token-level loss (0.60–0.69).
+  rm: { ...defaults(RM_SCHEMA), steps: 600, batchSize: 32, lr: 1e-3 },
+  // A response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
+  // bytes + EOS): with 8 tokens the most common style was always cut, and truncated responses —
+  // which the reward model never saw in training and scored highest (2.4 vs 1.3 for " 7.") —
+  // were what PPO exploited (" 2, sure sur"). Actor lr 1e-3 moved the policy to KL 4–10 in the
+  // first iterations and lost the sums (correct 0.66 → 0.38 with gold still up by style alone);
+  // 2e-4 with a 20 % warmup keeps KL near 1.5 and raises correct answers too.
+  ppo: {
+    ...defaults(PPO_SCHEMA),
+    iterations: 30,
+    maxNewTokens: 16,
+    actorLr: 2e-4,
+    warmupRatio: 0.2,
+    missingEosPenalty: 1.0,
+  },
+};
+
+/**
+ * Named presets for the built-in task. `tiny` (alias `builtin`) is the default: the tiny
+ * from-scratch model on the built-in task with the defaults above; `trl` applies TRL's PPO
+ * algorithm defaults (β = 0.05, rollout temperature 0.7, k1 KL, ε = ε_v = 0.2, γ = 1, λ = 0.95,
+ * 4 epochs) while keeping learning rates sized for the tiny model.
+ */
+export const PIPELINE_PRESETS: Record<string, Record<string, unknown>> = {
+  tiny: {},
+  builtin: {},
+  trl: {
+    "ppo.klCoef": 0.05,
+    "ppo.temperature": 0.7,
+    "ppo.klEstimator": "k1",
+    "ppo.clipRange": 0.2,
+    "ppo.clipRangeValue": 0.2,
+    "ppo.gamma": 1,
+    "ppo.lambda": 0.95,
+    "ppo.ppoEpochs": 4,
+  },
+};
+
+/** The config sections of the built-in pipeline. */
+export const BUILTIN_SECTIONS = {
+  run: RUN_SCHEMA,
+  task: TASK_SCHEMA,
+  sft: SFT_SCHEMA,
+  rm: RM_SCHEMA,
+  ppo: PPO_SCHEMA,
+} as unknown as Record<string, Schema<unknown>>;
+
+/**
+ * Builds a pipeline config from the defaults and nested overrides (`{sft: {steps: 10}}` or flat
+ * dotted keys `{"sft.steps": 10}`); unknown sections or keys are `ConfigError`s naming them.
+ */
+export function resolvePipelineConfig(
+  overrides: Record<string, unknown>,
+  base: PipelineConfig = BUILTIN_DEFAULTS,
+): PipelineConfig {
+  return resolveSections(BUILTIN_SECTIONS, overrides, base);
+}
+
+/** What the built-in stages pass on: the task, its tokenizer, and the trained models. */
+export interface BuiltinState {
+  tok: ByteTokenizer;
+  task: BuiltinTask;
+  sft?: OptModel;
+  rm?: OptModel;
+}
+
+/** The gold score of a response to a task prompt. */
+function gold(prompt: string, response: string): number {
+  return goldScore(parseQuestion(prompt)!, response);
+}
+
+/**
+ * Policy samples (RM comparisons, evaluations) use PPO's rollout budget, so the reward model
+ * is trained and tested on what PPO will show it.
+ */
+function sampling(cfg: PipelineConfig) {
+  return {
+    maxNewTokens: cfg.ppo.maxNewTokens,
+    maxPromptLength: cfg.ppo.maxPromptLength,
+    temperature: cfg.ppo.temperature,
+    samplesPerPrompt: cfg.task.samplesPerPrompt,
+  };
+}
+
+/** SFT of a fresh task model on the task's demonstrations. */
+const SFT_STAGE: Stage<PipelineConfig, BuiltinState> = {
+  name: "sft",
+  doc: "supervised fine-tuning on the demonstrations",
+  async run(ctx) {
+    const { gpu, cfg, state } = ctx, seed = cfg.run.seed;
+    let sft = await ctx.finished();
+    if (!sft) {
+      sft = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed });
+      const last = await ctx.train(
+        new SftTrainer(sft, state.tok, state.task.sft, { ...cfg.sft, seed: cfg.sft.seed + seed }),
+        { logEvery: 10, checkpointEvery: cfg.run.stepCheckpointEvery },
+      );
+      ctx.summary["sft/loss"] = last["sft/loss"] ?? NaN;
+      await ctx.hooks.saveCheckpoint?.("sft", await saveOptModel(sft, { stage: "sft" }));
+    }
+    ctx.own(sft);
+    state.sft = sft;
+  },
+};
+
+/**
+ * The reward model, from the SFT weights, on the fixed comparisons plus (with
+ * `task.policyPrompts`) comparisons of the SFT policy's own samples; then its held-out tests.
+ */
+const RM_STAGE: Stage<PipelineConfig, BuiltinState> = {
+  name: "rm",
+  doc: "reward model on gold-labelled comparisons (fixed and of SFT samples)",
+  async run(ctx) {
+    const { gpu, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft!;
+    let rm = await ctx.finished();
+    if (!rm) {
+      rm = OptModel.create(gpu, TASK_MODEL_CONFIG, {
+        seed: deriveSeed(seed, "rewardInit"),
+        valueHead: true,
+      });
+      rm.store.copyFrom(sft.store);
+      ctx.own(rm);
+      await ctx.train(
+        new RewardTrainer(rm, state.tok, await rewardPairs(ctx), {
+          ...cfg.rm,
+          seed: cfg.rm.seed + seed,
+        }),
+        { logEvery: 10, checkpointEvery: cfg.run.stepCheckpointEvery },
+      );
+      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
+    } else ctx.own(rm);
+    state.rm = rm;
+    await testRewardModel(ctx, rm);
+  },
+};
+
+/** The fixed comparisons, plus on-policy ones when `task.policyPrompts > 0`. */
+async function rewardPairs(ctx: Parameters<Stage<PipelineConfig, BuiltinState>["run"]>[0]) {
+  const { cfg, state } = ctx, seed = cfg.run.seed, task = state.task;
+  if (cfg.task.policyPrompts === 0) return task.pairs;
+  // on-policy comparisons (InstructGPT): the SFT policy's own samples, truncated ones included,
+  // labelled by the gold function with the task's label noise
+  const groups = await samplePolicy(
+    state.sft!,
+    state.tok,
+    task.prompts.slice(0, cfg.task.policyPrompts).map((q) => q.prompt),
+    { ...sampling(cfg), seed: deriveSeed(seed, "comparisonSamples") },
+  );
+  const policyPairs = labelComparisons(groups, gold, {
+    labelNoise: cfg.task.labelNoise,
+    seed: deriveSeed(seed, "comparisonLabels"),
+  });
+  ctx.log(
+    `reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons ` +
+      `of SFT samples (${groups.length} prompts × ${cfg.task.samplesPerPrompt})`,
+  );
+  return [...task.pairs, ...policyPairs];
+}
+
+/**
+ * Held-out accuracy on clean pairs, and where PPO uses it: accuracy and score–gold correlation
+ * on clean comparisons of the SFT policy's samples on held-out prompts.
+ */
+async function testRewardModel(
+  ctx: Parameters<Stage<PipelineConfig, BuiltinState>["run"]>[0],
+  rm: OptModel,
+): Promise<void> {
+  const { cfg, state } = ctx, tok = state.tok;
+  const rmEval = await evaluateRewardModel(rm, tok, state.task.heldOutPairs, {
+    maxLength: cfg.rm.maxLength,
+  });
+  const heldOut = await samplePolicy(
+    state.sft!,
+    tok,
+    state.task.policyEvalPrompts.map((q) => q.prompt),
+    { ...sampling(cfg), seed: deriveSeed(cfg.run.seed, "rewardModelProbe"), reward: rm },
+  );
+  const policyEval = await evaluateRewardModel(
+    rm,
+    tok,
+    labelComparisons(heldOut, gold, { labelNoise: 0, seed: 0 }),
+    { maxLength: cfg.rm.maxLength },
+  );
+  const flat = heldOut.flat();
+  const rmStats = {
+    "rm/accuracy": rmEval.accuracy,
+    "rm/margin": rmEval.margin,
+    "rm/policy_accuracy": policyEval.accuracy,
+    "rm/policy_gold_corr": correlation(
+      flat.map((x) => x.score),
+      flat.map((x) => gold(x.prompt, x.response)),
+    ),
+  };
+  await ctx.hooks.onMetrics?.("rm", rmStats);
+  ctx.log(
+    `reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${
+      rmEval.margin.toFixed(3)
+    }); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score–gold correlation ${
+      rmStats["rm/policy_gold_corr"].toFixed(3)
+    }`,
+  );
+  ctx.hooks.onSamples?.("rm", flat.map((x) => ({ ...x, gold: gold(x.prompt, x.response) })));
+  Object.assign(ctx.summary, rmStats);
+}
+
+/** PPO: actor and reference from SFT, critic from the reward model; gold before and after. */
+const PPO_STAGE: Stage<PipelineConfig, BuiltinState> = {
+  name: "ppo",
+  doc: "PPO of the SFT policy against the reward model, with the gold view",
+  async run(ctx) {
+    const { gpu, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft!, rm = state.rm!;
+    const actor = sft.copy(), reference = sft.copy({ frozen: true });
+    const critic = OptModel.create(gpu, TASK_MODEL_CONFIG, {
+      seed: deriveSeed(seed, "criticInit"),
+      valueHead: true,
+    });
+    critic.store.copyFrom(rm.store);
+    ctx.own(actor, reference, critic);
+    const prompts = state.task.evalPrompts;
+    const evaluation = (policy: OptModel) =>
+      evaluate(
+        policy,
+        rm,
+        state.tok,
+        prompts,
+        cfg.run.evalTemperature,
+        deriveSeed(seed, "evaluation"),
+        cfg.ppo.maxNewTokens,
+      );
+    // the reference equals the actor before PPO (also when resuming mid-PPO)
+    const before = await evaluation(reference);
+    ctx.log(
+      `before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`,
+    );
+    ctx.hooks.onSamples?.("before", before.samples);
+    const trainer = new PpoTrainer(
+      { actor, critic, reward: rm, reference },
+      state.tok,
+      { prompts: state.task.prompts.map((q) => q.prompt) },
+      { ...cfg.ppo, seed: cfg.ppo.seed + seed },
+      { scoreRollout: (s) => rolloutGold(s) },
+    );
+    const history: { iteration: number; score: number; gold: number }[] = [];
+    const last = await ctx.train(trainer, {
+      unit: "iteration",
+      logEvery: 1,
+      checkpointEvery: cfg.run.checkpointEvery,
+      stopAfter: ctx.opts.stopAfterIteration,
+      afterLog: (m) => {
+        ctx.hooks.onSamples?.(
+          "ppo",
+          trainer.lastSamples.map((s) => ({ ...s, gold: gold(s.prompt, s.response) })),
+        );
+        history.push({
+          iteration: m.iteration,
+          score: m["objective/scores"],
+          gold: m["gold/rollout"],
+        });
+      },
+    });
+    await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
+    const after = await evaluation(actor);
+    ctx.log(
+      `after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`,
+    );
+    ctx.hooks.onSamples?.("after", after.samples);
+    const verdict = detectRewardHacking(history, {
+      before: { score: before.score, gold: before.gold },
+      after: { score: after.score, gold: after.gold },
+    });
+    ctx.log(describeVerdict(verdict));
+    Object.assign(ctx.summary, {
+      "gold/before": before.gold,
+      "gold/after": after.gold,
+      "score/before": before.score,
+      "score/after": after.score,
+      "objective/kl": last["objective/kl"] ?? 0,
+      "gold/correct/before": before.parts.correct,
+      "gold/correct/after": after.parts.correct,
+      "gold/period/before": before.parts.period,
+      "gold/period/after": after.parts.period,
+      "gold/concise/before": before.parts.concise,
+      "gold/concise/after": after.parts.concise,
+      reward_hacking: verdict,
+      samples_before: before.samples.slice(0, 8),
+      samples_after: after.samples.slice(0, 8),
+    });
+  },
+};
+
+/** The built-in pipeline: SFT → reward model → PPO on the arithmetic task. */
+export const BUILTIN_PIPELINE: PipelineDefinition<PipelineConfig, BuiltinState> = {
+  name: "builtin",
+  doc: "SFT → reward model → PPO of a tiny from-scratch model on the built-in arithmetic task",
+  sections: BUILTIN_SECTIONS,
+  defaults: BUILTIN_DEFAULTS,
+  stages: [SFT_STAGE, RM_STAGE, PPO_STAGE],
+  init: (_gpu, cfg) =>
+    Promise.resolve({
+      tok: new ByteTokenizer(),
+      task: makeBuiltinTask(cfg.run.seed, {
+        pairs: cfg.task.pairs,
+        labelNoise: cfg.task.labelNoise,
+      }),
+    }),
+};
+
+/**
+ * Runs SFT → RM → PPO on the built-in task and returns the summary. With `resume`, finished
+ * stages load from their checkpoints and a stage's loop continues from its last state
+ * checkpoint (models, AdamW moments and step, trainer counters), reproducing the uninterrupted
+ * run's metrics. `stopAfterIteration` ends PPO early (after checkpointing), e.g. to test
+ * resuming; `stage` runs the stages up to that one.
+ *
+ * @example A very short run
+ * ```ts
+ * import { Gpu, resolvePipelineConfig, runBuiltinPipeline } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const cfg = resolvePipelineConfig({ "sft.steps": 5, "rm.steps": 5, "ppo.iterations": 1 });
+ * const summary = await runBuiltinPipeline(gpu, cfg);
+ * console.log(summary["gold/before"], summary["gold/after"]);
+ * ```
+ */
+export function runBuiltinPipeline(
+  gpu: Gpu,
+  cfg: PipelineConfig,
+  hooks: PipelineHooks = {},
+  opts: RunOptions = {},
+): Promise<PipelineSummary> {
+  return runPipeline(BUILTIN_PIPELINE, gpu, cfg, hooks, opts);
+}
+
+/**
+ * Samples responses to `questions` (temperature `T`, seeded), and scores them with the gold
+ * function and the reward model.
+ */
+async function evaluate(
+  actor: OptModel,
+  reward: OptModel,
+  tok: ByteTokenizer,
+  questions: TaskQuestion[],
+  T: number,
+  seed: number,
+  maxNewTokens: number,
+): Promise<{ gold: number; score: number; parts: GoldParts; samples: ReportSample[] }> {
+  const scored = await sampleAndScore(actor, reward, tok, questions.map((q) => q.prompt), {
+    temperature: T,
+    seed,
+    maxNewTokens,
+    maxPromptLength: 256,
+  });
+  const samples = scored.map((s, i) => ({
+    prompt: s.prompt,
+    response: s.response,
+    score: s.score,
+    gold: goldScore(questions[i], s.response),
+  }));
+  const parts = scored.map((s, i) => goldParts(questions[i], s.response));
+  const mean = <X>(xs: X[], f: (x: X) => number) => xs.reduce((a, x) => a + f(x), 0) / xs.length;
+  return {
+    gold: mean(samples, (s) => s.gold),
+    score: mean(samples, (s) => s.score),
+    parts: {
+      correct: mean(parts, (p) => p.correct),
+      period: mean(parts, (p) => p.period),
+      concise: mean(parts, (p) => p.concise),
+    },
+    samples,
+  };
+}
+
+/** Per-rollout gold metrics: the mean gold score and the share of each of its parts. */
+function rolloutGold(samples: readonly RolloutSample[]): Metrics {
+  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt)!, s.response));
+  const mean = (f: (p: GoldParts) => number) => parts.reduce((a, p) => a + f(p), 0) / parts.length;
+  return {
+    "gold/rollout": samples.reduce(
+      (a, s) => a + goldScore(parseQuestion(s.prompt)!, s.response),
+      0,
+    ) / samples.length,
+    "gold/correct": mean((p) => p.correct),
+    "gold/period": mean((p) => p.period),
+    "gold/concise": mean((p) => p.concise),
+  };
+}
+
+/** Pearson correlation of two equally long series (NaN when either is constant). */
+function correlation(x: readonly number[], y: readonly number[]): number {
+  const n = x.length, mx = x.reduce((a, v) => a + v, 0) / n, my = y.reduce((a, v) => a + v, 0) / n;
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) ** 2;
+    syy += (y[i] - my) ** 2;
+  }
+  return sxy / Math.sqrt(sxx * syy);
+}

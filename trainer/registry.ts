@@ -1,0 +1,40 @@
+/**
+ * Every pipeline and preset by name: the CLI and the demo look them up here, so a new
+ * pipeline (a new method's stage list) or preset is registered with one line.
+ *
+ * @module
+ */
+
+import { BUILTIN_PIPELINE, PIPELINE_PRESETS } from "./builtin.ts";
+import type { PipelineDefinition } from "./pipeline.ts";
+import { type RecipeIo, recipePipeline } from "./recipe.ts";
+
+/** A pipeline definition, given the reader of the files its config names. */
+// deno-lint-ignore no-explicit-any
+export type PipelineFactory = (io: RecipeIo) => PipelineDefinition<any, any>;
+
+/** The pipelines, by name. */
+export const PIPELINES: Record<string, PipelineFactory> = {
+  builtin: () => BUILTIN_PIPELINE,
+  "simple-rlhf-tiny": recipePipeline,
+};
+
+/** A preset: the pipeline it runs and overrides of that pipeline's defaults. */
+export interface Preset {
+  pipeline: string;
+  overrides: Record<string, unknown>;
+}
+
+/** The presets, by name (`--preset=NAME`). */
+export const PRESETS: Record<string, Preset> = {
+  ...Object.fromEntries(
+    Object.entries(PIPELINE_PRESETS).map(([k, v]) => [k, { pipeline: "builtin", overrides: v }]),
+  ),
+  "simple-rlhf-tiny": { pipeline: "simple-rlhf-tiny", overrides: {} },
+};
+
+/** The pipeline a saved run config belongs to (its `pipeline` key; older runs by their sections). */
+export function pipelineOf(saved: Record<string, unknown>): string {
+  if (typeof saved.pipeline === "string" && saved.pipeline in PIPELINES) return saved.pipeline;
+  return "data" in saved ? "simple-rlhf-tiny" : "builtin";
+}
