@@ -23,7 +23,7 @@ import {
   type SftConfig,
 } from "./config.ts";
 import { labelComparisons, samplePolicy } from "./comparisons.ts";
-import { describeVerdict, detectRewardHacking } from "./hacking.ts";
+import { describeVerdict, detectRewardHacking, type RolloutScores } from "./hacking.ts";
 import {
   type PipelineDefinition,
   type PipelineHooks,
@@ -32,8 +32,9 @@ import {
   type RunOptions,
   runPipeline,
   type Stage,
+  type StageContext,
 } from "./pipeline.ts";
-import { PpoTrainer, type RolloutSample } from "./ppo.ts";
+import { type PpoModels, PpoTrainer, type RolloutSample } from "./ppo.ts";
 import { deriveSeed } from "./random.ts";
 import { evaluateRewardModel, RewardTrainer } from "./rm.ts";
 import { sampleAndScore } from "./rollout.ts";
@@ -279,7 +280,7 @@ const RM_STAGE: Stage<PipelineConfig, BuiltinState> = {
 };
 
 /** The fixed comparisons, plus on-policy ones when `task.policyPrompts > 0`. */
-async function rewardPairs(ctx: Parameters<Stage<PipelineConfig, BuiltinState>["run"]>[0]) {
+async function rewardPairs(ctx: BuiltinContext) {
   const { cfg, state } = ctx, seed = cfg.run.seed, task = state.task;
   if (cfg.task.policyPrompts === 0) return task.pairs;
   // on-policy comparisons (InstructGPT): the SFT policy's own samples, truncated ones included,
@@ -306,7 +307,7 @@ async function rewardPairs(ctx: Parameters<Stage<PipelineConfig, BuiltinState>["
  * on clean comparisons of the SFT policy's samples on held-out prompts.
  */
 async function testRewardModel(
-  ctx: Parameters<Stage<PipelineConfig, BuiltinState>["run"]>[0],
+  ctx: BuiltinContext,
   rm: OptModel,
 ): Promise<void> {
   const { cfg, state } = ctx, tok = state.tok;
@@ -347,90 +348,100 @@ async function testRewardModel(
   Object.assign(ctx.summary, rmStats);
 }
 
+type BuiltinContext = StageContext<PipelineConfig, BuiltinState>;
+
 /** PPO: actor and reference from SFT, critic from the reward model; gold before and after. */
 const PPO_STAGE: Stage<PipelineConfig, BuiltinState> = {
   name: "ppo",
   doc: "PPO of the SFT policy against the reward model, with the gold view",
   async run(ctx) {
-    const { gpu, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft!, rm = state.rm!;
+    const { gpu, cfg, state } = ctx, sft = state.sft!, rm = state.rm!;
     const actor = sft.copy(), reference = sft.copy({ frozen: true });
     const critic = OptModel.create(gpu, TASK_MODEL_CONFIG, {
-      seed: deriveSeed(seed, "criticInit"),
+      seed: deriveSeed(cfg.run.seed, "criticInit"),
       valueHead: true,
     });
     critic.store.copyFrom(rm.store);
     ctx.own(actor, reference, critic);
-    const prompts = state.task.evalPrompts;
     const evaluation = (policy: OptModel) =>
-      evaluate(
-        policy,
-        rm,
-        state.tok,
-        prompts,
-        cfg.run.evalTemperature,
-        deriveSeed(seed, "evaluation"),
-        cfg.ppo.maxNewTokens,
-      );
+      evaluate(policy, rm, state.tok, state.task.evalPrompts, {
+        temperature: cfg.run.evalTemperature,
+        seed: deriveSeed(cfg.run.seed, "evaluation"),
+        maxNewTokens: cfg.ppo.maxNewTokens,
+      });
     // the reference equals the actor before PPO (also when resuming mid-PPO)
     const before = await evaluation(reference);
     ctx.log(
       `before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`,
     );
     ctx.hooks.onSamples?.("before", before.samples);
-    const trainer = new PpoTrainer(
-      { actor, critic, reward: rm, reference },
-      state.tok,
-      { prompts: state.task.prompts.map((q) => q.prompt) },
-      { ...cfg.ppo, seed: cfg.ppo.seed + seed },
-      { scoreRollout: (s) => rolloutGold(s) },
-    );
-    const history: { iteration: number; score: number; gold: number }[] = [];
-    const last = await ctx.train(trainer, {
-      unit: "iteration",
-      logEvery: 1,
-      checkpointEvery: cfg.run.checkpointEvery,
-      stopAfter: ctx.opts.stopAfterIteration,
-      afterLog: (m) => {
-        ctx.hooks.onSamples?.(
-          "ppo",
-          trainer.lastSamples.map((s) => ({ ...s, gold: gold(s.prompt, s.response) })),
-        );
-        history.push({
-          iteration: m.iteration,
-          score: m["objective/scores"],
-          gold: m["gold/rollout"],
-        });
-      },
-    });
+    const { last, history } = await trainPpo(ctx, { actor, critic, reward: rm, reference });
     await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
     const after = await evaluation(actor);
     ctx.log(
       `after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`,
     );
     ctx.hooks.onSamples?.("after", after.samples);
-    const verdict = detectRewardHacking(history, {
-      before: { score: before.score, gold: before.gold },
-      after: { score: after.score, gold: after.gold },
-    });
+    const verdict = detectRewardHacking(history, { before, after });
     ctx.log(describeVerdict(verdict));
-    Object.assign(ctx.summary, {
-      "gold/before": before.gold,
-      "gold/after": after.gold,
-      "score/before": before.score,
-      "score/after": after.score,
+    Object.assign(ctx.summary, evaluationSummary(before, after), {
       "objective/kl": last["objective/kl"] ?? 0,
-      "gold/correct/before": before.parts.correct,
-      "gold/correct/after": after.parts.correct,
-      "gold/period/before": before.parts.period,
-      "gold/period/after": after.parts.period,
-      "gold/concise/before": before.parts.concise,
-      "gold/concise/after": after.parts.concise,
       reward_hacking: verdict,
-      samples_before: before.samples.slice(0, 8),
-      samples_after: after.samples.slice(0, 8),
     });
   },
 };
+
+/** The PPO loop, with every rollout's gold score (metrics, samples, the hacking history). */
+async function trainPpo(
+  ctx: BuiltinContext,
+  models: PpoModels,
+): Promise<{ last: Metrics; history: RolloutScores[] }> {
+  const { cfg, state } = ctx;
+  const trainer = new PpoTrainer(
+    models,
+    state.tok,
+    { prompts: state.task.prompts.map((q) => q.prompt) },
+    { ...cfg.ppo, seed: cfg.ppo.seed + cfg.run.seed },
+    { scoreRollout: (s) => rolloutGold(s) },
+  );
+  const history: RolloutScores[] = [];
+  const last = await ctx.train(trainer, {
+    unit: "iteration",
+    logEvery: 1,
+    checkpointEvery: cfg.run.checkpointEvery,
+    stopAfter: ctx.opts.stopAfterIteration,
+    afterLog: (m) => {
+      ctx.hooks.onSamples?.(
+        "ppo",
+        trainer.lastSamples.map((s) => ({ ...s, gold: gold(s.prompt, s.response) })),
+      );
+      history.push({
+        iteration: m.iteration,
+        score: m["objective/scores"],
+        gold: m["gold/rollout"],
+      });
+    },
+  });
+  return { last, history };
+}
+
+/** The summary's before/after numbers and samples. */
+function evaluationSummary(before: Evaluation, after: Evaluation): Partial<PipelineSummary> {
+  return {
+    "gold/before": before.gold,
+    "gold/after": after.gold,
+    "score/before": before.score,
+    "score/after": after.score,
+    "gold/correct/before": before.parts.correct,
+    "gold/correct/after": after.parts.correct,
+    "gold/period/before": before.parts.period,
+    "gold/period/after": after.parts.period,
+    "gold/concise/before": before.parts.concise,
+    "gold/concise/after": after.parts.concise,
+    samples_before: before.samples.slice(0, 8),
+    samples_after: after.samples.slice(0, 8),
+  };
+}
 
 /** The built-in pipeline: SFT → reward model → PPO on the arithmetic task. */
 export const BUILTIN_PIPELINE: PipelineDefinition<PipelineConfig, BuiltinState> = {
@@ -474,23 +485,27 @@ export function runBuiltinPipeline(
   return runPipeline(BUILTIN_PIPELINE, gpu, cfg, hooks, opts);
 }
 
+/** Fresh samples on held-out prompts, scored by the gold function and the reward model. */
+interface Evaluation {
+  gold: number;
+  score: number;
+  parts: GoldParts;
+  samples: ReportSample[];
+}
+
 /**
- * Samples responses to `questions` (temperature `T`, seeded), and scores them with the gold
- * function and the reward model.
+ * Samples responses to `questions` (seeded), and scores them with the gold function and the
+ * reward model.
  */
 async function evaluate(
-  actor: OptModel,
+  policy: OptModel,
   reward: OptModel,
   tok: ByteTokenizer,
   questions: TaskQuestion[],
-  T: number,
-  seed: number,
-  maxNewTokens: number,
-): Promise<{ gold: number; score: number; parts: GoldParts; samples: ReportSample[] }> {
-  const scored = await sampleAndScore(actor, reward, tok, questions.map((q) => q.prompt), {
-    temperature: T,
-    seed,
-    maxNewTokens,
+  o: { temperature: number; seed: number; maxNewTokens: number },
+): Promise<Evaluation> {
+  const scored = await sampleAndScore(policy, reward, tok, questions.map((q) => q.prompt), {
+    ...o,
     maxPromptLength: 256,
   });
   const samples = scored.map((s, i) => ({

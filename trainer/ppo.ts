@@ -84,6 +84,14 @@ const MB = {
 } as const;
 const MB_COLUMNS = Object.keys(MB).length;
 
+/** A minibatch's rows of the rollout, and its count of action tokens. */
+interface Minibatch {
+  seq: Tensor;
+  am: Tensor;
+  act: Tensor;
+  count: number;
+}
+
 /** The rollout and its no-gradient experience, as one update phase sees them. */
 interface Batch {
   r: Rollout;
@@ -233,61 +241,74 @@ export class PpoTrainer implements Trainer<PpoTrainerState> {
     stats: Tensor,
     k: number,
   ): void {
-    const { actor, critic } = this.models, gpu = actor.gpu, cfg = this.cfg;
-    const T = r.length, B = rows.length;
+    const gpu = this.models.actor.gpu, T = r.length;
     const gather = (t: Tensor) => {
-      const out = gpu.empty([B, T], t.dtype);
+      const out = gpu.empty([rows.length, T], t.dtype);
       rows.forEach((row, i) => gpu.copyRange(t, row * T, out, i * T, T));
       return out;
     };
-    const seq = gather(r.tokens), am = gather(r.attentionMask), act = gather(r.actionMask);
-    const count = rows.reduce(
-      (n, row) => n + r.hostActionMask.subarray(row * T, (row + 1) * T).reduce((a, v) => a + v, 0),
-      0,
-    );
-    // actor: clipped surrogate (+ entropy bonus) (+ PPO-ptx)
-    const aStore = actor.lora?.store ?? actor.store;
-    aStore.zeroGrads();
-    const aActs = actor.forward(seq, am);
-    const lp = actor.tokenLogprobs(aActs);
-    const pl = ppoPolicyLoss(gpu, lp.logp, gather(exp.logpOld), gather(adv.advantages), act, {
-      clip: cfg.clipRange,
-    });
+    const mb: Minibatch = {
+      seq: gather(r.tokens),
+      am: gather(r.attentionMask),
+      act: gather(r.actionMask),
+      count: rows.reduce(
+        (n, row) =>
+          n + r.hostActionMask.subarray(row * T, (row + 1) * T).reduce((a, v) => a + v, 0),
+        0,
+      ),
+    };
+    const actor = this.#actorStep(mb, gather(exp.logpOld), gather(adv.advantages), lrs.actor);
+    const critic = this.#criticStep(mb, gather(exp.values), gather(adv.returns), lrs.critic);
+    const columns: [keyof typeof MB, Tensor | undefined][] = [
+      ["policyLoss", actor.loss],
+      ["clipfrac", actor.clipfrac],
+      ["approxKl", actor.approxkl],
+      ["valueLoss", critic.loss],
+      ["valueClipfrac", critic.clipfrac],
+      ["entropy", actor.entropy],
+      ["ptxLoss", actor.ptx],
+    ];
+    for (const [name, t] of columns) {
+      if (t) gpu.copyRange(t, STAT.mean, stats, MB_COLUMNS * k + MB[name], 1);
+    }
+  }
+
+  /** The actor's update: clipped surrogate (+ entropy bonus) (+ PPO-ptx), clip, AdamW. */
+  #actorStep(mb: Minibatch, logpOld: Tensor, advantages: Tensor, lr: number) {
+    const { actor } = this.models, gpu = actor.gpu, cfg = this.cfg;
+    const [B, T] = mb.seq.shape;
+    const store = actor.lora?.store ?? actor.store;
+    store.zeroGrads();
+    const acts = actor.forward(mb.seq, mb.am);
+    const lp = actor.tokenLogprobs(acts);
+    const pl = ppoPolicyLoss(gpu, lp.logp, logpOld, advantages, mb.act, { clip: cfg.clipRange });
     const dent = cfg.entropyCoef > 0
-      ? scale(gpu, act, -cfg.entropyCoef / Math.max(count, 1))
+      ? scale(gpu, mb.act, -cfg.entropyCoef / Math.max(mb.count, 1))
       : undefined;
     const dlogits = logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
       dlogp: pl.dlogp.reshape([B * T]),
       dentropy: dent?.reshape([B * T]),
       entropy: lp.entropy.reshape([B * T]),
     });
-    actor.backward(aActs, { dlogits });
+    actor.backward(acts, { dlogits });
     const ptx = this.#ptx ? this.#ptxBackward() : undefined;
-    aStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
-    aStore.adamw({ lr: lrs.actor, weightDecay: cfg.weightDecay });
-    const ent = maskedStats(gpu, lp.entropy, act);
-    // critic: clipped value loss
+    store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
+    store.adamw({ lr, weightDecay: cfg.weightDecay });
+    return { ...pl, entropy: maskedStats(gpu, lp.entropy, mb.act), ptx };
+  }
+
+  /** The critic's update: clipped value loss, clip, AdamW. */
+  #criticStep(mb: Minibatch, valuesOld: Tensor, returns: Tensor, lr: number) {
+    const { critic } = this.models, gpu = critic.gpu, cfg = this.cfg;
+    const [B, T] = mb.seq.shape;
     critic.store.zeroGrads();
-    const cActs = critic.forward(seq, am);
-    const v = critic.values(cActs).intoShape([B, T]);
-    const vl = ppoValueLoss(gpu, v, gather(exp.values), gather(adv.returns), act, {
-      clip: cfg.clipRangeValue,
-    });
-    critic.backward(cActs, { dvalues: vl.dvalues.reshape([B * T]) });
+    const acts = critic.forward(mb.seq, mb.am);
+    const v = critic.values(acts).intoShape([B, T]);
+    const vl = ppoValueLoss(gpu, v, valuesOld, returns, mb.act, { clip: cfg.clipRangeValue });
+    critic.backward(acts, { dvalues: vl.dvalues.reshape([B * T]) });
     critic.store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
-    critic.store.adamw({ lr: lrs.critic, weightDecay: cfg.weightDecay });
-    const columns: [keyof typeof MB, Tensor | undefined][] = [
-      ["policyLoss", pl.loss],
-      ["clipfrac", pl.clipfrac],
-      ["approxKl", pl.approxkl],
-      ["valueLoss", vl.loss],
-      ["valueClipfrac", vl.clipfrac],
-      ["entropy", ent],
-      ["ptxLoss", ptx],
-    ];
-    for (const [name, t] of columns) {
-      if (t) gpu.copyRange(t, STAT.mean, stats, MB_COLUMNS * k + MB[name], 1);
-    }
+    critic.store.adamw({ lr, weightDecay: cfg.weightDecay });
+    return vl;
   }
 
   /**

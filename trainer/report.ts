@@ -33,24 +33,29 @@ function range(ys: number[], fixed?: [number, number]): [number, number] {
   return [y0, y1];
 }
 
-/**
- * An SVG line chart with labelled axes: `x` label below, `yLeft` (and `yRight` for lines marked
- * `right`) beside the axes, tick values at both ends, a legend, and optional shaded x spans.
- */
-function lineChart(
-  title: string,
-  lines: Line[],
-  axes: {
-    x: string;
-    yLeft: string;
-    yRight?: string;
-    leftRange?: [number, number];
-    rightRange?: [number, number];
-    shade?: number[];
-  },
-): string {
-  const drawn = lines.filter((l) => l.points.length > 0);
-  if (drawn.length === 0) return "";
+/** Axes of a {@link lineChart}. */
+interface ChartAxes {
+  x: string;
+  yLeft: string;
+  yRight?: string;
+  leftRange?: [number, number];
+  rightRange?: [number, number];
+  shade?: number[];
+}
+
+/** Maps data to SVG coordinates: x over all lines, y per axis. */
+interface Frame {
+  x0: number;
+  x1: number;
+  step: number;
+  lr: [number, number];
+  rr: [number, number];
+  hasRight: boolean;
+  sx(x: number): number;
+  sy(y: number, r: [number, number]): number;
+}
+
+function frame(drawn: Line[], axes: ChartAxes): Frame {
   const xs = drawn.flatMap((l) => l.points.map((p) => p[0]));
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
   const left = drawn.filter((l) => !l.right), right = drawn.filter((l) => l.right);
@@ -58,56 +63,79 @@ function lineChart(
   const rr = right.length
     ? range(right.flatMap((l) => l.points.map((p) => p[1])), axes.rightRange)
     : lr;
-  const sx = (x: number) => PAD_L + ((x - x0) / Math.max(1e-12, x1 - x0)) * (W - PAD_L - PAD_R);
-  const sy = (y: number, [y0, y1]: [number, number]) =>
-    H - PAD_B + ((y0 - y) / (y1 - y0)) * (H - PAD_T - PAD_B);
+  return {
+    x0,
+    x1,
+    lr,
+    rr,
+    hasRight: right.length > 0,
+    step: xs.length > 1 ? (x1 - x0) / Math.max(1, new Set(xs).size - 1) : 1,
+    sx: (x) => PAD_L + ((x - x0) / Math.max(1e-12, x1 - x0)) * (W - PAD_L - PAD_R),
+    sy: (y, [y0, y1]) => H - PAD_B + ((y0 - y) / (y1 - y0)) * (H - PAD_T - PAD_B),
+  };
+}
+
+/** The lines as SVG paths, and shaded x spans (e.g. iterations flagged as reward hacking). */
+function plotArea(drawn: Line[], f: Frame, shade: number[]): string {
   const paths = drawn.map((l) => {
-    const r = l.right ? rr : lr;
+    const r = l.right ? f.rr : f.lr;
     const d = l.points.map((p, i) =>
-      `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1], r).toFixed(1)}`
+      `${i ? "L" : "M"}${f.sx(p[0]).toFixed(1)},${f.sy(p[1], r).toFixed(1)}`
     ).join(" ");
     return `<path d="${d}" fill="none" stroke="${l.color}" stroke-width="1.8"/>`;
   }).join("\n");
-  const step = xs.length > 1 ? (x1 - x0) / Math.max(1, new Set(xs).size - 1) : 1;
-  const shade = (axes.shade ?? []).map((x) =>
-    `<rect x="${
-      (sx(x) - (step / 2) * (W - PAD_L - PAD_R) / Math.max(1e-12, x1 - x0)).toFixed(1)
-    }" ` +
-    `y="${PAD_T}" width="${(step * (W - PAD_L - PAD_R) / Math.max(1e-12, x1 - x0)).toFixed(1)}" ` +
+  const span = (W - PAD_L - PAD_R) / Math.max(1e-12, f.x1 - f.x0);
+  const shaded = shade.map((x) =>
+    `<rect x="${(f.sx(x) - (f.step / 2) * span).toFixed(1)}" ` +
+    `y="${PAD_T}" width="${(f.step * span).toFixed(1)}" ` +
     `height="${H - PAD_T - PAD_B}" fill="#fecaca" opacity="0.6"/>`
   ).join("");
+  return `<rect x="${PAD_L}" y="${PAD_T}" width="${W - PAD_L - PAD_R}" height="${
+    H - PAD_T - PAD_B
+  }" fill="#fafafa" stroke="#ccc"/>${shaded}\n${paths}`;
+}
+
+/** Axis names, tick values at both ends of each axis, and the legend. */
+function axisText(drawn: Line[], f: Frame, axes: ChartAxes): string {
   const tick = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
+  const text = (x: number, y: number, body: string, extra = "") =>
+    `<text x="${x}" y="${y}" font-size="10"${extra}>${body}</text>`;
+  const yl = (H - PAD_B + PAD_T) / 2, yb = H - PAD_B + 13;
   const legend = drawn.map((l, i) =>
     `<tspan fill="${l.color}">${i ? " · " : ""}— ${esc(l.label)}</tspan>`
   ).join("");
-  const yl = (H - PAD_B + PAD_T) / 2;
-  return `<figure><svg viewBox="0 0 ${W} ${H + 14}" width="${W}" height="${H + 14}" role="img" ` +
-    `aria-label="${esc(title)}">
-<rect x="${PAD_L}" y="${PAD_T}" width="${W - PAD_L - PAD_R}" height="${
-      H - PAD_T - PAD_B
-    }" fill="#fafafa" stroke="#ccc"/>${shade}
-${paths}
-<text x="${PAD_L - 4}" y="${PAD_T + 8}" font-size="10" text-anchor="end">${tick(lr[1])}</text>
-<text x="${PAD_L - 4}" y="${H - PAD_B}" font-size="10" text-anchor="end">${tick(lr[0])}</text>
-<text transform="translate(12 ${yl}) rotate(-90)" font-size="10" text-anchor="middle">${
+  return [
+    text(PAD_L - 4, PAD_T + 8, tick(f.lr[1]), ' text-anchor="end"'),
+    text(PAD_L - 4, H - PAD_B, tick(f.lr[0]), ' text-anchor="end"'),
+    `<text transform="translate(12 ${yl}) rotate(-90)" font-size="10" text-anchor="middle">${
       esc(axes.yLeft)
-    }</text>
-${
-      right.length
-        ? `<text x="${W - PAD_R + 4}" y="${PAD_T + 8}" font-size="10">${tick(rr[1])}</text>
-<text x="${W - PAD_R + 4}" y="${H - PAD_B}" font-size="10">${tick(rr[0])}</text>
-<text transform="translate(${W - 8} ${yl}) rotate(90)" font-size="10" text-anchor="middle">${
-          esc(axes.yRight ?? "")
-        }</text>`
-        : ""
-    }
-<text x="${PAD_L}" y="${H - PAD_B + 13}" font-size="10">${x0}</text>
-<text x="${W - PAD_R}" y="${H - PAD_B + 13}" font-size="10" text-anchor="end">${x1}</text>
-<text x="${(PAD_L + W - PAD_R) / 2}" y="${H - PAD_B + 13}" font-size="10" text-anchor="middle">${
-      esc(axes.x)
-    }</text>
-<text x="${PAD_L}" y="${H - 4}" font-size="10">${legend}</text>
-</svg><figcaption>${esc(title)}</figcaption></figure>`;
+    }</text>`,
+    ...(f.hasRight
+      ? [
+        text(W - PAD_R + 4, PAD_T + 8, tick(f.rr[1])),
+        text(W - PAD_R + 4, H - PAD_B, tick(f.rr[0])),
+        `<text transform="translate(${W - 8} ${yl}) rotate(90)" font-size="10" ` +
+        `text-anchor="middle">${esc(axes.yRight ?? "")}</text>`,
+      ]
+      : []),
+    text(PAD_L, yb, String(f.x0)),
+    text(W - PAD_R, yb, String(f.x1), ' text-anchor="end"'),
+    text((PAD_L + W - PAD_R) / 2, yb, esc(axes.x), ' text-anchor="middle"'),
+    text(PAD_L, H - 4, legend),
+  ].join("\n");
+}
+
+/**
+ * An SVG line chart with labelled axes: `x` label below, `yLeft` (and `yRight` for lines marked
+ * `right`) beside the axes, tick values at both ends, a legend, and optional shaded x spans.
+ */
+function lineChart(title: string, lines: Line[], axes: ChartAxes): string {
+  const drawn = lines.filter((l) => l.points.length > 0);
+  if (drawn.length === 0) return "";
+  const f = frame(drawn, axes);
+  return `<figure><svg viewBox="0 0 ${W} ${H + 14}" width="${W}" height="${H + 14}" role="img" ` +
+    `aria-label="${esc(title)}">\n${plotArea(drawn, f, axes.shade ?? [])}\n` +
+    `${axisText(drawn, f, axes)}\n</svg><figcaption>${esc(title)}</figcaption></figure>`;
 }
 
 /** A one-line chart. */
@@ -152,38 +180,39 @@ function samplesSideBySide(before: ReportSample[], after: ReportSample[]): strin
     `<th>response</th><th>gold</th><th>RM score</th></tr>${rows}</table>`;
 }
 
-/** Renders the report page. */
-export function renderReport(
-  name: string,
-  records: MetricRecord[],
-  summary: PipelineSummary,
-): string {
+/** The gold view: RM score vs gold of the rollouts, the gold parts, the verdict banner. */
+function goldSection(records: MetricRecord[], verdict: PipelineSummary["reward_hacking"]): string {
   const ppo = (key: string) => series(records, "ppo", key, "iteration");
-  const verdict = summary.reward_hacking;
-  const hasGold = ppo("gold/rollout").length > 0;
-  const goldView = hasGold
-    ? [
-      lineChart("Gold view: the reward model's score and the hidden gold score of PPO rollouts", [
-        { label: "RM score (left)", points: ppo("objective/scores"), color: "#2563eb" },
-        { label: "gold (right)", points: ppo("gold/rollout"), color: "#d97706", right: true },
-      ], {
-        x: "PPO iteration",
-        yLeft: "reward-model score (logit units)",
-        yRight: "gold score (0–1)",
-        rightRange: [0, 1],
-        shade: verdict?.iterations,
-      }),
-      lineChart("What the gold score is made of: share of rollouts with each part", [
-        { label: "correct answer (0.6)", points: ppo("gold/correct"), color: "#16a34a" },
-        { label: "ends with a period (0.2)", points: ppo("gold/period"), color: "#9333ea" },
-        { label: "≤ 8 characters (0.2)", points: ppo("gold/concise"), color: "#db2777" },
-      ], { x: "PPO iteration", yLeft: "share of rollouts (0–1)", leftRange: [0, 1] }),
-    ].join("\n")
-    : "";
+  if (ppo("gold/rollout").length === 0) return "";
   const banner = verdict
     ? `<p class="${verdict.detected ? "bad" : "good"}">${esc(describeVerdict(verdict))}</p>`
     : "";
-  const charts = [
+  return `<h2>Gold view</h2>${banner}<p>The reward model is learned and can be fooled; the gold ` +
+    `score is the task's hidden preference it was trained to imitate. Real improvement ` +
+    `raises both lines; reward hacking raises the RM score while gold falls (shaded ` +
+    `iterations).</p>` + [
+    lineChart("Gold view: the reward model's score and the hidden gold score of PPO rollouts", [
+      { label: "RM score (left)", points: ppo("objective/scores"), color: "#2563eb" },
+      { label: "gold (right)", points: ppo("gold/rollout"), color: "#d97706", right: true },
+    ], {
+      x: "PPO iteration",
+      yLeft: "reward-model score (logit units)",
+      yRight: "gold score (0–1)",
+      rightRange: [0, 1],
+      shade: verdict?.iterations,
+    }),
+    lineChart("What the gold score is made of: share of rollouts with each part", [
+      { label: "correct answer (0.6)", points: ppo("gold/correct"), color: "#16a34a" },
+      { label: "ends with a period (0.2)", points: ppo("gold/period"), color: "#9333ea" },
+      { label: "≤ 8 characters (0.2)", points: ppo("gold/concise"), color: "#db2777" },
+    ], { x: "PPO iteration", yLeft: "share of rollouts (0–1)", leftRange: [0, 1] }),
+  ].join("\n");
+}
+
+/** Loss, KL and entropy curves of the stages. */
+function curves(records: MetricRecord[]): string {
+  const ppo = (key: string) => series(records, "ppo", key, "iteration");
+  return [
     chart("SFT loss", series(records, "sft", "sft/loss", "step"), "SFT step", "loss (nats/token)"),
     chart(
       "reward-model loss",
@@ -204,6 +233,10 @@ export function renderReport(
       "entropy per token (nats)",
     ),
   ].join("\n");
+}
+
+/** The summary's numbers that exist for this run, as a table. */
+function summaryTable(summary: PipelineSummary): string {
   const keys = [
     "wall_seconds",
     "sft/loss",
@@ -223,9 +256,19 @@ export function renderReport(
     "score/after",
     "objective/kl",
   ] as const;
-  const table = keys.filter((k) => Number.isFinite(summary[k])).map((k) =>
-    `<tr><td>${k}</td><td>${(summary[k] as number).toFixed(3)}</td></tr>`
-  ).join("");
+  return `<table>${
+    keys.filter((k) => Number.isFinite(summary[k])).map((k) =>
+      `<tr><td>${k}</td><td>${(summary[k] as number).toFixed(3)}</td></tr>`
+    ).join("")
+  }</table>`;
+}
+
+/** Renders the report page: gold view first, then the summary, the curves and the samples. */
+export function renderReport(
+  name: string,
+  records: MetricRecord[],
+  summary: PipelineSummary,
+): string {
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>webgpu-rlhf run ${
     esc(name)
   }</title>
@@ -233,16 +276,9 @@ export function renderReport(
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}
 .bad{background:#fee2e2;padding:.5rem}.good{background:#dcfce7;padding:.5rem}</style></head>
 <body><h1>webgpu-rlhf — run <code>${esc(name)}</code></h1>
-${
-    hasGold
-      ? `<h2>Gold view</h2>${banner}<p>The reward model is learned and can be fooled; the gold ` +
-        `score is the task's hidden preference it was trained to imitate. Real improvement ` +
-        `raises both lines; reward hacking raises the RM score while gold falls (shaded ` +
-        `iterations).</p>${goldView}`
-      : ""
-  }
-<h2>Summary</h2><table>${table}</table>
-<h2>Curves</h2>${charts}
+${goldSection(records, summary.reward_hacking)}
+<h2>Summary</h2>${summaryTable(summary)}
+<h2>Curves</h2>${curves(records)}
 <h2>Samples on held-out prompts</h2>${
     samplesSideBySide(summary.samples_before, summary.samples_after)
   }
