@@ -1,7 +1,8 @@
 /**
  * Learning tests of the supervised stages on the built-in task, with fixed seeds and stated
  * bounds (CI-sized budgets; the full default run is measured separately), plus config
- * validation and the non-finite-loss guard.
+ * validation, the non-finite-loss guard, exact resume of every trainer through the one loop,
+ * and a pipeline defined outside the library.
  */
 import { Gpu } from "../kernels/runtime.ts";
 import { OptModel } from "../model/opt.ts";
@@ -11,11 +12,13 @@ import {
   defaults,
   PPO_SCHEMA,
   resolveConfig,
+  resolveSections,
   RM_SCHEMA,
   SFT_SCHEMA,
 } from "../trainer/config.ts";
-import { evaluateRewardModel, trainRewardModel } from "../trainer/rm.ts";
-import { trainSft } from "../trainer/sft.ts";
+import { evaluateRewardModel, RewardTrainer, trainRewardModel } from "../trainer/rm.ts";
+import { SftTrainer, trainSft } from "../trainer/sft.ts";
+import { type PipelineDefinition, runPipeline } from "../trainer/pipeline.ts";
 import { NonFiniteLossError } from "../trainer/types.ts";
 import { NonFiniteValueError } from "../kernels/errors.ts";
 import { goldScore, makeBuiltinTask, parseQuestion, TASK_MODEL_CONFIG } from "../trainer/task.ts";
@@ -355,5 +358,102 @@ Deno.test({
     c.dispose();
     assertEquals(resumed.map((m) => m.iteration), [3]);
     assertEquals(resumed[0], full[2], "iteration 3 after resume = iteration 3 uninterrupted");
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "sft and rm: a stage stopped mid-way resumes from its checkpoint with identical metrics",
+  async fn() {
+    const cfg = OPT_PRESETS.tiny;
+    const sftCfg = { ...defaults(SFT_SCHEMA), steps: 6, batchSize: 4 };
+    const rmCfg = { ...defaults(RM_SCHEMA), steps: 6, batchSize: 4 };
+    const trainers = {
+      sft: () => new SftTrainer(OptModel.create(gpu, cfg, { seed: 7 }), tok, task.sft, sftCfg),
+      rm: () =>
+        new RewardTrainer(
+          OptModel.create(gpu, cfg, { seed: 8, valueHead: true }),
+          tok,
+          task.pairs,
+          rmCfg,
+        ),
+    };
+    for (const [stage, make] of Object.entries(trainers)) {
+      const loop = { stage, logEvery: 1, checkpointEvery: 2 };
+      const run = async (
+        o: { stopAfter?: number; resume?: boolean },
+        saved: Map<string, Uint8Array | string>,
+      ) => {
+        const trainer = make(), logs: Record<string, number>[] = [];
+        await runLoop(trainer, { ...loop, ...o }, {
+          onMetrics: (_s, m) => void logs.push(m),
+          saveState: (name, data) => Promise.resolve(void saved.set(name, data)),
+          loadState: (name) => Promise.resolve(saved.get(name)),
+        });
+        trainer.model.store.dispose();
+        return logs;
+      };
+      const full = await run({}, new Map());
+      const saved = new Map<string, Uint8Array | string>();
+      const first = await run({ stopAfter: 3 }, saved);
+      assertEquals(first.map((m) => m.step), [1, 2, 3]);
+      assertEquals(JSON.parse(saved.get(`${stage}/trainer_state.json`) as string).iteration, 3);
+      const rest = await run({ resume: true }, saved);
+      assertEquals(rest.map((m) => m.step), [4, 5, 6], `${stage} continues after step 3`);
+      assertEquals([...first, ...rest], full, `${stage}: resumed = uninterrupted`);
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "pipeline: a new stage list runs through runPipeline without touching the library",
+  async fn() {
+    // a one-stage "SFT only" pipeline, defined here as a user would define a new method
+    type Cfg = { run: { name: string; steps: number } };
+    const sftOnly: PipelineDefinition<Cfg, { model?: OptModel }> = {
+      name: "sft-only",
+      doc: "SFT of a tiny model",
+      sections: {
+        run: {
+          name: { default: "sft-only", doc: "run name" },
+          steps: { default: 3, doc: "SFT steps", min: 1, integer: true },
+        },
+      },
+      defaults: { run: { name: "sft-only", steps: 3 } },
+      init: () => Promise.resolve({}),
+      stages: [{
+        name: "sft",
+        doc: "SFT",
+        async run(ctx) {
+          const model = OptModel.create(ctx.gpu, OPT_PRESETS.tiny, { seed: 1 });
+          ctx.own(model);
+          const sftCfg = { ...defaults(SFT_SCHEMA), steps: ctx.cfg.run.steps, batchSize: 2 };
+          const last = await ctx.train(new SftTrainer(model, tok, task.sft, sftCfg), {
+            logEvery: 1,
+            checkpointEvery: 0,
+          });
+          ctx.summary["sft/loss"] = last["sft/loss"];
+        },
+      }],
+    };
+    const cfg = resolveSections(sftOnly.sections, { "run.steps": 2 }, sftOnly.defaults);
+    const seen: string[] = [];
+    const summary = await runPipeline(sftOnly, gpu, cfg, {
+      onMetrics: (stage, m) => void seen.push(`${stage}:${m.step}`),
+    });
+    assertEquals(seen, ["sft:1", "sft:2"]);
+    assert(Number.isFinite(summary["sft/loss"]) && Number.isNaN(summary["gold/after"]));
+    await assertThrows(
+      () => runPipeline(sftOnly, gpu, cfg, {}, { stage: "ppo" }),
+      ConfigError,
+      'no stage "ppo" (stages: sft)',
+    );
+    await assertThrows(
+      () =>
+        Promise.resolve(resolveSections(sftOnly.sections, { "run.stepz": 2 }, sftOnly.defaults)),
+      ConfigError,
+      'unknown config key "stepz"',
+    );
   },
 });
