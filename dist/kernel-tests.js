@@ -24,10 +24,10 @@ var GpuValidationError = class extends Error {
     this.name = "GpuValidationError";
   }
 };
-var NonFiniteLossError = class extends Error {
+var NonFiniteValueError = class extends Error {
   constructor(message) {
     super(message);
-    this.name = "NonFiniteLossError";
+    this.name = "NonFiniteValueError";
   }
 };
 function checkShape(cond, message) {
@@ -152,6 +152,7 @@ var Tensor = class _Tensor {
     const v = this.reshape(shape);
     const owned = new _Tensor(this.gpu, this.buffer, v.shape, this.dtype, this.byteOffset, this.owner);
     this.#disposed = true;
+    if (this.owner) this.gpu._retrack(this, owned);
     return owned;
   }
   /** Returns the buffer to the pool (no-op for views). */
@@ -261,6 +262,14 @@ var Params = class {
     return this.#bytes.subarray(0, len);
   }
 };
+function collectTensors(v, out, depth) {
+  if (v instanceof Tensor) out.add(v);
+  else if (depth > 0 && Array.isArray(v)) {
+    for (const x of v) collectTensors(x, out, depth - 1);
+  } else if (depth > 0 && v !== null && typeof v === "object" && !ArrayBuffer.isView(v)) {
+    for (const x of Object.values(v)) collectTensors(x, out, depth - 1);
+  }
+}
 var MAX_ERRORS = 8;
 var Gpu = class _Gpu {
   device;
@@ -305,6 +314,7 @@ var Gpu = class _Gpu {
     this.#errors = [];
     this.#textures = /* @__PURE__ */ new Map();
     this.#placeholders = [];
+    this.#scopes = [];
     this.pool = new BufferPool(device);
     this.limits = device.limits;
     this.maxBindingBytes = Math.min(maxBindingBytes ?? Infinity, device.limits.maxStorageBufferBindingSize);
@@ -376,10 +386,77 @@ var Gpu = class _Gpu {
    * would alias buffers, which WebGPU forbids when a binding is writable. Do not dispose.
    */
   placeholder(slot = 0) {
-    while (this.#placeholders.length <= slot) this.#placeholders.push(this.zeros([
-      4
-    ]));
+    while (this.#placeholders.length <= slot) {
+      this.#placeholders.push(this.keep(this.zeros([
+        4
+      ])));
+    }
     return this.#placeholders[slot];
+  }
+  #scopes;
+  /**
+   * Runs `fn` (sync, or async: then when its promise settles) and then disposes every tensor
+   * allocated inside it (by {@link empty},
+   * {@link zeros}, {@link fromArray} or any kernel) except those found in its result — a
+   * tensor, or arrays and plain objects holding tensors (two levels deep) — which pass to the
+   * enclosing scope. Trainers use it instead of hand-kept dispose lists. Views of a disposed
+   * tensor must not escape; use {@link keep} for tensors that outlive the scope by other paths.
+   *
+   * @example Temporaries of a computation are freed, the result stays
+   * ```ts
+   * import { Gpu, scale } from "./mod.ts";
+   * const gpu = await Gpu.create();
+   * const y = await gpu.scope(() => {
+   *   const x = gpu.fromArray(new Float32Array([1, 2])); // freed when the scope ends
+   *   return scale(gpu, x, 3);
+   * });
+   * console.log(await gpu.read(y)); // Float32Array [3, 6]
+   * ```
+   */
+  scope(fn) {
+    const mine = /* @__PURE__ */ new Set();
+    this.#scopes.push(mine);
+    let result;
+    try {
+      result = fn();
+    } catch (e) {
+      this.#closeScope(mine, void 0);
+      throw e;
+    }
+    if (result instanceof Promise) {
+      return result.then((v) => (this.#closeScope(mine, v), v), (e) => {
+        this.#closeScope(mine, void 0);
+        throw e;
+      });
+    }
+    this.#closeScope(mine, result);
+    return result;
+  }
+  #closeScope(mine, result) {
+    const kept = /* @__PURE__ */ new Set();
+    collectTensors(result, kept, 2);
+    const i = this.#scopes.lastIndexOf(mine);
+    if (i >= 0) this.#scopes.splice(i, 1);
+    const parent = this.#scopes.at(-1);
+    for (const t of mine) {
+      if (kept.has(t)) parent?.add(t);
+      else t.dispose();
+    }
+  }
+  /** Takes `t` out of every open {@link scope} (it lives until disposed by hand); returns it. */
+  keep(t) {
+    for (const s of this.#scopes) s.delete(t);
+    return t;
+  }
+  /** `from` became `to` (see {@link Tensor.intoShape}): `to` takes its place in its scope. @internal */
+  _retrack(from, to) {
+    for (const s of this.#scopes) {
+      if (s.delete(from)) s.add(to);
+    }
+  }
+  /** Called when a tensor takes a pooled buffer: the innermost open scope tracks it. @internal */
+  _track(t) {
+    this.#scopes.at(-1)?.add(t);
   }
   /** An uninitialised tensor from the pool. */
   empty(shape, dtype = "f32") {
@@ -389,7 +466,9 @@ var Gpu = class _Gpu {
     if (bytes > maxBinding) {
       throw new GpuLimitError(`tensor [${shape.join(", ")}] needs ${bytes} bytes, above device.limits.maxStorageBufferBindingSize (${maxBinding})`);
     }
-    return new Tensor(this, this.pool.acquire(bytes), shape, dtype);
+    const t = new Tensor(this, this.pool.acquire(bytes), shape, dtype);
+    this._track(t);
+    return t;
   }
   /** A tensor filled with zeros (cleared on the GPU queue, in order with recorded work). */
   zeros(shape, dtype = "f32") {
@@ -1111,11 +1190,7 @@ function matmul(gpu, a, b, opts = {}) {
   return out;
 }
 function dummy(gpu) {
-  const g = gpu;
-  g._matmulDummy ??= gpu.zeros([
-    4
-  ]);
-  return g._matmulDummy;
+  return gpu.placeholder(2);
 }
 function runBuffer(gpu, a, b, out, s, o, flags) {
   const max = gpu.limits.maxComputeWorkgroupsPerDimension;
@@ -1842,17 +1917,29 @@ async function assertThrows(fn, cls, includes = "") {
   throw new AssertionError(`expected ${cls.name} to be thrown`);
 }
 
-// tests/_util.ts
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = a + 1831565813 >>> 0;
-    let t = a;
+// trainer/random.ts
+var Mulberry32 = class {
+  /** The whole state (a u32): save it to resume the stream. */
+  s;
+  constructor(seed) {
+    this.s = seed >>> 0;
+  }
+  /** The next number in [0, 1). */
+  next() {
+    this.s = this.s + 1831565813 >>> 0;
+    let t = this.s;
     t = Math.imul(t ^ t >>> 15, t | 1);
     t ^= t + Math.imul(t ^ t >>> 7, t | 61);
     return ((t ^ t >>> 14) >>> 0) / 4294967296;
-  };
+  }
+};
+function mulberry32(seed) {
+  const g = new Mulberry32(seed);
+  return () => g.next();
 }
+
+// tests/_util.ts
+var rng = mulberry32;
 function randArray(n, seed, lo = -1, hi = 1) {
   const r = rng(seed);
   const a = new Float32Array(n);
@@ -3576,21 +3663,6 @@ function adamwStep(gpu, param, grad, m, v, o) {
     s?.tensor ?? gpu.placeholder()
   ], gpu.grid(groups(param.size)), new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, 0).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
 }
-function learningRate(step, s) {
-  const warm = s.warmupSteps ?? Math.round((s.warmupRatio ?? 0) * s.totalSteps);
-  if (step < warm) return s.lr * (step + 1) / warm;
-  const minLr = (s.minLrRatio ?? 0) * s.lr;
-  const span = Math.max(1, s.totalSteps - warm);
-  const t = Math.min(1, Math.max(0, (step - warm) / span));
-  switch (s.decay ?? "cosine") {
-    case "constant":
-      return s.lr;
-    case "linear":
-      return s.lr - (s.lr - minLr) * t;
-    default:
-      return minLr + (s.lr - minLr) * 0.5 * (1 + Math.cos(Math.PI * t));
-  }
-}
 
 // kernels/prng.ts
 var PRNG_WGSL = `
@@ -4154,7 +4226,7 @@ var ParamStore = class {
     });
   }
   /**
-   * Throws {@link NonFiniteLossError} naming the first slot of `all` (laid out like this store's
+   * Throws {@link NonFiniteValueError} naming the first slot of `all` (laid out like this store's
    * parameters) that holds a NaN or an infinity; checkpoint writers call it so that a
    * diverged model never replaces the last good checkpoint.
    */
@@ -4165,7 +4237,7 @@ var ParamStore = class {
       for (const [name, s] of this.slots) {
         if (i >= s.offset && i < s.offset + s.size) at = `${name}[${i - s.offset}]`;
       }
-      throw new NonFiniteLossError(`${what} ${at} is ${all[i]}: not checkpointed (the previous checkpoint stays)`);
+      throw new NonFiniteValueError(`${what} ${at} is ${all[i]}: not checkpointed (the previous checkpoint stays)`);
     }
   }
   /** Restores {@link saveState} bytes (names and shapes must match this store). */
@@ -7573,6 +7645,23 @@ cases9.push({
   }
 });
 
+// trainer/optim.ts
+function learningRate(step, s) {
+  const warm = s.warmupSteps ?? Math.round((s.warmupRatio ?? 0) * s.totalSteps);
+  if (step < warm) return s.lr * (step + 1) / warm;
+  const minLr = (s.minLrRatio ?? 0) * s.lr;
+  const span = Math.max(1, s.totalSteps - warm);
+  const t = Math.min(1, Math.max(0, (step - warm) / span));
+  switch (s.decay ?? "cosine") {
+    case "constant":
+      return s.lr;
+    case "linear":
+      return s.lr - (s.lr - minLr) * t;
+    default:
+      return minLr + (s.lr - minLr) * 0.5 * (1 + Math.cos(Math.PI * t));
+  }
+}
+
 // kernels/reference/optimizer.ts
 function adamwStep2(param, grad, m, v, o) {
   const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999, eps = o.eps ?? 1e-8;
@@ -9103,6 +9192,70 @@ cases13.push({
   }
 });
 cases13.push({
+  name: "runtime: a scope frees what it allocated except its result, also when it throws",
+  async run(gpu) {
+    const live0 = gpu.pool.stats().live;
+    const outer = gpu.fromArray(new Float32Array([
+      1,
+      2
+    ]));
+    let inner;
+    const { y, pair } = await gpu.scope(async () => {
+      inner = gpu.fromArray(new Float32Array([
+        1,
+        2
+      ]));
+      const y2 = scale(gpu, inner, 3);
+      const z = await gpu.scope(() => scale(gpu, y2, 2));
+      const dropped = scale(gpu, z, 5).intoShape([
+        1,
+        2
+      ]);
+      assert(!dropped.disposed);
+      return {
+        y: y2,
+        pair: [
+          z,
+          outer
+        ]
+      };
+    });
+    assert(inner.disposed, "a temporary of the scope is disposed");
+    assert(!y.disposed && !pair[0].disposed && !outer.disposed, "results and older tensors stay");
+    assertEquals(Array.from(await gpu.read(pair[0])), [
+      6,
+      12
+    ]);
+    assertEquals(gpu.pool.stats().live, live0 + 3, "outer, y and z are the only live buffers");
+    let leaked;
+    await assertThrows(() => gpu.scope(() => {
+      leaked = gpu.zeros([
+        3
+      ]);
+      throw new Error("boom");
+    }), Error, "boom");
+    assert(leaked.disposed, "a throwing scope still frees its tensors");
+    const kept = await gpu.scope(() => gpu.keep(gpu.zeros([
+      2
+    ])));
+    const alsoKept = await gpu.scope(() => {
+      gpu.keep(gpu.zeros([
+        2
+      ])).dispose();
+      return gpu.placeholder(5);
+    });
+    assert(!kept.disposed && !alsoKept.disposed);
+    const live1 = gpu.pool.stats().live;
+    for (const t of [
+      outer,
+      y,
+      pair[0],
+      kept
+    ]) t.dispose();
+    assertEquals(gpu.pool.stats().live, live1 - 4, "nothing else was left to the caller");
+  }
+});
+cases13.push({
   name: "runtime: device limits are enforced with GpuLimitError",
   async run(gpu) {
     const max = gpu.limits.maxStorageBufferBindingSize;
@@ -9948,16 +10101,6 @@ cases16.push({
 
 // trainer/task.ts
 var CONCISE_CHARS = 8;
-function rng2(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = s + 1831565813 >>> 0;
-    let t = s;
-    t = Math.imul(t ^ t >>> 15, t | 1);
-    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
-    return ((t ^ t >>> 14) >>> 0) / 4294967296;
-  };
-}
 function goldParts(q, response) {
   const m = response.match(/-?\d+/);
   return {
@@ -10022,7 +10165,7 @@ function sampleStyle(q, r) {
   return STYLES[0].make(q, r);
 }
 function makeBuiltinTask(seed, sizes = {}) {
-  const r = rng2(seed);
+  const r = mulberry32(seed);
   const noise = sizes.labelNoise ?? 0.1;
   const sft = [];
   for (let i = 0; i < (sizes.sft ?? 2e3); i++) {

@@ -30,10 +30,10 @@ var GpuValidationError = class extends Error {
     this.name = "GpuValidationError";
   }
 };
-var NonFiniteLossError = class extends Error {
+var NonFiniteValueError = class extends Error {
   constructor(message) {
     super(message);
-    this.name = "NonFiniteLossError";
+    this.name = "NonFiniteValueError";
   }
 };
 function checkShape(cond, message) {
@@ -158,6 +158,7 @@ var Tensor = class _Tensor {
     const v = this.reshape(shape);
     const owned = new _Tensor(this.gpu, this.buffer, v.shape, this.dtype, this.byteOffset, this.owner);
     this.#disposed = true;
+    if (this.owner) this.gpu._retrack(this, owned);
     return owned;
   }
   /** Returns the buffer to the pool (no-op for views). */
@@ -267,6 +268,14 @@ var Params = class {
     return this.#bytes.subarray(0, len);
   }
 };
+function collectTensors(v, out, depth) {
+  if (v instanceof Tensor) out.add(v);
+  else if (depth > 0 && Array.isArray(v)) {
+    for (const x of v) collectTensors(x, out, depth - 1);
+  } else if (depth > 0 && v !== null && typeof v === "object" && !ArrayBuffer.isView(v)) {
+    for (const x of Object.values(v)) collectTensors(x, out, depth - 1);
+  }
+}
 var MAX_ERRORS = 8;
 var Gpu = class _Gpu {
   device;
@@ -311,6 +320,7 @@ var Gpu = class _Gpu {
     this.#errors = [];
     this.#textures = /* @__PURE__ */ new Map();
     this.#placeholders = [];
+    this.#scopes = [];
     this.pool = new BufferPool(device);
     this.limits = device.limits;
     this.maxBindingBytes = Math.min(maxBindingBytes ?? Infinity, device.limits.maxStorageBufferBindingSize);
@@ -382,10 +392,77 @@ var Gpu = class _Gpu {
    * would alias buffers, which WebGPU forbids when a binding is writable. Do not dispose.
    */
   placeholder(slot = 0) {
-    while (this.#placeholders.length <= slot) this.#placeholders.push(this.zeros([
-      4
-    ]));
+    while (this.#placeholders.length <= slot) {
+      this.#placeholders.push(this.keep(this.zeros([
+        4
+      ])));
+    }
     return this.#placeholders[slot];
+  }
+  #scopes;
+  /**
+   * Runs `fn` (sync, or async: then when its promise settles) and then disposes every tensor
+   * allocated inside it (by {@link empty},
+   * {@link zeros}, {@link fromArray} or any kernel) except those found in its result — a
+   * tensor, or arrays and plain objects holding tensors (two levels deep) — which pass to the
+   * enclosing scope. Trainers use it instead of hand-kept dispose lists. Views of a disposed
+   * tensor must not escape; use {@link keep} for tensors that outlive the scope by other paths.
+   *
+   * @example Temporaries of a computation are freed, the result stays
+   * ```ts
+   * import { Gpu, scale } from "./mod.ts";
+   * const gpu = await Gpu.create();
+   * const y = await gpu.scope(() => {
+   *   const x = gpu.fromArray(new Float32Array([1, 2])); // freed when the scope ends
+   *   return scale(gpu, x, 3);
+   * });
+   * console.log(await gpu.read(y)); // Float32Array [3, 6]
+   * ```
+   */
+  scope(fn) {
+    const mine = /* @__PURE__ */ new Set();
+    this.#scopes.push(mine);
+    let result;
+    try {
+      result = fn();
+    } catch (e) {
+      this.#closeScope(mine, void 0);
+      throw e;
+    }
+    if (result instanceof Promise) {
+      return result.then((v) => (this.#closeScope(mine, v), v), (e) => {
+        this.#closeScope(mine, void 0);
+        throw e;
+      });
+    }
+    this.#closeScope(mine, result);
+    return result;
+  }
+  #closeScope(mine, result) {
+    const kept = /* @__PURE__ */ new Set();
+    collectTensors(result, kept, 2);
+    const i = this.#scopes.lastIndexOf(mine);
+    if (i >= 0) this.#scopes.splice(i, 1);
+    const parent = this.#scopes.at(-1);
+    for (const t of mine) {
+      if (kept.has(t)) parent?.add(t);
+      else t.dispose();
+    }
+  }
+  /** Takes `t` out of every open {@link scope} (it lives until disposed by hand); returns it. */
+  keep(t) {
+    for (const s of this.#scopes) s.delete(t);
+    return t;
+  }
+  /** `from` became `to` (see {@link Tensor.intoShape}): `to` takes its place in its scope. @internal */
+  _retrack(from, to) {
+    for (const s of this.#scopes) {
+      if (s.delete(from)) s.add(to);
+    }
+  }
+  /** Called when a tensor takes a pooled buffer: the innermost open scope tracks it. @internal */
+  _track(t) {
+    this.#scopes.at(-1)?.add(t);
   }
   /** An uninitialised tensor from the pool. */
   empty(shape, dtype = "f32") {
@@ -395,7 +472,9 @@ var Gpu = class _Gpu {
     if (bytes > maxBinding) {
       throw new GpuLimitError(`tensor [${shape.join(", ")}] needs ${bytes} bytes, above device.limits.maxStorageBufferBindingSize (${maxBinding})`);
     }
-    return new Tensor(this, this.pool.acquire(bytes), shape, dtype);
+    const t = new Tensor(this, this.pool.acquire(bytes), shape, dtype);
+    this._track(t);
+    return t;
   }
   /** A tensor filled with zeros (cleared on the GPU queue, in order with recorded work). */
   zeros(shape, dtype = "f32") {
@@ -1420,11 +1499,7 @@ function matmul(gpu, a, b, opts = {}) {
   return out;
 }
 function dummy(gpu) {
-  const g = gpu;
-  g._matmulDummy ??= gpu.zeros([
-    4
-  ]);
-  return g._matmulDummy;
+  return gpu.placeholder(2);
 }
 function runBuffer(gpu, a, b, out, s, o, flags) {
   const max = gpu.limits.maxComputeWorkgroupsPerDimension;
@@ -1684,6 +1759,12 @@ function partialsFor(gpu, count) {
     Math.max(1, count) * 2
   ]);
 }
+var STAT = {
+  sum: 0,
+  count: 1,
+  mean: 2,
+  variance: 3
+};
 function maskedStats(gpu, x, mask, opts = {}) {
   checkShape(x.dtype === "f32", `maskedStats: expects f32, got ${x.dtype}`);
   if (mask) {
@@ -2877,21 +2958,6 @@ function adamwStep(gpu, param, grad, m, v, o) {
     v,
     s?.tensor ?? gpu.placeholder()
   ], gpu.grid(groups(param.size)), new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, 0).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
-}
-function learningRate(step, s) {
-  const warm = s.warmupSteps ?? Math.round((s.warmupRatio ?? 0) * s.totalSteps);
-  if (step < warm) return s.lr * (step + 1) / warm;
-  const minLr = (s.minLrRatio ?? 0) * s.lr;
-  const span = Math.max(1, s.totalSteps - warm);
-  const t = Math.min(1, Math.max(0, (step - warm) / span));
-  switch (s.decay ?? "cosine") {
-    case "constant":
-      return s.lr;
-    case "linear":
-      return s.lr - (s.lr - minLr) * t;
-    default:
-      return minLr + (s.lr - minLr) * 0.5 * (1 + Math.cos(Math.PI * t));
-  }
 }
 
 // kernels/sampling.ts
@@ -4926,7 +4992,7 @@ var ParamStore = class {
     });
   }
   /**
-   * Throws {@link NonFiniteLossError} naming the first slot of `all` (laid out like this store's
+   * Throws {@link NonFiniteValueError} naming the first slot of `all` (laid out like this store's
    * parameters) that holds a NaN or an infinity; checkpoint writers call it so that a
    * diverged model never replaces the last good checkpoint.
    */
@@ -4937,7 +5003,7 @@ var ParamStore = class {
       for (const [name, s] of this.slots) {
         if (i >= s.offset && i < s.offset + s.size) at = `${name}[${i - s.offset}]`;
       }
-      throw new NonFiniteLossError(`${what} ${at} is ${all[i]}: not checkpointed (the previous checkpoint stays)`);
+      throw new NonFiniteValueError(`${what} ${at} is ${all[i]}: not checkpointed (the previous checkpoint stays)`);
     }
   }
   /** Restores {@link saveState} bytes (names and shapes must match this store). */
@@ -5995,120 +6061,6 @@ var BpeTokenizer = class _BpeTokenizer {
   }
 };
 
-// model/reference.ts
-var D2 = "model.decoder.";
-function linear(x, N, w, b, out, inp) {
-  const y = new Float64Array(N * out);
-  for (let n = 0; n < N; n++) {
-    for (let o = 0; o < out; o++) {
-      let s = b ? b[o] : 0;
-      for (let i = 0; i < inp; i++) s += x[n * inp + i] * w[o * inp + i];
-      y[n * out + o] = s;
-    }
-  }
-  return y;
-}
-function layernorm(x, N, C, w, b) {
-  const y = new Float64Array(N * C);
-  for (let n = 0; n < N; n++) {
-    let m = 0;
-    for (let c = 0; c < C; c++) m += x[n * C + c];
-    m /= C;
-    let v = 0;
-    for (let c = 0; c < C; c++) v += (x[n * C + c] - m) ** 2;
-    const r = 1 / Math.sqrt(v / C + 1e-5);
-    for (let c = 0; c < C; c++) y[n * C + c] = (x[n * C + c] - m) * r * w[c] + b[c];
-  }
-  return y;
-}
-var addInto = (a, b) => {
-  for (let i = 0; i < a.length; i++) a[i] += b[i];
-  return a;
-};
-function optHiddenRef(c, P, tokens, mask, B, T) {
-  const C = c.hidden_size, E = c.word_embed_proj_dim, F = c.ffn_dim;
-  const H2 = c.num_attention_heads, Dh = C / H2, N = B * T;
-  const g = (n) => {
-    const v = P.get(n);
-    if (!v) throw new Error(`reference: missing parameter ${n}`);
-    return v;
-  };
-  const wte = g(`${D2}embed_tokens.weight`), wpe = g(`${D2}embed_positions.weight`);
-  let tok = new Float64Array(N * E);
-  for (let n = 0; n < N; n++) for (let e = 0; e < E; e++) tok[n * E + e] = wte[tokens[n] * E + e];
-  if (E !== C) tok = linear(tok, N, g(`${D2}project_in.weight`), void 0, C, E);
-  let x = tok;
-  for (let b = 0; b < B; b++) {
-    let cum = 0;
-    for (let t = 0; t < T; t++) {
-      const m = mask[b * T + t] !== 0;
-      if (m) cum++;
-      const pos = (m ? cum : 0) - 1 + 2;
-      for (let e = 0; e < C; e++) x[(b * T + t) * C + e] += wpe[pos * C + e];
-    }
-  }
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    const p = `${D2}layers.${l}.`;
-    const pre = c.do_layer_norm_before;
-    const lnw = (n) => [
-      g(`${p}${n}.weight`),
-      g(`${p}${n}.bias`)
-    ];
-    const h0 = pre ? layernorm(x, N, C, ...lnw("self_attn_layer_norm")) : x;
-    const lin = (n, inp, o2, i) => linear(inp, N, g(`${p}${n}.weight`), g(`${p}${n}.bias`), o2, i);
-    const q = lin("self_attn.q_proj", h0, C, C);
-    const k = lin("self_attn.k_proj", h0, C, C);
-    const v = lin("self_attn.v_proj", h0, C, C);
-    const att = new Float64Array(N * C);
-    const scale3 = 1 / Math.sqrt(Dh);
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < H2; h++) {
-        for (let i = 0; i < T; i++) {
-          const s = new Float64Array(T).fill(-Infinity);
-          let m = -Infinity;
-          for (let j = 0; j <= i; j++) {
-            if (mask[b * T + j] === 0) continue;
-            let d = 0;
-            for (let e = 0; e < Dh; e++) {
-              d += q[(b * T + i) * C + h * Dh + e] * k[(b * T + j) * C + h * Dh + e];
-            }
-            s[j] = d * scale3;
-            m = Math.max(m, s[j]);
-          }
-          if (m === -Infinity) continue;
-          let z = 0;
-          for (let j = 0; j <= i; j++) if (s[j] > -Infinity) z += Math.exp(s[j] - m);
-          for (let j = 0; j <= i; j++) {
-            if (s[j] === -Infinity) continue;
-            const pr = Math.exp(s[j] - m) / z;
-            for (let e = 0; e < Dh; e++) {
-              att[(b * T + i) * C + h * Dh + e] += pr * v[(b * T + j) * C + h * Dh + e];
-            }
-          }
-        }
-      }
-    }
-    const o = lin("self_attn.out_proj", att, C, C);
-    let x1 = addInto(Float64Array.from(x), o);
-    if (!pre) x1 = layernorm(x1, N, C, ...lnw("self_attn_layer_norm"));
-    const f0 = pre ? layernorm(x1, N, C, ...lnw("final_layer_norm")) : x1;
-    const hid = lin("fc1", f0, F, C).map((u) => Math.max(u, 0));
-    const f = lin("fc2", hid, C, F);
-    let x2 = addInto(Float64Array.from(x1), f);
-    if (!pre) x2 = layernorm(x2, N, C, ...lnw("final_layer_norm"));
-    x = x2;
-  }
-  if (c.do_layer_norm_before) {
-    x = layernorm(x, N, C, g(`${D2}final_layer_norm.weight`), g(`${D2}final_layer_norm.bias`));
-  }
-  if (E !== C) x = linear(x, N, g(`${D2}project_out.weight`), void 0, E, C);
-  return x;
-}
-function optLogitsRef(c, P, tokens, mask, B, T) {
-  const h = optHiddenRef(c, P, tokens, mask, B, T);
-  return linear(h, B * T, P.get(`${D2}embed_tokens.weight`), void 0, c.vocab_size, c.word_embed_proj_dim);
-}
-
 // model/checkpoint.ts
 function candidates(name) {
   return name.startsWith("model.") ? [
@@ -6335,6 +6287,2289 @@ async function generate(model, prompt, mask, opts) {
   }
 }
 
+// model/reference.ts
+var D2 = "model.decoder.";
+function linear(x, N, w, b, out, inp) {
+  const y = new Float64Array(N * out);
+  for (let n = 0; n < N; n++) {
+    for (let o = 0; o < out; o++) {
+      let s = b ? b[o] : 0;
+      for (let i = 0; i < inp; i++) s += x[n * inp + i] * w[o * inp + i];
+      y[n * out + o] = s;
+    }
+  }
+  return y;
+}
+function layernorm(x, N, C, w, b) {
+  const y = new Float64Array(N * C);
+  for (let n = 0; n < N; n++) {
+    let m = 0;
+    for (let c = 0; c < C; c++) m += x[n * C + c];
+    m /= C;
+    let v = 0;
+    for (let c = 0; c < C; c++) v += (x[n * C + c] - m) ** 2;
+    const r = 1 / Math.sqrt(v / C + 1e-5);
+    for (let c = 0; c < C; c++) y[n * C + c] = (x[n * C + c] - m) * r * w[c] + b[c];
+  }
+  return y;
+}
+var addInto = (a, b) => {
+  for (let i = 0; i < a.length; i++) a[i] += b[i];
+  return a;
+};
+function optHiddenRef(c, P, tokens, mask, B, T) {
+  const C = c.hidden_size, E = c.word_embed_proj_dim, F = c.ffn_dim;
+  const H2 = c.num_attention_heads, Dh = C / H2, N = B * T;
+  const g = (n) => {
+    const v = P.get(n);
+    if (!v) throw new Error(`reference: missing parameter ${n}`);
+    return v;
+  };
+  const wte = g(`${D2}embed_tokens.weight`), wpe = g(`${D2}embed_positions.weight`);
+  let tok = new Float64Array(N * E);
+  for (let n = 0; n < N; n++) for (let e = 0; e < E; e++) tok[n * E + e] = wte[tokens[n] * E + e];
+  if (E !== C) tok = linear(tok, N, g(`${D2}project_in.weight`), void 0, C, E);
+  let x = tok;
+  for (let b = 0; b < B; b++) {
+    let cum = 0;
+    for (let t = 0; t < T; t++) {
+      const m = mask[b * T + t] !== 0;
+      if (m) cum++;
+      const pos = (m ? cum : 0) - 1 + 2;
+      for (let e = 0; e < C; e++) x[(b * T + t) * C + e] += wpe[pos * C + e];
+    }
+  }
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    const p = `${D2}layers.${l}.`;
+    const pre = c.do_layer_norm_before;
+    const lnw = (n) => [
+      g(`${p}${n}.weight`),
+      g(`${p}${n}.bias`)
+    ];
+    const h0 = pre ? layernorm(x, N, C, ...lnw("self_attn_layer_norm")) : x;
+    const lin = (n, inp, o2, i) => linear(inp, N, g(`${p}${n}.weight`), g(`${p}${n}.bias`), o2, i);
+    const q = lin("self_attn.q_proj", h0, C, C);
+    const k = lin("self_attn.k_proj", h0, C, C);
+    const v = lin("self_attn.v_proj", h0, C, C);
+    const att = new Float64Array(N * C);
+    const scale3 = 1 / Math.sqrt(Dh);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H2; h++) {
+        for (let i = 0; i < T; i++) {
+          const s = new Float64Array(T).fill(-Infinity);
+          let m = -Infinity;
+          for (let j = 0; j <= i; j++) {
+            if (mask[b * T + j] === 0) continue;
+            let d = 0;
+            for (let e = 0; e < Dh; e++) {
+              d += q[(b * T + i) * C + h * Dh + e] * k[(b * T + j) * C + h * Dh + e];
+            }
+            s[j] = d * scale3;
+            m = Math.max(m, s[j]);
+          }
+          if (m === -Infinity) continue;
+          let z = 0;
+          for (let j = 0; j <= i; j++) if (s[j] > -Infinity) z += Math.exp(s[j] - m);
+          for (let j = 0; j <= i; j++) {
+            if (s[j] === -Infinity) continue;
+            const pr = Math.exp(s[j] - m) / z;
+            for (let e = 0; e < Dh; e++) {
+              att[(b * T + i) * C + h * Dh + e] += pr * v[(b * T + j) * C + h * Dh + e];
+            }
+          }
+        }
+      }
+    }
+    const o = lin("self_attn.out_proj", att, C, C);
+    let x1 = addInto(Float64Array.from(x), o);
+    if (!pre) x1 = layernorm(x1, N, C, ...lnw("self_attn_layer_norm"));
+    const f0 = pre ? layernorm(x1, N, C, ...lnw("final_layer_norm")) : x1;
+    const hid = lin("fc1", f0, F, C).map((u) => Math.max(u, 0));
+    const f = lin("fc2", hid, C, F);
+    let x2 = addInto(Float64Array.from(x1), f);
+    if (!pre) x2 = layernorm(x2, N, C, ...lnw("final_layer_norm"));
+    x = x2;
+  }
+  if (c.do_layer_norm_before) {
+    x = layernorm(x, N, C, g(`${D2}final_layer_norm.weight`), g(`${D2}final_layer_norm.bias`));
+  }
+  if (E !== C) x = linear(x, N, g(`${D2}project_out.weight`), void 0, E, C);
+  return x;
+}
+function optLogitsRef(c, P, tokens, mask, B, T) {
+  const h = optHiddenRef(c, P, tokens, mask, B, T);
+  return linear(h, B * T, P.get(`${D2}embed_tokens.weight`), void 0, c.vocab_size, c.word_embed_proj_dim);
+}
+
+// trainer/types.ts
+var NonFiniteLossError = class extends NonFiniteValueError {
+  constructor(message) {
+    super(message);
+    this.name = "NonFiniteLossError";
+  }
+};
+function assertFiniteLosses(what, values) {
+  if (Object.values(values).every(Number.isFinite)) return;
+  const list = Object.entries(values).map(([k, v]) => `${k} ${v}`).join(", ");
+  throw new NonFiniteLossError(`${what}: ${list}`);
+}
+
+// trainer/config.ts
+var ConfigError = class extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "ConfigError";
+  }
+};
+function defaults(schema) {
+  const out = {};
+  for (const [k, f] of Object.entries(schema)) out[k] = f.default;
+  return out;
+}
+function coerce(schema, key, raw) {
+  const f = schema[key];
+  if (!f) throw new ConfigError(`unknown config key "${key}"`);
+  const d = f.default;
+  if (typeof d === "number") {
+    const n = Number(raw);
+    if (raw.trim() === "" || !Number.isFinite(n)) {
+      throw new ConfigError(`${key} must be a number, got "${raw}"`);
+    }
+    return n;
+  }
+  if (typeof d === "boolean") {
+    if (raw !== "true" && raw !== "false") {
+      throw new ConfigError(`${key} must be true or false, got "${raw}"`);
+    }
+    return raw === "true";
+  }
+  return raw;
+}
+function resolveConfig(schema, overrides, base = defaults(schema)) {
+  const out = {
+    ...base
+  };
+  for (const [k, v] of Object.entries(overrides)) {
+    const f = schema[k];
+    if (!f) {
+      throw new ConfigError(`unknown config key "${k}" (known: ${Object.keys(schema).join(", ")})`);
+    }
+    if (typeof v !== typeof f.default) {
+      throw new ConfigError(`${k} must be a ${typeof f.default}, got ${JSON.stringify(v)}`);
+    }
+    if (f.choices && !f.choices.includes(v)) {
+      throw new ConfigError(`${k} must be one of ${f.choices.join(", ")}, got ${JSON.stringify(v)}`);
+    }
+    if (typeof v === "number") {
+      if (!Number.isFinite(v)) throw new ConfigError(`${k} must be finite`);
+      if (f.integer && !Number.isInteger(v)) {
+        throw new ConfigError(`${k} must be an integer, got ${v}`);
+      }
+      if (f.min !== void 0 && v < f.min) {
+        throw new ConfigError(`${k} must be \u2265 ${f.min}, got ${v}`);
+      }
+      if (f.max !== void 0 && v > f.max) {
+        throw new ConfigError(`${k} must be \u2264 ${f.max}, got ${v}`);
+      }
+    }
+    out[k] = v;
+  }
+  return out;
+}
+function supervisedFields(steps, batchDoc, lr) {
+  return {
+    steps: {
+      default: steps,
+      doc: "optimizer steps",
+      min: 1,
+      integer: true
+    },
+    batchSize: {
+      default: 16,
+      doc: batchDoc,
+      min: 1,
+      integer: true
+    },
+    lr: {
+      default: lr,
+      doc: "peak learning rate",
+      min: 0
+    },
+    warmupRatio: {
+      default: 0.05,
+      doc: "fraction of steps with linear warmup",
+      min: 0,
+      max: 1
+    },
+    lrDecay: {
+      default: "cosine",
+      doc: "learning-rate decay after warmup, to 0 at the last step",
+      choices: [
+        "cosine",
+        "linear",
+        "constant"
+      ]
+    },
+    weightDecay: {
+      default: 0,
+      doc: "AdamW decoupled weight decay on weight matrices",
+      min: 0
+    },
+    maxGradNorm: {
+      default: 1,
+      doc: "global gradient-norm clip (0 = off)",
+      min: 0
+    },
+    maxLength: {
+      default: 64,
+      doc: "tokens per sequence (longer prompts are cut on the left)",
+      min: 2,
+      integer: true
+    },
+    seed: {
+      default: 0,
+      doc: "shuffling seed",
+      integer: true
+    }
+  };
+}
+var SFT_SCHEMA = {
+  ...supervisedFields(300, "sequences per step", 3e-3),
+  completionOnly: {
+    default: true,
+    doc: "loss on completion tokens only (false: whole sequence)"
+  }
+};
+var RM_SCHEMA = {
+  ...supervisedFields(200, "preference pairs per step", 2e-3),
+  loss: {
+    default: "pairwise",
+    doc: "pairwise: \u2212log \u03C3(r_w \u2212 r_l \u2212 m); token: DeepSpeed-Chat token-level loss",
+    choices: [
+      "pairwise",
+      "token"
+    ]
+  }
+};
+var PPO_SCHEMA = {
+  iterations: {
+    default: 100,
+    doc: "rollout + update iterations",
+    min: 1,
+    integer: true
+  },
+  batchSize: {
+    default: 32,
+    doc: "prompts per rollout",
+    min: 1,
+    integer: true
+  },
+  miniBatchSize: {
+    default: 8,
+    doc: "rows per PPO minibatch",
+    min: 1,
+    integer: true
+  },
+  ppoEpochs: {
+    default: 4,
+    doc: "passes over each rollout (shuffled minibatches)",
+    min: 1,
+    integer: true
+  },
+  maxNewTokens: {
+    default: 8,
+    doc: "response tokens sampled per prompt",
+    min: 1,
+    integer: true
+  },
+  maxPromptLength: {
+    default: 256,
+    doc: "prompt tokens kept (longer prompts lose tokens on the left, after BOS)",
+    min: 2,
+    integer: true
+  },
+  temperature: {
+    default: 1,
+    doc: "rollout sampling temperature",
+    min: 0
+  },
+  topK: {
+    default: 0,
+    doc: "rollout top-k (0 = off)",
+    min: 0,
+    integer: true
+  },
+  topP: {
+    default: 1,
+    doc: "rollout top-p (1 = off)",
+    min: 0,
+    max: 1
+  },
+  actorLr: {
+    default: 1e-3,
+    doc: "actor learning rate (seed recipe: 1e-5 for OPT-350m)",
+    min: 0
+  },
+  criticLr: {
+    default: 2e-3,
+    doc: "critic learning rate (seed recipe: 5e-5)",
+    min: 0
+  },
+  warmupRatio: {
+    default: 0,
+    doc: "fraction of iterations with linear warmup",
+    min: 0,
+    max: 1
+  },
+  lrDecay: {
+    default: "linear",
+    doc: "decay of both learning rates after warmup, to 0 at the last iteration (TRL: linear)",
+    choices: [
+      "cosine",
+      "linear",
+      "constant"
+    ]
+  },
+  weightDecay: {
+    default: 0,
+    doc: "AdamW weight decay of actor and critic",
+    min: 0
+  },
+  maxGradNorm: {
+    default: 1,
+    doc: "global gradient-norm clip per model (0 = off)",
+    min: 0
+  },
+  gamma: {
+    default: 1,
+    doc: "discount \u03B3",
+    min: 0,
+    max: 1
+  },
+  lambda: {
+    default: 0.95,
+    doc: "GAE \u03BB",
+    min: 0,
+    max: 1
+  },
+  klCoef: {
+    default: 0.1,
+    doc: "initial KL coefficient \u03B2",
+    min: 0
+  },
+  klEstimator: {
+    default: "k1",
+    doc: "per-token KL estimator",
+    choices: [
+      "k1",
+      "abs",
+      "mse",
+      "k3"
+    ]
+  },
+  adaptiveKl: {
+    default: false,
+    doc: "adapt \u03B2 towards klTarget (Ziegler et al.)"
+  },
+  klTarget: {
+    default: 6,
+    doc: "target KL for the adaptive controller",
+    min: 0
+  },
+  klHorizon: {
+    default: 1e4,
+    doc: "horizon of the adaptive controller",
+    min: 1
+  },
+  scoreClip: {
+    default: 5,
+    doc: "clip of the reward-model score",
+    min: 0
+  },
+  clipRange: {
+    default: 0.2,
+    doc: "ratio clip \u03B5",
+    min: 0
+  },
+  clipRangeValue: {
+    default: 0.2,
+    doc: "value clip \u03B5_v",
+    min: 0
+  },
+  entropyCoef: {
+    default: 0,
+    doc: "entropy bonus coefficient",
+    min: 0
+  },
+  targetApproxKl: {
+    default: 0,
+    doc: "stop an iteration's epochs when approx-KL exceeds this (0 = off)",
+    min: 0
+  },
+  missingEosPenalty: {
+    default: 0,
+    doc: "subtracted from the score of responses without EOS",
+    min: 0
+  },
+  whitenAdvantages: {
+    default: true,
+    doc: "whiten advantages over the batch's valid tokens"
+  },
+  ptxCoef: {
+    default: 0,
+    doc: "PPO-ptx: \u03B3_ptx, weight of the LM loss on a pretraining batch per minibatch (0 = off)",
+    min: 0
+  },
+  ptxBatchSize: {
+    default: 4,
+    doc: "PPO-ptx sequences per minibatch",
+    min: 1,
+    integer: true
+  },
+  ptxMaxLength: {
+    default: 64,
+    doc: "PPO-ptx tokens per sequence",
+    min: 2,
+    integer: true
+  },
+  seed: {
+    default: 0,
+    doc: "rollout sampling seed",
+    integer: true
+  }
+};
+function resolveSections(schemas, overrides, base) {
+  const names = Object.keys(schemas);
+  const nested = Object.fromEntries(names.map((s) => [
+    s,
+    {}
+  ]));
+  for (const [k, v] of Object.entries(overrides)) {
+    const dot = k.indexOf(".");
+    const sec = dot > 0 ? k.slice(0, dot) : k;
+    if (!(sec in nested)) {
+      throw new ConfigError(dot > 0 ? `unknown config section "${sec}" in "${k}" (${names.join(", ")})` : `unknown config key "${k}": use a section (${names.map((n) => `${n}.`).join(", ")})`);
+    }
+    if (dot > 0) nested[sec][k.slice(dot + 1)] = v;
+    else if (typeof v === "object" && v !== null) Object.assign(nested[sec], v);
+    else throw new ConfigError(`config key "${k}" must be a section object`);
+  }
+  const b = base;
+  return Object.fromEntries(names.map((s) => [
+    s,
+    resolveConfig(schemas[s], nested[s], b[s])
+  ]));
+}
+
+// trainer/optim.ts
+function learningRate(step, s) {
+  const warm = s.warmupSteps ?? Math.round((s.warmupRatio ?? 0) * s.totalSteps);
+  if (step < warm) return s.lr * (step + 1) / warm;
+  const minLr = (s.minLrRatio ?? 0) * s.lr;
+  const span = Math.max(1, s.totalSteps - warm);
+  const t = Math.min(1, Math.max(0, (step - warm) / span));
+  switch (s.decay ?? "cosine") {
+    case "constant":
+      return s.lr;
+    case "linear":
+      return s.lr - (s.lr - minLr) * t;
+    default:
+      return minLr + (s.lr - minLr) * 0.5 * (1 + Math.cos(Math.PI * t));
+  }
+}
+function optimizerStep(store, o, step, totalSteps) {
+  const norm = store.clipGradNorm(o.maxGradNorm > 0 ? o.maxGradNorm : void 0);
+  const lr = learningRate(step, {
+    lr: o.lr,
+    totalSteps,
+    warmupRatio: o.warmupRatio,
+    decay: o.lrDecay
+  });
+  store.adamw({
+    lr,
+    weightDecay: o.weightDecay
+  });
+  return {
+    norm,
+    lr
+  };
+}
+
+// trainer/loop.ts
+async function restoreCheckpoint(trainer, stage, hooks) {
+  const saved = await hooks.loadState?.(`${stage}/trainer_state.json`);
+  if (typeof saved !== "string") return false;
+  const files = trainer.stores();
+  const bytes = await Promise.all(files.map((s) => hooks.loadState(s.name)));
+  bytes.forEach((b, i) => {
+    if (!(b instanceof Uint8Array)) {
+      throw new Error(`resume: ${stage}/trainer_state.json exists but ${files[i].name} is missing`);
+    }
+  });
+  bytes.forEach((b, i) => files[i].store.loadState(b));
+  trainer.restore(JSON.parse(saved));
+  return true;
+}
+async function saveCheckpoint(trainer, stage, hooks) {
+  if (!hooks.saveState) return;
+  for (const s of trainer.stores()) await hooks.saveState(s.name, await s.store.saveState());
+  await hooks.saveState(`${stage}/trainer_state.json`, JSON.stringify(trainer.state()));
+}
+async function runLoop(trainer, o, hooks = {}) {
+  if (o.resume && await restoreCheckpoint(trainer, o.stage, hooks)) {
+    hooks.log?.(`resume: ${o.stage.toUpperCase()} continues after ${o.unit ?? "step"} ${trainer.iteration}`);
+  }
+  let last = {};
+  while (trainer.iteration < trainer.total) {
+    const n = trainer.iteration + 1;
+    const m = await trainer.step(n % o.logEvery === 0 || n === trainer.total);
+    if (m) {
+      last = m;
+      hooks.onProgress?.(o.stage, trainer.iteration, trainer.total, m);
+      o.afterLog?.(m);
+      await hooks.onMetrics?.(o.stage, m);
+    }
+    if (o.checkpointEvery > 0 && trainer.iteration % o.checkpointEvery === 0) {
+      await saveCheckpoint(trainer, o.stage, hooks);
+    }
+    if (o.stopAfter !== void 0 && trainer.iteration >= o.stopAfter) break;
+  }
+  if (o.checkpointEvery > 0) await saveCheckpoint(trainer, o.stage, hooks);
+  return last;
+}
+
+// trainer/random.ts
+var Mulberry32 = class {
+  /** The whole state (a u32): save it to resume the stream. */
+  s;
+  constructor(seed) {
+    this.s = seed >>> 0;
+  }
+  /** The next number in [0, 1). */
+  next() {
+    this.s = this.s + 1831565813 >>> 0;
+    let t = this.s;
+    t = Math.imul(t ^ t >>> 15, t | 1);
+    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
+    return ((t ^ t >>> 14) >>> 0) / 4294967296;
+  }
+};
+function mulberry32(seed) {
+  const g = new Mulberry32(seed);
+  return () => g.next();
+}
+function permutation(n, rand) {
+  const a = Array.from({
+    length: n
+  }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [a[i], a[j]] = [
+      a[j],
+      a[i]
+    ];
+  }
+  return a;
+}
+var SEED_STREAM = {
+  /** Initialisation of the reward model's head (the body is copied from SFT). */
+  rewardInit: 1,
+  /** Initialisation of the critic's head. */
+  criticInit: 2,
+  /** Evaluation samples before and after PPO. */
+  evaluation: 100,
+  /** SFT-policy samples that become reward-model comparisons. */
+  comparisonSamples: 200,
+  /** Label noise of those comparisons. */
+  comparisonLabels: 201,
+  /** SFT-policy samples on held-out prompts that test the reward model. */
+  rewardModelProbe: 300,
+  /** PPO-ptx batch order. */
+  ptxOrder: 20564
+};
+function deriveSeed(seed, stream) {
+  return seed + SEED_STREAM[stream];
+}
+function rolloutSeed(seed, iteration) {
+  return seed * 1000003 + iteration;
+}
+function epochSeed(counter, epoch) {
+  return counter * 7919 + epoch;
+}
+
+// trainer/batch.ts
+function encodePairs(tok, rows2, o) {
+  const enc = rows2.map(({ prompt, response, truncated }) => {
+    let p = tok.encode(prompt);
+    let r = tok.encode(response, {
+      addBos: false
+    });
+    if (o.eos !== false && !truncated) r = [
+      ...r,
+      tok.eosId
+    ];
+    if (r.length > o.maxLength - 2) r = r.slice(0, o.maxLength - 2);
+    const room = o.maxLength - r.length;
+    if (p.length > room) p = [
+      p[0],
+      ...p.slice(p.length - (room - 1))
+    ];
+    return {
+      p,
+      r
+    };
+  });
+  const B = rows2.length;
+  const T = Math.max(2, ...enc.map((e) => e.p.length + e.r.length));
+  const tokens = new Int32Array(B * T).fill(tok.padId);
+  const mask = new Float32Array(B * T), responseMask = new Float32Array(B * T);
+  const targets = new Int32Array(B * T).fill(-1);
+  enc.forEach(({ p, r }, b) => {
+    const seq = [
+      ...p,
+      ...r
+    ];
+    for (let t = 0; t < seq.length; t++) {
+      tokens[b * T + t] = seq[t];
+      mask[b * T + t] = 1;
+      if (t >= p.length) responseMask[b * T + t] = 1;
+    }
+    for (let t = 0; t + 1 < seq.length; t++) {
+      if (o.completionOnly === false || t + 1 >= p.length) targets[b * T + t] = seq[t + 1];
+    }
+  });
+  return {
+    B,
+    T,
+    tokens,
+    mask,
+    responseMask,
+    targets
+  };
+}
+function truncatePrompt(ids, max) {
+  return ids.length <= max ? ids : [
+    ids[0],
+    ...ids.slice(ids.length - (max - 1))
+  ];
+}
+function leftPad(ids, pad) {
+  const T = Math.max(1, ...ids.map((x) => x.length));
+  const tokens = new Int32Array(ids.length * T).fill(pad), mask = new Float32Array(ids.length * T);
+  ids.forEach((x, b) => {
+    x.forEach((id, j) => {
+      tokens[b * T + T - x.length + j] = id;
+      mask[b * T + T - x.length + j] = 1;
+    });
+  });
+  return {
+    tokens,
+    mask,
+    T
+  };
+}
+var Sampler = class {
+  n;
+  #order;
+  #pos;
+  #rand;
+  constructor(n, seed) {
+    this.n = n;
+    this.#order = [];
+    this.#pos = 0;
+    if (n <= 0) throw new Error("Sampler: empty dataset");
+    this.#rand = new Mulberry32(seed);
+  }
+  /** The next `k` indices. */
+  next(k) {
+    const out = [];
+    while (out.length < k) {
+      if (this.#pos >= this.#order.length) {
+        this.#order = permutation(this.n, () => this.#rand.next());
+        this.#pos = 0;
+      }
+      out.push(this.#order[this.#pos++]);
+    }
+    return out;
+  }
+  /** Serializable state (for resume). */
+  state() {
+    return {
+      s: this.#rand.s,
+      pos: this.#pos,
+      order: [
+        ...this.#order
+      ]
+    };
+  }
+  /** Restores {@link state}. */
+  restore(st) {
+    this.#rand.s = st.s;
+    this.#pos = st.pos;
+    this.#order = [
+      ...st.order
+    ];
+  }
+};
+
+// trainer/logprobs.ts
+function modelLogprobs(model, seq, mask) {
+  return model.gpu.scope(() => {
+    const acts = model.forward(seq, mask);
+    return model.tokenLogprobs(acts).logp;
+  });
+}
+function referenceLogprobs(actor, reference, seq, mask) {
+  if (reference) return modelLogprobs(reference, seq, mask);
+  if (!actor.lora) throw new Error("referenceLogprobs: no reference model and no LoRA adapters");
+  actor.lora.enabled = false;
+  try {
+    return modelLogprobs(actor, seq, mask);
+  } finally {
+    actor.lora.enabled = true;
+  }
+}
+function sequenceValues(critic, seq, mask) {
+  const [B, T] = seq.shape;
+  return critic.gpu.scope(() => critic.values(critic.forward(seq, mask)).intoShape([
+    B,
+    T
+  ]));
+}
+function sequenceScores(reward, seq, mask) {
+  return reward.gpu.scope(() => reward.sequenceScores(reward.forward(seq, mask)));
+}
+
+// trainer/rollout.ts
+async function rollout(policy, tok, prompts, o) {
+  const gpu = policy.gpu, B = prompts.length;
+  const enc = leftPad(prompts.map((p) => truncatePrompt(tok.encode(p), o.maxPromptLength)), tok.padId);
+  const gen = await gpu.scope(() => generate(policy, gpu.fromArray(enc.tokens, [
+    B,
+    enc.T
+  ]), gpu.fromArray(enc.mask, [
+    B,
+    enc.T
+  ]), {
+    maxNewTokens: o.maxNewTokens,
+    temperature: o.temperature,
+    greedy: o.greedy,
+    topK: o.topK,
+    topP: o.topP,
+    seed: o.seed,
+    eosId: tok.eosId,
+    padId: tok.padId
+  }));
+  gen.logprobs.dispose();
+  const T = enc.T + gen.generated;
+  const hostTokens = await gpu.read(gen.tokens);
+  const hostResponseMask = await gpu.readF32(gen.responseMask);
+  const hostActionMask = new Float32Array(B * T);
+  for (let i = 0; i < B * T; i++) {
+    hostActionMask[i] = i % T + 1 < T ? hostResponseMask[i + 1] : 0;
+  }
+  const texts = prompts.map((prompt, b) => {
+    const ids = [];
+    let truncated = true;
+    for (let t = enc.T; t < T && hostResponseMask[b * T + t]; t++) {
+      if (hostTokens[b * T + t] !== tok.eosId) ids.push(hostTokens[b * T + t]);
+      else truncated = false;
+    }
+    return {
+      prompt,
+      response: tok.decode(ids),
+      truncated
+    };
+  });
+  return {
+    promptLength: enc.T,
+    length: T,
+    tokens: gen.tokens,
+    attentionMask: gen.attentionMask,
+    responseMask: gen.responseMask,
+    actionMask: gpu.fromArray(hostActionMask, [
+      B,
+      T
+    ]),
+    hostTokens,
+    hostResponseMask,
+    hostActionMask,
+    texts
+  };
+}
+async function sampleAndScore(policy, reward, tok, prompts, o) {
+  return await policy.gpu.scope(async () => {
+    const r = await rollout(policy, tok, prompts, {
+      ...o,
+      greedy: o.temperature === 0
+    });
+    const scores = reward ? await policy.gpu.readF32(sequenceScores(reward, r.tokens, r.attentionMask)) : void 0;
+    return r.texts.map((x, b) => ({
+      ...x,
+      score: scores?.[b] ?? NaN
+    }));
+  });
+}
+
+// trainer/advantages.ts
+function gaeAdvantages(gpu, e, beta, o) {
+  const kl = klPenalty(gpu, e.logpOld, e.logpRef, e.actionMask, o.klEstimator);
+  const rewards = shapedRewards(gpu, kl, e.scores, e.actionMask, {
+    beta,
+    scoreClip: o.scoreClip
+  });
+  const g = gae(gpu, rewards, e.values, e.actionMask, {
+    gamma: o.gamma,
+    lambda: o.lambda
+  });
+  const advantages = o.whitenAdvantages ? whiten(gpu, g.advantages, e.actionMask) : g.advantages;
+  return {
+    kl,
+    rewards,
+    advantages,
+    returns: g.returns,
+    explainedVariance: explainedVariance(gpu, e.values, g.returns, e.actionMask)
+  };
+}
+
+// trainer/sft.ts
+var SftTrainer = class {
+  model;
+  tok;
+  data;
+  cfg;
+  stateFile;
+  iteration;
+  #sampler;
+  constructor(model, tok, data, cfg, stateFile = "sft/model_state.safetensors") {
+    this.model = model;
+    this.tok = tok;
+    this.data = data;
+    this.cfg = cfg;
+    this.stateFile = stateFile;
+    this.iteration = 0;
+    this.#sampler = new Sampler(data.length, cfg.seed);
+  }
+  get total() {
+    return this.cfg.steps;
+  }
+  /** One batch: forward, cross-entropy, backward, AdamW; metrics when `log`. */
+  step(log) {
+    const { model, cfg, data } = this, gpu = model.gpu;
+    const store = model.lora?.store ?? model.store;
+    return gpu.scope(async () => {
+      const rows2 = this.#sampler.next(cfg.batchSize).map((i) => ({
+        prompt: data[i].prompt,
+        response: data[i].completion
+      }));
+      const b = encodePairs(this.tok, rows2, {
+        maxLength: cfg.maxLength,
+        completionOnly: cfg.completionOnly
+      });
+      const count = Math.max(1, b.targets.reduce((n, t) => n + (t >= 0 ? 1 : 0), 0));
+      const targets = gpu.fromArray(b.targets);
+      store.zeroGrads();
+      const acts = model.forward(gpu.fromArray(b.tokens, [
+        b.B,
+        b.T
+      ]), gpu.fromArray(b.mask, [
+        b.B,
+        b.T
+      ]));
+      const logits = model.logits(acts);
+      const ce = crossEntropy(gpu, logits, targets);
+      const dloss = gpu.empty([
+        b.B * b.T
+      ]);
+      fill(gpu, dloss, 1 / count);
+      model.backward(acts, {
+        dlogits: crossEntropyBackward(gpu, logits, targets, ce.lse, dloss)
+      });
+      const { norm, lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return void 0;
+      const loss = (await gpu.readF32(ce.loss)).reduce((s, v) => s + v, 0) / count;
+      const gn = (await gpu.readF32(norm))[0];
+      assertFiniteLosses(`SFT step ${step}`, {
+        loss,
+        "grad norm": gn
+      });
+      return {
+        step,
+        "sft/loss": loss,
+        "sft/grad_norm": gn,
+        "sft/lr": lr
+      };
+    });
+  }
+  state() {
+    return {
+      iteration: this.iteration,
+      sampler: this.#sampler.state()
+    };
+  }
+  restore(s) {
+    this.iteration = s.iteration;
+    this.#sampler.restore(s.sampler);
+  }
+  stores() {
+    return [
+      {
+        name: this.stateFile,
+        store: this.model.lora?.store ?? this.model.store
+      }
+    ];
+  }
+};
+async function trainSft(model, tok, data, cfg, hooks = {}) {
+  const logs = [];
+  await runLoop(new SftTrainer(model, tok, data, cfg), {
+    stage: "sft",
+    logEvery: hooks.logEvery ?? 10,
+    checkpointEvery: 0
+  }, {
+    onMetrics: async (_s, m) => {
+      logs.push(m);
+      await hooks.onLog?.(m);
+    }
+  });
+  return logs;
+}
+
+// trainer/rm.ts
+function pairBatch(tok, pairs, maxLength) {
+  return encodePairs(tok, [
+    ...pairs.map((p) => ({
+      prompt: p.prompt,
+      response: p.chosen,
+      truncated: p.chosenTruncated
+    })),
+    ...pairs.map((p) => ({
+      prompt: p.prompt,
+      response: p.rejected,
+      truncated: p.rejectedTruncated
+    }))
+  ], {
+    maxLength
+  });
+}
+function spans(b, P) {
+  const { T, tokens, mask } = b;
+  const span = new Float32Array(P * T);
+  for (let i = 0; i < P; i++) {
+    const c = i * T, r = (P + i) * T;
+    let first = 0;
+    while (first < T && tokens[c + first] === tokens[r + first] && mask[c + first] === mask[r + first]) first++;
+    let end = 0;
+    for (let t = 0; t < T; t++) if (mask[c + t] !== 0 || mask[r + t] !== 0) end = t + 1;
+    for (let t = first; t < end; t++) span[i * T + t] = 1;
+  }
+  return span;
+}
+var RewardTrainer = class {
+  model;
+  tok;
+  pairs;
+  cfg;
+  stateFile;
+  iteration;
+  #sampler;
+  constructor(model, tok, pairs, cfg, stateFile = "rm/model_state.safetensors") {
+    this.model = model;
+    this.tok = tok;
+    this.pairs = pairs;
+    this.cfg = cfg;
+    this.stateFile = stateFile;
+    this.iteration = 0;
+    this.#sampler = new Sampler(pairs.length, cfg.seed);
+  }
+  get total() {
+    return this.cfg.steps;
+  }
+  /** One batch of pairs: scores, loss, backward, AdamW; metrics when `log`. */
+  step(log) {
+    const { model, cfg } = this, gpu = model.gpu;
+    const store = model.lora?.store ?? model.store;
+    return gpu.scope(async () => {
+      const batch = this.#sampler.next(cfg.batchSize).map((i) => this.pairs[i]);
+      const P = batch.length;
+      const b = pairBatch(this.tok, batch, cfg.maxLength);
+      const mask = gpu.fromArray(b.mask, [
+        2 * P,
+        b.T
+      ]);
+      store.zeroGrads();
+      const acts = model.forward(gpu.fromArray(b.tokens, [
+        2 * P,
+        b.T
+      ]), mask);
+      const values = model.values(acts).intoShape([
+        2 * P,
+        b.T
+      ]);
+      const l = cfg.loss === "pairwise" ? pairwiseLoss(values, mask, batch) : tokenLoss(values, b, P);
+      model.backward(acts, {
+        dvalues: l.dvalues.reshape([
+          2 * P * b.T
+        ])
+      });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return void 0;
+      const loss = (await gpu.readF32(l.loss))[STAT.mean];
+      assertFiniteLosses(`RM step ${step}`, {
+        loss
+      });
+      const m = {
+        step,
+        "rm/loss": loss,
+        "rm/lr": lr
+      };
+      if (l.accuracy) m["rm/train_accuracy"] = (await gpu.readF32(l.accuracy))[STAT.mean];
+      return m;
+    });
+  }
+  state() {
+    return {
+      iteration: this.iteration,
+      sampler: this.#sampler.state()
+    };
+  }
+  restore(s) {
+    this.iteration = s.iteration;
+    this.#sampler.restore(s.sampler);
+  }
+  stores() {
+    return [
+      {
+        name: this.stateFile,
+        store: this.model.lora?.store ?? this.model.store
+      }
+    ];
+  }
+};
+function pairwiseLoss(values, mask, batch) {
+  const gpu = values.gpu, P = batch.length, T = values.shape[1];
+  const s = lastMaskedValues(gpu, values, mask);
+  const chosen = gpu.empty([
+    P
+  ]), rejected = gpu.empty([
+    P
+  ]);
+  gpu.copyRange(s.values, 0, chosen, 0, P);
+  gpu.copyRange(s.values, P, rejected, 0, P);
+  const margins = batch.some((p) => p.margin !== void 0) ? gpu.fromArray(Float32Array.from(batch, (p) => p.margin ?? 0)) : void 0;
+  const l = pairwiseRewardLoss(gpu, chosen, rejected, margins);
+  const dscore = gpu.empty([
+    2 * P
+  ]);
+  gpu.copyRange(l.dchosen, 0, dscore, 0, P);
+  gpu.copyRange(l.drejected, 0, dscore, P, P);
+  const dvalues = gpu.empty([
+    2 * P,
+    T
+  ]);
+  gpu.copy(lastMaskedValuesBackward(gpu, dscore, s.index, T), dvalues);
+  return {
+    loss: l.loss,
+    accuracy: l.accuracy,
+    dvalues
+  };
+}
+function tokenLoss(values, b, P) {
+  const gpu = values.gpu, T = b.T;
+  const vw = gpu.empty([
+    P,
+    T
+  ]), vl = gpu.empty([
+    P,
+    T
+  ]);
+  gpu.copyRange(values, 0, vw, 0, P * T);
+  gpu.copyRange(values, P * T, vl, 0, P * T);
+  const l = tokenPairRewardLoss(gpu, vw, vl, gpu.fromArray(spans(b, P), [
+    P,
+    T
+  ]));
+  const dvalues = gpu.empty([
+    2 * P,
+    T
+  ]);
+  gpu.copyRange(l.dchosen, 0, dvalues, 0, P * T);
+  gpu.copyRange(l.drejected, 0, dvalues, P * T, P * T);
+  return {
+    loss: l.loss,
+    dvalues
+  };
+}
+async function trainRewardModel(model, tok, pairs, cfg, hooks = {}) {
+  const logs = [];
+  await runLoop(new RewardTrainer(model, tok, pairs, cfg), {
+    stage: "rm",
+    logEvery: hooks.logEvery ?? 10,
+    checkpointEvery: 0
+  }, {
+    onMetrics: async (_s, m) => {
+      logs.push(m);
+      await hooks.onLog?.(m);
+    }
+  });
+  return logs;
+}
+async function evaluateRewardModel(model, tok, pairs, o) {
+  const gpu = model.gpu;
+  const bs = o.batchSize ?? 32;
+  let correct = 0, margin = 0;
+  for (let i = 0; i < pairs.length; i += bs) {
+    const batch = pairs.slice(i, i + bs), P = batch.length;
+    const b = pairBatch(tok, batch, o.maxLength);
+    const s = await gpu.scope(() => gpu.readF32(sequenceScores(model, gpu.fromArray(b.tokens, [
+      2 * P,
+      b.T
+    ]), gpu.fromArray(b.mask, [
+      2 * P,
+      b.T
+    ]))));
+    for (let j = 0; j < P; j++) {
+      correct += s[j] > s[P + j] ? 1 : 0;
+      margin += s[j] - s[P + j];
+    }
+  }
+  return {
+    accuracy: correct / pairs.length,
+    margin: margin / pairs.length
+  };
+}
+
+// trainer/ppo.ts
+var MB = {
+  policyLoss: 0,
+  clipfrac: 1,
+  approxKl: 2,
+  valueLoss: 3,
+  valueClipfrac: 4,
+  entropy: 5,
+  ptxLoss: 6
+};
+var MB_COLUMNS = Object.keys(MB).length;
+var PpoTrainer = class {
+  models;
+  tok;
+  data;
+  cfg;
+  hooks;
+  /** Current KL coefficient β. */
+  beta;
+  iteration;
+  /** The decoded samples of the last rollout. */
+  lastSamples;
+  #orderSeed;
+  #ptx;
+  constructor(models, tok, data, cfg, hooks = {}) {
+    this.models = models;
+    this.tok = tok;
+    this.data = data;
+    this.cfg = cfg;
+    this.hooks = hooks;
+    this.iteration = 0;
+    this.lastSamples = [];
+    if (!models.reference && !models.actor.lora) {
+      throw new Error("PpoTrainer: give a reference model or an actor with LoRA adapters");
+    }
+    if (!models.critic.hasValueHead || !models.reward.hasValueHead) {
+      throw new Error("PpoTrainer: the critic and the reward model need a v_head");
+    }
+    this.beta = cfg.klCoef;
+    this.#orderSeed = cfg.seed;
+    if (cfg.ptxCoef > 0) {
+      if (!data.ptx?.length) {
+        throw new Error("PpoTrainer: ptxCoef > 0 needs ptx data (pretraining examples)");
+      }
+      this.#ptx = new Sampler(data.ptx.length, deriveSeed(cfg.seed, "ptxOrder"));
+    }
+  }
+  get total() {
+    return this.cfg.iterations;
+  }
+  /** One iteration: rollout, experience, advantages, `ppoEpochs` of updates, statistics. */
+  step(_log = true) {
+    return this.models.actor.gpu.scope(async () => {
+      const r = await this.#rollout();
+      const { exp, samples } = await this.#experience(r);
+      const adv = gaeAdvantages(this.models.actor.gpu, exp, this.beta, this.cfg);
+      const update = await this.#update({
+        r,
+        exp,
+        adv
+      });
+      const m = await this.#statistics({
+        r,
+        exp,
+        adv
+      }, update, samples);
+      this.iteration++;
+      this.lastSamples = samples;
+      return m;
+    });
+  }
+  /** Phase 1: the next `batchSize` prompts, one sampled response each. */
+  #rollout() {
+    const { cfg, data } = this, n = data.prompts.length;
+    const prompts = Array.from({
+      length: cfg.batchSize
+    }, (_, i) => data.prompts[(this.iteration * cfg.batchSize + i) % n]);
+    return rollout(this.models.actor, this.tok, prompts, {
+      maxNewTokens: cfg.maxNewTokens,
+      maxPromptLength: cfg.maxPromptLength,
+      temperature: cfg.temperature,
+      topK: cfg.topK,
+      topP: cfg.topP,
+      seed: rolloutSeed(cfg.seed, this.iteration)
+    });
+  }
+  /** Phase 2: log-probs of actor and reference, values, scores (minus the missing-EOS penalty). */
+  async #experience(r) {
+    const { actor, critic, reward, reference } = this.models, gpu = actor.gpu;
+    const seq = r.tokens, am = r.attentionMask;
+    const logpOld = modelLogprobs(actor, seq, am);
+    const logpRef = referenceLogprobs(actor, reference, seq, am);
+    const values = sequenceValues(critic, seq, am);
+    const scores = sequenceScores(reward, seq, am);
+    const host = await gpu.readF32(scores);
+    const penalty = this.cfg.missingEosPenalty;
+    const samples = r.texts.map((x, b) => {
+      if (x.truncated && penalty > 0) host[b] -= penalty;
+      return {
+        prompt: x.prompt,
+        response: x.response,
+        score: host[b]
+      };
+    });
+    if (penalty > 0) gpu.write(scores, host);
+    return {
+      exp: {
+        logpOld,
+        logpRef,
+        values,
+        scores,
+        actionMask: r.actionMask
+      },
+      samples
+    };
+  }
+  /**
+   * Phase 4: `ppoEpochs` passes over shuffled minibatches. Per-minibatch statistics stay on
+   * the GPU (read once per epoch only when the approx-KL early stop needs them).
+   */
+  async #update(batch) {
+    const cfg = this.cfg, gpu = this.models.actor.gpu, P = cfg.batchSize;
+    const stats = gpu.zeros([
+      cfg.ppoEpochs * Math.ceil(P / cfg.miniBatchSize) * MB_COLUMNS
+    ]);
+    const lr = (peak) => learningRate(this.iteration, {
+      lr: peak,
+      totalSteps: cfg.iterations,
+      warmupRatio: cfg.warmupRatio,
+      decay: cfg.lrDecay
+    });
+    const lrs = {
+      actor: lr(cfg.actorLr),
+      critic: lr(cfg.criticLr)
+    };
+    let k = 0, stopped = false;
+    for (let epoch = 0; epoch < cfg.ppoEpochs && !stopped; epoch++) {
+      const order = permutation(P, mulberry32(epochSeed(this.#orderSeed++, epoch)));
+      const epochStart = k;
+      for (let s = 0; s < P; s += cfg.miniBatchSize) {
+        const rows2 = order.slice(s, s + cfg.miniBatchSize);
+        gpu.scope(() => this.#minibatch(batch, rows2, lrs, stats, k++));
+      }
+      if (cfg.targetApproxKl > 0) {
+        const st = await gpu.readF32(stats);
+        let akl = 0;
+        for (let i = epochStart; i < k; i++) akl += st[MB_COLUMNS * i + MB.approxKl];
+        stopped = akl / (k - epochStart) > cfg.targetApproxKl;
+      }
+    }
+    return {
+      stats,
+      minibatches: k,
+      stopped
+    };
+  }
+  /** One minibatch: an actor step and a critic step; its statistics go to row `k` of `stats`. */
+  #minibatch({ r, exp, adv }, rows2, lrs, stats, k) {
+    const gpu = this.models.actor.gpu, T = r.length;
+    const gather = (t) => {
+      const out = gpu.empty([
+        rows2.length,
+        T
+      ], t.dtype);
+      rows2.forEach((row, i) => gpu.copyRange(t, row * T, out, i * T, T));
+      return out;
+    };
+    const mb = {
+      seq: gather(r.tokens),
+      am: gather(r.attentionMask),
+      act: gather(r.actionMask),
+      count: rows2.reduce((n, row) => n + r.hostActionMask.subarray(row * T, (row + 1) * T).reduce((a, v) => a + v, 0), 0)
+    };
+    const actor = this.#actorStep(mb, gather(exp.logpOld), gather(adv.advantages), lrs.actor);
+    const critic = this.#criticStep(mb, gather(exp.values), gather(adv.returns), lrs.critic);
+    const columns = [
+      [
+        "policyLoss",
+        actor.loss
+      ],
+      [
+        "clipfrac",
+        actor.clipfrac
+      ],
+      [
+        "approxKl",
+        actor.approxkl
+      ],
+      [
+        "valueLoss",
+        critic.loss
+      ],
+      [
+        "valueClipfrac",
+        critic.clipfrac
+      ],
+      [
+        "entropy",
+        actor.entropy
+      ],
+      [
+        "ptxLoss",
+        actor.ptx
+      ]
+    ];
+    for (const [name, t] of columns) {
+      if (t) gpu.copyRange(t, STAT.mean, stats, MB_COLUMNS * k + MB[name], 1);
+    }
+  }
+  /** The actor's update: clipped surrogate (+ entropy bonus) (+ PPO-ptx), clip, AdamW. */
+  #actorStep(mb, logpOld, advantages, lr) {
+    const { actor } = this.models, gpu = actor.gpu, cfg = this.cfg;
+    const [B, T] = mb.seq.shape;
+    const store = actor.lora?.store ?? actor.store;
+    store.zeroGrads();
+    const acts = actor.forward(mb.seq, mb.am);
+    const lp = actor.tokenLogprobs(acts);
+    const pl = ppoPolicyLoss(gpu, lp.logp, logpOld, advantages, mb.act, {
+      clip: cfg.clipRange
+    });
+    const dent = cfg.entropyCoef > 0 ? scale(gpu, mb.act, -cfg.entropyCoef / Math.max(mb.count, 1)) : void 0;
+    const dlogits = logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
+      dlogp: pl.dlogp.reshape([
+        B * T
+      ]),
+      dentropy: dent?.reshape([
+        B * T
+      ]),
+      entropy: lp.entropy.reshape([
+        B * T
+      ])
+    });
+    actor.backward(acts, {
+      dlogits
+    });
+    const ptx = this.#ptx ? this.#ptxBackward() : void 0;
+    store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : void 0);
+    store.adamw({
+      lr,
+      weightDecay: cfg.weightDecay
+    });
+    return {
+      ...pl,
+      entropy: maskedStats(gpu, lp.entropy, mb.act),
+      ptx
+    };
+  }
+  /** The critic's update: clipped value loss, clip, AdamW. */
+  #criticStep(mb, valuesOld, returns, lr) {
+    const { critic } = this.models, gpu = critic.gpu, cfg = this.cfg;
+    const [B, T] = mb.seq.shape;
+    critic.store.zeroGrads();
+    const acts = critic.forward(mb.seq, mb.am);
+    const v = critic.values(acts).intoShape([
+      B,
+      T
+    ]);
+    const vl = ppoValueLoss(gpu, v, valuesOld, returns, mb.act, {
+      clip: cfg.clipRangeValue
+    });
+    critic.backward(acts, {
+      dvalues: vl.dvalues.reshape([
+        B * T
+      ])
+    });
+    critic.store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : void 0);
+    critic.store.adamw({
+      lr,
+      weightDecay: cfg.weightDecay
+    });
+    return vl;
+  }
+  /**
+   * PPO-ptx: accumulates `ptxCoef ×` the mean next-token loss of one pretraining batch into the
+   * actor's gradients; returns the statistics of its token losses.
+   */
+  #ptxBackward() {
+    const { actor } = this.models, gpu = actor.gpu, cfg = this.cfg, data = this.data.ptx;
+    const rows2 = this.#ptx.next(cfg.ptxBatchSize).map((i) => ({
+      prompt: data[i].prompt,
+      response: data[i].completion
+    }));
+    const b = encodePairs(this.tok, rows2, {
+      maxLength: cfg.ptxMaxLength,
+      completionOnly: false
+    });
+    const counted = Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0);
+    const count = counted.reduce((a, v) => a + v, 0);
+    const targets = gpu.fromArray(b.targets);
+    const acts = actor.forward(gpu.fromArray(b.tokens, [
+      b.B,
+      b.T
+    ]), gpu.fromArray(b.mask, [
+      b.B,
+      b.T
+    ]));
+    const logits = actor.logits(acts);
+    const ce = crossEntropy(gpu, logits, targets);
+    const dloss = gpu.empty([
+      b.B * b.T
+    ]);
+    fill(gpu, dloss, cfg.ptxCoef / Math.max(count, 1));
+    actor.backward(acts, {
+      dlogits: crossEntropyBackward(gpu, logits, targets, ce.lse, dloss)
+    });
+    return maskedStats(gpu, ce.loss, gpu.fromArray(counted));
+  }
+  /** The iteration's metrics (one readback of the statistics) and the adaptive KL controller. */
+  async #statistics({ r, adv }, u, samples) {
+    const gpu = this.models.actor.gpu, cfg = this.cfg, P = samples.length, T = r.length;
+    const st = await gpu.readF32(u.stats), k = u.minibatches;
+    const avg = (c) => {
+      let a = 0;
+      for (let i = 0; i < k; i++) a += st[MB_COLUMNS * i + MB[c]];
+      return a / Math.max(k, 1);
+    };
+    const policyLoss = avg("policyLoss"), valueLoss = avg("valueLoss");
+    assertFiniteLosses(`PPO iteration ${this.iteration + 1}`, {
+      "policy loss": policyLoss,
+      "value loss": valueLoss
+    });
+    const klHost = await gpu.readF32(adv.kl), ev = (await gpu.readF32(adv.explainedVariance))[0];
+    const perRow = (a) => Array.from({
+      length: P
+    }, (_, b) => a.subarray(b * T, (b + 1) * T).reduce((s, v) => s + v, 0));
+    const mean = (xs) => xs.reduce((a, v) => a + v, 0) / P;
+    const meanKl = mean(perRow(klHost)), meanScore = mean(samples.map((s) => s.score));
+    const m = {
+      iteration: this.iteration + 1,
+      "objective/kl": meanKl,
+      "objective/scores": meanScore,
+      "objective/rlhf_reward": meanScore - this.beta * meanKl,
+      "objective/entropy": avg("entropy"),
+      "policy/approxkl_avg": avg("approxKl"),
+      "policy/clipfrac_avg": avg("clipfrac"),
+      "loss/policy_avg": policyLoss,
+      "loss/value_avg": valueLoss,
+      "val/clipfrac_avg": avg("valueClipfrac"),
+      "val/explained_var": ev,
+      "val/response_length": mean(perRow(r.hostResponseMask)),
+      // byte-level vocabularies can sample byte sequences that are not UTF-8: decoded with a
+      // visible U+FFFD, and counted here
+      "val/invalid_text_frac": samples.filter((x) => x.response.includes("\uFFFD")).length / P,
+      "train/beta": this.beta,
+      "train/actor_lr": learningRate(this.iteration, {
+        lr: cfg.actorLr,
+        totalSteps: cfg.iterations,
+        warmupRatio: cfg.warmupRatio,
+        decay: cfg.lrDecay
+      }),
+      "train/early_stopped": u.stopped ? 1 : 0,
+      ...this.#ptx ? {
+        "loss/ptx_avg": avg("ptxLoss")
+      } : {},
+      ...this.hooks.scoreRollout?.(samples) ?? {}
+    };
+    if (cfg.adaptiveKl) {
+      const e = Math.min(0.2, Math.max(-0.2, meanKl / cfg.klTarget - 1));
+      this.beta *= 1 + e * P / cfg.klHorizon;
+    }
+    return m;
+  }
+  /**
+   * The trainer's own state for exact resume (the models' states are saved by their stores):
+   * rollout sampling is keyed by (seed, iteration) and minibatch order by a counter.
+   */
+  state() {
+    return {
+      iteration: this.iteration,
+      beta: this.beta,
+      orderSeed: this.#orderSeed,
+      ...this.#ptx ? {
+        ptx: this.#ptx.state()
+      } : {}
+    };
+  }
+  /** Restores {@link state}. */
+  restore(s) {
+    this.iteration = s.iteration;
+    this.beta = s.beta;
+    this.#orderSeed = s.orderSeed;
+    if (this.#ptx && s.ptx) this.#ptx.restore(s.ptx);
+  }
+  /** The actor's trained store (its LoRA adapters when it has them) and the critic's. */
+  stores() {
+    const { actor, critic } = this.models;
+    return [
+      actor.lora ? {
+        name: "ppo/actor_lora_state.safetensors",
+        store: actor.lora.store
+      } : {
+        name: "ppo/actor_state.safetensors",
+        store: actor.store
+      },
+      {
+        name: "ppo/critic_state.safetensors",
+        store: critic.store
+      }
+    ];
+  }
+};
+
+// trainer/pipeline.ts
+function emptySummary(wallSeconds) {
+  return {
+    wall_seconds: wallSeconds,
+    "sft/loss": NaN,
+    "rm/accuracy": NaN,
+    "rm/margin": NaN,
+    "gold/before": NaN,
+    "gold/after": NaN,
+    "score/before": NaN,
+    "score/after": NaN,
+    "objective/kl": NaN,
+    "rm/policy_accuracy": NaN,
+    "rm/policy_gold_corr": NaN,
+    "gold/correct/before": NaN,
+    "gold/correct/after": NaN,
+    "gold/period/before": NaN,
+    "gold/period/after": NaN,
+    "gold/concise/before": NaN,
+    "gold/concise/after": NaN,
+    reward_hacking: null,
+    samples_before: [],
+    samples_after: []
+  };
+}
+async function runPipeline(def, gpu, cfg, hooks = {}, opts = {}) {
+  const t0 = performance.now();
+  const names = def.stages.map((s) => s.name);
+  const only = opts.stage ?? "all";
+  const upto = only === "all" ? names.length : names.indexOf(only) + 1;
+  if (upto === 0) {
+    throw new ConfigError(`the ${def.name} pipeline has no stage "${only}" (stages: ${names.join(", ")})`);
+  }
+  def.validate?.(cfg);
+  const owned = [];
+  const summary = {};
+  const log = hooks.log ?? (() => {
+  });
+  try {
+    const state = await def.init(gpu, cfg);
+    for (const [i, stage] of def.stages.slice(0, upto).entries()) {
+      const required = i < upto - 1 && only !== "all";
+      await stage.run({
+        gpu,
+        cfg,
+        hooks,
+        opts,
+        state,
+        summary,
+        log,
+        finished: (load) => finishedStage(gpu, stage.name, only, required, hooks, opts, log, load),
+        train: (trainer, o) => runLoop(trainer, {
+          ...o,
+          stage: stage.name,
+          resume: opts.resume
+        }, hooks),
+        own: (...models) => void owned.push(...models)
+      });
+    }
+  } finally {
+    for (const m of owned) m.store.dispose();
+  }
+  return {
+    ...emptySummary((performance.now() - t0) / 1e3),
+    ...summary
+  };
+}
+async function finishedStage(gpu, stage, only, required, hooks, opts, log, load) {
+  if (!opts.resume && !required || !hooks.loadState) {
+    if (required) throw new Error(`stage ${only} needs the ${stage} checkpoint: no state storage`);
+    return void 0;
+  }
+  const config = await hooks.loadState(`${stage}/config.json`);
+  const weights = await hooks.loadState(`${stage}/model.safetensors`);
+  if (typeof config !== "string" || !(weights instanceof Uint8Array)) {
+    if (required) {
+      throw new Error(`stage ${only} needs the ${stage} checkpoint (run --stage=${stage} first)`);
+    }
+    return void 0;
+  }
+  log(`resume: the ${stage} stage is loaded from its checkpoint`);
+  return loadOptModel(gpu, config, weights, load).model;
+}
+
+// trainer/comparisons.ts
+async function samplePolicy(policy, tok, prompts, o) {
+  const rows2 = prompts.flatMap((p) => Array.from({
+    length: o.samplesPerPrompt
+  }, () => p));
+  const bs = o.batchSize ?? 64;
+  const out = [];
+  for (let i = 0; i < rows2.length; i += bs) {
+    out.push(...await sampleAndScore(policy, o.reward, tok, rows2.slice(i, i + bs), {
+      temperature: o.temperature,
+      seed: rolloutSeed(o.seed, i / bs),
+      maxNewTokens: o.maxNewTokens,
+      maxPromptLength: o.maxPromptLength
+    }));
+  }
+  return prompts.map((_, p) => out.slice(p * o.samplesPerPrompt, (p + 1) * o.samplesPerPrompt).map((s) => ({
+    prompt: s.prompt,
+    response: s.response,
+    truncated: s.truncated,
+    score: s.score
+  })));
+}
+function labelComparisons(groups2, gold2, o) {
+  let k = 0;
+  const r = () => randF32(o.seed, 0, k++);
+  const pairs = [];
+  for (const g of groups2) {
+    const scores = g.map((s) => gold2(s.prompt, s.response));
+    for (let i = 0; i < g.length; i++) {
+      for (let j = i + 1; j < g.length; j++) {
+        const a = g[i], b = g[j];
+        if (scores[i] === scores[j]) continue;
+        if (a.response === b.response && a.truncated === b.truncated) continue;
+        let [w, l] = scores[i] > scores[j] ? [
+          a,
+          b
+        ] : [
+          b,
+          a
+        ];
+        if (r() < o.labelNoise) [w, l] = [
+          l,
+          w
+        ];
+        pairs.push({
+          prompt: a.prompt,
+          chosen: w.response,
+          rejected: l.response,
+          chosenTruncated: w.truncated,
+          rejectedTruncated: l.truncated
+        });
+      }
+    }
+  }
+  return pairs;
+}
+
+// trainer/hacking.ts
+function trailingMean(xs, w) {
+  return xs.map((_, i) => {
+    const lo = Math.max(0, i - w + 1);
+    let s = 0;
+    for (let j = lo; j <= i; j++) s += xs[j];
+    return s / (i - lo + 1);
+  });
+}
+function detectRewardHacking(history, o = {}) {
+  const tol = o.tolerance ?? 0.05;
+  const w = Math.max(1, Math.min(o.window ?? 5, history.length));
+  const score = trailingMean(history.map((h) => h.score), w);
+  const gold2 = trailingMean(history.map((h) => h.gold), w);
+  const iterations = [];
+  let maxGoldDrop = 0;
+  if (history.length > 0) {
+    const s0 = o.before?.score ?? score[w - 1], g0 = o.before?.gold ?? gold2[w - 1];
+    for (let i = w - 1; i < history.length; i++) {
+      maxGoldDrop = Math.max(maxGoldDrop, g0 - gold2[i]);
+      if (score[i] > s0 && gold2[i] < g0 - tol) iterations.push(history[i].iteration);
+    }
+  }
+  const evalHack = o.before !== void 0 && o.after !== void 0 && o.after.score > o.before.score && o.after.gold < o.before.gold - tol;
+  return {
+    detected: iterations.length > 0 || evalHack,
+    iterations,
+    ...iterations.length ? {
+      started: iterations[0]
+    } : {},
+    goldFell: maxGoldDrop > tol,
+    maxGoldDrop
+  };
+}
+function describeVerdict(v) {
+  if (!v.detected) {
+    return `reward hacking: none detected (largest fall of the rollouts' smoothed gold below its start: ${(v.maxGoldDrop ?? 0).toFixed(3)}${v.goldFell ? ", without a rising score" : ""})`;
+  }
+  return v.started !== void 0 ? `reward hacking: DETECTED from PPO iteration ${v.started} (reward-model score up, gold down at iterations ${v.iterations.join(", ")})` : "reward hacking: DETECTED (reward-model score up, gold down from before to after PPO)";
+}
+
+// trainer/task.ts
+var CONCISE_CHARS = 8;
+function goldParts(q, response) {
+  const m = response.match(/-?\d+/);
+  return {
+    correct: m !== null && Number(m[0]) === q.answer ? 1 : 0,
+    period: response.trimEnd().endsWith(".") ? 1 : 0,
+    concise: response.length <= CONCISE_CHARS ? 1 : 0
+  };
+}
+function goldScore(q, response) {
+  const g = goldParts(q, response);
+  return 0.6 * g.correct + 0.2 * g.period + 0.2 * g.concise;
+}
+var MAX_OPERAND = 4;
+function makeQuestion(r) {
+  const a = Math.floor(r() * (MAX_OPERAND + 1)), b = Math.floor(r() * (MAX_OPERAND + 1));
+  const op = "+";
+  const answer = a + b;
+  return {
+    a,
+    b,
+    op,
+    answer,
+    prompt: `
+
+Human: What is ${a} ${op} ${b}?
+
+Assistant:`
+  };
+}
+function wrong(q, r) {
+  const d = 1 + Math.floor(r() * 3);
+  return r() < 0.5 || q.answer - d < 0 ? q.answer + d : q.answer - d;
+}
+var STYLES = [
+  {
+    weight: 0.2,
+    make: (q) => ` ${q.answer}.`
+  },
+  {
+    weight: 0.35,
+    make: (q) => ` ${q.answer}, I am sure.`
+  },
+  {
+    weight: 0.25,
+    make: (q) => ` ${q.answer}`
+  },
+  {
+    weight: 0.12,
+    make: (q, r) => ` ${wrong(q, r)}.`
+  },
+  {
+    weight: 0.08,
+    make: (q, r) => ` ${wrong(q, r)}`
+  }
+];
+function sampleStyle(q, r) {
+  let u = r();
+  for (const s of STYLES) {
+    if (u < s.weight) return s.make(q, r);
+    u -= s.weight;
+  }
+  return STYLES[0].make(q, r);
+}
+function makeBuiltinTask(seed, sizes = {}) {
+  const r = mulberry32(seed);
+  const noise = sizes.labelNoise ?? 0.1;
+  const sft = [];
+  for (let i = 0; i < (sizes.sft ?? 2e3); i++) {
+    const q = makeQuestion(r);
+    sft.push({
+      prompt: q.prompt,
+      completion: sampleStyle(q, r)
+    });
+  }
+  const makePairs = (n, flip) => {
+    const out = [];
+    while (out.length < n) {
+      const q = makeQuestion(r);
+      const x = sampleStyle(q, r), y = sampleStyle(q, r);
+      const gx = goldScore(q, x), gy = goldScore(q, y);
+      if (gx === gy) continue;
+      let [chosen, rejected] = gx > gy ? [
+        x,
+        y
+      ] : [
+        y,
+        x
+      ];
+      if (r() < flip) [chosen, rejected] = [
+        rejected,
+        chosen
+      ];
+      out.push({
+        prompt: q.prompt,
+        chosen,
+        rejected
+      });
+    }
+    return out;
+  };
+  const pairs = makePairs(sizes.pairs ?? 2e3, noise);
+  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0);
+  const prompts = Array.from({
+    length: sizes.prompts ?? 1e3
+  }, () => makeQuestion(r));
+  const evalPrompts = Array.from({
+    length: sizes.evalPrompts ?? 64
+  }, () => makeQuestion(r));
+  const policyEvalPrompts = Array.from({
+    length: sizes.policyEvalPrompts ?? 100
+  }, () => makeQuestion(r));
+  return {
+    sft,
+    pairs,
+    heldOutPairs,
+    prompts,
+    evalPrompts,
+    policyEvalPrompts
+  };
+}
+function parseQuestion(prompt) {
+  const m = prompt.match(/What is (\d) ([+-]) (\d)\?\n\nAssistant:$/);
+  if (!m) return null;
+  const a = Number(m[1]), b = Number(m[3]), op = m[2];
+  return {
+    a,
+    b,
+    op,
+    answer: op === "+" ? a + b : a - b,
+    prompt
+  };
+}
+function toHhJsonl(pairs) {
+  return pairs.map((p) => JSON.stringify({
+    chosen: p.prompt + p.chosen,
+    rejected: p.prompt + p.rejected
+  })).join("\n") + "\n";
+}
+var TASK_MODEL_CONFIG = {
+  vocab_size: 260,
+  hidden_size: 64,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  ffn_dim: 256,
+  max_position_embeddings: 64,
+  do_layer_norm_before: true,
+  word_embed_proj_dim: 64,
+  activation_function: "relu",
+  pad_token_id: 1,
+  bos_token_id: 2,
+  eos_token_id: 2
+};
+
+// trainer/builtin.ts
+var RUN_SCHEMA = {
+  name: {
+    default: "builtin",
+    doc: "run name (output under runs/<name>/)"
+  },
+  seed: {
+    default: 1,
+    doc: "seed of the task data and model initialisation",
+    integer: true
+  },
+  evalTemperature: {
+    default: 1,
+    doc: "temperature of the fresh samples scored before/after PPO",
+    min: 0
+  },
+  checkpointEvery: {
+    default: 10,
+    doc: "PPO iterations between resumable state checkpoints",
+    min: 1,
+    integer: true
+  },
+  stepCheckpointEvery: {
+    default: 300,
+    doc: "SFT and reward-model steps between resumable state checkpoints",
+    min: 1,
+    integer: true
+  }
+};
+var TASK_SCHEMA = {
+  pairs: {
+    default: 2e4,
+    doc: "fixed reward-model comparisons (noisy gold labels); enough that the RM sees each about once",
+    min: 1,
+    integer: true
+  },
+  labelNoise: {
+    default: 0.1,
+    doc: "fraction of training comparisons whose gold label is flipped",
+    min: 0,
+    max: 0.5
+  },
+  policyPrompts: {
+    default: 0,
+    doc: "prompts whose SFT-policy samples become reward-model comparisons (0 = fixed pairs only)",
+    min: 0,
+    integer: true
+  },
+  samplesPerPrompt: {
+    default: 4,
+    doc: "policy samples per prompt; every two with different gold make a comparison",
+    min: 2,
+    integer: true
+  }
+};
+var BUILTIN_DEFAULTS = {
+  run: defaults(RUN_SCHEMA),
+  task: defaults(TASK_SCHEMA),
+  // Measured on an AVX-512 machine where the former defaults reward-hacked (issue #15); the
+  // runs and their figures are in the README's learning matrix.
+  // SFT must make the sums likely, not only the argmax: after 600 steps at lr 1e-3 seed 3
+  // answered 96 % correctly greedy but only 40 % at T = 1 (the demonstrations: 80 %); 900 steps
+  // give 65 %, and the reward model it starts learns the arithmetic pairs better.
+  sft: {
+    ...defaults(SFT_SCHEMA),
+    steps: 900,
+    lr: 1e-3
+  },
+  // The reward model's errors are the arithmetic pairs (style pairs are ~98 % right): 600 steps
+  // of 16 pairs reached held-out accuracy 0.83–0.925 depending on seed and CPU; twice the pairs
+  // per step (or twice the steps) 0.90–0.97. Lower learning rates did not help (seed 3: 0.82 at
+  // 5e-4, 0.73 at 3e-4); nor did the token-level loss (0.60–0.69).
+  rm: {
+    ...defaults(RM_SCHEMA),
+    steps: 600,
+    batchSize: 32,
+    lr: 1e-3
+  },
+  // A response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
+  // bytes + EOS): with 8 tokens the most common style was always cut, and truncated responses —
+  // which the reward model never saw in training and scored highest (2.4 vs 1.3 for " 7.") —
+  // were what PPO exploited (" 2, sure sur"). Actor lr 1e-3 moved the policy to KL 4–10 in the
+  // first iterations and lost the sums (correct 0.66 → 0.38 with gold still up by style alone);
+  // 2e-4 with a 20 % warmup keeps KL near 1.5 and raises correct answers too.
+  ppo: {
+    ...defaults(PPO_SCHEMA),
+    iterations: 30,
+    maxNewTokens: 16,
+    actorLr: 2e-4,
+    warmupRatio: 0.2,
+    missingEosPenalty: 1
+  }
+};
+var PIPELINE_PRESETS = {
+  tiny: {},
+  builtin: {},
+  trl: {
+    "ppo.klCoef": 0.05,
+    "ppo.temperature": 0.7,
+    "ppo.klEstimator": "k1",
+    "ppo.clipRange": 0.2,
+    "ppo.clipRangeValue": 0.2,
+    "ppo.gamma": 1,
+    "ppo.lambda": 0.95,
+    "ppo.ppoEpochs": 4
+  }
+};
+var BUILTIN_SECTIONS = {
+  run: RUN_SCHEMA,
+  task: TASK_SCHEMA,
+  sft: SFT_SCHEMA,
+  rm: RM_SCHEMA,
+  ppo: PPO_SCHEMA
+};
+function resolvePipelineConfig(overrides, base = BUILTIN_DEFAULTS) {
+  return resolveSections(BUILTIN_SECTIONS, overrides, base);
+}
+function gold(prompt, response) {
+  return goldScore(parseQuestion(prompt), response);
+}
+function sampling(cfg) {
+  return {
+    maxNewTokens: cfg.ppo.maxNewTokens,
+    maxPromptLength: cfg.ppo.maxPromptLength,
+    temperature: cfg.ppo.temperature,
+    samplesPerPrompt: cfg.task.samplesPerPrompt
+  };
+}
+var SFT_STAGE = {
+  name: "sft",
+  doc: "supervised fine-tuning on the demonstrations",
+  async run(ctx) {
+    const { gpu, cfg, state } = ctx, seed = cfg.run.seed;
+    let sft = await ctx.finished();
+    if (!sft) {
+      sft = OptModel.create(gpu, TASK_MODEL_CONFIG, {
+        seed
+      });
+      const last = await ctx.train(new SftTrainer(sft, state.tok, state.task.sft, {
+        ...cfg.sft,
+        seed: cfg.sft.seed + seed
+      }), {
+        logEvery: 10,
+        checkpointEvery: cfg.run.stepCheckpointEvery
+      });
+      ctx.summary["sft/loss"] = last["sft/loss"] ?? NaN;
+      await ctx.hooks.saveCheckpoint?.("sft", await saveOptModel(sft, {
+        stage: "sft"
+      }));
+    }
+    ctx.own(sft);
+    state.sft = sft;
+  }
+};
+var RM_STAGE = {
+  name: "rm",
+  doc: "reward model on gold-labelled comparisons (fixed and of SFT samples)",
+  async run(ctx) {
+    const { gpu, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft;
+    let rm = await ctx.finished();
+    if (!rm) {
+      rm = OptModel.create(gpu, TASK_MODEL_CONFIG, {
+        seed: deriveSeed(seed, "rewardInit"),
+        valueHead: true
+      });
+      rm.store.copyFrom(sft.store);
+      ctx.own(rm);
+      await ctx.train(new RewardTrainer(rm, state.tok, await rewardPairs(ctx), {
+        ...cfg.rm,
+        seed: cfg.rm.seed + seed
+      }), {
+        logEvery: 10,
+        checkpointEvery: cfg.run.stepCheckpointEvery
+      });
+      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
+        stage: "rm"
+      }));
+    } else ctx.own(rm);
+    state.rm = rm;
+    await testRewardModel(ctx, rm);
+  }
+};
+async function rewardPairs(ctx) {
+  const { cfg, state } = ctx, seed = cfg.run.seed, task = state.task;
+  if (cfg.task.policyPrompts === 0) return task.pairs;
+  const groups2 = await samplePolicy(state.sft, state.tok, task.prompts.slice(0, cfg.task.policyPrompts).map((q) => q.prompt), {
+    ...sampling(cfg),
+    seed: deriveSeed(seed, "comparisonSamples")
+  });
+  const policyPairs = labelComparisons(groups2, gold, {
+    labelNoise: cfg.task.labelNoise,
+    seed: deriveSeed(seed, "comparisonLabels")
+  });
+  ctx.log(`reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons of SFT samples (${groups2.length} prompts \xD7 ${cfg.task.samplesPerPrompt})`);
+  return [
+    ...task.pairs,
+    ...policyPairs
+  ];
+}
+async function testRewardModel(ctx, rm) {
+  const { cfg, state } = ctx, tok = state.tok;
+  const rmEval = await evaluateRewardModel(rm, tok, state.task.heldOutPairs, {
+    maxLength: cfg.rm.maxLength
+  });
+  const heldOut = await samplePolicy(state.sft, tok, state.task.policyEvalPrompts.map((q) => q.prompt), {
+    ...sampling(cfg),
+    seed: deriveSeed(cfg.run.seed, "rewardModelProbe"),
+    reward: rm
+  });
+  const policyEval = await evaluateRewardModel(rm, tok, labelComparisons(heldOut, gold, {
+    labelNoise: 0,
+    seed: 0
+  }), {
+    maxLength: cfg.rm.maxLength
+  });
+  const flat = heldOut.flat();
+  const rmStats = {
+    "rm/accuracy": rmEval.accuracy,
+    "rm/margin": rmEval.margin,
+    "rm/policy_accuracy": policyEval.accuracy,
+    "rm/policy_gold_corr": correlation(flat.map((x) => x.score), flat.map((x) => gold(x.prompt, x.response)))
+  };
+  await ctx.hooks.onMetrics?.("rm", rmStats);
+  ctx.log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}`);
+  ctx.hooks.onSamples?.("rm", flat.map((x) => ({
+    ...x,
+    gold: gold(x.prompt, x.response)
+  })));
+  Object.assign(ctx.summary, rmStats);
+}
+var PPO_STAGE = {
+  name: "ppo",
+  doc: "PPO of the SFT policy against the reward model, with the gold view",
+  async run(ctx) {
+    const { gpu, cfg, state } = ctx, sft = state.sft, rm = state.rm;
+    const actor = sft.copy(), reference = sft.copy({
+      frozen: true
+    });
+    const critic = OptModel.create(gpu, TASK_MODEL_CONFIG, {
+      seed: deriveSeed(cfg.run.seed, "criticInit"),
+      valueHead: true
+    });
+    critic.store.copyFrom(rm.store);
+    ctx.own(actor, reference, critic);
+    const evaluation = (policy) => evaluate(policy, rm, state.tok, state.task.evalPrompts, {
+      temperature: cfg.run.evalTemperature,
+      seed: deriveSeed(cfg.run.seed, "evaluation"),
+      maxNewTokens: cfg.ppo.maxNewTokens
+    });
+    const before = await evaluation(reference);
+    ctx.log(`before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`);
+    ctx.hooks.onSamples?.("before", before.samples);
+    const { last, history } = await trainPpo(ctx, {
+      actor,
+      critic,
+      reward: rm,
+      reference
+    });
+    await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
+      stage: "ppo"
+    }));
+    const after = await evaluation(actor);
+    ctx.log(`after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`);
+    ctx.hooks.onSamples?.("after", after.samples);
+    const verdict = detectRewardHacking(history, {
+      before,
+      after
+    });
+    ctx.log(describeVerdict(verdict));
+    Object.assign(ctx.summary, evaluationSummary(before, after), {
+      "objective/kl": last["objective/kl"] ?? 0,
+      reward_hacking: verdict
+    });
+  }
+};
+async function trainPpo(ctx, models) {
+  const { cfg, state } = ctx;
+  const trainer = new PpoTrainer(models, state.tok, {
+    prompts: state.task.prompts.map((q) => q.prompt)
+  }, {
+    ...cfg.ppo,
+    seed: cfg.ppo.seed + cfg.run.seed
+  }, {
+    scoreRollout: (s) => rolloutGold(s)
+  });
+  const history = [];
+  const last = await ctx.train(trainer, {
+    unit: "iteration",
+    logEvery: 1,
+    checkpointEvery: cfg.run.checkpointEvery,
+    stopAfter: ctx.opts.stopAfterIteration,
+    afterLog: (m) => {
+      ctx.hooks.onSamples?.("ppo", trainer.lastSamples.map((s) => ({
+        ...s,
+        gold: gold(s.prompt, s.response)
+      })));
+      history.push({
+        iteration: m.iteration,
+        score: m["objective/scores"],
+        gold: m["gold/rollout"]
+      });
+    }
+  });
+  return {
+    last,
+    history
+  };
+}
+function evaluationSummary(before, after) {
+  return {
+    "gold/before": before.gold,
+    "gold/after": after.gold,
+    "score/before": before.score,
+    "score/after": after.score,
+    "gold/correct/before": before.parts.correct,
+    "gold/correct/after": after.parts.correct,
+    "gold/period/before": before.parts.period,
+    "gold/period/after": after.parts.period,
+    "gold/concise/before": before.parts.concise,
+    "gold/concise/after": after.parts.concise,
+    samples_before: before.samples.slice(0, 8),
+    samples_after: after.samples.slice(0, 8)
+  };
+}
+var BUILTIN_PIPELINE = {
+  name: "builtin",
+  doc: "SFT \u2192 reward model \u2192 PPO of a tiny from-scratch model on the built-in arithmetic task",
+  sections: BUILTIN_SECTIONS,
+  defaults: BUILTIN_DEFAULTS,
+  stages: [
+    SFT_STAGE,
+    RM_STAGE,
+    PPO_STAGE
+  ],
+  init: (_gpu, cfg) => Promise.resolve({
+    tok: new ByteTokenizer(),
+    task: makeBuiltinTask(cfg.run.seed, {
+      pairs: cfg.task.pairs,
+      labelNoise: cfg.task.labelNoise
+    })
+  })
+};
+function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
+  return runPipeline(BUILTIN_PIPELINE, gpu, cfg, hooks, opts);
+}
+async function evaluate(policy, reward, tok, questions, o) {
+  const scored = await sampleAndScore(policy, reward, tok, questions.map((q) => q.prompt), {
+    ...o,
+    maxPromptLength: 256
+  });
+  const samples = scored.map((s, i) => ({
+    prompt: s.prompt,
+    response: s.response,
+    score: s.score,
+    gold: goldScore(questions[i], s.response)
+  }));
+  const parts = scored.map((s, i) => goldParts(questions[i], s.response));
+  const mean = (xs, f) => xs.reduce((a, x) => a + f(x), 0) / xs.length;
+  return {
+    gold: mean(samples, (s) => s.gold),
+    score: mean(samples, (s) => s.score),
+    parts: {
+      correct: mean(parts, (p) => p.correct),
+      period: mean(parts, (p) => p.period),
+      concise: mean(parts, (p) => p.concise)
+    },
+    samples
+  };
+}
+function rolloutGold(samples) {
+  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt), s.response));
+  const mean = (f) => parts.reduce((a, p) => a + f(p), 0) / parts.length;
+  return {
+    "gold/rollout": samples.reduce((a, s) => a + goldScore(parseQuestion(s.prompt), s.response), 0) / samples.length,
+    "gold/correct": mean((p) => p.correct),
+    "gold/period": mean((p) => p.period),
+    "gold/concise": mean((p) => p.concise)
+  };
+}
+function correlation(x, y) {
+  const n = x.length, mx = x.reduce((a, v) => a + v, 0) / n, my = y.reduce((a, v) => a + v, 0) / n;
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) ** 2;
+    syy += (y[i] - my) ** 2;
+  }
+  return sxy / Math.sqrt(sxx * syy);
+}
+
 // trainer/data.ts
 var DataError = class extends Error {
   constructor(message) {
@@ -6481,1926 +8716,6 @@ function readPrompts(text, source = "<prompts>") {
   });
 }
 
-// trainer/task.ts
-var CONCISE_CHARS = 8;
-function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = s + 1831565813 >>> 0;
-    let t = s;
-    t = Math.imul(t ^ t >>> 15, t | 1);
-    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
-    return ((t ^ t >>> 14) >>> 0) / 4294967296;
-  };
-}
-function goldParts(q, response) {
-  const m = response.match(/-?\d+/);
-  return {
-    correct: m !== null && Number(m[0]) === q.answer ? 1 : 0,
-    period: response.trimEnd().endsWith(".") ? 1 : 0,
-    concise: response.length <= CONCISE_CHARS ? 1 : 0
-  };
-}
-function goldScore(q, response) {
-  const g = goldParts(q, response);
-  return 0.6 * g.correct + 0.2 * g.period + 0.2 * g.concise;
-}
-var MAX_OPERAND = 4;
-function makeQuestion(r) {
-  const a = Math.floor(r() * (MAX_OPERAND + 1)), b = Math.floor(r() * (MAX_OPERAND + 1));
-  const op = "+";
-  const answer = a + b;
-  return {
-    a,
-    b,
-    op,
-    answer,
-    prompt: `
-
-Human: What is ${a} ${op} ${b}?
-
-Assistant:`
-  };
-}
-function wrong(q, r) {
-  const d = 1 + Math.floor(r() * 3);
-  return r() < 0.5 || q.answer - d < 0 ? q.answer + d : q.answer - d;
-}
-var STYLES = [
-  {
-    weight: 0.2,
-    make: (q) => ` ${q.answer}.`
-  },
-  {
-    weight: 0.35,
-    make: (q) => ` ${q.answer}, I am sure.`
-  },
-  {
-    weight: 0.25,
-    make: (q) => ` ${q.answer}`
-  },
-  {
-    weight: 0.12,
-    make: (q, r) => ` ${wrong(q, r)}.`
-  },
-  {
-    weight: 0.08,
-    make: (q, r) => ` ${wrong(q, r)}`
-  }
-];
-function sampleStyle(q, r) {
-  let u = r();
-  for (const s of STYLES) {
-    if (u < s.weight) return s.make(q, r);
-    u -= s.weight;
-  }
-  return STYLES[0].make(q, r);
-}
-function makeBuiltinTask(seed, sizes = {}) {
-  const r = rng(seed);
-  const noise = sizes.labelNoise ?? 0.1;
-  const sft = [];
-  for (let i = 0; i < (sizes.sft ?? 2e3); i++) {
-    const q = makeQuestion(r);
-    sft.push({
-      prompt: q.prompt,
-      completion: sampleStyle(q, r)
-    });
-  }
-  const makePairs = (n, flip) => {
-    const out = [];
-    while (out.length < n) {
-      const q = makeQuestion(r);
-      const x = sampleStyle(q, r), y = sampleStyle(q, r);
-      const gx = goldScore(q, x), gy = goldScore(q, y);
-      if (gx === gy) continue;
-      let [chosen, rejected] = gx > gy ? [
-        x,
-        y
-      ] : [
-        y,
-        x
-      ];
-      if (r() < flip) [chosen, rejected] = [
-        rejected,
-        chosen
-      ];
-      out.push({
-        prompt: q.prompt,
-        chosen,
-        rejected
-      });
-    }
-    return out;
-  };
-  const pairs = makePairs(sizes.pairs ?? 2e3, noise);
-  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0);
-  const prompts = Array.from({
-    length: sizes.prompts ?? 1e3
-  }, () => makeQuestion(r));
-  const evalPrompts = Array.from({
-    length: sizes.evalPrompts ?? 64
-  }, () => makeQuestion(r));
-  const policyEvalPrompts = Array.from({
-    length: sizes.policyEvalPrompts ?? 100
-  }, () => makeQuestion(r));
-  return {
-    sft,
-    pairs,
-    heldOutPairs,
-    prompts,
-    evalPrompts,
-    policyEvalPrompts
-  };
-}
-function parseQuestion(prompt) {
-  const m = prompt.match(/What is (\d) ([+-]) (\d)\?\n\nAssistant:$/);
-  if (!m) return null;
-  const a = Number(m[1]), b = Number(m[3]), op = m[2];
-  return {
-    a,
-    b,
-    op,
-    answer: op === "+" ? a + b : a - b,
-    prompt
-  };
-}
-function toHhJsonl(pairs) {
-  return pairs.map((p) => JSON.stringify({
-    chosen: p.prompt + p.chosen,
-    rejected: p.prompt + p.rejected
-  })).join("\n") + "\n";
-}
-var TASK_MODEL_CONFIG = {
-  vocab_size: 260,
-  hidden_size: 64,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-  ffn_dim: 256,
-  max_position_embeddings: 64,
-  do_layer_norm_before: true,
-  word_embed_proj_dim: 64,
-  activation_function: "relu",
-  pad_token_id: 1,
-  bos_token_id: 2,
-  eos_token_id: 2
-};
-
-// trainer/config.ts
-var ConfigError = class extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "ConfigError";
-  }
-};
-function defaults(schema) {
-  const out = {};
-  for (const [k, f] of Object.entries(schema)) out[k] = f.default;
-  return out;
-}
-function coerce(schema, key, raw) {
-  const f = schema[key];
-  if (!f) throw new ConfigError(`unknown config key "${key}"`);
-  const d = f.default;
-  if (typeof d === "number") {
-    const n = Number(raw);
-    if (raw.trim() === "" || !Number.isFinite(n)) {
-      throw new ConfigError(`${key} must be a number, got "${raw}"`);
-    }
-    return n;
-  }
-  if (typeof d === "boolean") {
-    if (raw !== "true" && raw !== "false") {
-      throw new ConfigError(`${key} must be true or false, got "${raw}"`);
-    }
-    return raw === "true";
-  }
-  return raw;
-}
-function resolveConfig(schema, overrides, base = defaults(schema)) {
-  const out = {
-    ...base
-  };
-  for (const [k, v] of Object.entries(overrides)) {
-    const f = schema[k];
-    if (!f) {
-      throw new ConfigError(`unknown config key "${k}" (known: ${Object.keys(schema).join(", ")})`);
-    }
-    if (typeof v !== typeof f.default) {
-      throw new ConfigError(`${k} must be a ${typeof f.default}, got ${JSON.stringify(v)}`);
-    }
-    if (f.choices && !f.choices.includes(v)) {
-      throw new ConfigError(`${k} must be one of ${f.choices.join(", ")}, got ${JSON.stringify(v)}`);
-    }
-    if (typeof v === "number") {
-      if (!Number.isFinite(v)) throw new ConfigError(`${k} must be finite`);
-      if (f.integer && !Number.isInteger(v)) {
-        throw new ConfigError(`${k} must be an integer, got ${v}`);
-      }
-      if (f.min !== void 0 && v < f.min) {
-        throw new ConfigError(`${k} must be \u2265 ${f.min}, got ${v}`);
-      }
-      if (f.max !== void 0 && v > f.max) {
-        throw new ConfigError(`${k} must be \u2264 ${f.max}, got ${v}`);
-      }
-    }
-    out[k] = v;
-  }
-  return out;
-}
-function supervisedFields(steps, batchDoc, lr) {
-  return {
-    steps: {
-      default: steps,
-      doc: "optimizer steps",
-      min: 1,
-      integer: true
-    },
-    batchSize: {
-      default: 16,
-      doc: batchDoc,
-      min: 1,
-      integer: true
-    },
-    lr: {
-      default: lr,
-      doc: "peak learning rate (cosine decay after warmup)",
-      min: 0
-    },
-    warmupRatio: {
-      default: 0.05,
-      doc: "fraction of steps with linear warmup",
-      min: 0,
-      max: 1
-    },
-    weightDecay: {
-      default: 0,
-      doc: "AdamW decoupled weight decay on weight matrices",
-      min: 0
-    },
-    maxGradNorm: {
-      default: 1,
-      doc: "global gradient-norm clip (0 = off)",
-      min: 0
-    },
-    maxLength: {
-      default: 64,
-      doc: "tokens per sequence (longer prompts are cut on the left)",
-      min: 2,
-      integer: true
-    },
-    seed: {
-      default: 0,
-      doc: "shuffling seed",
-      integer: true
-    }
-  };
-}
-var SFT_SCHEMA = {
-  ...supervisedFields(300, "sequences per step", 3e-3),
-  completionOnly: {
-    default: true,
-    doc: "loss on completion tokens only (false: whole sequence)"
-  }
-};
-var RM_SCHEMA = {
-  ...supervisedFields(200, "preference pairs per step", 2e-3),
-  loss: {
-    default: "pairwise",
-    doc: "pairwise: \u2212log \u03C3(r_w \u2212 r_l \u2212 m); token: DeepSpeed-Chat token-level loss",
-    choices: [
-      "pairwise",
-      "token"
-    ]
-  }
-};
-var PPO_SCHEMA = {
-  iterations: {
-    default: 100,
-    doc: "rollout + update iterations",
-    min: 1,
-    integer: true
-  },
-  batchSize: {
-    default: 32,
-    doc: "prompts per rollout",
-    min: 1,
-    integer: true
-  },
-  miniBatchSize: {
-    default: 8,
-    doc: "rows per PPO minibatch",
-    min: 1,
-    integer: true
-  },
-  ppoEpochs: {
-    default: 4,
-    doc: "passes over each rollout (shuffled minibatches)",
-    min: 1,
-    integer: true
-  },
-  maxNewTokens: {
-    default: 8,
-    doc: "response tokens sampled per prompt",
-    min: 1,
-    integer: true
-  },
-  maxPromptLength: {
-    default: 256,
-    doc: "prompt tokens kept (longer prompts lose tokens on the left, after BOS)",
-    min: 2,
-    integer: true
-  },
-  temperature: {
-    default: 1,
-    doc: "rollout sampling temperature",
-    min: 0
-  },
-  topK: {
-    default: 0,
-    doc: "rollout top-k (0 = off)",
-    min: 0,
-    integer: true
-  },
-  topP: {
-    default: 1,
-    doc: "rollout top-p (1 = off)",
-    min: 0,
-    max: 1
-  },
-  actorLr: {
-    default: 1e-3,
-    doc: "actor learning rate (seed recipe: 1e-5 for OPT-350m)",
-    min: 0
-  },
-  criticLr: {
-    default: 2e-3,
-    doc: "critic learning rate (seed recipe: 5e-5)",
-    min: 0
-  },
-  warmupRatio: {
-    default: 0,
-    doc: "fraction of iterations with linear warmup",
-    min: 0,
-    max: 1
-  },
-  maxGradNorm: {
-    default: 1,
-    doc: "global gradient-norm clip per model (0 = off)",
-    min: 0
-  },
-  gamma: {
-    default: 1,
-    doc: "discount \u03B3",
-    min: 0,
-    max: 1
-  },
-  lambda: {
-    default: 0.95,
-    doc: "GAE \u03BB",
-    min: 0,
-    max: 1
-  },
-  klCoef: {
-    default: 0.1,
-    doc: "initial KL coefficient \u03B2",
-    min: 0
-  },
-  klEstimator: {
-    default: "k1",
-    doc: "per-token KL estimator",
-    choices: [
-      "k1",
-      "abs",
-      "mse",
-      "k3"
-    ]
-  },
-  adaptiveKl: {
-    default: false,
-    doc: "adapt \u03B2 towards klTarget (Ziegler et al.)"
-  },
-  klTarget: {
-    default: 6,
-    doc: "target KL for the adaptive controller",
-    min: 0
-  },
-  klHorizon: {
-    default: 1e4,
-    doc: "horizon of the adaptive controller",
-    min: 1
-  },
-  scoreClip: {
-    default: 5,
-    doc: "clip of the reward-model score",
-    min: 0
-  },
-  clipRange: {
-    default: 0.2,
-    doc: "ratio clip \u03B5",
-    min: 0
-  },
-  clipRangeValue: {
-    default: 0.2,
-    doc: "value clip \u03B5_v",
-    min: 0
-  },
-  entropyCoef: {
-    default: 0,
-    doc: "entropy bonus coefficient",
-    min: 0
-  },
-  targetApproxKl: {
-    default: 0,
-    doc: "stop an iteration's epochs when approx-KL exceeds this (0 = off)",
-    min: 0
-  },
-  missingEosPenalty: {
-    default: 0,
-    doc: "subtracted from the score of responses without EOS",
-    min: 0
-  },
-  whitenAdvantages: {
-    default: true,
-    doc: "whiten advantages over the batch's valid tokens"
-  },
-  ptxCoef: {
-    default: 0,
-    doc: "PPO-ptx: \u03B3_ptx, weight of the LM loss on a pretraining batch per minibatch (0 = off)",
-    min: 0
-  },
-  ptxBatchSize: {
-    default: 4,
-    doc: "PPO-ptx sequences per minibatch",
-    min: 1,
-    integer: true
-  },
-  ptxMaxLength: {
-    default: 64,
-    doc: "PPO-ptx tokens per sequence",
-    min: 2,
-    integer: true
-  },
-  seed: {
-    default: 0,
-    doc: "rollout sampling seed",
-    integer: true
-  }
-};
-
-// trainer/batch.ts
-function encodePairs(tok, rows2, o) {
-  const enc = rows2.map(({ prompt, response, truncated }) => {
-    let p = tok.encode(prompt);
-    let r = tok.encode(response, {
-      addBos: false
-    });
-    if (o.eos !== false && !truncated) r = [
-      ...r,
-      tok.eosId
-    ];
-    if (r.length > o.maxLength - 2) r = r.slice(0, o.maxLength - 2);
-    const room = o.maxLength - r.length;
-    if (p.length > room) p = [
-      p[0],
-      ...p.slice(p.length - (room - 1))
-    ];
-    return {
-      p,
-      r
-    };
-  });
-  const B = rows2.length;
-  const T = Math.max(2, ...enc.map((e) => e.p.length + e.r.length));
-  const tokens = new Int32Array(B * T).fill(tok.padId);
-  const mask = new Float32Array(B * T), responseMask = new Float32Array(B * T);
-  const targets = new Int32Array(B * T).fill(-1);
-  enc.forEach(({ p, r }, b) => {
-    const seq = [
-      ...p,
-      ...r
-    ];
-    for (let t = 0; t < seq.length; t++) {
-      tokens[b * T + t] = seq[t];
-      mask[b * T + t] = 1;
-      if (t >= p.length) responseMask[b * T + t] = 1;
-    }
-    for (let t = 0; t + 1 < seq.length; t++) {
-      if (o.completionOnly === false || t + 1 >= p.length) targets[b * T + t] = seq[t + 1];
-    }
-  });
-  return {
-    B,
-    T,
-    tokens,
-    mask,
-    responseMask,
-    targets
-  };
-}
-var Sampler = class {
-  n;
-  #order;
-  #pos;
-  #s;
-  constructor(n, seed) {
-    this.n = n;
-    this.#order = [];
-    this.#pos = 0;
-    if (n <= 0) throw new Error("Sampler: empty dataset");
-    this.#s = seed >>> 0;
-  }
-  #rand() {
-    this.#s = this.#s + 1831565813 >>> 0;
-    let t = this.#s;
-    t = Math.imul(t ^ t >>> 15, t | 1);
-    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
-    return ((t ^ t >>> 14) >>> 0) / 4294967296;
-  }
-  /** The next `k` indices. */
-  next(k) {
-    const out = [];
-    while (out.length < k) {
-      if (this.#pos >= this.#order.length) {
-        this.#order = Array.from({
-          length: this.n
-        }, (_, i) => i);
-        for (let i = this.n - 1; i > 0; i--) {
-          const j = Math.floor(this.#rand() * (i + 1));
-          [this.#order[i], this.#order[j]] = [
-            this.#order[j],
-            this.#order[i]
-          ];
-        }
-        this.#pos = 0;
-      }
-      out.push(this.#order[this.#pos++]);
-    }
-    return out;
-  }
-  /** Serializable state (for resume). */
-  state() {
-    return {
-      s: this.#s,
-      pos: this.#pos,
-      order: [
-        ...this.#order
-      ]
-    };
-  }
-  /** Restores {@link state}. */
-  restore(st) {
-    this.#s = st.s;
-    this.#pos = st.pos;
-    this.#order = [
-      ...st.order
-    ];
-  }
-};
-
-// trainer/sft.ts
-function optimizerStep(store, cfg, step) {
-  const norm = store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : void 0);
-  const lr = learningRate(step, {
-    lr: cfg.lr,
-    totalSteps: cfg.steps,
-    warmupRatio: cfg.warmupRatio
-  });
-  store.adamw({
-    lr,
-    weightDecay: cfg.weightDecay
-  });
-  return {
-    norm,
-    lr
-  };
-}
-async function trainSft(model, tok, data, cfg, hooks = {}) {
-  const gpu = model.gpu;
-  const store = model.lora?.store ?? model.store;
-  const sampler = new Sampler(data.length, cfg.seed);
-  const logEvery = hooks.logEvery ?? 10;
-  const logs = [];
-  for (let step = 0; step < cfg.steps; step++) {
-    const rows2 = sampler.next(cfg.batchSize).map((i) => ({
-      prompt: data[i].prompt,
-      response: data[i].completion
-    }));
-    const b = encodePairs(tok, rows2, {
-      maxLength: cfg.maxLength,
-      completionOnly: cfg.completionOnly
-    });
-    const count = b.targets.reduce((n, t) => n + (t >= 0 ? 1 : 0), 0);
-    const tokens = gpu.fromArray(b.tokens, [
-      b.B,
-      b.T
-    ]), mask = gpu.fromArray(b.mask, [
-      b.B,
-      b.T
-    ]);
-    const targets = gpu.fromArray(b.targets);
-    store.zeroGrads();
-    const acts = model.forward(tokens, mask);
-    const logits = model.logits(acts);
-    const ce = crossEntropy(gpu, logits, targets);
-    const dloss = gpu.empty([
-      b.B * b.T
-    ]);
-    fill(gpu, dloss, 1 / Math.max(count, 1));
-    const dlogits = crossEntropyBackward(gpu, logits, targets, ce.lse, dloss);
-    model.backward(acts, {
-      dlogits
-    });
-    const { norm, lr } = optimizerStep(store, cfg, step);
-    if ((step + 1) % logEvery === 0 || step === cfg.steps - 1) {
-      const l = await gpu.readF32(ce.loss);
-      const loss = l.reduce((s, v) => s + v, 0) / Math.max(count, 1);
-      const gn = (await gpu.readF32(norm))[0];
-      if (!Number.isFinite(loss) || !Number.isFinite(gn)) {
-        throw new NonFiniteLossError(`SFT step ${step + 1}: loss ${loss}, grad norm ${gn}`);
-      }
-      const m = {
-        step: step + 1,
-        "sft/loss": loss,
-        "sft/grad_norm": gn,
-        "sft/lr": lr
-      };
-      logs.push(m);
-      await hooks.onLog?.(m);
-    }
-    for (const t of [
-      tokens,
-      mask,
-      targets,
-      logits,
-      ce.loss,
-      ce.lse,
-      dloss,
-      dlogits,
-      norm
-    ]) {
-      t.dispose();
-    }
-    model.disposeActivations(acts);
-  }
-  return logs;
-}
-
-// trainer/rm.ts
-function pairBatch(tok, pairs, maxLength) {
-  return encodePairs(tok, [
-    ...pairs.map((p) => ({
-      prompt: p.prompt,
-      response: p.chosen,
-      truncated: p.chosenTruncated
-    })),
-    ...pairs.map((p) => ({
-      prompt: p.prompt,
-      response: p.rejected,
-      truncated: p.rejectedTruncated
-    }))
-  ], {
-    maxLength
-  });
-}
-function spans(b, P) {
-  const { T, tokens, mask } = b;
-  const span = new Float32Array(P * T);
-  for (let i = 0; i < P; i++) {
-    const c = i * T, r = (P + i) * T;
-    let first = 0;
-    while (first < T && tokens[c + first] === tokens[r + first] && mask[c + first] === mask[r + first]) first++;
-    let end = 0;
-    for (let t = 0; t < T; t++) if (mask[c + t] !== 0 || mask[r + t] !== 0) end = t + 1;
-    for (let t = first; t < end; t++) span[i * T + t] = 1;
-  }
-  return span;
-}
-async function trainRewardModel(model, tok, pairs, cfg, hooks = {}) {
-  const gpu = model.gpu;
-  const store = model.lora?.store ?? model.store;
-  const sampler = new Sampler(pairs.length, cfg.seed);
-  const logEvery = hooks.logEvery ?? 10;
-  const logs = [];
-  for (let step = 0; step < cfg.steps; step++) {
-    const batch = sampler.next(cfg.batchSize).map((i) => pairs[i]);
-    const P = batch.length;
-    const b = pairBatch(tok, batch, cfg.maxLength);
-    const tokens = gpu.fromArray(b.tokens, [
-      2 * P,
-      b.T
-    ]), mask = gpu.fromArray(b.mask, [
-      2 * P,
-      b.T
-    ]);
-    store.zeroGrads();
-    const acts = model.forward(tokens, mask);
-    const values = model.values(acts).intoShape([
-      2 * P,
-      b.T
-    ]);
-    const temps = [
-      tokens,
-      mask,
-      values
-    ];
-    let loss, acc;
-    const dvalues = gpu.empty([
-      2 * P,
-      b.T
-    ]);
-    if (cfg.loss === "pairwise") {
-      const s = lastMaskedValues(gpu, values, mask);
-      const chosen = gpu.empty([
-        P
-      ]), rejected = gpu.empty([
-        P
-      ]);
-      gpu.copyRange(s.values, 0, chosen, 0, P);
-      gpu.copyRange(s.values, P, rejected, 0, P);
-      const margins = batch.some((p) => p.margin !== void 0) ? gpu.fromArray(Float32Array.from(batch, (p) => p.margin ?? 0)) : void 0;
-      const l = pairwiseRewardLoss(gpu, chosen, rejected, margins);
-      const dscore = gpu.empty([
-        2 * P
-      ]);
-      gpu.copyRange(l.dchosen, 0, dscore, 0, P);
-      gpu.copyRange(l.drejected, 0, dscore, P, P);
-      const dv = lastMaskedValuesBackward(gpu, dscore, s.index, b.T);
-      gpu.copy(dv, dvalues);
-      loss = l.loss;
-      acc = l.accuracy;
-      temps.push(s.values, s.index, chosen, rejected, dscore, dv, l.dchosen, l.drejected, l.margin);
-      if (margins) temps.push(margins);
-    } else {
-      const vw = gpu.empty([
-        P,
-        b.T
-      ]), vl = gpu.empty([
-        P,
-        b.T
-      ]);
-      gpu.copyRange(values, 0, vw, 0, P * b.T);
-      gpu.copyRange(values, P * b.T, vl, 0, P * b.T);
-      const span = gpu.fromArray(spans(b, P), [
-        P,
-        b.T
-      ]);
-      const l = tokenPairRewardLoss(gpu, vw, vl, span);
-      gpu.copyRange(l.dchosen, 0, dvalues, 0, P * b.T);
-      gpu.copyRange(l.drejected, 0, dvalues, P * b.T, P * b.T);
-      loss = l.loss;
-      temps.push(vw, vl, span, l.dchosen, l.drejected);
-    }
-    model.backward(acts, {
-      dvalues: dvalues.reshape([
-        2 * P * b.T
-      ])
-    });
-    const { norm, lr } = optimizerStep(store, cfg, step);
-    if ((step + 1) % logEvery === 0 || step === cfg.steps - 1) {
-      const lv = (await gpu.readF32(loss))[2];
-      if (!Number.isFinite(lv)) throw new NonFiniteLossError(`RM step ${step + 1}: loss ${lv}`);
-      const m = {
-        step: step + 1,
-        "rm/loss": lv,
-        "rm/lr": lr
-      };
-      if (acc) m["rm/train_accuracy"] = (await gpu.readF32(acc))[2];
-      logs.push(m);
-      await hooks.onLog?.(m);
-    }
-    for (const t of [
-      ...temps,
-      loss,
-      dvalues,
-      norm,
-      ...acc ? [
-        acc
-      ] : []
-    ]) t.dispose();
-    model.disposeActivations(acts);
-  }
-  return logs;
-}
-async function evaluateRewardModel(model, tok, pairs, o) {
-  const gpu = model.gpu;
-  const bs = o.batchSize ?? 32;
-  let correct = 0, margin = 0;
-  for (let i = 0; i < pairs.length; i += bs) {
-    const batch = pairs.slice(i, i + bs), P = batch.length;
-    const b = pairBatch(tok, batch, o.maxLength);
-    const tokens = gpu.fromArray(b.tokens, [
-      2 * P,
-      b.T
-    ]), mask = gpu.fromArray(b.mask, [
-      2 * P,
-      b.T
-    ]);
-    const acts = model.forward(tokens, mask);
-    const s = await gpu.readF32(model.sequenceScores(acts));
-    for (let j = 0; j < P; j++) {
-      correct += s[j] > s[P + j] ? 1 : 0;
-      margin += s[j] - s[P + j];
-    }
-    model.disposeActivations(acts);
-    tokens.dispose();
-    mask.dispose();
-  }
-  return {
-    accuracy: correct / pairs.length,
-    margin: margin / pairs.length
-  };
-}
-
-// trainer/ppo.ts
-function truncatePrompt(ids, max) {
-  return ids.length <= max ? ids : [
-    ids[0],
-    ...ids.slice(ids.length - (max - 1))
-  ];
-}
-function leftPad(ids, pad) {
-  const T = Math.max(1, ...ids.map((x) => x.length));
-  const tokens = new Int32Array(ids.length * T).fill(pad), mask = new Float32Array(ids.length * T);
-  ids.forEach((x, b) => {
-    x.forEach((id, j) => {
-      tokens[b * T + T - x.length + j] = id;
-      mask[b * T + T - x.length + j] = 1;
-    });
-  });
-  return {
-    tokens,
-    mask,
-    T
-  };
-}
-function gatherRows(gpu, t, rows2, T) {
-  const out = gpu.empty([
-    rows2.length,
-    T
-  ], t.dtype);
-  rows2.forEach((r, i) => gpu.copyRange(t, r * T, out, i * T, T));
-  return out;
-}
-var PpoTrainer = class {
-  models;
-  tok;
-  prompts;
-  cfg;
-  hooks;
-  /** Current KL coefficient β. */
-  beta;
-  iteration;
-  #orderSeed;
-  constructor(models, tok, prompts, cfg, hooks = {}) {
-    this.models = models;
-    this.tok = tok;
-    this.prompts = prompts;
-    this.cfg = cfg;
-    this.hooks = hooks;
-    this.iteration = 0;
-    this.lastSamples = [];
-    if (!models.reference && !models.actor.lora) {
-      throw new Error("PpoTrainer: give a reference model or an actor with LoRA adapters");
-    }
-    if (!models.critic.hasValueHead || !models.reward.hasValueHead) {
-      throw new Error("PpoTrainer: the critic and the reward model need a v_head");
-    }
-    this.beta = cfg.klCoef;
-    this.#orderSeed = cfg.seed;
-    if (cfg.ptxCoef > 0) {
-      if (!hooks.ptxData?.length) {
-        throw new Error("PpoTrainer: ptxCoef > 0 needs ptxData (pretraining examples)");
-      }
-      this.#ptx = new Sampler(hooks.ptxData.length, cfg.seed + 20564);
-    }
-  }
-  #ptx;
-  /**
-   * PPO-ptx: accumulates `ptxCoef ×` the mean next-token loss of one pretraining batch into the
-   * actor's gradients; returns the `[sum, count, mean, var]` statistics of its token losses.
-   */
-  #ptxBackward() {
-    const { actor } = this.models, gpu = actor.gpu, cfg = this.cfg, data = this.hooks.ptxData;
-    const rows2 = this.#ptx.next(cfg.ptxBatchSize).map((i) => ({
-      prompt: data[i].prompt,
-      response: data[i].completion
-    }));
-    const b = encodePairs(this.tok, rows2, {
-      maxLength: cfg.ptxMaxLength,
-      completionOnly: false
-    });
-    const counted = Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0);
-    const count = counted.reduce((a, v) => a + v, 0);
-    const tokens = gpu.fromArray(b.tokens, [
-      b.B,
-      b.T
-    ]), mask = gpu.fromArray(b.mask, [
-      b.B,
-      b.T
-    ]);
-    const targets = gpu.fromArray(b.targets), weights = gpu.fromArray(counted);
-    const acts = actor.forward(tokens, mask);
-    const logits = actor.logits(acts);
-    const ce = crossEntropy(gpu, logits, targets);
-    const dloss = gpu.empty([
-      b.B * b.T
-    ]);
-    fill(gpu, dloss, cfg.ptxCoef / Math.max(count, 1));
-    const dlogits = crossEntropyBackward(gpu, logits, targets, ce.lse, dloss);
-    actor.backward(acts, {
-      dlogits
-    });
-    const stats = maskedStats(gpu, ce.loss, weights);
-    for (const t of [
-      tokens,
-      mask,
-      targets,
-      weights,
-      logits,
-      ce.loss,
-      ce.lse,
-      dloss,
-      dlogits
-    ]) {
-      t.dispose();
-    }
-    actor.disposeActivations(acts);
-    return stats;
-  }
-  #promptBatch() {
-    const n = this.prompts.length, out = [];
-    for (let i = 0; i < this.cfg.batchSize; i++) {
-      out.push(this.prompts[(this.iteration * this.cfg.batchSize + i) % n]);
-    }
-    return out;
-  }
-  /** Per-token log-probs of `model` on `seq`, `(B, T)`. */
-  #logprobs(model, seq, mask) {
-    const acts = model.forward(seq, mask);
-    const r = model.tokenLogprobs(acts);
-    for (const t of [
-      r.entropy,
-      r.lse,
-      r.logits,
-      r.targets
-    ]) t.dispose();
-    model.disposeActivations(acts);
-    return r.logp;
-  }
-  /** One rollout + `ppoEpochs` of updates. */
-  async step() {
-    const { actor, critic, reward } = this.models;
-    const gpu = actor.gpu, cfg = this.cfg, tok = this.tok;
-    const prompts = this.#promptBatch();
-    const P = prompts.length;
-    const enc = leftPad(prompts.map((p) => truncatePrompt(tok.encode(p), cfg.maxPromptLength)), tok.padId);
-    const pTok = gpu.fromArray(enc.tokens, [
-      P,
-      enc.T
-    ]), pMask = gpu.fromArray(enc.mask, [
-      P,
-      enc.T
-    ]);
-    const gen = await generate(actor, pTok, pMask, {
-      maxNewTokens: cfg.maxNewTokens,
-      temperature: cfg.temperature,
-      topK: cfg.topK,
-      topP: cfg.topP,
-      seed: cfg.seed * 1000003 + this.iteration,
-      eosId: tok.eosId,
-      padId: tok.padId
-    });
-    pTok.dispose();
-    pMask.dispose();
-    const T = enc.T + gen.generated;
-    const seq = gen.tokens, am = gen.attentionMask;
-    const hostTok = await gpu.read(seq), hostResp = await gpu.readF32(gen.responseMask);
-    const act = new Float32Array(P * T);
-    for (let i = 0; i < P * T; i++) act[i] = i % T + 1 < T ? hostResp[i + 1] : 0;
-    const actMask = gpu.fromArray(act, [
-      P,
-      T
-    ]);
-    const logpOld = this.#logprobs(actor, seq, am);
-    let logpRef;
-    if (this.models.reference) logpRef = this.#logprobs(this.models.reference, seq, am);
-    else {
-      actor.lora.enabled = false;
-      logpRef = this.#logprobs(actor, seq, am);
-      actor.lora.enabled = true;
-    }
-    const cActs = critic.forward(seq, am);
-    const vOld = critic.values(cActs).intoShape([
-      P,
-      T
-    ]);
-    critic.disposeActivations(cActs);
-    const rActs = reward.forward(seq, am);
-    const scores = reward.sequenceScores(rActs);
-    reward.disposeActivations(rActs);
-    const hostScores = await gpu.readF32(scores);
-    const samples = [];
-    for (let b = 0; b < P; b++) {
-      const ids = [];
-      let eos = false;
-      for (let t = enc.T; t < T; t++) {
-        if (hostResp[b * T + t] === 0) break;
-        if (hostTok[b * T + t] === tok.eosId) eos = true;
-        else ids.push(hostTok[b * T + t]);
-      }
-      if (!eos && cfg.missingEosPenalty > 0) hostScores[b] -= cfg.missingEosPenalty;
-      samples.push({
-        prompt: prompts[b],
-        response: tok.decode(ids),
-        score: hostScores[b]
-      });
-    }
-    if (cfg.missingEosPenalty > 0) gpu.write(scores, hostScores);
-    const kl = klPenalty(gpu, logpOld, logpRef, actMask, cfg.klEstimator);
-    const rewards = shapedRewards(gpu, kl, scores, actMask, {
-      beta: this.beta,
-      scoreClip: cfg.scoreClip
-    });
-    const g = gae(gpu, rewards, vOld, actMask, {
-      gamma: cfg.gamma,
-      lambda: cfg.lambda
-    });
-    const adv = cfg.whitenAdvantages ? whiten(gpu, g.advantages, actMask) : g.advantages;
-    const ev = explainedVariance(gpu, vOld, g.returns, actMask);
-    const nMb = Math.ceil(P / cfg.miniBatchSize);
-    const statBuf = gpu.zeros([
-      cfg.ppoEpochs * nMb * NS
-    ]);
-    let k = 0;
-    const aStore = actor.lora?.store ?? actor.store, cStore = critic.store;
-    const total = cfg.iterations;
-    const aLr = learningRate(this.iteration, {
-      lr: cfg.actorLr,
-      totalSteps: total,
-      warmupRatio: cfg.warmupRatio,
-      decay: "linear"
-    });
-    const cLr = learningRate(this.iteration, {
-      lr: cfg.criticLr,
-      totalSteps: total,
-      warmupRatio: cfg.warmupRatio,
-      decay: "linear"
-    });
-    let stopped = false;
-    for (let epoch = 0; epoch < cfg.ppoEpochs && !stopped; epoch++) {
-      const order = shuffled(P, this.#orderSeed++ * 7919 + epoch);
-      const epochStart = k;
-      for (let s = 0; s < P; s += cfg.miniBatchSize) {
-        const rows3 = order.slice(s, s + cfg.miniBatchSize), B = rows3.length;
-        const mb = {
-          seq: gatherRows(gpu, seq, rows3, T),
-          am: gatherRows(gpu, am, rows3, T),
-          act: gatherRows(gpu, actMask, rows3, T),
-          old: gatherRows(gpu, logpOld, rows3, T),
-          adv: gatherRows(gpu, adv, rows3, T),
-          ret: gatherRows(gpu, g.returns, rows3, T),
-          vOld: gatherRows(gpu, vOld, rows3, T)
-        };
-        const count = rows3.reduce((n, r) => n + act.subarray(r * T, (r + 1) * T).reduce((a, v2) => a + v2, 0), 0);
-        aStore.zeroGrads();
-        const aActs = actor.forward(mb.seq, mb.am);
-        const lp = actor.tokenLogprobs(aActs);
-        const pl = ppoPolicyLoss(gpu, lp.logp, mb.old, mb.adv, mb.act, {
-          clip: cfg.clipRange
-        });
-        let dent;
-        if (cfg.entropyCoef > 0) {
-          dent = scale(gpu, mb.act, -cfg.entropyCoef / Math.max(count, 1));
-        }
-        const dlogits = logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
-          dlogp: pl.dlogp.reshape([
-            B * T
-          ]),
-          dentropy: dent?.reshape([
-            B * T
-          ]),
-          entropy: lp.entropy.reshape([
-            B * T
-          ])
-        });
-        actor.backward(aActs, {
-          dlogits
-        });
-        const ptx = this.#ptx ? this.#ptxBackward() : void 0;
-        aStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : void 0).dispose();
-        aStore.adamw({
-          lr: aLr
-        });
-        const ent = maskedStats(gpu, lp.entropy, mb.act);
-        cStore.zeroGrads();
-        const cActs2 = critic.forward(mb.seq, mb.am);
-        const v = critic.values(cActs2).intoShape([
-          B,
-          T
-        ]);
-        const vl = ppoValueLoss(gpu, v, mb.vOld, mb.ret, mb.act, {
-          clip: cfg.clipRangeValue
-        });
-        critic.backward(cActs2, {
-          dvalues: vl.dvalues.reshape([
-            B * T
-          ])
-        });
-        cStore.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : void 0).dispose();
-        cStore.adamw({
-          lr: cLr
-        });
-        [
-          pl.loss,
-          pl.clipfrac,
-          pl.approxkl,
-          vl.loss,
-          vl.clipfrac,
-          ent,
-          ptx
-        ].forEach((t, j) => {
-          if (t) gpu.copyRange(t, 2, statBuf, NS * k + j, 1);
-        });
-        k++;
-        for (const t of [
-          ...Object.values(mb),
-          lp.logp,
-          lp.entropy,
-          lp.lse,
-          lp.logits,
-          lp.targets,
-          pl.dlogp,
-          pl.loss,
-          pl.clipfrac,
-          pl.approxkl,
-          dlogits,
-          ent,
-          v,
-          vl.dvalues,
-          vl.loss,
-          vl.clipfrac,
-          ...dent ? [
-            dent
-          ] : [],
-          ...ptx ? [
-            ptx
-          ] : []
-        ]) t.dispose();
-        actor.disposeActivations(aActs);
-        critic.disposeActivations(cActs2);
-      }
-      if (cfg.targetApproxKl > 0) {
-        const st2 = await gpu.readF32(statBuf);
-        let akl = 0;
-        for (let i = epochStart; i < k; i++) akl += st2[NS * i + 2];
-        if (akl / (k - epochStart) > cfg.targetApproxKl) stopped = true;
-      }
-    }
-    const st = (await gpu.readF32(statBuf)).subarray(0, NS * k);
-    statBuf.dispose();
-    const mean = (j) => {
-      let a = 0;
-      for (let i = 0; i < k; i++) a += st[NS * i + j];
-      return a / Math.max(k, 1);
-    };
-    const [pgAvg, clipAvg, aklAvg, vfAvg, vclipAvg, entAvg, ptxAvg] = [
-      0,
-      1,
-      2,
-      3,
-      4,
-      5,
-      6
-    ].map(mean);
-    if (!Number.isFinite(pgAvg) || !Number.isFinite(vfAvg)) {
-      throw new NonFiniteLossError(`PPO iteration ${this.iteration + 1}: policy loss ${pgAvg}, value loss ${vfAvg}`);
-    }
-    const klHost = await gpu.readF32(kl), evHost = (await gpu.readF32(ev))[0];
-    const rows2 = Array.from({
-      length: P
-    }, (_, b) => klHost.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0));
-    const meanKl = rows2.reduce((a, v) => a + v, 0) / P;
-    const meanScore = hostScores.reduce((a, v) => a + v, 0) / P;
-    const respLen = Array.from({
-      length: P
-    }, (_, b) => hostResp.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0));
-    const m = {
-      iteration: this.iteration + 1,
-      "objective/kl": meanKl,
-      "objective/scores": meanScore,
-      "objective/rlhf_reward": meanScore - this.beta * meanKl,
-      "objective/entropy": entAvg,
-      "policy/approxkl_avg": aklAvg,
-      "policy/clipfrac_avg": clipAvg,
-      "loss/policy_avg": pgAvg,
-      "loss/value_avg": vfAvg,
-      "val/clipfrac_avg": vclipAvg,
-      "val/explained_var": evHost,
-      "val/response_length": respLen.reduce((a, v) => a + v, 0) / P,
-      // byte-level vocabularies can sample byte sequences that are not UTF-8: decoded with a
-      // visible U+FFFD, and counted here
-      "val/invalid_text_frac": samples.filter((x) => x.response.includes("\uFFFD")).length / P,
-      "train/beta": this.beta,
-      "train/actor_lr": aLr,
-      "train/early_stopped": stopped ? 1 : 0,
-      ...this.#ptx ? {
-        "loss/ptx_avg": ptxAvg
-      } : {},
-      ...this.hooks.scoreRollout?.(samples) ?? {}
-    };
-    if (cfg.adaptiveKl) {
-      const e = Math.min(0.2, Math.max(-0.2, meanKl / cfg.klTarget - 1));
-      this.beta *= 1 + e * P / cfg.klHorizon;
-    }
-    for (const t of [
-      seq,
-      am,
-      gen.responseMask,
-      gen.logprobs,
-      actMask,
-      logpOld,
-      logpRef,
-      vOld,
-      scores,
-      kl,
-      rewards,
-      g.advantages,
-      g.returns,
-      ev
-    ]) t.dispose();
-    if (adv !== g.advantages) adv.dispose();
-    this.iteration++;
-    this.lastSamples = samples;
-    return m;
-  }
-  lastSamples;
-  /**
-   * The trainer's own state for exact resume (the models' states are saved by their stores):
-   * rollout sampling is keyed by (seed, iteration) and minibatch order by a counter.
-   */
-  state() {
-    return {
-      iteration: this.iteration,
-      beta: this.beta,
-      orderSeed: this.#orderSeed,
-      ...this.#ptx ? {
-        ptx: this.#ptx.state()
-      } : {}
-    };
-  }
-  /** Restores {@link state}. */
-  restore(s) {
-    this.iteration = s.iteration;
-    this.beta = s.beta;
-    this.#orderSeed = s.orderSeed;
-    if (this.#ptx && s.ptx) this.#ptx.restore(s.ptx);
-  }
-};
-var NS = 7;
-function shuffled(n, seed) {
-  let s = seed >>> 0;
-  const r = () => {
-    s = s + 1831565813 >>> 0;
-    let t = s;
-    t = Math.imul(t ^ t >>> 15, t | 1);
-    t ^= t + Math.imul(t ^ t >>> 7, t | 61);
-    return ((t ^ t >>> 14) >>> 0) / 4294967296;
-  };
-  const a = Array.from({
-    length: n
-  }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [a[i], a[j]] = [
-      a[j],
-      a[i]
-    ];
-  }
-  return a;
-}
-
-// trainer/_stages.ts
-async function sampleAndScore(gpu, actor, reward, tok, prompts, o) {
-  const enc = leftPad(prompts.map((p) => truncatePrompt(tok.encode(p), o.maxPromptLength)), tok.padId);
-  const B = prompts.length;
-  const promptTok = gpu.fromArray(enc.tokens, [
-    B,
-    enc.T
-  ]);
-  const promptMask = gpu.fromArray(enc.mask, [
-    B,
-    enc.T
-  ]);
-  const out = await generate(actor, promptTok, promptMask, {
-    maxNewTokens: o.maxNewTokens,
-    temperature: o.temperature,
-    greedy: o.temperature === 0,
-    seed: o.seed,
-    eosId: tok.eosId,
-    padId: tok.padId
-  });
-  promptTok.dispose();
-  promptMask.dispose();
-  let scores;
-  if (reward) {
-    const acts = reward.forward(out.tokens, out.attentionMask);
-    const s = reward.sequenceScores(acts);
-    scores = await gpu.readF32(s);
-    s.dispose();
-    reward.disposeActivations(acts);
-  }
-  const all = await gpu.read(out.tokens), resp = await gpu.readF32(out.responseMask);
-  const L = enc.T + out.generated;
-  const samples = prompts.map((prompt, b) => {
-    const ids = [];
-    let truncated = true;
-    for (let t = enc.T; t < L && resp[b * L + t]; t++) {
-      if (all[b * L + t] !== tok.eosId) ids.push(all[b * L + t]);
-      else truncated = false;
-    }
-    return {
-      prompt,
-      response: tok.decode(ids),
-      score: scores?.[b] ?? NaN,
-      truncated
-    };
-  });
-  for (const t of [
-    out.tokens,
-    out.attentionMask,
-    out.responseMask,
-    out.logprobs
-  ]) t.dispose();
-  return samples;
-}
-async function runPpoLoop(trainer, states, o, hooks, opts, gold) {
-  const saved = opts.resume ? await hooks.loadState?.("ppo/trainer_state.json") : void 0;
-  if (typeof saved === "string") {
-    const bytes = await Promise.all(states.map((s) => hooks.loadState(s.name)));
-    bytes.forEach((b, i) => {
-      if (!(b instanceof Uint8Array)) {
-        throw new Error(`resume: ppo/trainer_state.json exists but ${states[i].name} is missing`);
-      }
-    });
-    bytes.forEach((b, i) => states[i].store.loadState(b));
-    trainer.restore(JSON.parse(saved));
-    hooks.log?.(`resume: PPO continues after iteration ${trainer.iteration}`);
-  }
-  const checkpoint = async () => {
-    if (!hooks.saveState) return;
-    for (const s of states) await hooks.saveState(s.name, await s.store.saveState());
-    await hooks.saveState("ppo/trainer_state.json", JSON.stringify(trainer.state()));
-  };
-  let last = {};
-  while (trainer.iteration < o.iterations) {
-    last = await trainer.step();
-    hooks.onProgress?.("ppo", trainer.iteration, o.iterations, last);
-    hooks.onSamples?.("ppo", trainer.lastSamples.map((s) => ({
-      ...s,
-      gold: gold?.(s) ?? NaN
-    })));
-    await hooks.onMetrics?.("ppo", last);
-    if (trainer.iteration % o.checkpointEvery === 0) await checkpoint();
-    if (opts.stopAfterIteration !== void 0 && trainer.iteration >= opts.stopAfterIteration) {
-      break;
-    }
-  }
-  await checkpoint();
-  return last;
-}
-
-// trainer/comparisons.ts
-async function samplePolicy(gpu, policy, tok, prompts, o) {
-  const rows2 = prompts.flatMap((p) => Array.from({
-    length: o.samplesPerPrompt
-  }, () => p));
-  const bs = o.batchSize ?? 64;
-  const out = [];
-  for (let i = 0; i < rows2.length; i += bs) {
-    out.push(...await sampleAndScore(gpu, policy, o.reward, tok, rows2.slice(i, i + bs), {
-      temperature: o.temperature,
-      seed: o.seed * 1000003 + i / bs,
-      maxNewTokens: o.maxNewTokens,
-      maxPromptLength: o.maxPromptLength
-    }));
-  }
-  return prompts.map((_, p) => out.slice(p * o.samplesPerPrompt, (p + 1) * o.samplesPerPrompt).map((s) => ({
-    prompt: s.prompt,
-    response: s.response,
-    truncated: s.truncated,
-    score: s.score
-  })));
-}
-function labelComparisons(groups2, gold, o) {
-  let k = 0;
-  const r = () => randF32(o.seed, 0, k++);
-  const pairs = [];
-  for (const g of groups2) {
-    const scores = g.map((s) => gold(s.prompt, s.response));
-    for (let i = 0; i < g.length; i++) {
-      for (let j = i + 1; j < g.length; j++) {
-        const a = g[i], b = g[j];
-        if (scores[i] === scores[j]) continue;
-        if (a.response === b.response && a.truncated === b.truncated) continue;
-        let [w, l] = scores[i] > scores[j] ? [
-          a,
-          b
-        ] : [
-          b,
-          a
-        ];
-        if (r() < o.labelNoise) [w, l] = [
-          l,
-          w
-        ];
-        pairs.push({
-          prompt: a.prompt,
-          chosen: w.response,
-          rejected: l.response,
-          chosenTruncated: w.truncated,
-          rejectedTruncated: l.truncated
-        });
-      }
-    }
-  }
-  return pairs;
-}
-
-// trainer/hacking.ts
-function trailingMean(xs, w) {
-  return xs.map((_, i) => {
-    const lo = Math.max(0, i - w + 1);
-    let s = 0;
-    for (let j = lo; j <= i; j++) s += xs[j];
-    return s / (i - lo + 1);
-  });
-}
-function detectRewardHacking(history, o = {}) {
-  const tol = o.tolerance ?? 0.05;
-  const w = Math.max(1, Math.min(o.window ?? 5, history.length));
-  const score = trailingMean(history.map((h) => h.score), w);
-  const gold = trailingMean(history.map((h) => h.gold), w);
-  const iterations = [];
-  let maxGoldDrop = 0;
-  if (history.length > 0) {
-    const s0 = o.before?.score ?? score[w - 1], g0 = o.before?.gold ?? gold[w - 1];
-    for (let i = w - 1; i < history.length; i++) {
-      maxGoldDrop = Math.max(maxGoldDrop, g0 - gold[i]);
-      if (score[i] > s0 && gold[i] < g0 - tol) iterations.push(history[i].iteration);
-    }
-  }
-  const evalHack = o.before !== void 0 && o.after !== void 0 && o.after.score > o.before.score && o.after.gold < o.before.gold - tol;
-  return {
-    detected: iterations.length > 0 || evalHack,
-    iterations,
-    ...iterations.length ? {
-      started: iterations[0]
-    } : {},
-    goldFell: maxGoldDrop > tol,
-    maxGoldDrop
-  };
-}
-function describeVerdict(v) {
-  if (!v.detected) {
-    return `reward hacking: none detected (largest fall of the rollouts' smoothed gold below its start: ${(v.maxGoldDrop ?? 0).toFixed(3)}${v.goldFell ? ", without a rising score" : ""})`;
-  }
-  return v.started !== void 0 ? `reward hacking: DETECTED from PPO iteration ${v.started} (reward-model score up, gold down at iterations ${v.iterations.join(", ")})` : "reward hacking: DETECTED (reward-model score up, gold down from before to after PPO)";
-}
-
-// trainer/pipeline.ts
-var RUN_SCHEMA = {
-  name: {
-    default: "builtin",
-    doc: "run name (output under runs/<name>/)"
-  },
-  seed: {
-    default: 1,
-    doc: "seed of the task data and model initialisation",
-    integer: true
-  },
-  evalTemperature: {
-    default: 1,
-    doc: "temperature of the fresh samples scored before/after PPO",
-    min: 0
-  },
-  checkpointEvery: {
-    default: 10,
-    doc: "PPO iterations between resumable state checkpoints",
-    min: 1,
-    integer: true
-  }
-};
-var TASK_SCHEMA = {
-  pairs: {
-    default: 2e4,
-    doc: "fixed reward-model comparisons (noisy gold labels); enough that the RM sees each about once",
-    min: 1,
-    integer: true
-  },
-  labelNoise: {
-    default: 0.1,
-    doc: "fraction of training comparisons whose gold label is flipped",
-    min: 0,
-    max: 0.5
-  },
-  policyPrompts: {
-    default: 0,
-    doc: "prompts whose SFT-policy samples become reward-model comparisons (0 = fixed pairs only)",
-    min: 0,
-    integer: true
-  },
-  samplesPerPrompt: {
-    default: 4,
-    doc: "policy samples per prompt; every two with different gold make a comparison",
-    min: 2,
-    integer: true
-  }
-};
-var BUILTIN_DEFAULTS = {
-  run: defaults(RUN_SCHEMA),
-  task: defaults(TASK_SCHEMA),
-  // Measured on an AVX-512 machine where the former defaults reward-hacked (issue #15); the
-  // runs and their figures are in the README's learning matrix.
-  // SFT must make the sums likely, not only the argmax: after 600 steps at lr 1e-3 seed 3
-  // answered 96 % correctly greedy but only 40 % at T = 1 (the demonstrations: 80 %); 900 steps
-  // give 65 %, and the reward model it starts learns the arithmetic pairs better.
-  sft: {
-    ...defaults(SFT_SCHEMA),
-    steps: 900,
-    lr: 1e-3
-  },
-  // The reward model's errors are the arithmetic pairs (style pairs are ~98 % right): 600 steps
-  // of 16 pairs reached held-out accuracy 0.83–0.925 depending on seed and CPU; twice the pairs
-  // per step (or twice the steps) 0.90–0.97. Lower learning rates did not help (seed 3: 0.82 at
-  // 5e-4, 0.73 at 3e-4); nor did the token-level loss (0.60–0.69).
-  rm: {
-    ...defaults(RM_SCHEMA),
-    steps: 600,
-    batchSize: 32,
-    lr: 1e-3
-  },
-  // A response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
-  // bytes + EOS): with 8 tokens the most common style was always cut, and truncated responses —
-  // which the reward model never saw in training and scored highest (2.4 vs 1.3 for " 7.") —
-  // were what PPO exploited (" 2, sure sur"). Actor lr 1e-3 moved the policy to KL 4–10 in the
-  // first iterations and lost the sums (correct 0.66 → 0.38 with gold still up by style alone);
-  // 2e-4 with a 20 % warmup keeps KL near 1.5 and raises correct answers too.
-  ppo: {
-    ...defaults(PPO_SCHEMA),
-    iterations: 30,
-    maxNewTokens: 16,
-    actorLr: 2e-4,
-    warmupRatio: 0.2,
-    missingEosPenalty: 1
-  }
-};
-var PIPELINE_PRESETS = {
-  tiny: {},
-  builtin: {},
-  trl: {
-    "ppo.klCoef": 0.05,
-    "ppo.temperature": 0.7,
-    "ppo.klEstimator": "k1",
-    "ppo.clipRange": 0.2,
-    "ppo.clipRangeValue": 0.2,
-    "ppo.gamma": 1,
-    "ppo.lambda": 0.95,
-    "ppo.ppoEpochs": 4
-  }
-};
-function resolvePipelineConfig(overrides, base = BUILTIN_DEFAULTS) {
-  const nested = {
-    run: {},
-    task: {},
-    sft: {},
-    rm: {},
-    ppo: {}
-  };
-  for (const [k, v] of Object.entries(overrides)) {
-    const dot = k.indexOf(".");
-    if (dot > 0) {
-      const sec = k.slice(0, dot);
-      if (!(sec in nested)) {
-        throw new Error(`unknown config section "${sec}" in "${k}" (run, task, sft, rm, ppo)`);
-      }
-      nested[sec][k.slice(dot + 1)] = v;
-    } else if (k in nested && typeof v === "object" && v !== null) {
-      Object.assign(nested[k], v);
-    } else {
-      throw new Error(`unknown config key "${k}": use a section (run., task., sft., rm., ppo.)`);
-    }
-  }
-  return {
-    run: resolveConfig(RUN_SCHEMA, nested.run, base.run),
-    task: resolveConfig(TASK_SCHEMA, nested.task, base.task),
-    sft: resolveConfig(SFT_SCHEMA, nested.sft, base.sft),
-    rm: resolveConfig(RM_SCHEMA, nested.rm, base.rm),
-    ppo: resolveConfig(PPO_SCHEMA, nested.ppo, base.ppo)
-  };
-}
-function emptySummary(wallSeconds) {
-  return {
-    wall_seconds: wallSeconds,
-    "sft/loss": NaN,
-    "rm/accuracy": NaN,
-    "rm/margin": NaN,
-    "gold/before": NaN,
-    "gold/after": NaN,
-    "score/before": NaN,
-    "score/after": NaN,
-    "objective/kl": NaN,
-    "rm/policy_accuracy": NaN,
-    "rm/policy_gold_corr": NaN,
-    "gold/correct/before": NaN,
-    "gold/correct/after": NaN,
-    "gold/period/before": NaN,
-    "gold/period/after": NaN,
-    "gold/concise/before": NaN,
-    "gold/concise/after": NaN,
-    reward_hacking: null,
-    samples_before: [],
-    samples_after: []
-  };
-}
-async function evaluate(gpu, actor, reward, tok, questions, T, seed, maxNewTokens) {
-  const scored = await sampleAndScore(gpu, actor, reward, tok, questions.map((q) => q.prompt), {
-    temperature: T,
-    seed,
-    maxNewTokens,
-    maxPromptLength: 256
-  });
-  const samples = scored.map((s, i) => ({
-    prompt: s.prompt,
-    response: s.response,
-    score: s.score,
-    gold: goldScore(questions[i], s.response)
-  }));
-  const parts = scored.map((s, i) => goldParts(questions[i], s.response));
-  const mean = (xs, f) => xs.reduce((a, x) => a + f(x), 0) / xs.length;
-  return {
-    gold: mean(samples, (s) => s.gold),
-    score: mean(samples, (s) => s.score),
-    parts: {
-      correct: mean(parts, (p) => p.correct),
-      period: mean(parts, (p) => p.period),
-      concise: mean(parts, (p) => p.concise)
-    },
-    samples
-  };
-}
-function rolloutGold(samples) {
-  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt), s.response));
-  const mean = (f) => parts.reduce((a, p) => a + f(p), 0) / parts.length;
-  return {
-    "gold/rollout": samples.reduce((a, s) => a + goldScore(parseQuestion(s.prompt), s.response), 0) / samples.length,
-    "gold/correct": mean((p) => p.correct),
-    "gold/period": mean((p) => p.period),
-    "gold/concise": mean((p) => p.concise)
-  };
-}
-function correlation(x, y) {
-  const n = x.length, mx = x.reduce((a, v) => a + v, 0) / n, my = y.reduce((a, v) => a + v, 0) / n;
-  let sxy = 0, sxx = 0, syy = 0;
-  for (let i = 0; i < n; i++) {
-    sxy += (x[i] - mx) * (y[i] - my);
-    sxx += (x[i] - mx) ** 2;
-    syy += (y[i] - my) ** 2;
-  }
-  return sxy / Math.sqrt(sxx * syy);
-}
-async function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
-  const t0 = performance.now();
-  const tok = new ByteTokenizer();
-  const task = makeBuiltinTask(cfg.run.seed, {
-    pairs: cfg.task.pairs,
-    labelNoise: cfg.task.labelNoise
-  });
-  const gold = (prompt, response) => goldScore(parseQuestion(prompt), response);
-  const sampling = {
-    maxNewTokens: cfg.ppo.maxNewTokens,
-    maxPromptLength: cfg.ppo.maxPromptLength,
-    temperature: cfg.ppo.temperature,
-    samplesPerPrompt: cfg.task.samplesPerPrompt
-  };
-  const seed = cfg.run.seed;
-  const log = hooks.log ?? (() => {
-  });
-  const stageHooks = (stage, total) => ({
-    logEvery: 10,
-    onLog: async (m) => {
-      hooks.onProgress?.(stage, m.step ?? m.iteration, total, m);
-      await hooks.onMetrics?.(stage, m);
-    }
-  });
-  const only = opts.stage ?? "all";
-  const stageOrder = [
-    "sft",
-    "rm",
-    "ppo"
-  ];
-  const partial = (m) => ({
-    ...emptySummary((performance.now() - t0) / 1e3),
-    ...m
-  });
-  const stored = async (stage) => {
-    const required = only !== "all" && stageOrder.indexOf(stage) < stageOrder.indexOf(only);
-    if (!opts.resume && !required || !hooks.loadState) {
-      if (required) {
-        throw new Error(`stage ${only} needs the ${stage} checkpoint: no state storage`);
-      }
-      return void 0;
-    }
-    const config = await hooks.loadState(`${stage}/config.json`);
-    const weights = await hooks.loadState(`${stage}/model.safetensors`);
-    if (typeof config !== "string" || !(weights instanceof Uint8Array)) {
-      if (required) {
-        throw new Error(`stage ${only} needs the ${stage} checkpoint (run --stage=${stage} first)`);
-      }
-      return void 0;
-    }
-    log(`resume: the ${stage} stage is loaded from its checkpoint`);
-    return loadOptModel(gpu, config, weights).model;
-  };
-  let sft = await stored("sft");
-  let sftLoss = NaN;
-  if (!sft) {
-    sft = OptModel.create(gpu, TASK_MODEL_CONFIG, {
-      seed
-    });
-    const sftLogs = await trainSft(sft, tok, task.sft, {
-      ...cfg.sft,
-      seed: cfg.sft.seed + seed
-    }, stageHooks("sft", cfg.sft.steps));
-    sftLoss = sftLogs.at(-1)?.["sft/loss"] ?? NaN;
-    await hooks.saveCheckpoint?.("sft", await saveOptModel(sft, {
-      stage: "sft"
-    }));
-  }
-  if (only === "sft") {
-    sft.store.dispose();
-    return partial({
-      "sft/loss": sftLoss
-    });
-  }
-  let rm = await stored("rm");
-  if (!rm) {
-    rm = OptModel.create(gpu, TASK_MODEL_CONFIG, {
-      seed: seed + 1,
-      valueHead: true
-    });
-    rm.store.copyFrom(sft.store);
-    let pairs = task.pairs;
-    if (cfg.task.policyPrompts > 0) {
-      const groups2 = await samplePolicy(gpu, sft, tok, task.prompts.slice(0, cfg.task.policyPrompts).map((q) => q.prompt), {
-        ...sampling,
-        seed: seed + 200
-      });
-      const policyPairs = labelComparisons(groups2, gold, {
-        labelNoise: cfg.task.labelNoise,
-        seed: seed + 201
-      });
-      log(`reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons of SFT samples (${groups2.length} prompts \xD7 ${cfg.task.samplesPerPrompt})`);
-      pairs = [
-        ...task.pairs,
-        ...policyPairs
-      ];
-    }
-    await trainRewardModel(rm, tok, pairs, {
-      ...cfg.rm,
-      seed: cfg.rm.seed + seed
-    }, stageHooks("rm", cfg.rm.steps));
-    await hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
-      stage: "rm"
-    }));
-  }
-  const rmEval = await evaluateRewardModel(rm, tok, task.heldOutPairs, {
-    maxLength: cfg.rm.maxLength
-  });
-  const heldOut = await samplePolicy(gpu, sft, tok, task.policyEvalPrompts.map((q) => q.prompt), {
-    ...sampling,
-    seed: seed + 300,
-    reward: rm
-  });
-  const policyEval = await evaluateRewardModel(rm, tok, labelComparisons(heldOut, gold, {
-    labelNoise: 0,
-    seed: 0
-  }), {
-    maxLength: cfg.rm.maxLength
-  });
-  const flat = heldOut.flat();
-  const rmStats = {
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin,
-    "rm/policy_accuracy": policyEval.accuracy,
-    "rm/policy_gold_corr": correlation(flat.map((x) => x.score), flat.map((x) => gold(x.prompt, x.response)))
-  };
-  await hooks.onMetrics?.("rm", rmStats);
-  log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}`);
-  hooks.onSamples?.("rm", flat.map((x) => ({
-    ...x,
-    gold: gold(x.prompt, x.response)
-  })));
-  if (only === "rm") {
-    for (const m of [
-      sft,
-      rm
-    ]) m.store.dispose();
-    return partial(rmStats);
-  }
-  const actor = sft.copy(), reference = sft.copy({
-    frozen: true
-  });
-  const critic = OptModel.create(gpu, TASK_MODEL_CONFIG, {
-    seed: seed + 2,
-    valueHead: true
-  });
-  critic.store.copyFrom(rm.store);
-  const before = await evaluate(gpu, reference, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100, cfg.ppo.maxNewTokens);
-  log(`before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`);
-  hooks.onSamples?.("before", before.samples);
-  const trainer = new PpoTrainer({
-    actor,
-    critic,
-    reward: rm,
-    reference
-  }, tok, task.prompts.map((q) => q.prompt), {
-    ...cfg.ppo,
-    seed: cfg.ppo.seed + seed
-  }, {
-    scoreRollout: (s) => rolloutGold(s)
-  });
-  const history = [];
-  const last = await runPpoLoop(trainer, [
-    {
-      name: "ppo/actor_state.safetensors",
-      store: actor.store
-    },
-    {
-      name: "ppo/critic_state.safetensors",
-      store: critic.store
-    }
-  ], {
-    iterations: cfg.ppo.iterations,
-    checkpointEvery: cfg.run.checkpointEvery
-  }, {
-    ...hooks,
-    onMetrics: async (stage, m) => {
-      if (stage === "ppo") {
-        history.push({
-          iteration: m.iteration,
-          score: m["objective/scores"],
-          gold: m["gold/rollout"]
-        });
-      }
-      await hooks.onMetrics?.(stage, m);
-    }
-  }, opts, (s) => gold(s.prompt, s.response));
-  await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
-    stage: "ppo"
-  }));
-  const after = await evaluate(gpu, actor, rm, tok, task.evalPrompts, cfg.run.evalTemperature, seed + 100, cfg.ppo.maxNewTokens);
-  log(`after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`);
-  hooks.onSamples?.("after", after.samples);
-  const verdict = detectRewardHacking(history, {
-    before: {
-      score: before.score,
-      gold: before.gold
-    },
-    after: {
-      score: after.score,
-      gold: after.gold
-    }
-  });
-  log(describeVerdict(verdict));
-  for (const m of [
-    sft,
-    rm,
-    actor,
-    reference,
-    critic
-  ]) m.store.dispose();
-  return {
-    wall_seconds: (performance.now() - t0) / 1e3,
-    "sft/loss": sftLoss,
-    "gold/before": before.gold,
-    "gold/after": after.gold,
-    "score/before": before.score,
-    "score/after": after.score,
-    "objective/kl": last["objective/kl"] ?? 0,
-    ...rmStats,
-    "gold/correct/before": before.parts.correct,
-    "gold/correct/after": after.parts.correct,
-    "gold/period/before": before.parts.period,
-    "gold/period/after": after.parts.period,
-    "gold/concise/before": before.parts.concise,
-    "gold/concise/after": after.parts.concise,
-    reward_hacking: verdict,
-    samples_before: before.samples.slice(0, 8),
-    samples_after: after.samples.slice(0, 8)
-  };
-}
-
 // trainer/recipe.ts
 var RECIPE_RUN_SCHEMA = {
   name: {
@@ -8415,6 +8730,12 @@ var RECIPE_RUN_SCHEMA = {
   checkpointEvery: {
     default: 10,
     doc: "PPO iterations between resumable state checkpoints",
+    min: 1,
+    integer: true
+  },
+  stepCheckpointEvery: {
+    default: 100,
+    doc: "reward-model steps between resumable state checkpoints",
     min: 1,
     integer: true
   },
@@ -8524,29 +8845,8 @@ var SIMPLE_RLHF_TINY = {
     ptxMaxLength: 256
   }
 };
-var RECIPE_PRESETS = {
-  "simple-rlhf-tiny": SIMPLE_RLHF_TINY
-};
 function resolveRecipeConfig(overrides, base = SIMPLE_RLHF_TINY) {
-  const sections = Object.keys(RECIPE_SCHEMAS);
-  const nested = Object.fromEntries(sections.map((s) => [
-    s,
-    {}
-  ]));
-  for (const [k, v] of Object.entries(overrides)) {
-    const dot = k.indexOf(".");
-    const sec = dot > 0 ? k.slice(0, dot) : k;
-    if (!(sec in nested)) {
-      throw new ConfigError(`unknown config section "${sec}" in "${k}" (${sections.join(", ")})`);
-    }
-    if (dot > 0) nested[sec][k.slice(dot + 1)] = v;
-    else if (typeof v === "object" && v !== null) Object.assign(nested[sec], v);
-    else throw new ConfigError(`config key "${k}" must be a section object`);
-  }
-  const out = Object.fromEntries(sections.map((s) => [
-    s,
-    resolveConfig(RECIPE_SCHEMAS[s], nested[s], base[s])
-  ]));
+  const out = resolveSections(RECIPE_SCHEMAS, overrides, base);
   loraTargets(out.lora.targets);
   return out;
 }
@@ -8617,149 +8917,160 @@ async function loadCheckpoint(gpu, io, dir, opts) {
   const weights = await io.read(join(dir, "model.safetensors"));
   return loadOptModel(gpu, config, weights, opts).model;
 }
-async function runRecipePipeline(gpu, cfg, io, hooks = {}, opts = {}) {
-  const t0 = performance.now();
-  const only = opts.stage ?? "all";
-  if (only === "sft") {
-    throw new ConfigError("the checkpoint recipe has no SFT stage (stages: rm, ppo)");
-  }
-  const inputs = await loadRecipeInputs(cfg, io);
-  const tok = inputs.tokenizer;
-  const log = hooks.log ?? (() => {
-  });
-  const seed = cfg.run.seed;
-  const summary = (m) => ({
-    ...emptySummary((performance.now() - t0) / 1e3),
-    ...m
-  });
-  let rm;
-  if (opts.resume || only === "ppo") {
-    const config = await hooks.loadState?.("rm/config.json");
-    const weights = await hooks.loadState?.("rm/model.safetensors");
-    if (typeof config === "string" && weights instanceof Uint8Array) {
-      rm = loadOptModel(gpu, config, weights, {
-        valueHead: true
-      }).model;
-      log("resume: the rm stage is loaded from its checkpoint");
-    } else if (only === "ppo") {
-      throw new Error("stage ppo needs the rm checkpoint (run --stage=rm first)");
-    }
-  }
-  if (!rm) {
-    rm = await loadCheckpoint(gpu, io, cfg.data.critic, {
+var RECIPE_RM_STAGE = {
+  name: "rm",
+  doc: "reward model from a local OPT checkpoint on preference pairs",
+  async run(ctx) {
+    const { gpu, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
+    let rm = await ctx.finished({
       valueHead: true
     });
-    log(`reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`);
-    await trainRewardModel(rm, tok, inputs.pairs, {
-      ...cfg.rm,
-      seed: cfg.rm.seed + seed
-    }, {
-      logEvery: 10,
-      onLog: async (m) => {
-        hooks.onProgress?.("rm", m.step, cfg.rm.steps, m);
-        await hooks.onMetrics?.("rm", m);
-      }
+    if (!rm) {
+      rm = await loadCheckpoint(gpu, state.io, cfg.data.critic, {
+        valueHead: true
+      });
+      ctx.log(`reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`);
+      ctx.own(rm);
+      await ctx.train(new RewardTrainer(rm, tok, inputs.pairs, {
+        ...cfg.rm,
+        seed: cfg.rm.seed + cfg.run.seed
+      }), {
+        logEvery: 10,
+        checkpointEvery: cfg.run.stepCheckpointEvery
+      });
+      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
+        stage: "rm"
+      }));
+    } else ctx.own(rm);
+    state.rm = rm;
+    const rmEval = await evaluateRewardModel(rm, tok, inputs.evalPairs, {
+      maxLength: cfg.rm.maxLength,
+      batchSize: 8
     });
-    await hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
-      stage: "rm"
-    }));
-  }
-  const rmEval = await evaluateRewardModel(rm, tok, inputs.evalPairs, {
-    maxLength: cfg.rm.maxLength,
-    batchSize: 8
-  });
-  await hooks.onMetrics?.("rm", {
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin
-  });
-  log(`reward model held-out accuracy ${rmEval.accuracy.toFixed(3)} on ${inputs.evalPairs.length} pairs, margin ${rmEval.margin.toFixed(3)}`);
-  if (only === "rm") {
-    rm.store.dispose();
-    return summary({
+    const stats = {
       "rm/accuracy": rmEval.accuracy,
       "rm/margin": rmEval.margin
+    };
+    await ctx.hooks.onMetrics?.("rm", stats);
+    ctx.log(`reward model held-out accuracy ${rmEval.accuracy.toFixed(3)} on ${inputs.evalPairs.length} pairs, margin ${rmEval.margin.toFixed(3)}`);
+    Object.assign(ctx.summary, stats);
+  }
+};
+var RECIPE_PPO_STAGE = {
+  name: "ppo",
+  doc: "PPO of a LoRA-adapted actor checkpoint against the reward model",
+  async run(ctx) {
+    const { gpu, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
+    const actor = await loadCheckpoint(gpu, state.io, cfg.data.actor, {
+      frozen: true
+    });
+    ctx.own(actor);
+    if (actor.config.vocab_size < tok.vocabSize) {
+      throw new ConfigError(`the tokenizer has ${tok.vocabSize} tokens but the actor's vocabulary is ${actor.config.vocab_size}`);
+    }
+    const lora = actor.attachLora({
+      r: cfg.lora.r,
+      alpha: cfg.lora.alpha,
+      targets: loraTargets(cfg.lora.targets)
+    }, cfg.run.seed);
+    const critic = state.rm.copy(), reward = state.rm.copy({
+      frozen: true
+    });
+    ctx.own(critic, reward);
+    state.rm.store.dispose();
+    const evalOpts = {
+      temperature: cfg.run.evalTemperature,
+      seed: deriveSeed(cfg.run.seed, "evaluation"),
+      maxNewTokens: cfg.ppo.maxNewTokens,
+      maxPromptLength: cfg.ppo.maxPromptLength
+    };
+    const mean = (s) => s.reduce((a, x) => a + x.score, 0) / s.length;
+    const noGold = (s) => s.map((x) => ({
+      prompt: x.prompt,
+      response: x.response,
+      score: x.score,
+      gold: NaN
+    }));
+    const before = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
+    ctx.log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
+    ctx.hooks.onSamples?.("before", noGold(before));
+    const trainer = new PpoTrainer({
+      actor,
+      critic,
+      reward
+    }, tok, {
+      prompts: inputs.prompts,
+      ptx: inputs.ptx
+    }, {
+      ...cfg.ppo,
+      seed: cfg.ppo.seed + cfg.run.seed
+    });
+    const last = await ctx.train(trainer, {
+      unit: "iteration",
+      logEvery: 1,
+      checkpointEvery: cfg.run.checkpointEvery,
+      stopAfter: ctx.opts.stopAfterIteration,
+      afterLog: () => ctx.hooks.onSamples?.("ppo", noGold(trainer.lastSamples))
+    });
+    const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
+    ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
+    ctx.hooks.onSamples?.("after", noGold(after));
+    actor.mergeLora();
+    await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
+      stage: "ppo"
+    }));
+    lora.store.dispose();
+    Object.assign(ctx.summary, {
+      "score/before": mean(before),
+      "score/after": mean(after),
+      "objective/kl": last["objective/kl"] ?? 0,
+      samples_before: noGold(before.slice(0, 8)),
+      samples_after: noGold(after.slice(0, 8))
     });
   }
-  const actor = await loadCheckpoint(gpu, io, cfg.data.actor, {
-    frozen: true
-  });
-  if (actor.config.vocab_size < tok.vocabSize) {
-    throw new ConfigError(`the tokenizer has ${tok.vocabSize} tokens but the actor's vocabulary is ${actor.config.vocab_size}`);
-  }
-  const lora = actor.attachLora({
-    r: cfg.lora.r,
-    alpha: cfg.lora.alpha,
-    targets: loraTargets(cfg.lora.targets)
-  }, seed);
-  const critic = rm.copy(), reward = rm.copy({
-    frozen: true
-  });
-  rm.store.dispose();
-  const evalOpts = {
-    temperature: cfg.run.evalTemperature,
-    seed: seed + 100,
-    maxNewTokens: cfg.ppo.maxNewTokens,
-    maxPromptLength: cfg.ppo.maxPromptLength
+};
+function recipePipeline(io) {
+  return {
+    name: "simple-rlhf-tiny",
+    doc: "reward model from a local OPT checkpoint \u2192 PPO of a LoRA-adapted OPT actor",
+    sections: RECIPE_SCHEMAS,
+    defaults: SIMPLE_RLHF_TINY,
+    stages: [
+      RECIPE_RM_STAGE,
+      RECIPE_PPO_STAGE
+    ],
+    init: async (_gpu, cfg) => ({
+      io,
+      inputs: await loadRecipeInputs(cfg, io)
+    }),
+    validate: (cfg) => void loraTargets(cfg.lora.targets)
   };
-  const before = await sampleAndScore(gpu, actor, reward, tok, inputs.evalPrompts, evalOpts);
-  const mean = (s) => s.reduce((a, x) => a + x.score, 0) / s.length;
-  log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
-  hooks.onSamples?.("before", before.map((x) => ({
-    ...x,
-    gold: NaN
-  })));
-  const trainer = new PpoTrainer({
-    actor,
-    critic,
-    reward
-  }, tok, inputs.prompts, {
-    ...cfg.ppo,
-    seed: cfg.ppo.seed + seed
-  }, {
-    ptxData: inputs.ptx
-  });
-  const last = await runPpoLoop(trainer, [
+}
+function runRecipePipeline(gpu, cfg, io, hooks = {}, opts = {}) {
+  return runPipeline(recipePipeline(io), gpu, cfg, hooks, opts);
+}
+
+// trainer/registry.ts
+var PIPELINES = {
+  builtin: () => BUILTIN_PIPELINE,
+  "simple-rlhf-tiny": recipePipeline
+};
+var PRESETS = {
+  ...Object.fromEntries(Object.entries(PIPELINE_PRESETS).map(([k, v]) => [
+    k,
     {
-      name: "ppo/actor_lora_state.safetensors",
-      store: lora.store
-    },
-    {
-      name: "ppo/critic_state.safetensors",
-      store: critic.store
+      pipeline: "builtin",
+      overrides: v
     }
-  ], {
-    iterations: cfg.ppo.iterations,
-    checkpointEvery: cfg.run.checkpointEvery
-  }, hooks, opts);
-  const after = await sampleAndScore(gpu, actor, reward, tok, inputs.evalPrompts, evalOpts);
-  log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
-  hooks.onSamples?.("after", after.map((x) => ({
-    ...x,
-    gold: NaN
-  })));
-  actor.mergeLora();
-  await hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
-    stage: "ppo"
-  }));
-  for (const m of [
-    actor,
-    reward,
-    critic
-  ]) m.store.dispose();
-  lora.store.dispose();
-  const withGold = (s) => s.slice(0, 8).map((x) => ({
-    ...x,
-    gold: NaN
-  }));
-  return summary({
-    "rm/accuracy": rmEval.accuracy,
-    "rm/margin": rmEval.margin,
-    "score/before": mean(before),
-    "score/after": mean(after),
-    "objective/kl": last["objective/kl"] ?? 0,
-    samples_before: withGold(before),
-    samples_after: withGold(after)
-  });
+  ])),
+  "simple-rlhf-tiny": {
+    pipeline: "simple-rlhf-tiny",
+    overrides: {}
+  }
+};
+function pipelineOf(saved) {
+  if (typeof saved.pipeline === "string" && saved.pipeline in PIPELINES) return saved.pipeline;
+  return "data" in saved ? "simple-rlhf-tiny" : "builtin";
 }
 
 // trainer/report.ts
@@ -8785,9 +9096,7 @@ function range(ys, fixed) {
     y1
   ];
 }
-function lineChart(title, lines, axes) {
-  const drawn = lines.filter((l) => l.points.length > 0);
-  if (drawn.length === 0) return "";
+function frame(drawn, axes) {
   const xs = drawn.flatMap((l) => l.points.map((p) => p[0]));
   const [x0, x1] = [
     Math.min(...xs),
@@ -8796,31 +9105,55 @@ function lineChart(title, lines, axes) {
   const left = drawn.filter((l) => !l.right), right = drawn.filter((l) => l.right);
   const lr = range(left.flatMap((l) => l.points.map((p) => p[1])), axes.leftRange);
   const rr = right.length ? range(right.flatMap((l) => l.points.map((p) => p[1])), axes.rightRange) : lr;
-  const sx = (x) => PAD_L + (x - x0) / Math.max(1e-12, x1 - x0) * (W - PAD_L - PAD_R);
-  const sy = (y, [y0, y1]) => H - PAD_B + (y0 - y) / (y1 - y0) * (H - PAD_T - PAD_B);
+  return {
+    x0,
+    x1,
+    lr,
+    rr,
+    hasRight: right.length > 0,
+    step: xs.length > 1 ? (x1 - x0) / Math.max(1, new Set(xs).size - 1) : 1,
+    sx: (x) => PAD_L + (x - x0) / Math.max(1e-12, x1 - x0) * (W - PAD_L - PAD_R),
+    sy: (y, [y0, y1]) => H - PAD_B + (y0 - y) / (y1 - y0) * (H - PAD_T - PAD_B)
+  };
+}
+function plotArea(drawn, f, shade) {
   const paths = drawn.map((l) => {
-    const r = l.right ? rr : lr;
-    const d = l.points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1], r).toFixed(1)}`).join(" ");
+    const r = l.right ? f.rr : f.lr;
+    const d = l.points.map((p, i) => `${i ? "L" : "M"}${f.sx(p[0]).toFixed(1)},${f.sy(p[1], r).toFixed(1)}`).join(" ");
     return `<path d="${d}" fill="none" stroke="${l.color}" stroke-width="1.8"/>`;
   }).join("\n");
-  const step = xs.length > 1 ? (x1 - x0) / Math.max(1, new Set(xs).size - 1) : 1;
-  const shade = (axes.shade ?? []).map((x) => `<rect x="${(sx(x) - step / 2 * (W - PAD_L - PAD_R) / Math.max(1e-12, x1 - x0)).toFixed(1)}" y="${PAD_T}" width="${(step * (W - PAD_L - PAD_R) / Math.max(1e-12, x1 - x0)).toFixed(1)}" height="${H - PAD_T - PAD_B}" fill="#fecaca" opacity="0.6"/>`).join("");
+  const span = (W - PAD_L - PAD_R) / Math.max(1e-12, f.x1 - f.x0);
+  const shaded = shade.map((x) => `<rect x="${(f.sx(x) - f.step / 2 * span).toFixed(1)}" y="${PAD_T}" width="${(f.step * span).toFixed(1)}" height="${H - PAD_T - PAD_B}" fill="#fecaca" opacity="0.6"/>`).join("");
+  return `<rect x="${PAD_L}" y="${PAD_T}" width="${W - PAD_L - PAD_R}" height="${H - PAD_T - PAD_B}" fill="#fafafa" stroke="#ccc"/>${shaded}
+${paths}`;
+}
+function axisText(drawn, f, axes) {
   const tick = (v) => Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3);
+  const text = (x, y, body, extra = "") => `<text x="${x}" y="${y}" font-size="10"${extra}>${body}</text>`;
+  const yl = (H - PAD_B + PAD_T) / 2, yb = H - PAD_B + 13;
   const legend = drawn.map((l, i) => `<tspan fill="${l.color}">${i ? " \xB7 " : ""}\u2014 ${esc(l.label)}</tspan>`).join("");
-  const yl = (H - PAD_B + PAD_T) / 2;
+  return [
+    text(PAD_L - 4, PAD_T + 8, tick(f.lr[1]), ' text-anchor="end"'),
+    text(PAD_L - 4, H - PAD_B, tick(f.lr[0]), ' text-anchor="end"'),
+    `<text transform="translate(12 ${yl}) rotate(-90)" font-size="10" text-anchor="middle">${esc(axes.yLeft)}</text>`,
+    ...f.hasRight ? [
+      text(W - PAD_R + 4, PAD_T + 8, tick(f.rr[1])),
+      text(W - PAD_R + 4, H - PAD_B, tick(f.rr[0])),
+      `<text transform="translate(${W - 8} ${yl}) rotate(90)" font-size="10" text-anchor="middle">${esc(axes.yRight ?? "")}</text>`
+    ] : [],
+    text(PAD_L, yb, String(f.x0)),
+    text(W - PAD_R, yb, String(f.x1), ' text-anchor="end"'),
+    text((PAD_L + W - PAD_R) / 2, yb, esc(axes.x), ' text-anchor="middle"'),
+    text(PAD_L, H - 4, legend)
+  ].join("\n");
+}
+function lineChart(title, lines, axes) {
+  const drawn = lines.filter((l) => l.points.length > 0);
+  if (drawn.length === 0) return "";
+  const f = frame(drawn, axes);
   return `<figure><svg viewBox="0 0 ${W} ${H + 14}" width="${W}" height="${H + 14}" role="img" aria-label="${esc(title)}">
-<rect x="${PAD_L}" y="${PAD_T}" width="${W - PAD_L - PAD_R}" height="${H - PAD_T - PAD_B}" fill="#fafafa" stroke="#ccc"/>${shade}
-${paths}
-<text x="${PAD_L - 4}" y="${PAD_T + 8}" font-size="10" text-anchor="end">${tick(lr[1])}</text>
-<text x="${PAD_L - 4}" y="${H - PAD_B}" font-size="10" text-anchor="end">${tick(lr[0])}</text>
-<text transform="translate(12 ${yl}) rotate(-90)" font-size="10" text-anchor="middle">${esc(axes.yLeft)}</text>
-${right.length ? `<text x="${W - PAD_R + 4}" y="${PAD_T + 8}" font-size="10">${tick(rr[1])}</text>
-<text x="${W - PAD_R + 4}" y="${H - PAD_B}" font-size="10">${tick(rr[0])}</text>
-<text transform="translate(${W - 8} ${yl}) rotate(90)" font-size="10" text-anchor="middle">${esc(axes.yRight ?? "")}</text>` : ""}
-<text x="${PAD_L}" y="${H - PAD_B + 13}" font-size="10">${x0}</text>
-<text x="${W - PAD_R}" y="${H - PAD_B + 13}" font-size="10" text-anchor="end">${x1}</text>
-<text x="${(PAD_L + W - PAD_R) / 2}" y="${H - PAD_B + 13}" font-size="10" text-anchor="middle">${esc(axes.x)}</text>
-<text x="${PAD_L}" y="${H - 4}" font-size="10">${legend}</text>
+${plotArea(drawn, f, axes.shade ?? [])}
+${axisText(drawn, f, axes)}
 </svg><figcaption>${esc(title)}</figcaption></figure>`;
 }
 function chart(title, points, x, y) {
@@ -8852,11 +9185,11 @@ function samplesSideBySide(before, after) {
   }, (_, i) => `<tr><td><code>${esc((before[i] ?? after[i]).prompt.trim())}</code></td>${cell(before[i])}${cell(after[i])}</tr>`).join("\n");
   return `<table><tr><th rowspan="2">prompt</th><th colspan="3">before PPO</th><th colspan="3">after PPO</th></tr><tr><th>response</th><th>gold</th><th>RM score</th><th>response</th><th>gold</th><th>RM score</th></tr>${rows2}</table>`;
 }
-function renderReport(name, records, summary) {
+function goldSection(records, verdict) {
   const ppo = (key) => series(records, "ppo", key, "iteration");
-  const verdict = summary.reward_hacking;
-  const hasGold = ppo("gold/rollout").length > 0;
-  const goldView = hasGold ? [
+  if (ppo("gold/rollout").length === 0) return "";
+  const banner = verdict ? `<p class="${verdict.detected ? "bad" : "good"}">${esc(describeVerdict(verdict))}</p>` : "";
+  return `<h2>Gold view</h2>${banner}<p>The reward model is learned and can be fooled; the gold score is the task's hidden preference it was trained to imitate. Real improvement raises both lines; reward hacking raises the RM score while gold falls (shaded iterations).</p>` + [
     lineChart("Gold view: the reward model's score and the hidden gold score of PPO rollouts", [
       {
         label: "RM score (left)",
@@ -8903,14 +9236,18 @@ function renderReport(name, records, summary) {
         1
       ]
     })
-  ].join("\n") : "";
-  const banner = verdict ? `<p class="${verdict.detected ? "bad" : "good"}">${esc(describeVerdict(verdict))}</p>` : "";
-  const charts = [
+  ].join("\n");
+}
+function curves(records) {
+  const ppo = (key) => series(records, "ppo", key, "iteration");
+  return [
     chart("SFT loss", series(records, "sft", "sft/loss", "step"), "SFT step", "loss (nats/token)"),
     chart("reward-model loss", series(records, "rm", "rm/loss", "step"), "RM step", "pairwise loss (nats)"),
     chart("KL to the reference (objective/kl)", ppo("objective/kl"), "PPO iteration", "KL per sequence (nats)"),
     chart("policy entropy (objective/entropy)", ppo("objective/entropy"), "PPO iteration", "entropy per token (nats)")
   ].join("\n");
+}
+function summaryTable(summary) {
   const keys = [
     "wall_seconds",
     "sft/loss",
@@ -8930,63 +9267,60 @@ function renderReport(name, records, summary) {
     "score/after",
     "objective/kl"
   ];
-  const table = keys.filter((k) => Number.isFinite(summary[k])).map((k) => `<tr><td>${k}</td><td>${summary[k].toFixed(3)}</td></tr>`).join("");
+  return `<table>${keys.filter((k) => Number.isFinite(summary[k])).map((k) => `<tr><td>${k}</td><td>${summary[k].toFixed(3)}</td></tr>`).join("")}</table>`;
+}
+function renderReport(name, records, summary) {
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>webgpu-rlhf run ${esc(name)}</title>
 <style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px}figure{display:inline-block;margin:.5rem}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}
 .bad{background:#fee2e2;padding:.5rem}.good{background:#dcfce7;padding:.5rem}</style></head>
 <body><h1>webgpu-rlhf \u2014 run <code>${esc(name)}</code></h1>
-${hasGold ? `<h2>Gold view</h2>${banner}<p>The reward model is learned and can be fooled; the gold score is the task's hidden preference it was trained to imitate. Real improvement raises both lines; reward hacking raises the RM score while gold falls (shaded iterations).</p>${goldView}` : ""}
-<h2>Summary</h2><table>${table}</table>
-<h2>Curves</h2>${charts}
+${goldSection(records, summary.reward_hacking)}
+<h2>Summary</h2>${summaryTable(summary)}
+<h2>Curves</h2>${curves(records)}
 <h2>Samples on held-out prompts</h2>${samplesSideBySide(summary.samples_before, summary.samples_after)}
 </body></html>
 `;
 }
 export {
   BUILTIN_DEFAULTS,
+  BUILTIN_PIPELINE,
+  BUILTIN_SECTIONS,
   BpeTokenizer,
-  BufferPool,
   ByteTokenizer,
   CONCISE_CHARS,
   ConfigError,
-  DTYPE_SIZES,
   DataError,
   Gpu,
   GpuLimitError,
   GpuValidationError,
   KvCache,
-  MAX_OPERAND,
   ModelConfigError,
   NonFiniteLossError,
+  NonFiniteValueError,
   OPT_PRESETS,
   OptModel,
+  PIPELINES,
   PIPELINE_PRESETS,
   PPO_SCHEMA,
-  PRNG_WGSL,
+  PRESETS,
   ParamStore,
-  Params,
   PpoTrainer,
-  RECIPE_DATA_SCHEMA,
-  RECIPE_LORA_SCHEMA,
-  RECIPE_PRESETS,
-  RECIPE_RUN_SCHEMA,
   RECIPE_SCHEMAS,
   RM_SCHEMA,
-  ROW_MAIN,
-  ROW_WG,
   RUN_SCHEMA,
+  RewardTrainer,
   SFT_SCHEMA,
   SIMPLE_RLHF_TINY,
+  STAT,
   SafetensorsError,
   Sampler,
+  SftTrainer,
   ShapeError,
   TASK_MODEL_CONFIG,
   TASK_SCHEMA,
-  TEXTURE_TILING,
   Tensor,
   TokenizerError,
-  WG_REDUCE,
   WebGpuUnavailableError,
   adamwStep,
   add,
@@ -8995,14 +9329,13 @@ export {
   axpy,
   castF16ToF32,
   castF32ToF16,
-  checkShape,
   clipGradNorm,
   coerce,
   concatColumns,
   crossEntropy,
   crossEntropyBackward,
-  decodeText,
   defaults,
+  deriveSeed,
   describeVerdict,
   detectRewardHacking,
   embeddingBackward,
@@ -9011,18 +9344,15 @@ export {
   encodePairs,
   evaluateRewardModel,
   explainedVariance,
-  f16ToF32,
-  f32ToF16,
-  feedbackSampled,
   fill,
   gae,
+  gaeAdvantages,
   gelu,
   geluBackward,
   generate,
   globalNorm,
   goldParts,
   goldScore,
-  isGzip,
   klPenalty,
   labelComparisons,
   lastMaskedValues,
@@ -9033,18 +9363,16 @@ export {
   leftPad,
   loadOptModel,
   loadRecipeInputs,
-  loadWeights,
   logSoftmax,
   logitsBackward,
-  loraLinearName,
-  loraParamSpecs,
   makeBuiltinTask,
-  makeQuestion,
   maskedStats,
   matmul,
   maxLastAxis,
   meanLastAxis,
+  modelLogprobs,
   mul,
+  mulberry32,
   nextTokenTargets,
   numel,
   optHiddenRef,
@@ -9057,6 +9385,7 @@ export {
   parseQuestion,
   parseSafetensors,
   pcgHash,
+  pipelineOf,
   positionsFromMask,
   ppoPolicyLoss,
   ppoValueLoss,
@@ -9070,30 +9399,35 @@ export {
   readPrompts,
   readRanked,
   readSft,
+  recipePipeline,
   mod_exports as reference,
+  referenceLogprobs,
   relu,
   reluBackward,
   renderReport,
   resolveConfig,
   resolvePipelineConfig,
   resolveRecipeConfig,
+  resolveSections,
+  rollout,
   runBuiltinPipeline,
+  runLoop,
+  runPipeline,
   runRecipePipeline,
+  sampleAndScore,
   samplePolicy,
   sampleTokens,
   saveOptModel,
   scale,
   scaleByScalarTensor,
-  scatterAddRows,
+  sequenceScores,
+  sequenceValues,
   shapedRewards,
   softmax,
-  splitDialogue,
   sub,
   sumColumns,
   sumLastAxis,
   swapAxes12,
-  textureMatmulShader,
-  toFloat32,
   toHhJsonl,
   tokenLogprobs,
   tokenPairRewardLoss,
