@@ -45,7 +45,10 @@ export function learningFailures(s: PipelineSummary): string[] {
   }
   if (s.reward_hacking?.goldFell) {
     out.push(
-      `rollout gold fell ${(s.reward_hacking.maxGoldDrop ?? 0).toFixed(3)} below its start`,
+      `rollout gold fell ${(s.reward_hacking.maxGoldDrop ?? 0).toFixed(3)} below its start ` +
+        `(counts from ${
+          (s.reward_hacking.threshold ?? 0).toFixed(3)
+        }: tolerance, 2 standard errors)`,
     );
   }
   return out;

@@ -75,6 +75,36 @@ Deno.test("hacking verdict: score up with gold down is flagged from where it sta
   assertEquals(evalOnly.started, undefined);
 });
 
+Deno.test("hacking verdict: a fall within the sampling noise does not count, a real fall does", () => {
+  // 30 rollouts of 32 samples with gold spread 0.3, flat at 0.65 but for ±0.04 noise; the
+  // evaluation before PPO (64 samples) measured 0.72: the smoothed rollouts sit 0.07 below it,
+  // about 1.6 standard errors of the difference — noise (measured on seed 1 / Vulkan)
+  const noise = [0.03, -0.04, 0.01, -0.02, 0.04, -0.03, 0.0, 0.02, -0.01, -0.04];
+  const flat = Array.from({ length: 30 }, (_, i) => ({
+    iteration: i + 1,
+    score: 0.05 * i,
+    gold: 0.65 + noise[i % 10],
+    goldSd: 0.3,
+    count: 32,
+  }));
+  const before = { score: 0, gold: 0.72, goldSd: 0.3, count: 64 };
+  const v = detectRewardHacking(flat, { before });
+  assertEquals([v.detected, v.goldFell], [false, false], JSON.stringify(v));
+  assert(v.maxGoldDrop! > 0.05 && v.threshold! > v.maxGoldDrop!, JSON.stringify(v));
+  // without the spread only the tolerance counts, and the same series would be flagged
+  const bare = detectRewardHacking(
+    flat.map(({ iteration, score, gold }) => ({ iteration, score, gold })),
+    {
+      before: { score: 0, gold: 0.72 },
+    },
+  );
+  assert(bare.detected && bare.goldFell, "tolerance only");
+  // a real fall (0.2) is far outside the noise: flagged where the smoothed gold crosses
+  const falling = flat.map((h, i) => ({ ...h, gold: i < 15 ? 0.72 : 0.52 }));
+  const f = detectRewardHacking(falling, { before });
+  assert(f.detected && f.goldFell && f.started! >= 17 && f.started! <= 19, JSON.stringify(f));
+});
+
 Deno.test("learning bounds: a passing summary passes; each miss is named", () => {
   const pass = {
     ...emptySummary(1),

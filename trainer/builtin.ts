@@ -23,7 +23,7 @@ import {
   type SftConfig,
 } from "./config.ts";
 import { labelComparisons, samplePolicy } from "./comparisons.ts";
-import { describeVerdict, detectRewardHacking, type RolloutScores } from "./hacking.ts";
+import { describeVerdict, detectRewardHacking, goldSpread, type RolloutScores } from "./hacking.ts";
 import {
   type PipelineDefinition,
   type PipelineHooks,
@@ -382,7 +382,8 @@ const PPO_STAGE: Stage<PipelineConfig, BuiltinState> = {
       `after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`,
     );
     ctx.hooks.onSamples?.("after", after.samples);
-    const verdict = detectRewardHacking(history, { before, after });
+    const spread = (e: Evaluation) => ({ ...e, ...goldSpread(e.samples.map((x) => x.gold)) });
+    const verdict = detectRewardHacking(history, { before: spread(before), after: spread(after) });
     ctx.log(describeVerdict(verdict));
     Object.assign(ctx.summary, evaluationSummary(before, after), {
       "objective/kl": last["objective/kl"] ?? 0,
@@ -411,14 +412,13 @@ async function trainPpo(
     checkpointEvery: cfg.run.checkpointEvery,
     stopAfter: ctx.opts.stopAfterIteration,
     afterLog: (m) => {
-      ctx.hooks.onSamples?.(
-        "ppo",
-        trainer.lastSamples.map((s) => ({ ...s, gold: gold(s.prompt, s.response) })),
-      );
+      const golds = trainer.lastSamples.map((s) => gold(s.prompt, s.response));
+      ctx.hooks.onSamples?.("ppo", trainer.lastSamples.map((s, i) => ({ ...s, gold: golds[i] })));
       history.push({
         iteration: m.iteration,
         score: m["objective/scores"],
         gold: m["gold/rollout"],
+        ...goldSpread(golds),
       });
     },
   });

@@ -6795,6 +6795,17 @@ function labelComparisons(groups2, gold2, o) {
 }
 
 // trainer/hacking.ts
+function meanVariance(s) {
+  return s.goldSd !== void 0 && s.count ? s.goldSd ** 2 / s.count : 0;
+}
+function goldSpread(golds) {
+  const n = golds.length, m = golds.reduce((a, v2) => a + v2, 0) / Math.max(1, n);
+  const v = golds.reduce((a, x) => a + (x - m) ** 2, 0) / Math.max(1, n - 1);
+  return {
+    goldSd: Math.sqrt(v),
+    count: n
+  };
+}
 function trailingMean(xs, w) {
   return xs.map((_, i) => {
     const lo = Math.max(0, i - w + 1);
@@ -6804,33 +6815,42 @@ function trailingMean(xs, w) {
   });
 }
 function detectRewardHacking(history, o = {}) {
-  const tol = o.tolerance ?? 0.05;
+  const tol = o.tolerance ?? 0.05, z = o.z ?? 2;
   const w = Math.max(1, Math.min(o.window ?? 5, history.length));
   const score = trailingMean(history.map((h) => h.score), w);
   const gold2 = trailingMean(history.map((h) => h.gold), w);
+  const goldVar = trailingMean(history.map(meanVariance), w).map((v, i) => v / Math.min(w, i + 1));
   const iterations = [];
-  let maxGoldDrop = 0;
+  let maxGoldDrop = 0, threshold = tol, worst = -Infinity;
   if (history.length > 0) {
     const s0 = o.before?.score ?? score[w - 1], g0 = o.before?.gold ?? gold2[w - 1];
+    const v0 = o.before ? meanVariance(o.before) : goldVar[w - 1];
     for (let i = w - 1; i < history.length; i++) {
-      maxGoldDrop = Math.max(maxGoldDrop, g0 - gold2[i]);
-      if (score[i] > s0 && gold2[i] < g0 - tol) iterations.push(history[i].iteration);
+      const fall = g0 - gold2[i], limit = Math.max(tol, z * Math.sqrt(v0 + goldVar[i]));
+      maxGoldDrop = Math.max(maxGoldDrop, fall);
+      if (fall - limit > worst) [worst, threshold] = [
+        fall - limit,
+        limit
+      ];
+      if (score[i] > s0 && fall > limit) iterations.push(history[i].iteration);
     }
   }
-  const evalHack = o.before !== void 0 && o.after !== void 0 && o.after.score > o.before.score && o.after.gold < o.before.gold - tol;
+  const evalLimit = o.before && o.after ? Math.max(tol, z * Math.sqrt(meanVariance(o.before) + meanVariance(o.after))) : tol;
+  const evalHack = o.before !== void 0 && o.after !== void 0 && o.after.score > o.before.score && o.after.gold < o.before.gold - evalLimit;
   return {
     detected: iterations.length > 0 || evalHack,
     iterations,
     ...iterations.length ? {
       started: iterations[0]
     } : {},
-    goldFell: maxGoldDrop > tol,
-    maxGoldDrop
+    goldFell: worst > 0,
+    maxGoldDrop,
+    threshold
   };
 }
 function describeVerdict(v) {
   if (!v.detected) {
-    return `reward hacking: none detected (largest fall of the rollouts' smoothed gold below its start: ${(v.maxGoldDrop ?? 0).toFixed(3)}${v.goldFell ? ", without a rising score" : ""})`;
+    return `reward hacking: none detected (largest fall of the rollouts' smoothed gold below its start: ${(v.maxGoldDrop ?? 0).toFixed(3)}, counted from ${(v.threshold ?? 0).toFixed(3)}${v.goldFell ? "; it fell, without a rising score" : ""})`;
   }
   return v.started !== void 0 ? `reward hacking: DETECTED from PPO iteration ${v.started} (reward-model score up, gold down at iterations ${v.iterations.join(", ")})` : "reward hacking: DETECTED (reward-model score up, gold down from before to after PPO)";
 }
@@ -7248,9 +7268,13 @@ var PPO_STAGE = {
     const after = await evaluation(actor);
     ctx.log(`after PPO: gold ${after.gold.toFixed(3)}, reward-model score ${after.score.toFixed(3)}`);
     ctx.hooks.onSamples?.("after", after.samples);
+    const spread = (e) => ({
+      ...e,
+      ...goldSpread(e.samples.map((x) => x.gold))
+    });
     const verdict = detectRewardHacking(history, {
-      before,
-      after
+      before: spread(before),
+      after: spread(after)
     });
     ctx.log(describeVerdict(verdict));
     Object.assign(ctx.summary, evaluationSummary(before, after), {
@@ -7276,14 +7300,16 @@ async function trainPpo(ctx, models) {
     checkpointEvery: cfg.run.checkpointEvery,
     stopAfter: ctx.opts.stopAfterIteration,
     afterLog: (m) => {
-      ctx.hooks.onSamples?.("ppo", trainer.lastSamples.map((s) => ({
+      const golds = trainer.lastSamples.map((s) => gold(s.prompt, s.response));
+      ctx.hooks.onSamples?.("ppo", trainer.lastSamples.map((s, i) => ({
         ...s,
-        gold: gold(s.prompt, s.response)
+        gold: golds[i]
       })));
       history.push({
         iteration: m.iteration,
         score: m["objective/scores"],
-        gold: m["gold/rollout"]
+        gold: m["gold/rollout"],
+        ...goldSpread(golds)
       });
     }
   });
