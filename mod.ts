@@ -194,13 +194,9 @@ export {
   type GaeResult,
   type GaeSettings,
 } from "./trainer/advantages.ts";
-export { SftTrainer, type SftTrainerState, trainSft } from "./trainer/sft.ts";
-export {
-  evaluateRewardModel,
-  RewardTrainer,
-  type RewardTrainerState,
-  trainRewardModel,
-} from "./trainer/rm.ts";
+export { SupervisedTrainer, type SupervisedTrainerState } from "./trainer/supervised.ts";
+export { SftTrainer, trainSft } from "./trainer/sft.ts";
+export { evaluateRewardModel, RewardTrainer, trainRewardModel } from "./trainer/rm.ts";
 export {
   type PpoData,
   type PpoHooks,

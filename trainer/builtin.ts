@@ -12,6 +12,8 @@ import { saveOptModel } from "../model/checkpoint.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
 import {
+  type CheckpointConfig,
+  checkpointFields,
   defaults,
   PPO_SCHEMA,
   type PpoConfig,
@@ -52,12 +54,10 @@ import {
 import type { Metrics } from "./types.ts";
 
 /** Run-level settings. */
-export interface RunConfig {
+export interface RunConfig extends CheckpointConfig {
   name: string;
   seed: number;
   evalTemperature: number;
-  checkpointEvery: number;
-  stepCheckpointEvery: number;
 }
 
 /** The run-level schema. */
@@ -69,18 +69,7 @@ export const RUN_SCHEMA: Schema<RunConfig> = {
     doc: "temperature of the fresh samples scored before/after PPO",
     min: 0,
   },
-  checkpointEvery: {
-    default: 10,
-    doc: "PPO iterations between resumable state checkpoints",
-    min: 1,
-    integer: true,
-  },
-  stepCheckpointEvery: {
-    default: 300,
-    doc: "SFT and reward-model steps between resumable state checkpoints",
-    min: 1,
-    integer: true,
-  },
+  ...checkpointFields(300, "SFT and reward-model"),
 };
 
 /** Settings of the built-in task's data. */

@@ -146,6 +146,30 @@ function supervisedFields(steps: number, batchDoc: string, lr: number) {
   };
 }
 
+/** How often a run checkpoints its resumable state (a `run.` section's fields). */
+export interface CheckpointConfig {
+  checkpointEvery: number;
+  stepCheckpointEvery: number;
+}
+
+/** The checkpoint fields of a `run.` section; `stepsDoc` names the stages counted in steps. */
+export function checkpointFields(stepEvery: number, stepsDoc: string): Schema<CheckpointConfig> {
+  return {
+    checkpointEvery: {
+      default: 10,
+      doc: "PPO iterations between resumable state checkpoints",
+      min: 1,
+      integer: true,
+    },
+    stepCheckpointEvery: {
+      default: stepEvery,
+      doc: `${stepsDoc} steps between resumable state checkpoints`,
+      min: 1,
+      integer: true,
+    },
+  };
+}
+
 /** The SFT schema with its documented defaults. */
 export const SFT_SCHEMA: Schema<SftConfig> = {
   ...supervisedFields(300, "sequences per step", 3e-3),

@@ -17,6 +17,8 @@ import type { LoraTarget } from "../model/lora.ts";
 import type { OptModel } from "../model/opt.ts";
 import { BpeTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import {
+  type CheckpointConfig,
+  checkpointFields,
   ConfigError,
   defaults,
   PPO_SCHEMA,
@@ -43,11 +45,9 @@ import { evaluateRewardModel, RewardTrainer } from "./rm.ts";
 import { sampleAndScore } from "./rollout.ts";
 
 /** Run-level settings of a recipe. */
-export interface RecipeRunConfig {
+export interface RecipeRunConfig extends CheckpointConfig {
   name: string;
   seed: number;
-  checkpointEvery: number;
-  stepCheckpointEvery: number;
   evalPrompts: number;
   evalTemperature: number;
 }
@@ -84,18 +84,7 @@ export interface RecipeConfig {
 export const RECIPE_RUN_SCHEMA: Schema<RecipeRunConfig> = {
   name: { default: "simple-rlhf-tiny", doc: "run name (output under runs/<name>/)" },
   seed: { default: 1, doc: "seed of adapter initialisation and sampling", integer: true },
-  checkpointEvery: {
-    default: 10,
-    doc: "PPO iterations between resumable state checkpoints",
-    min: 1,
-    integer: true,
-  },
-  stepCheckpointEvery: {
-    default: 100,
-    doc: "reward-model steps between resumable state checkpoints",
-    min: 1,
-    integer: true,
-  },
+  ...checkpointFields(100, "reward-model"),
   evalPrompts: {
     default: 16,
     doc: "held-out prompts sampled and scored before and after PPO",

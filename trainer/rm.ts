@@ -14,19 +14,14 @@ import { STAT } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { encodePairs, type HostBatch, Sampler, type SamplerState } from "./batch.ts";
+import { encodePairs, type HostBatch } from "./batch.ts";
 import type { RmConfig } from "./config.ts";
 import type { PairExample } from "./data.ts";
 import { sequenceScores } from "./logprobs.ts";
 import { runLoop } from "./loop.ts";
 import { optimizerStep } from "./optim.ts";
-import {
-  assertFiniteLosses,
-  type Metrics,
-  type StateFile,
-  type Trainer,
-  type TrainHooks,
-} from "./types.ts";
+import { SupervisedTrainer } from "./supervised.ts";
+import { assertFiniteLosses, type Metrics, type TrainHooks } from "./types.ts";
 
 function pairBatch(tok: Tokenizer, pairs: readonly PairExample[], maxLength: number): HostBatch {
   return encodePairs(
@@ -60,38 +55,23 @@ function spans(b: HostBatch, P: number): Float32Array {
   return span;
 }
 
-/** {@link RewardTrainer}'s own resumable state. */
-export interface RewardTrainerState {
-  iteration: number;
-  sampler: SamplerState;
-}
-
-/** Reward-model training as a resumable {@link Trainer}: one optimizer step per {@link step}. */
-export class RewardTrainer implements Trainer<RewardTrainerState> {
-  iteration = 0;
-  readonly #sampler: Sampler;
-
+/** Reward-model training as a resumable `Trainer`: one optimizer step per {@link step}. */
+export class RewardTrainer extends SupervisedTrainer<PairExample, RmConfig> {
   constructor(
-    readonly model: OptModel,
-    readonly tok: Tokenizer,
-    readonly pairs: readonly PairExample[],
-    readonly cfg: RmConfig,
-    /** Checkpoint file of the trained store. */
-    readonly stateFile = "rm/model_state.safetensors",
+    model: OptModel,
+    tok: Tokenizer,
+    pairs: readonly PairExample[],
+    cfg: RmConfig,
+    stateFile = "rm/model_state.safetensors",
   ) {
-    this.#sampler = new Sampler(pairs.length, cfg.seed);
-  }
-
-  get total(): number {
-    return this.cfg.steps;
+    super(model, tok, pairs, cfg, stateFile);
   }
 
   /** One batch of pairs: scores, loss, backward, AdamW; metrics when `log`. */
   step(log: boolean): Promise<Metrics | undefined> {
-    const { model, cfg } = this, gpu = model.gpu;
-    const store = model.lora?.store ?? model.store;
+    const { model, cfg, store } = this, gpu = model.gpu;
     return gpu.scope(async () => {
-      const batch = this.#sampler.next(cfg.batchSize).map((i) => this.pairs[i]);
+      const batch = this.nextBatch();
       const P = batch.length;
       const b = pairBatch(this.tok, batch, cfg.maxLength);
       const mask = gpu.fromArray(b.mask, [2 * P, b.T]);
@@ -111,19 +91,6 @@ export class RewardTrainer implements Trainer<RewardTrainerState> {
       if (l.accuracy) m["rm/train_accuracy"] = (await gpu.readF32(l.accuracy))[STAT.mean];
       return m;
     });
-  }
-
-  state(): RewardTrainerState {
-    return { iteration: this.iteration, sampler: this.#sampler.state() };
-  }
-
-  restore(s: RewardTrainerState): void {
-    this.iteration = s.iteration;
-    this.#sampler.restore(s.sampler);
-  }
-
-  stores(): StateFile[] {
-    return [{ name: this.stateFile, store: this.model.lora?.store ?? this.model.store }];
   }
 }
 

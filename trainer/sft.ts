@@ -10,54 +10,31 @@ import { fill } from "../kernels/elementwise.ts";
 import { crossEntropy, crossEntropyBackward } from "../kernels/softmax.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { encodePairs, Sampler, type SamplerState } from "./batch.ts";
+import { encodePairs } from "./batch.ts";
 import type { SftConfig } from "./config.ts";
 import type { SftExample } from "./data.ts";
 import { runLoop } from "./loop.ts";
 import { optimizerStep } from "./optim.ts";
-import {
-  assertFiniteLosses,
-  type Metrics,
-  type StateFile,
-  type Trainer,
-  type TrainHooks,
-} from "./types.ts";
+import { SupervisedTrainer } from "./supervised.ts";
+import { assertFiniteLosses, type Metrics, type TrainHooks } from "./types.ts";
 
-/** {@link SftTrainer}'s own resumable state. */
-export interface SftTrainerState {
-  iteration: number;
-  sampler: SamplerState;
-}
-
-/** SFT as a resumable {@link Trainer}: one optimizer step per {@link step}. */
-export class SftTrainer implements Trainer<SftTrainerState> {
-  iteration = 0;
-  readonly #sampler: Sampler;
-
+/** SFT as a resumable `Trainer`: one optimizer step per {@link step}. */
+export class SftTrainer extends SupervisedTrainer<SftExample, SftConfig> {
   constructor(
-    readonly model: OptModel,
-    readonly tok: Tokenizer,
-    readonly data: readonly SftExample[],
-    readonly cfg: SftConfig,
-    /** Checkpoint file of the trained store. */
-    readonly stateFile = "sft/model_state.safetensors",
+    model: OptModel,
+    tok: Tokenizer,
+    data: readonly SftExample[],
+    cfg: SftConfig,
+    stateFile = "sft/model_state.safetensors",
   ) {
-    this.#sampler = new Sampler(data.length, cfg.seed);
-  }
-
-  get total(): number {
-    return this.cfg.steps;
+    super(model, tok, data, cfg, stateFile);
   }
 
   /** One batch: forward, cross-entropy, backward, AdamW; metrics when `log`. */
   step(log: boolean): Promise<Metrics | undefined> {
-    const { model, cfg, data } = this, gpu = model.gpu;
-    const store = model.lora?.store ?? model.store;
+    const { model, cfg, store } = this, gpu = model.gpu;
     return gpu.scope(async () => {
-      const rows = this.#sampler.next(cfg.batchSize).map((i) => ({
-        prompt: data[i].prompt,
-        response: data[i].completion,
-      }));
+      const rows = this.nextBatch().map((x) => ({ prompt: x.prompt, response: x.completion }));
       const b = encodePairs(this.tok, rows, {
         maxLength: cfg.maxLength,
         completionOnly: cfg.completionOnly,
@@ -82,19 +59,6 @@ export class SftTrainer implements Trainer<SftTrainerState> {
       assertFiniteLosses(`SFT step ${step}`, { loss, "grad norm": gn });
       return { step, "sft/loss": loss, "sft/grad_norm": gn, "sft/lr": lr };
     });
-  }
-
-  state(): SftTrainerState {
-    return { iteration: this.iteration, sampler: this.#sampler.state() };
-  }
-
-  restore(s: SftTrainerState): void {
-    this.iteration = s.iteration;
-    this.#sampler.restore(s.sampler);
-  }
-
-  stores(): StateFile[] {
-    return [{ name: this.stateFile, store: this.model.lora?.store ?? this.model.store }];
   }
 }
 

@@ -1,0 +1,67 @@
+/**
+ * What the offline trainers share (SFT, the reward model, and next the preference methods): a
+ * model trained on a fixed data set drawn in a resumable shuffled order, one optimizer step per
+ * {@link SupervisedTrainer.step}. Subclasses write only `step`.
+ *
+ * @module
+ */
+
+import type { OptModel } from "../model/opt.ts";
+import type { ParamStore } from "../model/params.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { Sampler, type SamplerState } from "./batch.ts";
+import type { SupervisedConfig } from "./config.ts";
+import type { Metrics, StateFile, Trainer } from "./types.ts";
+
+/** The resumable state of a {@link SupervisedTrainer}: steps done and the data order. */
+export interface SupervisedTrainerState {
+  iteration: number;
+  sampler: SamplerState;
+}
+
+/** A trainer over a fixed data set (see the module doc). */
+export abstract class SupervisedTrainer<Row, C extends SupervisedConfig>
+  implements Trainer<SupervisedTrainerState> {
+  iteration = 0;
+  readonly #sampler: Sampler;
+
+  constructor(
+    readonly model: OptModel,
+    readonly tok: Tokenizer,
+    readonly data: readonly Row[],
+    readonly cfg: C,
+    /** Checkpoint file of the trained store, e.g. "sft/model_state.safetensors". */
+    readonly stateFile: string,
+  ) {
+    this.#sampler = new Sampler(data.length, cfg.seed);
+  }
+
+  get total(): number {
+    return this.cfg.steps;
+  }
+
+  /** The trained store: the LoRA adapters when the model has them, else all parameters. */
+  get store(): ParamStore {
+    return this.model.lora?.store ?? this.model.store;
+  }
+
+  /** The next `cfg.batchSize` rows in the shuffled order. */
+  protected nextBatch(): Row[] {
+    return this.#sampler.next(this.cfg.batchSize).map((i) => this.data[i]);
+  }
+
+  abstract step(log: boolean): Promise<Metrics | undefined>;
+
+  state(): SupervisedTrainerState {
+    return { iteration: this.iteration, sampler: this.#sampler.state() };
+  }
+
+  restore(s: SupervisedTrainerState): void {
+    this.iteration = s.iteration;
+    this.#sampler.restore(s.sampler);
+  }
+
+  stores(): StateFile[] {
+    return [{ name: this.stateFile, store: this.store }];
+  }
+}
