@@ -60,6 +60,7 @@ export async function runCell(c: Cell, out: string, extra: string[] = []): Promi
       `--out=${out}`,
       `--run.name=${name}`,
       `--run.seed=${c.seed}`,
+      "--overwrite", // a cell is measured afresh each time
       ...extra,
     ],
     env,

@@ -46,11 +46,17 @@ export async function readCheckpointDir(dir: string): Promise<CheckpointFiles> {
 }
 
 /** Writes `data` to `path` atomically (temporary file in the same directory, then rename). */
-export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
+export async function writeFileAtomic(
+  path: string,
+  data: Uint8Array | string,
+  /** Runs between the temporary file and the rename (the crash tests pause here). */
+  beforeRename?: () => Promise<void>,
+): Promise<void> {
   const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
   try {
     if (typeof data === "string") await Deno.writeTextFile(tmp, data);
     else await Deno.writeFile(tmp, data);
+    await beforeRename?.();
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});

@@ -4,7 +4,7 @@
  * built-in task) and writes `runs/<name>/`: the resolved `config.json`, `metrics.jsonl`, a
  * checkpoint per stage (`sft/`, `rm/`, `ppo/`, HF layout, written atomically), resumable state
  * (`<stage>/*_state.*`, `<stage>/trainer_state.json`), `summary.json` and `report.html`.
- * `--stage=X` runs the stages up to X (earlier ones load their checkpoints from the run
+ * `--stage=X` runs stage X alone (earlier ones load their checkpoints from the run
  * directory). `--resume --run.name=N` continues run N: finished stages are loaded, the
  * unfinished one continues after its last state checkpoint; `--stop-after=K` ends PPO after
  * iteration K (checkpointed). Overrides use the pipeline's config sections (built-in: `run.`,
@@ -33,6 +33,7 @@ const SPEC: ArgSpec = {
   preset: "string",
   out: "string",
   resume: "boolean",
+  overwrite: "boolean",
   stage: "string",
   "stop-after": "int",
 };
@@ -56,6 +57,8 @@ export interface TrainArgs {
   given: string[];
   out: string;
   resume: boolean;
+  /** Replace an existing run of the same name. */
+  overwrite: boolean;
   stopAfter?: number;
   stage: string;
 }
@@ -113,6 +116,9 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainArgs> {
     throw new UsageError(`--stage must be all or one of ${stages.join(", ")}, got "${stage}"`);
   }
   const stopAfter = flags["stop-after"] as number | undefined;
+  if (flags.resume === true && flags.overwrite === true) {
+    throw new UsageError("--resume continues a run and --overwrite replaces it: give one");
+  }
   if (stopAfter !== undefined && stopAfter < 1) {
     throw new UsageError(`--stop-after must be a PPO iteration ≥ 1, got "${stopAfter}"`);
   }
@@ -122,6 +128,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainArgs> {
     given: [...given],
     out: (flags.out as string | undefined) ?? "runs",
     resume: flags.resume === true,
+    overwrite: flags.overwrite === true,
     stopAfter,
     stage,
   };
@@ -163,34 +170,136 @@ function matmulPathFromEnv(): "texture" | "buffer" | undefined {
   return v;
 }
 
-async function main(): Promise<void> {
-  const args = await parseTrainArgs(Deno.args);
-  const { overrides, out, resume, stopAfter, stage } = args;
+/** The run's saved config, validated against its pipeline's schema like a fresh one. */
+async function savedRun(dir: string, name: string) {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(join(dir, "config.json"));
+  } catch {
+    throw new UsageError(`--resume: ${dir}/config.json not found (no run named ${name})`);
+  }
+  let saved: Record<string, unknown>;
+  try {
+    saved = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`${dir}/config.json: not JSON (${(e as Error).message})`);
+  }
+  if (typeof saved !== "object" || saved === null || Array.isArray(saved)) {
+    throw new ConfigError(`${dir}/config.json: not an object`);
+  }
+  const { pipeline: _, ...sections } = saved;
+  const def = PIPELINES[pipelineOf(saved)]({ read: (p) => Deno.readFile(p) });
+  try {
+    return { def, cfg: resolveSections(def.sections, sections, def.defaults) };
+  } catch (e) {
+    throw new ConfigError(`${dir}/config.json: ${(e as Error).message}`);
+  }
+}
+
+/** Removes the temporary files of interrupted atomic writes below `dir`. */
+async function removeStaleTemporaries(dir: string): Promise<void> {
+  for await (const e of Deno.readDir(dir)) {
+    const path = join(dir, e.name);
+    if (e.isDirectory) await removeStaleTemporaries(path);
+    else if (/\.tmp-[0-9a-f]{8}$/.test(e.name)) await Deno.remove(path);
+  }
+}
+
+/**
+ * Drops the metric records a resumed stage will log again: those of `stage` after `iteration`
+ * (or without a step), and those of later stages.
+ */
+async function truncateMetrics(
+  path: string,
+  stages: string[],
+  stage: string,
+  iteration: number,
+): Promise<void> {
+  const at = stages.indexOf(stage);
+  const lines = (await Deno.readTextFile(path)).split("\n").filter((l) => l.trim());
+  const kept = lines.filter((l) => {
+    const r = JSON.parse(l) as Record<string, unknown>;
+    const i = stages.indexOf(r.stage as string);
+    if (i !== at) return i < at;
+    const step = (r.step ?? r.iteration) as number | undefined;
+    return step !== undefined && step <= iteration;
+  });
+  if (kept.length !== lines.length) {
+    await writeFileAtomic(path, kept.map((l) => l + "\n").join(""));
+  }
+}
+
+/**
+ * Where the run goes: its folder, resolved config and pipeline. A fresh run never reuses a
+ * folder silently: an existing run needs `--resume`, `--overwrite`, or (for `--stage` runs of
+ * the same config) the identical config.
+ */
+async function prepareRun(args: TrainArgs) {
   let def = PIPELINES[args.pipeline]({ read: (p) => Deno.readFile(p) });
-  let cfg = resolveSections(def.sections, overrides, def.defaults);
-  const dir = join(out, cfg.run.name);
-  if (resume) {
+  let cfg = resolveSections(def.sections, args.overrides, def.defaults);
+  const dir = join(args.out, cfg.run.name);
+  if (!args.resume) def.validate?.(cfg); // before the run folder exists
+  if (args.resume) {
     // the run's own resolved config; only its name (and the output folder) come from the flags
     const given = args.given.filter((k) => k !== "run.name");
     if (given.length) {
       throw new UsageError(`--resume uses the run's saved config; drop ${given.join(", ")}`);
     }
-    let saved: string;
-    try {
-      saved = await Deno.readTextFile(join(dir, "config.json"));
-    } catch {
-      throw new UsageError(`--resume: ${dir}/config.json not found (no run named ${cfg.run.name})`);
-    }
-    const { pipeline: _, ...savedCfg } = JSON.parse(saved);
-    def = PIPELINES[pipelineOf(JSON.parse(saved))]({ read: (p) => Deno.readFile(p) });
-    cfg = savedCfg;
-  } else {
-    await Deno.mkdir(dir, { recursive: true });
-    await writeFileAtomic(
-      join(dir, "config.json"),
-      JSON.stringify({ pipeline: def.name, ...cfg }, null, 2),
+    ({ def, cfg } = await savedRun(dir, cfg.run.name));
+    await removeStaleTemporaries(dir);
+    return { def, cfg, dir };
+  }
+  const text = JSON.stringify({ pipeline: def.name, ...cfg }, null, 2);
+  let existing: string | undefined;
+  try {
+    existing = await Deno.readTextFile(join(dir, "config.json"));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  if (existing !== undefined && args.overwrite) await Deno.remove(dir, { recursive: true });
+  else if (existing !== undefined && !(args.stage !== "all" && existing === text)) {
+    throw new UsageError(
+      `run "${cfg.run.name}" already exists in ${dir}: continue it with --resume, replace it ` +
+        `with --overwrite, or choose another --run.name` +
+        (args.stage !== "all" ? " (a --stage run needs the run's exact config)" : ""),
     );
   }
+  await Deno.mkdir(dir, { recursive: true });
+  await writeFileAtomic(join(dir, "config.json"), text);
+  return { def, cfg, dir };
+}
+
+/**
+ * `WEBGPU_RLHF_PAUSE_AT_WRITE=K` (or `K:mid`) stops the process before its K-th state write
+ * (or after that write's temporary file, before its rename) and waits there, so that a test can
+ * kill it with SIGKILL at exactly that point (`tests/reliability_test.ts`).
+ */
+function writePauser() {
+  const spec = Deno.env.get("WEBGPU_RLHF_PAUSE_AT_WRITE");
+  const m = spec?.match(/^(\d+)(:mid)?$/);
+  if (spec && !m) {
+    throw new UsageError(`WEBGPU_RLHF_PAUSE_AT_WRITE must be K or K:mid, got "${spec}"`);
+  }
+  let n = 0;
+  const pause = (name: string) => {
+    console.error(`paused at state write ${n} (${name})`);
+    return new Promise<void>(() => setInterval(() => {}, 1 << 30));
+  };
+  return {
+    before: (name: string) => {
+      n++;
+      return m && !m[2] && n === Number(m[1]) ? pause(name) : Promise.resolve();
+    },
+    beforeRename: (name: string) =>
+      m && m[2] && n === Number(m[1]) ? pause(name) : Promise.resolve(),
+  };
+}
+
+async function main(): Promise<void> {
+  const pauseAt = writePauser();
+  const args = await parseTrainArgs(Deno.args);
+  const { resume, stopAfter, stage } = args;
+  const { def, cfg, dir } = await prepareRun(args);
   if (stage !== "all") {
     await Deno.writeTextFile(join(dir, "metrics.jsonl"), "", { append: true });
   }
@@ -223,8 +332,9 @@ async function main(): Promise<void> {
     },
     saveCheckpoint: (stage, files) => writeCheckpointDir(join(dir, stage), files),
     saveState: async (name, data) => {
+      await pauseAt.before(name);
       await Deno.mkdir(join(dir, name, ".."), { recursive: true });
-      await writeFileAtomic(join(dir, name), data);
+      await writeFileAtomic(join(dir, name), data, () => pauseAt.beforeRename(name));
     },
     loadState: async (name) => {
       try {
@@ -236,6 +346,13 @@ async function main(): Promise<void> {
         throw e;
       }
     },
+    removeState: async (name) => {
+      await Deno.remove(join(dir, name), { recursive: true }).catch((e) => {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      });
+    },
+    onResume: (stage, iteration) =>
+      truncateMetrics(metricsPath, def.stages.map((s) => s.name), stage, iteration),
     log: (line) => console.error((tty ? "\n" : "") + line),
   };
   const runOpts = { resume, stopAfterIteration: stopAfter, stage };

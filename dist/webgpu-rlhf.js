@@ -5006,7 +5006,11 @@ var ParamStore = class {
       throw new NonFiniteValueError(`${what} ${at} is ${all[i]}: not checkpointed (the previous checkpoint stays)`);
     }
   }
-  /** Restores {@link saveState} bytes (names and shapes must match this store). */
+  /**
+   * Restores {@link saveState} bytes (names and shapes must match this store; the step must be
+   * a non-negative integer) and returns the file's metadata. Everything is checked before the
+   * store is written, so a bad file leaves it as it was.
+   */
   loadState(bytes) {
     const file = parseSafetensors(bytes);
     const get = (key, shape) => {
@@ -5016,16 +5020,25 @@ var ParamStore = class {
       }
       return toFloat32(e, key);
     };
-    for (const [name, s] of this.slots) {
-      this.gpu.write(this.params, get(name, s.spec.shape), s.offset);
-      this.gpu.write(this.m, get(`optimizer.m.${name}`, s.spec.shape), s.offset);
-      this.gpu.write(this.v, get(`optimizer.v.${name}`, s.spec.shape), s.offset);
-    }
     const step = Number(file.metadata.step);
     if (!Number.isInteger(step) || step < 0) {
       throw new ShapeError("training state has no valid step");
     }
+    const parts = [
+      ...this.slots
+    ].map(([name, s]) => ({
+      s,
+      p: get(name, s.spec.shape),
+      m: get(`optimizer.m.${name}`, s.spec.shape),
+      v: get(`optimizer.v.${name}`, s.spec.shape)
+    }));
+    for (const { s, p, m, v } of parts) {
+      this.gpu.write(this.params, p, s.offset);
+      this.gpu.write(this.m, m, s.offset);
+      this.gpu.write(this.v, v, s.offset);
+    }
     this.step = step;
+    return file.metadata;
   }
   /** Frees the buffers. */
   dispose() {
@@ -6413,6 +6426,20 @@ function assertFiniteLosses(what, values) {
   const list = Object.entries(values).map(([k, v]) => `${k} ${v}`).join(", ");
   throw new NonFiniteLossError(`${what}: ${list}`);
 }
+var CheckpointError = class extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "CheckpointError";
+  }
+};
+function checkStateNumber(what, v, o = {}) {
+  const ok = typeof v === "number" && Number.isFinite(v) && (o.integer === false || Number.isInteger(v)) && (o.min === void 0 || v >= o.min) && (o.max === void 0 || v <= o.max);
+  if (!ok) {
+    const range2 = `${o.min ?? "\u2212\u221E"}\u2026${o.max ?? "\u221E"}`;
+    throw new CheckpointError(`${what} must be ${o.integer === false ? "a number" : "an integer"} in ${range2}, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
 
 // trainer/config.ts
 var ConfigError = class extends Error {
@@ -6445,31 +6472,35 @@ function coerce(schema, key, raw) {
   }
   return raw;
 }
-function resolveConfig(schema, overrides, base = defaults(schema)) {
+function resolveConfig(schema, overrides, base = defaults(schema), prefix = "") {
   const out = {
     ...base
   };
-  for (const [k, v] of Object.entries(overrides)) {
+  for (const [key, v] of Object.entries(overrides)) {
+    const k = key, name = prefix + key;
     const f = schema[k];
     if (!f) {
       throw new ConfigError(`unknown config key "${k}" (known: ${Object.keys(schema).join(", ")})`);
     }
     if (typeof v !== typeof f.default) {
-      throw new ConfigError(`${k} must be a ${typeof f.default}, got ${JSON.stringify(v)}`);
+      throw new ConfigError(`${name} must be a ${typeof f.default}, got ${JSON.stringify(v)}`);
     }
     if (f.choices && !f.choices.includes(v)) {
-      throw new ConfigError(`${k} must be one of ${f.choices.join(", ")}, got ${JSON.stringify(v)}`);
+      throw new ConfigError(`${name} must be one of ${f.choices.join(", ")}, got ${JSON.stringify(v)}`);
+    }
+    if (typeof v === "string" && f.pattern && !f.pattern.regex.test(v)) {
+      throw new ConfigError(`${name} must be ${f.pattern.doc}, got ${JSON.stringify(v)}`);
     }
     if (typeof v === "number") {
-      if (!Number.isFinite(v)) throw new ConfigError(`${k} must be finite`);
+      if (!Number.isFinite(v)) throw new ConfigError(`${name} must be finite`);
       if (f.integer && !Number.isInteger(v)) {
-        throw new ConfigError(`${k} must be an integer, got ${v}`);
+        throw new ConfigError(`${name} must be an integer, got ${v}`);
       }
       if (f.min !== void 0 && v < f.min) {
-        throw new ConfigError(`${k} must be \u2265 ${f.min}, got ${v}`);
+        throw new ConfigError(`${name} must be \u2265 ${f.min}, got ${v}`);
       }
       if (f.max !== void 0 && v > f.max) {
-        throw new ConfigError(`${k} must be \u2264 ${f.max}, got ${v}`);
+        throw new ConfigError(`${name} must be \u2264 ${f.max}, got ${v}`);
       }
     }
     out[k] = v;
@@ -6530,6 +6561,32 @@ function supervisedFields(steps, batchDoc, lr) {
       default: 0,
       doc: "shuffling seed",
       integer: true
+    }
+  };
+}
+function checkpointFields(stepEvery, stepsDoc) {
+  return {
+    checkpointEvery: {
+      default: 10,
+      doc: "PPO iterations between resumable state checkpoints",
+      min: 1,
+      integer: true
+    },
+    stepCheckpointEvery: {
+      default: stepEvery,
+      doc: `${stepsDoc} steps between resumable state checkpoints`,
+      min: 1,
+      integer: true
+    }
+  };
+}
+function runNameField(name) {
+  return {
+    default: name,
+    doc: "run name (output under <out>/<name>/): letters, digits, '.', '_', '-'",
+    pattern: {
+      regex: /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/,
+      doc: "one folder name of 1\u201364 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
     }
   };
 }
@@ -6757,7 +6814,7 @@ function resolveSections(schemas, overrides, base) {
   const b = base;
   return Object.fromEntries(names.map((s) => [
     s,
-    resolveConfig(schemas[s], nested[s], b[s])
+    resolveConfig(schemas[s], nested[s], b[s], `${s}.`)
   ]));
 }
 
@@ -6796,28 +6853,92 @@ function optimizerStep(store, o, step, totalSteps) {
 }
 
 // trainer/loop.ts
+function checkpointFolder(stage, iteration) {
+  return `${stage}/state-${String(iteration).padStart(6, "0")}`;
+}
+var baseName = (name) => name.slice(name.lastIndexOf("/") + 1);
 async function restoreCheckpoint(trainer, stage, hooks) {
-  const saved = await hooks.loadState?.(`${stage}/trainer_state.json`);
-  if (typeof saved !== "string") return false;
-  const files = trainer.stores();
-  const bytes = await Promise.all(files.map((s) => hooks.loadState(s.name)));
-  bytes.forEach((b, i) => {
-    if (!(b instanceof Uint8Array)) {
-      throw new Error(`resume: ${stage}/trainer_state.json exists but ${files[i].name} is missing`);
-    }
+  const recordName = `${stage}/trainer_state.json`;
+  const saved = await hooks.loadState?.(recordName);
+  if (saved === void 0) return false;
+  let rec;
+  try {
+    rec = JSON.parse(typeof saved === "string" ? saved : new TextDecoder().decode(saved));
+  } catch (e) {
+    throw new CheckpointError(`${recordName}: not JSON (${e.message})`);
+  }
+  if (typeof rec !== "object" || rec === null || rec.format !== 2) {
+    throw new CheckpointError(`${recordName}: not a checkpoint record of this version`);
+  }
+  const iteration = checkStateNumber(`${recordName}: iteration`, rec.iteration, {
+    min: 0,
+    max: trainer.total
   });
-  bytes.forEach((b, i) => files[i].store.loadState(b));
-  trainer.restore(JSON.parse(saved));
+  const folder = checkpointFolder(stage, iteration);
+  const files = trainer.stores();
+  const names = files.map((f) => baseName(f.name));
+  if (rec.stage !== stage || rec.folder !== folder || JSON.stringify(rec.files) !== JSON.stringify(names)) {
+    throw new CheckpointError(`${recordName}: names stage ${JSON.stringify(rec.stage)}, folder ${JSON.stringify(rec.folder)} and files ${JSON.stringify(rec.files)}; expected ${stage}, ${folder}, ${JSON.stringify(names)}`);
+  }
+  for (const [i, f] of files.entries()) {
+    const path = `${folder}/${names[i]}`;
+    const bytes = await hooks.loadState(path);
+    if (!(bytes instanceof Uint8Array)) {
+      throw new CheckpointError(`resume: ${recordName} commits ${folder} but ${path} is missing`);
+    }
+    let meta;
+    try {
+      meta = f.store.loadState(bytes);
+    } catch (e) {
+      throw new CheckpointError(`${path}: ${e.message}`);
+    }
+    if (meta.checkpoint !== folder || meta.file !== names[i]) {
+      throw new CheckpointError(`${path} belongs to ${meta.checkpoint ?? "no checkpoint"}/${meta.file ?? "?"}, not ${path}`);
+    }
+  }
+  try {
+    trainer.restore(rec.trainer);
+  } catch (e) {
+    throw new CheckpointError(`${recordName}: ${e.message}`);
+  }
+  if (trainer.iteration !== iteration) {
+    throw new CheckpointError(`${recordName}: the trainer state is at step ${trainer.iteration}, the record at ${iteration}`);
+  }
   return true;
 }
-async function saveCheckpoint(trainer, stage, hooks) {
-  if (!hooks.saveState) return;
-  for (const s of trainer.stores()) await hooks.saveState(s.name, await s.store.saveState());
-  await hooks.saveState(`${stage}/trainer_state.json`, JSON.stringify(trainer.state()));
+async function saveCheckpoint(trainer, stage, hooks, previous) {
+  if (!hooks.saveState) return void 0;
+  const folder = checkpointFolder(stage, trainer.iteration);
+  const files = trainer.stores().map((f) => ({
+    ...f,
+    file: baseName(f.name)
+  }));
+  for (const f of files) {
+    await hooks.saveState(`${folder}/${f.file}`, await f.store.saveState({
+      checkpoint: folder,
+      file: f.file
+    }));
+  }
+  const rec = {
+    format: 2,
+    stage,
+    iteration: trainer.iteration,
+    folder,
+    files: files.map((f) => f.file),
+    trainer: trainer.state()
+  };
+  await hooks.saveState(`${stage}/trainer_state.json`, JSON.stringify(rec));
+  if (previous && previous !== folder) await hooks.removeState?.(previous);
+  return folder;
 }
 async function runLoop(trainer, o, hooks = {}) {
-  if (o.resume && await restoreCheckpoint(trainer, o.stage, hooks)) {
-    hooks.log?.(`resume: ${o.stage.toUpperCase()} continues after ${o.unit ?? "step"} ${trainer.iteration}`);
+  let committed;
+  if (o.resume) {
+    if (await restoreCheckpoint(trainer, o.stage, hooks)) {
+      hooks.log?.(`resume: ${o.stage.toUpperCase()} continues after ${o.unit ?? "step"} ${trainer.iteration}`);
+      committed = checkpointFolder(o.stage, trainer.iteration);
+    }
+    await hooks.onResume?.(o.stage, trainer.iteration);
   }
   let last = {};
   while (trainer.iteration < trainer.total) {
@@ -6830,11 +6951,13 @@ async function runLoop(trainer, o, hooks = {}) {
       await hooks.onMetrics?.(o.stage, m);
     }
     if (o.checkpointEvery > 0 && trainer.iteration % o.checkpointEvery === 0) {
-      await saveCheckpoint(trainer, o.stage, hooks);
+      committed = await saveCheckpoint(trainer, o.stage, hooks, committed);
     }
     if (o.stopAfter !== void 0 && trainer.iteration >= o.stopAfter) break;
   }
-  if (o.checkpointEvery > 0) await saveCheckpoint(trainer, o.stage, hooks);
+  if (o.checkpointEvery > 0 && committed !== checkpointFolder(o.stage, trainer.iteration)) {
+    await saveCheckpoint(trainer, o.stage, hooks, committed);
+  }
   return last;
 }
 
@@ -7002,10 +7125,29 @@ var Sampler = class {
       ]
     };
   }
-  /** Restores {@link state}. */
+  /** Restores {@link state}; a state that does not fit this data set is a `CheckpointError`. */
   restore(st) {
-    this.#rand.s = st.s;
-    this.#pos = st.pos;
+    if (typeof st !== "object" || st === null || !Array.isArray(st.order)) {
+      throw new CheckpointError(`sampler state must be {s, pos, order[]}, got ${JSON.stringify(st)}`);
+    }
+    const n = this.n;
+    if (st.order.length !== 0 && st.order.length !== n) {
+      throw new CheckpointError(`sampler order has ${st.order.length} entries for ${n} examples`);
+    }
+    st.order.forEach((v, i) => checkStateNumber(`sampler order[${i}]`, v, {
+      min: 0,
+      max: n - 1
+    }));
+    const s = checkStateNumber("sampler s", st.s, {
+      min: 0,
+      max: 4294967295
+    });
+    const pos = checkStateNumber("sampler pos", st.pos, {
+      min: 0,
+      max: st.order.length
+    });
+    this.#rand.s = s;
+    this.#pos = pos;
     this.#order = [
       ...st.order
     ];
@@ -7132,8 +7274,8 @@ function gaeAdvantages(gpu, e, beta, o) {
   };
 }
 
-// trainer/sft.ts
-var SftTrainer = class {
+// trainer/supervised.ts
+var SupervisedTrainer = class {
   model;
   tok;
   data;
@@ -7141,7 +7283,7 @@ var SftTrainer = class {
   stateFile;
   iteration;
   #sampler;
-  constructor(model, tok, data, cfg, stateFile = "sft/model_state.safetensors") {
+  constructor(model, tok, data, cfg, stateFile) {
     this.model = model;
     this.tok = tok;
     this.data = data;
@@ -7153,14 +7295,51 @@ var SftTrainer = class {
   get total() {
     return this.cfg.steps;
   }
+  /** The trained store: the LoRA adapters when the model has them, else all parameters. */
+  get store() {
+    return this.model.lora?.store ?? this.model.store;
+  }
+  /** The next `cfg.batchSize` rows in the shuffled order. */
+  nextBatch() {
+    return this.#sampler.next(this.cfg.batchSize).map((i) => this.data[i]);
+  }
+  state() {
+    return {
+      iteration: this.iteration,
+      sampler: this.#sampler.state()
+    };
+  }
+  /** Restores {@link state}, checked field by field (`CheckpointError` names the bad one). */
+  restore(s) {
+    const it = checkStateNumber("iteration", s?.iteration, {
+      min: 0,
+      max: this.total
+    });
+    this.#sampler.restore(s.sampler);
+    this.iteration = it;
+  }
+  stores() {
+    return [
+      {
+        name: this.stateFile,
+        store: this.store
+      }
+    ];
+  }
+};
+
+// trainer/sft.ts
+var SftTrainer = class extends SupervisedTrainer {
+  constructor(model, tok, data, cfg, stateFile = "sft/model_state.safetensors") {
+    super(model, tok, data, cfg, stateFile);
+  }
   /** One batch: forward, cross-entropy, backward, AdamW; metrics when `log`. */
   step(log) {
-    const { model, cfg, data } = this, gpu = model.gpu;
-    const store = model.lora?.store ?? model.store;
+    const { model, cfg, store } = this, gpu = model.gpu;
     return gpu.scope(async () => {
-      const rows2 = this.#sampler.next(cfg.batchSize).map((i) => ({
-        prompt: data[i].prompt,
-        response: data[i].completion
+      const rows2 = this.nextBatch().map((x) => ({
+        prompt: x.prompt,
+        response: x.completion
       }));
       const b = encodePairs(this.tok, rows2, {
         maxLength: cfg.maxLength,
@@ -7201,24 +7380,6 @@ var SftTrainer = class {
         "sft/lr": lr
       };
     });
-  }
-  state() {
-    return {
-      iteration: this.iteration,
-      sampler: this.#sampler.state()
-    };
-  }
-  restore(s) {
-    this.iteration = s.iteration;
-    this.#sampler.restore(s.sampler);
-  }
-  stores() {
-    return [
-      {
-        name: this.stateFile,
-        store: this.model.lora?.store ?? this.model.store
-      }
-    ];
   }
 };
 async function trainSft(model, tok, data, cfg, hooks = {}) {
@@ -7266,32 +7427,15 @@ function spans(b, P) {
   }
   return span;
 }
-var RewardTrainer = class {
-  model;
-  tok;
-  pairs;
-  cfg;
-  stateFile;
-  iteration;
-  #sampler;
+var RewardTrainer = class extends SupervisedTrainer {
   constructor(model, tok, pairs, cfg, stateFile = "rm/model_state.safetensors") {
-    this.model = model;
-    this.tok = tok;
-    this.pairs = pairs;
-    this.cfg = cfg;
-    this.stateFile = stateFile;
-    this.iteration = 0;
-    this.#sampler = new Sampler(pairs.length, cfg.seed);
-  }
-  get total() {
-    return this.cfg.steps;
+    super(model, tok, pairs, cfg, stateFile);
   }
   /** One batch of pairs: scores, loss, backward, AdamW; metrics when `log`. */
   step(log) {
-    const { model, cfg } = this, gpu = model.gpu;
-    const store = model.lora?.store ?? model.store;
+    const { model, cfg, store } = this, gpu = model.gpu;
     return gpu.scope(async () => {
-      const batch = this.#sampler.next(cfg.batchSize).map((i) => this.pairs[i]);
+      const batch = this.nextBatch();
       const P = batch.length;
       const b = pairBatch(this.tok, batch, cfg.maxLength);
       const mask = gpu.fromArray(b.mask, [
@@ -7328,24 +7472,6 @@ var RewardTrainer = class {
       if (l.accuracy) m["rm/train_accuracy"] = (await gpu.readF32(l.accuracy))[STAT.mean];
       return m;
     });
-  }
-  state() {
-    return {
-      iteration: this.iteration,
-      sampler: this.#sampler.state()
-    };
-  }
-  restore(s) {
-    this.iteration = s.iteration;
-    this.#sampler.restore(s.sampler);
-  }
-  stores() {
-    return [
-      {
-        name: this.stateFile,
-        store: this.model.lora?.store ?? this.model.store
-      }
-    ];
   }
 };
 function pairwiseLoss(values, mask, batch) {
@@ -7817,12 +7943,26 @@ var PpoTrainer = class {
       } : {}
     };
   }
-  /** Restores {@link state}. */
+  /** Restores {@link state}, checked field by field (`CheckpointError` names the bad one). */
   restore(s) {
-    this.iteration = s.iteration;
-    this.beta = s.beta;
-    this.#orderSeed = s.orderSeed;
-    if (this.#ptx && s.ptx) this.#ptx.restore(s.ptx);
+    const iteration = checkStateNumber("iteration", s?.iteration, {
+      min: 0,
+      max: this.total
+    });
+    const beta = checkStateNumber("beta", s.beta, {
+      min: 0,
+      integer: false
+    });
+    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
+    if (this.#ptx) {
+      if (!s.ptx) throw new CheckpointError("ptx: PPO-ptx is on but the state has no ptx sampler");
+      this.#ptx.restore(s.ptx);
+    }
+    [this.iteration, this.beta, this.#orderSeed] = [
+      iteration,
+      beta,
+      orderSeed
+    ];
   }
   /** The actor's trained store (its LoRA adapters when it has them) and the critic's. */
   stores() {
@@ -8202,10 +8342,7 @@ var TASK_MODEL_CONFIG = {
 
 // trainer/builtin.ts
 var RUN_SCHEMA = {
-  name: {
-    default: "builtin",
-    doc: "run name (output under runs/<name>/)"
-  },
+  name: runNameField("builtin"),
   seed: {
     default: 1,
     doc: "seed of the task data and model initialisation",
@@ -8216,18 +8353,7 @@ var RUN_SCHEMA = {
     doc: "temperature of the fresh samples scored before/after PPO",
     min: 0
   },
-  checkpointEvery: {
-    default: 10,
-    doc: "PPO iterations between resumable state checkpoints",
-    min: 1,
-    integer: true
-  },
-  stepCheckpointEvery: {
-    default: 300,
-    doc: "SFT and reward-model steps between resumable state checkpoints",
-    min: 1,
-    integer: true
-  }
+  ...checkpointFields(300, "SFT and reward-model")
 };
 var TASK_SCHEMA = {
   pairs: {
@@ -8360,6 +8486,7 @@ var RM_STAGE = {
   async run(ctx) {
     const { gpu, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft;
     let rm = await ctx.finished();
+    const trained = !rm;
     if (!rm) {
       rm = OptModel.create(gpu, TASK_MODEL_CONFIG, {
         seed: deriveSeed(seed, "rewardInit"),
@@ -8379,7 +8506,7 @@ var RM_STAGE = {
       }));
     } else ctx.own(rm);
     state.rm = rm;
-    await testRewardModel(ctx, rm);
+    await testRewardModel(ctx, rm, trained);
   }
 };
 async function rewardPairs(ctx) {
@@ -8399,7 +8526,7 @@ async function rewardPairs(ctx) {
     ...policyPairs
   ];
 }
-async function testRewardModel(ctx, rm) {
+async function testRewardModel(ctx, rm, trained) {
   const { cfg, state } = ctx, tok = state.tok;
   const rmEval = await evaluateRewardModel(rm, tok, state.task.heldOutPairs, {
     maxLength: cfg.rm.maxLength
@@ -8422,7 +8549,7 @@ async function testRewardModel(ctx, rm) {
     "rm/policy_accuracy": policyEval.accuracy,
     "rm/policy_gold_corr": correlation(flat.map((x) => x.score), flat.map((x) => gold(x.prompt, x.response)))
   };
-  await ctx.hooks.onMetrics?.("rm", rmStats);
+  if (trained) await ctx.hooks.onMetrics?.("rm", rmStats);
   ctx.log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}`);
   ctx.hooks.onSamples?.("rm", flat.map((x) => ({
     ...x,
@@ -8744,27 +8871,13 @@ function readPrompts(text, source = "<prompts>") {
 
 // trainer/recipe.ts
 var RECIPE_RUN_SCHEMA = {
-  name: {
-    default: "simple-rlhf-tiny",
-    doc: "run name (output under runs/<name>/)"
-  },
+  name: runNameField("simple-rlhf-tiny"),
   seed: {
     default: 1,
     doc: "seed of adapter initialisation and sampling",
     integer: true
   },
-  checkpointEvery: {
-    default: 10,
-    doc: "PPO iterations between resumable state checkpoints",
-    min: 1,
-    integer: true
-  },
-  stepCheckpointEvery: {
-    default: 100,
-    doc: "reward-model steps between resumable state checkpoints",
-    min: 1,
-    integer: true
-  },
+  ...checkpointFields(100, "reward-model"),
   evalPrompts: {
     default: 16,
     doc: "held-out prompts sampled and scored before and after PPO",
@@ -8897,7 +9010,7 @@ function loraTargets(s) {
 function join(dir, file) {
   return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
 }
-async function loadRecipeInputs(cfg, io) {
+function checkRecipeConfig(cfg) {
   const d = cfg.data;
   for (const k of [
     "actor",
@@ -8911,6 +9024,11 @@ async function loadRecipeInputs(cfg, io) {
   if (cfg.ppo.ptxCoef > 0 && !d.ptx) {
     throw new ConfigError("ppo.ptxCoef > 0 needs data.ptx (a {prompt, completion} JSONL file)");
   }
+  loraTargets(cfg.lora.targets);
+}
+async function loadRecipeInputs(cfg, io) {
+  const d = cfg.data;
+  checkRecipeConfig(cfg);
   const text = async (p) => await decodeText(await io.read(p));
   const tokDir = d.tokenizer || d.actor;
   const tokenizer = BpeTokenizer.fromText(await text(join(tokDir, "vocab.json")), await text(join(tokDir, "merges.txt")));
@@ -8951,6 +9069,7 @@ var RECIPE_RM_STAGE = {
     let rm = await ctx.finished({
       valueHead: true
     });
+    const trained = !rm;
     if (!rm) {
       rm = await loadCheckpoint(gpu, state.io, cfg.data.critic, {
         valueHead: true
@@ -8977,7 +9096,7 @@ var RECIPE_RM_STAGE = {
       "rm/accuracy": rmEval.accuracy,
       "rm/margin": rmEval.margin
     };
-    await ctx.hooks.onMetrics?.("rm", stats);
+    if (trained) await ctx.hooks.onMetrics?.("rm", stats);
     ctx.log(`reward model held-out accuracy ${rmEval.accuracy.toFixed(3)} on ${inputs.evalPairs.length} pairs, margin ${rmEval.margin.toFixed(3)}`);
     Object.assign(ctx.summary, stats);
   }
@@ -9069,7 +9188,7 @@ function recipePipeline(io) {
       io,
       inputs: await loadRecipeInputs(cfg, io)
     }),
-    validate: (cfg) => void loraTargets(cfg.lora.targets)
+    validate: checkRecipeConfig
   };
 }
 function runRecipePipeline(gpu, cfg, io, hooks = {}, opts = {}) {
@@ -9343,6 +9462,7 @@ export {
   Sampler,
   SftTrainer,
   ShapeError,
+  SupervisedTrainer,
   TASK_MODEL_CONFIG,
   TASK_SCHEMA,
   Tensor,

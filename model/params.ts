@@ -313,8 +313,12 @@ export class ParamStore {
     }
   }
 
-  /** Restores {@link saveState} bytes (names and shapes must match this store). */
-  loadState(bytes: Uint8Array): void {
+  /**
+   * Restores {@link saveState} bytes (names and shapes must match this store; the step must be
+   * a non-negative integer) and returns the file's metadata. Everything is checked before the
+   * store is written, so a bad file leaves it as it was.
+   */
+  loadState(bytes: Uint8Array): Record<string, string> {
     const file = parseSafetensors(bytes);
     const get = (key: string, shape: number[]) => {
       const e = file.tensors.get(key);
@@ -323,16 +327,23 @@ export class ParamStore {
       }
       return toFloat32(e, key);
     };
-    for (const [name, s] of this.slots) {
-      this.gpu.write(this.params, get(name, s.spec.shape), s.offset);
-      this.gpu.write(this.m, get(`optimizer.m.${name}`, s.spec.shape), s.offset);
-      this.gpu.write(this.v, get(`optimizer.v.${name}`, s.spec.shape), s.offset);
-    }
     const step = Number(file.metadata.step);
     if (!Number.isInteger(step) || step < 0) {
       throw new ShapeError("training state has no valid step");
     }
+    const parts = [...this.slots].map(([name, s]) => ({
+      s,
+      p: get(name, s.spec.shape),
+      m: get(`optimizer.m.${name}`, s.spec.shape),
+      v: get(`optimizer.v.${name}`, s.spec.shape),
+    }));
+    for (const { s, p, m, v } of parts) {
+      this.gpu.write(this.params, p, s.offset);
+      this.gpu.write(this.m, m, s.offset);
+      this.gpu.write(this.v, v, s.offset);
+    }
     this.step = step;
+    return file.metadata;
   }
 
   /** Frees the buffers. */

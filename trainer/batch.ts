@@ -7,6 +7,7 @@
 
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Mulberry32, permutation } from "./random.ts";
+import { CheckpointError, checkStateNumber } from "./types.ts";
 
 /** A padded batch on the host, ready to upload. */
 export interface HostBatch {
@@ -107,10 +108,22 @@ export class Sampler {
   state(): SamplerState {
     return { s: this.#rand.s, pos: this.#pos, order: [...this.#order] };
   }
-  /** Restores {@link state}. */
+  /** Restores {@link state}; a state that does not fit this data set is a `CheckpointError`. */
   restore(st: SamplerState): void {
-    this.#rand.s = st.s;
-    this.#pos = st.pos;
+    if (typeof st !== "object" || st === null || !Array.isArray(st.order)) {
+      throw new CheckpointError(
+        `sampler state must be {s, pos, order[]}, got ${JSON.stringify(st)}`,
+      );
+    }
+    const n = this.n;
+    if (st.order.length !== 0 && st.order.length !== n) {
+      throw new CheckpointError(`sampler order has ${st.order.length} entries for ${n} examples`);
+    }
+    st.order.forEach((v, i) => checkStateNumber(`sampler order[${i}]`, v, { min: 0, max: n - 1 }));
+    const s = checkStateNumber("sampler s", st.s, { min: 0, max: 0xffffffff });
+    const pos = checkStateNumber("sampler pos", st.pos, { min: 0, max: st.order.length });
+    this.#rand.s = s;
+    this.#pos = pos;
     this.#order = [...st.order];
   }
 }

@@ -20,6 +20,7 @@ import {
   resolveSections,
   RM_SCHEMA,
   type RmConfig,
+  runNameField,
   type Schema,
   SFT_SCHEMA,
   type SftConfig,
@@ -62,7 +63,7 @@ export interface RunConfig extends CheckpointConfig {
 
 /** The run-level schema. */
 export const RUN_SCHEMA: Schema<RunConfig> = {
-  name: { default: "builtin", doc: "run name (output under runs/<name>/)" },
+  name: runNameField("builtin"),
   seed: { default: 1, doc: "seed of the task data and model initialisation", integer: true },
   evalTemperature: {
     default: 1.0,
@@ -247,6 +248,7 @@ const RM_STAGE: Stage<PipelineConfig, BuiltinState> = {
   async run(ctx) {
     const { gpu, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft!;
     let rm = await ctx.finished();
+    const trained = !rm;
     if (!rm) {
       rm = OptModel.create(gpu, TASK_MODEL_CONFIG, {
         seed: deriveSeed(seed, "rewardInit"),
@@ -264,7 +266,7 @@ const RM_STAGE: Stage<PipelineConfig, BuiltinState> = {
       await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
     } else ctx.own(rm);
     state.rm = rm;
-    await testRewardModel(ctx, rm);
+    await testRewardModel(ctx, rm, trained);
   },
 };
 
@@ -298,6 +300,8 @@ async function rewardPairs(ctx: BuiltinContext) {
 async function testRewardModel(
   ctx: BuiltinContext,
   rm: OptModel,
+  /** Trained in this process (else its test was logged when it was trained). */
+  trained: boolean,
 ): Promise<void> {
   const { cfg, state } = ctx, tok = state.tok;
   const rmEval = await evaluateRewardModel(rm, tok, state.task.heldOutPairs, {
@@ -325,7 +329,7 @@ async function testRewardModel(
       flat.map((x) => gold(x.prompt, x.response)),
     ),
   };
-  await ctx.hooks.onMetrics?.("rm", rmStats);
+  if (trained) await ctx.hooks.onMetrics?.("rm", rmStats);
   ctx.log(
     `reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${
       rmEval.margin.toFixed(3)

@@ -22,6 +22,8 @@ export interface FieldSpec<T> {
   min?: number;
   max?: number;
   integer?: boolean;
+  /** For strings: a regular expression the whole value must match, and what it means. */
+  pattern?: { regex: RegExp; doc: string };
 }
 
 /** A config schema: a spec per field. */
@@ -70,9 +72,12 @@ export function resolveConfig<C>(
   schema: Schema<C>,
   overrides: Record<string, unknown>,
   base: C = defaults(schema),
+  /** Prepended to key names in messages, e.g. "run." for a section. */
+  prefix = "",
 ): C {
   const out = { ...base } as Record<string, unknown>;
-  for (const [k, v] of Object.entries(overrides)) {
+  for (const [key, v] of Object.entries(overrides)) {
+    const k = key, name = prefix + key;
     const f = (schema as Record<string, FieldSpec<unknown>>)[k];
     if (!f) {
       throw new ConfigError(
@@ -80,23 +85,26 @@ export function resolveConfig<C>(
       );
     }
     if (typeof v !== typeof f.default) {
-      throw new ConfigError(`${k} must be a ${typeof f.default}, got ${JSON.stringify(v)}`);
+      throw new ConfigError(`${name} must be a ${typeof f.default}, got ${JSON.stringify(v)}`);
     }
     if (f.choices && !f.choices.includes(v)) {
       throw new ConfigError(
-        `${k} must be one of ${f.choices.join(", ")}, got ${JSON.stringify(v)}`,
+        `${name} must be one of ${f.choices.join(", ")}, got ${JSON.stringify(v)}`,
       );
     }
+    if (typeof v === "string" && f.pattern && !f.pattern.regex.test(v)) {
+      throw new ConfigError(`${name} must be ${f.pattern.doc}, got ${JSON.stringify(v)}`);
+    }
     if (typeof v === "number") {
-      if (!Number.isFinite(v)) throw new ConfigError(`${k} must be finite`);
+      if (!Number.isFinite(v)) throw new ConfigError(`${name} must be finite`);
       if (f.integer && !Number.isInteger(v)) {
-        throw new ConfigError(`${k} must be an integer, got ${v}`);
+        throw new ConfigError(`${name} must be an integer, got ${v}`);
       }
       if (f.min !== undefined && v < f.min) {
-        throw new ConfigError(`${k} must be ≥ ${f.min}, got ${v}`);
+        throw new ConfigError(`${name} must be ≥ ${f.min}, got ${v}`);
       }
       if (f.max !== undefined && v > f.max) {
-        throw new ConfigError(`${k} must be ≤ ${f.max}, got ${v}`);
+        throw new ConfigError(`${name} must be ≤ ${f.max}, got ${v}`);
       }
     }
     out[k] = v;
@@ -166,6 +174,19 @@ export function checkpointFields(stepEvery: number, stepsDoc: string): Schema<Ch
       doc: `${stepsDoc} steps between resumable state checkpoints`,
       min: 1,
       integer: true,
+    },
+  };
+}
+
+/** The `run.name` field: one safe path segment, so a run folder cannot escape its parent. */
+export function runNameField(name: string): FieldSpec<string> {
+  return {
+    default: name,
+    doc: "run name (output under <out>/<name>/): letters, digits, '.', '_', '-'",
+    pattern: {
+      regex: /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/,
+      doc:
+        "one folder name of 1–64 letters, digits, '.', '_' or '-' (starting with a letter or digit)",
     },
   };
 }
@@ -336,6 +357,6 @@ export function resolveSections<C>(
   }
   const b = base as Record<string, unknown>;
   return Object.fromEntries(
-    names.map((s) => [s, resolveConfig(schemas[s], nested[s], b[s])]),
+    names.map((s) => [s, resolveConfig(schemas[s], nested[s], b[s], `${s}.`)]),
   ) as C;
 }

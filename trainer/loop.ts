@@ -4,13 +4,17 @@
  * from the last checkpoint. A non-finite loss stops it with `NonFiniteLossError` before
  * anything is written, so the last good checkpoint stays.
  *
- * A checkpoint of stage `s` is the trainer's stores (`s/<file>`, written first) and then
- * `s/trainer_state.json`, so a trainer state always has its stores.
+ * A checkpoint of stage `s` at step `n` is one consistent unit: the trainer's stores are
+ * written into their own folder `s/state-<n>/` (each file tagged with that folder and its role),
+ * and `s/trainer_state.json` — written atomically last — commits it by naming the folder; then the
+ * previous folder is removed. A process killed at any moment leaves `trainer_state.json` naming a
+ * complete folder, so resume continues from the last committed step, and every file is checked to
+ * belong to it. On resume, `onResume` lets the caller drop what it logged after that step.
  *
  * @module
  */
 
-import type { Metrics, Trainer } from "./types.ts";
+import { CheckpointError, checkStateNumber, type Metrics, type Trainer } from "./types.ts";
 
 /** I/O of the loop (a subset of the pipeline's hooks). */
 export interface LoopHooks {
@@ -22,6 +26,13 @@ export interface LoopHooks {
   saveState?: (name: string, data: Uint8Array | string) => Promise<void>;
   /** Loads what `saveState` wrote; undefined if absent. */
   loadState?: (name: string) => Promise<Uint8Array | string | undefined>;
+  /** Removes a state folder (a superseded checkpoint); optional. */
+  removeState?: (name: string) => Promise<void>;
+  /**
+   * Called once a stage resumed at `iteration` (before its next step): records logged after that
+   * step by the interrupted process are now stale and will be logged again.
+   */
+  onResume?: (stage: string, iteration: number) => void | Promise<void>;
   /** Free-form log lines. */
   log?: (line: string) => void;
 }
@@ -44,35 +55,128 @@ export interface LoopOptions {
   afterLog?: (m: Metrics) => void;
 }
 
-/** Restores `trainer` from the stage's last checkpoint; returns whether one was found. */
+/** The folder of stage `stage`'s checkpoint at step `iteration`. */
+export function checkpointFolder(stage: string, iteration: number): string {
+  return `${stage}/state-${String(iteration).padStart(6, "0")}`;
+}
+
+/** What `<stage>/trainer_state.json` holds: the commit record of one checkpoint. */
+interface CheckpointRecord {
+  format: 2;
+  stage: string;
+  iteration: number;
+  /** The folder holding the stores' files. */
+  folder: string;
+  /** The stores' file names inside `folder`, in `trainer.stores()` order. */
+  files: string[];
+  /** `trainer.state()`. */
+  trainer: unknown;
+}
+
+const baseName = (name: string) => name.slice(name.lastIndexOf("/") + 1);
+
+/**
+ * Restores `trainer` from the stage's last committed checkpoint; returns whether there was one.
+ * Throws {@link CheckpointError} naming the file when it cannot be trusted.
+ */
 export async function restoreCheckpoint(
   trainer: Trainer,
   stage: string,
   hooks: LoopHooks,
 ): Promise<boolean> {
-  const saved = await hooks.loadState?.(`${stage}/trainer_state.json`);
-  if (typeof saved !== "string") return false;
-  const files = trainer.stores();
-  const bytes = await Promise.all(files.map((s) => hooks.loadState!(s.name)));
-  bytes.forEach((b, i) => {
-    if (!(b instanceof Uint8Array)) {
-      throw new Error(`resume: ${stage}/trainer_state.json exists but ${files[i].name} is missing`);
-    }
+  const recordName = `${stage}/trainer_state.json`;
+  const saved = await hooks.loadState?.(recordName);
+  if (saved === undefined) return false;
+  let rec: Partial<CheckpointRecord>;
+  try {
+    rec = JSON.parse(typeof saved === "string" ? saved : new TextDecoder().decode(saved));
+  } catch (e) {
+    throw new CheckpointError(`${recordName}: not JSON (${(e as Error).message})`);
+  }
+  if (typeof rec !== "object" || rec === null || rec.format !== 2) {
+    throw new CheckpointError(`${recordName}: not a checkpoint record of this version`);
+  }
+  const iteration = checkStateNumber(`${recordName}: iteration`, rec.iteration, {
+    min: 0,
+    max: trainer.total,
   });
-  bytes.forEach((b, i) => files[i].store.loadState(b as Uint8Array));
-  trainer.restore(JSON.parse(saved));
+  const folder = checkpointFolder(stage, iteration);
+  const files = trainer.stores();
+  const names = files.map((f) => baseName(f.name));
+  if (
+    rec.stage !== stage || rec.folder !== folder ||
+    JSON.stringify(rec.files) !== JSON.stringify(names)
+  ) {
+    throw new CheckpointError(
+      `${recordName}: names stage ${JSON.stringify(rec.stage)}, folder ${
+        JSON.stringify(rec.folder)
+      } ` +
+        `and files ${JSON.stringify(rec.files)}; expected ${stage}, ${folder}, ${
+          JSON.stringify(names)
+        }`,
+    );
+  }
+  for (const [i, f] of files.entries()) {
+    const path = `${folder}/${names[i]}`;
+    const bytes = await hooks.loadState!(path);
+    if (!(bytes instanceof Uint8Array)) {
+      throw new CheckpointError(`resume: ${recordName} commits ${folder} but ${path} is missing`);
+    }
+    let meta: Record<string, string>;
+    try {
+      meta = f.store.loadState(bytes);
+    } catch (e) {
+      throw new CheckpointError(`${path}: ${(e as Error).message}`);
+    }
+    if (meta.checkpoint !== folder || meta.file !== names[i]) {
+      throw new CheckpointError(
+        `${path} belongs to ${meta.checkpoint ?? "no checkpoint"}/${meta.file ?? "?"}, not ${path}`,
+      );
+    }
+  }
+  try {
+    trainer.restore(rec.trainer);
+  } catch (e) {
+    throw new CheckpointError(`${recordName}: ${(e as Error).message}`);
+  }
+  if (trainer.iteration !== iteration) {
+    throw new CheckpointError(
+      `${recordName}: the trainer state is at step ${trainer.iteration}, the record at ${iteration}`,
+    );
+  }
   return true;
 }
 
-/** Writes the trainer's stores, then its state (see the module doc). */
+/**
+ * Writes a checkpoint as one unit (see the module doc) and removes `previous`, the folder of the
+ * checkpoint it supersedes. Returns its folder.
+ */
 export async function saveCheckpoint(
   trainer: Trainer,
   stage: string,
   hooks: LoopHooks,
-): Promise<void> {
-  if (!hooks.saveState) return;
-  for (const s of trainer.stores()) await hooks.saveState(s.name, await s.store.saveState());
-  await hooks.saveState(`${stage}/trainer_state.json`, JSON.stringify(trainer.state()));
+  previous?: string,
+): Promise<string | undefined> {
+  if (!hooks.saveState) return undefined;
+  const folder = checkpointFolder(stage, trainer.iteration);
+  const files = trainer.stores().map((f) => ({ ...f, file: baseName(f.name) }));
+  for (const f of files) {
+    await hooks.saveState(
+      `${folder}/${f.file}`,
+      await f.store.saveState({ checkpoint: folder, file: f.file }),
+    );
+  }
+  const rec: CheckpointRecord = {
+    format: 2,
+    stage,
+    iteration: trainer.iteration,
+    folder,
+    files: files.map((f) => f.file),
+    trainer: trainer.state(),
+  };
+  await hooks.saveState(`${stage}/trainer_state.json`, JSON.stringify(rec));
+  if (previous && previous !== folder) await hooks.removeState?.(previous);
+  return folder;
 }
 
 /**
@@ -95,10 +199,16 @@ export async function runLoop(
   o: LoopOptions,
   hooks: LoopHooks = {},
 ): Promise<Metrics> {
-  if (o.resume && await restoreCheckpoint(trainer, o.stage, hooks)) {
-    hooks.log?.(
-      `resume: ${o.stage.toUpperCase()} continues after ${o.unit ?? "step"} ${trainer.iteration}`,
-    );
+  let committed: string | undefined;
+  if (o.resume) {
+    if (await restoreCheckpoint(trainer, o.stage, hooks)) {
+      hooks.log?.(
+        `resume: ${o.stage.toUpperCase()} continues after ${o.unit ?? "step"} ${trainer.iteration}`,
+      );
+      committed = checkpointFolder(o.stage, trainer.iteration);
+    }
+    // what the interrupted process logged after this point (all of it without a checkpoint)
+    await hooks.onResume?.(o.stage, trainer.iteration);
   }
   let last: Metrics = {};
   while (trainer.iteration < trainer.total) {
@@ -111,10 +221,12 @@ export async function runLoop(
       await hooks.onMetrics?.(o.stage, m);
     }
     if (o.checkpointEvery > 0 && trainer.iteration % o.checkpointEvery === 0) {
-      await saveCheckpoint(trainer, o.stage, hooks);
+      committed = await saveCheckpoint(trainer, o.stage, hooks, committed);
     }
     if (o.stopAfter !== undefined && trainer.iteration >= o.stopAfter) break;
   }
-  if (o.checkpointEvery > 0) await saveCheckpoint(trainer, o.stage, hooks);
+  if (o.checkpointEvery > 0 && committed !== checkpointFolder(o.stage, trainer.iteration)) {
+    await saveCheckpoint(trainer, o.stage, hooks, committed);
+  }
   return last;
 }

@@ -40,6 +40,13 @@ export interface PipelineHooks {
   saveState?: (name: string, data: Uint8Array | string) => Promise<void>;
   /** Loads what {@link saveState} wrote, or a finished stage's checkpoint; undefined if absent. */
   loadState?: (name: string) => Promise<Uint8Array | string | undefined>;
+  /** Removes a superseded state folder (optional; without it old checkpoints stay). */
+  removeState?: (name: string) => Promise<void>;
+  /**
+   * A resumed stage continues after step `iteration`: what was logged for it after that step
+   * (and for later stages) by the interrupted process is stale and will be logged again.
+   */
+  onResume?: (stage: string, iteration: number) => void | Promise<void>;
 }
 
 /** A sample generation for the report. */

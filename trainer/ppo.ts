@@ -30,7 +30,14 @@ import { modelLogprobs, referenceLogprobs, sequenceScores, sequenceValues } from
 import { learningRate } from "./optim.ts";
 import { deriveSeed, epochSeed, mulberry32, permutation, rolloutSeed } from "./random.ts";
 import { type Rollout, rollout } from "./rollout.ts";
-import { assertFiniteLosses, type Metrics, type StateFile, type Trainer } from "./types.ts";
+import {
+  assertFiniteLosses,
+  CheckpointError,
+  checkStateNumber,
+  type Metrics,
+  type StateFile,
+  type Trainer,
+} from "./types.ts";
 
 /** The four models of PPO. `reference` may be omitted when the actor has LoRA adapters. */
 export interface PpoModels {
@@ -410,12 +417,16 @@ export class PpoTrainer implements Trainer<PpoTrainerState> {
     };
   }
 
-  /** Restores {@link state}. */
+  /** Restores {@link state}, checked field by field (`CheckpointError` names the bad one). */
   restore(s: PpoTrainerState): void {
-    this.iteration = s.iteration;
-    this.beta = s.beta;
-    this.#orderSeed = s.orderSeed;
-    if (this.#ptx && s.ptx) this.#ptx.restore(s.ptx);
+    const iteration = checkStateNumber("iteration", s?.iteration, { min: 0, max: this.total });
+    const beta = checkStateNumber("beta", s.beta, { min: 0, integer: false });
+    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
+    if (this.#ptx) {
+      if (!s.ptx) throw new CheckpointError("ptx: PPO-ptx is on but the state has no ptx sampler");
+      this.#ptx.restore(s.ptx);
+    }
+    [this.iteration, this.beta, this.#orderSeed] = [iteration, beta, orderSeed];
   }
 
   /** The actor's trained store (its LoRA adapters when it has them) and the critic's. */

@@ -26,6 +26,7 @@ import {
   resolveSections,
   RM_SCHEMA,
   type RmConfig,
+  runNameField,
   type Schema,
   type SectionSchemas,
 } from "./config.ts";
@@ -82,7 +83,7 @@ export interface RecipeConfig {
 
 /** The run section's schema. */
 export const RECIPE_RUN_SCHEMA: Schema<RecipeRunConfig> = {
-  name: { default: "simple-rlhf-tiny", doc: "run name (output under runs/<name>/)" },
+  name: runNameField("simple-rlhf-tiny"),
   seed: { default: 1, doc: "seed of adapter initialisation and sampling", integer: true },
   ...checkpointFields(100, "reward-model"),
   evalPrompts: {
@@ -241,8 +242,11 @@ export interface RecipeInputs {
   ptx?: { prompt: string; completion: string }[];
 }
 
-/** Reads the tokenizer and data sets that `cfg.data` names; errors name the missing key. */
-export async function loadRecipeInputs(cfg: RecipeConfig, io: RecipeIo): Promise<RecipeInputs> {
+/**
+ * Checks across fields, before anything is read or written: the required inputs are named, PPO-ptx
+ * has data, the LoRA targets exist. Errors are `ConfigError`s naming the key.
+ */
+export function checkRecipeConfig(cfg: RecipeConfig): void {
   const d = cfg.data;
   for (const k of ["actor", "critic", "pairs"] as const) {
     if (!d[k]) {
@@ -254,6 +258,13 @@ export async function loadRecipeInputs(cfg: RecipeConfig, io: RecipeIo): Promise
   if (cfg.ppo.ptxCoef > 0 && !d.ptx) {
     throw new ConfigError("ppo.ptxCoef > 0 needs data.ptx (a {prompt, completion} JSONL file)");
   }
+  loraTargets(cfg.lora.targets);
+}
+
+/** Reads the tokenizer and data sets that `cfg.data` names; errors name the missing key. */
+export async function loadRecipeInputs(cfg: RecipeConfig, io: RecipeIo): Promise<RecipeInputs> {
+  const d = cfg.data;
+  checkRecipeConfig(cfg);
   const text = async (p: string) => await decodeText(await io.read(p));
   const tokDir = d.tokenizer || d.actor;
   const tokenizer = BpeTokenizer.fromText(
@@ -308,6 +319,7 @@ const RECIPE_RM_STAGE: Stage<RecipeConfig, RecipeState> = {
   async run(ctx: Ctx) {
     const { gpu, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
     let rm = await ctx.finished({ valueHead: true });
+    const trained = !rm;
     if (!rm) {
       rm = await loadCheckpoint(gpu, state.io, cfg.data.critic, { valueHead: true });
       ctx.log(
@@ -326,7 +338,7 @@ const RECIPE_RM_STAGE: Stage<RecipeConfig, RecipeState> = {
       batchSize: 8,
     });
     const stats = { "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin };
-    await ctx.hooks.onMetrics?.("rm", stats);
+    if (trained) await ctx.hooks.onMetrics?.("rm", stats);
     ctx.log(
       `reward model held-out accuracy ${
         rmEval.accuracy.toFixed(3)
@@ -412,7 +424,7 @@ export function recipePipeline(io: RecipeIo): PipelineDefinition<RecipeConfig, R
     defaults: SIMPLE_RLHF_TINY,
     stages: [RECIPE_RM_STAGE, RECIPE_PPO_STAGE],
     init: async (_gpu, cfg) => ({ io, inputs: await loadRecipeInputs(cfg, io) }),
-    validate: (cfg) => void loraTargets(cfg.lora.targets),
+    validate: checkRecipeConfig,
   };
 }
 

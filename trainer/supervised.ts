@@ -11,7 +11,7 @@ import type { ParamStore } from "../model/params.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Sampler, type SamplerState } from "./batch.ts";
 import type { SupervisedConfig } from "./config.ts";
-import type { Metrics, StateFile, Trainer } from "./types.ts";
+import { checkStateNumber, type Metrics, type StateFile, type Trainer } from "./types.ts";
 
 /** The resumable state of a {@link SupervisedTrainer}: steps done and the data order. */
 export interface SupervisedTrainerState {
@@ -56,9 +56,11 @@ export abstract class SupervisedTrainer<Row, C extends SupervisedConfig>
     return { iteration: this.iteration, sampler: this.#sampler.state() };
   }
 
+  /** Restores {@link state}, checked field by field (`CheckpointError` names the bad one). */
   restore(s: SupervisedTrainerState): void {
-    this.iteration = s.iteration;
+    const it = checkStateNumber("iteration", s?.iteration, { min: 0, max: this.total });
     this.#sampler.restore(s.sampler);
+    this.iteration = it;
   }
 
   stores(): StateFile[] {

@@ -73,3 +73,43 @@ export function assertFiniteLosses(what: string, values: Record<string, number>)
   const list = Object.entries(values).map(([k, v]) => `${k} ${v}`).join(", ");
   throw new NonFiniteLossError(`${what}: ${list}`);
 }
+
+/**
+ * Raised when a checkpoint cannot be resumed: a file is missing, belongs to another step or
+ * role, or the trainer state is malformed. The message names the file and the field.
+ *
+ * @example
+ * ```ts
+ * import { CheckpointError } from "./mod.ts";
+ * console.log(new CheckpointError("ppo/trainer_state.json: iteration must be an integer").name);
+ * ```
+ */
+export class CheckpointError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "CheckpointError";
+  }
+}
+
+/**
+ * Checks a field of a restored trainer state: an integer in `[min, max]` (or any finite number
+ * with `integer: false`); throws {@link CheckpointError} naming `what`.
+ */
+export function checkStateNumber(
+  what: string,
+  v: unknown,
+  o: { min?: number; max?: number; integer?: boolean } = {},
+): number {
+  const ok = typeof v === "number" && Number.isFinite(v) &&
+    (o.integer === false || Number.isInteger(v)) &&
+    (o.min === undefined || v >= o.min) && (o.max === undefined || v <= o.max);
+  if (!ok) {
+    const range = `${o.min ?? "−∞"}…${o.max ?? "∞"}`;
+    throw new CheckpointError(
+      `${what} must be ${o.integer === false ? "a number" : "an integer"} in ${range}, got ${
+        JSON.stringify(v)
+      }`,
+    );
+  }
+  return v as number;
+}

@@ -31,6 +31,8 @@ interface RunStorage {
   kind: string;
   write(path: string, data: Uint8Array | string): Promise<void>;
   read(path: string): Promise<Uint8Array | undefined>;
+  /** Removes a file or folder (a superseded checkpoint). */
+  remove(path: string): Promise<void>;
 }
 
 function memoryStorage(): RunStorage {
@@ -42,6 +44,10 @@ function memoryStorage(): RunStorage {
       return Promise.resolve();
     },
     read: (p) => Promise.resolve(files.get(p)),
+    remove: (p) => {
+      for (const k of [...files.keys()]) if (k === p || k.startsWith(p + "/")) files.delete(k);
+      return Promise.resolve();
+    },
   };
 }
 
@@ -71,6 +77,14 @@ async function opfsStorage(): Promise<RunStorage> {
         return new Uint8Array(await file.arrayBuffer());
       } catch {
         return undefined;
+      }
+    },
+    async remove(path) {
+      try {
+        const { dir, name } = await parent(path, false);
+        await dir.removeEntry(name, { recursive: true });
+      } catch {
+        // already gone
       }
     },
   };
@@ -139,6 +153,7 @@ async function start(overrides: Record<string, unknown>, resume: boolean): Promi
       post({ type: "checkpoint", stage, bytes: files.weights.byteLength });
     },
     saveState: (name, data) => storage.write(name, data),
+    removeState: (name) => storage.remove(name),
     loadState: async (name) => {
       const bytes = await storage.read(name);
       if (!bytes) return undefined;

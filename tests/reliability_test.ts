@@ -1,0 +1,233 @@
+/**
+ * Reliability of run folders and checkpoints, the hard way: real `deno task train` processes
+ * killed with SIGKILL at every state write (before it, and between a write's temporary file and
+ * its rename), then resumed — the resumed run must reproduce the uninterrupted run exactly. Plus
+ * the refusals: unsafe run names, reusing a run without `--resume`/`--overwrite`, edited or
+ * mismatched checkpoint files.
+ */
+import { join } from "node:path";
+import { assert, assertEquals } from "./assert.ts";
+
+const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
+const PERMS = ["run", "--allow-env", "--allow-read", "--allow-write", CLI];
+
+async function train(args: string[]) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [...PERMS, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
+}
+
+/**
+ * Runs `train` with `WEBGPU_RLHF_PAUSE_AT_WRITE=at`, waits until it reports the pause, and kills
+ * it with SIGKILL there. Returns false when the run finished before reaching that write.
+ */
+async function killAt(args: string[], at: string): Promise<boolean> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [...PERMS, ...args],
+    env: { WEBGPU_RLHF_PAUSE_AT_WRITE: at },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let text = "", paused = false;
+  const dec = new TextDecoder();
+  for await (const chunk of child.stderr) {
+    text += dec.decode(chunk);
+    if (text.includes("paused at state write")) {
+      paused = true;
+      child.kill("SIGKILL");
+      break;
+    }
+  }
+  const status = await child.status;
+  if (!paused) assertEquals(status.code, 0, text.slice(-1500));
+  return paused;
+}
+
+async function copyDir(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { recursive: true });
+  for await (const e of Deno.readDir(from)) {
+    if (e.isDirectory) await copyDir(join(from, e.name), join(to, e.name));
+    else await Deno.copyFile(join(from, e.name), join(to, e.name));
+  }
+}
+
+async function files(dir: string, prefix = ""): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    const rel = prefix ? `${prefix}/${e.name}` : e.name;
+    if (e.isDirectory) out.push(...await files(join(dir, e.name), rel));
+    else out.push(rel);
+  }
+  return out.sort();
+}
+
+const records = async (dir: string, stage: string) =>
+  (await Deno.readTextFile(join(dir, "metrics.jsonl"))).trim().split("\n").map((l) => JSON.parse(l))
+    .filter((r) => r.stage === stage);
+
+const TINY = [
+  "--sft.steps=4",
+  "--rm.steps=4",
+  "--task.pairs=200",
+  "--task.samplesPerPrompt=2",
+  "--ppo.iterations=3",
+  "--ppo.batchSize=4",
+  "--ppo.miniBatchSize=4",
+  "--ppo.ppoEpochs=1",
+  "--run.checkpointEvery=1",
+  "--run.stepCheckpointEvery=1",
+];
+
+Deno.test({
+  name: "checkpoints: a run killed at any state write resumes to the uninterrupted run exactly",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const out = await Deno.makeTempDir({ prefix: "reliability_" });
+    // SFT and the reward model once; every PPO run below starts from a copy of this folder
+    for (const stage of ["sft", "rm"]) {
+      const base = await train([`--out=${out}`, "--run.name=base", `--stage=${stage}`, ...TINY]);
+      assertEquals(base.code, 0, base.err.slice(-2000));
+    }
+    const stageRun = async (name: string) => {
+      await copyDir(join(out, "base"), join(out, name));
+      const cfgPath = join(out, name, "config.json");
+      const cfg = JSON.parse(await Deno.readTextFile(cfgPath));
+      cfg.run.name = name; // the same run under another name
+      await Deno.writeTextFile(cfgPath, JSON.stringify(cfg, null, 2));
+      return [`--out=${out}`, `--run.name=${name}`, "--stage=ppo", ...TINY];
+    };
+    const ref = await train(await stageRun("ref"));
+    assertEquals(ref.code, 0, ref.err.slice(-2000));
+    const refPpo = await records(join(out, "ref"), "ppo");
+    assertEquals(refPpo.map((m) => m.iteration), [1, 2, 3]);
+    const refWeights = await Deno.readFile(join(out, "ref", "ppo", "model.safetensors"));
+    // 3 iterations × (actor, critic, commit record) = 9 state writes; kill before each, and
+    // between the temporary file and the rename of some
+    const points = [...Array.from({ length: 9 }, (_, i) => `${i + 1}`), "1:mid", "3:mid", "5:mid"];
+    for (const [i, at] of points.entries()) {
+      const name = `kill${i}`;
+      const args = await stageRun(name);
+      assert(await killAt(args, at), `the run reached state write ${at}`);
+      const resumed = await train([
+        `--out=${out}`,
+        `--run.name=${name}`,
+        "--resume",
+        "--stage=ppo",
+      ]);
+      assertEquals(resumed.code, 0, `killed at ${at}: ${resumed.err.slice(-2000)}`);
+      assertEquals(await records(join(out, name), "ppo"), refPpo, `killed at ${at}: metrics`);
+      const weights = await Deno.readFile(join(out, name, "ppo", "model.safetensors"));
+      assert(
+        weights.length === refWeights.length && weights.every((b, j) => b === refWeights[j]),
+        `killed at ${at}: final weights equal the uninterrupted run's`,
+      );
+      const left = (await files(join(out, name))).filter((f) => f.includes(".tmp-"));
+      assertEquals(left, [], `killed at ${at}: no temporary files left`);
+      const ppoStates = (await files(join(out, name, "ppo"))).filter((f) => f.startsWith("state-"));
+      assertEquals(
+        ppoStates,
+        ["state-000003/actor_state.safetensors", "state-000003/critic_state.safetensors"],
+        `killed at ${at}: only the last checkpoint folder is kept`,
+      );
+    }
+    console.log(`checkpoints: ${points.length} kill points in PPO, each resumed exactly`);
+    // SFT is resumable mid-stage too: 4 steps × (state, commit record) = 8 writes
+    const sftRef = await train([`--out=${out}`, "--run.name=sftref", "--stage=sft", ...TINY]);
+    assertEquals(sftRef.code, 0, sftRef.err.slice(-2000));
+    const sftWeights = await Deno.readFile(join(out, "sftref", "sft", "model.safetensors"));
+    for (const at of ["2", "3", "6:mid", "7"]) {
+      const name = `sftkill${at.replace(":", "")}`;
+      const args = [`--out=${out}`, `--run.name=${name}`, "--stage=sft", ...TINY];
+      assert(await killAt(args, at), `SFT reached state write ${at}`);
+      const resumed = await train([
+        `--out=${out}`,
+        `--run.name=${name}`,
+        "--resume",
+        "--stage=sft",
+      ]);
+      assertEquals(resumed.code, 0, `SFT killed at ${at}: ${resumed.err.slice(-2000)}`);
+      const w = await Deno.readFile(join(out, name, "sft", "model.safetensors"));
+      assert(w.every((b, j) => b === sftWeights[j]), `SFT killed at ${at}: same weights`);
+      assertEquals(
+        await records(join(out, name), "sft"),
+        await records(join(out, "sftref"), "sft"),
+      );
+    }
+    await Deno.remove(out, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "run folders: unsafe names, silent reuse and untrusted checkpoint files are refused",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const out = await Deno.makeTempDir({ prefix: "reliability_" });
+    for (const bad of ["../x", "a/b", "", ".hidden", "x".repeat(65)]) {
+      const r = await train([`--out=${out}`, `--run.name=${bad}`, "--stage=sft", "--sft.steps=1"]);
+      assert(r.code === 2 && r.err.includes("run.name must be one folder name"), r.err);
+    }
+    const cfgFile = join(out, "escape.json");
+    await Deno.writeTextFile(cfgFile, JSON.stringify({ run: { name: "../../escape" } }));
+    const viaConfig = await train([`--out=${out}`, `--config=${cfgFile}`]);
+    assert(viaConfig.code === 2 && viaConfig.err.includes("run.name must be"), viaConfig.err);
+    assertEquals(await files(out), ["escape.json"], "nothing was written for refused names");
+
+    const args = [`--out=${out}`, "--run.name=r", ...TINY];
+    const first = await train([...args, "--stage=sft"]);
+    assertEquals(first.code, 0, first.err.slice(-2000));
+    // reusing the name: refused without --resume / --overwrite; a --stage run of another config too
+    const again = await train([...args.filter((a) => a !== "--sft.steps=4"), "--sft.steps=5"]);
+    assert(again.code === 2 && again.err.includes('run "r" already exists'), again.err);
+    const staged = await train([...args, "--stage=sft", "--sft.lr=0.01"]);
+    assert(staged.code === 2 && staged.err.includes("needs the run's exact config"), staged.err);
+    const both = await train([...args, "--resume", "--overwrite"]);
+    assert(both.code === 2 && both.err.includes("give one"), both.err);
+
+    // untrusted files: a commit record that does not parse or lies, a state file of another role
+    // (the finished SFT checkpoint is removed so that resuming reads the stage's state)
+    const dir = join(out, "r");
+    for (const f of ["config.json", "model.safetensors"]) await Deno.remove(join(dir, "sft", f));
+    const record = join(dir, "sft", "trainer_state.json");
+    const good = await Deno.readTextFile(record);
+    const resume = () => train([`--out=${out}`, "--run.name=r", "--resume", "--stage=sft"]);
+    const cases: [string, string][] = [
+      ["{}", "not a checkpoint record"],
+      [good.replace(/"iteration":4/, '"iteration":"abc"'), "iteration must be an integer"],
+      [good.replace(/"iteration":4,"folder"/, '"iteration":3,"folder"'), "expected sft"],
+      [good.replace(/"s":\d+/, '"s":-1'), "sampler s must be an integer"],
+      ["{", "not JSON"],
+    ];
+    for (const [text, message] of cases) {
+      await Deno.writeTextFile(record, text);
+      const r = await resume();
+      assert(r.code === 1 && r.err.includes("CheckpointError") && r.err.includes(message), r.err);
+    }
+    await Deno.writeTextFile(record, good);
+    const state = join(dir, "sft", "state-000004", "model_state.safetensors");
+    const bytes = await Deno.readFile(state);
+    await Deno.writeFile(state, bytes.subarray(0, bytes.length - 100));
+    const truncated = await resume();
+    assert(
+      truncated.code === 1 && truncated.err.includes("state-000004/model_state.safetensors"),
+      `a truncated state file is named: ${truncated.err}`,
+    );
+    // an edited config.json is validated like a fresh one
+    await Deno.writeFile(state, bytes);
+    const cfgPath = join(dir, "config.json");
+    const cfg = JSON.parse(await Deno.readTextFile(cfgPath));
+    await Deno.writeTextFile(cfgPath, JSON.stringify({ ...cfg, sft: { ...cfg.sft, steps: -1 } }));
+    const edited = await resume();
+    assert(edited.code === 2 && edited.err.includes("steps must be ≥ 1"), edited.err);
+    await Deno.writeTextFile(cfgPath, JSON.stringify(cfg));
+    // --overwrite replaces the run
+    const over = await train([...args, "--stage=sft", "--overwrite", "--sft.steps=2"]);
+    assertEquals(over.code, 0, over.err.slice(-2000));
+    assertEquals(JSON.parse(await Deno.readTextFile(cfgPath)).sft.steps, 2);
+    await Deno.remove(out, { recursive: true });
+  },
+});
