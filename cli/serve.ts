@@ -33,13 +33,14 @@ export interface StaticServer {
 
 /**
  * Serves the files under `root` (GET/HEAD; `index.html` for folders; `/` redirects to
- * `/web/`); paths outside `root` are refused. Listens on 127.0.0.1 (`port` 0 = any free port).
+ * `/web/`). Paths outside `root` — also through symbolic links — and dot-files or dot-folders
+ * (`.git/`) are refused with 403; a malformed request is a 400, never a stack trace. Listens on 127.0.0.1 (`port` 0 = any free port).
  */
 export function serveDirectory(
   root: string,
   opts: { port?: number; quiet?: boolean } = {},
 ): StaticServer {
-  const top = resolve(root);
+  const top = resolve(root), realTop = Deno.realPathSync(top);
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: opts.port ?? 8000, onListen: () => {} },
     async (req) => {
@@ -48,17 +49,33 @@ export function serveDirectory(
       }
       const url = new URL(req.url);
       if (url.pathname === "/") return Response.redirect(new URL("/web/", url), 302);
-      let path = normalize(join(top, decodeURIComponent(url.pathname)));
+      let decoded: string;
+      try {
+        decoded = decodeURIComponent(url.pathname);
+      } catch {
+        return new Response("bad request: malformed percent escape", { status: 400 });
+      }
+      if (decoded.includes("\0")) return new Response("bad request", { status: 400 });
+      // no dot-folders or dot-files (.git, .ci, …)
+      if (decoded.split("/").some((part) => part.startsWith("."))) {
+        return new Response("forbidden", { status: 403 });
+      }
+      const inside = (p: string) => p === realTop || p.startsWith(realTop + sep);
+      let path = normalize(join(top, decoded));
       if (path !== top && !path.startsWith(top + sep)) {
         return new Response("forbidden", { status: 403 });
       }
       try {
+        // the real path, links resolved: a symlink may not lead out of the served root
+        path = await Deno.realPath(path);
+        if (!inside(path)) return new Response("forbidden", { status: 403 });
         let info = await Deno.stat(path);
         if (info.isDirectory) {
           if (!url.pathname.endsWith("/")) {
             return Response.redirect(new URL(url.pathname + "/", url), 301);
           }
-          path = join(path, "index.html");
+          path = await Deno.realPath(join(path, "index.html"));
+          if (!inside(path)) return new Response("forbidden", { status: 403 });
           info = await Deno.stat(path);
         }
         const headers = {
@@ -72,7 +89,7 @@ export function serveDirectory(
         if (e instanceof Deno.errors.NotFound) {
           return new Response(`not found: ${url.pathname}`, { status: 404 });
         }
-        throw e;
+        return new Response("server error", { status: 500 });
       }
     },
   );

@@ -3,9 +3,10 @@
  * killed with SIGKILL at every state write (before it, and between a write's temporary file and
  * its rename), then resumed — the resumed run must reproduce the uninterrupted run exactly. Plus
  * the refusals: unsafe run names, reusing a run without `--resume`/`--overwrite`, edited or
- * mismatched checkpoint files.
+ * mismatched checkpoint files, and `serve` requests that would leave the served root.
  */
 import { join } from "node:path";
+import { serveDirectory } from "../cli/serve.ts";
 import { assert, assertEquals } from "./assert.ts";
 
 const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
@@ -229,5 +230,45 @@ Deno.test({
     assertEquals(over.code, 0, over.err.slice(-2000));
     assertEquals(JSON.parse(await Deno.readTextFile(cfgPath)).sft.steps, 2);
     await Deno.remove(out, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "serve: no way out of the served root, no dot-folders, 400 for malformed requests",
+  async fn() {
+    const root = await Deno.makeTempDir({ prefix: "serve_root_" });
+    const outside = await Deno.makeTempDir({ prefix: "serve_outside_" });
+    await Deno.writeTextFile(join(outside, "secret.txt"), "secret");
+    await Deno.mkdir(join(root, ".git"));
+    await Deno.writeTextFile(join(root, ".git", "config"), "[core]");
+    await Deno.writeTextFile(join(root, "ok.txt"), "ok");
+    await Deno.symlink(outside, join(root, "link"));
+    await Deno.symlink(join(outside, "secret.txt"), join(root, "secret.txt"));
+    const server = serveDirectory(root, { port: 0, quiet: true });
+    const get = async (path: string) => {
+      const r = await fetch(`http://127.0.0.1:${server.port}${path}`);
+      return { status: r.status, text: await r.text() };
+    };
+    try {
+      assertEquals(await get("/ok.txt"), { status: 200, text: "ok" });
+      for (
+        const p of [
+          "/link/secret.txt",
+          "/secret.txt",
+          "/.git/config",
+          "/%2e%2e/x",
+          "/a/%2e%2e/%2e%2e/etc/passwd",
+        ]
+      ) {
+        const r = await get(p);
+        assert(r.status === 403 || r.status === 404, `${p}: ${r.status}`);
+        assert(!r.text.includes("secret") && !r.text.includes("[core]"), `${p} leaks`);
+      }
+      assertEquals((await get("/%E0%A4%A")).status, 400, "malformed percent escape");
+    } finally {
+      await server.shutdown();
+      await Deno.remove(root, { recursive: true });
+      await Deno.remove(outside, { recursive: true });
+    }
   },
 });
