@@ -53,7 +53,8 @@ async function main(argv: string[]): Promise<void> {
   }
   const files = await readCheckpointDir(dir);
   const gpu = await Gpu.create();
-  const { model, config } = loadOptModel(gpu, files.config, files.weights);
+  // parameters only: no gradients or AdamW moments for inference
+  const { model, config } = loadOptModel(gpu, files.config, files.weights, { frozen: true });
   let tokenizer: Tokenizer | undefined;
   if (files.vocab && files.merges) tokenizer = BpeTokenizer.fromText(files.vocab, files.merges);
   else if (config.vocab_size === 260) tokenizer = new ByteTokenizer();

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { NonFiniteValueError } from "../kernels/errors.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { ModelConfigError, type OptConfig, optParamSpecs, parseOptConfig } from "./config.ts";
 import { OptModel } from "./opt.ts";
@@ -27,6 +28,9 @@ export interface LoadReport {
   /** Model parameters absent from the file that `allowMissing` permitted (left as they were). */
   missing: string[];
 }
+
+/** Tensors a checkpoint may hold that a model does not load. */
+const IGNORABLE = new Set(["lm_head.weight", "v_head.weight"]);
 
 function candidates(name: string): string[] {
   return name.startsWith("model.") ? [name, name.slice("model.".length)] : [name, `model.${name}`];
@@ -58,7 +62,12 @@ export function loadWeights(
         `checkpoint tensor ${key} has shape [${entry.shape}], the model expects [${slot.spec.shape}]`,
       );
     }
-    store.set(name, toFloat32(entry, key));
+    const data = toFloat32(entry, key);
+    const bad = data.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      throw new NonFiniteValueError(`checkpoint tensor ${key}[${bad}] is ${data[bad]}: refused`);
+    }
+    store.set(name, data);
     used.add(key);
     report.loaded.push(name);
   }
@@ -70,6 +79,16 @@ export function loadWeights(
     );
   }
   for (const k of file.tensors.keys()) if (!used.has(k)) report.ignored.push(k);
+  // a tied LM head and a value head the model does not use are expected; anything else (a
+  // layer the config does not have, a misspelt name) means the file is not this model
+  const unexpected = report.ignored.filter((k) => !IGNORABLE.has(k.replace(/^model\./, "")));
+  if (unexpected.length) {
+    throw new ModelConfigError(
+      `checkpoint has ${unexpected.length} tensor(s) this model does not use: ${
+        unexpected.slice(0, 8).join(", ")
+      }${unexpected.length > 8 ? ", …" : ""} (does config.json match the weights?)`,
+    );
+  }
   return report;
 }
 

