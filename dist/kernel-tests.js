@@ -2391,6 +2391,15 @@ function parseOptConfig(raw) {
   ]) {
     if (c[k] === 0) throw new ModelConfigError(`config.${k} must be positive`);
   }
+  for (const k of [
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id"
+  ]) {
+    if (c[k] >= c.vocab_size) {
+      throw new ModelConfigError(`config.${k} ${c[k]} is outside the vocabulary (vocab_size ${c.vocab_size})`);
+    }
+  }
   return {
     vocab_size: c.vocab_size,
     hidden_size: c.hidden_size,
@@ -4998,6 +5007,10 @@ var OptModel = class _OptModel {
 };
 
 // model/checkpoint.ts
+var IGNORABLE = /* @__PURE__ */ new Set([
+  "lm_head.weight",
+  "v_head.weight"
+]);
 function candidates(name) {
   return name.startsWith("model.") ? [
     name,
@@ -5026,7 +5039,12 @@ function loadWeights(store, file, opts = {}) {
     if (entry.shape.join() !== slot.spec.shape.join()) {
       throw new ModelConfigError(`checkpoint tensor ${key} has shape [${entry.shape}], the model expects [${slot.spec.shape}]`);
     }
-    store.set(name, toFloat32(entry, key));
+    const data = toFloat32(entry, key);
+    const bad = data.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      throw new NonFiniteValueError(`checkpoint tensor ${key}[${bad}] is ${data[bad]}: refused`);
+    }
+    store.set(name, data);
     used.add(key);
     report.loaded.push(name);
   }
@@ -5034,6 +5052,10 @@ function loadWeights(store, file, opts = {}) {
     throw new ModelConfigError(`checkpoint lacks ${missing.length} parameter(s): ${missing.slice(0, 8).join(", ")}${missing.length > 8 ? ", \u2026" : ""}`);
   }
   for (const k of file.tensors.keys()) if (!used.has(k)) report.ignored.push(k);
+  const unexpected = report.ignored.filter((k) => !IGNORABLE.has(k.replace(/^model\./, "")));
+  if (unexpected.length) {
+    throw new ModelConfigError(`checkpoint has ${unexpected.length} tensor(s) this model does not use: ${unexpected.slice(0, 8).join(", ")}${unexpected.length > 8 ? ", \u2026" : ""} (does config.json match the weights?)`);
+  }
   return report;
 }
 function loadOptModel(gpu, configJson, weights, opts = {}) {
@@ -5344,6 +5366,38 @@ cases2.push({
       ...c,
       hidden_size: 30
     }), full.weights), ModelConfigError, "not divisible");
+  }
+});
+cases2.push({
+  name: "checkpoint: non-finite weights, tensors the config lacks and special ids outside the vocabulary are refused",
+  async run(gpu) {
+    const model2 = OptModel.create(gpu, OPT_PRESETS.tiny, {
+      seed: 6
+    });
+    const files = await saveOptModel(model2);
+    model2.store.dispose();
+    const cfg = JSON.parse(files.config);
+    const parsed = parseSafetensors(files.weights);
+    const tensors = [
+      ...parsed.tensors
+    ].map(([name, e]) => ({
+      name,
+      shape: e.shape,
+      data: toFloat32(e, name)
+    }));
+    tensors[3].data[5] = NaN;
+    await assertThrows(() => loadOptModel(gpu, files.config, writeSafetensors(tensors)), NonFiniteValueError, `${tensors[3].name}[5] is NaN`);
+    tensors[3].data[5] = 0;
+    const oneLayer = JSON.stringify({
+      ...cfg,
+      num_hidden_layers: cfg.num_hidden_layers - 1
+    });
+    await assertThrows(() => loadOptModel(gpu, oneLayer, writeSafetensors(tensors)), ModelConfigError, "tensor(s) this model does not use");
+    const badEos = JSON.stringify({
+      ...cfg,
+      eos_token_id: cfg.vocab_size
+    });
+    await assertThrows(() => loadOptModel(gpu, badEos, files.weights), ModelConfigError, "eos_token_id");
   }
 });
 
@@ -10575,7 +10629,7 @@ var BpeTokenizer = class _BpeTokenizer {
       }
       for (const m of piece.matchAll(PRETOKENIZE)) {
         const mapped = Array.from(utf8.encode(m[0]), (b) => this.#byteEncoder.get(b)).join("");
-        ids.push(...this.#bpe(mapped));
+        for (const id of this.#bpe(mapped)) ids.push(id);
       }
     }
     return ids;

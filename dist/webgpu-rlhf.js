@@ -4405,6 +4405,15 @@ function parseOptConfig(raw) {
   ]) {
     if (c[k] === 0) throw new ModelConfigError(`config.${k} must be positive`);
   }
+  for (const k of [
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id"
+  ]) {
+    if (c[k] >= c.vocab_size) {
+      throw new ModelConfigError(`config.${k} ${c[k]} is outside the vocabulary (vocab_size ${c.vocab_size})`);
+    }
+  }
   return {
     vocab_size: c.vocab_size,
     hidden_size: c.hidden_size,
@@ -6041,7 +6050,7 @@ var BpeTokenizer = class _BpeTokenizer {
       }
       for (const m of piece.matchAll(PRETOKENIZE)) {
         const mapped = Array.from(utf8.encode(m[0]), (b) => this.#byteEncoder.get(b)).join("");
-        ids.push(...this.#bpe(mapped));
+        for (const id of this.#bpe(mapped)) ids.push(id);
       }
     }
     return ids;
@@ -6075,6 +6084,10 @@ var BpeTokenizer = class _BpeTokenizer {
 };
 
 // model/checkpoint.ts
+var IGNORABLE = /* @__PURE__ */ new Set([
+  "lm_head.weight",
+  "v_head.weight"
+]);
 function candidates(name) {
   return name.startsWith("model.") ? [
     name,
@@ -6103,7 +6116,12 @@ function loadWeights(store, file, opts = {}) {
     if (entry.shape.join() !== slot.spec.shape.join()) {
       throw new ModelConfigError(`checkpoint tensor ${key} has shape [${entry.shape}], the model expects [${slot.spec.shape}]`);
     }
-    store.set(name, toFloat32(entry, key));
+    const data = toFloat32(entry, key);
+    const bad = data.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      throw new NonFiniteValueError(`checkpoint tensor ${key}[${bad}] is ${data[bad]}: refused`);
+    }
+    store.set(name, data);
     used.add(key);
     report.loaded.push(name);
   }
@@ -6111,6 +6129,10 @@ function loadWeights(store, file, opts = {}) {
     throw new ModelConfigError(`checkpoint lacks ${missing.length} parameter(s): ${missing.slice(0, 8).join(", ")}${missing.length > 8 ? ", \u2026" : ""}`);
   }
   for (const k of file.tensors.keys()) if (!used.has(k)) report.ignored.push(k);
+  const unexpected = report.ignored.filter((k) => !IGNORABLE.has(k.replace(/^model\./, "")));
+  if (unexpected.length) {
+    throw new ModelConfigError(`checkpoint has ${unexpected.length} tensor(s) this model does not use: ${unexpected.slice(0, 8).join(", ")}${unexpected.length > 8 ? ", \u2026" : ""} (does config.json match the weights?)`);
+  }
   return report;
 }
 function loadOptModel(gpu, configJson, weights, opts = {}) {
@@ -8657,6 +8679,30 @@ function evaluationSummary(before, after) {
     samples_after: after.samples.slice(0, 8)
   };
 }
+function checkBuiltinLengths(cfg) {
+  const max = TASK_MODEL_CONFIG.max_position_embeddings;
+  for (const [key, v] of [
+    [
+      "sft.maxLength",
+      cfg.sft.maxLength
+    ],
+    [
+      "rm.maxLength",
+      cfg.rm.maxLength
+    ]
+  ]) {
+    if (v > max) {
+      throw new ConfigError(`${key} ${v} exceeds the task model's ${max} positions`);
+    }
+  }
+  const longest = Math.max(...makeBuiltinTask(cfg.run.seed, {
+    pairs: 1
+  }).evalPrompts.map((q) => q.prompt.length + 1));
+  const need = Math.min(longest, cfg.ppo.maxPromptLength) + cfg.ppo.maxNewTokens;
+  if (need > max) {
+    throw new ConfigError(`ppo.maxNewTokens ${cfg.ppo.maxNewTokens} + the task's prompts (up to ${longest} tokens) exceed the task model's ${max} positions`);
+  }
+}
 var BUILTIN_PIPELINE = {
   name: "builtin",
   doc: "SFT \u2192 reward model \u2192 PPO of a tiny from-scratch model on the built-in arithmetic task",
@@ -8667,6 +8713,7 @@ var BUILTIN_PIPELINE = {
     RM_STAGE,
     PPO_STAGE
   ],
+  validate: checkBuiltinLengths,
   init: (_gpu, cfg) => Promise.resolve({
     tok: new ByteTokenizer(),
     task: makeBuiltinTask(cfg.run.seed, {
@@ -8742,12 +8789,40 @@ function splitDialogue(text) {
 function isGzip(bytes) {
   return bytes.length >= 2 && bytes[0] === 31 && bytes[1] === 139;
 }
-async function decodeText(bytes) {
-  if (!isGzip(bytes)) return new TextDecoder().decode(bytes);
-  const stream = new Blob([
-    bytes.slice()
-  ]).stream().pipeThrough(new DecompressionStream("gzip"));
-  return await new Response(stream).text();
+async function decodeText(bytes, source = "<data>") {
+  let raw = bytes;
+  if (isGzip(bytes)) {
+    try {
+      const stream = new Blob([
+        bytes.slice()
+      ]).stream().pipeThrough(new DecompressionStream("gzip"));
+      raw = new Uint8Array(await new Response(stream).arrayBuffer());
+    } catch (e) {
+      throw new DataError(`${source}: corrupt gzip data (${e.message})`);
+    }
+  }
+  try {
+    return new TextDecoder("utf-8", {
+      fatal: true
+    }).decode(raw);
+  } catch {
+    const strict = new TextDecoder("utf-8", {
+      fatal: true
+    });
+    let line = 1, start = 0;
+    for (let i = 0; i <= raw.length; i++) {
+      if (i === raw.length || raw[i] === 10) {
+        try {
+          strict.decode(raw.subarray(start, i));
+        } catch {
+          break;
+        }
+        line++;
+        start = i + 1;
+      }
+    }
+    throw new DataError(`${source}:${line}: invalid UTF-8`);
+  }
 }
 function parseJsonl(text, source = "<data>") {
   const out = [];
@@ -8834,7 +8909,10 @@ function readRanked(text, source = "<ranked>") {
     if (!Array.isArray(r) || r.length < 2 || !r.every((x) => typeof x === "string")) {
       throw new DataError(`${w}: "responses" must be an array of at least 2 strings`);
     }
-    const margin = typeof value.margin === "number" ? value.margin : void 0;
+    if (value.margin !== void 0 && (typeof value.margin !== "number" || !Number.isFinite(value.margin))) {
+      throw new DataError(`${w}: field "margin" must be a finite number`);
+    }
+    const margin = value.margin;
     return {
       prompt: str(value, "prompt", w),
       responses: r,
@@ -9029,7 +9107,7 @@ function checkRecipeConfig(cfg) {
 async function loadRecipeInputs(cfg, io) {
   const d = cfg.data;
   checkRecipeConfig(cfg);
-  const text = async (p) => await decodeText(await io.read(p));
+  const text = async (p) => await decodeText(await io.read(p), p);
   const tokDir = d.tokenizer || d.actor;
   const tokenizer = BpeTokenizer.fromText(await text(join(tokDir, "vocab.json")), await text(join(tokDir, "merges.txt")));
   let pairs = readPairs(await text(d.pairs), d.pairs);
@@ -9047,6 +9125,46 @@ async function loadRecipeInputs(cfg, io) {
     ...new Set(evalPairs.map((p) => p.prompt))
   ].slice(0, cfg.run.evalPrompts);
   const ptx = d.ptx ? readSft(await text(d.ptx), d.ptx) : void 0;
+  const empty = [
+    [
+      `data.pairs (${d.pairs})`,
+      pairs
+    ],
+    [
+      `data.evalPairs (${d.evalPairs || "held out of data.pairs"})`,
+      evalPairs
+    ],
+    [
+      `data.prompts (${d.prompts || "the pairs' prompts"})`,
+      prompts
+    ],
+    [
+      `data.ptx (${d.ptx})`,
+      ptx
+    ]
+  ];
+  for (const [what, xs] of empty) {
+    if (xs && xs.length === 0) throw new DataError(`${what} has no records`);
+  }
+  for (const [key, dir] of [
+    [
+      "data.actor",
+      d.actor
+    ],
+    [
+      "data.critic",
+      d.critic
+    ]
+  ]) {
+    const c = parseOptConfig(JSON.parse(await text(join(dir, "config.json"))));
+    const need = cfg.ppo.maxPromptLength + cfg.ppo.maxNewTokens;
+    if (need > c.max_position_embeddings) {
+      throw new ConfigError(`ppo.maxPromptLength ${cfg.ppo.maxPromptLength} + ppo.maxNewTokens ${cfg.ppo.maxNewTokens} = ${need} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
+    }
+    if (key === "data.critic" && cfg.rm.maxLength > c.max_position_embeddings) {
+      throw new ConfigError(`rm.maxLength ${cfg.rm.maxLength} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
+    }
+  }
   return {
     tokenizer,
     pairs,

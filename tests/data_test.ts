@@ -75,6 +75,19 @@ Deno.test("data: gzip JSONL decodes through DecompressionStream", async () => {
   assertEquals(readSft(await decodeText(gz)), [{ prompt: "gz", completion: "ok" }]);
 });
 
+Deno.test("data: invalid UTF-8, corrupt gzip and wrong-typed margins are errors naming file and line", async () => {
+  const bytes = new TextEncoder().encode('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "');
+  const bad = new Uint8Array([...bytes, 0xff, 0xfe, ...new TextEncoder().encode('"}\n')]);
+  await assertThrows(() => decodeText(bad, "p.jsonl"), DataError, "p.jsonl:3: invalid UTF-8");
+  const gz = new Uint8Array([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4]);
+  await assertThrows(() => decodeText(gz, "x.jsonl.gz"), DataError, "x.jsonl.gz: corrupt gzip");
+  await assertThrows(
+    () => readRanked('{"prompt": "p", "responses": ["a", "b"], "margin": "1"}', "r"),
+    DataError,
+    'r:1: field "margin" must be a finite number',
+  );
+});
+
 Deno.test("data: the real hh-rlhf harmless-base test sample parses into prompt/response pairs", async (t) => {
   let bytes: Uint8Array;
   try {

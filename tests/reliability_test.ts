@@ -176,7 +176,10 @@ Deno.test({
     await Deno.writeTextFile(cfgFile, JSON.stringify({ run: { name: "../../escape" } }));
     const viaConfig = await train([`--out=${out}`, `--config=${cfgFile}`]);
     assert(viaConfig.code === 2 && viaConfig.err.includes("run.name must be"), viaConfig.err);
-    assertEquals(await files(out), ["escape.json"], "nothing was written for refused names");
+    // lengths the model cannot hold are refused before anything trains or is written
+    const long = await train([`--out=${out}`, "--run.name=long", "--ppo.maxNewTokens=500"]);
+    assert(long.code === 2 && long.err.includes("ppo.maxNewTokens 500"), long.err);
+    assertEquals(await files(out), ["escape.json"], "nothing was written for refused runs");
 
     const args = [`--out=${out}`, "--run.name=r", ...TINY];
     const first = await train([...args, "--stage=sft"]);

@@ -14,6 +14,7 @@ import { ByteTokenizer } from "../model/tokenizer.ts";
 import {
   type CheckpointConfig,
   checkpointFields,
+  ConfigError,
   defaults,
   PPO_SCHEMA,
   type PpoConfig,
@@ -436,6 +437,29 @@ function evaluationSummary(before: Evaluation, after: Evaluation): Partial<Pipel
   };
 }
 
+/** Sequence lengths the task model can hold, checked before anything trains. */
+function checkBuiltinLengths(cfg: PipelineConfig): void {
+  const max = TASK_MODEL_CONFIG.max_position_embeddings;
+  for (
+    const [key, v] of [["sft.maxLength", cfg.sft.maxLength], ["rm.maxLength", cfg.rm.maxLength]]
+  ) {
+    if ((v as number) > max) {
+      throw new ConfigError(`${key} ${v} exceeds the task model's ${max} positions`);
+    }
+  }
+  // task prompts are at most ~40 tokens; the rollout holds prompt + response
+  const longest = Math.max(
+    ...makeBuiltinTask(cfg.run.seed, { pairs: 1 }).evalPrompts.map((q) => q.prompt.length + 1),
+  );
+  const need = Math.min(longest, cfg.ppo.maxPromptLength) + cfg.ppo.maxNewTokens;
+  if (need > max) {
+    throw new ConfigError(
+      `ppo.maxNewTokens ${cfg.ppo.maxNewTokens} + the task's prompts (up to ${longest} tokens) ` +
+        `exceed the task model's ${max} positions`,
+    );
+  }
+}
+
 /** The built-in pipeline: SFT → reward model → PPO on the arithmetic task. */
 export const BUILTIN_PIPELINE: PipelineDefinition<PipelineConfig, BuiltinState> = {
   name: "builtin",
@@ -443,6 +467,7 @@ export const BUILTIN_PIPELINE: PipelineDefinition<PipelineConfig, BuiltinState> 
   sections: BUILTIN_SECTIONS,
   defaults: BUILTIN_DEFAULTS,
   stages: [SFT_STAGE, RM_STAGE, PPO_STAGE],
+  validate: checkBuiltinLengths,
   init: (_gpu, cfg) =>
     Promise.resolve({
       tok: new ByteTokenizer(),

@@ -71,11 +71,41 @@ export function isGzip(bytes: Uint8Array): boolean {
   return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
 }
 
-/** Decodes bytes (gunzipping first when they are gzip) to UTF-8 text. */
-export async function decodeText(bytes: Uint8Array): Promise<string> {
-  if (!isGzip(bytes)) return new TextDecoder().decode(bytes);
-  const stream = new Blob([bytes.slice()]).stream().pipeThrough(new DecompressionStream("gzip"));
-  return await new Response(stream).text();
+/**
+ * Decodes bytes (gunzipping first when they are gzip) to UTF-8 text. Invalid UTF-8 is a
+ * {@link DataError} naming `source` and the line (never a silent U+FFFD); so is a corrupt gzip.
+ */
+export async function decodeText(bytes: Uint8Array, source = "<data>"): Promise<string> {
+  let raw = bytes;
+  if (isGzip(bytes)) {
+    try {
+      const stream = new Blob([bytes.slice()]).stream().pipeThrough(
+        new DecompressionStream("gzip"),
+      );
+      raw = new Uint8Array(await new Response(stream).arrayBuffer());
+    } catch (e) {
+      throw new DataError(`${source}: corrupt gzip data (${(e as Error).message})`);
+    }
+  }
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(raw);
+  } catch {
+    // find the line: decode line by line up to the first bad one
+    const strict = new TextDecoder("utf-8", { fatal: true });
+    let line = 1, start = 0;
+    for (let i = 0; i <= raw.length; i++) {
+      if (i === raw.length || raw[i] === 0x0a) {
+        try {
+          strict.decode(raw.subarray(start, i));
+        } catch {
+          break;
+        }
+        line++;
+        start = i + 1;
+      }
+    }
+    throw new DataError(`${source}:${line}: invalid UTF-8`);
+  }
 }
 
 /** Parses JSONL text into objects; blank lines are skipped; errors name `source:line`. */
@@ -166,7 +196,13 @@ export function readRanked(text: string, source = "<ranked>"): RankedExample[] {
     if (!Array.isArray(r) || r.length < 2 || !r.every((x) => typeof x === "string")) {
       throw new DataError(`${w}: "responses" must be an array of at least 2 strings`);
     }
-    const margin = typeof value.margin === "number" ? value.margin : undefined;
+    if (
+      value.margin !== undefined &&
+      (typeof value.margin !== "number" || !Number.isFinite(value.margin))
+    ) {
+      throw new DataError(`${w}: field "margin" must be a finite number`);
+    }
+    const margin = value.margin as number | undefined;
     return { prompt: str(value, "prompt", w), responses: r as string[], margin };
   });
 }

@@ -13,6 +13,7 @@
 
 import type { Gpu } from "../kernels/runtime.ts";
 import { loadOptModel, saveOptModel } from "../model/checkpoint.ts";
+import { parseOptConfig } from "../model/config.ts";
 import type { LoraTarget } from "../model/lora.ts";
 import type { OptModel } from "../model/opt.ts";
 import { BpeTokenizer, type Tokenizer } from "../model/tokenizer.ts";
@@ -30,7 +31,14 @@ import {
   type Schema,
   type SectionSchemas,
 } from "./config.ts";
-import { decodeText, type PairExample, readPairs, readPrompts, readSft } from "./data.ts";
+import {
+  DataError,
+  decodeText,
+  type PairExample,
+  readPairs,
+  readPrompts,
+  readSft,
+} from "./data.ts";
 import {
   type PipelineDefinition,
   type PipelineHooks,
@@ -265,7 +273,7 @@ export function checkRecipeConfig(cfg: RecipeConfig): void {
 export async function loadRecipeInputs(cfg: RecipeConfig, io: RecipeIo): Promise<RecipeInputs> {
   const d = cfg.data;
   checkRecipeConfig(cfg);
-  const text = async (p: string) => await decodeText(await io.read(p));
+  const text = async (p: string) => await decodeText(await io.read(p), p);
   const tokDir = d.tokenizer || d.actor;
   const tokenizer = BpeTokenizer.fromText(
     await text(join(tokDir, "vocab.json")),
@@ -289,6 +297,32 @@ export async function loadRecipeInputs(cfg: RecipeConfig, io: RecipeIo): Promise
     : pairs.map((p) => p.prompt);
   const evalPrompts = [...new Set(evalPairs.map((p) => p.prompt))].slice(0, cfg.run.evalPrompts);
   const ptx = d.ptx ? readSft(await text(d.ptx), d.ptx) : undefined;
+  const empty: [string, unknown[] | undefined][] = [
+    [`data.pairs (${d.pairs})`, pairs],
+    [`data.evalPairs (${d.evalPairs || "held out of data.pairs"})`, evalPairs],
+    [`data.prompts (${d.prompts || "the pairs' prompts"})`, prompts],
+    [`data.ptx (${d.ptx})`, ptx],
+  ];
+  for (const [what, xs] of empty) {
+    if (xs && xs.length === 0) throw new DataError(`${what} has no records`);
+  }
+  // sequence lengths the models can hold, checked before anything trains
+  for (const [key, dir] of [["data.actor", d.actor], ["data.critic", d.critic]] as const) {
+    const c = parseOptConfig(JSON.parse(await text(join(dir, "config.json"))));
+    const need = cfg.ppo.maxPromptLength + cfg.ppo.maxNewTokens;
+    if (need > c.max_position_embeddings) {
+      throw new ConfigError(
+        `ppo.maxPromptLength ${cfg.ppo.maxPromptLength} + ppo.maxNewTokens ${cfg.ppo.maxNewTokens} ` +
+          `= ${need} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`,
+      );
+    }
+    if (key === "data.critic" && cfg.rm.maxLength > c.max_position_embeddings) {
+      throw new ConfigError(
+        `rm.maxLength ${cfg.rm.maxLength} exceeds ${key}'s max_position_embeddings ` +
+          `${c.max_position_embeddings}`,
+      );
+    }
+  }
   return { tokenizer, pairs, evalPairs, prompts, evalPrompts, ptx };
 }
 

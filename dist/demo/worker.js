@@ -3560,6 +3560,15 @@ function parseOptConfig(raw) {
   ]) {
     if (c[k] === 0) throw new ModelConfigError(`config.${k} must be positive`);
   }
+  for (const k of [
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id"
+  ]) {
+    if (c[k] >= c.vocab_size) {
+      throw new ModelConfigError(`config.${k} ${c[k]} is outside the vocabulary (vocab_size ${c.vocab_size})`);
+    }
+  }
   return {
     vocab_size: c.vocab_size,
     hidden_size: c.hidden_size,
@@ -5046,6 +5055,10 @@ var ByteTokenizer = class _ByteTokenizer {
 };
 
 // model/checkpoint.ts
+var IGNORABLE = /* @__PURE__ */ new Set([
+  "lm_head.weight",
+  "v_head.weight"
+]);
 function candidates(name) {
   return name.startsWith("model.") ? [
     name,
@@ -5074,7 +5087,12 @@ function loadWeights(store, file, opts = {}) {
     if (entry.shape.join() !== slot.spec.shape.join()) {
       throw new ModelConfigError(`checkpoint tensor ${key} has shape [${entry.shape}], the model expects [${slot.spec.shape}]`);
     }
-    store.set(name, toFloat32(entry, key));
+    const data = toFloat32(entry, key);
+    const bad = data.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      throw new NonFiniteValueError(`checkpoint tensor ${key}[${bad}] is ${data[bad]}: refused`);
+    }
+    store.set(name, data);
     used.add(key);
     report.loaded.push(name);
   }
@@ -5082,6 +5100,10 @@ function loadWeights(store, file, opts = {}) {
     throw new ModelConfigError(`checkpoint lacks ${missing.length} parameter(s): ${missing.slice(0, 8).join(", ")}${missing.length > 8 ? ", \u2026" : ""}`);
   }
   for (const k of file.tensors.keys()) if (!used.has(k)) report.ignored.push(k);
+  const unexpected = report.ignored.filter((k) => !IGNORABLE.has(k.replace(/^model\./, "")));
+  if (unexpected.length) {
+    throw new ModelConfigError(`checkpoint has ${unexpected.length} tensor(s) this model does not use: ${unexpected.slice(0, 8).join(", ")}${unexpected.length > 8 ? ", \u2026" : ""} (does config.json match the weights?)`);
+  }
   return report;
 }
 function loadOptModel(gpu2, configJson, weights, opts = {}) {
@@ -7461,6 +7483,30 @@ function evaluationSummary(before, after) {
     samples_after: after.samples.slice(0, 8)
   };
 }
+function checkBuiltinLengths(cfg) {
+  const max = TASK_MODEL_CONFIG.max_position_embeddings;
+  for (const [key, v] of [
+    [
+      "sft.maxLength",
+      cfg.sft.maxLength
+    ],
+    [
+      "rm.maxLength",
+      cfg.rm.maxLength
+    ]
+  ]) {
+    if (v > max) {
+      throw new ConfigError(`${key} ${v} exceeds the task model's ${max} positions`);
+    }
+  }
+  const longest = Math.max(...makeBuiltinTask(cfg.run.seed, {
+    pairs: 1
+  }).evalPrompts.map((q) => q.prompt.length + 1));
+  const need = Math.min(longest, cfg.ppo.maxPromptLength) + cfg.ppo.maxNewTokens;
+  if (need > max) {
+    throw new ConfigError(`ppo.maxNewTokens ${cfg.ppo.maxNewTokens} + the task's prompts (up to ${longest} tokens) exceed the task model's ${max} positions`);
+  }
+}
 var BUILTIN_PIPELINE = {
   name: "builtin",
   doc: "SFT \u2192 reward model \u2192 PPO of a tiny from-scratch model on the built-in arithmetic task",
@@ -7471,6 +7517,7 @@ var BUILTIN_PIPELINE = {
     RM_STAGE,
     PPO_STAGE
   ],
+  validate: checkBuiltinLengths,
   init: (_gpu, cfg) => Promise.resolve({
     tok: new ByteTokenizer(),
     task: makeBuiltinTask(cfg.run.seed, {
