@@ -61,7 +61,7 @@ async function main(argv: string[]): Promise<void> {
   let ids: number[];
   if (flags["prompt-ids"] !== undefined) {
     ids = String(flags["prompt-ids"]).split(",").map((s) => {
-      const n = Number(s.trim());
+      const n = s.trim() === "" ? NaN : Number(s.trim()); // "2,,5": an empty item is no id
       if (!Number.isInteger(n) || n < 0 || n >= config.vocab_size) {
         throw new UsageError(`--prompt-ids: "${s}" is not a token id in [0, ${config.vocab_size})`);
       }

@@ -79,6 +79,8 @@ Deno.test({
     assert(missing.err.includes("missing config.json"), missing.err);
     const range = await runCli([dir, "--prompt-ids", "2,999"]);
     assert(range.code === 2 && range.err.includes('"999" is not a token id'), range.err);
+    const empty = await runCli([dir, "--prompt-ids", "2,,5"]);
+    assert(empty.code === 2 && empty.err.includes('"" is not a token id'), empty.err);
     gpu.destroy();
     await Deno.remove(dir, { recursive: true });
   },

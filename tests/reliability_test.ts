@@ -136,6 +136,21 @@ Deno.test({
       );
     }
     console.log(`checkpoints: ${points.length} kill points in PPO, each resumed exactly`);
+    // a state file of another role is refused, naming it
+    const swapped = await stageRun("swapped");
+    const partial = await train([...swapped, "--stop-after=1"]);
+    assertEquals(partial.code, 0, partial.err.slice(-2000));
+    const folder = join(out, "swapped", "ppo", "state-000001");
+    await Deno.copyFile(
+      join(folder, "critic_state.safetensors"),
+      join(folder, "actor_state.safetensors"),
+    );
+    const refused = await train([`--out=${out}`, "--run.name=swapped", "--resume", "--stage=ppo"]);
+    assert(
+      refused.code === 1 && refused.err.includes("CheckpointError") &&
+        refused.err.includes("actor_state.safetensors"),
+      refused.err,
+    );
     // SFT is resumable mid-stage too: 4 steps × (state, commit record) = 8 writes
     const sftRef = await train([`--out=${out}`, "--run.name=sftref", "--stage=sft", ...TINY]);
     assertEquals(sftRef.code, 0, sftRef.err.slice(-2000));
