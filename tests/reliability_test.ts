@@ -217,7 +217,7 @@ Deno.test({
     const cases: [string, string][] = [
       ["{}", "not a checkpoint record"],
       [good.replace(/"iteration":4/, '"iteration":"abc"'), "iteration must be an integer"],
-      [good.replace(/"iteration":4,"folder"/, '"iteration":3,"folder"'), "expected sft"],
+      [good.replace(/"iteration":4,"folder"/, '"iteration":3,"folder"'), 'expected ["sft"'],
       [good.replace(/"s":\d+/, '"s":-1'), "sampler s must be an integer"],
       ["{", "not JSON"],
     ];

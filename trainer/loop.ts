@@ -75,18 +75,13 @@ interface CheckpointRecord {
 
 const baseName = (name: string) => name.slice(name.lastIndexOf("/") + 1);
 
-/**
- * Restores `trainer` from the stage's last committed checkpoint; returns whether there was one.
- * Throws {@link CheckpointError} naming the file when it cannot be trusted.
- */
-export async function restoreCheckpoint(
+/** Parses and checks a commit record against what `trainer` expects of stage `stage`. */
+function checkRecord(
+  saved: Uint8Array | string,
   trainer: Trainer,
   stage: string,
-  hooks: LoopHooks,
-): Promise<boolean> {
+): { rec: Partial<CheckpointRecord>; iteration: number; folder: string; names: string[] } {
   const recordName = `${stage}/trainer_state.json`;
-  const saved = await hooks.loadState?.(recordName);
-  if (saved === undefined) return false;
   let rec: Partial<CheckpointRecord>;
   try {
     rec = JSON.parse(typeof saved === "string" ? saved : new TextDecoder().decode(saved));
@@ -101,22 +96,32 @@ export async function restoreCheckpoint(
     max: trainer.total,
   });
   const folder = checkpointFolder(stage, iteration);
-  const files = trainer.stores();
-  const names = files.map((f) => baseName(f.name));
-  if (
-    rec.stage !== stage || rec.folder !== folder ||
-    JSON.stringify(rec.files) !== JSON.stringify(names)
-  ) {
+  const names = trainer.stores().map((f) => baseName(f.name));
+  const got = [rec.stage, rec.folder, rec.files], want = [stage, folder, names];
+  if (JSON.stringify(got) !== JSON.stringify(want)) {
     throw new CheckpointError(
-      `${recordName}: names stage ${JSON.stringify(rec.stage)}, folder ${
-        JSON.stringify(rec.folder)
-      } ` +
-        `and files ${JSON.stringify(rec.files)}; expected ${stage}, ${folder}, ${
-          JSON.stringify(names)
-        }`,
+      `${recordName}: names stage, folder and files ${JSON.stringify(got)}; expected ${
+        JSON.stringify(want)
+      }`,
     );
   }
-  for (const [i, f] of files.entries()) {
+  return { rec, iteration, folder, names };
+}
+
+/**
+ * Restores `trainer` from the stage's last committed checkpoint; returns whether there was one.
+ * Throws {@link CheckpointError} naming the file when it cannot be trusted.
+ */
+export async function restoreCheckpoint(
+  trainer: Trainer,
+  stage: string,
+  hooks: LoopHooks,
+): Promise<boolean> {
+  const recordName = `${stage}/trainer_state.json`;
+  const saved = await hooks.loadState?.(recordName);
+  if (saved === undefined) return false;
+  const { rec, iteration, folder, names } = checkRecord(saved, trainer, stage);
+  for (const [i, f] of trainer.stores().entries()) {
     const path = `${folder}/${names[i]}`;
     const bytes = await hooks.loadState!(path);
     if (!(bytes instanceof Uint8Array)) {
