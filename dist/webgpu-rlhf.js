@@ -6879,10 +6879,8 @@ function checkpointFolder(stage, iteration) {
   return `${stage}/state-${String(iteration).padStart(6, "0")}`;
 }
 var baseName = (name) => name.slice(name.lastIndexOf("/") + 1);
-async function restoreCheckpoint(trainer, stage, hooks) {
+function checkRecord(saved, trainer, stage) {
   const recordName = `${stage}/trainer_state.json`;
-  const saved = await hooks.loadState?.(recordName);
-  if (saved === void 0) return false;
   let rec;
   try {
     rec = JSON.parse(typeof saved === "string" ? saved : new TextDecoder().decode(saved));
@@ -6897,12 +6895,32 @@ async function restoreCheckpoint(trainer, stage, hooks) {
     max: trainer.total
   });
   const folder = checkpointFolder(stage, iteration);
-  const files = trainer.stores();
-  const names = files.map((f) => baseName(f.name));
-  if (rec.stage !== stage || rec.folder !== folder || JSON.stringify(rec.files) !== JSON.stringify(names)) {
-    throw new CheckpointError(`${recordName}: names stage ${JSON.stringify(rec.stage)}, folder ${JSON.stringify(rec.folder)} and files ${JSON.stringify(rec.files)}; expected ${stage}, ${folder}, ${JSON.stringify(names)}`);
+  const names = trainer.stores().map((f) => baseName(f.name));
+  const got = [
+    rec.stage,
+    rec.folder,
+    rec.files
+  ], want = [
+    stage,
+    folder,
+    names
+  ];
+  if (JSON.stringify(got) !== JSON.stringify(want)) {
+    throw new CheckpointError(`${recordName}: names stage, folder and files ${JSON.stringify(got)}; expected ${JSON.stringify(want)}`);
   }
-  for (const [i, f] of files.entries()) {
+  return {
+    rec,
+    iteration,
+    folder,
+    names
+  };
+}
+async function restoreCheckpoint(trainer, stage, hooks) {
+  const recordName = `${stage}/trainer_state.json`;
+  const saved = await hooks.loadState?.(recordName);
+  if (saved === void 0) return false;
+  const { rec, iteration, folder, names } = checkRecord(saved, trainer, stage);
+  for (const [i, f] of trainer.stores().entries()) {
     const path = `${folder}/${names[i]}`;
     const bytes = await hooks.loadState(path);
     if (!(bytes instanceof Uint8Array)) {
