@@ -16,7 +16,7 @@
 
 import { join } from "node:path";
 import type { PipelineSummary } from "../trainer/pipeline.ts";
-import { learningFailures } from "./learning_bounds.ts";
+import { correctChange, learningFailures } from "./learning_bounds.ts";
 
 /** One run of the matrix. */
 export interface Cell {
@@ -79,6 +79,12 @@ export async function runCell(c: Cell, out: string, extra: string[] = []): Promi
   return { ...c, summary, wall, failures: learningFailures(summary) };
 }
 
+/** "+0.056 ± 0.029": the correct-answer change and its standard error. */
+function change(s: PipelineSummary): string {
+  const c = correctChange(s);
+  return `${c.delta >= 0 ? "+" : "−"}${Math.abs(c.delta).toFixed(3)} ± ${c.se.toFixed(3)}`;
+}
+
 /** The row of a finished run, as a Markdown table row. */
 export function format(r: Row): string {
   const s = r.summary;
@@ -90,7 +96,7 @@ export function format(r: Row): string {
     f(s?.["rm/accuracy"]),
     f(s?.["rm/policy_accuracy"]),
     s ? `${f(s["gold/before"])} → ${f(s["gold/after"])}` : "—",
-    s ? `${f(s["gold/correct/before"])} → ${f(s["gold/correct/after"])}` : "—",
+    s ? `${f(s["gold/correct/before"])} → ${f(s["gold/correct/after"])} (${change(s)})` : "—",
     f(s?.["objective/kl"], 2),
     s?.reward_hacking?.detected ? `yes (it. ${s.reward_hacking.started ?? "eval"})` : "no",
     r.wall.toFixed(0),

@@ -19,6 +19,15 @@ export const LEARNING_BOUNDS = {
   correctGain: 0,
 } as const;
 
+/**
+ * The change of the correct-answer rate and its standard error (two independent sets of
+ * `gold/samples` samples each), e.g. to print "+0.056 ± 0.029".
+ */
+export function correctChange(s: PipelineSummary): { delta: number; se: number } {
+  const a = s["gold/correct/before"], b = s["gold/correct/after"], n = s["gold/samples"];
+  return { delta: b - a, se: Math.sqrt((a * (1 - a) + b * (1 - b)) / n) };
+}
+
 /** The bounds a summary misses, in words (empty when it clears them all). */
 export function learningFailures(s: PipelineSummary): string[] {
   const b = LEARNING_BOUNDS, out: string[] = [];

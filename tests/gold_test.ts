@@ -2,7 +2,7 @@
  * The gold view's pure pieces: the gold score's parts, on-policy comparison labelling, the
  * reward-hacking verdict and the learning bounds (no GPU).
  */
-import { LEARNING_BOUNDS, learningFailures } from "../bench/learning_bounds.ts";
+import { correctChange, LEARNING_BOUNDS, learningFailures } from "../bench/learning_bounds.ts";
 import { labelComparisons, type PolicySample } from "../trainer/comparisons.ts";
 import { detectRewardHacking } from "../trainer/hacking.ts";
 import { emptySummary } from "../trainer/pipeline.ts";
@@ -127,4 +127,19 @@ Deno.test("learning bounds: a passing summary passes; each miss is named", () =>
   assertEquals(fail.length, 4, fail.join("; "));
   // NaN (a stage that did not run) never passes
   assert(learningFailures(emptySummary(1)).length >= 4);
+});
+
+Deno.test("learning bounds: the correct-answer change comes with its standard error", () => {
+  const s = {
+    ...emptySummary(1),
+    "gold/samples": 512,
+    "gold/correct/before": 0.6,
+    "gold/correct/after": 0.7,
+  };
+  const c = correctChange(s);
+  assert(Math.abs(c.delta - 0.1) < 1e-12, `${c.delta}`);
+  // √((0.6·0.4 + 0.7·0.3) / 512)
+  assert(Math.abs(c.se - Math.sqrt(0.45 / 512)) < 1e-12, `${c.se}`);
+  // one sample per prompt (64 samples): ±0.084, a fall of 5 answers in 64 is noise
+  assert(correctChange({ ...s, "gold/samples": 64 }).se > 0.08);
 });

@@ -72,6 +72,8 @@ export interface PipelineSummary {
   "rm/policy_accuracy": number;
   /** Pearson correlation of reward-model score and gold over those samples. */
   "rm/policy_gold_corr": number;
+  /** Fresh samples scored before (and as many after) PPO: the `gold/*` rates' sample size. */
+  "gold/samples": number;
   /** Share of fresh samples whose answer is correct, before and after PPO. */
   "gold/correct/before": number;
   "gold/correct/after": number;
@@ -104,6 +106,7 @@ export function emptySummary(wallSeconds: number): PipelineSummary {
     "objective/kl": NaN,
     "rm/policy_accuracy": NaN,
     "rm/policy_gold_corr": NaN,
+    "gold/samples": 0,
     "gold/correct/before": NaN,
     "gold/correct/after": NaN,
     "gold/period/before": NaN,
