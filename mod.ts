@@ -103,6 +103,20 @@ export {
   tokenPairRewardLoss,
   whiten,
 } from "./kernels/rl.ts";
+export {
+  KTO_SUM,
+  type KtoLoss,
+  ktoLoss,
+  type KtoLossOptions,
+  ktoReferencePoint,
+  PREFERENCE_METRIC,
+  type PreferenceLoss,
+  preferenceLoss,
+  type PreferenceLossOptions,
+  type PreferenceLossType,
+  sequenceLogprobs,
+  sequenceLogprobsBackward,
+} from "./kernels/preference.ts";
 export * as reference from "./kernels/reference/mod.ts";
 
 // Model: OPT, LoRA, checkpoints, tokenizers, generation

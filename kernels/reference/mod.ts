@@ -19,6 +19,7 @@ export * as embedding from "./embedding.ts";
 export * as layernorm from "./layernorm.ts";
 export * as matmul from "./matmul.ts";
 export * as optimizer from "./optimizer.ts";
+export * as preference from "./preference.ts";
 export * as prng from "./prng.ts";
 export * as reduce from "./reduce.ts";
 export * as rl from "./rl.ts";

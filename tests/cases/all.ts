@@ -11,6 +11,7 @@ import { cases as matmul } from "./matmul.ts";
 import { cases as opt } from "./opt.ts";
 import { cases as optimizer } from "./optimizer.ts";
 import { cases as reduce } from "./reduce.ts";
+import { cases as preference } from "./preference.ts";
 import { cases as rl } from "./rl.ts";
 import { cases as runtime } from "./runtime.ts";
 import { cases as safetensors } from "./safetensors.ts";
@@ -31,6 +32,7 @@ export const ALL_CASES: Case[] = [
   ...optimizer,
   ...sampling,
   ...rl,
+  ...preference,
   ...task,
   ...safetensors,
   ...tokenizer,
