@@ -130,8 +130,8 @@ export interface SftConfig extends SupervisedConfig {
   completionOnly: boolean;
 }
 
-/** Fields shared by the supervised stages (optimizer, schedule, sequence length, seed). */
-function supervisedFields(steps: number, batchDoc: string, lr: number) {
+/** Fields shared by the supervised stages (optimizer, schedule, sequence length, seed): SFT, RM, DPO, KTO. */
+export function supervisedFields(steps: number, batchDoc: string, lr: number) {
   return {
     steps: { default: steps, doc: "optimizer steps", min: 1, integer: true },
     batchSize: { default: 16, doc: batchDoc, min: 1, integer: true },

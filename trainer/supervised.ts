@@ -47,7 +47,12 @@ export abstract class SupervisedTrainer<Row, C extends SupervisedConfig>
 
   /** The next `cfg.batchSize` rows in the shuffled order. */
   protected nextBatch(): Row[] {
-    return this.#sampler.next(this.cfg.batchSize).map((i) => this.data[i]);
+    return this.nextIndices().map((i) => this.data[i]);
+  }
+
+  /** The data indices of the next `cfg.batchSize` rows (for per-row caches). */
+  protected nextIndices(): number[] {
+    return this.#sampler.next(this.cfg.batchSize);
   }
 
   abstract step(log: boolean): Promise<Metrics | undefined>;

