@@ -8,8 +8,9 @@ import { OPT_PRESETS } from "../model/config.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
 import { defaults } from "../trainer/config.ts";
-import type { PairExample } from "../trainer/data.ts";
+import type { KtoExample, PairExample } from "../trainer/data.ts";
 import { DPO_SCHEMA, DpoTrainer } from "../trainer/dpo.ts";
+import { KTO_SCHEMA, KtoTrainer } from "../trainer/kto.ts";
 import { makeBuiltinTask } from "../trainer/task.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 
@@ -109,5 +110,40 @@ Deno.test({
     const margins = ms.map((m) => m["rewards/margins"]);
     assert(margins[3] > margins[0] + 0.1, `the margin grows: ${margins.join(" → ")}`);
     policy.store.dispose();
+  },
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "kto: the first step has ρ = 0 and z = 0 (every example costs λ/2); on a fixed batch desirable log-ratios pass z, undesirable stay below",
+  async fn() {
+    const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 9 });
+    const reference = policy.copy({ frozen: true });
+    const refBefore = await gpu.readF32(reference.store.params);
+    // 8 examples from the task's pairs: the chosen desirable, the rejected undesirable
+    const data: KtoExample[] = pairs.slice(0, 4).flatMap((p) => [
+      { prompt: p.prompt, completion: p.chosen, label: true },
+      { prompt: p.prompt, completion: p.rejected, label: false },
+    ]);
+    const kcfg = { ...defaults(KTO_SCHEMA), steps: 5, batchSize: 8, lr: 1e-3, warmupRatio: 0 };
+    await assertThrows(
+      () => new KtoTrainer(policy, reference, tok, data, { ...kcfg, batchSize: 1 }),
+      Error,
+      "batchSize must be ≥ 2",
+    );
+    const t = new KtoTrainer(policy, reference, tok, data, kcfg);
+    const ms = [];
+    for (let i = 0; i < 5; i++) ms.push((await t.step(true))!);
+    assert(Math.abs(ms[0]["kto/loss"] - 0.5) < 1e-6, `first loss ${ms[0]["kto/loss"]}`);
+    assertEquals([ms[0].kl, ms[0]["rewards/chosen"], ms[0]["rewards/rejected"]], [0, 0, 0]);
+    // desirable log-ratios move above the reference point z (= kl), undesirable ones stay below
+    const last = ms[4], beta = kcfg.beta;
+    assert(last["rewards/chosen"] > beta * last.kl, JSON.stringify(last));
+    assert(last["rewards/rejected"] < beta * last.kl, JSON.stringify(last));
+    assert(last["rewards/margins"] > 0.1, JSON.stringify(last));
+    assert(ms[4]["kto/loss"] < 0.5, `loss falls: ${ms[4]["kto/loss"]}`);
+    assert(same(await gpu.readF32(reference.store.params), refBefore), "reference unchanged");
+    for (const x of [policy, reference]) x.store.dispose();
   },
 });
