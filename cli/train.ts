@@ -1,7 +1,8 @@
 /**
- * `deno task train [--preset=NAME] [--config file.json] [--section.key=value …]`: runs a
- * registered pipeline (`trainer/registry.ts`; default: SFT → reward model → PPO on the
- * built-in task) and writes `runs/<name>/`: the resolved `config.json`, `metrics.jsonl`, a
+ * `deno task train [--method=NAME | --preset=NAME] [--config file.json] [--section.key=value …]`:
+ * runs a registered pipeline (`trainer/registry.ts`; default: SFT → reward model → PPO on the
+ * built-in task; `--method=dpo|ipo|hinge|robust|simpo|kto`: SFT → that method, sections `run.`,
+ * `task.`, `data.`, `sft.`, `dpo.`/`kto.`) and writes `runs/<name>/`: the resolved `config.json`, `metrics.jsonl`, a
  * checkpoint per stage (`sft/`, `rm/`, `ppo/`, HF layout, written atomically), resumable state
  * (`<stage>/*_state.*`, `<stage>/trainer_state.json`), `summary.json` and `report.html`.
  * `--stage=X` runs stage X alone (earlier ones load their checkpoints from the run
@@ -31,6 +32,7 @@ import { type ArgSpec, parseArgs, UsageError } from "./args.ts";
 const SPEC: ArgSpec = {
   config: "string",
   preset: "string",
+  method: "string",
   out: "string",
   resume: "boolean",
   overwrite: "boolean",
@@ -38,13 +40,40 @@ const SPEC: ArgSpec = {
   "stop-after": "int",
 };
 
-/** The `--preset` value on a command line, if any (it decides the config sections). */
-function presetOf(argv: string[]): string | undefined {
+/** The training methods of `--method`, each a preset of the built-in task. */
+export const METHODS: Record<string, string> = {
+  ppo: "builtin",
+  dpo: "dpo",
+  ipo: "ipo",
+  hinge: "hinge",
+  robust: "robust",
+  simpo: "simpo",
+  kto: "kto",
+};
+
+/** The value of `--name` on a command line, if any. */
+function flagOf(argv: string[], name: string): string | undefined {
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--preset") return argv[i + 1];
-    if (argv[i].startsWith("--preset=")) return argv[i].slice("--preset=".length);
+    if (argv[i] === `--${name}`) return argv[i + 1];
+    if (argv[i].startsWith(`--${name}=`)) return argv[i].slice(name.length + 3);
   }
   return undefined;
+}
+
+/**
+ * The preset a command line selects (it decides the config sections): `--preset=NAME`, or
+ * `--method=ppo|dpo|ipo|hinge|robust|simpo|kto` (the method's preset on the built-in task).
+ */
+function presetOf(argv: string[]): string | undefined {
+  const preset = flagOf(argv, "preset"), method = flagOf(argv, "method");
+  if (method === undefined) return preset;
+  if (preset !== undefined) throw new UsageError("give --preset or --method, not both");
+  if (!(method in METHODS)) {
+    throw new UsageError(
+      `--method ${method}: known methods are ${Object.keys(METHODS).join(", ")}`,
+    );
+  }
+  return METHODS[method];
 }
 
 /** A parsed `deno task train` command line. */
@@ -147,6 +176,11 @@ function bar(
     "sft/loss",
     "rm/loss",
     "rm/train_accuracy",
+    "dpo/loss",
+    "simpo/loss",
+    "kto/loss",
+    "rewards/accuracies",
+    "rewards/margins",
     "objective/scores",
     "objective/kl",
     "gold/rollout",

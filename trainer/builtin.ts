@@ -41,7 +41,7 @@ import {
 import { type PpoModels, PpoTrainer, type RolloutSample } from "./ppo.ts";
 import { deriveSeed, rolloutSeed } from "./random.ts";
 import { evaluateRewardModel, RewardTrainer } from "./rm.ts";
-import { sampleAndScore, type ScoredSample } from "./rollout.ts";
+import { type RolloutScorer, sampleAndScore, type ScoredSample } from "./rollout.ts";
 import { SftTrainer } from "./sft.ts";
 import {
   type BuiltinTask,
@@ -209,7 +209,7 @@ export interface BuiltinState {
 }
 
 /** The gold score of a response to a task prompt. */
-function gold(prompt: string, response: string): number {
+export function gold(prompt: string, response: string): number {
   return goldScore(parseQuestion(prompt)!, response);
 }
 
@@ -226,8 +226,11 @@ function sampling(cfg: PipelineConfig) {
   };
 }
 
+/** What the SFT stage reads of a built-in config (shared by the PPO, DPO and KTO pipelines). */
+export type SftStageConfig = Pick<PipelineConfig, "run" | "sft">;
+
 /** SFT of a fresh task model on the task's demonstrations. */
-const SFT_STAGE: Stage<PipelineConfig, BuiltinState> = {
+export const SFT_STAGE: Stage<SftStageConfig, BuiltinState> = {
   name: "sft",
   doc: "supervised fine-tuning on the demonstrations",
   async run(ctx) {
@@ -429,7 +432,7 @@ async function trainPpo(
 }
 
 /** The summary's before/after numbers and samples. */
-function evaluationSummary(before: Evaluation, after: Evaluation): Partial<PipelineSummary> {
+export function evaluationSummary(before: Evaluation, after: Evaluation): Partial<PipelineSummary> {
   return {
     "gold/before": before.gold,
     "gold/after": after.gold,
@@ -514,7 +517,7 @@ export function runBuiltinPipeline(
 }
 
 /** Fresh samples on held-out prompts, scored by the gold function and the reward model. */
-interface Evaluation {
+export interface Evaluation {
   gold: number;
   score: number;
   parts: GoldParts;
@@ -525,9 +528,9 @@ interface Evaluation {
  * Samples `samplesPerPrompt` responses to each of `questions` (round k seeded `seed` for k = 0,
  * else `rolloutSeed(seed, k)`), and scores them with the gold function and the reward model.
  */
-async function evaluate(
+export async function evaluate(
   policy: OptModel,
-  reward: OptModel,
+  reward: OptModel | RolloutScorer,
   tok: ByteTokenizer,
   questions: TaskQuestion[],
   o: { temperature: number; seed: number; maxNewTokens: number; samplesPerPrompt: number },

@@ -12,7 +12,7 @@
 import { randF32 } from "../kernels/prng.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import type { PairExample } from "./data.ts";
+import type { KtoExample, PairExample } from "./data.ts";
 import { rolloutSeed } from "./random.ts";
 import { sampleAndScore, type ScoredSample } from "./rollout.ts";
 
@@ -115,4 +115,43 @@ export function labelComparisons(
     }
   }
   return pairs;
+}
+
+/**
+ * Labels each sample for KTO: desirable when its gold score reaches `threshold`, flipped with
+ * probability `labelNoise` (the thumbs-up/down a labeller would give). Duplicates of one
+ * prompt's response are kept once.
+ *
+ * @example
+ * ```ts
+ * import { labelExamples } from "./mod.ts";
+ * const gold = (_p: string, r: string) => (r.trim() === "4." ? 1 : 0);
+ * const xs = labelExamples(
+ *   [[{ prompt: "2+2?", response: " 4.", truncated: false },
+ *     { prompt: "2+2?", response: " 5", truncated: false }]],
+ *   gold,
+ *   { threshold: 0.8, labelNoise: 0, seed: 1 },
+ * );
+ * console.log(xs.map((x) => x.label)); // [true, false]
+ * ```
+ */
+export function labelExamples(
+  groups: readonly (readonly Omit<PolicySample, "score">[])[],
+  gold: (prompt: string, response: string) => number,
+  o: { threshold: number; labelNoise: number; seed: number },
+): KtoExample[] {
+  let k = 0;
+  const out: KtoExample[] = [];
+  for (const g of groups) {
+    const seen = new Set<string>();
+    for (const s of g) {
+      const key = `${s.truncated ? 1 : 0}${s.response}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      let label = gold(s.prompt, s.response) >= o.threshold;
+      if (randF32(o.seed, 0, k++) < o.labelNoise) label = !label;
+      out.push({ prompt: s.prompt, completion: s.response, label, truncated: s.truncated });
+    }
+  }
+  return out;
 }

@@ -47,6 +47,8 @@ export interface KtoExample {
   prompt: string;
   completion: string;
   label: boolean;
+  /** A policy sample cut at its token budget: encoded without EOS. */
+  truncated?: boolean;
 }
 
 /** A prompt for PPO / GRPO rollouts. */

@@ -47,7 +47,11 @@ export const KTO_SCHEMA: Schema<KtoConfig> = {
 };
 
 /** Rows of `(prompt, completion)` with their response mask in logp space. */
-function rows(tok: Tokenizer, xs: readonly { prompt: string; response: string }[], max: number) {
+function rows(
+  tok: Tokenizer,
+  xs: readonly { prompt: string; response: string; truncated?: boolean }[],
+  max: number,
+) {
   const b = encodePairs(tok, xs, { maxLength: max, completionOnly: true });
   return { b, act: Float32Array.from(b.targets, (t) => (t >= 0 ? 1 : 0)) };
 }
@@ -79,8 +83,11 @@ export class KtoTrainer extends SupervisedTrainer<KtoExample, KtoConfig> {
       const batch = this.nextBatch(), n = batch.length;
       // matched rows, then mismatched ones (prompt i with completion i + 1)
       const all = rows(this.tok, [
-        ...batch.map((x) => ({ prompt: x.prompt, response: x.completion })),
-        ...batch.map((x, i) => ({ prompt: x.prompt, response: batch[(i + 1) % n].completion })),
+        ...batch.map((x) => ({ prompt: x.prompt, response: x.completion, truncated: x.truncated })),
+        ...batch.map((x, i) => {
+          const y = batch[(i + 1) % n];
+          return { prompt: x.prompt, response: y.completion, truncated: y.truncated };
+        }),
       ], cfg.maxLength);
       const T = all.b.T,
         f32 = (a: Float32Array, from: number) => a.subarray(from * T, (from + n) * T);

@@ -52,7 +52,7 @@ export interface LoopOptions {
   /** What a step is called in log lines (default "step"; PPO: "iteration"). */
   unit?: string;
   /** Called after each logged step, before its metrics are reported. */
-  afterLog?: (m: Metrics) => void;
+  afterLog?: (m: Metrics) => void | Promise<void>;
 }
 
 /** The folder of stage `stage`'s checkpoint at step `iteration`. */
@@ -222,7 +222,7 @@ export async function runLoop(
     if (m) {
       last = m;
       hooks.onProgress?.(o.stage, trainer.iteration, trainer.total, m);
-      o.afterLog?.(m);
+      await o.afterLog?.(m);
       await hooks.onMetrics?.(o.stage, m);
     }
     if (o.checkpointEvery > 0 && trainer.iteration % o.checkpointEvery === 0) {

@@ -67,6 +67,8 @@ export const SEED_STREAM = {
   rewardModelProbe: 300,
   /** PPO-ptx batch order. */
   ptxOrder: 0x5054,
+  /** Fresh samples that probe gold and the implicit reward while a preference method trains. */
+  goldProbe: 400,
 } as const;
 
 /** The seed of a named stream of run seed `seed` (see {@link SEED_STREAM}). */

@@ -6,6 +6,7 @@
  */
 
 import { BUILTIN_PIPELINE, PIPELINE_PRESETS } from "./builtin.ts";
+import { DPO_PIPELINE, KTO_PIPELINE, PREFERENCE_PRESETS } from "./builtin_preference.ts";
 import type { PipelineDefinition } from "./pipeline.ts";
 import { type RecipeIo, recipePipeline } from "./recipe.ts";
 
@@ -16,6 +17,8 @@ export type PipelineFactory = (io: RecipeIo) => PipelineDefinition<any, any>;
 /** The pipelines, by name. */
 export const PIPELINES: Record<string, PipelineFactory> = {
   builtin: () => BUILTIN_PIPELINE,
+  "builtin-dpo": () => DPO_PIPELINE,
+  "builtin-kto": () => KTO_PIPELINE,
   "simple-rlhf-tiny": recipePipeline,
 };
 
@@ -30,6 +33,7 @@ export const PRESETS: Record<string, Preset> = {
   ...Object.fromEntries(
     Object.entries(PIPELINE_PRESETS).map(([k, v]) => [k, { pipeline: "builtin", overrides: v }]),
   ),
+  ...PREFERENCE_PRESETS,
   "simple-rlhf-tiny": { pipeline: "simple-rlhf-tiny", overrides: {} },
 };
 

@@ -137,14 +137,17 @@ export interface ScoredSample extends RolloutText {
   score: number;
 }
 
+/** Scores `(B)` of a rollout's sequences, e.g. DPO's implicit reward `β·(ℓ_θ − ℓ_ref)`. */
+export type RolloutScorer = (r: Rollout) => Tensor;
+
 /**
  * Samples one response per prompt (temperature `T`, greedy when 0, seeded) and scores each
- * with `reward` (its value at the last real token; NaN without a reward model). Frees
- * everything it allocated.
+ * with `reward`: a reward model (its value at the last real token), a {@link RolloutScorer},
+ * or nothing (NaN). Frees everything it allocated.
  */
 export async function sampleAndScore(
   policy: OptModel,
-  reward: OptModel | undefined,
+  reward: OptModel | RolloutScorer | undefined,
   tok: Tokenizer,
   prompts: readonly string[],
   o: { temperature: number; seed: number; maxNewTokens: number; maxPromptLength: number },
@@ -152,7 +155,11 @@ export async function sampleAndScore(
   return await policy.gpu.scope(async () => {
     const r = await rollout(policy, tok, prompts, { ...o, greedy: o.temperature === 0 });
     const scores = reward
-      ? await policy.gpu.readF32(sequenceScores(reward, r.tokens, r.attentionMask))
+      ? await policy.gpu.readF32(
+        typeof reward === "function"
+          ? reward(r)
+          : sequenceScores(reward, r.tokens, r.attentionMask),
+      )
       : undefined;
     return r.texts.map((x, b) => ({ ...x, score: scores?.[b] ?? NaN }));
   });
