@@ -38,7 +38,7 @@ import { modelLogprobs } from "./logprobs.ts";
 import type { PipelineDefinition, Stage, StageContext } from "./pipeline.ts";
 import { deriveSeed, rolloutSeed } from "./random.ts";
 import { type RolloutScorer, sampleAndScore } from "./rollout.ts";
-import { makeBuiltinTask } from "./task.ts";
+import { type GoldParts, goldParts, makeBuiltinTask, parseQuestion } from "./task.ts";
 import type { Trainer } from "./types.ts";
 
 /** The built-in task's data for the preference methods. */
@@ -254,11 +254,14 @@ async function runMethod(ctx: Ctx, spec: MethodSpec): Promise<void> {
       if (m.step % 20 !== 0 && m.step !== trainer.total) return;
       const probe = await probeGold(ctx, policy, scorer, m.step);
       Object.assign(m, {
-        "gold/rollout": probe.gold,
-        "objective/scores": probe.score,
-        "objective/kl": probe.score / spec.beta,
+        "gold/rollout": probe.scores.gold,
+        "gold/correct": probe.parts.correct,
+        "gold/period": probe.parts.period,
+        "gold/concise": probe.parts.concise,
+        "objective/scores": probe.scores.score,
+        "objective/kl": probe.scores.score / spec.beta,
       });
-      history.push(probe);
+      history.push(probe.scores);
     },
   });
   await ctx.hooks.saveCheckpoint?.(spec.name, await saveOptModel(policy, { stage: spec.name }));
@@ -281,7 +284,7 @@ async function probeGold(
   policy: OptModel,
   scorer: RolloutScorer,
   step: number,
-): Promise<RolloutScores> {
+): Promise<{ scores: RolloutScores; parts: GoldParts }> {
   const { cfg, state } = ctx, n = state.task.prompts.length;
   const prompts = Array.from({ length: 32 }, (_, i) => state.task.prompts[(step + i) % n].prompt);
   const samples = await sampleAndScore(policy, scorer, state.tok, prompts, {
@@ -291,12 +294,20 @@ async function probeGold(
     maxPromptLength: 64,
   });
   const golds = samples.map((s) => gold(s.prompt, s.response));
+  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt)!, s.response));
   const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
   return {
-    iteration: step,
-    score: mean(samples.map((s) => s.score)),
-    gold: mean(golds),
-    ...goldSpread(golds),
+    scores: {
+      iteration: step,
+      score: mean(samples.map((s) => s.score)),
+      gold: mean(golds),
+      ...goldSpread(golds),
+    },
+    parts: {
+      correct: mean(parts.map((p) => p.correct)),
+      period: mean(parts.map((p) => p.period)),
+      concise: mean(parts.map((p) => p.concise)),
+    },
   };
 }
 

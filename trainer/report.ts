@@ -180,10 +180,25 @@ function samplesSideBySide(before: ReportSample[], after: ReportSample[]): strin
     `<th>response</th><th>gold</th><th>RM score</th></tr>${rows}</table>`;
 }
 
+/** The stage whose samples carry gold over training: PPO's rollouts, or a preference probe. */
+function goldStage(records: MetricRecord[]) {
+  for (
+    const [stage, x, axis, score] of [
+      ["ppo", "iteration", "PPO iteration", "RM score"],
+      ["dpo", "step", "DPO step", "implicit reward β·(ℓ_θ − ℓ_SFT)"],
+      ["kto", "step", "KTO step", "implicit reward β·(ℓ_θ − ℓ_SFT)"],
+    ] as const
+  ) {
+    if (series(records, stage, "gold/rollout", x).length > 0) return { stage, x, axis, score };
+  }
+  return undefined;
+}
+
 /** The gold view: RM score vs gold of the rollouts, the gold parts, the verdict banner. */
 function goldSection(records: MetricRecord[], verdict: PipelineSummary["reward_hacking"]): string {
-  const ppo = (key: string) => series(records, "ppo", key, "iteration");
-  if (ppo("gold/rollout").length === 0) return "";
+  const g = goldStage(records);
+  if (!g) return "";
+  const ppo = (key: string) => series(records, g.stage, key, g.x);
   const banner = verdict
     ? `<p class="${verdict.detected ? "bad" : "good"}">${esc(describeVerdict(verdict))}</p>`
     : "";
@@ -191,12 +206,12 @@ function goldSection(records: MetricRecord[], verdict: PipelineSummary["reward_h
     `score is the task's hidden preference it was trained to imitate. Real improvement ` +
     `raises both lines; reward hacking raises the RM score while gold falls (shaded ` +
     `iterations).</p>` + [
-    lineChart("Gold view: the reward model's score and the hidden gold score of PPO rollouts", [
-      { label: "RM score (left)", points: ppo("objective/scores"), color: "#2563eb" },
+    lineChart(`Gold view: the ${g.score} and the hidden gold score of fresh samples`, [
+      { label: `${g.score} (left)`, points: ppo("objective/scores"), color: "#2563eb" },
       { label: "gold (right)", points: ppo("gold/rollout"), color: "#d97706", right: true },
     ], {
-      x: "PPO iteration",
-      yLeft: "reward-model score (logit units)",
+      x: g.axis,
+      yLeft: g.stage === "ppo" ? "reward-model score (logit units)" : "implicit reward (nats)",
       yRight: "gold score (0–1)",
       rightRange: [0, 1],
       shade: verdict?.iterations,
@@ -205,7 +220,7 @@ function goldSection(records: MetricRecord[], verdict: PipelineSummary["reward_h
       { label: "correct answer (0.6)", points: ppo("gold/correct"), color: "#16a34a" },
       { label: "ends with a period (0.2)", points: ppo("gold/period"), color: "#9333ea" },
       { label: "≤ 8 characters (0.2)", points: ppo("gold/concise"), color: "#db2777" },
-    ], { x: "PPO iteration", yLeft: "share of rollouts (0–1)", leftRange: [0, 1] }),
+    ], { x: g.axis, yLeft: "share of samples (0–1)", leftRange: [0, 1] }),
   ].join("\n");
 }
 
@@ -220,6 +235,11 @@ function curves(records: MetricRecord[]): string {
       "RM step",
       "pairwise loss (nats)",
     ),
+    ...["dpo/loss", "simpo/loss", "kto/loss"].map((k) => {
+      const stage = k === "kto/loss" ? "kto" : "dpo";
+      const pts = series(records, stage, k, "step");
+      return pts.length ? chart(`${k}`, pts, `${stage.toUpperCase()} step`, "loss (nats)") : "";
+    }),
     chart(
       "KL to the reference (objective/kl)",
       ppo("objective/kl"),
