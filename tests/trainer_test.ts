@@ -16,12 +16,24 @@ import {
   RM_SCHEMA,
   SFT_SCHEMA,
 } from "../trainer/config.ts";
-import { evaluateRewardModel, RewardTrainer, trainRewardModel } from "../trainer/rm.ts";
+import {
+  evaluateRanking,
+  evaluateRewardModel,
+  RankingRewardTrainer,
+  RewardTrainer,
+  trainRewardModel,
+} from "../trainer/rm.ts";
 import { SftTrainer, trainSft } from "../trainer/sft.ts";
 import { type PipelineDefinition, runPipeline } from "../trainer/pipeline.ts";
 import { NonFiniteLossError } from "../trainer/types.ts";
 import { NonFiniteValueError } from "../kernels/errors.ts";
-import { goldScore, makeBuiltinTask, parseQuestion, TASK_MODEL_CONFIG } from "../trainer/task.ts";
+import {
+  goldScore,
+  makeBuiltinTask,
+  makeRankedExamples,
+  parseQuestion,
+  TASK_MODEL_CONFIG,
+} from "../trainer/task.ts";
 import { PpoTrainer } from "../trainer/ppo.ts";
 import { runLoop } from "../trainer/loop.ts";
 import { OPT_PRESETS } from "../model/config.ts";
@@ -94,6 +106,38 @@ Deno.test({
       "SFT step 1",
     );
     model.store.dispose();
+  },
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "rm: the K-wise loss trains on the ranked task (K = 4, gold levels 1/0.8/0.4/0.2) and orders held-out rankings above chance",
+  async fn() {
+    const ranked = makeRankedExamples(1, 400, { labelNoise: 0.1 });
+    const clean = makeRankedExamples(1, 100, { labelNoise: 0, stream: 1 });
+    for (const x of clean.slice(0, 5)) {
+      const q = parseQuestion(x.prompt)!;
+      assertEquals(x.responses.map((r) => goldScore(q, r)), [1, 0.8, 0.4, 0.2]);
+    }
+    const rm = OptModel.create(gpu, TASK_MODEL_CONFIG, { seed: 2, valueHead: true });
+    const before = await evaluateRanking(rm, tok, clean, { maxLength: 64 });
+    const cfg = { ...defaults(RM_SCHEMA), steps: 150, batchSize: 8, loss: "kwise" as const };
+    const t = new RankingRewardTrainer(rm, tok, ranked, cfg);
+    for (let i = 0; i < cfg.steps; i++) await t.step(false);
+    const after = await evaluateRanking(rm, tok, clean, { maxLength: 64 });
+    console.log(`K-wise accuracy ${before.accuracy.toFixed(3)} → ${after.accuracy.toFixed(3)}`);
+    // 600 ordered pairs (6 per ranking): chance is 0.5 ± 0.02; measured 0.378 → 0.718 (seed 2,
+    // GL); the bound asks for 5 standard errors above chance
+    assert(after.accuracy >= 0.6, `K-wise accuracy ${after.accuracy}`);
+    await assertThrows(
+      () =>
+        new RankingRewardTrainer(rm, tok, [...ranked, { prompt: "x", responses: ["a", "b"] }], cfg),
+      Error,
+      "same number (≥ 2) of responses",
+    );
+    await assertThrows(() => new RewardTrainer(rm, tok, task.pairs, cfg), Error, "ranked examples");
+    rm.store.dispose();
   },
 });
 

@@ -40,8 +40,9 @@ import {
 } from "./pipeline.ts";
 import { type PpoModels, PpoTrainer, type RolloutSample } from "./ppo.ts";
 import { deriveSeed, rolloutSeed } from "./random.ts";
-import { evaluateRewardModel, RewardTrainer } from "./rm.ts";
+import { evaluateRanking, evaluateRewardModel, RankingRewardTrainer, RewardTrainer } from "./rm.ts";
 import { type RolloutScorer, sampleAndScore, type ScoredSample } from "./rollout.ts";
+import type { RankedExample } from "./data.ts";
 import { SftTrainer } from "./sft.ts";
 import {
   type BuiltinTask,
@@ -49,6 +50,7 @@ import {
   goldParts,
   goldScore,
   makeBuiltinTask,
+  makeRankedExamples,
   parseQuestion,
   TASK_MODEL_CONFIG,
   type TaskQuestion,
@@ -268,11 +270,11 @@ const RM_STAGE: Stage<PipelineConfig, BuiltinState> = {
       });
       rm.store.copyFrom(sft.store);
       ctx.own(rm);
+      const rmCfg = { ...cfg.rm, seed: cfg.rm.seed + seed };
       await ctx.train(
-        new RewardTrainer(rm, state.tok, await rewardPairs(ctx), {
-          ...cfg.rm,
-          seed: cfg.rm.seed + seed,
-        }),
+        cfg.rm.loss === "kwise"
+          ? new RankingRewardTrainer(rm, state.tok, rankedData(cfg), rmCfg)
+          : new RewardTrainer(rm, state.tok, await rewardPairs(ctx), rmCfg),
         { logEvery: 10, checkpointEvery: cfg.run.stepCheckpointEvery },
       );
       await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
@@ -281,6 +283,16 @@ const RM_STAGE: Stage<PipelineConfig, BuiltinState> = {
     await testRewardModel(ctx, rm, trained);
   },
 };
+
+/**
+ * The ranked variant of the task for `rm.loss=kwise`: as many examples as make `task.pairs`
+ * comparisons (each ranking of 4 holds 6).
+ */
+function rankedData(cfg: PipelineConfig): RankedExample[] {
+  return makeRankedExamples(cfg.run.seed, Math.ceil(cfg.task.pairs / 6), {
+    labelNoise: cfg.task.labelNoise,
+  });
+}
 
 /** The fixed comparisons, plus on-policy ones when `task.policyPrompts > 0`. */
 async function rewardPairs(ctx: BuiltinContext) {
@@ -332,7 +344,18 @@ async function testRewardModel(
     { maxLength: cfg.rm.maxLength },
   );
   const flat = heldOut.flat();
-  const rmStats = {
+  const kwise: Metrics = cfg.rm.loss === "kwise"
+    ? {
+      "rm/kwise_accuracy": (await evaluateRanking(
+        rm,
+        tok,
+        makeRankedExamples(cfg.run.seed, 200, { labelNoise: 0, stream: 1 }),
+        { maxLength: cfg.rm.maxLength },
+      )).accuracy,
+    }
+    : {};
+  const rmStats: Metrics = {
+    ...kwise,
     "rm/accuracy": rmEval.accuracy,
     "rm/margin": rmEval.margin,
     "rm/policy_accuracy": policyEval.accuracy,
@@ -347,7 +370,10 @@ async function testRewardModel(
       rmEval.margin.toFixed(3)
     }); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score–gold correlation ${
       rmStats["rm/policy_gold_corr"].toFixed(3)
-    }`,
+    }` +
+      ("rm/kwise_accuracy" in kwise
+        ? `; K-wise accuracy ${kwise["rm/kwise_accuracy"].toFixed(3)} (all pairs of 4)`
+        : ""),
   );
   ctx.hooks.onSamples?.("rm", flat.map((x) => ({ ...x, gold: gold(x.prompt, x.response) })));
   Object.assign(ctx.summary, rmStats);
@@ -450,8 +476,14 @@ export function evaluationSummary(before: Evaluation, after: Evaluation): Partia
   };
 }
 
-/** Sequence lengths the task model can hold, checked before anything trains. */
+/** Sequence lengths the task model can hold (and combinations), checked before anything trains. */
 function checkBuiltinLengths(cfg: PipelineConfig): void {
+  if (cfg.rm.loss === "kwise" && cfg.task.policyPrompts > 0) {
+    throw new ConfigError(
+      "rm.loss=kwise trains on the task's rankings of 4; the on-policy comparisons " +
+        "(task.policyPrompts) are pairs: set task.policyPrompts=0 with it",
+    );
+  }
   const max = TASK_MODEL_CONFIG.max_position_embeddings;
   for (
     const [key, v] of [["sft.maxLength", cfg.sft.maxLength], ["rm.maxLength", cfg.rm.maxLength]]

@@ -199,7 +199,7 @@ export const SFT_SCHEMA: Schema<SftConfig> = {
 
 /** Reward-model hyperparameters. */
 export interface RmConfig extends SupervisedConfig {
-  loss: "pairwise" | "token";
+  loss: "pairwise" | "token" | "kwise";
 }
 
 /** The reward-model schema with its documented defaults. */
@@ -207,8 +207,9 @@ export const RM_SCHEMA: Schema<RmConfig> = {
   ...supervisedFields(200, "preference pairs per step", 2e-3),
   loss: {
     default: "pairwise",
-    doc: "pairwise: −log σ(r_w − r_l − m); token: DeepSpeed-Chat token-level loss",
-    choices: ["pairwise", "token"],
+    doc: "pairwise: −log σ(r_w − r_l − m); token: DeepSpeed-Chat token-level loss; " +
+      "kwise: InstructGPT's K-wise ranking loss on ranked examples (K responses best → worst)",
+    choices: ["pairwise", "token", "kwise"],
   },
 };
 

@@ -9,14 +9,14 @@
  */
 
 import { lastMaskedValues, lastMaskedValuesBackward } from "../kernels/embedding.ts";
-import { pairwiseRewardLoss, tokenPairRewardLoss } from "../kernels/rl.ts";
+import { pairwiseRewardLoss, rankingRewardLoss, tokenPairRewardLoss } from "../kernels/rl.ts";
 import { STAT } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { encodePairs, type HostBatch } from "./batch.ts";
 import type { RmConfig } from "./config.ts";
-import type { PairExample } from "./data.ts";
+import type { PairExample, RankedExample } from "./data.ts";
 import { sequenceScores } from "./logprobs.ts";
 import { runLoop } from "./loop.ts";
 import { optimizerStep } from "./optim.ts";
@@ -65,6 +65,11 @@ export class RewardTrainer extends SupervisedTrainer<PairExample, RmConfig> {
     stateFile = "rm/model_state.safetensors",
   ) {
     super(model, tok, pairs, cfg, stateFile);
+    if (cfg.loss === "kwise") {
+      throw new Error(
+        "RewardTrainer: rm.loss=kwise trains on ranked examples (RankingRewardTrainer)",
+      );
+    }
   }
 
   /** One batch of pairs: scores, loss, backward, AdamW; metrics when `log`. */
@@ -131,6 +136,111 @@ function tokenLoss(values: Tensor, b: HostBatch, P: number): PairLoss {
   gpu.copyRange(l.dchosen, 0, dvalues, 0, P * T);
   gpu.copyRange(l.drejected, 0, dvalues, P * T, P * T);
   return { loss: l.loss, dvalues };
+}
+
+/** The `P·K` rows of ranked examples, example-major (`[p0 best … p0 worst, p1 best …]`). */
+function rankedBatch(tok: Tokenizer, xs: readonly RankedExample[], maxLength: number): HostBatch {
+  return encodePairs(
+    tok,
+    xs.flatMap((x) => x.responses.map((response) => ({ prompt: x.prompt, response }))),
+    { maxLength },
+  );
+}
+
+/** The one K of a ranked data set (the K-wise loss takes a `(P, K)` score matrix). */
+export function rankedK(xs: readonly RankedExample[], what = "ranked data"): number {
+  const K = xs[0]?.responses.length ?? 0;
+  const bad = xs.findIndex((x) => x.responses.length !== K);
+  if (K < 2 || bad >= 0) {
+    throw new Error(
+      `${what}: the K-wise loss needs the same number (≥ 2) of responses in every example; ` +
+        `example 0 has ${K}` + (bad >= 0 ? `, example ${bad} has ${xs[bad].responses.length}` : ""),
+    );
+  }
+  return K;
+}
+
+/**
+ * The reward model on ranked examples with InstructGPT's K-wise loss: every example's
+ * `C(K,2)` ordered pairs, `−(1/C(K,2)) Σ log σ(r_better − r_worse)`, as one resumable `Trainer`.
+ * Metrics: `rm/loss`, `rm/train_accuracy` (share of the batch's pairs ordered right), `rm/lr`.
+ */
+export class RankingRewardTrainer extends SupervisedTrainer<RankedExample, RmConfig> {
+  readonly K: number;
+
+  constructor(
+    model: OptModel,
+    tok: Tokenizer,
+    data: readonly RankedExample[],
+    cfg: RmConfig,
+    stateFile = "rm/model_state.safetensors",
+  ) {
+    super(model, tok, data, cfg, stateFile);
+    this.K = rankedK(data);
+  }
+
+  /** One batch of ranked examples: scores `(P, K)`, K-wise loss, backward, AdamW. */
+  step(log: boolean): Promise<Metrics | undefined> {
+    const { model, cfg, store, K } = this, gpu = model.gpu;
+    return gpu.scope(async () => {
+      const batch = this.nextBatch(), P = batch.length;
+      const b = rankedBatch(this.tok, batch, cfg.maxLength);
+      const mask = gpu.fromArray(b.mask, [P * K, b.T]);
+      store.zeroGrads();
+      const acts = model.forward(gpu.fromArray(b.tokens, [P * K, b.T]), mask);
+      const values = model.values(acts).intoShape([P * K, b.T]);
+      const s = lastMaskedValues(gpu, values, mask);
+      const l = rankingRewardLoss(gpu, s.values.reshape([P, K]));
+      const dvalues = lastMaskedValuesBackward(gpu, l.dscores.reshape([P * K]), s.index, b.T);
+      model.backward(acts, { dvalues: dvalues.reshape([P * K * b.T]) });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return undefined;
+      const loss = (await gpu.readF32(l.loss))[STAT.mean];
+      assertFiniteLosses(`RM step ${step}`, { loss });
+      const acc = (await gpu.readF32(l.accuracy))[STAT.mean];
+      return { step, "rm/loss": loss, "rm/train_accuracy": acc, "rm/lr": lr };
+    });
+  }
+}
+
+/**
+ * K-wise accuracy on ranked examples: the share of all ordered pairs `(better, worse)` whose
+ * scores agree with the ranking, over every example's `C(K,2)` pairs (no gradients).
+ */
+export async function evaluateRanking(
+  model: OptModel,
+  tok: Tokenizer,
+  xs: readonly RankedExample[],
+  o: { batchSize?: number; maxLength: number },
+): Promise<{ accuracy: number }> {
+  const gpu = model.gpu, bs = o.batchSize ?? 16;
+  let right = 0, total = 0;
+  for (let i = 0; i < xs.length; i += bs) {
+    const batch = xs.slice(i, i + bs);
+    const b = rankedBatch(tok, batch, o.maxLength), rows = b.B;
+    const s = await gpu.scope(() =>
+      gpu.readF32(
+        sequenceScores(
+          model,
+          gpu.fromArray(b.tokens, [rows, b.T]),
+          gpu.fromArray(b.mask, [rows, b.T]),
+        ),
+      )
+    );
+    let r = 0;
+    for (const x of batch) {
+      const K = x.responses.length;
+      for (let a = 0; a < K; a++) {
+        for (let c = a + 1; c < K; c++) {
+          right += s[r + a] > s[r + c] ? 1 : 0;
+          total++;
+        }
+      }
+      r += K;
+    }
+  }
+  return { accuracy: right / Math.max(1, total) };
 }
 
 /**

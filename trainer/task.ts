@@ -16,7 +16,7 @@
  * @module
  */
 
-import type { PairExample, SftExample } from "./data.ts";
+import type { PairExample, RankedExample, SftExample } from "./data.ts";
 import { mulberry32 } from "./random.ts";
 
 /** Responses longer than this many characters are not "concise". */
@@ -168,6 +168,37 @@ export function makeBuiltinTask(seed: number, sizes: TaskSizes = {}): BuiltinTas
     () => makeQuestion(r),
   );
   return { sft, pairs, heldOutPairs, prompts, evalPrompts, policyEvalPrompts };
+}
+
+/**
+ * The ranked variant of the task (InstructGPT's K-wise comparisons): per question K = 4
+ * responses, one of each gold level (1.0 `" 7."`, 0.8 verbose or without period, 0.4 wrong with
+ * period, 0.2 wrong), ordered best to worst, each adjacent pair swapped with probability
+ * `labelNoise` (the labellers' disagreement; 0 for held-out examples). Its own PRNG stream, so
+ * the rest of the task is unchanged.
+ *
+ * @example
+ * ```ts
+ * import { goldScore, makeRankedExamples, parseQuestion } from "./mod.ts";
+ * const [x] = makeRankedExamples(1, 1, { labelNoise: 0 });
+ * console.log(x.responses.map((r) => goldScore(parseQuestion(x.prompt)!, r))); // [1, 0.8, 0.4, 0.2]
+ * ```
+ */
+export function makeRankedExamples(
+  seed: number,
+  n: number,
+  o: { labelNoise: number; stream?: number },
+): RankedExample[] {
+  const r = mulberry32(seed * 7919 + 0x52414e4b + (o.stream ?? 0));
+  return Array.from({ length: n }, () => {
+    const q = makeQuestion(r);
+    const middle = r() < 0.5 ? STYLES[1] : STYLES[2];
+    const responses = [STYLES[0], middle, STYLES[3], STYLES[4]].map((s) => s.make(q, r));
+    for (let k = 0; k + 1 < responses.length; k++) {
+      if (r() < o.labelNoise) [responses[k], responses[k + 1]] = [responses[k + 1], responses[k]];
+    }
+    return { prompt: q.prompt, responses };
+  });
 }
 
 /** The question behind an hh-style prompt of this task (for gold scoring), or null. */
