@@ -8,7 +8,7 @@ import { OPT_PRESETS } from "../model/config.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
 import { defaults } from "../trainer/config.ts";
-import type { KtoExample, PairExample } from "../trainer/data.ts";
+import { DataError, type KtoExample, type PairExample } from "../trainer/data.ts";
 import { DPO_SCHEMA, DpoTrainer } from "../trainer/dpo.ts";
 import { KTO_SCHEMA, KtoTrainer } from "../trainer/kto.ts";
 import { makeBuiltinTask } from "../trainer/task.ts";
@@ -145,5 +145,40 @@ Deno.test({
     assert(ms[4]["kto/loss"] < 0.5, `loss falls: ${ms[4]["kto/loss"]}`);
     assert(same(await gpu.readF32(reference.store.params), refBefore), "reference unchanged");
     for (const x of [policy, reference]) x.store.dispose();
+  },
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "preference data: a pair whose chosen equals its rejected or an empty response is a DataError; one-label KTO data warns",
+  async fn() {
+    const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 11 });
+    const p = { prompt: "\n\nHuman: What is 1 + 1?\n\nAssistant:", chosen: " 2.", rejected: " 3" };
+    await assertThrows(
+      () => new DpoTrainer(policy, policy, tok, [p, { ...p, rejected: " 2." }], cfg),
+      DataError,
+      "pair 1: chosen and rejected are the same response",
+    );
+    await assertThrows(
+      () => new DpoTrainer(policy, policy, tok, [{ ...p, chosen: "" }], cfg),
+      DataError,
+      "pair 0: empty chosen response",
+    );
+    // the same text, once cut at the token budget (no EOS) and once ended, is a real pair
+    new DpoTrainer(policy, policy, tok, [{ ...p, rejected: " 2.", rejectedTruncated: true }], cfg);
+    const kcfg = { ...defaults(KTO_SCHEMA), batchSize: 2 };
+    const good = [
+      { prompt: p.prompt, completion: " 2.", label: true },
+      { prompt: p.prompt, completion: " 2", label: true },
+    ];
+    const t = new KtoTrainer(policy, policy, tok, good, kcfg);
+    assert(t.warnings.some((w) => w.includes("every example is desirable")), t.warnings.join());
+    await assertThrows(
+      () => new KtoTrainer(policy, policy, tok, [{ ...good[0], completion: "" }, good[1]], kcfg),
+      DataError,
+      "KTO example 0: empty completion",
+    );
+    policy.store.dispose();
   },
 });

@@ -344,11 +344,14 @@ const KTO_STAGE: Stage<KtoPipelineConfig, BuiltinState> = {
     runMethod(ctx as Ctx, {
       name: "kto",
       beta: ctx.cfg.kto.beta,
-      trainer: async (c, policy, sft) =>
-        new KtoTrainer(policy, sft, c.state.tok, await ktoExamples(c), {
+      trainer: async (c, policy, sft) => {
+        const t = new KtoTrainer(policy, sft, c.state.tok, await ktoExamples(c), {
           ...ctx.cfg.kto,
           seed: ctx.cfg.kto.seed + ctx.cfg.run.seed,
-        }),
+        });
+        for (const w of t.warnings) c.log(`warning: ${w}`);
+        return t;
+      },
     }),
 };
 

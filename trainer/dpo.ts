@@ -26,7 +26,7 @@ import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { encodePairs, type HostBatch } from "./batch.ts";
 import { type Schema, type SupervisedConfig, supervisedFields } from "./config.ts";
-import type { PairExample } from "./data.ts";
+import { DataError, type PairExample } from "./data.ts";
 import { referenceLogprobs } from "./logprobs.ts";
 import { optimizerStep } from "./optim.ts";
 import { SupervisedTrainer } from "./supervised.ts";
@@ -72,6 +72,25 @@ export const DPO_SCHEMA: Schema<DpoConfig> = {
   },
 };
 
+/**
+ * Pairs DPO can learn from: a pair whose chosen equals its rejected has a zero gradient and
+ * would only dilute the batch, an empty response has no tokens besides EOS to score —
+ * `DataError` naming the first such pair.
+ */
+export function checkPairs(pairs: readonly PairExample[]): void {
+  if (pairs.length === 0) throw new DataError("preference data: no pairs");
+  pairs.forEach((p, i) => {
+    if (p.chosen === p.rejected && !!p.chosenTruncated === !!p.rejectedTruncated) {
+      throw new DataError(`preference pair ${i}: chosen and rejected are the same response`);
+    }
+    if (p.chosen.length === 0 || p.rejected.length === 0) {
+      throw new DataError(
+        `preference pair ${i}: empty ${p.chosen ? "rejected" : "chosen"} response`,
+      );
+    }
+  });
+}
+
 /** Length-mean log-probs (IPO, SimPO) instead of sums. */
 function averaged(t: PreferenceLossType): boolean {
   return t === "ipo" || t === "simpo";
@@ -115,6 +134,7 @@ export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
     stateFile = "dpo/model_state.safetensors",
   ) {
     super(model, tok, pairs, cfg, stateFile);
+    checkPairs(pairs);
     this.#reference = reference;
     if (cfg.lossType !== "simpo" && !reference && !model.lora) {
       throw new Error("DpoTrainer: give a reference model or an actor with LoRA adapters");

@@ -25,7 +25,7 @@ import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { encodePairs } from "./batch.ts";
 import { type Schema, type SupervisedConfig, supervisedFields } from "./config.ts";
-import type { KtoExample } from "./data.ts";
+import { DataError, type KtoExample } from "./data.ts";
 import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
 import { optimizerStep } from "./optim.ts";
 import { SupervisedTrainer } from "./supervised.ts";
@@ -61,6 +61,9 @@ function rows(
  * model; without one the actor's LoRA adapters are switched off for the reference pass.
  */
 export class KtoTrainer extends SupervisedTrainer<KtoExample, KtoConfig> {
+  /** What is odd about the data but not fatal (a pipeline logs these). */
+  readonly warnings: string[] = [];
+
   constructor(
     model: OptModel,
     readonly reference: OptModel | undefined,
@@ -74,6 +77,16 @@ export class KtoTrainer extends SupervisedTrainer<KtoExample, KtoConfig> {
       throw new Error("KtoTrainer: give a reference model or an actor with LoRA adapters");
     }
     if (cfg.batchSize < 2) throw new Error("KtoTrainer: batchSize must be ≥ 2 (mismatched pairs)");
+    if (data.length < 2) throw new DataError("KTO data: at least 2 examples are needed");
+    const bad = data.findIndex((x) => x.completion.length === 0);
+    if (bad >= 0) throw new DataError(`KTO example ${bad}: empty completion`);
+    const good = data.filter((x) => x.label).length;
+    if (good === 0 || good === data.length) {
+      this.warnings.push(
+        `KTO data: every example is ${good ? "desirable" : "undesirable"}; KTO still trains ` +
+          `(against the reference point z) but rewards/${good ? "rejected" : "chosen"} is NaN`,
+      );
+    }
   }
 
   /** One batch: reference point, KTO loss, backward, AdamW; metrics when `log`. */
