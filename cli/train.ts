@@ -62,7 +62,8 @@ function flagOf(argv: string[], name: string): string | undefined {
 
 /**
  * The preset a command line selects (it decides the config sections): `--preset=NAME`, or
- * `--method=ppo|dpo|ipo|hinge|robust|simpo|kto` (the method's preset on the built-in task).
+ * `--method=ppo|dpo|ipo|hinge|robust|simpo|kto` (the method's preset on the built-in task, or
+ * with `--data.policy=DIR` on your own checkpoint and data).
  */
 function presetOf(argv: string[]): string | undefined {
   const preset = flagOf(argv, "preset"), method = flagOf(argv, "method");
@@ -72,6 +73,13 @@ function presetOf(argv: string[]): string | undefined {
     throw new UsageError(
       `--method ${method}: known methods are ${Object.keys(METHODS).join(", ")}`,
     );
+  }
+  // your own checkpoint and data: the method's checkpoint pipeline
+  if (flagOf(argv, "data.policy") !== undefined) {
+    if (method === "ppo") {
+      throw new UsageError("--method=ppo on your own checkpoints is --preset=simple-rlhf-tiny");
+    }
+    return `checkpoint-${method}`;
   }
   return METHODS[method];
 }

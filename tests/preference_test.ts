@@ -151,7 +151,7 @@ Deno.test({
 Deno.test({
   ...opts,
   name:
-    "preference data: a pair whose chosen equals its rejected or an empty response is a DataError; one-label KTO data warns",
+    "preference data: a pair whose chosen equals its rejected is a DataError; empty responses and one-label KTO data warn",
   async fn() {
     const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 11 });
     const p = { prompt: "\n\nHuman: What is 1 + 1?\n\nAssistant:", chosen: " 2.", rejected: " 3" };
@@ -160,11 +160,10 @@ Deno.test({
       DataError,
       "pair 1: chosen and rejected are the same response",
     );
-    await assertThrows(
-      () => new DpoTrainer(policy, policy, tok, [{ ...p, chosen: "" }], cfg),
-      DataError,
-      "pair 0: empty chosen response",
-    );
+    const e = new DpoTrainer(policy, policy, tok, [p, { ...p, chosen: "" }], cfg);
+    assertEquals(e.warnings, [
+      "1 preference pair(s) have an empty response (EOS alone), the first is pair 1",
+    ]);
     // the same text, once cut at the token budget (no EOS) and once ended, is a real pair
     new DpoTrainer(policy, policy, tok, [{ ...p, rejected: " 2.", rejectedTruncated: true }], cfg);
     const kcfg = { ...defaults(KTO_SCHEMA), batchSize: 2 };
@@ -174,11 +173,8 @@ Deno.test({
     ];
     const t = new KtoTrainer(policy, policy, tok, good, kcfg);
     assert(t.warnings.some((w) => w.includes("every example is desirable")), t.warnings.join());
-    await assertThrows(
-      () => new KtoTrainer(policy, policy, tok, [{ ...good[0], completion: "" }, good[1]], kcfg),
-      DataError,
-      "KTO example 0: empty completion",
-    );
+    const k = new KtoTrainer(policy, policy, tok, [{ ...good[0], completion: "" }, good[1]], kcfg);
+    assert(k.warnings.some((w) => w.startsWith("1 KTO example(s) have an empty completion")));
     policy.store.dispose();
   },
 });

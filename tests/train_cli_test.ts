@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Gpu } from "../kernels/runtime.ts";
 import { loadOptModel } from "../model/checkpoint.ts";
 import { readCheckpointDir } from "../cli/checkpoint_files.ts";
+import { makeBuiltinTask } from "../trainer/task.ts";
 import { assert, assertEquals } from "./assert.ts";
 
 const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
@@ -199,5 +200,67 @@ Deno.test({
     const cfg = JSON.parse(await Deno.readTextFile(join(out, "builtin", "config.json")));
     assertEquals([cfg.ppo.klCoef, cfg.ppo.temperature], [0.2, 0.7]);
     await Deno.remove(out, { recursive: true });
+  },
+});
+
+Deno.test({
+  name:
+    "train CLI: --method=dpo|simpo|kto on the built-in task and on your own checkpoint and data run end to end; missing inputs are named",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const out = await Deno.makeTempDir();
+    const tiny = ["--sft.steps=10", "--data.prompts=8", "--run.evalSamples=1"];
+    for (const [method, section] of [["dpo", "dpo"], ["simpo", "dpo"], ["kto", "kto"]]) {
+      const r = await train([
+        `--out=${out}`,
+        `--method=${method}`,
+        ...tiny,
+        `--${section}.steps=4`,
+      ]);
+      assertEquals(r.code, 0, r.err.slice(-2000));
+      const name = method === "simpo" ? "builtin-simpo" : `builtin-${method}`;
+      const summary = JSON.parse(await Deno.readTextFile(join(out, name, "summary.json")));
+      for (const k of ["gold/before", "gold/after", "gold/correct/after", "objective/kl"]) {
+        assert(Number.isFinite(summary[k]), `${method}: ${k} = ${summary[k]}`);
+      }
+      assert(summary.reward_hacking !== null, `${method}: a hacking verdict`);
+      const cfg = JSON.parse(await Deno.readTextFile(join(out, name, "config.json")));
+      if (method === "simpo") assertEquals([cfg.dpo.lossType, cfg.dpo.beta], ["simpo", 2]);
+      await readCheckpointDir(join(out, name, section)); // the method's checkpoint loads
+    }
+    // your own checkpoint (a 260-token vocabulary: the byte tokenizer) and JSONL data
+    const policy = join(out, "builtin-dpo", "sft");
+    const task = makeBuiltinTask(2, { pairs: 40 });
+    const pairs = join(out, "pairs.jsonl"), kto = join(out, "kto.jsonl");
+    await Deno.writeTextFile(pairs, task.pairs.map((p) => JSON.stringify(p)).join("\n") + "\n");
+    await Deno.writeTextFile(
+      kto,
+      task.pairs.map((p, i) =>
+        JSON.stringify({
+          prompt: p.prompt,
+          completion: i % 2 ? p.rejected : p.chosen,
+          label: i % 2 === 0,
+        })
+      ).join("\n") + "\n",
+    );
+    const own = [
+      `--out=${out}`,
+      `--data.policy=${policy}`,
+      "--data.heldOut=8",
+      "--run.evalPrompts=2",
+    ];
+    let r = await train([...own, "--method=ipo", `--data.pairs=${pairs}`, "--dpo.steps=3"]);
+    assertEquals(r.code, 0, r.err.slice(-2000));
+    let summary = JSON.parse(await Deno.readTextFile(join(out, "checkpoint-dpo", "summary.json")));
+    assert(Number.isFinite(summary["eval/rewards/accuracies"]), JSON.stringify(summary));
+    assert(Number.isFinite(summary["objective/kl"]), "KL to the reference");
+    r = await train([...own, "--method=kto", `--data.kto=${kto}`, "--kto.steps=3"]);
+    assertEquals(r.code, 0, r.err.slice(-2000));
+    summary = JSON.parse(await Deno.readTextFile(join(out, "checkpoint-kto", "summary.json")));
+    assert(Number.isFinite(summary["score/after"]), JSON.stringify(summary));
+    r = await train([...own, "--method=dpo", "--run.name=nopairs"]);
+    assertEquals(r.code, 2, r.err);
+    assert(r.err.includes("data.pairs is required"), r.err);
   },
 });

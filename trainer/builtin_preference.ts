@@ -11,9 +11,6 @@
  * @module
  */
 
-import { scale, sub } from "../kernels/elementwise.ts";
-import { sequenceLogprobs } from "../kernels/preference.ts";
-import type { Tensor } from "../kernels/runtime.ts";
 import { saveOptModel } from "../model/checkpoint.ts";
 import type { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
@@ -34,7 +31,7 @@ import type { KtoExample, PairExample } from "./data.ts";
 import { DPO_SCHEMA, type DpoConfig, DpoTrainer } from "./dpo.ts";
 import { describeVerdict, detectRewardHacking, goldSpread, type RolloutScores } from "./hacking.ts";
 import { KTO_SCHEMA, type KtoConfig, KtoTrainer } from "./kto.ts";
-import { modelLogprobs } from "./logprobs.ts";
+import { implicitReward } from "./logprobs.ts";
 import type { PipelineDefinition, Stage, StageContext } from "./pipeline.ts";
 import { deriveSeed, rolloutSeed } from "./random.ts";
 import { type RolloutScorer, sampleAndScore } from "./rollout.ts";
@@ -204,19 +201,6 @@ async function ktoExamples(ctx: Ctx): Promise<KtoExample[]> {
   const good = xs.filter((x) => x.label).length;
   ctx.log(`KTO data: ${xs.length} SFT samples, ${good} desirable, ${xs.length - good} not`);
   return xs;
-}
-
-/**
- * The implicit reward of sampled sequences, `β·(ℓ_θ − ℓ_SFT)` summed over the response (its
- * mean over samples divided by β is the KL to the SFT policy).
- */
-function implicitReward(policy: OptModel, sft: OptModel, beta: number): RolloutScorer {
-  return (r) => {
-    const gpu = policy.gpu;
-    const seq = (m: OptModel): Tensor =>
-      sequenceLogprobs(gpu, modelLogprobs(m, r.tokens, r.attentionMask), r.actionMask);
-    return scale(gpu, sub(gpu, seq(policy), seq(sft)), beta);
-  };
 }
 
 /** What a preference stage needs beyond the shared flow. */

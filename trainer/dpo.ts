@@ -27,7 +27,7 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import { encodePairs, type HostBatch } from "./batch.ts";
 import { type Schema, type SupervisedConfig, supervisedFields } from "./config.ts";
 import { DataError, type PairExample } from "./data.ts";
-import { referenceLogprobs } from "./logprobs.ts";
+import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
 import { optimizerStep } from "./optim.ts";
 import { SupervisedTrainer } from "./supervised.ts";
 import { assertFiniteLosses, type Metrics } from "./types.ts";
@@ -73,22 +73,26 @@ export const DPO_SCHEMA: Schema<DpoConfig> = {
 };
 
 /**
- * Pairs DPO can learn from: a pair whose chosen equals its rejected has a zero gradient and
- * would only dilute the batch, an empty response has no tokens besides EOS to score —
- * `DataError` naming the first such pair.
+ * Checks pairs before training: a pair whose chosen equals its rejected (same text, both ended
+ * or both cut) has a zero gradient and is a labelling mistake — `DataError` naming the first
+ * one. Empty responses are legal (a policy may answer with EOS alone, and that is worth
+ * preferring against) but unusual in a data file: returned as warnings.
  */
-export function checkPairs(pairs: readonly PairExample[]): void {
+export function checkPairs(pairs: readonly PairExample[]): string[] {
   if (pairs.length === 0) throw new DataError("preference data: no pairs");
+  let empty = -1, count = 0;
   pairs.forEach((p, i) => {
     if (p.chosen === p.rejected && !!p.chosenTruncated === !!p.rejectedTruncated) {
       throw new DataError(`preference pair ${i}: chosen and rejected are the same response`);
     }
     if (p.chosen.length === 0 || p.rejected.length === 0) {
-      throw new DataError(
-        `preference pair ${i}: empty ${p.chosen ? "rejected" : "chosen"} response`,
-      );
+      count++;
+      if (empty < 0) empty = i;
     }
   });
+  return count
+    ? [`${count} preference pair(s) have an empty response (EOS alone), the first is pair ${empty}`]
+    : [];
 }
 
 /** Length-mean log-probs (IPO, SimPO) instead of sums. */
@@ -121,6 +125,8 @@ function pairRows(tok: Tokenizer, pairs: readonly PairExample[], maxLength: numb
  * (SimPO needs none).
  */
 export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
+  /** What is odd about the data but not fatal (a pipeline logs these). */
+  readonly warnings: string[];
   #reference: OptModel | undefined;
   /** Reference ℓ of every pair, `[chosen_i, rejected_i]` at `2i` (precomputeReference). */
   #cache: Float32Array | undefined;
@@ -134,7 +140,7 @@ export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
     stateFile = "dpo/model_state.safetensors",
   ) {
     super(model, tok, pairs, cfg, stateFile);
-    checkPairs(pairs);
+    this.warnings = checkPairs(pairs);
     this.#reference = reference;
     if (cfg.lossType !== "simpo" && !reference && !model.lora) {
       throw new Error("DpoTrainer: give a reference model or an actor with LoRA adapters");
@@ -251,4 +257,40 @@ export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
       "dpo/lr": lr,
     };
   }
+}
+
+/**
+ * The implicit reward model on held-out pairs (TRL's `eval_rewards/accuracies`): the share of
+ * pairs with `β·ρ_w > β·ρ_l` (SimPO: `β·ℓ̄_w − β·ℓ̄_l > 0`) and the mean margin, no gradients.
+ * Before any training (policy = reference) every margin is 0 and the accuracy 0.
+ */
+export async function evaluatePreferences(
+  policy: OptModel,
+  reference: OptModel | undefined,
+  tok: Tokenizer,
+  pairs: readonly PairExample[],
+  o: Pick<DpoConfig, "lossType" | "beta" | "maxLength"> & { batchSize?: number },
+): Promise<{ accuracy: number; margin: number }> {
+  const gpu = policy.gpu, bs = o.batchSize ?? 16, average = averaged(o.lossType);
+  const simpo = o.lossType === "simpo";
+  let right = 0, margin = 0;
+  for (let i = 0; i < pairs.length; i += bs) {
+    const batch = pairs.slice(i, i + bs), P = batch.length;
+    const { b, act } = pairRows(tok, batch, o.maxLength);
+    const l = await gpu.scope(async () => {
+      const seq = gpu.fromArray(b.tokens, [2 * P, b.T]), am = gpu.fromArray(b.mask, [2 * P, b.T]);
+      const mask = gpu.fromArray(act, [2 * P, b.T]);
+      const ell = (logp: Tensor) => gpu.readF32(sequenceLogprobs(gpu, logp, mask, { average }));
+      const pol = await ell(modelLogprobs(policy, seq, am));
+      if (simpo) return pol;
+      const ref = await ell(referenceLogprobs(policy, reference, seq, am));
+      return pol.map((v, j) => v - ref[j]);
+    });
+    for (let j = 0; j < P; j++) {
+      const m = o.beta * (l[j] - l[P + j]);
+      right += m > 0 ? 1 : 0;
+      margin += m;
+    }
+  }
+  return { accuracy: right / pairs.length, margin: margin / pairs.length };
 }

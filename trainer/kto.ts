@@ -78,8 +78,8 @@ export class KtoTrainer extends SupervisedTrainer<KtoExample, KtoConfig> {
     }
     if (cfg.batchSize < 2) throw new Error("KtoTrainer: batchSize must be ≥ 2 (mismatched pairs)");
     if (data.length < 2) throw new DataError("KTO data: at least 2 examples are needed");
-    const bad = data.findIndex((x) => x.completion.length === 0);
-    if (bad >= 0) throw new DataError(`KTO example ${bad}: empty completion`);
+    const empty = data.filter((x) => x.completion.length === 0).length;
+    if (empty) this.warnings.push(`${empty} KTO example(s) have an empty completion (EOS alone)`);
     const good = data.filter((x) => x.label).length;
     if (good === 0 || good === data.length) {
       this.warnings.push(

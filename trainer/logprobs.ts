@@ -6,8 +6,11 @@
  * @module
  */
 
+import { scale, sub } from "../kernels/elementwise.ts";
+import { sequenceLogprobs } from "../kernels/preference.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
+import type { RolloutScorer } from "./rollout.ts";
 
 /** Per-token log-probs `log π(s[t+1] | s[≤t])` of `model` on `seq`, `(B, T)`; no gradients. */
 export function modelLogprobs(model: OptModel, seq: Tensor, mask: Tensor): Tensor {
@@ -46,4 +49,17 @@ export function sequenceValues(critic: OptModel, seq: Tensor, mask: Tensor): Ten
 /** The reward model's score of each sequence (its value at the last real token), `(B)`. */
 export function sequenceScores(reward: OptModel, seq: Tensor, mask: Tensor): Tensor {
   return reward.gpu.scope(() => reward.sequenceScores(reward.forward(seq, mask)));
+}
+
+/**
+ * The implicit reward of sampled sequences, `β·(ℓ_θ − ℓ_ref)` summed over the response — its
+ * mean over samples of the policy, divided by β, estimates the KL to the reference.
+ */
+export function implicitReward(policy: OptModel, reference: OptModel, beta: number): RolloutScorer {
+  return (r) => {
+    const gpu = policy.gpu;
+    const seq = (m: OptModel): Tensor =>
+      sequenceLogprobs(gpu, modelLogprobs(m, r.tokens, r.attentionMask), r.actionMask);
+    return scale(gpu, sub(gpu, seq(policy), seq(reference)), beta);
+  };
 }

@@ -7,6 +7,7 @@
 
 import { BUILTIN_PIPELINE, PIPELINE_PRESETS } from "./builtin.ts";
 import { DPO_PIPELINE, KTO_PIPELINE, PREFERENCE_PRESETS } from "./builtin_preference.ts";
+import { checkpointPreferencePipeline } from "./checkpoint_preference.ts";
 import type { PipelineDefinition } from "./pipeline.ts";
 import { type RecipeIo, recipePipeline } from "./recipe.ts";
 
@@ -19,6 +20,8 @@ export const PIPELINES: Record<string, PipelineFactory> = {
   builtin: () => BUILTIN_PIPELINE,
   "builtin-dpo": () => DPO_PIPELINE,
   "builtin-kto": () => KTO_PIPELINE,
+  "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
+  "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
   "simple-rlhf-tiny": recipePipeline,
 };
 
@@ -34,6 +37,18 @@ export const PRESETS: Record<string, Preset> = {
     Object.entries(PIPELINE_PRESETS).map(([k, v]) => [k, { pipeline: "builtin", overrides: v }]),
   ),
   ...PREFERENCE_PRESETS,
+  // the same methods on your own checkpoint and data (`--method=X --data.policy=DIR`)
+  ...Object.fromEntries(
+    Object.entries(PREFERENCE_PRESETS).map(([k, v]) => [
+      `checkpoint-${k}`,
+      {
+        pipeline: v.pipeline.replace("builtin-", "checkpoint-"),
+        overrides: Object.fromEntries(
+          Object.entries(v.overrides).filter(([key]) => key !== "run.name"),
+        ),
+      },
+    ]),
+  ),
   "simple-rlhf-tiny": { pipeline: "simple-rlhf-tiny", overrides: {} },
 };
 
