@@ -189,6 +189,7 @@ export {
   truncatePrompt,
 } from "./trainer/batch.ts";
 export {
+  implicitReward,
   modelLogprobs,
   referenceLogprobs,
   sequenceScores,
@@ -198,6 +199,7 @@ export {
   type Rollout,
   rollout,
   type RolloutOptions,
+  type RolloutScorer,
   type RolloutText,
   sampleAndScore,
   type ScoredSample,
@@ -210,7 +212,22 @@ export {
 } from "./trainer/advantages.ts";
 export { SupervisedTrainer, type SupervisedTrainerState } from "./trainer/supervised.ts";
 export { SftTrainer, trainSft } from "./trainer/sft.ts";
-export { evaluateRewardModel, RewardTrainer, trainRewardModel } from "./trainer/rm.ts";
+export {
+  evaluateRanking,
+  evaluateRewardModel,
+  rankedK,
+  RankingRewardTrainer,
+  RewardTrainer,
+  trainRewardModel,
+} from "./trainer/rm.ts";
+export {
+  checkPairs,
+  DPO_SCHEMA,
+  type DpoConfig,
+  DpoTrainer,
+  evaluatePreferences,
+} from "./trainer/dpo.ts";
+export { KTO_SCHEMA, type KtoConfig, KtoTrainer } from "./trainer/kto.ts";
 export {
   type PpoData,
   type PpoHooks,
@@ -247,6 +264,29 @@ export {
   type TaskConfig,
 } from "./trainer/builtin.ts";
 export {
+  DPO_PIPELINE,
+  DPO_PIPELINE_DEFAULTS,
+  type DpoPipelineConfig,
+  KTO_PIPELINE,
+  KTO_PIPELINE_DEFAULTS,
+  type KtoPipelineConfig,
+  PREFERENCE_DATA_SCHEMA,
+  PREFERENCE_PRESETS,
+  PREFERENCE_TASK_SCHEMA,
+  type PreferenceDataConfig,
+  type PreferenceTaskConfig,
+  resolveDpoConfig,
+} from "./trainer/builtin_preference.ts";
+export {
+  type CheckpointDpoConfig,
+  type CheckpointKtoConfig,
+  checkpointPreferencePipeline,
+  PREFERENCE_FILES_SCHEMA,
+  PREFERENCE_RUN_SCHEMA,
+  type PreferenceFilesConfig,
+  type PreferenceRunConfig,
+} from "./trainer/checkpoint_preference.ts";
+export {
   loadRecipeInputs,
   RECIPE_SCHEMAS,
   type RecipeConfig,
@@ -274,12 +314,18 @@ export {
   goldParts,
   goldScore,
   makeBuiltinTask,
+  makeRankedExamples,
   parseQuestion,
   TASK_MODEL_CONFIG,
   type TaskQuestion,
   toHhJsonl,
 } from "./trainer/task.ts";
-export { labelComparisons, type PolicySample, samplePolicy } from "./trainer/comparisons.ts";
+export {
+  labelComparisons,
+  labelExamples,
+  type PolicySample,
+  samplePolicy,
+} from "./trainer/comparisons.ts";
 export {
   describeVerdict,
   detectRewardHacking,

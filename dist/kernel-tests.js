@@ -8075,6 +8075,613 @@ cases11.push({
   }
 });
 
+// kernels/preference.ts
+var SIGMOID_WGSL = `
+fn log_sigmoid(x: f32) -> f32 { return -(max(-x, 0.0) + log(1.0 + exp(-abs(x)))); }
+fn sigmoid(x: f32) -> f32 { return select(exp(x) / (1.0 + exp(x)), 1.0 / (1.0 + exp(-x)), x >= 0.0); }
+`;
+var SEQUENCE = `
+struct P { rows: u32, T: u32, average: u32 }
+@group(0) @binding(0) var<storage, read> logp: array<f32>;   // (rows, T) per-token log-probs
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (rows, T) 1 = response token
+@group(0) @binding(2) var<storage, read_write> seq: array<f32>;  // (rows)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.rows) { return; }
+  var s = 0.0;
+  var n = 0.0;
+  for (var t = 0u; t < p.T; t++) {
+    let m = mask[i * p.T + t];
+    s += select(0.0, logp[i * p.T + t], m != 0.0);
+    n += select(0.0, 1.0, m != 0.0);
+  }
+  seq[i] = select(s, s / max(n, 1.0), p.average == 1u);
+}`;
+var SEQUENCE_BACKWARD = `
+struct P { rows: u32, T: u32, average: u32 }
+@group(0) @binding(0) var<storage, read> dseq: array<f32>;   // (rows)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (rows, T)
+@group(0) @binding(2) var<storage, read_write> dlogp: array<f32>;  // (rows, T)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.rows) { return; }
+  var n = 0.0;
+  for (var t = 0u; t < p.T; t++) { n += select(0.0, 1.0, mask[i * p.T + t] != 0.0); }
+  let g = select(dseq[i], dseq[i] / max(n, 1.0), p.average == 1u);
+  for (var t = 0u; t < p.T; t++) {
+    dlogp[i * p.T + t] = select(0.0, g, mask[i * p.T + t] != 0.0);
+  }
+}`;
+function checkRows(name, logp, mask) {
+  checkShape(logp.dtype === "f32" && mask.dtype === "f32" && logp.shape.length === 2 && mask.shape.length === 2 && logp.shape[0] === mask.shape[0] && logp.shape[1] === mask.shape[1], `${name}: expects f32 (rows, T) log-probs and mask of one shape, got ${logp.dtype} [${logp.shape}] and ${mask.dtype} [${mask.shape}]`);
+  return {
+    rows: logp.shape[0],
+    T: logp.shape[1]
+  };
+}
+function sequenceLogprobs(gpu, logp, mask, o = {}) {
+  const { rows: rows2, T: T3 } = checkRows("sequenceLogprobs", logp, mask);
+  const seq = gpu.empty([
+    rows2
+  ]);
+  gpu.dispatch(gpu.pipeline(SEQUENCE), [
+    logp,
+    mask,
+    seq
+  ], gpu.grid(groups(rows2)), new Params().u32(rows2, T3, o.average ? 1 : 0));
+  return seq;
+}
+function sequenceLogprobsBackward(gpu, dseq, mask, o = {}) {
+  const { rows: rows2, T: T3 } = checkRows("sequenceLogprobsBackward", mask, mask);
+  checkShape(dseq.dtype === "f32" && dseq.size === rows2, `sequenceLogprobsBackward: dseq must be f32 of ${rows2} rows, got ${dseq.dtype} [${dseq.shape}]`);
+  const dlogp = gpu.empty([
+    rows2,
+    T3
+  ]);
+  gpu.dispatch(gpu.pipeline(SEQUENCE_BACKWARD), [
+    dseq,
+    mask,
+    dlogp
+  ], gpu.grid(groups(rows2)), new Params().u32(rows2, T3, o.average ? 1 : 0));
+  return dlogp;
+}
+var LOSS_KIND = {
+  sigmoid: 0,
+  hinge: 1,
+  ipo: 2,
+  robust: 3,
+  simpo: 4
+};
+var PREFERENCE_METRIC = {
+  loss: 0,
+  rewardChosen: 1,
+  rewardRejected: 2,
+  accuracy: 3,
+  margin: 4,
+  logpChosen: 5,
+  logpRejected: 6
+};
+var PREFERENCE_COLUMNS = 7;
+var PREFERENCE = `${SIGMOID_WGSL}
+struct P { B: u32, kind: u32, beta: f32, eps: f32, gamma: f32, scale: f32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;   // (2B) policy \u2113: chosen, rejected
+@group(0) @binding(1) var<storage, read> lref: array<f32>;   // (2B) reference \u2113 (unused by simpo)
+@group(0) @binding(2) var<storage, read_write> dpol: array<f32>;  // (2B) scale\xB7dL_i/d\u2113
+@group(0) @binding(3) var<storage, read_write> cols: array<f32>;  // (7, B) per-pair metrics
+@group(0) @binding(4) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.B) { return; }
+  let lw = pol[i];
+  let ll = pol[p.B + i];
+  let simpo = p.kind == 4u;
+  let rw = select(lw - lref[i], lw, simpo);        // \u03C1_w (simpo: length-mean \u2113_w)
+  let rl = select(ll - lref[p.B + i], ll, simpo);
+  let h = rw - rl;
+  var loss = 0.0;
+  var dh = 0.0;                                   // dL/dh
+  if (p.kind == 0u || p.kind == 4u) {             // sigmoid (cDPO) \xB7 simpo
+    let x = select(p.beta * h, p.beta * h - p.gamma, simpo);
+    loss = -(1.0 - p.eps) * log_sigmoid(x) - p.eps * log_sigmoid(-x);
+    dh = p.beta * (-(1.0 - p.eps) * sigmoid(-x) + p.eps * sigmoid(x));
+  } else if (p.kind == 1u) {                      // hinge
+    loss = max(0.0, 1.0 - p.beta * h);
+    dh = select(0.0, -p.beta, 1.0 - p.beta * h > 0.0);
+  } else if (p.kind == 2u) {                      // ipo (length-mean \u2113)
+    let d = h - 1.0 / (2.0 * p.beta);
+    loss = d * d;
+    dh = 2.0 * d;
+  } else {                                        // robust
+    let x = p.beta * h;
+    loss = (-(1.0 - p.eps) * log_sigmoid(x) + p.eps * log_sigmoid(-x)) / (1.0 - 2.0 * p.eps);
+    dh = p.beta * (-(1.0 - p.eps) * sigmoid(-x) - p.eps * sigmoid(x)) / (1.0 - 2.0 * p.eps);
+  }
+  dpol[i] = p.scale * dh;
+  dpol[p.B + i] = -p.scale * dh;
+  let gw = p.beta * rw;
+  let gl = p.beta * rl;
+  cols[i] = loss;
+  cols[p.B + i] = gw;
+  cols[2u * p.B + i] = gl;
+  cols[3u * p.B + i] = select(0.0, 1.0, gw > gl);
+  cols[4u * p.B + i] = gw - gl;
+  cols[5u * p.B + i] = lw;
+  cols[6u * p.B + i] = ll;
+}`;
+function preferenceLoss(gpu, policy, reference, o) {
+  const kind = LOSS_KIND[o.lossType];
+  checkShape(kind !== void 0, `preferenceLoss: unknown loss type ${o.lossType}`);
+  checkShape(policy.dtype === "f32" && policy.size % 2 === 0 && policy.size > 0, `preferenceLoss: policy must be f32 (2B) log-probs, got ${policy.dtype} [${policy.shape}]`);
+  const simpo = o.lossType === "simpo";
+  checkShape(simpo || reference?.dtype === "f32" && reference.size === policy.size, `preferenceLoss: ${o.lossType} needs reference log-probs shaped like the policy's [${policy.shape}], got ${reference ? `[${reference.shape}]` : "none"}`);
+  const eps = o.labelSmoothing ?? 0;
+  checkShape(o.beta > 0, `preferenceLoss: beta must be > 0, got ${o.beta}`);
+  checkShape(eps >= 0 && eps < 0.5, `preferenceLoss: labelSmoothing must be in [0, 0.5)`);
+  const B4 = policy.size / 2;
+  const dpolicy = gpu.empty([
+    2 * B4
+  ]), cols = gpu.empty([
+    PREFERENCE_COLUMNS,
+    B4
+  ]);
+  gpu.dispatch(gpu.pipeline(PREFERENCE), [
+    policy,
+    simpo ? policy : reference,
+    dpolicy,
+    cols
+  ], gpu.grid(groups(B4)), new Params().u32(B4, kind).f32(o.beta, eps, o.gamma ?? 0, o.scale ?? 1 / B4));
+  const metrics = meanLastAxis(gpu, cols);
+  cols.dispose();
+  return {
+    dpolicy,
+    metrics
+  };
+}
+var KTO_Z = `
+struct P { n: u32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;   // (n) policy \u2113 of mismatched pairs
+@group(0) @binding(1) var<storage, read> lref: array<f32>;   // (n) reference \u2113 of the same
+@group(0) @binding(2) var<storage, read_write> z: array<f32>;  // (1)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i > 0u) { return; }
+  var s = 0.0;
+  for (var j = 0u; j < p.n; j++) { s += pol[j] - lref[j]; }
+  z[0] = max(0.0, s / f32(p.n));
+}`;
+function ktoReferencePoint(gpu, policy, reference) {
+  checkShape(policy.dtype === "f32" && reference.dtype === "f32" && policy.size === reference.size && policy.size > 0, `ktoReferencePoint: expects two f32 (n) log-prob vectors of one size, got [${policy.shape}] and [${reference.shape}]`);
+  const z = gpu.empty([
+    1
+  ]);
+  gpu.dispatch(gpu.pipeline(KTO_Z), [
+    policy,
+    reference,
+    z
+  ], [
+    1
+  ], new Params().u32(policy.size));
+  return z;
+}
+var KTO_COLUMNS = 7;
+var KTO = `${SIGMOID_WGSL}
+struct P { n: u32, beta: f32, wd: f32, wu: f32, scale: f32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;    // (n) policy \u2113
+@group(0) @binding(1) var<storage, read> lref: array<f32>;    // (n) reference \u2113
+@group(0) @binding(2) var<storage, read> desire: array<f32>;  // (n) 1 desirable, 0 undesirable
+@group(0) @binding(3) var<storage, read> z: array<f32>;      // (1) reference point
+@group(0) @binding(4) var<storage, read_write> dpol: array<f32>;  // (n)
+@group(0) @binding(5) var<storage, read_write> cols: array<f32>;  // (7, n)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let rho = pol[i] - lref[i];
+  let d = desire[i] != 0.0;
+  var loss = 0.0;
+  var g = 0.0;
+  if (d) {
+    let s = sigmoid(p.beta * (rho - z[0]));
+    loss = p.wd * (1.0 - s);
+    g = -p.wd * p.beta * s * (1.0 - s);
+  } else {
+    let s = sigmoid(p.beta * (z[0] - rho));
+    loss = p.wu * (1.0 - s);
+    g = p.wu * p.beta * s * (1.0 - s);
+  }
+  dpol[i] = p.scale * g;
+  let fd = select(0.0, 1.0, d);
+  cols[i] = loss;
+  cols[p.n + i] = fd;
+  cols[2u * p.n + i] = fd * p.beta * rho;
+  cols[3u * p.n + i] = fd * pol[i];
+  cols[4u * p.n + i] = 1.0 - fd;
+  cols[5u * p.n + i] = (1.0 - fd) * p.beta * rho;
+  cols[6u * p.n + i] = (1.0 - fd) * pol[i];
+}`;
+function ktoLoss(gpu, policy, reference, desirable, z, o) {
+  const n = policy.size;
+  checkShape(n > 0 && [
+    policy,
+    reference,
+    desirable
+  ].every((t) => t.dtype === "f32" && t.size === n) && z.dtype === "f32" && z.size === 1, `ktoLoss: expects f32 (n) policy, reference and labels and a (1) reference point, got [${policy.shape}], [${reference.shape}], [${desirable.shape}], [${z.shape}]`);
+  checkShape(o.beta > 0, `ktoLoss: beta must be > 0, got ${o.beta}`);
+  const dpolicy = gpu.empty([
+    n
+  ]), cols = gpu.empty([
+    KTO_COLUMNS,
+    n
+  ]);
+  gpu.dispatch(gpu.pipeline(KTO), [
+    policy,
+    reference,
+    desirable,
+    z,
+    dpolicy,
+    cols
+  ], gpu.grid(groups(n)), new Params().u32(n).f32(o.beta, o.desirableWeight ?? 1, o.undesirableWeight ?? 1, o.scale ?? 1 / n));
+  const sums = sumLastAxis(gpu, cols);
+  cols.dispose();
+  return {
+    dpolicy,
+    sums
+  };
+}
+
+// kernels/reference/preference.ts
+var logSigmoid = (x) => -(Math.max(-x, 0) + Math.log1p(Math.exp(-Math.abs(x))));
+var sigmoid = (x) => 1 / (1 + Math.exp(-x));
+function sequenceLogprobs2(logp, mask, T3, average = false) {
+  const rows2 = logp.length / T3, out = new Float64Array(rows2);
+  for (let r = 0; r < rows2; r++) {
+    let s = 0, n = 0;
+    for (let t = 0; t < T3; t++) {
+      if (mask[r * T3 + t] !== 0) {
+        s += logp[r * T3 + t];
+        n++;
+      }
+    }
+    out[r] = average ? s / Math.max(n, 1) : s;
+  }
+  return out;
+}
+function sequenceLogprobsBackward2(dseq, mask, T3, average = false) {
+  const rows2 = dseq.length, out = new Float64Array(rows2 * T3);
+  for (let r = 0; r < rows2; r++) {
+    let n = 0;
+    for (let t = 0; t < T3; t++) n += mask[r * T3 + t] !== 0 ? 1 : 0;
+    for (let t = 0; t < T3; t++) {
+      if (mask[r * T3 + t] !== 0) out[r * T3 + t] = average ? dseq[r] / Math.max(n, 1) : dseq[r];
+    }
+  }
+  return out;
+}
+function preferenceLoss2(policy, reference, o) {
+  const B4 = policy.length / 2, eps = o.labelSmoothing ?? 0, beta = o.beta;
+  const dpolicy = new Float64Array(2 * B4);
+  let loss = 0, rc = 0, rr = 0, acc = 0, lc = 0, lr = 0;
+  for (let i = 0; i < B4; i++) {
+    const simpo = o.lossType === "simpo";
+    const rw = simpo ? policy[i] : policy[i] - reference[i];
+    const rl = simpo ? policy[B4 + i] : policy[B4 + i] - reference[B4 + i];
+    const h = rw - rl;
+    let l, dh;
+    if (o.lossType === "sigmoid" || simpo) {
+      const x = simpo ? beta * h - (o.gamma ?? 0) : beta * h;
+      l = -(1 - eps) * logSigmoid(x) - eps * logSigmoid(-x);
+      dh = beta * (-(1 - eps) * sigmoid(-x) + eps * sigmoid(x));
+    } else if (o.lossType === "hinge") {
+      l = Math.max(0, 1 - beta * h);
+      dh = 1 - beta * h > 0 ? -beta : 0;
+    } else if (o.lossType === "ipo") {
+      const d = h - 1 / (2 * beta);
+      l = d * d;
+      dh = 2 * d;
+    } else {
+      const x = beta * h;
+      l = (-(1 - eps) * logSigmoid(x) + eps * logSigmoid(-x)) / (1 - 2 * eps);
+      dh = beta * (-(1 - eps) * sigmoid(-x) - eps * sigmoid(x)) / (1 - 2 * eps);
+    }
+    loss += l;
+    dpolicy[i] = dh / B4;
+    dpolicy[B4 + i] = -dh / B4;
+    rc += beta * rw;
+    rr += beta * rl;
+    acc += beta * rw > beta * rl ? 1 : 0;
+    lc += policy[i];
+    lr += policy[B4 + i];
+  }
+  return {
+    loss: loss / B4,
+    dpolicy,
+    rewardChosen: rc / B4,
+    rewardRejected: rr / B4,
+    accuracy: acc / B4,
+    margin: (rc - rr) / B4,
+    logpChosen: lc / B4,
+    logpRejected: lr / B4
+  };
+}
+function ktoReferencePoint2(policy, reference) {
+  let s = 0;
+  for (let i = 0; i < policy.length; i++) s += policy[i] - reference[i];
+  return Math.max(0, s / policy.length);
+}
+function ktoLoss2(policy, reference, desirable, z, o) {
+  const n = policy.length, b = o.beta, wd = o.desirableWeight ?? 1, wu = o.undesirableWeight ?? 1;
+  const dpolicy = new Float64Array(n), sums = new Float64Array(7);
+  for (let i = 0; i < n; i++) {
+    const rho = policy[i] - reference[i], d = desirable[i] !== 0;
+    const s = sigmoid(d ? b * (rho - z) : b * (z - rho));
+    const l = (d ? wd : wu) * (1 - s);
+    dpolicy[i] = (d ? -wd : wu) * b * s * (1 - s) / n;
+    sums[0] += l;
+    const k = d ? 1 : 4;
+    sums[k] += 1;
+    sums[k + 1] += b * rho;
+    sums[k + 2] += policy[i];
+  }
+  return {
+    loss: sums[0] / n,
+    dpolicy,
+    sums
+  };
+}
+
+// tests/cases/preference.ts
+var cases12 = [];
+var TOL6 = {
+  atol: 1e-5,
+  rtol: 1e-5
+};
+var FD_TOL = {
+  atol: 1e-8,
+  rtol: 1e-6
+};
+function responseMask(rows2, T3) {
+  const m = new Float32Array(rows2 * T3);
+  for (let r = 0; r < rows2; r++) {
+    const start = r % 3, end = T3 - r % 2;
+    for (let t = start; t < end; t++) m[r * T3 + t] = 1;
+  }
+  if (rows2 > 2) m.fill(0, 0, T3);
+  return m;
+}
+for (const [rows2, T3] of [
+  [
+    1,
+    1
+  ],
+  [
+    7,
+    5
+  ],
+  [
+    33,
+    65
+  ]
+]) {
+  cases12.push({
+    name: `preference: sequence log-probs (sum and mean) and their backward vs reference and FD (${rows2}\xD7${T3})`,
+    async run(gpu) {
+      const logp = randArray(rows2 * T3, rows2 + T3, -6, 0), mask = responseMask(rows2, T3);
+      const dseq = randArray(rows2, 3 * rows2 + 1, -2, 2);
+      const tl = gpu.fromArray(logp, [
+        rows2,
+        T3
+      ]), tm = gpu.fromArray(mask, [
+        rows2,
+        T3
+      ]);
+      for (const average of [
+        false,
+        true
+      ]) {
+        const what = average ? "mean" : "sum";
+        assertClose(await gpu.readF32(sequenceLogprobs(gpu, tl, tm, {
+          average
+        })), sequenceLogprobs2(logp, mask, T3, average), TOL6, `sequence ${what}`);
+        const want = sequenceLogprobsBackward2(dseq, mask, T3, average);
+        assertClose(await gpu.readF32(sequenceLogprobsBackward(gpu, gpu.fromArray(dseq), tm, {
+          average
+        })), want, TOL6, `sequence ${what} backward`);
+        const f = (z) => sequenceLogprobs2(z, mask, T3, average).reduce((a, v, r) => a + v * dseq[r], 0);
+        assertClose(want, finiteDiff(f, logp), FD_TOL, `sequence ${what} FD`);
+      }
+    }
+  });
+}
+var TYPES = [
+  "sigmoid",
+  "hinge",
+  "ipo",
+  "robust",
+  "simpo"
+];
+for (const B4 of [
+  1,
+  7,
+  33
+]) {
+  cases12.push({
+    name: `preference: DPO (sigmoid, hinge, IPO, robust) and SimPO losses, metrics and gradients vs reference and FD (B=${B4})`,
+    async run(gpu) {
+      const pol = randArray(2 * B4, 5 * B4, -12, -1), rf = randArray(2 * B4, 5 * B4 + 1, -12, -1);
+      for (const lossType of TYPES) {
+        const o = {
+          lossType,
+          beta: lossType === "simpo" ? 2 : 0.4,
+          labelSmoothing: lossType === "hinge" || lossType === "ipo" ? 0 : 0.15,
+          gamma: 0.5
+        };
+        if (lossType === "hinge") {
+          for (let i = 0; i < B4; i++) {
+            const h = pol[i] - rf[i] - pol[B4 + i] + rf[B4 + i];
+            if (Math.abs(o.beta * h - 1) < 0.01) pol[i] += 0.1;
+          }
+        }
+        const got = preferenceLoss(gpu, gpu.fromArray(pol), lossType === "simpo" ? void 0 : gpu.fromArray(rf), o);
+        const want = preferenceLoss2(pol, rf, o);
+        const M = PREFERENCE_METRIC, m = await gpu.readF32(got.metrics);
+        assertClose([
+          M.loss,
+          M.rewardChosen,
+          M.rewardRejected,
+          M.accuracy,
+          M.margin,
+          M.logpChosen,
+          M.logpRejected
+        ].map((c) => m[c]), [
+          want.loss,
+          want.rewardChosen,
+          want.rewardRejected,
+          want.accuracy,
+          want.margin,
+          want.logpChosen,
+          want.logpRejected
+        ], TOL6, `${lossType} metrics`);
+        assertClose(await gpu.readF32(got.dpolicy), want.dpolicy, TOL6, `${lossType} dpolicy`);
+        assertClose(want.dpolicy, finiteDiff((z) => preferenceLoss2(z, rf, o).loss, pol, 1e-6), {
+          atol: 1e-7,
+          rtol: 1e-5
+        }, `${lossType} FD`);
+      }
+    }
+  });
+}
+cases12.push({
+  name: "preference: DPO costs log 2 at \u03C1 = 0 and tends to its Taylor limit log 2 \u2212 \u03B2h/2 as \u03B2 \u2192 0",
+  async run(gpu) {
+    const pol = gpu.fromArray([
+      -3,
+      -7,
+      -5,
+      -2
+    ]);
+    const zero = preferenceLoss(gpu, pol, pol, {
+      lossType: "sigmoid",
+      beta: 0.1
+    });
+    const m = await gpu.readF32(zero.metrics);
+    assertClose([
+      m[PREFERENCE_METRIC.loss]
+    ], [
+      Math.LN2
+    ], {
+      atol: 1e-6,
+      rtol: 0
+    }, "\u03C1 = 0");
+    assertClose(await gpu.readF32(zero.dpolicy), [
+      -0.025,
+      -0.025,
+      0.025,
+      0.025
+    ], TOL6, "\u2212\u03B2/4 each");
+    const p = [
+      -3,
+      -7,
+      -5,
+      -2
+    ], r = [
+      -4,
+      -6,
+      -5.5,
+      -2.5
+    ], beta = 1e-3;
+    const got = preferenceLoss(gpu, gpu.fromArray(p), gpu.fromArray(r), {
+      lossType: "sigmoid",
+      beta
+    });
+    const h = [
+      p[0] - r[0] - (p[2] - r[2]),
+      p[1] - r[1] - (p[3] - r[3])
+    ];
+    const taylor = h.reduce((a, x) => a + Math.LN2 - beta * x / 2, 0) / 2;
+    const loss = (await gpu.readF32(got.metrics))[PREFERENCE_METRIC.loss];
+    assert(Math.abs(loss - taylor) < 2e-6, `loss ${loss} vs Taylor ${taylor}`);
+  }
+});
+for (const n of [
+  1,
+  7,
+  33
+]) {
+  cases12.push({
+    name: `preference: KTO loss, sums and gradient vs reference and FD; reference point z \u2265 0 (n=${n})`,
+    async run(gpu) {
+      const pol = randArray(n, 7 * n, -10, -1), rf = randArray(n, 7 * n + 1, -10, -1);
+      const label = Float32Array.from({
+        length: n
+      }, (_, i) => i % 3 === 1 ? 0 : 1);
+      const o = {
+        beta: 0.5,
+        desirableWeight: 1.5,
+        undesirableWeight: 0.7
+      };
+      const z = ktoReferencePoint(gpu, gpu.fromArray(pol), gpu.fromArray(rf));
+      const zw = ktoReferencePoint2(pol, rf);
+      assertClose(await gpu.readF32(z), [
+        zw
+      ], TOL6, "z");
+      const neg = ktoReferencePoint(gpu, gpu.fromArray([
+        -5
+      ]), gpu.fromArray([
+        -1
+      ]));
+      assertClose(await gpu.readF32(neg), [
+        0
+      ], {
+        atol: 0,
+        rtol: 0
+      }, "z clipped");
+      const got = ktoLoss(gpu, gpu.fromArray(pol), gpu.fromArray(rf), gpu.fromArray(label), z, o);
+      const want = ktoLoss2(pol, rf, label, zw, o);
+      assertClose(await gpu.readF32(got.sums), want.sums, TOL6, "KTO sums");
+      assertClose(await gpu.readF32(got.dpolicy), want.dpolicy, TOL6, "KTO dpolicy");
+      assertClose(want.dpolicy, finiteDiff((x) => ktoLoss2(x, rf, label, zw, o).loss, pol, 1e-6), {
+        atol: 1e-8,
+        rtol: 1e-5
+      }, "KTO FD");
+    }
+  });
+}
+cases12.push({
+  name: "preference: bad arguments are named errors",
+  async run(gpu) {
+    const a = gpu.zeros([
+      4
+    ]);
+    await assertThrows(() => preferenceLoss(gpu, a, void 0, {
+      lossType: "sigmoid",
+      beta: 0.1
+    }), ShapeError, "needs reference log-probs");
+    await assertThrows(() => preferenceLoss(gpu, gpu.zeros([
+      3
+    ]), void 0, {
+      lossType: "simpo",
+      beta: 2
+    }), ShapeError, "(2B)");
+    await assertThrows(() => preferenceLoss(gpu, a, a, {
+      lossType: "robust",
+      beta: 0.1,
+      labelSmoothing: 0.5
+    }), ShapeError, "[0, 0.5)");
+    await assertThrows(() => sequenceLogprobs(gpu, gpu.zeros([
+      2,
+      3
+    ]), gpu.zeros([
+      3,
+      2
+    ])), ShapeError, "one shape");
+    await assertThrows(() => ktoLoss(gpu, a, a, gpu.zeros([
+      3
+    ]), gpu.zeros([
+      1
+    ]), {
+      beta: 0.1
+    }), ShapeError, "ktoLoss");
+  }
+});
+
 // kernels/rl.ts
 var KL_KIND = {
   k1: 0,
@@ -8082,7 +8689,7 @@ var KL_KIND = {
   mse: 2,
   k3: 3
 };
-var SIGMOID_WGSL = `
+var SIGMOID_WGSL2 = `
 fn log_sigmoid(x: f32) -> f32 { return -(max(-x, 0.0) + log(1.0 + exp(-abs(x)))); }
 fn sigmoid(x: f32) -> f32 { return select(exp(x) / (1.0 + exp(x)), 1.0 / (1.0 + exp(-x)), x >= 0.0); }
 `;
@@ -8390,7 +8997,7 @@ function explainedVariance(gpu, values, returns, mask) {
   ]) t.dispose();
   return out;
 }
-var PAIRWISE = `${SIGMOID_WGSL}
+var PAIRWISE = `${SIGMOID_WGSL2}
 struct P { n: u32, has_margin: u32 }
 @group(0) @binding(0) var<storage, read_write> rw: array<f32>;
 @group(0) @binding(1) var<storage, read_write> rl: array<f32>;
@@ -8453,7 +9060,7 @@ function pairwiseRewardLoss(gpu, chosen, rejected, margin) {
   ]) t.dispose();
   return out;
 }
-var RANKING = `${SIGMOID_WGSL}
+var RANKING = `${SIGMOID_WGSL2}
 struct P { P: u32, K: u32 }
 @group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (P, K) best \u2192 worst
 @group(0) @binding(1) var<storage, read_write> loss: array<f32>;  // (P)
@@ -8506,7 +9113,7 @@ function rankingRewardLoss(gpu, scores) {
   acc.dispose();
   return out;
 }
-var TOKEN_PAIR = `${SIGMOID_WGSL}
+var TOKEN_PAIR = `${SIGMOID_WGSL2}
 struct P { P: u32, T: u32 }
 @group(0) @binding(0) var<storage, read_write> vw: array<f32>;    // (P, T)
 @group(0) @binding(1) var<storage, read_write> vl: array<f32>;    // (P, T)
@@ -8562,8 +9169,8 @@ function tokenPairRewardLoss(gpu, valuesChosen, valuesRejected, span) {
 }
 
 // kernels/reference/rl.ts
-var logSigmoid = (x) => -(Math.max(-x, 0) + Math.log1p(Math.exp(-Math.abs(x))));
-var sigmoid = (x) => 1 / (1 + Math.exp(-x));
+var logSigmoid2 = (x) => -(Math.max(-x, 0) + Math.log1p(Math.exp(-Math.abs(x))));
+var sigmoid2 = (x) => 1 / (1 + Math.exp(-x));
 function klPenalty2(logp, ref, mask, kind) {
   return Float64Array.from(logp, (lp, i) => {
     if (mask[i] === 0) return 0;
@@ -8676,10 +9283,10 @@ function pairwiseRewardLoss2(rw, rl, margin) {
   const drw = new Float64Array(n), drl = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     const x = rw[i] - rl[i] - (margin ? margin[i] : 0);
-    loss -= logSigmoid(x);
+    loss -= logSigmoid2(x);
     acc += rw[i] > rl[i] ? 1 : 0;
     gap += rw[i] - rl[i];
-    drw[i] = -sigmoid(-x) / n;
+    drw[i] = -sigmoid2(-x) / n;
     drl[i] = -drw[i];
   }
   return {
@@ -8698,9 +9305,9 @@ function rankingRewardLoss2(s, P, K2) {
     for (let a = 0; a < K2; a++) {
       for (let b = a + 1; b < K2; b++) {
         const x = s[p * K2 + a] - s[p * K2 + b];
-        loss -= logSigmoid(x) / pairs;
+        loss -= logSigmoid2(x) / pairs;
         acc += (x > 0 ? 1 : 0) / pairs;
-        const g = -sigmoid(-x) / (pairs * P);
+        const g = -sigmoid2(-x) / (pairs * P);
         ds[p * K2 + a] += g;
         ds[p * K2 + b] -= g;
       }
@@ -8723,8 +9330,8 @@ function tokenPairRewardLoss2(vw, vl, span, P, T3) {
       const j = p * T3 + t;
       if (span[j] === 0) continue;
       const x = vw[j] - vl[j];
-      loss -= logSigmoid(x) / n / P;
-      dw[j] = -sigmoid(-x) / (n * P);
+      loss -= logSigmoid2(x) / n / P;
+      dw[j] = -sigmoid2(-x) / (n * P);
       dl[j] = -dw[j];
     }
   }
@@ -8736,12 +9343,12 @@ function tokenPairRewardLoss2(vw, vl, span, P, T3) {
 }
 
 // tests/cases/rl.ts
-var cases12 = [];
-var TOL6 = {
+var cases13 = [];
+var TOL7 = {
   atol: 1e-5,
   rtol: 1e-5
 };
-function responseMask(B4, T3, seed) {
+function responseMask2(B4, T3, seed) {
   const r = rng(seed);
   const m = new Float32Array(B4 * T3);
   for (let b = 0; b < B4; b++) {
@@ -8750,7 +9357,7 @@ function responseMask(B4, T3, seed) {
   }
   return m;
 }
-cases12.push({
+cases13.push({
   name: "rl: hand-worked GAE, shaped rewards, policy and value loss examples",
   async run(gpu) {
     const g = gae(gpu, gpu.fromArray([
@@ -8782,12 +9389,12 @@ cases12.push({
       0.45125,
       0.475,
       0.5
-    ], TOL6, "advantages");
+    ], TOL7, "advantages");
     assertClose(await gpu.readF32(g.returns), [
       0.95125,
       0.975,
       1
-    ], TOL6, "returns");
+    ], TOL7, "returns");
     const r = shapedRewards(gpu, gpu.fromArray([
       0.1,
       0.2,
@@ -8812,7 +9419,7 @@ cases12.push({
       0,
       -0.02,
       4.97
-    ], TOL6, "shaped rewards");
+    ], TOL7, "shaped rewards");
     const lp = Math.log(1.5);
     const pl = ppoPolicyLoss(gpu, gpu.fromArray([
       lp,
@@ -8830,14 +9437,14 @@ cases12.push({
     });
     assertClose((await gpu.readF32(pl.loss)).subarray(2, 3), [
       (-1.2 + 1.5) / 2
-    ], TOL6, "policy loss");
+    ], TOL7, "policy loss");
     assertClose((await gpu.readF32(pl.clipfrac)).subarray(2, 3), [
       0.5
-    ], TOL6, "clip fraction");
+    ], TOL7, "clip fraction");
     assertClose(await gpu.readF32(pl.dlogp), [
       0,
       1.5 / 2
-    ], TOL6, "policy gradient");
+    ], TOL7, "policy gradient");
     const vl = ppoValueLoss(gpu, gpu.fromArray([
       1
     ]), gpu.fromArray([
@@ -8851,10 +9458,10 @@ cases12.push({
     });
     assertClose((await gpu.readF32(vl.loss)).subarray(2, 3), [
       0.5
-    ], TOL6, "value loss");
+    ], TOL7, "value loss");
     assertClose(await gpu.readF32(vl.dvalues), [
       1
-    ], TOL6, "value gradient");
+    ], TOL7, "value gradient");
   }
 });
 for (const [B4, T3] of [
@@ -8875,10 +9482,10 @@ for (const [B4, T3] of [
     65
   ]
 ]) {
-  cases12.push({
+  cases13.push({
     name: `rl: KL estimators, rewards, GAE, whitening, explained variance match the reference (${B4}\xD7${T3})`,
     async run(gpu) {
-      const n = B4 * T3, mask = responseMask(B4, T3, n);
+      const n = B4 * T3, mask = responseMask2(B4, T3, n);
       const lp = randArray(n, 1 + n, -3, 0), lr = randArray(n, 2 + n, -3, 0);
       const tm = gpu.fromArray(mask, [
         B4,
@@ -8897,7 +9504,7 @@ for (const [B4, T3] of [
           B4,
           T3
         ]), tm, kind);
-        assertClose(await gpu.readF32(got), klPenalty2(lp, lr, mask, kind), TOL6, `kl ${kind}`);
+        assertClose(await gpu.readF32(got), klPenalty2(lp, lr, mask, kind), TOL7, `kl ${kind}`);
       }
       const kl = klPenalty2(lp, lr, mask, "k3"), scores = randArray(B4, 3, -8, 8);
       const beta = gpu.fromArray([
@@ -8911,7 +9518,7 @@ for (const [B4, T3] of [
         scoreClip: 5
       });
       const rwant = shapedRewards2(Float32Array.from(kl), scores, mask, T3, 0.05, 5);
-      assertClose(await gpu.readF32(rw), rwant, TOL6, "rewards (\u03B2 on the GPU)");
+      assertClose(await gpu.readF32(rw), rwant, TOL7, "rewards (\u03B2 on the GPU)");
       const v = randArray(n, 4);
       const ga = gae(gpu, gpu.fromArray(Float32Array.from(rwant), [
         B4,
@@ -8963,10 +9570,10 @@ for (const [B4, T3] of [
       }, "explained variance");
     }
   });
-  cases12.push({
+  cases13.push({
     name: `rl: PPO policy and value losses, gradients and statistics vs reference and finite differences (${B4}\xD7${T3})`,
     async run(gpu) {
-      const n = B4 * T3, mask = responseMask(B4, T3, 7 * n);
+      const n = B4 * T3, mask = responseMask2(B4, T3, 7 * n);
       const old = randArray(n, 11, -3, -0.5), lp = Float32Array.from(old, (o, i) => o + 0.4 * Math.sin(i + 1));
       const adv = randArray(n, 12, -2, 2);
       const tm = gpu.fromArray(mask, [
@@ -8990,18 +9597,18 @@ for (const [B4, T3] of [
         (await gpu.readF32(got.loss))[2]
       ], [
         want.loss
-      ], TOL6, "policy loss");
+      ], TOL7, "policy loss");
       assertClose([
         (await gpu.readF32(got.clipfrac))[2]
       ], [
         want.clipfrac
-      ], TOL6, "clip fraction");
+      ], TOL7, "clip fraction");
       assertClose([
         (await gpu.readF32(got.approxkl))[2]
       ], [
         want.approxkl
-      ], TOL6, "approx KL");
-      assertClose(await gpu.readF32(got.dlogp), want.dlogp, TOL6, "dlogp");
+      ], TOL7, "approx KL");
+      assertClose(await gpu.readF32(got.dlogp), want.dlogp, TOL7, "dlogp");
       const fd = finiteDiff((z) => ppoPolicyLoss2(z, old, adv, mask, 0.2).loss, lp, 1e-7);
       assertClose(want.dlogp, fd, {
         atol: 1e-6,
@@ -9025,13 +9632,13 @@ for (const [B4, T3] of [
         (await gpu.readF32(vg.loss))[2]
       ], [
         vw.loss
-      ], TOL6, "value loss");
+      ], TOL7, "value loss");
       assertClose([
         (await gpu.readF32(vg.clipfrac))[2]
       ], [
         vw.clipfrac
-      ], TOL6, "value clip fraction");
-      assertClose(await gpu.readF32(vg.dvalues), vw.dvalues, TOL6, "dvalues");
+      ], TOL7, "value clip fraction");
+      assertClose(await gpu.readF32(vg.dvalues), vw.dvalues, TOL7, "dvalues");
       const fdv = finiteDiff((z) => ppoValueLoss2(z, vOld, ret, mask, 0.2).loss, vNew, 1e-7);
       assertClose(vw.dvalues, fdv, {
         atol: 1e-6,
@@ -9057,7 +9664,7 @@ for (const [P, K2, T3] of [
     9
   ]
 ]) {
-  cases12.push({
+  cases13.push({
     name: `rl: pairwise (margin), K-wise ranking and token-level RM losses with gradients (P=${P}, K=${K2}, T=${T3})`,
     async run(gpu) {
       const rw = randArray(P, P, -3, 3), rl = randArray(P, P + 1, -3, 3), m = randArray(P, P + 2, 0, 1);
@@ -9067,19 +9674,19 @@ for (const [P, K2, T3] of [
         (await gpu.readF32(got.loss))[2]
       ], [
         want.loss
-      ], TOL6, "pairwise loss");
+      ], TOL7, "pairwise loss");
       assertClose([
         (await gpu.readF32(got.accuracy))[2]
       ], [
         want.accuracy
-      ], TOL6, "accuracy");
+      ], TOL7, "accuracy");
       assertClose([
         (await gpu.readF32(got.margin))[2]
       ], [
         want.margin
-      ], TOL6, "mean margin");
-      assertClose(await gpu.readF32(got.dchosen), want.drw, TOL6, "d chosen");
-      assertClose(await gpu.readF32(got.drejected), want.drl, TOL6, "d rejected");
+      ], TOL7, "mean margin");
+      assertClose(await gpu.readF32(got.dchosen), want.drw, TOL7, "d chosen");
+      assertClose(await gpu.readF32(got.drejected), want.drl, TOL7, "d rejected");
       const tol = {
         atol: 1e-8,
         rtol: 1e-6
@@ -9095,13 +9702,13 @@ for (const [P, K2, T3] of [
         (await gpu.readF32(rk.loss))[2]
       ], [
         rkw.loss
-      ], TOL6, "ranking loss");
+      ], TOL7, "ranking loss");
       assertClose([
         (await gpu.readF32(rk.accuracy))[2]
       ], [
         rkw.accuracy
-      ], TOL6, "ranking accuracy");
-      assertClose(await gpu.readF32(rk.dscores), rkw.ds, TOL6, "d scores");
+      ], TOL7, "ranking accuracy");
+      assertClose(await gpu.readF32(rk.dscores), rkw.ds, TOL7, "d scores");
       assertClose(rkw.ds, finiteDiff((z) => rankingRewardLoss2(z, P, K2).loss, s), tol, "ranking FD");
       const vw = randArray(P * T3, 5), vl = randArray(P * T3, 6);
       const span = Float32Array.from({
@@ -9123,13 +9730,13 @@ for (const [P, K2, T3] of [
         (await gpu.readF32(tp.loss))[2]
       ], [
         tpw.loss
-      ], TOL6, "token-level loss");
-      assertClose(await gpu.readF32(tp.dchosen), tpw.dw, TOL6, "token-level d chosen");
+      ], TOL7, "token-level loss");
+      assertClose(await gpu.readF32(tp.dchosen), tpw.dw, TOL7, "token-level d chosen");
       assertClose(tpw.dw, finiteDiff((z) => tokenPairRewardLoss2(z, vl, span, P, T3).loss, vw), tol, "token-level FD");
     }
   });
 }
-cases12.push({
+cases13.push({
   name: "rl: bad arguments are named errors",
   async run(gpu) {
     const a = gpu.zeros([
@@ -9157,8 +9764,8 @@ cases12.push({
 });
 
 // tests/cases/runtime.ts
-var cases13 = [];
-cases13.push({
+var cases14 = [];
+cases14.push({
   name: "runtime: missing WebGPU or adapter gives WebGpuUnavailableError with advice",
   async run() {
     await assertThrows(() => Gpu.create({
@@ -9172,7 +9779,7 @@ cases13.push({
     }), WebGpuUnavailableError, "no GPU adapter");
   }
 });
-cases13.push({
+cases14.push({
   name: "runtime: tensors round-trip every dtype; shapes, reshape and intoShape are checked",
   async run(gpu) {
     const f = gpu.fromArray(new Float32Array([
@@ -9241,7 +9848,7 @@ cases13.push({
     await assertThrows(() => scale(gpu, x, 2), Error, "used after dispose");
   }
 });
-cases13.push({
+cases14.push({
   name: "runtime: the buffer pool reuses freed buffers by size class",
   run(gpu) {
     const a = gpu.empty([
@@ -9258,7 +9865,7 @@ cases13.push({
     assertEquals(gpu.pool.stats().live, live - 1, "live count");
   }
 });
-cases13.push({
+cases14.push({
   name: "runtime: a scope frees what it allocated except its result, also when it throws",
   async run(gpu) {
     const live0 = gpu.pool.stats().live;
@@ -9322,7 +9929,7 @@ cases13.push({
     assertEquals(gpu.pool.stats().live, live1 - 4, "nothing else was left to the caller");
   }
 });
-cases13.push({
+cases14.push({
   name: "runtime: device limits are enforced with GpuLimitError",
   async run(gpu) {
     const max = gpu.limits.maxStorageBufferBindingSize;
@@ -9339,7 +9946,7 @@ cases13.push({
     await assertThrows(() => gpu.scratchTexture(gpu.limits.maxTextureDimension2D + 1, 1, 1), GpuLimitError, "maxTextureDimension2D");
   }
 });
-cases13.push({
+cases14.push({
   name: "runtime: a step of many kernels is one submit; read is the sync point",
   async run(gpu) {
     const x = gpu.fromArray(new Float32Array([
@@ -9366,7 +9973,7 @@ cases13.push({
     ], "600 dispatches across uniform arenas");
   }
 });
-cases13.push({
+cases14.push({
   name: "runtime: a WGSL error surfaces as GpuValidationError at the next sync point",
   async run(gpu) {
     const bad = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }";
@@ -9386,7 +9993,7 @@ cases13.push({
 });
 
 // tests/cases/safetensors.ts
-var cases14 = [];
+var cases15 = [];
 function build(header, data, headerLen) {
   const hb = new TextEncoder().encode(JSON.stringify(header));
   const out = new Uint8Array(8 + hb.length + data.length);
@@ -9395,7 +10002,7 @@ function build(header, data, headerLen) {
   out.set(data, 8 + hb.length);
   return out;
 }
-cases14.push({
+cases15.push({
   name: "safetensors: F32/I32/F16 round trip with metadata; header padded to 8 bytes",
   run() {
     const w = randArray(7 * 3, 1);
@@ -9496,7 +10103,7 @@ cases14.push({
     ], "bf16");
   }
 });
-cases14.push({
+cases15.push({
   name: "safetensors: malformed files get named errors",
   async run() {
     const ok = {
@@ -9659,7 +10266,7 @@ cases14.push({
     ]), SafetensorsError, "2 values for [3]");
   }
 });
-cases14.push({
+cases15.push({
   name: "safetensors: f16 conversions round-trip every finite half exactly",
   run() {
     let checked = 0;
@@ -9723,7 +10330,7 @@ function sampleRef(z, b, o) {
 }
 
 // tests/cases/sampling.ts
-var cases15 = [];
+var cases16 = [];
 function targets(gpu, B4, Tcap) {
   return {
     tokens: gpu.zeros([
@@ -9781,7 +10388,7 @@ for (const V of [
   33,
   300
 ]) {
-  cases15.push({
+  cases16.push({
     name: `sampling: greedy/temperature/top-k/top-p draws equal the reference (V=${V})`,
     async run(gpu) {
       const B4 = 9, Tcap = 3;
@@ -9831,7 +10438,7 @@ for (const V of [
     }
   });
 }
-cases15.push({
+cases16.push({
   name: "sampling: frequencies follow the renormalised top-k/top-p distribution",
   async run(gpu) {
     const V = 8, B4 = 6e3;
@@ -9887,7 +10494,7 @@ cases15.push({
     }
   }
 });
-cases15.push({
+cases16.push({
   name: "sampling: EOS finishes a row; finished rows get pad with mask 0; bad options are named",
   async run(gpu) {
     const V = 5, Tcap = 3;
@@ -10006,8 +10613,8 @@ function logitsBackward2(logits2, targets2, cols, dlogp, dentropy) {
 }
 
 // tests/cases/softmax.ts
-var cases16 = [];
-var TOL7 = {
+var cases17 = [];
+var TOL8 = {
   atol: 2e-6,
   rtol: 2e-5
 };
@@ -10033,7 +10640,7 @@ for (const [rows2, cols] of [
     7
   ]
 ]) {
-  cases16.push({
+  cases17.push({
     name: `softmax: softmax, log-softmax, token logprobs, entropy, cross-entropy (${rows2}\xD7${cols})`,
     async run(gpu) {
       const x = randArray(rows2 * cols, rows2 + 7 * cols, -8, 8);
@@ -10043,7 +10650,7 @@ for (const [rows2, cols] of [
         rows2,
         cols
       ]), tt = gpu.fromArray(tg);
-      assertClose(await gpu.readF32(softmax(gpu, tx)), softmax2(x, cols), TOL7, "softmax");
+      assertClose(await gpu.readF32(softmax(gpu, tx)), softmax2(x, cols), TOL8, "softmax");
       assertClose(await gpu.readF32(logSoftmax(gpu, tx)), softmax2(x, cols, true), {
         atol: 1e-5,
         rtol: 1e-5
@@ -10076,7 +10683,7 @@ for (const [rows2, cols] of [
     65
   ]
 ]) {
-  cases16.push({
+  cases17.push({
     name: `softmax: fused logits backward matches reference and finite differences (${rows2}\xD7${cols})`,
     async run(gpu) {
       const x = randArray(rows2 * cols, 40 + cols, -3, 3);
@@ -10110,7 +10717,7 @@ for (const [rows2, cols] of [
           entropy: fwd.entropy
         });
         const want = logitsBackward2(x, tg, cols, v.dlogp, v.dentropy);
-        assertClose(await gpu.readF32(got), want, TOL7, "dlogits vs reference");
+        assertClose(await gpu.readF32(got), want, TOL8, "dlogits vs reference");
         const fd = finiteDiff((z) => {
           const r = tokenLogprobs2(z, tg, cols);
           return (v.dlogp ? dot(v.dlogp, r.logp) : 0) + (v.dentropy ? dot(v.dentropy, r.entropy) : 0);
@@ -10121,11 +10728,11 @@ for (const [rows2, cols] of [
         }, "reference vs finite differences");
       }
       const dce = crossEntropyBackward(gpu, tx, tt, fwd.lse, tgl);
-      assertClose(await gpu.readF32(dce), logitsBackward2(x, tg, cols, Array.from(gl, (g) => -g)), TOL7, "cross-entropy backward");
+      assertClose(await gpu.readF32(dce), logitsBackward2(x, tg, cols, Array.from(gl, (g) => -g)), TOL8, "cross-entropy backward");
     }
   });
 }
-cases16.push({
+cases17.push({
   name: "softmax: extreme logits stay finite; wrong target dtype or count is a named error",
   async run(gpu) {
     const tx = gpu.fromArray([
@@ -10394,8 +11001,8 @@ function readPairs(text, source = "<pairs>") {
 }
 
 // tests/cases/task.ts
-var cases17 = [];
-cases17.push({
+var cases18 = [];
+cases18.push({
   name: "task: gold scores, determinism, label noise, hh-rlhf round trip and headroom",
   run() {
     const q = {
@@ -10663,8 +11270,8 @@ var BpeTokenizer = class _BpeTokenizer {
 };
 
 // tests/cases/tokenizer.ts
-var cases18 = [];
-cases18.push({
+var cases19 = [];
+cases19.push({
   name: "tokenizer: byte-level round-trips unicode with OPT-style specials",
   async run() {
     const tok = new ByteTokenizer();
@@ -10706,7 +11313,7 @@ var VOCAB = {
   "!": 12
 };
 var MERGES = "#version: 0.2\na b\n\u0120 ab\nab c\n\u0120 a\n";
-cases18.push({
+cases19.push({
   name: "tokenizer: BPE applies merges by rank, handles specials and rejects bad files",
   async run() {
     const tok = BpeTokenizer.fromText(JSON.stringify(VOCAB), MERGES);
@@ -10765,20 +11372,21 @@ cases18.push({
 
 // tests/cases/all.ts
 var ALL_CASES = [
-  ...cases13,
+  ...cases14,
   ...cases3,
   ...cases8,
   ...cases11,
-  ...cases16,
+  ...cases17,
   ...cases6,
   ...cases4,
   ...cases,
   ...cases10,
-  ...cases15,
+  ...cases16,
+  ...cases13,
   ...cases12,
-  ...cases17,
-  ...cases14,
   ...cases18,
+  ...cases15,
+  ...cases19,
   ...cases9,
   ...cases2,
   ...cases5,

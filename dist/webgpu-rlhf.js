@@ -129,15 +129,15 @@ var Tensor = class _Tensor {
    */
   rowChunks(maxBytes = this.gpu.maxBindingBytes) {
     checkShape(this.shape.length >= 1, "rowChunks: needs at least one dimension");
-    const rows2 = this.shape[0], rowElems = rows2 === 0 ? 0 : this.size / rows2;
+    const rows3 = this.shape[0], rowElems = rows3 === 0 ? 0 : this.size / rows3;
     const align = this.gpu.limits.minStorageBufferOffsetAlignment / 4;
     const period = rowElems === 0 ? 1 : align / gcd(align, rowElems);
     let per = Math.floor(maxBytes / 4 / Math.max(1, rowElems));
     per = Math.max(period, Math.floor(per / period) * period);
-    checkShape(per * rowElems * 4 <= maxBytes || rows2 <= 1, `rowChunks: one aligned chunk of [${this.shape}] exceeds ${maxBytes} bytes`);
+    checkShape(per * rowElems * 4 <= maxBytes || rows3 <= 1, `rowChunks: one aligned chunk of [${this.shape}] exceeds ${maxBytes} bytes`);
     const out = [];
-    for (let r0 = 0; r0 < rows2; r0 += per) {
-      const n = Math.min(per, rows2 - r0);
+    for (let r0 = 0; r0 < rows3; r0 += per) {
+      const n = Math.min(per, rows3 - r0);
       out.push({
         row0: r0,
         rows: n,
@@ -1668,7 +1668,7 @@ function lastAxis(x, op) {
   };
 }
 function rowReduce(gpu, x, op, name) {
-  const { rows: rows2, cols } = lastAxis(x, name);
+  const { rows: rows3, cols } = lastAxis(x, name);
   checkShape(cols > 0 || op !== 2, `${name}: max over an empty axis`);
   const out = gpu.empty(x.shape.slice(0, -1));
   if (cols === 0) {
@@ -1678,7 +1678,7 @@ function rowReduce(gpu, x, op, name) {
   gpu.dispatch(gpu.pipeline(ROWS), [
     x,
     out
-  ], gpu.grid(rows2), new Params().u32(rows2, cols, op));
+  ], gpu.grid(rows3), new Params().u32(rows3, cols, op));
   return out;
 }
 function sumLastAxis(gpu, x) {
@@ -1691,7 +1691,7 @@ function maxLastAxis(gpu, x) {
   return rowReduce(gpu, x, 2, "maxLastAxis");
 }
 function sumColumns(gpu, x, opts = {}) {
-  const { rows: rows2, cols } = lastAxis(x, "sumColumns");
+  const { rows: rows3, cols } = lastAxis(x, "sumColumns");
   const out = opts.out ?? gpu.empty([
     cols
   ]);
@@ -1700,7 +1700,7 @@ function sumColumns(gpu, x, opts = {}) {
   gpu.dispatch(gpu.pipeline(COLS), [
     x,
     out
-  ], gpu.grid(groups(cols)), new Params().u32(rows2, cols, opts.accumulate ? 1 : 0));
+  ], gpu.grid(groups(cols)), new Params().u32(rows3, cols, opts.accumulate ? 1 : 0));
   return out;
 }
 var CHUNK = 4096;
@@ -1947,13 +1947,13 @@ function rowsOf(x, name) {
   };
 }
 function runSoftmax(gpu, x, log, out) {
-  const { rows: rows2, cols } = rowsOf(x, log ? "logSoftmax" : "softmax");
+  const { rows: rows3, cols } = rowsOf(x, log ? "logSoftmax" : "softmax");
   const y = out ?? gpu.empty(x.shape);
   checkShape(y.size === x.size, `softmax: out [${y.shape}] does not match [${x.shape}]`);
   gpu.dispatch(gpu.pipeline(SOFTMAX), [
     x,
     y
-  ], gpu.grid(rows2), new Params().u32(rows2, cols, log ? 1 : 0));
+  ], gpu.grid(rows3), new Params().u32(rows3, cols, log ? 1 : 0));
   return y;
 }
 function softmax(gpu, x, out) {
@@ -1962,13 +1962,13 @@ function softmax(gpu, x, out) {
 function logSoftmax(gpu, x, out) {
   return runSoftmax(gpu, x, true, out);
 }
-function checkTargets(logits, targets, rows2, name) {
+function checkTargets(logits, targets, rows3, name) {
   checkShape(targets.dtype === "i32", `${name}: targets must be i32, got ${targets.dtype}`);
-  checkShape(targets.size === rows2, `${name}: ${targets.size} targets for ${rows2} rows of logits [${logits.shape}]`);
+  checkShape(targets.size === rows3, `${name}: ${targets.size} targets for ${rows3} rows of logits [${logits.shape}]`);
 }
 function tokenLogprobs(gpu, logits, targets) {
-  const { rows: rows2, cols } = rowsOf(logits, "tokenLogprobs");
-  checkTargets(logits, targets, rows2, "tokenLogprobs");
+  const { rows: rows3, cols } = rowsOf(logits, "tokenLogprobs");
+  checkTargets(logits, targets, rows3, "tokenLogprobs");
   const shape = logits.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
   gpu.dispatch(gpu.pipeline(TOKEN_LOGPROBS), [
@@ -1977,7 +1977,7 @@ function tokenLogprobs(gpu, logits, targets) {
     logp,
     entropy,
     lse
-  ], gpu.grid(rows2), new Params().u32(rows2, cols));
+  ], gpu.grid(rows3), new Params().u32(rows3, cols));
   return {
     logp,
     entropy,
@@ -2010,21 +2010,21 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (i < p.n) { out[i] = -x[i]; }
 }`;
 function logitsBackward(gpu, logits, targets, lse, grads, sign = 1) {
-  const { rows: rows2, cols } = rowsOf(logits, "logitsBackward");
-  checkTargets(logits, targets, rows2, "logitsBackward");
+  const { rows: rows3, cols } = rowsOf(logits, "logitsBackward");
+  checkTargets(logits, targets, rows3, "logitsBackward");
   for (const [n, t] of Object.entries({
     lse,
     ...grads
   })) {
     if (t && n !== "out") {
-      checkShape(t.size === rows2, `logitsBackward: ${n} has ${t.size} elements, rows = ${rows2}`);
+      checkShape(t.size === rows3, `logitsBackward: ${n} has ${t.size} elements, rows = ${rows3}`);
     }
   }
   checkShape(!grads.dentropy || grads.entropy !== void 0, "logitsBackward: dentropy needs the forward entropy");
   checkShape(Boolean(grads.dlogp || grads.dentropy), "logitsBackward: give dlogp and/or dentropy");
   const out = grads.out ?? gpu.empty(logits.shape);
   checkShape(out.size === logits.size, "logitsBackward: out does not match logits");
-  const rowsY = Math.min(rows2, 65535), rowsZ = Math.ceil(rows2 / 65535);
+  const rowsY = Math.min(rows3, 65535), rowsZ = Math.ceil(rows3 / 65535);
   gpu.dispatch(gpu.pipeline(LOGITS_BACKWARD), [
     logits,
     targets,
@@ -2037,7 +2037,7 @@ function logitsBackward(gpu, logits, targets, lse, grads, sign = 1) {
     Math.ceil(cols / 64),
     rowsY,
     rowsZ
-  ], new Params().u32(rows2, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
+  ], new Params().u32(rows3, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
   return out;
 }
 function crossEntropyBackward(gpu, logits, targets, lse, dloss, out) {
@@ -2138,7 +2138,7 @@ function dims(x, w, b, name) {
   };
 }
 function layernormForward(gpu, x, weight, bias, opts = {}) {
-  const { rows: rows2, C } = dims(x, weight, bias, "layernormForward");
+  const { rows: rows3, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
   gpu.dispatch(gpu.pipeline(FORWARD), [
@@ -2148,7 +2148,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
     y,
     mean,
     rstd
-  ], gpu.grid(rows2), new Params().u32(rows2, C).f32(opts.eps ?? 1e-5));
+  ], gpu.grid(rows3), new Params().u32(rows3, C).f32(opts.eps ?? 1e-5));
   return {
     y,
     mean,
@@ -2156,7 +2156,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   };
 }
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
-  const { rows: rows2, C } = dims(x, weight, null, "layernormBackward");
+  const { rows: rows3, C } = dims(x, weight, null, "layernormBackward");
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
@@ -2169,7 +2169,7 @@ function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {})
     saved.mean,
     saved.rstd,
     dx
-  ], gpu.grid(rows2), new Params().u32(rows2, C, opts.accumulateDx ? 1 : 0));
+  ], gpu.grid(rows3), new Params().u32(rows3, C, opts.accumulateDx ? 1 : 0));
   if (dweight === null) return dx;
   gpu.dispatch(gpu.pipeline(BACKWARD_DW), [
     dy,
@@ -2178,7 +2178,7 @@ function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {})
     saved.rstd,
     dweight,
     dbias
-  ], gpu.grid(groups(C)), new Params().u32(C, rows2, C));
+  ], gpu.grid(groups(C)), new Params().u32(C, rows3, C));
   return dx;
 }
 
@@ -2827,7 +2827,7 @@ var KvCache = class {
 function attentionBackward(gpu, dout, q, k, v, saved) {
   const { B, H: H2, Tq, Tk, Dh } = dims2(q, k, v);
   checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  const BH = B * H2, rows2 = BH * Tq;
+  const BH = B * H2, rows3 = BH * Tq;
   const q3 = q.reshape([
     BH,
     Tq,
@@ -2856,13 +2856,13 @@ function attentionBackward(gpu, dout, q, k, v, saved) {
     saved.keyMask ?? null
   ], gpu.grid(groups(probs.size)), new Params().u32(probs.size, Tq, Tk, H2).f32(saved.scale));
   const D3 = gpu.empty([
-    rows2
+    rows3
   ]);
   gpu.dispatch(gpu.pipeline(ROW_DOT), [
     dO,
     saved.out,
     D3
-  ], gpu.grid(groups(rows2)), new Params().u32(rows2, Dh));
+  ], gpu.grid(groups(rows3)), new Params().u32(rows3, Dh));
   const dS = matmul(gpu, dO, v3, {
     transB: true
   });
@@ -3626,6 +3626,267 @@ function tokenPairRewardLoss(gpu, valuesChosen, valuesRejected, span) {
   return out;
 }
 
+// kernels/preference.ts
+var SIGMOID_WGSL2 = `
+fn log_sigmoid(x: f32) -> f32 { return -(max(-x, 0.0) + log(1.0 + exp(-abs(x)))); }
+fn sigmoid(x: f32) -> f32 { return select(exp(x) / (1.0 + exp(x)), 1.0 / (1.0 + exp(-x)), x >= 0.0); }
+`;
+var SEQUENCE = `
+struct P { rows: u32, T: u32, average: u32 }
+@group(0) @binding(0) var<storage, read> logp: array<f32>;   // (rows, T) per-token log-probs
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (rows, T) 1 = response token
+@group(0) @binding(2) var<storage, read_write> seq: array<f32>;  // (rows)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.rows) { return; }
+  var s = 0.0;
+  var n = 0.0;
+  for (var t = 0u; t < p.T; t++) {
+    let m = mask[i * p.T + t];
+    s += select(0.0, logp[i * p.T + t], m != 0.0);
+    n += select(0.0, 1.0, m != 0.0);
+  }
+  seq[i] = select(s, s / max(n, 1.0), p.average == 1u);
+}`;
+var SEQUENCE_BACKWARD = `
+struct P { rows: u32, T: u32, average: u32 }
+@group(0) @binding(0) var<storage, read> dseq: array<f32>;   // (rows)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (rows, T)
+@group(0) @binding(2) var<storage, read_write> dlogp: array<f32>;  // (rows, T)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.rows) { return; }
+  var n = 0.0;
+  for (var t = 0u; t < p.T; t++) { n += select(0.0, 1.0, mask[i * p.T + t] != 0.0); }
+  let g = select(dseq[i], dseq[i] / max(n, 1.0), p.average == 1u);
+  for (var t = 0u; t < p.T; t++) {
+    dlogp[i * p.T + t] = select(0.0, g, mask[i * p.T + t] != 0.0);
+  }
+}`;
+function checkRows(name, logp, mask) {
+  checkShape(logp.dtype === "f32" && mask.dtype === "f32" && logp.shape.length === 2 && mask.shape.length === 2 && logp.shape[0] === mask.shape[0] && logp.shape[1] === mask.shape[1], `${name}: expects f32 (rows, T) log-probs and mask of one shape, got ${logp.dtype} [${logp.shape}] and ${mask.dtype} [${mask.shape}]`);
+  return {
+    rows: logp.shape[0],
+    T: logp.shape[1]
+  };
+}
+function sequenceLogprobs(gpu, logp, mask, o = {}) {
+  const { rows: rows3, T } = checkRows("sequenceLogprobs", logp, mask);
+  const seq = gpu.empty([
+    rows3
+  ]);
+  gpu.dispatch(gpu.pipeline(SEQUENCE), [
+    logp,
+    mask,
+    seq
+  ], gpu.grid(groups(rows3)), new Params().u32(rows3, T, o.average ? 1 : 0));
+  return seq;
+}
+function sequenceLogprobsBackward(gpu, dseq, mask, o = {}) {
+  const { rows: rows3, T } = checkRows("sequenceLogprobsBackward", mask, mask);
+  checkShape(dseq.dtype === "f32" && dseq.size === rows3, `sequenceLogprobsBackward: dseq must be f32 of ${rows3} rows, got ${dseq.dtype} [${dseq.shape}]`);
+  const dlogp = gpu.empty([
+    rows3,
+    T
+  ]);
+  gpu.dispatch(gpu.pipeline(SEQUENCE_BACKWARD), [
+    dseq,
+    mask,
+    dlogp
+  ], gpu.grid(groups(rows3)), new Params().u32(rows3, T, o.average ? 1 : 0));
+  return dlogp;
+}
+var LOSS_KIND = {
+  sigmoid: 0,
+  hinge: 1,
+  ipo: 2,
+  robust: 3,
+  simpo: 4
+};
+var PREFERENCE_METRIC = {
+  loss: 0,
+  rewardChosen: 1,
+  rewardRejected: 2,
+  accuracy: 3,
+  margin: 4,
+  logpChosen: 5,
+  logpRejected: 6
+};
+var PREFERENCE_COLUMNS = 7;
+var PREFERENCE = `${SIGMOID_WGSL2}
+struct P { B: u32, kind: u32, beta: f32, eps: f32, gamma: f32, scale: f32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;   // (2B) policy \u2113: chosen, rejected
+@group(0) @binding(1) var<storage, read> lref: array<f32>;   // (2B) reference \u2113 (unused by simpo)
+@group(0) @binding(2) var<storage, read_write> dpol: array<f32>;  // (2B) scale\xB7dL_i/d\u2113
+@group(0) @binding(3) var<storage, read_write> cols: array<f32>;  // (7, B) per-pair metrics
+@group(0) @binding(4) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.B) { return; }
+  let lw = pol[i];
+  let ll = pol[p.B + i];
+  let simpo = p.kind == 4u;
+  let rw = select(lw - lref[i], lw, simpo);        // \u03C1_w (simpo: length-mean \u2113_w)
+  let rl = select(ll - lref[p.B + i], ll, simpo);
+  let h = rw - rl;
+  var loss = 0.0;
+  var dh = 0.0;                                   // dL/dh
+  if (p.kind == 0u || p.kind == 4u) {             // sigmoid (cDPO) \xB7 simpo
+    let x = select(p.beta * h, p.beta * h - p.gamma, simpo);
+    loss = -(1.0 - p.eps) * log_sigmoid(x) - p.eps * log_sigmoid(-x);
+    dh = p.beta * (-(1.0 - p.eps) * sigmoid(-x) + p.eps * sigmoid(x));
+  } else if (p.kind == 1u) {                      // hinge
+    loss = max(0.0, 1.0 - p.beta * h);
+    dh = select(0.0, -p.beta, 1.0 - p.beta * h > 0.0);
+  } else if (p.kind == 2u) {                      // ipo (length-mean \u2113)
+    let d = h - 1.0 / (2.0 * p.beta);
+    loss = d * d;
+    dh = 2.0 * d;
+  } else {                                        // robust
+    let x = p.beta * h;
+    loss = (-(1.0 - p.eps) * log_sigmoid(x) + p.eps * log_sigmoid(-x)) / (1.0 - 2.0 * p.eps);
+    dh = p.beta * (-(1.0 - p.eps) * sigmoid(-x) - p.eps * sigmoid(x)) / (1.0 - 2.0 * p.eps);
+  }
+  dpol[i] = p.scale * dh;
+  dpol[p.B + i] = -p.scale * dh;
+  let gw = p.beta * rw;
+  let gl = p.beta * rl;
+  cols[i] = loss;
+  cols[p.B + i] = gw;
+  cols[2u * p.B + i] = gl;
+  cols[3u * p.B + i] = select(0.0, 1.0, gw > gl);
+  cols[4u * p.B + i] = gw - gl;
+  cols[5u * p.B + i] = lw;
+  cols[6u * p.B + i] = ll;
+}`;
+function preferenceLoss(gpu, policy, reference, o) {
+  const kind = LOSS_KIND[o.lossType];
+  checkShape(kind !== void 0, `preferenceLoss: unknown loss type ${o.lossType}`);
+  checkShape(policy.dtype === "f32" && policy.size % 2 === 0 && policy.size > 0, `preferenceLoss: policy must be f32 (2B) log-probs, got ${policy.dtype} [${policy.shape}]`);
+  const simpo = o.lossType === "simpo";
+  checkShape(simpo || reference?.dtype === "f32" && reference.size === policy.size, `preferenceLoss: ${o.lossType} needs reference log-probs shaped like the policy's [${policy.shape}], got ${reference ? `[${reference.shape}]` : "none"}`);
+  const eps = o.labelSmoothing ?? 0;
+  checkShape(o.beta > 0, `preferenceLoss: beta must be > 0, got ${o.beta}`);
+  checkShape(eps >= 0 && eps < 0.5, `preferenceLoss: labelSmoothing must be in [0, 0.5)`);
+  const B = policy.size / 2;
+  const dpolicy = gpu.empty([
+    2 * B
+  ]), cols = gpu.empty([
+    PREFERENCE_COLUMNS,
+    B
+  ]);
+  gpu.dispatch(gpu.pipeline(PREFERENCE), [
+    policy,
+    simpo ? policy : reference,
+    dpolicy,
+    cols
+  ], gpu.grid(groups(B)), new Params().u32(B, kind).f32(o.beta, eps, o.gamma ?? 0, o.scale ?? 1 / B));
+  const metrics = meanLastAxis(gpu, cols);
+  cols.dispose();
+  return {
+    dpolicy,
+    metrics
+  };
+}
+var KTO_Z = `
+struct P { n: u32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;   // (n) policy \u2113 of mismatched pairs
+@group(0) @binding(1) var<storage, read> lref: array<f32>;   // (n) reference \u2113 of the same
+@group(0) @binding(2) var<storage, read_write> z: array<f32>;  // (1)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i > 0u) { return; }
+  var s = 0.0;
+  for (var j = 0u; j < p.n; j++) { s += pol[j] - lref[j]; }
+  z[0] = max(0.0, s / f32(p.n));
+}`;
+function ktoReferencePoint(gpu, policy, reference) {
+  checkShape(policy.dtype === "f32" && reference.dtype === "f32" && policy.size === reference.size && policy.size > 0, `ktoReferencePoint: expects two f32 (n) log-prob vectors of one size, got [${policy.shape}] and [${reference.shape}]`);
+  const z = gpu.empty([
+    1
+  ]);
+  gpu.dispatch(gpu.pipeline(KTO_Z), [
+    policy,
+    reference,
+    z
+  ], [
+    1
+  ], new Params().u32(policy.size));
+  return z;
+}
+var KTO_SUM = {
+  loss: 0,
+  desirable: 1,
+  rewardDesirable: 2,
+  logpDesirable: 3,
+  undesirable: 4,
+  rewardUndesirable: 5,
+  logpUndesirable: 6
+};
+var KTO_COLUMNS = 7;
+var KTO = `${SIGMOID_WGSL2}
+struct P { n: u32, beta: f32, wd: f32, wu: f32, scale: f32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;    // (n) policy \u2113
+@group(0) @binding(1) var<storage, read> lref: array<f32>;    // (n) reference \u2113
+@group(0) @binding(2) var<storage, read> desire: array<f32>;  // (n) 1 desirable, 0 undesirable
+@group(0) @binding(3) var<storage, read> z: array<f32>;      // (1) reference point
+@group(0) @binding(4) var<storage, read_write> dpol: array<f32>;  // (n)
+@group(0) @binding(5) var<storage, read_write> cols: array<f32>;  // (7, n)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let rho = pol[i] - lref[i];
+  let d = desire[i] != 0.0;
+  var loss = 0.0;
+  var g = 0.0;
+  if (d) {
+    let s = sigmoid(p.beta * (rho - z[0]));
+    loss = p.wd * (1.0 - s);
+    g = -p.wd * p.beta * s * (1.0 - s);
+  } else {
+    let s = sigmoid(p.beta * (z[0] - rho));
+    loss = p.wu * (1.0 - s);
+    g = p.wu * p.beta * s * (1.0 - s);
+  }
+  dpol[i] = p.scale * g;
+  let fd = select(0.0, 1.0, d);
+  cols[i] = loss;
+  cols[p.n + i] = fd;
+  cols[2u * p.n + i] = fd * p.beta * rho;
+  cols[3u * p.n + i] = fd * pol[i];
+  cols[4u * p.n + i] = 1.0 - fd;
+  cols[5u * p.n + i] = (1.0 - fd) * p.beta * rho;
+  cols[6u * p.n + i] = (1.0 - fd) * pol[i];
+}`;
+function ktoLoss(gpu, policy, reference, desirable, z, o) {
+  const n = policy.size;
+  checkShape(n > 0 && [
+    policy,
+    reference,
+    desirable
+  ].every((t) => t.dtype === "f32" && t.size === n) && z.dtype === "f32" && z.size === 1, `ktoLoss: expects f32 (n) policy, reference and labels and a (1) reference point, got [${policy.shape}], [${reference.shape}], [${desirable.shape}], [${z.shape}]`);
+  checkShape(o.beta > 0, `ktoLoss: beta must be > 0, got ${o.beta}`);
+  const dpolicy = gpu.empty([
+    n
+  ]), cols = gpu.empty([
+    KTO_COLUMNS,
+    n
+  ]);
+  gpu.dispatch(gpu.pipeline(KTO), [
+    policy,
+    reference,
+    desirable,
+    z,
+    dpolicy,
+    cols
+  ], gpu.grid(groups(n)), new Params().u32(n).f32(o.beta, o.desirableWeight ?? 1, o.undesirableWeight ?? 1, o.scale ?? 1 / n));
+  const sums = sumLastAxis(gpu, cols);
+  cols.dispose();
+  return {
+    dpolicy,
+    sums
+  };
+}
+
 // kernels/reference/mod.ts
 var mod_exports = {};
 __export(mod_exports, {
@@ -3635,6 +3896,7 @@ __export(mod_exports, {
   layernorm: () => layernorm_exports,
   matmul: () => matmul_exports,
   optimizer: () => optimizer_exports,
+  preference: () => preference_exports,
   prng: () => prng_exports,
   reduce: () => reduce_exports,
   rl: () => rl_exports,
@@ -3835,10 +4097,10 @@ __export(layernorm_exports, {
   layernormForward: () => layernormForward2
 });
 function layernormForward2(x, w, b, C, eps = 1e-5) {
-  const rows2 = x.length / C;
-  const y = new Float64Array(x.length), mean = new Float64Array(rows2);
-  const rstd = new Float64Array(rows2);
-  for (let r = 0; r < rows2; r++) {
+  const rows3 = x.length / C;
+  const y = new Float64Array(x.length), mean = new Float64Array(rows3);
+  const rstd = new Float64Array(rows3);
+  for (let r = 0; r < rows3; r++) {
     let m = 0;
     for (let c = 0; c < C; c++) m += x[r * C + c];
     m /= C;
@@ -3856,10 +4118,10 @@ function layernormForward2(x, w, b, C, eps = 1e-5) {
   };
 }
 function layernormBackward2(dy, x, w, C, eps = 1e-5) {
-  const rows2 = x.length / C;
+  const rows3 = x.length / C;
   const { mean, rstd } = layernormForward2(x, w, new Float64Array(C), C, eps);
   const dx = new Float64Array(x.length), dw = new Float64Array(C), db = new Float64Array(C);
-  for (let r = 0; r < rows2; r++) {
+  for (let r = 0; r < rows3; r++) {
     let mg = 0, mgx = 0;
     for (let c = 0; c < C; c++) {
       const i = r * C + c, xh = (x[i] - mean[r]) * rstd[r];
@@ -3926,6 +4188,114 @@ function adamwStep2(param, grad, m, v, o) {
     const mh = m[i] / (1 - b1 ** o.step), vh = v[i] / (1 - b2 ** o.step);
     param[i] = param[i] * (1 - o.lr * (o.weightDecay ?? 0)) - o.lr * mh / (Math.sqrt(vh) + eps);
   }
+}
+
+// kernels/reference/preference.ts
+var preference_exports = {};
+__export(preference_exports, {
+  ktoLoss: () => ktoLoss2,
+  ktoReferencePoint: () => ktoReferencePoint2,
+  preferenceLoss: () => preferenceLoss2,
+  sequenceLogprobs: () => sequenceLogprobs2,
+  sequenceLogprobsBackward: () => sequenceLogprobsBackward2
+});
+var logSigmoid = (x) => -(Math.max(-x, 0) + Math.log1p(Math.exp(-Math.abs(x))));
+var sigmoid = (x) => 1 / (1 + Math.exp(-x));
+function sequenceLogprobs2(logp, mask, T, average = false) {
+  const rows3 = logp.length / T, out = new Float64Array(rows3);
+  for (let r = 0; r < rows3; r++) {
+    let s = 0, n = 0;
+    for (let t = 0; t < T; t++) {
+      if (mask[r * T + t] !== 0) {
+        s += logp[r * T + t];
+        n++;
+      }
+    }
+    out[r] = average ? s / Math.max(n, 1) : s;
+  }
+  return out;
+}
+function sequenceLogprobsBackward2(dseq, mask, T, average = false) {
+  const rows3 = dseq.length, out = new Float64Array(rows3 * T);
+  for (let r = 0; r < rows3; r++) {
+    let n = 0;
+    for (let t = 0; t < T; t++) n += mask[r * T + t] !== 0 ? 1 : 0;
+    for (let t = 0; t < T; t++) {
+      if (mask[r * T + t] !== 0) out[r * T + t] = average ? dseq[r] / Math.max(n, 1) : dseq[r];
+    }
+  }
+  return out;
+}
+function preferenceLoss2(policy, reference, o) {
+  const B = policy.length / 2, eps = o.labelSmoothing ?? 0, beta = o.beta;
+  const dpolicy = new Float64Array(2 * B);
+  let loss = 0, rc = 0, rr = 0, acc = 0, lc = 0, lr = 0;
+  for (let i = 0; i < B; i++) {
+    const simpo = o.lossType === "simpo";
+    const rw = simpo ? policy[i] : policy[i] - reference[i];
+    const rl = simpo ? policy[B + i] : policy[B + i] - reference[B + i];
+    const h = rw - rl;
+    let l, dh;
+    if (o.lossType === "sigmoid" || simpo) {
+      const x = simpo ? beta * h - (o.gamma ?? 0) : beta * h;
+      l = -(1 - eps) * logSigmoid(x) - eps * logSigmoid(-x);
+      dh = beta * (-(1 - eps) * sigmoid(-x) + eps * sigmoid(x));
+    } else if (o.lossType === "hinge") {
+      l = Math.max(0, 1 - beta * h);
+      dh = 1 - beta * h > 0 ? -beta : 0;
+    } else if (o.lossType === "ipo") {
+      const d = h - 1 / (2 * beta);
+      l = d * d;
+      dh = 2 * d;
+    } else {
+      const x = beta * h;
+      l = (-(1 - eps) * logSigmoid(x) + eps * logSigmoid(-x)) / (1 - 2 * eps);
+      dh = beta * (-(1 - eps) * sigmoid(-x) - eps * sigmoid(x)) / (1 - 2 * eps);
+    }
+    loss += l;
+    dpolicy[i] = dh / B;
+    dpolicy[B + i] = -dh / B;
+    rc += beta * rw;
+    rr += beta * rl;
+    acc += beta * rw > beta * rl ? 1 : 0;
+    lc += policy[i];
+    lr += policy[B + i];
+  }
+  return {
+    loss: loss / B,
+    dpolicy,
+    rewardChosen: rc / B,
+    rewardRejected: rr / B,
+    accuracy: acc / B,
+    margin: (rc - rr) / B,
+    logpChosen: lc / B,
+    logpRejected: lr / B
+  };
+}
+function ktoReferencePoint2(policy, reference) {
+  let s = 0;
+  for (let i = 0; i < policy.length; i++) s += policy[i] - reference[i];
+  return Math.max(0, s / policy.length);
+}
+function ktoLoss2(policy, reference, desirable, z, o) {
+  const n = policy.length, b = o.beta, wd = o.desirableWeight ?? 1, wu = o.undesirableWeight ?? 1;
+  const dpolicy = new Float64Array(n), sums = new Float64Array(7);
+  for (let i = 0; i < n; i++) {
+    const rho = policy[i] - reference[i], d = desirable[i] !== 0;
+    const s = sigmoid(d ? b * (rho - z) : b * (z - rho));
+    const l = (d ? wd : wu) * (1 - s);
+    dpolicy[i] = (d ? -wd : wu) * b * s * (1 - s) / n;
+    sums[0] += l;
+    const k = d ? 1 : 4;
+    sums[k] += 1;
+    sums[k + 1] += b * rho;
+    sums[k + 2] += policy[i];
+  }
+  return {
+    loss: sums[0] / n,
+    dpolicy,
+    sums
+  };
 }
 
 // kernels/reference/prng.ts
@@ -4017,8 +4387,8 @@ __export(rl_exports, {
   tokenPairRewardLoss: () => tokenPairRewardLoss2,
   whiten: () => whiten2
 });
-var logSigmoid = (x) => -(Math.max(-x, 0) + Math.log1p(Math.exp(-Math.abs(x))));
-var sigmoid = (x) => 1 / (1 + Math.exp(-x));
+var logSigmoid2 = (x) => -(Math.max(-x, 0) + Math.log1p(Math.exp(-Math.abs(x))));
+var sigmoid2 = (x) => 1 / (1 + Math.exp(-x));
 function klPenalty2(logp, ref, mask, kind) {
   return Float64Array.from(logp, (lp, i) => {
     if (mask[i] === 0) return 0;
@@ -4131,10 +4501,10 @@ function pairwiseRewardLoss2(rw, rl, margin) {
   const drw = new Float64Array(n), drl = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     const x = rw[i] - rl[i] - (margin ? margin[i] : 0);
-    loss -= logSigmoid(x);
+    loss -= logSigmoid2(x);
     acc += rw[i] > rl[i] ? 1 : 0;
     gap += rw[i] - rl[i];
-    drw[i] = -sigmoid(-x) / n;
+    drw[i] = -sigmoid2(-x) / n;
     drl[i] = -drw[i];
   }
   return {
@@ -4153,9 +4523,9 @@ function rankingRewardLoss2(s, P, K2) {
     for (let a = 0; a < K2; a++) {
       for (let b = a + 1; b < K2; b++) {
         const x = s[p * K2 + a] - s[p * K2 + b];
-        loss -= logSigmoid(x) / pairs;
+        loss -= logSigmoid2(x) / pairs;
         acc += (x > 0 ? 1 : 0) / pairs;
-        const g = -sigmoid(-x) / (pairs * P);
+        const g = -sigmoid2(-x) / (pairs * P);
         ds[p * K2 + a] += g;
         ds[p * K2 + b] -= g;
       }
@@ -4178,8 +4548,8 @@ function tokenPairRewardLoss2(vw, vl, span, P, T) {
       const j = p * T + t;
       if (span[j] === 0) continue;
       const x = vw[j] - vl[j];
-      loss -= logSigmoid(x) / n / P;
-      dw[j] = -sigmoid(-x) / (n * P);
+      loss -= logSigmoid2(x) / n / P;
+      dw[j] = -sigmoid2(-x) / (n * P);
       dl[j] = -dw[j];
     }
   }
@@ -4264,10 +4634,10 @@ function softmax2(x, cols, log = false) {
   return out;
 }
 function tokenLogprobs2(logits, targets, cols) {
-  const rows2 = targets.length;
-  const logp = new Float64Array(rows2), entropy = new Float64Array(rows2);
-  const lse = new Float64Array(rows2);
-  for (let r = 0; r < rows2; r++) {
+  const rows3 = targets.length;
+  const logp = new Float64Array(rows3), entropy = new Float64Array(rows3);
+  const lse = new Float64Array(rows3);
+  for (let r = 0; r < rows3; r++) {
     const b = r * cols, l = lseOf(logits, b, cols);
     lse[r] = l;
     const t = targets[r];
@@ -4439,13 +4809,13 @@ function optParamSpecs(c, opts = {}) {
     decay: true,
     init: "normal"
   });
-  const vec = (name, n, init) => vecs.push({
+  const vec = (name, n, init2) => vecs.push({
     name,
     shape: [
       n
     ],
     decay: false,
-    init
+    init: init2
   });
   mat(`${d}embed_tokens.weight`, [
     c.vocab_size,
@@ -5514,13 +5884,13 @@ var OptModel = class _OptModel {
    * Copies rows `[r0, r0 + rows)` of a row-major `(R, N)` tensor into a new `(rows, N)` one
    * (a buffer copy: no alignment constraint beyond 4 bytes).
    */
-  #rowsCopy(t, r0, rows2) {
+  #rowsCopy(t, r0, rows3) {
     const N = t.shape[1];
     const out = this.gpu.empty([
-      rows2,
+      rows3,
       N
     ]);
-    this.gpu.encoder().copyBufferToBuffer(t.buffer, t.byteOffset + 4 * r0 * N, out.buffer, out.byteOffset, 4 * rows2 * N);
+    this.gpu.encoder().copyBufferToBuffer(t.buffer, t.byteOffset + 4 * r0 * N, out.buffer, out.byteOffset, 4 * rows3 * N);
     return out;
   }
   /**
@@ -6299,8 +6669,8 @@ async function generate(model, prompt, mask, opts) {
   gen.responseMask.dispose();
   out.finished.dispose();
   return result;
-  function copyPromptMask(src, dst, rows2, cols) {
-    for (let b = 0; b < rows2; b++) gpu.copyRange(src, b * cols, dst, b * dst.shape[1], cols);
+  function copyPromptMask(src, dst, rows3, cols) {
+    for (let b = 0; b < rows3; b++) gpu.copyRange(src, b * cols, dst, b * dst.shape[1], cols);
   }
   function trimColumns(o, n) {
     if (n === G) return o;
@@ -6623,10 +6993,11 @@ var RM_SCHEMA = {
   ...supervisedFields(200, "preference pairs per step", 2e-3),
   loss: {
     default: "pairwise",
-    doc: "pairwise: \u2212log \u03C3(r_w \u2212 r_l \u2212 m); token: DeepSpeed-Chat token-level loss",
+    doc: "pairwise: \u2212log \u03C3(r_w \u2212 r_l \u2212 m); token: DeepSpeed-Chat token-level loss; kwise: InstructGPT's K-wise ranking loss on ranked examples (K responses best \u2192 worst)",
     choices: [
       "pairwise",
-      "token"
+      "token",
+      "kwise"
     ]
   }
 };
@@ -6987,7 +7358,7 @@ async function runLoop(trainer, o, hooks = {}) {
     if (m) {
       last = m;
       hooks.onProgress?.(o.stage, trainer.iteration, trainer.total, m);
-      o.afterLog?.(m);
+      await o.afterLog?.(m);
       await hooks.onMetrics?.(o.stage, m);
     }
     if (o.checkpointEvery > 0 && trainer.iteration % o.checkpointEvery === 0) {
@@ -7048,7 +7419,9 @@ var SEED_STREAM = {
   /** SFT-policy samples on held-out prompts that test the reward model. */
   rewardModelProbe: 300,
   /** PPO-ptx batch order. */
-  ptxOrder: 20564
+  ptxOrder: 20564,
+  /** Fresh samples that probe gold and the implicit reward while a preference method trains. */
+  goldProbe: 400
 };
 function deriveSeed(seed, stream) {
   return seed + SEED_STREAM[stream];
@@ -7061,8 +7434,8 @@ function epochSeed(counter, epoch) {
 }
 
 // trainer/batch.ts
-function encodePairs(tok, rows2, o) {
-  const enc = rows2.map(({ prompt, response, truncated }) => {
+function encodePairs(tok, rows3, o) {
+  const enc = rows3.map(({ prompt, response, truncated }) => {
     let p = tok.encode(prompt);
     let r = tok.encode(response, {
       addBos: false
@@ -7082,7 +7455,7 @@ function encodePairs(tok, rows2, o) {
       r
     };
   });
-  const B = rows2.length;
+  const B = rows3.length;
   const T = Math.max(2, ...enc.map((e) => e.p.length + e.r.length));
   const tokens = new Int32Array(B * T).fill(tok.padId);
   const mask = new Float32Array(B * T), responseMask = new Float32Array(B * T);
@@ -7221,6 +7594,13 @@ function sequenceValues(critic, seq, mask) {
 function sequenceScores(reward, seq, mask) {
   return reward.gpu.scope(() => reward.sequenceScores(reward.forward(seq, mask)));
 }
+function implicitReward(policy, reference, beta) {
+  return (r) => {
+    const gpu = policy.gpu;
+    const seq = (m) => sequenceLogprobs(gpu, modelLogprobs(m, r.tokens, r.attentionMask), r.actionMask);
+    return scale(gpu, sub(gpu, seq(policy), seq(reference)), beta);
+  };
+}
 
 // trainer/rollout.ts
 async function rollout(policy, tok, prompts, o) {
@@ -7285,7 +7665,7 @@ async function sampleAndScore(policy, reward, tok, prompts, o) {
       ...o,
       greedy: o.temperature === 0
     });
-    const scores = reward ? await policy.gpu.readF32(sequenceScores(reward, r.tokens, r.attentionMask)) : void 0;
+    const scores = reward ? await policy.gpu.readF32(typeof reward === "function" ? reward(r) : sequenceScores(reward, r.tokens, r.attentionMask)) : void 0;
     return r.texts.map((x, b) => ({
       ...x,
       score: scores?.[b] ?? NaN
@@ -7341,7 +7721,11 @@ var SupervisedTrainer = class {
   }
   /** The next `cfg.batchSize` rows in the shuffled order. */
   nextBatch() {
-    return this.#sampler.next(this.cfg.batchSize).map((i) => this.data[i]);
+    return this.nextIndices().map((i) => this.data[i]);
+  }
+  /** The data indices of the next `cfg.batchSize` rows (for per-row caches). */
+  nextIndices() {
+    return this.#sampler.next(this.cfg.batchSize);
   }
   state() {
     return {
@@ -7377,11 +7761,11 @@ var SftTrainer = class extends SupervisedTrainer {
   step(log) {
     const { model, cfg, store } = this, gpu = model.gpu;
     return gpu.scope(async () => {
-      const rows2 = this.nextBatch().map((x) => ({
+      const rows3 = this.nextBatch().map((x) => ({
         prompt: x.prompt,
         response: x.completion
       }));
-      const b = encodePairs(this.tok, rows2, {
+      const b = encodePairs(this.tok, rows3, {
         maxLength: cfg.maxLength,
         completionOnly: cfg.completionOnly
       });
@@ -7470,6 +7854,9 @@ function spans(b, P) {
 var RewardTrainer = class extends SupervisedTrainer {
   constructor(model, tok, pairs, cfg, stateFile = "rm/model_state.safetensors") {
     super(model, tok, pairs, cfg, stateFile);
+    if (cfg.loss === "kwise") {
+      throw new Error("RewardTrainer: rm.loss=kwise trains on ranked examples (RankingRewardTrainer)");
+    }
   }
   /** One batch of pairs: scores, loss, backward, AdamW; metrics when `log`. */
   step(log) {
@@ -7568,6 +7955,106 @@ function tokenLoss(values, b, P) {
     dvalues
   };
 }
+function rankedBatch(tok, xs, maxLength) {
+  return encodePairs(tok, xs.flatMap((x) => x.responses.map((response) => ({
+    prompt: x.prompt,
+    response
+  }))), {
+    maxLength
+  });
+}
+function rankedK(xs, what = "ranked data") {
+  const K2 = xs[0]?.responses.length ?? 0;
+  const bad = xs.findIndex((x) => x.responses.length !== K2);
+  if (K2 < 2 || bad >= 0) {
+    throw new Error(`${what}: the K-wise loss needs the same number (\u2265 2) of responses in every example; example 0 has ${K2}` + (bad >= 0 ? `, example ${bad} has ${xs[bad].responses.length}` : ""));
+  }
+  return K2;
+}
+var RankingRewardTrainer = class extends SupervisedTrainer {
+  K;
+  constructor(model, tok, data, cfg, stateFile = "rm/model_state.safetensors") {
+    super(model, tok, data, cfg, stateFile);
+    this.K = rankedK(data);
+  }
+  /** One batch of ranked examples: scores `(P, K)`, K-wise loss, backward, AdamW. */
+  step(log) {
+    const { model, cfg, store, K: K2 } = this, gpu = model.gpu;
+    return gpu.scope(async () => {
+      const batch = this.nextBatch(), P = batch.length;
+      const b = rankedBatch(this.tok, batch, cfg.maxLength);
+      const mask = gpu.fromArray(b.mask, [
+        P * K2,
+        b.T
+      ]);
+      store.zeroGrads();
+      const acts = model.forward(gpu.fromArray(b.tokens, [
+        P * K2,
+        b.T
+      ]), mask);
+      const values = model.values(acts).intoShape([
+        P * K2,
+        b.T
+      ]);
+      const s = lastMaskedValues(gpu, values, mask);
+      const l = rankingRewardLoss(gpu, s.values.reshape([
+        P,
+        K2
+      ]));
+      const dvalues = lastMaskedValuesBackward(gpu, l.dscores.reshape([
+        P * K2
+      ]), s.index, b.T);
+      model.backward(acts, {
+        dvalues: dvalues.reshape([
+          P * K2 * b.T
+        ])
+      });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return void 0;
+      const loss = (await gpu.readF32(l.loss))[STAT.mean];
+      assertFiniteLosses(`RM step ${step}`, {
+        loss
+      });
+      const acc = (await gpu.readF32(l.accuracy))[STAT.mean];
+      return {
+        step,
+        "rm/loss": loss,
+        "rm/train_accuracy": acc,
+        "rm/lr": lr
+      };
+    });
+  }
+};
+async function evaluateRanking(model, tok, xs, o) {
+  const gpu = model.gpu, bs = o.batchSize ?? 16;
+  let right = 0, total = 0;
+  for (let i = 0; i < xs.length; i += bs) {
+    const batch = xs.slice(i, i + bs);
+    const b = rankedBatch(tok, batch, o.maxLength), rows3 = b.B;
+    const s = await gpu.scope(() => gpu.readF32(sequenceScores(model, gpu.fromArray(b.tokens, [
+      rows3,
+      b.T
+    ]), gpu.fromArray(b.mask, [
+      rows3,
+      b.T
+    ]))));
+    let r = 0;
+    for (const x of batch) {
+      const K2 = x.responses.length;
+      for (let a = 0; a < K2; a++) {
+        for (let c = a + 1; c < K2; c++) {
+          right += s[r + a] > s[r + c] ? 1 : 0;
+          total++;
+        }
+      }
+      r += K2;
+    }
+  }
+  return {
+    accuracy: right / Math.max(1, total)
+  };
+}
 async function trainRewardModel(model, tok, pairs, cfg, hooks = {}) {
   const logs = [];
   await runLoop(new RewardTrainer(model, tok, pairs, cfg), {
@@ -7606,6 +8093,573 @@ async function evaluateRewardModel(model, tok, pairs, o) {
     margin: margin / pairs.length
   };
 }
+
+// trainer/data.ts
+var DataError = class extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "DataError";
+  }
+};
+var ASSISTANT = "\n\nAssistant:";
+function splitDialogue(text) {
+  const i = text.lastIndexOf(ASSISTANT);
+  if (i < 0) return null;
+  return {
+    prompt: text.slice(0, i + ASSISTANT.length),
+    response: text.slice(i + ASSISTANT.length)
+  };
+}
+function isGzip(bytes) {
+  return bytes.length >= 2 && bytes[0] === 31 && bytes[1] === 139;
+}
+async function decodeText(bytes, source = "<data>") {
+  let raw = bytes;
+  if (isGzip(bytes)) {
+    try {
+      const stream = new Blob([
+        bytes.slice()
+      ]).stream().pipeThrough(new DecompressionStream("gzip"));
+      raw = new Uint8Array(await new Response(stream).arrayBuffer());
+    } catch (e) {
+      throw new DataError(`${source}: corrupt gzip data (${e.message})`);
+    }
+  }
+  try {
+    return new TextDecoder("utf-8", {
+      fatal: true
+    }).decode(raw);
+  } catch {
+    const strict = new TextDecoder("utf-8", {
+      fatal: true
+    });
+    let line = 1, start = 0;
+    for (let i = 0; i <= raw.length; i++) {
+      if (i === raw.length || raw[i] === 10) {
+        try {
+          strict.decode(raw.subarray(start, i));
+        } catch {
+          break;
+        }
+        line++;
+        start = i + 1;
+      }
+    }
+    throw new DataError(`${source}:${line}: invalid UTF-8`);
+  }
+}
+function parseJsonl(text, source = "<data>") {
+  const out = [];
+  text.split(/\r?\n/).forEach((raw, i) => {
+    if (raw.trim() === "") return;
+    let v;
+    try {
+      v = JSON.parse(raw);
+    } catch (e) {
+      throw new DataError(`${source}:${i + 1}: invalid JSON (${e.message})`);
+    }
+    if (typeof v !== "object" || v === null || Array.isArray(v)) {
+      throw new DataError(`${source}:${i + 1}: expected a JSON object`);
+    }
+    out.push({
+      line: i + 1,
+      value: v
+    });
+  });
+  return out;
+}
+function str(v, key, where) {
+  const x = v[key];
+  if (typeof x !== "string") {
+    throw new DataError(`${where}: field "${key}" must be a string, got ${x === void 0 ? "nothing" : typeof x}`);
+  }
+  return x;
+}
+function readSft(text, source = "<sft>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    return {
+      prompt: str(value, "prompt", w),
+      completion: str(value, "completion", w)
+    };
+  });
+}
+function readPairs(text, source = "<pairs>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    const chosen = str(value, "chosen", w), rejected = str(value, "rejected", w);
+    let margin;
+    if (value.margin !== void 0) {
+      if (typeof value.margin !== "number" || !Number.isFinite(value.margin)) {
+        throw new DataError(`${w}: field "margin" must be a finite number`);
+      }
+      margin = value.margin;
+    }
+    if (value.prompt !== void 0) {
+      return {
+        prompt: str(value, "prompt", w),
+        chosen,
+        rejected,
+        margin
+      };
+    }
+    const c = splitDialogue(chosen), r = splitDialogue(rejected);
+    if (!c || !r) throw new DataError(`${w}: no "\\n\\nAssistant:" turn in chosen/rejected`);
+    if (c.prompt === r.prompt) {
+      return {
+        prompt: c.prompt,
+        chosen: c.response,
+        rejected: r.response,
+        margin
+      };
+    }
+    let n = 0;
+    while (n < chosen.length && n < rejected.length && chosen[n] === rejected[n]) n++;
+    const cut = chosen.slice(0, n).lastIndexOf(ASSISTANT);
+    if (cut < 0) throw new DataError(`${w}: chosen and rejected share no Assistant turn`);
+    const end = cut + ASSISTANT.length;
+    return {
+      prompt: chosen.slice(0, end),
+      chosen: chosen.slice(end),
+      rejected: rejected.slice(end),
+      margin
+    };
+  });
+}
+function readRanked(text, source = "<ranked>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    const r = value.responses;
+    if (!Array.isArray(r) || r.length < 2 || !r.every((x) => typeof x === "string")) {
+      throw new DataError(`${w}: "responses" must be an array of at least 2 strings`);
+    }
+    if (value.margin !== void 0 && (typeof value.margin !== "number" || !Number.isFinite(value.margin))) {
+      throw new DataError(`${w}: field "margin" must be a finite number`);
+    }
+    const margin = value.margin;
+    return {
+      prompt: str(value, "prompt", w),
+      responses: r,
+      margin
+    };
+  });
+}
+function readKto(text, source = "<kto>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    if (typeof value.label !== "boolean") {
+      throw new DataError(`${w}: field "label" must be true or false`);
+    }
+    return {
+      prompt: str(value, "prompt", w),
+      completion: str(value, "completion", w),
+      label: value.label
+    };
+  });
+}
+function readPrompts(text, source = "<prompts>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    if (value.prompt !== void 0) return {
+      prompt: str(value, "prompt", w)
+    };
+    const d = splitDialogue(str(value, "chosen", w));
+    if (!d) throw new DataError(`${w}: no "\\n\\nAssistant:" turn`);
+    return {
+      prompt: d.prompt
+    };
+  });
+}
+
+// trainer/dpo.ts
+var DPO_SCHEMA = {
+  ...supervisedFields(300, "preference pairs per step", 3e-5),
+  beta: {
+    default: 0.1,
+    doc: "\u03B2: strength of the implicit KL to the reference (SimPO: reward scale, 2.0)",
+    min: 0
+  },
+  lossType: {
+    default: "sigmoid",
+    doc: "sigmoid (DPO, cDPO with labelSmoothing) \xB7 hinge \xB7 ipo \xB7 robust \xB7 simpo",
+    choices: [
+      "sigmoid",
+      "hinge",
+      "ipo",
+      "robust",
+      "simpo"
+    ]
+  },
+  labelSmoothing: {
+    default: 0,
+    doc: "assumed label-flip rate \u03B5 of sigmoid/robust/simpo, in [0, 0.5)",
+    min: 0,
+    max: 0.49
+  },
+  gamma: {
+    default: 0.5,
+    doc: "SimPO's target reward margin \u03B3",
+    min: 0
+  },
+  precomputeReference: {
+    default: false,
+    doc: "compute the reference log-probs of every pair once, before training"
+  }
+};
+function checkPairs(pairs) {
+  if (pairs.length === 0) throw new DataError("preference data: no pairs");
+  let empty = -1, count = 0;
+  pairs.forEach((p, i) => {
+    if (p.chosen === p.rejected && !!p.chosenTruncated === !!p.rejectedTruncated) {
+      throw new DataError(`preference pair ${i}: chosen and rejected are the same response`);
+    }
+    if (p.chosen.length === 0 || p.rejected.length === 0) {
+      count++;
+      if (empty < 0) empty = i;
+    }
+  });
+  return count ? [
+    `${count} preference pair(s) have an empty response (EOS alone), the first is pair ${empty}`
+  ] : [];
+}
+function averaged(t) {
+  return t === "ipo" || t === "simpo";
+}
+function pairRows(tok, pairs, maxLength) {
+  const b = encodePairs(tok, [
+    ...pairs.map((p) => ({
+      prompt: p.prompt,
+      response: p.chosen,
+      truncated: p.chosenTruncated
+    })),
+    ...pairs.map((p) => ({
+      prompt: p.prompt,
+      response: p.rejected,
+      truncated: p.rejectedTruncated
+    }))
+  ], {
+    maxLength,
+    completionOnly: true
+  });
+  const act = Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0);
+  return {
+    b,
+    act
+  };
+}
+var DpoTrainer = class extends SupervisedTrainer {
+  /** What is odd about the data but not fatal (a pipeline logs these). */
+  warnings;
+  #reference;
+  /** Reference ℓ of every pair, `[chosen_i, rejected_i]` at `2i` (precomputeReference). */
+  #cache;
+  constructor(model, reference, tok, pairs, cfg, stateFile = "dpo/model_state.safetensors") {
+    super(model, tok, pairs, cfg, stateFile);
+    this.warnings = checkPairs(pairs);
+    this.#reference = reference;
+    if (cfg.lossType !== "simpo" && !reference && !model.lora) {
+      throw new Error("DpoTrainer: give a reference model or an actor with LoRA adapters");
+    }
+  }
+  /** Needs a reference pass (every loss but SimPO). */
+  get usesReference() {
+    return this.cfg.lossType !== "simpo";
+  }
+  /**
+   * Computes the reference's sequence log-probs of every pair once (batches of `batchSize`
+   * pairs); afterwards no reference forward runs and the reference model may be freed.
+   */
+  async precomputeReference() {
+    if (!this.usesReference || this.#cache) return;
+    const gpu = this.model.gpu, bs = this.cfg.batchSize, n = this.data.length;
+    const cache = new Float32Array(2 * n);
+    for (let i = 0; i < n; i += bs) {
+      const pairs = this.data.slice(i, i + bs), P = pairs.length;
+      const l = await gpu.scope(() => gpu.readF32(this.#referenceSeq(pairs)));
+      for (let j = 0; j < P; j++) {
+        cache[2 * (i + j)] = l[j];
+        cache[2 * (i + j) + 1] = l[P + j];
+      }
+    }
+    this.#cache = cache;
+    this.#reference = void 0;
+  }
+  /** Reference ℓ `(2P)` of `pairs`, from the reference pass. */
+  #referenceSeq(pairs) {
+    const gpu = this.model.gpu, P = pairs.length;
+    const { b, act } = pairRows(this.tok, pairs, this.cfg.maxLength);
+    const seq = gpu.fromArray(b.tokens, [
+      2 * P,
+      b.T
+    ]), am = gpu.fromArray(b.mask, [
+      2 * P,
+      b.T
+    ]);
+    const logp = referenceLogprobs(this.model, this.#reference, seq, am);
+    return sequenceLogprobs(gpu, logp, gpu.fromArray(act, [
+      2 * P,
+      b.T
+    ]), {
+      average: averaged(this.cfg.lossType)
+    });
+  }
+  /** One batch of pairs: concatenated forward, preference loss, backward, AdamW. */
+  step(log) {
+    const { model, cfg, store } = this, gpu = model.gpu;
+    return gpu.scope(async () => {
+      if (cfg.precomputeReference) await this.precomputeReference();
+      const idx = this.nextIndices(), pairs = idx.map((i) => this.data[i]), P = pairs.length;
+      const refSeq = this.usesReference ? this.#referenceFor(idx, pairs) : void 0;
+      const { b, act } = pairRows(this.tok, pairs, cfg.maxLength);
+      const mask = gpu.fromArray(act, [
+        2 * P,
+        b.T
+      ]), average = averaged(cfg.lossType);
+      store.zeroGrads();
+      const acts = model.forward(gpu.fromArray(b.tokens, [
+        2 * P,
+        b.T
+      ]), gpu.fromArray(b.mask, [
+        2 * P,
+        b.T
+      ]));
+      const lp = model.tokenLogprobs(acts);
+      const l = preferenceLoss(gpu, sequenceLogprobs(gpu, lp.logp, mask, {
+        average
+      }), refSeq, {
+        lossType: cfg.lossType,
+        beta: cfg.beta,
+        labelSmoothing: cfg.labelSmoothing,
+        gamma: cfg.gamma
+      });
+      const dlogp = sequenceLogprobsBackward(gpu, l.dpolicy, mask, {
+        average
+      });
+      model.backward(acts, {
+        dlogits: logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
+          dlogp: dlogp.reshape([
+            2 * P * b.T
+          ])
+        })
+      });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return void 0;
+      return this.#metrics(step, lr, l.metrics, average ? sequenceLogprobs(gpu, lp.logp, mask) : void 0);
+    });
+  }
+  /** Reference ℓ of the batch: from the cache, or a reference pass. */
+  #referenceFor(idx, pairs) {
+    const c = this.#cache;
+    if (!c) return this.#referenceSeq(pairs);
+    const P = idx.length, out = new Float32Array(2 * P);
+    idx.forEach((i, j) => {
+      out[j] = c[2 * i];
+      out[P + j] = c[2 * i + 1];
+    });
+    return this.model.gpu.fromArray(out);
+  }
+  /** The logged metrics, read in one readback (`sums`: summed ℓ when the loss used means). */
+  async #metrics(step, lr, metrics, sums) {
+    const gpu = this.model.gpu, n = metrics.size, P = sums ? sums.size / 2 : 0;
+    const packed = gpu.empty([
+      n + 2 * P
+    ]);
+    gpu.copyRange(metrics, 0, packed, 0, n);
+    if (sums) gpu.copyRange(sums, 0, packed, n, 2 * P);
+    const v = await gpu.readF32(packed), M = PREFERENCE_METRIC;
+    const mean = (a) => v.subarray(n + a, n + a + P).reduce((s, x) => s + x, 0) / P;
+    const loss = v[M.loss];
+    assertFiniteLosses(`DPO step ${step}`, {
+      loss
+    });
+    const name = this.cfg.lossType === "simpo" ? "simpo/loss" : "dpo/loss";
+    return {
+      step,
+      [name]: loss,
+      "rewards/chosen": v[M.rewardChosen],
+      "rewards/rejected": v[M.rewardRejected],
+      "rewards/accuracies": v[M.accuracy],
+      "rewards/margins": v[M.margin],
+      "logps/chosen": sums ? mean(0) : v[M.logpChosen],
+      "logps/rejected": sums ? mean(P) : v[M.logpRejected],
+      "dpo/lr": lr
+    };
+  }
+};
+async function evaluatePreferences(policy, reference, tok, pairs, o) {
+  const gpu = policy.gpu, bs = o.batchSize ?? 16, average = averaged(o.lossType);
+  const simpo = o.lossType === "simpo";
+  let right = 0, margin = 0;
+  for (let i = 0; i < pairs.length; i += bs) {
+    const batch = pairs.slice(i, i + bs), P = batch.length;
+    const { b, act } = pairRows(tok, batch, o.maxLength);
+    const l = await gpu.scope(async () => {
+      const seq = gpu.fromArray(b.tokens, [
+        2 * P,
+        b.T
+      ]), am = gpu.fromArray(b.mask, [
+        2 * P,
+        b.T
+      ]);
+      const mask = gpu.fromArray(act, [
+        2 * P,
+        b.T
+      ]);
+      const ell = (logp) => gpu.readF32(sequenceLogprobs(gpu, logp, mask, {
+        average
+      }));
+      const pol = await ell(modelLogprobs(policy, seq, am));
+      if (simpo) return pol;
+      const ref = await ell(referenceLogprobs(policy, reference, seq, am));
+      return pol.map((v, j) => v - ref[j]);
+    });
+    for (let j = 0; j < P; j++) {
+      const m = o.beta * (l[j] - l[P + j]);
+      right += m > 0 ? 1 : 0;
+      margin += m;
+    }
+  }
+  return {
+    accuracy: right / pairs.length,
+    margin: margin / pairs.length
+  };
+}
+
+// trainer/kto.ts
+var KTO_SCHEMA = {
+  ...supervisedFields(300, "examples per step (\u2265 2: the reference point needs a mismatch)", 3e-5),
+  beta: {
+    default: 0.1,
+    doc: "\u03B2: strength of the implicit KL to the reference",
+    min: 0
+  },
+  desirableWeight: {
+    default: 1,
+    doc: "\u03BB_D, weight of desirable examples",
+    min: 0
+  },
+  undesirableWeight: {
+    default: 1,
+    doc: "\u03BB_U, weight of undesirable examples",
+    min: 0
+  }
+};
+function rows2(tok, xs, max) {
+  const b = encodePairs(tok, xs, {
+    maxLength: max,
+    completionOnly: true
+  });
+  return {
+    b,
+    act: Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0)
+  };
+}
+var KtoTrainer = class extends SupervisedTrainer {
+  reference;
+  /** What is odd about the data but not fatal (a pipeline logs these). */
+  warnings;
+  constructor(model, reference, tok, data, cfg, stateFile = "kto/model_state.safetensors") {
+    super(model, tok, data, cfg, stateFile), this.reference = reference, this.warnings = [];
+    if (!reference && !model.lora) {
+      throw new Error("KtoTrainer: give a reference model or an actor with LoRA adapters");
+    }
+    if (cfg.batchSize < 2) throw new Error("KtoTrainer: batchSize must be \u2265 2 (mismatched pairs)");
+    if (data.length < 2) throw new DataError("KTO data: at least 2 examples are needed");
+    const empty = data.filter((x) => x.completion.length === 0).length;
+    if (empty) this.warnings.push(`${empty} KTO example(s) have an empty completion (EOS alone)`);
+    const good = data.filter((x) => x.label).length;
+    if (good === 0 || good === data.length) {
+      this.warnings.push(`KTO data: every example is ${good ? "desirable" : "undesirable"}; KTO still trains (against the reference point z) but rewards/${good ? "rejected" : "chosen"} is NaN`);
+    }
+  }
+  /** One batch: reference point, KTO loss, backward, AdamW; metrics when `log`. */
+  step(log) {
+    const { model, cfg, store } = this, gpu = model.gpu;
+    return gpu.scope(async () => {
+      const batch = this.nextBatch(), n = batch.length;
+      const all = rows2(this.tok, [
+        ...batch.map((x) => ({
+          prompt: x.prompt,
+          response: x.completion,
+          truncated: x.truncated
+        })),
+        ...batch.map((x, i) => {
+          const y = batch[(i + 1) % n];
+          return {
+            prompt: x.prompt,
+            response: y.completion,
+            truncated: y.truncated
+          };
+        })
+      ], cfg.maxLength);
+      const T = all.b.T, f32 = (a, from) => a.subarray(from * T, (from + n) * T);
+      const tensors = (from) => ({
+        seq: gpu.fromArray(all.b.tokens.subarray(from * T, (from + n) * T), [
+          n,
+          T
+        ]),
+        am: gpu.fromArray(f32(all.b.mask, from), [
+          n,
+          T
+        ]),
+        act: gpu.fromArray(f32(all.act, from), [
+          n,
+          T
+        ])
+      });
+      const matched = tensors(0), mismatched = tensors(n);
+      const refSeq = (r) => sequenceLogprobs(gpu, referenceLogprobs(model, this.reference, r.seq, r.am), r.act);
+      const z = ktoReferencePoint(gpu, sequenceLogprobs(gpu, modelLogprobs(model, mismatched.seq, mismatched.am), mismatched.act), refSeq(mismatched));
+      const reference = refSeq(matched);
+      store.zeroGrads();
+      const acts = model.forward(matched.seq, matched.am);
+      const lp = model.tokenLogprobs(acts);
+      const labels = gpu.fromArray(Float32Array.from(batch, (x) => x.label ? 1 : 0));
+      const l = ktoLoss(gpu, sequenceLogprobs(gpu, lp.logp, matched.act), reference, labels, z, {
+        beta: cfg.beta,
+        desirableWeight: cfg.desirableWeight,
+        undesirableWeight: cfg.undesirableWeight
+      });
+      model.backward(acts, {
+        dlogits: logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
+          dlogp: sequenceLogprobsBackward(gpu, l.dpolicy, matched.act).reshape([
+            n * T
+          ])
+        })
+      });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      return log ? await this.#metrics(step, lr, n, l.sums, z) : void 0;
+    });
+  }
+  /** The logged metrics, read in one readback. */
+  async #metrics(step, lr, n, sums, z) {
+    const gpu = this.model.gpu, packed = gpu.empty([
+      sums.size + 1
+    ]);
+    gpu.copyRange(sums, 0, packed, 0, sums.size);
+    gpu.copyRange(z, 0, packed, sums.size, 1);
+    const v = await gpu.readF32(packed), S = KTO_SUM;
+    const loss = v[S.loss] / n;
+    assertFiniteLosses(`KTO step ${step}`, {
+      loss
+    });
+    const chosen = v[S.rewardDesirable] / v[S.desirable];
+    const rejected = v[S.rewardUndesirable] / v[S.undesirable];
+    return {
+      step,
+      "kto/loss": loss,
+      kl: v[sums.size],
+      "rewards/chosen": chosen,
+      "rewards/rejected": rejected,
+      "rewards/margins": chosen - rejected,
+      "logps/chosen": v[S.logpDesirable] / v[S.desirable],
+      "logps/rejected": v[S.logpUndesirable] / v[S.undesirable],
+      "kto/lr": lr
+    };
+  }
+};
 
 // trainer/ppo.ts
 var MB = {
@@ -7747,8 +8801,8 @@ var PpoTrainer = class {
       const order = permutation(P, mulberry32(epochSeed(this.#orderSeed++, epoch)));
       const epochStart = k;
       for (let s = 0; s < P; s += cfg.miniBatchSize) {
-        const rows2 = order.slice(s, s + cfg.miniBatchSize);
-        gpu.scope(() => this.#minibatch(batch, rows2, lrs, stats, k++));
+        const rows3 = order.slice(s, s + cfg.miniBatchSize);
+        gpu.scope(() => this.#minibatch(batch, rows3, lrs, stats, k++));
       }
       if (cfg.targetApproxKl > 0) {
         const st = await gpu.readF32(stats);
@@ -7764,21 +8818,21 @@ var PpoTrainer = class {
     };
   }
   /** One minibatch: an actor step and a critic step; its statistics go to row `k` of `stats`. */
-  #minibatch({ r, exp, adv }, rows2, lrs, stats, k) {
+  #minibatch({ r, exp, adv }, rows3, lrs, stats, k) {
     const gpu = this.models.actor.gpu, T = r.length;
     const gather = (t) => {
       const out = gpu.empty([
-        rows2.length,
+        rows3.length,
         T
       ], t.dtype);
-      rows2.forEach((row, i) => gpu.copyRange(t, row * T, out, i * T, T));
+      rows3.forEach((row, i) => gpu.copyRange(t, row * T, out, i * T, T));
       return out;
     };
     const mb = {
       seq: gather(r.tokens),
       am: gather(r.attentionMask),
       act: gather(r.actionMask),
-      count: rows2.reduce((n, row) => n + r.hostActionMask.subarray(row * T, (row + 1) * T).reduce((a, v) => a + v, 0), 0)
+      count: rows3.reduce((n, row) => n + r.hostActionMask.subarray(row * T, (row + 1) * T).reduce((a, v) => a + v, 0), 0)
     };
     const actor = this.#actorStep(mb, gather(exp.logpOld), gather(adv.advantages), lrs.actor);
     const critic = this.#criticStep(mb, gather(exp.values), gather(adv.returns), lrs.critic);
@@ -7885,11 +8939,11 @@ var PpoTrainer = class {
    */
   #ptxBackward() {
     const { actor } = this.models, gpu = actor.gpu, cfg = this.cfg, data = this.data.ptx;
-    const rows2 = this.#ptx.next(cfg.ptxBatchSize).map((i) => ({
+    const rows3 = this.#ptx.next(cfg.ptxBatchSize).map((i) => ({
       prompt: data[i].prompt,
       response: data[i].completion
     }));
-    const b = encodePairs(this.tok, rows2, {
+    const b = encodePairs(this.tok, rows3, {
       maxLength: cfg.ptxMaxLength,
       completionOnly: false
     });
@@ -8037,6 +9091,7 @@ function emptySummary(wallSeconds) {
     "objective/kl": NaN,
     "rm/policy_accuracy": NaN,
     "rm/policy_gold_corr": NaN,
+    "gold/samples": 0,
     "gold/correct/before": NaN,
     "gold/correct/after": NaN,
     "gold/period/before": NaN,
@@ -8109,13 +9164,13 @@ async function finishedStage(gpu, stage, only, required, hooks, opts, log, load)
 
 // trainer/comparisons.ts
 async function samplePolicy(policy, tok, prompts, o) {
-  const rows2 = prompts.flatMap((p) => Array.from({
+  const rows3 = prompts.flatMap((p) => Array.from({
     length: o.samplesPerPrompt
   }, () => p));
   const bs = o.batchSize ?? 64;
   const out = [];
-  for (let i = 0; i < rows2.length; i += bs) {
-    out.push(...await sampleAndScore(policy, o.reward, tok, rows2.slice(i, i + bs), {
+  for (let i = 0; i < rows3.length; i += bs) {
+    out.push(...await sampleAndScore(policy, o.reward, tok, rows3.slice(i, i + bs), {
       temperature: o.temperature,
       seed: rolloutSeed(o.seed, i / bs),
       maxNewTokens: o.maxNewTokens,
@@ -8162,6 +9217,27 @@ function labelComparisons(groups2, gold2, o) {
     }
   }
   return pairs;
+}
+function labelExamples(groups2, gold2, o) {
+  let k = 0;
+  const out = [];
+  for (const g of groups2) {
+    const seen = /* @__PURE__ */ new Set();
+    for (const s of g) {
+      const key = `${s.truncated ? 1 : 0}${s.response}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      let label = gold2(s.prompt, s.response) >= o.threshold;
+      if (randF32(o.seed, 0, k++) < o.labelNoise) label = !label;
+      out.push({
+        prompt: s.prompt,
+        completion: s.response,
+        label,
+        truncated: s.truncated
+      });
+    }
+  }
+  return out;
 }
 
 // trainer/hacking.ts
@@ -8347,6 +9423,31 @@ function makeBuiltinTask(seed, sizes = {}) {
     policyEvalPrompts
   };
 }
+function makeRankedExamples(seed, n, o) {
+  const r = mulberry32(seed * 7919 + 1380011595 + (o.stream ?? 0));
+  return Array.from({
+    length: n
+  }, () => {
+    const q = makeQuestion(r);
+    const middle = r() < 0.5 ? STYLES[1] : STYLES[2];
+    const responses = [
+      STYLES[0],
+      middle,
+      STYLES[3],
+      STYLES[4]
+    ].map((s) => s.make(q, r));
+    for (let k = 0; k + 1 < responses.length; k++) {
+      if (r() < o.labelNoise) [responses[k], responses[k + 1]] = [
+        responses[k + 1],
+        responses[k]
+      ];
+    }
+    return {
+      prompt: q.prompt,
+      responses
+    };
+  });
+}
 function parseQuestion(prompt) {
   const m = prompt.match(/What is (\d) ([+-]) (\d)\?\n\nAssistant:$/);
   if (!m) return null;
@@ -8392,6 +9493,12 @@ var RUN_SCHEMA = {
     default: 1,
     doc: "temperature of the fresh samples scored before/after PPO",
     min: 0
+  },
+  evalSamples: {
+    default: 8,
+    doc: "samples per held-out prompt scored before/after PPO (64 prompts: 8 give 512 samples, a correct-answer rate to \xB10.02; one sample each is \xB10.06, too coarse to see a fall)",
+    min: 1,
+    integer: true
   },
   ...checkpointFields(300, "SFT and reward-model")
 };
@@ -8534,10 +9641,11 @@ var RM_STAGE = {
       });
       rm.store.copyFrom(sft.store);
       ctx.own(rm);
-      await ctx.train(new RewardTrainer(rm, state.tok, await rewardPairs(ctx), {
+      const rmCfg = {
         ...cfg.rm,
         seed: cfg.rm.seed + seed
-      }), {
+      };
+      await ctx.train(cfg.rm.loss === "kwise" ? new RankingRewardTrainer(rm, state.tok, rankedData(cfg), rmCfg) : new RewardTrainer(rm, state.tok, await rewardPairs(ctx), rmCfg), {
         logEvery: 10,
         checkpointEvery: cfg.run.stepCheckpointEvery
       });
@@ -8549,6 +9657,11 @@ var RM_STAGE = {
     await testRewardModel(ctx, rm, trained);
   }
 };
+function rankedData(cfg) {
+  return makeRankedExamples(cfg.run.seed, Math.ceil(cfg.task.pairs / 6), {
+    labelNoise: cfg.task.labelNoise
+  });
+}
 async function rewardPairs(ctx) {
   const { cfg, state } = ctx, seed = cfg.run.seed, task = state.task;
   if (cfg.task.policyPrompts === 0) return task.pairs;
@@ -8583,14 +9696,23 @@ async function testRewardModel(ctx, rm, trained) {
     maxLength: cfg.rm.maxLength
   });
   const flat = heldOut.flat();
+  const kwise = cfg.rm.loss === "kwise" ? {
+    "rm/kwise_accuracy": (await evaluateRanking(rm, tok, makeRankedExamples(cfg.run.seed, 200, {
+      labelNoise: 0,
+      stream: 1
+    }), {
+      maxLength: cfg.rm.maxLength
+    })).accuracy
+  } : {};
   const rmStats = {
+    ...kwise,
     "rm/accuracy": rmEval.accuracy,
     "rm/margin": rmEval.margin,
     "rm/policy_accuracy": policyEval.accuracy,
     "rm/policy_gold_corr": correlation(flat.map((x) => x.score), flat.map((x) => gold(x.prompt, x.response)))
   };
   if (trained) await ctx.hooks.onMetrics?.("rm", rmStats);
-  ctx.log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}`);
+  ctx.log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}` + ("rm/kwise_accuracy" in kwise ? `; K-wise accuracy ${kwise["rm/kwise_accuracy"].toFixed(3)} (all pairs of 4)` : ""));
   ctx.hooks.onSamples?.("rm", flat.map((x) => ({
     ...x,
     gold: gold(x.prompt, x.response)
@@ -8614,7 +9736,8 @@ var PPO_STAGE = {
     const evaluation = (policy) => evaluate(policy, rm, state.tok, state.task.evalPrompts, {
       temperature: cfg.run.evalTemperature,
       seed: deriveSeed(cfg.run.seed, "evaluation"),
-      maxNewTokens: cfg.ppo.maxNewTokens
+      maxNewTokens: cfg.ppo.maxNewTokens,
+      samplesPerPrompt: cfg.run.evalSamples
     });
     const before = await evaluation(reference);
     ctx.log(`before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`);
@@ -8687,6 +9810,7 @@ function evaluationSummary(before, after) {
     "gold/after": after.gold,
     "score/before": before.score,
     "score/after": after.score,
+    "gold/samples": before.samples.length,
     "gold/correct/before": before.parts.correct,
     "gold/correct/after": after.parts.correct,
     "gold/period/before": before.parts.period,
@@ -8698,6 +9822,9 @@ function evaluationSummary(before, after) {
   };
 }
 function checkBuiltinLengths(cfg) {
+  if (cfg.rm.loss === "kwise" && cfg.task.policyPrompts > 0) {
+    throw new ConfigError("rm.loss=kwise trains on the task's rankings of 4; the on-policy comparisons (task.policyPrompts) are pairs: set task.policyPrompts=0 with it");
+  }
   const max = TASK_MODEL_CONFIG.max_position_embeddings;
   for (const [key, v] of [
     [
@@ -8744,17 +9871,23 @@ function runBuiltinPipeline(gpu, cfg, hooks = {}, opts = {}) {
   return runPipeline(BUILTIN_PIPELINE, gpu, cfg, hooks, opts);
 }
 async function evaluate(policy, reward, tok, questions, o) {
-  const scored = await sampleAndScore(policy, reward, tok, questions.map((q) => q.prompt), {
-    ...o,
-    maxPromptLength: 256
-  });
+  const scored = [], asked = [];
+  for (let k = 0; k < o.samplesPerPrompt; k++) {
+    scored.push(...await sampleAndScore(policy, reward, tok, questions.map((q) => q.prompt), {
+      temperature: o.temperature,
+      seed: k === 0 ? o.seed : rolloutSeed(o.seed, k),
+      maxNewTokens: o.maxNewTokens,
+      maxPromptLength: 256
+    }));
+    asked.push(...questions);
+  }
   const samples = scored.map((s, i) => ({
     prompt: s.prompt,
     response: s.response,
     score: s.score,
-    gold: goldScore(questions[i], s.response)
+    gold: goldScore(asked[i], s.response)
   }));
-  const parts = scored.map((s, i) => goldParts(questions[i], s.response));
+  const parts = scored.map((s, i) => goldParts(asked[i], s.response));
   const mean = (xs, f) => xs.reduce((a, x) => a + f(x), 0) / xs.length;
   return {
     gold: mean(samples, (s) => s.gold),
@@ -8788,181 +9921,563 @@ function correlation(x, y) {
   return sxy / Math.sqrt(sxx * syy);
 }
 
-// trainer/data.ts
-var DataError = class extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "DataError";
+// trainer/builtin_preference.ts
+var PREFERENCE_TASK_SCHEMA = {
+  pairs: {
+    default: 2e4,
+    doc: "the task's fixed pairs (used with data.source=task)",
+    min: 1,
+    integer: true
+  },
+  labelNoise: {
+    default: 0.1,
+    doc: "fraction of labels flipped (pairs swapped, KTO labels inverted)",
+    min: 0,
+    max: 0.5
   }
 };
-var ASSISTANT = "\n\nAssistant:";
-function splitDialogue(text) {
-  const i = text.lastIndexOf(ASSISTANT);
-  if (i < 0) return null;
+var PREFERENCE_DATA_SCHEMA = {
+  source: {
+    default: "policy",
+    doc: "policy: the SFT policy's samples labelled by gold (with label noise); task: fixed pairs",
+    choices: [
+      "policy",
+      "task"
+    ]
+  },
+  prompts: {
+    default: 1e3,
+    doc: "task prompts whose SFT samples make the data (source=policy)",
+    min: 1,
+    integer: true
+  },
+  samplesPerPrompt: {
+    default: 4,
+    doc: "SFT samples per prompt; every two with different gold make a pair",
+    min: 2,
+    integer: true
+  },
+  maxNewTokens: {
+    default: 16,
+    doc: "token budget of samples (data and evaluation); cut ones keep no EOS",
+    min: 1,
+    integer: true
+  },
+  temperature: {
+    default: 1,
+    doc: "sampling temperature of the data",
+    min: 0
+  },
+  desirableThreshold: {
+    default: 0.8,
+    doc: "KTO: a sample is desirable when its gold score reaches this (correct, and one style point)",
+    min: 0,
+    max: 1
+  }
+};
+var COMMON_DEFAULTS = {
+  run: {
+    ...BUILTIN_DEFAULTS.run,
+    name: "builtin-dpo"
+  },
+  task: defaults(PREFERENCE_TASK_SCHEMA),
+  data: defaults(PREFERENCE_DATA_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft
+};
+var DPO_PIPELINE_DEFAULTS = {
+  ...COMMON_DEFAULTS,
+  dpo: {
+    ...defaults(DPO_SCHEMA),
+    steps: 300,
+    batchSize: 16
+  }
+};
+var KTO_PIPELINE_DEFAULTS = {
+  ...COMMON_DEFAULTS,
+  run: {
+    ...COMMON_DEFAULTS.run,
+    name: "builtin-kto"
+  },
+  kto: {
+    ...defaults(KTO_SCHEMA),
+    steps: 300,
+    batchSize: 16
+  }
+};
+var SECTIONS = {
+  run: RUN_SCHEMA,
+  task: PREFERENCE_TASK_SCHEMA,
+  data: PREFERENCE_DATA_SCHEMA,
+  sft: SFT_SCHEMA
+};
+function policySamples(ctx) {
+  const { cfg, state } = ctx;
+  return samplePolicy(state.sft, state.tok, state.task.prompts.slice(0, cfg.data.prompts).map((q) => q.prompt), {
+    samplesPerPrompt: cfg.data.samplesPerPrompt,
+    maxNewTokens: cfg.data.maxNewTokens,
+    maxPromptLength: 64,
+    temperature: cfg.data.temperature,
+    seed: deriveSeed(cfg.run.seed, "comparisonSamples")
+  });
+}
+async function preferencePairs(ctx) {
+  const { cfg, state } = ctx;
+  if (cfg.data.source === "task") return state.task.pairs;
+  const groups2 = await policySamples(ctx);
+  const pairs = labelComparisons(groups2, gold, {
+    labelNoise: cfg.task.labelNoise,
+    seed: deriveSeed(cfg.run.seed, "comparisonLabels")
+  });
+  ctx.log(`preference data: ${pairs.length} pairs of SFT samples (${groups2.length} prompts)`);
+  return pairs;
+}
+async function ktoExamples(ctx) {
+  const { cfg, state } = ctx;
+  if (cfg.data.source === "task") {
+    return state.task.pairs.flatMap((p) => [
+      {
+        prompt: p.prompt,
+        completion: p.chosen,
+        label: true
+      },
+      {
+        prompt: p.prompt,
+        completion: p.rejected,
+        label: false
+      }
+    ]);
+  }
+  const groups2 = await policySamples(ctx);
+  const xs = labelExamples(groups2, gold, {
+    threshold: cfg.data.desirableThreshold,
+    labelNoise: cfg.task.labelNoise,
+    seed: deriveSeed(cfg.run.seed, "comparisonLabels")
+  });
+  const good = xs.filter((x) => x.label).length;
+  ctx.log(`KTO data: ${xs.length} SFT samples, ${good} desirable, ${xs.length - good} not`);
+  return xs;
+}
+async function runMethod(ctx, spec) {
+  const { cfg, state } = ctx, sft = state.sft;
+  const policy = sft.copy();
+  ctx.own(policy);
+  const scorer = implicitReward(policy, sft, spec.beta);
+  const evaluation = (m) => evaluate(m, scorer, state.tok, state.task.evalPrompts, {
+    temperature: cfg.run.evalTemperature,
+    seed: deriveSeed(cfg.run.seed, "evaluation"),
+    maxNewTokens: cfg.data.maxNewTokens,
+    samplesPerPrompt: cfg.run.evalSamples
+  });
+  const before = await evaluation(sft);
+  ctx.log(`before ${spec.name}: gold ${before.gold.toFixed(3)}`);
+  ctx.hooks.onSamples?.("before", before.samples);
+  const history = [];
+  const trainer = await spec.trainer(ctx, policy, sft);
+  const last = await ctx.train(trainer, {
+    logEvery: 10,
+    checkpointEvery: cfg.run.stepCheckpointEvery,
+    afterLog: async (m) => {
+      if (m.step % 20 !== 0 && m.step !== trainer.total) return;
+      const probe = await probeGold(ctx, policy, scorer, m.step);
+      Object.assign(m, {
+        "gold/rollout": probe.scores.gold,
+        "gold/correct": probe.parts.correct,
+        "gold/period": probe.parts.period,
+        "gold/concise": probe.parts.concise,
+        "objective/scores": probe.scores.score,
+        "objective/kl": probe.scores.score / spec.beta
+      });
+      history.push(probe.scores);
+    }
+  });
+  await ctx.hooks.saveCheckpoint?.(spec.name, await saveOptModel(policy, {
+    stage: spec.name
+  }));
+  const after = await evaluation(policy);
+  ctx.log(`after ${spec.name}: gold ${after.gold.toFixed(3)}`);
+  ctx.hooks.onSamples?.("after", after.samples);
+  const spread = (e) => ({
+    ...e,
+    ...goldSpread(e.samples.map((x) => x.gold))
+  });
+  const verdict = detectRewardHacking(history, {
+    before: spread(before),
+    after: spread(after)
+  });
+  ctx.log(describeVerdict(verdict));
+  Object.assign(ctx.summary, evaluationSummary(before, after), {
+    "objective/kl": after.score / spec.beta,
+    reward_hacking: verdict,
+    [`${spec.name}/loss`]: last[`${spec.name}/loss`] ?? last["simpo/loss"] ?? NaN
+  });
+}
+async function probeGold(ctx, policy, scorer, step) {
+  const { cfg, state } = ctx, n = state.task.prompts.length;
+  const prompts = Array.from({
+    length: 32
+  }, (_, i) => state.task.prompts[(step + i) % n].prompt);
+  const samples = await sampleAndScore(policy, scorer, state.tok, prompts, {
+    temperature: cfg.data.temperature,
+    seed: rolloutSeed(deriveSeed(cfg.run.seed, "goldProbe"), step),
+    maxNewTokens: cfg.data.maxNewTokens,
+    maxPromptLength: 64
+  });
+  const golds = samples.map((s) => gold(s.prompt, s.response));
+  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt), s.response));
+  const mean = (xs) => xs.reduce((a, v) => a + v, 0) / xs.length;
   return {
-    prompt: text.slice(0, i + ASSISTANT.length),
-    response: text.slice(i + ASSISTANT.length)
+    scores: {
+      iteration: step,
+      score: mean(samples.map((s) => s.score)),
+      gold: mean(golds),
+      ...goldSpread(golds)
+    },
+    parts: {
+      correct: mean(parts.map((p) => p.correct)),
+      period: mean(parts.map((p) => p.period)),
+      concise: mean(parts.map((p) => p.concise))
+    }
   };
 }
-function isGzip(bytes) {
-  return bytes.length >= 2 && bytes[0] === 31 && bytes[1] === 139;
-}
-async function decodeText(bytes, source = "<data>") {
-  let raw = bytes;
-  if (isGzip(bytes)) {
-    try {
-      const stream = new Blob([
-        bytes.slice()
-      ]).stream().pipeThrough(new DecompressionStream("gzip"));
-      raw = new Uint8Array(await new Response(stream).arrayBuffer());
-    } catch (e) {
-      throw new DataError(`${source}: corrupt gzip data (${e.message})`);
+var DPO_STAGE = {
+  name: "dpo",
+  doc: "DPO / IPO / hinge / robust / SimPO on gold-labelled comparisons of SFT samples",
+  run: (ctx) => runMethod(ctx, {
+    name: "dpo",
+    beta: ctx.cfg.dpo.beta,
+    trainer: async (c, policy, sft) => {
+      const d = ctx.cfg.dpo, seed = ctx.cfg.run.seed;
+      const simpo = d.lossType === "simpo";
+      return new DpoTrainer(policy, simpo ? void 0 : sft, c.state.tok, await preferencePairs(c), {
+        ...d,
+        seed: d.seed + seed
+      });
     }
+  })
+};
+var KTO_STAGE = {
+  name: "kto",
+  doc: "KTO on gold-thresholded (desirable / undesirable) SFT samples",
+  run: (ctx) => runMethod(ctx, {
+    name: "kto",
+    beta: ctx.cfg.kto.beta,
+    trainer: async (c, policy, sft) => {
+      const t = new KtoTrainer(policy, sft, c.state.tok, await ktoExamples(c), {
+        ...ctx.cfg.kto,
+        seed: ctx.cfg.kto.seed + ctx.cfg.run.seed
+      });
+      for (const w of t.warnings) c.log(`warning: ${w}`);
+      return t;
+    }
+  })
+};
+function init(_gpu, cfg) {
+  return Promise.resolve({
+    tok: new ByteTokenizer(),
+    task: makeBuiltinTask(cfg.run.seed, {
+      // the same draws as the PPO pipeline's task: the same SFT data, prompts and eval prompts
+      pairs: cfg.task.pairs,
+      labelNoise: cfg.task.labelNoise
+    })
+  });
+}
+var DPO_PIPELINE = {
+  name: "builtin-dpo",
+  doc: "SFT \u2192 DPO (sigmoid / ipo / hinge / robust / simpo) on the built-in arithmetic task",
+  sections: {
+    ...SECTIONS,
+    dpo: DPO_SCHEMA
+  },
+  defaults: DPO_PIPELINE_DEFAULTS,
+  stages: [
+    SFT_STAGE,
+    DPO_STAGE
+  ],
+  init
+};
+var KTO_PIPELINE = {
+  name: "builtin-kto",
+  doc: "SFT \u2192 KTO on the built-in arithmetic task",
+  sections: {
+    ...SECTIONS,
+    kto: KTO_SCHEMA
+  },
+  defaults: KTO_PIPELINE_DEFAULTS,
+  stages: [
+    SFT_STAGE,
+    KTO_STAGE
+  ],
+  init
+};
+var PREFERENCE_PRESETS = {
+  dpo: {
+    pipeline: "builtin-dpo",
+    overrides: {}
+  },
+  ipo: {
+    pipeline: "builtin-dpo",
+    overrides: {
+      "dpo.lossType": "ipo",
+      "run.name": "builtin-ipo"
+    }
+  },
+  hinge: {
+    pipeline: "builtin-dpo",
+    overrides: {
+      "dpo.lossType": "hinge",
+      "run.name": "builtin-hinge"
+    }
+  },
+  robust: {
+    pipeline: "builtin-dpo",
+    overrides: {
+      "dpo.lossType": "robust",
+      "dpo.labelSmoothing": 0.1,
+      "run.name": "builtin-robust"
+    }
+  },
+  simpo: {
+    pipeline: "builtin-dpo",
+    overrides: {
+      "dpo.lossType": "simpo",
+      "dpo.beta": 2,
+      "run.name": "builtin-simpo"
+    }
+  },
+  kto: {
+    pipeline: "builtin-kto",
+    overrides: {}
   }
+};
+function resolveDpoConfig(overrides) {
+  return resolveSections(DPO_PIPELINE.sections, overrides, DPO_PIPELINE_DEFAULTS);
+}
+
+// trainer/checkpoint_preference.ts
+var PREFERENCE_RUN_SCHEMA = {
+  name: runNameField("checkpoint-dpo"),
+  seed: {
+    default: 1,
+    doc: "seed of the data order and the samples",
+    integer: true
+  },
+  ...checkpointFields(100, "DPO / KTO"),
+  evalPrompts: {
+    default: 16,
+    doc: "held-out prompts sampled before and after",
+    min: 1,
+    integer: true
+  },
+  evalTemperature: {
+    default: 0.7,
+    doc: "temperature of the evaluation samples",
+    min: 0
+  },
+  maxNewTokens: {
+    default: 32,
+    doc: "token budget of the evaluation samples",
+    min: 1,
+    integer: true
+  }
+};
+var PREFERENCE_FILES_SCHEMA = {
+  policy: {
+    default: "",
+    doc: "policy checkpoint folder (HF OPT: config.json, model.safetensors)"
+  },
+  reference: {
+    default: "",
+    doc: "reference checkpoint folder (default: the policy's)"
+  },
+  tokenizer: {
+    default: "",
+    doc: "folder with vocab.json and merges.txt (default: the policy folder; none for a 260-token byte vocabulary)"
+  },
+  pairs: {
+    default: "",
+    doc: "DPO pairs JSONL ({prompt,chosen,rejected} or hh-rlhf; .gz ok)"
+  },
+  kto: {
+    default: "",
+    doc: "KTO examples JSONL ({prompt, completion, label}; .gz ok)"
+  },
+  evalPairs: {
+    default: "",
+    doc: "held-out pairs / examples (default: the last data.heldOut records of the training file)"
+  },
+  heldOut: {
+    default: 64,
+    doc: "records held out when evalPairs is not given",
+    min: 1,
+    integer: true
+  }
+};
+function join(dir, file) {
+  return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
+}
+async function loadModel(io, dir, gpu, frozen) {
+  const config = new TextDecoder().decode(await io.read(join(dir, "config.json")));
+  return loadOptModel(gpu, config, await io.read(join(dir, "model.safetensors")), {
+    frozen
+  }).model;
+}
+async function loadTokenizer(io, cfg) {
+  const dir = cfg.data.tokenizer || cfg.data.policy;
+  const text = async (p) => await decodeText(await io.read(p), p);
+  let vocab;
   try {
-    return new TextDecoder("utf-8", {
-      fatal: true
-    }).decode(raw);
+    vocab = await text(join(dir, "vocab.json"));
   } catch {
-    const strict = new TextDecoder("utf-8", {
-      fatal: true
-    });
-    let line = 1, start = 0;
-    for (let i = 0; i <= raw.length; i++) {
-      if (i === raw.length || raw[i] === 10) {
-        try {
-          strict.decode(raw.subarray(start, i));
-        } catch {
-          break;
-        }
-        line++;
-        start = i + 1;
+    vocab = void 0;
+  }
+  if (vocab !== void 0) return BpeTokenizer.fromText(vocab, await text(join(dir, "merges.txt")));
+  const config = JSON.parse(await text(join(cfg.data.policy, "config.json")));
+  if (config.vocab_size === 260) return new ByteTokenizer();
+  throw new ConfigError(`no vocab.json in ${dir} and the policy's vocabulary is ${config.vocab_size} tokens (the byte tokenizer needs 260): give data.tokenizer`);
+}
+async function loadData(io, cfg, method) {
+  const d = cfg.data, file = method === "dpo" ? d.pairs : d.kto;
+  const read = async (p) => {
+    const t = await decodeText(await io.read(p), p);
+    return method === "dpo" ? readPairs(t, p) : readKto(t, p);
+  };
+  let train = await read(file);
+  let heldOut;
+  if (d.evalPairs) heldOut = await read(d.evalPairs);
+  else {
+    if (train.length <= d.heldOut) {
+      throw new ConfigError(`data.${method === "dpo" ? "pairs" : "kto"} has ${train.length} records: not enough to hold out data.heldOut = ${d.heldOut} (give data.evalPairs or lower it)`);
+    }
+    heldOut = train.slice(train.length - d.heldOut);
+    train = train.slice(0, train.length - d.heldOut);
+  }
+  if (heldOut.length === 0) throw new DataError(`data.evalPairs (${d.evalPairs}) has no records`);
+  return {
+    train,
+    heldOut
+  };
+}
+function checkConfig(method) {
+  return (cfg) => {
+    const need = [
+      "policy",
+      method === "dpo" ? "pairs" : "kto"
+    ];
+    for (const k of need) {
+      if (!cfg.data[k]) {
+        throw new ConfigError(`data.${k} is required by --method=${method} on your own data (${PREFERENCE_FILES_SCHEMA[k].doc})`);
       }
     }
-    throw new DataError(`${source}:${line}: invalid UTF-8`);
-  }
+  };
 }
-function parseJsonl(text, source = "<data>") {
-  const out = [];
-  text.split(/\r?\n/).forEach((raw, i) => {
-    if (raw.trim() === "") return;
-    let v;
-    try {
-      v = JSON.parse(raw);
-    } catch (e) {
-      throw new DataError(`${source}:${i + 1}: invalid JSON (${e.message})`);
-    }
-    if (typeof v !== "object" || v === null || Array.isArray(v)) {
-      throw new DataError(`${source}:${i + 1}: expected a JSON object`);
-    }
-    out.push({
-      line: i + 1,
-      value: v
-    });
-  });
-  return out;
-}
-function str(v, key, where) {
-  const x = v[key];
-  if (typeof x !== "string") {
-    throw new DataError(`${where}: field "${key}" must be a string, got ${x === void 0 ? "nothing" : typeof x}`);
-  }
-  return x;
-}
-function readSft(text, source = "<sft>") {
-  return parseJsonl(text, source).map(({ line, value }) => {
-    const w = `${source}:${line}`;
-    return {
-      prompt: str(value, "prompt", w),
-      completion: str(value, "completion", w)
-    };
-  });
-}
-function readPairs(text, source = "<pairs>") {
-  return parseJsonl(text, source).map(({ line, value }) => {
-    const w = `${source}:${line}`;
-    const chosen = str(value, "chosen", w), rejected = str(value, "rejected", w);
-    let margin;
-    if (value.margin !== void 0) {
-      if (typeof value.margin !== "number" || !Number.isFinite(value.margin)) {
-        throw new DataError(`${w}: field "margin" must be a finite number`);
+function methodStage(method) {
+  return {
+    name: method,
+    doc: method === "dpo" ? "DPO / IPO / hinge / robust / SimPO of a checkpoint" : "KTO of a checkpoint",
+    async run(ctx) {
+      const { gpu, cfg, state } = ctx, d = cfg.data;
+      const m = method === "dpo" ? cfg.dpo : cfg.kto;
+      const simpo = method === "dpo" && m.lossType === "simpo";
+      const policy = await loadModel(state.io, d.policy, gpu, false);
+      ctx.own(policy);
+      if (policy.config.vocab_size < state.tok.vocabSize) {
+        throw new ConfigError(`the tokenizer has ${state.tok.vocabSize} tokens but the policy's vocabulary is ${policy.config.vocab_size}`);
       }
-      margin = value.margin;
+      const reference = await loadModel(state.io, d.reference || d.policy, gpu, true);
+      ctx.own(reference);
+      const prompts = [
+        ...new Set(state.heldOut.map((x) => x.prompt))
+      ].slice(0, cfg.run.evalPrompts);
+      const sample = (p) => sampleAndScore(p, implicitReward(p, reference, m.beta), state.tok, prompts, {
+        temperature: cfg.run.evalTemperature,
+        seed: deriveSeed(cfg.run.seed, "evaluation"),
+        maxNewTokens: cfg.run.maxNewTokens,
+        maxPromptLength: Math.max(1, policy.config.max_position_embeddings - cfg.run.maxNewTokens)
+      });
+      const evalPairs = async () => method === "dpo" ? await evaluatePreferences(policy, simpo ? void 0 : reference, state.tok, state.heldOut, m) : void 0;
+      const before = await sample(policy);
+      ctx.hooks.onSamples?.("before", noGold(before));
+      const trainer = method === "dpo" ? new DpoTrainer(policy, simpo ? void 0 : reference, state.tok, state.train, {
+        ...m,
+        seed: m.seed + cfg.run.seed
+      }) : new KtoTrainer(policy, reference, state.tok, state.train, {
+        ...m,
+        seed: m.seed + cfg.run.seed
+      });
+      for (const w of trainer.warnings ?? []) ctx.log(`warning: ${w}`);
+      await ctx.train(trainer, {
+        logEvery: 10,
+        checkpointEvery: cfg.run.stepCheckpointEvery
+      });
+      await ctx.hooks.saveCheckpoint?.(method, await saveOptModel(policy, {
+        stage: method
+      }));
+      const after = await sample(policy);
+      ctx.hooks.onSamples?.("after", noGold(after));
+      const held = await evalPairs();
+      const mean = (s) => s.reduce((a, x) => a + x.score, 0) / s.length;
+      if (held) {
+        ctx.log(`held-out pairs: implicit-reward accuracy ${held.accuracy.toFixed(3)}, margin ` + held.margin.toFixed(3));
+      }
+      Object.assign(ctx.summary, {
+        ...held ? {
+          "eval/rewards/accuracies": held.accuracy,
+          "eval/rewards/margins": held.margin
+        } : {},
+        "score/before": mean(before),
+        "score/after": mean(after),
+        "objective/kl": mean(after) / m.beta,
+        samples_before: noGold(before.slice(0, 8)),
+        samples_after: noGold(after.slice(0, 8))
+      });
     }
-    if (value.prompt !== void 0) {
+  };
+}
+function noGold(s) {
+  return s.map((x) => ({
+    prompt: x.prompt,
+    response: x.response,
+    score: x.score,
+    gold: NaN
+  }));
+}
+var RUN_DEFAULTS = defaults(PREFERENCE_RUN_SCHEMA);
+function checkpointPreferencePipeline(io, method) {
+  const schema = method === "dpo" ? DPO_SCHEMA : KTO_SCHEMA;
+  return {
+    name: `checkpoint-${method}`,
+    doc: `${method.toUpperCase()} of a local OPT checkpoint on your preference data`,
+    sections: {
+      run: PREFERENCE_RUN_SCHEMA,
+      data: PREFERENCE_FILES_SCHEMA,
+      [method]: schema
+    },
+    defaults: {
+      run: {
+        ...RUN_DEFAULTS,
+        name: `checkpoint-${method}`
+      },
+      data: defaults(PREFERENCE_FILES_SCHEMA),
+      [method]: {
+        ...defaults(schema),
+        lr: 5e-6
+      }
+    },
+    stages: [
+      methodStage(method)
+    ],
+    validate: checkConfig(method),
+    init: async (_gpu, cfg) => {
+      checkConfig(method)(cfg);
+      const { train, heldOut } = await loadData(io, cfg, method);
       return {
-        prompt: str(value, "prompt", w),
-        chosen,
-        rejected,
-        margin
+        io,
+        tok: await loadTokenizer(io, cfg),
+        train,
+        heldOut
       };
     }
-    const c = splitDialogue(chosen), r = splitDialogue(rejected);
-    if (!c || !r) throw new DataError(`${w}: no "\\n\\nAssistant:" turn in chosen/rejected`);
-    if (c.prompt === r.prompt) {
-      return {
-        prompt: c.prompt,
-        chosen: c.response,
-        rejected: r.response,
-        margin
-      };
-    }
-    let n = 0;
-    while (n < chosen.length && n < rejected.length && chosen[n] === rejected[n]) n++;
-    const cut = chosen.slice(0, n).lastIndexOf(ASSISTANT);
-    if (cut < 0) throw new DataError(`${w}: chosen and rejected share no Assistant turn`);
-    const end = cut + ASSISTANT.length;
-    return {
-      prompt: chosen.slice(0, end),
-      chosen: chosen.slice(end),
-      rejected: rejected.slice(end),
-      margin
-    };
-  });
-}
-function readRanked(text, source = "<ranked>") {
-  return parseJsonl(text, source).map(({ line, value }) => {
-    const w = `${source}:${line}`;
-    const r = value.responses;
-    if (!Array.isArray(r) || r.length < 2 || !r.every((x) => typeof x === "string")) {
-      throw new DataError(`${w}: "responses" must be an array of at least 2 strings`);
-    }
-    if (value.margin !== void 0 && (typeof value.margin !== "number" || !Number.isFinite(value.margin))) {
-      throw new DataError(`${w}: field "margin" must be a finite number`);
-    }
-    const margin = value.margin;
-    return {
-      prompt: str(value, "prompt", w),
-      responses: r,
-      margin
-    };
-  });
-}
-function readKto(text, source = "<kto>") {
-  return parseJsonl(text, source).map(({ line, value }) => {
-    const w = `${source}:${line}`;
-    if (typeof value.label !== "boolean") {
-      throw new DataError(`${w}: field "label" must be true or false`);
-    }
-    return {
-      prompt: str(value, "prompt", w),
-      completion: str(value, "completion", w),
-      label: value.label
-    };
-  });
-}
-function readPrompts(text, source = "<prompts>") {
-  return parseJsonl(text, source).map(({ line, value }) => {
-    const w = `${source}:${line}`;
-    if (value.prompt !== void 0) return {
-      prompt: str(value, "prompt", w)
-    };
-    const d = splitDialogue(str(value, "chosen", w));
-    if (!d) throw new DataError(`${w}: no "\\n\\nAssistant:" turn`);
-    return {
-      prompt: d.prompt
-    };
-  });
+  };
 }
 
 // trainer/recipe.ts
@@ -9103,7 +10618,7 @@ function loraTargets(s) {
   if (!t.length) throw new ConfigError("lora.targets: name at least one module");
   return t;
 }
-function join(dir, file) {
+function join2(dir, file) {
   return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
 }
 function checkRecipeConfig(cfg) {
@@ -9127,7 +10642,7 @@ async function loadRecipeInputs(cfg, io) {
   checkRecipeConfig(cfg);
   const text = async (p) => await decodeText(await io.read(p), p);
   const tokDir = d.tokenizer || d.actor;
-  const tokenizer = BpeTokenizer.fromText(await text(join(tokDir, "vocab.json")), await text(join(tokDir, "merges.txt")));
+  const tokenizer = BpeTokenizer.fromText(await text(join2(tokDir, "vocab.json")), await text(join2(tokDir, "merges.txt")));
   let pairs = readPairs(await text(d.pairs), d.pairs);
   let evalPairs;
   if (d.evalPairs) evalPairs = readPairs(await text(d.evalPairs), d.evalPairs);
@@ -9174,7 +10689,7 @@ async function loadRecipeInputs(cfg, io) {
       d.critic
     ]
   ]) {
-    const c = parseOptConfig(JSON.parse(await text(join(dir, "config.json"))));
+    const c = parseOptConfig(JSON.parse(await text(join2(dir, "config.json"))));
     const need = cfg.ppo.maxPromptLength + cfg.ppo.maxNewTokens;
     if (need > c.max_position_embeddings) {
       throw new ConfigError(`ppo.maxPromptLength ${cfg.ppo.maxPromptLength} + ppo.maxNewTokens ${cfg.ppo.maxNewTokens} = ${need} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
@@ -9193,8 +10708,8 @@ async function loadRecipeInputs(cfg, io) {
   };
 }
 async function loadCheckpoint(gpu, io, dir, opts) {
-  const config = new TextDecoder().decode(await io.read(join(dir, "config.json")));
-  const weights = await io.read(join(dir, "model.safetensors"));
+  const config = new TextDecoder().decode(await io.read(join2(dir, "config.json")));
+  const weights = await io.read(join2(dir, "model.safetensors"));
   return loadOptModel(gpu, config, weights, opts).model;
 }
 var RECIPE_RM_STAGE = {
@@ -9266,7 +10781,7 @@ var RECIPE_PPO_STAGE = {
       maxPromptLength: cfg.ppo.maxPromptLength
     };
     const mean = (s) => s.reduce((a, x) => a + x.score, 0) / s.length;
-    const noGold = (s) => s.map((x) => ({
+    const noGold2 = (s) => s.map((x) => ({
       prompt: x.prompt,
       response: x.response,
       score: x.score,
@@ -9274,7 +10789,7 @@ var RECIPE_PPO_STAGE = {
     }));
     const before = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
     ctx.log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
-    ctx.hooks.onSamples?.("before", noGold(before));
+    ctx.hooks.onSamples?.("before", noGold2(before));
     const trainer = new PpoTrainer({
       actor,
       critic,
@@ -9291,11 +10806,11 @@ var RECIPE_PPO_STAGE = {
       logEvery: 1,
       checkpointEvery: cfg.run.checkpointEvery,
       stopAfter: ctx.opts.stopAfterIteration,
-      afterLog: () => ctx.hooks.onSamples?.("ppo", noGold(trainer.lastSamples))
+      afterLog: () => ctx.hooks.onSamples?.("ppo", noGold2(trainer.lastSamples))
     });
     const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
     ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
-    ctx.hooks.onSamples?.("after", noGold(after));
+    ctx.hooks.onSamples?.("after", noGold2(after));
     actor.mergeLora();
     await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
       stage: "ppo"
@@ -9305,8 +10820,8 @@ var RECIPE_PPO_STAGE = {
       "score/before": mean(before),
       "score/after": mean(after),
       "objective/kl": last["objective/kl"] ?? 0,
-      samples_before: noGold(before.slice(0, 8)),
-      samples_after: noGold(after.slice(0, 8))
+      samples_before: noGold2(before.slice(0, 8)),
+      samples_after: noGold2(after.slice(0, 8))
     });
   }
 };
@@ -9334,6 +10849,10 @@ function runRecipePipeline(gpu, cfg, io, hooks = {}, opts = {}) {
 // trainer/registry.ts
 var PIPELINES = {
   builtin: () => BUILTIN_PIPELINE,
+  "builtin-dpo": () => DPO_PIPELINE,
+  "builtin-kto": () => KTO_PIPELINE,
+  "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
+  "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
   "simple-rlhf-tiny": recipePipeline
 };
 var PRESETS = {
@@ -9342,6 +10861,15 @@ var PRESETS = {
     {
       pipeline: "builtin",
       overrides: v
+    }
+  ])),
+  ...PREFERENCE_PRESETS,
+  // the same methods on your own checkpoint and data (`--method=X --data.policy=DIR`)
+  ...Object.fromEntries(Object.entries(PREFERENCE_PRESETS).map(([k, v]) => [
+    `checkpoint-${k}`,
+    {
+      pipeline: v.pipeline.replace("builtin-", "checkpoint-"),
+      overrides: Object.fromEntries(Object.entries(v.overrides).filter(([key]) => key !== "run.name"))
     }
   ])),
   "simple-rlhf-tiny": {
@@ -9461,19 +10989,50 @@ function fmt(v, digits) {
 function samplesSideBySide(before, after) {
   const n = Math.max(before.length, after.length);
   const cell = (x) => x ? `<td><code>${esc(JSON.stringify(x.response))}</code></td><td>${fmt(x.gold, 2)}</td><td>${fmt(x.score, 2)}</td>` : "<td></td><td></td><td></td>";
-  const rows2 = Array.from({
+  const rows3 = Array.from({
     length: n
   }, (_, i) => `<tr><td><code>${esc((before[i] ?? after[i]).prompt.trim())}</code></td>${cell(before[i])}${cell(after[i])}</tr>`).join("\n");
-  return `<table><tr><th rowspan="2">prompt</th><th colspan="3">before PPO</th><th colspan="3">after PPO</th></tr><tr><th>response</th><th>gold</th><th>RM score</th><th>response</th><th>gold</th><th>RM score</th></tr>${rows2}</table>`;
+  return `<table><tr><th rowspan="2">prompt</th><th colspan="3">before PPO</th><th colspan="3">after PPO</th></tr><tr><th>response</th><th>gold</th><th>RM score</th><th>response</th><th>gold</th><th>RM score</th></tr>${rows3}</table>`;
+}
+function goldStage(records) {
+  for (const [stage, x, axis, score] of [
+    [
+      "ppo",
+      "iteration",
+      "PPO iteration",
+      "RM score"
+    ],
+    [
+      "dpo",
+      "step",
+      "DPO step",
+      "implicit reward \u03B2\xB7(\u2113_\u03B8 \u2212 \u2113_SFT)"
+    ],
+    [
+      "kto",
+      "step",
+      "KTO step",
+      "implicit reward \u03B2\xB7(\u2113_\u03B8 \u2212 \u2113_SFT)"
+    ]
+  ]) {
+    if (series(records, stage, "gold/rollout", x).length > 0) return {
+      stage,
+      x,
+      axis,
+      score
+    };
+  }
+  return void 0;
 }
 function goldSection(records, verdict) {
-  const ppo = (key) => series(records, "ppo", key, "iteration");
-  if (ppo("gold/rollout").length === 0) return "";
+  const g = goldStage(records);
+  if (!g) return "";
+  const ppo = (key) => series(records, g.stage, key, g.x);
   const banner = verdict ? `<p class="${verdict.detected ? "bad" : "good"}">${esc(describeVerdict(verdict))}</p>` : "";
   return `<h2>Gold view</h2>${banner}<p>The reward model is learned and can be fooled; the gold score is the task's hidden preference it was trained to imitate. Real improvement raises both lines; reward hacking raises the RM score while gold falls (shaded iterations).</p>` + [
-    lineChart("Gold view: the reward model's score and the hidden gold score of PPO rollouts", [
+    lineChart(`Gold view: the ${g.score} and the hidden gold score of fresh samples`, [
       {
-        label: "RM score (left)",
+        label: `${g.score} (left)`,
         points: ppo("objective/scores"),
         color: "#2563eb"
       },
@@ -9484,8 +11043,8 @@ function goldSection(records, verdict) {
         right: true
       }
     ], {
-      x: "PPO iteration",
-      yLeft: "reward-model score (logit units)",
+      x: g.axis,
+      yLeft: g.stage === "ppo" ? "reward-model score (logit units)" : "implicit reward (nats)",
       yRight: "gold score (0\u20131)",
       rightRange: [
         0,
@@ -9510,8 +11069,8 @@ function goldSection(records, verdict) {
         color: "#db2777"
       }
     ], {
-      x: "PPO iteration",
-      yLeft: "share of rollouts (0\u20131)",
+      x: g.axis,
+      yLeft: "share of samples (0\u20131)",
       leftRange: [
         0,
         1
@@ -9524,6 +11083,15 @@ function curves(records) {
   return [
     chart("SFT loss", series(records, "sft", "sft/loss", "step"), "SFT step", "loss (nats/token)"),
     chart("reward-model loss", series(records, "rm", "rm/loss", "step"), "RM step", "pairwise loss (nats)"),
+    ...[
+      "dpo/loss",
+      "simpo/loss",
+      "kto/loss"
+    ].map((k) => {
+      const stage = k === "kto/loss" ? "kto" : "dpo";
+      const pts = series(records, stage, k, "step");
+      return pts.length ? chart(`${k}`, pts, `${stage.toUpperCase()} step`, "loss (nats)") : "";
+    }),
     chart("KL to the reference (objective/kl)", ppo("objective/kl"), "PPO iteration", "KL per sequence (nats)"),
     chart("policy entropy (objective/entropy)", ppo("objective/entropy"), "PPO iteration", "entropy per token (nats)")
   ].join("\n");
@@ -9571,10 +11139,19 @@ export {
   ByteTokenizer,
   CONCISE_CHARS,
   ConfigError,
+  DPO_PIPELINE,
+  DPO_PIPELINE_DEFAULTS,
+  DPO_SCHEMA,
   DataError,
+  DpoTrainer,
   Gpu,
   GpuLimitError,
   GpuValidationError,
+  KTO_PIPELINE,
+  KTO_PIPELINE_DEFAULTS,
+  KTO_SCHEMA,
+  KTO_SUM,
+  KtoTrainer,
   KvCache,
   ModelConfigError,
   NonFiniteLossError,
@@ -9584,12 +11161,19 @@ export {
   PIPELINES,
   PIPELINE_PRESETS,
   PPO_SCHEMA,
+  PREFERENCE_DATA_SCHEMA,
+  PREFERENCE_FILES_SCHEMA,
+  PREFERENCE_METRIC,
+  PREFERENCE_PRESETS,
+  PREFERENCE_RUN_SCHEMA,
+  PREFERENCE_TASK_SCHEMA,
   PRESETS,
   ParamStore,
   PpoTrainer,
   RECIPE_SCHEMAS,
   RM_SCHEMA,
   RUN_SCHEMA,
+  RankingRewardTrainer,
   RewardTrainer,
   SFT_SCHEMA,
   SIMPLE_RLHF_TINY,
@@ -9611,6 +11195,8 @@ export {
   axpy,
   castF16ToF32,
   castF32ToF16,
+  checkPairs,
+  checkpointPreferencePipeline,
   clipGradNorm,
   coerce,
   concatColumns,
@@ -9624,6 +11210,8 @@ export {
   embeddingForward,
   emptySummary,
   encodePairs,
+  evaluatePreferences,
+  evaluateRanking,
   evaluateRewardModel,
   explainedVariance,
   fill,
@@ -9635,8 +11223,12 @@ export {
   globalNorm,
   goldParts,
   goldScore,
+  implicitReward,
   klPenalty,
+  ktoLoss,
+  ktoReferencePoint,
   labelComparisons,
+  labelExamples,
   lastMaskedValues,
   lastMaskedValuesBackward,
   layernormBackward,
@@ -9648,6 +11240,7 @@ export {
   logSoftmax,
   logitsBackward,
   makeBuiltinTask,
+  makeRankedExamples,
   maskedStats,
   matmul,
   maxLastAxis,
@@ -9671,10 +11264,12 @@ export {
   positionsFromMask,
   ppoPolicyLoss,
   ppoValueLoss,
+  preferenceLoss,
   randF32,
   randU32,
   randomNormal,
   randomUniform,
+  rankedK,
   rankingRewardLoss,
   readKto,
   readPairs,
@@ -9688,6 +11283,7 @@ export {
   reluBackward,
   renderReport,
   resolveConfig,
+  resolveDpoConfig,
   resolvePipelineConfig,
   resolveRecipeConfig,
   resolveSections,
@@ -9702,6 +11298,8 @@ export {
   saveOptModel,
   scale,
   scaleByScalarTensor,
+  sequenceLogprobs,
+  sequenceLogprobsBackward,
   sequenceScores,
   sequenceValues,
   shapedRewards,

@@ -118,8 +118,8 @@ Deno.test({
         const errors: string[] = [];
         page.on("pageerror", (e) => errors.push(e.message));
         // a budget for CI: few steps, so SFT at the short-run learning rate
-        const q =
-          "task.policyPrompts=8&sft.steps=60&sft.lr=0.003&rm.steps=30&ppo.iterations=4&autostart=1";
+        const q = "task.policyPrompts=8&sft.steps=60&sft.lr=0.003&rm.steps=30&ppo.iterations=4" +
+          "&run.evalSamples=1&autostart=1";
         await page.goto(`${base}/web/?${q}`);
         const probe = () =>
           page.evaluate(() => {
@@ -203,6 +203,46 @@ Deno.test({
             }, ${s.summary!.wall_seconds.toFixed(0)} s; screenshot ${SCREENSHOT}`,
         );
         await context.close();
+      });
+
+      await t.step("DPO trains in the tab with its own charts (loss, margin, gold)", async () => {
+        const page = await browser.newPage({ viewport: { width: 1400, height: 1300 } });
+        const errors: string[] = [];
+        page.on("pageerror", (e) => errors.push(e.message));
+        const q = "method=dpo&sft.steps=60&sft.lr=0.003&data.prompts=16&m.steps=40&m.lr=0.0003" +
+          "&run.evalSamples=1&autostart=1";
+        await page.goto(`${base}/web/?${q}`);
+        await page.waitForFunction(
+          () => {
+            const d = (globalThis as unknown as { __demo: DemoProbe }).__demo;
+            return d.state === "done" || d.state === "error";
+          },
+          null,
+          { timeout: 600_000, polling: 500 },
+        );
+        const s = await page.evaluate(() => {
+          const d = (globalThis as unknown as { __demo: DemoProbe }).__demo;
+          return { records: d.records, charts: d.charts(), summary: d.summary, error: d.error };
+        });
+        assertEquals(s.error, undefined, "no error in the run");
+        assertEquals(errors, [], "no page errors");
+        const dpo = s.records.filter((r) => r.stage === "dpo");
+        assertEquals(dpo.length, 4, "DPO logs every 10 steps");
+        assert(dpo.every((r) => Number.isFinite(r.m["dpo/loss"])), "finite DPO losses");
+        assertEquals(
+          s.charts.map((c) => c.title.split(":")[0]),
+          ["Gold view", "Gold parts", "loss", "preference", "KL to the reference (objective/kl)"],
+        );
+        for (const c of s.charts) {
+          assert(c.canvas && c.points.some((n) => n >= 2), `${c.title}: has points (${c.points})`);
+        }
+        assert(s.summary && Number.isFinite(s.summary["gold/after"]), "the summary arrives");
+        console.log(
+          `DPO in Chromium: loss ${dpo[0].m["dpo/loss"].toFixed(3)} → ${
+            dpo[3].m["dpo/loss"].toFixed(3)
+          }, gold ${s.summary!["gold/before"].toFixed(3)} → ${s.summary!["gold/after"].toFixed(3)}`,
+        );
+        await page.close();
       });
 
       await t.step("without WebGPU the demo says so", async () => {

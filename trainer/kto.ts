@@ -40,7 +40,7 @@ export interface KtoConfig extends SupervisedConfig {
 
 /** The KTO schema; β and the weights are TRL's defaults. */
 export const KTO_SCHEMA: Schema<KtoConfig> = {
-  ...supervisedFields(300, "examples per step (≥ 2: the reference point needs a mismatch)", 1e-4),
+  ...supervisedFields(300, "examples per step (≥ 2: the reference point needs a mismatch)", 3e-5),
   beta: { default: 0.1, doc: "β: strength of the implicit KL to the reference", min: 0 },
   desirableWeight: { default: 1, doc: "λ_D, weight of desirable examples", min: 0 },
   undesirableWeight: { default: 1, doc: "λ_U, weight of undesirable examples", min: 0 },

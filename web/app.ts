@@ -2,8 +2,9 @@
  * The demo page: starts, pauses and resets the training worker, draws live uPlot charts — first
  * the gold view (reward-model score and gold score of the rollouts, an axis each), the gold
  * parts, then loss, KL and entropy —, shows the reward-hacking verdict and sample generations as PPO
- * learns, the adapter, and checkpoint download/upload. Query parameters prefill the
- * hyperparameters (`?ppo.iterations=5&autostart=1`).
+ * learns, the adapter, and checkpoint download/upload. A method selector runs PPO, DPO, SimPO
+ * or KTO after SFT. Query parameters prefill the hyperparameters
+ * (`?ppo.iterations=5&autostart=1`, `?method=dpo&m.steps=40`).
  *
  * @module
  */
@@ -22,14 +23,24 @@ const FIELDS = [
   "ppo.iterations",
   "ppo.klCoef",
   "ppo.actorLr",
+  "m.steps",
+  "m.lr",
+  "m.beta",
+  "data.prompts",
+  "run.evalSamples",
   "run.seed",
 ];
+
+/** The config section of a method's own fields (`m.steps` → `dpo.steps`). */
+const SECTION: Record<string, string> = { dpo: "dpo", simpo: "dpo", kto: "kto" };
 
 /**
  * A chart: title, axis labels and the (stage, metric, colour, y-scale) series it plots against
  * a shared record counter. Series on the `right` scale use the right-hand axis.
  */
 interface ChartSpec {
+  /** The methods whose runs show it (all when absent). */
+  methods?: string[];
   title: string;
   x: string;
   y: string;
@@ -37,40 +48,73 @@ interface ChartSpec {
   series: [stage: string, key: string, color: string, scale?: "right"][];
 }
 
+/** The proxy a method optimises, beside gold: PPO's reward model, DPO/KTO's implicit reward. */
+const PROXY: [stage: string, color: string][] = [
+  ["ppo", "#2563eb"],
+  ["dpo", "#0891b2"],
+  ["kto", "#4f46e5"],
+];
+
 const CHARTS: ChartSpec[] = [
   {
-    title: "Gold view: reward-model score vs hidden gold score of PPO rollouts",
-    x: "PPO iteration",
-    y: "RM score (logit units)",
+    title: "Gold view: the optimised score (RM score; DPO/KTO: implicit reward) vs hidden gold",
+    x: "PPO iteration / preference step (every 20)",
+    y: "RM score (logits) / implicit reward β·(ℓ_θ − ℓ_SFT) (nats)",
     yRight: "gold score (0–1)",
-    series: [
-      ["ppo", "objective/scores", "#2563eb"],
-      ["ppo", "gold/rollout", "#d97706", "right"],
-    ],
+    series: PROXY.flatMap(([stage, color]) =>
+      [
+        [stage, "objective/scores", color],
+        [stage, "gold/rollout", "#d97706", "right"],
+      ] as ChartSpec["series"]
+    ),
   },
   {
-    title: "Gold parts: share of rollouts correct / with period / concise",
-    x: "PPO iteration",
-    y: "share of rollouts (0–1)",
-    series: [
-      ["ppo", "gold/correct", "#16a34a"],
-      ["ppo", "gold/period", "#9333ea"],
-      ["ppo", "gold/concise", "#db2777"],
-    ],
+    title: "Gold parts: share of samples correct / with period / concise",
+    x: "PPO iteration / preference step (every 20)",
+    y: "share of samples (0–1)",
+    series: PROXY.flatMap(([stage]) =>
+      [
+        [stage, "gold/correct", "#16a34a"],
+        [stage, "gold/period", "#9333ea"],
+        [stage, "gold/concise", "#db2777"],
+      ] as ChartSpec["series"]
+    ),
   },
   {
     title: "loss",
-    x: "logged step (SFT, then RM)",
+    x: "logged step (SFT, then RM / DPO / KTO)",
     y: "loss (nats)",
-    series: [["sft", "sft/loss", "#1f77b4"], ["rm", "rm/loss", "#ff7f0e"]],
+    series: [
+      ["sft", "sft/loss", "#1f77b4"],
+      ["rm", "rm/loss", "#ff7f0e"],
+      ["dpo", "dpo/loss", "#0891b2"],
+      ["dpo", "simpo/loss", "#0d9488"],
+      ["kto", "kto/loss", "#4f46e5"],
+    ],
+  },
+  {
+    methods: ["dpo", "simpo", "kto"],
+    title: "preference: reward margin and accuracy of the batch (DPO, SimPO, KTO)",
+    x: "logged step",
+    y: "margin β·(ρ_w − ρ_l) (nats) / accuracy (0–1)",
+    series: [
+      ["dpo", "rewards/margins", "#0891b2"],
+      ["dpo", "rewards/accuracies", "#16a34a"],
+      ["kto", "rewards/margins", "#4f46e5"],
+    ],
   },
   {
     title: "KL to the reference (objective/kl)",
-    x: "PPO iteration",
+    x: "PPO iteration / preference step (every 20)",
     y: "KL per sequence (nats)",
-    series: [["ppo", "objective/kl", "#9467bd"]],
+    series: [
+      ["ppo", "objective/kl", "#9467bd"],
+      ["dpo", "objective/kl", "#9467bd"],
+      ["kto", "objective/kl", "#9467bd"],
+    ],
   },
   {
+    methods: ["ppo"],
     title: "policy entropy (objective/entropy)",
     x: "PPO iteration",
     y: "entropy per token (nats)",
@@ -120,7 +164,8 @@ function setState(s: typeof state, text?: string) {
 function makeCharts() {
   const host = $("charts");
   host.replaceChildren();
-  charts = CHARTS.map((spec) => {
+  const method = $<HTMLSelectElement>("method").value;
+  charts = CHARTS.filter((c) => !c.methods || c.methods.includes(method)).map((spec) => {
     const el = document.createElement("div");
     el.className = "chart";
     host.append(el);
@@ -324,14 +369,26 @@ function send(msg: ToWorker, transfer: Transferable[] = []) {
   ensureWorker().postMessage(msg, transfer);
 }
 
-function overrides(): Record<string, unknown> {
+/** The selected method's overrides: the shared fields and its own (hidden ones are left out). */
+function overrides(method: string): Record<string, unknown> {
   const o: Record<string, unknown> = {};
   for (const id of FIELDS) {
+    const label = $<HTMLInputElement>(id).closest("label");
+    const only = label?.dataset.method?.split(" ");
+    if (only && !only.includes(method)) continue;
     const v = Number($<HTMLInputElement>(id).value);
     if (!Number.isFinite(v)) throw new Error(`${id} must be a number`);
-    o[id] = v;
+    o[id.startsWith("m.") ? `${SECTION[method]}.${id.slice(2)}` : id] = v;
   }
   return o;
+}
+
+/** Shows the fields of the selected method only. */
+function showFields() {
+  const method = $<HTMLSelectElement>("method").value;
+  for (const label of document.querySelectorAll<HTMLElement>("label[data-method]")) {
+    label.hidden = !label.dataset.method!.split(" ").includes(method);
+  }
 }
 
 function reset() {
@@ -351,7 +408,8 @@ function begin(resume: boolean) {
   reset();
   setState("running");
   try {
-    send({ type: "start", overrides: overrides(), resume });
+    const method = $<HTMLSelectElement>("method").value;
+    send({ type: "start", method, overrides: overrides(method), resume });
   } catch (e) {
     setState("error", (e as Error).message);
   }
@@ -359,10 +417,15 @@ function begin(resume: boolean) {
 
 function main() {
   const params = new URLSearchParams(location.search);
-  for (const id of FIELDS) {
+  for (const id of [...FIELDS, "method"]) {
     const v = params.get(id);
     if (v !== null) $<HTMLInputElement>(id).value = v;
   }
+  $<HTMLSelectElement>("method").onchange = () => {
+    showFields();
+    if (state === "idle") makeCharts();
+  };
+  showFields();
   makeCharts();
   setState("idle");
   if (!("gpu" in navigator)) {

@@ -8,8 +8,11 @@ import type { Metrics, PipelineSummary, ReportSample } from "../mod.ts";
 
 /** Page → worker. */
 export type ToWorker =
-  /** Start a run with pipeline overrides (`{"ppo.iterations": 10}`), or resume the saved run. */
-  | { type: "start"; overrides: Record<string, unknown>; resume: boolean }
+  /**
+   * Start a run of `method` (ppo, dpo, simpo, kto) with pipeline overrides
+   * (`{"ppo.iterations": 10}`), or resume the saved run.
+   */
+  | { type: "start"; method: string; overrides: Record<string, unknown>; resume: boolean }
   | { type: "pause" }
   | { type: "continue" }
   /** Send a stage's saved checkpoint files back (for download). */

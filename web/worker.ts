@@ -1,5 +1,6 @@
 /**
- * The demo's training worker: runs the built-in pipeline (SFT → reward model → PPO) off the
+ * The demo's training worker: runs a built-in pipeline (SFT → reward model → PPO, or SFT → DPO /
+ * SimPO / KTO) off the
  * page's main thread, streams metrics, progress and samples to the page, and keeps the run's
  * checkpoints and resumable state in the origin-private file system (OPFS; in memory where
  * the browser has none), so a run can be resumed after a reload and checkpoints downloaded.
@@ -13,10 +14,11 @@ import {
   Gpu,
   leftPad,
   loadOptModel,
-  type PipelineConfig,
   type PipelineHooks,
-  resolvePipelineConfig,
-  runBuiltinPipeline,
+  PIPELINES,
+  PRESETS,
+  resolveSections,
+  runPipeline,
 } from "../mod.ts";
 import type { FromWorker, ToWorker } from "./protocol.ts";
 
@@ -127,17 +129,31 @@ function gate(): Promise<void> {
   return paused ? new Promise((r) => (wake = r)) : Promise.resolve();
 }
 
-async function start(overrides: Record<string, unknown>, resume: boolean): Promise<void> {
+/** No files in the browser: the demo runs the built-in task's pipelines only. */
+const NO_FILES = { read: () => Promise.reject(new Error("the demo reads no files")) };
+
+async function start(
+  method: string,
+  overrides: Record<string, unknown>,
+  resume: boolean,
+): Promise<void> {
   const { gpu, storage } = await setup();
-  let cfg: PipelineConfig;
+  let name: string, cfg: { run: { name: string } };
   if (resume) {
     const saved = await storage.read("config.json");
     if (!saved) throw new Error("no saved run in this browser's storage to resume");
-    cfg = JSON.parse(new TextDecoder().decode(saved));
+    const { pipeline, ...sections } = JSON.parse(new TextDecoder().decode(saved));
+    name = pipeline ?? "builtin";
+    cfg = sections;
   } else {
-    cfg = resolvePipelineConfig(overrides);
-    await storage.write("config.json", JSON.stringify(cfg, null, 2));
+    const preset = PRESETS[method === "ppo" ? "builtin" : method];
+    if (!preset) throw new Error(`unknown method ${method}`);
+    name = preset.pipeline;
+    const def = PIPELINES[name](NO_FILES);
+    cfg = resolveSections(def.sections, { ...preset.overrides, ...overrides }, def.defaults);
+    await storage.write("config.json", JSON.stringify({ pipeline: name, ...cfg }, null, 2));
   }
+  const def = PIPELINES[name](NO_FILES);
   post({ type: "config", config: cfg });
   const hooks: PipelineHooks = {
     onMetrics: async (stage, m) => {
@@ -160,7 +176,7 @@ async function start(overrides: Record<string, unknown>, resume: boolean): Promi
       return name.endsWith(".json") ? new TextDecoder().decode(bytes) : bytes;
     },
   };
-  const summary = await runBuiltinPipeline(gpu, cfg, hooks, { resume });
+  const summary = await runPipeline(def, gpu, cfg, hooks, { resume });
   const { samples_before: _b, samples_after: _a, ...numbers } = summary;
   post({ type: "done", summary: numbers });
 }
@@ -219,7 +235,7 @@ scope.onmessage = (e) => {
   };
   switch (msg.type) {
     case "start":
-      start(msg.overrides, msg.resume).catch(fail);
+      start(msg.method, msg.overrides, msg.resume).catch(fail);
       break;
     case "pause":
       paused = true;

@@ -4168,53 +4168,77 @@ var FIELDS = [
   "ppo.iterations",
   "ppo.klCoef",
   "ppo.actorLr",
+  "m.steps",
+  "m.lr",
+  "m.beta",
+  "data.prompts",
+  "run.evalSamples",
   "run.seed"
+];
+var SECTION = {
+  dpo: "dpo",
+  simpo: "dpo",
+  kto: "kto"
+};
+var PROXY = [
+  [
+    "ppo",
+    "#2563eb"
+  ],
+  [
+    "dpo",
+    "#0891b2"
+  ],
+  [
+    "kto",
+    "#4f46e5"
+  ]
 ];
 var CHARTS = [
   {
-    title: "Gold view: reward-model score vs hidden gold score of PPO rollouts",
-    x: "PPO iteration",
-    y: "RM score (logit units)",
+    title: "Gold view: the optimised score (RM score; DPO/KTO: implicit reward) vs hidden gold",
+    x: "PPO iteration / preference step (every 20)",
+    y: "RM score (logits) / implicit reward \u03B2\xB7(\u2113_\u03B8 \u2212 \u2113_SFT) (nats)",
     yRight: "gold score (0\u20131)",
-    series: [
+    series: PROXY.flatMap(([stage, color]) => [
       [
-        "ppo",
+        stage,
         "objective/scores",
-        "#2563eb"
+        color
       ],
       [
-        "ppo",
+        stage,
         "gold/rollout",
         "#d97706",
         "right"
       ]
-    ]
+    ])
   },
   {
-    title: "Gold parts: share of rollouts correct / with period / concise",
-    x: "PPO iteration",
-    y: "share of rollouts (0\u20131)",
-    series: [
+    title: "Gold parts: share of samples correct / with period / concise",
+    x: "PPO iteration / preference step (every 20)",
+    y: "share of samples (0\u20131)",
+    series: PROXY.flatMap(([stage]) => [
       [
-        "ppo",
+        stage,
         "gold/correct",
         "#16a34a"
       ],
       [
-        "ppo",
+        stage,
         "gold/period",
         "#9333ea"
       ],
       [
-        "ppo",
+        stage,
         "gold/concise",
         "#db2777"
       ]
-    ]
+    ])
   },
   {
     title: "loss",
-    x: "logged step (SFT, then RM)",
+    x: "logged step (SFT, then RM / DPO / KTO)",
     y: "loss (nats)",
     series: [
       [
@@ -4226,22 +4250,77 @@ var CHARTS = [
         "rm",
         "rm/loss",
         "#ff7f0e"
+      ],
+      [
+        "dpo",
+        "dpo/loss",
+        "#0891b2"
+      ],
+      [
+        "dpo",
+        "simpo/loss",
+        "#0d9488"
+      ],
+      [
+        "kto",
+        "kto/loss",
+        "#4f46e5"
+      ]
+    ]
+  },
+  {
+    methods: [
+      "dpo",
+      "simpo",
+      "kto"
+    ],
+    title: "preference: reward margin and accuracy of the batch (DPO, SimPO, KTO)",
+    x: "logged step",
+    y: "margin \u03B2\xB7(\u03C1_w \u2212 \u03C1_l) (nats) / accuracy (0\u20131)",
+    series: [
+      [
+        "dpo",
+        "rewards/margins",
+        "#0891b2"
+      ],
+      [
+        "dpo",
+        "rewards/accuracies",
+        "#16a34a"
+      ],
+      [
+        "kto",
+        "rewards/margins",
+        "#4f46e5"
       ]
     ]
   },
   {
     title: "KL to the reference (objective/kl)",
-    x: "PPO iteration",
+    x: "PPO iteration / preference step (every 20)",
     y: "KL per sequence (nats)",
     series: [
       [
         "ppo",
         "objective/kl",
         "#9467bd"
+      ],
+      [
+        "dpo",
+        "objective/kl",
+        "#9467bd"
+      ],
+      [
+        "kto",
+        "objective/kl",
+        "#9467bd"
       ]
     ]
   },
   {
+    methods: [
+      "ppo"
+    ],
     title: "policy entropy (objective/entropy)",
     x: "PPO iteration",
     y: "entropy per token (nats)",
@@ -4285,7 +4364,8 @@ function setState(s, text) {
 function makeCharts() {
   const host = $("charts");
   host.replaceChildren();
-  charts = CHARTS.map((spec) => {
+  const method = $("method").value;
+  charts = CHARTS.filter((c) => !c.methods || c.methods.includes(method)).map((spec) => {
     const el = document.createElement("div");
     el.className = "chart";
     host.append(el);
@@ -4505,14 +4585,23 @@ function ensureWorker() {
 function send(msg, transfer = []) {
   ensureWorker().postMessage(msg, transfer);
 }
-function overrides() {
+function overrides(method) {
   const o = {};
   for (const id of FIELDS) {
+    const label = $(id).closest("label");
+    const only = label?.dataset.method?.split(" ");
+    if (only && !only.includes(method)) continue;
     const v = Number($(id).value);
     if (!Number.isFinite(v)) throw new Error(`${id} must be a number`);
-    o[id] = v;
+    o[id.startsWith("m.") ? `${SECTION[method]}.${id.slice(2)}` : id] = v;
   }
   return o;
+}
+function showFields() {
+  const method = $("method").value;
+  for (const label of document.querySelectorAll("label[data-method]")) {
+    label.hidden = !label.dataset.method.split(" ").includes(method);
+  }
 }
 function reset() {
   worker?.terminate();
@@ -4530,9 +4619,11 @@ function begin(resume) {
   reset();
   setState("running");
   try {
+    const method = $("method").value;
     send({
       type: "start",
-      overrides: overrides(),
+      method,
+      overrides: overrides(method),
       resume
     });
   } catch (e) {
@@ -4541,10 +4632,18 @@ function begin(resume) {
 }
 function main() {
   const params = new URLSearchParams(location.search);
-  for (const id of FIELDS) {
+  for (const id of [
+    ...FIELDS,
+    "method"
+  ]) {
     const v = params.get(id);
     if (v !== null) $(id).value = v;
   }
+  $("method").onchange = () => {
+    showFields();
+    if (state === "idle") makeCharts();
+  };
+  showFields();
   makeCharts();
   setState("idle");
   if (!("gpu" in navigator)) {

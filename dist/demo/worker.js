@@ -123,15 +123,15 @@ var Tensor = class _Tensor {
    */
   rowChunks(maxBytes = this.gpu.maxBindingBytes) {
     checkShape(this.shape.length >= 1, "rowChunks: needs at least one dimension");
-    const rows = this.shape[0], rowElems = rows === 0 ? 0 : this.size / rows;
+    const rows2 = this.shape[0], rowElems = rows2 === 0 ? 0 : this.size / rows2;
     const align = this.gpu.limits.minStorageBufferOffsetAlignment / 4;
     const period = rowElems === 0 ? 1 : align / gcd(align, rowElems);
     let per = Math.floor(maxBytes / 4 / Math.max(1, rowElems));
     per = Math.max(period, Math.floor(per / period) * period);
-    checkShape(per * rowElems * 4 <= maxBytes || rows <= 1, `rowChunks: one aligned chunk of [${this.shape}] exceeds ${maxBytes} bytes`);
+    checkShape(per * rowElems * 4 <= maxBytes || rows2 <= 1, `rowChunks: one aligned chunk of [${this.shape}] exceeds ${maxBytes} bytes`);
     const out = [];
-    for (let r0 = 0; r0 < rows; r0 += per) {
-      const n = Math.min(per, rows - r0);
+    for (let r0 = 0; r0 < rows2; r0 += per) {
+      const n = Math.min(per, rows2 - r0);
       out.push({
         row0: r0,
         rows: n,
@@ -1119,6 +1119,9 @@ function runBinary(gpu2, op, x, y, out, a = 0) {
 function add(gpu2, a, b, out) {
   return runBinary(gpu2, "add", a, b, out);
 }
+function sub(gpu2, a, b, out) {
+  return runBinary(gpu2, "sub", a, b, out);
+}
 function scale(gpu2, x, s, out) {
   return runUnary(gpu2, "scale", x, out, s);
 }
@@ -1617,8 +1620,28 @@ function lastAxis(x, op) {
     cols
   };
 }
+function rowReduce(gpu2, x, op, name) {
+  const { rows: rows2, cols } = lastAxis(x, name);
+  checkShape(cols > 0 || op !== 2, `${name}: max over an empty axis`);
+  const out = gpu2.empty(x.shape.slice(0, -1));
+  if (cols === 0) {
+    gpu2.clear(out);
+    return out;
+  }
+  gpu2.dispatch(gpu2.pipeline(ROWS), [
+    x,
+    out
+  ], gpu2.grid(rows2), new Params().u32(rows2, cols, op));
+  return out;
+}
+function sumLastAxis(gpu2, x) {
+  return rowReduce(gpu2, x, 0, "sumLastAxis");
+}
+function meanLastAxis(gpu2, x) {
+  return rowReduce(gpu2, x, 1, "meanLastAxis");
+}
 function sumColumns(gpu2, x, opts = {}) {
-  const { rows, cols } = lastAxis(x, "sumColumns");
+  const { rows: rows2, cols } = lastAxis(x, "sumColumns");
   const out = opts.out ?? gpu2.empty([
     cols
   ]);
@@ -1627,7 +1650,7 @@ function sumColumns(gpu2, x, opts = {}) {
   gpu2.dispatch(gpu2.pipeline(COLS), [
     x,
     out
-  ], gpu2.grid(groups(cols)), new Params().u32(rows, cols, opts.accumulate ? 1 : 0));
+  ], gpu2.grid(groups(cols)), new Params().u32(rows2, cols, opts.accumulate ? 1 : 0));
   return out;
 }
 var CHUNK = 4096;
@@ -1867,13 +1890,13 @@ function rowsOf(x, name) {
     cols
   };
 }
-function checkTargets(logits, targets, rows, name) {
+function checkTargets(logits, targets, rows2, name) {
   checkShape(targets.dtype === "i32", `${name}: targets must be i32, got ${targets.dtype}`);
-  checkShape(targets.size === rows, `${name}: ${targets.size} targets for ${rows} rows of logits [${logits.shape}]`);
+  checkShape(targets.size === rows2, `${name}: ${targets.size} targets for ${rows2} rows of logits [${logits.shape}]`);
 }
 function tokenLogprobs(gpu2, logits, targets) {
-  const { rows, cols } = rowsOf(logits, "tokenLogprobs");
-  checkTargets(logits, targets, rows, "tokenLogprobs");
+  const { rows: rows2, cols } = rowsOf(logits, "tokenLogprobs");
+  checkTargets(logits, targets, rows2, "tokenLogprobs");
   const shape = logits.shape.slice(0, -1);
   const logp = gpu2.empty(shape), entropy = gpu2.empty(shape), lse = gpu2.empty(shape);
   gpu2.dispatch(gpu2.pipeline(TOKEN_LOGPROBS), [
@@ -1882,7 +1905,7 @@ function tokenLogprobs(gpu2, logits, targets) {
     logp,
     entropy,
     lse
-  ], gpu2.grid(rows), new Params().u32(rows, cols));
+  ], gpu2.grid(rows2), new Params().u32(rows2, cols));
   return {
     logp,
     entropy,
@@ -1915,21 +1938,21 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (i < p.n) { out[i] = -x[i]; }
 }`;
 function logitsBackward(gpu2, logits, targets, lse, grads, sign = 1) {
-  const { rows, cols } = rowsOf(logits, "logitsBackward");
-  checkTargets(logits, targets, rows, "logitsBackward");
+  const { rows: rows2, cols } = rowsOf(logits, "logitsBackward");
+  checkTargets(logits, targets, rows2, "logitsBackward");
   for (const [n, t] of Object.entries({
     lse,
     ...grads
   })) {
     if (t && n !== "out") {
-      checkShape(t.size === rows, `logitsBackward: ${n} has ${t.size} elements, rows = ${rows}`);
+      checkShape(t.size === rows2, `logitsBackward: ${n} has ${t.size} elements, rows = ${rows2}`);
     }
   }
   checkShape(!grads.dentropy || grads.entropy !== void 0, "logitsBackward: dentropy needs the forward entropy");
   checkShape(Boolean(grads.dlogp || grads.dentropy), "logitsBackward: give dlogp and/or dentropy");
   const out = grads.out ?? gpu2.empty(logits.shape);
   checkShape(out.size === logits.size, "logitsBackward: out does not match logits");
-  const rowsY = Math.min(rows, 65535), rowsZ = Math.ceil(rows / 65535);
+  const rowsY = Math.min(rows2, 65535), rowsZ = Math.ceil(rows2 / 65535);
   gpu2.dispatch(gpu2.pipeline(LOGITS_BACKWARD), [
     logits,
     targets,
@@ -1942,7 +1965,7 @@ function logitsBackward(gpu2, logits, targets, lse, grads, sign = 1) {
     Math.ceil(cols / 64),
     rowsY,
     rowsZ
-  ], new Params().u32(rows, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
+  ], new Params().u32(rows2, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
   return out;
 }
 function crossEntropyBackward(gpu2, logits, targets, lse, dloss, out) {
@@ -2043,7 +2066,7 @@ function dims(x, w, b, name) {
   };
 }
 function layernormForward(gpu2, x, weight, bias, opts = {}) {
-  const { rows, C } = dims(x, weight, bias, "layernormForward");
+  const { rows: rows2, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu2.empty(x.shape);
   const mean = gpu2.empty(x.shape.slice(0, -1)), rstd = gpu2.empty(x.shape.slice(0, -1));
   gpu2.dispatch(gpu2.pipeline(FORWARD), [
@@ -2053,7 +2076,7 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
     y,
     mean,
     rstd
-  ], gpu2.grid(rows), new Params().u32(rows, C).f32(opts.eps ?? 1e-5));
+  ], gpu2.grid(rows2), new Params().u32(rows2, C).f32(opts.eps ?? 1e-5));
   return {
     y,
     mean,
@@ -2061,7 +2084,7 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
   };
 }
 function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}) {
-  const { rows, C } = dims(x, weight, null, "layernormBackward");
+  const { rows: rows2, C } = dims(x, weight, null, "layernormBackward");
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
@@ -2074,7 +2097,7 @@ function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}
     saved.mean,
     saved.rstd,
     dx
-  ], gpu2.grid(rows), new Params().u32(rows, C, opts.accumulateDx ? 1 : 0));
+  ], gpu2.grid(rows2), new Params().u32(rows2, C, opts.accumulateDx ? 1 : 0));
   if (dweight === null) return dx;
   gpu2.dispatch(gpu2.pipeline(BACKWARD_DW), [
     dy,
@@ -2083,7 +2106,7 @@ function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}
     saved.rstd,
     dweight,
     dbias
-  ], gpu2.grid(groups(C)), new Params().u32(C, rows, C));
+  ], gpu2.grid(groups(C)), new Params().u32(C, rows2, C));
   return dx;
 }
 
@@ -2728,7 +2751,7 @@ var KvCache = class {
 function attentionBackward(gpu2, dout, q, k, v, saved) {
   const { B, H, Tq, Tk, Dh } = dims2(q, k, v);
   checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  const BH = B * H, rows = BH * Tq;
+  const BH = B * H, rows2 = BH * Tq;
   const q3 = q.reshape([
     BH,
     Tq,
@@ -2757,13 +2780,13 @@ function attentionBackward(gpu2, dout, q, k, v, saved) {
     saved.keyMask ?? null
   ], gpu2.grid(groups(probs.size)), new Params().u32(probs.size, Tq, Tk, H).f32(saved.scale));
   const D2 = gpu2.empty([
-    rows
+    rows2
   ]);
   gpu2.dispatch(gpu2.pipeline(ROW_DOT), [
     dO,
     saved.out,
     D2
-  ], gpu2.grid(groups(rows)), new Params().u32(rows, Dh));
+  ], gpu2.grid(groups(rows2)), new Params().u32(rows2, Dh));
   const dS = matmul(gpu2, dO, v3, {
     transB: true
   });
@@ -3445,6 +3468,33 @@ ${LINEAR_MAIN}
   loss[i] = l / pairs;
   acc[i] = c / pairs;
 }`;
+function rankingRewardLoss(gpu2, scores) {
+  checkShape(scores.shape.length === 2 && scores.dtype === "f32", `rankingRewardLoss: scores must be f32 (P, K)`);
+  const [P, K2] = scores.shape;
+  checkShape(K2 >= 2, `rankingRewardLoss: need K \u2265 2 responses per prompt, got ${K2}`);
+  const loss = gpu2.empty([
+    P
+  ]), acc = gpu2.empty([
+    P
+  ]), dscores = gpu2.empty([
+    P,
+    K2
+  ]);
+  gpu2.dispatch(gpu2.pipeline(RANKING), [
+    scores,
+    loss,
+    acc,
+    dscores
+  ], gpu2.grid(groups(P)), new Params().u32(P, K2));
+  const out = {
+    loss: maskedStats(gpu2, loss),
+    accuracy: maskedStats(gpu2, acc),
+    dscores
+  };
+  loss.dispose();
+  acc.dispose();
+  return out;
+}
 var TOKEN_PAIR = `${SIGMOID_WGSL}
 struct P { P: u32, T: u32 }
 @group(0) @binding(0) var<storage, read_write> vw: array<f32>;    // (P, T)
@@ -3498,6 +3548,267 @@ function tokenPairRewardLoss(gpu2, valuesChosen, valuesRejected, span) {
   };
   loss.dispose();
   return out;
+}
+
+// kernels/preference.ts
+var SIGMOID_WGSL2 = `
+fn log_sigmoid(x: f32) -> f32 { return -(max(-x, 0.0) + log(1.0 + exp(-abs(x)))); }
+fn sigmoid(x: f32) -> f32 { return select(exp(x) / (1.0 + exp(x)), 1.0 / (1.0 + exp(-x)), x >= 0.0); }
+`;
+var SEQUENCE = `
+struct P { rows: u32, T: u32, average: u32 }
+@group(0) @binding(0) var<storage, read> logp: array<f32>;   // (rows, T) per-token log-probs
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (rows, T) 1 = response token
+@group(0) @binding(2) var<storage, read_write> seq: array<f32>;  // (rows)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.rows) { return; }
+  var s = 0.0;
+  var n = 0.0;
+  for (var t = 0u; t < p.T; t++) {
+    let m = mask[i * p.T + t];
+    s += select(0.0, logp[i * p.T + t], m != 0.0);
+    n += select(0.0, 1.0, m != 0.0);
+  }
+  seq[i] = select(s, s / max(n, 1.0), p.average == 1u);
+}`;
+var SEQUENCE_BACKWARD = `
+struct P { rows: u32, T: u32, average: u32 }
+@group(0) @binding(0) var<storage, read> dseq: array<f32>;   // (rows)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (rows, T)
+@group(0) @binding(2) var<storage, read_write> dlogp: array<f32>;  // (rows, T)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.rows) { return; }
+  var n = 0.0;
+  for (var t = 0u; t < p.T; t++) { n += select(0.0, 1.0, mask[i * p.T + t] != 0.0); }
+  let g = select(dseq[i], dseq[i] / max(n, 1.0), p.average == 1u);
+  for (var t = 0u; t < p.T; t++) {
+    dlogp[i * p.T + t] = select(0.0, g, mask[i * p.T + t] != 0.0);
+  }
+}`;
+function checkRows(name, logp, mask) {
+  checkShape(logp.dtype === "f32" && mask.dtype === "f32" && logp.shape.length === 2 && mask.shape.length === 2 && logp.shape[0] === mask.shape[0] && logp.shape[1] === mask.shape[1], `${name}: expects f32 (rows, T) log-probs and mask of one shape, got ${logp.dtype} [${logp.shape}] and ${mask.dtype} [${mask.shape}]`);
+  return {
+    rows: logp.shape[0],
+    T: logp.shape[1]
+  };
+}
+function sequenceLogprobs(gpu2, logp, mask, o = {}) {
+  const { rows: rows2, T } = checkRows("sequenceLogprobs", logp, mask);
+  const seq = gpu2.empty([
+    rows2
+  ]);
+  gpu2.dispatch(gpu2.pipeline(SEQUENCE), [
+    logp,
+    mask,
+    seq
+  ], gpu2.grid(groups(rows2)), new Params().u32(rows2, T, o.average ? 1 : 0));
+  return seq;
+}
+function sequenceLogprobsBackward(gpu2, dseq, mask, o = {}) {
+  const { rows: rows2, T } = checkRows("sequenceLogprobsBackward", mask, mask);
+  checkShape(dseq.dtype === "f32" && dseq.size === rows2, `sequenceLogprobsBackward: dseq must be f32 of ${rows2} rows, got ${dseq.dtype} [${dseq.shape}]`);
+  const dlogp = gpu2.empty([
+    rows2,
+    T
+  ]);
+  gpu2.dispatch(gpu2.pipeline(SEQUENCE_BACKWARD), [
+    dseq,
+    mask,
+    dlogp
+  ], gpu2.grid(groups(rows2)), new Params().u32(rows2, T, o.average ? 1 : 0));
+  return dlogp;
+}
+var LOSS_KIND = {
+  sigmoid: 0,
+  hinge: 1,
+  ipo: 2,
+  robust: 3,
+  simpo: 4
+};
+var PREFERENCE_METRIC = {
+  loss: 0,
+  rewardChosen: 1,
+  rewardRejected: 2,
+  accuracy: 3,
+  margin: 4,
+  logpChosen: 5,
+  logpRejected: 6
+};
+var PREFERENCE_COLUMNS = 7;
+var PREFERENCE = `${SIGMOID_WGSL2}
+struct P { B: u32, kind: u32, beta: f32, eps: f32, gamma: f32, scale: f32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;   // (2B) policy \u2113: chosen, rejected
+@group(0) @binding(1) var<storage, read> lref: array<f32>;   // (2B) reference \u2113 (unused by simpo)
+@group(0) @binding(2) var<storage, read_write> dpol: array<f32>;  // (2B) scale\xB7dL_i/d\u2113
+@group(0) @binding(3) var<storage, read_write> cols: array<f32>;  // (7, B) per-pair metrics
+@group(0) @binding(4) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.B) { return; }
+  let lw = pol[i];
+  let ll = pol[p.B + i];
+  let simpo = p.kind == 4u;
+  let rw = select(lw - lref[i], lw, simpo);        // \u03C1_w (simpo: length-mean \u2113_w)
+  let rl = select(ll - lref[p.B + i], ll, simpo);
+  let h = rw - rl;
+  var loss = 0.0;
+  var dh = 0.0;                                   // dL/dh
+  if (p.kind == 0u || p.kind == 4u) {             // sigmoid (cDPO) \xB7 simpo
+    let x = select(p.beta * h, p.beta * h - p.gamma, simpo);
+    loss = -(1.0 - p.eps) * log_sigmoid(x) - p.eps * log_sigmoid(-x);
+    dh = p.beta * (-(1.0 - p.eps) * sigmoid(-x) + p.eps * sigmoid(x));
+  } else if (p.kind == 1u) {                      // hinge
+    loss = max(0.0, 1.0 - p.beta * h);
+    dh = select(0.0, -p.beta, 1.0 - p.beta * h > 0.0);
+  } else if (p.kind == 2u) {                      // ipo (length-mean \u2113)
+    let d = h - 1.0 / (2.0 * p.beta);
+    loss = d * d;
+    dh = 2.0 * d;
+  } else {                                        // robust
+    let x = p.beta * h;
+    loss = (-(1.0 - p.eps) * log_sigmoid(x) + p.eps * log_sigmoid(-x)) / (1.0 - 2.0 * p.eps);
+    dh = p.beta * (-(1.0 - p.eps) * sigmoid(-x) - p.eps * sigmoid(x)) / (1.0 - 2.0 * p.eps);
+  }
+  dpol[i] = p.scale * dh;
+  dpol[p.B + i] = -p.scale * dh;
+  let gw = p.beta * rw;
+  let gl = p.beta * rl;
+  cols[i] = loss;
+  cols[p.B + i] = gw;
+  cols[2u * p.B + i] = gl;
+  cols[3u * p.B + i] = select(0.0, 1.0, gw > gl);
+  cols[4u * p.B + i] = gw - gl;
+  cols[5u * p.B + i] = lw;
+  cols[6u * p.B + i] = ll;
+}`;
+function preferenceLoss(gpu2, policy, reference, o) {
+  const kind = LOSS_KIND[o.lossType];
+  checkShape(kind !== void 0, `preferenceLoss: unknown loss type ${o.lossType}`);
+  checkShape(policy.dtype === "f32" && policy.size % 2 === 0 && policy.size > 0, `preferenceLoss: policy must be f32 (2B) log-probs, got ${policy.dtype} [${policy.shape}]`);
+  const simpo = o.lossType === "simpo";
+  checkShape(simpo || reference?.dtype === "f32" && reference.size === policy.size, `preferenceLoss: ${o.lossType} needs reference log-probs shaped like the policy's [${policy.shape}], got ${reference ? `[${reference.shape}]` : "none"}`);
+  const eps = o.labelSmoothing ?? 0;
+  checkShape(o.beta > 0, `preferenceLoss: beta must be > 0, got ${o.beta}`);
+  checkShape(eps >= 0 && eps < 0.5, `preferenceLoss: labelSmoothing must be in [0, 0.5)`);
+  const B = policy.size / 2;
+  const dpolicy = gpu2.empty([
+    2 * B
+  ]), cols = gpu2.empty([
+    PREFERENCE_COLUMNS,
+    B
+  ]);
+  gpu2.dispatch(gpu2.pipeline(PREFERENCE), [
+    policy,
+    simpo ? policy : reference,
+    dpolicy,
+    cols
+  ], gpu2.grid(groups(B)), new Params().u32(B, kind).f32(o.beta, eps, o.gamma ?? 0, o.scale ?? 1 / B));
+  const metrics = meanLastAxis(gpu2, cols);
+  cols.dispose();
+  return {
+    dpolicy,
+    metrics
+  };
+}
+var KTO_Z = `
+struct P { n: u32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;   // (n) policy \u2113 of mismatched pairs
+@group(0) @binding(1) var<storage, read> lref: array<f32>;   // (n) reference \u2113 of the same
+@group(0) @binding(2) var<storage, read_write> z: array<f32>;  // (1)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i > 0u) { return; }
+  var s = 0.0;
+  for (var j = 0u; j < p.n; j++) { s += pol[j] - lref[j]; }
+  z[0] = max(0.0, s / f32(p.n));
+}`;
+function ktoReferencePoint(gpu2, policy, reference) {
+  checkShape(policy.dtype === "f32" && reference.dtype === "f32" && policy.size === reference.size && policy.size > 0, `ktoReferencePoint: expects two f32 (n) log-prob vectors of one size, got [${policy.shape}] and [${reference.shape}]`);
+  const z = gpu2.empty([
+    1
+  ]);
+  gpu2.dispatch(gpu2.pipeline(KTO_Z), [
+    policy,
+    reference,
+    z
+  ], [
+    1
+  ], new Params().u32(policy.size));
+  return z;
+}
+var KTO_SUM = {
+  loss: 0,
+  desirable: 1,
+  rewardDesirable: 2,
+  logpDesirable: 3,
+  undesirable: 4,
+  rewardUndesirable: 5,
+  logpUndesirable: 6
+};
+var KTO_COLUMNS = 7;
+var KTO = `${SIGMOID_WGSL2}
+struct P { n: u32, beta: f32, wd: f32, wu: f32, scale: f32 }
+@group(0) @binding(0) var<storage, read> pol: array<f32>;    // (n) policy \u2113
+@group(0) @binding(1) var<storage, read> lref: array<f32>;    // (n) reference \u2113
+@group(0) @binding(2) var<storage, read> desire: array<f32>;  // (n) 1 desirable, 0 undesirable
+@group(0) @binding(3) var<storage, read> z: array<f32>;      // (1) reference point
+@group(0) @binding(4) var<storage, read_write> dpol: array<f32>;  // (n)
+@group(0) @binding(5) var<storage, read_write> cols: array<f32>;  // (7, n)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let rho = pol[i] - lref[i];
+  let d = desire[i] != 0.0;
+  var loss = 0.0;
+  var g = 0.0;
+  if (d) {
+    let s = sigmoid(p.beta * (rho - z[0]));
+    loss = p.wd * (1.0 - s);
+    g = -p.wd * p.beta * s * (1.0 - s);
+  } else {
+    let s = sigmoid(p.beta * (z[0] - rho));
+    loss = p.wu * (1.0 - s);
+    g = p.wu * p.beta * s * (1.0 - s);
+  }
+  dpol[i] = p.scale * g;
+  let fd = select(0.0, 1.0, d);
+  cols[i] = loss;
+  cols[p.n + i] = fd;
+  cols[2u * p.n + i] = fd * p.beta * rho;
+  cols[3u * p.n + i] = fd * pol[i];
+  cols[4u * p.n + i] = 1.0 - fd;
+  cols[5u * p.n + i] = (1.0 - fd) * p.beta * rho;
+  cols[6u * p.n + i] = (1.0 - fd) * pol[i];
+}`;
+function ktoLoss(gpu2, policy, reference, desirable, z, o) {
+  const n = policy.size;
+  checkShape(n > 0 && [
+    policy,
+    reference,
+    desirable
+  ].every((t) => t.dtype === "f32" && t.size === n) && z.dtype === "f32" && z.size === 1, `ktoLoss: expects f32 (n) policy, reference and labels and a (1) reference point, got [${policy.shape}], [${reference.shape}], [${desirable.shape}], [${z.shape}]`);
+  checkShape(o.beta > 0, `ktoLoss: beta must be > 0, got ${o.beta}`);
+  const dpolicy = gpu2.empty([
+    n
+  ]), cols = gpu2.empty([
+    KTO_COLUMNS,
+    n
+  ]);
+  gpu2.dispatch(gpu2.pipeline(KTO), [
+    policy,
+    reference,
+    desirable,
+    z,
+    dpolicy,
+    cols
+  ], gpu2.grid(groups(n)), new Params().u32(n).f32(o.beta, o.desirableWeight ?? 1, o.undesirableWeight ?? 1, o.scale ?? 1 / n));
+  const sums = sumLastAxis(gpu2, cols);
+  cols.dispose();
+  return {
+    dpolicy,
+    sums
+  };
 }
 
 // kernels/reference/elementwise.ts
@@ -3594,13 +3905,13 @@ function optParamSpecs(c, opts = {}) {
     decay: true,
     init: "normal"
   });
-  const vec = (name, n, init) => vecs.push({
+  const vec = (name, n, init2) => vecs.push({
     name,
     shape: [
       n
     ],
     decay: false,
-    init
+    init: init2
   });
   mat(`${d}embed_tokens.weight`, [
     c.vocab_size,
@@ -4669,13 +4980,13 @@ var OptModel = class _OptModel {
    * Copies rows `[r0, r0 + rows)` of a row-major `(R, N)` tensor into a new `(rows, N)` one
    * (a buffer copy: no alignment constraint beyond 4 bytes).
    */
-  #rowsCopy(t, r0, rows) {
+  #rowsCopy(t, r0, rows2) {
     const N = t.shape[1];
     const out = this.gpu.empty([
-      rows,
+      rows2,
       N
     ]);
-    this.gpu.encoder().copyBufferToBuffer(t.buffer, t.byteOffset + 4 * r0 * N, out.buffer, out.byteOffset, 4 * rows * N);
+    this.gpu.encoder().copyBufferToBuffer(t.buffer, t.byteOffset + 4 * r0 * N, out.buffer, out.byteOffset, 4 * rows2 * N);
     return out;
   }
   /**
@@ -5053,6 +5364,190 @@ var ByteTokenizer = class _ByteTokenizer {
     return out;
   }
 };
+function bytesToUnicode() {
+  const bs = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const cs = [
+    ...bs
+  ];
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
+  }
+  return new Map(bs.map((b, i) => [
+    b,
+    String.fromCodePoint(cs[i])
+  ]));
+}
+var PRETOKENIZE = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+var BpeTokenizer = class _BpeTokenizer {
+  vocabSize;
+  bosId;
+  eosId;
+  padId;
+  #encoder;
+  #decoder;
+  #ranks;
+  #byteEncoder = bytesToUnicode();
+  #byteDecoder;
+  #cache = /* @__PURE__ */ new Map();
+  #special;
+  #specialPattern;
+  constructor(vocab, merges, o) {
+    this.#encoder = new Map(Object.entries(vocab));
+    this.#decoder = new Map([
+      ...this.#encoder
+    ].map(([t, i]) => [
+      i,
+      t
+    ]));
+    this.vocabSize = Math.max(...this.#decoder.keys()) + 1;
+    this.#ranks = new Map(merges.map(([a, b], i) => [
+      `${a} ${b}`,
+      i
+    ]));
+    this.#byteDecoder = new Map([
+      ...this.#byteEncoder
+    ].map(([b, c]) => [
+      c,
+      b
+    ]));
+    const id = (name, what) => {
+      const v = this.#encoder.get(name);
+      if (v === void 0) throw new TokenizerError(`${what} token "${name}" is not in vocab.json`);
+      return v;
+    };
+    const bos = o.bos ?? (this.#encoder.has("</s>") ? "</s>" : "<|endoftext|>");
+    const eos = o.eos ?? bos;
+    const pad = o.pad ?? (this.#encoder.has("<pad>") ? "<pad>" : eos);
+    this.bosId = id(bos, "BOS");
+    this.eosId = id(eos, "EOS");
+    this.padId = id(pad, "pad");
+    this.#special = new Map([
+      ...this.#encoder
+    ].filter(([t]) => /^<\|?[^<>\s]+\|?>$/.test(t)));
+    const esc = [
+      ...this.#special.keys()
+    ].sort((a, b) => b.length - a.length).map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    this.#specialPattern = esc.length ? new RegExp(`(${esc.join("|")})`) : null;
+  }
+  /** Builds a tokenizer from the text of `vocab.json` and `merges.txt`. */
+  static fromText(vocabJson, mergesTxt, opts = {}) {
+    let vocab;
+    try {
+      vocab = JSON.parse(vocabJson);
+    } catch (e) {
+      throw new TokenizerError(`vocab.json is not valid JSON: ${e.message}`);
+    }
+    if (typeof vocab !== "object" || vocab === null || Array.isArray(vocab)) {
+      throw new TokenizerError("vocab.json must map token strings to ids");
+    }
+    for (const [t, i] of Object.entries(vocab)) {
+      if (!Number.isInteger(i) || i < 0) {
+        throw new TokenizerError(`vocab.json: id of "${t}" is ${JSON.stringify(i)}`);
+      }
+    }
+    const merges = [];
+    mergesTxt.split(/\r?\n/).forEach((line, n) => {
+      if (line.startsWith("#version") || line.trim() === "") return;
+      const parts = line.split(" ");
+      if (parts.length !== 2) {
+        throw new TokenizerError(`merges.txt line ${n + 1}: expected "a b", got "${line}"`);
+      }
+      merges.push([
+        parts[0],
+        parts[1]
+      ]);
+    });
+    return new _BpeTokenizer(vocab, merges, opts);
+  }
+  /** BPE of one pre-token (already mapped to byte-unicode characters). */
+  #bpe(token) {
+    const hit = this.#cache.get(token);
+    if (hit) return hit;
+    let word = Array.from(token);
+    while (word.length > 1) {
+      let best = -1, bestRank = Infinity;
+      for (let i = 0; i < word.length - 1; i++) {
+        const r = this.#ranks.get(`${word[i]} ${word[i + 1]}`);
+        if (r !== void 0 && r < bestRank) {
+          bestRank = r;
+          best = i;
+        }
+      }
+      if (best < 0) break;
+      const a = word[best], b = word[best + 1];
+      const next = [];
+      for (let i = 0; i < word.length; ) {
+        if (i < word.length - 1 && word[i] === a && word[i + 1] === b) {
+          next.push(a + b);
+          i += 2;
+        } else next.push(word[i++]);
+      }
+      word = next;
+    }
+    const ids = word.map((w) => {
+      const id = this.#encoder.get(w);
+      if (id === void 0) throw new TokenizerError(`BPE produced "${w}", which vocab.json lacks`);
+      return id;
+    });
+    if (this.#cache.size < 1e5) this.#cache.set(token, ids);
+    return ids;
+  }
+  encode(text, opts = {}) {
+    const ids = opts.addBos === false ? [] : [
+      this.bosId
+    ];
+    const pieces = this.#specialPattern ? text.split(this.#specialPattern) : [
+      text
+    ];
+    const utf8 = new TextEncoder();
+    for (const piece of pieces) {
+      if (piece === "") continue;
+      const sp = this.#special.get(piece);
+      if (sp !== void 0) {
+        ids.push(sp);
+        continue;
+      }
+      for (const m of piece.matchAll(PRETOKENIZE)) {
+        const mapped = Array.from(utf8.encode(m[0]), (b) => this.#byteEncoder.get(b)).join("");
+        for (const id of this.#bpe(mapped)) ids.push(id);
+      }
+    }
+    return ids;
+  }
+  decode(ids, opts = {}) {
+    let text = "";
+    const bytes = [];
+    const flush = () => {
+      text += new TextDecoder().decode(new Uint8Array(bytes));
+      bytes.length = 0;
+    };
+    for (const id of ids) {
+      const t = this.#decoder.get(id);
+      if (t === void 0) throw new TokenizerError(`id ${id} is not in the vocabulary`);
+      if (this.#special.has(t)) {
+        if (opts.skipSpecial === false) {
+          flush();
+          text += t;
+        }
+        continue;
+      }
+      for (const ch of t) {
+        const b = this.#byteDecoder.get(ch);
+        if (b === void 0) throw new TokenizerError(`token ${id} has a non-byte character`);
+        bytes.push(b);
+      }
+    }
+    flush();
+    return text;
+  }
+};
 
 // model/checkpoint.ts
 var IGNORABLE = /* @__PURE__ */ new Set([
@@ -5270,8 +5765,8 @@ async function generate(model, prompt, mask, opts) {
   gen.responseMask.dispose();
   out.finished.dispose();
   return result;
-  function copyPromptMask(src, dst, rows, cols) {
-    for (let b = 0; b < rows; b++) gpu2.copyRange(src, b * cols, dst, b * dst.shape[1], cols);
+  function copyPromptMask(src, dst, rows2, cols) {
+    for (let b = 0; b < rows2; b++) gpu2.copyRange(src, b * cols, dst, b * dst.shape[1], cols);
   }
   function trimColumns(o, n) {
     if (n === G) return o;
@@ -5461,10 +5956,11 @@ var RM_SCHEMA = {
   ...supervisedFields(200, "preference pairs per step", 2e-3),
   loss: {
     default: "pairwise",
-    doc: "pairwise: \u2212log \u03C3(r_w \u2212 r_l \u2212 m); token: DeepSpeed-Chat token-level loss",
+    doc: "pairwise: \u2212log \u03C3(r_w \u2212 r_l \u2212 m); token: DeepSpeed-Chat token-level loss; kwise: InstructGPT's K-wise ranking loss on ranked examples (K responses best \u2192 worst)",
     choices: [
       "pairwise",
-      "token"
+      "token",
+      "kwise"
     ]
   }
 };
@@ -5825,7 +6321,7 @@ async function runLoop(trainer, o, hooks = {}) {
     if (m) {
       last = m;
       hooks.onProgress?.(o.stage, trainer.iteration, trainer.total, m);
-      o.afterLog?.(m);
+      await o.afterLog?.(m);
       await hooks.onMetrics?.(o.stage, m);
     }
     if (o.checkpointEvery > 0 && trainer.iteration % o.checkpointEvery === 0) {
@@ -5886,7 +6382,9 @@ var SEED_STREAM = {
   /** SFT-policy samples on held-out prompts that test the reward model. */
   rewardModelProbe: 300,
   /** PPO-ptx batch order. */
-  ptxOrder: 20564
+  ptxOrder: 20564,
+  /** Fresh samples that probe gold and the implicit reward while a preference method trains. */
+  goldProbe: 400
 };
 function deriveSeed(seed, stream) {
   return seed + SEED_STREAM[stream];
@@ -5899,8 +6397,8 @@ function epochSeed(counter, epoch) {
 }
 
 // trainer/batch.ts
-function encodePairs(tok, rows, o) {
-  const enc = rows.map(({ prompt, response, truncated }) => {
+function encodePairs(tok, rows2, o) {
+  const enc = rows2.map(({ prompt, response, truncated }) => {
     let p = tok.encode(prompt);
     let r = tok.encode(response, {
       addBos: false
@@ -5920,7 +6418,7 @@ function encodePairs(tok, rows, o) {
       r
     };
   });
-  const B = rows.length;
+  const B = rows2.length;
   const T = Math.max(2, ...enc.map((e) => e.p.length + e.r.length));
   const tokens = new Int32Array(B * T).fill(tok.padId);
   const mask = new Float32Array(B * T), responseMask = new Float32Array(B * T);
@@ -6059,6 +6557,13 @@ function sequenceValues(critic, seq, mask) {
 function sequenceScores(reward, seq, mask) {
   return reward.gpu.scope(() => reward.sequenceScores(reward.forward(seq, mask)));
 }
+function implicitReward(policy, reference, beta) {
+  return (r) => {
+    const gpu2 = policy.gpu;
+    const seq = (m) => sequenceLogprobs(gpu2, modelLogprobs(m, r.tokens, r.attentionMask), r.actionMask);
+    return scale(gpu2, sub(gpu2, seq(policy), seq(reference)), beta);
+  };
+}
 
 // trainer/rollout.ts
 async function rollout(policy, tok, prompts, o) {
@@ -6123,7 +6628,7 @@ async function sampleAndScore(policy, reward, tok, prompts, o) {
       ...o,
       greedy: o.temperature === 0
     });
-    const scores = reward ? await policy.gpu.readF32(sequenceScores(reward, r.tokens, r.attentionMask)) : void 0;
+    const scores = reward ? await policy.gpu.readF32(typeof reward === "function" ? reward(r) : sequenceScores(reward, r.tokens, r.attentionMask)) : void 0;
     return r.texts.map((x, b) => ({
       ...x,
       score: scores?.[b] ?? NaN
@@ -6179,7 +6684,11 @@ var SupervisedTrainer = class {
   }
   /** The next `cfg.batchSize` rows in the shuffled order. */
   nextBatch() {
-    return this.#sampler.next(this.cfg.batchSize).map((i) => this.data[i]);
+    return this.nextIndices().map((i) => this.data[i]);
+  }
+  /** The data indices of the next `cfg.batchSize` rows (for per-row caches). */
+  nextIndices() {
+    return this.#sampler.next(this.cfg.batchSize);
   }
   state() {
     return {
@@ -6215,11 +6724,11 @@ var SftTrainer = class extends SupervisedTrainer {
   step(log) {
     const { model, cfg, store } = this, gpu2 = model.gpu;
     return gpu2.scope(async () => {
-      const rows = this.nextBatch().map((x) => ({
+      const rows2 = this.nextBatch().map((x) => ({
         prompt: x.prompt,
         response: x.completion
       }));
-      const b = encodePairs(this.tok, rows, {
+      const b = encodePairs(this.tok, rows2, {
         maxLength: cfg.maxLength,
         completionOnly: cfg.completionOnly
       });
@@ -6294,6 +6803,9 @@ function spans(b, P) {
 var RewardTrainer = class extends SupervisedTrainer {
   constructor(model, tok, pairs, cfg, stateFile = "rm/model_state.safetensors") {
     super(model, tok, pairs, cfg, stateFile);
+    if (cfg.loss === "kwise") {
+      throw new Error("RewardTrainer: rm.loss=kwise trains on ranked examples (RankingRewardTrainer)");
+    }
   }
   /** One batch of pairs: scores, loss, backward, AdamW; metrics when `log`. */
   step(log) {
@@ -6392,6 +6904,106 @@ function tokenLoss(values, b, P) {
     dvalues
   };
 }
+function rankedBatch(tok, xs, maxLength) {
+  return encodePairs(tok, xs.flatMap((x) => x.responses.map((response) => ({
+    prompt: x.prompt,
+    response
+  }))), {
+    maxLength
+  });
+}
+function rankedK(xs, what = "ranked data") {
+  const K2 = xs[0]?.responses.length ?? 0;
+  const bad = xs.findIndex((x) => x.responses.length !== K2);
+  if (K2 < 2 || bad >= 0) {
+    throw new Error(`${what}: the K-wise loss needs the same number (\u2265 2) of responses in every example; example 0 has ${K2}` + (bad >= 0 ? `, example ${bad} has ${xs[bad].responses.length}` : ""));
+  }
+  return K2;
+}
+var RankingRewardTrainer = class extends SupervisedTrainer {
+  K;
+  constructor(model, tok, data, cfg, stateFile = "rm/model_state.safetensors") {
+    super(model, tok, data, cfg, stateFile);
+    this.K = rankedK(data);
+  }
+  /** One batch of ranked examples: scores `(P, K)`, K-wise loss, backward, AdamW. */
+  step(log) {
+    const { model, cfg, store, K: K2 } = this, gpu2 = model.gpu;
+    return gpu2.scope(async () => {
+      const batch = this.nextBatch(), P = batch.length;
+      const b = rankedBatch(this.tok, batch, cfg.maxLength);
+      const mask = gpu2.fromArray(b.mask, [
+        P * K2,
+        b.T
+      ]);
+      store.zeroGrads();
+      const acts = model.forward(gpu2.fromArray(b.tokens, [
+        P * K2,
+        b.T
+      ]), mask);
+      const values = model.values(acts).intoShape([
+        P * K2,
+        b.T
+      ]);
+      const s = lastMaskedValues(gpu2, values, mask);
+      const l = rankingRewardLoss(gpu2, s.values.reshape([
+        P,
+        K2
+      ]));
+      const dvalues = lastMaskedValuesBackward(gpu2, l.dscores.reshape([
+        P * K2
+      ]), s.index, b.T);
+      model.backward(acts, {
+        dvalues: dvalues.reshape([
+          P * K2 * b.T
+        ])
+      });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return void 0;
+      const loss = (await gpu2.readF32(l.loss))[STAT.mean];
+      assertFiniteLosses(`RM step ${step}`, {
+        loss
+      });
+      const acc = (await gpu2.readF32(l.accuracy))[STAT.mean];
+      return {
+        step,
+        "rm/loss": loss,
+        "rm/train_accuracy": acc,
+        "rm/lr": lr
+      };
+    });
+  }
+};
+async function evaluateRanking(model, tok, xs, o) {
+  const gpu2 = model.gpu, bs = o.batchSize ?? 16;
+  let right = 0, total = 0;
+  for (let i = 0; i < xs.length; i += bs) {
+    const batch = xs.slice(i, i + bs);
+    const b = rankedBatch(tok, batch, o.maxLength), rows2 = b.B;
+    const s = await gpu2.scope(() => gpu2.readF32(sequenceScores(model, gpu2.fromArray(b.tokens, [
+      rows2,
+      b.T
+    ]), gpu2.fromArray(b.mask, [
+      rows2,
+      b.T
+    ]))));
+    let r = 0;
+    for (const x of batch) {
+      const K2 = x.responses.length;
+      for (let a = 0; a < K2; a++) {
+        for (let c = a + 1; c < K2; c++) {
+          right += s[r + a] > s[r + c] ? 1 : 0;
+          total++;
+        }
+      }
+      r += K2;
+    }
+  }
+  return {
+    accuracy: right / Math.max(1, total)
+  };
+}
 async function evaluateRewardModel(model, tok, pairs, o) {
   const gpu2 = model.gpu;
   const bs = o.batchSize ?? 32;
@@ -6416,6 +7028,555 @@ async function evaluateRewardModel(model, tok, pairs, o) {
     margin: margin / pairs.length
   };
 }
+
+// trainer/data.ts
+var DataError = class extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "DataError";
+  }
+};
+var ASSISTANT = "\n\nAssistant:";
+function splitDialogue(text) {
+  const i = text.lastIndexOf(ASSISTANT);
+  if (i < 0) return null;
+  return {
+    prompt: text.slice(0, i + ASSISTANT.length),
+    response: text.slice(i + ASSISTANT.length)
+  };
+}
+function isGzip(bytes) {
+  return bytes.length >= 2 && bytes[0] === 31 && bytes[1] === 139;
+}
+async function decodeText(bytes, source = "<data>") {
+  let raw = bytes;
+  if (isGzip(bytes)) {
+    try {
+      const stream = new Blob([
+        bytes.slice()
+      ]).stream().pipeThrough(new DecompressionStream("gzip"));
+      raw = new Uint8Array(await new Response(stream).arrayBuffer());
+    } catch (e) {
+      throw new DataError(`${source}: corrupt gzip data (${e.message})`);
+    }
+  }
+  try {
+    return new TextDecoder("utf-8", {
+      fatal: true
+    }).decode(raw);
+  } catch {
+    const strict = new TextDecoder("utf-8", {
+      fatal: true
+    });
+    let line = 1, start2 = 0;
+    for (let i = 0; i <= raw.length; i++) {
+      if (i === raw.length || raw[i] === 10) {
+        try {
+          strict.decode(raw.subarray(start2, i));
+        } catch {
+          break;
+        }
+        line++;
+        start2 = i + 1;
+      }
+    }
+    throw new DataError(`${source}:${line}: invalid UTF-8`);
+  }
+}
+function parseJsonl(text, source = "<data>") {
+  const out = [];
+  text.split(/\r?\n/).forEach((raw, i) => {
+    if (raw.trim() === "") return;
+    let v;
+    try {
+      v = JSON.parse(raw);
+    } catch (e) {
+      throw new DataError(`${source}:${i + 1}: invalid JSON (${e.message})`);
+    }
+    if (typeof v !== "object" || v === null || Array.isArray(v)) {
+      throw new DataError(`${source}:${i + 1}: expected a JSON object`);
+    }
+    out.push({
+      line: i + 1,
+      value: v
+    });
+  });
+  return out;
+}
+function str(v, key, where) {
+  const x = v[key];
+  if (typeof x !== "string") {
+    throw new DataError(`${where}: field "${key}" must be a string, got ${x === void 0 ? "nothing" : typeof x}`);
+  }
+  return x;
+}
+function readSft(text, source = "<sft>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    return {
+      prompt: str(value, "prompt", w),
+      completion: str(value, "completion", w)
+    };
+  });
+}
+function readPairs(text, source = "<pairs>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    const chosen = str(value, "chosen", w), rejected = str(value, "rejected", w);
+    let margin;
+    if (value.margin !== void 0) {
+      if (typeof value.margin !== "number" || !Number.isFinite(value.margin)) {
+        throw new DataError(`${w}: field "margin" must be a finite number`);
+      }
+      margin = value.margin;
+    }
+    if (value.prompt !== void 0) {
+      return {
+        prompt: str(value, "prompt", w),
+        chosen,
+        rejected,
+        margin
+      };
+    }
+    const c = splitDialogue(chosen), r = splitDialogue(rejected);
+    if (!c || !r) throw new DataError(`${w}: no "\\n\\nAssistant:" turn in chosen/rejected`);
+    if (c.prompt === r.prompt) {
+      return {
+        prompt: c.prompt,
+        chosen: c.response,
+        rejected: r.response,
+        margin
+      };
+    }
+    let n = 0;
+    while (n < chosen.length && n < rejected.length && chosen[n] === rejected[n]) n++;
+    const cut = chosen.slice(0, n).lastIndexOf(ASSISTANT);
+    if (cut < 0) throw new DataError(`${w}: chosen and rejected share no Assistant turn`);
+    const end = cut + ASSISTANT.length;
+    return {
+      prompt: chosen.slice(0, end),
+      chosen: chosen.slice(end),
+      rejected: rejected.slice(end),
+      margin
+    };
+  });
+}
+function readKto(text, source = "<kto>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    if (typeof value.label !== "boolean") {
+      throw new DataError(`${w}: field "label" must be true or false`);
+    }
+    return {
+      prompt: str(value, "prompt", w),
+      completion: str(value, "completion", w),
+      label: value.label
+    };
+  });
+}
+function readPrompts(text, source = "<prompts>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    if (value.prompt !== void 0) return {
+      prompt: str(value, "prompt", w)
+    };
+    const d = splitDialogue(str(value, "chosen", w));
+    if (!d) throw new DataError(`${w}: no "\\n\\nAssistant:" turn`);
+    return {
+      prompt: d.prompt
+    };
+  });
+}
+
+// trainer/dpo.ts
+var DPO_SCHEMA = {
+  ...supervisedFields(300, "preference pairs per step", 3e-5),
+  beta: {
+    default: 0.1,
+    doc: "\u03B2: strength of the implicit KL to the reference (SimPO: reward scale, 2.0)",
+    min: 0
+  },
+  lossType: {
+    default: "sigmoid",
+    doc: "sigmoid (DPO, cDPO with labelSmoothing) \xB7 hinge \xB7 ipo \xB7 robust \xB7 simpo",
+    choices: [
+      "sigmoid",
+      "hinge",
+      "ipo",
+      "robust",
+      "simpo"
+    ]
+  },
+  labelSmoothing: {
+    default: 0,
+    doc: "assumed label-flip rate \u03B5 of sigmoid/robust/simpo, in [0, 0.5)",
+    min: 0,
+    max: 0.49
+  },
+  gamma: {
+    default: 0.5,
+    doc: "SimPO's target reward margin \u03B3",
+    min: 0
+  },
+  precomputeReference: {
+    default: false,
+    doc: "compute the reference log-probs of every pair once, before training"
+  }
+};
+function checkPairs(pairs) {
+  if (pairs.length === 0) throw new DataError("preference data: no pairs");
+  let empty = -1, count = 0;
+  pairs.forEach((p, i) => {
+    if (p.chosen === p.rejected && !!p.chosenTruncated === !!p.rejectedTruncated) {
+      throw new DataError(`preference pair ${i}: chosen and rejected are the same response`);
+    }
+    if (p.chosen.length === 0 || p.rejected.length === 0) {
+      count++;
+      if (empty < 0) empty = i;
+    }
+  });
+  return count ? [
+    `${count} preference pair(s) have an empty response (EOS alone), the first is pair ${empty}`
+  ] : [];
+}
+function averaged(t) {
+  return t === "ipo" || t === "simpo";
+}
+function pairRows(tok, pairs, maxLength) {
+  const b = encodePairs(tok, [
+    ...pairs.map((p) => ({
+      prompt: p.prompt,
+      response: p.chosen,
+      truncated: p.chosenTruncated
+    })),
+    ...pairs.map((p) => ({
+      prompt: p.prompt,
+      response: p.rejected,
+      truncated: p.rejectedTruncated
+    }))
+  ], {
+    maxLength,
+    completionOnly: true
+  });
+  const act = Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0);
+  return {
+    b,
+    act
+  };
+}
+var DpoTrainer = class extends SupervisedTrainer {
+  /** What is odd about the data but not fatal (a pipeline logs these). */
+  warnings;
+  #reference;
+  /** Reference ℓ of every pair, `[chosen_i, rejected_i]` at `2i` (precomputeReference). */
+  #cache;
+  constructor(model, reference, tok, pairs, cfg, stateFile = "dpo/model_state.safetensors") {
+    super(model, tok, pairs, cfg, stateFile);
+    this.warnings = checkPairs(pairs);
+    this.#reference = reference;
+    if (cfg.lossType !== "simpo" && !reference && !model.lora) {
+      throw new Error("DpoTrainer: give a reference model or an actor with LoRA adapters");
+    }
+  }
+  /** Needs a reference pass (every loss but SimPO). */
+  get usesReference() {
+    return this.cfg.lossType !== "simpo";
+  }
+  /**
+   * Computes the reference's sequence log-probs of every pair once (batches of `batchSize`
+   * pairs); afterwards no reference forward runs and the reference model may be freed.
+   */
+  async precomputeReference() {
+    if (!this.usesReference || this.#cache) return;
+    const gpu2 = this.model.gpu, bs = this.cfg.batchSize, n = this.data.length;
+    const cache = new Float32Array(2 * n);
+    for (let i = 0; i < n; i += bs) {
+      const pairs = this.data.slice(i, i + bs), P = pairs.length;
+      const l = await gpu2.scope(() => gpu2.readF32(this.#referenceSeq(pairs)));
+      for (let j = 0; j < P; j++) {
+        cache[2 * (i + j)] = l[j];
+        cache[2 * (i + j) + 1] = l[P + j];
+      }
+    }
+    this.#cache = cache;
+    this.#reference = void 0;
+  }
+  /** Reference ℓ `(2P)` of `pairs`, from the reference pass. */
+  #referenceSeq(pairs) {
+    const gpu2 = this.model.gpu, P = pairs.length;
+    const { b, act } = pairRows(this.tok, pairs, this.cfg.maxLength);
+    const seq = gpu2.fromArray(b.tokens, [
+      2 * P,
+      b.T
+    ]), am = gpu2.fromArray(b.mask, [
+      2 * P,
+      b.T
+    ]);
+    const logp = referenceLogprobs(this.model, this.#reference, seq, am);
+    return sequenceLogprobs(gpu2, logp, gpu2.fromArray(act, [
+      2 * P,
+      b.T
+    ]), {
+      average: averaged(this.cfg.lossType)
+    });
+  }
+  /** One batch of pairs: concatenated forward, preference loss, backward, AdamW. */
+  step(log) {
+    const { model, cfg, store } = this, gpu2 = model.gpu;
+    return gpu2.scope(async () => {
+      if (cfg.precomputeReference) await this.precomputeReference();
+      const idx = this.nextIndices(), pairs = idx.map((i) => this.data[i]), P = pairs.length;
+      const refSeq = this.usesReference ? this.#referenceFor(idx, pairs) : void 0;
+      const { b, act } = pairRows(this.tok, pairs, cfg.maxLength);
+      const mask = gpu2.fromArray(act, [
+        2 * P,
+        b.T
+      ]), average = averaged(cfg.lossType);
+      store.zeroGrads();
+      const acts = model.forward(gpu2.fromArray(b.tokens, [
+        2 * P,
+        b.T
+      ]), gpu2.fromArray(b.mask, [
+        2 * P,
+        b.T
+      ]));
+      const lp = model.tokenLogprobs(acts);
+      const l = preferenceLoss(gpu2, sequenceLogprobs(gpu2, lp.logp, mask, {
+        average
+      }), refSeq, {
+        lossType: cfg.lossType,
+        beta: cfg.beta,
+        labelSmoothing: cfg.labelSmoothing,
+        gamma: cfg.gamma
+      });
+      const dlogp = sequenceLogprobsBackward(gpu2, l.dpolicy, mask, {
+        average
+      });
+      model.backward(acts, {
+        dlogits: logitsBackward(gpu2, lp.logits, lp.targets, lp.lse, {
+          dlogp: dlogp.reshape([
+            2 * P * b.T
+          ])
+        })
+      });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      if (!log) return void 0;
+      return this.#metrics(step, lr, l.metrics, average ? sequenceLogprobs(gpu2, lp.logp, mask) : void 0);
+    });
+  }
+  /** Reference ℓ of the batch: from the cache, or a reference pass. */
+  #referenceFor(idx, pairs) {
+    const c = this.#cache;
+    if (!c) return this.#referenceSeq(pairs);
+    const P = idx.length, out = new Float32Array(2 * P);
+    idx.forEach((i, j) => {
+      out[j] = c[2 * i];
+      out[P + j] = c[2 * i + 1];
+    });
+    return this.model.gpu.fromArray(out);
+  }
+  /** The logged metrics, read in one readback (`sums`: summed ℓ when the loss used means). */
+  async #metrics(step, lr, metrics, sums) {
+    const gpu2 = this.model.gpu, n = metrics.size, P = sums ? sums.size / 2 : 0;
+    const packed = gpu2.empty([
+      n + 2 * P
+    ]);
+    gpu2.copyRange(metrics, 0, packed, 0, n);
+    if (sums) gpu2.copyRange(sums, 0, packed, n, 2 * P);
+    const v = await gpu2.readF32(packed), M = PREFERENCE_METRIC;
+    const mean = (a) => v.subarray(n + a, n + a + P).reduce((s, x) => s + x, 0) / P;
+    const loss = v[M.loss];
+    assertFiniteLosses(`DPO step ${step}`, {
+      loss
+    });
+    const name = this.cfg.lossType === "simpo" ? "simpo/loss" : "dpo/loss";
+    return {
+      step,
+      [name]: loss,
+      "rewards/chosen": v[M.rewardChosen],
+      "rewards/rejected": v[M.rewardRejected],
+      "rewards/accuracies": v[M.accuracy],
+      "rewards/margins": v[M.margin],
+      "logps/chosen": sums ? mean(0) : v[M.logpChosen],
+      "logps/rejected": sums ? mean(P) : v[M.logpRejected],
+      "dpo/lr": lr
+    };
+  }
+};
+async function evaluatePreferences(policy, reference, tok, pairs, o) {
+  const gpu2 = policy.gpu, bs = o.batchSize ?? 16, average = averaged(o.lossType);
+  const simpo = o.lossType === "simpo";
+  let right = 0, margin = 0;
+  for (let i = 0; i < pairs.length; i += bs) {
+    const batch = pairs.slice(i, i + bs), P = batch.length;
+    const { b, act } = pairRows(tok, batch, o.maxLength);
+    const l = await gpu2.scope(async () => {
+      const seq = gpu2.fromArray(b.tokens, [
+        2 * P,
+        b.T
+      ]), am = gpu2.fromArray(b.mask, [
+        2 * P,
+        b.T
+      ]);
+      const mask = gpu2.fromArray(act, [
+        2 * P,
+        b.T
+      ]);
+      const ell = (logp) => gpu2.readF32(sequenceLogprobs(gpu2, logp, mask, {
+        average
+      }));
+      const pol = await ell(modelLogprobs(policy, seq, am));
+      if (simpo) return pol;
+      const ref = await ell(referenceLogprobs(policy, reference, seq, am));
+      return pol.map((v, j) => v - ref[j]);
+    });
+    for (let j = 0; j < P; j++) {
+      const m = o.beta * (l[j] - l[P + j]);
+      right += m > 0 ? 1 : 0;
+      margin += m;
+    }
+  }
+  return {
+    accuracy: right / pairs.length,
+    margin: margin / pairs.length
+  };
+}
+
+// trainer/kto.ts
+var KTO_SCHEMA = {
+  ...supervisedFields(300, "examples per step (\u2265 2: the reference point needs a mismatch)", 3e-5),
+  beta: {
+    default: 0.1,
+    doc: "\u03B2: strength of the implicit KL to the reference",
+    min: 0
+  },
+  desirableWeight: {
+    default: 1,
+    doc: "\u03BB_D, weight of desirable examples",
+    min: 0
+  },
+  undesirableWeight: {
+    default: 1,
+    doc: "\u03BB_U, weight of undesirable examples",
+    min: 0
+  }
+};
+function rows(tok, xs, max) {
+  const b = encodePairs(tok, xs, {
+    maxLength: max,
+    completionOnly: true
+  });
+  return {
+    b,
+    act: Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0)
+  };
+}
+var KtoTrainer = class extends SupervisedTrainer {
+  reference;
+  /** What is odd about the data but not fatal (a pipeline logs these). */
+  warnings;
+  constructor(model, reference, tok, data, cfg, stateFile = "kto/model_state.safetensors") {
+    super(model, tok, data, cfg, stateFile), this.reference = reference, this.warnings = [];
+    if (!reference && !model.lora) {
+      throw new Error("KtoTrainer: give a reference model or an actor with LoRA adapters");
+    }
+    if (cfg.batchSize < 2) throw new Error("KtoTrainer: batchSize must be \u2265 2 (mismatched pairs)");
+    if (data.length < 2) throw new DataError("KTO data: at least 2 examples are needed");
+    const empty = data.filter((x) => x.completion.length === 0).length;
+    if (empty) this.warnings.push(`${empty} KTO example(s) have an empty completion (EOS alone)`);
+    const good = data.filter((x) => x.label).length;
+    if (good === 0 || good === data.length) {
+      this.warnings.push(`KTO data: every example is ${good ? "desirable" : "undesirable"}; KTO still trains (against the reference point z) but rewards/${good ? "rejected" : "chosen"} is NaN`);
+    }
+  }
+  /** One batch: reference point, KTO loss, backward, AdamW; metrics when `log`. */
+  step(log) {
+    const { model, cfg, store } = this, gpu2 = model.gpu;
+    return gpu2.scope(async () => {
+      const batch = this.nextBatch(), n = batch.length;
+      const all = rows(this.tok, [
+        ...batch.map((x) => ({
+          prompt: x.prompt,
+          response: x.completion,
+          truncated: x.truncated
+        })),
+        ...batch.map((x, i) => {
+          const y = batch[(i + 1) % n];
+          return {
+            prompt: x.prompt,
+            response: y.completion,
+            truncated: y.truncated
+          };
+        })
+      ], cfg.maxLength);
+      const T = all.b.T, f32 = (a, from) => a.subarray(from * T, (from + n) * T);
+      const tensors = (from) => ({
+        seq: gpu2.fromArray(all.b.tokens.subarray(from * T, (from + n) * T), [
+          n,
+          T
+        ]),
+        am: gpu2.fromArray(f32(all.b.mask, from), [
+          n,
+          T
+        ]),
+        act: gpu2.fromArray(f32(all.act, from), [
+          n,
+          T
+        ])
+      });
+      const matched = tensors(0), mismatched = tensors(n);
+      const refSeq = (r) => sequenceLogprobs(gpu2, referenceLogprobs(model, this.reference, r.seq, r.am), r.act);
+      const z = ktoReferencePoint(gpu2, sequenceLogprobs(gpu2, modelLogprobs(model, mismatched.seq, mismatched.am), mismatched.act), refSeq(mismatched));
+      const reference = refSeq(matched);
+      store.zeroGrads();
+      const acts = model.forward(matched.seq, matched.am);
+      const lp = model.tokenLogprobs(acts);
+      const labels = gpu2.fromArray(Float32Array.from(batch, (x) => x.label ? 1 : 0));
+      const l = ktoLoss(gpu2, sequenceLogprobs(gpu2, lp.logp, matched.act), reference, labels, z, {
+        beta: cfg.beta,
+        desirableWeight: cfg.desirableWeight,
+        undesirableWeight: cfg.undesirableWeight
+      });
+      model.backward(acts, {
+        dlogits: logitsBackward(gpu2, lp.logits, lp.targets, lp.lse, {
+          dlogp: sequenceLogprobsBackward(gpu2, l.dpolicy, matched.act).reshape([
+            n * T
+          ])
+        })
+      });
+      const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
+      const step = ++this.iteration;
+      return log ? await this.#metrics(step, lr, n, l.sums, z) : void 0;
+    });
+  }
+  /** The logged metrics, read in one readback. */
+  async #metrics(step, lr, n, sums, z) {
+    const gpu2 = this.model.gpu, packed = gpu2.empty([
+      sums.size + 1
+    ]);
+    gpu2.copyRange(sums, 0, packed, 0, sums.size);
+    gpu2.copyRange(z, 0, packed, sums.size, 1);
+    const v = await gpu2.readF32(packed), S = KTO_SUM;
+    const loss = v[S.loss] / n;
+    assertFiniteLosses(`KTO step ${step}`, {
+      loss
+    });
+    const chosen = v[S.rewardDesirable] / v[S.desirable];
+    const rejected = v[S.rewardUndesirable] / v[S.undesirable];
+    return {
+      step,
+      "kto/loss": loss,
+      kl: v[sums.size],
+      "rewards/chosen": chosen,
+      "rewards/rejected": rejected,
+      "rewards/margins": chosen - rejected,
+      "logps/chosen": v[S.logpDesirable] / v[S.desirable],
+      "logps/rejected": v[S.logpUndesirable] / v[S.undesirable],
+      "kto/lr": lr
+    };
+  }
+};
 
 // trainer/ppo.ts
 var MB = {
@@ -6557,8 +7718,8 @@ var PpoTrainer = class {
       const order = permutation(P, mulberry32(epochSeed(this.#orderSeed++, epoch)));
       const epochStart = k;
       for (let s = 0; s < P; s += cfg.miniBatchSize) {
-        const rows = order.slice(s, s + cfg.miniBatchSize);
-        gpu2.scope(() => this.#minibatch(batch, rows, lrs, stats, k++));
+        const rows2 = order.slice(s, s + cfg.miniBatchSize);
+        gpu2.scope(() => this.#minibatch(batch, rows2, lrs, stats, k++));
       }
       if (cfg.targetApproxKl > 0) {
         const st = await gpu2.readF32(stats);
@@ -6574,21 +7735,21 @@ var PpoTrainer = class {
     };
   }
   /** One minibatch: an actor step and a critic step; its statistics go to row `k` of `stats`. */
-  #minibatch({ r, exp, adv }, rows, lrs, stats, k) {
+  #minibatch({ r, exp, adv }, rows2, lrs, stats, k) {
     const gpu2 = this.models.actor.gpu, T = r.length;
     const gather = (t) => {
       const out = gpu2.empty([
-        rows.length,
+        rows2.length,
         T
       ], t.dtype);
-      rows.forEach((row, i) => gpu2.copyRange(t, row * T, out, i * T, T));
+      rows2.forEach((row, i) => gpu2.copyRange(t, row * T, out, i * T, T));
       return out;
     };
     const mb = {
       seq: gather(r.tokens),
       am: gather(r.attentionMask),
       act: gather(r.actionMask),
-      count: rows.reduce((n, row) => n + r.hostActionMask.subarray(row * T, (row + 1) * T).reduce((a, v) => a + v, 0), 0)
+      count: rows2.reduce((n, row) => n + r.hostActionMask.subarray(row * T, (row + 1) * T).reduce((a, v) => a + v, 0), 0)
     };
     const actor = this.#actorStep(mb, gather(exp.logpOld), gather(adv.advantages), lrs.actor);
     const critic = this.#criticStep(mb, gather(exp.values), gather(adv.returns), lrs.critic);
@@ -6695,11 +7856,11 @@ var PpoTrainer = class {
    */
   #ptxBackward() {
     const { actor } = this.models, gpu2 = actor.gpu, cfg = this.cfg, data = this.data.ptx;
-    const rows = this.#ptx.next(cfg.ptxBatchSize).map((i) => ({
+    const rows2 = this.#ptx.next(cfg.ptxBatchSize).map((i) => ({
       prompt: data[i].prompt,
       response: data[i].completion
     }));
-    const b = encodePairs(this.tok, rows, {
+    const b = encodePairs(this.tok, rows2, {
       maxLength: cfg.ptxMaxLength,
       completionOnly: false
     });
@@ -6847,6 +8008,7 @@ function emptySummary(wallSeconds) {
     "objective/kl": NaN,
     "rm/policy_accuracy": NaN,
     "rm/policy_gold_corr": NaN,
+    "gold/samples": 0,
     "gold/correct/before": NaN,
     "gold/correct/after": NaN,
     "gold/period/before": NaN,
@@ -6919,13 +8081,13 @@ async function finishedStage(gpu2, stage, only, required, hooks, opts, log, load
 
 // trainer/comparisons.ts
 async function samplePolicy(policy, tok, prompts, o) {
-  const rows = prompts.flatMap((p) => Array.from({
+  const rows2 = prompts.flatMap((p) => Array.from({
     length: o.samplesPerPrompt
   }, () => p));
   const bs = o.batchSize ?? 64;
   const out = [];
-  for (let i = 0; i < rows.length; i += bs) {
-    out.push(...await sampleAndScore(policy, o.reward, tok, rows.slice(i, i + bs), {
+  for (let i = 0; i < rows2.length; i += bs) {
+    out.push(...await sampleAndScore(policy, o.reward, tok, rows2.slice(i, i + bs), {
       temperature: o.temperature,
       seed: rolloutSeed(o.seed, i / bs),
       maxNewTokens: o.maxNewTokens,
@@ -6972,6 +8134,27 @@ function labelComparisons(groups2, gold2, o) {
     }
   }
   return pairs;
+}
+function labelExamples(groups2, gold2, o) {
+  let k = 0;
+  const out = [];
+  for (const g of groups2) {
+    const seen = /* @__PURE__ */ new Set();
+    for (const s of g) {
+      const key = `${s.truncated ? 1 : 0}${s.response}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      let label = gold2(s.prompt, s.response) >= o.threshold;
+      if (randF32(o.seed, 0, k++) < o.labelNoise) label = !label;
+      out.push({
+        prompt: s.prompt,
+        completion: s.response,
+        label,
+        truncated: s.truncated
+      });
+    }
+  }
+  return out;
 }
 
 // trainer/hacking.ts
@@ -7157,6 +8340,31 @@ function makeBuiltinTask(seed, sizes = {}) {
     policyEvalPrompts
   };
 }
+function makeRankedExamples(seed, n, o) {
+  const r = mulberry32(seed * 7919 + 1380011595 + (o.stream ?? 0));
+  return Array.from({
+    length: n
+  }, () => {
+    const q = makeQuestion(r);
+    const middle = r() < 0.5 ? STYLES[1] : STYLES[2];
+    const responses = [
+      STYLES[0],
+      middle,
+      STYLES[3],
+      STYLES[4]
+    ].map((s) => s.make(q, r));
+    for (let k = 0; k + 1 < responses.length; k++) {
+      if (r() < o.labelNoise) [responses[k], responses[k + 1]] = [
+        responses[k + 1],
+        responses[k]
+      ];
+    }
+    return {
+      prompt: q.prompt,
+      responses
+    };
+  });
+}
 function parseQuestion(prompt) {
   const m = prompt.match(/What is (\d) ([+-]) (\d)\?\n\nAssistant:$/);
   if (!m) return null;
@@ -7196,6 +8404,12 @@ var RUN_SCHEMA = {
     default: 1,
     doc: "temperature of the fresh samples scored before/after PPO",
     min: 0
+  },
+  evalSamples: {
+    default: 8,
+    doc: "samples per held-out prompt scored before/after PPO (64 prompts: 8 give 512 samples, a correct-answer rate to \xB10.02; one sample each is \xB10.06, too coarse to see a fall)",
+    min: 1,
+    integer: true
   },
   ...checkpointFields(300, "SFT and reward-model")
 };
@@ -7284,9 +8498,6 @@ var BUILTIN_SECTIONS = {
   rm: RM_SCHEMA,
   ppo: PPO_SCHEMA
 };
-function resolvePipelineConfig(overrides, base = BUILTIN_DEFAULTS) {
-  return resolveSections(BUILTIN_SECTIONS, overrides, base);
-}
 function gold(prompt, response) {
   return goldScore(parseQuestion(prompt), response);
 }
@@ -7338,10 +8549,11 @@ var RM_STAGE = {
       });
       rm.store.copyFrom(sft.store);
       ctx.own(rm);
-      await ctx.train(new RewardTrainer(rm, state.tok, await rewardPairs(ctx), {
+      const rmCfg = {
         ...cfg.rm,
         seed: cfg.rm.seed + seed
-      }), {
+      };
+      await ctx.train(cfg.rm.loss === "kwise" ? new RankingRewardTrainer(rm, state.tok, rankedData(cfg), rmCfg) : new RewardTrainer(rm, state.tok, await rewardPairs(ctx), rmCfg), {
         logEvery: 10,
         checkpointEvery: cfg.run.stepCheckpointEvery
       });
@@ -7353,6 +8565,11 @@ var RM_STAGE = {
     await testRewardModel(ctx, rm, trained);
   }
 };
+function rankedData(cfg) {
+  return makeRankedExamples(cfg.run.seed, Math.ceil(cfg.task.pairs / 6), {
+    labelNoise: cfg.task.labelNoise
+  });
+}
 async function rewardPairs(ctx) {
   const { cfg, state } = ctx, seed = cfg.run.seed, task = state.task;
   if (cfg.task.policyPrompts === 0) return task.pairs;
@@ -7387,14 +8604,23 @@ async function testRewardModel(ctx, rm, trained) {
     maxLength: cfg.rm.maxLength
   });
   const flat = heldOut.flat();
+  const kwise = cfg.rm.loss === "kwise" ? {
+    "rm/kwise_accuracy": (await evaluateRanking(rm, tok, makeRankedExamples(cfg.run.seed, 200, {
+      labelNoise: 0,
+      stream: 1
+    }), {
+      maxLength: cfg.rm.maxLength
+    })).accuracy
+  } : {};
   const rmStats = {
+    ...kwise,
     "rm/accuracy": rmEval.accuracy,
     "rm/margin": rmEval.margin,
     "rm/policy_accuracy": policyEval.accuracy,
     "rm/policy_gold_corr": correlation(flat.map((x) => x.score), flat.map((x) => gold(x.prompt, x.response)))
   };
   if (trained) await ctx.hooks.onMetrics?.("rm", rmStats);
-  ctx.log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}`);
+  ctx.log(`reward model: held-out accuracy ${rmEval.accuracy.toFixed(3)} (margin ${rmEval.margin.toFixed(3)}); on SFT samples accuracy ${policyEval.accuracy.toFixed(3)}, score\u2013gold correlation ${rmStats["rm/policy_gold_corr"].toFixed(3)}` + ("rm/kwise_accuracy" in kwise ? `; K-wise accuracy ${kwise["rm/kwise_accuracy"].toFixed(3)} (all pairs of 4)` : ""));
   ctx.hooks.onSamples?.("rm", flat.map((x) => ({
     ...x,
     gold: gold(x.prompt, x.response)
@@ -7418,7 +8644,8 @@ var PPO_STAGE = {
     const evaluation = (policy) => evaluate(policy, rm, state.tok, state.task.evalPrompts, {
       temperature: cfg.run.evalTemperature,
       seed: deriveSeed(cfg.run.seed, "evaluation"),
-      maxNewTokens: cfg.ppo.maxNewTokens
+      maxNewTokens: cfg.ppo.maxNewTokens,
+      samplesPerPrompt: cfg.run.evalSamples
     });
     const before = await evaluation(reference);
     ctx.log(`before PPO: gold ${before.gold.toFixed(3)}, reward-model score ${before.score.toFixed(3)}`);
@@ -7491,6 +8718,7 @@ function evaluationSummary(before, after) {
     "gold/after": after.gold,
     "score/before": before.score,
     "score/after": after.score,
+    "gold/samples": before.samples.length,
     "gold/correct/before": before.parts.correct,
     "gold/correct/after": after.parts.correct,
     "gold/period/before": before.parts.period,
@@ -7502,6 +8730,9 @@ function evaluationSummary(before, after) {
   };
 }
 function checkBuiltinLengths(cfg) {
+  if (cfg.rm.loss === "kwise" && cfg.task.policyPrompts > 0) {
+    throw new ConfigError("rm.loss=kwise trains on the task's rankings of 4; the on-policy comparisons (task.policyPrompts) are pairs: set task.policyPrompts=0 with it");
+  }
   const max = TASK_MODEL_CONFIG.max_position_embeddings;
   for (const [key, v] of [
     [
@@ -7544,21 +8775,24 @@ var BUILTIN_PIPELINE = {
     })
   })
 };
-function runBuiltinPipeline(gpu2, cfg, hooks = {}, opts = {}) {
-  return runPipeline(BUILTIN_PIPELINE, gpu2, cfg, hooks, opts);
-}
 async function evaluate(policy, reward, tok, questions, o) {
-  const scored = await sampleAndScore(policy, reward, tok, questions.map((q) => q.prompt), {
-    ...o,
-    maxPromptLength: 256
-  });
+  const scored = [], asked = [];
+  for (let k = 0; k < o.samplesPerPrompt; k++) {
+    scored.push(...await sampleAndScore(policy, reward, tok, questions.map((q) => q.prompt), {
+      temperature: o.temperature,
+      seed: k === 0 ? o.seed : rolloutSeed(o.seed, k),
+      maxNewTokens: o.maxNewTokens,
+      maxPromptLength: 256
+    }));
+    asked.push(...questions);
+  }
   const samples = scored.map((s, i) => ({
     prompt: s.prompt,
     response: s.response,
     score: s.score,
-    gold: goldScore(questions[i], s.response)
+    gold: goldScore(asked[i], s.response)
   }));
-  const parts = scored.map((s, i) => goldParts(questions[i], s.response));
+  const parts = scored.map((s, i) => goldParts(asked[i], s.response));
   const mean = (xs, f) => xs.reduce((a, x) => a + f(x), 0) / xs.length;
   return {
     gold: mean(samples, (s) => s.gold),
@@ -7590,6 +8824,562 @@ function correlation(x, y) {
     syy += (y[i] - my) ** 2;
   }
   return sxy / Math.sqrt(sxx * syy);
+}
+
+// trainer/builtin_preference.ts
+var PREFERENCE_TASK_SCHEMA = {
+  pairs: {
+    default: 2e4,
+    doc: "the task's fixed pairs (used with data.source=task)",
+    min: 1,
+    integer: true
+  },
+  labelNoise: {
+    default: 0.1,
+    doc: "fraction of labels flipped (pairs swapped, KTO labels inverted)",
+    min: 0,
+    max: 0.5
+  }
+};
+var PREFERENCE_DATA_SCHEMA = {
+  source: {
+    default: "policy",
+    doc: "policy: the SFT policy's samples labelled by gold (with label noise); task: fixed pairs",
+    choices: [
+      "policy",
+      "task"
+    ]
+  },
+  prompts: {
+    default: 1e3,
+    doc: "task prompts whose SFT samples make the data (source=policy)",
+    min: 1,
+    integer: true
+  },
+  samplesPerPrompt: {
+    default: 4,
+    doc: "SFT samples per prompt; every two with different gold make a pair",
+    min: 2,
+    integer: true
+  },
+  maxNewTokens: {
+    default: 16,
+    doc: "token budget of samples (data and evaluation); cut ones keep no EOS",
+    min: 1,
+    integer: true
+  },
+  temperature: {
+    default: 1,
+    doc: "sampling temperature of the data",
+    min: 0
+  },
+  desirableThreshold: {
+    default: 0.8,
+    doc: "KTO: a sample is desirable when its gold score reaches this (correct, and one style point)",
+    min: 0,
+    max: 1
+  }
+};
+var COMMON_DEFAULTS = {
+  run: {
+    ...BUILTIN_DEFAULTS.run,
+    name: "builtin-dpo"
+  },
+  task: defaults(PREFERENCE_TASK_SCHEMA),
+  data: defaults(PREFERENCE_DATA_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft
+};
+var DPO_PIPELINE_DEFAULTS = {
+  ...COMMON_DEFAULTS,
+  dpo: {
+    ...defaults(DPO_SCHEMA),
+    steps: 300,
+    batchSize: 16
+  }
+};
+var KTO_PIPELINE_DEFAULTS = {
+  ...COMMON_DEFAULTS,
+  run: {
+    ...COMMON_DEFAULTS.run,
+    name: "builtin-kto"
+  },
+  kto: {
+    ...defaults(KTO_SCHEMA),
+    steps: 300,
+    batchSize: 16
+  }
+};
+var SECTIONS = {
+  run: RUN_SCHEMA,
+  task: PREFERENCE_TASK_SCHEMA,
+  data: PREFERENCE_DATA_SCHEMA,
+  sft: SFT_SCHEMA
+};
+function policySamples(ctx) {
+  const { cfg, state } = ctx;
+  return samplePolicy(state.sft, state.tok, state.task.prompts.slice(0, cfg.data.prompts).map((q) => q.prompt), {
+    samplesPerPrompt: cfg.data.samplesPerPrompt,
+    maxNewTokens: cfg.data.maxNewTokens,
+    maxPromptLength: 64,
+    temperature: cfg.data.temperature,
+    seed: deriveSeed(cfg.run.seed, "comparisonSamples")
+  });
+}
+async function preferencePairs(ctx) {
+  const { cfg, state } = ctx;
+  if (cfg.data.source === "task") return state.task.pairs;
+  const groups2 = await policySamples(ctx);
+  const pairs = labelComparisons(groups2, gold, {
+    labelNoise: cfg.task.labelNoise,
+    seed: deriveSeed(cfg.run.seed, "comparisonLabels")
+  });
+  ctx.log(`preference data: ${pairs.length} pairs of SFT samples (${groups2.length} prompts)`);
+  return pairs;
+}
+async function ktoExamples(ctx) {
+  const { cfg, state } = ctx;
+  if (cfg.data.source === "task") {
+    return state.task.pairs.flatMap((p) => [
+      {
+        prompt: p.prompt,
+        completion: p.chosen,
+        label: true
+      },
+      {
+        prompt: p.prompt,
+        completion: p.rejected,
+        label: false
+      }
+    ]);
+  }
+  const groups2 = await policySamples(ctx);
+  const xs = labelExamples(groups2, gold, {
+    threshold: cfg.data.desirableThreshold,
+    labelNoise: cfg.task.labelNoise,
+    seed: deriveSeed(cfg.run.seed, "comparisonLabels")
+  });
+  const good = xs.filter((x) => x.label).length;
+  ctx.log(`KTO data: ${xs.length} SFT samples, ${good} desirable, ${xs.length - good} not`);
+  return xs;
+}
+async function runMethod(ctx, spec) {
+  const { cfg, state } = ctx, sft = state.sft;
+  const policy = sft.copy();
+  ctx.own(policy);
+  const scorer = implicitReward(policy, sft, spec.beta);
+  const evaluation = (m) => evaluate(m, scorer, state.tok, state.task.evalPrompts, {
+    temperature: cfg.run.evalTemperature,
+    seed: deriveSeed(cfg.run.seed, "evaluation"),
+    maxNewTokens: cfg.data.maxNewTokens,
+    samplesPerPrompt: cfg.run.evalSamples
+  });
+  const before = await evaluation(sft);
+  ctx.log(`before ${spec.name}: gold ${before.gold.toFixed(3)}`);
+  ctx.hooks.onSamples?.("before", before.samples);
+  const history = [];
+  const trainer = await spec.trainer(ctx, policy, sft);
+  const last = await ctx.train(trainer, {
+    logEvery: 10,
+    checkpointEvery: cfg.run.stepCheckpointEvery,
+    afterLog: async (m) => {
+      if (m.step % 20 !== 0 && m.step !== trainer.total) return;
+      const probe = await probeGold(ctx, policy, scorer, m.step);
+      Object.assign(m, {
+        "gold/rollout": probe.scores.gold,
+        "gold/correct": probe.parts.correct,
+        "gold/period": probe.parts.period,
+        "gold/concise": probe.parts.concise,
+        "objective/scores": probe.scores.score,
+        "objective/kl": probe.scores.score / spec.beta
+      });
+      history.push(probe.scores);
+    }
+  });
+  await ctx.hooks.saveCheckpoint?.(spec.name, await saveOptModel(policy, {
+    stage: spec.name
+  }));
+  const after = await evaluation(policy);
+  ctx.log(`after ${spec.name}: gold ${after.gold.toFixed(3)}`);
+  ctx.hooks.onSamples?.("after", after.samples);
+  const spread = (e) => ({
+    ...e,
+    ...goldSpread(e.samples.map((x) => x.gold))
+  });
+  const verdict = detectRewardHacking(history, {
+    before: spread(before),
+    after: spread(after)
+  });
+  ctx.log(describeVerdict(verdict));
+  Object.assign(ctx.summary, evaluationSummary(before, after), {
+    "objective/kl": after.score / spec.beta,
+    reward_hacking: verdict,
+    [`${spec.name}/loss`]: last[`${spec.name}/loss`] ?? last["simpo/loss"] ?? NaN
+  });
+}
+async function probeGold(ctx, policy, scorer, step) {
+  const { cfg, state } = ctx, n = state.task.prompts.length;
+  const prompts = Array.from({
+    length: 32
+  }, (_, i) => state.task.prompts[(step + i) % n].prompt);
+  const samples = await sampleAndScore(policy, scorer, state.tok, prompts, {
+    temperature: cfg.data.temperature,
+    seed: rolloutSeed(deriveSeed(cfg.run.seed, "goldProbe"), step),
+    maxNewTokens: cfg.data.maxNewTokens,
+    maxPromptLength: 64
+  });
+  const golds = samples.map((s) => gold(s.prompt, s.response));
+  const parts = samples.map((s) => goldParts(parseQuestion(s.prompt), s.response));
+  const mean = (xs) => xs.reduce((a, v) => a + v, 0) / xs.length;
+  return {
+    scores: {
+      iteration: step,
+      score: mean(samples.map((s) => s.score)),
+      gold: mean(golds),
+      ...goldSpread(golds)
+    },
+    parts: {
+      correct: mean(parts.map((p) => p.correct)),
+      period: mean(parts.map((p) => p.period)),
+      concise: mean(parts.map((p) => p.concise))
+    }
+  };
+}
+var DPO_STAGE = {
+  name: "dpo",
+  doc: "DPO / IPO / hinge / robust / SimPO on gold-labelled comparisons of SFT samples",
+  run: (ctx) => runMethod(ctx, {
+    name: "dpo",
+    beta: ctx.cfg.dpo.beta,
+    trainer: async (c, policy, sft) => {
+      const d = ctx.cfg.dpo, seed = ctx.cfg.run.seed;
+      const simpo = d.lossType === "simpo";
+      return new DpoTrainer(policy, simpo ? void 0 : sft, c.state.tok, await preferencePairs(c), {
+        ...d,
+        seed: d.seed + seed
+      });
+    }
+  })
+};
+var KTO_STAGE = {
+  name: "kto",
+  doc: "KTO on gold-thresholded (desirable / undesirable) SFT samples",
+  run: (ctx) => runMethod(ctx, {
+    name: "kto",
+    beta: ctx.cfg.kto.beta,
+    trainer: async (c, policy, sft) => {
+      const t = new KtoTrainer(policy, sft, c.state.tok, await ktoExamples(c), {
+        ...ctx.cfg.kto,
+        seed: ctx.cfg.kto.seed + ctx.cfg.run.seed
+      });
+      for (const w of t.warnings) c.log(`warning: ${w}`);
+      return t;
+    }
+  })
+};
+function init(_gpu, cfg) {
+  return Promise.resolve({
+    tok: new ByteTokenizer(),
+    task: makeBuiltinTask(cfg.run.seed, {
+      // the same draws as the PPO pipeline's task: the same SFT data, prompts and eval prompts
+      pairs: cfg.task.pairs,
+      labelNoise: cfg.task.labelNoise
+    })
+  });
+}
+var DPO_PIPELINE = {
+  name: "builtin-dpo",
+  doc: "SFT \u2192 DPO (sigmoid / ipo / hinge / robust / simpo) on the built-in arithmetic task",
+  sections: {
+    ...SECTIONS,
+    dpo: DPO_SCHEMA
+  },
+  defaults: DPO_PIPELINE_DEFAULTS,
+  stages: [
+    SFT_STAGE,
+    DPO_STAGE
+  ],
+  init
+};
+var KTO_PIPELINE = {
+  name: "builtin-kto",
+  doc: "SFT \u2192 KTO on the built-in arithmetic task",
+  sections: {
+    ...SECTIONS,
+    kto: KTO_SCHEMA
+  },
+  defaults: KTO_PIPELINE_DEFAULTS,
+  stages: [
+    SFT_STAGE,
+    KTO_STAGE
+  ],
+  init
+};
+var PREFERENCE_PRESETS = {
+  dpo: {
+    pipeline: "builtin-dpo",
+    overrides: {}
+  },
+  ipo: {
+    pipeline: "builtin-dpo",
+    overrides: {
+      "dpo.lossType": "ipo",
+      "run.name": "builtin-ipo"
+    }
+  },
+  hinge: {
+    pipeline: "builtin-dpo",
+    overrides: {
+      "dpo.lossType": "hinge",
+      "run.name": "builtin-hinge"
+    }
+  },
+  robust: {
+    pipeline: "builtin-dpo",
+    overrides: {
+      "dpo.lossType": "robust",
+      "dpo.labelSmoothing": 0.1,
+      "run.name": "builtin-robust"
+    }
+  },
+  simpo: {
+    pipeline: "builtin-dpo",
+    overrides: {
+      "dpo.lossType": "simpo",
+      "dpo.beta": 2,
+      "run.name": "builtin-simpo"
+    }
+  },
+  kto: {
+    pipeline: "builtin-kto",
+    overrides: {}
+  }
+};
+
+// trainer/checkpoint_preference.ts
+var PREFERENCE_RUN_SCHEMA = {
+  name: runNameField("checkpoint-dpo"),
+  seed: {
+    default: 1,
+    doc: "seed of the data order and the samples",
+    integer: true
+  },
+  ...checkpointFields(100, "DPO / KTO"),
+  evalPrompts: {
+    default: 16,
+    doc: "held-out prompts sampled before and after",
+    min: 1,
+    integer: true
+  },
+  evalTemperature: {
+    default: 0.7,
+    doc: "temperature of the evaluation samples",
+    min: 0
+  },
+  maxNewTokens: {
+    default: 32,
+    doc: "token budget of the evaluation samples",
+    min: 1,
+    integer: true
+  }
+};
+var PREFERENCE_FILES_SCHEMA = {
+  policy: {
+    default: "",
+    doc: "policy checkpoint folder (HF OPT: config.json, model.safetensors)"
+  },
+  reference: {
+    default: "",
+    doc: "reference checkpoint folder (default: the policy's)"
+  },
+  tokenizer: {
+    default: "",
+    doc: "folder with vocab.json and merges.txt (default: the policy folder; none for a 260-token byte vocabulary)"
+  },
+  pairs: {
+    default: "",
+    doc: "DPO pairs JSONL ({prompt,chosen,rejected} or hh-rlhf; .gz ok)"
+  },
+  kto: {
+    default: "",
+    doc: "KTO examples JSONL ({prompt, completion, label}; .gz ok)"
+  },
+  evalPairs: {
+    default: "",
+    doc: "held-out pairs / examples (default: the last data.heldOut records of the training file)"
+  },
+  heldOut: {
+    default: 64,
+    doc: "records held out when evalPairs is not given",
+    min: 1,
+    integer: true
+  }
+};
+function join(dir, file) {
+  return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
+}
+async function loadModel(io, dir, gpu2, frozen) {
+  const config = new TextDecoder().decode(await io.read(join(dir, "config.json")));
+  return loadOptModel(gpu2, config, await io.read(join(dir, "model.safetensors")), {
+    frozen
+  }).model;
+}
+async function loadTokenizer(io, cfg) {
+  const dir = cfg.data.tokenizer || cfg.data.policy;
+  const text = async (p) => await decodeText(await io.read(p), p);
+  let vocab;
+  try {
+    vocab = await text(join(dir, "vocab.json"));
+  } catch {
+    vocab = void 0;
+  }
+  if (vocab !== void 0) return BpeTokenizer.fromText(vocab, await text(join(dir, "merges.txt")));
+  const config = JSON.parse(await text(join(cfg.data.policy, "config.json")));
+  if (config.vocab_size === 260) return new ByteTokenizer();
+  throw new ConfigError(`no vocab.json in ${dir} and the policy's vocabulary is ${config.vocab_size} tokens (the byte tokenizer needs 260): give data.tokenizer`);
+}
+async function loadData(io, cfg, method) {
+  const d = cfg.data, file = method === "dpo" ? d.pairs : d.kto;
+  const read = async (p) => {
+    const t = await decodeText(await io.read(p), p);
+    return method === "dpo" ? readPairs(t, p) : readKto(t, p);
+  };
+  let train = await read(file);
+  let heldOut;
+  if (d.evalPairs) heldOut = await read(d.evalPairs);
+  else {
+    if (train.length <= d.heldOut) {
+      throw new ConfigError(`data.${method === "dpo" ? "pairs" : "kto"} has ${train.length} records: not enough to hold out data.heldOut = ${d.heldOut} (give data.evalPairs or lower it)`);
+    }
+    heldOut = train.slice(train.length - d.heldOut);
+    train = train.slice(0, train.length - d.heldOut);
+  }
+  if (heldOut.length === 0) throw new DataError(`data.evalPairs (${d.evalPairs}) has no records`);
+  return {
+    train,
+    heldOut
+  };
+}
+function checkConfig(method) {
+  return (cfg) => {
+    const need = [
+      "policy",
+      method === "dpo" ? "pairs" : "kto"
+    ];
+    for (const k of need) {
+      if (!cfg.data[k]) {
+        throw new ConfigError(`data.${k} is required by --method=${method} on your own data (${PREFERENCE_FILES_SCHEMA[k].doc})`);
+      }
+    }
+  };
+}
+function methodStage(method) {
+  return {
+    name: method,
+    doc: method === "dpo" ? "DPO / IPO / hinge / robust / SimPO of a checkpoint" : "KTO of a checkpoint",
+    async run(ctx) {
+      const { gpu: gpu2, cfg, state } = ctx, d = cfg.data;
+      const m = method === "dpo" ? cfg.dpo : cfg.kto;
+      const simpo = method === "dpo" && m.lossType === "simpo";
+      const policy = await loadModel(state.io, d.policy, gpu2, false);
+      ctx.own(policy);
+      if (policy.config.vocab_size < state.tok.vocabSize) {
+        throw new ConfigError(`the tokenizer has ${state.tok.vocabSize} tokens but the policy's vocabulary is ${policy.config.vocab_size}`);
+      }
+      const reference = await loadModel(state.io, d.reference || d.policy, gpu2, true);
+      ctx.own(reference);
+      const prompts = [
+        ...new Set(state.heldOut.map((x) => x.prompt))
+      ].slice(0, cfg.run.evalPrompts);
+      const sample = (p) => sampleAndScore(p, implicitReward(p, reference, m.beta), state.tok, prompts, {
+        temperature: cfg.run.evalTemperature,
+        seed: deriveSeed(cfg.run.seed, "evaluation"),
+        maxNewTokens: cfg.run.maxNewTokens,
+        maxPromptLength: Math.max(1, policy.config.max_position_embeddings - cfg.run.maxNewTokens)
+      });
+      const evalPairs = async () => method === "dpo" ? await evaluatePreferences(policy, simpo ? void 0 : reference, state.tok, state.heldOut, m) : void 0;
+      const before = await sample(policy);
+      ctx.hooks.onSamples?.("before", noGold(before));
+      const trainer = method === "dpo" ? new DpoTrainer(policy, simpo ? void 0 : reference, state.tok, state.train, {
+        ...m,
+        seed: m.seed + cfg.run.seed
+      }) : new KtoTrainer(policy, reference, state.tok, state.train, {
+        ...m,
+        seed: m.seed + cfg.run.seed
+      });
+      for (const w of trainer.warnings ?? []) ctx.log(`warning: ${w}`);
+      await ctx.train(trainer, {
+        logEvery: 10,
+        checkpointEvery: cfg.run.stepCheckpointEvery
+      });
+      await ctx.hooks.saveCheckpoint?.(method, await saveOptModel(policy, {
+        stage: method
+      }));
+      const after = await sample(policy);
+      ctx.hooks.onSamples?.("after", noGold(after));
+      const held = await evalPairs();
+      const mean = (s) => s.reduce((a, x) => a + x.score, 0) / s.length;
+      if (held) {
+        ctx.log(`held-out pairs: implicit-reward accuracy ${held.accuracy.toFixed(3)}, margin ` + held.margin.toFixed(3));
+      }
+      Object.assign(ctx.summary, {
+        ...held ? {
+          "eval/rewards/accuracies": held.accuracy,
+          "eval/rewards/margins": held.margin
+        } : {},
+        "score/before": mean(before),
+        "score/after": mean(after),
+        "objective/kl": mean(after) / m.beta,
+        samples_before: noGold(before.slice(0, 8)),
+        samples_after: noGold(after.slice(0, 8))
+      });
+    }
+  };
+}
+function noGold(s) {
+  return s.map((x) => ({
+    prompt: x.prompt,
+    response: x.response,
+    score: x.score,
+    gold: NaN
+  }));
+}
+var RUN_DEFAULTS = defaults(PREFERENCE_RUN_SCHEMA);
+function checkpointPreferencePipeline(io, method) {
+  const schema = method === "dpo" ? DPO_SCHEMA : KTO_SCHEMA;
+  return {
+    name: `checkpoint-${method}`,
+    doc: `${method.toUpperCase()} of a local OPT checkpoint on your preference data`,
+    sections: {
+      run: PREFERENCE_RUN_SCHEMA,
+      data: PREFERENCE_FILES_SCHEMA,
+      [method]: schema
+    },
+    defaults: {
+      run: {
+        ...RUN_DEFAULTS,
+        name: `checkpoint-${method}`
+      },
+      data: defaults(PREFERENCE_FILES_SCHEMA),
+      [method]: {
+        ...defaults(schema),
+        lr: 5e-6
+      }
+    },
+    stages: [
+      methodStage(method)
+    ],
+    validate: checkConfig(method),
+    init: async (_gpu, cfg) => {
+      checkConfig(method)(cfg);
+      const { train, heldOut } = await loadData(io, cfg, method);
+      return {
+        io,
+        tok: await loadTokenizer(io, cfg),
+        train,
+        heldOut
+      };
+    }
+  };
 }
 
 // trainer/recipe.ts
@@ -7666,6 +9456,13 @@ var RECIPE_LORA_SCHEMA = {
     doc: "comma-separated adapted linears"
   }
 };
+var RECIPE_SCHEMAS = {
+  run: RECIPE_RUN_SCHEMA,
+  data: RECIPE_DATA_SCHEMA,
+  lora: RECIPE_LORA_SCHEMA,
+  rm: RM_SCHEMA,
+  ppo: PPO_SCHEMA
+};
 var SIMPLE_RLHF_TINY = {
   run: defaults(RECIPE_RUN_SCHEMA),
   data: defaults(RECIPE_DATA_SCHEMA),
@@ -7700,14 +9497,273 @@ var SIMPLE_RLHF_TINY = {
     ptxMaxLength: 256
   }
 };
+function loraTargets(s) {
+  const known = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "fc1",
+    "fc2"
+  ];
+  const t = s.split(",").map((x) => x.trim()).filter((x) => x);
+  for (const x of t) {
+    if (!known.includes(x)) {
+      throw new ConfigError(`lora.targets: unknown module "${x}" (known: ${known.join(", ")})`);
+    }
+  }
+  if (!t.length) throw new ConfigError("lora.targets: name at least one module");
+  return t;
+}
+function join2(dir, file) {
+  return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
+}
+function checkRecipeConfig(cfg) {
+  const d = cfg.data;
+  for (const k of [
+    "actor",
+    "critic",
+    "pairs"
+  ]) {
+    if (!d[k]) {
+      throw new ConfigError(`data.${k} is required by the checkpoint recipe (${RECIPE_DATA_SCHEMA[k].doc})`);
+    }
+  }
+  if (cfg.ppo.ptxCoef > 0 && !d.ptx) {
+    throw new ConfigError("ppo.ptxCoef > 0 needs data.ptx (a {prompt, completion} JSONL file)");
+  }
+  loraTargets(cfg.lora.targets);
+}
+async function loadRecipeInputs(cfg, io) {
+  const d = cfg.data;
+  checkRecipeConfig(cfg);
+  const text = async (p) => await decodeText(await io.read(p), p);
+  const tokDir = d.tokenizer || d.actor;
+  const tokenizer = BpeTokenizer.fromText(await text(join2(tokDir, "vocab.json")), await text(join2(tokDir, "merges.txt")));
+  let pairs = readPairs(await text(d.pairs), d.pairs);
+  let evalPairs;
+  if (d.evalPairs) evalPairs = readPairs(await text(d.evalPairs), d.evalPairs);
+  else {
+    if (pairs.length <= d.heldOutPairs) {
+      throw new ConfigError(`data.pairs has ${pairs.length} pairs: not enough to hold out data.heldOutPairs = ${d.heldOutPairs} (give data.evalPairs or lower it)`);
+    }
+    evalPairs = pairs.slice(pairs.length - d.heldOutPairs);
+    pairs = pairs.slice(0, pairs.length - d.heldOutPairs);
+  }
+  const prompts = d.prompts ? readPrompts(await text(d.prompts), d.prompts).map((p) => p.prompt) : pairs.map((p) => p.prompt);
+  const evalPrompts = [
+    ...new Set(evalPairs.map((p) => p.prompt))
+  ].slice(0, cfg.run.evalPrompts);
+  const ptx = d.ptx ? readSft(await text(d.ptx), d.ptx) : void 0;
+  const empty = [
+    [
+      `data.pairs (${d.pairs})`,
+      pairs
+    ],
+    [
+      `data.evalPairs (${d.evalPairs || "held out of data.pairs"})`,
+      evalPairs
+    ],
+    [
+      `data.prompts (${d.prompts || "the pairs' prompts"})`,
+      prompts
+    ],
+    [
+      `data.ptx (${d.ptx})`,
+      ptx
+    ]
+  ];
+  for (const [what, xs] of empty) {
+    if (xs && xs.length === 0) throw new DataError(`${what} has no records`);
+  }
+  for (const [key, dir] of [
+    [
+      "data.actor",
+      d.actor
+    ],
+    [
+      "data.critic",
+      d.critic
+    ]
+  ]) {
+    const c = parseOptConfig(JSON.parse(await text(join2(dir, "config.json"))));
+    const need = cfg.ppo.maxPromptLength + cfg.ppo.maxNewTokens;
+    if (need > c.max_position_embeddings) {
+      throw new ConfigError(`ppo.maxPromptLength ${cfg.ppo.maxPromptLength} + ppo.maxNewTokens ${cfg.ppo.maxNewTokens} = ${need} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
+    }
+    if (key === "data.critic" && cfg.rm.maxLength > c.max_position_embeddings) {
+      throw new ConfigError(`rm.maxLength ${cfg.rm.maxLength} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
+    }
+  }
+  return {
+    tokenizer,
+    pairs,
+    evalPairs,
+    prompts,
+    evalPrompts,
+    ptx
+  };
+}
+async function loadCheckpoint(gpu2, io, dir, opts) {
+  const config = new TextDecoder().decode(await io.read(join2(dir, "config.json")));
+  const weights = await io.read(join2(dir, "model.safetensors"));
+  return loadOptModel(gpu2, config, weights, opts).model;
+}
+var RECIPE_RM_STAGE = {
+  name: "rm",
+  doc: "reward model from a local OPT checkpoint on preference pairs",
+  async run(ctx) {
+    const { gpu: gpu2, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
+    let rm = await ctx.finished({
+      valueHead: true
+    });
+    const trained = !rm;
+    if (!rm) {
+      rm = await loadCheckpoint(gpu2, state.io, cfg.data.critic, {
+        valueHead: true
+      });
+      ctx.log(`reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`);
+      ctx.own(rm);
+      await ctx.train(new RewardTrainer(rm, tok, inputs.pairs, {
+        ...cfg.rm,
+        seed: cfg.rm.seed + cfg.run.seed
+      }), {
+        logEvery: 10,
+        checkpointEvery: cfg.run.stepCheckpointEvery
+      });
+      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
+        stage: "rm"
+      }));
+    } else ctx.own(rm);
+    state.rm = rm;
+    const rmEval = await evaluateRewardModel(rm, tok, inputs.evalPairs, {
+      maxLength: cfg.rm.maxLength,
+      batchSize: 8
+    });
+    const stats = {
+      "rm/accuracy": rmEval.accuracy,
+      "rm/margin": rmEval.margin
+    };
+    if (trained) await ctx.hooks.onMetrics?.("rm", stats);
+    ctx.log(`reward model held-out accuracy ${rmEval.accuracy.toFixed(3)} on ${inputs.evalPairs.length} pairs, margin ${rmEval.margin.toFixed(3)}`);
+    Object.assign(ctx.summary, stats);
+  }
+};
+var RECIPE_PPO_STAGE = {
+  name: "ppo",
+  doc: "PPO of a LoRA-adapted actor checkpoint against the reward model",
+  async run(ctx) {
+    const { gpu: gpu2, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
+    const actor = await loadCheckpoint(gpu2, state.io, cfg.data.actor, {
+      frozen: true
+    });
+    ctx.own(actor);
+    if (actor.config.vocab_size < tok.vocabSize) {
+      throw new ConfigError(`the tokenizer has ${tok.vocabSize} tokens but the actor's vocabulary is ${actor.config.vocab_size}`);
+    }
+    const lora = actor.attachLora({
+      r: cfg.lora.r,
+      alpha: cfg.lora.alpha,
+      targets: loraTargets(cfg.lora.targets)
+    }, cfg.run.seed);
+    const critic = state.rm.copy(), reward = state.rm.copy({
+      frozen: true
+    });
+    ctx.own(critic, reward);
+    state.rm.store.dispose();
+    const evalOpts = {
+      temperature: cfg.run.evalTemperature,
+      seed: deriveSeed(cfg.run.seed, "evaluation"),
+      maxNewTokens: cfg.ppo.maxNewTokens,
+      maxPromptLength: cfg.ppo.maxPromptLength
+    };
+    const mean = (s) => s.reduce((a, x) => a + x.score, 0) / s.length;
+    const noGold2 = (s) => s.map((x) => ({
+      prompt: x.prompt,
+      response: x.response,
+      score: x.score,
+      gold: NaN
+    }));
+    const before = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
+    ctx.log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
+    ctx.hooks.onSamples?.("before", noGold2(before));
+    const trainer = new PpoTrainer({
+      actor,
+      critic,
+      reward
+    }, tok, {
+      prompts: inputs.prompts,
+      ptx: inputs.ptx
+    }, {
+      ...cfg.ppo,
+      seed: cfg.ppo.seed + cfg.run.seed
+    });
+    const last = await ctx.train(trainer, {
+      unit: "iteration",
+      logEvery: 1,
+      checkpointEvery: cfg.run.checkpointEvery,
+      stopAfter: ctx.opts.stopAfterIteration,
+      afterLog: () => ctx.hooks.onSamples?.("ppo", noGold2(trainer.lastSamples))
+    });
+    const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
+    ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
+    ctx.hooks.onSamples?.("after", noGold2(after));
+    actor.mergeLora();
+    await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
+      stage: "ppo"
+    }));
+    lora.store.dispose();
+    Object.assign(ctx.summary, {
+      "score/before": mean(before),
+      "score/after": mean(after),
+      "objective/kl": last["objective/kl"] ?? 0,
+      samples_before: noGold2(before.slice(0, 8)),
+      samples_after: noGold2(after.slice(0, 8))
+    });
+  }
+};
+function recipePipeline(io) {
+  return {
+    name: "simple-rlhf-tiny",
+    doc: "reward model from a local OPT checkpoint \u2192 PPO of a LoRA-adapted OPT actor",
+    sections: RECIPE_SCHEMAS,
+    defaults: SIMPLE_RLHF_TINY,
+    stages: [
+      RECIPE_RM_STAGE,
+      RECIPE_PPO_STAGE
+    ],
+    init: async (_gpu, cfg) => ({
+      io,
+      inputs: await loadRecipeInputs(cfg, io)
+    }),
+    validate: checkRecipeConfig
+  };
+}
 
 // trainer/registry.ts
+var PIPELINES = {
+  builtin: () => BUILTIN_PIPELINE,
+  "builtin-dpo": () => DPO_PIPELINE,
+  "builtin-kto": () => KTO_PIPELINE,
+  "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
+  "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
+  "simple-rlhf-tiny": recipePipeline
+};
 var PRESETS = {
   ...Object.fromEntries(Object.entries(PIPELINE_PRESETS).map(([k, v]) => [
     k,
     {
       pipeline: "builtin",
       overrides: v
+    }
+  ])),
+  ...PREFERENCE_PRESETS,
+  // the same methods on your own checkpoint and data (`--method=X --data.policy=DIR`)
+  ...Object.fromEntries(Object.entries(PREFERENCE_PRESETS).map(([k, v]) => [
+    `checkpoint-${k}`,
+    {
+      pipeline: v.pipeline.replace("builtin-", "checkpoint-"),
+      overrides: Object.fromEntries(Object.entries(v.overrides).filter(([key]) => key !== "run.name"))
     }
   ])),
   "simple-rlhf-tiny": {
@@ -7819,17 +9875,33 @@ async function setup() {
 function gate() {
   return paused ? new Promise((r) => wake = r) : Promise.resolve();
 }
-async function start(overrides, resume) {
+var NO_FILES = {
+  read: () => Promise.reject(new Error("the demo reads no files"))
+};
+async function start(method, overrides, resume) {
   const { gpu: gpu2, storage: storage2 } = await setup();
-  let cfg;
+  let name, cfg;
   if (resume) {
     const saved = await storage2.read("config.json");
     if (!saved) throw new Error("no saved run in this browser's storage to resume");
-    cfg = JSON.parse(new TextDecoder().decode(saved));
+    const { pipeline, ...sections } = JSON.parse(new TextDecoder().decode(saved));
+    name = pipeline ?? "builtin";
+    cfg = sections;
   } else {
-    cfg = resolvePipelineConfig(overrides);
-    await storage2.write("config.json", JSON.stringify(cfg, null, 2));
+    const preset = PRESETS[method === "ppo" ? "builtin" : method];
+    if (!preset) throw new Error(`unknown method ${method}`);
+    name = preset.pipeline;
+    const def2 = PIPELINES[name](NO_FILES);
+    cfg = resolveSections(def2.sections, {
+      ...preset.overrides,
+      ...overrides
+    }, def2.defaults);
+    await storage2.write("config.json", JSON.stringify({
+      pipeline: name,
+      ...cfg
+    }, null, 2));
   }
+  const def = PIPELINES[name](NO_FILES);
   post({
     type: "config",
     config: cfg
@@ -7867,15 +9939,15 @@ async function start(overrides, resume) {
         bytes: files.weights.byteLength
       });
     },
-    saveState: (name, data) => storage2.write(name, data),
-    removeState: (name) => storage2.remove(name),
-    loadState: async (name) => {
-      const bytes = await storage2.read(name);
+    saveState: (name2, data) => storage2.write(name2, data),
+    removeState: (name2) => storage2.remove(name2),
+    loadState: async (name2) => {
+      const bytes = await storage2.read(name2);
       if (!bytes) return void 0;
-      return name.endsWith(".json") ? new TextDecoder().decode(bytes) : bytes;
+      return name2.endsWith(".json") ? new TextDecoder().decode(bytes) : bytes;
     }
   };
-  const summary = await runBuiltinPipeline(gpu2, cfg, hooks, {
+  const summary = await runPipeline(def, gpu2, cfg, hooks, {
     resume
   });
   const { samples_before: _b, samples_after: _a, ...numbers } = summary;
@@ -7954,7 +10026,7 @@ scope.onmessage = (e) => {
   };
   switch (msg.type) {
     case "start":
-      start(msg.overrides, msg.resume).catch(fail);
+      start(msg.method, msg.overrides, msg.resume).catch(fail);
       break;
     case "pause":
       paused = true;
