@@ -16,7 +16,7 @@ import { OPT_PRESETS, type OptConfig } from "../model/config.ts";
 import { OptModel } from "../model/opt.ts";
 import { ConfigError } from "../trainer/config.ts";
 import { resolveRecipeConfig, runRecipePipeline, SIMPLE_RLHF_TINY } from "../trainer/recipe.ts";
-import { makeBuiltinTask, toHhJsonl } from "../trainer/task.ts";
+import { makeBuiltinTask, makeRankedExamples, toHhJsonl } from "../trainer/task.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 
 const gpu = await Gpu.create();
@@ -229,6 +229,54 @@ Deno.test({
     const m = loadOptModel(gpu, ck.config, ck.weights);
     assertEquals(m.config.vocab_size, 50272);
     m.model.store.dispose();
+    await Deno.remove(f.root, { recursive: true });
+  },
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "recipe: --rm.loss=kwise trains the reward model on ranked JSONL and reports K-wise accuracy",
+  async fn() {
+    const f = await fixture();
+    const ranked = join(f.root, "ranked.jsonl");
+    await Deno.writeTextFile(
+      ranked,
+      makeRankedExamples(3, 24, { labelNoise: 0.1 }).map((x) => JSON.stringify(x)).join("\n"),
+    );
+    const read = (p: string) => Deno.readFile(p);
+    const over = {
+      ...SMALL,
+      "rm.loss": "kwise",
+      "rm.batchSize": 2,
+      "data.heldOutPairs": 4,
+      "data.actor": f.actor,
+      "data.critic": f.critic,
+      "data.pairs": ranked,
+      "ppo.ptxCoef": 0,
+    };
+    const records: Record<string, number>[] = [];
+    const summary = await runRecipePipeline(gpu, resolveRecipeConfig(over), { read }, {
+      onMetrics: (_stage, m) => void records.push(m),
+    }, { stage: "rm" });
+    assert(
+      records.some((r) => "rm/loss" in r && Number.isFinite(r["rm/loss"])),
+      "K-wise RM logged",
+    );
+    const k = (summary as unknown as Record<string, number>)["rm/kwise_accuracy"];
+    assert(k >= 0 && k <= 1, `K-wise accuracy ${k}`);
+    assert(Number.isFinite(summary["rm/accuracy"]), "best-vs-worst pairwise accuracy");
+    // one K throughout the training rankings: a ranking of 3 among rankings of 4 is named
+    await Deno.writeTextFile(
+      ranked,
+      JSON.stringify({ prompt: "x", responses: ["a", "b", "c"] }) + "\n" +
+        (await Deno.readTextFile(ranked)),
+    );
+    await assertThrows(
+      () => runRecipePipeline(gpu, resolveRecipeConfig(over), { read }),
+      Error,
+      "same number",
+    );
     await Deno.remove(f.root, { recursive: true });
   },
 });

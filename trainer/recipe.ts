@@ -35,8 +35,10 @@ import {
   DataError,
   decodeText,
   type PairExample,
+  type RankedExample,
   readPairs,
   readPrompts,
+  readRanked,
   readSft,
 } from "./data.ts";
 import {
@@ -50,7 +52,13 @@ import {
 } from "./pipeline.ts";
 import { PpoTrainer } from "./ppo.ts";
 import { deriveSeed } from "./random.ts";
-import { evaluateRewardModel, RewardTrainer } from "./rm.ts";
+import {
+  evaluateRanking,
+  evaluateRewardModel,
+  rankedK,
+  RankingRewardTrainer,
+  RewardTrainer,
+} from "./rm.ts";
 import { sampleAndScore } from "./rollout.ts";
 
 /** Run-level settings of a recipe. */
@@ -245,6 +253,9 @@ export interface RecipeInputs {
   tokenizer: Tokenizer;
   pairs: PairExample[];
   evalPairs: PairExample[];
+  /** With `rm.loss=kwise`: the ranked training examples and their held-out part. */
+  ranked?: RankedExample[];
+  evalRanked?: RankedExample[];
   prompts: string[];
   evalPrompts: string[];
   ptx?: { prompt: string; completion: string }[];
@@ -279,19 +290,8 @@ export async function loadRecipeInputs(cfg: RecipeConfig, io: RecipeIo): Promise
     await text(join(tokDir, "vocab.json")),
     await text(join(tokDir, "merges.txt")),
   );
-  let pairs = readPairs(await text(d.pairs), d.pairs);
-  let evalPairs: PairExample[];
-  if (d.evalPairs) evalPairs = readPairs(await text(d.evalPairs), d.evalPairs);
-  else {
-    if (pairs.length <= d.heldOutPairs) {
-      throw new ConfigError(
-        `data.pairs has ${pairs.length} pairs: not enough to hold out data.heldOutPairs = ` +
-          `${d.heldOutPairs} (give data.evalPairs or lower it)`,
-      );
-    }
-    evalPairs = pairs.slice(pairs.length - d.heldOutPairs);
-    pairs = pairs.slice(0, pairs.length - d.heldOutPairs);
-  }
+  const split = await trainingPairs(cfg, text);
+  const { pairs, evalPairs } = split;
   const prompts = d.prompts
     ? readPrompts(await text(d.prompts), d.prompts).map((p) => p.prompt)
     : pairs.map((p) => p.prompt);
@@ -323,7 +323,39 @@ export async function loadRecipeInputs(cfg: RecipeConfig, io: RecipeIo): Promise
       );
     }
   }
-  return { tokenizer, pairs, evalPairs, prompts, evalPrompts, ptx };
+  return { ...split, tokenizer, prompts, evalPrompts, ptx };
+}
+
+/**
+ * The reward model's data and its held-out part: pairs, or with `rm.loss=kwise` ranked examples
+ * `{prompt, responses[best…worst]}` (one K throughout) — their best/worst pairs then serve the
+ * pairwise held-out accuracy and the prompts.
+ */
+async function trainingPairs(
+  cfg: RecipeConfig,
+  text: (p: string) => Promise<string>,
+): Promise<Pick<RecipeInputs, "pairs" | "evalPairs" | "ranked" | "evalRanked">> {
+  const d = cfg.data, kwise = cfg.rm.loss === "kwise";
+  const read = async (p: string) =>
+    kwise ? readRanked(await text(p), p) : readPairs(await text(p), p);
+  let train: (PairExample | RankedExample)[] = await read(d.pairs), held;
+  if (d.evalPairs) held = await read(d.evalPairs);
+  else {
+    if (train.length <= d.heldOutPairs) {
+      throw new ConfigError(
+        `data.pairs has ${train.length} ${kwise ? "rankings" : "pairs"}: not enough to hold ` +
+          `out data.heldOutPairs = ${d.heldOutPairs} (give data.evalPairs or lower it)`,
+      );
+    }
+    held = train.slice(train.length - d.heldOutPairs);
+    train = train.slice(0, train.length - d.heldOutPairs);
+  }
+  if (!kwise) return { pairs: train as PairExample[], evalPairs: held as PairExample[] };
+  const ranked = train as RankedExample[], evalRanked = held as RankedExample[];
+  if (ranked.length) rankedK(ranked, `data.pairs (${d.pairs})`);
+  const ends = (xs: RankedExample[]) =>
+    xs.map((x) => ({ prompt: x.prompt, chosen: x.responses[0], rejected: x.responses.at(-1)! }));
+  return { pairs: ends(ranked), evalPairs: ends(evalRanked), ranked, evalRanked };
 }
 
 async function loadCheckpoint(
@@ -360,8 +392,11 @@ const RECIPE_RM_STAGE: Stage<RecipeConfig, RecipeState> = {
         `reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`,
       );
       ctx.own(rm);
+      const rmCfg = { ...cfg.rm, seed: cfg.rm.seed + cfg.run.seed };
       await ctx.train(
-        new RewardTrainer(rm, tok, inputs.pairs, { ...cfg.rm, seed: cfg.rm.seed + cfg.run.seed }),
+        inputs.ranked
+          ? new RankingRewardTrainer(rm, tok, inputs.ranked, rmCfg)
+          : new RewardTrainer(rm, tok, inputs.pairs, rmCfg),
         { logEvery: 10, checkpointEvery: cfg.run.stepCheckpointEvery },
       );
       await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
@@ -371,7 +406,17 @@ const RECIPE_RM_STAGE: Stage<RecipeConfig, RecipeState> = {
       maxLength: cfg.rm.maxLength,
       batchSize: 8,
     });
-    const stats = { "rm/accuracy": rmEval.accuracy, "rm/margin": rmEval.margin };
+    const stats: Record<string, number> = {
+      "rm/accuracy": rmEval.accuracy,
+      "rm/margin": rmEval.margin,
+    };
+    if (inputs.evalRanked) {
+      stats["rm/kwise_accuracy"] = (await evaluateRanking(rm, tok, inputs.evalRanked, {
+        maxLength: cfg.rm.maxLength,
+        batchSize: 4,
+      })).accuracy;
+      ctx.log(`reward model K-wise accuracy ${stats["rm/kwise_accuracy"].toFixed(3)} (all pairs)`);
+    }
     if (trained) await ctx.hooks.onMetrics?.("rm", stats);
     ctx.log(
       `reward model held-out accuracy ${
