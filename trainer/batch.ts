@@ -6,6 +6,7 @@
  */
 
 import type { Tokenizer } from "../model/tokenizer.ts";
+import type { PairExample } from "./data.ts";
 import { Mulberry32, permutation } from "./random.ts";
 import { CheckpointError, checkStateNumber } from "./types.ts";
 
@@ -60,6 +61,37 @@ export function encodePairs(
     }
   });
   return { B, T, tokens, mask, responseMask, targets };
+}
+
+/**
+ * A batch of preference pairs as `2P` rows, `[chosen_0 … chosen_{P−1}, rejected_0 …]` (the
+ * reward model's and DPO's concatenated forward); cut responses keep no EOS.
+ */
+export function encodePairBatch(
+  tok: Tokenizer,
+  pairs: readonly PairExample[],
+  maxLength: number,
+): HostBatch {
+  return encodePairs(
+    tok,
+    [
+      ...pairs.map((p) => ({ prompt: p.prompt, response: p.chosen, truncated: p.chosenTruncated })),
+      ...pairs.map((p) => ({
+        prompt: p.prompt,
+        response: p.rejected,
+        truncated: p.rejectedTruncated,
+      })),
+    ],
+    { maxLength },
+  );
+}
+
+/**
+ * The response mask in log-prob space of a completion-only batch: `logp[t]` scores token
+ * `t + 1`, so position t counts where a target is set.
+ */
+export function actionMaskOf(b: HostBatch): Float32Array {
+  return Float32Array.from(b.targets, (t) => (t >= 0 ? 1 : 0));
 }
 
 /** `[BOS] + last (max − 1) tokens` of an encoded prompt longer than `max`. */

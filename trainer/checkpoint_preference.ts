@@ -40,7 +40,7 @@ import { KTO_SCHEMA, type KtoConfig, KtoTrainer } from "./kto.ts";
 import { implicitReward } from "./logprobs.ts";
 import type { PipelineDefinition, Stage, StageContext } from "./pipeline.ts";
 import { deriveSeed } from "./random.ts";
-import type { RecipeIo } from "./recipe.ts";
+import { RECIPE_RUN_SCHEMA, type RecipeIo } from "./recipe.ts";
 import { sampleAndScore, type ScoredSample } from "./rollout.ts";
 import type { Trainer } from "./types.ts";
 
@@ -69,13 +69,8 @@ export const PREFERENCE_RUN_SCHEMA: Schema<PreferenceRunConfig> = {
   name: runNameField("checkpoint-dpo"),
   seed: { default: 1, doc: "seed of the data order and the samples", integer: true },
   ...checkpointFields(100, "DPO / KTO"),
-  evalPrompts: {
-    default: 16,
-    doc: "held-out prompts sampled before and after",
-    min: 1,
-    integer: true,
-  },
-  evalTemperature: { default: 0.7, doc: "temperature of the evaluation samples", min: 0 },
+  evalPrompts: RECIPE_RUN_SCHEMA.evalPrompts,
+  evalTemperature: RECIPE_RUN_SCHEMA.evalTemperature,
   maxNewTokens: {
     default: 32,
     doc: "token budget of the evaluation samples",

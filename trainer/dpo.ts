@@ -24,7 +24,7 @@ import type { Tensor } from "../kernels/runtime.ts";
 import { logitsBackward } from "../kernels/softmax.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { encodePairs, type HostBatch } from "./batch.ts";
+import { actionMaskOf, encodePairBatch } from "./batch.ts";
 import { type Schema, type SupervisedConfig, supervisedFields } from "./config.ts";
 import { DataError, type PairExample } from "./data.ts";
 import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
@@ -104,21 +104,8 @@ function averaged(t: PreferenceLossType): boolean {
 
 /** The `[chosen…, rejected…]` rows of a pair batch, with their response mask in logp space. */
 function pairRows(tok: Tokenizer, pairs: readonly PairExample[], maxLength: number) {
-  const b: HostBatch = encodePairs(
-    tok,
-    [
-      ...pairs.map((p) => ({ prompt: p.prompt, response: p.chosen, truncated: p.chosenTruncated })),
-      ...pairs.map((p) => ({
-        prompt: p.prompt,
-        response: p.rejected,
-        truncated: p.rejectedTruncated,
-      })),
-    ],
-    { maxLength, completionOnly: true },
-  );
-  // logp[t] scores token t + 1: the response positions are where a target is set
-  const act = Float32Array.from(b.targets, (t) => (t >= 0 ? 1 : 0));
-  return { b, act };
+  const b = encodePairBatch(tok, pairs, maxLength);
+  return { b, act: actionMaskOf(b) };
 }
 
 /**

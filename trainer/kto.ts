@@ -23,7 +23,7 @@ import type { Tensor } from "../kernels/runtime.ts";
 import { logitsBackward } from "../kernels/softmax.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { encodePairs } from "./batch.ts";
+import { actionMaskOf, encodePairs } from "./batch.ts";
 import { type Schema, type SupervisedConfig, supervisedFields } from "./config.ts";
 import { DataError, type KtoExample } from "./data.ts";
 import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
@@ -53,7 +53,7 @@ function rows(
   max: number,
 ) {
   const b = encodePairs(tok, xs, { maxLength: max, completionOnly: true });
-  return { b, act: Float32Array.from(b.targets, (t) => (t >= 0 ? 1 : 0)) };
+  return { b, act: actionMaskOf(b) };
 }
 
 /**

@@ -14,7 +14,7 @@ import { STAT } from "../kernels/reduce.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { encodePairs, type HostBatch } from "./batch.ts";
+import { encodePairBatch, encodePairs, type HostBatch } from "./batch.ts";
 import type { RmConfig } from "./config.ts";
 import type { PairExample, RankedExample } from "./data.ts";
 import { sequenceScores } from "./logprobs.ts";
@@ -22,21 +22,6 @@ import { runLoop } from "./loop.ts";
 import { optimizerStep } from "./optim.ts";
 import { SupervisedTrainer } from "./supervised.ts";
 import { assertFiniteLosses, type Metrics, type TrainHooks } from "./types.ts";
-
-function pairBatch(tok: Tokenizer, pairs: readonly PairExample[], maxLength: number): HostBatch {
-  return encodePairs(
-    tok,
-    [
-      ...pairs.map((p) => ({ prompt: p.prompt, response: p.chosen, truncated: p.chosenTruncated })),
-      ...pairs.map((p) => ({
-        prompt: p.prompt,
-        response: p.rejected,
-        truncated: p.rejectedTruncated,
-      })),
-    ],
-    { maxLength },
-  );
-}
 
 /** Token-level span per pair: from the first differing token to the later of the two ends. */
 function spans(b: HostBatch, P: number): Float32Array {
@@ -78,7 +63,7 @@ export class RewardTrainer extends SupervisedTrainer<PairExample, RmConfig> {
     return gpu.scope(async () => {
       const batch = this.nextBatch();
       const P = batch.length;
-      const b = pairBatch(this.tok, batch, cfg.maxLength);
+      const b = encodePairBatch(this.tok, batch, cfg.maxLength);
       const mask = gpu.fromArray(b.mask, [2 * P, b.T]);
       store.zeroGrads();
       const acts = model.forward(gpu.fromArray(b.tokens, [2 * P, b.T]), mask);
@@ -283,7 +268,7 @@ export async function evaluateRewardModel(
   let correct = 0, margin = 0;
   for (let i = 0; i < pairs.length; i += bs) {
     const batch = pairs.slice(i, i + bs), P = batch.length;
-    const b = pairBatch(tok, batch, o.maxLength);
+    const b = encodePairBatch(tok, batch, o.maxLength);
     const s = await gpu.scope(() =>
       gpu.readF32(
         sequenceScores(
