@@ -6446,6 +6446,25 @@ function encodePairs(tok, rows2, o) {
     targets
   };
 }
+function encodePairBatch(tok, pairs, maxLength) {
+  return encodePairs(tok, [
+    ...pairs.map((p) => ({
+      prompt: p.prompt,
+      response: p.chosen,
+      truncated: p.chosenTruncated
+    })),
+    ...pairs.map((p) => ({
+      prompt: p.prompt,
+      response: p.rejected,
+      truncated: p.rejectedTruncated
+    }))
+  ], {
+    maxLength
+  });
+}
+function actionMaskOf(b) {
+  return Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0);
+}
 function truncatePrompt(ids, max) {
   return ids.length <= max ? ids : [
     ids[0],
@@ -6771,22 +6790,6 @@ var SftTrainer = class extends SupervisedTrainer {
 };
 
 // trainer/rm.ts
-function pairBatch(tok, pairs, maxLength) {
-  return encodePairs(tok, [
-    ...pairs.map((p) => ({
-      prompt: p.prompt,
-      response: p.chosen,
-      truncated: p.chosenTruncated
-    })),
-    ...pairs.map((p) => ({
-      prompt: p.prompt,
-      response: p.rejected,
-      truncated: p.rejectedTruncated
-    }))
-  ], {
-    maxLength
-  });
-}
 function spans(b, P) {
   const { T, tokens, mask } = b;
   const span = new Float32Array(P * T);
@@ -6813,7 +6816,7 @@ var RewardTrainer = class extends SupervisedTrainer {
     return gpu2.scope(async () => {
       const batch = this.nextBatch();
       const P = batch.length;
-      const b = pairBatch(this.tok, batch, cfg.maxLength);
+      const b = encodePairBatch(this.tok, batch, cfg.maxLength);
       const mask = gpu2.fromArray(b.mask, [
         2 * P,
         b.T
@@ -7010,7 +7013,7 @@ async function evaluateRewardModel(model, tok, pairs, o) {
   let correct = 0, margin = 0;
   for (let i = 0; i < pairs.length; i += bs) {
     const batch = pairs.slice(i, i + bs), P = batch.length;
-    const b = pairBatch(tok, batch, o.maxLength);
+    const b = encodePairBatch(tok, batch, o.maxLength);
     const s = await gpu2.scope(() => gpu2.readF32(sequenceScores(model, gpu2.fromArray(b.tokens, [
       2 * P,
       b.T
@@ -7161,6 +7164,24 @@ function readPairs(text, source = "<pairs>") {
     };
   });
 }
+function readRanked(text, source = "<ranked>") {
+  return parseJsonl(text, source).map(({ line, value }) => {
+    const w = `${source}:${line}`;
+    const r = value.responses;
+    if (!Array.isArray(r) || r.length < 2 || !r.every((x) => typeof x === "string")) {
+      throw new DataError(`${w}: "responses" must be an array of at least 2 strings`);
+    }
+    if (value.margin !== void 0 && (typeof value.margin !== "number" || !Number.isFinite(value.margin))) {
+      throw new DataError(`${w}: field "margin" must be a finite number`);
+    }
+    const margin = value.margin;
+    return {
+      prompt: str(value, "prompt", w),
+      responses: r,
+      margin
+    };
+  });
+}
 function readKto(text, source = "<kto>") {
   return parseJsonl(text, source).map(({ line, value }) => {
     const w = `${source}:${line}`;
@@ -7243,25 +7264,10 @@ function averaged(t) {
   return t === "ipo" || t === "simpo";
 }
 function pairRows(tok, pairs, maxLength) {
-  const b = encodePairs(tok, [
-    ...pairs.map((p) => ({
-      prompt: p.prompt,
-      response: p.chosen,
-      truncated: p.chosenTruncated
-    })),
-    ...pairs.map((p) => ({
-      prompt: p.prompt,
-      response: p.rejected,
-      truncated: p.rejectedTruncated
-    }))
-  ], {
-    maxLength,
-    completionOnly: true
-  });
-  const act = Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0);
+  const b = encodePairBatch(tok, pairs, maxLength);
   return {
     b,
-    act
+    act: actionMaskOf(b)
   };
 }
 var DpoTrainer = class extends SupervisedTrainer {
@@ -7469,7 +7475,7 @@ function rows(tok, xs, max) {
   });
   return {
     b,
-    act: Float32Array.from(b.targets, (t) => t >= 0 ? 1 : 0)
+    act: actionMaskOf(b)
   };
 }
 var KtoTrainer = class extends SupervisedTrainer {
@@ -9155,6 +9161,393 @@ var PREFERENCE_PRESETS = {
   }
 };
 
+// trainer/recipe.ts
+var RECIPE_RUN_SCHEMA = {
+  name: runNameField("simple-rlhf-tiny"),
+  seed: {
+    default: 1,
+    doc: "seed of adapter initialisation and sampling",
+    integer: true
+  },
+  ...checkpointFields(100, "reward-model"),
+  evalPrompts: {
+    default: 16,
+    doc: "held-out prompts sampled and scored before and after PPO",
+    min: 1,
+    integer: true
+  },
+  evalTemperature: {
+    default: 0.7,
+    doc: "temperature of the evaluation samples",
+    min: 0
+  }
+};
+var RECIPE_DATA_SCHEMA = {
+  actor: {
+    default: "",
+    doc: "actor checkpoint folder (HF OPT: config.json, model.safetensors), e.g. opt-350m"
+  },
+  critic: {
+    default: "",
+    doc: "critic/reward base checkpoint folder (HF OPT), e.g. opt-125m; a v_head is added"
+  },
+  tokenizer: {
+    default: "",
+    doc: "folder with vocab.json and merges.txt (default: the actor folder)"
+  },
+  pairs: {
+    default: "",
+    doc: "preference pairs JSONL (hh-rlhf or {prompt,chosen,rejected}; .gz ok)"
+  },
+  evalPairs: {
+    default: "",
+    doc: "held-out pairs JSONL (default: the last heldOutPairs records of pairs)"
+  },
+  heldOutPairs: {
+    default: 64,
+    doc: "pairs held out of `pairs` when evalPairs is not given",
+    min: 1,
+    integer: true
+  },
+  prompts: {
+    default: "",
+    doc: "PPO prompts JSONL ({prompt} or hh-rlhf; default: the training pairs' prompts)"
+  },
+  ptx: {
+    default: "",
+    doc: "PPO-ptx data JSONL ({prompt, completion}); needed when ppo.ptxCoef > 0"
+  }
+};
+var RECIPE_LORA_SCHEMA = {
+  r: {
+    default: 128,
+    doc: "LoRA rank r",
+    min: 1,
+    integer: true
+  },
+  alpha: {
+    default: 128,
+    doc: "LoRA \u03B1 (the update is scaled by \u03B1/r)",
+    min: 0
+  },
+  targets: {
+    default: "q_proj,k_proj,v_proj,out_proj,fc1,fc2",
+    doc: "comma-separated adapted linears"
+  }
+};
+var RECIPE_SCHEMAS = {
+  run: RECIPE_RUN_SCHEMA,
+  data: RECIPE_DATA_SCHEMA,
+  lora: RECIPE_LORA_SCHEMA,
+  rm: RM_SCHEMA,
+  ppo: PPO_SCHEMA
+};
+var SIMPLE_RLHF_TINY = {
+  run: defaults(RECIPE_RUN_SCHEMA),
+  data: defaults(RECIPE_DATA_SCHEMA),
+  lora: defaults(RECIPE_LORA_SCHEMA),
+  rm: {
+    ...defaults(RM_SCHEMA),
+    loss: "token",
+    steps: 2e3,
+    batchSize: 4,
+    lr: 5e-5,
+    maxLength: 256
+  },
+  ppo: {
+    ...defaults(PPO_SCHEMA),
+    iterations: 500,
+    batchSize: 4,
+    miniBatchSize: 2,
+    ppoEpochs: 2,
+    maxNewTokens: 64,
+    maxPromptLength: 192,
+    temperature: 1,
+    actorLr: 1e-5,
+    criticLr: 5e-5,
+    gamma: 1,
+    lambda: 0.95,
+    klCoef: 0.1,
+    klEstimator: "k1",
+    scoreClip: 5,
+    clipRange: 0.2,
+    clipRangeValue: 0.2,
+    ptxBatchSize: 2,
+    ptxMaxLength: 256
+  }
+};
+function loraTargets(s) {
+  const known = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "fc1",
+    "fc2"
+  ];
+  const t = s.split(",").map((x) => x.trim()).filter((x) => x);
+  for (const x of t) {
+    if (!known.includes(x)) {
+      throw new ConfigError(`lora.targets: unknown module "${x}" (known: ${known.join(", ")})`);
+    }
+  }
+  if (!t.length) throw new ConfigError("lora.targets: name at least one module");
+  return t;
+}
+function join(dir, file) {
+  return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
+}
+function checkRecipeConfig(cfg) {
+  const d = cfg.data;
+  for (const k of [
+    "actor",
+    "critic",
+    "pairs"
+  ]) {
+    if (!d[k]) {
+      throw new ConfigError(`data.${k} is required by the checkpoint recipe (${RECIPE_DATA_SCHEMA[k].doc})`);
+    }
+  }
+  if (cfg.ppo.ptxCoef > 0 && !d.ptx) {
+    throw new ConfigError("ppo.ptxCoef > 0 needs data.ptx (a {prompt, completion} JSONL file)");
+  }
+  loraTargets(cfg.lora.targets);
+}
+async function loadRecipeInputs(cfg, io) {
+  const d = cfg.data;
+  checkRecipeConfig(cfg);
+  const text = async (p) => await decodeText(await io.read(p), p);
+  const tokDir = d.tokenizer || d.actor;
+  const tokenizer = BpeTokenizer.fromText(await text(join(tokDir, "vocab.json")), await text(join(tokDir, "merges.txt")));
+  const split = await trainingPairs(cfg, text);
+  const { pairs, evalPairs } = split;
+  const prompts = d.prompts ? readPrompts(await text(d.prompts), d.prompts).map((p) => p.prompt) : pairs.map((p) => p.prompt);
+  const evalPrompts = [
+    ...new Set(evalPairs.map((p) => p.prompt))
+  ].slice(0, cfg.run.evalPrompts);
+  const ptx = d.ptx ? readSft(await text(d.ptx), d.ptx) : void 0;
+  const empty = [
+    [
+      `data.pairs (${d.pairs})`,
+      pairs
+    ],
+    [
+      `data.evalPairs (${d.evalPairs || "held out of data.pairs"})`,
+      evalPairs
+    ],
+    [
+      `data.prompts (${d.prompts || "the pairs' prompts"})`,
+      prompts
+    ],
+    [
+      `data.ptx (${d.ptx})`,
+      ptx
+    ]
+  ];
+  for (const [what, xs] of empty) {
+    if (xs && xs.length === 0) throw new DataError(`${what} has no records`);
+  }
+  for (const [key, dir] of [
+    [
+      "data.actor",
+      d.actor
+    ],
+    [
+      "data.critic",
+      d.critic
+    ]
+  ]) {
+    const c = parseOptConfig(JSON.parse(await text(join(dir, "config.json"))));
+    const need = cfg.ppo.maxPromptLength + cfg.ppo.maxNewTokens;
+    if (need > c.max_position_embeddings) {
+      throw new ConfigError(`ppo.maxPromptLength ${cfg.ppo.maxPromptLength} + ppo.maxNewTokens ${cfg.ppo.maxNewTokens} = ${need} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
+    }
+    if (key === "data.critic" && cfg.rm.maxLength > c.max_position_embeddings) {
+      throw new ConfigError(`rm.maxLength ${cfg.rm.maxLength} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
+    }
+  }
+  return {
+    ...split,
+    tokenizer,
+    prompts,
+    evalPrompts,
+    ptx
+  };
+}
+async function trainingPairs(cfg, text) {
+  const d = cfg.data, kwise = cfg.rm.loss === "kwise";
+  const read = async (p) => kwise ? readRanked(await text(p), p) : readPairs(await text(p), p);
+  let train = await read(d.pairs), held;
+  if (d.evalPairs) held = await read(d.evalPairs);
+  else {
+    if (train.length <= d.heldOutPairs) {
+      throw new ConfigError(`data.pairs has ${train.length} ${kwise ? "rankings" : "pairs"}: not enough to hold out data.heldOutPairs = ${d.heldOutPairs} (give data.evalPairs or lower it)`);
+    }
+    held = train.slice(train.length - d.heldOutPairs);
+    train = train.slice(0, train.length - d.heldOutPairs);
+  }
+  if (!kwise) return {
+    pairs: train,
+    evalPairs: held
+  };
+  const ranked = train, evalRanked = held;
+  if (ranked.length) rankedK(ranked, `data.pairs (${d.pairs})`);
+  const ends = (xs) => xs.map((x) => ({
+    prompt: x.prompt,
+    chosen: x.responses[0],
+    rejected: x.responses.at(-1)
+  }));
+  return {
+    pairs: ends(ranked),
+    evalPairs: ends(evalRanked),
+    ranked,
+    evalRanked
+  };
+}
+async function loadCheckpoint(gpu2, io, dir, opts) {
+  const config = new TextDecoder().decode(await io.read(join(dir, "config.json")));
+  const weights = await io.read(join(dir, "model.safetensors"));
+  return loadOptModel(gpu2, config, weights, opts).model;
+}
+var RECIPE_RM_STAGE = {
+  name: "rm",
+  doc: "reward model from a local OPT checkpoint on preference pairs",
+  async run(ctx) {
+    const { gpu: gpu2, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
+    let rm = await ctx.finished({
+      valueHead: true
+    });
+    const trained = !rm;
+    if (!rm) {
+      rm = await loadCheckpoint(gpu2, state.io, cfg.data.critic, {
+        valueHead: true
+      });
+      ctx.log(`reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`);
+      ctx.own(rm);
+      const rmCfg = {
+        ...cfg.rm,
+        seed: cfg.rm.seed + cfg.run.seed
+      };
+      await ctx.train(inputs.ranked ? new RankingRewardTrainer(rm, tok, inputs.ranked, rmCfg) : new RewardTrainer(rm, tok, inputs.pairs, rmCfg), {
+        logEvery: 10,
+        checkpointEvery: cfg.run.stepCheckpointEvery
+      });
+      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
+        stage: "rm"
+      }));
+    } else ctx.own(rm);
+    state.rm = rm;
+    const rmEval = await evaluateRewardModel(rm, tok, inputs.evalPairs, {
+      maxLength: cfg.rm.maxLength,
+      batchSize: 8
+    });
+    const stats = {
+      "rm/accuracy": rmEval.accuracy,
+      "rm/margin": rmEval.margin
+    };
+    if (inputs.evalRanked) {
+      stats["rm/kwise_accuracy"] = (await evaluateRanking(rm, tok, inputs.evalRanked, {
+        maxLength: cfg.rm.maxLength,
+        batchSize: 4
+      })).accuracy;
+      ctx.log(`reward model K-wise accuracy ${stats["rm/kwise_accuracy"].toFixed(3)} (all pairs)`);
+    }
+    if (trained) await ctx.hooks.onMetrics?.("rm", stats);
+    ctx.log(`reward model held-out accuracy ${rmEval.accuracy.toFixed(3)} on ${inputs.evalPairs.length} pairs, margin ${rmEval.margin.toFixed(3)}`);
+    Object.assign(ctx.summary, stats);
+  }
+};
+var RECIPE_PPO_STAGE = {
+  name: "ppo",
+  doc: "PPO of a LoRA-adapted actor checkpoint against the reward model",
+  async run(ctx) {
+    const { gpu: gpu2, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
+    const actor = await loadCheckpoint(gpu2, state.io, cfg.data.actor, {
+      frozen: true
+    });
+    ctx.own(actor);
+    if (actor.config.vocab_size < tok.vocabSize) {
+      throw new ConfigError(`the tokenizer has ${tok.vocabSize} tokens but the actor's vocabulary is ${actor.config.vocab_size}`);
+    }
+    const lora = actor.attachLora({
+      r: cfg.lora.r,
+      alpha: cfg.lora.alpha,
+      targets: loraTargets(cfg.lora.targets)
+    }, cfg.run.seed);
+    const critic = state.rm.copy(), reward = state.rm.copy({
+      frozen: true
+    });
+    ctx.own(critic, reward);
+    state.rm.store.dispose();
+    const evalOpts = {
+      temperature: cfg.run.evalTemperature,
+      seed: deriveSeed(cfg.run.seed, "evaluation"),
+      maxNewTokens: cfg.ppo.maxNewTokens,
+      maxPromptLength: cfg.ppo.maxPromptLength
+    };
+    const mean = (s) => s.reduce((a, x) => a + x.score, 0) / s.length;
+    const noGold2 = (s) => s.map((x) => ({
+      prompt: x.prompt,
+      response: x.response,
+      score: x.score,
+      gold: NaN
+    }));
+    const before = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
+    ctx.log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
+    ctx.hooks.onSamples?.("before", noGold2(before));
+    const trainer = new PpoTrainer({
+      actor,
+      critic,
+      reward
+    }, tok, {
+      prompts: inputs.prompts,
+      ptx: inputs.ptx
+    }, {
+      ...cfg.ppo,
+      seed: cfg.ppo.seed + cfg.run.seed
+    });
+    const last = await ctx.train(trainer, {
+      unit: "iteration",
+      logEvery: 1,
+      checkpointEvery: cfg.run.checkpointEvery,
+      stopAfter: ctx.opts.stopAfterIteration,
+      afterLog: () => ctx.hooks.onSamples?.("ppo", noGold2(trainer.lastSamples))
+    });
+    const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
+    ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
+    ctx.hooks.onSamples?.("after", noGold2(after));
+    actor.mergeLora();
+    await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
+      stage: "ppo"
+    }));
+    lora.store.dispose();
+    Object.assign(ctx.summary, {
+      "score/before": mean(before),
+      "score/after": mean(after),
+      "objective/kl": last["objective/kl"] ?? 0,
+      samples_before: noGold2(before.slice(0, 8)),
+      samples_after: noGold2(after.slice(0, 8))
+    });
+  }
+};
+function recipePipeline(io) {
+  return {
+    name: "simple-rlhf-tiny",
+    doc: "reward model from a local OPT checkpoint \u2192 PPO of a LoRA-adapted OPT actor",
+    sections: RECIPE_SCHEMAS,
+    defaults: SIMPLE_RLHF_TINY,
+    stages: [
+      RECIPE_RM_STAGE,
+      RECIPE_PPO_STAGE
+    ],
+    init: async (_gpu, cfg) => ({
+      io,
+      inputs: await loadRecipeInputs(cfg, io)
+    }),
+    validate: checkRecipeConfig
+  };
+}
+
 // trainer/checkpoint_preference.ts
 var PREFERENCE_RUN_SCHEMA = {
   name: runNameField("checkpoint-dpo"),
@@ -9164,17 +9557,8 @@ var PREFERENCE_RUN_SCHEMA = {
     integer: true
   },
   ...checkpointFields(100, "DPO / KTO"),
-  evalPrompts: {
-    default: 16,
-    doc: "held-out prompts sampled before and after",
-    min: 1,
-    integer: true
-  },
-  evalTemperature: {
-    default: 0.7,
-    doc: "temperature of the evaluation samples",
-    min: 0
-  },
+  evalPrompts: RECIPE_RUN_SCHEMA.evalPrompts,
+  evalTemperature: RECIPE_RUN_SCHEMA.evalTemperature,
   maxNewTokens: {
     default: 32,
     doc: "token budget of the evaluation samples",
@@ -9214,12 +9598,12 @@ var PREFERENCE_FILES_SCHEMA = {
     integer: true
   }
 };
-function join(dir, file) {
+function join2(dir, file) {
   return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
 }
 async function loadModel(io, dir, gpu2, frozen) {
-  const config = new TextDecoder().decode(await io.read(join(dir, "config.json")));
-  return loadOptModel(gpu2, config, await io.read(join(dir, "model.safetensors")), {
+  const config = new TextDecoder().decode(await io.read(join2(dir, "config.json")));
+  return loadOptModel(gpu2, config, await io.read(join2(dir, "model.safetensors")), {
     frozen
   }).model;
 }
@@ -9228,12 +9612,12 @@ async function loadTokenizer(io, cfg) {
   const text = async (p) => await decodeText(await io.read(p), p);
   let vocab;
   try {
-    vocab = await text(join(dir, "vocab.json"));
+    vocab = await text(join2(dir, "vocab.json"));
   } catch {
     vocab = void 0;
   }
-  if (vocab !== void 0) return BpeTokenizer.fromText(vocab, await text(join(dir, "merges.txt")));
-  const config = JSON.parse(await text(join(cfg.data.policy, "config.json")));
+  if (vocab !== void 0) return BpeTokenizer.fromText(vocab, await text(join2(dir, "merges.txt")));
+  const config = JSON.parse(await text(join2(cfg.data.policy, "config.json")));
   if (config.vocab_size === 260) return new ByteTokenizer();
   throw new ConfigError(`no vocab.json in ${dir} and the policy's vocabulary is ${config.vocab_size} tokens (the byte tokenizer needs 260): give data.tokenizer`);
 }
@@ -9379,364 +9763,6 @@ function checkpointPreferencePipeline(io, method) {
         heldOut
       };
     }
-  };
-}
-
-// trainer/recipe.ts
-var RECIPE_RUN_SCHEMA = {
-  name: runNameField("simple-rlhf-tiny"),
-  seed: {
-    default: 1,
-    doc: "seed of adapter initialisation and sampling",
-    integer: true
-  },
-  ...checkpointFields(100, "reward-model"),
-  evalPrompts: {
-    default: 16,
-    doc: "held-out prompts sampled and scored before and after PPO",
-    min: 1,
-    integer: true
-  },
-  evalTemperature: {
-    default: 0.7,
-    doc: "temperature of the evaluation samples",
-    min: 0
-  }
-};
-var RECIPE_DATA_SCHEMA = {
-  actor: {
-    default: "",
-    doc: "actor checkpoint folder (HF OPT: config.json, model.safetensors), e.g. opt-350m"
-  },
-  critic: {
-    default: "",
-    doc: "critic/reward base checkpoint folder (HF OPT), e.g. opt-125m; a v_head is added"
-  },
-  tokenizer: {
-    default: "",
-    doc: "folder with vocab.json and merges.txt (default: the actor folder)"
-  },
-  pairs: {
-    default: "",
-    doc: "preference pairs JSONL (hh-rlhf or {prompt,chosen,rejected}; .gz ok)"
-  },
-  evalPairs: {
-    default: "",
-    doc: "held-out pairs JSONL (default: the last heldOutPairs records of pairs)"
-  },
-  heldOutPairs: {
-    default: 64,
-    doc: "pairs held out of `pairs` when evalPairs is not given",
-    min: 1,
-    integer: true
-  },
-  prompts: {
-    default: "",
-    doc: "PPO prompts JSONL ({prompt} or hh-rlhf; default: the training pairs' prompts)"
-  },
-  ptx: {
-    default: "",
-    doc: "PPO-ptx data JSONL ({prompt, completion}); needed when ppo.ptxCoef > 0"
-  }
-};
-var RECIPE_LORA_SCHEMA = {
-  r: {
-    default: 128,
-    doc: "LoRA rank r",
-    min: 1,
-    integer: true
-  },
-  alpha: {
-    default: 128,
-    doc: "LoRA \u03B1 (the update is scaled by \u03B1/r)",
-    min: 0
-  },
-  targets: {
-    default: "q_proj,k_proj,v_proj,out_proj,fc1,fc2",
-    doc: "comma-separated adapted linears"
-  }
-};
-var RECIPE_SCHEMAS = {
-  run: RECIPE_RUN_SCHEMA,
-  data: RECIPE_DATA_SCHEMA,
-  lora: RECIPE_LORA_SCHEMA,
-  rm: RM_SCHEMA,
-  ppo: PPO_SCHEMA
-};
-var SIMPLE_RLHF_TINY = {
-  run: defaults(RECIPE_RUN_SCHEMA),
-  data: defaults(RECIPE_DATA_SCHEMA),
-  lora: defaults(RECIPE_LORA_SCHEMA),
-  rm: {
-    ...defaults(RM_SCHEMA),
-    loss: "token",
-    steps: 2e3,
-    batchSize: 4,
-    lr: 5e-5,
-    maxLength: 256
-  },
-  ppo: {
-    ...defaults(PPO_SCHEMA),
-    iterations: 500,
-    batchSize: 4,
-    miniBatchSize: 2,
-    ppoEpochs: 2,
-    maxNewTokens: 64,
-    maxPromptLength: 192,
-    temperature: 1,
-    actorLr: 1e-5,
-    criticLr: 5e-5,
-    gamma: 1,
-    lambda: 0.95,
-    klCoef: 0.1,
-    klEstimator: "k1",
-    scoreClip: 5,
-    clipRange: 0.2,
-    clipRangeValue: 0.2,
-    ptxBatchSize: 2,
-    ptxMaxLength: 256
-  }
-};
-function loraTargets(s) {
-  const known = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "out_proj",
-    "fc1",
-    "fc2"
-  ];
-  const t = s.split(",").map((x) => x.trim()).filter((x) => x);
-  for (const x of t) {
-    if (!known.includes(x)) {
-      throw new ConfigError(`lora.targets: unknown module "${x}" (known: ${known.join(", ")})`);
-    }
-  }
-  if (!t.length) throw new ConfigError("lora.targets: name at least one module");
-  return t;
-}
-function join2(dir, file) {
-  return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
-}
-function checkRecipeConfig(cfg) {
-  const d = cfg.data;
-  for (const k of [
-    "actor",
-    "critic",
-    "pairs"
-  ]) {
-    if (!d[k]) {
-      throw new ConfigError(`data.${k} is required by the checkpoint recipe (${RECIPE_DATA_SCHEMA[k].doc})`);
-    }
-  }
-  if (cfg.ppo.ptxCoef > 0 && !d.ptx) {
-    throw new ConfigError("ppo.ptxCoef > 0 needs data.ptx (a {prompt, completion} JSONL file)");
-  }
-  loraTargets(cfg.lora.targets);
-}
-async function loadRecipeInputs(cfg, io) {
-  const d = cfg.data;
-  checkRecipeConfig(cfg);
-  const text = async (p) => await decodeText(await io.read(p), p);
-  const tokDir = d.tokenizer || d.actor;
-  const tokenizer = BpeTokenizer.fromText(await text(join2(tokDir, "vocab.json")), await text(join2(tokDir, "merges.txt")));
-  let pairs = readPairs(await text(d.pairs), d.pairs);
-  let evalPairs;
-  if (d.evalPairs) evalPairs = readPairs(await text(d.evalPairs), d.evalPairs);
-  else {
-    if (pairs.length <= d.heldOutPairs) {
-      throw new ConfigError(`data.pairs has ${pairs.length} pairs: not enough to hold out data.heldOutPairs = ${d.heldOutPairs} (give data.evalPairs or lower it)`);
-    }
-    evalPairs = pairs.slice(pairs.length - d.heldOutPairs);
-    pairs = pairs.slice(0, pairs.length - d.heldOutPairs);
-  }
-  const prompts = d.prompts ? readPrompts(await text(d.prompts), d.prompts).map((p) => p.prompt) : pairs.map((p) => p.prompt);
-  const evalPrompts = [
-    ...new Set(evalPairs.map((p) => p.prompt))
-  ].slice(0, cfg.run.evalPrompts);
-  const ptx = d.ptx ? readSft(await text(d.ptx), d.ptx) : void 0;
-  const empty = [
-    [
-      `data.pairs (${d.pairs})`,
-      pairs
-    ],
-    [
-      `data.evalPairs (${d.evalPairs || "held out of data.pairs"})`,
-      evalPairs
-    ],
-    [
-      `data.prompts (${d.prompts || "the pairs' prompts"})`,
-      prompts
-    ],
-    [
-      `data.ptx (${d.ptx})`,
-      ptx
-    ]
-  ];
-  for (const [what, xs] of empty) {
-    if (xs && xs.length === 0) throw new DataError(`${what} has no records`);
-  }
-  for (const [key, dir] of [
-    [
-      "data.actor",
-      d.actor
-    ],
-    [
-      "data.critic",
-      d.critic
-    ]
-  ]) {
-    const c = parseOptConfig(JSON.parse(await text(join2(dir, "config.json"))));
-    const need = cfg.ppo.maxPromptLength + cfg.ppo.maxNewTokens;
-    if (need > c.max_position_embeddings) {
-      throw new ConfigError(`ppo.maxPromptLength ${cfg.ppo.maxPromptLength} + ppo.maxNewTokens ${cfg.ppo.maxNewTokens} = ${need} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
-    }
-    if (key === "data.critic" && cfg.rm.maxLength > c.max_position_embeddings) {
-      throw new ConfigError(`rm.maxLength ${cfg.rm.maxLength} exceeds ${key}'s max_position_embeddings ${c.max_position_embeddings}`);
-    }
-  }
-  return {
-    tokenizer,
-    pairs,
-    evalPairs,
-    prompts,
-    evalPrompts,
-    ptx
-  };
-}
-async function loadCheckpoint(gpu2, io, dir, opts) {
-  const config = new TextDecoder().decode(await io.read(join2(dir, "config.json")));
-  const weights = await io.read(join2(dir, "model.safetensors"));
-  return loadOptModel(gpu2, config, weights, opts).model;
-}
-var RECIPE_RM_STAGE = {
-  name: "rm",
-  doc: "reward model from a local OPT checkpoint on preference pairs",
-  async run(ctx) {
-    const { gpu: gpu2, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
-    let rm = await ctx.finished({
-      valueHead: true
-    });
-    const trained = !rm;
-    if (!rm) {
-      rm = await loadCheckpoint(gpu2, state.io, cfg.data.critic, {
-        valueHead: true
-      });
-      ctx.log(`reward model: ${cfg.data.critic} (${rm.store.total} parameters), ${inputs.pairs.length} pairs`);
-      ctx.own(rm);
-      await ctx.train(new RewardTrainer(rm, tok, inputs.pairs, {
-        ...cfg.rm,
-        seed: cfg.rm.seed + cfg.run.seed
-      }), {
-        logEvery: 10,
-        checkpointEvery: cfg.run.stepCheckpointEvery
-      });
-      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
-        stage: "rm"
-      }));
-    } else ctx.own(rm);
-    state.rm = rm;
-    const rmEval = await evaluateRewardModel(rm, tok, inputs.evalPairs, {
-      maxLength: cfg.rm.maxLength,
-      batchSize: 8
-    });
-    const stats = {
-      "rm/accuracy": rmEval.accuracy,
-      "rm/margin": rmEval.margin
-    };
-    if (trained) await ctx.hooks.onMetrics?.("rm", stats);
-    ctx.log(`reward model held-out accuracy ${rmEval.accuracy.toFixed(3)} on ${inputs.evalPairs.length} pairs, margin ${rmEval.margin.toFixed(3)}`);
-    Object.assign(ctx.summary, stats);
-  }
-};
-var RECIPE_PPO_STAGE = {
-  name: "ppo",
-  doc: "PPO of a LoRA-adapted actor checkpoint against the reward model",
-  async run(ctx) {
-    const { gpu: gpu2, cfg, state } = ctx, inputs = state.inputs, tok = inputs.tokenizer;
-    const actor = await loadCheckpoint(gpu2, state.io, cfg.data.actor, {
-      frozen: true
-    });
-    ctx.own(actor);
-    if (actor.config.vocab_size < tok.vocabSize) {
-      throw new ConfigError(`the tokenizer has ${tok.vocabSize} tokens but the actor's vocabulary is ${actor.config.vocab_size}`);
-    }
-    const lora = actor.attachLora({
-      r: cfg.lora.r,
-      alpha: cfg.lora.alpha,
-      targets: loraTargets(cfg.lora.targets)
-    }, cfg.run.seed);
-    const critic = state.rm.copy(), reward = state.rm.copy({
-      frozen: true
-    });
-    ctx.own(critic, reward);
-    state.rm.store.dispose();
-    const evalOpts = {
-      temperature: cfg.run.evalTemperature,
-      seed: deriveSeed(cfg.run.seed, "evaluation"),
-      maxNewTokens: cfg.ppo.maxNewTokens,
-      maxPromptLength: cfg.ppo.maxPromptLength
-    };
-    const mean = (s) => s.reduce((a, x) => a + x.score, 0) / s.length;
-    const noGold2 = (s) => s.map((x) => ({
-      prompt: x.prompt,
-      response: x.response,
-      score: x.score,
-      gold: NaN
-    }));
-    const before = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
-    ctx.log(`before PPO: reward-model score ${mean(before).toFixed(3)}`);
-    ctx.hooks.onSamples?.("before", noGold2(before));
-    const trainer = new PpoTrainer({
-      actor,
-      critic,
-      reward
-    }, tok, {
-      prompts: inputs.prompts,
-      ptx: inputs.ptx
-    }, {
-      ...cfg.ppo,
-      seed: cfg.ppo.seed + cfg.run.seed
-    });
-    const last = await ctx.train(trainer, {
-      unit: "iteration",
-      logEvery: 1,
-      checkpointEvery: cfg.run.checkpointEvery,
-      stopAfter: ctx.opts.stopAfterIteration,
-      afterLog: () => ctx.hooks.onSamples?.("ppo", noGold2(trainer.lastSamples))
-    });
-    const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
-    ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
-    ctx.hooks.onSamples?.("after", noGold2(after));
-    actor.mergeLora();
-    await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
-      stage: "ppo"
-    }));
-    lora.store.dispose();
-    Object.assign(ctx.summary, {
-      "score/before": mean(before),
-      "score/after": mean(after),
-      "objective/kl": last["objective/kl"] ?? 0,
-      samples_before: noGold2(before.slice(0, 8)),
-      samples_after: noGold2(after.slice(0, 8))
-    });
-  }
-};
-function recipePipeline(io) {
-  return {
-    name: "simple-rlhf-tiny",
-    doc: "reward model from a local OPT checkpoint \u2192 PPO of a LoRA-adapted OPT actor",
-    sections: RECIPE_SCHEMAS,
-    defaults: SIMPLE_RLHF_TINY,
-    stages: [
-      RECIPE_RM_STAGE,
-      RECIPE_PPO_STAGE
-    ],
-    init: async (_gpu, cfg) => ({
-      io,
-      inputs: await loadRecipeInputs(cfg, io)
-    }),
-    validate: checkRecipeConfig
   };
 }
 
