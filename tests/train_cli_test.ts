@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Gpu } from "../kernels/runtime.ts";
 import { loadOptModel } from "../model/checkpoint.ts";
 import { readCheckpointDir } from "../cli/checkpoint_files.ts";
+import { PRESETS } from "../trainer/registry.ts";
 import { makeBuiltinTask } from "../trainer/task.ts";
 import { assert, assertEquals } from "./assert.ts";
 
@@ -183,9 +184,12 @@ Deno.test({
     assert(d.code === 2 && d.err.includes("unknown option --verbose"), d.err);
     const e = await train(["--preset=simple-rlhf-huge"]);
     assert(
-      e.code === 2 && e.err.includes("known presets are tiny, builtin, trl, simple-rlhf-tiny"),
+      e.code === 2 && e.err.includes(`known presets are ${Object.keys(PRESETS).join(", ")}`),
       e.err,
     );
+    assert(["tiny", "trl", "dpo", "simpo", "kto", "simple-rlhf-tiny"].every((p) => p in PRESETS));
+    const m = await train(["--method=orpo"]);
+    assert(m.code === 2 && m.err.includes("--method orpo: known methods are ppo, dpo"), m.err);
     // a preset sets defaults, explicit flags win wherever they stand
     const out = await Deno.makeTempDir();
     const p = await train([
