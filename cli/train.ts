@@ -28,6 +28,7 @@ import { pipelineOf, PIPELINES, PRESETS } from "../trainer/registry.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
 import { type ArgSpec, parseArgs, UsageError } from "./args.ts";
+import { matmulPathFromEnv } from "./gpu_env.ts";
 
 const SPEC: ArgSpec = {
   config: "string",
@@ -197,19 +198,6 @@ function bar(
   return `[${stage.padEnd(3)}] ${"█".repeat(f)}${"░".repeat(w - f)} ${done}/${total} ${
     el.toFixed(0)
   }s ETA ${eta.toFixed(0)}s ${info}`;
-}
-
-/**
- * `WEBGPU_RLHF_MATMUL_PATH=texture|buffer` forces the matmul path (CI runs the real-GPU buffer
- * path on the software adapter with it); unset, the runtime picks by adapter.
- */
-function matmulPathFromEnv(): "texture" | "buffer" | undefined {
-  const v = Deno.env.get("WEBGPU_RLHF_MATMUL_PATH");
-  if (v === undefined || v === "") return undefined;
-  if (v !== "texture" && v !== "buffer") {
-    throw new UsageError(`WEBGPU_RLHF_MATMUL_PATH must be texture or buffer, got "${v}"`);
-  }
-  return v;
 }
 
 /** The run's saved config, validated against its pipeline's schema like a fresh one. */

@@ -34,6 +34,61 @@ function checkShape(cond, message) {
   if (!cond) throw new ShapeError(message);
 }
 
+// kernels/_bindings.ts
+function bufferBindings(code) {
+  const out = /* @__PURE__ */ new Map();
+  const re = /@binding\((\d+)\)\s*var<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>\s*(\w+)/g;
+  for (const m of stripComments(code).matchAll(re)) {
+    const access = m[2] === "uniform" ? "uniform" : m[3] === "read_write" ? "read_write" : "read";
+    out.set(Number(m[1]), {
+      access,
+      name: m[4]
+    });
+  }
+  return out;
+}
+function stripComments(code) {
+  return code.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/\/\/[^\n]*/g, " ");
+}
+var ASSIGN = /^(?:=(?!=)|\+=|-=|\*=|\/=|%=|&=|\|=|\^=|<<=|>>=|\+\+|--)/;
+function writesVariable(code, name) {
+  const src = stripComments(code);
+  const re = new RegExp(`(?<![\\w.])${name}(?!\\w)`, "g");
+  for (const m of src.matchAll(re)) {
+    const start = m.index;
+    if (/var<[^>]*>\s*$/.test(src.slice(Math.max(0, start - 60), start))) continue;
+    if (/&\s*$/.test(src.slice(Math.max(0, start - 4), start))) {
+      const before = src.slice(0, start).replace(/\s+$/, "");
+      const prev = before.slice(0, -1).replace(/\s+$/, "").slice(-1);
+      if (!/[\w)\]&]/.test(prev)) return true;
+    }
+    let i = start + name.length;
+    for (; ; ) {
+      while (/\s/.test(src[i] ?? "")) i++;
+      if (src[i] === "[") {
+        let depth = 0;
+        for (; i < src.length; i++) {
+          if (src[i] === "[") depth++;
+          else if (src[i] === "]" && --depth === 0) break;
+        }
+        i++;
+      } else if (src[i] === "." && /[A-Za-z_]/.test(src[i + 1] ?? "")) {
+        i++;
+        while (/\w/.test(src[i] ?? "")) i++;
+      } else break;
+    }
+    if (ASSIGN.test(src.slice(i, i + 3))) return true;
+  }
+  return false;
+}
+function unwrittenReadWriteBindings(code) {
+  const out = [];
+  for (const b of bufferBindings(code).values()) {
+    if (b.access === "read_write" && !writesVariable(code, b.name)) out.push(b);
+  }
+  return out;
+}
+
 // kernels/runtime.ts
 function numel(shape) {
   let n = 1;
@@ -44,18 +99,6 @@ function checkDims(shape, what) {
   for (const d of shape) {
     checkShape(Number.isInteger(d) && d >= 0, `${what}: shape [${shape.join(", ")}] has a dimension that is not a non-negative integer`);
   }
-}
-function bufferBindings(code) {
-  const out = /* @__PURE__ */ new Map();
-  const re = /@binding\((\d+)\)\s*var<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>\s*(\w+)/g;
-  for (const m of code.matchAll(re)) {
-    const access = m[2] === "uniform" ? "uniform" : m[3] === "read_write" ? "read_write" : "read";
-    out.set(Number(m[1]), {
-      access,
-      name: m[4]
-    });
-  }
-  return out;
 }
 var Tensor = class _Tensor {
   gpu;
@@ -927,7 +970,7 @@ struct P {
   width: u32, height: u32,     // texels \xD7 rows to write (padding included)
   dst_row0: u32,               // first texture row written
 }
-@group(0) @binding(0) var<storage, read_write> src: array<f32>;                   // (batch, \u2026)
+@group(0) @binding(0) var<storage, read> src: array<f32>;                   // (batch, \u2026)
 @group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(8, 8)
@@ -1026,7 +1069,7 @@ struct P {
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
-@group(0) @binding(3) var<storage, read_write> bias: array<f32>;           // (ldc)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<uniform> p: P;
 
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
@@ -1076,10 +1119,10 @@ struct P {
   a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
   flags: u32, alpha: f32,
 }
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;    // (batch, M, K) or (batch, K, M)
-@group(0) @binding(1) var<storage, read_write> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
+@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
+@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
-@group(0) @binding(3) var<storage, read_write> bias: array<f32>; // (N)
+@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
 @group(0) @binding(4) var<uniform> p: P;
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
@@ -1308,12 +1351,12 @@ function fusedForwardShader(dq, causal, keyMask) {
   }, (_, d) => f(d));
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh)
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(5) var<storage, read_write> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
+@group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
 
 fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
@@ -1379,8 +1422,8 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 var recomputeProbsShader = (causal, keyMask) => wgsl`
 struct P { n: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B·H, Tq, Tk)
-@group(0) @binding(1) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(2) var<storage, read_write> kmask: array<f32>; // (B, Tk)
+@group(0) @binding(1) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(2) var<storage, read> kmask: array<f32>; // (B, Tk)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -1399,8 +1442,8 @@ ${LINEAR_MAIN}
 }`;
 var ROW_DOT = `
 struct P { rows: u32, Dh: u32 }
-@group(0) @binding(0) var<storage, read_write> dout: array<f32>; // (rows, Dh)
-@group(0) @binding(1) var<storage, read_write> o: array<f32>;    // (rows, Dh)
+@group(0) @binding(0) var<storage, read> dout: array<f32>; // (rows, Dh)
+@group(0) @binding(1) var<storage, read> o: array<f32>;    // (rows, Dh)
 @group(0) @binding(2) var<storage, read_write> d: array<f32>;    // (rows)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -1411,9 +1454,9 @@ ${LINEAR_MAIN}
 }`;
 var SCORES_GRAD = `
 struct P { n: u32, Tk: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> probs: array<f32>; // (rows, Tk)
+@group(0) @binding(0) var<storage, read> probs: array<f32>; // (rows, Tk)
 @group(0) @binding(1) var<storage, read_write> dp: array<f32>;    // (rows, Tk) \u2192 dS
-@group(0) @binding(2) var<storage, read_write> d: array<f32>;     // (rows)
+@group(0) @binding(2) var<storage, read> d: array<f32>;     // (rows)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -1427,7 +1470,7 @@ function cached(key, make) {
 }
 var SWAP12 = `
 struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (A, X, Y, D)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (A, X, Y, D)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (A, Y, X, D)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2663,7 +2706,7 @@ function geluBackward(gpu, dy, x, out) {
 }
 var CAST_F16_TO_F32 = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> src: array<u32>; // (ceil(n / 2)) packed halves
+@group(0) @binding(0) var<storage, read> src: array<u32>; // (ceil(n / 2)) packed halves
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (n)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2673,7 +2716,7 @@ ${LINEAR_MAIN}
 }`;
 var CAST_F32_TO_F16 = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> src: array<f32>; // (n)
+@group(0) @binding(0) var<storage, read> src: array<f32>; // (n)
 @group(0) @binding(1) var<storage, read_write> out: array<u32>; // (ceil(n / 2))
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2702,8 +2745,8 @@ function castF32ToF16(gpu, x) {
 }
 var CONCAT = `
 struct P { n: u32, Ta: u32, Tb: u32 }
-@group(0) @binding(0) var<storage, read_write> a: array<u32>;   // (B, Ta)
-@group(0) @binding(1) var<storage, read_write> b: array<u32>;   // (B, Tb)
+@group(0) @binding(0) var<storage, read> a: array<u32>;   // (B, Ta)
+@group(0) @binding(1) var<storage, read> b: array<u32>;   // (B, Tb)
 @group(0) @binding(2) var<storage, read_write> out: array<u32>; // (B, Ta + Tb)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2731,10 +2774,10 @@ function concatColumns(gpu, a, b) {
 // kernels/embedding.ts
 var FORWARD = `
 struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32, tok_offset: i32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> tokens: array<i32>;    // (N)
-@group(0) @binding(1) var<storage, read_write> positions: array<i32>; // (N)
-@group(0) @binding(2) var<storage, read_write> wte: array<f32>;       // (V, C)
-@group(0) @binding(3) var<storage, read_write> wpe: array<f32>;       // (maxPos, C)
+@group(0) @binding(0) var<storage, read> tokens: array<i32>;    // (N)
+@group(0) @binding(1) var<storage, read> positions: array<i32>; // (N)
+@group(0) @binding(2) var<storage, read> wte: array<f32>;       // (V, C)
+@group(0) @binding(3) var<storage, read> wpe: array<f32>;       // (maxPos, C)
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;       // (N, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2752,7 +2795,7 @@ ${LINEAR_MAIN}
 }`;
 var CHAINS = `
 struct P { N: u32 }
-@group(0) @binding(0) var<storage, read_write> ids: array<i32>;   // (N)
+@group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
 @group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
 @group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
 @group(0) @binding(3) var<uniform> p: P;
@@ -2768,10 +2811,10 @@ ${LINEAR_MAIN}
 }`;
 var SCATTER = `
 struct P { n: u32, C: u32, rowsTable: u32, offset: i32 }
-@group(0) @binding(0) var<storage, read_write> ids: array<i32>;   // (N)
-@group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
-@group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
-@group(0) @binding(3) var<storage, read_write> dout: array<f32>;  // (N, C)
+@group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
+@group(0) @binding(1) var<storage, read> next: array<i32>;  // (N)
+@group(0) @binding(2) var<storage, read> head: array<u32>;  // (N)
+@group(0) @binding(3) var<storage, read> dout: array<f32>;  // (N, C)
 @group(0) @binding(4) var<storage, read_write> table: array<f32>; // (rowsTable, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2849,7 +2892,7 @@ function embeddingBackward(gpu, dout, tokens, dwte, pos) {
 }
 var POSITIONS = `
 struct P { B: u32, T: u32, offset: i32 }
-@group(0) @binding(0) var<storage, read_write> mask: array<f32>;  // (B, T) 1 = token, 0 = pad
+@group(0) @binding(0) var<storage, read> mask: array<f32>;  // (B, T) 1 = token, 0 = pad
 @group(0) @binding(1) var<storage, read_write> pos: array<i32>;   // (B, T)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2876,8 +2919,8 @@ function positionsFromMask(gpu, mask, offset = 0) {
 }
 var NEXT_TARGETS = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> tokens: array<i32>;  // (B, T)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;    // (B, T)
+@group(0) @binding(0) var<storage, read> tokens: array<i32>;  // (B, T)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;    // (B, T)
 @group(0) @binding(2) var<storage, read_write> targets: array<i32>; // (B, T)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2903,8 +2946,8 @@ function nextTokenTargets(gpu, tokens, mask) {
 }
 var LAST_VALUES = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> values: array<f32>; // (B, T)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;   // (B, T)
+@group(0) @binding(0) var<storage, read> values: array<f32>; // (B, T)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (B, T)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;    // (B)
 @group(0) @binding(3) var<storage, read_write> index: array<i32>;  // (B)
 @group(0) @binding(4) var<uniform> p: P;
@@ -2936,8 +2979,8 @@ function lastMaskedValues(gpu, values, mask) {
 }
 var LAST_VALUES_BACKWARD = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> dscore: array<f32>; // (B)
-@group(0) @binding(1) var<storage, read_write> index: array<i32>;  // (B)
+@group(0) @binding(0) var<storage, read> dscore: array<f32>; // (B)
+@group(0) @binding(1) var<storage, read> index: array<i32>;  // (B)
 @group(0) @binding(2) var<storage, read_write> dv: array<f32>;     // (B, T)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2994,7 +3037,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let row = wid.x + wid.y * nwg.x;`;
 var ROWS = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, op: u32 }   // op 0 sum, 1 mean, 2 max
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows)
 @group(0) @binding(2) var<uniform> p: P;
 ${ROW_MAIN}
@@ -3013,7 +3056,7 @@ ${ROW_MAIN}
 }`;
 var COLS = `
 struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -3070,9 +3113,9 @@ function sumColumns(gpu, x, opts = {}) {
 var CHUNK = 4096;
 var PARTIALS = `${WG_REDUCE}
 struct P { n: u32, mode: u32, offset: u32, has_mask: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;        // (n)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;     // (n) or dummy
-@group(0) @binding(2) var<storage, read_write> stats: array<f32>;    // (4): sum, count, mean, var
+@group(0) @binding(0) var<storage, read> x: array<f32>;        // (n)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;     // (n) or dummy
+@group(0) @binding(2) var<storage, read> stats: array<f32>;    // (4): sum, count, mean, var
 @group(0) @binding(3) var<storage, read_write> partials: array<vec2f>;
 @group(0) @binding(4) var<uniform> p: P;
 ${ROW_MAIN}
@@ -3093,7 +3136,7 @@ ${ROW_MAIN}
 }`;
 var FINISH = `${WG_REDUCE}
 struct P { count: u32, mode: u32, unbiased: u32, max_norm: f32 }
-@group(0) @binding(0) var<storage, read_write> partials: array<vec2f>;
+@group(0) @binding(0) var<storage, read> partials: array<vec2f>;
 @group(0) @binding(1) var<storage, read_write> stats: array<f32>;    // (4)
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(${ROW_WG})
@@ -3191,7 +3234,7 @@ function globalNorm(gpu, tensors, maxNorm = 0) {
 var SCALE_BY = `
 struct P { n: u32, index: u32 }
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;  // (n), scaled in place
-@group(0) @binding(1) var<storage, read_write> s: array<f32>;  // scalar source
+@group(0) @binding(1) var<storage, read> s: array<f32>;  // scalar source
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -3215,7 +3258,7 @@ function clipGradNorm(gpu, grads, maxNorm) {
 // kernels/softmax.ts
 var SOFTMAX = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, log: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows, cols)
 @group(0) @binding(2) var<uniform> p: P;
 ${ROW_MAIN}
@@ -3236,8 +3279,8 @@ ${ROW_MAIN}
 }`;
 var TOKEN_LOGPROBS = `${WG_REDUCE}
 struct P { rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read_write> targets: array<i32>; // (rows), < 0 ignored
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
 @group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
 @group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
@@ -3270,12 +3313,12 @@ ${ROW_MAIN}
 }`;
 var LOGITS_BACKWARD = `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read_write> targets: array<i32>; // (rows)
-@group(0) @binding(2) var<storage, read_write> lse: array<f32>;     // (rows)
-@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
-@group(0) @binding(4) var<storage, read_write> g_logp: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> g_ent: array<f32>;   // (rows)
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows)
+@group(0) @binding(2) var<storage, read> lse: array<f32>;     // (rows)
+@group(0) @binding(3) var<storage, read> ent: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read> g_logp: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read> g_ent: array<f32>;   // (rows)
 @group(0) @binding(6) var<storage, read_write> dlogits: array<f32>; // (rows, V)
 @group(0) @binding(7) var<uniform> p: P;
 @compute @workgroup_size(64)
@@ -3358,7 +3401,7 @@ function crossEntropy(gpu, logits2, targets2) {
 }
 var NEGATE = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(64)
@@ -3408,9 +3451,9 @@ function crossEntropyBackward(gpu, logits2, targets2, lse, dloss, out) {
 // kernels/layernorm.ts
 var FORWARD2 = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read_write> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;     // (C)
+@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
@@ -3432,11 +3475,11 @@ ${ROW_MAIN}
 }`;
 var BACKWARD_DX = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read_write> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;
 ${ROW_MAIN}
@@ -3465,10 +3508,10 @@ ${ROW_MAIN}
 }`;
 var BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read_write> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(3) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
 @group(0) @binding(6) var<uniform> p: P;
@@ -3626,10 +3669,10 @@ struct P {
   wd: f32, bc1: f32, bc2: f32,
 }
 @group(0) @binding(0) var<storage, read_write> param: array<f32>; // (n)
-@group(0) @binding(1) var<storage, read_write> grad: array<f32>;  // (n)
+@group(0) @binding(1) var<storage, read> grad: array<f32>;  // (n)
 @group(0) @binding(2) var<storage, read_write> m: array<f32>;     // (n) first moment
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;     // (n) second moment
-@group(0) @binding(4) var<storage, read_write> gscale: array<f32>;
+@group(0) @binding(4) var<storage, read> gscale: array<f32>;
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -6026,7 +6069,7 @@ struct P {
   greedy: u32, top_k: u32, seed: u32, step: u32, eos: i32, pad: i32,
   temperature: f32, top_p: f32,
 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;   // (B, ld), first V used
+@group(0) @binding(0) var<storage, read> logits: array<f32>;   // (B, ld), first V used
 @group(0) @binding(1) var<storage, read_write> tokens: array<i32>;   // (B, Tcap)
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;     // (B, Tcap)
 @group(0) @binding(3) var<storage, read_write> rmask: array<f32>;    // (B, Tcap)
@@ -6166,9 +6209,9 @@ function sampleTokens(gpu, logits2, out, t, opts, ids) {
 }
 var FEEDBACK = `
 struct P { B: u32, Tp: u32, Tgen: u32, t: u32, Tcap: u32 }
-@group(0) @binding(0) var<storage, read_write> gen: array<i32>;       // (B, Tgen) sampled tokens
-@group(0) @binding(1) var<storage, read_write> rmask: array<f32>;     // (B, Tgen) response mask
-@group(0) @binding(2) var<storage, read_write> ppos: array<i32>;      // (B, Tp) prompt positions
+@group(0) @binding(0) var<storage, read> gen: array<i32>;       // (B, Tgen) sampled tokens
+@group(0) @binding(1) var<storage, read> rmask: array<f32>;     // (B, Tgen) response mask
+@group(0) @binding(2) var<storage, read> ppos: array<i32>;      // (B, Tp) prompt positions
 @group(0) @binding(3) var<storage, read_write> next_tok: array<i32>;  // (B, 1)
 @group(0) @binding(4) var<storage, read_write> next_pos: array<i32>;  // (B, 1)
 @group(0) @binding(5) var<storage, read_write> kmask: array<f32>;     // (B, Tcap) key mask
@@ -7181,7 +7224,7 @@ for (const path of PATHS) {
 }
 cases8.push({
   name: "matmul (texture path): operands larger than the texture side are chunked in M, N and K",
-  async run() {
+  async run(_gpu) {
     const small = await Gpu.create({
       maxTextureSide: 16,
       matmulPath: "texture"
@@ -7532,9 +7575,10 @@ for (const [label, c] of CONFIGS) {
 }
 cases9.push({
   name: "opt: a vocabulary too large for one binding is embedded, projected and trained in row chunks",
-  async run() {
+  async run(gpu) {
     const small = await Gpu.create({
-      maxBindingBytes: 36864
+      maxBindingBytes: 36864,
+      matmulPath: gpu.matmulPath
     });
     try {
       for (const c of [
@@ -8700,9 +8744,9 @@ function same2(name, ...ts) {
 }
 var KL = `
 struct P { n: u32, kind: u32 }
-@group(0) @binding(0) var<storage, read_write> logp: array<f32>;
-@group(0) @binding(1) var<storage, read_write> logp_ref: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>;
+@group(0) @binding(0) var<storage, read> logp: array<f32>;
+@group(0) @binding(1) var<storage, read> logp_ref: array<f32>;
+@group(0) @binding(2) var<storage, read> mask: array<f32>;
 @group(0) @binding(3) var<storage, read_write> kl: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -8726,10 +8770,10 @@ function klPenalty(gpu, logp, logpRef, mask, estimator = "k1") {
 }
 var REWARDS = `
 struct P { B: u32, T: u32, beta: f32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> kl: array<f32>;      // (B, T)
-@group(0) @binding(1) var<storage, read_write> scores: array<f32>;  // (B)
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>;    // (B, T)
-@group(0) @binding(3) var<storage, read_write> beta_t: array<f32>;  // (1) or dummy
+@group(0) @binding(0) var<storage, read> kl: array<f32>;      // (B, T)
+@group(0) @binding(1) var<storage, read> scores: array<f32>;  // (B)
+@group(0) @binding(2) var<storage, read> mask: array<f32>;    // (B, T)
+@group(0) @binding(3) var<storage, read> beta_t: array<f32>;  // (1) or dummy
 @group(0) @binding(4) var<storage, read_write> r: array<f32>;       // (B, T)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -8770,9 +8814,9 @@ function shapedRewards(gpu, kl, scores, mask, o) {
 }
 var GAE = `
 struct P { B: u32, T: u32, gamma: f32, lambda: f32 }
-@group(0) @binding(0) var<storage, read_write> r: array<f32>;    // (B, T)
-@group(0) @binding(1) var<storage, read_write> v: array<f32>;    // (B, T)
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>; // (B, T)
+@group(0) @binding(0) var<storage, read> r: array<f32>;    // (B, T)
+@group(0) @binding(1) var<storage, read> v: array<f32>;    // (B, T)
+@group(0) @binding(2) var<storage, read> mask: array<f32>; // (B, T)
 @group(0) @binding(3) var<storage, read_write> adv: array<f32>;  // (B, T)
 @group(0) @binding(4) var<storage, read_write> ret: array<f32>;  // (B, T)
 @group(0) @binding(5) var<uniform> p: P;
@@ -8815,9 +8859,9 @@ function gae(gpu, rewards, values, mask, o) {
 }
 var WHITEN = `
 struct P { n: u32, shift_mean: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(2) var<storage, read_write> stats: array<f32>; // (sum, count, mean, var)
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> mask: array<f32>;
+@group(0) @binding(2) var<storage, read> stats: array<f32>; // (sum, count, mean, var)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -8841,11 +8885,11 @@ function whiten(gpu, x, mask, o = {}) {
 }
 var POLICY = `
 struct P { n: u32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> logp: array<f32>;
-@group(0) @binding(1) var<storage, read_write> logp_old: array<f32>;
-@group(0) @binding(2) var<storage, read_write> adv: array<f32>;
-@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(4) var<storage, read_write> count: array<f32>;  // maskedStats(mask): [0] = \u03A3 mask
+@group(0) @binding(0) var<storage, read> logp: array<f32>;
+@group(0) @binding(1) var<storage, read> logp_old: array<f32>;
+@group(0) @binding(2) var<storage, read> adv: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read> count: array<f32>;  // maskedStats(mask): [0] = \u03A3 mask
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;   // per token
 @group(0) @binding(6) var<storage, read_write> clipped: array<f32>;
 @group(0) @binding(7) var<storage, read_write> akl: array<f32>;    // \xBD (logp \u2212 logp_old)\xB2
@@ -8903,11 +8947,11 @@ function ppoPolicyLoss(gpu, logp, logpOld, advantages, mask, o) {
 }
 var VALUE = `
 struct P { n: u32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> v: array<f32>;
-@group(0) @binding(1) var<storage, read_write> v_old: array<f32>;
-@group(0) @binding(2) var<storage, read_write> ret: array<f32>;
-@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(4) var<storage, read_write> count: array<f32>;
+@group(0) @binding(0) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read> v_old: array<f32>;
+@group(0) @binding(2) var<storage, read> ret: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read> count: array<f32>;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> clipped: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dv: array<f32>;
@@ -8957,8 +9001,8 @@ function ppoValueLoss(gpu, values, valuesOld, returns, mask, o) {
 }
 var DIFF = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;
-@group(0) @binding(1) var<storage, read_write> b: array<f32>;
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -8966,8 +9010,8 @@ ${LINEAR_MAIN}
   out[i] = a[i] - b[i];
 }`;
 var EXPLAINED = `
-@group(0) @binding(0) var<storage, read_write> sr: array<f32>;  // stats of R
-@group(0) @binding(1) var<storage, read_write> sd: array<f32>;  // stats of R \u2212 V
+@group(0) @binding(0) var<storage, read> sr: array<f32>;  // stats of R
+@group(0) @binding(1) var<storage, read> sd: array<f32>;  // stats of R \u2212 V
 @group(0) @binding(2) var<storage, read_write> out: array<f32>; // (1)
 @compute @workgroup_size(1)
 fn main() { out[0] = select(0.0, 1.0 - sd[3] / sr[3], sr[3] > 0.0); }`;
@@ -8999,9 +9043,9 @@ function explainedVariance(gpu, values, returns, mask) {
 }
 var PAIRWISE = `${SIGMOID_WGSL2}
 struct P { n: u32, has_margin: u32 }
-@group(0) @binding(0) var<storage, read_write> rw: array<f32>;
-@group(0) @binding(1) var<storage, read_write> rl: array<f32>;
-@group(0) @binding(2) var<storage, read_write> margin: array<f32>;
+@group(0) @binding(0) var<storage, read> rw: array<f32>;
+@group(0) @binding(1) var<storage, read> rl: array<f32>;
+@group(0) @binding(2) var<storage, read> margin: array<f32>;
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(4) var<storage, read_write> correct: array<f32>;
 @group(0) @binding(5) var<storage, read_write> gap: array<f32>;
@@ -9062,7 +9106,7 @@ function pairwiseRewardLoss(gpu, chosen, rejected, margin) {
 }
 var RANKING = `${SIGMOID_WGSL2}
 struct P { P: u32, K: u32 }
-@group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (P, K) best \u2192 worst
+@group(0) @binding(0) var<storage, read> s: array<f32>;     // (P, K) best \u2192 worst
 @group(0) @binding(1) var<storage, read_write> loss: array<f32>;  // (P)
 @group(0) @binding(2) var<storage, read_write> acc: array<f32>;   // (P) fraction of ordered pairs
 @group(0) @binding(3) var<storage, read_write> ds: array<f32>;    // (P, K)
@@ -9115,9 +9159,9 @@ function rankingRewardLoss(gpu, scores) {
 }
 var TOKEN_PAIR = `${SIGMOID_WGSL2}
 struct P { P: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> vw: array<f32>;    // (P, T)
-@group(0) @binding(1) var<storage, read_write> vl: array<f32>;    // (P, T)
-@group(0) @binding(2) var<storage, read_write> span: array<f32>;  // (P, T)
+@group(0) @binding(0) var<storage, read> vw: array<f32>;    // (P, T)
+@group(0) @binding(1) var<storage, read> vl: array<f32>;    // (P, T)
+@group(0) @binding(2) var<storage, read> span: array<f32>;  // (P, T)
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;  // (P)
 @group(0) @binding(4) var<storage, read_write> dvw: array<f32>;   // (P, T)
 @group(0) @binding(5) var<storage, read_write> dvl: array<f32>;   // (P, T)
@@ -9988,6 +10032,134 @@ cases14.push({
       4
     ])), [
       4
+    ]);
+  }
+});
+cases14.push({
+  name: "runtime: one tensor read twice is allowed (matmul(a, a) on both paths, add(x, x)); read + write or overlapping writes of one buffer are named errors",
+  async run(gpu) {
+    const a = gpu.fromArray(new Float32Array([
+      1,
+      2,
+      3,
+      4
+    ]), [
+      2,
+      2
+    ]);
+    for (const path of [
+      "texture",
+      "buffer"
+    ]) {
+      assertEquals(await gpu.read(matmul(gpu, a, a, {
+        path
+      })), [
+        7,
+        10,
+        15,
+        22
+      ], path);
+      assertEquals(await gpu.read(matmul(gpu, a, a, {
+        path,
+        transB: true
+      })), [
+        5,
+        11,
+        11,
+        25
+      ]);
+    }
+    assertEquals(await gpu.read(add(gpu, a, a)), [
+      2,
+      4,
+      6,
+      8
+    ]);
+    const copy = gpu.pipeline(`
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> z: array<f32>;
+@compute @workgroup_size(1) fn main() { y[0] = x[0]; z[0] = x[0]; }`);
+    const n = gpu.limits.minStorageBufferOffsetAlignment / 4;
+    const big = gpu.zeros([
+      3 * n
+    ]);
+    const lo = big.view(0, [
+      n
+    ]), hi = big.view(n, [
+      n
+    ]), wide = big.view(0, [
+      2 * n
+    ]);
+    const other = gpu.zeros([
+      4
+    ]);
+    assertThrows(() => gpu.dispatch(copy, [
+      a,
+      a,
+      other
+    ], [
+      1
+    ]), GpuValidationError, "bindings 0 (x, read) and 1 (y, read_write)");
+    assertThrows(() => gpu.dispatch(copy, [
+      lo,
+      hi,
+      other
+    ], [
+      1
+    ]), GpuValidationError, "use the same buffer");
+    assertThrows(() => gpu.dispatch(copy, [
+      other,
+      lo,
+      wide
+    ], [
+      1
+    ]), GpuValidationError, "overlapping ranges");
+    gpu.dispatch(copy, [
+      a,
+      lo,
+      hi
+    ], [
+      1
+    ]);
+    assertEquals((await gpu.read(big)).slice(0, n + 1), [
+      1,
+      ...new Array(n - 1).fill(0),
+      1
+    ]);
+  }
+});
+cases14.push({
+  name: "runtime: the WGSL write analysis behind the read-only binding check reads tricky code right",
+  run() {
+    const decl = "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n";
+    const writes = [
+      "x[i] = 1.0;",
+      "x[idx[j] + 1u] += 2.0;",
+      "x[i]++;",
+      "x[i] >>= 1u;",
+      "x.count = 0u;",
+      "x = s;",
+      "let r = atomicAdd(&x[0], 1u);",
+      "let ptr = & x[3];"
+    ];
+    const reads = [
+      "let y = x[i];",
+      "if (x[i] == 0.0) { return; }",
+      "let ok = a && x[0] > 0.0;",
+      "let m = flags & x[1];",
+      "let c = x[i] <= 2.0 || x[i] != 1.0 || x[i] >= 0.5;",
+      "// x[i] = 1.0;",
+      "/* x[i] = 1.0; */",
+      "xs[i] = 1.0; p.x = 2.0; y_x[0] = 3.0;",
+      "out[x[i]] = 1.0;"
+    ];
+    for (const body of writes) assert(writesVariable(decl + body, "x"), `should write: ${body}`);
+    for (const body of reads) {
+      assert(!writesVariable(decl + body, "x"), `should not write: ${body}`);
+    }
+    assertEquals(unwrittenReadWriteBindings(decl + "@group(0) @binding(1) var<storage, read_write> y: array<f32>;\n@group(0) @binding(2) var<uniform> p: P;\nfn main() { y[0] = x[0]; }").map((b) => b.name), [
+      "x"
     ]);
   }
 });

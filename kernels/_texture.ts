@@ -17,7 +17,7 @@ struct P {
   width: u32, height: u32,     // texels × rows to write (padding included)
   dst_row0: u32,               // first texture row written
 }
-@group(0) @binding(0) var<storage, read_write> src: array<f32>;                   // (batch, …)
+@group(0) @binding(0) var<storage, read> src: array<f32>;                   // (batch, …)
 @group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(8, 8)

@@ -47,12 +47,12 @@ function fusedForwardShader(dq: number, causal: boolean, keyMask: boolean): stri
   const perD = (f: (d: number) => string) => Array.from({ length: dq }, (_, d) => f(d));
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh)
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(5) var<storage, read_write> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
+@group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
 
 fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
@@ -130,8 +130,8 @@ const recomputeProbsShader = (causal: boolean, keyMask: boolean) =>
   wgsl`
 struct P { n: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B·H, Tq, Tk)
-@group(0) @binding(1) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(2) var<storage, read_write> kmask: array<f32>; // (B, Tk)
+@group(0) @binding(1) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(2) var<storage, read> kmask: array<f32>; // (B, Tk)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -152,8 +152,8 @@ ${LINEAR_MAIN}
 // D[row] = Σ_d dO[row, d]·O[row, d]
 const ROW_DOT = `
 struct P { rows: u32, Dh: u32 }
-@group(0) @binding(0) var<storage, read_write> dout: array<f32>; // (rows, Dh)
-@group(0) @binding(1) var<storage, read_write> o: array<f32>;    // (rows, Dh)
+@group(0) @binding(0) var<storage, read> dout: array<f32>; // (rows, Dh)
+@group(0) @binding(1) var<storage, read> o: array<f32>;    // (rows, Dh)
 @group(0) @binding(2) var<storage, read_write> d: array<f32>;    // (rows)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -166,9 +166,9 @@ ${LINEAR_MAIN}
 // dS = scale·P·(dP − D[row]), in place on dP
 const SCORES_GRAD = `
 struct P { n: u32, Tk: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> probs: array<f32>; // (rows, Tk)
+@group(0) @binding(0) var<storage, read> probs: array<f32>; // (rows, Tk)
 @group(0) @binding(1) var<storage, read_write> dp: array<f32>;    // (rows, Tk) → dS
-@group(0) @binding(2) var<storage, read_write> d: array<f32>;     // (rows)
+@group(0) @binding(2) var<storage, read> d: array<f32>;     // (rows)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -184,7 +184,7 @@ function cached(key: string, make: () => string): string {
 
 const SWAP12 = `
 struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (A, X, Y, D)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (A, X, Y, D)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (A, Y, X, D)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}

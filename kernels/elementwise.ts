@@ -213,7 +213,7 @@ export function geluBackward(gpu: Gpu, dy: Tensor, x: Tensor, out?: Tensor): Ten
 
 const CAST_F16_TO_F32 = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> src: array<u32>; // (ceil(n / 2)) packed halves
+@group(0) @binding(0) var<storage, read> src: array<u32>; // (ceil(n / 2)) packed halves
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (n)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -224,7 +224,7 @@ ${LINEAR_MAIN}
 
 const CAST_F32_TO_F16 = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> src: array<f32>; // (n)
+@group(0) @binding(0) var<storage, read> src: array<f32>; // (n)
 @group(0) @binding(1) var<storage, read_write> out: array<u32>; // (ceil(n / 2))
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -273,8 +273,8 @@ export function castF32ToF16(gpu: Gpu, x: Tensor): Tensor {
 
 const CONCAT = `
 struct P { n: u32, Ta: u32, Tb: u32 }
-@group(0) @binding(0) var<storage, read_write> a: array<u32>;   // (B, Ta)
-@group(0) @binding(1) var<storage, read_write> b: array<u32>;   // (B, Tb)
+@group(0) @binding(0) var<storage, read> a: array<u32>;   // (B, Ta)
+@group(0) @binding(1) var<storage, read> b: array<u32>;   // (B, Tb)
 @group(0) @binding(2) var<storage, read_write> out: array<u32>; // (B, Ta + Tb)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}

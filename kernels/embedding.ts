@@ -17,10 +17,10 @@ import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const FORWARD = `
 struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32, tok_offset: i32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> tokens: array<i32>;    // (N)
-@group(0) @binding(1) var<storage, read_write> positions: array<i32>; // (N)
-@group(0) @binding(2) var<storage, read_write> wte: array<f32>;       // (V, C)
-@group(0) @binding(3) var<storage, read_write> wpe: array<f32>;       // (maxPos, C)
+@group(0) @binding(0) var<storage, read> tokens: array<i32>;    // (N)
+@group(0) @binding(1) var<storage, read> positions: array<i32>; // (N)
+@group(0) @binding(2) var<storage, read> wte: array<f32>;       // (V, C)
+@group(0) @binding(3) var<storage, read> wpe: array<f32>;       // (maxPos, C)
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;       // (N, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -40,7 +40,7 @@ ${LINEAR_MAIN}
 // next[i] = smallest j > i with ids[j] == ids[i] (or -1); head[i] = 1 when no j < i has the id
 const CHAINS = `
 struct P { N: u32 }
-@group(0) @binding(0) var<storage, read_write> ids: array<i32>;   // (N)
+@group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
 @group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
 @group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
 @group(0) @binding(3) var<uniform> p: P;
@@ -57,10 +57,10 @@ ${LINEAR_MAIN}
 
 const SCATTER = `
 struct P { n: u32, C: u32, rowsTable: u32, offset: i32 }
-@group(0) @binding(0) var<storage, read_write> ids: array<i32>;   // (N)
-@group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
-@group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
-@group(0) @binding(3) var<storage, read_write> dout: array<f32>;  // (N, C)
+@group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
+@group(0) @binding(1) var<storage, read> next: array<i32>;  // (N)
+@group(0) @binding(2) var<storage, read> head: array<u32>;  // (N)
+@group(0) @binding(3) var<storage, read> dout: array<f32>;  // (N, C)
 @group(0) @binding(4) var<storage, read_write> table: array<f32>; // (rowsTable, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -180,7 +180,7 @@ export function embeddingBackward(
 
 const POSITIONS = `
 struct P { B: u32, T: u32, offset: i32 }
-@group(0) @binding(0) var<storage, read_write> mask: array<f32>;  // (B, T) 1 = token, 0 = pad
+@group(0) @binding(0) var<storage, read> mask: array<f32>;  // (B, T) 1 = token, 0 = pad
 @group(0) @binding(1) var<storage, read_write> pos: array<i32>;   // (B, T)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -224,8 +224,8 @@ export function positionsFromMask(gpu: Gpu, mask: Tensor, offset = 0): Tensor {
 
 const NEXT_TARGETS = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> tokens: array<i32>;  // (B, T)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;    // (B, T)
+@group(0) @binding(0) var<storage, read> tokens: array<i32>;  // (B, T)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;    // (B, T)
 @group(0) @binding(2) var<storage, read_write> targets: array<i32>; // (B, T)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -269,8 +269,8 @@ export function nextTokenTargets(gpu: Gpu, tokens: Tensor, mask: Tensor): Tensor
 
 const LAST_VALUES = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> values: array<f32>; // (B, T)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;   // (B, T)
+@group(0) @binding(0) var<storage, read> values: array<f32>; // (B, T)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (B, T)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;    // (B)
 @group(0) @binding(3) var<storage, read_write> index: array<i32>;  // (B)
 @group(0) @binding(4) var<uniform> p: P;
@@ -310,8 +310,8 @@ export function lastMaskedValues(
 
 const LAST_VALUES_BACKWARD = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> dscore: array<f32>; // (B)
-@group(0) @binding(1) var<storage, read_write> index: array<i32>;  // (B)
+@group(0) @binding(0) var<storage, read> dscore: array<f32>; // (B)
+@group(0) @binding(1) var<storage, read> index: array<i32>;  // (B)
 @group(0) @binding(2) var<storage, read_write> dv: array<f32>;     // (B, T)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}

@@ -13,9 +13,9 @@ import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const FORWARD = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read_write> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;     // (C)
+@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
@@ -39,11 +39,11 @@ ${ROW_MAIN}
 // dx = rstd · (dy·w − mean(dy·w) − x̂ · mean(dy·w · x̂))
 const BACKWARD_DX = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read_write> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;
 ${ROW_MAIN}
@@ -74,10 +74,10 @@ ${ROW_MAIN}
 // dweight[c] += Σ_r dy·x̂, dbias[c] += Σ_r dy: one invocation per column
 const BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read_write> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(3) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
 @group(0) @binding(6) var<uniform> p: P;

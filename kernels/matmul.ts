@@ -88,7 +88,7 @@ struct P {
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
-@group(0) @binding(3) var<storage, read_write> bias: array<f32>;           // (ldc)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<uniform> p: P;
 
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
@@ -146,10 +146,10 @@ struct P {
   a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
   flags: u32, alpha: f32,
 }
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;    // (batch, M, K) or (batch, K, M)
-@group(0) @binding(1) var<storage, read_write> b: array<f32>;    // (batch|1, K, N) or (…, N, K)
+@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
+@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (…, N, K)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
-@group(0) @binding(3) var<storage, read_write> bias: array<f32>; // (N)
+@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
 @group(0) @binding(4) var<uniform> p: P;
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k

@@ -18,10 +18,10 @@ struct P {
   wd: f32, bc1: f32, bc2: f32,
 }
 @group(0) @binding(0) var<storage, read_write> param: array<f32>; // (n)
-@group(0) @binding(1) var<storage, read_write> grad: array<f32>;  // (n)
+@group(0) @binding(1) var<storage, read> grad: array<f32>;  // (n)
 @group(0) @binding(2) var<storage, read_write> m: array<f32>;     // (n) first moment
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;     // (n) second moment
-@group(0) @binding(4) var<storage, read_write> gscale: array<f32>;
+@group(0) @binding(4) var<storage, read> gscale: array<f32>;
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }

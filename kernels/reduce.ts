@@ -52,7 +52,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 
 const ROWS = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, op: u32 }   // op 0 sum, 1 mean, 2 max
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows)
 @group(0) @binding(2) var<uniform> p: P;
 ${ROW_MAIN}
@@ -72,7 +72,7 @@ ${ROW_MAIN}
 
 const COLS = `
 struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -160,9 +160,9 @@ const CHUNK = 4096;
  */
 const PARTIALS = `${WG_REDUCE}
 struct P { n: u32, mode: u32, offset: u32, has_mask: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;        // (n)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;     // (n) or dummy
-@group(0) @binding(2) var<storage, read_write> stats: array<f32>;    // (4): sum, count, mean, var
+@group(0) @binding(0) var<storage, read> x: array<f32>;        // (n)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;     // (n) or dummy
+@group(0) @binding(2) var<storage, read> stats: array<f32>;    // (4): sum, count, mean, var
 @group(0) @binding(3) var<storage, read_write> partials: array<vec2f>;
 @group(0) @binding(4) var<uniform> p: P;
 ${ROW_MAIN}
@@ -189,7 +189,7 @@ ${ROW_MAIN}
  */
 const FINISH = `${WG_REDUCE}
 struct P { count: u32, mode: u32, unbiased: u32, max_norm: f32 }
-@group(0) @binding(0) var<storage, read_write> partials: array<vec2f>;
+@group(0) @binding(0) var<storage, read> partials: array<vec2f>;
 @group(0) @binding(1) var<storage, read_write> stats: array<f32>;    // (4)
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(${ROW_WG})
@@ -323,7 +323,7 @@ export function globalNorm(gpu: Gpu, tensors: Tensor[], maxNorm = 0): Tensor {
 const SCALE_BY = `
 struct P { n: u32, index: u32 }
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;  // (n), scaled in place
-@group(0) @binding(1) var<storage, read_write> s: array<f32>;  // scalar source
+@group(0) @binding(1) var<storage, read> s: array<f32>;  // scalar source
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }

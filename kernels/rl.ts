@@ -37,9 +37,9 @@ function same(name: string, ...ts: Tensor[]): void {
 
 const KL = `
 struct P { n: u32, kind: u32 }
-@group(0) @binding(0) var<storage, read_write> logp: array<f32>;
-@group(0) @binding(1) var<storage, read_write> logp_ref: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>;
+@group(0) @binding(0) var<storage, read> logp: array<f32>;
+@group(0) @binding(1) var<storage, read> logp_ref: array<f32>;
+@group(0) @binding(2) var<storage, read> mask: array<f32>;
 @group(0) @binding(3) var<storage, read_write> kl: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -84,10 +84,10 @@ export function klPenalty(
 
 const REWARDS = `
 struct P { B: u32, T: u32, beta: f32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> kl: array<f32>;      // (B, T)
-@group(0) @binding(1) var<storage, read_write> scores: array<f32>;  // (B)
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>;    // (B, T)
-@group(0) @binding(3) var<storage, read_write> beta_t: array<f32>;  // (1) or dummy
+@group(0) @binding(0) var<storage, read> kl: array<f32>;      // (B, T)
+@group(0) @binding(1) var<storage, read> scores: array<f32>;  // (B)
+@group(0) @binding(2) var<storage, read> mask: array<f32>;    // (B, T)
+@group(0) @binding(3) var<storage, read> beta_t: array<f32>;  // (1) or dummy
 @group(0) @binding(4) var<storage, read_write> r: array<f32>;       // (B, T)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -139,9 +139,9 @@ export function shapedRewards(
 
 const GAE = `
 struct P { B: u32, T: u32, gamma: f32, lambda: f32 }
-@group(0) @binding(0) var<storage, read_write> r: array<f32>;    // (B, T)
-@group(0) @binding(1) var<storage, read_write> v: array<f32>;    // (B, T)
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>; // (B, T)
+@group(0) @binding(0) var<storage, read> r: array<f32>;    // (B, T)
+@group(0) @binding(1) var<storage, read> v: array<f32>;    // (B, T)
+@group(0) @binding(2) var<storage, read> mask: array<f32>; // (B, T)
 @group(0) @binding(3) var<storage, read_write> adv: array<f32>;  // (B, T)
 @group(0) @binding(4) var<storage, read_write> ret: array<f32>;  // (B, T)
 @group(0) @binding(5) var<uniform> p: P;
@@ -187,9 +187,9 @@ export function gae(
 
 const WHITEN = `
 struct P { n: u32, shift_mean: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(2) var<storage, read_write> stats: array<f32>; // (sum, count, mean, var)
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> mask: array<f32>;
+@group(0) @binding(2) var<storage, read> stats: array<f32>; // (sum, count, mean, var)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -219,11 +219,11 @@ export function whiten(gpu: Gpu, x: Tensor, mask: Tensor, o: { shiftMean?: boole
 
 const POLICY = `
 struct P { n: u32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> logp: array<f32>;
-@group(0) @binding(1) var<storage, read_write> logp_old: array<f32>;
-@group(0) @binding(2) var<storage, read_write> adv: array<f32>;
-@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(4) var<storage, read_write> count: array<f32>;  // maskedStats(mask): [0] = Σ mask
+@group(0) @binding(0) var<storage, read> logp: array<f32>;
+@group(0) @binding(1) var<storage, read> logp_old: array<f32>;
+@group(0) @binding(2) var<storage, read> adv: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read> count: array<f32>;  // maskedStats(mask): [0] = Σ mask
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;   // per token
 @group(0) @binding(6) var<storage, read_write> clipped: array<f32>;
 @group(0) @binding(7) var<storage, read_write> akl: array<f32>;    // ½ (logp − logp_old)²
@@ -297,11 +297,11 @@ export function ppoPolicyLoss(
 
 const VALUE = `
 struct P { n: u32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> v: array<f32>;
-@group(0) @binding(1) var<storage, read_write> v_old: array<f32>;
-@group(0) @binding(2) var<storage, read_write> ret: array<f32>;
-@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(4) var<storage, read_write> count: array<f32>;
+@group(0) @binding(0) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read> v_old: array<f32>;
+@group(0) @binding(2) var<storage, read> ret: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read> count: array<f32>;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> clipped: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dv: array<f32>;
@@ -366,8 +366,8 @@ export function ppoValueLoss(
 
 const DIFF = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;
-@group(0) @binding(1) var<storage, read_write> b: array<f32>;
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -376,8 +376,8 @@ ${LINEAR_MAIN}
 }`;
 
 const EXPLAINED = `
-@group(0) @binding(0) var<storage, read_write> sr: array<f32>;  // stats of R
-@group(0) @binding(1) var<storage, read_write> sd: array<f32>;  // stats of R − V
+@group(0) @binding(0) var<storage, read> sr: array<f32>;  // stats of R
+@group(0) @binding(1) var<storage, read> sd: array<f32>;  // stats of R − V
 @group(0) @binding(2) var<storage, read_write> out: array<f32>; // (1)
 @compute @workgroup_size(1)
 fn main() { out[0] = select(0.0, 1.0 - sd[3] / sr[3], sr[3] > 0.0); }`;
@@ -403,9 +403,9 @@ export function explainedVariance(gpu: Gpu, values: Tensor, returns: Tensor, mas
 
 const PAIRWISE = `${SIGMOID_WGSL}
 struct P { n: u32, has_margin: u32 }
-@group(0) @binding(0) var<storage, read_write> rw: array<f32>;
-@group(0) @binding(1) var<storage, read_write> rl: array<f32>;
-@group(0) @binding(2) var<storage, read_write> margin: array<f32>;
+@group(0) @binding(0) var<storage, read> rw: array<f32>;
+@group(0) @binding(1) var<storage, read> rl: array<f32>;
+@group(0) @binding(2) var<storage, read> margin: array<f32>;
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(4) var<storage, read_write> correct: array<f32>;
 @group(0) @binding(5) var<storage, read_write> gap: array<f32>;
@@ -467,7 +467,7 @@ export function pairwiseRewardLoss(
 
 const RANKING = `${SIGMOID_WGSL}
 struct P { P: u32, K: u32 }
-@group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (P, K) best → worst
+@group(0) @binding(0) var<storage, read> s: array<f32>;     // (P, K) best → worst
 @group(0) @binding(1) var<storage, read_write> loss: array<f32>;  // (P)
 @group(0) @binding(2) var<storage, read_write> acc: array<f32>;   // (P) fraction of ordered pairs
 @group(0) @binding(3) var<storage, read_write> ds: array<f32>;    // (P, K)
@@ -521,9 +521,9 @@ export function rankingRewardLoss(
 
 const TOKEN_PAIR = `${SIGMOID_WGSL}
 struct P { P: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> vw: array<f32>;    // (P, T)
-@group(0) @binding(1) var<storage, read_write> vl: array<f32>;    // (P, T)
-@group(0) @binding(2) var<storage, read_write> span: array<f32>;  // (P, T)
+@group(0) @binding(0) var<storage, read> vw: array<f32>;    // (P, T)
+@group(0) @binding(1) var<storage, read> vl: array<f32>;    // (P, T)
+@group(0) @binding(2) var<storage, read> span: array<f32>;  // (P, T)
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;  // (P)
 @group(0) @binding(4) var<storage, read_write> dvw: array<f32>;   // (P, T)
 @group(0) @binding(5) var<storage, read_write> dvl: array<f32>;   // (P, T)

@@ -10,6 +10,7 @@
  */
 
 import { checkShape, GpuLimitError, GpuValidationError, WebGpuUnavailableError } from "./errors.ts";
+import { type BufferAccess, type BufferBinding, bufferBindings } from "./_bindings.ts";
 
 /** Element types a {@link Tensor} can hold (4 bytes each). */
 export type DType = "f32" | "i32" | "u32";
@@ -33,25 +34,6 @@ function checkDims(shape: readonly number[], what: string): void {
       `${what}: shape [${shape.join(", ")}] has a dimension that is not a non-negative integer`,
     );
   }
-}
-
-/** How a shader binds a buffer. */
-type BufferAccess = "read_write" | "read" | "uniform";
-
-/** Buffer bindings of `@group(0)` in a WGSL module: binding index → access and name. */
-function bufferBindings(code: string): Map<number, { access: BufferAccess; name: string }> {
-  const out = new Map<number, { access: BufferAccess; name: string }>();
-  const re =
-    /@binding\((\d+)\)\s*var<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>\s*(\w+)/g;
-  for (const m of code.matchAll(re)) {
-    const access: BufferAccess = m[2] === "uniform"
-      ? "uniform"
-      : m[3] === "read_write"
-      ? "read_write"
-      : "read";
-    out.set(Number(m[1]), { access, name: m[4] });
-  }
-  return out;
 }
 
 /**
@@ -372,7 +354,7 @@ export class Gpu {
   readonly maxBindingBytes: number;
   #pipelines = new Map<string, GPUComputePipeline>();
   /** Per pipeline: each buffer binding's access and variable name, parsed from its WGSL. */
-  #access = new WeakMap<GPUComputePipeline, Map<number, { access: BufferAccess; name: string }>>();
+  #access = new WeakMap<GPUComputePipeline, Map<number, BufferBinding>>();
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
   #arenas: Arena[] = [];

@@ -28,7 +28,7 @@ struct P {
   greedy: u32, top_k: u32, seed: u32, step: u32, eos: i32, pad: i32,
   temperature: f32, top_p: f32,
 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;   // (B, ld), first V used
+@group(0) @binding(0) var<storage, read> logits: array<f32>;   // (B, ld), first V used
 @group(0) @binding(1) var<storage, read_write> tokens: array<i32>;   // (B, Tcap)
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;     // (B, Tcap)
 @group(0) @binding(3) var<storage, read_write> rmask: array<f32>;    // (B, Tcap)
@@ -227,9 +227,9 @@ export function sampleTokens(
 
 const FEEDBACK = `
 struct P { B: u32, Tp: u32, Tgen: u32, t: u32, Tcap: u32 }
-@group(0) @binding(0) var<storage, read_write> gen: array<i32>;       // (B, Tgen) sampled tokens
-@group(0) @binding(1) var<storage, read_write> rmask: array<f32>;     // (B, Tgen) response mask
-@group(0) @binding(2) var<storage, read_write> ppos: array<i32>;      // (B, Tp) prompt positions
+@group(0) @binding(0) var<storage, read> gen: array<i32>;       // (B, Tgen) sampled tokens
+@group(0) @binding(1) var<storage, read> rmask: array<f32>;     // (B, Tgen) response mask
+@group(0) @binding(2) var<storage, read> ppos: array<i32>;      // (B, Tp) prompt positions
 @group(0) @binding(3) var<storage, read_write> next_tok: array<i32>;  // (B, 1)
 @group(0) @binding(4) var<storage, read_write> next_pos: array<i32>;  // (B, 1)
 @group(0) @binding(5) var<storage, read_write> kmask: array<f32>;     // (B, Tcap) key mask

@@ -13,7 +13,7 @@ import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const SOFTMAX = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, log: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows, cols)
 @group(0) @binding(2) var<uniform> p: P;
 ${ROW_MAIN}
@@ -35,8 +35,8 @@ ${ROW_MAIN}
 
 const TOKEN_LOGPROBS = `${WG_REDUCE}
 struct P { rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read_write> targets: array<i32>; // (rows), < 0 ignored
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
 @group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
 @group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
@@ -70,12 +70,12 @@ ${ROW_MAIN}
 
 const LOGITS_BACKWARD = `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read_write> targets: array<i32>; // (rows)
-@group(0) @binding(2) var<storage, read_write> lse: array<f32>;     // (rows)
-@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
-@group(0) @binding(4) var<storage, read_write> g_logp: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> g_ent: array<f32>;   // (rows)
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows)
+@group(0) @binding(2) var<storage, read> lse: array<f32>;     // (rows)
+@group(0) @binding(3) var<storage, read> ent: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read> g_logp: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read> g_ent: array<f32>;   // (rows)
 @group(0) @binding(6) var<storage, read_write> dlogits: array<f32>; // (rows, V)
 @group(0) @binding(7) var<uniform> p: P;
 @compute @workgroup_size(64)
@@ -206,7 +206,7 @@ export function crossEntropy(
 
 const NEGATE = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(64)

@@ -8,7 +8,10 @@
 import { mulberry32 } from "../trainer/random.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 
-/** One named test case; runs against a shared {@link Gpu}. */
+/**
+ * One named test case; runs against a shared {@link Gpu}. A case whose `run` declares no
+ * parameter needs no GPU, and the Deno runner runs it also where no WebGPU adapter exists.
+ */
 export interface Case {
   name: string;
   run(gpu: Gpu): Promise<void> | void;

@@ -9,11 +9,13 @@
  */
 import { format, runCell } from "../bench/learning.ts";
 import { assert } from "./assert.ts";
+import { noGpu } from "./_gpu.ts";
 
 const CELLS = [{ seed: 1, backend: "gl" }, { seed: 2, backend: "vulkan" }];
 
 Deno.test({
   name: "acceptance: the default run learns on seed 1 / gl and seed 2 / vulkan",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {

@@ -4,9 +4,11 @@
  * asserted here.)
  */
 import { assert, assertEquals } from "./assert.ts";
+import { noGpu } from "./_gpu.ts";
 
 Deno.test({
   name: "bench: --quick --json prints one result object per line with ours, tfjs and ratio",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
@@ -41,6 +43,7 @@ Deno.test({
 
 Deno.test({
   name: "bench:learning: one tiny cell prints a JSON row, names the missed bounds, exits 1",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {

@@ -2,7 +2,6 @@
  * `deno task generate` end to end: a checkpoint directory written by the project, the CLI run
  * as a subprocess, its JSON compared with in-process generation; argument and file errors.
  */
-import { Gpu } from "../kernels/runtime.ts";
 import { saveOptModel } from "../model/checkpoint.ts";
 import { OPT_PRESETS } from "../model/config.ts";
 import { generate } from "../model/generate.ts";
@@ -11,6 +10,7 @@ import { ByteTokenizer } from "../model/tokenizer.ts";
 import { parseArgs, UsageError } from "../cli/args.ts";
 import { readCheckpointDir, writeCheckpointDir } from "../cli/checkpoint_files.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { gpu, noGpu } from "./_gpu.ts";
 
 const CLI = new URL("../cli/generate.ts", import.meta.url).pathname;
 
@@ -25,11 +25,12 @@ async function runCli(args: string[]) {
 
 Deno.test({
   name: "generate CLI: --json output equals in-process greedy generation; errors are named",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
     const dir = await Deno.makeTempDir();
-    const gpu = await Gpu.create();
+
     const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 3 });
     model.store.init(3, 0.3);
     await writeCheckpointDir(dir, await saveOptModel(model));

@@ -3,7 +3,6 @@
  * reference (loss log 2, zero rewards), frozen weights never change, the precomputed and the
  * LoRA-off references give the same step, SimPO needs no reference, KTO's reference point.
  */
-import { Gpu } from "../kernels/runtime.ts";
 import { OPT_PRESETS } from "../model/config.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
@@ -13,10 +12,10 @@ import { DPO_SCHEMA, DpoTrainer } from "../trainer/dpo.ts";
 import { KTO_SCHEMA, KtoTrainer } from "../trainer/kto.ts";
 import { makeBuiltinTask } from "../trainer/task.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { gpu, gpuTestOptions } from "./_gpu.ts";
 
-const gpu = await Gpu.create();
 const tok = new ByteTokenizer();
-const opts = { sanitizeOps: false, sanitizeResources: false };
+const opts = gpuTestOptions;
 const pairs: PairExample[] = makeBuiltinTask(1, { pairs: 64 }).pairs;
 const cfg = { ...defaults(DPO_SCHEMA), steps: 4, batchSize: 8, lr: 1e-3, warmupRatio: 0 };
 

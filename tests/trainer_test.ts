@@ -4,7 +4,6 @@
  * validation, the non-finite-loss guard, exact resume of every trainer through the one loop,
  * and a pipeline defined outside the library.
  */
-import { Gpu } from "../kernels/runtime.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
 import {
@@ -40,11 +39,11 @@ import { OPT_PRESETS } from "../model/config.ts";
 import { saveOptModel } from "../model/checkpoint.ts";
 import { encodePairs } from "../trainer/batch.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { gpu, gpuTestOptions } from "./_gpu.ts";
 
-const gpu = await Gpu.create();
 const tok = new ByteTokenizer();
 const task = makeBuiltinTask(1);
-const opts = { sanitizeOps: false, sanitizeResources: false };
+const opts = gpuTestOptions;
 
 Deno.test({
   ...opts,

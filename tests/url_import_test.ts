@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { assert, assertEquals } from "./assert.ts";
 import { serveDirectory } from "../cli/serve.ts";
+import { noGpu } from "./_gpu.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -28,6 +29,7 @@ console.log(JSON.stringify({ y, losses: logs.map((l) => l["sft/loss"]) }));
 
 Deno.test({
   name: "import from URL: a separate deno run imports mod.ts over HTTP, runs a kernel and trains",
+  ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {

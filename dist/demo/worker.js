@@ -34,6 +34,23 @@ function checkShape(cond, message) {
   if (!cond) throw new ShapeError(message);
 }
 
+// kernels/_bindings.ts
+function bufferBindings(code) {
+  const out = /* @__PURE__ */ new Map();
+  const re = /@binding\((\d+)\)\s*var<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>\s*(\w+)/g;
+  for (const m of stripComments(code).matchAll(re)) {
+    const access = m[2] === "uniform" ? "uniform" : m[3] === "read_write" ? "read_write" : "read";
+    out.set(Number(m[1]), {
+      access,
+      name: m[4]
+    });
+  }
+  return out;
+}
+function stripComments(code) {
+  return code.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/\/\/[^\n]*/g, " ");
+}
+
 // kernels/runtime.ts
 function numel(shape) {
   let n = 1;
@@ -44,18 +61,6 @@ function checkDims(shape, what) {
   for (const d of shape) {
     checkShape(Number.isInteger(d) && d >= 0, `${what}: shape [${shape.join(", ")}] has a dimension that is not a non-negative integer`);
   }
-}
-function bufferBindings(code) {
-  const out = /* @__PURE__ */ new Map();
-  const re = /@binding\((\d+)\)\s*var<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>\s*(\w+)/g;
-  for (const m of code.matchAll(re)) {
-    const access = m[2] === "uniform" ? "uniform" : m[3] === "read_write" ? "read_write" : "read";
-    out.set(Number(m[1]), {
-      access,
-      name: m[4]
-    });
-  }
-  return out;
 }
 var Tensor = class _Tensor {
   gpu;
@@ -1133,7 +1138,7 @@ function reluBackward(gpu2, dy, x, out) {
 }
 var CAST_F16_TO_F32 = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> src: array<u32>; // (ceil(n / 2)) packed halves
+@group(0) @binding(0) var<storage, read> src: array<u32>; // (ceil(n / 2)) packed halves
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (n)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -1143,7 +1148,7 @@ ${LINEAR_MAIN}
 }`;
 var CAST_F32_TO_F16 = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> src: array<f32>; // (n)
+@group(0) @binding(0) var<storage, read> src: array<f32>; // (n)
 @group(0) @binding(1) var<storage, read_write> out: array<u32>; // (ceil(n / 2))
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -1153,8 +1158,8 @@ ${LINEAR_MAIN}
 }`;
 var CONCAT = `
 struct P { n: u32, Ta: u32, Tb: u32 }
-@group(0) @binding(0) var<storage, read_write> a: array<u32>;   // (B, Ta)
-@group(0) @binding(1) var<storage, read_write> b: array<u32>;   // (B, Tb)
+@group(0) @binding(0) var<storage, read> a: array<u32>;   // (B, Ta)
+@group(0) @binding(1) var<storage, read> b: array<u32>;   // (B, Tb)
 @group(0) @binding(2) var<storage, read_write> out: array<u32>; // (B, Ta + Tb)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -1189,7 +1194,7 @@ struct P {
   width: u32, height: u32,     // texels \xD7 rows to write (padding included)
   dst_row0: u32,               // first texture row written
 }
-@group(0) @binding(0) var<storage, read_write> src: array<f32>;                   // (batch, \u2026)
+@group(0) @binding(0) var<storage, read> src: array<f32>;                   // (batch, \u2026)
 @group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(8, 8)
@@ -1288,7 +1293,7 @@ struct P {
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
-@group(0) @binding(3) var<storage, read_write> bias: array<f32>;           // (ldc)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<uniform> p: P;
 
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
@@ -1338,10 +1343,10 @@ struct P {
   a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
   flags: u32, alpha: f32,
 }
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;    // (batch, M, K) or (batch, K, M)
-@group(0) @binding(1) var<storage, read_write> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
+@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
+@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
-@group(0) @binding(3) var<storage, read_write> bias: array<f32>; // (N)
+@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
 @group(0) @binding(4) var<uniform> p: P;
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
@@ -1583,7 +1588,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let row = wid.x + wid.y * nwg.x;`;
 var ROWS = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, op: u32 }   // op 0 sum, 1 mean, 2 max
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows)
 @group(0) @binding(2) var<uniform> p: P;
 ${ROW_MAIN}
@@ -1602,7 +1607,7 @@ ${ROW_MAIN}
 }`;
 var COLS = `
 struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -1656,9 +1661,9 @@ function sumColumns(gpu2, x, opts = {}) {
 var CHUNK = 4096;
 var PARTIALS = `${WG_REDUCE}
 struct P { n: u32, mode: u32, offset: u32, has_mask: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;        // (n)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;     // (n) or dummy
-@group(0) @binding(2) var<storage, read_write> stats: array<f32>;    // (4): sum, count, mean, var
+@group(0) @binding(0) var<storage, read> x: array<f32>;        // (n)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;     // (n) or dummy
+@group(0) @binding(2) var<storage, read> stats: array<f32>;    // (4): sum, count, mean, var
 @group(0) @binding(3) var<storage, read_write> partials: array<vec2f>;
 @group(0) @binding(4) var<uniform> p: P;
 ${ROW_MAIN}
@@ -1679,7 +1684,7 @@ ${ROW_MAIN}
 }`;
 var FINISH = `${WG_REDUCE}
 struct P { count: u32, mode: u32, unbiased: u32, max_norm: f32 }
-@group(0) @binding(0) var<storage, read_write> partials: array<vec2f>;
+@group(0) @binding(0) var<storage, read> partials: array<vec2f>;
 @group(0) @binding(1) var<storage, read_write> stats: array<f32>;    // (4)
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(${ROW_WG})
@@ -1783,7 +1788,7 @@ function globalNorm(gpu2, tensors, maxNorm = 0) {
 var SCALE_BY = `
 struct P { n: u32, index: u32 }
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;  // (n), scaled in place
-@group(0) @binding(1) var<storage, read_write> s: array<f32>;  // scalar source
+@group(0) @binding(1) var<storage, read> s: array<f32>;  // scalar source
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -1801,7 +1806,7 @@ function scaleByScalarTensor(gpu2, x, s, index = 0) {
 // kernels/softmax.ts
 var SOFTMAX = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, log: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (rows, cols)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows, cols)
 @group(0) @binding(2) var<uniform> p: P;
 ${ROW_MAIN}
@@ -1822,8 +1827,8 @@ ${ROW_MAIN}
 }`;
 var TOKEN_LOGPROBS = `${WG_REDUCE}
 struct P { rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read_write> targets: array<i32>; // (rows), < 0 ignored
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
 @group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
 @group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
@@ -1856,12 +1861,12 @@ ${ROW_MAIN}
 }`;
 var LOGITS_BACKWARD = `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read_write> targets: array<i32>; // (rows)
-@group(0) @binding(2) var<storage, read_write> lse: array<f32>;     // (rows)
-@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
-@group(0) @binding(4) var<storage, read_write> g_logp: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> g_ent: array<f32>;   // (rows)
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows)
+@group(0) @binding(2) var<storage, read> lse: array<f32>;     // (rows)
+@group(0) @binding(3) var<storage, read> ent: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read> g_logp: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read> g_ent: array<f32>;   // (rows)
 @group(0) @binding(6) var<storage, read_write> dlogits: array<f32>; // (rows, V)
 @group(0) @binding(7) var<uniform> p: P;
 @compute @workgroup_size(64)
@@ -1928,7 +1933,7 @@ function crossEntropy(gpu2, logits, targets) {
 }
 var NEGATE = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(64)
@@ -1978,9 +1983,9 @@ function crossEntropyBackward(gpu2, logits, targets, lse, dloss, out) {
 // kernels/layernorm.ts
 var FORWARD = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read_write> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;     // (C)
+@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
@@ -2002,11 +2007,11 @@ ${ROW_MAIN}
 }`;
 var BACKWARD_DX = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read_write> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;
 ${ROW_MAIN}
@@ -2035,10 +2040,10 @@ ${ROW_MAIN}
 }`;
 var BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read_write> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(3) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
 @group(0) @binding(6) var<uniform> p: P;
@@ -2113,10 +2118,10 @@ function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}
 // kernels/embedding.ts
 var FORWARD2 = `
 struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32, tok_offset: i32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read_write> tokens: array<i32>;    // (N)
-@group(0) @binding(1) var<storage, read_write> positions: array<i32>; // (N)
-@group(0) @binding(2) var<storage, read_write> wte: array<f32>;       // (V, C)
-@group(0) @binding(3) var<storage, read_write> wpe: array<f32>;       // (maxPos, C)
+@group(0) @binding(0) var<storage, read> tokens: array<i32>;    // (N)
+@group(0) @binding(1) var<storage, read> positions: array<i32>; // (N)
+@group(0) @binding(2) var<storage, read> wte: array<f32>;       // (V, C)
+@group(0) @binding(3) var<storage, read> wpe: array<f32>;       // (maxPos, C)
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;       // (N, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2134,7 +2139,7 @@ ${LINEAR_MAIN}
 }`;
 var CHAINS = `
 struct P { N: u32 }
-@group(0) @binding(0) var<storage, read_write> ids: array<i32>;   // (N)
+@group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
 @group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
 @group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
 @group(0) @binding(3) var<uniform> p: P;
@@ -2150,10 +2155,10 @@ ${LINEAR_MAIN}
 }`;
 var SCATTER = `
 struct P { n: u32, C: u32, rowsTable: u32, offset: i32 }
-@group(0) @binding(0) var<storage, read_write> ids: array<i32>;   // (N)
-@group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
-@group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
-@group(0) @binding(3) var<storage, read_write> dout: array<f32>;  // (N, C)
+@group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
+@group(0) @binding(1) var<storage, read> next: array<i32>;  // (N)
+@group(0) @binding(2) var<storage, read> head: array<u32>;  // (N)
+@group(0) @binding(3) var<storage, read> dout: array<f32>;  // (N, C)
 @group(0) @binding(4) var<storage, read_write> table: array<f32>; // (rowsTable, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2227,7 +2232,7 @@ function scatterAddRows(gpu2, ids, dout, table, offset = 0) {
 }
 var POSITIONS = `
 struct P { B: u32, T: u32, offset: i32 }
-@group(0) @binding(0) var<storage, read_write> mask: array<f32>;  // (B, T) 1 = token, 0 = pad
+@group(0) @binding(0) var<storage, read> mask: array<f32>;  // (B, T) 1 = token, 0 = pad
 @group(0) @binding(1) var<storage, read_write> pos: array<i32>;   // (B, T)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2254,8 +2259,8 @@ function positionsFromMask(gpu2, mask, offset = 0) {
 }
 var NEXT_TARGETS = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> tokens: array<i32>;  // (B, T)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;    // (B, T)
+@group(0) @binding(0) var<storage, read> tokens: array<i32>;  // (B, T)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;    // (B, T)
 @group(0) @binding(2) var<storage, read_write> targets: array<i32>; // (B, T)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2281,8 +2286,8 @@ function nextTokenTargets(gpu2, tokens, mask) {
 }
 var LAST_VALUES = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> values: array<f32>; // (B, T)
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;   // (B, T)
+@group(0) @binding(0) var<storage, read> values: array<f32>; // (B, T)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;   // (B, T)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;    // (B)
 @group(0) @binding(3) var<storage, read_write> index: array<i32>;  // (B)
 @group(0) @binding(4) var<uniform> p: P;
@@ -2314,8 +2319,8 @@ function lastMaskedValues(gpu2, values, mask) {
 }
 var LAST_VALUES_BACKWARD = `
 struct P { B: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> dscore: array<f32>; // (B)
-@group(0) @binding(1) var<storage, read_write> index: array<i32>;  // (B)
+@group(0) @binding(0) var<storage, read> dscore: array<f32>; // (B)
+@group(0) @binding(1) var<storage, read> index: array<i32>;  // (B)
 @group(0) @binding(2) var<storage, read_write> dv: array<f32>;     // (B, T)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2359,12 +2364,12 @@ function fusedForwardShader(dq, causal, keyMask) {
   }, (_, d) => f(d));
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh)
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(5) var<storage, read_write> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
+@group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
 
 fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
@@ -2430,8 +2435,8 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 var recomputeProbsShader = (causal, keyMask) => wgsl`
 struct P { n: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B·H, Tq, Tk)
-@group(0) @binding(1) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(2) var<storage, read_write> kmask: array<f32>; // (B, Tk)
+@group(0) @binding(1) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(2) var<storage, read> kmask: array<f32>; // (B, Tk)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -2450,8 +2455,8 @@ ${LINEAR_MAIN}
 }`;
 var ROW_DOT = `
 struct P { rows: u32, Dh: u32 }
-@group(0) @binding(0) var<storage, read_write> dout: array<f32>; // (rows, Dh)
-@group(0) @binding(1) var<storage, read_write> o: array<f32>;    // (rows, Dh)
+@group(0) @binding(0) var<storage, read> dout: array<f32>; // (rows, Dh)
+@group(0) @binding(1) var<storage, read> o: array<f32>;    // (rows, Dh)
 @group(0) @binding(2) var<storage, read_write> d: array<f32>;    // (rows)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2462,9 +2467,9 @@ ${LINEAR_MAIN}
 }`;
 var SCORES_GRAD = `
 struct P { n: u32, Tk: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> probs: array<f32>; // (rows, Tk)
+@group(0) @binding(0) var<storage, read> probs: array<f32>; // (rows, Tk)
 @group(0) @binding(1) var<storage, read_write> dp: array<f32>;    // (rows, Tk) \u2192 dS
-@group(0) @binding(2) var<storage, read_write> d: array<f32>;     // (rows)
+@group(0) @binding(2) var<storage, read> d: array<f32>;     // (rows)
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -2478,7 +2483,7 @@ function cached(key, make) {
 }
 var SWAP12 = `
 struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (A, X, Y, D)
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (A, X, Y, D)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (A, Y, X, D)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -2837,10 +2842,10 @@ struct P {
   wd: f32, bc1: f32, bc2: f32,
 }
 @group(0) @binding(0) var<storage, read_write> param: array<f32>; // (n)
-@group(0) @binding(1) var<storage, read_write> grad: array<f32>;  // (n)
+@group(0) @binding(1) var<storage, read> grad: array<f32>;  // (n)
 @group(0) @binding(2) var<storage, read_write> m: array<f32>;     // (n) first moment
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;     // (n) second moment
-@group(0) @binding(4) var<storage, read_write> gscale: array<f32>;
+@group(0) @binding(4) var<storage, read> gscale: array<f32>;
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -2892,7 +2897,7 @@ struct P {
   greedy: u32, top_k: u32, seed: u32, step: u32, eos: i32, pad: i32,
   temperature: f32, top_p: f32,
 }
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;   // (B, ld), first V used
+@group(0) @binding(0) var<storage, read> logits: array<f32>;   // (B, ld), first V used
 @group(0) @binding(1) var<storage, read_write> tokens: array<i32>;   // (B, Tcap)
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;     // (B, Tcap)
 @group(0) @binding(3) var<storage, read_write> rmask: array<f32>;    // (B, Tcap)
@@ -3032,9 +3037,9 @@ function sampleTokens(gpu2, logits, out, t, opts, ids) {
 }
 var FEEDBACK = `
 struct P { B: u32, Tp: u32, Tgen: u32, t: u32, Tcap: u32 }
-@group(0) @binding(0) var<storage, read_write> gen: array<i32>;       // (B, Tgen) sampled tokens
-@group(0) @binding(1) var<storage, read_write> rmask: array<f32>;     // (B, Tgen) response mask
-@group(0) @binding(2) var<storage, read_write> ppos: array<i32>;      // (B, Tp) prompt positions
+@group(0) @binding(0) var<storage, read> gen: array<i32>;       // (B, Tgen) sampled tokens
+@group(0) @binding(1) var<storage, read> rmask: array<f32>;     // (B, Tgen) response mask
+@group(0) @binding(2) var<storage, read> ppos: array<i32>;      // (B, Tp) prompt positions
 @group(0) @binding(3) var<storage, read_write> next_tok: array<i32>;  // (B, 1)
 @group(0) @binding(4) var<storage, read_write> next_pos: array<i32>;  // (B, 1)
 @group(0) @binding(5) var<storage, read_write> kmask: array<f32>;     // (B, Tcap) key mask
@@ -3082,9 +3087,9 @@ function same2(name, ...ts) {
 }
 var KL = `
 struct P { n: u32, kind: u32 }
-@group(0) @binding(0) var<storage, read_write> logp: array<f32>;
-@group(0) @binding(1) var<storage, read_write> logp_ref: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>;
+@group(0) @binding(0) var<storage, read> logp: array<f32>;
+@group(0) @binding(1) var<storage, read> logp_ref: array<f32>;
+@group(0) @binding(2) var<storage, read> mask: array<f32>;
 @group(0) @binding(3) var<storage, read_write> kl: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -3108,10 +3113,10 @@ function klPenalty(gpu2, logp, logpRef, mask, estimator = "k1") {
 }
 var REWARDS = `
 struct P { B: u32, T: u32, beta: f32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> kl: array<f32>;      // (B, T)
-@group(0) @binding(1) var<storage, read_write> scores: array<f32>;  // (B)
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>;    // (B, T)
-@group(0) @binding(3) var<storage, read_write> beta_t: array<f32>;  // (1) or dummy
+@group(0) @binding(0) var<storage, read> kl: array<f32>;      // (B, T)
+@group(0) @binding(1) var<storage, read> scores: array<f32>;  // (B)
+@group(0) @binding(2) var<storage, read> mask: array<f32>;    // (B, T)
+@group(0) @binding(3) var<storage, read> beta_t: array<f32>;  // (1) or dummy
 @group(0) @binding(4) var<storage, read_write> r: array<f32>;       // (B, T)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -3152,9 +3157,9 @@ function shapedRewards(gpu2, kl, scores, mask, o) {
 }
 var GAE = `
 struct P { B: u32, T: u32, gamma: f32, lambda: f32 }
-@group(0) @binding(0) var<storage, read_write> r: array<f32>;    // (B, T)
-@group(0) @binding(1) var<storage, read_write> v: array<f32>;    // (B, T)
-@group(0) @binding(2) var<storage, read_write> mask: array<f32>; // (B, T)
+@group(0) @binding(0) var<storage, read> r: array<f32>;    // (B, T)
+@group(0) @binding(1) var<storage, read> v: array<f32>;    // (B, T)
+@group(0) @binding(2) var<storage, read> mask: array<f32>; // (B, T)
 @group(0) @binding(3) var<storage, read_write> adv: array<f32>;  // (B, T)
 @group(0) @binding(4) var<storage, read_write> ret: array<f32>;  // (B, T)
 @group(0) @binding(5) var<uniform> p: P;
@@ -3197,9 +3202,9 @@ function gae(gpu2, rewards, values, mask, o) {
 }
 var WHITEN = `
 struct P { n: u32, shift_mean: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(2) var<storage, read_write> stats: array<f32>; // (sum, count, mean, var)
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> mask: array<f32>;
+@group(0) @binding(2) var<storage, read> stats: array<f32>; // (sum, count, mean, var)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -3223,11 +3228,11 @@ function whiten(gpu2, x, mask, o = {}) {
 }
 var POLICY = `
 struct P { n: u32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> logp: array<f32>;
-@group(0) @binding(1) var<storage, read_write> logp_old: array<f32>;
-@group(0) @binding(2) var<storage, read_write> adv: array<f32>;
-@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(4) var<storage, read_write> count: array<f32>;  // maskedStats(mask): [0] = \u03A3 mask
+@group(0) @binding(0) var<storage, read> logp: array<f32>;
+@group(0) @binding(1) var<storage, read> logp_old: array<f32>;
+@group(0) @binding(2) var<storage, read> adv: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read> count: array<f32>;  // maskedStats(mask): [0] = \u03A3 mask
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;   // per token
 @group(0) @binding(6) var<storage, read_write> clipped: array<f32>;
 @group(0) @binding(7) var<storage, read_write> akl: array<f32>;    // \xBD (logp \u2212 logp_old)\xB2
@@ -3285,11 +3290,11 @@ function ppoPolicyLoss(gpu2, logp, logpOld, advantages, mask, o) {
 }
 var VALUE = `
 struct P { n: u32, clip: f32 }
-@group(0) @binding(0) var<storage, read_write> v: array<f32>;
-@group(0) @binding(1) var<storage, read_write> v_old: array<f32>;
-@group(0) @binding(2) var<storage, read_write> ret: array<f32>;
-@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
-@group(0) @binding(4) var<storage, read_write> count: array<f32>;
+@group(0) @binding(0) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read> v_old: array<f32>;
+@group(0) @binding(2) var<storage, read> ret: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read> count: array<f32>;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> clipped: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dv: array<f32>;
@@ -3339,8 +3344,8 @@ function ppoValueLoss(gpu2, values, valuesOld, returns, mask, o) {
 }
 var DIFF = `
 struct P { n: u32 }
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;
-@group(0) @binding(1) var<storage, read_write> b: array<f32>;
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -3348,8 +3353,8 @@ ${LINEAR_MAIN}
   out[i] = a[i] - b[i];
 }`;
 var EXPLAINED = `
-@group(0) @binding(0) var<storage, read_write> sr: array<f32>;  // stats of R
-@group(0) @binding(1) var<storage, read_write> sd: array<f32>;  // stats of R \u2212 V
+@group(0) @binding(0) var<storage, read> sr: array<f32>;  // stats of R
+@group(0) @binding(1) var<storage, read> sd: array<f32>;  // stats of R \u2212 V
 @group(0) @binding(2) var<storage, read_write> out: array<f32>; // (1)
 @compute @workgroup_size(1)
 fn main() { out[0] = select(0.0, 1.0 - sd[3] / sr[3], sr[3] > 0.0); }`;
@@ -3381,9 +3386,9 @@ function explainedVariance(gpu2, values, returns, mask) {
 }
 var PAIRWISE = `${SIGMOID_WGSL}
 struct P { n: u32, has_margin: u32 }
-@group(0) @binding(0) var<storage, read_write> rw: array<f32>;
-@group(0) @binding(1) var<storage, read_write> rl: array<f32>;
-@group(0) @binding(2) var<storage, read_write> margin: array<f32>;
+@group(0) @binding(0) var<storage, read> rw: array<f32>;
+@group(0) @binding(1) var<storage, read> rl: array<f32>;
+@group(0) @binding(2) var<storage, read> margin: array<f32>;
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(4) var<storage, read_write> correct: array<f32>;
 @group(0) @binding(5) var<storage, read_write> gap: array<f32>;
@@ -3444,7 +3449,7 @@ function pairwiseRewardLoss(gpu2, chosen, rejected, margin) {
 }
 var RANKING = `${SIGMOID_WGSL}
 struct P { P: u32, K: u32 }
-@group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (P, K) best \u2192 worst
+@group(0) @binding(0) var<storage, read> s: array<f32>;     // (P, K) best \u2192 worst
 @group(0) @binding(1) var<storage, read_write> loss: array<f32>;  // (P)
 @group(0) @binding(2) var<storage, read_write> acc: array<f32>;   // (P) fraction of ordered pairs
 @group(0) @binding(3) var<storage, read_write> ds: array<f32>;    // (P, K)
@@ -3497,9 +3502,9 @@ function rankingRewardLoss(gpu2, scores) {
 }
 var TOKEN_PAIR = `${SIGMOID_WGSL}
 struct P { P: u32, T: u32 }
-@group(0) @binding(0) var<storage, read_write> vw: array<f32>;    // (P, T)
-@group(0) @binding(1) var<storage, read_write> vl: array<f32>;    // (P, T)
-@group(0) @binding(2) var<storage, read_write> span: array<f32>;  // (P, T)
+@group(0) @binding(0) var<storage, read> vw: array<f32>;    // (P, T)
+@group(0) @binding(1) var<storage, read> vl: array<f32>;    // (P, T)
+@group(0) @binding(2) var<storage, read> span: array<f32>;  // (P, T)
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;  // (P)
 @group(0) @binding(4) var<storage, read_write> dvw: array<f32>;   // (P, T)
 @group(0) @binding(5) var<storage, read_write> dvl: array<f32>;   // (P, T)

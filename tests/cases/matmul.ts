@@ -121,7 +121,7 @@ for (const path of PATHS) {
 
 cases.push({
   name: "matmul (texture path): operands larger than the texture side are chunked in M, N and K",
-  async run() {
+  async run(_gpu: Gpu) {
     // a second device limited to 16-texel sides forces every chunk loop to iterate
     const small = await Gpu.create({ maxTextureSide: 16, matmulPath: "texture" });
     try {

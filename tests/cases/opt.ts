@@ -159,9 +159,9 @@ for (const [label, c] of CONFIGS) {
 cases.push({
   name:
     "opt: a vocabulary too large for one binding is embedded, projected and trained in row chunks",
-  async run() {
+  async run(gpu: Gpu) {
     // 36 KiB bindings: the 600×32 (75 KiB) or 600×16 embedding splits into chunks; all else fits
-    const small = await Gpu.create({ maxBindingBytes: 36864 });
+    const small = await Gpu.create({ maxBindingBytes: 36864, matmulPath: gpu.matmulPath });
     try {
       for (
         const c of [

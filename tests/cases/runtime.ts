@@ -1,3 +1,4 @@
+import { unwrittenReadWriteBindings, writesVariable } from "../../kernels/_bindings.ts";
 import { Gpu, numel, Params } from "../../kernels/runtime.ts";
 import {
   GpuLimitError,
@@ -5,7 +6,8 @@ import {
   ShapeError,
   WebGpuUnavailableError,
 } from "../../kernels/errors.ts";
-import { scale } from "../../kernels/elementwise.ts";
+import { add, scale } from "../../kernels/elementwise.ts";
+import { matmul } from "../../kernels/matmul.ts";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 import type { Case } from "../_util.ts";
 
@@ -161,5 +163,85 @@ cases.push({
     );
     // the device still works afterwards
     assertEquals(await gpu.read(gpu.fromArray([4])), [4]);
+  },
+});
+
+cases.push({
+  name: "runtime: one tensor read twice is allowed (matmul(a, a) on both paths, add(x, x)); " +
+    "read + write or overlapping writes of one buffer are named errors",
+  async run(gpu) {
+    const a = gpu.fromArray(new Float32Array([1, 2, 3, 4]), [2, 2]);
+    for (const path of ["texture", "buffer"] as const) {
+      assertEquals(await gpu.read(matmul(gpu, a, a, { path })), [7, 10, 15, 22], path);
+      assertEquals(await gpu.read(matmul(gpu, a, a, { path, transB: true })), [5, 11, 11, 25]);
+    }
+    assertEquals(await gpu.read(add(gpu, a, a)), [2, 4, 6, 8]);
+    // WebGPU's per-dispatch rules, enforced on every backend by Gpu.dispatch
+    const copy = gpu.pipeline(`
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> z: array<f32>;
+@compute @workgroup_size(1) fn main() { y[0] = x[0]; z[0] = x[0]; }`);
+    const n = gpu.limits.minStorageBufferOffsetAlignment / 4; // smallest bindable view offset
+    const big = gpu.zeros([3 * n]);
+    const lo = big.view(0, [n]), hi = big.view(n, [n]), wide = big.view(0, [2 * n]);
+    const other = gpu.zeros([4]);
+    assertThrows(
+      () => gpu.dispatch(copy, [a, a, other], [1]),
+      GpuValidationError,
+      "bindings 0 (x, read) and 1 (y, read_write)",
+    );
+    assertThrows(
+      () => gpu.dispatch(copy, [lo, hi, other], [1]),
+      GpuValidationError,
+      "use the same buffer",
+    );
+    assertThrows(
+      () => gpu.dispatch(copy, [other, lo, wide], [1]),
+      GpuValidationError,
+      "overlapping ranges",
+    );
+    gpu.dispatch(copy, [a, lo, hi], [1]); // disjoint writable views of one buffer are fine
+    assertEquals((await gpu.read(big)).slice(0, n + 1), [1, ...new Array(n - 1).fill(0), 1]);
+  },
+});
+
+cases.push({
+  name:
+    "runtime: the WGSL write analysis behind the read-only binding check reads tricky code right",
+  run() {
+    const decl = "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n";
+    const writes = [
+      "x[i] = 1.0;",
+      "x[idx[j] + 1u] += 2.0;",
+      "x[i]++;",
+      "x[i] >>= 1u;",
+      "x.count = 0u;",
+      "x = s;",
+      "let r = atomicAdd(&x[0], 1u);",
+      "let ptr = & x[3];",
+    ];
+    const reads = [
+      "let y = x[i];",
+      "if (x[i] == 0.0) { return; }",
+      "let ok = a && x[0] > 0.0;",
+      "let m = flags & x[1];",
+      "let c = x[i] <= 2.0 || x[i] != 1.0 || x[i] >= 0.5;",
+      "// x[i] = 1.0;",
+      "/* x[i] = 1.0; */",
+      "xs[i] = 1.0; p.x = 2.0; y_x[0] = 3.0;",
+      "out[x[i]] = 1.0;",
+    ];
+    for (const body of writes) assert(writesVariable(decl + body, "x"), `should write: ${body}`);
+    for (const body of reads) {
+      assert(!writesVariable(decl + body, "x"), `should not write: ${body}`);
+    }
+    assertEquals(
+      unwrittenReadWriteBindings(
+        decl + "@group(0) @binding(1) var<storage, read_write> y: array<f32>;\n" +
+          "@group(0) @binding(2) var<uniform> p: P;\nfn main() { y[0] = x[0]; }",
+      ).map((b) => b.name),
+      ["x"],
+    );
   },
 });
