@@ -145,6 +145,15 @@ export {
   TokenizerError,
 } from "./model/tokenizer.ts";
 export { loadOptModel, saveOptModel } from "./model/checkpoint.ts";
+export {
+  loadPeftAdapter,
+  parsePeftAdapterConfig,
+  PEFT_PREFIX,
+  type PeftAdapterConfig,
+  type PeftAdapterFiles,
+  peftTensorName,
+  savePeftAdapter,
+} from "./model/peft.ts";
 export { generate, type GenerateOptions, type Generation } from "./model/generate.ts";
 export { optHiddenRef, optLogitsRef } from "./model/reference.ts";
 

@@ -7,10 +7,11 @@
 
 import { crossEntropy, crossEntropyBackward, fill, Gpu } from "../mod.ts";
 import { generate, OPT_PRESETS, type OptConfig, OptModel } from "../mod.ts";
+import { matmulPathFromEnv } from "../cli/gpu_env.ts";
 
 const json = Deno.args.includes("--json");
 const big = Deno.args.includes("--opt125m");
-const gpu = await Gpu.create();
+const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv() });
 
 function report(name: string, value: number, unit: string, detail: string) {
   if (json) console.log(JSON.stringify({ name, value: +value.toFixed(2), unit, detail }));

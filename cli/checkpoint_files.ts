@@ -72,3 +72,34 @@ export async function writeCheckpointDir(dir: string, files: CheckpointFiles): P
   if (files.vocab) await writeFileAtomic(join(dir, "vocab.json"), files.vocab);
   if (files.merges) await writeFileAtomic(join(dir, "merges.txt"), files.merges);
 }
+
+/** The files of a PEFT adapter directory. */
+export interface AdapterFiles {
+  /** `adapter_config.json` text. */
+  config: string;
+  /** `adapter_model.safetensors` bytes. */
+  weights: Uint8Array;
+}
+
+/** Writes a PEFT adapter directory (each file atomically; the weights before the config). */
+export async function writeAdapterDir(dir: string, files: AdapterFiles): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  await writeFileAtomic(join(dir, "adapter_model.safetensors"), files.weights);
+  await writeFileAtomic(join(dir, "adapter_config.json"), files.config);
+}
+
+/** Reads a PEFT adapter directory; a missing file is an error that names it. */
+export async function readAdapterDir(dir: string): Promise<AdapterFiles> {
+  const need = async <T>(file: string, read: (p: string) => Promise<T>): Promise<T> => {
+    try {
+      return await read(join(dir, file));
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) throw new Error(`adapter ${dir}: missing ${file}`);
+      throw e;
+    }
+  };
+  return {
+    config: await need("adapter_config.json", Deno.readTextFile),
+    weights: await need("adapter_model.safetensors", Deno.readFile),
+  };
+}

@@ -6,7 +6,9 @@
  * Options: --prompt TEXT | --prompt-ids 2,31,7, --max-new-tokens N (32), --temperature T (1),
  * --top-k K (0 = off), --top-p P (1 = off), --greedy, --seed S (0), --json (prints
  * `{"ids", "text", "logprobs"}`: generated ids, their text, and each token's log-probability
- * under the model).
+ * under the model), --adapter DIR (a PEFT LoRA adapter folder — `adapter_config.json` +
+ * `adapter_model.safetensors`, as `deno task train` writes for LoRA runs — applied to the
+ * checkpoint and merged into its weights).
  *
  * @module
  */
@@ -14,9 +16,11 @@
 import { Gpu } from "../kernels/runtime.ts";
 import { loadOptModel } from "../model/checkpoint.ts";
 import { generate } from "../model/generate.ts";
+import { loadPeftAdapter } from "../model/peft.ts";
 import { BpeTokenizer, ByteTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import { parseArgs, UsageError } from "./args.ts";
-import { readCheckpointDir } from "./checkpoint_files.ts";
+import { readAdapterDir, readCheckpointDir } from "./checkpoint_files.ts";
+import { matmulPathFromEnv } from "./gpu_env.ts";
 
 const SPEC = {
   model: "string",
@@ -29,6 +33,7 @@ const SPEC = {
   greedy: "boolean",
   seed: "int",
   json: "boolean",
+  adapter: "string",
   help: "boolean",
 } as const;
 
@@ -37,7 +42,8 @@ async function main(argv: string[]): Promise<void> {
   if (flags.help) {
     console.log(
       "usage: deno task generate <checkpoint-dir> (--prompt TEXT | --prompt-ids 2,31,7) " +
-        "[--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy] [--seed S] [--json]",
+        "[--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy] [--seed S] " +
+        "[--adapter DIR] [--json]",
     );
     return;
   }
@@ -52,9 +58,14 @@ async function main(argv: string[]): Promise<void> {
     throw new UsageError("give exactly one of --prompt TEXT or --prompt-ids 2,31,7");
   }
   const files = await readCheckpointDir(dir);
-  const gpu = await Gpu.create();
+  const adapter = flags.adapter ? await readAdapterDir(String(flags.adapter)) : undefined;
+  const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv() });
   // parameters only: no gradients or AdamW moments for inference
   const { model, config } = loadOptModel(gpu, files.config, files.weights, { frozen: true });
+  if (adapter) {
+    loadPeftAdapter(model, adapter.config, adapter.weights);
+    model.mergeLora(); // inference at the base model's cost
+  }
   let tokenizer: Tokenizer | undefined;
   if (files.vocab && files.merges) tokenizer = BpeTokenizer.fromText(files.vocab, files.merges);
   else if (config.vocab_size === 260) tokenizer = new ByteTokenizer();

@@ -26,7 +26,7 @@ import { describeVerdict } from "../trainer/hacking.ts";
 import { type PipelineHooks, runPipeline } from "../trainer/pipeline.ts";
 import { pipelineOf, PIPELINES, PRESETS } from "../trainer/registry.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
-import { writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
+import { writeAdapterDir, writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
 import { type ArgSpec, parseArgs, UsageError } from "./args.ts";
 import { matmulPathFromEnv } from "./gpu_env.ts";
 
@@ -361,6 +361,7 @@ async function main(): Promise<void> {
       }
     },
     saveCheckpoint: (stage, files) => writeCheckpointDir(join(dir, stage), files),
+    saveAdapter: (stage, files) => writeAdapterDir(join(dir, `${stage}-adapter`), files),
     saveState: async (name, data) => {
       await pauseAt.before(name);
       await Deno.mkdir(join(dir, name, ".."), { recursive: true });

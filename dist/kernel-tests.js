@@ -6743,6 +6743,219 @@ cases6.push({
   }
 });
 
+// model/peft.ts
+var PEFT_PREFIX = "base_model.model.";
+var TARGETS2 = [
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "out_proj",
+  "fc1",
+  "fc2"
+];
+function peftTensorName(name) {
+  return PEFT_PREFIX + name;
+}
+async function savePeftAdapter(model2, opts = {}) {
+  const lora = model2.lora;
+  if (!lora) throw new ModelConfigError("savePeftAdapter: the model has no LoRA adapters");
+  const host = await lora.store.toHost("params", {
+    finite: true
+  });
+  const weights = writeSafetensors([
+    ...host
+  ].map(([name, data]) => ({
+    name: peftTensorName(name),
+    shape: lora.store.slots.get(name).spec.shape,
+    data
+  })), {
+    format: "pt"
+  });
+  const config = JSON.stringify({
+    peft_type: "LORA",
+    task_type: "CAUSAL_LM",
+    base_model_name_or_path: opts.baseModel ?? null,
+    r: lora.config.r,
+    lora_alpha: lora.config.alpha,
+    target_modules: [
+      ...lora.config.targets
+    ],
+    lora_dropout: 0,
+    bias: "none",
+    fan_in_fan_out: false,
+    inference_mode: true,
+    use_rslora: false,
+    use_dora: false,
+    modules_to_save: null,
+    layers_to_transform: null
+  }, null, 2);
+  return {
+    config,
+    weights
+  };
+}
+function parsePeftAdapterConfig(text) {
+  let raw;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ModelConfigError(`adapter_config.json is not valid JSON: ${e.message}`);
+  }
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    throw new ModelConfigError("adapter_config.json must hold a JSON object");
+  }
+  const bad = (what) => new ModelConfigError(`adapter_config.json: ${what}`);
+  if (raw.peft_type !== "LORA") {
+    throw bad(`peft_type must be "LORA", got ${JSON.stringify(raw.peft_type)}`);
+  }
+  const r = raw.r, alpha = raw.lora_alpha ?? 8;
+  if (typeof r !== "number" || !Number.isInteger(r) || r < 1) {
+    throw bad(`r must be a positive integer, got ${JSON.stringify(r)}`);
+  }
+  if (typeof alpha !== "number" || !Number.isFinite(alpha)) {
+    throw bad(`lora_alpha must be a number, got ${JSON.stringify(alpha)}`);
+  }
+  const unsupported = [
+    [
+      "use_rslora",
+      (v) => v === true
+    ],
+    [
+      "use_dora",
+      (v) => v === true
+    ],
+    [
+      "fan_in_fan_out",
+      (v) => v === true
+    ],
+    [
+      "bias",
+      (v) => v !== void 0 && v !== "none"
+    ],
+    [
+      "layers_to_transform",
+      (v) => v !== void 0 && v !== null
+    ],
+    [
+      "modules_to_save",
+      (v) => Array.isArray(v) ? v.length > 0 : v !== void 0 && v !== null
+    ],
+    [
+      "rank_pattern",
+      (v) => v !== void 0 && v !== null && Object.keys(v).length > 0
+    ],
+    [
+      "alpha_pattern",
+      (v) => v !== void 0 && v !== null && Object.keys(v).length > 0
+    ]
+  ];
+  for (const [key, isSet] of unsupported) {
+    if (isSet(raw[key])) throw bad(`${key} = ${JSON.stringify(raw[key])} is not supported`);
+  }
+  const tm = raw.target_modules;
+  if (typeof tm === "string") {
+    throw bad(`target_modules as a regex ("${tm}") is not supported: list the modules`);
+  }
+  if (!Array.isArray(tm) || tm.length === 0) {
+    throw bad("target_modules must be a non-empty list of module names");
+  }
+  const targets2 = [];
+  for (const m of tm) {
+    if (!TARGETS2.includes(m)) {
+      throw bad(`target module ${JSON.stringify(m)} is not an OPT linear (${TARGETS2.join(", ")})`);
+    }
+    if (!targets2.includes(m)) targets2.push(m);
+  }
+  const base = raw.base_model_name_or_path;
+  return {
+    r,
+    alpha,
+    targets: targets2,
+    baseModel: typeof base === "string" ? base : null
+  };
+}
+function loadPeftAdapter(model2, configText, weights) {
+  const cfg = parsePeftAdapterConfig(configText);
+  const file = parseSafetensors(weights);
+  const expected = /* @__PURE__ */ new Map();
+  const c = model2.config;
+  const dims3 = {
+    q_proj: [
+      c.hidden_size,
+      c.hidden_size
+    ],
+    k_proj: [
+      c.hidden_size,
+      c.hidden_size
+    ],
+    v_proj: [
+      c.hidden_size,
+      c.hidden_size
+    ],
+    out_proj: [
+      c.hidden_size,
+      c.hidden_size
+    ],
+    fc1: [
+      c.hidden_size,
+      c.ffn_dim
+    ],
+    fc2: [
+      c.ffn_dim,
+      c.hidden_size
+    ]
+  };
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    for (const t of cfg.targets) {
+      const [inp, out] = dims3[t], base = loraLinearName(l, t);
+      expected.set(peftTensorName(`${base}.lora_A.weight`), {
+        name: `${base}.lora_A.weight`,
+        shape: [
+          cfg.r,
+          inp
+        ]
+      });
+      expected.set(peftTensorName(`${base}.lora_B.weight`), {
+        name: `${base}.lora_B.weight`,
+        shape: [
+          out,
+          cfg.r
+        ]
+      });
+    }
+  }
+  const missing = [
+    ...expected.keys()
+  ].filter((k) => !file.tensors.has(k));
+  if (missing.length) {
+    throw new ModelConfigError(`adapter_model.safetensors lacks ${missing.length} tensor(s): ${missing.slice(0, 4).join(", ")}${missing.length > 4 ? ", \u2026" : ""} (is the adapter for this base model?)`);
+  }
+  const extra = [
+    ...file.tensors.keys()
+  ].filter((k) => !expected.has(k));
+  if (extra.length) {
+    throw new ModelConfigError(`adapter_model.safetensors has ${extra.length} tensor(s) this adapter config does not describe: ${extra.slice(0, 4).join(", ")}${extra.length > 4 ? ", \u2026" : ""}`);
+  }
+  const data = /* @__PURE__ */ new Map();
+  for (const [key, want] of expected) {
+    const entry = file.tensors.get(key);
+    if (entry.shape.join() !== want.shape.join()) {
+      throw new ModelConfigError(`adapter tensor ${key} has shape [${entry.shape}], the base model expects [${want.shape}]`);
+    }
+    const values = toFloat32(entry, key);
+    const i = values.findIndex((v) => !Number.isFinite(v));
+    if (i >= 0) throw new NonFiniteValueError(`adapter tensor ${key}[${i}] is ${values[i]}`);
+    data.set(want.name, values);
+  }
+  const lora = model2.attachLora({
+    r: cfg.r,
+    alpha: cfg.alpha,
+    targets: cfg.targets
+  });
+  for (const [name, values] of data) lora.store.set(name, values);
+  return cfg;
+}
+
 // tests/cases/lora.ts
 var cases7 = [];
 var C = {
@@ -6981,6 +7194,123 @@ cases7.push({
         "gate_proj"
       ]
     }), ShapeError, "unknown LoRA target");
+  }
+});
+cases7.push({
+  name: "lora: a PEFT adapter (adapter_config.json + adapter_model.safetensors) round-trips with PEFT's names; adapters it cannot apply exactly are named errors",
+  async run(gpu) {
+    const { model: model2, base } = await setup(gpu);
+    const files = await savePeftAdapter(model2, {
+      baseModel: "facebook/opt-tiny"
+    });
+    const cfg = JSON.parse(files.config);
+    assertEquals([
+      cfg.peft_type,
+      cfg.r,
+      cfg.lora_alpha,
+      cfg.target_modules,
+      cfg.base_model_name_or_path
+    ], [
+      "LORA",
+      LORA.r,
+      LORA.alpha,
+      LORA.targets,
+      "facebook/opt-tiny"
+    ]);
+    const names = [
+      ...parseSafetensors(files.weights).tensors.keys()
+    ];
+    const rule = /^base_model\.model\.model\.decoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc1|fc2)\.lora_[AB]\.weight$/;
+    assert(names.every((n) => rule.test(n)), `names off PEFT's rule: ${names.slice(0, 3)}`);
+    assert(names.includes("base_model.model.model.decoder.layers.0.self_attn.q_proj.lora_A.weight"));
+    assertEquals(names.length, 2 * LORA.targets.length * C.num_hidden_layers);
+    const other = OptModel.create(gpu, C, {
+      seed: 4
+    });
+    for (const [k, v] of base) other.store.set(k, v);
+    const loaded = loadPeftAdapter(other, files.config, files.weights);
+    assertEquals([
+      loaded.r,
+      loaded.alpha,
+      loaded.baseModel
+    ], [
+      LORA.r,
+      LORA.alpha,
+      "facebook/opt-tiny"
+    ]);
+    const want = await logits(gpu, model2);
+    assertEquals(Array.from(await logits(gpu, other)), Array.from(want), "adapter logits");
+    other.mergeLora();
+    assertClose(await logits(gpu, other), want, {
+      atol: 1e-5,
+      rtol: 1e-5
+    }, "merged adapter");
+    const fresh = () => {
+      const m = OptModel.create(gpu, C, {
+        seed: 4
+      });
+      return m;
+    };
+    const withCfg = (patch) => JSON.stringify({
+      ...cfg,
+      ...patch
+    });
+    const refuse = (config, weights, what) => assertThrows(() => loadPeftAdapter(fresh(), config, weights), ModelConfigError, what);
+    await refuse(withCfg({
+      peft_type: "IA3"
+    }), files.weights, 'peft_type must be "LORA"');
+    await refuse(withCfg({
+      use_dora: true
+    }), files.weights, "use_dora");
+    await refuse(withCfg({
+      use_rslora: true
+    }), files.weights, "use_rslora");
+    await refuse(withCfg({
+      target_modules: "q_proj|v_proj"
+    }), files.weights, "regex");
+    await refuse(withCfg({
+      target_modules: [
+        "gate_proj"
+      ]
+    }), files.weights, "gate_proj");
+    await refuse(withCfg({
+      rank_pattern: {
+        "q_proj": 8
+      }
+    }), files.weights, "rank_pattern");
+    await refuse(withCfg({
+      r: 5
+    }), files.weights, "has shape");
+    await refuse(withCfg({
+      target_modules: [
+        "q_proj"
+      ]
+    }), files.weights, "does not describe");
+    const qOnly = fresh();
+    qOnly.attachLora({
+      ...LORA,
+      targets: [
+        "q_proj"
+      ]
+    });
+    const qFiles = await savePeftAdapter(qOnly);
+    await refuse(files.config, qFiles.weights, "lacks");
+    await refuse("{", files.weights, "not valid JSON");
+    await assertThrows(() => savePeftAdapter(fresh()), ModelConfigError, "no LoRA adapters");
+    const deep = OptModel.create(gpu, {
+      ...C,
+      num_hidden_layers: C.num_hidden_layers + 1
+    });
+    await assertThrows(() => loadPeftAdapter(deep, files.config, files.weights), ModelConfigError, "lacks");
+    for (const m of [
+      model2,
+      other,
+      qOnly,
+      deep
+    ]) {
+      m.lora?.store.dispose();
+      m.store.dispose();
+    }
   }
 });
 

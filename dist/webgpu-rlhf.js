@@ -6563,6 +6563,219 @@ async function saveOptModel(model, metadata = {}) {
   };
 }
 
+// model/peft.ts
+var PEFT_PREFIX = "base_model.model.";
+var TARGETS2 = [
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "out_proj",
+  "fc1",
+  "fc2"
+];
+function peftTensorName(name) {
+  return PEFT_PREFIX + name;
+}
+async function savePeftAdapter(model, opts = {}) {
+  const lora = model.lora;
+  if (!lora) throw new ModelConfigError("savePeftAdapter: the model has no LoRA adapters");
+  const host = await lora.store.toHost("params", {
+    finite: true
+  });
+  const weights = writeSafetensors([
+    ...host
+  ].map(([name, data]) => ({
+    name: peftTensorName(name),
+    shape: lora.store.slots.get(name).spec.shape,
+    data
+  })), {
+    format: "pt"
+  });
+  const config = JSON.stringify({
+    peft_type: "LORA",
+    task_type: "CAUSAL_LM",
+    base_model_name_or_path: opts.baseModel ?? null,
+    r: lora.config.r,
+    lora_alpha: lora.config.alpha,
+    target_modules: [
+      ...lora.config.targets
+    ],
+    lora_dropout: 0,
+    bias: "none",
+    fan_in_fan_out: false,
+    inference_mode: true,
+    use_rslora: false,
+    use_dora: false,
+    modules_to_save: null,
+    layers_to_transform: null
+  }, null, 2);
+  return {
+    config,
+    weights
+  };
+}
+function parsePeftAdapterConfig(text) {
+  let raw;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ModelConfigError(`adapter_config.json is not valid JSON: ${e.message}`);
+  }
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    throw new ModelConfigError("adapter_config.json must hold a JSON object");
+  }
+  const bad = (what) => new ModelConfigError(`adapter_config.json: ${what}`);
+  if (raw.peft_type !== "LORA") {
+    throw bad(`peft_type must be "LORA", got ${JSON.stringify(raw.peft_type)}`);
+  }
+  const r = raw.r, alpha = raw.lora_alpha ?? 8;
+  if (typeof r !== "number" || !Number.isInteger(r) || r < 1) {
+    throw bad(`r must be a positive integer, got ${JSON.stringify(r)}`);
+  }
+  if (typeof alpha !== "number" || !Number.isFinite(alpha)) {
+    throw bad(`lora_alpha must be a number, got ${JSON.stringify(alpha)}`);
+  }
+  const unsupported = [
+    [
+      "use_rslora",
+      (v) => v === true
+    ],
+    [
+      "use_dora",
+      (v) => v === true
+    ],
+    [
+      "fan_in_fan_out",
+      (v) => v === true
+    ],
+    [
+      "bias",
+      (v) => v !== void 0 && v !== "none"
+    ],
+    [
+      "layers_to_transform",
+      (v) => v !== void 0 && v !== null
+    ],
+    [
+      "modules_to_save",
+      (v) => Array.isArray(v) ? v.length > 0 : v !== void 0 && v !== null
+    ],
+    [
+      "rank_pattern",
+      (v) => v !== void 0 && v !== null && Object.keys(v).length > 0
+    ],
+    [
+      "alpha_pattern",
+      (v) => v !== void 0 && v !== null && Object.keys(v).length > 0
+    ]
+  ];
+  for (const [key, isSet] of unsupported) {
+    if (isSet(raw[key])) throw bad(`${key} = ${JSON.stringify(raw[key])} is not supported`);
+  }
+  const tm = raw.target_modules;
+  if (typeof tm === "string") {
+    throw bad(`target_modules as a regex ("${tm}") is not supported: list the modules`);
+  }
+  if (!Array.isArray(tm) || tm.length === 0) {
+    throw bad("target_modules must be a non-empty list of module names");
+  }
+  const targets = [];
+  for (const m of tm) {
+    if (!TARGETS2.includes(m)) {
+      throw bad(`target module ${JSON.stringify(m)} is not an OPT linear (${TARGETS2.join(", ")})`);
+    }
+    if (!targets.includes(m)) targets.push(m);
+  }
+  const base = raw.base_model_name_or_path;
+  return {
+    r,
+    alpha,
+    targets,
+    baseModel: typeof base === "string" ? base : null
+  };
+}
+function loadPeftAdapter(model, configText, weights) {
+  const cfg = parsePeftAdapterConfig(configText);
+  const file = parseSafetensors(weights);
+  const expected = /* @__PURE__ */ new Map();
+  const c = model.config;
+  const dims3 = {
+    q_proj: [
+      c.hidden_size,
+      c.hidden_size
+    ],
+    k_proj: [
+      c.hidden_size,
+      c.hidden_size
+    ],
+    v_proj: [
+      c.hidden_size,
+      c.hidden_size
+    ],
+    out_proj: [
+      c.hidden_size,
+      c.hidden_size
+    ],
+    fc1: [
+      c.hidden_size,
+      c.ffn_dim
+    ],
+    fc2: [
+      c.ffn_dim,
+      c.hidden_size
+    ]
+  };
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    for (const t of cfg.targets) {
+      const [inp, out] = dims3[t], base = loraLinearName(l, t);
+      expected.set(peftTensorName(`${base}.lora_A.weight`), {
+        name: `${base}.lora_A.weight`,
+        shape: [
+          cfg.r,
+          inp
+        ]
+      });
+      expected.set(peftTensorName(`${base}.lora_B.weight`), {
+        name: `${base}.lora_B.weight`,
+        shape: [
+          out,
+          cfg.r
+        ]
+      });
+    }
+  }
+  const missing = [
+    ...expected.keys()
+  ].filter((k) => !file.tensors.has(k));
+  if (missing.length) {
+    throw new ModelConfigError(`adapter_model.safetensors lacks ${missing.length} tensor(s): ${missing.slice(0, 4).join(", ")}${missing.length > 4 ? ", \u2026" : ""} (is the adapter for this base model?)`);
+  }
+  const extra = [
+    ...file.tensors.keys()
+  ].filter((k) => !expected.has(k));
+  if (extra.length) {
+    throw new ModelConfigError(`adapter_model.safetensors has ${extra.length} tensor(s) this adapter config does not describe: ${extra.slice(0, 4).join(", ")}${extra.length > 4 ? ", \u2026" : ""}`);
+  }
+  const data = /* @__PURE__ */ new Map();
+  for (const [key, want] of expected) {
+    const entry = file.tensors.get(key);
+    if (entry.shape.join() !== want.shape.join()) {
+      throw new ModelConfigError(`adapter tensor ${key} has shape [${entry.shape}], the base model expects [${want.shape}]`);
+    }
+    const values = toFloat32(entry, key);
+    const i = values.findIndex((v) => !Number.isFinite(v));
+    if (i >= 0) throw new NonFiniteValueError(`adapter tensor ${key}[${i}] is ${values[i]}`);
+    data.set(want.name, values);
+  }
+  const lora = model.attachLora({
+    r: cfg.r,
+    alpha: cfg.alpha,
+    targets: cfg.targets
+  });
+  for (const [name, values] of data) lora.store.set(name, values);
+  return cfg;
+}
+
 // model/generate.ts
 async function generate(model, prompt, mask, opts) {
   const gpu = model.gpu, c = model.config;
@@ -10606,6 +10819,9 @@ var RECIPE_PPO_STAGE = {
     const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
     ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
     ctx.hooks.onSamples?.("after", noGold2(after));
+    await ctx.hooks.saveAdapter?.("ppo", await savePeftAdapter(actor, {
+      baseModel: cfg.data.actor
+    }));
     actor.mergeLora();
     await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
       stage: "ppo"
@@ -11171,6 +11387,7 @@ export {
   NonFiniteValueError,
   OPT_PRESETS,
   OptModel,
+  PEFT_PREFIX,
   PIPELINES,
   PIPELINE_PRESETS,
   PPO_SCHEMA,
@@ -11249,6 +11466,7 @@ export {
   learningRate,
   leftPad,
   loadOptModel,
+  loadPeftAdapter,
   loadRecipeInputs,
   logSoftmax,
   logitsBackward,
@@ -11270,9 +11488,11 @@ export {
   pairwiseRewardLoss,
   parseJsonl,
   parseOptConfig,
+  parsePeftAdapterConfig,
   parseQuestion,
   parseSafetensors,
   pcgHash,
+  peftTensorName,
   pipelineOf,
   positionsFromMask,
   ppoPolicyLoss,
@@ -11309,6 +11529,7 @@ export {
   samplePolicy,
   sampleTokens,
   saveOptModel,
+  savePeftAdapter,
   scale,
   scaleByScalarTensor,
   sequenceLogprobs,

@@ -16,11 +16,12 @@ import { OptModel } from "../model/opt.ts";
 import { ConfigError } from "../trainer/config.ts";
 import { resolveRecipeConfig, runRecipePipeline, SIMPLE_RLHF_TINY } from "../trainer/recipe.ts";
 import { makeBuiltinTask, makeRankedExamples, toHhJsonl } from "../trainer/task.ts";
-import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { gpu, gpuTestOptions } from "./_gpu.ts";
 
 const opts = gpuTestOptions;
 const require = createRequire(import.meta.url);
+const GENERATE_CLI = new URL("../cli/generate.ts", import.meta.url).pathname;
 
 const base: OptConfig = { ...OPT_PRESETS["opt-125m"], max_position_embeddings: 128 };
 /** opt-350m's layout in miniature: post-LN, 2-wide projection in and out of the layers. */
@@ -228,6 +229,36 @@ Deno.test({
     const m = loadOptModel(gpu, ck.config, ck.weights);
     assertEquals(m.config.vocab_size, 50272);
     m.model.store.dispose();
+    // the LoRA adapter as a PEFT folder; applied to the base actor it gives the merged actor
+    const adapterDir = join(dir, "ppo-adapter");
+    const adapterCfg = JSON.parse(await Deno.readTextFile(join(adapterDir, "adapter_config.json")));
+    assertEquals(
+      [adapterCfg.peft_type, adapterCfg.r, adapterCfg.base_model_name_or_path],
+      ["LORA", 4, f.actor],
+    );
+    const gen = async (args: string[]) => {
+      const g = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-env", "--allow-read", GENERATE_CLI, ...args],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(g.code, 0, new TextDecoder().decode(g.stderr));
+      return JSON.parse(new TextDecoder().decode(g.stdout)) as {
+        ids: number[];
+        logprobs: number[];
+      };
+    };
+    const common = ["--prompt-ids=2,100,2000,31", "--greedy", "--json", "--max-new-tokens=4"];
+    const viaAdapter = await gen([f.actor, `--adapter=${adapterDir}`, ...common]);
+    const merged = await gen([join(dir, "ppo"), ...common]);
+    const base = await gen([f.actor, ...common]);
+    assertEquals(viaAdapter.ids, merged.ids);
+    assertClose(viaAdapter.logprobs, merged.logprobs, { atol: 1e-4, rtol: 1e-4 });
+    assert(
+      base.logprobs.some((l, i) => Math.abs(l - merged.logprobs[i]) > 1e-6) ||
+        base.ids.join() !== merged.ids.join(),
+      "the adapter changes the model",
+    );
     await Deno.remove(f.root, { recursive: true });
   },
 });

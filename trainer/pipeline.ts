@@ -28,6 +28,11 @@ export interface PipelineHooks {
   onProgress?: (stage: string, done: number, total: number, m?: Metrics) => void;
   /** A checkpoint of `stage` (HF layout) to persist. */
   saveCheckpoint?: (stage: string, files: { config: string; weights: Uint8Array }) => Promise<void>;
+  /**
+   * A LoRA run's adapter as a PEFT folder (`adapter_config.json` text, `adapter_model.safetensors`
+   * bytes), saved beside the stage's merged checkpoint.
+   */
+  saveAdapter?: (stage: string, files: { config: string; weights: Uint8Array }) => Promise<void>;
   /** Free-form log lines. */
   log?: (line: string) => void;
   /**

@@ -16,6 +16,7 @@ import { loadOptModel, saveOptModel } from "../model/checkpoint.ts";
 import { parseOptConfig } from "../model/config.ts";
 import type { LoraTarget } from "../model/lora.ts";
 import type { OptModel } from "../model/opt.ts";
+import { savePeftAdapter } from "../model/peft.ts";
 import { BpeTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import {
   type CheckpointConfig,
@@ -481,6 +482,10 @@ const RECIPE_PPO_STAGE: Stage<RecipeConfig, RecipeState> = {
     const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
     ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
     ctx.hooks.onSamples?.("after", noGold(after));
+    await ctx.hooks.saveAdapter?.(
+      "ppo",
+      await savePeftAdapter(actor, { baseModel: cfg.data.actor }),
+    );
     actor.mergeLora();
     await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, { stage: "ppo" }));
     lora.store.dispose();

@@ -5659,6 +5659,50 @@ async function saveOptModel(model, metadata = {}) {
   };
 }
 
+// model/peft.ts
+var PEFT_PREFIX = "base_model.model.";
+function peftTensorName(name) {
+  return PEFT_PREFIX + name;
+}
+async function savePeftAdapter(model, opts = {}) {
+  const lora = model.lora;
+  if (!lora) throw new ModelConfigError("savePeftAdapter: the model has no LoRA adapters");
+  const host = await lora.store.toHost("params", {
+    finite: true
+  });
+  const weights = writeSafetensors([
+    ...host
+  ].map(([name, data]) => ({
+    name: peftTensorName(name),
+    shape: lora.store.slots.get(name).spec.shape,
+    data
+  })), {
+    format: "pt"
+  });
+  const config = JSON.stringify({
+    peft_type: "LORA",
+    task_type: "CAUSAL_LM",
+    base_model_name_or_path: opts.baseModel ?? null,
+    r: lora.config.r,
+    lora_alpha: lora.config.alpha,
+    target_modules: [
+      ...lora.config.targets
+    ],
+    lora_dropout: 0,
+    bias: "none",
+    fan_in_fan_out: false,
+    inference_mode: true,
+    use_rslora: false,
+    use_dora: false,
+    modules_to_save: null,
+    layers_to_transform: null
+  }, null, 2);
+  return {
+    config,
+    weights
+  };
+}
+
 // model/generate.ts
 async function generate(model, prompt, mask, opts) {
   const gpu2 = model.gpu, c = model.config;
@@ -9521,6 +9565,9 @@ var RECIPE_PPO_STAGE = {
     const after = await sampleAndScore(actor, reward, tok, inputs.evalPrompts, evalOpts);
     ctx.log(`after PPO: reward-model score ${mean(after).toFixed(3)}`);
     ctx.hooks.onSamples?.("after", noGold2(after));
+    await ctx.hooks.saveAdapter?.("ppo", await savePeftAdapter(actor, {
+      baseModel: cfg.data.actor
+    }));
     actor.mergeLora();
     await ctx.hooks.saveCheckpoint?.("ppo", await saveOptModel(actor, {
       stage: "ppo"

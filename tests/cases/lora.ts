@@ -3,6 +3,9 @@ import { type LoraConfig, loraLinearName } from "../../model/lora.ts";
 import { OptModel } from "../../model/opt.ts";
 import { optLogitsRef } from "../../model/reference.ts";
 import { ShapeError } from "../../kernels/errors.ts";
+import { ModelConfigError } from "../../model/config.ts";
+import { loadPeftAdapter, savePeftAdapter } from "../../model/peft.ts";
+import { parseSafetensors } from "../../model/safetensors.ts";
 import type { Gpu } from "../../kernels/runtime.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "../assert.ts";
 import { type Case, dot, randArray, rng } from "../_util.ts";
@@ -175,5 +178,75 @@ cases.push({
       ShapeError,
       "unknown LoRA target",
     );
+  },
+});
+
+cases.push({
+  name: "lora: a PEFT adapter (adapter_config.json + adapter_model.safetensors) round-trips with " +
+    "PEFT's names; adapters it cannot apply exactly are named errors",
+  async run(gpu) {
+    const { model, base } = await setup(gpu);
+    const files = await savePeftAdapter(model, { baseModel: "facebook/opt-tiny" });
+    const cfg = JSON.parse(files.config);
+    assertEquals(
+      [cfg.peft_type, cfg.r, cfg.lora_alpha, cfg.target_modules, cfg.base_model_name_or_path],
+      ["LORA", LORA.r, LORA.alpha, LORA.targets, "facebook/opt-tiny"],
+    );
+    // PEFT's naming rule for OPTForCausalLM: base_model.model. + the HF module path
+    const names = [...parseSafetensors(files.weights).tensors.keys()];
+    const rule =
+      /^base_model\.model\.model\.decoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc1|fc2)\.lora_[AB]\.weight$/;
+    assert(names.every((n) => rule.test(n)), `names off PEFT's rule: ${names.slice(0, 3)}`);
+    assert(
+      names.includes("base_model.model.model.decoder.layers.0.self_attn.q_proj.lora_A.weight"),
+    );
+    assertEquals(names.length, 2 * LORA.targets.length * C.num_hidden_layers);
+
+    // the same base with the loaded adapter computes the same logits, adapted and merged
+    const other = OptModel.create(gpu, C, { seed: 4 });
+    for (const [k, v] of base) other.store.set(k, v);
+    const loaded = loadPeftAdapter(other, files.config, files.weights);
+    assertEquals([loaded.r, loaded.alpha, loaded.baseModel], [
+      LORA.r,
+      LORA.alpha,
+      "facebook/opt-tiny",
+    ]);
+    const want = await logits(gpu, model);
+    assertEquals(Array.from(await logits(gpu, other)), Array.from(want), "adapter logits");
+    other.mergeLora();
+    assertClose(await logits(gpu, other), want, { atol: 1e-5, rtol: 1e-5 }, "merged adapter");
+
+    const fresh = () => {
+      const m = OptModel.create(gpu, C, { seed: 4 });
+      return m;
+    };
+    const withCfg = (patch: Record<string, unknown>) => JSON.stringify({ ...cfg, ...patch });
+    const refuse = (config: string, weights: Uint8Array, what: string) =>
+      assertThrows(() => loadPeftAdapter(fresh(), config, weights), ModelConfigError, what);
+    await refuse(withCfg({ peft_type: "IA3" }), files.weights, 'peft_type must be "LORA"');
+    await refuse(withCfg({ use_dora: true }), files.weights, "use_dora");
+    await refuse(withCfg({ use_rslora: true }), files.weights, "use_rslora");
+    await refuse(withCfg({ target_modules: "q_proj|v_proj" }), files.weights, "regex");
+    await refuse(withCfg({ target_modules: ["gate_proj"] }), files.weights, "gate_proj");
+    await refuse(withCfg({ rank_pattern: { "q_proj": 8 } }), files.weights, "rank_pattern");
+    await refuse(withCfg({ r: 5 }), files.weights, "has shape");
+    await refuse(withCfg({ target_modules: ["q_proj"] }), files.weights, "does not describe");
+    const qOnly = fresh();
+    qOnly.attachLora({ ...LORA, targets: ["q_proj"] });
+    const qFiles = await savePeftAdapter(qOnly);
+    await refuse(files.config, qFiles.weights, "lacks");
+    await refuse("{", files.weights, "not valid JSON");
+    await assertThrows(() => savePeftAdapter(fresh()), ModelConfigError, "no LoRA adapters");
+    // a deeper base than the adapter's: its extra layers' tensors are missing
+    const deep = OptModel.create(gpu, { ...C, num_hidden_layers: C.num_hidden_layers + 1 });
+    await assertThrows(
+      () => loadPeftAdapter(deep, files.config, files.weights),
+      ModelConfigError,
+      "lacks",
+    );
+    for (const m of [model, other, qOnly, deep]) {
+      m.lora?.store.dispose();
+      m.store.dispose();
+    }
   },
 });
