@@ -26,11 +26,14 @@ export {
   WebGpuUnavailableError,
 } from "./kernels/errors.ts";
 export {
+  type Bindable,
+  BufferPool,
   type DType,
   Gpu,
   type GpuOptions,
   type GpuStats,
   numel,
+  Params,
   Tensor,
 } from "./kernels/runtime.ts";
 
@@ -51,7 +54,7 @@ export {
   scale,
   sub,
 } from "./kernels/elementwise.ts";
-export { matmul, type MatmulOptions } from "./kernels/matmul.ts";
+export { matmul, type MatmulOptions, type TextureTiling } from "./kernels/matmul.ts";
 export {
   clipGradNorm,
   globalNorm,
@@ -67,12 +70,13 @@ export {
   crossEntropy,
   crossEntropyBackward,
   logitsBackward,
+  type LogitsGrads,
   logSoftmax,
   softmax,
   type TokenLogprobs,
   tokenLogprobs,
 } from "./kernels/softmax.ts";
-export { layernormBackward, layernormForward } from "./kernels/layernorm.ts";
+export { layernormBackward, layernormForward, type LayernormSaved } from "./kernels/layernorm.ts";
 export {
   embeddingBackward,
   embeddingForward,
@@ -85,22 +89,26 @@ export {
   attentionBackward,
   attentionForward,
   type AttentionOptions,
+  type AttentionSaved,
   KvCache,
   swapAxes12,
 } from "./kernels/attention.ts";
 export { type AdamWOptions, adamwStep } from "./kernels/optimizer.ts";
-export { sampleTokens, type SamplingOptions } from "./kernels/sampling.ts";
+export { type SampleTargets, sampleTokens, type SamplingOptions } from "./kernels/sampling.ts";
 export {
   explainedVariance,
   gae,
   type KlEstimator,
   klPenalty,
   pairwiseRewardLoss,
+  type PolicyLoss,
   ppoPolicyLoss,
   ppoValueLoss,
   rankingRewardLoss,
+  type RewardLoss,
   shapedRewards,
   tokenPairRewardLoss,
+  type ValueLoss,
   whiten,
 } from "./kernels/rl.ts";
 export {
@@ -125,13 +133,16 @@ export {
   OPT_PRESETS,
   type OptConfig,
   optParamSpecs,
+  type ParamSpec,
   parseOptConfig,
 } from "./model/config.ts";
-export { type AdamWConfig, ParamStore } from "./model/params.ts";
-export { type OptActivations, OptModel } from "./model/opt.ts";
+export { type AdamWConfig, type ParamSlot, ParamStore } from "./model/params.ts";
+export { type LayerActs, type LoraState, type OptActivations, OptModel } from "./model/opt.ts";
 export { type LoraConfig, type LoraTarget } from "./model/lora.ts";
 export {
   parseSafetensors,
+  type SafetensorsDType,
+  type SafetensorsEntry,
   SafetensorsError,
   type SafetensorsFile,
   type TensorToWrite,
@@ -144,7 +155,7 @@ export {
   type Tokenizer,
   TokenizerError,
 } from "./model/tokenizer.ts";
-export { loadOptModel, saveOptModel } from "./model/checkpoint.ts";
+export { loadOptModel, type LoadReport, saveOptModel } from "./model/checkpoint.ts";
 export {
   loadPeftAdapter,
   parsePeftAdapterConfig,
@@ -155,10 +166,11 @@ export {
   savePeftAdapter,
 } from "./model/peft.ts";
 export { generate, type GenerateOptions, type Generation } from "./model/generate.ts";
-export { optHiddenRef, optLogitsRef } from "./model/reference.ts";
+export { optHiddenRef, optLogitsRef, type ReferenceParams } from "./model/reference.ts";
 
 // Trainers and their shared pieces
 export {
+  CheckpointError,
   type Metrics,
   NonFiniteLossError,
   type StateFile,
@@ -166,6 +178,7 @@ export {
   type TrainHooks,
 } from "./trainer/types.ts";
 export {
+  type CheckpointConfig,
   coerce,
   ConfigError,
   defaults,
@@ -189,9 +202,10 @@ export {
   optimizerStep,
 } from "./trainer/optim.ts";
 export { type LoopHooks, type LoopOptions, runLoop } from "./trainer/loop.ts";
-export { deriveSeed, mulberry32 } from "./trainer/random.ts";
+export { deriveSeed, mulberry32, SEED_STREAM } from "./trainer/random.ts";
 export {
   encodePairs,
+  type HostBatch,
   leftPad,
   Sampler,
   type SamplerState,
@@ -289,7 +303,9 @@ export {
 export {
   type CheckpointDpoConfig,
   type CheckpointKtoConfig,
+  type CheckpointPreferenceConfig,
   checkpointPreferencePipeline,
+  type CheckpointPreferenceState,
   PREFERENCE_FILES_SCHEMA,
   PREFERENCE_RUN_SCHEMA,
   type PreferenceFilesConfig,
@@ -305,6 +321,7 @@ export {
   type RecipeLoraConfig,
   recipePipeline,
   type RecipeRunConfig,
+  type RecipeState,
   resolveRecipeConfig,
   runRecipePipeline,
   SIMPLE_RLHF_TINY,
@@ -327,6 +344,7 @@ export {
   parseQuestion,
   TASK_MODEL_CONFIG,
   type TaskQuestion,
+  type TaskSizes,
   toHhJsonl,
 } from "./trainer/task.ts";
 export {
@@ -339,6 +357,8 @@ export {
   describeVerdict,
   detectRewardHacking,
   type RewardHackingVerdict,
+  type RolloutScores,
+  type ScoredSet,
 } from "./trainer/hacking.ts";
 export { type MetricRecord, renderReport } from "./trainer/report.ts";
 

@@ -202,7 +202,7 @@ ${LINEAR_MAIN}
  *
  * @example
  * ```ts
- * import { Gpu, swapAxes12 } from "./mod.ts";
+ * import { Gpu, swapAxes12 } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const x = gpu.zeros([2, 5, 4, 8]);          // (B, T, H, Dh)
  * const heads = swapAxes12(gpu, x);            // (B, H, T, Dh)
@@ -272,7 +272,7 @@ export interface AttentionSaved {
  *
  * @example
  * ```ts
- * import { attentionForward, Gpu } from "./mod.ts";
+ * import { attentionForward, Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const q = gpu.zeros([1, 2, 5, 8]), k = gpu.zeros([1, 2, 5, 8]), v = gpu.zeros([1, 2, 5, 8]);
  * const keyMask = gpu.fromArray([0, 1, 1, 1, 1], [1, 5]); // left padding
@@ -386,7 +386,7 @@ function fused(
  *
  * @example
  * ```ts
- * import { Gpu, KvCache } from "./mod.ts";
+ * import { Gpu, KvCache } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const cache = new KvCache(gpu, 2, 4, 16, 8); // B=2, H=4, capacity 16, Dh=8
  * cache.write(gpu.zeros([2, 4, 3, 8]), gpu.zeros([2, 4, 3, 8]), 0); // prefill 3 positions

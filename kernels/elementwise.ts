@@ -156,7 +156,7 @@ function runBinary(
  *
  * @example
  * ```ts
- * import { add, Gpu } from "./mod.ts";
+ * import { add, Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const s = add(gpu, gpu.fromArray([1, 2]), gpu.fromArray([3, 4]));
  * console.log(await gpu.read(s)); // [4, 6]
@@ -238,7 +238,7 @@ ${LINEAR_MAIN}
  *
  * @example
  * ```ts
- * import { castF16ToF32, Gpu } from "./mod.ts";
+ * import { castF16ToF32, Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const packed = gpu.fromArray(new Uint32Array([0x4000_3c00])); // [1.0, 2.0] as f16
  * console.log(await gpu.read(castF16ToF32(gpu, packed, [2]))); // [1, 2]
@@ -291,7 +291,7 @@ ${LINEAR_MAIN}
  *
  * @example
  * ```ts
- * import { concatColumns, Gpu } from "./mod.ts";
+ * import { concatColumns, Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const c = concatColumns(gpu, gpu.fromArray([1, 2], [2, 1]), gpu.fromArray([3, 4, 5, 6], [2, 2]));
  * console.log(await gpu.read(c)); // [1, 3, 4, 2, 5, 6]

@@ -94,7 +94,7 @@ function checkIds(t: Tensor, n: number, what: string): void {
  *
  * @example OPT-style embeddings
  * ```ts
- * import { embeddingForward, Gpu } from "./mod.ts";
+ * import { embeddingForward, Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const wte = gpu.zeros([10, 4]), wpe = gpu.zeros([12, 4]);
  * const tokens = gpu.fromArray(new Int32Array([2, 5, 7]));
@@ -200,7 +200,7 @@ ${LINEAR_MAIN}
  *
  * @example OPT (offset 2)
  * ```ts
- * import { Gpu, positionsFromMask } from "./mod.ts";
+ * import { Gpu, positionsFromMask } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const pos = positionsFromMask(gpu, gpu.fromArray([0, 1, 1], [1, 3]), 2);
  * console.log(await gpu.read(pos)); // [1, 2, 3]
@@ -243,7 +243,7 @@ ${LINEAR_MAIN}
  *
  * @example
  * ```ts
- * import { Gpu, nextTokenTargets } from "./mod.ts";
+ * import { Gpu, nextTokenTargets } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const t = nextTokenTargets(gpu, gpu.fromArray(new Int32Array([2, 7, 9]), [1, 3]),
  *   gpu.fromArray([1, 1, 1], [1, 3]));

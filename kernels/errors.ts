@@ -10,7 +10,7 @@
  *
  * @example Catching a missing WebGPU
  * ```ts
- * import { Gpu, WebGpuUnavailableError } from "./mod.ts";
+ * import { Gpu, WebGpuUnavailableError } from "../mod.ts";
  * try {
  *   await Gpu.create();
  * } catch (e) {
@@ -30,7 +30,7 @@ export class WebGpuUnavailableError extends Error {
  *
  * @example
  * ```ts
- * import { ShapeError } from "./mod.ts";
+ * import { ShapeError } from "../mod.ts";
  * const e = new ShapeError("matmul: inner dims differ (A: [2, 3], B: [4, 5])");
  * console.log(e.name); // "ShapeError"
  * ```
@@ -47,7 +47,7 @@ export class ShapeError extends Error {
  *
  * @example
  * ```ts
- * import { GpuLimitError } from "./mod.ts";
+ * import { GpuLimitError } from "../mod.ts";
  * const e = new GpuLimitError("buffer of 3 GiB exceeds maxBufferSize");
  * console.log(e.name); // "GpuLimitError"
  * ```
@@ -64,7 +64,7 @@ export class GpuLimitError extends Error {
  *
  * @example
  * ```ts
- * import { GpuValidationError } from "./mod.ts";
+ * import { GpuValidationError } from "../mod.ts";
  * console.log(new GpuValidationError("bad bind group").name); // "GpuValidationError"
  * ```
  */
@@ -82,7 +82,7 @@ export class GpuValidationError extends Error {
  *
  * @example
  * ```ts
- * import { NonFiniteValueError } from "./mod.ts";
+ * import { NonFiniteValueError } from "../mod.ts";
  * console.log(new NonFiniteValueError("parameter w[3] is NaN").name); // "NonFiniteValueError"
  * ```
  */

@@ -115,7 +115,7 @@ function dims(x: Tensor, w: Tensor, b: Tensor | null, name: string) {
  *
  * @example
  * ```ts
- * import { Gpu, layernormForward } from "./mod.ts";
+ * import { Gpu, layernormForward } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const x = gpu.fromArray([1, 2, 3, 4], [1, 4]);
  * const { y } = layernormForward(gpu, x, gpu.fromArray([1, 1, 1, 1]), gpu.zeros([4]));

@@ -261,7 +261,7 @@ function resolveShape(a: Tensor, b: Tensor, o: MatmulOptions): MatmulShape {
  *
  * @example A linear layer with HF weight layout
  * ```ts
- * import { Gpu, matmul } from "./mod.ts";
+ * import { Gpu, matmul } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const x = gpu.fromArray(new Float32Array(6).fill(1), [2, 3]);      // (tokens, in)
  * const w = gpu.fromArray(new Float32Array(12).fill(0.5), [4, 3]);   // (out, in)

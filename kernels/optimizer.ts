@@ -58,7 +58,7 @@ export interface AdamWOptions {
  *
  * @example Clip, then step — no readback
  * ```ts
- * import { adamwStep, clipGradNorm, Gpu } from "./mod.ts";
+ * import { adamwStep, clipGradNorm, Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const w = gpu.fromArray([1, 2]), g = gpu.fromArray([0.5, -0.5]);
  * const m = gpu.zeros([2]), v = gpu.zeros([2]);

@@ -81,7 +81,7 @@ function checkRows(name: string, logp: Tensor, mask: Tensor): { rows: number; T:
  *
  * @example The sum and the mean over a two-token response
  * ```ts
- * import { Gpu, sequenceLogprobs } from "./mod.ts";
+ * import { Gpu, sequenceLogprobs } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const logp = gpu.fromArray([-9, -1, -2], [1, 3]), mask = gpu.fromArray([0, 1, 1], [1, 3]);
  * console.log(await gpu.read(sequenceLogprobs(gpu, logp, mask))); // [-3]
@@ -234,7 +234,7 @@ export interface PreferenceLoss {
  *
  * @example DPO at ρ = 0 costs log 2
  * ```ts
- * import { Gpu, PREFERENCE_METRIC, preferenceLoss } from "./mod.ts";
+ * import { Gpu, PREFERENCE_METRIC, preferenceLoss } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const same = gpu.fromArray([-3, -5]); // one pair: chosen ℓ −3, rejected ℓ −5
  * const { metrics } = preferenceLoss(gpu, same, same, { lossType: "sigmoid", beta: 0.1 });
@@ -382,7 +382,7 @@ export interface KtoLoss {
  *
  * @example At ρ = z every example costs λ/2
  * ```ts
- * import { Gpu, KTO_SUM, ktoLoss } from "./mod.ts";
+ * import { Gpu, KTO_SUM, ktoLoss } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const l = gpu.fromArray([-4, -6]), label = gpu.fromArray([1, 0]), z = gpu.fromArray([0]);
  * const { sums } = ktoLoss(gpu, l, l, label, z, { beta: 0.1 });

@@ -83,7 +83,7 @@ ${LINEAR_MAIN}
  *
  * @example Reproducible noise
  * ```ts
- * import { Gpu, randomUniform } from "./mod.ts";
+ * import { Gpu, randomUniform } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const x = randomUniform(gpu, [4, 4], { seed: 42 });
  * console.log(await gpu.read(x));
@@ -112,7 +112,7 @@ export function randomUniform(
  *
  * @example
  * ```ts
- * import { Gpu, randomNormal } from "./mod.ts";
+ * import { Gpu, randomNormal } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const w = randomNormal(gpu, [64, 64], { seed: 1, std: 0.02 });
  * ```

@@ -106,7 +106,7 @@ function rowReduce(gpu: Gpu, x: Tensor, op: number, name: string): Tensor {
  *
  * @example
  * ```ts
- * import { Gpu, sumLastAxis } from "./mod.ts";
+ * import { Gpu, sumLastAxis } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const s = sumLastAxis(gpu, gpu.fromArray([1, 2, 3, 4], [2, 2]));
  * console.log(await gpu.read(s)); // [3, 7]
@@ -232,7 +232,7 @@ export const STAT = { sum: 0, count: 1, mean: 2, variance: 3 } as const;
  *
  * @example Mean and variance of valid tokens
  * ```ts
- * import { Gpu, maskedStats } from "./mod.ts";
+ * import { Gpu, maskedStats } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const s = maskedStats(gpu, gpu.fromArray([1, 2, 3, 100]), gpu.fromArray([1, 1, 1, 0]));
  * console.log(await gpu.read(s)); // [6, 3, 2, 1]
@@ -285,7 +285,7 @@ export function maskedStats(
  *
  * @example
  * ```ts
- * import { globalNorm, Gpu } from "./mod.ts";
+ * import { globalNorm, Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const n = globalNorm(gpu, [gpu.fromArray([3]), gpu.fromArray([4])]);
  * console.log((await gpu.read(n))[0]); // 5
@@ -348,7 +348,7 @@ export function scaleByScalarTensor(gpu: Gpu, x: Tensor, s: Tensor, index = 0): 
  *
  * @example
  * ```ts
- * import { clipGradNorm, Gpu } from "./mod.ts";
+ * import { clipGradNorm, Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const g = gpu.fromArray([3, 4]);
  * clipGradNorm(gpu, [g], 1);

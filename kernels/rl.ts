@@ -56,7 +56,7 @@ ${LINEAR_MAIN}
  *
  * @example
  * ```ts
- * import { Gpu, klPenalty } from "./mod.ts";
+ * import { Gpu, klPenalty } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const kl = klPenalty(gpu, gpu.fromArray([-1, -2]), gpu.fromArray([-1.5, -2]),
  *   gpu.fromArray([1, 1]), "k1");

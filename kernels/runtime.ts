@@ -43,7 +43,7 @@ function checkDims(shape: readonly number[], what: string): void {
  *
  * @example Upload, compute, read back
  * ```ts
- * import { Gpu, scale } from "./mod.ts";
+ * import { Gpu, scale } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const x = gpu.fromArray(new Float32Array([1, 2, 3]), [3]);
  * const y = scale(gpu, x, 2);
@@ -339,7 +339,7 @@ const MAX_ERRORS = 8;
  *
  * @example Create and inspect
  * ```ts
- * import { Gpu } from "./mod.ts";
+ * import { Gpu } from "../mod.ts";
  * const gpu = await Gpu.create();
  * console.log(gpu.adapterDescription, gpu.matmulPath);
  * ```
@@ -489,7 +489,7 @@ export class Gpu {
    *
    * @example Temporaries of a computation are freed, the result stays
    * ```ts
-   * import { Gpu, scale } from "./mod.ts";
+   * import { Gpu, scale } from "../mod.ts";
    * const gpu = await Gpu.create();
    * const y = await gpu.scope(() => {
    *   const x = gpu.fromArray(new Float32Array([1, 2])); // freed when the scope ends

@@ -170,7 +170,7 @@ export interface SampleTargets {
  *
  * @example Greedy pick
  * ```ts
- * import { Gpu, sampleTokens } from "./mod.ts";
+ * import { Gpu, sampleTokens } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const logits = gpu.fromArray([0, 3, 1], [1, 3]);
  * const out = {

@@ -121,7 +121,7 @@ function runSoftmax(gpu: Gpu, x: Tensor, log: boolean, out?: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { Gpu, softmax } from "./mod.ts";
+ * import { Gpu, softmax } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const p = softmax(gpu, gpu.fromArray([0, Math.log(3)], [1, 2]));
  * console.log(await gpu.read(p)); // [0.25, 0.75]
@@ -161,7 +161,7 @@ function checkTargets(logits: Tensor, targets: Tensor, rows: number, name: strin
  *
  * @example
  * ```ts
- * import { Gpu, tokenLogprobs } from "./mod.ts";
+ * import { Gpu, tokenLogprobs } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const logits = gpu.fromArray([0, 0, 0, 0], [1, 4]);
  * const { logp, entropy } = tokenLogprobs(gpu, logits, gpu.fromArray(new Int32Array([2])));
@@ -234,7 +234,7 @@ export interface LogitsGrads {
  *
  * @example Policy-gradient step on logits
  * ```ts
- * import { Gpu, logitsBackward, tokenLogprobs } from "./mod.ts";
+ * import { Gpu, logitsBackward, tokenLogprobs } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const logits = gpu.fromArray([1, 2, 3], [1, 3]);
  * const targets = gpu.fromArray(new Int32Array([0]));

@@ -100,7 +100,7 @@ export function loadWeights(
  *
  * @example
  * ```ts
- * import { Gpu, loadOptModel, saveOptModel, OptModel, OPT_PRESETS } from "./mod.ts";
+ * import { Gpu, loadOptModel, saveOptModel, OptModel, OPT_PRESETS } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const files = await saveOptModel(OptModel.create(gpu, OPT_PRESETS.tiny));
  * const { model } = loadOptModel(gpu, files.config, files.weights);

@@ -99,7 +99,7 @@ const INT_FIELDS = [
  *
  * @example
  * ```ts
- * import { OPT_PRESETS, parseOptConfig } from "./mod.ts";
+ * import { OPT_PRESETS, parseOptConfig } from "../mod.ts";
  * const cfg = parseOptConfig({ ...OPT_PRESETS.tiny, num_hidden_layers: 3 });
  * ```
  */

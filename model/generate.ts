@@ -53,7 +53,7 @@ export interface Generation {
  *
  * @example Greedy continuation of two prompts
  * ```ts
- * import { generate, Gpu, OPT_PRESETS, OptModel } from "./mod.ts";
+ * import { generate, Gpu, OPT_PRESETS, OptModel } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
  * const prompt = gpu.fromArray(new Int32Array([1, 2, 50, 2, 60, 61]), [2, 3]);

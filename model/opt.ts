@@ -53,21 +53,32 @@ export interface LoraState {
   targets: Set<string>;
 }
 
-interface LayerActs {
-  x0: Tensor; // block input (N, C)
-  ln1?: { y: Tensor } & LayernormSaved; // pre-LN: LN1(x0); post-LN: LN1(x0 + attn)
-  attnIn: Tensor; // what q/k/v read: ln1.y (pre) or x0 (post)
-  q: Tensor; // (B, H, T, Dh)
+/** What one decoder layer's forward saves for its backward (a field of {@link OptActivations}). */
+export interface LayerActs {
+  /** Block input (N, C) */
+  x0: Tensor;
+  /** Pre-LN: LN1(x0); post-LN: LN1(x0 + attn) */
+  ln1?: { y: Tensor } & LayernormSaved;
+  /** What q/k/v read: ln1.y (pre) or x0 (post) */
+  attnIn: Tensor;
+  /** (B, H, T, Dh) */
+  q: Tensor;
   k: Tensor;
   v: Tensor;
   att: AttentionSaved;
-  merged: Tensor; // (N, C) attention output before out_proj
-  x1pre?: Tensor; // post-LN: x0 + out_proj(...)
-  x1: Tensor; // residual stream after the attention half
+  /** (N, C) attention output before out_proj. */
+  merged: Tensor;
+  /** Post-LN: x0 + out_proj(...) */
+  x1pre?: Tensor;
+  /** Residual stream after the attention half. */
+  x1: Tensor;
   ln2?: { y: Tensor } & LayernormSaved;
-  ffnIn: Tensor; // ln2.y (pre) or x1 (post)
-  h: Tensor; // relu(fc1(ffnIn)) (N, F)
-  x2pre?: Tensor; // post-LN: x1 + fc2(h)
+  /** Ln2.y (pre) or x1 (post) */
+  ffnIn: Tensor;
+  /** Relu(fc1(ffnIn)) (N, F) */
+  h: Tensor;
+  /** Post-LN: x1 + fc2(h) */
+  x2pre?: Tensor;
 }
 
 /** Everything {@link OptModel.backward} needs from a forward pass. */
@@ -77,11 +88,14 @@ export interface OptActivations {
   tokens: Tensor;
   mask: Tensor;
   positions: Tensor;
-  tokEmb?: Tensor; // (N, E) token embeddings before project_in
+  /** (N, E) token embeddings before project_in. */
+  tokEmb?: Tensor;
   layers: LayerActs[];
-  xL: Tensor; // decoder stream after the last block
+  /** Decoder stream after the last block. */
+  xL: Tensor;
   lnf?: { y: Tensor } & LayernormSaved;
-  preOut: Tensor; // lnf.y or xL
+  /** Lnf.y or xL. */
+  preOut: Tensor;
   /** Final hidden states `(B·T, word_embed_proj_dim)` (HF `last_hidden_state`). */
   hidden: Tensor;
   /** LoRA inputs `u = x·Aᵀ` per adapted linear (empty without adapters). */
@@ -93,7 +107,7 @@ export interface OptActivations {
  *
  * @example Logits of a tiny random model
  * ```ts
- * import { Gpu, OPT_PRESETS, OptModel } from "./mod.ts";
+ * import { Gpu, OPT_PRESETS, OptModel } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
  * const tokens = gpu.fromArray(new Int32Array([2, 10, 11, 2, 12, 13]), [2, 3]);

@@ -38,7 +38,7 @@ export interface AdamWConfig {
  *
  * @example
  * ```ts
- * import { Gpu, optParamSpecs, OPT_PRESETS, ParamStore } from "./mod.ts";
+ * import { Gpu, optParamSpecs, OPT_PRESETS, ParamStore } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const store = new ParamStore(gpu, optParamSpecs(OPT_PRESETS.tiny));
  * store.init(42);

@@ -42,7 +42,7 @@ export function peftTensorName(name: string): string {
  *
  * @example Train-free round trip
  * ```ts
- * import { Gpu, loadPeftAdapter, OPT_PRESETS, OptModel, savePeftAdapter } from "./mod.ts";
+ * import { Gpu, loadPeftAdapter, OPT_PRESETS, OptModel, savePeftAdapter } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
  * model.attachLora({ r: 4, alpha: 8, targets: ["q_proj", "v_proj"] }, 7);
@@ -165,7 +165,7 @@ export function parsePeftAdapterConfig(text: string): PeftAdapterConfig {
  *
  * @example Apply an adapter for inference, merged into the weights
  * ```ts ignore
- * import { loadPeftAdapter } from "./mod.ts";
+ * import { loadPeftAdapter } from "../mod.ts";
  * loadPeftAdapter(model, configText, weightBytes);
  * model.mergeLora();
  * ```

@@ -8,7 +8,8 @@
 
 import type { OptConfig } from "./config.ts";
 
-type Params = Map<string, ArrayLike<number>>;
+/** Host parameters of the float64 reference model, by HF name. */
+export type ReferenceParams = Map<string, ArrayLike<number>>;
 
 const D = "model.decoder.";
 
@@ -62,7 +63,7 @@ const addInto = (a: Float64Array, b: Float64Array) => {
  */
 export function optHiddenRef(
   c: OptConfig,
-  P: Params,
+  P: ReferenceParams,
   tokens: ArrayLike<number>,
   mask: ArrayLike<number>,
   B: number,
@@ -149,7 +150,7 @@ export function optHiddenRef(
 /** Logits `(B·T, V)` of the reference model (LM head tied to `embed_tokens`). */
 export function optLogitsRef(
   c: OptConfig,
-  P: Params,
+  P: ReferenceParams,
   tokens: ArrayLike<number>,
   mask: ArrayLike<number>,
   B: number,

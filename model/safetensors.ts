@@ -31,10 +31,10 @@ export const DTYPE_SIZES = {
   I8: 1,
   U8: 1,
   BOOL: 1,
-} as const;
+} as const satisfies Record<SafetensorsDType, number>;
 
 /** A safetensors dtype name. */
-export type SafetensorsDType = keyof typeof DTYPE_SIZES;
+export type SafetensorsDType = "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
 
 /** One tensor of a parsed file: its header entry and a view of its bytes. */
 export interface SafetensorsEntry {
@@ -57,7 +57,7 @@ const MAX_HEADER = 100_000_000;
  *
  * @example
  * ```ts
- * import { parseSafetensors, writeSafetensors } from "./mod.ts";
+ * import { parseSafetensors, writeSafetensors } from "../mod.ts";
  * const bytes = writeSafetensors([{ name: "w", shape: [2], data: new Float32Array([1, 2]) }]);
  * const file = parseSafetensors(bytes);
  * console.log(file.tensors.get("w")?.shape); // [2]

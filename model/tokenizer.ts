@@ -33,7 +33,7 @@ export interface Tokenizer {
  *
  * @example
  * ```ts
- * import { ByteTokenizer } from "./mod.ts";
+ * import { ByteTokenizer } from "../mod.ts";
  * const tok = new ByteTokenizer();
  * const ids = tok.encode("hi"); // [2, 108, 109]
  * console.log(tok.decode(ids)); // "hi"
@@ -114,7 +114,7 @@ export interface BpeOptions {
  *
  * @example
  * ```ts
- * import { BpeTokenizer } from "./mod.ts";
+ * import { BpeTokenizer } from "../mod.ts";
  * const vocab = JSON.stringify({ "</s>": 0, "<pad>": 1, "a": 2, "b": 3, "ab": 4 });
  * const tok = BpeTokenizer.fromText(vocab, "#version: 0.2\na b\n");
  * console.log(tok.encode("ab")); // [0, 4]

@@ -2,7 +2,8 @@
  * The GPU of the Deno tests, created once per test module. Its matmul path follows
  * `WEBGPU_RLHF_MATMUL_PATH` (CI's buffer lane). Where no WebGPU adapter exists, GPU tests are
  * ignored with one clear message (std's pattern), and the CPU-only checks — tokenizer,
- * safetensors, configs, data readers, graders, float64 references — still run.
+ * safetensors, configs, data readers, graders, float64 references — still run
+ * (`WEBGPU_RLHF_REQUIRE_GPU=1`, set by CI, turns a missing adapter into a failure).
  *
  * @module
  */
@@ -11,11 +12,19 @@ import { Gpu } from "../kernels/runtime.ts";
 import { WebGpuUnavailableError } from "../kernels/errors.ts";
 import { MATMUL_PATH_ENV, matmulPathFromEnv } from "../cli/gpu_env.ts";
 
+/** Set to `1` (CI does) to fail, instead of ignoring GPU tests, where no adapter exists. */
+export const REQUIRE_GPU_ENV = "WEBGPU_RLHF_REQUIRE_GPU";
+
 async function create(): Promise<Gpu | null> {
   try {
     return await Gpu.create({ matmulPath: matmulPathFromEnv() });
   } catch (e) {
     if (!(e instanceof WebGpuUnavailableError)) throw e;
+    // CI sets this: there, a lane whose adapter is missing (e.g. no Vulkan driver) must fail,
+    // not pass by ignoring every GPU test
+    if (Deno.env.get(REQUIRE_GPU_ENV) === "1") {
+      throw new WebGpuUnavailableError(`${REQUIRE_GPU_ENV}=1 but ${e.message}`);
+    }
     console.warn(`%cno WebGPU adapter: GPU tests are ignored — ${e.message}`, "color: yellow");
     return null;
   }

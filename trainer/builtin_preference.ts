@@ -40,17 +40,31 @@ import type { Trainer } from "./types.ts";
 
 /** The built-in task's data for the preference methods. */
 export interface PreferenceTaskConfig {
+  /** the task's fixed pairs (used with data.source=task) (default 20000) */
   pairs: number;
+  /** fraction of labels flipped (pairs swapped, KTO labels inverted) (default 0.1) */
   labelNoise: number;
 }
 
 /** How the preference data is built. */
 export interface PreferenceDataConfig {
+  /**
+   * policy: the SFT policy's samples labelled by gold (with label noise); task: fixed pairs
+   * (default "policy")
+   */
   source: "policy" | "task";
+  /** task prompts whose SFT samples make the data (source=policy) (default 1000) */
   prompts: number;
+  /** SFT samples per prompt; every two with different gold make a pair (default 4) */
   samplesPerPrompt: number;
+  /** token budget of samples (data and evaluation); cut ones keep no EOS (default 16) */
   maxNewTokens: number;
+  /** sampling temperature of the data (default 1) */
   temperature: number;
+  /**
+   * KTO: a sample is desirable when its gold score reaches this (correct, and one style point)
+   * (default 0.8)
+   */
   desirableThreshold: number;
 }
 

@@ -46,21 +46,42 @@ import type { Trainer } from "./types.ts";
 
 /** Run-level settings. */
 export interface PreferenceRunConfig extends CheckpointConfig {
+  /**
+   * run name (output under <out>/<name>/): letters, digits, '.', '_', '-' (default
+   * "checkpoint-dpo")
+   */
   name: string;
+  /** seed of the data order and the samples (default 1) */
   seed: number;
+  /** held-out prompts sampled and scored before and after PPO (default 16) */
   evalPrompts: number;
+  /** temperature of the evaluation samples (default 0.7) */
   evalTemperature: number;
+  /** token budget of the evaluation samples (default 32) */
   maxNewTokens: number;
 }
 
 /** Where the checkpoints and data are. */
 export interface PreferenceFilesConfig {
+  /** policy checkpoint folder (HF OPT: config.json, model.safetensors) (default "") */
   policy: string;
+  /** reference checkpoint folder (default: the policy's) (default "") */
   reference: string;
+  /**
+   * folder with vocab.json and merges.txt (default: the policy folder; none for a 260-token byte
+   * vocabulary) (default "")
+   */
   tokenizer: string;
+  /** DPO pairs JSONL ({prompt,chosen,rejected} or hh-rlhf; .gz ok) (default "") */
   pairs: string;
+  /** KTO examples JSONL ({prompt, completion, label}; .gz ok) (default "") */
   kto: string;
+  /**
+   * held-out pairs / examples (default: the last data.heldOut records of the training file)
+   * (default "")
+   */
   evalPairs: string;
+  /** records held out when evalPairs is not given (default 64) */
   heldOut: number;
 }
 
@@ -116,7 +137,8 @@ export interface CheckpointKtoConfig {
   kto: KtoConfig;
 }
 
-type AnyConfig = CheckpointDpoConfig | CheckpointKtoConfig;
+/** The config of either checkpoint preference pipeline (`checkpoint-dpo`, `checkpoint-kto`). */
+export type CheckpointPreferenceConfig = CheckpointDpoConfig | CheckpointKtoConfig;
 
 /** What the stage starts from: the reader, the tokenizer, the data and its held-out part. */
 export interface CheckpointPreferenceState {
@@ -126,7 +148,7 @@ export interface CheckpointPreferenceState {
   heldOut: PairExample[] | KtoExample[];
 }
 
-type Ctx = StageContext<AnyConfig, CheckpointPreferenceState>;
+type Ctx = StageContext<CheckpointPreferenceConfig, CheckpointPreferenceState>;
 
 function join(dir: string, file: string): string {
   return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
@@ -138,7 +160,7 @@ async function loadModel(io: RecipeIo, dir: string, gpu: Gpu, frozen: boolean): 
 }
 
 /** BPE from vocab.json/merges.txt, or the byte tokenizer for a 260-token vocabulary. */
-async function loadTokenizer(io: RecipeIo, cfg: AnyConfig): Promise<Tokenizer> {
+async function loadTokenizer(io: RecipeIo, cfg: CheckpointPreferenceConfig): Promise<Tokenizer> {
   const dir = cfg.data.tokenizer || cfg.data.policy;
   const text = async (p: string) => await decodeText(await io.read(p), p);
   let vocab: string | undefined;
@@ -157,7 +179,7 @@ async function loadTokenizer(io: RecipeIo, cfg: AnyConfig): Promise<Tokenizer> {
 }
 
 /** Reads the training file and its held-out part; errors name the key. */
-async function loadData(io: RecipeIo, cfg: AnyConfig, method: "dpo" | "kto") {
+async function loadData(io: RecipeIo, cfg: CheckpointPreferenceConfig, method: "dpo" | "kto") {
   const d = cfg.data, file = method === "dpo" ? d.pairs : d.kto;
   const read = async (p: string) => {
     const t = await decodeText(await io.read(p), p);
@@ -182,7 +204,7 @@ async function loadData(io: RecipeIo, cfg: AnyConfig, method: "dpo" | "kto") {
 
 /** Checks before anything is read: the method's inputs are named. */
 function checkConfig(method: "dpo" | "kto") {
-  return (cfg: AnyConfig) => {
+  return (cfg: CheckpointPreferenceConfig) => {
     const need = ["policy", method === "dpo" ? "pairs" : "kto"] as const;
     for (const k of need) {
       if (!cfg.data[k]) {
@@ -196,7 +218,9 @@ function checkConfig(method: "dpo" | "kto") {
 }
 
 /** The stage: load, evaluate, train, evaluate, save. */
-function methodStage(method: "dpo" | "kto"): Stage<AnyConfig, CheckpointPreferenceState> {
+function methodStage(
+  method: "dpo" | "kto",
+): Stage<CheckpointPreferenceConfig, CheckpointPreferenceState> {
   return {
     name: method,
     doc: method === "dpo"
@@ -297,7 +321,7 @@ const RUN_DEFAULTS = defaults(PREFERENCE_RUN_SCHEMA);
 export function checkpointPreferencePipeline(
   io: RecipeIo,
   method: "dpo" | "kto",
-): PipelineDefinition<AnyConfig, CheckpointPreferenceState> {
+): PipelineDefinition<CheckpointPreferenceConfig, CheckpointPreferenceState> {
   const schema = method === "dpo" ? DPO_SCHEMA : KTO_SCHEMA;
   return {
     name: `checkpoint-${method}`,
@@ -311,7 +335,7 @@ export function checkpointPreferencePipeline(
       run: { ...RUN_DEFAULTS, name: `checkpoint-${method}` },
       data: defaults(PREFERENCE_FILES_SCHEMA),
       [method]: { ...defaults(schema as Schema<DpoConfig>), lr: 5e-6 },
-    } as unknown as AnyConfig,
+    } as unknown as CheckpointPreferenceConfig,
     stages: [methodStage(method)],
     validate: checkConfig(method),
     init: async (_gpu, cfg) => {

@@ -75,7 +75,7 @@ export async function samplePolicy(
  *
  * @example Two samples of one prompt make one pair
  * ```ts
- * import { labelComparisons } from "./mod.ts";
+ * import { labelComparisons } from "../mod.ts";
  * const gold = (_p: string, r: string) => (r.trim() === "4." ? 1 : 0);
  * const pairs = labelComparisons(
  *   [[{ prompt: "2+2?", response: " 4.", truncated: false },
@@ -124,7 +124,7 @@ export function labelComparisons(
  *
  * @example
  * ```ts
- * import { labelExamples } from "./mod.ts";
+ * import { labelExamples } from "../mod.ts";
  * const gold = (_p: string, r: string) => (r.trim() === "4." ? 1 : 0);
  * const xs = labelExamples(
  *   [[{ prompt: "2+2?", response: " 4.", truncated: false },

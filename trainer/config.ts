@@ -63,7 +63,7 @@ export function coerce(schema: Schema<unknown>, key: string, raw: string): unkno
  *
  * @example
  * ```ts
- * import { resolveConfig, type Schema } from "./mod.ts";
+ * import { resolveConfig, type Schema } from "../mod.ts";
  * const schema: Schema<{ lr: number }> = { lr: { default: 1e-3, doc: "learning rate", min: 0 } };
  * console.log(resolveConfig(schema, { lr: 5e-4 })); // { lr: 0.0005 }
  * ```
@@ -114,19 +114,29 @@ export function resolveConfig<C>(
 
 /** Hyperparameters shared by the supervised stages (SFT, reward model). */
 export interface SupervisedConfig {
+  /** optimizer steps */
   steps: number;
+  /** examples (sequences or pairs) per optimizer step */
   batchSize: number;
+  /** peak learning rate */
   lr: number;
+  /** fraction of steps with linear warmup */
   warmupRatio: number;
+  /** learning-rate decay after warmup, to 0 at the last step */
   lrDecay: "cosine" | "linear" | "constant";
+  /** AdamW decoupled weight decay on weight matrices */
   weightDecay: number;
+  /** global gradient-norm clip (0 = off) */
   maxGradNorm: number;
+  /** tokens per sequence (longer prompts are cut on the left) */
   maxLength: number;
+  /** shuffling seed */
   seed: number;
 }
 
 /** SFT hyperparameters. */
 export interface SftConfig extends SupervisedConfig {
+  /** loss on completion tokens only (false: whole sequence) (default true) */
   completionOnly: boolean;
 }
 
@@ -156,7 +166,9 @@ export function supervisedFields(steps: number, batchDoc: string, lr: number) {
 
 /** How often a run checkpoints its resumable state (a `run.` section's fields). */
 export interface CheckpointConfig {
+  /** PPO iterations between resumable state checkpoints */
   checkpointEvery: number;
+  /** steps of the step-counted stages (SFT, reward model, DPO, …) between resumable state checkpoints */
   stepCheckpointEvery: number;
 }
 
@@ -199,6 +211,10 @@ export const SFT_SCHEMA: Schema<SftConfig> = {
 
 /** Reward-model hyperparameters. */
 export interface RmConfig extends SupervisedConfig {
+  /**
+   * pairwise: −log σ(r_w − r_l − m); token: DeepSpeed-Chat token-level loss; kwise: InstructGPT's
+   * K-wise ranking loss on ranked examples (K responses best → worst) (default "pairwise")
+   */
   loss: "pairwise" | "token" | "kwise";
 }
 
@@ -215,38 +231,77 @@ export const RM_SCHEMA: Schema<RmConfig> = {
 
 /** PPO hyperparameters (SPEC §8; defaults follow the seed recipe where it names one). */
 export interface PpoConfig {
+  /** rollout + update iterations (default 100) */
   iterations: number;
+  /** prompts per rollout (default 32) */
   batchSize: number;
+  /** rows per PPO minibatch (default 8) */
   miniBatchSize: number;
+  /** passes over each rollout (shuffled minibatches) (default 4) */
   ppoEpochs: number;
+  /** response tokens sampled per prompt (default 8) */
   maxNewTokens: number;
+  /** prompt tokens kept (longer prompts lose tokens on the left, after BOS) (default 256) */
   maxPromptLength: number;
+  /** rollout sampling temperature (default 1) */
   temperature: number;
+  /** rollout top-k (0 = off) (default 0) */
   topK: number;
+  /** rollout top-p (1 = off) (default 1) */
   topP: number;
+  /** actor learning rate (seed recipe: 1e-5 for OPT-350m) (default 0.001) */
   actorLr: number;
+  /** critic learning rate (seed recipe: 5e-5) (default 0.002) */
   criticLr: number;
+  /** fraction of iterations with linear warmup (default 0) */
   warmupRatio: number;
+  /**
+   * decay of both learning rates after warmup, to 0 at the last iteration (TRL: linear) (default
+   * "linear")
+   */
   lrDecay: "cosine" | "linear" | "constant";
+  /** AdamW weight decay of actor and critic (default 0) */
   weightDecay: number;
+  /** global gradient-norm clip per model (0 = off) (default 1) */
   maxGradNorm: number;
+  /** discount γ (default 1) */
   gamma: number;
+  /** GAE λ (default 0.95) */
   lambda: number;
+  /** initial KL coefficient β (default 0.1) */
   klCoef: number;
+  /** per-token KL estimator (default "k1") */
   klEstimator: "k1" | "abs" | "mse" | "k3";
+  /** adapt β towards klTarget (Ziegler et al.) (default false) */
   adaptiveKl: boolean;
+  /** target KL for the adaptive controller (default 6) */
   klTarget: number;
+  /** horizon of the adaptive controller (default 10000) */
   klHorizon: number;
+  /** clip of the reward-model score (default 5) */
   scoreClip: number;
+  /** ratio clip ε (default 0.2) */
   clipRange: number;
+  /** value clip ε_v (default 0.2) */
   clipRangeValue: number;
+  /** entropy bonus coefficient (default 0) */
   entropyCoef: number;
+  /** stop an iteration's epochs when approx-KL exceeds this (0 = off) (default 0) */
   targetApproxKl: number;
+  /** subtracted from the score of responses without EOS (default 0) */
   missingEosPenalty: number;
+  /** whiten advantages over the batch's valid tokens (default true) */
   whitenAdvantages: boolean;
+  /**
+   * PPO-ptx: γ_ptx, weight of the LM loss on a pretraining batch per minibatch (0 = off) (default
+   * 0)
+   */
   ptxCoef: number;
+  /** PPO-ptx sequences per minibatch (default 4) */
   ptxBatchSize: number;
+  /** PPO-ptx tokens per sequence (default 64) */
   ptxMaxLength: number;
+  /** rollout sampling seed (default 0) */
   seed: number;
 }
 
@@ -327,7 +382,7 @@ export type SectionSchemas = Record<string, Schema<unknown>>;
  *
  * @example
  * ```ts
- * import { resolveSections, SFT_SCHEMA, defaults } from "./mod.ts";
+ * import { resolveSections, SFT_SCHEMA, defaults } from "../mod.ts";
  * const sections = { sft: SFT_SCHEMA };
  * const cfg = resolveSections(sections, { "sft.steps": 10 }, { sft: defaults(SFT_SCHEMA) });
  * console.log(cfg.sft.steps); // 10

@@ -34,10 +34,15 @@ import { assertFiniteLosses, type Metrics } from "./types.ts";
 
 /** DPO / SimPO hyperparameters. */
 export interface DpoConfig extends SupervisedConfig {
+  /** β: strength of the implicit KL to the reference (SimPO: reward scale, 2.0) (default 0.1) */
   beta: number;
+  /** sigmoid (DPO, cDPO with labelSmoothing) · hinge · ipo · robust · simpo (default "sigmoid") */
   lossType: PreferenceLossType;
+  /** assumed label-flip rate ε of sigmoid/robust/simpo, in [0, 0.5) (default 0) */
   labelSmoothing: number;
+  /** SimPO's target reward margin γ (default 0.5) */
   gamma: number;
+  /** compute the reference log-probs of every pair once, before training (default false) */
   precomputeReference: boolean;
 }
 

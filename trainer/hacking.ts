@@ -85,7 +85,7 @@ function trailingMean(xs: readonly number[], w: number): number[] {
  *
  * @example Score up all along, gold down from iteration 6 on
  * ```ts
- * import { detectRewardHacking } from "./mod.ts";
+ * import { detectRewardHacking } from "../mod.ts";
  * const history = Array.from({ length: 12 }, (_, i) => ({
  *   iteration: i + 1,
  *   score: i * 0.2,

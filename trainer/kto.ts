@@ -33,8 +33,11 @@ import { assertFiniteLosses, type Metrics } from "./types.ts";
 
 /** KTO hyperparameters. */
 export interface KtoConfig extends SupervisedConfig {
+  /** β: strength of the implicit KL to the reference (default 0.1) */
   beta: number;
+  /** λ_D, weight of desirable examples (default 1) */
   desirableWeight: number;
+  /** λ_U, weight of undesirable examples (default 1) */
   undesirableWeight: number;
 }
 

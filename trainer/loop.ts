@@ -190,7 +190,7 @@ export async function saveCheckpoint(
  *
  * @example SFT for 4 steps, logging every 2
  * ```ts
- * import { ByteTokenizer, defaults, Gpu, OPT_PRESETS, OptModel, runLoop, SFT_SCHEMA, SftTrainer } from "./mod.ts";
+ * import { ByteTokenizer, defaults, Gpu, OPT_PRESETS, OptModel, runLoop, SFT_SCHEMA, SftTrainer } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
  * const data = [{ prompt: "Q: 1+1?", completion: " 2" }];

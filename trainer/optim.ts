@@ -31,7 +31,7 @@ export interface LrSchedule {
  *
  * @example
  * ```ts
- * import { learningRate } from "./mod.ts";
+ * import { learningRate } from "../mod.ts";
  * const s = { lr: 1e-3, totalSteps: 100, warmupSteps: 10 };
  * console.log(learningRate(0, s), learningRate(9, s), learningRate(100, s)); // 1e-4 1e-3 0
  * ```
@@ -73,7 +73,7 @@ export interface OptimizerSettings {
  *
  * @example
  * ```ts
- * import { Gpu, OPT_PRESETS, OptModel, optimizerStep } from "./mod.ts";
+ * import { Gpu, OPT_PRESETS, OptModel, optimizerStep } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
  * const o = { lr: 1e-3, warmupRatio: 0, lrDecay: "cosine", weightDecay: 0, maxGradNorm: 1 } as const;

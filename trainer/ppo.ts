@@ -112,7 +112,7 @@ interface Batch {
  *
  * @example Two iterations on a tiny random model
  * ```ts
- * import { ByteTokenizer, defaults, Gpu, OPT_PRESETS, OptModel, PPO_SCHEMA, PpoTrainer } from "./mod.ts";
+ * import { ByteTokenizer, defaults, Gpu, OPT_PRESETS, OptModel, PPO_SCHEMA, PpoTrainer } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const actor = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
  * const critic = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 2, valueHead: true });

@@ -28,7 +28,7 @@ export class Mulberry32 {
  *
  * @example
  * ```ts
- * import { mulberry32 } from "./mod.ts";
+ * import { mulberry32 } from "../mod.ts";
  * const r = mulberry32(1);
  * console.log(r() < 1 && r() >= 0); // true
  * ```

@@ -64,28 +64,50 @@ import { sampleAndScore } from "./rollout.ts";
 
 /** Run-level settings of a recipe. */
 export interface RecipeRunConfig extends CheckpointConfig {
+  /**
+   * run name (output under <out>/<name>/): letters, digits, '.', '_', '-' (default
+   * "simple-rlhf-tiny")
+   */
   name: string;
+  /** seed of adapter initialisation and sampling (default 1) */
   seed: number;
+  /** held-out prompts sampled and scored before and after PPO (default 16) */
   evalPrompts: number;
+  /** temperature of the evaluation samples (default 0.7) */
   evalTemperature: number;
 }
 
 /** Where the recipe's checkpoints and data are (paths for the CLI, URLs in a page). */
 export interface RecipeDataConfig {
+  /**
+   * actor checkpoint folder (HF OPT: config.json, model.safetensors), e.g. opt-350m (default "")
+   */
   actor: string;
+  /**
+   * critic/reward base checkpoint folder (HF OPT), e.g. opt-125m; a v_head is added (default "")
+   */
   critic: string;
+  /** folder with vocab.json and merges.txt (default: the actor folder) (default "") */
   tokenizer: string;
+  /** preference pairs JSONL (hh-rlhf or {prompt,chosen,rejected}; .gz ok) (default "") */
   pairs: string;
+  /** held-out pairs JSONL (default: the last heldOutPairs records of pairs) (default "") */
   evalPairs: string;
+  /** pairs held out of `pairs` when evalPairs is not given (default 64) */
   heldOutPairs: number;
+  /** PPO prompts JSONL ({prompt} or hh-rlhf; default: the training pairs' prompts) (default "") */
   prompts: string;
+  /** PPO-ptx data JSONL ({prompt, completion}); needed when ppo.ptxCoef > 0 (default "") */
   ptx: string;
 }
 
 /** LoRA adapters of the actor. */
 export interface RecipeLoraConfig {
+  /** LoRA rank r (default 128) */
   r: number;
+  /** LoRA α (the update is scaled by α/r) (default 128) */
   alpha: number;
+  /** comma-separated adapted linears (default "q_proj,k_proj,v_proj,out_proj,fc1,fc2") */
   targets: string;
 }
 
@@ -520,7 +542,7 @@ export function recipePipeline(io: RecipeIo): PipelineDefinition<RecipeConfig, R
  *
  * @example A recipe run over files (paths are read through `io`)
  * ```ts ignore
- * import { Gpu, resolveRecipeConfig, runRecipePipeline } from "./mod.ts";
+ * import { Gpu, resolveRecipeConfig, runRecipePipeline } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const cfg = resolveRecipeConfig({
  *   "data.actor": "opt-350m", "data.critic": "opt-125m", "data.pairs": "hh-rlhf/train.jsonl.gz",

@@ -63,7 +63,7 @@ export interface Rollout {
  *
  * @example Two greedy responses
  * ```ts
- * import { ByteTokenizer, Gpu, OPT_PRESETS, OptModel, rollout } from "./mod.ts";
+ * import { ByteTokenizer, Gpu, OPT_PRESETS, OptModel, rollout } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
  * const r = await rollout(policy, new ByteTokenizer(), ["Q: 1+1?", "Q: 2+2?"], {

@@ -68,7 +68,7 @@ export class SftTrainer extends SupervisedTrainer<SftExample, SftConfig> {
  *
  * @example
  * ```ts
- * import { ByteTokenizer, Gpu, OptModel, OPT_PRESETS, SFT_SCHEMA, defaults, trainSft } from "./mod.ts";
+ * import { ByteTokenizer, Gpu, OptModel, OPT_PRESETS, SFT_SCHEMA, defaults, trainSft } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
  * const data = [{ prompt: "Q: 1+1?", completion: " 2" }];

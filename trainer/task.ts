@@ -132,7 +132,7 @@ export interface TaskSizes {
  *
  * @example
  * ```ts
- * import { goldScore, makeBuiltinTask } from "./mod.ts";
+ * import { goldScore, makeBuiltinTask } from "../mod.ts";
  * const task = makeBuiltinTask(1);
  * const q = task.evalPrompts[0];
  * console.log(q.prompt, goldScore(q, ` ${q.answer}.`)); // 1
@@ -179,7 +179,7 @@ export function makeBuiltinTask(seed: number, sizes: TaskSizes = {}): BuiltinTas
  *
  * @example
  * ```ts
- * import { goldScore, makeRankedExamples, parseQuestion } from "./mod.ts";
+ * import { goldScore, makeRankedExamples, parseQuestion } from "../mod.ts";
  * const [x] = makeRankedExamples(1, 1, { labelNoise: 0 });
  * console.log(x.responses.map((r) => goldScore(parseQuestion(x.prompt)!, r))); // [1, 0.8, 0.4, 0.2]
  * ```

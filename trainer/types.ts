@@ -56,7 +56,7 @@ export interface Trainer<S = unknown> {
  *
  * @example
  * ```ts
- * import { NonFiniteLossError } from "./mod.ts";
+ * import { NonFiniteLossError } from "../mod.ts";
  * console.log(new NonFiniteLossError("SFT step 3: loss NaN").name); // "NonFiniteLossError"
  * ```
  */
@@ -80,7 +80,7 @@ export function assertFiniteLosses(what: string, values: Record<string, number>)
  *
  * @example
  * ```ts
- * import { CheckpointError } from "./mod.ts";
+ * import { CheckpointError } from "../mod.ts";
  * console.log(new CheckpointError("ppo/trainer_state.json: iteration must be an integer").name);
  * ```
  */
