@@ -34,7 +34,17 @@ export const DTYPE_SIZES = {
 } as const satisfies Record<SafetensorsDType, number>;
 
 /** A safetensors dtype name. */
-export type SafetensorsDType = "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
+export type SafetensorsDType =
+  | "F64"
+  | "F32"
+  | "F16"
+  | "BF16"
+  | "I64"
+  | "I32"
+  | "I16"
+  | "I8"
+  | "U8"
+  | "BOOL";
 
 /** One tensor of a parsed file: its header entry and a view of its bytes. */
 export interface SafetensorsEntry {
