@@ -29,7 +29,7 @@ export interface ParsedArgs {
  *
  * @example
  * ```ts
- * import { parseArgs } from "./cli/args.ts";
+ * import { parseArgs } from "./args.ts";
  * const a = parseArgs(["ckpt", "--top-k=5", "--greedy"], { "top-k": "int", greedy: "boolean" });
  * console.log(a.flags["top-k"], a.flags.greedy, a.positional); // 5 true ["ckpt"]
  * ```

@@ -7,30 +7,50 @@ var __export = (target, all) => {
 
 // kernels/errors.ts
 var WebGpuUnavailableError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message what is missing and how to get it
+   */
   constructor(message) {
     super(message);
     this.name = "WebGpuUnavailableError";
   }
 };
 var ShapeError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message the offending shapes or dtypes, named
+   */
   constructor(message) {
     super(message);
     this.name = "ShapeError";
   }
 };
 var GpuLimitError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message the limit and the requested value
+   */
   constructor(message) {
     super(message);
     this.name = "GpuLimitError";
   }
 };
 var GpuValidationError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message the validation messages the device reported
+   */
   constructor(message) {
     super(message);
     this.name = "GpuValidationError";
   }
 };
 var NonFiniteValueError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message the tensor or value and where it was found
+   */
   constructor(message) {
     super(message);
     this.name = "NonFiniteValueError";
@@ -78,6 +98,10 @@ var Tensor = class _Tensor {
   /** Number of elements. */
   size;
   #disposed;
+  /**
+   * Internal: tensors come from {@link Gpu.empty}, {@link Gpu.zeros}, {@link Gpu.fromArray}
+   * or {@link Tensor.view}.
+   */
   constructor(gpu, buffer, shape, dtype = "f32", byteOffset = 0, owner = true) {
     this.gpu = gpu;
     this.buffer = buffer;
@@ -192,6 +216,10 @@ var BufferPool = class _BufferPool {
   #free;
   #live;
   #pooledBytes;
+  /**
+   * An empty pool.
+   * @param device the device whose buffers the pool manages
+   */
   constructor(device) {
     this.device = device;
     this.#free = /* @__PURE__ */ new Map();
@@ -248,6 +276,10 @@ var Params = class {
   #view;
   #bytes;
   #n = 0;
+  /**
+   * An empty parameter block.
+   * @param capacity most 32-bit fields the block holds (default 64)
+   */
   constructor(capacity = 64) {
     this.#bytes = new Uint8Array(capacity * 4);
     this.#view = new DataView(this.#bytes.buffer);
@@ -287,8 +319,11 @@ var Gpu = class _Gpu {
   adapterDescription;
   isFallbackAdapter;
   matmulPath;
+  /** The size-classed buffer pool tensors are allocated from. */
   pool;
+  /** The device's limits (binding sizes, workgroup counts, texture side). */
   limits;
+  /** Running counts of dispatches, submits, readbacks and compiled pipelines. */
   stats;
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   textureSide;
@@ -415,7 +450,7 @@ var Gpu = class _Gpu {
    *
    * @example Temporaries of a computation are freed, the result stays
    * ```ts
-   * import { Gpu, scale } from "./mod.ts";
+   * import { Gpu, scale } from "../mod.ts";
    * const gpu = await Gpu.create();
    * const y = await gpu.scope(() => {
    *   const x = gpu.fromArray(new Float32Array([1, 2])); // freed when the scope ends
@@ -2718,8 +2753,11 @@ var KvCache = class {
   H;
   capacity;
   Dh;
+  /** Cached keys: an rgba32float texture array of `B·H` layers, `capacity` rows, `Dh/4` texels. */
   k;
+  /** Cached values, laid out like {@link KvCache.k}. */
   v;
+  /** Allocates an empty cache for `B` rows, `H` heads, `capacity` positions and head size `Dh`. */
   constructor(gpu, B, H2, capacity, Dh) {
     this.gpu = gpu;
     this.B = B;
@@ -4678,6 +4716,10 @@ function logitsBackward2(logits, targets, cols, dlogp, dentropy) {
 
 // model/config.ts
 var ModelConfigError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message the offending field and its value
+   */
   constructor(message) {
     super(message);
     this.name = "ModelConfigError";
@@ -4885,6 +4927,10 @@ function optParamSpecs(c, opts = {}) {
 
 // model/safetensors.ts
 var SafetensorsError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message what is malformed, with the tensor name or header offset
+   */
   constructor(message) {
     super(message);
     this.name = "SafetensorsError";
@@ -5103,11 +5149,13 @@ function writeSafetensors(tensors, metadata) {
 var ParamStore = class {
   gpu;
   specs;
+  /** Every parameter's slot (offset and size in the packed buffers), by HF name. */
   slots;
   /** Total elements including alignment padding. */
   total;
   /** Elements of the decayed range `[0, decayEnd)`; the rest is not decayed. */
   decayEnd;
+  /** All parameters, packed in one buffer in spec order. */
   params;
   /** False for a frozen store: parameters only, no gradient or AdamW buffers. */
   trainable;
@@ -5514,12 +5562,15 @@ var OptModel = class _OptModel {
   gpu;
   config;
   store;
+  /** Attention heads. */
   heads;
+  /** Head size (hidden / heads). */
   headDim;
   /** Attached LoRA adapters (see {@link attachLora}). */
   lora;
   /** When true the base parameters get no gradients (LoRA training). */
   frozenBase;
+  /** Internal: use {@link OptModel.create} or {@link loadOptModel}. */
   constructor(gpu, config, store) {
     this.gpu = gpu;
     this.config = config;
@@ -6227,16 +6278,25 @@ var OptModel = class _OptModel {
 
 // model/tokenizer.ts
 var TokenizerError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message what could not be read or encoded
+   */
   constructor(message) {
     super(message);
     this.name = "TokenizerError";
   }
 };
 var ByteTokenizer = class _ByteTokenizer {
+  /** 256 bytes plus 4 special ids (OPT's order). */
   vocabSize = 260;
+  /** `</s>`, which OPT also uses as BOS. */
   bosId = 2;
+  /** `</s>`. */
   eosId = 2;
+  /** `<pad>`. */
   padId = 1;
+  /** Id of byte 0 (bytes are ids 4 … 259). */
   static OFFSET = 4;
   encode(text, opts = {}) {
     const ids = Array.from(new TextEncoder().encode(text), (b) => b + _ByteTokenizer.OFFSET);
@@ -6295,9 +6355,13 @@ function bytesToUnicode() {
 }
 var PRETOKENIZE = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 var BpeTokenizer = class _BpeTokenizer {
+  /** Number of token ids (vocabulary entries plus added specials). */
   vocabSize;
+  /** Id prepended to every sequence (`</s>` in OPT's vocabulary). */
   bosId;
+  /** Id that ends a response (`</s>`). */
   eosId;
+  /** Id of padding positions (`<pad>`). */
   padId;
   #encoder;
   #decoder;
@@ -7026,6 +7090,10 @@ function optLogitsRef(c, P, tokens, mask, B, T) {
 
 // trainer/types.ts
 var NonFiniteLossError = class extends NonFiniteValueError {
+  /**
+   * Creates the error.
+   * @param message the loss, its value and where
+   */
   constructor(message) {
     super(message);
     this.name = "NonFiniteLossError";
@@ -7037,6 +7105,10 @@ function assertFiniteLosses(what, values) {
   throw new NonFiniteLossError(`${what}: ${list}`);
 }
 var CheckpointError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message the file and the field
+   */
   constructor(message) {
     super(message);
     this.name = "CheckpointError";
@@ -7053,6 +7125,10 @@ function checkStateNumber(what, v, o = {}) {
 
 // trainer/config.ts
 var ConfigError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message the offending key and why
+   */
   constructor(message) {
     super(message);
     this.name = "ConfigError";
@@ -7746,6 +7822,11 @@ var Sampler = class {
   #order;
   #pos;
   #rand;
+  /**
+   * A stream over `n` indices, shuffled by `seed`.
+   * @param n dataset size (≥ 1)
+   * @param seed shuffling seed
+   */
   constructor(n, seed) {
     this.n = n;
     this.#order = [];
@@ -7940,6 +8021,14 @@ var SupervisedTrainer = class {
   stateFile;
   iteration;
   #sampler;
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param model the model trained
+   * @param tok its tokenizer
+   * @param data the training rows
+   * @param cfg the stage's section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(model, tok, data, cfg, stateFile) {
     this.model = model;
     this.tok = tok;
@@ -7991,6 +8080,14 @@ var SupervisedTrainer = class {
 
 // trainer/sft.ts
 var SftTrainer = class extends SupervisedTrainer {
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param model the policy trained
+   * @param tok its tokenizer
+   * @param data demonstrations
+   * @param cfg the `sft.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(model, tok, data, cfg, stateFile = "sft/model_state.safetensors") {
     super(model, tok, data, cfg, stateFile);
   }
@@ -8073,6 +8170,14 @@ function spans(b, P) {
   return span;
 }
 var RewardTrainer = class extends SupervisedTrainer {
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param model the reward model (with a value head)
+   * @param tok its tokenizer
+   * @param pairs preference pairs
+   * @param cfg the `rm.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(model, tok, pairs, cfg, stateFile = "rm/model_state.safetensors") {
     super(model, tok, pairs, cfg, stateFile);
     if (cfg.loss === "kwise") {
@@ -8193,7 +8298,16 @@ function rankedK(xs, what = "ranked data") {
   return K2;
 }
 var RankingRewardTrainer = class extends SupervisedTrainer {
+  /** Responses per ranked example. */
   K;
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param model the reward model (with a value head)
+   * @param tok its tokenizer
+   * @param data ranked examples (responses best → worst, all with K responses)
+   * @param cfg the `rm.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(model, tok, data, cfg, stateFile = "rm/model_state.safetensors") {
     super(model, tok, data, cfg, stateFile);
     this.K = rankedK(data);
@@ -8317,6 +8431,10 @@ async function evaluateRewardModel(model, tok, pairs, o) {
 
 // trainer/data.ts
 var DataError = class extends Error {
+  /**
+   * Creates the error.
+   * @param message the source, line and what is wrong
+   */
   constructor(message) {
     super(message);
     this.name = "DataError";
@@ -8559,6 +8677,15 @@ var DpoTrainer = class extends SupervisedTrainer {
   #reference;
   /** Reference ℓ of every pair, `[chosen_i, rejected_i]` at `2i` (precomputeReference). */
   #cache;
+  /**
+   * Builds the trainer; pairs are checked first (a pair whose chosen equals its rejected is a `DataError`).
+   * @param model the policy trained
+   * @param reference the frozen reference; `undefined` uses the LoRA actor with adapters off, or none for SimPO
+   * @param tok the policy's tokenizer
+   * @param pairs preference pairs
+   * @param cfg the `dpo.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(model, reference, tok, pairs, cfg, stateFile = "dpo/model_state.safetensors") {
     super(model, tok, pairs, cfg, stateFile);
     this.warnings = checkPairs(pairs);
@@ -8765,6 +8892,15 @@ var KtoTrainer = class extends SupervisedTrainer {
   reference;
   /** What is odd about the data but not fatal (a pipeline logs these). */
   warnings;
+  /**
+   * Builds the trainer; the data is checked first.
+   * @param model the policy trained
+   * @param reference the frozen reference; `undefined` uses the LoRA actor with adapters off
+   * @param tok the policy's tokenizer
+   * @param data labelled completions
+   * @param cfg the `kto.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(model, reference, tok, data, cfg, stateFile = "kto/model_state.safetensors") {
     super(model, tok, data, cfg, stateFile), this.reference = reference, this.warnings = [];
     if (!reference && !model.lora) {
@@ -8891,6 +9027,14 @@ var PpoTrainer = class {
   lastSamples;
   #orderSeed;
   #ptx;
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param models actor, critic, reward model and (unless the actor has LoRA) the reference
+   * @param tok the tokenizer of all four
+   * @param data rollout prompts (and PPO-ptx data)
+   * @param cfg the `ppo.` section
+   * @param hooks extra per-iteration metrics
+   */
   constructor(models, tok, data, cfg, hooks = {}) {
     this.models = models;
     this.tok = tok;
@@ -11365,8 +11509,10 @@ export {
   BUILTIN_PIPELINE,
   BUILTIN_SECTIONS,
   BpeTokenizer,
+  BufferPool,
   ByteTokenizer,
   CONCISE_CHARS,
+  CheckpointError,
   ConfigError,
   DPO_PIPELINE,
   DPO_PIPELINE_DEFAULTS,
@@ -11399,12 +11545,14 @@ export {
   PREFERENCE_TASK_SCHEMA,
   PRESETS,
   ParamStore,
+  Params,
   PpoTrainer,
   RECIPE_SCHEMAS,
   RM_SCHEMA,
   RUN_SCHEMA,
   RankingRewardTrainer,
   RewardTrainer,
+  SEED_STREAM,
   SFT_SCHEMA,
   SIMPLE_RLHF_TINY,
   STAT,

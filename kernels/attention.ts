@@ -261,8 +261,11 @@ export interface AttentionSaved {
   out: Tensor;
   /** Log-sum-exp of each query row's scaled scores `[B, H, Tq]` (−3.4e38 for empty rows). */
   lse: Tensor;
+  /** Score scale the forward used (default 1/√Dh). */
   scale: number;
+  /** Whether the forward applied the causal mask. */
   causal: boolean;
+  /** The key mask `(B, Tmask)` the forward applied (1 = valid key), if any. */
   keyMask?: Tensor;
 }
 
@@ -394,9 +397,12 @@ function fused(
  * ```
  */
 export class KvCache {
+  /** Cached keys: an rgba32float texture array of `B·H` layers, `capacity` rows, `Dh/4` texels. */
   readonly k: GPUTexture;
+  /** Cached values, laid out like {@link KvCache.k}. */
   readonly v: GPUTexture;
 
+  /** Allocates an empty cache for `B` rows, `H` heads, `capacity` positions and head size `Dh`. */
   constructor(
     readonly gpu: Gpu,
     readonly B: number,

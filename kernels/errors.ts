@@ -19,6 +19,10 @@
  * ```
  */
 export class WebGpuUnavailableError extends Error {
+  /**
+   * Creates the error.
+   * @param message what is missing and how to get it
+   */
   constructor(message: string) {
     super(message);
     this.name = "WebGpuUnavailableError";
@@ -36,6 +40,10 @@ export class WebGpuUnavailableError extends Error {
  * ```
  */
 export class ShapeError extends Error {
+  /**
+   * Creates the error.
+   * @param message the offending shapes or dtypes, named
+   */
   constructor(message: string) {
     super(message);
     this.name = "ShapeError";
@@ -53,6 +61,10 @@ export class ShapeError extends Error {
  * ```
  */
 export class GpuLimitError extends Error {
+  /**
+   * Creates the error.
+   * @param message the limit and the requested value
+   */
   constructor(message: string) {
     super(message);
     this.name = "GpuLimitError";
@@ -69,6 +81,10 @@ export class GpuLimitError extends Error {
  * ```
  */
 export class GpuValidationError extends Error {
+  /**
+   * Creates the error.
+   * @param message the validation messages the device reported
+   */
   constructor(message: string) {
     super(message);
     this.name = "GpuValidationError";
@@ -87,6 +103,10 @@ export class GpuValidationError extends Error {
  * ```
  */
 export class NonFiniteValueError extends Error {
+  /**
+   * Creates the error.
+   * @param message the tensor or value and where it was found
+   */
   constructor(message: string) {
     super(message);
     this.name = "NonFiniteValueError";

@@ -96,7 +96,9 @@ ${LINEAR_MAIN}
 
 /** Saved activations of {@link layernormForward}. */
 export interface LayernormSaved {
+  /** Per-row mean of the input `(rows)`. */
   mean: Tensor;
+  /** Per-row reciprocal standard deviation `1/√(var + eps)` `(rows)`. */
   rstd: Tensor;
 }
 

@@ -45,9 +45,13 @@ const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4;
 
 /** Register blocking of the texture kernel: rows and texel columns (4 floats) per invocation. */
 export interface TextureTiling {
+  /** Output rows per invocation. */
   rows: number;
+  /** Output texels (4 columns each) per invocation. */
   texels: number;
+  /** Workgroup size in x. */
   wgX: number;
+  /** Workgroup size in y. */
   wgY: number;
 }
 

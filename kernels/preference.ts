@@ -202,6 +202,7 @@ ${LINEAR_MAIN}
 
 /** Options of {@link preferenceLoss}. */
 export interface PreferenceLossOptions {
+  /** Which loss of the DPO family (or SimPO) to apply. */
   lossType: PreferenceLossType;
   /** β: the KL strength (DPO family) or the reward scale (SimPO). */
   beta: number;
@@ -355,6 +356,7 @@ ${LINEAR_MAIN}
 
 /** Options of {@link ktoLoss} (TRL's defaults: β 0.1, both weights 1). */
 export interface KtoLossOptions {
+  /** KTO's β: the scale of the log-ratio inside the sigmoid. */
   beta: number;
   /** λ_D. */
   desirableWeight?: number;

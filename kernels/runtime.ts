@@ -55,6 +55,10 @@ export class Tensor {
   readonly size: number;
   #disposed = false;
 
+  /**
+   * Internal: tensors come from {@link Gpu.empty}, {@link Gpu.zeros}, {@link Gpu.fromArray}
+   * or {@link Tensor.view}.
+   */
   constructor(
     /** The runtime that owns the buffer. */
     readonly gpu: Gpu,
@@ -195,6 +199,10 @@ export class BufferPool {
   #free = new Map<number, GPUBuffer[]>();
   #live = 0;
   #pooledBytes = 0;
+  /**
+   * An empty pool.
+   * @param device the device whose buffers the pool manages
+   */
   constructor(readonly device: GPUDevice) {}
 
   /** The size class a request of `bytes` is served from. */
@@ -282,6 +290,10 @@ export class Params {
   #view: DataView;
   #bytes: Uint8Array;
   #n = 0;
+  /**
+   * An empty parameter block.
+   * @param capacity most 32-bit fields the block holds (default 64)
+   */
   constructor(capacity = 64) {
     this.#bytes = new Uint8Array(capacity * 4);
     this.#view = new DataView(this.#bytes.buffer);
@@ -316,9 +328,13 @@ interface Arena {
 
 /** Statistics of the runtime, for benchmarks and tests. */
 export interface GpuStats {
+  /** Compute dispatches recorded. */
   dispatches: number;
+  /** Command buffers submitted. */
   submits: number;
+  /** GPU → CPU readbacks (each a sync point). */
   readbacks: number;
+  /** Compute pipelines compiled (cache misses). */
   pipelines: number;
 }
 
@@ -345,8 +361,11 @@ const MAX_ERRORS = 8;
  * ```
  */
 export class Gpu {
+  /** The size-classed buffer pool tensors are allocated from. */
   readonly pool: BufferPool;
+  /** The device's limits (binding sizes, workgroup counts, texture side). */
   readonly limits: GPUSupportedLimits;
+  /** Running counts of dispatches, submits, readbacks and compiled pipelines. */
   readonly stats: GpuStats = { dispatches: 0, submits: 0, readbacks: 0, pipelines: 0 };
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   readonly textureSide: number;

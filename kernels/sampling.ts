@@ -146,20 +146,27 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 
 /** Sampling settings. `temperature ≤ 0` or `greedy` picks the argmax. */
 export interface SamplingOptions {
+  /** Softmax temperature (default 1; ≤ 0 means argmax). */
   temperature?: number;
   /** Keep the k most likely tokens (0 = off). */
   topK?: number;
   /** Keep the smallest set of tokens with probability mass ≥ p (1 = off). */
   topP?: number;
+  /** Pick the argmax (temperature and filters are ignored). */
   greedy?: boolean;
+  /** Seed of the device PRNG (default 0). */
   seed?: number;
 }
 
 /** Output buffers of generation, `(B, Tcap)` each, plus per-row finished flags. */
 export interface SampleTargets {
+  /** Token ids `(B, Tcap)` (i32). */
   tokens: Tensor;
+  /** Log-probability of each sampled token under the unfiltered distribution `(B, Tcap)`. */
   logprobs: Tensor;
+  /** 1 where a response token was written `(B, Tcap)`. */
   responseMask: Tensor;
+  /** Per-row flag `(B)` (u32): 1 once the row emitted EOS. */
   finished: Tensor;
 }
 

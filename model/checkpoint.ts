@@ -22,6 +22,7 @@ import {
 
 /** What {@link loadWeights} did. */
 export interface LoadReport {
+  /** Model parameters copied from the file. */
   loaded: string[];
   /** Tensors in the file the model does not use (e.g. a tied `lm_head.weight`). */
   ignored: string[];

@@ -7,6 +7,10 @@
 
 /** Raised for an invalid model configuration or checkpoint that does not fit it. */
 export class ModelConfigError extends Error {
+  /**
+   * Creates the error.
+   * @param message the offending field and its value
+   */
   constructor(message: string) {
     super(message);
     this.name = "ModelConfigError";
@@ -15,19 +19,29 @@ export class ModelConfigError extends Error {
 
 /** The fields of HF `OPTConfig` this implementation uses (same names, same meaning). */
 export interface OptConfig {
+  /** Token vocabulary size (rows of the embedding and of the tied LM head). */
   vocab_size: number;
+  /** Width of the decoder stream. */
   hidden_size: number;
+  /** Decoder layers. */
   num_hidden_layers: number;
+  /** Attention heads (hidden_size must divide by it). */
   num_attention_heads: number;
+  /** Width of each layer's feed-forward block. */
   ffn_dim: number;
+  /** Positions the learned position table holds (OPT adds an offset of 2). */
   max_position_embeddings: number;
   /** Pre-LN blocks (OPT-125m) when true; post-LN (OPT-350m) when false. */
   do_layer_norm_before: boolean;
   /** Token embedding width; `project_in`/`project_out` exist when it differs from hidden. */
   word_embed_proj_dim: number;
+  /** The feed-forward activation (OPT uses ReLU). */
   activation_function: "relu";
+  /** Padding token id. */
   pad_token_id: number;
+  /** Beginning-of-sequence token id. */
   bos_token_id: number;
+  /** End-of-sequence token id. */
   eos_token_id: number;
 }
 
@@ -169,9 +183,13 @@ export function parseOptConfig(raw: unknown): OptConfig {
 
 /** A named parameter of the model: HF name, shape, whether AdamW decays it, initialiser. */
 export interface ParamSpec {
+  /** HF parameter name. */
   name: string;
+  /** Shape (row-major). */
   shape: number[];
+  /** Whether AdamW's weight decay applies (weight matrices yes; biases, norms no). */
   decay: boolean;
+  /** How {@link ParamStore.init} fills it. */
   init: "normal" | "zeros" | "ones";
   /** Standard deviation for "normal" (default: the store's `init` std, 0.02). */
   std?: number;

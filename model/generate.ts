@@ -42,6 +42,7 @@ export interface Generation {
   responseMask: Tensor;
   /** `(B, G)`: log-probability of each generated token under the model (0 after EOS). */
   logprobs: Tensor;
+  /** Prompt columns (left-padded) before the first generated token. */
   promptLength: number;
   /** G: response columns produced (≤ maxNewTokens; fewer when all rows finished early). */
   generated: number;

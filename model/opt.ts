@@ -40,6 +40,7 @@ const D = "model.decoder.";
 
 /** LoRA adapters attached to a model. */
 export interface LoraState {
+  /** Rank, α and targets. */
   config: LoraConfig;
   /** The trainable A/B matrices, with their own gradients and AdamW moments. */
   store: ParamStore;
@@ -63,8 +64,11 @@ export interface LayerActs {
   attnIn: Tensor;
   /** (B, H, T, Dh) */
   q: Tensor;
+  /** Keys `(B, H, T, Dh)`. */
   k: Tensor;
+  /** Values `(B, H, T, Dh)`. */
   v: Tensor;
+  /** What attention saved for its backward. */
   att: AttentionSaved;
   /** (N, C) attention output before out_proj. */
   merged: Tensor;
@@ -72,6 +76,7 @@ export interface LayerActs {
   x1pre?: Tensor;
   /** Residual stream after the attention half. */
   x1: Tensor;
+  /** Pre-LN: LN2(x1); post-LN: LN2(x1 + ffn). */
   ln2?: { y: Tensor } & LayernormSaved;
   /** Ln2.y (pre) or x1 (post) */
   ffnIn: Tensor;
@@ -83,16 +88,23 @@ export interface LayerActs {
 
 /** Everything {@link OptModel.backward} needs from a forward pass. */
 export interface OptActivations {
+  /** Rows. */
   B: number;
+  /** Columns. */
   T: number;
+  /** Input ids `(B, T)`. */
   tokens: Tensor;
+  /** Attention mask `(B, T)`, 1 = real token. */
   mask: Tensor;
+  /** Position ids `(B, T)` (from the mask, OPT-style). */
   positions: Tensor;
   /** (N, E) token embeddings before project_in. */
   tokEmb?: Tensor;
+  /** Per-layer saved tensors. */
   layers: LayerActs[];
   /** Decoder stream after the last block. */
   xL: Tensor;
+  /** The final layernorm's output and statistics (pre-LN models). */
   lnf?: { y: Tensor } & LayernormSaved;
   /** Lnf.y or xL. */
   preOut: Tensor;
@@ -117,13 +129,16 @@ export interface OptActivations {
  * ```
  */
 export class OptModel {
+  /** Attention heads. */
   readonly heads: number;
+  /** Head size (hidden / heads). */
   readonly headDim: number;
   /** Attached LoRA adapters (see {@link attachLora}). */
   lora?: LoraState;
   /** When true the base parameters get no gradients (LoRA training). */
   frozenBase = false;
 
+  /** Internal: use {@link OptModel.create} or {@link loadOptModel}. */
   constructor(
     readonly gpu: Gpu,
     readonly config: OptConfig,

@@ -18,18 +18,25 @@ import { parseSafetensors, toFloat32, writeSafetensors } from "./safetensors.ts"
 
 /** Where one parameter lives in the flat buffers. */
 export interface ParamSlot {
+  /** The parameter's spec. */
   spec: ParamSpec;
   /** Element offset (a multiple of the binding alignment). */
   offset: number;
+  /** Number of elements. */
   size: number;
 }
 
 /** AdamW hyperparameters for {@link ParamStore.adamw}. */
 export interface AdamWConfig {
+  /** Learning rate of this step. */
   lr: number;
+  /** First-moment decay (default 0.9). */
   beta1?: number;
+  /** Second-moment decay (default 0.999). */
   beta2?: number;
+  /** Denominator epsilon (default 1e-8). */
   eps?: number;
+  /** Decoupled weight decay on parameters whose spec has `decay` (default 0). */
   weightDecay?: number;
 }
 
@@ -46,11 +53,13 @@ export interface AdamWConfig {
  * ```
  */
 export class ParamStore {
+  /** Every parameter's slot (offset and size in the packed buffers), by HF name. */
   readonly slots: Map<string, ParamSlot> = new Map();
   /** Total elements including alignment padding. */
   readonly total: number;
   /** Elements of the decayed range `[0, decayEnd)`; the rest is not decayed. */
   readonly decayEnd: number;
+  /** All parameters, packed in one buffer in spec order. */
   readonly params: Tensor;
   /** False for a frozen store: parameters only, no gradient or AdamW buffers. */
   readonly trainable: boolean;

@@ -92,8 +92,11 @@ export async function savePeftAdapter(
 
 /** The LoRA settings of an `adapter_config.json`, checked against what this library runs. */
 export interface PeftAdapterConfig {
+  /** LoRA rank r. */
   r: number;
+  /** `lora_alpha`: the update is scaled by alpha / r. */
   alpha: number;
+  /** The adapted OPT linears. */
   targets: LoraTarget[];
   /** `base_model_name_or_path` as written (`null` when absent). */
   baseModel: string | null;

@@ -13,6 +13,10 @@
 
 /** Raised for a malformed safetensors file or a bad request; the message names the problem. */
 export class SafetensorsError extends Error {
+  /**
+   * Creates the error.
+   * @param message what is malformed, with the tensor name or header offset
+   */
   constructor(message: string) {
     super(message);
     this.name = "SafetensorsError";
@@ -48,7 +52,9 @@ export type SafetensorsDType =
 
 /** One tensor of a parsed file: its header entry and a view of its bytes. */
 export interface SafetensorsEntry {
+  /** Element type as written in the header. */
   dtype: SafetensorsDType;
+  /** Shape as written in the header. */
   shape: number[];
   /** The raw little-endian bytes (a view into the file). */
   bytes: Uint8Array;
@@ -56,7 +62,9 @@ export interface SafetensorsEntry {
 
 /** A parsed file. */
 export interface SafetensorsFile {
+  /** Every tensor of the file, by name. */
   tensors: Map<string, SafetensorsEntry>;
+  /** The header's `__metadata__` strings. */
   metadata: Record<string, string>;
 }
 
@@ -221,8 +229,11 @@ export function toFloat32(entry: SafetensorsEntry, name = "tensor"): Float32Arra
 
 /** A tensor to write. */
 export interface TensorToWrite {
+  /** Tensor name. */
   name: string;
+  /** Shape (row-major). */
   shape: readonly number[];
+  /** Values; F32 or I32 by type. */
   data: Float32Array | Int32Array;
   /** Stored dtype (default F32 for Float32Array, I32 for Int32Array; F16 converts). */
   dtype?: "F32" | "F16" | "I32";

@@ -9,6 +9,10 @@
 
 /** Raised for malformed vocabulary files or ids outside the vocabulary. */
 export class TokenizerError extends Error {
+  /**
+   * Creates the error.
+   * @param message what could not be read or encoded
+   */
   constructor(message: string) {
     super(message);
     this.name = "TokenizerError";
@@ -17,9 +21,13 @@ export class TokenizerError extends Error {
 
 /** What the model and trainers need from a tokenizer. */
 export interface Tokenizer {
+  /** Number of token ids. */
   readonly vocabSize: number;
+  /** Id prepended to every sequence. */
   readonly bosId: number;
+  /** Id that ends a response. */
   readonly eosId: number;
+  /** Id of padding positions. */
   readonly padId: number;
   /** Token ids of `text`, with the BOS id first unless `addBos` is false. */
   encode(text: string, opts?: { addBos?: boolean }): number[];
@@ -40,10 +48,15 @@ export interface Tokenizer {
  * ```
  */
 export class ByteTokenizer implements Tokenizer {
+  /** 256 bytes plus 4 special ids (OPT's order). */
   readonly vocabSize = 260;
+  /** `</s>`, which OPT also uses as BOS. */
   readonly bosId = 2;
+  /** `</s>`. */
   readonly eosId = 2;
+  /** `<pad>`. */
   readonly padId = 1;
+  /** Id of byte 0 (bytes are ids 4 … 259). */
   static readonly OFFSET = 4;
 
   encode(text: string, opts: { addBos?: boolean } = {}): number[] {
@@ -121,9 +134,13 @@ export interface BpeOptions {
  * ```
  */
 export class BpeTokenizer implements Tokenizer {
+  /** Number of token ids (vocabulary entries plus added specials). */
   readonly vocabSize: number;
+  /** Id prepended to every sequence (`</s>` in OPT's vocabulary). */
   readonly bosId: number;
+  /** Id that ends a response (`</s>`). */
   readonly eosId: number;
+  /** Id of padding positions (`<pad>`). */
   readonly padId: number;
   #encoder: Map<string, number>;
   #decoder: Map<number, string>;

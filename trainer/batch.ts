@@ -12,8 +12,11 @@ import { CheckpointError, checkStateNumber } from "./types.ts";
 
 /** A padded batch on the host, ready to upload. */
 export interface HostBatch {
+  /** Rows. */
   B: number;
+  /** Columns (the longest sequence). */
   T: number;
+  /** Token ids, padded with the tokenizer's pad id. */
   tokens: Int32Array;
   /** 1 for real tokens. */
   mask: Float32Array;
@@ -120,6 +123,11 @@ export class Sampler {
   #order: number[] = [];
   #pos = 0;
   #rand: Mulberry32;
+  /**
+   * A stream over `n` indices, shuffled by `seed`.
+   * @param n dataset size (≥ 1)
+   * @param seed shuffling seed
+   */
   constructor(readonly n: number, seed: number) {
     if (n <= 0) throw new Error("Sampler: empty dataset");
     this.#rand = new Mulberry32(seed);
@@ -162,7 +170,10 @@ export class Sampler {
 
 /** {@link Sampler}'s resumable state: generator state, position, current epoch's order. */
 export interface SamplerState {
+  /** Generator state. */
   s: number;
+  /** Position in the current epoch's order. */
   pos: number;
+  /** The current epoch's shuffled indices. */
   order: number[];
 }

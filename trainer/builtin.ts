@@ -140,10 +140,15 @@ export const TASK_SCHEMA: Schema<TaskConfig> = {
 
 /** A complete pipeline configuration. */
 export interface PipelineConfig {
+  /** The `run.` section. */
   run: RunConfig;
+  /** The `task.` section. */
   task: TaskConfig;
+  /** The `sft.` section. */
   sft: SftConfig;
+  /** The `rm.` section. */
   rm: RmConfig;
+  /** The `ppo.` section. */
   ppo: PpoConfig;
 }
 
@@ -221,9 +226,13 @@ export function resolvePipelineConfig(
 
 /** What the built-in stages pass on: the task, its tokenizer, and the trained models. */
 export interface BuiltinState {
+  /** The byte-level tokenizer of the task's models. */
   tok: ByteTokenizer;
+  /** The task's data for this seed. */
   task: BuiltinTask;
+  /** The SFT policy, once its stage ran or was loaded. */
   sft?: OptModel;
+  /** The reward model, once its stage ran or was loaded. */
   rm?: OptModel;
 }
 

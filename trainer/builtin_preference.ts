@@ -121,19 +121,29 @@ export const PREFERENCE_DATA_SCHEMA: Schema<PreferenceDataConfig> = {
 
 /** A `builtin-dpo` config. */
 export interface DpoPipelineConfig {
+  /** The `run.` section. */
   run: RunConfig;
+  /** The `task.` section. */
   task: PreferenceTaskConfig;
+  /** The `data.` section (how preference data is built). */
   data: PreferenceDataConfig;
+  /** The `sft.` section. */
   sft: SftConfig;
+  /** The `dpo.` section. */
   dpo: DpoConfig;
 }
 
 /** A `builtin-kto` config. */
 export interface KtoPipelineConfig {
+  /** The `run.` section. */
   run: RunConfig;
+  /** The `task.` section. */
   task: PreferenceTaskConfig;
+  /** The `data.` section (how preference data is built). */
   data: PreferenceDataConfig;
+  /** The `sft.` section. */
   sft: SftConfig;
+  /** The `kto.` section. */
   kto: KtoConfig;
 }
 

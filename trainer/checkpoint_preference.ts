@@ -125,15 +125,21 @@ export const PREFERENCE_FILES_SCHEMA: Schema<PreferenceFilesConfig> = {
 
 /** A `checkpoint-dpo` config. */
 export interface CheckpointDpoConfig {
+  /** The `run.` section. */
   run: PreferenceRunConfig;
+  /** The `data.` section (checkpoint folders and data files). */
   data: PreferenceFilesConfig;
+  /** The `dpo.` section. */
   dpo: DpoConfig;
 }
 
 /** A `checkpoint-kto` config. */
 export interface CheckpointKtoConfig {
+  /** The `run.` section. */
   run: PreferenceRunConfig;
+  /** The `data.` section (checkpoint folders and data files). */
   data: PreferenceFilesConfig;
+  /** The `kto.` section. */
   kto: KtoConfig;
 }
 
@@ -142,9 +148,13 @@ export type CheckpointPreferenceConfig = CheckpointDpoConfig | CheckpointKtoConf
 
 /** What the stage starts from: the reader, the tokenizer, the data and its held-out part. */
 export interface CheckpointPreferenceState {
+  /** How files are read. */
   io: RecipeIo;
+  /** The policy's tokenizer. */
   tok: Tokenizer;
+  /** Training examples (pairs for DPO, labelled completions for KTO). */
   train: PairExample[] | KtoExample[];
+  /** Held-out examples of the same kind. */
   heldOut: PairExample[] | KtoExample[];
 }
 

@@ -18,7 +18,9 @@ import { sampleAndScore, type ScoredSample } from "./rollout.ts";
 
 /** A response of the policy to a prompt. */
 export interface PolicySample {
+  /** The prompt sampled from. */
   prompt: string;
+  /** The decoded response (without EOS). */
   response: string;
   /** Cut at the token budget (no EOS). */
   truncated: boolean;

@@ -8,6 +8,10 @@
 
 /** Raised for an invalid configuration; the message names the key. */
 export class ConfigError extends Error {
+  /**
+   * Creates the error.
+   * @param message the offending key and why
+   */
   constructor(message: string) {
     super(message);
     this.name = "ConfigError";
@@ -16,11 +20,17 @@ export class ConfigError extends Error {
 
 /** One field: its default, a one-line description, and optional constraints. */
 export interface FieldSpec<T> {
+  /** The value when nothing overrides it. */
   default: T;
+  /** One-line description (shown by `--help` and in the docs). */
   doc: string;
+  /** The only values allowed. */
   choices?: readonly T[];
+  /** Smallest allowed number. */
   min?: number;
+  /** Largest allowed number. */
   max?: number;
+  /** Only integers are allowed. */
   integer?: boolean;
   /** For strings: a regular expression the whole value must match, and what it means. */
   pattern?: { regex: RegExp; doc: string };

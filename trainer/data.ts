@@ -11,6 +11,10 @@
 
 /** Raised for malformed data; the message names the source and the line. */
 export class DataError extends Error {
+  /**
+   * Creates the error.
+   * @param message the source, line and what is wrong
+   */
   constructor(message: string) {
     super(message);
     this.name = "DataError";
@@ -19,15 +23,21 @@ export class DataError extends Error {
 
 /** An SFT example. */
 export interface SftExample {
+  /** The prompt text. */
   prompt: string;
+  /** The target completion (appended to the prompt). */
   completion: string;
 }
 
 /** A preference pair (optionally with a Llama-2-style margin). */
 export interface PairExample {
+  /** The prompt text. */
   prompt: string;
+  /** The preferred response. */
   chosen: string;
+  /** The dispreferred response. */
   rejected: string;
+  /** Optional margin m of the pairwise loss (Llama 2). */
   margin?: number;
   /** The chosen response was cut at a token budget (no EOS follows it). */
   chosenTruncated?: boolean;
@@ -37,15 +47,21 @@ export interface PairExample {
 
 /** K responses ordered best to worst. */
 export interface RankedExample {
+  /** The prompt text. */
   prompt: string;
+  /** Responses ordered best → worst. */
   responses: string[];
+  /** Optional margin of each adjacent pair. */
   margin?: number;
 }
 
 /** A KTO example: one completion labelled desirable or not. */
 export interface KtoExample {
+  /** The prompt text. */
   prompt: string;
+  /** The completion. */
   completion: string;
+  /** Whether the completion is desirable. */
   label: boolean;
   /** A policy sample cut at its token budget: encoded without EOS. */
   truncated?: boolean;
@@ -53,6 +69,7 @@ export interface KtoExample {
 
 /** A prompt for PPO / GRPO rollouts. */
 export interface PromptExample {
+  /** The prompt text. */
   prompt: string;
 }
 

@@ -125,6 +125,15 @@ export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
   /** Reference ℓ of every pair, `[chosen_i, rejected_i]` at `2i` (precomputeReference). */
   #cache: Float32Array | undefined;
 
+  /**
+   * Builds the trainer; pairs are checked first (a pair whose chosen equals its rejected is a `DataError`).
+   * @param model the policy trained
+   * @param reference the frozen reference; `undefined` uses the LoRA actor with adapters off, or none for SimPO
+   * @param tok the policy's tokenizer
+   * @param pairs preference pairs
+   * @param cfg the `dpo.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(
     model: OptModel,
     reference: OptModel | undefined,

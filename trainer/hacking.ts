@@ -56,6 +56,7 @@ export interface ScoredSet {
 
 /** One PPO rollout's mean scores (and the spread of its samples' gold). */
 export interface RolloutScores extends ScoredSet {
+  /** The PPO iteration these rollouts came from. */
   iteration: number;
 }
 

@@ -67,6 +67,15 @@ export class KtoTrainer extends SupervisedTrainer<KtoExample, KtoConfig> {
   /** What is odd about the data but not fatal (a pipeline logs these). */
   readonly warnings: string[] = [];
 
+  /**
+   * Builds the trainer; the data is checked first.
+   * @param model the policy trained
+   * @param reference the frozen reference; `undefined` uses the LoRA actor with adapters off
+   * @param tok the policy's tokenizer
+   * @param data labelled completions
+   * @param cfg the `kto.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(
     model: OptModel,
     readonly reference: OptModel | undefined,

@@ -56,22 +56,35 @@ export interface PipelineHooks {
 
 /** A sample generation for the report. */
 export interface ReportSample {
+  /** The prompt. */
   prompt: string;
+  /** The decoded response. */
   response: string;
+  /** Gold score in [0, 1] (NaN where there is no gold function). */
   gold: number;
+  /** Reward-model score. */
   score: number;
 }
 
 /** The numbers the acceptance speaks of (written as `summary.json`). */
 export interface PipelineSummary {
+  /** Seconds the run took. */
   wall_seconds: number;
+  /** Last SFT loss. */
   "sft/loss": number;
+  /** Reward model's accuracy on held-out comparisons. */
   "rm/accuracy": number;
+  /** Reward model's mean held-out margin r_chosen − r_rejected. */
   "rm/margin": number;
+  /** Mean gold score of fresh samples before the method. */
   "gold/before": number;
+  /** Mean gold score of fresh samples after the method. */
   "gold/after": number;
+  /** Mean reward-model score of fresh samples before the method. */
   "score/before": number;
+  /** Mean reward-model score of fresh samples after the method. */
   "score/after": number;
+  /** KL to the reference at the end of training. */
   "objective/kl": number;
   /** Reward-model accuracy on clean comparisons of the SFT policy's samples (held-out prompts). */
   "rm/policy_accuracy": number;
@@ -81,19 +94,24 @@ export interface PipelineSummary {
   "gold/samples": number;
   /** Share of fresh samples whose answer is correct, before and after PPO. */
   "gold/correct/before": number;
+  /** Share of fresh samples with the correct answer, after. */
   "gold/correct/after": number;
   /** Share ending with a period, before and after PPO. */
   "gold/period/before": number;
+  /** Share of fresh samples that end with a period, after. */
   "gold/period/after": number;
   /** Share at most `CONCISE_CHARS` characters long, before and after PPO. */
   "gold/concise/before": number;
+  /** Share of fresh samples without extra words, after. */
   "gold/concise/after": number;
   /**
    * The reward-hacking verdict over the PPO rollouts (see `detectRewardHacking`); null where
    * there is no gold score (checkpoint recipes) or PPO did not run.
    */
   reward_hacking: RewardHackingVerdict | null;
+  /** A few fresh samples before the method. */
   samples_before: ReportSample[];
+  /** A few fresh samples after the method. */
   samples_after: ReportSample[];
 }
 
@@ -136,14 +154,19 @@ export interface RunOptions {
 
 /** What a stage sees: the run, the values earlier stages left (`state`), and services. */
 export interface StageContext<C, S> {
+  /** The device. */
   readonly gpu: Gpu;
+  /** The resolved config. */
   readonly cfg: C;
+  /** The host's hooks (checkpoints, metrics, logs). */
   readonly hooks: PipelineHooks;
+  /** Resume, stage and stop options of this run. */
   readonly opts: RunOptions;
   /** Values earlier stages left for later ones (models, data). */
   readonly state: S;
   /** The run's summary so far; stages add their numbers. */
   readonly summary: Partial<PipelineSummary>;
+  /** Writes a log line through the host. */
   log(line: string): void;
   /**
    * This stage's finished checkpoint: loaded when resuming (undefined if there is none, so the
@@ -162,16 +185,21 @@ export interface Stage<C, S> {
   name: string;
   /** One line for `--help` and the docs. */
   doc: string;
+  /** Runs the stage (or loads its finished checkpoint). */
   run(ctx: StageContext<C, S>): Promise<void>;
 }
 
 /** A named pipeline: its config sections, defaults, presets, stages and starting state. */
 export interface PipelineDefinition<C extends { run: { name: string } }, S> {
+  /** Name (`--pipeline` / registry key). */
   name: string;
   /** What it trains, in one line. */
   doc: string;
+  /** Config sections and their schemas. */
   sections: SectionSchemas;
+  /** The default config. */
   defaults: C;
+  /** The stages, in order. */
   stages: readonly Stage<C, S>[];
   /** The state the first stage starts from (data, tokenizer), built from the config. */
   init(gpu: Gpu, cfg: C): Promise<S>;

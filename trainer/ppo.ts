@@ -41,9 +41,13 @@ import {
 
 /** The four models of PPO. `reference` may be omitted when the actor has LoRA adapters. */
 export interface PpoModels {
+  /** The policy being trained. */
   actor: OptModel;
+  /** The value model being trained. */
   critic: OptModel;
+  /** The frozen reward model that scores rollouts. */
   reward: OptModel;
+  /** The frozen reference policy of the KL penalty. */
   reference?: OptModel;
 }
 
@@ -60,8 +64,11 @@ export interface PpoData {
 
 /** What one rollout produced, decoded (for logging and external graders). */
 export interface RolloutSample {
+  /** The prompt. */
   prompt: string;
+  /** The decoded response. */
   response: string;
+  /** Its reward-model score. */
   score: number;
 }
 
@@ -73,9 +80,13 @@ export interface PpoHooks {
 
 /** The trainer's own resumable state (see {@link PpoTrainer.state}). */
 export interface PpoTrainerState {
+  /** Iterations done. */
   iteration: number;
+  /** Current KL coefficient (adaptive control changes it). */
   beta: number;
+  /** Seed of the prompt order. */
   orderSeed: number;
+  /** The PPO-ptx sampler's state. */
   ptx?: SamplerState;
 }
 
@@ -131,6 +142,14 @@ export class PpoTrainer implements Trainer<PpoTrainerState> {
   #orderSeed: number;
   #ptx?: Sampler;
 
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param models actor, critic, reward model and (unless the actor has LoRA) the reference
+   * @param tok the tokenizer of all four
+   * @param data rollout prompts (and PPO-ptx data)
+   * @param cfg the `ppo.` section
+   * @param hooks extra per-iteration metrics
+   */
   constructor(
     readonly models: PpoModels,
     readonly tok: Tokenizer,

@@ -113,10 +113,15 @@ export interface RecipeLoraConfig {
 
 /** A complete recipe configuration. */
 export interface RecipeConfig {
+  /** The `run.` section. */
   run: RecipeRunConfig;
+  /** The `data.` section (checkpoint folders and data files). */
   data: RecipeDataConfig;
+  /** The `lora.` section. */
   lora: RecipeLoraConfig;
+  /** The `rm.` section. */
   rm: RmConfig;
+  /** The `ppo.` section. */
   ppo: PpoConfig;
 }
 
@@ -264,6 +269,7 @@ function loraTargets(s: string): LoraTarget[] {
 
 /** How the recipe reads its inputs: bytes of a path (CLI) or URL (browser). */
 export interface RecipeIo {
+  /** The bytes at `path`. */
   read(path: string): Promise<Uint8Array>;
 }
 
@@ -273,14 +279,21 @@ function join(dir: string, file: string): string {
 
 /** The inputs named by `cfg.data`, read and parsed. */
 export interface RecipeInputs {
+  /** The actor's tokenizer. */
   tokenizer: Tokenizer;
+  /** Reward-model training pairs. */
   pairs: PairExample[];
+  /** Held-out pairs for the reward model's accuracy. */
   evalPairs: PairExample[];
   /** With `rm.loss=kwise`: the ranked training examples and their held-out part. */
   ranked?: RankedExample[];
+  /** Held-out ranked examples (with `rm.loss=kwise`). */
   evalRanked?: RankedExample[];
+  /** PPO rollout prompts. */
   prompts: string[];
+  /** Held-out prompts for the before/after evaluation. */
   evalPrompts: string[];
+  /** PPO-ptx examples. */
   ptx?: { prompt: string; completion: string }[];
 }
 
@@ -394,8 +407,11 @@ async function loadCheckpoint(
 
 /** What the recipe's stages pass on: the inputs read, the reader, the reward model. */
 export interface RecipeState {
+  /** How inputs are read. */
   io: RecipeIo;
+  /** The inputs, read and parsed. */
   inputs: RecipeInputs;
+  /** The reward model, once its stage ran or was loaded. */
   rm?: OptModel;
 }
 

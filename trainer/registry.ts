@@ -27,7 +27,9 @@ export const PIPELINES: Record<string, PipelineFactory> = {
 
 /** A preset: the pipeline it runs and overrides of that pipeline's defaults. */
 export interface Preset {
+  /** The pipeline the preset configures. */
   pipeline: string;
+  /** Dotted keys and values it sets. */
   overrides: Record<string, unknown>;
 }
 

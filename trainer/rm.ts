@@ -42,6 +42,14 @@ function spans(b: HostBatch, P: number): Float32Array {
 
 /** Reward-model training as a resumable `Trainer`: one optimizer step per {@link step}. */
 export class RewardTrainer extends SupervisedTrainer<PairExample, RmConfig> {
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param model the reward model (with a value head)
+   * @param tok its tokenizer
+   * @param pairs preference pairs
+   * @param cfg the `rm.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(
     model: OptModel,
     tok: Tokenizer,
@@ -151,8 +159,17 @@ export function rankedK(xs: readonly RankedExample[], what = "ranked data"): num
  * Metrics: `rm/loss`, `rm/train_accuracy` (share of the batch's pairs ordered right), `rm/lr`.
  */
 export class RankingRewardTrainer extends SupervisedTrainer<RankedExample, RmConfig> {
+  /** Responses per ranked example. */
   readonly K: number;
 
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param model the reward model (with a value head)
+   * @param tok its tokenizer
+   * @param data ranked examples (responses best → worst, all with K responses)
+   * @param cfg the `rm.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(
     model: OptModel,
     tok: Tokenizer,

@@ -19,13 +19,17 @@ import { sequenceScores } from "./logprobs.ts";
 
 /** How responses are sampled. */
 export interface RolloutOptions {
+  /** New tokens per response at most. */
   maxNewTokens: number;
   /** Prompt tokens kept (longer prompts lose tokens on the left, after BOS). */
   maxPromptLength: number;
+  /** Softmax temperature. */
   temperature: number;
   /** Argmax decoding (the temperature is then ignored). */
   greedy?: boolean;
+  /** Keep the k most likely tokens (0 or absent = off). */
   topK?: number;
+  /** Nucleus mass (1 or absent = off). */
   topP?: number;
   /** Sampling seed (the device PRNG is keyed by it). */
   seed: number;
@@ -33,6 +37,7 @@ export interface RolloutOptions {
 
 /** A decoded response. */
 export interface RolloutText {
+  /** The prompt. */
   prompt: string;
   /** The response up to (without) its EOS. */
   response: string;
@@ -46,14 +51,21 @@ export interface Rollout {
   promptLength: number;
   /** Prompt + response columns. */
   length: number;
+  /** Prompt and response ids `(B, length)`. */
   tokens: Tensor;
+  /** 1 for real tokens `(B, length)`. */
   attentionMask: Tensor;
+  /** 1 for response tokens (including EOS) `(B, length)`. */
   responseMask: Tensor;
   /** The response mask shifted left by one: 1 where position t's action is a response token. */
   actionMask: Tensor;
+  /** Host copy of `tokens`. */
   hostTokens: Int32Array;
+  /** Host copy of `responseMask`. */
   hostResponseMask: Float32Array;
+  /** Host copy of `actionMask`. */
   hostActionMask: Float32Array;
+  /** The decoded prompts and responses. */
   texts: RolloutText[];
 }
 

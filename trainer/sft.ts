@@ -20,6 +20,14 @@ import { assertFiniteLosses, type Metrics, type TrainHooks } from "./types.ts";
 
 /** SFT as a resumable `Trainer`: one optimizer step per {@link step}. */
 export class SftTrainer extends SupervisedTrainer<SftExample, SftConfig> {
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param model the policy trained
+   * @param tok its tokenizer
+   * @param data demonstrations
+   * @param cfg the `sft.` section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(
     model: OptModel,
     tok: Tokenizer,

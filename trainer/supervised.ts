@@ -15,7 +15,9 @@ import { checkStateNumber, type Metrics, type StateFile, type Trainer } from "./
 
 /** The resumable state of a {@link SupervisedTrainer}: steps done and the data order. */
 export interface SupervisedTrainerState {
+  /** Steps done. */
   iteration: number;
+  /** The data sampler's state. */
   sampler: SamplerState;
 }
 
@@ -25,6 +27,14 @@ export abstract class SupervisedTrainer<Row, C extends SupervisedConfig>
   iteration = 0;
   readonly #sampler: Sampler;
 
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param model the model trained
+   * @param tok its tokenizer
+   * @param data the training rows
+   * @param cfg the stage's section
+   * @param stateFile checkpoint file of the trained store
+   */
   constructor(
     readonly model: OptModel,
     readonly tok: Tokenizer,

@@ -24,9 +24,13 @@ export const CONCISE_CHARS = 8;
 
 /** A question of the task. */
 export interface TaskQuestion {
+  /** First operand. */
   a: number;
+  /** Second operand. */
   b: number;
+  /** The operation. */
   op: "+" | "-";
+  /** The correct result. */
   answer: number;
   /** The hh-rlhf-style prompt, ending with "\n\nAssistant:". */
   prompt: string;
@@ -98,7 +102,9 @@ function sampleStyle(q: TaskQuestion, r: () => number): string {
 
 /** Everything the pipeline needs, generated from one seed. */
 export interface BuiltinTask {
+  /** SFT demonstrations. */
   sft: SftExample[];
+  /** Reward-model comparisons (noisy gold labels). */
   pairs: PairExample[];
   /** Held-out pairs labelled by the gold function without noise (RM accuracy). */
   heldOutPairs: PairExample[];
@@ -115,11 +121,17 @@ export interface BuiltinTask {
 
 /** Sizes of {@link makeBuiltinTask}. */
 export interface TaskSizes {
+  /** SFT demonstrations. */
   sft?: number;
+  /** Reward-model training pairs. */
   pairs?: number;
+  /** Held-out reward-model pairs. */
   heldOutPairs?: number;
+  /** PPO rollout prompts. */
   prompts?: number;
+  /** Held-out evaluation prompts. */
   evalPrompts?: number;
+  /** Held-out prompts for the reward model's on-policy test. */
   policyEvalPrompts?: number;
   /** Fraction of training pairs whose label is flipped (default 0.1). */
   labelNoise?: number;

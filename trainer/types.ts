@@ -23,6 +23,7 @@ export interface TrainHooks {
 export interface StateFile {
   /** File name under the run, e.g. "ppo/actor_state.safetensors". */
   name: string;
+  /** The parameters it updates (and their gradients and AdamW moments). */
   store: ParamStore;
 }
 
@@ -61,6 +62,10 @@ export interface Trainer<S = unknown> {
  * ```
  */
 export class NonFiniteLossError extends NonFiniteValueError {
+  /**
+   * Creates the error.
+   * @param message the loss, its value and where
+   */
   constructor(message: string) {
     super(message);
     this.name = "NonFiniteLossError";
@@ -85,6 +90,10 @@ export function assertFiniteLosses(what: string, values: Record<string, number>)
  * ```
  */
 export class CheckpointError extends Error {
+  /**
+   * Creates the error.
+   * @param message the file and the field
+   */
   constructor(message: string) {
     super(message);
     this.name = "CheckpointError";

@@ -8,13 +8,21 @@ type Arr = ArrayLike<number>;
 
 /** Dimensions and masks of a reference attention call. */
 export interface AttentionRefArgs {
+  /** Batch size. */
   B: number;
+  /** Heads. */
   H: number;
+  /** Query positions. */
   Tq: number;
+  /** Key positions. */
   Tk: number;
+  /** Head size. */
   Dh: number;
+  /** Key mask `(B, Tk)`, 1 = valid key. */
   keyMask?: Arr;
+  /** Mask keys after each query (queries aligned to the last keys). */
   causal?: boolean;
+  /** Score scale (default 1/√Dh). */
   scale?: number;
 }
 

@@ -8,15 +8,23 @@ type Arr = ArrayLike<number>;
 
 /** Shape and options of a reference matmul (mirrors `MatmulOptions`). */
 export interface MatmulRefArgs {
+  /** Batch count (default 1). */
   batch?: number;
+  /** Rows of C. */
   M: number;
+  /** Columns of C. */
   N: number;
+  /** Inner dimension. */
   K: number;
+  /** A is stored `[K, M]` and used transposed. */
   transA?: boolean;
+  /** B is stored `[N, K]` and used transposed. */
   transB?: boolean;
   /** B has a single matrix shared by all batches. */
   shareB?: boolean;
+  /** Bias of length N added to every row. */
   bias?: Arr;
+  /** Apply ReLU last. */
   relu?: boolean;
   /** Existing C to accumulate into. */
   accumulate?: Arr;

@@ -46,9 +46,13 @@ export function sequenceLogprobsBackward(
 
 /** Options of {@link preferenceLoss} (as the kernel's). */
 export interface PreferenceOptions {
+  /** Which loss of the DPO family (or SimPO). */
   lossType: "sigmoid" | "hinge" | "ipo" | "robust" | "simpo";
+  /** Inverse temperature β. */
   beta: number;
+  /** cDPO label smoothing ε (sigmoid and robust losses). */
   labelSmoothing?: number;
+  /** SimPO's target margin γ. */
   gamma?: number;
 }
 
