@@ -32,8 +32,10 @@ export {
   Gpu,
   type GpuOptions,
   type GpuStats,
+  type KernelTime,
   numel,
   Params,
+  type ProfileMode,
   Tensor,
 } from "./kernels/runtime.ts";
 

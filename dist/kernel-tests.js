@@ -109,6 +109,134 @@ function unwrittenReadWriteBindings(code) {
   return out;
 }
 
+// kernels/_profiler.ts
+var SET_SIZE = 2048;
+function dispatchSite() {
+  const frames = (new Error().stack ?? "").split("\n").slice(1);
+  const kernels = [];
+  let site = "-", first = "";
+  for (const f of frames) {
+    if (/runtime\.ts|_profiler\.ts/.test(f)) continue;
+    const name = f.match(/at (?:async )?(?:new )?([\w.$<>]+) \(/)?.[1] ?? f.match(/^\s*([\w.$<>]+)@/)?.[1];
+    first ||= name ?? f.match(/\/([\w.-]+\.ts):\d+/)?.[1] ?? "";
+    if (/\/kernels\//.test(f)) {
+      if (name) kernels.push(name);
+      continue;
+    }
+    if (name) {
+      site = name;
+      break;
+    }
+  }
+  const inner = kernels[0] ?? (first || "?"), outer = kernels.at(-1) ?? inner;
+  return [
+    inner === outer ? outer : `${outer}/${inner}`,
+    site
+  ];
+}
+var DispatchProfiler = class {
+  device;
+  mode;
+  #slabs;
+  #done;
+  #submitStart;
+  constructor(device, mode) {
+    this.device = device;
+    this.mode = mode;
+    this.#slabs = [];
+    this.#done = [];
+    this.#submitStart = 0;
+  }
+  /** Timestamp writes for the pass of the next dispatch (timestamp mode). */
+  timestampWrites(label) {
+    let slab = this.#slabs.at(-1);
+    if (!slab || slab.labels.length === SET_SIZE) {
+      slab = {
+        set: this.device.createQuerySet({
+          type: "timestamp",
+          count: 2 * SET_SIZE
+        }),
+        resolve: this.device.createBuffer({
+          size: 16 * SET_SIZE,
+          usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC
+        }),
+        read: this.device.createBuffer({
+          size: 16 * SET_SIZE,
+          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST
+        }),
+        labels: []
+      };
+      this.#slabs.push(slab);
+    }
+    const i = slab.labels.length;
+    slab.labels.push(label);
+    return {
+      querySet: slab.set,
+      beginningOfPassWriteIndex: 2 * i,
+      endOfPassWriteIndex: 2 * i + 1
+    };
+  }
+  /** Records the resolves of every used query into `enc` (before it is finished). */
+  resolve(enc) {
+    for (const s of this.#slabs) {
+      const n = 2 * s.labels.length;
+      if (n === 0) continue;
+      enc.resolveQuerySet(s.set, 0, n, s.resolve, 0);
+      enc.copyBufferToBuffer(s.resolve, 0, s.read, 0, 8 * n);
+    }
+  }
+  /** Notes that one dispatch was just submitted alone (submit mode). */
+  submitted(label) {
+    if (this.#done.length === 0) this.#submitStart = performance.now();
+    const entry = {
+      label,
+      t: NaN
+    };
+    this.#done.push(entry);
+    this.device.queue.onSubmittedWorkDone().then(() => entry.t = performance.now());
+  }
+  /** Sums the recorded dispatches by kernel and call site, then forgets them. */
+  async report() {
+    const acc = /* @__PURE__ */ new Map();
+    const add3 = ([kernel, site], ms) => {
+      const key = `${kernel}\0${site}`;
+      const e = acc.get(key) ?? {
+        kernel,
+        site,
+        count: 0,
+        ms: 0
+      };
+      e.count++;
+      e.ms += ms;
+      acc.set(key, e);
+    };
+    if (this.mode === "timestamp") {
+      for (const s of this.#slabs) {
+        const n = s.labels.length;
+        await s.read.mapAsync(GPUMapMode.READ, 0, 16 * n);
+        const t = new BigInt64Array(s.read.getMappedRange(0, 16 * n).slice(0));
+        s.read.unmap();
+        for (let i = 0; i < n; i++) add3(s.labels[i], Number(t[2 * i + 1] - t[2 * i]) / 1e6);
+        s.set.destroy();
+        s.resolve.destroy();
+        s.read.destroy();
+      }
+      this.#slabs = [];
+    } else {
+      await this.device.queue.onSubmittedWorkDone();
+      let prev = this.#submitStart;
+      for (const d of this.#done) {
+        add3(d.label, Math.max(0, d.t - prev));
+        prev = d.t;
+      }
+      this.#done = [];
+    }
+    return [
+      ...acc.values()
+    ];
+  }
+};
+
 // kernels/runtime.ts
 function numel(shape) {
   let n = 1;
@@ -372,7 +500,8 @@ var Gpu = class _Gpu {
   /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
   #errors;
   #textures;
-  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes) {
+  #profiler;
+  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null) {
     this.device = device;
     this.adapterDescription = adapterDescription;
     this.isFallbackAdapter = isFallbackAdapter;
@@ -394,6 +523,7 @@ var Gpu = class _Gpu {
     this.#placeholders = [];
     this.#scopes = [];
     this.pool = new BufferPool(device);
+    this.#profiler = profile ? new DispatchProfiler(device, profile) : null;
     this.limits = device.limits;
     this.maxBindingBytes = Math.min(maxBindingBytes ?? Infinity, device.limits.maxStorageBufferBindingSize);
     this.textureSide = Math.min(maxTextureSide ?? Infinity, device.limits.maxTextureDimension2D);
@@ -438,10 +568,14 @@ var Gpu = class _Gpu {
       const v = adapter.limits[k];
       if (typeof v === "number") requiredLimits[k] = v;
     }
+    const timestamps = (options.profile === true || options.profile === "timestamp") && adapter.features.has("timestamp-query");
     let device;
     try {
       device = await adapter.requestDevice({
-        requiredLimits
+        requiredLimits,
+        requiredFeatures: timestamps ? [
+          "timestamp-query"
+        ] : []
       });
     } catch (e) {
       throw new WebGpuUnavailableError(`WebGPU adapter refused a device: ${String(e)}`);
@@ -455,7 +589,7 @@ var Gpu = class _Gpu {
       info.description
     ].filter((s) => s).join(" ") || "unknown adapter";
     const path = options.matmulPath ?? (fallback ? "texture" : "buffer");
-    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes);
+    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null);
   }
   #placeholders;
   /**
@@ -642,6 +776,31 @@ var Gpu = class _Gpu {
     this.#errors = [];
     throw new GpuValidationError(`WebGPU reported: ${list.join("\n")}`);
   }
+  /** How dispatches are timed in profiling mode (`null`: not profiling). */
+  get profiling() {
+    return this.#profiler?.mode ?? null;
+  }
+  /**
+   * The time of every dispatch since the last report (or since creation), summed by kernel
+   * function and call site, largest first. Needs `Gpu.create({ profile: true })`.
+   *
+   * @example Time one forward pass by kernel
+   * ```ts
+   * import { Gpu, OPT_PRESETS, OptModel } from "../mod.ts";
+   * const gpu = await Gpu.create({ profile: true });
+   * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
+   * const acts = model.forward(gpu.fromArray(new Int32Array([2, 5, 9]), [1, 3]), gpu.fromArray([1, 1, 1], [1, 3]));
+   * model.disposeActivations(acts);
+   * for (const k of await gpu.profileReport()) console.log(k.kernel, k.site, k.count, k.ms.toFixed(3));
+   * ```
+   */
+  async profileReport() {
+    if (!this.#profiler) throw new Error("profileReport: create the Gpu with { profile: true }");
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    await this.#throwReportedErrors();
+    return (await this.#profiler.report()).sort((a, b) => b.ms - a.ms);
+  }
   /** Waits until the queue is idle (a sync point; for benchmarks). */
   async sync() {
     this.flush();
@@ -758,6 +917,24 @@ var Gpu = class _Gpu {
       layout: pipeline.getBindGroupLayout(0),
       entries
     });
+    if (this.#profiler) {
+      const label = dispatchSite();
+      this.#endPass();
+      const timed = this.#profiler.mode === "timestamp";
+      const pass2 = this.#enc().beginComputePass(timed ? {
+        timestampWrites: this.#profiler.timestampWrites(label)
+      } : {});
+      pass2.setPipeline(pipeline);
+      pass2.setBindGroup(0, group);
+      pass2.dispatchWorkgroups(x, y, z);
+      pass2.end();
+      this.stats.dispatches++;
+      if (!timed) {
+        this.flush();
+        this.#profiler.submitted(label);
+      }
+      return;
+    }
     const pass = this.#beginPass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
@@ -808,6 +985,7 @@ var Gpu = class _Gpu {
       a.used = 0;
     }
     this.#arenaIndex = 0;
+    if (this.#profiler?.mode === "timestamp") this.#profiler.resolve(this.#encoder);
     this.device.queue.submit([
       this.#encoder.finish()
     ]);
@@ -10542,6 +10720,44 @@ cases14.push({
     assertEquals(unwrittenReadWriteBindings(decl + "@group(0) @binding(1) var<storage, read_write> y: array<f32>;\n@group(0) @binding(2) var<uniform> p: P;\nfn main() { y[0] = x[0]; }").map((b) => b.name), [
       "x"
     ]);
+  }
+});
+cases14.push({
+  name: "runtime: profiling mode times every dispatch and names its kernel and caller (timestamp queries, and one submit per dispatch)",
+  async run(gpu) {
+    for (const mode of [
+      true,
+      "submit"
+    ]) {
+      const p = await Gpu.create({
+        profile: mode,
+        matmulPath: gpu.matmulPath
+      });
+      try {
+        const a = p.fromArray(new Float32Array(12).fill(1), [
+          3,
+          4
+        ]);
+        const d0 = p.stats.dispatches;
+        const y = scale(p, matmul(p, a, a, {
+          transB: true
+        }), 2);
+        assertEquals(Array.from(await p.read(y)), new Array(9).fill(8));
+        const rows2 = await p.profileReport();
+        assertEquals(rows2.reduce((s, r) => s + r.count, 0), p.stats.dispatches - d0, String(mode));
+        assert(rows2.every((r) => r.ms >= 0 && Number.isFinite(r.ms)), JSON.stringify(rows2));
+        if (import.meta.url.includes("/tests/cases/")) {
+          const kernels = rows2.map((r) => r.kernel);
+          assert(kernels.some((k) => k.startsWith("matmul")), `${kernels}`);
+          assert(kernels.some((k) => k.startsWith("scale")), `${kernels}`);
+        }
+        assertEquals(await p.profileReport(), [], "a report forgets what it reported");
+        if (mode === "submit") assertEquals(p.profiling, "submit");
+      } finally {
+        p.destroy();
+      }
+    }
+    await assertThrows(() => gpu.profileReport(), Error, "profile: true");
   }
 });
 

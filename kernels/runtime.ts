@@ -11,6 +11,9 @@
 
 import { checkShape, GpuLimitError, GpuValidationError, WebGpuUnavailableError } from "./errors.ts";
 import { type BufferAccess, type BufferBinding, bufferBindings } from "./_bindings.ts";
+import { DispatchProfiler, dispatchSite, type KernelTime, type ProfileMode } from "./_profiler.ts";
+
+export type { KernelTime, ProfileMode };
 
 /** Element types a {@link Tensor} can hold (4 bytes each). */
 export type DType = "f32" | "i32" | "u32";
@@ -283,6 +286,13 @@ export interface GpuOptions {
    * Smaller values force operand chunking; tests use this to exercise the chunked paths.
    */
   maxTextureSide?: number;
+  /**
+   * Profiling mode: every dispatch is timed and attributed to its kernel (see
+   * {@link Gpu.profileReport}) — with GPU timestamps when the adapter offers `timestamp-query`
+   * (requested then), else by submitting each dispatch alone (`"submit"` forces that). Slower;
+   * for `deno task profile`.
+   */
+  profile?: boolean | ProfileMode;
 }
 
 /** Per-dispatch parameter block builder (written into the uniform arena). */
@@ -382,6 +392,7 @@ export class Gpu {
   /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
   #errors: string[] = [];
   #textures = new Map<string, GPUTexture[]>();
+  #profiler: DispatchProfiler | null;
 
   private constructor(
     readonly device: GPUDevice,
@@ -391,8 +402,10 @@ export class Gpu {
     uniformArenaBytes: number,
     maxTextureSide: number | undefined,
     maxBindingBytes: number | undefined,
+    profile: ProfileMode | null = null,
   ) {
     this.pool = new BufferPool(device);
+    this.#profiler = profile ? new DispatchProfiler(device, profile) : null;
     this.limits = device.limits;
     this.maxBindingBytes = Math.min(
       maxBindingBytes ?? Infinity,
@@ -452,9 +465,14 @@ export class Gpu {
       const v = adapter.limits[k];
       if (typeof v === "number") requiredLimits[k] = v;
     }
+    const timestamps = (options.profile === true || options.profile === "timestamp") &&
+      adapter.features.has("timestamp-query");
     let device: GPUDevice;
     try {
-      device = await adapter.requestDevice({ requiredLimits });
+      device = await adapter.requestDevice({
+        requiredLimits,
+        requiredFeatures: timestamps ? ["timestamp-query"] : [],
+      });
     } catch (e) {
       throw new WebGpuUnavailableError(`WebGPU adapter refused a device: ${String(e)}`);
     }
@@ -476,6 +494,7 @@ export class Gpu {
       options.uniformArenaBytes ?? 65536,
       options.maxTextureSide,
       options.maxBindingBytes,
+      options.profile ? (timestamps ? "timestamp" : "submit") : null,
     );
   }
 
@@ -733,6 +752,33 @@ export class Gpu {
     throw new GpuValidationError(`WebGPU reported: ${list.join("\n")}`);
   }
 
+  /** How dispatches are timed in profiling mode (`null`: not profiling). */
+  get profiling(): ProfileMode | null {
+    return this.#profiler?.mode ?? null;
+  }
+
+  /**
+   * The time of every dispatch since the last report (or since creation), summed by kernel
+   * function and call site, largest first. Needs `Gpu.create({ profile: true })`.
+   *
+   * @example Time one forward pass by kernel
+   * ```ts
+   * import { Gpu, OPT_PRESETS, OptModel } from "../mod.ts";
+   * const gpu = await Gpu.create({ profile: true });
+   * const model = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
+   * const acts = model.forward(gpu.fromArray(new Int32Array([2, 5, 9]), [1, 3]), gpu.fromArray([1, 1, 1], [1, 3]));
+   * model.disposeActivations(acts);
+   * for (const k of await gpu.profileReport()) console.log(k.kernel, k.site, k.count, k.ms.toFixed(3));
+   * ```
+   */
+  async profileReport(): Promise<KernelTime[]> {
+    if (!this.#profiler) throw new Error("profileReport: create the Gpu with { profile: true }");
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    await this.#throwReportedErrors();
+    return (await this.#profiler.report()).sort((a, b) => b.ms - a.ms);
+  }
+
   /** Waits until the queue is idle (a sync point; for benchmarks). */
   async sync(): Promise<void> {
     this.flush();
@@ -849,6 +895,25 @@ export class Gpu {
       entries.push({ binding: bindings.length, resource: this.#uniform(params.bytes()) });
     }
     const group = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    if (this.#profiler) {
+      // one pass per dispatch, timed on its own
+      const label = dispatchSite();
+      this.#endPass();
+      const timed = this.#profiler.mode === "timestamp";
+      const pass = this.#enc().beginComputePass(
+        timed ? { timestampWrites: this.#profiler.timestampWrites(label) } : {},
+      );
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(x, y, z);
+      pass.end();
+      this.stats.dispatches++;
+      if (!timed) {
+        this.flush();
+        this.#profiler.submitted(label);
+      }
+      return;
+    }
     const pass = this.#beginPass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
@@ -902,6 +967,7 @@ export class Gpu {
       a.used = 0;
     }
     this.#arenaIndex = 0;
+    if (this.#profiler?.mode === "timestamp") this.#profiler.resolve(this.#encoder);
     this.device.queue.submit([this.#encoder.finish()]);
     this.#encoder = null;
     this.stats.submits++;

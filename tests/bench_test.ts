@@ -85,3 +85,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "profile: --json times every dispatch of a step by kernel; the profiled GPU time is the " +
+    "sum of the rows and the counts add up to the step's dispatches",
+  ignore: noGpu,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-env",
+        "--allow-read",
+        new URL("../bench/profile.ts", import.meta.url).pathname,
+        "--workload=sft,generate",
+        "--reps=1",
+        "--json",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(code, 0, new TextDecoder().decode(stderr).slice(-2000));
+    const rows = new TextDecoder().decode(stdout).trim().split("\n").map((l) => JSON.parse(l));
+    assertEquals(rows.map((r) => r.workload), ["sft", "generate"]);
+    for (const r of rows) {
+      const kernels = r.kernels as { kernel: string; site: string; count: number; ms: number }[];
+      const sum = kernels.reduce((a, k) => a + k.ms, 0);
+      assert(Math.abs(sum - r.gpuMs) < 1e-3 * kernels.length + 1e-3, `${sum} vs ${r.gpuMs}`);
+      assertEquals(kernels.reduce((a, k) => a + k.count, 0), r.dispatches, r.workload);
+      assert(kernels.every((k) => k.ms >= 0 && k.kernel !== "?"), JSON.stringify(kernels));
+      assert(r.wallMs > 0 && r.submits >= 1, JSON.stringify(r));
+    }
+    const sft = rows[0].kernels.map((k: { kernel: string }) => k.kernel);
+    for (const k of ["matmul/runTexture", "layernormForward", "adamwStep", "crossEntropy"]) {
+      assert(sft.some((s: string) => s === k || s.startsWith(`${k}/`)), `${k} in ${sft}`);
+    }
+  },
+});

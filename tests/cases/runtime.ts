@@ -245,3 +245,33 @@ cases.push({
     );
   },
 });
+
+cases.push({
+  name: "runtime: profiling mode times every dispatch and names its kernel and caller " +
+    "(timestamp queries, and one submit per dispatch)",
+  async run(gpu) {
+    for (const mode of [true, "submit"] as const) {
+      const p = await Gpu.create({ profile: mode, matmulPath: gpu.matmulPath });
+      try {
+        const a = p.fromArray(new Float32Array(12).fill(1), [3, 4]);
+        const d0 = p.stats.dispatches;
+        const y = scale(p, matmul(p, a, a, { transB: true }), 2);
+        assertEquals(Array.from(await p.read(y)), new Array(9).fill(8));
+        const rows = await p.profileReport();
+        assertEquals(rows.reduce((s, r) => s + r.count, 0), p.stats.dispatches - d0, String(mode));
+        assert(rows.every((r) => r.ms >= 0 && Number.isFinite(r.ms)), JSON.stringify(rows));
+        // names come from the call stack's file paths: only unbundled sources have kernels/
+        if (import.meta.url.includes("/tests/cases/")) {
+          const kernels = rows.map((r) => r.kernel);
+          assert(kernels.some((k) => k.startsWith("matmul")), `${kernels}`);
+          assert(kernels.some((k) => k.startsWith("scale")), `${kernels}`);
+        }
+        assertEquals(await p.profileReport(), [], "a report forgets what it reported");
+        if (mode === "submit") assertEquals(p.profiling, "submit");
+      } finally {
+        p.destroy();
+      }
+    }
+    await assertThrows(() => gpu.profileReport(), Error, "profile: true");
+  },
+});
