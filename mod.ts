@@ -78,7 +78,13 @@ export {
   type TokenLogprobs,
   tokenLogprobs,
 } from "./kernels/softmax.ts";
-export { layernormBackward, layernormForward, type LayernormSaved } from "./kernels/layernorm.ts";
+export {
+  layernormBackward,
+  layernormForward,
+  type LayernormSaved,
+  type LayernormVariant,
+  layernormVariant,
+} from "./kernels/layernorm.ts";
 export {
   embeddingBackward,
   embeddingForward,

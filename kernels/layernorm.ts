@@ -71,6 +71,80 @@ ${ROW_MAIN}
   }
 }`;
 
+// The same forward with one invocation per row and no workgroup memory: on software adapters
+// barriers are what costs (SPEC §11), and for narrow rows a thread per row is also what a GPU
+// runs well. Two passes over the row (mean, then centred variance) as in the workgroup form.
+const FORWARD_ROWWISE = `
+struct P { rows: u32, cols: u32, eps: f32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  var s = 0.0;
+  for (var c = 0u; c < p.cols; c++) { s += x[base + c]; }
+  let m = s / f32(p.cols);
+  var q = 0.0;
+  for (var c = 0u; c < p.cols; c++) { let d = x[base + c] - m; q += d * d; }
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+
+// BACKWARD_DX with one invocation per row (see FORWARD_ROWWISE)
+const BACKWARD_DX_ROWWISE = `
+struct P { rows: u32, cols: u32, accumulate: u32 }
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  let m = mean[row];
+  let r = rstd[row];
+  var s1 = 0.0;
+  var s2 = 0.0;
+  for (var c = 0u; c < p.cols; c++) {
+    let g = dy[base + c] * w[c];
+    s1 += g;
+    s2 += g * (x[base + c] - m) * r;
+  }
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  for (var c = 0u; c < p.cols; c++) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
+
+/**
+ * How a layernorm kernel spreads a row: `"row-thread"` (one invocation per row, no workgroup
+ * memory) or `"workgroup"` (64 invocations per row with a tree reduction).
+ */
+export type LayernormVariant = "row-thread" | "workgroup";
+
+/**
+ * The variant {@link layernormForward} and {@link layernormBackward} pick by default: one thread
+ * per row for rows up to 128 wide on any adapter, and up to 1024 on software adapters (where
+ * barriers cost most); a workgroup per row beyond.
+ */
+export function layernormVariant(gpu: Gpu, cols: number): LayernormVariant {
+  return cols <= 128 || (gpu.isFallbackAdapter && cols <= 1024) ? "row-thread" : "workgroup";
+}
+
 // dweight[c] += Σ_r dy·x̂, dbias[c] += Σ_r dy: one invocation per column
 const BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
@@ -129,15 +203,16 @@ export function layernormForward(
   x: Tensor,
   weight: Tensor,
   bias: Tensor,
-  opts: { eps?: number; out?: Tensor } = {},
+  opts: { eps?: number; out?: Tensor; variant?: LayernormVariant } = {},
 ): { y: Tensor } & LayernormSaved {
   const { rows, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
+  const rowwise = (opts.variant ?? layernormVariant(gpu, C)) === "row-thread";
   gpu.dispatch(
-    gpu.pipeline(FORWARD),
+    gpu.pipeline(rowwise ? FORWARD_ROWWISE : FORWARD),
     [x, weight, bias, y, mean, rstd],
-    gpu.grid(rows),
+    gpu.grid(rowwise ? groups(rows) : rows),
     new Params().u32(rows, C).f32(opts.eps ?? 1e-5),
   );
   return { y, mean, rstd };
@@ -156,9 +231,10 @@ export function layernormBackward(
   saved: LayernormSaved,
   dweight: Tensor | null,
   dbias: Tensor | null,
-  opts: { dx?: Tensor; accumulateDx?: boolean } = {},
+  opts: { dx?: Tensor; accumulateDx?: boolean; variant?: LayernormVariant } = {},
 ): Tensor {
   const { rows, C } = dims(x, weight, null, "layernormBackward");
+  const rowwise = (opts.variant ?? layernormVariant(gpu, C)) === "row-thread";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(
     (dweight === null) === (dbias === null),
@@ -174,9 +250,9 @@ export function layernormBackward(
   );
   const dx = opts.dx ?? gpu.empty(x.shape);
   gpu.dispatch(
-    gpu.pipeline(BACKWARD_DX),
+    gpu.pipeline(rowwise ? BACKWARD_DX_ROWWISE : BACKWARD_DX),
     [dy, x, weight, saved.mean, saved.rstd, dx],
-    gpu.grid(rows),
+    gpu.grid(rowwise ? groups(rows) : rows),
     new Params().u32(rows, C, opts.accumulateDx ? 1 : 0),
   );
   if (dweight === null) return dx;

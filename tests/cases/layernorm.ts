@@ -8,21 +8,38 @@ export const cases: Case[] = [];
 // normalisation divides by std ≈ 1: f32 rounding of row sums over ≤ 1000 terms
 const TOL = { atol: 2e-5, rtol: 2e-5 };
 
-for (const [rows, C] of [[1, 1], [7, 33], [3, 65], [2, 1000], [65, 7]]) {
+for (
+  const [rows, C, variant] of [
+    [1, 1, "row-thread"],
+    [7, 33, "row-thread"],
+    [3, 65, "row-thread"],
+    [2, 1000, "row-thread"],
+    [65, 7, "row-thread"],
+    [300, 129, "row-thread"],
+    [1, 1, "workgroup"],
+    [7, 33, "workgroup"],
+    [3, 65, "workgroup"],
+    [2, 1000, "workgroup"],
+    [65, 7, "workgroup"],
+  ] as const
+) {
   cases.push({
-    name: `layernorm: forward, saved stats and backward match reference (${rows}×${C})`,
+    name:
+      `layernorm (${variant}): forward, saved stats and backward match reference (${rows}×${C})`,
     async run(gpu) {
       const x = randArray(rows * C, rows * C, -2, 3), w = randArray(C, 2, 0.5, 1.5);
       const b = randArray(C, 3), dy = randArray(rows * C, 4);
       const tx = gpu.fromArray(x, [rows, C]), tw = gpu.fromArray(w), tb = gpu.fromArray(b);
-      const f = k.layernormForward(gpu, tx, tw, tb);
+      const f = k.layernormForward(gpu, tx, tw, tb, { variant });
       const want = ref.layernormForward(x, w, b, C);
       assertClose(await gpu.readF32(f.y), want.y, TOL, "y");
       assertClose(await gpu.readF32(f.mean), want.mean, TOL, "mean");
       assertClose(await gpu.readF32(f.rstd), want.rstd, { atol: 1e-3, rtol: 1e-4 }, "rstd");
       const dw0 = randArray(C, 5), db0 = randArray(C, 6);
       const tdw = gpu.fromArray(dw0), tdb = gpu.fromArray(db0);
-      const dx = k.layernormBackward(gpu, gpu.fromArray(dy, [rows, C]), tx, tw, f, tdw, tdb);
+      const dx = k.layernormBackward(gpu, gpu.fromArray(dy, [rows, C]), tx, tw, f, tdw, tdb, {
+        variant,
+      });
       const g = ref.layernormBackward(dy, x, w, C);
       // dx subtracts two means of size-1 terms: allow atol 1e-4 for C=1000 rows
       assertClose(await gpu.readF32(dx), g.dx, { atol: 1e-4, rtol: 1e-4 }, "dx");
@@ -53,23 +70,18 @@ cases.push({
     assertClose(g.dw, fdw, tol, "dw vs fd");
     assertClose(g.db, fdb, tol, "db vs fd");
     const tx = gpu.fromArray(x, [rows, C]), tw = gpu.fromArray(w);
-    const f = k.layernormForward(gpu, tx, tw, gpu.fromArray(b));
-    const base = randArray(rows * C, 15);
-    const dx = gpu.fromArray(base, [rows, C]);
-    k.layernormBackward(
-      gpu,
-      gpu.fromArray(dy, [rows, C]),
-      tx,
-      tw,
-      f,
-      gpu.zeros([C]),
-      gpu.zeros([C]),
-      {
+    for (const variant of ["row-thread", "workgroup"] as const) {
+      const f = k.layernormForward(gpu, tx, tw, gpu.fromArray(b), { variant });
+      const base = randArray(rows * C, 15);
+      const dx = gpu.fromArray(base, [rows, C]);
+      const dyT = gpu.fromArray(dy, [rows, C]);
+      k.layernormBackward(gpu, dyT, tx, tw, f, gpu.zeros([C]), gpu.zeros([C]), {
         dx,
         accumulateDx: true,
-      },
-    );
-    assertClose(await gpu.readF32(dx), g.dx.map((v, i) => v + base[i]), TOL, "accumulated dx");
+        variant,
+      });
+      assertClose(await gpu.readF32(dx), g.dx.map((v, i) => v + base[i]), TOL, variant);
+    }
     await assertThrows(
       () => k.layernormForward(gpu, tx, gpu.zeros([6]), gpu.zeros([7])),
       ShapeError,
