@@ -106,6 +106,22 @@ cases.push({
     assertEquals(back, x, "round trip");
     const s = await gpu.readF32(split);
     assertEquals(s[((1 * 3 + 2) * 5 + 4) * 4 + 3], x[((1 * 5 + 4) * 3 + 2) * 4 + 3], "element");
+    // every element, on the scalar (D odd) and the vec4 (D a multiple of 4) kernels
+    for (const [A, X, Y, D] of [[2, 5, 3, 3], [3, 7, 2, 8], [1, 1, 1, 1], [2, 3, 5, 12]]) {
+      const v = randArray(A * X * Y * D, A + X + Y + D);
+      const got = await gpu.readF32(k.swapAxes12(gpu, gpu.fromArray(v, [A, X, Y, D])));
+      const want = new Float32Array(v.length);
+      for (let a = 0; a < A; a++) {
+        for (let xi = 0; xi < X; xi++) {
+          for (let yi = 0; yi < Y; yi++) {
+            for (let d = 0; d < D; d++) {
+              want[((a * Y + yi) * X + xi) * D + d] = v[((a * X + xi) * Y + yi) * D + d];
+            }
+          }
+        }
+      }
+      assertEquals(Array.from(got), Array.from(want), `swapAxes12 [${A}, ${X}, ${Y}, ${D}]`);
+    }
     await assertThrows(
       () => k.attentionForward(gpu, q, gpu.zeros([1, 1, 2, 2]), gpu.zeros([1, 1, 2, 2])),
       ShapeError,
