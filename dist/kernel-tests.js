@@ -1694,6 +1694,19 @@ ${LINEAR_MAIN}
   let a = i / (p.D * p.X * p.Y);
   out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
 }`;
+var SWAP12_VEC4 = `
+struct P { n: u32, X: u32, Y: u32, D: u32 }
+@group(0) @binding(0) var<storage, read> x: array<vec4f>;   // (A, X, Y, D/4)
+@group(0) @binding(1) var<storage, read_write> out: array<vec4f>; // (A, Y, X, D/4)
+@group(0) @binding(2) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let d = i % p.D;
+  let xi = (i / p.D) % p.X;
+  let yi = (i / (p.D * p.X)) % p.Y;
+  let a = i / (p.D * p.X * p.Y);
+  out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
+}`;
 function swapAxes12(gpu, x, out) {
   checkShape(x.shape.length === 4, `swapAxes12: needs a 4-D tensor, got [${x.shape}]`);
   const [A, X, Y, D3] = x.shape;
@@ -1704,10 +1717,12 @@ function swapAxes12(gpu, x, out) {
     D3
   ]);
   checkShape(y.size === x.size, "swapAxes12: out size differs");
-  gpu.dispatch(gpu.pipeline(SWAP12), [
+  const vec4 = D3 % 4 === 0 && x.byteOffset % 16 === 0 && y.byteOffset % 16 === 0;
+  const n = vec4 ? x.size / 4 : x.size;
+  gpu.dispatch(gpu.pipeline(vec4 ? SWAP12_VEC4 : SWAP12), [
     x,
     y
-  ], gpu.grid(groups(x.size)), new Params().u32(x.size, X, Y, D3));
+  ], gpu.grid(groups(n)), new Params().u32(n, X, Y, vec4 ? D3 / 4 : D3));
   return y;
 }
 function dims(q, k, v) {
@@ -2461,6 +2476,51 @@ cases.push({
     assertEquals(back, x, "round trip");
     const s = await gpu.readF32(split);
     assertEquals(s[((1 * 3 + 2) * 5 + 4) * 4 + 3], x[((1 * 5 + 4) * 3 + 2) * 4 + 3], "element");
+    for (const [A, X, Y, D3] of [
+      [
+        2,
+        5,
+        3,
+        3
+      ],
+      [
+        3,
+        7,
+        2,
+        8
+      ],
+      [
+        1,
+        1,
+        1,
+        1
+      ],
+      [
+        2,
+        3,
+        5,
+        12
+      ]
+    ]) {
+      const v = randArray(A * X * Y * D3, A + X + Y + D3);
+      const got = await gpu.readF32(swapAxes12(gpu, gpu.fromArray(v, [
+        A,
+        X,
+        Y,
+        D3
+      ])));
+      const want = new Float32Array(v.length);
+      for (let a2 = 0; a2 < A; a2++) {
+        for (let xi = 0; xi < X; xi++) {
+          for (let yi = 0; yi < Y; yi++) {
+            for (let d = 0; d < D3; d++) {
+              want[((a2 * Y + yi) * X + xi) * D3 + d] = v[((a2 * X + xi) * Y + yi) * D3 + d];
+            }
+          }
+        }
+      }
+      assertEquals(Array.from(got), Array.from(want), `swapAxes12 [${A}, ${X}, ${Y}, ${D3}]`);
+    }
     await assertThrows(() => attentionForward(gpu, q, gpu.zeros([
       1,
       1,
@@ -3726,6 +3786,62 @@ ${ROW_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
+var FORWARD_ROWWISE = `
+struct P { rows: u32, cols: u32, eps: f32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  var s = 0.0;
+  for (var c = 0u; c < p.cols; c++) { s += x[base + c]; }
+  let m = s / f32(p.cols);
+  var q = 0.0;
+  for (var c = 0u; c < p.cols; c++) { let d = x[base + c] - m; q += d * d; }
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+var BACKWARD_DX_ROWWISE = `
+struct P { rows: u32, cols: u32, accumulate: u32 }
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  let m = mean[row];
+  let r = rstd[row];
+  var s1 = 0.0;
+  var s2 = 0.0;
+  for (var c = 0u; c < p.cols; c++) {
+    let g = dy[base + c] * w[c];
+    s1 += g;
+    s2 += g * (x[base + c] - m) * r;
+  }
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  for (var c = 0u; c < p.cols; c++) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
+function layernormVariant(gpu, cols) {
+  return cols <= 128 || gpu.isFallbackAdapter && cols <= 1024 ? "row-thread" : "workgroup";
+}
 var BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
@@ -3762,14 +3878,15 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   const { rows: rows2, C: C2 } = dims2(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  gpu.dispatch(gpu.pipeline(FORWARD2), [
+  const rowwise = (opts.variant ?? layernormVariant(gpu, C2)) === "row-thread";
+  gpu.dispatch(gpu.pipeline(rowwise ? FORWARD_ROWWISE : FORWARD2), [
     x,
     weight,
     bias,
     y,
     mean,
     rstd
-  ], gpu.grid(rows2), new Params().u32(rows2, C2).f32(opts.eps ?? 1e-5));
+  ], gpu.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C2).f32(opts.eps ?? 1e-5));
   return {
     y,
     mean,
@@ -3778,19 +3895,20 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
 }
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows2, C: C2 } = dims2(x, weight, null, "layernormBackward");
+  const rowwise = (opts.variant ?? layernormVariant(gpu, C2)) === "row-thread";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C2 && dbias.size === C2, "layernormBackward: dweight/dbias size");
   checkShape(!opts.accumulateDx || opts.dx !== void 0, "layernormBackward: accumulateDx needs dx");
   const dx = opts.dx ?? gpu.empty(x.shape);
-  gpu.dispatch(gpu.pipeline(BACKWARD_DX), [
+  gpu.dispatch(gpu.pipeline(rowwise ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
     dy,
     x,
     weight,
     saved.mean,
     saved.rstd,
     dx
-  ], gpu.grid(rows2), new Params().u32(rows2, C2, opts.accumulateDx ? 1 : 0));
+  ], gpu.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C2, opts.accumulateDx ? 1 : 0));
   if (dweight === null) return dx;
   gpu.dispatch(gpu.pipeline(BACKWARD_DW), [
     dy,
@@ -6864,30 +6982,65 @@ var TOL3 = {
   atol: 2e-5,
   rtol: 2e-5
 };
-for (const [rows2, C2] of [
+for (const [rows2, C2, variant] of [
   [
     1,
-    1
+    1,
+    "row-thread"
   ],
   [
     7,
-    33
+    33,
+    "row-thread"
   ],
   [
     3,
-    65
+    65,
+    "row-thread"
   ],
   [
     2,
-    1e3
+    1e3,
+    "row-thread"
   ],
   [
     65,
-    7
+    7,
+    "row-thread"
+  ],
+  [
+    300,
+    129,
+    "row-thread"
+  ],
+  [
+    1,
+    1,
+    "workgroup"
+  ],
+  [
+    7,
+    33,
+    "workgroup"
+  ],
+  [
+    3,
+    65,
+    "workgroup"
+  ],
+  [
+    2,
+    1e3,
+    "workgroup"
+  ],
+  [
+    65,
+    7,
+    "workgroup"
   ]
 ]) {
   cases6.push({
-    name: `layernorm: forward, saved stats and backward match reference (${rows2}\xD7${C2})`,
+    name: `layernorm (${variant}): forward, saved stats and backward match reference (${rows2}\xD7${C2})`,
     async run(gpu) {
       const x = randArray(rows2 * C2, rows2 * C2, -2, 3), w = randArray(C2, 2, 0.5, 1.5);
       const b = randArray(C2, 3), dy = randArray(rows2 * C2, 4);
@@ -6895,7 +7048,9 @@ for (const [rows2, C2] of [
         rows2,
         C2
       ]), tw = gpu.fromArray(w), tb = gpu.fromArray(b);
-      const f = layernormForward(gpu, tx, tw, tb);
+      const f = layernormForward(gpu, tx, tw, tb, {
+        variant
+      });
       const want = layernormForward2(x, w, b, C2);
       assertClose(await gpu.readF32(f.y), want.y, TOL3, "y");
       assertClose(await gpu.readF32(f.mean), want.mean, TOL3, "mean");
@@ -6908,7 +7063,9 @@ for (const [rows2, C2] of [
       const dx = layernormBackward(gpu, gpu.fromArray(dy, [
         rows2,
         C2
-      ]), tx, tw, f, tdw, tdb);
+      ]), tx, tw, f, tdw, tdb, {
+        variant
+      });
       const g = layernormBackward2(dy, x, w, C2);
       assertClose(await gpu.readF32(dx), g.dx, {
         atol: 1e-4,
@@ -6946,24 +7103,33 @@ cases6.push({
       rows2,
       C2
     ]), tw = gpu.fromArray(w);
-    const f = layernormForward(gpu, tx, tw, gpu.fromArray(b));
-    const base = randArray(rows2 * C2, 15);
-    const dx = gpu.fromArray(base, [
-      rows2,
-      C2
-    ]);
-    layernormBackward(gpu, gpu.fromArray(dy, [
-      rows2,
-      C2
-    ]), tx, tw, f, gpu.zeros([
-      C2
-    ]), gpu.zeros([
-      C2
-    ]), {
-      dx,
-      accumulateDx: true
-    });
-    assertClose(await gpu.readF32(dx), g.dx.map((v, i) => v + base[i]), TOL3, "accumulated dx");
+    for (const variant of [
+      "row-thread",
+      "workgroup"
+    ]) {
+      const f = layernormForward(gpu, tx, tw, gpu.fromArray(b), {
+        variant
+      });
+      const base = randArray(rows2 * C2, 15);
+      const dx = gpu.fromArray(base, [
+        rows2,
+        C2
+      ]);
+      const dyT = gpu.fromArray(dy, [
+        rows2,
+        C2
+      ]);
+      layernormBackward(gpu, dyT, tx, tw, f, gpu.zeros([
+        C2
+      ]), gpu.zeros([
+        C2
+      ]), {
+        dx,
+        accumulateDx: true,
+        variant
+      });
+      assertClose(await gpu.readF32(dx), g.dx.map((v, i) => v + base[i]), TOL3, variant);
+    }
     await assertThrows(() => layernormForward(gpu, tx, gpu.zeros([
       6
     ]), gpu.zeros([

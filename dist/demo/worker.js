@@ -2251,6 +2251,62 @@ ${ROW_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
+var FORWARD_ROWWISE = `
+struct P { rows: u32, cols: u32, eps: f32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  var s = 0.0;
+  for (var c = 0u; c < p.cols; c++) { s += x[base + c]; }
+  let m = s / f32(p.cols);
+  var q = 0.0;
+  for (var c = 0u; c < p.cols; c++) { let d = x[base + c] - m; q += d * d; }
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+var BACKWARD_DX_ROWWISE = `
+struct P { rows: u32, cols: u32, accumulate: u32 }
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(6) var<uniform> p: P;
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  let m = mean[row];
+  let r = rstd[row];
+  var s1 = 0.0;
+  var s2 = 0.0;
+  for (var c = 0u; c < p.cols; c++) {
+    let g = dy[base + c] * w[c];
+    s1 += g;
+    s2 += g * (x[base + c] - m) * r;
+  }
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  for (var c = 0u; c < p.cols; c++) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
+function layernormVariant(gpu2, cols) {
+  return cols <= 128 || gpu2.isFallbackAdapter && cols <= 1024 ? "row-thread" : "workgroup";
+}
 var BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
@@ -2287,14 +2343,15 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
   const { rows: rows2, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu2.empty(x.shape);
   const mean = gpu2.empty(x.shape.slice(0, -1)), rstd = gpu2.empty(x.shape.slice(0, -1));
-  gpu2.dispatch(gpu2.pipeline(FORWARD), [
+  const rowwise = (opts.variant ?? layernormVariant(gpu2, C)) === "row-thread";
+  gpu2.dispatch(gpu2.pipeline(rowwise ? FORWARD_ROWWISE : FORWARD), [
     x,
     weight,
     bias,
     y,
     mean,
     rstd
-  ], gpu2.grid(rows2), new Params().u32(rows2, C).f32(opts.eps ?? 1e-5));
+  ], gpu2.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C).f32(opts.eps ?? 1e-5));
   return {
     y,
     mean,
@@ -2303,19 +2360,20 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
 }
 function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows2, C } = dims(x, weight, null, "layernormBackward");
+  const rowwise = (opts.variant ?? layernormVariant(gpu2, C)) === "row-thread";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
   checkShape(!opts.accumulateDx || opts.dx !== void 0, "layernormBackward: accumulateDx needs dx");
   const dx = opts.dx ?? gpu2.empty(x.shape);
-  gpu2.dispatch(gpu2.pipeline(BACKWARD_DX), [
+  gpu2.dispatch(gpu2.pipeline(rowwise ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
     dy,
     x,
     weight,
     saved.mean,
     saved.rstd,
     dx
-  ], gpu2.grid(rows2), new Params().u32(rows2, C, opts.accumulateDx ? 1 : 0));
+  ], gpu2.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C, opts.accumulateDx ? 1 : 0));
   if (dweight === null) return dx;
   gpu2.dispatch(gpu2.pipeline(BACKWARD_DW), [
     dy,
@@ -2707,6 +2765,19 @@ ${LINEAR_MAIN}
   let a = i / (p.D * p.X * p.Y);
   out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
 }`;
+var SWAP12_VEC4 = `
+struct P { n: u32, X: u32, Y: u32, D: u32 }
+@group(0) @binding(0) var<storage, read> x: array<vec4f>;   // (A, X, Y, D/4)
+@group(0) @binding(1) var<storage, read_write> out: array<vec4f>; // (A, Y, X, D/4)
+@group(0) @binding(2) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let d = i % p.D;
+  let xi = (i / p.D) % p.X;
+  let yi = (i / (p.D * p.X)) % p.Y;
+  let a = i / (p.D * p.X * p.Y);
+  out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
+}`;
 function swapAxes12(gpu2, x, out) {
   checkShape(x.shape.length === 4, `swapAxes12: needs a 4-D tensor, got [${x.shape}]`);
   const [A, X, Y, D2] = x.shape;
@@ -2717,10 +2788,12 @@ function swapAxes12(gpu2, x, out) {
     D2
   ]);
   checkShape(y.size === x.size, "swapAxes12: out size differs");
-  gpu2.dispatch(gpu2.pipeline(SWAP12), [
+  const vec4 = D2 % 4 === 0 && x.byteOffset % 16 === 0 && y.byteOffset % 16 === 0;
+  const n = vec4 ? x.size / 4 : x.size;
+  gpu2.dispatch(gpu2.pipeline(vec4 ? SWAP12_VEC4 : SWAP12), [
     x,
     y
-  ], gpu2.grid(groups(x.size)), new Params().u32(x.size, X, Y, D2));
+  ], gpu2.grid(groups(n)), new Params().u32(n, X, Y, vec4 ? D2 / 4 : D2));
   return y;
 }
 function dims2(q, k, v) {
