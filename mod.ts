@@ -83,7 +83,6 @@ export {
   layernormForward,
   type LayernormSaved,
   type LayernormVariant,
-  layernormVariant,
 } from "./kernels/layernorm.ts";
 export {
   embeddingBackward,

@@ -2376,9 +2376,6 @@ ${LINEAR_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
-function layernormVariant(gpu, cols) {
-  return cols <= 128 || gpu.isFallbackAdapter && cols <= 1024 ? "row-thread" : "workgroup";
-}
 var BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
@@ -2415,7 +2412,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   const { rows: rows3, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  const rowwise = (opts.variant ?? layernormVariant(gpu, C)) === "row-thread";
+  const rowwise = opts.variant === "row-thread";
   gpu.dispatch(gpu.pipeline(rowwise ? FORWARD_ROWWISE : FORWARD), [
     x,
     weight,
@@ -2432,7 +2429,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
 }
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows3, C } = dims(x, weight, null, "layernormBackward");
-  const rowwise = (opts.variant ?? layernormVariant(gpu, C)) === "row-thread";
+  const rowwise = opts.variant === "row-thread";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
@@ -11862,7 +11859,6 @@ export {
   lastMaskedValuesBackward,
   layernormBackward,
   layernormForward,
-  layernormVariant,
   learningRate,
   leftPad,
   loadOptModel,

@@ -2304,9 +2304,6 @@ ${LINEAR_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
-function layernormVariant(gpu2, cols) {
-  return cols <= 128 || gpu2.isFallbackAdapter && cols <= 1024 ? "row-thread" : "workgroup";
-}
 var BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
@@ -2343,7 +2340,7 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
   const { rows: rows2, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu2.empty(x.shape);
   const mean = gpu2.empty(x.shape.slice(0, -1)), rstd = gpu2.empty(x.shape.slice(0, -1));
-  const rowwise = (opts.variant ?? layernormVariant(gpu2, C)) === "row-thread";
+  const rowwise = opts.variant === "row-thread";
   gpu2.dispatch(gpu2.pipeline(rowwise ? FORWARD_ROWWISE : FORWARD), [
     x,
     weight,
@@ -2360,7 +2357,7 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
 }
 function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows2, C } = dims(x, weight, null, "layernormBackward");
-  const rowwise = (opts.variant ?? layernormVariant(gpu2, C)) === "row-thread";
+  const rowwise = opts.variant === "row-thread";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
