@@ -1681,10 +1681,10 @@ function cached(key, make) {
   shaderCache.set(key, code);
   return code;
 }
-var SWAP12 = `
+var swap12Shader = (elem) => `
 struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;   // (A, X, Y, D)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (A, Y, X, D)
+@group(0) @binding(0) var<storage, read> x: array<${elem}>;   // (A, X, Y, D)
+@group(0) @binding(1) var<storage, read_write> out: array<${elem}>; // (A, Y, X, D)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -1694,19 +1694,8 @@ ${LINEAR_MAIN}
   let a = i / (p.D * p.X * p.Y);
   out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
 }`;
-var SWAP12_VEC4 = `
-struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read> x: array<vec4f>;   // (A, X, Y, D/4)
-@group(0) @binding(1) var<storage, read_write> out: array<vec4f>; // (A, Y, X, D/4)
-@group(0) @binding(2) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  let d = i % p.D;
-  let xi = (i / p.D) % p.X;
-  let yi = (i / (p.D * p.X)) % p.Y;
-  let a = i / (p.D * p.X * p.Y);
-  out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
-}`;
+var SWAP12 = swap12Shader("f32");
+var SWAP12_VEC4 = swap12Shader("vec4f");
 function swapAxes12(gpu, x, out) {
   checkShape(x.shape.length === 4, `swapAxes12: needs a 4-D tensor, got [${x.shape}]`);
   const [A, X, Y, D3] = x.shape;
@@ -3729,7 +3718,7 @@ function crossEntropyBackward(gpu, logits2, targets2, lse, dloss, out) {
 }
 
 // kernels/layernorm.ts
-var FORWARD2 = `${WG_REDUCE}
+var FORWARD_BINDINGS = `
 struct P { rows: u32, cols: u32, eps: f32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
 @group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
@@ -3737,7 +3726,18 @@ struct P { rows: u32, cols: u32, eps: f32 }
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
-@group(0) @binding(6) var<uniform> p: P;
+@group(0) @binding(6) var<uniform> p: P;`;
+var BACKWARD_DX_BINDINGS = `
+struct P { rows: u32, cols: u32, accumulate: u32 }
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(6) var<uniform> p: P;`;
+var FORWARD2 = `${WG_REDUCE}
+${FORWARD_BINDINGS}
 ${ROW_MAIN}
   let valid = row < p.rows;
   let base = row * p.cols;
@@ -3754,14 +3754,7 @@ ${ROW_MAIN}
   if (lid == 0u) { mean[row] = m; rstd[row] = r; }
 }`;
 var BACKWARD_DX = `${WG_REDUCE}
-struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
-@group(0) @binding(6) var<uniform> p: P;
+${BACKWARD_DX_BINDINGS}
 ${ROW_MAIN}
   let valid = row < p.rows;
   let base = row * p.cols;
@@ -3787,14 +3780,7 @@ ${ROW_MAIN}
   }
 }`;
 var FORWARD_ROWWISE = `
-struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
-@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
-@group(0) @binding(6) var<uniform> p: P;
+${FORWARD_BINDINGS}
 ${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }
@@ -3810,14 +3796,7 @@ ${LINEAR_MAIN}
   rstd[row] = r;
 }`;
 var BACKWARD_DX_ROWWISE = `
-struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
-@group(0) @binding(6) var<uniform> p: P;
+${BACKWARD_DX_BINDINGS}
 ${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }

@@ -182,10 +182,12 @@ function cached(key: string, make: () => string): string {
   return code;
 }
 
-const SWAP12 = `
+// [A, X, Y, D] → [A, Y, X, D], one element (f32) or four (vec4f, D a multiple of 4: a quarter
+// of the loads, which dominate on software adapters, SPEC §11) per invocation; D counts elements
+const swap12Shader = (elem: "f32" | "vec4f") => `
 struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;   // (A, X, Y, D)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (A, Y, X, D)
+@group(0) @binding(0) var<storage, read> x: array<${elem}>;   // (A, X, Y, D)
+@group(0) @binding(1) var<storage, read_write> out: array<${elem}>; // (A, Y, X, D)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -195,22 +197,7 @@ ${LINEAR_MAIN}
   let a = i / (p.D * p.X * p.Y);
   out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
 }`;
-
-// SWAP12 moving 4 floats per invocation (D a multiple of 4): a quarter of the loads, which
-// dominate on software adapters (SPEC §11)
-const SWAP12_VEC4 = `
-struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read> x: array<vec4f>;   // (A, X, Y, D/4)
-@group(0) @binding(1) var<storage, read_write> out: array<vec4f>; // (A, Y, X, D/4)
-@group(0) @binding(2) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  let d = i % p.D;
-  let xi = (i / p.D) % p.X;
-  let yi = (i / (p.D * p.X)) % p.Y;
-  let a = i / (p.D * p.X * p.Y);
-  out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
-}`;
+const SWAP12 = swap12Shader("f32"), SWAP12_VEC4 = swap12Shader("vec4f");
 
 /**
  * Swaps axes 1 and 2 of a 4-D tensor: `[A, X, Y, D] → [A, Y, X, D]`. Splits heads

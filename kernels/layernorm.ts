@@ -11,7 +11,7 @@ import { groups, LINEAR_MAIN } from "./_shader.ts";
 import { ROW_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
-const FORWARD = `${WG_REDUCE}
+const FORWARD_BINDINGS = `
 struct P { rows: u32, cols: u32, eps: f32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
 @group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
@@ -19,7 +19,20 @@ struct P { rows: u32, cols: u32, eps: f32 }
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
-@group(0) @binding(6) var<uniform> p: P;
+@group(0) @binding(6) var<uniform> p: P;`;
+
+const BACKWARD_DX_BINDINGS = `
+struct P { rows: u32, cols: u32, accumulate: u32 }
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(6) var<uniform> p: P;`;
+
+const FORWARD = `${WG_REDUCE}
+${FORWARD_BINDINGS}
 ${ROW_MAIN}
   let valid = row < p.rows;
   let base = row * p.cols;
@@ -38,14 +51,7 @@ ${ROW_MAIN}
 
 // dx = rstd · (dy·w − mean(dy·w) − x̂ · mean(dy·w · x̂))
 const BACKWARD_DX = `${WG_REDUCE}
-struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
-@group(0) @binding(6) var<uniform> p: P;
+${BACKWARD_DX_BINDINGS}
 ${ROW_MAIN}
   let valid = row < p.rows;
   let base = row * p.cols;
@@ -75,14 +81,7 @@ ${ROW_MAIN}
 // barriers are what costs (SPEC §11), and for narrow rows a thread per row is also what a GPU
 // runs well. Two passes over the row (mean, then centred variance) as in the workgroup form.
 const FORWARD_ROWWISE = `
-struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
-@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
-@group(0) @binding(6) var<uniform> p: P;
+${FORWARD_BINDINGS}
 ${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }
@@ -100,14 +99,7 @@ ${LINEAR_MAIN}
 
 // BACKWARD_DX with one invocation per row (see FORWARD_ROWWISE)
 const BACKWARD_DX_ROWWISE = `
-struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
-@group(0) @binding(6) var<uniform> p: P;
+${BACKWARD_DX_BINDINGS}
 ${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }

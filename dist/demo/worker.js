@@ -2194,7 +2194,7 @@ function crossEntropyBackward(gpu2, logits, targets, lse, dloss, out) {
 }
 
 // kernels/layernorm.ts
-var FORWARD = `${WG_REDUCE}
+var FORWARD_BINDINGS = `
 struct P { rows: u32, cols: u32, eps: f32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
 @group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
@@ -2202,7 +2202,18 @@ struct P { rows: u32, cols: u32, eps: f32 }
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
-@group(0) @binding(6) var<uniform> p: P;
+@group(0) @binding(6) var<uniform> p: P;`;
+var BACKWARD_DX_BINDINGS = `
+struct P { rows: u32, cols: u32, accumulate: u32 }
+@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(6) var<uniform> p: P;`;
+var FORWARD = `${WG_REDUCE}
+${FORWARD_BINDINGS}
 ${ROW_MAIN}
   let valid = row < p.rows;
   let base = row * p.cols;
@@ -2219,14 +2230,7 @@ ${ROW_MAIN}
   if (lid == 0u) { mean[row] = m; rstd[row] = r; }
 }`;
 var BACKWARD_DX = `${WG_REDUCE}
-struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
-@group(0) @binding(6) var<uniform> p: P;
+${BACKWARD_DX_BINDINGS}
 ${ROW_MAIN}
   let valid = row < p.rows;
   let base = row * p.cols;
@@ -2252,14 +2256,7 @@ ${ROW_MAIN}
   }
 }`;
 var FORWARD_ROWWISE = `
-struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
-@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
-@group(0) @binding(6) var<uniform> p: P;
+${FORWARD_BINDINGS}
 ${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }
@@ -2275,14 +2272,7 @@ ${LINEAR_MAIN}
   rstd[row] = r;
 }`;
 var BACKWARD_DX_ROWWISE = `
-struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
-@group(0) @binding(6) var<uniform> p: P;
+${BACKWARD_DX_BINDINGS}
 ${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }
@@ -2749,10 +2739,10 @@ function cached(key, make) {
   shaderCache.set(key, code);
   return code;
 }
-var SWAP12 = `
+var swap12Shader = (elem) => `
 struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;   // (A, X, Y, D)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (A, Y, X, D)
+@group(0) @binding(0) var<storage, read> x: array<${elem}>;   // (A, X, Y, D)
+@group(0) @binding(1) var<storage, read_write> out: array<${elem}>; // (A, Y, X, D)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -2762,19 +2752,8 @@ ${LINEAR_MAIN}
   let a = i / (p.D * p.X * p.Y);
   out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
 }`;
-var SWAP12_VEC4 = `
-struct P { n: u32, X: u32, Y: u32, D: u32 }
-@group(0) @binding(0) var<storage, read> x: array<vec4f>;   // (A, X, Y, D/4)
-@group(0) @binding(1) var<storage, read_write> out: array<vec4f>; // (A, Y, X, D/4)
-@group(0) @binding(2) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  let d = i % p.D;
-  let xi = (i / p.D) % p.X;
-  let yi = (i / (p.D * p.X)) % p.Y;
-  let a = i / (p.D * p.X * p.Y);
-  out[i] = x[((a * p.X + xi) * p.Y + yi) * p.D + d];
-}`;
+var SWAP12 = swap12Shader("f32");
+var SWAP12_VEC4 = swap12Shader("vec4f");
 function swapAxes12(gpu2, x, out) {
   checkShape(x.shape.length === 4, `swapAxes12: needs a 4-D tensor, got [${x.shape}]`);
   const [A, X, Y, D2] = x.shape;
