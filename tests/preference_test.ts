@@ -11,6 +11,7 @@ import { DataError, type KtoExample, type PairExample } from "../trainer/data.ts
 import { DPO_SCHEMA, DpoTrainer } from "../trainer/dpo.ts";
 import { KTO_SCHEMA, KtoTrainer } from "../trainer/kto.ts";
 import { makeBuiltinTask } from "../trainer/task.ts";
+import { checkpointPreferencePipeline } from "../trainer/checkpoint_preference.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpu, gpuTestOptions } from "./_gpu.ts";
 
@@ -175,5 +176,48 @@ Deno.test({
     const k = new KtoTrainer(policy, policy, tok, [{ ...good[0], completion: "" }, good[1]], kcfg);
     assert(k.warnings.some((w) => w.startsWith("1 KTO example(s) have an empty completion")));
     policy.store.dispose();
+  },
+});
+
+Deno.test({
+  ...gpuTestOptions,
+  name: "checkpoint preference data: a vocab.json that exists but cannot be read is reported, " +
+    "not mistaken for a missing one; a missing one with a 260-token policy is the byte tokenizer",
+  async fn() {
+    const enc = new TextEncoder();
+    const pairs = makeBuiltinTask(3, { pairs: 4 }).pairs.map((p) => JSON.stringify(p)).join("\n");
+    const files: Record<string, Uint8Array> = {
+      "/data/pairs.jsonl": enc.encode(pairs + "\n"),
+      "/policy/config.json": enc.encode(JSON.stringify({ vocab_size: 260 })),
+    };
+    const named = (name: string, message: string) => Object.assign(new Error(message), { name });
+    const io = (vocab: () => Promise<Uint8Array>) => ({
+      read: (p: string) =>
+        p.endsWith("vocab.json")
+          ? vocab()
+          : files[p]
+          ? Promise.resolve(files[p])
+          : Promise.reject(named("NotFound", `no such file: ${p}`)),
+    });
+    const init = (vocab: () => Promise<Uint8Array>) => {
+      const def = checkpointPreferencePipeline(io(vocab), "dpo");
+      const cfg = {
+        ...def.defaults,
+        data: { ...def.defaults.data, policy: "/policy", pairs: "/data/pairs.jsonl", heldOut: 1 },
+      };
+      return def.init(gpu, cfg);
+    };
+    await assertThrows(
+      () => init(() => Promise.reject(named("PermissionDenied", "vocab.json: permission denied"))),
+      Error,
+      "permission denied",
+    );
+    await assertThrows(
+      () => init(() => Promise.resolve(new Uint8Array([0xff, 0xfe, 0x7b]))),
+      Error,
+      "vocab.json",
+    );
+    const state = await init(() => Promise.reject(named("NotFound", "no vocab.json")));
+    assert(state.tok instanceof ByteTokenizer, "the byte tokenizer for a 260-token policy");
   },
 });

@@ -176,8 +176,9 @@ async function loadTokenizer(io: RecipeIo, cfg: CheckpointPreferenceConfig): Pro
   let vocab: string | undefined;
   try {
     vocab = await text(join(dir, "vocab.json"));
-  } catch {
-    vocab = undefined;
+  } catch (e) {
+    // absent means "no BPE files here"; unreadable or not UTF-8 is the user's error to see
+    if ((e as Error)?.name !== "NotFound") throw e;
   }
   if (vocab !== undefined) return BpeTokenizer.fromText(vocab, await text(join(dir, "merges.txt")));
   const config = JSON.parse(await text(join(cfg.data.policy, "config.json")));

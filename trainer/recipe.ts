@@ -269,7 +269,10 @@ function loraTargets(s: string): LoraTarget[] {
 
 /** How the recipe reads its inputs: bytes of a path (CLI) or URL (browser). */
 export interface RecipeIo {
-  /** The bytes at `path`. */
+  /**
+   * The bytes at `path`; for a missing optional file (e.g. `vocab.json`) it rejects with an error
+   * named `"NotFound"` (as `Deno.readFile` does), any other rejection is reported as is.
+   */
   read(path: string): Promise<Uint8Array>;
 }
 

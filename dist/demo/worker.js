@@ -10036,8 +10036,8 @@ async function loadTokenizer(io, cfg) {
   let vocab;
   try {
     vocab = await text(join2(dir, "vocab.json"));
-  } catch {
-    vocab = void 0;
+  } catch (e) {
+    if (e?.name !== "NotFound") throw e;
   }
   if (vocab !== void 0) return BpeTokenizer.fromText(vocab, await text(join2(dir, "merges.txt")));
   const config = JSON.parse(await text(join2(cfg.data.policy, "config.json")));
