@@ -107,6 +107,11 @@ export interface TaskConfig {
   policyPrompts: number;
   /** policy samples per prompt; every two with different gold make a comparison (default 4) */
   samplesPerPrompt: number;
+  /**
+   * Llama 2's preference margin: a training comparison asks the reward model for a score gap of
+   * at least pairMargin × the gold gap (0 = plain pairwise loss) (default 0)
+   */
+  pairMargin: number;
 }
 
 /** The built-in task's schema. */
@@ -135,6 +140,12 @@ export const TASK_SCHEMA: Schema<TaskConfig> = {
     doc: "policy samples per prompt; every two with different gold make a comparison",
     min: 2,
     integer: true,
+  },
+  pairMargin: {
+    default: 0,
+    doc: "Llama 2's preference margin: a training comparison asks the reward model for a score " +
+      "gap of at least pairMargin × the gold gap (0 = plain pairwise loss)",
+    min: 0,
   },
 };
 
@@ -335,6 +346,7 @@ async function rewardPairs(ctx: BuiltinContext) {
   const policyPairs = labelComparisons(groups, gold, {
     labelNoise: cfg.task.labelNoise,
     seed: deriveSeed(seed, "comparisonLabels"),
+    margin: cfg.task.pairMargin,
   });
   ctx.log(
     `reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons ` +
@@ -545,6 +557,7 @@ export const BUILTIN_PIPELINE: PipelineDefinition<PipelineConfig, BuiltinState> 
       task: makeBuiltinTask(cfg.run.seed, {
         pairs: cfg.task.pairs,
         labelNoise: cfg.task.labelNoise,
+        pairMargin: cfg.task.pairMargin,
       }),
     }),
 };

@@ -73,7 +73,9 @@ export async function samplePolicy(
 /**
  * Labels every pair of a prompt's responses whose gold scores differ (identical responses and
  * gold ties are skipped): the gold-preferred response is chosen, swapped with probability
- * `labelNoise` (0 for clean evaluation pairs).
+ * `labelNoise` (0 for clean evaluation pairs). With `margin > 0` each pair carries Llama 2's
+ * preference margin `margin · |gold gap|` (kept when the label is flipped: it is the stated
+ * strength, not the direction).
  *
  * @example Two samples of one prompt make one pair
  * ```ts
@@ -91,7 +93,7 @@ export async function samplePolicy(
 export function labelComparisons(
   groups: readonly (readonly Omit<PolicySample, "score">[])[],
   gold: (prompt: string, response: string) => number,
-  o: { labelNoise: number; seed: number },
+  o: { labelNoise: number; seed: number; margin?: number },
 ): PairExample[] {
   // label noise from the counter PRNG: draw k of stream 0 for the k-th labelled pair
   let k = 0;
@@ -106,12 +108,14 @@ export function labelComparisons(
         if (a.response === b.response && a.truncated === b.truncated) continue;
         let [w, l] = scores[i] > scores[j] ? [a, b] : [b, a];
         if (r() < o.labelNoise) [w, l] = [l, w];
+        const margin = (o.margin ?? 0) * Math.abs(scores[i] - scores[j]);
         pairs.push({
           prompt: a.prompt,
           chosen: w.response,
           rejected: l.response,
           chosenTruncated: w.truncated,
           rejectedTruncated: l.truncated,
+          ...(margin > 0 ? { margin } : {}),
         });
       }
     }

@@ -135,6 +135,12 @@ export interface TaskSizes {
   policyEvalPrompts?: number;
   /** Fraction of training pairs whose label is flipped (default 0.1). */
   labelNoise?: number;
+  /**
+   * Llama 2's preference-strength margin: each training pair carries
+   * `margin = pairMargin · |gold(chosen) − gold(rejected)|`, which the pairwise loss
+   * `−log σ(r_w − r_l − margin)` asks the reward model to exceed (default 0: no margin).
+   */
+  pairMargin?: number;
 }
 
 /**
@@ -158,7 +164,8 @@ export function makeBuiltinTask(seed: number, sizes: TaskSizes = {}): BuiltinTas
     const q = makeQuestion(r);
     sft.push({ prompt: q.prompt, completion: sampleStyle(q, r) });
   }
-  const makePairs = (n: number, flip: number) => {
+  const pairMargin = sizes.pairMargin ?? 0;
+  const makePairs = (n: number, flip: number, marginScale: number) => {
     const out: PairExample[] = [];
     while (out.length < n) {
       const q = makeQuestion(r);
@@ -167,12 +174,21 @@ export function makeBuiltinTask(seed: number, sizes: TaskSizes = {}): BuiltinTas
       if (gx === gy) continue;
       let [chosen, rejected] = gx > gy ? [x, y] : [y, x];
       if (r() < flip) [chosen, rejected] = [rejected, chosen];
-      out.push({ prompt: q.prompt, chosen, rejected });
+      // the margin is the labeller's stated strength, so a flipped label keeps it (no extra
+      // random draws: the task is the same with or without margins)
+      const margin = marginScale * Math.abs(gx - gy);
+      out.push(
+        margin > 0 ? { prompt: q.prompt, chosen, rejected, margin } : {
+          prompt: q.prompt,
+          chosen,
+          rejected,
+        },
+      );
     }
     return out;
   };
-  const pairs = makePairs(sizes.pairs ?? 2000, noise);
-  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0);
+  const pairs = makePairs(sizes.pairs ?? 2000, noise, pairMargin);
+  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0, 0);
   const prompts = Array.from({ length: sizes.prompts ?? 1000 }, () => makeQuestion(r));
   const evalPrompts = Array.from({ length: sizes.evalPrompts ?? 64 }, () => makeQuestion(r));
   const policyEvalPrompts = Array.from(
