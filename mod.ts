@@ -355,6 +355,23 @@ export {
   toHhJsonl,
 } from "./trainer/task.ts";
 export {
+  contains,
+  exactMatch,
+  gradeAll,
+  type Grader,
+  GRADER_NAMES,
+  graderByName,
+  GraderError,
+  GRADERS,
+  lastNumber,
+  levenshtein,
+  loadGrader,
+  mathAnswer,
+  similarity,
+  UnknownGraderError,
+  weightedGrader,
+} from "./trainer/graders.ts";
+export {
   labelComparisons,
   labelExamples,
   type PolicySample,

@@ -11760,7 +11760,8 @@ function makeBuiltinTask(seed, sizes = {}) {
       completion: sampleStyle(q, r)
     });
   }
-  const makePairs = (n, flip) => {
+  const pairMargin = sizes.pairMargin ?? 0;
+  const makePairs = (n, flip, marginScale) => {
     const out = [];
     while (out.length < n) {
       const q = makeQuestion(r);
@@ -11778,7 +11779,13 @@ function makeBuiltinTask(seed, sizes = {}) {
         rejected,
         chosen
       ];
-      out.push({
+      const margin = marginScale * Math.abs(gx - gy);
+      out.push(margin > 0 ? {
+        prompt: q.prompt,
+        chosen,
+        rejected,
+        margin
+      } : {
         prompt: q.prompt,
         chosen,
         rejected
@@ -11786,8 +11793,8 @@ function makeBuiltinTask(seed, sizes = {}) {
     }
     return out;
   };
-  const pairs = makePairs(sizes.pairs ?? 2e3, noise);
-  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0);
+  const pairs = makePairs(sizes.pairs ?? 2e3, noise, pairMargin);
+  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0, 0);
   const prompts2 = Array.from({
     length: sizes.prompts ?? 1e3
   }, () => makeQuestion(r));

@@ -9783,12 +9783,16 @@ function labelComparisons(groups2, gold2, o) {
           l,
           w
         ];
+        const margin = (o.margin ?? 0) * Math.abs(scores[i] - scores[j]);
         pairs.push({
           prompt: a.prompt,
           chosen: w.response,
           rejected: l.response,
           chosenTruncated: w.truncated,
-          rejectedTruncated: l.truncated
+          rejectedTruncated: l.truncated,
+          ...margin > 0 ? {
+            margin
+          } : {}
         });
       }
     }
@@ -9954,7 +9958,8 @@ function makeBuiltinTask(seed, sizes = {}) {
       completion: sampleStyle(q, r)
     });
   }
-  const makePairs = (n, flip) => {
+  const pairMargin = sizes.pairMargin ?? 0;
+  const makePairs = (n, flip, marginScale) => {
     const out = [];
     while (out.length < n) {
       const q = makeQuestion(r);
@@ -9972,7 +9977,13 @@ function makeBuiltinTask(seed, sizes = {}) {
         rejected,
         chosen
       ];
-      out.push({
+      const margin = marginScale * Math.abs(gx - gy);
+      out.push(margin > 0 ? {
+        prompt: q.prompt,
+        chosen,
+        rejected,
+        margin
+      } : {
         prompt: q.prompt,
         chosen,
         rejected
@@ -9980,8 +9991,8 @@ function makeBuiltinTask(seed, sizes = {}) {
     }
     return out;
   };
-  const pairs = makePairs(sizes.pairs ?? 2e3, noise);
-  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0);
+  const pairs = makePairs(sizes.pairs ?? 2e3, noise, pairMargin);
+  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0, 0);
   const prompts = Array.from({
     length: sizes.prompts ?? 1e3
   }, () => makeQuestion(r));
@@ -10103,6 +10114,11 @@ var TASK_SCHEMA = {
     doc: "policy samples per prompt; every two with different gold make a comparison",
     min: 2,
     integer: true
+  },
+  pairMargin: {
+    default: 0,
+    doc: "Llama 2's preference margin: a training comparison asks the reward model for a score gap of at least pairMargin \xD7 the gold gap (0 = plain pairwise loss)",
+    min: 0
   }
 };
 var BUILTIN_DEFAULTS = {
@@ -10248,7 +10264,8 @@ async function rewardPairs(ctx) {
   });
   const policyPairs = labelComparisons(groups2, gold, {
     labelNoise: cfg.task.labelNoise,
-    seed: deriveSeed(seed, "comparisonLabels")
+    seed: deriveSeed(seed, "comparisonLabels"),
+    margin: cfg.task.pairMargin
   });
   ctx.log(`reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons of SFT samples (${groups2.length} prompts \xD7 ${cfg.task.samplesPerPrompt})`);
   return [
@@ -10440,7 +10457,8 @@ var BUILTIN_PIPELINE = {
     tok: new ByteTokenizer(),
     task: makeBuiltinTask(cfg.run.seed, {
       pairs: cfg.task.pairs,
-      labelNoise: cfg.task.labelNoise
+      labelNoise: cfg.task.labelNoise,
+      pairMargin: cfg.task.pairMargin
     })
   })
 };
@@ -11482,6 +11500,124 @@ function pipelineOf(saved) {
   return "data" in saved ? "simple-rlhf-tiny" : "builtin";
 }
 
+// trainer/graders.ts
+var GraderError = class extends Error {
+  /** The error's name, for `catch` by name. */
+  name = "GraderError";
+};
+var UnknownGraderError = class extends Error {
+  /** The error's name, for `catch` by name. */
+  name = "UnknownGraderError";
+};
+function exactMatch(_prompt, response, reference) {
+  return response.trim() === reference.trim() ? 1 : 0;
+}
+function contains(_prompt, response, reference) {
+  const ref = reference.trim();
+  if (ref === "") throw new GraderError("contains: the reference is empty");
+  return response.includes(ref) ? 1 : 0;
+}
+function levenshtein(a, b) {
+  const x = Array.from(a), y = Array.from(b);
+  if (x.length === 0) return y.length;
+  if (y.length === 0) return x.length;
+  let prev = Array.from({
+    length: y.length + 1
+  }, (_, j) => j);
+  let cur = new Array(y.length + 1);
+  for (let i = 1; i <= x.length; i++) {
+    cur[0] = i;
+    for (let j = 1; j <= y.length; j++) {
+      const sub3 = prev[j - 1] + (x[i - 1] === y[j - 1] ? 0 : 1);
+      cur[j] = Math.min(sub3, prev[j] + 1, cur[j - 1] + 1);
+    }
+    [prev, cur] = [
+      cur,
+      prev
+    ];
+  }
+  return prev[y.length];
+}
+function similarity(_prompt, response, reference) {
+  const a = response.trim(), b = reference.trim();
+  const n = Math.max(Array.from(a).length, Array.from(b).length);
+  return n === 0 ? 1 : 1 - levenshtein(a, b) / n;
+}
+var NUMBER = /(?<![\p{L}\p{N}.])([-\u2212])?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\/(\d+(?:\.\d+)?))?/gu;
+function lastNumber(text) {
+  let last;
+  for (const m of text.matchAll(NUMBER)) {
+    let v = Number(m[2].replaceAll(",", ""));
+    if (m[3] !== void 0) {
+      const d = Number(m[3]);
+      if (d === 0) continue;
+      v /= d;
+    }
+    last = m[1] ? -v : v;
+  }
+  return last;
+}
+function mathAnswer(_prompt, response, reference) {
+  const want = lastNumber(reference);
+  if (want === void 0) {
+    throw new GraderError(`math: the reference ${JSON.stringify(reference)} has no number`);
+  }
+  const got = lastNumber(response);
+  if (got === void 0) return 0;
+  return Math.abs(got - want) <= 1e-9 * Math.max(1, Math.abs(want)) ? 1 : 0;
+}
+var GRADERS = {
+  exact: exactMatch,
+  contains,
+  similarity,
+  math: mathAnswer
+};
+var GRADER_NAMES = Object.keys(GRADERS);
+function graderByName(name) {
+  const g = Object.hasOwn(GRADERS, name) ? GRADERS[name] : void 0;
+  if (!g) {
+    throw new UnknownGraderError(`unknown grader "${name}" (built-in: ${GRADER_NAMES.join(", ")}; or a module path)`);
+  }
+  return g;
+}
+function weightedGrader(parts) {
+  const total = parts.reduce((s, p) => s + p.weight, 0);
+  for (const p of parts) {
+    if (!(Number.isFinite(p.weight) && p.weight >= 0)) {
+      throw new GraderError(`weightedGrader: weight ${p.weight} is not a finite number \u2265 0`);
+    }
+  }
+  if (!(total > 0)) throw new GraderError("weightedGrader: the weights sum to 0");
+  return async (prompt, response, reference) => {
+    let s = 0;
+    for (const p of parts) {
+      if (p.weight > 0) s += p.weight * checkScore(await p.grader(prompt, response, reference));
+    }
+    return s / total;
+  };
+}
+function checkScore(v, where = "") {
+  if (typeof v !== "number" || !(v >= 0 && v <= 1)) {
+    throw new GraderError(`grader returned ${String(v)}${where}; scores must be numbers in [0, 1]`);
+  }
+  return v;
+}
+async function gradeAll(grader, samples) {
+  const out = new Float32Array(samples.length);
+  for (let i = 0; i < samples.length; i++) {
+    const s = samples[i];
+    out[i] = checkScore(await grader(s.prompt, s.response, s.reference), ` for sample ${i} (${JSON.stringify(s.response.slice(0, 40))})`);
+  }
+  return out;
+}
+async function loadGrader(url) {
+  const mod = await import(String(url));
+  if (typeof mod.grade !== "function") {
+    throw new GraderError(`${String(url)} does not export a function grade(prompt, response, reference)`);
+  }
+  return mod.grade;
+}
+
 // trainer/report.ts
 var esc = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 var W = 420;
@@ -11746,9 +11882,12 @@ export {
   DPO_SCHEMA,
   DataError,
   DpoTrainer,
+  GRADERS,
+  GRADER_NAMES,
   Gpu,
   GpuLimitError,
   GpuValidationError,
+  GraderError,
   KTO_PIPELINE,
   KTO_PIPELINE_DEFAULTS,
   KTO_SCHEMA,
@@ -11792,6 +11931,7 @@ export {
   TASK_SCHEMA,
   Tensor,
   TokenizerError,
+  UnknownGraderError,
   WebGpuUnavailableError,
   adamwStep,
   add,
@@ -11805,6 +11945,7 @@ export {
   clipGradNorm,
   coerce,
   concatColumns,
+  contains,
   crossEntropy,
   crossEntropyBackward,
   defaults,
@@ -11818,6 +11959,7 @@ export {
   evaluatePreferences,
   evaluateRanking,
   evaluateRewardModel,
+  exactMatch,
   explainedVariance,
   fill,
   gae,
@@ -11828,6 +11970,8 @@ export {
   globalNorm,
   goldParts,
   goldScore,
+  gradeAll,
+  graderByName,
   implicitReward,
   klPenalty,
   ktoLoss,
@@ -11836,10 +11980,13 @@ export {
   labelExamples,
   lastMaskedValues,
   lastMaskedValuesBackward,
+  lastNumber,
   layernormBackward,
   layernormForward,
   learningRate,
   leftPad,
+  levenshtein,
+  loadGrader,
   loadOptModel,
   loadPeftAdapter,
   loadRecipeInputs,
@@ -11848,6 +11995,7 @@ export {
   makeBuiltinTask,
   makeRankedExamples,
   maskedStats,
+  mathAnswer,
   matmul,
   maxLastAxis,
   meanLastAxis,
@@ -11912,6 +12060,7 @@ export {
   sequenceScores,
   sequenceValues,
   shapedRewards,
+  similarity,
   softmax,
   sub,
   sumColumns,
@@ -11923,6 +12072,7 @@ export {
   trainRewardModel,
   trainSft,
   truncatePrompt,
+  weightedGrader,
   whiten,
   writeSafetensors
 };

@@ -8549,12 +8549,16 @@ function labelComparisons(groups2, gold2, o) {
           l,
           w
         ];
+        const margin = (o.margin ?? 0) * Math.abs(scores[i] - scores[j]);
         pairs.push({
           prompt: a.prompt,
           chosen: w.response,
           rejected: l.response,
           chosenTruncated: w.truncated,
-          rejectedTruncated: l.truncated
+          rejectedTruncated: l.truncated,
+          ...margin > 0 ? {
+            margin
+          } : {}
         });
       }
     }
@@ -8720,7 +8724,8 @@ function makeBuiltinTask(seed, sizes = {}) {
       completion: sampleStyle(q, r)
     });
   }
-  const makePairs = (n, flip) => {
+  const pairMargin = sizes.pairMargin ?? 0;
+  const makePairs = (n, flip, marginScale) => {
     const out = [];
     while (out.length < n) {
       const q = makeQuestion(r);
@@ -8738,7 +8743,13 @@ function makeBuiltinTask(seed, sizes = {}) {
         rejected,
         chosen
       ];
-      out.push({
+      const margin = marginScale * Math.abs(gx - gy);
+      out.push(margin > 0 ? {
+        prompt: q.prompt,
+        chosen,
+        rejected,
+        margin
+      } : {
         prompt: q.prompt,
         chosen,
         rejected
@@ -8746,8 +8757,8 @@ function makeBuiltinTask(seed, sizes = {}) {
     }
     return out;
   };
-  const pairs = makePairs(sizes.pairs ?? 2e3, noise);
-  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0);
+  const pairs = makePairs(sizes.pairs ?? 2e3, noise, pairMargin);
+  const heldOutPairs = makePairs(sizes.heldOutPairs ?? 200, 0, 0);
   const prompts = Array.from({
     length: sizes.prompts ?? 1e3
   }, () => makeQuestion(r));
@@ -8863,6 +8874,11 @@ var TASK_SCHEMA = {
     doc: "policy samples per prompt; every two with different gold make a comparison",
     min: 2,
     integer: true
+  },
+  pairMargin: {
+    default: 0,
+    doc: "Llama 2's preference margin: a training comparison asks the reward model for a score gap of at least pairMargin \xD7 the gold gap (0 = plain pairwise loss)",
+    min: 0
   }
 };
 var BUILTIN_DEFAULTS = {
@@ -9005,7 +9021,8 @@ async function rewardPairs(ctx) {
   });
   const policyPairs = labelComparisons(groups2, gold, {
     labelNoise: cfg.task.labelNoise,
-    seed: deriveSeed(seed, "comparisonLabels")
+    seed: deriveSeed(seed, "comparisonLabels"),
+    margin: cfg.task.pairMargin
   });
   ctx.log(`reward-model data: ${task.pairs.length} fixed pairs + ${policyPairs.length} comparisons of SFT samples (${groups2.length} prompts \xD7 ${cfg.task.samplesPerPrompt})`);
   return [
@@ -9197,7 +9214,8 @@ var BUILTIN_PIPELINE = {
     tok: new ByteTokenizer(),
     task: makeBuiltinTask(cfg.run.seed, {
       pairs: cfg.task.pairs,
-      labelNoise: cfg.task.labelNoise
+      labelNoise: cfg.task.labelNoise,
+      pairMargin: cfg.task.pairMargin
     })
   })
 };
@@ -10220,6 +10238,76 @@ var PRESETS = {
     overrides: {}
   }
 };
+
+// trainer/graders.ts
+var GraderError = class extends Error {
+  /** The error's name, for `catch` by name. */
+  name = "GraderError";
+};
+function exactMatch(_prompt, response, reference) {
+  return response.trim() === reference.trim() ? 1 : 0;
+}
+function contains(_prompt, response, reference) {
+  const ref = reference.trim();
+  if (ref === "") throw new GraderError("contains: the reference is empty");
+  return response.includes(ref) ? 1 : 0;
+}
+function levenshtein(a, b) {
+  const x = Array.from(a), y = Array.from(b);
+  if (x.length === 0) return y.length;
+  if (y.length === 0) return x.length;
+  let prev = Array.from({
+    length: y.length + 1
+  }, (_, j) => j);
+  let cur = new Array(y.length + 1);
+  for (let i = 1; i <= x.length; i++) {
+    cur[0] = i;
+    for (let j = 1; j <= y.length; j++) {
+      const sub2 = prev[j - 1] + (x[i - 1] === y[j - 1] ? 0 : 1);
+      cur[j] = Math.min(sub2, prev[j] + 1, cur[j - 1] + 1);
+    }
+    [prev, cur] = [
+      cur,
+      prev
+    ];
+  }
+  return prev[y.length];
+}
+function similarity(_prompt, response, reference) {
+  const a = response.trim(), b = reference.trim();
+  const n = Math.max(Array.from(a).length, Array.from(b).length);
+  return n === 0 ? 1 : 1 - levenshtein(a, b) / n;
+}
+var NUMBER = /(?<![\p{L}\p{N}.])([-\u2212])?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\/(\d+(?:\.\d+)?))?/gu;
+function lastNumber(text) {
+  let last;
+  for (const m of text.matchAll(NUMBER)) {
+    let v = Number(m[2].replaceAll(",", ""));
+    if (m[3] !== void 0) {
+      const d = Number(m[3]);
+      if (d === 0) continue;
+      v /= d;
+    }
+    last = m[1] ? -v : v;
+  }
+  return last;
+}
+function mathAnswer(_prompt, response, reference) {
+  const want = lastNumber(reference);
+  if (want === void 0) {
+    throw new GraderError(`math: the reference ${JSON.stringify(reference)} has no number`);
+  }
+  const got = lastNumber(response);
+  if (got === void 0) return 0;
+  return Math.abs(got - want) <= 1e-9 * Math.max(1, Math.abs(want)) ? 1 : 0;
+}
+var GRADERS = {
+  exact: exactMatch,
+  contains,
+  similarity,
+  math: mathAnswer
+};
+var GRADER_NAMES = Object.keys(GRADERS);
 
 // web/worker.ts
 var scope = self;
