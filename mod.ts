@@ -119,6 +119,16 @@ export {
   whiten,
 } from "./kernels/rl.ts";
 export {
+  type GroupAdvantages,
+  groupAdvantages,
+  type GroupBaseline,
+  type GrpoLoss,
+  grpoLoss,
+  type GrpoLossOptions,
+  type LossAggregation,
+  type RewardScaling,
+} from "./kernels/group.ts";
+export {
   KTO_SUM,
   type KtoLoss,
   ktoLoss,

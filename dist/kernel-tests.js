@@ -6903,6 +6903,629 @@ cases5.push({
   }
 });
 
+// kernels/group.ts
+var ADVANTAGES = `
+struct P { n: u32, g: u32, mode: u32, loo: u32 }
+@group(0) @binding(0) var<storage, read> r: array<f32>;          // (N) rewards
+@group(0) @binding(1) var<storage, read> batch: array<f32>;      // maskedStats(r): [3] = var
+@group(0) @binding(2) var<storage, read_write> adv: array<f32>;  // (N)
+@group(0) @binding(3) var<storage, read_write> zero_std: array<f32>; // (N / G) 1 = rewards tie
+@group(0) @binding(4) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let g0 = (i / p.g) * p.g;
+  let gf = f32(p.g);
+  var s = 0.0;
+  for (var j = 0u; j < p.g; j++) { s += r[g0 + j]; }
+  let mean = s / gf;
+  var ss = 0.0;
+  for (var j = 0u; j < p.g; j++) { let d = r[g0 + j] - mean; ss += d * d; }
+  let std_g = sqrt(ss / (gf - 1.0));  // unbiased, as torch.std
+  if (i == g0) { zero_std[i / p.g] = select(0.0, 1.0, std_g <= 1e-8); }
+  if (p.loo == 1u) {
+    adv[i] = r[i] - (s - r[i]) / (gf - 1.0);
+    return;
+  }
+  var a = r[i] - mean;
+  if (p.mode == 0u) { a = a / (std_g + 1e-4); }
+  else if (p.mode == 1u) { a = a / (sqrt(batch[3]) + 1e-4); }
+  adv[i] = a;
+}`;
+function groupAdvantages(gpu, rewards, o) {
+  const G2 = o.groupSize, N = rewards.size;
+  checkShape(rewards.dtype === "f32", `groupAdvantages: rewards must be f32, got ${rewards.dtype}`);
+  checkShape(Number.isInteger(G2) && G2 >= 2 && N % G2 === 0, `groupAdvantages: groupSize must be an integer \u2265 2 dividing ${N} rewards, got ${G2}`);
+  const scale3 = o.scale ?? "group";
+  const mode = {
+    group: 0,
+    batch: 1,
+    none: 2
+  }[scale3];
+  checkShape(mode !== void 0, `groupAdvantages: unknown scale "${scale3}"`);
+  const loo = (o.baseline ?? "mean") === "leave-one-out" ? 1 : 0;
+  const batch2 = maskedStats(gpu, rewards, void 0, {
+    unbiased: true
+  });
+  const advantages = gpu.empty([
+    N
+  ]), zeroStd = gpu.empty([
+    N / G2
+  ]);
+  gpu.dispatch(gpu.pipeline(ADVANTAGES), [
+    rewards,
+    batch2,
+    advantages,
+    zeroStd
+  ], gpu.grid(groups(N)), new Params().u32(N, G2, mode, loo));
+  batch2.dispose();
+  return {
+    advantages,
+    zeroStd
+  };
+}
+var AGGREGATION = {
+  grpo: 0,
+  bnpo: 1,
+  dr_grpo: 2,
+  dapo: 3
+};
+var LOSS = `
+struct P { n: u32, t: u32, rows: u32, mode: u32, lo: f32, hi: f32, beta: f32, use_ref: u32,
+           max_len: f32, tokens: f32 }
+@group(0) @binding(0) var<storage, read> logp: array<f32>;      // (B, T)
+@group(0) @binding(1) var<storage, read> logp_old: array<f32>;  // (B, T)
+@group(0) @binding(2) var<storage, read> logp_ref: array<f32>;  // (B, T) or placeholder
+@group(0) @binding(3) var<storage, read> adv: array<f32>;       // (B)
+@group(0) @binding(4) var<storage, read> mask: array<f32>;      // (B, T)
+@group(0) @binding(5) var<storage, read> row_count: array<f32>; // (B) \u03A3_t mask
+@group(0) @binding(6) var<storage, read> count: array<f32>;     // maskedStats(mask): [0] = \u03A3 mask
+@group(0) @binding(7) var<storage, read_write> loss: array<f32>;  // weighted per-token loss
+@group(0) @binding(8) var<storage, read_write> low: array<f32>;   // clipped below (A < 0)
+@group(0) @binding(9) var<storage, read_write> high: array<f32>;  // clipped above (A > 0)
+@group(0) @binding(10) var<storage, read_write> kl: array<f32>;   // k3 per token
+@group(0) @binding(11) var<storage, read_write> dlogp: array<f32>;
+@group(0) @binding(12) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let b = i / p.t;
+  let m = mask[i] != 0.0;
+  let a = adv[b];
+  let ratio = exp(logp[i] - logp_old[i]);
+  let c1 = ratio * a;
+  let c2 = clamp(ratio, 1.0 - p.lo, 1.0 + p.hi) * a;
+  var l = -min(c1, c2);
+  // the unclipped branch carries the gradient \u2212A\xB7ratio; the clipped one is constant
+  var g = select(0.0, -a * ratio, c1 <= c2);
+  var k = 0.0;
+  if (p.use_ref == 1u) {
+    let d = logp_ref[i] - logp[i];
+    k = exp(d) - d - 1.0;
+    l += p.beta * k;
+    g += p.beta * (1.0 - exp(d));
+  }
+  // weight of a token in the aggregated loss
+  var w = 1.0 / max(count[0], 1.0);                                   // bnpo
+  if (p.mode == 0u) { w = 1.0 / (f32(p.rows) * max(row_count[b], 1.0)); }  // grpo
+  else if (p.mode == 2u) { w = 1.0 / (f32(p.rows) * p.max_len); }         // dr_grpo
+  else if (p.mode == 3u) { w = 1.0 / max(p.tokens, 1.0); }              // dapo
+  loss[i] = select(0.0, w * l, m);
+  low[i] = select(0.0, 1.0, m && ratio < 1.0 - p.lo && a < 0.0);
+  high[i] = select(0.0, 1.0, m && ratio > 1.0 + p.hi && a > 0.0);
+  kl[i] = select(0.0, k, m);
+  dlogp[i] = select(0.0, w * g, m);
+}`;
+function grpoLoss(gpu, logp, logpOld, advantages, mask, o) {
+  checkShape(logp.shape.length === 2, `grpoLoss: logp must be (B, T), got [${logp.shape}]`);
+  const [B4, T3] = logp.shape;
+  for (const [name, t] of [
+    [
+      "logpOld",
+      logpOld
+    ],
+    [
+      "mask",
+      mask
+    ],
+    [
+      "logpRef",
+      o.logpRef
+    ]
+  ]) {
+    if (!t) continue;
+    checkShape(t.dtype === "f32" && t.size === B4 * T3, `grpoLoss: ${name} must be f32 (${B4}, ${T3}), got ${t.dtype} [${t.shape}]`);
+  }
+  checkShape(advantages.dtype === "f32" && advantages.size === B4, `grpoLoss: advantages must be f32 (${B4}), one per sequence, got [${advantages.shape}]`);
+  checkShape(o.epsilonLow > 0 && o.epsilonLow < 1 && o.epsilonHigh > 0, `grpoLoss: need 0 < epsilonLow < 1 and epsilonHigh > 0, got ${o.epsilonLow}, ${o.epsilonHigh}`);
+  checkShape(o.beta >= 0, `grpoLoss: beta must be \u2265 0, got ${o.beta}`);
+  checkShape(o.beta === 0 || o.logpRef !== void 0, "grpoLoss: beta > 0 needs logpRef");
+  const mode = AGGREGATION[o.aggregation];
+  checkShape(mode !== void 0, `grpoLoss: unknown aggregation "${o.aggregation}"`);
+  const maxLen = o.maxCompletionLength ?? 0;
+  checkShape(o.aggregation !== "dr_grpo" || maxLen >= 1, "grpoLoss: dr_grpo needs maxCompletionLength \u2265 1");
+  checkShape(o.tokenCount === void 0 || o.tokenCount >= 0, `grpoLoss: tokenCount must be \u2265 0, got ${o.tokenCount}`);
+  const rowCount = sumLastAxis(gpu, mask.reshape([
+    B4,
+    T3
+  ]));
+  const count = maskedStats(gpu, mask);
+  const loss = gpu.empty([
+    B4,
+    T3
+  ]), low = gpu.empty([
+    B4,
+    T3
+  ]), high = gpu.empty([
+    B4,
+    T3
+  ]);
+  const kl = gpu.empty([
+    B4,
+    T3
+  ]), dlogp = gpu.empty([
+    B4,
+    T3
+  ]);
+  const tokens = o.tokenCount;
+  gpu.dispatch(gpu.pipeline(LOSS), [
+    logp,
+    logpOld,
+    o.logpRef ?? gpu.placeholder(),
+    advantages,
+    mask,
+    rowCount,
+    count,
+    loss,
+    low,
+    high,
+    kl,
+    dlogp
+  ], gpu.grid(groups(B4 * T3)), new Params().u32(B4 * T3, T3, B4, o.aggregation === "dapo" && tokens === void 0 ? 1 : mode).f32(o.epsilonLow, o.epsilonHigh, o.beta).u32(o.logpRef ? 1 : 0).f32(maxLen, tokens ?? 0));
+  const out = {
+    dlogp,
+    loss: maskedStats(gpu, loss, mask),
+    clipLow: maskedStats(gpu, low, mask),
+    clipHigh: maskedStats(gpu, high, mask),
+    kl: maskedStats(gpu, kl, mask)
+  };
+  for (const t of [
+    rowCount,
+    count,
+    loss,
+    low,
+    high,
+    kl
+  ]) t.dispose();
+  return out;
+}
+
+// kernels/reference/group.ts
+function groupAdvantages2(r, G2, scale3, baseline = "mean") {
+  const N = r.length, advantages = new Float64Array(N), zeroStd = new Float64Array(N / G2);
+  let bm = 0;
+  for (let i = 0; i < N; i++) bm += r[i] / N;
+  let bv = 0;
+  for (let i = 0; i < N; i++) bv += (r[i] - bm) ** 2 / (N - 1);
+  for (let g = 0; g < N / G2; g++) {
+    let s = 0;
+    for (let j = 0; j < G2; j++) s += r[g * G2 + j];
+    const mean = s / G2;
+    let ss = 0;
+    for (let j = 0; j < G2; j++) ss += (r[g * G2 + j] - mean) ** 2;
+    const std = Math.sqrt(ss / (G2 - 1));
+    zeroStd[g] = std <= 1e-8 ? 1 : 0;
+    for (let j = 0; j < G2; j++) {
+      const i = g * G2 + j;
+      if (baseline === "leave-one-out") advantages[i] = r[i] - (s - r[i]) / (G2 - 1);
+      else if (scale3 === "group") advantages[i] = (r[i] - mean) / (std + 1e-4);
+      else if (scale3 === "batch") advantages[i] = (r[i] - mean) / (Math.sqrt(bv) + 1e-4);
+      else advantages[i] = r[i] - mean;
+    }
+  }
+  return {
+    advantages,
+    zeroStd
+  };
+}
+function grpoLoss2(logp, old, adv, mask, T3, o) {
+  const n = logp.length, B4 = n / T3;
+  let total = 0;
+  const rows2 = new Float64Array(B4);
+  for (let i = 0; i < n; i++) {
+    total += mask[i];
+    rows2[Math.floor(i / T3)] += mask[i];
+  }
+  const dlogp = new Float64Array(n);
+  let loss = 0, low = 0, high = 0, kl = 0;
+  for (let i = 0; i < n; i++) {
+    if (mask[i] === 0) continue;
+    const b = Math.floor(i / T3), a = adv[b];
+    const ratio = Math.exp(logp[i] - old[i]);
+    const c1 = ratio * a;
+    const c2 = Math.min(1 + o.epsilonHigh, Math.max(1 - o.epsilonLow, ratio)) * a;
+    let l = -Math.min(c1, c2);
+    let g = c1 <= c2 ? -a * ratio : 0;
+    if (o.logpRef) {
+      const d = o.logpRef[i] - logp[i];
+      const k = Math.exp(d) - d - 1;
+      l += o.beta * k;
+      g += o.beta * (1 - Math.exp(d));
+      kl += k;
+    }
+    const w = o.aggregation === "grpo" ? 1 / (B4 * Math.max(rows2[b], 1)) : o.aggregation === "dr_grpo" ? 1 / (B4 * o.maxCompletionLength) : o.aggregation === "dapo" && o.tokenCount !== void 0 ? 1 / Math.max(o.tokenCount, 1) : 1 / Math.max(total, 1);
+    loss += w * l;
+    dlogp[i] = w * g;
+    if (ratio < 1 - o.epsilonLow && a < 0) low++;
+    if (ratio > 1 + o.epsilonHigh && a > 0) high++;
+  }
+  const c = Math.max(total, 1);
+  return {
+    loss,
+    dlogp,
+    clipLow: low / c,
+    clipHigh: high / c,
+    kl: kl / c
+  };
+}
+
+// tests/cases/group.ts
+var cases6 = [];
+var TOL3 = {
+  atol: 1e-5,
+  rtol: 1e-5
+};
+var AGGREGATIONS = [
+  "grpo",
+  "bnpo",
+  "dr_grpo",
+  "dapo"
+];
+cases6.push({
+  name: "group: hand-worked GRPO and RLOO advantages and a clipped GRPO loss",
+  async run(gpu) {
+    const r = gpu.fromArray([
+      1,
+      0,
+      0.5,
+      0.5
+    ]);
+    const s = Math.SQRT1_2;
+    const g = groupAdvantages(gpu, r, {
+      groupSize: 2
+    });
+    assertClose(await gpu.readF32(g.advantages), [
+      0.5 / (s + 1e-4),
+      -0.5 / (s + 1e-4),
+      0,
+      0
+    ], TOL3, "group-scaled");
+    assertClose(await gpu.readF32(g.zeroStd), [
+      0,
+      1
+    ], TOL3, "ties");
+    const b = groupAdvantages(gpu, r, {
+      groupSize: 2,
+      scale: "batch"
+    });
+    const bs = Math.sqrt(1 / 6) + 1e-4;
+    assertClose(await gpu.readF32(b.advantages), [
+      0.5 / bs,
+      -0.5 / bs,
+      0,
+      0
+    ], TOL3, "batch-scaled");
+    const n = groupAdvantages(gpu, r, {
+      groupSize: 2,
+      scale: "none"
+    });
+    assertClose(await gpu.readF32(n.advantages), [
+      0.5,
+      -0.5,
+      0,
+      0
+    ], TOL3, "Dr. GRPO");
+    const l = groupAdvantages(gpu, gpu.fromArray([
+      3,
+      0,
+      0
+    ]), {
+      groupSize: 3,
+      baseline: "leave-one-out"
+    });
+    assertClose(await gpu.readF32(l.advantages), [
+      3,
+      -1.5,
+      -1.5
+    ], TOL3, "leave-one-out");
+    const e = Math.exp(0.5);
+    const lp = gpu.fromArray([
+      0.5,
+      0.5,
+      0.5,
+      0.5
+    ], [
+      2,
+      2
+    ]);
+    const old = gpu.zeros([
+      2,
+      2
+    ]);
+    const mask = gpu.fromArray([
+      1,
+      1,
+      1,
+      0
+    ], [
+      2,
+      2
+    ]);
+    const opts = {
+      epsilonLow: 0.2,
+      epsilonHigh: 0.2,
+      beta: 0
+    };
+    const adv = gpu.fromArray([
+      1,
+      -1
+    ]);
+    const grpo = grpoLoss(gpu, lp, old, adv, mask, {
+      ...opts,
+      aggregation: "grpo"
+    });
+    assertClose([
+      (await gpu.readF32(grpo.loss))[0]
+    ], [
+      (-1.2 + e) / 2
+    ], TOL3, "grpo loss");
+    assertClose(await gpu.readF32(grpo.dlogp), [
+      0,
+      0,
+      e / 2,
+      0
+    ], TOL3, "grpo gradient");
+    assertClose([
+      (await gpu.readF32(grpo.clipHigh))[2]
+    ], [
+      2 / 3
+    ], TOL3, "high clip");
+    assertClose([
+      (await gpu.readF32(grpo.clipLow))[2]
+    ], [
+      0
+    ], TOL3, "low clip");
+    const bnpo = grpoLoss(gpu, lp, old, adv, mask, {
+      ...opts,
+      aggregation: "bnpo"
+    });
+    assertClose([
+      (await gpu.readF32(bnpo.loss))[0]
+    ], [
+      (-2.4 + e) / 3
+    ], TOL3, "bnpo loss");
+    const dr = grpoLoss(gpu, lp, old, adv, mask, {
+      ...opts,
+      aggregation: "dr_grpo",
+      maxCompletionLength: 4
+    });
+    assertClose([
+      (await gpu.readF32(dr.loss))[0]
+    ], [
+      (-2.4 + e) / 8
+    ], TOL3, "dr_grpo loss");
+    const dapo = grpoLoss(gpu, lp, old, adv, mask, {
+      ...opts,
+      aggregation: "dapo",
+      tokenCount: 6
+    });
+    assertClose([
+      (await gpu.readF32(dapo.loss))[0]
+    ], [
+      (-2.4 + e) / 6
+    ], TOL3, "dapo loss");
+    const hi = grpoLoss(gpu, lp, old, adv, mask, {
+      ...opts,
+      epsilonHigh: 0.7,
+      aggregation: "bnpo"
+    });
+    assertClose([
+      (await gpu.readF32(hi.loss))[0]
+    ], [
+      (-2 * e + e) / 3
+    ], TOL3, "clip-higher loss");
+    assertClose(await gpu.readF32(hi.dlogp), [
+      -e / 3,
+      -e / 3,
+      e / 3,
+      0
+    ], TOL3, "clip-higher grad");
+    const kl0 = grpoLoss(gpu, lp, old, adv, mask, {
+      ...opts,
+      beta: 0.04,
+      logpRef: lp,
+      aggregation: "bnpo"
+    });
+    assertClose([
+      (await gpu.readF32(kl0.kl))[2]
+    ], [
+      0
+    ], TOL3, "k3 at the reference");
+    assertClose(await gpu.readF32(kl0.dlogp), await gpu.readF32(bnpo.dlogp), TOL3, "no KL grad");
+  }
+});
+cases6.push({
+  name: "group: bad shapes and options are named errors",
+  async run(gpu) {
+    const r = gpu.fromArray([
+      1,
+      2,
+      3
+    ]);
+    await assertThrows(() => groupAdvantages(gpu, r, {
+      groupSize: 2
+    }), ShapeError, "dividing");
+    await assertThrows(() => groupAdvantages(gpu, r, {
+      groupSize: 1
+    }), ShapeError, "\u2265 2");
+    const x = gpu.zeros([
+      2,
+      3
+    ]), a = gpu.zeros([
+      2
+    ]);
+    const o = {
+      epsilonLow: 0.2,
+      epsilonHigh: 0.2,
+      beta: 0,
+      aggregation: "grpo"
+    };
+    await assertThrows(() => grpoLoss(gpu, x, x, gpu.zeros([
+      6
+    ]), x, o), ShapeError, "one per");
+    await assertThrows(() => grpoLoss(gpu, x, gpu.zeros([
+      5
+    ]), a, x, o), ShapeError, "logpOld");
+    await assertThrows(() => grpoLoss(gpu, x, x, a, x, {
+      ...o,
+      beta: 0.1
+    }), ShapeError, "logpRef");
+    await assertThrows(() => grpoLoss(gpu, x, x, a, x, {
+      ...o,
+      aggregation: "dr_grpo"
+    }), ShapeError, "maxCompletionLength");
+    await assertThrows(() => grpoLoss(gpu, x, x, a, x, {
+      ...o,
+      epsilonLow: 1
+    }), ShapeError, "epsilonLow");
+  }
+});
+function ragged(B4, T3, seed) {
+  const r = rng(seed), m = new Float32Array(B4 * T3);
+  for (let b = 0; b < B4; b++) {
+    const start = b % 2, len = 1 + Math.floor(r() * (T3 - start));
+    for (let t = start; t < start + len && t < T3; t++) m[b * T3 + t] = 1;
+  }
+  return m;
+}
+for (const [groupsN, G2, T3] of [
+  [
+    1,
+    2,
+    1
+  ],
+  [
+    3,
+    5,
+    7
+  ],
+  [
+    7,
+    4,
+    33
+  ]
+]) {
+  const B4 = groupsN * G2, n = B4 * T3;
+  cases6.push({
+    name: `group: advantages (3 scalings, RLOO) and the GRPO loss in 4 aggregations match the reference, gradients match finite differences (${groupsN} groups \xD7 ${G2}, T ${T3})`,
+    async run(gpu) {
+      const r = rng(B4);
+      const rew = Float32Array.from({
+        length: B4
+      }, () => Math.round(r() * 4) / 4);
+      for (let j = 0; j < G2; j++) rew[j] = 0.5;
+      const rt = gpu.fromArray(rew);
+      for (const scale3 of [
+        "group",
+        "batch",
+        "none"
+      ]) {
+        const got = groupAdvantages(gpu, rt, {
+          groupSize: G2,
+          scale: scale3
+        });
+        const want = groupAdvantages2(rew, G2, scale3);
+        assertClose(await gpu.readF32(got.advantages), want.advantages, TOL3, `${scale3} advantages`);
+        assertClose(await gpu.readF32(got.zeroStd), want.zeroStd, TOL3, "zero std");
+      }
+      const loo = groupAdvantages(gpu, rt, {
+        groupSize: G2,
+        baseline: "leave-one-out"
+      });
+      assertClose(await gpu.readF32(loo.advantages), groupAdvantages2(rew, G2, "none", "leave-one-out").advantages, TOL3, "RLOO advantages");
+      const mask = ragged(B4, T3, n + 3);
+      const old = randArray(n, n + 1, -3, -0.1);
+      const lp = Float32Array.from(old, (o, i) => {
+        let d = 0.6 * Math.sin(1.7 * i + 0.3);
+        for (const edge of [
+          Math.log(0.8),
+          Math.log(1.28)
+        ]) {
+          if (Math.abs(d - edge) < 2e-3) d += 5e-3;
+        }
+        return o + d;
+      });
+      const lref = Float32Array.from(old, (o, i) => o + 0.3 * Math.cos(i));
+      const adv = randArray(B4, B4 + 7, -1.5, 1.5);
+      const tl = gpu.fromArray(lp, [
+        B4,
+        T3
+      ]), tm = gpu.fromArray(mask, [
+        B4,
+        T3
+      ]);
+      const to = gpu.fromArray(old, [
+        B4,
+        T3
+      ]), tr = gpu.fromArray(lref, [
+        B4,
+        T3
+      ]);
+      const ta = gpu.fromArray(adv);
+      for (const aggregation of AGGREGATIONS) {
+        const o = {
+          epsilonLow: 0.2,
+          epsilonHigh: 0.28,
+          beta: 0.04,
+          logpRef: lref,
+          aggregation,
+          maxCompletionLength: T3 + 2,
+          tokenCount: aggregation === "dapo" ? 3 * n : void 0
+        };
+        const got = grpoLoss(gpu, tl, to, ta, tm, {
+          ...o,
+          logpRef: tr
+        });
+        const want = grpoLoss2(lp, old, adv, mask, T3, o);
+        assertClose([
+          (await gpu.readF32(got.loss))[0]
+        ], [
+          want.loss
+        ], TOL3, `${aggregation} loss`);
+        assertClose(await gpu.readF32(got.dlogp), want.dlogp, TOL3, `${aggregation} dlogp`);
+        assertClose([
+          (await gpu.readF32(got.clipLow))[2]
+        ], [
+          want.clipLow
+        ], TOL3, "clip low");
+        assertClose([
+          (await gpu.readF32(got.clipHigh))[2]
+        ], [
+          want.clipHigh
+        ], TOL3, "clip high");
+        assertClose([
+          (await gpu.readF32(got.kl))[2]
+        ], [
+          want.kl
+        ], TOL3, "mean k3");
+        const fd = finiteDiff((z) => grpoLoss2(z, old, adv, mask, T3, o).loss, lp, 1e-7);
+        assertClose(want.dlogp, fd, {
+          atol: 1e-6,
+          rtol: 1e-5
+        }, `${aggregation} gradient vs FD`);
+      }
+    }
+  });
+}
+
 // kernels/reference/layernorm.ts
 function layernormForward2(x, w, b, C2, eps = 1e-5) {
   const rows2 = x.length / C2;
@@ -6953,8 +7576,8 @@ function layernormBackward2(dy, x, w, C2, eps = 1e-5) {
 }
 
 // tests/cases/layernorm.ts
-var cases6 = [];
-var TOL3 = {
+var cases7 = [];
+var TOL4 = {
   atol: 2e-5,
   rtol: 2e-5
 };
@@ -7015,7 +7638,7 @@ for (const [rows2, C2, variant] of [
     "workgroup"
   ]
 ]) {
-  cases6.push({
+  cases7.push({
     name: `layernorm (${variant}): forward, saved stats and backward match reference (${rows2}\xD7${C2})`,
     async run(gpu) {
       const x = randArray(rows2 * C2, rows2 * C2, -2, 3), w = randArray(C2, 2, 0.5, 1.5);
@@ -7028,8 +7651,8 @@ for (const [rows2, C2, variant] of [
         variant
       });
       const want = layernormForward2(x, w, b, C2);
-      assertClose(await gpu.readF32(f.y), want.y, TOL3, "y");
-      assertClose(await gpu.readF32(f.mean), want.mean, TOL3, "mean");
+      assertClose(await gpu.readF32(f.y), want.y, TOL4, "y");
+      assertClose(await gpu.readF32(f.mean), want.mean, TOL4, "mean");
       assertClose(await gpu.readF32(f.rstd), want.rstd, {
         atol: 1e-3,
         rtol: 1e-4
@@ -7058,7 +7681,7 @@ for (const [rows2, C2, variant] of [
     }
   });
 }
-cases6.push({
+cases7.push({
   name: "layernorm: reference gradients equal central finite differences; accumulateDx adds",
   async run(gpu) {
     const rows2 = 3, C2 = 7;
@@ -7104,7 +7727,7 @@ cases6.push({
         accumulateDx: true,
         variant
       });
-      assertClose(await gpu.readF32(dx), g.dx.map((v, i) => v + base[i]), TOL3, variant);
+      assertClose(await gpu.readF32(dx), g.dx.map((v, i) => v + base[i]), TOL4, variant);
     }
     await assertThrows(() => layernormForward(gpu, tx, gpu.zeros([
       6
@@ -7328,7 +7951,7 @@ function loadPeftAdapter(model2, configText, weights) {
 }
 
 // tests/cases/lora.ts
-var cases7 = [];
+var cases8 = [];
 var C = {
   ...OPT_PRESETS.tiny,
   vocab_size: 41
@@ -7405,7 +8028,7 @@ async function logits(gpu, model2) {
   model2.disposeActivations(acts);
   return l;
 }
-cases7.push({
+cases8.push({
   name: "lora: adapted forward equals the reference with W + (\u03B1/r)\xB7B\xB7A; disabled equals the base model",
   async run(gpu) {
     const { model: model2, base, lo } = await setup(gpu);
@@ -7427,7 +8050,7 @@ cases7.push({
     }, "disabled");
   }
 });
-cases7.push({
+cases8.push({
   name: "lora: A and B gradients equal reference finite differences; base weights get none",
   async run(gpu) {
     const { model: model2, base, lo } = await setup(gpu);
@@ -7482,7 +8105,7 @@ cases7.push({
     }
   }
 });
-cases7.push({
+cases8.push({
   name: "lora: merged equals unmerged; unmerge restores W; a training step leaves the base bit-identical",
   async run(gpu) {
     const { model: model2, base, lo } = await setup(gpu);
@@ -7532,7 +8155,7 @@ cases7.push({
     assertEquals(changed.length, lo.store.specs.length, "every adapter moved");
   }
 });
-cases7.push({
+cases8.push({
   name: "lora: a fresh adapter (B = 0) leaves the model unchanged; bad configs are named",
   async run(gpu) {
     const model2 = OptModel.create(gpu, C, {
@@ -7567,7 +8190,7 @@ cases7.push({
     }), ShapeError, "unknown LoRA target");
   }
 });
-cases7.push({
+cases8.push({
   name: "lora: a PEFT adapter (adapter_config.json + adapter_model.safetensors) round-trips with PEFT's names; adapters it cannot apply exactly are named errors",
   async run(gpu) {
     const { model: model2, base } = await setup(gpu);
@@ -7712,7 +8335,7 @@ function matmul2(a, b, o) {
 }
 
 // tests/cases/matmul.ts
-var TOL4 = {
+var TOL5 = {
   atol: 1e-5,
   rtol: 1e-5
 };
@@ -7747,9 +8370,9 @@ var SHAPES2 = [
     17
   ]
 ];
-var cases8 = [];
+var cases9 = [];
 for (const path of PATHS) {
-  cases8.push({
+  cases9.push({
     name: `matmul (${path} path): NN/NT/TN/TT on odd shapes match float64 reference`,
     async run(gpu) {
       let seed = 1;
@@ -7789,7 +8412,7 @@ for (const path of PATHS) {
               transA,
               transB
             });
-            assertClose(await gpu.readF32(c), want, TOL4, `C (${M}\xD7${K2}\xD7${N} tA=${transA} tB=${transB})`);
+            assertClose(await gpu.readF32(c), want, TOL5, `C (${M}\xD7${K2}\xD7${N} tA=${transA} tB=${transB})`);
             for (const t of [
               ta,
               tb,
@@ -7800,7 +8423,7 @@ for (const path of PATHS) {
       }
     }
   });
-  cases8.push({
+  cases9.push({
     name: `matmul (${path} path): batched, shared B, fused bias + ReLU, accumulate`,
     async run(gpu) {
       const batch2 = 3, M = 9, K2 = 21, N = 19;
@@ -7831,7 +8454,7 @@ for (const path of PATHS) {
         transB: true,
         bias,
         relu: true
-      }), TOL4, "batched bias relu");
+      }), TOL5, "batched bias relu");
       const acc = gpu.fromArray(c0, [
         batch2,
         M,
@@ -7856,7 +8479,7 @@ for (const path of PATHS) {
         relu: true,
         alpha: -0.75,
         accumulate: c0
-      }), TOL4, "alpha + accumulate + relu");
+      }), TOL5, "alpha + accumulate + relu");
       const b2 = b.subarray(0, K2 * N);
       const out = gpu.fromArray(c0, [
         batch2,
@@ -7878,10 +8501,10 @@ for (const path of PATHS) {
         K: K2,
         shareB: true,
         accumulate: c0
-      }), TOL4, "shared B accumulate");
+      }), TOL5, "shared B accumulate");
     }
   });
-  cases8.push({
+  cases9.push({
     name: `matmul (${path} path): backward (dA = dC\xB7B\u1D40, dB = A\u1D40\xB7dC) equals finite differences`,
     async run(gpu) {
       const M = 7, K2 = 5, N = 9;
@@ -7923,7 +8546,7 @@ for (const path of PATHS) {
     }
   });
 }
-cases8.push({
+cases9.push({
   name: "matmul (texture path): operands larger than the texture side are chunked in M, N and K",
   async run(_gpu) {
     const small = await Gpu.create({
@@ -7960,14 +8583,14 @@ cases8.push({
           shareB: true,
           bias,
           relu: relu3
-        }), TOL4, `chunked (relu=${relu3})`);
+        }), TOL5, `chunked (relu=${relu3})`);
       }
     } finally {
       small.destroy();
     }
   }
 });
-cases8.push({
+cases9.push({
   name: "matmul (texture path): 256-byte-aligned operands take the copy path (batched, chunked)",
   async run(gpu) {
     const small = await Gpu.create({
@@ -8009,7 +8632,7 @@ cases8.push({
           N,
           K: K2,
           bias
-        }), TOL4, `copy path (side ${g.textureSide})`);
+        }), TOL5, `copy path (side ${g.textureSide})`);
         const shared = matmul(g, g.fromArray(a, [
           batch2,
           M,
@@ -8024,14 +8647,14 @@ cases8.push({
           N,
           K: K2,
           shareB: true
-        }), TOL4, `copy path, shared B (side ${g.textureSide})`);
+        }), TOL5, `copy path, shared B (side ${g.textureSide})`);
       }
     } finally {
       small.destroy();
     }
   }
 });
-cases8.push({
+cases9.push({
   name: "matmul: empty inner dimension gives the bias; shape errors are named",
   async run(gpu) {
     const c = matmul(gpu, gpu.zeros([
@@ -8088,7 +8711,7 @@ cases8.push({
 });
 
 // tests/cases/opt.ts
-var cases9 = [];
+var cases10 = [];
 var TINY = OPT_PRESETS.tiny;
 var CONFIGS = [
   [
@@ -8265,16 +8888,16 @@ async function checkGrads(gpu, c) {
   model2.store.dispose();
 }
 for (const [label, c] of CONFIGS) {
-  cases9.push({
+  cases10.push({
     name: `opt (${label}): logits match the float64 reference model with left padding`,
     run: (gpu) => checkLogits(gpu, c)
   });
-  cases9.push({
+  cases10.push({
     name: `opt (${label}): every named parameter gradient equals reference finite differences`,
     run: (gpu) => checkGrads(gpu, c)
   });
 }
-cases9.push({
+cases10.push({
   name: "opt: a vocabulary too large for one binding is embedded, projected and trained in row chunks",
   async run(gpu) {
     const small = await Gpu.create({
@@ -8306,7 +8929,7 @@ cases9.push({
     }
   }
 });
-cases9.push({
+cases10.push({
   name: "opt: overfitting one batch drives the cross-entropy below 0.15 in 80 AdamW steps",
   async run(gpu) {
     const c = OPT_PRESETS.tiny;
@@ -8366,7 +8989,7 @@ cases9.push({
     model2.store.dispose();
   }
 });
-cases9.push({
+cases10.push({
   name: "opt: bad inputs get named errors",
   async run(gpu) {
     const model2 = OptModel.create(gpu, OPT_PRESETS.tiny, {
@@ -8398,7 +9021,7 @@ cases9.push({
     model2.store.dispose();
   }
 });
-cases9.push({
+cases10.push({
   name: "opt: token log-probs, reward sequence scores and a frozen copy",
   async run(gpu) {
     const c = {
@@ -8487,14 +9110,14 @@ function adamwStep2(param, grad, m, v, o) {
 }
 
 // tests/cases/optimizer.ts
-var cases10 = [];
+var cases11 = [];
 for (const n of [
   1,
   7,
   65,
   1e3
 ]) {
-  cases10.push({
+  cases11.push({
     name: `optimizer: five AdamW steps with weight decay and a GPU-side clip factor (n=${n})`,
     async run(gpu) {
       const p0 = randArray(n, n), tp = gpu.fromArray(p0);
@@ -8539,7 +9162,7 @@ for (const n of [
     }
   });
 }
-cases10.push({
+cases11.push({
   name: "optimizer: AdamW minimises a quadratic; learning-rate schedule values",
   async run(gpu) {
     const target = randArray(33, 1, -2, 2);
@@ -8666,8 +9289,8 @@ function globalNorm2(xs, maxNorm = 0) {
 }
 
 // tests/cases/reduce.ts
-var cases11 = [];
-var TOL5 = {
+var cases12 = [];
+var TOL6 = {
   atol: 1e-5,
   rtol: 1e-5
 };
@@ -8693,7 +9316,7 @@ for (const [rows2, cols] of [
     7
   ]
 ]) {
-  cases11.push({
+  cases12.push({
     name: `reduce: sum/mean/max along the last axis and column sums (${rows2}\xD7${cols})`,
     async run(gpu) {
       const x = randArray(rows2 * cols, rows2 * 100 + cols, -2, 2);
@@ -8701,9 +9324,9 @@ for (const [rows2, cols] of [
         rows2,
         cols
       ]);
-      assertClose(await gpu.readF32(sumLastAxis(gpu, t)), sumLastAxis2(x, cols), TOL5, "sum");
-      assertClose(await gpu.readF32(meanLastAxis(gpu, t)), meanLastAxis2(x, cols), TOL5, "mean");
-      assertClose(await gpu.readF32(maxLastAxis(gpu, t)), maxLastAxis2(x, cols), TOL5, "max");
+      assertClose(await gpu.readF32(sumLastAxis(gpu, t)), sumLastAxis2(x, cols), TOL6, "sum");
+      assertClose(await gpu.readF32(meanLastAxis(gpu, t)), meanLastAxis2(x, cols), TOL6, "mean");
+      assertClose(await gpu.readF32(maxLastAxis(gpu, t)), maxLastAxis2(x, cols), TOL6, "max");
       const acc = randArray(cols, 9);
       const out = gpu.fromArray(acc);
       sumColumns(gpu, t, {
@@ -8711,7 +9334,7 @@ for (const [rows2, cols] of [
         accumulate: true
       });
       const want = sumColumns2(x, cols).map((v, i) => v + acc[i]);
-      assertClose(await gpu.readF32(out), want, TOL5, "sumColumns accumulate");
+      assertClose(await gpu.readF32(out), want, TOL6, "sumColumns accumulate");
     }
   });
 }
@@ -8722,7 +9345,7 @@ for (const n of [
   4097,
   2e4
 ]) {
-  cases11.push({
+  cases12.push({
     name: `reduce: masked sum/mean/var and global L2 norm over ${n} elements`,
     async run(gpu) {
       const x = randArray(n, n, -3, 5);
@@ -8758,7 +9381,7 @@ for (const n of [
     }
   });
 }
-cases11.push({
+cases12.push({
   name: "reduce: clipGradNorm scales all gradients by min(1, maxNorm/norm) on the GPU",
   async run(gpu) {
     const a = randArray(65, 1, -1, 1), b = randArray(7, 2, -1, 1);
@@ -8774,9 +9397,9 @@ cases11.push({
     assertClose((await gpu.readF32(stats)).subarray(0, 2), [
       norm,
       coef
-    ], TOL5, "norm, coef");
-    assertClose(await gpu.readF32(ta), Array.from(a, (v) => v * coef), TOL5, "clipped a");
-    assertClose(await gpu.readF32(tb), Array.from(b, (v) => v * coef), TOL5, "clipped b");
+    ], TOL6, "norm, coef");
+    assertClose(await gpu.readF32(ta), Array.from(a, (v) => v * coef), TOL6, "clipped a");
+    assertClose(await gpu.readF32(tb), Array.from(b, (v) => v * coef), TOL6, "clipped b");
     const tc = gpu.fromArray([
       0.1,
       0.2
@@ -8799,7 +9422,7 @@ cases11.push({
     ])), ShapeError, "does not match");
   }
 });
-cases11.push({
+cases12.push({
   name: "reduce: an all-zero mask gives count 0, mean 0 and variance 0 (no NaN)",
   async run(gpu) {
     const s = await gpu.readF32(maskedStats(gpu, gpu.fromArray([
@@ -9173,8 +9796,8 @@ function ktoLoss2(policy, reference, desirable, z, o) {
 }
 
 // tests/cases/preference.ts
-var cases12 = [];
-var TOL6 = {
+var cases13 = [];
+var TOL7 = {
   atol: 1e-5,
   rtol: 1e-5
 };
@@ -9205,7 +9828,7 @@ for (const [rows2, T3] of [
     65
   ]
 ]) {
-  cases12.push({
+  cases13.push({
     name: `preference: sequence log-probs (sum and mean) and their backward vs reference and FD (${rows2}\xD7${T3})`,
     async run(gpu) {
       const logp = randArray(rows2 * T3, rows2 + T3, -6, 0), mask = responseMask(rows2, T3);
@@ -9224,11 +9847,11 @@ for (const [rows2, T3] of [
         const what = average ? "mean" : "sum";
         assertClose(await gpu.readF32(sequenceLogprobs(gpu, tl, tm, {
           average
-        })), sequenceLogprobs2(logp, mask, T3, average), TOL6, `sequence ${what}`);
+        })), sequenceLogprobs2(logp, mask, T3, average), TOL7, `sequence ${what}`);
         const want = sequenceLogprobsBackward2(dseq, mask, T3, average);
         assertClose(await gpu.readF32(sequenceLogprobsBackward(gpu, gpu.fromArray(dseq), tm, {
           average
-        })), want, TOL6, `sequence ${what} backward`);
+        })), want, TOL7, `sequence ${what} backward`);
         const f = (z) => sequenceLogprobs2(z, mask, T3, average).reduce((a, v, r) => a + v * dseq[r], 0);
         assertClose(want, finiteDiff(f, logp), FD_TOL, `sequence ${what} FD`);
       }
@@ -9247,7 +9870,7 @@ for (const B4 of [
   7,
   33
 ]) {
-  cases12.push({
+  cases13.push({
     name: `preference: DPO (sigmoid, hinge, IPO, robust) and SimPO losses, metrics and gradients vs reference and FD (B=${B4})`,
     async run(gpu) {
       const pol = randArray(2 * B4, 5 * B4, -12, -1), rf = randArray(2 * B4, 5 * B4 + 1, -12, -1);
@@ -9283,8 +9906,8 @@ for (const B4 of [
           want.margin,
           want.logpChosen,
           want.logpRejected
-        ], TOL6, `${lossType} metrics`);
-        assertClose(await gpu.readF32(got.dpolicy), want.dpolicy, TOL6, `${lossType} dpolicy`);
+        ], TOL7, `${lossType} metrics`);
+        assertClose(await gpu.readF32(got.dpolicy), want.dpolicy, TOL7, `${lossType} dpolicy`);
         assertClose(want.dpolicy, finiteDiff((z) => preferenceLoss2(z, rf, o).loss, pol, 1e-6), {
           atol: 1e-7,
           rtol: 1e-5
@@ -9293,7 +9916,7 @@ for (const B4 of [
     }
   });
 }
-cases12.push({
+cases13.push({
   name: "preference: DPO costs log 2 at \u03C1 = 0 and tends to its Taylor limit log 2 \u2212 \u03B2h/2 as \u03B2 \u2192 0",
   async run(gpu) {
     const pol = gpu.fromArray([
@@ -9320,7 +9943,7 @@ cases12.push({
       -0.025,
       0.025,
       0.025
-    ], TOL6, "\u2212\u03B2/4 each");
+    ], TOL7, "\u2212\u03B2/4 each");
     const p = [
       -3,
       -7,
@@ -9350,7 +9973,7 @@ for (const n of [
   7,
   33
 ]) {
-  cases12.push({
+  cases13.push({
     name: `preference: KTO loss, sums and gradient vs reference and FD; reference point z \u2265 0 (n=${n})`,
     async run(gpu) {
       const pol = randArray(n, 7 * n, -10, -1), rf = randArray(n, 7 * n + 1, -10, -1);
@@ -9366,7 +9989,7 @@ for (const n of [
       const zw = ktoReferencePoint2(pol, rf);
       assertClose(await gpu.readF32(z), [
         zw
-      ], TOL6, "z");
+      ], TOL7, "z");
       const neg = ktoReferencePoint(gpu, gpu.fromArray([
         -5
       ]), gpu.fromArray([
@@ -9380,8 +10003,8 @@ for (const n of [
       }, "z clipped");
       const got = ktoLoss(gpu, gpu.fromArray(pol), gpu.fromArray(rf), gpu.fromArray(label), z, o);
       const want = ktoLoss2(pol, rf, label, zw, o);
-      assertClose(await gpu.readF32(got.sums), want.sums, TOL6, "KTO sums");
-      assertClose(await gpu.readF32(got.dpolicy), want.dpolicy, TOL6, "KTO dpolicy");
+      assertClose(await gpu.readF32(got.sums), want.sums, TOL7, "KTO sums");
+      assertClose(await gpu.readF32(got.dpolicy), want.dpolicy, TOL7, "KTO dpolicy");
       assertClose(want.dpolicy, finiteDiff((x) => ktoLoss2(x, rf, label, zw, o).loss, pol, 1e-6), {
         atol: 1e-8,
         rtol: 1e-5
@@ -9389,7 +10012,7 @@ for (const n of [
     }
   });
 }
-cases12.push({
+cases13.push({
   name: "preference: bad arguments are named errors",
   async run(gpu) {
     const a = gpu.zeros([
@@ -10088,8 +10711,8 @@ function tokenPairRewardLoss2(vw, vl, span, P, T3) {
 }
 
 // tests/cases/rl.ts
-var cases13 = [];
-var TOL7 = {
+var cases14 = [];
+var TOL8 = {
   atol: 1e-5,
   rtol: 1e-5
 };
@@ -10102,7 +10725,7 @@ function responseMask2(B4, T3, seed) {
   }
   return m;
 }
-cases13.push({
+cases14.push({
   name: "rl: hand-worked GAE, shaped rewards, policy and value loss examples",
   async run(gpu) {
     const g = gae(gpu, gpu.fromArray([
@@ -10134,12 +10757,12 @@ cases13.push({
       0.45125,
       0.475,
       0.5
-    ], TOL7, "advantages");
+    ], TOL8, "advantages");
     assertClose(await gpu.readF32(g.returns), [
       0.95125,
       0.975,
       1
-    ], TOL7, "returns");
+    ], TOL8, "returns");
     const r = shapedRewards(gpu, gpu.fromArray([
       0.1,
       0.2,
@@ -10164,7 +10787,7 @@ cases13.push({
       0,
       -0.02,
       4.97
-    ], TOL7, "shaped rewards");
+    ], TOL8, "shaped rewards");
     const lp = Math.log(1.5);
     const pl = ppoPolicyLoss(gpu, gpu.fromArray([
       lp,
@@ -10182,14 +10805,14 @@ cases13.push({
     });
     assertClose((await gpu.readF32(pl.loss)).subarray(2, 3), [
       (-1.2 + 1.5) / 2
-    ], TOL7, "policy loss");
+    ], TOL8, "policy loss");
     assertClose((await gpu.readF32(pl.clipfrac)).subarray(2, 3), [
       0.5
-    ], TOL7, "clip fraction");
+    ], TOL8, "clip fraction");
     assertClose(await gpu.readF32(pl.dlogp), [
       0,
       1.5 / 2
-    ], TOL7, "policy gradient");
+    ], TOL8, "policy gradient");
     const vl = ppoValueLoss(gpu, gpu.fromArray([
       1
     ]), gpu.fromArray([
@@ -10203,10 +10826,10 @@ cases13.push({
     });
     assertClose((await gpu.readF32(vl.loss)).subarray(2, 3), [
       0.5
-    ], TOL7, "value loss");
+    ], TOL8, "value loss");
     assertClose(await gpu.readF32(vl.dvalues), [
       1
-    ], TOL7, "value gradient");
+    ], TOL8, "value gradient");
   }
 });
 for (const [B4, T3] of [
@@ -10227,7 +10850,7 @@ for (const [B4, T3] of [
     65
   ]
 ]) {
-  cases13.push({
+  cases14.push({
     name: `rl: KL estimators, rewards, GAE, whitening, explained variance match the reference (${B4}\xD7${T3})`,
     async run(gpu) {
       const n = B4 * T3, mask = responseMask2(B4, T3, n);
@@ -10249,7 +10872,7 @@ for (const [B4, T3] of [
           B4,
           T3
         ]), tm, kind);
-        assertClose(await gpu.readF32(got), klPenalty2(lp, lr, mask, kind), TOL7, `kl ${kind}`);
+        assertClose(await gpu.readF32(got), klPenalty2(lp, lr, mask, kind), TOL8, `kl ${kind}`);
       }
       const kl = klPenalty2(lp, lr, mask, "k3"), scores = randArray(B4, 3, -8, 8);
       const beta = gpu.fromArray([
@@ -10263,7 +10886,7 @@ for (const [B4, T3] of [
         scoreClip: 5
       });
       const rwant = shapedRewards2(Float32Array.from(kl), scores, mask, T3, 0.05, 5);
-      assertClose(await gpu.readF32(rw), rwant, TOL7, "rewards (\u03B2 on the GPU)");
+      assertClose(await gpu.readF32(rw), rwant, TOL8, "rewards (\u03B2 on the GPU)");
       const v = randArray(n, 4);
       const ga = gae(gpu, gpu.fromArray(Float32Array.from(rwant), [
         B4,
@@ -10315,7 +10938,7 @@ for (const [B4, T3] of [
       }, "explained variance");
     }
   });
-  cases13.push({
+  cases14.push({
     name: `rl: PPO policy and value losses, gradients and statistics vs reference and finite differences (${B4}\xD7${T3})`,
     async run(gpu) {
       const n = B4 * T3, mask = responseMask2(B4, T3, 7 * n);
@@ -10342,18 +10965,18 @@ for (const [B4, T3] of [
         (await gpu.readF32(got.loss))[2]
       ], [
         want.loss
-      ], TOL7, "policy loss");
+      ], TOL8, "policy loss");
       assertClose([
         (await gpu.readF32(got.clipfrac))[2]
       ], [
         want.clipfrac
-      ], TOL7, "clip fraction");
+      ], TOL8, "clip fraction");
       assertClose([
         (await gpu.readF32(got.approxkl))[2]
       ], [
         want.approxkl
-      ], TOL7, "approx KL");
-      assertClose(await gpu.readF32(got.dlogp), want.dlogp, TOL7, "dlogp");
+      ], TOL8, "approx KL");
+      assertClose(await gpu.readF32(got.dlogp), want.dlogp, TOL8, "dlogp");
       const fd = finiteDiff((z) => ppoPolicyLoss2(z, old, adv, mask, 0.2).loss, lp, 1e-7);
       assertClose(want.dlogp, fd, {
         atol: 1e-6,
@@ -10377,13 +11000,13 @@ for (const [B4, T3] of [
         (await gpu.readF32(vg.loss))[2]
       ], [
         vw.loss
-      ], TOL7, "value loss");
+      ], TOL8, "value loss");
       assertClose([
         (await gpu.readF32(vg.clipfrac))[2]
       ], [
         vw.clipfrac
-      ], TOL7, "value clip fraction");
-      assertClose(await gpu.readF32(vg.dvalues), vw.dvalues, TOL7, "dvalues");
+      ], TOL8, "value clip fraction");
+      assertClose(await gpu.readF32(vg.dvalues), vw.dvalues, TOL8, "dvalues");
       const fdv = finiteDiff((z) => ppoValueLoss2(z, vOld, ret, mask, 0.2).loss, vNew, 1e-7);
       assertClose(vw.dvalues, fdv, {
         atol: 1e-6,
@@ -10409,7 +11032,7 @@ for (const [P, K2, T3] of [
     9
   ]
 ]) {
-  cases13.push({
+  cases14.push({
     name: `rl: pairwise (margin), K-wise ranking and token-level RM losses with gradients (P=${P}, K=${K2}, T=${T3})`,
     async run(gpu) {
       const rw = randArray(P, P, -3, 3), rl = randArray(P, P + 1, -3, 3), m = randArray(P, P + 2, 0, 1);
@@ -10419,19 +11042,19 @@ for (const [P, K2, T3] of [
         (await gpu.readF32(got.loss))[2]
       ], [
         want.loss
-      ], TOL7, "pairwise loss");
+      ], TOL8, "pairwise loss");
       assertClose([
         (await gpu.readF32(got.accuracy))[2]
       ], [
         want.accuracy
-      ], TOL7, "accuracy");
+      ], TOL8, "accuracy");
       assertClose([
         (await gpu.readF32(got.margin))[2]
       ], [
         want.margin
-      ], TOL7, "mean margin");
-      assertClose(await gpu.readF32(got.dchosen), want.drw, TOL7, "d chosen");
-      assertClose(await gpu.readF32(got.drejected), want.drl, TOL7, "d rejected");
+      ], TOL8, "mean margin");
+      assertClose(await gpu.readF32(got.dchosen), want.drw, TOL8, "d chosen");
+      assertClose(await gpu.readF32(got.drejected), want.drl, TOL8, "d rejected");
       const tol = {
         atol: 1e-8,
         rtol: 1e-6
@@ -10447,13 +11070,13 @@ for (const [P, K2, T3] of [
         (await gpu.readF32(rk.loss))[2]
       ], [
         rkw.loss
-      ], TOL7, "ranking loss");
+      ], TOL8, "ranking loss");
       assertClose([
         (await gpu.readF32(rk.accuracy))[2]
       ], [
         rkw.accuracy
-      ], TOL7, "ranking accuracy");
-      assertClose(await gpu.readF32(rk.dscores), rkw.ds, TOL7, "d scores");
+      ], TOL8, "ranking accuracy");
+      assertClose(await gpu.readF32(rk.dscores), rkw.ds, TOL8, "d scores");
       assertClose(rkw.ds, finiteDiff((z) => rankingRewardLoss2(z, P, K2).loss, s), tol, "ranking FD");
       const vw = randArray(P * T3, 5), vl = randArray(P * T3, 6);
       const span = Float32Array.from({
@@ -10475,13 +11098,13 @@ for (const [P, K2, T3] of [
         (await gpu.readF32(tp.loss))[2]
       ], [
         tpw.loss
-      ], TOL7, "token-level loss");
-      assertClose(await gpu.readF32(tp.dchosen), tpw.dw, TOL7, "token-level d chosen");
+      ], TOL8, "token-level loss");
+      assertClose(await gpu.readF32(tp.dchosen), tpw.dw, TOL8, "token-level d chosen");
       assertClose(tpw.dw, finiteDiff((z) => tokenPairRewardLoss2(z, vl, span, P, T3).loss, vw), tol, "token-level FD");
     }
   });
 }
-cases13.push({
+cases14.push({
   name: "rl: bad arguments are named errors",
   async run(gpu) {
     const a = gpu.zeros([
@@ -10509,8 +11132,8 @@ cases13.push({
 });
 
 // tests/cases/runtime.ts
-var cases14 = [];
-cases14.push({
+var cases15 = [];
+cases15.push({
   name: "runtime: missing WebGPU or adapter gives WebGpuUnavailableError with advice",
   async run() {
     await assertThrows(() => Gpu.create({
@@ -10524,7 +11147,7 @@ cases14.push({
     }), WebGpuUnavailableError, "no GPU adapter");
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: tensors round-trip every dtype; shapes, reshape and intoShape are checked",
   async run(gpu) {
     const f = gpu.fromArray(new Float32Array([
@@ -10593,7 +11216,7 @@ cases14.push({
     await assertThrows(() => scale(gpu, x, 2), Error, "used after dispose");
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: the buffer pool reuses freed buffers by size class",
   run(gpu) {
     const a = gpu.empty([
@@ -10610,7 +11233,7 @@ cases14.push({
     assertEquals(gpu.pool.stats().live, live - 1, "live count");
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: a scope frees what it allocated except its result, also when it throws",
   async run(gpu) {
     const live0 = gpu.pool.stats().live;
@@ -10674,7 +11297,7 @@ cases14.push({
     assertEquals(gpu.pool.stats().live, live1 - 4, "nothing else was left to the caller");
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: device limits are enforced with GpuLimitError",
   async run(gpu) {
     const max = gpu.limits.maxStorageBufferBindingSize;
@@ -10691,7 +11314,7 @@ cases14.push({
     await assertThrows(() => gpu.scratchTexture(gpu.limits.maxTextureDimension2D + 1, 1, 1), GpuLimitError, "maxTextureDimension2D");
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: a step of many kernels is one submit; read is the sync point",
   async run(gpu) {
     const x = gpu.fromArray(new Float32Array([
@@ -10718,7 +11341,7 @@ cases14.push({
     ], "600 dispatches across uniform arenas");
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: a WGSL error surfaces as GpuValidationError at the next sync point",
   async run(gpu) {
     const bad = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }";
@@ -10736,7 +11359,7 @@ cases14.push({
     ]);
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: one tensor read twice is allowed (matmul(a, a) on both paths, add(x, x)); read + write or overlapping writes of one buffer are named errors",
   async run(gpu) {
     const a = gpu.fromArray(new Float32Array([
@@ -10830,7 +11453,7 @@ cases14.push({
     ]);
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: the WGSL write analysis behind the read-only binding check reads tricky code right",
   run() {
     const decl = "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n";
@@ -10864,7 +11487,7 @@ cases14.push({
     ]);
   }
 });
-cases14.push({
+cases15.push({
   name: "runtime: profiling mode times every dispatch and names its kernel and caller (timestamp queries, and one submit per dispatch)",
   async run(gpu) {
     for (const mode of [
@@ -10904,7 +11527,7 @@ cases14.push({
 });
 
 // tests/cases/safetensors.ts
-var cases15 = [];
+var cases16 = [];
 function build(header, data, headerLen) {
   const hb = new TextEncoder().encode(JSON.stringify(header));
   const out = new Uint8Array(8 + hb.length + data.length);
@@ -10913,7 +11536,7 @@ function build(header, data, headerLen) {
   out.set(data, 8 + hb.length);
   return out;
 }
-cases15.push({
+cases16.push({
   name: "safetensors: F32/I32/F16 round trip with metadata; header padded to 8 bytes",
   run() {
     const w = randArray(7 * 3, 1);
@@ -11014,7 +11637,7 @@ cases15.push({
     ], "bf16");
   }
 });
-cases15.push({
+cases16.push({
   name: "safetensors: malformed files get named errors",
   async run() {
     const ok = {
@@ -11177,7 +11800,7 @@ cases15.push({
     ]), SafetensorsError, "2 values for [3]");
   }
 });
-cases15.push({
+cases16.push({
   name: "safetensors: f16 conversions round-trip every finite half exactly",
   run() {
     let checked = 0;
@@ -11241,7 +11864,7 @@ function sampleRef(z, b, o) {
 }
 
 // tests/cases/sampling.ts
-var cases16 = [];
+var cases17 = [];
 function targets(gpu, B4, Tcap) {
   return {
     tokens: gpu.zeros([
@@ -11299,7 +11922,7 @@ for (const V of [
   33,
   300
 ]) {
-  cases16.push({
+  cases17.push({
     name: `sampling: greedy/temperature/top-k/top-p draws equal the reference (V=${V})`,
     async run(gpu) {
       const B4 = 9, Tcap = 3;
@@ -11349,7 +11972,7 @@ for (const V of [
     }
   });
 }
-cases16.push({
+cases17.push({
   name: "sampling: frequencies follow the renormalised top-k/top-p distribution",
   async run(gpu) {
     const V = 8, B4 = 6e3;
@@ -11405,7 +12028,7 @@ cases16.push({
     }
   }
 });
-cases16.push({
+cases17.push({
   name: "sampling: EOS finishes a row; finished rows get pad with mask 0; bad options are named",
   async run(gpu) {
     const V = 5, Tcap = 3;
@@ -11524,8 +12147,8 @@ function logitsBackward2(logits2, targets2, cols, dlogp, dentropy) {
 }
 
 // tests/cases/softmax.ts
-var cases17 = [];
-var TOL8 = {
+var cases18 = [];
+var TOL9 = {
   atol: 2e-6,
   rtol: 2e-5
 };
@@ -11551,7 +12174,7 @@ for (const [rows2, cols] of [
     7
   ]
 ]) {
-  cases17.push({
+  cases18.push({
     name: `softmax: softmax, log-softmax, token logprobs, entropy, cross-entropy (${rows2}\xD7${cols})`,
     async run(gpu) {
       const x = randArray(rows2 * cols, rows2 + 7 * cols, -8, 8);
@@ -11561,7 +12184,7 @@ for (const [rows2, cols] of [
         rows2,
         cols
       ]), tt = gpu.fromArray(tg);
-      assertClose(await gpu.readF32(softmax(gpu, tx)), softmax2(x, cols), TOL8, "softmax");
+      assertClose(await gpu.readF32(softmax(gpu, tx)), softmax2(x, cols), TOL9, "softmax");
       assertClose(await gpu.readF32(logSoftmax(gpu, tx)), softmax2(x, cols, true), {
         atol: 1e-5,
         rtol: 1e-5
@@ -11594,7 +12217,7 @@ for (const [rows2, cols] of [
     65
   ]
 ]) {
-  cases17.push({
+  cases18.push({
     name: `softmax: fused logits backward matches reference and finite differences (${rows2}\xD7${cols})`,
     async run(gpu) {
       const x = randArray(rows2 * cols, 40 + cols, -3, 3);
@@ -11628,7 +12251,7 @@ for (const [rows2, cols] of [
           entropy: fwd.entropy
         });
         const want = logitsBackward2(x, tg, cols, v.dlogp, v.dentropy);
-        assertClose(await gpu.readF32(got), want, TOL8, "dlogits vs reference");
+        assertClose(await gpu.readF32(got), want, TOL9, "dlogits vs reference");
         const fd = finiteDiff((z) => {
           const r = tokenLogprobs2(z, tg, cols);
           return (v.dlogp ? dot(v.dlogp, r.logp) : 0) + (v.dentropy ? dot(v.dentropy, r.entropy) : 0);
@@ -11639,11 +12262,11 @@ for (const [rows2, cols] of [
         }, "reference vs finite differences");
       }
       const dce = crossEntropyBackward(gpu, tx, tt, fwd.lse, tgl);
-      assertClose(await gpu.readF32(dce), logitsBackward2(x, tg, cols, Array.from(gl, (g) => -g)), TOL8, "cross-entropy backward");
+      assertClose(await gpu.readF32(dce), logitsBackward2(x, tg, cols, Array.from(gl, (g) => -g)), TOL9, "cross-entropy backward");
     }
   });
 }
-cases17.push({
+cases18.push({
   name: "softmax: extreme logits stay finite; wrong target dtype or count is a named error",
   async run(gpu) {
     const tx = gpu.fromArray([
@@ -11923,8 +12546,8 @@ function readPairs(text, source = "<pairs>") {
 }
 
 // tests/cases/task.ts
-var cases18 = [];
-cases18.push({
+var cases19 = [];
+cases19.push({
   name: "task: gold scores, determinism, label noise, hh-rlhf round trip and headroom",
   run() {
     const q = {
@@ -12205,8 +12828,8 @@ var BpeTokenizer = class _BpeTokenizer {
 };
 
 // tests/cases/tokenizer.ts
-var cases19 = [];
-cases19.push({
+var cases20 = [];
+cases20.push({
   name: "tokenizer: byte-level round-trips unicode with OPT-style specials",
   async run() {
     const tok = new ByteTokenizer();
@@ -12248,7 +12871,7 @@ var VOCAB = {
   "!": 12
 };
 var MERGES = "#version: 0.2\na b\n\u0120 ab\nab c\n\u0120 a\n";
-cases19.push({
+cases20.push({
   name: "tokenizer: BPE applies merges by rank, handles specials and rejects bad files",
   async run() {
     const tok = BpeTokenizer.fromText(JSON.stringify(VOCAB), MERGES);
@@ -12307,25 +12930,26 @@ cases19.push({
 
 // tests/cases/all.ts
 var ALL_CASES = [
-  ...cases14,
+  ...cases15,
   ...cases3,
-  ...cases8,
-  ...cases11,
-  ...cases17,
-  ...cases6,
-  ...cases4,
-  ...cases,
-  ...cases10,
-  ...cases16,
-  ...cases13,
+  ...cases9,
   ...cases12,
   ...cases18,
-  ...cases15,
+  ...cases7,
+  ...cases4,
+  ...cases,
+  ...cases11,
+  ...cases17,
+  ...cases14,
+  ...cases6,
+  ...cases13,
   ...cases19,
-  ...cases9,
+  ...cases16,
+  ...cases20,
+  ...cases10,
   ...cases2,
   ...cases5,
-  ...cases7
+  ...cases8
 ];
 
 // tests/browser_cases.ts

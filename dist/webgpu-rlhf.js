@@ -3896,6 +3896,201 @@ function tokenPairRewardLoss(gpu, valuesChosen, valuesRejected, span) {
   return out;
 }
 
+// kernels/group.ts
+var ADVANTAGES = `
+struct P { n: u32, g: u32, mode: u32, loo: u32 }
+@group(0) @binding(0) var<storage, read> r: array<f32>;          // (N) rewards
+@group(0) @binding(1) var<storage, read> batch: array<f32>;      // maskedStats(r): [3] = var
+@group(0) @binding(2) var<storage, read_write> adv: array<f32>;  // (N)
+@group(0) @binding(3) var<storage, read_write> zero_std: array<f32>; // (N / G) 1 = rewards tie
+@group(0) @binding(4) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let g0 = (i / p.g) * p.g;
+  let gf = f32(p.g);
+  var s = 0.0;
+  for (var j = 0u; j < p.g; j++) { s += r[g0 + j]; }
+  let mean = s / gf;
+  var ss = 0.0;
+  for (var j = 0u; j < p.g; j++) { let d = r[g0 + j] - mean; ss += d * d; }
+  let std_g = sqrt(ss / (gf - 1.0));  // unbiased, as torch.std
+  if (i == g0) { zero_std[i / p.g] = select(0.0, 1.0, std_g <= 1e-8); }
+  if (p.loo == 1u) {
+    adv[i] = r[i] - (s - r[i]) / (gf - 1.0);
+    return;
+  }
+  var a = r[i] - mean;
+  if (p.mode == 0u) { a = a / (std_g + 1e-4); }
+  else if (p.mode == 1u) { a = a / (sqrt(batch[3]) + 1e-4); }
+  adv[i] = a;
+}`;
+function groupAdvantages(gpu, rewards, o) {
+  const G = o.groupSize, N = rewards.size;
+  checkShape(rewards.dtype === "f32", `groupAdvantages: rewards must be f32, got ${rewards.dtype}`);
+  checkShape(Number.isInteger(G) && G >= 2 && N % G === 0, `groupAdvantages: groupSize must be an integer \u2265 2 dividing ${N} rewards, got ${G}`);
+  const scale3 = o.scale ?? "group";
+  const mode = {
+    group: 0,
+    batch: 1,
+    none: 2
+  }[scale3];
+  checkShape(mode !== void 0, `groupAdvantages: unknown scale "${scale3}"`);
+  const loo = (o.baseline ?? "mean") === "leave-one-out" ? 1 : 0;
+  const batch = maskedStats(gpu, rewards, void 0, {
+    unbiased: true
+  });
+  const advantages = gpu.empty([
+    N
+  ]), zeroStd = gpu.empty([
+    N / G
+  ]);
+  gpu.dispatch(gpu.pipeline(ADVANTAGES), [
+    rewards,
+    batch,
+    advantages,
+    zeroStd
+  ], gpu.grid(groups(N)), new Params().u32(N, G, mode, loo));
+  batch.dispose();
+  return {
+    advantages,
+    zeroStd
+  };
+}
+var AGGREGATION = {
+  grpo: 0,
+  bnpo: 1,
+  dr_grpo: 2,
+  dapo: 3
+};
+var LOSS = `
+struct P { n: u32, t: u32, rows: u32, mode: u32, lo: f32, hi: f32, beta: f32, use_ref: u32,
+           max_len: f32, tokens: f32 }
+@group(0) @binding(0) var<storage, read> logp: array<f32>;      // (B, T)
+@group(0) @binding(1) var<storage, read> logp_old: array<f32>;  // (B, T)
+@group(0) @binding(2) var<storage, read> logp_ref: array<f32>;  // (B, T) or placeholder
+@group(0) @binding(3) var<storage, read> adv: array<f32>;       // (B)
+@group(0) @binding(4) var<storage, read> mask: array<f32>;      // (B, T)
+@group(0) @binding(5) var<storage, read> row_count: array<f32>; // (B) \u03A3_t mask
+@group(0) @binding(6) var<storage, read> count: array<f32>;     // maskedStats(mask): [0] = \u03A3 mask
+@group(0) @binding(7) var<storage, read_write> loss: array<f32>;  // weighted per-token loss
+@group(0) @binding(8) var<storage, read_write> low: array<f32>;   // clipped below (A < 0)
+@group(0) @binding(9) var<storage, read_write> high: array<f32>;  // clipped above (A > 0)
+@group(0) @binding(10) var<storage, read_write> kl: array<f32>;   // k3 per token
+@group(0) @binding(11) var<storage, read_write> dlogp: array<f32>;
+@group(0) @binding(12) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let b = i / p.t;
+  let m = mask[i] != 0.0;
+  let a = adv[b];
+  let ratio = exp(logp[i] - logp_old[i]);
+  let c1 = ratio * a;
+  let c2 = clamp(ratio, 1.0 - p.lo, 1.0 + p.hi) * a;
+  var l = -min(c1, c2);
+  // the unclipped branch carries the gradient \u2212A\xB7ratio; the clipped one is constant
+  var g = select(0.0, -a * ratio, c1 <= c2);
+  var k = 0.0;
+  if (p.use_ref == 1u) {
+    let d = logp_ref[i] - logp[i];
+    k = exp(d) - d - 1.0;
+    l += p.beta * k;
+    g += p.beta * (1.0 - exp(d));
+  }
+  // weight of a token in the aggregated loss
+  var w = 1.0 / max(count[0], 1.0);                                   // bnpo
+  if (p.mode == 0u) { w = 1.0 / (f32(p.rows) * max(row_count[b], 1.0)); }  // grpo
+  else if (p.mode == 2u) { w = 1.0 / (f32(p.rows) * p.max_len); }         // dr_grpo
+  else if (p.mode == 3u) { w = 1.0 / max(p.tokens, 1.0); }              // dapo
+  loss[i] = select(0.0, w * l, m);
+  low[i] = select(0.0, 1.0, m && ratio < 1.0 - p.lo && a < 0.0);
+  high[i] = select(0.0, 1.0, m && ratio > 1.0 + p.hi && a > 0.0);
+  kl[i] = select(0.0, k, m);
+  dlogp[i] = select(0.0, w * g, m);
+}`;
+function grpoLoss(gpu, logp, logpOld, advantages, mask, o) {
+  checkShape(logp.shape.length === 2, `grpoLoss: logp must be (B, T), got [${logp.shape}]`);
+  const [B, T] = logp.shape;
+  for (const [name, t] of [
+    [
+      "logpOld",
+      logpOld
+    ],
+    [
+      "mask",
+      mask
+    ],
+    [
+      "logpRef",
+      o.logpRef
+    ]
+  ]) {
+    if (!t) continue;
+    checkShape(t.dtype === "f32" && t.size === B * T, `grpoLoss: ${name} must be f32 (${B}, ${T}), got ${t.dtype} [${t.shape}]`);
+  }
+  checkShape(advantages.dtype === "f32" && advantages.size === B, `grpoLoss: advantages must be f32 (${B}), one per sequence, got [${advantages.shape}]`);
+  checkShape(o.epsilonLow > 0 && o.epsilonLow < 1 && o.epsilonHigh > 0, `grpoLoss: need 0 < epsilonLow < 1 and epsilonHigh > 0, got ${o.epsilonLow}, ${o.epsilonHigh}`);
+  checkShape(o.beta >= 0, `grpoLoss: beta must be \u2265 0, got ${o.beta}`);
+  checkShape(o.beta === 0 || o.logpRef !== void 0, "grpoLoss: beta > 0 needs logpRef");
+  const mode = AGGREGATION[o.aggregation];
+  checkShape(mode !== void 0, `grpoLoss: unknown aggregation "${o.aggregation}"`);
+  const maxLen = o.maxCompletionLength ?? 0;
+  checkShape(o.aggregation !== "dr_grpo" || maxLen >= 1, "grpoLoss: dr_grpo needs maxCompletionLength \u2265 1");
+  checkShape(o.tokenCount === void 0 || o.tokenCount >= 0, `grpoLoss: tokenCount must be \u2265 0, got ${o.tokenCount}`);
+  const rowCount = sumLastAxis(gpu, mask.reshape([
+    B,
+    T
+  ]));
+  const count = maskedStats(gpu, mask);
+  const loss = gpu.empty([
+    B,
+    T
+  ]), low = gpu.empty([
+    B,
+    T
+  ]), high = gpu.empty([
+    B,
+    T
+  ]);
+  const kl = gpu.empty([
+    B,
+    T
+  ]), dlogp = gpu.empty([
+    B,
+    T
+  ]);
+  const tokens = o.tokenCount;
+  gpu.dispatch(gpu.pipeline(LOSS), [
+    logp,
+    logpOld,
+    o.logpRef ?? gpu.placeholder(),
+    advantages,
+    mask,
+    rowCount,
+    count,
+    loss,
+    low,
+    high,
+    kl,
+    dlogp
+  ], gpu.grid(groups(B * T)), new Params().u32(B * T, T, B, o.aggregation === "dapo" && tokens === void 0 ? 1 : mode).f32(o.epsilonLow, o.epsilonHigh, o.beta).u32(o.logpRef ? 1 : 0).f32(maxLen, tokens ?? 0));
+  const out = {
+    dlogp,
+    loss: maskedStats(gpu, loss, mask),
+    clipLow: maskedStats(gpu, low, mask),
+    clipHigh: maskedStats(gpu, high, mask),
+    kl: maskedStats(gpu, kl, mask)
+  };
+  for (const t of [
+    rowCount,
+    count,
+    loss,
+    low,
+    high,
+    kl
+  ]) t.dispose();
+  return out;
+}
+
 // kernels/preference.ts
 var SIGMOID_WGSL2 = `
 fn log_sigmoid(x: f32) -> f32 { return -(max(-x, 0.0) + log(1.0 + exp(-abs(x)))); }
@@ -4163,6 +4358,7 @@ __export(mod_exports, {
   attention: () => attention_exports,
   elementwise: () => elementwise_exports,
   embedding: () => embedding_exports,
+  group: () => group_exports,
   layernorm: () => layernorm_exports,
   matmul: () => matmul_exports,
   optimizer: () => optimizer_exports,
@@ -4358,6 +4554,80 @@ function lastMaskedValuesBackward2(dscore, index, T) {
   const dv = new Float64Array(dscore.length * T);
   for (let b = 0; b < dscore.length; b++) if (index[b] >= 0) dv[b * T + index[b]] = dscore[b];
   return dv;
+}
+
+// kernels/reference/group.ts
+var group_exports = {};
+__export(group_exports, {
+  groupAdvantages: () => groupAdvantages2,
+  grpoLoss: () => grpoLoss2
+});
+function groupAdvantages2(r, G, scale3, baseline = "mean") {
+  const N = r.length, advantages = new Float64Array(N), zeroStd = new Float64Array(N / G);
+  let bm = 0;
+  for (let i = 0; i < N; i++) bm += r[i] / N;
+  let bv = 0;
+  for (let i = 0; i < N; i++) bv += (r[i] - bm) ** 2 / (N - 1);
+  for (let g = 0; g < N / G; g++) {
+    let s = 0;
+    for (let j = 0; j < G; j++) s += r[g * G + j];
+    const mean = s / G;
+    let ss = 0;
+    for (let j = 0; j < G; j++) ss += (r[g * G + j] - mean) ** 2;
+    const std = Math.sqrt(ss / (G - 1));
+    zeroStd[g] = std <= 1e-8 ? 1 : 0;
+    for (let j = 0; j < G; j++) {
+      const i = g * G + j;
+      if (baseline === "leave-one-out") advantages[i] = r[i] - (s - r[i]) / (G - 1);
+      else if (scale3 === "group") advantages[i] = (r[i] - mean) / (std + 1e-4);
+      else if (scale3 === "batch") advantages[i] = (r[i] - mean) / (Math.sqrt(bv) + 1e-4);
+      else advantages[i] = r[i] - mean;
+    }
+  }
+  return {
+    advantages,
+    zeroStd
+  };
+}
+function grpoLoss2(logp, old, adv, mask, T, o) {
+  const n = logp.length, B = n / T;
+  let total = 0;
+  const rows3 = new Float64Array(B);
+  for (let i = 0; i < n; i++) {
+    total += mask[i];
+    rows3[Math.floor(i / T)] += mask[i];
+  }
+  const dlogp = new Float64Array(n);
+  let loss = 0, low = 0, high = 0, kl = 0;
+  for (let i = 0; i < n; i++) {
+    if (mask[i] === 0) continue;
+    const b = Math.floor(i / T), a = adv[b];
+    const ratio = Math.exp(logp[i] - old[i]);
+    const c1 = ratio * a;
+    const c2 = Math.min(1 + o.epsilonHigh, Math.max(1 - o.epsilonLow, ratio)) * a;
+    let l = -Math.min(c1, c2);
+    let g = c1 <= c2 ? -a * ratio : 0;
+    if (o.logpRef) {
+      const d = o.logpRef[i] - logp[i];
+      const k = Math.exp(d) - d - 1;
+      l += o.beta * k;
+      g += o.beta * (1 - Math.exp(d));
+      kl += k;
+    }
+    const w = o.aggregation === "grpo" ? 1 / (B * Math.max(rows3[b], 1)) : o.aggregation === "dr_grpo" ? 1 / (B * o.maxCompletionLength) : o.aggregation === "dapo" && o.tokenCount !== void 0 ? 1 / Math.max(o.tokenCount, 1) : 1 / Math.max(total, 1);
+    loss += w * l;
+    dlogp[i] = w * g;
+    if (ratio < 1 - o.epsilonLow && a < 0) low++;
+    if (ratio > 1 + o.epsilonHigh && a > 0) high++;
+  }
+  const c = Math.max(total, 1);
+  return {
+    loss,
+    dlogp,
+    clipLow: low / c,
+    clipHigh: high / c,
+    kl: kl / c
+  };
 }
 
 // kernels/reference/layernorm.ts
@@ -11972,6 +12242,8 @@ export {
   goldScore,
   gradeAll,
   graderByName,
+  groupAdvantages,
+  grpoLoss,
   implicitReward,
   klPenalty,
   ktoLoss,

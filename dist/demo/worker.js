@@ -3820,6 +3820,80 @@ function tokenPairRewardLoss(gpu2, valuesChosen, valuesRejected, span) {
   return out;
 }
 
+// kernels/group.ts
+var ADVANTAGES = `
+struct P { n: u32, g: u32, mode: u32, loo: u32 }
+@group(0) @binding(0) var<storage, read> r: array<f32>;          // (N) rewards
+@group(0) @binding(1) var<storage, read> batch: array<f32>;      // maskedStats(r): [3] = var
+@group(0) @binding(2) var<storage, read_write> adv: array<f32>;  // (N)
+@group(0) @binding(3) var<storage, read_write> zero_std: array<f32>; // (N / G) 1 = rewards tie
+@group(0) @binding(4) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let g0 = (i / p.g) * p.g;
+  let gf = f32(p.g);
+  var s = 0.0;
+  for (var j = 0u; j < p.g; j++) { s += r[g0 + j]; }
+  let mean = s / gf;
+  var ss = 0.0;
+  for (var j = 0u; j < p.g; j++) { let d = r[g0 + j] - mean; ss += d * d; }
+  let std_g = sqrt(ss / (gf - 1.0));  // unbiased, as torch.std
+  if (i == g0) { zero_std[i / p.g] = select(0.0, 1.0, std_g <= 1e-8); }
+  if (p.loo == 1u) {
+    adv[i] = r[i] - (s - r[i]) / (gf - 1.0);
+    return;
+  }
+  var a = r[i] - mean;
+  if (p.mode == 0u) { a = a / (std_g + 1e-4); }
+  else if (p.mode == 1u) { a = a / (sqrt(batch[3]) + 1e-4); }
+  adv[i] = a;
+}`;
+var LOSS = `
+struct P { n: u32, t: u32, rows: u32, mode: u32, lo: f32, hi: f32, beta: f32, use_ref: u32,
+           max_len: f32, tokens: f32 }
+@group(0) @binding(0) var<storage, read> logp: array<f32>;      // (B, T)
+@group(0) @binding(1) var<storage, read> logp_old: array<f32>;  // (B, T)
+@group(0) @binding(2) var<storage, read> logp_ref: array<f32>;  // (B, T) or placeholder
+@group(0) @binding(3) var<storage, read> adv: array<f32>;       // (B)
+@group(0) @binding(4) var<storage, read> mask: array<f32>;      // (B, T)
+@group(0) @binding(5) var<storage, read> row_count: array<f32>; // (B) \u03A3_t mask
+@group(0) @binding(6) var<storage, read> count: array<f32>;     // maskedStats(mask): [0] = \u03A3 mask
+@group(0) @binding(7) var<storage, read_write> loss: array<f32>;  // weighted per-token loss
+@group(0) @binding(8) var<storage, read_write> low: array<f32>;   // clipped below (A < 0)
+@group(0) @binding(9) var<storage, read_write> high: array<f32>;  // clipped above (A > 0)
+@group(0) @binding(10) var<storage, read_write> kl: array<f32>;   // k3 per token
+@group(0) @binding(11) var<storage, read_write> dlogp: array<f32>;
+@group(0) @binding(12) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  let b = i / p.t;
+  let m = mask[i] != 0.0;
+  let a = adv[b];
+  let ratio = exp(logp[i] - logp_old[i]);
+  let c1 = ratio * a;
+  let c2 = clamp(ratio, 1.0 - p.lo, 1.0 + p.hi) * a;
+  var l = -min(c1, c2);
+  // the unclipped branch carries the gradient \u2212A\xB7ratio; the clipped one is constant
+  var g = select(0.0, -a * ratio, c1 <= c2);
+  var k = 0.0;
+  if (p.use_ref == 1u) {
+    let d = logp_ref[i] - logp[i];
+    k = exp(d) - d - 1.0;
+    l += p.beta * k;
+    g += p.beta * (1.0 - exp(d));
+  }
+  // weight of a token in the aggregated loss
+  var w = 1.0 / max(count[0], 1.0);                                   // bnpo
+  if (p.mode == 0u) { w = 1.0 / (f32(p.rows) * max(row_count[b], 1.0)); }  // grpo
+  else if (p.mode == 2u) { w = 1.0 / (f32(p.rows) * p.max_len); }         // dr_grpo
+  else if (p.mode == 3u) { w = 1.0 / max(p.tokens, 1.0); }              // dapo
+  loss[i] = select(0.0, w * l, m);
+  low[i] = select(0.0, 1.0, m && ratio < 1.0 - p.lo && a < 0.0);
+  high[i] = select(0.0, 1.0, m && ratio > 1.0 + p.hi && a > 0.0);
+  kl[i] = select(0.0, k, m);
+  dlogp[i] = select(0.0, w * g, m);
+}`;
+
 // kernels/preference.ts
 var SIGMOID_WGSL2 = `
 fn log_sigmoid(x: f32) -> f32 { return -(max(-x, 0.0) + log(1.0 + exp(-abs(x)))); }

@@ -16,6 +16,7 @@
 export * as attention from "./attention.ts";
 export * as elementwise from "./elementwise.ts";
 export * as embedding from "./embedding.ts";
+export * as group from "./group.ts";
 export * as layernorm from "./layernorm.ts";
 export * as matmul from "./matmul.ts";
 export * as optimizer from "./optimizer.ts";

@@ -5,6 +5,7 @@ import { cases as checkpoint } from "./checkpoint.ts";
 import { cases as elementwise } from "./elementwise.ts";
 import { cases as embedding } from "./embedding.ts";
 import { cases as generate } from "./generate.ts";
+import { cases as group } from "./group.ts";
 import { cases as layernorm } from "./layernorm.ts";
 import { cases as lora } from "./lora.ts";
 import { cases as matmul } from "./matmul.ts";
@@ -32,6 +33,7 @@ export const ALL_CASES: Case[] = [
   ...optimizer,
   ...sampling,
   ...rl,
+  ...group,
   ...preference,
   ...task,
   ...safetensors,
