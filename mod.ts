@@ -381,6 +381,16 @@ export {
   UnknownGraderError,
   weightedGrader,
 } from "./trainer/graders.ts";
+export { graderReward, modelReward, type Reward } from "./trainer/reward.ts";
+export {
+  type GroupSample,
+  GRPO_SCHEMA,
+  type GrpoConfig,
+  type GrpoData,
+  type GrpoHooks,
+  GrpoTrainer,
+  type GrpoTrainerState,
+} from "./trainer/grpo.ts";
 export {
   labelComparisons,
   labelExamples,

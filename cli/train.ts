@@ -18,13 +18,15 @@
  * @module
  */
 
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { NonFiniteValueError } from "../kernels/errors.ts";
 import { Gpu } from "../kernels/runtime.ts";
 import { ConfigError, resolveSections } from "../trainer/config.ts";
 import { describeVerdict } from "../trainer/hacking.ts";
 import { type PipelineHooks, runPipeline } from "../trainer/pipeline.ts";
 import { pipelineOf, PIPELINES, PRESETS } from "../trainer/registry.ts";
+import type { RecipeIo } from "../trainer/recipe.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { writeAdapterDir, writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
 import { type ArgSpec, parseArgs, UsageError } from "./args.ts";
@@ -50,6 +52,7 @@ export const METHODS: Record<string, string> = {
   robust: "robust",
   simpo: "simpo",
   kto: "kto",
+  grpo: "grpo",
 };
 
 /** The value of `--name` on a command line, if any. */
@@ -80,10 +83,42 @@ function presetOf(argv: string[]): string | undefined {
     if (method === "ppo") {
       throw new UsageError("--method=ppo on your own checkpoints is --preset=simple-rlhf-tiny");
     }
+    if (!PIPELINES[`checkpoint-${method}`]) {
+      throw new UsageError(`--method=${method} runs on the built-in task only (no --data.policy)`);
+    }
     return `checkpoint-${method}`;
   }
   return METHODS[method];
 }
+
+/** `--reward=X` (and `--reward X`) is `--reward.source=X` where the pipeline has a reward section. */
+function rewardAlias(argv: string[], has: boolean, preset: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a !== "--reward" && !a.startsWith("--reward=")) {
+      out.push(a);
+      continue;
+    }
+    if (!has) {
+      throw new UsageError(`--reward: the ${preset} pipeline takes no reward (it has no reward.)`);
+    }
+    const v = a === "--reward" ? argv[++i] : a.slice("--reward=".length);
+    if (v === undefined) throw new UsageError("--reward needs a value");
+    out.push(`--reward.source=${v}`);
+  }
+  return out;
+}
+
+/**
+ * The files and modules of a run on this machine: reads with Deno, imports a user's module
+ * (`--reward=./my_grader.ts`) by its path relative to the working directory, or a URL.
+ */
+export const LOCAL_IO: RecipeIo = {
+  read: (p) => Deno.readFile(p),
+  importModule: (p) =>
+    import(/^[a-z][a-z0-9+.-]*:\/\//i.test(p) ? p : pathToFileURL(resolve(p)).href),
+};
 
 /** A parsed `deno task train` command line. */
 export interface TrainArgs {
@@ -115,6 +150,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainArgs> {
     );
   }
   const def = PIPELINES[preset.pipeline]({ read: () => Promise.reject(new Error("no files")) });
+  argv = rewardAlias(argv, "reward" in def.sections, presetName);
   const { flags } = parseArgs(argv, SPEC, { sections: def.sections, noPositional: true });
   const overrides: Record<string, unknown> = { ...preset.overrides };
   const given = new Set<string>();
@@ -218,7 +254,7 @@ async function savedRun(dir: string, name: string) {
     throw new ConfigError(`${dir}/config.json: not an object`);
   }
   const { pipeline: _, ...sections } = saved;
-  const def = PIPELINES[pipelineOf(saved)]({ read: (p) => Deno.readFile(p) });
+  const def = PIPELINES[pipelineOf(saved)](LOCAL_IO);
   try {
     return { def, cfg: resolveSections(def.sections, sections, def.defaults) };
   } catch (e) {
@@ -265,7 +301,7 @@ async function truncateMetrics(
  * the same config) the identical config.
  */
 async function prepareRun(args: TrainArgs) {
-  let def = PIPELINES[args.pipeline]({ read: (p) => Deno.readFile(p) });
+  let def = PIPELINES[args.pipeline](LOCAL_IO);
   let cfg = resolveSections(def.sections, args.overrides, def.defaults);
   const dir = join(args.out, cfg.run.name);
   if (!args.resume) def.validate?.(cfg); // before the run folder exists

@@ -8480,7 +8480,8 @@ async function sampleAndScore(policy, reward, tok, prompts, o) {
       ...o,
       greedy: o.temperature === 0
     });
-    const scores = reward ? await policy.gpu.readF32(typeof reward === "function" ? reward(r) : sequenceScores(reward, r.tokens, r.attentionMask)) : void 0;
+    const device = (t) => t instanceof Float32Array ? t : policy.gpu.readF32(t);
+    const scores = reward === void 0 ? void 0 : typeof reward === "function" ? await device(await reward(r)) : await device(sequenceScores(reward, r.tokens, r.attentionMask));
     return r.texts.map((x, b) => ({
       ...x,
       score: scores?.[b] ?? NaN
@@ -11734,42 +11735,6 @@ function checkpointPreferencePipeline(io, method) {
   };
 }
 
-// trainer/registry.ts
-var PIPELINES = {
-  builtin: () => BUILTIN_PIPELINE,
-  "builtin-dpo": () => DPO_PIPELINE,
-  "builtin-kto": () => KTO_PIPELINE,
-  "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
-  "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
-  "simple-rlhf-tiny": recipePipeline
-};
-var PRESETS = {
-  ...Object.fromEntries(Object.entries(PIPELINE_PRESETS).map(([k, v]) => [
-    k,
-    {
-      pipeline: "builtin",
-      overrides: v
-    }
-  ])),
-  ...PREFERENCE_PRESETS,
-  // the same methods on your own checkpoint and data (`--method=X --data.policy=DIR`)
-  ...Object.fromEntries(Object.entries(PREFERENCE_PRESETS).map(([k, v]) => [
-    `checkpoint-${k}`,
-    {
-      pipeline: v.pipeline.replace("builtin-", "checkpoint-"),
-      overrides: Object.fromEntries(Object.entries(v.overrides).filter(([key]) => key !== "run.name"))
-    }
-  ])),
-  "simple-rlhf-tiny": {
-    pipeline: "simple-rlhf-tiny",
-    overrides: {}
-  }
-};
-function pipelineOf(saved) {
-  if (typeof saved.pipeline === "string" && saved.pipeline in PIPELINES) return saved.pipeline;
-  return "data" in saved ? "simple-rlhf-tiny" : "builtin";
-}
-
 // trainer/graders.ts
 var GraderError = class extends Error {
   /** The error's name, for `catch` by name. */
@@ -11886,6 +11851,673 @@ async function loadGrader(url) {
     throw new GraderError(`${String(url)} does not export a function grade(prompt, response, reference)`);
   }
   return mod.grade;
+}
+
+// trainer/grpo.ts
+var GRPO_SCHEMA = {
+  iterations: {
+    default: 100,
+    doc: "rollout + update iterations",
+    min: 1,
+    integer: true
+  },
+  promptsPerIteration: {
+    default: 16,
+    doc: "prompts per iteration",
+    min: 1,
+    integer: true
+  },
+  numGenerations: {
+    default: 8,
+    doc: "samples per prompt, G \u2265 2",
+    min: 2,
+    integer: true
+  },
+  miniBatchSize: {
+    default: 32,
+    doc: "sequences per optimizer step",
+    min: 1,
+    integer: true
+  },
+  numIterations: {
+    default: 1,
+    doc: "passes over each rollout (\u03BC; > 1 reuses it with logp_old)",
+    min: 1,
+    integer: true
+  },
+  maxNewTokens: {
+    default: 16,
+    doc: "response tokens sampled per prompt",
+    min: 1,
+    integer: true
+  },
+  maxPromptLength: {
+    default: 256,
+    doc: "prompt tokens kept (longer prompts lose tokens on the left, after BOS)",
+    min: 2,
+    integer: true
+  },
+  temperature: {
+    default: 1,
+    doc: "rollout sampling temperature",
+    min: 0
+  },
+  topK: {
+    default: 0,
+    doc: "rollout top-k (0 = off)",
+    min: 0,
+    integer: true
+  },
+  topP: {
+    default: 1,
+    doc: "rollout top-p (1 = off)",
+    min: 0,
+    max: 1
+  },
+  lr: {
+    default: 1e-6,
+    doc: "peak learning rate",
+    min: 0
+  },
+  warmupRatio: {
+    default: 0,
+    doc: "fraction of iterations with linear warmup",
+    min: 0,
+    max: 1
+  },
+  lrDecay: {
+    default: "linear",
+    doc: "decay after warmup",
+    choices: [
+      "cosine",
+      "linear",
+      "constant"
+    ]
+  },
+  weightDecay: {
+    default: 0,
+    doc: "AdamW weight decay",
+    min: 0
+  },
+  maxGradNorm: {
+    default: 1,
+    doc: "global gradient-norm clip (0 = off)",
+    min: 0
+  },
+  beta: {
+    default: 0.04,
+    doc: "\u03B2 of the per-token k3 KL to the reference (0 = no reference model)",
+    min: 0
+  },
+  epsilonLow: {
+    default: 0.2,
+    doc: "lower ratio clip \u03B5",
+    min: 0,
+    max: 1
+  },
+  epsilonHigh: {
+    default: 0.2,
+    doc: "upper ratio clip \u03B5 (DAPO's clip-higher when larger, e.g. 0.28)",
+    min: 0
+  },
+  scaleRewards: {
+    default: "group",
+    doc: "group: by the group's reward std \xB7 batch: the batch's \xB7 none: Dr. GRPO",
+    choices: [
+      "group",
+      "batch",
+      "none"
+    ]
+  },
+  lossType: {
+    default: "dapo",
+    doc: "grpo \xB7 bnpo \xB7 dr_grpo \xB7 dapo (token-level over the generation batch)",
+    choices: [
+      "grpo",
+      "bnpo",
+      "dr_grpo",
+      "dapo"
+    ]
+  },
+  maskTruncatedCompletions: {
+    default: false,
+    doc: "completions without EOS take no part in the loss"
+  },
+  dropTiedGroups: {
+    default: false,
+    doc: "groups whose rewards all tie take no part in the loss (DAPO's filter)"
+  },
+  seed: {
+    default: 0,
+    doc: "rollout sampling and minibatch order seed",
+    integer: true
+  }
+};
+var MB2 = {
+  loss: 0,
+  clipLow: 1,
+  clipHigh: 2,
+  kl: 3,
+  entropy: 4
+};
+var MB_COLUMNS2 = Object.keys(MB2).length;
+var GrpoTrainer = class {
+  actor;
+  reference;
+  reward;
+  tok;
+  data;
+  cfg;
+  hooks;
+  iteration;
+  /** The decoded samples of the last rollout. */
+  lastSamples;
+  #orderSeed;
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param actor the policy trained (its LoRA adapters when it has them)
+   * @param reference the frozen reference (optional with LoRA or `beta: 0`)
+   * @param reward what scores the samples
+   * @param tok the tokenizer
+   * @param data prompts (and references)
+   * @param cfg the `grpo.` section
+   * @param hooks extra per-iteration metrics
+   */
+  constructor(actor, reference, reward, tok, data, cfg, hooks = {}) {
+    this.actor = actor;
+    this.reference = reference;
+    this.reward = reward;
+    this.tok = tok;
+    this.data = data;
+    this.cfg = cfg;
+    this.hooks = hooks;
+    this.iteration = 0;
+    this.lastSamples = [];
+    if (cfg.beta > 0 && !reference && !actor.lora) {
+      throw new RangeError("GrpoTrainer: beta > 0 needs a reference model or LoRA adapters");
+    }
+    if (data.prompts.length === 0) throw new RangeError("GrpoTrainer: no prompts");
+    if (data.references && data.references.length !== data.prompts.length) {
+      throw new RangeError(`GrpoTrainer: ${data.references.length} references for ${data.prompts.length} prompts`);
+    }
+    if (!(cfg.numGenerations >= 2)) {
+      throw new RangeError(`GrpoTrainer: numGenerations must be \u2265 2, got ${cfg.numGenerations}`);
+    }
+    this.#orderSeed = cfg.seed;
+  }
+  get total() {
+    return this.cfg.iterations;
+  }
+  /** One iteration: group rollout, rewards and advantages, `numIterations` of updates, metrics. */
+  step(_log = true) {
+    return this.actor.gpu.scope(async () => {
+      const { r, refs } = await this.#rollout();
+      const scores = await this.reward.score(r, refs);
+      const samples = r.texts.map((x, i) => ({
+        ...x,
+        score: scores[i]
+      }));
+      const { mask, tokens, zeroStd, advantages } = this.#advantages(r, samples);
+      const stats = this.#update(r, advantages, mask, tokens);
+      const m = await this.#metrics(r, samples, zeroStd, stats);
+      this.iteration++;
+      this.lastSamples = samples;
+      return m;
+    });
+  }
+  /** Phase 1: the next prompts, G samples each, adjacent. */
+  async #rollout() {
+    const { cfg, data } = this, n = data.prompts.length, G = cfg.numGenerations;
+    const prompts = [], refs = [];
+    for (let p = 0; p < cfg.promptsPerIteration; p++) {
+      const i = (this.iteration * cfg.promptsPerIteration + p) % n;
+      for (let g = 0; g < G; g++) {
+        prompts.push(data.prompts[i]);
+        refs.push(data.references?.[i] ?? "");
+      }
+    }
+    const r = await rollout(this.actor, this.tok, prompts, {
+      maxNewTokens: cfg.maxNewTokens,
+      maxPromptLength: cfg.maxPromptLength,
+      temperature: cfg.temperature,
+      topK: cfg.topK,
+      topP: cfg.topP,
+      seed: rolloutSeed(cfg.seed, this.iteration)
+    });
+    return {
+      r,
+      refs
+    };
+  }
+  /**
+   * Phase 2: group advantages on the GPU; the loss mask without truncated completions and tied
+   * groups when asked (decided on the host, which holds the rewards).
+   */
+  #advantages(r, samples) {
+    const gpu = this.actor.gpu, cfg = this.cfg, G = cfg.numGenerations, T = r.length;
+    const rewards = Float32Array.from(samples, (s) => s.score);
+    const adv = groupAdvantages(gpu, gpu.fromArray(rewards), {
+      groupSize: G,
+      scale: cfg.scaleRewards
+    });
+    const zeroStd = [];
+    for (let g = 0; g < samples.length / G; g++) {
+      const xs = rewards.subarray(g * G, (g + 1) * G);
+      zeroStd.push(xs.every((x) => x === xs[0]));
+    }
+    const host = Float32Array.from(r.hostActionMask);
+    let tokens = 0;
+    samples.forEach((s, b) => {
+      const drop = cfg.maskTruncatedCompletions && s.truncated || cfg.dropTiedGroups && zeroStd[Math.floor(b / G)];
+      if (drop) host.fill(0, b * T, (b + 1) * T);
+      for (let t = 0; t < T; t++) tokens += host[b * T + t];
+    });
+    const mask = host.every((v, i) => v === r.hostActionMask[i]) ? r.actionMask : gpu.fromArray(host, [
+      samples.length,
+      T
+    ]);
+    return {
+      mask,
+      tokens,
+      zeroStd,
+      advantages: adv.advantages
+    };
+  }
+  /** Phase 3: `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
+  #update(r, advantages, mask, tokens) {
+    const gpu = this.actor.gpu, cfg = this.cfg, N = r.texts.length, T = r.length;
+    if (tokens === 0) return void 0;
+    const logpOld = modelLogprobs(this.actor, r.tokens, r.attentionMask);
+    const logpRef = cfg.beta > 0 ? referenceLogprobs(this.actor, this.reference, r.tokens, r.attentionMask) : void 0;
+    const perPass = Math.ceil(N / cfg.miniBatchSize);
+    const stats = gpu.zeros([
+      cfg.numIterations * perPass * MB_COLUMNS2
+    ]);
+    let k = 0;
+    for (let pass = 0; pass < cfg.numIterations; pass++) {
+      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
+      for (let s = 0; s < N; s += cfg.miniBatchSize) {
+        const rows3 = order.slice(s, s + cfg.miniBatchSize);
+        const gather = (t, width = T) => {
+          const out = gpu.empty(width === 1 ? [
+            rows3.length
+          ] : [
+            rows3.length,
+            width
+          ], t.dtype);
+          rows3.forEach((row, i) => gpu.copyRange(t, row * width, out, i * width, width));
+          return out;
+        };
+        gpu.scope(() => this.#minibatch({
+          seq: gather(r.tokens),
+          am: gather(r.attentionMask),
+          act: gather(mask),
+          logpOld: gather(logpOld),
+          logpRef: logpRef && gather(logpRef),
+          adv: gather(advantages, 1),
+          // dapo: every token of the generation batch weighs the same in every minibatch
+          tokenCount: tokens * rows3.length / N
+        }, stats, k++));
+      }
+    }
+    return stats;
+  }
+  /** One optimizer step on a minibatch; its statistics go to row `k` of `stats`. */
+  #minibatch(mb, stats, k) {
+    const { actor, cfg } = this, gpu = actor.gpu, [B, T] = mb.seq.shape;
+    const store = actor.lora?.store ?? actor.store;
+    store.zeroGrads();
+    const acts = actor.forward(mb.seq, mb.am);
+    const lp = actor.tokenLogprobs(acts);
+    const l = grpoLoss(gpu, lp.logp, mb.logpOld, mb.adv, mb.act, {
+      epsilonLow: cfg.epsilonLow,
+      epsilonHigh: cfg.epsilonHigh,
+      beta: cfg.beta,
+      logpRef: mb.logpRef,
+      aggregation: cfg.lossType,
+      maxCompletionLength: cfg.maxNewTokens,
+      tokenCount: mb.tokenCount
+    });
+    const dlogits = logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
+      dlogp: l.dlogp.reshape([
+        B * T
+      ])
+    });
+    actor.backward(acts, {
+      dlogits
+    });
+    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    const entropy = maskedStats(gpu, lp.entropy, mb.act);
+    const columns = [
+      [
+        "loss",
+        l.loss,
+        STAT.sum
+      ],
+      [
+        "clipLow",
+        l.clipLow,
+        STAT.mean
+      ],
+      [
+        "clipHigh",
+        l.clipHigh,
+        STAT.mean
+      ],
+      [
+        "kl",
+        l.kl,
+        STAT.mean
+      ],
+      [
+        "entropy",
+        entropy,
+        STAT.mean
+      ]
+    ];
+    for (const [name, t, at] of columns) gpu.copyRange(t, at, stats, MB_COLUMNS2 * k + MB2[name], 1);
+  }
+  /** The iteration's metrics: one readback of the statistics. */
+  async #metrics(r, samples, zeroStd, stats) {
+    const cfg = this.cfg, G = cfg.numGenerations, N = samples.length, T = r.length;
+    const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
+    const k = st.length / MB_COLUMNS2;
+    const avg = (c) => {
+      let a = 0;
+      for (let i = 0; i < k; i++) a += st[MB_COLUMNS2 * i + MB2[c]];
+      return k ? a / k : 0;
+    };
+    const loss = avg("loss");
+    assertFiniteLosses(`GRPO iteration ${this.iteration + 1}`, {
+      loss
+    });
+    const mean = (xs) => xs.reduce((a, v) => a + v, 0) / xs.length;
+    const stds = [];
+    for (let g = 0; g < N / G; g++) {
+      const xs = samples.slice(g * G, (g + 1) * G).map((s) => s.score), m = mean(xs);
+      stds.push(Math.sqrt(xs.reduce((a, v) => a + (v - m) ** 2, 0) / (G - 1)));
+    }
+    const lengths = samples.map((_, b) => r.hostResponseMask.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0));
+    const low = avg("clipLow"), high = avg("clipHigh");
+    return {
+      iteration: this.iteration + 1,
+      reward: mean(samples.map((s) => s.score)),
+      reward_std: mean(stds),
+      frac_reward_zero_std: zeroStd.filter((z) => z).length / zeroStd.length,
+      kl: avg("kl"),
+      entropy: avg("entropy"),
+      "clip_ratio/low_mean": low,
+      "clip_ratio/high_mean": high,
+      "clip_ratio/region_mean": low + high,
+      "completions/mean_length": mean(lengths),
+      "completions/clipped_ratio": samples.filter((s) => s.truncated).length / N,
+      "completions/invalid_text_frac": samples.filter((s) => s.response.includes("\uFFFD")).length / N,
+      loss,
+      "train/updated": stats ? 1 : 0,
+      learning_rate: learningRate(this.iteration, {
+        lr: cfg.lr,
+        totalSteps: cfg.iterations,
+        warmupRatio: cfg.warmupRatio,
+        decay: cfg.lrDecay
+      }),
+      ...this.hooks.scoreRollout?.(samples) ?? {}
+    };
+  }
+  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
+  state() {
+    return {
+      iteration: this.iteration,
+      orderSeed: this.#orderSeed
+    };
+  }
+  /** Restores {@link state}, checked field by field. */
+  restore(s) {
+    const iteration = checkStateNumber("iteration", s?.iteration, {
+      min: 0,
+      max: this.total
+    });
+    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
+    [this.iteration, this.#orderSeed] = [
+      iteration,
+      orderSeed
+    ];
+  }
+  /** The actor's trained store (its LoRA adapters when it has them). */
+  stores() {
+    const a = this.actor;
+    return [
+      a.lora ? {
+        name: "grpo/actor_lora_state.safetensors",
+        store: a.lora.store
+      } : {
+        name: "grpo/actor_state.safetensors",
+        store: a.store
+      }
+    ];
+  }
+};
+
+// trainer/reward.ts
+function graderReward(grader, name) {
+  return {
+    name,
+    range: "unit",
+    score(r, references) {
+      if (references.length !== r.texts.length) {
+        throw new RangeError(`${name}: ${references.length} references for ${r.texts.length} samples`);
+      }
+      return gradeAll(grader, r.texts.map((t, i) => ({
+        prompt: t.prompt,
+        response: t.response,
+        reference: references[i]
+      })));
+    }
+  };
+}
+function modelReward(rm, name = "rm") {
+  if (!rm.hasValueHead) throw new RangeError(`${name}: a reward model needs a v_head`);
+  return {
+    name,
+    range: "raw",
+    async score(r) {
+      const t = sequenceScores(rm, r.tokens, r.attentionMask);
+      try {
+        return await rm.gpu.readF32(t);
+      } finally {
+        t.dispose();
+      }
+    }
+  };
+}
+
+// trainer/builtin_group.ts
+var GROUP_REWARD_SCHEMA = {
+  source: {
+    default: "grader:math",
+    doc: "grader:exact \xB7 grader:contains \xB7 grader:similarity \xB7 grader:math \xB7 a module path exporting grade(prompt, response, reference)",
+    pattern: {
+      regex: /^(grader:[a-z]+|.*\.(ts|js|mjs)|[a-z]+:\/\/.+)$/,
+      doc: "grader:NAME, or a .ts/.js module path or URL"
+    }
+  }
+};
+var GRPO_PIPELINE_DEFAULTS = {
+  run: {
+    ...BUILTIN_DEFAULTS.run,
+    name: "builtin-grpo"
+  },
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft,
+  grpo: {
+    ...defaults(GRPO_SCHEMA),
+    iterations: 40,
+    lr: 1e-4,
+    warmupRatio: 0.1
+  }
+};
+async function graderOf(spec, io) {
+  if (spec.startsWith("grader:")) return graderByName(spec.slice("grader:".length));
+  if (!io.importModule) {
+    throw new ConfigError(`reward ${spec}: grader modules cannot be loaded here (no module loader)`);
+  }
+  const mod = await io.importModule(spec);
+  if (typeof mod.grade !== "function") {
+    throw new GraderError(`${spec} does not export a function grade(prompt, response, reference)`);
+  }
+  return mod.grade;
+}
+function answerOf(prompt) {
+  const q = parseQuestion(prompt);
+  if (!q) throw new RangeError(`not a prompt of the built-in task: ${JSON.stringify(prompt)}`);
+  return String(q.answer);
+}
+function grpoStage(io) {
+  return {
+    name: "grpo",
+    doc: "GRPO of the SFT policy with a grader (default grader:math), with the gold view",
+    async run(ctx) {
+      const { cfg, state } = ctx, sft = state.sft;
+      const reward = graderReward(await graderOf(cfg.reward.source, io), cfg.reward.source);
+      const policy = sft.copy();
+      ctx.own(policy);
+      let kl = [];
+      const scorer = (m) => async (r) => {
+        kl.push(...await m.gpu.readF32(implicitReward(m, sft, 1)(r)));
+        return reward.score(r, r.texts.map((t) => answerOf(t.prompt)));
+      };
+      const evaluation = async (m) => {
+        kl = [];
+        const e = await evaluate(m, scorer(m), state.tok, state.task.evalPrompts, {
+          temperature: cfg.run.evalTemperature,
+          seed: deriveSeed(cfg.run.seed, "evaluation"),
+          maxNewTokens: cfg.grpo.maxNewTokens,
+          samplesPerPrompt: cfg.run.evalSamples
+        });
+        return {
+          e,
+          kl: kl.reduce((a, v) => a + v, 0) / kl.length
+        };
+      };
+      const before = await evaluation(sft);
+      ctx.log(`before GRPO: gold ${before.e.gold.toFixed(3)}, ${reward.name} ${before.e.score.toFixed(3)}`);
+      ctx.hooks.onSamples?.("before", before.e.samples);
+      const prompts = state.task.prompts.map((q) => q.prompt);
+      const trainer = new GrpoTrainer(policy, cfg.grpo.beta > 0 ? sft : void 0, reward, state.tok, {
+        prompts,
+        references: prompts.map(answerOf)
+      }, {
+        ...cfg.grpo,
+        seed: cfg.grpo.seed + cfg.run.seed
+      }, {
+        scoreRollout: (s) => rolloutGold(s)
+      });
+      const history = [];
+      await ctx.train(trainer, {
+        unit: "iteration",
+        logEvery: 1,
+        checkpointEvery: cfg.run.checkpointEvery,
+        stopAfter: ctx.opts.stopAfterIteration,
+        afterLog: (m) => {
+          const golds = trainer.lastSamples.map((s) => gold(s.prompt, s.response));
+          ctx.hooks.onSamples?.("rollout", trainer.lastSamples.map((s, i) => ({
+            ...s,
+            gold: golds[i]
+          })));
+          history.push({
+            iteration: m.iteration,
+            score: m.reward,
+            gold: m["gold/rollout"],
+            ...goldSpread(golds)
+          });
+        }
+      });
+      await ctx.hooks.saveCheckpoint?.("grpo", await saveOptModel(policy, {
+        stage: "grpo"
+      }));
+      const after = await evaluation(policy);
+      ctx.log(`after GRPO: gold ${after.e.gold.toFixed(3)}, ${reward.name} ${after.e.score.toFixed(3)}`);
+      ctx.hooks.onSamples?.("after", after.e.samples);
+      const spread = (e) => ({
+        ...e,
+        ...goldSpread(e.samples.map((x) => x.gold))
+      });
+      const verdict = detectRewardHacking(history, {
+        before: spread(before.e),
+        after: spread(after.e)
+      });
+      ctx.log(describeVerdict(verdict));
+      Object.assign(ctx.summary, evaluationSummary(before.e, after.e), {
+        "objective/kl": after.kl,
+        reward_hacking: verdict
+      });
+    }
+  };
+}
+function grpoPipeline(io) {
+  return {
+    name: "builtin-grpo",
+    doc: "SFT \u2192 GRPO with a grader (default grader:math) on the built-in arithmetic task",
+    sections: {
+      run: RUN_SCHEMA,
+      reward: GROUP_REWARD_SCHEMA,
+      sft: SFT_SCHEMA,
+      grpo: GRPO_SCHEMA
+    },
+    defaults: GRPO_PIPELINE_DEFAULTS,
+    stages: [
+      SFT_STAGE,
+      grpoStage(io)
+    ],
+    init: (_gpu, cfg) => Promise.resolve({
+      tok: new ByteTokenizer(),
+      // the PPO pipeline's task draws: the same SFT data, prompts and evaluation prompts
+      task: makeBuiltinTask(cfg.run.seed, {
+        pairs: BUILTIN_DEFAULTS.task.pairs,
+        labelNoise: BUILTIN_DEFAULTS.task.labelNoise
+      })
+    })
+  };
+}
+
+// trainer/registry.ts
+var PIPELINES = {
+  builtin: () => BUILTIN_PIPELINE,
+  "builtin-dpo": () => DPO_PIPELINE,
+  "builtin-kto": () => KTO_PIPELINE,
+  "builtin-grpo": grpoPipeline,
+  "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
+  "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
+  "simple-rlhf-tiny": recipePipeline
+};
+var PRESETS = {
+  ...Object.fromEntries(Object.entries(PIPELINE_PRESETS).map(([k, v]) => [
+    k,
+    {
+      pipeline: "builtin",
+      overrides: v
+    }
+  ])),
+  ...PREFERENCE_PRESETS,
+  // the same methods on your own checkpoint and data (`--method=X --data.policy=DIR`)
+  ...Object.fromEntries(Object.entries(PREFERENCE_PRESETS).map(([k, v]) => [
+    `checkpoint-${k}`,
+    {
+      pipeline: v.pipeline.replace("builtin-", "checkpoint-"),
+      overrides: Object.fromEntries(Object.entries(v.overrides).filter(([key]) => key !== "run.name"))
+    }
+  ])),
+  grpo: {
+    pipeline: "builtin-grpo",
+    overrides: {}
+  },
+  "simple-rlhf-tiny": {
+    pipeline: "simple-rlhf-tiny",
+    overrides: {}
+  }
+};
+function pipelineOf(saved) {
+  if (typeof saved.pipeline === "string" && saved.pipeline in PIPELINES) return saved.pipeline;
+  return "data" in saved ? "simple-rlhf-tiny" : "builtin";
 }
 
 // trainer/report.ts
@@ -12154,10 +12786,12 @@ export {
   DpoTrainer,
   GRADERS,
   GRADER_NAMES,
+  GRPO_SCHEMA,
   Gpu,
   GpuLimitError,
   GpuValidationError,
   GraderError,
+  GrpoTrainer,
   KTO_PIPELINE,
   KTO_PIPELINE_DEFAULTS,
   KTO_SCHEMA,
@@ -12242,6 +12876,7 @@ export {
   goldScore,
   gradeAll,
   graderByName,
+  graderReward,
   groupAdvantages,
   grpoLoss,
   implicitReward,
@@ -12272,6 +12907,7 @@ export {
   maxLastAxis,
   meanLastAxis,
   modelLogprobs,
+  modelReward,
   mul,
   mulberry32,
   nextTokenTargets,

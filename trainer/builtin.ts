@@ -639,7 +639,9 @@ export async function evaluate(
 }
 
 /** Per-rollout gold metrics: the mean gold score and the share of each of its parts. */
-function rolloutGold(samples: readonly RolloutSample[]): Metrics {
+export function rolloutGold(
+  samples: readonly Pick<RolloutSample, "prompt" | "response">[],
+): Metrics {
   const parts = samples.map((s) => goldParts(parseQuestion(s.prompt)!, s.response));
   const mean = (f: (p: GoldParts) => number) => parts.reduce((a, p) => a + f(p), 0) / parts.length;
   return {

@@ -10,7 +10,7 @@ import { scale, sub } from "../kernels/elementwise.ts";
 import { sequenceLogprobs } from "../kernels/preference.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
-import type { RolloutScorer } from "./rollout.ts";
+import type { Rollout } from "./rollout.ts";
 
 /** Per-token log-probs `log π(s[t+1] | s[≤t])` of `model` on `seq`, `(B, T)`; no gradients. */
 export function modelLogprobs(model: OptModel, seq: Tensor, mask: Tensor): Tensor {
@@ -55,7 +55,11 @@ export function sequenceScores(reward: OptModel, seq: Tensor, mask: Tensor): Ten
  * The implicit reward of sampled sequences, `β·(ℓ_θ − ℓ_ref)` summed over the response — its
  * mean over samples of the policy, divided by β, estimates the KL to the reference.
  */
-export function implicitReward(policy: OptModel, reference: OptModel, beta: number): RolloutScorer {
+export function implicitReward(
+  policy: OptModel,
+  reference: OptModel,
+  beta: number,
+): (r: Rollout) => Tensor {
   return (r) => {
     const gpu = policy.gpu;
     const seq = (m: OptModel): Tensor =>

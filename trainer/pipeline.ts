@@ -20,6 +20,9 @@ import type { RewardHackingVerdict } from "./hacking.ts";
 import { type LoopOptions, runLoop } from "./loop.ts";
 import type { Metrics, Trainer } from "./types.ts";
 
+/** When samples were drawn (see {@link PipelineHooks.onSamples}). */
+export type SamplePhase = "rm" | "ppo" | "rollout" | "before" | "after";
+
 /** I/O supplied by the caller. */
 export interface PipelineHooks {
   /** Every logged metric record, tagged with its stage. */
@@ -37,10 +40,10 @@ export interface PipelineHooks {
   log?: (line: string) => void;
   /**
    * Decoded samples with their reward-model (and, on the built-in task, gold) scores: every PPO
-   * rollout (`"ppo"`), the reward model's probe (`"rm"`) and the evaluations `"before"` and
-   * `"after"` PPO.
+   * rollout (`"ppo"`), every rollout of another online method (`"rollout"`, e.g. GRPO's), the
+   * reward model's probe (`"rm"`) and the evaluations `"before"` and `"after"` training.
    */
-  onSamples?: (when: "rm" | "ppo" | "before" | "after", samples: ReportSample[]) => void;
+  onSamples?: (when: SamplePhase, samples: ReportSample[]) => void;
   /** Persists resumable training state (`name` like "ppo/actor_state.safetensors"). */
   saveState?: (name: string, data: Uint8Array | string) => Promise<void>;
   /** Loads what {@link saveState} wrote, or a finished stage's checkpoint; undefined if absent. */

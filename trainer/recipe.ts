@@ -274,6 +274,11 @@ export interface RecipeIo {
    * named `"NotFound"` (as `Deno.readFile` does), any other rejection is reported as is.
    */
   read(path: string): Promise<Uint8Array>;
+  /**
+   * Imports a user's module (e.g. a grader, `--reward=./my_grader.ts`), resolving relative
+   * paths against the working directory; absent where modules cannot be loaded.
+   */
+  importModule?(path: string): Promise<Record<string, unknown>>;
 }
 
 function join(dir: string, file: string): string {

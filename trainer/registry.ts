@@ -6,6 +6,7 @@
  */
 
 import { BUILTIN_PIPELINE, PIPELINE_PRESETS } from "./builtin.ts";
+import { grpoPipeline } from "./builtin_group.ts";
 import { DPO_PIPELINE, KTO_PIPELINE, PREFERENCE_PRESETS } from "./builtin_preference.ts";
 import { checkpointPreferencePipeline } from "./checkpoint_preference.ts";
 import type { PipelineDefinition } from "./pipeline.ts";
@@ -20,6 +21,7 @@ export const PIPELINES: Record<string, PipelineFactory> = {
   builtin: () => BUILTIN_PIPELINE,
   "builtin-dpo": () => DPO_PIPELINE,
   "builtin-kto": () => KTO_PIPELINE,
+  "builtin-grpo": grpoPipeline,
   "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
   "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
   "simple-rlhf-tiny": recipePipeline,
@@ -51,6 +53,7 @@ export const PRESETS: Record<string, Preset> = {
       },
     ]),
   ),
+  grpo: { pipeline: "builtin-grpo", overrides: {} },
   "simple-rlhf-tiny": { pipeline: "simple-rlhf-tiny", overrides: {} },
 };
 

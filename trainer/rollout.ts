@@ -149,8 +149,11 @@ export interface ScoredSample extends RolloutText {
   score: number;
 }
 
-/** Scores `(B)` of a rollout's sequences, e.g. DPO's implicit reward `β·(ℓ_θ − ℓ_ref)`. */
-export type RolloutScorer = (r: Rollout) => Tensor;
+/**
+ * Scores `(B)` of a rollout's sequences, on the device (e.g. DPO's implicit reward
+ * `β·(ℓ_θ − ℓ_ref)`) or on the host (e.g. a grader's).
+ */
+export type RolloutScorer = (r: Rollout) => Tensor | Float32Array | Promise<Float32Array>;
 
 /**
  * Samples one response per prompt (temperature `T`, greedy when 0, seeded) and scores each
@@ -166,13 +169,13 @@ export async function sampleAndScore(
 ): Promise<ScoredSample[]> {
   return await policy.gpu.scope(async () => {
     const r = await rollout(policy, tok, prompts, { ...o, greedy: o.temperature === 0 });
-    const scores = reward
-      ? await policy.gpu.readF32(
-        typeof reward === "function"
-          ? reward(r)
-          : sequenceScores(reward, r.tokens, r.attentionMask),
-      )
-      : undefined;
+    const device = (t: Tensor | Float32Array) =>
+      t instanceof Float32Array ? t : policy.gpu.readF32(t);
+    const scores = reward === undefined
+      ? undefined
+      : typeof reward === "function"
+      ? await device(await reward(r))
+      : await device(sequenceScores(reward, r.tokens, r.attentionMask));
     return r.texts.map((x, b) => ({ ...x, score: scores?.[b] ?? NaN }));
   });
 }

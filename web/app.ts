@@ -217,6 +217,8 @@ function showSamples(when: string, samples: ReportSample[]) {
   probe.lastSamples = samples;
   $("samples-when").textContent = when === "ppo"
     ? "latest PPO rollout"
+    : when === "rollout"
+    ? "latest rollout"
     : when === "rm"
     ? "SFT samples scored by the reward model"
     : `${when} PPO`;

@@ -32,7 +32,11 @@ export type FromWorker =
   | { type: "config"; config: unknown }
   | { type: "metrics"; stage: string; m: Metrics }
   | { type: "progress"; stage: string; done: number; total: number }
-  | { type: "samples"; when: "rm" | "ppo" | "before" | "after"; samples: ReportSample[] }
+  | {
+    type: "samples";
+    when: "rm" | "ppo" | "rollout" | "before" | "after";
+    samples: ReportSample[];
+  }
   | { type: "log"; line: string }
   | { type: "checkpoint"; stage: string; bytes: number }
   | { type: "paused" }

@@ -4442,7 +4442,7 @@ function addRecord(stage, m) {
 }
 function showSamples(when, samples) {
   probe.lastSamples = samples;
-  $("samples-when").textContent = when === "ppo" ? "latest PPO rollout" : when === "rm" ? "SFT samples scored by the reward model" : `${when} PPO`;
+  $("samples-when").textContent = when === "ppo" ? "latest PPO rollout" : when === "rollout" ? "latest rollout" : when === "rm" ? "SFT samples scored by the reward model" : `${when} PPO`;
   const rows = samples.slice(0, 8).map((s) => {
     const tr = document.createElement("tr");
     const cells = [

@@ -1,0 +1,238 @@
+/**
+ * The online group methods on the built-in task: SFT (the PPO pipeline's stage), then GRPO with
+ * a grader — by default `grader:math`, which rewards the correct sum itself, where PPO against a
+ * learned reward model mostly taught style. The gold view is PPO's: fresh samples scored by gold
+ * before and after, the correct/period/concise split, the KL to the SFT policy, and the
+ * reward-hacking verdict over the training rollouts (grader score against gold).
+ *
+ * @module
+ */
+
+import { saveOptModel } from "../model/checkpoint.ts";
+import type { OptModel } from "../model/opt.ts";
+import { ByteTokenizer } from "../model/tokenizer.ts";
+import {
+  BUILTIN_DEFAULTS,
+  type BuiltinState,
+  evaluate,
+  type Evaluation,
+  evaluationSummary,
+  gold,
+  rolloutGold,
+  RUN_SCHEMA,
+  type RunConfig,
+  SFT_STAGE,
+} from "./builtin.ts";
+import {
+  ConfigError,
+  defaults,
+  resolveSections,
+  type Schema,
+  SFT_SCHEMA,
+  type SftConfig,
+} from "./config.ts";
+import { type Grader, graderByName, GraderError } from "./graders.ts";
+import { GRPO_SCHEMA, type GrpoConfig, GrpoTrainer } from "./grpo.ts";
+import { describeVerdict, detectRewardHacking, goldSpread, type RolloutScores } from "./hacking.ts";
+import { implicitReward } from "./logprobs.ts";
+import type { PipelineDefinition, Stage, StageContext } from "./pipeline.ts";
+import { deriveSeed } from "./random.ts";
+import type { RecipeIo } from "./recipe.ts";
+import { graderReward, type Reward } from "./reward.ts";
+import type { Rollout } from "./rollout.ts";
+import { makeBuiltinTask, parseQuestion } from "./task.ts";
+
+/** The reward of the group methods on the built-in task. */
+export interface GroupRewardConfig {
+  /**
+   * grader:exact · grader:contains · grader:similarity · grader:math · a module path exporting
+   * grade(prompt, response, reference) (default "grader:math")
+   */
+  source: string;
+}
+
+/** The `reward.` section (`--reward=X` is `--reward.source=X`). */
+export const GROUP_REWARD_SCHEMA: Schema<GroupRewardConfig> = {
+  source: {
+    default: "grader:math",
+    doc: "grader:exact · grader:contains · grader:similarity · grader:math · a module path " +
+      "exporting grade(prompt, response, reference)",
+    pattern: {
+      regex: /^(grader:[a-z]+|.*\.(ts|js|mjs)|[a-z]+:\/\/.+)$/,
+      doc: "grader:NAME, or a .ts/.js module path or URL",
+    },
+  },
+};
+
+/** A `builtin-grpo` config. */
+export interface GrpoPipelineConfig {
+  /** The `run.` section. */
+  run: RunConfig;
+  /** The `reward.` section. */
+  reward: GroupRewardConfig;
+  /** The `sft.` section. */
+  sft: SftConfig;
+  /** The `grpo.` section. */
+  grpo: GrpoConfig;
+}
+
+/**
+ * Defaults of `builtin-grpo` (the SFT stage is the PPO pipeline's). The learning rate suits the
+ * tiny model (TRL's 1e-6 is for billion-parameter models); the budget of sampled tokens is
+ * PPO's order (40 iterations × 16 prompts × 8 samples × 16 tokens).
+ */
+export const GRPO_PIPELINE_DEFAULTS: GrpoPipelineConfig = {
+  run: { ...BUILTIN_DEFAULTS.run, name: "builtin-grpo" },
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft,
+  grpo: { ...defaults(GRPO_SCHEMA), iterations: 40, lr: 1e-4, warmupRatio: 0.1 },
+};
+
+type Ctx = StageContext<GrpoPipelineConfig, BuiltinState>;
+
+/**
+ * The grader a `reward` spec names: `grader:NAME`, or a module (loaded with
+ * `io.importModule`) exporting `grade(prompt, response, reference)`.
+ */
+export async function graderOf(spec: string, io: RecipeIo): Promise<Grader> {
+  if (spec.startsWith("grader:")) return graderByName(spec.slice("grader:".length));
+  if (!io.importModule) {
+    throw new ConfigError(
+      `reward ${spec}: grader modules cannot be loaded here (no module loader)`,
+    );
+  }
+  const mod = await io.importModule(spec);
+  if (typeof mod.grade !== "function") {
+    throw new GraderError(`${spec} does not export a function grade(prompt, response, reference)`);
+  }
+  return mod.grade as Grader;
+}
+
+/** The built-in task's answer to each prompt, as the graders' reference. */
+function answerOf(prompt: string): string {
+  const q = parseQuestion(prompt);
+  if (!q) throw new RangeError(`not a prompt of the built-in task: ${JSON.stringify(prompt)}`);
+  return String(q.answer);
+}
+
+/** GRPO from the SFT policy; the SFT model is the frozen reference. */
+function grpoStage(io: RecipeIo): Stage<GrpoPipelineConfig, BuiltinState> {
+  return {
+    name: "grpo",
+    doc: "GRPO of the SFT policy with a grader (default grader:math), with the gold view",
+    async run(ctx: Ctx) {
+      const { cfg, state } = ctx, sft = state.sft!;
+      const reward: Reward = graderReward(
+        await graderOf(cfg.reward.source, io),
+        cfg.reward.source,
+      );
+      const policy = sft.copy();
+      ctx.own(policy);
+      // evaluation: the reward of fresh samples, and their log-ratio to the SFT policy (KL)
+      let kl: number[] = [];
+      const scorer = (m: OptModel) => async (r: Rollout) => {
+        kl.push(...await m.gpu.readF32(implicitReward(m, sft, 1)(r)));
+        return reward.score(r, r.texts.map((t) => answerOf(t.prompt)));
+      };
+      const evaluation = async (m: OptModel) => {
+        kl = [];
+        const e = await evaluate(m, scorer(m), state.tok, state.task.evalPrompts, {
+          temperature: cfg.run.evalTemperature,
+          seed: deriveSeed(cfg.run.seed, "evaluation"),
+          maxNewTokens: cfg.grpo.maxNewTokens,
+          samplesPerPrompt: cfg.run.evalSamples,
+        });
+        return { e, kl: kl.reduce((a, v) => a + v, 0) / kl.length };
+      };
+      const before = await evaluation(sft);
+      ctx.log(
+        `before GRPO: gold ${before.e.gold.toFixed(3)}, ${reward.name} ${
+          before.e.score.toFixed(3)
+        }`,
+      );
+      ctx.hooks.onSamples?.("before", before.e.samples);
+      const prompts = state.task.prompts.map((q) => q.prompt);
+      const trainer = new GrpoTrainer(
+        policy,
+        cfg.grpo.beta > 0 ? sft : undefined,
+        reward,
+        state.tok,
+        { prompts, references: prompts.map(answerOf) },
+        { ...cfg.grpo, seed: cfg.grpo.seed + cfg.run.seed },
+        { scoreRollout: (s) => rolloutGold(s) },
+      );
+      const history: RolloutScores[] = [];
+      await ctx.train(trainer, {
+        unit: "iteration",
+        logEvery: 1,
+        checkpointEvery: cfg.run.checkpointEvery,
+        stopAfter: ctx.opts.stopAfterIteration,
+        afterLog: (m) => {
+          const golds = trainer.lastSamples.map((s) => gold(s.prompt, s.response));
+          ctx.hooks.onSamples?.(
+            "rollout",
+            trainer.lastSamples.map((s, i) => ({ ...s, gold: golds[i] })),
+          );
+          history.push({
+            iteration: m.iteration,
+            score: m.reward,
+            gold: m["gold/rollout"],
+            ...goldSpread(golds),
+          });
+        },
+      });
+      await ctx.hooks.saveCheckpoint?.("grpo", await saveOptModel(policy, { stage: "grpo" }));
+      const after = await evaluation(policy);
+      ctx.log(
+        `after GRPO: gold ${after.e.gold.toFixed(3)}, ${reward.name} ${after.e.score.toFixed(3)}`,
+      );
+      ctx.hooks.onSamples?.("after", after.e.samples);
+      const spread = (e: Evaluation) => ({ ...e, ...goldSpread(e.samples.map((x) => x.gold)) });
+      const verdict = detectRewardHacking(history, {
+        before: spread(before.e),
+        after: spread(after.e),
+      });
+      ctx.log(describeVerdict(verdict));
+      Object.assign(ctx.summary, evaluationSummary(before.e, after.e), {
+        "objective/kl": after.kl,
+        reward_hacking: verdict,
+      });
+    },
+  };
+}
+
+/** SFT → GRPO on the built-in task with a grader, and the gold view. */
+export function grpoPipeline(
+  io: RecipeIo,
+): PipelineDefinition<GrpoPipelineConfig, BuiltinState> {
+  return {
+    name: "builtin-grpo",
+    doc: "SFT → GRPO with a grader (default grader:math) on the built-in arithmetic task",
+    sections: {
+      run: RUN_SCHEMA,
+      reward: GROUP_REWARD_SCHEMA,
+      sft: SFT_SCHEMA,
+      grpo: GRPO_SCHEMA,
+    } as unknown as Record<string, Schema<unknown>>,
+    defaults: GRPO_PIPELINE_DEFAULTS,
+    stages: [SFT_STAGE, grpoStage(io)],
+    init: (_gpu, cfg) =>
+      Promise.resolve({
+        tok: new ByteTokenizer(),
+        // the PPO pipeline's task draws: the same SFT data, prompts and evaluation prompts
+        task: makeBuiltinTask(cfg.run.seed, {
+          pairs: BUILTIN_DEFAULTS.task.pairs,
+          labelNoise: BUILTIN_DEFAULTS.task.labelNoise,
+        }),
+      }),
+  };
+}
+
+/** Resolves a `builtin-grpo` config from overrides (unknown keys are `ConfigError`s). */
+export function resolveGrpoConfig(overrides: Record<string, unknown>): GrpoPipelineConfig {
+  return resolveSections(
+    grpoPipeline({ read: () => Promise.reject(new Error("no files")) }).sections,
+    overrides,
+    GRPO_PIPELINE_DEFAULTS,
+  );
+}

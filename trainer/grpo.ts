@@ -1,0 +1,489 @@
+/**
+ * GRPO (DeepSeekMath; SPEC §9): the critic-free group method. One {@link GrpoTrainer.step} is
+ * one iteration:
+ *
+ * 1. **rollout** — `numGenerations` (G) samples of each of `promptsPerIteration` prompts in one
+ *    batched KV-cache generation, the G samples of a prompt adjacent (`trainer/rollout.ts`);
+ * 2. **rewards** — a {@link Reward}: a grader against each prompt's reference, or a reward
+ *    model; group-relative advantages `A_i = (r_i − mean_g)/(std + 1e-4)` (`scaleRewards`
+ *    `group` | `batch` | `none` = Dr. GRPO), optionally dropping groups whose rewards all tie
+ *    and masking truncated completions;
+ * 3. **update** — `numIterations` passes over shuffled minibatches of sequences: the clipped
+ *    ratio objective against `logp_old` (DAPO's clip-higher with `epsilonHigh`) plus `β·k3` to
+ *    the reference per token, aggregated as `lossType` (`kernels/group.ts`), clip + AdamW.
+ *
+ * The statistics stay on the GPU and are read back once per iteration. Metrics carry TRL's
+ * names: `reward`, `reward_std`, `frac_reward_zero_std`, `kl`, `entropy`,
+ * `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`,
+ * `completions/mean_length`, `completions/clipped_ratio`, `loss`.
+ *
+ * @module
+ */
+
+import {
+  groupAdvantages,
+  grpoLoss,
+  type LossAggregation,
+  type RewardScaling,
+} from "../kernels/group.ts";
+import { maskedStats, STAT } from "../kernels/reduce.ts";
+import type { Tensor } from "../kernels/runtime.ts";
+import { logitsBackward } from "../kernels/softmax.ts";
+import type { OptModel } from "../model/opt.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
+import type { Schema } from "./config.ts";
+import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
+import { learningRate, optimizerStep } from "./optim.ts";
+import { epochSeed, mulberry32, permutation, rolloutSeed } from "./random.ts";
+import type { Reward } from "./reward.ts";
+import { type Rollout, rollout } from "./rollout.ts";
+import {
+  assertFiniteLosses,
+  checkStateNumber,
+  type Metrics,
+  type StateFile,
+  type Trainer,
+} from "./types.ts";
+
+/** GRPO hyperparameters (the `grpo.` section). */
+export interface GrpoConfig {
+  /** rollout + update iterations (default 100) */
+  iterations: number;
+  /** prompts per iteration (default 16) */
+  promptsPerIteration: number;
+  /** samples per prompt, G ≥ 2 (default 8) */
+  numGenerations: number;
+  /** sequences per optimizer step (default 32) */
+  miniBatchSize: number;
+  /** passes over each rollout (μ; > 1 reuses it with logp_old) (default 1) */
+  numIterations: number;
+  /** response tokens sampled per prompt (default 16) */
+  maxNewTokens: number;
+  /** prompt tokens kept (longer prompts lose tokens on the left, after BOS) (default 256) */
+  maxPromptLength: number;
+  /** rollout sampling temperature (default 1) */
+  temperature: number;
+  /** rollout top-k (0 = off) (default 0) */
+  topK: number;
+  /** rollout top-p (1 = off) (default 1) */
+  topP: number;
+  /** peak learning rate (default 1e-6) */
+  lr: number;
+  /** fraction of iterations with linear warmup (default 0) */
+  warmupRatio: number;
+  /** decay after warmup (default "linear") */
+  lrDecay: "cosine" | "linear" | "constant";
+  /** AdamW weight decay (default 0) */
+  weightDecay: number;
+  /** global gradient-norm clip (0 = off) (default 1) */
+  maxGradNorm: number;
+  /** β of the per-token k3 KL to the reference (0 = no reference model) (default 0.04) */
+  beta: number;
+  /** lower ratio clip ε (default 0.2) */
+  epsilonLow: number;
+  /** upper ratio clip ε (DAPO's clip-higher when larger, e.g. 0.28) (default 0.2) */
+  epsilonHigh: number;
+  /** group: by the group's reward std · batch: the batch's · none: Dr. GRPO (default "group") */
+  scaleRewards: RewardScaling;
+  /** grpo · bnpo · dr_grpo · dapo (token-level over the generation batch) (default "dapo") */
+  lossType: LossAggregation;
+  /** completions without EOS take no part in the loss (default false) */
+  maskTruncatedCompletions: boolean;
+  /** groups whose rewards all tie take no part in the loss (DAPO's filter) (default false) */
+  dropTiedGroups: boolean;
+  /** rollout sampling and minibatch order seed (default 0) */
+  seed: number;
+}
+
+/**
+ * The GRPO schema. Defaults as TRL documents them (G 8, ε 0.2, `scale_rewards` `group`,
+ * `loss_type` `dapo`, μ 1, lr 1e-6 for billion-parameter models), except β: 0.04 here (the
+ * DeepSeekMath value; TRL now defaults to 0), so the policy stays near the reference unless
+ * asked otherwise. The built-in task's pipeline overrides the learning rate for its tiny model.
+ */
+export const GRPO_SCHEMA: Schema<GrpoConfig> = {
+  iterations: { default: 100, doc: "rollout + update iterations", min: 1, integer: true },
+  promptsPerIteration: { default: 16, doc: "prompts per iteration", min: 1, integer: true },
+  numGenerations: { default: 8, doc: "samples per prompt, G ≥ 2", min: 2, integer: true },
+  miniBatchSize: { default: 32, doc: "sequences per optimizer step", min: 1, integer: true },
+  numIterations: {
+    default: 1,
+    doc: "passes over each rollout (μ; > 1 reuses it with logp_old)",
+    min: 1,
+    integer: true,
+  },
+  maxNewTokens: { default: 16, doc: "response tokens sampled per prompt", min: 1, integer: true },
+  maxPromptLength: {
+    default: 256,
+    doc: "prompt tokens kept (longer prompts lose tokens on the left, after BOS)",
+    min: 2,
+    integer: true,
+  },
+  temperature: { default: 1.0, doc: "rollout sampling temperature", min: 0 },
+  topK: { default: 0, doc: "rollout top-k (0 = off)", min: 0, integer: true },
+  topP: { default: 1.0, doc: "rollout top-p (1 = off)", min: 0, max: 1 },
+  lr: { default: 1e-6, doc: "peak learning rate", min: 0 },
+  warmupRatio: { default: 0, doc: "fraction of iterations with linear warmup", min: 0, max: 1 },
+  lrDecay: {
+    default: "linear",
+    doc: "decay after warmup",
+    choices: ["cosine", "linear", "constant"],
+  },
+  weightDecay: { default: 0, doc: "AdamW weight decay", min: 0 },
+  maxGradNorm: { default: 1.0, doc: "global gradient-norm clip (0 = off)", min: 0 },
+  beta: {
+    default: 0.04,
+    doc: "β of the per-token k3 KL to the reference (0 = no reference model)",
+    min: 0,
+  },
+  epsilonLow: { default: 0.2, doc: "lower ratio clip ε", min: 0, max: 1 },
+  epsilonHigh: {
+    default: 0.2,
+    doc: "upper ratio clip ε (DAPO's clip-higher when larger, e.g. 0.28)",
+    min: 0,
+  },
+  scaleRewards: {
+    default: "group",
+    doc: "group: by the group's reward std · batch: the batch's · none: Dr. GRPO",
+    choices: ["group", "batch", "none"],
+  },
+  lossType: {
+    default: "dapo",
+    doc: "grpo · bnpo · dr_grpo · dapo (token-level over the generation batch)",
+    choices: ["grpo", "bnpo", "dr_grpo", "dapo"],
+  },
+  maskTruncatedCompletions: {
+    default: false,
+    doc: "completions without EOS take no part in the loss",
+  },
+  dropTiedGroups: {
+    default: false,
+    doc: "groups whose rewards all tie take no part in the loss (DAPO's filter)",
+  },
+  seed: { default: 0, doc: "rollout sampling and minibatch order seed", integer: true },
+};
+
+/** What GRPO trains on: prompts and, for graders, each prompt's reference answer. */
+export interface GrpoData {
+  /** Rollout prompts, taken `promptsPerIteration` at a time in order (wrapping around). */
+  prompts: readonly string[];
+  /** `references[i]` belongs to `prompts[i]` (empty strings for a reward model). */
+  references?: readonly string[];
+}
+
+/** A decoded sample of the last rollout with its reward. */
+export interface GroupSample {
+  /** The prompt. */
+  prompt: string;
+  /** The decoded response. */
+  response: string;
+  /** Its reward. */
+  score: number;
+  /** The response hit the token budget without EOS. */
+  truncated: boolean;
+}
+
+/** Callbacks of {@link GrpoTrainer}. */
+export interface GrpoHooks {
+  /** Extra per-iteration metrics from the decoded rollout (e.g. the built-in task's gold). */
+  scoreRollout?: (samples: GroupSample[]) => Metrics;
+}
+
+/** The trainer's own resumable state. */
+export interface GrpoTrainerState {
+  /** Iterations done. */
+  iteration: number;
+  /** Counter of the minibatch-order seeds. */
+  orderSeed: number;
+}
+
+/** Columns of the per-minibatch statistics. */
+const MB = { loss: 0, clipLow: 1, clipHigh: 2, kl: 3, entropy: 4 } as const;
+const MB_COLUMNS = Object.keys(MB).length;
+
+/**
+ * A GRPO trainer. The reference is `reference`, or the actor with its LoRA adapters off; with
+ * `beta: 0` neither is needed.
+ *
+ * @example Two iterations with the math grader on a tiny random model
+ * ```ts
+ * import { ByteTokenizer, defaults, Gpu, graderByName, graderReward, GRPO_SCHEMA, GrpoTrainer, OPT_PRESETS, OptModel } from "../mod.ts";
+ * const gpu = await Gpu.create();
+ * const actor = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 1 });
+ * const cfg = { ...defaults(GRPO_SCHEMA), iterations: 2, promptsPerIteration: 2, numGenerations: 2, maxNewTokens: 4, beta: 0 };
+ * const reward = graderReward(graderByName("math"), "grader:math");
+ * const t = new GrpoTrainer(actor, undefined, reward, new ByteTokenizer(), { prompts: ["1+1=", "2+2="], references: ["2", "4"] }, cfg);
+ * console.log((await t.step())["frac_reward_zero_std"]); // 1: a random model answers nothing right
+ * ```
+ */
+export class GrpoTrainer implements Trainer<GrpoTrainerState> {
+  iteration = 0;
+  /** The decoded samples of the last rollout. */
+  lastSamples: GroupSample[] = [];
+  #orderSeed: number;
+
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param actor the policy trained (its LoRA adapters when it has them)
+   * @param reference the frozen reference (optional with LoRA or `beta: 0`)
+   * @param reward what scores the samples
+   * @param tok the tokenizer
+   * @param data prompts (and references)
+   * @param cfg the `grpo.` section
+   * @param hooks extra per-iteration metrics
+   */
+  constructor(
+    readonly actor: OptModel,
+    readonly reference: OptModel | undefined,
+    readonly reward: Reward,
+    readonly tok: Tokenizer,
+    readonly data: GrpoData,
+    readonly cfg: GrpoConfig,
+    readonly hooks: GrpoHooks = {},
+  ) {
+    if (cfg.beta > 0 && !reference && !actor.lora) {
+      throw new RangeError("GrpoTrainer: beta > 0 needs a reference model or LoRA adapters");
+    }
+    if (data.prompts.length === 0) throw new RangeError("GrpoTrainer: no prompts");
+    if (data.references && data.references.length !== data.prompts.length) {
+      throw new RangeError(
+        `GrpoTrainer: ${data.references.length} references for ${data.prompts.length} prompts`,
+      );
+    }
+    if (!(cfg.numGenerations >= 2)) {
+      throw new RangeError(`GrpoTrainer: numGenerations must be ≥ 2, got ${cfg.numGenerations}`);
+    }
+    this.#orderSeed = cfg.seed;
+  }
+
+  get total(): number {
+    return this.cfg.iterations;
+  }
+
+  /** One iteration: group rollout, rewards and advantages, `numIterations` of updates, metrics. */
+  step(_log = true): Promise<Metrics> {
+    return this.actor.gpu.scope(async () => {
+      const { r, refs } = await this.#rollout();
+      const scores = await this.reward.score(r, refs);
+      const samples = r.texts.map((x, i) => ({ ...x, score: scores[i] }));
+      const { mask, tokens, zeroStd, advantages } = this.#advantages(r, samples);
+      const stats = this.#update(r, advantages, mask, tokens);
+      const m = await this.#metrics(r, samples, zeroStd, stats);
+      this.iteration++;
+      this.lastSamples = samples;
+      return m;
+    });
+  }
+
+  /** Phase 1: the next prompts, G samples each, adjacent. */
+  async #rollout(): Promise<{ r: Rollout; refs: string[] }> {
+    const { cfg, data } = this, n = data.prompts.length, G = cfg.numGenerations;
+    const prompts: string[] = [], refs: string[] = [];
+    for (let p = 0; p < cfg.promptsPerIteration; p++) {
+      const i = (this.iteration * cfg.promptsPerIteration + p) % n;
+      for (let g = 0; g < G; g++) {
+        prompts.push(data.prompts[i]);
+        refs.push(data.references?.[i] ?? "");
+      }
+    }
+    const r = await rollout(this.actor, this.tok, prompts, {
+      maxNewTokens: cfg.maxNewTokens,
+      maxPromptLength: cfg.maxPromptLength,
+      temperature: cfg.temperature,
+      topK: cfg.topK,
+      topP: cfg.topP,
+      seed: rolloutSeed(cfg.seed, this.iteration),
+    });
+    return { r, refs };
+  }
+
+  /**
+   * Phase 2: group advantages on the GPU; the loss mask without truncated completions and tied
+   * groups when asked (decided on the host, which holds the rewards).
+   */
+  #advantages(r: Rollout, samples: GroupSample[]) {
+    const gpu = this.actor.gpu, cfg = this.cfg, G = cfg.numGenerations, T = r.length;
+    const rewards = Float32Array.from(samples, (s) => s.score);
+    const adv = groupAdvantages(gpu, gpu.fromArray(rewards), {
+      groupSize: G,
+      scale: cfg.scaleRewards,
+    });
+    const zeroStd: boolean[] = [];
+    for (let g = 0; g < samples.length / G; g++) {
+      const xs = rewards.subarray(g * G, (g + 1) * G);
+      zeroStd.push(xs.every((x) => x === xs[0]));
+    }
+    const host = Float32Array.from(r.hostActionMask);
+    let tokens = 0;
+    samples.forEach((s, b) => {
+      const drop = (cfg.maskTruncatedCompletions && s.truncated) ||
+        (cfg.dropTiedGroups && zeroStd[Math.floor(b / G)]);
+      if (drop) host.fill(0, b * T, (b + 1) * T);
+      for (let t = 0; t < T; t++) tokens += host[b * T + t];
+    });
+    const mask = host.every((v, i) => v === r.hostActionMask[i])
+      ? r.actionMask
+      : gpu.fromArray(host, [samples.length, T]);
+    return { mask, tokens, zeroStd, advantages: adv.advantages };
+  }
+
+  /** Phase 3: `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
+  #update(r: Rollout, advantages: Tensor, mask: Tensor, tokens: number): Tensor | undefined {
+    const gpu = this.actor.gpu, cfg = this.cfg, N = r.texts.length, T = r.length;
+    if (tokens === 0) return undefined; // every sample masked: nothing to learn from
+    const logpOld = modelLogprobs(this.actor, r.tokens, r.attentionMask);
+    const logpRef = cfg.beta > 0
+      ? referenceLogprobs(this.actor, this.reference, r.tokens, r.attentionMask)
+      : undefined;
+    const perPass = Math.ceil(N / cfg.miniBatchSize);
+    const stats = gpu.zeros([cfg.numIterations * perPass * MB_COLUMNS]);
+    let k = 0;
+    for (let pass = 0; pass < cfg.numIterations; pass++) {
+      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
+      for (let s = 0; s < N; s += cfg.miniBatchSize) {
+        const rows = order.slice(s, s + cfg.miniBatchSize);
+        const gather = (t: Tensor, width = T) => {
+          const out = gpu.empty(width === 1 ? [rows.length] : [rows.length, width], t.dtype);
+          rows.forEach((row, i) => gpu.copyRange(t, row * width, out, i * width, width));
+          return out;
+        };
+        gpu.scope(() =>
+          this.#minibatch(
+            {
+              seq: gather(r.tokens),
+              am: gather(r.attentionMask),
+              act: gather(mask),
+              logpOld: gather(logpOld),
+              logpRef: logpRef && gather(logpRef),
+              adv: gather(advantages, 1),
+              // dapo: every token of the generation batch weighs the same in every minibatch
+              tokenCount: (tokens * rows.length) / N,
+            },
+            stats,
+            k++,
+          )
+        );
+      }
+    }
+    return stats;
+  }
+
+  /** One optimizer step on a minibatch; its statistics go to row `k` of `stats`. */
+  #minibatch(
+    mb: {
+      seq: Tensor;
+      am: Tensor;
+      act: Tensor;
+      logpOld: Tensor;
+      logpRef?: Tensor;
+      adv: Tensor;
+      tokenCount: number;
+    },
+    stats: Tensor,
+    k: number,
+  ): void {
+    const { actor, cfg } = this, gpu = actor.gpu, [B, T] = mb.seq.shape;
+    const store = actor.lora?.store ?? actor.store;
+    store.zeroGrads();
+    const acts = actor.forward(mb.seq, mb.am);
+    const lp = actor.tokenLogprobs(acts);
+    const l = grpoLoss(gpu, lp.logp, mb.logpOld, mb.adv, mb.act, {
+      epsilonLow: cfg.epsilonLow,
+      epsilonHigh: cfg.epsilonHigh,
+      beta: cfg.beta,
+      logpRef: mb.logpRef,
+      aggregation: cfg.lossType,
+      maxCompletionLength: cfg.maxNewTokens,
+      tokenCount: mb.tokenCount,
+    });
+    const dlogits = logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
+      dlogp: l.dlogp.reshape([B * T]),
+    });
+    actor.backward(acts, { dlogits });
+    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    const entropy = maskedStats(gpu, lp.entropy, mb.act);
+    const columns: [keyof typeof MB, Tensor, number][] = [
+      ["loss", l.loss, STAT.sum],
+      ["clipLow", l.clipLow, STAT.mean],
+      ["clipHigh", l.clipHigh, STAT.mean],
+      ["kl", l.kl, STAT.mean],
+      ["entropy", entropy, STAT.mean],
+    ];
+    for (const [name, t, at] of columns) gpu.copyRange(t, at, stats, MB_COLUMNS * k + MB[name], 1);
+  }
+
+  /** The iteration's metrics: one readback of the statistics. */
+  async #metrics(
+    r: Rollout,
+    samples: GroupSample[],
+    zeroStd: boolean[],
+    stats: Tensor | undefined,
+  ): Promise<Metrics> {
+    const cfg = this.cfg, G = cfg.numGenerations, N = samples.length, T = r.length;
+    const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
+    const k = st.length / MB_COLUMNS;
+    const avg = (c: keyof typeof MB) => {
+      let a = 0;
+      for (let i = 0; i < k; i++) a += st[MB_COLUMNS * i + MB[c]];
+      return k ? a / k : 0;
+    };
+    const loss = avg("loss");
+    assertFiniteLosses(`GRPO iteration ${this.iteration + 1}`, { loss });
+    const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
+    const stds: number[] = [];
+    for (let g = 0; g < N / G; g++) {
+      const xs = samples.slice(g * G, (g + 1) * G).map((s) => s.score), m = mean(xs);
+      stds.push(Math.sqrt(xs.reduce((a, v) => a + (v - m) ** 2, 0) / (G - 1)));
+    }
+    const lengths = samples.map((_, b) =>
+      r.hostResponseMask.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0)
+    );
+    const low = avg("clipLow"), high = avg("clipHigh");
+    return {
+      iteration: this.iteration + 1,
+      reward: mean(samples.map((s) => s.score)),
+      reward_std: mean(stds),
+      frac_reward_zero_std: zeroStd.filter((z) => z).length / zeroStd.length,
+      kl: avg("kl"),
+      entropy: avg("entropy"),
+      "clip_ratio/low_mean": low,
+      "clip_ratio/high_mean": high,
+      "clip_ratio/region_mean": low + high,
+      "completions/mean_length": mean(lengths),
+      "completions/clipped_ratio": samples.filter((s) => s.truncated).length / N,
+      "completions/invalid_text_frac": samples.filter((s) => s.response.includes("\uFFFD")).length /
+        N,
+      loss,
+      "train/updated": stats ? 1 : 0,
+      learning_rate: learningRate(this.iteration, {
+        lr: cfg.lr,
+        totalSteps: cfg.iterations,
+        warmupRatio: cfg.warmupRatio,
+        decay: cfg.lrDecay,
+      }),
+      ...(this.hooks.scoreRollout?.(samples) ?? {}),
+    };
+  }
+
+  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
+  state(): GrpoTrainerState {
+    return { iteration: this.iteration, orderSeed: this.#orderSeed };
+  }
+
+  /** Restores {@link state}, checked field by field. */
+  restore(s: GrpoTrainerState): void {
+    const iteration = checkStateNumber("iteration", s?.iteration, { min: 0, max: this.total });
+    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
+    [this.iteration, this.#orderSeed] = [iteration, orderSeed];
+  }
+
+  /** The actor's trained store (its LoRA adapters when it has them). */
+  stores(): StateFile[] {
+    const a = this.actor;
+    return [
+      a.lora
+        ? { name: "grpo/actor_lora_state.safetensors", store: a.lora.store }
+        : { name: "grpo/actor_state.safetensors", store: a.store },
+    ];
+  }
+}
