@@ -1,0 +1,242 @@
+/**
+ * GRPO on the GPU: the first iteration sees policy = reference (no KL, no clipping), the frozen
+ * reference never changes, a grader's reward rises on two seeds, tied groups can be dropped,
+ * bad setups are named errors; and `deno task train --method=grpo` end to end with a built-in
+ * grader, a user's grader module and bad `--reward` values.
+ */
+import { join } from "node:path";
+import { OPT_PRESETS } from "../model/config.ts";
+import { OptModel } from "../model/opt.ts";
+import { ByteTokenizer } from "../model/tokenizer.ts";
+import { defaults } from "../trainer/config.ts";
+import type { Grader } from "../trainer/graders.ts";
+import { GRPO_SCHEMA, GrpoTrainer } from "../trainer/grpo.ts";
+import { graderReward } from "../trainer/reward.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { gpu, gpuTestOptions, noGpu } from "./_gpu.ts";
+
+const tok = new ByteTokenizer();
+const opts = gpuTestOptions;
+const prompts = ["What is 1 + 2?", "Say a word:", "Count: 1 2 3", "Hello"];
+const cfg = {
+  ...defaults(GRPO_SCHEMA),
+  iterations: 12,
+  promptsPerIteration: 4,
+  numGenerations: 4,
+  miniBatchSize: 8,
+  maxNewTokens: 6,
+  lr: 1e-2,
+  lrDecay: "constant" as const,
+};
+/** The share of response bytes below 0x40 (digits, spaces, punctuation): varied, learnable. */
+const lowBytes: Grader = (_p, r) => {
+  const b = new TextEncoder().encode(r);
+  return b.length ? b.filter((x) => x < 0x40).length / b.length : 0;
+};
+const reward = graderReward(lowBytes, "low-bytes");
+
+function same(a: Float32Array, b: Float32Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+Deno.test({
+  ...opts,
+  name: "grpo: the first iteration has no KL and no clipping; the reference never changes",
+  async fn() {
+    const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 3 });
+    const reference = policy.copy({ frozen: true });
+    const refBefore = await gpu.readF32(reference.store.params);
+    const polBefore = await gpu.readF32(policy.store.params);
+    // one minibatch of all 16 samples, one pass: its loss sees logp = logp_old = logp_ref
+    const t = new GrpoTrainer(policy, reference, reward, tok, { prompts }, {
+      ...cfg,
+      miniBatchSize: 16,
+    });
+    const m = await t.step();
+    assert(m.frac_reward_zero_std < 1, `rewards vary: ${JSON.stringify(m)}`);
+    assert(Math.abs(m.kl) < 1e-6, `kl ${m.kl}`);
+    assertEquals([m["clip_ratio/low_mean"], m["clip_ratio/high_mean"]], [0, 0]);
+    // the next iteration starts from the updated policy: KL to the reference appears
+    const m2 = await t.step();
+    assert(m2.kl > 1e-4, `kl after one update ${m2.kl}`);
+    assertEquals(
+      m2["clip_ratio/region_mean"],
+      m2["clip_ratio/low_mean"] + m2["clip_ratio/high_mean"],
+    );
+    assert(m["completions/mean_length"] > 0 && m["completions/mean_length"] <= cfg.maxNewTokens);
+    assertEquals(t.lastSamples.length, 16);
+    // the G samples of a prompt are adjacent
+    for (let i = 0; i < 16; i++) assertEquals(t.lastSamples[i].prompt, prompts[Math.floor(i / 4)]);
+    assert(same(await gpu.readF32(reference.store.params), refBefore), "reference unchanged");
+    assert(!same(await gpu.readF32(policy.store.params), polBefore), "policy changed");
+    for (const x of [policy, reference]) x.store.dispose();
+  },
+});
+
+for (const seed of [1, 2]) {
+  Deno.test({
+    ...opts,
+    name: `grpo: a grader's reward rises over 12 iterations (seed ${seed}; bound: +0.10)`,
+    async fn() {
+      const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed });
+      const t = new GrpoTrainer(policy, undefined, reward, tok, { prompts }, {
+        ...cfg,
+        beta: 0,
+        seed,
+      });
+      const rs: number[] = [];
+      for (let i = 0; i < cfg.iterations; i++) rs.push((await t.step()).reward);
+      const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
+      const first = mean(rs.slice(0, 3)), last = mean(rs.slice(-3));
+      console.log(`seed ${seed}: reward ${rs.map((r) => r.toFixed(2)).join(" ")}`);
+      assert(last - first >= 0.1, `reward ${first.toFixed(3)} → ${last.toFixed(3)}`);
+      policy.store.dispose();
+    },
+  });
+}
+
+Deno.test({
+  ...opts,
+  name: "grpo: tied groups can be dropped (no update when all tie); bad setups are named errors",
+  async fn() {
+    const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 4 });
+    const before = await gpu.readF32(policy.store.params);
+    const constant = graderReward(() => 0.5, "constant");
+    const t = new GrpoTrainer(policy, undefined, constant, tok, { prompts }, {
+      ...cfg,
+      beta: 0,
+      dropTiedGroups: true,
+    });
+    const m = await t.step();
+    assertEquals([m.frac_reward_zero_std, m["train/updated"], m.reward_std], [1, 0, 0]);
+    assert(same(await gpu.readF32(policy.store.params), before), "no update");
+    await assertThrows(
+      () => new GrpoTrainer(policy, undefined, reward, tok, { prompts }, cfg),
+      RangeError,
+      "beta > 0 needs a reference",
+    );
+    await assertThrows(
+      () =>
+        new GrpoTrainer(policy, undefined, reward, tok, { prompts, references: ["1"] }, {
+          ...cfg,
+          beta: 0,
+        }),
+      RangeError,
+      "1 references for 4 prompts",
+    );
+    await assertThrows(
+      () =>
+        new GrpoTrainer(policy, undefined, reward, tok, { prompts }, {
+          ...cfg,
+          beta: 0,
+          numGenerations: 1,
+        }),
+      RangeError,
+      "numGenerations",
+    );
+    const bad = new GrpoTrainer(policy, undefined, graderReward(() => 2, "bad"), tok, { prompts }, {
+      ...cfg,
+      beta: 0,
+    });
+    await assertThrows(() => bad.step(), Error, "[0, 1]");
+    policy.store.dispose();
+  },
+});
+
+const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
+
+async function train(args: string[]) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-env", "--allow-read", "--allow-write", CLI, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
+}
+
+const TINY = [
+  "--method=grpo",
+  "--sft.steps=10",
+  "--grpo.iterations=2",
+  "--grpo.promptsPerIteration=2",
+  "--grpo.numGenerations=4",
+  "--grpo.maxNewTokens=6",
+  "--run.evalSamples=1",
+];
+
+Deno.test({
+  name: "train CLI --method=grpo: grader:math and a user's grader module; bad rewards are named",
+  ignore: noGpu,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const out = await Deno.makeTempDir();
+    const r = await train([`--out=${out}`, "--run.name=g", ...TINY]);
+    assertEquals(r.code, 0, r.err.slice(-2000));
+    const dir = join(out, "g");
+    const cfg = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
+    assertEquals([cfg.pipeline, cfg.reward.source, cfg.grpo.iterations], [
+      "builtin-grpo",
+      "grader:math",
+      2,
+    ]);
+    const lines = (await Deno.readTextFile(join(dir, "metrics.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((l) => l.stage === "grpo");
+    assertEquals(lines.length, 2, "one record per iteration");
+    for (
+      const k of [
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "kl",
+        "entropy",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "gold/rollout",
+        "gold/correct",
+      ]
+    ) assert(Number.isFinite(lines[1][k]), `metric ${k}: ${lines[1][k]}`);
+    const summary = JSON.parse(await Deno.readTextFile(join(dir, "summary.json")));
+    for (
+      const k of ["gold/before", "gold/after", "gold/correct/before", "gold/correct/after"]
+    ) assert(Number.isFinite(summary[k]), `summary ${k}`);
+    assert(summary.reward_hacking && "detected" in summary.reward_hacking, "verdict");
+    // a user's grader module, by a path relative to the working directory
+    await Deno.writeTextFile(
+      join(out, "my_grader.ts"),
+      "export const grade = (_p: string, r: string) => (r.includes('.') ? 1 : 0);\n",
+    );
+    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-env",
+        "--allow-read",
+        "--allow-write",
+        CLI,
+        `--out=${out}`,
+        "--run.name=m",
+        ...TINY,
+        "--reward=./my_grader.ts",
+      ],
+      cwd: out,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(code, 0, new TextDecoder().decode(stderr).slice(-2000));
+    const m = JSON.parse(await Deno.readTextFile(join(out, "m", "config.json")));
+    assertEquals(m.reward.source, "./my_grader.ts");
+    // bad values, before any training
+    const nope = await train([`--out=${out}`, "--run.name=x", ...TINY, "--reward=grader:nope"]);
+    assert(nope.code !== 0 && nope.err.includes('unknown grader "nope"'), nope.err.slice(-500));
+    const shape = await train([`--out=${out}`, "--run.name=y", ...TINY, "--reward=rm-ish"]);
+    assert(shape.code !== 0 && shape.err.includes("grader:NAME"), shape.err.slice(-500));
+    const ppo = await train([`--out=${out}`, "--reward=grader:math"]);
+    assert(ppo.code !== 0 && ppo.err.includes("takes no reward"), ppo.err.slice(-500));
+    const own = await train([`--out=${out}`, "--method=grpo", "--data.policy=/nowhere"]);
+    assert(own.code !== 0 && own.err.includes("built-in task only"), own.err.slice(-500));
+    await Deno.remove(out, { recursive: true });
+  },
+});
