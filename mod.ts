@@ -383,7 +383,15 @@ export {
 } from "./trainer/graders.ts";
 export { graderReward, modelReward, type Reward } from "./trainer/reward.ts";
 export {
+  gatherRows,
+  type GroupData,
+  groupMetrics,
   type GroupSample,
+  type GroupSampling,
+  type ScoredGroups,
+  scoredGroupRollout,
+} from "./trainer/group.ts";
+export {
   GRPO_SCHEMA,
   type GrpoConfig,
   type GrpoData,

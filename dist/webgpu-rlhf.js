@@ -11853,6 +11853,93 @@ async function loadGrader(url) {
   return mod.grade;
 }
 
+// trainer/group.ts
+function checkGroupSetup(who, data, G) {
+  if (data.prompts.length === 0) throw new RangeError(`${who}: no prompts`);
+  if (data.references && data.references.length !== data.prompts.length) {
+    throw new RangeError(`${who}: ${data.references.length} references for ${data.prompts.length} prompts`);
+  }
+  if (!(G >= 2)) throw new RangeError(`${who}: numGenerations must be \u2265 2, got ${G}`);
+}
+async function scoredGroupRollout(actor, tok, reward, data, s, iteration, leaveOut) {
+  const n = data.prompts.length, G = s.numGenerations;
+  const prompts = [], refs = [];
+  for (let p = 0; p < s.promptsPerIteration; p++) {
+    const i = (iteration * s.promptsPerIteration + p) % n;
+    for (let g = 0; g < G; g++) {
+      prompts.push(data.prompts[i]);
+      refs.push(data.references?.[i] ?? "");
+    }
+  }
+  const r = await rollout(actor, tok, prompts, {
+    maxNewTokens: s.maxNewTokens,
+    maxPromptLength: s.maxPromptLength,
+    temperature: s.temperature,
+    topK: s.topK,
+    topP: s.topP,
+    seed: rolloutSeed(s.seed, iteration)
+  });
+  const rewards = await reward.score(r, refs);
+  const samples = r.texts.map((x, i) => ({
+    ...x,
+    score: rewards[i]
+  }));
+  const zeroStd = [];
+  for (let g = 0; g < samples.length / G; g++) {
+    const xs = rewards.subarray(g * G, (g + 1) * G);
+    zeroStd.push(xs.every((x) => x === xs[0]));
+  }
+  const T = r.length, host = Float32Array.from(r.hostActionMask);
+  let tokens = 0, changed = false;
+  samples.forEach((x, b) => {
+    if (leaveOut.maskTruncated && x.truncated || leaveOut.dropTied && zeroStd[Math.floor(b / G)]) {
+      host.fill(0, b * T, (b + 1) * T);
+      changed = true;
+    }
+    for (let t = 0; t < T; t++) tokens += host[b * T + t];
+  });
+  const mask = changed ? actor.gpu.fromArray(host, [
+    samples.length,
+    T
+  ]) : r.actionMask;
+  return {
+    r,
+    samples,
+    rewards,
+    zeroStd,
+    mask,
+    tokens
+  };
+}
+function gatherRows(gpu, t, rows3, width) {
+  const out = gpu.empty(width === 1 ? [
+    rows3.length
+  ] : [
+    rows3.length,
+    width
+  ], t.dtype);
+  rows3.forEach((row, i) => gpu.copyRange(t, row * width, out, i * width, width));
+  return out;
+}
+function groupMetrics(g, G) {
+  const { samples, r, zeroStd } = g, N = samples.length, T = r.length;
+  const mean = (xs) => xs.reduce((a, v) => a + v, 0) / xs.length;
+  const stds = [];
+  for (let k = 0; k < N / G; k++) {
+    const xs = samples.slice(k * G, (k + 1) * G).map((s) => s.score), m = mean(xs);
+    stds.push(Math.sqrt(xs.reduce((a, v) => a + (v - m) ** 2, 0) / (G - 1)));
+  }
+  const lengths = samples.map((_, b) => r.hostResponseMask.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0));
+  return {
+    reward: mean(samples.map((s) => s.score)),
+    reward_std: mean(stds),
+    frac_reward_zero_std: zeroStd.filter((z) => z).length / zeroStd.length,
+    "completions/mean_length": mean(lengths),
+    "completions/clipped_ratio": samples.filter((s) => s.truncated).length / N,
+    "completions/invalid_text_frac": samples.filter((s) => s.response.includes("\uFFFD")).length / N
+  };
+}
+
 // trainer/grpo.ts
 var GRPO_SCHEMA = {
   iterations: {
@@ -12036,13 +12123,7 @@ var GrpoTrainer = class {
     if (cfg.beta > 0 && !reference && !actor.lora) {
       throw new RangeError("GrpoTrainer: beta > 0 needs a reference model or LoRA adapters");
     }
-    if (data.prompts.length === 0) throw new RangeError("GrpoTrainer: no prompts");
-    if (data.references && data.references.length !== data.prompts.length) {
-      throw new RangeError(`GrpoTrainer: ${data.references.length} references for ${data.prompts.length} prompts`);
-    }
-    if (!(cfg.numGenerations >= 2)) {
-      throw new RangeError(`GrpoTrainer: numGenerations must be \u2265 2, got ${cfg.numGenerations}`);
-    }
+    checkGroupSetup("GrpoTrainer", data, cfg.numGenerations);
     this.#orderSeed = cfg.seed;
   }
   get total() {
@@ -12051,77 +12132,21 @@ var GrpoTrainer = class {
   /** One iteration: group rollout, rewards and advantages, `numIterations` of updates, metrics. */
   step(_log = true) {
     return this.actor.gpu.scope(async () => {
-      const { r, refs } = await this.#rollout();
-      const scores = await this.reward.score(r, refs);
-      const samples = r.texts.map((x, i) => ({
-        ...x,
-        score: scores[i]
-      }));
-      const { mask, tokens, zeroStd, advantages } = this.#advantages(r, samples);
-      const stats = this.#update(r, advantages, mask, tokens);
-      const m = await this.#metrics(r, samples, zeroStd, stats);
+      const cfg = this.cfg;
+      const g = await scoredGroupRollout(this.actor, this.tok, this.reward, this.data, cfg, this.iteration, {
+        maskTruncated: cfg.maskTruncatedCompletions,
+        dropTied: cfg.dropTiedGroups
+      });
+      const advantages = groupAdvantages(this.actor.gpu, this.actor.gpu.fromArray(g.rewards), {
+        groupSize: cfg.numGenerations,
+        scale: cfg.scaleRewards
+      }).advantages;
+      const stats = this.#update(g.r, advantages, g.mask, g.tokens);
+      const m = await this.#metrics(g, stats);
       this.iteration++;
-      this.lastSamples = samples;
+      this.lastSamples = g.samples;
       return m;
     });
-  }
-  /** Phase 1: the next prompts, G samples each, adjacent. */
-  async #rollout() {
-    const { cfg, data } = this, n = data.prompts.length, G = cfg.numGenerations;
-    const prompts = [], refs = [];
-    for (let p = 0; p < cfg.promptsPerIteration; p++) {
-      const i = (this.iteration * cfg.promptsPerIteration + p) % n;
-      for (let g = 0; g < G; g++) {
-        prompts.push(data.prompts[i]);
-        refs.push(data.references?.[i] ?? "");
-      }
-    }
-    const r = await rollout(this.actor, this.tok, prompts, {
-      maxNewTokens: cfg.maxNewTokens,
-      maxPromptLength: cfg.maxPromptLength,
-      temperature: cfg.temperature,
-      topK: cfg.topK,
-      topP: cfg.topP,
-      seed: rolloutSeed(cfg.seed, this.iteration)
-    });
-    return {
-      r,
-      refs
-    };
-  }
-  /**
-   * Phase 2: group advantages on the GPU; the loss mask without truncated completions and tied
-   * groups when asked (decided on the host, which holds the rewards).
-   */
-  #advantages(r, samples) {
-    const gpu = this.actor.gpu, cfg = this.cfg, G = cfg.numGenerations, T = r.length;
-    const rewards = Float32Array.from(samples, (s) => s.score);
-    const adv = groupAdvantages(gpu, gpu.fromArray(rewards), {
-      groupSize: G,
-      scale: cfg.scaleRewards
-    });
-    const zeroStd = [];
-    for (let g = 0; g < samples.length / G; g++) {
-      const xs = rewards.subarray(g * G, (g + 1) * G);
-      zeroStd.push(xs.every((x) => x === xs[0]));
-    }
-    const host = Float32Array.from(r.hostActionMask);
-    let tokens = 0;
-    samples.forEach((s, b) => {
-      const drop = cfg.maskTruncatedCompletions && s.truncated || cfg.dropTiedGroups && zeroStd[Math.floor(b / G)];
-      if (drop) host.fill(0, b * T, (b + 1) * T);
-      for (let t = 0; t < T; t++) tokens += host[b * T + t];
-    });
-    const mask = host.every((v, i) => v === r.hostActionMask[i]) ? r.actionMask : gpu.fromArray(host, [
-      samples.length,
-      T
-    ]);
-    return {
-      mask,
-      tokens,
-      zeroStd,
-      advantages: adv.advantages
-    };
   }
   /** Phase 3: `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
   #update(r, advantages, mask, tokens) {
@@ -12138,16 +12163,7 @@ var GrpoTrainer = class {
       const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
       for (let s = 0; s < N; s += cfg.miniBatchSize) {
         const rows3 = order.slice(s, s + cfg.miniBatchSize);
-        const gather = (t, width = T) => {
-          const out = gpu.empty(width === 1 ? [
-            rows3.length
-          ] : [
-            rows3.length,
-            width
-          ], t.dtype);
-          rows3.forEach((row, i) => gpu.copyRange(t, row * width, out, i * width, width));
-          return out;
-        };
+        const gather = (t, width = T) => gatherRows(gpu, t, rows3, width);
         gpu.scope(() => this.#minibatch({
           seq: gather(r.tokens),
           am: gather(r.attentionMask),
@@ -12218,8 +12234,8 @@ var GrpoTrainer = class {
     for (const [name, t, at] of columns) gpu.copyRange(t, at, stats, MB_COLUMNS2 * k + MB2[name], 1);
   }
   /** The iteration's metrics: one readback of the statistics. */
-  async #metrics(r, samples, zeroStd, stats) {
-    const cfg = this.cfg, G = cfg.numGenerations, N = samples.length, T = r.length;
+  async #metrics(g, stats) {
+    const cfg = this.cfg;
     const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
     const k = st.length / MB_COLUMNS2;
     const avg = (c) => {
@@ -12231,27 +12247,15 @@ var GrpoTrainer = class {
     assertFiniteLosses(`GRPO iteration ${this.iteration + 1}`, {
       loss
     });
-    const mean = (xs) => xs.reduce((a, v) => a + v, 0) / xs.length;
-    const stds = [];
-    for (let g = 0; g < N / G; g++) {
-      const xs = samples.slice(g * G, (g + 1) * G).map((s) => s.score), m = mean(xs);
-      stds.push(Math.sqrt(xs.reduce((a, v) => a + (v - m) ** 2, 0) / (G - 1)));
-    }
-    const lengths = samples.map((_, b) => r.hostResponseMask.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0));
     const low = avg("clipLow"), high = avg("clipHigh");
     return {
       iteration: this.iteration + 1,
-      reward: mean(samples.map((s) => s.score)),
-      reward_std: mean(stds),
-      frac_reward_zero_std: zeroStd.filter((z) => z).length / zeroStd.length,
+      ...groupMetrics(g, cfg.numGenerations),
       kl: avg("kl"),
       entropy: avg("entropy"),
       "clip_ratio/low_mean": low,
       "clip_ratio/high_mean": high,
       "clip_ratio/region_mean": low + high,
-      "completions/mean_length": mean(lengths),
-      "completions/clipped_ratio": samples.filter((s) => s.truncated).length / N,
-      "completions/invalid_text_frac": samples.filter((s) => s.response.includes("\uFFFD")).length / N,
       loss,
       "train/updated": stats ? 1 : 0,
       learning_rate: learningRate(this.iteration, {
@@ -12260,7 +12264,7 @@ var GrpoTrainer = class {
         warmupRatio: cfg.warmupRatio,
         decay: cfg.lrDecay
       }),
-      ...this.hooks.scoreRollout?.(samples) ?? {}
+      ...this.hooks.scoreRollout?.(g.samples) ?? {}
     };
   }
   /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
@@ -12868,6 +12872,7 @@ export {
   fill,
   gae,
   gaeAdvantages,
+  gatherRows,
   gelu,
   geluBackward,
   generate,
@@ -12878,6 +12883,7 @@ export {
   graderByName,
   graderReward,
   groupAdvantages,
+  groupMetrics,
   grpoLoss,
   implicitReward,
   klPenalty,
@@ -12963,6 +12969,7 @@ export {
   savePeftAdapter,
   scale,
   scaleByScalarTensor,
+  scoredGroupRollout,
   sequenceLogprobs,
   sequenceLogprobsBackward,
   sequenceScores,

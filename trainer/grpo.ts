@@ -34,9 +34,18 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import type { Schema } from "./config.ts";
 import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
 import { learningRate, optimizerStep } from "./optim.ts";
-import { epochSeed, mulberry32, permutation, rolloutSeed } from "./random.ts";
+import { epochSeed, mulberry32, permutation } from "./random.ts";
 import type { Reward } from "./reward.ts";
-import { type Rollout, rollout } from "./rollout.ts";
+import type { Rollout } from "./rollout.ts";
+import {
+  checkGroupSetup,
+  gatherRows,
+  type GroupData,
+  groupMetrics,
+  type GroupSample,
+  scoredGroupRollout,
+  type ScoredGroups,
+} from "./group.ts";
 import {
   assertFiniteLosses,
   checkStateNumber,
@@ -163,25 +172,8 @@ export const GRPO_SCHEMA: Schema<GrpoConfig> = {
   seed: { default: 0, doc: "rollout sampling and minibatch order seed", integer: true },
 };
 
-/** What GRPO trains on: prompts and, for graders, each prompt's reference answer. */
-export interface GrpoData {
-  /** Rollout prompts, taken `promptsPerIteration` at a time in order (wrapping around). */
-  prompts: readonly string[];
-  /** `references[i]` belongs to `prompts[i]` (empty strings for a reward model). */
-  references?: readonly string[];
-}
-
-/** A decoded sample of the last rollout with its reward. */
-export interface GroupSample {
-  /** The prompt. */
-  prompt: string;
-  /** The decoded response. */
-  response: string;
-  /** Its reward. */
-  score: number;
-  /** The response hit the token budget without EOS. */
-  truncated: boolean;
-}
+/** What GRPO trains on (see {@link GroupData}). */
+export type GrpoData = GroupData;
 
 /** Callbacks of {@link GrpoTrainer}. */
 export interface GrpoHooks {
@@ -244,15 +236,7 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
     if (cfg.beta > 0 && !reference && !actor.lora) {
       throw new RangeError("GrpoTrainer: beta > 0 needs a reference model or LoRA adapters");
     }
-    if (data.prompts.length === 0) throw new RangeError("GrpoTrainer: no prompts");
-    if (data.references && data.references.length !== data.prompts.length) {
-      throw new RangeError(
-        `GrpoTrainer: ${data.references.length} references for ${data.prompts.length} prompts`,
-      );
-    }
-    if (!(cfg.numGenerations >= 2)) {
-      throw new RangeError(`GrpoTrainer: numGenerations must be ≥ 2, got ${cfg.numGenerations}`);
-    }
+    checkGroupSetup("GrpoTrainer", data, cfg.numGenerations);
     this.#orderSeed = cfg.seed;
   }
 
@@ -263,68 +247,26 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
   /** One iteration: group rollout, rewards and advantages, `numIterations` of updates, metrics. */
   step(_log = true): Promise<Metrics> {
     return this.actor.gpu.scope(async () => {
-      const { r, refs } = await this.#rollout();
-      const scores = await this.reward.score(r, refs);
-      const samples = r.texts.map((x, i) => ({ ...x, score: scores[i] }));
-      const { mask, tokens, zeroStd, advantages } = this.#advantages(r, samples);
-      const stats = this.#update(r, advantages, mask, tokens);
-      const m = await this.#metrics(r, samples, zeroStd, stats);
+      const cfg = this.cfg;
+      const g = await scoredGroupRollout(
+        this.actor,
+        this.tok,
+        this.reward,
+        this.data,
+        cfg,
+        this.iteration,
+        { maskTruncated: cfg.maskTruncatedCompletions, dropTied: cfg.dropTiedGroups },
+      );
+      const advantages = groupAdvantages(this.actor.gpu, this.actor.gpu.fromArray(g.rewards), {
+        groupSize: cfg.numGenerations,
+        scale: cfg.scaleRewards,
+      }).advantages;
+      const stats = this.#update(g.r, advantages, g.mask, g.tokens);
+      const m = await this.#metrics(g, stats);
       this.iteration++;
-      this.lastSamples = samples;
+      this.lastSamples = g.samples;
       return m;
     });
-  }
-
-  /** Phase 1: the next prompts, G samples each, adjacent. */
-  async #rollout(): Promise<{ r: Rollout; refs: string[] }> {
-    const { cfg, data } = this, n = data.prompts.length, G = cfg.numGenerations;
-    const prompts: string[] = [], refs: string[] = [];
-    for (let p = 0; p < cfg.promptsPerIteration; p++) {
-      const i = (this.iteration * cfg.promptsPerIteration + p) % n;
-      for (let g = 0; g < G; g++) {
-        prompts.push(data.prompts[i]);
-        refs.push(data.references?.[i] ?? "");
-      }
-    }
-    const r = await rollout(this.actor, this.tok, prompts, {
-      maxNewTokens: cfg.maxNewTokens,
-      maxPromptLength: cfg.maxPromptLength,
-      temperature: cfg.temperature,
-      topK: cfg.topK,
-      topP: cfg.topP,
-      seed: rolloutSeed(cfg.seed, this.iteration),
-    });
-    return { r, refs };
-  }
-
-  /**
-   * Phase 2: group advantages on the GPU; the loss mask without truncated completions and tied
-   * groups when asked (decided on the host, which holds the rewards).
-   */
-  #advantages(r: Rollout, samples: GroupSample[]) {
-    const gpu = this.actor.gpu, cfg = this.cfg, G = cfg.numGenerations, T = r.length;
-    const rewards = Float32Array.from(samples, (s) => s.score);
-    const adv = groupAdvantages(gpu, gpu.fromArray(rewards), {
-      groupSize: G,
-      scale: cfg.scaleRewards,
-    });
-    const zeroStd: boolean[] = [];
-    for (let g = 0; g < samples.length / G; g++) {
-      const xs = rewards.subarray(g * G, (g + 1) * G);
-      zeroStd.push(xs.every((x) => x === xs[0]));
-    }
-    const host = Float32Array.from(r.hostActionMask);
-    let tokens = 0;
-    samples.forEach((s, b) => {
-      const drop = (cfg.maskTruncatedCompletions && s.truncated) ||
-        (cfg.dropTiedGroups && zeroStd[Math.floor(b / G)]);
-      if (drop) host.fill(0, b * T, (b + 1) * T);
-      for (let t = 0; t < T; t++) tokens += host[b * T + t];
-    });
-    const mask = host.every((v, i) => v === r.hostActionMask[i])
-      ? r.actionMask
-      : gpu.fromArray(host, [samples.length, T]);
-    return { mask, tokens, zeroStd, advantages: adv.advantages };
   }
 
   /** Phase 3: `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
@@ -342,11 +284,7 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
       const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
       for (let s = 0; s < N; s += cfg.miniBatchSize) {
         const rows = order.slice(s, s + cfg.miniBatchSize);
-        const gather = (t: Tensor, width = T) => {
-          const out = gpu.empty(width === 1 ? [rows.length] : [rows.length, width], t.dtype);
-          rows.forEach((row, i) => gpu.copyRange(t, row * width, out, i * width, width));
-          return out;
-        };
+        const gather = (t: Tensor, width = T) => gatherRows(gpu, t, rows, width);
         gpu.scope(() =>
           this.#minibatch(
             {
@@ -413,13 +351,8 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
   }
 
   /** The iteration's metrics: one readback of the statistics. */
-  async #metrics(
-    r: Rollout,
-    samples: GroupSample[],
-    zeroStd: boolean[],
-    stats: Tensor | undefined,
-  ): Promise<Metrics> {
-    const cfg = this.cfg, G = cfg.numGenerations, N = samples.length, T = r.length;
+  async #metrics(g: ScoredGroups, stats: Tensor | undefined): Promise<Metrics> {
+    const cfg = this.cfg;
     const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
     const k = st.length / MB_COLUMNS;
     const avg = (c: keyof typeof MB) => {
@@ -429,30 +362,15 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
     };
     const loss = avg("loss");
     assertFiniteLosses(`GRPO iteration ${this.iteration + 1}`, { loss });
-    const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
-    const stds: number[] = [];
-    for (let g = 0; g < N / G; g++) {
-      const xs = samples.slice(g * G, (g + 1) * G).map((s) => s.score), m = mean(xs);
-      stds.push(Math.sqrt(xs.reduce((a, v) => a + (v - m) ** 2, 0) / (G - 1)));
-    }
-    const lengths = samples.map((_, b) =>
-      r.hostResponseMask.subarray(b * T, (b + 1) * T).reduce((a, v) => a + v, 0)
-    );
     const low = avg("clipLow"), high = avg("clipHigh");
     return {
       iteration: this.iteration + 1,
-      reward: mean(samples.map((s) => s.score)),
-      reward_std: mean(stds),
-      frac_reward_zero_std: zeroStd.filter((z) => z).length / zeroStd.length,
+      ...groupMetrics(g, cfg.numGenerations),
       kl: avg("kl"),
       entropy: avg("entropy"),
       "clip_ratio/low_mean": low,
       "clip_ratio/high_mean": high,
       "clip_ratio/region_mean": low + high,
-      "completions/mean_length": mean(lengths),
-      "completions/clipped_ratio": samples.filter((s) => s.truncated).length / N,
-      "completions/invalid_text_frac": samples.filter((s) => s.response.includes("\uFFFD")).length /
-        N,
       loss,
       "train/updated": stats ? 1 : 0,
       learning_rate: learningRate(this.iteration, {
@@ -461,7 +379,7 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
         warmupRatio: cfg.warmupRatio,
         decay: cfg.lrDecay,
       }),
-      ...(this.hooks.scoreRollout?.(samples) ?? {}),
+      ...(this.hooks.scoreRollout?.(g.samples) ?? {}),
     };
   }
 
