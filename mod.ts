@@ -388,9 +388,16 @@ export {
   groupMetrics,
   type GroupSample,
   type GroupSampling,
-  type ScoredGroups,
   scoredGroupRollout,
+  type ScoredGroups,
 } from "./trainer/group.ts";
+export {
+  RLOO_SCHEMA,
+  type RlooConfig,
+  type RlooHooks,
+  RlooTrainer,
+  type RlooTrainerState,
+} from "./trainer/rloo.ts";
 export {
   GRPO_SCHEMA,
   type GrpoConfig,

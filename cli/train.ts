@@ -53,6 +53,7 @@ export const METHODS: Record<string, string> = {
   simpo: "simpo",
   kto: "kto",
   grpo: "grpo",
+  rloo: "rloo",
 };
 
 /** The value of `--name` on a command line, if any. */

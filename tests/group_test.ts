@@ -12,6 +12,8 @@ import { defaults } from "../trainer/config.ts";
 import type { Grader } from "../trainer/graders.ts";
 import { GRPO_SCHEMA, GrpoTrainer } from "../trainer/grpo.ts";
 import { graderReward } from "../trainer/reward.ts";
+import { RLOO_SCHEMA, RlooTrainer } from "../trainer/rloo.ts";
+import type { Metrics } from "../trainer/types.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpu, gpuTestOptions, noGpu } from "./_gpu.ts";
 
@@ -143,6 +145,34 @@ Deno.test({
   },
 });
 
+for (const seed of [1, 2]) {
+  Deno.test({
+    ...opts,
+    name: `rloo: a grader's reward rises over 12 iterations (seed ${seed}; bound: +0.10)`,
+    async fn() {
+      const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed });
+      const reference = policy.copy({ frozen: true });
+      const t = new RlooTrainer(policy, reference, reward, tok, { prompts }, {
+        ...defaults(RLOO_SCHEMA),
+        ...cfg,
+        beta: 0.05,
+        seed,
+      });
+      const ms: Metrics[] = [];
+      for (let i = 0; i < cfg.iterations; i++) ms.push(await t.step());
+      const rs = ms.map((m) => m.reward);
+      const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
+      const first = mean(rs.slice(0, 3)), last = mean(rs.slice(-3));
+      console.log(`seed ${seed}: reward ${rs.map((r) => r.toFixed(2)).join(" ")}`);
+      // the first rollout is the reference's own: no KL, so r' = r
+      assert(Math.abs(ms[0].kl) < 1e-5 && Math.abs(ms[0].rlhf_reward - ms[0].reward) < 1e-6);
+      assert(ms[cfg.iterations - 1].kl > 0, "the policy moved from the reference");
+      assert(last - first >= 0.1, `reward ${first.toFixed(3)} → ${last.toFixed(3)}`);
+      for (const x of [policy, reference]) x.store.dispose();
+    },
+  });
+}
+
 const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
 
 async function train(args: string[]) {
@@ -165,7 +195,8 @@ const TINY = [
 ];
 
 Deno.test({
-  name: "train CLI --method=grpo: grader:math and a user's grader module; bad rewards are named",
+  name:
+    "train CLI --method=grpo|rloo: grader:math and a user's grader module; bad rewards are named",
   ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
@@ -228,6 +259,26 @@ Deno.test({
     assertEquals(code, 0, new TextDecoder().decode(stderr).slice(-2000));
     const m = JSON.parse(await Deno.readTextFile(join(out, "m", "config.json")));
     assertEquals(m.reward.source, "./my_grader.ts");
+    // RLOO through the same pipeline shape
+    const rl = await train([
+      `--out=${out}`,
+      "--run.name=r",
+      "--method=rloo",
+      "--sft.steps=10",
+      "--rloo.iterations=2",
+      "--rloo.promptsPerIteration=2",
+      "--rloo.maxNewTokens=6",
+      "--run.evalSamples=1",
+    ]);
+    assertEquals(rl.code, 0, rl.err.slice(-2000));
+    const rcfg = JSON.parse(await Deno.readTextFile(join(out, "r", "config.json")));
+    assertEquals([rcfg.pipeline, rcfg.rloo.numGenerations], ["builtin-rloo", 4]);
+    const rlines = (await Deno.readTextFile(join(out, "r", "metrics.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((l) => l.stage === "rloo");
+    assertEquals(rlines.length, 2);
+    for (const k of ["reward", "kl", "rlhf_reward", "clip_ratio", "loss", "gold/correct"]) {
+      assert(Number.isFinite(rlines[1][k]), `rloo metric ${k}: ${rlines[1][k]}`);
+    }
     // bad values, before any training
     const nope = await train([`--out=${out}`, "--run.name=x", ...TINY, "--reward=grader:nope"]);
     assert(nope.code !== 0 && nope.err.includes('unknown grader "nope"'), nope.err.slice(-500));

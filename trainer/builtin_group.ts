@@ -33,6 +33,9 @@ import {
 } from "./config.ts";
 import { type Grader, graderByName, GraderError } from "./graders.ts";
 import { GRPO_SCHEMA, type GrpoConfig, GrpoTrainer } from "./grpo.ts";
+import type { GroupData, GroupSample } from "./group.ts";
+import { RLOO_SCHEMA, type RlooConfig, RlooTrainer } from "./rloo.ts";
+import type { Metrics } from "./types.ts";
 import { describeVerdict, detectRewardHacking, goldSpread, type RolloutScores } from "./hacking.ts";
 import { implicitReward } from "./logprobs.ts";
 import type { PipelineDefinition, Stage, StageContext } from "./pipeline.ts";
@@ -76,6 +79,18 @@ export interface GrpoPipelineConfig {
   grpo: GrpoConfig;
 }
 
+/** A `builtin-rloo` config. */
+export interface RlooPipelineConfig {
+  /** The `run.` section. */
+  run: RunConfig;
+  /** The `reward.` section. */
+  reward: GroupRewardConfig;
+  /** The `sft.` section. */
+  sft: SftConfig;
+  /** The `rloo.` section. */
+  rloo: RlooConfig;
+}
+
 /**
  * Defaults of `builtin-grpo` (the SFT stage is the PPO pipeline's). The learning rate suits the
  * tiny model (TRL's 1e-6 is for billion-parameter models); the budget of sampled tokens is
@@ -88,7 +103,62 @@ export const GRPO_PIPELINE_DEFAULTS: GrpoPipelineConfig = {
   grpo: { ...defaults(GRPO_SCHEMA), iterations: 40, lr: 1e-4, warmupRatio: 0.1 },
 };
 
-type Ctx = StageContext<GrpoPipelineConfig, BuiltinState>;
+/** Defaults of `builtin-rloo`: GRPO's budget of sampled tokens (40 × 32 prompts × 4 samples). */
+export const RLOO_PIPELINE_DEFAULTS: RlooPipelineConfig = {
+  run: { ...BUILTIN_DEFAULTS.run, name: "builtin-rloo" },
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft,
+  rloo: {
+    ...defaults(RLOO_SCHEMA),
+    iterations: 40,
+    promptsPerIteration: 32,
+    lr: 1e-4,
+    warmupRatio: 0.1,
+  },
+};
+
+type AnyConfig = GrpoPipelineConfig | RlooPipelineConfig;
+type Ctx = StageContext<AnyConfig, BuiltinState>;
+
+/** What a group stage needs beyond the shared flow. */
+interface GroupMethod {
+  name: "grpo" | "rloo";
+  label: string;
+  maxNewTokens(cfg: AnyConfig): number;
+  trainer(
+    ctx: Ctx,
+    policy: OptModel,
+    reward: Reward,
+    data: GroupData,
+    hooks: { scoreRollout: (s: GroupSample[]) => Metrics },
+  ): GrpoTrainer | RlooTrainer;
+}
+
+const GRPO_METHOD: GroupMethod = {
+  name: "grpo",
+  label: "GRPO",
+  maxNewTokens: (cfg) => (cfg as GrpoPipelineConfig).grpo.maxNewTokens,
+  trainer(ctx, policy, reward, data, hooks) {
+    const c = (ctx.cfg as GrpoPipelineConfig).grpo, sft = ctx.state.sft!;
+    return new GrpoTrainer(policy, c.beta > 0 ? sft : undefined, reward, ctx.state.tok, data, {
+      ...c,
+      seed: c.seed + ctx.cfg.run.seed,
+    }, hooks);
+  },
+};
+
+const RLOO_METHOD: GroupMethod = {
+  name: "rloo",
+  label: "RLOO",
+  maxNewTokens: (cfg) => (cfg as RlooPipelineConfig).rloo.maxNewTokens,
+  trainer(ctx, policy, reward, data, hooks) {
+    const c = (ctx.cfg as RlooPipelineConfig).rloo, sft = ctx.state.sft!;
+    return new RlooTrainer(policy, c.beta > 0 ? sft : undefined, reward, ctx.state.tok, data, {
+      ...c,
+      seed: c.seed + ctx.cfg.run.seed,
+    }, hooks);
+  },
+};
 
 /**
  * The grader a `reward` spec names: `grader:NAME`, or a module (loaded with
@@ -115,11 +185,12 @@ function answerOf(prompt: string): string {
   return String(q.answer);
 }
 
-/** GRPO from the SFT policy; the SFT model is the frozen reference. */
-function grpoStage(io: RecipeIo): Stage<GrpoPipelineConfig, BuiltinState> {
+/** A group method from the SFT policy; the SFT model is the frozen reference. */
+function groupStage(io: RecipeIo, method: GroupMethod): Stage<AnyConfig, BuiltinState> {
+  const { name, label } = method;
   return {
-    name: "grpo",
-    doc: "GRPO of the SFT policy with a grader (default grader:math), with the gold view",
+    name,
+    doc: `${label} of the SFT policy with a grader (default grader:math), with the gold view`,
     async run(ctx: Ctx) {
       const { cfg, state } = ctx, sft = state.sft!;
       const reward: Reward = graderReward(
@@ -139,26 +210,24 @@ function grpoStage(io: RecipeIo): Stage<GrpoPipelineConfig, BuiltinState> {
         const e = await evaluate(m, scorer(m), state.tok, state.task.evalPrompts, {
           temperature: cfg.run.evalTemperature,
           seed: deriveSeed(cfg.run.seed, "evaluation"),
-          maxNewTokens: cfg.grpo.maxNewTokens,
+          maxNewTokens: method.maxNewTokens(cfg),
           samplesPerPrompt: cfg.run.evalSamples,
         });
         return { e, kl: kl.reduce((a, v) => a + v, 0) / kl.length };
       };
       const before = await evaluation(sft);
       ctx.log(
-        `before GRPO: gold ${before.e.gold.toFixed(3)}, ${reward.name} ${
+        `before ${label}: gold ${before.e.gold.toFixed(3)}, ${reward.name} ${
           before.e.score.toFixed(3)
         }`,
       );
       ctx.hooks.onSamples?.("before", before.e.samples);
       const prompts = state.task.prompts.map((q) => q.prompt);
-      const trainer = new GrpoTrainer(
+      const trainer = method.trainer(
+        ctx,
         policy,
-        cfg.grpo.beta > 0 ? sft : undefined,
         reward,
-        state.tok,
         { prompts, references: prompts.map(answerOf) },
-        { ...cfg.grpo, seed: cfg.grpo.seed + cfg.run.seed },
         { scoreRollout: (s) => rolloutGold(s) },
       );
       const history: RolloutScores[] = [];
@@ -181,10 +250,12 @@ function grpoStage(io: RecipeIo): Stage<GrpoPipelineConfig, BuiltinState> {
           });
         },
       });
-      await ctx.hooks.saveCheckpoint?.("grpo", await saveOptModel(policy, { stage: "grpo" }));
+      await ctx.hooks.saveCheckpoint?.(name, await saveOptModel(policy, { stage: name }));
       const after = await evaluation(policy);
       ctx.log(
-        `after GRPO: gold ${after.e.gold.toFixed(3)}, ${reward.name} ${after.e.score.toFixed(3)}`,
+        `after ${label}: gold ${after.e.gold.toFixed(3)}, ${reward.name} ${
+          after.e.score.toFixed(3)
+        }`,
       );
       ctx.hooks.onSamples?.("after", after.e.samples);
       const spread = (e: Evaluation) => ({ ...e, ...goldSpread(e.samples.map((x) => x.gold)) });
@@ -201,6 +272,16 @@ function grpoStage(io: RecipeIo): Stage<GrpoPipelineConfig, BuiltinState> {
   };
 }
 
+const init = (_gpu: unknown, cfg: AnyConfig): Promise<BuiltinState> =>
+  Promise.resolve({
+    tok: new ByteTokenizer(),
+    // the PPO pipeline's task draws: the same SFT data, prompts and evaluation prompts
+    task: makeBuiltinTask(cfg.run.seed, {
+      pairs: BUILTIN_DEFAULTS.task.pairs,
+      labelNoise: BUILTIN_DEFAULTS.task.labelNoise,
+    }),
+  });
+
 /** SFT → GRPO on the built-in task with a grader, and the gold view. */
 export function grpoPipeline(
   io: RecipeIo,
@@ -215,16 +296,33 @@ export function grpoPipeline(
       grpo: GRPO_SCHEMA,
     } as unknown as Record<string, Schema<unknown>>,
     defaults: GRPO_PIPELINE_DEFAULTS,
-    stages: [SFT_STAGE, grpoStage(io)],
-    init: (_gpu, cfg) =>
-      Promise.resolve({
-        tok: new ByteTokenizer(),
-        // the PPO pipeline's task draws: the same SFT data, prompts and evaluation prompts
-        task: makeBuiltinTask(cfg.run.seed, {
-          pairs: BUILTIN_DEFAULTS.task.pairs,
-          labelNoise: BUILTIN_DEFAULTS.task.labelNoise,
-        }),
-      }),
+    stages: [SFT_STAGE, groupStage(io, GRPO_METHOD)] as PipelineDefinition<
+      GrpoPipelineConfig,
+      BuiltinState
+    >["stages"],
+    init,
+  };
+}
+
+/** SFT → RLOO on the built-in task with a grader, and the gold view. */
+export function rlooPipeline(
+  io: RecipeIo,
+): PipelineDefinition<RlooPipelineConfig, BuiltinState> {
+  return {
+    name: "builtin-rloo",
+    doc: "SFT → RLOO with a grader (default grader:math) on the built-in arithmetic task",
+    sections: {
+      run: RUN_SCHEMA,
+      reward: GROUP_REWARD_SCHEMA,
+      sft: SFT_SCHEMA,
+      rloo: RLOO_SCHEMA,
+    } as unknown as Record<string, Schema<unknown>>,
+    defaults: RLOO_PIPELINE_DEFAULTS,
+    stages: [SFT_STAGE, groupStage(io, RLOO_METHOD)] as PipelineDefinition<
+      RlooPipelineConfig,
+      BuiltinState
+    >["stages"],
+    init,
   };
 }
 

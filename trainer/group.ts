@@ -80,6 +80,8 @@ export interface ScoredGroups {
   mask: Tensor;
   /** Response tokens in `mask`. */
   tokens: number;
+  /** Response tokens of each sample in `mask` (0 for left-out samples). */
+  rowTokens: number[];
 }
 
 /**
@@ -123,6 +125,7 @@ export async function scoredGroupRollout(
   }
   const T = r.length, host = Float32Array.from(r.hostActionMask);
   let tokens = 0, changed = false;
+  const rowTokens = samples.map(() => 0);
   samples.forEach((x, b) => {
     if (
       (leaveOut.maskTruncated && x.truncated) || (leaveOut.dropTied && zeroStd[Math.floor(b / G)])
@@ -130,10 +133,11 @@ export async function scoredGroupRollout(
       host.fill(0, b * T, (b + 1) * T);
       changed = true;
     }
-    for (let t = 0; t < T; t++) tokens += host[b * T + t];
+    for (let t = 0; t < T; t++) rowTokens[b] += host[b * T + t];
+    tokens += rowTokens[b];
   });
   const mask = changed ? actor.gpu.fromArray(host, [samples.length, T]) : r.actionMask;
-  return { r, samples, rewards, zeroStd, mask, tokens };
+  return { r, samples, rewards, zeroStd, mask, tokens, rowTokens };
 }
 
 /** Copies rows `rows` of a `(N, width)` tensor (or `(N)` with width 1) into a new tensor. */

@@ -6,7 +6,7 @@
  */
 
 import { BUILTIN_PIPELINE, PIPELINE_PRESETS } from "./builtin.ts";
-import { grpoPipeline } from "./builtin_group.ts";
+import { grpoPipeline, rlooPipeline } from "./builtin_group.ts";
 import { DPO_PIPELINE, KTO_PIPELINE, PREFERENCE_PRESETS } from "./builtin_preference.ts";
 import { checkpointPreferencePipeline } from "./checkpoint_preference.ts";
 import type { PipelineDefinition } from "./pipeline.ts";
@@ -22,6 +22,7 @@ export const PIPELINES: Record<string, PipelineFactory> = {
   "builtin-dpo": () => DPO_PIPELINE,
   "builtin-kto": () => KTO_PIPELINE,
   "builtin-grpo": grpoPipeline,
+  "builtin-rloo": rlooPipeline,
   "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
   "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
   "simple-rlhf-tiny": recipePipeline,
@@ -54,6 +55,7 @@ export const PRESETS: Record<string, Preset> = {
     ]),
   ),
   grpo: { pipeline: "builtin-grpo", overrides: {} },
+  rloo: { pipeline: "builtin-rloo", overrides: {} },
   "simple-rlhf-tiny": { pipeline: "simple-rlhf-tiny", overrides: {} },
 };
 

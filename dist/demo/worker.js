@@ -4374,13 +4374,13 @@ function optParamSpecs(c, opts = {}) {
     decay: true,
     init: "normal"
   });
-  const vec = (name, n, init2) => vecs.push({
+  const vec = (name, n, init3) => vecs.push({
     name,
     shape: [
       n
     ],
     decay: false,
-    init: init2
+    init: init3
   });
   mat(`${d}embed_tokens.weight`, [
     c.vocab_size,
@@ -10536,12 +10536,14 @@ async function scoredGroupRollout(actor, tok, reward, data, s, iteration, leaveO
   }
   const T = r.length, host = Float32Array.from(r.hostActionMask);
   let tokens = 0, changed = false;
+  const rowTokens = samples.map(() => 0);
   samples.forEach((x, b) => {
     if (leaveOut.maskTruncated && x.truncated || leaveOut.dropTied && zeroStd[Math.floor(b / G)]) {
       host.fill(0, b * T, (b + 1) * T);
       changed = true;
     }
-    for (let t = 0; t < T; t++) tokens += host[b * T + t];
+    for (let t = 0; t < T; t++) rowTokens[b] += host[b * T + t];
+    tokens += rowTokens[b];
   });
   const mask = changed ? actor.gpu.fromArray(host, [
     samples.length,
@@ -10553,7 +10555,8 @@ async function scoredGroupRollout(actor, tok, reward, data, s, iteration, leaveO
     rewards,
     zeroStd,
     mask,
-    tokens
+    tokens,
+    rowTokens
   };
 }
 function gatherRows(gpu2, t, rows2, width) {
@@ -10946,6 +10949,227 @@ var GrpoTrainer = class {
   }
 };
 
+// trainer/rloo.ts
+var SHARED = [
+  "iterations",
+  "promptsPerIteration",
+  "miniBatchSize",
+  "numIterations",
+  "maxNewTokens",
+  "maxPromptLength",
+  "temperature",
+  "topK",
+  "topP",
+  "lr",
+  "warmupRatio",
+  "lrDecay",
+  "weightDecay",
+  "maxGradNorm",
+  "maskTruncatedCompletions",
+  "seed"
+];
+var RLOO_SCHEMA = {
+  ...Object.fromEntries(SHARED.map((k) => [
+    k,
+    GRPO_SCHEMA[k]
+  ])),
+  numGenerations: {
+    default: 4,
+    doc: "samples per prompt, k \u2265 2",
+    min: 2,
+    integer: true
+  },
+  beta: {
+    default: 0.05,
+    doc: "\u03B2 of the summed k1 KL subtracted from each sequence's reward",
+    min: 0
+  },
+  clip: {
+    default: 0.2,
+    doc: "sequence-ratio clip \u03B5",
+    min: 0
+  }
+};
+var MB3 = {
+  loss: 0,
+  clipfrac: 1
+};
+var MB_COLUMNS3 = Object.keys(MB3).length;
+var RlooTrainer = class {
+  actor;
+  reference;
+  reward;
+  tok;
+  data;
+  cfg;
+  hooks;
+  iteration;
+  /** The decoded samples of the last rollout. */
+  lastSamples;
+  #orderSeed;
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param actor the policy trained (its LoRA adapters when it has them)
+   * @param reference the frozen reference (optional with LoRA or `beta: 0`)
+   * @param reward what scores the samples
+   * @param tok the tokenizer
+   * @param data prompts (and references)
+   * @param cfg the `rloo.` section
+   * @param hooks extra per-iteration metrics
+   */
+  constructor(actor, reference, reward, tok, data, cfg, hooks = {}) {
+    this.actor = actor;
+    this.reference = reference;
+    this.reward = reward;
+    this.tok = tok;
+    this.data = data;
+    this.cfg = cfg;
+    this.hooks = hooks;
+    this.iteration = 0;
+    this.lastSamples = [];
+    if (cfg.beta > 0 && !reference && !actor.lora) {
+      throw new RangeError("RlooTrainer: beta > 0 needs a reference model or LoRA adapters");
+    }
+    checkGroupSetup("RlooTrainer", data, cfg.numGenerations);
+    this.#orderSeed = cfg.seed;
+  }
+  get total() {
+    return this.cfg.iterations;
+  }
+  /** One iteration: group rollout, KL-shaped rewards, leave-one-out advantages, updates. */
+  step(_log = true) {
+    const gpu2 = this.actor.gpu;
+    return gpu2.scope(async () => {
+      const cfg = this.cfg;
+      const g = await scoredGroupRollout(this.actor, this.tok, this.reward, this.data, cfg, this.iteration, {
+        maskTruncated: cfg.maskTruncatedCompletions,
+        dropTied: false
+      });
+      const { r, mask } = g;
+      const logpOld = modelLogprobs(this.actor, r.tokens, r.attentionMask);
+      const seqOld = sequenceLogprobs(gpu2, logpOld, mask);
+      const kl = cfg.beta > 0 ? sub(gpu2, seqOld, sequenceLogprobs(gpu2, referenceLogprobs(this.actor, this.reference, r.tokens, r.attentionMask), mask)) : void 0;
+      const klHost = kl ? await gpu2.readF32(kl) : new Float32Array(g.rewards.length);
+      const shaped = Float32Array.from(g.rewards, (x, i) => x - cfg.beta * klHost[i]);
+      const advantages = groupAdvantages(gpu2, gpu2.fromArray(shaped), {
+        groupSize: cfg.numGenerations,
+        baseline: "leave-one-out"
+      }).advantages;
+      const stats = g.tokens > 0 ? this.#update(g, seqOld, advantages) : void 0;
+      const m = await this.#metrics(g, stats, klHost, shaped);
+      this.iteration++;
+      this.lastSamples = g.samples;
+      return m;
+    });
+  }
+  /** `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
+  #update(g, seqOld, advantages) {
+    const gpu2 = this.actor.gpu, cfg = this.cfg, N = g.samples.length, T = g.r.length;
+    const perPass = Math.ceil(N / cfg.miniBatchSize);
+    const stats = gpu2.zeros([
+      cfg.numIterations * perPass * MB_COLUMNS3
+    ]);
+    let k = 0;
+    for (let pass = 0; pass < cfg.numIterations; pass++) {
+      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
+      for (let s = 0; s < N; s += cfg.miniBatchSize) {
+        const rows2 = order.slice(s, s + cfg.miniBatchSize);
+        const gather = (t, width = T) => gatherRows(gpu2, t, rows2, width);
+        gpu2.scope(() => this.#minibatch(gather(g.r.tokens), gather(g.r.attentionMask), gather(g.mask), gather(seqOld, 1), gather(advantages, 1), gpu2.fromArray(rows2.map((row) => g.rowTokens[row] > 0 ? 1 : 0)), stats, k++));
+      }
+    }
+    return stats;
+  }
+  /** One optimizer step: the clipped sequence-ratio objective, spread back over the tokens. */
+  #minibatch(seq, am, act, seqOld, adv, rowMask, stats, k) {
+    const { actor, cfg } = this, gpu2 = actor.gpu, [B, T] = seq.shape;
+    const store = actor.lora?.store ?? actor.store;
+    store.zeroGrads();
+    const acts = actor.forward(seq, am);
+    const lp = actor.tokenLogprobs(acts);
+    const seqLp = sequenceLogprobs(gpu2, lp.logp, act);
+    const pl = ppoPolicyLoss(gpu2, seqLp, seqOld, adv, rowMask, {
+      clip: cfg.clip
+    });
+    const dlogp = sequenceLogprobsBackward(gpu2, pl.dlogp, act);
+    const dlogits = logitsBackward(gpu2, lp.logits, lp.targets, lp.lse, {
+      dlogp: dlogp.reshape([
+        B * T
+      ])
+    });
+    actor.backward(acts, {
+      dlogits
+    });
+    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    gpu2.copyRange(pl.loss, STAT.mean, stats, MB_COLUMNS3 * k + MB3.loss, 1);
+    gpu2.copyRange(pl.clipfrac, STAT.mean, stats, MB_COLUMNS3 * k + MB3.clipfrac, 1);
+  }
+  /** The iteration's metrics: one readback of the statistics. */
+  async #metrics(g, stats, kl, shaped) {
+    const cfg = this.cfg;
+    const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
+    const k = st.length / MB_COLUMNS3;
+    const avg = (c) => {
+      let a = 0;
+      for (let i = 0; i < k; i++) a += st[MB_COLUMNS3 * i + MB3[c]];
+      return k ? a / k : 0;
+    };
+    const loss = avg("loss");
+    assertFiniteLosses(`RLOO iteration ${this.iteration + 1}`, {
+      loss
+    });
+    const mean = (xs) => xs.reduce((a, v) => a + v, 0) / xs.length;
+    return {
+      iteration: this.iteration + 1,
+      ...groupMetrics(g, cfg.numGenerations),
+      kl: mean(kl),
+      rlhf_reward: mean(shaped),
+      clip_ratio: avg("clipfrac"),
+      loss,
+      "train/updated": stats ? 1 : 0,
+      learning_rate: learningRate(this.iteration, {
+        lr: cfg.lr,
+        totalSteps: cfg.iterations,
+        warmupRatio: cfg.warmupRatio,
+        decay: cfg.lrDecay
+      }),
+      ...this.hooks.scoreRollout?.(g.samples) ?? {}
+    };
+  }
+  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
+  state() {
+    return {
+      iteration: this.iteration,
+      orderSeed: this.#orderSeed
+    };
+  }
+  /** Restores {@link state}, checked field by field. */
+  restore(s) {
+    const iteration = checkStateNumber("iteration", s?.iteration, {
+      min: 0,
+      max: this.total
+    });
+    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
+    [this.iteration, this.#orderSeed] = [
+      iteration,
+      orderSeed
+    ];
+  }
+  /** The actor's trained store (its LoRA adapters when it has them). */
+  stores() {
+    const a = this.actor;
+    return [
+      a.lora ? {
+        name: "rloo/actor_lora_state.safetensors",
+        store: a.lora.store
+      } : {
+        name: "rloo/actor_state.safetensors",
+        store: a.store
+      }
+    ];
+  }
+};
+
 // trainer/reward.ts
 function graderReward(grader, name) {
   return {
@@ -10989,6 +11213,45 @@ var GRPO_PIPELINE_DEFAULTS = {
     warmupRatio: 0.1
   }
 };
+var RLOO_PIPELINE_DEFAULTS = {
+  run: {
+    ...BUILTIN_DEFAULTS.run,
+    name: "builtin-rloo"
+  },
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft,
+  rloo: {
+    ...defaults(RLOO_SCHEMA),
+    iterations: 40,
+    promptsPerIteration: 32,
+    lr: 1e-4,
+    warmupRatio: 0.1
+  }
+};
+var GRPO_METHOD = {
+  name: "grpo",
+  label: "GRPO",
+  maxNewTokens: (cfg) => cfg.grpo.maxNewTokens,
+  trainer(ctx, policy, reward, data, hooks) {
+    const c = ctx.cfg.grpo, sft = ctx.state.sft;
+    return new GrpoTrainer(policy, c.beta > 0 ? sft : void 0, reward, ctx.state.tok, data, {
+      ...c,
+      seed: c.seed + ctx.cfg.run.seed
+    }, hooks);
+  }
+};
+var RLOO_METHOD = {
+  name: "rloo",
+  label: "RLOO",
+  maxNewTokens: (cfg) => cfg.rloo.maxNewTokens,
+  trainer(ctx, policy, reward, data, hooks) {
+    const c = ctx.cfg.rloo, sft = ctx.state.sft;
+    return new RlooTrainer(policy, c.beta > 0 ? sft : void 0, reward, ctx.state.tok, data, {
+      ...c,
+      seed: c.seed + ctx.cfg.run.seed
+    }, hooks);
+  }
+};
 async function graderOf(spec, io) {
   if (spec.startsWith("grader:")) return graderByName(spec.slice("grader:".length));
   if (!io.importModule) {
@@ -11005,10 +11268,11 @@ function answerOf(prompt) {
   if (!q) throw new RangeError(`not a prompt of the built-in task: ${JSON.stringify(prompt)}`);
   return String(q.answer);
 }
-function grpoStage(io) {
+function groupStage(io, method) {
+  const { name, label } = method;
   return {
-    name: "grpo",
-    doc: "GRPO of the SFT policy with a grader (default grader:math), with the gold view",
+    name,
+    doc: `${label} of the SFT policy with a grader (default grader:math), with the gold view`,
     async run(ctx) {
       const { cfg, state } = ctx, sft = state.sft;
       const reward = graderReward(await graderOf(cfg.reward.source, io), cfg.reward.source);
@@ -11024,7 +11288,7 @@ function grpoStage(io) {
         const e = await evaluate(m, scorer(m), state.tok, state.task.evalPrompts, {
           temperature: cfg.run.evalTemperature,
           seed: deriveSeed(cfg.run.seed, "evaluation"),
-          maxNewTokens: cfg.grpo.maxNewTokens,
+          maxNewTokens: method.maxNewTokens(cfg),
           samplesPerPrompt: cfg.run.evalSamples
         });
         return {
@@ -11033,15 +11297,12 @@ function grpoStage(io) {
         };
       };
       const before = await evaluation(sft);
-      ctx.log(`before GRPO: gold ${before.e.gold.toFixed(3)}, ${reward.name} ${before.e.score.toFixed(3)}`);
+      ctx.log(`before ${label}: gold ${before.e.gold.toFixed(3)}, ${reward.name} ${before.e.score.toFixed(3)}`);
       ctx.hooks.onSamples?.("before", before.e.samples);
       const prompts = state.task.prompts.map((q) => q.prompt);
-      const trainer = new GrpoTrainer(policy, cfg.grpo.beta > 0 ? sft : void 0, reward, state.tok, {
+      const trainer = method.trainer(ctx, policy, reward, {
         prompts,
         references: prompts.map(answerOf)
-      }, {
-        ...cfg.grpo,
-        seed: cfg.grpo.seed + cfg.run.seed
       }, {
         scoreRollout: (s) => rolloutGold(s)
       });
@@ -11065,11 +11326,11 @@ function grpoStage(io) {
           });
         }
       });
-      await ctx.hooks.saveCheckpoint?.("grpo", await saveOptModel(policy, {
-        stage: "grpo"
+      await ctx.hooks.saveCheckpoint?.(name, await saveOptModel(policy, {
+        stage: name
       }));
       const after = await evaluation(policy);
-      ctx.log(`after GRPO: gold ${after.e.gold.toFixed(3)}, ${reward.name} ${after.e.score.toFixed(3)}`);
+      ctx.log(`after ${label}: gold ${after.e.gold.toFixed(3)}, ${reward.name} ${after.e.score.toFixed(3)}`);
       ctx.hooks.onSamples?.("after", after.e.samples);
       const spread = (e) => ({
         ...e,
@@ -11087,6 +11348,14 @@ function grpoStage(io) {
     }
   };
 }
+var init2 = (_gpu, cfg) => Promise.resolve({
+  tok: new ByteTokenizer(),
+  // the PPO pipeline's task draws: the same SFT data, prompts and evaluation prompts
+  task: makeBuiltinTask(cfg.run.seed, {
+    pairs: BUILTIN_DEFAULTS.task.pairs,
+    labelNoise: BUILTIN_DEFAULTS.task.labelNoise
+  })
+});
 function grpoPipeline(io) {
   return {
     name: "builtin-grpo",
@@ -11100,16 +11369,27 @@ function grpoPipeline(io) {
     defaults: GRPO_PIPELINE_DEFAULTS,
     stages: [
       SFT_STAGE,
-      grpoStage(io)
+      groupStage(io, GRPO_METHOD)
     ],
-    init: (_gpu, cfg) => Promise.resolve({
-      tok: new ByteTokenizer(),
-      // the PPO pipeline's task draws: the same SFT data, prompts and evaluation prompts
-      task: makeBuiltinTask(cfg.run.seed, {
-        pairs: BUILTIN_DEFAULTS.task.pairs,
-        labelNoise: BUILTIN_DEFAULTS.task.labelNoise
-      })
-    })
+    init: init2
+  };
+}
+function rlooPipeline(io) {
+  return {
+    name: "builtin-rloo",
+    doc: "SFT \u2192 RLOO with a grader (default grader:math) on the built-in arithmetic task",
+    sections: {
+      run: RUN_SCHEMA,
+      reward: GROUP_REWARD_SCHEMA,
+      sft: SFT_SCHEMA,
+      rloo: RLOO_SCHEMA
+    },
+    defaults: RLOO_PIPELINE_DEFAULTS,
+    stages: [
+      SFT_STAGE,
+      groupStage(io, RLOO_METHOD)
+    ],
+    init: init2
   };
 }
 
@@ -11119,6 +11399,7 @@ var PIPELINES = {
   "builtin-dpo": () => DPO_PIPELINE,
   "builtin-kto": () => KTO_PIPELINE,
   "builtin-grpo": grpoPipeline,
+  "builtin-rloo": rlooPipeline,
   "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
   "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
   "simple-rlhf-tiny": recipePipeline
@@ -11142,6 +11423,10 @@ var PRESETS = {
   ])),
   grpo: {
     pipeline: "builtin-grpo",
+    overrides: {}
+  },
+  rloo: {
+    pipeline: "builtin-rloo",
     overrides: {}
   },
   "simple-rlhf-tiny": {
