@@ -93,14 +93,16 @@ export interface RlooPipelineConfig {
 
 /**
  * Defaults of `builtin-grpo` (the SFT stage is the PPO pipeline's). The learning rate suits the
- * tiny model (TRL's 1e-6 is for billion-parameter models); the budget of sampled tokens is
- * PPO's order (40 iterations × 16 prompts × 8 samples × 16 tokens).
+ * tiny model (TRL's 1e-6 is for billion-parameter models): on seed 1 (GL), 40 iterations of
+ * 16 prompts × 8 samples raised the correct-answer rate at T = 1 from 0.705 to 0.783 at lr 1e-4,
+ * 0.824 at 5e-4 and 0.855 at 1e-3 (KL to SFT 0.1, 0.47, 0.46). The budget of sampled tokens is
+ * PPO's order (40 × 128 samples × ≤ 16 tokens).
  */
 export const GRPO_PIPELINE_DEFAULTS: GrpoPipelineConfig = {
   run: { ...BUILTIN_DEFAULTS.run, name: "builtin-grpo" },
   reward: defaults(GROUP_REWARD_SCHEMA),
   sft: BUILTIN_DEFAULTS.sft,
-  grpo: { ...defaults(GRPO_SCHEMA), iterations: 40, lr: 1e-4, warmupRatio: 0.1 },
+  grpo: { ...defaults(GRPO_SCHEMA), iterations: 40, lr: 1e-3, warmupRatio: 0.1 },
 };
 
 /** Defaults of `builtin-rloo`: GRPO's budget of sampled tokens (40 × 32 prompts × 4 samples). */
@@ -112,7 +114,7 @@ export const RLOO_PIPELINE_DEFAULTS: RlooPipelineConfig = {
     ...defaults(RLOO_SCHEMA),
     iterations: 40,
     promptsPerIteration: 32,
-    lr: 1e-4,
+    lr: 1e-3,
     warmupRatio: 0.1,
   },
 };
