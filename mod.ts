@@ -392,6 +392,13 @@ export {
   type ScoredGroups,
 } from "./trainer/group.ts";
 export {
+  REINFORCE_PP_SCHEMA,
+  type ReinforcePpConfig,
+  type ReinforcePpHooks,
+  ReinforcePpTrainer,
+  type ReinforcePpTrainerState,
+} from "./trainer/reinforce_pp.ts";
+export {
   RLOO_SCHEMA,
   type RlooConfig,
   type RlooHooks,

@@ -54,6 +54,7 @@ export const METHODS: Record<string, string> = {
   kto: "kto",
   grpo: "grpo",
   rloo: "rloo",
+  "reinforce++": "reinforce++",
 };
 
 /** The value of `--name` on a command line, if any. */

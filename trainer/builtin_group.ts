@@ -35,6 +35,7 @@ import { type Grader, graderByName, GraderError } from "./graders.ts";
 import { GRPO_SCHEMA, type GrpoConfig, GrpoTrainer } from "./grpo.ts";
 import type { GroupData, GroupSample } from "./group.ts";
 import { RLOO_SCHEMA, type RlooConfig, RlooTrainer } from "./rloo.ts";
+import { REINFORCE_PP_SCHEMA, type ReinforcePpConfig, ReinforcePpTrainer } from "./reinforce_pp.ts";
 import type { Metrics } from "./types.ts";
 import { describeVerdict, detectRewardHacking, goldSpread, type RolloutScores } from "./hacking.ts";
 import { implicitReward } from "./logprobs.ts";
@@ -119,12 +120,38 @@ export const RLOO_PIPELINE_DEFAULTS: RlooPipelineConfig = {
   },
 };
 
-type AnyConfig = GrpoPipelineConfig | RlooPipelineConfig;
+/** A `builtin-reinforce` config. */
+export interface ReinforcePipelineConfig {
+  /** The `run.` section. */
+  run: RunConfig;
+  /** The `reward.` section. */
+  reward: GroupRewardConfig;
+  /** The `sft.` section. */
+  sft: SftConfig;
+  /** The `reinforce.` section. */
+  reinforce: ReinforcePpConfig;
+}
+
+/** Defaults of `builtin-reinforce`: RLOO's budget (40 × 32 prompts × 4 samples). */
+export const REINFORCE_PIPELINE_DEFAULTS: ReinforcePipelineConfig = {
+  run: { ...BUILTIN_DEFAULTS.run, name: "builtin-reinforce" },
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft,
+  reinforce: {
+    ...defaults(REINFORCE_PP_SCHEMA),
+    iterations: 40,
+    promptsPerIteration: 32,
+    lr: 1e-3,
+    warmupRatio: 0.1,
+  },
+};
+
+type AnyConfig = GrpoPipelineConfig | RlooPipelineConfig | ReinforcePipelineConfig;
 type Ctx = StageContext<AnyConfig, BuiltinState>;
 
 /** What a group stage needs beyond the shared flow. */
 interface GroupMethod {
-  name: "grpo" | "rloo";
+  name: "grpo" | "rloo" | "reinforce";
   label: string;
   maxNewTokens(cfg: AnyConfig): number;
   trainer(
@@ -133,7 +160,7 @@ interface GroupMethod {
     reward: Reward,
     data: GroupData,
     hooks: { scoreRollout: (s: GroupSample[]) => Metrics },
-  ): GrpoTrainer | RlooTrainer;
+  ): GrpoTrainer | RlooTrainer | ReinforcePpTrainer;
 }
 
 const GRPO_METHOD: GroupMethod = {
@@ -146,6 +173,24 @@ const GRPO_METHOD: GroupMethod = {
       ...c,
       seed: c.seed + ctx.cfg.run.seed,
     }, hooks);
+  },
+};
+
+const REINFORCE_METHOD: GroupMethod = {
+  name: "reinforce",
+  label: "REINFORCE++",
+  maxNewTokens: (cfg) => (cfg as ReinforcePipelineConfig).reinforce.maxNewTokens,
+  trainer(ctx, policy, reward, data, hooks) {
+    const c = (ctx.cfg as ReinforcePipelineConfig).reinforce, sft = ctx.state.sft!;
+    return new ReinforcePpTrainer(
+      policy,
+      c.beta > 0 ? sft : undefined,
+      reward,
+      ctx.state.tok,
+      data,
+      { ...c, seed: c.seed + ctx.cfg.run.seed },
+      hooks,
+    );
   },
 };
 
@@ -300,6 +345,28 @@ export function grpoPipeline(
     defaults: GRPO_PIPELINE_DEFAULTS,
     stages: [SFT_STAGE, groupStage(io, GRPO_METHOD)] as PipelineDefinition<
       GrpoPipelineConfig,
+      BuiltinState
+    >["stages"],
+    init,
+  };
+}
+
+/** SFT → REINFORCE++ (group baseline) on the built-in task with a grader, and the gold view. */
+export function reinforcePipeline(
+  io: RecipeIo,
+): PipelineDefinition<ReinforcePipelineConfig, BuiltinState> {
+  return {
+    name: "builtin-reinforce",
+    doc: "SFT → REINFORCE++ with a grader (default grader:math) on the built-in arithmetic task",
+    sections: {
+      run: RUN_SCHEMA,
+      reward: GROUP_REWARD_SCHEMA,
+      sft: SFT_SCHEMA,
+      reinforce: REINFORCE_PP_SCHEMA,
+    } as unknown as Record<string, Schema<unknown>>,
+    defaults: REINFORCE_PIPELINE_DEFAULTS,
+    stages: [SFT_STAGE, groupStage(io, REINFORCE_METHOD)] as PipelineDefinition<
+      ReinforcePipelineConfig,
       BuiltinState
     >["stages"],
     init,

@@ -6,7 +6,7 @@
  */
 
 import { BUILTIN_PIPELINE, PIPELINE_PRESETS } from "./builtin.ts";
-import { grpoPipeline, rlooPipeline } from "./builtin_group.ts";
+import { grpoPipeline, reinforcePipeline, rlooPipeline } from "./builtin_group.ts";
 import { DPO_PIPELINE, KTO_PIPELINE, PREFERENCE_PRESETS } from "./builtin_preference.ts";
 import { checkpointPreferencePipeline } from "./checkpoint_preference.ts";
 import type { PipelineDefinition } from "./pipeline.ts";
@@ -23,6 +23,7 @@ export const PIPELINES: Record<string, PipelineFactory> = {
   "builtin-kto": () => KTO_PIPELINE,
   "builtin-grpo": grpoPipeline,
   "builtin-rloo": rlooPipeline,
+  "builtin-reinforce": reinforcePipeline,
   "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
   "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
   "simple-rlhf-tiny": recipePipeline,
@@ -56,6 +57,7 @@ export const PRESETS: Record<string, Preset> = {
   ),
   grpo: { pipeline: "builtin-grpo", overrides: {} },
   rloo: { pipeline: "builtin-rloo", overrides: {} },
+  "reinforce++": { pipeline: "builtin-reinforce", overrides: {} },
   "simple-rlhf-tiny": { pipeline: "simple-rlhf-tiny", overrides: {} },
 };
 
