@@ -392,6 +392,12 @@ export {
   type ScoredGroups,
 } from "./trainer/group.ts";
 export {
+  REJECTION_SAMPLING_SCHEMA,
+  type RejectionSamplingConfig,
+  type RejectionSamplingState,
+  RejectionSamplingTrainer,
+} from "./trainer/rejection_sampling.ts";
+export {
   REINFORCE_PP_SCHEMA,
   type ReinforcePpConfig,
   type ReinforcePpHooks,

@@ -55,6 +55,7 @@ export const METHODS: Record<string, string> = {
   grpo: "grpo",
   rloo: "rloo",
   "reinforce++": "reinforce++",
+  rs: "rs",
 };
 
 /** The value of `--name` on a command line, if any. */

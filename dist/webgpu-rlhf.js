@@ -8212,7 +8212,9 @@ var SEED_STREAM = {
   /** PPO-ptx batch order. */
   ptxOrder: 20564,
   /** Fresh samples that probe gold and the implicit reward while a preference method trains. */
-  goldProbe: 400
+  goldProbe: 400,
+  /** Rejection sampling's samples and each round's SFT data order. */
+  rejectionSampling: 500
 };
 function deriveSeed(seed, stream) {
   return seed + SEED_STREAM[stream];
@@ -12531,6 +12533,274 @@ var RlooTrainer = class {
   }
 };
 
+// trainer/rejection_sampling.ts
+var REJECTION_SAMPLING_SCHEMA = {
+  rounds: {
+    default: 3,
+    doc: "sample \u2192 select \u2192 fine-tune rounds",
+    min: 1,
+    integer: true
+  },
+  promptsPerRound: {
+    default: 128,
+    doc: "prompts sampled per round",
+    min: 1,
+    integer: true
+  },
+  samplesPerPrompt: {
+    default: 8,
+    doc: "samples per prompt K; the best is kept",
+    min: 1,
+    integer: true
+  },
+  stepsPerRound: {
+    default: 60,
+    doc: "SFT steps on a round's selected samples",
+    min: 1,
+    integer: true
+  },
+  batchSize: {
+    default: 16,
+    doc: "selected samples per SFT step",
+    min: 1,
+    integer: true
+  },
+  lr: {
+    default: 1e-4,
+    doc: "peak learning rate of each round's SFT",
+    min: 0
+  },
+  warmupRatio: {
+    default: 0,
+    doc: "fraction of a round's steps with linear warmup",
+    min: 0,
+    max: 1
+  },
+  lrDecay: {
+    default: "constant",
+    doc: "decay after warmup, within each round",
+    choices: [
+      "cosine",
+      "linear",
+      "constant"
+    ]
+  },
+  weightDecay: {
+    default: 0,
+    doc: "AdamW weight decay",
+    min: 0
+  },
+  maxGradNorm: {
+    default: 1,
+    doc: "global gradient-norm clip (0 = off)",
+    min: 0
+  },
+  maxLength: {
+    default: 64,
+    doc: "tokens per SFT sequence",
+    min: 2,
+    integer: true
+  },
+  maxNewTokens: {
+    default: 16,
+    doc: "response tokens sampled per prompt",
+    min: 1,
+    integer: true
+  },
+  maxPromptLength: {
+    default: 256,
+    doc: "prompt tokens kept when sampling",
+    min: 2,
+    integer: true
+  },
+  temperature: {
+    default: 1,
+    doc: "sampling temperature",
+    min: 0
+  },
+  minScore: {
+    default: 0,
+    doc: "a prompt's best sample is kept only when its score exceeds this (graders: 0 keeps rewarded samples only; give a reward model's scale otherwise)"
+  },
+  seed: {
+    default: 0,
+    doc: "sampling and data-order seed",
+    integer: true
+  }
+};
+var RejectionSamplingTrainer = class {
+  actor;
+  reward;
+  tok;
+  data;
+  cfg;
+  hooks;
+  iteration;
+  /** Every sample of the last round with its score. */
+  lastSamples;
+  #examples;
+  #sft;
+  #round;
+  /**
+   * Creates the trainer (no GPU work until the first step).
+   * @param actor the policy sampled from and fine-tuned
+   * @param reward what scores the samples
+   * @param tok the tokenizer
+   * @param data prompts (and references for graders), taken `promptsPerRound` per round
+   * @param cfg the `rs.` section
+   * @param hooks extra metrics of each round's samples (e.g. the built-in task's gold)
+   */
+  constructor(actor, reward, tok, data, cfg, hooks = {}) {
+    this.actor = actor;
+    this.reward = reward;
+    this.tok = tok;
+    this.data = data;
+    this.cfg = cfg;
+    this.hooks = hooks;
+    this.iteration = 0;
+    this.lastSamples = [];
+    this.#examples = [];
+    this.#round = {};
+    if (data.prompts.length === 0) throw new RangeError("RejectionSamplingTrainer: no prompts");
+    if (data.references && data.references.length !== data.prompts.length) {
+      throw new RangeError(`RejectionSamplingTrainer: ${data.references.length} references for ${data.prompts.length} prompts`);
+    }
+  }
+  get total() {
+    return this.cfg.rounds * this.cfg.stepsPerRound;
+  }
+  /** The round the next step belongs to (0-based). */
+  get round() {
+    return Math.floor(this.iteration / this.cfg.stepsPerRound);
+  }
+  /** One SFT step on the round's selection (sampled first at a round's first step). */
+  async step(log) {
+    if (this.iteration % this.cfg.stepsPerRound === 0) await this.#newRound();
+    const m = this.#sft ? await this.#sft.step(log) : log ? {} : void 0;
+    this.iteration++;
+    if (!m) return void 0;
+    const { step: _, ...rest } = m;
+    return {
+      step: this.iteration,
+      ...this.#round,
+      ...rest
+    };
+  }
+  /** Samples the round: K per prompt, scored; each prompt's best kept when good enough. */
+  async #newRound() {
+    const cfg = this.cfg, gpu = this.actor.gpu, round = this.round, n = this.data.prompts.length;
+    const K2 = cfg.samplesPerPrompt, chunk = Math.max(1, Math.floor(64 / K2));
+    const picked = [], all = [];
+    let best = 0, mean = 0, cut = 0;
+    for (let p0 = 0; p0 < cfg.promptsPerRound; p0 += chunk) {
+      const ids = Array.from({
+        length: Math.min(chunk, cfg.promptsPerRound - p0)
+      }, (_, j) => (round * cfg.promptsPerRound + p0 + j) % n);
+      const prompts = ids.flatMap((i) => Array(K2).fill(this.data.prompts[i]));
+      const refs = ids.flatMap((i) => Array(K2).fill(this.data.references?.[i] ?? ""));
+      const { texts, scores } = await gpu.scope(async () => {
+        const r = await rollout(this.actor, this.tok, prompts, {
+          maxNewTokens: cfg.maxNewTokens,
+          maxPromptLength: cfg.maxPromptLength,
+          temperature: cfg.temperature,
+          greedy: cfg.temperature === 0,
+          seed: rolloutSeed(deriveSeed(cfg.seed, "rejectionSampling"), round * 1e5 + p0)
+        });
+        return {
+          texts: r.texts,
+          scores: await this.reward.score(r, refs)
+        };
+      });
+      texts.forEach((x, k) => all.push({
+        ...x,
+        score: scores[k]
+      }));
+      ids.forEach((_, j) => {
+        let b = -1;
+        for (let k = j * K2; k < (j + 1) * K2; k++) {
+          mean += scores[k];
+          if (texts[k].truncated) cut++;
+          else if (b < 0 || scores[k] > scores[b]) b = k;
+        }
+        if (b >= 0) best += scores[b];
+        if (b >= 0 && scores[b] > cfg.minScore) {
+          picked.push({
+            prompt: texts[b].prompt,
+            completion: texts[b].response
+          });
+        }
+      });
+    }
+    const P = cfg.promptsPerRound;
+    this.lastSamples = all;
+    this.#round = {
+      "rs/round": round + 1,
+      reward: mean / (P * K2),
+      "rs/selected": picked.length / P,
+      "rs/best_score": best / P,
+      "rs/mean_score": mean / (P * K2),
+      "rs/truncated": cut / (P * K2),
+      ...this.hooks.scoreRollout?.(all) ?? {}
+    };
+    this.#setRound(picked);
+  }
+  #setRound(examples, sft) {
+    const cfg = this.cfg;
+    this.#examples = examples;
+    this.#sft = examples.length === 0 ? void 0 : new SftTrainer(this.actor, this.tok, examples, {
+      steps: cfg.stepsPerRound,
+      batchSize: cfg.batchSize,
+      lr: cfg.lr,
+      warmupRatio: cfg.warmupRatio,
+      lrDecay: cfg.lrDecay,
+      weightDecay: cfg.weightDecay,
+      maxGradNorm: cfg.maxGradNorm,
+      maxLength: cfg.maxLength,
+      completionOnly: true,
+      seed: deriveSeed(cfg.seed, "rejectionSampling") + this.round
+    }, "rs/model_state.safetensors");
+    if (sft) this.#sft?.restore(sft);
+  }
+  /** The step count, the round's selection and its SFT state. */
+  state() {
+    return {
+      iteration: this.iteration,
+      examples: this.#examples,
+      sft: this.#sft?.state(),
+      round: this.#round
+    };
+  }
+  /** Restores {@link state}, checked field by field. */
+  restore(s) {
+    const iteration = checkStateNumber("iteration", s?.iteration, {
+      min: 0,
+      max: this.total
+    });
+    if (!Array.isArray(s.examples)) throw new CheckpointError("examples: not an array");
+    for (const [i, x] of s.examples.entries()) {
+      if (typeof x?.prompt !== "string" || typeof x?.completion !== "string") {
+        throw new CheckpointError(`examples[${i}]: not {prompt, completion}`);
+      }
+    }
+    this.iteration = iteration;
+    this.#round = s.round ?? {};
+    this.#setRound(s.examples, s.sft);
+  }
+  /** The policy's store (its LoRA adapters when it has them). */
+  stores() {
+    const a = this.actor;
+    return [
+      a.lora ? {
+        name: "rs/actor_lora_state.safetensors",
+        store: a.lora.store
+      } : {
+        name: "rs/actor_state.safetensors",
+        store: a.store
+      }
+    ];
+  }
+};
+
 // trainer/reinforce_pp.ts
 var SHARED2 = [
   "iterations",
@@ -12891,6 +13161,18 @@ var REINFORCE_PIPELINE_DEFAULTS = {
     warmupRatio: 0.1
   }
 };
+var RS_PIPELINE_DEFAULTS = {
+  run: {
+    ...BUILTIN_DEFAULTS.run,
+    name: "builtin-rs"
+  },
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft,
+  rs: {
+    ...defaults(REJECTION_SAMPLING_SCHEMA),
+    promptsPerRound: 256
+  }
+};
 var GRPO_METHOD = {
   name: "grpo",
   label: "GRPO",
@@ -12910,6 +13192,21 @@ var REINFORCE_METHOD = {
   trainer(ctx, policy, reward, data, hooks) {
     const c = ctx.cfg.reinforce, sft = ctx.state.sft;
     return new ReinforcePpTrainer(policy, c.beta > 0 ? sft : void 0, reward, ctx.state.tok, data, {
+      ...c,
+      seed: c.seed + ctx.cfg.run.seed
+    }, hooks);
+  }
+};
+var RS_METHOD = {
+  name: "rs",
+  label: "rejection sampling",
+  unit: "step",
+  logEvery: 10,
+  checkpointEvery: (cfg) => cfg.rs.stepsPerRound,
+  maxNewTokens: (cfg) => cfg.rs.maxNewTokens,
+  trainer(ctx, policy, reward, data, hooks) {
+    const c = ctx.cfg.rs;
+    return new RejectionSamplingTrainer(policy, reward, ctx.state.tok, data, {
       ...c,
       seed: c.seed + ctx.cfg.run.seed
     }, hooks);
@@ -12982,19 +13279,24 @@ function groupStage(io, method) {
         scoreRollout: (s) => rolloutGold(s)
       });
       const history = [];
+      let lastRound = 0;
       await ctx.train(trainer, {
-        unit: "iteration",
-        logEvery: 1,
-        checkpointEvery: cfg.run.checkpointEvery,
+        unit: method.unit ?? "iteration",
+        logEvery: method.logEvery ?? 1,
+        checkpointEvery: method.checkpointEvery?.(cfg) ?? cfg.run.checkpointEvery,
         stopAfter: ctx.opts.stopAfterIteration,
         afterLog: (m) => {
+          if ("rs/round" in m) {
+            if (m["rs/round"] === lastRound) return;
+            lastRound = m["rs/round"];
+          }
           const golds = trainer.lastSamples.map((s) => gold(s.prompt, s.response));
           ctx.hooks.onSamples?.("rollout", trainer.lastSamples.map((s, i) => ({
             ...s,
             gold: golds[i]
           })));
           history.push({
-            iteration: m.iteration,
+            iteration: m.iteration ?? m.step,
             score: m.reward,
             gold: m["gold/rollout"],
             ...goldSpread(golds)
@@ -13067,6 +13369,24 @@ function reinforcePipeline(io) {
     init: init2
   };
 }
+function rejectionSamplingPipeline(io) {
+  return {
+    name: "builtin-rs",
+    doc: "SFT \u2192 rejection sampling (best of K, fine-tuned) with a grader on the built-in task",
+    sections: {
+      run: RUN_SCHEMA,
+      reward: GROUP_REWARD_SCHEMA,
+      sft: SFT_SCHEMA,
+      rs: REJECTION_SAMPLING_SCHEMA
+    },
+    defaults: RS_PIPELINE_DEFAULTS,
+    stages: [
+      SFT_STAGE,
+      groupStage(io, RS_METHOD)
+    ],
+    init: init2
+  };
+}
 function rlooPipeline(io) {
   return {
     name: "builtin-rloo",
@@ -13094,6 +13414,7 @@ var PIPELINES = {
   "builtin-grpo": grpoPipeline,
   "builtin-rloo": rlooPipeline,
   "builtin-reinforce": reinforcePipeline,
+  "builtin-rs": rejectionSamplingPipeline,
   "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
   "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
   "simple-rlhf-tiny": recipePipeline
@@ -13125,6 +13446,10 @@ var PRESETS = {
   },
   "reinforce++": {
     pipeline: "builtin-reinforce",
+    overrides: {}
+  },
+  rs: {
+    pipeline: "builtin-rs",
     overrides: {}
   },
   "simple-rlhf-tiny": {
@@ -13436,11 +13761,13 @@ export {
   PpoTrainer,
   RECIPE_SCHEMAS,
   REINFORCE_PP_SCHEMA,
+  REJECTION_SAMPLING_SCHEMA,
   RLOO_SCHEMA,
   RM_SCHEMA,
   RUN_SCHEMA,
   RankingRewardTrainer,
   ReinforcePpTrainer,
+  RejectionSamplingTrainer,
   RewardTrainer,
   RlooTrainer,
   SEED_STREAM,

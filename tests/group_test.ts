@@ -8,11 +8,17 @@ import { join } from "node:path";
 import { OPT_PRESETS } from "../model/config.ts";
 import { OptModel } from "../model/opt.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
-import { defaults } from "../trainer/config.ts";
+import { defaults, SFT_SCHEMA } from "../trainer/config.ts";
 import type { Grader } from "../trainer/graders.ts";
 import { GRPO_SCHEMA, GrpoTrainer } from "../trainer/grpo.ts";
 import { graderReward } from "../trainer/reward.ts";
 import { RLOO_SCHEMA, RlooTrainer } from "../trainer/rloo.ts";
+import {
+  REJECTION_SAMPLING_SCHEMA,
+  RejectionSamplingTrainer,
+} from "../trainer/rejection_sampling.ts";
+import { trainSft } from "../trainer/sft.ts";
+import { CheckpointError } from "../trainer/types.ts";
 import { REINFORCE_PP_SCHEMA, ReinforcePpTrainer } from "../trainer/reinforce_pp.ts";
 import type { Metrics } from "../trainer/types.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
@@ -200,6 +206,64 @@ for (const seed of [1, 2]) {
   });
 }
 
+Deno.test({
+  ...opts,
+  name: "rejection sampling keeps each prompt's best uncut sample above minScore; state resumes",
+  async fn() {
+    const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 6 });
+    // a few SFT steps so that samples end with EOS within the budget
+    const words = [" 12", " ab", " 3c", " x.", " 7", " q9"];
+    await trainSft(
+      policy,
+      tok,
+      prompts.flatMap((p) => words.map((w) => ({ prompt: p, completion: w }))),
+      {
+        ...defaults(SFT_SCHEMA),
+        steps: 40,
+        batchSize: 24,
+        lr: 3e-3,
+      },
+    );
+    const rcfg = {
+      ...defaults(REJECTION_SAMPLING_SCHEMA),
+      rounds: 2,
+      promptsPerRound: 4,
+      samplesPerPrompt: 4,
+      stepsPerRound: 3,
+      batchSize: 4,
+      maxNewTokens: 6,
+      minScore: 0.2,
+    };
+    const t = new RejectionSamplingTrainer(policy, reward, tok, { prompts }, rcfg);
+    const m = (await t.step(true))!;
+    const samples = t.lastSamples, K = rcfg.samplesPerPrompt;
+    assertEquals(samples.length, 16);
+    const want: string[] = [];
+    for (let j = 0; j < 4; j++) {
+      const group = samples.slice(j * K, (j + 1) * K).filter((x) => !x.truncated);
+      if (group.length === 0) continue;
+      const best = group.reduce((a, x) => (x.score > a.score ? x : a));
+      if (best.score > rcfg.minScore) want.push(best.response);
+    }
+    const st = t.state();
+    assertEquals(st.examples.map((x) => x.completion), want);
+    assertEquals(m["rs/selected"], want.length / 4);
+    assert(want.length > 0, "some prompt's best sample is kept");
+    // a restored trainer continues the round with the same data (no resampling)
+    const u = new RejectionSamplingTrainer(policy, reward, tok, { prompts }, rcfg);
+    u.restore(JSON.parse(JSON.stringify(st)));
+    const m2 = (await u.step(true))!;
+    assertEquals([m2["rs/round"], m2.step, u.lastSamples.length], [1, 2, 0]);
+    assertEquals(u.state().examples, st.examples);
+    await assertThrows(
+      () => u.restore({ ...st, examples: [{ prompt: "p" }] as never }),
+      CheckpointError,
+      "examples[0]",
+    );
+    policy.store.dispose();
+  },
+});
+
 const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
 
 async function train(args: string[]) {
@@ -223,7 +287,7 @@ const TINY = [
 
 Deno.test({
   name:
-    "train CLI --method=grpo|rloo|reinforce++: grader:math and a user's grader module; bad rewards are named",
+    "train CLI --method=grpo|rloo|reinforce++|rs: grader:math and a user's grader module; bad rewards are named",
   ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
@@ -323,6 +387,21 @@ Deno.test({
     for (const k of ["reward", "kl", "clip_ratio", "approx_kl", "loss", "gold/correct"]) {
       assert(Number.isFinite(plines[1][k]), `reinforce++ metric ${k}: ${plines[1][k]}`);
     }
+    const rs = await train([
+      `--out=${out}`,
+      "--run.name=s",
+      "--method=rs",
+      "--sft.steps=10",
+      "--rs.rounds=2",
+      "--rs.stepsPerRound=10",
+      "--rs.promptsPerRound=4",
+      "--rs.samplesPerPrompt=2",
+      "--run.evalSamples=1",
+    ]);
+    assertEquals(rs.code, 0, rs.err.slice(-2000));
+    const slines = (await Deno.readTextFile(join(out, "s", "metrics.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((l) => l.stage === "rs");
+    assertEquals(slines.map((l) => l["rs/round"]), [1, 2]);
     // bad values, before any training
     const nope = await train([`--out=${out}`, "--run.name=x", ...TINY, "--reward=grader:nope"]);
     assert(nope.code !== 0 && nope.err.includes('unknown grader "nope"'), nope.err.slice(-500));

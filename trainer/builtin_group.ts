@@ -35,6 +35,11 @@ import { type Grader, graderByName, GraderError } from "./graders.ts";
 import { GRPO_SCHEMA, type GrpoConfig, GrpoTrainer } from "./grpo.ts";
 import type { GroupData, GroupSample } from "./group.ts";
 import { RLOO_SCHEMA, type RlooConfig, RlooTrainer } from "./rloo.ts";
+import {
+  REJECTION_SAMPLING_SCHEMA,
+  type RejectionSamplingConfig,
+  RejectionSamplingTrainer,
+} from "./rejection_sampling.ts";
 import { REINFORCE_PP_SCHEMA, type ReinforcePpConfig, ReinforcePpTrainer } from "./reinforce_pp.ts";
 import type { Metrics } from "./types.ts";
 import { describeVerdict, detectRewardHacking, goldSpread, type RolloutScores } from "./hacking.ts";
@@ -146,13 +151,43 @@ export const REINFORCE_PIPELINE_DEFAULTS: ReinforcePipelineConfig = {
   },
 };
 
-type AnyConfig = GrpoPipelineConfig | RlooPipelineConfig | ReinforcePipelineConfig;
+/** A `builtin-rs` config. */
+export interface RejectionSamplingPipelineConfig {
+  /** The `run.` section. */
+  run: RunConfig;
+  /** The `reward.` section. */
+  reward: GroupRewardConfig;
+  /** The `sft.` section. */
+  sft: SftConfig;
+  /** The `rs.` section. */
+  rs: RejectionSamplingConfig;
+}
+
+/** Defaults of `builtin-rs`: 3 rounds of best-of-8 on 256 prompts, 60 SFT steps each. */
+export const RS_PIPELINE_DEFAULTS: RejectionSamplingPipelineConfig = {
+  run: { ...BUILTIN_DEFAULTS.run, name: "builtin-rs" },
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  sft: BUILTIN_DEFAULTS.sft,
+  rs: { ...defaults(REJECTION_SAMPLING_SCHEMA), promptsPerRound: 256 },
+};
+
+type AnyConfig =
+  | GrpoPipelineConfig
+  | RlooPipelineConfig
+  | ReinforcePipelineConfig
+  | RejectionSamplingPipelineConfig;
 type Ctx = StageContext<AnyConfig, BuiltinState>;
 
 /** What a group stage needs beyond the shared flow. */
 interface GroupMethod {
-  name: "grpo" | "rloo" | "reinforce";
+  name: "grpo" | "rloo" | "reinforce" | "rs";
   label: string;
+  /** What one trainer step is (default: an iteration). */
+  unit?: "step" | "iteration";
+  /** Log every this many steps (default 1). */
+  logEvery?: number;
+  /** Checkpoint every this many steps (default `run.checkpointEvery`). */
+  checkpointEvery?: (cfg: AnyConfig) => number;
   maxNewTokens(cfg: AnyConfig): number;
   trainer(
     ctx: Ctx,
@@ -160,7 +195,7 @@ interface GroupMethod {
     reward: Reward,
     data: GroupData,
     hooks: { scoreRollout: (s: GroupSample[]) => Metrics },
-  ): GrpoTrainer | RlooTrainer | ReinforcePpTrainer;
+  ): GrpoTrainer | RlooTrainer | ReinforcePpTrainer | RejectionSamplingTrainer;
 }
 
 const GRPO_METHOD: GroupMethod = {
@@ -191,6 +226,22 @@ const REINFORCE_METHOD: GroupMethod = {
       { ...c, seed: c.seed + ctx.cfg.run.seed },
       hooks,
     );
+  },
+};
+
+const RS_METHOD: GroupMethod = {
+  name: "rs",
+  label: "rejection sampling",
+  unit: "step",
+  logEvery: 10,
+  checkpointEvery: (cfg) => (cfg as RejectionSamplingPipelineConfig).rs.stepsPerRound,
+  maxNewTokens: (cfg) => (cfg as RejectionSamplingPipelineConfig).rs.maxNewTokens,
+  trainer(ctx, policy, reward, data, hooks) {
+    const c = (ctx.cfg as RejectionSamplingPipelineConfig).rs;
+    return new RejectionSamplingTrainer(policy, reward, ctx.state.tok, data, {
+      ...c,
+      seed: c.seed + ctx.cfg.run.seed,
+    }, hooks);
   },
 };
 
@@ -278,19 +329,25 @@ function groupStage(io: RecipeIo, method: GroupMethod): Stage<AnyConfig, Builtin
         { scoreRollout: (s) => rolloutGold(s) },
       );
       const history: RolloutScores[] = [];
+      let lastRound = 0;
       await ctx.train(trainer, {
-        unit: "iteration",
-        logEvery: 1,
-        checkpointEvery: cfg.run.checkpointEvery,
+        unit: method.unit ?? "iteration",
+        logEvery: method.logEvery ?? 1,
+        checkpointEvery: method.checkpointEvery?.(cfg) ?? cfg.run.checkpointEvery,
         stopAfter: ctx.opts.stopAfterIteration,
         afterLog: (m) => {
+          // rejection sampling samples once per round: one history point per round
+          if ("rs/round" in m) {
+            if (m["rs/round"] === lastRound) return;
+            lastRound = m["rs/round"];
+          }
           const golds = trainer.lastSamples.map((s) => gold(s.prompt, s.response));
           ctx.hooks.onSamples?.(
             "rollout",
             trainer.lastSamples.map((s, i) => ({ ...s, gold: golds[i] })),
           );
           history.push({
-            iteration: m.iteration,
+            iteration: m.iteration ?? m.step,
             score: m.reward,
             gold: m["gold/rollout"],
             ...goldSpread(golds),
@@ -367,6 +424,28 @@ export function reinforcePipeline(
     defaults: REINFORCE_PIPELINE_DEFAULTS,
     stages: [SFT_STAGE, groupStage(io, REINFORCE_METHOD)] as PipelineDefinition<
       ReinforcePipelineConfig,
+      BuiltinState
+    >["stages"],
+    init,
+  };
+}
+
+/** SFT → rejection-sampling fine-tuning on the built-in task with a grader, and the gold view. */
+export function rejectionSamplingPipeline(
+  io: RecipeIo,
+): PipelineDefinition<RejectionSamplingPipelineConfig, BuiltinState> {
+  return {
+    name: "builtin-rs",
+    doc: "SFT → rejection sampling (best of K, fine-tuned) with a grader on the built-in task",
+    sections: {
+      run: RUN_SCHEMA,
+      reward: GROUP_REWARD_SCHEMA,
+      sft: SFT_SCHEMA,
+      rs: REJECTION_SAMPLING_SCHEMA,
+    } as unknown as Record<string, Schema<unknown>>,
+    defaults: RS_PIPELINE_DEFAULTS,
+    stages: [SFT_STAGE, groupStage(io, RS_METHOD)] as PipelineDefinition<
+      RejectionSamplingPipelineConfig,
       BuiltinState
     >["stages"],
     init,

@@ -69,6 +69,8 @@ export const SEED_STREAM = {
   ptxOrder: 0x5054,
   /** Fresh samples that probe gold and the implicit reward while a preference method trains. */
   goldProbe: 400,
+  /** Rejection sampling's samples and each round's SFT data order. */
+  rejectionSampling: 500,
 } as const;
 
 /** The seed of a named stream of run seed `seed` (see {@link SEED_STREAM}). */

@@ -6,7 +6,12 @@
  */
 
 import { BUILTIN_PIPELINE, PIPELINE_PRESETS } from "./builtin.ts";
-import { grpoPipeline, reinforcePipeline, rlooPipeline } from "./builtin_group.ts";
+import {
+  grpoPipeline,
+  reinforcePipeline,
+  rejectionSamplingPipeline,
+  rlooPipeline,
+} from "./builtin_group.ts";
 import { DPO_PIPELINE, KTO_PIPELINE, PREFERENCE_PRESETS } from "./builtin_preference.ts";
 import { checkpointPreferencePipeline } from "./checkpoint_preference.ts";
 import type { PipelineDefinition } from "./pipeline.ts";
@@ -24,6 +29,7 @@ export const PIPELINES: Record<string, PipelineFactory> = {
   "builtin-grpo": grpoPipeline,
   "builtin-rloo": rlooPipeline,
   "builtin-reinforce": reinforcePipeline,
+  "builtin-rs": rejectionSamplingPipeline,
   "checkpoint-dpo": (io) => checkpointPreferencePipeline(io, "dpo"),
   "checkpoint-kto": (io) => checkpointPreferencePipeline(io, "kto"),
   "simple-rlhf-tiny": recipePipeline,
@@ -58,6 +64,7 @@ export const PRESETS: Record<string, Preset> = {
   grpo: { pipeline: "builtin-grpo", overrides: {} },
   rloo: { pipeline: "builtin-rloo", overrides: {} },
   "reinforce++": { pipeline: "builtin-reinforce", overrides: {} },
+  rs: { pipeline: "builtin-rs", overrides: {} },
   "simple-rlhf-tiny": { pipeline: "simple-rlhf-tiny", overrides: {} },
 };
 
