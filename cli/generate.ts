@@ -8,7 +8,10 @@
  * `{"ids", "text", "logprobs"}`: generated ids, their text, and each token's log-probability
  * under the model), --adapter DIR (a PEFT LoRA adapter folder — `adapter_config.json` +
  * `adapter_model.safetensors`, as `deno task train` writes for LoRA runs — applied to the
- * checkpoint and merged into its weights).
+ * checkpoint and merged into its weights), --best-of N with --reward DIR|grader:NAME|module.ts
+ * (samples N responses to `--prompt`, scores each with a reward-model checkpoint folder or a
+ * grader against `--reference TEXT`, prints every sample with its score and marks the best; with
+ * `--json`: `{"best", "samples": [{"text", "score", "truncated"}]}`).
  *
  * @module
  */
@@ -21,6 +24,11 @@ import { BpeTokenizer, ByteTokenizer, type Tokenizer } from "../model/tokenizer.
 import { parseArgs, UsageError } from "./args.ts";
 import { readAdapterDir, readCheckpointDir } from "./checkpoint_files.ts";
 import { matmulPathFromEnv } from "./gpu_env.ts";
+import { LOCAL_IO } from "./local_io.ts";
+import type { OptModel } from "../model/opt.ts";
+import { graderOf } from "../trainer/builtin_group.ts";
+import { graderReward, modelReward, type Reward } from "../trainer/reward.ts";
+import { rollout } from "../trainer/rollout.ts";
 
 const SPEC = {
   model: "string",
@@ -34,6 +42,9 @@ const SPEC = {
   seed: "int",
   json: "boolean",
   adapter: "string",
+  "best-of": "int",
+  reward: "string",
+  reference: "string",
   help: "boolean",
 } as const;
 
@@ -43,7 +54,8 @@ async function main(argv: string[]): Promise<void> {
     console.log(
       "usage: deno task generate <checkpoint-dir> (--prompt TEXT | --prompt-ids 2,31,7) " +
         "[--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy] [--seed S] " +
-        "[--adapter DIR] [--json]",
+        "[--adapter DIR] [--best-of N --reward DIR|grader:NAME|module.ts [--reference TEXT]] " +
+        "[--json]",
     );
     return;
   }
@@ -87,6 +99,11 @@ async function main(argv: string[]): Promise<void> {
   if (ids.length === 0) throw new UsageError("the prompt is empty");
   const maxNew = (flags["max-new-tokens"] as number | undefined) ?? 32;
   if (maxNew < 1) throw new UsageError("--max-new-tokens must be ≥ 1");
+  if (flags["best-of"] !== undefined) {
+    await bestOf(gpu, model, tokenizer, String(flags.prompt ?? ""), maxNew, flags);
+    gpu.destroy();
+    return;
+  }
   const out = await generate(
     model,
     gpu.fromArray(Int32Array.from(ids), [1, ids.length]),
@@ -114,6 +131,69 @@ async function main(argv: string[]): Promise<void> {
   if (flags.json) console.log(JSON.stringify({ ids: gen, text, logprobs }));
   else console.log(text ?? gen.join(","));
   gpu.destroy();
+}
+
+/**
+ * `--best-of N`: N samples of the prompt in one batch, scored by `--reward`; prints them all
+ * with their scores and marks the best (ties: the first).
+ */
+async function bestOf(
+  gpu: Gpu,
+  model: OptModel,
+  tokenizer: Tokenizer | undefined,
+  prompt: string,
+  maxNew: number,
+  flags: Record<string, unknown>,
+): Promise<void> {
+  const n = flags["best-of"] as number;
+  if (n < 1) throw new UsageError("--best-of must be ≥ 1");
+  if (flags["prompt-ids"] !== undefined || !tokenizer) {
+    throw new UsageError("--best-of needs --prompt TEXT and a checkpoint with a tokenizer");
+  }
+  if (typeof flags.reward !== "string") {
+    throw new UsageError(
+      "--best-of needs --reward DIR (a reward model) or grader:NAME | module.ts",
+    );
+  }
+  const spec = flags.reward;
+  let reward: Reward;
+  if (spec.startsWith("grader:") || /\.(ts|js|mjs)$/.test(spec)) {
+    reward = graderReward(await graderOf(spec, LOCAL_IO), spec);
+  } else {
+    const files = await readCheckpointDir(spec);
+    const { model: rm } = loadOptModel(gpu, files.config, files.weights, { frozen: true });
+    if (!rm.hasValueHead) throw new UsageError(`--reward ${spec}: not a reward model (no v_head)`);
+    reward = modelReward(rm, spec);
+  }
+  const samples = await gpu.scope(async () => {
+    const r = await rollout(model, tokenizer, Array(n).fill(prompt), {
+      maxNewTokens: maxNew,
+      maxPromptLength: model.config.max_position_embeddings - maxNew,
+      temperature: (flags.temperature as number | undefined) ?? 1,
+      greedy: flags.greedy as boolean | undefined,
+      topK: flags["top-k"] as number | undefined,
+      topP: flags["top-p"] as number | undefined,
+      seed: (flags.seed as number | undefined) ?? 0,
+    });
+    const scores = await reward.score(r, Array(n).fill(String(flags.reference ?? "")));
+    return r.texts.map((t, i) => ({ text: t.response, score: scores[i], truncated: t.truncated }));
+  });
+  let best = 0;
+  samples.forEach((x, i) => {
+    if (x.score > samples[best].score) best = i;
+  });
+  if (flags.json) {
+    console.log(JSON.stringify({ best, samples }));
+    return;
+  }
+  samples.forEach((x, i) =>
+    console.log(
+      `${i === best ? "*" : " "} ${x.score.toFixed(4)}  ${JSON.stringify(x.text)}${
+        x.truncated ? " (cut)" : ""
+      }`,
+    )
+  );
+  console.log(`best of ${n} (${reward.name}): ${samples[best].text}`);
 }
 
 if (import.meta.main) {

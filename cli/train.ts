@@ -18,19 +18,18 @@
  * @module
  */
 
-import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
+import { join } from "node:path";
 import { NonFiniteValueError } from "../kernels/errors.ts";
 import { Gpu } from "../kernels/runtime.ts";
 import { ConfigError, resolveSections } from "../trainer/config.ts";
 import { describeVerdict } from "../trainer/hacking.ts";
 import { type PipelineHooks, runPipeline } from "../trainer/pipeline.ts";
 import { pipelineOf, PIPELINES, PRESETS } from "../trainer/registry.ts";
-import type { RecipeIo } from "../trainer/recipe.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { writeAdapterDir, writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
 import { type ArgSpec, parseArgs, UsageError } from "./args.ts";
 import { matmulPathFromEnv } from "./gpu_env.ts";
+import { LOCAL_IO } from "./local_io.ts";
 
 const SPEC: ArgSpec = {
   config: "string",
@@ -112,16 +111,6 @@ function rewardAlias(argv: string[], has: boolean, preset: string): string[] {
   }
   return out;
 }
-
-/**
- * The files and modules of a run on this machine: reads with Deno, imports a user's module
- * (`--reward=./my_grader.ts`) by its path relative to the working directory, or a URL.
- */
-export const LOCAL_IO: RecipeIo = {
-  read: (p) => Deno.readFile(p),
-  importModule: (p) =>
-    import(/^[a-z][a-z0-9+.-]*:\/\//i.test(p) ? p : pathToFileURL(resolve(p)).href),
-};
 
 /** A parsed `deno task train` command line. */
 export interface TrainArgs {

@@ -24,6 +24,63 @@ async function runCli(args: string[]) {
 }
 
 Deno.test({
+  name: "generate CLI --best-of: N samples scored by a reward model or a grader, the best marked",
+  ignore: noGpu,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir(), rmDir = `${dir}/rm`, polDir = `${dir}/policy`;
+    const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 4 });
+    const rm = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 5, valueHead: true });
+    rm.store.init(5, 0.3);
+    await writeCheckpointDir(polDir, await saveOptModel(policy));
+    await writeCheckpointDir(rmDir, await saveOptModel(rm));
+    const args = [polDir, "--prompt", "Q:", "--max-new-tokens=5", "--best-of=5", "--json"];
+    const r = await runCli([...args, "--reward", rmDir]);
+    assertEquals(r.code, 0, r.err);
+    const got = JSON.parse(r.out) as {
+      best: number;
+      samples: { text: string; score: number; truncated: boolean }[];
+    };
+    assertEquals(got.samples.length, 5);
+    const scores = got.samples.map((x) => x.score);
+    assertEquals(got.best, scores.indexOf(Math.max(...scores)));
+    assert(new Set(scores).size > 1, `a random reward model scores samples apart: ${scores}`);
+    // a grader against --reference: the scores are the grader's
+    const g = await runCli([...args, "--reward", "grader:similarity", "--reference", "abc"]);
+    assertEquals(g.code, 0, g.err);
+    for (const x of JSON.parse(g.out).samples) assert(x.score >= 0 && x.score <= 1, g.out);
+    const plain = await runCli([
+      polDir,
+      "--prompt",
+      "Q:",
+      "--max-new-tokens=5",
+      "--best-of=3",
+      "--reward=grader:exact",
+      "--reference=x",
+    ]);
+    assert(
+      plain.code === 0 && plain.out.includes("best of 3 (grader:exact)"),
+      plain.out + plain.err,
+    );
+    const noReward = await runCli([polDir, "--prompt", "Q:", "--best-of=3"]);
+    assert(noReward.code === 2 && noReward.err.includes("--best-of needs --reward"), noReward.err);
+    const notRm = await runCli([...args, "--reward", polDir]);
+    assert(notRm.code === 2 && notRm.err.includes("not a reward model"), notRm.err);
+    const ids = await runCli([
+      polDir,
+      "--prompt-ids",
+      "2,5",
+      "--best-of=2",
+      "--reward=grader:exact",
+    ]);
+    assert(ids.code === 2 && ids.err.includes("needs --prompt TEXT"), ids.err);
+    for (const m of [policy, rm]) m.store.dispose();
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
   name: "generate CLI: --json output equals in-process greedy generation; errors are named",
   ignore: noGpu,
   sanitizeOps: false,
