@@ -245,6 +245,46 @@ Deno.test({
         await page.close();
       });
 
+      await t.step("GRPO trains in the tab with the math grader and its own charts", async () => {
+        const page = await browser.newPage({ viewport: { width: 1400, height: 1300 } });
+        const errors: string[] = [];
+        page.on("pageerror", (e) => errors.push(e.message));
+        const q = "method=grpo&sft.steps=60&sft.lr=0.003&grpo.iterations=3" +
+          "&grpo.numGenerations=2&run.evalSamples=1&autostart=1";
+        await page.goto(`${base}/web/?${q}`);
+        await page.waitForFunction(
+          () => {
+            const d = (globalThis as unknown as { __demo: DemoProbe }).__demo;
+            return d.state === "done" || d.state === "error";
+          },
+          null,
+          { timeout: 600_000, polling: 500 },
+        );
+        const s = await page.evaluate(() => {
+          const d = (globalThis as unknown as { __demo: DemoProbe }).__demo;
+          return { records: d.records, charts: d.charts(), summary: d.summary, error: d.error };
+        });
+        assertEquals(s.error, undefined, "no error in the run");
+        assertEquals(errors, [], "no page errors");
+        const grpo = s.records.filter((r) => r.stage === "grpo");
+        assertEquals(grpo.length, 3, "one record per GRPO iteration");
+        assert(grpo.every((r) => Number.isFinite(r.m.reward) && Number.isFinite(r.m.loss)));
+        assertEquals(
+          s.charts.map((c) => c.title.split(":")[0]),
+          ["Gold view", "Gold parts", "loss", "GRPO", "GRPO"],
+        );
+        for (const c of s.charts) {
+          assert(c.canvas && c.points.some((n) => n >= 2), `${c.title}: has points (${c.points})`);
+        }
+        assert(s.summary && Number.isFinite(s.summary["gold/after"]), "the summary arrives");
+        console.log(
+          `GRPO in Chromium: reward ${grpo.map((r) => r.m.reward.toFixed(3)).join(" → ")}, gold ${
+            s.summary!["gold/before"].toFixed(3)
+          } → ${s.summary!["gold/after"].toFixed(3)}`,
+        );
+        await page.close();
+      });
+
       await t.step("without WebGPU the demo says so", async () => {
         const page = await browser.newPage();
         await page.addInitScript(() => {

@@ -2,7 +2,7 @@
  * The demo page: starts, pauses and resets the training worker, draws live uPlot charts — first
  * the gold view (reward-model score and gold score of the rollouts, an axis each), the gold
  * parts, then loss, KL and entropy —, shows the reward-hacking verdict and sample generations as PPO
- * learns, the adapter, and checkpoint download/upload. A method selector runs PPO, DPO, SimPO
+ * learns, the adapter, and checkpoint download/upload. A method selector runs PPO, GRPO, DPO, SimPO
  * or KTO after SFT. Query parameters prefill the hyperparameters
  * (`?ppo.iterations=5&autostart=1`, `?method=dpo&m.steps=40`).
  *
@@ -27,6 +27,10 @@ const FIELDS = [
   "m.lr",
   "m.beta",
   "data.prompts",
+  "grpo.iterations",
+  "grpo.numGenerations",
+  "grpo.lr",
+  "grpo.beta",
   "run.evalSamples",
   "run.seed",
 ];
@@ -48,29 +52,34 @@ interface ChartSpec {
   series: [stage: string, key: string, color: string, scale?: "right"][];
 }
 
-/** The proxy a method optimises, beside gold: PPO's reward model, DPO/KTO's implicit reward. */
-const PROXY: [stage: string, color: string][] = [
-  ["ppo", "#2563eb"],
-  ["dpo", "#0891b2"],
-  ["kto", "#4f46e5"],
+/**
+ * The proxy a method optimises, beside gold: PPO's reward model, DPO/KTO's implicit reward,
+ * GRPO's grader.
+ */
+const PROXY: [stage: string, color: string, key: string][] = [
+  ["ppo", "#2563eb", "objective/scores"],
+  ["dpo", "#0891b2", "objective/scores"],
+  ["kto", "#4f46e5", "objective/scores"],
+  ["grpo", "#059669", "reward"],
 ];
 
 const CHARTS: ChartSpec[] = [
   {
-    title: "Gold view: the optimised score (RM score; DPO/KTO: implicit reward) vs hidden gold",
-    x: "PPO iteration / preference step (every 20)",
-    y: "RM score (logits) / implicit reward β·(ℓ_θ − ℓ_SFT) (nats)",
+    title:
+      "Gold view: the optimised score (RM score; DPO/KTO: implicit reward; GRPO: grader) vs hidden gold",
+    x: "PPO / GRPO iteration, preference step (every 20)",
+    y: "RM score (logits) / implicit reward β·(ℓ_θ − ℓ_SFT) (nats) / grader (0–1)",
     yRight: "gold score (0–1)",
-    series: PROXY.flatMap(([stage, color]) =>
+    series: PROXY.flatMap(([stage, color, key]) =>
       [
-        [stage, "objective/scores", color],
+        [stage, key, color],
         [stage, "gold/rollout", "#d97706", "right"],
       ] as ChartSpec["series"]
     ),
   },
   {
     title: "Gold parts: share of samples correct / with period / concise",
-    x: "PPO iteration / preference step (every 20)",
+    x: "PPO / GRPO iteration, preference step (every 20)",
     y: "share of samples (0–1)",
     series: PROXY.flatMap(([stage]) =>
       [
@@ -90,6 +99,17 @@ const CHARTS: ChartSpec[] = [
       ["dpo", "dpo/loss", "#0891b2"],
       ["dpo", "simpo/loss", "#0d9488"],
       ["kto", "kto/loss", "#4f46e5"],
+      ["grpo", "loss", "#059669"],
+    ],
+  },
+  {
+    methods: ["grpo"],
+    title: "GRPO: reward spread within groups",
+    x: "GRPO iteration",
+    y: "reward std in a group (0–1) / share of groups whose rewards all tie (0–1)",
+    series: [
+      ["grpo", "reward_std", "#059669"],
+      ["grpo", "frac_reward_zero_std", "#dc2626"],
     ],
   },
   {
@@ -104,6 +124,7 @@ const CHARTS: ChartSpec[] = [
     ],
   },
   {
+    methods: ["ppo", "dpo", "simpo", "kto"],
     title: "KL to the reference (objective/kl)",
     x: "PPO iteration / preference step (every 20)",
     y: "KL per sequence (nats)",
@@ -111,6 +132,16 @@ const CHARTS: ChartSpec[] = [
       ["ppo", "objective/kl", "#9467bd"],
       ["dpo", "objective/kl", "#9467bd"],
       ["kto", "objective/kl", "#9467bd"],
+    ],
+  },
+  {
+    methods: ["grpo"],
+    title: "GRPO: KL to the reference per token (k3) and entropy",
+    x: "GRPO iteration",
+    y: "nats per token",
+    series: [
+      ["grpo", "kl", "#9467bd"],
+      ["grpo", "entropy", "#8c564b"],
     ],
   },
   {

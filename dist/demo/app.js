@@ -4172,6 +4172,10 @@ var FIELDS = [
   "m.lr",
   "m.beta",
   "data.prompts",
+  "grpo.iterations",
+  "grpo.numGenerations",
+  "grpo.lr",
+  "grpo.beta",
   "run.evalSamples",
   "run.seed"
 ];
@@ -4183,27 +4187,35 @@ var SECTION = {
 var PROXY = [
   [
     "ppo",
-    "#2563eb"
+    "#2563eb",
+    "objective/scores"
   ],
   [
     "dpo",
-    "#0891b2"
+    "#0891b2",
+    "objective/scores"
   ],
   [
     "kto",
-    "#4f46e5"
+    "#4f46e5",
+    "objective/scores"
+  ],
+  [
+    "grpo",
+    "#059669",
+    "reward"
   ]
 ];
 var CHARTS = [
   {
-    title: "Gold view: the optimised score (RM score; DPO/KTO: implicit reward) vs hidden gold",
-    x: "PPO iteration / preference step (every 20)",
-    y: "RM score (logits) / implicit reward \u03B2\xB7(\u2113_\u03B8 \u2212 \u2113_SFT) (nats)",
+    title: "Gold view: the optimised score (RM score; DPO/KTO: implicit reward; GRPO: grader) vs hidden gold",
+    x: "PPO / GRPO iteration, preference step (every 20)",
+    y: "RM score (logits) / implicit reward \u03B2\xB7(\u2113_\u03B8 \u2212 \u2113_SFT) (nats) / grader (0\u20131)",
     yRight: "gold score (0\u20131)",
-    series: PROXY.flatMap(([stage, color]) => [
+    series: PROXY.flatMap(([stage, color, key]) => [
       [
         stage,
-        "objective/scores",
+        key,
         color
       ],
       [
@@ -4216,7 +4228,7 @@ var CHARTS = [
   },
   {
     title: "Gold parts: share of samples correct / with period / concise",
-    x: "PPO iteration / preference step (every 20)",
+    x: "PPO / GRPO iteration, preference step (every 20)",
     y: "share of samples (0\u20131)",
     series: PROXY.flatMap(([stage]) => [
       [
@@ -4265,6 +4277,31 @@ var CHARTS = [
         "kto",
         "kto/loss",
         "#4f46e5"
+      ],
+      [
+        "grpo",
+        "loss",
+        "#059669"
+      ]
+    ]
+  },
+  {
+    methods: [
+      "grpo"
+    ],
+    title: "GRPO: reward spread within groups",
+    x: "GRPO iteration",
+    y: "reward std in a group (0\u20131) / share of groups whose rewards all tie (0\u20131)",
+    series: [
+      [
+        "grpo",
+        "reward_std",
+        "#059669"
+      ],
+      [
+        "grpo",
+        "frac_reward_zero_std",
+        "#dc2626"
       ]
     ]
   },
@@ -4296,6 +4333,12 @@ var CHARTS = [
     ]
   },
   {
+    methods: [
+      "ppo",
+      "dpo",
+      "simpo",
+      "kto"
+    ],
     title: "KL to the reference (objective/kl)",
     x: "PPO iteration / preference step (every 20)",
     y: "KL per sequence (nats)",
@@ -4314,6 +4357,26 @@ var CHARTS = [
         "kto",
         "objective/kl",
         "#9467bd"
+      ]
+    ]
+  },
+  {
+    methods: [
+      "grpo"
+    ],
+    title: "GRPO: KL to the reference per token (k3) and entropy",
+    x: "GRPO iteration",
+    y: "nats per token",
+    series: [
+      [
+        "grpo",
+        "kl",
+        "#9467bd"
+      ],
+      [
+        "grpo",
+        "entropy",
+        "#8c564b"
       ]
     ]
   },
