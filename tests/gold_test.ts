@@ -6,7 +6,7 @@ import { correctChange, LEARNING_BOUNDS, learningFailures } from "../bench/learn
 import { labelComparisons, type PolicySample } from "../trainer/comparisons.ts";
 import { detectRewardHacking } from "../trainer/hacking.ts";
 import { emptySummary } from "../trainer/pipeline.ts";
-import { goldParts, goldScore } from "../trainer/task.ts";
+import { goldParts, goldScore, makeBuiltinTask, parseQuestion } from "../trainer/task.ts";
 import { assert, assertEquals } from "./assert.ts";
 
 Deno.test("gold: the parts of the score, on tricky responses", () => {
@@ -48,6 +48,37 @@ Deno.test("comparisons: pairs of different gold, truncation kept, noise flips a 
   const flipped = noisy.filter((p) => p.chosen === " 6.").length / noisy.length;
   assert(flipped > 0.15 && flipped < 0.25, `flipped share ${flipped}`);
   assertEquals(labelComparisons(many, gold, { labelNoise: 0.2, seed: 3 }), noisy);
+});
+
+Deno.test("preference margins (Llama 2): margin × gold gap on training pairs only, same draws", () => {
+  const plain = makeBuiltinTask(2, { pairs: 300 });
+  const m = makeBuiltinTask(2, { pairs: 300, pairMargin: 2 });
+  // the margin adds no random draws: the same pairs, prompts and held-out sets
+  assertEquals(m.pairs.map(({ margin: _, ...p }) => p), plain.pairs);
+  assertEquals(m.heldOutPairs, plain.heldOutPairs);
+  assertEquals(m.evalPrompts, plain.evalPrompts);
+  assert(plain.pairs.every((p) => p.margin === undefined), "no margin by default");
+  for (const p of m.pairs) {
+    const q = parseQuestion(p.prompt)!;
+    // flipped labels keep the stated strength: the absolute gold gap
+    const gap = Math.abs(goldScore(q, p.chosen) - goldScore(q, p.rejected));
+    assert(Math.abs(p.margin! - 2 * gap) < 1e-12, JSON.stringify(p));
+  }
+  assert(m.heldOutPairs.every((p) => p.margin === undefined), "held-out pairs have none");
+  // on-policy comparisons take the same margin
+  const s = (response: string): PolicySample => ({
+    prompt: "\n\nHuman: What is 3 + 4?\n\nAssistant:",
+    response,
+    truncated: false,
+    score: NaN,
+  });
+  const gold = (_p: string, r: string) => goldScore({ answer: 7 }, r);
+  const [pair] = labelComparisons([[s(" 7."), s(" 6")]], gold, {
+    labelNoise: 0,
+    seed: 1,
+    margin: 0.5,
+  });
+  assert(Math.abs(pair.margin! - 0.5 * 0.8) < 1e-12, JSON.stringify(pair));
 });
 
 Deno.test("hacking verdict: score up with gold down is flagged from where it starts", () => {
