@@ -286,6 +286,7 @@ export {
   type ReportSample,
   type RunOptions,
   runPipeline,
+  type SamplePhase,
   type Stage,
   type StageContext,
 } from "./trainer/pipeline.ts";
@@ -372,10 +373,10 @@ export {
   GRADER_NAMES,
   graderByName,
   GraderError,
+  graderFromSpec,
   GRADERS,
   lastNumber,
   levenshtein,
-  loadGrader,
   mathAnswer,
   similarity,
   UnknownGraderError,
@@ -383,11 +384,17 @@ export {
 } from "./trainer/graders.ts";
 export { graderReward, modelReward, type Reward } from "./trainer/reward.ts";
 export {
+  checkGroupSetup,
+  columnMeans,
   gatherRows,
   type GroupData,
+  type GroupHooks,
+  type GroupMethodConfig,
   groupMetrics,
   type GroupSample,
   type GroupSampling,
+  GroupTrainer,
+  type GroupTrainerState,
   scoredGroupRollout,
   type ScoredGroups,
 } from "./trainer/group.ts";

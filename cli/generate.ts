@@ -26,7 +26,7 @@ import { readAdapterDir, readCheckpointDir } from "./checkpoint_files.ts";
 import { matmulPathFromEnv } from "./gpu_env.ts";
 import { LOCAL_IO } from "./local_io.ts";
 import type { OptModel } from "../model/opt.ts";
-import { graderOf } from "../trainer/builtin_group.ts";
+import { graderFromSpec } from "../trainer/graders.ts";
 import { graderReward, modelReward, type Reward } from "../trainer/reward.ts";
 import { rollout } from "../trainer/rollout.ts";
 
@@ -158,7 +158,7 @@ async function bestOf(
   const spec = flags.reward;
   let reward: Reward;
   if (spec.startsWith("grader:") || /\.(ts|js|mjs)$/.test(spec)) {
-    reward = graderReward(await graderOf(spec, LOCAL_IO), spec);
+    reward = graderReward(await graderFromSpec(spec, LOCAL_IO), spec);
   } else {
     const files = await readCheckpointDir(spec);
     const { model: rm } = loadOptModel(gpu, files.config, files.weights, { frozen: true });

@@ -8,15 +8,15 @@ import {
   gradeAll,
   graderByName,
   GraderError,
+  graderFromSpec,
   lastNumber,
   levenshtein,
-  loadGrader,
   mathAnswer,
   similarity,
   UnknownGraderError,
   weightedGrader,
 } from "../mod.ts";
-import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { assertEquals, assertThrows } from "./assert.ts";
 
 Deno.test("exact match compares trimmed texts, case and inner spaces included", () => {
   assertEquals(exactMatch("", "  7.\n", "7."), 1);
@@ -123,7 +123,8 @@ Deno.test("graders by name, weighted sums, and scores checked to be in [0, 1]", 
   );
 });
 
-Deno.test("a user grader module is loaded by URL; a module without grade() is refused", async () => {
+Deno.test("a grader spec: a built-in by name, or a module through the loader", async () => {
+  assertEquals(await graderFromSpec("grader:exact", {}), exactMatch);
   const dir = await Deno.makeTempDir();
   try {
     const good = `${dir}/grader.ts`;
@@ -132,13 +133,15 @@ Deno.test("a user grader module is loaded by URL; a module without grade() is re
       "export async function grade(_p: string, r: string, ref: string) {\n" +
         "  await Promise.resolve();\n  return r.trim().toLowerCase() === ref.toLowerCase() ? 1 : 0;\n}\n",
     );
-    const g = await loadGrader(new URL(`file://${good}`));
+    const io = { importModule: (p: string) => import(`file://${p}`) };
+    const g = await graderFromSpec(good, io);
     assertEquals(await g("", " YES ", "yes"), 1);
     assertEquals(await g("", "no", "yes"), 0);
     const none = `${dir}/none.ts`;
     await Deno.writeTextFile(none, "export const score = () => 1;\n");
-    await assertThrows(() => loadGrader(new URL(`file://${none}`)), GraderError, "grade(");
-    assert(true);
+    await assertThrows(() => graderFromSpec(none, io), GraderError, "grade(");
+    await assertThrows(() => graderFromSpec(good, {}), GraderError, "no module loader");
+    await assertThrows(() => graderFromSpec("grader:nope", io), UnknownGraderError, "nope");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -31,7 +31,7 @@ import {
   SFT_SCHEMA,
   type SftConfig,
 } from "./config.ts";
-import { type Grader, graderByName, GraderError } from "./graders.ts";
+import { graderFromSpec } from "./graders.ts";
 import { GRPO_SCHEMA, type GrpoConfig, GrpoTrainer } from "./grpo.ts";
 import type { GroupData, GroupSample } from "./group.ts";
 import { RLOO_SCHEMA, type RlooConfig, RlooTrainer } from "./rloo.ts";
@@ -258,24 +258,6 @@ const RLOO_METHOD: GroupMethod = {
   },
 };
 
-/**
- * The grader a `reward` spec names: `grader:NAME`, or a module (loaded with
- * `io.importModule`) exporting `grade(prompt, response, reference)`.
- */
-export async function graderOf(spec: string, io: RecipeIo): Promise<Grader> {
-  if (spec.startsWith("grader:")) return graderByName(spec.slice("grader:".length));
-  if (!io.importModule) {
-    throw new ConfigError(
-      `reward ${spec}: grader modules cannot be loaded here (no module loader)`,
-    );
-  }
-  const mod = await io.importModule(spec);
-  if (typeof mod.grade !== "function") {
-    throw new GraderError(`${spec} does not export a function grade(prompt, response, reference)`);
-  }
-  return mod.grade as Grader;
-}
-
 /** The built-in task's answer to each prompt, as the graders' reference. */
 function answerOf(prompt: string): string {
   const q = parseQuestion(prompt);
@@ -292,7 +274,7 @@ function groupStage(io: RecipeIo, method: GroupMethod): Stage<AnyConfig, Builtin
     async run(ctx: Ctx) {
       const { cfg, state } = ctx, sft = state.sft!;
       const reward: Reward = graderReward(
-        await graderOf(cfg.reward.source, io),
+        await graderFromSpec(cfg.reward.source, io),
         cfg.reward.source,
       );
       const policy = sft.copy();

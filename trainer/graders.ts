@@ -10,8 +10,8 @@
  * | `similarity` | `1 − lev(a, b) / max(|a|, |b|)` over code points of the trimmed texts      |
  * | `math`       | 1 when the last number of the response equals the reference's numerically |
  *
- * {@link weightedGrader} combines graders; {@link loadGrader} imports a user's module that
- * exports `grade(prompt, response, reference)`.
+ * {@link weightedGrader} combines graders; {@link graderFromSpec} resolves `grader:NAME` or a
+ * user's module that exports `grade(prompt, response, reference)`.
  *
  * @module
  */
@@ -250,24 +250,30 @@ export async function gradeAll(
 }
 
 /**
- * Imports a user's grader module (a URL or a `file:` URL; resolve relative paths first) and
- * returns its `grade(prompt, response, reference)` export; a {@link GraderError} when the
- * module has none.
+ * The grader a spec names: `grader:NAME` (a built-in), or a module path or URL loaded with
+ * `io.importModule` that exports `grade(prompt, response, reference)`. A missing export is a
+ * {@link GraderError}; no module loader (e.g. in a browser tab) a {@link GraderError} too.
  *
- * @example A grader module from a data URL
+ * @example A module from a data URL, through a loader
  * ```ts
- * import { loadGrader } from "../mod.ts";
+ * import { graderFromSpec } from "../mod.ts";
  * const src = "export const grade = (_p, r, ref) => (r.includes(ref) ? 1 : 0);";
- * const g = await loadGrader(`data:text/javascript,${encodeURIComponent(src)}`);
+ * const io = { importModule: (p: string) => import(p) };
+ * const g = await graderFromSpec(`data:text/javascript,${encodeURIComponent(src)}`, io);
  * console.log(await g("", "yes 7", "7")); // 1
  * ```
  */
-export async function loadGrader(url: string | URL): Promise<Grader> {
-  const mod = await import(String(url));
+export async function graderFromSpec(
+  spec: string,
+  io: { importModule?(path: string): Promise<Record<string, unknown>> },
+): Promise<Grader> {
+  if (spec.startsWith("grader:")) return graderByName(spec.slice("grader:".length));
+  if (!io.importModule) {
+    throw new GraderError(`${spec}: grader modules cannot be loaded here (no module loader)`);
+  }
+  const mod = await io.importModule(spec);
   if (typeof mod.grade !== "function") {
-    throw new GraderError(
-      `${String(url)} does not export a function grade(prompt, response, reference)`,
-    );
+    throw new GraderError(`${spec} does not export a function grade(prompt, response, reference)`);
   }
   return mod.grade as Grader;
 }

@@ -10,10 +10,12 @@
 import type { Gpu, Tensor } from "../kernels/runtime.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { rolloutSeed } from "./random.ts";
+import type { ParamStore } from "../model/params.ts";
+import { learningRate, type OptimizerSettings } from "./optim.ts";
+import { epochSeed, mulberry32, permutation, rolloutSeed } from "./random.ts";
 import type { Reward } from "./reward.ts";
 import { type Rollout, rollout } from "./rollout.ts";
-import type { Metrics } from "./types.ts";
+import { checkStateNumber, type Metrics, type StateFile, type Trainer } from "./types.ts";
 
 /** What a group method trains on: prompts and, for graders, each prompt's reference answer. */
 export interface GroupData {
@@ -173,4 +175,173 @@ export function groupMetrics(g: ScoredGroups, G: number): Metrics {
     "completions/invalid_text_frac": samples.filter((s) => s.response.includes("\uFFFD")).length /
       N,
   };
+}
+
+/** The fields every group method's section has (besides sampling). */
+export interface GroupMethodConfig extends GroupSampling, OptimizerSettings {
+  /** Rollout + update iterations. */
+  iterations: number;
+  /** Sequences per optimizer step. */
+  miniBatchSize: number;
+  /** Passes over each rollout. */
+  numIterations: number;
+  /** KL coefficient (0: no reference model needed). */
+  beta: number;
+}
+
+/** The resumable state of a group method. */
+export interface GroupTrainerState {
+  /** Iterations done. */
+  iteration: number;
+  /** Counter of the minibatch-order seeds. */
+  orderSeed: number;
+}
+
+/** Callbacks of the group trainers. */
+export interface GroupHooks {
+  /** Extra per-iteration metrics from the decoded rollout (e.g. the built-in task's gold). */
+  scoreRollout?: (samples: GroupSample[]) => Metrics;
+}
+
+/**
+ * What the group trainers share: the checks, the iteration's scored rollout, the passes over
+ * shuffled minibatches, the common metrics and the resumable state. A method writes its
+ * `step` (advantages, loss, statistics) over these.
+ */
+export abstract class GroupTrainer<C extends GroupMethodConfig>
+  implements Trainer<GroupTrainerState> {
+  iteration = 0;
+  /** The decoded samples of the last rollout. */
+  lastSamples: GroupSample[] = [];
+  #orderSeed: number;
+
+  /**
+   * Checks the setup (no GPU work until the first step).
+   * @param who the trainer's name, in errors
+   * @param files the checkpoint folder of its store ("grpo", "rloo", …)
+   * @param actor the policy trained (its LoRA adapters when it has them)
+   * @param reference the frozen reference (optional with LoRA or `beta: 0`)
+   * @param reward what scores the samples
+   * @param tok the tokenizer
+   * @param data prompts (and references)
+   * @param cfg the method's section
+   * @param hooks extra per-iteration metrics
+   */
+  constructor(
+    who: string,
+    readonly files: string,
+    readonly actor: OptModel,
+    readonly reference: OptModel | undefined,
+    readonly reward: Reward,
+    readonly tok: Tokenizer,
+    readonly data: GroupData,
+    readonly cfg: C,
+    readonly hooks: GroupHooks = {},
+  ) {
+    if (cfg.beta > 0 && !reference && !actor.lora) {
+      throw new RangeError(`${who}: beta > 0 needs a reference model or LoRA adapters`);
+    }
+    checkGroupSetup(who, data, cfg.numGenerations);
+    this.#orderSeed = cfg.seed;
+  }
+
+  get total(): number {
+    return this.cfg.iterations;
+  }
+
+  abstract step(log: boolean): Promise<Metrics>;
+
+  /** This iteration's scored group rollout (see {@link scoredGroupRollout}). */
+  protected scoredRollout(
+    leaveOut: { maskTruncated: boolean; dropTied: boolean },
+  ): Promise<ScoredGroups> {
+    return scoredGroupRollout(
+      this.actor,
+      this.tok,
+      this.reward,
+      this.data,
+      this.cfg,
+      this.iteration,
+      leaveOut,
+    );
+  }
+
+  /**
+   * `numIterations` passes over `N` rows in shuffled minibatches of `miniBatchSize`: calls
+   * `each(rows, k)` inside a GPU scope for the k-th minibatch; returns how many there were.
+   */
+  protected passes(N: number, each: (rows: number[], k: number) => void): number {
+    const cfg = this.cfg, gpu = this.actor.gpu;
+    let k = 0;
+    for (let pass = 0; pass < cfg.numIterations; pass++) {
+      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
+      for (let s = 0; s < N; s += cfg.miniBatchSize) {
+        const rows = order.slice(s, s + cfg.miniBatchSize), i = k++;
+        gpu.scope(() => each(rows, i));
+      }
+    }
+    return k;
+  }
+
+  /** Minibatches per iteration (the rows of the statistics tensor). */
+  protected minibatches(N: number): number {
+    return this.cfg.numIterations * Math.ceil(N / this.cfg.miniBatchSize);
+  }
+
+  /** The store trained: the LoRA adapters when the actor has them. */
+  protected get store(): ParamStore {
+    return this.actor.lora?.store ?? this.actor.store;
+  }
+
+  /**
+   * The metrics every group method reports: the iteration, the rollout's (`reward`, …),
+   * whether it updated, the learning rate, and the hooks' extra metrics.
+   */
+  protected commonMetrics(g: ScoredGroups, updated: boolean): Metrics {
+    const cfg = this.cfg;
+    return {
+      iteration: this.iteration + 1,
+      ...groupMetrics(g, cfg.numGenerations),
+      "train/updated": updated ? 1 : 0,
+      learning_rate: learningRate(this.iteration, {
+        lr: cfg.lr,
+        totalSteps: cfg.iterations,
+        warmupRatio: cfg.warmupRatio,
+        decay: cfg.lrDecay,
+      }),
+      ...(this.hooks.scoreRollout?.(g.samples) ?? {}),
+    };
+  }
+
+  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
+  state(): GroupTrainerState {
+    return { iteration: this.iteration, orderSeed: this.#orderSeed };
+  }
+
+  /** Restores {@link state}, checked field by field. */
+  restore(s: GroupTrainerState): void {
+    const iteration = checkStateNumber("iteration", s?.iteration, { min: 0, max: this.total });
+    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
+    [this.iteration, this.#orderSeed] = [iteration, orderSeed];
+  }
+
+  /** The actor's trained store (its LoRA adapters when it has them). */
+  stores(): StateFile[] {
+    const a = this.actor, f = this.files;
+    return [
+      a.lora
+        ? { name: `${f}/actor_lora_state.safetensors`, store: a.lora.store }
+        : { name: `${f}/actor_state.safetensors`, store: a.store },
+    ];
+  }
+}
+
+/**
+ * Column means of a statistics readback laid out as rows of `columns` (one row per
+ * minibatch); zeros when there were none.
+ */
+export function columnMeans(st: Float32Array, columns: number): number[] {
+  const rows = st.length / columns, out = new Array<number>(columns).fill(0);
+  for (let i = 0; i < rows; i++) for (let c = 0; c < columns; c++) out[c] += st[i * columns + c];
+  return out.map((v) => (rows ? v / rows : 0));
 }

@@ -32,27 +32,19 @@ import { logitsBackward } from "../kernels/softmax.ts";
 import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import type { Schema } from "./config.ts";
-import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
-import { learningRate, optimizerStep } from "./optim.ts";
-import { epochSeed, mulberry32, permutation } from "./random.ts";
-import type { Reward } from "./reward.ts";
-import type { Rollout } from "./rollout.ts";
 import {
-  checkGroupSetup,
+  columnMeans,
   gatherRows,
   type GroupData,
-  groupMetrics,
-  type GroupSample,
-  scoredGroupRollout,
+  type GroupHooks,
+  GroupTrainer,
+  type GroupTrainerState,
   type ScoredGroups,
 } from "./group.ts";
-import {
-  assertFiniteLosses,
-  checkStateNumber,
-  type Metrics,
-  type StateFile,
-  type Trainer,
-} from "./types.ts";
+import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
+import { optimizerStep } from "./optim.ts";
+import type { Reward } from "./reward.ts";
+import { assertFiniteLosses, type Metrics } from "./types.ts";
 
 /** GRPO hyperparameters (the `grpo.` section). */
 export interface GrpoConfig {
@@ -176,18 +168,10 @@ export const GRPO_SCHEMA: Schema<GrpoConfig> = {
 export type GrpoData = GroupData;
 
 /** Callbacks of {@link GrpoTrainer}. */
-export interface GrpoHooks {
-  /** Extra per-iteration metrics from the decoded rollout (e.g. the built-in task's gold). */
-  scoreRollout?: (samples: GroupSample[]) => Metrics;
-}
+export type GrpoHooks = GroupHooks;
 
 /** The trainer's own resumable state. */
-export interface GrpoTrainerState {
-  /** Iterations done. */
-  iteration: number;
-  /** Counter of the minibatch-order seeds. */
-  orderSeed: number;
-}
+export type GrpoTrainerState = GroupTrainerState;
 
 /** Columns of the per-minibatch statistics. */
 const MB = { loss: 0, clipLow: 1, clipHigh: 2, kl: 3, entropy: 4 } as const;
@@ -208,12 +192,7 @@ const MB_COLUMNS = Object.keys(MB).length;
  * console.log((await t.step())["frac_reward_zero_std"]); // 1: a random model answers nothing right
  * ```
  */
-export class GrpoTrainer implements Trainer<GrpoTrainerState> {
-  iteration = 0;
-  /** The decoded samples of the last rollout. */
-  lastSamples: GroupSample[] = [];
-  #orderSeed: number;
-
+export class GrpoTrainer extends GroupTrainer<GrpoConfig> {
   /**
    * Creates the trainer (no GPU work until the first step).
    * @param actor the policy trained (its LoRA adapters when it has them)
@@ -225,43 +204,30 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
    * @param hooks extra per-iteration metrics
    */
   constructor(
-    readonly actor: OptModel,
-    readonly reference: OptModel | undefined,
-    readonly reward: Reward,
-    readonly tok: Tokenizer,
-    readonly data: GrpoData,
-    readonly cfg: GrpoConfig,
-    readonly hooks: GrpoHooks = {},
+    actor: OptModel,
+    reference: OptModel | undefined,
+    reward: Reward,
+    tok: Tokenizer,
+    data: GrpoData,
+    cfg: GrpoConfig,
+    hooks: GrpoHooks = {},
   ) {
-    if (cfg.beta > 0 && !reference && !actor.lora) {
-      throw new RangeError("GrpoTrainer: beta > 0 needs a reference model or LoRA adapters");
-    }
-    checkGroupSetup("GrpoTrainer", data, cfg.numGenerations);
-    this.#orderSeed = cfg.seed;
-  }
-
-  get total(): number {
-    return this.cfg.iterations;
+    super("GrpoTrainer", "grpo", actor, reference, reward, tok, data, cfg, hooks);
   }
 
   /** One iteration: group rollout, rewards and advantages, `numIterations` of updates, metrics. */
   step(_log = true): Promise<Metrics> {
-    return this.actor.gpu.scope(async () => {
-      const cfg = this.cfg;
-      const g = await scoredGroupRollout(
-        this.actor,
-        this.tok,
-        this.reward,
-        this.data,
-        cfg,
-        this.iteration,
-        { maskTruncated: cfg.maskTruncatedCompletions, dropTied: cfg.dropTiedGroups },
-      );
-      const advantages = groupAdvantages(this.actor.gpu, this.actor.gpu.fromArray(g.rewards), {
+    const gpu = this.actor.gpu, cfg = this.cfg;
+    return gpu.scope(async () => {
+      const g = await this.scoredRollout({
+        maskTruncated: cfg.maskTruncatedCompletions,
+        dropTied: cfg.dropTiedGroups,
+      });
+      const advantages = groupAdvantages(gpu, gpu.fromArray(g.rewards), {
         groupSize: cfg.numGenerations,
         scale: cfg.scaleRewards,
       }).advantages;
-      const stats = this.#update(g.r, advantages, g.mask, g.tokens);
+      const stats = g.tokens > 0 ? this.#update(g, advantages) : undefined;
       const m = await this.#metrics(g, stats);
       this.iteration++;
       this.lastSamples = g.samples;
@@ -269,40 +235,31 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
     });
   }
 
-  /** Phase 3: `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
-  #update(r: Rollout, advantages: Tensor, mask: Tensor, tokens: number): Tensor | undefined {
-    const gpu = this.actor.gpu, cfg = this.cfg, N = r.texts.length, T = r.length;
-    if (tokens === 0) return undefined; // every sample masked: nothing to learn from
+  /** `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
+  #update(g: ScoredGroups, advantages: Tensor): Tensor {
+    const gpu = this.actor.gpu, cfg = this.cfg, r = g.r, N = g.samples.length, T = r.length;
     const logpOld = modelLogprobs(this.actor, r.tokens, r.attentionMask);
     const logpRef = cfg.beta > 0
       ? referenceLogprobs(this.actor, this.reference, r.tokens, r.attentionMask)
       : undefined;
-    const perPass = Math.ceil(N / cfg.miniBatchSize);
-    const stats = gpu.zeros([cfg.numIterations * perPass * MB_COLUMNS]);
-    let k = 0;
-    for (let pass = 0; pass < cfg.numIterations; pass++) {
-      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
-      for (let s = 0; s < N; s += cfg.miniBatchSize) {
-        const rows = order.slice(s, s + cfg.miniBatchSize);
-        const gather = (t: Tensor, width = T) => gatherRows(gpu, t, rows, width);
-        gpu.scope(() =>
-          this.#minibatch(
-            {
-              seq: gather(r.tokens),
-              am: gather(r.attentionMask),
-              act: gather(mask),
-              logpOld: gather(logpOld),
-              logpRef: logpRef && gather(logpRef),
-              adv: gather(advantages, 1),
-              // dapo: every token of the generation batch weighs the same in every minibatch
-              tokenCount: (tokens * rows.length) / N,
-            },
-            stats,
-            k++,
-          )
-        );
-      }
-    }
+    const stats = gpu.zeros([this.minibatches(N) * MB_COLUMNS]);
+    this.passes(N, (rows, k) => {
+      const gather = (t: Tensor, width = T) => gatherRows(gpu, t, rows, width);
+      this.#minibatch(
+        {
+          seq: gather(r.tokens),
+          am: gather(r.attentionMask),
+          act: gather(g.mask),
+          logpOld: gather(logpOld),
+          logpRef: logpRef && gather(logpRef),
+          adv: gather(advantages, 1),
+          // dapo: every token of the generation batch weighs the same in every minibatch
+          tokenCount: (g.tokens * rows.length) / N,
+        },
+        stats,
+        k,
+      );
+    });
     return stats;
   }
 
@@ -321,8 +278,7 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
     k: number,
   ): void {
     const { actor, cfg } = this, gpu = actor.gpu, [B, T] = mb.seq.shape;
-    const store = actor.lora?.store ?? actor.store;
-    store.zeroGrads();
+    this.store.zeroGrads();
     const acts = actor.forward(mb.seq, mb.am);
     const lp = actor.tokenLogprobs(acts);
     const l = grpoLoss(gpu, lp.logp, mb.logpOld, mb.adv, mb.act, {
@@ -338,7 +294,7 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
       dlogp: l.dlogp.reshape([B * T]),
     });
     actor.backward(acts, { dlogits });
-    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    optimizerStep(this.store, cfg, this.iteration, cfg.iterations);
     const entropy = maskedStats(gpu, lp.entropy, mb.act);
     const columns: [keyof typeof MB, Tensor, number][] = [
       ["loss", l.loss, STAT.sum],
@@ -352,56 +308,17 @@ export class GrpoTrainer implements Trainer<GrpoTrainerState> {
 
   /** The iteration's metrics: one readback of the statistics. */
   async #metrics(g: ScoredGroups, stats: Tensor | undefined): Promise<Metrics> {
-    const cfg = this.cfg;
     const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
-    const k = st.length / MB_COLUMNS;
-    const avg = (c: keyof typeof MB) => {
-      let a = 0;
-      for (let i = 0; i < k; i++) a += st[MB_COLUMNS * i + MB[c]];
-      return k ? a / k : 0;
-    };
-    const loss = avg("loss");
+    const [loss, low, high, kl, entropy] = columnMeans(st, MB_COLUMNS);
     assertFiniteLosses(`GRPO iteration ${this.iteration + 1}`, { loss });
-    const low = avg("clipLow"), high = avg("clipHigh");
     return {
-      iteration: this.iteration + 1,
-      ...groupMetrics(g, cfg.numGenerations),
-      kl: avg("kl"),
-      entropy: avg("entropy"),
+      ...this.commonMetrics(g, stats !== undefined),
+      kl,
+      entropy,
       "clip_ratio/low_mean": low,
       "clip_ratio/high_mean": high,
       "clip_ratio/region_mean": low + high,
       loss,
-      "train/updated": stats ? 1 : 0,
-      learning_rate: learningRate(this.iteration, {
-        lr: cfg.lr,
-        totalSteps: cfg.iterations,
-        warmupRatio: cfg.warmupRatio,
-        decay: cfg.lrDecay,
-      }),
-      ...(this.hooks.scoreRollout?.(g.samples) ?? {}),
     };
-  }
-
-  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
-  state(): GrpoTrainerState {
-    return { iteration: this.iteration, orderSeed: this.#orderSeed };
-  }
-
-  /** Restores {@link state}, checked field by field. */
-  restore(s: GrpoTrainerState): void {
-    const iteration = checkStateNumber("iteration", s?.iteration, { min: 0, max: this.total });
-    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
-    [this.iteration, this.#orderSeed] = [iteration, orderSeed];
-  }
-
-  /** The actor's trained store (its LoRA adapters when it has them). */
-  stores(): StateFile[] {
-    const a = this.actor;
-    return [
-      a.lora
-        ? { name: "grpo/actor_lora_state.safetensors", store: a.lora.store }
-        : { name: "grpo/actor_state.safetensors", store: a.store },
-    ];
   }
 }

@@ -26,25 +26,18 @@ import { gaeAdvantages } from "./advantages.ts";
 import type { Schema } from "./config.ts";
 import { GRPO_SCHEMA } from "./grpo.ts";
 import {
-  checkGroupSetup,
+  columnMeans,
   gatherRows,
   type GroupData,
-  groupMetrics,
-  type GroupSample,
-  scoredGroupRollout,
+  type GroupHooks,
+  GroupTrainer,
+  type GroupTrainerState,
   type ScoredGroups,
 } from "./group.ts";
 import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
-import { learningRate, optimizerStep } from "./optim.ts";
-import { epochSeed, mulberry32, permutation } from "./random.ts";
+import { optimizerStep } from "./optim.ts";
 import type { Reward } from "./reward.ts";
-import {
-  assertFiniteLosses,
-  checkStateNumber,
-  type Metrics,
-  type StateFile,
-  type Trainer,
-} from "./types.ts";
+import { assertFiniteLosses, type Metrics } from "./types.ts";
 
 /** REINFORCE++ hyperparameters (the `reinforce.` section). */
 export interface ReinforcePpConfig {
@@ -142,18 +135,10 @@ export const REINFORCE_PP_SCHEMA: Schema<ReinforcePpConfig> = {
 };
 
 /** Callbacks of {@link ReinforcePpTrainer}. */
-export interface ReinforcePpHooks {
-  /** Extra per-iteration metrics from the decoded rollout (e.g. the built-in task's gold). */
-  scoreRollout?: (samples: GroupSample[]) => Metrics;
-}
+export type ReinforcePpHooks = GroupHooks;
 
 /** The trainer's own resumable state. */
-export interface ReinforcePpTrainerState {
-  /** Iterations done. */
-  iteration: number;
-  /** Counter of the minibatch-order seeds. */
-  orderSeed: number;
-}
+export type ReinforcePpTrainerState = GroupTrainerState;
 
 const MB = { loss: 0, clipfrac: 1, approxKl: 2, entropy: 3 } as const;
 const MB_COLUMNS = Object.keys(MB).length;
@@ -173,12 +158,7 @@ const MB_COLUMNS = Object.keys(MB).length;
  * console.log((await t.step()).reward); // 0: a random model answers nothing right
  * ```
  */
-export class ReinforcePpTrainer implements Trainer<ReinforcePpTrainerState> {
-  iteration = 0;
-  /** The decoded samples of the last rollout. */
-  lastSamples: GroupSample[] = [];
-  #orderSeed: number;
-
+export class ReinforcePpTrainer extends GroupTrainer<ReinforcePpConfig> {
   /**
    * Creates the trainer (no GPU work until the first step).
    * @param actor the policy trained (its LoRA adapters when it has them)
@@ -190,40 +170,26 @@ export class ReinforcePpTrainer implements Trainer<ReinforcePpTrainerState> {
    * @param hooks extra per-iteration metrics
    */
   constructor(
-    readonly actor: OptModel,
-    readonly reference: OptModel | undefined,
-    readonly reward: Reward,
-    readonly tok: Tokenizer,
-    readonly data: GroupData,
-    readonly cfg: ReinforcePpConfig,
-    readonly hooks: ReinforcePpHooks = {},
+    actor: OptModel,
+    reference: OptModel | undefined,
+    reward: Reward,
+    tok: Tokenizer,
+    data: GroupData,
+    cfg: ReinforcePpConfig,
+    hooks: ReinforcePpHooks = {},
   ) {
-    if (cfg.beta > 0 && !reference && !actor.lora) {
-      throw new RangeError("ReinforcePpTrainer: beta > 0 needs a reference model or LoRA adapters");
-    }
-    checkGroupSetup("ReinforcePpTrainer", data, cfg.numGenerations);
-    this.#orderSeed = cfg.seed;
-  }
-
-  get total(): number {
-    return this.cfg.iterations;
+    super("ReinforcePpTrainer", "reinforce", actor, reference, reward, tok, data, cfg, hooks);
   }
 
   /** One iteration: group rollout, centred KL-shaped returns, whitening, PPO-clip updates. */
   step(_log = true): Promise<Metrics> {
-    const gpu = this.actor.gpu;
+    const gpu = this.actor.gpu, cfg = this.cfg;
     return gpu.scope(async () => {
-      const cfg = this.cfg;
-      const g = await scoredGroupRollout(
-        this.actor,
-        this.tok,
-        this.reward,
-        this.data,
-        cfg,
-        this.iteration,
-        { maskTruncated: cfg.maskTruncatedCompletions, dropTied: false },
-      );
-      const { r, mask } = g;
+      const g = await this.scoredRollout({
+        maskTruncated: cfg.maskTruncatedCompletions,
+        dropTied: false,
+      });
+      const { r, mask } = g, N = g.samples.length, T = r.length;
       const logpOld = modelLogprobs(this.actor, r.tokens, r.attentionMask);
       const logpRef = cfg.beta > 0
         ? referenceLogprobs(this.actor, this.reference, r.tokens, r.attentionMask)
@@ -252,7 +218,18 @@ export class ReinforcePpTrainer implements Trainer<ReinforcePpTrainerState> {
         },
       );
       const stats = g.tokens > 0 ? this.#update(g, logpOld, adv.advantages) : undefined;
-      const m = await this.#metrics(g, stats, await gpu.readF32(adv.kl));
+      const st = stats ? await gpu.readF32(stats) : new Float32Array(0);
+      const [loss, clipfrac, approxKl, entropy] = columnMeans(st, MB_COLUMNS);
+      assertFiniteLosses(`REINFORCE++ iteration ${this.iteration + 1}`, { loss });
+      const kl = await gpu.readF32(adv.kl);
+      const m: Metrics = {
+        ...this.commonMetrics(g, stats !== undefined),
+        kl: kl.subarray(0, N * T).reduce((a, v) => a + v, 0) / N,
+        clip_ratio: clipfrac,
+        approx_kl: approxKl,
+        entropy,
+        loss,
+      };
       this.iteration++;
       this.lastSamples = g.samples;
       return m;
@@ -261,28 +238,20 @@ export class ReinforcePpTrainer implements Trainer<ReinforcePpTrainerState> {
 
   /** `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
   #update(g: ScoredGroups, logpOld: Tensor, advantages: Tensor): Tensor {
-    const gpu = this.actor.gpu, cfg = this.cfg, N = g.samples.length, T = g.r.length;
-    const perPass = Math.ceil(N / cfg.miniBatchSize);
-    const stats = gpu.zeros([cfg.numIterations * perPass * MB_COLUMNS]);
-    let k = 0;
-    for (let pass = 0; pass < cfg.numIterations; pass++) {
-      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
-      for (let s = 0; s < N; s += cfg.miniBatchSize) {
-        const rows = order.slice(s, s + cfg.miniBatchSize);
-        const gather = (t: Tensor) => gatherRows(gpu, t, rows, T);
-        gpu.scope(() =>
-          this.#minibatch(
-            gather(g.r.tokens),
-            gather(g.r.attentionMask),
-            gather(g.mask),
-            gather(logpOld),
-            gather(advantages),
-            stats,
-            k++,
-          )
-        );
-      }
-    }
+    const gpu = this.actor.gpu, N = g.samples.length, T = g.r.length;
+    const stats = gpu.zeros([this.minibatches(N) * MB_COLUMNS]);
+    this.passes(N, (rows, k) => {
+      const gather = (t: Tensor) => gatherRows(gpu, t, rows, T);
+      this.#minibatch(
+        gather(g.r.tokens),
+        gather(g.r.attentionMask),
+        gather(g.mask),
+        gather(logpOld),
+        gather(advantages),
+        stats,
+        k,
+      );
+    });
     return stats;
   }
 
@@ -297,8 +266,7 @@ export class ReinforcePpTrainer implements Trainer<ReinforcePpTrainerState> {
     k: number,
   ): void {
     const { actor, cfg } = this, gpu = actor.gpu, [B, T] = seq.shape;
-    const store = actor.lora?.store ?? actor.store;
-    store.zeroGrads();
+    this.store.zeroGrads();
     const acts = actor.forward(seq, am);
     const lp = actor.tokenLogprobs(acts);
     const pl = ppoPolicyLoss(gpu, lp.logp, logpOld, adv, act, { clip: cfg.clip });
@@ -306,7 +274,7 @@ export class ReinforcePpTrainer implements Trainer<ReinforcePpTrainerState> {
       dlogp: pl.dlogp.reshape([B * T]),
     });
     actor.backward(acts, { dlogits });
-    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    optimizerStep(this.store, cfg, this.iteration, cfg.iterations);
     const columns: [keyof typeof MB, Tensor][] = [
       ["loss", pl.loss],
       ["clipfrac", pl.clipfrac],
@@ -316,60 +284,5 @@ export class ReinforcePpTrainer implements Trainer<ReinforcePpTrainerState> {
     for (const [name, t] of columns) {
       gpu.copyRange(t, STAT.mean, stats, MB_COLUMNS * k + MB[name], 1);
     }
-  }
-
-  /** The iteration's metrics: one readback of the statistics. */
-  async #metrics(g: ScoredGroups, stats: Tensor | undefined, kl: Float32Array): Promise<Metrics> {
-    const cfg = this.cfg, N = g.samples.length, T = g.r.length;
-    const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
-    const k = st.length / MB_COLUMNS;
-    const avg = (c: keyof typeof MB) => {
-      let a = 0;
-      for (let i = 0; i < k; i++) a += st[MB_COLUMNS * i + MB[c]];
-      return k ? a / k : 0;
-    };
-    const loss = avg("loss");
-    assertFiniteLosses(`REINFORCE++ iteration ${this.iteration + 1}`, { loss });
-    let klSum = 0;
-    for (let i = 0; i < N * T; i++) klSum += kl[i];
-    return {
-      iteration: this.iteration + 1,
-      ...groupMetrics(g, cfg.numGenerations),
-      kl: klSum / N,
-      clip_ratio: avg("clipfrac"),
-      approx_kl: avg("approxKl"),
-      entropy: avg("entropy"),
-      loss,
-      "train/updated": stats ? 1 : 0,
-      learning_rate: learningRate(this.iteration, {
-        lr: cfg.lr,
-        totalSteps: cfg.iterations,
-        warmupRatio: cfg.warmupRatio,
-        decay: cfg.lrDecay,
-      }),
-      ...(this.hooks.scoreRollout?.(g.samples) ?? {}),
-    };
-  }
-
-  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
-  state(): ReinforcePpTrainerState {
-    return { iteration: this.iteration, orderSeed: this.#orderSeed };
-  }
-
-  /** Restores {@link state}, checked field by field. */
-  restore(s: ReinforcePpTrainerState): void {
-    const iteration = checkStateNumber("iteration", s?.iteration, { min: 0, max: this.total });
-    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
-    [this.iteration, this.#orderSeed] = [iteration, orderSeed];
-  }
-
-  /** The actor's trained store (its LoRA adapters when it has them). */
-  stores(): StateFile[] {
-    const a = this.actor;
-    return [
-      a.lora
-        ? { name: "reinforce/actor_lora_state.safetensors", store: a.lora.store }
-        : { name: "reinforce/actor_state.safetensors", store: a.store },
-    ];
   }
 }

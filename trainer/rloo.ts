@@ -26,25 +26,18 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import type { Schema } from "./config.ts";
 import { GRPO_SCHEMA } from "./grpo.ts";
 import {
-  checkGroupSetup,
+  columnMeans,
   gatherRows,
   type GroupData,
-  groupMetrics,
-  type GroupSample,
-  scoredGroupRollout,
+  type GroupHooks,
+  GroupTrainer,
+  type GroupTrainerState,
   type ScoredGroups,
 } from "./group.ts";
 import { modelLogprobs, referenceLogprobs } from "./logprobs.ts";
-import { learningRate, optimizerStep } from "./optim.ts";
-import { epochSeed, mulberry32, permutation } from "./random.ts";
+import { optimizerStep } from "./optim.ts";
 import type { Reward } from "./reward.ts";
-import {
-  assertFiniteLosses,
-  checkStateNumber,
-  type Metrics,
-  type StateFile,
-  type Trainer,
-} from "./types.ts";
+import { assertFiniteLosses, type Metrics } from "./types.ts";
 
 /** RLOO hyperparameters (the `rloo.` section). */
 export interface RlooConfig {
@@ -126,18 +119,10 @@ export const RLOO_SCHEMA: Schema<RlooConfig> = {
 };
 
 /** Callbacks of {@link RlooTrainer}. */
-export interface RlooHooks {
-  /** Extra per-iteration metrics from the decoded rollout (e.g. the built-in task's gold). */
-  scoreRollout?: (samples: GroupSample[]) => Metrics;
-}
+export type RlooHooks = GroupHooks;
 
 /** The trainer's own resumable state. */
-export interface RlooTrainerState {
-  /** Iterations done. */
-  iteration: number;
-  /** Counter of the minibatch-order seeds. */
-  orderSeed: number;
-}
+export type RlooTrainerState = GroupTrainerState;
 
 const MB = { loss: 0, clipfrac: 1 } as const;
 const MB_COLUMNS = Object.keys(MB).length;
@@ -157,12 +142,7 @@ const MB_COLUMNS = Object.keys(MB).length;
  * console.log((await t.step()).reward); // 0: a random model answers nothing right
  * ```
  */
-export class RlooTrainer implements Trainer<RlooTrainerState> {
-  iteration = 0;
-  /** The decoded samples of the last rollout. */
-  lastSamples: GroupSample[] = [];
-  #orderSeed: number;
-
+export class RlooTrainer extends GroupTrainer<RlooConfig> {
   /**
    * Creates the trainer (no GPU work until the first step).
    * @param actor the policy trained (its LoRA adapters when it has them)
@@ -174,39 +154,25 @@ export class RlooTrainer implements Trainer<RlooTrainerState> {
    * @param hooks extra per-iteration metrics
    */
   constructor(
-    readonly actor: OptModel,
-    readonly reference: OptModel | undefined,
-    readonly reward: Reward,
-    readonly tok: Tokenizer,
-    readonly data: GroupData,
-    readonly cfg: RlooConfig,
-    readonly hooks: RlooHooks = {},
+    actor: OptModel,
+    reference: OptModel | undefined,
+    reward: Reward,
+    tok: Tokenizer,
+    data: GroupData,
+    cfg: RlooConfig,
+    hooks: RlooHooks = {},
   ) {
-    if (cfg.beta > 0 && !reference && !actor.lora) {
-      throw new RangeError("RlooTrainer: beta > 0 needs a reference model or LoRA adapters");
-    }
-    checkGroupSetup("RlooTrainer", data, cfg.numGenerations);
-    this.#orderSeed = cfg.seed;
-  }
-
-  get total(): number {
-    return this.cfg.iterations;
+    super("RlooTrainer", "rloo", actor, reference, reward, tok, data, cfg, hooks);
   }
 
   /** One iteration: group rollout, KL-shaped rewards, leave-one-out advantages, updates. */
   step(_log = true): Promise<Metrics> {
-    const gpu = this.actor.gpu;
+    const gpu = this.actor.gpu, cfg = this.cfg;
     return gpu.scope(async () => {
-      const cfg = this.cfg;
-      const g = await scoredGroupRollout(
-        this.actor,
-        this.tok,
-        this.reward,
-        this.data,
-        cfg,
-        this.iteration,
-        { maskTruncated: cfg.maskTruncatedCompletions, dropTied: false },
-      );
+      const g = await this.scoredRollout({
+        maskTruncated: cfg.maskTruncatedCompletions,
+        dropTied: false,
+      });
       const { r, mask } = g;
       const logpOld = modelLogprobs(this.actor, r.tokens, r.attentionMask);
       const seqOld = sequenceLogprobs(gpu, logpOld, mask);
@@ -229,7 +195,17 @@ export class RlooTrainer implements Trainer<RlooTrainerState> {
         baseline: "leave-one-out",
       }).advantages;
       const stats = g.tokens > 0 ? this.#update(g, seqOld, advantages) : undefined;
-      const m = await this.#metrics(g, stats, klHost, shaped);
+      const st = stats ? await gpu.readF32(stats) : new Float32Array(0);
+      const [loss, clipfrac] = columnMeans(st, MB_COLUMNS);
+      assertFiniteLosses(`RLOO iteration ${this.iteration + 1}`, { loss });
+      const mean = (xs: Float32Array) => xs.reduce((a, v) => a + v, 0) / xs.length;
+      const m: Metrics = {
+        ...this.commonMetrics(g, stats !== undefined),
+        kl: mean(klHost),
+        rlhf_reward: mean(shaped),
+        clip_ratio: clipfrac,
+        loss,
+      };
       this.iteration++;
       this.lastSamples = g.samples;
       return m;
@@ -238,30 +214,22 @@ export class RlooTrainer implements Trainer<RlooTrainerState> {
 
   /** `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
   #update(g: ScoredGroups, seqOld: Tensor, advantages: Tensor): Tensor {
-    const gpu = this.actor.gpu, cfg = this.cfg, N = g.samples.length, T = g.r.length;
-    const perPass = Math.ceil(N / cfg.miniBatchSize);
-    const stats = gpu.zeros([cfg.numIterations * perPass * MB_COLUMNS]);
-    let k = 0;
-    for (let pass = 0; pass < cfg.numIterations; pass++) {
-      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
-      for (let s = 0; s < N; s += cfg.miniBatchSize) {
-        const rows = order.slice(s, s + cfg.miniBatchSize);
-        const gather = (t: Tensor, width = T) => gatherRows(gpu, t, rows, width);
-        gpu.scope(() =>
-          this.#minibatch(
-            gather(g.r.tokens),
-            gather(g.r.attentionMask),
-            gather(g.mask),
-            gather(seqOld, 1),
-            gather(advantages, 1),
-            // rows without response tokens (left out) carry no loss
-            gpu.fromArray(rows.map((row) => (g.rowTokens[row] > 0 ? 1 : 0))),
-            stats,
-            k++,
-          )
-        );
-      }
-    }
+    const gpu = this.actor.gpu, N = g.samples.length, T = g.r.length;
+    const stats = gpu.zeros([this.minibatches(N) * MB_COLUMNS]);
+    this.passes(N, (rows, k) => {
+      const gather = (t: Tensor, width = T) => gatherRows(gpu, t, rows, width);
+      this.#minibatch(
+        gather(g.r.tokens),
+        gather(g.r.attentionMask),
+        gather(g.mask),
+        gather(seqOld, 1),
+        gather(advantages, 1),
+        // rows without response tokens (left out) carry no loss
+        gpu.fromArray(rows.map((row) => (g.rowTokens[row] > 0 ? 1 : 0))),
+        stats,
+        k,
+      );
+    });
     return stats;
   }
 
@@ -277,8 +245,7 @@ export class RlooTrainer implements Trainer<RlooTrainerState> {
     k: number,
   ): void {
     const { actor, cfg } = this, gpu = actor.gpu, [B, T] = seq.shape;
-    const store = actor.lora?.store ?? actor.store;
-    store.zeroGrads();
+    this.store.zeroGrads();
     const acts = actor.forward(seq, am);
     const lp = actor.tokenLogprobs(acts);
     const seqLp = sequenceLogprobs(gpu, lp.logp, act);
@@ -288,66 +255,8 @@ export class RlooTrainer implements Trainer<RlooTrainerState> {
       dlogp: dlogp.reshape([B * T]),
     });
     actor.backward(acts, { dlogits });
-    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    optimizerStep(this.store, cfg, this.iteration, cfg.iterations);
     gpu.copyRange(pl.loss, STAT.mean, stats, MB_COLUMNS * k + MB.loss, 1);
     gpu.copyRange(pl.clipfrac, STAT.mean, stats, MB_COLUMNS * k + MB.clipfrac, 1);
-  }
-
-  /** The iteration's metrics: one readback of the statistics. */
-  async #metrics(
-    g: ScoredGroups,
-    stats: Tensor | undefined,
-    kl: Float32Array,
-    shaped: Float32Array,
-  ): Promise<Metrics> {
-    const cfg = this.cfg;
-    const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
-    const k = st.length / MB_COLUMNS;
-    const avg = (c: keyof typeof MB) => {
-      let a = 0;
-      for (let i = 0; i < k; i++) a += st[MB_COLUMNS * i + MB[c]];
-      return k ? a / k : 0;
-    };
-    const loss = avg("loss");
-    assertFiniteLosses(`RLOO iteration ${this.iteration + 1}`, { loss });
-    const mean = (xs: Float32Array) => xs.reduce((a, v) => a + v, 0) / xs.length;
-    return {
-      iteration: this.iteration + 1,
-      ...groupMetrics(g, cfg.numGenerations),
-      kl: mean(kl),
-      rlhf_reward: mean(shaped),
-      clip_ratio: avg("clipfrac"),
-      loss,
-      "train/updated": stats ? 1 : 0,
-      learning_rate: learningRate(this.iteration, {
-        lr: cfg.lr,
-        totalSteps: cfg.iterations,
-        warmupRatio: cfg.warmupRatio,
-        decay: cfg.lrDecay,
-      }),
-      ...(this.hooks.scoreRollout?.(g.samples) ?? {}),
-    };
-  }
-
-  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
-  state(): RlooTrainerState {
-    return { iteration: this.iteration, orderSeed: this.#orderSeed };
-  }
-
-  /** Restores {@link state}, checked field by field. */
-  restore(s: RlooTrainerState): void {
-    const iteration = checkStateNumber("iteration", s?.iteration, { min: 0, max: this.total });
-    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
-    [this.iteration, this.#orderSeed] = [iteration, orderSeed];
-  }
-
-  /** The actor's trained store (its LoRA adapters when it has them). */
-  stores(): StateFile[] {
-    const a = this.actor;
-    return [
-      a.lora
-        ? { name: "rloo/actor_lora_state.safetensors", store: a.lora.store }
-        : { name: "rloo/actor_state.safetensors", store: a.store },
-    ];
   }
 }

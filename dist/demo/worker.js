@@ -9096,17 +9096,18 @@ var BUILTIN_DEFAULTS = {
   // of 16 pairs reached held-out accuracy 0.83–0.925 depending on seed and CPU; twice the pairs
   // per step (or twice the steps) 0.90–0.97. Lower learning rates did not help (seed 3: 0.82 at
   // 5e-4, 0.73 at 3e-4); nor did the token-level loss (0.60–0.69). The arithmetic is learnt in
-  // a transition around steps 300–500 whose timing depends on seed and numerics (seed 3, GL:
-  // arithmetic pairs 56 % right at the end of one run, 79 % in another); a cosine decay had
-  // already cooled the learning rate there. Held out, seed 3 / GL: cosine 0.915 at step 600,
-  // 2e-3 cosine 0.885, Llama 2's margin loss 0.765, an LM-loss regulariser (GRM) 0.895,
-  // cosine over 1200 steps 0.955 from step 500; a constant rate 0.960 at step 600.
+  // a transition around steps 300–500 whose timing depends on seed and numerics. Retrained from
+  // seed 3 / GL's SFT checkpoint (held-out accuracy at step 600): cosine 0.915, lr 2e-3 0.885,
+  // Llama 2's margin loss (margin 2 × gold gap) 0.765, an LM-loss regulariser (GRM, weight 1)
+  // 0.895, cosine over 1200 steps 0.955, a constant rate 0.960. In the whole pipeline the
+  // constant rate did not hold: seed 1 / GL 0.940 with correct answers falling under PPO
+  // (0.686 → 0.658), seed 3 / Vulkan 0.890; the margin loss: seed 1 / GL 0.885, seed 3 / GL
+  // 0.765. The cosine schedule stays.
   rm: {
     ...defaults(RM_SCHEMA),
     steps: 600,
     batchSize: 32,
-    lr: 1e-3,
-    lrDecay: "constant"
+    lr: 1e-3
   },
   // A response budget every demonstrated style fits in with its EOS (" 4, I am sure." is 14
   // bytes + EOS): with 8 tokens the most common style was always cut, and truncated responses —
@@ -10505,6 +10506,17 @@ async function gradeAll(grader, samples) {
   }
   return out;
 }
+async function graderFromSpec(spec, io) {
+  if (spec.startsWith("grader:")) return graderByName(spec.slice("grader:".length));
+  if (!io.importModule) {
+    throw new GraderError(`${spec}: grader modules cannot be loaded here (no module loader)`);
+  }
+  const mod = await io.importModule(spec);
+  if (typeof mod.grade !== "function") {
+    throw new GraderError(`${spec} does not export a function grade(prompt, response, reference)`);
+  }
+  return mod.grade;
+}
 
 // trainer/group.ts
 function checkGroupSetup(who, data, G) {
@@ -10594,6 +10606,136 @@ function groupMetrics(g, G) {
     "completions/clipped_ratio": samples.filter((s) => s.truncated).length / N,
     "completions/invalid_text_frac": samples.filter((s) => s.response.includes("\uFFFD")).length / N
   };
+}
+var GroupTrainer = class {
+  files;
+  actor;
+  reference;
+  reward;
+  tok;
+  data;
+  cfg;
+  hooks;
+  iteration;
+  /** The decoded samples of the last rollout. */
+  lastSamples;
+  #orderSeed;
+  /**
+   * Checks the setup (no GPU work until the first step).
+   * @param who the trainer's name, in errors
+   * @param files the checkpoint folder of its store ("grpo", "rloo", …)
+   * @param actor the policy trained (its LoRA adapters when it has them)
+   * @param reference the frozen reference (optional with LoRA or `beta: 0`)
+   * @param reward what scores the samples
+   * @param tok the tokenizer
+   * @param data prompts (and references)
+   * @param cfg the method's section
+   * @param hooks extra per-iteration metrics
+   */
+  constructor(who, files, actor, reference, reward, tok, data, cfg, hooks = {}) {
+    this.files = files;
+    this.actor = actor;
+    this.reference = reference;
+    this.reward = reward;
+    this.tok = tok;
+    this.data = data;
+    this.cfg = cfg;
+    this.hooks = hooks;
+    this.iteration = 0;
+    this.lastSamples = [];
+    if (cfg.beta > 0 && !reference && !actor.lora) {
+      throw new RangeError(`${who}: beta > 0 needs a reference model or LoRA adapters`);
+    }
+    checkGroupSetup(who, data, cfg.numGenerations);
+    this.#orderSeed = cfg.seed;
+  }
+  get total() {
+    return this.cfg.iterations;
+  }
+  /** This iteration's scored group rollout (see {@link scoredGroupRollout}). */
+  scoredRollout(leaveOut) {
+    return scoredGroupRollout(this.actor, this.tok, this.reward, this.data, this.cfg, this.iteration, leaveOut);
+  }
+  /**
+   * `numIterations` passes over `N` rows in shuffled minibatches of `miniBatchSize`: calls
+   * `each(rows, k)` inside a GPU scope for the k-th minibatch; returns how many there were.
+   */
+  passes(N, each) {
+    const cfg = this.cfg, gpu2 = this.actor.gpu;
+    let k = 0;
+    for (let pass = 0; pass < cfg.numIterations; pass++) {
+      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
+      for (let s = 0; s < N; s += cfg.miniBatchSize) {
+        const rows2 = order.slice(s, s + cfg.miniBatchSize), i = k++;
+        gpu2.scope(() => each(rows2, i));
+      }
+    }
+    return k;
+  }
+  /** Minibatches per iteration (the rows of the statistics tensor). */
+  minibatches(N) {
+    return this.cfg.numIterations * Math.ceil(N / this.cfg.miniBatchSize);
+  }
+  /** The store trained: the LoRA adapters when the actor has them. */
+  get store() {
+    return this.actor.lora?.store ?? this.actor.store;
+  }
+  /**
+   * The metrics every group method reports: the iteration, the rollout's (`reward`, …),
+   * whether it updated, the learning rate, and the hooks' extra metrics.
+   */
+  commonMetrics(g, updated) {
+    const cfg = this.cfg;
+    return {
+      iteration: this.iteration + 1,
+      ...groupMetrics(g, cfg.numGenerations),
+      "train/updated": updated ? 1 : 0,
+      learning_rate: learningRate(this.iteration, {
+        lr: cfg.lr,
+        totalSteps: cfg.iterations,
+        warmupRatio: cfg.warmupRatio,
+        decay: cfg.lrDecay
+      }),
+      ...this.hooks.scoreRollout?.(g.samples) ?? {}
+    };
+  }
+  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
+  state() {
+    return {
+      iteration: this.iteration,
+      orderSeed: this.#orderSeed
+    };
+  }
+  /** Restores {@link state}, checked field by field. */
+  restore(s) {
+    const iteration = checkStateNumber("iteration", s?.iteration, {
+      min: 0,
+      max: this.total
+    });
+    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
+    [this.iteration, this.#orderSeed] = [
+      iteration,
+      orderSeed
+    ];
+  }
+  /** The actor's trained store (its LoRA adapters when it has them). */
+  stores() {
+    const a = this.actor, f = this.files;
+    return [
+      a.lora ? {
+        name: `${f}/actor_lora_state.safetensors`,
+        store: a.lora.store
+      } : {
+        name: `${f}/actor_state.safetensors`,
+        store: a.store
+      }
+    ];
+  }
+};
+function columnMeans(st, columns) {
+  const rows2 = st.length / columns, out = new Array(columns).fill(0);
+  for (let i = 0; i < rows2; i++) for (let c = 0; c < columns; c++) out[c] += st[i * columns + c];
+  return out.map((v) => rows2 ? v / rows2 : 0);
 }
 
 // trainer/grpo.ts
@@ -10744,18 +10886,7 @@ var MB2 = {
   entropy: 4
 };
 var MB_COLUMNS2 = Object.keys(MB2).length;
-var GrpoTrainer = class {
-  actor;
-  reference;
-  reward;
-  tok;
-  data;
-  cfg;
-  hooks;
-  iteration;
-  /** The decoded samples of the last rollout. */
-  lastSamples;
-  #orderSeed;
+var GrpoTrainer = class extends GroupTrainer {
   /**
    * Creates the trainer (no GPU work until the first step).
    * @param actor the policy trained (its LoRA adapters when it has them)
@@ -10767,78 +10898,54 @@ var GrpoTrainer = class {
    * @param hooks extra per-iteration metrics
    */
   constructor(actor, reference, reward, tok, data, cfg, hooks = {}) {
-    this.actor = actor;
-    this.reference = reference;
-    this.reward = reward;
-    this.tok = tok;
-    this.data = data;
-    this.cfg = cfg;
-    this.hooks = hooks;
-    this.iteration = 0;
-    this.lastSamples = [];
-    if (cfg.beta > 0 && !reference && !actor.lora) {
-      throw new RangeError("GrpoTrainer: beta > 0 needs a reference model or LoRA adapters");
-    }
-    checkGroupSetup("GrpoTrainer", data, cfg.numGenerations);
-    this.#orderSeed = cfg.seed;
-  }
-  get total() {
-    return this.cfg.iterations;
+    super("GrpoTrainer", "grpo", actor, reference, reward, tok, data, cfg, hooks);
   }
   /** One iteration: group rollout, rewards and advantages, `numIterations` of updates, metrics. */
   step(_log = true) {
-    return this.actor.gpu.scope(async () => {
-      const cfg = this.cfg;
-      const g = await scoredGroupRollout(this.actor, this.tok, this.reward, this.data, cfg, this.iteration, {
+    const gpu2 = this.actor.gpu, cfg = this.cfg;
+    return gpu2.scope(async () => {
+      const g = await this.scoredRollout({
         maskTruncated: cfg.maskTruncatedCompletions,
         dropTied: cfg.dropTiedGroups
       });
-      const advantages = groupAdvantages(this.actor.gpu, this.actor.gpu.fromArray(g.rewards), {
+      const advantages = groupAdvantages(gpu2, gpu2.fromArray(g.rewards), {
         groupSize: cfg.numGenerations,
         scale: cfg.scaleRewards
       }).advantages;
-      const stats = this.#update(g.r, advantages, g.mask, g.tokens);
+      const stats = g.tokens > 0 ? this.#update(g, advantages) : void 0;
       const m = await this.#metrics(g, stats);
       this.iteration++;
       this.lastSamples = g.samples;
       return m;
     });
   }
-  /** Phase 3: `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
-  #update(r, advantages, mask, tokens) {
-    const gpu2 = this.actor.gpu, cfg = this.cfg, N = r.texts.length, T = r.length;
-    if (tokens === 0) return void 0;
+  /** `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
+  #update(g, advantages) {
+    const gpu2 = this.actor.gpu, cfg = this.cfg, r = g.r, N = g.samples.length, T = r.length;
     const logpOld = modelLogprobs(this.actor, r.tokens, r.attentionMask);
     const logpRef = cfg.beta > 0 ? referenceLogprobs(this.actor, this.reference, r.tokens, r.attentionMask) : void 0;
-    const perPass = Math.ceil(N / cfg.miniBatchSize);
     const stats = gpu2.zeros([
-      cfg.numIterations * perPass * MB_COLUMNS2
+      this.minibatches(N) * MB_COLUMNS2
     ]);
-    let k = 0;
-    for (let pass = 0; pass < cfg.numIterations; pass++) {
-      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
-      for (let s = 0; s < N; s += cfg.miniBatchSize) {
-        const rows2 = order.slice(s, s + cfg.miniBatchSize);
-        const gather = (t, width = T) => gatherRows(gpu2, t, rows2, width);
-        gpu2.scope(() => this.#minibatch({
-          seq: gather(r.tokens),
-          am: gather(r.attentionMask),
-          act: gather(mask),
-          logpOld: gather(logpOld),
-          logpRef: logpRef && gather(logpRef),
-          adv: gather(advantages, 1),
-          // dapo: every token of the generation batch weighs the same in every minibatch
-          tokenCount: tokens * rows2.length / N
-        }, stats, k++));
-      }
-    }
+    this.passes(N, (rows2, k) => {
+      const gather = (t, width = T) => gatherRows(gpu2, t, rows2, width);
+      this.#minibatch({
+        seq: gather(r.tokens),
+        am: gather(r.attentionMask),
+        act: gather(g.mask),
+        logpOld: gather(logpOld),
+        logpRef: logpRef && gather(logpRef),
+        adv: gather(advantages, 1),
+        // dapo: every token of the generation batch weighs the same in every minibatch
+        tokenCount: g.tokens * rows2.length / N
+      }, stats, k);
+    });
     return stats;
   }
   /** One optimizer step on a minibatch; its statistics go to row `k` of `stats`. */
   #minibatch(mb, stats, k) {
     const { actor, cfg } = this, gpu2 = actor.gpu, [B, T] = mb.seq.shape;
-    const store = actor.lora?.store ?? actor.store;
-    store.zeroGrads();
+    this.store.zeroGrads();
     const acts = actor.forward(mb.seq, mb.am);
     const lp = actor.tokenLogprobs(acts);
     const l = grpoLoss(gpu2, lp.logp, mb.logpOld, mb.adv, mb.act, {
@@ -10858,7 +10965,7 @@ var GrpoTrainer = class {
     actor.backward(acts, {
       dlogits
     });
-    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    optimizerStep(this.store, cfg, this.iteration, cfg.iterations);
     const entropy = maskedStats(gpu2, lp.entropy, mb.act);
     const columns = [
       [
@@ -10891,69 +10998,20 @@ var GrpoTrainer = class {
   }
   /** The iteration's metrics: one readback of the statistics. */
   async #metrics(g, stats) {
-    const cfg = this.cfg;
     const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
-    const k = st.length / MB_COLUMNS2;
-    const avg = (c) => {
-      let a = 0;
-      for (let i = 0; i < k; i++) a += st[MB_COLUMNS2 * i + MB2[c]];
-      return k ? a / k : 0;
-    };
-    const loss = avg("loss");
+    const [loss, low, high, kl, entropy] = columnMeans(st, MB_COLUMNS2);
     assertFiniteLosses(`GRPO iteration ${this.iteration + 1}`, {
       loss
     });
-    const low = avg("clipLow"), high = avg("clipHigh");
     return {
-      iteration: this.iteration + 1,
-      ...groupMetrics(g, cfg.numGenerations),
-      kl: avg("kl"),
-      entropy: avg("entropy"),
+      ...this.commonMetrics(g, stats !== void 0),
+      kl,
+      entropy,
       "clip_ratio/low_mean": low,
       "clip_ratio/high_mean": high,
       "clip_ratio/region_mean": low + high,
-      loss,
-      "train/updated": stats ? 1 : 0,
-      learning_rate: learningRate(this.iteration, {
-        lr: cfg.lr,
-        totalSteps: cfg.iterations,
-        warmupRatio: cfg.warmupRatio,
-        decay: cfg.lrDecay
-      }),
-      ...this.hooks.scoreRollout?.(g.samples) ?? {}
+      loss
     };
-  }
-  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
-  state() {
-    return {
-      iteration: this.iteration,
-      orderSeed: this.#orderSeed
-    };
-  }
-  /** Restores {@link state}, checked field by field. */
-  restore(s) {
-    const iteration = checkStateNumber("iteration", s?.iteration, {
-      min: 0,
-      max: this.total
-    });
-    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
-    [this.iteration, this.#orderSeed] = [
-      iteration,
-      orderSeed
-    ];
-  }
-  /** The actor's trained store (its LoRA adapters when it has them). */
-  stores() {
-    const a = this.actor;
-    return [
-      a.lora ? {
-        name: "grpo/actor_lora_state.safetensors",
-        store: a.lora.store
-      } : {
-        name: "grpo/actor_state.safetensors",
-        store: a.store
-      }
-    ];
   }
 };
 
@@ -11003,18 +11061,7 @@ var MB3 = {
   clipfrac: 1
 };
 var MB_COLUMNS3 = Object.keys(MB3).length;
-var RlooTrainer = class {
-  actor;
-  reference;
-  reward;
-  tok;
-  data;
-  cfg;
-  hooks;
-  iteration;
-  /** The decoded samples of the last rollout. */
-  lastSamples;
-  #orderSeed;
+var RlooTrainer = class extends GroupTrainer {
   /**
    * Creates the trainer (no GPU work until the first step).
    * @param actor the policy trained (its LoRA adapters when it has them)
@@ -11026,30 +11073,13 @@ var RlooTrainer = class {
    * @param hooks extra per-iteration metrics
    */
   constructor(actor, reference, reward, tok, data, cfg, hooks = {}) {
-    this.actor = actor;
-    this.reference = reference;
-    this.reward = reward;
-    this.tok = tok;
-    this.data = data;
-    this.cfg = cfg;
-    this.hooks = hooks;
-    this.iteration = 0;
-    this.lastSamples = [];
-    if (cfg.beta > 0 && !reference && !actor.lora) {
-      throw new RangeError("RlooTrainer: beta > 0 needs a reference model or LoRA adapters");
-    }
-    checkGroupSetup("RlooTrainer", data, cfg.numGenerations);
-    this.#orderSeed = cfg.seed;
-  }
-  get total() {
-    return this.cfg.iterations;
+    super("RlooTrainer", "rloo", actor, reference, reward, tok, data, cfg, hooks);
   }
   /** One iteration: group rollout, KL-shaped rewards, leave-one-out advantages, updates. */
   step(_log = true) {
-    const gpu2 = this.actor.gpu;
+    const gpu2 = this.actor.gpu, cfg = this.cfg;
     return gpu2.scope(async () => {
-      const cfg = this.cfg;
-      const g = await scoredGroupRollout(this.actor, this.tok, this.reward, this.data, cfg, this.iteration, {
+      const g = await this.scoredRollout({
         maskTruncated: cfg.maskTruncatedCompletions,
         dropTied: false
       });
@@ -11064,7 +11094,19 @@ var RlooTrainer = class {
         baseline: "leave-one-out"
       }).advantages;
       const stats = g.tokens > 0 ? this.#update(g, seqOld, advantages) : void 0;
-      const m = await this.#metrics(g, stats, klHost, shaped);
+      const st = stats ? await gpu2.readF32(stats) : new Float32Array(0);
+      const [loss, clipfrac] = columnMeans(st, MB_COLUMNS3);
+      assertFiniteLosses(`RLOO iteration ${this.iteration + 1}`, {
+        loss
+      });
+      const mean = (xs) => xs.reduce((a, v) => a + v, 0) / xs.length;
+      const m = {
+        ...this.commonMetrics(g, stats !== void 0),
+        kl: mean(klHost),
+        rlhf_reward: mean(shaped),
+        clip_ratio: clipfrac,
+        loss
+      };
       this.iteration++;
       this.lastSamples = g.samples;
       return m;
@@ -11072,27 +11114,20 @@ var RlooTrainer = class {
   }
   /** `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
   #update(g, seqOld, advantages) {
-    const gpu2 = this.actor.gpu, cfg = this.cfg, N = g.samples.length, T = g.r.length;
-    const perPass = Math.ceil(N / cfg.miniBatchSize);
+    const gpu2 = this.actor.gpu, N = g.samples.length, T = g.r.length;
     const stats = gpu2.zeros([
-      cfg.numIterations * perPass * MB_COLUMNS3
+      this.minibatches(N) * MB_COLUMNS3
     ]);
-    let k = 0;
-    for (let pass = 0; pass < cfg.numIterations; pass++) {
-      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
-      for (let s = 0; s < N; s += cfg.miniBatchSize) {
-        const rows2 = order.slice(s, s + cfg.miniBatchSize);
-        const gather = (t, width = T) => gatherRows(gpu2, t, rows2, width);
-        gpu2.scope(() => this.#minibatch(gather(g.r.tokens), gather(g.r.attentionMask), gather(g.mask), gather(seqOld, 1), gather(advantages, 1), gpu2.fromArray(rows2.map((row) => g.rowTokens[row] > 0 ? 1 : 0)), stats, k++));
-      }
-    }
+    this.passes(N, (rows2, k) => {
+      const gather = (t, width = T) => gatherRows(gpu2, t, rows2, width);
+      this.#minibatch(gather(g.r.tokens), gather(g.r.attentionMask), gather(g.mask), gather(seqOld, 1), gather(advantages, 1), gpu2.fromArray(rows2.map((row) => g.rowTokens[row] > 0 ? 1 : 0)), stats, k);
+    });
     return stats;
   }
   /** One optimizer step: the clipped sequence-ratio objective, spread back over the tokens. */
   #minibatch(seq, am, act, seqOld, adv, rowMask, stats, k) {
     const { actor, cfg } = this, gpu2 = actor.gpu, [B, T] = seq.shape;
-    const store = actor.lora?.store ?? actor.store;
-    store.zeroGrads();
+    this.store.zeroGrads();
     const acts = actor.forward(seq, am);
     const lp = actor.tokenLogprobs(acts);
     const seqLp = sequenceLogprobs(gpu2, lp.logp, act);
@@ -11108,73 +11143,9 @@ var RlooTrainer = class {
     actor.backward(acts, {
       dlogits
     });
-    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    optimizerStep(this.store, cfg, this.iteration, cfg.iterations);
     gpu2.copyRange(pl.loss, STAT.mean, stats, MB_COLUMNS3 * k + MB3.loss, 1);
     gpu2.copyRange(pl.clipfrac, STAT.mean, stats, MB_COLUMNS3 * k + MB3.clipfrac, 1);
-  }
-  /** The iteration's metrics: one readback of the statistics. */
-  async #metrics(g, stats, kl, shaped) {
-    const cfg = this.cfg;
-    const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
-    const k = st.length / MB_COLUMNS3;
-    const avg = (c) => {
-      let a = 0;
-      for (let i = 0; i < k; i++) a += st[MB_COLUMNS3 * i + MB3[c]];
-      return k ? a / k : 0;
-    };
-    const loss = avg("loss");
-    assertFiniteLosses(`RLOO iteration ${this.iteration + 1}`, {
-      loss
-    });
-    const mean = (xs) => xs.reduce((a, v) => a + v, 0) / xs.length;
-    return {
-      iteration: this.iteration + 1,
-      ...groupMetrics(g, cfg.numGenerations),
-      kl: mean(kl),
-      rlhf_reward: mean(shaped),
-      clip_ratio: avg("clipfrac"),
-      loss,
-      "train/updated": stats ? 1 : 0,
-      learning_rate: learningRate(this.iteration, {
-        lr: cfg.lr,
-        totalSteps: cfg.iterations,
-        warmupRatio: cfg.warmupRatio,
-        decay: cfg.lrDecay
-      }),
-      ...this.hooks.scoreRollout?.(g.samples) ?? {}
-    };
-  }
-  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
-  state() {
-    return {
-      iteration: this.iteration,
-      orderSeed: this.#orderSeed
-    };
-  }
-  /** Restores {@link state}, checked field by field. */
-  restore(s) {
-    const iteration = checkStateNumber("iteration", s?.iteration, {
-      min: 0,
-      max: this.total
-    });
-    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
-    [this.iteration, this.#orderSeed] = [
-      iteration,
-      orderSeed
-    ];
-  }
-  /** The actor's trained store (its LoRA adapters when it has them). */
-  stores() {
-    const a = this.actor;
-    return [
-      a.lora ? {
-        name: "rloo/actor_lora_state.safetensors",
-        store: a.lora.store
-      } : {
-        name: "rloo/actor_state.safetensors",
-        store: a.store
-      }
-    ];
   }
 };
 
@@ -11513,18 +11484,7 @@ var MB4 = {
   entropy: 3
 };
 var MB_COLUMNS4 = Object.keys(MB4).length;
-var ReinforcePpTrainer = class {
-  actor;
-  reference;
-  reward;
-  tok;
-  data;
-  cfg;
-  hooks;
-  iteration;
-  /** The decoded samples of the last rollout. */
-  lastSamples;
-  #orderSeed;
+var ReinforcePpTrainer = class extends GroupTrainer {
   /**
    * Creates the trainer (no GPU work until the first step).
    * @param actor the policy trained (its LoRA adapters when it has them)
@@ -11536,34 +11496,17 @@ var ReinforcePpTrainer = class {
    * @param hooks extra per-iteration metrics
    */
   constructor(actor, reference, reward, tok, data, cfg, hooks = {}) {
-    this.actor = actor;
-    this.reference = reference;
-    this.reward = reward;
-    this.tok = tok;
-    this.data = data;
-    this.cfg = cfg;
-    this.hooks = hooks;
-    this.iteration = 0;
-    this.lastSamples = [];
-    if (cfg.beta > 0 && !reference && !actor.lora) {
-      throw new RangeError("ReinforcePpTrainer: beta > 0 needs a reference model or LoRA adapters");
-    }
-    checkGroupSetup("ReinforcePpTrainer", data, cfg.numGenerations);
-    this.#orderSeed = cfg.seed;
-  }
-  get total() {
-    return this.cfg.iterations;
+    super("ReinforcePpTrainer", "reinforce", actor, reference, reward, tok, data, cfg, hooks);
   }
   /** One iteration: group rollout, centred KL-shaped returns, whitening, PPO-clip updates. */
   step(_log = true) {
-    const gpu2 = this.actor.gpu;
+    const gpu2 = this.actor.gpu, cfg = this.cfg;
     return gpu2.scope(async () => {
-      const cfg = this.cfg;
-      const g = await scoredGroupRollout(this.actor, this.tok, this.reward, this.data, cfg, this.iteration, {
+      const g = await this.scoredRollout({
         maskTruncated: cfg.maskTruncatedCompletions,
         dropTied: false
       });
-      const { r, mask } = g;
+      const { r, mask } = g, N = g.samples.length, T = r.length;
       const logpOld = modelLogprobs(this.actor, r.tokens, r.attentionMask);
       const logpRef = cfg.beta > 0 ? referenceLogprobs(this.actor, this.reference, r.tokens, r.attentionMask) : logpOld;
       const rewards = gpu2.fromArray(g.rewards);
@@ -11585,7 +11528,20 @@ var ReinforcePpTrainer = class {
         whitenAdvantages: true
       });
       const stats = g.tokens > 0 ? this.#update(g, logpOld, adv.advantages) : void 0;
-      const m = await this.#metrics(g, stats, await gpu2.readF32(adv.kl));
+      const st = stats ? await gpu2.readF32(stats) : new Float32Array(0);
+      const [loss, clipfrac, approxKl, entropy] = columnMeans(st, MB_COLUMNS4);
+      assertFiniteLosses(`REINFORCE++ iteration ${this.iteration + 1}`, {
+        loss
+      });
+      const kl = await gpu2.readF32(adv.kl);
+      const m = {
+        ...this.commonMetrics(g, stats !== void 0),
+        kl: kl.subarray(0, N * T).reduce((a, v) => a + v, 0) / N,
+        clip_ratio: clipfrac,
+        approx_kl: approxKl,
+        entropy,
+        loss
+      };
       this.iteration++;
       this.lastSamples = g.samples;
       return m;
@@ -11593,27 +11549,20 @@ var ReinforcePpTrainer = class {
   }
   /** `numIterations` passes over shuffled minibatches; statistics stay on the GPU. */
   #update(g, logpOld, advantages) {
-    const gpu2 = this.actor.gpu, cfg = this.cfg, N = g.samples.length, T = g.r.length;
-    const perPass = Math.ceil(N / cfg.miniBatchSize);
+    const gpu2 = this.actor.gpu, N = g.samples.length, T = g.r.length;
     const stats = gpu2.zeros([
-      cfg.numIterations * perPass * MB_COLUMNS4
+      this.minibatches(N) * MB_COLUMNS4
     ]);
-    let k = 0;
-    for (let pass = 0; pass < cfg.numIterations; pass++) {
-      const order = permutation(N, mulberry32(epochSeed(this.#orderSeed++, pass)));
-      for (let s = 0; s < N; s += cfg.miniBatchSize) {
-        const rows2 = order.slice(s, s + cfg.miniBatchSize);
-        const gather = (t) => gatherRows(gpu2, t, rows2, T);
-        gpu2.scope(() => this.#minibatch(gather(g.r.tokens), gather(g.r.attentionMask), gather(g.mask), gather(logpOld), gather(advantages), stats, k++));
-      }
-    }
+    this.passes(N, (rows2, k) => {
+      const gather = (t) => gatherRows(gpu2, t, rows2, T);
+      this.#minibatch(gather(g.r.tokens), gather(g.r.attentionMask), gather(g.mask), gather(logpOld), gather(advantages), stats, k);
+    });
     return stats;
   }
   /** One optimizer step of PPO's clipped token objective. */
   #minibatch(seq, am, act, logpOld, adv, stats, k) {
     const { actor, cfg } = this, gpu2 = actor.gpu, [B, T] = seq.shape;
-    const store = actor.lora?.store ?? actor.store;
-    store.zeroGrads();
+    this.store.zeroGrads();
     const acts = actor.forward(seq, am);
     const lp = actor.tokenLogprobs(acts);
     const pl = ppoPolicyLoss(gpu2, lp.logp, logpOld, adv, act, {
@@ -11627,7 +11576,7 @@ var ReinforcePpTrainer = class {
     actor.backward(acts, {
       dlogits
     });
-    optimizerStep(store, cfg, this.iteration, cfg.iterations);
+    optimizerStep(this.store, cfg, this.iteration, cfg.iterations);
     const columns = [
       [
         "loss",
@@ -11649,72 +11598,6 @@ var ReinforcePpTrainer = class {
     for (const [name, t] of columns) {
       gpu2.copyRange(t, STAT.mean, stats, MB_COLUMNS4 * k + MB4[name], 1);
     }
-  }
-  /** The iteration's metrics: one readback of the statistics. */
-  async #metrics(g, stats, kl) {
-    const cfg = this.cfg, N = g.samples.length, T = g.r.length;
-    const st = stats ? await this.actor.gpu.readF32(stats) : new Float32Array(0);
-    const k = st.length / MB_COLUMNS4;
-    const avg = (c) => {
-      let a = 0;
-      for (let i = 0; i < k; i++) a += st[MB_COLUMNS4 * i + MB4[c]];
-      return k ? a / k : 0;
-    };
-    const loss = avg("loss");
-    assertFiniteLosses(`REINFORCE++ iteration ${this.iteration + 1}`, {
-      loss
-    });
-    let klSum = 0;
-    for (let i = 0; i < N * T; i++) klSum += kl[i];
-    return {
-      iteration: this.iteration + 1,
-      ...groupMetrics(g, cfg.numGenerations),
-      kl: klSum / N,
-      clip_ratio: avg("clipfrac"),
-      approx_kl: avg("approxKl"),
-      entropy: avg("entropy"),
-      loss,
-      "train/updated": stats ? 1 : 0,
-      learning_rate: learningRate(this.iteration, {
-        lr: cfg.lr,
-        totalSteps: cfg.iterations,
-        warmupRatio: cfg.warmupRatio,
-        decay: cfg.lrDecay
-      }),
-      ...this.hooks.scoreRollout?.(g.samples) ?? {}
-    };
-  }
-  /** Rollout sampling is keyed by (seed, iteration), minibatch order by a counter. */
-  state() {
-    return {
-      iteration: this.iteration,
-      orderSeed: this.#orderSeed
-    };
-  }
-  /** Restores {@link state}, checked field by field. */
-  restore(s) {
-    const iteration = checkStateNumber("iteration", s?.iteration, {
-      min: 0,
-      max: this.total
-    });
-    const orderSeed = checkStateNumber("orderSeed", s.orderSeed);
-    [this.iteration, this.#orderSeed] = [
-      iteration,
-      orderSeed
-    ];
-  }
-  /** The actor's trained store (its LoRA adapters when it has them). */
-  stores() {
-    const a = this.actor;
-    return [
-      a.lora ? {
-        name: "reinforce/actor_lora_state.safetensors",
-        store: a.lora.store
-      } : {
-        name: "reinforce/actor_state.safetensors",
-        store: a.store
-      }
-    ];
   }
 };
 
@@ -11854,17 +11737,6 @@ var RLOO_METHOD = {
     }, hooks);
   }
 };
-async function graderOf(spec, io) {
-  if (spec.startsWith("grader:")) return graderByName(spec.slice("grader:".length));
-  if (!io.importModule) {
-    throw new ConfigError(`reward ${spec}: grader modules cannot be loaded here (no module loader)`);
-  }
-  const mod = await io.importModule(spec);
-  if (typeof mod.grade !== "function") {
-    throw new GraderError(`${spec} does not export a function grade(prompt, response, reference)`);
-  }
-  return mod.grade;
-}
 function answerOf(prompt) {
   const q = parseQuestion(prompt);
   if (!q) throw new RangeError(`not a prompt of the built-in task: ${JSON.stringify(prompt)}`);
@@ -11877,7 +11749,7 @@ function groupStage(io, method) {
     doc: `${label} of the SFT policy with a grader (default grader:math), with the gold view`,
     async run(ctx) {
       const { cfg, state } = ctx, sft = state.sft;
-      const reward = graderReward(await graderOf(cfg.reward.source, io), cfg.reward.source);
+      const reward = graderReward(await graderFromSpec(cfg.reward.source, io), cfg.reward.source);
       const policy = sft.copy();
       ctx.own(policy);
       let kl = [];
