@@ -23,14 +23,7 @@ import {
   type RunConfig,
   SFT_STAGE,
 } from "./builtin.ts";
-import {
-  ConfigError,
-  defaults,
-  resolveSections,
-  type Schema,
-  SFT_SCHEMA,
-  type SftConfig,
-} from "./config.ts";
+import { defaults, resolveSections, type Schema, SFT_SCHEMA, type SftConfig } from "./config.ts";
 import { graderFromSpec } from "./graders.ts";
 import { GRPO_SCHEMA, type GrpoConfig, GrpoTrainer } from "./grpo.ts";
 import type { GroupData, GroupSample } from "./group.ts";
