@@ -107,6 +107,8 @@ export type LossAggregation = "grpo" | "bnpo" | "dr_grpo" | "dapo";
 
 const AGGREGATION: Record<LossAggregation, number> = { grpo: 0, bnpo: 1, dr_grpo: 2, dapo: 3 };
 
+// eight storage buffers at most (WebGPU's default maxStorageBuffersPerShaderStage): the four
+// per-token outputs share one buffer as planes, the two counts one buffer
 const LOSS = `
 struct P { n: u32, t: u32, rows: u32, mode: u32, lo: f32, hi: f32, beta: f32, use_ref: u32,
            max_len: f32, tokens: f32 }
@@ -115,14 +117,11 @@ struct P { n: u32, t: u32, rows: u32, mode: u32, lo: f32, hi: f32, beta: f32, us
 @group(0) @binding(2) var<storage, read> logp_ref: array<f32>;  // (B, T) or placeholder
 @group(0) @binding(3) var<storage, read> adv: array<f32>;       // (B)
 @group(0) @binding(4) var<storage, read> mask: array<f32>;      // (B, T)
-@group(0) @binding(5) var<storage, read> row_count: array<f32>; // (B) Σ_t mask
-@group(0) @binding(6) var<storage, read> count: array<f32>;     // maskedStats(mask): [0] = Σ mask
-@group(0) @binding(7) var<storage, read_write> loss: array<f32>;  // weighted per-token loss
-@group(0) @binding(8) var<storage, read_write> low: array<f32>;   // clipped below (A < 0)
-@group(0) @binding(9) var<storage, read_write> high: array<f32>;  // clipped above (A > 0)
-@group(0) @binding(10) var<storage, read_write> kl: array<f32>;   // k3 per token
-@group(0) @binding(11) var<storage, read_write> dlogp: array<f32>;
-@group(0) @binding(12) var<uniform> p: P;
+@group(0) @binding(5) var<storage, read> counts: array<f32>;    // [0] Σ mask, [1 + b] Σ_t mask[b]
+// (4, B·T): weighted per-token loss, clipped below (A < 0), clipped above (A > 0), k3
+@group(0) @binding(6) var<storage, read_write> planes: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dlogp: array<f32>;
+@group(0) @binding(8) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let b = i / p.t;
@@ -142,14 +141,14 @@ ${LINEAR_MAIN}
     g += p.beta * (1.0 - exp(d));
   }
   // weight of a token in the aggregated loss
-  var w = 1.0 / max(count[0], 1.0);                                   // bnpo
-  if (p.mode == 0u) { w = 1.0 / (f32(p.rows) * max(row_count[b], 1.0)); }  // grpo
-  else if (p.mode == 2u) { w = 1.0 / (f32(p.rows) * p.max_len); }         // dr_grpo
-  else if (p.mode == 3u) { w = 1.0 / max(p.tokens, 1.0); }              // dapo
-  loss[i] = select(0.0, w * l, m);
-  low[i] = select(0.0, 1.0, m && ratio < 1.0 - p.lo && a < 0.0);
-  high[i] = select(0.0, 1.0, m && ratio > 1.0 + p.hi && a > 0.0);
-  kl[i] = select(0.0, k, m);
+  var w = 1.0 / max(counts[0], 1.0);                                       // bnpo
+  if (p.mode == 0u) { w = 1.0 / (f32(p.rows) * max(counts[1u + b], 1.0)); }  // grpo
+  else if (p.mode == 2u) { w = 1.0 / (f32(p.rows) * p.max_len); }          // dr_grpo
+  else if (p.mode == 3u) { w = 1.0 / max(p.tokens, 1.0); }               // dapo
+  planes[i] = select(0.0, w * l, m);
+  planes[p.n + i] = select(0.0, 1.0, m && ratio < 1.0 - p.lo && a < 0.0);
+  planes[2u * p.n + i] = select(0.0, 1.0, m && ratio > 1.0 + p.hi && a > 0.0);
+  planes[3u * p.n + i] = select(0.0, k, m);
   dlogp[i] = select(0.0, w * g, m);
 }`;
 
@@ -243,35 +242,31 @@ export function grpoLoss(
     o.tokenCount === undefined || o.tokenCount >= 0,
     `grpoLoss: tokenCount must be ≥ 0, got ${o.tokenCount}`,
   );
+  const N = B * T;
   const rowCount = sumLastAxis(gpu, mask.reshape([B, T]));
-  const count = maskedStats(gpu, mask);
-  const loss = gpu.empty([B, T]), low = gpu.empty([B, T]), high = gpu.empty([B, T]);
-  const kl = gpu.empty([B, T]), dlogp = gpu.empty([B, T]);
+  const total = maskedStats(gpu, mask);
+  const counts = gpu.empty([B + 1]);
+  gpu.copyRange(total, 0, counts, 0, 1);
+  gpu.copyRange(rowCount, 0, counts, 1, B);
+  const planes = gpu.empty([4, N]), dlogp = gpu.empty([B, T]);
   // dapo without a generation-batch count normalises by this minibatch's tokens (bnpo)
   const tokens = o.tokenCount;
   gpu.dispatch(
     gpu.pipeline(LOSS),
-    [
-      logp,
-      logpOld,
-      o.logpRef ?? gpu.placeholder(),
-      advantages,
-      mask,
-      rowCount,
-      count,
-      loss,
-      low,
-      high,
-      kl,
-      dlogp,
-    ],
-    gpu.grid(groups(B * T)),
+    [logp, logpOld, o.logpRef ?? gpu.placeholder(), advantages, mask, counts, planes, dlogp],
+    gpu.grid(groups(N)),
     new Params()
-      .u32(B * T, T, B, o.aggregation === "dapo" && tokens === undefined ? 1 : mode)
+      .u32(N, T, B, o.aggregation === "dapo" && tokens === undefined ? 1 : mode)
       .f32(o.epsilonLow, o.epsilonHigh, o.beta)
       .u32(o.logpRef ? 1 : 0)
       .f32(maxLen, tokens ?? 0),
   );
+  const plane = (k: number) => {
+    const t = gpu.empty([B, T]);
+    gpu.copyRange(planes, k * N, t, 0, N);
+    return t;
+  };
+  const [loss, low, high, kl] = [0, 1, 2, 3].map(plane);
   const out = {
     dlogp,
     loss: maskedStats(gpu, loss, mask),
@@ -279,6 +274,6 @@ export function grpoLoss(
     clipHigh: maskedStats(gpu, high, mask),
     kl: maskedStats(gpu, kl, mask),
   };
-  for (const t of [rowCount, count, loss, low, high, kl]) t.dispose();
+  for (const t of [rowCount, total, counts, planes, loss, low, high, kl]) t.dispose();
   return out;
 }

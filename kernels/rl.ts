@@ -224,11 +224,11 @@ struct P { n: u32, clip: f32 }
 @group(0) @binding(2) var<storage, read> adv: array<f32>;
 @group(0) @binding(3) var<storage, read> mask: array<f32>;
 @group(0) @binding(4) var<storage, read> count: array<f32>;  // maskedStats(mask): [0] = Σ mask
-@group(0) @binding(5) var<storage, read_write> loss: array<f32>;   // per token
-@group(0) @binding(6) var<storage, read_write> clipped: array<f32>;
-@group(0) @binding(7) var<storage, read_write> akl: array<f32>;    // ½ (logp − logp_old)²
-@group(0) @binding(8) var<storage, read_write> dlogp: array<f32>;
-@group(0) @binding(9) var<uniform> p: P;
+// (3, n): per-token loss, clipped indicator, ½ (logp − logp_old)² — one buffer, so the kernel
+// stays within WebGPU's default eight storage buffers per stage
+@group(0) @binding(5) var<storage, read_write> planes: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dlogp: array<f32>;
+@group(0) @binding(7) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let m = mask[i] != 0.0;
@@ -239,9 +239,9 @@ ${LINEAR_MAIN}
   let rc = clamp(ratio, 1.0 - p.clip, 1.0 + p.clip);
   let pg2 = -a * rc;
   let use2 = pg2 > pg1;
-  loss[i] = select(0.0, max(pg1, pg2), m);
-  clipped[i] = select(0.0, select(0.0, 1.0, use2), m);
-  akl[i] = select(0.0, 0.5 * d * d, m);
+  planes[i] = select(0.0, max(pg1, pg2), m);
+  planes[p.n + i] = select(0.0, select(0.0, 1.0, use2), m);
+  planes[2u * p.n + i] = select(0.0, 0.5 * d * d, m);
   // d(pg)/d(logp): −a·ratio on the active branch unless the clip is saturated
   var g = -a * ratio;
   if (use2 && (ratio < 1.0 - p.clip || ratio > 1.0 + p.clip)) { g = 0.0; }
@@ -276,22 +276,26 @@ export function ppoPolicyLoss(
 ): PolicyLoss {
   same("ppoPolicyLoss", logp, logpOld, advantages, mask);
   checkShape(o.clip > 0, `ppoPolicyLoss: clip must be > 0, got ${o.clip}`);
-  const count = maskedStats(gpu, mask);
-  const loss = gpu.empty(logp.shape), clipped = gpu.empty(logp.shape), akl = gpu.empty(logp.shape);
-  const dlogp = gpu.empty(logp.shape);
+  const count = maskedStats(gpu, mask), n = logp.size;
+  const planes = gpu.empty([3, n]), dlogp = gpu.empty(logp.shape);
   gpu.dispatch(
     gpu.pipeline(POLICY),
-    [logp, logpOld, advantages, mask, count, loss, clipped, akl, dlogp],
-    gpu.grid(groups(logp.size)),
-    new Params().u32(logp.size).f32(o.clip),
+    [logp, logpOld, advantages, mask, count, planes, dlogp],
+    gpu.grid(groups(n)),
+    new Params().u32(n).f32(o.clip),
   );
+  const [loss, clipped, akl] = [0, 1, 2].map((k) => {
+    const t = gpu.empty(logp.shape);
+    gpu.copyRange(planes, k * n, t, 0, n);
+    return t;
+  });
   const out = {
     dlogp,
     loss: maskedStats(gpu, loss, mask),
     clipfrac: maskedStats(gpu, clipped, mask),
     approxkl: maskedStats(gpu, akl, mask),
   };
-  for (const t of [count, loss, clipped, akl]) t.dispose();
+  for (const t of [count, planes, loss, clipped, akl]) t.dispose();
   return out;
 }
 

@@ -4,7 +4,7 @@
  * is collected, and the last test checks that each storage binding a shader only reads is
  * declared `read`.
  */
-import { unwrittenReadWriteBindings } from "../kernels/_bindings.ts";
+import { bufferBindings, unwrittenReadWriteBindings } from "../kernels/_bindings.ts";
 import { assert } from "./assert.ts";
 import { ALL_CASES } from "./cases/all.ts";
 import { gpu, gpuTestOptions, noGpu } from "./_gpu.ts";
@@ -47,6 +47,25 @@ Deno.test({
       offenders.length === 0,
       `${offenders.length} of ${modules.size} modules declare read_write bindings they never ` +
         `write:\n${offenders.join("\n")}`,
+    );
+  },
+});
+
+Deno.test({
+  ...gpuTestOptions,
+  name: "every compiled shader fits WebGPU's default limits: at most 8 storage buffers per stage",
+  fn() {
+    // the runtime asks for the adapter's limits, but a browser may grant only the default
+    // (SwiftShader: 10; WebGPU's guaranteed minimum: 8)
+    const over: string[] = [];
+    for (const code of modules) {
+      const n = [...bufferBindings(code).values()].filter((b) => b.access !== "uniform").length;
+      if (n > 8) over.push(`${n}: ${code.split("\n").find((l) => l.trim())!.trim().slice(0, 80)}`);
+    }
+    assert(modules.size > 20, `only ${modules.size} shader modules were compiled`);
+    assert(
+      over.length === 0,
+      `${over.length} modules bind more than 8 storage buffers:\n${over.join("\n")}`,
     );
   },
 });

@@ -3498,11 +3498,11 @@ struct P { n: u32, clip: f32 }
 @group(0) @binding(2) var<storage, read> adv: array<f32>;
 @group(0) @binding(3) var<storage, read> mask: array<f32>;
 @group(0) @binding(4) var<storage, read> count: array<f32>;  // maskedStats(mask): [0] = \u03A3 mask
-@group(0) @binding(5) var<storage, read_write> loss: array<f32>;   // per token
-@group(0) @binding(6) var<storage, read_write> clipped: array<f32>;
-@group(0) @binding(7) var<storage, read_write> akl: array<f32>;    // \xBD (logp \u2212 logp_old)\xB2
-@group(0) @binding(8) var<storage, read_write> dlogp: array<f32>;
-@group(0) @binding(9) var<uniform> p: P;
+// (3, n): per-token loss, clipped indicator, \xBD (logp \u2212 logp_old)\xB2 \u2014 one buffer, so the kernel
+// stays within WebGPU's default eight storage buffers per stage
+@group(0) @binding(5) var<storage, read_write> planes: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dlogp: array<f32>;
+@group(0) @binding(7) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let m = mask[i] != 0.0;
@@ -3513,9 +3513,9 @@ ${LINEAR_MAIN}
   let rc = clamp(ratio, 1.0 - p.clip, 1.0 + p.clip);
   let pg2 = -a * rc;
   let use2 = pg2 > pg1;
-  loss[i] = select(0.0, max(pg1, pg2), m);
-  clipped[i] = select(0.0, select(0.0, 1.0, use2), m);
-  akl[i] = select(0.0, 0.5 * d * d, m);
+  planes[i] = select(0.0, max(pg1, pg2), m);
+  planes[p.n + i] = select(0.0, select(0.0, 1.0, use2), m);
+  planes[2u * p.n + i] = select(0.0, 0.5 * d * d, m);
   // d(pg)/d(logp): \u2212a\xB7ratio on the active branch unless the clip is saturated
   var g = -a * ratio;
   if (use2 && (ratio < 1.0 - p.clip || ratio > 1.0 + p.clip)) { g = 0.0; }
@@ -3525,20 +3525,29 @@ ${LINEAR_MAIN}
 function ppoPolicyLoss(gpu2, logp, logpOld, advantages, mask, o) {
   same2("ppoPolicyLoss", logp, logpOld, advantages, mask);
   checkShape(o.clip > 0, `ppoPolicyLoss: clip must be > 0, got ${o.clip}`);
-  const count = maskedStats(gpu2, mask);
-  const loss = gpu2.empty(logp.shape), clipped = gpu2.empty(logp.shape), akl = gpu2.empty(logp.shape);
-  const dlogp = gpu2.empty(logp.shape);
+  const count = maskedStats(gpu2, mask), n = logp.size;
+  const planes = gpu2.empty([
+    3,
+    n
+  ]), dlogp = gpu2.empty(logp.shape);
   gpu2.dispatch(gpu2.pipeline(POLICY), [
     logp,
     logpOld,
     advantages,
     mask,
     count,
-    loss,
-    clipped,
-    akl,
+    planes,
     dlogp
-  ], gpu2.grid(groups(logp.size)), new Params().u32(logp.size).f32(o.clip));
+  ], gpu2.grid(groups(n)), new Params().u32(n).f32(o.clip));
+  const [loss, clipped, akl] = [
+    0,
+    1,
+    2
+  ].map((k) => {
+    const t = gpu2.empty(logp.shape);
+    gpu2.copyRange(planes, k * n, t, 0, n);
+    return t;
+  });
   const out = {
     dlogp,
     loss: maskedStats(gpu2, loss, mask),
@@ -3547,6 +3556,7 @@ function ppoPolicyLoss(gpu2, logp, logpOld, advantages, mask, o) {
   };
   for (const t of [
     count,
+    planes,
     loss,
     clipped,
     akl
@@ -3894,14 +3904,11 @@ struct P { n: u32, t: u32, rows: u32, mode: u32, lo: f32, hi: f32, beta: f32, us
 @group(0) @binding(2) var<storage, read> logp_ref: array<f32>;  // (B, T) or placeholder
 @group(0) @binding(3) var<storage, read> adv: array<f32>;       // (B)
 @group(0) @binding(4) var<storage, read> mask: array<f32>;      // (B, T)
-@group(0) @binding(5) var<storage, read> row_count: array<f32>; // (B) \u03A3_t mask
-@group(0) @binding(6) var<storage, read> count: array<f32>;     // maskedStats(mask): [0] = \u03A3 mask
-@group(0) @binding(7) var<storage, read_write> loss: array<f32>;  // weighted per-token loss
-@group(0) @binding(8) var<storage, read_write> low: array<f32>;   // clipped below (A < 0)
-@group(0) @binding(9) var<storage, read_write> high: array<f32>;  // clipped above (A > 0)
-@group(0) @binding(10) var<storage, read_write> kl: array<f32>;   // k3 per token
-@group(0) @binding(11) var<storage, read_write> dlogp: array<f32>;
-@group(0) @binding(12) var<uniform> p: P;
+@group(0) @binding(5) var<storage, read> counts: array<f32>;    // [0] \u03A3 mask, [1 + b] \u03A3_t mask[b]
+// (4, B\xB7T): weighted per-token loss, clipped below (A < 0), clipped above (A > 0), k3
+@group(0) @binding(6) var<storage, read_write> planes: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dlogp: array<f32>;
+@group(0) @binding(8) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let b = i / p.t;
@@ -3921,14 +3928,14 @@ ${LINEAR_MAIN}
     g += p.beta * (1.0 - exp(d));
   }
   // weight of a token in the aggregated loss
-  var w = 1.0 / max(count[0], 1.0);                                   // bnpo
-  if (p.mode == 0u) { w = 1.0 / (f32(p.rows) * max(row_count[b], 1.0)); }  // grpo
-  else if (p.mode == 2u) { w = 1.0 / (f32(p.rows) * p.max_len); }         // dr_grpo
-  else if (p.mode == 3u) { w = 1.0 / max(p.tokens, 1.0); }              // dapo
-  loss[i] = select(0.0, w * l, m);
-  low[i] = select(0.0, 1.0, m && ratio < 1.0 - p.lo && a < 0.0);
-  high[i] = select(0.0, 1.0, m && ratio > 1.0 + p.hi && a > 0.0);
-  kl[i] = select(0.0, k, m);
+  var w = 1.0 / max(counts[0], 1.0);                                       // bnpo
+  if (p.mode == 0u) { w = 1.0 / (f32(p.rows) * max(counts[1u + b], 1.0)); }  // grpo
+  else if (p.mode == 2u) { w = 1.0 / (f32(p.rows) * p.max_len); }          // dr_grpo
+  else if (p.mode == 3u) { w = 1.0 / max(p.tokens, 1.0); }               // dapo
+  planes[i] = select(0.0, w * l, m);
+  planes[p.n + i] = select(0.0, 1.0, m && ratio < 1.0 - p.lo && a < 0.0);
+  planes[2u * p.n + i] = select(0.0, 1.0, m && ratio > 1.0 + p.hi && a > 0.0);
+  planes[3u * p.n + i] = select(0.0, k, m);
   dlogp[i] = select(0.0, w * g, m);
 }`;
 function grpoLoss(gpu2, logp, logpOld, advantages, mask, o) {
@@ -3960,24 +3967,20 @@ function grpoLoss(gpu2, logp, logpOld, advantages, mask, o) {
   const maxLen = o.maxCompletionLength ?? 0;
   checkShape(o.aggregation !== "dr_grpo" || maxLen >= 1, "grpoLoss: dr_grpo needs maxCompletionLength \u2265 1");
   checkShape(o.tokenCount === void 0 || o.tokenCount >= 0, `grpoLoss: tokenCount must be \u2265 0, got ${o.tokenCount}`);
+  const N = B * T;
   const rowCount = sumLastAxis(gpu2, mask.reshape([
     B,
     T
   ]));
-  const count = maskedStats(gpu2, mask);
-  const loss = gpu2.empty([
-    B,
-    T
-  ]), low = gpu2.empty([
-    B,
-    T
-  ]), high = gpu2.empty([
-    B,
-    T
+  const total = maskedStats(gpu2, mask);
+  const counts = gpu2.empty([
+    B + 1
   ]);
-  const kl = gpu2.empty([
-    B,
-    T
+  gpu2.copyRange(total, 0, counts, 0, 1);
+  gpu2.copyRange(rowCount, 0, counts, 1, B);
+  const planes = gpu2.empty([
+    4,
+    N
   ]), dlogp = gpu2.empty([
     B,
     T
@@ -3989,14 +3992,24 @@ function grpoLoss(gpu2, logp, logpOld, advantages, mask, o) {
     o.logpRef ?? gpu2.placeholder(),
     advantages,
     mask,
-    rowCount,
-    count,
-    loss,
-    low,
-    high,
-    kl,
+    counts,
+    planes,
     dlogp
-  ], gpu2.grid(groups(B * T)), new Params().u32(B * T, T, B, o.aggregation === "dapo" && tokens === void 0 ? 1 : mode).f32(o.epsilonLow, o.epsilonHigh, o.beta).u32(o.logpRef ? 1 : 0).f32(maxLen, tokens ?? 0));
+  ], gpu2.grid(groups(N)), new Params().u32(N, T, B, o.aggregation === "dapo" && tokens === void 0 ? 1 : mode).f32(o.epsilonLow, o.epsilonHigh, o.beta).u32(o.logpRef ? 1 : 0).f32(maxLen, tokens ?? 0));
+  const plane = (k) => {
+    const t = gpu2.empty([
+      B,
+      T
+    ]);
+    gpu2.copyRange(planes, k * N, t, 0, N);
+    return t;
+  };
+  const [loss, low, high, kl] = [
+    0,
+    1,
+    2,
+    3
+  ].map(plane);
   const out = {
     dlogp,
     loss: maskedStats(gpu2, loss, mask),
@@ -4006,7 +4019,9 @@ function grpoLoss(gpu2, logp, logpOld, advantages, mask, o) {
   };
   for (const t of [
     rowCount,
-    count,
+    total,
+    counts,
+    planes,
     loss,
     low,
     high,
