@@ -85,7 +85,7 @@ function presetOf(argv: string[]): string | undefined {
     if (method === "ppo") {
       throw new UsageError("--method=ppo on your own checkpoints is --preset=simple-rlhf-tiny");
     }
-    if (!PIPELINES[`checkpoint-${method}`]) {
+    if (!PRESETS[`checkpoint-${METHODS[method]}`]) {
       throw new UsageError(`--method=${method} runs on the built-in task only (no --data.policy)`);
     }
     return `checkpoint-${method}`;
