@@ -419,6 +419,9 @@ export {
   type RlooTrainerState,
 } from "./trainer/rloo.ts";
 export {
+  GROUP_SECTION_KEYS,
+  type GroupSectionConfig,
+  groupSectionFields,
   GRPO_SCHEMA,
   type GrpoConfig,
   type GrpoData,

@@ -12241,6 +12241,30 @@ var GRPO_SCHEMA = {
     integer: true
   }
 };
+var GROUP_SECTION_KEYS = [
+  "iterations",
+  "promptsPerIteration",
+  "miniBatchSize",
+  "numIterations",
+  "maxNewTokens",
+  "maxPromptLength",
+  "temperature",
+  "topK",
+  "topP",
+  "lr",
+  "warmupRatio",
+  "lrDecay",
+  "weightDecay",
+  "maxGradNorm",
+  "maskTruncatedCompletions",
+  "seed"
+];
+function groupSectionFields() {
+  return Object.fromEntries(GROUP_SECTION_KEYS.map((k) => [
+    k,
+    GRPO_SCHEMA[k]
+  ]));
+}
 var MB2 = {
   loss: 0,
   clipLow: 1,
@@ -12379,29 +12403,8 @@ var GrpoTrainer = class extends GroupTrainer {
 };
 
 // trainer/rloo.ts
-var SHARED = [
-  "iterations",
-  "promptsPerIteration",
-  "miniBatchSize",
-  "numIterations",
-  "maxNewTokens",
-  "maxPromptLength",
-  "temperature",
-  "topK",
-  "topP",
-  "lr",
-  "warmupRatio",
-  "lrDecay",
-  "weightDecay",
-  "maxGradNorm",
-  "maskTruncatedCompletions",
-  "seed"
-];
 var RLOO_SCHEMA = {
-  ...Object.fromEntries(SHARED.map((k) => [
-    k,
-    GRPO_SCHEMA[k]
-  ])),
+  ...groupSectionFields(),
   numGenerations: {
     default: 4,
     doc: "samples per prompt, k \u2265 2",
@@ -12781,29 +12784,8 @@ var RejectionSamplingTrainer = class {
 };
 
 // trainer/reinforce_pp.ts
-var SHARED2 = [
-  "iterations",
-  "promptsPerIteration",
-  "miniBatchSize",
-  "numIterations",
-  "maxNewTokens",
-  "maxPromptLength",
-  "temperature",
-  "topK",
-  "topP",
-  "lr",
-  "warmupRatio",
-  "lrDecay",
-  "weightDecay",
-  "maxGradNorm",
-  "maskTruncatedCompletions",
-  "seed"
-];
 var REINFORCE_PP_SCHEMA = {
-  ...Object.fromEntries(SHARED2.map((k) => [
-    k,
-    GRPO_SCHEMA[k]
-  ])),
+  ...groupSectionFields(),
   numGenerations: {
     default: 4,
     doc: "samples per prompt, G \u2265 2",
@@ -13608,6 +13590,7 @@ export {
   DpoTrainer,
   GRADERS,
   GRADER_NAMES,
+  GROUP_SECTION_KEYS,
   GRPO_SCHEMA,
   Gpu,
   GpuLimitError,
@@ -13712,6 +13695,7 @@ export {
   graderReward,
   groupAdvantages,
   groupMetrics,
+  groupSectionFields,
   grpoLoss,
   implicitReward,
   klPenalty,

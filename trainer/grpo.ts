@@ -164,6 +164,36 @@ export const GRPO_SCHEMA: Schema<GrpoConfig> = {
   seed: { default: 0, doc: "rollout sampling and minibatch order seed", integer: true },
 };
 
+/** The fields every group method's section shares with GRPO's (sampling, optimizer, masking). */
+export const GROUP_SECTION_KEYS = [
+  "iterations",
+  "promptsPerIteration",
+  "miniBatchSize",
+  "numIterations",
+  "maxNewTokens",
+  "maxPromptLength",
+  "temperature",
+  "topK",
+  "topP",
+  "lr",
+  "warmupRatio",
+  "lrDecay",
+  "weightDecay",
+  "maxGradNorm",
+  "maskTruncatedCompletions",
+  "seed",
+] as const;
+
+/** A group method's section fields shared with GRPO's (their docs and defaults are GRPO's). */
+export type GroupSectionConfig = Pick<GrpoConfig, typeof GROUP_SECTION_KEYS[number]>;
+
+/** GRPO's schema entries of {@link GROUP_SECTION_KEYS}, for another group method's schema. */
+export function groupSectionFields(): Schema<GroupSectionConfig> {
+  return Object.fromEntries(
+    GROUP_SECTION_KEYS.map((k) => [k, GRPO_SCHEMA[k]]),
+  ) as unknown as Schema<GroupSectionConfig>;
+}
+
 /** What GRPO trains on (see {@link GroupData}). */
 export type GrpoData = GroupData;
 

@@ -24,7 +24,7 @@ import type { OptModel } from "../model/opt.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { gaeAdvantages } from "./advantages.ts";
 import type { Schema } from "./config.ts";
-import { GRPO_SCHEMA } from "./grpo.ts";
+import { type GroupSectionConfig, groupSectionFields } from "./grpo.ts";
 import {
   columnMeans,
   gatherRows,
@@ -40,37 +40,9 @@ import type { Reward } from "./reward.ts";
 import { assertFiniteLosses, type Metrics } from "./types.ts";
 
 /** REINFORCE++ hyperparameters (the `reinforce.` section). */
-export interface ReinforcePpConfig {
-  /** rollout + update iterations (default 100) */
-  iterations: number;
-  /** prompts per iteration (default 16) */
-  promptsPerIteration: number;
+export interface ReinforcePpConfig extends GroupSectionConfig {
   /** samples per prompt, G ≥ 2 (default 4) */
   numGenerations: number;
-  /** sequences per optimizer step (default 32) */
-  miniBatchSize: number;
-  /** passes over each rollout (default 1) */
-  numIterations: number;
-  /** response tokens sampled per prompt (default 16) */
-  maxNewTokens: number;
-  /** prompt tokens kept (longer prompts lose tokens on the left, after BOS) (default 256) */
-  maxPromptLength: number;
-  /** rollout sampling temperature (default 1) */
-  temperature: number;
-  /** rollout top-k (0 = off) (default 0) */
-  topK: number;
-  /** rollout top-p (1 = off) (default 1) */
-  topP: number;
-  /** peak learning rate (default 1e-6) */
-  lr: number;
-  /** fraction of iterations with linear warmup (default 0) */
-  warmupRatio: number;
-  /** decay after warmup (default "linear") */
-  lrDecay: "cosine" | "linear" | "constant";
-  /** AdamW weight decay (default 0) */
-  weightDecay: number;
-  /** global gradient-norm clip (0 = off) (default 1) */
-  maxGradNorm: number;
   /** β of the per-token KL in the rewards (0 = no reference model) (default 0.01) */
   beta: number;
   /** KL estimator of the per-token penalty: k1 · abs · mse · k3 (default "k1") */
@@ -81,40 +53,14 @@ export interface ReinforcePpConfig {
   scoreClip: number;
   /** ratio clip ε (default 0.2) */
   clip: number;
-  /** completions without EOS take no part in the loss (default false) */
-  maskTruncatedCompletions: boolean;
-  /** rollout sampling and minibatch order seed (default 0) */
-  seed: number;
 }
-
-const SHARED = [
-  "iterations",
-  "promptsPerIteration",
-  "miniBatchSize",
-  "numIterations",
-  "maxNewTokens",
-  "maxPromptLength",
-  "temperature",
-  "topK",
-  "topP",
-  "lr",
-  "warmupRatio",
-  "lrDecay",
-  "weightDecay",
-  "maxGradNorm",
-  "maskTruncatedCompletions",
-  "seed",
-] as const;
 
 /**
  * The REINFORCE++ schema: sampling and optimizer fields as GRPO's; β 0.01 (OpenRLHF's
  * `init_kl_coef` for REINFORCE++), k1 in the reward, ε 0.2, group baseline on.
  */
 export const REINFORCE_PP_SCHEMA: Schema<ReinforcePpConfig> = {
-  ...Object.fromEntries(SHARED.map((k) => [k, GRPO_SCHEMA[k]])) as Pick<
-    Schema<ReinforcePpConfig>,
-    typeof SHARED[number]
-  >,
+  ...groupSectionFields(),
   numGenerations: { default: 4, doc: "samples per prompt, G ≥ 2", min: 2, integer: true },
   beta: {
     default: 0.01,
