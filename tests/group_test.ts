@@ -287,7 +287,7 @@ const TINY = [
 
 Deno.test({
   name:
-    "train CLI --method=grpo|rloo|reinforce++|rs: grader:math and a user's grader module; bad rewards are named",
+    "train CLI --method=grpo|rloo|reinforce++|rs: grader:math, a user's grader module, a reward model trained in the run; bad rewards are named",
   ignore: noGpu,
   sanitizeOps: false,
   sanitizeResources: false,
@@ -402,6 +402,32 @@ Deno.test({
     const slines = (await Deno.readTextFile(join(out, "s", "metrics.jsonl"))).trim().split("\n")
       .map((l) => JSON.parse(l)).filter((l) => l.stage === "rs");
     assertEquals(slines.map((l) => l["rs/round"]), [1, 2]);
+    // --reward=rm: the PPO pipeline's reward-model stage trains, GRPO optimises its scores
+    const rm = await train([
+      `--out=${out}`,
+      "--run.name=w",
+      ...TINY,
+      "--reward=rm",
+      "--rm.steps=10",
+      "--task.pairs=200",
+    ]);
+    assertEquals(rm.code, 0, rm.err.slice(-2000));
+    const wlines = (await Deno.readTextFile(join(out, "w", "metrics.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l));
+    assertEquals(wlines.filter((l) => l.stage === "rm" && "step" in l).length, 1, "RM steps");
+    assertEquals(wlines.filter((l) => l.stage === "grpo").length, 2);
+    const wsum = JSON.parse(await Deno.readTextFile(join(out, "w", "summary.json")));
+    for (const k of ["rm/accuracy", "rm/policy_accuracy", "score/before", "score/after"]) {
+      assert(Number.isFinite(wsum[k]), `summary ${k}: ${wsum[k]}`);
+    }
+    await Deno.stat(join(out, "w", "rm", "model.safetensors"));
+    // a grader run trains no reward model: no rm records or folder, and --stage=rm is an error
+    const glines = (await Deno.readTextFile(join(dir, "metrics.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l));
+    assertEquals(glines.filter((l) => l.stage === "rm").length, 0);
+    await assertThrows(() => Deno.stat(join(dir, "rm")), Deno.errors.NotFound);
+    const only = await train([`--out=${out}`, "--run.name=g", ...TINY, "--stage=rm"]);
+    assert(only.code !== 0 && only.err.includes("reward.source=rm"), only.err.slice(-500));
     // bad values, before any training
     const nope = await train([`--out=${out}`, "--run.name=x", ...TINY, "--reward=grader:nope"]);
     assert(nope.code !== 0 && nope.err.includes('unknown grader "nope"'), nope.err.slice(-500));

@@ -259,16 +259,25 @@ export function gold(prompt: string, response: string): number {
   return goldScore(parseQuestion(prompt)!, response);
 }
 
+/** How the policy is sampled for the reward model's comparisons and tests. */
+export interface PolicySampling {
+  /** Response tokens per sample. */
+  maxNewTokens: number;
+  /** Prompt tokens kept. */
+  maxPromptLength: number;
+  /** Sampling temperature. */
+  temperature: number;
+}
+
 /**
  * Policy samples (RM comparisons, evaluations) use PPO's rollout budget, so the reward model
  * is trained and tested on what PPO will show it.
  */
-function sampling(cfg: PipelineConfig) {
+function ppoSampling(cfg: PipelineConfig): PolicySampling {
   return {
     maxNewTokens: cfg.ppo.maxNewTokens,
     maxPromptLength: cfg.ppo.maxPromptLength,
     temperature: cfg.ppo.temperature,
-    samplesPerPrompt: cfg.task.samplesPerPrompt,
   };
 }
 
@@ -296,50 +305,77 @@ export const SFT_STAGE: Stage<SftStageConfig, BuiltinState> = {
   },
 };
 
+/** What the reward-model stage reads of a config. */
+export type RewardModelStageConfig = Pick<PipelineConfig, "run" | "task" | "rm">;
+
+type RewardModelContext = StageContext<RewardModelStageConfig, BuiltinState>;
+
 /**
- * The reward model, from the SFT weights, on the fixed comparisons plus (with
+ * The reward-model stage: from the SFT weights, on the fixed comparisons plus (with
  * `task.policyPrompts`) comparisons of the SFT policy's own samples; then its held-out tests.
+ * `sampling` is the rollout budget of the method that will use it (the comparisons and the
+ * on-policy test show the reward model what that method will); where `enabled` says no, the
+ * stage does nothing (a group method with a grader).
  */
-const RM_STAGE: Stage<PipelineConfig, BuiltinState> = {
-  name: "rm",
-  doc: "reward model on gold-labelled comparisons (fixed and of SFT samples)",
-  async run(ctx) {
-    const { gpu, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft!;
-    let rm = await ctx.finished();
-    const trained = !rm;
-    if (!rm) {
-      rm = OptModel.create(gpu, TASK_MODEL_CONFIG, {
-        seed: deriveSeed(seed, "rewardInit"),
-        valueHead: true,
-      });
-      rm.store.copyFrom(sft.store);
-      ctx.own(rm);
-      const rmCfg = { ...cfg.rm, seed: cfg.rm.seed + seed };
-      await ctx.train(
-        cfg.rm.loss === "kwise"
-          ? new RankingRewardTrainer(rm, state.tok, rankedData(cfg), rmCfg)
-          : new RewardTrainer(rm, state.tok, await rewardPairs(ctx), rmCfg),
-        { logEvery: 10, checkpointEvery: cfg.run.stepCheckpointEvery },
-      );
-      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
-    } else ctx.own(rm);
-    state.rm = rm;
-    await testRewardModel(ctx, rm, trained);
-  },
-};
+export function rewardModelStage<C extends RewardModelStageConfig>(o: {
+  sampling(cfg: C): PolicySampling;
+  enabled?(cfg: C): boolean;
+  doc?: string;
+}): Stage<C, BuiltinState> {
+  return {
+    name: "rm",
+    doc: o.doc ?? "reward model on gold-labelled comparisons (fixed and of SFT samples)",
+    async run(ctx) {
+      const { gpu, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft!;
+      if (o.enabled && !o.enabled(cfg)) {
+        if (ctx.opts.stage === "rm") {
+          throw new ConfigError("--stage=rm: this run uses no reward model (set reward.source=rm)");
+        }
+        return;
+      }
+      const sampling = { ...o.sampling(cfg), samplesPerPrompt: cfg.task.samplesPerPrompt };
+      let rm = await ctx.finished();
+      const trained = !rm;
+      if (!rm) {
+        rm = OptModel.create(gpu, TASK_MODEL_CONFIG, {
+          seed: deriveSeed(seed, "rewardInit"),
+          valueHead: true,
+        });
+        rm.store.copyFrom(sft.store);
+        ctx.own(rm);
+        const rmCfg = { ...cfg.rm, seed: cfg.rm.seed + seed };
+        await ctx.train(
+          cfg.rm.loss === "kwise"
+            ? new RankingRewardTrainer(rm, state.tok, rankedData(cfg), rmCfg)
+            : new RewardTrainer(rm, state.tok, await rewardPairs(ctx, sampling), rmCfg),
+          { logEvery: 10, checkpointEvery: cfg.run.stepCheckpointEvery },
+        );
+        await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, { stage: "rm" }));
+      } else ctx.own(rm);
+      state.rm = rm;
+      await testRewardModel(ctx, rm, trained, sampling);
+    },
+  };
+}
+
+/** PPO's reward model: trained and tested on samples of PPO's rollout budget. */
+const RM_STAGE = rewardModelStage<PipelineConfig>({ sampling: ppoSampling });
 
 /**
  * The ranked variant of the task for `rm.loss=kwise`: as many examples as make `task.pairs`
  * comparisons (each ranking of 4 holds 6).
  */
-function rankedData(cfg: PipelineConfig): RankedExample[] {
+function rankedData(cfg: RewardModelStageConfig): RankedExample[] {
   return makeRankedExamples(cfg.run.seed, Math.ceil(cfg.task.pairs / 6), {
     labelNoise: cfg.task.labelNoise,
   });
 }
 
 /** The fixed comparisons, plus on-policy ones when `task.policyPrompts > 0`. */
-async function rewardPairs(ctx: BuiltinContext) {
+async function rewardPairs(
+  ctx: RewardModelContext,
+  sampling: PolicySampling & { samplesPerPrompt: number },
+) {
   const { cfg, state } = ctx, seed = cfg.run.seed, task = state.task;
   if (cfg.task.policyPrompts === 0) return task.pairs;
   // on-policy comparisons (InstructGPT): the SFT policy's own samples, truncated ones included,
@@ -348,7 +384,7 @@ async function rewardPairs(ctx: BuiltinContext) {
     state.sft!,
     state.tok,
     task.prompts.slice(0, cfg.task.policyPrompts).map((q) => q.prompt),
-    { ...sampling(cfg), seed: deriveSeed(seed, "comparisonSamples") },
+    { ...sampling, seed: deriveSeed(seed, "comparisonSamples") },
   );
   const policyPairs = labelComparisons(groups, gold, {
     labelNoise: cfg.task.labelNoise,
@@ -367,10 +403,11 @@ async function rewardPairs(ctx: BuiltinContext) {
  * on clean comparisons of the SFT policy's samples on held-out prompts.
  */
 async function testRewardModel(
-  ctx: BuiltinContext,
+  ctx: RewardModelContext,
   rm: OptModel,
   /** Trained in this process (else its test was logged when it was trained). */
   trained: boolean,
+  sampling: PolicySampling & { samplesPerPrompt: number },
 ): Promise<void> {
   const { cfg, state } = ctx, tok = state.tok;
   const rmEval = await evaluateRewardModel(rm, tok, state.task.heldOutPairs, {
@@ -380,7 +417,7 @@ async function testRewardModel(
     state.sft!,
     tok,
     state.task.policyEvalPrompts.map((q) => q.prompt),
-    { ...sampling(cfg), seed: deriveSeed(cfg.run.seed, "rewardModelProbe"), reward: rm },
+    { ...sampling, seed: deriveSeed(cfg.run.seed, "rewardModelProbe"), reward: rm },
   );
   const policyEval = await evaluateRewardModel(
     rm,
@@ -523,6 +560,19 @@ export function evaluationSummary(before: Evaluation, after: Evaluation): Partia
 
 /** Sequence lengths the task model can hold (and combinations), checked before anything trains. */
 function checkBuiltinLengths(cfg: PipelineConfig): void {
+  checkTaskModelConfig(cfg, cfg.ppo, "ppo");
+}
+
+/**
+ * Checks of a built-in task config with SFT, the reward model's sections and a method that
+ * samples with `rollout` (its section named `section`): sequence lengths the task model can
+ * hold, and combinations that cannot work; throws `ConfigError`.
+ */
+export function checkTaskModelConfig(
+  cfg: Pick<PipelineConfig, "run" | "task" | "sft" | "rm">,
+  rollout: Pick<PolicySampling, "maxNewTokens" | "maxPromptLength">,
+  section: string,
+): void {
   if (cfg.rm.loss === "kwise" && cfg.task.policyPrompts > 0) {
     throw new ConfigError(
       "rm.loss=kwise trains on the task's rankings of 4; the on-policy comparisons " +
@@ -541,11 +591,11 @@ function checkBuiltinLengths(cfg: PipelineConfig): void {
   const longest = Math.max(
     ...makeBuiltinTask(cfg.run.seed, { pairs: 1 }).evalPrompts.map((q) => q.prompt.length + 1),
   );
-  const need = Math.min(longest, cfg.ppo.maxPromptLength) + cfg.ppo.maxNewTokens;
+  const need = Math.min(longest, rollout.maxPromptLength) + rollout.maxNewTokens;
   if (need > max) {
     throw new ConfigError(
-      `ppo.maxNewTokens ${cfg.ppo.maxNewTokens} + the task's prompts (up to ${longest} tokens) ` +
-        `exceed the task model's ${max} positions`,
+      `${section}.maxNewTokens ${rollout.maxNewTokens} + the task's prompts (up to ${longest} ` +
+        `tokens) exceed the task model's ${max} positions`,
     );
   }
 }

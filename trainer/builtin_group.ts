@@ -14,16 +14,29 @@ import { ByteTokenizer } from "../model/tokenizer.ts";
 import {
   BUILTIN_DEFAULTS,
   type BuiltinState,
+  checkTaskModelConfig,
   evaluate,
   type Evaluation,
   evaluationSummary,
   gold,
+  type PolicySampling,
+  rewardModelStage,
   rolloutGold,
   RUN_SCHEMA,
   type RunConfig,
   SFT_STAGE,
+  TASK_SCHEMA,
+  type TaskConfig,
 } from "./builtin.ts";
-import { defaults, resolveSections, type Schema, SFT_SCHEMA, type SftConfig } from "./config.ts";
+import {
+  defaults,
+  resolveSections,
+  RM_SCHEMA,
+  type RmConfig,
+  type Schema,
+  SFT_SCHEMA,
+  type SftConfig,
+} from "./config.ts";
 import { graderFromSpec } from "./graders.ts";
 import { GRPO_SCHEMA, type GrpoConfig, GrpoTrainer } from "./grpo.ts";
 import type { GroupData, GroupSample } from "./group.ts";
@@ -40,7 +53,7 @@ import { implicitReward } from "./logprobs.ts";
 import type { PipelineDefinition, Stage, StageContext } from "./pipeline.ts";
 import { deriveSeed } from "./random.ts";
 import type { RecipeIo } from "./recipe.ts";
-import { graderReward, type Reward } from "./reward.ts";
+import { graderReward, modelReward, type Reward } from "./reward.ts";
 import type { Rollout } from "./rollout.ts";
 import { makeBuiltinTask, parseQuestion } from "./task.ts";
 
@@ -48,7 +61,8 @@ import { makeBuiltinTask, parseQuestion } from "./task.ts";
 export interface GroupRewardConfig {
   /**
    * grader:exact · grader:contains · grader:similarity · grader:math · a module path exporting
-   * grade(prompt, response, reference) (default "grader:math")
+   * grade(prompt, response, reference) · rm (a reward model trained in the run: the PPO
+   * pipeline's rm stage, sections task. and rm.) (default "grader:math")
    */
   source: string;
 }
@@ -58,34 +72,45 @@ export const GROUP_REWARD_SCHEMA: Schema<GroupRewardConfig> = {
   source: {
     default: "grader:math",
     doc: "grader:exact · grader:contains · grader:similarity · grader:math · a module path " +
-      "exporting grade(prompt, response, reference)",
+      "exporting grade(prompt, response, reference) · rm (a reward model trained in the run: " +
+      "the PPO pipeline's rm stage, sections task. and rm.)",
     pattern: {
-      regex: /^(grader:[a-z]+|.*\.(ts|js|mjs)|[a-z]+:\/\/.+)$/,
-      doc: "grader:NAME, or a .ts/.js module path or URL",
+      regex: /^(rm|grader:[a-z]+|.*\.(ts|js|mjs)|[a-z]+:\/\/.+)$/,
+      doc: "rm, grader:NAME, or a .ts/.js module path or URL",
     },
   },
 };
 
-/** A `builtin-grpo` config. */
-export interface GrpoPipelineConfig {
+/** The sections every group pipeline has. */
+export interface GroupPipelineBase {
   /** The `run.` section. */
   run: RunConfig;
   /** The `reward.` section. */
   reward: GroupRewardConfig;
+  /** The `task.` section (the reward model's comparisons with `reward.source=rm`). */
+  task: TaskConfig;
   /** The `sft.` section. */
   sft: SftConfig;
+  /** The `rm.` section (used with `reward.source=rm`). */
+  rm: RmConfig;
+}
+
+/** The shared sections' defaults: the PPO pipeline's task, SFT and reward model; grader:math. */
+const GROUP_BASE_DEFAULTS = {
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  task: BUILTIN_DEFAULTS.task,
+  sft: BUILTIN_DEFAULTS.sft,
+  rm: BUILTIN_DEFAULTS.rm,
+};
+
+/** A `builtin-grpo` config. */
+export interface GrpoPipelineConfig extends GroupPipelineBase {
   /** The `grpo.` section. */
   grpo: GrpoConfig;
 }
 
 /** A `builtin-rloo` config. */
-export interface RlooPipelineConfig {
-  /** The `run.` section. */
-  run: RunConfig;
-  /** The `reward.` section. */
-  reward: GroupRewardConfig;
-  /** The `sft.` section. */
-  sft: SftConfig;
+export interface RlooPipelineConfig extends GroupPipelineBase {
   /** The `rloo.` section. */
   rloo: RlooConfig;
 }
@@ -99,16 +124,14 @@ export interface RlooPipelineConfig {
  */
 export const GRPO_PIPELINE_DEFAULTS: GrpoPipelineConfig = {
   run: { ...BUILTIN_DEFAULTS.run, name: "builtin-grpo" },
-  reward: defaults(GROUP_REWARD_SCHEMA),
-  sft: BUILTIN_DEFAULTS.sft,
+  ...GROUP_BASE_DEFAULTS,
   grpo: { ...defaults(GRPO_SCHEMA), iterations: 40, lr: 1e-3, warmupRatio: 0.1 },
 };
 
 /** Defaults of `builtin-rloo`: GRPO's budget of sampled tokens (40 × 32 prompts × 4 samples). */
 export const RLOO_PIPELINE_DEFAULTS: RlooPipelineConfig = {
   run: { ...BUILTIN_DEFAULTS.run, name: "builtin-rloo" },
-  reward: defaults(GROUP_REWARD_SCHEMA),
-  sft: BUILTIN_DEFAULTS.sft,
+  ...GROUP_BASE_DEFAULTS,
   rloo: {
     ...defaults(RLOO_SCHEMA),
     iterations: 40,
@@ -119,13 +142,7 @@ export const RLOO_PIPELINE_DEFAULTS: RlooPipelineConfig = {
 };
 
 /** A `builtin-reinforce` config. */
-export interface ReinforcePipelineConfig {
-  /** The `run.` section. */
-  run: RunConfig;
-  /** The `reward.` section. */
-  reward: GroupRewardConfig;
-  /** The `sft.` section. */
-  sft: SftConfig;
+export interface ReinforcePipelineConfig extends GroupPipelineBase {
   /** The `reinforce.` section. */
   reinforce: ReinforcePpConfig;
 }
@@ -133,8 +150,7 @@ export interface ReinforcePipelineConfig {
 /** Defaults of `builtin-reinforce`: RLOO's budget (40 × 32 prompts × 4 samples). */
 export const REINFORCE_PIPELINE_DEFAULTS: ReinforcePipelineConfig = {
   run: { ...BUILTIN_DEFAULTS.run, name: "builtin-reinforce" },
-  reward: defaults(GROUP_REWARD_SCHEMA),
-  sft: BUILTIN_DEFAULTS.sft,
+  ...GROUP_BASE_DEFAULTS,
   reinforce: {
     ...defaults(REINFORCE_PP_SCHEMA),
     iterations: 40,
@@ -145,13 +161,7 @@ export const REINFORCE_PIPELINE_DEFAULTS: ReinforcePipelineConfig = {
 };
 
 /** A `builtin-rs` config. */
-export interface RejectionSamplingPipelineConfig {
-  /** The `run.` section. */
-  run: RunConfig;
-  /** The `reward.` section. */
-  reward: GroupRewardConfig;
-  /** The `sft.` section. */
-  sft: SftConfig;
+export interface RejectionSamplingPipelineConfig extends GroupPipelineBase {
   /** The `rs.` section. */
   rs: RejectionSamplingConfig;
 }
@@ -159,9 +169,17 @@ export interface RejectionSamplingPipelineConfig {
 /** Defaults of `builtin-rs`: 3 rounds of best-of-8 on 256 prompts, 60 SFT steps each. */
 export const RS_PIPELINE_DEFAULTS: RejectionSamplingPipelineConfig = {
   run: { ...BUILTIN_DEFAULTS.run, name: "builtin-rs" },
-  reward: defaults(GROUP_REWARD_SCHEMA),
-  sft: BUILTIN_DEFAULTS.sft,
+  ...GROUP_BASE_DEFAULTS,
   rs: { ...defaults(REJECTION_SAMPLING_SCHEMA), promptsPerRound: 256 },
+};
+
+/** The sections every group pipeline has, before its method's own. */
+const GROUP_BASE_SECTIONS = {
+  run: RUN_SCHEMA,
+  reward: GROUP_REWARD_SCHEMA,
+  task: TASK_SCHEMA,
+  sft: SFT_SCHEMA,
+  rm: RM_SCHEMA,
 };
 
 type AnyConfig =
@@ -181,7 +199,8 @@ interface GroupMethod {
   logEvery?: number;
   /** Checkpoint every this many steps (default `run.checkpointEvery`). */
   checkpointEvery?: (cfg: AnyConfig) => number;
-  maxNewTokens(cfg: AnyConfig): number;
+  /** The method's rollout budget (its section's maxNewTokens, maxPromptLength, temperature). */
+  sampling(cfg: AnyConfig): PolicySampling;
   trainer(
     ctx: Ctx,
     policy: OptModel,
@@ -191,10 +210,18 @@ interface GroupMethod {
   ): GrpoTrainer | RlooTrainer | ReinforcePpTrainer | RejectionSamplingTrainer;
 }
 
+function samplingOf(c: PolicySampling): PolicySampling {
+  return {
+    maxNewTokens: c.maxNewTokens,
+    maxPromptLength: c.maxPromptLength,
+    temperature: c.temperature,
+  };
+}
+
 const GRPO_METHOD: GroupMethod = {
   name: "grpo",
   label: "GRPO",
-  maxNewTokens: (cfg) => (cfg as GrpoPipelineConfig).grpo.maxNewTokens,
+  sampling: (cfg) => samplingOf((cfg as GrpoPipelineConfig).grpo),
   trainer(ctx, policy, reward, data, hooks) {
     const c = (ctx.cfg as GrpoPipelineConfig).grpo, sft = ctx.state.sft!;
     return new GrpoTrainer(policy, c.beta > 0 ? sft : undefined, reward, ctx.state.tok, data, {
@@ -207,7 +234,7 @@ const GRPO_METHOD: GroupMethod = {
 const REINFORCE_METHOD: GroupMethod = {
   name: "reinforce",
   label: "REINFORCE++",
-  maxNewTokens: (cfg) => (cfg as ReinforcePipelineConfig).reinforce.maxNewTokens,
+  sampling: (cfg) => samplingOf((cfg as ReinforcePipelineConfig).reinforce),
   trainer(ctx, policy, reward, data, hooks) {
     const c = (ctx.cfg as ReinforcePipelineConfig).reinforce, sft = ctx.state.sft!;
     return new ReinforcePpTrainer(
@@ -228,7 +255,7 @@ const RS_METHOD: GroupMethod = {
   unit: "step",
   logEvery: 10,
   checkpointEvery: (cfg) => (cfg as RejectionSamplingPipelineConfig).rs.stepsPerRound,
-  maxNewTokens: (cfg) => (cfg as RejectionSamplingPipelineConfig).rs.maxNewTokens,
+  sampling: (cfg) => samplingOf((cfg as RejectionSamplingPipelineConfig).rs),
   trainer(ctx, policy, reward, data, hooks) {
     const c = (ctx.cfg as RejectionSamplingPipelineConfig).rs;
     return new RejectionSamplingTrainer(policy, reward, ctx.state.tok, data, {
@@ -241,7 +268,7 @@ const RS_METHOD: GroupMethod = {
 const RLOO_METHOD: GroupMethod = {
   name: "rloo",
   label: "RLOO",
-  maxNewTokens: (cfg) => (cfg as RlooPipelineConfig).rloo.maxNewTokens,
+  sampling: (cfg) => samplingOf((cfg as RlooPipelineConfig).rloo),
   trainer(ctx, policy, reward, data, hooks) {
     const c = (ctx.cfg as RlooPipelineConfig).rloo, sft = ctx.state.sft!;
     return new RlooTrainer(policy, c.beta > 0 ? sft : undefined, reward, ctx.state.tok, data, {
@@ -263,13 +290,13 @@ function groupStage(io: RecipeIo, method: GroupMethod): Stage<AnyConfig, Builtin
   const { name, label } = method;
   return {
     name,
-    doc: `${label} of the SFT policy with a grader (default grader:math), with the gold view`,
+    doc: `${label} of the SFT policy with a grader (default grader:math) or the reward model, ` +
+      "with the gold view",
     async run(ctx: Ctx) {
       const { cfg, state } = ctx, sft = state.sft!;
-      const reward: Reward = graderReward(
-        await graderFromSpec(cfg.reward.source, io),
-        cfg.reward.source,
-      );
+      const reward: Reward = cfg.reward.source === "rm"
+        ? modelReward(state.rm!)
+        : graderReward(await graderFromSpec(cfg.reward.source, io), cfg.reward.source);
       const policy = sft.copy();
       ctx.own(policy);
       // evaluation: the reward of fresh samples, and their log-ratio to the SFT policy (KL)
@@ -283,7 +310,7 @@ function groupStage(io: RecipeIo, method: GroupMethod): Stage<AnyConfig, Builtin
         const e = await evaluate(m, scorer(m), state.tok, state.task.evalPrompts, {
           temperature: cfg.run.evalTemperature,
           seed: deriveSeed(cfg.run.seed, "evaluation"),
-          maxNewTokens: method.maxNewTokens(cfg),
+          maxNewTokens: method.sampling(cfg).maxNewTokens,
           samplesPerPrompt: cfg.run.evalSamples,
         });
         return { e, kl: kl.reduce((a, v) => a + v, 0) / kl.length };
@@ -351,13 +378,26 @@ function groupStage(io: RecipeIo, method: GroupMethod): Stage<AnyConfig, Builtin
   };
 }
 
+/**
+ * With `reward.source=rm`, the PPO pipeline's reward-model stage (sections `task.`, `rm.`),
+ * its comparisons and on-policy test drawn with the method's rollout budget; else nothing.
+ */
+function groupRewardModelStage(method: GroupMethod): Stage<AnyConfig, BuiltinState> {
+  return rewardModelStage<AnyConfig>({
+    sampling: (cfg) => method.sampling(cfg),
+    enabled: (cfg) => cfg.reward.source === "rm",
+    doc: `with reward.source=rm: the reward model ${method.label} optimises`,
+  });
+}
+
 const init = (_gpu: unknown, cfg: AnyConfig): Promise<BuiltinState> =>
   Promise.resolve({
     tok: new ByteTokenizer(),
     // the PPO pipeline's task draws: the same SFT data, prompts and evaluation prompts
     task: makeBuiltinTask(cfg.run.seed, {
-      pairs: BUILTIN_DEFAULTS.task.pairs,
-      labelNoise: BUILTIN_DEFAULTS.task.labelNoise,
+      pairs: cfg.task.pairs,
+      labelNoise: cfg.task.labelNoise,
+      pairMargin: cfg.task.pairMargin,
     }),
   });
 
@@ -369,16 +409,19 @@ export function grpoPipeline(
     name: "builtin-grpo",
     doc: "SFT → GRPO with a grader (default grader:math) on the built-in arithmetic task",
     sections: {
-      run: RUN_SCHEMA,
-      reward: GROUP_REWARD_SCHEMA,
-      sft: SFT_SCHEMA,
+      ...GROUP_BASE_SECTIONS,
       grpo: GRPO_SCHEMA,
     } as unknown as Record<string, Schema<unknown>>,
     defaults: GRPO_PIPELINE_DEFAULTS,
-    stages: [SFT_STAGE, groupStage(io, GRPO_METHOD)] as PipelineDefinition<
+    stages: [
+      SFT_STAGE,
+      groupRewardModelStage(GRPO_METHOD),
+      groupStage(io, GRPO_METHOD),
+    ] as PipelineDefinition<
       GrpoPipelineConfig,
       BuiltinState
     >["stages"],
+    validate: (cfg) => checkTaskModelConfig(cfg, GRPO_METHOD.sampling(cfg), GRPO_METHOD.name),
     init,
   };
 }
@@ -391,16 +434,20 @@ export function reinforcePipeline(
     name: "builtin-reinforce",
     doc: "SFT → REINFORCE++ with a grader (default grader:math) on the built-in arithmetic task",
     sections: {
-      run: RUN_SCHEMA,
-      reward: GROUP_REWARD_SCHEMA,
-      sft: SFT_SCHEMA,
+      ...GROUP_BASE_SECTIONS,
       reinforce: REINFORCE_PP_SCHEMA,
     } as unknown as Record<string, Schema<unknown>>,
     defaults: REINFORCE_PIPELINE_DEFAULTS,
-    stages: [SFT_STAGE, groupStage(io, REINFORCE_METHOD)] as PipelineDefinition<
+    stages: [
+      SFT_STAGE,
+      groupRewardModelStage(REINFORCE_METHOD),
+      groupStage(io, REINFORCE_METHOD),
+    ] as PipelineDefinition<
       ReinforcePipelineConfig,
       BuiltinState
     >["stages"],
+    validate: (cfg) =>
+      checkTaskModelConfig(cfg, REINFORCE_METHOD.sampling(cfg), REINFORCE_METHOD.name),
     init,
   };
 }
@@ -413,16 +460,19 @@ export function rejectionSamplingPipeline(
     name: "builtin-rs",
     doc: "SFT → rejection sampling (best of K, fine-tuned) with a grader on the built-in task",
     sections: {
-      run: RUN_SCHEMA,
-      reward: GROUP_REWARD_SCHEMA,
-      sft: SFT_SCHEMA,
+      ...GROUP_BASE_SECTIONS,
       rs: REJECTION_SAMPLING_SCHEMA,
     } as unknown as Record<string, Schema<unknown>>,
     defaults: RS_PIPELINE_DEFAULTS,
-    stages: [SFT_STAGE, groupStage(io, RS_METHOD)] as PipelineDefinition<
+    stages: [
+      SFT_STAGE,
+      groupRewardModelStage(RS_METHOD),
+      groupStage(io, RS_METHOD),
+    ] as PipelineDefinition<
       RejectionSamplingPipelineConfig,
       BuiltinState
     >["stages"],
+    validate: (cfg) => checkTaskModelConfig(cfg, RS_METHOD.sampling(cfg), RS_METHOD.name),
     init,
   };
 }
@@ -435,16 +485,19 @@ export function rlooPipeline(
     name: "builtin-rloo",
     doc: "SFT → RLOO with a grader (default grader:math) on the built-in arithmetic task",
     sections: {
-      run: RUN_SCHEMA,
-      reward: GROUP_REWARD_SCHEMA,
-      sft: SFT_SCHEMA,
+      ...GROUP_BASE_SECTIONS,
       rloo: RLOO_SCHEMA,
     } as unknown as Record<string, Schema<unknown>>,
     defaults: RLOO_PIPELINE_DEFAULTS,
-    stages: [SFT_STAGE, groupStage(io, RLOO_METHOD)] as PipelineDefinition<
+    stages: [
+      SFT_STAGE,
+      groupRewardModelStage(RLOO_METHOD),
+      groupStage(io, RLOO_METHOD),
+    ] as PipelineDefinition<
       RlooPipelineConfig,
       BuiltinState
     >["stages"],
+    validate: (cfg) => checkTaskModelConfig(cfg, RLOO_METHOD.sampling(cfg), RLOO_METHOD.name),
     init,
   };
 }

@@ -9163,12 +9163,11 @@ var BUILTIN_SECTIONS = {
 function gold(prompt, response) {
   return goldScore(parseQuestion(prompt), response);
 }
-function sampling(cfg) {
+function ppoSampling(cfg) {
   return {
     maxNewTokens: cfg.ppo.maxNewTokens,
     maxPromptLength: cfg.ppo.maxPromptLength,
-    temperature: cfg.ppo.temperature,
-    samplesPerPrompt: cfg.task.samplesPerPrompt
+    temperature: cfg.ppo.temperature
   };
 }
 var SFT_STAGE = {
@@ -9197,46 +9196,61 @@ var SFT_STAGE = {
     state.sft = sft;
   }
 };
-var RM_STAGE = {
-  name: "rm",
-  doc: "reward model on gold-labelled comparisons (fixed and of SFT samples)",
-  async run(ctx) {
-    const { gpu: gpu2, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft;
-    let rm = await ctx.finished();
-    const trained = !rm;
-    if (!rm) {
-      rm = OptModel.create(gpu2, TASK_MODEL_CONFIG, {
-        seed: deriveSeed(seed, "rewardInit"),
-        valueHead: true
-      });
-      rm.store.copyFrom(sft.store);
-      ctx.own(rm);
-      const rmCfg = {
-        ...cfg.rm,
-        seed: cfg.rm.seed + seed
+function rewardModelStage(o) {
+  return {
+    name: "rm",
+    doc: o.doc ?? "reward model on gold-labelled comparisons (fixed and of SFT samples)",
+    async run(ctx) {
+      const { gpu: gpu2, cfg, state } = ctx, seed = cfg.run.seed, sft = state.sft;
+      if (o.enabled && !o.enabled(cfg)) {
+        if (ctx.opts.stage === "rm") {
+          throw new ConfigError("--stage=rm: this run uses no reward model (set reward.source=rm)");
+        }
+        return;
+      }
+      const sampling = {
+        ...o.sampling(cfg),
+        samplesPerPrompt: cfg.task.samplesPerPrompt
       };
-      await ctx.train(cfg.rm.loss === "kwise" ? new RankingRewardTrainer(rm, state.tok, rankedData(cfg), rmCfg) : new RewardTrainer(rm, state.tok, await rewardPairs(ctx), rmCfg), {
-        logEvery: 10,
-        checkpointEvery: cfg.run.stepCheckpointEvery
-      });
-      await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
-        stage: "rm"
-      }));
-    } else ctx.own(rm);
-    state.rm = rm;
-    await testRewardModel(ctx, rm, trained);
-  }
-};
+      let rm = await ctx.finished();
+      const trained = !rm;
+      if (!rm) {
+        rm = OptModel.create(gpu2, TASK_MODEL_CONFIG, {
+          seed: deriveSeed(seed, "rewardInit"),
+          valueHead: true
+        });
+        rm.store.copyFrom(sft.store);
+        ctx.own(rm);
+        const rmCfg = {
+          ...cfg.rm,
+          seed: cfg.rm.seed + seed
+        };
+        await ctx.train(cfg.rm.loss === "kwise" ? new RankingRewardTrainer(rm, state.tok, rankedData(cfg), rmCfg) : new RewardTrainer(rm, state.tok, await rewardPairs(ctx, sampling), rmCfg), {
+          logEvery: 10,
+          checkpointEvery: cfg.run.stepCheckpointEvery
+        });
+        await ctx.hooks.saveCheckpoint?.("rm", await saveOptModel(rm, {
+          stage: "rm"
+        }));
+      } else ctx.own(rm);
+      state.rm = rm;
+      await testRewardModel(ctx, rm, trained, sampling);
+    }
+  };
+}
+var RM_STAGE = rewardModelStage({
+  sampling: ppoSampling
+});
 function rankedData(cfg) {
   return makeRankedExamples(cfg.run.seed, Math.ceil(cfg.task.pairs / 6), {
     labelNoise: cfg.task.labelNoise
   });
 }
-async function rewardPairs(ctx) {
+async function rewardPairs(ctx, sampling) {
   const { cfg, state } = ctx, seed = cfg.run.seed, task = state.task;
   if (cfg.task.policyPrompts === 0) return task.pairs;
   const groups2 = await samplePolicy(state.sft, state.tok, task.prompts.slice(0, cfg.task.policyPrompts).map((q) => q.prompt), {
-    ...sampling(cfg),
+    ...sampling,
     seed: deriveSeed(seed, "comparisonSamples")
   });
   const policyPairs = labelComparisons(groups2, gold, {
@@ -9250,13 +9264,13 @@ async function rewardPairs(ctx) {
     ...policyPairs
   ];
 }
-async function testRewardModel(ctx, rm, trained) {
+async function testRewardModel(ctx, rm, trained, sampling) {
   const { cfg, state } = ctx, tok = state.tok;
   const rmEval = await evaluateRewardModel(rm, tok, state.task.heldOutPairs, {
     maxLength: cfg.rm.maxLength
   });
   const heldOut = await samplePolicy(state.sft, tok, state.task.policyEvalPrompts.map((q) => q.prompt), {
-    ...sampling(cfg),
+    ...sampling,
     seed: deriveSeed(cfg.run.seed, "rewardModelProbe"),
     reward: rm
   });
@@ -9393,6 +9407,9 @@ function evaluationSummary(before, after) {
   };
 }
 function checkBuiltinLengths(cfg) {
+  checkTaskModelConfig(cfg, cfg.ppo, "ppo");
+}
+function checkTaskModelConfig(cfg, rollout2, section) {
   if (cfg.rm.loss === "kwise" && cfg.task.policyPrompts > 0) {
     throw new ConfigError("rm.loss=kwise trains on the task's rankings of 4; the on-policy comparisons (task.policyPrompts) are pairs: set task.policyPrompts=0 with it");
   }
@@ -9414,9 +9431,9 @@ function checkBuiltinLengths(cfg) {
   const longest = Math.max(...makeBuiltinTask(cfg.run.seed, {
     pairs: 1
   }).evalPrompts.map((q) => q.prompt.length + 1));
-  const need = Math.min(longest, cfg.ppo.maxPromptLength) + cfg.ppo.maxNewTokens;
+  const need = Math.min(longest, rollout2.maxPromptLength) + rollout2.maxNewTokens;
   if (need > max) {
-    throw new ConfigError(`ppo.maxNewTokens ${cfg.ppo.maxNewTokens} + the task's prompts (up to ${longest} tokens) exceed the task model's ${max} positions`);
+    throw new ConfigError(`${section}.maxNewTokens ${rollout2.maxNewTokens} + the task's prompts (up to ${longest} tokens) exceed the task model's ${max} positions`);
   }
 }
 var BUILTIN_PIPELINE = {
@@ -11615,25 +11632,45 @@ function graderReward(grader, name) {
     }
   };
 }
+function modelReward(rm, name = "rm") {
+  if (!rm.hasValueHead) throw new RangeError(`${name}: a reward model needs a v_head`);
+  return {
+    name,
+    range: "raw",
+    async score(r) {
+      const t = sequenceScores(rm, r.tokens, r.attentionMask);
+      try {
+        return await rm.gpu.readF32(t);
+      } finally {
+        t.dispose();
+      }
+    }
+  };
+}
 
 // trainer/builtin_group.ts
 var GROUP_REWARD_SCHEMA = {
   source: {
     default: "grader:math",
-    doc: "grader:exact \xB7 grader:contains \xB7 grader:similarity \xB7 grader:math \xB7 a module path exporting grade(prompt, response, reference)",
+    doc: "grader:exact \xB7 grader:contains \xB7 grader:similarity \xB7 grader:math \xB7 a module path exporting grade(prompt, response, reference) \xB7 rm (a reward model trained in the run: the PPO pipeline's rm stage, sections task. and rm.)",
     pattern: {
-      regex: /^(grader:[a-z]+|.*\.(ts|js|mjs)|[a-z]+:\/\/.+)$/,
-      doc: "grader:NAME, or a .ts/.js module path or URL"
+      regex: /^(rm|grader:[a-z]+|.*\.(ts|js|mjs)|[a-z]+:\/\/.+)$/,
+      doc: "rm, grader:NAME, or a .ts/.js module path or URL"
     }
   }
+};
+var GROUP_BASE_DEFAULTS = {
+  reward: defaults(GROUP_REWARD_SCHEMA),
+  task: BUILTIN_DEFAULTS.task,
+  sft: BUILTIN_DEFAULTS.sft,
+  rm: BUILTIN_DEFAULTS.rm
 };
 var GRPO_PIPELINE_DEFAULTS = {
   run: {
     ...BUILTIN_DEFAULTS.run,
     name: "builtin-grpo"
   },
-  reward: defaults(GROUP_REWARD_SCHEMA),
-  sft: BUILTIN_DEFAULTS.sft,
+  ...GROUP_BASE_DEFAULTS,
   grpo: {
     ...defaults(GRPO_SCHEMA),
     iterations: 40,
@@ -11646,8 +11683,7 @@ var RLOO_PIPELINE_DEFAULTS = {
     ...BUILTIN_DEFAULTS.run,
     name: "builtin-rloo"
   },
-  reward: defaults(GROUP_REWARD_SCHEMA),
-  sft: BUILTIN_DEFAULTS.sft,
+  ...GROUP_BASE_DEFAULTS,
   rloo: {
     ...defaults(RLOO_SCHEMA),
     iterations: 40,
@@ -11661,8 +11697,7 @@ var REINFORCE_PIPELINE_DEFAULTS = {
     ...BUILTIN_DEFAULTS.run,
     name: "builtin-reinforce"
   },
-  reward: defaults(GROUP_REWARD_SCHEMA),
-  sft: BUILTIN_DEFAULTS.sft,
+  ...GROUP_BASE_DEFAULTS,
   reinforce: {
     ...defaults(REINFORCE_PP_SCHEMA),
     iterations: 40,
@@ -11676,17 +11711,30 @@ var RS_PIPELINE_DEFAULTS = {
     ...BUILTIN_DEFAULTS.run,
     name: "builtin-rs"
   },
-  reward: defaults(GROUP_REWARD_SCHEMA),
-  sft: BUILTIN_DEFAULTS.sft,
+  ...GROUP_BASE_DEFAULTS,
   rs: {
     ...defaults(REJECTION_SAMPLING_SCHEMA),
     promptsPerRound: 256
   }
 };
+var GROUP_BASE_SECTIONS = {
+  run: RUN_SCHEMA,
+  reward: GROUP_REWARD_SCHEMA,
+  task: TASK_SCHEMA,
+  sft: SFT_SCHEMA,
+  rm: RM_SCHEMA
+};
+function samplingOf(c) {
+  return {
+    maxNewTokens: c.maxNewTokens,
+    maxPromptLength: c.maxPromptLength,
+    temperature: c.temperature
+  };
+}
 var GRPO_METHOD = {
   name: "grpo",
   label: "GRPO",
-  maxNewTokens: (cfg) => cfg.grpo.maxNewTokens,
+  sampling: (cfg) => samplingOf(cfg.grpo),
   trainer(ctx, policy, reward, data, hooks) {
     const c = ctx.cfg.grpo, sft = ctx.state.sft;
     return new GrpoTrainer(policy, c.beta > 0 ? sft : void 0, reward, ctx.state.tok, data, {
@@ -11698,7 +11746,7 @@ var GRPO_METHOD = {
 var REINFORCE_METHOD = {
   name: "reinforce",
   label: "REINFORCE++",
-  maxNewTokens: (cfg) => cfg.reinforce.maxNewTokens,
+  sampling: (cfg) => samplingOf(cfg.reinforce),
   trainer(ctx, policy, reward, data, hooks) {
     const c = ctx.cfg.reinforce, sft = ctx.state.sft;
     return new ReinforcePpTrainer(policy, c.beta > 0 ? sft : void 0, reward, ctx.state.tok, data, {
@@ -11713,7 +11761,7 @@ var RS_METHOD = {
   unit: "step",
   logEvery: 10,
   checkpointEvery: (cfg) => cfg.rs.stepsPerRound,
-  maxNewTokens: (cfg) => cfg.rs.maxNewTokens,
+  sampling: (cfg) => samplingOf(cfg.rs),
   trainer(ctx, policy, reward, data, hooks) {
     const c = ctx.cfg.rs;
     return new RejectionSamplingTrainer(policy, reward, ctx.state.tok, data, {
@@ -11725,7 +11773,7 @@ var RS_METHOD = {
 var RLOO_METHOD = {
   name: "rloo",
   label: "RLOO",
-  maxNewTokens: (cfg) => cfg.rloo.maxNewTokens,
+  sampling: (cfg) => samplingOf(cfg.rloo),
   trainer(ctx, policy, reward, data, hooks) {
     const c = ctx.cfg.rloo, sft = ctx.state.sft;
     return new RlooTrainer(policy, c.beta > 0 ? sft : void 0, reward, ctx.state.tok, data, {
@@ -11743,10 +11791,10 @@ function groupStage(io, method) {
   const { name, label } = method;
   return {
     name,
-    doc: `${label} of the SFT policy with a grader (default grader:math), with the gold view`,
+    doc: `${label} of the SFT policy with a grader (default grader:math) or the reward model, with the gold view`,
     async run(ctx) {
       const { cfg, state } = ctx, sft = state.sft;
-      const reward = graderReward(await graderFromSpec(cfg.reward.source, io), cfg.reward.source);
+      const reward = cfg.reward.source === "rm" ? modelReward(state.rm) : graderReward(await graderFromSpec(cfg.reward.source, io), cfg.reward.source);
       const policy = sft.copy();
       ctx.own(policy);
       let kl = [];
@@ -11759,7 +11807,7 @@ function groupStage(io, method) {
         const e = await evaluate(m, scorer(m), state.tok, state.task.evalPrompts, {
           temperature: cfg.run.evalTemperature,
           seed: deriveSeed(cfg.run.seed, "evaluation"),
-          maxNewTokens: method.maxNewTokens(cfg),
+          maxNewTokens: method.sampling(cfg).maxNewTokens,
           samplesPerPrompt: cfg.run.evalSamples
         });
         return {
@@ -11824,12 +11872,20 @@ function groupStage(io, method) {
     }
   };
 }
+function groupRewardModelStage(method) {
+  return rewardModelStage({
+    sampling: (cfg) => method.sampling(cfg),
+    enabled: (cfg) => cfg.reward.source === "rm",
+    doc: `with reward.source=rm: the reward model ${method.label} optimises`
+  });
+}
 var init2 = (_gpu, cfg) => Promise.resolve({
   tok: new ByteTokenizer(),
   // the PPO pipeline's task draws: the same SFT data, prompts and evaluation prompts
   task: makeBuiltinTask(cfg.run.seed, {
-    pairs: BUILTIN_DEFAULTS.task.pairs,
-    labelNoise: BUILTIN_DEFAULTS.task.labelNoise
+    pairs: cfg.task.pairs,
+    labelNoise: cfg.task.labelNoise,
+    pairMargin: cfg.task.pairMargin
   })
 });
 function grpoPipeline(io) {
@@ -11837,16 +11893,16 @@ function grpoPipeline(io) {
     name: "builtin-grpo",
     doc: "SFT \u2192 GRPO with a grader (default grader:math) on the built-in arithmetic task",
     sections: {
-      run: RUN_SCHEMA,
-      reward: GROUP_REWARD_SCHEMA,
-      sft: SFT_SCHEMA,
+      ...GROUP_BASE_SECTIONS,
       grpo: GRPO_SCHEMA
     },
     defaults: GRPO_PIPELINE_DEFAULTS,
     stages: [
       SFT_STAGE,
+      groupRewardModelStage(GRPO_METHOD),
       groupStage(io, GRPO_METHOD)
     ],
+    validate: (cfg) => checkTaskModelConfig(cfg, GRPO_METHOD.sampling(cfg), GRPO_METHOD.name),
     init: init2
   };
 }
@@ -11855,16 +11911,16 @@ function reinforcePipeline(io) {
     name: "builtin-reinforce",
     doc: "SFT \u2192 REINFORCE++ with a grader (default grader:math) on the built-in arithmetic task",
     sections: {
-      run: RUN_SCHEMA,
-      reward: GROUP_REWARD_SCHEMA,
-      sft: SFT_SCHEMA,
+      ...GROUP_BASE_SECTIONS,
       reinforce: REINFORCE_PP_SCHEMA
     },
     defaults: REINFORCE_PIPELINE_DEFAULTS,
     stages: [
       SFT_STAGE,
+      groupRewardModelStage(REINFORCE_METHOD),
       groupStage(io, REINFORCE_METHOD)
     ],
+    validate: (cfg) => checkTaskModelConfig(cfg, REINFORCE_METHOD.sampling(cfg), REINFORCE_METHOD.name),
     init: init2
   };
 }
@@ -11873,16 +11929,16 @@ function rejectionSamplingPipeline(io) {
     name: "builtin-rs",
     doc: "SFT \u2192 rejection sampling (best of K, fine-tuned) with a grader on the built-in task",
     sections: {
-      run: RUN_SCHEMA,
-      reward: GROUP_REWARD_SCHEMA,
-      sft: SFT_SCHEMA,
+      ...GROUP_BASE_SECTIONS,
       rs: REJECTION_SAMPLING_SCHEMA
     },
     defaults: RS_PIPELINE_DEFAULTS,
     stages: [
       SFT_STAGE,
+      groupRewardModelStage(RS_METHOD),
       groupStage(io, RS_METHOD)
     ],
+    validate: (cfg) => checkTaskModelConfig(cfg, RS_METHOD.sampling(cfg), RS_METHOD.name),
     init: init2
   };
 }
@@ -11891,16 +11947,16 @@ function rlooPipeline(io) {
     name: "builtin-rloo",
     doc: "SFT \u2192 RLOO with a grader (default grader:math) on the built-in arithmetic task",
     sections: {
-      run: RUN_SCHEMA,
-      reward: GROUP_REWARD_SCHEMA,
-      sft: SFT_SCHEMA,
+      ...GROUP_BASE_SECTIONS,
       rloo: RLOO_SCHEMA
     },
     defaults: RLOO_PIPELINE_DEFAULTS,
     stages: [
       SFT_STAGE,
+      groupRewardModelStage(RLOO_METHOD),
       groupStage(io, RLOO_METHOD)
     ],
+    validate: (cfg) => checkTaskModelConfig(cfg, RLOO_METHOD.sampling(cfg), RLOO_METHOD.name),
     init: init2
   };
 }
