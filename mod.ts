@@ -442,7 +442,18 @@ export {
   type RolloutScores,
   type ScoredSet,
 } from "./trainer/hacking.ts";
-export { type MetricRecord, renderReport } from "./trainer/report.ts";
+export { type MetricRecord, renderComparison, renderReport } from "./trainer/report.ts";
+export {
+  COMPARED_METHODS,
+  type ComparedMethod,
+  type Comparison,
+  type ComparisonRow,
+  comparisonRow,
+  comparisonTable,
+  goldCurve,
+  type MethodBudget,
+  methodBudget,
+} from "./trainer/compare.ts";
 
 // Data: JSONL readers
 export {

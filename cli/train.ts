@@ -23,7 +23,12 @@ import { NonFiniteValueError } from "../kernels/errors.ts";
 import { Gpu } from "../kernels/runtime.ts";
 import { ConfigError, resolveSections } from "../trainer/config.ts";
 import { describeVerdict } from "../trainer/hacking.ts";
-import { type PipelineHooks, runPipeline } from "../trainer/pipeline.ts";
+import {
+  type PipelineDefinition,
+  type PipelineHooks,
+  type PipelineSummary,
+  runPipeline,
+} from "../trainer/pipeline.ts";
 import { pipelineOf, PIPELINES, PRESETS } from "../trainer/registry.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { writeAdapterDir, writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
@@ -353,9 +358,26 @@ function writePauser() {
   };
 }
 
-async function main(): Promise<void> {
+/** What {@link runTraining} did: the run's folder, config, pipeline and summary. */
+export interface TrainingRun {
+  /** The run folder. */
+  dir: string;
+  /** The pipeline that ran. */
+  // deno-lint-ignore no-explicit-any
+  def: PipelineDefinition<any, any>;
+  /** Its resolved config. */
+  cfg: { run: { name: string } };
+  /** The summary (also written as summary.json when the last stage ran). */
+  summary: PipelineSummary;
+}
+
+/**
+ * Runs one parsed `deno task train` command on `gpu`: prepares the run folder (or resumes it),
+ * runs the pipeline with the folder's hooks (metrics.jsonl, checkpoints, resumable state,
+ * progress on stderr) and writes summary.json and report.html when the last stage ran.
+ */
+export async function runTraining(args: TrainArgs, gpu: Gpu): Promise<TrainingRun> {
   const pauseAt = writePauser();
-  const args = await parseTrainArgs(Deno.args);
   const { resume, stopAfter, stage } = args;
   const { def, cfg, dir } = await prepareRun(args);
   if (stage !== "all") {
@@ -364,7 +386,6 @@ async function main(): Promise<void> {
   const metricsPath = join(dir, "metrics.jsonl");
   // a fresh full run starts a new metrics file; resumed and single-stage runs append
   if (!resume && stage === "all") await Deno.writeTextFile(metricsPath, "");
-  const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv() });
   const tty = Deno.stderr.isTerminal();
   const enc = new TextEncoder();
   const starts: Record<string, number> = {};
@@ -418,7 +439,6 @@ async function main(): Promise<void> {
   const summary = await runPipeline(def, gpu, cfg, hooks, runOpts);
   if (tty) Deno.stderr.writeSync(enc.encode("\n"));
   const { samples_before, samples_after, reward_hacking, ...numbers } = summary;
-  const shown = Object.entries(numbers).filter(([, v]) => Number.isFinite(v));
   const last = def.stages.at(-1)!.name;
   if (stage === "all" || stage === last) {
     // the run's records (earlier single-stage runs included) feed the report's curves
@@ -430,6 +450,17 @@ async function main(): Promise<void> {
     );
     await writeFileAtomic(join(dir, "report.html"), renderReport(cfg.run.name, all, summary));
   }
+  return { dir, def, cfg, summary };
+}
+
+async function main(): Promise<void> {
+  const args = await parseTrainArgs(Deno.args);
+  const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv() });
+  const { dir, def, summary } = await runTraining(args, gpu);
+  const { stage } = args;
+  const { samples_before: _b, samples_after: _a, reward_hacking, ...numbers } = summary;
+  const shown = Object.entries(numbers).filter(([, v]) => Number.isFinite(v));
+  const last = def.stages.at(-1)!.name;
   console.log(`\nsummary (${stage})`);
   for (const [k, v] of shown) console.log(`  ${k.padEnd(20)} ${v.toFixed(3)}`);
   if (reward_hacking) console.log(`\n${describeVerdict(reward_hacking)}`);

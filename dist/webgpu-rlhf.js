@@ -10936,6 +10936,9 @@ async function preferencePairs(ctx) {
     seed: deriveSeed(cfg.run.seed, "comparisonLabels")
   });
   ctx.log(`preference data: ${pairs.length} pairs of SFT samples (${groups2.length} prompts)`);
+  if (pairs.length === 0) {
+    throw new ConfigError(`preference data: the SFT policy's ${cfg.data.samplesPerPrompt} samples of each of ${groups2.length} prompts never differ in gold, so there is no pair to train on: raise data.prompts or data.samplesPerPrompt (or use --data.source=task)`);
+  }
   return pairs;
 }
 async function ktoExamples(ctx) {
@@ -13419,6 +13422,7 @@ function plotArea(drawn, f, shade) {
   return `<rect x="${PAD_L}" y="${PAD_T}" width="${W - PAD_L - PAD_R}" height="${H - PAD_T - PAD_B}" fill="#fafafa" stroke="#ccc"/>${shaded}
 ${paths}`;
 }
+var xTick = (v) => Number.isInteger(v) ? String(v) : v.toPrecision(3);
 function axisText(drawn, f, axes) {
   const tick = (v) => Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3);
   const text = (x, y, body, extra = "") => `<text x="${x}" y="${y}" font-size="10"${extra}>${body}</text>`;
@@ -13433,8 +13437,8 @@ function axisText(drawn, f, axes) {
       text(W - PAD_R + 4, H - PAD_B, tick(f.rr[0])),
       `<text transform="translate(${W - 8} ${yl}) rotate(90)" font-size="10" text-anchor="middle">${esc(axes.yRight ?? "")}</text>`
     ] : [],
-    text(PAD_L, yb, String(f.x0)),
-    text(W - PAD_R, yb, String(f.x1), ' text-anchor="end"'),
+    text(PAD_L, yb, xTick(f.x0)),
+    text(W - PAD_R, yb, xTick(f.x1), ' text-anchor="end"'),
     text((PAD_L + W - PAD_R) / 2, yb, esc(axes.x), ' text-anchor="middle"'),
     text(PAD_L, H - 4, legend)
   ].join("\n");
@@ -13614,6 +13618,197 @@ ${goldSection(records, summary.reward_hacking)}
 </body></html>
 `;
 }
+var METHOD_COLORS = [
+  "#2563eb",
+  "#dc2626",
+  "#16a34a",
+  "#9333ea",
+  "#ea580c",
+  "#0891b2",
+  "#ca8a04",
+  "#4b5563"
+];
+function renderComparison(c) {
+  const f = (v, d = 3) => v === null || !Number.isFinite(v) ? "\u2014" : v.toFixed(d);
+  const rows3 = c.rows.map((r) => `<tr><td>${esc(r.method)}</td><td>${r.kind}</td><td>${r.completions}</td><td>${f(r["gold/before"])} \u2192 <b>${f(r["gold/after"])}</b></td><td>${f(r["gold/correct/before"])} \u2192 <b>${f(r["gold/correct/after"])}</b></td><td>${f(r["objective/kl"], 2)}</td><td>${f(r["rm/accuracy"])}</td><td>${r.reward_hacking ? '<span class="bad">yes</span>' : "no"}</td><td>${f(r.wall_seconds, 0)}</td><td><a href="${esc(r.run)}/report.html">${esc(r.run)}/</a></td></tr>`).join("\n");
+  const lines = Object.entries(c.curves).map(([method, points], i) => ({
+    label: method,
+    points,
+    color: METHOD_COLORS[i % METHOD_COLORS.length]
+  }));
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>webgpu-rlhf compare (seed ${c.seed})</title>
+<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px}figure{display:inline-block;margin:.5rem}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}
+.bad{background:#fee2e2;padding:0 .25rem}</style></head>
+<body><h1>webgpu-rlhf \u2014 methods compared on the built-in task</h1>
+<p>Seed ${c.seed}; every method starts from one SFT checkpoint (<code>${esc(c.sft)}</code>) and samples ${c.budget} completions of at most ${c.maxNewTokens} new tokens (rounded to whole batches: column
+<i>completions</i>) \u2014 rollouts for the online methods, labelled SFT samples for the direct ones. Gold is the task's hidden
+preference (0.6\xB7correct + 0.2\xB7period + 0.2\xB7concise) on fresh samples of held-out prompts; KL is each method's sequence
+log-ratio to the SFT policy; PPO's wall time includes training its reward model. Adapter: ${esc(c.adapter)}.</p>
+<table><tr><th>method</th><th>kind</th><th>completions</th><th>gold before \u2192 after</th><th>correct before \u2192 after</th><th>KL</th><th>RM accuracy</th><th>reward hacking</th><th>wall s</th><th>run</th></tr>
+${rows3}</table>
+${lineChart("gold score of the training samples over training", lines, {
+    x: "fraction of the method's training done",
+    yLeft: "gold score (0\u20131)",
+    leftRange: [
+      0,
+      1
+    ]
+  })}
+</body></html>
+`;
+}
+
+// trainer/compare.ts
+var COMPARED_METHODS = [
+  {
+    method: "ppo",
+    folder: "ppo",
+    section: "ppo",
+    stage: "ppo",
+    kind: "online"
+  },
+  {
+    method: "grpo",
+    folder: "grpo",
+    section: "grpo",
+    stage: "grpo",
+    kind: "online"
+  },
+  {
+    method: "rloo",
+    folder: "rloo",
+    section: "rloo",
+    stage: "rloo",
+    kind: "online"
+  },
+  {
+    method: "reinforce++",
+    folder: "reinforce",
+    section: "reinforce",
+    stage: "reinforce",
+    kind: "online"
+  },
+  {
+    method: "rs",
+    folder: "rs",
+    section: "rs",
+    stage: "rs",
+    kind: "online"
+  },
+  {
+    method: "dpo",
+    folder: "dpo",
+    section: "dpo",
+    stage: "dpo",
+    kind: "direct"
+  },
+  {
+    method: "simpo",
+    folder: "simpo",
+    section: "dpo",
+    stage: "dpo",
+    kind: "direct"
+  },
+  {
+    method: "kto",
+    folder: "kto",
+    section: "kto",
+    stage: "kto",
+    kind: "direct"
+  }
+];
+var num = (cfg, section, key) => {
+  const v = cfg[section]?.[key];
+  if (typeof v !== "number") throw new RangeError(`compare: ${section}.${key} is not a number`);
+  return v;
+};
+function methodBudget(m, cfg, completions, maxNewTokens) {
+  if (!(completions >= 1) || !(maxNewTokens >= 1)) {
+    throw new RangeError(`compare: a budget needs \u2265 1 completion of \u2265 1 token`);
+  }
+  const s = m.section, whole = (per) => Math.max(1, Math.round(completions / per));
+  switch (m.method) {
+    case "ppo": {
+      const per = num(cfg, s, "batchSize"), it = whole(per);
+      return {
+        overrides: {
+          "ppo.iterations": it,
+          "ppo.maxNewTokens": maxNewTokens
+        },
+        completions: it * per
+      };
+    }
+    case "grpo":
+    case "rloo":
+    case "reinforce++": {
+      const per = num(cfg, s, "promptsPerIteration") * num(cfg, s, "numGenerations");
+      const it = whole(per);
+      return {
+        overrides: {
+          [`${s}.iterations`]: it,
+          [`${s}.maxNewTokens`]: maxNewTokens
+        },
+        completions: it * per
+      };
+    }
+    case "rs": {
+      const per = num(cfg, s, "rounds") * num(cfg, s, "samplesPerPrompt"), p = whole(per);
+      return {
+        overrides: {
+          "rs.promptsPerRound": p,
+          "rs.maxNewTokens": maxNewTokens
+        },
+        completions: p * per
+      };
+    }
+    default: {
+      const per = num(cfg, "data", "samplesPerPrompt"), p = whole(per);
+      return {
+        overrides: {
+          "data.prompts": p,
+          "data.maxNewTokens": maxNewTokens
+        },
+        completions: p * per
+      };
+    }
+  }
+}
+function comparisonRow(m, completions, s) {
+  return {
+    method: m.method,
+    run: m.folder,
+    kind: m.kind,
+    completions,
+    "gold/before": s["gold/before"],
+    "gold/after": s["gold/after"],
+    "gold/correct/before": s["gold/correct/before"],
+    "gold/correct/after": s["gold/correct/after"],
+    "objective/kl": s["objective/kl"],
+    wall_seconds: s.wall_seconds,
+    reward_hacking: s.reward_hacking?.detected ?? false,
+    "rm/accuracy": Number.isFinite(s["rm/accuracy"]) ? s["rm/accuracy"] : null
+  };
+}
+function goldCurve(records, stage) {
+  const pts = records.filter((r) => r.stage === stage && typeof r["gold/rollout"] === "number").map((r) => [
+    Number(r.iteration ?? r.step),
+    r["gold/rollout"]
+  ]).filter(([x]) => Number.isFinite(x));
+  const last = Math.max(...pts.map(([x]) => x));
+  return pts.map(([x, y]) => [
+    last > 0 ? x / last : 0,
+    y
+  ]);
+}
+function comparisonTable(c) {
+  const f = (v, d = 3) => v === null || !Number.isFinite(v) ? "\u2014" : v.toFixed(d);
+  const head = "| method | completions | gold before \u2192 after | correct before \u2192 after | KL | hacking | wall s |\n|---|---|---|---|---|---|---|";
+  return [
+    head,
+    ...c.rows.map((r) => `| ${r.method} | ${r.completions} | ${f(r["gold/before"])} \u2192 ${f(r["gold/after"])} | ${f(r["gold/correct/before"])} \u2192 ${f(r["gold/correct/after"])} | ${f(r["objective/kl"], 2)} | ${r.reward_hacking ? "yes" : "no"} | ${f(r.wall_seconds, 0)} |`)
+  ].join("\n");
+}
 export {
   BUILTIN_DEFAULTS,
   BUILTIN_PIPELINE,
@@ -13621,6 +13816,7 @@ export {
   BpeTokenizer,
   BufferPool,
   ByteTokenizer,
+  COMPARED_METHODS,
   CONCISE_CHARS,
   CheckpointError,
   ConfigError,
@@ -13703,6 +13899,8 @@ export {
   clipGradNorm,
   coerce,
   columnMeans,
+  comparisonRow,
+  comparisonTable,
   concatColumns,
   contains,
   crossEntropy,
@@ -13728,6 +13926,7 @@ export {
   geluBackward,
   generate,
   globalNorm,
+  goldCurve,
   goldParts,
   goldScore,
   gradeAll,
@@ -13764,6 +13963,7 @@ export {
   matmul,
   maxLastAxis,
   meanLastAxis,
+  methodBudget,
   modelLogprobs,
   modelReward,
   mul,
@@ -13803,6 +14003,7 @@ export {
   referenceLogprobs,
   relu,
   reluBackward,
+  renderComparison,
   renderReport,
   resolveConfig,
   resolveDpoConfig,

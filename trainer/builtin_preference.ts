@@ -26,7 +26,14 @@ import {
   SFT_STAGE,
 } from "./builtin.ts";
 import { labelComparisons, labelExamples, samplePolicy } from "./comparisons.ts";
-import { defaults, resolveSections, type Schema, SFT_SCHEMA, type SftConfig } from "./config.ts";
+import {
+  ConfigError,
+  defaults,
+  resolveSections,
+  type Schema,
+  SFT_SCHEMA,
+  type SftConfig,
+} from "./config.ts";
 import type { KtoExample, PairExample } from "./data.ts";
 import { DPO_SCHEMA, type DpoConfig, DpoTrainer } from "./dpo.ts";
 import { describeVerdict, detectRewardHacking, goldSpread, type RolloutScores } from "./hacking.ts";
@@ -204,6 +211,13 @@ async function preferencePairs(ctx: Ctx): Promise<PairExample[]> {
     seed: deriveSeed(cfg.run.seed, "comparisonLabels"),
   });
   ctx.log(`preference data: ${pairs.length} pairs of SFT samples (${groups.length} prompts)`);
+  if (pairs.length === 0) {
+    throw new ConfigError(
+      `preference data: the SFT policy's ${cfg.data.samplesPerPrompt} samples of each of ` +
+        `${groups.length} prompts never differ in gold, so there is no pair to train on: raise ` +
+        `data.prompts or data.samplesPerPrompt (or use --data.source=task)`,
+    );
+  }
   return pairs;
 }
 

@@ -8,6 +8,7 @@
  */
 
 import { describeVerdict } from "./hacking.ts";
+import type { Comparison } from "./compare.ts";
 import type { PipelineSummary, ReportSample } from "./pipeline.ts";
 
 /** One metric record with its stage, as written to `metrics.jsonl`. */
@@ -95,6 +96,9 @@ function plotArea(drawn: Line[], f: Frame, shade: number[]): string {
   }" fill="#fafafa" stroke="#ccc"/>${shaded}\n${paths}`;
 }
 
+/** An x tick: integers (steps, iterations) as they are, fractions with 3 digits. */
+const xTick = (v: number) => (Number.isInteger(v) ? String(v) : v.toPrecision(3));
+
 /** Axis names, tick values at both ends of each axis, and the legend. */
 function axisText(drawn: Line[], f: Frame, axes: ChartAxes): string {
   const tick = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
@@ -118,8 +122,8 @@ function axisText(drawn: Line[], f: Frame, axes: ChartAxes): string {
         `text-anchor="middle">${esc(axes.yRight ?? "")}</text>`,
       ]
       : []),
-    text(PAD_L, yb, String(f.x0)),
-    text(W - PAD_R, yb, String(f.x1), ' text-anchor="end"'),
+    text(PAD_L, yb, xTick(f.x0)),
+    text(W - PAD_R, yb, xTick(f.x1), ' text-anchor="end"'),
     text((PAD_L + W - PAD_R) / 2, yb, esc(axes.x), ' text-anchor="middle"'),
     text(PAD_L, H - 4, legend),
   ].join("\n");
@@ -301,6 +305,66 @@ ${goldSection(records, summary.reward_hacking)}
 <h2>Curves</h2>${curves(records)}
 <h2>Samples on held-out prompts</h2>${
     samplesSideBySide(summary.samples_before, summary.samples_after)
+  }
+</body></html>
+`;
+}
+
+const METHOD_COLORS = [
+  "#2563eb",
+  "#dc2626",
+  "#16a34a",
+  "#9333ea",
+  "#ea580c",
+  "#0891b2",
+  "#ca8a04",
+  "#4b5563",
+];
+
+/**
+ * `compare.html` of `deno task compare`: the table (gold and correct-answer rate before → after,
+ * KL, wall time, reward hacking, completions) and the gold score of every method's training
+ * samples on one chart over the fraction of its training done.
+ */
+export function renderComparison(c: Comparison): string {
+  const f = (v: number | null, d = 3) => v === null || !Number.isFinite(v) ? "—" : v.toFixed(d);
+  const rows = c.rows.map((r) =>
+    `<tr><td>${esc(r.method)}</td><td>${r.kind}</td><td>${r.completions}</td><td>${
+      f(r["gold/before"])
+    } → <b>${f(r["gold/after"])}</b></td><td>${f(r["gold/correct/before"])} → <b>${
+      f(r["gold/correct/after"])
+    }</b></td><td>${f(r["objective/kl"], 2)}</td><td>${f(r["rm/accuracy"])}</td><td>${
+      r.reward_hacking ? '<span class="bad">yes</span>' : "no"
+    }</td><td>${f(r.wall_seconds, 0)}</td><td><a href="${esc(r.run)}/report.html">${
+      esc(r.run)
+    }/</a></td></tr>`
+  ).join("\n");
+  const lines = Object.entries(c.curves).map(([method, points], i) => ({
+    label: method,
+    points,
+    color: METHOD_COLORS[i % METHOD_COLORS.length],
+  }));
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>webgpu-rlhf compare (seed ${c.seed})</title>
+<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px}figure{display:inline-block;margin:.5rem}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}
+.bad{background:#fee2e2;padding:0 .25rem}</style></head>
+<body><h1>webgpu-rlhf — methods compared on the built-in task</h1>
+<p>Seed ${c.seed}; every method starts from one SFT checkpoint (<code>${
+    esc(c.sft)
+  }</code>) and samples ${c.budget} completions of at most ${c.maxNewTokens} new tokens (rounded to whole batches: column
+<i>completions</i>) — rollouts for the online methods, labelled SFT samples for the direct ones. Gold is the task's hidden
+preference (0.6·correct + 0.2·period + 0.2·concise) on fresh samples of held-out prompts; KL is each method's sequence
+log-ratio to the SFT policy; PPO's wall time includes training its reward model. Adapter: ${
+    esc(c.adapter)
+  }.</p>
+<table><tr><th>method</th><th>kind</th><th>completions</th><th>gold before → after</th><th>correct before → after</th><th>KL</th><th>RM accuracy</th><th>reward hacking</th><th>wall s</th><th>run</th></tr>
+${rows}</table>
+${
+    lineChart("gold score of the training samples over training", lines, {
+      x: "fraction of the method's training done",
+      yLeft: "gold score (0–1)",
+      leftRange: [0, 1],
+    })
   }
 </body></html>
 `;

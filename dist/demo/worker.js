@@ -9615,6 +9615,9 @@ async function preferencePairs(ctx) {
     seed: deriveSeed(cfg.run.seed, "comparisonLabels")
   });
   ctx.log(`preference data: ${pairs.length} pairs of SFT samples (${groups2.length} prompts)`);
+  if (pairs.length === 0) {
+    throw new ConfigError(`preference data: the SFT policy's ${cfg.data.samplesPerPrompt} samples of each of ${groups2.length} prompts never differ in gold, so there is no pair to train on: raise data.prompts or data.samplesPerPrompt (or use --data.source=task)`);
+  }
   return pairs;
 }
 async function ktoExamples(ctx) {
