@@ -78,7 +78,12 @@ const pipelineOfMethod = (method: string) => PRESETS[METHODS[method]];
 /** Parses the command line and resolves every chosen method's config (errors before training). */
 export function planComparison(argv: string[]): ComparePlan {
   const chosen = (() => {
-    const flag = argv.find((a) => a.startsWith("--methods="))?.slice("--methods=".length);
+    const at = argv.findIndex((a) => a === "--methods" || a.startsWith("--methods="));
+    const flag = at < 0
+      ? undefined
+      : argv[at] === "--methods"
+      ? argv[at + 1] ?? ""
+      : argv[at].slice(10);
     if (flag === undefined) return COMPARED_METHODS;
     return flag.split(",").map((name) => {
       const m = COMPARED_METHODS.find((x) => x.method === name);
