@@ -5,7 +5,8 @@
  * @module
  */
 
-import { coerce, type SectionSchemas } from "../trainer/config.ts";
+import { NonFiniteValueError } from "../kernels/errors.ts";
+import { coerce, ConfigError, type SectionSchemas } from "../trainer/config.ts";
 
 /** Raised for bad command-line input; `main` prints the message and exits with status 2. */
 export class UsageError extends Error {
@@ -105,4 +106,30 @@ export function parseArgs(
     }
   }
   return { flags, positional };
+}
+
+/**
+ * Runs a training CLI's `main` and turns its errors into exit codes and one line on stderr,
+ * prefixed with the command's name: a bad command line or config exits 2; a non-finite value
+ * (training diverged) exits 1 and says that the last good checkpoints are intact; anything else
+ * exits 1 with its name and message.
+ */
+export async function runMain(command: string, main: () => Promise<void>): Promise<void> {
+  try {
+    await main();
+  } catch (e) {
+    const err = e as Error;
+    if (e instanceof UsageError || e instanceof ConfigError) {
+      console.error(`${command}: ${err.message}`);
+      Deno.exit(2);
+    }
+    if (e instanceof NonFiniteValueError) {
+      console.error(
+        `${command}: stopped — ${err.name}: ${err.message} (no checkpoint was overwritten: the last good ones are intact)`,
+      );
+      Deno.exit(1);
+    }
+    console.error(`${command}: ${err.name}: ${err.message}`);
+    Deno.exit(1);
+  }
 }

@@ -30,11 +30,11 @@ import {
   goldCurve,
   methodBudget,
 } from "../trainer/compare.ts";
-import { ConfigError, resolveSections } from "../trainer/config.ts";
+import { resolveSections } from "../trainer/config.ts";
 import type { PipelineSummary } from "../trainer/pipeline.ts";
 import { PIPELINES, PRESETS } from "../trainer/registry.ts";
 import { type MetricRecord, renderComparison } from "../trainer/report.ts";
-import { type ArgSpec, parseArgs, UsageError } from "./args.ts";
+import { type ArgSpec, parseArgs, runMain, UsageError } from "./args.ts";
 import { writeFileAtomic } from "./checkpoint_files.ts";
 import { matmulPathFromEnv } from "./gpu_env.ts";
 import { LOCAL_IO } from "./local_io.ts";
@@ -264,16 +264,4 @@ async function main(): Promise<void> {
   gpu.destroy();
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (e) {
-    const err = e as Error;
-    if (e instanceof UsageError || e instanceof ConfigError) {
-      console.error(`compare: ${err.message}`);
-      Deno.exit(2);
-    }
-    console.error(`compare: ${err.name}: ${err.message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runMain("compare", main);

@@ -19,7 +19,6 @@
  */
 
 import { join } from "node:path";
-import { NonFiniteValueError } from "../kernels/errors.ts";
 import { Gpu } from "../kernels/runtime.ts";
 import { ConfigError, resolveSections } from "../trainer/config.ts";
 import { describeVerdict } from "../trainer/hacking.ts";
@@ -32,7 +31,7 @@ import {
 import { pipelineOf, PIPELINES, PRESETS } from "../trainer/registry.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { writeAdapterDir, writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
-import { type ArgSpec, parseArgs, UsageError } from "./args.ts";
+import { type ArgSpec, parseArgs, runMain, UsageError } from "./args.ts";
 import { matmulPathFromEnv } from "./gpu_env.ts";
 import { LOCAL_IO } from "./local_io.ts";
 
@@ -468,22 +467,4 @@ async function main(): Promise<void> {
   gpu.destroy();
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (e) {
-    const err = e as Error;
-    if (e instanceof UsageError || e instanceof ConfigError) {
-      console.error(`train: ${err.message}`);
-      Deno.exit(2);
-    }
-    if (e instanceof NonFiniteValueError) {
-      console.error(
-        `train: stopped — ${err.name}: ${err.message} (no checkpoint was overwritten: the last good ones are intact)`,
-      );
-      Deno.exit(1);
-    }
-    console.error(`train: ${err.name}: ${err.message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runMain("train", main);

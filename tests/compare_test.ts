@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { COMPARED_METHODS, type Comparison, methodBudget } from "../trainer/compare.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { noGpu } from "./_gpu.ts";
+import { runCli } from "./_cli.ts";
 
 const method = (name: string) => COMPARED_METHODS.find((m) => m.method === name)!;
 
@@ -55,16 +56,7 @@ Deno.test("compare budget: each method samples the same completions, rounded to 
   assertThrows(() => methodBudget(method("ppo"), { ppo: {} }, 64, 16), RangeError, "batchSize");
 });
 
-const CLI = new URL("../cli/compare.ts", import.meta.url).pathname;
-
-async function compare(args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-env", "--allow-read", "--allow-write", CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
+const compare = (args: string[]) => runCli("compare", args);
 
 const TINY = [
   "--budget=32",

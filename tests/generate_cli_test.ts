@@ -11,17 +11,9 @@ import { parseArgs, UsageError } from "../cli/args.ts";
 import { readCheckpointDir, writeCheckpointDir } from "../cli/checkpoint_files.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { gpu, noGpu } from "./_gpu.ts";
+import { runCli } from "./_cli.ts";
 
-const CLI = new URL("../cli/generate.ts", import.meta.url).pathname;
-
-async function runCli(args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-env", "--allow-read", CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
+const generateCli = (args: string[]) => runCli("generate", args, { write: false });
 
 Deno.test({
   name: "generate CLI --best-of: N samples scored by a reward model or a grader, the best marked",
@@ -36,7 +28,7 @@ Deno.test({
     await writeCheckpointDir(polDir, await saveOptModel(policy));
     await writeCheckpointDir(rmDir, await saveOptModel(rm));
     const args = [polDir, "--prompt", "Q:", "--max-new-tokens=5", "--best-of=5", "--json"];
-    const r = await runCli([...args, "--reward", rmDir]);
+    const r = await generateCli([...args, "--reward", rmDir]);
     assertEquals(r.code, 0, r.err);
     const got = JSON.parse(r.out) as {
       best: number;
@@ -47,10 +39,10 @@ Deno.test({
     assertEquals(got.best, scores.indexOf(Math.max(...scores)));
     assert(new Set(scores).size > 1, `a random reward model scores samples apart: ${scores}`);
     // a grader against --reference: the scores are the grader's
-    const g = await runCli([...args, "--reward", "grader:similarity", "--reference", "abc"]);
+    const g = await generateCli([...args, "--reward", "grader:similarity", "--reference", "abc"]);
     assertEquals(g.code, 0, g.err);
     for (const x of JSON.parse(g.out).samples) assert(x.score >= 0 && x.score <= 1, g.out);
-    const plain = await runCli([
+    const plain = await generateCli([
       polDir,
       "--prompt",
       "Q:",
@@ -63,11 +55,11 @@ Deno.test({
       plain.code === 0 && plain.out.includes("best of 3 (grader:exact)"),
       plain.out + plain.err,
     );
-    const noReward = await runCli([polDir, "--prompt", "Q:", "--best-of=3"]);
+    const noReward = await generateCli([polDir, "--prompt", "Q:", "--best-of=3"]);
     assert(noReward.code === 2 && noReward.err.includes("--best-of needs --reward"), noReward.err);
-    const notRm = await runCli([...args, "--reward", polDir]);
+    const notRm = await generateCli([...args, "--reward", polDir]);
     assert(notRm.code === 2 && notRm.err.includes("not a reward model"), notRm.err);
-    const ids = await runCli([
+    const ids = await generateCli([
       polDir,
       "--prompt-ids",
       "2,5",
@@ -107,7 +99,14 @@ Deno.test({
     for (let t = 0; t < ref.generated && resp[ids.length + t] === 1; t++) {
       want.push(all[ids.length + t]);
     }
-    const r = await runCli([dir, "--prompt", "hello", "--greedy", "--max-new-tokens=6", "--json"]);
+    const r = await generateCli([
+      dir,
+      "--prompt",
+      "hello",
+      "--greedy",
+      "--max-new-tokens=6",
+      "--json",
+    ]);
     assertEquals(r.code, 0, r.err);
     const got = JSON.parse(r.out);
     assertEquals(got.ids, want, "ids");
@@ -118,7 +117,7 @@ Deno.test({
       { atol: 1e-6, rtol: 1e-6 },
       "logprobs",
     );
-    const r2 = await runCli([
+    const r2 = await generateCli([
       "--model",
       dir,
       "--prompt-ids",
@@ -129,15 +128,15 @@ Deno.test({
       "--json",
     ]);
     assertEquals(JSON.parse(r2.out).ids, want, "--prompt-ids gives the same");
-    const bad = await runCli([dir, "--prompt", "x", "--topk", "3"]);
+    const bad = await generateCli([dir, "--prompt", "x", "--topk", "3"]);
     assertEquals(bad.code, 2);
     assert(bad.err.includes("unknown option --topk"), bad.err);
-    const missing = await runCli([dir + "/nope", "--prompt", "x"]);
+    const missing = await generateCli([dir + "/nope", "--prompt", "x"]);
     assertEquals(missing.code, 1);
     assert(missing.err.includes("missing config.json"), missing.err);
-    const range = await runCli([dir, "--prompt-ids", "2,999"]);
+    const range = await generateCli([dir, "--prompt-ids", "2,999"]);
     assert(range.code === 2 && range.err.includes('"999" is not a token id'), range.err);
-    const empty = await runCli([dir, "--prompt-ids", "2,,5"]);
+    const empty = await generateCli([dir, "--prompt-ids", "2,,5"]);
     assert(empty.code === 2 && empty.err.includes('"" is not a token id'), empty.err);
     gpu.destroy();
     await Deno.remove(dir, { recursive: true });

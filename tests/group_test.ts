@@ -23,6 +23,7 @@ import { REINFORCE_PP_SCHEMA, ReinforcePpTrainer } from "../trainer/reinforce_pp
 import type { Metrics } from "../trainer/types.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpu, gpuTestOptions, noGpu } from "./_gpu.ts";
+import { runCli } from "./_cli.ts";
 
 const tok = new ByteTokenizer();
 const opts = gpuTestOptions;
@@ -264,16 +265,7 @@ Deno.test({
   },
 });
 
-const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
-
-async function train(args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-env", "--allow-read", "--allow-write", CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
+const train = (args: string[]) => runCli("train", args);
 
 const TINY = [
   "--method=grpo",
@@ -331,23 +323,12 @@ Deno.test({
       join(out, "my_grader.ts"),
       "export const grade = (_p: string, r: string) => (r.includes('.') ? 1 : 0);\n",
     );
-    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-env",
-        "--allow-read",
-        "--allow-write",
-        CLI,
-        `--out=${out}`,
-        "--run.name=m",
-        ...TINY,
-        "--reward=./my_grader.ts",
-      ],
-      cwd: out,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assertEquals(code, 0, new TextDecoder().decode(stderr).slice(-2000));
+    const mod = await runCli(
+      "train",
+      [`--out=${out}`, "--run.name=m", ...TINY, "--reward=./my_grader.ts"],
+      { cwd: out },
+    );
+    assertEquals(mod.code, 0, mod.err.slice(-2000));
     const m = JSON.parse(await Deno.readTextFile(join(out, "m", "config.json")));
     assertEquals(m.reward.source, "./my_grader.ts");
     // RLOO through the same pipeline shape

@@ -8,19 +8,13 @@
 import { join } from "node:path";
 import { serveDirectory } from "../cli/serve.ts";
 import { assert, assertEquals } from "./assert.ts";
+import { runCli } from "./_cli.ts";
 import { noGpu } from "./_gpu.ts";
 
 const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
 const PERMS = ["run", "--allow-env", "--allow-read", "--allow-write", CLI];
 
-async function train(args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: [...PERMS, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
+const train = (args: string[]) => runCli("train", args);
 
 /**
  * Runs `train` with `WEBGPU_RLHF_PAUSE_AT_WRITE=at`, waits until it reports the pause, and kills

@@ -10,17 +10,9 @@ import { PRESETS } from "../trainer/registry.ts";
 import { makeBuiltinTask } from "../trainer/task.ts";
 import { assert, assertEquals } from "./assert.ts";
 import { gpu, noGpu } from "./_gpu.ts";
+import { runCli } from "./_cli.ts";
 
-const CLI = new URL("../cli/train.ts", import.meta.url).pathname;
-
-async function train(args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-env", "--allow-read", "--allow-write", CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
+const train = (args: string[]) => runCli("train", args);
 
 Deno.test({
   name: "train CLI: a tiny run writes config, metrics, checkpoints, summary and report",
