@@ -14,7 +14,8 @@
  * samples on one chart). `--section.key=value` sets a key in every method whose pipeline has
  * that section (`--sft.steps=300`, `--grpo.lr=5e-4`); a key no chosen method has is an error,
  * and so is a key the budget sets. `--resume` keeps finished methods and continues an
- * interrupted one.
+ * interrupted one; a kept run folder whose config differs from this command's plan (another
+ * budget or other overrides) is refused instead of mixed into the table.
  *
  * @module
  */
@@ -165,8 +166,33 @@ const exists = (path: string) =>
   });
 
 async function readRecords(dir: string): Promise<MetricRecord[]> {
-  const text = await Deno.readTextFile(join(dir, "metrics.jsonl")).catch(() => "");
+  const text = await Deno.readTextFile(join(dir, "metrics.jsonl")).catch((e) => {
+    if (e instanceof Deno.errors.NotFound) return "";
+    throw e;
+  });
   return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as MetricRecord);
+}
+
+/** A run's config.json as `deno task train` writes it, for `pipeline` with `overrides`. */
+function configText(pipeline: string, overrides: Record<string, unknown>): string {
+  const def = PIPELINES[pipeline](LOCAL_IO);
+  const cfg = resolveSections(def.sections, overrides, def.defaults);
+  return JSON.stringify({ pipeline: def.name, ...cfg }, null, 2);
+}
+
+/**
+ * A run folder kept by `--resume` must hold the planned config: a comparison continued with
+ * another budget or other overrides would mix runs of two plans in one table.
+ */
+async function checkKept(dir: string, planned: string): Promise<void> {
+  const saved = await Deno.readTextFile(join(dir, "config.json"));
+  if (saved !== planned) {
+    throw new UsageError(
+      `--resume: ${dir} was run with another config than this command plans (budget, ` +
+        `methods' or sections' values differ): repeat the first command's flags, or give ` +
+        `--overwrite or another --name`,
+    );
+  }
 }
 
 /**
@@ -175,8 +201,6 @@ async function readRecords(dir: string): Promise<MetricRecord[]> {
  */
 async function seedRunFolder(plan: ComparePlan, p: Planned): Promise<void> {
   const dir = join(plan.root, p.m.folder), sftDir = join(plan.root, "sft");
-  const def = PIPELINES[p.pipeline](LOCAL_IO);
-  const cfg = resolveSections(def.sections, p.overrides, def.defaults);
   await Deno.mkdir(join(dir, "sft"), { recursive: true });
   for (const f of ["config.json", "model.safetensors"]) {
     await writeFileAtomic(join(dir, "sft", f), await Deno.readFile(join(sftDir, "sft", f)));
@@ -186,10 +210,8 @@ async function seedRunFolder(plan: ComparePlan, p: Planned): Promise<void> {
     join(dir, "metrics.jsonl"),
     sftLines.map((r) => JSON.stringify(r) + "\n").join(""),
   );
-  await writeFileAtomic(
-    join(dir, "config.json"),
-    JSON.stringify({ pipeline: def.name, ...cfg }, null, 2),
-  );
+  // last: a folder without config.json is seeded again
+  await writeFileAtomic(join(dir, "config.json"), configText(p.pipeline, p.overrides));
 }
 
 const trainArgs = (
@@ -220,10 +242,14 @@ export async function runComparison(plan: ComparePlan, gpu: Gpu): Promise<Compar
   }
   await Deno.mkdir(root, { recursive: true });
   const sftDir = join(root, "sft");
+  const sftResume = await exists(join(sftDir, "config.json"));
+  if (sftResume) await checkKept(sftDir, configText("builtin", plan.sft));
   if (!(await exists(join(sftDir, "sft", "model.safetensors")))) {
-    const resume = await exists(join(sftDir, "config.json"));
-    console.error(`compare: SFT (${resume ? "continued" : "once, for every method"})`);
-    await runTraining(trainArgs(root, "builtin", plan.sft, { resume, stage: "sft" }), gpu);
+    console.error(`compare: SFT (${sftResume ? "continued" : "once, for every method"})`);
+    await runTraining(
+      trainArgs(root, "builtin", plan.sft, { resume: sftResume, stage: "sft" }),
+      gpu,
+    );
   }
   const comparison: Comparison = {
     seed: plan.seed,
@@ -237,6 +263,9 @@ export async function runComparison(plan: ComparePlan, gpu: Gpu): Promise<Compar
   for (const p of plan.methods) {
     const dir = join(root, p.m.folder);
     let summary: PipelineSummary;
+    if (await exists(join(dir, "config.json"))) {
+      await checkKept(dir, configText(p.pipeline, p.overrides));
+    }
     if (await exists(join(dir, "summary.json"))) {
       console.error(`compare: ${p.m.method} finished earlier (${dir}/summary.json)`);
       summary = JSON.parse(await Deno.readTextFile(join(dir, "summary.json")));

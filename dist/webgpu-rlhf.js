@@ -13633,7 +13633,7 @@ var METHOD_COLORS = [
   "#4b5563"
 ];
 function renderComparison(c) {
-  const f = (v, d = 3) => v === null || !Number.isFinite(v) ? "\u2014" : v.toFixed(d);
+  const f = (v, d = 3) => fmt(v ?? NaN, d);
   const rows3 = c.rows.map((r) => `<tr><td>${esc(r.method)}</td><td>${r.kind}</td><td>${r.completions}</td><td>${f(r["gold/before"])} \u2192 <b>${f(r["gold/after"])}</b></td><td>${f(r["gold/correct/before"])} \u2192 <b>${f(r["gold/correct/after"])}</b></td><td>${f(r["objective/kl"], 2)}</td><td>${f(r["rm/accuracy"])}</td><td>${r.reward_hacking ? '<span class="bad">yes</span>' : "no"}</td><td>${f(r.wall_seconds, 0)}</td><td><a href="${esc(r.run)}/report.html">${esc(r.run)}/</a></td></tr>`).join("\n");
   const lines = Object.entries(c.curves).map(([method, points], i) => ({
     label: method,

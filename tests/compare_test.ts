@@ -119,6 +119,15 @@ Deno.test({
     const again = await compare([`--out=${out}`, "--methods=ppo,grpo,dpo", ...TINY, "--resume"]);
     assertEquals(again.code, 0, again.err.slice(-2000));
     assertEquals(again.err.match(/finished earlier/g)?.length, 3, again.err);
+    // --resume with another plan would mix two plans' runs in one table
+    const other = await compare([
+      `--out=${out}`,
+      "--methods=ppo,grpo,dpo",
+      ...TINY,
+      "--budget=64",
+      "--resume",
+    ]);
+    assert(other.code === 2 && other.err.includes("another config"), other.err);
     const clash = await compare([`--out=${out}`, "--methods=ppo", ...TINY]);
     assert(clash.code === 2 && clash.err.includes("--resume"), clash.err);
     // bad command lines, before any training

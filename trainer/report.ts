@@ -327,7 +327,7 @@ const METHOD_COLORS = [
  * samples on one chart over the fraction of its training done.
  */
 export function renderComparison(c: Comparison): string {
-  const f = (v: number | null, d = 3) => v === null || !Number.isFinite(v) ? "—" : v.toFixed(d);
+  const f = (v: number | null, d = 3) => fmt(v ?? NaN, d);
   const rows = c.rows.map((r) =>
     `<tr><td>${esc(r.method)}</td><td>${r.kind}</td><td>${r.completions}</td><td>${
       f(r["gold/before"])
