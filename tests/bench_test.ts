@@ -64,6 +64,7 @@ Deno.test({
         "--ppo.batchSize=8",
         "--ppo.miniBatchSize=4",
         "--task.policyPrompts=4",
+        "--rm.loss=pairwise",
       ],
       stdout: "piped",
       stderr: "piped",

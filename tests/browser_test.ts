@@ -118,7 +118,8 @@ Deno.test({
         const errors: string[] = [];
         page.on("pageerror", (e) => errors.push(e.message));
         // a budget for CI: few steps, so SFT at the short-run learning rate
-        const q = "task.policyPrompts=8&sft.steps=60&sft.lr=0.003&rm.steps=30&ppo.iterations=4" +
+        const q =
+          "task.policyPrompts=8&rm.loss=pairwise&sft.steps=60&sft.lr=0.003&rm.steps=30&ppo.iterations=4" +
           "&run.evalSamples=1&autostart=1";
         await page.goto(`${base}/web/?${q}`);
         const probe = () =>

@@ -26,6 +26,7 @@ Deno.test({
       "--run.name=tiny",
       "--sft.steps=20",
       "--task.policyPrompts=8",
+      "--rm.loss=pairwise",
       "--rm.steps=10",
       "--ppo.iterations=2",
       "--ppo.batchSize=8",
@@ -103,6 +104,7 @@ Deno.test({
       `--out=${out}`,
       "--sft.steps=20",
       "--task.policyPrompts=8",
+      "--rm.loss=pairwise",
       "--rm.steps=10",
       "--ppo.iterations=4",
       "--ppo.batchSize=8",
@@ -144,6 +146,7 @@ Deno.test({
       "--sft.steps=10",
       "--rm.steps=10",
       "--task.policyPrompts=8",
+      "--rm.loss=pairwise",
     ];
     const tinyPpo = ["--ppo.iterations=1", "--ppo.batchSize=4", "--ppo.miniBatchSize=4"];
     const early = await train([...base, "--stage=ppo", ...tinyPpo]);
@@ -195,6 +198,7 @@ Deno.test({
       "--stage=sft",
       "--sft.steps=1",
       "--task.policyPrompts=8",
+      "--rm.loss=pairwise",
     ]);
     assertEquals(p.code, 0, p.err.slice(-1000));
     const cfg = JSON.parse(await Deno.readTextFile(join(out, "builtin", "config.json")));

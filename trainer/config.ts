@@ -230,7 +230,7 @@ export interface RmConfig extends SupervisedConfig {
 
 /** The reward-model schema with its documented defaults. */
 export const RM_SCHEMA: Schema<RmConfig> = {
-  ...supervisedFields(200, "preference pairs per step", 2e-3),
+  ...supervisedFields(200, "preference pairs (rm.loss=kwise: rankings) per step", 2e-3),
   loss: {
     default: "pairwise",
     doc: "pairwise: −log σ(r_w − r_l − m); token: DeepSpeed-Chat token-level loss; " +

@@ -35,6 +35,9 @@ const FIELDS = [
   "run.seed",
 ];
 
+/** Fields whose value is a choice (a string), not a number. */
+const CHOICE_FIELDS = ["rm.loss"];
+
 /** The config section of a method's own fields (`m.steps` → `dpo.steps`). */
 const SECTION: Record<string, string> = { dpo: "dpo", simpo: "dpo", kto: "kto" };
 
@@ -413,6 +416,10 @@ function overrides(method: string): Record<string, unknown> {
     if (!Number.isFinite(v)) throw new Error(`${id} must be a number`);
     o[id.startsWith("m.") ? `${SECTION[method]}.${id.slice(2)}` : id] = v;
   }
+  for (const id of CHOICE_FIELDS) {
+    const only = $(id).closest("label")?.dataset.method?.split(" ");
+    if (!only || only.includes(method)) o[id] = $<HTMLSelectElement>(id).value;
+  }
   return o;
 }
 
@@ -450,7 +457,7 @@ function begin(resume: boolean) {
 
 function main() {
   const params = new URLSearchParams(location.search);
-  for (const id of [...FIELDS, "method"]) {
+  for (const id of [...FIELDS, ...CHOICE_FIELDS, "method"]) {
     const v = params.get(id);
     if (v !== null) $<HTMLInputElement>(id).value = v;
   }

@@ -4179,6 +4179,9 @@ var FIELDS = [
   "run.evalSamples",
   "run.seed"
 ];
+var CHOICE_FIELDS = [
+  "rm.loss"
+];
 var SECTION = {
   dpo: "dpo",
   simpo: "dpo",
@@ -4658,6 +4661,10 @@ function overrides(method) {
     if (!Number.isFinite(v)) throw new Error(`${id} must be a number`);
     o[id.startsWith("m.") ? `${SECTION[method]}.${id.slice(2)}` : id] = v;
   }
+  for (const id of CHOICE_FIELDS) {
+    const only = $(id).closest("label")?.dataset.method?.split(" ");
+    if (!only || only.includes(method)) o[id] = $(id).value;
+  }
   return o;
 }
 function showFields() {
@@ -4697,6 +4704,7 @@ function main() {
   const params = new URLSearchParams(location.search);
   for (const id of [
     ...FIELDS,
+    ...CHOICE_FIELDS,
     "method"
   ]) {
     const v = params.get(id);
