@@ -10732,6 +10732,9 @@ function checkTaskModelConfig(cfg, rollout2, section) {
   if (cfg.rm.loss === "kwise" && cfg.task.policyPrompts > 0) {
     throw new ConfigError("rm.loss=kwise trains on the task's rankings of 4; the on-policy comparisons (task.policyPrompts) are pairs: set task.policyPrompts=0, or rm.loss=pairwise with them");
   }
+  if (cfg.rm.loss === "kwise" && cfg.task.pairMargin > 0) {
+    throw new ConfigError("task.pairMargin is a margin of the pairwise loss; rm.loss=kwise ranks without margins: set rm.loss=pairwise with it");
+  }
   const max = TASK_MODEL_CONFIG.max_position_embeddings;
   for (const [key, v] of [
     [

@@ -189,6 +189,11 @@ Deno.test({
     assert(["tiny", "trl", "dpo", "simpo", "kto", "simple-rlhf-tiny"].every((p) => p in PRESETS));
     const m = await train(["--method=orpo"]);
     assert(m.code === 2 && m.err.includes("--method orpo: known methods are ppo, dpo"), m.err);
+    // the default reward model ranks 4 responses: pair-only data and margins are named errors
+    const k = await train(["--task.policyPrompts=8"]);
+    assert(k.code === 2 && k.err.includes("or rm.loss=pairwise with them"), k.err);
+    const km = await train(["--task.pairMargin=2"]);
+    assert(km.code === 2 && km.err.includes("rm.loss=kwise ranks without margins"), km.err);
     // a preset sets defaults, explicit flags win wherever they stand
     const out = await Deno.makeTempDir();
     const p = await train([

@@ -579,6 +579,12 @@ export function checkTaskModelConfig(
         "(task.policyPrompts) are pairs: set task.policyPrompts=0, or rm.loss=pairwise with them",
     );
   }
+  if (cfg.rm.loss === "kwise" && cfg.task.pairMargin > 0) {
+    throw new ConfigError(
+      "task.pairMargin is a margin of the pairwise loss; rm.loss=kwise ranks without margins: " +
+        "set rm.loss=pairwise with it",
+    );
+  }
   const max = TASK_MODEL_CONFIG.max_position_embeddings;
   for (
     const [key, v] of [["sft.maxLength", cfg.sft.maxLength], ["rm.maxLength", cfg.rm.maxLength]]
