@@ -1,13 +1,15 @@
 /**
- * `deno task bench:model [--json] [--opt125m]`: model-level throughput on this adapter —
- * batched KV-cache generation (B=8, 64 new tokens) and forward+backward tokens/s for the tiny
- * config, and (with --opt125m) forward+backward and generation for an OPT-125m-shaped model
- * with random weights.
+ * `deno task bench:model [--json] [--opt125m] [--vs-torch]`: model-level throughput on this
+ * adapter — batched KV-cache generation (B=8, 64 new tokens) and forward+backward tokens/s for
+ * the tiny config, and (with --opt125m) forward+backward and generation for an OPT-125m-shaped
+ * model with random weights. `--vs-torch` instead runs the small-model workloads of
+ * `bench/vs_torch.ts` side by side with PyTorch-CPU (when `python3` has `torch`).
  */
 
 import { crossEntropy, crossEntropyBackward, fill, Gpu } from "../mod.ts";
 import { generate, OPT_PRESETS, type OptConfig, OptModel } from "../mod.ts";
 import { matmulPathFromEnv } from "../cli/gpu_env.ts";
+import { peerStatus, vsTorch } from "./vs_torch.ts";
 
 const json = Deno.args.includes("--json");
 const big = Deno.args.includes("--opt125m");
@@ -76,7 +78,32 @@ async function gen(c: OptConfig, B: number, Tp: number, G: number, label: string
   model.store.dispose();
 }
 
-if (!json) console.log(`adapter: ${gpu.adapterDescription}`);
+if (!json) console.log(`adapter: ${gpu.adapterDescription} · matmul path ${gpu.matmulPath}`);
+if (Deno.args.includes("--vs-torch")) {
+  const missing = await peerStatus();
+  if (missing) console.error(`bench:model --vs-torch: no PyTorch peer (${missing}); ours alone`);
+  const rows = await vsTorch(gpu, missing === null);
+  for (const r of rows) {
+    if (json) {
+      console.log(JSON.stringify({ ...r, ours: +r.ours.toFixed(4), torch: r.torch }));
+      continue;
+    }
+    const f = (v: number | null) =>
+      v === null ? "—" : r.unit === "new tok/s" ? v.toFixed(0) : v.toFixed(r.unit === "s" ? 3 : 1);
+    const per = r.dispatches === undefined
+      ? ""
+      : `   ${r.dispatches} dispatches, ${r.submits} submits`;
+    console.log(
+      `${r.workload.padEnd(15)} ${r.unit.padStart(9)}  ours ${f(r.ours).padStart(7)}  torch ${
+        f(r.torch).padStart(7)
+      }  ${
+        r.slowdown === null ? "" : `${r.slowdown.toFixed(1)}× slower`.padStart(13)
+      }   ${r.detail}${per}`,
+    );
+  }
+  gpu.destroy();
+  Deno.exit(0);
+}
 await gen(OPT_PRESETS.tiny, 8, 8, 64, "tiny (L2 H32)");
 await fwdBwd(OPT_PRESETS.tiny, 8, 64, 5, "tiny (L2 H32)");
 if (big) {

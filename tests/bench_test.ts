@@ -124,3 +124,68 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "bench:model --vs-torch: four workloads side by side with the peer's figures and the " +
+    "slowdown; without PyTorch it says so and prints ours alone",
+  ignore: noGpu,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // a stand-in interpreter printing the peer scripts' output lines (parsing is what is tested)
+    const dir = await Deno.makeTempDir();
+    const fake = `${dir}/python3`;
+    await Deno.writeTextFile(
+      fake,
+      `#!/bin/sh
+case "$1" in
+  -c) echo 1.13.1 ;;
+  *torch_sft_step.py) echo "torch 1.13.1 threads=2 SFT step L=2 H=32 NH=4 FFN=64 V=260 B=16 T=40: 6.90 ms/step" ;;
+  *torch_ppo_iter.py) echo "torch 1.13.1 threads=2 L=$2 H=$3: rollout 0.040s (12800 new tok/s) | train 0.125s (16384 tok/s fwd+bwd) | iteration 0.165s" ;;
+esac
+`,
+    );
+    await Deno.chmod(fake, 0o755);
+    const run = async (python: string) => {
+      const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--allow-env",
+          "--allow-read",
+          "--allow-run",
+          new URL("../bench/model.ts", import.meta.url).pathname,
+          "--vs-torch",
+          "--json",
+        ],
+        env: { WEBGPU_RLHF_PYTHON: python },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const err = new TextDecoder().decode(stderr);
+      assertEquals(code, 0, err.slice(-2000));
+      const rows = new TextDecoder().decode(stdout).trim().split("\n").map((l) => JSON.parse(l));
+      return { rows, err };
+    };
+    try {
+      const { rows } = await run(fake);
+      assertEquals(rows.map((r) => r.workload), [
+        "sft-tiny",
+        "ppo-L2H64",
+        "rollout-L2H64",
+        "ppo-L4H128",
+      ]);
+      assertEquals(rows.map((r) => r.torch), [6.9, 0.165, 12800, 0.165]);
+      for (const r of rows) {
+        assert(r.ours > 0, JSON.stringify(r));
+        const want = r.unit === "new tok/s" ? r.torch / r.ours : r.ours / r.torch;
+        assert(Math.abs(r.slowdown - want) < 1e-3 * want, JSON.stringify(r));
+      }
+      assert(rows[0].dispatches > 0 && rows[0].submits >= 1, JSON.stringify(rows[0]));
+      const missing = await run(`${dir}/no-such-python`);
+      assert(missing.err.includes("no PyTorch peer"), missing.err);
+      assertEquals(missing.rows.map((r) => [r.torch, r.slowdown]), Array(4).fill([null, null]));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
