@@ -8,7 +8,9 @@
  *
  * Metrics (TRL's names, on the batch before the step's update): `dpo/loss`, `rewards/chosen`,
  * `rewards/rejected` (mean `β·ρ`; SimPO `β·ℓ̄`), `rewards/accuracies`, `rewards/margins`,
- * `logps/chosen`, `logps/rejected` (mean summed response log-probs, EOS included).
+ * `logps/chosen`, `logps/rejected` (mean summed response log-probs, EOS included); with RPO
+ * (`rpoAlpha` > 0, TRL's `rpo_alpha`) the loss adds `α·NLL` of the chosen responses and
+ * `nll_loss` is logged.
  *
  * @module
  */
@@ -20,6 +22,7 @@ import {
   sequenceLogprobs,
   sequenceLogprobsBackward,
 } from "../kernels/preference.ts";
+import { add } from "../kernels/elementwise.ts";
 import type { Tensor } from "../kernels/runtime.ts";
 import { logitsBackward } from "../kernels/softmax.ts";
 import type { OptModel } from "../model/opt.ts";
@@ -44,6 +47,11 @@ export interface DpoConfig extends SupervisedConfig {
   gamma: number;
   /** compute the reference log-probs of every pair once, before training (default false) */
   precomputeReference: boolean;
+  /**
+   * RPO's α (TRL's `rpo_alpha`): adds `α·NLL` of the chosen responses (mean over their tokens)
+   * to the loss, against the likelihood displacement of chosen responses (0 = off) (default 0)
+   */
+  rpoAlpha: number;
 }
 
 /**
@@ -76,6 +84,11 @@ export const DPO_SCHEMA: Schema<DpoConfig> = {
   precomputeReference: {
     default: false,
     doc: "compute the reference log-probs of every pair once, before training",
+  },
+  rpoAlpha: {
+    default: 0,
+    doc: "RPO's α: weight of the chosen responses' NLL (token mean) added to the loss (0 = off)",
+    min: 0,
   },
 };
 
@@ -207,6 +220,8 @@ export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
         labelSmoothing: cfg.labelSmoothing,
         gamma: cfg.gamma,
       });
+      const nll = cfg.rpoAlpha > 0 ? rpoGradient(act, P, b.T, cfg.rpoAlpha, average) : undefined;
+      if (nll) add(gpu, l.dpolicy, gpu.fromArray(nll.dseq), l.dpolicy);
       const dlogp = sequenceLogprobsBackward(gpu, l.dpolicy, mask, { average });
       model.backward(acts, {
         dlogits: logitsBackward(gpu, lp.logits, lp.targets, lp.lse, {
@@ -221,6 +236,7 @@ export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
         lr,
         l.metrics,
         average ? sequenceLogprobs(gpu, lp.logp, mask) : undefined,
+        nll ? { chosenTokens: nll.chosenTokens, pairs: P } : undefined,
       );
     });
   }
@@ -237,29 +253,63 @@ export class DpoTrainer extends SupervisedTrainer<PairExample, DpoConfig> {
     return this.model.gpu.fromArray(out);
   }
 
-  /** The logged metrics, read in one readback (`sums`: summed ℓ when the loss used means). */
-  async #metrics(step: number, lr: number, metrics: Tensor, sums?: Tensor): Promise<Metrics> {
+  /**
+   * The logged metrics, read in one readback (`sums`: summed ℓ when the loss used means;
+   * `rpo`: with RPO, the batch's pairs and chosen-response tokens, for `nll_loss`).
+   */
+  async #metrics(
+    step: number,
+    lr: number,
+    metrics: Tensor,
+    sums?: Tensor,
+    rpo?: { chosenTokens: number; pairs: number },
+  ): Promise<Metrics> {
     const gpu = this.model.gpu, n = metrics.size, P = sums ? sums.size / 2 : 0;
     const packed = gpu.empty([n + 2 * P]);
     gpu.copyRange(metrics, 0, packed, 0, n);
     if (sums) gpu.copyRange(sums, 0, packed, n, 2 * P);
     const v = await gpu.readF32(packed), M = PREFERENCE_METRIC;
     const mean = (a: number) => v.subarray(n + a, n + a + P).reduce((s, x) => s + x, 0) / P;
-    const loss = v[M.loss];
+    const logpsChosen = sums ? mean(0) : v[M.logpChosen];
+    // RPO: the loss is the preference loss plus α·NLL, NLL = −Σ ℓ_w / (chosen tokens)
+    const nll = rpo?.chosenTokens ? -logpsChosen * rpo.pairs / rpo.chosenTokens : undefined;
+    const loss = v[M.loss] + (nll === undefined ? 0 : this.cfg.rpoAlpha * nll);
     assertFiniteLosses(`DPO step ${step}`, { loss });
     const name = this.cfg.lossType === "simpo" ? "simpo/loss" : "dpo/loss";
     return {
       step,
       [name]: loss,
+      ...(nll === undefined ? {} : { nll_loss: nll }),
       "rewards/chosen": v[M.rewardChosen],
       "rewards/rejected": v[M.rewardRejected],
       "rewards/accuracies": v[M.accuracy],
       "rewards/margins": v[M.margin],
-      "logps/chosen": sums ? mean(0) : v[M.logpChosen],
+      "logps/chosen": logpsChosen,
       "logps/rejected": sums ? mean(P) : v[M.logpRejected],
       "dpo/lr": lr,
     };
   }
+}
+
+/**
+ * RPO's term on the sequence-level gradient: `α·NLL` with NLL the mean over the chosen
+ * responses' tokens (TRL's `rpo_alpha`) adds `−α/N` to each chosen row's `dℓ` (N = chosen
+ * response tokens in the batch), or `−α·n_i/N` to `dℓ̄` when the loss uses length means.
+ * `act` is the `(2P, T)` response mask of `[chosen…, rejected…]`.
+ */
+export function rpoGradient(
+  act: Float32Array,
+  P: number,
+  T: number,
+  alpha: number,
+  average: boolean,
+): { dseq: Float32Array; chosenTokens: number } {
+  const n = Array.from({ length: P }, (_, i) => act.subarray(i * T, (i + 1) * T))
+    .map((row) => row.reduce((a, v) => a + v, 0));
+  const N = n.reduce((a, v) => a + v, 0);
+  const dseq = new Float32Array(2 * P);
+  for (let i = 0; i < P; i++) dseq[i] = N ? (-alpha * (average ? n[i] : 1)) / N : 0;
+  return { dseq, chosenTokens: N };
 }
 
 /**
