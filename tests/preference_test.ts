@@ -154,7 +154,7 @@ Deno.test({
 Deno.test({
   ...opts,
   name:
-    "preference data: a pair whose chosen equals its rejected is a DataError; empty responses and one-label KTO data warn",
+    "preference data: a pair whose chosen equals its rejected is a DataError; empty responses, one-label and unbalanced KTO data warn",
   async fn() {
     const policy = OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 11 });
     const p = { prompt: "\n\nHuman: What is 1 + 1?\n\nAssistant:", chosen: " 2.", rejected: " 3" };
@@ -178,6 +178,18 @@ Deno.test({
     assert(t.warnings.some((w) => w.includes("every example is desirable")), t.warnings.join());
     const k = new KtoTrainer(policy, policy, tok, [{ ...good[0], completion: "" }, good[1]], kcfg);
     assert(k.warnings.some((w) => w.startsWith("1 KTO example(s) have an empty completion")));
+    // one desirable against three undesirable: λ_D·n_D / λ_U·n_U = 1/3, the fix is λ_D = 3
+    const bad = { prompt: p.prompt, completion: " 3", label: false };
+    const skewed = new KtoTrainer(policy, policy, tok, [good[0], bad, bad, bad], kcfg);
+    assert(
+      skewed.warnings.some((w) => w.includes("= 0.33, outside") && w.includes("Weight=3.00")),
+      skewed.warnings.join(),
+    );
+    const balanced = new KtoTrainer(policy, policy, tok, [good[0], bad, bad, bad], {
+      ...kcfg,
+      desirableWeight: 3,
+    });
+    assertEquals(balanced.warnings, []);
     policy.store.dispose();
   },
 });

@@ -98,6 +98,18 @@ export class KtoTrainer extends SupervisedTrainer<KtoExample, KtoConfig> {
         `KTO data: every example is ${good ? "desirable" : "undesirable"}; KTO still trains ` +
           `(against the reference point z) but rewards/${good ? "rejected" : "chosen"} is NaN`,
       );
+    } else {
+      // the KTO paper's advice: λ_D·n_D / (λ_U·n_U) in [1, 4/3], else the larger side dominates
+      const bad = data.length - good;
+      const ratio = (cfg.desirableWeight * good) / (cfg.undesirableWeight * bad);
+      if (ratio < 1 || ratio > 4 / 3) {
+        const lambda = (cfg.undesirableWeight * bad) / good;
+        this.warnings.push(
+          `KTO data: ${good} desirable and ${bad} undesirable examples give λ_D·n_D / λ_U·n_U = ` +
+            `${ratio.toFixed(2)}, outside the KTO paper's [1, 4/3] (the larger side dominates ` +
+            `the update): kto.desirableWeight=${lambda.toFixed(2)} balances them`,
+        );
+      }
     }
   }
 
