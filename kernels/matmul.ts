@@ -380,7 +380,6 @@ function runTexture(
           const aRows = Math.ceil(mc / t.rows) * t.rows;
           const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
           const at = gpu.scratchTexture(k4, aRows, nb);
-          const bt = gpu.scratchTexture(bTexels, 4 * k4, bLayers);
           // A as (M × K): texels along K
           fillTexture(gpu, a, at, {
             rows: mc,
@@ -395,20 +394,31 @@ function runTexture(
             width: k4,
             height: aRows,
           });
-          // B as (K × N): texels along N
-          fillTexture(gpu, b, bt, {
-            rows: kc,
-            cols: nc,
-            ld: ldB,
-            trans: !!o.transB,
-            row0: k0,
-            col0: n0,
-            batchStride: s.shareB ? 0 : s.K * s.N,
-            batch0: s.shareB ? 0 : b0,
-            layers: bLayers,
-            width: bTexels,
-            height: 4 * k4,
-          });
+          // B as (K × N): texels along N — packed once while B is held constant (weights)
+          const fillB = (tex: GPUTexture) =>
+            fillTexture(gpu, b, tex, {
+              rows: kc,
+              cols: nc,
+              ld: ldB,
+              trans: !!o.transB,
+              row0: k0,
+              col0: n0,
+              batchStride: s.shareB ? 0 : s.K * s.N,
+              batch0: s.shareB ? 0 : b0,
+              layers: bLayers,
+              width: bTexels,
+              height: 4 * k4,
+            });
+          const bSize = [bTexels, 4 * k4, bLayers] as const;
+          const held = gpu.constantTexture(
+            b,
+            `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},` +
+              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4}`,
+            bSize,
+            fillB,
+          );
+          const bt = held ?? gpu.scratchTexture(...bSize);
+          if (!held) fillB(bt);
           // bias and relu on the first / only K chunk; later K chunks accumulate
           let f = flags;
           if (k0 > 0) f = (f & ~FLAG_BIAS) | FLAG_ACC;
@@ -428,7 +438,7 @@ function runTexture(
               .f32(o.alpha ?? 1),
           );
           gpu.releaseTexture(at);
-          gpu.releaseTexture(bt);
+          if (!held) gpu.releaseTexture(bt);
         }
       }
     }

@@ -392,6 +392,9 @@ export class Gpu {
   /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
   #errors: string[] = [];
   #textures = new Map<string, GPUTexture[]>();
+  /** Buffers held constant ({@link holdConstant}) and their packed operand textures. */
+  #constant = new Map<GPUBuffer, { holds: number; packed: Map<string, GPUTexture> }>();
+  #constantBytes = 0;
   #profiler: DispatchProfiler | null;
 
   private constructor(
@@ -655,6 +658,7 @@ export class Gpu {
     );
     if (this.#encoder) this.flush();
     if (data.length === 0) return;
+    this.#changed(t.buffer);
     this.device.queue.writeBuffer(
       t.buffer,
       t.byteOffset + elementOffset * 4,
@@ -671,6 +675,7 @@ export class Gpu {
       `copy: ${src.size} elements into ${dst.size} ([${src.shape}] → [${dst.shape}])`,
     );
     if (src.size === 0) return;
+    this.#changed(dst.buffer);
     this.#endPass();
     this.#enc().copyBufferToBuffer(
       src.buffer,
@@ -692,6 +697,7 @@ export class Gpu {
       `copyRange: ${count} elements from ${srcOffset} (of ${src.size}) to ${dstOffset} (of ${dst.size})`,
     );
     if (count === 0) return;
+    this.#changed(dst.buffer);
     this.#endPass();
     this.#enc().copyBufferToBuffer(
       src.buffer,
@@ -843,6 +849,74 @@ export class Gpu {
     this.#textures.set(key, list);
   }
 
+  /**
+   * Declares the buffers of `tensors` constant until the returned function is called (holds
+   * nest; call it once). While held, the texture matmul path packs each sub-block of such an
+   * operand into a texture once and reuses it, instead of packing it again for every matmul:
+   * generation holds the model's weights, which every decoded token multiplies by. Any write
+   * to a held buffer (a kernel binding it writable, `write`, `copy`, `copyRange`) drops its
+   * packed textures, so a stale copy is never read. Packed textures count against a budget
+   * (`min(256 MiB, maxBufferSize)`); beyond it operands are packed per use as usual.
+   */
+  holdConstant(tensors: readonly Tensor[]): () => void {
+    const buffers = [...new Set(tensors.map((t) => t.buffer))];
+    for (const b of buffers) {
+      const e = this.#constant.get(b) ?? { holds: 0, packed: new Map() };
+      e.holds++;
+      this.#constant.set(b, e);
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const b of buffers) {
+        const e = this.#constant.get(b)!;
+        if (--e.holds > 0) continue;
+        this.#changed(b);
+        this.#constant.delete(b);
+      }
+    };
+  }
+
+  /**
+   * The packed texture of a held-constant operand block (`key` names the block), filled by
+   * `fill` on first use; `undefined` when `src` is not held or the budget is spent (then the
+   * caller packs into a scratch texture and releases it).
+   */
+  constantTexture(
+    src: Tensor,
+    key: string,
+    size: readonly [number, number, number],
+    fill: (tex: GPUTexture) => void,
+  ): GPUTexture | undefined {
+    const e = this.#constant.get(src.buffer);
+    if (!e) return undefined;
+    const k = `${src.byteOffset}|${key}`;
+    const hit = e.packed.get(k);
+    if (hit) return hit;
+    const tex = this.scratchTexture(...size);
+    const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+    if (this.#constantBytes + bytes > Math.min(256 * 2 ** 20, this.limits.maxBufferSize)) {
+      this.releaseTexture(tex);
+      return undefined;
+    }
+    fill(tex);
+    this.#constantBytes += bytes;
+    e.packed.set(k, tex);
+    return tex;
+  }
+
+  /** A held buffer changed (or its hold ended): its packed textures go back to the pool. */
+  #changed(buffer: GPUBuffer): void {
+    const e = this.#constant.get(buffer);
+    if (!e || e.packed.size === 0) return;
+    for (const tex of e.packed.values()) {
+      this.#constantBytes -= 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+      this.releaseTexture(tex);
+    }
+    e.packed.clear();
+  }
+
   // ---------------------------------------------------------------- pipelines and dispatch
 
   /** A compute pipeline for `code`, cached by source and entry point. */
@@ -891,6 +965,12 @@ export class Gpu {
       entries.push({ binding: i, resource: b instanceof Tensor ? b.binding() : b });
     });
     this.#checkAliasing(pipeline, bindings);
+    if (this.#constant.size > 0) {
+      const access = this.#access.get(pipeline);
+      bindings.forEach((b, i) => {
+        if (b instanceof Tensor && access?.get(i)?.access === "read_write") this.#changed(b.buffer);
+      });
+    }
     if (params) {
       entries.push({ binding: bindings.length, resource: this.#uniform(params.bytes()) });
     }

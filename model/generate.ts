@@ -98,6 +98,10 @@ export async function generate(
   const nextTok = gpu.empty([B, 1], "i32"), nextPos = gpu.empty([B, 1], "i32");
   const V = c.vocab_size;
   let generated = G;
+  // the weights do not change while generating: the texture matmul path packs them once
+  const release = gpu.holdConstant(
+    [model.store.params, model.lora?.store.params].filter((t): t is Tensor => !!t),
+  );
   try {
     // prefill, then the logits of each row's last prompt position
     const acts = model.forward(prompt, mask, { kvCache: caches });
@@ -132,6 +136,7 @@ export async function generate(
     }
     promptPositions.dispose();
   } finally {
+    release();
     for (const cache of caches) cache.destroy();
     keyMask.dispose();
     nextTok.dispose();

@@ -275,3 +275,42 @@ cases.push({
     await assertThrows(() => gpu.profileReport(), Error, "profile: true");
   },
 });
+
+cases.push({
+  name: "runtime: a held-constant operand is packed once and gives the same bits as packing per " +
+    "use; a write to it (kernel, write, copy) drops the packed copy; the hold ends cleanly",
+  async run(gpu) {
+    // odd shapes, B transposed (a linear layer's weight) and not, with bias
+    const M = 5, K = 37, N = 19;
+    const x = gpu.fromArray(Float32Array.from({ length: M * K }, (_, i) => Math.sin(i)), [M, K]);
+    const w = gpu.fromArray(Float32Array.from({ length: N * K }, (_, i) => Math.cos(i)), [N, K]);
+    const bias = gpu.fromArray(Float32Array.from({ length: N }, (_, i) => i / 7));
+    const y = () => gpu.read(matmul(gpu, x, w, { transB: true, bias, path: "texture" }));
+    const wT = gpu.fromArray(await gpu.read(w), [K, N]); // same values, as (K, N)
+    const y2 = () => gpu.read(matmul(gpu, x, wT, { path: "texture" }));
+    const plain = await y(), plain2 = await y2();
+    const release = gpu.holdConstant([w, wT]);
+    const d0 = gpu.stats.dispatches;
+    assertEquals(await y(), plain, "first use under the hold (packs)");
+    const d1 = gpu.stats.dispatches;
+    assertEquals(await y(), plain, "second use (reuses the packed texture)");
+    assert(gpu.stats.dispatches - d1 < d1 - d0, "the reuse skips the pack dispatch");
+    assertEquals(await y2(), plain2);
+    assertEquals(await y2(), plain2);
+    // a kernel writing w, then gpu.write, then gpu.copy: each is seen by the next matmul
+    scale(gpu, w, 2, w);
+    const doubled = await y();
+    for (let j = 0; j < doubled.length; j++) {
+      const b = (j % N) / 7, want = 2 * (plain[j] - b) + b; // x·(2w)ᵀ + b
+      assert(Math.abs(doubled[j] - want) < 1e-4, `after scale: ${doubled[j]} vs ${want}`);
+    }
+    gpu.write(w, new Float32Array(N * K));
+    assertEquals(await y(), Array.from({ length: M * N }, (_, j) => Math.fround((j % N) / 7)));
+    const original = Float32Array.from({ length: N * K }, (_, i) => Math.cos(i));
+    gpu.copy(gpu.fromArray(original, [N, K]), w);
+    assertEquals(await y(), plain, "after copy: the original weights again");
+    release();
+    release(); // a second call is a no-op
+    assertEquals(await y(), plain, "after the hold");
+  },
+});
