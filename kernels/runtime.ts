@@ -856,7 +856,8 @@ export class Gpu {
    * generation holds the model's weights, which every decoded token multiplies by. Any write
    * to a held buffer (a kernel binding it writable, `write`, `copy`, `copyRange`) drops its
    * packed textures, so a stale copy is never read. Packed textures count against a budget
-   * (`min(256 MiB, maxBufferSize)`); beyond it operands are packed per use as usual.
+   * (`min(256 MiB, maxBufferSize)`); beyond it operands are packed per use as usual. Release
+   * the hold before disposing a held tensor (its pooled buffer may be reused).
    */
   holdConstant(tensors: readonly Tensor[]): () => void {
     const buffers = [...new Set(tensors.map((t) => t.buffer))];

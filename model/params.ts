@@ -63,6 +63,7 @@ export class ParamStore {
   readonly params: Tensor;
   /** False for a frozen store: parameters only, no gradient or AdamW buffers. */
   readonly trainable: boolean;
+  #release?: () => void;
   #grads?: Tensor;
   #m?: Tensor;
   #v?: Tensor;
@@ -101,6 +102,9 @@ export class ParamStore {
     };
     this.params = make();
     this.trainable = !opts.frozen;
+    // a frozen store's weights change only by loading (which drops the packed copies): the
+    // texture matmul path packs them once (reference and reward models in every PPO iteration)
+    if (opts.frozen) this.#release = gpu.holdConstant([this.params]);
     if (this.trainable) {
       this.#grads = make();
       this.#m = make();
@@ -357,6 +361,7 @@ export class ParamStore {
 
   /** Frees the buffers. */
   dispose(): void {
+    this.#release?.();
     for (const t of this.#buffers()) t.dispose();
   }
 }
