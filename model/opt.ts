@@ -418,7 +418,9 @@ export class OptModel {
     }
     const layers: LayerActs[] = [];
     const lu = new Map<string, Tensor>();
-    const heads = (t: Tensor) => swapAxes12(gpu, t.reshape([B, T, H, Dh]));
+    // (B, T, H, Dh) → (B, H, T, Dh); with one position (a decode step) the layouts coincide
+    const heads = (t: Tensor) =>
+      T === 1 ? t.intoShape([B, H, 1, Dh]) : swapAxes12(gpu, t.reshape([B, T, H, Dh]));
     for (let l = 0; l < c.num_hidden_layers; l++) {
       const p = `${D}layers.${l}.`;
       const a: Partial<LayerActs> = { x0: x };
@@ -433,7 +435,9 @@ export class OptModel {
       a.v = heads(v);
       for (const t of [q, k, v]) t.dispose();
       a.att = attend(l, a.q, a.k, a.v);
-      a.merged = swapAxes12(gpu, a.att.out).intoShape([N, C]);
+      a.merged = T === 1
+        ? a.att.out.reshape([N, C]) // a view: att.out owns the buffer
+        : swapAxes12(gpu, a.att.out).intoShape([N, C]);
       const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {}, lu);
       if (pre) {
         a.x1 = add(gpu, x, o, o);
