@@ -122,15 +122,83 @@ ${LINEAR_MAIN}
   }
 }`;
 
+// The workgroup form's arithmetic, one invocation per row: the 64 per-lane partial sums (lane l
+// adds columns l, l + 64, …) and then the same pairwise tree (stride 32, 16, …, 1), so every
+// sum is formed in the same order and the results are bit for bit the workgroup form's — without
+// its barriers, which are what software adapters pay for (SPEC §11).
+const TREE_SUM = `
+fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
+  }
+  return (*part)[0];
+}`;
+
+const FORWARD_TREE = `${TREE_SUM}
+${FORWARD_BINDINGS}
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  var part: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) { s += x[base + c]; }
+    part[l] = s;
+  }
+  let m = tree_sum(&part) / f32(p.cols);
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var q = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) { let d = x[base + c] - m; q += d * d; }
+    part[l] = q;
+  }
+  let r = inverseSqrt(tree_sum(&part) / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+
+const BACKWARD_DX_TREE = `${TREE_SUM}
+${BACKWARD_DX_BINDINGS}
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  let m = mean[row];
+  let r = rstd[row];
+  var p1: array<f32, ${ROW_WG}>;
+  var p2: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
+      let g = dy[base + c] * w[c];
+      s1 += g;
+      s2 += g * (x[base + c] - m) * r;
+    }
+    p1[l] = s1;
+    p2[l] = s2;
+  }
+  let mg = tree_sum(&p1) / f32(p.cols);
+  let mgx = tree_sum(&p2) / f32(p.cols);
+  for (var c = 0u; c < p.cols; c++) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
+
 /**
- * How a layernorm kernel spreads a row: `"workgroup"` (the default: 64 invocations per row with a
- * tree reduction) or `"row-thread"` (one invocation per row, no workgroup memory: on the 2-core
- * llvmpipe machine it cuts the built-in task's reward-model step from 386 to 312 ms,
- * `deno task profile`). The row-thread sums round differently, and with them seed 2 on Vulkan of
- * the learning matrix fails its bounds (correct answers 0.719 → 0.668): the default run is not yet
- * robust to numerics (issue #15), so the default stays the workgroup form until it is.
+ * How a layernorm kernel spreads a row. `"workgroup"`: 64 invocations per row with a tree
+ * reduction — what a GPU runs well. `"row-tree"`: one invocation per row doing the same sums in
+ * the same order (bit for bit the workgroup form's results) without workgroup memory or barriers
+ * — what software adapters run well (SPEC §11: on the 2-core llvmpipe machine 640 rows of 64
+ * take ≈ 4.5 instead of 21 ms forward + backward). `"row-thread"`: one invocation per row with
+ * plain sequential sums (fastest there, but it rounds differently; an option only). By default
+ * a software (fallback) adapter takes `"row-tree"` for 128 rows or more and every other case
+ * `"workgroup"`: the choice never changes a result.
  */
-export type LayernormVariant = "row-thread" | "workgroup";
+export type LayernormVariant = "row-thread" | "workgroup" | "row-tree";
 
 // dweight[c] += Σ_r dy·x̂, dbias[c] += Σ_r dy: one invocation per column
 const BACKWARD_DW = `
@@ -154,6 +222,11 @@ ${LINEAR_MAIN}
   dw[i] += sw;
   db[i] += sb;
 }`;
+
+/** The default {@link LayernormVariant}: same bits either way, the faster form for the adapter. */
+function defaultVariant(gpu: Gpu, rows: number): LayernormVariant {
+  return gpu.isFallbackAdapter && rows >= 128 ? "row-tree" : "workgroup";
+}
 
 /** Saved activations of {@link layernormForward}. */
 export interface LayernormSaved {
@@ -195,9 +268,11 @@ export function layernormForward(
   const { rows, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  const rowwise = opts.variant === "row-thread";
+  const variant = opts.variant ?? defaultVariant(gpu, rows), rowwise = variant !== "workgroup";
   gpu.dispatch(
-    gpu.pipeline(rowwise ? FORWARD_ROWWISE : FORWARD),
+    gpu.pipeline(
+      variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD,
+    ),
     [x, weight, bias, y, mean, rstd],
     gpu.grid(rowwise ? groups(rows) : rows),
     new Params().u32(rows, C).f32(opts.eps ?? 1e-5),
@@ -221,7 +296,7 @@ export function layernormBackward(
   opts: { dx?: Tensor; accumulateDx?: boolean; variant?: LayernormVariant } = {},
 ): Tensor {
   const { rows, C } = dims(x, weight, null, "layernormBackward");
-  const rowwise = opts.variant === "row-thread";
+  const variant = opts.variant ?? defaultVariant(gpu, rows), rowwise = variant !== "workgroup";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(
     (dweight === null) === (dbias === null),
@@ -237,7 +312,13 @@ export function layernormBackward(
   );
   const dx = opts.dx ?? gpu.empty(x.shape);
   gpu.dispatch(
-    gpu.pipeline(rowwise ? BACKWARD_DX_ROWWISE : BACKWARD_DX),
+    gpu.pipeline(
+      variant === "row-tree"
+        ? BACKWARD_DX_TREE
+        : variant === "row-thread"
+        ? BACKWARD_DX_ROWWISE
+        : BACKWARD_DX,
+    ),
     [dy, x, weight, saved.mean, saved.rstd, dx],
     gpu.grid(rowwise ? groups(rows) : rows),
     new Params().u32(rows, C, opts.accumulateDx ? 1 : 0),

@@ -21,6 +21,11 @@ for (
     [3, 65, "workgroup"],
     [2, 1000, "workgroup"],
     [65, 7, "workgroup"],
+    [1, 1, "row-tree"],
+    [7, 33, "row-tree"],
+    [3, 65, "row-tree"],
+    [2, 1000, "row-tree"],
+    [300, 129, "row-tree"],
   ] as const
 ) {
   cases.push({
@@ -70,7 +75,7 @@ cases.push({
     assertClose(g.dw, fdw, tol, "dw vs fd");
     assertClose(g.db, fdb, tol, "db vs fd");
     const tx = gpu.fromArray(x, [rows, C]), tw = gpu.fromArray(w);
-    for (const variant of ["row-thread", "workgroup"] as const) {
+    for (const variant of ["row-thread", "workgroup", "row-tree"] as const) {
       const f = k.layernormForward(gpu, tx, tw, gpu.fromArray(b), { variant });
       const base = randArray(rows * C, 15);
       const dx = gpu.fromArray(base, [rows, C]);
@@ -87,5 +92,34 @@ cases.push({
       ShapeError,
       "weight has 6 elements",
     );
+  },
+});
+
+cases.push({
+  name: "layernorm: the row-tree form gives the workgroup form's bits (forward, saved stats, " +
+    "dx, dweight, dbias), so the default may pick either by shape and adapter",
+  async run(gpu) {
+    for (const [rows, C] of [[1, 1], [3, 5], [17, 64], [5, 65], [300, 129], [7, 768], [2, 3000]]) {
+      const tx = gpu.fromArray(randArray(rows * C, 21, -3, 3), [rows, C]);
+      const tw = gpu.fromArray(randArray(C, 22)), tb = gpu.fromArray(randArray(C, 23));
+      const dy = gpu.fromArray(randArray(rows * C, 24), [rows, C]);
+      const bits: Record<string, Float32Array[]> = {};
+      for (const variant of ["workgroup", "row-tree"] as const) {
+        const f = k.layernormForward(gpu, tx, tw, tb, { variant });
+        const dw = gpu.zeros([C]), db = gpu.zeros([C]);
+        const dx = k.layernormBackward(gpu, dy, tx, tw, f, dw, db, { variant });
+        bits[variant] = await Promise.all([f.y, f.mean, f.rstd, dx, dw, db].map(gpu.readF32, gpu));
+      }
+      bits.workgroup.forEach((a, j) => {
+        const i = a.findIndex((v, i) => !Object.is(v, bits["row-tree"][j][i]));
+        if (i >= 0) {
+          throw new Error(
+            `${rows}×${C} output ${j}[${i}]: workgroup ${a[i]} vs row-tree ${
+              bits["row-tree"][j][i]
+            }`,
+          );
+        }
+      });
+    }
   },
 });
