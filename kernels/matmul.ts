@@ -1,5 +1,5 @@
 /**
- * Matrix multiply `C = α·op(A)·op(B) (+ bias) (+ C_old) (then ReLU)`, batched, with either
+ * Matrix multiply `C = α·op(A)·op(B) (+ bias) (+ residual) (+ C_old) (then ReLU)`, batched, with either
  * operand transposed. Two implementations with one contract:
  *
  * - **texture path** (software adapters such as llvmpipe/SwiftShader): both operands are packed
@@ -29,6 +29,11 @@ export interface MatmulOptions {
   relu?: boolean;
   /** Scale α of the product (default 1). */
   alpha?: number;
+  /**
+   * Added after the bias, before `accumulate` and ReLU: `C = α·op(A)·op(B) + bias + residual`
+   * (a residual connection; the shape of C, another buffer than `out`).
+   */
+  residual?: Tensor;
   /** Output tensor; required with `accumulate`. */
   out?: Tensor;
   /** `C += op(A)·op(B)` instead of `C = …` (for gradient accumulation). */
@@ -39,7 +44,7 @@ export interface MatmulOptions {
   tiling?: TextureTiling;
 }
 
-const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4;
+const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4, FLAG_RES = 8;
 
 // ------------------------------------------------------------------------------ texture path
 
@@ -86,14 +91,15 @@ struct P {
   m0: u32, n0: u32,            // chunk origin in C
   ldc: u32, c_batch_stride: u32, batch0: u32,
   b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual
   alpha: f32,                  // scale of the product
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
-@group(0) @binding(4) var<uniform> p: P;
+@group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
+@group(0) @binding(5) var<uniform> p: P;
 
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
@@ -103,6 +109,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
       let idx = cbase + (p.m0 + r) * p.ldc + p.n0 + cc;
       var x = p.alpha * v[t];
       if ((p.flags & 1u) != 0u) { x += bias[p.n0 + cc]; }
+      if ((p.flags & 8u) != 0u) { x += res[idx]; }
       if ((p.flags & 4u) != 0u) { x += c[idx]; }
       if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
       c[idx] = x;
@@ -154,7 +161,8 @@ struct P {
 @group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (…, N, K)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
-@group(0) @binding(4) var<uniform> p: P;
+@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
+@group(0) @binding(5) var<uniform> p: P;
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
 var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
@@ -211,6 +219,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
         let idx = cbase + r * p.N + cc;
         var x = p.alpha * v[j];
         if ((p.flags & 1u) != 0u) { x += bias[cc]; }
+        if ((p.flags & 8u) != 0u) { x += res[idx]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
         c[idx] = x;
@@ -258,7 +267,7 @@ function resolveShape(a: Tensor, b: Tensor, o: MatmulOptions): MatmulShape {
 }
 
 /**
- * `C = α·op(A)·op(B) (+ bias) (+ C_old with accumulate) (then ReLU)`.
+ * `C = α·op(A)·op(B) (+ bias) (+ residual) (+ C_old with accumulate) (then ReLU)`.
  *
  * A is `[…batch, M, K]` (`[…, K, M]` with `transA`), B is `[K, N]` (shared by all batches) or
  * `[…batch, K, N]` (`[…, N, K]` with `transB`). Returns `[…batch, M, N]`.
@@ -295,6 +304,13 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
   if (opts.bias) flags |= FLAG_BIAS;
   if (opts.relu) flags |= FLAG_RELU;
   if (opts.accumulate) flags |= FLAG_ACC;
+  if (opts.residual) {
+    checkShape(
+      opts.residual.size === out.size && opts.residual.dtype === "f32",
+      `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`,
+    );
+    flags |= FLAG_RES;
+  }
   // K = 0 (an empty sum) leaves only the epilogue: the buffer kernel handles it without textures
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
   if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
@@ -342,6 +358,7 @@ function runBuffer(
         s.shareB ? b : view(b, s.K * s.N),
         view(out, s.M * s.N),
         o.bias ?? dummy(gpu),
+        o.residual ? view(o.residual, s.M * s.N) : dummy(gpu),
       ],
       [gx, gy, nb],
       params,
@@ -421,7 +438,7 @@ function runTexture(
           if (!held) fillB(bt);
           // bias and relu on the first / only K chunk; later K chunks accumulate
           let f = flags;
-          if (k0 > 0) f = (f & ~FLAG_BIAS) | FLAG_ACC;
+          if (k0 > 0) f = (f & ~(FLAG_BIAS | FLAG_RES)) | FLAG_ACC;
           const lastK = k0 + kStep >= s.K;
           if (!lastK) f &= ~FLAG_RELU;
           gpu.dispatch(
@@ -431,6 +448,7 @@ function runTexture(
               bt.createView({ dimension: "2d-array" }),
               out,
               o.bias ?? dummy(gpu),
+              o.residual ?? dummy(gpu),
             ],
             [Math.ceil(nc / (4 * t.texels * t.wgX)), Math.ceil(mc / (t.rows * t.wgY)), nb],
             new Params()

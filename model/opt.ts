@@ -255,14 +255,25 @@ export class OptModel {
   #linear(
     x: Tensor,
     name: string,
-    opts: { relu?: boolean; bias?: boolean } = {},
+    opts: { relu?: boolean; bias?: boolean; residual?: Tensor } = {},
     lu?: Map<string, Tensor>,
   ): Tensor {
     const gpu = this.gpu;
     const bias = opts.bias === false ? undefined : this.#p(`${name}.bias`);
     const ad = this.#adapter(name);
     if (!ad) {
-      return matmul(gpu, x, this.#p(`${name}.weight`), { transB: true, bias, relu: opts.relu });
+      // `residual + (x·Wᵀ + b)` in the epilogue: the bits of add(residual, linear)
+      return matmul(gpu, x, this.#p(`${name}.weight`), {
+        transB: true,
+        bias,
+        relu: opts.relu,
+        residual: opts.residual,
+      });
+    }
+    if (opts.residual) {
+      // with an adapter the residual comes last, as add(residual, y) would add it
+      const y = this.#linear(x, name, { relu: opts.relu, bias: opts.bias }, lu);
+      return add(gpu, opts.residual, y, y);
     }
     const u = matmul(gpu, x, ad.A, { transB: true }); // (N, r)
     const y = matmul(gpu, x, this.#p(`${name}.weight`), { transB: true, bias });
@@ -438,22 +449,23 @@ export class OptModel {
       a.merged = T === 1
         ? a.att.out.reshape([N, C]) // a view: att.out owns the buffer
         : swapAxes12(gpu, a.att.out).intoShape([N, C]);
-      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {}, lu);
+      // x1 = x + out_proj(merged), the residual added in the matmul's epilogue
+      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, { residual: x }, lu);
       if (pre) {
-        a.x1 = add(gpu, x, o, o);
+        a.x1 = o;
       } else {
-        a.x1pre = add(gpu, x, o, o);
+        a.x1pre = o;
         a.ln1 = this.#ln(a.x1pre, `${p}self_attn_layer_norm`);
         a.x1 = a.ln1.y;
       }
       if (pre) a.ln2 = this.#ln(a.x1, `${p}final_layer_norm`);
       a.ffnIn = pre ? a.ln2!.y : a.x1;
       a.h = this.#linear(a.ffnIn, `${p}fc1`, { relu: true }, lu);
-      const f = this.#linear(a.h, `${p}fc2`, {}, lu);
+      const f = this.#linear(a.h, `${p}fc2`, { residual: a.x1 }, lu);
       if (pre) {
-        x = add(gpu, a.x1, f, f);
+        x = f;
       } else {
-        a.x2pre = add(gpu, a.x1, f, f);
+        a.x2pre = f;
         a.ln2 = this.#ln(a.x2pre, `${p}final_layer_norm`);
         x = a.ln2.y;
       }

@@ -24,6 +24,8 @@ export interface MatmulRefArgs {
   shareB?: boolean;
   /** Bias of length N added to every row. */
   bias?: Arr;
+  /** Residual of the shape of C, added after the bias. */
+  residual?: Arr;
   /** Apply ReLU last. */
   relu?: boolean;
   /** Existing C to accumulate into. */
@@ -32,7 +34,7 @@ export interface MatmulRefArgs {
   alpha?: number;
 }
 
-/** `C = relu?(α·op(A)·op(B) + bias + C_old)`, batched, in float64. */
+/** `C = relu?(α·op(A)·op(B) + bias + residual + C_old)`, batched, in float64. */
 export function matmul(a: Arr, b: Arr, o: MatmulRefArgs): Float64Array {
   const { M, N, K } = o;
   const batch = o.batch ?? 1;
@@ -49,6 +51,7 @@ export function matmul(a: Arr, b: Arr, o: MatmulRefArgs): Float64Array {
         }
         s *= o.alpha ?? 1;
         if (o.bias) s += o.bias[n];
+        if (o.residual) s += o.residual[cb + m * N + n];
         if (o.accumulate) s += o.accumulate[cb + m * N + n];
         if (o.relu) s = Math.max(s, 0);
         c[cb + m * N + n] = s;

@@ -1,8 +1,9 @@
+import { add } from "../../kernels/elementwise.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import * as ref from "../../kernels/reference/matmul.ts";
 import { Gpu } from "../../kernels/runtime.ts";
-import { ShapeError } from "../../kernels/errors.ts";
-import { assertClose, assertThrows } from "../assert.ts";
+import { GpuValidationError, ShapeError } from "../../kernels/errors.ts";
+import { assert, assertClose, assertThrows } from "../assert.ts";
 import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
 
 // f32 accumulation over K terms of magnitude ≤ 1: error grows like K·2^-24; these shapes have
@@ -96,6 +97,51 @@ for (const path of PATHS) {
         ref.matmul(a, b2, { batch, M, N, K, shareB: true, accumulate: c0 }),
         TOL,
         "shared B accumulate",
+      );
+    },
+  });
+
+  cases.push({
+    name: `matmul (${path} path): a residual epilogue (bias, residual, accumulate, ReLU) matches ` +
+      "float64 and gives add(residual, matmul)'s bits; a wrong-sized or aliased residual is named",
+    async run(gpu) {
+      const batch = 2, M = 13, K = 23, N = 11;
+      const a = randArray(batch * M * K, 31), b = randArray(K * N, 32);
+      const bias = randArray(N, 33), r = randArray(batch * M * N, 34), c0 = randArray(M * N, 35);
+      const ta = gpu.fromArray(a, [batch, M, K]), tb = gpu.fromArray(b, [K, N]);
+      const tbias = gpu.fromArray(bias), tr = gpu.fromArray(r, [batch, M, N]);
+      const y = matmul(gpu, ta, tb, { bias: tbias, residual: tr, relu: true, path });
+      const args = { batch, M, N, K, shareB: true, bias, residual: r, relu: true };
+      assertClose(await gpu.readF32(y), ref.matmul(a, b, args), TOL, "residual + relu");
+      // a residual connection x + (x·W + b), fused or not: the same bits
+      const fused = await gpu.readF32(matmul(gpu, ta, tb, { bias: tbias, residual: tr, path }));
+      const plain = await gpu.readF32(add(gpu, tr, matmul(gpu, ta, tb, { bias: tbias, path })));
+      assert(fused.every((v, i) => Object.is(v, plain[i])), "fused residual = add(x, matmul)");
+      // with accumulate: C = A·Bᵀ + residual + C_old (one batch)
+      const acc = gpu.fromArray(c0, [M, N]);
+      const a1 = a.subarray(0, M * K), r1 = r.subarray(0, M * N);
+      matmul(gpu, gpu.fromArray(a1, [M, K]), tb, {
+        residual: gpu.fromArray(r1, [M, N]),
+        out: acc,
+        accumulate: true,
+        path,
+      });
+      assertClose(
+        await gpu.readF32(acc),
+        ref.matmul(a1, b, { M, N, K, residual: r1, accumulate: c0 }),
+        TOL,
+        "residual + accumulate",
+      );
+      await assertThrows(
+        () => matmul(gpu, ta, tb, { residual: gpu.zeros([M, N]), path }),
+        ShapeError,
+        "residual",
+      );
+      const out = gpu.zeros([batch, M, N]);
+      await assertThrows(
+        () => matmul(gpu, ta, tb, { residual: out, out, path }),
+        GpuValidationError,
+        "same buffer",
       );
     },
   });
