@@ -237,6 +237,13 @@ Deno.test({
       assert(summary.reward_hacking !== null, `${method}: a hacking verdict`);
       const cfg = JSON.parse(await Deno.readTextFile(join(out, name, "config.json")));
       if (method === "simpo") assertEquals([cfg.dpo.lossType, cfg.dpo.beta], ["simpo", 2]);
+      if (section === "dpo") {
+        // the built-in task's DPO and SimPO add RPO's NLL term, logged as nll_loss
+        assertEquals([cfg.dpo.rpoAlpha, cfg.dpo.lr], [1, 1e-4]);
+        const metrics = (await Deno.readTextFile(join(out, name, "metrics.jsonl"))).trim()
+          .split("\n").map((l) => JSON.parse(l)).filter((m) => m.stage === "dpo");
+        assert(metrics.some((m) => Number.isFinite(m.nll_loss)), "nll_loss logged");
+      }
       await readCheckpointDir(join(out, name, section)); // the method's checkpoint loads
     }
     // your own checkpoint (a 260-token vocabulary: the byte tokenizer) and JSONL data
