@@ -500,6 +500,9 @@ var Gpu = class _Gpu {
   /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
   #errors;
   #textures;
+  /** Buffers held constant ({@link holdConstant}) and their packed operand textures. */
+  #constant;
+  #constantBytes;
   #profiler;
   constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null) {
     this.device = device;
@@ -520,6 +523,8 @@ var Gpu = class _Gpu {
     this.#arenaIndex = 0;
     this.#errors = [];
     this.#textures = /* @__PURE__ */ new Map();
+    this.#constant = /* @__PURE__ */ new Map();
+    this.#constantBytes = 0;
     this.#placeholders = [];
     this.#scopes = [];
     this.pool = new BufferPool(device);
@@ -714,12 +719,14 @@ var Gpu = class _Gpu {
     checkShape(elementOffset + data.length <= t.size, `write: ${data.length} values at offset ${elementOffset} overflow [${t.shape.join(", ")}]`);
     if (this.#encoder) this.flush();
     if (data.length === 0) return;
+    this.#changed(t.buffer);
     this.device.queue.writeBuffer(t.buffer, t.byteOffset + elementOffset * 4, data.buffer, data.byteOffset, data.byteLength);
   }
   /** Copies `src` into `dst` (element counts must match), recorded in order. */
   copy(src, dst) {
     checkShape(src.size === dst.size, `copy: ${src.size} elements into ${dst.size} ([${src.shape}] \u2192 [${dst.shape}])`);
     if (src.size === 0) return;
+    this.#changed(dst.buffer);
     this.#endPass();
     this.#enc().copyBufferToBuffer(src.buffer, src.byteOffset, dst.buffer, dst.byteOffset, src.byteLength);
   }
@@ -730,6 +737,7 @@ var Gpu = class _Gpu {
   copyRange(src, srcOffset, dst, dstOffset, count) {
     checkShape(srcOffset >= 0 && dstOffset >= 0 && srcOffset + count <= src.size && dstOffset + count <= dst.size, `copyRange: ${count} elements from ${srcOffset} (of ${src.size}) to ${dstOffset} (of ${dst.size})`);
     if (count === 0) return;
+    this.#changed(dst.buffer);
     this.#endPass();
     this.#enc().copyBufferToBuffer(src.buffer, src.byteOffset + 4 * srcOffset, dst.buffer, dst.byteOffset + 4 * dstOffset, 4 * count);
   }
@@ -860,6 +868,72 @@ var Gpu = class _Gpu {
     list.push(tex);
     this.#textures.set(key, list);
   }
+  /**
+   * Declares the buffers of `tensors` constant until the returned function is called (holds
+   * nest; call it once). While held, the texture matmul path packs each sub-block of such an
+   * operand into a texture once and reuses it, instead of packing it again for every matmul:
+   * generation holds the model's weights, which every decoded token multiplies by. Any write
+   * to a held buffer (a kernel binding it writable, `write`, `copy`, `copyRange`) drops its
+   * packed textures, so a stale copy is never read. Packed textures count against a budget
+   * (`min(256 MiB, maxBufferSize)`); beyond it operands are packed per use as usual. Release
+   * the hold before disposing a held tensor (its pooled buffer may be reused).
+   */
+  holdConstant(tensors) {
+    const buffers = [
+      ...new Set(tensors.map((t) => t.buffer))
+    ];
+    for (const b of buffers) {
+      const e = this.#constant.get(b) ?? {
+        holds: 0,
+        packed: /* @__PURE__ */ new Map()
+      };
+      e.holds++;
+      this.#constant.set(b, e);
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const b of buffers) {
+        const e = this.#constant.get(b);
+        if (--e.holds > 0) continue;
+        this.#changed(b);
+        this.#constant.delete(b);
+      }
+    };
+  }
+  /**
+   * The packed texture of a held-constant operand block (`key` names the block), filled by
+   * `fill` on first use; `undefined` when `src` is not held or the budget is spent (then the
+   * caller packs into a scratch texture and releases it).
+   */
+  constantTexture(src, key, size, fill2) {
+    const e = this.#constant.get(src.buffer);
+    if (!e) return void 0;
+    const k = `${src.byteOffset}|${key}`;
+    const hit = e.packed.get(k);
+    if (hit) return hit;
+    const tex = this.scratchTexture(...size);
+    const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+    if (this.#constantBytes + bytes > Math.min(256 * 2 ** 20, this.limits.maxBufferSize)) {
+      this.releaseTexture(tex);
+      return void 0;
+    }
+    fill2(tex);
+    this.#constantBytes += bytes;
+    e.packed.set(k, tex);
+    return tex;
+  }
+  /** A held buffer changed (or its hold ended): its packed textures go back to the pool. */
+  #changed(buffer) {
+    const e = this.#constant.get(buffer);
+    if (!e || e.packed.size === 0) return;
+    for (const tex of e.packed.values()) {
+      this.#constantBytes -= 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+      this.releaseTexture(tex);
+    }
+    e.packed.clear();
+  }
   // ---------------------------------------------------------------- pipelines and dispatch
   /** A compute pipeline for `code`, cached by source and entry point. */
   pipeline(code, entryPoint = "main") {
@@ -907,6 +981,12 @@ var Gpu = class _Gpu {
       });
     });
     this.#checkAliasing(pipeline, bindings);
+    if (this.#constant.size > 0) {
+      const access = this.#access.get(pipeline);
+      bindings.forEach((b, i) => {
+        if (b instanceof Tensor && access?.get(i)?.access === "read_write") this.#changed(b.buffer);
+      });
+    }
     if (params) {
       entries.push({
         binding: bindings.length,
@@ -1243,6 +1323,7 @@ function fillTexture(gpu, src, tex, b) {
 var FLAG_BIAS = 1;
 var FLAG_RELU = 2;
 var FLAG_ACC = 4;
+var FLAG_RES = 8;
 var TEXTURE_TILING = {
   rows: 8,
   texels: 2,
@@ -1276,14 +1357,15 @@ struct P {
   m0: u32, n0: u32,            // chunk origin in C
   ldc: u32, c_batch_stride: u32, batch0: u32,
   b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual
   alpha: f32,                  // scale of the product
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
-@group(0) @binding(4) var<uniform> p: P;
+@group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
+@group(0) @binding(5) var<uniform> p: P;
 
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
@@ -1293,6 +1375,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
       let idx = cbase + (p.m0 + r) * p.ldc + p.n0 + cc;
       var x = p.alpha * v[t];
       if ((p.flags & 1u) != 0u) { x += bias[p.n0 + cc]; }
+      if ((p.flags & 8u) != 0u) { x += res[idx]; }
       if ((p.flags & 4u) != 0u) { x += c[idx]; }
       if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
       c[idx] = x;
@@ -1336,7 +1419,8 @@ struct P {
 @group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
-@group(0) @binding(4) var<uniform> p: P;
+@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
+@group(0) @binding(5) var<uniform> p: P;
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
 var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
@@ -1393,6 +1477,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
         let idx = cbase + r * p.N + cc;
         var x = p.alpha * v[j];
         if ((p.flags & 1u) != 0u) { x += bias[cc]; }
+        if ((p.flags & 8u) != 0u) { x += res[idx]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
         c[idx] = x;
@@ -1440,6 +1525,10 @@ function matmul(gpu, a, b, opts = {}) {
   if (opts.bias) flags |= FLAG_BIAS;
   if (opts.relu) flags |= FLAG_RELU;
   if (opts.accumulate) flags |= FLAG_ACC;
+  if (opts.residual) {
+    checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
+    flags |= FLAG_RES;
+  }
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
   if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
   else runTexture(gpu, a, b, out, s, opts, flags);
@@ -1461,7 +1550,8 @@ function runBuffer(gpu, a, b, out, s, o, flags) {
       view(a, s.M * s.K),
       s.shareB ? b : view(b, s.K * s.N),
       view(out, s.M * s.N),
-      o.bias ?? dummy(gpu)
+      o.bias ?? dummy(gpu),
+      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu)
     ], [
       gx,
       gy,
@@ -1491,7 +1581,6 @@ function runTexture(gpu, a, b, out, s, o, flags) {
           const aRows = Math.ceil(mc / t.rows) * t.rows;
           const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
           const at = gpu.scratchTexture(k4, aRows, nb);
-          const bt = gpu.scratchTexture(bTexels, 4 * k4, bLayers);
           fillTexture(gpu, a, at, {
             rows: mc,
             cols: kc,
@@ -1505,7 +1594,7 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             width: k4,
             height: aRows
           });
-          fillTexture(gpu, b, bt, {
+          const fillB = (tex) => fillTexture(gpu, b, tex, {
             rows: kc,
             cols: nc,
             ld: ldB,
@@ -1518,8 +1607,16 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             width: bTexels,
             height: 4 * k4
           });
+          const bSize = [
+            bTexels,
+            4 * k4,
+            bLayers
+          ];
+          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4}`, bSize, fillB);
+          const bt = held ?? gpu.scratchTexture(...bSize);
+          if (!held) fillB(bt);
           let f = flags;
-          if (k0 > 0) f = f & ~FLAG_BIAS | FLAG_ACC;
+          if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
           const lastK = k0 + kStep >= s.K;
           if (!lastK) f &= ~FLAG_RELU;
           gpu.dispatch(mm, [
@@ -1530,14 +1627,15 @@ function runTexture(gpu, a, b, out, s, o, flags) {
               dimension: "2d-array"
             }),
             out,
-            o.bias ?? dummy(gpu)
+            o.bias ?? dummy(gpu),
+            o.residual ?? dummy(gpu)
           ], [
             Math.ceil(nc / (4 * t.texels * t.wgX)),
             Math.ceil(mc / (t.rows * t.wgY)),
             nb
           ], new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1));
           gpu.releaseTexture(at);
-          gpu.releaseTexture(bt);
+          if (!held) gpu.releaseTexture(bt);
         }
       }
     }
@@ -3818,6 +3916,65 @@ ${LINEAR_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
+var TREE_SUM = `
+fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
+  }
+  return (*part)[0];
+}`;
+var FORWARD_TREE = `${TREE_SUM}
+${FORWARD_BINDINGS}
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  var part: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) { s += x[base + c]; }
+    part[l] = s;
+  }
+  let m = tree_sum(&part) / f32(p.cols);
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var q = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) { let d = x[base + c] - m; q += d * d; }
+    part[l] = q;
+  }
+  let r = inverseSqrt(tree_sum(&part) / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+var BACKWARD_DX_TREE = `${TREE_SUM}
+${BACKWARD_DX_BINDINGS}
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  let m = mean[row];
+  let r = rstd[row];
+  var p1: array<f32, ${ROW_WG}>;
+  var p2: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
+      let g = dy[base + c] * w[c];
+      s1 += g;
+      s2 += g * (x[base + c] - m) * r;
+    }
+    p1[l] = s1;
+    p2[l] = s2;
+  }
+  let mg = tree_sum(&p1) / f32(p.cols);
+  let mgx = tree_sum(&p2) / f32(p.cols);
+  for (var c = 0u; c < p.cols; c++) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
 var BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
@@ -3839,6 +3996,9 @@ ${LINEAR_MAIN}
   dw[i] += sw;
   db[i] += sb;
 }`;
+function defaultVariant(gpu, rows2) {
+  return gpu.isFallbackAdapter && rows2 >= 128 ? "row-tree" : "workgroup";
+}
 function dims2(x, w, b, name) {
   checkShape(x.dtype === "f32", `${name}: x must be f32`);
   const C2 = x.shape[x.shape.length - 1] ?? 0;
@@ -3854,8 +4014,8 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   const { rows: rows2, C: C2 } = dims2(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  const rowwise = opts.variant === "row-thread";
-  gpu.dispatch(gpu.pipeline(rowwise ? FORWARD_ROWWISE : FORWARD2), [
+  const variant = opts.variant ?? defaultVariant(gpu, rows2), rowwise = variant !== "workgroup";
+  gpu.dispatch(gpu.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD2), [
     x,
     weight,
     bias,
@@ -3871,13 +4031,13 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
 }
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows2, C: C2 } = dims2(x, weight, null, "layernormBackward");
-  const rowwise = opts.variant === "row-thread";
+  const variant = opts.variant ?? defaultVariant(gpu, rows2), rowwise = variant !== "workgroup";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C2 && dbias.size === C2, "layernormBackward: dweight/dbias size");
   checkShape(!opts.accumulateDx || opts.dx !== void 0, "layernormBackward: accumulateDx needs dx");
   const dx = opts.dx ?? gpu.empty(x.shape);
-  gpu.dispatch(gpu.pipeline(rowwise ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
+  gpu.dispatch(gpu.pipeline(variant === "row-tree" ? BACKWARD_DX_TREE : variant === "row-thread" ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
     dy,
     x,
     weight,
@@ -4333,6 +4493,7 @@ var ParamStore = class {
   params;
   /** False for a frozen store: parameters only, no gradient or AdamW buffers. */
   trainable;
+  #release;
   #grads;
   #m;
   #v;
@@ -4377,6 +4538,9 @@ var ParamStore = class {
     };
     this.params = make();
     this.trainable = !opts.frozen;
+    if (opts.frozen) this.#release = gpu.holdConstant([
+      this.params
+    ]);
     if (this.trainable) {
       this.#grads = make();
       this.#m = make();
@@ -4648,6 +4812,7 @@ var ParamStore = class {
   }
   /** Frees the buffers. */
   dispose() {
+    this.#release?.();
     for (const t of this.#buffers()) t.dispose();
   }
 };
@@ -4769,8 +4934,16 @@ var OptModel = class _OptModel {
       return matmul(gpu, x, this.#p(`${name}.weight`), {
         transB: true,
         bias,
-        relu: opts.relu
+        relu: opts.relu,
+        residual: opts.residual
       });
+    }
+    if (opts.residual) {
+      const y2 = this.#linear(x, name, {
+        relu: opts.relu,
+        bias: opts.bias
+      }, lu);
+      return add(gpu, opts.residual, y2, y2);
     }
     const u = matmul(gpu, x, ad.A, {
       transB: true
@@ -4929,7 +5102,12 @@ var OptModel = class _OptModel {
     }
     const layers = [];
     const lu = /* @__PURE__ */ new Map();
-    const heads = (t) => swapAxes12(gpu, t.reshape([
+    const heads = (t) => T3 === 1 ? t.intoShape([
+      B4,
+      H,
+      1,
+      Dh
+    ]) : swapAxes12(gpu, t.reshape([
       B4,
       T3,
       H,
@@ -4955,15 +5133,20 @@ var OptModel = class _OptModel {
         v
       ]) t.dispose();
       a.att = attend(l, a.q, a.k, a.v);
-      a.merged = swapAxes12(gpu, a.att.out).intoShape([
+      a.merged = T3 === 1 ? a.att.out.reshape([
+        N,
+        C2
+      ]) : swapAxes12(gpu, a.att.out).intoShape([
         N,
         C2
       ]);
-      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {}, lu);
+      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {
+        residual: x
+      }, lu);
       if (pre) {
-        a.x1 = add(gpu, x, o, o);
+        a.x1 = o;
       } else {
-        a.x1pre = add(gpu, x, o, o);
+        a.x1pre = o;
         a.ln1 = this.#ln(a.x1pre, `${p}self_attn_layer_norm`);
         a.x1 = a.ln1.y;
       }
@@ -4972,11 +5155,13 @@ var OptModel = class _OptModel {
       a.h = this.#linear(a.ffnIn, `${p}fc1`, {
         relu: true
       }, lu);
-      const f = this.#linear(a.h, `${p}fc2`, {}, lu);
+      const f = this.#linear(a.h, `${p}fc2`, {
+        residual: a.x1
+      }, lu);
       if (pre) {
-        x = add(gpu, a.x1, f, f);
+        x = f;
       } else {
-        a.x2pre = add(gpu, a.x1, f, f);
+        a.x2pre = f;
         a.ln2 = this.#ln(a.x2pre, `${p}final_layer_norm`);
         x = a.ln2.y;
       }
@@ -6607,6 +6792,10 @@ async function generate(model2, prompt, mask, opts) {
   ], "i32");
   const V = c.vocab_size;
   let generated = G2;
+  const release = gpu.holdConstant([
+    model2.store.params,
+    model2.lora?.store.params
+  ].filter((t) => !!t));
   try {
     const acts = model2.forward(prompt, mask, {
       kvCache: caches
@@ -6652,6 +6841,7 @@ async function generate(model2, prompt, mask, opts) {
     }
     promptPositions.dispose();
   } finally {
+    release();
     for (const cache of caches) cache.destroy();
     keyMask.dispose();
     nextTok.dispose();
@@ -7641,6 +7831,31 @@ for (const [rows2, C2, variant] of [
     65,
     7,
     "workgroup"
+  ],
+  [
+    1,
+    1,
+    "row-tree"
+  ],
+  [
+    7,
+    33,
+    "row-tree"
+  ],
+  [
+    3,
+    65,
+    "row-tree"
+  ],
+  [
+    2,
+    1e3,
+    "row-tree"
+  ],
+  [
+    300,
+    129,
+    "row-tree"
   ]
 ]) {
   cases7.push({
@@ -7709,7 +7924,8 @@ cases7.push({
     ]), tw = gpu.fromArray(w);
     for (const variant of [
       "row-thread",
-      "workgroup"
+      "workgroup",
+      "row-tree"
     ]) {
       const f = layernormForward(gpu, tx, tw, gpu.fromArray(b), {
         variant
@@ -7739,6 +7955,82 @@ cases7.push({
     ]), gpu.zeros([
       7
     ])), ShapeError, "weight has 6 elements");
+  }
+});
+cases7.push({
+  name: "layernorm: the row-tree form gives the workgroup form's bits (forward, saved stats, dx, dweight, dbias), so the default may pick either by shape and adapter",
+  async run(gpu) {
+    for (const [rows2, C2] of [
+      [
+        1,
+        1
+      ],
+      [
+        3,
+        5
+      ],
+      [
+        17,
+        64
+      ],
+      [
+        5,
+        65
+      ],
+      [
+        300,
+        129
+      ],
+      [
+        7,
+        768
+      ],
+      [
+        2,
+        3e3
+      ]
+    ]) {
+      const tx = gpu.fromArray(randArray(rows2 * C2, 21, -3, 3), [
+        rows2,
+        C2
+      ]);
+      const tw = gpu.fromArray(randArray(C2, 22)), tb = gpu.fromArray(randArray(C2, 23));
+      const dy = gpu.fromArray(randArray(rows2 * C2, 24), [
+        rows2,
+        C2
+      ]);
+      const bits = {};
+      for (const variant of [
+        "workgroup",
+        "row-tree"
+      ]) {
+        const f = layernormForward(gpu, tx, tw, tb, {
+          variant
+        });
+        const dw = gpu.zeros([
+          C2
+        ]), db = gpu.zeros([
+          C2
+        ]);
+        const dx = layernormBackward(gpu, dy, tx, tw, f, dw, db, {
+          variant
+        });
+        bits[variant] = await Promise.all([
+          f.y,
+          f.mean,
+          f.rstd,
+          dx,
+          dw,
+          db
+        ].map(gpu.readF32, gpu));
+      }
+      bits.workgroup.forEach((a, j) => {
+        const i = a.findIndex((v, i2) => !Object.is(v, bits["row-tree"][j][i2]));
+        if (i >= 0) {
+          throw new Error(`${rows2}\xD7${C2} output ${j}[${i}]: workgroup ${a[i]} vs row-tree ${bits["row-tree"][j][i]}`);
+        }
+      });
+    }
   }
 });
 
@@ -8330,6 +8622,7 @@ function matmul2(a, b, o) {
         }
         s *= o.alpha ?? 1;
         if (o.bias) s += o.bias[n];
+        if (o.residual) s += o.residual[cb + m * N + n];
         if (o.accumulate) s += o.accumulate[cb + m * N + n];
         if (o.relu) s = Math.max(s, 0);
         c[cb + m * N + n] = s;
@@ -8507,6 +8800,95 @@ for (const path of PATHS) {
         shareB: true,
         accumulate: c0
       }), TOL5, "shared B accumulate");
+    }
+  });
+  cases9.push({
+    name: `matmul (${path} path): a residual epilogue (bias, residual, accumulate, ReLU) matches float64 and gives add(residual, matmul)'s bits; a wrong-sized or aliased residual is named`,
+    async run(gpu) {
+      const batch2 = 2, M = 13, K2 = 23, N = 11;
+      const a = randArray(batch2 * M * K2, 31), b = randArray(K2 * N, 32);
+      const bias = randArray(N, 33), r = randArray(batch2 * M * N, 34), c0 = randArray(M * N, 35);
+      const ta = gpu.fromArray(a, [
+        batch2,
+        M,
+        K2
+      ]), tb = gpu.fromArray(b, [
+        K2,
+        N
+      ]);
+      const tbias = gpu.fromArray(bias), tr = gpu.fromArray(r, [
+        batch2,
+        M,
+        N
+      ]);
+      const y = matmul(gpu, ta, tb, {
+        bias: tbias,
+        residual: tr,
+        relu: true,
+        path
+      });
+      const args = {
+        batch: batch2,
+        M,
+        N,
+        K: K2,
+        shareB: true,
+        bias,
+        residual: r,
+        relu: true
+      };
+      assertClose(await gpu.readF32(y), matmul2(a, b, args), TOL5, "residual + relu");
+      const fused2 = await gpu.readF32(matmul(gpu, ta, tb, {
+        bias: tbias,
+        residual: tr,
+        path
+      }));
+      const plain = await gpu.readF32(add(gpu, tr, matmul(gpu, ta, tb, {
+        bias: tbias,
+        path
+      })));
+      assert(fused2.every((v, i) => Object.is(v, plain[i])), "fused residual = add(x, matmul)");
+      const acc = gpu.fromArray(c0, [
+        M,
+        N
+      ]);
+      const a1 = a.subarray(0, M * K2), r1 = r.subarray(0, M * N);
+      matmul(gpu, gpu.fromArray(a1, [
+        M,
+        K2
+      ]), tb, {
+        residual: gpu.fromArray(r1, [
+          M,
+          N
+        ]),
+        out: acc,
+        accumulate: true,
+        path
+      });
+      assertClose(await gpu.readF32(acc), matmul2(a1, b, {
+        M,
+        N,
+        K: K2,
+        residual: r1,
+        accumulate: c0
+      }), TOL5, "residual + accumulate");
+      await assertThrows(() => matmul(gpu, ta, tb, {
+        residual: gpu.zeros([
+          M,
+          N
+        ]),
+        path
+      }), ShapeError, "residual");
+      const out = gpu.zeros([
+        batch2,
+        M,
+        N
+      ]);
+      await assertThrows(() => matmul(gpu, ta, tb, {
+        residual: out,
+        out,
+        path
+      }), GpuValidationError, "same buffer");
     }
   });
   cases9.push({
@@ -11538,6 +11920,72 @@ cases15.push({
       }
     }
     await assertThrows(() => gpu.profileReport(), Error, "profile: true");
+  }
+});
+cases15.push({
+  name: "runtime: a held-constant operand is packed once and gives the same bits as packing per use; a write to it (kernel, write, copy) drops the packed copy; the hold ends cleanly",
+  async run(gpu) {
+    const M = 5, K2 = 37, N = 19;
+    const x = gpu.fromArray(Float32Array.from({
+      length: M * K2
+    }, (_, i) => Math.sin(i)), [
+      M,
+      K2
+    ]);
+    const w = gpu.fromArray(Float32Array.from({
+      length: N * K2
+    }, (_, i) => Math.cos(i)), [
+      N,
+      K2
+    ]);
+    const bias = gpu.fromArray(Float32Array.from({
+      length: N
+    }, (_, i) => i / 7));
+    const y = () => gpu.read(matmul(gpu, x, w, {
+      transB: true,
+      bias,
+      path: "texture"
+    }));
+    const wT = gpu.fromArray(await gpu.read(w), [
+      K2,
+      N
+    ]);
+    const y2 = () => gpu.read(matmul(gpu, x, wT, {
+      path: "texture"
+    }));
+    const plain = await y(), plain2 = await y2();
+    const release = gpu.holdConstant([
+      w,
+      wT
+    ]);
+    const d0 = gpu.stats.dispatches;
+    assertEquals(await y(), plain, "first use under the hold (packs)");
+    const d1 = gpu.stats.dispatches;
+    assertEquals(await y(), plain, "second use (reuses the packed texture)");
+    assert(gpu.stats.dispatches - d1 < d1 - d0, "the reuse skips the pack dispatch");
+    assertEquals(await y2(), plain2);
+    assertEquals(await y2(), plain2);
+    scale(gpu, w, 2, w);
+    const doubled = await y();
+    for (let j = 0; j < doubled.length; j++) {
+      const b = j % N / 7, want = 2 * (plain[j] - b) + b;
+      assert(Math.abs(doubled[j] - want) < 1e-4, `after scale: ${doubled[j]} vs ${want}`);
+    }
+    gpu.write(w, new Float32Array(N * K2));
+    assertEquals(await y(), Array.from({
+      length: M * N
+    }, (_, j) => Math.fround(j % N / 7)));
+    const original = Float32Array.from({
+      length: N * K2
+    }, (_, i) => Math.cos(i));
+    gpu.copy(gpu.fromArray(original, [
+      N,
+      K2
+    ]), w);
+    assertEquals(await y(), plain, "after copy: the original weights again");
+    release();
+    release();
+    assertEquals(await y(), plain, "after the hold");
   }
 });
 

@@ -468,6 +468,9 @@ var Gpu = class _Gpu {
   /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
   #errors;
   #textures;
+  /** Buffers held constant ({@link holdConstant}) and their packed operand textures. */
+  #constant;
+  #constantBytes;
   #profiler;
   constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null) {
     this.device = device;
@@ -488,6 +491,8 @@ var Gpu = class _Gpu {
     this.#arenaIndex = 0;
     this.#errors = [];
     this.#textures = /* @__PURE__ */ new Map();
+    this.#constant = /* @__PURE__ */ new Map();
+    this.#constantBytes = 0;
     this.#placeholders = [];
     this.#scopes = [];
     this.pool = new BufferPool(device);
@@ -682,12 +687,14 @@ var Gpu = class _Gpu {
     checkShape(elementOffset + data.length <= t.size, `write: ${data.length} values at offset ${elementOffset} overflow [${t.shape.join(", ")}]`);
     if (this.#encoder) this.flush();
     if (data.length === 0) return;
+    this.#changed(t.buffer);
     this.device.queue.writeBuffer(t.buffer, t.byteOffset + elementOffset * 4, data.buffer, data.byteOffset, data.byteLength);
   }
   /** Copies `src` into `dst` (element counts must match), recorded in order. */
   copy(src, dst) {
     checkShape(src.size === dst.size, `copy: ${src.size} elements into ${dst.size} ([${src.shape}] \u2192 [${dst.shape}])`);
     if (src.size === 0) return;
+    this.#changed(dst.buffer);
     this.#endPass();
     this.#enc().copyBufferToBuffer(src.buffer, src.byteOffset, dst.buffer, dst.byteOffset, src.byteLength);
   }
@@ -698,6 +705,7 @@ var Gpu = class _Gpu {
   copyRange(src, srcOffset, dst, dstOffset, count) {
     checkShape(srcOffset >= 0 && dstOffset >= 0 && srcOffset + count <= src.size && dstOffset + count <= dst.size, `copyRange: ${count} elements from ${srcOffset} (of ${src.size}) to ${dstOffset} (of ${dst.size})`);
     if (count === 0) return;
+    this.#changed(dst.buffer);
     this.#endPass();
     this.#enc().copyBufferToBuffer(src.buffer, src.byteOffset + 4 * srcOffset, dst.buffer, dst.byteOffset + 4 * dstOffset, 4 * count);
   }
@@ -828,6 +836,72 @@ var Gpu = class _Gpu {
     list.push(tex);
     this.#textures.set(key, list);
   }
+  /**
+   * Declares the buffers of `tensors` constant until the returned function is called (holds
+   * nest; call it once). While held, the texture matmul path packs each sub-block of such an
+   * operand into a texture once and reuses it, instead of packing it again for every matmul:
+   * generation holds the model's weights, which every decoded token multiplies by. Any write
+   * to a held buffer (a kernel binding it writable, `write`, `copy`, `copyRange`) drops its
+   * packed textures, so a stale copy is never read. Packed textures count against a budget
+   * (`min(256 MiB, maxBufferSize)`); beyond it operands are packed per use as usual. Release
+   * the hold before disposing a held tensor (its pooled buffer may be reused).
+   */
+  holdConstant(tensors) {
+    const buffers = [
+      ...new Set(tensors.map((t) => t.buffer))
+    ];
+    for (const b of buffers) {
+      const e = this.#constant.get(b) ?? {
+        holds: 0,
+        packed: /* @__PURE__ */ new Map()
+      };
+      e.holds++;
+      this.#constant.set(b, e);
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const b of buffers) {
+        const e = this.#constant.get(b);
+        if (--e.holds > 0) continue;
+        this.#changed(b);
+        this.#constant.delete(b);
+      }
+    };
+  }
+  /**
+   * The packed texture of a held-constant operand block (`key` names the block), filled by
+   * `fill` on first use; `undefined` when `src` is not held or the budget is spent (then the
+   * caller packs into a scratch texture and releases it).
+   */
+  constantTexture(src, key, size, fill2) {
+    const e = this.#constant.get(src.buffer);
+    if (!e) return void 0;
+    const k = `${src.byteOffset}|${key}`;
+    const hit = e.packed.get(k);
+    if (hit) return hit;
+    const tex = this.scratchTexture(...size);
+    const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+    if (this.#constantBytes + bytes > Math.min(256 * 2 ** 20, this.limits.maxBufferSize)) {
+      this.releaseTexture(tex);
+      return void 0;
+    }
+    fill2(tex);
+    this.#constantBytes += bytes;
+    e.packed.set(k, tex);
+    return tex;
+  }
+  /** A held buffer changed (or its hold ended): its packed textures go back to the pool. */
+  #changed(buffer) {
+    const e = this.#constant.get(buffer);
+    if (!e || e.packed.size === 0) return;
+    for (const tex of e.packed.values()) {
+      this.#constantBytes -= 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+      this.releaseTexture(tex);
+    }
+    e.packed.clear();
+  }
   // ---------------------------------------------------------------- pipelines and dispatch
   /** A compute pipeline for `code`, cached by source and entry point. */
   pipeline(code, entryPoint = "main") {
@@ -875,6 +949,12 @@ var Gpu = class _Gpu {
       });
     });
     this.#checkAliasing(pipeline, bindings);
+    if (this.#constant.size > 0) {
+      const access = this.#access.get(pipeline);
+      bindings.forEach((b, i) => {
+        if (b instanceof Tensor && access?.get(i)?.access === "read_write") this.#changed(b.buffer);
+      });
+    }
     if (params) {
       entries.push({
         binding: bindings.length,
@@ -1514,6 +1594,7 @@ function fillTexture(gpu, src, tex, b) {
 var FLAG_BIAS = 1;
 var FLAG_RELU = 2;
 var FLAG_ACC = 4;
+var FLAG_RES = 8;
 var TEXTURE_TILING = {
   rows: 8,
   texels: 2,
@@ -1547,14 +1628,15 @@ struct P {
   m0: u32, n0: u32,            // chunk origin in C
   ldc: u32, c_batch_stride: u32, batch0: u32,
   b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual
   alpha: f32,                  // scale of the product
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
-@group(0) @binding(4) var<uniform> p: P;
+@group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
+@group(0) @binding(5) var<uniform> p: P;
 
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
@@ -1564,6 +1646,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
       let idx = cbase + (p.m0 + r) * p.ldc + p.n0 + cc;
       var x = p.alpha * v[t];
       if ((p.flags & 1u) != 0u) { x += bias[p.n0 + cc]; }
+      if ((p.flags & 8u) != 0u) { x += res[idx]; }
       if ((p.flags & 4u) != 0u) { x += c[idx]; }
       if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
       c[idx] = x;
@@ -1607,7 +1690,8 @@ struct P {
 @group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
-@group(0) @binding(4) var<uniform> p: P;
+@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
+@group(0) @binding(5) var<uniform> p: P;
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
 var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
@@ -1664,6 +1748,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
         let idx = cbase + r * p.N + cc;
         var x = p.alpha * v[j];
         if ((p.flags & 1u) != 0u) { x += bias[cc]; }
+        if ((p.flags & 8u) != 0u) { x += res[idx]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
         c[idx] = x;
@@ -1711,6 +1796,10 @@ function matmul(gpu, a, b, opts = {}) {
   if (opts.bias) flags |= FLAG_BIAS;
   if (opts.relu) flags |= FLAG_RELU;
   if (opts.accumulate) flags |= FLAG_ACC;
+  if (opts.residual) {
+    checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
+    flags |= FLAG_RES;
+  }
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
   if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
   else runTexture(gpu, a, b, out, s, opts, flags);
@@ -1732,7 +1821,8 @@ function runBuffer(gpu, a, b, out, s, o, flags) {
       view(a, s.M * s.K),
       s.shareB ? b : view(b, s.K * s.N),
       view(out, s.M * s.N),
-      o.bias ?? dummy(gpu)
+      o.bias ?? dummy(gpu),
+      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu)
     ], [
       gx,
       gy,
@@ -1762,7 +1852,6 @@ function runTexture(gpu, a, b, out, s, o, flags) {
           const aRows = Math.ceil(mc / t.rows) * t.rows;
           const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
           const at = gpu.scratchTexture(k4, aRows, nb);
-          const bt = gpu.scratchTexture(bTexels, 4 * k4, bLayers);
           fillTexture(gpu, a, at, {
             rows: mc,
             cols: kc,
@@ -1776,7 +1865,7 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             width: k4,
             height: aRows
           });
-          fillTexture(gpu, b, bt, {
+          const fillB = (tex) => fillTexture(gpu, b, tex, {
             rows: kc,
             cols: nc,
             ld: ldB,
@@ -1789,8 +1878,16 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             width: bTexels,
             height: 4 * k4
           });
+          const bSize = [
+            bTexels,
+            4 * k4,
+            bLayers
+          ];
+          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4}`, bSize, fillB);
+          const bt = held ?? gpu.scratchTexture(...bSize);
+          if (!held) fillB(bt);
           let f = flags;
-          if (k0 > 0) f = f & ~FLAG_BIAS | FLAG_ACC;
+          if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
           const lastK = k0 + kStep >= s.K;
           if (!lastK) f &= ~FLAG_RELU;
           gpu.dispatch(mm, [
@@ -1801,14 +1898,15 @@ function runTexture(gpu, a, b, out, s, o, flags) {
               dimension: "2d-array"
             }),
             out,
-            o.bias ?? dummy(gpu)
+            o.bias ?? dummy(gpu),
+            o.residual ?? dummy(gpu)
           ], [
             Math.ceil(nc / (4 * t.texels * t.wgX)),
             Math.ceil(mc / (t.rows * t.wgY)),
             nb
           ], new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1));
           gpu.releaseTexture(at);
-          gpu.releaseTexture(bt);
+          if (!held) gpu.releaseTexture(bt);
         }
       }
     }
@@ -2366,6 +2464,65 @@ ${LINEAR_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
+var TREE_SUM = `
+fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
+  }
+  return (*part)[0];
+}`;
+var FORWARD_TREE = `${TREE_SUM}
+${FORWARD_BINDINGS}
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  var part: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) { s += x[base + c]; }
+    part[l] = s;
+  }
+  let m = tree_sum(&part) / f32(p.cols);
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var q = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) { let d = x[base + c] - m; q += d * d; }
+    part[l] = q;
+  }
+  let r = inverseSqrt(tree_sum(&part) / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+var BACKWARD_DX_TREE = `${TREE_SUM}
+${BACKWARD_DX_BINDINGS}
+${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;
+  let m = mean[row];
+  let r = rstd[row];
+  var p1: array<f32, ${ROW_WG}>;
+  var p2: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
+      let g = dy[base + c] * w[c];
+      s1 += g;
+      s2 += g * (x[base + c] - m) * r;
+    }
+    p1[l] = s1;
+    p2[l] = s2;
+  }
+  let mg = tree_sum(&p1) / f32(p.cols);
+  let mgx = tree_sum(&p2) / f32(p.cols);
+  for (var c = 0u; c < p.cols; c++) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
 var BACKWARD_DW = `
 struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
@@ -2387,6 +2544,9 @@ ${LINEAR_MAIN}
   dw[i] += sw;
   db[i] += sb;
 }`;
+function defaultVariant(gpu, rows3) {
+  return gpu.isFallbackAdapter && rows3 >= 128 ? "row-tree" : "workgroup";
+}
 function dims(x, w, b, name) {
   checkShape(x.dtype === "f32", `${name}: x must be f32`);
   const C = x.shape[x.shape.length - 1] ?? 0;
@@ -2402,8 +2562,8 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   const { rows: rows3, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  const rowwise = opts.variant === "row-thread";
-  gpu.dispatch(gpu.pipeline(rowwise ? FORWARD_ROWWISE : FORWARD), [
+  const variant = opts.variant ?? defaultVariant(gpu, rows3), rowwise = variant !== "workgroup";
+  gpu.dispatch(gpu.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD), [
     x,
     weight,
     bias,
@@ -2419,13 +2579,13 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
 }
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows3, C } = dims(x, weight, null, "layernormBackward");
-  const rowwise = opts.variant === "row-thread";
+  const variant = opts.variant ?? defaultVariant(gpu, rows3), rowwise = variant !== "workgroup";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
   checkShape(!opts.accumulateDx || opts.dx !== void 0, "layernormBackward: accumulateDx needs dx");
   const dx = opts.dx ?? gpu.empty(x.shape);
-  gpu.dispatch(gpu.pipeline(rowwise ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
+  gpu.dispatch(gpu.pipeline(variant === "row-tree" ? BACKWARD_DX_TREE : variant === "row-thread" ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
     dy,
     x,
     weight,
@@ -4720,6 +4880,7 @@ function matmul2(a, b, o) {
         }
         s *= o.alpha ?? 1;
         if (o.bias) s += o.bias[n];
+        if (o.residual) s += o.residual[cb + m * N + n];
         if (o.accumulate) s += o.accumulate[cb + m * N + n];
         if (o.relu) s = Math.max(s, 0);
         c[cb + m * N + n] = s;
@@ -5671,6 +5832,7 @@ var ParamStore = class {
   params;
   /** False for a frozen store: parameters only, no gradient or AdamW buffers. */
   trainable;
+  #release;
   #grads;
   #m;
   #v;
@@ -5715,6 +5877,9 @@ var ParamStore = class {
     };
     this.params = make();
     this.trainable = !opts.frozen;
+    if (opts.frozen) this.#release = gpu.holdConstant([
+      this.params
+    ]);
     if (this.trainable) {
       this.#grads = make();
       this.#m = make();
@@ -5986,6 +6151,7 @@ var ParamStore = class {
   }
   /** Frees the buffers. */
   dispose() {
+    this.#release?.();
     for (const t of this.#buffers()) t.dispose();
   }
 };
@@ -6185,8 +6351,16 @@ var OptModel = class _OptModel {
       return matmul(gpu, x, this.#p(`${name}.weight`), {
         transB: true,
         bias,
-        relu: opts.relu
+        relu: opts.relu,
+        residual: opts.residual
       });
+    }
+    if (opts.residual) {
+      const y2 = this.#linear(x, name, {
+        relu: opts.relu,
+        bias: opts.bias
+      }, lu);
+      return add(gpu, opts.residual, y2, y2);
     }
     const u = matmul(gpu, x, ad.A, {
       transB: true
@@ -6345,7 +6519,12 @@ var OptModel = class _OptModel {
     }
     const layers = [];
     const lu = /* @__PURE__ */ new Map();
-    const heads = (t) => swapAxes12(gpu, t.reshape([
+    const heads = (t) => T === 1 ? t.intoShape([
+      B,
+      H2,
+      1,
+      Dh
+    ]) : swapAxes12(gpu, t.reshape([
       B,
       T,
       H2,
@@ -6371,15 +6550,20 @@ var OptModel = class _OptModel {
         v
       ]) t.dispose();
       a.att = attend(l, a.q, a.k, a.v);
-      a.merged = swapAxes12(gpu, a.att.out).intoShape([
+      a.merged = T === 1 ? a.att.out.reshape([
+        N,
+        C
+      ]) : swapAxes12(gpu, a.att.out).intoShape([
         N,
         C
       ]);
-      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {}, lu);
+      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {
+        residual: x
+      }, lu);
       if (pre) {
-        a.x1 = add(gpu, x, o, o);
+        a.x1 = o;
       } else {
-        a.x1pre = add(gpu, x, o, o);
+        a.x1pre = o;
         a.ln1 = this.#ln(a.x1pre, `${p}self_attn_layer_norm`);
         a.x1 = a.ln1.y;
       }
@@ -6388,11 +6572,13 @@ var OptModel = class _OptModel {
       a.h = this.#linear(a.ffnIn, `${p}fc1`, {
         relu: true
       }, lu);
-      const f = this.#linear(a.h, `${p}fc2`, {}, lu);
+      const f = this.#linear(a.h, `${p}fc2`, {
+        residual: a.x1
+      }, lu);
       if (pre) {
-        x = add(gpu, a.x1, f, f);
+        x = f;
       } else {
-        a.x2pre = add(gpu, a.x1, f, f);
+        a.x2pre = f;
         a.ln2 = this.#ln(a.x2pre, `${p}final_layer_norm`);
         x = a.ln2.y;
       }
@@ -7395,6 +7581,10 @@ async function generate(model, prompt, mask, opts) {
   ], "i32");
   const V = c.vocab_size;
   let generated = G;
+  const release = gpu.holdConstant([
+    model.store.params,
+    model.lora?.store.params
+  ].filter((t) => !!t));
   try {
     const acts = model.forward(prompt, mask, {
       kvCache: caches
@@ -7440,6 +7630,7 @@ async function generate(model, prompt, mask, opts) {
     }
     promptPositions.dispose();
   } finally {
+    release();
     for (const cache of caches) cache.destroy();
     keyMask.dispose();
     nextTok.dispose();
@@ -9158,6 +9349,11 @@ var DPO_SCHEMA = {
   precomputeReference: {
     default: false,
     doc: "compute the reference log-probs of every pair once, before training"
+  },
+  rpoAlpha: {
+    default: 0,
+    doc: "RPO's \u03B1: weight of the chosen responses' NLL (token mean) added to the loss (0 = off)",
+    min: 0
   }
 };
 function checkPairs(pairs) {
@@ -9280,6 +9476,8 @@ var DpoTrainer = class extends SupervisedTrainer {
         labelSmoothing: cfg.labelSmoothing,
         gamma: cfg.gamma
       });
+      const nll = cfg.rpoAlpha > 0 ? rpoGradient(act, P, b.T, cfg.rpoAlpha, average) : void 0;
+      if (nll) add(gpu, l.dpolicy, gpu.fromArray(nll.dseq), l.dpolicy);
       const dlogp = sequenceLogprobsBackward(gpu, l.dpolicy, mask, {
         average
       });
@@ -9293,7 +9491,10 @@ var DpoTrainer = class extends SupervisedTrainer {
       const { lr } = optimizerStep(store, cfg, this.iteration, cfg.steps);
       const step = ++this.iteration;
       if (!log) return void 0;
-      return this.#metrics(step, lr, l.metrics, average ? sequenceLogprobs(gpu, lp.logp, mask) : void 0);
+      return this.#metrics(step, lr, l.metrics, average ? sequenceLogprobs(gpu, lp.logp, mask) : void 0, nll ? {
+        chosenTokens: nll.chosenTokens,
+        pairs: P
+      } : void 0);
     });
   }
   /** Reference ℓ of the batch: from the cache, or a reference pass. */
@@ -9307,8 +9508,11 @@ var DpoTrainer = class extends SupervisedTrainer {
     });
     return this.model.gpu.fromArray(out);
   }
-  /** The logged metrics, read in one readback (`sums`: summed ℓ when the loss used means). */
-  async #metrics(step, lr, metrics, sums) {
+  /**
+   * The logged metrics, read in one readback (`sums`: summed ℓ when the loss used means;
+   * `rpo`: with RPO, the batch's pairs and chosen-response tokens, for `nll_loss`).
+   */
+  async #metrics(step, lr, metrics, sums, rpo) {
     const gpu = this.model.gpu, n = metrics.size, P = sums ? sums.size / 2 : 0;
     const packed = gpu.empty([
       n + 2 * P
@@ -9317,7 +9521,9 @@ var DpoTrainer = class extends SupervisedTrainer {
     if (sums) gpu.copyRange(sums, 0, packed, n, 2 * P);
     const v = await gpu.readF32(packed), M = PREFERENCE_METRIC;
     const mean = (a) => v.subarray(n + a, n + a + P).reduce((s, x) => s + x, 0) / P;
-    const loss = v[M.loss];
+    const logpsChosen = sums ? mean(0) : v[M.logpChosen];
+    const nll = rpo?.chosenTokens ? -logpsChosen * rpo.pairs / rpo.chosenTokens : void 0;
+    const loss = v[M.loss] + (nll === void 0 ? 0 : this.cfg.rpoAlpha * nll);
     assertFiniteLosses(`DPO step ${step}`, {
       loss
     });
@@ -9325,16 +9531,31 @@ var DpoTrainer = class extends SupervisedTrainer {
     return {
       step,
       [name]: loss,
+      ...nll === void 0 ? {} : {
+        nll_loss: nll
+      },
       "rewards/chosen": v[M.rewardChosen],
       "rewards/rejected": v[M.rewardRejected],
       "rewards/accuracies": v[M.accuracy],
       "rewards/margins": v[M.margin],
-      "logps/chosen": sums ? mean(0) : v[M.logpChosen],
+      "logps/chosen": logpsChosen,
       "logps/rejected": sums ? mean(P) : v[M.logpRejected],
       "dpo/lr": lr
     };
   }
 };
+function rpoGradient(act, P, T, alpha, average) {
+  const n = Array.from({
+    length: P
+  }, (_, i) => act.subarray(i * T, (i + 1) * T)).map((row) => row.reduce((a, v) => a + v, 0));
+  const N = n.reduce((a, v) => a + v, 0);
+  const dseq = new Float32Array(2 * P);
+  for (let i = 0; i < P; i++) dseq[i] = N ? -alpha * (average ? n[i] : 1) / N : 0;
+  return {
+    dseq,
+    chosenTokens: N
+  };
+}
 async function evaluatePreferences(policy, reference, tok, pairs, o) {
   const gpu = policy.gpu, bs = o.batchSize ?? 16, average = averaged(o.lossType);
   const simpo = o.lossType === "simpo";
@@ -9428,6 +9649,13 @@ var KtoTrainer = class extends SupervisedTrainer {
     const good = data.filter((x) => x.label).length;
     if (good === 0 || good === data.length) {
       this.warnings.push(`KTO data: every example is ${good ? "desirable" : "undesirable"}; KTO still trains (against the reference point z) but rewards/${good ? "rejected" : "chosen"} is NaN`);
+    } else {
+      const bad = data.length - good;
+      const ratio = cfg.desirableWeight * good / (cfg.undesirableWeight * bad);
+      if (ratio < 1 || ratio > 4 / 3) {
+        const lambda = cfg.undesirableWeight * bad / good;
+        this.warnings.push(`KTO data: ${good} desirable and ${bad} undesirable examples give \u03BB_D\xB7n_D / \u03BB_U\xB7n_U = ${ratio.toFixed(2)}, outside the KTO paper's [1, 4/3] (the larger side dominates the update): kto.desirableWeight=${lambda.toFixed(2)} balances them`);
+      }
     }
   }
   /** One batch: reference point, KTO loss, backward, AdamW; metrics when `log`. */
@@ -10900,7 +11128,9 @@ var DPO_PIPELINE_DEFAULTS = {
   dpo: {
     ...defaults(DPO_SCHEMA),
     steps: 300,
-    batchSize: 16
+    batchSize: 16,
+    lr: 1e-4,
+    rpoAlpha: 1
   }
 };
 var KTO_PIPELINE_DEFAULTS = {
