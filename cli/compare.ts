@@ -6,7 +6,7 @@
  * It trains SFT once (`<out>/<name>/sft/`, a run of the PPO pipeline's SFT stage), then for
  * each method a normal run folder `<out>/<name>/<method>/` that starts from a copy of that
  * checkpoint (its SFT records included, so its report is whole): PPO (with its reward model),
- * GRPO, RLOO, REINFORCE++, rejection sampling, DPO, SimPO and KTO with their defaults, each
+ * GRPO, RLOO, REINFORCE++, rejection sampling, DPO, IPO, SimPO and KTO with their defaults, each
  * sampling `--budget` completions (default 2048) of at most `--max-new-tokens` (default 16)
  * tokens — rollouts for the online methods, labelled SFT samples for the direct ones
  * (`trainer/compare.ts`). After every method it rewrites `compare.json` (settings, one row per

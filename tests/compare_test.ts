@@ -43,7 +43,7 @@ Deno.test("compare budget: each method samples the same completions, rounded to 
     overrides: { "rs.promptsPerRound": 85, "rs.maxNewTokens": 16 },
     completions: 2040,
   });
-  for (const name of ["dpo", "simpo", "kto"]) {
+  for (const name of ["dpo", "ipo", "simpo", "kto"]) {
     const d = methodBudget(method(name), { data: { samplesPerPrompt: 4 } }, 2048, 16);
     assertEquals(d, {
       overrides: { "data.prompts": 512, "data.maxNewTokens": 16 },

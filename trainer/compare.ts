@@ -40,6 +40,7 @@ export const COMPARED_METHODS: readonly ComparedMethod[] = [
   },
   { method: "rs", folder: "rs", section: "rs", stage: "rs", kind: "online" },
   { method: "dpo", folder: "dpo", section: "dpo", stage: "dpo", kind: "direct" },
+  { method: "ipo", folder: "ipo", section: "dpo", stage: "dpo", kind: "direct" },
   { method: "simpo", folder: "simpo", section: "dpo", stage: "dpo", kind: "direct" },
   { method: "kto", folder: "kto", section: "kto", stage: "kto", kind: "direct" },
 ];
