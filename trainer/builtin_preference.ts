@@ -170,7 +170,7 @@ const COMMON_DEFAULTS = {
  * likelihood must not sink) at lr 1e-4. Measured on the learning matrix (seeds 1–3 × GL/Vulkan,
  * README): without it DPO on seed 3/Vulkan gained gold +0.073 while correct answers fell (0.582 →
  * 0.547, KL 3.5; at lr 3e-5) and SimPO gained +0.068 / +0.099 on seeds 3 / 2; with it every cell
- * gains ≥ +0.115 gold and ≥ +0.09 correct answers at KL ≤ 0.56.
+ * gains ≥ +0.114 gold and ≥ +0.08 correct answers at KL ≤ 0.7.
  */
 export const DPO_PIPELINE_DEFAULTS: DpoPipelineConfig = {
   ...COMMON_DEFAULTS,
