@@ -9,6 +9,8 @@ import { ByteTokenizer } from "../model/tokenizer.ts";
 import { defaults } from "../trainer/config.ts";
 import { DataError, type KtoExample, type PairExample } from "../trainer/data.ts";
 import { DPO_SCHEMA, DpoTrainer } from "../trainer/dpo.ts";
+import { PREFERENCE_PRESETS, resolveDpoConfig } from "../trainer/builtin_preference.ts";
+import { PRESETS } from "../trainer/registry.ts";
 import { KTO_SCHEMA, KtoTrainer } from "../trainer/kto.ts";
 import { makeBuiltinTask } from "../trainer/task.ts";
 import { checkpointPreferencePipeline } from "../trainer/checkpoint_preference.ts";
@@ -375,4 +377,17 @@ Deno.test({
     assert(!("nll_loss" in plain.m), "nll_loss is logged only with RPO");
     for (const x of [model, reference]) x.store.dispose();
   },
+});
+
+Deno.test("presets: the built-in DPO and SimPO use RPO (α 1) at lr 1e-4; IPO, hinge and robust the plain settings; checkpoint presets add neither", () => {
+  const cfg = (name: string) => {
+    const { "run.name": _, ...o } = PREFERENCE_PRESETS[name].overrides;
+    return resolveDpoConfig(o).dpo;
+  };
+  for (const m of ["dpo", "simpo"]) assertEquals([cfg(m).rpoAlpha, cfg(m).lr], [1, 1e-4], m);
+  for (const m of ["ipo", "hinge", "robust"]) assertEquals([cfg(m).rpoAlpha, cfg(m).lr], [0, 3e-5]);
+  for (const m of ["dpo", "simpo"]) {
+    const o = PRESETS[`checkpoint-${m}`].overrides;
+    assert(!("dpo.rpoAlpha" in o) && !("dpo.lr" in o), JSON.stringify(o));
+  }
 });
