@@ -11353,6 +11353,10 @@ var KTO_PIPELINE = {
   ],
   init
 };
+var PLAIN = {
+  "dpo.lr": 3e-5,
+  "dpo.rpoAlpha": 0
+};
 var PREFERENCE_PRESETS = {
   dpo: {
     pipeline: "builtin-dpo",
@@ -11361,6 +11365,7 @@ var PREFERENCE_PRESETS = {
   ipo: {
     pipeline: "builtin-dpo",
     overrides: {
+      ...PLAIN,
       "dpo.lossType": "ipo",
       "run.name": "builtin-ipo"
     }
@@ -11368,6 +11373,7 @@ var PREFERENCE_PRESETS = {
   hinge: {
     pipeline: "builtin-dpo",
     overrides: {
+      ...PLAIN,
       "dpo.lossType": "hinge",
       "run.name": "builtin-hinge"
     }
@@ -11375,6 +11381,7 @@ var PREFERENCE_PRESETS = {
   robust: {
     pipeline: "builtin-dpo",
     overrides: {
+      ...PLAIN,
       "dpo.lossType": "robust",
       "dpo.labelSmoothing": 0.1,
       "run.name": "builtin-robust"
@@ -13933,6 +13940,13 @@ var COMPARED_METHODS = [
   {
     method: "dpo",
     folder: "dpo",
+    section: "dpo",
+    stage: "dpo",
+    kind: "direct"
+  },
+  {
+    method: "ipo",
+    folder: "ipo",
     section: "dpo",
     stage: "dpo",
     kind: "direct"

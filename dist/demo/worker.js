@@ -10031,6 +10031,10 @@ var KTO_PIPELINE = {
   ],
   init
 };
+var PLAIN = {
+  "dpo.lr": 3e-5,
+  "dpo.rpoAlpha": 0
+};
 var PREFERENCE_PRESETS = {
   dpo: {
     pipeline: "builtin-dpo",
@@ -10039,6 +10043,7 @@ var PREFERENCE_PRESETS = {
   ipo: {
     pipeline: "builtin-dpo",
     overrides: {
+      ...PLAIN,
       "dpo.lossType": "ipo",
       "run.name": "builtin-ipo"
     }
@@ -10046,6 +10051,7 @@ var PREFERENCE_PRESETS = {
   hinge: {
     pipeline: "builtin-dpo",
     overrides: {
+      ...PLAIN,
       "dpo.lossType": "hinge",
       "run.name": "builtin-hinge"
     }
@@ -10053,6 +10059,7 @@ var PREFERENCE_PRESETS = {
   robust: {
     pipeline: "builtin-dpo",
     overrides: {
+      ...PLAIN,
       "dpo.lossType": "robust",
       "dpo.labelSmoothing": 0.1,
       "run.name": "builtin-robust"
