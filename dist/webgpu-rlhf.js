@@ -2382,6 +2382,10 @@ struct P { rows: u32, cols: u32, accumulate: u32 }
 @group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;`;
+var ROW_THREAD_MAIN = `${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;`;
 var FORWARD = `${WG_REDUCE}
 ${FORWARD_BINDINGS}
 ${ROW_MAIN}
@@ -2427,10 +2431,7 @@ ${ROW_MAIN}
 }`;
 var FORWARD_ROWWISE = `
 ${FORWARD_BINDINGS}
-${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;
+${ROW_THREAD_MAIN}
   var s = 0.0;
   for (var c = 0u; c < p.cols; c++) { s += x[base + c]; }
   let m = s / f32(p.cols);
@@ -2443,10 +2444,7 @@ ${LINEAR_MAIN}
 }`;
 var BACKWARD_DX_ROWWISE = `
 ${BACKWARD_DX_BINDINGS}
-${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;
+${ROW_THREAD_MAIN}
   let m = mean[row];
   let r = rstd[row];
   var s1 = 0.0;
@@ -2473,10 +2471,7 @@ fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
 }`;
 var FORWARD_TREE = `${TREE_SUM}
 ${FORWARD_BINDINGS}
-${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;
+${ROW_THREAD_MAIN}
   var part: array<f32, ${ROW_WG}>;
   for (var l = 0u; l < ${ROW_WG}u; l++) {
     var s = 0.0;
@@ -2496,10 +2491,7 @@ ${LINEAR_MAIN}
 }`;
 var BACKWARD_DX_TREE = `${TREE_SUM}
 ${BACKWARD_DX_BINDINGS}
-${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;
+${ROW_THREAD_MAIN}
   let m = mean[row];
   let r = rstd[row];
   var p1: array<f32, ${ROW_WG}>;

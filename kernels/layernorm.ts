@@ -31,6 +31,12 @@ struct P { rows: u32, cols: u32, accumulate: u32 }
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;`;
 
+// the entry of the one-invocation-per-row forms: `row` and its offset `base`
+const ROW_THREAD_MAIN = `${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;`;
+
 const FORWARD = `${WG_REDUCE}
 ${FORWARD_BINDINGS}
 ${ROW_MAIN}
@@ -82,10 +88,7 @@ ${ROW_MAIN}
 // runs well. Two passes over the row (mean, then centred variance) as in the workgroup form.
 const FORWARD_ROWWISE = `
 ${FORWARD_BINDINGS}
-${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;
+${ROW_THREAD_MAIN}
   var s = 0.0;
   for (var c = 0u; c < p.cols; c++) { s += x[base + c]; }
   let m = s / f32(p.cols);
@@ -100,10 +103,7 @@ ${LINEAR_MAIN}
 // BACKWARD_DX with one invocation per row (see FORWARD_ROWWISE)
 const BACKWARD_DX_ROWWISE = `
 ${BACKWARD_DX_BINDINGS}
-${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;
+${ROW_THREAD_MAIN}
   let m = mean[row];
   let r = rstd[row];
   var s1 = 0.0;
@@ -136,10 +136,7 @@ fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
 
 const FORWARD_TREE = `${TREE_SUM}
 ${FORWARD_BINDINGS}
-${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;
+${ROW_THREAD_MAIN}
   var part: array<f32, ${ROW_WG}>;
   for (var l = 0u; l < ${ROW_WG}u; l++) {
     var s = 0.0;
@@ -160,10 +157,7 @@ ${LINEAR_MAIN}
 
 const BACKWARD_DX_TREE = `${TREE_SUM}
 ${BACKWARD_DX_BINDINGS}
-${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;
+${ROW_THREAD_MAIN}
   let m = mean[row];
   let r = rstd[row];
   var p1: array<f32, ${ROW_WG}>;
