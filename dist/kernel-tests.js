@@ -696,6 +696,7 @@ var Gpu = class _Gpu {
   /** Sets every element of `t` to zero (recorded in order). */
   clear(t) {
     if (t.byteLength === 0) return;
+    this.#changed(t.buffer);
     this.#endPass();
     this.#enc().clearBuffer(t.buffer, t.byteOffset, t.byteLength);
   }
@@ -873,7 +874,7 @@ var Gpu = class _Gpu {
    * nest; call it once). While held, the texture matmul path packs each sub-block of such an
    * operand into a texture once and reuses it, instead of packing it again for every matmul:
    * generation holds the model's weights, which every decoded token multiplies by. Any write
-   * to a held buffer (a kernel binding it writable, `write`, `copy`, `copyRange`) drops its
+   * to a held buffer (a kernel binding it writable, `write`, `clear`, `copy`, `copyRange`) drops its
    * packed textures, so a stale copy is never read. Packed textures count against a budget
    * (`min(256 MiB, maxBufferSize)`); beyond it operands are packed per use as usual. Release
    * the hold before disposing a held tensor (its pooled buffer may be reused).
@@ -11915,7 +11916,7 @@ cases15.push({
   }
 });
 cases15.push({
-  name: "runtime: a held-constant operand is packed once and gives the same bits as packing per use; a write to it (kernel, write, copy) drops the packed copy; the hold ends cleanly",
+  name: "runtime: a held-constant operand is packed once and gives the same bits as packing per use; a write to it (kernel, write, clear, copy) drops the packed copy; the hold ends cleanly",
   async run(gpu) {
     const M = 5, K2 = 37, N = 19;
     const x = gpu.fromArray(Float32Array.from({
@@ -11964,6 +11965,15 @@ cases15.push({
       assert(Math.abs(doubled[j] - want) < 1e-4, `after scale: ${doubled[j]} vs ${want}`);
     }
     gpu.write(w, new Float32Array(N * K2));
+    assertEquals(await y(), Array.from({
+      length: M * N
+    }, (_, j) => Math.fround(j % N / 7)));
+    gpu.copy(wT.reshape([
+      N,
+      K2
+    ]), w);
+    await y();
+    gpu.clear(w);
     assertEquals(await y(), Array.from({
       length: M * N
     }, (_, j) => Math.fround(j % N / 7)));

@@ -618,6 +618,7 @@ export class Gpu {
   /** Sets every element of `t` to zero (recorded in order). */
   clear(t: Tensor): void {
     if (t.byteLength === 0) return;
+    this.#changed(t.buffer);
     this.#endPass();
     this.#enc().clearBuffer(t.buffer, t.byteOffset, t.byteLength);
   }
@@ -854,7 +855,7 @@ export class Gpu {
    * nest; call it once). While held, the texture matmul path packs each sub-block of such an
    * operand into a texture once and reuses it, instead of packing it again for every matmul:
    * generation holds the model's weights, which every decoded token multiplies by. Any write
-   * to a held buffer (a kernel binding it writable, `write`, `copy`, `copyRange`) drops its
+   * to a held buffer (a kernel binding it writable, `write`, `clear`, `copy`, `copyRange`) drops its
    * packed textures, so a stale copy is never read. Packed textures count against a budget
    * (`min(256 MiB, maxBufferSize)`); beyond it operands are packed per use as usual. Release
    * the hold before disposing a held tensor (its pooled buffer may be reused).

@@ -278,7 +278,7 @@ cases.push({
 
 cases.push({
   name: "runtime: a held-constant operand is packed once and gives the same bits as packing per " +
-    "use; a write to it (kernel, write, copy) drops the packed copy; the hold ends cleanly",
+    "use; a write to it (kernel, write, clear, copy) drops the packed copy; the hold ends cleanly",
   async run(gpu) {
     // odd shapes, B transposed (a linear layer's weight) and not, with bias
     const M = 5, K = 37, N = 19;
@@ -305,6 +305,10 @@ cases.push({
       assert(Math.abs(doubled[j] - want) < 1e-4, `after scale: ${doubled[j]} vs ${want}`);
     }
     gpu.write(w, new Float32Array(N * K));
+    assertEquals(await y(), Array.from({ length: M * N }, (_, j) => Math.fround((j % N) / 7)));
+    gpu.copy(wT.reshape([N, K]), w); // non-zero weights again, then cleared
+    await y();
+    gpu.clear(w);
     assertEquals(await y(), Array.from({ length: M * N }, (_, j) => Math.fround((j % N) / 7)));
     const original = Float32Array.from({ length: N * K }, (_, i) => Math.cos(i));
     gpu.copy(gpu.fromArray(original, [N, K]), w);
