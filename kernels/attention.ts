@@ -7,12 +7,15 @@
  * softmax, and writes the output and the per-row log-sum-exp. No `T×T` matrix is stored, and
  * causal rows stop at their last visible key.
  *
- * Backward (llm.c-style explicit, from the saved output and log-sum-exp):
+ * Backward (llm.c-style explicit, from the saved output and log-sum-exp), two fused kernels
+ * of the same shape as the forward, no `T×T` matrix stored:
  *
  * ```text
- * S = Q·Kᵀ;  P = mask ? exp(scale·S − lse) : 0         (recomputed, B·H × Tq × Tk)
- * dP = dO·Vᵀ;  D = rowsum(dO ⊙ O)
- * dS = scale·P ⊙ (dP − D);  dQ = dS·K;  dK = dSᵀ·Q;  dV = Pᵀ·dO
+ * p_ij = mask ? exp(scale·q_i·k_j − lse_i) : 0;   D_i = dO_i·O_i
+ * dS_ij = scale·p_ij·(dO_i·v_j − D_i)
+ * query side (one invocation per query rows, keys and values streamed):  dq_i = Σ_j dS_ij·k_j
+ * key side (one invocation per key rows, queries and dO streamed):  dk_j = Σ_i dS_ij·q_i,
+ *                                                                    dv_j = Σ_i p_ij·dO_i
  * ```
  *
  * Query i sits at absolute position `i + Tk − Tq`, so the same kernels serve a full sequence
@@ -25,7 +28,6 @@
 import { checkShape, GpuLimitError } from "./errors.ts";
 import { groups, LINEAR_MAIN, wgsl } from "./_shader.ts";
 import { fillTexture } from "./_texture.ts";
-import { matmul } from "./matmul.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 /** Query rows per invocation for `dq` texels of head dimension (keeps registers bounded). */
@@ -125,55 +127,176 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 }
 
-// P = allowed ? exp(scale·S − lse) : 0, in place over (B·H, Tq, Tk)
-const recomputeProbsShader = (causal: boolean, keyMask: boolean) =>
-  wgsl`
-struct P { n: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B·H, Tq, Tk)
-@group(0) @binding(1) var<storage, read> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(2) var<storage, read> kmask: array<f32>; // (B, Tk)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  let j = i % p.Tk;
-  let row = i / p.Tk;
-  let qi = row % p.Tq;
-  let b = row / (p.Tq * p.H);
-  var ok = lse[row] > -1e38;
+/** WGSL helpers `load_<name>(bh, i, d4)` / `store_<name>(bh, i, d4, v)` for `(B·H, rows, Dh)`. */
+function rowIo(name: string, rows: "Tq" | "Tk", store = false): string {
+  const body = store
+    ? `if (i >= p.${rows}) { return; }
+  let base = (bh * p.${rows} + i) * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${name}[base + 4u * d4 + c] = val[c]; } }`
+    : `var val = vec4f(0.0);
+  if (i >= p.${rows}) { return val; }
+  let base = (bh * p.${rows} + i) * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
+  return val;`;
+  return store
+    ? `fn store_${name}(bh: u32, i: u32, d4: u32, val: vec4f) {\n  ${body}\n}`
+    : `fn load_${name}(bh: u32, i: u32, d4: u32) -> vec4f {\n  ${body}\n}`;
+}
+
+/** Unrolled code generators over R rows and dq texels. */
+function unroll(R: number, dq: number) {
+  const perRow = (f: (r: number) => string, sep = "\n  ") =>
+    Array.from({ length: R }, (_, r) => f(r)).join(sep);
+  const perD = (f: (d: number) => string, sep = "\n  ") =>
+    Array.from({ length: dq }, (_, d) => f(d)).join(sep);
+  const both = (f: (r: number, d: number) => string) => perRow((r) => perD((d) => f(r, d)));
+  return { perRow, perD, both };
+}
+
+/**
+ * Backward, query side: each invocation owns R query rows of one (batch, head), keeps q, dO and
+ * the dq accumulators in registers and streams the keys and values from textures:
+ * `p = exp(scale·q·k − lse)`, `dS = scale·p·(dO·v − D)`, `dq += dS·k`, with
+ * `D = rowsum(dO ⊙ O)` (written for the key side).
+ */
+function backwardQueryShader(dq: number, causal: boolean, keyMask: boolean): string {
+  const R = rowsPerInvocation(dq);
+  const { perRow, perD, both } = unroll(R, dq);
+  return wgsl`
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
+@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output
+@group(0) @binding(3) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
+@group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(6) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(7) var<storage, read_write> dq: array<f32>;   // (B·H, Tq, Dh)
+@group(0) @binding(8) var<storage, read_write> drow: array<f32>; // (B·H, Tq) D
+@group(0) @binding(9) var<uniform> p: P;
+
+${rowIo("q", "Tq")}
+${rowIo("dout", "Tq")}
+${rowIo("o", "Tq")}
+${rowIo("dq", "Tq", true)}
+
+@compute @workgroup_size(${FWD_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let i0 = g.x * ${R}u;
+  if (i0 >= p.Tq) { return; }
+  let layer = g.y;
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  let off = p.Tk - p.Tq;   // absolute position of query i is i + off
+  ${both((r, d) => `let q${r}_${d} = load_q(bh, i0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `let g${r}_${d} = load_dout(bh, i0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `var a${r}_${d} = vec4f(0.0);`)}
+  ${
+    perRow((r) =>
+      `let D${r} = ${perD((d) => `dot(g${r}_${d}, load_o(bh, i0 + ${r}u, ${d}u))`, " + ")};
+  let L${r} = select(-3.4e38, lse[min(bh * p.Tq + i0 + ${r}u, arrayLength(&lse) - 1u)], i0 + ${r}u < p.Tq);
+  let ok${r} = L${r} > -1e38;`
+    )
+  }
 #if ${causal}
-  ok = ok && j <= qi + p.Tk - p.Tq;
+  let last = min(p.Tk, i0 + ${R - 1}u + off + 1u);
+#else
+  let last = p.Tk;
 #endif
+  for (var j = 0u; j < last; j++) {
 #if ${keyMask}
-  ok = ok && kmask[b * p.Tk + j] != 0.0;
+    if (kmask[b * p.Tk + j] == 0.0) { continue; }
 #endif
-  s[i] = select(0.0, exp(p.scale * s[i] - lse[row]), ok);
+    ${perD((d) => `let k${d} = textureLoad(kt, vec2u(${d}u, j), layer);`, "\n    ")}
+    ${perD((d) => `let v${d} = textureLoad(vt, vec2u(${d}u, j), layer);`, "\n    ")}
+    ${
+    perRow((r) =>
+      `if (ok${r}${causal ? ` && j <= i0 + ${r}u + off` : ""}) {
+      let pr = exp(p.scale * (${perD((d) => `dot(q${r}_${d}, k${d})`, " + ")}) - L${r});
+      let ds = p.scale * pr * ((${perD((d) => `dot(g${r}_${d}, v${d})`, " + ")}) - D${r});
+      ${perD((d) => `a${r}_${d} += ds * k${d};`, "\n      ")}
+    }`, "\n    ")
+  }
+  }
+  ${
+    perRow((r) =>
+      `${perD((d) => `store_dq(bh, i0 + ${r}u, ${d}u, a${r}_${d});`)}
+  if (i0 + ${r}u < p.Tq) { drow[bh * p.Tq + i0 + ${r}u] = D${r}; }`
+    )
+  }
 }`;
+}
 
-// D[row] = Σ_d dO[row, d]·O[row, d]
-const ROW_DOT = `
-struct P { rows: u32, Dh: u32 }
-@group(0) @binding(0) var<storage, read> dout: array<f32>; // (rows, Dh)
-@group(0) @binding(1) var<storage, read> o: array<f32>;    // (rows, Dh)
-@group(0) @binding(2) var<storage, read_write> d: array<f32>;    // (rows)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.rows) { return; }
-  var s = 0.0;
-  for (var e = 0u; e < p.Dh; e++) { s += dout[i * p.Dh + e] * o[i * p.Dh + e]; }
-  d[i] = s;
-}`;
+/**
+ * Backward, key side: each invocation owns R key rows of one (batch, head), keeps k, v and the
+ * dk, dv accumulators in registers and streams q and dO from textures over the queries that
+ * see those keys: `dk += dS·q`, `dv += p·dO` (D and lse from the query side and the forward).
+ */
+function backwardKeyShader(dq: number, causal: boolean, keyMask: boolean): string {
+  const R = rowsPerInvocation(dq);
+  const { perRow, perD, both } = unroll(R, dq);
+  return wgsl`
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> k: array<f32>;     // (B·H, Tk, Dh)
+@group(0) @binding(1) var<storage, read> v: array<f32>;     // (B·H, Tk, Dh)
+@group(0) @binding(2) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(3) var<storage, read> drow: array<f32>;  // (B·H, Tq) D
+@group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
+@group(0) @binding(5) var qt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4)
+@group(0) @binding(6) var gt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4) dO
+@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh)
+@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh)
+@group(0) @binding(9) var<uniform> p: P;
 
-// dS = scale·P·(dP − D[row]), in place on dP
-const SCORES_GRAD = `
-struct P { n: u32, Tk: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read> probs: array<f32>; // (rows, Tk)
-@group(0) @binding(1) var<storage, read_write> dp: array<f32>;    // (rows, Tk) → dS
-@group(0) @binding(2) var<storage, read> d: array<f32>;     // (rows)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  dp[i] = p.scale * probs[i] * (dp[i] - d[i / p.Tk]);
+${rowIo("k", "Tk")}
+${rowIo("v", "Tk")}
+${rowIo("dk", "Tk", true)}
+${rowIo("dv", "Tk", true)}
+
+@compute @workgroup_size(${FWD_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let j0 = g.x * ${R}u;
+  if (j0 >= p.Tk) { return; }
+  let layer = g.y;
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  let off = p.Tk - p.Tq;   // query i sees key j when j <= i + off
+  ${both((r, d) => `let k${r}_${d} = load_k(bh, j0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `let v${r}_${d} = load_v(bh, j0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `var dk${r}_${d} = vec4f(0.0);`)}
+  ${both((r, d) => `var dv${r}_${d} = vec4f(0.0);`)}
+  ${
+    perRow((r) =>
+      `let ok${r} = j0 + ${r}u < p.Tk${
+        keyMask ? ` && kmask[min(b * p.Tk + j0 + ${r}u, arrayLength(&kmask) - 1u)] != 0.0` : ""
+      };`
+    )
+  }
+#if ${causal}
+  let first = select(0u, j0 - off, j0 > off);
+#else
+  let first = 0u;
+#endif
+  for (var i = first; i < p.Tq; i++) {
+    let L = lse[bh * p.Tq + i];
+    if (L <= -1e38) { continue; }
+    let Di = drow[bh * p.Tq + i];
+    ${perD((d) => `let q${d} = textureLoad(qt, vec2u(${d}u, i), layer);`, "\n    ")}
+    ${perD((d) => `let g${d} = textureLoad(gt, vec2u(${d}u, i), layer);`, "\n    ")}
+    ${
+    perRow((r) =>
+      `if (ok${r}${causal ? ` && j0 + ${r}u <= i + off` : ""}) {
+      let pr = exp(p.scale * (${perD((d) => `dot(q${d}, k${r}_${d})`, " + ")}) - L);
+      let ds = p.scale * pr * ((${perD((d) => `dot(g${d}, v${r}_${d})`, " + ")}) - Di);
+      ${perD((d) => `dk${r}_${d} += ds * q${d};`, "\n      ")}
+      ${perD((d) => `dv${r}_${d} += pr * g${d};`, "\n      ")}
+    }`, "\n    ")
+  }
+  }
+  ${both((r, d) => `store_dk(bh, j0 + ${r}u, ${d}u, dk${r}_${d});`)}
+  ${both((r, d) => `store_dv(bh, j0 + ${r}u, ${d}u, dv${r}_${d});`)}
 }`;
+}
 
 const shaderCache = new Map<string, string>();
 function cached(key: string, make: () => string): string {
@@ -528,46 +651,67 @@ export function attentionBackward(
   v: Tensor,
   saved: AttentionSaved,
 ): { dq: Tensor; dk: Tensor; dv: Tensor } {
-  const { B, H, Tq, Tk, Dh } = dims(q, k, v);
+  const d = dims(q, k, v);
+  const { B, H, Tq, Tk, Dh } = d;
   checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  const BH = B * H, rows = BH * Tq;
-  const q3 = q.reshape([BH, Tq, Dh]), k3 = k.reshape([BH, Tk, Dh]), v3 = v.reshape([BH, Tk, Dh]);
-  const dO = dout.reshape([BH, Tq, Dh]);
-  const hasMask = saved.keyMask !== undefined;
-  // P, recomputed from the saved log-sum-exp
-  const probs = matmul(gpu, q3, k3, { transB: true });
-  gpu.dispatch(
-    gpu.pipeline(
-      cached(
-        `probs/${saved.causal}/${hasMask}`,
-        () => recomputeProbsShader(saved.causal, hasMask),
-      ),
-    ),
-    [probs, saved.lse, saved.keyMask ?? null],
-    gpu.grid(groups(probs.size)),
-    new Params().u32(probs.size, Tq, Tk, H).f32(saved.scale),
+  checkShape(
+    saved.out.size === q.size && saved.lse.size === B * H * Tq,
+    `attentionBackward: saved out [${saved.out.shape}] / lse [${saved.lse.shape}] do not match q [${q.shape}]`,
   );
-  const D = gpu.empty([rows]);
-  gpu.dispatch(
-    gpu.pipeline(ROW_DOT),
-    [dO, saved.out, D],
-    gpu.grid(groups(rows)),
-    new Params().u32(rows, Dh),
+  checkMask(saved.keyMask, B, Tk, Tk);
+  checkKeys(gpu, Tk);
+  const BH = B * H, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
+  const hasMask = saved.keyMask !== undefined, causal = saved.causal;
+  const dq = gpu.empty([B, H, Tq, Dh]), dk = gpu.empty([B, H, Tk, Dh]);
+  const dv = gpu.empty([B, H, Tk, Dh]), D = gpu.empty([B, H, Tq]);
+  const queryPipe = gpu.pipeline(
+    cached(`bwdq/${dq4}/${causal}/${hasMask}`, () => backwardQueryShader(dq4, causal, hasMask)),
   );
-  const dS = matmul(gpu, dO, v3, { transB: true });
-  gpu.dispatch(
-    gpu.pipeline(SCORES_GRAD),
-    [probs, dS, D],
-    gpu.grid(groups(dS.size)),
-    new Params().u32(dS.size, Tk).f32(saved.scale),
+  const keyPipe = gpu.pipeline(
+    cached(`bwdk/${dq4}/${causal}/${hasMask}`, () => backwardKeyShader(dq4, causal, hasMask)),
   );
-  const dq = matmul(gpu, dS, k3);
-  const dk = matmul(gpu, dS, q3, { transA: true });
-  const dv = matmul(gpu, probs, dO, { transA: true });
-  for (const t of [probs, D, dS]) t.dispose();
-  return {
-    dq: dq.intoShape([B, H, Tq, Dh]),
-    dk: dk.intoShape([B, H, Tk, Dh]),
-    dv: dv.intoShape([B, H, Tk, Dh]),
-  };
+  const maxLayers = gpu.limits.maxTextureArrayLayers;
+  const view = (t: GPUTexture) => t.createView({ dimension: "2d-array" });
+  for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
+    const n = Math.min(maxLayers, BH - c0);
+    const pack = (src: Tensor, T: number) => {
+      const tex = gpu.scratchTexture(dq4, T, n);
+      fillTexture(gpu, src, tex, {
+        rows: T,
+        cols: Dh,
+        ld: Dh,
+        trans: false,
+        row0: 0,
+        col0: 0,
+        batchStride: T * Dh,
+        batch0: c0,
+        layers: n,
+        width: dq4,
+        height: T,
+      });
+      return tex;
+    };
+    const params = new Params().u32(Tq, Tk, Dh, H, c0).f32(saved.scale);
+    const kt = pack(k, Tk), vt = pack(v, Tk);
+    gpu.dispatch(
+      queryPipe,
+      [q, dout, saved.out, saved.lse, saved.keyMask ?? null, view(kt), view(vt), dq, D],
+      [Math.ceil(Tq / R / FWD_WG), n],
+      params,
+    );
+    gpu.releaseTexture(kt);
+    gpu.releaseTexture(vt);
+    const qt = pack(q, Tq), gt = pack(dout, Tq);
+    gpu.dispatch(
+      keyPipe,
+      [k, v, saved.lse, D, saved.keyMask ?? null, view(qt), view(gt), dk, dv],
+      [Math.ceil(Tk / R / FWD_WG), n],
+      params,
+    );
+    gpu.releaseTexture(qt);
+    gpu.releaseTexture(gt);
+  }
+  if (Tq === 0) { for (const t of [dk, dv]) gpu.clear(t); }
+  D.dispose();
+  return { dq, dk, dv };
 }

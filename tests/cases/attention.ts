@@ -98,6 +98,40 @@ cases.push({
       TOL,
       "non-causal",
     );
+    const wa = randArray(2 * 3 * 4 * 5, 11);
+    const ga = k.attentionBackward(
+      gpu,
+      gpu.fromArray(wa, [2, 3, 4, 5]),
+      gpu.fromArray(qa, [2, 3, 4, 5]),
+      gpu.fromArray(ka, [2, 3, 6, 5]),
+      gpu.fromArray(va, [2, 3, 6, 5]),
+      fa,
+    );
+    const wga = ref.attentionBackward(wa, qa, ka, va, a);
+    assertClose(await gpu.readF32(ga.dq), wga.dq, TOL, "non-causal dq");
+    assertClose(await gpu.readF32(ga.dk), wga.dk, TOL, "non-causal dk");
+    assertClose(await gpu.readF32(ga.dv), wga.dv, TOL, "non-causal dv");
+    // the empty row gets zero gradient, and the padded key none either
+    const ge = k.attentionBackward(
+      gpu,
+      gpu.fromArray(randArray(T * Dh, 12), [1, 1, T, Dh]),
+      q,
+      kv,
+      kv,
+      f,
+    );
+    assertClose(
+      (await gpu.readF32(ge.dq)).subarray(0, 2),
+      [0, 0],
+      { atol: 0, rtol: 0 },
+      "empty row dq",
+    );
+    assertClose(
+      (await gpu.readF32(ge.dk)).subarray(0, 2),
+      [0, 0],
+      { atol: 0, rtol: 0 },
+      "padded key dk",
+    );
     const x = randArray(2 * 5 * 3 * 4, 7);
     const tx = gpu.fromArray(x, [2, 5, 3, 4]);
     const split = k.swapAxes12(gpu, tx);
@@ -127,6 +161,26 @@ cases.push({
       ShapeError,
       "3 queries but only 2 keys",
     );
+  },
+});
+
+cases.push({
+  name: "attention: more (batch, head) pairs than texture array layers are processed in chunks",
+  async run(gpu) {
+    const H = 2, T = 3, Dh = 4, B = Math.floor(gpu.limits.maxTextureArrayLayers / H) + 2;
+    const n = B * H * T * Dh;
+    const q = randArray(n, 21), kk = randArray(n, 22), v = randArray(n, 23), w = randArray(n, 24);
+    const mask = leftPadMask(B, T).map((x, i) => Math.floor(i / T) >= 3 ? 1 : x);
+    const args = { B, H, Tq: T, Tk: T, Dh, keyMask: mask };
+    const t = (a: Float32Array) => gpu.fromArray(a, [B, H, T, Dh]);
+    const tq = t(q), tk = t(kk), tv = t(v);
+    const f = k.attentionForward(gpu, tq, tk, tv, { keyMask: gpu.fromArray(mask, [B, T]) });
+    assertClose(await gpu.readF32(f.out), ref.attentionForward(q, kk, v, args).out, TOL, "out");
+    const g = k.attentionBackward(gpu, t(w), tq, tk, tv, f);
+    const want = ref.attentionBackward(w, q, kk, v, args);
+    assertClose(await gpu.readF32(g.dq), want.dq, TOL, "dq");
+    assertClose(await gpu.readF32(g.dk), want.dk, TOL, "dk");
+    assertClose(await gpu.readF32(g.dv), want.dv, TOL, "dv");
   },
 });
 
