@@ -34,6 +34,20 @@ export interface MatmulOptions {
    * (a residual connection; the shape of C, another buffer than `out`).
    */
   residual?: Tensor;
+  /**
+   * Bias laid out in equal segments of `width` elements, `stride` apart (e.g. the q, k and v
+   * biases of a parameter store, each padded to the binding alignment): element `n` of the bias
+   * is `bias[⌊n / width⌋·stride + n mod width]`. The bias tensor spans them all.
+   */
+  biasSegments?: { width: number; stride: number };
+  /**
+   * Writes `C` (rows `B·T`, columns `P·H·Dh`) split into heads, as `P` parts `[B, H, T, Dh]`
+   * `partStride` elements apart (default `B·H·T·Dh`: a `[P, B, H, T, Dh]` tensor; larger to align
+   * each part for binding) — q, k and v of a fused projection in attention's layout: element
+   * (b·T + t, (p·H + h)·Dh + d) goes to `[p, b, h, t, d]`. Same sums as the plain layout; not
+   * with batched A.
+   */
+  splitHeads?: { T: number; H: number; Dh: number; partStride?: number };
   /** Output tensor; required with `accumulate`. */
   out?: Tensor;
   /** `C += op(A)·op(B)` instead of `C = …` (for gradient accumulation). */
@@ -44,7 +58,7 @@ export interface MatmulOptions {
   tiling?: TextureTiling;
 }
 
-const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4, FLAG_RES = 8;
+const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4, FLAG_RES = 8, FLAG_SPLIT = 16;
 
 // ------------------------------------------------------------------------------ texture path
 
@@ -62,6 +76,26 @@ export interface TextureTiling {
 
 /** The tiling used by {@link matmul}'s texture path (measured best on llvmpipe, see bench/). */
 export const TEXTURE_TILING: TextureTiling = { rows: 8, texels: 2, wgX: 16, wgY: 4 };
+
+/**
+ * WGSL shared by both paths: where element (row, col) of C goes (plain `row·ldc + col`, or the
+ * head-split layout) and which bias element it adds (segmented biases).
+ */
+const EPILOGUE_INDEX = `
+fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
+  if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
+  let hd = p.heads * p.head_dim;
+  let w = col % hd;
+  return (col / hd) * p.part_stride + ((row / p.seq) * p.heads + w / p.head_dim) * p.seq * p.head_dim
+    + (row % p.seq) * p.head_dim + w % p.head_dim;
+}
+fn bias_index(col: u32) -> u32 {
+  return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
+}`;
+
+/** Uniform fields of {@link EPILOGUE_INDEX}, appended to both kernels' parameters. */
+const EPILOGUE_FIELDS =
+  "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32,";
 
 /** WGSL of the texture-path kernel for a given register blocking. */
 export function textureMatmulShader(t: TextureTiling = TEXTURE_TILING): string {
@@ -91,8 +125,9 @@ struct P {
   m0: u32, n0: u32,            // chunk origin in C
   ldc: u32, c_batch_stride: u32, batch0: u32,
   b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads
   alpha: f32,                  // scale of the product
+  ${EPILOGUE_FIELDS}
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
@@ -100,15 +135,16 @@ struct P {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
 @group(0) @binding(5) var<uniform> p: P;
+${EPILOGUE_INDEX}
 
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
   for (var t = 0u; t < 4u; t++) {
     let cc = col + t;
     if (cc < p.N) {
-      let idx = cbase + (p.m0 + r) * p.ldc + p.n0 + cc;
+      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
       var x = p.alpha * v[t];
-      if ((p.flags & 1u) != 0u) { x += bias[p.n0 + cc]; }
+      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
       if ((p.flags & 8u) != 0u) { x += res[idx]; }
       if ((p.flags & 4u) != 0u) { x += c[idx]; }
       if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
@@ -156,6 +192,7 @@ struct P {
   trans_a: u32, trans_b: u32,
   a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
   flags: u32, alpha: f32,
+  ${EPILOGUE_FIELDS}
 }
 @group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
 @group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (…, N, K)
@@ -163,6 +200,7 @@ struct P {
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
 @group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
 @group(0) @binding(5) var<uniform> p: P;
+${EPILOGUE_INDEX}
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
 var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
@@ -216,9 +254,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     for (var j = 0u; j < 4u; j++) {
       let cc = col0 + lid.x * 4u + j;
       if (r < p.M && cc < p.N) {
-        let idx = cbase + r * p.N + cc;
+        let idx = out_index(cbase, r, cc, p.N);
         var x = p.alpha * v[j];
-        if ((p.flags & 1u) != 0u) { x += bias[cc]; }
+        if ((p.flags & 1u) != 0u) { x += bias[bias_index(cc)]; }
         if ((p.flags & 8u) != 0u) { x += res[idx]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
@@ -288,21 +326,46 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
   const alpha = opts.alpha ?? 1;
   checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
   checkShape(!opts.accumulate || opts.out !== undefined, "matmul: accumulate needs `out`");
+  const seg = opts.biasSegments ?? { width: Math.max(s.N, 1), stride: 0 };
   if (opts.bias) {
+    const parts = Math.ceil(s.N / seg.width);
     checkShape(
-      opts.bias.size === s.N && opts.bias.dtype === "f32",
-      `matmul: bias has ${opts.bias.size} elements, expected N = ${s.N}`,
+      Number.isInteger(seg.width) && seg.width > 0 && s.N % seg.width === 0 &&
+        Number.isInteger(seg.stride) && (parts === 1 || seg.stride >= seg.width),
+      `matmul: biasSegments {width ${seg.width}, stride ${seg.stride}} must divide N = ${s.N} into segments that do not overlap`,
     );
+    const need = opts.biasSegments ? (parts - 1) * seg.stride + seg.width : s.N;
+    checkShape(
+      opts.bias.size === need && opts.bias.dtype === "f32",
+      `matmul: bias has ${opts.bias.size} elements, expected ${need}`,
+    );
+  }
+  const split = opts.splitHeads;
+  if (split) {
+    const { T, H, Dh } = split;
+    checkShape(
+      s.batch === 1 && [T, H, Dh].every((x) => Number.isInteger(x) && x > 0) &&
+        s.M % T === 0 && s.N % (H * Dh) === 0,
+      `matmul: splitHeads {T ${T}, H ${H}, Dh ${Dh}} needs unbatched A with rows a multiple of T ` +
+        `and columns a multiple of H·Dh (M ${s.M}, N ${s.N}, batch ${s.batch})`,
+    );
+    const P = s.N / (H * Dh), part = s.M * H * Dh, stride = split.partStride ?? part;
+    checkShape(
+      Number.isInteger(stride) && stride >= part,
+      `matmul: splitHeads partStride ${stride} is smaller than a part (${part} elements)`,
+    );
+    s.outShape = stride === part ? [P, s.M / T, H, T, Dh] : [(P - 1) * stride + part];
   }
   const out = opts.out ?? gpu.empty(s.outShape);
   checkShape(
-    out.size === s.batch * s.M * s.N,
+    out.size === s.outShape.reduce((x, y) => x * y, 1),
     `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`,
   );
   if (s.batch * s.M * s.N === 0) return out;
   let flags = 0;
   if (opts.bias) flags |= FLAG_BIAS;
   if (opts.relu) flags |= FLAG_RELU;
+  if (split) flags |= FLAG_SPLIT;
   if (opts.accumulate) flags |= FLAG_ACC;
   if (opts.residual) {
     checkShape(
@@ -316,6 +379,14 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
   if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
   else runTexture(gpu, a, b, out, s, opts, flags);
   return out;
+}
+
+/** The {@link EPILOGUE_FIELDS} values of a call. */
+function epilogueParams(params: Params, s: MatmulShape, o: MatmulOptions): Params {
+  const sp = o.splitHeads ?? { T: 1, H: 1, Dh: 1 };
+  const seg = o.biasSegments ?? { width: Math.max(s.N, 1), stride: 0 };
+  const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride);
 }
 
 function dummy(gpu: Gpu): Tensor {
@@ -351,6 +422,7 @@ function runBuffer(
       s.M * s.N,
       flags,
     ).f32(o.alpha ?? 1);
+    epilogueParams(params, s, o);
     gpu.dispatch(
       gpu.pipeline(BUFFER_MATMUL),
       [
@@ -451,9 +523,13 @@ function runTexture(
               o.residual ?? dummy(gpu),
             ],
             [Math.ceil(nc / (4 * t.texels * t.wgX)), Math.ceil(mc / (t.rows * t.wgY)), nb],
-            new Params()
-              .u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f)
-              .f32(o.alpha ?? 1),
+            epilogueParams(
+              new Params()
+                .u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f)
+                .f32(o.alpha ?? 1),
+              s,
+              o,
+            ),
           );
           gpu.releaseTexture(at);
           if (!held) gpu.releaseTexture(bt);

@@ -68,6 +68,8 @@ export interface LayerActs {
   k: Tensor;
   /** Values `(B, H, T, Dh)`. */
   v: Tensor;
+  /** The buffer q, k and v are views of, when one fused projection wrote them. */
+  qkv?: Tensor;
   /** What attention saved for its backward. */
   att: AttentionSaved;
   /** (N, C) attention output before out_proj. */
@@ -285,6 +287,36 @@ export class OptModel {
   }
 
   /**
+   * q, k and v `(B, H, T, Dh)` of layer prefix `p` from one matmul over the adjacent q/k/v
+   * weights, written straight into attention's head layout (the bits of three projections and
+   * their head splits: each output sums the same products in the same order). Undefined when
+   * an adapter is active on one of them or the store does not hold them adjacently.
+   */
+  #qkvFused(x: Tensor, p: string, T: number): Pick<LayerActs, "q" | "k" | "v" | "qkv"> | undefined {
+    const names = ["q_proj", "k_proj", "v_proj"].map((m) => `${p}self_attn.${m}`);
+    if (names.some((n) => this.#adapter(n))) return undefined;
+    const C = this.config.hidden_size, H = this.heads, Dh = this.headDim;
+    const slot = (n: string) => this.store.slots.get(n)!;
+    const w = names.map((n) => slot(`${n}.weight`)), b = names.map((n) => slot(`${n}.bias`));
+    const biasStride = b[1].offset - b[0].offset;
+    if (
+      w[1].offset !== w[0].offset + C * C || w[2].offset !== w[1].offset + C * C ||
+      b[2].offset - b[1].offset !== biasStride || biasStride < C
+    ) return undefined;
+    const gpu = this.gpu, N = x.shape[0];
+    const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
+    const part = N * C, partStride = Math.ceil(part / align) * align;
+    const qkv = matmul(gpu, x, this.store.params.view(w[0].offset, [3 * C, C]), {
+      transB: true,
+      bias: this.store.params.view(b[0].offset, [2 * biasStride + C]),
+      biasSegments: { width: C, stride: biasStride },
+      splitHeads: { T, H, Dh, partStride },
+    });
+    const [q, k, v] = [0, 1, 2].map((i) => qkv.view(i * partStride, [N / T, H, T, Dh]));
+    return { q, k, v, qkv };
+  }
+
+  /**
    * Backward of a linear layer: `dW += dyᵀ·x`, `db += Σ dy` (unless the base is frozen), the
    * LoRA gradients `dB += s·dyᵀ·u`, `dA += s·(dy·B)ᵀ·x` when adapted; returns `dx = dy·W`
    * (`+ s·(dy·B)·A`), or adds it into `dxInto`.
@@ -438,14 +470,17 @@ export class OptModel {
       const pre = c.do_layer_norm_before;
       if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
       a.attnIn = pre ? a.ln1!.y : x;
-      const q = this.#linear(a.attnIn, `${p}self_attn.q_proj`, {}, lu);
-      const k = this.#linear(a.attnIn, `${p}self_attn.k_proj`, {}, lu);
-      const v = this.#linear(a.attnIn, `${p}self_attn.v_proj`, {}, lu);
-      a.q = heads(q);
-      a.k = heads(k);
-      a.v = heads(v);
-      for (const t of [q, k, v]) t.dispose();
-      a.att = attend(l, a.q, a.k, a.v);
+      const proj = this.#qkvFused(a.attnIn, p, T) ?? (() => {
+        const [q, k, v] = ["q_proj", "k_proj", "v_proj"].map((m) => {
+          const y = this.#linear(a.attnIn!, `${p}self_attn.${m}`, {}, lu);
+          const h = heads(y);
+          y.dispose();
+          return h;
+        });
+        return { q, k, v };
+      })();
+      Object.assign(a, proj);
+      a.att = attend(l, proj.q, proj.k, proj.v);
       a.merged = T === 1
         ? a.att.out.reshape([N, C]) // a view: att.out owns the buffer
         : swapAxes12(gpu, a.att.out).intoShape([N, C]);
@@ -770,6 +805,7 @@ export class OptModel {
           a.q,
           a.k,
           a.v,
+          a.qkv,
           a.att.out,
           a.att.lse,
           a.merged,

@@ -1,3 +1,4 @@
+import { swapAxes12 } from "../../kernels/attention.ts";
 import { add } from "../../kernels/elementwise.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import * as ref from "../../kernels/reference/matmul.ts";
@@ -142,6 +143,68 @@ for (const path of PATHS) {
         () => matmul(gpu, ta, tb, { residual: out, out, path }),
         GpuValidationError,
         "same buffer",
+      );
+    },
+  });
+
+  cases.push({
+    name: `matmul (${path} path): a fused q/k/v projection split into heads, with segmented ` +
+      "biases, gives the bits of three projections and their head splits",
+    async run(gpu) {
+      const B = 3, T = 5, K = 23, H = 2, Dh = 3, C = H * Dh, stride = 8;
+      const x = randArray(B * T * K, 41), w = randArray(3 * C * K, 42);
+      const bias = randArray(2 * stride + C, 43);
+      const tx = gpu.fromArray(x, [B * T, K]), tw = gpu.fromArray(w, [3 * C, K]);
+      const y = matmul(gpu, tx, tw, {
+        transB: true,
+        bias: gpu.fromArray(bias),
+        biasSegments: { width: C, stride },
+        splitHeads: { T, H, Dh },
+        path,
+      });
+      assert(y.shape.join() === [3, B, H, T, Dh].join(), `split shape [${y.shape}]`);
+      const got = await gpu.readF32(y);
+      for (let part = 0; part < 3; part++) {
+        const wp = gpu.fromArray(w.subarray(part * C * K, (part + 1) * C * K), [C, K]);
+        const bp = gpu.fromArray(bias.subarray(part * stride, part * stride + C));
+        const plain = matmul(gpu, tx, wp, { transB: true, bias: bp, path });
+        const heads = await gpu.readF32(swapAxes12(gpu, plain.reshape([B, T, H, Dh])));
+        const slice = got.subarray(part * heads.length, (part + 1) * heads.length);
+        assert(
+          slice.every((v, i) => Object.is(v, heads[i])),
+          `part ${part}: the bits of matmul + swapAxes12`,
+        );
+      }
+      // parts spaced apart (aligned for binding): the same values at part·partStride
+      const part = B * T * C, partStride = part + 5;
+      const spaced = await gpu.readF32(matmul(gpu, tx, tw, {
+        transB: true,
+        bias: gpu.fromArray(bias),
+        biasSegments: { width: C, stride },
+        splitHeads: { T, H, Dh, partStride },
+        path,
+      }));
+      assert(spaced.length === 2 * partStride + part, `spaced length ${spaced.length}`);
+      for (let p = 0; p < 3; p++) {
+        const a = spaced.subarray(p * partStride, p * partStride + part);
+        const b = got.subarray(p * part, (p + 1) * part);
+        assert(a.every((v, i) => Object.is(v, b[i])), `spaced part ${p}`);
+      }
+      await assertThrows(
+        () => matmul(gpu, tx, tw, { transB: true, splitHeads: { T: 4, H, Dh }, path }),
+        ShapeError,
+        "splitHeads",
+      );
+      await assertThrows(
+        () =>
+          matmul(gpu, tx, tw, {
+            transB: true,
+            bias: gpu.fromArray(bias),
+            biasSegments: { width: C, stride: C - 1 },
+            path,
+          }),
+        ShapeError,
+        "biasSegments",
       );
     },
   });
