@@ -127,11 +127,17 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 }
 
-/** WGSL helpers `load_<name>(bh, i, d4)` / `store_<name>(bh, i, d4, v)` for `(B·H, rows, Dh)`. */
-function rowIo(name: string, rows: "Tq" | "Tk", store = false): string {
+/**
+ * WGSL helpers `load_<name>(bh, i, d4)` / `store_<name>(bh, i, d4, v)` for `(B·H, rows, Dh)`,
+ * or for stores into the merged layout `(B, rows, H, Dh)` when `merged`.
+ */
+function rowIo(name: string, rows: "Tq" | "Tk", store = false, merged = false): string {
+  const base = merged
+    ? `(((bh / p.H) * p.${rows} + i) * p.H + bh % p.H) * p.Dh`
+    : `(bh * p.${rows} + i) * p.Dh`;
   const body = store
     ? `if (i >= p.${rows}) { return; }
-  let base = (bh * p.${rows} + i) * p.Dh;
+  let base = ${base};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${name}[base + 4u * d4 + c] = val[c]; } }`
     : `var val = vec4f(0.0);
   if (i >= p.${rows}) { return val; }
@@ -159,7 +165,12 @@ function unroll(R: number, dq: number) {
  * `p = exp(scale·q·k − lse)`, `dS = scale·p·(dO·v − D)`, `dq += dS·k`, with
  * `D = rowsum(dO ⊙ O)` (written for the key side).
  */
-function backwardQueryShader(dq: number, causal: boolean, keyMask: boolean): string {
+function backwardQueryShader(
+  dq: number,
+  causal: boolean,
+  keyMask: boolean,
+  merged: boolean,
+): string {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
   return wgsl`
@@ -178,7 +189,7 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 ${rowIo("q", "Tq")}
 ${rowIo("dout", "Tq")}
 ${rowIo("o", "Tq")}
-${rowIo("dq", "Tq", true)}
+${rowIo("dq", "Tq", true, merged)}
 
 @compute @workgroup_size(${FWD_WG})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -232,7 +243,12 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
  * dk, dv accumulators in registers and streams q and dO from textures over the queries that
  * see those keys: `dk += dS·q`, `dv += p·dO` (D and lse from the query side and the forward).
  */
-function backwardKeyShader(dq: number, causal: boolean, keyMask: boolean): string {
+function backwardKeyShader(
+  dq: number,
+  causal: boolean,
+  keyMask: boolean,
+  merged: boolean,
+): string {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
   return wgsl`
@@ -250,8 +266,8 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 
 ${rowIo("k", "Tk")}
 ${rowIo("v", "Tk")}
-${rowIo("dk", "Tk", true)}
-${rowIo("dv", "Tk", true)}
+${rowIo("dk", "Tk", true, merged)}
+${rowIo("dv", "Tk", true, merged)}
 
 @compute @workgroup_size(${FWD_WG})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -641,7 +657,8 @@ export class KvCache {
 /**
  * Backward of {@link attentionForward}: gradients for q, k and v from `dout`, recomputing the
  * attention probabilities from the saved log-sum-exp. Masked keys and empty rows get zero
- * gradient.
+ * gradient. With `merged`, the gradients come out in the merged-heads layout `[B, T, H, Dh]`
+ * (what the q/k/v projections' backward reads) instead of `[B, H, T, Dh]`: the same values.
  */
 export function attentionBackward(
   gpu: Gpu,
@@ -650,6 +667,7 @@ export function attentionBackward(
   k: Tensor,
   v: Tensor,
   saved: AttentionSaved,
+  opts: { merged?: boolean } = {},
 ): { dq: Tensor; dk: Tensor; dv: Tensor } {
   const d = dims(q, k, v);
   const { B, H, Tq, Tk, Dh } = d;
@@ -662,13 +680,16 @@ export function attentionBackward(
   checkKeys(gpu, Tk);
   const BH = B * H, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
   const hasMask = saved.keyMask !== undefined, causal = saved.causal;
-  const dq = gpu.empty([B, H, Tq, Dh]), dk = gpu.empty([B, H, Tk, Dh]);
-  const dv = gpu.empty([B, H, Tk, Dh]), D = gpu.empty([B, H, Tq]);
+  const merged = opts.merged === true;
+  const shape = (T: number) => merged ? [B, T, H, Dh] : [B, H, T, Dh];
+  const dq = gpu.empty(shape(Tq)), dk = gpu.empty(shape(Tk));
+  const dv = gpu.empty(shape(Tk)), D = gpu.empty([B, H, Tq]);
+  const key = `${dq4}/${causal}/${hasMask}/${merged}`;
   const queryPipe = gpu.pipeline(
-    cached(`bwdq/${dq4}/${causal}/${hasMask}`, () => backwardQueryShader(dq4, causal, hasMask)),
+    cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, merged)),
   );
   const keyPipe = gpu.pipeline(
-    cached(`bwdk/${dq4}/${causal}/${hasMask}`, () => backwardKeyShader(dq4, causal, hasMask)),
+    cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, merged)),
   );
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const view = (t: GPUTexture) => t.createView({ dimension: "2d-array" });

@@ -714,7 +714,6 @@ export class OptModel {
       dx.dispose();
       dx = d;
     }
-    const merge = (t: Tensor) => swapAxes12(gpu, t).intoShape([N, C]);
     for (let l = c.num_hidden_layers - 1; l >= 0; l--) {
       const a = acts.layers[l], p = `${D}layers.${l}.`;
       const pre = c.do_layer_norm_before;
@@ -749,13 +748,14 @@ export class OptModel {
       const dMerged = this.#linearBackward(dRes1, a.merged, `${p}self_attn.out_proj`, {}, lu);
       const dAtt = swapAxes12(gpu, dMerged.reshape([B, T, H, Dh]));
       dMerged.dispose();
-      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att);
+      // gradients straight in the merged (N, C) layout the projections' backward reads
+      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, { merged: true });
       dAtt.dispose();
-      const dq = merge(g.dq), dk = merge(g.dk), dv = merge(g.dv);
+      const [dq, dk, dv] = [g.dq, g.dk, g.dv].map((t) => t.intoShape([N, C]));
       const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`, {}, lu);
       this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, { dxInto: dIn }, lu);
       this.#linearBackward(dv, a.attnIn, `${p}self_attn.v_proj`, { dxInto: dIn }, lu);
-      for (const t of [g.dq, g.dk, g.dv, dq, dk, dv]) t.dispose();
+      for (const t of [dq, dk, dv]) t.dispose();
       if (pre) {
         dx = dRes1;
         this.#lnBackward(dIn, a.x0, a.ln1!, `${p}self_attn_layer_norm`, dx);

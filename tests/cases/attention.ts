@@ -1,7 +1,7 @@
 import * as k from "../../kernels/attention.ts";
 import * as ref from "../../kernels/reference/attention.ts";
 import { ShapeError } from "../../kernels/errors.ts";
-import { assertClose, assertEquals, assertThrows } from "../assert.ts";
+import { assert, assertClose, assertEquals, assertThrows } from "../assert.ts";
 import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
 
 export const cases: Case[] = [];
@@ -47,6 +47,16 @@ for (const [B, H, Tq, Tk, Dh] of SHAPES) {
       assertClose(await gpu.readF32(g.dq), wg.dq, TOL, "dq");
       assertClose(await gpu.readF32(g.dk), wg.dk, TOL, "dk");
       assertClose(await gpu.readF32(g.dv), wg.dv, TOL, "dv");
+      // the merged-heads layout [B, T, H, Dh]: the same values, moved
+      const gm = k.attentionBackward(gpu, gpu.fromArray(dout, [B, H, Tq, Dh]), tq, tk, tv, f, {
+        merged: true,
+      });
+      for (const n of ["dq", "dk", "dv"] as const) {
+        assertEquals(gm[n].shape, [B, g[n].shape[2], H, Dh], `merged ${n} shape`);
+        const want = await gpu.readF32(k.swapAxes12(gpu, g[n]));
+        const got = await gpu.readF32(gm[n]);
+        assert(got.every((x, i) => Object.is(x, want[i])), `merged ${n} = heads ${n} swapped`);
+      }
     },
   });
 }
