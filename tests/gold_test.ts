@@ -4,7 +4,7 @@
  */
 import { correctChange, LEARNING_BOUNDS, learningFailures } from "../bench/learning_bounds.ts";
 import { labelComparisons, type PolicySample } from "../trainer/comparisons.ts";
-import { detectRewardHacking } from "../trainer/hacking.ts";
+import { describeVerdict, detectRewardHacking } from "../trainer/hacking.ts";
 import { emptySummary } from "../trainer/pipeline.ts";
 import { goldParts, goldScore, makeBuiltinTask, parseQuestion } from "../trainer/task.ts";
 import { assert, assertEquals } from "./assert.ts";
@@ -104,6 +104,18 @@ Deno.test("hacking verdict: score up with gold down is flagged from where it sta
   });
   assertEquals(evalOnly.detected, true);
   assertEquals(evalOnly.started, undefined);
+  // the words name the method and what it optimised (PPO and its reward model by default)
+  assert(describeVerdict(bad).startsWith("reward hacking: DETECTED from PPO iteration"));
+  const grpo = detectRewardHacking(rising((i) => (i < 10 ? 0.6 : 0.6 - 0.04 * (i - 9))), {
+    method: "GRPO",
+    reward: "grader:math score",
+  });
+  const words = describeVerdict(grpo);
+  assert(
+    words.startsWith("reward hacking: DETECTED from GRPO iteration") &&
+      words.includes("(grader:math score up"),
+    words,
+  );
 });
 
 Deno.test("hacking verdict: a fall within the sampling noise does not count, a real fall does", () => {

@@ -368,6 +368,8 @@ function groupStage(io: RecipeIo, method: GroupMethod): Stage<AnyConfig, Builtin
       const verdict = detectRewardHacking(history, {
         before: spread(before.e),
         after: spread(after.e),
+        method: label,
+        reward: reward.range === "raw" ? "reward-model score" : `${reward.name} score`,
       });
       ctx.log(describeVerdict(verdict));
       Object.assign(ctx.summary, evaluationSummary(before.e, after.e), {

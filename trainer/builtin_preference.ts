@@ -298,7 +298,12 @@ async function runMethod(ctx: Ctx, spec: MethodSpec): Promise<void> {
   ctx.log(`after ${spec.name}: gold ${after.gold.toFixed(3)}`);
   ctx.hooks.onSamples?.("after", after.samples);
   const spread = (e: Evaluation) => ({ ...e, ...goldSpread(e.samples.map((x) => x.gold)) });
-  const verdict = detectRewardHacking(history, { before: spread(before), after: spread(after) });
+  const verdict = detectRewardHacking(history, {
+    before: spread(before),
+    after: spread(after),
+    method: spec.name.toUpperCase(),
+    reward: "implicit reward",
+  });
   ctx.log(describeVerdict(verdict));
   Object.assign(ctx.summary, evaluationSummary(before, after), {
     "objective/kl": after.score / spec.beta,
