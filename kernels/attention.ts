@@ -182,7 +182,7 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(6) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(7) var<storage, read_write> dq: array<f32>;   // (B·H, Tq, Dh)
+@group(0) @binding(7) var<storage, read_write> dq: array<f32>;   // (B·H, Tq, Dh) or merged (B, Tq, H, Dh)
 @group(0) @binding(8) var<storage, read_write> drow: array<f32>; // (B·H, Tq) D
 @group(0) @binding(9) var<uniform> p: P;
 
@@ -260,8 +260,8 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var qt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4)
 @group(0) @binding(6) var gt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4) dO
-@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh)
-@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh)
+@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh) or merged
+@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh) or merged
 @group(0) @binding(9) var<uniform> p: P;
 
 ${rowIo("k", "Tk")}
