@@ -74,6 +74,7 @@ export {
   logitsBackward,
   type LogitsGrads,
   logSoftmax,
+  type RowReduction,
   softmax,
   type TokenLogprobs,
   tokenLogprobs,

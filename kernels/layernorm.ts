@@ -8,7 +8,7 @@
 
 import { checkShape } from "./errors.ts";
 import { groups, LINEAR_MAIN } from "./_shader.ts";
-import { ROW_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
+import { ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, TREE_SUM, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const FORWARD_BINDINGS = `
@@ -32,10 +32,6 @@ struct P { rows: u32, cols: u32, accumulate: u32 }
 @group(0) @binding(6) var<uniform> p: P;`;
 
 // the entry of the one-invocation-per-row forms: `row` and its offset `base`
-const ROW_THREAD_MAIN = `${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;`;
 
 const FORWARD = `${WG_REDUCE}
 ${FORWARD_BINDINGS}
@@ -126,13 +122,6 @@ ${ROW_THREAD_MAIN}
 // adds columns l, l + 64, …) and then the same pairwise tree (stride 32, 16, …, 1), so every
 // sum is formed in the same order and the results are bit for bit the workgroup form's — without
 // its barriers, which are what software adapters pay for (SPEC §11).
-const TREE_SUM = `
-fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
-  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
-    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
-  }
-  return (*part)[0];
-}`;
 
 const FORWARD_TREE = `${TREE_SUM}
 ${FORWARD_BINDINGS}

@@ -44,6 +44,28 @@ fn wg_max(v: f32, lid: u32) -> f32 {
 }
 `;
 
+/**
+ * WGSL entry header for one-invocation-per-row kernels launched with `gpu.grid(groups(rows))`
+ * (uniforms `p.rows`, `p.cols`): declares `row` and `base = row·cols`.
+ */
+export const ROW_THREAD_MAIN = `${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;`;
+
+/**
+ * WGSL: `tree_sum(&part)` sums 64 lane partials in {@link WG_REDUCE}'s pairwise order, so a
+ * row-per-invocation kernel that forms the same lane partials (lane l: columns l, l + 64, …)
+ * gets `wg_sum`'s bits without workgroup memory or barriers (slow on software adapters).
+ */
+export const TREE_SUM = `
+fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
+  }
+  return (*part)[0];
+}`;
+
 /** WGSL entry header for one-workgroup-per-row kernels launched with `gpu.grid(rows)`. */
 export const ROW_MAIN = `@compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,

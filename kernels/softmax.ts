@@ -8,7 +8,8 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { ROW_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
+import { groups } from "./_shader.ts";
+import { ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, TREE_SUM, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const SOFTMAX = `${WG_REDUCE}
@@ -67,6 +68,54 @@ ${ROW_MAIN}
   ent[row] = log(s) - sz / s;
   lse_out[row] = lse;
 }`;
+
+// One invocation per row with TOKEN_LOGPROBS's sums in the same order (64 lane partials, then
+// the same pairwise tree; the max is exact in any order): its bits without workgroup barriers.
+const TOKEN_LOGPROBS_TREE = `${TREE_SUM}
+struct P { rows: u32, cols: u32 }
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
+@group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
+@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
+@group(0) @binding(5) var<uniform> p: P;
+${ROW_THREAD_MAIN}
+  var m = -3.4e38;
+  for (var c = 0u; c < p.cols; c++) { m = max(m, logits[base + c]); }
+  var ps: array<f32, ${ROW_WG}>;
+  var pz: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s = 0.0;
+    var sz = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
+      let z = logits[base + c] - m;
+      let e = exp(z);
+      s += e;
+      sz += e * z;
+    }
+    ps[l] = s;
+    pz[l] = sz;
+  }
+  let s = tree_sum(&ps);
+  let sz = tree_sum(&pz);
+  let lse = m + log(s);
+  let t = targets[row];
+  logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
+  ent[row] = log(s) - sz / s;
+  lse_out[row] = lse;
+}`;
+
+/**
+ * How {@link tokenLogprobs} reduces a row: `"workgroup"` — 64 threads and a tree in workgroup
+ * memory (what a GPU runs well); `"row-tree"` — one invocation per row doing the same sums in
+ * the same order (the same bits, no barriers). Software adapters take `"row-tree"` for 128 rows
+ * or more, everything else the workgroup form.
+ */
+export type RowReduction = "workgroup" | "row-tree";
+
+function defaultReduction(gpu: Gpu, rows: number): RowReduction {
+  return gpu.isFallbackAdapter && rows >= 128 ? "row-tree" : "workgroup";
+}
 
 const LOGITS_BACKWARD = `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
@@ -168,15 +217,21 @@ function checkTargets(logits: Tensor, targets: Tensor, rows: number, name: strin
  * console.log(await gpu.read(logp), await gpu.read(entropy)); // [-log 4], [log 4]
  * ```
  */
-export function tokenLogprobs(gpu: Gpu, logits: Tensor, targets: Tensor): TokenLogprobs {
+export function tokenLogprobs(
+  gpu: Gpu,
+  logits: Tensor,
+  targets: Tensor,
+  opts: { reduction?: RowReduction } = {},
+): TokenLogprobs {
   const { rows, cols } = rowsOf(logits, "tokenLogprobs");
   checkTargets(logits, targets, rows, "tokenLogprobs");
   const shape = logits.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
+  const tree = (opts.reduction ?? defaultReduction(gpu, rows)) === "row-tree";
   gpu.dispatch(
-    gpu.pipeline(TOKEN_LOGPROBS),
+    gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS),
     [logits, targets, logp, entropy, lse],
-    gpu.grid(rows),
+    tree ? gpu.grid(groups(rows)) : gpu.grid(rows),
     new Params().u32(rows, cols),
   );
   return { logp, entropy, lse };

@@ -1,7 +1,7 @@
 import * as k from "../../kernels/softmax.ts";
 import * as ref from "../../kernels/reference/softmax.ts";
 import { ShapeError } from "../../kernels/errors.ts";
-import { assertClose, assertThrows } from "../assert.ts";
+import { assert, assertClose, assertThrows } from "../assert.ts";
 import { type Case, dot, finiteDiff, randArray, randInts } from "../_util.ts";
 
 export const cases: Case[] = [];
@@ -79,6 +79,28 @@ for (const [rows, cols] of [[1, 3], [7, 33], [5, 65]]) {
     },
   });
 }
+
+cases.push({
+  name: "softmax: token logprobs, entropy and log-sum-exp per row (row-tree) give the workgroup " +
+    "form's bits and match float64 (odd shapes, an ignored target)",
+  async run(gpu) {
+    for (const [rows, cols] of [[1, 1], [7, 33], [3, 65], [2, 1000], [130, 64], [300, 261]]) {
+      const x = randArray(rows * cols, 3 * rows + cols, -8, 8);
+      const tg = randInts(rows, cols, rows + 1);
+      if (rows > 2) tg[1] = -1; // an ignored row
+      const tx = gpu.fromArray(x, [rows, cols]), tt = gpu.fromArray(tg);
+      const got = k.tokenLogprobs(gpu, tx, tt, { reduction: "row-tree" });
+      const wg = k.tokenLogprobs(gpu, tx, tt, { reduction: "workgroup" });
+      for (const n of ["logp", "entropy", "lse"] as const) {
+        const a = await gpu.readF32(got[n]), b = await gpu.readF32(wg[n]);
+        assert(a.every((v, i) => Object.is(v, b[i])), `${rows}×${cols} ${n}: same bits`);
+      }
+      const want = ref.tokenLogprobs(x, tg, cols);
+      assertClose(await gpu.readF32(got.logp), want.logp, TOL, `${rows}×${cols} logp`);
+      assertClose(await gpu.readF32(got.entropy), want.entropy, TOL, `${rows}×${cols} entropy`);
+    }
+  },
+});
 
 cases.push({
   name: "softmax: extreme logits stay finite; wrong target dtype or count is a named error",
