@@ -1320,329 +1320,6 @@ function fillTexture(gpu, src, tex, b) {
   ], new Params().u32(b.rows, b.cols, b.ld, b.trans ? 1 : 0, b.row0, b.col0, b.batchStride, b.batch0, b.width, b.height, b.dstRow0 ?? 0));
 }
 
-// kernels/matmul.ts
-var FLAG_BIAS = 1;
-var FLAG_RELU = 2;
-var FLAG_ACC = 4;
-var FLAG_RES = 8;
-var TEXTURE_TILING = {
-  rows: 8,
-  texels: 2,
-  wgX: 16,
-  wgY: 4
-};
-function textureMatmulShader(t = TEXTURE_TILING) {
-  const R = t.rows, Q = t.texels;
-  const acc = [], aload = [], body = [], store = [];
-  for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
-  for (let i = 0; i < R; i++) {
-    aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
-  }
-  for (let kk = 0; kk < 4; kk++) {
-    const comp = "xyzw"[kk];
-    for (let j = 0; j < Q; j++) {
-      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
-    }
-    for (let i = 0; i < R; i++) {
-      for (let j = 0; j < Q; j++) {
-        body.push(`c${i}_${j} += a${i}.${comp} * b${kk}_${j};`);
-      }
-    }
-  }
-  for (let i = 0; i < R; i++) {
-    for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
-  }
-  return `
-struct P {
-  M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
-  m0: u32, n0: u32,            // chunk origin in C
-  ldc: u32, c_batch_stride: u32, batch0: u32,
-  b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual
-  alpha: f32,                  // scale of the product
-}
-@group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
-@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
-@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
-@group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
-@group(0) @binding(5) var<uniform> p: P;
-
-fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r >= p.M) { return; }
-  for (var t = 0u; t < 4u; t++) {
-    let cc = col + t;
-    if (cc < p.N) {
-      let idx = cbase + (p.m0 + r) * p.ldc + p.n0 + cc;
-      var x = p.alpha * v[t];
-      if ((p.flags & 1u) != 0u) { x += bias[p.n0 + cc]; }
-      if ((p.flags & 8u) != 0u) { x += res[idx]; }
-      if ((p.flags & 4u) != 0u) { x += c[idx]; }
-      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
-      c[idx] = x;
-    }
-  }
-}
-
-@compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  let cq = ${Q}u * g.x;        // first texel column of this block
-  let cb = ${4 * Q}u * g.x;    // first column
-  let r0 = ${R}u * g.y;        // first row
-  if (cb >= p.N || r0 >= p.M) { return; }
-  let la = g.z;
-  let lb = g.z * p.b_layer_step;
-  ${acc.join("\n  ")}
-  for (var kq = 0u; kq < p.K4; kq++) {
-    ${aload.join("\n    ")}
-    let k = 4u * kq;
-    ${body.join("\n    ")}
-  }
-  let cbase = (p.batch0 + g.z) * p.c_batch_stride;
-  ${store.join("\n  ")}
-}`;
-}
-var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t);
-  tilingShaders.set(key, code);
-  return code;
-}
-var BUFFER_MATMUL = `
-struct P {
-  M: u32, N: u32, K: u32,
-  trans_a: u32, trans_b: u32,
-  a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
-  flags: u32, alpha: f32,
-}
-@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
-@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
-@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
-@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
-@group(0) @binding(5) var<uniform> p: P;
-
-var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
-var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
-
-fn load_a(base: u32, m: u32, k: u32) -> f32 {
-  if (m >= p.M || k >= p.K) { return 0.0; }
-  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
-}
-fn load_b(base: u32, k: u32, n: u32) -> f32 {
-  if (k >= p.K || n >= p.N) { return 0.0; }
-  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
-}
-
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let row0 = wid.y * 64u;
-  let col0 = wid.x * 64u;
-  let abase = wid.z * p.a_batch_stride;
-  let bbase = wid.z * p.b_batch_stride;
-  let t = lid.y * 16u + lid.x;
-  let lk = t / 16u;
-  let lg = t % 16u;
-  var acc0 = vec4f(0.0);
-  var acc1 = vec4f(0.0);
-  var acc2 = vec4f(0.0);
-  var acc3 = vec4f(0.0);
-  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
-    let k = k0 + lk;
-    let r = row0 + lg * 4u;
-    as_[lk * 16u + lg] = vec4f(load_a(abase, r, k), load_a(abase, r + 1u, k),
-                               load_a(abase, r + 2u, k), load_a(abase, r + 3u, k));
-    let n = col0 + lg * 4u;
-    bs_[lk * 16u + lg] = vec4f(load_b(bbase, k, n), load_b(bbase, k, n + 1u),
-                               load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
-    workgroupBarrier();
-    for (var kk = 0u; kk < 16u; kk++) {
-      let av = as_[kk * 16u + lid.y];
-      let bv = bs_[kk * 16u + lid.x];
-      acc0 = fma(vec4f(av.x), bv, acc0);
-      acc1 = fma(vec4f(av.y), bv, acc1);
-      acc2 = fma(vec4f(av.z), bv, acc2);
-      acc3 = fma(vec4f(av.w), bv, acc3);
-    }
-    workgroupBarrier();
-  }
-  let cbase = wid.z * p.c_batch_stride;
-  for (var i = 0u; i < 4u; i++) {
-    let r = row0 + lid.y * 4u + i;
-    var v = acc0;
-    if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
-    for (var j = 0u; j < 4u; j++) {
-      let cc = col0 + lid.x * 4u + j;
-      if (r < p.M && cc < p.N) {
-        let idx = cbase + r * p.N + cc;
-        var x = p.alpha * v[j];
-        if ((p.flags & 1u) != 0u) { x += bias[cc]; }
-        if ((p.flags & 8u) != 0u) { x += res[idx]; }
-        if ((p.flags & 4u) != 0u) { x += c[idx]; }
-        if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
-        c[idx] = x;
-      }
-    }
-  }
-}`;
-function resolveShape(a, b, o) {
-  const sa = a.shape, sb = b.shape;
-  checkShape(sa.length >= 2 && sb.length >= 2, `matmul: operands need \u2265 2 dims (A: [${sa}], B: [${sb}])`);
-  checkShape(a.dtype === "f32" && b.dtype === "f32", "matmul: operands must be f32");
-  const batchA = sa.slice(0, -2), batchB = sb.slice(0, -2);
-  const [ar, ac] = sa.slice(-2), [br, bc] = sb.slice(-2);
-  const M = o.transA ? ac : ar, K2 = o.transA ? ar : ac;
-  const Kb = o.transB ? bc : br, N = o.transB ? br : bc;
-  checkShape(K2 === Kb, `matmul: inner dimensions differ (A${o.transA ? "\u1D40" : ""}: [${sa}], B${o.transB ? "\u1D40" : ""}: [${sb}])`);
-  const batch2 = batchA.reduce((x, y) => x * y, 1);
-  const shareB = batchB.length === 0 || batchB.reduce((x, y) => x * y, 1) === 1;
-  checkShape(shareB || batchB.join() === batchA.join(), `matmul: batch dims differ (A: [${sa}], B: [${sb}])`);
-  return {
-    batch: batch2,
-    M,
-    N,
-    K: K2,
-    shareB,
-    outShape: [
-      ...batchA,
-      M,
-      N
-    ]
-  };
-}
-function matmul(gpu, a, b, opts = {}) {
-  const s = resolveShape(a, b, opts);
-  const alpha = opts.alpha ?? 1;
-  checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
-  checkShape(!opts.accumulate || opts.out !== void 0, "matmul: accumulate needs `out`");
-  if (opts.bias) {
-    checkShape(opts.bias.size === s.N && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected N = ${s.N}`);
-  }
-  const out = opts.out ?? gpu.empty(s.outShape);
-  checkShape(out.size === s.batch * s.M * s.N, `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
-  if (s.batch * s.M * s.N === 0) return out;
-  let flags = 0;
-  if (opts.bias) flags |= FLAG_BIAS;
-  if (opts.relu) flags |= FLAG_RELU;
-  if (opts.accumulate) flags |= FLAG_ACC;
-  if (opts.residual) {
-    checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
-    flags |= FLAG_RES;
-  }
-  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
-  if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
-  else runTexture(gpu, a, b, out, s, opts, flags);
-  return out;
-}
-function dummy(gpu) {
-  return gpu.placeholder(2);
-}
-function runBuffer(gpu, a, b, out, s, o, flags) {
-  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.ceil(s.N / 64), gy = Math.ceil(s.M / 64);
-  for (let b0 = 0; b0 < s.batch; b0 += max) {
-    const nb = Math.min(max, s.batch - b0);
-    const view = (t, stride) => b0 === 0 ? t : new Tensor(gpu, t.buffer, [
-      nb * stride
-    ], t.dtype, t.byteOffset + b0 * stride * 4, false);
-    const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
-    gpu.dispatch(gpu.pipeline(BUFFER_MATMUL), [
-      view(a, s.M * s.K),
-      s.shareB ? b : view(b, s.K * s.N),
-      view(out, s.M * s.N),
-      o.bias ?? dummy(gpu),
-      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu)
-    ], [
-      gx,
-      gy,
-      nb
-    ], params);
-  }
-}
-function runTexture(gpu, a, b, out, s, o, flags) {
-  const t = o.tiling ?? TEXTURE_TILING;
-  const maxTex = gpu.textureSide;
-  const maxLayers = gpu.limits.maxTextureArrayLayers;
-  const mStep = Math.floor(maxTex / t.rows) * t.rows;
-  const kStep = Math.floor(maxTex / 4) * 4;
-  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
-  const mm = gpu.pipeline(textureShaderFor(t));
-  const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
-  for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
-    const nb = Math.min(maxLayers, s.batch - b0);
-    const bLayers = s.shareB ? 1 : nb;
-    for (let m0 = 0; m0 < s.M; m0 += mStep) {
-      const mc = Math.min(mStep, s.M - m0);
-      for (let n0 = 0; n0 < s.N; n0 += nStep) {
-        const nc = Math.min(nStep, s.N - n0);
-        for (let k0 = 0; k0 < s.K; k0 += kStep) {
-          const kc = Math.min(kStep, s.K - k0);
-          const k4 = Math.ceil(kc / 4);
-          const aRows = Math.ceil(mc / t.rows) * t.rows;
-          const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
-          const at = gpu.scratchTexture(k4, aRows, nb);
-          fillTexture(gpu, a, at, {
-            rows: mc,
-            cols: kc,
-            ld: ldA,
-            trans: !!o.transA,
-            row0: m0,
-            col0: k0,
-            batchStride: s.M * s.K,
-            batch0: b0,
-            layers: nb,
-            width: k4,
-            height: aRows
-          });
-          const fillB = (tex) => fillTexture(gpu, b, tex, {
-            rows: kc,
-            cols: nc,
-            ld: ldB,
-            trans: !!o.transB,
-            row0: k0,
-            col0: n0,
-            batchStride: s.shareB ? 0 : s.K * s.N,
-            batch0: s.shareB ? 0 : b0,
-            layers: bLayers,
-            width: bTexels,
-            height: 4 * k4
-          });
-          const bSize = [
-            bTexels,
-            4 * k4,
-            bLayers
-          ];
-          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4}`, bSize, fillB);
-          const bt = held ?? gpu.scratchTexture(...bSize);
-          if (!held) fillB(bt);
-          let f = flags;
-          if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
-          const lastK = k0 + kStep >= s.K;
-          if (!lastK) f &= ~FLAG_RELU;
-          gpu.dispatch(mm, [
-            at.createView({
-              dimension: "2d-array"
-            }),
-            bt.createView({
-              dimension: "2d-array"
-            }),
-            out,
-            o.bias ?? dummy(gpu),
-            o.residual ?? dummy(gpu)
-          ], [
-            Math.ceil(nc / (4 * t.texels * t.wgX)),
-            Math.ceil(mc / (t.rows * t.wgY)),
-            nb
-          ], new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1));
-          gpu.releaseTexture(at);
-          if (!held) gpu.releaseTexture(bt);
-        }
-      }
-    }
-  }
-}
-
 // kernels/attention.ts
 function rowsPerInvocation(dq) {
   return dq <= 8 ? 4 : dq <= 16 ? 2 : 1;
@@ -1731,49 +1408,147 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   }`)}
 }`;
 }
-var recomputeProbsShader = (causal, keyMask) => wgsl`
-struct P { n: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B·H, Tq, Tk)
-@group(0) @binding(1) var<storage, read> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(2) var<storage, read> kmask: array<f32>; // (B, Tk)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  let j = i % p.Tk;
-  let row = i / p.Tk;
-  let qi = row % p.Tq;
-  let b = row / (p.Tq * p.H);
-  var ok = lse[row] > -1e38;
+function rowIo(name, rows2, store = false, merged2 = false) {
+  const base = merged2 ? `(((bh / p.H) * p.${rows2} + i) * p.H + bh % p.H) * p.Dh` : `(bh * p.${rows2} + i) * p.Dh`;
+  const body = store ? `if (i >= p.${rows2}) { return; }
+  let base = ${base};
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${name}[base + 4u * d4 + c] = val[c]; } }` : `var val = vec4f(0.0);
+  if (i >= p.${rows2}) { return val; }
+  let base = (bh * p.${rows2} + i) * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
+  return val;`;
+  return store ? `fn store_${name}(bh: u32, i: u32, d4: u32, val: vec4f) {
+  ${body}
+}` : `fn load_${name}(bh: u32, i: u32, d4: u32) -> vec4f {
+  ${body}
+}`;
+}
+function unroll(R, dq) {
+  const perRow = (f, sep = "\n  ") => Array.from({
+    length: R
+  }, (_, r) => f(r)).join(sep);
+  const perD = (f, sep = "\n  ") => Array.from({
+    length: dq
+  }, (_, d) => f(d)).join(sep);
+  const both = (f) => perRow((r) => perD((d) => f(r, d)));
+  return {
+    perRow,
+    perD,
+    both
+  };
+}
+function backwardQueryShader(dq, causal, keyMask, merged2) {
+  const R = rowsPerInvocation(dq);
+  const { perRow, perD, both } = unroll(R, dq);
+  return wgsl`
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
+@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output
+@group(0) @binding(3) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
+@group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(6) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(7) var<storage, read_write> dq: array<f32>;   // (B·H, Tq, Dh) or merged (B, Tq, H, Dh)
+@group(0) @binding(8) var<storage, read_write> drow: array<f32>; // (B·H, Tq) D
+@group(0) @binding(9) var<uniform> p: P;
+
+${rowIo("q", "Tq")}
+${rowIo("dout", "Tq")}
+${rowIo("o", "Tq")}
+${rowIo("dq", "Tq", true, merged2)}
+
+@compute @workgroup_size(${FWD_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let i0 = g.x * ${R}u;
+  if (i0 >= p.Tq) { return; }
+  let layer = g.y;
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  let off = p.Tk - p.Tq;   // absolute position of query i is i + off
+  ${both((r, d) => `let q${r}_${d} = load_q(bh, i0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `let g${r}_${d} = load_dout(bh, i0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `var a${r}_${d} = vec4f(0.0);`)}
+  ${perRow((r) => `let D${r} = ${perD((d) => `dot(g${r}_${d}, load_o(bh, i0 + ${r}u, ${d}u))`, " + ")};
+  let L${r} = select(-3.4e38, lse[min(bh * p.Tq + i0 + ${r}u, arrayLength(&lse) - 1u)], i0 + ${r}u < p.Tq);
+  let ok${r} = L${r} > -1e38;`)}
 #if ${causal}
-  ok = ok && j <= qi + p.Tk - p.Tq;
+  let last = min(p.Tk, i0 + ${R - 1}u + off + 1u);
+#else
+  let last = p.Tk;
 #endif
+  for (var j = 0u; j < last; j++) {
 #if ${keyMask}
-  ok = ok && kmask[b * p.Tk + j] != 0.0;
+    if (kmask[b * p.Tk + j] == 0.0) { continue; }
 #endif
-  s[i] = select(0.0, exp(p.scale * s[i] - lse[row]), ok);
+    ${perD((d) => `let k${d} = textureLoad(kt, vec2u(${d}u, j), layer);`, "\n    ")}
+    ${perD((d) => `let v${d} = textureLoad(vt, vec2u(${d}u, j), layer);`, "\n    ")}
+    ${perRow((r) => `if (ok${r}${causal ? ` && j <= i0 + ${r}u + off` : ""}) {
+      let pr = exp(p.scale * (${perD((d) => `dot(q${r}_${d}, k${d})`, " + ")}) - L${r});
+      let ds = p.scale * pr * ((${perD((d) => `dot(g${r}_${d}, v${d})`, " + ")}) - D${r});
+      ${perD((d) => `a${r}_${d} += ds * k${d};`, "\n      ")}
+    }`, "\n    ")}
+  }
+  ${perRow((r) => `${perD((d) => `store_dq(bh, i0 + ${r}u, ${d}u, a${r}_${d});`)}
+  if (i0 + ${r}u < p.Tq) { drow[bh * p.Tq + i0 + ${r}u] = D${r}; }`)}
 }`;
-var ROW_DOT = `
-struct P { rows: u32, Dh: u32 }
-@group(0) @binding(0) var<storage, read> dout: array<f32>; // (rows, Dh)
-@group(0) @binding(1) var<storage, read> o: array<f32>;    // (rows, Dh)
-@group(0) @binding(2) var<storage, read_write> d: array<f32>;    // (rows)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.rows) { return; }
-  var s = 0.0;
-  for (var e = 0u; e < p.Dh; e++) { s += dout[i * p.Dh + e] * o[i * p.Dh + e]; }
-  d[i] = s;
+}
+function backwardKeyShader(dq, causal, keyMask, merged2) {
+  const R = rowsPerInvocation(dq);
+  const { perRow, perD, both } = unroll(R, dq);
+  return wgsl`
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> k: array<f32>;     // (B·H, Tk, Dh)
+@group(0) @binding(1) var<storage, read> v: array<f32>;     // (B·H, Tk, Dh)
+@group(0) @binding(2) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(3) var<storage, read> drow: array<f32>;  // (B·H, Tq) D
+@group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
+@group(0) @binding(5) var qt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4)
+@group(0) @binding(6) var gt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4) dO
+@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh) or merged
+@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh) or merged
+@group(0) @binding(9) var<uniform> p: P;
+
+${rowIo("k", "Tk")}
+${rowIo("v", "Tk")}
+${rowIo("dk", "Tk", true, merged2)}
+${rowIo("dv", "Tk", true, merged2)}
+
+@compute @workgroup_size(${FWD_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let j0 = g.x * ${R}u;
+  if (j0 >= p.Tk) { return; }
+  let layer = g.y;
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  let off = p.Tk - p.Tq;   // query i sees key j when j <= i + off
+  ${both((r, d) => `let k${r}_${d} = load_k(bh, j0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `let v${r}_${d} = load_v(bh, j0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `var dk${r}_${d} = vec4f(0.0);`)}
+  ${both((r, d) => `var dv${r}_${d} = vec4f(0.0);`)}
+  ${perRow((r) => `let ok${r} = j0 + ${r}u < p.Tk${keyMask ? ` && kmask[min(b * p.Tk + j0 + ${r}u, arrayLength(&kmask) - 1u)] != 0.0` : ""};`)}
+#if ${causal}
+  let first = select(0u, j0 - off, j0 > off);
+#else
+  let first = 0u;
+#endif
+  for (var i = first; i < p.Tq; i++) {
+    let L = lse[bh * p.Tq + i];
+    if (L <= -1e38) { continue; }
+    let Di = drow[bh * p.Tq + i];
+    ${perD((d) => `let q${d} = textureLoad(qt, vec2u(${d}u, i), layer);`, "\n    ")}
+    ${perD((d) => `let g${d} = textureLoad(gt, vec2u(${d}u, i), layer);`, "\n    ")}
+    ${perRow((r) => `if (ok${r}${causal ? ` && j0 + ${r}u <= i + off` : ""}) {
+      let pr = exp(p.scale * (${perD((d) => `dot(q${d}, k${r}_${d})`, " + ")}) - L);
+      let ds = p.scale * pr * ((${perD((d) => `dot(g${d}, v${r}_${d})`, " + ")}) - Di);
+      ${perD((d) => `dk${r}_${d} += ds * q${d};`, "\n      ")}
+      ${perD((d) => `dv${r}_${d} += pr * g${d};`, "\n      ")}
+    }`, "\n    ")}
+  }
+  ${both((r, d) => `store_dk(bh, j0 + ${r}u, ${d}u, dk${r}_${d});`)}
+  ${both((r, d) => `store_dv(bh, j0 + ${r}u, ${d}u, dv${r}_${d});`)}
 }`;
-var SCORES_GRAD = `
-struct P { n: u32, Tk: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read> probs: array<f32>; // (rows, Tk)
-@group(0) @binding(1) var<storage, read_write> dp: array<f32>;    // (rows, Tk) \u2192 dS
-@group(0) @binding(2) var<storage, read> d: array<f32>;     // (rows)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  dp[i] = p.scale * probs[i] * (dp[i] - d[i / p.Tk]);
-}`;
+}
 var shaderCache = /* @__PURE__ */ new Map();
 function cached(key, make) {
   const code = shaderCache.get(key) ?? String(make());
@@ -2059,84 +1834,106 @@ var KvCache = class {
     this.v.destroy();
   }
 };
-function attentionBackward(gpu, dout, q, k, v, saved) {
-  const { B: B4, H, Tq, Tk, Dh } = dims(q, k, v);
+function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
+  const d = dims(q, k, v);
+  const { B: B4, H, Tq, Tk, Dh } = d;
   checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  const BH = B4 * H, rows2 = BH * Tq;
-  const q3 = q.reshape([
-    BH,
-    Tq,
+  checkShape(saved.out.size === q.size && saved.lse.size === B4 * H * Tq, `attentionBackward: saved out [${saved.out.shape}] / lse [${saved.lse.shape}] do not match q [${q.shape}]`);
+  checkMask(saved.keyMask, B4, Tk, Tk);
+  checkKeys(gpu, Tk);
+  const BH = B4 * H, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
+  const hasMask = saved.keyMask !== void 0, causal = saved.causal;
+  const merged2 = opts.merged === true;
+  const shape = (T3) => merged2 ? [
+    B4,
+    T3,
+    H,
     Dh
-  ]), k3 = k.reshape([
-    BH,
-    Tk,
+  ] : [
+    B4,
+    H,
+    T3,
     Dh
-  ]), v3 = v.reshape([
-    BH,
-    Tk,
-    Dh
+  ];
+  const dq = gpu.empty(shape(Tq)), dk = gpu.empty(shape(Tk));
+  const dv = gpu.empty(shape(Tk)), D3 = gpu.empty([
+    B4,
+    H,
+    Tq
   ]);
-  const dO = dout.reshape([
-    BH,
-    Tq,
-    Dh
-  ]);
-  const hasMask = saved.keyMask !== void 0;
-  const probs = matmul(gpu, q3, k3, {
-    transB: true
+  const key = `${dq4}/${causal}/${hasMask}/${merged2}`;
+  const queryPipe = gpu.pipeline(cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, merged2)));
+  const keyPipe = gpu.pipeline(cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, merged2)));
+  const maxLayers = gpu.limits.maxTextureArrayLayers;
+  const view = (t) => t.createView({
+    dimension: "2d-array"
   });
-  gpu.dispatch(gpu.pipeline(cached(`probs/${saved.causal}/${hasMask}`, () => recomputeProbsShader(saved.causal, hasMask))), [
-    probs,
-    saved.lse,
-    saved.keyMask ?? null
-  ], gpu.grid(groups(probs.size)), new Params().u32(probs.size, Tq, Tk, H).f32(saved.scale));
-  const D3 = gpu.empty([
-    rows2
-  ]);
-  gpu.dispatch(gpu.pipeline(ROW_DOT), [
-    dO,
-    saved.out,
-    D3
-  ], gpu.grid(groups(rows2)), new Params().u32(rows2, Dh));
-  const dS = matmul(gpu, dO, v3, {
-    transB: true
-  });
-  gpu.dispatch(gpu.pipeline(SCORES_GRAD), [
-    probs,
-    dS,
-    D3
-  ], gpu.grid(groups(dS.size)), new Params().u32(dS.size, Tk).f32(saved.scale));
-  const dq = matmul(gpu, dS, k3);
-  const dk = matmul(gpu, dS, q3, {
-    transA: true
-  });
-  const dv = matmul(gpu, probs, dO, {
-    transA: true
-  });
-  for (const t of [
-    probs,
-    D3,
-    dS
-  ]) t.dispose();
+  for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
+    const n = Math.min(maxLayers, BH - c0);
+    const pack = (src, T3) => {
+      const tex = gpu.scratchTexture(dq4, T3, n);
+      fillTexture(gpu, src, tex, {
+        rows: T3,
+        cols: Dh,
+        ld: Dh,
+        trans: false,
+        row0: 0,
+        col0: 0,
+        batchStride: T3 * Dh,
+        batch0: c0,
+        layers: n,
+        width: dq4,
+        height: T3
+      });
+      return tex;
+    };
+    const params = new Params().u32(Tq, Tk, Dh, H, c0).f32(saved.scale);
+    const kt = pack(k, Tk), vt = pack(v, Tk);
+    gpu.dispatch(queryPipe, [
+      q,
+      dout,
+      saved.out,
+      saved.lse,
+      saved.keyMask ?? null,
+      view(kt),
+      view(vt),
+      dq,
+      D3
+    ], [
+      Math.ceil(Tq / R / FWD_WG),
+      n
+    ], params);
+    gpu.releaseTexture(kt);
+    gpu.releaseTexture(vt);
+    const qt = pack(q, Tq), gt = pack(dout, Tq);
+    gpu.dispatch(keyPipe, [
+      k,
+      v,
+      saved.lse,
+      D3,
+      saved.keyMask ?? null,
+      view(qt),
+      view(gt),
+      dk,
+      dv
+    ], [
+      Math.ceil(Tk / R / FWD_WG),
+      n
+    ], params);
+    gpu.releaseTexture(qt);
+    gpu.releaseTexture(gt);
+  }
+  if (Tq === 0) {
+    for (const t of [
+      dk,
+      dv
+    ]) gpu.clear(t);
+  }
+  D3.dispose();
   return {
-    dq: dq.intoShape([
-      B4,
-      H,
-      Tq,
-      Dh
-    ]),
-    dk: dk.intoShape([
-      B4,
-      H,
-      Tk,
-      Dh
-    ]),
-    dv: dv.intoShape([
-      B4,
-      H,
-      Tk,
-      Dh
-    ])
+    dq,
+    dk,
+    dv
   };
 }
 
@@ -2449,6 +2246,29 @@ for (const [B4, H, Tq, Tk, Dh] of SHAPES) {
       assertClose(await gpu.readF32(g.dq), wg.dq, TOL, "dq");
       assertClose(await gpu.readF32(g.dk), wg.dk, TOL, "dk");
       assertClose(await gpu.readF32(g.dv), wg.dv, TOL, "dv");
+      const gm = attentionBackward(gpu, gpu.fromArray(dout, [
+        B4,
+        H,
+        Tq,
+        Dh
+      ]), tq, tk, tv, f, {
+        merged: true
+      });
+      for (const n of [
+        "dq",
+        "dk",
+        "dv"
+      ]) {
+        assertEquals(gm[n].shape, [
+          B4,
+          g[n].shape[2],
+          H,
+          Dh
+        ], `merged ${n} shape`);
+        const want2 = await gpu.readF32(swapAxes12(gpu, g[n]));
+        const got = await gpu.readF32(gm[n]);
+        assert(got.every((x, i) => Object.is(x, want2[i])), `merged ${n} = heads ${n} swapped`);
+      }
     }
   });
 }
@@ -2546,6 +2366,52 @@ cases.push({
       causal: false
     });
     assertClose(await gpu.readF32(fa.out), attentionForward2(qa, ka, va, a).out, TOL, "non-causal");
+    const wa = randArray(2 * 3 * 4 * 5, 11);
+    const ga = attentionBackward(gpu, gpu.fromArray(wa, [
+      2,
+      3,
+      4,
+      5
+    ]), gpu.fromArray(qa, [
+      2,
+      3,
+      4,
+      5
+    ]), gpu.fromArray(ka, [
+      2,
+      3,
+      6,
+      5
+    ]), gpu.fromArray(va, [
+      2,
+      3,
+      6,
+      5
+    ]), fa);
+    const wga = attentionBackward2(wa, qa, ka, va, a);
+    assertClose(await gpu.readF32(ga.dq), wga.dq, TOL, "non-causal dq");
+    assertClose(await gpu.readF32(ga.dk), wga.dk, TOL, "non-causal dk");
+    assertClose(await gpu.readF32(ga.dv), wga.dv, TOL, "non-causal dv");
+    const ge = attentionBackward(gpu, gpu.fromArray(randArray(T3 * Dh, 12), [
+      1,
+      1,
+      T3,
+      Dh
+    ]), q, kv, kv, f);
+    assertClose((await gpu.readF32(ge.dq)).subarray(0, 2), [
+      0,
+      0
+    ], {
+      atol: 0,
+      rtol: 0
+    }, "empty row dq");
+    assertClose((await gpu.readF32(ge.dk)).subarray(0, 2), [
+      0,
+      0
+    ], {
+      atol: 0,
+      rtol: 0
+    }, "padded key dk");
     const x = randArray(2 * 5 * 3 * 4, 7);
     const tx = gpu.fromArray(x, [
       2,
@@ -2620,6 +2486,42 @@ cases.push({
       2,
       2
     ])), ShapeError, "3 queries but only 2 keys");
+  }
+});
+cases.push({
+  name: "attention: more (batch, head) pairs than texture array layers are processed in chunks",
+  async run(gpu) {
+    const H = 2, T3 = 3, Dh = 4, B4 = Math.floor(gpu.limits.maxTextureArrayLayers / H) + 2;
+    const n = B4 * H * T3 * Dh;
+    const q = randArray(n, 21), kk = randArray(n, 22), v = randArray(n, 23), w = randArray(n, 24);
+    const mask = leftPadMask(B4, T3).map((x, i) => Math.floor(i / T3) >= 3 ? 1 : x);
+    const args = {
+      B: B4,
+      H,
+      Tq: T3,
+      Tk: T3,
+      Dh,
+      keyMask: mask
+    };
+    const t = (a) => gpu.fromArray(a, [
+      B4,
+      H,
+      T3,
+      Dh
+    ]);
+    const tq = t(q), tk = t(kk), tv = t(v);
+    const f = attentionForward(gpu, tq, tk, tv, {
+      keyMask: gpu.fromArray(mask, [
+        B4,
+        T3
+      ])
+    });
+    assertClose(await gpu.readF32(f.out), attentionForward2(q, kk, v, args).out, TOL, "out");
+    const g = attentionBackward(gpu, t(w), tq, tk, tv, f);
+    const want = attentionBackward2(w, q, kk, v, args);
+    assertClose(await gpu.readF32(g.dq), want.dq, TOL, "dq");
+    assertClose(await gpu.readF32(g.dk), want.dk, TOL, "dk");
+    assertClose(await gpu.readF32(g.dv), want.dv, TOL, "dv");
   }
 });
 cases.push({
@@ -3399,6 +3301,17 @@ fn wg_max(v: f32, lid: u32) -> f32 {
   return r;
 }
 `;
+var ROW_THREAD_MAIN = `${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;`;
+var TREE_SUM = `
+fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
+  }
+  return (*part)[0];
+}`;
 var ROW_MAIN = `@compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -3679,6 +3592,42 @@ ${ROW_MAIN}
   ent[row] = log(s) - sz / s;
   lse_out[row] = lse;
 }`;
+var TOKEN_LOGPROBS_TREE = `${TREE_SUM}
+struct P { rows: u32, cols: u32 }
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
+@group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
+@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
+@group(0) @binding(5) var<uniform> p: P;
+${ROW_THREAD_MAIN}
+  var m = -3.4e38;
+  for (var c = 0u; c < p.cols; c++) { m = max(m, logits[base + c]); }
+  var ps: array<f32, ${ROW_WG}>;
+  var pz: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s = 0.0;
+    var sz = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
+      let z = logits[base + c] - m;
+      let e = exp(z);
+      s += e;
+      sz += e * z;
+    }
+    ps[l] = s;
+    pz[l] = sz;
+  }
+  let s = tree_sum(&ps);
+  let sz = tree_sum(&pz);
+  let lse = m + log(s);
+  let t = targets[row];
+  logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
+  ent[row] = log(s) - sz / s;
+  lse_out[row] = lse;
+}`;
+function defaultReduction(gpu, rows2) {
+  return gpu.isFallbackAdapter && rows2 >= 128 ? "row-tree" : "workgroup";
+}
 var LOGITS_BACKWARD = `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
 @group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
@@ -3735,18 +3684,19 @@ function checkTargets(logits2, targets2, rows2, name) {
   checkShape(targets2.dtype === "i32", `${name}: targets must be i32, got ${targets2.dtype}`);
   checkShape(targets2.size === rows2, `${name}: ${targets2.size} targets for ${rows2} rows of logits [${logits2.shape}]`);
 }
-function tokenLogprobs(gpu, logits2, targets2) {
+function tokenLogprobs(gpu, logits2, targets2, opts = {}) {
   const { rows: rows2, cols } = rowsOf(logits2, "tokenLogprobs");
   checkTargets(logits2, targets2, rows2, "tokenLogprobs");
   const shape = logits2.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
-  gpu.dispatch(gpu.pipeline(TOKEN_LOGPROBS), [
+  const tree = (opts.reduction ?? defaultReduction(gpu, rows2)) === "row-tree";
+  gpu.dispatch(gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS), [
     logits2,
     targets2,
     logp,
     entropy,
     lse
-  ], gpu.grid(rows2), new Params().u32(rows2, cols));
+  ], tree ? gpu.grid(groups(rows2)) : gpu.grid(rows2), new Params().u32(rows2, cols));
   return {
     logp,
     entropy,
@@ -3835,10 +3785,6 @@ struct P { rows: u32, cols: u32, accumulate: u32 }
 @group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;`;
-var ROW_THREAD_MAIN = `${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;`;
 var FORWARD2 = `${WG_REDUCE}
 ${FORWARD_BINDINGS}
 ${ROW_MAIN}
@@ -3914,13 +3860,6 @@ ${ROW_THREAD_MAIN}
     let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
-}`;
-var TREE_SUM = `
-fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
-  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
-    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
-  }
-  return (*part)[0];
 }`;
 var FORWARD_TREE = `${TREE_SUM}
 ${FORWARD_BINDINGS}
@@ -4048,6 +3987,388 @@ function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {})
     dbias
   ], gpu.grid(groups(C2)), new Params().u32(C2, rows2, C2));
   return dx;
+}
+
+// kernels/matmul.ts
+var FLAG_BIAS = 1;
+var FLAG_RELU = 2;
+var FLAG_ACC = 4;
+var FLAG_RES = 8;
+var FLAG_SPLIT = 16;
+var TEXTURE_TILING = {
+  rows: 8,
+  texels: 2,
+  wgX: 16,
+  wgY: 4
+};
+var EPILOGUE_INDEX = `
+fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
+  if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
+  let hd = p.heads * p.head_dim;
+  let w = col % hd;
+  return (col / hd) * p.part_stride + ((row / p.seq) * p.heads + w / p.head_dim) * p.seq * p.head_dim
+    + (row % p.seq) * p.head_dim + w % p.head_dim;
+}
+fn bias_index(col: u32) -> u32 {
+  return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
+}`;
+var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32,";
+function textureMatmulShader(t = TEXTURE_TILING) {
+  const R = t.rows, Q = t.texels;
+  const acc = [], aload = [], body = [], store = [];
+  for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
+  for (let i = 0; i < R; i++) {
+    aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+  }
+  for (let kk = 0; kk < 4; kk++) {
+    const comp = "xyzw"[kk];
+    for (let j = 0; j < Q; j++) {
+      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
+    }
+    for (let i = 0; i < R; i++) {
+      for (let j = 0; j < Q; j++) {
+        body.push(`c${i}_${j} += a${i}.${comp} * b${kk}_${j};`);
+      }
+    }
+  }
+  for (let i = 0; i < R; i++) {
+    for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
+  }
+  return `
+struct P {
+  M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
+  m0: u32, n0: u32,            // chunk origin in C
+  ldc: u32, c_batch_stride: u32, batch0: u32,
+  b_layer_step: u32,           // 0 when B is shared by all batches
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads
+  alpha: f32,                  // scale of the product
+  ${EPILOGUE_FIELDS}
+}
+@group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
+@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
+@group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
+@group(0) @binding(5) var<uniform> p: P;
+${EPILOGUE_INDEX}
+
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r >= p.M) { return; }
+  for (var t = 0u; t < 4u; t++) {
+    let cc = col + t;
+    if (cc < p.N) {
+      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
+      var x = p.alpha * v[t];
+      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
+      if ((p.flags & 8u) != 0u) { x += res[idx]; }
+      if ((p.flags & 4u) != 0u) { x += c[idx]; }
+      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+      c[idx] = x;
+    }
+  }
+}
+
+@compute @workgroup_size(${t.wgX}, ${t.wgY})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let cq = ${Q}u * g.x;        // first texel column of this block
+  let cb = ${4 * Q}u * g.x;    // first column
+  let r0 = ${R}u * g.y;        // first row
+  if (cb >= p.N || r0 >= p.M) { return; }
+  let la = g.z;
+  let lb = g.z * p.b_layer_step;
+  ${acc.join("\n  ")}
+  for (var kq = 0u; kq < p.K4; kq++) {
+    ${aload.join("\n    ")}
+    let k = 4u * kq;
+    ${body.join("\n    ")}
+  }
+  let cbase = (p.batch0 + g.z) * p.c_batch_stride;
+  ${store.join("\n  ")}
+}`;
+}
+var tilingShaders = /* @__PURE__ */ new Map();
+function textureShaderFor(t) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t);
+  tilingShaders.set(key, code);
+  return code;
+}
+var BUFFER_MATMUL = `
+struct P {
+  M: u32, N: u32, K: u32,
+  trans_a: u32, trans_b: u32,
+  a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
+  flags: u32, alpha: f32,
+  ${EPILOGUE_FIELDS}
+}
+@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
+@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
+@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
+@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
+@group(0) @binding(5) var<uniform> p: P;
+${EPILOGUE_INDEX}
+
+var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
+var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
+
+fn load_a(base: u32, m: u32, k: u32) -> f32 {
+  if (m >= p.M || k >= p.K) { return 0.0; }
+  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
+}
+fn load_b(base: u32, k: u32, n: u32) -> f32 {
+  if (k >= p.K || n >= p.N) { return 0.0; }
+  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let row0 = wid.y * 64u;
+  let col0 = wid.x * 64u;
+  let abase = wid.z * p.a_batch_stride;
+  let bbase = wid.z * p.b_batch_stride;
+  let t = lid.y * 16u + lid.x;
+  let lk = t / 16u;
+  let lg = t % 16u;
+  var acc0 = vec4f(0.0);
+  var acc1 = vec4f(0.0);
+  var acc2 = vec4f(0.0);
+  var acc3 = vec4f(0.0);
+  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
+    let k = k0 + lk;
+    let r = row0 + lg * 4u;
+    as_[lk * 16u + lg] = vec4f(load_a(abase, r, k), load_a(abase, r + 1u, k),
+                               load_a(abase, r + 2u, k), load_a(abase, r + 3u, k));
+    let n = col0 + lg * 4u;
+    bs_[lk * 16u + lg] = vec4f(load_b(bbase, k, n), load_b(bbase, k, n + 1u),
+                               load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
+    workgroupBarrier();
+    for (var kk = 0u; kk < 16u; kk++) {
+      let av = as_[kk * 16u + lid.y];
+      let bv = bs_[kk * 16u + lid.x];
+      acc0 = fma(vec4f(av.x), bv, acc0);
+      acc1 = fma(vec4f(av.y), bv, acc1);
+      acc2 = fma(vec4f(av.z), bv, acc2);
+      acc3 = fma(vec4f(av.w), bv, acc3);
+    }
+    workgroupBarrier();
+  }
+  let cbase = wid.z * p.c_batch_stride;
+  for (var i = 0u; i < 4u; i++) {
+    let r = row0 + lid.y * 4u + i;
+    var v = acc0;
+    if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
+    for (var j = 0u; j < 4u; j++) {
+      let cc = col0 + lid.x * 4u + j;
+      if (r < p.M && cc < p.N) {
+        let idx = out_index(cbase, r, cc, p.N);
+        var x = p.alpha * v[j];
+        if ((p.flags & 1u) != 0u) { x += bias[bias_index(cc)]; }
+        if ((p.flags & 8u) != 0u) { x += res[idx]; }
+        if ((p.flags & 4u) != 0u) { x += c[idx]; }
+        if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+        c[idx] = x;
+      }
+    }
+  }
+}`;
+function resolveShape(a, b, o) {
+  const sa = a.shape, sb = b.shape;
+  checkShape(sa.length >= 2 && sb.length >= 2, `matmul: operands need \u2265 2 dims (A: [${sa}], B: [${sb}])`);
+  checkShape(a.dtype === "f32" && b.dtype === "f32", "matmul: operands must be f32");
+  const batchA = sa.slice(0, -2), batchB = sb.slice(0, -2);
+  const [ar, ac] = sa.slice(-2), [br, bc] = sb.slice(-2);
+  const M = o.transA ? ac : ar, K2 = o.transA ? ar : ac;
+  const Kb = o.transB ? bc : br, N = o.transB ? br : bc;
+  checkShape(K2 === Kb, `matmul: inner dimensions differ (A${o.transA ? "\u1D40" : ""}: [${sa}], B${o.transB ? "\u1D40" : ""}: [${sb}])`);
+  const batch2 = batchA.reduce((x, y) => x * y, 1);
+  const shareB = batchB.length === 0 || batchB.reduce((x, y) => x * y, 1) === 1;
+  checkShape(shareB || batchB.join() === batchA.join(), `matmul: batch dims differ (A: [${sa}], B: [${sb}])`);
+  return {
+    batch: batch2,
+    M,
+    N,
+    K: K2,
+    shareB,
+    outShape: [
+      ...batchA,
+      M,
+      N
+    ]
+  };
+}
+function matmul(gpu, a, b, opts = {}) {
+  const s = resolveShape(a, b, opts);
+  const alpha = opts.alpha ?? 1;
+  checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
+  checkShape(!opts.accumulate || opts.out !== void 0, "matmul: accumulate needs `out`");
+  const seg = opts.biasSegments ?? {
+    width: Math.max(s.N, 1),
+    stride: 0
+  };
+  if (opts.bias) {
+    const parts = Math.ceil(s.N / seg.width);
+    checkShape(Number.isInteger(seg.width) && seg.width > 0 && s.N % seg.width === 0 && Number.isInteger(seg.stride) && (parts === 1 || seg.stride >= seg.width), `matmul: biasSegments {width ${seg.width}, stride ${seg.stride}} must divide N = ${s.N} into segments that do not overlap`);
+    const need = opts.biasSegments ? (parts - 1) * seg.stride + seg.width : s.N;
+    checkShape(opts.bias.size === need && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected ${need}`);
+  }
+  const split = opts.splitHeads;
+  if (split) {
+    const { T: T3, H, Dh } = split;
+    checkShape(s.batch === 1 && [
+      T3,
+      H,
+      Dh
+    ].every((x) => Number.isInteger(x) && x > 0) && s.M % T3 === 0 && s.N % (H * Dh) === 0, `matmul: splitHeads {T ${T3}, H ${H}, Dh ${Dh}} needs unbatched A with rows a multiple of T and columns a multiple of H\xB7Dh (M ${s.M}, N ${s.N}, batch ${s.batch})`);
+    const P = s.N / (H * Dh), part = s.M * H * Dh, stride = split.partStride ?? part;
+    checkShape(Number.isInteger(stride) && stride >= part, `matmul: splitHeads partStride ${stride} is smaller than a part (${part} elements)`);
+    s.outShape = stride === part ? [
+      P,
+      s.M / T3,
+      H,
+      T3,
+      Dh
+    ] : [
+      (P - 1) * stride + part
+    ];
+  }
+  const out = opts.out ?? gpu.empty(s.outShape);
+  checkShape(out.size === s.outShape.reduce((x, y) => x * y, 1), `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
+  if (s.batch * s.M * s.N === 0) return out;
+  let flags = 0;
+  if (opts.bias) flags |= FLAG_BIAS;
+  if (opts.relu) flags |= FLAG_RELU;
+  if (split) flags |= FLAG_SPLIT;
+  if (opts.accumulate) flags |= FLAG_ACC;
+  if (opts.residual) {
+    checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
+    flags |= FLAG_RES;
+  }
+  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
+  else runTexture(gpu, a, b, out, s, opts, flags);
+  return out;
+}
+function epilogueParams(params, s, o) {
+  const sp = o.splitHeads ?? {
+    T: 1,
+    H: 1,
+    Dh: 1
+  };
+  const seg = o.biasSegments ?? {
+    width: Math.max(s.N, 1),
+    stride: 0
+  };
+  const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride);
+}
+function dummy(gpu) {
+  return gpu.placeholder(2);
+}
+function runBuffer(gpu, a, b, out, s, o, flags) {
+  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const gx = Math.ceil(s.N / 64), gy = Math.ceil(s.M / 64);
+  for (let b0 = 0; b0 < s.batch; b0 += max) {
+    const nb = Math.min(max, s.batch - b0);
+    const view = (t, stride) => b0 === 0 ? t : new Tensor(gpu, t.buffer, [
+      nb * stride
+    ], t.dtype, t.byteOffset + b0 * stride * 4, false);
+    const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
+    epilogueParams(params, s, o);
+    gpu.dispatch(gpu.pipeline(BUFFER_MATMUL), [
+      view(a, s.M * s.K),
+      s.shareB ? b : view(b, s.K * s.N),
+      view(out, s.M * s.N),
+      o.bias ?? dummy(gpu),
+      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu)
+    ], [
+      gx,
+      gy,
+      nb
+    ], params);
+  }
+}
+function runTexture(gpu, a, b, out, s, o, flags) {
+  const t = o.tiling ?? TEXTURE_TILING;
+  const maxTex = gpu.textureSide;
+  const maxLayers = gpu.limits.maxTextureArrayLayers;
+  const mStep = Math.floor(maxTex / t.rows) * t.rows;
+  const kStep = Math.floor(maxTex / 4) * 4;
+  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
+  const mm = gpu.pipeline(textureShaderFor(t));
+  const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
+  for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
+    const nb = Math.min(maxLayers, s.batch - b0);
+    const bLayers = s.shareB ? 1 : nb;
+    for (let m0 = 0; m0 < s.M; m0 += mStep) {
+      const mc = Math.min(mStep, s.M - m0);
+      for (let n0 = 0; n0 < s.N; n0 += nStep) {
+        const nc = Math.min(nStep, s.N - n0);
+        for (let k0 = 0; k0 < s.K; k0 += kStep) {
+          const kc = Math.min(kStep, s.K - k0);
+          const k4 = Math.ceil(kc / 4);
+          const aRows = Math.ceil(mc / t.rows) * t.rows;
+          const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
+          const at = gpu.scratchTexture(k4, aRows, nb);
+          fillTexture(gpu, a, at, {
+            rows: mc,
+            cols: kc,
+            ld: ldA,
+            trans: !!o.transA,
+            row0: m0,
+            col0: k0,
+            batchStride: s.M * s.K,
+            batch0: b0,
+            layers: nb,
+            width: k4,
+            height: aRows
+          });
+          const fillB = (tex) => fillTexture(gpu, b, tex, {
+            rows: kc,
+            cols: nc,
+            ld: ldB,
+            trans: !!o.transB,
+            row0: k0,
+            col0: n0,
+            batchStride: s.shareB ? 0 : s.K * s.N,
+            batch0: s.shareB ? 0 : b0,
+            layers: bLayers,
+            width: bTexels,
+            height: 4 * k4
+          });
+          const bSize = [
+            bTexels,
+            4 * k4,
+            bLayers
+          ];
+          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4}`, bSize, fillB);
+          const bt = held ?? gpu.scratchTexture(...bSize);
+          if (!held) fillB(bt);
+          let f = flags;
+          if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
+          const lastK = k0 + kStep >= s.K;
+          if (!lastK) f &= ~FLAG_RELU;
+          gpu.dispatch(mm, [
+            at.createView({
+              dimension: "2d-array"
+            }),
+            bt.createView({
+              dimension: "2d-array"
+            }),
+            out,
+            o.bias ?? dummy(gpu),
+            o.residual ?? dummy(gpu)
+          ], [
+            Math.ceil(nc / (4 * t.texels * t.wgX)),
+            Math.ceil(mc / (t.rows * t.wgY)),
+            nb
+          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o));
+          gpu.releaseTexture(at);
+          if (!held) gpu.releaseTexture(bt);
+        }
+      }
+    }
+  }
 }
 
 // model/lora.ts
@@ -4957,6 +5278,63 @@ var OptModel = class _OptModel {
     return y;
   }
   /**
+   * q, k and v `(B, H, T, Dh)` of layer prefix `p` from one matmul over the adjacent q/k/v
+   * weights, written straight into attention's head layout (the bits of three projections and
+   * their head splits: each output sums the same products in the same order). Undefined when
+   * an adapter is active on one of them or the store does not hold them adjacently.
+   */
+  #qkvFused(x, p, T3) {
+    const names = [
+      "q_proj",
+      "k_proj",
+      "v_proj"
+    ].map((m) => `${p}self_attn.${m}`);
+    if (names.some((n) => this.#adapter(n))) return void 0;
+    const C2 = this.config.hidden_size, H = this.heads, Dh = this.headDim;
+    const slot = (n) => this.store.slots.get(n);
+    const w = names.map((n) => slot(`${n}.weight`)), b = names.map((n) => slot(`${n}.bias`));
+    const biasStride = b[1].offset - b[0].offset;
+    if (w[1].offset !== w[0].offset + C2 * C2 || w[2].offset !== w[1].offset + C2 * C2 || b[2].offset - b[1].offset !== biasStride || biasStride < C2) return void 0;
+    const gpu = this.gpu, N = x.shape[0];
+    const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
+    const part = N * C2, partStride = Math.ceil(part / align) * align;
+    const qkv = matmul(gpu, x, this.store.params.view(w[0].offset, [
+      3 * C2,
+      C2
+    ]), {
+      transB: true,
+      bias: this.store.params.view(b[0].offset, [
+        2 * biasStride + C2
+      ]),
+      biasSegments: {
+        width: C2,
+        stride: biasStride
+      },
+      splitHeads: {
+        T: T3,
+        H,
+        Dh,
+        partStride
+      }
+    });
+    const [q, k, v] = [
+      0,
+      1,
+      2
+    ].map((i) => qkv.view(i * partStride, [
+      N / T3,
+      H,
+      T3,
+      Dh
+    ]));
+    return {
+      q,
+      k,
+      v,
+      qkv
+    };
+  }
+  /**
    * Backward of a linear layer: `dW += dyᵀ·x`, `db += Σ dy` (unless the base is frozen), the
    * LoRA gradients `dB += s·dyᵀ·u`, `dA += s·(dy·B)ᵀ·x` when adapted; returns `dx = dy·W`
    * (`+ s·(dy·B)·A`), or adds it into `dxInto`.
@@ -5114,18 +5492,25 @@ var OptModel = class _OptModel {
       const pre = c.do_layer_norm_before;
       if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
       a.attnIn = pre ? a.ln1.y : x;
-      const q = this.#linear(a.attnIn, `${p}self_attn.q_proj`, {}, lu);
-      const k = this.#linear(a.attnIn, `${p}self_attn.k_proj`, {}, lu);
-      const v = this.#linear(a.attnIn, `${p}self_attn.v_proj`, {}, lu);
-      a.q = heads(q);
-      a.k = heads(k);
-      a.v = heads(v);
-      for (const t of [
-        q,
-        k,
-        v
-      ]) t.dispose();
-      a.att = attend(l, a.q, a.k, a.v);
+      const proj = this.#qkvFused(a.attnIn, p, T3) ?? (() => {
+        const [q, k, v] = [
+          "q_proj",
+          "k_proj",
+          "v_proj"
+        ].map((m) => {
+          const y = this.#linear(a.attnIn, `${p}self_attn.${m}`, {}, lu);
+          const h = heads(y);
+          y.dispose();
+          return h;
+        });
+        return {
+          q,
+          k,
+          v
+        };
+      })();
+      Object.assign(a, proj);
+      a.att = attend(l, proj.q, proj.k, proj.v);
       a.merged = T3 === 1 ? a.att.out.reshape([
         N,
         C2
@@ -5410,10 +5795,6 @@ var OptModel = class _OptModel {
       dx.dispose();
       dx = d;
     }
-    const merge = (t) => swapAxes12(gpu, t).intoShape([
-      N,
-      C2
-    ]);
     for (let l = c.num_hidden_layers - 1; l >= 0; l--) {
       const a = acts.layers[l], p = `${D}layers.${l}.`;
       const pre = c.do_layer_norm_before;
@@ -5453,9 +5834,18 @@ var OptModel = class _OptModel {
         Dh
       ]));
       dMerged.dispose();
-      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att);
+      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, {
+        merged: true
+      });
       dAtt.dispose();
-      const dq = merge(g.dq), dk = merge(g.dk), dv = merge(g.dv);
+      const [dq, dk, dv] = [
+        g.dq,
+        g.dk,
+        g.dv
+      ].map((t) => t.intoShape([
+        N,
+        C2
+      ]));
       const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`, {}, lu);
       this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, {
         dxInto: dIn
@@ -5464,9 +5854,6 @@ var OptModel = class _OptModel {
         dxInto: dIn
       }, lu);
       for (const t of [
-        g.dq,
-        g.dk,
-        g.dv,
         dq,
         dk,
         dv
@@ -5527,6 +5914,7 @@ var OptModel = class _OptModel {
         a.q,
         a.k,
         a.v,
+        a.qkv,
         a.att.out,
         a.att.lse,
         a.merged,
@@ -8882,6 +9270,103 @@ for (const path of PATHS) {
         out,
         path
       }), GpuValidationError, "same buffer");
+    }
+  });
+  cases9.push({
+    name: `matmul (${path} path): a fused q/k/v projection split into heads, with segmented biases, gives the bits of three projections and their head splits`,
+    async run(gpu) {
+      const B4 = 3, T3 = 5, K2 = 23, H = 2, Dh = 3, C2 = H * Dh, stride = 8;
+      const x = randArray(B4 * T3 * K2, 41), w = randArray(3 * C2 * K2, 42);
+      const bias = randArray(2 * stride + C2, 43);
+      const tx = gpu.fromArray(x, [
+        B4 * T3,
+        K2
+      ]), tw = gpu.fromArray(w, [
+        3 * C2,
+        K2
+      ]);
+      const y = matmul(gpu, tx, tw, {
+        transB: true,
+        bias: gpu.fromArray(bias),
+        biasSegments: {
+          width: C2,
+          stride
+        },
+        splitHeads: {
+          T: T3,
+          H,
+          Dh
+        },
+        path
+      });
+      assert(y.shape.join() === [
+        3,
+        B4,
+        H,
+        T3,
+        Dh
+      ].join(), `split shape [${y.shape}]`);
+      const got = await gpu.readF32(y);
+      for (let part2 = 0; part2 < 3; part2++) {
+        const wp = gpu.fromArray(w.subarray(part2 * C2 * K2, (part2 + 1) * C2 * K2), [
+          C2,
+          K2
+        ]);
+        const bp = gpu.fromArray(bias.subarray(part2 * stride, part2 * stride + C2));
+        const plain = matmul(gpu, tx, wp, {
+          transB: true,
+          bias: bp,
+          path
+        });
+        const heads = await gpu.readF32(swapAxes12(gpu, plain.reshape([
+          B4,
+          T3,
+          H,
+          Dh
+        ])));
+        const slice = got.subarray(part2 * heads.length, (part2 + 1) * heads.length);
+        assert(slice.every((v, i) => Object.is(v, heads[i])), `part ${part2}: the bits of matmul + swapAxes12`);
+      }
+      const part = B4 * T3 * C2, partStride = part + 5;
+      const spaced = await gpu.readF32(matmul(gpu, tx, tw, {
+        transB: true,
+        bias: gpu.fromArray(bias),
+        biasSegments: {
+          width: C2,
+          stride
+        },
+        splitHeads: {
+          T: T3,
+          H,
+          Dh,
+          partStride
+        },
+        path
+      }));
+      assert(spaced.length === 2 * partStride + part, `spaced length ${spaced.length}`);
+      for (let p = 0; p < 3; p++) {
+        const a = spaced.subarray(p * partStride, p * partStride + part);
+        const b = got.subarray(p * part, (p + 1) * part);
+        assert(a.every((v, i) => Object.is(v, b[i])), `spaced part ${p}`);
+      }
+      await assertThrows(() => matmul(gpu, tx, tw, {
+        transB: true,
+        splitHeads: {
+          T: 4,
+          H,
+          Dh
+        },
+        path
+      }), ShapeError, "splitHeads");
+      await assertThrows(() => matmul(gpu, tx, tw, {
+        transB: true,
+        bias: gpu.fromArray(bias),
+        biasSegments: {
+          width: C2,
+          stride: C2 - 1
+        },
+        path
+      }), ShapeError, "biasSegments");
     }
   });
   cases9.push({
@@ -12731,6 +13216,62 @@ for (const [rows2, cols] of [
     }
   });
 }
+cases18.push({
+  name: "softmax: token logprobs, entropy and log-sum-exp per row (row-tree) give the workgroup form's bits and match float64 (odd shapes, an ignored target)",
+  async run(gpu) {
+    for (const [rows2, cols] of [
+      [
+        1,
+        1
+      ],
+      [
+        7,
+        33
+      ],
+      [
+        3,
+        65
+      ],
+      [
+        2,
+        1e3
+      ],
+      [
+        130,
+        64
+      ],
+      [
+        300,
+        261
+      ]
+    ]) {
+      const x = randArray(rows2 * cols, 3 * rows2 + cols, -8, 8);
+      const tg = randInts(rows2, cols, rows2 + 1);
+      if (rows2 > 2) tg[1] = -1;
+      const tx = gpu.fromArray(x, [
+        rows2,
+        cols
+      ]), tt = gpu.fromArray(tg);
+      const got = tokenLogprobs(gpu, tx, tt, {
+        reduction: "row-tree"
+      });
+      const wg = tokenLogprobs(gpu, tx, tt, {
+        reduction: "workgroup"
+      });
+      for (const n of [
+        "logp",
+        "entropy",
+        "lse"
+      ]) {
+        const a = await gpu.readF32(got[n]), b = await gpu.readF32(wg[n]);
+        assert(a.every((v, i) => Object.is(v, b[i])), `${rows2}\xD7${cols} ${n}: same bits`);
+      }
+      const want = tokenLogprobs2(x, tg, cols);
+      assertClose(await gpu.readF32(got.logp), want.logp, TOL9, `${rows2}\xD7${cols} logp`);
+      assertClose(await gpu.readF32(got.entropy), want.entropy, TOL9, `${rows2}\xD7${cols} entropy`);
+    }
+  }
+});
 cases18.push({
   name: "softmax: extreme logits stay finite; wrong target dtype or count is a named error",
   async run(gpu) {

@@ -1596,12 +1596,25 @@ var FLAG_BIAS = 1;
 var FLAG_RELU = 2;
 var FLAG_ACC = 4;
 var FLAG_RES = 8;
+var FLAG_SPLIT = 16;
 var TEXTURE_TILING = {
   rows: 8,
   texels: 2,
   wgX: 16,
   wgY: 4
 };
+var EPILOGUE_INDEX = `
+fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
+  if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
+  let hd = p.heads * p.head_dim;
+  let w = col % hd;
+  return (col / hd) * p.part_stride + ((row / p.seq) * p.heads + w / p.head_dim) * p.seq * p.head_dim
+    + (row % p.seq) * p.head_dim + w % p.head_dim;
+}
+fn bias_index(col: u32) -> u32 {
+  return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
+}`;
+var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32,";
 function textureMatmulShader(t = TEXTURE_TILING) {
   const R = t.rows, Q = t.texels;
   const acc = [], aload = [], body = [], store = [];
@@ -1629,8 +1642,9 @@ struct P {
   m0: u32, n0: u32,            // chunk origin in C
   ldc: u32, c_batch_stride: u32, batch0: u32,
   b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads
   alpha: f32,                  // scale of the product
+  ${EPILOGUE_FIELDS}
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
@@ -1638,15 +1652,16 @@ struct P {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
 @group(0) @binding(5) var<uniform> p: P;
+${EPILOGUE_INDEX}
 
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
   for (var t = 0u; t < 4u; t++) {
     let cc = col + t;
     if (cc < p.N) {
-      let idx = cbase + (p.m0 + r) * p.ldc + p.n0 + cc;
+      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
       var x = p.alpha * v[t];
-      if ((p.flags & 1u) != 0u) { x += bias[p.n0 + cc]; }
+      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
       if ((p.flags & 8u) != 0u) { x += res[idx]; }
       if ((p.flags & 4u) != 0u) { x += c[idx]; }
       if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
@@ -1686,6 +1701,7 @@ struct P {
   trans_a: u32, trans_b: u32,
   a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
   flags: u32, alpha: f32,
+  ${EPILOGUE_FIELDS}
 }
 @group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
 @group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
@@ -1693,6 +1709,7 @@ struct P {
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
 @group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
 @group(0) @binding(5) var<uniform> p: P;
+${EPILOGUE_INDEX}
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
 var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
@@ -1746,9 +1763,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     for (var j = 0u; j < 4u; j++) {
       let cc = col0 + lid.x * 4u + j;
       if (r < p.M && cc < p.N) {
-        let idx = cbase + r * p.N + cc;
+        let idx = out_index(cbase, r, cc, p.N);
         var x = p.alpha * v[j];
-        if ((p.flags & 1u) != 0u) { x += bias[cc]; }
+        if ((p.flags & 1u) != 0u) { x += bias[bias_index(cc)]; }
         if ((p.flags & 8u) != 0u) { x += res[idx]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
@@ -1787,15 +1804,43 @@ function matmul(gpu, a, b, opts = {}) {
   const alpha = opts.alpha ?? 1;
   checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
   checkShape(!opts.accumulate || opts.out !== void 0, "matmul: accumulate needs `out`");
+  const seg = opts.biasSegments ?? {
+    width: Math.max(s.N, 1),
+    stride: 0
+  };
   if (opts.bias) {
-    checkShape(opts.bias.size === s.N && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected N = ${s.N}`);
+    const parts = Math.ceil(s.N / seg.width);
+    checkShape(Number.isInteger(seg.width) && seg.width > 0 && s.N % seg.width === 0 && Number.isInteger(seg.stride) && (parts === 1 || seg.stride >= seg.width), `matmul: biasSegments {width ${seg.width}, stride ${seg.stride}} must divide N = ${s.N} into segments that do not overlap`);
+    const need = opts.biasSegments ? (parts - 1) * seg.stride + seg.width : s.N;
+    checkShape(opts.bias.size === need && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected ${need}`);
+  }
+  const split = opts.splitHeads;
+  if (split) {
+    const { T, H: H2, Dh } = split;
+    checkShape(s.batch === 1 && [
+      T,
+      H2,
+      Dh
+    ].every((x) => Number.isInteger(x) && x > 0) && s.M % T === 0 && s.N % (H2 * Dh) === 0, `matmul: splitHeads {T ${T}, H ${H2}, Dh ${Dh}} needs unbatched A with rows a multiple of T and columns a multiple of H\xB7Dh (M ${s.M}, N ${s.N}, batch ${s.batch})`);
+    const P = s.N / (H2 * Dh), part = s.M * H2 * Dh, stride = split.partStride ?? part;
+    checkShape(Number.isInteger(stride) && stride >= part, `matmul: splitHeads partStride ${stride} is smaller than a part (${part} elements)`);
+    s.outShape = stride === part ? [
+      P,
+      s.M / T,
+      H2,
+      T,
+      Dh
+    ] : [
+      (P - 1) * stride + part
+    ];
   }
   const out = opts.out ?? gpu.empty(s.outShape);
-  checkShape(out.size === s.batch * s.M * s.N, `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
+  checkShape(out.size === s.outShape.reduce((x, y) => x * y, 1), `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
   if (s.batch * s.M * s.N === 0) return out;
   let flags = 0;
   if (opts.bias) flags |= FLAG_BIAS;
   if (opts.relu) flags |= FLAG_RELU;
+  if (split) flags |= FLAG_SPLIT;
   if (opts.accumulate) flags |= FLAG_ACC;
   if (opts.residual) {
     checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
@@ -1805,6 +1850,19 @@ function matmul(gpu, a, b, opts = {}) {
   if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
   else runTexture(gpu, a, b, out, s, opts, flags);
   return out;
+}
+function epilogueParams(params, s, o) {
+  const sp = o.splitHeads ?? {
+    T: 1,
+    H: 1,
+    Dh: 1
+  };
+  const seg = o.biasSegments ?? {
+    width: Math.max(s.N, 1),
+    stride: 0
+  };
+  const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride);
 }
 function dummy(gpu) {
   return gpu.placeholder(2);
@@ -1818,6 +1876,7 @@ function runBuffer(gpu, a, b, out, s, o, flags) {
       nb * stride
     ], t.dtype, t.byteOffset + b0 * stride * 4, false);
     const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
+    epilogueParams(params, s, o);
     gpu.dispatch(gpu.pipeline(BUFFER_MATMUL), [
       view(a, s.M * s.K),
       s.shareB ? b : view(b, s.K * s.N),
@@ -1905,7 +1964,7 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             Math.ceil(nc / (4 * t.texels * t.wgX)),
             Math.ceil(mc / (t.rows * t.wgY)),
             nb
-          ], new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1));
+          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o));
           gpu.releaseTexture(at);
           if (!held) gpu.releaseTexture(bt);
         }
@@ -1941,6 +2000,17 @@ fn wg_max(v: f32, lid: u32) -> f32 {
   return r;
 }
 `;
+var ROW_THREAD_MAIN = `${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;`;
+var TREE_SUM = `
+fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
+  }
+  return (*part)[0];
+}`;
 var ROW_MAIN = `@compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -2227,6 +2297,42 @@ ${ROW_MAIN}
   ent[row] = log(s) - sz / s;
   lse_out[row] = lse;
 }`;
+var TOKEN_LOGPROBS_TREE = `${TREE_SUM}
+struct P { rows: u32, cols: u32 }
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
+@group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
+@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
+@group(0) @binding(5) var<uniform> p: P;
+${ROW_THREAD_MAIN}
+  var m = -3.4e38;
+  for (var c = 0u; c < p.cols; c++) { m = max(m, logits[base + c]); }
+  var ps: array<f32, ${ROW_WG}>;
+  var pz: array<f32, ${ROW_WG}>;
+  for (var l = 0u; l < ${ROW_WG}u; l++) {
+    var s = 0.0;
+    var sz = 0.0;
+    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
+      let z = logits[base + c] - m;
+      let e = exp(z);
+      s += e;
+      sz += e * z;
+    }
+    ps[l] = s;
+    pz[l] = sz;
+  }
+  let s = tree_sum(&ps);
+  let sz = tree_sum(&pz);
+  let lse = m + log(s);
+  let t = targets[row];
+  logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
+  ent[row] = log(s) - sz / s;
+  lse_out[row] = lse;
+}`;
+function defaultReduction(gpu, rows3) {
+  return gpu.isFallbackAdapter && rows3 >= 128 ? "row-tree" : "workgroup";
+}
 var LOGITS_BACKWARD = `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
 @group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
@@ -2283,18 +2389,19 @@ function checkTargets(logits, targets, rows3, name) {
   checkShape(targets.dtype === "i32", `${name}: targets must be i32, got ${targets.dtype}`);
   checkShape(targets.size === rows3, `${name}: ${targets.size} targets for ${rows3} rows of logits [${logits.shape}]`);
 }
-function tokenLogprobs(gpu, logits, targets) {
+function tokenLogprobs(gpu, logits, targets, opts = {}) {
   const { rows: rows3, cols } = rowsOf(logits, "tokenLogprobs");
   checkTargets(logits, targets, rows3, "tokenLogprobs");
   const shape = logits.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
-  gpu.dispatch(gpu.pipeline(TOKEN_LOGPROBS), [
+  const tree = (opts.reduction ?? defaultReduction(gpu, rows3)) === "row-tree";
+  gpu.dispatch(gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS), [
     logits,
     targets,
     logp,
     entropy,
     lse
-  ], gpu.grid(rows3), new Params().u32(rows3, cols));
+  ], tree ? gpu.grid(groups(rows3)) : gpu.grid(rows3), new Params().u32(rows3, cols));
   return {
     logp,
     entropy,
@@ -2383,10 +2490,6 @@ struct P { rows: u32, cols: u32, accumulate: u32 }
 @group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;`;
-var ROW_THREAD_MAIN = `${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;`;
 var FORWARD = `${WG_REDUCE}
 ${FORWARD_BINDINGS}
 ${ROW_MAIN}
@@ -2462,13 +2565,6 @@ ${ROW_THREAD_MAIN}
     let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
-}`;
-var TREE_SUM = `
-fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
-  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
-    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
-  }
-  return (*part)[0];
 }`;
 var FORWARD_TREE = `${TREE_SUM}
 ${FORWARD_BINDINGS}
@@ -2919,49 +3015,147 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   }`)}
 }`;
 }
-var recomputeProbsShader = (causal, keyMask) => wgsl`
-struct P { n: u32, Tq: u32, Tk: u32, H: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read_write> s: array<f32>;     // (B·H, Tq, Tk)
-@group(0) @binding(1) var<storage, read> lse: array<f32>;   // (B·H, Tq)
-@group(0) @binding(2) var<storage, read> kmask: array<f32>; // (B, Tk)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  let j = i % p.Tk;
-  let row = i / p.Tk;
-  let qi = row % p.Tq;
-  let b = row / (p.Tq * p.H);
-  var ok = lse[row] > -1e38;
+function rowIo(name, rows3, store = false, merged = false) {
+  const base = merged ? `(((bh / p.H) * p.${rows3} + i) * p.H + bh % p.H) * p.Dh` : `(bh * p.${rows3} + i) * p.Dh`;
+  const body = store ? `if (i >= p.${rows3}) { return; }
+  let base = ${base};
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${name}[base + 4u * d4 + c] = val[c]; } }` : `var val = vec4f(0.0);
+  if (i >= p.${rows3}) { return val; }
+  let base = (bh * p.${rows3} + i) * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
+  return val;`;
+  return store ? `fn store_${name}(bh: u32, i: u32, d4: u32, val: vec4f) {
+  ${body}
+}` : `fn load_${name}(bh: u32, i: u32, d4: u32) -> vec4f {
+  ${body}
+}`;
+}
+function unroll(R, dq) {
+  const perRow = (f, sep = "\n  ") => Array.from({
+    length: R
+  }, (_, r) => f(r)).join(sep);
+  const perD = (f, sep = "\n  ") => Array.from({
+    length: dq
+  }, (_, d) => f(d)).join(sep);
+  const both = (f) => perRow((r) => perD((d) => f(r, d)));
+  return {
+    perRow,
+    perD,
+    both
+  };
+}
+function backwardQueryShader(dq, causal, keyMask, merged) {
+  const R = rowsPerInvocation(dq);
+  const { perRow, perD, both } = unroll(R, dq);
+  return wgsl`
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
+@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output
+@group(0) @binding(3) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
+@group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(6) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(7) var<storage, read_write> dq: array<f32>;   // (B·H, Tq, Dh) or merged (B, Tq, H, Dh)
+@group(0) @binding(8) var<storage, read_write> drow: array<f32>; // (B·H, Tq) D
+@group(0) @binding(9) var<uniform> p: P;
+
+${rowIo("q", "Tq")}
+${rowIo("dout", "Tq")}
+${rowIo("o", "Tq")}
+${rowIo("dq", "Tq", true, merged)}
+
+@compute @workgroup_size(${FWD_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let i0 = g.x * ${R}u;
+  if (i0 >= p.Tq) { return; }
+  let layer = g.y;
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  let off = p.Tk - p.Tq;   // absolute position of query i is i + off
+  ${both((r, d) => `let q${r}_${d} = load_q(bh, i0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `let g${r}_${d} = load_dout(bh, i0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `var a${r}_${d} = vec4f(0.0);`)}
+  ${perRow((r) => `let D${r} = ${perD((d) => `dot(g${r}_${d}, load_o(bh, i0 + ${r}u, ${d}u))`, " + ")};
+  let L${r} = select(-3.4e38, lse[min(bh * p.Tq + i0 + ${r}u, arrayLength(&lse) - 1u)], i0 + ${r}u < p.Tq);
+  let ok${r} = L${r} > -1e38;`)}
 #if ${causal}
-  ok = ok && j <= qi + p.Tk - p.Tq;
+  let last = min(p.Tk, i0 + ${R - 1}u + off + 1u);
+#else
+  let last = p.Tk;
 #endif
+  for (var j = 0u; j < last; j++) {
 #if ${keyMask}
-  ok = ok && kmask[b * p.Tk + j] != 0.0;
+    if (kmask[b * p.Tk + j] == 0.0) { continue; }
 #endif
-  s[i] = select(0.0, exp(p.scale * s[i] - lse[row]), ok);
+    ${perD((d) => `let k${d} = textureLoad(kt, vec2u(${d}u, j), layer);`, "\n    ")}
+    ${perD((d) => `let v${d} = textureLoad(vt, vec2u(${d}u, j), layer);`, "\n    ")}
+    ${perRow((r) => `if (ok${r}${causal ? ` && j <= i0 + ${r}u + off` : ""}) {
+      let pr = exp(p.scale * (${perD((d) => `dot(q${r}_${d}, k${d})`, " + ")}) - L${r});
+      let ds = p.scale * pr * ((${perD((d) => `dot(g${r}_${d}, v${d})`, " + ")}) - D${r});
+      ${perD((d) => `a${r}_${d} += ds * k${d};`, "\n      ")}
+    }`, "\n    ")}
+  }
+  ${perRow((r) => `${perD((d) => `store_dq(bh, i0 + ${r}u, ${d}u, a${r}_${d});`)}
+  if (i0 + ${r}u < p.Tq) { drow[bh * p.Tq + i0 + ${r}u] = D${r}; }`)}
 }`;
-var ROW_DOT = `
-struct P { rows: u32, Dh: u32 }
-@group(0) @binding(0) var<storage, read> dout: array<f32>; // (rows, Dh)
-@group(0) @binding(1) var<storage, read> o: array<f32>;    // (rows, Dh)
-@group(0) @binding(2) var<storage, read_write> d: array<f32>;    // (rows)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.rows) { return; }
-  var s = 0.0;
-  for (var e = 0u; e < p.Dh; e++) { s += dout[i * p.Dh + e] * o[i * p.Dh + e]; }
-  d[i] = s;
+}
+function backwardKeyShader(dq, causal, keyMask, merged) {
+  const R = rowsPerInvocation(dq);
+  const { perRow, perD, both } = unroll(R, dq);
+  return wgsl`
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> k: array<f32>;     // (B·H, Tk, Dh)
+@group(0) @binding(1) var<storage, read> v: array<f32>;     // (B·H, Tk, Dh)
+@group(0) @binding(2) var<storage, read> lse: array<f32>;   // (B·H, Tq)
+@group(0) @binding(3) var<storage, read> drow: array<f32>;  // (B·H, Tq) D
+@group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
+@group(0) @binding(5) var qt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4)
+@group(0) @binding(6) var gt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4) dO
+@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh) or merged
+@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh) or merged
+@group(0) @binding(9) var<uniform> p: P;
+
+${rowIo("k", "Tk")}
+${rowIo("v", "Tk")}
+${rowIo("dk", "Tk", true, merged)}
+${rowIo("dv", "Tk", true, merged)}
+
+@compute @workgroup_size(${FWD_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let j0 = g.x * ${R}u;
+  if (j0 >= p.Tk) { return; }
+  let layer = g.y;
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  let off = p.Tk - p.Tq;   // query i sees key j when j <= i + off
+  ${both((r, d) => `let k${r}_${d} = load_k(bh, j0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `let v${r}_${d} = load_v(bh, j0 + ${r}u, ${d}u);`)}
+  ${both((r, d) => `var dk${r}_${d} = vec4f(0.0);`)}
+  ${both((r, d) => `var dv${r}_${d} = vec4f(0.0);`)}
+  ${perRow((r) => `let ok${r} = j0 + ${r}u < p.Tk${keyMask ? ` && kmask[min(b * p.Tk + j0 + ${r}u, arrayLength(&kmask) - 1u)] != 0.0` : ""};`)}
+#if ${causal}
+  let first = select(0u, j0 - off, j0 > off);
+#else
+  let first = 0u;
+#endif
+  for (var i = first; i < p.Tq; i++) {
+    let L = lse[bh * p.Tq + i];
+    if (L <= -1e38) { continue; }
+    let Di = drow[bh * p.Tq + i];
+    ${perD((d) => `let q${d} = textureLoad(qt, vec2u(${d}u, i), layer);`, "\n    ")}
+    ${perD((d) => `let g${d} = textureLoad(gt, vec2u(${d}u, i), layer);`, "\n    ")}
+    ${perRow((r) => `if (ok${r}${causal ? ` && j0 + ${r}u <= i + off` : ""}) {
+      let pr = exp(p.scale * (${perD((d) => `dot(q${d}, k${r}_${d})`, " + ")}) - L);
+      let ds = p.scale * pr * ((${perD((d) => `dot(g${d}, v${r}_${d})`, " + ")}) - Di);
+      ${perD((d) => `dk${r}_${d} += ds * q${d};`, "\n      ")}
+      ${perD((d) => `dv${r}_${d} += pr * g${d};`, "\n      ")}
+    }`, "\n    ")}
+  }
+  ${both((r, d) => `store_dk(bh, j0 + ${r}u, ${d}u, dk${r}_${d});`)}
+  ${both((r, d) => `store_dv(bh, j0 + ${r}u, ${d}u, dv${r}_${d});`)}
 }`;
-var SCORES_GRAD = `
-struct P { n: u32, Tk: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read> probs: array<f32>; // (rows, Tk)
-@group(0) @binding(1) var<storage, read_write> dp: array<f32>;    // (rows, Tk) \u2192 dS
-@group(0) @binding(2) var<storage, read> d: array<f32>;     // (rows)
-@group(0) @binding(3) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  dp[i] = p.scale * probs[i] * (dp[i] - d[i / p.Tk]);
-}`;
+}
 var shaderCache = /* @__PURE__ */ new Map();
 function cached(key, make) {
   const code = shaderCache.get(key) ?? String(make());
@@ -3247,84 +3441,106 @@ var KvCache = class {
     this.v.destroy();
   }
 };
-function attentionBackward(gpu, dout, q, k, v, saved) {
-  const { B, H: H2, Tq, Tk, Dh } = dims2(q, k, v);
+function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
+  const d = dims2(q, k, v);
+  const { B, H: H2, Tq, Tk, Dh } = d;
   checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  const BH = B * H2, rows3 = BH * Tq;
-  const q3 = q.reshape([
-    BH,
-    Tq,
+  checkShape(saved.out.size === q.size && saved.lse.size === B * H2 * Tq, `attentionBackward: saved out [${saved.out.shape}] / lse [${saved.lse.shape}] do not match q [${q.shape}]`);
+  checkMask(saved.keyMask, B, Tk, Tk);
+  checkKeys(gpu, Tk);
+  const BH = B * H2, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
+  const hasMask = saved.keyMask !== void 0, causal = saved.causal;
+  const merged = opts.merged === true;
+  const shape = (T) => merged ? [
+    B,
+    T,
+    H2,
     Dh
-  ]), k3 = k.reshape([
-    BH,
-    Tk,
+  ] : [
+    B,
+    H2,
+    T,
     Dh
-  ]), v3 = v.reshape([
-    BH,
-    Tk,
-    Dh
+  ];
+  const dq = gpu.empty(shape(Tq)), dk = gpu.empty(shape(Tk));
+  const dv = gpu.empty(shape(Tk)), D3 = gpu.empty([
+    B,
+    H2,
+    Tq
   ]);
-  const dO = dout.reshape([
-    BH,
-    Tq,
-    Dh
-  ]);
-  const hasMask = saved.keyMask !== void 0;
-  const probs = matmul(gpu, q3, k3, {
-    transB: true
+  const key = `${dq4}/${causal}/${hasMask}/${merged}`;
+  const queryPipe = gpu.pipeline(cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, merged)));
+  const keyPipe = gpu.pipeline(cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, merged)));
+  const maxLayers = gpu.limits.maxTextureArrayLayers;
+  const view = (t) => t.createView({
+    dimension: "2d-array"
   });
-  gpu.dispatch(gpu.pipeline(cached(`probs/${saved.causal}/${hasMask}`, () => recomputeProbsShader(saved.causal, hasMask))), [
-    probs,
-    saved.lse,
-    saved.keyMask ?? null
-  ], gpu.grid(groups(probs.size)), new Params().u32(probs.size, Tq, Tk, H2).f32(saved.scale));
-  const D3 = gpu.empty([
-    rows3
-  ]);
-  gpu.dispatch(gpu.pipeline(ROW_DOT), [
-    dO,
-    saved.out,
-    D3
-  ], gpu.grid(groups(rows3)), new Params().u32(rows3, Dh));
-  const dS = matmul(gpu, dO, v3, {
-    transB: true
-  });
-  gpu.dispatch(gpu.pipeline(SCORES_GRAD), [
-    probs,
-    dS,
-    D3
-  ], gpu.grid(groups(dS.size)), new Params().u32(dS.size, Tk).f32(saved.scale));
-  const dq = matmul(gpu, dS, k3);
-  const dk = matmul(gpu, dS, q3, {
-    transA: true
-  });
-  const dv = matmul(gpu, probs, dO, {
-    transA: true
-  });
-  for (const t of [
-    probs,
-    D3,
-    dS
-  ]) t.dispose();
+  for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
+    const n = Math.min(maxLayers, BH - c0);
+    const pack = (src, T) => {
+      const tex = gpu.scratchTexture(dq4, T, n);
+      fillTexture(gpu, src, tex, {
+        rows: T,
+        cols: Dh,
+        ld: Dh,
+        trans: false,
+        row0: 0,
+        col0: 0,
+        batchStride: T * Dh,
+        batch0: c0,
+        layers: n,
+        width: dq4,
+        height: T
+      });
+      return tex;
+    };
+    const params = new Params().u32(Tq, Tk, Dh, H2, c0).f32(saved.scale);
+    const kt = pack(k, Tk), vt = pack(v, Tk);
+    gpu.dispatch(queryPipe, [
+      q,
+      dout,
+      saved.out,
+      saved.lse,
+      saved.keyMask ?? null,
+      view(kt),
+      view(vt),
+      dq,
+      D3
+    ], [
+      Math.ceil(Tq / R / FWD_WG),
+      n
+    ], params);
+    gpu.releaseTexture(kt);
+    gpu.releaseTexture(vt);
+    const qt = pack(q, Tq), gt = pack(dout, Tq);
+    gpu.dispatch(keyPipe, [
+      k,
+      v,
+      saved.lse,
+      D3,
+      saved.keyMask ?? null,
+      view(qt),
+      view(gt),
+      dk,
+      dv
+    ], [
+      Math.ceil(Tk / R / FWD_WG),
+      n
+    ], params);
+    gpu.releaseTexture(qt);
+    gpu.releaseTexture(gt);
+  }
+  if (Tq === 0) {
+    for (const t of [
+      dk,
+      dv
+    ]) gpu.clear(t);
+  }
+  D3.dispose();
   return {
-    dq: dq.intoShape([
-      B,
-      H2,
-      Tq,
-      Dh
-    ]),
-    dk: dk.intoShape([
-      B,
-      H2,
-      Tk,
-      Dh
-    ]),
-    dv: dv.intoShape([
-      B,
-      H2,
-      Tk,
-      Dh
-    ])
+    dq,
+    dk,
+    dv
   };
 }
 
@@ -6374,6 +6590,63 @@ var OptModel = class _OptModel {
     return y;
   }
   /**
+   * q, k and v `(B, H, T, Dh)` of layer prefix `p` from one matmul over the adjacent q/k/v
+   * weights, written straight into attention's head layout (the bits of three projections and
+   * their head splits: each output sums the same products in the same order). Undefined when
+   * an adapter is active on one of them or the store does not hold them adjacently.
+   */
+  #qkvFused(x, p, T) {
+    const names = [
+      "q_proj",
+      "k_proj",
+      "v_proj"
+    ].map((m) => `${p}self_attn.${m}`);
+    if (names.some((n) => this.#adapter(n))) return void 0;
+    const C = this.config.hidden_size, H2 = this.heads, Dh = this.headDim;
+    const slot = (n) => this.store.slots.get(n);
+    const w = names.map((n) => slot(`${n}.weight`)), b = names.map((n) => slot(`${n}.bias`));
+    const biasStride = b[1].offset - b[0].offset;
+    if (w[1].offset !== w[0].offset + C * C || w[2].offset !== w[1].offset + C * C || b[2].offset - b[1].offset !== biasStride || biasStride < C) return void 0;
+    const gpu = this.gpu, N = x.shape[0];
+    const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
+    const part = N * C, partStride = Math.ceil(part / align) * align;
+    const qkv = matmul(gpu, x, this.store.params.view(w[0].offset, [
+      3 * C,
+      C
+    ]), {
+      transB: true,
+      bias: this.store.params.view(b[0].offset, [
+        2 * biasStride + C
+      ]),
+      biasSegments: {
+        width: C,
+        stride: biasStride
+      },
+      splitHeads: {
+        T,
+        H: H2,
+        Dh,
+        partStride
+      }
+    });
+    const [q, k, v] = [
+      0,
+      1,
+      2
+    ].map((i) => qkv.view(i * partStride, [
+      N / T,
+      H2,
+      T,
+      Dh
+    ]));
+    return {
+      q,
+      k,
+      v,
+      qkv
+    };
+  }
+  /**
    * Backward of a linear layer: `dW += dyᵀ·x`, `db += Σ dy` (unless the base is frozen), the
    * LoRA gradients `dB += s·dyᵀ·u`, `dA += s·(dy·B)ᵀ·x` when adapted; returns `dx = dy·W`
    * (`+ s·(dy·B)·A`), or adds it into `dxInto`.
@@ -6531,18 +6804,25 @@ var OptModel = class _OptModel {
       const pre = c.do_layer_norm_before;
       if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
       a.attnIn = pre ? a.ln1.y : x;
-      const q = this.#linear(a.attnIn, `${p}self_attn.q_proj`, {}, lu);
-      const k = this.#linear(a.attnIn, `${p}self_attn.k_proj`, {}, lu);
-      const v = this.#linear(a.attnIn, `${p}self_attn.v_proj`, {}, lu);
-      a.q = heads(q);
-      a.k = heads(k);
-      a.v = heads(v);
-      for (const t of [
-        q,
-        k,
-        v
-      ]) t.dispose();
-      a.att = attend(l, a.q, a.k, a.v);
+      const proj = this.#qkvFused(a.attnIn, p, T) ?? (() => {
+        const [q, k, v] = [
+          "q_proj",
+          "k_proj",
+          "v_proj"
+        ].map((m) => {
+          const y = this.#linear(a.attnIn, `${p}self_attn.${m}`, {}, lu);
+          const h = heads(y);
+          y.dispose();
+          return h;
+        });
+        return {
+          q,
+          k,
+          v
+        };
+      })();
+      Object.assign(a, proj);
+      a.att = attend(l, proj.q, proj.k, proj.v);
       a.merged = T === 1 ? a.att.out.reshape([
         N,
         C
@@ -6827,10 +7107,6 @@ var OptModel = class _OptModel {
       dx.dispose();
       dx = d;
     }
-    const merge = (t) => swapAxes12(gpu, t).intoShape([
-      N,
-      C
-    ]);
     for (let l = c.num_hidden_layers - 1; l >= 0; l--) {
       const a = acts.layers[l], p = `${D}layers.${l}.`;
       const pre = c.do_layer_norm_before;
@@ -6870,9 +7146,18 @@ var OptModel = class _OptModel {
         Dh
       ]));
       dMerged.dispose();
-      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att);
+      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, {
+        merged: true
+      });
       dAtt.dispose();
-      const dq = merge(g.dq), dk = merge(g.dk), dv = merge(g.dv);
+      const [dq, dk, dv] = [
+        g.dq,
+        g.dk,
+        g.dv
+      ].map((t) => t.intoShape([
+        N,
+        C
+      ]));
       const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`, {}, lu);
       this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, {
         dxInto: dIn
@@ -6881,9 +7166,6 @@ var OptModel = class _OptModel {
         dxInto: dIn
       }, lu);
       for (const t of [
-        g.dq,
-        g.dk,
-        g.dv,
         dq,
         dk,
         dv
@@ -6944,6 +7226,7 @@ var OptModel = class _OptModel {
         a.q,
         a.k,
         a.v,
+        a.qkv,
         a.att.out,
         a.att.lse,
         a.merged,
@@ -10381,14 +10664,21 @@ function detectRewardHacking(history, o = {}) {
     } : {},
     goldFell: worst > 0,
     maxGoldDrop,
-    threshold
+    threshold,
+    ...o.method ? {
+      method: o.method
+    } : {},
+    ...o.reward ? {
+      reward: o.reward
+    } : {}
   };
 }
 function describeVerdict(v) {
   if (!v.detected) {
     return `reward hacking: none detected (largest fall of the rollouts' smoothed gold below its start: ${(v.maxGoldDrop ?? 0).toFixed(3)}, counted from ${(v.threshold ?? 0).toFixed(3)}${v.goldFell ? "; it fell, without a rising score" : ""})`;
   }
-  return v.started !== void 0 ? `reward hacking: DETECTED from PPO iteration ${v.started} (reward-model score up, gold down at iterations ${v.iterations.join(", ")})` : "reward hacking: DETECTED (reward-model score up, gold down from before to after PPO)";
+  const method = v.method ?? "PPO", reward = v.reward ?? "reward-model score";
+  return v.started !== void 0 ? `reward hacking: DETECTED from ${method} iteration ${v.started} (${reward} up, gold down at iterations ${v.iterations.join(", ")})` : `reward hacking: DETECTED (${reward} up, gold down from before to after ${method})`;
 }
 
 // trainer/task.ts
@@ -11239,7 +11529,9 @@ async function runMethod(ctx, spec) {
   });
   const verdict = detectRewardHacking(history, {
     before: spread(before),
-    after: spread(after)
+    after: spread(after),
+    method: spec.name.toUpperCase(),
+    reward: "implicit reward"
   });
   ctx.log(describeVerdict(verdict));
   Object.assign(ctx.summary, evaluationSummary(before, after), {
@@ -13259,6 +13551,7 @@ var GRPO_PIPELINE_DEFAULTS = {
   grpo: {
     ...defaults(GRPO_SCHEMA),
     iterations: 40,
+    promptsPerIteration: 32,
     lr: 1e-3,
     warmupRatio: 0.1
   }
@@ -13447,7 +13740,9 @@ function groupStage(io, method) {
       });
       const verdict = detectRewardHacking(history, {
         before: spread(before.e),
-        after: spread(after.e)
+        after: spread(after.e),
+        method: label,
+        reward: reward.range === "raw" ? "reward-model score" : `${reward.name} score`
       });
       ctx.log(describeVerdict(verdict));
       Object.assign(ctx.summary, evaluationSummary(before.e, after.e), {
