@@ -2207,7 +2207,7 @@ ${ROW_MAIN}
     out[base + c] = select(exp(z - lse), z - lse, p.log == 1u);
   }
 }`;
-var TOKEN_LOGPROBS = `${WG_REDUCE}
+var TOKEN_LOGPROBS_BINDINGS = `
 struct P { rows: u32, cols: u32 }
 @group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
 @group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
@@ -2215,6 +2215,9 @@ struct P { rows: u32, cols: u32 }
 @group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
 @group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
 @group(0) @binding(5) var<uniform> p: P;
+`;
+var TOKEN_LOGPROBS = `${WG_REDUCE}
+${TOKEN_LOGPROBS_BINDINGS}
 ${ROW_MAIN}
   let valid = row < p.rows;
   let base = row * p.cols;
@@ -2242,13 +2245,7 @@ ${ROW_MAIN}
   lse_out[row] = lse;
 }`;
 var TOKEN_LOGPROBS_TREE = `${TREE_SUM}
-struct P { rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
-@group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
-@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
-@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
-@group(0) @binding(5) var<uniform> p: P;
+${TOKEN_LOGPROBS_BINDINGS}
 ${ROW_THREAD_MAIN}
   var m = -3.4e38;
   for (var c = 0u; c < p.cols; c++) { m = max(m, logits[base + c]); }
