@@ -1551,9 +1551,9 @@ var FLAG_ACC = 4;
 var FLAG_RES = 8;
 var FLAG_SPLIT = 16;
 var TEXTURE_TILING = {
-  rows: 8,
+  rows: 4,
   texels: 2,
-  wgX: 16,
+  wgX: 8,
   wgY: 4
 };
 var EPILOGUE_INDEX = `
