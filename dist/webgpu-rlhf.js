@@ -6607,6 +6607,7 @@ var OptModel = class _OptModel {
     const gpu = this.gpu, N = x.shape[0];
     const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
     const part = N * C, partStride = Math.ceil(part / align) * align;
+    if (4 * (2 * partStride + part) > gpu.maxBindingBytes) return void 0;
     const qkv = matmul(gpu, x, this.store.params.view(w[0].offset, [
       3 * C,
       C

@@ -306,6 +306,8 @@ export class OptModel {
     const gpu = this.gpu, N = x.shape[0];
     const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
     const part = N * C, partStride = Math.ceil(part / align) * align;
+    // one buffer for all three must stay bindable; else three projections as before
+    if (4 * (2 * partStride + part) > gpu.maxBindingBytes) return undefined;
     const qkv = matmul(gpu, x, this.store.params.view(w[0].offset, [3 * C, C]), {
       transB: true,
       bias: this.store.params.view(b[0].offset, [2 * biasStride + C]),

@@ -5627,6 +5627,7 @@ var OptModel = class _OptModel {
     const gpu2 = this.gpu, N = x.shape[0];
     const align = gpu2.limits.minStorageBufferOffsetAlignment / 4;
     const part = N * C, partStride = Math.ceil(part / align) * align;
+    if (4 * (2 * partStride + part) > gpu2.maxBindingBytes) return void 0;
     const qkv = matmul(gpu2, x, this.store.params.view(w[0].offset, [
       3 * C,
       C
