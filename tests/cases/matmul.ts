@@ -267,6 +267,71 @@ cases.push({
 });
 
 cases.push({
+  name: "matmul (texture path): whole-vec4 stores (N a multiple of 4) give the bits of the " +
+    "scalar stores, with every epilogue term, batched and chunked",
+  async run(gpu: Gpu) {
+    // N = 72 takes the vec4 epilogue; the same product with one more column (N = 73) takes the
+    // scalar one: the first 72 columns of each row are the same sums, so the same bits.
+    const small = await Gpu.create({ maxTextureSide: 16, matmulPath: "texture" });
+    try {
+      for (const g of [gpu, small]) {
+        const batch = 2, M = 37, K = 70, N = 72, N1 = N + 1;
+        const a = randArray(batch * M * K, 61), b1 = randArray(K * N1, 62);
+        const bias1 = randArray(N1, 63), r1 = randArray(batch * M * N1, 64);
+        const c1 = randArray(batch * M * N1, 65);
+        const narrow = (x: Float32Array, rows: number) =>
+          Float32Array.from({ length: rows * N }, (_, i) => x[Math.floor(i / N) * N1 + i % N]);
+        const b = narrow(b1, K), bias = narrow(bias1, 1), r = narrow(r1, batch * M);
+        const c0 = narrow(c1, batch * M);
+        const run = (
+          n: number,
+          bb: Float32Array,
+          bi: Float32Array,
+          rr: Float32Array,
+          cc: Float32Array,
+        ) => {
+          const out = g.fromArray(cc, [batch, M, n]);
+          matmul(g, g.fromArray(a, [batch, M, K]), g.fromArray(bb, [K, n]), {
+            bias: g.fromArray(bi),
+            residual: g.fromArray(rr, [batch, M, n]),
+            out,
+            accumulate: true,
+            relu: true,
+            alpha: -0.5,
+          });
+          return g.readF32(out);
+        };
+        const wide = await run(N1, b1, bias1, r1, c1);
+        const got = await run(N, b, bias, r, c0);
+        assert(
+          got.every((v, i) => Object.is(v, wide[Math.floor(i / N) * N1 + i % N])),
+          `vec4 stores = scalar stores (side ${g.textureSide})`,
+        );
+        assertClose(
+          got,
+          ref.matmul(a, b, {
+            batch,
+            M,
+            N,
+            K,
+            shareB: true,
+            bias,
+            residual: r,
+            accumulate: c0,
+            relu: true,
+            alpha: -0.5,
+          }),
+          TOL,
+          `vec4 stores (side ${g.textureSide})`,
+        );
+      }
+    } finally {
+      small.destroy();
+    }
+  },
+});
+
+cases.push({
   name: "matmul (texture path): 256-byte-aligned operands take the copy path (batched, chunked)",
   async run(gpu) {
     // K and N multiples of 64 make rows 256-byte aligned: A and B are copied, not packed;
