@@ -7,7 +7,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { groups, LINEAR_MAIN } from "./_shader.ts";
+import { COLUMN_MAIN, columnGroups, groups, LINEAR_MAIN } from "./_shader.ts";
 import { ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, TREE_SUM, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
@@ -193,7 +193,7 @@ struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
 @group(0) @binding(6) var<uniform> p: P;
-${LINEAR_MAIN}
+${COLUMN_MAIN}
   if (i >= p.cols) { return; }
   var sw = 0.0;
   var sb = 0.0;
@@ -310,7 +310,7 @@ export function layernormBackward(
   gpu.dispatch(
     gpu.pipeline(BACKWARD_DW),
     [dy, x, saved.mean, saved.rstd, dweight, dbias!],
-    gpu.grid(groups(C)),
+    gpu.grid(columnGroups(C)),
     new Params().u32(C, rows, C),
   );
   return dx;

@@ -8,7 +8,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { groups, LINEAR_MAIN } from "./_shader.ts";
+import { COLUMN_MAIN, columnGroups, groups, LINEAR_MAIN } from "./_shader.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 /** Threads of a row-reduction workgroup. */
@@ -97,7 +97,7 @@ struct P { rows: u32, cols: u32, accumulate: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols)
 @group(0) @binding(2) var<uniform> p: P;
-${LINEAR_MAIN}
+${COLUMN_MAIN}
   if (i >= p.cols) { return; }
   var s = 0.0;
   for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + i]; }
@@ -164,7 +164,7 @@ export function sumColumns(
   gpu.dispatch(
     gpu.pipeline(COLS),
     [x, out],
-    gpu.grid(groups(cols)),
+    gpu.grid(columnGroups(cols)),
     new Params().u32(rows, cols, opts.accumulate ? 1 : 0),
   );
   return out;
