@@ -1253,6 +1253,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 function groups(n) {
   return Math.ceil(n / WG);
 }
+var COLUMN_WG = 8;
+var COLUMN_MAIN = `@compute @workgroup_size(${COLUMN_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * ${COLUMN_WG}u + lid;`;
+function columnGroups(n) {
+  return Math.ceil(n / COLUMN_WG);
+}
 
 // kernels/_texture.ts
 var PACK = `
@@ -3340,7 +3348,7 @@ struct P { rows: u32, cols: u32, accumulate: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols)
 @group(0) @binding(2) var<uniform> p: P;
-${LINEAR_MAIN}
+${COLUMN_MAIN}
   if (i >= p.cols) { return; }
   var s = 0.0;
   for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + i]; }
@@ -3388,7 +3396,7 @@ function sumColumns(gpu, x, opts = {}) {
   gpu.dispatch(gpu.pipeline(COLS), [
     x,
     out
-  ], gpu.grid(groups(cols)), new Params().u32(rows2, cols, opts.accumulate ? 1 : 0));
+  ], gpu.grid(columnGroups(cols)), new Params().u32(rows2, cols, opts.accumulate ? 1 : 0));
   return out;
 }
 var CHUNK = 4096;
@@ -3913,7 +3921,7 @@ struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
 @group(0) @binding(6) var<uniform> p: P;
-${LINEAR_MAIN}
+${COLUMN_MAIN}
   if (i >= p.cols) { return; }
   var sw = 0.0;
   var sb = 0.0;
@@ -3982,7 +3990,7 @@ function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {})
     saved.rstd,
     dweight,
     dbias
-  ], gpu.grid(groups(C2)), new Params().u32(C2, rows2, C2));
+  ], gpu.grid(columnGroups(C2)), new Params().u32(C2, rows2, C2));
   return dx;
 }
 
@@ -4010,7 +4018,7 @@ fn bias_index(col: u32) -> u32 {
   return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
 }`;
 var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32,";
-function textureMatmulShader(t = TEXTURE_TILING) {
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false) {
   const R = t.rows, Q = t.texels;
   const acc = [], aload = [], body = [], store = [];
   for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
@@ -4031,6 +4039,7 @@ function textureMatmulShader(t = TEXTURE_TILING) {
   for (let i = 0; i < R; i++) {
     for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
   }
+  const elem = vec4Out ? "vec4f" : "f32";
   return `
 struct P {
   M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
@@ -4043,28 +4052,13 @@ struct P {
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
+@group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
-@group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
+@group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
 @group(0) @binding(5) var<uniform> p: P;
 ${EPILOGUE_INDEX}
 
-fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r >= p.M) { return; }
-  for (var t = 0u; t < 4u; t++) {
-    let cc = col + t;
-    if (cc < p.N) {
-      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
-      var x = p.alpha * v[t];
-      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
-      if ((p.flags & 8u) != 0u) { x += res[idx]; }
-      if ((p.flags & 4u) != 0u) { x += c[idx]; }
-      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
-      c[idx] = x;
-    }
-  }
-}
-
+${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u) {
   let cq = ${Q}u * g.x;        // first texel column of this block
@@ -4083,10 +4077,41 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   ${store.join("\n  ")}
 }`;
 }
+var EMIT_SCALAR = `
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r >= p.M) { return; }
+  for (var t = 0u; t < 4u; t++) {
+    let cc = col + t;
+    if (cc < p.N) {
+      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
+      var x = p.alpha * v[t];
+      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
+      if ((p.flags & 8u) != 0u) { x += res[idx]; }
+      if ((p.flags & 4u) != 0u) { x += c[idx]; }
+      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+      c[idx] = x;
+    }
+  }
+}`;
+var EMIT_VEC4 = `
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r >= p.M || col >= p.N) { return; }
+  let idx = (cbase + (p.m0 + r) * p.ldc + p.n0 + col) / 4u;
+  var x = p.alpha * v;
+  if ((p.flags & 1u) != 0u) {
+    let n = p.n0 + col;
+    x += vec4f(bias[bias_index(n)], bias[bias_index(n + 1u)], bias[bias_index(n + 2u)],
+      bias[bias_index(n + 3u)]);
+  }
+  if ((p.flags & 8u) != 0u) { x += res[idx]; }
+  if ((p.flags & 4u) != 0u) { x += c[idx]; }
+  if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
+  c[idx] = x;
+}`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t);
+function textureShaderFor(t, vec4Out) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out);
   tilingShaders.set(key, code);
   return code;
 }
@@ -4292,7 +4317,8 @@ function runTexture(gpu, a, b, out, s, o, flags) {
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
   const kStep = Math.floor(maxTex / 4) * 4;
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
-  const mm = gpu.pipeline(textureShaderFor(t));
+  const vec4Out = s.N % 4 === 0 && (flags & FLAG_SPLIT) === 0;
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out));
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -9447,6 +9473,75 @@ cases9.push({
           bias,
           relu: relu3
         }), TOL5, `chunked (relu=${relu3})`);
+      }
+    } finally {
+      small.destroy();
+    }
+  }
+});
+cases9.push({
+  name: "matmul (texture path): whole-vec4 stores (N a multiple of 4) give the bits of the scalar stores, with every epilogue term, batched and chunked",
+  async run(gpu) {
+    const small = await Gpu.create({
+      maxTextureSide: 16,
+      matmulPath: "texture"
+    });
+    try {
+      for (const g of [
+        gpu,
+        small
+      ]) {
+        const batch2 = 2, M = 37, K2 = 70, N = 72, N1 = N + 1;
+        const a = randArray(batch2 * M * K2, 61), b1 = randArray(K2 * N1, 62);
+        const bias1 = randArray(N1, 63), r1 = randArray(batch2 * M * N1, 64);
+        const c1 = randArray(batch2 * M * N1, 65);
+        const narrow = (x, rows2) => Float32Array.from({
+          length: rows2 * N
+        }, (_, i) => x[Math.floor(i / N) * N1 + i % N]);
+        const b = narrow(b1, K2), bias = narrow(bias1, 1), r = narrow(r1, batch2 * M);
+        const c0 = narrow(c1, batch2 * M);
+        const run = (n, bb, bi, rr, cc) => {
+          const out = g.fromArray(cc, [
+            batch2,
+            M,
+            n
+          ]);
+          matmul(g, g.fromArray(a, [
+            batch2,
+            M,
+            K2
+          ]), g.fromArray(bb, [
+            K2,
+            n
+          ]), {
+            bias: g.fromArray(bi),
+            residual: g.fromArray(rr, [
+              batch2,
+              M,
+              n
+            ]),
+            out,
+            accumulate: true,
+            relu: true,
+            alpha: -0.5
+          });
+          return g.readF32(out);
+        };
+        const wide = await run(N1, b1, bias1, r1, c1);
+        const got = await run(N, b, bias, r, c0);
+        assert(got.every((v, i) => Object.is(v, wide[Math.floor(i / N) * N1 + i % N])), `vec4 stores = scalar stores (side ${g.textureSide})`);
+        assertClose(got, matmul2(a, b, {
+          batch: batch2,
+          M,
+          N,
+          K: K2,
+          shareB: true,
+          bias,
+          residual: r,
+          accumulate: c0,
+          relu: true,
+          alpha: -0.5
+        }), TOL5, `vec4 stores (side ${g.textureSide})`);
       }
     } finally {
       small.destroy();

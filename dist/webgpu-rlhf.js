@@ -1221,6 +1221,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 function groups(n) {
   return Math.ceil(n / WG);
 }
+var COLUMN_WG = 8;
+var COLUMN_MAIN = `@compute @workgroup_size(${COLUMN_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * ${COLUMN_WG}u + lid;`;
+function columnGroups(n) {
+  return Math.ceil(n / COLUMN_WG);
+}
 
 // kernels/prng.ts
 var PRNG_WGSL = `
@@ -1615,7 +1623,7 @@ fn bias_index(col: u32) -> u32 {
   return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
 }`;
 var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32,";
-function textureMatmulShader(t = TEXTURE_TILING) {
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false) {
   const R = t.rows, Q = t.texels;
   const acc = [], aload = [], body = [], store = [];
   for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
@@ -1636,6 +1644,7 @@ function textureMatmulShader(t = TEXTURE_TILING) {
   for (let i = 0; i < R; i++) {
     for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
   }
+  const elem = vec4Out ? "vec4f" : "f32";
   return `
 struct P {
   M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
@@ -1648,28 +1657,13 @@ struct P {
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;              // (batch, M, ldc)
+@group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
-@group(0) @binding(4) var<storage, read> res: array<f32>;            // like c
+@group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
 @group(0) @binding(5) var<uniform> p: P;
 ${EPILOGUE_INDEX}
 
-fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r >= p.M) { return; }
-  for (var t = 0u; t < 4u; t++) {
-    let cc = col + t;
-    if (cc < p.N) {
-      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
-      var x = p.alpha * v[t];
-      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
-      if ((p.flags & 8u) != 0u) { x += res[idx]; }
-      if ((p.flags & 4u) != 0u) { x += c[idx]; }
-      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
-      c[idx] = x;
-    }
-  }
-}
-
+${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u) {
   let cq = ${Q}u * g.x;        // first texel column of this block
@@ -1688,10 +1682,41 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   ${store.join("\n  ")}
 }`;
 }
+var EMIT_SCALAR = `
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r >= p.M) { return; }
+  for (var t = 0u; t < 4u; t++) {
+    let cc = col + t;
+    if (cc < p.N) {
+      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
+      var x = p.alpha * v[t];
+      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
+      if ((p.flags & 8u) != 0u) { x += res[idx]; }
+      if ((p.flags & 4u) != 0u) { x += c[idx]; }
+      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+      c[idx] = x;
+    }
+  }
+}`;
+var EMIT_VEC4 = `
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r >= p.M || col >= p.N) { return; }
+  let idx = (cbase + (p.m0 + r) * p.ldc + p.n0 + col) / 4u;
+  var x = p.alpha * v;
+  if ((p.flags & 1u) != 0u) {
+    let n = p.n0 + col;
+    x += vec4f(bias[bias_index(n)], bias[bias_index(n + 1u)], bias[bias_index(n + 2u)],
+      bias[bias_index(n + 3u)]);
+  }
+  if ((p.flags & 8u) != 0u) { x += res[idx]; }
+  if ((p.flags & 4u) != 0u) { x += c[idx]; }
+  if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
+  c[idx] = x;
+}`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t);
+function textureShaderFor(t, vec4Out) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out);
   tilingShaders.set(key, code);
   return code;
 }
@@ -1897,7 +1922,8 @@ function runTexture(gpu, a, b, out, s, o, flags) {
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
   const kStep = Math.floor(maxTex / 4) * 4;
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
-  const mm = gpu.pipeline(textureShaderFor(t));
+  const vec4Out = s.N % 4 === 0 && (flags & FLAG_SPLIT) === 0;
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out));
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -2039,7 +2065,7 @@ struct P { rows: u32, cols: u32, accumulate: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols)
 @group(0) @binding(2) var<uniform> p: P;
-${LINEAR_MAIN}
+${COLUMN_MAIN}
   if (i >= p.cols) { return; }
   var s = 0.0;
   for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + i]; }
@@ -2087,7 +2113,7 @@ function sumColumns(gpu, x, opts = {}) {
   gpu.dispatch(gpu.pipeline(COLS), [
     x,
     out
-  ], gpu.grid(groups(cols)), new Params().u32(rows3, cols, opts.accumulate ? 1 : 0));
+  ], gpu.grid(columnGroups(cols)), new Params().u32(rows3, cols, opts.accumulate ? 1 : 0));
   return out;
 }
 var CHUNK = 4096;
@@ -2618,7 +2644,7 @@ struct P { n: u32, rows: u32, cols: u32 }
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
 @group(0) @binding(6) var<uniform> p: P;
-${LINEAR_MAIN}
+${COLUMN_MAIN}
   if (i >= p.cols) { return; }
   var sw = 0.0;
   var sb = 0.0;
@@ -2687,7 +2713,7 @@ function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {})
     saved.rstd,
     dweight,
     dbias
-  ], gpu.grid(groups(C)), new Params().u32(C, rows3, C));
+  ], gpu.grid(columnGroups(C)), new Params().u32(C, rows3, C));
   return dx;
 }
 
