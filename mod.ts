@@ -95,6 +95,7 @@ export {
 } from "./kernels/embedding.ts";
 export {
   attentionBackward,
+  attentionBackwardQkv,
   attentionForward,
   type AttentionOptions,
   type AttentionSaved,

@@ -129,16 +129,26 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 
 /**
  * WGSL helpers `load_<name>(bh, i, d4)` / `store_<name>(bh, i, d4, v)` for `(B·H, rows, Dh)`,
- * or for stores into the merged layout `(B, rows, H, Dh)` when `merged`.
+ * or for stores into the merged layout `(B, rows, H, Dh)` (`"merged"`), or into part `part` of
+ * `(B, rows, 3, H, Dh)` — q, k and v gradients side by side in one tensor `dqkv` (`"qkv"`).
  */
-function rowIo(name: string, rows: "Tq" | "Tk", store = false, merged = false): string {
-  const base = merged
+function rowIo(
+  name: string,
+  rows: "Tq" | "Tk",
+  store = false,
+  layout: GradLayout = "heads",
+  part = 0,
+): string {
+  const base = layout === "merged"
     ? `(((bh / p.H) * p.${rows} + i) * p.H + bh % p.H) * p.Dh`
+    : layout === "qkv"
+    ? `((((bh / p.H) * p.${rows} + i) * 3u + ${part}u) * p.H + bh % p.H) * p.Dh`
     : `(bh * p.${rows} + i) * p.Dh`;
+  const target = store && layout === "qkv" ? "dqkv" : name;
   const body = store
     ? `if (i >= p.${rows}) { return; }
   let base = ${base};
-  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${name}[base + 4u * d4 + c] = val[c]; } }`
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${target}[base + 4u * d4 + c] = val[c]; } }`
     : `var val = vec4f(0.0);
   if (i >= p.${rows}) { return val; }
   let base = (bh * p.${rows} + i) * p.Dh;
@@ -169,10 +179,11 @@ function backwardQueryShader(
   dq: number,
   causal: boolean,
   keyMask: boolean,
-  merged: boolean,
+  layout: GradLayout,
 ): string {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
+  const dqName = layout === "qkv" ? "dqkv" : "dq";
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
@@ -182,14 +193,14 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(6) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(7) var<storage, read_write> dq: array<f32>;   // (B·H, Tq, Dh) or merged (B, Tq, H, Dh)
+@group(0) @binding(7) var<storage, read_write> ${dqName}: array<f32>; // (B·H, Tq, Dh), (B, Tq, H, Dh) or (B, Tq, 3, H, Dh)
 @group(0) @binding(8) var<storage, read_write> drow: array<f32>; // (B·H, Tq) D
 @group(0) @binding(9) var<uniform> p: P;
 
 ${rowIo("q", "Tq")}
 ${rowIo("dout", "Tq")}
 ${rowIo("o", "Tq")}
-${rowIo("dq", "Tq", true, merged)}
+${rowIo("dq", "Tq", true, layout, 0)}
 
 @compute @workgroup_size(${FWD_WG})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -247,10 +258,16 @@ function backwardKeyShader(
   dq: number,
   causal: boolean,
   keyMask: boolean,
-  merged: boolean,
+  layout: GradLayout,
 ): string {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
+  // the qkv layout writes dk and dv through one binding (two writable bindings of one buffer
+  // may not overlap)
+  const outputs = layout === "qkv"
+    ? "@group(0) @binding(7) var<storage, read_write> dqkv: array<f32>; // (B, Tk, 3, H, Dh)"
+    : `@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh) or merged
+@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh) or merged`;
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> k: array<f32>;     // (B·H, Tk, Dh)
@@ -260,14 +277,13 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var qt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4)
 @group(0) @binding(6) var gt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4) dO
-@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh) or merged
-@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh) or merged
+${outputs}
 @group(0) @binding(9) var<uniform> p: P;
 
 ${rowIo("k", "Tk")}
 ${rowIo("v", "Tk")}
-${rowIo("dk", "Tk", true, merged)}
-${rowIo("dv", "Tk", true, merged)}
+${rowIo("dk", "Tk", true, layout, 1)}
+${rowIo("dv", "Tk", true, layout, 2)}
 
 @compute @workgroup_size(${FWD_WG})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -654,6 +670,9 @@ export class KvCache {
   }
 }
 
+/** Where {@link attentionBackward}'s kernels write the gradients. */
+type GradLayout = "heads" | "merged" | "qkv";
+
 /**
  * Backward of {@link attentionForward}: gradients for q, k and v from `dout`, recomputing the
  * attention probabilities from the saved log-sum-exp. Masked keys and empty rows get zero
@@ -669,28 +688,92 @@ export function attentionBackward(
   saved: AttentionSaved,
   opts: { merged?: boolean } = {},
 ): { dq: Tensor; dk: Tensor; dv: Tensor } {
-  const d = dims(q, k, v);
-  const { B, H, Tq, Tk, Dh } = d;
-  checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  checkShape(
-    saved.out.size === q.size && saved.lse.size === B * H * Tq,
-    `attentionBackward: saved out [${saved.out.shape}] / lse [${saved.lse.shape}] do not match q [${q.shape}]`,
-  );
-  checkMask(saved.keyMask, B, Tk, Tk);
-  checkKeys(gpu, Tk);
-  const BH = B * H, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
-  const hasMask = saved.keyMask !== undefined, causal = saved.causal;
+  const { B, H, Tq, Tk, Dh } = checkBackward(gpu, dout, q, k, v, saved, "attentionBackward");
   const merged = opts.merged === true;
   const shape = (T: number) => merged ? [B, T, H, Dh] : [B, H, T, Dh];
-  const dq = gpu.empty(shape(Tq)), dk = gpu.empty(shape(Tk));
-  const dv = gpu.empty(shape(Tk)), D = gpu.empty([B, H, Tq]);
-  const key = `${dq4}/${causal}/${hasMask}/${merged}`;
+  const dq = gpu.empty(shape(Tq)), dk = gpu.empty(shape(Tk)), dv = gpu.empty(shape(Tk));
+  runBackward(gpu, dout, q, k, v, saved, merged ? "merged" : "heads", [dq], [dk, dv]);
+  if (Tq === 0) { for (const t of [dk, dv]) gpu.clear(t); }
+  return { dq, dk, dv };
+}
+
+/**
+ * {@link attentionBackward} of self-attention (as many queries as keys) with the three
+ * gradients side by side in one `[B, T, 3·H·Dh]` tensor: row `(b, t)` holds dq, dk and dv in
+ * the merged-heads layout — the gradient of one matmul over adjacent q, k and v weights. The
+ * same values as {@link attentionBackward}.
+ *
+ * @example
+ * ```ts
+ * import { attentionBackwardQkv, attentionForward, Gpu } from "../mod.ts";
+ * const gpu = await Gpu.create();
+ * const t = () => gpu.fromArray(Float32Array.from({ length: 8 }, (_, i) => i / 8), [1, 1, 4, 2]);
+ * const [q, k, v] = [t(), t(), t()];
+ * const att = attentionForward(gpu, q, k, v, { causal: true });
+ * const dqkv = attentionBackwardQkv(gpu, t(), q, k, v, att);
+ * console.log(dqkv.shape); // [1, 4, 6]
+ * ```
+ */
+export function attentionBackwardQkv(
+  gpu: Gpu,
+  dout: Tensor,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  saved: AttentionSaved,
+): Tensor {
+  const { B, H, Tq, Tk, Dh } = checkBackward(gpu, dout, q, k, v, saved, "attentionBackwardQkv");
+  checkShape(Tq === Tk, `attentionBackwardQkv: needs as many queries as keys (Tq ${Tq}, Tk ${Tk})`);
+  const dqkv = gpu.empty([B, Tq, 3 * H * Dh]);
+  runBackward(gpu, dout, q, k, v, saved, "qkv", [dqkv], [dqkv]);
+  return dqkv;
+}
+
+function checkBackward(
+  gpu: Gpu,
+  dout: Tensor,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  saved: AttentionSaved,
+  op: string,
+) {
+  const d = dims(q, k, v);
+  checkShape(dout.size === q.size, `${op}: dout [${dout.shape}] vs q [${q.shape}]`);
+  checkShape(
+    saved.out.size === q.size && saved.lse.size === d.B * d.H * d.Tq,
+    `${op}: saved out [${saved.out.shape}] / lse [${saved.lse.shape}] do not match q [${q.shape}]`,
+  );
+  checkMask(saved.keyMask, d.B, d.Tk, d.Tk);
+  checkKeys(gpu, d.Tk);
+  return d;
+}
+
+/** The query-side and key-side kernels, writing `queryOut` and `keyOut` in `layout`. */
+function runBackward(
+  gpu: Gpu,
+  dout: Tensor,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  saved: AttentionSaved,
+  layout: GradLayout,
+  queryOut: Tensor[],
+  keyOut: Tensor[],
+): void {
+  const { B, H, Tq, Tk, Dh } = dims(q, k, v);
+  const BH = B * H, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
+  const hasMask = saved.keyMask !== undefined, causal = saved.causal;
+  const D = gpu.empty([B, H, Tq]);
+  const key = `${dq4}/${causal}/${hasMask}/${layout}`;
   const queryPipe = gpu.pipeline(
-    cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, merged)),
+    cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, layout)),
   );
   const keyPipe = gpu.pipeline(
-    cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, merged)),
+    cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout)),
   );
+  // the qkv layout's key side writes dk and dv through one binding (7), binding 8 unused
+  const keyBindings = layout === "qkv" ? [keyOut[0], null] : keyOut;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const view = (t: GPUTexture) => t.createView({ dimension: "2d-array" });
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
@@ -716,7 +799,7 @@ export function attentionBackward(
     const kt = pack(k, Tk), vt = pack(v, Tk);
     gpu.dispatch(
       queryPipe,
-      [q, dout, saved.out, saved.lse, saved.keyMask ?? null, view(kt), view(vt), dq, D],
+      [q, dout, saved.out, saved.lse, saved.keyMask ?? null, view(kt), view(vt), queryOut[0], D],
       [Math.ceil(Tq / R / FWD_WG), n],
       params,
     );
@@ -725,14 +808,12 @@ export function attentionBackward(
     const qt = pack(q, Tq), gt = pack(dout, Tq);
     gpu.dispatch(
       keyPipe,
-      [k, v, saved.lse, D, saved.keyMask ?? null, view(qt), view(gt), dk, dv],
+      [k, v, saved.lse, D, saved.keyMask ?? null, view(qt), view(gt), ...keyBindings],
       [Math.ceil(Tk / R / FWD_WG), n],
       params,
     );
     gpu.releaseTexture(qt);
     gpu.releaseTexture(gt);
   }
-  if (Tq === 0) { for (const t of [dk, dv]) gpu.clear(t); }
   D.dispose();
-  return { dq, dk, dv };
 }

@@ -49,6 +49,14 @@ export interface MatmulOptions {
    * with batched A.
    */
   splitHeads?: { T: number; H: number; Dh: number; partStride?: number };
+  /**
+   * Sums the K axis in segments of this many terms (a multiple of 4 dividing K) and adds the
+   * segment sums in order: `C = α·(…(S₁ + S₂) + … + Sₚ) + …` — with α 1, the bits of `p`
+   * matmuls over the segments accumulated into one output (e.g. the input gradient of the
+   * q, k and v projections from one `[N, 3C]` gradient), in one dispatch. On the texture path
+   * the bits hold while a segment fits the texture side (K chunks start at segment borders).
+   */
+  kSegments?: number;
   /** Output tensor; required with `accumulate`. */
   out?: Tensor;
   /** `C += op(A)·op(B)` instead of `C = …` (for gradient accumulation). */
@@ -102,7 +110,8 @@ fn bias_index(col: u32) -> u32 {
 
 /** Uniform fields of {@link EPILOGUE_INDEX}, appended to both kernels' parameters. */
 const EPILOGUE_FIELDS =
-  "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32,";
+  "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, " +
+  "k_seg: u32,";
 
 /**
  * WGSL of the texture-path kernel for a given register blocking. With `vec4Out` (N and ldc
@@ -114,10 +123,32 @@ const EPILOGUE_FIELDS =
 export function textureMatmulShader(
   t: TextureTiling = TEXTURE_TILING,
   vec4Out = false,
+  segmented = false,
 ): string {
   const R = t.rows, Q = t.texels;
   const acc: string[] = [], aload: string[] = [], body: string[] = [], store: string[] = [];
+  const all = (f: (i: number, j: number) => string) => {
+    const out: string[] = [];
+    for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) out.push(f(i, j));
+    return out.join(" ");
+  };
   for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
+  // segments (p.k_seg texels each): totals t = S₁, then t = Sᵢ + t at each border, C = Sₚ + t
+  const segStart = segmented
+    ? `if (kq != 0u && kq % p.k_seg == 0u) {
+      if (kq == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
+      else { ${all((i, j) => `t${i}_${j} = c${i}_${j} + t${i}_${j};`)} }
+      ${all((i, j) => `c${i}_${j} = vec4f(0.0);`)}
+    }`
+    : "";
+  const segEnd = segmented
+    ? `if (p.K4 > p.k_seg) { ${all((i, j) => `c${i}_${j} = c${i}_${j} + t${i}_${j};`)} }`
+    : "";
+  if (segmented) {
+    for (let i = 0; i < R; i++) {
+      for (let j = 0; j < Q; j++) acc.push(`var t${i}_${j} = vec4f(0.0);`);
+    }
+  }
   for (let i = 0; i < R; i++) {
     aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
   }
@@ -165,10 +196,12 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
   for (var kq = 0u; kq < p.K4; kq++) {
+    ${segStart}
     ${aload.join("\n    ")}
     let k = 4u * kq;
     ${body.join("\n    ")}
   }
+  ${segEnd}
   let cbase = (p.batch0 + g.z) * p.c_batch_stride;
   ${store.join("\n  ")}
 }`;
@@ -211,20 +244,28 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
 }`;
 
 const tilingShaders = new Map<string, string>();
-function textureShaderFor(t: TextureTiling, vec4Out: boolean): string {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out);
+function textureShaderFor(t: TextureTiling, vec4Out: boolean, segmented: boolean): string {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented);
   tilingShaders.set(key, code);
   return code;
 }
 
 // ------------------------------------------------------------------------------- buffer path
 
+const bufferShaders = new Map<boolean, string>();
+function bufferShaderFor(segmented: boolean): string {
+  const code = bufferShaders.get(segmented) ?? bufferMatmulShader(segmented);
+  bufferShaders.set(segmented, code);
+  return code;
+}
+
 // Each 16×16 workgroup computes a 64×64 tile of C; thread (x, y) owns rows 4y..4y+3 and
 // columns 4x..4x+3 (four vec4 accumulators). Per 16-deep K slice, every thread stages one vec4
 // of A (4 rows at one k) and one of B (4 columns at one k) in workgroup memory. Written to
 // keep llvmpipe's compile time low too (vec4 registers, no private arrays): ~4 s uncached.
-const BUFFER_MATMUL = `
+function bufferMatmulShader(segmented: boolean): string {
+  return `
 struct P {
   M: u32, N: u32, K: u32,
   trans_a: u32, trans_b: u32,
@@ -265,6 +306,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   var acc1 = vec4f(0.0);
   var acc2 = vec4f(0.0);
   var acc3 = vec4f(0.0);
+  ${
+    segmented
+      ? "var t0 = vec4f(0.0); var t1 = vec4f(0.0); var t2 = vec4f(0.0); var t3 = vec4f(0.0);"
+      : ""
+  }
   for (var k0 = 0u; k0 < p.K; k0 += 16u) {
     let k = k0 + lk;
     let r = row0 + lg * 4u;
@@ -275,6 +321,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
                                load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
     workgroupBarrier();
     for (var kk = 0u; kk < 16u; kk++) {
+      ${
+    segmented
+      ? `let kg = k0 + kk;
+      if (kg != 0u && kg < p.K && kg % p.k_seg == 0u) {
+        if (kg == p.k_seg) { t0 = acc0; t1 = acc1; t2 = acc2; t3 = acc3; }
+        else { t0 = acc0 + t0; t1 = acc1 + t1; t2 = acc2 + t2; t3 = acc3 + t3; }
+        acc0 = vec4f(0.0); acc1 = vec4f(0.0); acc2 = vec4f(0.0); acc3 = vec4f(0.0);
+      }`
+      : ""
+  }
       let av = as_[kk * 16u + lid.y];
       let bv = bs_[kk * 16u + lid.x];
       acc0 = fma(vec4f(av.x), bv, acc0);
@@ -283,6 +339,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
       acc3 = fma(vec4f(av.w), bv, acc3);
     }
     workgroupBarrier();
+  }
+  ${
+    segmented
+      ? "if (p.K > p.k_seg) { acc0 = acc0 + t0; acc1 = acc1 + t1; acc2 = acc2 + t2; acc3 = acc3 + t3; }"
+      : ""
   }
   let cbase = wid.z * p.c_batch_stride;
   for (var i = 0u; i < 4u; i++) {
@@ -303,6 +364,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     }
   }
 }`;
+}
 
 // ------------------------------------------------------------------------------- wrapper
 
@@ -378,6 +440,13 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
       `matmul: bias has ${opts.bias.size} elements, expected ${need}`,
     );
   }
+  if (opts.kSegments !== undefined) {
+    const g = opts.kSegments;
+    checkShape(
+      Number.isInteger(g) && g > 0 && g % 4 === 0 && s.K % g === 0,
+      `matmul: kSegments ${g} must be a positive multiple of 4 dividing K = ${s.K}`,
+    );
+  }
   const split = opts.splitHeads;
   if (split) {
     const { T, H, Dh } = split;
@@ -420,11 +489,11 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
 }
 
 /** The {@link EPILOGUE_FIELDS} values of a call. */
-function epilogueParams(params: Params, s: MatmulShape, o: MatmulOptions): Params {
+function epilogueParams(params: Params, s: MatmulShape, o: MatmulOptions, kSeg: number): Params {
   const sp = o.splitHeads ?? { T: 1, H: 1, Dh: 1 };
   const seg = o.biasSegments ?? { width: Math.max(s.N, 1), stride: 0 };
   const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
-  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride);
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg);
 }
 
 function dummy(gpu: Gpu): Tensor {
@@ -460,9 +529,9 @@ function runBuffer(
       s.M * s.N,
       flags,
     ).f32(o.alpha ?? 1);
-    epilogueParams(params, s, o);
+    epilogueParams(params, s, o, o.kSegments ?? 0);
     gpu.dispatch(
-      gpu.pipeline(BUFFER_MATMUL),
+      gpu.pipeline(bufferShaderFor(o.kSegments !== undefined)),
       [
         view(a, s.M * s.K),
         s.shareB ? b : view(b, s.K * s.N),
@@ -490,11 +559,14 @@ function runTexture(
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   // chunk sizes that keep every (padded) texture side within the device limits
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
-  const kStep = Math.floor(maxTex / 4) * 4;
+  // with segments, a K too long for one chunk goes one segment per chunk: each chunk adds its
+  // sum to the total so far, as the segments' own matmuls would (see kSegments)
+  const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
+  const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
   // whole vec4 stores when every block of four columns lies in one row of a plain-layout C
   const vec4Out = s.N % 4 === 0 && (flags & FLAG_SPLIT) === 0;
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out));
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0));
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -569,6 +641,7 @@ function runTexture(
                 .f32(o.alpha ?? 1),
               s,
               o,
+              seg / 4,
             ),
           );
           gpu.releaseTexture(at);

@@ -93,15 +93,16 @@ ${ROW_MAIN}
 }`;
 
 const COLS = `
-struct P { rows: u32, cols: u32, accumulate: u32 }
+struct P { rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols), or segments
 @group(0) @binding(2) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
   var s = 0.0;
   for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + i]; }
-  out[i] = select(s, out[i] + s, p.accumulate == 1u);
+  let o = (i / p.seg_width) * p.seg_stride + i % p.seg_width;
+  out[o] = select(s, out[o] + s, p.accumulate == 1u);
 }`;
 
 function lastAxis(x: Tensor, op: string): { rows: number; cols: number } {
@@ -150,22 +151,34 @@ export function maxLastAxis(gpu: Gpu, x: Tensor): Tensor {
 
 /**
  * Column sums of a `[…, C]` tensor viewed as rows × C: `out[c] = Σ_r x[r, c]` (the bias
- * gradient of a linear layer). With `accumulate`, adds into `out`.
+ * gradient of a linear layer). With `accumulate`, adds into `out`. With `outSegments`, column
+ * `c` goes to `out[⌊c / width⌋·stride + c mod width]` (e.g. the q, k and v bias gradients of a
+ * parameter store, each padded for binding).
  */
 export function sumColumns(
   gpu: Gpu,
   x: Tensor,
-  opts: { out?: Tensor; accumulate?: boolean } = {},
+  opts: { out?: Tensor; accumulate?: boolean; outSegments?: { width: number; stride: number } } =
+    {},
 ): Tensor {
   const { rows, cols } = lastAxis(x, "sumColumns");
-  const out = opts.out ?? gpu.empty([cols]);
-  checkShape(out.size === cols, `sumColumns: out has ${out.size} elements, expected ${cols}`);
+  const seg = opts.outSegments ?? { width: Math.max(cols, 1), stride: 0 };
+  const parts = Math.ceil(cols / seg.width);
+  checkShape(
+    Number.isInteger(seg.width) && seg.width > 0 && cols % seg.width === 0 &&
+      Number.isInteger(seg.stride) && (parts <= 1 || seg.stride >= seg.width),
+    `sumColumns: outSegments {width ${seg.width}, stride ${seg.stride}} must divide ${cols} ` +
+      "columns into segments that do not overlap",
+  );
+  const size = opts.outSegments ? (parts - 1) * seg.stride + seg.width : cols;
+  const out = opts.out ?? gpu.empty([size]);
+  checkShape(out.size === size, `sumColumns: out has ${out.size} elements, expected ${size}`);
   checkShape(!opts.accumulate || opts.out !== undefined, "sumColumns: accumulate needs `out`");
   gpu.dispatch(
     gpu.pipeline(COLS),
     [x, out],
     gpu.grid(columnGroups(cols)),
-    new Params().u32(rows, cols, opts.accumulate ? 1 : 0),
+    new Params().u32(rows, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride),
   );
   return out;
 }

@@ -13,6 +13,7 @@
 
 import {
   attentionBackward,
+  attentionBackwardQkv,
   attentionForward,
   type AttentionSaved,
   KvCache,
@@ -293,9 +294,33 @@ export class OptModel {
    * an adapter is active on one of them or the store does not hold them adjacently.
    */
   #qkvFused(x: Tensor, p: string, T: number): Pick<LayerActs, "q" | "k" | "v" | "qkv"> | undefined {
+    const at = this.#qkvSlots(p);
+    if (!at) return undefined;
+    const { w, b, biasStride } = at;
+    const C = this.config.hidden_size, H = this.heads, Dh = this.headDim;
+    const gpu = this.gpu, N = x.shape[0];
+    const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
+    const part = N * C, partStride = Math.ceil(part / align) * align;
+    // one buffer for all three must stay bindable; else three projections as before
+    if (4 * (2 * partStride + part) > gpu.maxBindingBytes) return undefined;
+    const qkv = matmul(gpu, x, this.store.params.view(w, [3 * C, C]), {
+      transB: true,
+      bias: this.store.params.view(b, [2 * biasStride + C]),
+      biasSegments: { width: C, stride: biasStride },
+      splitHeads: { T, H, Dh, partStride },
+    });
+    const [q, k, v] = [0, 1, 2].map((i) => qkv.view(i * partStride, [N / T, H, T, Dh]));
+    return { q, k, v, qkv };
+  }
+
+  /**
+   * Where layer `p`'s q, k and v weights start in the store (and their biases, `biasStride`
+   * apart) when they lie side by side and no adapter is active on them; else undefined.
+   */
+  #qkvSlots(p: string): { w: number; b: number; biasStride: number } | undefined {
     const names = ["q_proj", "k_proj", "v_proj"].map((m) => `${p}self_attn.${m}`);
     if (names.some((n) => this.#adapter(n))) return undefined;
-    const C = this.config.hidden_size, H = this.heads, Dh = this.headDim;
+    const C = this.config.hidden_size;
     const slot = (n: string) => this.store.slots.get(n)!;
     const w = names.map((n) => slot(`${n}.weight`)), b = names.map((n) => slot(`${n}.bias`));
     const biasStride = b[1].offset - b[0].offset;
@@ -303,19 +328,38 @@ export class OptModel {
       w[1].offset !== w[0].offset + C * C || w[2].offset !== w[1].offset + C * C ||
       b[2].offset - b[1].offset !== biasStride || biasStride < C
     ) return undefined;
-    const gpu = this.gpu, N = x.shape[0];
-    const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
-    const part = N * C, partStride = Math.ceil(part / align) * align;
-    // one buffer for all three must stay bindable; else three projections as before
-    if (4 * (2 * partStride + part) > gpu.maxBindingBytes) return undefined;
-    const qkv = matmul(gpu, x, this.store.params.view(w[0].offset, [3 * C, C]), {
-      transB: true,
-      bias: this.store.params.view(b[0].offset, [2 * biasStride + C]),
-      biasSegments: { width: C, stride: biasStride },
-      splitHeads: { T, H, Dh, partStride },
-    });
-    const [q, k, v] = [0, 1, 2].map((i) => qkv.view(i * partStride, [N / T, H, T, Dh]));
-    return { q, k, v, qkv };
+    return { w: w[0].offset, b: b[0].offset, biasStride };
+  }
+
+  /**
+   * Backward of the fused q/k/v projection (`#qkvFused`) from attention's output
+   * gradient `dAtt` `(B, H, T, Dh)`: the three gradients side by side in one `(N, 3C)` tensor,
+   * then one matmul for the three weight gradients, one column sum for the three bias
+   * gradients and one K-segmented matmul for the input gradient — the bits of three
+   * projections' backward (each sums the same products in the same order). Undefined when the
+   * forward was not fused or C is not a multiple of 4 (then the caller runs three).
+   */
+  #qkvBackward(dAtt: Tensor, a: LayerActs, p: string): Tensor | undefined {
+    const C = this.config.hidden_size;
+    const at = this.#qkvSlots(p);
+    if (!a.qkv || !at || C % 4 !== 0) return undefined;
+    const gpu = this.gpu, N = a.attnIn.shape[0];
+    const dqkv = attentionBackwardQkv(gpu, dAtt, a.q, a.k, a.v, a.att).intoShape([N, 3 * C]);
+    if (!this.frozenBase) {
+      matmul(gpu, dqkv, a.attnIn, {
+        transA: true,
+        out: this.store.grads.view(at.w, [3 * C, C]),
+        accumulate: true,
+      });
+      sumColumns(gpu, dqkv, {
+        out: this.store.grads.view(at.b, [2 * at.biasStride + C]),
+        accumulate: true,
+        outSegments: { width: C, stride: at.biasStride },
+      });
+    }
+    const dIn = matmul(gpu, dqkv, this.store.params.view(at.w, [3 * C, C]), { kSegments: C });
+    dqkv.dispose();
+    return dIn;
   }
 
   /**
@@ -750,14 +794,17 @@ export class OptModel {
       const dMerged = this.#linearBackward(dRes1, a.merged, `${p}self_attn.out_proj`, {}, lu);
       const dAtt = swapAxes12(gpu, dMerged.reshape([B, T, H, Dh]));
       dMerged.dispose();
-      // gradients straight in the merged (N, C) layout the projections' backward reads
-      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, { merged: true });
+      const dIn = this.#qkvBackward(dAtt, a, p) ?? (() => {
+        // gradients straight in the merged (N, C) layout the projections' backward reads
+        const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, { merged: true });
+        const [dq, dk, dv] = [g.dq, g.dk, g.dv].map((t) => t.intoShape([N, C]));
+        const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`, {}, lu);
+        this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, { dxInto: dIn }, lu);
+        this.#linearBackward(dv, a.attnIn, `${p}self_attn.v_proj`, { dxInto: dIn }, lu);
+        for (const t of [dq, dk, dv]) t.dispose();
+        return dIn;
+      })();
       dAtt.dispose();
-      const [dq, dk, dv] = [g.dq, g.dk, g.dv].map((t) => t.intoShape([N, C]));
-      const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`, {}, lu);
-      this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, { dxInto: dIn }, lu);
-      this.#linearBackward(dv, a.attnIn, `${p}self_attn.v_proj`, { dxInto: dIn }, lu);
-      for (const t of [dq, dk, dv]) t.dispose();
       if (pre) {
         dx = dRes1;
         this.#lnBackward(dIn, a.x0, a.ln1!, `${p}self_attn_layer_norm`, dx);

@@ -57,6 +57,32 @@ for (const [B, H, Tq, Tk, Dh] of SHAPES) {
         const got = await gpu.readF32(gm[n]);
         assert(got.every((x, i) => Object.is(x, want[i])), `merged ${n} = heads ${n} swapped`);
       }
+      // self-attention: dq, dk and dv side by side per row [B, T, 3·H·Dh], the same bits
+      if (Tq === Tk) {
+        const dqkv = k.attentionBackwardQkv(
+          gpu,
+          gpu.fromArray(dout, [B, H, Tq, Dh]),
+          tq,
+          tk,
+          tv,
+          f,
+        );
+        assertEquals(dqkv.shape, [B, Tq, 3 * H * Dh], "dqkv shape");
+        const got = await gpu.readF32(dqkv), C = H * Dh;
+        for (const [part, n] of (["dq", "dk", "dv"] as const).entries()) {
+          const want = await gpu.readF32(gm[n]);
+          assert(
+            want.every((x, i) => Object.is(x, got[Math.floor(i / C) * 3 * C + part * C + i % C])),
+            `dqkv part ${part} = merged ${n}`,
+          );
+        }
+      } else {
+        await assertThrows(
+          () => k.attentionBackwardQkv(gpu, gpu.fromArray(dout, [B, H, Tq, Dh]), tq, tk, tv, f),
+          ShapeError,
+          "as many queries as keys",
+        );
+      }
     },
   });
 }

@@ -210,6 +210,53 @@ for (const path of PATHS) {
   });
 
   cases.push({
+    name: `matmul (${path} path): K in segments gives the bits of one matmul per segment ` +
+      "accumulated in order (texture path also chunked), and a bad segment length is named",
+    async run(gpu) {
+      const small = await Gpu.create({ maxTextureSide: 16, matmulPath: "texture" });
+      try {
+        for (const g of path === "texture" ? [gpu, small] : [gpu]) {
+          for (const [seg, P, N] of [[12, 3, 20], [8, 4, 21], [4, 3, 7]]) {
+            const M = 37, K = seg * P;
+            const a = randArray(M * K, 81 + seg), b = randArray(K * N, 82 + seg);
+            const fused = matmul(g, g.fromArray(a, [M, K]), g.fromArray(b, [K, N]), {
+              kSegments: seg,
+              path,
+            });
+            let acc: ReturnType<typeof matmul> | undefined;
+            for (let i = 0; i < P; i++) {
+              const ai = Float32Array.from(
+                { length: M * seg },
+                (_, e) => a[Math.floor(e / seg) * K + i * seg + e % seg],
+              );
+              const bi = b.subarray(i * seg * N, (i + 1) * seg * N);
+              const ta = g.fromArray(ai, [M, seg]), tb = g.fromArray(bi, [seg, N]);
+              if (!acc) acc = matmul(g, ta, tb, { path });
+              else matmul(g, ta, tb, { out: acc, accumulate: true, path });
+            }
+            const got = await g.readF32(fused), want = await g.readF32(acc!);
+            assert(
+              got.every((v, i) => Object.is(v, want[i])),
+              `segments of ${seg} (N ${N}, side ${g.textureSide}): the bits of ${P} accumulated matmuls`,
+            );
+            assertClose(got, ref.matmul(a, b, { M, N, K }), TOL, `segments of ${seg}`);
+          }
+        }
+        const x = gpu.zeros([5, 12]), w = gpu.zeros([12, 3]);
+        for (const bad of [5, 6, 0, 16]) {
+          await assertThrows(
+            () => matmul(gpu, x, w, { kSegments: bad, path }),
+            ShapeError,
+            "kSegments",
+          );
+        }
+      } finally {
+        small.destroy();
+      }
+    },
+  });
+
+  cases.push({
     name: `matmul (${path} path): backward (dA = dC·Bᵀ, dB = Aᵀ·dC) equals finite differences`,
     async run(gpu) {
       const M = 7, K = 5, N = 9;

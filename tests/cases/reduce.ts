@@ -32,6 +32,31 @@ for (const [rows, cols] of [[1, 1], [7, 33], [3, 65], [5, 1000], [65, 7]]) {
   });
 }
 
+cases.push({
+  name: "reduce: column sums into spaced segments (accumulated) equal the plain column sums; " +
+    "overlapping segments are named",
+  async run(gpu) {
+    const rows = 37, width = 5, stride = 8, cols = 3 * width;
+    const x = randArray(rows * cols, 91, -2, 2), acc = randArray(2 * stride + width, 92);
+    const t = gpu.fromArray(x, [rows, cols]);
+    const out = gpu.fromArray(acc);
+    k.sumColumns(gpu, t, { out, accumulate: true, outSegments: { width, stride } });
+    const plain = await gpu.readF32(k.sumColumns(gpu, t));
+    const got = await gpu.readF32(out);
+    for (let c = 0; c < cols; c++) {
+      const o = Math.floor(c / width) * stride + c % width;
+      const want = Math.fround(acc[o] + plain[c]);
+      assertClose([got[o]], [want], { atol: 0, rtol: 0 }, `column ${c} at ${o}`);
+    }
+    for (const gap of [5, 6, 7]) assertClose([got[gap]], [acc[gap]], { atol: 0, rtol: 0 }, "gap");
+    await assertThrows(
+      () => k.sumColumns(gpu, t, { outSegments: { width, stride: width - 1 } }),
+      ShapeError,
+      "outSegments",
+    );
+  },
+});
+
 for (const n of [1, 7, 65, 4097, 20000]) {
   cases.push({
     name: `reduce: masked sum/mean/var and global L2 norm over ${n} elements`,
