@@ -1622,11 +1622,27 @@ fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
 fn bias_index(col: u32) -> u32 {
   return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
 }`;
-var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32,";
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false) {
+var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32,";
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false) {
   const R = t.rows, Q = t.texels;
   const acc = [], aload = [], body = [], store = [];
+  const all = (f) => {
+    const out = [];
+    for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) out.push(f(i, j));
+    return out.join(" ");
+  };
   for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
+  const segStart = segmented ? `if (kq != 0u && kq % p.k_seg == 0u) {
+      if (kq == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
+      else { ${all((i, j) => `t${i}_${j} = c${i}_${j} + t${i}_${j};`)} }
+      ${all((i, j) => `c${i}_${j} = vec4f(0.0);`)}
+    }` : "";
+  const segEnd = segmented ? `if (p.K4 > p.k_seg) { ${all((i, j) => `c${i}_${j} = c${i}_${j} + t${i}_${j};`)} }` : "";
+  if (segmented) {
+    for (let i = 0; i < R; i++) {
+      for (let j = 0; j < Q; j++) acc.push(`var t${i}_${j} = vec4f(0.0);`);
+    }
+  }
   for (let i = 0; i < R; i++) {
     aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
   }
@@ -1674,10 +1690,12 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
   for (var kq = 0u; kq < p.K4; kq++) {
+    ${segStart}
     ${aload.join("\n    ")}
     let k = 4u * kq;
     ${body.join("\n    ")}
   }
+  ${segEnd}
   let cbase = (p.batch0 + g.z) * p.c_batch_stride;
   ${store.join("\n  ")}
 }`;
@@ -1714,13 +1732,20 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   c[idx] = x;
 }`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out);
+function textureShaderFor(t, vec4Out, segmented) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented);
   tilingShaders.set(key, code);
   return code;
 }
-var BUFFER_MATMUL = `
+var bufferShaders = /* @__PURE__ */ new Map();
+function bufferShaderFor(segmented) {
+  const code = bufferShaders.get(segmented) ?? bufferMatmulShader(segmented);
+  bufferShaders.set(segmented, code);
+  return code;
+}
+function bufferMatmulShader(segmented) {
+  return `
 struct P {
   M: u32, N: u32, K: u32,
   trans_a: u32, trans_b: u32,
@@ -1761,6 +1786,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   var acc1 = vec4f(0.0);
   var acc2 = vec4f(0.0);
   var acc3 = vec4f(0.0);
+  ${segmented ? "var t0 = vec4f(0.0); var t1 = vec4f(0.0); var t2 = vec4f(0.0); var t3 = vec4f(0.0);" : ""}
   for (var k0 = 0u; k0 < p.K; k0 += 16u) {
     let k = k0 + lk;
     let r = row0 + lg * 4u;
@@ -1771,6 +1797,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
                                load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
     workgroupBarrier();
     for (var kk = 0u; kk < 16u; kk++) {
+      ${segmented ? `let kg = k0 + kk;
+      if (kg != 0u && kg < p.K && kg % p.k_seg == 0u) {
+        if (kg == p.k_seg) { t0 = acc0; t1 = acc1; t2 = acc2; t3 = acc3; }
+        else { t0 = acc0 + t0; t1 = acc1 + t1; t2 = acc2 + t2; t3 = acc3 + t3; }
+        acc0 = vec4f(0.0); acc1 = vec4f(0.0); acc2 = vec4f(0.0); acc3 = vec4f(0.0);
+      }` : ""}
       let av = as_[kk * 16u + lid.y];
       let bv = bs_[kk * 16u + lid.x];
       acc0 = fma(vec4f(av.x), bv, acc0);
@@ -1780,6 +1812,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     }
     workgroupBarrier();
   }
+  ${segmented ? "if (p.K > p.k_seg) { acc0 = acc0 + t0; acc1 = acc1 + t1; acc2 = acc2 + t2; acc3 = acc3 + t3; }" : ""}
   let cbase = wid.z * p.c_batch_stride;
   for (var i = 0u; i < 4u; i++) {
     let r = row0 + lid.y * 4u + i;
@@ -1799,6 +1832,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     }
   }
 }`;
+}
 function resolveShape(a, b, o) {
   const sa = a.shape, sb = b.shape;
   checkShape(sa.length >= 2 && sb.length >= 2, `matmul: operands need \u2265 2 dims (A: [${sa}], B: [${sb}])`);
@@ -1839,6 +1873,10 @@ function matmul(gpu, a, b, opts = {}) {
     const need = opts.biasSegments ? (parts - 1) * seg.stride + seg.width : s.N;
     checkShape(opts.bias.size === need && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected ${need}`);
   }
+  if (opts.kSegments !== void 0) {
+    const g = opts.kSegments;
+    checkShape(Number.isInteger(g) && g > 0 && g % 4 === 0 && s.K % g === 0, `matmul: kSegments ${g} must be a positive multiple of 4 dividing K = ${s.K}`);
+  }
   const split = opts.splitHeads;
   if (split) {
     const { T, H: H2, Dh } = split;
@@ -1876,7 +1914,7 @@ function matmul(gpu, a, b, opts = {}) {
   else runTexture(gpu, a, b, out, s, opts, flags);
   return out;
 }
-function epilogueParams(params, s, o) {
+function epilogueParams(params, s, o, kSeg) {
   const sp = o.splitHeads ?? {
     T: 1,
     H: 1,
@@ -1887,7 +1925,7 @@ function epilogueParams(params, s, o) {
     stride: 0
   };
   const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
-  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride);
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg);
 }
 function dummy(gpu) {
   return gpu.placeholder(2);
@@ -1901,8 +1939,8 @@ function runBuffer(gpu, a, b, out, s, o, flags) {
       nb * stride
     ], t.dtype, t.byteOffset + b0 * stride * 4, false);
     const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
-    epilogueParams(params, s, o);
-    gpu.dispatch(gpu.pipeline(BUFFER_MATMUL), [
+    epilogueParams(params, s, o, o.kSegments ?? 0);
+    gpu.dispatch(gpu.pipeline(bufferShaderFor(o.kSegments !== void 0)), [
       view(a, s.M * s.K),
       s.shareB ? b : view(b, s.K * s.N),
       view(out, s.M * s.N),
@@ -1920,10 +1958,11 @@ function runTexture(gpu, a, b, out, s, o, flags) {
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
-  const kStep = Math.floor(maxTex / 4) * 4;
+  const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
+  const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
   const vec4Out = s.N % 4 === 0 && (flags & FLAG_SPLIT) === 0;
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out));
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0));
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -1990,7 +2029,7 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             Math.ceil(nc / (4 * t.texels * t.wgX)),
             Math.ceil(mc / (t.rows * t.wgY)),
             nb
-          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o));
+          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4));
           gpu.releaseTexture(at);
           if (!held) gpu.releaseTexture(bt);
         }
@@ -2061,15 +2100,16 @@ ${ROW_MAIN}
   if (valid && lid == 0u) { out[row] = select(r, r / f32(p.cols), p.op == 1u); }
 }`;
 var COLS = `
-struct P { rows: u32, cols: u32, accumulate: u32 }
+struct P { rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols), or segments
 @group(0) @binding(2) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
   var s = 0.0;
   for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + i]; }
-  out[i] = select(s, out[i] + s, p.accumulate == 1u);
+  let o = (i / p.seg_width) * p.seg_stride + i % p.seg_width;
+  out[o] = select(s, out[o] + s, p.accumulate == 1u);
 }`;
 function lastAxis(x, op) {
   checkShape(x.dtype === "f32", `${op}: expects f32, got ${x.dtype}`);
@@ -2105,15 +2145,22 @@ function maxLastAxis(gpu, x) {
 }
 function sumColumns(gpu, x, opts = {}) {
   const { rows: rows3, cols } = lastAxis(x, "sumColumns");
+  const seg = opts.outSegments ?? {
+    width: Math.max(cols, 1),
+    stride: 0
+  };
+  const parts = Math.ceil(cols / seg.width);
+  checkShape(Number.isInteger(seg.width) && seg.width > 0 && cols % seg.width === 0 && Number.isInteger(seg.stride) && (parts <= 1 || seg.stride >= seg.width), `sumColumns: outSegments {width ${seg.width}, stride ${seg.stride}} must divide ${cols} columns into segments that do not overlap`);
+  const size = opts.outSegments ? (parts - 1) * seg.stride + seg.width : cols;
   const out = opts.out ?? gpu.empty([
-    cols
+    size
   ]);
-  checkShape(out.size === cols, `sumColumns: out has ${out.size} elements, expected ${cols}`);
+  checkShape(out.size === size, `sumColumns: out has ${out.size} elements, expected ${size}`);
   checkShape(!opts.accumulate || opts.out !== void 0, "sumColumns: accumulate needs `out`");
   gpu.dispatch(gpu.pipeline(COLS), [
     x,
     out
-  ], gpu.grid(columnGroups(cols)), new Params().u32(rows3, cols, opts.accumulate ? 1 : 0));
+  ], gpu.grid(columnGroups(cols)), new Params().u32(rows3, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride));
   return out;
 }
 var CHUNK = 4096;
@@ -3038,11 +3085,12 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   }`)}
 }`;
 }
-function rowIo(name, rows3, store = false, merged = false) {
-  const base = merged ? `(((bh / p.H) * p.${rows3} + i) * p.H + bh % p.H) * p.Dh` : `(bh * p.${rows3} + i) * p.Dh`;
+function rowIo(name, rows3, store = false, layout = "heads", part = 0) {
+  const base = layout === "merged" ? `(((bh / p.H) * p.${rows3} + i) * p.H + bh % p.H) * p.Dh` : layout === "qkv" ? `((((bh / p.H) * p.${rows3} + i) * 3u + ${part}u) * p.H + bh % p.H) * p.Dh` : `(bh * p.${rows3} + i) * p.Dh`;
+  const target = store && layout === "qkv" ? "dqkv" : name;
   const body = store ? `if (i >= p.${rows3}) { return; }
   let base = ${base};
-  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${name}[base + 4u * d4 + c] = val[c]; } }` : `var val = vec4f(0.0);
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${target}[base + 4u * d4 + c] = val[c]; } }` : `var val = vec4f(0.0);
   if (i >= p.${rows3}) { return val; }
   let base = (bh * p.${rows3} + i) * p.Dh;
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
@@ -3067,9 +3115,10 @@ function unroll(R, dq) {
     both
   };
 }
-function backwardQueryShader(dq, causal, keyMask, merged) {
+function backwardQueryShader(dq, causal, keyMask, layout) {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
+  const dqName = layout === "qkv" ? "dqkv" : "dq";
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
@@ -3079,14 +3128,14 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(6) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(7) var<storage, read_write> dq: array<f32>;   // (B·H, Tq, Dh) or merged (B, Tq, H, Dh)
+@group(0) @binding(7) var<storage, read_write> ${dqName}: array<f32>; // (B·H, Tq, Dh), (B, Tq, H, Dh) or (B, Tq, 3, H, Dh)
 @group(0) @binding(8) var<storage, read_write> drow: array<f32>; // (B·H, Tq) D
 @group(0) @binding(9) var<uniform> p: P;
 
 ${rowIo("q", "Tq")}
 ${rowIo("dout", "Tq")}
 ${rowIo("o", "Tq")}
-${rowIo("dq", "Tq", true, merged)}
+${rowIo("dq", "Tq", true, layout, 0)}
 
 @compute @workgroup_size(${FWD_WG})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -3123,9 +3172,11 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   if (i0 + ${r}u < p.Tq) { drow[bh * p.Tq + i0 + ${r}u] = D${r}; }`)}
 }`;
 }
-function backwardKeyShader(dq, causal, keyMask, merged) {
+function backwardKeyShader(dq, causal, keyMask, layout) {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
+  const outputs = layout === "qkv" ? "@group(0) @binding(7) var<storage, read_write> dqkv: array<f32>; // (B, Tk, 3, H, Dh)" : `@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B\xB7H, Tk, Dh) or merged
+@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B\xB7H, Tk, Dh) or merged`;
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> k: array<f32>;     // (B·H, Tk, Dh)
@@ -3135,14 +3186,13 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var qt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4)
 @group(0) @binding(6) var gt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tq, Dh/4) dO
-@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh) or merged
-@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh) or merged
+${outputs}
 @group(0) @binding(9) var<uniform> p: P;
 
 ${rowIo("k", "Tk")}
 ${rowIo("v", "Tk")}
-${rowIo("dk", "Tk", true, merged)}
-${rowIo("dv", "Tk", true, merged)}
+${rowIo("dk", "Tk", true, layout, 1)}
+${rowIo("dv", "Tk", true, layout, 2)}
 
 @compute @workgroup_size(${FWD_WG})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -3465,14 +3515,7 @@ var KvCache = class {
   }
 };
 function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
-  const d = dims2(q, k, v);
-  const { B, H: H2, Tq, Tk, Dh } = d;
-  checkShape(dout.size === q.size, `attentionBackward: dout [${dout.shape}] vs q [${q.shape}]`);
-  checkShape(saved.out.size === q.size && saved.lse.size === B * H2 * Tq, `attentionBackward: saved out [${saved.out.shape}] / lse [${saved.lse.shape}] do not match q [${q.shape}]`);
-  checkMask(saved.keyMask, B, Tk, Tk);
-  checkKeys(gpu, Tk);
-  const BH = B * H2, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
-  const hasMask = saved.keyMask !== void 0, causal = saved.causal;
+  const { B, H: H2, Tq, Tk, Dh } = checkBackward(gpu, dout, q, k, v, saved, "attentionBackward");
   const merged = opts.merged === true;
   const shape = (T) => merged ? [
     B,
@@ -3485,15 +3528,64 @@ function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
     T,
     Dh
   ];
-  const dq = gpu.empty(shape(Tq)), dk = gpu.empty(shape(Tk));
-  const dv = gpu.empty(shape(Tk)), D3 = gpu.empty([
+  const dq = gpu.empty(shape(Tq)), dk = gpu.empty(shape(Tk)), dv = gpu.empty(shape(Tk));
+  runBackward(gpu, dout, q, k, v, saved, merged ? "merged" : "heads", [
+    dq
+  ], [
+    dk,
+    dv
+  ]);
+  if (Tq === 0) {
+    for (const t of [
+      dk,
+      dv
+    ]) gpu.clear(t);
+  }
+  return {
+    dq,
+    dk,
+    dv
+  };
+}
+function attentionBackwardQkv(gpu, dout, q, k, v, saved) {
+  const { B, H: H2, Tq, Tk, Dh } = checkBackward(gpu, dout, q, k, v, saved, "attentionBackwardQkv");
+  checkShape(Tq === Tk, `attentionBackwardQkv: needs as many queries as keys (Tq ${Tq}, Tk ${Tk})`);
+  const dqkv = gpu.empty([
+    B,
+    Tq,
+    3 * H2 * Dh
+  ]);
+  runBackward(gpu, dout, q, k, v, saved, "qkv", [
+    dqkv
+  ], [
+    dqkv
+  ]);
+  return dqkv;
+}
+function checkBackward(gpu, dout, q, k, v, saved, op) {
+  const d = dims2(q, k, v);
+  checkShape(dout.size === q.size, `${op}: dout [${dout.shape}] vs q [${q.shape}]`);
+  checkShape(saved.out.size === q.size && saved.lse.size === d.B * d.H * d.Tq, `${op}: saved out [${saved.out.shape}] / lse [${saved.lse.shape}] do not match q [${q.shape}]`);
+  checkMask(saved.keyMask, d.B, d.Tk, d.Tk);
+  checkKeys(gpu, d.Tk);
+  return d;
+}
+function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
+  const { B, H: H2, Tq, Tk, Dh } = dims2(q, k, v);
+  const BH = B * H2, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
+  const hasMask = saved.keyMask !== void 0, causal = saved.causal;
+  const D3 = gpu.empty([
     B,
     H2,
     Tq
   ]);
-  const key = `${dq4}/${causal}/${hasMask}/${merged}`;
-  const queryPipe = gpu.pipeline(cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, merged)));
-  const keyPipe = gpu.pipeline(cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, merged)));
+  const key = `${dq4}/${causal}/${hasMask}/${layout}`;
+  const queryPipe = gpu.pipeline(cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, layout)));
+  const keyPipe = gpu.pipeline(cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout)));
+  const keyBindings = layout === "qkv" ? [
+    keyOut[0],
+    null
+  ] : keyOut;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const view = (t) => t.createView({
     dimension: "2d-array"
@@ -3527,7 +3619,7 @@ function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
       saved.keyMask ?? null,
       view(kt),
       view(vt),
-      dq,
+      queryOut[0],
       D3
     ], [
       Math.ceil(Tq / R / FWD_WG),
@@ -3544,8 +3636,7 @@ function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
       saved.keyMask ?? null,
       view(qt),
       view(gt),
-      dk,
-      dv
+      ...keyBindings
     ], [
       Math.ceil(Tk / R / FWD_WG),
       n
@@ -3553,18 +3644,7 @@ function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
     gpu.releaseTexture(qt);
     gpu.releaseTexture(gt);
   }
-  if (Tq === 0) {
-    for (const t of [
-      dk,
-      dv
-    ]) gpu.clear(t);
-  }
   D3.dispose();
-  return {
-    dq,
-    dk,
-    dv
-  };
 }
 
 // kernels/optimizer.ts
@@ -6619,27 +6699,20 @@ var OptModel = class _OptModel {
    * an adapter is active on one of them or the store does not hold them adjacently.
    */
   #qkvFused(x, p, T) {
-    const names = [
-      "q_proj",
-      "k_proj",
-      "v_proj"
-    ].map((m) => `${p}self_attn.${m}`);
-    if (names.some((n) => this.#adapter(n))) return void 0;
+    const at = this.#qkvSlots(p);
+    if (!at) return void 0;
+    const { w, b, biasStride } = at;
     const C = this.config.hidden_size, H2 = this.heads, Dh = this.headDim;
-    const slot = (n) => this.store.slots.get(n);
-    const w = names.map((n) => slot(`${n}.weight`)), b = names.map((n) => slot(`${n}.bias`));
-    const biasStride = b[1].offset - b[0].offset;
-    if (w[1].offset !== w[0].offset + C * C || w[2].offset !== w[1].offset + C * C || b[2].offset - b[1].offset !== biasStride || biasStride < C) return void 0;
     const gpu = this.gpu, N = x.shape[0];
     const align = gpu.limits.minStorageBufferOffsetAlignment / 4;
     const part = N * C, partStride = Math.ceil(part / align) * align;
     if (4 * (2 * partStride + part) > gpu.maxBindingBytes) return void 0;
-    const qkv = matmul(gpu, x, this.store.params.view(w[0].offset, [
+    const qkv = matmul(gpu, x, this.store.params.view(w, [
       3 * C,
       C
     ]), {
       transB: true,
-      bias: this.store.params.view(b[0].offset, [
+      bias: this.store.params.view(b, [
         2 * biasStride + C
       ]),
       biasSegments: {
@@ -6669,6 +6742,74 @@ var OptModel = class _OptModel {
       v,
       qkv
     };
+  }
+  /**
+   * Where layer `p`'s q, k and v weights start in the store (and their biases, `biasStride`
+   * apart) when they lie side by side and no adapter is active on them; else undefined.
+   */
+  #qkvSlots(p) {
+    const names = [
+      "q_proj",
+      "k_proj",
+      "v_proj"
+    ].map((m) => `${p}self_attn.${m}`);
+    if (names.some((n) => this.#adapter(n))) return void 0;
+    const C = this.config.hidden_size;
+    const slot = (n) => this.store.slots.get(n);
+    const w = names.map((n) => slot(`${n}.weight`)), b = names.map((n) => slot(`${n}.bias`));
+    const biasStride = b[1].offset - b[0].offset;
+    if (w[1].offset !== w[0].offset + C * C || w[2].offset !== w[1].offset + C * C || b[2].offset - b[1].offset !== biasStride || biasStride < C) return void 0;
+    return {
+      w: w[0].offset,
+      b: b[0].offset,
+      biasStride
+    };
+  }
+  /**
+   * Backward of the fused q/k/v projection (`#qkvFused`) from attention's output
+   * gradient `dAtt` `(B, H, T, Dh)`: the three gradients side by side in one `(N, 3C)` tensor,
+   * then one matmul for the three weight gradients, one column sum for the three bias
+   * gradients and one K-segmented matmul for the input gradient — the bits of three
+   * projections' backward (each sums the same products in the same order). Undefined when the
+   * forward was not fused or C is not a multiple of 4 (then the caller runs three).
+   */
+  #qkvBackward(dAtt, a, p) {
+    const C = this.config.hidden_size;
+    const at = this.#qkvSlots(p);
+    if (!a.qkv || !at || C % 4 !== 0) return void 0;
+    const gpu = this.gpu, N = a.attnIn.shape[0];
+    const dqkv = attentionBackwardQkv(gpu, dAtt, a.q, a.k, a.v, a.att).intoShape([
+      N,
+      3 * C
+    ]);
+    if (!this.frozenBase) {
+      matmul(gpu, dqkv, a.attnIn, {
+        transA: true,
+        out: this.store.grads.view(at.w, [
+          3 * C,
+          C
+        ]),
+        accumulate: true
+      });
+      sumColumns(gpu, dqkv, {
+        out: this.store.grads.view(at.b, [
+          2 * at.biasStride + C
+        ]),
+        accumulate: true,
+        outSegments: {
+          width: C,
+          stride: at.biasStride
+        }
+      });
+    }
+    const dIn = matmul(gpu, dqkv, this.store.params.view(at.w, [
+      3 * C,
+      C
+    ]), {
+      kSegments: C
+    });
+    dqkv.dispose();
+    return dIn;
   }
   /**
    * Backward of a linear layer: `dW += dyᵀ·x`, `db += Σ dy` (unless the base is frozen), the
@@ -7170,30 +7311,33 @@ var OptModel = class _OptModel {
         Dh
       ]));
       dMerged.dispose();
-      const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, {
-        merged: true
-      });
+      const dIn = this.#qkvBackward(dAtt, a, p) ?? (() => {
+        const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, {
+          merged: true
+        });
+        const [dq, dk, dv] = [
+          g.dq,
+          g.dk,
+          g.dv
+        ].map((t) => t.intoShape([
+          N,
+          C
+        ]));
+        const dIn2 = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`, {}, lu);
+        this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, {
+          dxInto: dIn2
+        }, lu);
+        this.#linearBackward(dv, a.attnIn, `${p}self_attn.v_proj`, {
+          dxInto: dIn2
+        }, lu);
+        for (const t of [
+          dq,
+          dk,
+          dv
+        ]) t.dispose();
+        return dIn2;
+      })();
       dAtt.dispose();
-      const [dq, dk, dv] = [
-        g.dq,
-        g.dk,
-        g.dv
-      ].map((t) => t.intoShape([
-        N,
-        C
-      ]));
-      const dIn = this.#linearBackward(dq, a.attnIn, `${p}self_attn.q_proj`, {}, lu);
-      this.#linearBackward(dk, a.attnIn, `${p}self_attn.k_proj`, {
-        dxInto: dIn
-      }, lu);
-      this.#linearBackward(dv, a.attnIn, `${p}self_attn.v_proj`, {
-        dxInto: dIn
-      }, lu);
-      for (const t of [
-        dq,
-        dk,
-        dv
-      ]) t.dispose();
       if (pre) {
         dx = dRes1;
         this.#lnBackward(dIn, a.x0, a.ln1, `${p}self_attn_layer_norm`, dx);
@@ -14449,6 +14593,7 @@ export {
   adamwStep,
   add,
   attentionBackward,
+  attentionBackwardQkv,
   attentionForward,
   axpy,
   castF16ToF32,

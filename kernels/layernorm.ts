@@ -7,7 +7,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { COLUMN_MAIN, columnGroups, groups, LINEAR_MAIN } from "./_shader.ts";
+import { COLUMN_MAIN, columnGroups, groups } from "./_shader.ts";
 import { ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, TREE_SUM, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
