@@ -8,7 +8,7 @@
 
 import { checkShape } from "./errors.ts";
 import { COLUMN_MAIN, columnGroups, groups } from "./_shader.ts";
-import { ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, TREE_SUM, WG_REDUCE } from "./reduce.ts";
+import { laneTreeSums, ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const FORWARD_BINDINGS = `
@@ -123,47 +123,26 @@ ${ROW_THREAD_MAIN}
 // sum is formed in the same order and the results are bit for bit the workgroup form's — without
 // its barriers, which are what software adapters pay for (SPEC §11).
 
-const FORWARD_TREE = `${TREE_SUM}
+const FORWARD_TREE = `
 ${FORWARD_BINDINGS}
 ${ROW_THREAD_MAIN}
-  var part: array<f32, ${ROW_WG}>;
-  for (var l = 0u; l < ${ROW_WG}u; l++) {
-    var s = 0.0;
-    for (var c = l; c < p.cols; c += ${ROW_WG}u) { s += x[base + c]; }
-    part[l] = s;
-  }
-  let m = tree_sum(&part) / f32(p.cols);
-  for (var l = 0u; l < ${ROW_WG}u; l++) {
-    var q = 0.0;
-    for (var c = l; c < p.cols; c += ${ROW_WG}u) { let d = x[base + c] - m; q += d * d; }
-    part[l] = q;
-  }
-  let r = inverseSqrt(tree_sum(&part) / f32(p.cols) + p.eps);
+  ${laneTreeSums({ s: "x[base + c]" })}
+  let m = s / f32(p.cols);
+  ${laneTreeSums({ q: "d * d" }, "let d = x[base + c] - m;")}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
   for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
   mean[row] = m;
   rstd[row] = r;
 }`;
 
-const BACKWARD_DX_TREE = `${TREE_SUM}
+const BACKWARD_DX_TREE = `
 ${BACKWARD_DX_BINDINGS}
 ${ROW_THREAD_MAIN}
   let m = mean[row];
   let r = rstd[row];
-  var p1: array<f32, ${ROW_WG}>;
-  var p2: array<f32, ${ROW_WG}>;
-  for (var l = 0u; l < ${ROW_WG}u; l++) {
-    var s1 = 0.0;
-    var s2 = 0.0;
-    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
-      let g = dy[base + c] * w[c];
-      s1 += g;
-      s2 += g * (x[base + c] - m) * r;
-    }
-    p1[l] = s1;
-    p2[l] = s2;
-  }
-  let mg = tree_sum(&p1) / f32(p.cols);
-  let mgx = tree_sum(&p2) / f32(p.cols);
+  ${laneTreeSums({ s1: "g", s2: "g * (x[base + c] - m) * r" }, "let g = dy[base + c] * w[c];")}
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
   for (var c = 0u; c < p.cols; c++) {
     let xh = (x[base + c] - m) * r;
     let v = r * (dy[base + c] * w[c] - mg - xh * mgx);

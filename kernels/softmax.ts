@@ -9,7 +9,7 @@
 
 import { checkShape } from "./errors.ts";
 import { groups } from "./_shader.ts";
-import { ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, TREE_SUM, WG_REDUCE } from "./reduce.ts";
+import { laneTreeSums, ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const SOFTMAX = `${WG_REDUCE}
@@ -75,27 +75,12 @@ ${ROW_MAIN}
 
 // One invocation per row with TOKEN_LOGPROBS's sums in the same order (64 lane partials, then
 // the same pairwise tree; the max is exact in any order): its bits without workgroup barriers.
-const TOKEN_LOGPROBS_TREE = `${TREE_SUM}
+const TOKEN_LOGPROBS_TREE = `
 ${TOKEN_LOGPROBS_BINDINGS}
 ${ROW_THREAD_MAIN}
   var m = -3.4e38;
   for (var c = 0u; c < p.cols; c++) { m = max(m, logits[base + c]); }
-  var ps: array<f32, ${ROW_WG}>;
-  var pz: array<f32, ${ROW_WG}>;
-  for (var l = 0u; l < ${ROW_WG}u; l++) {
-    var s = 0.0;
-    var sz = 0.0;
-    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
-      let z = logits[base + c] - m;
-      let e = exp(z);
-      s += e;
-      sz += e * z;
-    }
-    ps[l] = s;
-    pz[l] = sz;
-  }
-  let s = tree_sum(&ps);
-  let sz = tree_sum(&pz);
+  ${laneTreeSums({ s: "e", sz: "e * z" }, "let z = logits[base + c] - m; let e = exp(z);")}
   let lse = m + log(s);
   let t = targets[row];
   logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
