@@ -2022,13 +2022,51 @@ var ROW_THREAD_MAIN = `${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }
   let base = row * p.cols;`;
-var TREE_SUM = `
-fn tree_sum(part: ptr<function, array<f32, ${ROW_WG}>>) -> f32 {
-  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
-    for (var l = 0u; l < s; l++) { (*part)[l] = (*part)[l] + (*part)[l + s]; }
+function laneTreeSums(terms, prelude = "") {
+  const names = Object.keys(terms);
+  const out = [];
+  for (const n of names) {
+    for (let j = 0; j < 16; j++) out.push(`var ${n}_${j} = vec4f(0.0);`);
   }
-  return (*part)[0];
-}`;
+  const body = [];
+  for (let j = 0; j < 16; j++) {
+    for (let i = 0; i < 4; i++) {
+      const comp = "xyzw"[i];
+      body.push(`{
+      let c = c0 + ${4 * j + i}u;
+      if (c < p.cols) {
+        ${prelude}
+        ${names.map((n) => `${n}_${j}.${comp} += ${terms[n]};`).join(" ")}
+      }
+    }`);
+    }
+  }
+  out.push(`for (var c0 = 0u; c0 < p.cols; c0 += ${ROW_WG}u) {
+    ${body.join("\n    ")}
+  }`);
+  for (const n of names) {
+    const r = (k) => `${n}_${k}`;
+    out.push(...[
+      0,
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+      7
+    ].map((j) => `let ${n}_a${j} = ${r(j)} + ${r(j + 8)};`), ...[
+      0,
+      1,
+      2,
+      3
+    ].map((j) => `let ${n}_b${j} = ${n}_a${j} + ${n}_a${j + 4};`), ...[
+      0,
+      1
+    ].map((j) => `let ${n}_c${j} = ${n}_b${j} + ${n}_b${j + 2};`), `let ${n}_d = ${n}_c0 + ${n}_c1;`, `let ${n}_e = ${n}_d.xy + ${n}_d.zw;`, `let ${n} = ${n}_e.x + ${n}_e.y;`);
+  }
+  return out.join("\n  ");
+}
 var ROW_MAIN = `@compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -2317,27 +2355,15 @@ ${ROW_MAIN}
   ent[row] = log(s) - sz / s;
   lse_out[row] = lse;
 }`;
-var TOKEN_LOGPROBS_TREE = `${TREE_SUM}
+var TOKEN_LOGPROBS_TREE = `
 ${TOKEN_LOGPROBS_BINDINGS}
 ${ROW_THREAD_MAIN}
   var m = -3.4e38;
   for (var c = 0u; c < p.cols; c++) { m = max(m, logits[base + c]); }
-  var ps: array<f32, ${ROW_WG}>;
-  var pz: array<f32, ${ROW_WG}>;
-  for (var l = 0u; l < ${ROW_WG}u; l++) {
-    var s = 0.0;
-    var sz = 0.0;
-    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
-      let z = logits[base + c] - m;
-      let e = exp(z);
-      s += e;
-      sz += e * z;
-    }
-    ps[l] = s;
-    pz[l] = sz;
-  }
-  let s = tree_sum(&ps);
-  let sz = tree_sum(&pz);
+  ${laneTreeSums({
+  s: "e",
+  sz: "e * z"
+}, "let z = logits[base + c] - m; let e = exp(z);")}
   let lse = m + log(s);
   let t = targets[row];
   logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
@@ -2564,46 +2590,32 @@ ${ROW_THREAD_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
-var FORWARD_TREE = `${TREE_SUM}
+var FORWARD_TREE = `
 ${FORWARD_BINDINGS}
 ${ROW_THREAD_MAIN}
-  var part: array<f32, ${ROW_WG}>;
-  for (var l = 0u; l < ${ROW_WG}u; l++) {
-    var s = 0.0;
-    for (var c = l; c < p.cols; c += ${ROW_WG}u) { s += x[base + c]; }
-    part[l] = s;
-  }
-  let m = tree_sum(&part) / f32(p.cols);
-  for (var l = 0u; l < ${ROW_WG}u; l++) {
-    var q = 0.0;
-    for (var c = l; c < p.cols; c += ${ROW_WG}u) { let d = x[base + c] - m; q += d * d; }
-    part[l] = q;
-  }
-  let r = inverseSqrt(tree_sum(&part) / f32(p.cols) + p.eps);
+  ${laneTreeSums({
+  s: "x[base + c]"
+})}
+  let m = s / f32(p.cols);
+  ${laneTreeSums({
+  q: "d * d"
+}, "let d = x[base + c] - m;")}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
   for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
   mean[row] = m;
   rstd[row] = r;
 }`;
-var BACKWARD_DX_TREE = `${TREE_SUM}
+var BACKWARD_DX_TREE = `
 ${BACKWARD_DX_BINDINGS}
 ${ROW_THREAD_MAIN}
   let m = mean[row];
   let r = rstd[row];
-  var p1: array<f32, ${ROW_WG}>;
-  var p2: array<f32, ${ROW_WG}>;
-  for (var l = 0u; l < ${ROW_WG}u; l++) {
-    var s1 = 0.0;
-    var s2 = 0.0;
-    for (var c = l; c < p.cols; c += ${ROW_WG}u) {
-      let g = dy[base + c] * w[c];
-      s1 += g;
-      s2 += g * (x[base + c] - m) * r;
-    }
-    p1[l] = s1;
-    p2[l] = s2;
-  }
-  let mg = tree_sum(&p1) / f32(p.cols);
-  let mgx = tree_sum(&p2) / f32(p.cols);
+  ${laneTreeSums({
+  s1: "g",
+  s2: "g * (x[base + c] - m) * r"
+}, "let g = dy[base + c] * w[c];")}
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
   for (var c = 0u; c < p.cols; c++) {
     let xh = (x[base + c] - m) * r;
     let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
