@@ -115,7 +115,7 @@ const EPILOGUE_FIELDS =
 
 /**
  * WGSL of the texture-path kernel for a given register blocking. With `vec4Out` (N and ldc
- * multiples of 4, no head split) C and the residual are bound as `array<vec4f>` and each
+ * multiples of 4; a head split with Dh and the part stride multiples of 4) C and the residual are bound as `array<vec4f>` and each
  * accumulator is stored with one vec4 access instead of four scalar ones — the same arithmetic
  * per element, so the same bits; on llvmpipe the scalar stores' per-lane index math and bounds
  * checks cost as much as the products when K is small (a 624×260 output with K 32: 2.8 → 1.9 ms).
@@ -226,11 +226,12 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
 }`;
 
 // Stores four columns of one row of C as one vec4 (N, ldc, n0 and the batch stride multiples of
-// 4, plain layout): the same operations per element as EMIT_SCALAR.
+// 4; with a head split also Dh and the part stride, so four columns stay in one head's row):
+// the same operations per element as EMIT_SCALAR.
 const EMIT_VEC4 = `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M || col >= p.N) { return; }
-  let idx = (cbase + (p.m0 + r) * p.ldc + p.n0 + col) / 4u;
+  let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
   var x = p.alpha * v;
   if ((p.flags & 1u) != 0u) {
     let n = p.n0 + col;
@@ -564,8 +565,10 @@ function runTexture(
   const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
   const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
-  // whole vec4 stores when every block of four columns lies in one row of a plain-layout C
-  const vec4Out = s.N % 4 === 0 && (flags & FLAG_SPLIT) === 0;
+  // whole vec4 stores when every block of four columns is four consecutive elements of C
+  const sp = o.splitHeads;
+  const vec4Out = s.N % 4 === 0 &&
+    (!sp || (sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0));
   const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0));
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {

@@ -210,6 +210,31 @@ for (const path of PATHS) {
   });
 
   cases.push({
+    name: `matmul (${path} path): a head split with Dh a multiple of 4 (whole-vec4 stores) ` +
+      "gives the bits of matmul + swapAxes12, parts spaced apart",
+    async run(gpu) {
+      const B = 2, T = 7, K = 19, H = 3, Dh = 8, C = H * Dh;
+      const x = randArray(B * T * K, 45), w = randArray(3 * C * K, 46), bias = randArray(3 * C, 47);
+      const tx = gpu.fromArray(x, [B * T, K]), tw = gpu.fromArray(w, [3 * C, K]);
+      const part = B * T * C, partStride = part + 4;
+      const got = await gpu.readF32(matmul(gpu, tx, tw, {
+        transB: true,
+        bias: gpu.fromArray(bias),
+        splitHeads: { T, H, Dh, partStride },
+        path,
+      }));
+      for (let p = 0; p < 3; p++) {
+        const wp = gpu.fromArray(w.subarray(p * C * K, (p + 1) * C * K), [C, K]);
+        const bp = gpu.fromArray(bias.subarray(p * C, (p + 1) * C));
+        const plain = matmul(gpu, tx, wp, { transB: true, bias: bp, path });
+        const heads = await gpu.readF32(swapAxes12(gpu, plain.reshape([B, T, H, Dh])));
+        const slice = got.subarray(p * partStride, p * partStride + part);
+        assert(slice.every((v, i) => Object.is(v, heads[i])), `part ${p}: matmul + swapAxes12`);
+      }
+    },
+  });
+
+  cases.push({
     name: `matmul (${path} path): K in segments gives the bits of one matmul per segment ` +
       "accumulated in order (texture path also chunked), and a bad segment length is named",
     async run(gpu) {
