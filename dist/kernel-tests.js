@@ -4196,7 +4196,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
 var EMIT_VEC4 = `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M || col >= p.N) { return; }
-  let idx = (cbase + (p.m0 + r) * p.ldc + p.n0 + col) / 4u;
+  let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
   var x = p.alpha * v;
   if ((p.flags & 1u) != 0u) {
     let n = p.n0 + col;
@@ -4438,7 +4438,8 @@ function runTexture(gpu, a, b, out, s, o, flags) {
   const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
   const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
-  const vec4Out = s.N % 4 === 0 && (flags & FLAG_SPLIT) === 0;
+  const sp = o.splitHeads;
+  const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
   const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0));
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
@@ -9576,6 +9577,52 @@ for (const path of PATHS) {
         },
         path
       }), ShapeError, "biasSegments");
+    }
+  });
+  cases9.push({
+    name: `matmul (${path} path): a head split with Dh a multiple of 4 (whole-vec4 stores) gives the bits of matmul + swapAxes12, parts spaced apart`,
+    async run(gpu) {
+      const B4 = 2, T3 = 7, K2 = 19, H = 3, Dh = 8, C2 = H * Dh;
+      const x = randArray(B4 * T3 * K2, 45), w = randArray(3 * C2 * K2, 46), bias = randArray(3 * C2, 47);
+      const tx = gpu.fromArray(x, [
+        B4 * T3,
+        K2
+      ]), tw = gpu.fromArray(w, [
+        3 * C2,
+        K2
+      ]);
+      const part = B4 * T3 * C2, partStride = part + 4;
+      const got = await gpu.readF32(matmul(gpu, tx, tw, {
+        transB: true,
+        bias: gpu.fromArray(bias),
+        splitHeads: {
+          T: T3,
+          H,
+          Dh,
+          partStride
+        },
+        path
+      }));
+      for (let p = 0; p < 3; p++) {
+        const wp = gpu.fromArray(w.subarray(p * C2 * K2, (p + 1) * C2 * K2), [
+          C2,
+          K2
+        ]);
+        const bp = gpu.fromArray(bias.subarray(p * C2, (p + 1) * C2));
+        const plain = matmul(gpu, tx, wp, {
+          transB: true,
+          bias: bp,
+          path
+        });
+        const heads = await gpu.readF32(swapAxes12(gpu, plain.reshape([
+          B4,
+          T3,
+          H,
+          Dh
+        ])));
+        const slice = got.subarray(p * partStride, p * partStride + part);
+        assert(slice.every((v, i) => Object.is(v, heads[i])), `part ${p}: matmul + swapAxes12`);
+      }
     }
   });
   cases9.push({

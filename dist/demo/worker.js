@@ -1672,7 +1672,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
 var EMIT_VEC4 = `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M || col >= p.N) { return; }
-  let idx = (cbase + (p.m0 + r) * p.ldc + p.n0 + col) / 4u;
+  let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
   var x = p.alpha * v;
   if ((p.flags & 1u) != 0u) {
     let n = p.n0 + col;
@@ -1914,7 +1914,8 @@ function runTexture(gpu2, a, b, out, s, o, flags) {
   const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
   const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
-  const vec4Out = s.N % 4 === 0 && (flags & FLAG_SPLIT) === 0;
+  const sp = o.splitHeads;
+  const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
   const mm = gpu2.pipeline(textureShaderFor(t, vec4Out, seg > 0));
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
