@@ -57,6 +57,13 @@ export interface MatmulOptions {
    * the bits hold while a segment fits the texture side (K chunks start at segment borders).
    */
   kSegments?: number;
+  /**
+   * With a three-part `splitHeads` (q, k, v; Dh a multiple of 4): also writes parts 1 and 2
+   * into KV-cache textures (`KvCache.k`/`.v` layout: layer `b·H + h`, row `row + t`, texels
+   * along Dh) — what `KvCache.write` does with the split's k and v, done by the matmul itself
+   * (on the texture path in its epilogue: no packing passes per decoded token).
+   */
+  kvCache?: { k: GPUTexture; v: GPUTexture; row: number };
   /** Output tensor; required with `accumulate`. */
   out?: Tensor;
   /** `C += op(A)·op(B)` instead of `C = …` (for gradient accumulation). */
@@ -111,7 +118,7 @@ fn bias_index(col: u32) -> u32 {
 /** Uniform fields of {@link EPILOGUE_INDEX}, appended to both kernels' parameters. */
 const EPILOGUE_FIELDS =
   "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, " +
-  "k_seg: u32,";
+  "k_seg: u32, kv_row: u32,";
 
 /**
  * WGSL of the texture-path kernel for a given register blocking. With `vec4Out` (N and ldc
@@ -124,6 +131,7 @@ export function textureMatmulShader(
   t: TextureTiling = TEXTURE_TILING,
   vec4Out = false,
   segmented = false,
+  kvOut = false,
 ): string {
   const R = t.rows, Q = t.texels;
   const acc: string[] = [], aload: string[] = [], body: string[] = [], store: string[] = [];
@@ -182,9 +190,15 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
-@group(0) @binding(5) var<uniform> p: P;
+${
+    kvOut
+      ? `@group(0) @binding(5) var kc: texture_storage_2d_array<rgba32float, write>; // (B·H, rows, Dh/4)
+@group(0) @binding(6) var vc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(7) var<uniform> p: P;`
+      : "@group(0) @binding(5) var<uniform> p: P;"
+  }
 ${EPILOGUE_INDEX}
-
+${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
 ${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -242,12 +256,32 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if ((p.flags & 4u) != 0u) { x += c[idx]; }
   if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
   c[idx] = x;
+  kv_store(r, col, x);
+}`;
+
+// The k and v parts of a head-split q/k/v block of four columns, into the KV-cache textures.
+const KV_STORE = `
+fn kv_store(r: u32, col: u32, x: vec4f) {
+  let hd = p.heads * p.head_dim;
+  let n = p.n0 + col;
+  let part = n / hd;
+  if (part == 0u) { return; }
+  let w = n % hd;
+  let row = p.m0 + r;
+  let layer = (row / p.seq) * p.heads + w / p.head_dim;
+  let at = vec2u((w % p.head_dim) / 4u, p.kv_row + row % p.seq);
+  if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
 }`;
 
 const tilingShaders = new Map<string, string>();
-function textureShaderFor(t: TextureTiling, vec4Out: boolean, segmented: boolean): string {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented);
+function textureShaderFor(
+  t: TextureTiling,
+  vec4Out: boolean,
+  segmented: boolean,
+  kvOut: boolean,
+): string {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut);
   tilingShaders.set(key, code);
   return code;
 }
@@ -464,6 +498,23 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
     );
     s.outShape = stride === part ? [P, s.M / T, H, T, Dh] : [(P - 1) * stride + part];
   }
+  if (opts.kvCache) {
+    const sp = opts.splitHeads;
+    const stride = sp ? sp.partStride ?? s.M * sp.H * sp.Dh : 0;
+    checkShape(
+      sp !== undefined && s.N === 3 * sp.H * sp.Dh && sp.Dh % 4 === 0 && stride % 4 === 0,
+      "matmul: kvCache needs a q/k/v splitHeads (three parts, Dh and partStride multiples of 4)",
+    );
+    const rows = opts.kvCache.row + sp!.T, layers = (s.M / sp!.T) * sp!.H;
+    for (const tex of [opts.kvCache.k, opts.kvCache.v]) {
+      checkShape(
+        Number.isInteger(opts.kvCache.row) && opts.kvCache.row >= 0 && rows <= tex.height &&
+          layers <= tex.depthOrArrayLayers && sp!.Dh / 4 <= tex.width,
+        `matmul: kvCache rows ${opts.kvCache.row}..${rows} × ${layers} layers do not fit a ` +
+          `${tex.width}×${tex.height}×${tex.depthOrArrayLayers} texture`,
+      );
+    }
+  }
   const out = opts.out ?? gpu.empty(s.outShape);
   checkShape(
     out.size === s.outShape.reduce((x, y) => x * y, 1),
@@ -484,9 +535,33 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
   }
   // K = 0 (an empty sum) leaves only the epilogue: the buffer kernel handles it without textures
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
-  if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
-  else runTexture(gpu, a, b, out, s, opts, flags);
+  if (path === "buffer") {
+    runBuffer(gpu, a, b, out, s, { ...opts, kvCache: undefined }, flags);
+    if (opts.kvCache) writeKvParts(gpu, out, s, opts);
+  } else runTexture(gpu, a, b, out, s, opts, flags);
   return out;
+}
+
+/** `kvCache` on the buffer path: packs the split's k and v parts as `KvCache.write` does. */
+function writeKvParts(gpu: Gpu, out: Tensor, s: MatmulShape, o: MatmulOptions): void {
+  const { T, H, Dh } = o.splitHeads!, kv = o.kvCache!;
+  const stride = o.splitHeads!.partStride ?? s.M * H * Dh;
+  [kv.k, kv.v].forEach((tex, i) =>
+    fillTexture(gpu, out, tex, {
+      rows: T,
+      cols: Dh,
+      ld: Dh,
+      trans: false,
+      row0: 0,
+      col0: (i + 1) * stride,
+      batchStride: T * Dh,
+      batch0: 0,
+      layers: (s.M / T) * H,
+      width: Dh / 4,
+      height: T,
+      dstRow0: kv.row,
+    })
+  );
 }
 
 /** The {@link EPILOGUE_FIELDS} values of a call. */
@@ -494,7 +569,16 @@ function epilogueParams(params: Params, s: MatmulShape, o: MatmulOptions, kSeg: 
   const sp = o.splitHeads ?? { T: 1, H: 1, Dh: 1 };
   const seg = o.biasSegments ?? { width: Math.max(s.N, 1), stride: 0 };
   const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
-  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg);
+  return params.u32(
+    sp.T,
+    sp.H,
+    sp.Dh,
+    partStride,
+    seg.width,
+    seg.stride,
+    kSeg,
+    o.kvCache?.row ?? 0,
+  );
 }
 
 function dummy(gpu: Gpu): Tensor {
@@ -569,7 +653,11 @@ function runTexture(
   const sp = o.splitHeads;
   const vec4Out = s.N % 4 === 0 &&
     (!sp || (sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0));
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0));
+  const kv = o.kvCache;
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== undefined));
+  const kvViews = kv
+    ? [kv.k.createView({ dimension: "2d-array" }), kv.v.createView({ dimension: "2d-array" })]
+    : [];
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -636,6 +724,7 @@ function runTexture(
               out,
               o.bias ?? dummy(gpu),
               o.residual ?? dummy(gpu),
+              ...kvViews,
             ],
             [Math.ceil(nc / (4 * t.texels * t.wgX)), Math.ceil(mc / (t.rows * t.wgY)), nb],
             epilogueParams(

@@ -293,7 +293,12 @@ export class OptModel {
    * their head splits: each output sums the same products in the same order). Undefined when
    * an adapter is active on one of them or the store does not hold them adjacently.
    */
-  #qkvFused(x: Tensor, p: string, T: number): Pick<LayerActs, "q" | "k" | "v" | "qkv"> | undefined {
+  #qkvFused(
+    x: Tensor,
+    p: string,
+    T: number,
+    kvCache?: { k: GPUTexture; v: GPUTexture; row: number },
+  ): Pick<LayerActs, "q" | "k" | "v" | "qkv"> & { kvWritten: boolean } | undefined {
     const at = this.#qkvSlots(p);
     if (!at) return undefined;
     const { w, b, biasStride } = at;
@@ -308,9 +313,11 @@ export class OptModel {
       bias: this.store.params.view(b, [2 * biasStride + C]),
       biasSegments: { width: C, stride: biasStride },
       splitHeads: { T, H, Dh, partStride },
+      // k and v straight into the decode caches when the layout allows (else the caller writes)
+      kvCache: kvCache && Dh % 4 === 0 ? kvCache : undefined,
     });
     const [q, k, v] = [0, 1, 2].map((i) => qkv.view(i * partStride, [N / T, H, T, Dh]));
-    return { q, k, v, qkv };
+    return { q, k, v, qkv, kvWritten: kvCache !== undefined && Dh % 4 === 0 };
   }
 
   /**
@@ -445,11 +452,16 @@ export class OptModel {
     );
     const scale = 1 / Math.sqrt(this.headDim);
     const positions = positionsFromMask(gpu, mask, 2);
-    return this.#run(tokens, mask, positions, (l, q, k, v) => {
+    const caches = opts.kvCache;
+    const kvFor = caches
+      ? (l: number) =>
+        T <= caches[l].capacity ? { k: caches[l].k, v: caches[l].v, row: 0 } : undefined
+      : undefined;
+    return this.#run(tokens, mask, positions, (l, q, k, v, kvWritten) => {
       // prefill: keep this chunk's keys and values for later decode steps
-      opts.kvCache?.[l].write(k, v, 0);
+      if (!kvWritten) caches?.[l].write(k, v, 0);
       return attentionForward(gpu, q, k, v, { keyMask: mask, scale });
-    });
+    }, kvFor);
   }
 
   /**
@@ -476,11 +488,15 @@ export class OptModel {
       "OptModel.decodeStep: one cache per layer",
     );
     const scale = 1 / Math.sqrt(this.headDim);
-    return this.#run(tokens, keyMask, positions, (l, q, k, v) => {
-      caches[l].write(k, v, at);
+    const kvFor = (l: number) =>
+      at >= 0 && at + 1 <= caches[l].capacity
+        ? { k: caches[l].k, v: caches[l].v, row: at }
+        : undefined;
+    return this.#run(tokens, keyMask, positions, (l, q, k, v, kvWritten) => {
+      if (!kvWritten) caches[l].write(k, v, at);
       const out = caches[l].attend(q, at + 1, { keyMask, maskStride, scale });
       return { out, lse: this.gpu.empty([0]), scale, causal: true, keyMask };
-    });
+    }, kvFor);
   }
 
   /** The decoder stack over `tokens` `[B, T]` at `positions`, with a pluggable attention. */
@@ -488,7 +504,8 @@ export class OptModel {
     tokens: Tensor,
     mask: Tensor,
     positions: Tensor,
-    attend: (layer: number, q: Tensor, k: Tensor, v: Tensor) => AttentionSaved,
+    attend: (layer: number, q: Tensor, k: Tensor, v: Tensor, kvWritten: boolean) => AttentionSaved,
+    kvFor?: (layer: number) => { k: GPUTexture; v: GPUTexture; row: number } | undefined,
   ): OptActivations {
     const gpu = this.gpu, c = this.config;
     const [B, T] = tokens.shape;
@@ -516,17 +533,18 @@ export class OptModel {
       const pre = c.do_layer_norm_before;
       if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
       a.attnIn = pre ? a.ln1!.y : x;
-      const proj = this.#qkvFused(a.attnIn, p, T) ?? (() => {
+      const proj = this.#qkvFused(a.attnIn, p, T, kvFor?.(l)) ?? (() => {
         const [q, k, v] = ["q_proj", "k_proj", "v_proj"].map((m) => {
           const y = this.#linear(a.attnIn!, `${p}self_attn.${m}`, {}, lu);
           const h = heads(y);
           y.dispose();
           return h;
         });
-        return { q, k, v };
+        return { q, k, v, kvWritten: false };
       })();
-      Object.assign(a, proj);
-      a.att = attend(l, proj.q, proj.k, proj.v);
+      const { kvWritten, ...qkv } = proj;
+      Object.assign(a, qkv);
+      a.att = attend(l, proj.q, proj.k, proj.v, kvWritten);
       a.merged = T === 1
         ? a.att.out.reshape([N, C]) // a view: att.out owns the buffer
         : swapAxes12(gpu, a.att.out).intoShape([N, C]);

@@ -1,4 +1,4 @@
-import { swapAxes12 } from "../../kernels/attention.ts";
+import { KvCache, swapAxes12 } from "../../kernels/attention.ts";
 import { add } from "../../kernels/elementwise.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import * as ref from "../../kernels/reference/matmul.ts";
@@ -231,6 +231,54 @@ for (const path of PATHS) {
         const slice = got.subarray(p * partStride, p * partStride + part);
         assert(slice.every((v, i) => Object.is(v, heads[i])), `part ${p}: matmul + swapAxes12`);
       }
+    },
+  });
+
+  cases.push({
+    name: `matmul (${path} path): a q/k/v split with kvCache fills the cache as KvCache.write ` +
+      "of its k and v parts (attention over both caches: the same bits); misuse is named",
+    async run(gpu) {
+      const B = 2, T = 3, K = 11, H = 2, Dh = 8, C = H * Dh, cap = 9, row = 4;
+      const x = randArray(B * T * K, 55), w = randArray(3 * C * K, 56), bias = randArray(3 * C, 57);
+      const tx = gpu.fromArray(x, [B * T, K]), tw = gpu.fromArray(w, [3 * C, K]);
+      const tb = gpu.fromArray(bias);
+      const fused = new KvCache(gpu, B, H, cap, Dh), plain = new KvCache(gpu, B, H, cap, Dh);
+      const part = B * H * T * Dh, partStride = 128; // parts bindable as views (256-byte offsets)
+      const split = { T, H, Dh, partStride };
+      const y = matmul(gpu, tx, tw, {
+        transB: true,
+        bias: tb,
+        splitHeads: split,
+        kvCache: { k: fused.k, v: fused.v, row },
+        path,
+      });
+      const ref = matmul(gpu, tx, tw, { transB: true, bias: tb, splitHeads: split, path });
+      const [a, b] = [await gpu.readF32(y), await gpu.readF32(ref)];
+      assert(a.every((v, i) => Object.is(v, b[i])), "the split output is unchanged");
+      const [tk, tv] = [1, 2].map((i) => ref.view(i * partStride, [B, H, T, Dh]));
+      assert(part <= partStride, "parts fit their stride");
+      plain.write(tk, tv, row);
+      const q = gpu.fromArray(randArray(B * H * T * Dh, 58), [B, H, T, Dh]);
+      const got = await gpu.readF32(fused.attend(q, row + T, {}));
+      const want = await gpu.readF32(plain.attend(q, row + T, {}));
+      assert(got.every((v, i) => Object.is(v, want[i])), "attention over the fused-written cache");
+      assert(got.some((v) => v !== 0), "the cache holds the written keys and values");
+      await assertThrows(
+        () => matmul(gpu, tx, tw, { transB: true, kvCache: { k: fused.k, v: fused.v, row }, path }),
+        ShapeError,
+        "kvCache needs",
+      );
+      await assertThrows(
+        () =>
+          matmul(gpu, tx, tw, {
+            transB: true,
+            splitHeads: split,
+            kvCache: { k: fused.k, v: fused.v, row: 30 },
+            path,
+          }),
+        ShapeError,
+        "do not fit",
+      );
     },
   });
 
