@@ -4099,8 +4099,8 @@ fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
 fn bias_index(col: u32) -> u32 {
   return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
 }`;
-var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32,";
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false) {
+var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32, kv_row: u32,";
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false) {
   const R = t.rows, Q = t.texels;
   const acc = [], aload = [], body = [], store = [];
   const all = (f) => {
@@ -4153,9 +4153,11 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
-@group(0) @binding(5) var<uniform> p: P;
+${kvOut ? `@group(0) @binding(5) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
+@group(0) @binding(6) var vc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(7) var<uniform> p: P;` : "@group(0) @binding(5) var<uniform> p: P;"}
 ${EPILOGUE_INDEX}
-
+${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
 ${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -4207,11 +4209,24 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if ((p.flags & 4u) != 0u) { x += c[idx]; }
   if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
   c[idx] = x;
+  kv_store(r, col, x);
+}`;
+var KV_STORE = `
+fn kv_store(r: u32, col: u32, x: vec4f) {
+  let hd = p.heads * p.head_dim;
+  let n = p.n0 + col;
+  let part = n / hd;
+  if (part == 0u) { return; }
+  let w = n % hd;
+  let row = p.m0 + r;
+  let layer = (row / p.seq) * p.heads + w / p.head_dim;
+  let at = vec2u((w % p.head_dim) / 4u, p.kv_row + row % p.seq);
+  if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
 }`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out, segmented) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented);
+function textureShaderFor(t, vec4Out, segmented, kvOut) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut);
   tilingShaders.set(key, code);
   return code;
 }
@@ -4374,6 +4389,18 @@ function matmul(gpu, a, b, opts = {}) {
       (P - 1) * stride + part
     ];
   }
+  if (opts.kvCache) {
+    const sp = opts.splitHeads;
+    const stride = sp ? sp.partStride ?? s.M * sp.H * sp.Dh : 0;
+    checkShape(sp !== void 0 && s.N === 3 * sp.H * sp.Dh && sp.Dh % 4 === 0 && stride % 4 === 0, "matmul: kvCache needs a q/k/v splitHeads (three parts, Dh and partStride multiples of 4)");
+    const rows2 = opts.kvCache.row + sp.T, layers = s.M / sp.T * sp.H;
+    for (const tex of [
+      opts.kvCache.k,
+      opts.kvCache.v
+    ]) {
+      checkShape(Number.isInteger(opts.kvCache.row) && opts.kvCache.row >= 0 && rows2 <= tex.height && layers <= tex.depthOrArrayLayers && sp.Dh / 4 <= tex.width, `matmul: kvCache rows ${opts.kvCache.row}..${rows2} \xD7 ${layers} layers do not fit a ${tex.width}\xD7${tex.height}\xD7${tex.depthOrArrayLayers} texture`);
+    }
+  }
   const out = opts.out ?? gpu.empty(s.outShape);
   checkShape(out.size === s.outShape.reduce((x, y) => x * y, 1), `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
   if (s.batch * s.M * s.N === 0) return out;
@@ -4387,9 +4414,35 @@ function matmul(gpu, a, b, opts = {}) {
     flags |= FLAG_RES;
   }
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
-  if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
-  else runTexture(gpu, a, b, out, s, opts, flags);
+  if (path === "buffer") {
+    runBuffer(gpu, a, b, out, s, {
+      ...opts,
+      kvCache: void 0
+    }, flags);
+    if (opts.kvCache) writeKvParts(gpu, out, s, opts);
+  } else runTexture(gpu, a, b, out, s, opts, flags);
   return out;
+}
+function writeKvParts(gpu, out, s, o) {
+  const { T: T3, H, Dh } = o.splitHeads, kv = o.kvCache;
+  const stride = o.splitHeads.partStride ?? s.M * H * Dh;
+  [
+    kv.k,
+    kv.v
+  ].forEach((tex, i) => fillTexture(gpu, out, tex, {
+    rows: T3,
+    cols: Dh,
+    ld: Dh,
+    trans: false,
+    row0: 0,
+    col0: (i + 1) * stride,
+    batchStride: T3 * Dh,
+    batch0: 0,
+    layers: s.M / T3 * H,
+    width: Dh / 4,
+    height: T3,
+    dstRow0: kv.row
+  }));
 }
 function epilogueParams(params, s, o, kSeg) {
   const sp = o.splitHeads ?? {
@@ -4402,7 +4455,7 @@ function epilogueParams(params, s, o, kSeg) {
     stride: 0
   };
   const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
-  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg);
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg, o.kvCache?.row ?? 0);
 }
 function dummy(gpu) {
   return gpu.placeholder(2);
@@ -4440,7 +4493,16 @@ function runTexture(gpu, a, b, out, s, o, flags) {
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
   const sp = o.splitHeads;
   const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0));
+  const kv = o.kvCache;
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0));
+  const kvViews = kv ? [
+    kv.k.createView({
+      dimension: "2d-array"
+    }),
+    kv.v.createView({
+      dimension: "2d-array"
+    })
+  ] : [];
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -4502,7 +4564,8 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             }),
             out,
             o.bias ?? dummy(gpu),
-            o.residual ?? dummy(gpu)
+            o.residual ?? dummy(gpu),
+            ...kvViews
           ], [
             Math.ceil(nc / (4 * t.texels * t.wgX)),
             Math.ceil(mc / (t.rows * t.wgY)),
@@ -5428,7 +5491,7 @@ var OptModel = class _OptModel {
    * their head splits: each output sums the same products in the same order). Undefined when
    * an adapter is active on one of them or the store does not hold them adjacently.
    */
-  #qkvFused(x, p, T3) {
+  #qkvFused(x, p, T3, kvCache) {
     const at = this.#qkvSlots(p);
     if (!at) return void 0;
     const { w, b, biasStride } = at;
@@ -5454,7 +5517,9 @@ var OptModel = class _OptModel {
         H,
         Dh,
         partStride
-      }
+      },
+      // k and v straight into the decode caches when the layout allows (else the caller writes)
+      kvCache: kvCache && Dh % 4 === 0 ? kvCache : void 0
     });
     const [q, k, v] = [
       0,
@@ -5470,7 +5535,8 @@ var OptModel = class _OptModel {
       q,
       k,
       v,
-      qkv
+      qkv,
+      kvWritten: kvCache !== void 0 && Dh % 4 === 0
     };
   }
   /**
@@ -5616,13 +5682,19 @@ var OptModel = class _OptModel {
     checkShape(T3 <= c.max_position_embeddings, `OptModel.forward: ${T3} tokens exceed max_position_embeddings ${c.max_position_embeddings}`);
     const scale3 = 1 / Math.sqrt(this.headDim);
     const positions = positionsFromMask(gpu, mask, 2);
-    return this.#run(tokens, mask, positions, (l, q, k, v) => {
-      opts.kvCache?.[l].write(k, v, 0);
+    const caches = opts.kvCache;
+    const kvFor = caches ? (l) => T3 <= caches[l].capacity ? {
+      k: caches[l].k,
+      v: caches[l].v,
+      row: 0
+    } : void 0 : void 0;
+    return this.#run(tokens, mask, positions, (l, q, k, v, kvWritten) => {
+      if (!kvWritten) caches?.[l].write(k, v, 0);
       return attentionForward(gpu, q, k, v, {
         keyMask: mask,
         scale: scale3
       });
-    });
+    }, kvFor);
   }
   /**
    * One decode step against per-layer KV caches: `tokens` and `positions` are `[B, 1]` (i32;
@@ -5634,8 +5706,13 @@ var OptModel = class _OptModel {
     checkShape(tokens.shape.length === 2 && tokens.shape[1] === 1 && positions.shape.join() === tokens.shape.join(), `OptModel.decodeStep: tokens and positions must be [B, 1], got [${tokens.shape}], [${positions.shape}]`);
     checkShape(caches.length === this.config.num_hidden_layers, "OptModel.decodeStep: one cache per layer");
     const scale3 = 1 / Math.sqrt(this.headDim);
-    return this.#run(tokens, keyMask, positions, (l, q, k, v) => {
-      caches[l].write(k, v, at);
+    const kvFor = (l) => at >= 0 && at + 1 <= caches[l].capacity ? {
+      k: caches[l].k,
+      v: caches[l].v,
+      row: at
+    } : void 0;
+    return this.#run(tokens, keyMask, positions, (l, q, k, v, kvWritten) => {
+      if (!kvWritten) caches[l].write(k, v, at);
       const out = caches[l].attend(q, at + 1, {
         keyMask,
         maskStride,
@@ -5650,10 +5727,10 @@ var OptModel = class _OptModel {
         causal: true,
         keyMask
       };
-    });
+    }, kvFor);
   }
   /** The decoder stack over `tokens` `[B, T]` at `positions`, with a pluggable attention. */
-  #run(tokens, mask, positions, attend) {
+  #run(tokens, mask, positions, attend, kvFor) {
     const gpu = this.gpu, c = this.config;
     const [B4, T3] = tokens.shape;
     const N = B4 * T3, C2 = c.hidden_size, H = this.heads, Dh = this.headDim;
@@ -5699,7 +5776,7 @@ var OptModel = class _OptModel {
       const pre = c.do_layer_norm_before;
       if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
       a.attnIn = pre ? a.ln1.y : x;
-      const proj = this.#qkvFused(a.attnIn, p, T3) ?? (() => {
+      const proj = this.#qkvFused(a.attnIn, p, T3, kvFor?.(l)) ?? (() => {
         const [q, k, v] = [
           "q_proj",
           "k_proj",
@@ -5713,11 +5790,13 @@ var OptModel = class _OptModel {
         return {
           q,
           k,
-          v
+          v,
+          kvWritten: false
         };
       })();
-      Object.assign(a, proj);
-      a.att = attend(l, proj.q, proj.k, proj.v);
+      const { kvWritten, ...qkv } = proj;
+      Object.assign(a, qkv);
+      a.att = attend(l, proj.q, proj.k, proj.v, kvWritten);
       a.merged = T3 === 1 ? a.att.out.reshape([
         N,
         C2
@@ -9623,6 +9702,91 @@ for (const path of PATHS) {
         const slice = got.subarray(p * partStride, p * partStride + part);
         assert(slice.every((v, i) => Object.is(v, heads[i])), `part ${p}: matmul + swapAxes12`);
       }
+    }
+  });
+  cases9.push({
+    name: `matmul (${path} path): a q/k/v split with kvCache fills the cache as KvCache.write of its k and v parts (attention over both caches: the same bits); misuse is named`,
+    async run(gpu) {
+      const B4 = 2, T3 = 3, K2 = 11, H = 2, Dh = 8, C2 = H * Dh, cap = 9, row = 4;
+      const x = randArray(B4 * T3 * K2, 55), w = randArray(3 * C2 * K2, 56), bias = randArray(3 * C2, 57);
+      const tx = gpu.fromArray(x, [
+        B4 * T3,
+        K2
+      ]), tw = gpu.fromArray(w, [
+        3 * C2,
+        K2
+      ]);
+      const tb = gpu.fromArray(bias);
+      const fused2 = new KvCache(gpu, B4, H, cap, Dh), plain = new KvCache(gpu, B4, H, cap, Dh);
+      const part = B4 * H * T3 * Dh, partStride = 128;
+      const split = {
+        T: T3,
+        H,
+        Dh,
+        partStride
+      };
+      const y = matmul(gpu, tx, tw, {
+        transB: true,
+        bias: tb,
+        splitHeads: split,
+        kvCache: {
+          k: fused2.k,
+          v: fused2.v,
+          row
+        },
+        path
+      });
+      const ref = matmul(gpu, tx, tw, {
+        transB: true,
+        bias: tb,
+        splitHeads: split,
+        path
+      });
+      const [a, b] = [
+        await gpu.readF32(y),
+        await gpu.readF32(ref)
+      ];
+      assert(a.every((v, i) => Object.is(v, b[i])), "the split output is unchanged");
+      const [tk, tv] = [
+        1,
+        2
+      ].map((i) => ref.view(i * partStride, [
+        B4,
+        H,
+        T3,
+        Dh
+      ]));
+      assert(part <= partStride, "parts fit their stride");
+      plain.write(tk, tv, row);
+      const q = gpu.fromArray(randArray(B4 * H * T3 * Dh, 58), [
+        B4,
+        H,
+        T3,
+        Dh
+      ]);
+      const got = await gpu.readF32(fused2.attend(q, row + T3, {}));
+      const want = await gpu.readF32(plain.attend(q, row + T3, {}));
+      assert(got.every((v, i) => Object.is(v, want[i])), "attention over the fused-written cache");
+      assert(got.some((v) => v !== 0), "the cache holds the written keys and values");
+      await assertThrows(() => matmul(gpu, tx, tw, {
+        transB: true,
+        kvCache: {
+          k: fused2.k,
+          v: fused2.v,
+          row
+        },
+        path
+      }), ShapeError, "kvCache needs");
+      await assertThrows(() => matmul(gpu, tx, tw, {
+        transB: true,
+        splitHeads: split,
+        kvCache: {
+          k: fused2.k,
+          v: fused2.v,
+          row: 30
+        },
+        path
+      }), ShapeError, "do not fit");
     }
   });
   cases9.push({

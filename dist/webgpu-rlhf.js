@@ -1622,8 +1622,8 @@ fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
 fn bias_index(col: u32) -> u32 {
   return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
 }`;
-var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32,";
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false) {
+var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32, kv_row: u32,";
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false) {
   const R = t.rows, Q = t.texels;
   const acc = [], aload = [], body = [], store = [];
   const all = (f) => {
@@ -1676,9 +1676,11 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
-@group(0) @binding(5) var<uniform> p: P;
+${kvOut ? `@group(0) @binding(5) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
+@group(0) @binding(6) var vc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(7) var<uniform> p: P;` : "@group(0) @binding(5) var<uniform> p: P;"}
 ${EPILOGUE_INDEX}
-
+${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
 ${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -1730,11 +1732,24 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if ((p.flags & 4u) != 0u) { x += c[idx]; }
   if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
   c[idx] = x;
+  kv_store(r, col, x);
+}`;
+var KV_STORE = `
+fn kv_store(r: u32, col: u32, x: vec4f) {
+  let hd = p.heads * p.head_dim;
+  let n = p.n0 + col;
+  let part = n / hd;
+  if (part == 0u) { return; }
+  let w = n % hd;
+  let row = p.m0 + r;
+  let layer = (row / p.seq) * p.heads + w / p.head_dim;
+  let at = vec2u((w % p.head_dim) / 4u, p.kv_row + row % p.seq);
+  if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
 }`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out, segmented) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented);
+function textureShaderFor(t, vec4Out, segmented, kvOut) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut);
   tilingShaders.set(key, code);
   return code;
 }
@@ -1897,6 +1912,18 @@ function matmul(gpu, a, b, opts = {}) {
       (P - 1) * stride + part
     ];
   }
+  if (opts.kvCache) {
+    const sp = opts.splitHeads;
+    const stride = sp ? sp.partStride ?? s.M * sp.H * sp.Dh : 0;
+    checkShape(sp !== void 0 && s.N === 3 * sp.H * sp.Dh && sp.Dh % 4 === 0 && stride % 4 === 0, "matmul: kvCache needs a q/k/v splitHeads (three parts, Dh and partStride multiples of 4)");
+    const rows3 = opts.kvCache.row + sp.T, layers = s.M / sp.T * sp.H;
+    for (const tex of [
+      opts.kvCache.k,
+      opts.kvCache.v
+    ]) {
+      checkShape(Number.isInteger(opts.kvCache.row) && opts.kvCache.row >= 0 && rows3 <= tex.height && layers <= tex.depthOrArrayLayers && sp.Dh / 4 <= tex.width, `matmul: kvCache rows ${opts.kvCache.row}..${rows3} \xD7 ${layers} layers do not fit a ${tex.width}\xD7${tex.height}\xD7${tex.depthOrArrayLayers} texture`);
+    }
+  }
   const out = opts.out ?? gpu.empty(s.outShape);
   checkShape(out.size === s.outShape.reduce((x, y) => x * y, 1), `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
   if (s.batch * s.M * s.N === 0) return out;
@@ -1910,9 +1937,35 @@ function matmul(gpu, a, b, opts = {}) {
     flags |= FLAG_RES;
   }
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
-  if (path === "buffer") runBuffer(gpu, a, b, out, s, opts, flags);
-  else runTexture(gpu, a, b, out, s, opts, flags);
+  if (path === "buffer") {
+    runBuffer(gpu, a, b, out, s, {
+      ...opts,
+      kvCache: void 0
+    }, flags);
+    if (opts.kvCache) writeKvParts(gpu, out, s, opts);
+  } else runTexture(gpu, a, b, out, s, opts, flags);
   return out;
+}
+function writeKvParts(gpu, out, s, o) {
+  const { T, H: H2, Dh } = o.splitHeads, kv = o.kvCache;
+  const stride = o.splitHeads.partStride ?? s.M * H2 * Dh;
+  [
+    kv.k,
+    kv.v
+  ].forEach((tex, i) => fillTexture(gpu, out, tex, {
+    rows: T,
+    cols: Dh,
+    ld: Dh,
+    trans: false,
+    row0: 0,
+    col0: (i + 1) * stride,
+    batchStride: T * Dh,
+    batch0: 0,
+    layers: s.M / T * H2,
+    width: Dh / 4,
+    height: T,
+    dstRow0: kv.row
+  }));
 }
 function epilogueParams(params, s, o, kSeg) {
   const sp = o.splitHeads ?? {
@@ -1925,7 +1978,7 @@ function epilogueParams(params, s, o, kSeg) {
     stride: 0
   };
   const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
-  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg);
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg, o.kvCache?.row ?? 0);
 }
 function dummy(gpu) {
   return gpu.placeholder(2);
@@ -1963,7 +2016,16 @@ function runTexture(gpu, a, b, out, s, o, flags) {
   const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
   const sp = o.splitHeads;
   const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0));
+  const kv = o.kvCache;
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0));
+  const kvViews = kv ? [
+    kv.k.createView({
+      dimension: "2d-array"
+    }),
+    kv.v.createView({
+      dimension: "2d-array"
+    })
+  ] : [];
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -2025,7 +2087,8 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             }),
             out,
             o.bias ?? dummy(gpu),
-            o.residual ?? dummy(gpu)
+            o.residual ?? dummy(gpu),
+            ...kvViews
           ], [
             Math.ceil(nc / (4 * t.texels * t.wgX)),
             Math.ceil(mc / (t.rows * t.wgY)),
@@ -6711,7 +6774,7 @@ var OptModel = class _OptModel {
    * their head splits: each output sums the same products in the same order). Undefined when
    * an adapter is active on one of them or the store does not hold them adjacently.
    */
-  #qkvFused(x, p, T) {
+  #qkvFused(x, p, T, kvCache) {
     const at = this.#qkvSlots(p);
     if (!at) return void 0;
     const { w, b, biasStride } = at;
@@ -6737,7 +6800,9 @@ var OptModel = class _OptModel {
         H: H2,
         Dh,
         partStride
-      }
+      },
+      // k and v straight into the decode caches when the layout allows (else the caller writes)
+      kvCache: kvCache && Dh % 4 === 0 ? kvCache : void 0
     });
     const [q, k, v] = [
       0,
@@ -6753,7 +6818,8 @@ var OptModel = class _OptModel {
       q,
       k,
       v,
-      qkv
+      qkv,
+      kvWritten: kvCache !== void 0 && Dh % 4 === 0
     };
   }
   /**
@@ -6899,13 +6965,19 @@ var OptModel = class _OptModel {
     checkShape(T <= c.max_position_embeddings, `OptModel.forward: ${T} tokens exceed max_position_embeddings ${c.max_position_embeddings}`);
     const scale3 = 1 / Math.sqrt(this.headDim);
     const positions = positionsFromMask(gpu, mask, 2);
-    return this.#run(tokens, mask, positions, (l, q, k, v) => {
-      opts.kvCache?.[l].write(k, v, 0);
+    const caches = opts.kvCache;
+    const kvFor = caches ? (l) => T <= caches[l].capacity ? {
+      k: caches[l].k,
+      v: caches[l].v,
+      row: 0
+    } : void 0 : void 0;
+    return this.#run(tokens, mask, positions, (l, q, k, v, kvWritten) => {
+      if (!kvWritten) caches?.[l].write(k, v, 0);
       return attentionForward(gpu, q, k, v, {
         keyMask: mask,
         scale: scale3
       });
-    });
+    }, kvFor);
   }
   /**
    * One decode step against per-layer KV caches: `tokens` and `positions` are `[B, 1]` (i32;
@@ -6917,8 +6989,13 @@ var OptModel = class _OptModel {
     checkShape(tokens.shape.length === 2 && tokens.shape[1] === 1 && positions.shape.join() === tokens.shape.join(), `OptModel.decodeStep: tokens and positions must be [B, 1], got [${tokens.shape}], [${positions.shape}]`);
     checkShape(caches.length === this.config.num_hidden_layers, "OptModel.decodeStep: one cache per layer");
     const scale3 = 1 / Math.sqrt(this.headDim);
-    return this.#run(tokens, keyMask, positions, (l, q, k, v) => {
-      caches[l].write(k, v, at);
+    const kvFor = (l) => at >= 0 && at + 1 <= caches[l].capacity ? {
+      k: caches[l].k,
+      v: caches[l].v,
+      row: at
+    } : void 0;
+    return this.#run(tokens, keyMask, positions, (l, q, k, v, kvWritten) => {
+      if (!kvWritten) caches[l].write(k, v, at);
       const out = caches[l].attend(q, at + 1, {
         keyMask,
         maskStride,
@@ -6933,10 +7010,10 @@ var OptModel = class _OptModel {
         causal: true,
         keyMask
       };
-    });
+    }, kvFor);
   }
   /** The decoder stack over `tokens` `[B, T]` at `positions`, with a pluggable attention. */
-  #run(tokens, mask, positions, attend) {
+  #run(tokens, mask, positions, attend, kvFor) {
     const gpu = this.gpu, c = this.config;
     const [B, T] = tokens.shape;
     const N = B * T, C = c.hidden_size, H2 = this.heads, Dh = this.headDim;
@@ -6982,7 +7059,7 @@ var OptModel = class _OptModel {
       const pre = c.do_layer_norm_before;
       if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
       a.attnIn = pre ? a.ln1.y : x;
-      const proj = this.#qkvFused(a.attnIn, p, T) ?? (() => {
+      const proj = this.#qkvFused(a.attnIn, p, T, kvFor?.(l)) ?? (() => {
         const [q, k, v] = [
           "q_proj",
           "k_proj",
@@ -6996,11 +7073,13 @@ var OptModel = class _OptModel {
         return {
           q,
           k,
-          v
+          v,
+          kvWritten: false
         };
       })();
-      Object.assign(a, proj);
-      a.att = attend(l, proj.q, proj.k, proj.v);
+      const { kvWritten, ...qkv } = proj;
+      Object.assign(a, qkv);
+      a.att = attend(l, proj.q, proj.k, proj.v, kvWritten);
       a.merged = T === 1 ? a.att.out.reshape([
         N,
         C
