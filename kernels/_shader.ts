@@ -11,14 +11,19 @@ export { wgsl } from "npm:wgsl-preprocessor@1.0.1/wgsl-preprocessor.js";
 /** Threads per workgroup of the 1-D elementwise kernels (well under every device limit). */
 export const WG = 256;
 
+/** WGSL entry-point header of a 1-D kernel in `wg`-wide workgroups: declares `i`. */
+function mainHeader(wg: number): string {
+  return `@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * ${wg}u + lid;`;
+}
+
 /**
  * WGSL entry-point header for 1-D kernels launched with `gpu.grid(ceil(n / WG))`: declares
  * `i`, the linear invocation index.
  */
-export const LINEAR_MAIN = `@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nwg.x) * ${WG}u + lid;`;
+export const LINEAR_MAIN = mainHeader(WG);
 
 /** Number of workgroups for `n` invocations of a 1-D kernel. */
 export function groups(n: number): number {
@@ -36,10 +41,7 @@ export function groups(n: number): number {
 export const COLUMN_WG = 8;
 
 /** WGSL entry-point header for column kernels launched with `gpu.grid(columnGroups(n))`: `i`. */
-export const COLUMN_MAIN = `@compute @workgroup_size(${COLUMN_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nwg.x) * ${COLUMN_WG}u + lid;`;
+export const COLUMN_MAIN = mainHeader(COLUMN_WG);
 
 /** Number of workgroups for `n` invocations of a column kernel. */
 export function columnGroups(n: number): number {

@@ -1208,18 +1208,18 @@ function wgsl(strings, ...values) {
 
 // kernels/_shader.ts
 var WG = 256;
-var LINEAR_MAIN = `@compute @workgroup_size(${WG})
+function mainHeader(wg) {
+  return `@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nwg.x) * ${WG}u + lid;`;
+  let i = (wid.x + wid.y * nwg.x) * ${wg}u + lid;`;
+}
+var LINEAR_MAIN = mainHeader(WG);
 function groups(n) {
   return Math.ceil(n / WG);
 }
 var COLUMN_WG = 8;
-var COLUMN_MAIN = `@compute @workgroup_size(${COLUMN_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nwg.x) * ${COLUMN_WG}u + lid;`;
+var COLUMN_MAIN = mainHeader(COLUMN_WG);
 function columnGroups(n) {
   return Math.ceil(n / COLUMN_WG);
 }
