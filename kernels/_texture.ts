@@ -54,6 +54,11 @@ export interface Block {
   height: number;
   /** First texture row to write (default 0), e.g. the position in a KV cache. */
   dstRow0?: number;
+  /**
+   * The rows past `rows` up to `height` are read as data (a B operand's K padding, multiplied
+   * by A's zero padding): they must be zero, not stale — 0 × a stale Inf is NaN.
+   */
+  zeroPadRows?: boolean;
 }
 
 /**
@@ -61,14 +66,16 @@ export interface Block {
  * multiples and whose column count fills whole texels is a `copyBufferToTexture` (a memcpy:
  * ~4× cheaper than the pack kernel on llvmpipe); anything else (transposed, ragged, unaligned)
  * goes through the pack kernel, which also zero-fills the padding. Padding rows/texels left
- * stale by a copy only feed outputs that are never written (rows ≥ M, columns ≥ N), while the
- * shared K axis is always exact.
+ * stale by a copy only feed outputs that are never written (rows ≥ M, columns ≥ N); the shared
+ * K axis must be exact, so a block whose padding rows are K padding (`zeroPadRows`, a B
+ * operand whose K is not a multiple of 4) is packed, not copied.
  */
 export function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): void {
   const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
   const byteOffset = src.byteOffset + 4 * elemOffset;
   const direct = !b.trans && (4 * b.ld) % 256 === 0 && b.cols % 4 === 0 &&
-    byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0);
+    byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) &&
+    (!b.zeroPadRows || b.rows === b.height);
   if (direct) {
     gpu.encoder().copyBufferToTexture(
       {

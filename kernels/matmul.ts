@@ -700,6 +700,7 @@ function runTexture(
               layers: bLayers,
               width: bTexels,
               height: 4 * k4,
+              zeroPadRows: true,
             });
           const bSize = [bTexels, 4 * k4, bLayers] as const;
           const held = gpu.constantTexture(

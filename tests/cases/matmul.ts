@@ -452,6 +452,22 @@ cases.push({
 });
 
 cases.push({
+  name: "matmul (texture path): a K that is not a multiple of 4 never reads stale texture " +
+    "padding (pooled textures poisoned with Inf first)",
+  async run(gpu) {
+    // B [37, 64] has 256-byte rows (copy-eligible) but K = 37 leaves three padding rows that
+    // meet A's zero padding: they must be zero, not whatever the pooled texture held
+    const M = 5, K = 37, N = 64;
+    const inf = (shape: number[]) =>
+      gpu.fromArray(new Float32Array(shape.reduce((x, y) => x * y)).fill(Infinity), shape);
+    matmul(gpu, inf([M, 40]), inf([40, N])).dispose();
+    const a = randArray(M * K, 95), b = randArray(K * N, 96);
+    const c = matmul(gpu, gpu.fromArray(a, [M, K]), gpu.fromArray(b, [K, N]));
+    assertClose(await gpu.readF32(c), ref.matmul(a, b, { M, N, K }), TOL, "K = 37 after Inf");
+  },
+});
+
+cases.push({
   name: "matmul (texture path): 256-byte-aligned operands take the copy path (batched, chunked)",
   async run(gpu) {
     // K and N multiples of 64 make rows 256-byte aligned: A and B are copied, not packed;
