@@ -1566,7 +1566,7 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 function fillTexture(gpu, src, tex, b) {
   const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
   const byteOffset = src.byteOffset + 4 * elemOffset;
-  const direct = !b.trans && 4 * b.ld % 256 === 0 && b.cols % 4 === 0 && byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0);
+  const direct = !b.trans && 4 * b.ld % 256 === 0 && b.cols % 4 === 0 && byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) && (!b.zeroPadRows || b.rows === b.height);
   if (direct) {
     gpu.encoder().copyBufferToTexture({
       buffer: src.buffer,
@@ -2064,7 +2064,8 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             batch0: s.shareB ? 0 : b0,
             layers: bLayers,
             width: bTexels,
-            height: 4 * k4
+            height: 4 * k4,
+            zeroPadRows: true
           });
           const bSize = [
             bTexels,
