@@ -5,9 +5,9 @@
  * - **texture path** (software adapters such as llvmpipe/SwiftShader): both operands are packed
  *   into rgba32float storage textures (cheap), then each invocation computes a block of C
  *   ({@link TEXTURE_TILING}: 4 rows × 8 columns, 8 vec4 accumulators) from read-only
- *   `textureLoad`s, with no workgroup memory, and stores it with vec4 writes where C's rows allow. Texture
- *   loads are ~10× cheaper than storage-buffer loads there (SPEC §11). Operands larger than
- *   `maxTextureDimension2D` are processed in chunks (K chunks accumulate).
+ *   `textureLoad`s, with no workgroup memory, and stores it with vec4 writes where the layout
+ *   allows. Texture loads are ~10× cheaper than storage-buffer loads there (SPEC §11).
+ *   Operands larger than `maxTextureDimension2D` are processed in chunks (K chunks accumulate).
  * - **buffer path** (real GPUs): 64×64 output tiles per 16×16 workgroup, 16-deep K slices staged
  *   in workgroup memory, 4×4 outputs per thread.
  *
@@ -122,8 +122,8 @@ const EPILOGUE_FIELDS =
 
 /**
  * WGSL of the texture-path kernel for a given register blocking. With `vec4Out` (N and ldc
- * multiples of 4; a head split with Dh and the part stride multiples of 4) C and the residual are bound as `array<vec4f>` and each
- * accumulator is stored with one vec4 access instead of four scalar ones — the same arithmetic
+ * multiples of 4; a head split with Dh and the part stride multiples of 4) C and the residual
+ * are bound as `array<vec4f>` and each accumulator is stored with one vec4 access instead of four scalar ones — the same arithmetic
  * per element, so the same bits; on llvmpipe the scalar stores' per-lane index math and bounds
  * checks cost as much as the products when K is small (a 624×260 output with K 32: 2.8 → 1.9 ms).
  */
