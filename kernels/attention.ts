@@ -127,6 +127,68 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 }
 
+const DECODE_WG = 32;
+
+/**
+ * The forward for one query row per (batch, head) — a decode step against a KV cache — with one
+ * invocation per (layer, texel of Dh) instead of one per query row: each computes the row's
+ * score over all Dh as the fused kernel does (same expression, same order) and accumulates only
+ * its own four output columns, so the results are bit for bit {@link fusedForwardShader}'s. On
+ * software adapters (SIMD across invocations) a query row per invocation leaves most lanes idle
+ * at decode shapes; here `Dh/4` lanes share a row and consecutive layers share a workgroup.
+ */
+function decodeForwardShader(dq: number, keyMask: boolean): string {
+  const perD = (f: (d: number) => string) => Array.from({ length: dq }, (_, d) => f(d));
+  return wgsl`
+struct P { n: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, 1, Dh)
+@group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, 1, Dh)
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, 1)
+@group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
+@group(0) @binding(6) var<uniform> p: P;
+
+fn load_q(bh: u32, d4: u32) -> vec4f {
+  var v = vec4f(0.0);
+  let base = bh * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { v[c] = q[base + 4u * d4 + c]; } }
+  return v;
+}
+
+@compute @workgroup_size(${DECODE_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let layer = g.x / ${dq}u;
+  let mine = g.x % ${dq}u;
+  if (layer >= p.n) { return; }
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  ${perD((d) => `let q${d} = load_q(bh, ${d}u);`).join("\n  ")}
+  var a = vec4f(0.0);
+  var m = -3.4e38;
+  var l = 0.0;
+  for (var j = 0u; j < p.Tk; j++) {
+#if ${keyMask}
+    if (kmask[b * p.Tmask + j] == 0.0) { continue; }
+#endif
+    ${perD((d) => `let k${d} = textureLoad(kt, vec2u(${d}u, j), layer);`).join("\n    ")}
+    let vm = textureLoad(vt, vec2u(mine, j), layer);
+    let s = p.scale * (${perD((d) => `dot(q${d}, k${d})`).join(" + ")});
+    let mn = max(m, s);
+    let c = exp(m - mn);
+    let e = exp(s - mn);
+    l = l * c + e;
+    m = mn;
+    a = a * c + e * vm;
+  }
+  let inv = select(0.0, 1.0 / l, l > 0.0);
+  let y = a * inv;
+  let base = bh * p.Dh + 4u * mine;
+  for (var c = 0u; c < 4u; c++) { if (4u * mine + c < p.Dh) { out[base + c] = y[c]; } }
+  if (mine == 0u) { lse[bh] = select(-3.4e38, m + log(l), l > 0.0); }
+}`;
+}
+
 /**
  * WGSL helpers `load_<name>(bh, i, d4)` / `store_<name>(bh, i, d4, v)` for `(B·H, rows, Dh)`,
  * or for stores into the merged layout `(B, rows, H, Dh)` (`"merged"`), or into part `part` of
@@ -524,6 +586,22 @@ function fused(
   n: number,
 ): void {
   const dq = Math.ceil(d.Dh / 4), hasMask = o.keyMask !== undefined;
+  if (d.Tq === 1) {
+    gpu.dispatch(
+      gpu.pipeline(cached(`decode/${dq}/${hasMask}`, () => decodeForwardShader(dq, hasMask))),
+      [
+        q,
+        kt.createView({ dimension: "2d-array" }),
+        vt.createView({ dimension: "2d-array" }),
+        out,
+        lse,
+        o.keyMask ?? null,
+      ],
+      [Math.ceil((n * dq) / DECODE_WG)],
+      new Params().u32(n, d.Tk, d.Dh, d.H, c0, o.maskStride).f32(o.scale),
+    );
+    return;
+  }
   const pipe = gpu.pipeline(
     cached(`fwd/${dq}/${o.causal}/${hasMask}`, () => fusedForwardShader(dq, o.causal, hasMask)),
   );
