@@ -3,7 +3,8 @@
  * then each new token costs one decode step (one query row per sequence against the cached
  * keys and values). Sampling (greedy / temperature / top-k / top-p), EOS tracking and the
  * bookkeeping of positions and masks all stay on the GPU; the only GPU→CPU traffic is a cheap
- * "all rows finished?" check every `checkEvery` tokens.
+ * "all rows finished?" check every `checkEvery` tokens, read without waiting for the GPU (the
+ * answer is used one check point later; tokens sampled past the stop are cut off).
  *
  * @module
  */
@@ -28,7 +29,11 @@ export interface GenerateOptions extends SamplingOptions {
   eosId?: number;
   /** Token written after a row finished (default: the model's `pad_token_id`). */
   padId?: number;
-  /** Read back the finished flags every this many tokens to stop early (default 8; 0 = never). */
+  /**
+   * Read back the finished flags every this many tokens to stop early (default 8; 0 = never;
+   * never when `eosId` is negative). The flags of a check point are looked at the next one, so
+   * a stop costs up to this many wasted decode steps but the GPU never drains for the check.
+   */
   checkEvery?: number;
 }
 
@@ -98,6 +103,10 @@ export async function generate(
   const nextTok = gpu.empty([B, 1], "i32"), nextPos = gpu.empty([B, 1], "i32");
   const V = c.vocab_size;
   let generated = G;
+  // "all rows finished?" at check point t, snapshot taken there and read without a stall: the
+  // answer is looked at one check point later (or at the end), so the GPU never drains for it;
+  // the tokens sampled after a stop are cut off, so the result is that of an immediate check
+  let pending: { t: number; flags: Promise<Uint32Array> } | null = null;
   // the weights do not change while generating: the texture matmul path packs them once
   const release = gpu.holdConstant(
     [model.store.params, model.lora?.store.params].filter((t): t is Tensor => !!t),
@@ -118,12 +127,14 @@ export async function generate(
       sampleTokens(gpu, logits, out, t, opts, { eos, pad, step: t, vocab: V });
       logits.dispose();
       if (t === G - 1) break;
-      if (checkEvery > 0 && (t + 1) % checkEvery === 0) {
-        const fin = await gpu.read(out.finished);
-        if (fin.every((f) => f !== 0)) {
-          generated = t + 1;
+      if (checkEvery > 0 && eos >= 0 && (t + 1) % checkEvery === 0) {
+        // the flags of the previous check point, read while this stretch was being encoded
+        if (pending && (await pending.flags).every((f) => f !== 0)) {
+          generated = pending.t + 1;
+          pending = null;
           break;
         }
+        pending = { t, flags: gpu.read(out.finished) as Promise<Uint32Array> };
       }
       feedbackSampled(gpu, out, promptPositions, t, {
         tokens: nextTok,
@@ -134,8 +145,12 @@ export async function generate(
       logits = model.logitsOf(step.hidden);
       model.disposeActivations(step, [nextPos]);
     }
+    if (pending && (await pending.flags).every((f) => f !== 0)) generated = pending.t + 1;
+    pending = null;
     promptPositions.dispose();
   } finally {
+    // an exception left a read in flight: let it settle (its result no longer matters)
+    await pending?.flags.catch(() => {});
     release();
     for (const cache of caches) cache.destroy();
     keyMask.dispose();

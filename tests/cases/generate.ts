@@ -170,6 +170,33 @@ cases.push({
     assertEquals(early.generated, expected, `columns generated with EOS ${eos}`);
     assertEquals(early.tokens.shape, [B, Tp + expected]);
     assertEquals(early.logprobs.shape, [B, expected]);
+    // rows with one prompt stop together, at the first emission of their second token: the stop
+    // lands on the first check point after it (its flags are read while the next stretch is
+    // encoded, or at the end), and the kept tokens are those of the unstopped run
+    const same = Int32Array.from({ length: B * Tp }, (_, i) => tokens[i % Tp]);
+    const ones = new Float32Array(B * Tp).fill(1);
+    const greedy = (eosId: number, checkEvery: number) =>
+      generate(m, gpu.fromArray(same, [B, Tp]), gpu.fromArray(ones, [B, Tp]), {
+        maxNewTokens: G,
+        greedy: true,
+        eosId,
+        checkEvery,
+      });
+    const whole = await gpu.read((await greedy(-1, 1)).tokens);
+    const stopEos = whole[Tp + 1], stop = Array.from(whole.slice(Tp, Tp + G)).indexOf(stopEos) + 1;
+    assert(stop <= 2, "the second token's first emission");
+    for (const [every, want] of [[1, stop], [3, 3], [4, 4], [8, G]]) {
+      const g = await greedy(stopEos, every);
+      assertEquals(g.generated, want, `columns generated with checks every ${every}`);
+      const got = await gpu.read(g.tokens);
+      for (let r = 0; r < B; r++) {
+        assertEquals(
+          Array.from(got.slice(r * (Tp + want), r * (Tp + want) + Tp + stop)),
+          Array.from(whole.slice(0, Tp + stop)),
+          `row ${r}, checks every ${every}`,
+        );
+      }
+    }
     await assertThrows(
       () =>
         generate(m, gpu.fromArray(tokens, [B, Tp]), gpu.fromArray(mask, [B, Tp]), {
