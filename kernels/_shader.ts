@@ -8,6 +8,16 @@
 // Full npm: specifier (not the deno.json alias) so that importing mod.ts by URL works.
 export { wgsl } from "npm:wgsl-preprocessor@1.0.1/wgsl-preprocessor.js";
 
+/**
+ * Loop iterations one invocation may run on a software adapter. Mesa's llvmpipe and lavapipe cap
+ * the loop back-edges of an invocation at 65535 in total (one counter for all its loops) and then
+ * leave every loop early — no error, a wrong result (measured: a loop of 70 000 stops at 65 535;
+ * after it, a nested loop of 65 × 1 000 runs one iteration). Kernels with one invocation doing a
+ * whole row or column take that form only while its loops stay within this budget (some margin
+ * below the cap); otherwise the workgroup form.
+ */
+export const SOFTWARE_LOOP_BUDGET = 60000;
+
 /** Threads per workgroup of the 1-D elementwise kernels (well under every device limit). */
 export const WG = 256;
 

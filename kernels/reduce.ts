@@ -60,11 +60,16 @@ export const ROW_THREAD_MAIN = `${LINEAR_MAIN}
  * sixteen vec4 registers (lane 4j + i is component i of register j), then fold pairwise with
  * strides 32, 16, …, 1 as the workgroup tree does. `terms` maps each result name to the WGSL
  * f32 expression of one column `c` (a `u32` in scope); `prelude` declares what the terms share;
- * columns past `p.cols` add nothing. The results are `let` bindings of those names. (The first
+ * columns past `count` (default `p.cols`) add nothing. The results are `let` bindings of
+ * those names. (The first
  * form kept the partials in a private array indexed by a loop counter, which llvmpipe keeps in
  * memory: layernorm forward + backward of 3072 rows of 64 took 6.2–6.4 instead of 5.6–5.8 ms.)
  */
-export function laneTreeSums(terms: Record<string, string>, prelude = ""): string {
+export function laneTreeSums(
+  terms: Record<string, string>,
+  prelude = "",
+  count = "p.cols",
+): string {
   const names = Object.keys(terms);
   const out: string[] = [];
   for (const n of names) {
@@ -76,14 +81,14 @@ export function laneTreeSums(terms: Record<string, string>, prelude = ""): strin
       const comp = "xyzw"[i];
       body.push(`{
       let c = c0 + ${4 * j + i}u;
-      if (c < p.cols) {
+      if (c < ${count}) {
         ${prelude}
         ${names.map((n) => `${n}_${j}.${comp} += ${terms[n]};`).join(" ")}
       }
     }`);
     }
   }
-  out.push(`for (var c0 = 0u; c0 < p.cols; c0 += ${ROW_WG}u) {
+  out.push(`for (var c0 = 0u; c0 < ${count}; c0 += ${ROW_WG}u) {
     ${body.join("\n    ")}
   }`);
   for (const n of names) {

@@ -16,13 +16,15 @@
 
 import { checkShape } from "./errors.ts";
 import { PRNG_WGSL } from "./prng.ts";
-import { ROW_WG, WG_REDUCE } from "./reduce.ts";
+import { laneTreeSums, ROW_WG, WG_REDUCE } from "./reduce.ts";
+import { SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
 import type { Gpu, Tensor } from "./runtime.ts";
 import { Params } from "./runtime.ts";
 
 const WG = ROW_WG;
+const ROWWISE_WG = 8;
 
-const SAMPLE = `${PRNG_WGSL}
+const SAMPLE_BINDINGS = `${PRNG_WGSL}
 struct P {
   B: u32, V: u32, ld: u32, t: u32, Tcap: u32,
   greedy: u32, top_k: u32, seed: u32, step: u32, eos: i32, pad: i32,
@@ -33,8 +35,9 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;     // (B, Tcap)
 @group(0) @binding(3) var<storage, read_write> rmask: array<f32>;    // (B, Tcap)
 @group(0) @binding(4) var<storage, read_write> finished: array<u32>; // (B)
-@group(0) @binding(5) var<uniform> p: P;
+@group(0) @binding(5) var<uniform> p: P;`;
 
+const SAMPLE = `${SAMPLE_BINDINGS}
 ${WG_REDUCE}
 var<workgroup> rv: array<f32, ${WG}>;
 var<workgroup> ri: array<u32, ${WG}>;
@@ -144,6 +147,112 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   }
 }`;
 
+// SAMPLE with one invocation per row (8 rows per workgroup, so that rows spread over a software
+// adapter's threads) and no workgroup memory or barriers: every sum in the workgroup form's
+// order (laneTreeSums), and maxima, minima, counts and the argmax (largest key, smallest index
+// among ties) exact in any order — the same token and log-probability bit for bit, without the
+// ~30 barriers a row costs in the workgroup form.
+const SAMPLE_ROWWISE = `${SAMPLE_BINDINGS}
+@compute @workgroup_size(${ROWWISE_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let b = g.x;
+  if (b >= p.B) { return; }
+  let out = b * p.Tcap + p.t;
+  if (finished[b] != 0u) {
+    tokens[out] = p.pad; logp[out] = 0.0; rmask[out] = 0.0;
+    return;
+  }
+  let base = b * p.ld;
+  var mx = -3.4e38;
+  var mn = 3.4e38;
+  for (var i = 0u; i < p.V; i++) { let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z); }
+  ${laneTreeSums({ s: "exp(logits[base + c] - mx)" }, "", "p.V")}
+  let lse = mx + log(s);
+
+  var choice = 0u;
+  if (p.greedy == 1u || p.temperature <= 0.0) {
+    var bv = -3.4e38;
+    for (var i = 0u; i < p.V; i++) {
+      let z = logits[base + i];
+      if (z > bv) { bv = z; choice = i; }
+    }
+  } else {
+    let T = p.temperature;
+    var tk = mn;
+    if (p.top_k > 0u && p.top_k < p.V) {
+      var lo = mn;
+      var hi = mx;
+      for (var it = 0; it < 40; it++) {
+        let mid = 0.5 * (lo + hi);
+        var n = 0u;
+        for (var i = 0u; i < p.V; i++) { n += select(0u, 1u, logits[base + i] >= mid); }
+        if (f32(n) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
+      }
+      tk = lo;
+    }
+    var tp = tk;
+    if (p.top_p < 1.0) {
+      ${
+  laneTreeSums(
+    { zk: "select(0.0, exp((z - mx) / T), z >= tk)" },
+    "let z = logits[base + c];",
+    "p.V",
+  )
+}
+      var lo = tk;
+      var hi = mx;
+      for (var it = 0; it < 40; it++) {
+        let mid = 0.5 * (lo + hi);
+        ${
+  laneTreeSums(
+    { m: "select(0.0, exp((z - mx) / T), z >= mid && z >= tk)" },
+    "let z = logits[base + c];",
+    "p.V",
+  )
+}
+        if (m >= p.top_p * zk) { lo = mid; } else { hi = mid; }
+      }
+      tp = lo;
+    }
+    let cut = max(tk, tp);
+    var bv = -3.4e38;
+    for (var i = 0u; i < p.V; i++) {
+      let z = logits[base + i];
+      if (z >= cut) {
+        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
+        let key = z / T - log(-log(u));
+        if (key > bv) { bv = key; choice = i; }
+      }
+    }
+  }
+  tokens[out] = i32(choice);
+  logp[out] = logits[base + choice] - lse;
+  rmask[out] = 1.0;
+  if (i32(choice) == p.eos) { finished[b] = 1u; }
+}`;
+
+/**
+ * How {@link sampleTokens} spreads a row: `"workgroup"` (64 invocations and tree reductions, what
+ * a GPU runs well) or `"row"` (one invocation per row, the same sums in the same order: the same
+ * token and log-probability, without barriers). Software adapters take `"row"` when its loops fit
+ * {@link SOFTWARE_LOOP_BUDGET} (16 rows of 260 tokens at temperature 1 on llvmpipe: 700–920 →
+ * 340–430 µs a call; with top-k and top-p 3.6 → 0.8–1.0 ms), every other case `"workgroup"`.
+ */
+export type SamplerForm = "workgroup" | "row";
+
+/** Loop iterations one invocation of the row form runs for a row of `V` logits. */
+function rowwiseIterations(V: number, greedy: boolean, topK: number, topP: number): number {
+  const lanes = Math.ceil(V / ROW_WG);
+  let n = V + lanes + V; // max/min, log-sum-exp, then the argmax (greedy or Gumbel)
+  if (!greedy && topK > 0 && topK < V) n += 40 * (V + 1);
+  if (!greedy && topP < 1) n += lanes + 40 * (lanes + 1);
+  return n;
+}
+
+function defaultForm(gpu: Gpu, iterations: number): SamplerForm {
+  return gpu.isFallbackAdapter && iterations <= SOFTWARE_LOOP_BUDGET ? "row" : "workgroup";
+}
+
 /** Sampling settings. `temperature ≤ 0` or `greedy` picks the argmax. */
 export interface SamplingOptions {
   /** Softmax temperature (default 1; ≤ 0 means argmax). */
@@ -195,6 +304,7 @@ export function sampleTokens(
   t: number,
   opts: SamplingOptions,
   ids: { eos: number; pad: number; step: number; vocab?: number },
+  form?: SamplerForm,
 ): void {
   checkShape(
     logits.shape.length === 2 && logits.dtype === "f32",
@@ -221,10 +331,12 @@ export function sampleTokens(
   checkShape(topP > 0 && topP <= 1, `sampleTokens: topP must be in (0, 1], got ${topP}`);
   const temperature = opts.temperature ?? 1;
   checkShape(Number.isFinite(temperature), "sampleTokens: temperature must be finite");
+  const greedy = opts.greedy === true || temperature <= 0;
+  const rowwise = (form ?? defaultForm(gpu, rowwiseIterations(V, greedy, topK, topP))) === "row";
   gpu.dispatch(
-    gpu.pipeline(SAMPLE),
+    gpu.pipeline(rowwise ? SAMPLE_ROWWISE : SAMPLE),
     [logits, out.tokens, out.logprobs, out.responseMask, out.finished],
-    [B],
+    [rowwise ? Math.ceil(B / ROWWISE_WG) : B],
     new Params()
       .u32(B, V, ld, t, Tcap, opts.greedy ? 1 : 0, topK, opts.seed ?? 0, ids.step)
       .i32(ids.eos, ids.pad)
