@@ -24,6 +24,32 @@ import { Params } from "./runtime.ts";
 const WG = ROW_WG;
 const ROWWISE_WG = 8;
 
+/**
+ * WGSL `for (var i = start; i < p.V; i += step) { body }` unrolled `unroll` times: the same
+ * indices in the same order with a fraction of the loop back-edges, which software adapters cap
+ * ({@link SOFTWARE_LOOP_BUDGET}; a top-k bisection over 50 272 logits used to pass it and return
+ * token 0 on llvmpipe).
+ */
+function overVocab(start: string, step: number, body: string, unroll = 4): string {
+  const parts = Array.from(
+    { length: unroll },
+    (_, u) => `{ let i = i0 + ${u * step}u; if (i < p.V) { ${body} } }`,
+  );
+  return `for (var i0 = ${start}; i0 < p.V; i0 += ${unroll * step}u) {
+    ${parts.join("\n    ")}
+  }`;
+}
+
+// one Gumbel-max candidate: CHOOSE records index i as the best so far
+const GUMBEL = `let z = logits[base + i];
+      if (z >= cut) {
+        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
+        let key = z / T - log(-log(u));
+        if (key > bv) { bv = key; CHOOSE }
+      }`;
+
+const ROW_UNROLL = 8;
+
 const SAMPLE_BINDINGS = `${PRNG_WGSL}
 struct P {
   B: u32, V: u32, ld: u32, t: u32, Tcap: u32,
@@ -72,21 +98,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let base = b * p.ld;
   var mx = -3.4e38;
   var mn = 3.4e38;
-  for (var i = lid; i < p.V; i += ${WG}u) { let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z); }
+  ${overVocab("lid", WG, "let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z);")}
   mx = wg_max(mx, lid);
   mn = -wg_max(-mn, lid);
   var s = 0.0;
-  for (var i = lid; i < p.V; i += ${WG}u) { s += exp(logits[base + i] - mx); }
+  ${overVocab("lid", WG, "s += exp(logits[base + i] - mx);")}
   let lse = mx + log(wg_sum(s, lid));
 
   var choice = 0u;
   if (p.greedy == 1u || p.temperature <= 0.0) {
     var bv = -3.4e38;
     var bi = 0u;
-    for (var i = lid; i < p.V; i += ${WG}u) {
-      let z = logits[base + i];
-      if (z > bv) { bv = z; bi = i; }
-    }
+    ${overVocab("lid", WG, "let z = logits[base + i]; if (z > bv) { bv = z; bi = i; }")}
     choice = wargmax(bv, bi, lid);
   } else {
     let T = p.temperature;
@@ -98,7 +121,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       for (var it = 0; it < 40; it++) {
         let mid = 0.5 * (lo + hi);
         var c = 0.0;
-        for (var i = lid; i < p.V; i += ${WG}u) { c += select(0.0, 1.0, logits[base + i] >= mid); }
+        ${overVocab("lid", WG, "c += select(0.0, 1.0, logits[base + i] >= mid);")}
         if (wg_sum(c, lid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
       }
       tk = lo;
@@ -107,20 +130,20 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     var tp = tk;
     if (p.top_p < 1.0) {
       var zk = 0.0;
-      for (var i = lid; i < p.V; i += ${WG}u) {
-        let z = logits[base + i];
-        if (z >= tk) { zk += exp((z - mx) / T); }
-      }
+      ${overVocab("lid", WG, "let z = logits[base + i]; if (z >= tk) { zk += exp((z - mx) / T); }")}
       zk = wg_sum(zk, lid);
       var lo = tk;
       var hi = mx;
       for (var it = 0; it < 40; it++) {
         let mid = 0.5 * (lo + hi);
         var m = 0.0;
-        for (var i = lid; i < p.V; i += ${WG}u) {
-          let z = logits[base + i];
-          if (z >= mid && z >= tk) { m += exp((z - mx) / T); }
-        }
+        ${
+  overVocab(
+    "lid",
+    WG,
+    "let z = logits[base + i]; if (z >= mid && z >= tk) { m += exp((z - mx) / T); }",
+  )
+}
         if (wg_sum(m, lid) >= p.top_p * zk) { lo = mid; } else { hi = mid; }
       }
       tp = lo;
@@ -129,14 +152,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     // Gumbel-max over the allowed tokens
     var bv = -3.4e38;
     var bi = 0u;
-    for (var i = lid; i < p.V; i += ${WG}u) {
-      let z = logits[base + i];
-      if (z >= cut) {
-        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
-        let key = z / T - log(-log(u));
-        if (key > bv) { bv = key; bi = i; }
-      }
-    }
+    ${overVocab("lid", WG, GUMBEL.replace("CHOOSE", "bi = i;"))}
     choice = wargmax(bv, bi, lid);
   }
   if (lid == 0u) {
@@ -165,17 +181,16 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   let base = b * p.ld;
   var mx = -3.4e38;
   var mn = 3.4e38;
-  for (var i = 0u; i < p.V; i++) { let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z); }
+  ${overVocab("0u", 1, "let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z);", ROW_UNROLL)}
   ${laneTreeSums({ s: "exp(logits[base + c] - mx)" }, "", "p.V")}
   let lse = mx + log(s);
 
   var choice = 0u;
   if (p.greedy == 1u || p.temperature <= 0.0) {
     var bv = -3.4e38;
-    for (var i = 0u; i < p.V; i++) {
-      let z = logits[base + i];
-      if (z > bv) { bv = z; choice = i; }
-    }
+    ${
+  overVocab("0u", 1, "let z = logits[base + i]; if (z > bv) { bv = z; choice = i; }", ROW_UNROLL)
+}
   } else {
     let T = p.temperature;
     var tk = mn;
@@ -185,7 +200,7 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
       for (var it = 0; it < 40; it++) {
         let mid = 0.5 * (lo + hi);
         var n = 0u;
-        for (var i = 0u; i < p.V; i++) { n += select(0u, 1u, logits[base + i] >= mid); }
+        ${overVocab("0u", 1, "n += select(0u, 1u, logits[base + i] >= mid);", ROW_UNROLL)}
         if (f32(n) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
       }
       tk = lo;
@@ -216,14 +231,7 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
     }
     let cut = max(tk, tp);
     var bv = -3.4e38;
-    for (var i = 0u; i < p.V; i++) {
-      let z = logits[base + i];
-      if (z >= cut) {
-        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
-        let key = z / T - log(-log(u));
-        if (key > bv) { bv = key; choice = i; }
-      }
-    }
+    ${overVocab("0u", 1, GUMBEL.replace("CHOOSE", "choice = i;"), ROW_UNROLL)}
   }
   tokens[out] = i32(choice);
   logp[out] = logits[base + choice] - lse;
@@ -242,9 +250,9 @@ export type SamplerForm = "workgroup" | "row";
 
 /** Loop iterations one invocation of the row form runs for a row of `V` logits. */
 function rowwiseIterations(V: number, greedy: boolean, topK: number, topP: number): number {
-  const lanes = Math.ceil(V / ROW_WG);
-  let n = V + lanes + V; // max/min, log-sum-exp, then the argmax (greedy or Gumbel)
-  if (!greedy && topK > 0 && topK < V) n += 40 * (V + 1);
+  const lanes = Math.ceil(V / ROW_WG), scan = Math.ceil(V / ROW_UNROLL);
+  let n = scan + lanes + scan; // max/min, log-sum-exp, then the argmax (greedy or Gumbel)
+  if (!greedy && topK > 0 && topK < V) n += 40 * (scan + 1);
   if (!greedy && topP < 1) n += lanes + 40 * (lanes + 1);
   return n;
 }

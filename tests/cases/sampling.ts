@@ -26,7 +26,7 @@ const SETTINGS = [
 
 // 4100: with top-k the row form's loops would exceed a software adapter's loop cap (see
 // SOFTWARE_LOOP_BUDGET), so the default must take the workgroup form there
-for (const V of [1, 7, 33, 300, 4100]) {
+for (const V of [1, 7, 33, 300, 4100, 50272]) {
   cases.push({
     name: `sampling: greedy/temperature/top-k/top-p draws equal the reference (V=${V})`,
     async run(gpu) {
