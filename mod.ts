@@ -103,7 +103,12 @@ export {
   swapAxes12,
 } from "./kernels/attention.ts";
 export { type AdamWOptions, adamwStep } from "./kernels/optimizer.ts";
-export { type SampleTargets, sampleTokens, type SamplingOptions } from "./kernels/sampling.ts";
+export {
+  type SamplerForm,
+  type SampleTargets,
+  sampleTokens,
+  type SamplingOptions,
+} from "./kernels/sampling.ts";
 export {
   explainedVariance,
   gae,

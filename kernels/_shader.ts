@@ -18,6 +18,20 @@ export { wgsl } from "npm:wgsl-preprocessor@1.0.1/wgsl-preprocessor.js";
  */
 export const SOFTWARE_LOOP_BUDGET = 60000;
 
+/**
+ * Row ranges `[r0, r1)` of at most {@link SOFTWARE_LOOP_BUDGET} rows covering `rows`: column
+ * kernels (one invocation per column, looping over the rows) run one dispatch per range and carry
+ * their running sums from one to the next, so every column is still summed in row order — the
+ * bits of a single pass, within the loop cap. One range (`[0, rows)`) for the usual sizes.
+ */
+export function rowRanges(rows: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (let r0 = 0; r0 < rows; r0 += SOFTWARE_LOOP_BUDGET) {
+    out.push([r0, Math.min(rows, r0 + SOFTWARE_LOOP_BUDGET)]);
+  }
+  return out.length > 0 ? out : [[0, 0]];
+}
+
 /** Threads per workgroup of the 1-D elementwise kernels (well under every device limit). */
 export const WG = 256;
 

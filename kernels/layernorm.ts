@@ -7,7 +7,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { COLUMN_MAIN, columnGroups, groups } from "./_shader.ts";
+import { COLUMN_MAIN, columnGroups, groups, rowRanges, SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
 import { laneTreeSums, ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
@@ -157,38 +157,48 @@ ${ROW_THREAD_MAIN}
  * — what software adapters run well (SPEC §11: on the 2-core llvmpipe machine 640 rows of 64
  * take ≈ 4.5 instead of 21 ms forward + backward). `"row-thread"`: one invocation per row with
  * plain sequential sums (fastest there, but it rounds differently; an option only). By default
- * a software (fallback) adapter takes `"row-tree"` and any other `"workgroup"`: the choice never
- * changes a result. (On llvmpipe the row-tree forward is faster or level at every shape measured,
+ * a software (fallback) adapter takes `"row-tree"` (while its loops stay within the adapter's
+ * loop cap: rows up to ~58 000 columns) and any other `"workgroup"`: the choice never changes a
+ * result. (On llvmpipe the row-tree forward is faster or level at every shape measured,
  * 4 to 3072 rows of 64 to 2048: 16 rows of 64, a decode step's, 262–375 → 190–219 µs a call.)
  */
 export type LayernormVariant = "row-thread" | "workgroup" | "row-tree";
 
-// dweight[c] += Σ_r dy·x̂, dbias[c] += Σ_r dy: one invocation per column
+// dweight[c] += Σ_r dy·x̂, dbias[c] += Σ_r dy: one invocation per column, over rows [r0, r1)
+// (see rowRanges: `carry` starts from the running sums `run`, `finish` 0 stores them there)
 const BACKWARD_DW = `
-struct P { n: u32, rows: u32, cols: u32 }
+struct P { n: u32, rows: u32, cols: u32, r0: u32, r1: u32, carry: u32, finish: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
 @group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
 @group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
-@group(0) @binding(6) var<uniform> p: P;
+@group(0) @binding(6) var<storage, read_write> run: array<f32>;   // (2, C) running sums
+@group(0) @binding(7) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
-  var sw = 0.0;
-  var sb = 0.0;
-  for (var r = 0u; r < p.rows; r++) {
+  var sw = select(0.0, run[i], p.carry == 1u);
+  var sb = select(0.0, run[p.cols + i], p.carry == 1u);
+  for (var r = p.r0; r < p.r1; r++) {
     let g = dy[r * p.cols + i];
     sw += g * (x[r * p.cols + i] - mean[r]) * rstd[r];
     sb += g;
+  }
+  if (p.finish == 0u) {
+    run[i] = sw;
+    run[p.cols + i] = sb;
+    return;
   }
   dw[i] += sw;
   db[i] += sb;
 }`;
 
 /** The default {@link LayernormVariant}: same bits either way, the faster form for the adapter. */
-function defaultVariant(gpu: Gpu): LayernormVariant {
-  return gpu.isFallbackAdapter ? "row-tree" : "workgroup";
+function defaultVariant(gpu: Gpu, cols: number): LayernormVariant {
+  // the row-tree forward's loops: two lane-partial passes and the output pass
+  const fits = cols + 2 * Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  return gpu.isFallbackAdapter && fits ? "row-tree" : "workgroup";
 }
 
 /** Saved activations of {@link layernormForward}. */
@@ -231,7 +241,7 @@ export function layernormForward(
   const { rows, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  const variant = opts.variant ?? defaultVariant(gpu), rowwise = variant !== "workgroup";
+  const variant = opts.variant ?? defaultVariant(gpu, C), rowwise = variant !== "workgroup";
   gpu.dispatch(
     gpu.pipeline(
       variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD,
@@ -259,7 +269,7 @@ export function layernormBackward(
   opts: { dx?: Tensor; accumulateDx?: boolean; variant?: LayernormVariant } = {},
 ): Tensor {
   const { rows, C } = dims(x, weight, null, "layernormBackward");
-  const variant = opts.variant ?? defaultVariant(gpu), rowwise = variant !== "workgroup";
+  const variant = opts.variant ?? defaultVariant(gpu, C), rowwise = variant !== "workgroup";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(
     (dweight === null) === (dbias === null),
@@ -287,11 +297,16 @@ export function layernormBackward(
     new Params().u32(rows, C, opts.accumulateDx ? 1 : 0),
   );
   if (dweight === null) return dx;
-  gpu.dispatch(
-    gpu.pipeline(BACKWARD_DW),
-    [dy, x, saved.mean, saved.rstd, dweight, dbias!],
-    gpu.grid(columnGroups(C)),
-    new Params().u32(C, rows, C),
+  const ranges = rowRanges(rows);
+  const run = ranges.length > 1 ? gpu.empty([2 * C]) : gpu.placeholder(1);
+  ranges.forEach(([r0, r1], k) =>
+    gpu.dispatch(
+      gpu.pipeline(BACKWARD_DW),
+      [dy, x, saved.mean, saved.rstd, dweight, dbias!, run],
+      gpu.grid(columnGroups(C)),
+      new Params().u32(C, rows, C, r0, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0),
+    )
   );
+  if (ranges.length > 1) run.dispose();
   return dx;
 }

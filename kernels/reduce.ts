@@ -8,7 +8,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { COLUMN_MAIN, columnGroups, groups, LINEAR_MAIN } from "./_shader.ts";
+import { COLUMN_MAIN, columnGroups, groups, LINEAR_MAIN, rowRanges } from "./_shader.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 /** Threads of a row-reduction workgroup. */
@@ -131,15 +131,22 @@ ${ROW_MAIN}
   if (valid && lid == 0u) { out[row] = select(r, r / f32(p.cols), p.op == 1u); }
 }`;
 
+// rows [r0, r1) of a column sum (see rowRanges): `carry` starts from the running sums `run`,
+// `finish` 0 stores them back there instead of into `out`
 const COLS = `
-struct P { rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32 }
+struct P {
+  rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32,
+  r0: u32, r1: u32, carry: u32, finish: u32,
+}
 @group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols), or segments
-@group(0) @binding(2) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read_write> run: array<f32>; // (cols) running sums
+@group(0) @binding(3) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
-  var s = 0.0;
-  for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + i]; }
+  var s = select(0.0, run[i], p.carry == 1u);
+  for (var r = p.r0; r < p.r1; r++) { s += x[r * p.cols + i]; }
+  if (p.finish == 0u) { run[i] = s; return; }
   let o = (i / p.seg_width) * p.seg_stride + i % p.seg_width;
   out[o] = select(s, out[o] + s, p.accumulate == 1u);
 }`;
@@ -213,12 +220,27 @@ export function sumColumns(
   const out = opts.out ?? gpu.empty([size]);
   checkShape(out.size === size, `sumColumns: out has ${out.size} elements, expected ${size}`);
   checkShape(!opts.accumulate || opts.out !== undefined, "sumColumns: accumulate needs `out`");
-  gpu.dispatch(
-    gpu.pipeline(COLS),
-    [x, out],
-    gpu.grid(columnGroups(cols)),
-    new Params().u32(rows, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride),
+  const ranges = rowRanges(rows);
+  const run = ranges.length > 1 ? gpu.empty([cols]) : gpu.placeholder(1);
+  ranges.forEach(([r0, r1], k) =>
+    gpu.dispatch(
+      gpu.pipeline(COLS),
+      [x, out, run],
+      gpu.grid(columnGroups(cols)),
+      new Params().u32(
+        rows,
+        cols,
+        opts.accumulate ? 1 : 0,
+        seg.width,
+        seg.stride,
+        r0,
+        r1,
+        k > 0 ? 1 : 0,
+        k === ranges.length - 1 ? 1 : 0,
+      ),
+    )
   );
+  if (ranges.length > 1) run.dispose();
   return out;
 }
 

@@ -242,9 +242,10 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 /**
  * How {@link sampleTokens} spreads a row: `"workgroup"` (64 invocations and tree reductions, what
  * a GPU runs well) or `"row"` (one invocation per row, the same sums in the same order: the same
- * token and log-probability, without barriers). Software adapters take `"row"` when its loops fit
- * {@link SOFTWARE_LOOP_BUDGET} (16 rows of 260 tokens at temperature 1 on llvmpipe: 700–920 →
- * 340–430 µs a call; with top-k and top-p 3.6 → 0.8–1.0 ms), every other case `"workgroup"`.
+ * token and log-probability, without barriers). Software adapters take `"row"` while its loops
+ * stay within their loop cap (Mesa's stops every loop of an invocation after 65 535 iterations in
+ * all) — 16 rows of 260 tokens at temperature 1 on llvmpipe: 700–920 → 340–430 µs a call; with
+ * top-k and top-p 3.6 → 0.8–1.0 ms — and every other case `"workgroup"`.
  */
 export type SamplerForm = "workgroup" | "row";
 
@@ -290,7 +291,8 @@ export interface SampleTargets {
 /**
  * Samples one token per row from `logits` `(B, V)` (or `(B, ld)` rows of which the first V are
  * used) into column `t` of the target buffers. `step` keys the random stream so that every
- * position draws fresh noise.
+ * position draws fresh noise. `form` forces a {@link SamplerForm} (the default picks the faster
+ * one for the adapter; both give the same bits).
  *
  * @example Greedy pick
  * ```ts

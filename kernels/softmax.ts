@@ -8,7 +8,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { groups } from "./_shader.ts";
+import { groups, SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
 import { laneTreeSums, ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
@@ -92,12 +92,15 @@ ${ROW_THREAD_MAIN}
  * How {@link tokenLogprobs} reduces a row: `"workgroup"` — 64 threads and a tree in workgroup
  * memory (what a GPU runs well); `"row-tree"` — one invocation per row doing the same sums in
  * the same order (the same bits, no barriers). Software adapters take `"row-tree"` for 128 rows
- * or more, everything else the workgroup form.
+ * or more while its loops fit their cap (`SOFTWARE_LOOP_BUDGET`: vocabularies up to ~59 000
+ * logits), everything else the workgroup form.
  */
 export type RowReduction = "workgroup" | "row-tree";
 
-function defaultReduction(gpu: Gpu, rows: number): RowReduction {
-  return gpu.isFallbackAdapter && rows >= 128 ? "row-tree" : "workgroup";
+function defaultReduction(gpu: Gpu, rows: number, cols: number): RowReduction {
+  // the row-tree form's loops: the max over the row and the lane-partial pass
+  const fits = cols + Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  return gpu.isFallbackAdapter && rows >= 128 && fits ? "row-tree" : "workgroup";
 }
 
 const LOGITS_BACKWARD = `
@@ -210,7 +213,7 @@ export function tokenLogprobs(
   checkTargets(logits, targets, rows, "tokenLogprobs");
   const shape = logits.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
-  const tree = (opts.reduction ?? defaultReduction(gpu, rows)) === "row-tree";
+  const tree = (opts.reduction ?? defaultReduction(gpu, rows, cols)) === "row-tree";
   gpu.dispatch(
     gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS),
     [logits, targets, logp, entropy, lse],

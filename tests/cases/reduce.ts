@@ -33,6 +33,25 @@ for (const [rows, cols] of [[1, 1], [7, 33], [3, 65], [5, 1000], [65, 7]]) {
 }
 
 cases.push({
+  name: "reduce: column sums over more rows than a software adapter runs in one loop " +
+    "(130 001 rows) are the exact in-order f32 sums",
+  async run(gpu) {
+    // Mesa's llvmpipe/lavapipe leave every loop of an invocation after 65 535 iterations: the
+    // column kernel goes over the rows in ranges, carrying its running sums between them
+    const rows = 130001, cols = 3;
+    const x = randArray(rows * cols, 93, -2, 2), acc = randArray(cols, 94);
+    const out = gpu.fromArray(acc);
+    k.sumColumns(gpu, gpu.fromArray(x, [rows, cols]), { out, accumulate: true });
+    const want = Array.from({ length: cols }, (_, c) => {
+      let s = 0;
+      for (let r = 0; r < rows; r++) s = Math.fround(s + x[r * cols + c]);
+      return Math.fround(acc[c] + s);
+    });
+    assertClose(await gpu.readF32(out), want, { atol: 0, rtol: 0 }, "in-order sums");
+  },
+});
+
+cases.push({
   name: "reduce: column sums into spaced segments (accumulated) equal the plain column sums; " +
     "overlapping segments are named",
   async run(gpu) {
