@@ -12,7 +12,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { groups, LINEAR_MAIN } from "./_shader.ts";
+import { groups, LINEAR_MAIN, SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const FORWARD = `
@@ -151,6 +151,15 @@ export function scatterAddRows(
   checkIds(ids, N, "ids");
   checkShape(dout.size === N * C, `scatterAddRows: dout [${dout.shape}] is not (${N}, ${C})`);
   if (N === 0) return;
+  // each invocation walks up to N ids: within a software adapter's loop cap, chunks of rows
+  const chunk = gpu.isFallbackAdapter ? Math.floor(SOFTWARE_LOOP_BUDGET / 64) * 64 : N;
+  if (N > chunk) {
+    for (let r0 = 0; r0 < N; r0 += chunk) {
+      const n = Math.min(chunk, N - r0);
+      scatterAddRows(gpu, ids.view(r0, [n]), dout.view(r0 * C, [n, C]), table, offset);
+    }
+    return;
+  }
   const next = gpu.empty([N], "i32"), head = gpu.empty([N], "u32");
   gpu.dispatch(gpu.pipeline(CHAINS), [ids, next, head], gpu.grid(groups(N)), new Params().u32(N));
   gpu.dispatch(

@@ -43,6 +43,26 @@ for (const [N, V, C] of [[1, 1, 1], [7, 5, 33], [65, 13, 7], [33, 300, 65]]) {
 }
 
 cases.push({
+  name: "embedding: scatter-add of more rows than a software adapter loops over at once " +
+    "(130 001 rows, one id in 90 %) matches the reference",
+  async run(gpu) {
+    // each invocation walks the chain of its id; Mesa's llvmpipe leaves loops after 65 535
+    // iterations, and id 0 here has a chain of 117 000 rows
+    const N = 130001, V = 3, C = 2;
+    const toks = Int32Array.from(
+      { length: N },
+      (_, i) => i % 10 === 0 ? 1 + (i % 20 === 0 ? 1 : 0) : 0,
+    );
+    const dout = randArray(N * C, 9);
+    const d = gpu.zeros([V, C]);
+    k.scatterAddRows(gpu, gpu.fromArray(toks), gpu.fromArray(dout, [N, C]), d);
+    const want = ref.scatterAddRows(toks, dout, new Float64Array(V * C), C);
+    // f32 sums of up to 117 000 terms of magnitude ≤ 1
+    assertClose(await gpu.readF32(d), want, { atol: 2e-3, rtol: 1e-4 }, "dwte");
+  },
+});
+
+cases.push({
   name: "embedding: reference backward equals finite differences; results are bit-reproducible",
   async run(gpu) {
     const N = 9, V = 4, C = 3;
