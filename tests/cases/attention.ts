@@ -222,7 +222,7 @@ cases.push({
 
 cases.push({
   name:
-    "attention: KvCache prefill + incremental writes + decode equal full attention (masked, strided mask)",
+    "attention: KvCache prefill + incremental writes + decode equal full attention (masked, strided mask; pooled textures)",
   async run(gpu) {
     const B = 2, H = 3, Dh = 7, Tp = 4, steps = 3, cap = Tp + steps;
     const kk = randArray(B * H * cap * Dh, 61), vv = randArray(B * H * cap * Dh, 62);
@@ -232,6 +232,11 @@ cases.push({
       { length: B * cap },
       (_, i) => (i === 0 || i === cap + cap - 1 ? 0 : 1),
     );
+    // caches come from the runtime's texture pool: a released one full of NaN must not leak
+    const stale = new k.KvCache(gpu, B, H, cap, Dh);
+    const nan = gpu.fromArray(new Float32Array(B * H * cap * Dh).fill(NaN), [B, H, cap, Dh]);
+    stale.write(nan, nan, 0);
+    stale.destroy();
     const cache = new k.KvCache(gpu, B, H, cap, Dh);
     const slice = (a: Float32Array, t0: number, t1: number) => {
       const out = new Float32Array(B * H * (t1 - t0) * Dh);
