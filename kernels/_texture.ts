@@ -91,7 +91,7 @@ export function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): v
   }
   gpu.dispatch(
     gpu.pipeline(PACK),
-    [src, tex.createView({ dimension: "2d-array" })],
+    [src, gpu.arrayView(tex)],
     [Math.ceil(b.width / 8), Math.ceil(b.height / 8), b.layers],
     new Params().u32(
       b.rows,

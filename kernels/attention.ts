@@ -591,8 +591,8 @@ function fused(
       gpu.pipeline(cached(`decode/${dq}/${hasMask}`, () => decodeForwardShader(dq, hasMask))),
       [
         q,
-        kt.createView({ dimension: "2d-array" }),
-        vt.createView({ dimension: "2d-array" }),
+        gpu.arrayView(kt),
+        gpu.arrayView(vt),
         out,
         lse,
         o.keyMask ?? null,
@@ -609,8 +609,8 @@ function fused(
     pipe,
     [
       q,
-      kt.createView({ dimension: "2d-array" }),
-      vt.createView({ dimension: "2d-array" }),
+      gpu.arrayView(kt),
+      gpu.arrayView(vt),
       out,
       lse,
       o.keyMask ?? null,
@@ -656,10 +656,29 @@ export class KvCache {
       );
     }
     checkKeys(gpu, capacity);
-    // pooled: creating two textures per generation cost ~9 ms on llvmpipe (16 rows, 63
-    // positions); rows are only read after they are written (or masked), so reuse is safe
-    this.k = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
-    this.v = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    // pooled and zeroed (rows not yet written read as zero, as in a new texture): creating two
+    // textures per generation cost ~9 ms on llvmpipe (16 rows, 63 positions), zeroing a pooled
+    // one is one small dispatch
+    const zeroed = () => {
+      const tex = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+      fillTexture(gpu, gpu.placeholder(), tex, {
+        rows: 0,
+        cols: 0,
+        ld: 0,
+        trans: false,
+        row0: 0,
+        col0: 0,
+        batchStride: 0,
+        batch0: 0,
+        layers,
+        width: Math.ceil(Dh / 4),
+        height: capacity,
+        zeroPadRows: true, // every row is padding: the pack kernel writes zeros
+      });
+      return tex;
+    };
+    this.k = zeroed();
+    this.v = zeroed();
   }
 
   /** Writes `k`, `v` `[B, H, Tn, Dh]` into positions `[at, at + Tn)`. */
@@ -847,7 +866,7 @@ function runBackward(
   // the qkv layout's key side writes dk and dv through one binding (7), binding 8 unused
   const keyBindings = layout === "qkv" ? [keyOut[0], null] : keyOut;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
-  const view = (t: GPUTexture) => t.createView({ dimension: "2d-array" });
+  const view = (t: GPUTexture) => gpu.arrayView(t);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
     const pack = (src: Tensor, T: number) => {

@@ -655,9 +655,7 @@ function runTexture(
     (!sp || (sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0));
   const kv = o.kvCache;
   const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== undefined));
-  const kvViews = kv
-    ? [kv.k.createView({ dimension: "2d-array" }), kv.v.createView({ dimension: "2d-array" })]
-    : [];
+  const kvViews = kv ? [gpu.arrayView(kv.k), gpu.arrayView(kv.v)] : [];
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -720,8 +718,8 @@ function runTexture(
           gpu.dispatch(
             mm,
             [
-              at.createView({ dimension: "2d-array" }),
-              bt.createView({ dimension: "2d-array" }),
+              gpu.arrayView(at),
+              gpu.arrayView(bt),
               out,
               o.bias ?? dummy(gpu),
               o.residual ?? dummy(gpu),
