@@ -71,6 +71,112 @@ export interface Block {
  * operand whose K is not a multiple of 4) is packed, not copied.
  */
 export function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): void {
+  fillTextures(gpu, [{ src, tex, block: b }]);
+}
+
+/** One texture to fill, for {@link fillTextures}. */
+export interface FillJob {
+  src: Tensor;
+  tex: GPUTexture;
+  block: Block;
+}
+
+/**
+ * {@link fillTexture} for several textures at once: the blocks that can be copied are copied,
+ * and those that need the pack kernel are packed by one dispatch (up to four per dispatch, the
+ * storage textures a stage may write) — a matmul's two operands, or attention's keys and
+ * values, cost one dispatch instead of two. Each texel is computed as by {@link fillTexture}.
+ */
+export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
+  const packed = jobs.filter((j) => !copied(gpu, j.src, j.tex, j.block));
+  for (let i = 0; i < packed.length; i += MAX_PACKED) {
+    const group = packed.slice(i, i + MAX_PACKED);
+    if (group.length === 1) {
+      packOne(gpu, group[0]);
+      continue;
+    }
+    const params = new Params();
+    for (const { block: b } of group) {
+      params.u32(
+        b.rows,
+        b.cols,
+        b.ld,
+        b.trans ? 1 : 0,
+        b.row0,
+        b.col0,
+        b.batchStride,
+        b.batch0,
+        b.width,
+        b.height,
+        b.dstRow0 ?? 0,
+        b.layers,
+      );
+    }
+    gpu.dispatch(
+      gpu.pipeline(packShader(group.length)),
+      [...group.map((j) => j.src), ...group.map((j) => gpu.arrayView(j.tex))],
+      [
+        Math.ceil(Math.max(...group.map((j) => j.block.width)) / 8),
+        Math.ceil(Math.max(...group.map((j) => j.block.height)) / 8),
+        Math.max(...group.map((j) => j.block.layers)),
+      ],
+      params,
+    );
+  }
+}
+
+const MAX_PACKED = 4;
+
+/** PACK for `n` (source, texture) pairs in one dispatch; each pair's block as in PACK. */
+function packShader(n: number): string {
+  const known = packShaders.get(n);
+  if (known) return known;
+  const ids = Array.from({ length: n }, (_, i) => i);
+  const code = `
+struct Job {
+  rows: u32, cols: u32, ld: u32, trans: u32, row0: u32, col0: u32,
+  batch_stride: u32, batch0: u32, width: u32, height: u32, dst_row0: u32, layers: u32,
+}
+struct P { ${ids.map((i) => `j${i}: Job,`).join(" ")} }
+${ids.map((i) => `@group(0) @binding(${i}) var<storage, read> src${i}: array<f32>;`).join("\n")}
+${
+    ids.map((i) =>
+      `@group(0) @binding(${n + i}) var dst${i}: texture_storage_2d_array<rgba32float, write>;`
+    ).join("\n")
+  }
+@group(0) @binding(${2 * n}) var<uniform> p: P;
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  ${
+    ids.map((i) =>
+      `{
+    let j = p.j${i};
+    if (g.x < j.width && g.y < j.height && g.z < j.layers) {
+      var v = vec4f(0.0);
+      if (g.y < j.rows) {
+        let base = (j.batch0 + g.z) * j.batch_stride;
+        let r = j.row0 + g.y;
+        for (var c = 0u; c < 4u; c++) {
+          let col = 4u * g.x + c;
+          if (col < j.cols) {
+            let cc = j.col0 + col;
+            v[c] = src${i}[base + select(r * j.ld + cc, cc * j.ld + r, j.trans == 1u)];
+          }
+        }
+      }
+      textureStore(dst${i}, vec2u(g.x, g.y + j.dst_row0), g.z, v);
+    }
+  }`
+    ).join("\n  ")
+  }
+}`;
+  packShaders.set(n, code);
+  return code;
+}
+const packShaders = new Map<number, string>();
+
+/** Copies the block when it is a plain row-major one (see {@link fillTexture}); false if not. */
+function copied(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): boolean {
   const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
   const byteOffset = src.byteOffset + 4 * elemOffset;
   const direct = !b.trans && (4 * b.ld) % 256 === 0 && b.cols % 4 === 0 &&
@@ -87,8 +193,12 @@ export function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): v
       { texture: tex, origin: { x: 0, y: b.dstRow0 ?? 0, z: 0 } },
       [b.cols / 4, b.rows, b.layers],
     );
-    return;
+    return true;
   }
+  return false;
+}
+
+function packOne(gpu: Gpu, { src, tex, block: b }: FillJob): void {
   gpu.dispatch(
     gpu.pipeline(PACK),
     [src, gpu.arrayView(tex)],

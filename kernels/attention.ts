@@ -27,7 +27,7 @@
 
 import { checkShape, GpuLimitError } from "./errors.ts";
 import { groups, LINEAR_MAIN, wgsl } from "./_shader.ts";
-import { fillTexture } from "./_texture.ts";
+import { type Block, fillTextures } from "./_texture.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 /** Query rows per invocation for `dq` texels of head dimension (keeps registers bounded). */
@@ -523,21 +523,10 @@ export function attentionForward(
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
     const kt = gpu.scratchTexture(dq, Tk, n), vt = gpu.scratchTexture(dq, Tk, n);
-    for (const [src, tex] of [[k, kt], [v, vt]] as const) {
-      fillTexture(gpu, src, tex, {
-        rows: Tk,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: Tk * Dh,
-        batch0: c0,
-        layers: n,
-        width: dq,
-        height: Tk,
-      });
-    }
+    fillTextures(gpu, [
+      { src: k, tex: kt, block: headBlock(Tk, Dh, c0, n) },
+      { src: v, tex: vt, block: headBlock(Tk, Dh, c0, n) },
+    ]);
     fused(
       gpu,
       q,
@@ -554,6 +543,23 @@ export function attentionForward(
     gpu.releaseTexture(vt);
   }
   return { out, lse, scale, causal, keyMask: opts.keyMask };
+}
+
+/** The texture block of `n` (batch, head) layers `[T, Dh]` from layer `c0` of a `[B·H, T, Dh]`. */
+function headBlock(T: number, Dh: number, c0: number, n: number): Block {
+  return {
+    rows: T,
+    cols: Dh,
+    ld: Dh,
+    trans: false,
+    row0: 0,
+    col0: 0,
+    batchStride: T * Dh,
+    batch0: c0,
+    layers: n,
+    width: Math.ceil(Dh / 4),
+    height: T,
+  };
 }
 
 function checkMask(mask: Tensor | undefined, B: number, Tk: number, stride: number): void {
@@ -657,28 +663,28 @@ export class KvCache {
     }
     checkKeys(gpu, capacity);
     // pooled and zeroed (rows not yet written read as zero, as in a new texture): creating two
-    // textures per generation cost ~9 ms on llvmpipe (16 rows, 63 positions), zeroing a pooled
-    // one is one small dispatch
-    const zeroed = () => {
-      const tex = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
-      fillTexture(gpu, gpu.placeholder(), tex, {
-        rows: 0,
-        cols: 0,
-        ld: 0,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: 0,
-        batch0: 0,
-        layers,
-        width: Math.ceil(Dh / 4),
-        height: capacity,
-        zeroPadRows: true, // every row is padding: the pack kernel writes zeros
-      });
-      return tex;
+    // textures per generation cost ~9 ms on llvmpipe (16 rows, 63 positions), zeroing pooled
+    // ones is one small dispatch
+    this.k = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    this.v = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    const zeros: Block = {
+      rows: 0,
+      cols: 0,
+      ld: 0,
+      trans: false,
+      row0: 0,
+      col0: 0,
+      batchStride: 0,
+      batch0: 0,
+      layers,
+      width: Math.ceil(Dh / 4),
+      height: capacity,
+      zeroPadRows: true, // every row is padding: the pack kernel writes zeros
     };
-    this.k = zeroed();
-    this.v = zeroed();
+    fillTextures(gpu, [
+      { src: gpu.placeholder(), tex: this.k, block: zeros },
+      { src: gpu.placeholder(), tex: this.v, block: zeros },
+    ]);
   }
 
   /** Writes `k`, `v` `[B, H, Tn, Dh]` into positions `[at, at + Tn)`. */
@@ -693,22 +699,8 @@ export class KvCache {
       at >= 0 && at + Tn <= this.capacity,
       `KvCache.write: rows ${at}..${at + Tn} exceed capacity ${this.capacity}`,
     );
-    for (const [src, tex] of [[k, this.k], [v, this.v]] as const) {
-      fillTexture(this.gpu, src, tex, {
-        rows: Tn,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: Tn * Dh,
-        batch0: 0,
-        layers: B * H,
-        width: Math.ceil(Dh / 4),
-        height: Tn,
-        dstRow0: at,
-      });
-    }
+    const block = { ...headBlock(Tn, Dh, 0, B * H), dstRow0: at };
+    fillTextures(this.gpu, [{ src: k, tex: this.k, block }, { src: v, tex: this.v, block }]);
   }
 
   /**
@@ -869,25 +861,16 @@ function runBackward(
   const view = (t: GPUTexture) => gpu.arrayView(t);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    const pack = (src: Tensor, T: number) => {
-      const tex = gpu.scratchTexture(dq4, T, n);
-      fillTexture(gpu, src, tex, {
-        rows: T,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: T * Dh,
-        batch0: c0,
-        layers: n,
-        width: dq4,
-        height: T,
-      });
-      return tex;
-    };
+    // keys, values, queries and dO into textures, all in one packing dispatch
+    const kt = gpu.scratchTexture(dq4, Tk, n), vt = gpu.scratchTexture(dq4, Tk, n);
+    const qt = gpu.scratchTexture(dq4, Tq, n), gt = gpu.scratchTexture(dq4, Tq, n);
+    fillTextures(gpu, [
+      { src: k, tex: kt, block: headBlock(Tk, Dh, c0, n) },
+      { src: v, tex: vt, block: headBlock(Tk, Dh, c0, n) },
+      { src: q, tex: qt, block: headBlock(Tq, Dh, c0, n) },
+      { src: dout, tex: gt, block: headBlock(Tq, Dh, c0, n) },
+    ]);
     const params = new Params().u32(Tq, Tk, Dh, H, c0).f32(saved.scale);
-    const kt = pack(k, Tk), vt = pack(v, Tk);
     gpu.dispatch(
       queryPipe,
       [q, dout, saved.out, saved.lse, saved.keyMask ?? null, view(kt), view(vt), queryOut[0], D],
@@ -896,7 +879,6 @@ function runBackward(
     );
     gpu.releaseTexture(kt);
     gpu.releaseTexture(vt);
-    const qt = pack(q, Tq), gt = pack(dout, Tq);
     gpu.dispatch(
       keyPipe,
       [k, v, saved.lse, D, saved.keyMask ?? null, view(qt), view(gt), ...keyBindings],

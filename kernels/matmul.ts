@@ -15,7 +15,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { fillTexture } from "./_texture.ts";
+import { type Block, fillTexture, fillTextures } from "./_texture.ts";
 import { type Gpu, Params, Tensor } from "./runtime.ts";
 
 /** Options of {@link matmul}. */
@@ -671,7 +671,7 @@ function runTexture(
           const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
           const at = gpu.scratchTexture(k4, aRows, nb);
           // A as (M × K): texels along K
-          fillTexture(gpu, a, at, {
+          const aBlock: Block = {
             rows: mc,
             cols: kc,
             ld: ldA,
@@ -683,23 +683,23 @@ function runTexture(
             layers: nb,
             width: k4,
             height: aRows,
-          });
+          };
           // B as (K × N): texels along N — packed once while B is held constant (weights)
-          const fillB = (tex: GPUTexture) =>
-            fillTexture(gpu, b, tex, {
-              rows: kc,
-              cols: nc,
-              ld: ldB,
-              trans: !!o.transB,
-              row0: k0,
-              col0: n0,
-              batchStride: s.shareB ? 0 : s.K * s.N,
-              batch0: s.shareB ? 0 : b0,
-              layers: bLayers,
-              width: bTexels,
-              height: 4 * k4,
-              zeroPadRows: true,
-            });
+          const bBlock: Block = {
+            rows: kc,
+            cols: nc,
+            ld: ldB,
+            trans: !!o.transB,
+            row0: k0,
+            col0: n0,
+            batchStride: s.shareB ? 0 : s.K * s.N,
+            batch0: s.shareB ? 0 : b0,
+            layers: bLayers,
+            width: bTexels,
+            height: 4 * k4,
+            zeroPadRows: true,
+          };
+          const fillB = (tex: GPUTexture) => fillTexture(gpu, b, tex, bBlock);
           const bSize = [bTexels, 4 * k4, bLayers] as const;
           const held = gpu.constantTexture(
             b,
@@ -709,7 +709,9 @@ function runTexture(
             fillB,
           );
           const bt = held ?? gpu.scratchTexture(...bSize);
-          if (!held) fillB(bt);
+          // both operands in one packing dispatch when neither is a plain copy
+          const aJob = { src: a, tex: at, block: aBlock };
+          fillTextures(gpu, held ? [aJob] : [aJob, { src: b, tex: bt, block: bBlock }]);
           // bias and relu on the first / only K chunk; later K chunks accumulate
           let f = flags;
           if (k0 > 0) f = (f & ~(FLAG_BIAS | FLAG_RES)) | FLAG_ACC;

@@ -19,11 +19,13 @@ import { cases as safetensors } from "./safetensors.ts";
 import { cases as sampling } from "./sampling.ts";
 import { cases as softmax } from "./softmax.ts";
 import { cases as task } from "./task.ts";
+import { cases as texture } from "./texture.ts";
 import { cases as tokenizer } from "./tokenizer.ts";
 
 export const ALL_CASES: Case[] = [
   ...runtime,
   ...elementwise,
+  ...texture,
   ...matmul,
   ...reduce,
   ...softmax,

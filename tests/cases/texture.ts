@@ -1,0 +1,78 @@
+import { type Block, fillTexture, fillTextures } from "../../kernels/_texture.ts";
+import type { Gpu } from "../../kernels/runtime.ts";
+import { assertEquals } from "../assert.ts";
+import { type Case, randArray } from "../_util.ts";
+
+export const cases: Case[] = [];
+
+/** The texels `[layers][dstRow0 … dstRow0 + height)[width]` of a texture, as floats. */
+async function texels(gpu: Gpu, tex: GPUTexture, b: Block): Promise<number[]> {
+  const bytesPerRow = Math.ceil((16 * b.width) / 256) * 256;
+  const out = gpu.empty([(bytesPerRow / 4) * b.height * b.layers]);
+  gpu.encoder().copyTextureToBuffer(
+    { texture: tex, origin: { x: 0, y: b.dstRow0 ?? 0, z: 0 } },
+    { buffer: out.buffer, offset: out.byteOffset, bytesPerRow, rowsPerImage: b.height },
+    [b.width, b.height, b.layers],
+  );
+  const all = await gpu.readF32(out);
+  const kept: number[] = [];
+  for (let l = 0; l < b.layers; l++) {
+    for (let r = 0; r < b.height; r++) {
+      const row = (l * b.height + r) * (bytesPerRow / 4);
+      kept.push(...all.subarray(row, row + 4 * b.width));
+    }
+  }
+  return kept;
+}
+
+const block = (o: Partial<Block> & Pick<Block, "rows" | "cols" | "ld">): Block => ({
+  trans: false,
+  row0: 0,
+  col0: 0,
+  batchStride: 0,
+  batch0: 0,
+  layers: 1,
+  width: Math.ceil(o.cols / 4),
+  height: o.rows,
+  ...o,
+});
+
+cases.push({
+  name: "texture packing: several blocks in one dispatch (1–5 of them: transposed, ragged, " +
+    "strided, offset rows, padded, batched) give the texels of one dispatch each",
+  async run(gpu) {
+    const src = gpu.fromArray(randArray(3 * 17 * 23, 71, -3, 3), [3 * 17 * 23]);
+    const blocks: Block[] = [
+      block({ rows: 17, cols: 23, ld: 23 }), // ragged columns
+      block({ rows: 7, cols: 9, ld: 17, trans: true, row0: 2, col0: 5, width: 4, height: 12 }),
+      block({ rows: 17, cols: 23, ld: 23, batchStride: 17 * 23, batch0: 1, layers: 2 }),
+      block({ rows: 5, cols: 6, ld: 23, row0: 3, col0: 4, dstRow0: 9, height: 8 }),
+      block({ rows: 3, cols: 8, ld: 23, height: 8, zeroPadRows: true }), // zeroed K padding
+    ];
+    for (let n = 1; n <= blocks.length; n++) {
+      const jobs = blocks.slice(0, n).map((b) => ({
+        src,
+        tex: gpu.scratchTexture(b.width, (b.dstRow0 ?? 0) + b.height, b.layers),
+        block: b,
+      }));
+      const alone = jobs.map((j) => ({
+        ...j,
+        tex: gpu.scratchTexture(
+          j.block.width,
+          (j.block.dstRow0 ?? 0) + j.block.height,
+          j.block.layers,
+        ),
+      }));
+      for (const j of alone) fillTexture(gpu, j.src, j.tex, j.block);
+      fillTextures(gpu, jobs);
+      for (let i = 0; i < n; i++) {
+        assertEquals(
+          await texels(gpu, jobs[i].tex, jobs[i].block),
+          await texels(gpu, alone[i].tex, alone[i].block),
+          `${n} blocks: block ${i}`,
+        );
+      }
+      for (const j of [...jobs, ...alone]) gpu.releaseTexture(j.tex);
+    }
+  },
+});
