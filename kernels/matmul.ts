@@ -64,6 +64,11 @@ export interface MatmulOptions {
    * (on the texture path in its epilogue: no packing passes per decoded token).
    */
   kvCache?: { k: GPUTexture; v: GPUTexture; row: number };
+  /**
+   * The backward of a ReLU, applied last: `C = [x > 0] ⊙ (…)` where `x` (the shape of C) was the
+   * ReLU's input — `reluBackward` of the product in the same dispatch, with its bits.
+   */
+  reluBackwardOf?: Tensor;
   /** Output tensor; required with `accumulate`. */
   out?: Tensor;
   /** `C += op(A)·op(B)` instead of `C = …` (for gradient accumulation). */
@@ -74,7 +79,12 @@ export interface MatmulOptions {
   tiling?: TextureTiling;
 }
 
-const FLAG_BIAS = 1, FLAG_RELU = 2, FLAG_ACC = 4, FLAG_RES = 8, FLAG_SPLIT = 16;
+const FLAG_BIAS = 1,
+  FLAG_RELU = 2,
+  FLAG_ACC = 4,
+  FLAG_RES = 8,
+  FLAG_SPLIT = 16,
+  FLAG_RELU_GRAD = 32;
 
 // ------------------------------------------------------------------------------ texture path
 
@@ -181,7 +191,8 @@ struct P {
   m0: u32, n0: u32,            // chunk origin in C
   ldc: u32, c_batch_stride: u32, batch0: u32,
   b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads,
+                               // 32 relu backward
   alpha: f32,                  // scale of the product
   ${EPILOGUE_FIELDS}
 }
@@ -190,12 +201,13 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
+@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
 ${
     kvOut
-      ? `@group(0) @binding(5) var kc: texture_storage_2d_array<rgba32float, write>; // (B·H, rows, Dh/4)
-@group(0) @binding(6) var vc: texture_storage_2d_array<rgba32float, write>;
-@group(0) @binding(7) var<uniform> p: P;`
-      : "@group(0) @binding(5) var<uniform> p: P;"
+      ? `@group(0) @binding(6) var kc: texture_storage_2d_array<rgba32float, write>; // (B·H, rows, Dh/4)
+@group(0) @binding(7) var vc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(8) var<uniform> p: P;`
+      : "@group(0) @binding(6) var<uniform> p: P;"
   }
 ${EPILOGUE_INDEX}
 ${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
@@ -234,6 +246,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
       if ((p.flags & 8u) != 0u) { x += res[idx]; }
       if ((p.flags & 4u) != 0u) { x += c[idx]; }
       if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+      if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
       c[idx] = x;
     }
   }
@@ -255,6 +268,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if ((p.flags & 8u) != 0u) { x += res[idx]; }
   if ((p.flags & 4u) != 0u) { x += c[idx]; }
   if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
+  if ((p.flags & 32u) != 0u) { x = select(vec4f(0.0), x, relu_in[idx] > vec4f(0.0)); }
   c[idx] = x;
   kv_store(r, col, x);
 }`;
@@ -313,7 +327,8 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
 @group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
-@group(0) @binding(5) var<uniform> p: P;
+@group(0) @binding(5) var<storage, read> relu_in: array<f32>; // (batch, M, N) like c
+@group(0) @binding(6) var<uniform> p: P;
 ${EPILOGUE_INDEX}
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
@@ -394,6 +409,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
         if ((p.flags & 8u) != 0u) { x += res[idx]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+        if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
         c[idx] = x;
       }
     }
@@ -533,6 +549,15 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
     );
     flags |= FLAG_RES;
   }
+  if (opts.reluBackwardOf) {
+    checkShape(
+      opts.reluBackwardOf.size === out.size && opts.reluBackwardOf.dtype === "f32" &&
+        !opts.splitHeads,
+      `matmul: reluBackwardOf [${opts.reluBackwardOf.shape}] does not match the result ` +
+        `[${s.outShape}] (or comes with splitHeads)`,
+    );
+    flags |= FLAG_RELU_GRAD;
+  }
   // K = 0 (an empty sum) leaves only the epilogue: the buffer kernel handles it without textures
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
   if (path === "buffer") {
@@ -623,6 +648,7 @@ function runBuffer(
         view(out, s.M * s.N),
         o.bias ?? dummy(gpu),
         o.residual ? view(o.residual, s.M * s.N) : dummy(gpu),
+        o.reluBackwardOf ? view(o.reluBackwardOf, s.M * s.N) : dummy(gpu),
       ],
       [gx, gy, nb],
       params,
@@ -716,7 +742,7 @@ function runTexture(
           let f = flags;
           if (k0 > 0) f = (f & ~(FLAG_BIAS | FLAG_RES)) | FLAG_ACC;
           const lastK = k0 + kStep >= s.K;
-          if (!lastK) f &= ~FLAG_RELU;
+          if (!lastK) f &= ~(FLAG_RELU | FLAG_RELU_GRAD);
           gpu.dispatch(
             mm,
             [
@@ -725,6 +751,7 @@ function runTexture(
               out,
               o.bias ?? dummy(gpu),
               o.residual ?? dummy(gpu),
+              o.reluBackwardOf ?? dummy(gpu),
               ...kvViews,
             ],
             [Math.ceil(nc / (4 * t.texels * t.wgX)), Math.ceil(mc / (t.rows * t.wgY)), nb],

@@ -378,10 +378,14 @@ export class OptModel {
     dy: Tensor,
     x: Tensor,
     name: string,
-    opts: { bias?: boolean; dxInto?: Tensor } = {},
+    opts: { bias?: boolean; dxInto?: Tensor; reluBackwardOf?: Tensor } = {},
     lu?: Map<string, Tensor>,
   ): Tensor {
     const gpu = this.gpu;
+    const ad = this.#adapter(name);
+    // dx through a ReLU (whose output was `reluBackwardOf`): in the dx matmul's epilogue, or
+    // after the LoRA terms are added
+    const relu = opts.reluBackwardOf;
     if (!this.frozenBase) {
       matmul(gpu, dy, x, { transA: true, out: this.#g(`${name}.weight`), accumulate: true });
       if (opts.bias !== false) {
@@ -389,10 +393,10 @@ export class OptModel {
       }
     }
     const W = this.#p(`${name}.weight`);
+    const reluBackwardOf = ad ? undefined : relu;
     const dx = opts.dxInto
-      ? matmul(gpu, dy, W, { out: opts.dxInto, accumulate: true })
-      : matmul(gpu, dy, W);
-    const ad = this.#adapter(name);
+      ? matmul(gpu, dy, W, { out: opts.dxInto, accumulate: true, reluBackwardOf })
+      : matmul(gpu, dy, W, { reluBackwardOf });
     const u = lu?.get(name);
     if (ad) {
       checkShape(u !== undefined, `OptModel.backward: no saved LoRA input for ${name}`);
@@ -401,6 +405,7 @@ export class OptModel {
       matmul(gpu, g, x, { transA: true, alpha: ad.s, out: ad.gA, accumulate: true });
       matmul(gpu, g, ad.A, { alpha: ad.s, out: dx, accumulate: true });
       g.dispose();
+      if (relu) reluBackward(gpu, dx, relu, dx);
     }
     return dx;
   }
@@ -789,8 +794,7 @@ export class OptModel {
         dx.dispose();
       }
       const lu = acts.loraU;
-      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`, {}, lu);
-      reluBackward(gpu, dH, a.h, dH);
+      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`, { reluBackwardOf: a.h }, lu);
       let dx1: Tensor;
       if (pre) {
         const dln2 = this.#linearBackward(dH, a.ffnIn, `${p}fc1`, {}, lu);

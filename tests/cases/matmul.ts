@@ -1,5 +1,5 @@
 import { KvCache, swapAxes12 } from "../../kernels/attention.ts";
-import { add } from "../../kernels/elementwise.ts";
+import { add, reluBackward } from "../../kernels/elementwise.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import * as ref from "../../kernels/reference/matmul.ts";
 import { Gpu } from "../../kernels/runtime.ts";
@@ -99,6 +99,39 @@ for (const path of PATHS) {
         TOL,
         "shared B accumulate",
       );
+    },
+  });
+
+  cases.push({
+    name: `matmul (${path} path): reluBackwardOf gives reluBackward(matmul)'s bits (scalar and ` +
+      "vec4 stores, with accumulate); a wrong-sized input is named",
+    async run(gpu) {
+      for (const N of [11, 12]) {
+        const M = 13, K = 23;
+        const a = gpu.fromArray(randArray(M * K, 81), [M, K]);
+        const b = gpu.fromArray(randArray(N * K, 82), [N, K]);
+        const h = gpu.fromArray(randArray(M * N, 83, -1, 1), [M, N]);
+        const c0 = randArray(M * N, 84);
+        const fused = await gpu.readF32(
+          matmul(gpu, a, b, { transB: true, reluBackwardOf: h, path }),
+        );
+        const plain = await gpu.readF32(
+          reluBackward(gpu, matmul(gpu, a, b, { transB: true, path }), h),
+        );
+        assert(fused.some((v) => v === 0) && fused.some((v) => v !== 0), "some masked, some not");
+        assert(fused.every((v, i) => Object.is(v, plain[i])), `N ${N}: fused = reluBackward`);
+        const acc = gpu.fromArray(c0, [M, N]), accPlain = gpu.fromArray(c0, [M, N]);
+        matmul(gpu, a, b, { transB: true, out: acc, accumulate: true, reluBackwardOf: h, path });
+        matmul(gpu, a, b, { transB: true, out: accPlain, accumulate: true, path });
+        const want = await gpu.readF32(reluBackward(gpu, accPlain, h));
+        const got = await gpu.readF32(acc);
+        assert(got.every((v, i) => Object.is(v, want[i])), `N ${N}: accumulated, then masked`);
+        await assertThrows(
+          () => matmul(gpu, a, b, { transB: true, reluBackwardOf: gpu.zeros([M, N + 1]), path }),
+          ShapeError,
+          "reluBackwardOf",
+        );
+      }
     },
   });
 
@@ -380,6 +413,16 @@ cases.push({
           `chunked (relu=${relu})`,
         );
       }
+      // the ReLU backward on the last K chunk only, after the partial sums are added
+      const h = small.fromArray(randArray(batch * M * N, 34, -1, 1), [batch, M, N]);
+      const ta = small.fromArray(a, [batch, K, M]), tb = small.fromArray(b, [N, K]);
+      const fused = await small.readF32(
+        matmul(small, ta, tb, { transA: true, transB: true, reluBackwardOf: h }),
+      );
+      const plain = await small.readF32(
+        reluBackward(small, matmul(small, ta, tb, { transA: true, transB: true }), h),
+      );
+      assert(fused.every((v, i) => Object.is(v, plain[i])), "chunked reluBackwardOf");
     } finally {
       small.destroy();
     }
