@@ -7,37 +7,6 @@
 
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
-/** Packs a logical (rows × cols) sub-block of a strided matrix into rgba32float texels. */
-const PACK = `
-struct P {
-  rows: u32, cols: u32,        // logical sub-block size (zero outside it)
-  ld: u32, trans: u32,         // element (r, c) at r*ld + c, or c*ld + r when trans
-  row0: u32, col0: u32,        // sub-block origin in the logical matrix
-  batch_stride: u32, batch0: u32,
-  width: u32, height: u32,     // texels × rows to write (padding included)
-  dst_row0: u32,               // first texture row written
-}
-@group(0) @binding(0) var<storage, read> src: array<f32>;                   // (batch, …)
-@group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(8, 8)
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  if (g.x >= p.width || g.y >= p.height) { return; }
-  var v = vec4f(0.0);
-  if (g.y < p.rows) {
-    let base = (p.batch0 + g.z) * p.batch_stride;
-    let r = p.row0 + g.y;
-    for (var c = 0u; c < 4u; c++) {
-      let col = 4u * g.x + c;
-      if (col < p.cols) {
-        let cc = p.col0 + col;
-        v[c] = src[base + select(r * p.ld + cc, cc * p.ld + r, p.trans == 1u)];
-      }
-    }
-  }
-  textureStore(dst, vec2u(g.x, g.y + p.dst_row0), g.z, v);
-}`;
-
 /** Where one operand's sub-block comes from, for {@link fillTexture}. */
 export interface Block {
   rows: number;
@@ -59,6 +28,11 @@ export interface Block {
    * by A's zero padding): they must be zero, not stale — 0 × a stale Inf is NaN.
    */
   zeroPadRows?: boolean;
+  /**
+   * Column `cols` (just past the block) holds 1.0 in the block's rows: a B operand with a
+   * column of ones, whose product column is the row sums of A (a bias gradient).
+   */
+  onesColumn?: boolean;
 }
 
 /**
@@ -91,10 +65,6 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
   const packed = jobs.filter((j) => !copied(gpu, j.src, j.tex, j.block));
   for (let i = 0; i < packed.length; i += MAX_PACKED) {
     const group = packed.slice(i, i + MAX_PACKED);
-    if (group.length === 1) {
-      packOne(gpu, group[0]);
-      continue;
-    }
     const params = new Params();
     for (const { block: b } of group) {
       params.u32(
@@ -110,6 +80,10 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
         b.height,
         b.dstRow0 ?? 0,
         b.layers,
+        b.onesColumn ? b.cols : NO_COLUMN,
+        0,
+        0,
+        0,
       );
     }
     gpu.dispatch(
@@ -126,8 +100,12 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
 }
 
 const MAX_PACKED = 4;
+const NO_COLUMN = 0xffffffff;
 
-/** PACK for `n` (source, texture) pairs in one dispatch; each pair's block as in PACK. */
+/**
+ * Packs `n` logical (rows × cols) sub-blocks of strided matrices, one per (source, texture)
+ * pair, into rgba32float texels: zero outside the block (and its optional ones column).
+ */
 function packShader(n: number): string {
   const known = packShaders.get(n);
   if (known) return known;
@@ -136,6 +114,7 @@ function packShader(n: number): string {
 struct Job {
   rows: u32, cols: u32, ld: u32, trans: u32, row0: u32, col0: u32,
   batch_stride: u32, batch0: u32, width: u32, height: u32, dst_row0: u32, layers: u32,
+  ones_col: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 struct P { ${ids.map((i) => `j${i}: Job,`).join(" ")} }
 ${ids.map((i) => `@group(0) @binding(${i}) var<storage, read> src${i}: array<f32>;`).join("\n")}
@@ -161,6 +140,8 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
           if (col < j.cols) {
             let cc = j.col0 + col;
             v[c] = src${i}[base + select(r * j.ld + cc, cc * j.ld + r, j.trans == 1u)];
+          } else if (col == j.ones_col) {
+            v[c] = 1.0;
           }
         }
       }
@@ -181,7 +162,7 @@ function copied(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): boolean {
   const byteOffset = src.byteOffset + 4 * elemOffset;
   const direct = !b.trans && (4 * b.ld) % 256 === 0 && b.cols % 4 === 0 &&
     byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) &&
-    (!b.zeroPadRows || b.rows === b.height);
+    (!b.zeroPadRows || b.rows === b.height) && !b.onesColumn;
   if (direct) {
     gpu.encoder().copyBufferToTexture(
       {
@@ -196,25 +177,4 @@ function copied(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): boolean {
     return true;
   }
   return false;
-}
-
-function packOne(gpu: Gpu, { src, tex, block: b }: FillJob): void {
-  gpu.dispatch(
-    gpu.pipeline(PACK),
-    [src, gpu.arrayView(tex)],
-    [Math.ceil(b.width / 8), Math.ceil(b.height / 8), b.layers],
-    new Params().u32(
-      b.rows,
-      b.cols,
-      b.ld,
-      b.trans ? 1 : 0,
-      b.row0,
-      b.col0,
-      b.batchStride,
-      b.batch0,
-      b.width,
-      b.height,
-      b.dstRow0 ?? 0,
-    ),
-  );
 }

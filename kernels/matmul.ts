@@ -15,6 +15,7 @@
  */
 
 import { checkShape } from "./errors.ts";
+import { sumColumns } from "./reduce.ts";
 import { type Block, fillTexture, fillTextures } from "./_texture.ts";
 import { type Gpu, Params, Tensor } from "./runtime.ts";
 
@@ -69,6 +70,15 @@ export interface MatmulOptions {
    * ReLU's input — `reluBackward` of the product in the same dispatch, with its bits.
    */
   reluBackwardOf?: Tensor;
+  /**
+   * With `transA`: also the row sums of op(A), `α·Σ_k op(A)[m, k]` (op(A)·1: a linear layer's
+   * bias gradient when op(A) = dYᵀ), into `out` (length M, or M split into `segments` of
+   * `width`, `stride` apart like `biasSegments`; added with `accumulate`). Computed as one more
+   * column of the product (B with a column of ones) in the same dispatch, in k order: the bits
+   * of `sumColumns` over A. Falls back to `sumColumns` where the column does not fit (K in
+   * chunks, segmented K, batched).
+   */
+  rowSums?: { out: Tensor; segments?: { width: number; stride: number } };
   /** Output tensor; required with `accumulate`. */
   out?: Tensor;
   /** `C += op(A)·op(B)` instead of `C = …` (for gradient accumulation). */
@@ -78,6 +88,9 @@ export interface MatmulOptions {
   /** Texture-path register blocking (default {@link TEXTURE_TILING}; for tuning). */
   tiling?: TextureTiling;
 }
+
+/** `sums_col` when there are no row sums. */
+const NO_SUMS = 0xffffffff;
 
 const FLAG_BIAS = 1,
   FLAG_RELU = 2,
@@ -128,7 +141,19 @@ fn bias_index(col: u32) -> u32 {
 /** Uniform fields of {@link EPILOGUE_INDEX}, appended to both kernels' parameters. */
 const EPILOGUE_FIELDS =
   "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, " +
-  "k_seg: u32, kv_row: u32,";
+  "k_seg: u32, kv_row: u32, sums_col: u32, sums_width: u32, sums_stride: u32,";
+
+/**
+ * WGSL of the row-sums column (`rowSums`): column `p.sums_col` of the product (B's column of
+ * ones) goes to `sums` at row m's segment place, with the epilogue's scale and accumulate.
+ */
+const EMIT_SUM = `
+fn emit_sum(row: u32, v: f32) {
+  let o = (row / p.sums_width) * p.sums_stride + row % p.sums_width;
+  var x = p.alpha * v;
+  if ((p.flags & 4u) != 0u) { x += sums[o]; }
+  sums[o] = x;
+}`;
 
 /**
  * WGSL of the texture-path kernel for a given register blocking. With `vec4Out` (N and ldc
@@ -202,14 +227,16 @@ struct P {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
 @group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)
 ${
     kvOut
-      ? `@group(0) @binding(6) var kc: texture_storage_2d_array<rgba32float, write>; // (B·H, rows, Dh/4)
-@group(0) @binding(7) var vc: texture_storage_2d_array<rgba32float, write>;
-@group(0) @binding(8) var<uniform> p: P;`
-      : "@group(0) @binding(6) var<uniform> p: P;"
+      ? `@group(0) @binding(7) var kc: texture_storage_2d_array<rgba32float, write>; // (B·H, rows, Dh/4)
+@group(0) @binding(8) var vc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(9) var<uniform> p: P;`
+      : "@group(0) @binding(7) var<uniform> p: P;"
   }
 ${EPILOGUE_INDEX}
+${EMIT_SUM}
 ${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
 ${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
@@ -217,7 +244,9 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   let cq = ${Q}u * g.x;        // first texel column of this block
   let cb = ${4 * Q}u * g.x;    // first column
   let r0 = ${R}u * g.y;        // first row
-  if (cb >= p.N || r0 >= p.M) { return; }
+  // past the last column, or past the row-sums column when there is one
+  let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
+  if (past || r0 >= p.M) { return; }
   let la = g.z;
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
@@ -239,6 +268,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
   for (var t = 0u; t < 4u; t++) {
     let cc = col + t;
+    if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }
     if (cc < p.N) {
       let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
       var x = p.alpha * v[t];
@@ -257,6 +287,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
 // the same operations per element as EMIT_SCALAR.
 const EMIT_VEC4 = `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }
   if (r >= p.M || col >= p.N) { return; }
   let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
   var x = p.alpha * v;
@@ -328,8 +359,10 @@ struct P {
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
 @group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
 @group(0) @binding(5) var<storage, read> relu_in: array<f32>; // (batch, M, N) like c
-@group(0) @binding(6) var<uniform> p: P;
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>; // (M) row sums of op(A)
+@group(0) @binding(7) var<uniform> p: P;
 ${EPILOGUE_INDEX}
+${EMIT_SUM}
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
 var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
@@ -339,6 +372,7 @@ fn load_a(base: u32, m: u32, k: u32) -> f32 {
   return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
 }
 fn load_b(base: u32, k: u32, n: u32) -> f32 {
+  if (k < p.K && n == p.sums_col) { return 1.0; }
   if (k >= p.K || n >= p.N) { return 0.0; }
   return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
 }
@@ -402,6 +436,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
     for (var j = 0u; j < 4u; j++) {
       let cc = col0 + lid.x * 4u + j;
+      if (r < p.M && cc == p.sums_col) { emit_sum(r, v[j]); }
       if (r < p.M && cc < p.N) {
         let idx = out_index(cbase, r, cc, p.N);
         var x = p.alpha * v[j];
@@ -560,10 +595,34 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
   }
   // K = 0 (an empty sum) leaves only the epilogue: the buffer kernel handles it without textures
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  const sums = opts.rowSums;
+  let fuseSums = false;
+  if (sums) {
+    const seg = sums.segments ?? { width: Math.max(s.M, 1), stride: 0 };
+    const parts = Math.ceil(s.M / seg.width);
+    const need = sums.segments ? (parts - 1) * seg.stride + seg.width : s.M;
+    checkShape(
+      opts.transA === true && alpha === 1 && sums.out.dtype === "f32" && sums.out.size === need &&
+        Number.isInteger(seg.width) && seg.width > 0 && s.M % seg.width === 0 &&
+        (parts === 1 || seg.stride >= seg.width),
+      `matmul: rowSums needs transA, α 1 and an out of ${need} elements in non-overlapping ` +
+        `segments (got ${sums.out.size})`,
+    );
+    // one more column of the product, where it fits one pass over K and one N chunk
+    const t = opts.tiling ?? TEXTURE_TILING, side = gpu.textureSide;
+    fuseSums = s.batch === 1 && opts.kSegments === undefined && !split && !opts.kvCache &&
+      s.K > 0 && (path === "buffer" ||
+        (s.K <= Math.floor(side / 4) * 4 && s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4));
+  }
+  const sumsCol = fuseSums ? s.N : NO_SUMS;
   if (path === "buffer") {
-    runBuffer(gpu, a, b, out, s, { ...opts, kvCache: undefined }, flags);
+    runBuffer(gpu, a, b, out, s, { ...opts, kvCache: undefined }, flags, sumsCol);
     if (opts.kvCache) writeKvParts(gpu, out, s, opts);
-  } else runTexture(gpu, a, b, out, s, opts, flags);
+  } else runTexture(gpu, a, b, out, s, opts, flags, sumsCol);
+  if (sums && !fuseSums) {
+    // the row sums of op(A) = Aᵀ are A's column sums, in the same k order
+    sumColumns(gpu, a, { out: sums.out, accumulate: opts.accumulate, outSegments: sums.segments });
+  }
   return out;
 }
 
@@ -590,7 +649,14 @@ function writeKvParts(gpu: Gpu, out: Tensor, s: MatmulShape, o: MatmulOptions): 
 }
 
 /** The {@link EPILOGUE_FIELDS} values of a call. */
-function epilogueParams(params: Params, s: MatmulShape, o: MatmulOptions, kSeg: number): Params {
+function epilogueParams(
+  params: Params,
+  s: MatmulShape,
+  o: MatmulOptions,
+  kSeg: number,
+  sumsCol = NO_SUMS,
+): Params {
+  const sumsSeg = o.rowSums?.segments ?? { width: Math.max(s.M, 1), stride: 0 };
   const sp = o.splitHeads ?? { T: 1, H: 1, Dh: 1 };
   const seg = o.biasSegments ?? { width: Math.max(s.N, 1), stride: 0 };
   const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
@@ -603,6 +669,9 @@ function epilogueParams(params: Params, s: MatmulShape, o: MatmulOptions, kSeg: 
     seg.stride,
     kSeg,
     o.kvCache?.row ?? 0,
+    sumsCol,
+    sumsSeg.width,
+    sumsSeg.stride,
   );
 }
 
@@ -619,9 +688,10 @@ function runBuffer(
   s: MatmulShape,
   o: MatmulOptions,
   flags: number,
+  sumsCol: number,
 ): void {
   const max = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.ceil(s.N / 64), gy = Math.ceil(s.M / 64);
+  const gx = Math.ceil((s.N + (sumsCol === NO_SUMS ? 0 : 1)) / 64), gy = Math.ceil(s.M / 64);
   for (let b0 = 0; b0 < s.batch; b0 += max) {
     const nb = Math.min(max, s.batch - b0);
     const view = (t: Tensor, stride: number) =>
@@ -639,7 +709,7 @@ function runBuffer(
       s.M * s.N,
       flags,
     ).f32(o.alpha ?? 1);
-    epilogueParams(params, s, o, o.kSegments ?? 0);
+    epilogueParams(params, s, o, o.kSegments ?? 0, sumsCol);
     gpu.dispatch(
       gpu.pipeline(bufferShaderFor(o.kSegments !== undefined)),
       [
@@ -649,6 +719,7 @@ function runBuffer(
         o.bias ?? dummy(gpu),
         o.residual ? view(o.residual, s.M * s.N) : dummy(gpu),
         o.reluBackwardOf ? view(o.reluBackwardOf, s.M * s.N) : dummy(gpu),
+        sumsCol === NO_SUMS ? gpu.placeholder(3) : o.rowSums!.out,
       ],
       [gx, gy, nb],
       params,
@@ -664,8 +735,10 @@ function runTexture(
   s: MatmulShape,
   o: MatmulOptions,
   flags: number,
+  sumsCol: number,
 ): void {
   const t = o.tiling ?? TEXTURE_TILING;
+  const ones = sumsCol === NO_SUMS ? 0 : 1; // the row-sums column (a single chunk in K and N)
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   // chunk sizes that keep every (padded) texture side within the device limits
@@ -694,7 +767,7 @@ function runTexture(
           const kc = Math.min(kStep, s.K - k0);
           const k4 = Math.ceil(kc / 4);
           const aRows = Math.ceil(mc / t.rows) * t.rows;
-          const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
+          const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
           const at = gpu.scratchTexture(k4, aRows, nb);
           // A as (M × K): texels along K
           const aBlock: Block = {
@@ -724,13 +797,14 @@ function runTexture(
             width: bTexels,
             height: 4 * k4,
             zeroPadRows: true,
+            onesColumn: ones === 1,
           };
           const fillB = (tex: GPUTexture) => fillTexture(gpu, b, tex, bBlock);
           const bSize = [bTexels, 4 * k4, bLayers] as const;
           const held = gpu.constantTexture(
             b,
             `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},` +
-              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4}`,
+              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones}`,
             bSize,
             fillB,
           );
@@ -752,9 +826,14 @@ function runTexture(
               o.bias ?? dummy(gpu),
               o.residual ?? dummy(gpu),
               o.reluBackwardOf ?? dummy(gpu),
+              ones ? o.rowSums!.out : gpu.placeholder(3),
               ...kvViews,
             ],
-            [Math.ceil(nc / (4 * t.texels * t.wgX)), Math.ceil(mc / (t.rows * t.wgY)), nb],
+            [
+              Math.ceil((nc + ones) / (4 * t.texels * t.wgX)),
+              Math.ceil(mc / (t.rows * t.wgY)),
+              nb,
+            ],
             epilogueParams(
               new Params()
                 .u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f)
@@ -762,6 +841,7 @@ function runTexture(
               s,
               o,
               seg / 4,
+              sumsCol,
             ),
           );
           gpu.releaseTexture(at);

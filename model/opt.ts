@@ -31,7 +31,6 @@ import { tokenLogprobs } from "../kernels/softmax.ts";
 import { checkShape } from "../kernels/errors.ts";
 import { layernormBackward, layernormForward, type LayernormSaved } from "../kernels/layernorm.ts";
 import { matmul } from "../kernels/matmul.ts";
-import { sumColumns } from "../kernels/reduce.ts";
 import type { Gpu, Tensor } from "../kernels/runtime.ts";
 import { type OptConfig, optParamSpecs } from "./config.ts";
 import { type LoraConfig, loraLinearName, loraParamSpecs } from "./lora.ts";
@@ -353,15 +352,15 @@ export class OptModel {
     const gpu = this.gpu, N = a.attnIn.shape[0];
     const dqkv = attentionBackwardQkv(gpu, dAtt, a.q, a.k, a.v, a.att).intoShape([N, 3 * C]);
     if (!this.frozenBase) {
+      // the weight gradients, and the bias gradients as the product's row-sums column
       matmul(gpu, dqkv, a.attnIn, {
         transA: true,
         out: this.store.grads.view(at.w, [3 * C, C]),
         accumulate: true,
-      });
-      sumColumns(gpu, dqkv, {
-        out: this.store.grads.view(at.b, [2 * at.biasStride + C]),
-        accumulate: true,
-        outSegments: { width: C, stride: at.biasStride },
+        rowSums: {
+          out: this.store.grads.view(at.b, [2 * at.biasStride + C]),
+          segments: { width: C, stride: at.biasStride },
+        },
       });
     }
     const dIn = matmul(gpu, dqkv, this.store.params.view(at.w, [3 * C, C]), { kSegments: C });
@@ -387,10 +386,13 @@ export class OptModel {
     // after the LoRA terms are added
     const relu = opts.reluBackwardOf;
     if (!this.frozenBase) {
-      matmul(gpu, dy, x, { transA: true, out: this.#g(`${name}.weight`), accumulate: true });
-      if (opts.bias !== false) {
-        sumColumns(gpu, dy, { out: this.#g(`${name}.bias`), accumulate: true });
-      }
+      // the bias gradient Σ dy as the weight gradient's row-sums column: no dispatch of its own
+      matmul(gpu, dy, x, {
+        transA: true,
+        out: this.#g(`${name}.weight`),
+        accumulate: true,
+        rowSums: opts.bias !== false ? { out: this.#g(`${name}.bias`) } : undefined,
+      });
     }
     const W = this.#p(`${name}.weight`);
     const reluBackwardOf = ad ? undefined : relu;

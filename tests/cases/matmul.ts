@@ -1,10 +1,11 @@
 import { KvCache, swapAxes12 } from "../../kernels/attention.ts";
 import { add, reluBackward } from "../../kernels/elementwise.ts";
 import { matmul } from "../../kernels/matmul.ts";
+import { sumColumns } from "../../kernels/reduce.ts";
 import * as ref from "../../kernels/reference/matmul.ts";
 import { Gpu } from "../../kernels/runtime.ts";
 import { GpuValidationError, ShapeError } from "../../kernels/errors.ts";
-import { assert, assertClose, assertThrows } from "../assert.ts";
+import { assert, assertClose, assertEquals, assertThrows } from "../assert.ts";
 import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
 
 // f32 accumulation over K terms of magnitude ≤ 1: error grows like K·2^-24; these shapes have
@@ -98,6 +99,59 @@ for (const path of PATHS) {
         ref.matmul(a, b2, { batch, M, N, K, shareB: true, accumulate: c0 }),
         TOL,
         "shared B accumulate",
+      );
+    },
+  });
+
+  cases.push({
+    name: `matmul (${path} path): rowSums (a bias gradient with the weight gradient) gives ` +
+      "sumColumns' bits, in segments, accumulated; the product keeps its bits; misuse is named",
+    async run(gpu) {
+      for (const [M, N, K] of [[13, 12, 23], [12, 11, 40], [5, 64, 7]]) {
+        const a = gpu.fromArray(randArray(K * M, 91 + N), [K, M]); // dY: (rows K, outputs M)
+        const b = gpu.fromArray(randArray(K * N, 92 + N), [K, N]); // x: (rows K, inputs N)
+        const d0 = gpu.stats.dispatches;
+        const plain = await gpu.readF32(matmul(gpu, a, b, { transA: true, path }));
+        const d1 = gpu.stats.dispatches, sums = gpu.zeros([M]);
+        const c = await gpu.readF32(
+          matmul(gpu, a, b, { transA: true, rowSums: { out: sums }, path }),
+        );
+        assertEquals(gpu.stats.dispatches - d1, d1 - d0, "no dispatch of its own for the sums");
+        assert(c.every((v, i) => Object.is(v, plain[i])), `${M}×${N}×${K}: product unchanged`);
+        const want = await gpu.readF32(sumColumns(gpu, a));
+        const got = await gpu.readF32(sums);
+        assert(got.every((v, i) => Object.is(v, want[i])), `${M}×${N}×${K}: = sumColumns`);
+        // accumulated into spaced segments (the q, k, v bias gradients of a parameter store)
+        if (M % 4 === 0) {
+          const width = M / 4, stride = width + 3, acc0 = randArray(3 * stride + width, 93);
+          const seg = gpu.fromArray(acc0), segWant = gpu.fromArray(acc0);
+          const out = gpu.fromArray(randArray(M * N, 94), [M, N]);
+          matmul(gpu, a, b, {
+            transA: true,
+            out,
+            accumulate: true,
+            rowSums: { out: seg, segments: { width, stride } },
+            path,
+          });
+          sumColumns(gpu, a, { out: segWant, accumulate: true, outSegments: { width, stride } });
+          const [g, w] = [await gpu.readF32(seg), await gpu.readF32(segWant)];
+          assert(g.every((v, i) => Object.is(v, w[i])), `${M}×${N}×${K}: segments, accumulated`);
+        }
+      }
+      const a = gpu.zeros([3, 4]), b = gpu.zeros([3, 5]);
+      await assertThrows(
+        () =>
+          matmul(gpu, a.reshape([4, 3]), b.reshape([3, 5]), {
+            rowSums: { out: gpu.zeros([4]) },
+            path,
+          }),
+        ShapeError,
+        "rowSums needs transA",
+      );
+      await assertThrows(
+        () => matmul(gpu, a, b, { transA: true, rowSums: { out: gpu.zeros([5]) }, path }),
+        ShapeError,
+        "rowSums",
       );
     },
   });
@@ -423,6 +477,15 @@ cases.push({
         reluBackward(small, matmul(small, ta, tb, { transA: true, transB: true }), h),
       );
       assert(fused.every((v, i) => Object.is(v, plain[i])), "chunked reluBackwardOf");
+      // row sums where K needs chunks (or the ones column another N chunk): sumColumns' bits
+      for (const [Kr, Nr] of [[70, 9], [9, 128]]) {
+        const dy = small.fromArray(randArray(Kr * 5, 35), [Kr, 5]);
+        const x = small.fromArray(randArray(Kr * Nr, 36), [Kr, Nr]);
+        const sums = small.zeros([5]);
+        matmul(small, dy, x, { transA: true, rowSums: { out: sums } });
+        const [g, w] = [await small.readF32(sums), await small.readF32(sumColumns(small, dy))];
+        assert(g.every((v, i) => Object.is(v, w[i])), `row sums, K ${Kr}, N ${Nr}`);
+      }
     } finally {
       small.destroy();
     }
