@@ -56,7 +56,12 @@ export {
   scale,
   sub,
 } from "./kernels/elementwise.ts";
-export { matmul, type MatmulOptions, type TextureTiling } from "./kernels/matmul.ts";
+export {
+  matmul,
+  matmulLayernorm,
+  type MatmulOptions,
+  type TextureTiling,
+} from "./kernels/matmul.ts";
 export {
   clipGradNorm,
   globalNorm,

@@ -15,7 +15,8 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { sumColumns } from "./reduce.ts";
+import { laneTreeSums, sumColumns } from "./reduce.ts";
+import { layernormForward } from "./layernorm.ts";
 import { type Block, fillTexture, fillTextures } from "./_texture.ts";
 import { type Gpu, Params, Tensor } from "./runtime.ts";
 
@@ -141,7 +142,7 @@ fn bias_index(col: u32) -> u32 {
 /** Uniform fields of {@link EPILOGUE_INDEX}, appended to both kernels' parameters. */
 const EPILOGUE_FIELDS =
   "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, " +
-  "k_seg: u32, kv_row: u32, sums_col: u32, sums_width: u32, sums_stride: u32,";
+  "k_seg: u32, kv_row: u32, sums_col: u32, sums_width: u32, sums_stride: u32, ln_eps: f32,";
 
 /**
  * WGSL of the row-sums column (`rowSums`): column `p.sums_col` of the product (B's column of
@@ -167,6 +168,7 @@ export function textureMatmulShader(
   vec4Out = false,
   segmented = false,
   kvOut = false,
+  lnOut = false,
 ): string {
   const R = t.rows, Q = t.texels;
   const acc: string[] = [], aload: string[] = [], body: string[] = [], store: string[] = [];
@@ -226,10 +228,25 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
-@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
-@group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)
 ${
-    kvOut
+    lnOut
+      ? `// the layernorm epilogue's bindings (no ReLU backward, row sums or KV cache with it)
+var<private> relu_in: array<${elem}, 1>;
+var<private> sums: array<f32, 1>;
+@group(0) @binding(5) var<storage, read> ln_w: array<f32>;             // (N)
+@group(0) @binding(6) var<storage, read> ln_b: array<f32>;             // (N)
+@group(0) @binding(7) var<storage, read_write> ln_y: array<f32>;       // (M, N)
+@group(0) @binding(8) var<storage, read_write> ln_mean: array<f32>;    // (M)
+@group(0) @binding(9) var<storage, read_write> ln_rstd: array<f32>;    // (M)
+@group(0) @binding(10) var<uniform> p: P;
+fn c_at(i: u32) -> f32 { return ${vec4Out ? "c[i / 4u][i % 4u]" : "c[i]"}; }`
+      : `@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)`
+  }
+${
+    lnOut
+      ? ""
+      : kvOut
       ? `@group(0) @binding(7) var kc: texture_storage_2d_array<rgba32float, write>; // (B·H, rows, Dh/4)
 @group(0) @binding(8) var vc: texture_storage_2d_array<rgba32float, write>;
 @group(0) @binding(9) var<uniform> p: P;`
@@ -240,13 +257,15 @@ ${EMIT_SUM}
 ${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
 ${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(global_invocation_id) g: vec3u) {
+fn main(@builtin(global_invocation_id) g: vec3u${
+    lnOut ? ", @builtin(local_invocation_id) lid: vec3u" : ""
+  }) {
   let cq = ${Q}u * g.x;        // first texel column of this block
   let cb = ${4 * Q}u * g.x;    // first column
   let r0 = ${R}u * g.y;        // first row
   // past the last column, or past the row-sums column when there is one
   let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
-  if (past || r0 >= p.M) { return; }
+  ${lnOut ? "if (!past && r0 < p.M) {" : "if (past || r0 >= p.M) { return; }"}
   let la = g.z;
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
@@ -259,7 +278,36 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   ${segEnd}
   let cbase = (p.batch0 + g.z) * p.c_batch_stride;
   ${store.join("\n  ")}
+  ${
+    lnOut
+      ? `}
+${LN_EPILOGUE(R, t.wgX)}`
+      : ""
+  }
 }`;
+}
+
+/**
+ * The layernorm epilogue (a workgroup holds whole rows of C): after a storage barrier, invocation
+ * x of the workgroup normalises rows r0 + x, r0 + x + wgX, … (< r0 + R) with layernormForward's
+ * row-tree arithmetic
+ * (the same sums in the same order, so its bits) into ln_y, ln_mean and ln_rstd.
+ */
+function LN_EPILOGUE(R: number, wgX: number): string {
+  return `  storageBarrier();
+  for (var rr = lid.x; rr < ${R}u && r0 + rr < p.M; rr += ${wgX}u) {
+    let row = p.m0 + r0 + rr;
+    let base = row * p.ldc;
+    ${laneTreeSums({ s: "c_at(base + c)" }, "", "p.N")}
+    let m = s / f32(p.N);
+    ${laneTreeSums({ q: "d * d" }, "let d = c_at(base + c) - m;", "p.N")}
+    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
+    for (var col = 0u; col < p.N; col++) {
+      ln_y[base + col] = (c_at(base + col) - m) * r * ln_w[col] + ln_b[col];
+    }
+    ln_mean[row] = m;
+    ln_rstd[row] = r;
+  }`;
 }
 
 // Stores four columns of one row of C (any layout, any N): scalar accesses.
@@ -324,9 +372,11 @@ function textureShaderFor(
   vec4Out: boolean,
   segmented: boolean,
   kvOut: boolean,
+  lnOut = false,
 ): string {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut);
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}`;
+  const code = tilingShaders.get(key) ??
+    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut);
   tilingShaders.set(key, code);
   return code;
 }
@@ -508,6 +558,17 @@ function resolveShape(a: Tensor, b: Tensor, o: MatmulOptions): MatmulShape {
  * ```
  */
 export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  return run(gpu, a, b, opts);
+}
+
+/** {@link matmul}, with the layernorm epilogue of {@link matmulLayernorm} when `ln` is given. */
+function run(
+  gpu: Gpu,
+  a: Tensor,
+  b: Tensor,
+  opts: MatmulOptions,
+  ln?: LayernormEpilogue,
+): Tensor {
   const s = resolveShape(a, b, opts);
   const alpha = opts.alpha ?? 1;
   checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
@@ -618,12 +679,84 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
   if (path === "buffer") {
     runBuffer(gpu, a, b, out, s, { ...opts, kvCache: undefined }, flags, sumsCol);
     if (opts.kvCache) writeKvParts(gpu, out, s, opts);
-  } else runTexture(gpu, a, b, out, s, opts, flags, sumsCol);
+  } else runTexture(gpu, a, b, out, s, opts, flags, sumsCol, ln);
   if (sums && !fuseSums) {
     // the row sums of op(A) = Aᵀ are A's column sums, in the same k order
     sumColumns(gpu, a, { out: sums.out, accumulate: opts.accumulate, outSegments: sums.segments });
   }
   return out;
+}
+
+/** Where {@link matmulLayernorm}'s kernel writes the normalised rows. */
+interface LayernormEpilogue {
+  weight: Tensor;
+  bias: Tensor;
+  eps: number;
+  y: Tensor;
+  mean: Tensor;
+  rstd: Tensor;
+}
+
+/** The texture tiling of the layernorm epilogue: one workgroup across all N columns. */
+function lnTiling(N: number): TextureTiling {
+  return { rows: 4, texels: 2, wgX: Math.max(1, Math.ceil(N / 8)), wgY: 1 };
+}
+
+/**
+ * `C = matmul(A, B, opts)` followed by `layernormForward(C, weight, bias)` (e.g. a residual sum
+ * and the next layer's input norm): one dispatch on the texture path when a workgroup can hold
+ * whole rows of C (N ≤ 8 × the workgroup size limit, one pass over K, unbatched, no head split,
+ * KV cache, row sums or ReLU backward), else the two calls. The same bits either way: the
+ * product as {@link matmul}, the norm with layernormForward's row-tree arithmetic.
+ *
+ * @example Residual sum and layernorm
+ * ```ts
+ * import { Gpu, matmulLayernorm } from "../mod.ts";
+ * const gpu = await Gpu.create();
+ * const x = gpu.fromArray(new Float32Array(8).fill(1), [2, 4]);
+ * const w = gpu.fromArray(Float32Array.from({ length: 16 }, (_, i) => i / 16), [4, 4]);
+ * const { out, ln } = matmulLayernorm(gpu, x, w, { transB: true, residual: x }, {
+ *   weight: gpu.fromArray([1, 1, 1, 1]),
+ *   bias: gpu.zeros([4]),
+ * });
+ * console.log(out.shape, ln.y.shape, ln.mean.shape); // [2, 4] [2, 4] [2]
+ * ```
+ */
+export function matmulLayernorm(
+  gpu: Gpu,
+  a: Tensor,
+  b: Tensor,
+  opts: MatmulOptions,
+  norm: { weight: Tensor; bias: Tensor; eps?: number },
+): { out: Tensor; ln: { y: Tensor; mean: Tensor; rstd: Tensor } } {
+  const s = resolveShape(a, b, opts);
+  const eps = norm.eps ?? 1e-5;
+  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  const side = gpu.textureSide, limits = gpu.limits;
+  const fits = path === "texture" && s.batch === 1 && s.M > 0 && s.N > 0 &&
+    !opts.splitHeads && !opts.kvCache && !opts.rowSums && !opts.reluBackwardOf &&
+    opts.kSegments === undefined && opts.tiling === undefined && !opts.accumulate &&
+    s.K <= Math.floor(side / 4) * 4 && s.N <= Math.floor(side / 2) * 8 &&
+    s.M <= Math.floor(side / 4) * 4 &&
+    Math.ceil(s.N / 8) <= Math.min(
+        limits.maxComputeInvocationsPerWorkgroup,
+        limits.maxComputeWorkgroupSizeX,
+      ) &&
+    norm.weight.size === s.N && norm.bias.size === s.N;
+  if (!fits) {
+    const out = matmul(gpu, a, b, opts);
+    return { out, ln: layernormForward(gpu, out, norm.weight, norm.bias, { eps }) };
+  }
+  const rows = s.outShape.slice(0, -1);
+  const ln = {
+    ...norm,
+    eps,
+    y: gpu.empty([...s.outShape]),
+    mean: gpu.empty(rows),
+    rstd: gpu.empty(rows),
+  };
+  const out = run(gpu, a, b, opts, ln);
+  return { out, ln: { y: ln.y, mean: ln.mean, rstd: ln.rstd } };
 }
 
 /** `kvCache` on the buffer path: packs the split's k and v parts as `KvCache.write` does. */
@@ -655,6 +788,7 @@ function epilogueParams(
   o: MatmulOptions,
   kSeg: number,
   sumsCol = NO_SUMS,
+  lnEps = 0,
 ): Params {
   const sumsSeg = o.rowSums?.segments ?? { width: Math.max(s.M, 1), stride: 0 };
   const sp = o.splitHeads ?? { T: 1, H: 1, Dh: 1 };
@@ -672,7 +806,7 @@ function epilogueParams(
     sumsCol,
     sumsSeg.width,
     sumsSeg.stride,
-  );
+  ).f32(lnEps);
 }
 
 function dummy(gpu: Gpu): Tensor {
@@ -736,8 +870,10 @@ function runTexture(
   o: MatmulOptions,
   flags: number,
   sumsCol: number,
+  ln?: LayernormEpilogue,
 ): void {
-  const t = o.tiling ?? TEXTURE_TILING;
+  // the layernorm epilogue needs whole rows in a workgroup: 8 columns per invocation across
+  const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
   const ones = sumsCol === NO_SUMS ? 0 : 1; // the row-sums column (a single chunk in K and N)
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
@@ -753,7 +889,7 @@ function runTexture(
   const vec4Out = s.N % 4 === 0 &&
     (!sp || (sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0));
   const kv = o.kvCache;
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== undefined));
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== undefined, !!ln));
   const kvViews = kv ? [gpu.arrayView(kv.k), gpu.arrayView(kv.v)] : [];
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
@@ -825,9 +961,11 @@ function runTexture(
               out,
               o.bias ?? dummy(gpu),
               o.residual ?? dummy(gpu),
-              o.reluBackwardOf ?? dummy(gpu),
-              ones ? o.rowSums!.out : gpu.placeholder(3),
-              ...kvViews,
+              ...(ln ? [ln.weight, ln.bias, ln.y, ln.mean, ln.rstd] : [
+                o.reluBackwardOf ?? dummy(gpu),
+                ones ? o.rowSums!.out : gpu.placeholder(3),
+                ...kvViews,
+              ]),
             ],
             [
               Math.ceil((nc + ones) / (4 * t.texels * t.wgX)),
@@ -842,6 +980,7 @@ function runTexture(
               o,
               seg / 4,
               sumsCol,
+              ln?.eps ?? 0,
             ),
           );
           gpu.releaseTexture(at);

@@ -1,6 +1,7 @@
 import { KvCache, swapAxes12 } from "../../kernels/attention.ts";
 import { add, reluBackward } from "../../kernels/elementwise.ts";
-import { matmul } from "../../kernels/matmul.ts";
+import { matmul, matmulLayernorm } from "../../kernels/matmul.ts";
+import { layernormForward } from "../../kernels/layernorm.ts";
 import { sumColumns } from "../../kernels/reduce.ts";
 import * as ref from "../../kernels/reference/matmul.ts";
 import { Gpu } from "../../kernels/runtime.ts";
@@ -153,6 +154,41 @@ for (const path of PATHS) {
         ShapeError,
         "rowSums",
       );
+    },
+  });
+
+  cases.push({
+    name: `matmulLayernorm (${path} path): the product and its layernorm have the bits of ` +
+      "matmul + layernormForward (odd and decode shapes, scalar and vec4 stores, wide rows)",
+    async run(gpu) {
+      for (const [M, N, K] of [[13, 64, 23], [16, 64, 64], [7, 12, 9], [45, 200, 33], [3, 1, 5]]) {
+        const x = gpu.fromArray(randArray(M * K, 101 + N), [M, K]);
+        const w = gpu.fromArray(randArray(N * K, 102 + N), [N, K]);
+        const bias = gpu.fromArray(randArray(N, 103));
+        const res = gpu.fromArray(randArray(M * N, 104), [M, N]);
+        const g = gpu.fromArray(randArray(N, 105, 0.5, 1.5)),
+          beta = gpu.fromArray(randArray(N, 106));
+        const opts = { transB: true, bias, residual: res, path };
+        const d0 = gpu.stats.dispatches;
+        const fused = matmulLayernorm(gpu, x, w, opts, { weight: g, bias: beta });
+        const d1 = gpu.stats.dispatches;
+        const out = matmul(gpu, x, w, opts);
+        const want = layernormForward(gpu, out, g, beta);
+        if (path === "texture") {
+          assertEquals(d1 - d0, gpu.stats.dispatches - d1 - 1, `${M}×${N}: one dispatch less`);
+        }
+        for (
+          const [got, exp, what] of [
+            [fused.out, out, "product"],
+            [fused.ln.y, want.y, "y"],
+            [fused.ln.mean, want.mean, "mean"],
+            [fused.ln.rstd, want.rstd, "rstd"],
+          ] as const
+        ) {
+          const [a, b] = [await gpu.readF32(got), await gpu.readF32(exp)];
+          assert(a.every((v, i) => Object.is(v, b[i])), `${M}×${N}×${K}: ${what}`);
+        }
+      }
     },
   });
 
