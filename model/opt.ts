@@ -30,7 +30,7 @@ import {
 import { tokenLogprobs } from "../kernels/softmax.ts";
 import { checkShape } from "../kernels/errors.ts";
 import { layernormBackward, layernormForward, type LayernormSaved } from "../kernels/layernorm.ts";
-import { matmul } from "../kernels/matmul.ts";
+import { matmul, matmulLayernorm } from "../kernels/matmul.ts";
 import type { Gpu, Tensor } from "../kernels/runtime.ts";
 import { type OptConfig, optParamSpecs } from "./config.ts";
 import { type LoraConfig, loraLinearName, loraParamSpecs } from "./lora.ts";
@@ -412,6 +412,30 @@ export class OptModel {
     return dx;
   }
 
+  /**
+   * `residual + linear(x)` and the layernorm `lnName` of that sum, in one dispatch where the
+   * matmul can carry the norm (see matmulLayernorm; with an adapter, the two steps).
+   */
+  #linearLn(
+    x: Tensor,
+    name: string,
+    residual: Tensor,
+    lnName: string,
+    lu?: Map<string, Tensor>,
+  ): { out: Tensor; ln: { y: Tensor } & LayernormSaved } {
+    if (this.#adapter(name)) {
+      const out = this.#linear(x, name, { residual }, lu);
+      return { out, ln: this.#ln(out, lnName) };
+    }
+    return matmulLayernorm(
+      this.gpu,
+      x,
+      this.#p(`${name}.weight`),
+      { transB: true, bias: this.#p(`${name}.bias`), residual },
+      { weight: this.#p(`${lnName}.weight`), bias: this.#p(`${lnName}.bias`) },
+    );
+  }
+
   #ln(x: Tensor, name: string): { y: Tensor } & LayernormSaved {
     return layernormForward(this.gpu, x, this.#p(`${name}.weight`), this.#p(`${name}.bias`));
   }
@@ -534,11 +558,15 @@ export class OptModel {
     // (B, T, H, Dh) → (B, H, T, Dh); with one position (a decode step) the layouts coincide
     const heads = (t: Tensor) =>
       T === 1 ? t.intoShape([B, H, 1, Dh]) : swapAxes12(gpu, t.reshape([B, T, H, Dh]));
-    for (let l = 0; l < c.num_hidden_layers; l++) {
+    const L = c.num_hidden_layers;
+    // a norm already computed by the previous matmul's epilogue (the next layer's or the final)
+    let pendingLn: ({ y: Tensor } & LayernormSaved) | undefined;
+    for (let l = 0; l < L; l++) {
       const p = `${D}layers.${l}.`;
       const a: Partial<LayerActs> = { x0: x };
       const pre = c.do_layer_norm_before;
-      if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
+      if (pre) a.ln1 = pendingLn ?? this.#ln(x, `${p}self_attn_layer_norm`);
+      pendingLn = undefined;
       a.attnIn = pre ? a.ln1!.y : x;
       const proj = this.#qkvFused(a.attnIn, p, T, kvFor?.(l)) ?? (() => {
         const [q, k, v] = ["q_proj", "k_proj", "v_proj"].map((m) => {
@@ -555,31 +583,41 @@ export class OptModel {
       a.merged = T === 1
         ? a.att.out.reshape([N, C]) // a view: att.out owns the buffer
         : swapAxes12(gpu, a.att.out).intoShape([N, C]);
-      // x1 = x + out_proj(merged), the residual added in the matmul's epilogue
-      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, { residual: x }, lu);
+      // x1 = x + out_proj(merged), the residual added in the matmul's epilogue, and the norm
+      // after it (pre-LN: the FFN's input norm; post-LN: this sum's norm) in the same dispatch
+      const outLn = `${p}${pre ? "final_layer_norm" : "self_attn_layer_norm"}`;
+      const o = this.#linearLn(a.merged, `${p}self_attn.out_proj`, x, outLn, lu);
       if (pre) {
-        a.x1 = o;
+        a.x1 = o.out;
+        a.ln2 = o.ln;
       } else {
-        a.x1pre = o;
-        a.ln1 = this.#ln(a.x1pre, `${p}self_attn_layer_norm`);
+        a.x1pre = o.out;
+        a.ln1 = o.ln;
         a.x1 = a.ln1.y;
       }
-      if (pre) a.ln2 = this.#ln(a.x1, `${p}final_layer_norm`);
       a.ffnIn = pre ? a.ln2!.y : a.x1;
       a.h = this.#linear(a.ffnIn, `${p}fc1`, { relu: true }, lu);
-      const f = this.#linear(a.h, `${p}fc2`, { residual: a.x1 }, lu);
+      // x2 = x1 + fc2(h) and the norm after it: post-LN this layer's, pre-LN the next layer's
+      // input norm or the final norm
+      const fLn = !pre
+        ? `${p}final_layer_norm`
+        : l + 1 < L
+        ? `${D}layers.${l + 1}.self_attn_layer_norm`
+        : `${D}final_layer_norm`;
+      const f = this.#linearLn(a.h, `${p}fc2`, a.x1, fLn, lu);
       if (pre) {
-        x = f;
+        x = f.out;
+        pendingLn = f.ln;
       } else {
-        a.x2pre = f;
-        a.ln2 = this.#ln(a.x2pre, `${p}final_layer_norm`);
+        a.x2pre = f.out;
+        a.ln2 = f.ln;
         x = a.ln2.y;
       }
       layers.push(a as LayerActs);
     }
     const xL = x;
     let lnf: ({ y: Tensor } & LayernormSaved) | undefined;
-    if (c.do_layer_norm_before) lnf = this.#ln(xL, `${D}final_layer_norm`);
+    if (c.do_layer_norm_before) lnf = pendingLn ?? this.#ln(xL, `${D}final_layer_norm`);
     const preOut = lnf ? lnf.y : xL;
     const hidden = c.word_embed_proj_dim !== C
       ? this.#linear(preOut, `${D}project_out`, { bias: false })
