@@ -66,7 +66,11 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
   for (let i = 0; i < packed.length; i += MAX_PACKED) {
     const group = packed.slice(i, i + MAX_PACKED);
     const params = new Params();
+    // one invocation per texel of each block, one row of workgroups per block (a union grid of
+    // differently shaped blocks would run mostly idle invocations)
+    let most = 0;
     for (const { block: b } of group) {
+      most = Math.max(most, b.width * b.height * b.layers);
       params.u32(
         b.rows,
         b.cols,
@@ -89,17 +93,19 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
     gpu.dispatch(
       gpu.pipeline(packShader(group.length)),
       [...group.map((j) => j.src), ...group.map((j) => gpu.arrayView(j.tex))],
-      [
-        Math.ceil(Math.max(...group.map((j) => j.block.width)) / 8),
-        Math.ceil(Math.max(...group.map((j) => j.block.height)) / 8),
-        Math.max(...group.map((j) => j.block.layers)),
-      ],
+      // workgroups along x, and z when x would pass the device limit
+      (() => {
+        const n = Math.ceil(most / PACK_WG);
+        const x = Math.min(n, gpu.limits.maxComputeWorkgroupsPerDimension);
+        return [x, group.length, Math.ceil(n / x)] as const;
+      })(),
       params,
     );
   }
 }
 
 const MAX_PACKED = 4;
+const PACK_WG = 64;
 const NO_COLUMN = 0xffffffff;
 
 /**
@@ -124,30 +130,37 @@ ${
     ).join("\n")
   }
 @group(0) @binding(${2 * n}) var<uniform> p: P;
-@compute @workgroup_size(8, 8)
-fn main(@builtin(global_invocation_id) g: vec3u) {
+${
+    ids.map((i) => `
+fn pack${i}(t: u32) {
+  let j = p.j${i};
+  let z = t / (j.width * j.height);
+  let y = (t / j.width) % j.height;
+  let x = t % j.width;
+  var v = vec4f(0.0);
+  if (y < j.rows) {
+    let base = (j.batch0 + z) * j.batch_stride;
+    let r = j.row0 + y;
+    for (var c = 0u; c < 4u; c++) {
+      let col = 4u * x + c;
+      if (col < j.cols) {
+        let cc = j.col0 + col;
+        v[c] = src${i}[base + select(r * j.ld + cc, cc * j.ld + r, j.trans == 1u)];
+      } else if (col == j.ones_col) {
+        v[c] = 1.0;
+      }
+    }
+  }
+  textureStore(dst${i}, vec2u(x, y + j.dst_row0), z, v);
+}`).join("\n")
+  }
+@compute @workgroup_size(${PACK_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let t = (wid.x + wid.z * nwg.x) * ${PACK_WG}u + lid;   // texel index within block wid.y
   ${
     ids.map((i) =>
-      `{
-    let j = p.j${i};
-    if (g.x < j.width && g.y < j.height && g.z < j.layers) {
-      var v = vec4f(0.0);
-      if (g.y < j.rows) {
-        let base = (j.batch0 + g.z) * j.batch_stride;
-        let r = j.row0 + g.y;
-        for (var c = 0u; c < 4u; c++) {
-          let col = 4u * g.x + c;
-          if (col < j.cols) {
-            let cc = j.col0 + col;
-            v[c] = src${i}[base + select(r * j.ld + cc, cc * j.ld + r, j.trans == 1u)];
-          } else if (col == j.ones_col) {
-            v[c] = 1.0;
-          }
-        }
-      }
-      textureStore(dst${i}, vec2u(g.x, g.y + j.dst_row0), g.z, v);
-    }
-  }`
+      `if (wid.y == ${i}u && t < p.j${i}.width * p.j${i}.height * p.j${i}.layers) { pack${i}(t); }`
     ).join("\n  ")
   }
 }`;
