@@ -57,20 +57,35 @@ export interface FillJob {
 
 /**
  * {@link fillTexture} for several textures at once: the blocks that can be copied are copied,
- * and those that need the pack kernel are packed by one dispatch (up to four per dispatch, the
- * storage textures a stage may write) — a matmul's two operands, or attention's keys and
- * values, cost one dispatch instead of two. Each texel is computed as by {@link fillTexture}.
+ * and small blocks that need the pack kernel share one dispatch (up to four, the storage
+ * textures a stage may write; see `MAX_SHARED_TEXELS`) — a small matmul's two operands, or
+ * attention's keys and values, cost one dispatch instead of two. Each texel is computed as by
+ * {@link fillTexture}.
  */
 export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
   const packed = jobs.filter((j) => !copied(gpu, j.src, j.tex, j.block));
-  for (let i = 0; i < packed.length; i += MAX_PACKED) {
-    const group = packed.slice(i, i + MAX_PACKED);
+  // small blocks share a dispatch; a large block is packed alone (see MAX_SHARED_TEXELS)
+  const groups: FillJob[][] = [];
+  let open: FillJob[] = [], texels = 0;
+  for (const j of packed) {
+    const n = j.block.width * j.block.height * j.block.layers;
+    if (open.length > 0 && (open.length === MAX_PACKED || texels + n > MAX_SHARED_TEXELS)) {
+      groups.push(open);
+      open = [];
+      texels = 0;
+    }
+    open.push(j);
+    texels += n;
+  }
+  if (open.length > 0) groups.push(open);
+  for (const group of groups) {
     const params = new Params();
-    // one invocation per texel of each block, one row of workgroups per block (a union grid of
-    // differently shaped blocks would run mostly idle invocations)
+    // 8×8-texel tiles, one row of workgroups per block (a union grid of differently shaped
+    // blocks would run mostly idle invocations); each workgroup finds its tile from its id
+    // (uniform integer math: per-invocation division is slow on software adapters)
     let most = 0;
     for (const { block: b } of group) {
-      most = Math.max(most, b.width * b.height * b.layers);
+      most = Math.max(most, Math.ceil(b.width / 8) * Math.ceil(b.height / 8) * b.layers);
       params.u32(
         b.rows,
         b.cols,
@@ -95,9 +110,8 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
       [...group.map((j) => j.src), ...group.map((j) => gpu.arrayView(j.tex))],
       // workgroups along x, and z when x would pass the device limit
       (() => {
-        const n = Math.ceil(most / PACK_WG);
-        const x = Math.min(n, gpu.limits.maxComputeWorkgroupsPerDimension);
-        return [x, group.length, Math.ceil(n / x)] as const;
+        const x = Math.min(most, gpu.limits.maxComputeWorkgroupsPerDimension);
+        return [x, group.length, Math.ceil(most / x)] as const;
       })(),
       params,
     );
@@ -105,7 +119,13 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
 }
 
 const MAX_PACKED = 4;
-const PACK_WG = 64;
+/**
+ * Blocks share one packing dispatch only while they hold at most this many texels in all. On
+ * llvmpipe a shader that packs several blocks runs about three times slower per texel than
+ * one packing one block (0.45 → 1.2–1.6 ms for 32 K texels, GL and Vulkan), which beats the
+ * ~90 µs a dispatch saves only for small blocks: those of decode steps and tiny models.
+ */
+const MAX_SHARED_TEXELS = 8192;
 const NO_COLUMN = 0xffffffff;
 
 /**
@@ -132,11 +152,15 @@ ${
 @group(0) @binding(${2 * n}) var<uniform> p: P;
 ${
     ids.map((i) => `
-fn pack${i}(t: u32) {
+fn pack${i}(tile: u32, lid: vec3u) {
   let j = p.j${i};
-  let z = t / (j.width * j.height);
-  let y = (t / j.width) % j.height;
-  let x = t % j.width;
+  let tx = (j.width + 7u) / 8u;
+  let ty = (j.height + 7u) / 8u;
+  if (tile >= tx * ty * j.layers) { return; }
+  let z = tile / (tx * ty);
+  let x = (tile % tx) * 8u + lid.x;
+  let y = ((tile / tx) % ty) * 8u + lid.y;
+  if (x >= j.width || y >= j.height) { return; }
   var v = vec4f(0.0);
   if (y < j.rows) {
     let base = (j.batch0 + z) * j.batch_stride;
@@ -154,15 +178,11 @@ fn pack${i}(t: u32) {
   textureStore(dst${i}, vec2u(x, y + j.dst_row0), z, v);
 }`).join("\n")
   }
-@compute @workgroup_size(${PACK_WG})
+@compute @workgroup_size(8, 8)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let t = (wid.x + wid.z * nwg.x) * ${PACK_WG}u + lid;   // texel index within block wid.y
-  ${
-    ids.map((i) =>
-      `if (wid.y == ${i}u && t < p.j${i}.width * p.j${i}.height * p.j${i}.layers) { pack${i}(t); }`
-    ).join("\n  ")
-  }
+        @builtin(local_invocation_id) lid: vec3u) {
+  let tile = wid.x + wid.z * nwg.x;   // 8×8-texel tile of block wid.y
+  ${ids.map((i) => `if (wid.y == ${i}u) { pack${i}(tile, lid); }`).join("\n  ")}
 }`;
   packShaders.set(n, code);
   return code;

@@ -77,7 +77,7 @@ export interface MatmulOptions {
    * `width`, `stride` apart like `biasSegments`; added with `accumulate`). Computed as one more
    * column of the product (B with a column of ones) in the same dispatch, in k order: the bits
    * of `sumColumns` over A. Falls back to `sumColumns` where the column does not fit (K in
-   * chunks, segmented K, batched).
+   * chunks, segmented K, batched) or would cost more (on the texture path, a B copied as is).
    */
   rowSums?: { out: Tensor; segments?: { width: number; stride: number } };
   /** Output tensor; required with `accumulate`. */
@@ -281,22 +281,25 @@ fn main(@builtin(global_invocation_id) g: vec3u${
   ${
     lnOut
       ? `}
-${LN_EPILOGUE(R, t.wgX)}`
+${LN_EPILOGUE(R, t.wgX, t.wgY)}`
       : ""
   }
 }`;
 }
 
 /**
- * The layernorm epilogue (a workgroup holds whole rows of C): after a storage barrier, invocation
- * x of the workgroup normalises rows r0 + x, r0 + x + wgX, … (< r0 + R) with layernormForward's
+ * The layernorm epilogue (a workgroup holds whole rows of C): after a storage barrier, the
+ * workgroup's invocation i normalises its rows i, i + wgX·wgY, … with layernormForward's
  * row-tree arithmetic
  * (the same sums in the same order, so its bits) into ln_y, ln_mean and ln_rstd.
  */
-function LN_EPILOGUE(R: number, wgX: number): string {
+function LN_EPILOGUE(R: number, wgX: number, wgY: number): string {
   return `  storageBarrier();
-  for (var rr = lid.x; rr < ${R}u && r0 + rr < p.M; rr += ${wgX}u) {
-    let row = p.m0 + r0 + rr;
+  let first = (g.y - lid.y) * ${R}u;   // the workgroup's first row
+  for (var rr = lid.y * ${wgX}u + lid.x; rr < ${R * wgY}u && first + rr < p.M; rr += ${
+    wgX * wgY
+  }u) {
+    let row = p.m0 + first + rr;
     let base = row * p.ldc;
     ${laneTreeSums({ s: "c_at(base + c)" }, "", "p.N")}
     let m = s / f32(p.N);
@@ -669,11 +672,17 @@ function run(
       `matmul: rowSums needs transA, α 1 and an out of ${need} elements in non-overlapping ` +
         `segments (got ${sums.out.size})`,
     );
-    // one more column of the product, where it fits one pass over K and one N chunk
+    // one more column of the product, where it fits one pass over K and one N chunk — and on
+    // the texture path only where B is packed by the kernel anyway: a B that is a plain copy
+    // would be packed for its ones column, which costs more than the column sums' dispatch
+    // (H 128: +35 ms per training step of 4 layers on llvmpipe)
     const t = opts.tiling ?? TEXTURE_TILING, side = gpu.textureSide;
+    const bCopies = !opts.transB && (4 * s.N) % 256 === 0 && s.K % 4 === 0 &&
+      b.byteOffset % 16 === 0;
     fuseSums = s.batch === 1 && opts.kSegments === undefined && !split && !opts.kvCache &&
       s.K > 0 && (path === "buffer" ||
-        (s.K <= Math.floor(side / 4) * 4 && s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4));
+        (!bCopies && s.K <= Math.floor(side / 4) * 4 &&
+          s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4));
   }
   const sumsCol = fuseSums ? s.N : NO_SUMS;
   if (path === "buffer") {
@@ -699,7 +708,9 @@ interface LayernormEpilogue {
 
 /** The texture tiling of the layernorm epilogue: one workgroup across all N columns. */
 function lnTiling(N: number): TextureTiling {
-  return { rows: 4, texels: 2, wgX: Math.max(1, Math.ceil(N / 8)), wgY: 1 };
+  const wgX = Math.max(1, Math.ceil(N / 8));
+  // eight rows per workgroup where the size allows: the norm then runs on a whole SIMD row
+  return { rows: 4, texels: 2, wgX, wgY: wgX <= 128 ? 2 : 1 };
 }
 
 /**
