@@ -169,6 +169,7 @@ export function textureMatmulShader(
   segmented = false,
   kvOut = false,
   lnOut = false,
+  aAlongM = false,
 ): string {
   const R = t.rows, Q = t.texels;
   const acc: string[] = [], aload: string[] = [], body: string[] = [], store: string[] = [];
@@ -194,17 +195,28 @@ export function textureMatmulShader(
       for (let j = 0; j < Q; j++) acc.push(`var t${i}_${j} = vec4f(0.0);`);
     }
   }
-  for (let i = 0; i < R; i++) {
-    aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+  // A's texels run along K (four k of one row), or along M (four rows at one k: the natural
+  // layout of a transposed A such as dYᵀ, which then packs — or copies — untransposed); each
+  // product is added in the same k order either way
+  const aAt = (i: number, kk: number) =>
+    aAlongM ? `a${kk}_${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `a${i}.${"xyzw"[kk]}`;
+  if (!aAlongM) {
+    for (let i = 0; i < R; i++) {
+      aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+    }
   }
   for (let kk = 0; kk < 4; kk++) {
-    const comp = "xyzw"[kk];
+    if (aAlongM) {
+      for (let q = 0; q < R / 4; q++) {
+        body.push(`let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u, k + ${kk}u), la);`);
+      }
+    }
     for (let j = 0; j < Q; j++) {
       body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
     }
     for (let i = 0; i < R; i++) {
       for (let j = 0; j < Q; j++) {
-        body.push(`c${i}_${j} += a${i}.${comp} * b${kk}_${j};`);
+        body.push(`c${i}_${j} += ${aAt(i, kk)} * b${kk}_${j};`);
       }
     }
   }
@@ -376,10 +388,12 @@ function textureShaderFor(
   segmented: boolean,
   kvOut: boolean,
   lnOut = false,
+  aAlongM = false,
 ): string {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}`;
+  const key =
+    `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}`;
   const code = tilingShaders.get(key) ??
-    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut);
+    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM);
   tilingShaders.set(key, code);
   return code;
 }
@@ -900,7 +914,12 @@ function runTexture(
   const vec4Out = s.N % 4 === 0 &&
     (!sp || (sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0));
   const kv = o.kvCache;
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== undefined, !!ln));
+  // a transposed A is packed in its stored layout, texels along M (rows a multiple of 4 per
+  // invocation): no transposing pack, often a plain copy
+  const aAlongM = !!o.transA && t.rows % 4 === 0;
+  const mm = gpu.pipeline(
+    textureShaderFor(t, vec4Out, seg > 0, kv !== undefined, !!ln, aAlongM),
+  );
   const kvViews = kv ? [gpu.arrayView(kv.k), gpu.arrayView(kv.v)] : [];
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
@@ -915,21 +934,39 @@ function runTexture(
           const k4 = Math.ceil(kc / 4);
           const aRows = Math.ceil(mc / t.rows) * t.rows;
           const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
-          const at = gpu.scratchTexture(k4, aRows, nb);
-          // A as (M × K): texels along K
-          const aBlock: Block = {
-            rows: mc,
-            cols: kc,
-            ld: ldA,
-            trans: !!o.transA,
-            row0: m0,
-            col0: k0,
-            batchStride: s.M * s.K,
-            batch0: b0,
-            layers: nb,
-            width: k4,
-            height: aRows,
-          };
+          // A as (M × K): texels along K; or, transposed, as stored (K × M): texels along M,
+          // with zero K padding (it meets B's zero padding: 0 × a stale Inf would be NaN)
+          const at = aAlongM
+            ? gpu.scratchTexture(aRows / 4, 4 * k4, nb)
+            : gpu.scratchTexture(k4, aRows, nb);
+          const aBlock: Block = aAlongM
+            ? {
+              rows: kc,
+              cols: mc,
+              ld: ldA,
+              trans: false,
+              row0: k0,
+              col0: m0,
+              batchStride: s.M * s.K,
+              batch0: b0,
+              layers: nb,
+              width: aRows / 4,
+              height: 4 * k4,
+              zeroPadRows: true,
+            }
+            : {
+              rows: mc,
+              cols: kc,
+              ld: ldA,
+              trans: !!o.transA,
+              row0: m0,
+              col0: k0,
+              batchStride: s.M * s.K,
+              batch0: b0,
+              layers: nb,
+              width: k4,
+              height: aRows,
+            };
           // B as (K × N): texels along N — packed once while B is held constant (weights)
           const bBlock: Block = {
             rows: kc,
