@@ -608,6 +608,18 @@ cases.push({
     const a = randArray(M * K, 95), b = randArray(K * N, 96);
     const c = matmul(gpu, gpu.fromArray(a, [M, K]), gpu.fromArray(b, [K, N]));
     assertClose(await gpu.readF32(c), ref.matmul(a, b, { M, N, K }), TOL, "K = 37 after Inf");
+    // a transposed A (packed as stored, texels along M) with 256-byte rows: its K padding
+    // rows are zeroed too
+    const Mt = 64;
+    matmul(gpu, inf([40, Mt]), inf([40, N]), { transA: true }).dispose();
+    const at = randArray(K * Mt, 97);
+    const ct = matmul(gpu, gpu.fromArray(at, [K, Mt]), gpu.fromArray(b, [K, N]), { transA: true });
+    assertClose(
+      await gpu.readF32(ct),
+      ref.matmul(at, b, { M: Mt, N, K, transA: true }),
+      TOL,
+      "Aᵀ, K = 37 after Inf",
+    );
   },
 });
 
