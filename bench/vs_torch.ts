@@ -139,8 +139,9 @@ async function oursSft(
     const ce = crossEntropy(gpu, logits, targets);
     const dl = crossEntropyBackward(gpu, logits, targets, ce.lse, dloss);
     model.backward(acts, { dlogits: dl });
-    model.store.clipGradNorm(1.0).dispose();
-    model.store.adamw({ lr: 1e-3 });
+    const clip = model.store.gradNorm(1.0); // clipped inside the AdamW pass, as the trainers do
+    model.store.adamw({ lr: 1e-3, clip });
+    clip.dispose();
     for (const t of [logits, ce.loss, ce.lse, dl]) t.dispose();
     model.disposeActivations(acts);
     gpu.flush();

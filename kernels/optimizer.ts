@@ -13,7 +13,7 @@ import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 const ADAMW = `
 struct P {
-  n: u32, has_scale: u32, scale_index: u32, _pad: u32,
+  n: u32, has_scale: u32, scale_index: u32, decay_end: u32,
   lr: f32, beta1: f32, beta2: f32, eps: f32,
   wd: f32, bc1: f32, bc2: f32,
 }
@@ -31,7 +31,7 @@ ${LINEAR_MAIN}
   let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
   m[i] = mi;
   v[i] = vi;
-  let w = param[i] * (1.0 - p.lr * p.wd);
+  let w = param[i] * (1.0 - p.lr * select(0.0, p.wd, i < p.decay_end));
   param[i] = w - p.lr * (mi / p.bc1) / (sqrt(vi / p.bc2) + p.eps);
 }`;
 
@@ -47,6 +47,8 @@ export interface AdamWOptions {
   eps?: number;
   /** Decoupled weight decay, default 0. */
   weightDecay?: number;
+  /** Weight decay only on elements before this index (default: all), e.g. not on biases. */
+  weightDecayUntil?: number;
   /** 1-based step count, for bias correction. */
   step: number;
   /** Multiply gradients by `scale.tensor[scale.index]` first (e.g. the clip coefficient). */
@@ -89,7 +91,7 @@ export function adamwStep(
     gpu.pipeline(ADAMW),
     [param, grad, m, v, s?.tensor ?? gpu.placeholder()],
     gpu.grid(groups(param.size)),
-    new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, 0).f32(
+    new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(
       o.lr,
       b1,
       b2,

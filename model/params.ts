@@ -38,6 +38,11 @@ export interface AdamWConfig {
   eps?: number;
   /** Decoupled weight decay on parameters whose spec has `decay` (default 0). */
   weightDecay?: number;
+  /**
+   * Multiply the gradients by the clip coefficient of this {@link ParamStore.gradNorm} result
+   * first: clipping inside the AdamW pass (the bits of `clipGradNorm` then `adamw`).
+   */
+  clip?: Tensor;
 }
 
 /**
@@ -248,6 +253,15 @@ export class ParamStore {
   }
 
   /**
+   * Global L2 norm of all gradients as a GPU `[4]` tensor (norm, clip coefficient
+   * `min(1, maxNorm / norm)` with `maxNorm`); the gradients are left as they are. Pass it to
+   * {@link adamw} as `clip` to clip within the update. No readback.
+   */
+  gradNorm(maxNorm?: number): Tensor {
+    return globalNorm(this.gpu, this.#chunks(this.grads, 0, this.total), maxNorm ?? 0);
+  }
+
+  /**
    * Global L2 norm of all gradients as a GPU `[4]` tensor (norm, clip coefficient); with
    * `maxNorm` the gradients are scaled in place by the coefficient. No readback.
    */
@@ -262,28 +276,29 @@ export class ParamStore {
     return stats;
   }
 
-  /** One AdamW step over all parameters (weight decay only on the decayed range). */
+  /**
+   * One AdamW step over all parameters (weight decay only on the decayed range, which comes
+   * first): one dispatch per bindable chunk.
+   */
   adamw(o: AdamWConfig): void {
     this.step++;
-    const ranges: [number, number, number][] = [
-      [0, this.decayEnd, o.weightDecay ?? 0],
-      [this.decayEnd, this.total, 0],
-    ];
-    for (const [start, end, wd] of ranges) {
-      if (end <= start) continue;
-      const ps = this.#chunks(this.params, start, end), gs = this.#chunks(this.grads, start, end);
-      const ms = this.#chunks(this.m, start, end), vs = this.#chunks(this.v, start, end);
-      ps.forEach((p, i) =>
-        adamwStep(this.gpu, p, gs[i], ms[i], vs[i], {
-          lr: o.lr,
-          beta1: o.beta1,
-          beta2: o.beta2,
-          eps: o.eps,
-          weightDecay: wd,
-          step: this.step,
-        })
-      );
-    }
+    const ps = this.#chunks(this.params, 0, this.total),
+      gs = this.#chunks(this.grads, 0, this.total);
+    const ms = this.#chunks(this.m, 0, this.total), vs = this.#chunks(this.v, 0, this.total);
+    let start = 0;
+    ps.forEach((p, i) => {
+      adamwStep(this.gpu, p, gs[i], ms[i], vs[i], {
+        lr: o.lr,
+        beta1: o.beta1,
+        beta2: o.beta2,
+        eps: o.eps,
+        weightDecay: o.weightDecay ?? 0,
+        weightDecayUntil: Math.max(0, Math.min(p.size, this.decayEnd - start)),
+        step: this.step,
+        gradScale: o.clip ? { tensor: o.clip, index: 1 } : undefined,
+      });
+      start += p.size;
+    });
   }
 
   /**

@@ -88,13 +88,15 @@ export function optimizerStep(
   step: number,
   totalSteps: number,
 ): { norm: Tensor; lr: number } {
-  const norm = store.clipGradNorm(o.maxGradNorm > 0 ? o.maxGradNorm : undefined);
+  // the clip coefficient is applied inside the AdamW pass (no scaling pass of its own)
+  const clip = o.maxGradNorm > 0;
+  const norm = store.gradNorm(clip ? o.maxGradNorm : undefined);
   const lr = learningRate(step, {
     lr: o.lr,
     totalSteps,
     warmupRatio: o.warmupRatio,
     decay: o.lrDecay,
   });
-  store.adamw({ lr, weightDecay: o.weightDecay });
+  store.adamw({ lr, weightDecay: o.weightDecay, clip: clip ? norm : undefined });
   return { norm, lr };
 }

@@ -318,8 +318,9 @@ export class PpoTrainer implements Trainer<PpoTrainerState> {
     });
     actor.backward(acts, { dlogits });
     const ptx = this.#ptx ? this.#ptxBackward() : undefined;
-    store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
-    store.adamw({ lr, weightDecay: cfg.weightDecay });
+    const clip = cfg.maxGradNorm > 0 ? store.gradNorm(cfg.maxGradNorm) : undefined;
+    store.adamw({ lr, weightDecay: cfg.weightDecay, clip });
+    clip?.dispose();
     return { ...pl, entropy: maskedStats(gpu, lp.entropy, mb.act), ptx };
   }
 
@@ -332,8 +333,9 @@ export class PpoTrainer implements Trainer<PpoTrainerState> {
     const v = critic.values(acts).intoShape([B, T]);
     const vl = ppoValueLoss(gpu, v, valuesOld, returns, mb.act, { clip: cfg.clipRangeValue });
     critic.backward(acts, { dvalues: vl.dvalues.reshape([B * T]) });
-    critic.store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : undefined);
-    critic.store.adamw({ lr, weightDecay: cfg.weightDecay });
+    const clip = cfg.maxGradNorm > 0 ? critic.store.gradNorm(cfg.maxGradNorm) : undefined;
+    critic.store.adamw({ lr, weightDecay: cfg.weightDecay, clip });
+    clip?.dispose();
     return vl;
   }
 

@@ -6,6 +6,9 @@ import { globalNorm } from "../../kernels/reduce.ts";
 import { ShapeError } from "../../kernels/errors.ts";
 import { assert, assertClose, assertThrows } from "../assert.ts";
 import { type Case, randArray } from "../_util.ts";
+import type { Tensor } from "../../kernels/runtime.ts";
+import { OPT_PRESETS } from "../../model/config.ts";
+import { OptModel } from "../../model/opt.ts";
 
 export const cases: Case[] = [];
 
@@ -33,6 +36,47 @@ for (const n of [1, 7, 65, 1000]) {
     },
   });
 }
+
+cases.push({
+  name: "optimizer: weight decay up to an index in one dispatch gives the bits of two ranges; " +
+    "a parameter store's clip inside AdamW gives clip-then-AdamW's bits",
+  async run(gpu) {
+    const n = 200, d = 128; // views bind at 256-byte offsets: d a multiple of 64
+    const p0 = randArray(n, 7), g0 = randArray(n, 8, -3, 3);
+    const one = gpu.fromArray(p0), two = gpu.fromArray(p0);
+    const state = () => [gpu.zeros([n]), gpu.zeros([n])];
+    const [m1, v1] = state(), [m2, v2] = state();
+    const g = gpu.fromArray(g0);
+    for (let step = 1; step <= 3; step++) {
+      const o = { lr: 1e-2, weightDecay: 0.1, step };
+      adamwStep(gpu, one, g, m1, v1, { ...o, weightDecayUntil: d });
+      const part = (t: Tensor, a: number, b: number) => t.view(a, [b - a]);
+      adamwStep(gpu, part(two, 0, d), part(g, 0, d), part(m2, 0, d), part(v2, 0, d), o);
+      adamwStep(gpu, part(two, d, n), part(g, d, n), part(m2, d, n), part(v2, d, n), {
+        ...o,
+        weightDecay: 0,
+      });
+    }
+    const [a, b] = [await gpu.readF32(one), await gpu.readF32(two)];
+    assert(a.every((x, i) => Object.is(x, b[i])), "one dispatch = two ranges");
+    // a model's store: gradNorm + adamw({ clip }) against clipGradNorm + adamw
+    const make = () => OptModel.create(gpu, OPT_PRESETS.tiny, { seed: 3 });
+    const [x, y] = [make(), make()];
+    for (const mdl of [x, y]) {
+      gpu.write(mdl.store.grads, randArray(mdl.store.total, 9, -2, 2));
+    }
+    const clip = x.store.gradNorm(0.5);
+    x.store.adamw({ lr: 1e-2, weightDecay: 0.1, clip });
+    y.store.clipGradNorm(0.5);
+    y.store.adamw({ lr: 1e-2, weightDecay: 0.1 });
+    const [px, py] = [await gpu.readF32(x.store.params), await gpu.readF32(y.store.params)];
+    assert(px.every((v, i) => Object.is(v, py[i])), "clip inside AdamW = clip, then AdamW");
+    const fresh = make();
+    const p0s = await gpu.readF32(fresh.store.params);
+    assert(px.some((v, i) => v !== p0s[i]), "parameters moved");
+    for (const mdl of [x, y, fresh]) mdl.store.dispose();
+  },
+});
 
 cases.push({
   name: "optimizer: AdamW minimises a quadratic; learning-rate schedule values",
