@@ -121,11 +121,11 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
 const MAX_PACKED = 4;
 /**
  * Blocks share one packing dispatch only while they hold at most this many texels in all. On
- * llvmpipe a shader that packs several blocks runs about three times slower per texel than
- * one packing one block (0.45 → 1.2–1.6 ms for 32 K texels, GL and Vulkan), which beats the
- * ~90 µs a dispatch saves only for small blocks: those of decode steps and tiny models.
+ * llvmpipe a shader that packs several blocks runs two to three times slower per texel than
+ * one packing one block (0.45 → 1.2–1.6 ms for 32 K texels, GL and Vulkan; two 5 K-texel
+ * blocks 0.83 → 1.21 ms wall), which the dispatch it saves pays back only for small blocks.
  */
-const MAX_SHARED_TEXELS = 8192;
+const MAX_SHARED_TEXELS = 2048;
 const NO_COLUMN = 0xffffffff;
 
 /**
