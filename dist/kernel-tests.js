@@ -474,6 +474,7 @@ function collectTensors(v, out, depth) {
   }
 }
 var MAX_ERRORS = 8;
+var MAX_BIND_GROUPS = 16384;
 var Gpu = class _Gpu {
   device;
   adapterDescription;
@@ -490,12 +491,23 @@ var Gpu = class _Gpu {
   /** Largest storage binding in bytes (≤ `maxStorageBufferBindingSize`). */
   maxBindingBytes;
   #pipelines;
+  /** Pipelines with entry point `main` by their source (no per-call key string). */
+  #mainPipelines;
+  /** Bind groups by their resources (see {@link dispatch}); cleared when it grows large. */
+  #groups;
+  /** Identity numbers of pipelines, buffers and texture views, for bind-group keys. */
+  #ids;
+  #nextId;
+  /** One 2-D-array view per texture (see {@link arrayView}). */
+  #views;
   /** Per pipeline: each buffer binding's access and variable name, parsed from its WGSL. */
   #access;
   #encoder;
   #pass;
   #arenas;
   #arenaIndex;
+  /** Uniform slots written since the last submit, by content. */
+  #uniformSlots;
   #arenaBytes;
   /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
   #errors;
@@ -516,11 +528,17 @@ var Gpu = class _Gpu {
       pipelines: 0
     };
     this.#pipelines = /* @__PURE__ */ new Map();
+    this.#mainPipelines = /* @__PURE__ */ new Map();
+    this.#groups = /* @__PURE__ */ new Map();
+    this.#ids = /* @__PURE__ */ new WeakMap();
+    this.#nextId = 1;
+    this.#views = /* @__PURE__ */ new WeakMap();
     this.#access = /* @__PURE__ */ new WeakMap();
     this.#encoder = null;
     this.#pass = null;
     this.#arenas = [];
     this.#arenaIndex = 0;
+    this.#uniformSlots = /* @__PURE__ */ new Map();
     this.#errors = [];
     this.#textures = /* @__PURE__ */ new Map();
     this.#constant = /* @__PURE__ */ new Map();
@@ -938,6 +956,10 @@ var Gpu = class _Gpu {
   // ---------------------------------------------------------------- pipelines and dispatch
   /** A compute pipeline for `code`, cached by source and entry point. */
   pipeline(code, entryPoint = "main") {
+    if (entryPoint === "main") {
+      const hit = this.#mainPipelines.get(code);
+      if (hit) return hit;
+    }
     const key = `${entryPoint}\0${code}`;
     let p = this.#pipelines.get(key);
     if (!p) {
@@ -955,7 +977,30 @@ var Gpu = class _Gpu {
       this.#access.set(p, bufferBindings(code));
       this.stats.pipelines++;
     }
+    if (entryPoint === "main") this.#mainPipelines.set(code, p);
     return p;
+  }
+  /**
+   * The `"2d-array"` view of a texture, one per texture: kernels bind the same view object each
+   * time, so that their bind groups can be reused.
+   */
+  arrayView(tex) {
+    let v = this.#views.get(tex);
+    if (!v) {
+      v = tex.createView({
+        dimension: "2d-array"
+      });
+      this.#views.set(tex, v);
+    }
+    return v;
+  }
+  #id(o) {
+    let i = this.#ids.get(o);
+    if (i === void 0) {
+      i = this.#nextId++;
+      this.#ids.set(o, i);
+    }
+    return i;
   }
   /**
    * Records one dispatch into the current compute pass.
@@ -974,14 +1019,27 @@ var Gpu = class _Gpu {
       throw new GpuLimitError(`dispatch ${x}\xD7${y}\xD7${z} exceeds maxComputeWorkgroupsPerDimension (${max})`);
     }
     const entries = [];
+    let key = `${this.#id(pipeline)}`;
     bindings.forEach((b, i) => {
-      if (b === null) return;
-      entries.push({
-        binding: i,
-        resource: b instanceof Tensor ? b.binding() : b
-      });
+      if (b === null) {
+        key += "|-";
+        return;
+      }
+      if (b instanceof Tensor) {
+        const r = b.binding();
+        key += `|${this.#id(r.buffer)}:${r.offset}:${r.size}`;
+        entries.push({
+          binding: i,
+          resource: r
+        });
+      } else {
+        key += `|v${this.#id(b)}`;
+        entries.push({
+          binding: i,
+          resource: b
+        });
+      }
     });
-    this.#checkAliasing(pipeline, bindings);
     if (this.#constant.size > 0) {
       const access = this.#access.get(pipeline);
       bindings.forEach((b, i) => {
@@ -989,15 +1047,23 @@ var Gpu = class _Gpu {
       });
     }
     if (params) {
+      const u = this.#uniform(params.bytes());
+      key += `|u${this.#id(u.buffer)}:${u.offset}:${u.size}`;
       entries.push({
         binding: bindings.length,
-        resource: this.#uniform(params.bytes())
+        resource: u
       });
     }
-    const group = this.device.createBindGroup({
-      layout: pipeline.getBindGroupLayout(0),
-      entries
-    });
+    let group = this.#groups.get(key);
+    if (!group) {
+      this.#checkAliasing(pipeline, bindings);
+      group = this.device.createBindGroup({
+        layout: pipeline.getBindGroupLayout(0),
+        entries
+      });
+      if (this.#groups.size >= MAX_BIND_GROUPS) this.#groups.clear();
+      this.#groups.set(key, group);
+    }
     if (this.#profiler) {
       const label = dispatchSite();
       this.#endPass();
@@ -1066,6 +1132,7 @@ var Gpu = class _Gpu {
       a.used = 0;
     }
     this.#arenaIndex = 0;
+    this.#uniformSlots.clear();
     if (this.#profiler?.mode === "timestamp") this.#profiler.resolve(this.#encoder);
     this.device.queue.submit([
       this.#encoder.finish()
@@ -1115,6 +1182,15 @@ var Gpu = class _Gpu {
     }
   }
   #uniform(bytes) {
+    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+    const content = String.fromCharCode(...new Uint16Array(words.buffer, words.byteOffset, 2 * words.length));
+    const known = this.#uniformSlots.get(content);
+    if (known) return known;
+    const slot = this.#uniformSlot(bytes);
+    this.#uniformSlots.set(content, slot);
+    return slot;
+  }
+  #uniformSlot(bytes) {
     const align = Math.max(256, this.limits.minUniformBufferOffsetAlignment);
     let a = this.#arenas[this.#arenaIndex];
     if (!a) {
@@ -1245,6 +1321,22 @@ function wgsl(strings, ...values) {
 }
 
 // kernels/_shader.ts
+var SOFTWARE_LOOP_BUDGET = 6e4;
+function rowRanges(rows2) {
+  const out = [];
+  for (let r02 = 0; r02 < rows2; r02 += SOFTWARE_LOOP_BUDGET) {
+    out.push([
+      r02,
+      Math.min(rows2, r02 + SOFTWARE_LOOP_BUDGET)
+    ]);
+  }
+  return out.length > 0 ? out : [
+    [
+      0,
+      0
+    ]
+  ];
+}
 var WG = 256;
 function mainHeader(wg) {
   return `@compute @workgroup_size(${wg})
@@ -1263,39 +1355,109 @@ function columnGroups(n) {
 }
 
 // kernels/_texture.ts
-var PACK = `
-struct P {
-  rows: u32, cols: u32,        // logical sub-block size (zero outside it)
-  ld: u32, trans: u32,         // element (r, c) at r*ld + c, or c*ld + r when trans
-  row0: u32, col0: u32,        // sub-block origin in the logical matrix
-  batch_stride: u32, batch0: u32,
-  width: u32, height: u32,     // texels \xD7 rows to write (padding included)
-  dst_row0: u32,               // first texture row written
+function fillTexture(gpu, src, tex, b) {
+  fillTextures(gpu, [
+    {
+      src,
+      tex,
+      block: b
+    }
+  ]);
 }
-@group(0) @binding(0) var<storage, read> src: array<f32>;                   // (batch, \u2026)
-@group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(8, 8)
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  if (g.x >= p.width || g.y >= p.height) { return; }
+function fillTextures(gpu, jobs) {
+  const packed = jobs.filter((j) => !copied(gpu, j.src, j.tex, j.block));
+  const groups2 = [];
+  let open = [], texels2 = 0;
+  for (const j of packed) {
+    const n = j.block.width * j.block.height * j.block.layers;
+    if (open.length > 0 && (open.length === MAX_PACKED || texels2 + n > MAX_SHARED_TEXELS)) {
+      groups2.push(open);
+      open = [];
+      texels2 = 0;
+    }
+    open.push(j);
+    texels2 += n;
+  }
+  if (open.length > 0) groups2.push(open);
+  for (const group of groups2) {
+    const params = new Params();
+    let most = 0;
+    for (const { block: b } of group) {
+      most = Math.max(most, Math.ceil(b.width / 8) * Math.ceil(b.height / 8) * b.layers);
+      params.u32(b.rows, b.cols, b.ld, b.trans ? 1 : 0, b.row0, b.col0, b.batchStride, b.batch0, b.width, b.height, b.dstRow0 ?? 0, b.layers, b.onesColumn ? b.cols : NO_COLUMN, 0, 0, 0);
+    }
+    gpu.dispatch(gpu.pipeline(packShader(group.length)), [
+      ...group.map((j) => j.src),
+      ...group.map((j) => gpu.arrayView(j.tex))
+    ], (() => {
+      const x = Math.min(most, gpu.limits.maxComputeWorkgroupsPerDimension);
+      return [
+        x,
+        group.length,
+        Math.ceil(most / x)
+      ];
+    })(), params);
+  }
+}
+var MAX_PACKED = 4;
+var MAX_SHARED_TEXELS = 2048;
+var NO_COLUMN = 4294967295;
+function packShader(n) {
+  const known = packShaders.get(n);
+  if (known) return known;
+  const ids = Array.from({
+    length: n
+  }, (_, i) => i);
+  const code = `
+struct Job {
+  rows: u32, cols: u32, ld: u32, trans: u32, row0: u32, col0: u32,
+  batch_stride: u32, batch0: u32, width: u32, height: u32, dst_row0: u32, layers: u32,
+  ones_col: u32, pad0: u32, pad1: u32, pad2: u32,
+}
+struct P { ${ids.map((i) => `j${i}: Job,`).join(" ")} }
+${ids.map((i) => `@group(0) @binding(${i}) var<storage, read> src${i}: array<f32>;`).join("\n")}
+${ids.map((i) => `@group(0) @binding(${n + i}) var dst${i}: texture_storage_2d_array<rgba32float, write>;`).join("\n")}
+@group(0) @binding(${2 * n}) var<uniform> p: P;
+${ids.map((i) => `
+fn pack${i}(tile: u32, lid: vec3u) {
+  let j = p.j${i};
+  let tx = (j.width + 7u) / 8u;
+  let ty = (j.height + 7u) / 8u;
+  if (tile >= tx * ty * j.layers) { return; }
+  let z = tile / (tx * ty);
+  let x = (tile % tx) * 8u + lid.x;
+  let y = ((tile / tx) % ty) * 8u + lid.y;
+  if (x >= j.width || y >= j.height) { return; }
   var v = vec4f(0.0);
-  if (g.y < p.rows) {
-    let base = (p.batch0 + g.z) * p.batch_stride;
-    let r = p.row0 + g.y;
+  if (y < j.rows) {
+    let base = (j.batch0 + z) * j.batch_stride;
+    let r = j.row0 + y;
     for (var c = 0u; c < 4u; c++) {
-      let col = 4u * g.x + c;
-      if (col < p.cols) {
-        let cc = p.col0 + col;
-        v[c] = src[base + select(r * p.ld + cc, cc * p.ld + r, p.trans == 1u)];
+      let col = 4u * x + c;
+      if (col < j.cols) {
+        let cc = j.col0 + col;
+        v[c] = src${i}[base + select(r * j.ld + cc, cc * j.ld + r, j.trans == 1u)];
+      } else if (col == j.ones_col) {
+        v[c] = 1.0;
       }
     }
   }
-  textureStore(dst, vec2u(g.x, g.y + p.dst_row0), g.z, v);
+  textureStore(dst${i}, vec2u(x, y + j.dst_row0), z, v);
+}`).join("\n")}
+@compute @workgroup_size(8, 8)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_id) lid: vec3u) {
+  let tile = wid.x + wid.z * nwg.x;   // 8\xD78-texel tile of block wid.y
+  ${ids.map((i) => `if (wid.y == ${i}u) { pack${i}(tile, lid); }`).join("\n  ")}
 }`;
-function fillTexture(gpu, src, tex, b) {
+  packShaders.set(n, code);
+  return code;
+}
+var packShaders = /* @__PURE__ */ new Map();
+function copied(gpu, src, tex, b) {
   const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
   const byteOffset = src.byteOffset + 4 * elemOffset;
-  const direct = !b.trans && 4 * b.ld % 256 === 0 && b.cols % 4 === 0 && byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) && (!b.zeroPadRows || b.rows === b.height);
+  const direct = !b.trans && 4 * b.ld % 256 === 0 && b.cols % 4 === 0 && byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) && (!b.zeroPadRows || b.rows === b.height) && !b.onesColumn;
   if (direct) {
     gpu.encoder().copyBufferToTexture({
       buffer: src.buffer,
@@ -1314,18 +1476,9 @@ function fillTexture(gpu, src, tex, b) {
       b.rows,
       b.layers
     ]);
-    return;
+    return true;
   }
-  gpu.dispatch(gpu.pipeline(PACK), [
-    src,
-    tex.createView({
-      dimension: "2d-array"
-    })
-  ], [
-    Math.ceil(b.width / 8),
-    Math.ceil(b.height / 8),
-    b.layers
-  ], new Params().u32(b.rows, b.cols, b.ld, b.trans ? 1 : 0, b.row0, b.col0, b.batchStride, b.batch0, b.width, b.height, b.dstRow0 ?? 0));
+  return false;
 }
 
 // kernels/attention.ts
@@ -1414,6 +1567,60 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
       lse[bh * p.Tq + i0 + ${i}u] = select(-3.4e38, m${i} + log(l${i}), l${i} > 0.0);
     }
   }`)}
+}`;
+}
+var DECODE_WG = 32;
+function decodeForwardShader(dq, keyMask) {
+  const perD = (f) => Array.from({
+    length: dq
+  }, (_, d) => f(d));
+  return wgsl`
+struct P { n: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, 1, Dh)
+@group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, 1, Dh)
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, 1)
+@group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
+@group(0) @binding(6) var<uniform> p: P;
+
+fn load_q(bh: u32, d4: u32) -> vec4f {
+  var v = vec4f(0.0);
+  let base = bh * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { v[c] = q[base + 4u * d4 + c]; } }
+  return v;
+}
+
+@compute @workgroup_size(${DECODE_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let layer = g.x / ${dq}u;
+  let mine = g.x % ${dq}u;
+  if (layer >= p.n) { return; }
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  ${perD((d) => `let q${d} = load_q(bh, ${d}u);`).join("\n  ")}
+  var a = vec4f(0.0);
+  var m = -3.4e38;
+  var l = 0.0;
+  for (var j = 0u; j < p.Tk; j++) {
+#if ${keyMask}
+    if (kmask[b * p.Tmask + j] == 0.0) { continue; }
+#endif
+    ${perD((d) => `let k${d} = textureLoad(kt, vec2u(${d}u, j), layer);`).join("\n    ")}
+    let vm = textureLoad(vt, vec2u(mine, j), layer);
+    let s = p.scale * (${perD((d) => `dot(q${d}, k${d})`).join(" + ")});
+    let mn = max(m, s);
+    let c = exp(m - mn);
+    let e = exp(s - mn);
+    l = l * c + e;
+    m = mn;
+    a = a * c + e * vm;
+  }
+  let inv = select(0.0, 1.0 / l, l > 0.0);
+  let y = a * inv;
+  let base = bh * p.Dh + 4u * mine;
+  for (var c = 0u; c < 4u; c++) { if (4u * mine + c < p.Dh) { out[base + c] = y[c]; } }
+  if (mine == 0u) { lse[bh] = select(-3.4e38, m + log(l), l > 0.0); }
 }`;
 }
 function rowIo(name, rows2, store = false, layout = "heads", part = 0) {
@@ -1656,30 +1863,18 @@ function attentionForward(gpu, q, k, v, opts = {}) {
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
     const kt = gpu.scratchTexture(dq, Tk, n), vt = gpu.scratchTexture(dq, Tk, n);
-    for (const [src, tex] of [
-      [
-        k,
-        kt
-      ],
-      [
-        v,
-        vt
-      ]
-    ]) {
-      fillTexture(gpu, src, tex, {
-        rows: Tk,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: Tk * Dh,
-        batch0: c0,
-        layers: n,
-        width: dq,
-        height: Tk
-      });
-    }
+    fillTextures(gpu, [
+      {
+        src: k,
+        tex: kt,
+        block: headBlock(Tk, Dh, c0, n)
+      },
+      {
+        src: v,
+        tex: vt,
+        block: headBlock(Tk, Dh, c0, n)
+      }
+    ]);
     fused(gpu, q, kt, vt, out, lse, d, {
       causal,
       scale: scale3,
@@ -1697,6 +1892,21 @@ function attentionForward(gpu, q, k, v, opts = {}) {
     keyMask: opts.keyMask
   };
 }
+function headBlock(T3, Dh, c0, n) {
+  return {
+    rows: T3,
+    cols: Dh,
+    ld: Dh,
+    trans: false,
+    row0: 0,
+    col0: 0,
+    batchStride: T3 * Dh,
+    batch0: c0,
+    layers: n,
+    width: Math.ceil(Dh / 4),
+    height: T3
+  };
+}
 function checkMask(mask, B4, Tk, stride) {
   if (!mask) return;
   checkShape(mask.dtype === "f32" && mask.size === B4 * stride && stride >= Tk, `attention: keyMask [${mask.shape}] must be f32 [${B4}, ${stride}] covering ${Tk} keys`);
@@ -1708,15 +1918,24 @@ function checkKeys(gpu, Tk) {
 }
 function fused(gpu, q, kt, vt, out, lse, d, o, c0, n) {
   const dq = Math.ceil(d.Dh / 4), hasMask = o.keyMask !== void 0;
+  if (d.Tq === 1) {
+    gpu.dispatch(gpu.pipeline(cached(`decode/${dq}/${hasMask}`, () => decodeForwardShader(dq, hasMask))), [
+      q,
+      gpu.arrayView(kt),
+      gpu.arrayView(vt),
+      out,
+      lse,
+      o.keyMask ?? null
+    ], [
+      Math.ceil(n * dq / DECODE_WG)
+    ], new Params().u32(n, d.Tk, d.Dh, d.H, c0, o.maskStride).f32(o.scale));
+    return;
+  }
   const pipe = gpu.pipeline(cached(`fwd/${dq}/${o.causal}/${hasMask}`, () => fusedForwardShader(dq, o.causal, hasMask)));
   gpu.dispatch(pipe, [
     q,
-    kt.createView({
-      dimension: "2d-array"
-    }),
-    vt.createView({
-      dimension: "2d-array"
-    }),
+    gpu.arrayView(kt),
+    gpu.arrayView(vt),
     out,
     lse,
     o.keyMask ?? null
@@ -1747,18 +1966,34 @@ var KvCache = class {
       throw new GpuLimitError(`KvCache: batch \xD7 heads = ${layers} exceeds maxTextureArrayLayers (${gpu.limits.maxTextureArrayLayers}); generate in smaller batches`);
     }
     checkKeys(gpu, capacity);
-    const pow2 = (x) => 2 ** Math.ceil(Math.log2(Math.max(x, 1)));
-    const make = () => gpu.device.createTexture({
-      size: [
-        Math.max(16, pow2(Math.ceil(Dh / 4))),
-        Math.max(16, pow2(capacity)),
-        pow2(layers)
-      ],
-      format: "rgba32float",
-      usage: 8 | 2 | 1
-    });
-    this.k = make();
-    this.v = make();
+    this.k = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    this.v = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    const zeros = {
+      rows: 0,
+      cols: 0,
+      ld: 0,
+      trans: false,
+      row0: 0,
+      col0: 0,
+      batchStride: 0,
+      batch0: 0,
+      layers,
+      width: Math.ceil(Dh / 4),
+      height: capacity,
+      zeroPadRows: true
+    };
+    fillTextures(gpu, [
+      {
+        src: gpu.placeholder(),
+        tex: this.k,
+        block: zeros
+      },
+      {
+        src: gpu.placeholder(),
+        tex: this.v,
+        block: zeros
+      }
+    ]);
   }
   /** Writes `k`, `v` `[B, H, Tn, Dh]` into positions `[at, at + Tn)`. */
   write(k, v, at) {
@@ -1771,31 +2006,22 @@ var KvCache = class {
       Dh
     ].join() && v.shape.join() === k.shape.join(), `KvCache.write: k/v must be [${B4}, ${H}, Tn, ${Dh}], got [${k.shape}] and [${v.shape}]`);
     checkShape(at >= 0 && at + Tn <= this.capacity, `KvCache.write: rows ${at}..${at + Tn} exceed capacity ${this.capacity}`);
-    for (const [src, tex] of [
-      [
-        k,
-        this.k
-      ],
-      [
-        v,
-        this.v
-      ]
-    ]) {
-      fillTexture(this.gpu, src, tex, {
-        rows: Tn,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: Tn * Dh,
-        batch0: 0,
-        layers: B4 * H,
-        width: Math.ceil(Dh / 4),
-        height: Tn,
-        dstRow0: at
-      });
-    }
+    const block2 = {
+      ...headBlock(Tn, Dh, 0, B4 * H),
+      dstRow0: at
+    };
+    fillTextures(this.gpu, [
+      {
+        src: k,
+        tex: this.k,
+        block: block2
+      },
+      {
+        src: v,
+        tex: this.v,
+        block: block2
+      }
+    ]);
   }
   /**
    * Attention of `q` `[B, H, Tq, Dh]` over the first `Tk` cached positions (query i at
@@ -1838,11 +2064,10 @@ var KvCache = class {
     lse.dispose();
     return out;
   }
-  /** Frees the textures (after submitting recorded work that still reads them). */
+  /** Gives the textures back to the runtime's pool (work recorded so far still reads them). */
   destroy() {
-    this.gpu.flush();
-    this.k.destroy();
-    this.v.destroy();
+    this.gpu.releaseTexture(this.k);
+    this.gpu.releaseTexture(this.v);
   }
 };
 function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
@@ -1918,30 +2143,34 @@ function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
     null
   ] : keyOut;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
-  const view = (t) => t.createView({
-    dimension: "2d-array"
-  });
+  const view = (t) => gpu.arrayView(t);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    const pack = (src, T3) => {
-      const tex = gpu.scratchTexture(dq4, T3, n);
-      fillTexture(gpu, src, tex, {
-        rows: T3,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: T3 * Dh,
-        batch0: c0,
-        layers: n,
-        width: dq4,
-        height: T3
-      });
-      return tex;
-    };
+    const kt = gpu.scratchTexture(dq4, Tk, n), vt = gpu.scratchTexture(dq4, Tk, n);
+    const qt = gpu.scratchTexture(dq4, Tq, n), gt = gpu.scratchTexture(dq4, Tq, n);
+    fillTextures(gpu, [
+      {
+        src: k,
+        tex: kt,
+        block: headBlock(Tk, Dh, c0, n)
+      },
+      {
+        src: v,
+        tex: vt,
+        block: headBlock(Tk, Dh, c0, n)
+      },
+      {
+        src: q,
+        tex: qt,
+        block: headBlock(Tq, Dh, c0, n)
+      },
+      {
+        src: dout,
+        tex: gt,
+        block: headBlock(Tq, Dh, c0, n)
+      }
+    ]);
     const params = new Params().u32(Tq, Tk, Dh, H, c0).f32(saved.scale);
-    const kt = pack(k, Tk), vt = pack(v, Tk);
     gpu.dispatch(queryPipe, [
       q,
       dout,
@@ -1958,7 +2187,6 @@ function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
     ], params);
     gpu.releaseTexture(kt);
     gpu.releaseTexture(vt);
-    const qt = pack(q, Tq), gt = pack(dout, Tq);
     gpu.dispatch(keyPipe, [
       k,
       v,
@@ -2595,7 +2823,7 @@ cases.push({
   }
 });
 cases.push({
-  name: "attention: KvCache prefill + incremental writes + decode equal full attention (masked, strided mask)",
+  name: "attention: KvCache prefill + incremental writes + decode equal full attention (masked, strided mask; pooled textures)",
   async run(gpu) {
     const B4 = 2, H = 3, Dh = 7, Tp2 = 4, steps = 3, cap = Tp2 + steps;
     const kk = randArray(B4 * H * cap * Dh, 61), vv = randArray(B4 * H * cap * Dh, 62);
@@ -2603,6 +2831,15 @@ cases.push({
     const mask = Float32Array.from({
       length: B4 * cap
     }, (_, i) => i === 0 || i === cap + cap - 1 ? 0 : 1);
+    const stale = new KvCache(gpu, B4, H, cap, Dh);
+    const nan = gpu.fromArray(new Float32Array(B4 * H * cap * Dh).fill(NaN), [
+      B4,
+      H,
+      cap,
+      Dh
+    ]);
+    stale.write(nan, nan, 0);
+    stale.destroy();
     const cache = new KvCache(gpu, B4, H, cap, Dh);
     const slice = (a, t0, t1) => {
       const out = new Float32Array(B4 * H * (t1 - t0) * Dh);
@@ -3206,6 +3443,19 @@ function scatterAddRows(gpu, ids, dout, table, offset = 0) {
   checkIds(ids, N, "ids");
   checkShape(dout.size === N * C2, `scatterAddRows: dout [${dout.shape}] is not (${N}, ${C2})`);
   if (N === 0) return;
+  const chunk = gpu.isFallbackAdapter ? Math.floor(SOFTWARE_LOOP_BUDGET / 64) * 64 : N;
+  if (N > chunk) {
+    for (let r02 = 0; r02 < N; r02 += chunk) {
+      const n = Math.min(chunk, N - r02);
+      scatterAddRows(gpu, ids.view(r02, [
+        n
+      ]), dout.view(r02 * C2, [
+        n,
+        C2
+      ]), table, offset);
+    }
+    return;
+  }
   const next = gpu.empty([
     N
   ], "i32"), head = gpu.empty([
@@ -3375,7 +3625,7 @@ var ROW_THREAD_MAIN = `${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }
   let base = row * p.cols;`;
-function laneTreeSums(terms, prelude = "") {
+function laneTreeSums(terms, prelude = "", count = "p.cols") {
   const names = Object.keys(terms);
   const out = [];
   for (const n of names) {
@@ -3387,14 +3637,14 @@ function laneTreeSums(terms, prelude = "") {
       const comp = "xyzw"[i];
       body.push(`{
       let c = c0 + ${4 * j + i}u;
-      if (c < p.cols) {
+      if (c < ${count}) {
         ${prelude}
         ${names.map((n) => `${n}_${j}.${comp} += ${terms[n]};`).join(" ")}
       }
     }`);
     }
   }
-  out.push(`for (var c0 = 0u; c0 < p.cols; c0 += ${ROW_WG}u) {
+  out.push(`for (var c0 = 0u; c0 < ${count}; c0 += ${ROW_WG}u) {
     ${body.join("\n    ")}
   }`);
   for (const n of names) {
@@ -3444,14 +3694,19 @@ ${ROW_MAIN}
   if (valid && lid == 0u) { out[row] = select(r, r / f32(p.cols), p.op == 1u); }
 }`;
 var COLS = `
-struct P { rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32 }
+struct P {
+  rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32,
+  r0: u32, r1: u32, carry: u32, finish: u32,
+}
 @group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols), or segments
-@group(0) @binding(2) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read_write> run: array<f32>; // (cols) running sums
+@group(0) @binding(3) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
-  var s = 0.0;
-  for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + i]; }
+  var s = select(0.0, run[i], p.carry == 1u);
+  for (var r = p.r0; r < p.r1; r++) { s += x[r * p.cols + i]; }
+  if (p.finish == 0u) { run[i] = s; return; }
   let o = (i / p.seg_width) * p.seg_stride + i % p.seg_width;
   out[o] = select(s, out[o] + s, p.accumulate == 1u);
 }`;
@@ -3501,10 +3756,16 @@ function sumColumns(gpu, x, opts = {}) {
   ]);
   checkShape(out.size === size, `sumColumns: out has ${out.size} elements, expected ${size}`);
   checkShape(!opts.accumulate || opts.out !== void 0, "sumColumns: accumulate needs `out`");
-  gpu.dispatch(gpu.pipeline(COLS), [
+  const ranges = rowRanges(rows2);
+  const run2 = ranges.length > 1 ? gpu.empty([
+    cols
+  ]) : gpu.placeholder(1);
+  ranges.forEach(([r02, r1], k) => gpu.dispatch(gpu.pipeline(COLS), [
     x,
-    out
-  ], gpu.grid(columnGroups(cols)), new Params().u32(rows2, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride));
+    out,
+    run2
+  ], gpu.grid(columnGroups(cols)), new Params().u32(rows2, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride, r02, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
+  if (ranges.length > 1) run2.dispose();
   return out;
 }
 var CHUNK = 4096;
@@ -3726,8 +3987,9 @@ ${ROW_THREAD_MAIN}
   ent[row] = log(s) - sz / s;
   lse_out[row] = lse;
 }`;
-function defaultReduction(gpu, rows2) {
-  return gpu.isFallbackAdapter && rows2 >= 128 ? "row-tree" : "workgroup";
+function defaultReduction(gpu, rows2, cols) {
+  const fits = cols + Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  return gpu.isFallbackAdapter && rows2 >= 128 && fits ? "row-tree" : "workgroup";
 }
 var LOGITS_BACKWARD = `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
@@ -3790,7 +4052,7 @@ function tokenLogprobs(gpu, logits2, targets2, opts = {}) {
   checkTargets(logits2, targets2, rows2, "tokenLogprobs");
   const shape = logits2.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
-  const tree = (opts.reduction ?? defaultReduction(gpu, rows2)) === "row-tree";
+  const tree = (opts.reduction ?? defaultReduction(gpu, rows2, cols)) === "row-tree";
   gpu.dispatch(gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS), [
     logits2,
     targets2,
@@ -3995,28 +4257,35 @@ ${ROW_THREAD_MAIN}
   }
 }`;
 var BACKWARD_DW = `
-struct P { n: u32, rows: u32, cols: u32 }
+struct P { n: u32, rows: u32, cols: u32, r0: u32, r1: u32, carry: u32, finish: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
 @group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
 @group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
-@group(0) @binding(6) var<uniform> p: P;
+@group(0) @binding(6) var<storage, read_write> run: array<f32>;   // (2, C) running sums
+@group(0) @binding(7) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
-  var sw = 0.0;
-  var sb = 0.0;
-  for (var r = 0u; r < p.rows; r++) {
+  var sw = select(0.0, run[i], p.carry == 1u);
+  var sb = select(0.0, run[p.cols + i], p.carry == 1u);
+  for (var r = p.r0; r < p.r1; r++) {
     let g = dy[r * p.cols + i];
     sw += g * (x[r * p.cols + i] - mean[r]) * rstd[r];
     sb += g;
   }
+  if (p.finish == 0u) {
+    run[i] = sw;
+    run[p.cols + i] = sb;
+    return;
+  }
   dw[i] += sw;
   db[i] += sb;
 }`;
-function defaultVariant(gpu, rows2) {
-  return gpu.isFallbackAdapter && rows2 >= 128 ? "row-tree" : "workgroup";
+function defaultVariant(gpu, cols) {
+  const fits = cols + 2 * Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  return gpu.isFallbackAdapter && fits ? "row-tree" : "workgroup";
 }
 function dims2(x, w, b, name) {
   checkShape(x.dtype === "f32", `${name}: x must be f32`);
@@ -4033,7 +4302,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   const { rows: rows2, C: C2 } = dims2(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  const variant = opts.variant ?? defaultVariant(gpu, rows2), rowwise = variant !== "workgroup";
+  const variant = opts.variant ?? defaultVariant(gpu, C2), rowwise = variant !== "workgroup";
   gpu.dispatch(gpu.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD2), [
     x,
     weight,
@@ -4050,7 +4319,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
 }
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows2, C: C2 } = dims2(x, weight, null, "layernormBackward");
-  const variant = opts.variant ?? defaultVariant(gpu, rows2), rowwise = variant !== "workgroup";
+  const variant = opts.variant ?? defaultVariant(gpu, C2), rowwise = variant !== "workgroup";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C2 && dbias.size === C2, "layernormBackward: dweight/dbias size");
@@ -4065,23 +4334,31 @@ function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {})
     dx
   ], gpu.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C2, opts.accumulateDx ? 1 : 0));
   if (dweight === null) return dx;
-  gpu.dispatch(gpu.pipeline(BACKWARD_DW), [
+  const ranges = rowRanges(rows2);
+  const run2 = ranges.length > 1 ? gpu.empty([
+    2 * C2
+  ]) : gpu.placeholder(1);
+  ranges.forEach(([r02, r1], k) => gpu.dispatch(gpu.pipeline(BACKWARD_DW), [
     dy,
     x,
     saved.mean,
     saved.rstd,
     dweight,
-    dbias
-  ], gpu.grid(columnGroups(C2)), new Params().u32(C2, rows2, C2));
+    dbias,
+    run2
+  ], gpu.grid(columnGroups(C2)), new Params().u32(C2, rows2, C2, r02, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
+  if (ranges.length > 1) run2.dispose();
   return dx;
 }
 
 // kernels/matmul.ts
+var NO_SUMS = 4294967295;
 var FLAG_BIAS = 1;
 var FLAG_RELU = 2;
 var FLAG_ACC = 4;
 var FLAG_RES = 8;
 var FLAG_SPLIT = 16;
+var FLAG_RELU_GRAD = 32;
 var TEXTURE_TILING = {
   rows: 4,
   texels: 2,
@@ -4099,8 +4376,15 @@ fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
 fn bias_index(col: u32) -> u32 {
   return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
 }`;
-var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32, kv_row: u32,";
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false) {
+var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32, kv_row: u32, sums_col: u32, sums_width: u32, sums_stride: u32, ln_eps: f32,";
+var EMIT_SUM = `
+fn emit_sum(row: u32, v: f32) {
+  let o = (row / p.sums_width) * p.sums_stride + row % p.sums_width;
+  var x = p.alpha * v;
+  if ((p.flags & 4u) != 0u) { x += sums[o]; }
+  sums[o] = x;
+}`;
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false) {
   const R = t.rows, Q = t.texels;
   const acc = [], aload = [], body = [], store = [];
   const all = (f) => {
@@ -4120,17 +4404,24 @@ function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = fa
       for (let j = 0; j < Q; j++) acc.push(`var t${i}_${j} = vec4f(0.0);`);
     }
   }
-  for (let i = 0; i < R; i++) {
-    aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+  const aAt = (i, kk) => aAlongM ? `a${kk}_${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `a${i}.${"xyzw"[kk]}`;
+  if (!aAlongM) {
+    for (let i = 0; i < R; i++) {
+      aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+    }
   }
   for (let kk = 0; kk < 4; kk++) {
-    const comp = "xyzw"[kk];
+    if (aAlongM) {
+      for (let q = 0; q < R / 4; q++) {
+        body.push(`let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u, k + ${kk}u), la);`);
+      }
+    }
     for (let j = 0; j < Q; j++) {
       body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
     }
     for (let i = 0; i < R; i++) {
       for (let j = 0; j < Q; j++) {
-        body.push(`c${i}_${j} += a${i}.${comp} * b${kk}_${j};`);
+        body.push(`c${i}_${j} += ${aAt(i, kk)} * b${kk}_${j};`);
       }
     }
   }
@@ -4144,7 +4435,8 @@ struct P {
   m0: u32, n0: u32,            // chunk origin in C
   ldc: u32, c_batch_stride: u32, batch0: u32,
   b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads,
+                               // 32 relu backward
   alpha: f32,                  // scale of the product
   ${EPILOGUE_FIELDS}
 }
@@ -4153,18 +4445,32 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
-${kvOut ? `@group(0) @binding(5) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
-@group(0) @binding(6) var vc: texture_storage_2d_array<rgba32float, write>;
-@group(0) @binding(7) var<uniform> p: P;` : "@group(0) @binding(5) var<uniform> p: P;"}
+${lnOut ? `// the layernorm epilogue's bindings (no ReLU backward, row sums or KV cache with it)
+var<private> relu_in: array<${elem}, 1>;
+var<private> sums: array<f32, 1>;
+@group(0) @binding(5) var<storage, read> ln_w: array<f32>;             // (N)
+@group(0) @binding(6) var<storage, read> ln_b: array<f32>;             // (N)
+@group(0) @binding(7) var<storage, read_write> ln_y: array<f32>;       // (M, N)
+@group(0) @binding(8) var<storage, read_write> ln_mean: array<f32>;    // (M)
+@group(0) @binding(9) var<storage, read_write> ln_rstd: array<f32>;    // (M)
+@group(0) @binding(10) var<uniform> p: P;
+fn c_at(i: u32) -> f32 { return ${vec4Out ? "c[i / 4u][i % 4u]" : "c[i]"}; }` : `@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)`}
+${lnOut ? "" : kvOut ? `@group(0) @binding(7) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
+@group(0) @binding(8) var vc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(9) var<uniform> p: P;` : "@group(0) @binding(7) var<uniform> p: P;"}
 ${EPILOGUE_INDEX}
+${EMIT_SUM}
 ${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
 ${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(global_invocation_id) g: vec3u) {
+fn main(@builtin(global_invocation_id) g: vec3u${lnOut ? ", @builtin(local_invocation_id) lid: vec3u" : ""}) {
   let cq = ${Q}u * g.x;        // first texel column of this block
   let cb = ${4 * Q}u * g.x;    // first column
   let r0 = ${R}u * g.y;        // first row
-  if (cb >= p.N || r0 >= p.M) { return; }
+  // past the last column, or past the row-sums column when there is one
+  let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
+  ${lnOut ? "if (!past && r0 < p.M) {" : "if (past || r0 >= p.M) { return; }"}
   let la = g.z;
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
@@ -4177,13 +4483,37 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   ${segEnd}
   let cbase = (p.batch0 + g.z) * p.c_batch_stride;
   ${store.join("\n  ")}
+  ${lnOut ? `}
+${LN_EPILOGUE(R, t.wgX, t.wgY)}` : ""}
 }`;
+}
+function LN_EPILOGUE(R, wgX, wgY) {
+  return `  storageBarrier();
+  let first = (g.y - lid.y) * ${R}u;   // the workgroup's first row
+  for (var rr = lid.y * ${wgX}u + lid.x; rr < ${R * wgY}u && first + rr < p.M; rr += ${wgX * wgY}u) {
+    let row = p.m0 + first + rr;
+    let base = row * p.ldc;
+    ${laneTreeSums({
+    s: "c_at(base + c)"
+  }, "", "p.N")}
+    let m = s / f32(p.N);
+    ${laneTreeSums({
+    q: "d * d"
+  }, "let d = c_at(base + c) - m;", "p.N")}
+    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
+    for (var col = 0u; col < p.N; col++) {
+      ln_y[base + col] = (c_at(base + col) - m) * r * ln_w[col] + ln_b[col];
+    }
+    ln_mean[row] = m;
+    ln_rstd[row] = r;
+  }`;
 }
 var EMIT_SCALAR = `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
   for (var t = 0u; t < 4u; t++) {
     let cc = col + t;
+    if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }
     if (cc < p.N) {
       let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
       var x = p.alpha * v[t];
@@ -4191,12 +4521,14 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
       if ((p.flags & 8u) != 0u) { x += res[idx]; }
       if ((p.flags & 4u) != 0u) { x += c[idx]; }
       if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+      if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
       c[idx] = x;
     }
   }
 }`;
 var EMIT_VEC4 = `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }
   if (r >= p.M || col >= p.N) { return; }
   let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
   var x = p.alpha * v;
@@ -4208,6 +4540,7 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if ((p.flags & 8u) != 0u) { x += res[idx]; }
   if ((p.flags & 4u) != 0u) { x += c[idx]; }
   if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
+  if ((p.flags & 32u) != 0u) { x = select(vec4f(0.0), x, relu_in[idx] > vec4f(0.0)); }
   c[idx] = x;
   kv_store(r, col, x);
 }`;
@@ -4224,9 +4557,9 @@ fn kv_store(r: u32, col: u32, x: vec4f) {
   if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
 }`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out, segmented, kvOut) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut);
+function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM);
   tilingShaders.set(key, code);
   return code;
 }
@@ -4250,8 +4583,11 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
 @group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
 @group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
-@group(0) @binding(5) var<uniform> p: P;
+@group(0) @binding(5) var<storage, read> relu_in: array<f32>; // (batch, M, N) like c
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>; // (M) row sums of op(A)
+@group(0) @binding(7) var<uniform> p: P;
 ${EPILOGUE_INDEX}
+${EMIT_SUM}
 
 var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
 var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
@@ -4261,6 +4597,7 @@ fn load_a(base: u32, m: u32, k: u32) -> f32 {
   return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
 }
 fn load_b(base: u32, k: u32, n: u32) -> f32 {
+  if (k < p.K && n == p.sums_col) { return 1.0; }
   if (k >= p.K || n >= p.N) { return 0.0; }
   return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
 }
@@ -4312,6 +4649,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
     for (var j = 0u; j < 4u; j++) {
       let cc = col0 + lid.x * 4u + j;
+      if (r < p.M && cc == p.sums_col) { emit_sum(r, v[j]); }
       if (r < p.M && cc < p.N) {
         let idx = out_index(cbase, r, cc, p.N);
         var x = p.alpha * v[j];
@@ -4319,6 +4657,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
         if ((p.flags & 8u) != 0u) { x += res[idx]; }
         if ((p.flags & 4u) != 0u) { x += c[idx]; }
         if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+        if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
         c[idx] = x;
       }
     }
@@ -4351,6 +4690,9 @@ function resolveShape(a, b, o) {
   };
 }
 function matmul(gpu, a, b, opts = {}) {
+  return run(gpu, a, b, opts);
+}
+function run(gpu, a, b, opts, ln) {
   const s = resolveShape(a, b, opts);
   const alpha = opts.alpha ?? 1;
   checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
@@ -4413,15 +4755,85 @@ function matmul(gpu, a, b, opts = {}) {
     checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
     flags |= FLAG_RES;
   }
+  if (opts.reluBackwardOf) {
+    checkShape(opts.reluBackwardOf.size === out.size && opts.reluBackwardOf.dtype === "f32" && !opts.splitHeads, `matmul: reluBackwardOf [${opts.reluBackwardOf.shape}] does not match the result [${s.outShape}] (or comes with splitHeads)`);
+    flags |= FLAG_RELU_GRAD;
+  }
   const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  const sums = opts.rowSums;
+  let fuseSums = false;
+  if (sums) {
+    const seg2 = sums.segments ?? {
+      width: Math.max(s.M, 1),
+      stride: 0
+    };
+    const parts = Math.ceil(s.M / seg2.width);
+    const need = sums.segments ? (parts - 1) * seg2.stride + seg2.width : s.M;
+    checkShape(opts.transA === true && alpha === 1 && sums.out.dtype === "f32" && sums.out.size === need && Number.isInteger(seg2.width) && seg2.width > 0 && s.M % seg2.width === 0 && (parts === 1 || seg2.stride >= seg2.width), `matmul: rowSums needs transA, \u03B1 1 and an out of ${need} elements in non-overlapping segments (got ${sums.out.size})`);
+    const t = opts.tiling ?? TEXTURE_TILING, side = gpu.textureSide;
+    const bCopies = !opts.transB && 4 * s.N % 256 === 0 && s.K % 4 === 0 && b.byteOffset % 16 === 0;
+    fuseSums = s.batch === 1 && opts.kSegments === void 0 && !split && !opts.kvCache && s.K > 0 && (path === "buffer" || !bCopies && s.K <= Math.floor(side / 4) * 4 && s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4);
+  }
+  const sumsCol = fuseSums ? s.N : NO_SUMS;
   if (path === "buffer") {
     runBuffer(gpu, a, b, out, s, {
       ...opts,
       kvCache: void 0
-    }, flags);
+    }, flags, sumsCol);
     if (opts.kvCache) writeKvParts(gpu, out, s, opts);
-  } else runTexture(gpu, a, b, out, s, opts, flags);
+  } else runTexture(gpu, a, b, out, s, opts, flags, sumsCol, ln);
+  if (sums && !fuseSums) {
+    sumColumns(gpu, a, {
+      out: sums.out,
+      accumulate: opts.accumulate,
+      outSegments: sums.segments
+    });
+  }
   return out;
+}
+function lnTiling(N) {
+  const wgX = Math.max(1, Math.ceil(N / 8));
+  return {
+    rows: 4,
+    texels: 2,
+    wgX,
+    wgY: wgX <= 128 ? 2 : 1
+  };
+}
+function matmulLayernorm(gpu, a, b, opts, norm) {
+  const s = resolveShape(a, b, opts);
+  const eps = norm.eps ?? 1e-5;
+  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  const side = gpu.textureSide, limits = gpu.limits;
+  const fits = path === "texture" && s.batch === 1 && s.M > 0 && s.N > 0 && !opts.splitHeads && !opts.kvCache && !opts.rowSums && !opts.reluBackwardOf && opts.kSegments === void 0 && opts.tiling === void 0 && !opts.accumulate && s.K <= Math.floor(side / 4) * 4 && s.N <= Math.floor(side / 2) * 8 && s.M <= Math.floor(side / 4) * 4 && Math.ceil(s.N / 8) <= Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX) && norm.weight.size === s.N && norm.bias.size === s.N;
+  if (!fits) {
+    const out2 = matmul(gpu, a, b, opts);
+    return {
+      out: out2,
+      ln: layernormForward(gpu, out2, norm.weight, norm.bias, {
+        eps
+      })
+    };
+  }
+  const rows2 = s.outShape.slice(0, -1);
+  const ln = {
+    ...norm,
+    eps,
+    y: gpu.empty([
+      ...s.outShape
+    ]),
+    mean: gpu.empty(rows2),
+    rstd: gpu.empty(rows2)
+  };
+  const out = run(gpu, a, b, opts, ln);
+  return {
+    out,
+    ln: {
+      y: ln.y,
+      mean: ln.mean,
+      rstd: ln.rstd
+    }
+  };
 }
 function writeKvParts(gpu, out, s, o) {
   const { T: T3, H, Dh } = o.splitHeads, kv = o.kvCache;
@@ -4444,7 +4856,11 @@ function writeKvParts(gpu, out, s, o) {
     dstRow0: kv.row
   }));
 }
-function epilogueParams(params, s, o, kSeg) {
+function epilogueParams(params, s, o, kSeg, sumsCol = NO_SUMS, lnEps = 0) {
+  const sumsSeg = o.rowSums?.segments ?? {
+    width: Math.max(s.M, 1),
+    stride: 0
+  };
   const sp = o.splitHeads ?? {
     T: 1,
     H: 1,
@@ -4455,27 +4871,29 @@ function epilogueParams(params, s, o, kSeg) {
     stride: 0
   };
   const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
-  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg, o.kvCache?.row ?? 0);
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg, o.kvCache?.row ?? 0, sumsCol, sumsSeg.width, sumsSeg.stride).f32(lnEps);
 }
 function dummy(gpu) {
   return gpu.placeholder(2);
 }
-function runBuffer(gpu, a, b, out, s, o, flags) {
+function runBuffer(gpu, a, b, out, s, o, flags, sumsCol) {
   const max = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.ceil(s.N / 64), gy = Math.ceil(s.M / 64);
+  const gx = Math.ceil((s.N + (sumsCol === NO_SUMS ? 0 : 1)) / 64), gy = Math.ceil(s.M / 64);
   for (let b0 = 0; b0 < s.batch; b0 += max) {
     const nb = Math.min(max, s.batch - b0);
     const view = (t, stride) => b0 === 0 ? t : new Tensor(gpu, t.buffer, [
       nb * stride
     ], t.dtype, t.byteOffset + b0 * stride * 4, false);
     const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
-    epilogueParams(params, s, o, o.kSegments ?? 0);
+    epilogueParams(params, s, o, o.kSegments ?? 0, sumsCol);
     gpu.dispatch(gpu.pipeline(bufferShaderFor(o.kSegments !== void 0)), [
       view(a, s.M * s.K),
       s.shareB ? b : view(b, s.K * s.N),
       view(out, s.M * s.N),
       o.bias ?? dummy(gpu),
-      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu)
+      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu),
+      o.reluBackwardOf ? view(o.reluBackwardOf, s.M * s.N) : dummy(gpu),
+      sumsCol === NO_SUMS ? gpu.placeholder(3) : o.rowSums.out
     ], [
       gx,
       gy,
@@ -4483,8 +4901,9 @@ function runBuffer(gpu, a, b, out, s, o, flags) {
     ], params);
   }
 }
-function runTexture(gpu, a, b, out, s, o, flags) {
-  const t = o.tiling ?? TEXTURE_TILING;
+function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
+  const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
+  const ones = sumsCol === NO_SUMS ? 0 : 1;
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
@@ -4494,14 +4913,11 @@ function runTexture(gpu, a, b, out, s, o, flags) {
   const sp = o.splitHeads;
   const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
   const kv = o.kvCache;
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0));
+  const aAlongM = !!o.transA && t.rows % 4 === 0;
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM));
   const kvViews = kv ? [
-    kv.k.createView({
-      dimension: "2d-array"
-    }),
-    kv.v.createView({
-      dimension: "2d-array"
-    })
+    gpu.arrayView(kv.k),
+    gpu.arrayView(kv.v)
   ] : [];
   const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
@@ -4515,9 +4931,22 @@ function runTexture(gpu, a, b, out, s, o, flags) {
           const kc = Math.min(kStep, s.K - k0);
           const k4 = Math.ceil(kc / 4);
           const aRows = Math.ceil(mc / t.rows) * t.rows;
-          const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
-          const at = gpu.scratchTexture(k4, aRows, nb);
-          fillTexture(gpu, a, at, {
+          const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
+          const at = aAlongM ? gpu.scratchTexture(aRows / 4, 4 * k4, nb) : gpu.scratchTexture(k4, aRows, nb);
+          const aBlock = aAlongM ? {
+            rows: kc,
+            cols: mc,
+            ld: ldA,
+            trans: false,
+            row0: k0,
+            col0: m0,
+            batchStride: s.M * s.K,
+            batch0: b0,
+            layers: nb,
+            width: aRows / 4,
+            height: 4 * k4,
+            zeroPadRows: true
+          } : {
             rows: mc,
             cols: kc,
             ld: ldA,
@@ -4529,8 +4958,8 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             layers: nb,
             width: k4,
             height: aRows
-          });
-          const fillB = (tex) => fillTexture(gpu, b, tex, {
+          };
+          const bBlock = {
             rows: kc,
             cols: nc,
             ld: ldB,
@@ -4542,36 +4971,58 @@ function runTexture(gpu, a, b, out, s, o, flags) {
             layers: bLayers,
             width: bTexels,
             height: 4 * k4,
-            zeroPadRows: true
-          });
+            zeroPadRows: true,
+            onesColumn: ones === 1
+          };
+          const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
           const bSize = [
             bTexels,
             4 * k4,
             bLayers
           ];
-          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4}`, bSize, fillB);
+          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones}`, bSize, fillB);
           const bt = held ?? gpu.scratchTexture(...bSize);
-          if (!held) fillB(bt);
+          const aJob = {
+            src: a,
+            tex: at,
+            block: aBlock
+          };
+          fillTextures(gpu, held ? [
+            aJob
+          ] : [
+            aJob,
+            {
+              src: b,
+              tex: bt,
+              block: bBlock
+            }
+          ]);
           let f = flags;
           if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
           const lastK = k0 + kStep >= s.K;
-          if (!lastK) f &= ~FLAG_RELU;
+          if (!lastK) f &= ~(FLAG_RELU | FLAG_RELU_GRAD);
           gpu.dispatch(mm, [
-            at.createView({
-              dimension: "2d-array"
-            }),
-            bt.createView({
-              dimension: "2d-array"
-            }),
+            gpu.arrayView(at),
+            gpu.arrayView(bt),
             out,
             o.bias ?? dummy(gpu),
             o.residual ?? dummy(gpu),
-            ...kvViews
+            ...ln ? [
+              ln.weight,
+              ln.bias,
+              ln.y,
+              ln.mean,
+              ln.rstd
+            ] : [
+              o.reluBackwardOf ?? dummy(gpu),
+              ones ? o.rowSums.out : gpu.placeholder(3),
+              ...kvViews
+            ]
           ], [
-            Math.ceil(nc / (4 * t.texels * t.wgX)),
+            Math.ceil((nc + ones) / (4 * t.texels * t.wgX)),
             Math.ceil(mc / (t.rows * t.wgY)),
             nb
-          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4));
+          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4, sumsCol, ln?.eps ?? 0));
           gpu.releaseTexture(at);
           if (!held) gpu.releaseTexture(bt);
         }
@@ -4661,7 +5112,7 @@ function loraParamSpecs(c, lora) {
 // kernels/optimizer.ts
 var ADAMW = `
 struct P {
-  n: u32, has_scale: u32, scale_index: u32, _pad: u32,
+  n: u32, has_scale: u32, scale_index: u32, decay_end: u32,
   lr: f32, beta1: f32, beta2: f32, eps: f32,
   wd: f32, bc1: f32, bc2: f32,
 }
@@ -4679,7 +5130,7 @@ ${LINEAR_MAIN}
   let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
   m[i] = mi;
   v[i] = vi;
-  let w = param[i] * (1.0 - p.lr * p.wd);
+  let w = param[i] * (1.0 - p.lr * select(0.0, p.wd, i < p.decay_end));
   param[i] = w - p.lr * (mi / p.bc1) / (sqrt(vi / p.bc2) + p.eps);
 }`;
 function adamwStep(gpu, param, grad, m, v, o) {
@@ -4710,7 +5161,7 @@ function adamwStep(gpu, param, grad, m, v, o) {
     m,
     v,
     s?.tensor ?? gpu.placeholder()
-  ], gpu.grid(groups(param.size)), new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, 0).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
+  ], gpu.grid(groups(param.size)), new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
 }
 
 // kernels/prng.ts
@@ -5153,14 +5604,14 @@ var ParamStore = class {
    * GPU; returns the names copied. E.g. start a reward model (with `v_head`) from an SFT model.
    */
   copyFrom(other) {
-    const copied = [];
+    const copied2 = [];
     for (const [name, s] of this.slots) {
       const o = other.slots.get(name);
       if (!o || o.spec.shape.join() !== s.spec.shape.join()) continue;
       this.gpu.copyRange(other.params, o.offset, this.params, s.offset, s.size);
-      copied.push(name);
+      copied2.push(name);
     }
-    return copied;
+    return copied2;
   }
   /** Sets every gradient to zero (one clear). */
   zeroGrads() {
@@ -5191,6 +5642,14 @@ var ParamStore = class {
     return out;
   }
   /**
+   * Global L2 norm of all gradients as a GPU `[4]` tensor (norm, clip coefficient
+   * `min(1, maxNorm / norm)` with `maxNorm`); the gradients are left as they are. Pass it to
+   * {@link adamw} as `clip` to clip within the update. No readback.
+   */
+  gradNorm(maxNorm) {
+    return globalNorm(this.gpu, this.#chunks(this.grads, 0, this.total), maxNorm ?? 0);
+  }
+  /**
    * Global L2 norm of all gradients as a GPU `[4]` tensor (norm, clip coefficient); with
    * `maxNorm` the gradients are scaled in place by the coefficient. No readback.
    */
@@ -5204,34 +5663,31 @@ var ParamStore = class {
     }
     return stats;
   }
-  /** One AdamW step over all parameters (weight decay only on the decayed range). */
+  /**
+   * One AdamW step over all parameters (weight decay only on the decayed range, which comes
+   * first): one dispatch per bindable chunk.
+   */
   adamw(o) {
     this.step++;
-    const ranges = [
-      [
-        0,
-        this.decayEnd,
-        o.weightDecay ?? 0
-      ],
-      [
-        this.decayEnd,
-        this.total,
-        0
-      ]
-    ];
-    for (const [start, end, wd] of ranges) {
-      if (end <= start) continue;
-      const ps = this.#chunks(this.params, start, end), gs = this.#chunks(this.grads, start, end);
-      const ms = this.#chunks(this.m, start, end), vs = this.#chunks(this.v, start, end);
-      ps.forEach((p, i) => adamwStep(this.gpu, p, gs[i], ms[i], vs[i], {
+    const ps = this.#chunks(this.params, 0, this.total), gs = this.#chunks(this.grads, 0, this.total);
+    const ms = this.#chunks(this.m, 0, this.total), vs = this.#chunks(this.v, 0, this.total);
+    let start = 0;
+    ps.forEach((p, i) => {
+      adamwStep(this.gpu, p, gs[i], ms[i], vs[i], {
         lr: o.lr,
         beta1: o.beta1,
         beta2: o.beta2,
         eps: o.eps,
-        weightDecay: wd,
-        step: this.step
-      }));
-    }
+        weightDecay: o.weightDecay ?? 0,
+        weightDecayUntil: Math.max(0, Math.min(p.size, this.decayEnd - start)),
+        step: this.step,
+        gradScale: o.clip ? {
+          tensor: o.clip,
+          index: 1
+        } : void 0
+      });
+      start += p.size;
+    });
   }
   /**
    * The full training state — parameters and both AdamW moments per name, plus the step — as
@@ -5586,16 +6042,15 @@ var OptModel = class _OptModel {
           3 * C2,
           C2
         ]),
-        accumulate: true
-      });
-      sumColumns(gpu, dqkv, {
-        out: this.store.grads.view(at.b, [
-          2 * at.biasStride + C2
-        ]),
         accumulate: true,
-        outSegments: {
-          width: C2,
-          stride: at.biasStride
+        rowSums: {
+          out: this.store.grads.view(at.b, [
+            2 * at.biasStride + C2
+          ]),
+          segments: {
+            width: C2,
+            stride: at.biasStride
+          }
         }
       });
     }
@@ -5615,25 +6070,27 @@ var OptModel = class _OptModel {
    */
   #linearBackward(dy, x, name, opts = {}, lu) {
     const gpu = this.gpu;
+    const ad = this.#adapter(name);
+    const relu3 = opts.reluBackwardOf;
     if (!this.frozenBase) {
       matmul(gpu, dy, x, {
         transA: true,
         out: this.#g(`${name}.weight`),
-        accumulate: true
+        accumulate: true,
+        rowSums: opts.bias !== false ? {
+          out: this.#g(`${name}.bias`)
+        } : void 0
       });
-      if (opts.bias !== false) {
-        sumColumns(gpu, dy, {
-          out: this.#g(`${name}.bias`),
-          accumulate: true
-        });
-      }
     }
     const W = this.#p(`${name}.weight`);
+    const reluBackwardOf = ad ? void 0 : relu3;
     const dx = opts.dxInto ? matmul(gpu, dy, W, {
       out: opts.dxInto,
-      accumulate: true
-    }) : matmul(gpu, dy, W);
-    const ad = this.#adapter(name);
+      accumulate: true,
+      reluBackwardOf
+    }) : matmul(gpu, dy, W, {
+      reluBackwardOf
+    });
     const u = lu?.get(name);
     if (ad) {
       checkShape(u !== void 0, `OptModel.backward: no saved LoRA input for ${name}`);
@@ -5656,8 +6113,32 @@ var OptModel = class _OptModel {
         accumulate: true
       });
       g.dispose();
+      if (relu3) reluBackward(gpu, dx, relu3, dx);
     }
     return dx;
+  }
+  /**
+   * `residual + linear(x)` and the layernorm `lnName` of that sum, in one dispatch where the
+   * matmul can carry the norm (see matmulLayernorm; with an adapter, the two steps).
+   */
+  #linearLn(x, name, residual, lnName, lu) {
+    if (this.#adapter(name)) {
+      const out = this.#linear(x, name, {
+        residual
+      }, lu);
+      return {
+        out,
+        ln: this.#ln(out, lnName)
+      };
+    }
+    return matmulLayernorm(this.gpu, x, this.#p(`${name}.weight`), {
+      transB: true,
+      bias: this.#p(`${name}.bias`),
+      residual
+    }, {
+      weight: this.#p(`${lnName}.weight`),
+      bias: this.#p(`${lnName}.bias`)
+    });
   }
   #ln(x, name) {
     return layernormForward(this.gpu, x, this.#p(`${name}.weight`), this.#p(`${name}.bias`));
@@ -5769,13 +6250,16 @@ var OptModel = class _OptModel {
       H,
       Dh
     ]));
-    for (let l = 0; l < c.num_hidden_layers; l++) {
+    const L = c.num_hidden_layers;
+    let pendingLn;
+    for (let l = 0; l < L; l++) {
       const p = `${D}layers.${l}.`;
       const a = {
         x0: x
       };
       const pre = c.do_layer_norm_before;
-      if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
+      if (pre) a.ln1 = pendingLn ?? this.#ln(x, `${p}self_attn_layer_norm`);
+      pendingLn = void 0;
       a.attnIn = pre ? a.ln1.y : x;
       const proj = this.#qkvFused(a.attnIn, p, T3, kvFor?.(l)) ?? (() => {
         const [q, k, v] = [
@@ -5805,36 +6289,35 @@ var OptModel = class _OptModel {
         N,
         C2
       ]);
-      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {
-        residual: x
-      }, lu);
+      const outLn = `${p}${pre ? "final_layer_norm" : "self_attn_layer_norm"}`;
+      const o = this.#linearLn(a.merged, `${p}self_attn.out_proj`, x, outLn, lu);
       if (pre) {
-        a.x1 = o;
+        a.x1 = o.out;
+        a.ln2 = o.ln;
       } else {
-        a.x1pre = o;
-        a.ln1 = this.#ln(a.x1pre, `${p}self_attn_layer_norm`);
+        a.x1pre = o.out;
+        a.ln1 = o.ln;
         a.x1 = a.ln1.y;
       }
-      if (pre) a.ln2 = this.#ln(a.x1, `${p}final_layer_norm`);
       a.ffnIn = pre ? a.ln2.y : a.x1;
       a.h = this.#linear(a.ffnIn, `${p}fc1`, {
         relu: true
       }, lu);
-      const f = this.#linear(a.h, `${p}fc2`, {
-        residual: a.x1
-      }, lu);
+      const fLn = !pre ? `${p}final_layer_norm` : l + 1 < L ? `${D}layers.${l + 1}.self_attn_layer_norm` : `${D}final_layer_norm`;
+      const f = this.#linearLn(a.h, `${p}fc2`, a.x1, fLn, lu);
       if (pre) {
-        x = f;
+        x = f.out;
+        pendingLn = f.ln;
       } else {
-        a.x2pre = f;
-        a.ln2 = this.#ln(a.x2pre, `${p}final_layer_norm`);
+        a.x2pre = f.out;
+        a.ln2 = f.ln;
         x = a.ln2.y;
       }
       layers.push(a);
     }
     const xL = x;
     let lnf;
-    if (c.do_layer_norm_before) lnf = this.#ln(xL, `${D}final_layer_norm`);
+    if (c.do_layer_norm_before) lnf = pendingLn ?? this.#ln(xL, `${D}final_layer_norm`);
     const preOut = lnf ? lnf.y : xL;
     const hidden = c.word_embed_proj_dim !== C2 ? this.#linear(preOut, `${D}project_out`, {
       bias: false
@@ -6092,8 +6575,9 @@ var OptModel = class _OptModel {
         dx.dispose();
       }
       const lu = acts.loraU;
-      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`, {}, lu);
-      reluBackward(gpu, dH, a.h, dH);
+      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`, {
+        reluBackwardOf: a.h
+      }, lu);
       let dx1;
       if (pre) {
         const dln2 = this.#linearBackward(dH, a.ffnIn, `${p}fc1`, {}, lu);
@@ -6486,7 +6970,7 @@ cases2.push({
     assertEquals(report.loaded.length, optParamSpecs(OPT_PRESETS.tiny, {
       valueHead: true
     }).length);
-    const run = async (m) => {
+    const run2 = async (m) => {
       const acts = m.forward(gpu.fromArray(TOKENS, [
         B,
         T
@@ -6501,7 +6985,7 @@ cases2.push({
       m.disposeActivations(acts);
       return r;
     };
-    const [l1, v1] = await run(model2), [l2, v2] = await run(back);
+    const [l1, v1] = await run2(model2), [l2, v2] = await run2(back);
     assertEquals(l2, l1, "logits");
     assertEquals(v2, v1, "values");
     assertEquals(JSON.parse(files.config).model_type, "opt");
@@ -7110,6 +7594,29 @@ for (const [N, V, C2] of [
   });
 }
 cases4.push({
+  name: "embedding: scatter-add of more rows than a software adapter loops over at once (130 001 rows, one id in 90 %) matches the reference",
+  async run(gpu) {
+    const N = 130001, V = 3, C2 = 2;
+    const toks = Int32Array.from({
+      length: N
+    }, (_, i) => i % 10 === 0 ? 1 + (i % 20 === 0 ? 1 : 0) : 0);
+    const dout = randArray(N * C2, 9);
+    const d = gpu.zeros([
+      V,
+      C2
+    ]);
+    scatterAddRows(gpu, gpu.fromArray(toks), gpu.fromArray(dout, [
+      N,
+      C2
+    ]), d);
+    const want = scatterAddRows2(toks, dout, new Float64Array(V * C2), C2);
+    assertClose(await gpu.readF32(d), want, {
+      atol: 2e-3,
+      rtol: 1e-4
+    }, "dwte");
+  }
+});
+cases4.push({
   name: "embedding: reference backward equals finite differences; results are bit-reproducible",
   async run(gpu) {
     const N = 9, V = 4, C2 = 3;
@@ -7120,7 +7627,7 @@ cases4.push({
       atol: 1e-8,
       rtol: 1e-6
     }, "dwte vs fd");
-    const run = async () => {
+    const run2 = async () => {
       const d = gpu.zeros([
         V,
         C2
@@ -7131,7 +7638,7 @@ cases4.push({
       ]), d);
       return await gpu.readF32(d);
     };
-    assertEquals(await run(), await run(), "two runs");
+    assertEquals(await run2(), await run2(), "two runs");
     await assertThrows(() => embeddingForward(gpu, gpu.fromArray([
       1,
       2
@@ -7242,7 +7749,23 @@ cases4.push({
 
 // kernels/sampling.ts
 var WG2 = ROW_WG;
-var SAMPLE = `${PRNG_WGSL}
+var ROWWISE_WG = 8;
+function overVocab(start, step, body, unroll2 = 4) {
+  const parts = Array.from({
+    length: unroll2
+  }, (_, u) => `{ let i = i0 + ${u * step}u; if (i < p.V) { ${body} } }`);
+  return `for (var i0 = ${start}; i0 < p.V; i0 += ${unroll2 * step}u) {
+    ${parts.join("\n    ")}
+  }`;
+}
+var GUMBEL = `let z = logits[base + i];
+      if (z >= cut) {
+        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
+        let key = z / T - log(-log(u));
+        if (key > bv) { bv = key; CHOOSE }
+      }`;
+var ROW_UNROLL = 8;
+var SAMPLE_BINDINGS = `${PRNG_WGSL}
 struct P {
   B: u32, V: u32, ld: u32, t: u32, Tcap: u32,
   greedy: u32, top_k: u32, seed: u32, step: u32, eos: i32, pad: i32,
@@ -7253,8 +7776,8 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;     // (B, Tcap)
 @group(0) @binding(3) var<storage, read_write> rmask: array<f32>;    // (B, Tcap)
 @group(0) @binding(4) var<storage, read_write> finished: array<u32>; // (B)
-@group(0) @binding(5) var<uniform> p: P;
-
+@group(0) @binding(5) var<uniform> p: P;`;
+var SAMPLE = `${SAMPLE_BINDINGS}
 ${WG_REDUCE}
 var<workgroup> rv: array<f32, ${WG2}>;
 var<workgroup> ri: array<u32, ${WG2}>;
@@ -7289,21 +7812,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let base = b * p.ld;
   var mx = -3.4e38;
   var mn = 3.4e38;
-  for (var i = lid; i < p.V; i += ${WG2}u) { let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z); }
+  ${overVocab("lid", WG2, "let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z);")}
   mx = wg_max(mx, lid);
   mn = -wg_max(-mn, lid);
   var s = 0.0;
-  for (var i = lid; i < p.V; i += ${WG2}u) { s += exp(logits[base + i] - mx); }
+  ${overVocab("lid", WG2, "s += exp(logits[base + i] - mx);")}
   let lse = mx + log(wg_sum(s, lid));
 
   var choice = 0u;
   if (p.greedy == 1u || p.temperature <= 0.0) {
     var bv = -3.4e38;
     var bi = 0u;
-    for (var i = lid; i < p.V; i += ${WG2}u) {
-      let z = logits[base + i];
-      if (z > bv) { bv = z; bi = i; }
-    }
+    ${overVocab("lid", WG2, "let z = logits[base + i]; if (z > bv) { bv = z; bi = i; }")}
     choice = wargmax(bv, bi, lid);
   } else {
     let T = p.temperature;
@@ -7315,7 +7835,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       for (var it = 0; it < 40; it++) {
         let mid = 0.5 * (lo + hi);
         var c = 0.0;
-        for (var i = lid; i < p.V; i += ${WG2}u) { c += select(0.0, 1.0, logits[base + i] >= mid); }
+        ${overVocab("lid", WG2, "c += select(0.0, 1.0, logits[base + i] >= mid);")}
         if (wg_sum(c, lid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
       }
       tk = lo;
@@ -7324,20 +7844,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     var tp = tk;
     if (p.top_p < 1.0) {
       var zk = 0.0;
-      for (var i = lid; i < p.V; i += ${WG2}u) {
-        let z = logits[base + i];
-        if (z >= tk) { zk += exp((z - mx) / T); }
-      }
+      ${overVocab("lid", WG2, "let z = logits[base + i]; if (z >= tk) { zk += exp((z - mx) / T); }")}
       zk = wg_sum(zk, lid);
       var lo = tk;
       var hi = mx;
       for (var it = 0; it < 40; it++) {
         let mid = 0.5 * (lo + hi);
         var m = 0.0;
-        for (var i = lid; i < p.V; i += ${WG2}u) {
-          let z = logits[base + i];
-          if (z >= mid && z >= tk) { m += exp((z - mx) / T); }
-        }
+        ${overVocab("lid", WG2, "let z = logits[base + i]; if (z >= mid && z >= tk) { m += exp((z - mx) / T); }")}
         if (wg_sum(m, lid) >= p.top_p * zk) { lo = mid; } else { hi = mid; }
       }
       tp = lo;
@@ -7346,14 +7860,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     // Gumbel-max over the allowed tokens
     var bv = -3.4e38;
     var bi = 0u;
-    for (var i = lid; i < p.V; i += ${WG2}u) {
-      let z = logits[base + i];
-      if (z >= cut) {
-        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
-        let key = z / T - log(-log(u));
-        if (key > bv) { bv = key; bi = i; }
-      }
-    }
+    ${overVocab("lid", WG2, GUMBEL.replace("CHOOSE", "bi = i;"))}
     choice = wargmax(bv, bi, lid);
   }
   if (lid == 0u) {
@@ -7363,7 +7870,79 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     if (i32(choice) == p.eos) { finished[b] = 1u; }
   }
 }`;
-function sampleTokens(gpu, logits2, out, t, opts, ids) {
+var SAMPLE_ROWWISE = `${SAMPLE_BINDINGS}
+@compute @workgroup_size(${ROWWISE_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let b = g.x;
+  if (b >= p.B) { return; }
+  let out = b * p.Tcap + p.t;
+  if (finished[b] != 0u) {
+    tokens[out] = p.pad; logp[out] = 0.0; rmask[out] = 0.0;
+    return;
+  }
+  let base = b * p.ld;
+  var mx = -3.4e38;
+  var mn = 3.4e38;
+  ${overVocab("0u", 1, "let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z);", ROW_UNROLL)}
+  ${laneTreeSums({
+  s: "exp(logits[base + c] - mx)"
+}, "", "p.V")}
+  let lse = mx + log(s);
+
+  var choice = 0u;
+  if (p.greedy == 1u || p.temperature <= 0.0) {
+    var bv = -3.4e38;
+    ${overVocab("0u", 1, "let z = logits[base + i]; if (z > bv) { bv = z; choice = i; }", ROW_UNROLL)}
+  } else {
+    let T = p.temperature;
+    var tk = mn;
+    if (p.top_k > 0u && p.top_k < p.V) {
+      var lo = mn;
+      var hi = mx;
+      for (var it = 0; it < 40; it++) {
+        let mid = 0.5 * (lo + hi);
+        var n = 0u;
+        ${overVocab("0u", 1, "n += select(0u, 1u, logits[base + i] >= mid);", ROW_UNROLL)}
+        if (f32(n) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
+      }
+      tk = lo;
+    }
+    var tp = tk;
+    if (p.top_p < 1.0) {
+      ${laneTreeSums({
+  zk: "select(0.0, exp((z - mx) / T), z >= tk)"
+}, "let z = logits[base + c];", "p.V")}
+      var lo = tk;
+      var hi = mx;
+      for (var it = 0; it < 40; it++) {
+        let mid = 0.5 * (lo + hi);
+        ${laneTreeSums({
+  m: "select(0.0, exp((z - mx) / T), z >= mid && z >= tk)"
+}, "let z = logits[base + c];", "p.V")}
+        if (m >= p.top_p * zk) { lo = mid; } else { hi = mid; }
+      }
+      tp = lo;
+    }
+    let cut = max(tk, tp);
+    var bv = -3.4e38;
+    ${overVocab("0u", 1, GUMBEL.replace("CHOOSE", "choice = i;"), ROW_UNROLL)}
+  }
+  tokens[out] = i32(choice);
+  logp[out] = logits[base + choice] - lse;
+  rmask[out] = 1.0;
+  if (i32(choice) == p.eos) { finished[b] = 1u; }
+}`;
+function rowwiseIterations(V, greedy, topK, topP) {
+  const lanes = Math.ceil(V / ROW_WG), scan = Math.ceil(V / ROW_UNROLL);
+  let n = scan + lanes + scan;
+  if (!greedy && topK > 0 && topK < V) n += 40 * (scan + 1);
+  if (!greedy && topP < 1) n += lanes + 40 * (lanes + 1);
+  return n;
+}
+function defaultForm(gpu, iterations) {
+  return gpu.isFallbackAdapter && iterations <= SOFTWARE_LOOP_BUDGET ? "row" : "workgroup";
+}
+function sampleTokens(gpu, logits2, out, t, opts, ids, form) {
   checkShape(logits2.shape.length === 2 && logits2.dtype === "f32", "sampleTokens: logits must be f32 (B, V)");
   const [B4, ld] = logits2.shape;
   const V = ids.vocab ?? ld;
@@ -7376,14 +7955,16 @@ function sampleTokens(gpu, logits2, out, t, opts, ids) {
   checkShape(topP > 0 && topP <= 1, `sampleTokens: topP must be in (0, 1], got ${topP}`);
   const temperature = opts.temperature ?? 1;
   checkShape(Number.isFinite(temperature), "sampleTokens: temperature must be finite");
-  gpu.dispatch(gpu.pipeline(SAMPLE), [
+  const greedy = opts.greedy === true || temperature <= 0;
+  const rowwise = (form ?? defaultForm(gpu, rowwiseIterations(V, greedy, topK, topP))) === "row";
+  gpu.dispatch(gpu.pipeline(rowwise ? SAMPLE_ROWWISE : SAMPLE), [
     logits2,
     out.tokens,
     out.logprobs,
     out.responseMask,
     out.finished
   ], [
-    B4
+    rowwise ? Math.ceil(B4 / ROWWISE_WG) : B4
   ], new Params().u32(B4, V, ld, t, Tcap, opts.greedy ? 1 : 0, topK, opts.seed ?? 0, ids.step).i32(ids.eos, ids.pad).f32(temperature, topP));
 }
 var FEEDBACK = `
@@ -7463,6 +8044,7 @@ async function generate(model2, prompt, mask, opts) {
   ], "i32");
   const V = c.vocab_size;
   let generated = G2;
+  let pending = null;
   const release = gpu.holdConstant([
     model2.store.params,
     model2.lora?.store.params
@@ -7492,12 +8074,16 @@ async function generate(model2, prompt, mask, opts) {
       });
       logits2.dispose();
       if (t === G2 - 1) break;
-      if (checkEvery > 0 && (t + 1) % checkEvery === 0) {
-        const fin = await gpu.read(out.finished);
-        if (fin.every((f) => f !== 0)) {
-          generated = t + 1;
+      if (checkEvery > 0 && eos >= 0 && (t + 1) % checkEvery === 0) {
+        if (pending && (await pending.flags).every((f) => f !== 0)) {
+          generated = pending.t + 1;
+          pending = null;
           break;
         }
+        pending = {
+          t,
+          flags: gpu.read(out.finished)
+        };
       }
       feedbackSampled(gpu, out, promptPositions, t, {
         tokens: nextTok,
@@ -7510,8 +8096,12 @@ async function generate(model2, prompt, mask, opts) {
         nextPos
       ]);
     }
+    if (pending && (await pending.flags).every((f) => f !== 0)) generated = pending.t + 1;
+    pending = null;
     promptPositions.dispose();
   } finally {
+    await pending?.flags.catch(() => {
+    });
     release();
     for (const cache of caches) cache.destroy();
     keyMask.dispose();
@@ -7693,7 +8283,7 @@ cases5.push({
   async run(gpu) {
     const m = model(gpu, "pre");
     const { tokens, mask } = prompts();
-    const run = (seed, extra = {}) => generate(m, gpu.fromArray(tokens, [
+    const run2 = (seed, extra = {}) => generate(m, gpu.fromArray(tokens, [
       B2,
       Tp
     ]), gpu.fromArray(mask, [
@@ -7708,8 +8298,8 @@ cases5.push({
       eosId: -1,
       ...extra
     });
-    const a = await gpu.read((await run(7)).tokens), b = await gpu.read((await run(7)).tokens);
-    const c = await gpu.read((await run(8)).tokens);
+    const a = await gpu.read((await run2(7)).tokens), b = await gpu.read((await run2(7)).tokens);
+    const c = await gpu.read((await run2(8)).tokens);
     assertEquals(a, b, "same seed, same tokens");
     assert(a.some((x, i) => x !== c[i]), "another seed differs");
     const free = await fullForwardGreedy(gpu, m, -1);
@@ -7751,6 +8341,50 @@ cases5.push({
       B2,
       expected
     ]);
+    const same3 = Int32Array.from({
+      length: B2 * Tp
+    }, (_, i) => tokens[i % Tp]);
+    const ones = new Float32Array(B2 * Tp).fill(1);
+    const greedy = (eosId, checkEvery) => generate(m, gpu.fromArray(same3, [
+      B2,
+      Tp
+    ]), gpu.fromArray(ones, [
+      B2,
+      Tp
+    ]), {
+      maxNewTokens: G,
+      greedy: true,
+      eosId,
+      checkEvery
+    });
+    const whole = await gpu.read((await greedy(-1, 1)).tokens);
+    const stopEos = whole[Tp + 1], stop = Array.from(whole.slice(Tp, Tp + G)).indexOf(stopEos) + 1;
+    assert(stop <= 2, "the second token's first emission");
+    for (const [every, want] of [
+      [
+        1,
+        stop
+      ],
+      [
+        3,
+        3
+      ],
+      [
+        4,
+        4
+      ],
+      [
+        8,
+        G
+      ]
+    ]) {
+      const g = await greedy(stopEos, every);
+      assertEquals(g.generated, want, `columns generated with checks every ${every}`);
+      const got = await gpu.read(g.tokens);
+      for (let r = 0; r < B2; r++) {
+        assertEquals(Array.from(got.slice(r * (Tp + want), r * (Tp + want) + Tp + stop)), Array.from(whole.slice(0, Tp + stop)), `row ${r}, checks every ${every}`);
+      }
+    }
     await assertThrows(() => generate(m, gpu.fromArray(tokens, [
       B2,
       Tp
@@ -8572,6 +9206,35 @@ for (const [rows2, C2, variant] of [
     }
   });
 }
+cases7.push({
+  name: "layernorm: weight and bias gradients over more rows than a software adapter runs in one loop (130 001 rows) match the reference",
+  async run(gpu) {
+    const rows2 = 130001, C2 = 2;
+    const x = randArray(rows2 * C2, 21, -2, 3), w = randArray(C2, 22, 0.5, 1.5);
+    const dy = randArray(rows2 * C2, 23);
+    const tx = gpu.fromArray(x, [
+      rows2,
+      C2
+    ]), tw = gpu.fromArray(w);
+    const f = layernormForward(gpu, tx, tw, gpu.fromArray(randArray(C2, 24)));
+    const tdw = gpu.zeros([
+      C2
+    ]), tdb = gpu.zeros([
+      C2
+    ]);
+    layernormBackward(gpu, gpu.fromArray(dy, [
+      rows2,
+      C2
+    ]), tx, tw, f, tdw, tdb);
+    const g = layernormBackward2(dy, x, w, C2);
+    const tol = {
+      atol: 2e-3,
+      rtol: 1e-4
+    };
+    assertClose(await gpu.readF32(tdw), g.dw, tol, "dweight");
+    assertClose(await gpu.readF32(tdb), g.db, tol, "dbias");
+  }
+});
 cases7.push({
   name: "layernorm: reference gradients equal central finite differences; accumulateDx adds",
   async run(gpu) {
@@ -9474,6 +10137,285 @@ for (const path of PATHS) {
     }
   });
   cases9.push({
+    name: `matmul (${path} path): rowSums (a bias gradient with the weight gradient) gives sumColumns' bits, in segments, accumulated; the product keeps its bits; misuse is named`,
+    async run(gpu) {
+      for (const [M, N, K2] of [
+        [
+          13,
+          12,
+          23
+        ],
+        [
+          12,
+          11,
+          40
+        ],
+        [
+          5,
+          64,
+          7
+        ],
+        [
+          8,
+          64,
+          16
+        ]
+      ]) {
+        const a2 = gpu.fromArray(randArray(K2 * M, 91 + N), [
+          K2,
+          M
+        ]);
+        const own = path === "texture" && 4 * N % 256 === 0 && K2 % 4 === 0 ? 1 : 0;
+        const b2 = gpu.fromArray(randArray(K2 * N, 92 + N), [
+          K2,
+          N
+        ]);
+        const d0 = gpu.stats.dispatches;
+        const plain = await gpu.readF32(matmul(gpu, a2, b2, {
+          transA: true,
+          path
+        }));
+        const d1 = gpu.stats.dispatches, sums = gpu.zeros([
+          M
+        ]);
+        const c = await gpu.readF32(matmul(gpu, a2, b2, {
+          transA: true,
+          rowSums: {
+            out: sums
+          },
+          path
+        }));
+        assertEquals(gpu.stats.dispatches - d1, d1 - d0 + own, "the sums' own dispatches");
+        assert(c.every((v, i) => Object.is(v, plain[i])), `${M}\xD7${N}\xD7${K2}: product unchanged`);
+        const want = await gpu.readF32(sumColumns(gpu, a2));
+        const got = await gpu.readF32(sums);
+        assert(got.every((v, i) => Object.is(v, want[i])), `${M}\xD7${N}\xD7${K2}: = sumColumns`);
+        if (M % 4 === 0) {
+          const width = M / 4, stride = width + 3, acc0 = randArray(3 * stride + width, 93);
+          const seg = gpu.fromArray(acc0), segWant = gpu.fromArray(acc0);
+          const out = gpu.fromArray(randArray(M * N, 94), [
+            M,
+            N
+          ]);
+          matmul(gpu, a2, b2, {
+            transA: true,
+            out,
+            accumulate: true,
+            rowSums: {
+              out: seg,
+              segments: {
+                width,
+                stride
+              }
+            },
+            path
+          });
+          sumColumns(gpu, a2, {
+            out: segWant,
+            accumulate: true,
+            outSegments: {
+              width,
+              stride
+            }
+          });
+          const [g, w] = [
+            await gpu.readF32(seg),
+            await gpu.readF32(segWant)
+          ];
+          assert(g.every((v, i) => Object.is(v, w[i])), `${M}\xD7${N}\xD7${K2}: segments, accumulated`);
+        }
+      }
+      const a = gpu.zeros([
+        3,
+        4
+      ]), b = gpu.zeros([
+        3,
+        5
+      ]);
+      await assertThrows(() => matmul(gpu, a.reshape([
+        4,
+        3
+      ]), b.reshape([
+        3,
+        5
+      ]), {
+        rowSums: {
+          out: gpu.zeros([
+            4
+          ])
+        },
+        path
+      }), ShapeError, "rowSums needs transA");
+      await assertThrows(() => matmul(gpu, a, b, {
+        transA: true,
+        rowSums: {
+          out: gpu.zeros([
+            5
+          ])
+        },
+        path
+      }), ShapeError, "rowSums");
+    }
+  });
+  cases9.push({
+    name: `matmulLayernorm (${path} path): the product and its layernorm have the bits of matmul + layernormForward (odd and decode shapes, scalar and vec4 stores, wide rows)`,
+    async run(gpu) {
+      for (const [M, N, K2] of [
+        [
+          13,
+          64,
+          23
+        ],
+        [
+          16,
+          64,
+          64
+        ],
+        [
+          7,
+          12,
+          9
+        ],
+        [
+          45,
+          200,
+          33
+        ],
+        [
+          3,
+          1,
+          5
+        ]
+      ]) {
+        const x = gpu.fromArray(randArray(M * K2, 101 + N), [
+          M,
+          K2
+        ]);
+        const w = gpu.fromArray(randArray(N * K2, 102 + N), [
+          N,
+          K2
+        ]);
+        const bias = gpu.fromArray(randArray(N, 103));
+        const res = gpu.fromArray(randArray(M * N, 104), [
+          M,
+          N
+        ]);
+        const g = gpu.fromArray(randArray(N, 105, 0.5, 1.5)), beta = gpu.fromArray(randArray(N, 106));
+        const opts = {
+          transB: true,
+          bias,
+          residual: res,
+          path
+        };
+        const d0 = gpu.stats.dispatches;
+        const fused2 = matmulLayernorm(gpu, x, w, opts, {
+          weight: g,
+          bias: beta
+        });
+        const d1 = gpu.stats.dispatches;
+        const out = matmul(gpu, x, w, opts);
+        const want = layernormForward(gpu, out, g, beta);
+        if (path === "texture") {
+          assertEquals(d1 - d0, gpu.stats.dispatches - d1 - 1, `${M}\xD7${N}: one dispatch less`);
+        }
+        for (const [got, exp, what] of [
+          [
+            fused2.out,
+            out,
+            "product"
+          ],
+          [
+            fused2.ln.y,
+            want.y,
+            "y"
+          ],
+          [
+            fused2.ln.mean,
+            want.mean,
+            "mean"
+          ],
+          [
+            fused2.ln.rstd,
+            want.rstd,
+            "rstd"
+          ]
+        ]) {
+          const [a, b] = [
+            await gpu.readF32(got),
+            await gpu.readF32(exp)
+          ];
+          assert(a.every((v, i) => Object.is(v, b[i])), `${M}\xD7${N}\xD7${K2}: ${what}`);
+        }
+      }
+    }
+  });
+  cases9.push({
+    name: `matmul (${path} path): reluBackwardOf gives reluBackward(matmul)'s bits (scalar and vec4 stores, with accumulate); a wrong-sized input is named`,
+    async run(gpu) {
+      for (const N of [
+        11,
+        12
+      ]) {
+        const M = 13, K2 = 23;
+        const a = gpu.fromArray(randArray(M * K2, 81), [
+          M,
+          K2
+        ]);
+        const b = gpu.fromArray(randArray(N * K2, 82), [
+          N,
+          K2
+        ]);
+        const h = gpu.fromArray(randArray(M * N, 83, -1, 1), [
+          M,
+          N
+        ]);
+        const c0 = randArray(M * N, 84);
+        const fused2 = await gpu.readF32(matmul(gpu, a, b, {
+          transB: true,
+          reluBackwardOf: h,
+          path
+        }));
+        const plain = await gpu.readF32(reluBackward(gpu, matmul(gpu, a, b, {
+          transB: true,
+          path
+        }), h));
+        assert(fused2.some((v) => v === 0) && fused2.some((v) => v !== 0), "some masked, some not");
+        assert(fused2.every((v, i) => Object.is(v, plain[i])), `N ${N}: fused = reluBackward`);
+        const acc = gpu.fromArray(c0, [
+          M,
+          N
+        ]), accPlain = gpu.fromArray(c0, [
+          M,
+          N
+        ]);
+        matmul(gpu, a, b, {
+          transB: true,
+          out: acc,
+          accumulate: true,
+          reluBackwardOf: h,
+          path
+        });
+        matmul(gpu, a, b, {
+          transB: true,
+          out: accPlain,
+          accumulate: true,
+          path
+        });
+        const want = await gpu.readF32(reluBackward(gpu, accPlain, h));
+        const got = await gpu.readF32(acc);
+        assert(got.every((v, i) => Object.is(v, want[i])), `N ${N}: accumulated, then masked`);
+        await assertThrows(() => matmul(gpu, a, b, {
+          transB: true,
+          reluBackwardOf: gpu.zeros([
+            M,
+            N + 1
+          ]),
+          path
+        }), ShapeError, "reluBackwardOf");
+      }
+    }
+  });
+  cases9.push({
     name: `matmul (${path} path): a residual epilogue (bias, residual, accumulate, ReLU) matches float64 and gives add(residual, matmul)'s bits; a wrong-sized or aliased residual is named`,
     async run(gpu) {
       const batch2 = 2, M = 13, K2 = 23, N = 11;
@@ -9968,6 +10910,62 @@ cases9.push({
           relu: relu3
         }), TOL5, `chunked (relu=${relu3})`);
       }
+      const h = small.fromArray(randArray(batch2 * M * N, 34, -1, 1), [
+        batch2,
+        M,
+        N
+      ]);
+      const ta = small.fromArray(a, [
+        batch2,
+        K2,
+        M
+      ]), tb = small.fromArray(b, [
+        N,
+        K2
+      ]);
+      const fused2 = await small.readF32(matmul(small, ta, tb, {
+        transA: true,
+        transB: true,
+        reluBackwardOf: h
+      }));
+      const plain = await small.readF32(reluBackward(small, matmul(small, ta, tb, {
+        transA: true,
+        transB: true
+      }), h));
+      assert(fused2.every((v, i) => Object.is(v, plain[i])), "chunked reluBackwardOf");
+      for (const [Kr, Nr] of [
+        [
+          70,
+          9
+        ],
+        [
+          9,
+          128
+        ]
+      ]) {
+        const dy = small.fromArray(randArray(Kr * 5, 35), [
+          Kr,
+          5
+        ]);
+        const x = small.fromArray(randArray(Kr * Nr, 36), [
+          Kr,
+          Nr
+        ]);
+        const sums = small.zeros([
+          5
+        ]);
+        matmul(small, dy, x, {
+          transA: true,
+          rowSums: {
+            out: sums
+          }
+        });
+        const [g, w] = [
+          await small.readF32(sums),
+          await small.readF32(sumColumns(small, dy))
+        ];
+        assert(g.every((v, i) => Object.is(v, w[i])), `row sums, K ${Kr}, N ${Nr}`);
+      }
     } finally {
       small.destroy();
     }
@@ -9994,7 +10992,7 @@ cases9.push({
         }, (_, i) => x[Math.floor(i / N) * N1 + i % N]);
         const b = narrow(b1, K2), bias = narrow(bias1, 1), r = narrow(r1, batch2 * M);
         const c0 = narrow(c1, batch2 * M);
-        const run = (n, bb, bi, rr, cc) => {
+        const run2 = (n, bb, bi, rr, cc) => {
           const out = g.fromArray(cc, [
             batch2,
             M,
@@ -10021,8 +11019,8 @@ cases9.push({
           });
           return g.readF32(out);
         };
-        const wide = await run(N1, b1, bias1, r1, c1);
-        const got = await run(N, b, bias, r, c0);
+        const wide = await run2(N1, b1, bias1, r1, c1);
+        const got = await run2(N, b, bias, r, c0);
         assert(got.every((v, i) => Object.is(v, wide[Math.floor(i / N) * N1 + i % N])), `vec4 stores = scalar stores (side ${g.textureSide})`);
         assertClose(got, matmul2(a, b, {
           batch: batch2,
@@ -10067,6 +11065,32 @@ cases9.push({
       N,
       K: K2
     }), TOL5, "K = 37 after Inf");
+    const Mt = 64;
+    matmul(gpu, inf([
+      40,
+      Mt
+    ]), inf([
+      40,
+      N
+    ]), {
+      transA: true
+    }).dispose();
+    const at = randArray(K2 * Mt, 97);
+    const ct = matmul(gpu, gpu.fromArray(at, [
+      K2,
+      Mt
+    ]), gpu.fromArray(b, [
+      K2,
+      N
+    ]), {
+      transA: true
+    });
+    assertClose(await gpu.readF32(ct), matmul2(at, b, {
+      M: Mt,
+      N,
+      K: K2,
+      transA: true
+    }), TOL5, "A\u1D40, K = 37 after Inf");
   }
 });
 cases9.push({
@@ -10642,6 +11666,85 @@ for (const n of [
   });
 }
 cases11.push({
+  name: "optimizer: weight decay up to an index in one dispatch gives the bits of two ranges; a parameter store's clip inside AdamW gives clip-then-AdamW's bits",
+  async run(gpu) {
+    const n = 200, d = 128;
+    const p0 = randArray(n, 7), g0 = randArray(n, 8, -3, 3);
+    const one = gpu.fromArray(p0), two = gpu.fromArray(p0);
+    const state = () => [
+      gpu.zeros([
+        n
+      ]),
+      gpu.zeros([
+        n
+      ])
+    ];
+    const [m1, v1] = state(), [m2, v2] = state();
+    const g = gpu.fromArray(g0);
+    for (let step = 1; step <= 3; step++) {
+      const o = {
+        lr: 0.01,
+        weightDecay: 0.1,
+        step
+      };
+      adamwStep(gpu, one, g, m1, v1, {
+        ...o,
+        weightDecayUntil: d
+      });
+      const part = (t, a2, b2) => t.view(a2, [
+        b2 - a2
+      ]);
+      adamwStep(gpu, part(two, 0, d), part(g, 0, d), part(m2, 0, d), part(v2, 0, d), o);
+      adamwStep(gpu, part(two, d, n), part(g, d, n), part(m2, d, n), part(v2, d, n), {
+        ...o,
+        weightDecay: 0
+      });
+    }
+    const [a, b] = [
+      await gpu.readF32(one),
+      await gpu.readF32(two)
+    ];
+    assert(a.every((x2, i) => Object.is(x2, b[i])), "one dispatch = two ranges");
+    const make = () => OptModel.create(gpu, OPT_PRESETS.tiny, {
+      seed: 3
+    });
+    const [x, y] = [
+      make(),
+      make()
+    ];
+    for (const mdl of [
+      x,
+      y
+    ]) {
+      gpu.write(mdl.store.grads, randArray(mdl.store.total, 9, -2, 2));
+    }
+    const clip2 = x.store.gradNorm(0.5);
+    x.store.adamw({
+      lr: 0.01,
+      weightDecay: 0.1,
+      clip: clip2
+    });
+    y.store.clipGradNorm(0.5);
+    y.store.adamw({
+      lr: 0.01,
+      weightDecay: 0.1
+    });
+    const [px, py] = [
+      await gpu.readF32(x.store.params),
+      await gpu.readF32(y.store.params)
+    ];
+    assert(px.every((v, i) => Object.is(v, py[i])), "clip inside AdamW = clip, then AdamW");
+    const fresh = make();
+    const p0s = await gpu.readF32(fresh.store.params);
+    assert(px.some((v, i) => v !== p0s[i]), "parameters moved");
+    for (const mdl of [
+      x,
+      y,
+      fresh
+    ]) mdl.store.dispose();
+  }
+});
+cases11.push({
   name: "optimizer: AdamW minimises a quadratic; learning-rate schedule values",
   async run(gpu) {
     const target = randArray(33, 1, -2, 2);
@@ -10817,6 +11920,32 @@ for (const [rows2, cols] of [
     }
   });
 }
+cases12.push({
+  name: "reduce: column sums over more rows than a software adapter runs in one loop (130 001 rows) are the exact in-order f32 sums",
+  async run(gpu) {
+    const rows2 = 130001, cols = 3;
+    const x = randArray(rows2 * cols, 93, -2, 2), acc = randArray(cols, 94);
+    const out = gpu.fromArray(acc);
+    sumColumns(gpu, gpu.fromArray(x, [
+      rows2,
+      cols
+    ]), {
+      out,
+      accumulate: true
+    });
+    const want = Array.from({
+      length: cols
+    }, (_, c) => {
+      let s = 0;
+      for (let r = 0; r < rows2; r++) s = Math.fround(s + x[r * cols + c]);
+      return Math.fround(acc[c] + s);
+    });
+    assertClose(await gpu.readF32(out), want, {
+      atol: 0,
+      rtol: 0
+    }, "in-order sums");
+  }
+});
 cases12.push({
   name: "reduce: column sums into spaced segments (accumulated) equal the plain column sums; overlapping segments are named",
   async run(gpu) {
@@ -13536,7 +14665,9 @@ for (const V of [
   1,
   7,
   33,
-  300
+  300,
+  4100,
+  50272
 ]) {
   cases17.push({
     name: `sampling: greedy/temperature/top-k/top-p draws equal the reference (V=${V})`,
@@ -13585,6 +14716,53 @@ for (const V of [
         }
       }
       assert(compared >= 40 && skipped <= 5, `compared ${compared}, skipped ${skipped}`);
+    }
+  });
+}
+for (const V of [
+  1,
+  37,
+  300,
+  1e3
+]) {
+  cases17.push({
+    name: `sampling: the one-invocation-per-row form gives the workgroup form's tokens, log-probs and finished flags bit for bit (V=${V})`,
+    async run(gpu) {
+      const B4 = 11, Tcap = 4;
+      const logits2 = gpu.fromArray(randArray(B4 * V, V + 1, -6, 6), [
+        B4,
+        V
+      ]);
+      const eos = Math.min(V - 1, 3);
+      for (const [si, s] of SETTINGS.entries()) {
+        const got = [];
+        for (const form of [
+          "workgroup",
+          "row"
+        ]) {
+          const out = targets(gpu, B4, Tcap);
+          gpu.write(out.finished, Uint32Array.from({
+            length: B4
+          }, (_, b) => b % 5 === 4 ? 1 : 0));
+          for (let t = 0; t < Tcap; t++) {
+            sampleTokens(gpu, logits2, out, t, {
+              ...s,
+              seed: 5
+            }, {
+              eos,
+              pad: 1,
+              step: si + t
+            }, form);
+          }
+          got.push([
+            ...await gpu.read(out.tokens),
+            ...new Uint32Array((await gpu.readF32(out.logprobs)).buffer),
+            ...await gpu.read(out.responseMask),
+            ...await gpu.read(out.finished)
+          ]);
+        }
+        assertEquals(got[1], got[0], `${s.label}: row form against workgroup form`);
+      }
     }
   });
 }
@@ -14253,6 +15431,121 @@ cases19.push({
   }
 });
 
+// tests/cases/texture.ts
+var cases20 = [];
+async function texels(gpu, tex, b) {
+  const bytesPerRow = Math.ceil(16 * b.width / 256) * 256;
+  const out = gpu.empty([
+    bytesPerRow / 4 * b.height * b.layers
+  ]);
+  gpu.encoder().copyTextureToBuffer({
+    texture: tex,
+    origin: {
+      x: 0,
+      y: b.dstRow0 ?? 0,
+      z: 0
+    }
+  }, {
+    buffer: out.buffer,
+    offset: out.byteOffset,
+    bytesPerRow,
+    rowsPerImage: b.height
+  }, [
+    b.width,
+    b.height,
+    b.layers
+  ]);
+  const all = await gpu.readF32(out);
+  const kept = [];
+  for (let l = 0; l < b.layers; l++) {
+    for (let r = 0; r < b.height; r++) {
+      const row = (l * b.height + r) * (bytesPerRow / 4);
+      kept.push(...all.subarray(row, row + 4 * b.width));
+    }
+  }
+  return kept;
+}
+var block = (o) => ({
+  trans: false,
+  row0: 0,
+  col0: 0,
+  batchStride: 0,
+  batch0: 0,
+  layers: 1,
+  width: Math.ceil(o.cols / 4),
+  height: o.rows,
+  ...o
+});
+cases20.push({
+  name: "texture packing: several blocks in one dispatch (1\u20135 of them: transposed, ragged, strided, offset rows, padded, batched) give the texels of one dispatch each",
+  async run(gpu) {
+    const src = gpu.fromArray(randArray(3 * 17 * 23, 71, -3, 3), [
+      3 * 17 * 23
+    ]);
+    const blocks = [
+      block({
+        rows: 17,
+        cols: 23,
+        ld: 23
+      }),
+      block({
+        rows: 7,
+        cols: 9,
+        ld: 17,
+        trans: true,
+        row0: 2,
+        col0: 5,
+        width: 4,
+        height: 12
+      }),
+      block({
+        rows: 17,
+        cols: 23,
+        ld: 23,
+        batchStride: 17 * 23,
+        batch0: 1,
+        layers: 2
+      }),
+      block({
+        rows: 5,
+        cols: 6,
+        ld: 23,
+        row0: 3,
+        col0: 4,
+        dstRow0: 9,
+        height: 8
+      }),
+      block({
+        rows: 3,
+        cols: 8,
+        ld: 23,
+        height: 8,
+        zeroPadRows: true
+      })
+    ];
+    for (let n = 1; n <= blocks.length; n++) {
+      const jobs = blocks.slice(0, n).map((b) => ({
+        src,
+        tex: gpu.scratchTexture(b.width, (b.dstRow0 ?? 0) + b.height, b.layers),
+        block: b
+      }));
+      const alone = jobs.map((j) => ({
+        ...j,
+        tex: gpu.scratchTexture(j.block.width, (j.block.dstRow0 ?? 0) + j.block.height, j.block.layers)
+      }));
+      for (const j of alone) fillTexture(gpu, j.src, j.tex, j.block);
+      fillTextures(gpu, jobs);
+      for (let i = 0; i < n; i++) {
+        assertEquals(await texels(gpu, jobs[i].tex, jobs[i].block), await texels(gpu, alone[i].tex, alone[i].block), `${n} blocks: block ${i}`);
+      }
+      for (const j of [
+        ...jobs,
+        ...alone
+      ]) gpu.releaseTexture(j.tex);
+    }
+  }
+});
+
 // model/tokenizer.ts
 var TokenizerError = class extends Error {
   /**
@@ -14500,8 +15793,8 @@ var BpeTokenizer = class _BpeTokenizer {
 };
 
 // tests/cases/tokenizer.ts
-var cases20 = [];
-cases20.push({
+var cases21 = [];
+cases21.push({
   name: "tokenizer: byte-level round-trips unicode with OPT-style specials",
   async run() {
     const tok = new ByteTokenizer();
@@ -14543,7 +15836,7 @@ var VOCAB = {
   "!": 12
 };
 var MERGES = "#version: 0.2\na b\n\u0120 ab\nab c\n\u0120 a\n";
-cases20.push({
+cases21.push({
   name: "tokenizer: BPE applies merges by rank, handles specials and rejects bad files",
   async run() {
     const tok = BpeTokenizer.fromText(JSON.stringify(VOCAB), MERGES);
@@ -14604,6 +15897,7 @@ cases20.push({
 var ALL_CASES = [
   ...cases15,
   ...cases3,
+  ...cases20,
   ...cases9,
   ...cases12,
   ...cases18,
@@ -14617,7 +15911,7 @@ var ALL_CASES = [
   ...cases13,
   ...cases19,
   ...cases16,
-  ...cases20,
+  ...cases21,
   ...cases10,
   ...cases2,
   ...cases5,

@@ -442,6 +442,7 @@ function collectTensors(v, out, depth) {
   }
 }
 var MAX_ERRORS = 8;
+var MAX_BIND_GROUPS = 16384;
 var Gpu = class _Gpu {
   device;
   adapterDescription;
@@ -458,12 +459,23 @@ var Gpu = class _Gpu {
   /** Largest storage binding in bytes (≤ `maxStorageBufferBindingSize`). */
   maxBindingBytes;
   #pipelines;
+  /** Pipelines with entry point `main` by their source (no per-call key string). */
+  #mainPipelines;
+  /** Bind groups by their resources (see {@link dispatch}); cleared when it grows large. */
+  #groups;
+  /** Identity numbers of pipelines, buffers and texture views, for bind-group keys. */
+  #ids;
+  #nextId;
+  /** One 2-D-array view per texture (see {@link arrayView}). */
+  #views;
   /** Per pipeline: each buffer binding's access and variable name, parsed from its WGSL. */
   #access;
   #encoder;
   #pass;
   #arenas;
   #arenaIndex;
+  /** Uniform slots written since the last submit, by content. */
+  #uniformSlots;
   #arenaBytes;
   /** Device errors reported and not yet thrown, oldest first (at most {@link MAX_ERRORS}). */
   #errors;
@@ -484,11 +496,17 @@ var Gpu = class _Gpu {
       pipelines: 0
     };
     this.#pipelines = /* @__PURE__ */ new Map();
+    this.#mainPipelines = /* @__PURE__ */ new Map();
+    this.#groups = /* @__PURE__ */ new Map();
+    this.#ids = /* @__PURE__ */ new WeakMap();
+    this.#nextId = 1;
+    this.#views = /* @__PURE__ */ new WeakMap();
     this.#access = /* @__PURE__ */ new WeakMap();
     this.#encoder = null;
     this.#pass = null;
     this.#arenas = [];
     this.#arenaIndex = 0;
+    this.#uniformSlots = /* @__PURE__ */ new Map();
     this.#errors = [];
     this.#textures = /* @__PURE__ */ new Map();
     this.#constant = /* @__PURE__ */ new Map();
@@ -906,6 +924,10 @@ var Gpu = class _Gpu {
   // ---------------------------------------------------------------- pipelines and dispatch
   /** A compute pipeline for `code`, cached by source and entry point. */
   pipeline(code, entryPoint = "main") {
+    if (entryPoint === "main") {
+      const hit = this.#mainPipelines.get(code);
+      if (hit) return hit;
+    }
     const key = `${entryPoint}\0${code}`;
     let p = this.#pipelines.get(key);
     if (!p) {
@@ -923,7 +945,30 @@ var Gpu = class _Gpu {
       this.#access.set(p, bufferBindings(code));
       this.stats.pipelines++;
     }
+    if (entryPoint === "main") this.#mainPipelines.set(code, p);
     return p;
+  }
+  /**
+   * The `"2d-array"` view of a texture, one per texture: kernels bind the same view object each
+   * time, so that their bind groups can be reused.
+   */
+  arrayView(tex) {
+    let v = this.#views.get(tex);
+    if (!v) {
+      v = tex.createView({
+        dimension: "2d-array"
+      });
+      this.#views.set(tex, v);
+    }
+    return v;
+  }
+  #id(o) {
+    let i = this.#ids.get(o);
+    if (i === void 0) {
+      i = this.#nextId++;
+      this.#ids.set(o, i);
+    }
+    return i;
   }
   /**
    * Records one dispatch into the current compute pass.
@@ -942,14 +987,27 @@ var Gpu = class _Gpu {
       throw new GpuLimitError(`dispatch ${x}\xD7${y}\xD7${z} exceeds maxComputeWorkgroupsPerDimension (${max})`);
     }
     const entries = [];
+    let key = `${this.#id(pipeline)}`;
     bindings.forEach((b, i) => {
-      if (b === null) return;
-      entries.push({
-        binding: i,
-        resource: b instanceof Tensor ? b.binding() : b
-      });
+      if (b === null) {
+        key += "|-";
+        return;
+      }
+      if (b instanceof Tensor) {
+        const r = b.binding();
+        key += `|${this.#id(r.buffer)}:${r.offset}:${r.size}`;
+        entries.push({
+          binding: i,
+          resource: r
+        });
+      } else {
+        key += `|v${this.#id(b)}`;
+        entries.push({
+          binding: i,
+          resource: b
+        });
+      }
     });
-    this.#checkAliasing(pipeline, bindings);
     if (this.#constant.size > 0) {
       const access = this.#access.get(pipeline);
       bindings.forEach((b, i) => {
@@ -957,15 +1015,23 @@ var Gpu = class _Gpu {
       });
     }
     if (params) {
+      const u = this.#uniform(params.bytes());
+      key += `|u${this.#id(u.buffer)}:${u.offset}:${u.size}`;
       entries.push({
         binding: bindings.length,
-        resource: this.#uniform(params.bytes())
+        resource: u
       });
     }
-    const group = this.device.createBindGroup({
-      layout: pipeline.getBindGroupLayout(0),
-      entries
-    });
+    let group = this.#groups.get(key);
+    if (!group) {
+      this.#checkAliasing(pipeline, bindings);
+      group = this.device.createBindGroup({
+        layout: pipeline.getBindGroupLayout(0),
+        entries
+      });
+      if (this.#groups.size >= MAX_BIND_GROUPS) this.#groups.clear();
+      this.#groups.set(key, group);
+    }
     if (this.#profiler) {
       const label = dispatchSite();
       this.#endPass();
@@ -1034,6 +1100,7 @@ var Gpu = class _Gpu {
       a.used = 0;
     }
     this.#arenaIndex = 0;
+    this.#uniformSlots.clear();
     if (this.#profiler?.mode === "timestamp") this.#profiler.resolve(this.#encoder);
     this.device.queue.submit([
       this.#encoder.finish()
@@ -1083,6 +1150,15 @@ var Gpu = class _Gpu {
     }
   }
   #uniform(bytes) {
+    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+    const content = String.fromCharCode(...new Uint16Array(words.buffer, words.byteOffset, 2 * words.length));
+    const known = this.#uniformSlots.get(content);
+    if (known) return known;
+    const slot = this.#uniformSlot(bytes);
+    this.#uniformSlots.set(content, slot);
+    return slot;
+  }
+  #uniformSlot(bytes) {
     const align = Math.max(256, this.limits.minUniformBufferOffsetAlignment);
     let a = this.#arenas[this.#arenaIndex];
     if (!a) {
@@ -1213,6 +1289,22 @@ function wgsl(strings, ...values) {
 }
 
 // kernels/_shader.ts
+var SOFTWARE_LOOP_BUDGET = 6e4;
+function rowRanges(rows3) {
+  const out = [];
+  for (let r0 = 0; r0 < rows3; r0 += SOFTWARE_LOOP_BUDGET) {
+    out.push([
+      r0,
+      Math.min(rows3, r0 + SOFTWARE_LOOP_BUDGET)
+    ]);
+  }
+  return out.length > 0 ? out : [
+    [
+      0,
+      0
+    ]
+  ];
+}
 var WG = 256;
 function mainHeader(wg) {
   return `@compute @workgroup_size(${wg})
@@ -1533,576 +1625,6 @@ function concatColumns(gpu, a, b) {
   return out;
 }
 
-// kernels/_texture.ts
-var PACK = `
-struct P {
-  rows: u32, cols: u32,        // logical sub-block size (zero outside it)
-  ld: u32, trans: u32,         // element (r, c) at r*ld + c, or c*ld + r when trans
-  row0: u32, col0: u32,        // sub-block origin in the logical matrix
-  batch_stride: u32, batch0: u32,
-  width: u32, height: u32,     // texels \xD7 rows to write (padding included)
-  dst_row0: u32,               // first texture row written
-}
-@group(0) @binding(0) var<storage, read> src: array<f32>;                   // (batch, \u2026)
-@group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;     // (layers, height, width)
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(8, 8)
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  if (g.x >= p.width || g.y >= p.height) { return; }
-  var v = vec4f(0.0);
-  if (g.y < p.rows) {
-    let base = (p.batch0 + g.z) * p.batch_stride;
-    let r = p.row0 + g.y;
-    for (var c = 0u; c < 4u; c++) {
-      let col = 4u * g.x + c;
-      if (col < p.cols) {
-        let cc = p.col0 + col;
-        v[c] = src[base + select(r * p.ld + cc, cc * p.ld + r, p.trans == 1u)];
-      }
-    }
-  }
-  textureStore(dst, vec2u(g.x, g.y + p.dst_row0), g.z, v);
-}`;
-function fillTexture(gpu, src, tex, b) {
-  const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
-  const byteOffset = src.byteOffset + 4 * elemOffset;
-  const direct = !b.trans && 4 * b.ld % 256 === 0 && b.cols % 4 === 0 && byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) && (!b.zeroPadRows || b.rows === b.height);
-  if (direct) {
-    gpu.encoder().copyBufferToTexture({
-      buffer: src.buffer,
-      offset: byteOffset,
-      bytesPerRow: 4 * b.ld,
-      rowsPerImage: b.layers > 1 ? b.batchStride / b.ld : b.rows
-    }, {
-      texture: tex,
-      origin: {
-        x: 0,
-        y: b.dstRow0 ?? 0,
-        z: 0
-      }
-    }, [
-      b.cols / 4,
-      b.rows,
-      b.layers
-    ]);
-    return;
-  }
-  gpu.dispatch(gpu.pipeline(PACK), [
-    src,
-    tex.createView({
-      dimension: "2d-array"
-    })
-  ], [
-    Math.ceil(b.width / 8),
-    Math.ceil(b.height / 8),
-    b.layers
-  ], new Params().u32(b.rows, b.cols, b.ld, b.trans ? 1 : 0, b.row0, b.col0, b.batchStride, b.batch0, b.width, b.height, b.dstRow0 ?? 0));
-}
-
-// kernels/matmul.ts
-var FLAG_BIAS = 1;
-var FLAG_RELU = 2;
-var FLAG_ACC = 4;
-var FLAG_RES = 8;
-var FLAG_SPLIT = 16;
-var TEXTURE_TILING = {
-  rows: 4,
-  texels: 2,
-  wgX: 8,
-  wgY: 4
-};
-var EPILOGUE_INDEX = `
-fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
-  if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
-  let hd = p.heads * p.head_dim;
-  let w = col % hd;
-  return (col / hd) * p.part_stride + ((row / p.seq) * p.heads + w / p.head_dim) * p.seq * p.head_dim
-    + (row % p.seq) * p.head_dim + w % p.head_dim;
-}
-fn bias_index(col: u32) -> u32 {
-  return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
-}`;
-var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32, kv_row: u32,";
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false) {
-  const R = t.rows, Q = t.texels;
-  const acc = [], aload = [], body = [], store = [];
-  const all = (f) => {
-    const out = [];
-    for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) out.push(f(i, j));
-    return out.join(" ");
-  };
-  for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
-  const segStart = segmented ? `if (kq != 0u && kq % p.k_seg == 0u) {
-      if (kq == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
-      else { ${all((i, j) => `t${i}_${j} = c${i}_${j} + t${i}_${j};`)} }
-      ${all((i, j) => `c${i}_${j} = vec4f(0.0);`)}
-    }` : "";
-  const segEnd = segmented ? `if (p.K4 > p.k_seg) { ${all((i, j) => `c${i}_${j} = c${i}_${j} + t${i}_${j};`)} }` : "";
-  if (segmented) {
-    for (let i = 0; i < R; i++) {
-      for (let j = 0; j < Q; j++) acc.push(`var t${i}_${j} = vec4f(0.0);`);
-    }
-  }
-  for (let i = 0; i < R; i++) {
-    aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
-  }
-  for (let kk = 0; kk < 4; kk++) {
-    const comp = "xyzw"[kk];
-    for (let j = 0; j < Q; j++) {
-      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
-    }
-    for (let i = 0; i < R; i++) {
-      for (let j = 0; j < Q; j++) {
-        body.push(`c${i}_${j} += a${i}.${comp} * b${kk}_${j};`);
-      }
-    }
-  }
-  for (let i = 0; i < R; i++) {
-    for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
-  }
-  const elem = vec4Out ? "vec4f" : "f32";
-  return `
-struct P {
-  M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
-  m0: u32, n0: u32,            // chunk origin in C
-  ldc: u32, c_batch_stride: u32, batch0: u32,
-  b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads
-  alpha: f32,                  // scale of the product
-  ${EPILOGUE_FIELDS}
-}
-@group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
-@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
-@group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
-@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
-@group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
-${kvOut ? `@group(0) @binding(5) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
-@group(0) @binding(6) var vc: texture_storage_2d_array<rgba32float, write>;
-@group(0) @binding(7) var<uniform> p: P;` : "@group(0) @binding(5) var<uniform> p: P;"}
-${EPILOGUE_INDEX}
-${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
-${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
-@compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  let cq = ${Q}u * g.x;        // first texel column of this block
-  let cb = ${4 * Q}u * g.x;    // first column
-  let r0 = ${R}u * g.y;        // first row
-  if (cb >= p.N || r0 >= p.M) { return; }
-  let la = g.z;
-  let lb = g.z * p.b_layer_step;
-  ${acc.join("\n  ")}
-  for (var kq = 0u; kq < p.K4; kq++) {
-    ${segStart}
-    ${aload.join("\n    ")}
-    let k = 4u * kq;
-    ${body.join("\n    ")}
-  }
-  ${segEnd}
-  let cbase = (p.batch0 + g.z) * p.c_batch_stride;
-  ${store.join("\n  ")}
-}`;
-}
-var EMIT_SCALAR = `
-fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r >= p.M) { return; }
-  for (var t = 0u; t < 4u; t++) {
-    let cc = col + t;
-    if (cc < p.N) {
-      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
-      var x = p.alpha * v[t];
-      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
-      if ((p.flags & 8u) != 0u) { x += res[idx]; }
-      if ((p.flags & 4u) != 0u) { x += c[idx]; }
-      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
-      c[idx] = x;
-    }
-  }
-}`;
-var EMIT_VEC4 = `
-fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r >= p.M || col >= p.N) { return; }
-  let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
-  var x = p.alpha * v;
-  if ((p.flags & 1u) != 0u) {
-    let n = p.n0 + col;
-    x += vec4f(bias[bias_index(n)], bias[bias_index(n + 1u)], bias[bias_index(n + 2u)],
-      bias[bias_index(n + 3u)]);
-  }
-  if ((p.flags & 8u) != 0u) { x += res[idx]; }
-  if ((p.flags & 4u) != 0u) { x += c[idx]; }
-  if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
-  c[idx] = x;
-  kv_store(r, col, x);
-}`;
-var KV_STORE = `
-fn kv_store(r: u32, col: u32, x: vec4f) {
-  let hd = p.heads * p.head_dim;
-  let n = p.n0 + col;
-  let part = n / hd;
-  if (part == 0u) { return; }
-  let w = n % hd;
-  let row = p.m0 + r;
-  let layer = (row / p.seq) * p.heads + w / p.head_dim;
-  let at = vec2u((w % p.head_dim) / 4u, p.kv_row + row % p.seq);
-  if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
-}`;
-var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out, segmented, kvOut) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut);
-  tilingShaders.set(key, code);
-  return code;
-}
-var bufferShaders = /* @__PURE__ */ new Map();
-function bufferShaderFor(segmented) {
-  const code = bufferShaders.get(segmented) ?? bufferMatmulShader(segmented);
-  bufferShaders.set(segmented, code);
-  return code;
-}
-function bufferMatmulShader(segmented) {
-  return `
-struct P {
-  M: u32, N: u32, K: u32,
-  trans_a: u32, trans_b: u32,
-  a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
-  flags: u32, alpha: f32,
-  ${EPILOGUE_FIELDS}
-}
-@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
-@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
-@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
-@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
-@group(0) @binding(5) var<uniform> p: P;
-${EPILOGUE_INDEX}
-
-var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
-var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
-
-fn load_a(base: u32, m: u32, k: u32) -> f32 {
-  if (m >= p.M || k >= p.K) { return 0.0; }
-  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
-}
-fn load_b(base: u32, k: u32, n: u32) -> f32 {
-  if (k >= p.K || n >= p.N) { return 0.0; }
-  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
-}
-
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let row0 = wid.y * 64u;
-  let col0 = wid.x * 64u;
-  let abase = wid.z * p.a_batch_stride;
-  let bbase = wid.z * p.b_batch_stride;
-  let t = lid.y * 16u + lid.x;
-  let lk = t / 16u;
-  let lg = t % 16u;
-  var acc0 = vec4f(0.0);
-  var acc1 = vec4f(0.0);
-  var acc2 = vec4f(0.0);
-  var acc3 = vec4f(0.0);
-  ${segmented ? "var t0 = vec4f(0.0); var t1 = vec4f(0.0); var t2 = vec4f(0.0); var t3 = vec4f(0.0);" : ""}
-  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
-    let k = k0 + lk;
-    let r = row0 + lg * 4u;
-    as_[lk * 16u + lg] = vec4f(load_a(abase, r, k), load_a(abase, r + 1u, k),
-                               load_a(abase, r + 2u, k), load_a(abase, r + 3u, k));
-    let n = col0 + lg * 4u;
-    bs_[lk * 16u + lg] = vec4f(load_b(bbase, k, n), load_b(bbase, k, n + 1u),
-                               load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
-    workgroupBarrier();
-    for (var kk = 0u; kk < 16u; kk++) {
-      ${segmented ? `let kg = k0 + kk;
-      if (kg != 0u && kg < p.K && kg % p.k_seg == 0u) {
-        if (kg == p.k_seg) { t0 = acc0; t1 = acc1; t2 = acc2; t3 = acc3; }
-        else { t0 = acc0 + t0; t1 = acc1 + t1; t2 = acc2 + t2; t3 = acc3 + t3; }
-        acc0 = vec4f(0.0); acc1 = vec4f(0.0); acc2 = vec4f(0.0); acc3 = vec4f(0.0);
-      }` : ""}
-      let av = as_[kk * 16u + lid.y];
-      let bv = bs_[kk * 16u + lid.x];
-      acc0 = fma(vec4f(av.x), bv, acc0);
-      acc1 = fma(vec4f(av.y), bv, acc1);
-      acc2 = fma(vec4f(av.z), bv, acc2);
-      acc3 = fma(vec4f(av.w), bv, acc3);
-    }
-    workgroupBarrier();
-  }
-  ${segmented ? "if (p.K > p.k_seg) { acc0 = acc0 + t0; acc1 = acc1 + t1; acc2 = acc2 + t2; acc3 = acc3 + t3; }" : ""}
-  let cbase = wid.z * p.c_batch_stride;
-  for (var i = 0u; i < 4u; i++) {
-    let r = row0 + lid.y * 4u + i;
-    var v = acc0;
-    if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
-    for (var j = 0u; j < 4u; j++) {
-      let cc = col0 + lid.x * 4u + j;
-      if (r < p.M && cc < p.N) {
-        let idx = out_index(cbase, r, cc, p.N);
-        var x = p.alpha * v[j];
-        if ((p.flags & 1u) != 0u) { x += bias[bias_index(cc)]; }
-        if ((p.flags & 8u) != 0u) { x += res[idx]; }
-        if ((p.flags & 4u) != 0u) { x += c[idx]; }
-        if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
-        c[idx] = x;
-      }
-    }
-  }
-}`;
-}
-function resolveShape(a, b, o) {
-  const sa = a.shape, sb = b.shape;
-  checkShape(sa.length >= 2 && sb.length >= 2, `matmul: operands need \u2265 2 dims (A: [${sa}], B: [${sb}])`);
-  checkShape(a.dtype === "f32" && b.dtype === "f32", "matmul: operands must be f32");
-  const batchA = sa.slice(0, -2), batchB = sb.slice(0, -2);
-  const [ar, ac] = sa.slice(-2), [br, bc] = sb.slice(-2);
-  const M = o.transA ? ac : ar, K2 = o.transA ? ar : ac;
-  const Kb = o.transB ? bc : br, N = o.transB ? br : bc;
-  checkShape(K2 === Kb, `matmul: inner dimensions differ (A${o.transA ? "\u1D40" : ""}: [${sa}], B${o.transB ? "\u1D40" : ""}: [${sb}])`);
-  const batch = batchA.reduce((x, y) => x * y, 1);
-  const shareB = batchB.length === 0 || batchB.reduce((x, y) => x * y, 1) === 1;
-  checkShape(shareB || batchB.join() === batchA.join(), `matmul: batch dims differ (A: [${sa}], B: [${sb}])`);
-  return {
-    batch,
-    M,
-    N,
-    K: K2,
-    shareB,
-    outShape: [
-      ...batchA,
-      M,
-      N
-    ]
-  };
-}
-function matmul(gpu, a, b, opts = {}) {
-  const s = resolveShape(a, b, opts);
-  const alpha = opts.alpha ?? 1;
-  checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
-  checkShape(!opts.accumulate || opts.out !== void 0, "matmul: accumulate needs `out`");
-  const seg = opts.biasSegments ?? {
-    width: Math.max(s.N, 1),
-    stride: 0
-  };
-  if (opts.bias) {
-    const parts = Math.ceil(s.N / seg.width);
-    checkShape(Number.isInteger(seg.width) && seg.width > 0 && s.N % seg.width === 0 && Number.isInteger(seg.stride) && (parts === 1 || seg.stride >= seg.width), `matmul: biasSegments {width ${seg.width}, stride ${seg.stride}} must divide N = ${s.N} into segments that do not overlap`);
-    const need = opts.biasSegments ? (parts - 1) * seg.stride + seg.width : s.N;
-    checkShape(opts.bias.size === need && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected ${need}`);
-  }
-  if (opts.kSegments !== void 0) {
-    const g = opts.kSegments;
-    checkShape(Number.isInteger(g) && g > 0 && g % 4 === 0 && s.K % g === 0, `matmul: kSegments ${g} must be a positive multiple of 4 dividing K = ${s.K}`);
-  }
-  const split = opts.splitHeads;
-  if (split) {
-    const { T, H: H2, Dh } = split;
-    checkShape(s.batch === 1 && [
-      T,
-      H2,
-      Dh
-    ].every((x) => Number.isInteger(x) && x > 0) && s.M % T === 0 && s.N % (H2 * Dh) === 0, `matmul: splitHeads {T ${T}, H ${H2}, Dh ${Dh}} needs unbatched A with rows a multiple of T and columns a multiple of H\xB7Dh (M ${s.M}, N ${s.N}, batch ${s.batch})`);
-    const P = s.N / (H2 * Dh), part = s.M * H2 * Dh, stride = split.partStride ?? part;
-    checkShape(Number.isInteger(stride) && stride >= part, `matmul: splitHeads partStride ${stride} is smaller than a part (${part} elements)`);
-    s.outShape = stride === part ? [
-      P,
-      s.M / T,
-      H2,
-      T,
-      Dh
-    ] : [
-      (P - 1) * stride + part
-    ];
-  }
-  if (opts.kvCache) {
-    const sp = opts.splitHeads;
-    const stride = sp ? sp.partStride ?? s.M * sp.H * sp.Dh : 0;
-    checkShape(sp !== void 0 && s.N === 3 * sp.H * sp.Dh && sp.Dh % 4 === 0 && stride % 4 === 0, "matmul: kvCache needs a q/k/v splitHeads (three parts, Dh and partStride multiples of 4)");
-    const rows3 = opts.kvCache.row + sp.T, layers = s.M / sp.T * sp.H;
-    for (const tex of [
-      opts.kvCache.k,
-      opts.kvCache.v
-    ]) {
-      checkShape(Number.isInteger(opts.kvCache.row) && opts.kvCache.row >= 0 && rows3 <= tex.height && layers <= tex.depthOrArrayLayers && sp.Dh / 4 <= tex.width, `matmul: kvCache rows ${opts.kvCache.row}..${rows3} \xD7 ${layers} layers do not fit a ${tex.width}\xD7${tex.height}\xD7${tex.depthOrArrayLayers} texture`);
-    }
-  }
-  const out = opts.out ?? gpu.empty(s.outShape);
-  checkShape(out.size === s.outShape.reduce((x, y) => x * y, 1), `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
-  if (s.batch * s.M * s.N === 0) return out;
-  let flags = 0;
-  if (opts.bias) flags |= FLAG_BIAS;
-  if (opts.relu) flags |= FLAG_RELU;
-  if (split) flags |= FLAG_SPLIT;
-  if (opts.accumulate) flags |= FLAG_ACC;
-  if (opts.residual) {
-    checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
-    flags |= FLAG_RES;
-  }
-  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
-  if (path === "buffer") {
-    runBuffer(gpu, a, b, out, s, {
-      ...opts,
-      kvCache: void 0
-    }, flags);
-    if (opts.kvCache) writeKvParts(gpu, out, s, opts);
-  } else runTexture(gpu, a, b, out, s, opts, flags);
-  return out;
-}
-function writeKvParts(gpu, out, s, o) {
-  const { T, H: H2, Dh } = o.splitHeads, kv = o.kvCache;
-  const stride = o.splitHeads.partStride ?? s.M * H2 * Dh;
-  [
-    kv.k,
-    kv.v
-  ].forEach((tex, i) => fillTexture(gpu, out, tex, {
-    rows: T,
-    cols: Dh,
-    ld: Dh,
-    trans: false,
-    row0: 0,
-    col0: (i + 1) * stride,
-    batchStride: T * Dh,
-    batch0: 0,
-    layers: s.M / T * H2,
-    width: Dh / 4,
-    height: T,
-    dstRow0: kv.row
-  }));
-}
-function epilogueParams(params, s, o, kSeg) {
-  const sp = o.splitHeads ?? {
-    T: 1,
-    H: 1,
-    Dh: 1
-  };
-  const seg = o.biasSegments ?? {
-    width: Math.max(s.N, 1),
-    stride: 0
-  };
-  const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
-  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg, o.kvCache?.row ?? 0);
-}
-function dummy(gpu) {
-  return gpu.placeholder(2);
-}
-function runBuffer(gpu, a, b, out, s, o, flags) {
-  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.ceil(s.N / 64), gy = Math.ceil(s.M / 64);
-  for (let b0 = 0; b0 < s.batch; b0 += max) {
-    const nb = Math.min(max, s.batch - b0);
-    const view = (t, stride) => b0 === 0 ? t : new Tensor(gpu, t.buffer, [
-      nb * stride
-    ], t.dtype, t.byteOffset + b0 * stride * 4, false);
-    const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
-    epilogueParams(params, s, o, o.kSegments ?? 0);
-    gpu.dispatch(gpu.pipeline(bufferShaderFor(o.kSegments !== void 0)), [
-      view(a, s.M * s.K),
-      s.shareB ? b : view(b, s.K * s.N),
-      view(out, s.M * s.N),
-      o.bias ?? dummy(gpu),
-      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu)
-    ], [
-      gx,
-      gy,
-      nb
-    ], params);
-  }
-}
-function runTexture(gpu, a, b, out, s, o, flags) {
-  const t = o.tiling ?? TEXTURE_TILING;
-  const maxTex = gpu.textureSide;
-  const maxLayers = gpu.limits.maxTextureArrayLayers;
-  const mStep = Math.floor(maxTex / t.rows) * t.rows;
-  const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
-  const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
-  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
-  const sp = o.splitHeads;
-  const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
-  const kv = o.kvCache;
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0));
-  const kvViews = kv ? [
-    kv.k.createView({
-      dimension: "2d-array"
-    }),
-    kv.v.createView({
-      dimension: "2d-array"
-    })
-  ] : [];
-  const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
-  for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
-    const nb = Math.min(maxLayers, s.batch - b0);
-    const bLayers = s.shareB ? 1 : nb;
-    for (let m0 = 0; m0 < s.M; m0 += mStep) {
-      const mc = Math.min(mStep, s.M - m0);
-      for (let n0 = 0; n0 < s.N; n0 += nStep) {
-        const nc = Math.min(nStep, s.N - n0);
-        for (let k0 = 0; k0 < s.K; k0 += kStep) {
-          const kc = Math.min(kStep, s.K - k0);
-          const k4 = Math.ceil(kc / 4);
-          const aRows = Math.ceil(mc / t.rows) * t.rows;
-          const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
-          const at = gpu.scratchTexture(k4, aRows, nb);
-          fillTexture(gpu, a, at, {
-            rows: mc,
-            cols: kc,
-            ld: ldA,
-            trans: !!o.transA,
-            row0: m0,
-            col0: k0,
-            batchStride: s.M * s.K,
-            batch0: b0,
-            layers: nb,
-            width: k4,
-            height: aRows
-          });
-          const fillB = (tex) => fillTexture(gpu, b, tex, {
-            rows: kc,
-            cols: nc,
-            ld: ldB,
-            trans: !!o.transB,
-            row0: k0,
-            col0: n0,
-            batchStride: s.shareB ? 0 : s.K * s.N,
-            batch0: s.shareB ? 0 : b0,
-            layers: bLayers,
-            width: bTexels,
-            height: 4 * k4,
-            zeroPadRows: true
-          });
-          const bSize = [
-            bTexels,
-            4 * k4,
-            bLayers
-          ];
-          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4}`, bSize, fillB);
-          const bt = held ?? gpu.scratchTexture(...bSize);
-          if (!held) fillB(bt);
-          let f = flags;
-          if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
-          const lastK = k0 + kStep >= s.K;
-          if (!lastK) f &= ~FLAG_RELU;
-          gpu.dispatch(mm, [
-            at.createView({
-              dimension: "2d-array"
-            }),
-            bt.createView({
-              dimension: "2d-array"
-            }),
-            out,
-            o.bias ?? dummy(gpu),
-            o.residual ?? dummy(gpu),
-            ...kvViews
-          ], [
-            Math.ceil(nc / (4 * t.texels * t.wgX)),
-            Math.ceil(mc / (t.rows * t.wgY)),
-            nb
-          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4));
-          gpu.releaseTexture(at);
-          if (!held) gpu.releaseTexture(bt);
-        }
-      }
-    }
-  }
-}
-
 // kernels/reduce.ts
 var ROW_WG = 64;
 var WG_REDUCE = `
@@ -2134,7 +1656,7 @@ var ROW_THREAD_MAIN = `${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }
   let base = row * p.cols;`;
-function laneTreeSums(terms, prelude = "") {
+function laneTreeSums(terms, prelude = "", count = "p.cols") {
   const names = Object.keys(terms);
   const out = [];
   for (const n of names) {
@@ -2146,14 +1668,14 @@ function laneTreeSums(terms, prelude = "") {
       const comp = "xyzw"[i];
       body.push(`{
       let c = c0 + ${4 * j + i}u;
-      if (c < p.cols) {
+      if (c < ${count}) {
         ${prelude}
         ${names.map((n) => `${n}_${j}.${comp} += ${terms[n]};`).join(" ")}
       }
     }`);
     }
   }
-  out.push(`for (var c0 = 0u; c0 < p.cols; c0 += ${ROW_WG}u) {
+  out.push(`for (var c0 = 0u; c0 < ${count}; c0 += ${ROW_WG}u) {
     ${body.join("\n    ")}
   }`);
   for (const n of names) {
@@ -2203,14 +1725,19 @@ ${ROW_MAIN}
   if (valid && lid == 0u) { out[row] = select(r, r / f32(p.cols), p.op == 1u); }
 }`;
 var COLS = `
-struct P { rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32 }
+struct P {
+  rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32,
+  r0: u32, r1: u32, carry: u32, finish: u32,
+}
 @group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols), or segments
-@group(0) @binding(2) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read_write> run: array<f32>; // (cols) running sums
+@group(0) @binding(3) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
-  var s = 0.0;
-  for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + i]; }
+  var s = select(0.0, run[i], p.carry == 1u);
+  for (var r = p.r0; r < p.r1; r++) { s += x[r * p.cols + i]; }
+  if (p.finish == 0u) { run[i] = s; return; }
   let o = (i / p.seg_width) * p.seg_stride + i % p.seg_width;
   out[o] = select(s, out[o] + s, p.accumulate == 1u);
 }`;
@@ -2260,10 +1787,16 @@ function sumColumns(gpu, x, opts = {}) {
   ]);
   checkShape(out.size === size, `sumColumns: out has ${out.size} elements, expected ${size}`);
   checkShape(!opts.accumulate || opts.out !== void 0, "sumColumns: accumulate needs `out`");
-  gpu.dispatch(gpu.pipeline(COLS), [
+  const ranges = rowRanges(rows3);
+  const run2 = ranges.length > 1 ? gpu.empty([
+    cols
+  ]) : gpu.placeholder(1);
+  ranges.forEach(([r0, r1], k) => gpu.dispatch(gpu.pipeline(COLS), [
     x,
-    out
-  ], gpu.grid(columnGroups(cols)), new Params().u32(rows3, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride));
+    out,
+    run2
+  ], gpu.grid(columnGroups(cols)), new Params().u32(rows3, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride, r0, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
+  if (ranges.length > 1) run2.dispose();
   return out;
 }
 var CHUNK = 4096;
@@ -2417,221 +1950,6 @@ function clipGradNorm(gpu, grads, maxNorm) {
   return stats;
 }
 
-// kernels/softmax.ts
-var SOFTMAX = `${WG_REDUCE}
-struct P { rows: u32, cols: u32, log: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows, cols)
-@group(0) @binding(2) var<uniform> p: P;
-${ROW_MAIN}
-  let valid = row < p.rows;
-  let base = row * p.cols;
-  var m = -3.4e38;
-  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { m = max(m, x[base + c]); } }
-  m = wg_max(m, lid);
-  var s = 0.0;
-  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { s += exp(x[base + c] - m); } }
-  s = wg_sum(s, lid);
-  if (!valid) { return; }
-  let lse = m + log(s);
-  for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
-    let z = x[base + c];
-    out[base + c] = select(exp(z - lse), z - lse, p.log == 1u);
-  }
-}`;
-var TOKEN_LOGPROBS_BINDINGS = `
-struct P { rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
-@group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
-@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
-@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
-@group(0) @binding(5) var<uniform> p: P;
-`;
-var TOKEN_LOGPROBS = `${WG_REDUCE}
-${TOKEN_LOGPROBS_BINDINGS}
-${ROW_MAIN}
-  let valid = row < p.rows;
-  let base = row * p.cols;
-  var m = -3.4e38;
-  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { m = max(m, logits[base + c]); } }
-  m = wg_max(m, lid);
-  var s = 0.0;
-  var sz = 0.0;
-  if (valid) {
-    for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
-      let z = logits[base + c] - m;
-      let e = exp(z);
-      s += e;
-      sz += e * z;
-    }
-  }
-  s = wg_sum(s, lid);
-  sz = wg_sum(sz, lid);
-  if (!valid || lid != 0u) { return; }
-  let lse = m + log(s);
-  let t = targets[row];
-  logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
-  // H = lse - \u03A3 p z = log s - \u03A3 e (z - m) / s
-  ent[row] = log(s) - sz / s;
-  lse_out[row] = lse;
-}`;
-var TOKEN_LOGPROBS_TREE = `
-${TOKEN_LOGPROBS_BINDINGS}
-${ROW_THREAD_MAIN}
-  var m = -3.4e38;
-  for (var c = 0u; c < p.cols; c++) { m = max(m, logits[base + c]); }
-  ${laneTreeSums({
-  s: "e",
-  sz: "e * z"
-}, "let z = logits[base + c] - m; let e = exp(z);")}
-  let lse = m + log(s);
-  let t = targets[row];
-  logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
-  ent[row] = log(s) - sz / s;
-  lse_out[row] = lse;
-}`;
-function defaultReduction(gpu, rows3) {
-  return gpu.isFallbackAdapter && rows3 >= 128 ? "row-tree" : "workgroup";
-}
-var LOGITS_BACKWARD = `
-struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
-@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
-@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows)
-@group(0) @binding(2) var<storage, read> lse: array<f32>;     // (rows)
-@group(0) @binding(3) var<storage, read> ent: array<f32>;     // (rows)
-@group(0) @binding(4) var<storage, read> g_logp: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read> g_ent: array<f32>;   // (rows)
-@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>; // (rows, V)
-@group(0) @binding(7) var<uniform> p: P;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  let c = g.x;
-  let row = g.y + g.z * 65535u;
-  if (c >= p.cols || row >= p.rows) { return; }
-  let idx = row * p.cols + c;
-  let logq = logits[idx] - lse[row];
-  let q = exp(logq);
-  var d = 0.0;
-  if (p.has_logp == 1u) {
-    let t = targets[row];
-    if (t >= 0) { d += p.sign * g_logp[row] * (select(0.0, 1.0, u32(t) == c) - q); }
-  }
-  if (p.has_ent == 1u) { d -= g_ent[row] * q * (logq + ent[row]); }
-  dlogits[idx] = d;
-}`;
-function rowsOf(x, name) {
-  checkShape(x.dtype === "f32", `${name}: logits must be f32, got ${x.dtype}`);
-  checkShape(x.shape.length >= 1, `${name}: logits need at least one dimension`);
-  const cols = x.shape[x.shape.length - 1];
-  checkShape(cols > 0, `${name}: last axis is empty`);
-  return {
-    rows: x.size / cols,
-    cols
-  };
-}
-function runSoftmax(gpu, x, log, out) {
-  const { rows: rows3, cols } = rowsOf(x, log ? "logSoftmax" : "softmax");
-  const y = out ?? gpu.empty(x.shape);
-  checkShape(y.size === x.size, `softmax: out [${y.shape}] does not match [${x.shape}]`);
-  gpu.dispatch(gpu.pipeline(SOFTMAX), [
-    x,
-    y
-  ], gpu.grid(rows3), new Params().u32(rows3, cols, log ? 1 : 0));
-  return y;
-}
-function softmax(gpu, x, out) {
-  return runSoftmax(gpu, x, false, out);
-}
-function logSoftmax(gpu, x, out) {
-  return runSoftmax(gpu, x, true, out);
-}
-function checkTargets(logits, targets, rows3, name) {
-  checkShape(targets.dtype === "i32", `${name}: targets must be i32, got ${targets.dtype}`);
-  checkShape(targets.size === rows3, `${name}: ${targets.size} targets for ${rows3} rows of logits [${logits.shape}]`);
-}
-function tokenLogprobs(gpu, logits, targets, opts = {}) {
-  const { rows: rows3, cols } = rowsOf(logits, "tokenLogprobs");
-  checkTargets(logits, targets, rows3, "tokenLogprobs");
-  const shape = logits.shape.slice(0, -1);
-  const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
-  const tree = (opts.reduction ?? defaultReduction(gpu, rows3)) === "row-tree";
-  gpu.dispatch(gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS), [
-    logits,
-    targets,
-    logp,
-    entropy,
-    lse
-  ], tree ? gpu.grid(groups(rows3)) : gpu.grid(rows3), new Params().u32(rows3, cols));
-  return {
-    logp,
-    entropy,
-    lse
-  };
-}
-function crossEntropy(gpu, logits, targets) {
-  const { logp, entropy, lse } = tokenLogprobs(gpu, logits, targets);
-  entropy.dispose();
-  const loss = gpu.empty(logp.shape);
-  gpu.dispatch(gpu.pipeline(NEGATE), [
-    logp,
-    loss
-  ], gpu.grid(Math.ceil(logp.size / 64)), new Params().u32(logp.size));
-  logp.dispose();
-  return {
-    loss,
-    lse
-  };
-}
-var NEGATE = `
-struct P { n: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nwg.x) * 64u + lid;
-  if (i < p.n) { out[i] = -x[i]; }
-}`;
-function logitsBackward(gpu, logits, targets, lse, grads, sign = 1) {
-  const { rows: rows3, cols } = rowsOf(logits, "logitsBackward");
-  checkTargets(logits, targets, rows3, "logitsBackward");
-  for (const [n, t] of Object.entries({
-    lse,
-    ...grads
-  })) {
-    if (t && n !== "out") {
-      checkShape(t.size === rows3, `logitsBackward: ${n} has ${t.size} elements, rows = ${rows3}`);
-    }
-  }
-  checkShape(!grads.dentropy || grads.entropy !== void 0, "logitsBackward: dentropy needs the forward entropy");
-  checkShape(Boolean(grads.dlogp || grads.dentropy), "logitsBackward: give dlogp and/or dentropy");
-  const out = grads.out ?? gpu.empty(logits.shape);
-  checkShape(out.size === logits.size, "logitsBackward: out does not match logits");
-  const rowsY = Math.min(rows3, 65535), rowsZ = Math.ceil(rows3 / 65535);
-  gpu.dispatch(gpu.pipeline(LOGITS_BACKWARD), [
-    logits,
-    targets,
-    lse,
-    grads.entropy ?? gpu.placeholder(0),
-    grads.dlogp ?? gpu.placeholder(1),
-    grads.dentropy ?? gpu.placeholder(2),
-    out
-  ], [
-    Math.ceil(cols / 64),
-    rowsY,
-    rowsZ
-  ], new Params().u32(rows3, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
-  return out;
-}
-function crossEntropyBackward(gpu, logits, targets, lse, dloss, out) {
-  return logitsBackward(gpu, logits, targets, lse, {
-    dlogp: dloss,
-    out
-  }, -1);
-}
-
 // kernels/layernorm.ts
 var FORWARD_BINDINGS = `
 struct P { rows: u32, cols: u32, eps: f32 }
@@ -2760,28 +2078,35 @@ ${ROW_THREAD_MAIN}
   }
 }`;
 var BACKWARD_DW = `
-struct P { n: u32, rows: u32, cols: u32 }
+struct P { n: u32, rows: u32, cols: u32, r0: u32, r1: u32, carry: u32, finish: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
 @group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
 @group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
 @group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
-@group(0) @binding(6) var<uniform> p: P;
+@group(0) @binding(6) var<storage, read_write> run: array<f32>;   // (2, C) running sums
+@group(0) @binding(7) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
-  var sw = 0.0;
-  var sb = 0.0;
-  for (var r = 0u; r < p.rows; r++) {
+  var sw = select(0.0, run[i], p.carry == 1u);
+  var sb = select(0.0, run[p.cols + i], p.carry == 1u);
+  for (var r = p.r0; r < p.r1; r++) {
     let g = dy[r * p.cols + i];
     sw += g * (x[r * p.cols + i] - mean[r]) * rstd[r];
     sb += g;
   }
+  if (p.finish == 0u) {
+    run[i] = sw;
+    run[p.cols + i] = sb;
+    return;
+  }
   dw[i] += sw;
   db[i] += sb;
 }`;
-function defaultVariant(gpu, rows3) {
-  return gpu.isFallbackAdapter && rows3 >= 128 ? "row-tree" : "workgroup";
+function defaultVariant(gpu, cols) {
+  const fits = cols + 2 * Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  return gpu.isFallbackAdapter && fits ? "row-tree" : "workgroup";
 }
 function dims(x, w, b, name) {
   checkShape(x.dtype === "f32", `${name}: x must be f32`);
@@ -2798,7 +2123,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   const { rows: rows3, C } = dims(x, weight, bias, "layernormForward");
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  const variant = opts.variant ?? defaultVariant(gpu, rows3), rowwise = variant !== "workgroup";
+  const variant = opts.variant ?? defaultVariant(gpu, C), rowwise = variant !== "workgroup";
   gpu.dispatch(gpu.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD), [
     x,
     weight,
@@ -2815,7 +2140,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
 }
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows3, C } = dims(x, weight, null, "layernormBackward");
-  const variant = opts.variant ?? defaultVariant(gpu, rows3), rowwise = variant !== "workgroup";
+  const variant = opts.variant ?? defaultVariant(gpu, C), rowwise = variant !== "workgroup";
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
@@ -2830,15 +2155,1044 @@ function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {})
     dx
   ], gpu.grid(rowwise ? groups(rows3) : rows3), new Params().u32(rows3, C, opts.accumulateDx ? 1 : 0));
   if (dweight === null) return dx;
-  gpu.dispatch(gpu.pipeline(BACKWARD_DW), [
+  const ranges = rowRanges(rows3);
+  const run2 = ranges.length > 1 ? gpu.empty([
+    2 * C
+  ]) : gpu.placeholder(1);
+  ranges.forEach(([r0, r1], k) => gpu.dispatch(gpu.pipeline(BACKWARD_DW), [
     dy,
     x,
     saved.mean,
     saved.rstd,
     dweight,
-    dbias
-  ], gpu.grid(columnGroups(C)), new Params().u32(C, rows3, C));
+    dbias,
+    run2
+  ], gpu.grid(columnGroups(C)), new Params().u32(C, rows3, C, r0, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
+  if (ranges.length > 1) run2.dispose();
   return dx;
+}
+
+// kernels/_texture.ts
+function fillTexture(gpu, src, tex, b) {
+  fillTextures(gpu, [
+    {
+      src,
+      tex,
+      block: b
+    }
+  ]);
+}
+function fillTextures(gpu, jobs) {
+  const packed = jobs.filter((j) => !copied(gpu, j.src, j.tex, j.block));
+  const groups2 = [];
+  let open = [], texels = 0;
+  for (const j of packed) {
+    const n = j.block.width * j.block.height * j.block.layers;
+    if (open.length > 0 && (open.length === MAX_PACKED || texels + n > MAX_SHARED_TEXELS)) {
+      groups2.push(open);
+      open = [];
+      texels = 0;
+    }
+    open.push(j);
+    texels += n;
+  }
+  if (open.length > 0) groups2.push(open);
+  for (const group of groups2) {
+    const params = new Params();
+    let most = 0;
+    for (const { block: b } of group) {
+      most = Math.max(most, Math.ceil(b.width / 8) * Math.ceil(b.height / 8) * b.layers);
+      params.u32(b.rows, b.cols, b.ld, b.trans ? 1 : 0, b.row0, b.col0, b.batchStride, b.batch0, b.width, b.height, b.dstRow0 ?? 0, b.layers, b.onesColumn ? b.cols : NO_COLUMN, 0, 0, 0);
+    }
+    gpu.dispatch(gpu.pipeline(packShader(group.length)), [
+      ...group.map((j) => j.src),
+      ...group.map((j) => gpu.arrayView(j.tex))
+    ], (() => {
+      const x = Math.min(most, gpu.limits.maxComputeWorkgroupsPerDimension);
+      return [
+        x,
+        group.length,
+        Math.ceil(most / x)
+      ];
+    })(), params);
+  }
+}
+var MAX_PACKED = 4;
+var MAX_SHARED_TEXELS = 2048;
+var NO_COLUMN = 4294967295;
+function packShader(n) {
+  const known = packShaders.get(n);
+  if (known) return known;
+  const ids = Array.from({
+    length: n
+  }, (_, i) => i);
+  const code = `
+struct Job {
+  rows: u32, cols: u32, ld: u32, trans: u32, row0: u32, col0: u32,
+  batch_stride: u32, batch0: u32, width: u32, height: u32, dst_row0: u32, layers: u32,
+  ones_col: u32, pad0: u32, pad1: u32, pad2: u32,
+}
+struct P { ${ids.map((i) => `j${i}: Job,`).join(" ")} }
+${ids.map((i) => `@group(0) @binding(${i}) var<storage, read> src${i}: array<f32>;`).join("\n")}
+${ids.map((i) => `@group(0) @binding(${n + i}) var dst${i}: texture_storage_2d_array<rgba32float, write>;`).join("\n")}
+@group(0) @binding(${2 * n}) var<uniform> p: P;
+${ids.map((i) => `
+fn pack${i}(tile: u32, lid: vec3u) {
+  let j = p.j${i};
+  let tx = (j.width + 7u) / 8u;
+  let ty = (j.height + 7u) / 8u;
+  if (tile >= tx * ty * j.layers) { return; }
+  let z = tile / (tx * ty);
+  let x = (tile % tx) * 8u + lid.x;
+  let y = ((tile / tx) % ty) * 8u + lid.y;
+  if (x >= j.width || y >= j.height) { return; }
+  var v = vec4f(0.0);
+  if (y < j.rows) {
+    let base = (j.batch0 + z) * j.batch_stride;
+    let r = j.row0 + y;
+    for (var c = 0u; c < 4u; c++) {
+      let col = 4u * x + c;
+      if (col < j.cols) {
+        let cc = j.col0 + col;
+        v[c] = src${i}[base + select(r * j.ld + cc, cc * j.ld + r, j.trans == 1u)];
+      } else if (col == j.ones_col) {
+        v[c] = 1.0;
+      }
+    }
+  }
+  textureStore(dst${i}, vec2u(x, y + j.dst_row0), z, v);
+}`).join("\n")}
+@compute @workgroup_size(8, 8)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_id) lid: vec3u) {
+  let tile = wid.x + wid.z * nwg.x;   // 8\xD78-texel tile of block wid.y
+  ${ids.map((i) => `if (wid.y == ${i}u) { pack${i}(tile, lid); }`).join("\n  ")}
+}`;
+  packShaders.set(n, code);
+  return code;
+}
+var packShaders = /* @__PURE__ */ new Map();
+function copied(gpu, src, tex, b) {
+  const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  const byteOffset = src.byteOffset + 4 * elemOffset;
+  const direct = !b.trans && 4 * b.ld % 256 === 0 && b.cols % 4 === 0 && byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) && (!b.zeroPadRows || b.rows === b.height) && !b.onesColumn;
+  if (direct) {
+    gpu.encoder().copyBufferToTexture({
+      buffer: src.buffer,
+      offset: byteOffset,
+      bytesPerRow: 4 * b.ld,
+      rowsPerImage: b.layers > 1 ? b.batchStride / b.ld : b.rows
+    }, {
+      texture: tex,
+      origin: {
+        x: 0,
+        y: b.dstRow0 ?? 0,
+        z: 0
+      }
+    }, [
+      b.cols / 4,
+      b.rows,
+      b.layers
+    ]);
+    return true;
+  }
+  return false;
+}
+
+// kernels/matmul.ts
+var NO_SUMS = 4294967295;
+var FLAG_BIAS = 1;
+var FLAG_RELU = 2;
+var FLAG_ACC = 4;
+var FLAG_RES = 8;
+var FLAG_SPLIT = 16;
+var FLAG_RELU_GRAD = 32;
+var TEXTURE_TILING = {
+  rows: 4,
+  texels: 2,
+  wgX: 8,
+  wgY: 4
+};
+var EPILOGUE_INDEX = `
+fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
+  if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
+  let hd = p.heads * p.head_dim;
+  let w = col % hd;
+  return (col / hd) * p.part_stride + ((row / p.seq) * p.heads + w / p.head_dim) * p.seq * p.head_dim
+    + (row % p.seq) * p.head_dim + w % p.head_dim;
+}
+fn bias_index(col: u32) -> u32 {
+  return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
+}`;
+var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32, kv_row: u32, sums_col: u32, sums_width: u32, sums_stride: u32, ln_eps: f32,";
+var EMIT_SUM = `
+fn emit_sum(row: u32, v: f32) {
+  let o = (row / p.sums_width) * p.sums_stride + row % p.sums_width;
+  var x = p.alpha * v;
+  if ((p.flags & 4u) != 0u) { x += sums[o]; }
+  sums[o] = x;
+}`;
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false) {
+  const R = t.rows, Q = t.texels;
+  const acc = [], aload = [], body = [], store = [];
+  const all = (f) => {
+    const out = [];
+    for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) out.push(f(i, j));
+    return out.join(" ");
+  };
+  for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
+  const segStart = segmented ? `if (kq != 0u && kq % p.k_seg == 0u) {
+      if (kq == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
+      else { ${all((i, j) => `t${i}_${j} = c${i}_${j} + t${i}_${j};`)} }
+      ${all((i, j) => `c${i}_${j} = vec4f(0.0);`)}
+    }` : "";
+  const segEnd = segmented ? `if (p.K4 > p.k_seg) { ${all((i, j) => `c${i}_${j} = c${i}_${j} + t${i}_${j};`)} }` : "";
+  if (segmented) {
+    for (let i = 0; i < R; i++) {
+      for (let j = 0; j < Q; j++) acc.push(`var t${i}_${j} = vec4f(0.0);`);
+    }
+  }
+  const aAt = (i, kk) => aAlongM ? `a${kk}_${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `a${i}.${"xyzw"[kk]}`;
+  if (!aAlongM) {
+    for (let i = 0; i < R; i++) {
+      aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+    }
+  }
+  for (let kk = 0; kk < 4; kk++) {
+    if (aAlongM) {
+      for (let q = 0; q < R / 4; q++) {
+        body.push(`let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u, k + ${kk}u), la);`);
+      }
+    }
+    for (let j = 0; j < Q; j++) {
+      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
+    }
+    for (let i = 0; i < R; i++) {
+      for (let j = 0; j < Q; j++) {
+        body.push(`c${i}_${j} += ${aAt(i, kk)} * b${kk}_${j};`);
+      }
+    }
+  }
+  for (let i = 0; i < R; i++) {
+    for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
+  }
+  const elem = vec4Out ? "vec4f" : "f32";
+  return `
+struct P {
+  M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
+  m0: u32, n0: u32,            // chunk origin in C
+  ldc: u32, c_batch_stride: u32, batch0: u32,
+  b_layer_step: u32,           // 0 when B is shared by all batches
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads,
+                               // 32 relu backward
+  alpha: f32,                  // scale of the product
+  ${EPILOGUE_FIELDS}
+}
+@group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
+@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
+@group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
+@group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
+${lnOut ? `// the layernorm epilogue's bindings (no ReLU backward, row sums or KV cache with it)
+var<private> relu_in: array<${elem}, 1>;
+var<private> sums: array<f32, 1>;
+@group(0) @binding(5) var<storage, read> ln_w: array<f32>;             // (N)
+@group(0) @binding(6) var<storage, read> ln_b: array<f32>;             // (N)
+@group(0) @binding(7) var<storage, read_write> ln_y: array<f32>;       // (M, N)
+@group(0) @binding(8) var<storage, read_write> ln_mean: array<f32>;    // (M)
+@group(0) @binding(9) var<storage, read_write> ln_rstd: array<f32>;    // (M)
+@group(0) @binding(10) var<uniform> p: P;
+fn c_at(i: u32) -> f32 { return ${vec4Out ? "c[i / 4u][i % 4u]" : "c[i]"}; }` : `@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)`}
+${lnOut ? "" : kvOut ? `@group(0) @binding(7) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
+@group(0) @binding(8) var vc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(9) var<uniform> p: P;` : "@group(0) @binding(7) var<uniform> p: P;"}
+${EPILOGUE_INDEX}
+${EMIT_SUM}
+${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
+${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
+@compute @workgroup_size(${t.wgX}, ${t.wgY})
+fn main(@builtin(global_invocation_id) g: vec3u${lnOut ? ", @builtin(local_invocation_id) lid: vec3u" : ""}) {
+  let cq = ${Q}u * g.x;        // first texel column of this block
+  let cb = ${4 * Q}u * g.x;    // first column
+  let r0 = ${R}u * g.y;        // first row
+  // past the last column, or past the row-sums column when there is one
+  let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
+  ${lnOut ? "if (!past && r0 < p.M) {" : "if (past || r0 >= p.M) { return; }"}
+  let la = g.z;
+  let lb = g.z * p.b_layer_step;
+  ${acc.join("\n  ")}
+  for (var kq = 0u; kq < p.K4; kq++) {
+    ${segStart}
+    ${aload.join("\n    ")}
+    let k = 4u * kq;
+    ${body.join("\n    ")}
+  }
+  ${segEnd}
+  let cbase = (p.batch0 + g.z) * p.c_batch_stride;
+  ${store.join("\n  ")}
+  ${lnOut ? `}
+${LN_EPILOGUE(R, t.wgX, t.wgY)}` : ""}
+}`;
+}
+function LN_EPILOGUE(R, wgX, wgY) {
+  return `  storageBarrier();
+  let first = (g.y - lid.y) * ${R}u;   // the workgroup's first row
+  for (var rr = lid.y * ${wgX}u + lid.x; rr < ${R * wgY}u && first + rr < p.M; rr += ${wgX * wgY}u) {
+    let row = p.m0 + first + rr;
+    let base = row * p.ldc;
+    ${laneTreeSums({
+    s: "c_at(base + c)"
+  }, "", "p.N")}
+    let m = s / f32(p.N);
+    ${laneTreeSums({
+    q: "d * d"
+  }, "let d = c_at(base + c) - m;", "p.N")}
+    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
+    for (var col = 0u; col < p.N; col++) {
+      ln_y[base + col] = (c_at(base + col) - m) * r * ln_w[col] + ln_b[col];
+    }
+    ln_mean[row] = m;
+    ln_rstd[row] = r;
+  }`;
+}
+var EMIT_SCALAR = `
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r >= p.M) { return; }
+  for (var t = 0u; t < 4u; t++) {
+    let cc = col + t;
+    if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }
+    if (cc < p.N) {
+      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
+      var x = p.alpha * v[t];
+      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
+      if ((p.flags & 8u) != 0u) { x += res[idx]; }
+      if ((p.flags & 4u) != 0u) { x += c[idx]; }
+      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+      if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
+      c[idx] = x;
+    }
+  }
+}`;
+var EMIT_VEC4 = `
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }
+  if (r >= p.M || col >= p.N) { return; }
+  let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
+  var x = p.alpha * v;
+  if ((p.flags & 1u) != 0u) {
+    let n = p.n0 + col;
+    x += vec4f(bias[bias_index(n)], bias[bias_index(n + 1u)], bias[bias_index(n + 2u)],
+      bias[bias_index(n + 3u)]);
+  }
+  if ((p.flags & 8u) != 0u) { x += res[idx]; }
+  if ((p.flags & 4u) != 0u) { x += c[idx]; }
+  if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
+  if ((p.flags & 32u) != 0u) { x = select(vec4f(0.0), x, relu_in[idx] > vec4f(0.0)); }
+  c[idx] = x;
+  kv_store(r, col, x);
+}`;
+var KV_STORE = `
+fn kv_store(r: u32, col: u32, x: vec4f) {
+  let hd = p.heads * p.head_dim;
+  let n = p.n0 + col;
+  let part = n / hd;
+  if (part == 0u) { return; }
+  let w = n % hd;
+  let row = p.m0 + r;
+  let layer = (row / p.seq) * p.heads + w / p.head_dim;
+  let at = vec2u((w % p.head_dim) / 4u, p.kv_row + row % p.seq);
+  if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
+}`;
+var tilingShaders = /* @__PURE__ */ new Map();
+function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM);
+  tilingShaders.set(key, code);
+  return code;
+}
+var bufferShaders = /* @__PURE__ */ new Map();
+function bufferShaderFor(segmented) {
+  const code = bufferShaders.get(segmented) ?? bufferMatmulShader(segmented);
+  bufferShaders.set(segmented, code);
+  return code;
+}
+function bufferMatmulShader(segmented) {
+  return `
+struct P {
+  M: u32, N: u32, K: u32,
+  trans_a: u32, trans_b: u32,
+  a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
+  flags: u32, alpha: f32,
+  ${EPILOGUE_FIELDS}
+}
+@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
+@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
+@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
+@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
+@group(0) @binding(5) var<storage, read> relu_in: array<f32>; // (batch, M, N) like c
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>; // (M) row sums of op(A)
+@group(0) @binding(7) var<uniform> p: P;
+${EPILOGUE_INDEX}
+${EMIT_SUM}
+
+var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
+var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
+
+fn load_a(base: u32, m: u32, k: u32) -> f32 {
+  if (m >= p.M || k >= p.K) { return 0.0; }
+  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
+}
+fn load_b(base: u32, k: u32, n: u32) -> f32 {
+  if (k < p.K && n == p.sums_col) { return 1.0; }
+  if (k >= p.K || n >= p.N) { return 0.0; }
+  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let row0 = wid.y * 64u;
+  let col0 = wid.x * 64u;
+  let abase = wid.z * p.a_batch_stride;
+  let bbase = wid.z * p.b_batch_stride;
+  let t = lid.y * 16u + lid.x;
+  let lk = t / 16u;
+  let lg = t % 16u;
+  var acc0 = vec4f(0.0);
+  var acc1 = vec4f(0.0);
+  var acc2 = vec4f(0.0);
+  var acc3 = vec4f(0.0);
+  ${segmented ? "var t0 = vec4f(0.0); var t1 = vec4f(0.0); var t2 = vec4f(0.0); var t3 = vec4f(0.0);" : ""}
+  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
+    let k = k0 + lk;
+    let r = row0 + lg * 4u;
+    as_[lk * 16u + lg] = vec4f(load_a(abase, r, k), load_a(abase, r + 1u, k),
+                               load_a(abase, r + 2u, k), load_a(abase, r + 3u, k));
+    let n = col0 + lg * 4u;
+    bs_[lk * 16u + lg] = vec4f(load_b(bbase, k, n), load_b(bbase, k, n + 1u),
+                               load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
+    workgroupBarrier();
+    for (var kk = 0u; kk < 16u; kk++) {
+      ${segmented ? `let kg = k0 + kk;
+      if (kg != 0u && kg < p.K && kg % p.k_seg == 0u) {
+        if (kg == p.k_seg) { t0 = acc0; t1 = acc1; t2 = acc2; t3 = acc3; }
+        else { t0 = acc0 + t0; t1 = acc1 + t1; t2 = acc2 + t2; t3 = acc3 + t3; }
+        acc0 = vec4f(0.0); acc1 = vec4f(0.0); acc2 = vec4f(0.0); acc3 = vec4f(0.0);
+      }` : ""}
+      let av = as_[kk * 16u + lid.y];
+      let bv = bs_[kk * 16u + lid.x];
+      acc0 = fma(vec4f(av.x), bv, acc0);
+      acc1 = fma(vec4f(av.y), bv, acc1);
+      acc2 = fma(vec4f(av.z), bv, acc2);
+      acc3 = fma(vec4f(av.w), bv, acc3);
+    }
+    workgroupBarrier();
+  }
+  ${segmented ? "if (p.K > p.k_seg) { acc0 = acc0 + t0; acc1 = acc1 + t1; acc2 = acc2 + t2; acc3 = acc3 + t3; }" : ""}
+  let cbase = wid.z * p.c_batch_stride;
+  for (var i = 0u; i < 4u; i++) {
+    let r = row0 + lid.y * 4u + i;
+    var v = acc0;
+    if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
+    for (var j = 0u; j < 4u; j++) {
+      let cc = col0 + lid.x * 4u + j;
+      if (r < p.M && cc == p.sums_col) { emit_sum(r, v[j]); }
+      if (r < p.M && cc < p.N) {
+        let idx = out_index(cbase, r, cc, p.N);
+        var x = p.alpha * v[j];
+        if ((p.flags & 1u) != 0u) { x += bias[bias_index(cc)]; }
+        if ((p.flags & 8u) != 0u) { x += res[idx]; }
+        if ((p.flags & 4u) != 0u) { x += c[idx]; }
+        if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+        if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
+        c[idx] = x;
+      }
+    }
+  }
+}`;
+}
+function resolveShape(a, b, o) {
+  const sa = a.shape, sb = b.shape;
+  checkShape(sa.length >= 2 && sb.length >= 2, `matmul: operands need \u2265 2 dims (A: [${sa}], B: [${sb}])`);
+  checkShape(a.dtype === "f32" && b.dtype === "f32", "matmul: operands must be f32");
+  const batchA = sa.slice(0, -2), batchB = sb.slice(0, -2);
+  const [ar, ac] = sa.slice(-2), [br, bc] = sb.slice(-2);
+  const M = o.transA ? ac : ar, K2 = o.transA ? ar : ac;
+  const Kb = o.transB ? bc : br, N = o.transB ? br : bc;
+  checkShape(K2 === Kb, `matmul: inner dimensions differ (A${o.transA ? "\u1D40" : ""}: [${sa}], B${o.transB ? "\u1D40" : ""}: [${sb}])`);
+  const batch = batchA.reduce((x, y) => x * y, 1);
+  const shareB = batchB.length === 0 || batchB.reduce((x, y) => x * y, 1) === 1;
+  checkShape(shareB || batchB.join() === batchA.join(), `matmul: batch dims differ (A: [${sa}], B: [${sb}])`);
+  return {
+    batch,
+    M,
+    N,
+    K: K2,
+    shareB,
+    outShape: [
+      ...batchA,
+      M,
+      N
+    ]
+  };
+}
+function matmul(gpu, a, b, opts = {}) {
+  return run(gpu, a, b, opts);
+}
+function run(gpu, a, b, opts, ln) {
+  const s = resolveShape(a, b, opts);
+  const alpha = opts.alpha ?? 1;
+  checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
+  checkShape(!opts.accumulate || opts.out !== void 0, "matmul: accumulate needs `out`");
+  const seg = opts.biasSegments ?? {
+    width: Math.max(s.N, 1),
+    stride: 0
+  };
+  if (opts.bias) {
+    const parts = Math.ceil(s.N / seg.width);
+    checkShape(Number.isInteger(seg.width) && seg.width > 0 && s.N % seg.width === 0 && Number.isInteger(seg.stride) && (parts === 1 || seg.stride >= seg.width), `matmul: biasSegments {width ${seg.width}, stride ${seg.stride}} must divide N = ${s.N} into segments that do not overlap`);
+    const need = opts.biasSegments ? (parts - 1) * seg.stride + seg.width : s.N;
+    checkShape(opts.bias.size === need && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected ${need}`);
+  }
+  if (opts.kSegments !== void 0) {
+    const g = opts.kSegments;
+    checkShape(Number.isInteger(g) && g > 0 && g % 4 === 0 && s.K % g === 0, `matmul: kSegments ${g} must be a positive multiple of 4 dividing K = ${s.K}`);
+  }
+  const split = opts.splitHeads;
+  if (split) {
+    const { T, H: H2, Dh } = split;
+    checkShape(s.batch === 1 && [
+      T,
+      H2,
+      Dh
+    ].every((x) => Number.isInteger(x) && x > 0) && s.M % T === 0 && s.N % (H2 * Dh) === 0, `matmul: splitHeads {T ${T}, H ${H2}, Dh ${Dh}} needs unbatched A with rows a multiple of T and columns a multiple of H\xB7Dh (M ${s.M}, N ${s.N}, batch ${s.batch})`);
+    const P = s.N / (H2 * Dh), part = s.M * H2 * Dh, stride = split.partStride ?? part;
+    checkShape(Number.isInteger(stride) && stride >= part, `matmul: splitHeads partStride ${stride} is smaller than a part (${part} elements)`);
+    s.outShape = stride === part ? [
+      P,
+      s.M / T,
+      H2,
+      T,
+      Dh
+    ] : [
+      (P - 1) * stride + part
+    ];
+  }
+  if (opts.kvCache) {
+    const sp = opts.splitHeads;
+    const stride = sp ? sp.partStride ?? s.M * sp.H * sp.Dh : 0;
+    checkShape(sp !== void 0 && s.N === 3 * sp.H * sp.Dh && sp.Dh % 4 === 0 && stride % 4 === 0, "matmul: kvCache needs a q/k/v splitHeads (three parts, Dh and partStride multiples of 4)");
+    const rows3 = opts.kvCache.row + sp.T, layers = s.M / sp.T * sp.H;
+    for (const tex of [
+      opts.kvCache.k,
+      opts.kvCache.v
+    ]) {
+      checkShape(Number.isInteger(opts.kvCache.row) && opts.kvCache.row >= 0 && rows3 <= tex.height && layers <= tex.depthOrArrayLayers && sp.Dh / 4 <= tex.width, `matmul: kvCache rows ${opts.kvCache.row}..${rows3} \xD7 ${layers} layers do not fit a ${tex.width}\xD7${tex.height}\xD7${tex.depthOrArrayLayers} texture`);
+    }
+  }
+  const out = opts.out ?? gpu.empty(s.outShape);
+  checkShape(out.size === s.outShape.reduce((x, y) => x * y, 1), `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
+  if (s.batch * s.M * s.N === 0) return out;
+  let flags = 0;
+  if (opts.bias) flags |= FLAG_BIAS;
+  if (opts.relu) flags |= FLAG_RELU;
+  if (split) flags |= FLAG_SPLIT;
+  if (opts.accumulate) flags |= FLAG_ACC;
+  if (opts.residual) {
+    checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
+    flags |= FLAG_RES;
+  }
+  if (opts.reluBackwardOf) {
+    checkShape(opts.reluBackwardOf.size === out.size && opts.reluBackwardOf.dtype === "f32" && !opts.splitHeads, `matmul: reluBackwardOf [${opts.reluBackwardOf.shape}] does not match the result [${s.outShape}] (or comes with splitHeads)`);
+    flags |= FLAG_RELU_GRAD;
+  }
+  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  const sums = opts.rowSums;
+  let fuseSums = false;
+  if (sums) {
+    const seg2 = sums.segments ?? {
+      width: Math.max(s.M, 1),
+      stride: 0
+    };
+    const parts = Math.ceil(s.M / seg2.width);
+    const need = sums.segments ? (parts - 1) * seg2.stride + seg2.width : s.M;
+    checkShape(opts.transA === true && alpha === 1 && sums.out.dtype === "f32" && sums.out.size === need && Number.isInteger(seg2.width) && seg2.width > 0 && s.M % seg2.width === 0 && (parts === 1 || seg2.stride >= seg2.width), `matmul: rowSums needs transA, \u03B1 1 and an out of ${need} elements in non-overlapping segments (got ${sums.out.size})`);
+    const t = opts.tiling ?? TEXTURE_TILING, side = gpu.textureSide;
+    const bCopies = !opts.transB && 4 * s.N % 256 === 0 && s.K % 4 === 0 && b.byteOffset % 16 === 0;
+    fuseSums = s.batch === 1 && opts.kSegments === void 0 && !split && !opts.kvCache && s.K > 0 && (path === "buffer" || !bCopies && s.K <= Math.floor(side / 4) * 4 && s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4);
+  }
+  const sumsCol = fuseSums ? s.N : NO_SUMS;
+  if (path === "buffer") {
+    runBuffer(gpu, a, b, out, s, {
+      ...opts,
+      kvCache: void 0
+    }, flags, sumsCol);
+    if (opts.kvCache) writeKvParts(gpu, out, s, opts);
+  } else runTexture(gpu, a, b, out, s, opts, flags, sumsCol, ln);
+  if (sums && !fuseSums) {
+    sumColumns(gpu, a, {
+      out: sums.out,
+      accumulate: opts.accumulate,
+      outSegments: sums.segments
+    });
+  }
+  return out;
+}
+function lnTiling(N) {
+  const wgX = Math.max(1, Math.ceil(N / 8));
+  return {
+    rows: 4,
+    texels: 2,
+    wgX,
+    wgY: wgX <= 128 ? 2 : 1
+  };
+}
+function matmulLayernorm(gpu, a, b, opts, norm) {
+  const s = resolveShape(a, b, opts);
+  const eps = norm.eps ?? 1e-5;
+  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  const side = gpu.textureSide, limits = gpu.limits;
+  const fits = path === "texture" && s.batch === 1 && s.M > 0 && s.N > 0 && !opts.splitHeads && !opts.kvCache && !opts.rowSums && !opts.reluBackwardOf && opts.kSegments === void 0 && opts.tiling === void 0 && !opts.accumulate && s.K <= Math.floor(side / 4) * 4 && s.N <= Math.floor(side / 2) * 8 && s.M <= Math.floor(side / 4) * 4 && Math.ceil(s.N / 8) <= Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX) && norm.weight.size === s.N && norm.bias.size === s.N;
+  if (!fits) {
+    const out2 = matmul(gpu, a, b, opts);
+    return {
+      out: out2,
+      ln: layernormForward(gpu, out2, norm.weight, norm.bias, {
+        eps
+      })
+    };
+  }
+  const rows3 = s.outShape.slice(0, -1);
+  const ln = {
+    ...norm,
+    eps,
+    y: gpu.empty([
+      ...s.outShape
+    ]),
+    mean: gpu.empty(rows3),
+    rstd: gpu.empty(rows3)
+  };
+  const out = run(gpu, a, b, opts, ln);
+  return {
+    out,
+    ln: {
+      y: ln.y,
+      mean: ln.mean,
+      rstd: ln.rstd
+    }
+  };
+}
+function writeKvParts(gpu, out, s, o) {
+  const { T, H: H2, Dh } = o.splitHeads, kv = o.kvCache;
+  const stride = o.splitHeads.partStride ?? s.M * H2 * Dh;
+  [
+    kv.k,
+    kv.v
+  ].forEach((tex, i) => fillTexture(gpu, out, tex, {
+    rows: T,
+    cols: Dh,
+    ld: Dh,
+    trans: false,
+    row0: 0,
+    col0: (i + 1) * stride,
+    batchStride: T * Dh,
+    batch0: 0,
+    layers: s.M / T * H2,
+    width: Dh / 4,
+    height: T,
+    dstRow0: kv.row
+  }));
+}
+function epilogueParams(params, s, o, kSeg, sumsCol = NO_SUMS, lnEps = 0) {
+  const sumsSeg = o.rowSums?.segments ?? {
+    width: Math.max(s.M, 1),
+    stride: 0
+  };
+  const sp = o.splitHeads ?? {
+    T: 1,
+    H: 1,
+    Dh: 1
+  };
+  const seg = o.biasSegments ?? {
+    width: Math.max(s.N, 1),
+    stride: 0
+  };
+  const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg, o.kvCache?.row ?? 0, sumsCol, sumsSeg.width, sumsSeg.stride).f32(lnEps);
+}
+function dummy(gpu) {
+  return gpu.placeholder(2);
+}
+function runBuffer(gpu, a, b, out, s, o, flags, sumsCol) {
+  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const gx = Math.ceil((s.N + (sumsCol === NO_SUMS ? 0 : 1)) / 64), gy = Math.ceil(s.M / 64);
+  for (let b0 = 0; b0 < s.batch; b0 += max) {
+    const nb = Math.min(max, s.batch - b0);
+    const view = (t, stride) => b0 === 0 ? t : new Tensor(gpu, t.buffer, [
+      nb * stride
+    ], t.dtype, t.byteOffset + b0 * stride * 4, false);
+    const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
+    epilogueParams(params, s, o, o.kSegments ?? 0, sumsCol);
+    gpu.dispatch(gpu.pipeline(bufferShaderFor(o.kSegments !== void 0)), [
+      view(a, s.M * s.K),
+      s.shareB ? b : view(b, s.K * s.N),
+      view(out, s.M * s.N),
+      o.bias ?? dummy(gpu),
+      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu),
+      o.reluBackwardOf ? view(o.reluBackwardOf, s.M * s.N) : dummy(gpu),
+      sumsCol === NO_SUMS ? gpu.placeholder(3) : o.rowSums.out
+    ], [
+      gx,
+      gy,
+      nb
+    ], params);
+  }
+}
+function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
+  const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
+  const ones = sumsCol === NO_SUMS ? 0 : 1;
+  const maxTex = gpu.textureSide;
+  const maxLayers = gpu.limits.maxTextureArrayLayers;
+  const mStep = Math.floor(maxTex / t.rows) * t.rows;
+  const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
+  const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
+  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
+  const sp = o.splitHeads;
+  const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
+  const kv = o.kvCache;
+  const aAlongM = !!o.transA && t.rows % 4 === 0;
+  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM));
+  const kvViews = kv ? [
+    gpu.arrayView(kv.k),
+    gpu.arrayView(kv.v)
+  ] : [];
+  const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
+  for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
+    const nb = Math.min(maxLayers, s.batch - b0);
+    const bLayers = s.shareB ? 1 : nb;
+    for (let m0 = 0; m0 < s.M; m0 += mStep) {
+      const mc = Math.min(mStep, s.M - m0);
+      for (let n0 = 0; n0 < s.N; n0 += nStep) {
+        const nc = Math.min(nStep, s.N - n0);
+        for (let k0 = 0; k0 < s.K; k0 += kStep) {
+          const kc = Math.min(kStep, s.K - k0);
+          const k4 = Math.ceil(kc / 4);
+          const aRows = Math.ceil(mc / t.rows) * t.rows;
+          const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
+          const at = aAlongM ? gpu.scratchTexture(aRows / 4, 4 * k4, nb) : gpu.scratchTexture(k4, aRows, nb);
+          const aBlock = aAlongM ? {
+            rows: kc,
+            cols: mc,
+            ld: ldA,
+            trans: false,
+            row0: k0,
+            col0: m0,
+            batchStride: s.M * s.K,
+            batch0: b0,
+            layers: nb,
+            width: aRows / 4,
+            height: 4 * k4,
+            zeroPadRows: true
+          } : {
+            rows: mc,
+            cols: kc,
+            ld: ldA,
+            trans: !!o.transA,
+            row0: m0,
+            col0: k0,
+            batchStride: s.M * s.K,
+            batch0: b0,
+            layers: nb,
+            width: k4,
+            height: aRows
+          };
+          const bBlock = {
+            rows: kc,
+            cols: nc,
+            ld: ldB,
+            trans: !!o.transB,
+            row0: k0,
+            col0: n0,
+            batchStride: s.shareB ? 0 : s.K * s.N,
+            batch0: s.shareB ? 0 : b0,
+            layers: bLayers,
+            width: bTexels,
+            height: 4 * k4,
+            zeroPadRows: true,
+            onesColumn: ones === 1
+          };
+          const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
+          const bSize = [
+            bTexels,
+            4 * k4,
+            bLayers
+          ];
+          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones}`, bSize, fillB);
+          const bt = held ?? gpu.scratchTexture(...bSize);
+          const aJob = {
+            src: a,
+            tex: at,
+            block: aBlock
+          };
+          fillTextures(gpu, held ? [
+            aJob
+          ] : [
+            aJob,
+            {
+              src: b,
+              tex: bt,
+              block: bBlock
+            }
+          ]);
+          let f = flags;
+          if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
+          const lastK = k0 + kStep >= s.K;
+          if (!lastK) f &= ~(FLAG_RELU | FLAG_RELU_GRAD);
+          gpu.dispatch(mm, [
+            gpu.arrayView(at),
+            gpu.arrayView(bt),
+            out,
+            o.bias ?? dummy(gpu),
+            o.residual ?? dummy(gpu),
+            ...ln ? [
+              ln.weight,
+              ln.bias,
+              ln.y,
+              ln.mean,
+              ln.rstd
+            ] : [
+              o.reluBackwardOf ?? dummy(gpu),
+              ones ? o.rowSums.out : gpu.placeholder(3),
+              ...kvViews
+            ]
+          ], [
+            Math.ceil((nc + ones) / (4 * t.texels * t.wgX)),
+            Math.ceil(mc / (t.rows * t.wgY)),
+            nb
+          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4, sumsCol, ln?.eps ?? 0));
+          gpu.releaseTexture(at);
+          if (!held) gpu.releaseTexture(bt);
+        }
+      }
+    }
+  }
+}
+
+// kernels/softmax.ts
+var SOFTMAX = `${WG_REDUCE}
+struct P { rows: u32, cols: u32, log: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows, cols)
+@group(0) @binding(2) var<uniform> p: P;
+${ROW_MAIN}
+  let valid = row < p.rows;
+  let base = row * p.cols;
+  var m = -3.4e38;
+  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { m = max(m, x[base + c]); } }
+  m = wg_max(m, lid);
+  var s = 0.0;
+  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { s += exp(x[base + c] - m); } }
+  s = wg_sum(s, lid);
+  if (!valid) { return; }
+  let lse = m + log(s);
+  for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+    let z = x[base + c];
+    out[base + c] = select(exp(z - lse), z - lse, p.log == 1u);
+  }
+}`;
+var TOKEN_LOGPROBS_BINDINGS = `
+struct P { rows: u32, cols: u32 }
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows), < 0 ignored
+@group(0) @binding(2) var<storage, read_write> logp: array<f32>;    // (rows)
+@group(0) @binding(3) var<storage, read_write> ent: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>; // (rows)
+@group(0) @binding(5) var<uniform> p: P;
+`;
+var TOKEN_LOGPROBS = `${WG_REDUCE}
+${TOKEN_LOGPROBS_BINDINGS}
+${ROW_MAIN}
+  let valid = row < p.rows;
+  let base = row * p.cols;
+  var m = -3.4e38;
+  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { m = max(m, logits[base + c]); } }
+  m = wg_max(m, lid);
+  var s = 0.0;
+  var sz = 0.0;
+  if (valid) {
+    for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+      let z = logits[base + c] - m;
+      let e = exp(z);
+      s += e;
+      sz += e * z;
+    }
+  }
+  s = wg_sum(s, lid);
+  sz = wg_sum(sz, lid);
+  if (!valid || lid != 0u) { return; }
+  let lse = m + log(s);
+  let t = targets[row];
+  logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
+  // H = lse - \u03A3 p z = log s - \u03A3 e (z - m) / s
+  ent[row] = log(s) - sz / s;
+  lse_out[row] = lse;
+}`;
+var TOKEN_LOGPROBS_TREE = `
+${TOKEN_LOGPROBS_BINDINGS}
+${ROW_THREAD_MAIN}
+  var m = -3.4e38;
+  for (var c = 0u; c < p.cols; c++) { m = max(m, logits[base + c]); }
+  ${laneTreeSums({
+  s: "e",
+  sz: "e * z"
+}, "let z = logits[base + c] - m; let e = exp(z);")}
+  let lse = m + log(s);
+  let t = targets[row];
+  logp[row] = select(0.0, logits[base + u32(max(t, 0))] - lse, t >= 0 && u32(t) < p.cols);
+  ent[row] = log(s) - sz / s;
+  lse_out[row] = lse;
+}`;
+function defaultReduction(gpu, rows3, cols) {
+  const fits = cols + Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  return gpu.isFallbackAdapter && rows3 >= 128 && fits ? "row-tree" : "workgroup";
+}
+var LOGITS_BACKWARD = `
+struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
+@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows)
+@group(0) @binding(2) var<storage, read> lse: array<f32>;     // (rows)
+@group(0) @binding(3) var<storage, read> ent: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read> g_logp: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read> g_ent: array<f32>;   // (rows)
+@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>; // (rows, V)
+@group(0) @binding(7) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let c = g.x;
+  let row = g.y + g.z * 65535u;
+  if (c >= p.cols || row >= p.rows) { return; }
+  let idx = row * p.cols + c;
+  let logq = logits[idx] - lse[row];
+  let q = exp(logq);
+  var d = 0.0;
+  if (p.has_logp == 1u) {
+    let t = targets[row];
+    if (t >= 0) { d += p.sign * g_logp[row] * (select(0.0, 1.0, u32(t) == c) - q); }
+  }
+  if (p.has_ent == 1u) { d -= g_ent[row] * q * (logq + ent[row]); }
+  dlogits[idx] = d;
+}`;
+function rowsOf(x, name) {
+  checkShape(x.dtype === "f32", `${name}: logits must be f32, got ${x.dtype}`);
+  checkShape(x.shape.length >= 1, `${name}: logits need at least one dimension`);
+  const cols = x.shape[x.shape.length - 1];
+  checkShape(cols > 0, `${name}: last axis is empty`);
+  return {
+    rows: x.size / cols,
+    cols
+  };
+}
+function runSoftmax(gpu, x, log, out) {
+  const { rows: rows3, cols } = rowsOf(x, log ? "logSoftmax" : "softmax");
+  const y = out ?? gpu.empty(x.shape);
+  checkShape(y.size === x.size, `softmax: out [${y.shape}] does not match [${x.shape}]`);
+  gpu.dispatch(gpu.pipeline(SOFTMAX), [
+    x,
+    y
+  ], gpu.grid(rows3), new Params().u32(rows3, cols, log ? 1 : 0));
+  return y;
+}
+function softmax(gpu, x, out) {
+  return runSoftmax(gpu, x, false, out);
+}
+function logSoftmax(gpu, x, out) {
+  return runSoftmax(gpu, x, true, out);
+}
+function checkTargets(logits, targets, rows3, name) {
+  checkShape(targets.dtype === "i32", `${name}: targets must be i32, got ${targets.dtype}`);
+  checkShape(targets.size === rows3, `${name}: ${targets.size} targets for ${rows3} rows of logits [${logits.shape}]`);
+}
+function tokenLogprobs(gpu, logits, targets, opts = {}) {
+  const { rows: rows3, cols } = rowsOf(logits, "tokenLogprobs");
+  checkTargets(logits, targets, rows3, "tokenLogprobs");
+  const shape = logits.shape.slice(0, -1);
+  const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
+  const tree = (opts.reduction ?? defaultReduction(gpu, rows3, cols)) === "row-tree";
+  gpu.dispatch(gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS), [
+    logits,
+    targets,
+    logp,
+    entropy,
+    lse
+  ], tree ? gpu.grid(groups(rows3)) : gpu.grid(rows3), new Params().u32(rows3, cols));
+  return {
+    logp,
+    entropy,
+    lse
+  };
+}
+function crossEntropy(gpu, logits, targets) {
+  const { logp, entropy, lse } = tokenLogprobs(gpu, logits, targets);
+  entropy.dispose();
+  const loss = gpu.empty(logp.shape);
+  gpu.dispatch(gpu.pipeline(NEGATE), [
+    logp,
+    loss
+  ], gpu.grid(Math.ceil(logp.size / 64)), new Params().u32(logp.size));
+  logp.dispose();
+  return {
+    loss,
+    lse
+  };
+}
+var NEGATE = `
+struct P { n: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 64u + lid;
+  if (i < p.n) { out[i] = -x[i]; }
+}`;
+function logitsBackward(gpu, logits, targets, lse, grads, sign = 1) {
+  const { rows: rows3, cols } = rowsOf(logits, "logitsBackward");
+  checkTargets(logits, targets, rows3, "logitsBackward");
+  for (const [n, t] of Object.entries({
+    lse,
+    ...grads
+  })) {
+    if (t && n !== "out") {
+      checkShape(t.size === rows3, `logitsBackward: ${n} has ${t.size} elements, rows = ${rows3}`);
+    }
+  }
+  checkShape(!grads.dentropy || grads.entropy !== void 0, "logitsBackward: dentropy needs the forward entropy");
+  checkShape(Boolean(grads.dlogp || grads.dentropy), "logitsBackward: give dlogp and/or dentropy");
+  const out = grads.out ?? gpu.empty(logits.shape);
+  checkShape(out.size === logits.size, "logitsBackward: out does not match logits");
+  const rowsY = Math.min(rows3, 65535), rowsZ = Math.ceil(rows3 / 65535);
+  gpu.dispatch(gpu.pipeline(LOGITS_BACKWARD), [
+    logits,
+    targets,
+    lse,
+    grads.entropy ?? gpu.placeholder(0),
+    grads.dlogp ?? gpu.placeholder(1),
+    grads.dentropy ?? gpu.placeholder(2),
+    out
+  ], [
+    Math.ceil(cols / 64),
+    rowsY,
+    rowsZ
+  ], new Params().u32(rows3, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
+  return out;
+}
+function crossEntropyBackward(gpu, logits, targets, lse, dloss, out) {
+  return logitsBackward(gpu, logits, targets, lse, {
+    dlogp: dloss,
+    out
+  }, -1);
 }
 
 // kernels/embedding.ts
@@ -2936,6 +3290,19 @@ function scatterAddRows(gpu, ids, dout, table, offset = 0) {
   checkIds(ids, N, "ids");
   checkShape(dout.size === N * C, `scatterAddRows: dout [${dout.shape}] is not (${N}, ${C})`);
   if (N === 0) return;
+  const chunk = gpu.isFallbackAdapter ? Math.floor(SOFTWARE_LOOP_BUDGET / 64) * 64 : N;
+  if (N > chunk) {
+    for (let r0 = 0; r0 < N; r0 += chunk) {
+      const n = Math.min(chunk, N - r0);
+      scatterAddRows(gpu, ids.view(r0, [
+        n
+      ]), dout.view(r0 * C, [
+        n,
+        C
+      ]), table, offset);
+    }
+    return;
+  }
   const next = gpu.empty([
     N
   ], "i32"), head = gpu.empty([
@@ -3160,6 +3527,60 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
       lse[bh * p.Tq + i0 + ${i}u] = select(-3.4e38, m${i} + log(l${i}), l${i} > 0.0);
     }
   }`)}
+}`;
+}
+var DECODE_WG = 32;
+function decodeForwardShader(dq, keyMask) {
+  const perD = (f) => Array.from({
+    length: dq
+  }, (_, d) => f(d));
+  return wgsl`
+struct P { n: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
+@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, 1, Dh)
+@group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, 1, Dh)
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, 1)
+@group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
+@group(0) @binding(6) var<uniform> p: P;
+
+fn load_q(bh: u32, d4: u32) -> vec4f {
+  var v = vec4f(0.0);
+  let base = bh * p.Dh;
+  for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { v[c] = q[base + 4u * d4 + c]; } }
+  return v;
+}
+
+@compute @workgroup_size(${DECODE_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let layer = g.x / ${dq}u;
+  let mine = g.x % ${dq}u;
+  if (layer >= p.n) { return; }
+  let bh = p.bh0 + layer;
+  let b = bh / p.H;
+  ${perD((d) => `let q${d} = load_q(bh, ${d}u);`).join("\n  ")}
+  var a = vec4f(0.0);
+  var m = -3.4e38;
+  var l = 0.0;
+  for (var j = 0u; j < p.Tk; j++) {
+#if ${keyMask}
+    if (kmask[b * p.Tmask + j] == 0.0) { continue; }
+#endif
+    ${perD((d) => `let k${d} = textureLoad(kt, vec2u(${d}u, j), layer);`).join("\n    ")}
+    let vm = textureLoad(vt, vec2u(mine, j), layer);
+    let s = p.scale * (${perD((d) => `dot(q${d}, k${d})`).join(" + ")});
+    let mn = max(m, s);
+    let c = exp(m - mn);
+    let e = exp(s - mn);
+    l = l * c + e;
+    m = mn;
+    a = a * c + e * vm;
+  }
+  let inv = select(0.0, 1.0 / l, l > 0.0);
+  let y = a * inv;
+  let base = bh * p.Dh + 4u * mine;
+  for (var c = 0u; c < 4u; c++) { if (4u * mine + c < p.Dh) { out[base + c] = y[c]; } }
+  if (mine == 0u) { lse[bh] = select(-3.4e38, m + log(l), l > 0.0); }
 }`;
 }
 function rowIo(name, rows3, store = false, layout = "heads", part = 0) {
@@ -3402,30 +3823,18 @@ function attentionForward(gpu, q, k, v, opts = {}) {
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
     const kt = gpu.scratchTexture(dq, Tk, n), vt = gpu.scratchTexture(dq, Tk, n);
-    for (const [src, tex] of [
-      [
-        k,
-        kt
-      ],
-      [
-        v,
-        vt
-      ]
-    ]) {
-      fillTexture(gpu, src, tex, {
-        rows: Tk,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: Tk * Dh,
-        batch0: c0,
-        layers: n,
-        width: dq,
-        height: Tk
-      });
-    }
+    fillTextures(gpu, [
+      {
+        src: k,
+        tex: kt,
+        block: headBlock(Tk, Dh, c0, n)
+      },
+      {
+        src: v,
+        tex: vt,
+        block: headBlock(Tk, Dh, c0, n)
+      }
+    ]);
     fused(gpu, q, kt, vt, out, lse, d, {
       causal,
       scale: scale3,
@@ -3443,6 +3852,21 @@ function attentionForward(gpu, q, k, v, opts = {}) {
     keyMask: opts.keyMask
   };
 }
+function headBlock(T, Dh, c0, n) {
+  return {
+    rows: T,
+    cols: Dh,
+    ld: Dh,
+    trans: false,
+    row0: 0,
+    col0: 0,
+    batchStride: T * Dh,
+    batch0: c0,
+    layers: n,
+    width: Math.ceil(Dh / 4),
+    height: T
+  };
+}
 function checkMask(mask, B, Tk, stride) {
   if (!mask) return;
   checkShape(mask.dtype === "f32" && mask.size === B * stride && stride >= Tk, `attention: keyMask [${mask.shape}] must be f32 [${B}, ${stride}] covering ${Tk} keys`);
@@ -3454,15 +3878,24 @@ function checkKeys(gpu, Tk) {
 }
 function fused(gpu, q, kt, vt, out, lse, d, o, c0, n) {
   const dq = Math.ceil(d.Dh / 4), hasMask = o.keyMask !== void 0;
+  if (d.Tq === 1) {
+    gpu.dispatch(gpu.pipeline(cached(`decode/${dq}/${hasMask}`, () => decodeForwardShader(dq, hasMask))), [
+      q,
+      gpu.arrayView(kt),
+      gpu.arrayView(vt),
+      out,
+      lse,
+      o.keyMask ?? null
+    ], [
+      Math.ceil(n * dq / DECODE_WG)
+    ], new Params().u32(n, d.Tk, d.Dh, d.H, c0, o.maskStride).f32(o.scale));
+    return;
+  }
   const pipe = gpu.pipeline(cached(`fwd/${dq}/${o.causal}/${hasMask}`, () => fusedForwardShader(dq, o.causal, hasMask)));
   gpu.dispatch(pipe, [
     q,
-    kt.createView({
-      dimension: "2d-array"
-    }),
-    vt.createView({
-      dimension: "2d-array"
-    }),
+    gpu.arrayView(kt),
+    gpu.arrayView(vt),
     out,
     lse,
     o.keyMask ?? null
@@ -3493,18 +3926,34 @@ var KvCache = class {
       throw new GpuLimitError(`KvCache: batch \xD7 heads = ${layers} exceeds maxTextureArrayLayers (${gpu.limits.maxTextureArrayLayers}); generate in smaller batches`);
     }
     checkKeys(gpu, capacity);
-    const pow2 = (x) => 2 ** Math.ceil(Math.log2(Math.max(x, 1)));
-    const make = () => gpu.device.createTexture({
-      size: [
-        Math.max(16, pow2(Math.ceil(Dh / 4))),
-        Math.max(16, pow2(capacity)),
-        pow2(layers)
-      ],
-      format: "rgba32float",
-      usage: 8 | 2 | 1
-    });
-    this.k = make();
-    this.v = make();
+    this.k = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    this.v = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    const zeros = {
+      rows: 0,
+      cols: 0,
+      ld: 0,
+      trans: false,
+      row0: 0,
+      col0: 0,
+      batchStride: 0,
+      batch0: 0,
+      layers,
+      width: Math.ceil(Dh / 4),
+      height: capacity,
+      zeroPadRows: true
+    };
+    fillTextures(gpu, [
+      {
+        src: gpu.placeholder(),
+        tex: this.k,
+        block: zeros
+      },
+      {
+        src: gpu.placeholder(),
+        tex: this.v,
+        block: zeros
+      }
+    ]);
   }
   /** Writes `k`, `v` `[B, H, Tn, Dh]` into positions `[at, at + Tn)`. */
   write(k, v, at) {
@@ -3517,31 +3966,22 @@ var KvCache = class {
       Dh
     ].join() && v.shape.join() === k.shape.join(), `KvCache.write: k/v must be [${B}, ${H2}, Tn, ${Dh}], got [${k.shape}] and [${v.shape}]`);
     checkShape(at >= 0 && at + Tn <= this.capacity, `KvCache.write: rows ${at}..${at + Tn} exceed capacity ${this.capacity}`);
-    for (const [src, tex] of [
-      [
-        k,
-        this.k
-      ],
-      [
-        v,
-        this.v
-      ]
-    ]) {
-      fillTexture(this.gpu, src, tex, {
-        rows: Tn,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: Tn * Dh,
-        batch0: 0,
-        layers: B * H2,
-        width: Math.ceil(Dh / 4),
-        height: Tn,
-        dstRow0: at
-      });
-    }
+    const block = {
+      ...headBlock(Tn, Dh, 0, B * H2),
+      dstRow0: at
+    };
+    fillTextures(this.gpu, [
+      {
+        src: k,
+        tex: this.k,
+        block
+      },
+      {
+        src: v,
+        tex: this.v,
+        block
+      }
+    ]);
   }
   /**
    * Attention of `q` `[B, H, Tq, Dh]` over the first `Tk` cached positions (query i at
@@ -3584,11 +4024,10 @@ var KvCache = class {
     lse.dispose();
     return out;
   }
-  /** Frees the textures (after submitting recorded work that still reads them). */
+  /** Gives the textures back to the runtime's pool (work recorded so far still reads them). */
   destroy() {
-    this.gpu.flush();
-    this.k.destroy();
-    this.v.destroy();
+    this.gpu.releaseTexture(this.k);
+    this.gpu.releaseTexture(this.v);
   }
 };
 function attentionBackward(gpu, dout, q, k, v, saved, opts = {}) {
@@ -3664,30 +4103,34 @@ function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
     null
   ] : keyOut;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
-  const view = (t) => t.createView({
-    dimension: "2d-array"
-  });
+  const view = (t) => gpu.arrayView(t);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    const pack = (src, T) => {
-      const tex = gpu.scratchTexture(dq4, T, n);
-      fillTexture(gpu, src, tex, {
-        rows: T,
-        cols: Dh,
-        ld: Dh,
-        trans: false,
-        row0: 0,
-        col0: 0,
-        batchStride: T * Dh,
-        batch0: c0,
-        layers: n,
-        width: dq4,
-        height: T
-      });
-      return tex;
-    };
+    const kt = gpu.scratchTexture(dq4, Tk, n), vt = gpu.scratchTexture(dq4, Tk, n);
+    const qt = gpu.scratchTexture(dq4, Tq, n), gt = gpu.scratchTexture(dq4, Tq, n);
+    fillTextures(gpu, [
+      {
+        src: k,
+        tex: kt,
+        block: headBlock(Tk, Dh, c0, n)
+      },
+      {
+        src: v,
+        tex: vt,
+        block: headBlock(Tk, Dh, c0, n)
+      },
+      {
+        src: q,
+        tex: qt,
+        block: headBlock(Tq, Dh, c0, n)
+      },
+      {
+        src: dout,
+        tex: gt,
+        block: headBlock(Tq, Dh, c0, n)
+      }
+    ]);
     const params = new Params().u32(Tq, Tk, Dh, H2, c0).f32(saved.scale);
-    const kt = pack(k, Tk), vt = pack(v, Tk);
     gpu.dispatch(queryPipe, [
       q,
       dout,
@@ -3704,7 +4147,6 @@ function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
     ], params);
     gpu.releaseTexture(kt);
     gpu.releaseTexture(vt);
-    const qt = pack(q, Tq), gt = pack(dout, Tq);
     gpu.dispatch(keyPipe, [
       k,
       v,
@@ -3727,7 +4169,7 @@ function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
 // kernels/optimizer.ts
 var ADAMW = `
 struct P {
-  n: u32, has_scale: u32, scale_index: u32, _pad: u32,
+  n: u32, has_scale: u32, scale_index: u32, decay_end: u32,
   lr: f32, beta1: f32, beta2: f32, eps: f32,
   wd: f32, bc1: f32, bc2: f32,
 }
@@ -3745,7 +4187,7 @@ ${LINEAR_MAIN}
   let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
   m[i] = mi;
   v[i] = vi;
-  let w = param[i] * (1.0 - p.lr * p.wd);
+  let w = param[i] * (1.0 - p.lr * select(0.0, p.wd, i < p.decay_end));
   param[i] = w - p.lr * (mi / p.bc1) / (sqrt(vi / p.bc2) + p.eps);
 }`;
 function adamwStep(gpu, param, grad, m, v, o) {
@@ -3776,12 +4218,28 @@ function adamwStep(gpu, param, grad, m, v, o) {
     m,
     v,
     s?.tensor ?? gpu.placeholder()
-  ], gpu.grid(groups(param.size)), new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, 0).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
+  ], gpu.grid(groups(param.size)), new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
 }
 
 // kernels/sampling.ts
 var WG2 = ROW_WG;
-var SAMPLE = `${PRNG_WGSL}
+var ROWWISE_WG = 8;
+function overVocab(start, step, body, unroll2 = 4) {
+  const parts = Array.from({
+    length: unroll2
+  }, (_, u) => `{ let i = i0 + ${u * step}u; if (i < p.V) { ${body} } }`);
+  return `for (var i0 = ${start}; i0 < p.V; i0 += ${unroll2 * step}u) {
+    ${parts.join("\n    ")}
+  }`;
+}
+var GUMBEL = `let z = logits[base + i];
+      if (z >= cut) {
+        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
+        let key = z / T - log(-log(u));
+        if (key > bv) { bv = key; CHOOSE }
+      }`;
+var ROW_UNROLL = 8;
+var SAMPLE_BINDINGS = `${PRNG_WGSL}
 struct P {
   B: u32, V: u32, ld: u32, t: u32, Tcap: u32,
   greedy: u32, top_k: u32, seed: u32, step: u32, eos: i32, pad: i32,
@@ -3792,8 +4250,8 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> logp: array<f32>;     // (B, Tcap)
 @group(0) @binding(3) var<storage, read_write> rmask: array<f32>;    // (B, Tcap)
 @group(0) @binding(4) var<storage, read_write> finished: array<u32>; // (B)
-@group(0) @binding(5) var<uniform> p: P;
-
+@group(0) @binding(5) var<uniform> p: P;`;
+var SAMPLE = `${SAMPLE_BINDINGS}
 ${WG_REDUCE}
 var<workgroup> rv: array<f32, ${WG2}>;
 var<workgroup> ri: array<u32, ${WG2}>;
@@ -3828,21 +4286,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let base = b * p.ld;
   var mx = -3.4e38;
   var mn = 3.4e38;
-  for (var i = lid; i < p.V; i += ${WG2}u) { let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z); }
+  ${overVocab("lid", WG2, "let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z);")}
   mx = wg_max(mx, lid);
   mn = -wg_max(-mn, lid);
   var s = 0.0;
-  for (var i = lid; i < p.V; i += ${WG2}u) { s += exp(logits[base + i] - mx); }
+  ${overVocab("lid", WG2, "s += exp(logits[base + i] - mx);")}
   let lse = mx + log(wg_sum(s, lid));
 
   var choice = 0u;
   if (p.greedy == 1u || p.temperature <= 0.0) {
     var bv = -3.4e38;
     var bi = 0u;
-    for (var i = lid; i < p.V; i += ${WG2}u) {
-      let z = logits[base + i];
-      if (z > bv) { bv = z; bi = i; }
-    }
+    ${overVocab("lid", WG2, "let z = logits[base + i]; if (z > bv) { bv = z; bi = i; }")}
     choice = wargmax(bv, bi, lid);
   } else {
     let T = p.temperature;
@@ -3854,7 +4309,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       for (var it = 0; it < 40; it++) {
         let mid = 0.5 * (lo + hi);
         var c = 0.0;
-        for (var i = lid; i < p.V; i += ${WG2}u) { c += select(0.0, 1.0, logits[base + i] >= mid); }
+        ${overVocab("lid", WG2, "c += select(0.0, 1.0, logits[base + i] >= mid);")}
         if (wg_sum(c, lid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
       }
       tk = lo;
@@ -3863,20 +4318,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     var tp = tk;
     if (p.top_p < 1.0) {
       var zk = 0.0;
-      for (var i = lid; i < p.V; i += ${WG2}u) {
-        let z = logits[base + i];
-        if (z >= tk) { zk += exp((z - mx) / T); }
-      }
+      ${overVocab("lid", WG2, "let z = logits[base + i]; if (z >= tk) { zk += exp((z - mx) / T); }")}
       zk = wg_sum(zk, lid);
       var lo = tk;
       var hi = mx;
       for (var it = 0; it < 40; it++) {
         let mid = 0.5 * (lo + hi);
         var m = 0.0;
-        for (var i = lid; i < p.V; i += ${WG2}u) {
-          let z = logits[base + i];
-          if (z >= mid && z >= tk) { m += exp((z - mx) / T); }
-        }
+        ${overVocab("lid", WG2, "let z = logits[base + i]; if (z >= mid && z >= tk) { m += exp((z - mx) / T); }")}
         if (wg_sum(m, lid) >= p.top_p * zk) { lo = mid; } else { hi = mid; }
       }
       tp = lo;
@@ -3885,14 +4334,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     // Gumbel-max over the allowed tokens
     var bv = -3.4e38;
     var bi = 0u;
-    for (var i = lid; i < p.V; i += ${WG2}u) {
-      let z = logits[base + i];
-      if (z >= cut) {
-        let u = max(rand_f32(p.seed, p.step, b * p.V + i), 1.0 / 16777216.0);
-        let key = z / T - log(-log(u));
-        if (key > bv) { bv = key; bi = i; }
-      }
-    }
+    ${overVocab("lid", WG2, GUMBEL.replace("CHOOSE", "bi = i;"))}
     choice = wargmax(bv, bi, lid);
   }
   if (lid == 0u) {
@@ -3902,7 +4344,79 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     if (i32(choice) == p.eos) { finished[b] = 1u; }
   }
 }`;
-function sampleTokens(gpu, logits, out, t, opts, ids) {
+var SAMPLE_ROWWISE = `${SAMPLE_BINDINGS}
+@compute @workgroup_size(${ROWWISE_WG})
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  let b = g.x;
+  if (b >= p.B) { return; }
+  let out = b * p.Tcap + p.t;
+  if (finished[b] != 0u) {
+    tokens[out] = p.pad; logp[out] = 0.0; rmask[out] = 0.0;
+    return;
+  }
+  let base = b * p.ld;
+  var mx = -3.4e38;
+  var mn = 3.4e38;
+  ${overVocab("0u", 1, "let z = logits[base + i]; mx = max(mx, z); mn = min(mn, z);", ROW_UNROLL)}
+  ${laneTreeSums({
+  s: "exp(logits[base + c] - mx)"
+}, "", "p.V")}
+  let lse = mx + log(s);
+
+  var choice = 0u;
+  if (p.greedy == 1u || p.temperature <= 0.0) {
+    var bv = -3.4e38;
+    ${overVocab("0u", 1, "let z = logits[base + i]; if (z > bv) { bv = z; choice = i; }", ROW_UNROLL)}
+  } else {
+    let T = p.temperature;
+    var tk = mn;
+    if (p.top_k > 0u && p.top_k < p.V) {
+      var lo = mn;
+      var hi = mx;
+      for (var it = 0; it < 40; it++) {
+        let mid = 0.5 * (lo + hi);
+        var n = 0u;
+        ${overVocab("0u", 1, "n += select(0u, 1u, logits[base + i] >= mid);", ROW_UNROLL)}
+        if (f32(n) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
+      }
+      tk = lo;
+    }
+    var tp = tk;
+    if (p.top_p < 1.0) {
+      ${laneTreeSums({
+  zk: "select(0.0, exp((z - mx) / T), z >= tk)"
+}, "let z = logits[base + c];", "p.V")}
+      var lo = tk;
+      var hi = mx;
+      for (var it = 0; it < 40; it++) {
+        let mid = 0.5 * (lo + hi);
+        ${laneTreeSums({
+  m: "select(0.0, exp((z - mx) / T), z >= mid && z >= tk)"
+}, "let z = logits[base + c];", "p.V")}
+        if (m >= p.top_p * zk) { lo = mid; } else { hi = mid; }
+      }
+      tp = lo;
+    }
+    let cut = max(tk, tp);
+    var bv = -3.4e38;
+    ${overVocab("0u", 1, GUMBEL.replace("CHOOSE", "choice = i;"), ROW_UNROLL)}
+  }
+  tokens[out] = i32(choice);
+  logp[out] = logits[base + choice] - lse;
+  rmask[out] = 1.0;
+  if (i32(choice) == p.eos) { finished[b] = 1u; }
+}`;
+function rowwiseIterations(V, greedy, topK, topP) {
+  const lanes = Math.ceil(V / ROW_WG), scan = Math.ceil(V / ROW_UNROLL);
+  let n = scan + lanes + scan;
+  if (!greedy && topK > 0 && topK < V) n += 40 * (scan + 1);
+  if (!greedy && topP < 1) n += lanes + 40 * (lanes + 1);
+  return n;
+}
+function defaultForm(gpu, iterations) {
+  return gpu.isFallbackAdapter && iterations <= SOFTWARE_LOOP_BUDGET ? "row" : "workgroup";
+}
+function sampleTokens(gpu, logits, out, t, opts, ids, form) {
   checkShape(logits.shape.length === 2 && logits.dtype === "f32", "sampleTokens: logits must be f32 (B, V)");
   const [B, ld] = logits.shape;
   const V = ids.vocab ?? ld;
@@ -3915,14 +4429,16 @@ function sampleTokens(gpu, logits, out, t, opts, ids) {
   checkShape(topP > 0 && topP <= 1, `sampleTokens: topP must be in (0, 1], got ${topP}`);
   const temperature = opts.temperature ?? 1;
   checkShape(Number.isFinite(temperature), "sampleTokens: temperature must be finite");
-  gpu.dispatch(gpu.pipeline(SAMPLE), [
+  const greedy = opts.greedy === true || temperature <= 0;
+  const rowwise = (form ?? defaultForm(gpu, rowwiseIterations(V, greedy, topK, topP))) === "row";
+  gpu.dispatch(gpu.pipeline(rowwise ? SAMPLE_ROWWISE : SAMPLE), [
     logits,
     out.tokens,
     out.logprobs,
     out.responseMask,
     out.finished
   ], [
-    B
+    rowwise ? Math.ceil(B / ROWWISE_WG) : B
   ], new Params().u32(B, V, ld, t, Tcap, opts.greedy ? 1 : 0, topK, opts.seed ?? 0, ids.step).i32(ids.eos, ids.pad).f32(temperature, topP));
 }
 var FEEDBACK = `
@@ -6358,14 +6874,14 @@ var ParamStore = class {
    * GPU; returns the names copied. E.g. start a reward model (with `v_head`) from an SFT model.
    */
   copyFrom(other) {
-    const copied = [];
+    const copied2 = [];
     for (const [name, s] of this.slots) {
       const o = other.slots.get(name);
       if (!o || o.spec.shape.join() !== s.spec.shape.join()) continue;
       this.gpu.copyRange(other.params, o.offset, this.params, s.offset, s.size);
-      copied.push(name);
+      copied2.push(name);
     }
-    return copied;
+    return copied2;
   }
   /** Sets every gradient to zero (one clear). */
   zeroGrads() {
@@ -6396,6 +6912,14 @@ var ParamStore = class {
     return out;
   }
   /**
+   * Global L2 norm of all gradients as a GPU `[4]` tensor (norm, clip coefficient
+   * `min(1, maxNorm / norm)` with `maxNorm`); the gradients are left as they are. Pass it to
+   * {@link adamw} as `clip` to clip within the update. No readback.
+   */
+  gradNorm(maxNorm) {
+    return globalNorm(this.gpu, this.#chunks(this.grads, 0, this.total), maxNorm ?? 0);
+  }
+  /**
    * Global L2 norm of all gradients as a GPU `[4]` tensor (norm, clip coefficient); with
    * `maxNorm` the gradients are scaled in place by the coefficient. No readback.
    */
@@ -6409,34 +6933,31 @@ var ParamStore = class {
     }
     return stats;
   }
-  /** One AdamW step over all parameters (weight decay only on the decayed range). */
+  /**
+   * One AdamW step over all parameters (weight decay only on the decayed range, which comes
+   * first): one dispatch per bindable chunk.
+   */
   adamw(o) {
     this.step++;
-    const ranges = [
-      [
-        0,
-        this.decayEnd,
-        o.weightDecay ?? 0
-      ],
-      [
-        this.decayEnd,
-        this.total,
-        0
-      ]
-    ];
-    for (const [start, end, wd] of ranges) {
-      if (end <= start) continue;
-      const ps = this.#chunks(this.params, start, end), gs = this.#chunks(this.grads, start, end);
-      const ms = this.#chunks(this.m, start, end), vs = this.#chunks(this.v, start, end);
-      ps.forEach((p, i) => adamwStep(this.gpu, p, gs[i], ms[i], vs[i], {
+    const ps = this.#chunks(this.params, 0, this.total), gs = this.#chunks(this.grads, 0, this.total);
+    const ms = this.#chunks(this.m, 0, this.total), vs = this.#chunks(this.v, 0, this.total);
+    let start = 0;
+    ps.forEach((p, i) => {
+      adamwStep(this.gpu, p, gs[i], ms[i], vs[i], {
         lr: o.lr,
         beta1: o.beta1,
         beta2: o.beta2,
         eps: o.eps,
-        weightDecay: wd,
-        step: this.step
-      }));
-    }
+        weightDecay: o.weightDecay ?? 0,
+        weightDecayUntil: Math.max(0, Math.min(p.size, this.decayEnd - start)),
+        step: this.step,
+        gradScale: o.clip ? {
+          tensor: o.clip,
+          index: 1
+        } : void 0
+      });
+      start += p.size;
+    });
   }
   /**
    * The full training state — parameters and both AdamW moments per name, plus the step — as
@@ -6869,16 +7390,15 @@ var OptModel = class _OptModel {
           3 * C,
           C
         ]),
-        accumulate: true
-      });
-      sumColumns(gpu, dqkv, {
-        out: this.store.grads.view(at.b, [
-          2 * at.biasStride + C
-        ]),
         accumulate: true,
-        outSegments: {
-          width: C,
-          stride: at.biasStride
+        rowSums: {
+          out: this.store.grads.view(at.b, [
+            2 * at.biasStride + C
+          ]),
+          segments: {
+            width: C,
+            stride: at.biasStride
+          }
         }
       });
     }
@@ -6898,25 +7418,27 @@ var OptModel = class _OptModel {
    */
   #linearBackward(dy, x, name, opts = {}, lu) {
     const gpu = this.gpu;
+    const ad = this.#adapter(name);
+    const relu3 = opts.reluBackwardOf;
     if (!this.frozenBase) {
       matmul(gpu, dy, x, {
         transA: true,
         out: this.#g(`${name}.weight`),
-        accumulate: true
+        accumulate: true,
+        rowSums: opts.bias !== false ? {
+          out: this.#g(`${name}.bias`)
+        } : void 0
       });
-      if (opts.bias !== false) {
-        sumColumns(gpu, dy, {
-          out: this.#g(`${name}.bias`),
-          accumulate: true
-        });
-      }
     }
     const W2 = this.#p(`${name}.weight`);
+    const reluBackwardOf = ad ? void 0 : relu3;
     const dx = opts.dxInto ? matmul(gpu, dy, W2, {
       out: opts.dxInto,
-      accumulate: true
-    }) : matmul(gpu, dy, W2);
-    const ad = this.#adapter(name);
+      accumulate: true,
+      reluBackwardOf
+    }) : matmul(gpu, dy, W2, {
+      reluBackwardOf
+    });
     const u = lu?.get(name);
     if (ad) {
       checkShape(u !== void 0, `OptModel.backward: no saved LoRA input for ${name}`);
@@ -6939,8 +7461,32 @@ var OptModel = class _OptModel {
         accumulate: true
       });
       g.dispose();
+      if (relu3) reluBackward(gpu, dx, relu3, dx);
     }
     return dx;
+  }
+  /**
+   * `residual + linear(x)` and the layernorm `lnName` of that sum, in one dispatch where the
+   * matmul can carry the norm (see matmulLayernorm; with an adapter, the two steps).
+   */
+  #linearLn(x, name, residual, lnName, lu) {
+    if (this.#adapter(name)) {
+      const out = this.#linear(x, name, {
+        residual
+      }, lu);
+      return {
+        out,
+        ln: this.#ln(out, lnName)
+      };
+    }
+    return matmulLayernorm(this.gpu, x, this.#p(`${name}.weight`), {
+      transB: true,
+      bias: this.#p(`${name}.bias`),
+      residual
+    }, {
+      weight: this.#p(`${lnName}.weight`),
+      bias: this.#p(`${lnName}.bias`)
+    });
   }
   #ln(x, name) {
     return layernormForward(this.gpu, x, this.#p(`${name}.weight`), this.#p(`${name}.bias`));
@@ -7052,13 +7598,16 @@ var OptModel = class _OptModel {
       H2,
       Dh
     ]));
-    for (let l = 0; l < c.num_hidden_layers; l++) {
+    const L = c.num_hidden_layers;
+    let pendingLn;
+    for (let l = 0; l < L; l++) {
       const p = `${D}layers.${l}.`;
       const a = {
         x0: x
       };
       const pre = c.do_layer_norm_before;
-      if (pre) a.ln1 = this.#ln(x, `${p}self_attn_layer_norm`);
+      if (pre) a.ln1 = pendingLn ?? this.#ln(x, `${p}self_attn_layer_norm`);
+      pendingLn = void 0;
       a.attnIn = pre ? a.ln1.y : x;
       const proj = this.#qkvFused(a.attnIn, p, T, kvFor?.(l)) ?? (() => {
         const [q, k, v] = [
@@ -7088,36 +7637,35 @@ var OptModel = class _OptModel {
         N,
         C
       ]);
-      const o = this.#linear(a.merged, `${p}self_attn.out_proj`, {
-        residual: x
-      }, lu);
+      const outLn = `${p}${pre ? "final_layer_norm" : "self_attn_layer_norm"}`;
+      const o = this.#linearLn(a.merged, `${p}self_attn.out_proj`, x, outLn, lu);
       if (pre) {
-        a.x1 = o;
+        a.x1 = o.out;
+        a.ln2 = o.ln;
       } else {
-        a.x1pre = o;
-        a.ln1 = this.#ln(a.x1pre, `${p}self_attn_layer_norm`);
+        a.x1pre = o.out;
+        a.ln1 = o.ln;
         a.x1 = a.ln1.y;
       }
-      if (pre) a.ln2 = this.#ln(a.x1, `${p}final_layer_norm`);
       a.ffnIn = pre ? a.ln2.y : a.x1;
       a.h = this.#linear(a.ffnIn, `${p}fc1`, {
         relu: true
       }, lu);
-      const f = this.#linear(a.h, `${p}fc2`, {
-        residual: a.x1
-      }, lu);
+      const fLn = !pre ? `${p}final_layer_norm` : l + 1 < L ? `${D}layers.${l + 1}.self_attn_layer_norm` : `${D}final_layer_norm`;
+      const f = this.#linearLn(a.h, `${p}fc2`, a.x1, fLn, lu);
       if (pre) {
-        x = f;
+        x = f.out;
+        pendingLn = f.ln;
       } else {
-        a.x2pre = f;
-        a.ln2 = this.#ln(a.x2pre, `${p}final_layer_norm`);
+        a.x2pre = f.out;
+        a.ln2 = f.ln;
         x = a.ln2.y;
       }
       layers.push(a);
     }
     const xL = x;
     let lnf;
-    if (c.do_layer_norm_before) lnf = this.#ln(xL, `${D}final_layer_norm`);
+    if (c.do_layer_norm_before) lnf = pendingLn ?? this.#ln(xL, `${D}final_layer_norm`);
     const preOut = lnf ? lnf.y : xL;
     const hidden = c.word_embed_proj_dim !== C ? this.#linear(preOut, `${D}project_out`, {
       bias: false
@@ -7375,8 +7923,9 @@ var OptModel = class _OptModel {
         dx.dispose();
       }
       const lu = acts.loraU;
-      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`, {}, lu);
-      reluBackward(gpu, dH, a.h, dH);
+      const dH = this.#linearBackward(dRes, a.h, `${p}fc2`, {
+        reluBackwardOf: a.h
+      }, lu);
       let dx1;
       if (pre) {
         const dln2 = this.#linearBackward(dH, a.ffnIn, `${p}fc1`, {}, lu);
@@ -8118,6 +8667,7 @@ async function generate(model, prompt, mask, opts) {
   ], "i32");
   const V = c.vocab_size;
   let generated = G;
+  let pending = null;
   const release = gpu.holdConstant([
     model.store.params,
     model.lora?.store.params
@@ -8147,12 +8697,16 @@ async function generate(model, prompt, mask, opts) {
       });
       logits.dispose();
       if (t === G - 1) break;
-      if (checkEvery > 0 && (t + 1) % checkEvery === 0) {
-        const fin = await gpu.read(out.finished);
-        if (fin.every((f) => f !== 0)) {
-          generated = t + 1;
+      if (checkEvery > 0 && eos >= 0 && (t + 1) % checkEvery === 0) {
+        if (pending && (await pending.flags).every((f) => f !== 0)) {
+          generated = pending.t + 1;
+          pending = null;
           break;
         }
+        pending = {
+          t,
+          flags: gpu.read(out.finished)
+        };
       }
       feedbackSampled(gpu, out, promptPositions, t, {
         tokens: nextTok,
@@ -8165,8 +8719,12 @@ async function generate(model, prompt, mask, opts) {
         nextPos
       ]);
     }
+    if (pending && (await pending.flags).every((f) => f !== 0)) generated = pending.t + 1;
+    pending = null;
     promptPositions.dispose();
   } finally {
+    await pending?.flags.catch(() => {
+    });
     release();
     for (const cache of caches) cache.destroy();
     keyMask.dispose();
@@ -8762,7 +9320,8 @@ function learningRate(step, s) {
   }
 }
 function optimizerStep(store, o, step, totalSteps) {
-  const norm = store.clipGradNorm(o.maxGradNorm > 0 ? o.maxGradNorm : void 0);
+  const clip = o.maxGradNorm > 0;
+  const norm = store.gradNorm(clip ? o.maxGradNorm : void 0);
   const lr = learningRate(step, {
     lr: o.lr,
     totalSteps,
@@ -8771,7 +9330,8 @@ function optimizerStep(store, o, step, totalSteps) {
   });
   store.adamw({
     lr,
-    weightDecay: o.weightDecay
+    weightDecay: o.weightDecay,
+    clip: clip ? norm : void 0
   });
   return {
     norm,
@@ -10527,11 +11087,13 @@ var PpoTrainer = class {
       dlogits
     });
     const ptx = this.#ptx ? this.#ptxBackward() : void 0;
-    store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : void 0);
+    const clip = cfg.maxGradNorm > 0 ? store.gradNorm(cfg.maxGradNorm) : void 0;
     store.adamw({
       lr,
-      weightDecay: cfg.weightDecay
+      weightDecay: cfg.weightDecay,
+      clip
     });
+    clip?.dispose();
     return {
       ...pl,
       entropy: maskedStats(gpu, lp.entropy, mb.act),
@@ -10556,11 +11118,13 @@ var PpoTrainer = class {
         B * T
       ])
     });
-    critic.store.clipGradNorm(cfg.maxGradNorm > 0 ? cfg.maxGradNorm : void 0);
+    const clip = cfg.maxGradNorm > 0 ? critic.store.gradNorm(cfg.maxGradNorm) : void 0;
     critic.store.adamw({
       lr,
-      weightDecay: cfg.weightDecay
+      weightDecay: cfg.weightDecay,
+      clip
     });
+    clip?.dispose();
     return vl;
   }
   /**
@@ -14759,6 +15323,7 @@ export {
   maskedStats,
   mathAnswer,
   matmul,
+  matmulLayernorm,
   maxLastAxis,
   meanLastAxis,
   methodBudget,
