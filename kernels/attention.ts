@@ -653,6 +653,13 @@ export class KvCache {
     readonly H: number,
     readonly capacity: number,
     readonly Dh: number,
+    opts: {
+      /**
+       * Zero the (pooled) textures first, so that rows not yet written read as zero (default
+       * true). A caller that writes every row before attending to it may skip it (`generate`).
+       */
+      zeroed?: boolean;
+    } = {},
   ) {
     const layers = B * H;
     if (layers > gpu.limits.maxTextureArrayLayers) {
@@ -667,6 +674,7 @@ export class KvCache {
     // ones is one small dispatch
     this.k = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
     this.v = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    if (opts.zeroed === false) return;
     const zeros: Block = {
       rows: 0,
       cols: 0,

@@ -92,7 +92,9 @@ export async function generate(
   const eos = opts.eosId ?? c.eos_token_id, pad = opts.padId ?? c.pad_token_id;
   const checkEvery = opts.checkEvery ?? 8;
   const cap = Tp + G - 1; // the last sampled token is never fed back
-  const caches = model.createKvCaches(B, Math.max(cap, Tp));
+  // every cache row is written (prefill, then one per step) before attention reads it: the
+  // pooled textures need no zeroing
+  const caches = model.createKvCaches(B, Math.max(cap, Tp), { zeroed: false });
   const out: SampleTargets = {
     tokens: gpu.zeros([B, G], "i32"),
     logprobs: gpu.zeros([B, G]),

@@ -625,11 +625,14 @@ export class OptModel {
     return { B, T, tokens, mask, positions, tokEmb, layers, xL, lnf, preOut, hidden, loraU: lu };
   }
 
-  /** Creates one {@link KvCache} per layer for `B` rows and `capacity` positions. */
-  createKvCaches(B: number, capacity: number): KvCache[] {
+  /**
+   * Creates one {@link KvCache} per layer for `B` rows and `capacity` positions (`zeroed`: see
+   * the KvCache constructor).
+   */
+  createKvCaches(B: number, capacity: number, opts: { zeroed?: boolean } = {}): KvCache[] {
     return Array.from(
       { length: this.config.num_hidden_layers },
-      () => new KvCache(this.gpu, B, this.heads, capacity, this.headDim),
+      () => new KvCache(this.gpu, B, this.heads, capacity, this.headDim, opts),
     );
   }
 
