@@ -1955,7 +1955,7 @@ var KvCache = class {
   /** Cached values, laid out like {@link KvCache.k}. */
   v;
   /** Allocates an empty cache for `B` rows, `H` heads, `capacity` positions and head size `Dh`. */
-  constructor(gpu, B4, H, capacity, Dh) {
+  constructor(gpu, B4, H, capacity, Dh, opts = {}) {
     this.gpu = gpu;
     this.B = B4;
     this.H = H;
@@ -1968,6 +1968,7 @@ var KvCache = class {
     checkKeys(gpu, capacity);
     this.k = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
     this.v = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    if (opts.zeroed === false) return;
     const zeros = {
       rows: 0,
       cols: 0,
@@ -6337,11 +6338,14 @@ var OptModel = class _OptModel {
       loraU: lu
     };
   }
-  /** Creates one {@link KvCache} per layer for `B` rows and `capacity` positions. */
-  createKvCaches(B4, capacity) {
+  /**
+   * Creates one {@link KvCache} per layer for `B` rows and `capacity` positions (`zeroed`: see
+   * the KvCache constructor).
+   */
+  createKvCaches(B4, capacity, opts = {}) {
     return Array.from({
       length: this.config.num_hidden_layers
-    }, () => new KvCache(this.gpu, B4, this.heads, capacity, this.headDim));
+    }, () => new KvCache(this.gpu, B4, this.heads, capacity, this.headDim, opts));
   }
   /** Row chunks of the token embedding (one unless it exceeds the binding limit). */
   #wteChunks(which = "param") {
@@ -8013,7 +8017,9 @@ async function generate(model2, prompt, mask, opts) {
   const eos = opts.eosId ?? c.eos_token_id, pad = opts.padId ?? c.pad_token_id;
   const checkEvery = opts.checkEvery ?? 8;
   const cap = Tp2 + G2 - 1;
-  const caches = model2.createKvCaches(B4, Math.max(cap, Tp2));
+  const caches = model2.createKvCaches(B4, Math.max(cap, Tp2), {
+    zeroed: false
+  });
   const out = {
     tokens: gpu.zeros([
       B4,
@@ -8298,9 +8304,20 @@ cases5.push({
       eosId: -1,
       ...extra
     });
-    const a = await gpu.read((await run2(7)).tokens), b = await gpu.read((await run2(7)).tokens);
+    const a = await gpu.read((await run2(7)).tokens);
+    for (const cache of m.createKvCaches(B2, Tp + G - 1)) {
+      const nan = gpu.fromArray(new Float32Array(B2 * cache.H * cache.capacity * cache.Dh).fill(NaN), [
+        B2,
+        cache.H,
+        cache.capacity,
+        cache.Dh
+      ]);
+      cache.write(nan, nan, 0);
+      cache.destroy();
+    }
+    const b = await gpu.read((await run2(7)).tokens);
     const c = await gpu.read((await run2(8)).tokens);
-    assertEquals(a, b, "same seed, same tokens");
+    assertEquals(a, b, "same seed, same tokens (the second over NaN-poisoned pool textures)");
     assert(a.some((x, i) => x !== c[i]), "another seed differs");
     const free = await fullForwardGreedy(gpu, m, -1);
     const gen = (r) => free.tokens.slice(r * (Tp + G) + Tp, (r + 1) * (Tp + G));

@@ -3915,7 +3915,7 @@ var KvCache = class {
   /** Cached values, laid out like {@link KvCache.k}. */
   v;
   /** Allocates an empty cache for `B` rows, `H` heads, `capacity` positions and head size `Dh`. */
-  constructor(gpu, B, H2, capacity, Dh) {
+  constructor(gpu, B, H2, capacity, Dh, opts = {}) {
     this.gpu = gpu;
     this.B = B;
     this.H = H2;
@@ -3928,6 +3928,7 @@ var KvCache = class {
     checkKeys(gpu, capacity);
     this.k = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
     this.v = gpu.scratchTexture(Math.ceil(Dh / 4), capacity, layers);
+    if (opts.zeroed === false) return;
     const zeros = {
       rows: 0,
       cols: 0,
@@ -7685,11 +7686,14 @@ var OptModel = class _OptModel {
       loraU: lu
     };
   }
-  /** Creates one {@link KvCache} per layer for `B` rows and `capacity` positions. */
-  createKvCaches(B, capacity) {
+  /**
+   * Creates one {@link KvCache} per layer for `B` rows and `capacity` positions (`zeroed`: see
+   * the KvCache constructor).
+   */
+  createKvCaches(B, capacity, opts = {}) {
     return Array.from({
       length: this.config.num_hidden_layers
-    }, () => new KvCache(this.gpu, B, this.heads, capacity, this.headDim));
+    }, () => new KvCache(this.gpu, B, this.heads, capacity, this.headDim, opts));
   }
   /** Row chunks of the token embedding (one unless it exceeds the binding limit). */
   #wteChunks(which = "param") {
@@ -8636,7 +8640,9 @@ async function generate(model, prompt, mask, opts) {
   const eos = opts.eosId ?? c.eos_token_id, pad = opts.padId ?? c.pad_token_id;
   const checkEvery = opts.checkEvery ?? 8;
   const cap = Tp + G - 1;
-  const caches = model.createKvCaches(B, Math.max(cap, Tp));
+  const caches = model.createKvCaches(B, Math.max(cap, Tp), {
+    zeroed: false
+  });
   const out = {
     tokens: gpu.zeros([
       B,
