@@ -7,6 +7,8 @@
 
 // Full npm: specifier (not the deno.json alias) so that importing mod.ts by URL works.
 export { wgsl } from "npm:wgsl-preprocessor@1.0.1/wgsl-preprocessor.js";
+import { GpuLimitError } from "./errors.ts";
+import type { Gpu } from "./runtime.ts";
 
 /**
  * Loop iterations one invocation may run on a software adapter. Mesa's llvmpipe and lavapipe cap
@@ -17,6 +19,20 @@ export { wgsl } from "npm:wgsl-preprocessor@1.0.1/wgsl-preprocessor.js";
  * below the cap); otherwise the workgroup form.
  */
 export const SOFTWARE_LOOP_BUDGET = 60000;
+
+/**
+ * Throws a {@link GpuLimitError} when one invocation of a row-per-invocation form would run more
+ * loop iterations than {@link SOFTWARE_LOOP_BUDGET} on a software adapter (a forced form: the
+ * defaults never pick one that does) — a named error instead of a silently wrong result.
+ */
+export function checkLoopBudget(gpu: Gpu, iterations: number, what: string): void {
+  if (!gpu.isFallbackAdapter || iterations <= SOFTWARE_LOOP_BUDGET) return;
+  throw new GpuLimitError(
+    `${what}: ${iterations} loop iterations per invocation exceed a software adapter's budget ` +
+      `(${SOFTWARE_LOOP_BUDGET}; Mesa's llvmpipe and lavapipe leave loops after 65 535): use the ` +
+      "workgroup form",
+  );
+}
 
 /**
  * Row ranges `[r0, r1)` of at most {@link SOFTWARE_LOOP_BUDGET} rows covering `rows`: column

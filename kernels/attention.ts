@@ -869,7 +869,7 @@ function runBackward(
   const view = (t: GPUTexture) => gpu.arrayView(t);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    // keys, values, queries and dO into textures, all in one packing dispatch
+    // keys, values, queries and dO into textures (small ones share a packing dispatch)
     const kt = gpu.scratchTexture(dq4, Tk, n), vt = gpu.scratchTexture(dq4, Tk, n);
     const qt = gpu.scratchTexture(dq4, Tq, n), gt = gpu.scratchTexture(dq4, Tq, n);
     fillTextures(gpu, [

@@ -7,7 +7,14 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { COLUMN_MAIN, columnGroups, groups, rowRanges, SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
+import {
+  checkLoopBudget,
+  COLUMN_MAIN,
+  columnGroups,
+  groups,
+  rowRanges,
+  SOFTWARE_LOOP_BUDGET,
+} from "./_shader.ts";
 import { laneTreeSums, ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
@@ -194,10 +201,20 @@ ${COLUMN_MAIN}
   db[i] += sb;
 }`;
 
+/** A forced one-invocation-per-row form must fit the loop cap (see `checkLoopBudget`). */
+function checkRowLoops(gpu: Gpu, variant: LayernormVariant, C: number): void {
+  if (variant === "row-tree") checkLoopBudget(gpu, rowTreeLoops(C), "layernorm (row-tree)");
+  if (variant === "row-thread") checkLoopBudget(gpu, 3 * C, "layernorm (row-thread)");
+}
+
+/** Loop iterations of the row-tree forward: two lane-partial passes and the output pass. */
+function rowTreeLoops(C: number): number {
+  return C + 2 * Math.ceil(C / ROW_WG);
+}
+
 /** The default {@link LayernormVariant}: same bits either way, the faster form for the adapter. */
 function defaultVariant(gpu: Gpu, cols: number): LayernormVariant {
-  // the row-tree forward's loops: two lane-partial passes and the output pass
-  const fits = cols + 2 * Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  const fits = rowTreeLoops(cols) <= SOFTWARE_LOOP_BUDGET;
   return gpu.isFallbackAdapter && fits ? "row-tree" : "workgroup";
 }
 
@@ -242,6 +259,7 @@ export function layernormForward(
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
   const variant = opts.variant ?? defaultVariant(gpu, C), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu, variant, C);
   gpu.dispatch(
     gpu.pipeline(
       variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD,
@@ -270,6 +288,7 @@ export function layernormBackward(
 ): Tensor {
   const { rows, C } = dims(x, weight, null, "layernormBackward");
   const variant = opts.variant ?? defaultVariant(gpu, C), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu, variant, C);
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(
     (dweight === null) === (dbias === null),

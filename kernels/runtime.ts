@@ -1159,9 +1159,8 @@ export class Gpu {
     // identical parameters share a slot until the next submit (then the arenas are rewritten):
     // a dispatch repeated with the same buffers and parameters (a layer of each decode step)
     // then binds exactly what it bound before, and its bind group is reused
-    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
     const content = String.fromCharCode(
-      ...new Uint16Array(words.buffer, words.byteOffset, 2 * words.length),
+      ...new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2),
     );
     const known = this.#uniformSlots.get(content);
     if (known) return known;

@@ -17,7 +17,7 @@
 import { checkShape } from "./errors.ts";
 import { PRNG_WGSL } from "./prng.ts";
 import { laneTreeSums, ROW_WG, WG_REDUCE } from "./reduce.ts";
-import { SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
+import { checkLoopBudget, SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
 import type { Gpu, Tensor } from "./runtime.ts";
 import { Params } from "./runtime.ts";
 
@@ -342,7 +342,9 @@ export function sampleTokens(
   const temperature = opts.temperature ?? 1;
   checkShape(Number.isFinite(temperature), "sampleTokens: temperature must be finite");
   const greedy = opts.greedy === true || temperature <= 0;
-  const rowwise = (form ?? defaultForm(gpu, rowwiseIterations(V, greedy, topK, topP))) === "row";
+  const iterations = rowwiseIterations(V, greedy, topK, topP);
+  const rowwise = (form ?? defaultForm(gpu, iterations)) === "row";
+  if (rowwise) checkLoopBudget(gpu, iterations, "sampleTokens (row form)");
   gpu.dispatch(
     gpu.pipeline(rowwise ? SAMPLE_ROWWISE : SAMPLE),
     [logits, out.tokens, out.logprobs, out.responseMask, out.finished],

@@ -8,7 +8,7 @@
  */
 
 import { checkShape } from "./errors.ts";
-import { groups, SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
+import { checkLoopBudget, groups, SOFTWARE_LOOP_BUDGET } from "./_shader.ts";
 import { laneTreeSums, ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
@@ -214,6 +214,7 @@ export function tokenLogprobs(
   const shape = logits.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
   const tree = (opts.reduction ?? defaultReduction(gpu, rows, cols)) === "row-tree";
+  if (tree) checkLoopBudget(gpu, cols + Math.ceil(cols / ROW_WG), "tokenLogprobs (row-tree)");
   gpu.dispatch(
     gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS),
     [logits, targets, logp, entropy, lse],

@@ -1,6 +1,6 @@
 import * as k from "../../kernels/layernorm.ts";
 import * as ref from "../../kernels/reference/layernorm.ts";
-import { ShapeError } from "../../kernels/errors.ts";
+import { GpuLimitError, ShapeError } from "../../kernels/errors.ts";
 import { assertClose, assertThrows } from "../assert.ts";
 import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
 
@@ -76,6 +76,22 @@ cases.push({
     const tol = { atol: 2e-3, rtol: 1e-4 };
     assertClose(await gpu.readF32(tdw), g.dw, tol, "dweight");
     assertClose(await gpu.readF32(tdb), g.db, tol, "dbias");
+  },
+});
+
+cases.push({
+  name: "layernorm: a one-invocation-per-row form forced past a software adapter's loop cap " +
+    "is a named error",
+  async run(gpu) {
+    if (!gpu.isFallbackAdapter) return; // no cap to pass on a hardware adapter
+    const C = 60000, x = gpu.zeros([1, C]), w = gpu.zeros([C]), b = gpu.zeros([C]);
+    for (const variant of ["row-tree", "row-thread"] as const) {
+      await assertThrows(
+        () => k.layernormForward(gpu, x, w, b, { variant }),
+        GpuLimitError,
+        "loop iterations per invocation",
+      );
+    }
   },
 });
 
