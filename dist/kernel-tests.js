@@ -1182,8 +1182,7 @@ var Gpu = class _Gpu {
     }
   }
   #uniform(bytes) {
-    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
-    const content = String.fromCharCode(...new Uint16Array(words.buffer, words.byteOffset, 2 * words.length));
+    const content = String.fromCharCode(...new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2));
     const known = this.#uniformSlots.get(content);
     if (known) return known;
     const slot = this.#uniformSlot(bytes);
@@ -1322,6 +1321,10 @@ function wgsl(strings, ...values) {
 
 // kernels/_shader.ts
 var SOFTWARE_LOOP_BUDGET = 6e4;
+function checkLoopBudget(gpu, iterations, what) {
+  if (!gpu.isFallbackAdapter || iterations <= SOFTWARE_LOOP_BUDGET) return;
+  throw new GpuLimitError(`${what}: ${iterations} loop iterations per invocation exceed a software adapter's budget (${SOFTWARE_LOOP_BUDGET}; Mesa's llvmpipe and lavapipe leave loops after 65 535): use the workgroup form`);
+}
 function rowRanges(rows2) {
   const out = [];
   for (let r02 = 0; r02 < rows2; r02 += SOFTWARE_LOOP_BUDGET) {
@@ -4054,6 +4057,7 @@ function tokenLogprobs(gpu, logits2, targets2, opts = {}) {
   const shape = logits2.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
   const tree = (opts.reduction ?? defaultReduction(gpu, rows2, cols)) === "row-tree";
+  if (tree) checkLoopBudget(gpu, cols + Math.ceil(cols / ROW_WG), "tokenLogprobs (row-tree)");
   gpu.dispatch(gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS), [
     logits2,
     targets2,
@@ -4284,8 +4288,15 @@ ${COLUMN_MAIN}
   dw[i] += sw;
   db[i] += sb;
 }`;
+function checkRowLoops(gpu, variant, C2) {
+  if (variant === "row-tree") checkLoopBudget(gpu, rowTreeLoops(C2), "layernorm (row-tree)");
+  if (variant === "row-thread") checkLoopBudget(gpu, 3 * C2, "layernorm (row-thread)");
+}
+function rowTreeLoops(C2) {
+  return C2 + 2 * Math.ceil(C2 / ROW_WG);
+}
 function defaultVariant(gpu, cols) {
-  const fits = cols + 2 * Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  const fits = rowTreeLoops(cols) <= SOFTWARE_LOOP_BUDGET;
   return gpu.isFallbackAdapter && fits ? "row-tree" : "workgroup";
 }
 function dims2(x, w, b, name) {
@@ -4304,6 +4315,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
   const variant = opts.variant ?? defaultVariant(gpu, C2), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu, variant, C2);
   gpu.dispatch(gpu.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD2), [
     x,
     weight,
@@ -4321,6 +4333,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows2, C: C2 } = dims2(x, weight, null, "layernormBackward");
   const variant = opts.variant ?? defaultVariant(gpu, C2), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu, variant, C2);
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C2 && dbias.size === C2, "layernormBackward: dweight/dbias size");
@@ -7960,7 +7973,9 @@ function sampleTokens(gpu, logits2, out, t, opts, ids, form) {
   const temperature = opts.temperature ?? 1;
   checkShape(Number.isFinite(temperature), "sampleTokens: temperature must be finite");
   const greedy = opts.greedy === true || temperature <= 0;
-  const rowwise = (form ?? defaultForm(gpu, rowwiseIterations(V, greedy, topK, topP))) === "row";
+  const iterations = rowwiseIterations(V, greedy, topK, topP);
+  const rowwise = (form ?? defaultForm(gpu, iterations)) === "row";
+  if (rowwise) checkLoopBudget(gpu, iterations, "sampleTokens (row form)");
   gpu.dispatch(gpu.pipeline(rowwise ? SAMPLE_ROWWISE : SAMPLE), [
     logits2,
     out.tokens,
@@ -9250,6 +9265,28 @@ cases7.push({
     };
     assertClose(await gpu.readF32(tdw), g.dw, tol, "dweight");
     assertClose(await gpu.readF32(tdb), g.db, tol, "dbias");
+  }
+});
+cases7.push({
+  name: "layernorm: a one-invocation-per-row form forced past a software adapter's loop cap is a named error",
+  async run(gpu) {
+    if (!gpu.isFallbackAdapter) return;
+    const C2 = 6e4, x = gpu.zeros([
+      1,
+      C2
+    ]), w = gpu.zeros([
+      C2
+    ]), b = gpu.zeros([
+      C2
+    ]);
+    for (const variant of [
+      "row-tree",
+      "row-thread"
+    ]) {
+      await assertThrows(() => layernormForward(gpu, x, w, b, {
+        variant
+      }), GpuLimitError, "loop iterations per invocation");
+    }
   }
 });
 cases7.push({
@@ -14900,6 +14937,19 @@ cases17.push({
       pad: 1,
       step: 0
     }), ShapeError, "column 3 outside");
+    if (gpu.isFallbackAdapter) {
+      const V2 = 50272, wide = gpu.zeros([
+        2,
+        V2
+      ]);
+      await assertThrows(() => sampleTokens(gpu, wide, out, 0, {
+        topK: 50
+      }, {
+        eos: 2,
+        pad: 1,
+        step: 0
+      }, "row"), GpuLimitError, "loop iterations per invocation");
+    }
   }
 });
 

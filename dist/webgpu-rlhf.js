@@ -1150,8 +1150,7 @@ var Gpu = class _Gpu {
     }
   }
   #uniform(bytes) {
-    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
-    const content = String.fromCharCode(...new Uint16Array(words.buffer, words.byteOffset, 2 * words.length));
+    const content = String.fromCharCode(...new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2));
     const known = this.#uniformSlots.get(content);
     if (known) return known;
     const slot = this.#uniformSlot(bytes);
@@ -1290,6 +1289,10 @@ function wgsl(strings, ...values) {
 
 // kernels/_shader.ts
 var SOFTWARE_LOOP_BUDGET = 6e4;
+function checkLoopBudget(gpu, iterations, what) {
+  if (!gpu.isFallbackAdapter || iterations <= SOFTWARE_LOOP_BUDGET) return;
+  throw new GpuLimitError(`${what}: ${iterations} loop iterations per invocation exceed a software adapter's budget (${SOFTWARE_LOOP_BUDGET}; Mesa's llvmpipe and lavapipe leave loops after 65 535): use the workgroup form`);
+}
 function rowRanges(rows3) {
   const out = [];
   for (let r0 = 0; r0 < rows3; r0 += SOFTWARE_LOOP_BUDGET) {
@@ -2104,8 +2107,15 @@ ${COLUMN_MAIN}
   dw[i] += sw;
   db[i] += sb;
 }`;
+function checkRowLoops(gpu, variant, C) {
+  if (variant === "row-tree") checkLoopBudget(gpu, rowTreeLoops(C), "layernorm (row-tree)");
+  if (variant === "row-thread") checkLoopBudget(gpu, 3 * C, "layernorm (row-thread)");
+}
+function rowTreeLoops(C) {
+  return C + 2 * Math.ceil(C / ROW_WG);
+}
 function defaultVariant(gpu, cols) {
-  const fits = cols + 2 * Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  const fits = rowTreeLoops(cols) <= SOFTWARE_LOOP_BUDGET;
   return gpu.isFallbackAdapter && fits ? "row-tree" : "workgroup";
 }
 function dims(x, w, b, name) {
@@ -2124,6 +2134,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
   const y = opts.out ?? gpu.empty(x.shape);
   const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
   const variant = opts.variant ?? defaultVariant(gpu, C), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu, variant, C);
   gpu.dispatch(gpu.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD), [
     x,
     weight,
@@ -2141,6 +2152,7 @@ function layernormForward(gpu, x, weight, bias, opts = {}) {
 function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows3, C } = dims(x, weight, null, "layernormBackward");
   const variant = opts.variant ?? defaultVariant(gpu, C), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu, variant, C);
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
@@ -3119,6 +3131,7 @@ function tokenLogprobs(gpu, logits, targets, opts = {}) {
   const shape = logits.shape.slice(0, -1);
   const logp = gpu.empty(shape), entropy = gpu.empty(shape), lse = gpu.empty(shape);
   const tree = (opts.reduction ?? defaultReduction(gpu, rows3, cols)) === "row-tree";
+  if (tree) checkLoopBudget(gpu, cols + Math.ceil(cols / ROW_WG), "tokenLogprobs (row-tree)");
   gpu.dispatch(gpu.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS), [
     logits,
     targets,
@@ -4431,7 +4444,9 @@ function sampleTokens(gpu, logits, out, t, opts, ids, form) {
   const temperature = opts.temperature ?? 1;
   checkShape(Number.isFinite(temperature), "sampleTokens: temperature must be finite");
   const greedy = opts.greedy === true || temperature <= 0;
-  const rowwise = (form ?? defaultForm(gpu, rowwiseIterations(V, greedy, topK, topP))) === "row";
+  const iterations = rowwiseIterations(V, greedy, topK, topP);
+  const rowwise = (form ?? defaultForm(gpu, iterations)) === "row";
+  if (rowwise) checkLoopBudget(gpu, iterations, "sampleTokens (row form)");
   gpu.dispatch(gpu.pipeline(rowwise ? SAMPLE_ROWWISE : SAMPLE), [
     logits,
     out.tokens,

@@ -1144,8 +1144,7 @@ var Gpu = class _Gpu {
     }
   }
   #uniform(bytes) {
-    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
-    const content = String.fromCharCode(...new Uint16Array(words.buffer, words.byteOffset, 2 * words.length));
+    const content = String.fromCharCode(...new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2));
     const known = this.#uniformSlots.get(content);
     if (known) return known;
     const slot = this.#uniformSlot(bytes);
@@ -1284,6 +1283,10 @@ function wgsl(strings, ...values) {
 
 // kernels/_shader.ts
 var SOFTWARE_LOOP_BUDGET = 6e4;
+function checkLoopBudget(gpu2, iterations, what) {
+  if (!gpu2.isFallbackAdapter || iterations <= SOFTWARE_LOOP_BUDGET) return;
+  throw new GpuLimitError(`${what}: ${iterations} loop iterations per invocation exceed a software adapter's budget (${SOFTWARE_LOOP_BUDGET}; Mesa's llvmpipe and lavapipe leave loops after 65 535): use the workgroup form`);
+}
 function rowRanges(rows2) {
   const out = [];
   for (let r0 = 0; r0 < rows2; r0 += SOFTWARE_LOOP_BUDGET) {
@@ -2048,8 +2051,15 @@ ${COLUMN_MAIN}
   dw[i] += sw;
   db[i] += sb;
 }`;
+function checkRowLoops(gpu2, variant, C) {
+  if (variant === "row-tree") checkLoopBudget(gpu2, rowTreeLoops(C), "layernorm (row-tree)");
+  if (variant === "row-thread") checkLoopBudget(gpu2, 3 * C, "layernorm (row-thread)");
+}
+function rowTreeLoops(C) {
+  return C + 2 * Math.ceil(C / ROW_WG);
+}
 function defaultVariant(gpu2, cols) {
-  const fits = cols + 2 * Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
+  const fits = rowTreeLoops(cols) <= SOFTWARE_LOOP_BUDGET;
   return gpu2.isFallbackAdapter && fits ? "row-tree" : "workgroup";
 }
 function dims(x, w, b, name) {
@@ -2068,6 +2078,7 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
   const y = opts.out ?? gpu2.empty(x.shape);
   const mean = gpu2.empty(x.shape.slice(0, -1)), rstd = gpu2.empty(x.shape.slice(0, -1));
   const variant = opts.variant ?? defaultVariant(gpu2, C), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu2, variant, C);
   gpu2.dispatch(gpu2.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD), [
     x,
     weight,
@@ -2085,6 +2096,7 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
 function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}) {
   const { rows: rows2, C } = dims(x, weight, null, "layernormBackward");
   const variant = opts.variant ?? defaultVariant(gpu2, C), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu2, variant, C);
   checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
   checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
@@ -3047,6 +3059,7 @@ function tokenLogprobs(gpu2, logits, targets, opts = {}) {
   const shape = logits.shape.slice(0, -1);
   const logp = gpu2.empty(shape), entropy = gpu2.empty(shape), lse = gpu2.empty(shape);
   const tree = (opts.reduction ?? defaultReduction(gpu2, rows2, cols)) === "row-tree";
+  if (tree) checkLoopBudget(gpu2, cols + Math.ceil(cols / ROW_WG), "tokenLogprobs (row-tree)");
   gpu2.dispatch(gpu2.pipeline(tree ? TOKEN_LOGPROBS_TREE : TOKEN_LOGPROBS), [
     logits,
     targets,
@@ -4355,7 +4368,9 @@ function sampleTokens(gpu2, logits, out, t, opts, ids, form) {
   const temperature = opts.temperature ?? 1;
   checkShape(Number.isFinite(temperature), "sampleTokens: temperature must be finite");
   const greedy = opts.greedy === true || temperature <= 0;
-  const rowwise = (form ?? defaultForm(gpu2, rowwiseIterations(V, greedy, topK, topP))) === "row";
+  const iterations = rowwiseIterations(V, greedy, topK, topP);
+  const rowwise = (form ?? defaultForm(gpu2, iterations)) === "row";
+  if (rowwise) checkLoopBudget(gpu2, iterations, "sampleTokens (row form)");
   gpu2.dispatch(gpu2.pipeline(rowwise ? SAMPLE_ROWWISE : SAMPLE), [
     logits,
     out.tokens,
