@@ -64,11 +64,16 @@ export interface FillJob {
  */
 export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
   const packed = jobs.filter((j) => !copied(gpu, j.src, j.tex, j.block));
-  // small blocks share a dispatch; a large block is packed alone (see MAX_SHARED_TEXELS)
+  // small blocks share a dispatch; a large block is packed alone (see MAX_SHARED_TEXELS), by
+  // whole texels where its rows allow it
   const groups: FillJob[][] = [];
   let open: FillJob[] = [], texels = 0;
   for (const j of packed) {
     const n = j.block.width * j.block.height * j.block.layers;
+    if (n > MAX_SHARED_TEXELS && texelAligned(j.src, j.block)) {
+      packTexels(gpu, j);
+      continue;
+    }
     if (open.length > 0 && (open.length === MAX_PACKED || texels + n > MAX_SHARED_TEXELS)) {
       groups.push(open);
       open = [];
@@ -116,6 +121,72 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
       params,
     );
   }
+}
+
+/**
+ * A block whose texels are whole aligned vec4s of its source: not transposed, rows of whole
+ * texels starting on a 16-byte boundary, no ones column.
+ */
+function texelAligned(src: Tensor, b: Block): boolean {
+  const first = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  return !b.trans && !b.onesColumn && b.cols % 4 === 0 && b.ld % 4 === 0 &&
+    b.batchStride % 4 === 0 && first % 4 === 0 && src.byteOffset % 16 === 0;
+}
+
+/** Texels per invocation of {@link TEXEL_PACK} (loop-unrolled by the compiler: measured best). */
+const TEXELS_PER_INVOCATION = 4;
+
+/**
+ * Packs a {@link texelAligned} block with one vec4 load per texel, four texels an invocation
+ * over a flat index: the same texels as the general pack kernel (zero outside the block), at
+ * ~40 % of its time on llvmpipe (16 128 texels: 0.17–0.23 vs 0.38–0.57 ms, GL and Vulkan).
+ */
+const TEXEL_PACK = `
+struct P {
+  width: u32, height: u32, texels: u32,   // texture block: width × height × layers texels
+  rows: u32, cols4: u32, ld4: u32,        // source block: rows × cols4 texels, ld4 apart
+  first4: u32, batch_stride4: u32, dst_row0: u32,
+}
+@group(0) @binding(0) var<storage, read> src: array<vec4f>;
+@group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let start = (g.x + g.z * nwg.x * 64u) * ${TEXELS_PER_INVOCATION}u;
+  for (var u = 0u; u < ${TEXELS_PER_INVOCATION}u; u++) {
+    let i = start + u;
+    if (i >= p.texels) { return; }
+    let x = i % p.width;
+    let rest = i / p.width;
+    let y = rest % p.height;
+    let z = rest / p.height;
+    var v = vec4f(0.0);
+    if (x < p.cols4 && y < p.rows) { v = src[p.first4 + z * p.batch_stride4 + y * p.ld4 + x]; }
+    textureStore(dst, vec2u(x, y + p.dst_row0), z, v);
+  }
+}`;
+
+function packTexels(gpu: Gpu, { src, tex, block: b }: FillJob): void {
+  const texels = b.width * b.height * b.layers;
+  const groups = Math.ceil(texels / (64 * TEXELS_PER_INVOCATION));
+  const x = Math.min(groups, gpu.limits.maxComputeWorkgroupsPerDimension);
+  const first = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  gpu.dispatch(
+    gpu.pipeline(TEXEL_PACK),
+    [src, gpu.arrayView(tex)],
+    [x, 1, Math.ceil(groups / x)],
+    new Params().u32(
+      b.width,
+      b.height,
+      texels,
+      b.rows,
+      b.cols / 4,
+      b.ld / 4,
+      first / 4,
+      b.batchStride / 4,
+      b.dstRow0 ?? 0,
+    ),
+  );
 }
 
 const MAX_PACKED = 4;

@@ -76,3 +76,47 @@ cases.push({
     }
   },
 });
+
+cases.push({
+  name: "texture packing: large blocks of whole aligned texels (packed a vec4 at a time) hold " +
+    "the block's values and zeros around it (offset rows and columns, strided, batched, padded)",
+  async run(gpu) {
+    const data = randArray(4 * 80 * 52, 72, -3, 3);
+    const src = gpu.fromArray(data, [data.length]);
+    const blocks: Block[] = [
+      // > 2 048 texels each: too large to share a dispatch, so packed by whole texels
+      block({
+        rows: 70,
+        cols: 44,
+        ld: 52,
+        row0: 3,
+        col0: 8,
+        batchStride: 52 * 80,
+        batch0: 1,
+        layers: 3,
+        width: 12, // one texel past the block
+        height: 72, // two rows past it
+        dstRow0: 5,
+        zeroPadRows: true,
+      }),
+      block({ rows: 63, cols: 16, ld: 16, batchStride: 63 * 16, layers: 16 }), // attention heads
+    ];
+    for (const b of blocks) {
+      const tex = gpu.scratchTexture(b.width, (b.dstRow0 ?? 0) + b.height, b.layers);
+      fillTexture(gpu, src, tex, b);
+      const want: number[] = [];
+      for (let l = 0; l < b.layers; l++) {
+        for (let r = 0; r < b.height; r++) {
+          for (let c = 0; c < 4 * b.width; c++) {
+            const inside = r < b.rows && c < b.cols;
+            want.push(
+              inside ? data[(b.batch0 + l) * b.batchStride + (b.row0 + r) * b.ld + b.col0 + c] : 0,
+            );
+          }
+        }
+      }
+      assertEquals(await texels(gpu, tex, b), want, `${b.rows}×${b.cols} block`);
+      gpu.releaseTexture(tex);
+    }
+  },
+});
