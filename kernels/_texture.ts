@@ -266,7 +266,8 @@ function copied(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): boolean {
   const byteOffset = src.byteOffset + 4 * elemOffset;
   const direct = !b.trans && (4 * b.ld) % 256 === 0 && b.cols % 4 === 0 &&
     byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) &&
-    (!b.zeroPadRows || b.rows === b.height) && !b.onesColumn;
+    (!b.zeroPadRows || b.rows === b.height) &&
+    (!b.onesColumn || (b.layers === 1 && b.width > b.cols / 4));
   if (direct) {
     gpu.encoder().copyBufferToTexture(
       {
@@ -278,7 +279,36 @@ function copied(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): boolean {
       { texture: tex, origin: { x: 0, y: b.dstRow0 ?? 0, z: 0 } },
       [b.cols / 4, b.rows, b.layers],
     );
+    if (b.onesColumn) {
+      // the texel column just past the block: (1, 0, 0, 0) in the block's rows
+      gpu.encoder().copyBufferToTexture(
+        { buffer: onesColumn(gpu, b.rows), bytesPerRow: 256, rowsPerImage: b.rows },
+        { texture: tex, origin: { x: b.cols / 4, y: b.dstRow0 ?? 0, z: 0 } },
+        [1, b.rows, 1],
+      );
+    }
     return true;
   }
   return false;
+}
+
+/** Per device: rows of 256 bytes, each starting with the texel (1, 0, 0, 0); grown on demand. */
+const onesColumns = new WeakMap<Gpu, GPUBuffer>();
+
+/** A copy source of at least `rows` rows of the texel (1, 0, 0, 0), 256 bytes apart. */
+function onesColumn(gpu: Gpu, rows: number): GPUBuffer {
+  const have = onesColumns.get(gpu);
+  if (have && have.size >= 256 * rows) return have;
+  const n = Math.max(rows, 2 * (have ? have.size / 256 : 512));
+  const buffer = gpu.device.createBuffer({
+    size: 256 * n,
+    usage: GPUBufferUsage.COPY_SRC,
+    mappedAtCreation: true,
+  });
+  const f = new Float32Array(buffer.getMappedRange());
+  for (let r = 0; r < n; r++) f[64 * r] = 1;
+  buffer.unmap();
+  have?.destroy();
+  onesColumns.set(gpu, buffer);
+  return buffer;
 }

@@ -77,7 +77,7 @@ export interface MatmulOptions {
    * `width`, `stride` apart like `biasSegments`; added with `accumulate`). Computed as one more
    * column of the product (B with a column of ones) in the same dispatch, in k order: the bits
    * of `sumColumns` over A. Falls back to `sumColumns` where the column does not fit (K in
-   * chunks, segmented K, batched) or would cost more (on the texture path, a B copied as is).
+   * chunks, segmented K, batched).
    */
   rowSums?: { out: Tensor; segments?: { width: number; stride: number } };
   /** Output tensor; required with `accumulate`. */
@@ -686,16 +686,12 @@ function run(
       `matmul: rowSums needs transA, α 1 and an out of ${need} elements in non-overlapping ` +
         `segments (got ${sums.out.size})`,
     );
-    // one more column of the product, where it fits one pass over K and one N chunk — and on
-    // the texture path only where B is packed by the kernel anyway: a B that is a plain copy
-    // would be packed for its ones column, which costs more than the column sums' dispatch
-    // (H 128: +35 ms per training step of 4 layers on llvmpipe)
+    // one more column of the product, where it fits one pass over K and one N chunk (a B that
+    // is a plain copy gets its ones column by a second copy, see fillTexture)
     const t = opts.tiling ?? TEXTURE_TILING, side = gpu.textureSide;
-    const bCopies = !opts.transB && (4 * s.N) % 256 === 0 && s.K % 4 === 0 &&
-      b.byteOffset % 16 === 0;
     fuseSums = s.batch === 1 && opts.kSegments === undefined && !split && !opts.kvCache &&
       s.K > 0 && (path === "buffer" ||
-        (!bCopies && s.K <= Math.floor(side / 4) * 4 &&
+        (s.K <= Math.floor(side / 4) * 4 &&
           s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4));
   }
   const sumsCol = fuseSums ? s.N : NO_SUMS;
