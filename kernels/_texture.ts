@@ -125,11 +125,11 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
 
 /**
  * A block whose texels are whole aligned vec4s of its source: not transposed, rows of whole
- * texels starting on a 16-byte boundary, no ones column.
+ * texels starting on a 16-byte boundary (a ones column is then a texel of its own).
  */
 function texelAligned(src: Tensor, b: Block): boolean {
   const first = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
-  return !b.trans && !b.onesColumn && b.cols % 4 === 0 && b.ld % 4 === 0 &&
+  return !b.trans && b.cols % 4 === 0 && b.ld % 4 === 0 &&
     b.batchStride % 4 === 0 && first % 4 === 0 && src.byteOffset % 16 === 0;
 }
 
@@ -146,6 +146,7 @@ struct P {
   width: u32, height: u32, texels: u32,   // texture block: width × height × layers texels
   rows: u32, cols4: u32, ld4: u32,        // source block: rows × cols4 texels, ld4 apart
   first4: u32, batch_stride4: u32, dst_row0: u32,
+  ones: u32,                              // 1: texel column cols4 is (1, 0, 0, 0) in the rows
 }
 @group(0) @binding(0) var<storage, read> src: array<vec4f>;
 @group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;
@@ -162,6 +163,7 @@ fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: v
     let z = rest / p.height;
     var v = vec4f(0.0);
     if (x < p.cols4 && y < p.rows) { v = src[p.first4 + z * p.batch_stride4 + y * p.ld4 + x]; }
+    if (x == p.cols4 && y < p.rows && p.ones == 1u) { v.x = 1.0; }
     textureStore(dst, vec2u(x, y + p.dst_row0), z, v);
   }
 }`;
@@ -185,6 +187,7 @@ function packTexels(gpu: Gpu, { src, tex, block: b }: FillJob): void {
       first / 4,
       b.batchStride / 4,
       b.dstRow0 ?? 0,
+      b.onesColumn ? 1 : 0,
     ),
   );
 }
