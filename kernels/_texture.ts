@@ -33,6 +33,12 @@ export interface Block {
    * column of ones, whose product column is the row sums of A (a bias gradient).
    */
   onesColumn?: boolean;
+  /**
+   * Rows per texture row (1, 2 or 4; default 1), for rows too short to copy alone: texture row
+   * `y` holds block rows `f·y … f·y + f − 1` side by side, row `r` from texel `(r mod f)·cols/4`.
+   * Only copies fold (see {@link copyFold}); `width` and `height` stay the unfolded ones.
+   */
+  fold?: number;
 }
 
 /**
@@ -263,36 +269,61 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 }
 const packShaders = new Map<number, string>();
 
+/** Whether the block is a plain row-major one that {@link fillTexture} copies. */
+function copyable(gpu: Gpu, src: Tensor, b: Block): boolean {
+  const f = b.fold ?? 1;
+  const byteOffset = src.byteOffset + 4 * (b.batch0 * b.batchStride + b.row0 * b.ld + b.col0);
+  const plain = !b.trans && (4 * b.ld * f) % 256 === 0 && b.cols % 4 === 0 &&
+    byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % (b.ld * f) === 0) &&
+    (!b.zeroPadRows || b.rows === b.height);
+  if (f === 1) return plain && (!b.onesColumn || (b.layers === 1 && b.width > b.cols / 4));
+  // folded rows must be contiguous (the block spans its rows) and fill whole texture rows
+  return plain && b.cols === b.ld && b.rows % f === 0 && !b.onesColumn && !b.dstRow0 &&
+    (f * b.cols) / 4 <= gpu.textureSide;
+}
+
+/**
+ * The fold (rows per texture row, see {@link Block.fold}) at most `most` that makes the block a
+ * copy: 1 when its rows copy as they are (256-byte multiples) or nothing copies, else 2 or 4.
+ */
+export function copyFold(gpu: Gpu, src: Tensor, b: Block, most: number): number {
+  for (const f of [2, 4]) {
+    if (
+      f <= most && !copyable(gpu, src, { ...b, fold: 1 }) && copyable(gpu, src, { ...b, fold: f })
+    ) {
+      return f;
+    }
+  }
+  return 1;
+}
+
 /** Copies the block when it is a plain row-major one (see {@link fillTexture}); false if not. */
 function copied(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): boolean {
-  const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
-  const byteOffset = src.byteOffset + 4 * elemOffset;
-  const direct = !b.trans && (4 * b.ld) % 256 === 0 && b.cols % 4 === 0 &&
-    byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) &&
-    (!b.zeroPadRows || b.rows === b.height) &&
-    (!b.onesColumn || (b.layers === 1 && b.width > b.cols / 4));
-  if (direct) {
-    gpu.encoder().copyBufferToTexture(
-      {
-        buffer: src.buffer,
-        offset: byteOffset,
-        bytesPerRow: 4 * b.ld,
-        rowsPerImage: b.layers > 1 ? b.batchStride / b.ld : b.rows,
-      },
-      { texture: tex, origin: { x: 0, y: b.dstRow0 ?? 0, z: 0 } },
-      [b.cols / 4, b.rows, b.layers],
-    );
-    if (b.onesColumn) {
-      // the texel column just past the block: (1, 0, 0, 0) in the block's rows
-      gpu.encoder().copyBufferToTexture(
-        { buffer: onesColumn(gpu, b.rows), bytesPerRow: 256, rowsPerImage: b.rows },
-        { texture: tex, origin: { x: b.cols / 4, y: b.dstRow0 ?? 0, z: 0 } },
-        [1, b.rows, 1],
-      );
-    }
-    return true;
+  const f = b.fold ?? 1;
+  if (!copyable(gpu, src, b)) {
+    if (f > 1) throw new Error(`internal: a block folded ${f} rows a texel row must be a copy`);
+    return false;
   }
-  return false;
+  const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  gpu.encoder().copyBufferToTexture(
+    {
+      buffer: src.buffer,
+      offset: src.byteOffset + 4 * elemOffset,
+      bytesPerRow: 4 * b.ld * f,
+      rowsPerImage: b.layers > 1 ? b.batchStride / (b.ld * f) : b.rows / f,
+    },
+    { texture: tex, origin: { x: 0, y: b.dstRow0 ?? 0, z: 0 } },
+    [(f * b.cols) / 4, b.rows / f, b.layers],
+  );
+  if (b.onesColumn) {
+    // the texel column just past the block: (1, 0, 0, 0) in the block's rows
+    gpu.encoder().copyBufferToTexture(
+      { buffer: onesColumn(gpu, b.rows), bytesPerRow: 256, rowsPerImage: b.rows },
+      { texture: tex, origin: { x: b.cols / 4, y: b.dstRow0 ?? 0, z: 0 } },
+      [1, b.rows, 1],
+    );
+  }
+  return true;
 }
 
 /** Per device: rows of 256 bytes, each starting with the texel (1, 0, 0, 0); grown on demand. */

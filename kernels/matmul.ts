@@ -17,7 +17,7 @@
 import { checkShape } from "./errors.ts";
 import { laneTreeSums, sumColumns } from "./reduce.ts";
 import { layernormForward } from "./layernorm.ts";
-import { type Block, fillTexture, fillTextures } from "./_texture.ts";
+import { type Block, copyFold, fillTexture, fillTextures } from "./_texture.ts";
 import { type Gpu, Params, Tensor } from "./runtime.ts";
 
 /** Options of {@link matmul}. */
@@ -170,6 +170,8 @@ export function textureMatmulShader(
   kvOut = false,
   lnOut = false,
   aAlongM = false,
+  foldA = 1,
+  foldB = 1,
 ): string {
   const R = t.rows, Q = t.texels;
   const acc: string[] = [], aload: string[] = [], body: string[] = [], store: string[] = [];
@@ -200,19 +202,39 @@ export function textureMatmulShader(
   // product is added in the same k order either way
   const aAt = (i: number, kk: number) =>
     aAlongM ? `a${kk}_${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `a${i}.${"xyzw"[kk]}`;
+  // a folded operand (f rows a texture row, see Block.fold) finds row r at texture row r / f,
+  // texel offset (r mod f)·p.fold_a|b — all known here, as f divides 4 and the block's rows
+  const foldedRow = (f: number, kk: number) =>
+    f === 1 ? `k + ${kk}u` : `kq * ${4 / f}u + ${Math.floor(kk / f)}u`;
+  const foldedAt = (f: number, kk: number, w: string) =>
+    f === 1 || kk % f === 0 ? "" : ` + ${kk % f}u * p.${w}`;
   if (!aAlongM) {
     for (let i = 0; i < R; i++) {
-      aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+      aload.push(
+        foldA === 1
+          ? `let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`
+          : `let a${i} = textureLoad(at, vec2u(kq${
+            foldedAt(foldA, i, "fold_a")
+          }, r0 / ${foldA}u + ${Math.floor(i / foldA)}u), la);`,
+      );
     }
   }
   for (let kk = 0; kk < 4; kk++) {
     if (aAlongM) {
       for (let q = 0; q < R / 4; q++) {
-        body.push(`let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u, k + ${kk}u), la);`);
+        body.push(
+          `let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u${
+            foldedAt(foldA, kk, "fold_a")
+          }, ${foldedRow(foldA, kk)}), la);`,
+        );
       }
     }
     for (let j = 0; j < Q; j++) {
-      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
+      body.push(
+        `let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u${foldedAt(foldB, kk, "fold_b")}, ${
+          foldedRow(foldB, kk)
+        }), lb);`,
+      );
     }
     for (let i = 0; i < R; i++) {
       for (let j = 0; j < Q; j++) {
@@ -234,6 +256,7 @@ struct P {
                                // 32 relu backward
   alpha: f32,                  // scale of the product
   ${EPILOGUE_FIELDS}
+  fold_a: u32, fold_b: u32,    // texels between the rows sharing a texture row (Block.fold)
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
@@ -389,11 +412,13 @@ function textureShaderFor(
   kvOut: boolean,
   lnOut = false,
   aAlongM = false,
+  foldA = 1,
+  foldB = 1,
 ): string {
-  const key =
-    `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}`;
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/` +
+    `${lnOut}/${aAlongM}/${foldA}/${foldB}`;
   const code = tilingShaders.get(key) ??
-    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM);
+    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB);
   tilingShaders.set(key, code);
   return code;
 }
@@ -913,11 +938,31 @@ function runTexture(
   // a transposed A is packed in its stored layout, texels along M (rows a multiple of 4 per
   // invocation): no transposing pack, often a plain copy
   const aAlongM = !!o.transA && t.rows % 4 === 0;
+  // rows too short to copy (under 256 bytes) fold two or four to a texture row where that makes
+  // them a copy: one chunk in every dimension, unbatched (see Block.fold)
+  const ldB = o.transB ? s.K : s.N;
+  const single = s.batch === 1 && s.M <= mStep && s.N + ones <= nStep && s.K <= kStep;
+  const k4All = Math.ceil(s.K / 4);
+  const aRowsAll = Math.ceil(s.M / t.rows) * t.rows;
+  const foldA = !single || (!aAlongM && o.transA) ? 1 : copyFold(
+    gpu,
+    a,
+    aAlongM
+      ? aTransposedBlock(s, 0, 0, s.K, s.M, 0, 1, aRowsAll, k4All)
+      : aBlockAlongK(s, !!o.transA, 0, 0, s.M, s.K, 0, 1, aRowsAll, k4All),
+    aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1,
+  );
+  const bTexelsAll = Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels;
+  const foldB = !single || ones ? 1 : copyFold(
+    gpu,
+    b,
+    bBlockOf(s, !!o.transB, 0, 0, s.K, s.N, 0, 1, bTexelsAll, k4All, ones),
+    4,
+  );
   const mm = gpu.pipeline(
-    textureShaderFor(t, vec4Out, seg > 0, kv !== undefined, !!ln, aAlongM),
+    textureShaderFor(t, vec4Out, seg > 0, kv !== undefined, !!ln, aAlongM, foldA, foldB),
   );
   const kvViews = kv ? [gpu.arrayView(kv.k), gpu.arrayView(kv.v)] : [];
-  const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
     const bLayers = s.shareB ? 1 : nb;
@@ -931,60 +976,26 @@ function runTexture(
           const aRows = Math.ceil(mc / t.rows) * t.rows;
           const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
           // A as (M × K): texels along K; or, transposed, as stored (K × M): texels along M,
-          // with zero K padding (it meets B's zero padding: 0 × a stale Inf would be NaN)
-          const at = aAlongM
-            ? gpu.scratchTexture(aRows / 4, 4 * k4, nb)
-            : gpu.scratchTexture(k4, aRows, nb);
+          // with zero K padding (it meets B's zero padding: 0 × a stale Inf would be NaN);
+          // folded, f rows side by side in a texture row (reads past a row's texels land in
+          // the next row's: columns or rows of C that are never written)
           const aBlock: Block = aAlongM
-            ? {
-              rows: kc,
-              cols: mc,
-              ld: ldA,
-              trans: false,
-              row0: k0,
-              col0: m0,
-              batchStride: s.M * s.K,
-              batch0: b0,
-              layers: nb,
-              width: aRows / 4,
-              height: 4 * k4,
-              zeroPadRows: true,
-            }
-            : {
-              rows: mc,
-              cols: kc,
-              ld: ldA,
-              trans: !!o.transA,
-              row0: m0,
-              col0: k0,
-              batchStride: s.M * s.K,
-              batch0: b0,
-              layers: nb,
-              width: k4,
-              height: aRows,
-            };
+            ? { ...aTransposedBlock(s, k0, m0, kc, mc, b0, nb, aRows, k4), fold: foldA }
+            : { ...aBlockAlongK(s, !!o.transA, m0, k0, mc, kc, b0, nb, aRows, k4), fold: foldA };
+          const at = aAlongM
+            ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, (4 * k4) / foldA, nb)
+            : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
           // B as (K × N): texels along N — packed once while B is held constant (weights)
           const bBlock: Block = {
-            rows: kc,
-            cols: nc,
-            ld: ldB,
-            trans: !!o.transB,
-            row0: k0,
-            col0: n0,
-            batchStride: s.shareB ? 0 : s.K * s.N,
-            batch0: s.shareB ? 0 : b0,
-            layers: bLayers,
-            width: bTexels,
-            height: 4 * k4,
-            zeroPadRows: true,
-            onesColumn: ones === 1,
+            ...bBlockOf(s, !!o.transB, k0, n0, kc, nc, b0, bLayers, bTexels, k4, ones),
+            fold: foldB,
           };
           const fillB = (tex: GPUTexture) => fillTexture(gpu, b, tex, bBlock);
-          const bSize = [bTexels, 4 * k4, bLayers] as const;
+          const bSize = [(foldB - 1) * (nc / 4) + bTexels, (4 * k4) / foldB, bLayers] as const;
           const held = gpu.constantTexture(
             b,
             `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},` +
-              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones}`,
+              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB}`,
             bSize,
             fillB,
           );
@@ -1025,7 +1036,7 @@ function runTexture(
               seg / 4,
               sumsCol,
               ln?.eps ?? 0,
-            ),
+            ).u32(aAlongM ? Math.floor(mc / 4) : k4, Math.floor(nc / 4)),
           );
           gpu.releaseTexture(at);
           if (!held) gpu.releaseTexture(bt);
@@ -1035,4 +1046,91 @@ function runTexture(
   }
   // ReLU with several K chunks: only the last chunk applies it, after adding the partial sums
   // of the earlier ones (epilogue order: bias, accumulate, ReLU), so C = max(total, 0).
+}
+
+/** A's chunk as (M × K) texels along K (a transposed A read across). */
+function aBlockAlongK(
+  s: MatmulShape,
+  transA: boolean,
+  m0: number,
+  k0: number,
+  mc: number,
+  kc: number,
+  b0: number,
+  nb: number,
+  aRows: number,
+  k4: number,
+): Block {
+  return {
+    rows: mc,
+    cols: kc,
+    ld: transA ? s.M : s.K,
+    trans: transA,
+    row0: m0,
+    col0: k0,
+    batchStride: s.M * s.K,
+    batch0: b0,
+    layers: nb,
+    width: k4,
+    height: aRows,
+  };
+}
+
+/** A transposed A's chunk as stored (K × M): texels along M, zero K padding. */
+function aTransposedBlock(
+  s: MatmulShape,
+  k0: number,
+  m0: number,
+  kc: number,
+  mc: number,
+  b0: number,
+  nb: number,
+  aRows: number,
+  k4: number,
+): Block {
+  return {
+    rows: kc,
+    cols: mc,
+    ld: s.M,
+    trans: false,
+    row0: k0,
+    col0: m0,
+    batchStride: s.M * s.K,
+    batch0: b0,
+    layers: nb,
+    width: aRows / 4,
+    height: 4 * k4,
+    zeroPadRows: true,
+  };
+}
+
+/** B's chunk as (K × N): texels along N, zero K padding, with the row-sums ones column. */
+function bBlockOf(
+  s: MatmulShape,
+  transB: boolean,
+  k0: number,
+  n0: number,
+  kc: number,
+  nc: number,
+  b0: number,
+  layers: number,
+  bTexels: number,
+  k4: number,
+  ones: number,
+): Block {
+  return {
+    rows: kc,
+    cols: nc,
+    ld: transB ? s.K : s.N,
+    trans: transB,
+    row0: k0,
+    col0: n0,
+    batchStride: s.shareB ? 0 : s.K * s.N,
+    batch0: s.shareB ? 0 : b0,
+    layers,
+    width: bTexels,
+    height: 4 * k4,
+    zeroPadRows: true,
+    onesColumn: ones === 1,
+  };
 }

@@ -623,6 +623,78 @@ cases.push({
 });
 
 cases.push({
+  name: "matmul (texture path): rows shorter than 256 bytes fold 2 or 4 to a texture row and " +
+    "are copied, not packed, with the bits of the packed operands (A, transposed A, B; " +
+    "epilogues, row sums, layernorm)",
+  async run(gpu) {
+    // a texture side of 32 chunks M past 32 rows: nothing folds there, every operand is packed;
+    // with K ≤ 32 (one K chunk) each element of C is the same sum in the same order
+    const small = await Gpu.create({ maxTextureSide: 32, matmulPath: "texture" });
+    try {
+      const same = (x: Float32Array, y: Float32Array, what: string) =>
+        assert(x.every((v, i) => Object.is(v, y[i])), `${what}: bits differ from the packed run`);
+      const shapes: [number, number, number, boolean][] = [
+        [40, 32, 32, false], // A and B rows of 128 bytes: fold 2
+        [40, 16, 16, false], // 64 bytes: fold 4
+        [48, 32, 24, true], // A stored (K 24 × M 48): rows of 192 bytes fold 4; B folds 2
+      ];
+      for (const [M, N, K, transA] of shapes) {
+        const av = randArray(M * K, 301 + M), bv = randArray(K * N, 302 + N);
+        const bias = randArray(N, 303), resv = randArray(M * N, 304);
+        const run = (g: Gpu, opts: Record<string, unknown>) => {
+          const a = g.fromArray(av, transA ? [K, M] : [M, K]), b = g.fromArray(bv, [K, N]);
+          const d0 = g.stats.dispatches;
+          const c = matmul(g, a, b, { transA, ...opts });
+          return { c, dispatches: g.stats.dispatches - d0 };
+        };
+        const what = `${M}×${N}×${K}${transA ? " (A transposed)" : ""}`;
+        const plain = run(gpu, {});
+        assertEquals(plain.dispatches, 1, `${what}: both operands copied`);
+        assertClose(
+          await gpu.readF32(plain.c),
+          ref.matmul(av, bv, { M, N, K, transA }),
+          TOL,
+          `${what}: float64 reference`,
+        );
+        same(await gpu.readF32(plain.c), await small.readF32(run(small, {}).c), what);
+        const epi = (g: Gpu) => ({
+          bias: g.fromArray(bias),
+          residual: g.fromArray(resv, [M, N]),
+          relu: true,
+        });
+        same(
+          await gpu.readF32(run(gpu, epi(gpu)).c),
+          await small.readF32(run(small, epi(small)).c),
+          `${what}, bias + residual + ReLU`,
+        );
+        if (transA) {
+          const sums = (g: Gpu) => g.zeros([M]);
+          const [s1, s2] = [sums(gpu), sums(small)];
+          same(
+            await gpu.readF32(run(gpu, { rowSums: { out: s1 } }).c),
+            await small.readF32(run(small, { rowSums: { out: s2 } }).c),
+            `${what}, with row sums`,
+          );
+          same(await gpu.readF32(s1), await small.readF32(s2), `${what}: row sums`);
+        } else {
+          const norm = (g: Gpu) => ({
+            weight: g.fromArray(randArray(N, 305)),
+            bias: g.fromArray(randArray(N, 306)),
+          });
+          const ln = (g: Gpu) =>
+            matmulLayernorm(g, g.fromArray(av, [M, K]), g.fromArray(bv, [K, N]), {}, norm(g));
+          const [x, y] = [ln(gpu), ln(small)];
+          same(await gpu.readF32(x.out), await small.readF32(y.out), `${what}, layernorm: sum`);
+          same(await gpu.readF32(x.ln.y), await small.readF32(y.ln.y), `${what}, layernorm`);
+        }
+      }
+    } finally {
+      small.destroy();
+    }
+  },
+});
+
+cases.push({
   name: "matmul (texture path): 256-byte-aligned operands take the copy path (batched, chunked)",
   async run(gpu) {
     // K and N multiples of 64 make rows 256-byte aligned: A and B are copied, not packed;
