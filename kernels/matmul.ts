@@ -268,13 +268,13 @@ ${
       ? `// the layernorm epilogue's bindings (no ReLU backward, row sums or KV cache with it)
 var<private> relu_in: array<${elem}, 1>;
 var<private> sums: array<f32, 1>;
-@group(0) @binding(5) var<storage, read> ln_w: array<f32>;             // (N)
-@group(0) @binding(6) var<storage, read> ln_b: array<f32>;             // (N)
-@group(0) @binding(7) var<storage, read_write> ln_y: array<f32>;       // (M, N)
+@group(0) @binding(5) var<storage, read> ln_w: array<${elem}>;             // (N)
+@group(0) @binding(6) var<storage, read> ln_b: array<${elem}>;             // (N)
+@group(0) @binding(7) var<storage, read_write> ln_y: array<${elem}>;       // (M, N)
 @group(0) @binding(8) var<storage, read_write> ln_mean: array<f32>;    // (M)
 @group(0) @binding(9) var<storage, read_write> ln_rstd: array<f32>;    // (M)
 @group(0) @binding(10) var<uniform> p: P;
-fn c_at(i: u32) -> f32 { return ${vec4Out ? "c[i / 4u][i % 4u]" : "c[i]"}; }`
+fn c_at(i: u32) -> ${elem} { return c[i]; }  // (the sums' column index is named c)`
       : `@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
 @group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)`
   }
@@ -316,7 +316,7 @@ fn main(@builtin(global_invocation_id) g: vec3u${
   ${
     lnOut
       ? `}
-${LN_EPILOGUE(R, t.wgX, t.wgY)}`
+${LN_EPILOGUE(R, t.wgX, t.wgY, vec4Out)}`
       : ""
   }
 }`;
@@ -328,7 +328,24 @@ ${LN_EPILOGUE(R, t.wgX, t.wgY)}`
  * row-tree arithmetic
  * (the same sums in the same order, so its bits) into ln_y, ln_mean and ln_rstd.
  */
-function LN_EPILOGUE(R: number, wgX: number, wgY: number): string {
+function LN_EPILOGUE(R: number, wgX: number, wgY: number, vec4: boolean): string {
+  // with vec4 rows (N a multiple of 4) four columns are read, normalised and stored at once:
+  // the same values in the same order
+  const sums = vec4
+    ? `${laneTreeSums({ s: "c_at((base + c) / 4u)" }, "", "p.N", true)}
+    let m = s / f32(p.N);
+    ${laneTreeSums({ q: "d * d" }, "let d = c_at((base + c) / 4u) - m;", "p.N", true)}
+    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
+    for (var q4 = 0u; q4 < p.N / 4u; q4++) {
+      ln_y[base / 4u + q4] = (c[base / 4u + q4] - m) * r * ln_w[q4] + ln_b[q4];
+    }`
+    : `${laneTreeSums({ s: "c_at(base + c)" }, "", "p.N")}
+    let m = s / f32(p.N);
+    ${laneTreeSums({ q: "d * d" }, "let d = c_at(base + c) - m;", "p.N")}
+    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
+    for (var col = 0u; col < p.N; col++) {
+      ln_y[base + col] = (c[base + col] - m) * r * ln_w[col] + ln_b[col];
+    }`;
   return `  storageBarrier();
   let first = (g.y - lid.y) * ${R}u;   // the workgroup's first row
   for (var rr = lid.y * ${wgX}u + lid.x; rr < ${R * wgY}u && first + rr < p.M; rr += ${
@@ -336,13 +353,7 @@ function LN_EPILOGUE(R: number, wgX: number, wgY: number): string {
   }u) {
     let row = p.m0 + first + rr;
     let base = row * p.ldc;
-    ${laneTreeSums({ s: "c_at(base + c)" }, "", "p.N")}
-    let m = s / f32(p.N);
-    ${laneTreeSums({ q: "d * d" }, "let d = c_at(base + c) - m;", "p.N")}
-    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
-    for (var col = 0u; col < p.N; col++) {
-      ln_y[base + col] = (c_at(base + col) - m) * r * ln_w[col] + ln_b[col];
-    }
+    ${sums}
     ln_mean[row] = m;
     ln_rstd[row] = r;
   }`;

@@ -64,11 +64,14 @@ export const ROW_THREAD_MAIN = `${LINEAR_MAIN}
  * those names. (The first
  * form kept the partials in a private array indexed by a loop counter, which llvmpipe keeps in
  * memory: layernorm forward + backward of 3072 rows of 64 took 6.2–6.4 instead of 5.6–5.8 ms.)
+ * With `vec4`, each term is the vec4f of columns `c … c + 3` (four lanes' terms at once, the
+ * same values and order) and `count` must be a multiple of 4.
  */
 export function laneTreeSums(
   terms: Record<string, string>,
   prelude = "",
   count = "p.cols",
+  vec4 = false,
 ): string {
   const names = Object.keys(terms);
   const out: string[] = [];
@@ -76,7 +79,16 @@ export function laneTreeSums(
     for (let j = 0; j < 16; j++) out.push(`var ${n}_${j} = vec4f(0.0);`);
   }
   const body: string[] = [];
-  for (let j = 0; j < 16; j++) {
+  for (let j = 0; j < 16 && vec4; j++) {
+    body.push(`{
+      let c = c0 + ${4 * j}u;
+      if (c < ${count}) {
+        ${prelude}
+        ${names.map((n) => `${n}_${j} += ${terms[n]};`).join(" ")}
+      }
+    }`);
+  }
+  for (let j = 0; j < 16 && !vec4; j++) {
     for (let i = 0; i < 4; i++) {
       const comp = "xyzw"[i];
       body.push(`{
