@@ -43,12 +43,14 @@ export interface Block {
 
 /**
  * Fills `tex` with a sub-block of `src`. A plain row-major block whose rows are 256-byte
- * multiples and whose column count fills whole texels is a `copyBufferToTexture` (a memcpy:
- * ~4× cheaper than the pack kernel on llvmpipe); anything else (transposed, ragged, unaligned)
- * goes through the pack kernel, which also zero-fills the padding. Padding rows/texels left
- * stale by a copy only feed outputs that are never written (rows ≥ M, columns ≥ N); the shared
- * K axis must be exact, so a block whose padding rows are K padding (`zeroPadRows`, a B
- * operand whose K is not a multiple of 4) is packed, not copied.
+ * multiples (or, folded, whose 2 or 4 rows side by side are: `Block.fold`) and whose column
+ * count fills whole texels is a `copyBufferToTexture` (a memcpy: ~4× cheaper than the pack
+ * kernel on llvmpipe), its ones column a second copy; anything else goes through a pack
+ * kernel, which also zero-fills the padding: whole aligned texels a vec4 load each, the rest
+ * (transposed, ragged) element by element. Padding rows/texels left stale by a copy only feed
+ * outputs that are never written (rows ≥ M, columns ≥ N); the shared K axis must be exact, so
+ * a block whose padding rows are K padding (`zeroPadRows`, a B operand whose K is not a
+ * multiple of 4) is packed, not copied.
  */
 export function fillTexture(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): void {
   fillTextures(gpu, [{ src, tex, block: b }]);
