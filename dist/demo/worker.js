@@ -1612,14 +1612,23 @@ var ROW_THREAD_MAIN = `${LINEAR_MAIN}
   let row = i;
   if (row >= p.rows) { return; }
   let base = row * p.cols;`;
-function laneTreeSums(terms, prelude = "", count = "p.cols") {
+function laneTreeSums(terms, prelude = "", count = "p.cols", vec4 = false) {
   const names = Object.keys(terms);
   const out = [];
   for (const n of names) {
     for (let j = 0; j < 16; j++) out.push(`var ${n}_${j} = vec4f(0.0);`);
   }
   const body = [];
-  for (let j = 0; j < 16; j++) {
+  for (let j = 0; j < 16 && vec4; j++) {
+    body.push(`{
+      let c = c0 + ${4 * j}u;
+      if (c < ${count}) {
+        ${prelude}
+        ${names.map((n) => `${n}_${j} += ${terms[n]};`).join(" ")}
+      }
+    }`);
+  }
+  for (let j = 0; j < 16 && !vec4; j++) {
     for (let i = 0; i < 4; i++) {
       const comp = "xyzw"[i];
       body.push(`{
@@ -2144,6 +2153,10 @@ function fillTextures(gpu2, jobs) {
   let open = [], texels = 0;
   for (const j of packed) {
     const n = j.block.width * j.block.height * j.block.layers;
+    if (n > MAX_SHARED_TEXELS && texelAligned(j.src, j.block)) {
+      packTexels(gpu2, j);
+      continue;
+    }
     if (open.length > 0 && (open.length === MAX_PACKED || texels + n > MAX_SHARED_TEXELS)) {
       groups2.push(open);
       open = [];
@@ -2172,6 +2185,51 @@ function fillTextures(gpu2, jobs) {
       ];
     })(), params);
   }
+}
+function texelAligned(src, b) {
+  const first = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  return !b.trans && b.cols % 4 === 0 && b.ld % 4 === 0 && b.batchStride % 4 === 0 && first % 4 === 0 && src.byteOffset % 16 === 0;
+}
+var TEXELS_PER_INVOCATION = 4;
+var TEXEL_PACK = `
+struct P {
+  width: u32, height: u32, texels: u32,   // texture block: width \xD7 height \xD7 layers texels
+  rows: u32, cols4: u32, ld4: u32,        // source block: rows \xD7 cols4 texels, ld4 apart
+  first4: u32, batch_stride4: u32, dst_row0: u32,
+  ones: u32,                              // 1: texel column cols4 is (1, 0, 0, 0) in the rows
+}
+@group(0) @binding(0) var<storage, read> src: array<vec4f>;
+@group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let start = (g.x + g.z * nwg.x * 64u) * ${TEXELS_PER_INVOCATION}u;
+  for (var u = 0u; u < ${TEXELS_PER_INVOCATION}u; u++) {
+    let i = start + u;
+    if (i >= p.texels) { return; }
+    let x = i % p.width;
+    let rest = i / p.width;
+    let y = rest % p.height;
+    let z = rest / p.height;
+    var v = vec4f(0.0);
+    if (x < p.cols4 && y < p.rows) { v = src[p.first4 + z * p.batch_stride4 + y * p.ld4 + x]; }
+    if (x == p.cols4 && y < p.rows && p.ones == 1u) { v.x = 1.0; }
+    textureStore(dst, vec2u(x, y + p.dst_row0), z, v);
+  }
+}`;
+function packTexels(gpu2, { src, tex, block: b }) {
+  const texels = b.width * b.height * b.layers;
+  const groups2 = Math.ceil(texels / (64 * TEXELS_PER_INVOCATION));
+  const x = Math.min(groups2, gpu2.limits.maxComputeWorkgroupsPerDimension);
+  const first = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  gpu2.dispatch(gpu2.pipeline(TEXEL_PACK), [
+    src,
+    gpu2.arrayView(tex)
+  ], [
+    x,
+    1,
+    Math.ceil(groups2 / x)
+  ], new Params().u32(b.width, b.height, texels, b.rows, b.cols / 4, b.ld / 4, first / 4, b.batchStride / 4, b.dstRow0 ?? 0, b.onesColumn ? 1 : 0));
 }
 var MAX_PACKED = 4;
 var MAX_SHARED_TEXELS = 2048;
@@ -2228,31 +2286,90 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   return code;
 }
 var packShaders = /* @__PURE__ */ new Map();
+function copyable(gpu2, src, b) {
+  const f = b.fold ?? 1;
+  const byteOffset = src.byteOffset + 4 * (b.batch0 * b.batchStride + b.row0 * b.ld + b.col0);
+  const plain = !b.trans && 4 * b.ld * f % 256 === 0 && b.cols % 4 === 0 && byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % (b.ld * f) === 0) && (!b.zeroPadRows || b.rows === b.height);
+  if (f === 1) return plain && (!b.onesColumn || b.layers === 1 && b.width > b.cols / 4);
+  return plain && b.cols === b.ld && b.rows % f === 0 && !b.onesColumn && !b.dstRow0 && f * b.cols / 4 <= gpu2.textureSide;
+}
+function copyFold(gpu2, src, b, most) {
+  for (const f of [
+    2,
+    4
+  ]) {
+    if (f <= most && !copyable(gpu2, src, {
+      ...b,
+      fold: 1
+    }) && copyable(gpu2, src, {
+      ...b,
+      fold: f
+    })) {
+      return f;
+    }
+  }
+  return 1;
+}
 function copied(gpu2, src, tex, b) {
+  const f = b.fold ?? 1;
+  if (!copyable(gpu2, src, b)) {
+    if (f > 1) throw new Error(`internal: a block folded ${f} rows a texel row must be a copy`);
+    return false;
+  }
   const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
-  const byteOffset = src.byteOffset + 4 * elemOffset;
-  const direct = !b.trans && 4 * b.ld % 256 === 0 && b.cols % 4 === 0 && byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % b.ld === 0) && (!b.zeroPadRows || b.rows === b.height) && !b.onesColumn;
-  if (direct) {
+  gpu2.encoder().copyBufferToTexture({
+    buffer: src.buffer,
+    offset: src.byteOffset + 4 * elemOffset,
+    bytesPerRow: 4 * b.ld * f,
+    rowsPerImage: b.layers > 1 ? b.batchStride / (b.ld * f) : b.rows / f
+  }, {
+    texture: tex,
+    origin: {
+      x: 0,
+      y: b.dstRow0 ?? 0,
+      z: 0
+    }
+  }, [
+    f * b.cols / 4,
+    b.rows / f,
+    b.layers
+  ]);
+  if (b.onesColumn) {
     gpu2.encoder().copyBufferToTexture({
-      buffer: src.buffer,
-      offset: byteOffset,
-      bytesPerRow: 4 * b.ld,
-      rowsPerImage: b.layers > 1 ? b.batchStride / b.ld : b.rows
+      buffer: onesColumn(gpu2, b.rows),
+      bytesPerRow: 256,
+      rowsPerImage: b.rows
     }, {
       texture: tex,
       origin: {
-        x: 0,
+        x: b.cols / 4,
         y: b.dstRow0 ?? 0,
         z: 0
       }
     }, [
-      b.cols / 4,
+      1,
       b.rows,
-      b.layers
+      1
     ]);
-    return true;
   }
-  return false;
+  return true;
+}
+var onesColumns = /* @__PURE__ */ new WeakMap();
+function onesColumn(gpu2, rows2) {
+  const have = onesColumns.get(gpu2);
+  if (have && have.size >= 256 * rows2) return have;
+  const n = Math.max(rows2, 2 * (have ? have.size / 256 : 512));
+  const buffer = gpu2.device.createBuffer({
+    size: 256 * n,
+    usage: GPUBufferUsage.COPY_SRC,
+    mappedAtCreation: true
+  });
+  const f = new Float32Array(buffer.getMappedRange());
+  for (let r = 0; r < n; r++) f[64 * r] = 1;
+  buffer.unmap();
+  have?.destroy();
+  onesColumns.set(gpu2, buffer);
+  return buffer;
 }
 
 // kernels/matmul.ts
@@ -2288,7 +2405,7 @@ fn emit_sum(row: u32, v: f32) {
   if ((p.flags & 4u) != 0u) { x += sums[o]; }
   sums[o] = x;
 }`;
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false) {
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false, foldA = 1, foldB = 1) {
   const R = t.rows, Q = t.texels;
   const acc = [], aload = [], body = [], store = [];
   const all = (f) => {
@@ -2309,19 +2426,21 @@ function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = fa
     }
   }
   const aAt = (i, kk) => aAlongM ? `a${kk}_${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `a${i}.${"xyzw"[kk]}`;
+  const foldedRow = (f, kk) => f === 1 ? `k + ${kk}u` : `kq * ${4 / f}u + ${Math.floor(kk / f)}u`;
+  const foldedAt = (f, kk, w) => f === 1 || kk % f === 0 ? "" : ` + ${kk % f}u * p.${w}`;
   if (!aAlongM) {
     for (let i = 0; i < R; i++) {
-      aload.push(`let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);`);
+      aload.push(foldA === 1 ? `let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);` : `let a${i} = textureLoad(at, vec2u(kq${foldedAt(foldA, i, "fold_a")}, r0 / ${foldA}u + ${Math.floor(i / foldA)}u), la);`);
     }
   }
   for (let kk = 0; kk < 4; kk++) {
     if (aAlongM) {
       for (let q = 0; q < R / 4; q++) {
-        body.push(`let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u, k + ${kk}u), la);`);
+        body.push(`let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u${foldedAt(foldA, kk, "fold_a")}, ${foldedRow(foldA, kk)}), la);`);
       }
     }
     for (let j = 0; j < Q; j++) {
-      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u, k + ${kk}u), lb);`);
+      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u${foldedAt(foldB, kk, "fold_b")}, ${foldedRow(foldB, kk)}), lb);`);
     }
     for (let i = 0; i < R; i++) {
       for (let j = 0; j < Q; j++) {
@@ -2343,6 +2462,7 @@ struct P {
                                // 32 relu backward
   alpha: f32,                  // scale of the product
   ${EPILOGUE_FIELDS}
+  fold_a: u32, fold_b: u32,    // texels between the rows sharing a texture row (Block.fold)
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
 @group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
@@ -2352,13 +2472,13 @@ struct P {
 ${lnOut ? `// the layernorm epilogue's bindings (no ReLU backward, row sums or KV cache with it)
 var<private> relu_in: array<${elem}, 1>;
 var<private> sums: array<f32, 1>;
-@group(0) @binding(5) var<storage, read> ln_w: array<f32>;             // (N)
-@group(0) @binding(6) var<storage, read> ln_b: array<f32>;             // (N)
-@group(0) @binding(7) var<storage, read_write> ln_y: array<f32>;       // (M, N)
+@group(0) @binding(5) var<storage, read> ln_w: array<${elem}>;             // (N)
+@group(0) @binding(6) var<storage, read> ln_b: array<${elem}>;             // (N)
+@group(0) @binding(7) var<storage, read_write> ln_y: array<${elem}>;       // (M, N)
 @group(0) @binding(8) var<storage, read_write> ln_mean: array<f32>;    // (M)
 @group(0) @binding(9) var<storage, read_write> ln_rstd: array<f32>;    // (M)
 @group(0) @binding(10) var<uniform> p: P;
-fn c_at(i: u32) -> f32 { return ${vec4Out ? "c[i / 4u][i % 4u]" : "c[i]"}; }` : `@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
+fn c_at(i: u32) -> ${elem} { return c[i]; }  // (the sums' column index is named c)` : `@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
 @group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)`}
 ${lnOut ? "" : kvOut ? `@group(0) @binding(7) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
 @group(0) @binding(8) var vc: texture_storage_2d_array<rgba32float, write>;
@@ -2388,16 +2508,21 @@ fn main(@builtin(global_invocation_id) g: vec3u${lnOut ? ", @builtin(local_invoc
   let cbase = (p.batch0 + g.z) * p.c_batch_stride;
   ${store.join("\n  ")}
   ${lnOut ? `}
-${LN_EPILOGUE(R, t.wgX, t.wgY)}` : ""}
+${LN_EPILOGUE(R, t.wgX, t.wgY, vec4Out)}` : ""}
 }`;
 }
-function LN_EPILOGUE(R, wgX, wgY) {
-  return `  storageBarrier();
-  let first = (g.y - lid.y) * ${R}u;   // the workgroup's first row
-  for (var rr = lid.y * ${wgX}u + lid.x; rr < ${R * wgY}u && first + rr < p.M; rr += ${wgX * wgY}u) {
-    let row = p.m0 + first + rr;
-    let base = row * p.ldc;
+function LN_EPILOGUE(R, wgX, wgY, vec4) {
+  const sums = vec4 ? `${laneTreeSums({
+    s: "c_at((base + c) / 4u)"
+  }, "", "p.N", true)}
+    let m = s / f32(p.N);
     ${laneTreeSums({
+    q: "d * d"
+  }, "let d = c_at((base + c) / 4u) - m;", "p.N", true)}
+    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
+    for (var q4 = 0u; q4 < p.N / 4u; q4++) {
+      ln_y[base / 4u + q4] = (c[base / 4u + q4] - m) * r * ln_w[q4] + ln_b[q4];
+    }` : `${laneTreeSums({
     s: "c_at(base + c)"
   }, "", "p.N")}
     let m = s / f32(p.N);
@@ -2406,8 +2531,14 @@ function LN_EPILOGUE(R, wgX, wgY) {
   }, "let d = c_at(base + c) - m;", "p.N")}
     let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
     for (var col = 0u; col < p.N; col++) {
-      ln_y[base + col] = (c_at(base + col) - m) * r * ln_w[col] + ln_b[col];
-    }
+      ln_y[base + col] = (c[base + col] - m) * r * ln_w[col] + ln_b[col];
+    }`;
+  return `  storageBarrier();
+  let first = (g.y - lid.y) * ${R}u;   // the workgroup's first row
+  for (var rr = lid.y * ${wgX}u + lid.x; rr < ${R * wgY}u && first + rr < p.M; rr += ${wgX * wgY}u) {
+    let row = p.m0 + first + rr;
+    let base = row * p.ldc;
+    ${sums}
     ln_mean[row] = m;
     ln_rstd[row] = r;
   }`;
@@ -2461,9 +2592,9 @@ fn kv_store(r: u32, col: u32, x: vec4f) {
   if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
 }`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM);
+function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false, foldA = 1, foldB = 1) {
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}/${foldA}/${foldB}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB);
   tilingShaders.set(key, code);
   return code;
 }
@@ -2675,8 +2806,7 @@ function run(gpu2, a, b, opts, ln) {
     const need = sums.segments ? (parts - 1) * seg2.stride + seg2.width : s.M;
     checkShape(opts.transA === true && alpha === 1 && sums.out.dtype === "f32" && sums.out.size === need && Number.isInteger(seg2.width) && seg2.width > 0 && s.M % seg2.width === 0 && (parts === 1 || seg2.stride >= seg2.width), `matmul: rowSums needs transA, \u03B1 1 and an out of ${need} elements in non-overlapping segments (got ${sums.out.size})`);
     const t = opts.tiling ?? TEXTURE_TILING, side = gpu2.textureSide;
-    const bCopies = !opts.transB && 4 * s.N % 256 === 0 && s.K % 4 === 0 && b.byteOffset % 16 === 0;
-    fuseSums = s.batch === 1 && opts.kSegments === void 0 && !split && !opts.kvCache && s.K > 0 && (path === "buffer" || !bCopies && s.K <= Math.floor(side / 4) * 4 && s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4);
+    fuseSums = s.batch === 1 && opts.kSegments === void 0 && !split && !opts.kvCache && s.K > 0 && (path === "buffer" || s.K <= Math.floor(side / 4) * 4 && s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4);
   }
   const sumsCol = fuseSums ? s.N : NO_SUMS;
   if (path === "buffer") {
@@ -2818,12 +2948,18 @@ function runTexture(gpu2, a, b, out, s, o, flags, sumsCol, ln) {
   const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
   const kv = o.kvCache;
   const aAlongM = !!o.transA && t.rows % 4 === 0;
-  const mm = gpu2.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM));
+  const ldB = o.transB ? s.K : s.N;
+  const single = s.batch === 1 && s.M <= mStep && s.N + ones <= nStep && s.K <= kStep;
+  const k4All = Math.ceil(s.K / 4);
+  const aRowsAll = Math.ceil(s.M / t.rows) * t.rows;
+  const foldA = !single || !aAlongM && o.transA ? 1 : copyFold(gpu2, a, aAlongM ? aTransposedBlock(s, 0, 0, s.K, s.M, 0, 1, aRowsAll, k4All) : aBlockAlongK(s, !!o.transA, 0, 0, s.M, s.K, 0, 1, aRowsAll, k4All), aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1);
+  const bTexelsAll = Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels;
+  const foldB = !single || ones ? 1 : copyFold(gpu2, b, bBlockOf(s, !!o.transB, 0, 0, s.K, s.N, 0, 1, bTexelsAll, k4All, ones), 4);
+  const mm = gpu2.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM, foldA, foldB));
   const kvViews = kv ? [
     gpu2.arrayView(kv.k),
     gpu2.arrayView(kv.v)
   ] : [];
-  const ldA = o.transA ? s.M : s.K, ldB = o.transB ? s.K : s.N;
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
     const bLayers = s.shareB ? 1 : nb;
@@ -2836,55 +2972,25 @@ function runTexture(gpu2, a, b, out, s, o, flags, sumsCol, ln) {
           const k4 = Math.ceil(kc / 4);
           const aRows = Math.ceil(mc / t.rows) * t.rows;
           const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
-          const at = aAlongM ? gpu2.scratchTexture(aRows / 4, 4 * k4, nb) : gpu2.scratchTexture(k4, aRows, nb);
           const aBlock = aAlongM ? {
-            rows: kc,
-            cols: mc,
-            ld: ldA,
-            trans: false,
-            row0: k0,
-            col0: m0,
-            batchStride: s.M * s.K,
-            batch0: b0,
-            layers: nb,
-            width: aRows / 4,
-            height: 4 * k4,
-            zeroPadRows: true
+            ...aTransposedBlock(s, k0, m0, kc, mc, b0, nb, aRows, k4),
+            fold: foldA
           } : {
-            rows: mc,
-            cols: kc,
-            ld: ldA,
-            trans: !!o.transA,
-            row0: m0,
-            col0: k0,
-            batchStride: s.M * s.K,
-            batch0: b0,
-            layers: nb,
-            width: k4,
-            height: aRows
+            ...aBlockAlongK(s, !!o.transA, m0, k0, mc, kc, b0, nb, aRows, k4),
+            fold: foldA
           };
+          const at = aAlongM ? gpu2.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, 4 * k4 / foldA, nb) : gpu2.scratchTexture(foldA * k4, aRows / foldA, nb);
           const bBlock = {
-            rows: kc,
-            cols: nc,
-            ld: ldB,
-            trans: !!o.transB,
-            row0: k0,
-            col0: n0,
-            batchStride: s.shareB ? 0 : s.K * s.N,
-            batch0: s.shareB ? 0 : b0,
-            layers: bLayers,
-            width: bTexels,
-            height: 4 * k4,
-            zeroPadRows: true,
-            onesColumn: ones === 1
+            ...bBlockOf(s, !!o.transB, k0, n0, kc, nc, b0, bLayers, bTexels, k4, ones),
+            fold: foldB
           };
           const fillB = (tex) => fillTexture(gpu2, b, tex, bBlock);
           const bSize = [
-            bTexels,
-            4 * k4,
+            (foldB - 1) * (nc / 4) + bTexels,
+            4 * k4 / foldB,
             bLayers
           ];
-          const held = gpu2.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones}`, bSize, fillB);
+          const held = gpu2.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB}`, bSize, fillB);
           const bt = held ?? gpu2.scratchTexture(...bSize);
           const aJob = {
             src: a,
@@ -2926,13 +3032,61 @@ function runTexture(gpu2, a, b, out, s, o, flags, sumsCol, ln) {
             Math.ceil((nc + ones) / (4 * t.texels * t.wgX)),
             Math.ceil(mc / (t.rows * t.wgY)),
             nb
-          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4, sumsCol, ln?.eps ?? 0));
+          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4, sumsCol, ln?.eps ?? 0).u32(aAlongM ? Math.floor(mc / 4) : k4, Math.floor(nc / 4)));
           gpu2.releaseTexture(at);
           if (!held) gpu2.releaseTexture(bt);
         }
       }
     }
   }
+}
+function aBlockAlongK(s, transA, m0, k0, mc, kc, b0, nb, aRows, k4) {
+  return {
+    rows: mc,
+    cols: kc,
+    ld: transA ? s.M : s.K,
+    trans: transA,
+    row0: m0,
+    col0: k0,
+    batchStride: s.M * s.K,
+    batch0: b0,
+    layers: nb,
+    width: k4,
+    height: aRows
+  };
+}
+function aTransposedBlock(s, k0, m0, kc, mc, b0, nb, aRows, k4) {
+  return {
+    rows: kc,
+    cols: mc,
+    ld: s.M,
+    trans: false,
+    row0: k0,
+    col0: m0,
+    batchStride: s.M * s.K,
+    batch0: b0,
+    layers: nb,
+    width: aRows / 4,
+    height: 4 * k4,
+    zeroPadRows: true
+  };
+}
+function bBlockOf(s, transB, k0, n0, kc, nc, b0, layers, bTexels, k4, ones) {
+  return {
+    rows: kc,
+    cols: nc,
+    ld: transB ? s.K : s.N,
+    trans: transB,
+    row0: k0,
+    col0: n0,
+    batchStride: s.shareB ? 0 : s.K * s.N,
+    batch0: s.shareB ? 0 : b0,
+    layers,
+    width: bTexels,
+    height: 4 * k4,
+    zeroPadRows: true,
+    onesColumn: ones === 1
+  };
 }
 
 // kernels/softmax.ts
