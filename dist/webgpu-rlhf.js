@@ -3006,11 +3006,21 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
   const aAlongM = !!o.transA && t.rows % 4 === 0;
   const ldB = o.transB ? s.K : s.N;
   const single = s.batch === 1 && s.M <= mStep && s.N + ones <= nStep && s.K <= kStep;
-  const k4All = Math.ceil(s.K / 4);
-  const aRowsAll = Math.ceil(s.M / t.rows) * t.rows;
-  const foldA = !single || !aAlongM && o.transA ? 1 : copyFold(gpu, a, aAlongM ? aTransposedBlock(s, 0, 0, s.K, s.M, 0, 1, aRowsAll, k4All) : aBlockAlongK(s, !!o.transA, 0, 0, s.M, s.K, 0, 1, aRowsAll, k4All), aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1);
-  const bTexelsAll = Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels;
-  const foldB = !single || ones ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, 0, 0, s.K, s.N, 0, 1, bTexelsAll, k4All, ones), 4);
+  const whole = {
+    m0: 0,
+    n0: 0,
+    k0: 0,
+    mc: s.M,
+    nc: s.N,
+    kc: s.K,
+    b0: 0,
+    nb: 1,
+    aRows: Math.ceil(s.M / t.rows) * t.rows,
+    bTexels: Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels,
+    k4: Math.ceil(s.K / 4)
+  };
+  const foldA = !single ? 1 : copyFold(gpu, a, aBlockOf(s, !!o.transA, aAlongM, whole), aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1);
+  const foldB = !single || ones ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
   const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM, foldA, foldB));
   const kvViews = kv ? [
     gpu.arrayView(kv.k),
@@ -3028,16 +3038,26 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
           const k4 = Math.ceil(kc / 4);
           const aRows = Math.ceil(mc / t.rows) * t.rows;
           const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
-          const aBlock = aAlongM ? {
-            ...aTransposedBlock(s, k0, m0, kc, mc, b0, nb, aRows, k4),
-            fold: foldA
-          } : {
-            ...aBlockAlongK(s, !!o.transA, m0, k0, mc, kc, b0, nb, aRows, k4),
+          const c = {
+            m0,
+            n0,
+            k0,
+            mc,
+            nc,
+            kc,
+            b0,
+            nb,
+            aRows,
+            bTexels,
+            k4
+          };
+          const aBlock = {
+            ...aBlockOf(s, !!o.transA, aAlongM, c),
             fold: foldA
           };
           const at = aAlongM ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, 4 * k4 / foldA, nb) : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
           const bBlock = {
-            ...bBlockOf(s, !!o.transB, k0, n0, kc, nc, b0, bLayers, bTexels, k4, ones),
+            ...bBlockOf(s, !!o.transB, c, bLayers, ones),
             fold: foldB
           };
           const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
@@ -3096,50 +3116,48 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
     }
   }
 }
-function aBlockAlongK(s, transA, m0, k0, mc, kc, b0, nb, aRows, k4) {
-  return {
-    rows: mc,
-    cols: kc,
-    ld: transA ? s.M : s.K,
-    trans: transA,
-    row0: m0,
-    col0: k0,
+function aBlockOf(s, transA, alongM, c) {
+  const batch = {
     batchStride: s.M * s.K,
-    batch0: b0,
-    layers: nb,
-    width: k4,
-    height: aRows
+    batch0: c.b0,
+    layers: c.nb
   };
-}
-function aTransposedBlock(s, k0, m0, kc, mc, b0, nb, aRows, k4) {
-  return {
-    rows: kc,
-    cols: mc,
+  return alongM ? {
+    ...batch,
+    rows: c.kc,
+    cols: c.mc,
     ld: s.M,
     trans: false,
-    row0: k0,
-    col0: m0,
-    batchStride: s.M * s.K,
-    batch0: b0,
-    layers: nb,
-    width: aRows / 4,
-    height: 4 * k4,
+    row0: c.k0,
+    col0: c.m0,
+    width: c.aRows / 4,
+    height: 4 * c.k4,
     zeroPadRows: true
+  } : {
+    ...batch,
+    rows: c.mc,
+    cols: c.kc,
+    ld: transA ? s.M : s.K,
+    trans: transA,
+    row0: c.m0,
+    col0: c.k0,
+    width: c.k4,
+    height: c.aRows
   };
 }
-function bBlockOf(s, transB, k0, n0, kc, nc, b0, layers, bTexels, k4, ones) {
+function bBlockOf(s, transB, c, layers, ones) {
   return {
-    rows: kc,
-    cols: nc,
+    rows: c.kc,
+    cols: c.nc,
     ld: transB ? s.K : s.N,
     trans: transB,
-    row0: k0,
-    col0: n0,
+    row0: c.k0,
+    col0: c.n0,
     batchStride: s.shareB ? 0 : s.K * s.N,
-    batch0: s.shareB ? 0 : b0,
+    batch0: s.shareB ? 0 : c.b0,
     layers,
-    width: bTexels,
-    height: 4 * k4,
+    width: c.bTexels,
+    height: 4 * c.k4,
     zeroPadRows: true,
     onesColumn: ones === 1
   };

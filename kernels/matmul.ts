@@ -953,23 +953,26 @@ function runTexture(
   // them a copy: one chunk in every dimension, unbatched (see Block.fold)
   const ldB = o.transB ? s.K : s.N;
   const single = s.batch === 1 && s.M <= mStep && s.N + ones <= nStep && s.K <= kStep;
-  const k4All = Math.ceil(s.K / 4);
-  const aRowsAll = Math.ceil(s.M / t.rows) * t.rows;
-  const foldA = !single || (!aAlongM && o.transA) ? 1 : copyFold(
+  const whole: Chunk = {
+    m0: 0,
+    n0: 0,
+    k0: 0,
+    mc: s.M,
+    nc: s.N,
+    kc: s.K,
+    b0: 0,
+    nb: 1,
+    aRows: Math.ceil(s.M / t.rows) * t.rows,
+    bTexels: Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels,
+    k4: Math.ceil(s.K / 4),
+  };
+  const foldA = !single ? 1 : copyFold(
     gpu,
     a,
-    aAlongM
-      ? aTransposedBlock(s, 0, 0, s.K, s.M, 0, 1, aRowsAll, k4All)
-      : aBlockAlongK(s, !!o.transA, 0, 0, s.M, s.K, 0, 1, aRowsAll, k4All),
+    aBlockOf(s, !!o.transA, aAlongM, whole),
     aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1,
   );
-  const bTexelsAll = Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels;
-  const foldB = !single || ones ? 1 : copyFold(
-    gpu,
-    b,
-    bBlockOf(s, !!o.transB, 0, 0, s.K, s.N, 0, 1, bTexelsAll, k4All, ones),
-    4,
-  );
+  const foldB = !single || ones ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
   const mm = gpu.pipeline(
     textureShaderFor(t, vec4Out, seg > 0, kv !== undefined, !!ln, aAlongM, foldA, foldB),
   );
@@ -986,21 +989,15 @@ function runTexture(
           const k4 = Math.ceil(kc / 4);
           const aRows = Math.ceil(mc / t.rows) * t.rows;
           const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
-          // A as (M × K): texels along K; or, transposed, as stored (K × M): texels along M,
-          // with zero K padding (it meets B's zero padding: 0 × a stale Inf would be NaN);
-          // folded, f rows side by side in a texture row (reads past a row's texels land in
-          // the next row's: columns or rows of C that are never written)
-          const aBlock: Block = aAlongM
-            ? { ...aTransposedBlock(s, k0, m0, kc, mc, b0, nb, aRows, k4), fold: foldA }
-            : { ...aBlockAlongK(s, !!o.transA, m0, k0, mc, kc, b0, nb, aRows, k4), fold: foldA };
+          const c: Chunk = { m0, n0, k0, mc, nc, kc, b0, nb, aRows, bTexels, k4 };
+          // folded, f rows side by side in a texture row (reads past a row's texels land in the
+          // next row's: columns or rows of C that are never written)
+          const aBlock: Block = { ...aBlockOf(s, !!o.transA, aAlongM, c), fold: foldA };
           const at = aAlongM
             ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, (4 * k4) / foldA, nb)
             : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
           // B as (K × N): texels along N — packed once while B is held constant (weights)
-          const bBlock: Block = {
-            ...bBlockOf(s, !!o.transB, k0, n0, kc, nc, b0, bLayers, bTexels, k4, ones),
-            fold: foldB,
-          };
+          const bBlock: Block = { ...bBlockOf(s, !!o.transB, c, bLayers, ones), fold: foldB };
           const fillB = (tex: GPUTexture) => fillTexture(gpu, b, tex, bBlock);
           const bSize = [(foldB - 1) * (nc / 4) + bTexels, (4 * k4) / foldB, bLayers] as const;
           const held = gpu.constantTexture(
@@ -1059,88 +1056,69 @@ function runTexture(
   // of the earlier ones (epilogue order: bias, accumulate, ReLU), so C = max(total, 0).
 }
 
-/** A's chunk as (M × K) texels along K (a transposed A read across). */
-function aBlockAlongK(
-  s: MatmulShape,
-  transA: boolean,
-  m0: number,
-  k0: number,
-  mc: number,
-  kc: number,
-  b0: number,
-  nb: number,
-  aRows: number,
-  k4: number,
-): Block {
-  return {
-    rows: mc,
-    cols: kc,
-    ld: transA ? s.M : s.K,
-    trans: transA,
-    row0: m0,
-    col0: k0,
-    batchStride: s.M * s.K,
-    batch0: b0,
-    layers: nb,
-    width: k4,
-    height: aRows,
-  };
+/** One chunk of a texture-path matmul: origin and extent in M, N, K and the batch. */
+interface Chunk {
+  m0: number;
+  n0: number;
+  k0: number;
+  mc: number;
+  nc: number;
+  kc: number;
+  b0: number;
+  nb: number;
+  /** Rows of A's texture (mc padded to the tiling's rows) and texels of B's (nc + ones). */
+  aRows: number;
+  bTexels: number;
+  k4: number;
 }
 
-/** A transposed A's chunk as stored (K × M): texels along M, zero K padding. */
-function aTransposedBlock(
-  s: MatmulShape,
-  k0: number,
-  m0: number,
-  kc: number,
-  mc: number,
-  b0: number,
-  nb: number,
-  aRows: number,
-  k4: number,
-): Block {
-  return {
-    rows: kc,
-    cols: mc,
-    ld: s.M,
-    trans: false,
-    row0: k0,
-    col0: m0,
-    batchStride: s.M * s.K,
-    batch0: b0,
-    layers: nb,
-    width: aRows / 4,
-    height: 4 * k4,
-    zeroPadRows: true,
-  };
+/**
+ * A's block of a chunk: (M × K), texels along K (a transposed A read across, unless `alongM`);
+ * or, with `alongM`, a transposed A as stored (K × M), texels along M, with zero K padding (it
+ * meets B's zero padding: 0 × a stale Inf would be NaN).
+ */
+function aBlockOf(s: MatmulShape, transA: boolean, alongM: boolean, c: Chunk): Block {
+  const batch = { batchStride: s.M * s.K, batch0: c.b0, layers: c.nb };
+  return alongM
+    ? {
+      ...batch,
+      rows: c.kc,
+      cols: c.mc,
+      ld: s.M,
+      trans: false,
+      row0: c.k0,
+      col0: c.m0,
+      width: c.aRows / 4,
+      height: 4 * c.k4,
+      zeroPadRows: true,
+    }
+    : {
+      ...batch,
+      rows: c.mc,
+      cols: c.kc,
+      ld: transA ? s.M : s.K,
+      trans: transA,
+      row0: c.m0,
+      col0: c.k0,
+      width: c.k4,
+      height: c.aRows,
+    };
 }
 
-/** B's chunk as (K × N): texels along N, zero K padding, with the row-sums ones column. */
-function bBlockOf(
-  s: MatmulShape,
-  transB: boolean,
-  k0: number,
-  n0: number,
-  kc: number,
-  nc: number,
-  b0: number,
-  layers: number,
-  bTexels: number,
-  k4: number,
-  ones: number,
-): Block {
+/** B's block of a chunk: (K × N), texels along N, zero K padding, the row sums' ones column. */
+function bBlockOf(s: MatmulShape, transB: boolean, c: Chunk, layers: number, ones: number): Block {
   return {
-    rows: kc,
-    cols: nc,
+    rows: c.kc,
+    cols: c.nc,
     ld: transB ? s.K : s.N,
     trans: transB,
-    row0: k0,
-    col0: n0,
+    row0: c.k0,
+    col0: c.n0,
     batchStride: s.shareB ? 0 : s.K * s.N,
-    batch0: s.shareB ? 0 : b0,
+    batch0: s.shareB ? 0 : c.b0,
     layers,
-    width: bTexels,
-    height: 4 * k4,
+    width: c.bTexels,
+    height: 4 * c.k4,
     zeroPadRows: true,
     onesColumn: ones === 1,
   };
