@@ -18,25 +18,29 @@ import {
 import { laneTreeSums, ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
-const FORWARD_BINDINGS = `
+/** Bindings of the forward; `E` is the element type of the row-major arrays (`vec4f`: 4 columns). */
+const forwardBindings = (E = "f32") => `
 struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
+@group(0) @binding(0) var<storage, read> x: array<${E}>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<${E}>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<${E}>;     // (C)
+@group(0) @binding(3) var<storage, read_write> y: array<${E}>;     // (rows, C)
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
 @group(0) @binding(6) var<uniform> p: P;`;
+const FORWARD_BINDINGS = forwardBindings();
 
-const BACKWARD_DX_BINDINGS = `
+/** Bindings of the backward's dx; `E` as in {@link forwardBindings}. */
+const backwardDxBindings = (E = "f32") => `
 struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+@group(0) @binding(0) var<storage, read> dy: array<${E}>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<${E}>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<${E}>;     // (C)
 @group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
 @group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(5) var<storage, read_write> dx: array<${E}>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;`;
+const BACKWARD_DX_BINDINGS = backwardDxBindings();
 
 // the entry of the one-invocation-per-row forms: `row` and its offset `base`
 
@@ -157,6 +161,49 @@ ${ROW_THREAD_MAIN}
   }
 }`;
 
+// The row-tree forms four columns at a time (rows of a multiple of 4 columns): each vec4 term
+// holds four lanes' terms, added in the same order, and every output element is the same
+// arithmetic on its own component — the row-tree forms' bits with a quarter of the loads
+// (llvmpipe pays per load, SPEC §11).
+
+const FORWARD_TREE_VEC4 = `
+${forwardBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  ${laneTreeSums({ s: "x[(base + c) / 4u]" }, "", "p.cols", true)}
+  let m = s / f32(p.cols);
+  ${laneTreeSums({ q: "d * d" }, "let d = x[(base + c) / 4u] - m;", "p.cols", true)}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c += 4u) {
+    let k = (base + c) / 4u;
+    y[k] = (x[k] - m) * r * w[c / 4u] + b[c / 4u];
+  }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+
+const BACKWARD_DX_TREE_VEC4 = `
+${backwardDxBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let m = mean[row];
+  let r = rstd[row];
+  ${
+  laneTreeSums(
+    { s1: "g", s2: "g * (x[k] - m) * r" },
+    "let k = (base + c) / 4u; let g = dy[k] * w[c / 4u];",
+    "p.cols",
+    true,
+  )
+}
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  for (var c = 0u; c < p.cols; c += 4u) {
+    let k = (base + c) / 4u;
+    let xh = (x[k] - m) * r;
+    let v = r * (dy[k] * w[c / 4u] - mg - xh * mgx);
+    dx[k] = select(v, dx[k] + v, p.accumulate == 1u);
+  }
+}`;
+
 /**
  * How a layernorm kernel spreads a row. `"workgroup"`: 64 invocations per row with a tree
  * reduction — what a GPU runs well. `"row-tree"`: one invocation per row doing the same sums in
@@ -173,20 +220,20 @@ export type LayernormVariant = "row-thread" | "workgroup" | "row-tree";
 
 // dweight[c] += Σ_r dy·x̂, dbias[c] += Σ_r dy: one invocation per column, over rows [r0, r1)
 // (see rowRanges: `carry` starts from the running sums `run`, `finish` 0 stores them there)
-const BACKWARD_DW = `
+const backwardDw = (E: string) => `
 struct P { n: u32, rows: u32, cols: u32, r0: u32, r1: u32, carry: u32, finish: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(0) var<storage, read> dy: array<${E}>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<${E}>;     // (rows, C)
 @group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
-@group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
-@group(0) @binding(6) var<storage, read_write> run: array<f32>;   // (2, C) running sums
+@group(0) @binding(4) var<storage, read_write> dw: array<${E}>;    // (C)
+@group(0) @binding(5) var<storage, read_write> db: array<${E}>;    // (C)
+@group(0) @binding(6) var<storage, read_write> run: array<${E}>;   // (2, C) running sums
 @group(0) @binding(7) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
-  var sw = select(0.0, run[i], p.carry == 1u);
-  var sb = select(0.0, run[p.cols + i], p.carry == 1u);
+  var sw = select(${E}(0.0), run[i], p.carry == 1u);
+  var sb = select(${E}(0.0), run[p.cols + i], p.carry == 1u);
   for (var r = p.r0; r < p.r1; r++) {
     let g = dy[r * p.cols + i];
     sw += g * (x[r * p.cols + i] - mean[r]) * rstd[r];
@@ -200,6 +247,10 @@ ${COLUMN_MAIN}
   dw[i] += sw;
   db[i] += sb;
 }`;
+const BACKWARD_DW = backwardDw("f32");
+// four columns an invocation (C a multiple of 4; `cols` then counts vec4s): each column's sums in
+// the same row order, so the same bits, with a quarter of the loads
+const BACKWARD_DW_VEC4 = backwardDw("vec4f");
 
 /** A forced one-invocation-per-row form must fit the loop cap (see `checkLoopBudget`). */
 function checkRowLoops(gpu: Gpu, variant: LayernormVariant, C: number): void {
@@ -262,7 +313,11 @@ export function layernormForward(
   checkRowLoops(gpu, variant, C);
   gpu.dispatch(
     gpu.pipeline(
-      variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD,
+      variant === "row-tree"
+        ? (C % 4 === 0 ? FORWARD_TREE_VEC4 : FORWARD_TREE)
+        : variant === "row-thread"
+        ? FORWARD_ROWWISE
+        : FORWARD,
     ),
     [x, weight, bias, y, mean, rstd],
     gpu.grid(rowwise ? groups(rows) : rows),
@@ -306,7 +361,7 @@ export function layernormBackward(
   gpu.dispatch(
     gpu.pipeline(
       variant === "row-tree"
-        ? BACKWARD_DX_TREE
+        ? (C % 4 === 0 ? BACKWARD_DX_TREE_VEC4 : BACKWARD_DX_TREE)
         : variant === "row-thread"
         ? BACKWARD_DX_ROWWISE
         : BACKWARD_DX,
@@ -318,12 +373,13 @@ export function layernormBackward(
   if (dweight === null) return dx;
   const ranges = rowRanges(rows);
   const run = ranges.length > 1 ? gpu.empty([2 * C]) : gpu.placeholder(1);
+  const v = C % 4 === 0 ? 4 : 1, cols = C / v;
   ranges.forEach(([r0, r1], k) =>
     gpu.dispatch(
-      gpu.pipeline(BACKWARD_DW),
+      gpu.pipeline(v === 4 ? BACKWARD_DW_VEC4 : BACKWARD_DW),
       [dy, x, saved.mean, saved.rstd, dweight, dbias!, run],
-      gpu.grid(columnGroups(C)),
-      new Params().u32(C, rows, C, r0, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0),
+      gpu.grid(columnGroups(cols)),
+      new Params().u32(cols, rows, cols, r0, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0),
     )
   );
   if (ranges.length > 1) run.dispose();

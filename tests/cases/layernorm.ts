@@ -2,6 +2,7 @@ import * as k from "../../kernels/layernorm.ts";
 import * as ref from "../../kernels/reference/layernorm.ts";
 import { GpuLimitError, ShapeError } from "../../kernels/errors.ts";
 import { assertClose, assertThrows } from "../assert.ts";
+import type { Gpu } from "../../kernels/runtime.ts";
 import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
 
 export const cases: Case[] = [];
@@ -26,6 +27,8 @@ for (
     [3, 65, "row-tree"],
     [2, 1000, "row-tree"],
     [300, 129, "row-tree"],
+    [33, 68, "row-tree"], // four columns a load (C a multiple of 4)
+    [33, 68, "workgroup"],
   ] as const
 ) {
   cases.push({
@@ -62,22 +65,27 @@ for (
 
 cases.push({
   name: "layernorm: weight and bias gradients over more rows than a software adapter runs in " +
-    "one loop (130 001 rows) match the reference",
+    "one loop (130 001 rows; 2 columns, and 4 read as one vec4) match the reference",
   async run(gpu) {
-    const rows = 130001, C = 2;
-    const x = randArray(rows * C, 21, -2, 3), w = randArray(C, 22, 0.5, 1.5);
-    const dy = randArray(rows * C, 23);
-    const tx = gpu.fromArray(x, [rows, C]), tw = gpu.fromArray(w);
-    const f = k.layernormForward(gpu, tx, tw, gpu.fromArray(randArray(C, 24)));
-    const tdw = gpu.zeros([C]), tdb = gpu.zeros([C]);
-    k.layernormBackward(gpu, gpu.fromArray(dy, [rows, C]), tx, tw, f, tdw, tdb);
-    const g = ref.layernormBackward(dy, x, w, C);
-    // f32 sums of 130 001 terms of magnitude ≤ 1 (x̂ = ±1 with two columns)
-    const tol = { atol: 2e-3, rtol: 1e-4 };
-    assertClose(await gpu.readF32(tdw), g.dw, tol, "dweight");
-    assertClose(await gpu.readF32(tdb), g.db, tol, "dbias");
+    for (const C of [2, 4]) await manyRows(gpu, C);
   },
 });
+
+/** Layernorm parameter gradients over 130 001 rows of `C` columns against the reference. */
+async function manyRows(gpu: Gpu, C: number): Promise<void> {
+  const rows = 130001;
+  const x = randArray(rows * C, 21, -2, 3), w = randArray(C, 22, 0.5, 1.5);
+  const dy = randArray(rows * C, 23);
+  const tx = gpu.fromArray(x, [rows, C]), tw = gpu.fromArray(w);
+  const f = k.layernormForward(gpu, tx, tw, gpu.fromArray(randArray(C, 24)));
+  const tdw = gpu.zeros([C]), tdb = gpu.zeros([C]);
+  k.layernormBackward(gpu, gpu.fromArray(dy, [rows, C]), tx, tw, f, tdw, tdb);
+  const g = ref.layernormBackward(dy, x, w, C);
+  // f32 sums of 130 001 terms of magnitude ≤ 1 (x̂ = ±1 with two columns, ≤ √3 with four)
+  const tol = { atol: 2e-3, rtol: 1e-4 };
+  assertClose(await gpu.readF32(tdw), g.dw, tol, `dweight (C ${C})`);
+  assertClose(await gpu.readF32(tdb), g.db, tol, `dbias (C ${C})`);
+}
 
 cases.push({
   name: "layernorm: a one-invocation-per-row form forced past a software adapter's loop cap " +
