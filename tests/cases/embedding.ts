@@ -2,12 +2,16 @@ import * as k from "../../kernels/embedding.ts";
 import * as ref from "../../kernels/reference/embedding.ts";
 import { ShapeError } from "../../kernels/errors.ts";
 import { assertClose, assertEquals, assertThrows } from "../assert.ts";
+import type { Gpu } from "../../kernels/runtime.ts";
 import { type Case, dot, finiteDiff, randArray, randInts } from "../_util.ts";
 
 export const cases: Case[] = [];
 const TOL = { atol: 1e-6, rtol: 1e-6 };
 
-for (const [N, V, C] of [[1, 1, 1], [7, 5, 33], [65, 13, 7], [33, 300, 65]]) {
+// C a multiple of 4 (12, 64) takes the four-columns-an-invocation kernels
+for (
+  const [N, V, C] of [[1, 1, 1], [7, 5, 33], [65, 13, 7], [33, 300, 65], [9, 6, 12], [40, 300, 64]]
+) {
   cases.push({
     name: `embedding: token + position forward and scatter-add backward (N=${N}, V=${V}, C=${C})`,
     async run(gpu) {
@@ -44,23 +48,28 @@ for (const [N, V, C] of [[1, 1, 1], [7, 5, 33], [65, 13, 7], [33, 300, 65]]) {
 
 cases.push({
   name: "embedding: scatter-add of more rows than a software adapter loops over at once " +
-    "(130 001 rows, one id in 90 %) matches the reference",
+    "(130 001 rows, one id in 90 %; 2 columns, and 4 as one vec4) matches the reference",
   async run(gpu) {
     // each invocation walks the chain of its id; Mesa's llvmpipe leaves loops after 65 535
     // iterations, and id 0 here has a chain of 117 000 rows
-    const N = 130001, V = 3, C = 2;
-    const toks = Int32Array.from(
-      { length: N },
-      (_, i) => i % 10 === 0 ? 1 + (i % 20 === 0 ? 1 : 0) : 0,
-    );
-    const dout = randArray(N * C, 9);
-    const d = gpu.zeros([V, C]);
-    k.scatterAddRows(gpu, gpu.fromArray(toks), gpu.fromArray(dout, [N, C]), d);
-    const want = ref.scatterAddRows(toks, dout, new Float64Array(V * C), C);
-    // f32 sums of up to 117 000 terms of magnitude ≤ 1
-    assertClose(await gpu.readF32(d), want, { atol: 2e-3, rtol: 1e-4 }, "dwte");
+    for (const C of [2, 4]) await longChains(gpu, C);
   },
 });
+
+/** Scatter-add of 130 001 rows of `C` columns, mostly one id, against the reference. */
+async function longChains(gpu: Gpu, C: number): Promise<void> {
+  const N = 130001, V = 3;
+  const toks = Int32Array.from(
+    { length: N },
+    (_, i) => i % 10 === 0 ? 1 + (i % 20 === 0 ? 1 : 0) : 0,
+  );
+  const dout = randArray(N * C, 9);
+  const d = gpu.zeros([V, C]);
+  k.scatterAddRows(gpu, gpu.fromArray(toks), gpu.fromArray(dout, [N, C]), d);
+  const want = ref.scatterAddRows(toks, dout, new Float64Array(V * C), C);
+  // f32 sums of up to 117 000 terms of magnitude ≤ 1
+  assertClose(await gpu.readF32(d), want, { atol: 2e-3, rtol: 1e-4 }, `dwte (C ${C})`);
+}
 
 cases.push({
   name: "embedding: reference backward equals finite differences; results are bit-reproducible",
