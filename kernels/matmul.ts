@@ -157,6 +157,17 @@ fn emit_sum(row: u32, v: f32) {
 }`;
 
 /**
+ * The epilogue a texture-path kernel is compiled for (see {@link textureMatmulShader}): the
+ * dispatch's flags (bias, ReLU, accumulate, residual, head split, ReLU backward), whether the
+ * bias is segmented (`biasSegments`) and whether a row-sums column is written.
+ */
+export interface TextureEpilogue {
+  flags: number;
+  segmentedBias: boolean;
+  rowSums: boolean;
+}
+
+/**
  * WGSL of the texture-path kernel for a given register blocking. With `vec4Out` (N and ldc
  * multiples of 4; a head split with Dh and the part stride multiples of 4) C and the residual
  * are bound as `array<vec4f>` and each accumulator is stored with one vec4 access instead of four scalar ones — the same arithmetic
@@ -172,8 +183,10 @@ export function textureMatmulShader(
   aAlongM = false,
   foldA = 1,
   foldB = 1,
+  epilogue?: TextureEpilogue,
 ): string {
   const R = t.rows, Q = t.texels;
+  const sums = epilogue?.rowSums ?? true;
   const acc: string[] = [], aload: string[] = [], body: string[] = [], store: string[] = [];
   const all = (f: (i: number, j: number) => string) => {
     const out: string[] = [];
@@ -246,7 +259,7 @@ export function textureMatmulShader(
     for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
   }
   const elem = vec4Out ? "vec4f" : "f32";
-  return `
+  const code = `
 struct P {
   M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
   m0: u32, n0: u32,            // chunk origin in C
@@ -290,7 +303,7 @@ ${
 ${EPILOGUE_INDEX}
 ${EMIT_SUM}
 ${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
-${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
+${vec4Out ? emitVec4(sums) : emitScalar(sums)}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u${
     lnOut ? ", @builtin(local_invocation_id) lid: vec3u" : ""
@@ -301,6 +314,8 @@ fn main(@builtin(global_invocation_id) g: vec3u${
   // past the last column, or past the row-sums column when there is one
   let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
   ${lnOut ? "if (!past && r0 < p.M) {" : "if (past || r0 >= p.M) { return; }"}
+  // every binding stays in the interface when a compiled epilogue does not read it
+  _ = &bias; _ = &res; _ = &relu_in; _ = &sums;
   let la = g.z;
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
@@ -320,6 +335,16 @@ ${LN_EPILOGUE(R, t.wgX, t.wgY, vec4Out)}`
       : ""
   }
 }`;
+  if (!epilogue) return code;
+  // compiled for one epilogue: its flags are constants, so the branches it does not take (and
+  // their index arithmetic: head split, bias segments) are compiled out
+  const flags = `const FLAGS = ${epilogue.flags}u;\n`;
+  return flags + code.replaceAll("p.flags", "FLAGS").replace(
+    "return (col / p.bias_width) * p.bias_stride + col % p.bias_width;",
+    epilogue.segmentedBias
+      ? "return (col / p.bias_width) * p.bias_stride + col % p.bias_width;"
+      : "return col;",
+  );
 }
 
 /**
@@ -360,12 +385,12 @@ function LN_EPILOGUE(R: number, wgX: number, wgY: number, vec4: boolean): string
 }
 
 // Stores four columns of one row of C (any layout, any N): scalar accesses.
-const EMIT_SCALAR = `
+const emitScalar = (sums: boolean) => `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
   for (var t = 0u; t < 4u; t++) {
     let cc = col + t;
-    if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }
+    ${sums ? "if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }" : ""}
     if (cc < p.N) {
       let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
       var x = p.alpha * v[t];
@@ -382,9 +407,9 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
 // Stores four columns of one row of C as one vec4 (N, ldc, n0 and the batch stride multiples of
 // 4; with a head split also Dh and the part stride, so four columns stay in one head's row):
 // the same operations per element as EMIT_SCALAR.
-const EMIT_VEC4 = `
+const emitVec4 = (sums: boolean) => `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }
+  ${sums ? "if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }" : ""}
   if (r >= p.M || col >= p.N) { return; }
   let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
   var x = p.alpha * v;
@@ -425,11 +450,15 @@ function textureShaderFor(
   aAlongM = false,
   foldA = 1,
   foldB = 1,
+  epilogue?: TextureEpilogue,
 ): string {
+  const e = epilogue;
   const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/` +
-    `${lnOut}/${aAlongM}/${foldA}/${foldB}`;
+    `${lnOut}/${aAlongM}/${foldA}/${foldB}/${
+      e ? `${e.flags}/${e.segmentedBias}/${e.rowSums}` : ""
+    }`;
   const code = tilingShaders.get(key) ??
-    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB);
+    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB, e);
   tilingShaders.set(key, code);
   return code;
 }
@@ -973,9 +1002,15 @@ function runTexture(
     aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1,
   );
   const foldB = !single || ones ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
-  const mm = gpu.pipeline(
-    textureShaderFor(t, vec4Out, seg > 0, kv !== undefined, !!ln, aAlongM, foldA, foldB),
-  );
+  // each chunk's kernel is compiled for its epilogue (flags differ between K chunks)
+  const mm = (flags: number) =>
+    gpu.pipeline(
+      textureShaderFor(t, vec4Out, seg > 0, kv !== undefined, !!ln, aAlongM, foldA, foldB, {
+        flags,
+        segmentedBias: o.biasSegments !== undefined,
+        rowSums: sumsCol !== NO_SUMS,
+      }),
+    );
   const kvViews = kv ? [gpu.arrayView(kv.k), gpu.arrayView(kv.v)] : [];
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
     const nb = Math.min(maxLayers, s.batch - b0);
@@ -1017,7 +1052,7 @@ function runTexture(
           const lastK = k0 + kStep >= s.K;
           if (!lastK) f &= ~(FLAG_RELU | FLAG_RELU_GRAD);
           gpu.dispatch(
-            mm,
+            mm(f),
             [
               gpu.arrayView(at),
               gpu.arrayView(bt),
