@@ -11,16 +11,22 @@ import { checkShape } from "./errors.ts";
 import { groups, LINEAR_MAIN } from "./_shader.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
-const ADAMW = `
+/**
+ * The AdamW kernel over elements of type `E`: `f32`, or `vec4f` for four parameters an
+ * invocation when n is a multiple of 4 (`p.n` then counts vec4s; weight decay still stops at
+ * element `p.decay_end`) — the same arithmetic per element, so the same bits, with a quarter of
+ * the invocations and loads (what software adapters pay for, SPEC §11).
+ */
+const adamwShader = (E: "f32" | "vec4f") => `
 struct P {
   n: u32, has_scale: u32, scale_index: u32, decay_end: u32,
   lr: f32, beta1: f32, beta2: f32, eps: f32,
   wd: f32, bc1: f32, bc2: f32,
 }
-@group(0) @binding(0) var<storage, read_write> param: array<f32>; // (n)
-@group(0) @binding(1) var<storage, read> grad: array<f32>;  // (n)
-@group(0) @binding(2) var<storage, read_write> m: array<f32>;     // (n) first moment
-@group(0) @binding(3) var<storage, read_write> v: array<f32>;     // (n) second moment
+@group(0) @binding(0) var<storage, read_write> param: array<${E}>; // (n)
+@group(0) @binding(1) var<storage, read> grad: array<${E}>;  // (n)
+@group(0) @binding(2) var<storage, read_write> m: array<${E}>;     // (n) first moment
+@group(0) @binding(3) var<storage, read_write> v: array<${E}>;     // (n) second moment
 @group(0) @binding(4) var<storage, read> gscale: array<f32>;
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -31,9 +37,14 @@ ${LINEAR_MAIN}
   let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
   m[i] = mi;
   v[i] = vi;
-  let w = param[i] * (1.0 - p.lr * select(0.0, p.wd, i < p.decay_end));
+  let decays = ${
+  E === "f32" ? "i < p.decay_end" : "4u * i + vec4u(0u, 1u, 2u, 3u) < vec4u(p.decay_end)"
+};
+  let w = param[i] * (1.0 - p.lr * select(${E}(0.0), ${E}(p.wd), decays));
   param[i] = w - p.lr * (mi / p.bc1) / (sqrt(vi / p.bc2) + p.eps);
 }`;
+const ADAMW = adamwShader("f32");
+const ADAMW_VEC4 = adamwShader("vec4f");
 
 /** Hyperparameters of one AdamW step. */
 export interface AdamWOptions {
@@ -87,11 +98,12 @@ export function adamwStep(
   const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999;
   const s = o.gradScale;
   if (s) checkShape(s.index < s.tensor.size, "adamwStep: gradScale index out of range");
+  const n = param.size % 4 === 0 ? param.size / 4 : param.size;
   gpu.dispatch(
-    gpu.pipeline(ADAMW),
+    gpu.pipeline(n < param.size ? ADAMW_VEC4 : ADAMW),
     [param, grad, m, v, s?.tensor ?? gpu.placeholder()],
-    gpu.grid(groups(param.size)),
-    new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(
+    gpu.grid(groups(n)),
+    new Params().u32(n, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(
       o.lr,
       b1,
       b2,

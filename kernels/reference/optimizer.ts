@@ -16,6 +16,8 @@ export function adamwStep(
     beta2?: number;
     eps?: number;
     weightDecay?: number;
+    /** Weight decay only on elements before this index (default: all). */
+    weightDecayUntil?: number;
     step: number;
     gradScale?: number;
   },
@@ -26,6 +28,7 @@ export function adamwStep(
     m[i] = b1 * m[i] + (1 - b1) * g;
     v[i] = b2 * v[i] + (1 - b2) * g * g;
     const mh = m[i] / (1 - b1 ** o.step), vh = v[i] / (1 - b2 ** o.step);
-    param[i] = param[i] * (1 - o.lr * (o.weightDecay ?? 0)) - o.lr * mh / (Math.sqrt(vh) + eps);
+    const wd = i < (o.weightDecayUntil ?? param.length) ? o.weightDecay ?? 0 : 0;
+    param[i] = param[i] * (1 - o.lr * wd) - o.lr * mh / (Math.sqrt(vh) + eps);
   }
 }

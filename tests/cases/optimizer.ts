@@ -12,9 +12,12 @@ import { OptModel } from "../../model/opt.ts";
 
 export const cases: Case[] = [];
 
-for (const n of [1, 7, 65, 1000]) {
+// n a multiple of 4 takes the four-elements-an-invocation kernel; decay may stop inside a vec4
+for (const [n, until] of [[1], [7], [65], [1000], [1000, 130], [68, 67]]) {
   cases.push({
-    name: `optimizer: five AdamW steps with weight decay and a GPU-side clip factor (n=${n})`,
+    name: `optimizer: five AdamW steps with weight decay${
+      until ? ` up to element ${until}` : ""
+    } and a GPU-side clip factor (n=${n})`,
     async run(gpu) {
       const p0 = randArray(n, n), tp = gpu.fromArray(p0);
       const tm = gpu.zeros([n]), tv = gpu.zeros([n]);
@@ -24,7 +27,7 @@ for (const n of [1, 7, 65, 1000]) {
         const tg = gpu.fromArray(g);
         const stats = globalNorm(gpu, [tg], 1.5);
         const coef = (await gpu.readF32(stats))[1];
-        const o = { lr: 1e-2, weightDecay: 0.1, step, beta2: 0.99 };
+        const o = { lr: 1e-2, weightDecay: 0.1, weightDecayUntil: until, step, beta2: 0.99 };
         adamwStep(gpu, tp, tg, tm, tv, { ...o, gradScale: { tensor: stats, index: 1 } });
         ref.adamwStep(rp, g, rm, rv, { ...o, gradScale: coef });
       }
