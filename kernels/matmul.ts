@@ -4,7 +4,7 @@
  *
  * - **texture path** (software adapters such as llvmpipe/SwiftShader): both operands are packed
  *   into rgba32float storage textures (cheap), then each invocation computes a block of C
- *   ({@link TEXTURE_TILING}: 4 rows × 8 columns, 8 vec4 accumulators) from read-only
+ *   ({@link TEXTURE_TILING}: 8 rows × 8 columns, 16 vec4 accumulators) from read-only
  *   `textureLoad`s, with no workgroup memory, and stores it with vec4 writes where the layout
  *   allows. Texture loads are ~10× cheaper than storage-buffer loads there (SPEC §11).
  *   Operands larger than `maxTextureDimension2D` are processed in chunks (K chunks accumulate).
@@ -115,13 +115,15 @@ export interface TextureTiling {
 }
 
 /**
- * The tiling used by {@link matmul}'s texture path: 4 rows × 2 texels (8 columns) per invocation,
- * 8×4 invocations per workgroup. Any tiling sums each output in the same order (the same bits);
- * on llvmpipe this one was faster than 8 × 2 texels in 16×4 at the small shapes of the built-in
- * task (alternating A/B, 4 rounds: tiny SFT step −22 %, PPO iteration L2/H64 −16 %, rollout
- * +19 %) and level at L4/H128.
+ * The tiling used by {@link matmul}'s texture path: 8 rows × 2 texels (8 columns) per invocation,
+ * 8×2 invocations per workgroup (a workgroup covers 16 rows × 64 columns). Any tiling sums each
+ * output in the same order (the same bits). On llvmpipe, with each kernel compiled for its
+ * epilogue, it beat 4 rows × 2 texels in 8×4 (interleaved, one process): actor + critic
+ * fwd/bwd/AdamW at L4/H128 −8 % (1008×128×512: 2.96 → 2.39 ms, 1008×512×128: 3.71 → 3.26 ms),
+ * L2/H64 level to −4 %, decode shapes (16 rows) level; wider (16 or 12 rows: ≤ 5 % more) or
+ * narrower in x (4 invocations: 2× slower, half a SIMD row) tilings were not better.
  */
-export const TEXTURE_TILING: TextureTiling = { rows: 4, texels: 2, wgX: 8, wgY: 4 };
+export const TEXTURE_TILING: TextureTiling = { rows: 8, texels: 2, wgX: 8, wgY: 2 };
 
 /**
  * WGSL shared by both paths: where element (row, col) of C goes (plain `row·ldc + col`, or the
