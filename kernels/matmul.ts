@@ -196,14 +196,18 @@ export function textureMatmulShader(
     return out.join(" ");
   };
   for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
-  // segments (p.k_seg texels each): totals t = S₁, then t = Sᵢ + t at each border, C = Sₚ + t
+  // segments (p.k_seg texels each): totals t = S₁, then t = Sᵢ + t at each border, C = Sₚ + t;
+  // an outer loop over the segments (no per-texel test: a modulo per iteration cost llvmpipe
+  // as much as the products, 1008×128×384 in three segments 3.7 vs 1.8 ms unsegmented)
   const segStart = segmented
-    ? `if (kq != 0u && kq % p.k_seg == 0u) {
-      if (kq == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
+    ? `for (var s0 = 0u; s0 < p.K4; s0 += p.k_seg) {
+    if (s0 != 0u) {
+      if (s0 == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
       else { ${all((i, j) => `t${i}_${j} = c${i}_${j} + t${i}_${j};`)} }
       ${all((i, j) => `c${i}_${j} = vec4f(0.0);`)}
-    }`
-    : "";
+    }
+    for (var kq = s0; kq < min(s0 + p.k_seg, p.K4); kq++) {`
+    : "for (var kq = 0u; kq < p.K4; kq++) {";
   const segEnd = segmented
     ? `if (p.K4 > p.k_seg) { ${all((i, j) => `c${i}_${j} = c${i}_${j} + t${i}_${j};`)} }`
     : "";
@@ -321,12 +325,11 @@ fn main(@builtin(global_invocation_id) g: vec3u${
   let la = g.z;
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
-  for (var kq = 0u; kq < p.K4; kq++) {
-    ${segStart}
+  ${segStart}
     ${aload.join("\n    ")}
     let k = 4u * kq;
     ${body.join("\n    ")}
-  }
+  }${segmented ? "}" : ""}
   ${segEnd}
   let cbase = (p.batch0 + g.z) * p.c_batch_stride;
   ${store.join("\n  ")}
