@@ -15,12 +15,19 @@ import {
   rowRanges,
   SOFTWARE_LOOP_BUDGET,
 } from "./_shader.ts";
-import { laneTreeSums, ROW_MAIN, ROW_THREAD_MAIN, ROW_WG, WG_REDUCE } from "./reduce.ts";
+import {
+  laneTreeSums,
+  laneTreeSumsUnrolled,
+  ROW_MAIN,
+  ROW_THREAD_MAIN,
+  ROW_WG,
+  WG_REDUCE,
+} from "./reduce.ts";
 import { type Gpu, Params, type Tensor } from "./runtime.ts";
 
 /** Bindings of the forward; `E` is the element type of the row-major arrays (`vec4f`: 4 columns). */
 const forwardBindings = (E = "f32") => `
-struct P { rows: u32, cols: u32, eps: f32 }
+struct P { rows: u32, cols: u32, eps: f32, zero: f32 }
 @group(0) @binding(0) var<storage, read> x: array<${E}>;     // (rows, C)
 @group(0) @binding(1) var<storage, read> w: array<${E}>;     // (C)
 @group(0) @binding(2) var<storage, read> b: array<${E}>;     // (C)
@@ -32,7 +39,7 @@ const FORWARD_BINDINGS = forwardBindings();
 
 /** Bindings of the backward's dx; `E` as in {@link forwardBindings}. */
 const backwardDxBindings = (E = "f32") => `
-struct P { rows: u32, cols: u32, accumulate: u32 }
+struct P { rows: u32, cols: u32, accumulate: u32, zero: f32 }
 @group(0) @binding(0) var<storage, read> dy: array<${E}>;    // (rows, C)
 @group(0) @binding(1) var<storage, read> x: array<${E}>;     // (rows, C)
 @group(0) @binding(2) var<storage, read> w: array<${E}>;     // (C)
@@ -204,6 +211,75 @@ ${ROW_THREAD_MAIN}
   }
 }`;
 
+// The row-tree forms for one row width C (a multiple of 4, at most UNROLLED_MAX), fully
+// unrolled: each element is loaded once into a register and reused by every pass (the loop forms
+// load x three times forward, dy/x/w twice and dx once backward), and whether dx accumulates is
+// known — the same terms in the same order, so the same bits. On llvmpipe (SPEC §11: a storage
+// load per lane costs more than the arithmetic around it) 1008 rows of 128: forward + backward
+// measured below in layernormForward's notes.
+
+/** Widest row (in floats) the unrolled row-tree kernels are built for. */
+const UNROLLED_MAX = 256;
+const unrolledShaders = new Map<string, string>();
+
+function unrolledForward(C: number): string {
+  const key = `f${C}`, hit = unrolledShaders.get(key);
+  if (hit) return hit;
+  const C4 = C / 4, each = (f: (v: number) => string) => range(C4).map(f).join("\n  ");
+  const code = `
+${forwardBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let xb = base / 4u;
+  ${each((v) => `let x${v} = x[xb + ${v}u];`)}
+  ${laneTreeSumsUnrolled({ s: (v) => `x${v}` }, C4, "p.zero")}
+  let m = s / f32(p.cols);
+  ${each((v) => `let d${v} = x${v} - m;`)}
+  ${laneTreeSumsUnrolled({ q: (v) => `d${v} * d${v}` }, C4, "p.zero")}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  ${each((v) => `y[xb + ${v}u] = (x${v} - m) * r * w[${v}u] + b[${v}u];`)}
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+  unrolledShaders.set(key, code);
+  return code;
+}
+
+function unrolledBackwardDx(C: number, accumulate: boolean): string {
+  const key = `b${C}/${accumulate}`, hit = unrolledShaders.get(key);
+  if (hit) return hit;
+  const C4 = C / 4, each = (f: (v: number) => string) => range(C4).map(f).join("\n  ");
+  const code = `
+${backwardDxBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let m = mean[row];
+  let r = rstd[row];
+  let xb = base / 4u;
+  ${each((v) => `let dy${v} = dy[xb + ${v}u]; let x${v} = x[xb + ${v}u]; let w${v} = w[${v}u];`)}
+  ${each((v) => `let g${v} = dy${v} * w${v};`)}
+  ${
+    laneTreeSumsUnrolled(
+      { s1: (v) => `g${v}`, s2: (v) => `g${v} * (x${v} - m) * r` },
+      C4,
+      "p.zero",
+    )
+  }
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  ${
+    each((v) =>
+      `let o${v} = r * (dy${v} * w${v} - mg - ((x${v} - m) * r) * mgx); ` +
+      `dx[xb + ${v}u] = ${accumulate ? `dx[xb + ${v}u] + o${v}` : `o${v}`};`
+    )
+  }
+}`;
+  unrolledShaders.set(key, code);
+  return code;
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
 /**
  * How a layernorm kernel spreads a row. `"workgroup"`: 64 invocations per row with a tree
  * reduction — what a GPU runs well. `"row-tree"`: one invocation per row doing the same sums in
@@ -314,14 +390,16 @@ export function layernormForward(
   gpu.dispatch(
     gpu.pipeline(
       variant === "row-tree"
-        ? (C % 4 === 0 ? FORWARD_TREE_VEC4 : FORWARD_TREE)
+        ? (C % 4 === 0
+          ? (C <= UNROLLED_MAX ? unrolledForward(C) : FORWARD_TREE_VEC4)
+          : FORWARD_TREE)
         : variant === "row-thread"
         ? FORWARD_ROWWISE
         : FORWARD,
     ),
     [x, weight, bias, y, mean, rstd],
     gpu.grid(rowwise ? groups(rows) : rows),
-    new Params().u32(rows, C).f32(opts.eps ?? 1e-5),
+    new Params().u32(rows, C).f32(opts.eps ?? 1e-5, 0),
   );
   return { y, mean, rstd };
 }
@@ -361,14 +439,18 @@ export function layernormBackward(
   gpu.dispatch(
     gpu.pipeline(
       variant === "row-tree"
-        ? (C % 4 === 0 ? BACKWARD_DX_TREE_VEC4 : BACKWARD_DX_TREE)
+        ? (C % 4 === 0
+          ? (C <= UNROLLED_MAX
+            ? unrolledBackwardDx(C, opts.accumulateDx === true)
+            : BACKWARD_DX_TREE_VEC4)
+          : BACKWARD_DX_TREE)
         : variant === "row-thread"
         ? BACKWARD_DX_ROWWISE
         : BACKWARD_DX,
     ),
     [dy, x, weight, saved.mean, saved.rstd, dx],
     gpu.grid(rowwise ? groups(rows) : rows),
-    new Params().u32(rows, C, opts.accumulateDx ? 1 : 0),
+    new Params().u32(rows, C, opts.accumulateDx ? 1 : 0).f32(0),
   );
   if (dweight === null) return dx;
   const ranges = rowRanges(rows);

@@ -103,6 +103,37 @@ export function laneTreeSums(
   out.push(`for (var c0 = 0u; c0 < ${count}; c0 += ${ROW_WG}u) {
     ${body.join("\n    ")}
   }`);
+  out.push(laneTree(names));
+  return out.join("\n  ");
+}
+
+/**
+ * {@link laneTreeSums} over a row of `width4` vec4s known when the shader is built, fully
+ * unrolled: `terms` maps each result name to the WGSL vec4f of vec4 `v` (e.g. a register that
+ * holds it), added to partial `v mod 16` in increasing `v` — the loop form's order, so its bits
+ * — with no loop, no bounds tests and values that stay in registers. `zero` is a WGSL f32 that
+ * is 0 but not known to the compiler (a uniform): from a literal 0 the compiler would drop the
+ * first addition, and a partial that is then a bare product would fuse into the tree's first
+ * addition (an FMA), which the loop form never does — other bits.
+ */
+export function laneTreeSumsUnrolled(
+  terms: Record<string, (v: number) => string>,
+  width4: number,
+  zero: string,
+): string {
+  const names = Object.keys(terms);
+  const out: string[] = [];
+  for (const n of names) {
+    for (let j = 0; j < 16; j++) out.push(`var ${n}_${j} = vec4f(${zero});`);
+    for (let v = 0; v < width4; v++) out.push(`${n}_${v % 16} += ${terms[n](v)};`);
+  }
+  out.push(laneTree(names));
+  return out.join("\n  ");
+}
+
+/** The pairwise fold of sixteen vec4 lane partials per name into `let` results (WG_REDUCE's). */
+function laneTree(names: string[]): string {
+  const out: string[] = [];
   for (const n of names) {
     const r = (k: number) => `${n}_${k}`;
     out.push(

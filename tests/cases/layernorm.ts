@@ -140,9 +140,15 @@ cases.push({
 
 cases.push({
   name: "layernorm: the row-tree form gives the workgroup form's bits (forward, saved stats, " +
-    "dx, dweight, dbias), so the default may pick either by shape and adapter",
+    "dx, accumulated dx, dweight, dbias), so the default may pick either by shape and adapter",
   async run(gpu) {
-    for (const [rows, C] of [[1, 1], [3, 5], [17, 64], [5, 65], [300, 129], [7, 768], [2, 3000]]) {
+    // C 64, 200 and 256: rows of vec4s unrolled (several terms per lane partial past 64); 768:
+    // the vec4 loop; 5, 65, 129, 3000: the scalar loop
+    const shapes = [[1, 1], [3, 5], [17, 64], [9, 200], [4, 256], [5, 65], [300, 129], [7, 768], [
+      2,
+      3000,
+    ]];
+    for (const [rows, C] of shapes) {
       const tx = gpu.fromArray(randArray(rows * C, 21, -3, 3), [rows, C]);
       const tw = gpu.fromArray(randArray(C, 22)), tb = gpu.fromArray(randArray(C, 23));
       const dy = gpu.fromArray(randArray(rows * C, 24), [rows, C]);
@@ -151,7 +157,15 @@ cases.push({
         const f = k.layernormForward(gpu, tx, tw, tb, { variant });
         const dw = gpu.zeros([C]), db = gpu.zeros([C]);
         const dx = k.layernormBackward(gpu, dy, tx, tw, f, dw, db, { variant });
-        bits[variant] = await Promise.all([f.y, f.mean, f.rstd, dx, dw, db].map(gpu.readF32, gpu));
+        const acc = gpu.fromArray(randArray(rows * C, 25), [rows, C]);
+        k.layernormBackward(gpu, dy, tx, tw, f, null, null, {
+          variant,
+          dx: acc,
+          accumulateDx: true,
+        });
+        bits[variant] = await Promise.all(
+          [f.y, f.mean, f.rstd, dx, acc, dw, db].map(gpu.readF32, gpu),
+        );
       }
       bits.workgroup.forEach((a, j) => {
         const i = a.findIndex((v, i) => !Object.is(v, bits["row-tree"][j][i]));
