@@ -452,6 +452,19 @@ export interface AttentionOptions {
   causal?: boolean;
   /** Score scale (default `Dh^-1/2`). Pass 1 when q is pre-scaled (as OPT does). */
   scale?: number;
+  /**
+   * k and v already in the kernels' texture form — `B·H` layers of `Dh/4 × Tk` rgba32float
+   * texels, as {@link matmul}'s `kvCache` epilogue writes them (row 0 on) — so the forward does
+   * not pack them, and {@link attentionBackward} reuses them. Needs `B·H` within
+   * `maxTextureArrayLayers`; the textures must stay alive (unreleased) until the backward.
+   */
+  keyValueTextures?: KeyValueTextures;
+}
+
+/** The keys and values of an attention as textures (see {@link AttentionOptions}). */
+export interface KeyValueTextures {
+  k: GPUTexture;
+  v: GPUTexture;
 }
 
 interface Dims {
@@ -489,6 +502,8 @@ export interface AttentionSaved {
   causal: boolean;
   /** The key mask `(B, Tmask)` the forward applied (1 = valid key), if any. */
   keyMask?: Tensor;
+  /** The key/value textures the forward read, when given them (the backward reads them too). */
+  keyValueTextures?: KeyValueTextures;
 }
 
 /**
@@ -520,13 +535,18 @@ export function attentionForward(
   const BH = B * H, dq = Math.ceil(Dh / 4);
   const out = gpu.empty([B, H, Tq, Dh]), lse = gpu.empty([B, H, Tq]);
   const maxLayers = gpu.limits.maxTextureArrayLayers;
+  const given = opts.keyValueTextures;
+  if (given) checkTextures(gpu, given, BH, Tk, dq);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    const kt = gpu.scratchTexture(dq, Tk, n), vt = gpu.scratchTexture(dq, Tk, n);
-    fillTextures(gpu, [
-      { src: k, tex: kt, block: headBlock(Tk, Dh, c0, n) },
-      { src: v, tex: vt, block: headBlock(Tk, Dh, c0, n) },
-    ]);
+    const kt = given?.k ?? gpu.scratchTexture(dq, Tk, n);
+    const vt = given?.v ?? gpu.scratchTexture(dq, Tk, n);
+    if (!given) {
+      fillTextures(gpu, [
+        { src: k, tex: kt, block: headBlock(Tk, Dh, c0, n) },
+        { src: v, tex: vt, block: headBlock(Tk, Dh, c0, n) },
+      ]);
+    }
     fused(
       gpu,
       q,
@@ -539,10 +559,22 @@ export function attentionForward(
       c0,
       n,
     );
-    gpu.releaseTexture(kt);
-    gpu.releaseTexture(vt);
+    if (!given) {
+      gpu.releaseTexture(kt);
+      gpu.releaseTexture(vt);
+    }
   }
-  return { out, lse, scale, causal, keyMask: opts.keyMask };
+  return { out, lse, scale, causal, keyMask: opts.keyMask, keyValueTextures: given };
+}
+
+/** Given key/value textures must hold every (batch, head) layer, `Tk` rows and `dq` texels. */
+function checkTextures(gpu: Gpu, t: KeyValueTextures, BH: number, Tk: number, dq: number): void {
+  checkShape(
+    BH <= gpu.limits.maxTextureArrayLayers &&
+      [t.k, t.v].every((x) => x.depthOrArrayLayers >= BH && x.height >= Tk && x.width >= dq),
+    `attention: keyValueTextures must hold ${BH} layers of ${Tk} × ${dq} texels, got ` +
+      `${t.k.width}×${t.k.height}×${t.k.depthOrArrayLayers}`,
+  );
 }
 
 /** The texture block of `n` (batch, head) layers `[T, Dh]` from layer `c0` of a `[B·H, T, Dh]`. */
@@ -867,14 +899,20 @@ function runBackward(
   const keyBindings = layout === "qkv" ? [keyOut[0], null] : keyOut;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const view = (t: GPUTexture) => gpu.arrayView(t);
+  // the forward's key/value textures when it was given them (one chunk of layers)
+  const given = saved.keyValueTextures;
+  if (given) checkTextures(gpu, given, BH, Tk, dq4);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
     // keys, values, queries and dO into textures (small ones share a packing dispatch)
-    const kt = gpu.scratchTexture(dq4, Tk, n), vt = gpu.scratchTexture(dq4, Tk, n);
+    const kt = given?.k ?? gpu.scratchTexture(dq4, Tk, n);
+    const vt = given?.v ?? gpu.scratchTexture(dq4, Tk, n);
     const qt = gpu.scratchTexture(dq4, Tq, n), gt = gpu.scratchTexture(dq4, Tq, n);
     fillTextures(gpu, [
-      { src: k, tex: kt, block: headBlock(Tk, Dh, c0, n) },
-      { src: v, tex: vt, block: headBlock(Tk, Dh, c0, n) },
+      ...(given ? [] : [
+        { src: k, tex: kt, block: headBlock(Tk, Dh, c0, n) },
+        { src: v, tex: vt, block: headBlock(Tk, Dh, c0, n) },
+      ]),
       { src: q, tex: qt, block: headBlock(Tq, Dh, c0, n) },
       { src: dout, tex: gt, block: headBlock(Tq, Dh, c0, n) },
     ]);
@@ -885,8 +923,10 @@ function runBackward(
       [Math.ceil(Tq / R / FWD_WG), n],
       params,
     );
-    gpu.releaseTexture(kt);
-    gpu.releaseTexture(vt);
+    if (!given) {
+      gpu.releaseTexture(kt);
+      gpu.releaseTexture(vt);
+    }
     gpu.dispatch(
       keyPipe,
       [k, v, saved.lse, D, saved.keyMask ?? null, view(qt), view(gt), ...keyBindings],

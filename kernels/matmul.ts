@@ -161,12 +161,15 @@ fn emit_sum(row: u32, v: f32) {
 /**
  * The epilogue a texture-path kernel is compiled for (see {@link textureMatmulShader}): the
  * dispatch's flags (bias, ReLU, accumulate, residual, head split, ReLU backward), whether the
- * bias is segmented (`biasSegments`) and whether a row-sums column is written.
+ * bias is segmented (`biasSegments`) and whether a row-sums column is written; with a head
+ * split (or KV-cache store), the head count and size (a model's constants; the sequence length
+ * stays a uniform, as it changes from batch to batch).
  */
 export interface TextureEpilogue {
   flags: number;
   segmentedBias: boolean;
   rowSums: boolean;
+  heads?: { H: number; Dh: number };
 }
 
 /**
@@ -344,7 +347,10 @@ ${LN_EPILOGUE(R, t.wgX, t.wgY, vec4Out)}`
   // compiled for one epilogue: its flags are constants, so the branches it does not take (and
   // their index arithmetic: head split, bias segments) are compiled out
   const flags = `const FLAGS = ${epilogue.flags}u;\n`;
-  return flags + code.replaceAll("p.flags", "FLAGS").replace(
+  const h = epilogue.heads;
+  const heads = (c: string) =>
+    h ? c.replaceAll("p.heads", `${h.H}u`).replaceAll("p.head_dim", `${h.Dh}u`) : c;
+  return flags + heads(code).replaceAll("p.flags", "FLAGS").replace(
     "return (col / p.bias_width) * p.bias_stride + col % p.bias_width;",
     epilogue.segmentedBias
       ? "return (col / p.bias_width) * p.bias_stride + col % p.bias_width;"
@@ -460,7 +466,7 @@ function textureShaderFor(
   const e = epilogue;
   const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/` +
     `${lnOut}/${aAlongM}/${foldA}/${foldB}/${
-      e ? `${e.flags}/${e.segmentedBias}/${e.rowSums}` : ""
+      e ? `${e.flags}/${e.segmentedBias}/${e.rowSums}/${e.heads?.H}/${e.heads?.Dh}` : ""
     }`;
   const code = tilingShaders.get(key) ??
     textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB, e);
@@ -1016,6 +1022,7 @@ function runTexture(
         flags,
         segmentedBias: o.biasSegments !== undefined,
         rowSums: sumsCol !== NO_SUMS,
+        heads: sp ? { H: sp.H, Dh: sp.Dh } : undefined,
       }),
     );
   const kvViews = kv ? [gpu.arrayView(kv.k), gpu.arrayView(kv.v)] : [];

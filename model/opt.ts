@@ -484,14 +484,30 @@ export class OptModel {
     const scale = 1 / Math.sqrt(this.headDim);
     const positions = positionsFromMask(gpu, mask, 2);
     const caches = opts.kvCache;
+    // without caches, the q/k/v matmul writes k and v straight into the attention kernels'
+    // textures (its KV-cache epilogue), which the forward and backward then read unpacked
+    const H = this.heads, dq = this.headDim / 4, side = gpu.textureSide;
+    const textures = !caches && this.headDim % 4 === 0 && B * H > 0 && T > 0 &&
+      B * H <= gpu.limits.maxTextureArrayLayers && T <= side && dq <= side;
+    const written: ({ k: GPUTexture; v: GPUTexture; row: number } | undefined)[] = [];
     const kvFor = caches
       ? (l: number) =>
         T <= caches[l].capacity ? { k: caches[l].k, v: caches[l].v, row: 0 } : undefined
+      : textures
+      ? (l: number) =>
+        written[l] = {
+          k: gpu.scratchTexture(dq, T, B * H),
+          v: gpu.scratchTexture(dq, T, B * H),
+          row: 0,
+        }
       : undefined;
     return this.#run(tokens, mask, positions, (l, q, k, v, kvWritten) => {
       // prefill: keep this chunk's keys and values for later decode steps
       if (!kvWritten) caches?.[l].write(k, v, 0);
-      return attentionForward(gpu, q, k, v, { keyMask: mask, scale });
+      const kv = written[l];
+      if (kv && !kvWritten) [kv.k, kv.v].forEach((t) => gpu.releaseTexture(t)); // not fused
+      const keyValueTextures = kv && kvWritten ? { k: kv.k, v: kv.v } : undefined;
+      return attentionForward(gpu, q, k, v, { keyMask: mask, scale, keyValueTextures });
     }, kvFor);
   }
 
@@ -932,6 +948,13 @@ export class OptModel {
           a.x2pre,
         ]
       ) free(t);
+      // the key/value textures the q/k/v matmul wrote for attention (forward without caches)
+      const kv = a.att.keyValueTextures;
+      if (kv) {
+        this.gpu.releaseTexture(kv.k);
+        this.gpu.releaseTexture(kv.v);
+        a.att.keyValueTextures = undefined;
+      }
     }
     for (const t of [acts.xL, acts.lnf?.y, acts.lnf?.mean, acts.lnf?.rstd, acts.hidden]) free(t);
     for (const t of acts.loraU.values()) free(t);

@@ -1,6 +1,7 @@
 import * as k from "../../kernels/attention.ts";
 import * as ref from "../../kernels/reference/attention.ts";
 import { ShapeError } from "../../kernels/errors.ts";
+import { matmul } from "../../kernels/matmul.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "../assert.ts";
 import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
 
@@ -278,5 +279,44 @@ cases.push({
       assertClose(await gpu.readF32(out), want.out, TOL, `decode at ${t}`);
     }
     cache.destroy();
+  },
+});
+
+cases.push({
+  name: "attention: k and v given as textures (written by the q/k/v matmul's KV epilogue) give " +
+    "the bits of packed k and v, forward and backward; too small textures are named",
+  async run(gpu) {
+    // B 3, T 9, H 2, Dh 8: the fused q/k/v projection of a (27 × 12) input, heads split
+    const B = 3, T = 9, H = 2, Dh = 8, C = H * Dh, N = B * T, part = 448; // 256-byte aligned
+    const x = gpu.fromArray(randArray(N * 12, 71), [N, 12]);
+    const w = gpu.fromArray(randArray(3 * C * 12, 72), [3 * C, 12]);
+    const kt = gpu.scratchTexture(Dh / 4, T, B * H), vt = gpu.scratchTexture(Dh / 4, T, B * H);
+    const qkv = matmul(gpu, x, w, {
+      transB: true,
+      splitHeads: { T, H, Dh, partStride: part },
+      kvCache: { k: kt, v: vt, row: 0 },
+    });
+    const [q, kk, v] = [0, 1, 2].map((i) => qkv.view(i * part, [B, H, T, Dh]));
+    const mask = gpu.fromArray(leftPadMask(B, T), [B, T]);
+    const dout = gpu.fromArray(randArray(N * C, 73), [B, H, T, Dh]);
+    const run = async (textures: boolean) => {
+      const f = k.attentionForward(gpu, q, kk, v, {
+        keyMask: mask,
+        keyValueTextures: textures ? { k: kt, v: vt } : undefined,
+      });
+      assertEquals(f.keyValueTextures !== undefined, textures, "saved textures");
+      const d = k.attentionBackwardQkv(gpu, dout, q, kk, v, f);
+      return await Promise.all([f.out, f.lse, d].map(gpu.readF32, gpu));
+    };
+    const [packed, given] = [await run(false), await run(true)];
+    packed.forEach((a, j) =>
+      assert(a.every((u, i) => Object.is(u, given[j][i])), `output ${j}: given textures' bits`)
+    );
+    const small = gpu.scratchTexture(Dh / 4, 4, 2);
+    await assertThrows(
+      () => k.attentionForward(gpu, q, kk, v, { keyValueTextures: { k: small, v: small } }),
+      ShapeError,
+      "keyValueTextures must hold 6 layers of 9 × 2 texels",
+    );
   },
 });
