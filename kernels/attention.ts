@@ -37,7 +37,12 @@ function rowsPerInvocation(dq: number): number {
 
 const FWD_WG = 32;
 
-function fusedForwardShader(dq: number, causal: boolean, keyMask: boolean): string {
+function fusedForwardShader(
+  dq: number,
+  causal: boolean,
+  keyMask: boolean,
+  merged = false,
+): string {
   const R = rowsPerInvocation(dq);
   const lines = (f: (i: number, d: number) => string) => {
     const out: string[] = [];
@@ -52,7 +57,7 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh) or merged
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
@@ -67,7 +72,9 @@ fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
 
 fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
   if (i >= p.Tq) { return; }
-  let base = (bh * p.Tq + i) * p.Dh;
+  let base = ${
+    merged ? "(((bh / p.H) * p.Tq + i) * p.H + bh % p.H) * p.Dh" : "(bh * p.Tq + i) * p.Dh"
+  };
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { out[base + 4u * d4 + c] = v[c]; } }
 }
 
@@ -213,7 +220,7 @@ function rowIo(
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${target}[base + 4u * d4 + c] = val[c]; } }`
     : `var val = vec4f(0.0);
   if (i >= p.${rows}) { return val; }
-  let base = (bh * p.${rows} + i) * p.Dh;
+  let base = ${layout === "merged" ? base : `(bh * p.${rows} + i) * p.Dh`};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
   return val;`;
   return store
@@ -242,6 +249,7 @@ function backwardQueryShader(
   causal: boolean,
   keyMask: boolean,
   layout: GradLayout,
+  mergedOut = false,
 ): string {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
@@ -250,7 +258,7 @@ function backwardQueryShader(
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
-@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output
+@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output, or merged
 @group(0) @binding(3) var<storage, read> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
@@ -261,7 +269,7 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 
 ${rowIo("q", "Tq")}
 ${rowIo("dout", "Tq")}
-${rowIo("o", "Tq")}
+${rowIo("o", "Tq", false, mergedOut ? "merged" : "heads")}
 ${rowIo("dq", "Tq", true, layout, 0)}
 
 @compute @workgroup_size(${FWD_WG})
@@ -459,6 +467,11 @@ export interface AttentionOptions {
    * `maxTextureArrayLayers`; the textures must stay alive (unreleased) until the backward.
    */
   keyValueTextures?: KeyValueTextures;
+  /**
+   * Write the output merged, `[B, Tq, H, Dh]` (the heads side by side, as the output
+   * projection reads it), instead of `[B, H, Tq, Dh]`; the backward reads it there.
+   */
+  mergedOut?: boolean;
 }
 
 /** The keys and values of an attention as textures (see {@link AttentionOptions}). */
@@ -504,6 +517,8 @@ export interface AttentionSaved {
   keyMask?: Tensor;
   /** The key/value textures the forward read, when given them (the backward reads them too). */
   keyValueTextures?: KeyValueTextures;
+  /** Whether `out` is merged `[B, Tq, H, Dh]` (see {@link AttentionOptions}). */
+  mergedOut?: boolean;
 }
 
 /**
@@ -533,7 +548,8 @@ export function attentionForward(
   const causal = opts.causal !== false;
   const scale = opts.scale ?? 1 / Math.sqrt(Dh);
   const BH = B * H, dq = Math.ceil(Dh / 4);
-  const out = gpu.empty([B, H, Tq, Dh]), lse = gpu.empty([B, H, Tq]);
+  const merged = opts.mergedOut === true;
+  const out = gpu.empty(merged ? [B, Tq, H, Dh] : [B, H, Tq, Dh]), lse = gpu.empty([B, H, Tq]);
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const given = opts.keyValueTextures;
   if (given) checkTextures(gpu, given, BH, Tk, dq);
@@ -555,7 +571,7 @@ export function attentionForward(
       out,
       lse,
       d,
-      { causal, scale, keyMask: opts.keyMask, maskStride: Tk },
+      { causal, scale, keyMask: opts.keyMask, maskStride: Tk, merged },
       c0,
       n,
     );
@@ -564,7 +580,15 @@ export function attentionForward(
       gpu.releaseTexture(vt);
     }
   }
-  return { out, lse, scale, causal, keyMask: opts.keyMask, keyValueTextures: given };
+  return {
+    out,
+    lse,
+    scale,
+    causal,
+    keyMask: opts.keyMask,
+    keyValueTextures: given,
+    mergedOut: merged,
+  };
 }
 
 /** Given key/value textures must hold every (batch, head) layer, `Tk` rows and `dq` texels. */
@@ -619,7 +643,7 @@ function fused(
   out: Tensor,
   lse: Tensor,
   d: Dims,
-  o: { causal: boolean; scale: number; keyMask?: Tensor; maskStride: number },
+  o: { causal: boolean; scale: number; keyMask?: Tensor; maskStride: number; merged?: boolean },
   c0: number,
   n: number,
 ): void {
@@ -640,8 +664,13 @@ function fused(
     );
     return;
   }
+  // (with one query row a merged output is the head layout: the decode kernel serves both)
+  const merged = o.merged === true;
   const pipe = gpu.pipeline(
-    cached(`fwd/${dq}/${o.causal}/${hasMask}`, () => fusedForwardShader(dq, o.causal, hasMask)),
+    cached(
+      `fwd/${dq}/${o.causal}/${hasMask}/${merged}`,
+      () => fusedForwardShader(dq, o.causal, hasMask, merged),
+    ),
   );
   gpu.dispatch(
     pipe,
@@ -888,9 +917,12 @@ function runBackward(
   const BH = B * H, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
   const hasMask = saved.keyMask !== undefined, causal = saved.causal;
   const D = gpu.empty([B, H, Tq]);
-  const key = `${dq4}/${causal}/${hasMask}/${layout}`;
+  const key = `${dq4}/${causal}/${hasMask}/${layout}`, mergedOut = saved.mergedOut === true;
   const queryPipe = gpu.pipeline(
-    cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, layout)),
+    cached(
+      `bwdq/${key}/${mergedOut}`,
+      () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut),
+    ),
   );
   const keyPipe = gpu.pipeline(
     cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout)),

@@ -377,7 +377,13 @@ export class OptModel {
     dy: Tensor,
     x: Tensor,
     name: string,
-    opts: { bias?: boolean; dxInto?: Tensor; reluBackwardOf?: Tensor } = {},
+    opts: {
+      bias?: boolean;
+      dxInto?: Tensor;
+      reluBackwardOf?: Tensor;
+      /** dx written in a head layout (no adapter on this projection, no `dxInto`). */
+      splitHeads?: { T: number; H: number; Dh: number };
+    } = {},
     lu?: Map<string, Tensor>,
   ): Tensor {
     const gpu = this.gpu;
@@ -396,9 +402,13 @@ export class OptModel {
     }
     const W = this.#p(`${name}.weight`);
     const reluBackwardOf = ad ? undefined : relu;
+    checkShape(
+      !opts.splitHeads || (!ad && !opts.dxInto),
+      `OptModel.backward: ${name}'s dx cannot be head-split with an adapter or into a tensor`,
+    );
     const dx = opts.dxInto
       ? matmul(gpu, dy, W, { out: opts.dxInto, accumulate: true, reluBackwardOf })
-      : matmul(gpu, dy, W, { reluBackwardOf });
+      : matmul(gpu, dy, W, { reluBackwardOf, splitHeads: opts.splitHeads });
     const u = lu?.get(name);
     if (ad) {
       checkShape(u !== undefined, `OptModel.backward: no saved LoRA input for ${name}`);
@@ -507,7 +517,13 @@ export class OptModel {
       const kv = written[l];
       if (kv && !kvWritten) [kv.k, kv.v].forEach((t) => gpu.releaseTexture(t)); // not fused
       const keyValueTextures = kv && kvWritten ? { k: kv.k, v: kv.v } : undefined;
-      return attentionForward(gpu, q, k, v, { keyMask: mask, scale, keyValueTextures });
+      // the output merged (B, T, H, Dh): the out projection reads it as is, no swap
+      return attentionForward(gpu, q, k, v, {
+        keyMask: mask,
+        scale,
+        keyValueTextures,
+        mergedOut: true,
+      });
     }, kvFor);
   }
 
@@ -596,7 +612,7 @@ export class OptModel {
       const { kvWritten, ...qkv } = proj;
       Object.assign(a, qkv);
       a.att = attend(l, proj.q, proj.k, proj.v, kvWritten);
-      a.merged = T === 1
+      a.merged = T === 1 || a.att.mergedOut
         ? a.att.out.reshape([N, C]) // a view: att.out owns the buffer
         : swapAxes12(gpu, a.att.out).intoShape([N, C]);
       // x1 = x + out_proj(merged), the residual added in the matmul's epilogue, and the norm
@@ -872,9 +888,17 @@ export class OptModel {
         dRes1 = this.#lnBackward(dx1, a.x1pre!, a.ln1!, `${p}self_attn_layer_norm`);
         dx1.dispose();
       }
-      const dMerged = this.#linearBackward(dRes1, a.merged, `${p}self_attn.out_proj`, {}, lu);
-      const dAtt = swapAxes12(gpu, dMerged.reshape([B, T, H, Dh]));
-      dMerged.dispose();
+      // the input gradient in attention's head layout straight from the matmul's epilogue
+      // (a head split), else merged and swapped
+      const outProj = `${p}self_attn.out_proj`;
+      const split = T > 1 && !this.#adapter(outProj);
+      const dMerged = this.#linearBackward(dRes1, a.merged, outProj, {
+        splitHeads: split ? { T, H, Dh } : undefined,
+      }, lu);
+      const dAtt = split
+        ? dMerged.intoShape([B, H, T, Dh])
+        : swapAxes12(gpu, dMerged.reshape([B, T, H, Dh]));
+      if (!split) dMerged.dispose();
       const dIn = this.#qkvBackward(dAtt, a, p) ?? (() => {
         // gradients straight in the merged (N, C) layout the projections' backward reads
         const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, { merged: true });

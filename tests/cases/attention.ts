@@ -320,3 +320,31 @@ cases.push({
     );
   },
 });
+
+cases.push({
+  name: "attention: a merged output [B, Tq, H, Dh] holds the head-layout output's bits at the " +
+    "swapped places, and the backward from it gives the same gradients",
+  async run(gpu) {
+    for (const [B, H, T, Dh] of [[2, 3, 7, 8], [1, 2, 5, 5]]) {
+      const t = (seed: number) => gpu.fromArray(randArray(B * H * T * Dh, seed), [B, H, T, Dh]);
+      const [q, kk, v, dout] = [t(81), t(82), t(83), t(84)];
+      const mask = gpu.fromArray(leftPadMask(B, T), [B, T]);
+      const heads = k.attentionForward(gpu, q, kk, v, { keyMask: mask });
+      const merged = k.attentionForward(gpu, q, kk, v, { keyMask: mask, mergedOut: true });
+      assertEquals(merged.out.shape, [B, T, H, Dh], "merged shape");
+      const [a, m] = [await gpu.readF32(heads.out), await gpu.readF32(merged.out)];
+      for (let i = 0; i < a.length; i++) {
+        const d = i % Dh, r = Math.floor(i / Dh), tt = r % T, h = Math.floor(r / T) % H;
+        const b = Math.floor(r / (T * H));
+        const j = ((b * T + tt) * H + h) * Dh + d;
+        assert(Object.is(a[i], m[j]), `element (${b}, ${h}, ${tt}, ${d})`);
+      }
+      const g1 = k.attentionBackward(gpu, dout, q, kk, v, heads);
+      const g2 = k.attentionBackward(gpu, dout, q, kk, v, merged);
+      for (const n of ["dq", "dk", "dv"] as const) {
+        const [x, y] = [await gpu.readF32(g1[n]), await gpu.readF32(g2[n])];
+        assert(x.every((u, i) => Object.is(u, y[i])), `${n}: the same bits`);
+      }
+    }
+  },
+});
