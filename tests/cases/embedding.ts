@@ -8,9 +8,22 @@ import { type Case, dot, finiteDiff, randArray, randInts } from "../_util.ts";
 export const cases: Case[] = [];
 const TOL = { atol: 1e-6, rtol: 1e-6 };
 
-// C a multiple of 4 (12, 64) takes the four-columns-an-invocation kernels
+// C a multiple of 4 (12, 64, 8) takes the four-columns-an-invocation kernels; N a multiple of 4
+// (40, 64: many duplicates) the four-ids-a-load chains
 for (
-  const [N, V, C] of [[1, 1, 1], [7, 5, 33], [65, 13, 7], [33, 300, 65], [9, 6, 12], [40, 300, 64]]
+  const [N, V, C] of [
+    [1, 1, 1],
+    [7, 5, 33],
+    [65, 13, 7],
+    [33, 300, 65],
+    [9, 6, 12],
+    [40, 300, 64],
+    [
+      64,
+      5,
+      8,
+    ],
+  ]
 ) {
   cases.push({
     name: `embedding: token + position forward and scatter-add backward (N=${N}, V=${V}, C=${C})`,
