@@ -103,32 +103,48 @@ function defaultReduction(gpu: Gpu, rows: number, cols: number): RowReduction {
   return gpu.isFallbackAdapter && rows >= 128 && fits ? "row-tree" : "workgroup";
 }
 
-const LOGITS_BACKWARD = `
+/**
+ * The logits backward for one set of inputs (`hasLogp`, `hasEnt` known when built: the branches
+ * a dispatch does not take are compiled out), over `E` = `f32` elements or `vec4f` (four
+ * columns an invocation when V is a multiple of 4; `p.cols` then counts vec4s): the same
+ * arithmetic per element, so the same bits, with the row's values loaded once per four columns.
+ */
+function logitsBackwardShader(vec4: boolean, hasLogp: boolean, hasEnt: boolean): string {
+  const E = vec4 ? "vec4f" : "f32";
+  const col = vec4 ? "4u * c + vec4u(0u, 1u, 2u, 3u)" : "c";
+  return `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
-@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(0) var<storage, read> logits: array<${E}>;  // (rows, V)
 @group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows)
 @group(0) @binding(2) var<storage, read> lse: array<f32>;     // (rows)
 @group(0) @binding(3) var<storage, read> ent: array<f32>;     // (rows)
 @group(0) @binding(4) var<storage, read> g_logp: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read> g_ent: array<f32>;   // (rows)
-@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>; // (rows, V)
+@group(0) @binding(6) var<storage, read_write> dlogits: array<${E}>; // (rows, V)
 @group(0) @binding(7) var<uniform> p: P;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3u) {
+  _ = &targets; _ = &ent; _ = &g_logp; _ = &g_ent;
   let c = g.x;
   let row = g.y + g.z * 65535u;
   if (c >= p.cols || row >= p.rows) { return; }
   let idx = row * p.cols + c;
   let logq = logits[idx] - lse[row];
   let q = exp(logq);
-  var d = 0.0;
-  if (p.has_logp == 1u) {
-    let t = targets[row];
-    if (t >= 0) { d += p.sign * g_logp[row] * (select(0.0, 1.0, u32(t) == c) - q); }
+  var d = ${E}(0.0);
+  ${
+    hasLogp
+      ? `let t = targets[row];
+  if (t >= 0) { d += p.sign * g_logp[row] * (select(${E}(0.0), ${E}(1.0), ${
+        vec4 ? "vec4u(u32(t))" : "u32(t)"
+      } == ${col}) - q); }`
+      : ""
   }
-  if (p.has_ent == 1u) { d -= g_ent[row] * q * (logq + ent[row]); }
+  ${hasEnt ? "d -= g_ent[row] * q * (logq + ent[row]);" : ""}
   dlogits[idx] = d;
 }`;
+}
+const logitsBackwardShaders = new Map<string, string>();
 
 function rowsOf(x: Tensor, name: string): { rows: number; cols: number } {
   checkShape(x.dtype === "f32", `${name}: logits must be f32, got ${x.dtype}`);
@@ -307,8 +323,12 @@ export function logitsBackward(
   const out = grads.out ?? gpu.empty(logits.shape);
   checkShape(out.size === logits.size, "logitsBackward: out does not match logits");
   const rowsY = Math.min(rows, 65535), rowsZ = Math.ceil(rows / 65535);
+  const v = cols % 4 === 0 ? 4 : 1, hasLogp = grads.dlogp !== undefined;
+  const hasEnt = grads.dentropy !== undefined, key = `${v}/${hasLogp}/${hasEnt}`;
+  let code = logitsBackwardShaders.get(key);
+  if (!code) logitsBackwardShaders.set(key, code = logitsBackwardShader(v === 4, hasLogp, hasEnt));
   gpu.dispatch(
-    gpu.pipeline(LOGITS_BACKWARD),
+    gpu.pipeline(code),
     [
       logits,
       targets,
@@ -318,8 +338,8 @@ export function logitsBackward(
       grads.dentropy ?? gpu.placeholder(2),
       out,
     ],
-    [Math.ceil(cols / 64), rowsY, rowsZ],
-    new Params().u32(rows, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0),
+    [Math.ceil(cols / v / 64), rowsY, rowsZ],
+    new Params().u32(rows, cols / v).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0),
   );
   return out;
 }
