@@ -1597,7 +1597,7 @@ function rowsPerInvocation(dq) {
   return dq <= 8 ? 4 : dq <= 16 ? 2 : 1;
 }
 var FWD_WG = 32;
-function fusedForwardShader(dq, causal, keyMask) {
+function fusedForwardShader(dq, causal, keyMask, merged2 = false) {
   const R = rowsPerInvocation(dq);
   const lines = (f) => {
     const out = [];
@@ -1615,7 +1615,7 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh) or merged
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
@@ -1630,7 +1630,7 @@ fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
 
 fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
   if (i >= p.Tq) { return; }
-  let base = (bh * p.Tq + i) * p.Dh;
+  let base = ${merged2 ? "(((bh / p.H) * p.Tq + i) * p.H + bh % p.H) * p.Dh" : "(bh * p.Tq + i) * p.Dh"};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { out[base + 4u * d4 + c] = v[c]; } }
 }
 
@@ -1741,7 +1741,7 @@ function rowIo(name, rows2, store = false, layout = "heads", part = 0) {
   let base = ${base};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${target}[base + 4u * d4 + c] = val[c]; } }` : `var val = vec4f(0.0);
   if (i >= p.${rows2}) { return val; }
-  let base = (bh * p.${rows2} + i) * p.Dh;
+  let base = ${layout === "merged" ? base : `(bh * p.${rows2} + i) * p.Dh`};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
   return val;`;
   return store ? `fn store_${name}(bh: u32, i: u32, d4: u32, val: vec4f) {
@@ -1764,7 +1764,7 @@ function unroll(R, dq) {
     both
   };
 }
-function backwardQueryShader(dq, causal, keyMask, layout) {
+function backwardQueryShader(dq, causal, keyMask, layout, mergedOut = false) {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
   const dqName = layout === "qkv" ? "dqkv" : "dq";
@@ -1772,7 +1772,7 @@ function backwardQueryShader(dq, causal, keyMask, layout) {
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
-@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output
+@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output, or merged
 @group(0) @binding(3) var<storage, read> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
@@ -1783,7 +1783,7 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 
 ${rowIo("q", "Tq")}
 ${rowIo("dout", "Tq")}
-${rowIo("o", "Tq")}
+${rowIo("o", "Tq", false, mergedOut ? "merged" : "heads")}
 ${rowIo("dq", "Tq", true, layout, 0)}
 
 @compute @workgroup_size(${FWD_WG})
@@ -1960,7 +1960,13 @@ function attentionForward(gpu, q, k, v, opts = {}) {
   const causal = opts.causal !== false;
   const scale3 = opts.scale ?? 1 / Math.sqrt(Dh);
   const BH = B4 * H, dq = Math.ceil(Dh / 4);
-  const out = gpu.empty([
+  const merged2 = opts.mergedOut === true;
+  const out = gpu.empty(merged2 ? [
+    B4,
+    Tq,
+    H,
+    Dh
+  ] : [
     B4,
     H,
     Tq,
@@ -1971,37 +1977,53 @@ function attentionForward(gpu, q, k, v, opts = {}) {
     Tq
   ]);
   const maxLayers = gpu.limits.maxTextureArrayLayers;
+  const given = opts.keyValueTextures;
+  if (given) checkTextures(gpu, given, BH, Tk, dq);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    const kt = gpu.scratchTexture(dq, Tk, n), vt = gpu.scratchTexture(dq, Tk, n);
-    fillTextures(gpu, [
-      {
-        src: k,
-        tex: kt,
-        block: headBlock(Tk, Dh, c0, n)
-      },
-      {
-        src: v,
-        tex: vt,
-        block: headBlock(Tk, Dh, c0, n)
-      }
-    ]);
+    const kt = given?.k ?? gpu.scratchTexture(dq, Tk, n);
+    const vt = given?.v ?? gpu.scratchTexture(dq, Tk, n);
+    if (!given) {
+      fillTextures(gpu, [
+        {
+          src: k,
+          tex: kt,
+          block: headBlock(Tk, Dh, c0, n)
+        },
+        {
+          src: v,
+          tex: vt,
+          block: headBlock(Tk, Dh, c0, n)
+        }
+      ]);
+    }
     fused(gpu, q, kt, vt, out, lse, d, {
       causal,
       scale: scale3,
       keyMask: opts.keyMask,
-      maskStride: Tk
+      maskStride: Tk,
+      merged: merged2
     }, c0, n);
-    gpu.releaseTexture(kt);
-    gpu.releaseTexture(vt);
+    if (!given) {
+      gpu.releaseTexture(kt);
+      gpu.releaseTexture(vt);
+    }
   }
   return {
     out,
     lse,
     scale: scale3,
     causal,
-    keyMask: opts.keyMask
+    keyMask: opts.keyMask,
+    keyValueTextures: given,
+    mergedOut: merged2
   };
+}
+function checkTextures(gpu, t, BH, Tk, dq) {
+  checkShape(BH <= gpu.limits.maxTextureArrayLayers && [
+    t.k,
+    t.v
+  ].every((x) => x.depthOrArrayLayers >= BH && x.height >= Tk && x.width >= dq), `attention: keyValueTextures must hold ${BH} layers of ${Tk} \xD7 ${dq} texels, got ${t.k.width}\xD7${t.k.height}\xD7${t.k.depthOrArrayLayers}`);
 }
 function headBlock(T3, Dh, c0, n) {
   return {
@@ -2042,7 +2064,8 @@ function fused(gpu, q, kt, vt, out, lse, d, o, c0, n) {
     ], new Params().u32(n, d.Tk, d.Dh, d.H, c0, o.maskStride).f32(o.scale));
     return;
   }
-  const pipe = gpu.pipeline(cached(`fwd/${dq}/${o.causal}/${hasMask}`, () => fusedForwardShader(dq, o.causal, hasMask)));
+  const merged2 = o.merged === true;
+  const pipe = gpu.pipeline(cached(`fwd/${dq}/${o.causal}/${hasMask}/${merged2}`, () => fusedForwardShader(dq, o.causal, hasMask, merged2)));
   gpu.dispatch(pipe, [
     q,
     gpu.arrayView(kt),
@@ -2247,8 +2270,8 @@ function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
     H,
     Tq
   ]);
-  const key = `${dq4}/${causal}/${hasMask}/${layout}`;
-  const queryPipe = gpu.pipeline(cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, layout)));
+  const key = `${dq4}/${causal}/${hasMask}/${layout}`, mergedOut = saved.mergedOut === true;
+  const queryPipe = gpu.pipeline(cached(`bwdq/${key}/${mergedOut}`, () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut)));
   const keyPipe = gpu.pipeline(cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout)));
   const keyBindings = layout === "qkv" ? [
     keyOut[0],
@@ -2256,21 +2279,26 @@ function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
   ] : keyOut;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const view = (t) => gpu.arrayView(t);
+  const given = saved.keyValueTextures;
+  if (given) checkTextures(gpu, given, BH, Tk, dq4);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    const kt = gpu.scratchTexture(dq4, Tk, n), vt = gpu.scratchTexture(dq4, Tk, n);
+    const kt = given?.k ?? gpu.scratchTexture(dq4, Tk, n);
+    const vt = given?.v ?? gpu.scratchTexture(dq4, Tk, n);
     const qt = gpu.scratchTexture(dq4, Tq, n), gt = gpu.scratchTexture(dq4, Tq, n);
     fillTextures(gpu, [
-      {
-        src: k,
-        tex: kt,
-        block: headBlock(Tk, Dh, c0, n)
-      },
-      {
-        src: v,
-        tex: vt,
-        block: headBlock(Tk, Dh, c0, n)
-      },
+      ...given ? [] : [
+        {
+          src: k,
+          tex: kt,
+          block: headBlock(Tk, Dh, c0, n)
+        },
+        {
+          src: v,
+          tex: vt,
+          block: headBlock(Tk, Dh, c0, n)
+        }
+      ],
       {
         src: q,
         tex: qt,
@@ -2297,8 +2325,10 @@ function runBackward(gpu, dout, q, k, v, saved, layout, queryOut, keyOut) {
       Math.ceil(Tq / R / FWD_WG),
       n
     ], params);
-    gpu.releaseTexture(kt);
-    gpu.releaseTexture(vt);
+    if (!given) {
+      gpu.releaseTexture(kt);
+      gpu.releaseTexture(vt);
+    }
     gpu.dispatch(keyPipe, [
       k,
       v,
@@ -2388,6 +2418,1430 @@ function attentionBackward2(dout, q, k, v, a) {
     dq,
     dk,
     dv
+  };
+}
+
+// kernels/reduce.ts
+var ROW_WG = 64;
+var WG_REDUCE = `
+var<workgroup> red_: array<f32, ${ROW_WG}>;
+fn wg_sum(v: f32, lid: u32) -> f32 {
+  red_[lid] = v;
+  workgroupBarrier();
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red_[lid] += red_[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = red_[0];
+  workgroupBarrier();
+  return r;
+}
+fn wg_max(v: f32, lid: u32) -> f32 {
+  red_[lid] = v;
+  workgroupBarrier();
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red_[lid] = max(red_[lid], red_[lid + s]); }
+    workgroupBarrier();
+  }
+  let r = red_[0];
+  workgroupBarrier();
+  return r;
+}
+`;
+var ROW_THREAD_MAIN = `${LINEAR_MAIN}
+  let row = i;
+  if (row >= p.rows) { return; }
+  let base = row * p.cols;`;
+function laneTreeSums(terms, prelude = "", count = "p.cols", vec4 = false) {
+  const names = Object.keys(terms);
+  const out = [];
+  for (const n of names) {
+    for (let j = 0; j < 16; j++) out.push(`var ${n}_${j} = vec4f(0.0);`);
+  }
+  const body = [];
+  for (let j = 0; j < 16 && vec4; j++) {
+    body.push(`{
+      let c = c0 + ${4 * j}u;
+      if (c < ${count}) {
+        ${prelude}
+        ${names.map((n) => `${n}_${j} += ${terms[n]};`).join(" ")}
+      }
+    }`);
+  }
+  for (let j = 0; j < 16 && !vec4; j++) {
+    for (let i = 0; i < 4; i++) {
+      const comp = "xyzw"[i];
+      body.push(`{
+      let c = c0 + ${4 * j + i}u;
+      if (c < ${count}) {
+        ${prelude}
+        ${names.map((n) => `${n}_${j}.${comp} += ${terms[n]};`).join(" ")}
+      }
+    }`);
+    }
+  }
+  out.push(`for (var c0 = 0u; c0 < ${count}; c0 += ${ROW_WG}u) {
+    ${body.join("\n    ")}
+  }`);
+  out.push(laneTree(names));
+  return out.join("\n  ");
+}
+function laneTreeSumsUnrolled(terms, width4, zero) {
+  const names = Object.keys(terms);
+  const out = [];
+  for (const n of names) {
+    for (let j = 0; j < 16; j++) out.push(`var ${n}_${j} = vec4f(${zero});`);
+    for (let v = 0; v < width4; v++) out.push(`${n}_${v % 16} += ${terms[n](v)};`);
+  }
+  out.push(laneTree(names));
+  return out.join("\n  ");
+}
+function laneTree(names) {
+  const out = [];
+  for (const n of names) {
+    const r = (k) => `${n}_${k}`;
+    out.push(...[
+      0,
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+      7
+    ].map((j) => `let ${n}_a${j} = ${r(j)} + ${r(j + 8)};`), ...[
+      0,
+      1,
+      2,
+      3
+    ].map((j) => `let ${n}_b${j} = ${n}_a${j} + ${n}_a${j + 4};`), ...[
+      0,
+      1
+    ].map((j) => `let ${n}_c${j} = ${n}_b${j} + ${n}_b${j + 2};`), `let ${n}_d = ${n}_c0 + ${n}_c1;`, `let ${n}_e = ${n}_d.xy + ${n}_d.zw;`, `let ${n} = ${n}_e.x + ${n}_e.y;`);
+  }
+  return out.join("\n  ");
+}
+var ROW_MAIN = `@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;`;
+var ROWS = `${WG_REDUCE}
+struct P { rows: u32, cols: u32, op: u32 }   // op 0 sum, 1 mean, 2 max
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows)
+@group(0) @binding(2) var<uniform> p: P;
+${ROW_MAIN}
+  let valid = row < p.rows;
+  let base = row * p.cols;
+  var acc = select(0.0, -3.4e38, p.op == 2u);
+  if (valid) {
+    for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+      let v = x[base + c];
+      acc = select(acc + v, max(acc, v), p.op == 2u);
+    }
+  }
+  var r: f32;
+  if (p.op == 2u) { r = wg_max(acc, lid); } else { r = wg_sum(acc, lid); }
+  if (valid && lid == 0u) { out[row] = select(r, r / f32(p.cols), p.op == 1u); }
+}`;
+var COLS = `
+struct P {
+  rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32,
+  r0: u32, r1: u32, carry: u32, finish: u32,
+}
+@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols), or segments
+@group(0) @binding(2) var<storage, read_write> run: array<f32>; // (cols) running sums
+@group(0) @binding(3) var<uniform> p: P;
+${COLUMN_MAIN}
+  if (i >= p.cols) { return; }
+  var s = select(0.0, run[i], p.carry == 1u);
+  for (var r = p.r0; r < p.r1; r++) { s += x[r * p.cols + i]; }
+  if (p.finish == 0u) { run[i] = s; return; }
+  let o = (i / p.seg_width) * p.seg_stride + i % p.seg_width;
+  out[o] = select(s, out[o] + s, p.accumulate == 1u);
+}`;
+function lastAxis(x, op) {
+  checkShape(x.dtype === "f32", `${op}: expects f32, got ${x.dtype}`);
+  checkShape(x.shape.length >= 1, `${op}: needs at least one dimension`);
+  const cols = x.shape[x.shape.length - 1];
+  return {
+    rows: cols === 0 ? 0 : x.size / cols,
+    cols
+  };
+}
+function rowReduce(gpu, x, op, name) {
+  const { rows: rows2, cols } = lastAxis(x, name);
+  checkShape(cols > 0 || op !== 2, `${name}: max over an empty axis`);
+  const out = gpu.empty(x.shape.slice(0, -1));
+  if (cols === 0) {
+    gpu.clear(out);
+    return out;
+  }
+  gpu.dispatch(gpu.pipeline(ROWS), [
+    x,
+    out
+  ], gpu.grid(rows2), new Params().u32(rows2, cols, op));
+  return out;
+}
+function sumLastAxis(gpu, x) {
+  return rowReduce(gpu, x, 0, "sumLastAxis");
+}
+function meanLastAxis(gpu, x) {
+  return rowReduce(gpu, x, 1, "meanLastAxis");
+}
+function maxLastAxis(gpu, x) {
+  return rowReduce(gpu, x, 2, "maxLastAxis");
+}
+function sumColumns(gpu, x, opts = {}) {
+  const { rows: rows2, cols } = lastAxis(x, "sumColumns");
+  const seg = opts.outSegments ?? {
+    width: Math.max(cols, 1),
+    stride: 0
+  };
+  const parts = Math.ceil(cols / seg.width);
+  checkShape(Number.isInteger(seg.width) && seg.width > 0 && cols % seg.width === 0 && Number.isInteger(seg.stride) && (parts <= 1 || seg.stride >= seg.width), `sumColumns: outSegments {width ${seg.width}, stride ${seg.stride}} must divide ${cols} columns into segments that do not overlap`);
+  const size = opts.outSegments ? (parts - 1) * seg.stride + seg.width : cols;
+  const out = opts.out ?? gpu.empty([
+    size
+  ]);
+  checkShape(out.size === size, `sumColumns: out has ${out.size} elements, expected ${size}`);
+  checkShape(!opts.accumulate || opts.out !== void 0, "sumColumns: accumulate needs `out`");
+  const ranges = rowRanges(rows2);
+  const run2 = ranges.length > 1 ? gpu.empty([
+    cols
+  ]) : gpu.placeholder(1);
+  ranges.forEach(([r02, r1], k) => gpu.dispatch(gpu.pipeline(COLS), [
+    x,
+    out,
+    run2
+  ], gpu.grid(columnGroups(cols)), new Params().u32(rows2, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride, r02, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
+  if (ranges.length > 1) run2.dispose();
+  return out;
+}
+var CHUNK = 4096;
+var PARTIALS = `${WG_REDUCE}
+struct P { n: u32, mode: u32, offset: u32, has_mask: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;        // (n)
+@group(0) @binding(1) var<storage, read> mask: array<f32>;     // (n) or dummy
+@group(0) @binding(2) var<storage, read> stats: array<f32>;    // (4): sum, count, mean, var
+@group(0) @binding(3) var<storage, read_write> partials: array<vec2f>;
+@group(0) @binding(4) var<uniform> p: P;
+${ROW_MAIN}
+  let start = row * ${CHUNK}u;
+  let end = min(start + ${CHUNK}u, p.n);
+  let mean = select(0.0, stats[2], p.mode == 1u);
+  var s = 0.0;
+  var w = 0.0;
+  for (var i = start + lid; i < end; i += ${ROW_WG}u) {
+    let m = select(1.0, mask[i], p.has_mask == 1u);
+    let v = x[i];
+    if (p.mode == 0u) { s += m * v; } else if (p.mode == 1u) { s += m * (v - mean) * (v - mean); } else { s += v * v; }
+    w += m;
+  }
+  let ts = wg_sum(s, lid);
+  let tw = wg_sum(w, lid);
+  if (lid == 0u) { partials[p.offset + row] = vec2f(ts, tw); }
+}`;
+var FINISH = `${WG_REDUCE}
+struct P { count: u32, mode: u32, unbiased: u32, max_norm: f32 }
+@group(0) @binding(0) var<storage, read> partials: array<vec2f>;
+@group(0) @binding(1) var<storage, read_write> stats: array<f32>;    // (4)
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var s = 0.0;
+  var w = 0.0;
+  for (var i = lid; i < p.count; i += ${ROW_WG}u) { let v = partials[i]; s += v.x; w += v.y; }
+  let ts = wg_sum(s, lid);
+  let tw = wg_sum(w, lid);
+  if (lid != 0u) { return; }
+  if (p.mode == 0u) {
+    stats[0] = ts;
+    stats[1] = tw;
+    stats[2] = select(0.0, ts / tw, tw > 0.0);
+    stats[3] = 0.0;
+  } else if (p.mode == 1u) {
+    let d = select(tw, tw - 1.0, p.unbiased == 1u);
+    stats[3] = select(0.0, ts / d, d > 0.0);
+  } else {
+    let norm = sqrt(ts);
+    stats[0] = norm;
+    stats[1] = select(1.0, min(1.0, p.max_norm / (norm + 1e-6)), p.max_norm > 0.0);
+  }
+}`;
+function partialsFor(gpu, count) {
+  return gpu.empty([
+    Math.max(1, count) * 2
+  ]);
+}
+function maskedStats(gpu, x, mask, opts = {}) {
+  checkShape(x.dtype === "f32", `maskedStats: expects f32, got ${x.dtype}`);
+  if (mask) {
+    checkShape(mask.size === x.size && mask.dtype === "f32", `maskedStats: mask [${mask.shape}] (${mask.dtype}) does not match x [${x.shape}]`);
+  }
+  const stats = opts.out ?? gpu.empty([
+    4
+  ]);
+  checkShape(stats.size === 4, "maskedStats: out must have 4 elements");
+  const wgs = Math.ceil(x.size / CHUNK);
+  const partials = partialsFor(gpu, wgs);
+  const part = gpu.pipeline(PARTIALS), fin = gpu.pipeline(FINISH);
+  const m = mask ?? gpu.placeholder();
+  const hasMask = mask ? 1 : 0;
+  for (const mode of [
+    0,
+    1
+  ]) {
+    if (wgs === 0) gpu.clear(partials);
+    gpu.dispatch(part, [
+      x,
+      m,
+      stats,
+      partials
+    ], gpu.grid(wgs), new Params().u32(x.size, mode, 0, hasMask));
+    gpu.dispatch(fin, [
+      partials,
+      stats
+    ], [
+      1
+    ], new Params().u32(Math.max(1, wgs), mode, opts.unbiased === false ? 0 : 1).f32(0));
+  }
+  partials.dispose();
+  return stats;
+}
+function globalNorm(gpu, tensors, maxNorm = 0) {
+  checkShape(tensors.length > 0, "globalNorm: no tensors");
+  const counts = tensors.map((t) => Math.ceil(t.size / CHUNK));
+  const total = counts.reduce((a, b) => a + b, 0);
+  const partials = partialsFor(gpu, total);
+  const stats = gpu.empty([
+    4
+  ]);
+  const part = gpu.pipeline(PARTIALS);
+  let offset = 0;
+  if (total === 0) gpu.clear(partials);
+  tensors.forEach((t, i) => {
+    checkShape(t.dtype === "f32", `globalNorm: tensor ${i} has dtype ${t.dtype}`);
+    gpu.dispatch(part, [
+      t,
+      gpu.placeholder(),
+      stats,
+      partials
+    ], gpu.grid(counts[i]), new Params().u32(t.size, 2, offset, 0));
+    offset += counts[i];
+  });
+  gpu.dispatch(gpu.pipeline(FINISH), [
+    partials,
+    stats
+  ], [
+    1
+  ], new Params().u32(Math.max(1, total), 2, 0).f32(maxNorm));
+  partials.dispose();
+  return stats;
+}
+var SCALE_BY = `
+struct P { n: u32, index: u32 }
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;  // (n), scaled in place
+@group(0) @binding(1) var<storage, read> s: array<f32>;  // scalar source
+@group(0) @binding(2) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.n) { return; }
+  x[i] = x[i] * s[p.index];
+}`;
+function scaleByScalarTensor(gpu, x, s, index = 0) {
+  checkShape(index < s.size, `scaleByScalarTensor: index ${index} outside [${s.shape}]`);
+  gpu.dispatch(gpu.pipeline(SCALE_BY), [
+    x,
+    s
+  ], gpu.grid(groups(x.size)), new Params().u32(x.size, index));
+  return x;
+}
+function clipGradNorm(gpu, grads, maxNorm) {
+  checkShape(maxNorm > 0, `clipGradNorm: maxNorm must be > 0, got ${maxNorm}`);
+  const stats = globalNorm(gpu, grads, maxNorm);
+  for (const g of grads) scaleByScalarTensor(gpu, g, stats, 1);
+  return stats;
+}
+
+// kernels/layernorm.ts
+var forwardBindings = (E = "f32") => `
+struct P { rows: u32, cols: u32, eps: f32, zero: f32 }
+@group(0) @binding(0) var<storage, read> x: array<${E}>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<${E}>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<${E}>;     // (C)
+@group(0) @binding(3) var<storage, read_write> y: array<${E}>;     // (rows, C)
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
+@group(0) @binding(6) var<uniform> p: P;`;
+var FORWARD_BINDINGS = forwardBindings();
+var backwardDxBindings = (E = "f32") => `
+struct P { rows: u32, cols: u32, accumulate: u32, zero: f32 }
+@group(0) @binding(0) var<storage, read> dy: array<${E}>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<${E}>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<${E}>;     // (C)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
+@group(0) @binding(5) var<storage, read_write> dx: array<${E}>;    // (rows, C)
+@group(0) @binding(6) var<uniform> p: P;`;
+var BACKWARD_DX_BINDINGS = backwardDxBindings();
+var FORWARD = `${WG_REDUCE}
+${FORWARD_BINDINGS}
+${ROW_MAIN}
+  let valid = row < p.rows;
+  let base = row * p.cols;
+  var s = 0.0;
+  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { s += x[base + c]; } }
+  let m = wg_sum(s, lid) / f32(p.cols);
+  var q = 0.0;
+  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { let d = x[base + c] - m; q += d * d; } }
+  let r = inverseSqrt(wg_sum(q, lid) / f32(p.cols) + p.eps);
+  if (!valid) { return; }
+  for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+    y[base + c] = (x[base + c] - m) * r * w[c] + b[c];
+  }
+  if (lid == 0u) { mean[row] = m; rstd[row] = r; }
+}`;
+var BACKWARD_DX = `${WG_REDUCE}
+${BACKWARD_DX_BINDINGS}
+${ROW_MAIN}
+  let valid = row < p.rows;
+  let base = row * p.cols;
+  var m = 0.0;
+  var r = 0.0;
+  if (valid) { m = mean[row]; r = rstd[row]; }
+  var s1 = 0.0;
+  var s2 = 0.0;
+  if (valid) {
+    for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+      let g = dy[base + c] * w[c];
+      s1 += g;
+      s2 += g * (x[base + c] - m) * r;
+    }
+  }
+  let mg = wg_sum(s1, lid) / f32(p.cols);
+  let mgx = wg_sum(s2, lid) / f32(p.cols);
+  if (!valid) { return; }
+  for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
+var FORWARD_ROWWISE = `
+${FORWARD_BINDINGS}
+${ROW_THREAD_MAIN}
+  var s = 0.0;
+  for (var c = 0u; c < p.cols; c++) { s += x[base + c]; }
+  let m = s / f32(p.cols);
+  var q = 0.0;
+  for (var c = 0u; c < p.cols; c++) { let d = x[base + c] - m; q += d * d; }
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+var BACKWARD_DX_ROWWISE = `
+${BACKWARD_DX_BINDINGS}
+${ROW_THREAD_MAIN}
+  let m = mean[row];
+  let r = rstd[row];
+  var s1 = 0.0;
+  var s2 = 0.0;
+  for (var c = 0u; c < p.cols; c++) {
+    let g = dy[base + c] * w[c];
+    s1 += g;
+    s2 += g * (x[base + c] - m) * r;
+  }
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  for (var c = 0u; c < p.cols; c++) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
+var FORWARD_TREE = `
+${FORWARD_BINDINGS}
+${ROW_THREAD_MAIN}
+  ${laneTreeSums({
+  s: "x[base + c]"
+})}
+  let m = s / f32(p.cols);
+  ${laneTreeSums({
+  q: "d * d"
+}, "let d = x[base + c] - m;")}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+var BACKWARD_DX_TREE = `
+${BACKWARD_DX_BINDINGS}
+${ROW_THREAD_MAIN}
+  let m = mean[row];
+  let r = rstd[row];
+  ${laneTreeSums({
+  s1: "g",
+  s2: "g * (x[base + c] - m) * r"
+}, "let g = dy[base + c] * w[c];")}
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  for (var c = 0u; c < p.cols; c++) {
+    let xh = (x[base + c] - m) * r;
+    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
+    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
+  }
+}`;
+var FORWARD_TREE_VEC4 = `
+${forwardBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  ${laneTreeSums({
+  s: "x[(base + c) / 4u]"
+}, "", "p.cols", true)}
+  let m = s / f32(p.cols);
+  ${laneTreeSums({
+  q: "d * d"
+}, "let d = x[(base + c) / 4u] - m;", "p.cols", true)}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c += 4u) {
+    let k = (base + c) / 4u;
+    y[k] = (x[k] - m) * r * w[c / 4u] + b[c / 4u];
+  }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+var BACKWARD_DX_TREE_VEC4 = `
+${backwardDxBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let m = mean[row];
+  let r = rstd[row];
+  ${laneTreeSums({
+  s1: "g",
+  s2: "g * (x[k] - m) * r"
+}, "let k = (base + c) / 4u; let g = dy[k] * w[c / 4u];", "p.cols", true)}
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  for (var c = 0u; c < p.cols; c += 4u) {
+    let k = (base + c) / 4u;
+    let xh = (x[k] - m) * r;
+    let v = r * (dy[k] * w[c / 4u] - mg - xh * mgx);
+    dx[k] = select(v, dx[k] + v, p.accumulate == 1u);
+  }
+}`;
+var UNROLLED_MAX = 256;
+var unrolledShaders = /* @__PURE__ */ new Map();
+function unrolledForward(C2) {
+  const key = `f${C2}`, hit = unrolledShaders.get(key);
+  if (hit) return hit;
+  const C4 = C2 / 4, each = (f) => range(C4).map(f).join("\n  ");
+  const code = `
+${forwardBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let xb = base / 4u;
+  ${each((v) => `let x${v} = x[xb + ${v}u];`)}
+  ${laneTreeSumsUnrolled({
+    s: (v) => `x${v}`
+  }, C4, "p.zero")}
+  let m = s / f32(p.cols);
+  ${each((v) => `let d${v} = x${v} - m;`)}
+  ${laneTreeSumsUnrolled({
+    q: (v) => `d${v} * d${v}`
+  }, C4, "p.zero")}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  ${each((v) => `y[xb + ${v}u] = (x${v} - m) * r * w[${v}u] + b[${v}u];`)}
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+  unrolledShaders.set(key, code);
+  return code;
+}
+function unrolledBackwardDx(C2, accumulate) {
+  const key = `b${C2}/${accumulate}`, hit = unrolledShaders.get(key);
+  if (hit) return hit;
+  const C4 = C2 / 4, each = (f) => range(C4).map(f).join("\n  ");
+  const code = `
+${backwardDxBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let m = mean[row];
+  let r = rstd[row];
+  let xb = base / 4u;
+  ${each((v) => `let dy${v} = dy[xb + ${v}u]; let x${v} = x[xb + ${v}u]; let w${v} = w[${v}u];`)}
+  ${each((v) => `let g${v} = dy${v} * w${v};`)}
+  ${laneTreeSumsUnrolled({
+    s1: (v) => `g${v}`,
+    s2: (v) => `g${v} * (x${v} - m) * r`
+  }, C4, "p.zero")}
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  ${each((v) => `let o${v} = r * (dy${v} * w${v} - mg - ((x${v} - m) * r) * mgx); dx[xb + ${v}u] = ${accumulate ? `dx[xb + ${v}u] + o${v}` : `o${v}`};`)}
+}`;
+  unrolledShaders.set(key, code);
+  return code;
+}
+function range(n) {
+  return Array.from({
+    length: n
+  }, (_, i) => i);
+}
+var backwardDw = (E) => `
+struct P { n: u32, rows: u32, cols: u32, r0: u32, r1: u32, carry: u32, finish: u32 }
+@group(0) @binding(0) var<storage, read> dy: array<${E}>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<${E}>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
+@group(0) @binding(4) var<storage, read_write> dw: array<${E}>;    // (C)
+@group(0) @binding(5) var<storage, read_write> db: array<${E}>;    // (C)
+@group(0) @binding(6) var<storage, read_write> run: array<${E}>;   // (2, C) running sums
+@group(0) @binding(7) var<uniform> p: P;
+${COLUMN_MAIN}
+  if (i >= p.cols) { return; }
+  var sw = select(${E}(0.0), run[i], p.carry == 1u);
+  var sb = select(${E}(0.0), run[p.cols + i], p.carry == 1u);
+  for (var r = p.r0; r < p.r1; r++) {
+    let g = dy[r * p.cols + i];
+    sw += g * (x[r * p.cols + i] - mean[r]) * rstd[r];
+    sb += g;
+  }
+  if (p.finish == 0u) {
+    run[i] = sw;
+    run[p.cols + i] = sb;
+    return;
+  }
+  dw[i] += sw;
+  db[i] += sb;
+}`;
+var BACKWARD_DW = backwardDw("f32");
+var BACKWARD_DW_VEC4 = backwardDw("vec4f");
+function checkRowLoops(gpu, variant, C2) {
+  if (variant === "row-tree") checkLoopBudget(gpu, rowTreeLoops(C2), "layernorm (row-tree)");
+  if (variant === "row-thread") checkLoopBudget(gpu, 3 * C2, "layernorm (row-thread)");
+}
+function rowTreeLoops(C2) {
+  return C2 + 2 * Math.ceil(C2 / ROW_WG);
+}
+function defaultVariant(gpu, cols) {
+  const fits = rowTreeLoops(cols) <= SOFTWARE_LOOP_BUDGET;
+  return gpu.isFallbackAdapter && fits ? "row-tree" : "workgroup";
+}
+function dims2(x, w, b, name) {
+  checkShape(x.dtype === "f32", `${name}: x must be f32`);
+  const C2 = x.shape[x.shape.length - 1] ?? 0;
+  checkShape(C2 > 0, `${name}: x [${x.shape}] has an empty last axis`);
+  checkShape(w.size === C2, `${name}: weight has ${w.size} elements, last axis is ${C2}`);
+  if (b) checkShape(b.size === C2, `${name}: bias has ${b.size} elements, last axis is ${C2}`);
+  return {
+    rows: x.size / C2,
+    C: C2
+  };
+}
+function layernormForward(gpu, x, weight, bias, opts = {}) {
+  const { rows: rows2, C: C2 } = dims2(x, weight, bias, "layernormForward");
+  const y = opts.out ?? gpu.empty(x.shape);
+  const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
+  const variant = opts.variant ?? defaultVariant(gpu, C2), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu, variant, C2);
+  gpu.dispatch(gpu.pipeline(variant === "row-tree" ? C2 % 4 === 0 ? C2 <= UNROLLED_MAX ? unrolledForward(C2) : FORWARD_TREE_VEC4 : FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD), [
+    x,
+    weight,
+    bias,
+    y,
+    mean,
+    rstd
+  ], gpu.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C2).f32(opts.eps ?? 1e-5, 0));
+  return {
+    y,
+    mean,
+    rstd
+  };
+}
+function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
+  const { rows: rows2, C: C2 } = dims2(x, weight, null, "layernormBackward");
+  const variant = opts.variant ?? defaultVariant(gpu, C2), rowwise = variant !== "workgroup";
+  checkRowLoops(gpu, variant, C2);
+  checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
+  checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
+  checkShape(dweight === null || dweight.size === C2 && dbias.size === C2, "layernormBackward: dweight/dbias size");
+  checkShape(!opts.accumulateDx || opts.dx !== void 0, "layernormBackward: accumulateDx needs dx");
+  const dx = opts.dx ?? gpu.empty(x.shape);
+  gpu.dispatch(gpu.pipeline(variant === "row-tree" ? C2 % 4 === 0 ? C2 <= UNROLLED_MAX ? unrolledBackwardDx(C2, opts.accumulateDx === true) : BACKWARD_DX_TREE_VEC4 : BACKWARD_DX_TREE : variant === "row-thread" ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
+    dy,
+    x,
+    weight,
+    saved.mean,
+    saved.rstd,
+    dx
+  ], gpu.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C2, opts.accumulateDx ? 1 : 0).f32(0));
+  if (dweight === null) return dx;
+  const ranges = rowRanges(rows2);
+  const run2 = ranges.length > 1 ? gpu.empty([
+    2 * C2
+  ]) : gpu.placeholder(1);
+  const v = C2 % 4 === 0 ? 4 : 1, cols = C2 / v;
+  ranges.forEach(([r02, r1], k) => gpu.dispatch(gpu.pipeline(v === 4 ? BACKWARD_DW_VEC4 : BACKWARD_DW), [
+    dy,
+    x,
+    saved.mean,
+    saved.rstd,
+    dweight,
+    dbias,
+    run2
+  ], gpu.grid(columnGroups(cols)), new Params().u32(cols, rows2, cols, r02, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
+  if (ranges.length > 1) run2.dispose();
+  return dx;
+}
+
+// kernels/matmul.ts
+var NO_SUMS = 4294967295;
+var FLAG_BIAS = 1;
+var FLAG_RELU = 2;
+var FLAG_ACC = 4;
+var FLAG_RES = 8;
+var FLAG_SPLIT = 16;
+var FLAG_RELU_GRAD = 32;
+var TEXTURE_TILING = {
+  rows: 8,
+  texels: 2,
+  wgX: 8,
+  wgY: 2
+};
+var EPILOGUE_INDEX = `
+fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
+  if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
+  let hd = p.heads * p.head_dim;
+  let w = col % hd;
+  return (col / hd) * p.part_stride + ((row / p.seq) * p.heads + w / p.head_dim) * p.seq * p.head_dim
+    + (row % p.seq) * p.head_dim + w % p.head_dim;
+}
+fn bias_index(col: u32) -> u32 {
+  return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
+}`;
+var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32, kv_row: u32, sums_col: u32, sums_width: u32, sums_stride: u32, ln_eps: f32,";
+var EMIT_SUM = `
+fn emit_sum(row: u32, v: f32) {
+  let o = (row / p.sums_width) * p.sums_stride + row % p.sums_width;
+  var x = p.alpha * v;
+  if ((p.flags & 4u) != 0u) { x += sums[o]; }
+  sums[o] = x;
+}`;
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false, foldA = 1, foldB = 1, epilogue) {
+  const R = t.rows, Q = t.texels;
+  const sums = epilogue?.rowSums ?? true;
+  const acc = [], aload = [], body = [], store = [];
+  const all = (f) => {
+    const out = [];
+    for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) out.push(f(i, j));
+    return out.join(" ");
+  };
+  for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
+  const segStart = segmented ? `for (var s0 = 0u; s0 < p.K4; s0 += p.k_seg) {
+    if (s0 != 0u) {
+      if (s0 == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
+      else { ${all((i, j) => `t${i}_${j} = c${i}_${j} + t${i}_${j};`)} }
+      ${all((i, j) => `c${i}_${j} = vec4f(0.0);`)}
+    }
+    for (var kq = s0; kq < min(s0 + p.k_seg, p.K4); kq++) {` : "for (var kq = 0u; kq < p.K4; kq++) {";
+  const segEnd = segmented ? `if (p.K4 > p.k_seg) { ${all((i, j) => `c${i}_${j} = c${i}_${j} + t${i}_${j};`)} }` : "";
+  if (segmented) {
+    for (let i = 0; i < R; i++) {
+      for (let j = 0; j < Q; j++) acc.push(`var t${i}_${j} = vec4f(0.0);`);
+    }
+  }
+  const aAt = (i, kk) => aAlongM ? `a${kk}_${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `a${i}.${"xyzw"[kk]}`;
+  const foldedRow = (f, kk) => f === 1 ? `k + ${kk}u` : `kq * ${4 / f}u + ${Math.floor(kk / f)}u`;
+  const foldedAt = (f, kk, w) => f === 1 || kk % f === 0 ? "" : ` + ${kk % f}u * p.${w}`;
+  if (!aAlongM) {
+    for (let i = 0; i < R; i++) {
+      aload.push(foldA === 1 ? `let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);` : `let a${i} = textureLoad(at, vec2u(kq${foldedAt(foldA, i, "fold_a")}, r0 / ${foldA}u + ${Math.floor(i / foldA)}u), la);`);
+    }
+  }
+  for (let kk = 0; kk < 4; kk++) {
+    if (aAlongM) {
+      for (let q = 0; q < R / 4; q++) {
+        body.push(`let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u${foldedAt(foldA, kk, "fold_a")}, ${foldedRow(foldA, kk)}), la);`);
+      }
+    }
+    for (let j = 0; j < Q; j++) {
+      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u${foldedAt(foldB, kk, "fold_b")}, ${foldedRow(foldB, kk)}), lb);`);
+    }
+    for (let i = 0; i < R; i++) {
+      for (let j = 0; j < Q; j++) {
+        body.push(`c${i}_${j} += ${aAt(i, kk)} * b${kk}_${j};`);
+      }
+    }
+  }
+  for (let i = 0; i < R; i++) {
+    for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
+  }
+  const elem = vec4Out ? "vec4f" : "f32";
+  const code = `
+struct P {
+  M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
+  m0: u32, n0: u32,            // chunk origin in C
+  ldc: u32, c_batch_stride: u32, batch0: u32,
+  b_layer_step: u32,           // 0 when B is shared by all batches
+  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads,
+                               // 32 relu backward
+  alpha: f32,                  // scale of the product
+  ${EPILOGUE_FIELDS}
+  fold_a: u32, fold_b: u32,    // texels between the rows sharing a texture row (Block.fold)
+}
+@group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
+@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
+@group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
+@group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
+${lnOut ? `// the layernorm epilogue's bindings (no ReLU backward, row sums or KV cache with it)
+var<private> relu_in: array<${elem}, 1>;
+var<private> sums: array<f32, 1>;
+@group(0) @binding(5) var<storage, read> ln_w: array<${elem}>;             // (N)
+@group(0) @binding(6) var<storage, read> ln_b: array<${elem}>;             // (N)
+@group(0) @binding(7) var<storage, read_write> ln_y: array<${elem}>;       // (M, N)
+@group(0) @binding(8) var<storage, read_write> ln_mean: array<f32>;    // (M)
+@group(0) @binding(9) var<storage, read_write> ln_rstd: array<f32>;    // (M)
+@group(0) @binding(10) var<uniform> p: P;
+fn c_at(i: u32) -> ${elem} { return c[i]; }  // (the sums' column index is named c)` : `@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)`}
+${lnOut ? "" : kvOut ? `@group(0) @binding(7) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
+@group(0) @binding(8) var vc: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(9) var<uniform> p: P;` : "@group(0) @binding(7) var<uniform> p: P;"}
+${EPILOGUE_INDEX}
+${EMIT_SUM}
+${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
+${vec4Out ? emitVec4(sums) : emitScalar(sums)}
+@compute @workgroup_size(${t.wgX}, ${t.wgY})
+fn main(@builtin(global_invocation_id) g: vec3u${lnOut ? ", @builtin(local_invocation_id) lid: vec3u" : ""}) {
+  let cq = ${Q}u * g.x;        // first texel column of this block
+  let cb = ${4 * Q}u * g.x;    // first column
+  let r0 = ${R}u * g.y;        // first row
+  // past the last column, or past the row-sums column when there is one
+  let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
+  ${lnOut ? "if (!past && r0 < p.M) {" : "if (past || r0 >= p.M) { return; }"}
+  // every binding stays in the interface when a compiled epilogue does not read it
+  _ = &bias; _ = &res; _ = &relu_in; _ = &sums;
+  let la = g.z;
+  let lb = g.z * p.b_layer_step;
+  ${acc.join("\n  ")}
+  ${segStart}
+    ${aload.join("\n    ")}
+    let k = 4u * kq;
+    ${body.join("\n    ")}
+  }${segmented ? "}" : ""}
+  ${segEnd}
+  let cbase = (p.batch0 + g.z) * p.c_batch_stride;
+  ${store.join("\n  ")}
+  ${lnOut ? `}
+${LN_EPILOGUE(R, t.wgX, t.wgY, vec4Out)}` : ""}
+}`;
+  if (!epilogue) return code;
+  const flags = `const FLAGS = ${epilogue.flags}u;
+`;
+  const h = epilogue.heads;
+  const heads = (c) => h ? c.replaceAll("p.heads", `${h.H}u`).replaceAll("p.head_dim", `${h.Dh}u`) : c;
+  return flags + heads(code).replaceAll("p.flags", "FLAGS").replace("return (col / p.bias_width) * p.bias_stride + col % p.bias_width;", epilogue.segmentedBias ? "return (col / p.bias_width) * p.bias_stride + col % p.bias_width;" : "return col;");
+}
+function LN_EPILOGUE(R, wgX, wgY, vec4) {
+  const sums = vec4 ? `${laneTreeSums({
+    s: "c_at((base + c) / 4u)"
+  }, "", "p.N", true)}
+    let m = s / f32(p.N);
+    ${laneTreeSums({
+    q: "d * d"
+  }, "let d = c_at((base + c) / 4u) - m;", "p.N", true)}
+    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
+    for (var q4 = 0u; q4 < p.N / 4u; q4++) {
+      ln_y[base / 4u + q4] = (c[base / 4u + q4] - m) * r * ln_w[q4] + ln_b[q4];
+    }` : `${laneTreeSums({
+    s: "c_at(base + c)"
+  }, "", "p.N")}
+    let m = s / f32(p.N);
+    ${laneTreeSums({
+    q: "d * d"
+  }, "let d = c_at(base + c) - m;", "p.N")}
+    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
+    for (var col = 0u; col < p.N; col++) {
+      ln_y[base + col] = (c[base + col] - m) * r * ln_w[col] + ln_b[col];
+    }`;
+  return `  storageBarrier();
+  let first = (g.y - lid.y) * ${R}u;   // the workgroup's first row
+  for (var rr = lid.y * ${wgX}u + lid.x; rr < ${R * wgY}u && first + rr < p.M; rr += ${wgX * wgY}u) {
+    let row = p.m0 + first + rr;
+    let base = row * p.ldc;
+    ${sums}
+    ln_mean[row] = m;
+    ln_rstd[row] = r;
+  }`;
+}
+var emitScalar = (sums) => `
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  if (r >= p.M) { return; }
+  for (var t = 0u; t < 4u; t++) {
+    let cc = col + t;
+    ${sums ? "if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }" : ""}
+    if (cc < p.N) {
+      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
+      var x = p.alpha * v[t];
+      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
+      if ((p.flags & 8u) != 0u) { x += res[idx]; }
+      if ((p.flags & 4u) != 0u) { x += c[idx]; }
+      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+      if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
+      c[idx] = x;
+    }
+  }
+}`;
+var emitVec4 = (sums) => `
+fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
+  ${sums ? "if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }" : ""}
+  if (r >= p.M || col >= p.N) { return; }
+  let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
+  var x = p.alpha * v;
+  if ((p.flags & 1u) != 0u) {
+    let n = p.n0 + col;
+    x += vec4f(bias[bias_index(n)], bias[bias_index(n + 1u)], bias[bias_index(n + 2u)],
+      bias[bias_index(n + 3u)]);
+  }
+  if ((p.flags & 8u) != 0u) { x += res[idx]; }
+  if ((p.flags & 4u) != 0u) { x += c[idx]; }
+  if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
+  if ((p.flags & 32u) != 0u) { x = select(vec4f(0.0), x, relu_in[idx] > vec4f(0.0)); }
+  c[idx] = x;
+  kv_store(r, col, x);
+}`;
+var KV_STORE = `
+fn kv_store(r: u32, col: u32, x: vec4f) {
+  let hd = p.heads * p.head_dim;
+  let n = p.n0 + col;
+  let part = n / hd;
+  if (part == 0u) { return; }
+  let w = n % hd;
+  let row = p.m0 + r;
+  let layer = (row / p.seq) * p.heads + w / p.head_dim;
+  let at = vec2u((w % p.head_dim) / 4u, p.kv_row + row % p.seq);
+  if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
+}`;
+var tilingShaders = /* @__PURE__ */ new Map();
+function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false, foldA = 1, foldB = 1, epilogue) {
+  const e = epilogue;
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}/${foldA}/${foldB}/${e ? `${e.flags}/${e.segmentedBias}/${e.rowSums}/${e.heads?.H}/${e.heads?.Dh}` : ""}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB, e);
+  tilingShaders.set(key, code);
+  return code;
+}
+var bufferShaders = /* @__PURE__ */ new Map();
+function bufferShaderFor(segmented) {
+  const code = bufferShaders.get(segmented) ?? bufferMatmulShader(segmented);
+  bufferShaders.set(segmented, code);
+  return code;
+}
+function bufferMatmulShader(segmented) {
+  return `
+struct P {
+  M: u32, N: u32, K: u32,
+  trans_a: u32, trans_b: u32,
+  a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
+  flags: u32, alpha: f32,
+  ${EPILOGUE_FIELDS}
+}
+@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
+@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
+@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
+@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
+@group(0) @binding(5) var<storage, read> relu_in: array<f32>; // (batch, M, N) like c
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>; // (M) row sums of op(A)
+@group(0) @binding(7) var<uniform> p: P;
+${EPILOGUE_INDEX}
+${EMIT_SUM}
+
+var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
+var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
+
+fn load_a(base: u32, m: u32, k: u32) -> f32 {
+  if (m >= p.M || k >= p.K) { return 0.0; }
+  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
+}
+fn load_b(base: u32, k: u32, n: u32) -> f32 {
+  if (k < p.K && n == p.sums_col) { return 1.0; }
+  if (k >= p.K || n >= p.N) { return 0.0; }
+  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let row0 = wid.y * 64u;
+  let col0 = wid.x * 64u;
+  let abase = wid.z * p.a_batch_stride;
+  let bbase = wid.z * p.b_batch_stride;
+  let t = lid.y * 16u + lid.x;
+  let lk = t / 16u;
+  let lg = t % 16u;
+  var acc0 = vec4f(0.0);
+  var acc1 = vec4f(0.0);
+  var acc2 = vec4f(0.0);
+  var acc3 = vec4f(0.0);
+  ${segmented ? "var t0 = vec4f(0.0); var t1 = vec4f(0.0); var t2 = vec4f(0.0); var t3 = vec4f(0.0);" : ""}
+  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
+    let k = k0 + lk;
+    let r = row0 + lg * 4u;
+    as_[lk * 16u + lg] = vec4f(load_a(abase, r, k), load_a(abase, r + 1u, k),
+                               load_a(abase, r + 2u, k), load_a(abase, r + 3u, k));
+    let n = col0 + lg * 4u;
+    bs_[lk * 16u + lg] = vec4f(load_b(bbase, k, n), load_b(bbase, k, n + 1u),
+                               load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
+    workgroupBarrier();
+    for (var kk = 0u; kk < 16u; kk++) {
+      ${segmented ? `let kg = k0 + kk;
+      if (kg != 0u && kg < p.K && kg % p.k_seg == 0u) {
+        if (kg == p.k_seg) { t0 = acc0; t1 = acc1; t2 = acc2; t3 = acc3; }
+        else { t0 = acc0 + t0; t1 = acc1 + t1; t2 = acc2 + t2; t3 = acc3 + t3; }
+        acc0 = vec4f(0.0); acc1 = vec4f(0.0); acc2 = vec4f(0.0); acc3 = vec4f(0.0);
+      }` : ""}
+      let av = as_[kk * 16u + lid.y];
+      let bv = bs_[kk * 16u + lid.x];
+      acc0 = fma(vec4f(av.x), bv, acc0);
+      acc1 = fma(vec4f(av.y), bv, acc1);
+      acc2 = fma(vec4f(av.z), bv, acc2);
+      acc3 = fma(vec4f(av.w), bv, acc3);
+    }
+    workgroupBarrier();
+  }
+  ${segmented ? "if (p.K > p.k_seg) { acc0 = acc0 + t0; acc1 = acc1 + t1; acc2 = acc2 + t2; acc3 = acc3 + t3; }" : ""}
+  let cbase = wid.z * p.c_batch_stride;
+  for (var i = 0u; i < 4u; i++) {
+    let r = row0 + lid.y * 4u + i;
+    var v = acc0;
+    if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
+    for (var j = 0u; j < 4u; j++) {
+      let cc = col0 + lid.x * 4u + j;
+      if (r < p.M && cc == p.sums_col) { emit_sum(r, v[j]); }
+      if (r < p.M && cc < p.N) {
+        let idx = out_index(cbase, r, cc, p.N);
+        var x = p.alpha * v[j];
+        if ((p.flags & 1u) != 0u) { x += bias[bias_index(cc)]; }
+        if ((p.flags & 8u) != 0u) { x += res[idx]; }
+        if ((p.flags & 4u) != 0u) { x += c[idx]; }
+        if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
+        if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
+        c[idx] = x;
+      }
+    }
+  }
+}`;
+}
+function resolveShape(a, b, o) {
+  const sa = a.shape, sb = b.shape;
+  checkShape(sa.length >= 2 && sb.length >= 2, `matmul: operands need \u2265 2 dims (A: [${sa}], B: [${sb}])`);
+  checkShape(a.dtype === "f32" && b.dtype === "f32", "matmul: operands must be f32");
+  const batchA = sa.slice(0, -2), batchB = sb.slice(0, -2);
+  const [ar, ac] = sa.slice(-2), [br, bc] = sb.slice(-2);
+  const M = o.transA ? ac : ar, K2 = o.transA ? ar : ac;
+  const Kb = o.transB ? bc : br, N = o.transB ? br : bc;
+  checkShape(K2 === Kb, `matmul: inner dimensions differ (A${o.transA ? "\u1D40" : ""}: [${sa}], B${o.transB ? "\u1D40" : ""}: [${sb}])`);
+  const batch2 = batchA.reduce((x, y) => x * y, 1);
+  const shareB = batchB.length === 0 || batchB.reduce((x, y) => x * y, 1) === 1;
+  checkShape(shareB || batchB.join() === batchA.join(), `matmul: batch dims differ (A: [${sa}], B: [${sb}])`);
+  return {
+    batch: batch2,
+    M,
+    N,
+    K: K2,
+    shareB,
+    outShape: [
+      ...batchA,
+      M,
+      N
+    ]
+  };
+}
+function matmul(gpu, a, b, opts = {}) {
+  return run(gpu, a, b, opts);
+}
+function run(gpu, a, b, opts, ln) {
+  const s = resolveShape(a, b, opts);
+  const alpha = opts.alpha ?? 1;
+  checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
+  checkShape(!opts.accumulate || opts.out !== void 0, "matmul: accumulate needs `out`");
+  const seg = opts.biasSegments ?? {
+    width: Math.max(s.N, 1),
+    stride: 0
+  };
+  if (opts.bias) {
+    const parts = Math.ceil(s.N / seg.width);
+    checkShape(Number.isInteger(seg.width) && seg.width > 0 && s.N % seg.width === 0 && Number.isInteger(seg.stride) && (parts === 1 || seg.stride >= seg.width), `matmul: biasSegments {width ${seg.width}, stride ${seg.stride}} must divide N = ${s.N} into segments that do not overlap`);
+    const need = opts.biasSegments ? (parts - 1) * seg.stride + seg.width : s.N;
+    checkShape(opts.bias.size === need && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected ${need}`);
+  }
+  if (opts.kSegments !== void 0) {
+    const g = opts.kSegments;
+    checkShape(Number.isInteger(g) && g > 0 && g % 4 === 0 && s.K % g === 0, `matmul: kSegments ${g} must be a positive multiple of 4 dividing K = ${s.K}`);
+  }
+  const split = opts.splitHeads;
+  if (split) {
+    const { T: T3, H, Dh } = split;
+    checkShape(s.batch === 1 && [
+      T3,
+      H,
+      Dh
+    ].every((x) => Number.isInteger(x) && x > 0) && s.M % T3 === 0 && s.N % (H * Dh) === 0, `matmul: splitHeads {T ${T3}, H ${H}, Dh ${Dh}} needs unbatched A with rows a multiple of T and columns a multiple of H\xB7Dh (M ${s.M}, N ${s.N}, batch ${s.batch})`);
+    const P = s.N / (H * Dh), part = s.M * H * Dh, stride = split.partStride ?? part;
+    checkShape(Number.isInteger(stride) && stride >= part, `matmul: splitHeads partStride ${stride} is smaller than a part (${part} elements)`);
+    s.outShape = stride === part ? [
+      P,
+      s.M / T3,
+      H,
+      T3,
+      Dh
+    ] : [
+      (P - 1) * stride + part
+    ];
+  }
+  if (opts.kvCache) {
+    const sp = opts.splitHeads;
+    const stride = sp ? sp.partStride ?? s.M * sp.H * sp.Dh : 0;
+    checkShape(sp !== void 0 && s.N === 3 * sp.H * sp.Dh && sp.Dh % 4 === 0 && stride % 4 === 0, "matmul: kvCache needs a q/k/v splitHeads (three parts, Dh and partStride multiples of 4)");
+    const rows2 = opts.kvCache.row + sp.T, layers = s.M / sp.T * sp.H;
+    for (const tex of [
+      opts.kvCache.k,
+      opts.kvCache.v
+    ]) {
+      checkShape(Number.isInteger(opts.kvCache.row) && opts.kvCache.row >= 0 && rows2 <= tex.height && layers <= tex.depthOrArrayLayers && sp.Dh / 4 <= tex.width, `matmul: kvCache rows ${opts.kvCache.row}..${rows2} \xD7 ${layers} layers do not fit a ${tex.width}\xD7${tex.height}\xD7${tex.depthOrArrayLayers} texture`);
+    }
+  }
+  const out = opts.out ?? gpu.empty(s.outShape);
+  checkShape(out.size === s.outShape.reduce((x, y) => x * y, 1), `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
+  if (s.batch * s.M * s.N === 0) return out;
+  let flags = 0;
+  if (opts.bias) flags |= FLAG_BIAS;
+  if (opts.relu) flags |= FLAG_RELU;
+  if (split) flags |= FLAG_SPLIT;
+  if (opts.accumulate) flags |= FLAG_ACC;
+  if (opts.residual) {
+    checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
+    flags |= FLAG_RES;
+  }
+  if (opts.reluBackwardOf) {
+    checkShape(opts.reluBackwardOf.size === out.size && opts.reluBackwardOf.dtype === "f32" && !opts.splitHeads, `matmul: reluBackwardOf [${opts.reluBackwardOf.shape}] does not match the result [${s.outShape}] (or comes with splitHeads)`);
+    flags |= FLAG_RELU_GRAD;
+  }
+  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  const sums = opts.rowSums;
+  let fuseSums = false;
+  if (sums) {
+    const seg2 = sums.segments ?? {
+      width: Math.max(s.M, 1),
+      stride: 0
+    };
+    const parts = Math.ceil(s.M / seg2.width);
+    const need = sums.segments ? (parts - 1) * seg2.stride + seg2.width : s.M;
+    checkShape(opts.transA === true && alpha === 1 && sums.out.dtype === "f32" && sums.out.size === need && Number.isInteger(seg2.width) && seg2.width > 0 && s.M % seg2.width === 0 && (parts === 1 || seg2.stride >= seg2.width), `matmul: rowSums needs transA, \u03B1 1 and an out of ${need} elements in non-overlapping segments (got ${sums.out.size})`);
+    const t = opts.tiling ?? TEXTURE_TILING, side = gpu.textureSide;
+    fuseSums = s.batch === 1 && opts.kSegments === void 0 && !split && !opts.kvCache && s.K > 0 && (path === "buffer" || s.K <= Math.floor(side / 4) * 4 && s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4);
+  }
+  const sumsCol = fuseSums ? s.N : NO_SUMS;
+  if (path === "buffer") {
+    runBuffer(gpu, a, b, out, s, {
+      ...opts,
+      kvCache: void 0
+    }, flags, sumsCol);
+    if (opts.kvCache) writeKvParts(gpu, out, s, opts);
+  } else runTexture(gpu, a, b, out, s, opts, flags, sumsCol, ln);
+  if (sums && !fuseSums) {
+    sumColumns(gpu, a, {
+      out: sums.out,
+      accumulate: opts.accumulate,
+      outSegments: sums.segments
+    });
+  }
+  return out;
+}
+function lnTiling(N) {
+  const wgX = Math.max(1, Math.ceil(N / 8));
+  return {
+    rows: 8,
+    texels: 2,
+    wgX,
+    wgY: wgX <= 128 ? 2 : 1
+  };
+}
+function matmulLayernorm(gpu, a, b, opts, norm) {
+  const s = resolveShape(a, b, opts);
+  const eps = norm.eps ?? 1e-5;
+  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
+  const side = gpu.textureSide, limits = gpu.limits;
+  const fits = path === "texture" && s.batch === 1 && s.M > 0 && s.N > 0 && !opts.splitHeads && !opts.kvCache && !opts.rowSums && !opts.reluBackwardOf && opts.kSegments === void 0 && opts.tiling === void 0 && !opts.accumulate && s.K <= Math.floor(side / 4) * 4 && s.N <= Math.floor(side / 2) * 8 && s.M <= Math.floor(side / 4) * 4 && Math.ceil(s.N / 8) <= Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX) && norm.weight.size === s.N && norm.bias.size === s.N;
+  if (!fits) {
+    const out2 = matmul(gpu, a, b, opts);
+    return {
+      out: out2,
+      ln: layernormForward(gpu, out2, norm.weight, norm.bias, {
+        eps
+      })
+    };
+  }
+  const rows2 = s.outShape.slice(0, -1);
+  const ln = {
+    ...norm,
+    eps,
+    y: gpu.empty([
+      ...s.outShape
+    ]),
+    mean: gpu.empty(rows2),
+    rstd: gpu.empty(rows2)
+  };
+  const out = run(gpu, a, b, opts, ln);
+  return {
+    out,
+    ln: {
+      y: ln.y,
+      mean: ln.mean,
+      rstd: ln.rstd
+    }
+  };
+}
+function writeKvParts(gpu, out, s, o) {
+  const { T: T3, H, Dh } = o.splitHeads, kv = o.kvCache;
+  const stride = o.splitHeads.partStride ?? s.M * H * Dh;
+  [
+    kv.k,
+    kv.v
+  ].forEach((tex, i) => fillTexture(gpu, out, tex, {
+    rows: T3,
+    cols: Dh,
+    ld: Dh,
+    trans: false,
+    row0: 0,
+    col0: (i + 1) * stride,
+    batchStride: T3 * Dh,
+    batch0: 0,
+    layers: s.M / T3 * H,
+    width: Dh / 4,
+    height: T3,
+    dstRow0: kv.row
+  }));
+}
+function epilogueParams(params, s, o, kSeg, sumsCol = NO_SUMS, lnEps = 0) {
+  const sumsSeg = o.rowSums?.segments ?? {
+    width: Math.max(s.M, 1),
+    stride: 0
+  };
+  const sp = o.splitHeads ?? {
+    T: 1,
+    H: 1,
+    Dh: 1
+  };
+  const seg = o.biasSegments ?? {
+    width: Math.max(s.N, 1),
+    stride: 0
+  };
+  const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
+  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg, o.kvCache?.row ?? 0, sumsCol, sumsSeg.width, sumsSeg.stride).f32(lnEps);
+}
+function dummy(gpu) {
+  return gpu.placeholder(2);
+}
+function runBuffer(gpu, a, b, out, s, o, flags, sumsCol) {
+  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const gx = Math.ceil((s.N + (sumsCol === NO_SUMS ? 0 : 1)) / 64), gy = Math.ceil(s.M / 64);
+  for (let b0 = 0; b0 < s.batch; b0 += max) {
+    const nb = Math.min(max, s.batch - b0);
+    const view = (t, stride) => b0 === 0 ? t : new Tensor(gpu, t.buffer, [
+      nb * stride
+    ], t.dtype, t.byteOffset + b0 * stride * 4, false);
+    const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
+    epilogueParams(params, s, o, o.kSegments ?? 0, sumsCol);
+    gpu.dispatch(gpu.pipeline(bufferShaderFor(o.kSegments !== void 0)), [
+      view(a, s.M * s.K),
+      s.shareB ? b : view(b, s.K * s.N),
+      view(out, s.M * s.N),
+      o.bias ?? dummy(gpu),
+      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu),
+      o.reluBackwardOf ? view(o.reluBackwardOf, s.M * s.N) : dummy(gpu),
+      sumsCol === NO_SUMS ? gpu.placeholder(3) : o.rowSums.out
+    ], [
+      gx,
+      gy,
+      nb
+    ], params);
+  }
+}
+function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
+  const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
+  const ones = sumsCol === NO_SUMS ? 0 : 1;
+  const maxTex = gpu.textureSide;
+  const maxLayers = gpu.limits.maxTextureArrayLayers;
+  const mStep = Math.floor(maxTex / t.rows) * t.rows;
+  const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
+  const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
+  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
+  const sp = o.splitHeads;
+  const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
+  const kv = o.kvCache;
+  const aAlongM = !!o.transA && t.rows % 4 === 0;
+  const ldB = o.transB ? s.K : s.N;
+  const single = s.batch === 1 && s.M <= mStep && s.N + ones <= nStep && s.K <= kStep;
+  const whole = {
+    m0: 0,
+    n0: 0,
+    k0: 0,
+    mc: s.M,
+    nc: s.N,
+    kc: s.K,
+    b0: 0,
+    nb: 1,
+    aRows: Math.ceil(s.M / t.rows) * t.rows,
+    bTexels: Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels,
+    k4: Math.ceil(s.K / 4)
+  };
+  const foldA = !single ? 1 : copyFold(gpu, a, aBlockOf(s, !!o.transA, aAlongM, whole), aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1);
+  const foldB = !single || ones ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
+  const mm = (flags2) => gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM, foldA, foldB, {
+    flags: flags2,
+    segmentedBias: o.biasSegments !== void 0,
+    rowSums: sumsCol !== NO_SUMS,
+    heads: sp ? {
+      H: sp.H,
+      Dh: sp.Dh
+    } : void 0
+  }));
+  const kvViews = kv ? [
+    gpu.arrayView(kv.k),
+    gpu.arrayView(kv.v)
+  ] : [];
+  for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
+    const nb = Math.min(maxLayers, s.batch - b0);
+    const bLayers = s.shareB ? 1 : nb;
+    for (let m0 = 0; m0 < s.M; m0 += mStep) {
+      const mc = Math.min(mStep, s.M - m0);
+      for (let n0 = 0; n0 < s.N; n0 += nStep) {
+        const nc = Math.min(nStep, s.N - n0);
+        for (let k0 = 0; k0 < s.K; k0 += kStep) {
+          const kc = Math.min(kStep, s.K - k0);
+          const k4 = Math.ceil(kc / 4);
+          const aRows = Math.ceil(mc / t.rows) * t.rows;
+          const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
+          const c = {
+            m0,
+            n0,
+            k0,
+            mc,
+            nc,
+            kc,
+            b0,
+            nb,
+            aRows,
+            bTexels,
+            k4
+          };
+          const aBlock = {
+            ...aBlockOf(s, !!o.transA, aAlongM, c),
+            fold: foldA
+          };
+          const at = aAlongM ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, 4 * k4 / foldA, nb) : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
+          const bBlock = {
+            ...bBlockOf(s, !!o.transB, c, bLayers, ones),
+            fold: foldB
+          };
+          const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
+          const bSize = [
+            (foldB - 1) * (nc / 4) + bTexels,
+            4 * k4 / foldB,
+            bLayers
+          ];
+          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB}`, bSize, fillB);
+          const bt = held ?? gpu.scratchTexture(...bSize);
+          const aJob = {
+            src: a,
+            tex: at,
+            block: aBlock
+          };
+          fillTextures(gpu, held ? [
+            aJob
+          ] : [
+            aJob,
+            {
+              src: b,
+              tex: bt,
+              block: bBlock
+            }
+          ]);
+          let f = flags;
+          if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
+          const lastK = k0 + kStep >= s.K;
+          if (!lastK) f &= ~(FLAG_RELU | FLAG_RELU_GRAD);
+          gpu.dispatch(mm(f), [
+            gpu.arrayView(at),
+            gpu.arrayView(bt),
+            out,
+            o.bias ?? dummy(gpu),
+            o.residual ?? dummy(gpu),
+            ...ln ? [
+              ln.weight,
+              ln.bias,
+              ln.y,
+              ln.mean,
+              ln.rstd
+            ] : [
+              o.reluBackwardOf ?? dummy(gpu),
+              ones ? o.rowSums.out : gpu.placeholder(3),
+              ...kvViews
+            ]
+          ], [
+            Math.ceil((nc + ones) / (4 * t.texels * t.wgX)),
+            Math.ceil(mc / (t.rows * t.wgY)),
+            nb
+          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4, sumsCol, ln?.eps ?? 0).u32(aAlongM ? Math.floor(mc / 4) : k4, Math.floor(nc / 4)));
+          gpu.releaseTexture(at);
+          if (!held) gpu.releaseTexture(bt);
+        }
+      }
+    }
+  }
+}
+function aBlockOf(s, transA, alongM, c) {
+  const batch2 = {
+    batchStride: s.M * s.K,
+    batch0: c.b0,
+    layers: c.nb
+  };
+  return alongM ? {
+    ...batch2,
+    rows: c.kc,
+    cols: c.mc,
+    ld: s.M,
+    trans: false,
+    row0: c.k0,
+    col0: c.m0,
+    width: c.aRows / 4,
+    height: 4 * c.k4,
+    zeroPadRows: true
+  } : {
+    ...batch2,
+    rows: c.mc,
+    cols: c.kc,
+    ld: transA ? s.M : s.K,
+    trans: transA,
+    row0: c.m0,
+    col0: c.k0,
+    width: c.k4,
+    height: c.aRows
+  };
+}
+function bBlockOf(s, transB, c, layers, ones) {
+  return {
+    rows: c.kc,
+    cols: c.nc,
+    ld: transB ? s.K : s.N,
+    trans: transB,
+    row0: c.k0,
+    col0: c.n0,
+    batchStride: s.shareB ? 0 : s.K * s.N,
+    batch0: s.shareB ? 0 : c.b0,
+    layers,
+    width: c.bTexels,
+    height: 4 * c.k4,
+    zeroPadRows: true,
+    onesColumn: ones === 1
   };
 }
 
@@ -3014,6 +4468,155 @@ cases.push({
     cache.destroy();
   }
 });
+cases.push({
+  name: "attention: k and v given as textures (written by the q/k/v matmul's KV epilogue) give the bits of packed k and v, forward and backward; too small textures are named",
+  async run(gpu) {
+    const B4 = 3, T3 = 9, H = 2, Dh = 8, C2 = H * Dh, N = B4 * T3, part = 448;
+    const x = gpu.fromArray(randArray(N * 12, 71), [
+      N,
+      12
+    ]);
+    const w = gpu.fromArray(randArray(3 * C2 * 12, 72), [
+      3 * C2,
+      12
+    ]);
+    const kt = gpu.scratchTexture(Dh / 4, T3, B4 * H), vt = gpu.scratchTexture(Dh / 4, T3, B4 * H);
+    const qkv = matmul(gpu, x, w, {
+      transB: true,
+      splitHeads: {
+        T: T3,
+        H,
+        Dh,
+        partStride: part
+      },
+      kvCache: {
+        k: kt,
+        v: vt,
+        row: 0
+      }
+    });
+    const [q, kk, v] = [
+      0,
+      1,
+      2
+    ].map((i) => qkv.view(i * part, [
+      B4,
+      H,
+      T3,
+      Dh
+    ]));
+    const mask = gpu.fromArray(leftPadMask(B4, T3), [
+      B4,
+      T3
+    ]);
+    const dout = gpu.fromArray(randArray(N * C2, 73), [
+      B4,
+      H,
+      T3,
+      Dh
+    ]);
+    const run2 = async (textures) => {
+      const f = attentionForward(gpu, q, kk, v, {
+        keyMask: mask,
+        keyValueTextures: textures ? {
+          k: kt,
+          v: vt
+        } : void 0
+      });
+      assertEquals(f.keyValueTextures !== void 0, textures, "saved textures");
+      const d = attentionBackwardQkv(gpu, dout, q, kk, v, f);
+      return await Promise.all([
+        f.out,
+        f.lse,
+        d
+      ].map(gpu.readF32, gpu));
+    };
+    const [packed, given] = [
+      await run2(false),
+      await run2(true)
+    ];
+    packed.forEach((a, j) => assert(a.every((u, i) => Object.is(u, given[j][i])), `output ${j}: given textures' bits`));
+    const small = gpu.scratchTexture(Dh / 4, 4, 2);
+    await assertThrows(() => attentionForward(gpu, q, kk, v, {
+      keyValueTextures: {
+        k: small,
+        v: small
+      }
+    }), ShapeError, "keyValueTextures must hold 6 layers of 9 \xD7 2 texels");
+  }
+});
+cases.push({
+  name: "attention: a merged output [B, Tq, H, Dh] holds the head-layout output's bits at the swapped places, and the backward from it gives the same gradients",
+  async run(gpu) {
+    for (const [B4, H, T3, Dh] of [
+      [
+        2,
+        3,
+        7,
+        8
+      ],
+      [
+        1,
+        2,
+        5,
+        5
+      ]
+    ]) {
+      const t = (seed) => gpu.fromArray(randArray(B4 * H * T3 * Dh, seed), [
+        B4,
+        H,
+        T3,
+        Dh
+      ]);
+      const [q, kk, v, dout] = [
+        t(81),
+        t(82),
+        t(83),
+        t(84)
+      ];
+      const mask = gpu.fromArray(leftPadMask(B4, T3), [
+        B4,
+        T3
+      ]);
+      const heads = attentionForward(gpu, q, kk, v, {
+        keyMask: mask
+      });
+      const merged2 = attentionForward(gpu, q, kk, v, {
+        keyMask: mask,
+        mergedOut: true
+      });
+      assertEquals(merged2.out.shape, [
+        B4,
+        T3,
+        H,
+        Dh
+      ], "merged shape");
+      const [a, m] = [
+        await gpu.readF32(heads.out),
+        await gpu.readF32(merged2.out)
+      ];
+      for (let i = 0; i < a.length; i++) {
+        const d = i % Dh, r = Math.floor(i / Dh), tt = r % T3, h = Math.floor(r / T3) % H;
+        const b = Math.floor(r / (T3 * H));
+        const j = ((b * T3 + tt) * H + h) * Dh + d;
+        assert(Object.is(a[i], m[j]), `element (${b}, ${h}, ${tt}, ${d})`);
+      }
+      const g1 = attentionBackward(gpu, dout, q, kk, v, heads);
+      const g2 = attentionBackward(gpu, dout, q, kk, v, merged2);
+      for (const n of [
+        "dq",
+        "dk",
+        "dv"
+      ]) {
+        const [x, y] = [
+          await gpu.readF32(g1[n]),
+          await gpu.readF32(g2[n])
+        ];
+        assert(x.every((u, i) => Object.is(u, y[i])), `${n}: the same bits`);
+      }
+    }
+  }
+});
 
 // model/config.ts
 var ModelConfigError = class extends Error {
@@ -3461,20 +5064,20 @@ function concatColumns(gpu, a, b) {
 }
 
 // kernels/embedding.ts
-var FORWARD = `
+var forwardShader = (E) => `
 struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32, tok_offset: i32, accumulate: u32 }
 @group(0) @binding(0) var<storage, read> tokens: array<i32>;    // (N)
 @group(0) @binding(1) var<storage, read> positions: array<i32>; // (N)
-@group(0) @binding(2) var<storage, read> wte: array<f32>;       // (V, C)
-@group(0) @binding(3) var<storage, read> wpe: array<f32>;       // (maxPos, C)
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;       // (N, C)
+@group(0) @binding(2) var<storage, read> wte: array<${E}>;       // (V, C)
+@group(0) @binding(3) var<storage, read> wpe: array<${E}>;       // (maxPos, C)
+@group(0) @binding(4) var<storage, read_write> out: array<${E}>;       // (N, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let row = i / p.C;
   let c = i % p.C;
   let t = tokens[row] - p.tok_offset;
-  var v = 0.0;
+  var v = ${E}(0.0);
   if (t >= 0 && u32(t) < p.V) { v = wte[u32(t) * p.C + c]; }
   if (p.has_pos == 1u) {
     let q = positions[row] + i32(p.offset);
@@ -3482,6 +5085,8 @@ ${LINEAR_MAIN}
   }
   out[i] = select(v, out[i] + v, p.accumulate == 1u);
 }`;
+var FORWARD2 = forwardShader("f32");
+var FORWARD_VEC4 = forwardShader("vec4f");
 var CHAINS = `
 struct P { N: u32 }
 @group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
@@ -3498,13 +5103,38 @@ ${LINEAR_MAIN}
   next[i] = nx;
   head[i] = h;
 }`;
-var SCATTER = `
+var CHAINS_VEC4 = `
+struct P { N: u32 }
+@group(0) @binding(0) var<storage, read> ids: array<vec4i>;   // (N / 4)
+@group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
+@group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.N) { return; }
+  let id = ids[i / 4u][i % 4u];
+  let lane = vec4u(0u, 1u, 2u, 3u);
+  var h = 1u;
+  for (var q = 0u; 4u * q < i; q++) {
+    if (any((ids[q] == vec4i(id)) & (4u * q + lane < vec4u(i)))) { h = 0u; break; }
+  }
+  var nx = -1;
+  for (var q = (i + 1u) / 4u; 4u * q < p.N; q++) {
+    let m = (ids[q] == vec4i(id)) & (4u * q + lane > vec4u(i));
+    if (any(m)) {
+      nx = i32(4u * q + select(select(select(3u, 2u, m.z), 1u, m.y), 0u, m.x));
+      break;
+    }
+  }
+  next[i] = nx;
+  head[i] = h;
+}`;
+var scatterShader = (E) => `
 struct P { n: u32, C: u32, rowsTable: u32, offset: i32 }
 @group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
 @group(0) @binding(1) var<storage, read> next: array<i32>;  // (N)
 @group(0) @binding(2) var<storage, read> head: array<u32>;  // (N)
-@group(0) @binding(3) var<storage, read> dout: array<f32>;  // (N, C)
-@group(0) @binding(4) var<storage, read_write> table: array<f32>; // (rowsTable, C)
+@group(0) @binding(3) var<storage, read> dout: array<${E}>;  // (N, C)
+@group(0) @binding(4) var<storage, read_write> table: array<${E}>; // (rowsTable, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -3513,7 +5143,7 @@ ${LINEAR_MAIN}
   if (head[row] == 0u) { return; }
   let t = ids[row] + p.offset;
   if (t < 0 || u32(t) >= p.rowsTable) { return; }
-  var s = 0.0;
+  var s = ${E}(0.0);
   var j = i32(row);
   loop {
     if (j < 0) { break; }
@@ -3522,6 +5152,8 @@ ${LINEAR_MAIN}
   }
   table[u32(t) * p.C + c] += s;
 }`;
+var SCATTER = scatterShader("f32");
+var SCATTER_VEC4 = scatterShader("vec4f");
 function checkIds(t, n, what) {
   checkShape(t.dtype === "i32", `embedding: ${what} must be i32, got ${t.dtype}`);
   checkShape(t.size === n, `embedding: ${what} has ${t.size} ids, tokens have ${n}`);
@@ -3539,13 +5171,14 @@ function embeddingForward(gpu, tokens, wte, pos, chunk) {
     C2
   ]);
   checkShape(out.size === tokens.size * C2, `embeddingForward: out [${out.shape}] is not (${tokens.size}, ${C2})`);
-  gpu.dispatch(gpu.pipeline(FORWARD), [
+  const v = C2 % 4 === 0 ? 4 : 1;
+  gpu.dispatch(gpu.pipeline(v === 4 ? FORWARD_VEC4 : FORWARD2), [
     tokens,
     pos?.positions ?? gpu.placeholder(0),
     wte,
     pos?.wpe ?? gpu.placeholder(1),
     out
-  ], gpu.grid(groups(out.size)), new Params().u32(out.size, C2, V, pos?.wpe.shape[0] ?? 0, pos?.offset ?? 0, pos ? 1 : 0).i32(chunk?.firstRow ?? 0).u32(chunk?.accumulate ? 1 : 0));
+  ], gpu.grid(groups(out.size / v)), new Params().u32(out.size / v, C2 / v, V, pos?.wpe.shape[0] ?? 0, pos?.offset ?? 0, pos ? 1 : 0).i32(chunk?.firstRow ?? 0).u32(chunk?.accumulate ? 1 : 0));
   return out;
 }
 function scatterAddRows(gpu, ids, dout, table, offset = 0) {
@@ -3573,18 +5206,19 @@ function scatterAddRows(gpu, ids, dout, table, offset = 0) {
   ], "i32"), head = gpu.empty([
     N
   ], "u32");
-  gpu.dispatch(gpu.pipeline(CHAINS), [
+  gpu.dispatch(gpu.pipeline(N % 4 === 0 ? CHAINS_VEC4 : CHAINS), [
     ids,
     next,
     head
   ], gpu.grid(groups(N)), new Params().u32(N));
-  gpu.dispatch(gpu.pipeline(SCATTER), [
+  const v = C2 % 4 === 0 ? 4 : 1;
+  gpu.dispatch(gpu.pipeline(v === 4 ? SCATTER_VEC4 : SCATTER), [
     ids,
     next,
     head,
     dout,
     table
-  ], gpu.grid(groups(N * C2)), new Params().u32(N * C2, C2, R).i32(offset));
+  ], gpu.grid(groups(N * C2 / v)), new Params().u32(N * C2 / v, C2 / v, R).i32(offset));
   next.dispose();
   head.dispose();
 }
@@ -3706,334 +5340,6 @@ function lastMaskedValuesBackward(gpu, dscore, index, T3) {
   return dv;
 }
 
-// kernels/reduce.ts
-var ROW_WG = 64;
-var WG_REDUCE = `
-var<workgroup> red_: array<f32, ${ROW_WG}>;
-fn wg_sum(v: f32, lid: u32) -> f32 {
-  red_[lid] = v;
-  workgroupBarrier();
-  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red_[lid] += red_[lid + s]; }
-    workgroupBarrier();
-  }
-  let r = red_[0];
-  workgroupBarrier();
-  return r;
-}
-fn wg_max(v: f32, lid: u32) -> f32 {
-  red_[lid] = v;
-  workgroupBarrier();
-  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red_[lid] = max(red_[lid], red_[lid + s]); }
-    workgroupBarrier();
-  }
-  let r = red_[0];
-  workgroupBarrier();
-  return r;
-}
-`;
-var ROW_THREAD_MAIN = `${LINEAR_MAIN}
-  let row = i;
-  if (row >= p.rows) { return; }
-  let base = row * p.cols;`;
-function laneTreeSums(terms, prelude = "", count = "p.cols", vec4 = false) {
-  const names = Object.keys(terms);
-  const out = [];
-  for (const n of names) {
-    for (let j = 0; j < 16; j++) out.push(`var ${n}_${j} = vec4f(0.0);`);
-  }
-  const body = [];
-  for (let j = 0; j < 16 && vec4; j++) {
-    body.push(`{
-      let c = c0 + ${4 * j}u;
-      if (c < ${count}) {
-        ${prelude}
-        ${names.map((n) => `${n}_${j} += ${terms[n]};`).join(" ")}
-      }
-    }`);
-  }
-  for (let j = 0; j < 16 && !vec4; j++) {
-    for (let i = 0; i < 4; i++) {
-      const comp = "xyzw"[i];
-      body.push(`{
-      let c = c0 + ${4 * j + i}u;
-      if (c < ${count}) {
-        ${prelude}
-        ${names.map((n) => `${n}_${j}.${comp} += ${terms[n]};`).join(" ")}
-      }
-    }`);
-    }
-  }
-  out.push(`for (var c0 = 0u; c0 < ${count}; c0 += ${ROW_WG}u) {
-    ${body.join("\n    ")}
-  }`);
-  for (const n of names) {
-    const r = (k) => `${n}_${k}`;
-    out.push(...[
-      0,
-      1,
-      2,
-      3,
-      4,
-      5,
-      6,
-      7
-    ].map((j) => `let ${n}_a${j} = ${r(j)} + ${r(j + 8)};`), ...[
-      0,
-      1,
-      2,
-      3
-    ].map((j) => `let ${n}_b${j} = ${n}_a${j} + ${n}_a${j + 4};`), ...[
-      0,
-      1
-    ].map((j) => `let ${n}_c${j} = ${n}_b${j} + ${n}_b${j + 2};`), `let ${n}_d = ${n}_c0 + ${n}_c1;`, `let ${n}_e = ${n}_d.xy + ${n}_d.zw;`, `let ${n} = ${n}_e.x + ${n}_e.y;`);
-  }
-  return out.join("\n  ");
-}
-var ROW_MAIN = `@compute @workgroup_size(${ROW_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;`;
-var ROWS = `${WG_REDUCE}
-struct P { rows: u32, cols: u32, op: u32 }   // op 0 sum, 1 mean, 2 max
-@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (rows)
-@group(0) @binding(2) var<uniform> p: P;
-${ROW_MAIN}
-  let valid = row < p.rows;
-  let base = row * p.cols;
-  var acc = select(0.0, -3.4e38, p.op == 2u);
-  if (valid) {
-    for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
-      let v = x[base + c];
-      acc = select(acc + v, max(acc, v), p.op == 2u);
-    }
-  }
-  var r: f32;
-  if (p.op == 2u) { r = wg_max(acc, lid); } else { r = wg_sum(acc, lid); }
-  if (valid && lid == 0u) { out[row] = select(r, r / f32(p.cols), p.op == 1u); }
-}`;
-var COLS = `
-struct P {
-  rows: u32, cols: u32, accumulate: u32, seg_width: u32, seg_stride: u32,
-  r0: u32, r1: u32, carry: u32, finish: u32,
-}
-@group(0) @binding(0) var<storage, read> x: array<f32>;   // (rows, cols)
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (cols), or segments
-@group(0) @binding(2) var<storage, read_write> run: array<f32>; // (cols) running sums
-@group(0) @binding(3) var<uniform> p: P;
-${COLUMN_MAIN}
-  if (i >= p.cols) { return; }
-  var s = select(0.0, run[i], p.carry == 1u);
-  for (var r = p.r0; r < p.r1; r++) { s += x[r * p.cols + i]; }
-  if (p.finish == 0u) { run[i] = s; return; }
-  let o = (i / p.seg_width) * p.seg_stride + i % p.seg_width;
-  out[o] = select(s, out[o] + s, p.accumulate == 1u);
-}`;
-function lastAxis(x, op) {
-  checkShape(x.dtype === "f32", `${op}: expects f32, got ${x.dtype}`);
-  checkShape(x.shape.length >= 1, `${op}: needs at least one dimension`);
-  const cols = x.shape[x.shape.length - 1];
-  return {
-    rows: cols === 0 ? 0 : x.size / cols,
-    cols
-  };
-}
-function rowReduce(gpu, x, op, name) {
-  const { rows: rows2, cols } = lastAxis(x, name);
-  checkShape(cols > 0 || op !== 2, `${name}: max over an empty axis`);
-  const out = gpu.empty(x.shape.slice(0, -1));
-  if (cols === 0) {
-    gpu.clear(out);
-    return out;
-  }
-  gpu.dispatch(gpu.pipeline(ROWS), [
-    x,
-    out
-  ], gpu.grid(rows2), new Params().u32(rows2, cols, op));
-  return out;
-}
-function sumLastAxis(gpu, x) {
-  return rowReduce(gpu, x, 0, "sumLastAxis");
-}
-function meanLastAxis(gpu, x) {
-  return rowReduce(gpu, x, 1, "meanLastAxis");
-}
-function maxLastAxis(gpu, x) {
-  return rowReduce(gpu, x, 2, "maxLastAxis");
-}
-function sumColumns(gpu, x, opts = {}) {
-  const { rows: rows2, cols } = lastAxis(x, "sumColumns");
-  const seg = opts.outSegments ?? {
-    width: Math.max(cols, 1),
-    stride: 0
-  };
-  const parts = Math.ceil(cols / seg.width);
-  checkShape(Number.isInteger(seg.width) && seg.width > 0 && cols % seg.width === 0 && Number.isInteger(seg.stride) && (parts <= 1 || seg.stride >= seg.width), `sumColumns: outSegments {width ${seg.width}, stride ${seg.stride}} must divide ${cols} columns into segments that do not overlap`);
-  const size = opts.outSegments ? (parts - 1) * seg.stride + seg.width : cols;
-  const out = opts.out ?? gpu.empty([
-    size
-  ]);
-  checkShape(out.size === size, `sumColumns: out has ${out.size} elements, expected ${size}`);
-  checkShape(!opts.accumulate || opts.out !== void 0, "sumColumns: accumulate needs `out`");
-  const ranges = rowRanges(rows2);
-  const run2 = ranges.length > 1 ? gpu.empty([
-    cols
-  ]) : gpu.placeholder(1);
-  ranges.forEach(([r02, r1], k) => gpu.dispatch(gpu.pipeline(COLS), [
-    x,
-    out,
-    run2
-  ], gpu.grid(columnGroups(cols)), new Params().u32(rows2, cols, opts.accumulate ? 1 : 0, seg.width, seg.stride, r02, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
-  if (ranges.length > 1) run2.dispose();
-  return out;
-}
-var CHUNK = 4096;
-var PARTIALS = `${WG_REDUCE}
-struct P { n: u32, mode: u32, offset: u32, has_mask: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;        // (n)
-@group(0) @binding(1) var<storage, read> mask: array<f32>;     // (n) or dummy
-@group(0) @binding(2) var<storage, read> stats: array<f32>;    // (4): sum, count, mean, var
-@group(0) @binding(3) var<storage, read_write> partials: array<vec2f>;
-@group(0) @binding(4) var<uniform> p: P;
-${ROW_MAIN}
-  let start = row * ${CHUNK}u;
-  let end = min(start + ${CHUNK}u, p.n);
-  let mean = select(0.0, stats[2], p.mode == 1u);
-  var s = 0.0;
-  var w = 0.0;
-  for (var i = start + lid; i < end; i += ${ROW_WG}u) {
-    let m = select(1.0, mask[i], p.has_mask == 1u);
-    let v = x[i];
-    if (p.mode == 0u) { s += m * v; } else if (p.mode == 1u) { s += m * (v - mean) * (v - mean); } else { s += v * v; }
-    w += m;
-  }
-  let ts = wg_sum(s, lid);
-  let tw = wg_sum(w, lid);
-  if (lid == 0u) { partials[p.offset + row] = vec2f(ts, tw); }
-}`;
-var FINISH = `${WG_REDUCE}
-struct P { count: u32, mode: u32, unbiased: u32, max_norm: f32 }
-@group(0) @binding(0) var<storage, read> partials: array<vec2f>;
-@group(0) @binding(1) var<storage, read_write> stats: array<f32>;    // (4)
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(${ROW_WG})
-fn main(@builtin(local_invocation_index) lid: u32) {
-  var s = 0.0;
-  var w = 0.0;
-  for (var i = lid; i < p.count; i += ${ROW_WG}u) { let v = partials[i]; s += v.x; w += v.y; }
-  let ts = wg_sum(s, lid);
-  let tw = wg_sum(w, lid);
-  if (lid != 0u) { return; }
-  if (p.mode == 0u) {
-    stats[0] = ts;
-    stats[1] = tw;
-    stats[2] = select(0.0, ts / tw, tw > 0.0);
-    stats[3] = 0.0;
-  } else if (p.mode == 1u) {
-    let d = select(tw, tw - 1.0, p.unbiased == 1u);
-    stats[3] = select(0.0, ts / d, d > 0.0);
-  } else {
-    let norm = sqrt(ts);
-    stats[0] = norm;
-    stats[1] = select(1.0, min(1.0, p.max_norm / (norm + 1e-6)), p.max_norm > 0.0);
-  }
-}`;
-function partialsFor(gpu, count) {
-  return gpu.empty([
-    Math.max(1, count) * 2
-  ]);
-}
-function maskedStats(gpu, x, mask, opts = {}) {
-  checkShape(x.dtype === "f32", `maskedStats: expects f32, got ${x.dtype}`);
-  if (mask) {
-    checkShape(mask.size === x.size && mask.dtype === "f32", `maskedStats: mask [${mask.shape}] (${mask.dtype}) does not match x [${x.shape}]`);
-  }
-  const stats = opts.out ?? gpu.empty([
-    4
-  ]);
-  checkShape(stats.size === 4, "maskedStats: out must have 4 elements");
-  const wgs = Math.ceil(x.size / CHUNK);
-  const partials = partialsFor(gpu, wgs);
-  const part = gpu.pipeline(PARTIALS), fin = gpu.pipeline(FINISH);
-  const m = mask ?? gpu.placeholder();
-  const hasMask = mask ? 1 : 0;
-  for (const mode of [
-    0,
-    1
-  ]) {
-    if (wgs === 0) gpu.clear(partials);
-    gpu.dispatch(part, [
-      x,
-      m,
-      stats,
-      partials
-    ], gpu.grid(wgs), new Params().u32(x.size, mode, 0, hasMask));
-    gpu.dispatch(fin, [
-      partials,
-      stats
-    ], [
-      1
-    ], new Params().u32(Math.max(1, wgs), mode, opts.unbiased === false ? 0 : 1).f32(0));
-  }
-  partials.dispose();
-  return stats;
-}
-function globalNorm(gpu, tensors, maxNorm = 0) {
-  checkShape(tensors.length > 0, "globalNorm: no tensors");
-  const counts = tensors.map((t) => Math.ceil(t.size / CHUNK));
-  const total = counts.reduce((a, b) => a + b, 0);
-  const partials = partialsFor(gpu, total);
-  const stats = gpu.empty([
-    4
-  ]);
-  const part = gpu.pipeline(PARTIALS);
-  let offset = 0;
-  if (total === 0) gpu.clear(partials);
-  tensors.forEach((t, i) => {
-    checkShape(t.dtype === "f32", `globalNorm: tensor ${i} has dtype ${t.dtype}`);
-    gpu.dispatch(part, [
-      t,
-      gpu.placeholder(),
-      stats,
-      partials
-    ], gpu.grid(counts[i]), new Params().u32(t.size, 2, offset, 0));
-    offset += counts[i];
-  });
-  gpu.dispatch(gpu.pipeline(FINISH), [
-    partials,
-    stats
-  ], [
-    1
-  ], new Params().u32(Math.max(1, total), 2, 0).f32(maxNorm));
-  partials.dispose();
-  return stats;
-}
-var SCALE_BY = `
-struct P { n: u32, index: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;  // (n), scaled in place
-@group(0) @binding(1) var<storage, read> s: array<f32>;  // scalar source
-@group(0) @binding(2) var<uniform> p: P;
-${LINEAR_MAIN}
-  if (i >= p.n) { return; }
-  x[i] = x[i] * s[p.index];
-}`;
-function scaleByScalarTensor(gpu, x, s, index = 0) {
-  checkShape(index < s.size, `scaleByScalarTensor: index ${index} outside [${s.shape}]`);
-  gpu.dispatch(gpu.pipeline(SCALE_BY), [
-    x,
-    s
-  ], gpu.grid(groups(x.size)), new Params().u32(x.size, index));
-  return x;
-}
-function clipGradNorm(gpu, grads, maxNorm) {
-  checkShape(maxNorm > 0, `clipGradNorm: maxNorm must be > 0, got ${maxNorm}`);
-  const stats = globalNorm(gpu, grads, maxNorm);
-  for (const g of grads) scaleByScalarTensor(gpu, g, stats, 1);
-  return stats;
-}
-
 // kernels/softmax.ts
 var SOFTMAX = `${WG_REDUCE}
 struct P { rows: u32, cols: u32, log: u32 }
@@ -4112,32 +5418,36 @@ function defaultReduction(gpu, rows2, cols) {
   const fits = cols + Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
   return gpu.isFallbackAdapter && rows2 >= 128 && fits ? "row-tree" : "workgroup";
 }
-var LOGITS_BACKWARD = `
+function logitsBackwardShader(vec4, hasLogp, hasEnt) {
+  const E = vec4 ? "vec4f" : "f32";
+  const col = vec4 ? "4u * c + vec4u(0u, 1u, 2u, 3u)" : "c";
+  return `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
-@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(0) var<storage, read> logits: array<${E}>;  // (rows, V)
 @group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows)
 @group(0) @binding(2) var<storage, read> lse: array<f32>;     // (rows)
 @group(0) @binding(3) var<storage, read> ent: array<f32>;     // (rows)
 @group(0) @binding(4) var<storage, read> g_logp: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read> g_ent: array<f32>;   // (rows)
-@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>; // (rows, V)
+@group(0) @binding(6) var<storage, read_write> dlogits: array<${E}>; // (rows, V)
 @group(0) @binding(7) var<uniform> p: P;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3u) {
+  _ = &targets; _ = &ent; _ = &g_logp; _ = &g_ent;
   let c = g.x;
   let row = g.y + g.z * 65535u;
   if (c >= p.cols || row >= p.rows) { return; }
   let idx = row * p.cols + c;
   let logq = logits[idx] - lse[row];
   let q = exp(logq);
-  var d = 0.0;
-  if (p.has_logp == 1u) {
-    let t = targets[row];
-    if (t >= 0) { d += p.sign * g_logp[row] * (select(0.0, 1.0, u32(t) == c) - q); }
-  }
-  if (p.has_ent == 1u) { d -= g_ent[row] * q * (logq + ent[row]); }
+  var d = ${E}(0.0);
+  ${hasLogp ? `let t = targets[row];
+  if (t >= 0) { d += p.sign * g_logp[row] * (select(${E}(0.0), ${E}(1.0), ${vec4 ? "vec4u(u32(t))" : "u32(t)"} == ${col}) - q); }` : ""}
+  ${hasEnt ? "d -= g_ent[row] * q * (logq + ent[row]);" : ""}
   dlogits[idx] = d;
 }`;
+}
+var logitsBackwardShaders = /* @__PURE__ */ new Map();
 function rowsOf(x, name) {
   checkShape(x.dtype === "f32", `${name}: logits must be f32, got ${x.dtype}`);
   checkShape(x.shape.length >= 1, `${name}: logits need at least one dimension`);
@@ -4229,7 +5539,11 @@ function logitsBackward(gpu, logits2, targets2, lse, grads, sign = 1) {
   const out = grads.out ?? gpu.empty(logits2.shape);
   checkShape(out.size === logits2.size, "logitsBackward: out does not match logits");
   const rowsY = Math.min(rows2, 65535), rowsZ = Math.ceil(rows2 / 65535);
-  gpu.dispatch(gpu.pipeline(LOGITS_BACKWARD), [
+  const v = cols % 4 === 0 ? 4 : 1, hasLogp = grads.dlogp !== void 0;
+  const hasEnt = grads.dentropy !== void 0, key = `${v}/${hasLogp}/${hasEnt}`;
+  let code = logitsBackwardShaders.get(key);
+  if (!code) logitsBackwardShaders.set(key, code = logitsBackwardShader(v === 4, hasLogp, hasEnt));
+  gpu.dispatch(gpu.pipeline(code), [
     logits2,
     targets2,
     lse,
@@ -4238,10 +5552,10 @@ function logitsBackward(gpu, logits2, targets2, lse, grads, sign = 1) {
     grads.dentropy ?? gpu.placeholder(2),
     out
   ], [
-    Math.ceil(cols / 64),
+    Math.ceil(cols / v / 64),
     rowsY,
     rowsZ
-  ], new Params().u32(rows2, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
+  ], new Params().u32(rows2, cols / v).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
   return out;
 }
 function crossEntropyBackward(gpu, logits2, targets2, lse, dloss, out) {
@@ -4249,972 +5563,6 @@ function crossEntropyBackward(gpu, logits2, targets2, lse, dloss, out) {
     dlogp: dloss,
     out
   }, -1);
-}
-
-// kernels/layernorm.ts
-var FORWARD_BINDINGS = `
-struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
-@group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
-@group(0) @binding(6) var<uniform> p: P;`;
-var BACKWARD_DX_BINDINGS = `
-struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
-@group(0) @binding(6) var<uniform> p: P;`;
-var FORWARD2 = `${WG_REDUCE}
-${FORWARD_BINDINGS}
-${ROW_MAIN}
-  let valid = row < p.rows;
-  let base = row * p.cols;
-  var s = 0.0;
-  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { s += x[base + c]; } }
-  let m = wg_sum(s, lid) / f32(p.cols);
-  var q = 0.0;
-  if (valid) { for (var c = lid; c < p.cols; c += ${ROW_WG}u) { let d = x[base + c] - m; q += d * d; } }
-  let r = inverseSqrt(wg_sum(q, lid) / f32(p.cols) + p.eps);
-  if (!valid) { return; }
-  for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
-    y[base + c] = (x[base + c] - m) * r * w[c] + b[c];
-  }
-  if (lid == 0u) { mean[row] = m; rstd[row] = r; }
-}`;
-var BACKWARD_DX = `${WG_REDUCE}
-${BACKWARD_DX_BINDINGS}
-${ROW_MAIN}
-  let valid = row < p.rows;
-  let base = row * p.cols;
-  var m = 0.0;
-  var r = 0.0;
-  if (valid) { m = mean[row]; r = rstd[row]; }
-  var s1 = 0.0;
-  var s2 = 0.0;
-  if (valid) {
-    for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
-      let g = dy[base + c] * w[c];
-      s1 += g;
-      s2 += g * (x[base + c] - m) * r;
-    }
-  }
-  let mg = wg_sum(s1, lid) / f32(p.cols);
-  let mgx = wg_sum(s2, lid) / f32(p.cols);
-  if (!valid) { return; }
-  for (var c = lid; c < p.cols; c += ${ROW_WG}u) {
-    let xh = (x[base + c] - m) * r;
-    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
-    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
-  }
-}`;
-var FORWARD_ROWWISE = `
-${FORWARD_BINDINGS}
-${ROW_THREAD_MAIN}
-  var s = 0.0;
-  for (var c = 0u; c < p.cols; c++) { s += x[base + c]; }
-  let m = s / f32(p.cols);
-  var q = 0.0;
-  for (var c = 0u; c < p.cols; c++) { let d = x[base + c] - m; q += d * d; }
-  let r = inverseSqrt(q / f32(p.cols) + p.eps);
-  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
-  mean[row] = m;
-  rstd[row] = r;
-}`;
-var BACKWARD_DX_ROWWISE = `
-${BACKWARD_DX_BINDINGS}
-${ROW_THREAD_MAIN}
-  let m = mean[row];
-  let r = rstd[row];
-  var s1 = 0.0;
-  var s2 = 0.0;
-  for (var c = 0u; c < p.cols; c++) {
-    let g = dy[base + c] * w[c];
-    s1 += g;
-    s2 += g * (x[base + c] - m) * r;
-  }
-  let mg = s1 / f32(p.cols);
-  let mgx = s2 / f32(p.cols);
-  for (var c = 0u; c < p.cols; c++) {
-    let xh = (x[base + c] - m) * r;
-    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
-    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
-  }
-}`;
-var FORWARD_TREE = `
-${FORWARD_BINDINGS}
-${ROW_THREAD_MAIN}
-  ${laneTreeSums({
-  s: "x[base + c]"
-})}
-  let m = s / f32(p.cols);
-  ${laneTreeSums({
-  q: "d * d"
-}, "let d = x[base + c] - m;")}
-  let r = inverseSqrt(q / f32(p.cols) + p.eps);
-  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
-  mean[row] = m;
-  rstd[row] = r;
-}`;
-var BACKWARD_DX_TREE = `
-${BACKWARD_DX_BINDINGS}
-${ROW_THREAD_MAIN}
-  let m = mean[row];
-  let r = rstd[row];
-  ${laneTreeSums({
-  s1: "g",
-  s2: "g * (x[base + c] - m) * r"
-}, "let g = dy[base + c] * w[c];")}
-  let mg = s1 / f32(p.cols);
-  let mgx = s2 / f32(p.cols);
-  for (var c = 0u; c < p.cols; c++) {
-    let xh = (x[base + c] - m) * r;
-    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
-    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
-  }
-}`;
-var BACKWARD_DW = `
-struct P { n: u32, rows: u32, cols: u32, r0: u32, r1: u32, carry: u32, finish: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
-@group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
-@group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
-@group(0) @binding(6) var<storage, read_write> run: array<f32>;   // (2, C) running sums
-@group(0) @binding(7) var<uniform> p: P;
-${COLUMN_MAIN}
-  if (i >= p.cols) { return; }
-  var sw = select(0.0, run[i], p.carry == 1u);
-  var sb = select(0.0, run[p.cols + i], p.carry == 1u);
-  for (var r = p.r0; r < p.r1; r++) {
-    let g = dy[r * p.cols + i];
-    sw += g * (x[r * p.cols + i] - mean[r]) * rstd[r];
-    sb += g;
-  }
-  if (p.finish == 0u) {
-    run[i] = sw;
-    run[p.cols + i] = sb;
-    return;
-  }
-  dw[i] += sw;
-  db[i] += sb;
-}`;
-function checkRowLoops(gpu, variant, C2) {
-  if (variant === "row-tree") checkLoopBudget(gpu, rowTreeLoops(C2), "layernorm (row-tree)");
-  if (variant === "row-thread") checkLoopBudget(gpu, 3 * C2, "layernorm (row-thread)");
-}
-function rowTreeLoops(C2) {
-  return C2 + 2 * Math.ceil(C2 / ROW_WG);
-}
-function defaultVariant(gpu, cols) {
-  const fits = rowTreeLoops(cols) <= SOFTWARE_LOOP_BUDGET;
-  return gpu.isFallbackAdapter && fits ? "row-tree" : "workgroup";
-}
-function dims2(x, w, b, name) {
-  checkShape(x.dtype === "f32", `${name}: x must be f32`);
-  const C2 = x.shape[x.shape.length - 1] ?? 0;
-  checkShape(C2 > 0, `${name}: x [${x.shape}] has an empty last axis`);
-  checkShape(w.size === C2, `${name}: weight has ${w.size} elements, last axis is ${C2}`);
-  if (b) checkShape(b.size === C2, `${name}: bias has ${b.size} elements, last axis is ${C2}`);
-  return {
-    rows: x.size / C2,
-    C: C2
-  };
-}
-function layernormForward(gpu, x, weight, bias, opts = {}) {
-  const { rows: rows2, C: C2 } = dims2(x, weight, bias, "layernormForward");
-  const y = opts.out ?? gpu.empty(x.shape);
-  const mean = gpu.empty(x.shape.slice(0, -1)), rstd = gpu.empty(x.shape.slice(0, -1));
-  const variant = opts.variant ?? defaultVariant(gpu, C2), rowwise = variant !== "workgroup";
-  checkRowLoops(gpu, variant, C2);
-  gpu.dispatch(gpu.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD2), [
-    x,
-    weight,
-    bias,
-    y,
-    mean,
-    rstd
-  ], gpu.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C2).f32(opts.eps ?? 1e-5));
-  return {
-    y,
-    mean,
-    rstd
-  };
-}
-function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {}) {
-  const { rows: rows2, C: C2 } = dims2(x, weight, null, "layernormBackward");
-  const variant = opts.variant ?? defaultVariant(gpu, C2), rowwise = variant !== "workgroup";
-  checkRowLoops(gpu, variant, C2);
-  checkShape(dy.size === x.size, `layernormBackward: dy [${dy.shape}] vs x [${x.shape}]`);
-  checkShape(dweight === null === (dbias === null), "layernormBackward: give both dweight and dbias, or neither");
-  checkShape(dweight === null || dweight.size === C2 && dbias.size === C2, "layernormBackward: dweight/dbias size");
-  checkShape(!opts.accumulateDx || opts.dx !== void 0, "layernormBackward: accumulateDx needs dx");
-  const dx = opts.dx ?? gpu.empty(x.shape);
-  gpu.dispatch(gpu.pipeline(variant === "row-tree" ? BACKWARD_DX_TREE : variant === "row-thread" ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
-    dy,
-    x,
-    weight,
-    saved.mean,
-    saved.rstd,
-    dx
-  ], gpu.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C2, opts.accumulateDx ? 1 : 0));
-  if (dweight === null) return dx;
-  const ranges = rowRanges(rows2);
-  const run2 = ranges.length > 1 ? gpu.empty([
-    2 * C2
-  ]) : gpu.placeholder(1);
-  ranges.forEach(([r02, r1], k) => gpu.dispatch(gpu.pipeline(BACKWARD_DW), [
-    dy,
-    x,
-    saved.mean,
-    saved.rstd,
-    dweight,
-    dbias,
-    run2
-  ], gpu.grid(columnGroups(C2)), new Params().u32(C2, rows2, C2, r02, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
-  if (ranges.length > 1) run2.dispose();
-  return dx;
-}
-
-// kernels/matmul.ts
-var NO_SUMS = 4294967295;
-var FLAG_BIAS = 1;
-var FLAG_RELU = 2;
-var FLAG_ACC = 4;
-var FLAG_RES = 8;
-var FLAG_SPLIT = 16;
-var FLAG_RELU_GRAD = 32;
-var TEXTURE_TILING = {
-  rows: 4,
-  texels: 2,
-  wgX: 8,
-  wgY: 4
-};
-var EPILOGUE_INDEX = `
-fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
-  if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
-  let hd = p.heads * p.head_dim;
-  let w = col % hd;
-  return (col / hd) * p.part_stride + ((row / p.seq) * p.heads + w / p.head_dim) * p.seq * p.head_dim
-    + (row % p.seq) * p.head_dim + w % p.head_dim;
-}
-fn bias_index(col: u32) -> u32 {
-  return (col / p.bias_width) * p.bias_stride + col % p.bias_width;
-}`;
-var EPILOGUE_FIELDS = "seq: u32, heads: u32, head_dim: u32, part_stride: u32, bias_width: u32, bias_stride: u32, k_seg: u32, kv_row: u32, sums_col: u32, sums_width: u32, sums_stride: u32, ln_eps: f32,";
-var EMIT_SUM = `
-fn emit_sum(row: u32, v: f32) {
-  let o = (row / p.sums_width) * p.sums_stride + row % p.sums_width;
-  var x = p.alpha * v;
-  if ((p.flags & 4u) != 0u) { x += sums[o]; }
-  sums[o] = x;
-}`;
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false, foldA = 1, foldB = 1) {
-  const R = t.rows, Q = t.texels;
-  const acc = [], aload = [], body = [], store = [];
-  const all = (f) => {
-    const out = [];
-    for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) out.push(f(i, j));
-    return out.join(" ");
-  };
-  for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
-  const segStart = segmented ? `if (kq != 0u && kq % p.k_seg == 0u) {
-      if (kq == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
-      else { ${all((i, j) => `t${i}_${j} = c${i}_${j} + t${i}_${j};`)} }
-      ${all((i, j) => `c${i}_${j} = vec4f(0.0);`)}
-    }` : "";
-  const segEnd = segmented ? `if (p.K4 > p.k_seg) { ${all((i, j) => `c${i}_${j} = c${i}_${j} + t${i}_${j};`)} }` : "";
-  if (segmented) {
-    for (let i = 0; i < R; i++) {
-      for (let j = 0; j < Q; j++) acc.push(`var t${i}_${j} = vec4f(0.0);`);
-    }
-  }
-  const aAt = (i, kk) => aAlongM ? `a${kk}_${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `a${i}.${"xyzw"[kk]}`;
-  const foldedRow = (f, kk) => f === 1 ? `k + ${kk}u` : `kq * ${4 / f}u + ${Math.floor(kk / f)}u`;
-  const foldedAt = (f, kk, w) => f === 1 || kk % f === 0 ? "" : ` + ${kk % f}u * p.${w}`;
-  if (!aAlongM) {
-    for (let i = 0; i < R; i++) {
-      aload.push(foldA === 1 ? `let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);` : `let a${i} = textureLoad(at, vec2u(kq${foldedAt(foldA, i, "fold_a")}, r0 / ${foldA}u + ${Math.floor(i / foldA)}u), la);`);
-    }
-  }
-  for (let kk = 0; kk < 4; kk++) {
-    if (aAlongM) {
-      for (let q = 0; q < R / 4; q++) {
-        body.push(`let a${kk}_${q} = textureLoad(at, vec2u(r0 / 4u + ${q}u${foldedAt(foldA, kk, "fold_a")}, ${foldedRow(foldA, kk)}), la);`);
-      }
-    }
-    for (let j = 0; j < Q; j++) {
-      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u${foldedAt(foldB, kk, "fold_b")}, ${foldedRow(foldB, kk)}), lb);`);
-    }
-    for (let i = 0; i < R; i++) {
-      for (let j = 0; j < Q; j++) {
-        body.push(`c${i}_${j} += ${aAt(i, kk)} * b${kk}_${j};`);
-      }
-    }
-  }
-  for (let i = 0; i < R; i++) {
-    for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
-  }
-  const elem = vec4Out ? "vec4f" : "f32";
-  return `
-struct P {
-  M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
-  m0: u32, n0: u32,            // chunk origin in C
-  ldc: u32, c_batch_stride: u32, batch0: u32,
-  b_layer_step: u32,           // 0 when B is shared by all batches
-  flags: u32,                  // 1 bias, 2 relu, 4 accumulate, 8 residual, 16 split heads,
-                               // 32 relu backward
-  alpha: f32,                  // scale of the product
-  ${EPILOGUE_FIELDS}
-  fold_a: u32, fold_b: u32,    // texels between the rows sharing a texture row (Block.fold)
-}
-@group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
-@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
-@group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
-@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
-@group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
-${lnOut ? `// the layernorm epilogue's bindings (no ReLU backward, row sums or KV cache with it)
-var<private> relu_in: array<${elem}, 1>;
-var<private> sums: array<f32, 1>;
-@group(0) @binding(5) var<storage, read> ln_w: array<${elem}>;             // (N)
-@group(0) @binding(6) var<storage, read> ln_b: array<${elem}>;             // (N)
-@group(0) @binding(7) var<storage, read_write> ln_y: array<${elem}>;       // (M, N)
-@group(0) @binding(8) var<storage, read_write> ln_mean: array<f32>;    // (M)
-@group(0) @binding(9) var<storage, read_write> ln_rstd: array<f32>;    // (M)
-@group(0) @binding(10) var<uniform> p: P;
-fn c_at(i: u32) -> ${elem} { return c[i]; }  // (the sums' column index is named c)` : `@group(0) @binding(5) var<storage, read> relu_in: array<${elem}>;    // like c
-@group(0) @binding(6) var<storage, read_write> sums: array<f32>;     // (M) row sums of op(A)`}
-${lnOut ? "" : kvOut ? `@group(0) @binding(7) var kc: texture_storage_2d_array<rgba32float, write>; // (B\xB7H, rows, Dh/4)
-@group(0) @binding(8) var vc: texture_storage_2d_array<rgba32float, write>;
-@group(0) @binding(9) var<uniform> p: P;` : "@group(0) @binding(7) var<uniform> p: P;"}
-${EPILOGUE_INDEX}
-${EMIT_SUM}
-${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
-${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
-@compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(global_invocation_id) g: vec3u${lnOut ? ", @builtin(local_invocation_id) lid: vec3u" : ""}) {
-  let cq = ${Q}u * g.x;        // first texel column of this block
-  let cb = ${4 * Q}u * g.x;    // first column
-  let r0 = ${R}u * g.y;        // first row
-  // past the last column, or past the row-sums column when there is one
-  let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
-  ${lnOut ? "if (!past && r0 < p.M) {" : "if (past || r0 >= p.M) { return; }"}
-  let la = g.z;
-  let lb = g.z * p.b_layer_step;
-  ${acc.join("\n  ")}
-  for (var kq = 0u; kq < p.K4; kq++) {
-    ${segStart}
-    ${aload.join("\n    ")}
-    let k = 4u * kq;
-    ${body.join("\n    ")}
-  }
-  ${segEnd}
-  let cbase = (p.batch0 + g.z) * p.c_batch_stride;
-  ${store.join("\n  ")}
-  ${lnOut ? `}
-${LN_EPILOGUE(R, t.wgX, t.wgY, vec4Out)}` : ""}
-}`;
-}
-function LN_EPILOGUE(R, wgX, wgY, vec4) {
-  const sums = vec4 ? `${laneTreeSums({
-    s: "c_at((base + c) / 4u)"
-  }, "", "p.N", true)}
-    let m = s / f32(p.N);
-    ${laneTreeSums({
-    q: "d * d"
-  }, "let d = c_at((base + c) / 4u) - m;", "p.N", true)}
-    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
-    for (var q4 = 0u; q4 < p.N / 4u; q4++) {
-      ln_y[base / 4u + q4] = (c[base / 4u + q4] - m) * r * ln_w[q4] + ln_b[q4];
-    }` : `${laneTreeSums({
-    s: "c_at(base + c)"
-  }, "", "p.N")}
-    let m = s / f32(p.N);
-    ${laneTreeSums({
-    q: "d * d"
-  }, "let d = c_at(base + c) - m;", "p.N")}
-    let r = inverseSqrt(q / f32(p.N) + p.ln_eps);
-    for (var col = 0u; col < p.N; col++) {
-      ln_y[base + col] = (c[base + col] - m) * r * ln_w[col] + ln_b[col];
-    }`;
-  return `  storageBarrier();
-  let first = (g.y - lid.y) * ${R}u;   // the workgroup's first row
-  for (var rr = lid.y * ${wgX}u + lid.x; rr < ${R * wgY}u && first + rr < p.M; rr += ${wgX * wgY}u) {
-    let row = p.m0 + first + rr;
-    let base = row * p.ldc;
-    ${sums}
-    ln_mean[row] = m;
-    ln_rstd[row] = r;
-  }`;
-}
-var EMIT_SCALAR = `
-fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r >= p.M) { return; }
-  for (var t = 0u; t < 4u; t++) {
-    let cc = col + t;
-    if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }
-    if (cc < p.N) {
-      let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
-      var x = p.alpha * v[t];
-      if ((p.flags & 1u) != 0u) { x += bias[bias_index(p.n0 + cc)]; }
-      if ((p.flags & 8u) != 0u) { x += res[idx]; }
-      if ((p.flags & 4u) != 0u) { x += c[idx]; }
-      if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
-      if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
-      c[idx] = x;
-    }
-  }
-}`;
-var EMIT_VEC4 = `
-fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }
-  if (r >= p.M || col >= p.N) { return; }
-  let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
-  var x = p.alpha * v;
-  if ((p.flags & 1u) != 0u) {
-    let n = p.n0 + col;
-    x += vec4f(bias[bias_index(n)], bias[bias_index(n + 1u)], bias[bias_index(n + 2u)],
-      bias[bias_index(n + 3u)]);
-  }
-  if ((p.flags & 8u) != 0u) { x += res[idx]; }
-  if ((p.flags & 4u) != 0u) { x += c[idx]; }
-  if ((p.flags & 2u) != 0u) { x = max(x, vec4f(0.0)); }
-  if ((p.flags & 32u) != 0u) { x = select(vec4f(0.0), x, relu_in[idx] > vec4f(0.0)); }
-  c[idx] = x;
-  kv_store(r, col, x);
-}`;
-var KV_STORE = `
-fn kv_store(r: u32, col: u32, x: vec4f) {
-  let hd = p.heads * p.head_dim;
-  let n = p.n0 + col;
-  let part = n / hd;
-  if (part == 0u) { return; }
-  let w = n % hd;
-  let row = p.m0 + r;
-  let layer = (row / p.seq) * p.heads + w / p.head_dim;
-  let at = vec2u((w % p.head_dim) / 4u, p.kv_row + row % p.seq);
-  if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
-}`;
-var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false, foldA = 1, foldB = 1) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}/${foldA}/${foldB}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB);
-  tilingShaders.set(key, code);
-  return code;
-}
-var bufferShaders = /* @__PURE__ */ new Map();
-function bufferShaderFor(segmented) {
-  const code = bufferShaders.get(segmented) ?? bufferMatmulShader(segmented);
-  bufferShaders.set(segmented, code);
-  return code;
-}
-function bufferMatmulShader(segmented) {
-  return `
-struct P {
-  M: u32, N: u32, K: u32,
-  trans_a: u32, trans_b: u32,
-  a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32,
-  flags: u32, alpha: f32,
-  ${EPILOGUE_FIELDS}
-}
-@group(0) @binding(0) var<storage, read> a: array<f32>;    // (batch, M, K) or (batch, K, M)
-@group(0) @binding(1) var<storage, read> b: array<f32>;    // (batch|1, K, N) or (\u2026, N, K)
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;    // (batch, M, N)
-@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)
-@group(0) @binding(4) var<storage, read> res: array<f32>;  // (batch, M, N) like c
-@group(0) @binding(5) var<storage, read> relu_in: array<f32>; // (batch, M, N) like c
-@group(0) @binding(6) var<storage, read_write> sums: array<f32>; // (M) row sums of op(A)
-@group(0) @binding(7) var<uniform> p: P;
-${EPILOGUE_INDEX}
-${EMIT_SUM}
-
-var<workgroup> as_: array<vec4f, 256>; // [k (16)][row group (16)]: 4 rows of A at one k
-var<workgroup> bs_: array<vec4f, 256>; // [k (16)][col group (16)]: 4 cols of B at one k
-
-fn load_a(base: u32, m: u32, k: u32) -> f32 {
-  if (m >= p.M || k >= p.K) { return 0.0; }
-  return a[base + select(m * p.K + k, k * p.M + m, p.trans_a == 1u)];
-}
-fn load_b(base: u32, k: u32, n: u32) -> f32 {
-  if (k < p.K && n == p.sums_col) { return 1.0; }
-  if (k >= p.K || n >= p.N) { return 0.0; }
-  return b[base + select(k * p.N + n, n * p.K + k, p.trans_b == 1u)];
-}
-
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let row0 = wid.y * 64u;
-  let col0 = wid.x * 64u;
-  let abase = wid.z * p.a_batch_stride;
-  let bbase = wid.z * p.b_batch_stride;
-  let t = lid.y * 16u + lid.x;
-  let lk = t / 16u;
-  let lg = t % 16u;
-  var acc0 = vec4f(0.0);
-  var acc1 = vec4f(0.0);
-  var acc2 = vec4f(0.0);
-  var acc3 = vec4f(0.0);
-  ${segmented ? "var t0 = vec4f(0.0); var t1 = vec4f(0.0); var t2 = vec4f(0.0); var t3 = vec4f(0.0);" : ""}
-  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
-    let k = k0 + lk;
-    let r = row0 + lg * 4u;
-    as_[lk * 16u + lg] = vec4f(load_a(abase, r, k), load_a(abase, r + 1u, k),
-                               load_a(abase, r + 2u, k), load_a(abase, r + 3u, k));
-    let n = col0 + lg * 4u;
-    bs_[lk * 16u + lg] = vec4f(load_b(bbase, k, n), load_b(bbase, k, n + 1u),
-                               load_b(bbase, k, n + 2u), load_b(bbase, k, n + 3u));
-    workgroupBarrier();
-    for (var kk = 0u; kk < 16u; kk++) {
-      ${segmented ? `let kg = k0 + kk;
-      if (kg != 0u && kg < p.K && kg % p.k_seg == 0u) {
-        if (kg == p.k_seg) { t0 = acc0; t1 = acc1; t2 = acc2; t3 = acc3; }
-        else { t0 = acc0 + t0; t1 = acc1 + t1; t2 = acc2 + t2; t3 = acc3 + t3; }
-        acc0 = vec4f(0.0); acc1 = vec4f(0.0); acc2 = vec4f(0.0); acc3 = vec4f(0.0);
-      }` : ""}
-      let av = as_[kk * 16u + lid.y];
-      let bv = bs_[kk * 16u + lid.x];
-      acc0 = fma(vec4f(av.x), bv, acc0);
-      acc1 = fma(vec4f(av.y), bv, acc1);
-      acc2 = fma(vec4f(av.z), bv, acc2);
-      acc3 = fma(vec4f(av.w), bv, acc3);
-    }
-    workgroupBarrier();
-  }
-  ${segmented ? "if (p.K > p.k_seg) { acc0 = acc0 + t0; acc1 = acc1 + t1; acc2 = acc2 + t2; acc3 = acc3 + t3; }" : ""}
-  let cbase = wid.z * p.c_batch_stride;
-  for (var i = 0u; i < 4u; i++) {
-    let r = row0 + lid.y * 4u + i;
-    var v = acc0;
-    if (i == 1u) { v = acc1; } else if (i == 2u) { v = acc2; } else if (i == 3u) { v = acc3; }
-    for (var j = 0u; j < 4u; j++) {
-      let cc = col0 + lid.x * 4u + j;
-      if (r < p.M && cc == p.sums_col) { emit_sum(r, v[j]); }
-      if (r < p.M && cc < p.N) {
-        let idx = out_index(cbase, r, cc, p.N);
-        var x = p.alpha * v[j];
-        if ((p.flags & 1u) != 0u) { x += bias[bias_index(cc)]; }
-        if ((p.flags & 8u) != 0u) { x += res[idx]; }
-        if ((p.flags & 4u) != 0u) { x += c[idx]; }
-        if ((p.flags & 2u) != 0u) { x = max(x, 0.0); }
-        if ((p.flags & 32u) != 0u) { x = select(0.0, x, relu_in[idx] > 0.0); }
-        c[idx] = x;
-      }
-    }
-  }
-}`;
-}
-function resolveShape(a, b, o) {
-  const sa = a.shape, sb = b.shape;
-  checkShape(sa.length >= 2 && sb.length >= 2, `matmul: operands need \u2265 2 dims (A: [${sa}], B: [${sb}])`);
-  checkShape(a.dtype === "f32" && b.dtype === "f32", "matmul: operands must be f32");
-  const batchA = sa.slice(0, -2), batchB = sb.slice(0, -2);
-  const [ar, ac] = sa.slice(-2), [br, bc] = sb.slice(-2);
-  const M = o.transA ? ac : ar, K2 = o.transA ? ar : ac;
-  const Kb = o.transB ? bc : br, N = o.transB ? br : bc;
-  checkShape(K2 === Kb, `matmul: inner dimensions differ (A${o.transA ? "\u1D40" : ""}: [${sa}], B${o.transB ? "\u1D40" : ""}: [${sb}])`);
-  const batch2 = batchA.reduce((x, y) => x * y, 1);
-  const shareB = batchB.length === 0 || batchB.reduce((x, y) => x * y, 1) === 1;
-  checkShape(shareB || batchB.join() === batchA.join(), `matmul: batch dims differ (A: [${sa}], B: [${sb}])`);
-  return {
-    batch: batch2,
-    M,
-    N,
-    K: K2,
-    shareB,
-    outShape: [
-      ...batchA,
-      M,
-      N
-    ]
-  };
-}
-function matmul(gpu, a, b, opts = {}) {
-  return run(gpu, a, b, opts);
-}
-function run(gpu, a, b, opts, ln) {
-  const s = resolveShape(a, b, opts);
-  const alpha = opts.alpha ?? 1;
-  checkShape(Number.isFinite(alpha), `matmul: alpha must be finite, got ${alpha}`);
-  checkShape(!opts.accumulate || opts.out !== void 0, "matmul: accumulate needs `out`");
-  const seg = opts.biasSegments ?? {
-    width: Math.max(s.N, 1),
-    stride: 0
-  };
-  if (opts.bias) {
-    const parts = Math.ceil(s.N / seg.width);
-    checkShape(Number.isInteger(seg.width) && seg.width > 0 && s.N % seg.width === 0 && Number.isInteger(seg.stride) && (parts === 1 || seg.stride >= seg.width), `matmul: biasSegments {width ${seg.width}, stride ${seg.stride}} must divide N = ${s.N} into segments that do not overlap`);
-    const need = opts.biasSegments ? (parts - 1) * seg.stride + seg.width : s.N;
-    checkShape(opts.bias.size === need && opts.bias.dtype === "f32", `matmul: bias has ${opts.bias.size} elements, expected ${need}`);
-  }
-  if (opts.kSegments !== void 0) {
-    const g = opts.kSegments;
-    checkShape(Number.isInteger(g) && g > 0 && g % 4 === 0 && s.K % g === 0, `matmul: kSegments ${g} must be a positive multiple of 4 dividing K = ${s.K}`);
-  }
-  const split = opts.splitHeads;
-  if (split) {
-    const { T: T3, H, Dh } = split;
-    checkShape(s.batch === 1 && [
-      T3,
-      H,
-      Dh
-    ].every((x) => Number.isInteger(x) && x > 0) && s.M % T3 === 0 && s.N % (H * Dh) === 0, `matmul: splitHeads {T ${T3}, H ${H}, Dh ${Dh}} needs unbatched A with rows a multiple of T and columns a multiple of H\xB7Dh (M ${s.M}, N ${s.N}, batch ${s.batch})`);
-    const P = s.N / (H * Dh), part = s.M * H * Dh, stride = split.partStride ?? part;
-    checkShape(Number.isInteger(stride) && stride >= part, `matmul: splitHeads partStride ${stride} is smaller than a part (${part} elements)`);
-    s.outShape = stride === part ? [
-      P,
-      s.M / T3,
-      H,
-      T3,
-      Dh
-    ] : [
-      (P - 1) * stride + part
-    ];
-  }
-  if (opts.kvCache) {
-    const sp = opts.splitHeads;
-    const stride = sp ? sp.partStride ?? s.M * sp.H * sp.Dh : 0;
-    checkShape(sp !== void 0 && s.N === 3 * sp.H * sp.Dh && sp.Dh % 4 === 0 && stride % 4 === 0, "matmul: kvCache needs a q/k/v splitHeads (three parts, Dh and partStride multiples of 4)");
-    const rows2 = opts.kvCache.row + sp.T, layers = s.M / sp.T * sp.H;
-    for (const tex of [
-      opts.kvCache.k,
-      opts.kvCache.v
-    ]) {
-      checkShape(Number.isInteger(opts.kvCache.row) && opts.kvCache.row >= 0 && rows2 <= tex.height && layers <= tex.depthOrArrayLayers && sp.Dh / 4 <= tex.width, `matmul: kvCache rows ${opts.kvCache.row}..${rows2} \xD7 ${layers} layers do not fit a ${tex.width}\xD7${tex.height}\xD7${tex.depthOrArrayLayers} texture`);
-    }
-  }
-  const out = opts.out ?? gpu.empty(s.outShape);
-  checkShape(out.size === s.outShape.reduce((x, y) => x * y, 1), `matmul: out [${out.shape}] does not hold the result [${s.outShape}]`);
-  if (s.batch * s.M * s.N === 0) return out;
-  let flags = 0;
-  if (opts.bias) flags |= FLAG_BIAS;
-  if (opts.relu) flags |= FLAG_RELU;
-  if (split) flags |= FLAG_SPLIT;
-  if (opts.accumulate) flags |= FLAG_ACC;
-  if (opts.residual) {
-    checkShape(opts.residual.size === out.size && opts.residual.dtype === "f32", `matmul: residual [${opts.residual.shape}] does not match the result [${s.outShape}]`);
-    flags |= FLAG_RES;
-  }
-  if (opts.reluBackwardOf) {
-    checkShape(opts.reluBackwardOf.size === out.size && opts.reluBackwardOf.dtype === "f32" && !opts.splitHeads, `matmul: reluBackwardOf [${opts.reluBackwardOf.shape}] does not match the result [${s.outShape}] (or comes with splitHeads)`);
-    flags |= FLAG_RELU_GRAD;
-  }
-  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
-  const sums = opts.rowSums;
-  let fuseSums = false;
-  if (sums) {
-    const seg2 = sums.segments ?? {
-      width: Math.max(s.M, 1),
-      stride: 0
-    };
-    const parts = Math.ceil(s.M / seg2.width);
-    const need = sums.segments ? (parts - 1) * seg2.stride + seg2.width : s.M;
-    checkShape(opts.transA === true && alpha === 1 && sums.out.dtype === "f32" && sums.out.size === need && Number.isInteger(seg2.width) && seg2.width > 0 && s.M % seg2.width === 0 && (parts === 1 || seg2.stride >= seg2.width), `matmul: rowSums needs transA, \u03B1 1 and an out of ${need} elements in non-overlapping segments (got ${sums.out.size})`);
-    const t = opts.tiling ?? TEXTURE_TILING, side = gpu.textureSide;
-    fuseSums = s.batch === 1 && opts.kSegments === void 0 && !split && !opts.kvCache && s.K > 0 && (path === "buffer" || s.K <= Math.floor(side / 4) * 4 && s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4);
-  }
-  const sumsCol = fuseSums ? s.N : NO_SUMS;
-  if (path === "buffer") {
-    runBuffer(gpu, a, b, out, s, {
-      ...opts,
-      kvCache: void 0
-    }, flags, sumsCol);
-    if (opts.kvCache) writeKvParts(gpu, out, s, opts);
-  } else runTexture(gpu, a, b, out, s, opts, flags, sumsCol, ln);
-  if (sums && !fuseSums) {
-    sumColumns(gpu, a, {
-      out: sums.out,
-      accumulate: opts.accumulate,
-      outSegments: sums.segments
-    });
-  }
-  return out;
-}
-function lnTiling(N) {
-  const wgX = Math.max(1, Math.ceil(N / 8));
-  return {
-    rows: 4,
-    texels: 2,
-    wgX,
-    wgY: wgX <= 128 ? 2 : 1
-  };
-}
-function matmulLayernorm(gpu, a, b, opts, norm) {
-  const s = resolveShape(a, b, opts);
-  const eps = norm.eps ?? 1e-5;
-  const path = s.K === 0 ? "buffer" : opts.path ?? gpu.matmulPath;
-  const side = gpu.textureSide, limits = gpu.limits;
-  const fits = path === "texture" && s.batch === 1 && s.M > 0 && s.N > 0 && !opts.splitHeads && !opts.kvCache && !opts.rowSums && !opts.reluBackwardOf && opts.kSegments === void 0 && opts.tiling === void 0 && !opts.accumulate && s.K <= Math.floor(side / 4) * 4 && s.N <= Math.floor(side / 2) * 8 && s.M <= Math.floor(side / 4) * 4 && Math.ceil(s.N / 8) <= Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX) && norm.weight.size === s.N && norm.bias.size === s.N;
-  if (!fits) {
-    const out2 = matmul(gpu, a, b, opts);
-    return {
-      out: out2,
-      ln: layernormForward(gpu, out2, norm.weight, norm.bias, {
-        eps
-      })
-    };
-  }
-  const rows2 = s.outShape.slice(0, -1);
-  const ln = {
-    ...norm,
-    eps,
-    y: gpu.empty([
-      ...s.outShape
-    ]),
-    mean: gpu.empty(rows2),
-    rstd: gpu.empty(rows2)
-  };
-  const out = run(gpu, a, b, opts, ln);
-  return {
-    out,
-    ln: {
-      y: ln.y,
-      mean: ln.mean,
-      rstd: ln.rstd
-    }
-  };
-}
-function writeKvParts(gpu, out, s, o) {
-  const { T: T3, H, Dh } = o.splitHeads, kv = o.kvCache;
-  const stride = o.splitHeads.partStride ?? s.M * H * Dh;
-  [
-    kv.k,
-    kv.v
-  ].forEach((tex, i) => fillTexture(gpu, out, tex, {
-    rows: T3,
-    cols: Dh,
-    ld: Dh,
-    trans: false,
-    row0: 0,
-    col0: (i + 1) * stride,
-    batchStride: T3 * Dh,
-    batch0: 0,
-    layers: s.M / T3 * H,
-    width: Dh / 4,
-    height: T3,
-    dstRow0: kv.row
-  }));
-}
-function epilogueParams(params, s, o, kSeg, sumsCol = NO_SUMS, lnEps = 0) {
-  const sumsSeg = o.rowSums?.segments ?? {
-    width: Math.max(s.M, 1),
-    stride: 0
-  };
-  const sp = o.splitHeads ?? {
-    T: 1,
-    H: 1,
-    Dh: 1
-  };
-  const seg = o.biasSegments ?? {
-    width: Math.max(s.N, 1),
-    stride: 0
-  };
-  const partStride = sp.partStride ?? s.M * sp.H * sp.Dh;
-  return params.u32(sp.T, sp.H, sp.Dh, partStride, seg.width, seg.stride, kSeg, o.kvCache?.row ?? 0, sumsCol, sumsSeg.width, sumsSeg.stride).f32(lnEps);
-}
-function dummy(gpu) {
-  return gpu.placeholder(2);
-}
-function runBuffer(gpu, a, b, out, s, o, flags, sumsCol) {
-  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.ceil((s.N + (sumsCol === NO_SUMS ? 0 : 1)) / 64), gy = Math.ceil(s.M / 64);
-  for (let b0 = 0; b0 < s.batch; b0 += max) {
-    const nb = Math.min(max, s.batch - b0);
-    const view = (t, stride) => b0 === 0 ? t : new Tensor(gpu, t.buffer, [
-      nb * stride
-    ], t.dtype, t.byteOffset + b0 * stride * 4, false);
-    const params = new Params().u32(s.M, s.N, s.K, o.transA ? 1 : 0, o.transB ? 1 : 0, s.M * s.K, s.shareB ? 0 : s.K * s.N, s.M * s.N, flags).f32(o.alpha ?? 1);
-    epilogueParams(params, s, o, o.kSegments ?? 0, sumsCol);
-    gpu.dispatch(gpu.pipeline(bufferShaderFor(o.kSegments !== void 0)), [
-      view(a, s.M * s.K),
-      s.shareB ? b : view(b, s.K * s.N),
-      view(out, s.M * s.N),
-      o.bias ?? dummy(gpu),
-      o.residual ? view(o.residual, s.M * s.N) : dummy(gpu),
-      o.reluBackwardOf ? view(o.reluBackwardOf, s.M * s.N) : dummy(gpu),
-      sumsCol === NO_SUMS ? gpu.placeholder(3) : o.rowSums.out
-    ], [
-      gx,
-      gy,
-      nb
-    ], params);
-  }
-}
-function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
-  const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
-  const ones = sumsCol === NO_SUMS ? 0 : 1;
-  const maxTex = gpu.textureSide;
-  const maxLayers = gpu.limits.maxTextureArrayLayers;
-  const mStep = Math.floor(maxTex / t.rows) * t.rows;
-  const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
-  const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
-  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
-  const sp = o.splitHeads;
-  const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
-  const kv = o.kvCache;
-  const aAlongM = !!o.transA && t.rows % 4 === 0;
-  const ldB = o.transB ? s.K : s.N;
-  const single = s.batch === 1 && s.M <= mStep && s.N + ones <= nStep && s.K <= kStep;
-  const whole = {
-    m0: 0,
-    n0: 0,
-    k0: 0,
-    mc: s.M,
-    nc: s.N,
-    kc: s.K,
-    b0: 0,
-    nb: 1,
-    aRows: Math.ceil(s.M / t.rows) * t.rows,
-    bTexels: Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels,
-    k4: Math.ceil(s.K / 4)
-  };
-  const foldA = !single ? 1 : copyFold(gpu, a, aBlockOf(s, !!o.transA, aAlongM, whole), aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1);
-  const foldB = !single || ones ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
-  const mm = gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM, foldA, foldB));
-  const kvViews = kv ? [
-    gpu.arrayView(kv.k),
-    gpu.arrayView(kv.v)
-  ] : [];
-  for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
-    const nb = Math.min(maxLayers, s.batch - b0);
-    const bLayers = s.shareB ? 1 : nb;
-    for (let m0 = 0; m0 < s.M; m0 += mStep) {
-      const mc = Math.min(mStep, s.M - m0);
-      for (let n0 = 0; n0 < s.N; n0 += nStep) {
-        const nc = Math.min(nStep, s.N - n0);
-        for (let k0 = 0; k0 < s.K; k0 += kStep) {
-          const kc = Math.min(kStep, s.K - k0);
-          const k4 = Math.ceil(kc / 4);
-          const aRows = Math.ceil(mc / t.rows) * t.rows;
-          const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
-          const c = {
-            m0,
-            n0,
-            k0,
-            mc,
-            nc,
-            kc,
-            b0,
-            nb,
-            aRows,
-            bTexels,
-            k4
-          };
-          const aBlock = {
-            ...aBlockOf(s, !!o.transA, aAlongM, c),
-            fold: foldA
-          };
-          const at = aAlongM ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, 4 * k4 / foldA, nb) : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
-          const bBlock = {
-            ...bBlockOf(s, !!o.transB, c, bLayers, ones),
-            fold: foldB
-          };
-          const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
-          const bSize = [
-            (foldB - 1) * (nc / 4) + bTexels,
-            4 * k4 / foldB,
-            bLayers
-          ];
-          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB}`, bSize, fillB);
-          const bt = held ?? gpu.scratchTexture(...bSize);
-          const aJob = {
-            src: a,
-            tex: at,
-            block: aBlock
-          };
-          fillTextures(gpu, held ? [
-            aJob
-          ] : [
-            aJob,
-            {
-              src: b,
-              tex: bt,
-              block: bBlock
-            }
-          ]);
-          let f = flags;
-          if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
-          const lastK = k0 + kStep >= s.K;
-          if (!lastK) f &= ~(FLAG_RELU | FLAG_RELU_GRAD);
-          gpu.dispatch(mm, [
-            gpu.arrayView(at),
-            gpu.arrayView(bt),
-            out,
-            o.bias ?? dummy(gpu),
-            o.residual ?? dummy(gpu),
-            ...ln ? [
-              ln.weight,
-              ln.bias,
-              ln.y,
-              ln.mean,
-              ln.rstd
-            ] : [
-              o.reluBackwardOf ?? dummy(gpu),
-              ones ? o.rowSums.out : gpu.placeholder(3),
-              ...kvViews
-            ]
-          ], [
-            Math.ceil((nc + ones) / (4 * t.texels * t.wgX)),
-            Math.ceil(mc / (t.rows * t.wgY)),
-            nb
-          ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4, sumsCol, ln?.eps ?? 0).u32(aAlongM ? Math.floor(mc / 4) : k4, Math.floor(nc / 4)));
-          gpu.releaseTexture(at);
-          if (!held) gpu.releaseTexture(bt);
-        }
-      }
-    }
-  }
-}
-function aBlockOf(s, transA, alongM, c) {
-  const batch2 = {
-    batchStride: s.M * s.K,
-    batch0: c.b0,
-    layers: c.nb
-  };
-  return alongM ? {
-    ...batch2,
-    rows: c.kc,
-    cols: c.mc,
-    ld: s.M,
-    trans: false,
-    row0: c.k0,
-    col0: c.m0,
-    width: c.aRows / 4,
-    height: 4 * c.k4,
-    zeroPadRows: true
-  } : {
-    ...batch2,
-    rows: c.mc,
-    cols: c.kc,
-    ld: transA ? s.M : s.K,
-    trans: transA,
-    row0: c.m0,
-    col0: c.k0,
-    width: c.k4,
-    height: c.aRows
-  };
-}
-function bBlockOf(s, transB, c, layers, ones) {
-  return {
-    rows: c.kc,
-    cols: c.nc,
-    ld: transB ? s.K : s.N,
-    trans: transB,
-    row0: c.k0,
-    col0: c.n0,
-    batchStride: s.shareB ? 0 : s.K * s.N,
-    batch0: s.shareB ? 0 : c.b0,
-    layers,
-    width: c.bTexels,
-    height: 4 * c.k4,
-    zeroPadRows: true,
-    onesColumn: ones === 1
-  };
 }
 
 // model/lora.ts
@@ -5296,16 +5644,16 @@ function loraParamSpecs(c, lora) {
 }
 
 // kernels/optimizer.ts
-var ADAMW = `
+var adamwShader = (E) => `
 struct P {
   n: u32, has_scale: u32, scale_index: u32, decay_end: u32,
   lr: f32, beta1: f32, beta2: f32, eps: f32,
   wd: f32, bc1: f32, bc2: f32,
 }
-@group(0) @binding(0) var<storage, read_write> param: array<f32>; // (n)
-@group(0) @binding(1) var<storage, read> grad: array<f32>;  // (n)
-@group(0) @binding(2) var<storage, read_write> m: array<f32>;     // (n) first moment
-@group(0) @binding(3) var<storage, read_write> v: array<f32>;     // (n) second moment
+@group(0) @binding(0) var<storage, read_write> param: array<${E}>; // (n)
+@group(0) @binding(1) var<storage, read> grad: array<${E}>;  // (n)
+@group(0) @binding(2) var<storage, read_write> m: array<${E}>;     // (n) first moment
+@group(0) @binding(3) var<storage, read_write> v: array<${E}>;     // (n) second moment
 @group(0) @binding(4) var<storage, read> gscale: array<f32>;
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -5316,11 +5664,14 @@ ${LINEAR_MAIN}
   let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
   m[i] = mi;
   v[i] = vi;
-  let w = param[i] * (1.0 - p.lr * select(0.0, p.wd, i < p.decay_end));
+  let decays = ${E === "f32" ? "i < p.decay_end" : "4u * i + vec4u(0u, 1u, 2u, 3u) < vec4u(p.decay_end)"};
+  let w = param[i] * (1.0 - p.lr * select(${E}(0.0), ${E}(p.wd), decays));
   param[i] = w - p.lr * (mi / p.bc1) / (sqrt(vi / p.bc2) + p.eps);
 }`;
+var ADAMW = adamwShader("f32");
+var ADAMW_VEC4 = adamwShader("vec4f");
 function adamwStep(gpu, param, grad, m, v, o) {
-  for (const [n, t] of [
+  for (const [n2, t] of [
     [
       "grad",
       grad
@@ -5334,20 +5685,21 @@ function adamwStep(gpu, param, grad, m, v, o) {
       v
     ]
   ]) {
-    checkShape(t.size === param.size, `adamwStep: ${n} has ${t.size} elements, param ${param.size}`);
+    checkShape(t.size === param.size, `adamwStep: ${n2} has ${t.size} elements, param ${param.size}`);
   }
   checkShape(Number.isInteger(o.step) && o.step >= 1, `adamwStep: step must be \u2265 1, got ${o.step}`);
   checkShape(Number.isFinite(o.lr) && o.lr >= 0, `adamwStep: bad learning rate ${o.lr}`);
   const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999;
   const s = o.gradScale;
   if (s) checkShape(s.index < s.tensor.size, "adamwStep: gradScale index out of range");
-  gpu.dispatch(gpu.pipeline(ADAMW), [
+  const n = param.size % 4 === 0 ? param.size / 4 : param.size;
+  gpu.dispatch(gpu.pipeline(n < param.size ? ADAMW_VEC4 : ADAMW), [
     param,
     grad,
     m,
     v,
     s?.tensor ?? gpu.placeholder()
-  ], gpu.grid(groups(param.size)), new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
+  ], gpu.grid(groups(n)), new Params().u32(n, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
 }
 
 // kernels/prng.ts
@@ -6270,12 +6622,14 @@ var OptModel = class _OptModel {
     }
     const W = this.#p(`${name}.weight`);
     const reluBackwardOf = ad ? void 0 : relu3;
+    checkShape(!opts.splitHeads || !ad && !opts.dxInto, `OptModel.backward: ${name}'s dx cannot be head-split with an adapter or into a tensor`);
     const dx = opts.dxInto ? matmul(gpu, dy, W, {
       out: opts.dxInto,
       accumulate: true,
       reluBackwardOf
     }) : matmul(gpu, dy, W, {
-      reluBackwardOf
+      reluBackwardOf,
+      splitHeads: opts.splitHeads
     });
     const u = lu?.get(name);
     if (ad) {
@@ -6351,16 +6705,34 @@ var OptModel = class _OptModel {
     const scale3 = 1 / Math.sqrt(this.headDim);
     const positions = positionsFromMask(gpu, mask, 2);
     const caches = opts.kvCache;
+    const H = this.heads, dq = this.headDim / 4, side = gpu.textureSide;
+    const textures = !caches && this.headDim % 4 === 0 && B4 * H > 0 && T3 > 0 && B4 * H <= gpu.limits.maxTextureArrayLayers && T3 <= side && dq <= side;
+    const written = [];
     const kvFor = caches ? (l) => T3 <= caches[l].capacity ? {
       k: caches[l].k,
       v: caches[l].v,
       row: 0
-    } : void 0 : void 0;
+    } : void 0 : textures ? (l) => written[l] = {
+      k: gpu.scratchTexture(dq, T3, B4 * H),
+      v: gpu.scratchTexture(dq, T3, B4 * H),
+      row: 0
+    } : void 0;
     return this.#run(tokens, mask, positions, (l, q, k, v, kvWritten) => {
       if (!kvWritten) caches?.[l].write(k, v, 0);
+      const kv = written[l];
+      if (kv && !kvWritten) [
+        kv.k,
+        kv.v
+      ].forEach((t) => gpu.releaseTexture(t));
+      const keyValueTextures = kv && kvWritten ? {
+        k: kv.k,
+        v: kv.v
+      } : void 0;
       return attentionForward(gpu, q, k, v, {
         keyMask: mask,
-        scale: scale3
+        scale: scale3,
+        keyValueTextures,
+        mergedOut: true
       });
     }, kvFor);
   }
@@ -6468,7 +6840,7 @@ var OptModel = class _OptModel {
       const { kvWritten, ...qkv } = proj;
       Object.assign(a, qkv);
       a.att = attend(l, proj.q, proj.k, proj.v, kvWritten);
-      a.merged = T3 === 1 ? a.att.out.reshape([
+      a.merged = T3 === 1 || a.att.mergedOut ? a.att.out.reshape([
         N,
         C2
       ]) : swapAxes12(gpu, a.att.out).intoShape([
@@ -6786,14 +7158,27 @@ var OptModel = class _OptModel {
         dRes1 = this.#lnBackward(dx1, a.x1pre, a.ln1, `${p}self_attn_layer_norm`);
         dx1.dispose();
       }
-      const dMerged = this.#linearBackward(dRes1, a.merged, `${p}self_attn.out_proj`, {}, lu);
-      const dAtt = swapAxes12(gpu, dMerged.reshape([
+      const outProj = `${p}self_attn.out_proj`;
+      const split = T3 > 1 && !this.#adapter(outProj);
+      const dMerged = this.#linearBackward(dRes1, a.merged, outProj, {
+        splitHeads: split ? {
+          T: T3,
+          H,
+          Dh
+        } : void 0
+      }, lu);
+      const dAtt = split ? dMerged.intoShape([
+        B4,
+        H,
+        T3,
+        Dh
+      ]) : swapAxes12(gpu, dMerged.reshape([
         B4,
         T3,
         H,
         Dh
       ]));
-      dMerged.dispose();
+      if (!split) dMerged.dispose();
       const dIn = this.#qkvBackward(dAtt, a, p) ?? (() => {
         const g = attentionBackward(gpu, dAtt, a.q, a.k, a.v, a.att, {
           merged: true
@@ -6889,6 +7274,12 @@ var OptModel = class _OptModel {
         a.h,
         a.x2pre
       ]) free(t);
+      const kv = a.att.keyValueTextures;
+      if (kv) {
+        this.gpu.releaseTexture(kv.k);
+        this.gpu.releaseTexture(kv.v);
+        a.att.keyValueTextures = void 0;
+      }
     }
     for (const t of [
       acts.xL,
@@ -7722,6 +8113,21 @@ for (const [N, V, C2] of [
     33,
     300,
     65
+  ],
+  [
+    9,
+    6,
+    12
+  ],
+  [
+    40,
+    300,
+    64
+  ],
+  [
+    64,
+    5,
+    8
   ]
 ]) {
   cases4.push({
@@ -7783,28 +8189,34 @@ for (const [N, V, C2] of [
   });
 }
 cases4.push({
-  name: "embedding: scatter-add of more rows than a software adapter loops over at once (130 001 rows, one id in 90 %) matches the reference",
+  name: "embedding: scatter-add of more rows than a software adapter loops over at once (130 001 rows, one id in 90 %; 2 columns, and 4 as one vec4) matches the reference",
   async run(gpu) {
-    const N = 130001, V = 3, C2 = 2;
-    const toks = Int32Array.from({
-      length: N
-    }, (_, i) => i % 10 === 0 ? 1 + (i % 20 === 0 ? 1 : 0) : 0);
-    const dout = randArray(N * C2, 9);
-    const d = gpu.zeros([
-      V,
-      C2
-    ]);
-    scatterAddRows(gpu, gpu.fromArray(toks), gpu.fromArray(dout, [
-      N,
-      C2
-    ]), d);
-    const want = scatterAddRows2(toks, dout, new Float64Array(V * C2), C2);
-    assertClose(await gpu.readF32(d), want, {
-      atol: 2e-3,
-      rtol: 1e-4
-    }, "dwte");
+    for (const C2 of [
+      2,
+      4
+    ]) await longChains(gpu, C2);
   }
 });
+async function longChains(gpu, C2) {
+  const N = 130001, V = 3;
+  const toks = Int32Array.from({
+    length: N
+  }, (_, i) => i % 10 === 0 ? 1 + (i % 20 === 0 ? 1 : 0) : 0);
+  const dout = randArray(N * C2, 9);
+  const d = gpu.zeros([
+    V,
+    C2
+  ]);
+  scatterAddRows(gpu, gpu.fromArray(toks), gpu.fromArray(dout, [
+    N,
+    C2
+  ]), d);
+  const want = scatterAddRows2(toks, dout, new Float64Array(V * C2), C2);
+  assertClose(await gpu.readF32(d), want, {
+    atol: 2e-3,
+    rtol: 1e-4
+  }, `dwte (C ${C2})`);
+}
 cases4.push({
   name: "embedding: reference backward equals finite differences; results are bit-reproducible",
   async run(gpu) {
@@ -9365,6 +9777,16 @@ for (const [rows2, C2, variant] of [
     300,
     129,
     "row-tree"
+  ],
+  [
+    33,
+    68,
+    "row-tree"
+  ],
+  [
+    33,
+    68,
+    "workgroup"
   ]
 ]) {
   cases7.push({
@@ -9411,34 +9833,40 @@ for (const [rows2, C2, variant] of [
   });
 }
 cases7.push({
-  name: "layernorm: weight and bias gradients over more rows than a software adapter runs in one loop (130 001 rows) match the reference",
+  name: "layernorm: weight and bias gradients over more rows than a software adapter runs in one loop (130 001 rows; 2 columns, and 4 read as one vec4) match the reference",
   async run(gpu) {
-    const rows2 = 130001, C2 = 2;
-    const x = randArray(rows2 * C2, 21, -2, 3), w = randArray(C2, 22, 0.5, 1.5);
-    const dy = randArray(rows2 * C2, 23);
-    const tx = gpu.fromArray(x, [
-      rows2,
-      C2
-    ]), tw = gpu.fromArray(w);
-    const f = layernormForward(gpu, tx, tw, gpu.fromArray(randArray(C2, 24)));
-    const tdw = gpu.zeros([
-      C2
-    ]), tdb = gpu.zeros([
-      C2
-    ]);
-    layernormBackward(gpu, gpu.fromArray(dy, [
-      rows2,
-      C2
-    ]), tx, tw, f, tdw, tdb);
-    const g = layernormBackward2(dy, x, w, C2);
-    const tol = {
-      atol: 2e-3,
-      rtol: 1e-4
-    };
-    assertClose(await gpu.readF32(tdw), g.dw, tol, "dweight");
-    assertClose(await gpu.readF32(tdb), g.db, tol, "dbias");
+    for (const C2 of [
+      2,
+      4
+    ]) await manyRows(gpu, C2);
   }
 });
+async function manyRows(gpu, C2) {
+  const rows2 = 130001;
+  const x = randArray(rows2 * C2, 21, -2, 3), w = randArray(C2, 22, 0.5, 1.5);
+  const dy = randArray(rows2 * C2, 23);
+  const tx = gpu.fromArray(x, [
+    rows2,
+    C2
+  ]), tw = gpu.fromArray(w);
+  const f = layernormForward(gpu, tx, tw, gpu.fromArray(randArray(C2, 24)));
+  const tdw = gpu.zeros([
+    C2
+  ]), tdb = gpu.zeros([
+    C2
+  ]);
+  layernormBackward(gpu, gpu.fromArray(dy, [
+    rows2,
+    C2
+  ]), tx, tw, f, tdw, tdb);
+  const g = layernormBackward2(dy, x, w, C2);
+  const tol = {
+    atol: 2e-3,
+    rtol: 1e-4
+  };
+  assertClose(await gpu.readF32(tdw), g.dw, tol, `dweight (C ${C2})`);
+  assertClose(await gpu.readF32(tdb), g.db, tol, `dbias (C ${C2})`);
+}
 cases7.push({
   name: "layernorm: a one-invocation-per-row form forced past a software adapter's loop cap is a named error",
   async run(gpu) {
@@ -9518,9 +9946,9 @@ cases7.push({
   }
 });
 cases7.push({
-  name: "layernorm: the row-tree form gives the workgroup form's bits (forward, saved stats, dx, dweight, dbias), so the default may pick either by shape and adapter",
+  name: "layernorm: the row-tree form gives the workgroup form's bits (forward, saved stats, dx, accumulated dx, dweight, dbias), so the default may pick either by shape and adapter",
   async run(gpu) {
-    for (const [rows2, C2] of [
+    const shapes = [
       [
         1,
         1
@@ -9532,6 +9960,14 @@ cases7.push({
       [
         17,
         64
+      ],
+      [
+        9,
+        200
+      ],
+      [
+        4,
+        256
       ],
       [
         5,
@@ -9549,7 +9985,8 @@ cases7.push({
         2,
         3e3
       ]
-    ]) {
+    ];
+    for (const [rows2, C2] of shapes) {
       const tx = gpu.fromArray(randArray(rows2 * C2, 21, -3, 3), [
         rows2,
         C2
@@ -9575,11 +10012,21 @@ cases7.push({
         const dx = layernormBackward(gpu, dy, tx, tw, f, dw, db, {
           variant
         });
+        const acc = gpu.fromArray(randArray(rows2 * C2, 25), [
+          rows2,
+          C2
+        ]);
+        layernormBackward(gpu, dy, tx, tw, f, null, null, {
+          variant,
+          dx: acc,
+          accumulateDx: true
+        });
         bits[variant] = await Promise.all([
           f.y,
           f.mean,
           f.rstd,
           dx,
+          acc,
           dw,
           db
         ].map(gpu.readF32, gpu));
@@ -11948,20 +12395,37 @@ function adamwStep2(param, grad, m, v, o) {
     m[i] = b1 * m[i] + (1 - b1) * g;
     v[i] = b2 * v[i] + (1 - b2) * g * g;
     const mh = m[i] / (1 - b1 ** o.step), vh = v[i] / (1 - b2 ** o.step);
-    param[i] = param[i] * (1 - o.lr * (o.weightDecay ?? 0)) - o.lr * mh / (Math.sqrt(vh) + eps);
+    const wd = i < (o.weightDecayUntil ?? param.length) ? o.weightDecay ?? 0 : 0;
+    param[i] = param[i] * (1 - o.lr * wd) - o.lr * mh / (Math.sqrt(vh) + eps);
   }
 }
 
 // tests/cases/optimizer.ts
 var cases11 = [];
-for (const n of [
-  1,
-  7,
-  65,
-  1e3
+for (const [n, until] of [
+  [
+    1
+  ],
+  [
+    7
+  ],
+  [
+    65
+  ],
+  [
+    1e3
+  ],
+  [
+    1e3,
+    130
+  ],
+  [
+    68,
+    67
+  ]
 ]) {
   cases11.push({
-    name: `optimizer: five AdamW steps with weight decay and a GPU-side clip factor (n=${n})`,
+    name: `optimizer: five AdamW steps with weight decay${until ? ` up to element ${until}` : ""} and a GPU-side clip factor (n=${n})`,
     async run(gpu) {
       const p0 = randArray(n, n), tp = gpu.fromArray(p0);
       const tm = gpu.zeros([
@@ -11980,6 +12444,7 @@ for (const n of [
         const o = {
           lr: 0.01,
           weightDecay: 0.1,
+          weightDecayUntil: until,
           step,
           beta2: 0.99
         };
@@ -15362,6 +15827,14 @@ for (const [rows2, cols] of [
   [
     5,
     65
+  ],
+  [
+    3,
+    8
+  ],
+  [
+    6,
+    68
   ]
 ]) {
   cases18.push({

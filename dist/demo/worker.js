@@ -1643,6 +1643,21 @@ function laneTreeSums(terms, prelude = "", count = "p.cols", vec4 = false) {
   out.push(`for (var c0 = 0u; c0 < ${count}; c0 += ${ROW_WG}u) {
     ${body.join("\n    ")}
   }`);
+  out.push(laneTree(names));
+  return out.join("\n  ");
+}
+function laneTreeSumsUnrolled(terms, width4, zero) {
+  const names = Object.keys(terms);
+  const out = [];
+  for (const n of names) {
+    for (let j = 0; j < 16; j++) out.push(`var ${n}_${j} = vec4f(${zero});`);
+    for (let v = 0; v < width4; v++) out.push(`${n}_${v % 16} += ${terms[n](v)};`);
+  }
+  out.push(laneTree(names));
+  return out.join("\n  ");
+}
+function laneTree(names) {
+  const out = [];
   for (const n of names) {
     const r = (k) => `${n}_${k}`;
     out.push(...[
@@ -1907,24 +1922,26 @@ function scaleByScalarTensor(gpu2, x, s, index = 0) {
 }
 
 // kernels/layernorm.ts
-var FORWARD_BINDINGS = `
-struct P { rows: u32, cols: u32, eps: f32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(1) var<storage, read> w: array<f32>;     // (C)
-@group(0) @binding(2) var<storage, read> b: array<f32>;     // (C)
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (rows, C)
+var forwardBindings = (E = "f32") => `
+struct P { rows: u32, cols: u32, eps: f32, zero: f32 }
+@group(0) @binding(0) var<storage, read> x: array<${E}>;     // (rows, C)
+@group(0) @binding(1) var<storage, read> w: array<${E}>;     // (C)
+@group(0) @binding(2) var<storage, read> b: array<${E}>;     // (C)
+@group(0) @binding(3) var<storage, read_write> y: array<${E}>;     // (rows, C)
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // (rows)
 @group(0) @binding(6) var<uniform> p: P;`;
-var BACKWARD_DX_BINDINGS = `
-struct P { rows: u32, cols: u32, accumulate: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;     // (C)
+var FORWARD_BINDINGS = forwardBindings();
+var backwardDxBindings = (E = "f32") => `
+struct P { rows: u32, cols: u32, accumulate: u32, zero: f32 }
+@group(0) @binding(0) var<storage, read> dy: array<${E}>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<${E}>;     // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<${E}>;     // (C)
 @group(0) @binding(3) var<storage, read> mean: array<f32>;  // (rows)
 @group(0) @binding(4) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+@group(0) @binding(5) var<storage, read_write> dx: array<${E}>;    // (rows, C)
 @group(0) @binding(6) var<uniform> p: P;`;
+var BACKWARD_DX_BINDINGS = backwardDxBindings();
 var FORWARD = `${WG_REDUCE}
 ${FORWARD_BINDINGS}
 ${ROW_MAIN}
@@ -2033,20 +2050,111 @@ ${ROW_THREAD_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
-var BACKWARD_DW = `
+var FORWARD_TREE_VEC4 = `
+${forwardBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  ${laneTreeSums({
+  s: "x[(base + c) / 4u]"
+}, "", "p.cols", true)}
+  let m = s / f32(p.cols);
+  ${laneTreeSums({
+  q: "d * d"
+}, "let d = x[(base + c) / 4u] - m;", "p.cols", true)}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  for (var c = 0u; c < p.cols; c += 4u) {
+    let k = (base + c) / 4u;
+    y[k] = (x[k] - m) * r * w[c / 4u] + b[c / 4u];
+  }
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+var BACKWARD_DX_TREE_VEC4 = `
+${backwardDxBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let m = mean[row];
+  let r = rstd[row];
+  ${laneTreeSums({
+  s1: "g",
+  s2: "g * (x[k] - m) * r"
+}, "let k = (base + c) / 4u; let g = dy[k] * w[c / 4u];", "p.cols", true)}
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  for (var c = 0u; c < p.cols; c += 4u) {
+    let k = (base + c) / 4u;
+    let xh = (x[k] - m) * r;
+    let v = r * (dy[k] * w[c / 4u] - mg - xh * mgx);
+    dx[k] = select(v, dx[k] + v, p.accumulate == 1u);
+  }
+}`;
+var UNROLLED_MAX = 256;
+var unrolledShaders = /* @__PURE__ */ new Map();
+function unrolledForward(C) {
+  const key = `f${C}`, hit = unrolledShaders.get(key);
+  if (hit) return hit;
+  const C4 = C / 4, each = (f) => range(C4).map(f).join("\n  ");
+  const code = `
+${forwardBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let xb = base / 4u;
+  ${each((v) => `let x${v} = x[xb + ${v}u];`)}
+  ${laneTreeSumsUnrolled({
+    s: (v) => `x${v}`
+  }, C4, "p.zero")}
+  let m = s / f32(p.cols);
+  ${each((v) => `let d${v} = x${v} - m;`)}
+  ${laneTreeSumsUnrolled({
+    q: (v) => `d${v} * d${v}`
+  }, C4, "p.zero")}
+  let r = inverseSqrt(q / f32(p.cols) + p.eps);
+  ${each((v) => `y[xb + ${v}u] = (x${v} - m) * r * w[${v}u] + b[${v}u];`)}
+  mean[row] = m;
+  rstd[row] = r;
+}`;
+  unrolledShaders.set(key, code);
+  return code;
+}
+function unrolledBackwardDx(C, accumulate) {
+  const key = `b${C}/${accumulate}`, hit = unrolledShaders.get(key);
+  if (hit) return hit;
+  const C4 = C / 4, each = (f) => range(C4).map(f).join("\n  ");
+  const code = `
+${backwardDxBindings("vec4f")}
+${ROW_THREAD_MAIN}
+  let m = mean[row];
+  let r = rstd[row];
+  let xb = base / 4u;
+  ${each((v) => `let dy${v} = dy[xb + ${v}u]; let x${v} = x[xb + ${v}u]; let w${v} = w[${v}u];`)}
+  ${each((v) => `let g${v} = dy${v} * w${v};`)}
+  ${laneTreeSumsUnrolled({
+    s1: (v) => `g${v}`,
+    s2: (v) => `g${v} * (x${v} - m) * r`
+  }, C4, "p.zero")}
+  let mg = s1 / f32(p.cols);
+  let mgx = s2 / f32(p.cols);
+  ${each((v) => `let o${v} = r * (dy${v} * w${v} - mg - ((x${v} - m) * r) * mgx); dx[xb + ${v}u] = ${accumulate ? `dx[xb + ${v}u] + o${v}` : `o${v}`};`)}
+}`;
+  unrolledShaders.set(key, code);
+  return code;
+}
+function range(n) {
+  return Array.from({
+    length: n
+  }, (_, i) => i);
+}
+var backwardDw = (E) => `
 struct P { n: u32, rows: u32, cols: u32, r0: u32, r1: u32, carry: u32, finish: u32 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;    // (rows, C)
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // (rows, C)
+@group(0) @binding(0) var<storage, read> dy: array<${E}>;    // (rows, C)
+@group(0) @binding(1) var<storage, read> x: array<${E}>;     // (rows, C)
 @group(0) @binding(2) var<storage, read> mean: array<f32>;  // (rows)
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;  // (rows)
-@group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C)
-@group(0) @binding(5) var<storage, read_write> db: array<f32>;    // (C)
-@group(0) @binding(6) var<storage, read_write> run: array<f32>;   // (2, C) running sums
+@group(0) @binding(4) var<storage, read_write> dw: array<${E}>;    // (C)
+@group(0) @binding(5) var<storage, read_write> db: array<${E}>;    // (C)
+@group(0) @binding(6) var<storage, read_write> run: array<${E}>;   // (2, C) running sums
 @group(0) @binding(7) var<uniform> p: P;
 ${COLUMN_MAIN}
   if (i >= p.cols) { return; }
-  var sw = select(0.0, run[i], p.carry == 1u);
-  var sb = select(0.0, run[p.cols + i], p.carry == 1u);
+  var sw = select(${E}(0.0), run[i], p.carry == 1u);
+  var sb = select(${E}(0.0), run[p.cols + i], p.carry == 1u);
   for (var r = p.r0; r < p.r1; r++) {
     let g = dy[r * p.cols + i];
     sw += g * (x[r * p.cols + i] - mean[r]) * rstd[r];
@@ -2060,6 +2168,8 @@ ${COLUMN_MAIN}
   dw[i] += sw;
   db[i] += sb;
 }`;
+var BACKWARD_DW = backwardDw("f32");
+var BACKWARD_DW_VEC4 = backwardDw("vec4f");
 function checkRowLoops(gpu2, variant, C) {
   if (variant === "row-tree") checkLoopBudget(gpu2, rowTreeLoops(C), "layernorm (row-tree)");
   if (variant === "row-thread") checkLoopBudget(gpu2, 3 * C, "layernorm (row-thread)");
@@ -2088,14 +2198,14 @@ function layernormForward(gpu2, x, weight, bias, opts = {}) {
   const mean = gpu2.empty(x.shape.slice(0, -1)), rstd = gpu2.empty(x.shape.slice(0, -1));
   const variant = opts.variant ?? defaultVariant(gpu2, C), rowwise = variant !== "workgroup";
   checkRowLoops(gpu2, variant, C);
-  gpu2.dispatch(gpu2.pipeline(variant === "row-tree" ? FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD), [
+  gpu2.dispatch(gpu2.pipeline(variant === "row-tree" ? C % 4 === 0 ? C <= UNROLLED_MAX ? unrolledForward(C) : FORWARD_TREE_VEC4 : FORWARD_TREE : variant === "row-thread" ? FORWARD_ROWWISE : FORWARD), [
     x,
     weight,
     bias,
     y,
     mean,
     rstd
-  ], gpu2.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C).f32(opts.eps ?? 1e-5));
+  ], gpu2.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C).f32(opts.eps ?? 1e-5, 0));
   return {
     y,
     mean,
@@ -2111,20 +2221,21 @@ function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}
   checkShape(dweight === null || dweight.size === C && dbias.size === C, "layernormBackward: dweight/dbias size");
   checkShape(!opts.accumulateDx || opts.dx !== void 0, "layernormBackward: accumulateDx needs dx");
   const dx = opts.dx ?? gpu2.empty(x.shape);
-  gpu2.dispatch(gpu2.pipeline(variant === "row-tree" ? BACKWARD_DX_TREE : variant === "row-thread" ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
+  gpu2.dispatch(gpu2.pipeline(variant === "row-tree" ? C % 4 === 0 ? C <= UNROLLED_MAX ? unrolledBackwardDx(C, opts.accumulateDx === true) : BACKWARD_DX_TREE_VEC4 : BACKWARD_DX_TREE : variant === "row-thread" ? BACKWARD_DX_ROWWISE : BACKWARD_DX), [
     dy,
     x,
     weight,
     saved.mean,
     saved.rstd,
     dx
-  ], gpu2.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C, opts.accumulateDx ? 1 : 0));
+  ], gpu2.grid(rowwise ? groups(rows2) : rows2), new Params().u32(rows2, C, opts.accumulateDx ? 1 : 0).f32(0));
   if (dweight === null) return dx;
   const ranges = rowRanges(rows2);
   const run2 = ranges.length > 1 ? gpu2.empty([
     2 * C
   ]) : gpu2.placeholder(1);
-  ranges.forEach(([r0, r1], k) => gpu2.dispatch(gpu2.pipeline(BACKWARD_DW), [
+  const v = C % 4 === 0 ? 4 : 1, cols = C / v;
+  ranges.forEach(([r0, r1], k) => gpu2.dispatch(gpu2.pipeline(v === 4 ? BACKWARD_DW_VEC4 : BACKWARD_DW), [
     dy,
     x,
     saved.mean,
@@ -2132,7 +2243,7 @@ function layernormBackward(gpu2, dy, x, weight, saved, dweight, dbias, opts = {}
     dweight,
     dbias,
     run2
-  ], gpu2.grid(columnGroups(C)), new Params().u32(C, rows2, C, r0, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
+  ], gpu2.grid(columnGroups(cols)), new Params().u32(cols, rows2, cols, r0, r1, k > 0 ? 1 : 0, k === ranges.length - 1 ? 1 : 0)));
   if (ranges.length > 1) run2.dispose();
   return dx;
 }
@@ -2381,10 +2492,10 @@ var FLAG_RES = 8;
 var FLAG_SPLIT = 16;
 var FLAG_RELU_GRAD = 32;
 var TEXTURE_TILING = {
-  rows: 4,
+  rows: 8,
   texels: 2,
   wgX: 8,
-  wgY: 4
+  wgY: 2
 };
 var EPILOGUE_INDEX = `
 fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
@@ -2405,8 +2516,9 @@ fn emit_sum(row: u32, v: f32) {
   if ((p.flags & 4u) != 0u) { x += sums[o]; }
   sums[o] = x;
 }`;
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false, foldA = 1, foldB = 1) {
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false, foldA = 1, foldB = 1, epilogue) {
   const R = t.rows, Q = t.texels;
+  const sums = epilogue?.rowSums ?? true;
   const acc = [], aload = [], body = [], store = [];
   const all = (f) => {
     const out = [];
@@ -2414,11 +2526,13 @@ function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = fa
     return out.join(" ");
   };
   for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
-  const segStart = segmented ? `if (kq != 0u && kq % p.k_seg == 0u) {
-      if (kq == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
+  const segStart = segmented ? `for (var s0 = 0u; s0 < p.K4; s0 += p.k_seg) {
+    if (s0 != 0u) {
+      if (s0 == p.k_seg) { ${all((i, j) => `t${i}_${j} = c${i}_${j};`)} }
       else { ${all((i, j) => `t${i}_${j} = c${i}_${j} + t${i}_${j};`)} }
       ${all((i, j) => `c${i}_${j} = vec4f(0.0);`)}
-    }` : "";
+    }
+    for (var kq = s0; kq < min(s0 + p.k_seg, p.K4); kq++) {` : "for (var kq = 0u; kq < p.K4; kq++) {";
   const segEnd = segmented ? `if (p.K4 > p.k_seg) { ${all((i, j) => `c${i}_${j} = c${i}_${j} + t${i}_${j};`)} }` : "";
   if (segmented) {
     for (let i = 0; i < R; i++) {
@@ -2452,7 +2566,7 @@ function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = fa
     for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
   }
   const elem = vec4Out ? "vec4f" : "f32";
-  return `
+  const code = `
 struct P {
   M: u32, N: u32, K4: u32,     // chunk rows, chunk cols, texels along K
   m0: u32, n0: u32,            // chunk origin in C
@@ -2486,7 +2600,7 @@ ${lnOut ? "" : kvOut ? `@group(0) @binding(7) var kc: texture_storage_2d_array<r
 ${EPILOGUE_INDEX}
 ${EMIT_SUM}
 ${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
-${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
+${vec4Out ? emitVec4(sums) : emitScalar(sums)}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u${lnOut ? ", @builtin(local_invocation_id) lid: vec3u" : ""}) {
   let cq = ${Q}u * g.x;        // first texel column of this block
@@ -2495,21 +2609,28 @@ fn main(@builtin(global_invocation_id) g: vec3u${lnOut ? ", @builtin(local_invoc
   // past the last column, or past the row-sums column when there is one
   let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
   ${lnOut ? "if (!past && r0 < p.M) {" : "if (past || r0 >= p.M) { return; }"}
+  // every binding stays in the interface when a compiled epilogue does not read it
+  _ = &bias; _ = &res; _ = &relu_in; _ = &sums;
   let la = g.z;
   let lb = g.z * p.b_layer_step;
   ${acc.join("\n  ")}
-  for (var kq = 0u; kq < p.K4; kq++) {
-    ${segStart}
+  ${segStart}
     ${aload.join("\n    ")}
     let k = 4u * kq;
     ${body.join("\n    ")}
-  }
+  }${segmented ? "}" : ""}
   ${segEnd}
   let cbase = (p.batch0 + g.z) * p.c_batch_stride;
   ${store.join("\n  ")}
   ${lnOut ? `}
 ${LN_EPILOGUE(R, t.wgX, t.wgY, vec4Out)}` : ""}
 }`;
+  if (!epilogue) return code;
+  const flags = `const FLAGS = ${epilogue.flags}u;
+`;
+  const h = epilogue.heads;
+  const heads = (c) => h ? c.replaceAll("p.heads", `${h.H}u`).replaceAll("p.head_dim", `${h.Dh}u`) : c;
+  return flags + heads(code).replaceAll("p.flags", "FLAGS").replace("return (col / p.bias_width) * p.bias_stride + col % p.bias_width;", epilogue.segmentedBias ? "return (col / p.bias_width) * p.bias_stride + col % p.bias_width;" : "return col;");
 }
 function LN_EPILOGUE(R, wgX, wgY, vec4) {
   const sums = vec4 ? `${laneTreeSums({
@@ -2543,12 +2664,12 @@ function LN_EPILOGUE(R, wgX, wgY, vec4) {
     ln_rstd[row] = r;
   }`;
 }
-var EMIT_SCALAR = `
+var emitScalar = (sums) => `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
   for (var t = 0u; t < 4u; t++) {
     let cc = col + t;
-    if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }
+    ${sums ? "if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }" : ""}
     if (cc < p.N) {
       let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
       var x = p.alpha * v[t];
@@ -2561,9 +2682,9 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
     }
   }
 }`;
-var EMIT_VEC4 = `
+var emitVec4 = (sums) => `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }
+  ${sums ? "if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }" : ""}
   if (r >= p.M || col >= p.N) { return; }
   let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
   var x = p.alpha * v;
@@ -2592,9 +2713,10 @@ fn kv_store(r: u32, col: u32, x: vec4f) {
   if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
 }`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false, foldA = 1, foldB = 1) {
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}/${foldA}/${foldB}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB);
+function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false, foldA = 1, foldB = 1, epilogue) {
+  const e = epilogue;
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}/${foldA}/${foldB}/${e ? `${e.flags}/${e.segmentedBias}/${e.rowSums}/${e.heads?.H}/${e.heads?.Dh}` : ""}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB, e);
   tilingShaders.set(key, code);
   return code;
 }
@@ -2828,7 +2950,7 @@ function run(gpu2, a, b, opts, ln) {
 function lnTiling(N) {
   const wgX = Math.max(1, Math.ceil(N / 8));
   return {
-    rows: 4,
+    rows: 8,
     texels: 2,
     wgX,
     wgY: wgX <= 128 ? 2 : 1
@@ -2965,7 +3087,15 @@ function runTexture(gpu2, a, b, out, s, o, flags, sumsCol, ln) {
   };
   const foldA = !single ? 1 : copyFold(gpu2, a, aBlockOf(s, !!o.transA, aAlongM, whole), aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1);
   const foldB = !single || ones ? 1 : copyFold(gpu2, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
-  const mm = gpu2.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM, foldA, foldB));
+  const mm = (flags2) => gpu2.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM, foldA, foldB, {
+    flags: flags2,
+    segmentedBias: o.biasSegments !== void 0,
+    rowSums: sumsCol !== NO_SUMS,
+    heads: sp ? {
+      H: sp.H,
+      Dh: sp.Dh
+    } : void 0
+  }));
   const kvViews = kv ? [
     gpu2.arrayView(kv.k),
     gpu2.arrayView(kv.v)
@@ -3031,7 +3161,7 @@ function runTexture(gpu2, a, b, out, s, o, flags, sumsCol, ln) {
           if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
           const lastK = k0 + kStep >= s.K;
           if (!lastK) f &= ~(FLAG_RELU | FLAG_RELU_GRAD);
-          gpu2.dispatch(mm, [
+          gpu2.dispatch(mm(f), [
             gpu2.arrayView(at),
             gpu2.arrayView(bt),
             out,
@@ -3185,32 +3315,36 @@ function defaultReduction(gpu2, rows2, cols) {
   const fits = cols + Math.ceil(cols / ROW_WG) <= SOFTWARE_LOOP_BUDGET;
   return gpu2.isFallbackAdapter && rows2 >= 128 && fits ? "row-tree" : "workgroup";
 }
-var LOGITS_BACKWARD = `
+function logitsBackwardShader(vec4, hasLogp, hasEnt) {
+  const E = vec4 ? "vec4f" : "f32";
+  const col = vec4 ? "4u * c + vec4u(0u, 1u, 2u, 3u)" : "c";
+  return `
 struct P { rows: u32, cols: u32, sign: f32, has_logp: u32, has_ent: u32 }
-@group(0) @binding(0) var<storage, read> logits: array<f32>;  // (rows, V)
+@group(0) @binding(0) var<storage, read> logits: array<${E}>;  // (rows, V)
 @group(0) @binding(1) var<storage, read> targets: array<i32>; // (rows)
 @group(0) @binding(2) var<storage, read> lse: array<f32>;     // (rows)
 @group(0) @binding(3) var<storage, read> ent: array<f32>;     // (rows)
 @group(0) @binding(4) var<storage, read> g_logp: array<f32>;  // (rows)
 @group(0) @binding(5) var<storage, read> g_ent: array<f32>;   // (rows)
-@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>; // (rows, V)
+@group(0) @binding(6) var<storage, read_write> dlogits: array<${E}>; // (rows, V)
 @group(0) @binding(7) var<uniform> p: P;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3u) {
+  _ = &targets; _ = &ent; _ = &g_logp; _ = &g_ent;
   let c = g.x;
   let row = g.y + g.z * 65535u;
   if (c >= p.cols || row >= p.rows) { return; }
   let idx = row * p.cols + c;
   let logq = logits[idx] - lse[row];
   let q = exp(logq);
-  var d = 0.0;
-  if (p.has_logp == 1u) {
-    let t = targets[row];
-    if (t >= 0) { d += p.sign * g_logp[row] * (select(0.0, 1.0, u32(t) == c) - q); }
-  }
-  if (p.has_ent == 1u) { d -= g_ent[row] * q * (logq + ent[row]); }
+  var d = ${E}(0.0);
+  ${hasLogp ? `let t = targets[row];
+  if (t >= 0) { d += p.sign * g_logp[row] * (select(${E}(0.0), ${E}(1.0), ${vec4 ? "vec4u(u32(t))" : "u32(t)"} == ${col}) - q); }` : ""}
+  ${hasEnt ? "d -= g_ent[row] * q * (logq + ent[row]);" : ""}
   dlogits[idx] = d;
 }`;
+}
+var logitsBackwardShaders = /* @__PURE__ */ new Map();
 function rowsOf(x, name) {
   checkShape(x.dtype === "f32", `${name}: logits must be f32, got ${x.dtype}`);
   checkShape(x.shape.length >= 1, `${name}: logits need at least one dimension`);
@@ -3286,7 +3420,11 @@ function logitsBackward(gpu2, logits, targets, lse, grads, sign = 1) {
   const out = grads.out ?? gpu2.empty(logits.shape);
   checkShape(out.size === logits.size, "logitsBackward: out does not match logits");
   const rowsY = Math.min(rows2, 65535), rowsZ = Math.ceil(rows2 / 65535);
-  gpu2.dispatch(gpu2.pipeline(LOGITS_BACKWARD), [
+  const v = cols % 4 === 0 ? 4 : 1, hasLogp = grads.dlogp !== void 0;
+  const hasEnt = grads.dentropy !== void 0, key = `${v}/${hasLogp}/${hasEnt}`;
+  let code = logitsBackwardShaders.get(key);
+  if (!code) logitsBackwardShaders.set(key, code = logitsBackwardShader(v === 4, hasLogp, hasEnt));
+  gpu2.dispatch(gpu2.pipeline(code), [
     logits,
     targets,
     lse,
@@ -3295,10 +3433,10 @@ function logitsBackward(gpu2, logits, targets, lse, grads, sign = 1) {
     grads.dentropy ?? gpu2.placeholder(2),
     out
   ], [
-    Math.ceil(cols / 64),
+    Math.ceil(cols / v / 64),
     rowsY,
     rowsZ
-  ], new Params().u32(rows2, cols).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
+  ], new Params().u32(rows2, cols / v).f32(sign).u32(grads.dlogp ? 1 : 0, grads.dentropy ? 1 : 0));
   return out;
 }
 function crossEntropyBackward(gpu2, logits, targets, lse, dloss, out) {
@@ -3309,20 +3447,20 @@ function crossEntropyBackward(gpu2, logits, targets, lse, dloss, out) {
 }
 
 // kernels/embedding.ts
-var FORWARD2 = `
+var forwardShader = (E) => `
 struct P { n: u32, C: u32, V: u32, maxPos: u32, offset: u32, has_pos: u32, tok_offset: i32, accumulate: u32 }
 @group(0) @binding(0) var<storage, read> tokens: array<i32>;    // (N)
 @group(0) @binding(1) var<storage, read> positions: array<i32>; // (N)
-@group(0) @binding(2) var<storage, read> wte: array<f32>;       // (V, C)
-@group(0) @binding(3) var<storage, read> wpe: array<f32>;       // (maxPos, C)
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;       // (N, C)
+@group(0) @binding(2) var<storage, read> wte: array<${E}>;       // (V, C)
+@group(0) @binding(3) var<storage, read> wpe: array<${E}>;       // (maxPos, C)
+@group(0) @binding(4) var<storage, read_write> out: array<${E}>;       // (N, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
   let row = i / p.C;
   let c = i % p.C;
   let t = tokens[row] - p.tok_offset;
-  var v = 0.0;
+  var v = ${E}(0.0);
   if (t >= 0 && u32(t) < p.V) { v = wte[u32(t) * p.C + c]; }
   if (p.has_pos == 1u) {
     let q = positions[row] + i32(p.offset);
@@ -3330,6 +3468,8 @@ ${LINEAR_MAIN}
   }
   out[i] = select(v, out[i] + v, p.accumulate == 1u);
 }`;
+var FORWARD2 = forwardShader("f32");
+var FORWARD_VEC4 = forwardShader("vec4f");
 var CHAINS = `
 struct P { N: u32 }
 @group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
@@ -3346,13 +3486,38 @@ ${LINEAR_MAIN}
   next[i] = nx;
   head[i] = h;
 }`;
-var SCATTER = `
+var CHAINS_VEC4 = `
+struct P { N: u32 }
+@group(0) @binding(0) var<storage, read> ids: array<vec4i>;   // (N / 4)
+@group(0) @binding(1) var<storage, read_write> next: array<i32>;  // (N)
+@group(0) @binding(2) var<storage, read_write> head: array<u32>;  // (N)
+@group(0) @binding(3) var<uniform> p: P;
+${LINEAR_MAIN}
+  if (i >= p.N) { return; }
+  let id = ids[i / 4u][i % 4u];
+  let lane = vec4u(0u, 1u, 2u, 3u);
+  var h = 1u;
+  for (var q = 0u; 4u * q < i; q++) {
+    if (any((ids[q] == vec4i(id)) & (4u * q + lane < vec4u(i)))) { h = 0u; break; }
+  }
+  var nx = -1;
+  for (var q = (i + 1u) / 4u; 4u * q < p.N; q++) {
+    let m = (ids[q] == vec4i(id)) & (4u * q + lane > vec4u(i));
+    if (any(m)) {
+      nx = i32(4u * q + select(select(select(3u, 2u, m.z), 1u, m.y), 0u, m.x));
+      break;
+    }
+  }
+  next[i] = nx;
+  head[i] = h;
+}`;
+var scatterShader = (E) => `
 struct P { n: u32, C: u32, rowsTable: u32, offset: i32 }
 @group(0) @binding(0) var<storage, read> ids: array<i32>;   // (N)
 @group(0) @binding(1) var<storage, read> next: array<i32>;  // (N)
 @group(0) @binding(2) var<storage, read> head: array<u32>;  // (N)
-@group(0) @binding(3) var<storage, read> dout: array<f32>;  // (N, C)
-@group(0) @binding(4) var<storage, read_write> table: array<f32>; // (rowsTable, C)
+@group(0) @binding(3) var<storage, read> dout: array<${E}>;  // (N, C)
+@group(0) @binding(4) var<storage, read_write> table: array<${E}>; // (rowsTable, C)
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
   if (i >= p.n) { return; }
@@ -3361,7 +3526,7 @@ ${LINEAR_MAIN}
   if (head[row] == 0u) { return; }
   let t = ids[row] + p.offset;
   if (t < 0 || u32(t) >= p.rowsTable) { return; }
-  var s = 0.0;
+  var s = ${E}(0.0);
   var j = i32(row);
   loop {
     if (j < 0) { break; }
@@ -3370,6 +3535,8 @@ ${LINEAR_MAIN}
   }
   table[u32(t) * p.C + c] += s;
 }`;
+var SCATTER = scatterShader("f32");
+var SCATTER_VEC4 = scatterShader("vec4f");
 function checkIds(t, n, what) {
   checkShape(t.dtype === "i32", `embedding: ${what} must be i32, got ${t.dtype}`);
   checkShape(t.size === n, `embedding: ${what} has ${t.size} ids, tokens have ${n}`);
@@ -3387,13 +3554,14 @@ function embeddingForward(gpu2, tokens, wte, pos, chunk) {
     C
   ]);
   checkShape(out.size === tokens.size * C, `embeddingForward: out [${out.shape}] is not (${tokens.size}, ${C})`);
-  gpu2.dispatch(gpu2.pipeline(FORWARD2), [
+  const v = C % 4 === 0 ? 4 : 1;
+  gpu2.dispatch(gpu2.pipeline(v === 4 ? FORWARD_VEC4 : FORWARD2), [
     tokens,
     pos?.positions ?? gpu2.placeholder(0),
     wte,
     pos?.wpe ?? gpu2.placeholder(1),
     out
-  ], gpu2.grid(groups(out.size)), new Params().u32(out.size, C, V, pos?.wpe.shape[0] ?? 0, pos?.offset ?? 0, pos ? 1 : 0).i32(chunk?.firstRow ?? 0).u32(chunk?.accumulate ? 1 : 0));
+  ], gpu2.grid(groups(out.size / v)), new Params().u32(out.size / v, C / v, V, pos?.wpe.shape[0] ?? 0, pos?.offset ?? 0, pos ? 1 : 0).i32(chunk?.firstRow ?? 0).u32(chunk?.accumulate ? 1 : 0));
   return out;
 }
 function scatterAddRows(gpu2, ids, dout, table, offset = 0) {
@@ -3421,18 +3589,19 @@ function scatterAddRows(gpu2, ids, dout, table, offset = 0) {
   ], "i32"), head = gpu2.empty([
     N
   ], "u32");
-  gpu2.dispatch(gpu2.pipeline(CHAINS), [
+  gpu2.dispatch(gpu2.pipeline(N % 4 === 0 ? CHAINS_VEC4 : CHAINS), [
     ids,
     next,
     head
   ], gpu2.grid(groups(N)), new Params().u32(N));
-  gpu2.dispatch(gpu2.pipeline(SCATTER), [
+  const v = C % 4 === 0 ? 4 : 1;
+  gpu2.dispatch(gpu2.pipeline(v === 4 ? SCATTER_VEC4 : SCATTER), [
     ids,
     next,
     head,
     dout,
     table
-  ], gpu2.grid(groups(N * C)), new Params().u32(N * C, C, R).i32(offset));
+  ], gpu2.grid(groups(N * C / v)), new Params().u32(N * C / v, C / v, R).i32(offset));
   next.dispose();
   head.dispose();
 }
@@ -3555,7 +3724,7 @@ function rowsPerInvocation(dq) {
   return dq <= 8 ? 4 : dq <= 16 ? 2 : 1;
 }
 var FWD_WG = 32;
-function fusedForwardShader(dq, causal, keyMask) {
+function fusedForwardShader(dq, causal, keyMask, merged = false) {
   const R = rowsPerInvocation(dq);
   const lines = (f) => {
     const out = [];
@@ -3573,7 +3742,7 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh) or merged
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
@@ -3588,7 +3757,7 @@ fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
 
 fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
   if (i >= p.Tq) { return; }
-  let base = (bh * p.Tq + i) * p.Dh;
+  let base = ${merged ? "(((bh / p.H) * p.Tq + i) * p.H + bh % p.H) * p.Dh" : "(bh * p.Tq + i) * p.Dh"};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { out[base + 4u * d4 + c] = v[c]; } }
 }
 
@@ -3699,7 +3868,7 @@ function rowIo(name, rows2, store = false, layout = "heads", part = 0) {
   let base = ${base};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${target}[base + 4u * d4 + c] = val[c]; } }` : `var val = vec4f(0.0);
   if (i >= p.${rows2}) { return val; }
-  let base = (bh * p.${rows2} + i) * p.Dh;
+  let base = ${layout === "merged" ? base : `(bh * p.${rows2} + i) * p.Dh`};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
   return val;`;
   return store ? `fn store_${name}(bh: u32, i: u32, d4: u32, val: vec4f) {
@@ -3722,7 +3891,7 @@ function unroll(R, dq) {
     both
   };
 }
-function backwardQueryShader(dq, causal, keyMask, layout) {
+function backwardQueryShader(dq, causal, keyMask, layout, mergedOut = false) {
   const R = rowsPerInvocation(dq);
   const { perRow, perD, both } = unroll(R, dq);
   const dqName = layout === "qkv" ? "dqkv" : "dq";
@@ -3730,7 +3899,7 @@ function backwardQueryShader(dq, causal, keyMask, layout) {
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
-@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output
+@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output, or merged
 @group(0) @binding(3) var<storage, read> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
@@ -3741,7 +3910,7 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
 
 ${rowIo("q", "Tq")}
 ${rowIo("dout", "Tq")}
-${rowIo("o", "Tq")}
+${rowIo("o", "Tq", false, mergedOut ? "merged" : "heads")}
 ${rowIo("dq", "Tq", true, layout, 0)}
 
 @compute @workgroup_size(${FWD_WG})
@@ -3918,7 +4087,13 @@ function attentionForward(gpu2, q, k, v, opts = {}) {
   const causal = opts.causal !== false;
   const scale2 = opts.scale ?? 1 / Math.sqrt(Dh);
   const BH = B * H, dq = Math.ceil(Dh / 4);
-  const out = gpu2.empty([
+  const merged = opts.mergedOut === true;
+  const out = gpu2.empty(merged ? [
+    B,
+    Tq,
+    H,
+    Dh
+  ] : [
     B,
     H,
     Tq,
@@ -3929,37 +4104,53 @@ function attentionForward(gpu2, q, k, v, opts = {}) {
     Tq
   ]);
   const maxLayers = gpu2.limits.maxTextureArrayLayers;
+  const given = opts.keyValueTextures;
+  if (given) checkTextures(gpu2, given, BH, Tk, dq);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    const kt = gpu2.scratchTexture(dq, Tk, n), vt = gpu2.scratchTexture(dq, Tk, n);
-    fillTextures(gpu2, [
-      {
-        src: k,
-        tex: kt,
-        block: headBlock(Tk, Dh, c0, n)
-      },
-      {
-        src: v,
-        tex: vt,
-        block: headBlock(Tk, Dh, c0, n)
-      }
-    ]);
+    const kt = given?.k ?? gpu2.scratchTexture(dq, Tk, n);
+    const vt = given?.v ?? gpu2.scratchTexture(dq, Tk, n);
+    if (!given) {
+      fillTextures(gpu2, [
+        {
+          src: k,
+          tex: kt,
+          block: headBlock(Tk, Dh, c0, n)
+        },
+        {
+          src: v,
+          tex: vt,
+          block: headBlock(Tk, Dh, c0, n)
+        }
+      ]);
+    }
     fused(gpu2, q, kt, vt, out, lse, d, {
       causal,
       scale: scale2,
       keyMask: opts.keyMask,
-      maskStride: Tk
+      maskStride: Tk,
+      merged
     }, c0, n);
-    gpu2.releaseTexture(kt);
-    gpu2.releaseTexture(vt);
+    if (!given) {
+      gpu2.releaseTexture(kt);
+      gpu2.releaseTexture(vt);
+    }
   }
   return {
     out,
     lse,
     scale: scale2,
     causal,
-    keyMask: opts.keyMask
+    keyMask: opts.keyMask,
+    keyValueTextures: given,
+    mergedOut: merged
   };
+}
+function checkTextures(gpu2, t, BH, Tk, dq) {
+  checkShape(BH <= gpu2.limits.maxTextureArrayLayers && [
+    t.k,
+    t.v
+  ].every((x) => x.depthOrArrayLayers >= BH && x.height >= Tk && x.width >= dq), `attention: keyValueTextures must hold ${BH} layers of ${Tk} \xD7 ${dq} texels, got ${t.k.width}\xD7${t.k.height}\xD7${t.k.depthOrArrayLayers}`);
 }
 function headBlock(T, Dh, c0, n) {
   return {
@@ -4000,7 +4191,8 @@ function fused(gpu2, q, kt, vt, out, lse, d, o, c0, n) {
     ], new Params().u32(n, d.Tk, d.Dh, d.H, c0, o.maskStride).f32(o.scale));
     return;
   }
-  const pipe = gpu2.pipeline(cached(`fwd/${dq}/${o.causal}/${hasMask}`, () => fusedForwardShader(dq, o.causal, hasMask)));
+  const merged = o.merged === true;
+  const pipe = gpu2.pipeline(cached(`fwd/${dq}/${o.causal}/${hasMask}/${merged}`, () => fusedForwardShader(dq, o.causal, hasMask, merged)));
   gpu2.dispatch(pipe, [
     q,
     gpu2.arrayView(kt),
@@ -4205,8 +4397,8 @@ function runBackward(gpu2, dout, q, k, v, saved, layout, queryOut, keyOut) {
     H,
     Tq
   ]);
-  const key = `${dq4}/${causal}/${hasMask}/${layout}`;
-  const queryPipe = gpu2.pipeline(cached(`bwdq/${key}`, () => backwardQueryShader(dq4, causal, hasMask, layout)));
+  const key = `${dq4}/${causal}/${hasMask}/${layout}`, mergedOut = saved.mergedOut === true;
+  const queryPipe = gpu2.pipeline(cached(`bwdq/${key}/${mergedOut}`, () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut)));
   const keyPipe = gpu2.pipeline(cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout)));
   const keyBindings = layout === "qkv" ? [
     keyOut[0],
@@ -4214,21 +4406,26 @@ function runBackward(gpu2, dout, q, k, v, saved, layout, queryOut, keyOut) {
   ] : keyOut;
   const maxLayers = gpu2.limits.maxTextureArrayLayers;
   const view = (t) => gpu2.arrayView(t);
+  const given = saved.keyValueTextures;
+  if (given) checkTextures(gpu2, given, BH, Tk, dq4);
   for (let c0 = 0; c0 < BH && Tq > 0; c0 += maxLayers) {
     const n = Math.min(maxLayers, BH - c0);
-    const kt = gpu2.scratchTexture(dq4, Tk, n), vt = gpu2.scratchTexture(dq4, Tk, n);
+    const kt = given?.k ?? gpu2.scratchTexture(dq4, Tk, n);
+    const vt = given?.v ?? gpu2.scratchTexture(dq4, Tk, n);
     const qt = gpu2.scratchTexture(dq4, Tq, n), gt = gpu2.scratchTexture(dq4, Tq, n);
     fillTextures(gpu2, [
-      {
-        src: k,
-        tex: kt,
-        block: headBlock(Tk, Dh, c0, n)
-      },
-      {
-        src: v,
-        tex: vt,
-        block: headBlock(Tk, Dh, c0, n)
-      },
+      ...given ? [] : [
+        {
+          src: k,
+          tex: kt,
+          block: headBlock(Tk, Dh, c0, n)
+        },
+        {
+          src: v,
+          tex: vt,
+          block: headBlock(Tk, Dh, c0, n)
+        }
+      ],
       {
         src: q,
         tex: qt,
@@ -4255,8 +4452,10 @@ function runBackward(gpu2, dout, q, k, v, saved, layout, queryOut, keyOut) {
       Math.ceil(Tq / R / FWD_WG),
       n
     ], params);
-    gpu2.releaseTexture(kt);
-    gpu2.releaseTexture(vt);
+    if (!given) {
+      gpu2.releaseTexture(kt);
+      gpu2.releaseTexture(vt);
+    }
     gpu2.dispatch(keyPipe, [
       k,
       v,
@@ -4277,16 +4476,16 @@ function runBackward(gpu2, dout, q, k, v, saved, layout, queryOut, keyOut) {
 }
 
 // kernels/optimizer.ts
-var ADAMW = `
+var adamwShader = (E) => `
 struct P {
   n: u32, has_scale: u32, scale_index: u32, decay_end: u32,
   lr: f32, beta1: f32, beta2: f32, eps: f32,
   wd: f32, bc1: f32, bc2: f32,
 }
-@group(0) @binding(0) var<storage, read_write> param: array<f32>; // (n)
-@group(0) @binding(1) var<storage, read> grad: array<f32>;  // (n)
-@group(0) @binding(2) var<storage, read_write> m: array<f32>;     // (n) first moment
-@group(0) @binding(3) var<storage, read_write> v: array<f32>;     // (n) second moment
+@group(0) @binding(0) var<storage, read_write> param: array<${E}>; // (n)
+@group(0) @binding(1) var<storage, read> grad: array<${E}>;  // (n)
+@group(0) @binding(2) var<storage, read_write> m: array<${E}>;     // (n) first moment
+@group(0) @binding(3) var<storage, read_write> v: array<${E}>;     // (n) second moment
 @group(0) @binding(4) var<storage, read> gscale: array<f32>;
 @group(0) @binding(5) var<uniform> p: P;
 ${LINEAR_MAIN}
@@ -4297,11 +4496,14 @@ ${LINEAR_MAIN}
   let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
   m[i] = mi;
   v[i] = vi;
-  let w = param[i] * (1.0 - p.lr * select(0.0, p.wd, i < p.decay_end));
+  let decays = ${E === "f32" ? "i < p.decay_end" : "4u * i + vec4u(0u, 1u, 2u, 3u) < vec4u(p.decay_end)"};
+  let w = param[i] * (1.0 - p.lr * select(${E}(0.0), ${E}(p.wd), decays));
   param[i] = w - p.lr * (mi / p.bc1) / (sqrt(vi / p.bc2) + p.eps);
 }`;
+var ADAMW = adamwShader("f32");
+var ADAMW_VEC4 = adamwShader("vec4f");
 function adamwStep(gpu2, param, grad, m, v, o) {
-  for (const [n, t] of [
+  for (const [n2, t] of [
     [
       "grad",
       grad
@@ -4315,20 +4517,21 @@ function adamwStep(gpu2, param, grad, m, v, o) {
       v
     ]
   ]) {
-    checkShape(t.size === param.size, `adamwStep: ${n} has ${t.size} elements, param ${param.size}`);
+    checkShape(t.size === param.size, `adamwStep: ${n2} has ${t.size} elements, param ${param.size}`);
   }
   checkShape(Number.isInteger(o.step) && o.step >= 1, `adamwStep: step must be \u2265 1, got ${o.step}`);
   checkShape(Number.isFinite(o.lr) && o.lr >= 0, `adamwStep: bad learning rate ${o.lr}`);
   const b1 = o.beta1 ?? 0.9, b2 = o.beta2 ?? 0.999;
   const s = o.gradScale;
   if (s) checkShape(s.index < s.tensor.size, "adamwStep: gradScale index out of range");
-  gpu2.dispatch(gpu2.pipeline(ADAMW), [
+  const n = param.size % 4 === 0 ? param.size / 4 : param.size;
+  gpu2.dispatch(gpu2.pipeline(n < param.size ? ADAMW_VEC4 : ADAMW), [
     param,
     grad,
     m,
     v,
     s?.tensor ?? gpu2.placeholder()
-  ], gpu2.grid(groups(param.size)), new Params().u32(param.size, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
+  ], gpu2.grid(groups(n)), new Params().u32(n, s ? 1 : 0, s?.index ?? 0, o.weightDecayUntil ?? param.size).f32(o.lr, b1, b2, o.eps ?? 1e-8, o.weightDecay ?? 0, 1 - b1 ** o.step, 1 - b2 ** o.step));
 }
 
 // kernels/sampling.ts
@@ -6640,12 +6843,14 @@ var OptModel = class _OptModel {
     }
     const W = this.#p(`${name}.weight`);
     const reluBackwardOf = ad ? void 0 : relu2;
+    checkShape(!opts.splitHeads || !ad && !opts.dxInto, `OptModel.backward: ${name}'s dx cannot be head-split with an adapter or into a tensor`);
     const dx = opts.dxInto ? matmul(gpu2, dy, W, {
       out: opts.dxInto,
       accumulate: true,
       reluBackwardOf
     }) : matmul(gpu2, dy, W, {
-      reluBackwardOf
+      reluBackwardOf,
+      splitHeads: opts.splitHeads
     });
     const u = lu?.get(name);
     if (ad) {
@@ -6721,16 +6926,34 @@ var OptModel = class _OptModel {
     const scale2 = 1 / Math.sqrt(this.headDim);
     const positions = positionsFromMask(gpu2, mask, 2);
     const caches = opts.kvCache;
+    const H = this.heads, dq = this.headDim / 4, side = gpu2.textureSide;
+    const textures = !caches && this.headDim % 4 === 0 && B * H > 0 && T > 0 && B * H <= gpu2.limits.maxTextureArrayLayers && T <= side && dq <= side;
+    const written = [];
     const kvFor = caches ? (l) => T <= caches[l].capacity ? {
       k: caches[l].k,
       v: caches[l].v,
       row: 0
-    } : void 0 : void 0;
+    } : void 0 : textures ? (l) => written[l] = {
+      k: gpu2.scratchTexture(dq, T, B * H),
+      v: gpu2.scratchTexture(dq, T, B * H),
+      row: 0
+    } : void 0;
     return this.#run(tokens, mask, positions, (l, q, k, v, kvWritten) => {
       if (!kvWritten) caches?.[l].write(k, v, 0);
+      const kv = written[l];
+      if (kv && !kvWritten) [
+        kv.k,
+        kv.v
+      ].forEach((t) => gpu2.releaseTexture(t));
+      const keyValueTextures = kv && kvWritten ? {
+        k: kv.k,
+        v: kv.v
+      } : void 0;
       return attentionForward(gpu2, q, k, v, {
         keyMask: mask,
-        scale: scale2
+        scale: scale2,
+        keyValueTextures,
+        mergedOut: true
       });
     }, kvFor);
   }
@@ -6838,7 +7061,7 @@ var OptModel = class _OptModel {
       const { kvWritten, ...qkv } = proj;
       Object.assign(a, qkv);
       a.att = attend(l, proj.q, proj.k, proj.v, kvWritten);
-      a.merged = T === 1 ? a.att.out.reshape([
+      a.merged = T === 1 || a.att.mergedOut ? a.att.out.reshape([
         N,
         C
       ]) : swapAxes12(gpu2, a.att.out).intoShape([
@@ -7156,14 +7379,27 @@ var OptModel = class _OptModel {
         dRes1 = this.#lnBackward(dx1, a.x1pre, a.ln1, `${p}self_attn_layer_norm`);
         dx1.dispose();
       }
-      const dMerged = this.#linearBackward(dRes1, a.merged, `${p}self_attn.out_proj`, {}, lu);
-      const dAtt = swapAxes12(gpu2, dMerged.reshape([
+      const outProj = `${p}self_attn.out_proj`;
+      const split = T > 1 && !this.#adapter(outProj);
+      const dMerged = this.#linearBackward(dRes1, a.merged, outProj, {
+        splitHeads: split ? {
+          T,
+          H,
+          Dh
+        } : void 0
+      }, lu);
+      const dAtt = split ? dMerged.intoShape([
+        B,
+        H,
+        T,
+        Dh
+      ]) : swapAxes12(gpu2, dMerged.reshape([
         B,
         T,
         H,
         Dh
       ]));
-      dMerged.dispose();
+      if (!split) dMerged.dispose();
       const dIn = this.#qkvBackward(dAtt, a, p) ?? (() => {
         const g = attentionBackward(gpu2, dAtt, a.q, a.k, a.v, a.att, {
           merged: true
@@ -7259,6 +7495,12 @@ var OptModel = class _OptModel {
         a.h,
         a.x2pre
       ]) free(t);
+      const kv = a.att.keyValueTextures;
+      if (kv) {
+        this.gpu.releaseTexture(kv.k);
+        this.gpu.releaseTexture(kv.v);
+        a.att.keyValueTextures = void 0;
+      }
     }
     for (const t of [
       acts.xL,
@@ -7845,8 +8087,8 @@ var CheckpointError = class extends Error {
 function checkStateNumber(what, v, o = {}) {
   const ok = typeof v === "number" && Number.isFinite(v) && (o.integer === false || Number.isInteger(v)) && (o.min === void 0 || v >= o.min) && (o.max === void 0 || v <= o.max);
   if (!ok) {
-    const range = `${o.min ?? "\u2212\u221E"}\u2026${o.max ?? "\u221E"}`;
-    throw new CheckpointError(`${what} must be ${o.integer === false ? "a number" : "an integer"} in ${range}, got ${JSON.stringify(v)}`);
+    const range2 = `${o.min ?? "\u2212\u221E"}\u2026${o.max ?? "\u221E"}`;
+    throw new CheckpointError(`${what} must be ${o.integer === false ? "a number" : "an integer"} in ${range2}, got ${JSON.stringify(v)}`);
   }
   return v;
 }
