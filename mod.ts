@@ -104,6 +104,7 @@ export {
   attentionForward,
   type AttentionOptions,
   type AttentionSaved,
+  type KeyValueTextures,
   KvCache,
   swapAxes12,
 } from "./kernels/attention.ts";

@@ -476,7 +476,9 @@ export interface AttentionOptions {
 
 /** The keys and values of an attention as textures (see {@link AttentionOptions}). */
 export interface KeyValueTextures {
+  /** The keys: layer `b·H + h`, row t, texel d holds `k[b, h, t, 4d … 4d + 3]`. */
   k: GPUTexture;
+  /** The values, laid out as the keys. */
   v: GPUTexture;
 }
 
