@@ -189,6 +189,7 @@ export function textureMatmulShader(
   foldA = 1,
   foldB = 1,
   epilogue?: TextureEpilogue,
+  bAlongK = false,
 ): string {
   const R = t.rows, Q = t.texels;
   const sums = epilogue?.rowSums ?? true;
@@ -230,6 +231,15 @@ export function textureMatmulShader(
     f === 1 ? `k + ${kk}u` : `kq * ${4 / f}u + ${Math.floor(kk / f)}u`;
   const foldedAt = (f: number, kk: number, w: string) =>
     f === 1 || kk % f === 0 ? "" : ` + ${kk % f}u * p.${w}`;
+  // B stored transposed (N × K, e.g. a Linear weight) and packed as stored, texels along K
+  // (often a plain copy): each of the block's 4Q columns is one texel a step, and the four
+  // columns' values at k make the same vec4 the K × N layout holds — the same products in the
+  // same order, so the same bits
+  if (bAlongK) {
+    for (let n = 0; n < 4 * Q; n++) {
+      aload.push(`let bn${n} = textureLoad(bt, vec2u(kq, cb + ${n}u), lb);`);
+    }
+  }
   if (!aAlongM) {
     for (let i = 0; i < R; i++) {
       aload.push(
@@ -253,9 +263,13 @@ export function textureMatmulShader(
     }
     for (let j = 0; j < Q; j++) {
       body.push(
-        `let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u${foldedAt(foldB, kk, "fold_b")}, ${
-          foldedRow(foldB, kk)
-        }), lb);`,
+        bAlongK
+          ? `let b${kk}_${j} = vec4f(${
+            [0, 1, 2, 3].map((c) => `bn${4 * j + c}.${"xyzw"[kk]}`).join(", ")
+          });`
+          : `let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u${foldedAt(foldB, kk, "fold_b")}, ${
+            foldedRow(foldB, kk)
+          }), lb);`,
       );
     }
     for (let i = 0; i < R; i++) {
@@ -281,7 +295,7 @@ struct P {
   fold_a: u32, fold_b: u32,    // texels between the rows sharing a texture row (Block.fold)
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
-@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
+@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4) or (…, N, K/4)
 @group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
@@ -462,14 +476,15 @@ function textureShaderFor(
   foldA = 1,
   foldB = 1,
   epilogue?: TextureEpilogue,
+  bAlongK = false,
 ): string {
   const e = epilogue;
   const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/` +
-    `${lnOut}/${aAlongM}/${foldA}/${foldB}/${
+    `${lnOut}/${aAlongM}/${foldA}/${foldB}/${bAlongK}/${
       e ? `${e.flags}/${e.segmentedBias}/${e.rowSums}/${e.heads?.H}/${e.heads?.Dh}` : ""
     }`;
   const code = tilingShaders.get(key) ??
-    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB, e);
+    textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB, e, bAlongK);
   tilingShaders.set(key, code);
   return code;
 }
@@ -982,7 +997,16 @@ function runTexture(
   // sum to the total so far, as the segments' own matmuls would (see kSegments)
   const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
   const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
-  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
+  // a transposed B (N × K stored) is packed as stored, texels along K: no transposing pack, and
+  // often a plain copy (not with the row sums' ones column, which lies along N). On llvmpipe
+  // the product itself is faster that way at training shapes (1008×512×128: 3.25 → 2.74 ms,
+  // 1008×384×128: 2.52 → 2.05) but slower with few rows (16×64×256: 0.074 → 0.106, 128×384×
+  // 128: 0.32 → 0.36), where B is usually a held weight packed once (decoding): from 256 rows
+  const bAlongK = !!o.transB && ones === 0 && s.M >= 256;
+  // N chunks keep B's texture side (N/4 texels, or N rows along K) within the limit
+  const nStep = bAlongK
+    ? Math.floor(maxTex / (4 * t.texels)) * 4 * t.texels
+    : Math.floor(maxTex / t.texels) * t.texels * 4;
   // whole vec4 stores when every block of four columns is four consecutive elements of C
   const sp = o.splitHeads;
   const vec4Out = s.N % 4 === 0 &&
@@ -1014,7 +1038,9 @@ function runTexture(
     aBlockOf(s, !!o.transA, aAlongM, whole),
     aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1,
   );
-  const foldB = !single || ones ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
+  const foldB = !single || ones || bAlongK
+    ? 1
+    : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
   // each chunk's kernel is compiled for its epilogue (flags differ between K chunks)
   const mm = (flags: number) =>
     gpu.pipeline(
@@ -1023,7 +1049,7 @@ function runTexture(
         segmentedBias: o.biasSegments !== undefined,
         rowSums: sumsCol !== NO_SUMS,
         heads: sp ? { H: sp.H, Dh: sp.Dh } : undefined,
-      }),
+      }, bAlongK),
     );
   const kvViews = kv ? [gpu.arrayView(kv.k), gpu.arrayView(kv.v)] : [];
   for (let b0 = 0; b0 < s.batch; b0 += maxLayers) {
@@ -1046,13 +1072,17 @@ function runTexture(
             ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, (4 * k4) / foldA, nb)
             : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
           // B as (K × N): texels along N — packed once while B is held constant (weights)
-          const bBlock: Block = { ...bBlockOf(s, !!o.transB, c, bLayers, ones), fold: foldB };
+          const bBlock: Block = bAlongK
+            ? bAlongKBlockOf(s, c, bLayers)
+            : { ...bBlockOf(s, !!o.transB, c, bLayers, ones), fold: foldB };
           const fillB = (tex: GPUTexture) => fillTexture(gpu, b, tex, bBlock);
-          const bSize = [(foldB - 1) * (nc / 4) + bTexels, (4 * k4) / foldB, bLayers] as const;
+          const bSize = bAlongK
+            ? [k4, 4 * bTexels, bLayers] as const
+            : [(foldB - 1) * (nc / 4) + bTexels, (4 * k4) / foldB, bLayers] as const;
           const held = gpu.constantTexture(
             b,
             `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},` +
-              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB}`,
+              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB},${bAlongK}`,
             bSize,
             fillB,
           );
@@ -1152,6 +1182,26 @@ function aBlockOf(s: MatmulShape, transA: boolean, alongM: boolean, c: Chunk): B
       width: c.k4,
       height: c.aRows,
     };
+}
+
+/**
+ * A transposed B's block of a chunk as stored: (N × K), texels along K (the pack zero-fills a
+ * last partial texel: the K padding meets A's); rows past N feed only columns never written.
+ */
+function bAlongKBlockOf(s: MatmulShape, c: Chunk, layers: number): Block {
+  return {
+    rows: c.nc,
+    cols: c.kc,
+    ld: s.K,
+    trans: false,
+    row0: c.n0,
+    col0: c.k0,
+    batchStride: s.shareB ? 0 : s.K * s.N,
+    batch0: s.shareB ? 0 : c.b0,
+    layers,
+    width: c.k4,
+    height: 4 * c.bTexels,
+  };
 }
 
 /** B's block of a chunk: (K × N), texels along N, zero K padding, the row sums' ones column. */

@@ -760,3 +760,48 @@ cases.push({
     );
   },
 });
+
+cases.push({
+  name: "matmul (texture path): a transposed B with 256+ rows of A is packed as stored (texels " +
+    "along K) and gives the bits of the same product with B transposed up front (odd K and N, " +
+    "bias + ReLU, batched, chunked)",
+  async run(gpu) {
+    const small = await Gpu.create({ maxTextureSide: 16, matmulPath: "texture" });
+    try {
+      for (const g of [gpu, small]) {
+        for (const [batch, M, N, K] of [[1, 300, 45, 37], [2, 260, 64, 128], [1, 256, 7, 5]]) {
+          const a = randArray(batch * M * K, 91 + K), bt = randArray(batch * N * K, 92 + N);
+          const bias = randArray(N, 93);
+          // the same B as (K × N) per batch
+          const b = new Float32Array(batch * K * N);
+          for (let z = 0; z < batch; z++) {
+            for (let n = 0; n < N; n++) {
+              for (let k = 0; k < K; k++) b[z * K * N + k * N + n] = bt[z * N * K + n * K + k];
+            }
+          }
+          const ta = g.fromArray(a, batch > 1 ? [batch, M, K] : [M, K]);
+          const o = { bias: g.fromArray(bias), relu: true, path: "texture" as const };
+          const got = await g.readF32(
+            matmul(g, ta, g.fromArray(bt, batch > 1 ? [batch, N, K] : [N, K]), {
+              ...o,
+              transB: true,
+            }),
+          );
+          const want = await g.readF32(
+            matmul(g, ta, g.fromArray(b, batch > 1 ? [batch, K, N] : [K, N]), o),
+          );
+          const where = `${batch}×${M}×${N}×${K}, side ${g.textureSide}`;
+          assert(got.every((v, i) => Object.is(v, want[i])), `${where}: the bits of B as K × N`);
+          assertClose(
+            got,
+            ref.matmul(a, bt, { batch, M, N, K, transB: true, bias, relu: true }),
+            TOL,
+            where,
+          );
+        }
+      }
+    } finally {
+      small.destroy();
+    }
+  },
+});
