@@ -174,16 +174,32 @@ export class Tensor {
       this.byteOffset,
       this.owner,
     );
+    owned.#textures = this.#textures;
+    this.#textures = undefined;
     this.#disposed = true;
     if (this.owner) this.gpu._retrack(this, owned);
     return owned;
   }
 
-  /** Returns the buffer to the pool (no-op for views). */
+  #textures?: GPUTexture[];
+
+  /**
+   * Ties pooled textures (from {@link Gpu.scratchTexture}) to this tensor: they go back to the
+   * pool when it is disposed (by `dispose`, a {@link Gpu.scope} or a model's
+   * `disposeActivations`) — for textures that live as long as an activation, such as the keys
+   * and values attention reads in the backward.
+   */
+  holdTextures(textures: readonly GPUTexture[]): void {
+    this.#textures = [...(this.#textures ?? []), ...textures];
+  }
+
+  /** Returns the buffer to the pool (no-op for views), and any {@link holdTextures} textures. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
     if (this.owner) this.gpu.pool.release(this.buffer);
+    for (const t of this.#textures ?? []) this.gpu.releaseTexture(t);
+    this.#textures = undefined;
   }
 }
 

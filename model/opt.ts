@@ -518,12 +518,16 @@ export class OptModel {
       if (kv && !kvWritten) [kv.k, kv.v].forEach((t) => gpu.releaseTexture(t)); // not fused
       const keyValueTextures = kv && kvWritten ? { k: kv.k, v: kv.v } : undefined;
       // the output merged (B, T, H, Dh): the out projection reads it as is, no swap
-      return attentionForward(gpu, q, k, v, {
+      const att = attentionForward(gpu, q, k, v, {
         keyMask: mask,
         scale,
         keyValueTextures,
         mergedOut: true,
       });
+      // the textures live as long as the saved log-sum-exp (the backward reads both): back to
+      // the pool when the activations are disposed, one by one or by a scope
+      if (keyValueTextures) att.lse.holdTextures([kv!.k, kv!.v]);
+      return att;
     }, kvFor);
   }
 
@@ -971,14 +975,7 @@ export class OptModel {
           a.h,
           a.x2pre,
         ]
-      ) free(t);
-      // the key/value textures the q/k/v matmul wrote for attention (forward without caches)
-      const kv = a.att.keyValueTextures;
-      if (kv) {
-        this.gpu.releaseTexture(kv.k);
-        this.gpu.releaseTexture(kv.v);
-        a.att.keyValueTextures = undefined;
-      }
+      ) free(t); // (att.lse returns the key/value textures it holds to the pool)
     }
     for (const t of [acts.xL, acts.lnf?.y, acts.lnf?.mean, acts.lnf?.rstd, acts.hidden]) free(t);
     for (const t of acts.loraU.values()) free(t);

@@ -318,3 +318,27 @@ cases.push({
     assertEquals(await y(), plain, "after the hold");
   },
 });
+
+cases.push({
+  name: "runtime: textures a tensor holds go back to the pool when it is disposed, by dispose, " +
+    "by a scope or through intoShape's successor, and only once",
+  run(gpu) {
+    const fresh = () => gpu.scratchTexture(3, 5, 2);
+    const a = fresh(), t = gpu.zeros([4]);
+    t.holdTextures([a]);
+    t.dispose();
+    t.dispose();
+    const b = fresh(), c = fresh();
+    assert(b === a && c !== a, "released once, reused once");
+    gpu.releaseTexture(c);
+    gpu.scope(() => gpu.zeros([2, 2]).holdTextures([b]));
+    const d = fresh();
+    assert(d === b, "a scope released it");
+    const u = gpu.zeros([2, 2]);
+    u.holdTextures([d]);
+    const moved = u.intoShape([4]);
+    assertEquals(fresh() === d, false, "still held after intoShape");
+    moved.dispose();
+    assert(fresh() === d, "released by the successor");
+  },
+});
