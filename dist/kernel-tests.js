@@ -346,15 +346,32 @@ var Tensor = class _Tensor {
   intoShape(shape) {
     const v = this.reshape(shape);
     const owned = new _Tensor(this.gpu, this.buffer, v.shape, this.dtype, this.byteOffset, this.owner);
+    owned.#textures = this.#textures;
+    this.#textures = void 0;
     this.#disposed = true;
     if (this.owner) this.gpu._retrack(this, owned);
     return owned;
   }
-  /** Returns the buffer to the pool (no-op for views). */
+  #textures;
+  /**
+   * Ties pooled textures (from {@link Gpu.scratchTexture}) to this tensor: they go back to the
+   * pool when it is disposed (by `dispose`, a {@link Gpu.scope} or a model's
+   * `disposeActivations`) — for textures that live as long as an activation, such as the keys
+   * and values attention reads in the backward.
+   */
+  holdTextures(textures) {
+    this.#textures = [
+      ...this.#textures ?? [],
+      ...textures
+    ];
+  }
+  /** Returns the buffer to the pool (no-op for views), and any {@link holdTextures} textures. */
   dispose() {
     if (this.#disposed) return;
     this.#disposed = true;
     if (this.owner) this.gpu.pool.release(this.buffer);
+    for (const t of this.#textures ?? []) this.gpu.releaseTexture(t);
+    this.#textures = void 0;
   }
 };
 var BUFFER = {
@@ -3124,7 +3141,7 @@ fn emit_sum(row: u32, v: f32) {
   if ((p.flags & 4u) != 0u) { x += sums[o]; }
   sums[o] = x;
 }`;
-function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false, foldA = 1, foldB = 1, epilogue) {
+function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = false, kvOut = false, lnOut = false, aAlongM = false, foldA = 1, foldB = 1, epilogue, bAlongK = false) {
   const R = t.rows, Q = t.texels;
   const sums = epilogue?.rowSums ?? true;
   const acc = [], aload = [], body = [], store = [];
@@ -3150,6 +3167,11 @@ function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = fa
   const aAt = (i, kk) => aAlongM ? `a${kk}_${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `a${i}.${"xyzw"[kk]}`;
   const foldedRow = (f, kk) => f === 1 ? `k + ${kk}u` : `kq * ${4 / f}u + ${Math.floor(kk / f)}u`;
   const foldedAt = (f, kk, w) => f === 1 || kk % f === 0 ? "" : ` + ${kk % f}u * p.${w}`;
+  if (bAlongK) {
+    for (let n = 0; n < 4 * Q; n++) {
+      aload.push(`let bn${n} = textureLoad(bt, vec2u(kq, cb + ${n}u), lb);`);
+    }
+  }
   if (!aAlongM) {
     for (let i = 0; i < R; i++) {
       aload.push(foldA === 1 ? `let a${i} = textureLoad(at, vec2u(kq, r0 + ${i}u), la);` : `let a${i} = textureLoad(at, vec2u(kq${foldedAt(foldA, i, "fold_a")}, r0 / ${foldA}u + ${Math.floor(i / foldA)}u), la);`);
@@ -3162,7 +3184,12 @@ function textureMatmulShader(t = TEXTURE_TILING, vec4Out = false, segmented = fa
       }
     }
     for (let j = 0; j < Q; j++) {
-      body.push(`let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u${foldedAt(foldB, kk, "fold_b")}, ${foldedRow(foldB, kk)}), lb);`);
+      body.push(bAlongK ? `let b${kk}_${j} = vec4f(${[
+        0,
+        1,
+        2,
+        3
+      ].map((c) => `bn${4 * j + c}.${"xyzw"[kk]}`).join(", ")});` : `let b${kk}_${j} = textureLoad(bt, vec2u(cq + ${j}u${foldedAt(foldB, kk, "fold_b")}, ${foldedRow(foldB, kk)}), lb);`);
     }
     for (let i = 0; i < R; i++) {
       for (let j = 0; j < Q; j++) {
@@ -3187,7 +3214,7 @@ struct P {
   fold_a: u32, fold_b: u32,    // texels between the rows sharing a texture row (Block.fold)
 }
 @group(0) @binding(0) var at: texture_storage_2d_array<rgba32float, read>; // (batch, M, K/4)
-@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4)
+@group(0) @binding(1) var bt: texture_storage_2d_array<rgba32float, read>; // (batch|1, K, N/4) or (\u2026, N, K/4)
 @group(0) @binding(2) var<storage, read_write> c: array<${elem}>;   // (batch, M, ldc)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;           // (ldc)
 @group(0) @binding(4) var<storage, read> res: array<${elem}>;        // like c
@@ -3321,10 +3348,10 @@ fn kv_store(r: u32, col: u32, x: vec4f) {
   if (part == 1u) { textureStore(kc, at, layer, x); } else { textureStore(vc, at, layer, x); }
 }`;
 var tilingShaders = /* @__PURE__ */ new Map();
-function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false, foldA = 1, foldB = 1, epilogue) {
+function textureShaderFor(t, vec4Out, segmented, kvOut, lnOut = false, aAlongM = false, foldA = 1, foldB = 1, epilogue, bAlongK = false) {
   const e = epilogue;
-  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}/${foldA}/${foldB}/${e ? `${e.flags}/${e.segmentedBias}/${e.rowSums}/${e.heads?.H}/${e.heads?.Dh}` : ""}`;
-  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB, e);
+  const key = `${t.rows}/${t.texels}/${t.wgX}/${t.wgY}/${vec4Out}/${segmented}/${kvOut}/${lnOut}/${aAlongM}/${foldA}/${foldB}/${bAlongK}/${e ? `${e.flags}/${e.segmentedBias}/${e.rowSums}/${e.heads?.H}/${e.heads?.Dh}` : ""}`;
+  const code = tilingShaders.get(key) ?? textureMatmulShader(t, vec4Out, segmented, kvOut, lnOut, aAlongM, foldA, foldB, e, bAlongK);
   tilingShaders.set(key, code);
   return code;
 }
@@ -3673,7 +3700,8 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
   const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
   const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
-  const nStep = Math.floor(maxTex / t.texels) * t.texels * 4;
+  const bAlongK = !!o.transB && ones === 0 && s.M >= 256;
+  const nStep = bAlongK ? Math.floor(maxTex / (4 * t.texels)) * 4 * t.texels : Math.floor(maxTex / t.texels) * t.texels * 4;
   const sp = o.splitHeads;
   const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
   const kv = o.kvCache;
@@ -3694,7 +3722,7 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
     k4: Math.ceil(s.K / 4)
   };
   const foldA = !single ? 1 : copyFold(gpu, a, aBlockOf(s, !!o.transA, aAlongM, whole), aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1);
-  const foldB = !single || ones ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
+  const foldB = !single || ones || bAlongK ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
   const mm = (flags2) => gpu.pipeline(textureShaderFor(t, vec4Out, seg > 0, kv !== void 0, !!ln, aAlongM, foldA, foldB, {
     flags: flags2,
     segmentedBias: o.biasSegments !== void 0,
@@ -3703,7 +3731,7 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
       H: sp.H,
       Dh: sp.Dh
     } : void 0
-  }));
+  }, bAlongK));
   const kvViews = kv ? [
     gpu.arrayView(kv.k),
     gpu.arrayView(kv.v)
@@ -3738,17 +3766,21 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
             fold: foldA
           };
           const at = aAlongM ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, 4 * k4 / foldA, nb) : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
-          const bBlock = {
+          const bBlock = bAlongK ? bAlongKBlockOf(s, c, bLayers) : {
             ...bBlockOf(s, !!o.transB, c, bLayers, ones),
             fold: foldB
           };
           const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
-          const bSize = [
+          const bSize = bAlongK ? [
+            k4,
+            4 * bTexels,
+            bLayers
+          ] : [
             (foldB - 1) * (nc / 4) + bTexels,
             4 * k4 / foldB,
             bLayers
           ];
-          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB}`, bSize, fillB);
+          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB},${bAlongK}`, bSize, fillB);
           const bt = held ?? gpu.scratchTexture(...bSize);
           const aJob = {
             src: a,
@@ -3825,6 +3857,21 @@ function aBlockOf(s, transA, alongM, c) {
     col0: c.k0,
     width: c.k4,
     height: c.aRows
+  };
+}
+function bAlongKBlockOf(s, c, layers) {
+  return {
+    rows: c.nc,
+    cols: c.kc,
+    ld: s.K,
+    trans: false,
+    row0: c.n0,
+    col0: c.k0,
+    batchStride: s.shareB ? 0 : s.K * s.N,
+    batch0: s.shareB ? 0 : c.b0,
+    layers,
+    width: c.k4,
+    height: 4 * c.bTexels
   };
 }
 function bBlockOf(s, transB, c, layers, ones) {
@@ -6728,12 +6775,17 @@ var OptModel = class _OptModel {
         k: kv.k,
         v: kv.v
       } : void 0;
-      return attentionForward(gpu, q, k, v, {
+      const att = attentionForward(gpu, q, k, v, {
         keyMask: mask,
         scale: scale3,
         keyValueTextures,
         mergedOut: true
       });
+      if (keyValueTextures) att.lse.holdTextures([
+        kv.k,
+        kv.v
+      ]);
+      return att;
     }, kvFor);
   }
   /**
@@ -7274,12 +7326,6 @@ var OptModel = class _OptModel {
         a.h,
         a.x2pre
       ]) free(t);
-      const kv = a.att.keyValueTextures;
-      if (kv) {
-        this.gpu.releaseTexture(kv.k);
-        this.gpu.releaseTexture(kv.v);
-        a.att.keyValueTextures = void 0;
-      }
     }
     for (const t of [
       acts.xL,
@@ -11999,6 +12045,96 @@ cases9.push({
     ])), ShapeError, "batch dims differ");
   }
 });
+cases9.push({
+  name: "matmul (texture path): a transposed B with 256+ rows of A is packed as stored (texels along K) and gives the bits of the same product with B transposed up front (odd K and N, bias + ReLU, batched, chunked)",
+  async run(gpu) {
+    const small = await Gpu.create({
+      maxTextureSide: 16,
+      matmulPath: "texture"
+    });
+    try {
+      for (const g of [
+        gpu,
+        small
+      ]) {
+        for (const [batch2, M, N, K2] of [
+          [
+            1,
+            300,
+            45,
+            37
+          ],
+          [
+            2,
+            260,
+            64,
+            128
+          ],
+          [
+            1,
+            256,
+            7,
+            5
+          ]
+        ]) {
+          const a = randArray(batch2 * M * K2, 91 + K2), bt = randArray(batch2 * N * K2, 92 + N);
+          const bias = randArray(N, 93);
+          const b = new Float32Array(batch2 * K2 * N);
+          for (let z = 0; z < batch2; z++) {
+            for (let n = 0; n < N; n++) {
+              for (let k = 0; k < K2; k++) b[z * K2 * N + k * N + n] = bt[z * N * K2 + n * K2 + k];
+            }
+          }
+          const ta = g.fromArray(a, batch2 > 1 ? [
+            batch2,
+            M,
+            K2
+          ] : [
+            M,
+            K2
+          ]);
+          const o = {
+            bias: g.fromArray(bias),
+            relu: true,
+            path: "texture"
+          };
+          const got = await g.readF32(matmul(g, ta, g.fromArray(bt, batch2 > 1 ? [
+            batch2,
+            N,
+            K2
+          ] : [
+            N,
+            K2
+          ]), {
+            ...o,
+            transB: true
+          }));
+          const want = await g.readF32(matmul(g, ta, g.fromArray(b, batch2 > 1 ? [
+            batch2,
+            K2,
+            N
+          ] : [
+            K2,
+            N
+          ]), o));
+          const where = `${batch2}\xD7${M}\xD7${N}\xD7${K2}, side ${g.textureSide}`;
+          assert(got.every((v, i) => Object.is(v, want[i])), `${where}: the bits of B as K \xD7 N`);
+          assertClose(got, matmul2(a, bt, {
+            batch: batch2,
+            M,
+            N,
+            K: K2,
+            transB: true,
+            bias,
+            relu: true
+          }), TOL5, where);
+        }
+      }
+    } finally {
+      small.destroy();
+    }
+  }
+});
 
 // tests/cases/opt.ts
 var cases10 = [];
@@ -15073,6 +15209,44 @@ cases15.push({
     release();
     release();
     assertEquals(await y(), plain, "after the hold");
+  }
+});
+cases15.push({
+  name: "runtime: textures a tensor holds go back to the pool when it is disposed, by dispose, by a scope or through intoShape's successor, and only once",
+  run(gpu) {
+    const fresh = () => gpu.scratchTexture(3, 5, 2);
+    const a = fresh(), t = gpu.zeros([
+      4
+    ]);
+    t.holdTextures([
+      a
+    ]);
+    t.dispose();
+    t.dispose();
+    const b = fresh(), c = fresh();
+    assert(b === a && c !== a, "released once, reused once");
+    gpu.releaseTexture(c);
+    gpu.scope(() => gpu.zeros([
+      2,
+      2
+    ]).holdTextures([
+      b
+    ]));
+    const d = fresh();
+    assert(d === b, "a scope released it");
+    const u = gpu.zeros([
+      2,
+      2
+    ]);
+    u.holdTextures([
+      d
+    ]);
+    const moved = u.intoShape([
+      4
+    ]);
+    assertEquals(fresh() === d, false, "still held after intoShape");
+    moved.dispose();
+    assert(fresh() === d, "released by the successor");
   }
 });
 
