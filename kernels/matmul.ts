@@ -1072,9 +1072,10 @@ function runTexture(
             ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, (4 * k4) / foldA, nb)
             : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
           // B as (K × N): texels along N — packed once while B is held constant (weights)
-          const bBlock: Block = bAlongK
-            ? bAlongKBlockOf(s, c, bLayers)
-            : { ...bBlockOf(s, !!o.transB, c, bLayers, ones), fold: foldB };
+          const bBlock: Block = {
+            ...bBlockOf(s, !!o.transB, c, bLayers, ones, bAlongK),
+            fold: foldB,
+          };
           const fillB = (tex: GPUTexture) => fillTexture(gpu, b, tex, bBlock);
           const bSize = bAlongK
             ? [k4, 4 * bTexels, bLayers] as const
@@ -1185,40 +1186,46 @@ function aBlockOf(s: MatmulShape, transA: boolean, alongM: boolean, c: Chunk): B
 }
 
 /**
- * A transposed B's block of a chunk as stored: (N × K), texels along K (the pack zero-fills a
- * last partial texel: the K padding meets A's); rows past N feed only columns never written.
+ * B's block of a chunk: (K × N), texels along N, zero K padding, the row sums' ones column; or,
+ * `alongK`, a transposed B as stored: (N × K), texels along K (the pack zero-fills a last partial
+ * texel: the K padding meets A's; rows past N feed only columns never written).
  */
-function bAlongKBlockOf(s: MatmulShape, c: Chunk, layers: number): Block {
-  return {
-    rows: c.nc,
-    cols: c.kc,
-    ld: s.K,
-    trans: false,
-    row0: c.n0,
-    col0: c.k0,
+function bBlockOf(
+  s: MatmulShape,
+  transB: boolean,
+  c: Chunk,
+  layers: number,
+  ones: number,
+  alongK = false,
+): Block {
+  const batch = {
     batchStride: s.shareB ? 0 : s.K * s.N,
     batch0: s.shareB ? 0 : c.b0,
     layers,
-    width: c.k4,
-    height: 4 * c.bTexels,
   };
-}
-
-/** B's block of a chunk: (K × N), texels along N, zero K padding, the row sums' ones column. */
-function bBlockOf(s: MatmulShape, transB: boolean, c: Chunk, layers: number, ones: number): Block {
-  return {
-    rows: c.kc,
-    cols: c.nc,
-    ld: transB ? s.K : s.N,
-    trans: transB,
-    row0: c.k0,
-    col0: c.n0,
-    batchStride: s.shareB ? 0 : s.K * s.N,
-    batch0: s.shareB ? 0 : c.b0,
-    layers,
-    width: c.bTexels,
-    height: 4 * c.k4,
-    zeroPadRows: true,
-    onesColumn: ones === 1,
-  };
+  return alongK
+    ? {
+      ...batch,
+      rows: c.nc,
+      cols: c.kc,
+      ld: s.K,
+      trans: false,
+      row0: c.n0,
+      col0: c.k0,
+      width: c.k4,
+      height: 4 * c.bTexels,
+    }
+    : {
+      ...batch,
+      rows: c.kc,
+      cols: c.nc,
+      ld: transB ? s.K : s.N,
+      trans: transB,
+      row0: c.k0,
+      col0: c.n0,
+      width: c.bTexels,
+      height: 4 * c.k4,
+      zeroPadRows: true,
+      onesColumn: ones === 1,
+    };
 }
