@@ -3766,8 +3766,8 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
             fold: foldA
           };
           const at = aAlongM ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, 4 * k4 / foldA, nb) : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
-          const bBlock = bAlongK ? bAlongKBlockOf(s, c, bLayers) : {
-            ...bBlockOf(s, !!o.transB, c, bLayers, ones),
+          const bBlock = {
+            ...bBlockOf(s, !!o.transB, c, bLayers, ones, bAlongK),
             fold: foldB
           };
           const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
@@ -3859,32 +3859,30 @@ function aBlockOf(s, transA, alongM, c) {
     height: c.aRows
   };
 }
-function bAlongKBlockOf(s, c, layers) {
-  return {
+function bBlockOf(s, transB, c, layers, ones, alongK = false) {
+  const batch2 = {
+    batchStride: s.shareB ? 0 : s.K * s.N,
+    batch0: s.shareB ? 0 : c.b0,
+    layers
+  };
+  return alongK ? {
+    ...batch2,
     rows: c.nc,
     cols: c.kc,
     ld: s.K,
     trans: false,
     row0: c.n0,
     col0: c.k0,
-    batchStride: s.shareB ? 0 : s.K * s.N,
-    batch0: s.shareB ? 0 : c.b0,
-    layers,
     width: c.k4,
     height: 4 * c.bTexels
-  };
-}
-function bBlockOf(s, transB, c, layers, ones) {
-  return {
+  } : {
+    ...batch2,
     rows: c.kc,
     cols: c.nc,
     ld: transB ? s.K : s.N,
     trans: transB,
     row0: c.k0,
     col0: c.n0,
-    batchStride: s.shareB ? 0 : s.K * s.N,
-    batch0: s.shareB ? 0 : c.b0,
-    layers,
     width: c.bTexels,
     height: 4 * c.k4,
     zeroPadRows: true,
