@@ -141,82 +141,64 @@ ${ROW_THREAD_MAIN}
 // sum is formed in the same order and the results are bit for bit the workgroup form's — without
 // its barriers, which are what software adapters pay for (SPEC §11).
 
-const FORWARD_TREE = `
-${FORWARD_BINDINGS}
+// With `vec4` (rows of a multiple of 4 columns) four columns at a time: each vec4 term holds
+// four lanes' terms, added in the same order, and every output element is the same arithmetic
+// on its own component — the same bits with a quarter of the loads (llvmpipe pays per load,
+// SPEC §11).
+
+function forwardTree(vec4: boolean): string {
+  const at = (c: string) => vec4 ? `(${c}) / 4u` : c; // the array index of column c
+  return `
+${forwardBindings(vec4 ? "vec4f" : "f32")}
 ${ROW_THREAD_MAIN}
-  ${laneTreeSums({ s: "x[base + c]" })}
+  ${laneTreeSums({ s: `x[${at("base + c")}]` }, "", "p.cols", vec4)}
   let m = s / f32(p.cols);
-  ${laneTreeSums({ q: "d * d" }, "let d = x[base + c] - m;")}
+  ${laneTreeSums({ q: "d * d" }, `let d = x[${at("base + c")}] - m;`, "p.cols", vec4)}
   let r = inverseSqrt(q / f32(p.cols) + p.eps);
-  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
-  mean[row] = m;
-  rstd[row] = r;
-}`;
-
-const BACKWARD_DX_TREE = `
-${BACKWARD_DX_BINDINGS}
-${ROW_THREAD_MAIN}
-  let m = mean[row];
-  let r = rstd[row];
-  ${laneTreeSums({ s1: "g", s2: "g * (x[base + c] - m) * r" }, "let g = dy[base + c] * w[c];")}
-  let mg = s1 / f32(p.cols);
-  let mgx = s2 / f32(p.cols);
-  for (var c = 0u; c < p.cols; c++) {
-    let xh = (x[base + c] - m) * r;
-    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
-    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
-  }
-}`;
-
-// The row-tree forms four columns at a time (rows of a multiple of 4 columns): each vec4 term
-// holds four lanes' terms, added in the same order, and every output element is the same
-// arithmetic on its own component — the row-tree forms' bits with a quarter of the loads
-// (llvmpipe pays per load, SPEC §11).
-
-const FORWARD_TREE_VEC4 = `
-${forwardBindings("vec4f")}
-${ROW_THREAD_MAIN}
-  ${laneTreeSums({ s: "x[(base + c) / 4u]" }, "", "p.cols", true)}
-  let m = s / f32(p.cols);
-  ${laneTreeSums({ q: "d * d" }, "let d = x[(base + c) / 4u] - m;", "p.cols", true)}
-  let r = inverseSqrt(q / f32(p.cols) + p.eps);
-  for (var c = 0u; c < p.cols; c += 4u) {
-    let k = (base + c) / 4u;
-    y[k] = (x[k] - m) * r * w[c / 4u] + b[c / 4u];
+  for (var c = 0u; c < p.cols; c += ${vec4 ? 4 : 1}u) {
+    let k = ${at("base + c")};
+    y[k] = (x[k] - m) * r * w[${at("c")}] + b[${at("c")}];
   }
   mean[row] = m;
   rstd[row] = r;
 }`;
+}
 
-const BACKWARD_DX_TREE_VEC4 = `
-${backwardDxBindings("vec4f")}
+function backwardDxTree(vec4: boolean): string {
+  const at = (c: string) => vec4 ? `(${c}) / 4u` : c;
+  return `
+${backwardDxBindings(vec4 ? "vec4f" : "f32")}
 ${ROW_THREAD_MAIN}
   let m = mean[row];
   let r = rstd[row];
   ${
-  laneTreeSums(
-    { s1: "g", s2: "g * (x[k] - m) * r" },
-    "let k = (base + c) / 4u; let g = dy[k] * w[c / 4u];",
-    "p.cols",
-    true,
-  )
-}
+    laneTreeSums(
+      { s1: "g", s2: "g * (x[k] - m) * r" },
+      `let k = ${at("base + c")}; let g = dy[k] * w[${at("c")}];`,
+      "p.cols",
+      vec4,
+    )
+  }
   let mg = s1 / f32(p.cols);
   let mgx = s2 / f32(p.cols);
-  for (var c = 0u; c < p.cols; c += 4u) {
-    let k = (base + c) / 4u;
+  for (var c = 0u; c < p.cols; c += ${vec4 ? 4 : 1}u) {
+    let k = ${at("base + c")};
     let xh = (x[k] - m) * r;
-    let v = r * (dy[k] * w[c / 4u] - mg - xh * mgx);
+    let v = r * (dy[k] * w[${at("c")}] - mg - xh * mgx);
     dx[k] = select(v, dx[k] + v, p.accumulate == 1u);
   }
 }`;
+}
+
+const FORWARD_TREE = forwardTree(false), FORWARD_TREE_VEC4 = forwardTree(true);
+const BACKWARD_DX_TREE = backwardDxTree(false), BACKWARD_DX_TREE_VEC4 = backwardDxTree(true);
 
 // The row-tree forms for one row width C (a multiple of 4, at most UNROLLED_MAX), fully
 // unrolled: each element is loaded once into a register and reused by every pass (the loop forms
 // load x three times forward, dy/x/w twice and dx once backward), and whether dx accumulates is
 // known — the same terms in the same order, so the same bits. On llvmpipe (SPEC §11: a storage
-// load per lane costs more than the arithmetic around it) 1008 rows of 128: forward + backward
-// measured below in layernormForward's notes.
+// load per lane costs more than the arithmetic around it) the 18 backward calls of an L4/H128
+// actor + critic pass (1008 rows of 128) took 16 → 12 ms, its 2 forward calls 1.6 → 0.7–1.3 ms.
 
 /** Widest row (in floats) the unrolled row-tree kernels are built for. */
 const UNROLLED_MAX = 256;

@@ -1071,7 +1071,8 @@ function runTexture(
           const at = aAlongM
             ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, (4 * k4) / foldA, nb)
             : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
-          // B as (K × N): texels along N — packed once while B is held constant (weights)
+          // B as (K × N), texels along N, or as stored (N × K) along K — packed once while B
+          // is held constant (weights)
           const bBlock: Block = {
             ...bBlockOf(s, !!o.transB, c, bLayers, ones, bAlongK),
             fold: foldB,
