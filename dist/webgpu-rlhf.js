@@ -2091,74 +2091,52 @@ ${ROW_THREAD_MAIN}
     dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
   }
 }`;
-var FORWARD_TREE = `
-${FORWARD_BINDINGS}
+function forwardTree(vec4) {
+  const at = (c) => vec4 ? `(${c}) / 4u` : c;
+  return `
+${forwardBindings(vec4 ? "vec4f" : "f32")}
 ${ROW_THREAD_MAIN}
   ${laneTreeSums({
-  s: "x[base + c]"
-})}
+    s: `x[${at("base + c")}]`
+  }, "", "p.cols", vec4)}
   let m = s / f32(p.cols);
   ${laneTreeSums({
-  q: "d * d"
-}, "let d = x[base + c] - m;")}
+    q: "d * d"
+  }, `let d = x[${at("base + c")}] - m;`, "p.cols", vec4)}
   let r = inverseSqrt(q / f32(p.cols) + p.eps);
-  for (var c = 0u; c < p.cols; c++) { y[base + c] = (x[base + c] - m) * r * w[c] + b[c]; }
-  mean[row] = m;
-  rstd[row] = r;
-}`;
-var BACKWARD_DX_TREE = `
-${BACKWARD_DX_BINDINGS}
-${ROW_THREAD_MAIN}
-  let m = mean[row];
-  let r = rstd[row];
-  ${laneTreeSums({
-  s1: "g",
-  s2: "g * (x[base + c] - m) * r"
-}, "let g = dy[base + c] * w[c];")}
-  let mg = s1 / f32(p.cols);
-  let mgx = s2 / f32(p.cols);
-  for (var c = 0u; c < p.cols; c++) {
-    let xh = (x[base + c] - m) * r;
-    let v = r * (dy[base + c] * w[c] - mg - xh * mgx);
-    dx[base + c] = select(v, dx[base + c] + v, p.accumulate == 1u);
-  }
-}`;
-var FORWARD_TREE_VEC4 = `
-${forwardBindings("vec4f")}
-${ROW_THREAD_MAIN}
-  ${laneTreeSums({
-  s: "x[(base + c) / 4u]"
-}, "", "p.cols", true)}
-  let m = s / f32(p.cols);
-  ${laneTreeSums({
-  q: "d * d"
-}, "let d = x[(base + c) / 4u] - m;", "p.cols", true)}
-  let r = inverseSqrt(q / f32(p.cols) + p.eps);
-  for (var c = 0u; c < p.cols; c += 4u) {
-    let k = (base + c) / 4u;
-    y[k] = (x[k] - m) * r * w[c / 4u] + b[c / 4u];
+  for (var c = 0u; c < p.cols; c += ${vec4 ? 4 : 1}u) {
+    let k = ${at("base + c")};
+    y[k] = (x[k] - m) * r * w[${at("c")}] + b[${at("c")}];
   }
   mean[row] = m;
   rstd[row] = r;
 }`;
-var BACKWARD_DX_TREE_VEC4 = `
-${backwardDxBindings("vec4f")}
+}
+function backwardDxTree(vec4) {
+  const at = (c) => vec4 ? `(${c}) / 4u` : c;
+  return `
+${backwardDxBindings(vec4 ? "vec4f" : "f32")}
 ${ROW_THREAD_MAIN}
   let m = mean[row];
   let r = rstd[row];
   ${laneTreeSums({
-  s1: "g",
-  s2: "g * (x[k] - m) * r"
-}, "let k = (base + c) / 4u; let g = dy[k] * w[c / 4u];", "p.cols", true)}
+    s1: "g",
+    s2: "g * (x[k] - m) * r"
+  }, `let k = ${at("base + c")}; let g = dy[k] * w[${at("c")}];`, "p.cols", vec4)}
   let mg = s1 / f32(p.cols);
   let mgx = s2 / f32(p.cols);
-  for (var c = 0u; c < p.cols; c += 4u) {
-    let k = (base + c) / 4u;
+  for (var c = 0u; c < p.cols; c += ${vec4 ? 4 : 1}u) {
+    let k = ${at("base + c")};
     let xh = (x[k] - m) * r;
-    let v = r * (dy[k] * w[c / 4u] - mg - xh * mgx);
+    let v = r * (dy[k] * w[${at("c")}] - mg - xh * mgx);
     dx[k] = select(v, dx[k] + v, p.accumulate == 1u);
   }
 }`;
+}
+var FORWARD_TREE = forwardTree(false);
+var FORWARD_TREE_VEC4 = forwardTree(true);
+var BACKWARD_DX_TREE = backwardDxTree(false);
+var BACKWARD_DX_TREE_VEC4 = backwardDxTree(true);
 var UNROLLED_MAX = 256;
 var unrolledShaders = /* @__PURE__ */ new Map();
 function unrolledForward(C) {
