@@ -29,11 +29,6 @@ export interface Block {
    */
   zeroPadRows?: boolean;
   /**
-   * Column `cols` (just past the block) holds 1.0 in the block's rows: a B operand with a
-   * column of ones, whose product column is the row sums of A (a bias gradient).
-   */
-  onesColumn?: boolean;
-  /**
    * Rows per texture row (1, 2 or 4; default 1), for rows too short to copy alone: texture row
    * `y` holds block rows `f·y … f·y + f − 1` side by side, row `r` from texel `(r mod f)·cols/4`.
    * Only copies fold (see {@link copyFold}); `width` and `height` stay the unfolded ones.
@@ -45,7 +40,7 @@ export interface Block {
  * Fills `tex` with a sub-block of `src`. A plain row-major block whose rows are 256-byte
  * multiples (or, folded, whose 2 or 4 rows side by side are: `Block.fold`) and whose column
  * count fills whole texels is a `copyBufferToTexture` (a memcpy: ~4× cheaper than the pack
- * kernel on llvmpipe), its ones column a second copy; anything else goes through a pack
+ * kernel on llvmpipe); anything else goes through a pack
  * kernel, which also zero-fills the padding: whole aligned texels a vec4 load each, the rest
  * (transposed, ragged) element by element. Padding rows/texels left stale by a copy only feed
  * outputs that are never written (rows ≥ M, columns ≥ N); the shared K axis must be exact, so
@@ -112,7 +107,7 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
         b.height,
         b.dstRow0 ?? 0,
         b.layers,
-        b.onesColumn ? b.cols : NO_COLUMN,
+        0,
         0,
         0,
         0,
@@ -133,7 +128,7 @@ export function fillTextures(gpu: Gpu, jobs: FillJob[]): void {
 
 /**
  * A block whose texels are whole aligned vec4s of its source: not transposed, rows of whole
- * texels starting on a 16-byte boundary (a ones column is then a texel of its own).
+ * texels starting on a 16-byte boundary.
  */
 function texelAligned(src: Tensor, b: Block): boolean {
   const first = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
@@ -154,7 +149,6 @@ struct P {
   width: u32, height: u32, texels: u32,   // texture block: width × height × layers texels
   rows: u32, cols4: u32, ld4: u32,        // source block: rows × cols4 texels, ld4 apart
   first4: u32, batch_stride4: u32, dst_row0: u32,
-  ones: u32,                              // 1: texel column cols4 is (1, 0, 0, 0) in the rows
 }
 @group(0) @binding(0) var<storage, read> src: array<vec4f>;
 @group(0) @binding(1) var dst: texture_storage_2d_array<rgba32float, write>;
@@ -171,7 +165,6 @@ fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: v
     let z = rest / p.height;
     var v = vec4f(0.0);
     if (x < p.cols4 && y < p.rows) { v = src[p.first4 + z * p.batch_stride4 + y * p.ld4 + x]; }
-    if (x == p.cols4 && y < p.rows && p.ones == 1u) { v.x = 1.0; }
     textureStore(dst, vec2u(x, y + p.dst_row0), z, v);
   }
 }`;
@@ -195,7 +188,6 @@ function packTexels(gpu: Gpu, { src, tex, block: b }: FillJob): void {
       first / 4,
       b.batchStride / 4,
       b.dstRow0 ?? 0,
-      b.onesColumn ? 1 : 0,
     ),
   );
 }
@@ -208,11 +200,10 @@ const MAX_PACKED = 4;
  * blocks 0.83 → 1.21 ms wall), which the dispatch it saves pays back only for small blocks.
  */
 const MAX_SHARED_TEXELS = 2048;
-const NO_COLUMN = 0xffffffff;
 
 /**
  * Packs `n` logical (rows × cols) sub-blocks of strided matrices, one per (source, texture)
- * pair, into rgba32float texels: zero outside the block (and its optional ones column).
+ * pair, into rgba32float texels: zero outside the block.
  */
 function packShader(n: number): string {
   const known = packShaders.get(n);
@@ -222,7 +213,7 @@ function packShader(n: number): string {
 struct Job {
   rows: u32, cols: u32, ld: u32, trans: u32, row0: u32, col0: u32,
   batch_stride: u32, batch0: u32, width: u32, height: u32, dst_row0: u32, layers: u32,
-  ones_col: u32, pad0: u32, pad1: u32, pad2: u32,
+  pad0: u32, pad1: u32, pad2: u32, pad3: u32,
 }
 struct P { ${ids.map((i) => `j${i}: Job,`).join(" ")} }
 ${ids.map((i) => `@group(0) @binding(${i}) var<storage, read> src${i}: array<f32>;`).join("\n")}
@@ -252,8 +243,6 @@ fn pack${i}(tile: u32, lid: vec3u) {
       if (col < j.cols) {
         let cc = j.col0 + col;
         v[c] = src${i}[base + select(r * j.ld + cc, cc * j.ld + r, j.trans == 1u)];
-      } else if (col == j.ones_col) {
-        v[c] = 1.0;
       }
     }
   }
@@ -278,9 +267,9 @@ function copyable(gpu: Gpu, src: Tensor, b: Block): boolean {
   const plain = !b.trans && (4 * b.ld * f) % 256 === 0 && b.cols % 4 === 0 &&
     byteOffset % 16 === 0 && (b.layers === 1 || b.batchStride % (b.ld * f) === 0) &&
     (!b.zeroPadRows || b.rows === b.height);
-  if (f === 1) return plain && (!b.onesColumn || (b.layers === 1 && b.width > b.cols / 4));
+  if (f === 1) return plain;
   // folded rows must be contiguous (the block spans its rows) and fill whole texture rows
-  return plain && b.cols === b.ld && b.rows % f === 0 && !b.onesColumn && !b.dstRow0 &&
+  return plain && b.cols === b.ld && b.rows % f === 0 && !b.dstRow0 &&
     (f * b.cols) / 4 <= gpu.textureSide;
 }
 
@@ -317,34 +306,5 @@ function copied(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): boolean {
     { texture: tex, origin: { x: 0, y: b.dstRow0 ?? 0, z: 0 } },
     [(f * b.cols) / 4, b.rows / f, b.layers],
   );
-  if (b.onesColumn) {
-    // the texel column just past the block: (1, 0, 0, 0) in the block's rows
-    gpu.encoder().copyBufferToTexture(
-      { buffer: onesColumn(gpu, b.rows), bytesPerRow: 256, rowsPerImage: b.rows },
-      { texture: tex, origin: { x: b.cols / 4, y: b.dstRow0 ?? 0, z: 0 } },
-      [1, b.rows, 1],
-    );
-  }
   return true;
-}
-
-/** Per device: rows of 256 bytes, each starting with the texel (1, 0, 0, 0); grown on demand. */
-const onesColumns = new WeakMap<Gpu, GPUBuffer>();
-
-/** A copy source of at least `rows` rows of the texel (1, 0, 0, 0), 256 bytes apart. */
-function onesColumn(gpu: Gpu, rows: number): GPUBuffer {
-  const have = onesColumns.get(gpu);
-  if (have && have.size >= 256 * rows) return have;
-  const n = Math.max(rows, 2 * (have ? have.size / 256 : 512));
-  const buffer = gpu.device.createBuffer({
-    size: 256 * n,
-    usage: GPUBufferUsage.COPY_SRC,
-    mappedAtCreation: true,
-  });
-  const f = new Float32Array(buffer.getMappedRange());
-  for (let r = 0; r < n; r++) f[64 * r] = 1;
-  buffer.unmap();
-  have?.destroy();
-  onesColumns.set(gpu, buffer);
-  return buffer;
 }

@@ -200,6 +200,12 @@ export function textureMatmulShader(
     return out.join(" ");
   };
   for (let i = 0; i < R; i++) for (let j = 0; j < Q; j++) acc.push(`var c${i}_${j} = vec4f(0.0);`);
+  // the row sums of op(A) (rowSums), in k order as sumColumns adds them: with A along M a vec4
+  // of four rows' sums per four rows, else one sum per row; the first column block stores them
+  const sumRows = aAlongM ? R / 4 : R;
+  if (sums) {
+    for (let i = 0; i < sumRows; i++) acc.push(`var s${i} = ${aAlongM ? "vec4f" : "f32"}(0.0);`);
+  }
   // segments (p.k_seg texels each): totals t = S₁, then t = Sᵢ + t at each border, C = Sₚ + t;
   // an outer loop over the segments (no per-texel test: a modulo per iteration cost llvmpipe
   // as much as the products, 1008×128×384 in three segments 3.7 vs 1.8 ms unsegmented)
@@ -259,7 +265,10 @@ export function textureMatmulShader(
             foldedAt(foldA, kk, "fold_a")
           }, ${foldedRow(foldA, kk)}), la);`,
         );
+        if (sums) body.push(`s${q} += a${kk}_${q};`);
       }
+    } else if (sums) {
+      for (let i = 0; i < R; i++) body.push(`s${i} += a${i}.${"xyzw"[kk]};`);
     }
     for (let j = 0; j < Q; j++) {
       body.push(
@@ -280,6 +289,17 @@ export function textureMatmulShader(
   }
   for (let i = 0; i < R; i++) {
     for (let j = 0; j < Q; j++) store.push(`emit(r0 + ${i}u, cb + ${4 * j}u, c${i}_${j}, cbase);`);
+  }
+  if (sums) {
+    const at = (i: number) => aAlongM ? `s${Math.floor(i / 4)}.${"xyzw"[i % 4]}` : `s${i}`;
+    store.push(
+      `if (p.sums_col != ${NO_SUMS}u && p.n0 + cb == 0u) {\n    ${
+        Array.from(
+          { length: R },
+          (_, i) => `if (r0 + ${i}u < p.M) { emit_sum(p.m0 + r0 + ${i}u, ${at(i)}); }`,
+        ).join("\n    ")
+      }\n  }`,
+    );
   }
   const elem = vec4Out ? "vec4f" : "f32";
   const code = `
@@ -326,7 +346,7 @@ ${
 ${EPILOGUE_INDEX}
 ${EMIT_SUM}
 ${kvOut ? KV_STORE : "fn kv_store(r: u32, col: u32, x: vec4f) {}"}
-${vec4Out ? emitVec4(sums) : emitScalar(sums)}
+${vec4Out ? EMIT_VEC4 : EMIT_SCALAR}
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(global_invocation_id) g: vec3u${
     lnOut ? ", @builtin(local_invocation_id) lid: vec3u" : ""
@@ -334,9 +354,7 @@ fn main(@builtin(global_invocation_id) g: vec3u${
   let cq = ${Q}u * g.x;        // first texel column of this block
   let cb = ${4 * Q}u * g.x;    // first column
   let r0 = ${R}u * g.y;        // first row
-  // past the last column, or past the row-sums column when there is one
-  let past = cb >= p.N && (p.sums_col == ${NO_SUMS}u || p.n0 + cb > p.sums_col);
-  ${lnOut ? "if (!past && r0 < p.M) {" : "if (past || r0 >= p.M) { return; }"}
+  ${lnOut ? "if (cb < p.N && r0 < p.M) {" : "if (cb >= p.N || r0 >= p.M) { return; }"}
   // every binding stays in the interface when a compiled epilogue does not read it
   _ = &bias; _ = &res; _ = &relu_in; _ = &sums;
   let la = g.z;
@@ -410,12 +428,11 @@ function LN_EPILOGUE(R: number, wgX: number, wgY: number, vec4: boolean): string
 }
 
 // Stores four columns of one row of C (any layout, any N): scalar accesses.
-const emitScalar = (sums: boolean) => `
+const EMIT_SCALAR = `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
   if (r >= p.M) { return; }
   for (var t = 0u; t < 4u; t++) {
     let cc = col + t;
-    ${sums ? "if (p.n0 + cc == p.sums_col) { emit_sum(p.m0 + r, v[t]); }" : ""}
     if (cc < p.N) {
       let idx = out_index(cbase, p.m0 + r, p.n0 + cc, p.ldc);
       var x = p.alpha * v[t];
@@ -432,9 +449,8 @@ fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
 // Stores four columns of one row of C as one vec4 (N, ldc, n0 and the batch stride multiples of
 // 4; with a head split also Dh and the part stride, so four columns stay in one head's row):
 // the same operations per element as EMIT_SCALAR.
-const emitVec4 = (sums: boolean) => `
+const EMIT_VEC4 = `
 fn emit(r: u32, col: u32, v: vec4f, cbase: u32) {
-  ${sums ? "if (r < p.M && p.n0 + col == p.sums_col) { emit_sum(p.m0 + r, v.x); }" : ""}
   if (r >= p.M || col >= p.N) { return; }
   let idx = out_index(cbase, p.m0 + r, p.n0 + col, p.ldc) / 4u;
   var x = p.alpha * v;
@@ -777,13 +793,11 @@ function run(
       `matmul: rowSums needs transA, α 1 and an out of ${need} elements in non-overlapping ` +
         `segments (got ${sums.out.size})`,
     );
-    // one more column of the product, where it fits one pass over K and one N chunk (a B that
-    // is a plain copy gets its ones column by a second copy, see fillTexture)
-    const t = opts.tiling ?? TEXTURE_TILING, side = gpu.textureSide;
+    // in the product's dispatch where K takes one pass: on the buffer path one more column of
+    // the product (B with a column of ones), on the texture path sums of A's texels as the
+    // first column block loads them
     fuseSums = s.batch === 1 && opts.kSegments === undefined && !split && !opts.kvCache &&
-      s.K > 0 && (path === "buffer" ||
-        (s.K <= Math.floor(side / 4) * 4 &&
-          s.N + 1 <= Math.floor(side / t.texels) * t.texels * 4));
+      s.K > 0 && (path === "buffer" || s.K <= Math.floor(gpu.textureSide / 4) * 4);
   }
   const sumsCol = fuseSums ? s.N : NO_SUMS;
   if (path === "buffer") {
@@ -988,7 +1002,6 @@ function runTexture(
 ): void {
   // the layernorm epilogue needs whole rows in a workgroup: 8 columns per invocation across
   const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
-  const ones = sumsCol === NO_SUMS ? 0 : 1; // the row-sums column (a single chunk in K and N)
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   // chunk sizes that keep every (padded) texture side within the device limits
@@ -998,11 +1011,11 @@ function runTexture(
   const seg = o.kSegments ?? 0, kMax = Math.floor(maxTex / 4) * 4;
   const kStep = seg > 0 && seg <= kMax && s.K > kMax ? seg : kMax;
   // a transposed B (N × K stored) is packed as stored, texels along K: no transposing pack, and
-  // often a plain copy (not with the row sums' ones column, which lies along N). On llvmpipe
+  // often a plain copy. On llvmpipe
   // the product itself is faster that way at training shapes (1008×512×128: 3.25 → 2.74 ms,
   // 1008×384×128: 2.52 → 2.05) but slower with few rows (16×64×256: 0.074 → 0.106, 128×384×
   // 128: 0.32 → 0.36), where B is usually a held weight packed once (decoding): from 256 rows
-  const bAlongK = !!o.transB && ones === 0 && s.M >= 256;
+  const bAlongK = !!o.transB && s.M >= 256;
   // N chunks keep B's texture side (N/4 texels, or N rows along K) within the limit
   const nStep = bAlongK
     ? Math.floor(maxTex / (4 * t.texels)) * 4 * t.texels
@@ -1018,7 +1031,7 @@ function runTexture(
   // rows too short to copy (under 256 bytes) fold two or four to a texture row where that makes
   // them a copy: one chunk in every dimension, unbatched (see Block.fold)
   const ldB = o.transB ? s.K : s.N;
-  const single = s.batch === 1 && s.M <= mStep && s.N + ones <= nStep && s.K <= kStep;
+  const single = s.batch === 1 && s.M <= mStep && s.N <= nStep && s.K <= kStep;
   const whole: Chunk = {
     m0: 0,
     n0: 0,
@@ -1029,7 +1042,7 @@ function runTexture(
     b0: 0,
     nb: 1,
     aRows: Math.ceil(s.M / t.rows) * t.rows,
-    bTexels: Math.ceil((s.N + ones) / (4 * t.texels)) * t.texels,
+    bTexels: Math.ceil(s.N / (4 * t.texels)) * t.texels,
     k4: Math.ceil(s.K / 4),
   };
   const foldA = !single ? 1 : copyFold(
@@ -1038,9 +1051,7 @@ function runTexture(
     aBlockOf(s, !!o.transA, aAlongM, whole),
     aAlongM || t.rows % 4 === 0 ? 4 : t.rows % 2 === 0 ? 2 : 1,
   );
-  const foldB = !single || ones || bAlongK
-    ? 1
-    : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1, 0), 4);
+  const foldB = !single || bAlongK ? 1 : copyFold(gpu, b, bBlockOf(s, !!o.transB, whole, 1), 4);
   // each chunk's kernel is compiled for its epilogue (flags differ between K chunks)
   const mm = (flags: number) =>
     gpu.pipeline(
@@ -1063,7 +1074,7 @@ function runTexture(
           const kc = Math.min(kStep, s.K - k0);
           const k4 = Math.ceil(kc / 4);
           const aRows = Math.ceil(mc / t.rows) * t.rows;
-          const bTexels = Math.ceil((nc + ones) / (4 * t.texels)) * t.texels;
+          const bTexels = Math.ceil(nc / (4 * t.texels)) * t.texels;
           const c: Chunk = { m0, n0, k0, mc, nc, kc, b0, nb, aRows, bTexels, k4 };
           // folded, f rows side by side in a texture row (reads past a row's texels land in the
           // next row's: columns or rows of C that are never written)
@@ -1074,7 +1085,7 @@ function runTexture(
           // B as (K × N), texels along N, or as stored (N × K) along K — packed once while B
           // is held constant (weights)
           const bBlock: Block = {
-            ...bBlockOf(s, !!o.transB, c, bLayers, ones, bAlongK),
+            ...bBlockOf(s, !!o.transB, c, bLayers, bAlongK),
             fold: foldB,
           };
           const fillB = (tex: GPUTexture) => fillTexture(gpu, b, tex, bBlock);
@@ -1084,7 +1095,7 @@ function runTexture(
           const held = gpu.constantTexture(
             b,
             `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},` +
-              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${ones},${foldB},${bAlongK}`,
+              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${foldB},${bAlongK}`,
             bSize,
             fillB,
           );
@@ -1107,12 +1118,12 @@ function runTexture(
               o.residual ?? dummy(gpu),
               ...(ln ? [ln.weight, ln.bias, ln.y, ln.mean, ln.rstd] : [
                 o.reluBackwardOf ?? dummy(gpu),
-                ones ? o.rowSums!.out : gpu.placeholder(3),
+                sumsCol !== NO_SUMS ? o.rowSums!.out : gpu.placeholder(3),
                 ...kvViews,
               ]),
             ],
             [
-              Math.ceil((nc + ones) / (4 * t.texels * t.wgX)),
+              Math.ceil(nc / (4 * t.texels * t.wgX)),
               Math.ceil(mc / (t.rows * t.wgY)),
               nb,
             ],
@@ -1147,7 +1158,7 @@ interface Chunk {
   kc: number;
   b0: number;
   nb: number;
-  /** Rows of A's texture (mc padded to the tiling's rows) and texels of B's (nc + ones). */
+  /** Rows of A's texture (mc padded to the tiling's rows) and texels of B's. */
   aRows: number;
   bTexels: number;
   k4: number;
@@ -1187,7 +1198,7 @@ function aBlockOf(s: MatmulShape, transA: boolean, alongM: boolean, c: Chunk): B
 }
 
 /**
- * B's block of a chunk: (K × N), texels along N, zero K padding, the row sums' ones column; or,
+ * B's block of a chunk: (K × N), texels along N, zero K padding; or,
  * `alongK`, a transposed B as stored: (N × K), texels along K (the pack zero-fills a last partial
  * texel: the K padding meets A's; rows past N feed only columns never written).
  */
@@ -1196,7 +1207,6 @@ function bBlockOf(
   transB: boolean,
   c: Chunk,
   layers: number,
-  ones: number,
   alongK = false,
 ): Block {
   const batch = {
@@ -1227,6 +1237,5 @@ function bBlockOf(
       width: c.bTexels,
       height: 4 * c.k4,
       zeroPadRows: true,
-      onesColumn: ones === 1,
     };
 }

@@ -473,6 +473,45 @@ for (const path of PATHS) {
 }
 
 cases.push({
+  name: "matmul (texture path): every register tiling gives the same bits — the product, its " +
+    "epilogue and the row sums (summed as A's texels load: along M or, rows not a multiple of " +
+    "4, along K)",
+  async run(gpu) {
+    const tilings = [
+      { rows: 8, texels: 2, wgX: 8, wgY: 2 },
+      { rows: 3, texels: 1, wgX: 8, wgY: 4 },
+      { rows: 4, texels: 3, wgX: 4, wgY: 2 },
+      { rows: 6, texels: 2, wgX: 8, wgY: 1 },
+    ];
+    const same = (x: Float32Array, y: Float32Array) => x.every((v, i) => Object.is(v, y[i]));
+    for (const [M, N, K] of [[13, 12, 23], [37, 70, 64], [5, 9, 130]]) {
+      const a = gpu.fromArray(randArray(K * M, 95 + M), [K, M]);
+      const b = gpu.fromArray(randArray(K * N, 96 + N), [K, N]);
+      const bias = gpu.fromArray(randArray(N, 97));
+      const want = await gpu.readF32(sumColumns(gpu, a));
+      let first: Float32Array | undefined;
+      for (const tiling of tilings) {
+        const what = `${M}×${N}×${K}, tiling ${JSON.stringify(tiling)}`;
+        const sums = gpu.zeros([M]);
+        const c = await gpu.readF32(
+          matmul(gpu, a, b, {
+            transA: true,
+            bias,
+            relu: true,
+            rowSums: { out: sums },
+            path: "texture",
+            tiling,
+          }),
+        );
+        first ??= c;
+        assert(same(c, first), `${what}: the product`);
+        assert(same(await gpu.readF32(sums), want), `${what}: the row sums = sumColumns`);
+      }
+    }
+  },
+});
+
+cases.push({
   name: "matmul (texture path): operands larger than the texture side are chunked in M, N and K",
   async run(_gpu: Gpu) {
     // a second device limited to 16-texel sides forces every chunk loop to iterate
