@@ -74,10 +74,11 @@ export interface MatmulOptions {
   /**
    * With `transA`: also the row sums of op(A), `α·Σ_k op(A)[m, k]` (op(A)·1: a linear layer's
    * bias gradient when op(A) = dYᵀ), into `out` (length M, or M split into `segments` of
-   * `width`, `stride` apart like `biasSegments`; added with `accumulate`). Computed as one more
-   * column of the product (B with a column of ones) in the same dispatch, in k order: the bits
-   * of `sumColumns` over A. Falls back to `sumColumns` where the column does not fit (K in
-   * chunks, segmented K, batched).
+   * `width`, `stride` apart like `biasSegments`; added with `accumulate`). Computed in the
+   * product's dispatch, in k order: the bits of `sumColumns` over A (texture path: summed as the
+   * invocations load A; buffer path: one more column of the product, B with a column of ones).
+   * Falls back to `sumColumns` where K takes more than one pass (texture chunks), is
+   * segmented, or A is batched.
    */
   rowSums?: { out: Tensor; segments?: { width: number; stride: number } };
   /** Output tensor; required with `accumulate`. */
@@ -147,8 +148,9 @@ const EPILOGUE_FIELDS =
   "k_seg: u32, kv_row: u32, sums_col: u32, sums_width: u32, sums_stride: u32, ln_eps: f32,";
 
 /**
- * WGSL of the row-sums column (`rowSums`): column `p.sums_col` of the product (B's column of
- * ones) goes to `sums` at row m's segment place, with the epilogue's scale and accumulate.
+ * WGSL storing a row sum (`rowSums`: the buffer path's column `p.sums_col` of the product, B's
+ * column of ones; the texture path's sums of A) to `sums` at row m's segment place, with the
+ * epilogue's scale and accumulate.
  */
 const EMIT_SUM = `
 fn emit_sum(row: u32, v: f32) {
