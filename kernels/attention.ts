@@ -37,13 +37,43 @@ function rowsPerInvocation(dq: number): number {
 
 const FWD_WG = 32;
 
+/**
+ * How the row-block kernels (forward, backward query and key sides) map invocations: along the
+ * rows of one (batch, head) layer (`g.x` a block of R rows, `g.y` the layer; 32 a workgroup),
+ * or, with 8 layers or more, across layers (`g.x` the layer, `g.y` the row block; 8 × 4 a
+ * workgroup), so that the invocations of one SIMD row (consecutive x) share their rows and the
+ * causal loop's bounds: along rows, a SIMD row of 8 invocations × 4 rows ran every lane to its
+ * last row's bound, ≈ 28 % of the lane-iterations masked at T 63. The same sums either way.
+ */
+function laneMap(across: boolean) {
+  return {
+    /** WGSL: the workgroup size, and the row block and layer of invocation `g`. */
+    size: across ? "8, 4" : `${FWD_WG}`,
+    block: across ? "g.y" : "g.x",
+    layer: across ? "g.x" : "g.y",
+  };
+}
+
+/** Whether {@link laneMap} maps `layers` layers across lanes. */
+const acrossLayers = (layers: number) => layers >= 8;
+
+/** Workgroups of {@link laneMap} for `layers` layers of `rows` rows, R rows an invocation. */
+function laneGrid(across: boolean, layers: number, R: number, rows: number): [number, number] {
+  const blocks = Math.ceil(rows / R);
+  return across
+    ? [Math.ceil(layers / 8), Math.ceil(blocks / 4)]
+    : [Math.ceil(blocks / FWD_WG), layers];
+}
+
 function fusedForwardShader(
   dq: number,
   causal: boolean,
   keyMask: boolean,
   merged = false,
+  across = false,
 ): string {
   const R = rowsPerInvocation(dq);
+  const m = laneMap(across);
   const lines = (f: (i: number, d: number) => string) => {
     const out: string[] = [];
     for (let i = 0; i < R; i++) for (let d = 0; d < dq; d++) out.push(f(i, d));
@@ -53,7 +83,7 @@ function fusedForwardShader(
     Array.from({ length: R }, (_, i) => f(i)).join("\n    ");
   const perD = (f: (d: number) => string) => Array.from({ length: dq }, (_, d) => f(d));
   return wgsl`
-struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32, layers: u32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
@@ -78,11 +108,11 @@ fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { out[base + 4u * d4 + c] = v[c]; } }
 }
 
-@compute @workgroup_size(${FWD_WG})
+@compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
-  let i0 = g.x * ${R}u;
-  if (i0 >= p.Tq) { return; }
-  let layer = g.y;
+  let i0 = ${m.block} * ${R}u;
+  let layer = ${m.layer};
+  if (i0 >= p.Tq || layer >= p.layers) { return; }
   let bh = p.bh0 + layer;
   let b = bh / p.H;
   let off = p.Tk - p.Tq;   // absolute position of query i is i + off
@@ -250,12 +280,14 @@ function backwardQueryShader(
   keyMask: boolean,
   layout: GradLayout,
   mergedOut = false,
+  across = false,
 ): string {
   const R = rowsPerInvocation(dq);
+  const m = laneMap(across);
   const { perRow, perD, both } = unroll(R, dq);
   const dqName = layout === "qkv" ? "dqkv" : "dq";
   return wgsl`
-struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32, layers: u32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
 @group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output, or merged
@@ -272,11 +304,11 @@ ${rowIo("dout", "Tq")}
 ${rowIo("o", "Tq", false, mergedOut ? "merged" : "heads")}
 ${rowIo("dq", "Tq", true, layout, 0)}
 
-@compute @workgroup_size(${FWD_WG})
+@compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
-  let i0 = g.x * ${R}u;
-  if (i0 >= p.Tq) { return; }
-  let layer = g.y;
+  let i0 = ${m.block} * ${R}u;
+  let layer = ${m.layer};
+  if (i0 >= p.Tq || layer >= p.layers) { return; }
   let bh = p.bh0 + layer;
   let b = bh / p.H;
   let off = p.Tk - p.Tq;   // absolute position of query i is i + off
@@ -329,8 +361,10 @@ function backwardKeyShader(
   causal: boolean,
   keyMask: boolean,
   layout: GradLayout,
+  across = false,
 ): string {
   const R = rowsPerInvocation(dq);
+  const m = laneMap(across);
   const { perRow, perD, both } = unroll(R, dq);
   // the qkv layout writes dk and dv through one binding (two writable bindings of one buffer
   // may not overlap)
@@ -339,7 +373,7 @@ function backwardKeyShader(
     : `@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh) or merged
 @group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh) or merged`;
   return wgsl`
-struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32 }
+struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32, layers: u32 }
 @group(0) @binding(0) var<storage, read> k: array<f32>;     // (B·H, Tk, Dh)
 @group(0) @binding(1) var<storage, read> v: array<f32>;     // (B·H, Tk, Dh)
 @group(0) @binding(2) var<storage, read> lse: array<f32>;   // (B·H, Tq)
@@ -355,11 +389,11 @@ ${rowIo("v", "Tk")}
 ${rowIo("dk", "Tk", true, layout, 1)}
 ${rowIo("dv", "Tk", true, layout, 2)}
 
-@compute @workgroup_size(${FWD_WG})
+@compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
-  let j0 = g.x * ${R}u;
-  if (j0 >= p.Tk) { return; }
-  let layer = g.y;
+  let j0 = ${m.block} * ${R}u;
+  let layer = ${m.layer};
+  if (j0 >= p.Tk || layer >= p.layers) { return; }
   let bh = p.bh0 + layer;
   let b = bh / p.H;
   let off = p.Tk - p.Tq;   // query i sees key j when j <= i + off
@@ -668,10 +702,11 @@ function fused(
   }
   // (with one query row a merged output is the head layout: the decode kernel serves both)
   const merged = o.merged === true;
+  const across = acrossLayers(n);
   const pipe = gpu.pipeline(
     cached(
-      `fwd/${dq}/${o.causal}/${hasMask}/${merged}`,
-      () => fusedForwardShader(dq, o.causal, hasMask, merged),
+      `fwd/${dq}/${o.causal}/${hasMask}/${merged}/${across}`,
+      () => fusedForwardShader(dq, o.causal, hasMask, merged, across),
     ),
   );
   gpu.dispatch(
@@ -684,8 +719,8 @@ function fused(
       lse,
       o.keyMask ?? null,
     ],
-    [Math.ceil(d.Tq / rowsPerInvocation(dq) / FWD_WG), n],
-    new Params().u32(d.Tq, d.Tk, d.Dh, d.H, c0, o.maskStride).f32(o.scale),
+    laneGrid(across, n, rowsPerInvocation(dq), d.Tq),
+    new Params().u32(d.Tq, d.Tk, d.Dh, d.H, c0, o.maskStride).f32(o.scale).u32(n),
   );
 }
 
@@ -919,16 +954,21 @@ function runBackward(
   const BH = B * H, dq4 = Math.ceil(Dh / 4), R = rowsPerInvocation(dq4);
   const hasMask = saved.keyMask !== undefined, causal = saved.causal;
   const D = gpu.empty([B, H, Tq]);
-  const key = `${dq4}/${causal}/${hasMask}/${layout}`, mergedOut = saved.mergedOut === true;
-  const queryPipe = gpu.pipeline(
-    cached(
-      `bwdq/${key}/${mergedOut}`,
-      () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut),
-    ),
-  );
-  const keyPipe = gpu.pipeline(
-    cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout)),
-  );
+  const mergedOut = saved.mergedOut === true;
+  const pipes = (across: boolean) => {
+    const key = `${dq4}/${causal}/${hasMask}/${layout}/${across}`;
+    return [
+      gpu.pipeline(
+        cached(
+          `bwdq/${key}/${mergedOut}`,
+          () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut, across),
+        ),
+      ),
+      gpu.pipeline(
+        cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout, across)),
+      ),
+    ];
+  };
   // the qkv layout's key side writes dk and dv through one binding (7), binding 8 unused
   const keyBindings = layout === "qkv" ? [keyOut[0], null] : keyOut;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
@@ -950,11 +990,13 @@ function runBackward(
       { src: q, tex: qt, block: headBlock(Tq, Dh, c0, n) },
       { src: dout, tex: gt, block: headBlock(Tq, Dh, c0, n) },
     ]);
-    const params = new Params().u32(Tq, Tk, Dh, H, c0).f32(saved.scale);
+    const params = new Params().u32(Tq, Tk, Dh, H, c0).f32(saved.scale).u32(n);
+    const across = acrossLayers(n);
+    const [queryPipe, keyPipe] = pipes(across);
     gpu.dispatch(
       queryPipe,
       [q, dout, saved.out, saved.lse, saved.keyMask ?? null, view(kt), view(vt), queryOut[0], D],
-      [Math.ceil(Tq / R / FWD_WG), n],
+      laneGrid(across, n, R, Tq),
       params,
     );
     if (!given) {
@@ -964,7 +1006,7 @@ function runBackward(
     gpu.dispatch(
       keyPipe,
       [k, v, saved.lse, D, saved.keyMask ?? null, view(qt), view(gt), ...keyBindings],
-      [Math.ceil(Tk / R / FWD_WG), n],
+      laneGrid(across, n, R, Tk),
       params,
     );
     gpu.releaseTexture(qt);

@@ -22,6 +22,7 @@ const SHAPES: [number, number, number, number, number][] = [
   [2, 1, 5, 5, 65],
   [2, 2, 1, 9, 8], // decode step against a cache of 9 keys
   [1, 2, 3, 7, 4], // chunked prefill: 3 queries after 4 cached keys
+  [3, 3, 13, 13, 8], // 9 (batch, head) layers: invocations across layers
 ];
 
 for (const [B, H, Tq, Tk, Dh] of SHAPES) {
@@ -198,6 +199,46 @@ cases.push({
       ShapeError,
       "3 queries but only 2 keys",
     );
+  },
+});
+
+cases.push({
+  name: "attention: 8 or more (batch, head) layers (invocations across layers) give the bits of " +
+    "each layer alone (invocations along rows), forward and backward, causal and not",
+  async run(gpu) {
+    const B = 5, H = 2, T = 19, Dh = 8, n = B * H * T * Dh;
+    const q = randArray(n, 31, -2, 2), kk = randArray(n, 32, -2, 2), v = randArray(n, 33);
+    const w = randArray(n, 34), mask = leftPadMask(B, T);
+    for (const causal of [true, false]) {
+      const all = (a: Float32Array) => gpu.fromArray(a, [B, H, T, Dh]);
+      const f = k.attentionForward(gpu, all(q), all(kk), all(v), {
+        keyMask: gpu.fromArray(mask, [B, T]),
+        causal,
+      });
+      const g = k.attentionBackward(gpu, all(w), all(q), all(kk), all(v), f);
+      const got = [f.out, f.lse, g.dq, g.dk, g.dv];
+      const parts = await Promise.all(got.map((t) => gpu.readF32(t)));
+      for (let b = 0; b < B; b++) {
+        for (let h = 0; h < H; h++) {
+          const at = (b * H + h) * T * Dh;
+          const one = (a: Float32Array) => gpu.fromArray(a.slice(at, at + T * Dh), [1, 1, T, Dh]);
+          const f1 = k.attentionForward(gpu, one(q), one(kk), one(v), {
+            keyMask: gpu.fromArray(mask.slice(b * T, (b + 1) * T), [1, T]),
+            causal,
+          });
+          const g1 = k.attentionBackward(gpu, one(w), one(q), one(kk), one(v), f1);
+          const alone = [f1.out, f1.lse, g1.dq, g1.dk, g1.dv];
+          for (const [i, name] of ["out", "lse", "dq", "dk", "dv"].entries()) {
+            const x = await gpu.readF32(alone[i]), size = x.length;
+            const y = parts[i].subarray((b * H + h) * size, (b * H + h + 1) * size);
+            assert(
+              x.every((e, j) => Object.is(e, y[j])),
+              `${name} of layer (${b}, ${h}), causal ${causal}`,
+            );
+          }
+        }
+      }
+    }
   },
 });
 
