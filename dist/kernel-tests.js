@@ -4399,6 +4399,20 @@ cases.push({
     const B4 = 5, H = 2, T3 = 19, Dh = 8, n = B4 * H * T3 * Dh;
     const q = randArray(n, 31, -2, 2), kk = randArray(n, 32, -2, 2), v = randArray(n, 33);
     const w = randArray(n, 34), mask = leftPadMask(B4, T3);
+    const run2 = (t, m, causal) => {
+      const f = attentionForward(gpu, t(q), t(kk), t(v), {
+        keyMask: m,
+        causal
+      });
+      const g = attentionBackward(gpu, t(w), t(q), t(kk), t(v), f);
+      return [
+        f.out,
+        f.lse,
+        g.dq,
+        g.dk,
+        g.dv
+      ];
+    };
     for (const causal of [
       true,
       false
@@ -4409,21 +4423,10 @@ cases.push({
         T3,
         Dh
       ]);
-      const f = attentionForward(gpu, all(q), all(kk), all(v), {
-        keyMask: gpu.fromArray(mask, [
-          B4,
-          T3
-        ]),
-        causal
-      });
-      const g = attentionBackward(gpu, all(w), all(q), all(kk), all(v), f);
-      const got = [
-        f.out,
-        f.lse,
-        g.dq,
-        g.dk,
-        g.dv
-      ];
+      const got = run2(all, gpu.fromArray(mask, [
+        B4,
+        T3
+      ]), causal);
       const parts = await Promise.all(got.map((t) => gpu.readF32(t)));
       for (let b = 0; b < B4; b++) {
         for (let h = 0; h < H; h++) {
@@ -4434,21 +4437,10 @@ cases.push({
             T3,
             Dh
           ]);
-          const f1 = attentionForward(gpu, one(q), one(kk), one(v), {
-            keyMask: gpu.fromArray(mask.slice(b * T3, (b + 1) * T3), [
-              1,
-              T3
-            ]),
-            causal
-          });
-          const g1 = attentionBackward(gpu, one(w), one(q), one(kk), one(v), f1);
-          const alone = [
-            f1.out,
-            f1.lse,
-            g1.dq,
-            g1.dk,
-            g1.dv
-          ];
+          const alone = run2(one, gpu.fromArray(mask.slice(b * T3, (b + 1) * T3), [
+            1,
+            T3
+          ]), causal);
           for (const [i, name] of [
             "out",
             "lse",

@@ -2,6 +2,7 @@ import * as k from "../../kernels/attention.ts";
 import * as ref from "../../kernels/reference/attention.ts";
 import { ShapeError } from "../../kernels/errors.ts";
 import { matmul } from "../../kernels/matmul.ts";
+import type { Tensor } from "../../kernels/runtime.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "../assert.ts";
 import { type Case, dot, finiteDiff, randArray } from "../_util.ts";
 
@@ -209,25 +210,21 @@ cases.push({
     const B = 5, H = 2, T = 19, Dh = 8, n = B * H * T * Dh;
     const q = randArray(n, 31, -2, 2), kk = randArray(n, 32, -2, 2), v = randArray(n, 33);
     const w = randArray(n, 34), mask = leftPadMask(B, T);
+    // out, lse, dq, dk, dv of the layers in `t` (q, k, v, dO) under key mask `m`
+    const run = (t: (a: Float32Array) => Tensor, m: Tensor, causal: boolean) => {
+      const f = k.attentionForward(gpu, t(q), t(kk), t(v), { keyMask: m, causal });
+      const g = k.attentionBackward(gpu, t(w), t(q), t(kk), t(v), f);
+      return [f.out, f.lse, g.dq, g.dk, g.dv];
+    };
     for (const causal of [true, false]) {
       const all = (a: Float32Array) => gpu.fromArray(a, [B, H, T, Dh]);
-      const f = k.attentionForward(gpu, all(q), all(kk), all(v), {
-        keyMask: gpu.fromArray(mask, [B, T]),
-        causal,
-      });
-      const g = k.attentionBackward(gpu, all(w), all(q), all(kk), all(v), f);
-      const got = [f.out, f.lse, g.dq, g.dk, g.dv];
+      const got = run(all, gpu.fromArray(mask, [B, T]), causal);
       const parts = await Promise.all(got.map((t) => gpu.readF32(t)));
       for (let b = 0; b < B; b++) {
         for (let h = 0; h < H; h++) {
           const at = (b * H + h) * T * Dh;
           const one = (a: Float32Array) => gpu.fromArray(a.slice(at, at + T * Dh), [1, 1, T, Dh]);
-          const f1 = k.attentionForward(gpu, one(q), one(kk), one(v), {
-            keyMask: gpu.fromArray(mask.slice(b * T, (b + 1) * T), [1, T]),
-            causal,
-          });
-          const g1 = k.attentionBackward(gpu, one(w), one(q), one(kk), one(v), f1);
-          const alone = [f1.out, f1.lse, g1.dq, g1.dk, g1.dv];
+          const alone = run(one, gpu.fromArray(mask.slice(b * T, (b + 1) * T), [1, T]), causal);
           for (const [i, name] of ["out", "lse", "dq", "dk", "dv"].entries()) {
             const x = await gpu.readF32(alone[i]), size = x.length;
             const y = parts[i].subarray((b * H + h) * size, (b * H + h + 1) * size);
