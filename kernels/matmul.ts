@@ -127,8 +127,9 @@ export interface TextureTiling {
 export const TEXTURE_TILING: TextureTiling = { rows: 8, texels: 2, wgX: 8, wgY: 2 };
 
 /**
- * WGSL shared by both paths: where element (row, col) of C goes (plain `row·ldc + col`, or the
- * head-split layout) and which bias element it adds (segmented biases).
+ * WGSL of where element (row, col) of C goes (plain `row·ldc + col`, or the head-split layout;
+ * the buffer path's `out_index` — the texture path places whole rows and column texels with
+ * {@link TEXTURE_INDEX}) and which bias element it adds (segmented biases; both paths).
  */
 const EPILOGUE_INDEX = `
 fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
