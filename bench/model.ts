@@ -96,8 +96,10 @@ if (Deno.args.includes("--vs-torch")) {
     console.log(
       `${r.workload.padEnd(15)} ${r.unit.padStart(9)}  ours ${f(r.ours).padStart(7)}  torch ${
         f(r.torch).padStart(7)
-      }  ${
-        r.slowdown === null ? "" : `${r.slowdown.toFixed(1)}× slower`.padStart(13)
+      }  ${r.slowdown === null ? "" : `${r.slowdown.toFixed(2)}× slower`.padStart(14)}${
+        r.slowdownRange
+          ? ` (pairs ${r.slowdownRange[0].toFixed(2)}–${r.slowdownRange[1].toFixed(2)})`
+          : ""
       }   ${r.detail}${per}`,
     );
   }

@@ -11,7 +11,8 @@
  *   over the 16 × 64 sequences.
  * - `rollout-L2H64`: the rollout part of the L2/H64 iteration, in new tokens/s.
  *
- * The PPO rows are medians of three iterations on each side.
+ * The PPO rows alternate ours and the peer's iterations, five pairs: each side's median and the
+ * median (and range) of the pairs' ratios.
  *
  * The peer runs as a PyTorch user would on a small CPU: `OPENBLAS_NUM_THREADS=1`, two torch
  * threads (both at 2 oversubscribe two cores and make PyTorch look 2–10× slower than it is).
@@ -41,8 +42,13 @@ export interface VsTorchRow {
   unit: "ms" | "s" | "new tok/s";
   ours: number;
   torch: number | null;
-  /** ours ÷ torch for times, torch ÷ ours for rates: how many times slower we are. */
+  /**
+   * ours ÷ torch for times, torch ÷ ours for rates: how many times slower we are (the PPO rows:
+   * the median of the alternating pairs' ratios).
+   */
   slowdown: number | null;
+  /** The PPO rows with the peer: the lowest and highest of the pairs' ratios. */
+  slowdownRange?: readonly [number, number];
   dispatches?: number;
   submits?: number;
 }
@@ -162,13 +168,23 @@ async function oursSft(
   return r;
 }
 
-/** Our PPO-shaped iteration (the peer's `torch_ppo_iter.py`): rollout and train seconds. */
+/** One timed PPO-shaped iteration of ours: rollout and train seconds, and what it dispatched. */
+interface OursIteration {
+  rollout: number;
+  train: number;
+  dispatches: number;
+  submits: number;
+}
+
+/**
+ * Our PPO-shaped iteration (the peer's `torch_ppo_iter.py`), set up and warmed up once: each
+ * `iterate()` times one more iteration (rollout, then the epochs), so that the caller can
+ * alternate ours with the peer's runs.
+ */
 async function oursPpo(
   gpu: Gpu,
   [L, H, NH, FFN, V, B, P, G, E]: number[],
-): Promise<
-  { rollout: number; train: number; iteration: number; dispatches: number; submits: number }
-> {
+): Promise<{ iterate: () => Promise<OursIteration>; dispose: () => void }> {
   const c = config(L, H, NH, FFN, V, P + G + 2);
   const actor = OptModel.create(gpu, c, { seed: 1 });
   const critic = OptModel.create(gpu, c, { seed: 2, valueHead: true });
@@ -227,40 +243,43 @@ async function oursPpo(
     targets.dispose();
   };
   await train(await rollout()); // warm-up, as the peer
-  const s0 = { ...gpu.stats }, times: { rollout: number; train: number }[] = [];
-  for (let i = 0; i < ITERATIONS; i++) {
-    const t0 = performance.now();
-    const all = await rollout();
-    const t1 = performance.now();
-    await train(all);
-    times.push({ rollout: (t1 - t0) / 1000, train: (performance.now() - t1) / 1000 });
-  }
-  // medians of each part (the rollout row) and of the totals (the iteration row)
-  const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1];
-  const r = {
-    rollout: median(times.map((t) => t.rollout)),
-    train: median(times.map((t) => t.train)),
-    iteration: median(times.map((t) => t.rollout + t.train)),
-    dispatches: (gpu.stats.dispatches - s0.dispatches) / ITERATIONS,
-    submits: (gpu.stats.submits - s0.submits) / ITERATIONS,
+  return {
+    async iterate() {
+      const s0 = { ...gpu.stats };
+      const t0 = performance.now();
+      const all = await rollout();
+      const t1 = performance.now();
+      await train(all);
+      return {
+        rollout: (t1 - t0) / 1000,
+        train: (performance.now() - t1) / 1000,
+        dispatches: gpu.stats.dispatches - s0.dispatches,
+        submits: gpu.stats.submits - s0.submits,
+      };
+    },
+    dispose() {
+      for (const t of [prompt, promptMask, dActor, dCritic, mask]) t.dispose();
+      actor.store.dispose();
+      critic.store.dispose();
+    },
   };
-  for (const t of [prompt, promptMask, dActor, dCritic, mask]) t.dispose();
-  actor.store.dispose();
-  critic.store.dispose();
-  return r;
 }
 
 const SFT_SHAPE = [2, 32, 4, 64, 260, 16, 40];
 /**
- * PPO-shaped iterations timed per side (ours in one process after a warm-up; the peer script,
- * which times one iteration, run this many times); the rows show medians: one iteration varies
- * ±25 % on a shared 2-core machine.
+ * PPO-shaped iterations per shape: ours and the peer's alternate (one of ours, then one peer
+ * process, which times one iteration), so that both sides of a pair meet the same host phase —
+ * a shared 2-core machine's speed moves ±15–60 % within minutes, and timing each side in its own
+ * block made the ratio swing by as much. The rows show each side's median and the median of the
+ * pairs' ratios, with their range.
  */
-const ITERATIONS = 3;
+const ITERATIONS = 5;
 const PPO_SHAPES: Record<string, number[]> = {
   "L2H64": [2, 64, 4, 256, 300, 16, 32, 32, 4],
   "L4H128": [4, 128, 4, 512, 512, 16, 32, 32, 4],
 };
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
 function num(re: RegExp, text: string): number | null {
   const m = text.match(re);
@@ -288,33 +307,47 @@ export async function vsTorch(gpu: Gpu, peer: boolean, reps = 10): Promise<VsTor
     dispatches: sft.dispatches,
     submits: sft.submits,
   });
+  let pairing = peer;
   for (const [name, shape] of Object.entries(PPO_SHAPES)) {
-    const ours = await oursPpo(gpu, shape);
-    let it: number | null = null, tok: number | null = null;
-    if (peer) {
-      // the peer's median iteration of ITERATIONS runs (each process times one)
-      const runs: { it: number; tok: number }[] = [];
-      for (let i = 0; i < ITERATIONS; i++) {
-        const out = await runPeer("torch_ppo_iter.py", shape);
-        if (typeof out !== "string") break;
-        const a = num(/iteration ([\d.]+)s/, out), b = num(/\(([\d.]+) new tok\/s\)/, out);
-        if (a !== null && b !== null) runs.push({ it: a, tok: b });
+    const session = await oursPpo(gpu, shape);
+    const mine: OursIteration[] = [], theirs: { it: number; tok: number }[] = [];
+    for (let i = 0; i < ITERATIONS; i++) {
+      mine.push(await session.iterate());
+      if (!pairing) continue;
+      const out = await runPeer("torch_ppo_iter.py", shape);
+      const it = typeof out === "string" ? num(/iteration ([\d.]+)s/, out) : null;
+      const tok = typeof out === "string" ? num(/\(([\d.]+) new tok\/s\)/, out) : null;
+      if (it === null || tok === null) {
+        pairing = false; // a peer that fails once is not asked again
+        continue;
       }
-      const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1];
-      if (runs.length > 0) {
-        it = median(runs.map((r) => r.it));
-        tok = median(runs.map((r) => r.tok));
-      }
+      theirs.push({ it, tok });
     }
+    session.dispose();
+    // pairs only where the peer answered every time
+    const paired = theirs.length === ITERATIONS;
+    const ours = {
+      iteration: median(mine.map((t) => t.rollout + t.train)),
+      rollout: median(mine.map((t) => t.rollout)),
+      dispatches: median(mine.map((t) => t.dispatches)),
+      submits: median(mine.map((t) => t.submits)),
+    };
+    const it = paired ? median(theirs.map((t) => t.it)) : null;
+    const tok = paired ? median(theirs.map((t) => t.tok)) : null;
+    const pairRatios = (f: (o: OursIteration, t: { it: number; tok: number }) => number) => {
+      const r = mine.map((o, i) => f(o, theirs[i]));
+      return { slowdown: median(r), slowdownRange: [Math.min(...r), Math.max(...r)] as const };
+    };
     const [L, H, , FFN, V, B, P, G, E] = shape;
-    const iter = ours.iteration;
     rows.push({
       workload: `ppo-${name}`,
       detail: `L${L} H${H} FFN${FFN} V${V}, B${B} P${P} G${G}, ${E} epochs actor+critic`,
       unit: "s",
-      ours: iter,
+      ours: ours.iteration,
       torch: it,
-      slowdown: ratio(iter, it),
+      ...(paired
+        ? pairRatios((o, t) => (o.rollout + o.train) / t.it)
+        : { slowdown: ratio(ours.iteration, it) }),
       dispatches: ours.dispatches,
       submits: ours.submits,
     });
@@ -326,7 +359,9 @@ export async function vsTorch(gpu: Gpu, peer: boolean, reps = 10): Promise<VsTor
         unit: "new tok/s",
         ours: rate,
         torch: tok,
-        slowdown: ratio(rate, tok, true),
+        ...(paired
+          ? pairRatios((o, t) => t.tok / ((B * G) / o.rollout))
+          : { slowdown: ratio(rate, tok, true) }),
       });
     }
   }

@@ -177,8 +177,13 @@ esac
       assertEquals(rows.map((r) => r.torch), [6.9, 0.165, 12800, 0.165]);
       for (const r of rows) {
         assert(r.ours > 0, JSON.stringify(r));
+        // the peer's figures are constant here: the median pair ratio is ours' median ÷ theirs
         const want = r.unit === "new tok/s" ? r.torch / r.ours : r.ours / r.torch;
         assert(Math.abs(r.slowdown - want) < 1e-3 * want, JSON.stringify(r));
+        if (r.workload !== "sft-tiny") {
+          const [lo, hi] = r.slowdownRange;
+          assert(lo <= r.slowdown && r.slowdown <= hi, JSON.stringify(r));
+        }
       }
       assert(rows[0].dispatches > 0 && rows[0].submits >= 1, JSON.stringify(rows[0]));
       const missing = await run(`${dir}/no-such-python`);
