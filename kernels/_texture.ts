@@ -37,6 +37,32 @@ export interface Block {
 }
 
 /**
+ * A name for what a filled texture of `b` holds, for {@link Gpu.packedTexture}: two blocks of
+ * one buffer with the same name fill the same texels (a padding row is zero when
+ * `zeroPadRows` asks for it and there is one; otherwise padding is never read as data).
+ */
+export function blockKey(b: Block, size: readonly number[]): string {
+  const batched = b.layers > 1 || b.batch0 > 0;
+  return [
+    b.rows,
+    b.cols,
+    b.ld,
+    b.trans ? 1 : 0,
+    b.row0,
+    b.col0,
+    batched ? b.batchStride : 0,
+    b.batch0,
+    b.layers,
+    b.width,
+    b.height,
+    b.dstRow0 ?? 0,
+    b.zeroPadRows && b.height > b.rows ? 1 : 0,
+    b.fold ?? 1,
+    ...size,
+  ].join(",");
+}
+
+/**
  * Fills `tex` with a sub-block of `src`. A plain row-major block whose rows are 256-byte
  * multiples (or, folded, whose 2 or 4 rows side by side are: `Block.fold`) and whose column
  * count fills whole texels is a `copyBufferToTexture` (a memcpy: ~4× cheaper than the pack

@@ -17,7 +17,14 @@
 import { checkShape } from "./errors.ts";
 import { laneTreeSums, sumColumns } from "./reduce.ts";
 import { layernormForward } from "./layernorm.ts";
-import { type Block, copyFold, fillTexture, fillTextures } from "./_texture.ts";
+import {
+  type Block,
+  blockKey,
+  copyFold,
+  type FillJob,
+  fillTexture,
+  fillTextures,
+} from "./_texture.ts";
 import { type Gpu, Params, Tensor } from "./runtime.ts";
 
 /** Options of {@link matmul}. */
@@ -1071,7 +1078,6 @@ function runTexture(
   const aAlongM = !!o.transA && t.rows % 4 === 0;
   // rows too short to copy (under 256 bytes) fold two or four to a texture row where that makes
   // them a copy: one chunk in every dimension, unbatched (see Block.fold)
-  const ldB = o.transB ? s.K : s.N;
   const single = s.batch === 1 && s.M <= mStep && s.N <= nStep && s.K <= kStep;
   const whole: Chunk = {
     m0: 0,
@@ -1120,30 +1126,35 @@ function runTexture(
           // folded, f rows side by side in a texture row (reads past a row's texels land in the
           // next row's: columns or rows of C that are never written)
           const aBlock: Block = { ...aBlockOf(s, !!o.transA, aAlongM, c), fold: foldA };
-          const at = aAlongM
-            ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, (4 * k4) / foldA, nb)
-            : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
-          // B as (K × N), texels along N, or as stored (N × K) along K — packed once while B
-          // is held constant (weights)
+          const aSize = aAlongM
+            ? [(foldA - 1) * (mc / 4) + aRows / 4, (4 * k4) / foldA, nb] as const
+            : [foldA * k4, aRows / foldA, nb] as const;
+          // B as (K × N), texels along N, or as stored (N × K) along K
           const bBlock: Block = {
             ...bBlockOf(s, !!o.transB, c, bLayers, bAlongK),
             fold: foldB,
           };
-          const fillB = (tex: GPUTexture) => fillTexture(gpu, b, tex, bBlock);
           const bSize = bAlongK
             ? [k4, 4 * bTexels, bLayers] as const
             : [(foldB - 1) * (nc / 4) + bTexels, (4 * k4) / foldB, bLayers] as const;
-          const held = gpu.constantTexture(
-            b,
-            `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},` +
-              `${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${foldB},${bAlongK}`,
-            bSize,
-            fillB,
-          );
-          const bt = held ?? gpu.scratchTexture(...bSize);
-          // both operands in one packing dispatch when neither is a plain copy
-          const aJob = { src: a, tex: at, block: aBlock };
-          fillTextures(gpu, held ? [aJob] : [aJob, { src: b, tex: bt, block: bBlock }]);
+          // each operand packed once while its buffer is unchanged (Gpu.packedTexture): a held
+          // weight across decoded tokens, an output gradient for dW and dx, a saved input for
+          // the forward and dW; both in one packing dispatch when neither is a plain copy
+          const jobs: FillJob[] = [];
+          const packed = (src: Tensor, block: Block, size: readonly [number, number, number]) =>
+            gpu.packedTexture(
+              src,
+              blockKey(block, size),
+              size,
+              (tex) => jobs.push({ src, tex, block }),
+            );
+          const aHeld = packed(a, aBlock, aSize);
+          const bHeld = packed(b, bBlock, bSize);
+          const at = aHeld ?? gpu.scratchTexture(...aSize);
+          const bt = bHeld ?? gpu.scratchTexture(...bSize);
+          if (!aHeld) jobs.unshift({ src: a, tex: at, block: aBlock });
+          if (!bHeld) jobs.push({ src: b, tex: bt, block: bBlock });
+          fillTextures(gpu, jobs);
           // bias and relu on the first / only K chunk; later K chunks accumulate
           let f = flags;
           if (k0 > 0) f = (f & ~(FLAG_BIAS | FLAG_RES)) | FLAG_ACC;
@@ -1179,8 +1190,8 @@ function runTexture(
               ln?.eps ?? 0,
             ).u32(aAlongM ? Math.floor(mc / 4) : k4, Math.floor(nc / 4)),
           );
-          gpu.releaseTexture(at);
-          if (!held) gpu.releaseTexture(bt);
+          if (!aHeld) gpu.releaseTexture(at);
+          if (!bHeld) gpu.releaseTexture(bt);
         }
       }
     }

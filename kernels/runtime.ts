@@ -197,7 +197,10 @@ export class Tensor {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    if (this.owner) this.gpu.pool.release(this.buffer);
+    if (this.owner) {
+      this.gpu._released(this.buffer);
+      this.gpu.pool.release(this.buffer);
+    }
     for (const t of this.#textures ?? []) this.gpu.releaseTexture(t);
     this.#textures = undefined;
   }
@@ -302,6 +305,12 @@ export interface GpuOptions {
    * Smaller values force operand chunking; tests use this to exercise the chunked paths.
    */
   maxTextureSide?: number;
+  /**
+   * Bytes of packed operand textures kept for reuse while their buffers are unchanged (see
+   * {@link Gpu.packedTexture}; default and cap: `min(64 MiB, maxBufferSize)`; 0 packs every
+   * operand per use). Tests use small values to exercise eviction.
+   */
+  packedTextureBytes?: number;
   /**
    * Profiling mode: every dispatch is timed and attributed to its kernel (see
    * {@link Gpu.profileReport}) — with GPU timestamps when the adapter offers `timestamp-query`
@@ -424,6 +433,15 @@ export class Gpu {
   /** Buffers held constant ({@link holdConstant}) and their packed operand textures. */
   #constant = new Map<GPUBuffer, { holds: number; packed: Map<string, GPUTexture> }>();
   #constantBytes = 0;
+  /**
+   * Packed operand textures of buffers that are not held ({@link packedTexture}), by buffer
+   * and block; reused until the buffer is written or released. `#recent` orders them for
+   * eviction (oldest first).
+   */
+  #operands = new Map<GPUBuffer, Map<string, GPUTexture>>();
+  #recent = new Map<GPUTexture, { buffer: GPUBuffer; key: string; bytes: number }>();
+  #operandBytes = 0;
+  #operandBudget: number;
   #profiler: DispatchProfiler | null;
 
   private constructor(
@@ -435,8 +453,13 @@ export class Gpu {
     maxTextureSide: number | undefined,
     maxBindingBytes: number | undefined,
     profile: ProfileMode | null = null,
+    packedTextureBytes?: number,
   ) {
     this.pool = new BufferPool(device);
+    this.#operandBudget = Math.max(
+      0,
+      Math.min(packedTextureBytes ?? Infinity, 64 * 2 ** 20, device.limits.maxBufferSize),
+    );
     this.#profiler = profile ? new DispatchProfiler(device, profile) : null;
     this.limits = device.limits;
     this.maxBindingBytes = Math.min(
@@ -527,6 +550,7 @@ export class Gpu {
       options.maxTextureSide,
       options.maxBindingBytes,
       options.profile ? (timestamps ? "timestamp" : "submit") : null,
+      options.packedTextureBytes,
     );
   }
 
@@ -937,8 +961,85 @@ export class Gpu {
     return tex;
   }
 
-  /** A held buffer changed (or its hold ended): its packed textures go back to the pool. */
+  /**
+   * The packed texture of an operand block of any buffer (`key` names the block and the
+   * texture's size), filled by `fill` on first use and reused while the buffer is unchanged:
+   * a held buffer's from {@link constantTexture}; any other's until a write to the buffer (a
+   * kernel binding it writable, `write`, `clear`, `copy`, `copyRange`) or its release (the
+   * tensor owning it disposed) drops it. A backward reads each output gradient as the A
+   * operand of two matmuls (dW and dx) and each saved input as the B operand of dW, packed
+   * the same way as by the forward's matmul: one fill instead of two (on llvmpipe a buffer →
+   * texture copy costs about as much as a product's loads). The textures count against a
+   * budget, least recently used evicted first — never the
+   * two most recently returned, which one matmul binds together. `undefined` when the block
+   * does not fit the budget (`GpuOptions.packedTextureBytes`): the caller packs into a scratch
+   * texture and releases it.
+   */
+  packedTexture(
+    src: Tensor,
+    key: string,
+    size: readonly [number, number, number],
+    fill: (tex: GPUTexture) => void,
+  ): GPUTexture | undefined {
+    if (this.#constant.has(src.buffer)) return this.constantTexture(src, key, size, fill);
+    const k = `${src.byteOffset}|${key}`;
+    const entries = this.#operands.get(src.buffer);
+    const hit = entries?.get(k);
+    if (hit) {
+      const e = this.#recent.get(hit)!;
+      this.#recent.delete(hit);
+      this.#recent.set(hit, e);
+      return hit;
+    }
+    const tex = this.scratchTexture(...size);
+    const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+    const budget = this.#operandBudget;
+    if (bytes > budget) {
+      this.releaseTexture(tex);
+      return undefined;
+    }
+    // evict the least recently used, sparing the two most recent (a matmul's other operand)
+    const spared = [...this.#recent.keys()].slice(-2);
+    for (const [old, e] of this.#recent) {
+      if (this.#operandBytes + bytes <= budget) break;
+      if (spared.includes(old)) continue;
+      this.#dropOperand(old, e);
+    }
+    if (this.#operandBytes + bytes > budget) {
+      this.releaseTexture(tex);
+      return undefined;
+    }
+    fill(tex);
+    this.#operandBytes += bytes;
+    const map = entries ?? new Map<string, GPUTexture>();
+    map.set(k, tex);
+    this.#operands.set(src.buffer, map);
+    this.#recent.set(tex, { buffer: src.buffer, key: k, bytes });
+    return tex;
+  }
+
+  #dropOperand(tex: GPUTexture, e: { buffer: GPUBuffer; key: string; bytes: number }): void {
+    this.#recent.delete(tex);
+    const map = this.#operands.get(e.buffer);
+    map?.delete(e.key);
+    if (map?.size === 0) this.#operands.delete(e.buffer);
+    this.#operandBytes -= e.bytes;
+    this.releaseTexture(tex);
+  }
+
+  /** Called when a tensor's buffer goes back to the pool: drops its packed textures. @internal */
+  _released(buffer: GPUBuffer): void {
+    this.#changed(buffer);
+  }
+
+  /** A buffer changed (or its hold ended, or it was released): its packed textures go back. */
   #changed(buffer: GPUBuffer): void {
+    const ops = this.#operands.get(buffer);
+    if (ops) {
+      for (const tex of [...ops.values()]) {
+        this.#dropOperand(tex, this.#recent.get(tex)!);
+      }
+    }
     const e = this.#constant.get(buffer);
     if (!e || e.packed.size === 0) return;
     for (const tex of e.packed.values()) {
@@ -1036,7 +1137,7 @@ export class Gpu {
         entries.push({ binding: i, resource: b });
       }
     });
-    if (this.#constant.size > 0) {
+    if (this.#constant.size > 0 || this.#operands.size > 0) {
       const access = this.#access.get(pipeline);
       bindings.forEach((b, i) => {
         if (b instanceof Tensor && access?.get(i)?.access === "read_write") this.#changed(b.buffer);

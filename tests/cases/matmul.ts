@@ -112,8 +112,13 @@ for (const path of PATHS) {
         const a = gpu.fromArray(randArray(K * M, 91 + N), [K, M]); // dY: (rows K, outputs M)
         // [8, 64, 16] on the texture path: B is a plain copy, its ones column a second copy
         const b = gpu.fromArray(randArray(K * N, 92 + N), [K, N]); // x: (rows K, inputs N)
+        // the first product on fresh copies of the operands: each call packs its own
+        const [a0, b0] = [
+          gpu.fromArray(await gpu.read(a), [K, M]),
+          gpu.fromArray(await gpu.read(b), [K, N]),
+        ];
         const d0 = gpu.stats.dispatches;
-        const plain = await gpu.readF32(matmul(gpu, a, b, { transA: true, path }));
+        const plain = await gpu.readF32(matmul(gpu, a0, b0, { transA: true, path }));
         const d1 = gpu.stats.dispatches, sums = gpu.zeros([M]);
         const c = await gpu.readF32(
           matmul(gpu, a, b, { transA: true, rowSums: { out: sums }, path }),
@@ -172,8 +177,13 @@ for (const path of PATHS) {
         const opts = { transB: true, bias, residual: res, path };
         const d0 = gpu.stats.dispatches;
         const fused = matmulLayernorm(gpu, x, w, opts, { weight: g, bias: beta });
+        // the unfused pair on fresh copies of the operands (packed anew, as the fused call)
+        const [x2, w2] = [
+          gpu.fromArray(await gpu.read(x), [M, K]),
+          gpu.fromArray(await gpu.read(w), [N, K]),
+        ];
         const d1 = gpu.stats.dispatches;
-        const out = matmul(gpu, x, w, opts);
+        const out = matmul(gpu, x2, w2, opts);
         const want = layernormForward(gpu, out, g, beta);
         if (path === "texture") {
           assertEquals(d1 - d0, gpu.stats.dispatches - d1 - 1, `${M}×${N}: one dispatch less`);

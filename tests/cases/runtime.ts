@@ -1,5 +1,5 @@
 import { unwrittenReadWriteBindings, writesVariable } from "../../kernels/_bindings.ts";
-import { Gpu, numel, Params } from "../../kernels/runtime.ts";
+import { Gpu, numel, Params, type Tensor } from "../../kernels/runtime.ts";
 import {
   GpuLimitError,
   GpuValidationError,
@@ -316,6 +316,132 @@ cases.push({
     release();
     release(); // a second call is a no-op
     assertEquals(await y(), plain, "after the hold");
+  },
+});
+
+cases.push({
+  name: "runtime: an operand is packed once while its buffer is unchanged (one block serving " +
+    "two matmuls: dW and dx) with the bits of a fresh pack; a write (kernel, write, clear, " +
+    "copy, copyRange) or a dispose and reuse of its pooled buffer is always seen",
+  async run(gpu) {
+    // odd shapes: K = 37 is not whole texels, so A and B go through the pack kernel
+    const M = 6, K = 37, N = 19;
+    const host = (n: number, f: (i: number) => number) =>
+      Float32Array.from({ length: n }, (_, i) => f(i));
+    const x = gpu.fromArray(host(M * K, (i) => Math.sin(i)), [M, K]);
+    const w = gpu.fromArray(host(N * K, (i) => Math.cos(i)), [N, K]);
+    const y = () => gpu.read(matmul(gpu, x, w, { transB: true, path: "texture" }));
+    // the same product from fresh copies of the operands (other buffers, packed anew)
+    const fresh = async () => {
+      const x2 = gpu.fromArray(await gpu.read(x), [M, K]);
+      const w2 = gpu.fromArray(await gpu.read(w), [N, K]);
+      const out = await gpu.read(matmul(gpu, x2, w2, { transB: true, path: "texture" }));
+      x2.dispose();
+      w2.dispose();
+      return out;
+    };
+    const first = await y();
+    const d0 = gpu.stats.dispatches;
+    assertEquals(await y(), first, "the second use reads the packed textures");
+    assertEquals(gpu.stats.dispatches - d0, 1, "the matmul alone: no pack dispatch");
+    assertEquals(first, await fresh());
+    // a kernel writing x, then write, clear, copy and copyRange: each is seen
+    scale(gpu, x, 2, x);
+    assertEquals(await y(), await fresh(), "after a kernel wrote x");
+    gpu.write(x, host(M * K, (i) => Math.cos(3 * i)));
+    assertEquals(await y(), await fresh(), "after write");
+    gpu.clear(w);
+    assertEquals(await y(), new Float32Array(M * N), "after clear");
+    gpu.copy(gpu.fromArray(host(N * K, (i) => i / 50), [N, K]), w);
+    assertEquals(await y(), await fresh(), "after copy");
+    gpu.copyRange(gpu.fromArray(host(40, (i) => -i / 9)), 3, x, 5, 30);
+    assertEquals(await y(), await fresh(), "after copyRange");
+    // a disposed operand's pooled buffer, reused and filled by a raw encoder copy (no write
+    // the runtime sees): its packed texture went with the dispose
+    const before = await gpu.read(x);
+    const src = gpu.fromArray(host(M * K, (i) => 1 - i / 100), [M, K]);
+    x.dispose();
+    const x3 = gpu.empty([M, K]);
+    assert(x3.buffer === x.buffer, "the pool hands the buffer out again");
+    gpu.encoder().copyBufferToBuffer(src.buffer, src.byteOffset, x3.buffer, 0, 4 * M * K);
+    const again = await gpu.read(matmul(gpu, x3, w, { transB: true, path: "texture" }));
+    const x4 = gpu.fromArray(await gpu.read(x3), [M, K]);
+    assertEquals(again, await gpu.read(matmul(gpu, x4, w, { transB: true, path: "texture" })));
+    const old = gpu.fromArray(before, [M, K]);
+    const stale = await gpu.read(matmul(gpu, old, w, { transB: true, path: "texture" }));
+    assert(stale.some((v, i) => v !== again[i]), "the stale operand would give other values");
+    // an output gradient dy as dW's A (dyᵀ, texels along M) and dx's A: one packed block,
+    // the bits of each product packed alone
+    const T = 16, Co = 24, Ci = 12;
+    const dy = gpu.fromArray(host(T * Co, (i) => Math.sin(0.3 * i)), [T, Co]);
+    const xin = gpu.fromArray(host(T * Ci, (i) => Math.cos(0.7 * i)), [T, Ci]);
+    const W = gpu.fromArray(host(Co * Ci, (i) => Math.sin(1.3 * i)), [Co, Ci]);
+    const pair = async (g: Tensor) => [
+      await gpu.read(matmul(gpu, g, xin, { transA: true, path: "texture" })),
+      await gpu.read(matmul(gpu, g, W, { path: "texture" })),
+    ];
+    const shared = await pair(dy);
+    const copies = await Promise.all([0, 1].map(async (i) => {
+      const g = gpu.fromArray(await gpu.read(dy), [T, Co]);
+      const out = (await pair(g))[i];
+      g.dispose();
+      return out;
+    }));
+    assertEquals(shared, copies);
+  },
+});
+
+cases.push({
+  name: "runtime: packed operand textures stay within packedTextureBytes: the least recently " +
+    "used is evicted (never the other operand of the same matmul), 0 packs per use; the " +
+    "bits never change",
+  async run() {
+    const M = 8, K = 37, N = 19;
+    const host = (n: number, f: (i: number) => number) =>
+      Float32Array.from({ length: n }, (_, i) => f(i));
+    for (const budget of [0, 1, 3]) {
+      // the budget in textures of the (equal) size class A's and B's packs take
+      const probe = await Gpu.create({ matmulPath: "texture" });
+      const t = probe.scratchTexture(10, 8, 1); // A: 10 texels of K, 8 rows
+      const tb = probe.scratchTexture(6, 40, 1); // B (transposed): 6 texels of N, 40 rows of K
+      const bytesA = 16 * t.width * t.height, bytesB = 16 * tb.width * tb.height;
+      probe.destroy();
+      const gpu = await Gpu.create({
+        matmulPath: "texture",
+        packedTextureBytes: budget === 0 ? 0 : budget === 1 ? bytesA + bytesB : 2 * bytesA + bytesB,
+      });
+      try {
+        const xs = [1, 2, 3].map((s) => gpu.fromArray(host(M * K, (i) => Math.sin(s * i)), [M, K]));
+        const w = gpu.fromArray(host(N * K, (i) => Math.cos(i)), [N, K]);
+        const want = await Promise.all(xs.map(async (x) => {
+          const c = gpu.fromArray(await gpu.read(x), [M, K]);
+          const wc = gpu.fromArray(await gpu.read(w), [N, K]);
+          const out = await gpu.read(matmul(gpu, c, wc, { transB: true }));
+          c.dispose();
+          wc.dispose();
+          return out;
+        }));
+        // each call: its bits, and its dispatches (1 = both operands reused, 2 = a pack too)
+        const call = async (i: number) => {
+          const d0 = gpu.stats.dispatches;
+          assertEquals(await gpu.read(matmul(gpu, xs[i], w, { transB: true })), want[i]);
+          return gpu.stats.dispatches - d0;
+        };
+        const counts = [];
+        for (const i of [0, 0, 1, 2, 0, 0]) counts.push(await call(i));
+        assertEquals(
+          counts,
+          budget === 0
+            ? [2, 2, 2, 2, 2, 2] // nothing kept
+            : budget === 1
+            ? [2, 1, 2, 2, 1, 1] // x0 and w kept: the two most recent are never evicted
+            : [2, 1, 2, 2, 2, 1], // room for one more A: x2 evicts x0 (not w), x0 evicts x1
+          `budget ${budget}`,
+        );
+      } finally {
+        gpu.destroy();
+      }
+    }
   },
 });
 
