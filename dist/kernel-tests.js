@@ -369,7 +369,10 @@ var Tensor = class _Tensor {
   dispose() {
     if (this.#disposed) return;
     this.#disposed = true;
-    if (this.owner) this.gpu.pool.release(this.buffer);
+    if (this.owner) {
+      this.gpu._released(this.buffer);
+      this.gpu.pool.release(this.buffer);
+    }
     for (const t of this.#textures ?? []) this.gpu.releaseTexture(t);
     this.#textures = void 0;
   }
@@ -532,8 +535,17 @@ var Gpu = class _Gpu {
   /** Buffers held constant ({@link holdConstant}) and their packed operand textures. */
   #constant;
   #constantBytes;
+  /**
+   * Packed operand textures of buffers that are not held ({@link packedTexture}), by buffer
+   * and block; reused until the buffer is written or released. `#recent` orders them for
+   * eviction (oldest first).
+   */
+  #operands;
+  #recent;
+  #operandBytes;
+  #operandBudget;
   #profiler;
-  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null) {
+  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null, packedTextureBytes) {
     this.device = device;
     this.adapterDescription = adapterDescription;
     this.isFallbackAdapter = isFallbackAdapter;
@@ -560,9 +572,13 @@ var Gpu = class _Gpu {
     this.#textures = /* @__PURE__ */ new Map();
     this.#constant = /* @__PURE__ */ new Map();
     this.#constantBytes = 0;
+    this.#operands = /* @__PURE__ */ new Map();
+    this.#recent = /* @__PURE__ */ new Map();
+    this.#operandBytes = 0;
     this.#placeholders = [];
     this.#scopes = [];
     this.pool = new BufferPool(device);
+    this.#operandBudget = Math.max(0, Math.min(packedTextureBytes ?? Infinity, 64 * 2 ** 20, device.limits.maxBufferSize));
     this.#profiler = profile ? new DispatchProfiler(device, profile) : null;
     this.limits = device.limits;
     this.maxBindingBytes = Math.min(maxBindingBytes ?? Infinity, device.limits.maxStorageBufferBindingSize);
@@ -629,7 +645,7 @@ var Gpu = class _Gpu {
       info.description
     ].filter((s) => s).join(" ") || "unknown adapter";
     const path = options.matmulPath ?? (fallback ? "texture" : "buffer");
-    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null);
+    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null, options.packedTextureBytes);
   }
   #placeholders;
   /**
@@ -960,8 +976,84 @@ var Gpu = class _Gpu {
     e.packed.set(k, tex);
     return tex;
   }
-  /** A held buffer changed (or its hold ended): its packed textures go back to the pool. */
+  /**
+   * The packed texture of an operand block of any buffer (`key` names the block and the
+   * texture's size), filled by `fill` on first use and reused while the buffer is unchanged:
+   * a held buffer's from {@link constantTexture}; any other's until a write to the buffer (a
+   * kernel binding it writable, `write`, `clear`, `copy`, `copyRange`) or its release (the
+   * tensor owning it disposed) drops it. A backward reads each output gradient as the A
+   * operand of two matmuls (dW and dx) and each saved input as the B operand of dW, packed
+   * the same way as by the forward's matmul: one fill instead of two (on llvmpipe a buffer →
+   * texture copy costs about as much as a product's loads). The textures count against a
+   * budget, least recently used evicted first — never the
+   * two most recently returned, which one matmul binds together. `undefined` when the block
+   * does not fit the budget (`GpuOptions.packedTextureBytes`): the caller packs into a scratch
+   * texture and releases it.
+   */
+  packedTexture(src, key, size, fill2) {
+    if (this.#constant.has(src.buffer)) return this.constantTexture(src, key, size, fill2);
+    const k = `${src.byteOffset}|${key}`;
+    const entries = this.#operands.get(src.buffer);
+    const hit = entries?.get(k);
+    if (hit) {
+      const e = this.#recent.get(hit);
+      this.#recent.delete(hit);
+      this.#recent.set(hit, e);
+      return hit;
+    }
+    const tex = this.scratchTexture(...size);
+    const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+    const budget = this.#operandBudget;
+    if (bytes > budget) {
+      this.releaseTexture(tex);
+      return void 0;
+    }
+    const spared = [
+      ...this.#recent.keys()
+    ].slice(-2);
+    for (const [old, e] of this.#recent) {
+      if (this.#operandBytes + bytes <= budget) break;
+      if (spared.includes(old)) continue;
+      this.#dropOperand(old, e);
+    }
+    if (this.#operandBytes + bytes > budget) {
+      this.releaseTexture(tex);
+      return void 0;
+    }
+    fill2(tex);
+    this.#operandBytes += bytes;
+    const map2 = entries ?? /* @__PURE__ */ new Map();
+    map2.set(k, tex);
+    this.#operands.set(src.buffer, map2);
+    this.#recent.set(tex, {
+      buffer: src.buffer,
+      key: k,
+      bytes
+    });
+    return tex;
+  }
+  #dropOperand(tex, e) {
+    this.#recent.delete(tex);
+    const map2 = this.#operands.get(e.buffer);
+    map2?.delete(e.key);
+    if (map2?.size === 0) this.#operands.delete(e.buffer);
+    this.#operandBytes -= e.bytes;
+    this.releaseTexture(tex);
+  }
+  /** Called when a tensor's buffer goes back to the pool: drops its packed textures. @internal */
+  _released(buffer) {
+    this.#changed(buffer);
+  }
+  /** A buffer changed (or its hold ended, or it was released): its packed textures go back. */
   #changed(buffer) {
+    const ops = this.#operands.get(buffer);
+    if (ops) {
+      for (const tex of [
+        ...ops.values()
+      ]) {
+        this.#dropOperand(tex, this.#recent.get(tex));
+      }
+    }
     const e = this.#constant.get(buffer);
     if (!e || e.packed.size === 0) return;
     for (const tex of e.packed.values()) {
@@ -1057,7 +1149,7 @@ var Gpu = class _Gpu {
         });
       }
     });
-    if (this.#constant.size > 0) {
+    if (this.#constant.size > 0 || this.#operands.size > 0) {
       const access = this.#access.get(pipeline);
       bindings.forEach((b, i) => {
         if (b instanceof Tensor && access?.get(i)?.access === "read_write") this.#changed(b.buffer);
@@ -1375,6 +1467,26 @@ function columnGroups(n) {
 }
 
 // kernels/_texture.ts
+function blockKey(b, size) {
+  const batched = b.layers > 1 || b.batch0 > 0;
+  return [
+    b.rows,
+    b.cols,
+    b.ld,
+    b.trans ? 1 : 0,
+    b.row0,
+    b.col0,
+    batched ? b.batchStride : 0,
+    b.batch0,
+    b.layers,
+    b.width,
+    b.height,
+    b.dstRow0 ?? 0,
+    b.zeroPadRows && b.height > b.rows ? 1 : 0,
+    b.fold ?? 1,
+    ...size
+  ].join(",");
+}
 function fillTexture(gpu, src, tex, b) {
   fillTextures(gpu, [
     {
@@ -3696,7 +3808,6 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
   const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
   const kv = o.kvCache;
   const aAlongM = !!o.transA && t.rows % 4 === 0;
-  const ldB = o.transB ? s.K : s.N;
   const single = s.batch === 1 && s.M <= mStep && s.N <= nStep && s.K <= kStep;
   const whole = {
     m0: 0,
@@ -3755,12 +3866,19 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
             ...aBlockOf(s, !!o.transA, aAlongM, c),
             fold: foldA
           };
-          const at = aAlongM ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, 4 * k4 / foldA, nb) : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
+          const aSize = aAlongM ? [
+            (foldA - 1) * (mc / 4) + aRows / 4,
+            4 * k4 / foldA,
+            nb
+          ] : [
+            foldA * k4,
+            aRows / foldA,
+            nb
+          ];
           const bBlock = {
             ...bBlockOf(s, !!o.transB, c, bLayers, bAlongK),
             fold: foldB
           };
-          const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
           const bSize = bAlongK ? [
             k4,
             4 * bTexels,
@@ -3770,23 +3888,27 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
             4 * k4 / foldB,
             bLayers
           ];
-          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${foldB},${bAlongK}`, bSize, fillB);
-          const bt = held ?? gpu.scratchTexture(...bSize);
-          const aJob = {
+          const jobs = [];
+          const packed = (src, block2, size) => gpu.packedTexture(src, blockKey(block2, size), size, (tex) => jobs.push({
+            src,
+            tex,
+            block: block2
+          }));
+          const aHeld = packed(a, aBlock, aSize);
+          const bHeld = packed(b, bBlock, bSize);
+          const at = aHeld ?? gpu.scratchTexture(...aSize);
+          const bt = bHeld ?? gpu.scratchTexture(...bSize);
+          if (!aHeld) jobs.unshift({
             src: a,
             tex: at,
             block: aBlock
-          };
-          fillTextures(gpu, held ? [
-            aJob
-          ] : [
-            aJob,
-            {
-              src: b,
-              tex: bt,
-              block: bBlock
-            }
-          ]);
+          });
+          if (!bHeld) jobs.push({
+            src: b,
+            tex: bt,
+            block: bBlock
+          });
+          fillTextures(gpu, jobs);
           let f = flags;
           if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
           const lastK = k0 + kStep >= s.K;
@@ -3813,8 +3935,8 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
             Math.ceil(mc / (t.rows * t.wgY)),
             nb
           ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4, sumsCol, ln?.eps ?? 0).u32(aAlongM ? Math.floor(mc / 4) : k4, Math.floor(nc / 4)));
-          gpu.releaseTexture(at);
-          if (!held) gpu.releaseTexture(bt);
+          if (!aHeld) gpu.releaseTexture(at);
+          if (!bHeld) gpu.releaseTexture(bt);
         }
       }
     }
@@ -10946,8 +11068,18 @@ for (const path of PATHS) {
           K2,
           N
         ]);
+        const [a0, b0] = [
+          gpu.fromArray(await gpu.read(a2), [
+            K2,
+            M
+          ]),
+          gpu.fromArray(await gpu.read(b2), [
+            K2,
+            N
+          ])
+        ];
         const d0 = gpu.stats.dispatches;
-        const plain = await gpu.readF32(matmul(gpu, a2, b2, {
+        const plain = await gpu.readF32(matmul(gpu, a0, b0, {
           transA: true,
           path
         }));
@@ -11088,8 +11220,18 @@ for (const path of PATHS) {
           weight: g,
           bias: beta
         });
+        const [x2, w2] = [
+          gpu.fromArray(await gpu.read(x), [
+            M,
+            K2
+          ]),
+          gpu.fromArray(await gpu.read(w), [
+            N,
+            K2
+          ])
+        ];
         const d1 = gpu.stats.dispatches;
-        const out = matmul(gpu, x, w, opts);
+        const out = matmul(gpu, x2, w2, opts);
         const want = layernormForward(gpu, out, g, beta);
         if (path === "texture") {
           assertEquals(d1 - d0, gpu.stats.dispatches - d1 - 1, `${M}\xD7${N}: one dispatch less`);
@@ -15347,6 +15489,227 @@ cases15.push({
     release();
     release();
     assertEquals(await y(), plain, "after the hold");
+  }
+});
+cases15.push({
+  name: "runtime: an operand is packed once while its buffer is unchanged (one block serving two matmuls: dW and dx) with the bits of a fresh pack; a write (kernel, write, clear, copy, copyRange) or a dispose and reuse of its pooled buffer is always seen",
+  async run(gpu) {
+    const M = 6, K2 = 37, N = 19;
+    const host = (n, f) => Float32Array.from({
+      length: n
+    }, (_, i) => f(i));
+    const x = gpu.fromArray(host(M * K2, (i) => Math.sin(i)), [
+      M,
+      K2
+    ]);
+    const w = gpu.fromArray(host(N * K2, (i) => Math.cos(i)), [
+      N,
+      K2
+    ]);
+    const y = () => gpu.read(matmul(gpu, x, w, {
+      transB: true,
+      path: "texture"
+    }));
+    const fresh = async () => {
+      const x2 = gpu.fromArray(await gpu.read(x), [
+        M,
+        K2
+      ]);
+      const w2 = gpu.fromArray(await gpu.read(w), [
+        N,
+        K2
+      ]);
+      const out = await gpu.read(matmul(gpu, x2, w2, {
+        transB: true,
+        path: "texture"
+      }));
+      x2.dispose();
+      w2.dispose();
+      return out;
+    };
+    const first = await y();
+    const d0 = gpu.stats.dispatches;
+    assertEquals(await y(), first, "the second use reads the packed textures");
+    assertEquals(gpu.stats.dispatches - d0, 1, "the matmul alone: no pack dispatch");
+    assertEquals(first, await fresh());
+    scale(gpu, x, 2, x);
+    assertEquals(await y(), await fresh(), "after a kernel wrote x");
+    gpu.write(x, host(M * K2, (i) => Math.cos(3 * i)));
+    assertEquals(await y(), await fresh(), "after write");
+    gpu.clear(w);
+    assertEquals(await y(), new Float32Array(M * N), "after clear");
+    gpu.copy(gpu.fromArray(host(N * K2, (i) => i / 50), [
+      N,
+      K2
+    ]), w);
+    assertEquals(await y(), await fresh(), "after copy");
+    gpu.copyRange(gpu.fromArray(host(40, (i) => -i / 9)), 3, x, 5, 30);
+    assertEquals(await y(), await fresh(), "after copyRange");
+    const before = await gpu.read(x);
+    const src = gpu.fromArray(host(M * K2, (i) => 1 - i / 100), [
+      M,
+      K2
+    ]);
+    x.dispose();
+    const x3 = gpu.empty([
+      M,
+      K2
+    ]);
+    assert(x3.buffer === x.buffer, "the pool hands the buffer out again");
+    gpu.encoder().copyBufferToBuffer(src.buffer, src.byteOffset, x3.buffer, 0, 4 * M * K2);
+    const again = await gpu.read(matmul(gpu, x3, w, {
+      transB: true,
+      path: "texture"
+    }));
+    const x4 = gpu.fromArray(await gpu.read(x3), [
+      M,
+      K2
+    ]);
+    assertEquals(again, await gpu.read(matmul(gpu, x4, w, {
+      transB: true,
+      path: "texture"
+    })));
+    const old = gpu.fromArray(before, [
+      M,
+      K2
+    ]);
+    const stale = await gpu.read(matmul(gpu, old, w, {
+      transB: true,
+      path: "texture"
+    }));
+    assert(stale.some((v, i) => v !== again[i]), "the stale operand would give other values");
+    const T3 = 16, Co = 24, Ci = 12;
+    const dy = gpu.fromArray(host(T3 * Co, (i) => Math.sin(0.3 * i)), [
+      T3,
+      Co
+    ]);
+    const xin = gpu.fromArray(host(T3 * Ci, (i) => Math.cos(0.7 * i)), [
+      T3,
+      Ci
+    ]);
+    const W = gpu.fromArray(host(Co * Ci, (i) => Math.sin(1.3 * i)), [
+      Co,
+      Ci
+    ]);
+    const pair = async (g) => [
+      await gpu.read(matmul(gpu, g, xin, {
+        transA: true,
+        path: "texture"
+      })),
+      await gpu.read(matmul(gpu, g, W, {
+        path: "texture"
+      }))
+    ];
+    const shared = await pair(dy);
+    const copies = await Promise.all([
+      0,
+      1
+    ].map(async (i) => {
+      const g = gpu.fromArray(await gpu.read(dy), [
+        T3,
+        Co
+      ]);
+      const out = (await pair(g))[i];
+      g.dispose();
+      return out;
+    }));
+    assertEquals(shared, copies);
+  }
+});
+cases15.push({
+  name: "runtime: packed operand textures stay within packedTextureBytes: the least recently used is evicted (never the other operand of the same matmul), 0 packs per use; the bits never change",
+  async run() {
+    const M = 8, K2 = 37, N = 19;
+    const host = (n, f) => Float32Array.from({
+      length: n
+    }, (_, i) => f(i));
+    for (const budget of [
+      0,
+      1,
+      3
+    ]) {
+      const probe = await Gpu.create({
+        matmulPath: "texture"
+      });
+      const t = probe.scratchTexture(10, 8, 1);
+      const tb = probe.scratchTexture(6, 40, 1);
+      const bytesA = 16 * t.width * t.height, bytesB = 16 * tb.width * tb.height;
+      probe.destroy();
+      const gpu = await Gpu.create({
+        matmulPath: "texture",
+        packedTextureBytes: budget === 0 ? 0 : budget === 1 ? bytesA + bytesB : 2 * bytesA + bytesB
+      });
+      try {
+        const xs = [
+          1,
+          2,
+          3
+        ].map((s) => gpu.fromArray(host(M * K2, (i) => Math.sin(s * i)), [
+          M,
+          K2
+        ]));
+        const w = gpu.fromArray(host(N * K2, (i) => Math.cos(i)), [
+          N,
+          K2
+        ]);
+        const want = await Promise.all(xs.map(async (x) => {
+          const c = gpu.fromArray(await gpu.read(x), [
+            M,
+            K2
+          ]);
+          const wc = gpu.fromArray(await gpu.read(w), [
+            N,
+            K2
+          ]);
+          const out = await gpu.read(matmul(gpu, c, wc, {
+            transB: true
+          }));
+          c.dispose();
+          wc.dispose();
+          return out;
+        }));
+        const call = async (i) => {
+          const d0 = gpu.stats.dispatches;
+          assertEquals(await gpu.read(matmul(gpu, xs[i], w, {
+            transB: true
+          })), want[i]);
+          return gpu.stats.dispatches - d0;
+        };
+        const counts = [];
+        for (const i of [
+          0,
+          0,
+          1,
+          2,
+          0,
+          0
+        ]) counts.push(await call(i));
+        assertEquals(counts, budget === 0 ? [
+          2,
+          2,
+          2,
+          2,
+          2,
+          2
+        ] : budget === 1 ? [
+          2,
+          1,
+          2,
+          2,
+          1,
+          1
+        ] : [
+          2,
+          1,
+          2,
+          2,
+          2,
+          1
+        ], `budget ${budget}`);
+      } finally {
+        gpu.destroy();
+      }
+    }
   }
 });
 cases15.push({

@@ -337,7 +337,10 @@ var Tensor = class _Tensor {
   dispose() {
     if (this.#disposed) return;
     this.#disposed = true;
-    if (this.owner) this.gpu.pool.release(this.buffer);
+    if (this.owner) {
+      this.gpu._released(this.buffer);
+      this.gpu.pool.release(this.buffer);
+    }
     for (const t of this.#textures ?? []) this.gpu.releaseTexture(t);
     this.#textures = void 0;
   }
@@ -500,8 +503,17 @@ var Gpu = class _Gpu {
   /** Buffers held constant ({@link holdConstant}) and their packed operand textures. */
   #constant;
   #constantBytes;
+  /**
+   * Packed operand textures of buffers that are not held ({@link packedTexture}), by buffer
+   * and block; reused until the buffer is written or released. `#recent` orders them for
+   * eviction (oldest first).
+   */
+  #operands;
+  #recent;
+  #operandBytes;
+  #operandBudget;
   #profiler;
-  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null) {
+  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null, packedTextureBytes) {
     this.device = device;
     this.adapterDescription = adapterDescription;
     this.isFallbackAdapter = isFallbackAdapter;
@@ -528,9 +540,13 @@ var Gpu = class _Gpu {
     this.#textures = /* @__PURE__ */ new Map();
     this.#constant = /* @__PURE__ */ new Map();
     this.#constantBytes = 0;
+    this.#operands = /* @__PURE__ */ new Map();
+    this.#recent = /* @__PURE__ */ new Map();
+    this.#operandBytes = 0;
     this.#placeholders = [];
     this.#scopes = [];
     this.pool = new BufferPool(device);
+    this.#operandBudget = Math.max(0, Math.min(packedTextureBytes ?? Infinity, 64 * 2 ** 20, device.limits.maxBufferSize));
     this.#profiler = profile ? new DispatchProfiler(device, profile) : null;
     this.limits = device.limits;
     this.maxBindingBytes = Math.min(maxBindingBytes ?? Infinity, device.limits.maxStorageBufferBindingSize);
@@ -597,7 +613,7 @@ var Gpu = class _Gpu {
       info.description
     ].filter((s) => s).join(" ") || "unknown adapter";
     const path = options.matmulPath ?? (fallback ? "texture" : "buffer");
-    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null);
+    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null, options.packedTextureBytes);
   }
   #placeholders;
   /**
@@ -928,8 +944,84 @@ var Gpu = class _Gpu {
     e.packed.set(k, tex);
     return tex;
   }
-  /** A held buffer changed (or its hold ended): its packed textures go back to the pool. */
+  /**
+   * The packed texture of an operand block of any buffer (`key` names the block and the
+   * texture's size), filled by `fill` on first use and reused while the buffer is unchanged:
+   * a held buffer's from {@link constantTexture}; any other's until a write to the buffer (a
+   * kernel binding it writable, `write`, `clear`, `copy`, `copyRange`) or its release (the
+   * tensor owning it disposed) drops it. A backward reads each output gradient as the A
+   * operand of two matmuls (dW and dx) and each saved input as the B operand of dW, packed
+   * the same way as by the forward's matmul: one fill instead of two (on llvmpipe a buffer →
+   * texture copy costs about as much as a product's loads). The textures count against a
+   * budget, least recently used evicted first — never the
+   * two most recently returned, which one matmul binds together. `undefined` when the block
+   * does not fit the budget (`GpuOptions.packedTextureBytes`): the caller packs into a scratch
+   * texture and releases it.
+   */
+  packedTexture(src, key, size, fill2) {
+    if (this.#constant.has(src.buffer)) return this.constantTexture(src, key, size, fill2);
+    const k = `${src.byteOffset}|${key}`;
+    const entries = this.#operands.get(src.buffer);
+    const hit = entries?.get(k);
+    if (hit) {
+      const e = this.#recent.get(hit);
+      this.#recent.delete(hit);
+      this.#recent.set(hit, e);
+      return hit;
+    }
+    const tex = this.scratchTexture(...size);
+    const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
+    const budget = this.#operandBudget;
+    if (bytes > budget) {
+      this.releaseTexture(tex);
+      return void 0;
+    }
+    const spared = [
+      ...this.#recent.keys()
+    ].slice(-2);
+    for (const [old, e] of this.#recent) {
+      if (this.#operandBytes + bytes <= budget) break;
+      if (spared.includes(old)) continue;
+      this.#dropOperand(old, e);
+    }
+    if (this.#operandBytes + bytes > budget) {
+      this.releaseTexture(tex);
+      return void 0;
+    }
+    fill2(tex);
+    this.#operandBytes += bytes;
+    const map2 = entries ?? /* @__PURE__ */ new Map();
+    map2.set(k, tex);
+    this.#operands.set(src.buffer, map2);
+    this.#recent.set(tex, {
+      buffer: src.buffer,
+      key: k,
+      bytes
+    });
+    return tex;
+  }
+  #dropOperand(tex, e) {
+    this.#recent.delete(tex);
+    const map2 = this.#operands.get(e.buffer);
+    map2?.delete(e.key);
+    if (map2?.size === 0) this.#operands.delete(e.buffer);
+    this.#operandBytes -= e.bytes;
+    this.releaseTexture(tex);
+  }
+  /** Called when a tensor's buffer goes back to the pool: drops its packed textures. @internal */
+  _released(buffer) {
+    this.#changed(buffer);
+  }
+  /** A buffer changed (or its hold ended, or it was released): its packed textures go back. */
   #changed(buffer) {
+    const ops = this.#operands.get(buffer);
+    if (ops) {
+      for (const tex of [
+        ...ops.values()
+      ]) {
+        this.#dropOperand(tex, this.#recent.get(tex));
+      }
+    }
     const e = this.#constant.get(buffer);
     if (!e || e.packed.size === 0) return;
     for (const tex of e.packed.values()) {
@@ -1025,7 +1117,7 @@ var Gpu = class _Gpu {
         });
       }
     });
-    if (this.#constant.size > 0) {
+    if (this.#constant.size > 0 || this.#operands.size > 0) {
       const access = this.#access.get(pipeline);
       bindings.forEach((b, i) => {
         if (b instanceof Tensor && access?.get(i)?.access === "read_write") this.#changed(b.buffer);
@@ -2300,6 +2392,26 @@ function layernormBackward(gpu, dy, x, weight, saved, dweight, dbias, opts = {})
 }
 
 // kernels/_texture.ts
+function blockKey(b, size) {
+  const batched = b.layers > 1 || b.batch0 > 0;
+  return [
+    b.rows,
+    b.cols,
+    b.ld,
+    b.trans ? 1 : 0,
+    b.row0,
+    b.col0,
+    batched ? b.batchStride : 0,
+    b.batch0,
+    b.layers,
+    b.width,
+    b.height,
+    b.dstRow0 ?? 0,
+    b.zeroPadRows && b.height > b.rows ? 1 : 0,
+    b.fold ?? 1,
+    ...size
+  ].join(",");
+}
 function fillTexture(gpu, src, tex, b) {
   fillTextures(gpu, [
     {
@@ -3123,7 +3235,6 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
   const vec4Out = s.N % 4 === 0 && (!sp || sp.Dh % 4 === 0 && (sp.partStride ?? s.M * sp.H * sp.Dh) % 4 === 0);
   const kv = o.kvCache;
   const aAlongM = !!o.transA && t.rows % 4 === 0;
-  const ldB = o.transB ? s.K : s.N;
   const single = s.batch === 1 && s.M <= mStep && s.N <= nStep && s.K <= kStep;
   const whole = {
     m0: 0,
@@ -3182,12 +3293,19 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
             ...aBlockOf(s, !!o.transA, aAlongM, c),
             fold: foldA
           };
-          const at = aAlongM ? gpu.scratchTexture((foldA - 1) * (mc / 4) + aRows / 4, 4 * k4 / foldA, nb) : gpu.scratchTexture(foldA * k4, aRows / foldA, nb);
+          const aSize = aAlongM ? [
+            (foldA - 1) * (mc / 4) + aRows / 4,
+            4 * k4 / foldA,
+            nb
+          ] : [
+            foldA * k4,
+            aRows / foldA,
+            nb
+          ];
           const bBlock = {
             ...bBlockOf(s, !!o.transB, c, bLayers, bAlongK),
             fold: foldB
           };
-          const fillB = (tex) => fillTexture(gpu, b, tex, bBlock);
           const bSize = bAlongK ? [
             k4,
             4 * bTexels,
@@ -3197,23 +3315,27 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
             4 * k4 / foldB,
             bLayers
           ];
-          const held = gpu.constantTexture(b, `${kc},${nc},${ldB},${o.transB ? 1 : 0},${k0},${n0},${s.shareB ? 0 : s.K * s.N},${s.shareB ? 0 : b0},${bLayers},${bTexels},${k4},${foldB},${bAlongK}`, bSize, fillB);
-          const bt = held ?? gpu.scratchTexture(...bSize);
-          const aJob = {
+          const jobs = [];
+          const packed = (src, block, size) => gpu.packedTexture(src, blockKey(block, size), size, (tex) => jobs.push({
+            src,
+            tex,
+            block
+          }));
+          const aHeld = packed(a, aBlock, aSize);
+          const bHeld = packed(b, bBlock, bSize);
+          const at = aHeld ?? gpu.scratchTexture(...aSize);
+          const bt = bHeld ?? gpu.scratchTexture(...bSize);
+          if (!aHeld) jobs.unshift({
             src: a,
             tex: at,
             block: aBlock
-          };
-          fillTextures(gpu, held ? [
-            aJob
-          ] : [
-            aJob,
-            {
-              src: b,
-              tex: bt,
-              block: bBlock
-            }
-          ]);
+          });
+          if (!bHeld) jobs.push({
+            src: b,
+            tex: bt,
+            block: bBlock
+          });
+          fillTextures(gpu, jobs);
           let f = flags;
           if (k0 > 0) f = f & ~(FLAG_BIAS | FLAG_RES) | FLAG_ACC;
           const lastK = k0 + kStep >= s.K;
@@ -3240,8 +3362,8 @@ function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
             Math.ceil(mc / (t.rows * t.wgY)),
             nb
           ], epilogueParams(new Params().u32(mc, nc, k4, m0, n0, s.N, s.M * s.N, b0, s.shareB ? 0 : 1, f).f32(o.alpha ?? 1), s, o, seg / 4, sumsCol, ln?.eps ?? 0).u32(aAlongM ? Math.floor(mc / 4) : k4, Math.floor(nc / 4)));
-          gpu.releaseTexture(at);
-          if (!held) gpu.releaseTexture(bt);
+          if (!aHeld) gpu.releaseTexture(at);
+          if (!bHeld) gpu.releaseTexture(bt);
         }
       }
     }
