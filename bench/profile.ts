@@ -4,7 +4,8 @@
  * (`TASK_MODEL_CONFIG`: 2 layers, hidden 64, FFN 256, 260 tokens): an SFT step (16 sequences),
  * a reward-model step (32 pairs), a PPO iteration (16 rollouts of 16 new tokens, actor and
  * critic updates) and a batched generation (16 prompts, 16 new tokens). For each it prints the
- * wall time per step with profiling off, the dispatches, submits and readbacks per step, and a
+ * wall time per step with profiling off, the dispatches, submits and readbacks per step, the
+ * operand staging (buffer → texture copies, which the GPU times leave out, and packs reused), and a
  * table of the profiled step's GPU time by kernel (count, ms, share; `--by-site` splits each
  * kernel by the model or trainer function that called it). GPU times come from timestamp
  * queries where the adapter offers them, else from one submit per dispatch (see
@@ -130,6 +131,9 @@ for (const w of chosen) {
       dispatches: per("dispatches"),
       submits: per("submits"),
       readbacks: per("readbacks"),
+      textureCopies: per("textureCopies"),
+      textureCopyMiB: +(per("textureCopyBytes") / 2 ** 20).toFixed(3),
+      packReuses: per("packReuses"),
       gpuMs: +gpuMs.toFixed(3),
       kernels: table.map((r) => ({ ...r, ms: +r.ms.toFixed(4) })),
     }));
@@ -138,7 +142,10 @@ for (const w of chosen) {
   console.log(
     `\n${w}: ${wall.toFixed(1)} ms/step wall (profiling off, mean of ${reps}); ` +
       `${per("dispatches")} dispatches, ${per("submits")} submits, ${per("readbacks")} readbacks ` +
-      `per step; profiled GPU time ${gpuMs.toFixed(1)} ms`,
+      `per step; profiled GPU time ${gpuMs.toFixed(1)} ms\n` +
+      `  operand staging per step (not in the GPU time): ${per("textureCopies")} buffer → ` +
+      `texture copies (${(per("textureCopyBytes") / 2 ** 20).toFixed(1)} MiB), ` +
+      `${per("packReuses")} packs reused`,
   );
   const head = flags["by-site"] ? ["kernel", "called from"] : ["kernel", "top caller"];
   console.log(

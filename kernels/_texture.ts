@@ -322,6 +322,8 @@ function copied(gpu: Gpu, src: Tensor, tex: GPUTexture, b: Block): boolean {
     return false;
   }
   const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  gpu.stats.textureCopies++;
+  gpu.stats.textureCopyBytes += 4 * f * b.cols * (b.rows / f) * b.layers;
   gpu.encoder().copyBufferToTexture(
     {
       buffer: src.buffer,

@@ -371,6 +371,14 @@ export interface GpuStats {
   readbacks: number;
   /** Compute pipelines compiled (cache misses). */
   pipelines: number;
+  /**
+   * Buffer → texture copies staging matmul/attention operands (recorded between dispatches;
+   * profiling's timestamps do not time them), and their bytes.
+   */
+  textureCopies: number;
+  textureCopyBytes: number;
+  /** Operand blocks served by an earlier pack ({@link Gpu.packedTexture}) instead of a new one. */
+  packReuses: number;
 }
 
 /** Adds the tensors in `v` (a tensor, or arrays/plain objects of them, `depth` levels) to `out`. */
@@ -402,8 +410,16 @@ export class Gpu {
   readonly pool: BufferPool;
   /** The device's limits (binding sizes, workgroup counts, texture side). */
   readonly limits: GPUSupportedLimits;
-  /** Running counts of dispatches, submits, readbacks and compiled pipelines. */
-  readonly stats: GpuStats = { dispatches: 0, submits: 0, readbacks: 0, pipelines: 0 };
+  /** Running counts of dispatches, submits, readbacks, pipelines and operand staging. */
+  readonly stats: GpuStats = {
+    dispatches: 0,
+    submits: 0,
+    readbacks: 0,
+    pipelines: 0,
+    textureCopies: 0,
+    textureCopyBytes: 0,
+    packReuses: 0,
+  };
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   readonly textureSide: number;
   /** Largest storage binding in bytes (≤ `maxStorageBufferBindingSize`). */
@@ -948,7 +964,10 @@ export class Gpu {
     if (!e) return undefined;
     const k = `${src.byteOffset}|${key}`;
     const hit = e.packed.get(k);
-    if (hit) return hit;
+    if (hit) {
+      this.stats.packReuses++;
+      return hit;
+    }
     const tex = this.scratchTexture(...size);
     const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
     if (this.#constantBytes + bytes > Math.min(256 * 2 ** 20, this.limits.maxBufferSize)) {
@@ -986,6 +1005,7 @@ export class Gpu {
     const entries = this.#operands.get(src.buffer);
     const hit = entries?.get(k);
     if (hit) {
+      this.stats.packReuses++;
       const e = this.#recent.get(hit)!;
       this.#recent.delete(hit);
       this.#recent.set(hit, e);

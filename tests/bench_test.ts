@@ -117,6 +117,11 @@ Deno.test({
       assertEquals(kernels.reduce((a, k) => a + k.count, 0), r.dispatches, r.workload);
       assert(kernels.every((k) => k.ms >= 0 && k.kernel !== "?"), JSON.stringify(kernels));
       assert(r.wallMs > 0 && r.submits >= 1, JSON.stringify(r));
+      assert(r.textureCopies >= 0 && r.textureCopyMiB >= 0 && r.packReuses >= 0, JSON.stringify(r));
+      if (r.workload === "sft" && Deno.env.get("WEBGPU_RLHF_MATMUL_PATH") !== "buffer") {
+        // the texture path stages operands by copies, and a backward reuses dY's pack
+        assert(r.textureCopies > 0 && r.textureCopyMiB > 0 && r.packReuses > 0, JSON.stringify(r));
+      }
     }
     const sft = rows[0].kernels.map((k: { kernel: string }) => k.kernel);
     for (const k of ["matmul/runTexture", "layernormForward", "adamwStep", "crossEntropy"]) {

@@ -341,9 +341,22 @@ cases.push({
       return out;
     };
     const first = await y();
-    const d0 = gpu.stats.dispatches;
+    const s0 = { ...gpu.stats };
     assertEquals(await y(), first, "the second use reads the packed textures");
-    assertEquals(gpu.stats.dispatches - d0, 1, "the matmul alone: no pack dispatch");
+    assertEquals(gpu.stats.dispatches - s0.dispatches, 1, "the matmul alone: no pack dispatch");
+    assertEquals(gpu.stats.packReuses - s0.packReuses, 2, "both operands counted as reused");
+    // a copyable block (K a multiple of 64) counts as a staging copy, once
+    const xc = gpu.fromArray(host(M * 64, (i) => i / 64), [M, 64]);
+    const wc = gpu.fromArray(host(N * 64, (i) => -i / 64), [N, 64]);
+    const s1 = { ...gpu.stats };
+    matmul(gpu, xc, wc, { transB: true, path: "texture" }).dispose();
+    matmul(gpu, xc, wc, { transB: true, path: "texture" }).dispose();
+    assert(gpu.stats.textureCopies - s1.textureCopies >= 1, "A is copied, not packed");
+    assertEquals(
+      gpu.stats.textureCopyBytes - s1.textureCopyBytes,
+      (gpu.stats.textureCopies - s1.textureCopies) * 4 * M * 64,
+      "bytes of M×64 blocks",
+    );
     assertEquals(first, await fresh());
     // a kernel writing x, then write, clear, copy and copyRange: each is seen
     scale(gpu, x, 2, x);
