@@ -504,7 +504,7 @@ var Gpu = class _Gpu {
   pool;
   /** The device's limits (binding sizes, workgroup counts, texture side). */
   limits;
-  /** Running counts of dispatches, submits, readbacks and compiled pipelines. */
+  /** Running counts of dispatches, submits, readbacks, pipelines and operand staging. */
   stats;
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   textureSide;
@@ -554,7 +554,10 @@ var Gpu = class _Gpu {
       dispatches: 0,
       submits: 0,
       readbacks: 0,
-      pipelines: 0
+      pipelines: 0,
+      textureCopies: 0,
+      textureCopyBytes: 0,
+      packReuses: 0
     };
     this.#pipelines = /* @__PURE__ */ new Map();
     this.#mainPipelines = /* @__PURE__ */ new Map();
@@ -964,7 +967,10 @@ var Gpu = class _Gpu {
     if (!e) return void 0;
     const k = `${src.byteOffset}|${key}`;
     const hit = e.packed.get(k);
-    if (hit) return hit;
+    if (hit) {
+      this.stats.packReuses++;
+      return hit;
+    }
     const tex = this.scratchTexture(...size);
     const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
     if (this.#constantBytes + bytes > Math.min(256 * 2 ** 20, this.limits.maxBufferSize)) {
@@ -996,6 +1002,7 @@ var Gpu = class _Gpu {
     const entries = this.#operands.get(src.buffer);
     const hit = entries?.get(k);
     if (hit) {
+      this.stats.packReuses++;
       const e = this.#recent.get(hit);
       this.#recent.delete(hit);
       this.#recent.set(hit, e);
@@ -1661,6 +1668,8 @@ function copied(gpu, src, tex, b) {
     return false;
   }
   const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  gpu.stats.textureCopies++;
+  gpu.stats.textureCopyBytes += 4 * f * b.cols * (b.rows / f) * b.layers;
   gpu.encoder().copyBufferToTexture({
     buffer: src.buffer,
     offset: src.byteOffset + 4 * elemOffset,
@@ -15528,9 +15537,33 @@ cases15.push({
       return out;
     };
     const first = await y();
-    const d0 = gpu.stats.dispatches;
+    const s0 = {
+      ...gpu.stats
+    };
     assertEquals(await y(), first, "the second use reads the packed textures");
-    assertEquals(gpu.stats.dispatches - d0, 1, "the matmul alone: no pack dispatch");
+    assertEquals(gpu.stats.dispatches - s0.dispatches, 1, "the matmul alone: no pack dispatch");
+    assertEquals(gpu.stats.packReuses - s0.packReuses, 2, "both operands counted as reused");
+    const xc = gpu.fromArray(host(M * 64, (i) => i / 64), [
+      M,
+      64
+    ]);
+    const wc = gpu.fromArray(host(N * 64, (i) => -i / 64), [
+      N,
+      64
+    ]);
+    const s1 = {
+      ...gpu.stats
+    };
+    matmul(gpu, xc, wc, {
+      transB: true,
+      path: "texture"
+    }).dispose();
+    matmul(gpu, xc, wc, {
+      transB: true,
+      path: "texture"
+    }).dispose();
+    assert(gpu.stats.textureCopies - s1.textureCopies >= 1, "A is copied, not packed");
+    assertEquals(gpu.stats.textureCopyBytes - s1.textureCopyBytes, (gpu.stats.textureCopies - s1.textureCopies) * 4 * M * 64, "bytes of M\xD764 blocks");
     assertEquals(first, await fresh());
     scale(gpu, x, 2, x);
     assertEquals(await y(), await fresh(), "after a kernel wrote x");
@@ -15618,7 +15651,7 @@ cases15.push({
 });
 cases15.push({
   name: "runtime: packed operand textures stay within packedTextureBytes: the least recently used is evicted (never the other operand of the same matmul), 0 packs per use; the bits never change",
-  async run() {
+  async run(_gpu) {
     const M = 8, K2 = 37, N = 19;
     const host = (n, f) => Float32Array.from({
       length: n

@@ -466,7 +466,7 @@ var Gpu = class _Gpu {
   pool;
   /** The device's limits (binding sizes, workgroup counts, texture side). */
   limits;
-  /** Running counts of dispatches, submits, readbacks and compiled pipelines. */
+  /** Running counts of dispatches, submits, readbacks, pipelines and operand staging. */
   stats;
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   textureSide;
@@ -516,7 +516,10 @@ var Gpu = class _Gpu {
       dispatches: 0,
       submits: 0,
       readbacks: 0,
-      pipelines: 0
+      pipelines: 0,
+      textureCopies: 0,
+      textureCopyBytes: 0,
+      packReuses: 0
     };
     this.#pipelines = /* @__PURE__ */ new Map();
     this.#mainPipelines = /* @__PURE__ */ new Map();
@@ -926,7 +929,10 @@ var Gpu = class _Gpu {
     if (!e) return void 0;
     const k = `${src.byteOffset}|${key}`;
     const hit = e.packed.get(k);
-    if (hit) return hit;
+    if (hit) {
+      this.stats.packReuses++;
+      return hit;
+    }
     const tex = this.scratchTexture(...size);
     const bytes = 16 * tex.width * tex.height * tex.depthOrArrayLayers;
     if (this.#constantBytes + bytes > Math.min(256 * 2 ** 20, this.limits.maxBufferSize)) {
@@ -958,6 +964,7 @@ var Gpu = class _Gpu {
     const entries = this.#operands.get(src.buffer);
     const hit = entries?.get(k);
     if (hit) {
+      this.stats.packReuses++;
       const e = this.#recent.get(hit);
       this.#recent.delete(hit);
       this.#recent.set(hit, e);
@@ -2530,6 +2537,8 @@ function copied(gpu2, src, tex, b) {
     return false;
   }
   const elemOffset = b.batch0 * b.batchStride + b.row0 * b.ld + b.col0;
+  gpu2.stats.textureCopies++;
+  gpu2.stats.textureCopyBytes += 4 * f * b.cols * (b.rows / f) * b.layers;
   gpu2.encoder().copyBufferToTexture({
     buffer: src.buffer,
     offset: src.byteOffset + 4 * elemOffset,
