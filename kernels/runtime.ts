@@ -373,9 +373,10 @@ export interface GpuStats {
   pipelines: number;
   /**
    * Buffer → texture copies staging matmul/attention operands (recorded between dispatches;
-   * profiling's timestamps do not time them), and their bytes.
+   * profiling's timestamps do not time them).
    */
   textureCopies: number;
+  /** Bytes those copies moved. */
   textureCopyBytes: number;
   /** Operand blocks served by an earlier pack ({@link Gpu.packedTexture}) instead of a new one. */
   packReuses: number;
