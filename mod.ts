@@ -60,7 +60,11 @@ export {
   matmul,
   matmulLayernorm,
   type MatmulOptions,
+  TEXTURE_TILING,
+  TEXTURE_TILING_CANDIDATES,
   type TextureTiling,
+  type TilingTrial,
+  tuneTextureTiling,
 } from "./kernels/matmul.ts";
 export {
   clipGradNorm,

@@ -6,14 +6,15 @@
  * `bench/vs_torch.ts` side by side with PyTorch-CPU (when `python3` has `torch`).
  */
 
-import { crossEntropy, crossEntropyBackward, fill, Gpu } from "../mod.ts";
+import { crossEntropy, crossEntropyBackward, fill } from "../mod.ts";
 import { generate, OPT_PRESETS, type OptConfig, OptModel } from "../mod.ts";
-import { matmulPathFromEnv } from "../cli/gpu_env.ts";
+import { createGpu } from "../cli/gpu_env.ts";
 import { peerStatus, vsTorch } from "./vs_torch.ts";
 
 const json = Deno.args.includes("--json");
 const big = Deno.args.includes("--opt125m");
-const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv() });
+const tilingLines: string[] = [];
+const gpu = await createGpu((l) => tilingLines.push(l));
 
 function report(name: string, value: number, unit: string, detail: string) {
   if (json) console.log(JSON.stringify({ name, value: +value.toFixed(2), unit, detail }));
@@ -78,7 +79,10 @@ async function gen(c: OptConfig, B: number, Tp: number, G: number, label: string
   model.store.dispose();
 }
 
-if (!json) console.log(`adapter: ${gpu.adapterDescription} · matmul path ${gpu.matmulPath}`);
+if (!json) {
+  console.log(`adapter: ${gpu.adapterDescription} · matmul path ${gpu.matmulPath}`);
+  for (const l of tilingLines) console.log(l);
+}
 if (Deno.args.includes("--vs-torch")) {
   const missing = await peerStatus();
   if (missing) console.error(`bench:model --vs-torch: no PyTorch peer (${missing}); ours alone`);

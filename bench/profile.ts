@@ -28,7 +28,7 @@ import {
   SftTrainer,
   TASK_MODEL_CONFIG,
 } from "../mod.ts";
-import { matmulPathFromEnv } from "../cli/gpu_env.ts";
+import { createGpu, matmulPathFromEnv } from "../cli/gpu_env.ts";
 import { parseArgs } from "../cli/args.ts";
 
 const { flags } = parseArgs(Deno.args, {
@@ -98,12 +98,19 @@ function build(gpu: Gpu, w: Workload): () => Promise<unknown> {
   };
 }
 
-const plain = await Gpu.create({ matmulPath: matmulPathFromEnv() });
-const profiled = await Gpu.create({ matmulPath: matmulPathFromEnv(), profile: true });
+const tilingLines: string[] = [];
+const plain = await createGpu((l) => tilingLines.push(l));
+// the profiled device runs the tiling the plain one chose
+const profiled = await Gpu.create({
+  matmulPath: matmulPathFromEnv(),
+  profile: true,
+  textureTiling: plain.textureTiling,
+});
 if (!json) {
   console.log(
     `adapter: ${plain.adapterDescription} · matmul path ${plain.matmulPath} · timing: ${profiled.profiling}`,
   );
+  for (const l of tilingLines) console.log(l);
 }
 
 for (const w of chosen) {

@@ -21,7 +21,7 @@
  */
 
 import { join } from "node:path";
-import { Gpu } from "../kernels/runtime.ts";
+import type { Gpu } from "../kernels/runtime.ts";
 import {
   COMPARED_METHODS,
   type ComparedMethod,
@@ -37,7 +37,7 @@ import { PIPELINES, PRESETS } from "../trainer/registry.ts";
 import { type MetricRecord, renderComparison } from "../trainer/report.ts";
 import { type ArgSpec, parseArgs, runMain, UsageError } from "./args.ts";
 import { writeFileAtomic } from "./checkpoint_files.ts";
-import { matmulPathFromEnv } from "./gpu_env.ts";
+import { createGpu } from "./gpu_env.ts";
 import { LOCAL_IO } from "./local_io.ts";
 import { METHODS, runTraining, type TrainArgs } from "./train.ts";
 
@@ -287,7 +287,7 @@ export async function runComparison(plan: ComparePlan, gpu: Gpu): Promise<Compar
 
 async function main(): Promise<void> {
   const plan = planComparison(Deno.args);
-  const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv() });
+  const gpu = await createGpu(console.log);
   const c = await runComparison(plan, gpu);
   console.log(`\n${comparisonTable(c)}\n\ncompare: ${join(plan.root, "compare.html")}`);
   gpu.destroy();

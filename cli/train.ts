@@ -19,7 +19,7 @@
  */
 
 import { join } from "node:path";
-import { Gpu } from "../kernels/runtime.ts";
+import type { Gpu } from "../kernels/runtime.ts";
 import { ConfigError, resolveSections } from "../trainer/config.ts";
 import { describeVerdict } from "../trainer/hacking.ts";
 import {
@@ -32,7 +32,7 @@ import { pipelineOf, PIPELINES, PRESETS } from "../trainer/registry.ts";
 import { type MetricRecord, renderReport } from "../trainer/report.ts";
 import { writeAdapterDir, writeCheckpointDir, writeFileAtomic } from "./checkpoint_files.ts";
 import { type ArgSpec, parseArgs, runMain, UsageError } from "./args.ts";
-import { matmulPathFromEnv } from "./gpu_env.ts";
+import { createGpu } from "./gpu_env.ts";
 import { LOCAL_IO } from "./local_io.ts";
 
 const SPEC: ArgSpec = {
@@ -454,7 +454,7 @@ export async function runTraining(args: TrainArgs, gpu: Gpu): Promise<TrainingRu
 
 async function main(): Promise<void> {
   const args = await parseTrainArgs(Deno.args);
-  const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv() });
+  const gpu = await createGpu(console.log);
   const { dir, def, summary } = await runTraining(args, gpu);
   const { stage } = args;
   const { samples_before: _b, samples_after: _a, reward_hacking, ...numbers } = summary;

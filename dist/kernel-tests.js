@@ -508,6 +508,13 @@ var Gpu = class _Gpu {
   stats;
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   textureSide;
+  /**
+   * The texture-path matmul's default register tiling (`undefined`: `TEXTURE_TILING`); set by
+   * {@link GpuOptions.textureTiling} or `tuneTextureTiling`. Any tiling gives the same bits:
+   * only the speed depends on it, and which is fastest depends on the CPU behind a software
+   * adapter (its vector registers).
+   */
+  textureTiling;
   /** Largest storage binding in bytes (≤ `maxStorageBufferBindingSize`). */
   maxBindingBytes;
   #pipelines;
@@ -545,7 +552,7 @@ var Gpu = class _Gpu {
   #operandBytes;
   #operandBudget;
   #profiler;
-  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null, packedTextureBytes) {
+  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null, packedTextureBytes, textureTiling) {
     this.device = device;
     this.adapterDescription = adapterDescription;
     this.isFallbackAdapter = isFallbackAdapter;
@@ -580,6 +587,7 @@ var Gpu = class _Gpu {
     this.#operandBytes = 0;
     this.#placeholders = [];
     this.#scopes = [];
+    this.textureTiling = textureTiling;
     this.pool = new BufferPool(device);
     this.#operandBudget = Math.max(0, Math.min(packedTextureBytes ?? Infinity, 64 * 2 ** 20, device.limits.maxBufferSize));
     this.#profiler = profile ? new DispatchProfiler(device, profile) : null;
@@ -648,7 +656,7 @@ var Gpu = class _Gpu {
       info.description
     ].filter((s) => s).join(" ") || "unknown adapter";
     const path = options.matmulPath ?? (fallback ? "texture" : "buffer");
-    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null, options.packedTextureBytes);
+    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null, options.packedTextureBytes, options.textureTiling);
   }
   #placeholders;
   /**
@@ -3202,6 +3210,77 @@ var TEXTURE_TILING = {
   wgX: 8,
   wgY: 2
 };
+var TEXTURE_TILING_CANDIDATES = [
+  TEXTURE_TILING,
+  {
+    rows: 16,
+    texels: 2,
+    wgX: 8,
+    wgY: 2
+  }
+];
+async function tuneTextureTiling(gpu, options = {}) {
+  const candidates2 = options.candidates ?? TEXTURE_TILING_CANDIDATES;
+  const rounds = options.rounds ?? 3, reps = options.reps ?? 16, margin = options.margin ?? 0.03;
+  if (!(rounds >= 1 && reps >= 1 && margin >= 0)) {
+    throw new RangeError(`tuneTextureTiling: rounds and reps must be \u2265 1 and margin \u2265 0 (got ${rounds}, ${reps}, ${margin})`);
+  }
+  if (gpu.matmulPath !== "texture" || candidates2.length === 0) return [];
+  const M = 1024, N = 128, K2 = 256;
+  const fill2 = (n, s) => Float32Array.from({
+    length: n
+  }, (_, i) => Math.sin(i * s) * 0.1);
+  const a = gpu.fromArray(fill2(M * K2, 1.1), [
+    M,
+    K2
+  ]);
+  const b = gpu.fromArray(fill2(K2 * N, 1.7), [
+    K2,
+    N
+  ]);
+  const out = gpu.empty([
+    M,
+    N
+  ]);
+  const best = candidates2.map(() => Infinity);
+  try {
+    for (const tiling of candidates2) matmul(gpu, a, b, {
+      out,
+      path: "texture",
+      tiling
+    });
+    await gpu.sync();
+    for (let r = 0; r < rounds; r++) {
+      for (let c = 0; c < candidates2.length; c++) {
+        const t0 = performance.now();
+        for (let i = 0; i < reps; i++) {
+          matmul(gpu, a, b, {
+            out,
+            path: "texture",
+            tiling: candidates2[c]
+          });
+        }
+        await gpu.sync();
+        best[c] = Math.min(best[c], (performance.now() - t0) / reps);
+      }
+    }
+  } finally {
+    for (const t of [
+      a,
+      b,
+      out
+    ]) t.dispose();
+  }
+  let pick = 0;
+  best.forEach((ms, c) => {
+    if (ms < best[pick] && ms <= best[0] * (1 - margin)) pick = c;
+  });
+  gpu.textureTiling = candidates2[pick];
+  return candidates2.map((tiling, c) => ({
+    tiling,
+    ms: best[c]
+  }));
+}
 var EPILOGUE_INDEX = `
 fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
   if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
@@ -3805,7 +3884,7 @@ function runBuffer(gpu, a, b, out, s, o, flags, sumsCol) {
   }
 }
 function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
-  const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
+  const t = ln ? lnTiling(s.N) : o.tiling ?? gpu.textureTiling ?? TEXTURE_TILING;
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
@@ -11809,6 +11888,12 @@ cases9.push({
         wgY: 2
       },
       {
+        rows: 16,
+        texels: 2,
+        wgX: 8,
+        wgY: 2
+      },
+      {
         rows: 3,
         texels: 1,
         wgX: 8,
@@ -11875,6 +11960,121 @@ cases9.push({
         assert(same3(c, first), `${what}: the product`);
         assert(same3(await gpu.readF32(sums), want), `${what}: the row sums = sumColumns`);
       }
+    }
+  }
+});
+cases9.push({
+  name: "tuneTextureTiling times every candidate, makes one of them the default (the first unless another beats it by the margin) and the products keep their bits",
+  async run(gpu) {
+    const before = gpu.textureTiling;
+    const a = gpu.fromArray(randArray(37 * 64, 301), [
+      37,
+      64
+    ]);
+    const b = gpu.fromArray(randArray(64 * 70, 302), [
+      64,
+      70
+    ]);
+    const bias = gpu.fromArray(randArray(70, 303));
+    const product = async () => await gpu.readF32(matmul(gpu, a, b, {
+      bias,
+      relu: true,
+      path: "texture"
+    }));
+    try {
+      const want = await product();
+      const candidates2 = [
+        ...TEXTURE_TILING_CANDIDATES,
+        {
+          rows: 3,
+          texels: 1,
+          wgX: 8,
+          wgY: 4
+        }
+      ];
+      if (gpu.matmulPath === "texture") {
+        const trials = await tuneTextureTiling(gpu, {
+          candidates: candidates2,
+          rounds: 1,
+          reps: 2
+        });
+        assertEquals(trials.map((t) => t.tiling), candidates2);
+        assert(trials.every((t) => t.ms > 0 && Number.isFinite(t.ms)), "times are positive");
+        assert(candidates2.includes(gpu.textureTiling), "the default is one of the candidates");
+        const got = await product();
+        assert(got.every((v, i) => Object.is(v, want[i])), "same bits with the tuned tiling");
+        await tuneTextureTiling(gpu, {
+          candidates: candidates2.slice(1),
+          rounds: 1,
+          reps: 1,
+          margin: 1
+        });
+        assertEquals(gpu.textureTiling, candidates2[1]);
+      } else {
+        assertEquals(await tuneTextureTiling(gpu), [], "the buffer path has nothing to tune");
+      }
+      await assertThrows(() => tuneTextureTiling(gpu, {
+        rounds: 0
+      }), RangeError, "rounds");
+    } finally {
+      gpu.textureTiling = before;
+      for (const t of [
+        a,
+        b,
+        bias
+      ]) t.dispose();
+    }
+  }
+});
+cases9.push({
+  name: "Gpu.create({ textureTiling }) sets the texture path's default tiling (same bits as the built-in default)",
+  async run(_gpu) {
+    const tiling = TEXTURE_TILING_CANDIDATES[1];
+    const tuned = await Gpu.create({
+      matmulPath: "texture",
+      textureTiling: tiling
+    });
+    const plain = await Gpu.create({
+      matmulPath: "texture"
+    });
+    try {
+      assertEquals(tuned.textureTiling, tiling);
+      assertEquals(plain.textureTiling, void 0);
+      const run2 = async (g) => {
+        const a = g.fromArray(randArray(45 * 36, 311), [
+          45,
+          36
+        ]);
+        const b = g.fromArray(randArray(52 * 36, 312), [
+          52,
+          36
+        ]);
+        const d0 = g.stats.dispatches;
+        const c = await g.readF32(matmul(g, a, b, {
+          transB: true
+        }));
+        return {
+          c,
+          dispatches: g.stats.dispatches - d0
+        };
+      };
+      const x = await run2(tuned), y = await run2(plain);
+      assert(x.c.every((v, i) => Object.is(v, y.c[i])), "same bits");
+      assertEquals(TEXTURE_TILING.rows, 8);
+      const p0 = plain.stats.pipelines;
+      await run2(plain);
+      assertEquals(plain.stats.pipelines, p0, "the same tiling reuses its pipeline");
+      plain.textureTiling = {
+        rows: 3,
+        texels: 1,
+        wgX: 8,
+        wgY: 4
+      };
+      await run2(plain);
+      assertEquals(plain.stats.pipelines, p0 + 1, "another default tiling compiles its kernel");
+    } finally {
+      tuned.destroy();
+      plain.destroy();
     }
   }
 });

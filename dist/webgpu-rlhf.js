@@ -476,6 +476,13 @@ var Gpu = class _Gpu {
   stats;
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   textureSide;
+  /**
+   * The texture-path matmul's default register tiling (`undefined`: `TEXTURE_TILING`); set by
+   * {@link GpuOptions.textureTiling} or `tuneTextureTiling`. Any tiling gives the same bits:
+   * only the speed depends on it, and which is fastest depends on the CPU behind a software
+   * adapter (its vector registers).
+   */
+  textureTiling;
   /** Largest storage binding in bytes (≤ `maxStorageBufferBindingSize`). */
   maxBindingBytes;
   #pipelines;
@@ -513,7 +520,7 @@ var Gpu = class _Gpu {
   #operandBytes;
   #operandBudget;
   #profiler;
-  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null, packedTextureBytes) {
+  constructor(device, adapterDescription, isFallbackAdapter, matmulPath, uniformArenaBytes, maxTextureSide, maxBindingBytes, profile = null, packedTextureBytes, textureTiling) {
     this.device = device;
     this.adapterDescription = adapterDescription;
     this.isFallbackAdapter = isFallbackAdapter;
@@ -548,6 +555,7 @@ var Gpu = class _Gpu {
     this.#operandBytes = 0;
     this.#placeholders = [];
     this.#scopes = [];
+    this.textureTiling = textureTiling;
     this.pool = new BufferPool(device);
     this.#operandBudget = Math.max(0, Math.min(packedTextureBytes ?? Infinity, 64 * 2 ** 20, device.limits.maxBufferSize));
     this.#profiler = profile ? new DispatchProfiler(device, profile) : null;
@@ -616,7 +624,7 @@ var Gpu = class _Gpu {
       info.description
     ].filter((s) => s).join(" ") || "unknown adapter";
     const path = options.matmulPath ?? (fallback ? "texture" : "buffer");
-    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null, options.packedTextureBytes);
+    return new _Gpu(device, desc, fallback, path, options.uniformArenaBytes ?? 65536, options.maxTextureSide, options.maxBindingBytes, options.profile ? timestamps ? "timestamp" : "submit" : null, options.packedTextureBytes, options.textureTiling);
   }
   #placeholders;
   /**
@@ -2629,6 +2637,77 @@ var TEXTURE_TILING = {
   wgX: 8,
   wgY: 2
 };
+var TEXTURE_TILING_CANDIDATES = [
+  TEXTURE_TILING,
+  {
+    rows: 16,
+    texels: 2,
+    wgX: 8,
+    wgY: 2
+  }
+];
+async function tuneTextureTiling(gpu, options = {}) {
+  const candidates2 = options.candidates ?? TEXTURE_TILING_CANDIDATES;
+  const rounds = options.rounds ?? 3, reps = options.reps ?? 16, margin = options.margin ?? 0.03;
+  if (!(rounds >= 1 && reps >= 1 && margin >= 0)) {
+    throw new RangeError(`tuneTextureTiling: rounds and reps must be \u2265 1 and margin \u2265 0 (got ${rounds}, ${reps}, ${margin})`);
+  }
+  if (gpu.matmulPath !== "texture" || candidates2.length === 0) return [];
+  const M = 1024, N = 128, K2 = 256;
+  const fill2 = (n, s) => Float32Array.from({
+    length: n
+  }, (_, i) => Math.sin(i * s) * 0.1);
+  const a = gpu.fromArray(fill2(M * K2, 1.1), [
+    M,
+    K2
+  ]);
+  const b = gpu.fromArray(fill2(K2 * N, 1.7), [
+    K2,
+    N
+  ]);
+  const out = gpu.empty([
+    M,
+    N
+  ]);
+  const best = candidates2.map(() => Infinity);
+  try {
+    for (const tiling of candidates2) matmul(gpu, a, b, {
+      out,
+      path: "texture",
+      tiling
+    });
+    await gpu.sync();
+    for (let r = 0; r < rounds; r++) {
+      for (let c = 0; c < candidates2.length; c++) {
+        const t0 = performance.now();
+        for (let i = 0; i < reps; i++) {
+          matmul(gpu, a, b, {
+            out,
+            path: "texture",
+            tiling: candidates2[c]
+          });
+        }
+        await gpu.sync();
+        best[c] = Math.min(best[c], (performance.now() - t0) / reps);
+      }
+    }
+  } finally {
+    for (const t of [
+      a,
+      b,
+      out
+    ]) t.dispose();
+  }
+  let pick = 0;
+  best.forEach((ms, c) => {
+    if (ms < best[pick] && ms <= best[0] * (1 - margin)) pick = c;
+  });
+  gpu.textureTiling = candidates2[pick];
+  return candidates2.map((tiling, c) => ({
+    tiling,
+    ms: best[c]
+  }));
+}
 var EPILOGUE_INDEX = `
 fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
   if ((p.flags & 16u) == 0u) { return cbase + row * ldc + col; }
@@ -3232,7 +3311,7 @@ function runBuffer(gpu, a, b, out, s, o, flags, sumsCol) {
   }
 }
 function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
-  const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
+  const t = ln ? lnTiling(s.N) : o.tiling ?? gpu.textureTiling ?? TEXTURE_TILING;
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
@@ -15843,6 +15922,8 @@ export {
   SupervisedTrainer,
   TASK_MODEL_CONFIG,
   TASK_SCHEMA,
+  TEXTURE_TILING,
+  TEXTURE_TILING_CANDIDATES,
   Tensor,
   TokenizerError,
   UnknownGraderError,
@@ -16003,6 +16084,7 @@ export {
   trainRewardModel,
   trainSft,
   truncatePrompt,
+  tuneTextureTiling,
   weightedGrader,
   whiten,
   writeSafetensors

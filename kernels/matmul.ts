@@ -4,7 +4,8 @@
  *
  * - **texture path** (software adapters such as llvmpipe/SwiftShader): both operands are packed
  *   into rgba32float storage textures (cheap), then each invocation computes a block of C
- *   ({@link TEXTURE_TILING}: 8 rows × 8 columns, 16 vec4 accumulators) from read-only
+ *   ({@link TEXTURE_TILING}: 8 rows × 8 columns, 16 vec4 accumulators, or 16 rows where
+ *   {@link tuneTextureTiling} measures that faster on the CPU at hand) from read-only
  *   `textureLoad`s, with no workgroup memory, and stores it with vec4 writes where the layout
  *   allows. Texture loads are ~10× cheaper than storage-buffer loads there (SPEC §11).
  *   Operands larger than `maxTextureDimension2D` are processed in chunks (K chunks accumulate).
@@ -94,7 +95,10 @@ export interface MatmulOptions {
   accumulate?: boolean;
   /** Force an implementation (default: `gpu.matmulPath`). */
   path?: "texture" | "buffer";
-  /** Texture-path register blocking (default {@link TEXTURE_TILING}; for tuning). */
+  /**
+   * Texture-path register blocking (default `gpu.textureTiling`, else {@link TEXTURE_TILING};
+   * see {@link tuneTextureTiling}).
+   */
   tiling?: TextureTiling;
 }
 
@@ -132,6 +136,103 @@ export interface TextureTiling {
  * narrower in x (4 invocations: 2× slower, half a SIMD row) tilings were not better.
  */
 export const TEXTURE_TILING: TextureTiling = { rows: 8, texels: 2, wgX: 8, wgY: 2 };
+
+/**
+ * The tilings {@link tuneTextureTiling} times: {@link TEXTURE_TILING} and 16 rows × 2 texels.
+ * Which is faster depends on the CPU behind a software adapter. On a 2-core AMD EPYC with
+ * AVX-512 (32 vector registers; Mesa 22.3 llvmpipe) 16 rows took 9–14 % less time per product at
+ * the L4/H128 training shapes and 6 % less per actor + critic pass; on one with AVX2 only (16
+ * registers) it was up to 5 % slower. A disassembly of the 8-row kernel's K loop (perf, the same
+ * EPYC) shows why rows pay: llvmpipe emulates each texel load lane by lane (≈ 40 instructions
+ * for eight lanes' texel, 42 % of the loop's samples), keeps a product as a multiply and an add
+ * (16 %), and spills the accumulators to the stack (25 %) — 16 rows load 24 texels per 512
+ * products instead of 16 per 256, at the price of twice the spilled accumulators.
+ */
+export const TEXTURE_TILING_CANDIDATES: readonly TextureTiling[] = [
+  TEXTURE_TILING,
+  { rows: 16, texels: 2, wgX: 8, wgY: 2 },
+];
+
+/** One candidate's time in {@link tuneTextureTiling}. */
+export interface TilingTrial {
+  /** The tiling timed. */
+  tiling: TextureTiling;
+  /** Best milliseconds per product over the rounds (wall time including one sync a round). */
+  ms: number;
+}
+
+/**
+ * Times the texture-path matmul's register tilings on this adapter and sets the fastest as
+ * `gpu.textureTiling` (the default of every later texture-path {@link matmul} on this `gpu`).
+ * The candidates run interleaved, `rounds` times each, `reps` products of 1024×128 by 256 a
+ * round, and the best round counts; a candidate replaces the first (the default) only when it
+ * is at least `margin` faster. Every tiling sums each output in the same order, so results are
+ * the same bits whichever wins: only the speed changes. Does nothing (returns `[]`) on the
+ * buffer path. Takes a few hundred milliseconds on llvmpipe; `deno task train`, `compare`, the
+ * benchmarks and the browser demo call it once after `Gpu.create`.
+ *
+ * @example Tune once, then train
+ * ```ts
+ * import { Gpu, tuneTextureTiling } from "../mod.ts";
+ * const gpu = await Gpu.create();
+ * const trials = await tuneTextureTiling(gpu, { rounds: 1, reps: 2 });
+ * for (const t of trials) console.log(t.tiling.rows, t.tiling.texels, t.ms.toFixed(3));
+ * console.log(gpu.textureTiling);
+ * ```
+ */
+export async function tuneTextureTiling(
+  gpu: Gpu,
+  options: {
+    /** Tilings to time, the default first (default {@link TEXTURE_TILING_CANDIDATES}). */
+    candidates?: readonly TextureTiling[];
+    /** Interleaved rounds (default 3). */
+    rounds?: number;
+    /** Products a round (default 16). */
+    reps?: number;
+    /** Fraction by which another tiling must beat the first (default 0.03). */
+    margin?: number;
+  } = {},
+): Promise<TilingTrial[]> {
+  const candidates = options.candidates ?? TEXTURE_TILING_CANDIDATES;
+  const rounds = options.rounds ?? 3, reps = options.reps ?? 16, margin = options.margin ?? 0.03;
+  if (!(rounds >= 1 && reps >= 1 && margin >= 0)) {
+    throw new RangeError(
+      `tuneTextureTiling: rounds and reps must be ≥ 1 and margin ≥ 0 (got ${rounds}, ${reps}, ` +
+        `${margin})`,
+    );
+  }
+  if (gpu.matmulPath !== "texture" || candidates.length === 0) return [];
+  const M = 1024, N = 128, K = 256;
+  const fill = (n: number, s: number) =>
+    Float32Array.from({ length: n }, (_, i) => Math.sin(i * s) * 0.1);
+  const a = gpu.fromArray(fill(M * K, 1.1), [M, K]);
+  const b = gpu.fromArray(fill(K * N, 1.7), [K, N]);
+  const out = gpu.empty([M, N]);
+  const best = candidates.map(() => Infinity);
+  try {
+    // compile each candidate and pack the operands once
+    for (const tiling of candidates) matmul(gpu, a, b, { out, path: "texture", tiling });
+    await gpu.sync();
+    for (let r = 0; r < rounds; r++) {
+      for (let c = 0; c < candidates.length; c++) {
+        const t0 = performance.now();
+        for (let i = 0; i < reps; i++) {
+          matmul(gpu, a, b, { out, path: "texture", tiling: candidates[c] });
+        }
+        await gpu.sync();
+        best[c] = Math.min(best[c], (performance.now() - t0) / reps);
+      }
+    }
+  } finally {
+    for (const t of [a, b, out]) t.dispose();
+  }
+  let pick = 0;
+  best.forEach((ms, c) => {
+    if (ms < best[pick] && ms <= best[0] * (1 - margin)) pick = c;
+  });
+  gpu.textureTiling = candidates[pick];
+  return candidates.map((tiling, c) => ({ tiling, ms: best[c] }));
+}
 
 /**
  * WGSL of where element (row, col) of C goes (plain `row·ldc + col`, or the head-split layout;
@@ -1049,7 +1150,7 @@ function runTexture(
   ln?: LayernormEpilogue,
 ): void {
   // the layernorm epilogue needs whole rows in a workgroup: 8 columns per invocation across
-  const t = ln ? lnTiling(s.N) : o.tiling ?? TEXTURE_TILING;
+  const t = ln ? lnTiling(s.N) : o.tiling ?? gpu.textureTiling ?? TEXTURE_TILING;
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   // chunk sizes that keep every (padded) texture side within the device limits

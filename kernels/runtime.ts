@@ -12,6 +12,7 @@
 import { checkShape, GpuLimitError, GpuValidationError, WebGpuUnavailableError } from "./errors.ts";
 import { type BufferAccess, type BufferBinding, bufferBindings } from "./_bindings.ts";
 import { DispatchProfiler, dispatchSite, type KernelTime, type ProfileMode } from "./_profiler.ts";
+import type { TextureTiling } from "./matmul.ts";
 
 export type { KernelTime, ProfileMode };
 
@@ -318,6 +319,11 @@ export interface GpuOptions {
    * for `deno task profile`.
    */
   profile?: boolean | ProfileMode;
+  /**
+   * The texture-path matmul's register tiling (default: `TEXTURE_TILING`, or what
+   * `tuneTextureTiling` measures fastest on this adapter). Every tiling gives the same bits.
+   */
+  textureTiling?: TextureTiling;
 }
 
 /** Per-dispatch parameter block builder (written into the uniform arena). */
@@ -423,6 +429,13 @@ export class Gpu {
   };
   /** Largest texture side kernels use (≤ `maxTextureDimension2D`). */
   readonly textureSide: number;
+  /**
+   * The texture-path matmul's default register tiling (`undefined`: `TEXTURE_TILING`); set by
+   * {@link GpuOptions.textureTiling} or `tuneTextureTiling`. Any tiling gives the same bits:
+   * only the speed depends on it, and which is fastest depends on the CPU behind a software
+   * adapter (its vector registers).
+   */
+  textureTiling: TextureTiling | undefined;
   /** Largest storage binding in bytes (≤ `maxStorageBufferBindingSize`). */
   readonly maxBindingBytes: number;
   #pipelines = new Map<string, GPUComputePipeline>();
@@ -471,7 +484,9 @@ export class Gpu {
     maxBindingBytes: number | undefined,
     profile: ProfileMode | null = null,
     packedTextureBytes?: number,
+    textureTiling?: TextureTiling,
   ) {
+    this.textureTiling = textureTiling;
     this.pool = new BufferPool(device);
     this.#operandBudget = Math.max(
       0,
@@ -568,6 +583,7 @@ export class Gpu {
       options.maxBindingBytes,
       options.profile ? (timestamps ? "timestamp" : "submit") : null,
       options.packedTextureBytes,
+      options.textureTiling,
     );
   }
 

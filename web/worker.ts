@@ -19,6 +19,7 @@ import {
   PRESETS,
   resolveSections,
   runPipeline,
+  tuneTextureTiling,
 } from "../mod.ts";
 import type { FromWorker, ToWorker } from "./protocol.ts";
 
@@ -98,7 +99,10 @@ let paused = false;
 let wake: (() => void) | undefined;
 
 async function setup(): Promise<{ gpu: Gpu; storage: RunStorage }> {
-  gpu ??= await Gpu.create();
+  if (!gpu) {
+    gpu = await Gpu.create();
+    await tuneTextureTiling(gpu); // the fastest texture tiling on this CPU (same bits)
+  }
   if (!storage) {
     try {
       storage = await opfsStorage();

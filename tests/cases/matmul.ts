@@ -1,6 +1,12 @@
 import { KvCache, swapAxes12 } from "../../kernels/attention.ts";
 import { add, reluBackward } from "../../kernels/elementwise.ts";
-import { matmul, matmulLayernorm } from "../../kernels/matmul.ts";
+import {
+  matmul,
+  matmulLayernorm,
+  TEXTURE_TILING,
+  TEXTURE_TILING_CANDIDATES,
+  tuneTextureTiling,
+} from "../../kernels/matmul.ts";
 import { layernormForward } from "../../kernels/layernorm.ts";
 import { sumColumns } from "../../kernels/reduce.ts";
 import * as ref from "../../kernels/reference/matmul.ts";
@@ -489,6 +495,7 @@ cases.push({
   async run(gpu) {
     const tilings = [
       { rows: 8, texels: 2, wgX: 8, wgY: 2 },
+      { rows: 16, texels: 2, wgX: 8, wgY: 2 },
       { rows: 3, texels: 1, wgX: 8, wgY: 4 },
       { rows: 4, texels: 3, wgX: 4, wgY: 2 },
       { rows: 6, texels: 2, wgX: 8, wgY: 1 },
@@ -517,6 +524,83 @@ cases.push({
         assert(same(c, first), `${what}: the product`);
         assert(same(await gpu.readF32(sums), want), `${what}: the row sums = sumColumns`);
       }
+    }
+  },
+});
+
+cases.push({
+  name:
+    "tuneTextureTiling times every candidate, makes one of them the default (the first unless " +
+    "another beats it by the margin) and the products keep their bits",
+  async run(gpu) {
+    const before = gpu.textureTiling;
+    const a = gpu.fromArray(randArray(37 * 64, 301), [37, 64]);
+    const b = gpu.fromArray(randArray(64 * 70, 302), [64, 70]);
+    const bias = gpu.fromArray(randArray(70, 303));
+    const product = async () =>
+      await gpu.readF32(matmul(gpu, a, b, { bias, relu: true, path: "texture" }));
+    try {
+      const want = await product();
+      const candidates = [
+        ...TEXTURE_TILING_CANDIDATES,
+        { rows: 3, texels: 1, wgX: 8, wgY: 4 },
+      ];
+      if (gpu.matmulPath === "texture") {
+        const trials = await tuneTextureTiling(gpu, { candidates, rounds: 1, reps: 2 });
+        assertEquals(trials.map((t) => t.tiling), candidates);
+        assert(trials.every((t) => t.ms > 0 && Number.isFinite(t.ms)), "times are positive");
+        assert(candidates.includes(gpu.textureTiling!), "the default is one of the candidates");
+        const got = await product();
+        assert(got.every((v, i) => Object.is(v, want[i])), "same bits with the tuned tiling");
+        // no margin can be beaten: the first candidate stays
+        await tuneTextureTiling(gpu, {
+          candidates: candidates.slice(1),
+          rounds: 1,
+          reps: 1,
+          margin: 1,
+        });
+        assertEquals(gpu.textureTiling, candidates[1]);
+      } else {
+        assertEquals(await tuneTextureTiling(gpu), [], "the buffer path has nothing to tune");
+      }
+      await assertThrows(() => tuneTextureTiling(gpu, { rounds: 0 }), RangeError, "rounds");
+    } finally {
+      gpu.textureTiling = before;
+      for (const t of [a, b, bias]) t.dispose();
+    }
+  },
+});
+
+cases.push({
+  name: "Gpu.create({ textureTiling }) sets the texture path's default tiling (same bits as the " +
+    "built-in default)",
+  async run(_gpu: Gpu) {
+    const tiling = TEXTURE_TILING_CANDIDATES[1];
+    const tuned = await Gpu.create({ matmulPath: "texture", textureTiling: tiling });
+    const plain = await Gpu.create({ matmulPath: "texture" });
+    try {
+      assertEquals(tuned.textureTiling, tiling);
+      assertEquals(plain.textureTiling, undefined);
+      const run = async (g: Gpu) => {
+        const a = g.fromArray(randArray(45 * 36, 311), [45, 36]);
+        const b = g.fromArray(randArray(52 * 36, 312), [52, 36]);
+        const d0 = g.stats.dispatches;
+        const c = await g.readF32(matmul(g, a, b, { transB: true }));
+        return { c, dispatches: g.stats.dispatches - d0 };
+      };
+      const x = await run(tuned), y = await run(plain);
+      assert(x.c.every((v, i) => Object.is(v, y.c[i])), "same bits");
+      assertEquals(TEXTURE_TILING.rows, 8);
+      // matmul compiles the default tiling it is given: a new one, a new pipeline
+      const p0 = plain.stats.pipelines;
+      await run(plain);
+      assertEquals(plain.stats.pipelines, p0, "the same tiling reuses its pipeline");
+      plain.textureTiling = { rows: 3, texels: 1, wgX: 8, wgY: 4 };
+      await run(plain);
+      assertEquals(plain.stats.pipelines, p0 + 1, "another default tiling compiles its kernel");
+    } finally {
+      tuned.destroy();
+      plain.destroy();
     }
   },
 });
