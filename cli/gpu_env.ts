@@ -45,6 +45,27 @@ export function matmulPathFromEnv(): "texture" | "buffer" | undefined {
 export const TILING_ENV = "WEBGPU_RLHF_TILING";
 
 /**
+ * The tiling {@link TILING_ENV} fixes, or `undefined` when it is unset, empty or `auto` (tune).
+ * Throws a `UsageError` naming the choices for anything else. The Deno tests' GPU uses it too
+ * (CI runs the kernel cases once with `16x2`).
+ *
+ * @example
+ * ```ts ignore
+ * const gpu = await Gpu.create({ textureTiling: tilingFromEnv() });
+ * ```
+ */
+export function tilingFromEnv(): TextureTiling | undefined {
+  const v = Deno.env.get(TILING_ENV) ?? "";
+  if (v === "" || v === "auto") return undefined;
+  const fixed = TEXTURE_TILING_CANDIDATES.find((t) => `${t.rows}x${t.texels}` === v);
+  if (!fixed) {
+    const names = TEXTURE_TILING_CANDIDATES.map((t) => `${t.rows}x${t.texels}`).join(", ");
+    throw new UsageError(`${TILING_ENV} must be auto or one of ${names}, got "${v}"`);
+  }
+  return fixed;
+}
+
+/**
  * `Gpu.create` with the matmul path of {@link MATMUL_PATH_ENV}, then the texture-path tiling:
  * the one {@link TILING_ENV} names, else the fastest of `tuneTextureTiling` (the same bits either
  * way). `log` receives one line saying which tiling runs and what the candidates took.
@@ -55,15 +76,7 @@ export const TILING_ENV = "WEBGPU_RLHF_TILING";
  * ```
  */
 export async function createGpu(log: (line: string) => void = () => {}): Promise<Gpu> {
-  const v = Deno.env.get(TILING_ENV) ?? "";
-  let fixed: TextureTiling | undefined;
-  if (v !== "" && v !== "auto") {
-    fixed = TEXTURE_TILING_CANDIDATES.find((t) => `${t.rows}x${t.texels}` === v);
-    if (!fixed) {
-      const names = TEXTURE_TILING_CANDIDATES.map((t) => `${t.rows}x${t.texels}`).join(", ");
-      throw new UsageError(`${TILING_ENV} must be auto or one of ${names}, got "${v}"`);
-    }
-  }
+  const fixed = tilingFromEnv();
   const gpu = await Gpu.create({ matmulPath: matmulPathFromEnv(), textureTiling: fixed });
   if (gpu.matmulPath !== "texture") return gpu;
   const name = (t: TextureTiling) => `${t.rows}×${t.texels}`;

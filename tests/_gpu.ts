@@ -1,6 +1,7 @@
 /**
  * The GPU of the Deno tests, created once per test module. Its matmul path follows
- * `WEBGPU_RLHF_MATMUL_PATH` (CI's buffer lane). Where no WebGPU adapter exists, GPU tests are
+ * `WEBGPU_RLHF_MATMUL_PATH` (CI's buffer lane) and its texture tiling `WEBGPU_RLHF_TILING` (CI's
+ * 16-row lane; unset: the built-in 8 rows, not tuned). Where no WebGPU adapter exists, GPU tests are
  * ignored with one clear message (std's pattern), and the CPU-only checks — tokenizer,
  * safetensors, configs, data readers, graders, float64 references — still run
  * (`WEBGPU_RLHF_REQUIRE_GPU=1`, set by CI, turns a missing adapter into a failure).
@@ -10,14 +11,14 @@
 
 import { Gpu } from "../kernels/runtime.ts";
 import { WebGpuUnavailableError } from "../kernels/errors.ts";
-import { MATMUL_PATH_ENV, matmulPathFromEnv } from "../cli/gpu_env.ts";
+import { MATMUL_PATH_ENV, matmulPathFromEnv, tilingFromEnv } from "../cli/gpu_env.ts";
 
 /** Set to `1` (CI does) to fail, instead of ignoring GPU tests, where no adapter exists. */
 export const REQUIRE_GPU_ENV = "WEBGPU_RLHF_REQUIRE_GPU";
 
 async function create(): Promise<Gpu | null> {
   try {
-    return await Gpu.create({ matmulPath: matmulPathFromEnv() });
+    return await Gpu.create({ matmulPath: matmulPathFromEnv(), textureTiling: tilingFromEnv() });
   } catch (e) {
     if (!(e instanceof WebGpuUnavailableError)) throw e;
     // CI sets this: there, a lane whose adapter is missing (e.g. no Vulkan driver) must fail,

@@ -11,7 +11,9 @@ import { gpu, gpuTestOptions, noGpu } from "./_gpu.ts";
 
 const modules = new Set<string>();
 if (!noGpu) {
-  console.log(`adapter: ${gpu.adapterDescription} (matmul path: ${gpu.matmulPath})`);
+  const t = gpu.textureTiling;
+  const tiling = t ? `, texture tiling ${t.rows}×${t.texels}` : "";
+  console.log(`adapter: ${gpu.adapterDescription} (matmul path: ${gpu.matmulPath}${tiling})`);
   const createShaderModule = gpu.device.createShaderModule.bind(gpu.device);
   gpu.device.createShaderModule = (descriptor: GPUShaderModuleDescriptor) => {
     modules.add(descriptor.code);
