@@ -3200,13 +3200,13 @@ function run(gpu, a, b, opts, ln) {
   }
   return out;
 }
-function lnTiling(N) {
+function lnTiling(N, rows3) {
   const wgX = Math.max(1, Math.ceil(N / 8));
   return {
-    rows: 8,
+    rows: rows3,
     texels: 2,
     wgX,
-    wgY: wgX <= 128 ? 2 : 1
+    wgY: Math.max(1, Math.min(Math.floor(16 / rows3), Math.floor(256 / wgX)))
   };
 }
 function matmulLayernorm(gpu, a, b, opts, norm) {
@@ -3311,7 +3311,8 @@ function runBuffer(gpu, a, b, out, s, o, flags, sumsCol) {
   }
 }
 function runTexture(gpu, a, b, out, s, o, flags, sumsCol, ln) {
-  const t = ln ? lnTiling(s.N) : o.tiling ?? gpu.textureTiling ?? TEXTURE_TILING;
+  const tiling = o.tiling ?? gpu.textureTiling ?? TEXTURE_TILING;
+  const t = ln ? lnTiling(s.N, tiling.rows) : tiling;
   const maxTex = gpu.textureSide;
   const maxLayers = gpu.limits.maxTextureArrayLayers;
   const mStep = Math.floor(maxTex / t.rows) * t.rows;

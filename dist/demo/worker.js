@@ -3144,13 +3144,13 @@ function run(gpu2, a, b, opts, ln) {
   }
   return out;
 }
-function lnTiling(N) {
+function lnTiling(N, rows2) {
   const wgX = Math.max(1, Math.ceil(N / 8));
   return {
-    rows: 8,
+    rows: rows2,
     texels: 2,
     wgX,
-    wgY: wgX <= 128 ? 2 : 1
+    wgY: Math.max(1, Math.min(Math.floor(16 / rows2), Math.floor(256 / wgX)))
   };
 }
 function matmulLayernorm(gpu2, a, b, opts, norm) {
@@ -3255,7 +3255,8 @@ function runBuffer(gpu2, a, b, out, s, o, flags, sumsCol) {
   }
 }
 function runTexture(gpu2, a, b, out, s, o, flags, sumsCol, ln) {
-  const t = ln ? lnTiling(s.N) : o.tiling ?? gpu2.textureTiling ?? TEXTURE_TILING;
+  const tiling = o.tiling ?? gpu2.textureTiling ?? TEXTURE_TILING;
+  const t = ln ? lnTiling(s.N, tiling.rows) : tiling;
   const maxTex = gpu2.textureSide;
   const maxLayers = gpu2.limits.maxTextureArrayLayers;
   const mStep = Math.floor(maxTex / t.rows) * t.rows;
