@@ -85,7 +85,9 @@ export async function createGpu(log: (line: string) => void = () => {}): Promise
     return gpu;
   }
   const trials = await tuneTextureTiling(gpu);
-  const times = trials.map((t) => `${name(t.tiling)} ${t.ms.toFixed(2)} ms`).join(", ");
-  log(`matmul tiling ${name(gpu.textureTiling ?? TEXTURE_TILING)} (timed: ${times})`);
+  const times = trials.map((t, i) =>
+    `${name(t.tiling)} ${t.ms.toFixed(2)} ms${i > 0 ? ` (${t.ratio.toFixed(2)}×)` : ""}`
+  ).join(", ");
+  log(`matmul tiling ${name(gpu.textureTiling ?? TEXTURE_TILING)} (timed side by side: ${times})`);
   return gpu;
 }

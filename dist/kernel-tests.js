@@ -3219,9 +3219,15 @@ var TEXTURE_TILING_CANDIDATES = [
     wgY: 2
   }
 ];
+function median(xs) {
+  const s = [
+    ...xs
+  ].sort((x, y) => x - y);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
 async function tuneTextureTiling(gpu, options = {}) {
   const candidates2 = options.candidates ?? TEXTURE_TILING_CANDIDATES;
-  const rounds = options.rounds ?? 3, reps = options.reps ?? 16, margin = options.margin ?? 0.03;
+  const rounds = options.rounds ?? 9, reps = options.reps ?? 8, margin = options.margin ?? 0.03;
   if (!(rounds >= 1 && reps >= 1 && margin >= 0)) {
     throw new RangeError(`tuneTextureTiling: rounds and reps must be \u2265 1 and margin \u2265 0 (got ${rounds}, ${reps}, ${margin})`);
   }
@@ -3242,7 +3248,8 @@ async function tuneTextureTiling(gpu, options = {}) {
     M,
     N
   ]);
-  const best = candidates2.map(() => Infinity);
+  const times = candidates2.map(() => []);
+  const ratios = candidates2.map(() => []);
   try {
     for (const tiling of candidates2) matmul(gpu, a, b, {
       out,
@@ -3251,7 +3258,12 @@ async function tuneTextureTiling(gpu, options = {}) {
     });
     await gpu.sync();
     for (let r = 0; r < rounds; r++) {
-      for (let c = 0; c < candidates2.length; c++) {
+      const t = performance.now();
+      await gpu.sync();
+      const idle = performance.now() - t;
+      const ms = candidates2.map(() => 0);
+      for (let j = 0; j < candidates2.length; j++) {
+        const c = (j + r) % candidates2.length;
         const t0 = performance.now();
         for (let i = 0; i < reps; i++) {
           matmul(gpu, a, b, {
@@ -3261,8 +3273,12 @@ async function tuneTextureTiling(gpu, options = {}) {
           });
         }
         await gpu.sync();
-        best[c] = Math.min(best[c], (performance.now() - t0) / reps);
+        ms[c] = Math.max(performance.now() - t0 - idle, 1e-3) / reps;
       }
+      ms.forEach((t2, c) => {
+        times[c].push(t2);
+        ratios[c].push(t2 / ms[0]);
+      });
     }
   } finally {
     for (const t of [
@@ -3271,15 +3287,17 @@ async function tuneTextureTiling(gpu, options = {}) {
       out
     ]) t.dispose();
   }
+  const trials = candidates2.map((tiling, c) => ({
+    tiling,
+    ms: median(times[c]),
+    ratio: median(ratios[c])
+  }));
   let pick = 0;
-  best.forEach((ms, c) => {
-    if (ms < best[pick] && ms <= best[0] * (1 - margin)) pick = c;
+  trials.forEach((t, c) => {
+    if (t.ratio < trials[pick].ratio && t.ratio <= 1 - margin) pick = c;
   });
   gpu.textureTiling = candidates2[pick];
-  return candidates2.map((tiling, c) => ({
-    tiling,
-    ms: best[c]
-  }));
+  return trials;
 }
 var EPILOGUE_INDEX = `
 fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {
@@ -12001,6 +12019,8 @@ cases9.push({
         });
         assertEquals(trials.map((t) => t.tiling), candidates2);
         assert(trials.every((t) => t.ms > 0 && Number.isFinite(t.ms)), "times are positive");
+        assertEquals(trials[0].ratio, 1, "the first is compared with itself");
+        assert(trials.every((t) => t.ratio > 0 && Number.isFinite(t.ratio)), "ratios are positive");
         assert(candidates2.includes(gpu.textureTiling), "the default is one of the candidates");
         const got = await product();
         assert(got.every((v, i) => Object.is(v, want[i])), "same bits with the tuned tiling");

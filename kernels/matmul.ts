@@ -157,26 +157,40 @@ export const TEXTURE_TILING_CANDIDATES: readonly TextureTiling[] = [
 export interface TilingTrial {
   /** The tiling timed. */
   tiling: TextureTiling;
-  /** Best milliseconds per product over the rounds (wall time including one sync a round). */
+  /**
+   * Median over the rounds of the milliseconds per product (wall time of the batch less an idle
+   * sync's).
+   */
   ms: number;
+  /** Median over the rounds of its time divided by the first candidate's in the same round. */
+  ratio: number;
+}
+
+/** The median of a non-empty list. */
+function median(xs: number[]): number {
+  const s = [...xs].sort((x, y) => x - y);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 /**
  * Times the texture-path matmul's register tilings on this adapter and sets the fastest as
  * `gpu.textureTiling` (the default of every later texture-path {@link matmul} on this `gpu`).
- * The candidates run interleaved, `rounds` times each, `reps` products of 1024×128 by 256 a
- * round, and the best round counts; a candidate replaces the first (the default) only when it
- * is at least `margin` faster. Every tiling sums each output in the same order, so results are
- * the same bits whichever wins: only the speed changes. Does nothing (returns `[]`) on the
- * buffer path. Takes a few hundred milliseconds on llvmpipe; `deno task train`, `compare`, the
- * benchmarks and the browser demo call it once after `Gpu.create`.
+ * Each round times every candidate once, back to back in an order that rotates from round to
+ * round (`reps` products of 1024×128 by 256 each, then a sync, less the time of a sync with
+ * nothing queued), and compares it with the first
+ * candidate (the default) of the same round: software adapters change speed by tens of percent
+ * within seconds, so only times taken side by side compare. A candidate replaces the first
+ * when the median of its round ratios is at least `margin` below 1. Every tiling sums each output
+ * in the same order, so results are the same bits whichever wins: only the speed changes. Does
+ * nothing (returns `[]`) on the buffer path. Takes about half a second on llvmpipe; `deno task
+ * train`, `compare`, the benchmarks and the browser demo call it once after `Gpu.create`.
  *
  * @example Tune once, then train
  * ```ts
  * import { Gpu, tuneTextureTiling } from "../mod.ts";
  * const gpu = await Gpu.create();
  * const trials = await tuneTextureTiling(gpu, { rounds: 1, reps: 2 });
- * for (const t of trials) console.log(t.tiling.rows, t.tiling.texels, t.ms.toFixed(3));
+ * for (const t of trials) console.log(t.tiling.rows, t.tiling.texels, t.ms.toFixed(3), t.ratio);
  * console.log(gpu.textureTiling);
  * ```
  */
@@ -185,16 +199,16 @@ export async function tuneTextureTiling(
   options: {
     /** Tilings to time, the default first (default {@link TEXTURE_TILING_CANDIDATES}). */
     candidates?: readonly TextureTiling[];
-    /** Interleaved rounds (default 3). */
+    /** Rounds (default 9). */
     rounds?: number;
-    /** Products a round (default 16). */
+    /** Products per candidate and round (default 8). */
     reps?: number;
     /** Fraction by which another tiling must beat the first (default 0.03). */
     margin?: number;
   } = {},
 ): Promise<TilingTrial[]> {
   const candidates = options.candidates ?? TEXTURE_TILING_CANDIDATES;
-  const rounds = options.rounds ?? 3, reps = options.reps ?? 16, margin = options.margin ?? 0.03;
+  const rounds = options.rounds ?? 9, reps = options.reps ?? 8, margin = options.margin ?? 0.03;
   if (!(rounds >= 1 && reps >= 1 && margin >= 0)) {
     throw new RangeError(
       `tuneTextureTiling: rounds and reps must be ≥ 1 and margin ≥ 0 (got ${rounds}, ${reps}, ` +
@@ -208,30 +222,46 @@ export async function tuneTextureTiling(
   const a = gpu.fromArray(fill(M * K, 1.1), [M, K]);
   const b = gpu.fromArray(fill(K * N, 1.7), [K, N]);
   const out = gpu.empty([M, N]);
-  const best = candidates.map(() => Infinity);
+  const times = candidates.map(() => [] as number[]);
+  const ratios = candidates.map(() => [] as number[]);
   try {
     // compile each candidate and pack the operands once
     for (const tiling of candidates) matmul(gpu, a, b, { out, path: "texture", tiling });
     await gpu.sync();
     for (let r = 0; r < rounds; r++) {
-      for (let c = 0; c < candidates.length; c++) {
+      // the round trip of a sync with nothing queued (≥ 10 ms in Deno), taken off each batch
+      const t = performance.now();
+      await gpu.sync();
+      const idle = performance.now() - t;
+      const ms = candidates.map(() => 0);
+      for (let j = 0; j < candidates.length; j++) {
+        const c = (j + r) % candidates.length;
         const t0 = performance.now();
         for (let i = 0; i < reps; i++) {
           matmul(gpu, a, b, { out, path: "texture", tiling: candidates[c] });
         }
         await gpu.sync();
-        best[c] = Math.min(best[c], (performance.now() - t0) / reps);
+        ms[c] = Math.max(performance.now() - t0 - idle, 1e-3) / reps;
       }
+      ms.forEach((t, c) => {
+        times[c].push(t);
+        ratios[c].push(t / ms[0]);
+      });
     }
   } finally {
     for (const t of [a, b, out]) t.dispose();
   }
+  const trials = candidates.map((tiling, c) => ({
+    tiling,
+    ms: median(times[c]),
+    ratio: median(ratios[c]),
+  }));
   let pick = 0;
-  best.forEach((ms, c) => {
-    if (ms < best[pick] && ms <= best[0] * (1 - margin)) pick = c;
+  trials.forEach((t, c) => {
+    if (t.ratio < trials[pick].ratio && t.ratio <= 1 - margin) pick = c;
   });
   gpu.textureTiling = candidates[pick];
-  return candidates.map((tiling, c) => ({ tiling, ms: best[c] }));
+  return trials;
 }
 
 /**

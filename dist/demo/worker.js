@@ -2590,9 +2590,15 @@ var TEXTURE_TILING_CANDIDATES = [
     wgY: 2
   }
 ];
+function median(xs) {
+  const s = [
+    ...xs
+  ].sort((x, y) => x - y);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
 async function tuneTextureTiling(gpu2, options = {}) {
   const candidates2 = options.candidates ?? TEXTURE_TILING_CANDIDATES;
-  const rounds = options.rounds ?? 3, reps = options.reps ?? 16, margin = options.margin ?? 0.03;
+  const rounds = options.rounds ?? 9, reps = options.reps ?? 8, margin = options.margin ?? 0.03;
   if (!(rounds >= 1 && reps >= 1 && margin >= 0)) {
     throw new RangeError(`tuneTextureTiling: rounds and reps must be \u2265 1 and margin \u2265 0 (got ${rounds}, ${reps}, ${margin})`);
   }
@@ -2613,7 +2619,8 @@ async function tuneTextureTiling(gpu2, options = {}) {
     M,
     N
   ]);
-  const best = candidates2.map(() => Infinity);
+  const times = candidates2.map(() => []);
+  const ratios = candidates2.map(() => []);
   try {
     for (const tiling of candidates2) matmul(gpu2, a, b, {
       out,
@@ -2622,7 +2629,12 @@ async function tuneTextureTiling(gpu2, options = {}) {
     });
     await gpu2.sync();
     for (let r = 0; r < rounds; r++) {
-      for (let c = 0; c < candidates2.length; c++) {
+      const t = performance.now();
+      await gpu2.sync();
+      const idle = performance.now() - t;
+      const ms = candidates2.map(() => 0);
+      for (let j = 0; j < candidates2.length; j++) {
+        const c = (j + r) % candidates2.length;
         const t0 = performance.now();
         for (let i = 0; i < reps; i++) {
           matmul(gpu2, a, b, {
@@ -2632,8 +2644,12 @@ async function tuneTextureTiling(gpu2, options = {}) {
           });
         }
         await gpu2.sync();
-        best[c] = Math.min(best[c], (performance.now() - t0) / reps);
+        ms[c] = Math.max(performance.now() - t0 - idle, 1e-3) / reps;
       }
+      ms.forEach((t2, c) => {
+        times[c].push(t2);
+        ratios[c].push(t2 / ms[0]);
+      });
     }
   } finally {
     for (const t of [
@@ -2642,15 +2658,17 @@ async function tuneTextureTiling(gpu2, options = {}) {
       out
     ]) t.dispose();
   }
+  const trials = candidates2.map((tiling, c) => ({
+    tiling,
+    ms: median(times[c]),
+    ratio: median(ratios[c])
+  }));
   let pick = 0;
-  best.forEach((ms, c) => {
-    if (ms < best[pick] && ms <= best[0] * (1 - margin)) pick = c;
+  trials.forEach((t, c) => {
+    if (t.ratio < trials[pick].ratio && t.ratio <= 1 - margin) pick = c;
   });
   gpu2.textureTiling = candidates2[pick];
-  return candidates2.map((tiling, c) => ({
-    tiling,
-    ms: best[c]
-  }));
+  return trials;
 }
 var EPILOGUE_INDEX = `
 fn out_index(cbase: u32, row: u32, col: u32, ldc: u32) -> u32 {

@@ -549,6 +549,8 @@ cases.push({
         const trials = await tuneTextureTiling(gpu, { candidates, rounds: 1, reps: 2 });
         assertEquals(trials.map((t) => t.tiling), candidates);
         assert(trials.every((t) => t.ms > 0 && Number.isFinite(t.ms)), "times are positive");
+        assertEquals(trials[0].ratio, 1, "the first is compared with itself");
+        assert(trials.every((t) => t.ratio > 0 && Number.isFinite(t.ratio)), "ratios are positive");
         assert(candidates.includes(gpu.textureTiling!), "the default is one of the candidates");
         const got = await product();
         assert(got.every((v, i) => Object.is(v, want[i])), "same bits with the tuned tiling");
