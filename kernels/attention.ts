@@ -71,6 +71,7 @@ function fusedForwardShader(
   keyMask: boolean,
   merged = false,
   across = false,
+  vec4 = false,
 ): string {
   const R = rowsPerInvocation(dq);
   const m = laneMap(across);
@@ -82,16 +83,32 @@ function fusedForwardShader(
   const perRow = (f: (i: number) => string) =>
     Array.from({ length: R }, (_, i) => f(i)).join("\n    ");
   const perD = (f: (d: number) => string) => Array.from({ length: dq }, (_, d) => f(d));
+  const e = vec4 ? "vec4f" : "f32";
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32, layers: u32 }
-@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(0) var<storage, read> q: array<${e}>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh) or merged
+@group(0) @binding(3) var<storage, read_write> out: array<${e}>;   // (B·H, Tq, Dh) or merged
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
+${
+    vec4
+      ? `
+// Dh a multiple of 4: one vec4 access per texel (see rowIo)
+fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
+  if (i >= p.Tq) { return vec4f(0.0); }
+  return q[(bh * p.Tq + i) * p.Dh / 4u + d4];
+}
 
+fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
+  if (i >= p.Tq) { return; }
+  out[(${
+        merged ? "(((bh / p.H) * p.Tq + i) * p.H + bh % p.H) * p.Dh" : "(bh * p.Tq + i) * p.Dh"
+      }) / 4u + d4] = v;
+}`
+      : `
 fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
   var v = vec4f(0.0);
   if (i >= p.Tq) { return v; }
@@ -103,10 +120,11 @@ fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
 fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
   if (i >= p.Tq) { return; }
   let base = ${
-    merged ? "(((bh / p.H) * p.Tq + i) * p.H + bh % p.H) * p.Dh" : "(bh * p.Tq + i) * p.Dh"
-  };
+        merged ? "(((bh / p.H) * p.Tq + i) * p.H + bh % p.H) * p.Dh" : "(bh * p.Tq + i) * p.Dh"
+      };
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { out[base + 4u * d4 + c] = v[c]; } }
-}
+}`
+  }
 
 @compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -237,6 +255,7 @@ function rowIo(
   store = false,
   layout: GradLayout = "heads",
   part = 0,
+  vec4 = false,
 ): string {
   const base = layout === "merged"
     ? `(((bh / p.H) * p.${rows} + i) * p.H + bh % p.H) * p.Dh`
@@ -244,13 +263,23 @@ function rowIo(
     ? `((((bh / p.H) * p.${rows} + i) * 3u + ${part}u) * p.H + bh % p.H) * p.Dh`
     : `(bh * p.${rows} + i) * p.Dh`;
   const target = store && layout === "qkv" ? "dqkv" : name;
-  const body = store
+  const loadBase = layout === "merged" ? base : `(bh * p.${rows} + i) * p.Dh`;
+  // Dh a multiple of 4 (vec4-bound tensors): each row's texel is one vec4 access — the same
+  // values; llvmpipe stores (and loads) storage buffers lane by lane, four scalar accesses cost
+  // four such loops (the scalar stores were a third of the backward kernels' time at Dh 32)
+  const body = vec4
+    ? store
+      ? `if (i >= p.${rows}) { return; }
+  ${target}[(${base}) / 4u + d4] = val;`
+      : `if (i >= p.${rows}) { return vec4f(0.0); }
+  return ${name}[(${loadBase}) / 4u + d4];`
+    : store
     ? `if (i >= p.${rows}) { return; }
   let base = ${base};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${target}[base + 4u * d4 + c] = val[c]; } }`
     : `var val = vec4f(0.0);
   if (i >= p.${rows}) { return val; }
-  let base = ${layout === "merged" ? base : `(bh * p.${rows} + i) * p.Dh`};
+  let base = ${loadBase};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
   return val;`;
   return store
@@ -281,28 +310,30 @@ function backwardQueryShader(
   layout: GradLayout,
   mergedOut = false,
   across = false,
+  vec4 = false,
 ): string {
   const R = rowsPerInvocation(dq);
   const m = laneMap(across);
   const { perRow, perD, both } = unroll(R, dq);
   const dqName = layout === "qkv" ? "dqkv" : "dq";
+  const e = vec4 ? "vec4f" : "f32";
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32, layers: u32 }
-@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
-@group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
-@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output, or merged
+@group(0) @binding(0) var<storage, read> q: array<${e}>;     // (B·H, Tq, Dh)
+@group(0) @binding(1) var<storage, read> dout: array<${e}>;  // (B·H, Tq, Dh)
+@group(0) @binding(2) var<storage, read> o: array<${e}>;     // (B·H, Tq, Dh) forward output, or merged
 @group(0) @binding(3) var<storage, read> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(6) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(7) var<storage, read_write> ${dqName}: array<f32>; // (B·H, Tq, Dh), (B, Tq, H, Dh) or (B, Tq, 3, H, Dh)
+@group(0) @binding(7) var<storage, read_write> ${dqName}: array<${e}>; // (B·H, Tq, Dh), (B, Tq, H, Dh) or (B, Tq, 3, H, Dh)
 @group(0) @binding(8) var<storage, read_write> drow: array<f32>; // (B·H, Tq) D
 @group(0) @binding(9) var<uniform> p: P;
 
-${rowIo("q", "Tq")}
-${rowIo("dout", "Tq")}
-${rowIo("o", "Tq", false, mergedOut ? "merged" : "heads")}
-${rowIo("dq", "Tq", true, layout, 0)}
+${rowIo("q", "Tq", false, "heads", 0, vec4)}
+${rowIo("dout", "Tq", false, "heads", 0, vec4)}
+${rowIo("o", "Tq", false, mergedOut ? "merged" : "heads", 0, vec4)}
+${rowIo("dq", "Tq", true, layout, 0, vec4)}
 
 @compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -362,20 +393,22 @@ function backwardKeyShader(
   keyMask: boolean,
   layout: GradLayout,
   across = false,
+  vec4 = false,
 ): string {
   const R = rowsPerInvocation(dq);
   const m = laneMap(across);
   const { perRow, perD, both } = unroll(R, dq);
+  const e = vec4 ? "vec4f" : "f32";
   // the qkv layout writes dk and dv through one binding (two writable bindings of one buffer
   // may not overlap)
   const outputs = layout === "qkv"
-    ? "@group(0) @binding(7) var<storage, read_write> dqkv: array<f32>; // (B, Tk, 3, H, Dh)"
-    : `@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B·H, Tk, Dh) or merged
-@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B·H, Tk, Dh) or merged`;
+    ? `@group(0) @binding(7) var<storage, read_write> dqkv: array<${e}>; // (B, Tk, 3, H, Dh)`
+    : `@group(0) @binding(7) var<storage, read_write> dk: array<${e}>;   // (B·H, Tk, Dh) or merged
+@group(0) @binding(8) var<storage, read_write> dv: array<${e}>;   // (B·H, Tk, Dh) or merged`;
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32, layers: u32 }
-@group(0) @binding(0) var<storage, read> k: array<f32>;     // (B·H, Tk, Dh)
-@group(0) @binding(1) var<storage, read> v: array<f32>;     // (B·H, Tk, Dh)
+@group(0) @binding(0) var<storage, read> k: array<${e}>;     // (B·H, Tk, Dh)
+@group(0) @binding(1) var<storage, read> v: array<${e}>;     // (B·H, Tk, Dh)
 @group(0) @binding(2) var<storage, read> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(3) var<storage, read> drow: array<f32>;  // (B·H, Tq) D
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
@@ -384,10 +417,10 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32, layers: u32 
 ${outputs}
 @group(0) @binding(9) var<uniform> p: P;
 
-${rowIo("k", "Tk")}
-${rowIo("v", "Tk")}
-${rowIo("dk", "Tk", true, layout, 1)}
-${rowIo("dv", "Tk", true, layout, 2)}
+${rowIo("k", "Tk", false, "heads", 0, vec4)}
+${rowIo("v", "Tk", false, "heads", 0, vec4)}
+${rowIo("dk", "Tk", true, layout, 1, vec4)}
+${rowIo("dv", "Tk", true, layout, 2, vec4)}
 
 @compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -705,8 +738,8 @@ function fused(
   const across = acrossLayers(n);
   const pipe = gpu.pipeline(
     cached(
-      `fwd/${dq}/${o.causal}/${hasMask}/${merged}/${across}`,
-      () => fusedForwardShader(dq, o.causal, hasMask, merged, across),
+      `fwd/${dq}/${o.causal}/${hasMask}/${merged}/${across}/${d.Dh % 4 === 0}`,
+      () => fusedForwardShader(dq, o.causal, hasMask, merged, across, d.Dh % 4 === 0),
     ),
   );
   gpu.dispatch(
@@ -955,17 +988,21 @@ function runBackward(
   const hasMask = saved.keyMask !== undefined, causal = saved.causal;
   const D = gpu.empty([B, H, Tq]);
   const mergedOut = saved.mergedOut === true;
+  const vec4 = Dh % 4 === 0;
   const pipes = (across: boolean) => {
-    const key = `${dq4}/${causal}/${hasMask}/${layout}/${across}`;
+    const key = `${dq4}/${causal}/${hasMask}/${layout}/${across}/${vec4}`;
     return [
       gpu.pipeline(
         cached(
           `bwdq/${key}/${mergedOut}`,
-          () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut, across),
+          () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut, across, vec4),
         ),
       ),
       gpu.pipeline(
-        cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout, across)),
+        cached(
+          `bwdk/${key}`,
+          () => backwardKeyShader(dq4, causal, hasMask, layout, across, vec4),
+        ),
       ),
     ];
   };

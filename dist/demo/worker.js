@@ -3985,7 +3985,7 @@ function laneGrid(across, layers, R, rows2) {
     layers
   ];
 }
-function fusedForwardShader(dq, causal, keyMask, merged = false, across = false) {
+function fusedForwardShader(dq, causal, keyMask, merged = false, across = false, vec4 = false) {
   const R = rowsPerInvocation(dq);
   const m = laneMap(across);
   const lines = (f) => {
@@ -3999,16 +3999,27 @@ function fusedForwardShader(dq, causal, keyMask, merged = false, across = false)
   const perD = (f) => Array.from({
     length: dq
   }, (_, d) => f(d));
+  const e = vec4 ? "vec4f" : "f32";
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32, layers: u32 }
-@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
+@group(0) @binding(0) var<storage, read> q: array<${e}>;     // (B·H, Tq, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, Tq, Dh) or merged
+@group(0) @binding(3) var<storage, read_write> out: array<${e}>;   // (B·H, Tq, Dh) or merged
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
+${vec4 ? `
+// Dh a multiple of 4: one vec4 access per texel (see rowIo)
+fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
+  if (i >= p.Tq) { return vec4f(0.0); }
+  return q[(bh * p.Tq + i) * p.Dh / 4u + d4];
+}
 
+fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
+  if (i >= p.Tq) { return; }
+  out[(${merged ? "(((bh / p.H) * p.Tq + i) * p.H + bh % p.H) * p.Dh" : "(bh * p.Tq + i) * p.Dh"}) / 4u + d4] = v;
+}` : `
 fn load_q(bh: u32, i: u32, d4: u32) -> vec4f {
   var v = vec4f(0.0);
   if (i >= p.Tq) { return v; }
@@ -4021,7 +4032,7 @@ fn store_row(bh: u32, i: u32, d4: u32, v: vec4f) {
   if (i >= p.Tq) { return; }
   let base = ${merged ? "(((bh / p.H) * p.Tq + i) * p.H + bh % p.H) * p.Dh" : "(bh * p.Tq + i) * p.Dh"};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { out[base + 4u * d4 + c] = v[c]; } }
-}
+}`}
 
 @compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -4123,14 +4134,17 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   if (mine == 0u) { lse[bh] = select(-3.4e38, m + log(l), l > 0.0); }
 }`;
 }
-function rowIo(name, rows2, store = false, layout = "heads", part = 0) {
+function rowIo(name, rows2, store = false, layout = "heads", part = 0, vec4 = false) {
   const base = layout === "merged" ? `(((bh / p.H) * p.${rows2} + i) * p.H + bh % p.H) * p.Dh` : layout === "qkv" ? `((((bh / p.H) * p.${rows2} + i) * 3u + ${part}u) * p.H + bh % p.H) * p.Dh` : `(bh * p.${rows2} + i) * p.Dh`;
   const target = store && layout === "qkv" ? "dqkv" : name;
-  const body = store ? `if (i >= p.${rows2}) { return; }
+  const loadBase = layout === "merged" ? base : `(bh * p.${rows2} + i) * p.Dh`;
+  const body = vec4 ? store ? `if (i >= p.${rows2}) { return; }
+  ${target}[(${base}) / 4u + d4] = val;` : `if (i >= p.${rows2}) { return vec4f(0.0); }
+  return ${name}[(${loadBase}) / 4u + d4];` : store ? `if (i >= p.${rows2}) { return; }
   let base = ${base};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { ${target}[base + 4u * d4 + c] = val[c]; } }` : `var val = vec4f(0.0);
   if (i >= p.${rows2}) { return val; }
-  let base = ${layout === "merged" ? base : `(bh * p.${rows2} + i) * p.Dh`};
+  let base = ${loadBase};
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { val[c] = ${name}[base + 4u * d4 + c]; } }
   return val;`;
   return store ? `fn store_${name}(bh: u32, i: u32, d4: u32, val: vec4f) {
@@ -4153,28 +4167,29 @@ function unroll(R, dq) {
     both
   };
 }
-function backwardQueryShader(dq, causal, keyMask, layout, mergedOut = false, across = false) {
+function backwardQueryShader(dq, causal, keyMask, layout, mergedOut = false, across = false, vec4 = false) {
   const R = rowsPerInvocation(dq);
   const m = laneMap(across);
   const { perRow, perD, both } = unroll(R, dq);
   const dqName = layout === "qkv" ? "dqkv" : "dq";
+  const e = vec4 ? "vec4f" : "f32";
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32, layers: u32 }
-@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, Tq, Dh)
-@group(0) @binding(1) var<storage, read> dout: array<f32>;  // (B·H, Tq, Dh)
-@group(0) @binding(2) var<storage, read> o: array<f32>;     // (B·H, Tq, Dh) forward output, or merged
+@group(0) @binding(0) var<storage, read> q: array<${e}>;     // (B·H, Tq, Dh)
+@group(0) @binding(1) var<storage, read> dout: array<${e}>;  // (B·H, Tq, Dh)
+@group(0) @binding(2) var<storage, read> o: array<${e}>;     // (B·H, Tq, Dh) forward output, or merged
 @group(0) @binding(3) var<storage, read> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
 @group(0) @binding(5) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(6) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(7) var<storage, read_write> ${dqName}: array<f32>; // (B·H, Tq, Dh), (B, Tq, H, Dh) or (B, Tq, 3, H, Dh)
+@group(0) @binding(7) var<storage, read_write> ${dqName}: array<${e}>; // (B·H, Tq, Dh), (B, Tq, H, Dh) or (B, Tq, 3, H, Dh)
 @group(0) @binding(8) var<storage, read_write> drow: array<f32>; // (B·H, Tq) D
 @group(0) @binding(9) var<uniform> p: P;
 
-${rowIo("q", "Tq")}
-${rowIo("dout", "Tq")}
-${rowIo("o", "Tq", false, mergedOut ? "merged" : "heads")}
-${rowIo("dq", "Tq", true, layout, 0)}
+${rowIo("q", "Tq", false, "heads", 0, vec4)}
+${rowIo("dout", "Tq", false, "heads", 0, vec4)}
+${rowIo("o", "Tq", false, mergedOut ? "merged" : "heads", 0, vec4)}
+${rowIo("dq", "Tq", true, layout, 0, vec4)}
 
 @compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -4211,16 +4226,17 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   if (i0 + ${r}u < p.Tq) { drow[bh * p.Tq + i0 + ${r}u] = D${r}; }`)}
 }`;
 }
-function backwardKeyShader(dq, causal, keyMask, layout, across = false) {
+function backwardKeyShader(dq, causal, keyMask, layout, across = false, vec4 = false) {
   const R = rowsPerInvocation(dq);
   const m = laneMap(across);
   const { perRow, perD, both } = unroll(R, dq);
-  const outputs = layout === "qkv" ? "@group(0) @binding(7) var<storage, read_write> dqkv: array<f32>; // (B, Tk, 3, H, Dh)" : `@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // (B\xB7H, Tk, Dh) or merged
-@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // (B\xB7H, Tk, Dh) or merged`;
+  const e = vec4 ? "vec4f" : "f32";
+  const outputs = layout === "qkv" ? `@group(0) @binding(7) var<storage, read_write> dqkv: array<${e}>; // (B, Tk, 3, H, Dh)` : `@group(0) @binding(7) var<storage, read_write> dk: array<${e}>;   // (B\xB7H, Tk, Dh) or merged
+@group(0) @binding(8) var<storage, read_write> dv: array<${e}>;   // (B\xB7H, Tk, Dh) or merged`;
   return wgsl`
 struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32, layers: u32 }
-@group(0) @binding(0) var<storage, read> k: array<f32>;     // (B·H, Tk, Dh)
-@group(0) @binding(1) var<storage, read> v: array<f32>;     // (B·H, Tk, Dh)
+@group(0) @binding(0) var<storage, read> k: array<${e}>;     // (B·H, Tk, Dh)
+@group(0) @binding(1) var<storage, read> v: array<${e}>;     // (B·H, Tk, Dh)
 @group(0) @binding(2) var<storage, read> lse: array<f32>;   // (B·H, Tq)
 @group(0) @binding(3) var<storage, read> drow: array<f32>;  // (B·H, Tq) D
 @group(0) @binding(4) var<storage, read> kmask: array<f32>; // (B, Tk) 1 = valid key
@@ -4229,10 +4245,10 @@ struct P { Tq: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, scale: f32, layers: u32 
 ${outputs}
 @group(0) @binding(9) var<uniform> p: P;
 
-${rowIo("k", "Tk")}
-${rowIo("v", "Tk")}
-${rowIo("dk", "Tk", true, layout, 1)}
-${rowIo("dv", "Tk", true, layout, 2)}
+${rowIo("k", "Tk", false, "heads", 0, vec4)}
+${rowIo("v", "Tk", false, "heads", 0, vec4)}
+${rowIo("dk", "Tk", true, layout, 1, vec4)}
+${rowIo("dv", "Tk", true, layout, 2, vec4)}
 
 @compute @workgroup_size(${m.size})
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -4457,7 +4473,7 @@ function fused(gpu2, q, kt, vt, out, lse, d, o, c0, n) {
   }
   const merged = o.merged === true;
   const across = acrossLayers(n);
-  const pipe = gpu2.pipeline(cached(`fwd/${dq}/${o.causal}/${hasMask}/${merged}/${across}`, () => fusedForwardShader(dq, o.causal, hasMask, merged, across)));
+  const pipe = gpu2.pipeline(cached(`fwd/${dq}/${o.causal}/${hasMask}/${merged}/${across}/${d.Dh % 4 === 0}`, () => fusedForwardShader(dq, o.causal, hasMask, merged, across, d.Dh % 4 === 0)));
   gpu2.dispatch(pipe, [
     q,
     gpu2.arrayView(kt),
@@ -4660,11 +4676,12 @@ function runBackward(gpu2, dout, q, k, v, saved, layout, queryOut, keyOut) {
     Tq
   ]);
   const mergedOut = saved.mergedOut === true;
+  const vec4 = Dh % 4 === 0;
   const pipes = (across) => {
-    const key = `${dq4}/${causal}/${hasMask}/${layout}/${across}`;
+    const key = `${dq4}/${causal}/${hasMask}/${layout}/${across}/${vec4}`;
     return [
-      gpu2.pipeline(cached(`bwdq/${key}/${mergedOut}`, () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut, across))),
-      gpu2.pipeline(cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout, across)))
+      gpu2.pipeline(cached(`bwdq/${key}/${mergedOut}`, () => backwardQueryShader(dq4, causal, hasMask, layout, mergedOut, across, vec4))),
+      gpu2.pipeline(cached(`bwdk/${key}`, () => backwardKeyShader(dq4, causal, hasMask, layout, across, vec4)))
     ];
   };
   const keyBindings = layout === "qkv" ? [
