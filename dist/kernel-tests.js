@@ -1818,25 +1818,26 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
 }`;
 }
 var DECODE_WG = 32;
-function decodeForwardShader(dq, keyMask) {
+function decodeForwardShader(dq, keyMask, vec4 = false) {
   const perD = (f) => Array.from({
     length: dq
   }, (_, d) => f(d));
+  const e = vec4 ? "vec4f" : "f32";
   return wgsl`
 struct P { n: u32, Tk: u32, Dh: u32, H: u32, bh0: u32, Tmask: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read> q: array<f32>;     // (B·H, 1, Dh)
+@group(0) @binding(0) var<storage, read> q: array<${e}>;     // (B·H, 1, Dh)
 @group(0) @binding(1) var kt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
 @group(0) @binding(2) var vt: texture_storage_2d_array<rgba32float, read>; // (B·H, Tk, Dh/4)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B·H, 1, Dh)
+@group(0) @binding(3) var<storage, read_write> out: array<${e}>;   // (B·H, 1, Dh)
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;   // (B·H, 1)
 @group(0) @binding(5) var<storage, read> kmask: array<f32>; // (B, Tmask ≥ Tk) 1 = valid key
 @group(0) @binding(6) var<uniform> p: P;
 
 fn load_q(bh: u32, d4: u32) -> vec4f {
-  var v = vec4f(0.0);
+${vec4 ? "  return q[bh * p.Dh / 4u + d4];  // Dh a multiple of 4: one vec4 access (see rowIo)" : `  var v = vec4f(0.0);
   let base = bh * p.Dh;
   for (var c = 0u; c < 4u; c++) { if (4u * d4 + c < p.Dh) { v[c] = q[base + 4u * d4 + c]; } }
-  return v;
+  return v;`}
 }
 
 @compute @workgroup_size(${DECODE_WG})
@@ -1866,8 +1867,8 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   }
   let inv = select(0.0, 1.0 / l, l > 0.0);
   let y = a * inv;
-  let base = bh * p.Dh + 4u * mine;
-  for (var c = 0u; c < 4u; c++) { if (4u * mine + c < p.Dh) { out[base + c] = y[c]; } }
+${vec4 ? "  out[bh * p.Dh / 4u + mine] = y;" : `  let base = bh * p.Dh + 4u * mine;
+  for (var c = 0u; c < 4u; c++) { if (4u * mine + c < p.Dh) { out[base + c] = y[c]; } }`}
   if (mine == 0u) { lse[bh] = select(-3.4e38, m + log(l), l > 0.0); }
 }`;
 }
@@ -2196,7 +2197,7 @@ function checkKeys(gpu, Tk) {
 function fused(gpu, q, kt, vt, out, lse, d, o, c0, n) {
   const dq = Math.ceil(d.Dh / 4), hasMask = o.keyMask !== void 0;
   if (d.Tq === 1) {
-    gpu.dispatch(gpu.pipeline(cached(`decode/${dq}/${hasMask}`, () => decodeForwardShader(dq, hasMask))), [
+    gpu.dispatch(gpu.pipeline(cached(`decode/${dq}/${hasMask}/${d.Dh % 4 === 0}`, () => decodeForwardShader(dq, hasMask, d.Dh % 4 === 0))), [
       q,
       gpu.arrayView(kt),
       gpu.arrayView(vt),
