@@ -133,7 +133,8 @@ export interface TextureTiling {
  * epilogue, it beat 4 rows × 2 texels in 8×4 (interleaved, one process): actor + critic
  * fwd/bwd/AdamW at L4/H128 −8 % (1008×128×512: 2.96 → 2.39 ms, 1008×512×128: 3.71 → 3.26 ms),
  * L2/H64 level to −4 %, decode shapes (16 rows) level; wider (16 or 12 rows: ≤ 5 % more) or
- * narrower in x (4 invocations: 2× slower, half a SIMD row) tilings were not better.
+ * narrower in x (4 invocations: 2× slower, half a SIMD row) tilings were not better — on that
+ * CPU (AVX2). On an AVX-512 one 16 rows won 9–14 %: {@link tuneTextureTiling} picks per machine.
  */
 export const TEXTURE_TILING: TextureTiling = { rows: 8, texels: 2, wgX: 8, wgY: 2 };
 
